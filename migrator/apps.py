@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class MigratorConfig(AppConfig):
+    name = "migrator"
+    verbose_name = "Schema migration"

@@ -1,0 +1,129 @@
+"""Tracking tables of the migrator, in ``public``."""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class Status(models.TextChoices):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    ROLLED_BACK = "ROLLED_BACK"
+
+
+class MigrationRecord(models.Model):
+    """One attempt at one step of a phase (``public.schema_migrations``, the plan's table, extended).
+
+    Invariants:
+    - ``(migration_id, attempt)`` is unique; a retry is a new row with ``attempt + 1``: history is
+      never overwritten. The only later change to a finished row is COMPLETED -> ROLLED_BACK when a
+      rollback undoes what the step did.
+    - COMPLETED means the step ran *and* its own verification passed; FAILED rows keep the reason
+      in ``error_message``.
+    - RUNNING rows exist only while their process holds the migrator lock; a RUNNING row found by a
+      later run is an interrupted attempt and is closed as FAILED before the step is retried.
+    """
+
+    migration_id = models.CharField(max_length=200, help_text="Step key: phase/tenant/step/table.")
+    description = models.TextField(blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    error_message = models.TextField(null=True, blank=True)
+
+    phase = models.CharField(max_length=20)
+    phase_number = models.PositiveSmallIntegerField(null=True, blank=True)
+    tenant_id = models.CharField(max_length=63, null=True, blank=True, help_text="Empty for phase-wide steps.")
+    step = models.CharField(max_length=40, help_text="Kind of step, e.g. copy_table.")
+    target = models.CharField(max_length=200, blank=True, help_text="Table or object the step works on.")
+    attempt = models.PositiveIntegerField(default=1)
+    rows_expected = models.BigIntegerField(null=True, blank=True)
+    rows_copied = models.BigIntegerField(null=True, blank=True)
+    checkpoint = models.BigIntegerField(null=True, blank=True, help_text="Highest id committed so far.")
+    source_fingerprint = models.CharField(max_length=100, null=True, blank=True)
+    target_fingerprint = models.CharField(max_length=100, null=True, blank=True)
+    duration = models.DurationField(null=True, blank=True)
+    host = models.CharField(max_length=255, blank=True)
+    pid = models.IntegerField(null=True, blank=True)
+    details = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        db_table = "schema_migrations"
+        ordering = ["-id"]
+        verbose_name = "migration record"
+        constraints = [
+            models.UniqueConstraint(fields=["migration_id", "attempt"], name="schema_migrations_attempt_uniq"),
+            models.CheckConstraint(condition=models.Q(status__in=Status.values), name="schema_migrations_status_valid"),
+            models.CheckConstraint(condition=models.Q(attempt__gte=1), name="schema_migrations_attempt_positive"),
+        ]
+        indexes = [
+            models.Index(fields=["phase", "tenant_id"], name="schema_migrations_phase_idx"),
+            models.Index(fields=["status"], name="schema_migrations_status_idx"),
+            models.Index(fields=["migration_id", "-attempt"], name="schema_migrations_latest_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.migration_id} #{self.attempt} {self.status}"
+
+    @property
+    def fingerprints_match(self) -> bool | None:
+        if not self.source_fingerprint or not self.target_fingerprint:
+            return None
+        return self.source_fingerprint == self.target_fingerprint
+
+
+class ReferenceMapping(models.Model):
+    """Old (per-tenant) id -> new (shared) id of a merged reference table.
+
+    Invariant: for each (tenant, reference table, old id) exactly one new id; phase 3 writes it in
+    the same transaction as the merged rows, so a resumed run finds either both or neither.
+    """
+
+    tenant_id = models.CharField(max_length=63)
+    reference_table = models.CharField(max_length=63)
+    old_id = models.BigIntegerField()
+    new_id = models.BigIntegerField()
+
+    class Meta:
+        db_table = "migrator_reference_map"
+        ordering = ["tenant_id", "reference_table", "old_id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant_id", "reference_table", "old_id"], name="migrator_reference_map_uniq"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id}.{self.reference_table}: {self.old_id} -> {self.new_id}"
+
+
+class DeferredConstraint(models.Model):
+    """An index or foreign key dropped for a bulk load, to be rebuilt after it.
+
+    Invariant: a row exists exactly while the object is dropped: it is written in the transaction
+    that drops the object and deleted in the one that rebuilds it, so a killed load never loses the
+    definition.
+    """
+
+    class Kind(models.TextChoices):
+        INDEX = "INDEX"
+        FOREIGN_KEY = "FOREIGN_KEY"
+
+    schema_name = models.CharField(max_length=63)
+    table_name = models.CharField(max_length=63)
+    name = models.CharField(max_length=63)
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    definition = models.TextField(help_text="pg_get_indexdef / pg_get_constraintdef output.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "migrator_deferred_constraints"
+        ordering = ["schema_name", "table_name", "kind", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["schema_name", "table_name", "name"], name="migrator_deferred_uniq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.schema_name}.{self.table_name}: {self.name}"

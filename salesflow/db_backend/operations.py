@@ -1,0 +1,42 @@
+"""Migration operation that creates a service schema before the service's tables."""
+
+from __future__ import annotations
+
+from django.db import router
+from django.db.migrations.operations.base import Operation
+from psycopg import sql
+
+
+class CreateSchema(Operation):
+    """``CREATE SCHEMA IF NOT EXISTS`` on migrate, ``DROP SCHEMA IF EXISTS`` (empty only) on reverse.
+
+    Runs only where the app's tables are created (the public sync, not tenant schemas), as the
+    router decides for every other operation of the app.
+    """
+
+    reversible = True
+    reduces_to_sql = True
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def deconstruct(self):
+        return self.__class__.__name__, [self.name], {}
+
+    def state_forwards(self, app_label, state) -> None:
+        pass
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state) -> None:
+        if router.allow_migrate(schema_editor.connection.alias, app_label):
+            schema_editor.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.name)).as_string())
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state) -> None:
+        if router.allow_migrate(schema_editor.connection.alias, app_label):
+            schema_editor.execute(sql.SQL("DROP SCHEMA IF EXISTS {}").format(sql.Identifier(self.name)).as_string())
+
+    def describe(self) -> str:
+        return f"Create schema {self.name}"
+
+    @property
+    def migration_name_fragment(self) -> str:
+        return f"create_schema_{self.name}"

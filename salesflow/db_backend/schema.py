@@ -1,0 +1,5 @@
+from django.db.backends.postgresql.schema import DatabaseSchemaEditor
+
+
+class QualifiedNameSchemaEditor(DatabaseSchemaEditor):
+    pass

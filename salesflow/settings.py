@@ -1,0 +1,113 @@
+"""Settings for the SalesFlow migrator.
+
+Configuration comes from the environment only (nothing of a developer's machine lives here):
+
+- ``DATABASE_URL``: PostgreSQL >= 15 to migrate. Unset: an embedded PostgreSQL is started under
+  ``SALESFLOW_DATA_DIR`` (default ``.salesflow/`` in the project) and stopped at exit.
+- ``SALESFLOW_BACKUP_DIR``: where phase 1 writes its ``pg_dump`` (default ``<data dir>/backups``).
+- ``SALESFLOW_LEGACY_AUTH_SCHEMA``, ``SALESFLOW_ARCHIVE_SCHEMA``, ``SALESFLOW_ROLE_PREFIX``.
+- ``DJANGO_SECRET_KEY``, ``DJANGO_DEBUG``, ``DJANGO_ALLOWED_HOSTS`` for the admin site.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from salesflow.database import database_settings
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("SALESFLOW_DATA_DIR", BASE_DIR / ".salesflow"))
+
+# A fixed key is fine for a local operator tool; deployments set DJANGO_SECRET_KEY.
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "salesflow-migrator-local-only-key")
+DEBUG = os.environ.get("DJANGO_DEBUG", "") == "1"
+ALLOWED_HOSTS = [h for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1").split(",") if h]
+
+SHARED_APPS = [
+    "django_tenants",
+    "tenants",
+    "migrator",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    # Service apps: their models live in the auth / contact / activity schemas (see salesflow.layout).
+    "salesflow.accounts",
+    "salesflow.contact",
+    "salesflow.activity",
+]
+TENANT_APPS = [
+    "salesflow.contact_data",
+    "salesflow.activity_data",
+]
+INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
+
+TENANT_MODEL = "tenants.Tenant"
+TENANT_DOMAIN_MODEL = "tenants.Domain"
+PUBLIC_SCHEMA_NAME = "public"
+DATABASE_ROUTERS = ["django_tenants.routers.TenantSyncRouter"]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "salesflow.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+WSGI_APPLICATION = "salesflow.wsgi.application"
+
+DATABASES = {
+    "default": {
+        # django-tenants' backend plus the fixes for service tables in their own schemas.
+        "ENGINE": "salesflow.db_backend",
+        **database_settings(BASE_DIR),
+        "CONN_MAX_AGE": 0,
+        "TEST": {"NAME": os.environ.get("SALESFLOW_TEST_DATABASE") or None},
+    }
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = []
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+LOGIN_URL = "admin:login"
+
+SALESFLOW = {
+    "LEGACY_AUTH_SCHEMA": os.environ.get("SALESFLOW_LEGACY_AUTH_SCHEMA", "salesflow_auth"),
+    "ARCHIVE_SCHEMA": os.environ.get("SALESFLOW_ARCHIVE_SCHEMA", "salesflow_archive"),
+    "ROLE_PREFIX": os.environ.get("SALESFLOW_ROLE_PREFIX", "salesflow"),
+    "BACKUP_DIR": Path(os.environ.get("SALESFLOW_BACKUP_DIR", DATA_DIR / "backups")),
+    "BIN_DIRS": [p for p in os.environ.get("SALESFLOW_PG_BIN_DIRS", "").split(os.pathsep) if p],
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {"migrator": {"handlers": ["console"], "level": os.environ.get("SALESFLOW_LOG_LEVEL", "WARNING")}},
+}

@@ -49,6 +49,9 @@ TENANT_MODEL = "tenants.Tenant"
 TENANT_DOMAIN_MODEL = "tenants.Domain"
 PUBLIC_SCHEMA_NAME = "public"
 DATABASE_ROUTERS = ["django_tenants.routers.TenantSyncRouter"]
+# Set search_path once per connection and schema change, not before every cursor: fewer round trips,
+# and a SET LOCAL inside a transaction (migrator.db.local_settings) is not undone by the next cursor.
+TENANT_LIMIT_SET_CALLS = True
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",

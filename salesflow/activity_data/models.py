@@ -32,9 +32,9 @@ class Activity(models.Model):
         ordering = ["id"]
         verbose_name_plural = "activities"
         indexes = [
-            models.Index(fields=["contact"], name="activities_contact_idx"),
-            models.Index(fields=["activity_type"], name="activities_type_idx"),
-            models.Index(fields=["due_at"], name="activities_due_idx"),
+            models.Index(fields=["contact"], name="activity_data_contact_idx"),
+            models.Index(fields=["activity_type"], name="activity_data_type_idx"),
+            models.Index(fields=["due_at"], name="activity_data_due_idx"),
         ]
 
     def __str__(self) -> str:

@@ -32,9 +32,9 @@ class Contact(models.Model):
         db_table = namespaced_table("contact_data", "contacts")
         ordering = ["id"]
         indexes = [
-            models.Index(fields=["email"], name="contacts_email_idx"),
-            models.Index(fields=["contact_type"], name="contacts_type_idx"),
-            models.Index(fields=["owner_id"], name="contacts_owner_idx"),
+            models.Index(fields=["email"], name="contact_data_email_idx"),
+            models.Index(fields=["contact_type"], name="contact_data_type_idx"),
+            models.Index(fields=["owner_id"], name="contact_data_owner_idx"),
         ]
 
     def __str__(self) -> str:

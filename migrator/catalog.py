@@ -1,0 +1,85 @@
+"""Read-only questions to the PostgreSQL catalog. Names are always parameters, never SQL text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg import sql
+
+from migrator import db
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    data_type: str
+    nullable: bool
+    has_default: bool
+
+
+def schema_exists(schema: str) -> bool:
+    return bool(db.fetchvalue("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %s)", [schema]))
+
+
+def table_exists(schema: str, table: str) -> bool:
+    return bool(
+        db.fetchvalue(
+            "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p'))",
+            [schema, table],
+        )
+    )
+
+
+def tables_by_schema(schemas: list[str]) -> dict[str, set[str]]:
+    """Ordinary tables of each schema in ``schemas``, in one query."""
+    rows = db.fetchall(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'p')",
+        [schemas],
+    )
+    found: dict[str, set[str]] = {schema: set() for schema in schemas}
+    for schema, table in rows:
+        found[schema].add(table)
+    return found
+
+
+def columns(schema: str, table: str) -> list[Column]:
+    rows = db.fetchall(
+        "SELECT a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, "
+        "       a.atthasdef OR a.attidentity <> '' "
+        "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped "
+        "ORDER BY a.attnum",
+        [schema, table],
+    )
+    return [Column(*row) for row in rows]
+
+
+def schemas_like_tenants() -> list[str]:
+    """Every schema whose name starts with ``tenant_``, valid or not (the caller validates)."""
+    rows = db.fetchall(
+        "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, 'tenant_') ORDER BY nspname"
+    )
+    return [row[0] for row in rows]
+
+
+def row_count(schema: str, table: str) -> int:
+    return int(db.fetchvalue(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))))
+
+
+def max_id(schema: str, table: str) -> int | None:
+    return db.fetchvalue(sql.SQL("SELECT max(id) FROM {}").format(sql.Identifier(schema, table)))
+
+
+def server_version_num() -> int:
+    return int(db.fetchvalue("SHOW server_version_num"))
+
+
+def database_size() -> int:
+    return int(db.fetchvalue("SELECT pg_database_size(current_database())"))
+
+
+def role_exists(role: str) -> bool:
+    return bool(db.fetchvalue("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s)", [role]))

@@ -1,0 +1,9 @@
+"""Errors of the migrator."""
+
+
+class MigrationError(Exception):
+    """A problem the operator can fix. The message is one line: what is wrong and what to do."""
+
+
+class LockHeld(MigrationError):
+    """Another migrate_phase holds the migrator lock on this database."""

@@ -1,0 +1,75 @@
+"""One migrator per database: a session-level PostgreSQL advisory lock on a connection of its own.
+
+The lock lives on its own connection so that closing or resetting Django's connections (Django
+migrations do) never releases it, and it vanishes with the process if the process is killed.
+The holder's phase, host and pid ride in ``application_name`` so a refused runner can say who
+holds it and since when.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from types import TracebackType
+
+import psycopg
+from django.db import connection
+
+from migrator.engine.errors import LockHeld
+
+# Two int4 keys: (namespace, lock) -> pg_locks.classid / objid.
+LOCK_NAMESPACE = 0x53460000  # "SF"
+LOCK_ID = 1
+APP_NAME_PREFIX = "salesflow-migrator"
+
+
+def connect_like_django(application_name: str) -> psycopg.Connection:
+    """A new autocommit psycopg connection to the database Django uses."""
+    conf = connection.settings_dict
+    return psycopg.connect(
+        dbname=conf["NAME"], user=conf["USER"] or None, password=conf["PASSWORD"] or None,
+        host=conf["HOST"] or None, port=conf["PORT"] or None, autocommit=True,
+        application_name=application_name[:63],
+    )
+
+
+def describe_holder(conn: psycopg.Connection) -> str:
+    row = conn.execute(
+        "SELECT a.application_name, a.backend_start, a.pid FROM pg_locks l "
+        "JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s AND l.objsubid = 2 "
+        "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        [LOCK_NAMESPACE, LOCK_ID],
+    ).fetchone()
+    if row is None:
+        return "another migrate_phase (it has just finished; try again)"
+    app_name, since, backend_pid = row
+    who = app_name[len(APP_NAME_PREFIX):].strip() if app_name.startswith(APP_NAME_PREFIX) else app_name
+    return f"migrate_phase {who} (server pid {backend_pid}) since {since:%Y-%m-%d %H:%M:%S %Z}"
+
+
+class MigratorLock:
+    """``with MigratorLock("data"):`` holds the lock or raises :class:`LockHeld` at once."""
+
+    def __init__(self, phase: str) -> None:
+        self.phase = phase
+        self._conn: psycopg.Connection | None = None
+
+    def __enter__(self) -> MigratorLock:
+        app_name = f"{APP_NAME_PREFIX} {self.phase} on {socket.gethostname()} pid {os.getpid()}"
+        conn = connect_like_django(app_name)
+        acquired = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", [LOCK_NAMESPACE, LOCK_ID]).fetchone()[0]
+        if not acquired:
+            holder = describe_holder(conn)
+            conn.close()
+            raise LockHeld(f"another migration is running on this database: {holder}; wait for it to finish")
+        self._conn = conn
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.execute("SELECT pg_advisory_unlock(%s, %s)", [LOCK_NAMESPACE, LOCK_ID])
+            finally:
+                self._conn.close()
+                self._conn = None

@@ -1,0 +1,167 @@
+"""Runs a phase: plan -> skip what is done -> apply step by step -> record each step after it succeeded.
+
+Modelled on Django's ``MigrationExecutor``: the runner never prints; it reports through the
+``on_event`` callback, and the command decides how to show it. Phase-wide steps run in plan order;
+a run of consecutive tenant steps runs per tenant, ``jobs`` tenants at a time, and a failing tenant
+stops only itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import groupby
+
+from django.db import DatabaseError, connection
+import psycopg
+
+from migrator.engine import tracking
+from migrator.engine.context import MigrationContext
+from migrator.engine.errors import MigrationError
+from migrator.engine.steps import Event, Step, StepResult
+from migrator.models import MigrationRecord, Status
+from migrator.phases.base import Phase
+
+logger = logging.getLogger("migrator.runner")
+
+EventCallback = Callable[[Event], None]
+
+
+@dataclass
+class PhaseOutcome:
+    phase: str
+    planned: int = 0
+    completed: list[Step] = field(default_factory=list)
+    failed: list[tuple[Step, str]] = field(default_factory=list)
+    skipped_tenants: list[str] = field(default_factory=list)
+    results: dict[str, StepResult] = field(default_factory=dict)
+    elapsed: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def pending_steps(phase: Phase, ctx: MigrationContext) -> list[Step]:
+    """The phase's plan minus the steps whose latest attempt is COMPLETED."""
+    steps = phase.plan(ctx)
+    latest = tracking.latest_records(phase.name)
+    return [s for s in steps if (row := latest.get(s.key)) is None or row.status != Status.COMPLETED]
+
+
+class PhaseRunner:
+    def __init__(self, ctx: MigrationContext, on_event: EventCallback = lambda event: None) -> None:
+        self.ctx = ctx
+        self.on_event = on_event
+
+    def run(self, phase: Phase, steps: list[Step] | None = None) -> PhaseOutcome:
+        """Apply ``steps`` (default: the pending ones). The caller holds the migrator lock."""
+        started = time.monotonic()
+        tracking.close_interrupted(phase.name)
+        steps = pending_steps(phase, self.ctx) if steps is None else steps
+        outcome = PhaseOutcome(phase.name, planned=len(steps))
+        self.on_event(Event("phase_start", phase.name, count=len(steps)))
+        records = tracking.ensure_pending(steps, tracking.latest_records(phase.name, [s.key for s in steps]))
+        position = 0
+        for is_tenant_run, group in groupby(steps, key=lambda s: s.tenant_id is not None):
+            group = list(group)
+            if is_tenant_run:
+                self._run_tenants(phase, group, records, outcome, position, len(steps))
+            else:
+                for offset, step in enumerate(group):
+                    self._run_step(phase, step, records[step.key], outcome, position + offset, len(steps))
+                    if not outcome.ok:
+                        break
+            position += len(group)
+            if not outcome.ok:
+                break
+        outcome.elapsed = time.monotonic() - started
+        self.on_event(Event("phase_end", phase.name, elapsed=outcome.elapsed, count=len(steps)))
+        return outcome
+
+    def _run_tenants(self, phase: Phase, steps: list[Step], records: dict[str, MigrationRecord],
+                     outcome: PhaseOutcome, position: int, count: int) -> None:
+        by_tenant: dict[str, list[tuple[int, Step]]] = {}
+        for offset, step in enumerate(steps):
+            by_tenant.setdefault(step.tenant_id or "", []).append((position + offset, step))
+
+        def run_tenant(tenant_id: str) -> None:
+            try:
+                for index, step in by_tenant[tenant_id]:
+                    if not self._run_step(phase, step, records[step.key], outcome, index, count):
+                        self._set_tenant_state(tenant_id, "FAILED")
+                        return
+                if phase.tenant_state_on_success:
+                    self._set_tenant_state(tenant_id, phase.tenant_state_on_success)
+            finally:
+                if self.ctx.jobs > 1:
+                    connection.close()  # worker threads each own a connection; don't leak it
+
+        if self.ctx.jobs <= 1:
+            for tenant_id in by_tenant:
+                run_tenant(tenant_id)
+            return
+        with ThreadPoolExecutor(max_workers=self.ctx.jobs, thread_name_prefix="tenant") as pool:
+            for future in [pool.submit(run_tenant, t) for t in by_tenant]:
+                future.result()
+
+    def _set_tenant_state(self, tenant_id: str, state: str) -> None:
+        from tenants.models import Tenant
+
+        Tenant.objects.filter(tenant_id=tenant_id).update(migration_state=state)
+
+    def _run_step(self, phase: Phase, step: Step, record: MigrationRecord, outcome: PhaseOutcome,
+                  index: int, count: int) -> bool:
+        record = tracking.start(record)
+        atomic_depth = len(connection.atomic_blocks)
+        started = time.monotonic()
+        self.on_event(Event("step_start", phase.name, step, index=index, count=count))
+
+        def progress(done: int, total: int | None) -> None:
+            self.on_event(Event("step_progress", phase.name, step, done=done, total=total,
+                                elapsed=time.monotonic() - started, index=index, count=count))
+
+        result: StepResult | None = None
+        try:
+            result = phase.apply(self.ctx, step, progress, record.pk)
+            problems = phase.verify(self.ctx, step, result)
+            error = "; ".join(problems) if problems else None
+        except MigrationError as exc:
+            error = str(exc)
+        except (DatabaseError, psycopg.Error) as exc:
+            logger.exception("step %s failed", step.key)
+            error = f"database error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+        except Exception as exc:  # record every failure; the traceback goes to the log
+            logger.exception("step %s failed unexpectedly", step.key)
+            error = f"{type(exc).__name__}: {exc}"
+        if error is not None:
+            self._recover_connection(atomic_depth)
+        elapsed = time.monotonic() - started
+        if error is None:
+            tracking.finish(record, Status.COMPLETED, result)
+            outcome.completed.append(step)
+            outcome.results[step.key] = result or StepResult()
+            self.on_event(Event("step_success", phase.name, step, result=result, elapsed=elapsed,
+                                index=index, count=count))
+            return True
+        tracking.finish(record, Status.FAILED, result, error)
+        outcome.failed.append((step, error))
+        self.on_event(Event("step_failure", phase.name, step, result=result, error=error, elapsed=elapsed,
+                            index=index, count=count))
+        return False
+
+    @staticmethod
+    def _recover_connection(atomic_depth: int) -> None:
+        """Leave the connection as the step found it, whatever the step left behind.
+
+        Django's schema editor leaves its transaction open when deferred SQL fails, and a killed
+        backend leaves a dead connection; either would make recording the failure fail too.
+        """
+        while len(connection.atomic_blocks) > atomic_depth:
+            leaked = connection.atomic_blocks[-1]
+            leaked.__exit__(RuntimeError, RuntimeError("step failed"), None)  # rolls back and pops
+        if connection.connection is not None and not connection.in_atomic_block and not connection.is_usable():
+            connection.close()

@@ -1,0 +1,63 @@
+"""What a phase plans (steps) and what applying a step yields (results and events)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class Step:
+    """One unit of work, tracked by its own rows in ``public.schema_migrations``.
+
+    ``key`` is the ``migration_id``: stable across runs, so a rerun finds the step's history.
+    """
+
+    phase: str
+    kind: str
+    description: str
+    tenant_id: str | None = None
+    target: str = ""
+    sql: tuple[str, ...] = ()
+    destructive: bool = False
+
+    @property
+    def key(self) -> str:
+        parts = [self.phase, self.tenant_id or "*", self.kind]
+        if self.target:
+            parts.append(self.target)
+        return "/".join(parts)
+
+    @property
+    def label(self) -> str:
+        scope = self.tenant_id or "all"
+        return f"[{scope}] {self.kind}" + (f" {self.target}" if self.target else "")
+
+
+@dataclass
+class StepResult:
+    """What a step did; stored on its tracking row."""
+
+    message: str = ""
+    rows_expected: int | None = None
+    rows_copied: int | None = None
+    source_fingerprint: str | None = None
+    target_fingerprint: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+EventKind = Literal["phase_start", "step_start", "step_progress", "step_success", "step_failure", "phase_end"]
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: EventKind
+    phase: str
+    step: Step | None = None
+    result: StepResult | None = None
+    error: str | None = None
+    done: int | None = None
+    total: int | None = None
+    elapsed: float | None = None
+    index: int | None = None
+    count: int | None = None

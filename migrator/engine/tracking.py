@@ -1,0 +1,104 @@
+"""Writes the tracking rows of ``public.schema_migrations``; the runner is its only user.
+
+Every write here commits at once (autocommit), so the table always shows what is happening,
+even while a step's own transaction is open on another connection.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterable
+
+from django.db.models import F
+from django.utils import timezone
+
+from migrator.engine.steps import Step, StepResult
+from migrator.models import MigrationRecord, Status
+
+HOST = socket.gethostname()
+PHASE_NUMBERS = {"prepare": 1, "schemas": 2, "data": 3, "security": 4, "verify": 5, "cutover": 6}
+
+
+def latest_records(phase: str, keys: Iterable[str] | None = None) -> dict[str, MigrationRecord]:
+    """The newest attempt of every step of ``phase`` (one query)."""
+    rows = MigrationRecord.objects.filter(phase=phase)
+    if keys is not None:
+        rows = rows.filter(migration_id__in=list(keys))
+    rows = rows.order_by("migration_id", "-attempt").distinct("migration_id")
+    return {row.migration_id: row for row in rows}
+
+
+def close_interrupted(phase: str) -> int:
+    """RUNNING rows of a phase belong to a run that died (the caller holds the lock): close them as FAILED."""
+    return MigrationRecord.objects.filter(phase=phase, status=Status.RUNNING).update(
+        status=Status.FAILED,
+        completed_at=timezone.now(),
+        error_message="interrupted: the process running this step ended before it finished; rerun the phase to resume",
+    )
+
+
+def ensure_pending(steps: list[Step], latest: dict[str, MigrationRecord]) -> dict[str, MigrationRecord]:
+    """Give every step a PENDING row to start from: reuse a PENDING latest attempt, else add attempt + 1."""
+    new_rows = []
+    for step in steps:
+        previous = latest.get(step.key)
+        if previous is not None and previous.status == Status.PENDING:
+            continue
+        new_rows.append(
+            MigrationRecord(
+                migration_id=step.key, description=step.description, status=Status.PENDING, phase=step.phase,
+                phase_number=PHASE_NUMBERS.get(step.phase), tenant_id=step.tenant_id, step=step.kind,
+                target=step.target, attempt=(previous.attempt + 1) if previous else 1,
+                host=HOST, pid=os.getpid(),
+            )
+        )
+    MigrationRecord.objects.bulk_create(new_rows, batch_size=1000)
+    return latest_records(steps[0].phase, [s.key for s in steps]) if steps else {}
+
+
+def start(record: MigrationRecord) -> MigrationRecord:
+    record.status = Status.RUNNING
+    record.started_at = timezone.now()
+    record.host = HOST
+    record.pid = os.getpid()
+    record.save(update_fields=["status", "started_at", "host", "pid"])
+    return record
+
+
+def _store_result(record: MigrationRecord, result: StepResult | None) -> None:
+    if result is None:
+        return
+    for field in ("rows_expected", "rows_copied", "source_fingerprint", "target_fingerprint"):
+        value = getattr(result, field)
+        if value is not None:
+            setattr(record, field, value)
+    record.details = {**record.details, **result.details}
+    if result.message:
+        record.details["message"] = result.message
+
+
+def finish(record: MigrationRecord, status: Status, result: StepResult | None, error: str | None = None) -> None:
+    # The step may have written checkpoints to this row meanwhile: keep them.
+    fresh = MigrationRecord.objects.get(pk=record.pk)
+    fresh.status = status
+    fresh.completed_at = timezone.now()
+    fresh.duration = fresh.completed_at - (fresh.started_at or fresh.completed_at)
+    fresh.error_message = error
+    _store_result(fresh, result)
+    fresh.save()
+
+
+def save_checkpoint(record_id: int, checkpoint: int | None, rows_copied: int) -> None:
+    """Called inside a batch's transaction, so the checkpoint commits with the batch."""
+    MigrationRecord.objects.filter(pk=record_id).update(checkpoint=checkpoint, rows_copied=rows_copied)
+
+
+def mark_rolled_back(phases: Iterable[str]) -> int:
+    return MigrationRecord.objects.filter(phase__in=list(phases), status=Status.COMPLETED).update(
+        status=Status.ROLLED_BACK
+    )
+
+
+def bump_rows(record_id: int, rows: int) -> None:
+    MigrationRecord.objects.filter(pk=record_id).update(rows_copied=F("rows_copied") + rows)

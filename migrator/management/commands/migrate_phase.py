@@ -1,0 +1,175 @@
+"""``manage.py migrate_phase <phase>``: run one phase of the SalesFlow schema migration (or all, or status)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from migrator.engine.context import MigrationContext, validate_tenant_ids
+from migrator.engine.errors import MigrationError
+from migrator.management.output import ConsoleReporter, outcome_dict, outcome_summary
+from migrator.phases import ORDERED, get_phase, phase_choices
+from migrator.phases.base import Phase
+from migrator.services import orchestration
+from migrator.services.status import GLOBAL, status_report
+from migrator.settings import get_config
+
+
+def positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise CommandError(f"expected a whole number, got {value!r}") from None
+    if number < 1:
+        raise CommandError(f"expected 1 or more, got {number}")
+    return number
+
+
+class Command(BaseCommand):
+    help = (
+        "Run a phase of the SalesFlow schema migration. Phases: 1 prepare (preflight, backup, inspect, "
+        "register tenants), 2 schemas (service schemas and namespaced tenant tables), 3 data (copy and "
+        "validate), 4 security (service roles and grants), 5 verify, 6 cutover (archive legacy, tenants "
+        "live), rollback; `all` runs 1 to 6 and stops at the first failure; `status` shows phases x tenants. "
+        "Completed steps are skipped, so rerunning a phase resumes it."
+    )
+    requires_system_checks = []
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("phase", help="Phase number or name: " + ", ".join(phase_choices()) + ".")
+        parser.add_argument("--tenant", action="append", default=[], metavar="ID",
+                            help="Only this tenant (id without the tenant_ prefix); repeatable. Default: all.")
+        parser.add_argument("--plan", action="store_true", help="Print the steps that would run and their SQL; change nothing.")
+        parser.add_argument("--check", action="store_true",
+                            help="Exit 1 if the phase has steps left to run (with status: unless everything is complete).")
+        parser.add_argument("--jobs", type=positive, default=1, help="Tenants processed in parallel (default 1).")
+        parser.add_argument("--batch-size", type=positive, default=50_000, help="Rows per copy batch (default 50000).")
+        parser.add_argument("--format", choices=("text", "json"), default="text", help="Output format.")
+        parser.add_argument("--noinput", "--no-input", action="store_false", dest="interactive",
+                            help="Do not ask for confirmation before destructive steps.")
+        parser.add_argument("--reference-conflicts", choices=("refuse", "first-wins"), default="refuse",
+                            help="data: what to do when tenants disagree on a reference row (default refuse).")
+        parser.add_argument("--validate-only", action="store_true", help="data: only run the validation steps again.")
+        parser.add_argument("--restore", action="store_true", help="rollback: restore the phase-1 backup instead.")
+        parser.add_argument("--drop-legacy", action="store_true",
+                            help="cutover: drop the legacy tables instead of archiving them (asks for confirmation).")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            self._handle(options)
+        except MigrationError as exc:
+            raise CommandError(str(exc), returncode=1) from exc
+
+    def _handle(self, options: dict[str, Any]) -> None:
+        name = options["phase"]
+        self.json = options["format"] == "json"
+        self.verbosity = options["verbosity"]
+        orchestration.check_database()
+        if name == "status":
+            return self._status(options["check"])
+        if name == "all":
+            phases = [phase_class() for phase_class in ORDERED]
+        else:
+            try:
+                phases = [get_phase(name)()]
+            except KeyError:
+                raise MigrationError(f"unknown phase {name!r}; choose one of: {', '.join(phase_choices())}") from None
+        ctx = MigrationContext(
+            config=get_config(), tenant_filter=validate_tenant_ids(options["tenant"]), batch_size=options["batch_size"],
+            jobs=options["jobs"],
+            options={"reference_conflicts": options["reference_conflicts"], "validate_only": options["validate_only"],
+                     "restore": options["restore"], "drop_legacy": options["drop_legacy"],
+                     "render_sql": options["plan"] or options["verbosity"] >= 3,
+                     "interactive": options["interactive"]},
+        )
+        if options["plan"] or options["check"]:
+            return self._plan(phases, ctx, check=options["check"], show=options["plan"])
+        reporter = ConsoleReporter(self.stdout, self.style, 0 if self.json else self.verbosity)
+        outcomes = orchestration.run_phases(phases, ctx, reporter, self._confirm(options["interactive"]))
+        if self.json:
+            self.stdout.write(json.dumps({"ok": all(o.ok for o in outcomes), "phases": [outcome_dict(o) for o in outcomes]},
+                                         indent=2, default=str))
+        elif self.verbosity >= 1:
+            for outcome in outcomes:
+                style = self.style.SUCCESS if outcome.ok else self.style.ERROR
+                self.stdout.write(style(outcome_summary(outcome)))
+        failed = [(o.phase, step, error) for o in outcomes for step, error in o.failed]
+        if failed:
+            phase, step, error = failed[0]
+            raise MigrationError(
+                f"phase {phase} failed: {len(failed)} step(s) failed, first {step.label}: {error} "
+                f"-- fix the cause and rerun `migrate_phase {phase}` to resume"
+            )
+
+    def _confirm(self, interactive: bool):
+        def ask(phase: Phase, steps: list) -> bool:
+            if not interactive:
+                return True
+            if not sys.stdin.isatty():
+                raise MigrationError(f"phase {phase.name} needs confirmation: run it on a terminal or pass --noinput")
+            answer = input(phase.confirmation_question(None, steps) + " [y/N] ")  # type: ignore[arg-type]
+            return answer.strip().lower() in ("y", "yes")
+        return ask
+
+    def _plan(self, phases: list[Phase], ctx: MigrationContext, check: bool, show: bool) -> None:
+        planned = [orchestration.plan_phase(phase, ctx) for phase in phases]
+        pending = sum(len(p.steps) for p in planned)
+        if self.json:
+            self.stdout.write(json.dumps({"pending": pending, "phases": [
+                {"phase": p.phase.name, "steps": [{"migration_id": s.key, "description": s.description,
+                                                   "destructive": s.destructive, "sql": list(s.sql)} for s in p.steps]}
+                for p in planned]}, indent=2))
+        elif show:
+            for p in planned:
+                self.stdout.write(self.style.MIGRATE_HEADING(f"Phase {p.phase.number or '-'} {p.phase.name}: "
+                                                             f"{len(p.steps)} steps to run"))
+                for step in p.steps:
+                    marker = " (destructive)" if step.destructive else ""
+                    self.stdout.write(f"  {step.label}{marker}: {step.description}")
+                    for statement in step.sql:
+                        self.stdout.write(f"      {statement}")
+        if check:
+            if pending:
+                if not self.json:
+                    self.stdout.write(f"{pending} steps pending")
+                sys.exit(1)
+            if not self.json:
+                self.stdout.write(self.style.SUCCESS("Nothing to do."))
+
+    def _status(self, check: bool) -> None:
+        if not orchestration.tracking_ready():
+            report = None
+        else:
+            report = status_report()
+        if report is None:
+            if self.json:
+                self.stdout.write(json.dumps({"complete": False, "phases": [], "tenants": {}, "failed": []}))
+            else:
+                self.stdout.write("Nothing recorded yet: run `migrate_phase prepare` first.")
+            if check:
+                sys.exit(1)
+            return
+        if self.json:
+            self.stdout.write(json.dumps(report.as_dict(), indent=2))
+        else:
+            self._print_status(report)
+        if check and not report.complete:
+            sys.exit(1)
+
+    def _print_status(self, report) -> None:
+        width = max([len("tenant"), *(len(s) for s in report.scopes)])
+        header = "tenant".ljust(width) + "  " + "  ".join(p.ljust(9) for p in report.phases)
+        self.stdout.write(self.style.MIGRATE_HEADING(header))
+        colour = {"done": self.style.SUCCESS, "failed": self.style.ERROR, "running": self.style.WARNING}
+        for scope in report.scopes:
+            cells = "  ".join(colour.get(report.cells[(p, scope)], str)(report.cells[(p, scope)].ljust(9))
+                              for p in report.phases)
+            label = "(all)" if scope == GLOBAL else scope
+            self.stdout.write(f"{label.ljust(width)}  {cells}")
+        for record in report.failures:
+            self.stdout.write(self.style.ERROR(f"FAILED {record.migration_id} (attempt {record.attempt}): {record.error_message}"))
+        summary = "complete" if report.complete else "incomplete"
+        self.stdout.write(f"Migration {summary}: {sum(v == 'done' for v in report.cells.values())}/{len(report.cells)} cells done")

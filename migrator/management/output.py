@@ -1,0 +1,110 @@
+"""How ``migrate_phase`` shows a run: a line per step (progress bar on a terminal), or JSON."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from django.core.management.base import OutputWrapper
+from django.core.management.color import Style
+
+from migrator.engine.runner import PhaseOutcome
+from migrator.engine.steps import Event
+
+
+def human_rate(rows: int, seconds: float) -> str:
+    return f"{rows / seconds:,.0f} rows/s" if seconds > 0 and rows else ""
+
+
+class ConsoleReporter:
+    """Event callback of the runner. Verbosity as Django: 0 errors only, 1 a line per step,
+    2 progress per batch with timings, 3 also the SQL of each step."""
+
+    def __init__(self, stdout: OutputWrapper, style: Style, verbosity: int = 1, progress_bar: bool | None = None) -> None:
+        self.stdout = stdout
+        self.style = style
+        self.verbosity = verbosity
+        self._lock = threading.Lock()
+        self._bar: Any = None
+        self._bar_task: Any = None
+        self._use_bar = stdout.isatty() if progress_bar is None else progress_bar
+        self._last_progress: dict[str, float] = {}
+
+    def __call__(self, event: Event) -> None:
+        with self._lock:
+            getattr(self, f"_on_{event.kind}")(event)
+
+    def _write(self, text: str, style_func: Any = None) -> None:
+        if self._bar is not None:
+            self._bar.console.print(text, markup=False, highlight=False)
+        else:
+            self.stdout.write(text, style_func=style_func)
+
+    def _on_phase_start(self, event: Event) -> None:
+        if self.verbosity >= 1:
+            self.stdout.write(self.style.MIGRATE_HEADING(f"Phase {event.phase}: {event.count} steps to run"))
+        if self._use_bar and self.verbosity >= 1 and event.count:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=Console(file=self.stdout._out), transient=True)
+            self._bar.start()
+            self._bar_task = self._bar.add_task(event.phase, total=event.count)
+
+    def _on_phase_end(self, event: Event) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def _prefix(self, event: Event) -> str:
+        index = f"{(event.index or 0) + 1}/{event.count}" if event.count else ""
+        return f"  [{index}] {event.step.label if event.step else ''}"
+
+    def _on_step_start(self, event: Event) -> None:
+        if self.verbosity >= 3 and event.step and event.step.sql:
+            for statement in event.step.sql:
+                self._write(f"    {statement}")
+
+    def _on_step_progress(self, event: Event) -> None:
+        if self._bar is not None and event.step:
+            self._bar.update(self._bar_task, description=f"{event.phase}: {event.step.label} {event.done:,}/{event.total or 0:,}")
+        if self.verbosity < 2 or not event.step:
+            return
+        now = time.monotonic()
+        if now - self._last_progress.get(event.step.key, 0) < 1.0 and event.done != event.total:
+            return
+        self._last_progress[event.step.key] = now
+        rate = human_rate(event.done or 0, event.elapsed or 0)
+        self._write(f"{self._prefix(event)} ... {event.done:,}/{event.total or 0:,} rows {rate}")
+
+    def _on_step_success(self, event: Event) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._bar_task)
+        if self.verbosity >= 1:
+            message = event.result.message if event.result else ""
+            timing = f" ({event.elapsed:.2f}s)" if self.verbosity >= 2 and event.elapsed is not None else ""
+            self._write(f"{self._prefix(event)} ... OK {message}{timing}", self.style.SUCCESS if not message else None)
+
+    def _on_step_failure(self, event: Event) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._bar_task)
+        self._write(f"{self._prefix(event)} ... FAILED: {event.error}", self.style.ERROR)
+
+
+def outcome_summary(outcome: PhaseOutcome) -> str:
+    rows = sum((r.rows_copied or 0) for s, r in outcome.results.items() if "/copy" in s)
+    text = f"Phase {outcome.phase}: {len(outcome.completed)} steps OK, {len(outcome.failed)} failed in {outcome.elapsed:.1f}s"
+    if rows:
+        text += f"; {rows:,} rows copied ({human_rate(rows, outcome.elapsed)})"
+    return text
+
+
+def outcome_dict(outcome: PhaseOutcome) -> dict[str, object]:
+    return {
+        "phase": outcome.phase, "ok": outcome.ok, "planned": outcome.planned, "elapsed_s": round(outcome.elapsed, 3),
+        "completed": [{"migration_id": s.key, "message": outcome.results[s.key].message,
+                       "rows": outcome.results[s.key].rows_copied} for s in outcome.completed],
+        "failed": [{"migration_id": s.key, "error": error} for s, error in outcome.failed],
+    }

@@ -1,0 +1,24 @@
+"""The phase registry: numbers and names -> phase classes. Adding a phase is one module and one line."""
+
+from __future__ import annotations
+
+from migrator.phases.base import Phase
+from migrator.phases.data import DataPhase
+from migrator.phases.prepare import PreparePhase
+from migrator.phases.schemas import SchemasPhase
+
+PHASES: tuple[type[Phase], ...] = (PreparePhase, SchemasPhase, DataPhase)
+# The phases `all` runs, in order.
+ORDERED: tuple[type[Phase], ...] = tuple(sorted((p for p in PHASES if p.number), key=lambda p: p.number or 0))
+EXTRA_COMMANDS = ("all", "status")
+
+
+def get_phase(name_or_number: str) -> type[Phase]:
+    for phase in PHASES:
+        if name_or_number in (phase.name, str(phase.number)):
+            return phase
+    raise KeyError(name_or_number)
+
+
+def phase_choices() -> list[str]:
+    return [f"{p.number} {p.name}" if p.number else p.name for p in PHASES] + list(EXTRA_COMMANDS)

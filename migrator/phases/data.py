@@ -1,0 +1,182 @@
+"""Phase 3 — data: auth tables, merged reference data, tenant tables; each validated by fingerprint."""
+
+from __future__ import annotations
+
+from migrator import catalog, db
+from migrator.engine.context import MigrationContext, TenantRef
+from migrator.engine.errors import MigrationError
+from migrator.engine.steps import Step, StepResult
+from migrator.legacy import (AUTH_MODELS, LEGACY_AUTH_TABLES, REFERENCE_TABLES, TENANT_DATA_TABLES, TenantDataTable,
+                             model_columns, reference_table, unmapped_columns)
+from migrator.phases.base import Phase, Progress
+from migrator.services import constraints, fingerprint, reference
+from migrator.services.copy import Remap, TableCopy, copy_table, reset_identity, analyze
+from tenants.models import MigrationState
+
+AUTH_KEYS = {"role_permissions": ("role_id", "permission_id"), "user_roles": ("user_id", "role_id")}
+CONFLICT_POLICIES = ("refuse", "first-wins")
+
+
+def auth_copy(legacy_schema: str, table: str) -> TableCopy:
+    return TableCopy(legacy_schema, table, "auth", table, tuple(model_columns(AUTH_MODELS[table])),
+                     key=AUTH_KEYS.get(table, ("id",)))
+
+
+def tenant_copy(tenant: TenantRef, spec: TenantDataTable) -> TableCopy:
+    return TableCopy(
+        tenant.schema, spec.legacy_table, tenant.schema, spec.target_table, tuple(model_columns(spec.model)),
+        remaps=tuple(Remap(column, tenant.tenant_id, ref) for column, ref in spec.remap.items()),
+    )
+
+
+def check_columns(copy: TableCopy, model_label: str) -> None:
+    """Refuse before copying anything when a legacy column has no target column."""
+    legacy_cols = [c.name for c in catalog.columns(copy.source_schema, copy.source_table)]
+    extra = unmapped_columns(legacy_cols, model_label)
+    if extra:
+        raise MigrationError(
+            f"{copy.source_schema}.{copy.source_table} has columns with no target column: {', '.join(extra)}; "
+            "nothing was copied (add them to the target model, or drop them from the legacy table deliberately)"
+        )
+
+
+class DataPhase(Phase):
+    name = "data"
+    number = 3
+    estimate = "4-8 hours"
+    summary = "auth data, reference data merged with id remapping, tenant data in keyset batches, validation"
+    tenant_state_on_success = MigrationState.DATA_MIGRATED
+
+    def plan(self, ctx: MigrationContext) -> list[Step]:
+        legacy_auth = ctx.config.legacy_auth_schema
+        validate_only = bool(ctx.option("validate_only"))
+        with_sql = bool(ctx.option("render_sql"))
+        steps: list[Step] = []
+        if not ctx.tenant_filter:
+            for table in LEGACY_AUTH_TABLES:
+                copy = auth_copy(legacy_auth, table)
+                if not validate_only:
+                    steps.append(self.step("copy_auth", f"Copy {legacy_auth}.{table} into auth.{table} (same ids)",
+                                           target=table, sql=(copy.preview(),) if with_sql else ()))
+                steps.append(self.step("validate", f"Compare {legacy_auth}.{table} and auth.{table}: counts and fingerprints",
+                                       target=f"auth.{table}", sql=(db.render(fingerprint.source_query(copy)),) if with_sql else ()))
+        if not validate_only:
+            for ref in REFERENCE_TABLES:
+                steps.append(self.step(
+                    "merge_reference", f"Merge every tenant's {ref.legacy_table} into {ref.schema}.{ref.table} by "
+                    f"{ref.key}, keeping an old -> new id map", target=ref.legacy_table))
+        for tenant in ctx.registered_tenants:
+            for spec in TENANT_DATA_TABLES:
+                copy = tenant_copy(tenant, spec)
+                if not validate_only:
+                    steps.append(self.step(
+                        "copy_table", f"Copy {tenant.schema}.{spec.legacy_table} into {tenant.schema}.{spec.target_table} "
+                        f"in batches of {ctx.batch_size}, then rebuild indexes and foreign keys",
+                        tenant_id=tenant.tenant_id, target=spec.target_table, sql=(copy.preview(),) if with_sql else ()))
+            for spec in TENANT_DATA_TABLES:
+                steps.append(self.step(
+                    "validate", f"Compare {tenant.schema}.{spec.legacy_table} and {spec.target_table}: "
+                    "counts and fingerprints", tenant_id=tenant.tenant_id, target=spec.target_table))
+        return steps
+
+    def apply(self, ctx: MigrationContext, step: Step, progress: Progress, record_id: int) -> StepResult:
+        if step.kind == "copy_auth":
+            return self._copy_auth(ctx, step, progress, record_id)
+        if step.kind == "merge_reference":
+            return self._merge(ctx, step)
+        if step.kind == "copy_table":
+            return self._copy_tenant_table(ctx, step, progress, record_id)
+        return self._validate(ctx, step)
+
+    def _copy_auth(self, ctx: MigrationContext, step: Step, progress: Progress, record_id: int) -> StepResult:
+        legacy = ctx.config.legacy_auth_schema
+        if not catalog.table_exists(legacy, step.target):
+            raise MigrationError(
+                f"legacy table {legacy}.{step.target} does not exist; restore it or set SALESFLOW_LEGACY_AUTH_SCHEMA "
+                "to the schema that holds the auth tables")
+        copy = auth_copy(legacy, step.target)
+        check_columns(copy, AUTH_MODELS[step.target])
+        stats = copy_table(copy, ctx.batch_size, record_id, progress)
+        if copy.key == ("id",):
+            reset_identity("auth", step.target)
+        return StepResult(message=f"{stats.rows_copied} rows", rows_expected=stats.rows_source,
+                          rows_copied=stats.rows_copied, details={"batches": stats.batches})
+
+    def _merge(self, ctx: MigrationContext, step: Step) -> StepResult:
+        policy = ctx.option("reference_conflicts", "refuse")
+        ref = reference_table(step.target)
+        tenant_ids = [t.tenant_id for t in ctx.registered_tenants]
+        result = reference.merge_reference_table(ref, tenant_ids, policy)
+        reset_identity(ref.schema, ref.table)
+        message = f"{len(result.tenants_merged)} tenants, {result.rows_staged} rows -> {result.rows_added} new shared rows"
+        if result.discarded:
+            message += f"; {len(result.discarded)} conflicting variants discarded (first-wins)"
+        if result.tenants_without_table:
+            message += f"; no {ref.legacy_table} table in {len(result.tenants_without_table)} tenants"
+        return StepResult(message=message, rows_expected=result.rows_staged, rows_copied=result.mapped, details={
+            "tenants_merged": len(result.tenants_merged), "rows_added": result.rows_added,
+            "discarded_variants": result.discarded, "tenants_without_table": result.tenants_without_table,
+            "policy": policy})
+
+    def _copy_tenant_table(self, ctx: MigrationContext, step: Step, progress: Progress, record_id: int) -> StepResult:
+        tenant = TenantRef(step.tenant_id or "")
+        spec = next(t for t in TENANT_DATA_TABLES if t.target_table == step.target)
+        if not catalog.table_exists(tenant.schema, spec.legacy_table):
+            return StepResult(message=f"no legacy table {tenant.schema}.{spec.legacy_table}: nothing to copy",
+                              rows_expected=0, rows_copied=0, details={"legacy_table_missing": True})
+        if not catalog.table_exists(tenant.schema, spec.target_table):
+            raise MigrationError(f"{tenant.schema}.{spec.target_table} does not exist; run `migrate_phase schemas` first")
+        copy = tenant_copy(tenant, spec)
+        check_columns(copy, spec.model)
+        deferred = constraints.defer_constraints(tenant.schema, spec.target_table)
+        stats = copy_table(copy, ctx.batch_size, record_id, progress)
+        rebuilt = constraints.restore_constraints(tenant.schema, spec.target_table)
+        reset_identity(tenant.schema, spec.target_table)
+        analyze(tenant.schema, spec.target_table)
+        resumed = f", resumed after id {stats.resumed_after[0]}" if stats.resumed_after else ""
+        return StepResult(message=f"{stats.rows_copied} rows in {stats.batches} batches{resumed}",
+                          rows_expected=stats.rows_source, rows_copied=stats.rows_copied,
+                          details={"batches": stats.batches, "deferred": deferred, "rebuilt": rebuilt,
+                                   "resumed_after": stats.resumed_after})
+
+    def _validate(self, ctx: MigrationContext, step: Step) -> StepResult:
+        if step.tenant_id is None:
+            table = step.target.split(".", 1)[1]
+            copy = auth_copy(ctx.config.legacy_auth_schema, table)
+        else:
+            tenant = TenantRef(step.tenant_id)
+            spec = next(t for t in TENANT_DATA_TABLES if t.target_table == step.target)
+            if not catalog.table_exists(tenant.schema, spec.legacy_table):
+                rows = catalog.row_count(tenant.schema, spec.target_table)
+                return StepResult(message=f"no legacy table; target has {rows} rows", rows_expected=0, rows_copied=rows)
+            copy = tenant_copy(tenant, spec)
+        source = fingerprint.source_fingerprint(copy)
+        target = fingerprint.target_fingerprint(copy)
+        details: dict[str, object] = {}
+        if str(source) != str(target):
+            details["differing_keys"] = [list(k) for k in fingerprint.differing_keys(copy)]
+        pending = constraints.pending_deferred(copy.target_schema, copy.target_table)
+        unvalidated = constraints.unvalidated_foreign_keys(copy.target_schema, copy.target_table)
+        if pending or unvalidated:
+            details["constraints_missing"] = pending + unvalidated
+        return StepResult(message=f"{target.rows} rows, fingerprint {'matches' if str(source) == str(target) else 'DIFFERS'}",
+                          rows_expected=source.rows, rows_copied=target.rows, source_fingerprint=str(source),
+                          target_fingerprint=str(target), details=details)
+
+    def verify(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
+        problems = []
+        if step.kind in ("copy_auth", "copy_table") and result.rows_copied != result.rows_expected:
+            problems.append(f"copied {result.rows_copied} rows, expected {result.rows_expected}")
+        if step.kind == "merge_reference":
+            unmapped = reference.unmapped_count(reference_table(step.target), [t.tenant_id for t in ctx.registered_tenants])
+            if unmapped:
+                problems.append(f"{unmapped} legacy {step.target} rows have no shared id")
+        if step.kind == "validate":
+            if result.source_fingerprint != result.target_fingerprint:
+                sample = result.details.get("differing_keys") or []
+                problems.append(
+                    f"content differs: source {result.source_fingerprint}, target {result.target_fingerprint}; "
+                    f"differing keys (first {len(sample)}): {', '.join(str(k[0] if len(k) == 1 else tuple(k)) for k in sample)}")
+            if result.details.get("constraints_missing"):
+                problems.append("indexes or foreign keys not rebuilt/validated: " + ", ".join(result.details["constraints_missing"]))
+        return problems

@@ -1,0 +1,151 @@
+"""Phase 1 — preparation: preflight, verified backup, legacy inspection, tenant registration."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from migrator import catalog
+from migrator.engine.context import MigrationContext, TenantRef
+from migrator.engine.errors import MigrationError
+from migrator.engine.steps import Step, StepResult
+from migrator.models import MigrationRecord, Status
+from migrator.phases.base import Phase, Progress
+from migrator.services import backup, binaries, inspection
+from migrator.services.django_migrations import BOOTSTRAP_APPS, migrate_schema
+from tenants.models import MigrationState, Tenant
+
+MIN_SERVER_VERSION = 150000
+
+
+def server_major() -> int:
+    return catalog.server_version_num() // 10000
+
+
+def latest_backup() -> backup.BackupInfo | None:
+    """The backup of the newest completed backup step that has not been rolled back."""
+    record = (
+        MigrationRecord.objects.filter(phase="prepare", step="backup", status=Status.COMPLETED)
+        .order_by("-completed_at").first()
+    )
+    return backup.BackupInfo.from_dict(record.details["backup"]) if record and "backup" in record.details else None
+
+
+class PreparePhase(Phase):
+    name = "prepare"
+    number = 1
+    estimate = "1 day"
+    summary = "preflight, verified pg_dump backup, legacy layout inspected, tenants registered"
+    tenant_state_on_success = MigrationState.REGISTERED
+
+    def plan(self, ctx: MigrationContext) -> list[Step]:
+        cfg = ctx.config
+        steps = [
+            self.step("preflight", "Server >= 15, pg_dump/pg_restore of its major version, backup folder "
+                      "writable with room for the dump"),
+            self.step("bootstrap", "Tracking table and registry ready (Django migrations of "
+                      + ", ".join(BOOTSTRAP_APPS) + " in public)"),
+            self.step("backup", f"pg_dump --format=directory --jobs={max(1, ctx.jobs)} into {cfg.backup_dir}, "
+                      "checked with pg_restore --list, sha256 recorded"),
+            self.step("inspect_auth", f"Inspect the legacy auth schema {cfg.legacy_auth_schema}",
+                      target=cfg.legacy_auth_schema),
+            self.step("discover", "Find tenant_* schemas; report names that are not valid tenant ids"),
+        ]
+        for tenant in self._tenants(ctx):
+            steps.append(self.step(
+                "register", f"Inspect {tenant.schema} and register tenant {tenant.tenant_id} in public.tenants",
+                tenant_id=tenant.tenant_id, target=tenant.schema,
+                sql=("INSERT INTO public.tenants (tenant_id, schema_name, ...) VALUES (%s, %s, ...)  -- schema exists: not created",),
+            ))
+        return steps
+
+    def _tenants(self, ctx: MigrationContext) -> list[TenantRef]:
+        valid, _invalid = inspection.discover_tenant_schemas(ctx.config.legacy_auth_schema, ctx.config.archive_schema)
+        if ctx.tenant_filter:
+            missing = [t for t in ctx.tenant_filter if t not in valid]
+            if missing:
+                raise MigrationError(
+                    f"unknown tenant {missing[0]!r}: there is no legacy schema tenant_{missing[0]} in this database"
+                )
+            return [TenantRef(t) for t in ctx.tenant_filter]
+        return [TenantRef(t) for t in valid]
+
+    def apply(self, ctx: MigrationContext, step: Step, progress: Progress, record_id: int) -> StepResult:
+        handler = getattr(self, f"_apply_{step.kind}")
+        return handler(ctx, step)
+
+    def _apply_preflight(self, ctx: MigrationContext, step: Step) -> StepResult:
+        version = catalog.server_version_num()
+        if version < MIN_SERVER_VERSION:
+            raise MigrationError(f"PostgreSQL {version // 10000} is too old: the migrator needs 15 or newer")
+        major = version // 10000
+        pg_dump = binaries.find_binary("pg_dump", major, ctx.config.bin_dirs)
+        pg_restore = binaries.find_binary("pg_restore", major, ctx.config.bin_dirs)
+        backup_dir = ctx.config.backup_dir
+        try:
+            backup_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MigrationError(f"backup folder {backup_dir} cannot be created: {exc.strerror}; "
+                                 "set SALESFLOW_BACKUP_DIR to a writable folder") from None
+        if not os.access(backup_dir, os.W_OK | os.X_OK):
+            raise MigrationError(f"backup folder {backup_dir} is not writable; set SALESFLOW_BACKUP_DIR to a writable folder")
+        needed = catalog.database_size()  # a dump is never larger than the data it reads
+        free = binaries.disk_free(backup_dir)
+        if free < needed:
+            raise MigrationError(
+                f"not enough free disk for the backup in {backup_dir}: {free // 2**20} MiB free, "
+                f"about {needed // 2**20} MiB needed; free space or set SALESFLOW_BACKUP_DIR"
+            )
+        return StepResult(
+            message=f"PostgreSQL {major}, {pg_dump}, {free // 2**20} MiB free for ~{needed // 2**20} MiB",
+            details={"server_version": version, "pg_dump": str(pg_dump), "pg_restore": str(pg_restore),
+                     "disk_free": free, "database_size": needed},
+        )
+
+    def _apply_bootstrap(self, ctx: MigrationContext, step: Step) -> StepResult:
+        applied = migrate_schema("public", BOOTSTRAP_APPS)
+        return StepResult(message=f"{len(applied)} migrations applied" if applied else "already up to date",
+                          details={"applied": applied})
+
+    def _apply_backup(self, ctx: MigrationContext, step: Step) -> StepResult:
+        major = server_major()
+        pg_dump = binaries.find_binary("pg_dump", major, ctx.config.bin_dirs)
+        pg_restore = binaries.find_binary("pg_restore", major, ctx.config.bin_dirs)
+        info = backup.create_backup(pg_dump, pg_restore, ctx.config.backup_dir, ctx.jobs, major)
+        return StepResult(message=f"{info.path} ({info.size // 1024} KiB, {info.toc_entries} entries, "
+                                  f"sha256 {info.sha256[:12]}...)", details={"backup": info.as_dict()})
+
+    def _apply_inspect_auth(self, ctx: MigrationContext, step: Step) -> StepResult:
+        report = inspection.inspect_auth_schema(ctx.config.legacy_auth_schema)
+        return StepResult(message=inspection.describe_report(report), details={"inspection": report})
+
+    def _apply_discover(self, ctx: MigrationContext, step: Step) -> StepResult:
+        valid, invalid = inspection.discover_tenant_schemas(ctx.config.legacy_auth_schema, ctx.config.archive_schema)
+        message = f"{len(valid)} tenant schemas"
+        if invalid:
+            message += f"; skipped {len(invalid)} schemas whose names are not valid tenant ids: " + ", ".join(
+                repr(name) for name in invalid[:10])
+        return StepResult(message=message, details={"tenants": valid, "invalid_schemas": invalid})
+
+    def _apply_register(self, ctx: MigrationContext, step: Step) -> StepResult:
+        tenant = TenantRef(step.tenant_id or "")
+        report = inspection.inspect_tenant_schema(tenant.schema)
+        registered = Tenant.objects.filter(tenant_id=tenant.tenant_id).first()
+        if registered is None:
+            registered = Tenant(tenant_id=tenant.tenant_id, name=tenant.tenant_id.replace("_", " ").title(),
+                                migration_state=MigrationState.REGISTERED)
+            registered.auto_create_schema = False  # the legacy schema exists; phase 2 adds the target tables
+            registered.save()
+        rows = sum(info["rows"] for info in report["tables"].values())
+        return StepResult(message=inspection.describe_report(report), rows_expected=rows,
+                          details={"inspection": report})
+
+    def verify(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
+        if step.kind == "backup":
+            info = backup.BackupInfo.from_dict(result.details["backup"])
+            if info.toc_entries == 0 or not Path(info.path).is_dir():
+                return [f"backup {info.path} is empty or missing"]
+            backup.check_backup(info)
+        if step.kind == "register" and not Tenant.objects.filter(tenant_id=step.tenant_id).exists():
+            return [f"tenant {step.tenant_id} is not in public.tenants"]
+        return []

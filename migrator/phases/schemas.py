@@ -1,0 +1,48 @@
+"""Phase 2 — service schemas and every tenant's namespaced tables, through Django migrations."""
+
+from __future__ import annotations
+
+from migrator import catalog
+from migrator.engine.context import MigrationContext, TenantRef
+from migrator.engine.steps import Step, StepResult
+from migrator.phases.base import Phase, Progress
+from migrator.services.django_migrations import migrate_schema, pending_sql
+from salesflow.layout import SERVICE_SCHEMAS, tenant_tables
+from tenants.models import MigrationState
+
+
+class SchemasPhase(Phase):
+    name = "schemas"
+    number = 2
+    estimate = "2 hours"
+    summary = "auth, contact, activity schemas (migrate_schemas --shared) and namespaced tenant tables"
+    tenant_state_on_success = MigrationState.SCHEMAS_READY
+
+    def plan(self, ctx: MigrationContext) -> list[Step]:
+        with_sql = bool(ctx.option("render_sql"))
+        steps = [self.step(
+            "service_schemas", "Create schemas " + ", ".join(SERVICE_SCHEMAS) + " and their tables (shared migrations)",
+            sql=tuple(pending_sql("public")) if with_sql else (),
+        )]
+        for tenant in ctx.registered_tenants:
+            steps.append(self.step(
+                "tenant_tables", f"Create {', '.join(t.name for t in tenant_tables())} in {tenant.schema} "
+                "(tenant migrations)", tenant_id=tenant.tenant_id, target=tenant.schema,
+                sql=tuple(pending_sql(tenant.schema)) if with_sql and catalog.schema_exists(tenant.schema) else (),
+            ))
+        return steps
+
+    def apply(self, ctx: MigrationContext, step: Step, progress: Progress, record_id: int) -> StepResult:
+        schema = "public" if step.kind == "service_schemas" else TenantRef(step.tenant_id or "").schema
+        applied = migrate_schema(schema)
+        return StepResult(message=f"{len(applied)} migrations applied" if applied else "already up to date",
+                          details={"applied": applied})
+
+    def verify(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
+        if step.kind == "service_schemas":
+            found = catalog.tables_by_schema(list(SERVICE_SCHEMAS))
+            return [f"{schema}.{table} does not exist" for schema, tables in SERVICE_SCHEMAS.items()
+                    for table in tables if table not in found[schema]]
+        schema = TenantRef(step.tenant_id or "").schema
+        found = catalog.tables_by_schema([schema])[schema]
+        return [f"{schema}.{t.name} does not exist" for t in tenant_tables() if t.name not in found]

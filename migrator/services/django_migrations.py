@@ -1,0 +1,73 @@
+"""Django migrations for one schema, the way django-tenants' ``migrate_schemas`` applies them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from django.core.management.sql import emit_post_migrate_signal
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.migrations.executor import MigrationExecutor
+from django.db.migrations.recorder import MigrationRecorder
+
+# Apps the migrator itself needs in public before it can record anything (no service schemas).
+BOOTSTRAP_APPS: tuple[str, ...] = ("contenttypes", "auth", "admin", "sessions", "tenants", "migrator")
+
+
+@contextmanager
+def _in_schema(schema_name: str) -> Iterator[None]:
+    conn = connections[DEFAULT_DB_ALIAS]
+    try:
+        # A tenant's django_migrations must be its own, never public's found through search_path.
+        conn.set_schema(schema_name, include_public=schema_name == "public")
+        yield
+    finally:
+        conn.set_schema_to_public()
+
+
+def _plan(app_labels: Sequence[str] | None):
+    executor = MigrationExecutor(connections[DEFAULT_DB_ALIAS])
+    targets = [key for key in executor.loader.graph.leaf_nodes() if app_labels is None or key[0] in app_labels]
+    return executor, executor.migration_plan(targets), targets
+
+
+def unapplied(schema_name: str, app_labels: Sequence[str] | None = None) -> list[str]:
+    """Migrations not yet recorded in ``schema_name``."""
+    with _in_schema(schema_name):
+        return [f"{m.app_label}.{m.name}" for m, _ in _plan(app_labels)[1]]
+
+
+def migrate_schema(schema_name: str, app_labels: Sequence[str] | None = None) -> list[str]:
+    """Apply pending migrations in ``schema_name`` (``public`` or a tenant); returns what was applied.
+
+    The router (django-tenants) decides per app whether its tables belong in this schema; every
+    migration is recorded in the schema's own ``django_migrations`` either way, as migrate_schemas does.
+    """
+    conn = connections[DEFAULT_DB_ALIAS]
+    public = schema_name == "public"
+    with _in_schema(schema_name):
+        MigrationRecorder(conn).ensure_schema()
+        if not public:
+            conn.set_schema(schema_name)  # tenant tables reference service tables by qualified name
+        executor, plan, targets = _plan(app_labels)
+        if not plan:
+            return []
+        executor.migrate(targets, plan=plan)
+        if public:
+            # Content types and permissions (the admin's view permissions) are created here.
+            emit_post_migrate_signal(0, False, DEFAULT_DB_ALIAS, plan=plan)
+        return [f"{migration.app_label}.{migration.name}" for migration, _backwards in plan]
+
+
+def bootstrap_public() -> list[str]:
+    """Make the tracking and registry tables ready (before any run records anything)."""
+    return migrate_schema("public", BOOTSTRAP_APPS)
+
+
+def pending_sql(schema_name: str, app_labels: Sequence[str] | None = None) -> list[str]:
+    """The SQL the pending migrations of ``schema_name`` would run (for ``--plan``; applies nothing)."""
+    with _in_schema(schema_name):
+        if schema_name != "public":
+            connections[DEFAULT_DB_ALIAS].set_schema(schema_name)
+        executor, plan, _targets = _plan(app_labels)
+        return [statement for statement in executor.loader.collect_sql(plan) if not statement.startswith("--")]

@@ -1,0 +1,57 @@
+"""What the legacy layout really contains: schemas, tables, row counts, columns with no target."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from migrator import catalog
+from migrator.legacy import AUTH_MODELS, LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES, legacy_tenant_model, unmapped_columns
+from salesflow.layout import is_reserved_schema, tenant_id_from_schema
+
+
+def discover_tenant_schemas(legacy_auth_schema: str, archive_schema: str) -> tuple[list[str], list[str]]:
+    """Tenant ids of valid ``tenant_<id>`` schemas, and the names of ``tenant_*`` schemas that are not valid."""
+    valid, invalid = [], []
+    for schema in catalog.schemas_like_tenants():
+        tenant_id = tenant_id_from_schema(schema)
+        if tenant_id is None or is_reserved_schema(schema, legacy_auth_schema, archive_schema):
+            invalid.append(schema)
+        else:
+            valid.append(tenant_id)
+    return valid, invalid
+
+
+def _inspect_tables(schema: str, tables: tuple[str, ...], model_for: dict[str, str]) -> dict[str, Any]:
+    present = catalog.tables_by_schema([schema])[schema]
+    report: dict[str, Any] = {"schema": schema, "tables": {}, "missing": [], "unmapped": {}}
+    for table in tables:
+        if table not in present:
+            report["missing"].append(table)
+            continue
+        cols = [c.name for c in catalog.columns(schema, table)]
+        extra = unmapped_columns(cols, model_for[table])
+        report["tables"][table] = {"rows": catalog.row_count(schema, table), "columns": len(cols)}
+        if extra:
+            report["unmapped"][table] = extra
+    return report
+
+
+def inspect_tenant_schema(schema: str) -> dict[str, Any]:
+    return _inspect_tables(schema, LEGACY_TENANT_TABLES, {t: legacy_tenant_model(t) for t in LEGACY_TENANT_TABLES})
+
+
+def inspect_auth_schema(schema: str) -> dict[str, Any]:
+    if not catalog.schema_exists(schema):
+        return {"schema": schema, "tables": {}, "missing": list(LEGACY_AUTH_TABLES), "unmapped": {}, "absent": True}
+    return _inspect_tables(schema, LEGACY_AUTH_TABLES, AUTH_MODELS)
+
+
+def describe_report(report: dict[str, Any]) -> str:
+    """One line for the operator: rows per table, then what is missing or has no target column."""
+    parts = [f"{table} {info['rows']}" for table, info in report["tables"].items()]
+    line = ", ".join(parts) or "no legacy tables"
+    if report["missing"]:
+        line += f"; missing: {', '.join(report['missing'])}"
+    for table, cols in report["unmapped"].items():
+        line += f"; {table} has columns with no target: {', '.join(cols)} (phase 3 will refuse)"
+    return line

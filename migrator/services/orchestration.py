@@ -1,0 +1,74 @@
+"""What ``migrate_phase`` does, without any printing: plan, check, run phases under the lock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from django.db import connection
+
+from migrator import catalog
+from migrator.engine import tracking
+from migrator.engine.context import MigrationContext
+from migrator.engine.errors import MigrationError
+from migrator.engine.lock import MigratorLock
+from migrator.engine.runner import EventCallback, PhaseOutcome, PhaseRunner, pending_steps
+from migrator.engine.steps import Step
+from migrator.phases.base import Phase
+from migrator.services.django_migrations import BOOTSTRAP_APPS, migrate_schema, unapplied
+
+
+def check_database() -> None:
+    """Fail with one line when the database cannot be reached."""
+    try:
+        connection.ensure_connection()
+    except Exception as exc:  # psycopg raises several kinds; all mean the same to the operator
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise MigrationError(f"cannot connect to the database {connection.settings_dict['NAME']!r}: {reason}; "
+                             "check DATABASE_URL and that the server is running") from None
+
+
+def tracking_ready() -> bool:
+    return catalog.table_exists("public", "schema_migrations") and catalog.table_exists("public", "tenants")
+
+
+def ensure_tracking_ready() -> list[str]:
+    """The tracking and registry tables must exist before anything is recorded."""
+    if tracking_ready() and not unapplied("public", BOOTSTRAP_APPS):
+        return []
+    return migrate_schema("public", BOOTSTRAP_APPS)
+
+
+@dataclass
+class PlannedPhase:
+    phase: Phase
+    steps: list[Step]
+
+
+def plan_phase(phase: Phase, ctx: MigrationContext) -> PlannedPhase:
+    """Steps that a run would apply now (reads only)."""
+    if ctx.option("validate_only"):
+        return PlannedPhase(phase, phase.plan(ctx))
+    if not tracking_ready():
+        ctx.__dict__["registered_tenants"] = []  # no registry yet: nothing of it to plan for
+        return PlannedPhase(phase, phase.plan(ctx))
+    return PlannedPhase(phase, pending_steps(phase, ctx))
+
+
+def run_phases(phases: list[Phase], ctx: MigrationContext, on_event: EventCallback,
+               confirm: Callable[[Phase, list[Step]], bool]) -> list[PhaseOutcome]:
+    """Run ``phases`` in order under the migrator lock; stop at the first phase that fails."""
+    ensure_tracking_ready()
+    outcomes: list[PhaseOutcome] = []
+    with MigratorLock("+".join(p.name for p in phases)):
+        for phase in phases:
+            ctx.__dict__.pop("registered_tenants", None)  # an earlier phase may have registered tenants
+            planned = plan_phase(phase, ctx)
+            if planned.steps and phase.asks_confirmation and not confirm(phase, planned.steps):
+                raise MigrationError(f"phase {phase.name} cancelled; nothing was changed")
+            tracking.close_interrupted(phase.name)
+            outcome = PhaseRunner(ctx, on_event).run(phase, planned.steps)
+            outcomes.append(outcome)
+            if not outcome.ok:
+                break
+    return outcomes

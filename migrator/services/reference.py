@@ -1,0 +1,141 @@
+"""Merging per-tenant reference tables into one shared table, with an old id -> new id map.
+
+Rows are matched on the reference table's key (``code`` or ``name``). Two tenants with the same
+key but different other values are a conflict: the merge refuses, listing them, unless the
+operator chose ``first-wins`` (the shared row, else the first tenant by id, wins; the discarded
+variants are returned for the tracking row). Merged rows and map entries commit together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import transaction
+from psycopg import sql
+
+from migrator import catalog, db
+from migrator.engine.errors import MigrationError
+from migrator.legacy import ReferenceTable, unmapped_columns
+from salesflow.layout import tenant_schema_name
+
+STAGE = sql.Identifier("reference_stage")
+SHARED_TENANT = "(shared)"
+
+
+@dataclass
+class MergeResult:
+    tenants_merged: list[str] = field(default_factory=list)
+    tenants_without_table: list[str] = field(default_factory=list)
+    rows_staged: int = 0
+    rows_added: int = 0
+    mapped: int = 0
+    discarded: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _value_columns(ref: ReferenceTable, tenant_ids: list[str]) -> list[str]:
+    """Columns besides id that every tenant's table has; an extra legacy column blocks the merge."""
+    target_cols = [c.name for c in catalog.columns(ref.schema, ref.table) if c.name != "id"]
+    for tenant_id in tenant_ids:
+        legacy_cols = [c.name for c in catalog.columns(tenant_schema_name(tenant_id), ref.legacy_table)]
+        extra = unmapped_columns(legacy_cols, ref.model)
+        if extra:
+            raise MigrationError(
+                f"tenant_{tenant_id}.{ref.legacy_table} has columns with no target column: {', '.join(extra)}; "
+                "nothing was merged (add the columns to the target model, or drop them from the legacy table deliberately)"
+            )
+    return target_cols
+
+
+def _conflicts(ref: ReferenceTable, value_cols: list[str]) -> list[dict[str, Any]]:
+    values = sql.SQL("ROW({})").format(sql.SQL(", ").join(sql.Identifier(c) for c in value_cols if c != ref.key))
+    variants = sql.SQL(
+        "WITH candidates AS ("
+        "  SELECT tenant_id, {key} AS key, {values}::text AS variant FROM {stage}"
+        "  UNION ALL SELECT %s, {key}, {values}::text FROM {shared}"
+        "), keyed AS (SELECT key FROM candidates GROUP BY key HAVING count(DISTINCT variant) > 1) "
+        "SELECT c.key, c.variant, array_agg(c.tenant_id ORDER BY c.tenant_id = %s DESC, c.tenant_id) "
+        "FROM candidates c JOIN keyed USING (key) GROUP BY c.key, c.variant ORDER BY c.key, min(c.tenant_id)"
+    ).format(key=sql.Identifier(ref.key), values=values, stage=STAGE,
+             shared=sql.Identifier(ref.schema, ref.table))
+    conflicts: dict[str, dict[str, Any]] = {}
+    for key, variant, tenants in db.fetchall(variants, [SHARED_TENANT, SHARED_TENANT]):
+        conflicts.setdefault(key, {"key": key, "variants": []})["variants"].append({"value": variant, "tenants": tenants})
+    return list(conflicts.values())
+
+
+def describe_conflicts(ref: ReferenceTable, conflicts: list[dict[str, Any]], limit: int = 5) -> str:
+    parts = []
+    for conflict in conflicts[:limit]:
+        variants = " vs ".join(f"{v['value']} in {', '.join(v['tenants'][:3])}" for v in conflict["variants"])
+        parts.append(f"{ref.key} {conflict['key']!r}: {variants}")
+    more = f" (+{len(conflicts) - limit} more)" if len(conflicts) > limit else ""
+    return "; ".join(parts) + more
+
+
+def merge_reference_table(ref: ReferenceTable, tenant_ids: list[str], policy: str) -> MergeResult:
+    """Merge ``ref`` of the given tenants (those not merged before) into its shared table."""
+    result = MergeResult()
+    already = set(db.fetchall("SELECT DISTINCT tenant_id FROM public.migrator_reference_map WHERE reference_table = %s",
+                              [ref.map_name]))
+    already_ids = {row[0] for row in already}
+    present = catalog.tables_by_schema([tenant_schema_name(t) for t in tenant_ids])
+    todo = []
+    for tenant_id in tenant_ids:
+        if ref.legacy_table not in present[tenant_schema_name(tenant_id)]:
+            result.tenants_without_table.append(tenant_id)
+        elif tenant_id not in already_ids:
+            todo.append(tenant_id)
+    if not todo:
+        return result
+    value_cols = _value_columns(ref, todo)
+    cols = db.ident_list(value_cols)
+    shared = sql.Identifier(ref.schema, ref.table)
+    with transaction.atomic():
+        db.execute(sql.SQL("CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT ''::text AS tenant_id, "
+                           "0::bigint AS old_id, {cols} FROM {shared} WITH NO DATA").format(
+            stage=STAGE, cols=cols, shared=shared))
+        for tenant_id in todo:
+            result.rows_staged += db.execute(
+                sql.SQL("INSERT INTO {stage} SELECT %s, id, {cols} FROM {legacy}").format(
+                    stage=STAGE, cols=cols, legacy=sql.Identifier(tenant_schema_name(tenant_id), ref.legacy_table)),
+                [tenant_id],
+            )
+        conflicts = _conflicts(ref, value_cols)
+        if conflicts and policy != "first-wins":
+            raise MigrationError(
+                f"{len(conflicts)} conflicting {ref.legacy_table} across tenants (same {ref.key}, different values): "
+                f"{describe_conflicts(ref, conflicts)}; fix the legacy data or pass --reference-conflicts=first-wins"
+            )
+        for conflict in conflicts:
+            for variant in conflict["variants"][1:]:
+                result.discarded.append({"key": conflict["key"], "kept": conflict["variants"][0]["value"], **variant})
+        result.rows_added = db.execute(
+            sql.SQL("INSERT INTO {shared} ({cols}) SELECT DISTINCT ON ({key}) {cols} FROM {stage} "
+                    "ORDER BY {key}, tenant_id, old_id ON CONFLICT ({key}) DO NOTHING").format(
+                shared=shared, cols=cols, key=sql.Identifier(ref.key), stage=STAGE))
+        result.mapped = db.execute(
+            sql.SQL("INSERT INTO public.migrator_reference_map (tenant_id, reference_table, old_id, new_id) "
+                    "SELECT s.tenant_id, %s, s.old_id, t.id FROM {stage} s JOIN {shared} t USING ({key})").format(
+                stage=STAGE, shared=shared, key=sql.Identifier(ref.key)),
+            [ref.map_name],
+        )
+        if result.mapped != result.rows_staged:
+            raise MigrationError(f"{ref.legacy_table}: mapped {result.mapped} of {result.rows_staged} rows; nothing was merged")
+    result.tenants_merged = todo
+    return result
+
+
+def unmapped_count(ref: ReferenceTable, tenant_ids: list[str]) -> int:
+    """Legacy reference rows of these tenants with no map entry (0 after a good merge)."""
+    present = catalog.tables_by_schema([tenant_schema_name(t) for t in tenant_ids])
+    missing = 0
+    for tenant_id in tenant_ids:
+        if ref.legacy_table not in present[tenant_schema_name(tenant_id)]:
+            continue
+        missing += int(db.fetchvalue(
+            sql.SQL("SELECT count(*) FROM {legacy} l WHERE NOT EXISTS (SELECT 1 FROM public.migrator_reference_map m "
+                    "WHERE m.tenant_id = %s AND m.reference_table = %s AND m.old_id = l.id)").format(
+                legacy=sql.Identifier(tenant_schema_name(tenant_id), ref.legacy_table)),
+            [tenant_id, ref.map_name]))
+    return missing

@@ -1,0 +1,50 @@
+"""Start over: remove every legacy and migrated schema and the migrator's state in this database.
+
+For demos, tests and benchmarks (``seed_legacy --replace``), never part of a migration.
+"""
+
+from __future__ import annotations
+
+from django.db import transaction
+from psycopg import sql
+
+from migrator import catalog, db
+from migrator.models import DeferredConstraint, MigrationRecord, ReferenceMapping
+from migrator.settings import MigratorConfig
+from salesflow.layout import SERVICE_SCHEMAS
+from tenants.models import Domain, Tenant
+
+
+def drop_service_roles(config: MigratorConfig) -> list[str]:
+    dropped = []
+    for role in config.service_roles.values():
+        if catalog.role_exists(role):
+            db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+            dropped.append(role)
+    return dropped
+
+
+def reset_database(config: MigratorConfig) -> list[str]:
+    """Drop tenant, legacy auth and archive schemas; empty service tables; forget all migrator state."""
+    done: list[str] = []
+    with transaction.atomic():
+        for schema in [*catalog.schemas_like_tenants(), config.legacy_auth_schema, config.archive_schema]:
+            if catalog.schema_exists(schema):
+                db.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+                done.append(f"dropped schema {schema}")
+        service_tables = [
+            sql.Identifier(schema, table)
+            for schema, tables in SERVICE_SCHEMAS.items()
+            for table in tables
+            if catalog.table_exists(schema, table)
+        ]
+        if service_tables:
+            db.execute(sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(sql.SQL(", ").join(service_tables)))
+            done.append(f"emptied {len(service_tables)} service tables")
+        for model in (Domain, Tenant, MigrationRecord, ReferenceMapping, DeferredConstraint):
+            deleted, _ = model.objects.all().delete()
+            if deleted:
+                done.append(f"deleted {deleted} {model._meta.db_table} rows")
+        done += [f"dropped role {role}" for role in drop_service_roles(config)]
+    return done

@@ -1,0 +1,71 @@
+"""The phases x tenants picture, read from the tracking table only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from django.db.models import Q
+
+from migrator.models import MigrationRecord, Status
+from migrator.phases import ORDERED
+
+GLOBAL = "*"
+
+
+@dataclass
+class StatusReport:
+    phases: list[str]
+    scopes: list[str]
+    cells: dict[tuple[str, str], str] = field(default_factory=dict)
+    failures: list[MigrationRecord] = field(default_factory=list)
+    running: list[MigrationRecord] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return all(state == "done" for state in self.cells.values())
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "complete": self.complete,
+            "phases": self.phases,
+            "tenants": {scope: {phase: self.cells[(phase, scope)] for phase in self.phases} for scope in self.scopes},
+            "failed": [{"migration_id": r.migration_id, "attempt": r.attempt, "error": r.error_message}
+                       for r in self.failures],
+        }
+
+
+def _cell(statuses: set[str]) -> str:
+    if not statuses:
+        return "pending"
+    if Status.FAILED in statuses:
+        return "failed"
+    if Status.RUNNING in statuses:
+        return "running"
+    if statuses <= {Status.COMPLETED}:
+        return "done"
+    if Status.ROLLED_BACK in statuses and not statuses & {Status.PENDING}:
+        return "rolled back"
+    return "pending"
+
+
+def status_report() -> StatusReport:
+    from tenants.models import Tenant
+
+    phases = [p.name for p in ORDERED]
+    tenants = list(Tenant.objects.order_by("tenant_id").values_list("tenant_id", flat=True))
+    latest = (MigrationRecord.objects.filter(Q(phase__in=phases))
+              .order_by("migration_id", "-attempt").distinct("migration_id"))
+    statuses: dict[tuple[str, str], set[str]] = {}
+    report = StatusReport(phases, [GLOBAL, *tenants])
+    for record in latest:
+        scope = record.tenant_id or GLOBAL
+        statuses.setdefault((record.phase, scope), set()).add(record.status)
+        if record.status == Status.FAILED:
+            report.failures.append(record)
+        elif record.status == Status.RUNNING:
+            report.running.append(record)
+    for phase in phases:
+        for scope in report.scopes:
+            report.cells[(phase, scope)] = _cell(statuses.get((phase, scope), set()))
+    report.failures.sort(key=lambda r: r.completed_at or r.started_at or r.id, reverse=True)
+    return report

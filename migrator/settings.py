@@ -1,0 +1,37 @@
+"""The migrator's configuration, read from ``settings.SALESFLOW`` in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+
+from salesflow.layout import SERVICE_SCHEMAS
+
+
+@dataclass(frozen=True)
+class MigratorConfig:
+    legacy_auth_schema: str
+    archive_schema: str
+    role_prefix: str
+    backup_dir: Path
+    bin_dirs: tuple[str, ...]
+
+    def service_role(self, service: str) -> str:
+        return f"{self.role_prefix}_{service}"
+
+    @property
+    def service_roles(self) -> dict[str, str]:
+        return {service: self.service_role(service) for service in SERVICE_SCHEMAS}
+
+
+def get_config() -> MigratorConfig:
+    conf = settings.SALESFLOW
+    return MigratorConfig(
+        legacy_auth_schema=conf["LEGACY_AUTH_SCHEMA"],
+        archive_schema=conf["ARCHIVE_SCHEMA"],
+        role_prefix=conf["ROLE_PREFIX"],
+        backup_dir=Path(conf["BACKUP_DIR"]),
+        bin_dirs=tuple(conf.get("BIN_DIRS", ())),
+    )

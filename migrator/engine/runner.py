@@ -48,6 +48,8 @@ class PhaseOutcome:
 def pending_steps(phase: Phase, ctx: MigrationContext) -> list[Step]:
     """The phase's plan minus the steps whose latest attempt is COMPLETED."""
     steps = phase.plan(ctx)
+    if phase.always_rerun:
+        return steps
     latest = tracking.latest_records(phase.name)
     return [s for s in steps if (row := latest.get(s.key)) is None or row.status != Status.COMPLETED]
 

@@ -94,10 +94,18 @@ def save_checkpoint(record_id: int, checkpoint: int | None, rows_copied: int) ->
     MigrationRecord.objects.filter(pk=record_id).update(checkpoint=checkpoint, rows_copied=rows_copied)
 
 
-def mark_rolled_back(phases: Iterable[str]) -> int:
-    return MigrationRecord.objects.filter(phase__in=list(phases), status=Status.COMPLETED).update(
-        status=Status.ROLLED_BACK
-    )
+def mark_rolled_back(phases: Iterable[str], tenant_ids: list[str] | None = None) -> int:
+    """Attempts whose effects a rollback undid become ROLLED_BACK, so the next run does those steps again.
+
+    Failed and pending attempts are marked too (their partial work is gone as well; the error text
+    stays). The backup step stays COMPLETED: its dump still holds the data as it was before.
+    """
+    rows = MigrationRecord.objects.filter(
+        phase__in=list(phases), status__in=[Status.COMPLETED, Status.FAILED, Status.PENDING]
+    ).exclude(step="backup")
+    if tenant_ids is not None:
+        rows = rows.filter(tenant_id__in=tenant_ids)
+    return rows.update(status=Status.ROLLED_BACK)
 
 
 def bump_rows(record_id: int, rows: int) -> None:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from migrator.phases.base import Phase
+from migrator.phases.cutover import CutoverPhase
 from migrator.phases.data import DataPhase
 from migrator.phases.prepare import PreparePhase
+from migrator.phases.rollback import RollbackPhase
 from migrator.phases.schemas import SchemasPhase
+from migrator.phases.security import SecurityPhase
+from migrator.phases.verify import VerifyPhase
 
-PHASES: tuple[type[Phase], ...] = (PreparePhase, SchemasPhase, DataPhase)
+PHASES: tuple[type[Phase], ...] = (
+    PreparePhase, SchemasPhase, DataPhase, SecurityPhase, VerifyPhase, CutoverPhase, RollbackPhase,
+)
 # The phases `all` runs, in order.
 ORDERED: tuple[type[Phase], ...] = tuple(sorted((p for p in PHASES if p.number), key=lambda p: p.number or 0))
 EXTRA_COMMANDS = ("all", "status")

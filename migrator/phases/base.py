@@ -29,6 +29,8 @@ class Phase(ABC):
     tenant_state_on_success: ClassVar[str | None] = None
     # Steps of this phase change data irreversibly and need confirmation (or --noinput).
     asks_confirmation: ClassVar[bool] = False
+    # Steps run on every invocation instead of being skipped once COMPLETED (rollback).
+    always_rerun: ClassVar[bool] = False
 
     @abstractmethod
     def plan(self, ctx: MigrationContext) -> list[Step]: ...

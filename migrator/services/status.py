@@ -43,8 +43,8 @@ def _cell(statuses: set[str]) -> str:
         return "running"
     if statuses <= {Status.COMPLETED}:
         return "done"
-    if Status.ROLLED_BACK in statuses and not statuses & {Status.PENDING}:
-        return "rolled back"
+    if statuses == {Status.ROLLED_BACK}:
+        return "undone"
     return "pending"
 
 

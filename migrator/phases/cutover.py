@@ -1,0 +1,90 @@
+"""Phase 6 — cutover: legacy tables archived (or dropped with --drop-legacy), tenants live."""
+
+from __future__ import annotations
+
+from migrator import catalog
+from migrator.engine.context import MigrationContext, TenantRef
+from migrator.engine.errors import MigrationError
+from migrator.engine.steps import Step, StepResult
+from migrator.legacy import LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES
+from migrator.engine import tracking
+from migrator.models import Status
+from migrator.phases.base import Phase, Progress
+from migrator.services import archive
+from tenants.models import MigrationState, Tenant
+
+REQUIRED_PHASES = ("data", "verify")
+
+
+class CutoverPhase(Phase):
+    name = "cutover"
+    number = 6
+    estimate = "1 day"
+    summary = "legacy tables moved to the archive schema (never dropped without --drop-legacy), tenants live"
+    tenant_state_on_success = MigrationState.LIVE
+    asks_confirmation = True
+
+    def plan(self, ctx: MigrationContext) -> list[Step]:
+        drop = bool(ctx.option("drop_legacy"))
+        where = "DROP" if drop else f"move to {ctx.config.archive_schema}"
+        steps = [self.step("archive_schema", f"Create schema {ctx.config.archive_schema}", target=ctx.config.archive_schema)]
+        for tenant in ctx.registered_tenants:
+            steps.append(self.step("archive_legacy", f"{where}: legacy tables of {tenant.schema}; tenant goes live",
+                                   tenant_id=tenant.tenant_id, target=tenant.schema, destructive=drop))
+        if not ctx.tenant_filter:
+            steps.append(self.step("archive_auth", f"{where}: legacy auth tables of {ctx.config.legacy_auth_schema}",
+                                   target=ctx.config.legacy_auth_schema, destructive=drop))
+        steps.append(self.step("final_status", "Every tenant live, no legacy table left in tenant schemas"))
+        return steps
+
+    def confirmation_question(self, ctx: MigrationContext, steps: list[Step]) -> str:
+        if any(step.destructive for step in steps):
+            return "Cutover with --drop-legacy DROPS the legacy tables for good (the phase-1 backup stays). Continue?"
+        return "Cutover archives the legacy tables and marks tenants live. Continue?"
+
+    def apply(self, ctx: MigrationContext, step: Step, progress: Progress, record_id: int) -> StepResult:
+        cfg = ctx.config
+        drop = bool(ctx.option("drop_legacy"))
+        if step.kind == "archive_schema":
+            self._require_earlier_phases(ctx)
+            created = archive.ensure_archive_schema(cfg.archive_schema)
+            return StepResult(message="created" if created else "exists")
+        if step.kind == "archive_legacy":
+            tenant = TenantRef(step.tenant_id or "")
+            moved = archive.archive_tables(tenant.schema, tenant.tenant_id, list(LEGACY_TENANT_TABLES),
+                                           cfg.archive_schema, drop)
+            return StepResult(message=f"{len(moved)} legacy tables {'dropped' if drop else 'archived'}",
+                              details={"archived": moved})
+        if step.kind == "archive_auth":
+            moved = archive.archive_tables(cfg.legacy_auth_schema, cfg.legacy_auth_schema, list(LEGACY_AUTH_TABLES),
+                                           cfg.archive_schema, drop)
+            dropped_schema = archive.drop_schema_if_empty(cfg.legacy_auth_schema)
+            return StepResult(message=f"{len(moved)} legacy auth tables {'dropped' if drop else 'archived'}",
+                              details={"archived": moved, "legacy_schema_dropped": dropped_schema})
+        live = Tenant.objects.filter(migration_state=MigrationState.LIVE).count()
+        total = Tenant.objects.count()
+        return StepResult(message=f"{live} of {total} tenants live", details={"live": live, "tenants": total})
+
+    def _require_earlier_phases(self, ctx: MigrationContext) -> None:
+        """Legacy tables leave only when every tenant's data was validated and verified."""
+        for phase in REQUIRED_PHASES:
+            done: dict[str, bool] = {}
+            for record in tracking.latest_records(phase).values():
+                if record.tenant_id:
+                    done[record.tenant_id] = done.get(record.tenant_id, True) and record.status == Status.COMPLETED
+            incomplete = [t.tenant_id for t in ctx.registered_tenants if not done.get(t.tenant_id)]
+            if incomplete:
+                raise MigrationError(f"phase {phase} is not complete for tenant {incomplete[0]} "
+                                     f"({len(incomplete)} in all); run `migrate_phase {phase}` before the cutover")
+
+    def verify(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
+        if step.kind == "archive_legacy":
+            schema = TenantRef(step.tenant_id or "").schema
+            left = catalog.tables_by_schema([schema])[schema] & set(LEGACY_TENANT_TABLES)
+            return [f"legacy table {schema}.{t} still present" for t in sorted(left)]
+        if step.kind == "final_status":
+            # Runs after every tenant step of this run: a tenant that failed its cutover shows here.
+            selected = [t.tenant_id for t in ctx.registered_tenants]
+            not_live = Tenant.objects.filter(tenant_id__in=selected).exclude(migration_state=MigrationState.LIVE)
+            return [f"tenant {t} is not live" for t in not_live.values_list("tenant_id", flat=True)[:10]]
+        return []

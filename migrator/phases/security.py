@@ -1,0 +1,55 @@
+"""Phase 4 — security: the database side of the plan's "application updates"."""
+
+from __future__ import annotations
+
+from migrator import catalog, db
+from migrator.engine.context import MigrationContext, TenantRef
+from migrator.engine.errors import MigrationError
+from migrator.engine.steps import Step, StepResult
+from migrator.phases.base import Phase, Progress
+from migrator.services import grants
+from salesflow.layout import tenant_tables
+from tenants.models import MigrationState
+
+
+class SecurityPhase(Phase):
+    name = "security"
+    number = 4
+    estimate = "2-3 days"
+    summary = "NOLOGIN service roles with grants on exactly their schemas and tenant tables"
+    tenant_state_on_success = MigrationState.SECURED
+
+    def plan(self, ctx: MigrationContext) -> list[Step]:
+        steps = [
+            self.step("service_role", f"Role {role} (NOLOGIN): usage and DML on schema {service}, its sequences "
+                      "and future tables; nothing in public", target=role,
+                      sql=tuple(db.render(s) for s in grants.service_schema_statements(role, service))
+                      if ctx.option("render_sql") else ())
+            for service, role in ctx.config.service_roles.items()
+        ]
+        for tenant in ctx.registered_tenants:
+            steps.append(self.step(
+                "tenant_grants", f"Grant {', '.join(t.name for t in tenant_tables())} in {tenant.schema} to their "
+                "services' roles only", tenant_id=tenant.tenant_id, target=tenant.schema))
+        return steps
+
+    def apply(self, ctx: MigrationContext, step: Step, progress: Progress, record_id: int) -> StepResult:
+        if step.kind == "service_role":
+            service = next(s for s, r in ctx.config.service_roles.items() if r == step.target)
+            if not catalog.schema_exists(service):
+                raise MigrationError(f"schema {service} does not exist; run `migrate_phase schemas` first")
+            created = grants.ensure_role(step.target)
+            tables = grants.grant_service_schema(step.target, service)
+            return StepResult(message=f"{'created' if created else 'updated'}; {tables} tables in {service}",
+                              details={"created": created})
+        tenant = TenantRef(step.tenant_id or "")
+        missing_roles = [r for r in ctx.config.service_roles.values() if not catalog.role_exists(r)]
+        if missing_roles:
+            raise MigrationError(f"role {missing_roles[0]} does not exist; run `migrate_phase security` without --tenant first")
+        given = grants.grant_tenant_tables(ctx.config, tenant.schema)
+        return StepResult(message=", ".join(f"{g.table} -> {g.role}" for g in given))
+
+    def verify(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
+        if step.kind == "service_role":
+            return grants.privilege_problems(ctx.config, [], roles=[step.target])
+        return grants.privilege_problems(ctx.config, [TenantRef(step.tenant_id or "").schema], service_tables=False)

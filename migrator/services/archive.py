@@ -1,0 +1,80 @@
+"""Cutover: legacy tables leave the tenant schemas for the archive schema (or are dropped on request)."""
+
+from __future__ import annotations
+
+import hashlib
+
+from django.db import transaction
+from psycopg import sql
+
+from migrator import catalog, db
+
+MAX_IDENTIFIER = 63
+
+
+def archive_table_name(owner: str, table: str) -> str:
+    """``<owner>__<table>``, shortened with a hash when PostgreSQL's 63-byte limit would cut it."""
+    name = owner + "__" + table
+    if len(name.encode()) <= MAX_IDENTIFIER:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    keep = MAX_IDENTIFIER - len(table) - len(digest) - 3
+    return owner[:keep] + "_" + digest + "__" + table
+
+
+def ensure_archive_schema(archive_schema: str) -> bool:
+    if catalog.schema_exists(archive_schema):
+        return False
+    db.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(archive_schema)))
+    return True
+
+
+def archive_tables(schema: str, owner: str, tables: list[str], archive_schema: str, drop: bool) -> dict[str, str]:
+    """Move (or drop) ``schema``'s legacy ``tables`` in one transaction; returns table -> where it went."""
+    moved: dict[str, str] = {}
+    present = catalog.tables_by_schema([schema])[schema]
+    with transaction.atomic():
+        for table in tables:
+            if table not in present:
+                continue
+            if drop:
+                db.execute(sql.SQL("DROP TABLE {} CASCADE").format(sql.Identifier(schema, table)))
+                moved[table] = "dropped"
+                continue
+            new_name = archive_table_name(owner, table)
+            _rename_dependents(schema, table, owner)
+            db.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(schema, table), sql.Identifier(new_name)))
+            db.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(sql.Identifier(schema, new_name),
+                                                                     sql.Identifier(archive_schema)))
+            moved[table] = f"{archive_schema}.{new_name}"
+    return moved
+
+
+def _rename_dependents(schema: str, table: str, owner: str) -> None:
+    """Indexes and owned sequences move with a table and share the schema's namespace: prefix them too,
+    so that every tenant's ``contacts_pkey`` can live in the one archive schema."""
+    rows = db.fetchall(
+        "SELECT c.relkind, c.relname FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace "
+        "JOIN pg_index x ON x.indrelid = t.oid JOIN pg_class c ON c.oid = x.indexrelid "
+        "WHERE n.nspname = %s AND t.relname = %s "
+        "UNION ALL "
+        "SELECT c.relkind, c.relname FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace "
+        "JOIN pg_depend d ON d.refobjid = t.oid AND d.deptype IN ('a', 'i') "
+        "JOIN pg_class c ON c.oid = d.objid AND c.relkind = 'S' "
+        "WHERE n.nspname = %s AND t.relname = %s",
+        [schema, table, schema, table],
+    )
+    for kind, name in rows:
+        statement = "ALTER INDEX {} RENAME TO {}" if kind == "i" else "ALTER SEQUENCE {} RENAME TO {}"
+        db.execute(sql.SQL(statement).format(sql.Identifier(schema, name), sql.Identifier(archive_table_name(owner, name))))
+
+
+def drop_schema_if_empty(schema: str) -> bool:
+    if not catalog.schema_exists(schema):
+        return False
+    remaining = db.fetchvalue("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                              "WHERE n.nspname = %s", [schema])
+    if remaining:
+        return False
+    db.execute(sql.SQL("DROP SCHEMA {}").format(sql.Identifier(schema)))
+    return True

@@ -75,10 +75,10 @@ class PhaseRunner:
             else:
                 for offset, step in enumerate(group):
                     self._run_step(phase, step, records[step.key], outcome, position + offset, len(steps))
-                    if not outcome.ok:
+                    if not outcome.ok and not phase.continue_after_failure:
                         break
             position += len(group)
-            if not outcome.ok:
+            if not outcome.ok and not phase.continue_after_failure:
                 break
         outcome.elapsed = time.monotonic() - started
         self.on_event(Event("phase_end", phase.name, elapsed=outcome.elapsed, count=len(steps)))

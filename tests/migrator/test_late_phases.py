@@ -1,0 +1,202 @@
+"""Phases 4 (security), 5 (verify), 6 (cutover) and rollback, on seeded legacy data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from django.core.management.base import CommandError
+from psycopg import sql
+
+from migrator import catalog, db
+from migrator.engine import tracking
+from migrator.models import MigrationRecord, Status
+from migrator.phases.prepare import latest_backup
+from migrator.services import grants
+from migrator.settings import get_config
+from salesflow.layout import SERVICE_SCHEMAS
+from tenants.models import MigrationState, Tenant
+from tests.conftest import legacy_fingerprints, run
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TENANTS = ["acme_0001", "globex_0002", "empty_0001"]
+
+
+def migrate_up_to(last_phase: str) -> None:
+    for phase in ("prepare", "schemas", "data", "security", "verify", "cutover"):
+        run("migrate_phase", phase, interactive=False, batch_size=100)
+        if phase == last_phase:
+            return
+
+
+def has_privilege(role: str, schema: str, table: str, privilege: str) -> bool:
+    return bool(db.fetchvalue("SELECT has_table_privilege(%s, format('%%I.%%I', %s::text, %s::text), %s)",
+                              [role, schema, table, privilege]))
+
+
+def test_security_grants_exactly_the_privilege_matrix(seeded):
+    migrate_up_to("security")
+    roles = get_config().service_roles
+    for service, role in roles.items():
+        assert db.fetchvalue("SELECT NOT rolcanlogin FROM pg_roles WHERE rolname = %s", [role]) is True
+        for schema, tables in SERVICE_SCHEMAS.items():
+            assert bool(db.fetchvalue("SELECT has_schema_privilege(%s, %s, 'USAGE')", [role, schema])) == (schema == service)
+            for table in tables:
+                for privilege in ("SELECT", "INSERT", "UPDATE", "DELETE"):
+                    assert has_privilege(role, schema, table, privilege) == (schema == service), (role, schema, table)
+        for tenant in TENANTS:
+            schema = f"tenant_{tenant}"
+            assert has_privilege(role, schema, "contact_data_contacts", "SELECT") == (service == "contact")
+            assert has_privilege(role, schema, "activity_data_activities", "UPDATE") == (service == "activity")
+            # legacy tables stay out of every service's reach
+            assert not has_privilege(role, schema, "contacts", "SELECT")
+        assert not has_privilege(role, "public", "tenants", "SELECT")
+        assert not has_privilege(role, "public", "schema_migrations", "SELECT")
+        assert not db.fetchvalue("SELECT has_schema_privilege(%s, 'public', 'CREATE')", [role])
+    assert grants.privilege_problems(get_config(), [f"tenant_{t}" for t in TENANTS]) == []
+    assert set(Tenant.objects.values_list("migration_state", flat=True)) == {MigrationState.SECURED}
+
+
+def test_security_rerun_is_a_no_op_and_finds_a_stray_grant(seeded):
+    migrate_up_to("security")
+    assert "0 steps to run" in run("migrate_phase", "security", interactive=False)
+    role = get_config().service_role("activity")
+    db.execute(sql.SQL("GRANT SELECT ON tenant_acme_0001.contact_data_contacts TO {}").format(sql.Identifier(role)))
+    assert f"{role} has SELECT on tenant_acme_0001.contact_data_contacts" in grants.privilege_problems(
+        get_config(), ["tenant_acme_0001"], service_tables=False)
+
+
+def test_verify_records_counts_isolation_indexes_and_crud(seeded):
+    migrate_up_to("verify")
+    latest = tracking.latest_records("verify")
+    assert {r.status for r in latest.values()} == {Status.COMPLETED}
+    assert len(latest) == 3 + 5 * len(TENANTS)
+    counts = latest["verify/*/row_counts"].details["counts"]
+    assert counts["acme_0001"] == {"contacts": 120, "activities": 240}
+    assert counts["empty_0001"] == {"contacts": 0, "activities": 0}
+    assert latest["verify/acme_0001/index_usage"].details["index_used"] == {
+        "contact by email": True, "activities by contact": True, "activities by due date": True}
+    assert latest["verify/globex_0002/isolation"].details["orm_counts"] == {
+        "contact_data_contacts": 120, "activity_data_activities": 240}
+    # the CRUD smoke test left nothing behind
+    assert catalog.row_count("tenant_acme_0001", "contact_data_contacts") == 120
+
+
+def test_verify_fails_when_an_index_is_missing_or_a_role_can_read_too_much(seeded):
+    migrate_up_to("security")
+    db.execute("DROP INDEX tenant_globex_0002.activity_data_due_idx")
+    role = get_config().service_role("contact")
+    db.execute(sql.SQL("GRANT USAGE ON SCHEMA auth TO {r}; GRANT SELECT ON auth.users TO {r}").format(r=sql.Identifier(role)))
+    with pytest.raises(CommandError, match="phase verify failed"):
+        run("migrate_phase", "verify", interactive=False)
+    latest = tracking.latest_records("verify")
+    assert latest["verify/globex_0002/index_usage"].status == Status.FAILED
+    assert "activities by due date does not use an index" in latest["verify/globex_0002/index_usage"].error_message
+    assert latest["verify/*/role_isolation"].status == Status.FAILED
+    assert f"{role} can read auth.users" in latest["verify/*/role_isolation"].error_message
+
+
+def test_cutover_archives_legacy_tables_and_marks_tenants_live(seeded):
+    before = legacy_fingerprints(TENANTS)
+    migrate_up_to("cutover")
+    archive = get_config().archive_schema
+    for tenant in TENANTS:
+        assert catalog.tables_by_schema([f"tenant_{tenant}"])[f"tenant_{tenant}"] == {
+            "contact_data_contacts", "activity_data_activities", "django_migrations"}
+    archived = catalog.tables_by_schema([archive])[archive]
+    assert "acme_0001__contacts" in archived and "salesflow_auth__users" in archived
+    # archived tables hold exactly the legacy data
+    assert before["tenant_acme_0001.contacts"][0] == catalog.row_count(archive, "acme_0001__contacts")
+    assert not catalog.schema_exists(get_config().legacy_auth_schema)
+    assert set(Tenant.objects.values_list("migration_state", flat=True)) == {MigrationState.LIVE}
+    out = run("migrate_phase", "status", check=True)
+    assert "Migration complete" in out
+
+
+def test_cutover_needs_confirmation_and_refuses_before_validation(seeded):
+    run("migrate_phase", "prepare", interactive=False)
+    with pytest.raises(CommandError, match="needs confirmation"):
+        run("migrate_phase", "cutover", interactive=True)
+    with pytest.raises(CommandError, match="phase data is not complete for tenant"):
+        run("migrate_phase", "cutover", interactive=False)
+    assert catalog.table_exists("tenant_acme_0001", "contacts")
+
+
+def test_cutover_drop_legacy_drops_instead_of_archiving(seeded):
+    migrate_up_to("verify")
+    run("migrate_phase", "cutover", interactive=False, drop_legacy=True)
+    assert not catalog.table_exists("tenant_acme_0001", "contacts")
+    assert not catalog.schema_exists(get_config().archive_schema) or not catalog.tables_by_schema(
+        [get_config().archive_schema])[get_config().archive_schema]
+
+
+def test_all_runs_every_phase_on_several_tenants_in_parallel(seeded):
+    out = run("migrate_phase", "all", interactive=False, jobs=2, batch_size=50)
+    for phase in ("prepare", "schemas", "data", "security", "verify", "cutover"):
+        assert f"Phase {phase}:" in out
+    assert not MigrationRecord.objects.filter(status=Status.FAILED).exists()
+    assert catalog.row_count("tenant_globex_0002", "activity_data_activities") == 240
+    assert run("migrate_phase", "all", interactive=False).count("0 steps to run") == 6
+
+
+def test_rollback_before_cutover_leaves_legacy_exactly_as_it_was(seeded):
+    before = legacy_fingerprints(TENANTS)
+    migrate_up_to("verify")
+    history = MigrationRecord.objects.count()
+    run("migrate_phase", "rollback", interactive=False)
+    assert legacy_fingerprints(TENANTS) == before
+    for schema in SERVICE_SCHEMAS:
+        assert not catalog.schema_exists(schema)
+    assert not catalog.table_exists("tenant_acme_0001", "contact_data_contacts")
+    assert not any(catalog.role_exists(r) for r in get_config().service_roles.values())
+    # history kept; the rollback itself is recorded; undone steps are ROLLED_BACK
+    assert MigrationRecord.objects.count() > history
+    assert set(MigrationRecord.objects.filter(phase="rollback").values_list("status", flat=True)) == {Status.COMPLETED}
+    assert not MigrationRecord.objects.filter(phase="data", status=Status.COMPLETED).exists()
+    assert MigrationRecord.objects.filter(phase="data", status=Status.ROLLED_BACK).count() > 0
+    # and the migration can be done again from there
+    run("migrate_phase", "schemas", interactive=False)
+    run("migrate_phase", "data", interactive=False)
+    assert catalog.row_count("tenant_acme_0001", "contact_data_contacts") == 120
+
+
+def test_rollback_after_cutover_is_refused_without_restore(seeded):
+    migrate_up_to("cutover")
+    with pytest.raises(CommandError, match="use `migrate_phase rollback --restore`"):
+        run("migrate_phase", "rollback", interactive=False)
+
+
+def test_restore_brings_back_the_backup_and_keeps_the_history(seeded):
+    before = legacy_fingerprints(TENANTS)
+    migrate_up_to("cutover")
+    history_ids = set(MigrationRecord.objects.values_list("id", flat=True))
+    run("migrate_phase", "rollback", interactive=False, restore=True)
+    assert legacy_fingerprints(TENANTS) == before
+    assert not catalog.schema_exists(get_config().archive_schema)
+    assert not catalog.table_exists("tenant_acme_0001", "contact_data_contacts")
+    after_ids = set(MigrationRecord.objects.values_list("id", flat=True))
+    assert history_ids < after_ids  # every earlier row survived, and the rollback added its own
+    restore_row = MigrationRecord.objects.get(phase="rollback", step="restore_backup")
+    assert restore_row.status == Status.COMPLETED and restore_row.details["history_rows"] >= len(history_ids)
+    # a new record after the restore gets a fresh id (the sequence was put back too)
+    run("migrate_phase", "prepare", interactive=False)
+    assert Tenant.objects.count() == len(TENANTS)
+
+
+def test_restore_refuses_a_tampered_or_missing_backup(seeded):
+    migrate_up_to("schemas")
+    info = latest_backup()
+    assert info is not None
+    toc = Path(info.path) / "toc.dat"
+    toc.write_bytes(toc.read_bytes() + b"tampered")
+    with pytest.raises(CommandError, match="has been altered"):
+        run("migrate_phase", "rollback", interactive=False, restore=True)
+    assert catalog.table_exists("tenant_acme_0001", "contact_data_contacts")  # nothing was touched
+    failed = MigrationRecord.objects.get(phase="rollback", step="check_backup")
+    assert failed.status == Status.FAILED and "altered" in failed.error_message
+    for file in Path(info.path).iterdir():
+        file.unlink()
+    Path(info.path).rmdir()
+    with pytest.raises(CommandError, match="is missing"):
+        run("migrate_phase", "rollback", interactive=False, restore=True)

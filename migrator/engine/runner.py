@@ -134,7 +134,9 @@ class PhaseRunner:
         except MigrationError as exc:
             error = str(exc)
         except (DatabaseError, psycopg.Error) as exc:
-            logger.exception("step %s failed", step.key)
+            # Usually the data's fault (a missing column, a constraint): one line is the message;
+            # the traceback is there for SALESFLOW_LOG_LEVEL=INFO.
+            logger.info("step %s failed", step.key, exc_info=True)
             error = f"database error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
         except Exception as exc:  # record every failure; the traceback goes to the log
             logger.exception("step %s failed unexpectedly", step.key)

@@ -87,7 +87,7 @@ class Command(BaseCommand):
         )
         if options["plan"] or options["check"]:
             return self._plan(phases, ctx, check=options["check"], show=options["plan"])
-        reporter = ConsoleReporter(self.stdout, self.style, 0 if self.json else self.verbosity)
+        reporter = (lambda event: None) if self.json else ConsoleReporter(self.stdout, self.style, self.verbosity)
         outcomes = orchestration.run_phases(phases, ctx, reporter, self._confirm(options["interactive"]))
         if self.json:
             self.stdout.write(json.dumps({"ok": all(o.ok for o in outcomes), "phases": [outcome_dict(o) for o in outcomes]},

@@ -34,7 +34,7 @@ class StatusReport:
         }
 
 
-def _cell(statuses: set[str]) -> str:
+def cell_state(statuses: set[str]) -> str:
     if not statuses:
         return "pending"
     if Status.FAILED in statuses:
@@ -66,6 +66,6 @@ def status_report() -> StatusReport:
             report.running.append(record)
     for phase in phases:
         for scope in report.scopes:
-            report.cells[(phase, scope)] = _cell(statuses.get((phase, scope), set()))
+            report.cells[(phase, scope)] = cell_state(statuses.get((phase, scope), set()))
     report.failures.sort(key=lambda r: r.completed_at or r.started_at or r.id, reverse=True)
     return report

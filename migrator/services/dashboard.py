@@ -1,0 +1,328 @@
+"""The operator dashboard and the tenant admin's progress columns, read from the tracking tables only.
+
+Everything here is a handful of aggregate queries over ``public.schema_migrations`` and
+``public.tenants``: no tenant table is counted in a web request (phase 1 and phase 3 already
+recorded the counts), so the page costs the same for 3 tenants or 1,000.
+
+"Latest attempt" is the row with the highest ``attempt`` of its ``migration_id``: a retry is a new
+row, so older attempts are history and must not count twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db.models import (BigIntegerField, Count, Exists, F, JSONField, Max, Min, OuterRef, Q, QuerySet, Subquery,
+                              Sum, Value)
+from django.db.models.fields.json import KT
+from django.db.models.functions import Cast, Coalesce, JSONObject
+from django.utils import timezone
+
+from migrator.legacy import TENANT_DATA_TABLES
+from migrator.models import MigrationRecord, Status
+from migrator.phases import ORDERED
+from migrator.phases.base import Phase
+from migrator.services.status import cell_state  # one definition of a cell's state, shared with `status`
+
+# Steps whose rows_copied are rows moved into the target layout (reference merges are counted by the
+# shared rows they produce, which are not "moved" one to one, so they are left out of the totals).
+COPY_STEPS = ("copy_auth", "copy_table")
+VALIDATE_STEP = "validate"
+REGISTER_PHASE, REGISTER_STEP = "prepare", "register"
+BACKUP_PHASE, BACKUP_STEP = "prepare", "backup"
+TENANT_COPY_PHASE, TENANT_COPY_STEP = "data", "copy_table"
+# Copy time grows with a tenant's rows; in the other phases a tenant's work is about constant, so
+# their projection weighs every tenant the same.
+ROW_WEIGHTED_PHASES = frozenset({"data"})
+FAILURES_SHOWN = 50
+RUNNING_SHOWN = 20
+
+
+def latest_attempts() -> QuerySet[MigrationRecord]:
+    """Rows that are the newest attempt of their step (an anti-join on the (migration_id, attempt) index)."""
+    newer = MigrationRecord.objects.filter(migration_id=OuterRef("migration_id"), attempt__gt=OuterRef("attempt"))
+    return MigrationRecord.objects.filter(~Exists(newer))
+
+
+# --- tenant admin columns ------------------------------------------------------------------------------
+
+
+def legacy_rows_expression() -> Any:
+    """Rows of the tenant's legacy tables that phase 3 copies, as phase 1's inspection counted them.
+
+    Only the copied tables (contacts, activities) are summed, so the number is directly comparable
+    with the migrated rows; reference tables are merged into shared tables, not copied per tenant.
+    """
+    per_table = [Coalesce(Cast(KT(f"details__inspection__tables__{spec.legacy_table}__rows"), BigIntegerField()),
+                          Value(0)) for spec in TENANT_DATA_TABLES]
+    total = per_table[0]
+    for expression in per_table[1:]:
+        total = total + expression
+    return total
+
+
+def with_migration_progress(tenants: QuerySet) -> QuerySet:
+    """Annotate tenants with ``legacy_rows``, ``migrated_rows`` and ``last_step`` (one query in all).
+
+    ``last_step`` is ``{"id", "migration_id", "phase", "step", "target", "status"}`` of the tenant's most
+    recently started step (or, before any started, the most recently planned one).
+    """
+    registered = (MigrationRecord.objects
+                  .filter(phase=REGISTER_PHASE, step=REGISTER_STEP, tenant_id=OuterRef("tenant_id"),
+                          status=Status.COMPLETED)
+                  .order_by("-attempt").annotate(rows=legacy_rows_expression()).values("rows")[:1])
+    copied = (latest_attempts()
+              .filter(phase=TENANT_COPY_PHASE, step=TENANT_COPY_STEP, tenant_id=OuterRef("tenant_id"))
+              .order_by().values("tenant_id").annotate(total=Sum("rows_copied")).values("total"))
+    last = (MigrationRecord.objects.filter(tenant_id=OuterRef("tenant_id"))
+            .order_by(F("started_at").desc(nulls_last=True), "-id")
+            .annotate(summary=JSONObject(id="id", migration_id="migration_id", phase="phase", step="step",
+                                         target="target", status="status"))
+            .values("summary")[:1])
+    return tenants.annotate(
+        legacy_rows=Subquery(registered, output_field=BigIntegerField()),
+        migrated_rows=Subquery(copied, output_field=BigIntegerField()),
+        last_step=Subquery(last, output_field=JSONField()),
+    )
+
+
+# --- dashboard -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PhaseProgress:
+    number: int
+    name: str
+    summary: str
+    estimate: str
+    tenants: int
+    done: int = 0
+    running: int = 0
+    failed: int = 0
+    rolled_back: int = 0
+    phase_wide: str | None = None  # state of the steps that belong to no tenant; None: the phase has none (yet)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    remaining: timedelta | None = None
+    weighted_by_rows: bool = False
+
+    @property
+    def pending(self) -> int:
+        return max(self.tenants - self.done - self.running - self.failed - self.rolled_back, 0)
+
+    @property
+    def measured(self) -> timedelta | None:
+        """First ``started_at`` to last ``completed_at`` of the phase's rows (all attempts)."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return max(self.finished_at - self.started_at, timedelta(0))
+
+    @property
+    def state(self) -> str:
+        if self.failed or self.phase_wide == "failed":
+            return "failed"
+        if self.running or self.phase_wide == "running":
+            return "running"
+        tenants_done = self.done == self.tenants
+        if tenants_done and (self.phase_wide == "done" or (self.phase_wide is None and self.tenants)):
+            return "done"
+        if self.started_at is None and not (self.done or self.rolled_back):
+            return "pending"
+        if self.rolled_back and not self.done and self.phase_wide in (None, "rolled back"):
+            return "rolled back"
+        return "incomplete"
+
+    @property
+    def bar(self) -> list[tuple[str, int, float]]:
+        """(state, count, percent) segments of the progress bar, over tenants."""
+        if not self.tenants:
+            return [(self.phase_wide or "pending", 0, 100.0)]
+        parts = [("done", self.done), ("running", self.running), ("failed", self.failed),
+                 ("rolled back", self.rolled_back), ("pending", self.pending)]
+        return [(state, count, 100.0 * count / self.tenants) for state, count in parts if count]
+
+    @property
+    def percent_done(self) -> float:
+        return 100.0 * self.done / self.tenants if self.tenants else (100.0 if self.phase_wide == "done" else 0.0)
+
+    @property
+    def projected_total(self) -> timedelta | None:
+        if self.measured is None or self.remaining is None:
+            return None
+        return self.measured + self.remaining
+
+    # Formatted for the template (Django templates cannot call a function with an argument).
+    @property
+    def measured_text(self) -> str:
+        return format_duration(self.measured)
+
+    @property
+    def remaining_text(self) -> str:
+        return format_duration(self.remaining)
+
+    @property
+    def projected_total_text(self) -> str:
+        return format_duration(self.projected_total)
+
+
+@dataclass(frozen=True)
+class RowTotals:
+    legacy_rows: int = 0  # rows in the tenants' copied legacy tables, counted by phase 1
+    rows_moved: int = 0  # rows copied by the latest attempts of the copy steps (auth and tenant tables)
+    tenant_rows_moved: int = 0
+    rows_validated: int = 0  # target rows of validations that passed (counts and fingerprints equal)
+    validations_passed: int = 0
+    validations_failed: int = 0
+
+
+@dataclass(frozen=True)
+class BackupSummary:
+    record_id: int
+    path: str
+    size: int
+    sha256: str
+    toc_entries: int | None
+    server_major: int | None
+    created_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    generated_at: datetime
+    tenants: int
+    phases: list[PhaseProgress]
+    totals: RowTotals
+    backup: BackupSummary | None
+    failures: list[MigrationRecord] = field(default_factory=list)
+    failures_total: int = 0
+    running: list[MigrationRecord] = field(default_factory=list)
+
+    @property
+    def current_phase(self) -> PhaseProgress | None:
+        """The first phase that is not done: where the operator's attention goes."""
+        return next((p for p in self.phases if p.state != "done"), None)
+
+
+def _project(measured: timedelta | None, weights: dict[str, int], done: set[str], finished: bool) -> timedelta | None:
+    """Time left at the rate measured so far: measured x (work left / work done)."""
+    if finished:
+        return timedelta(0)
+    if measured is None or not measured:
+        return None
+    done_weight = sum(weights[t] for t in done)
+    left_weight = sum(weights.values()) - done_weight
+    if done_weight <= 0:
+        return None
+    return measured * (left_weight / done_weight)
+
+
+def _phase_cells(names: list[str], tenant_ids: set[str]) -> dict[str, tuple[dict[str, str], str | None]]:
+    """phase -> ({tenant: cell state}, phase-wide cell state or None), from the latest attempts."""
+    statuses: dict[tuple[str, str | None], set[str]] = {}
+    rows = latest_attempts().filter(phase__in=names).order_by().values_list("phase", "tenant_id", "status").distinct()
+    for phase, tenant_id, status in rows:
+        statuses.setdefault((phase, tenant_id), set()).add(status)
+    cells: dict[str, tuple[dict[str, str], str | None]] = {name: ({}, None) for name in names}
+    for (phase, tenant_id), found in statuses.items():
+        per_tenant, phase_wide = cells[phase]
+        if tenant_id is None:
+            cells[phase] = (per_tenant, cell_state(found))
+        elif tenant_id in tenant_ids:  # steps of tenants no longer registered are history, not progress
+            per_tenant[tenant_id] = cell_state(found)
+    return cells
+
+
+def _backup() -> BackupSummary | None:
+    # The backup a restore would use: the newest completed one (same rule as phase 1's latest_backup).
+    record = (MigrationRecord.objects.filter(phase=BACKUP_PHASE, step=BACKUP_STEP, status=Status.COMPLETED)
+              .order_by("-completed_at").only("id", "details", "completed_at").first())
+    if record is None or not isinstance(record.details.get("backup"), dict):
+        return None
+    info = record.details["backup"]
+    created = info.get("created_at")
+    try:
+        created_at = datetime.fromisoformat(created) if created else record.completed_at
+    except (TypeError, ValueError):
+        created_at = record.completed_at
+    return BackupSummary(record_id=record.pk, path=str(info.get("path", "")), size=int(info.get("size") or 0),
+                         sha256=str(info.get("sha256", "")), toc_entries=info.get("toc_entries"),
+                         server_major=info.get("server_major"), created_at=created_at)
+
+
+def _totals(legacy_rows: int) -> RowTotals:
+    latest = latest_attempts()
+    copied = latest.aggregate(
+        rows_moved=Coalesce(Sum("rows_copied", filter=Q(step__in=COPY_STEPS)), 0),
+        tenant_rows_moved=Coalesce(Sum("rows_copied", filter=Q(step=TENANT_COPY_STEP, phase=TENANT_COPY_PHASE)), 0),
+        rows_validated=Coalesce(Sum("rows_copied", filter=Q(step=VALIDATE_STEP, status=Status.COMPLETED)), 0),
+        validations_passed=Count("id", filter=Q(step=VALIDATE_STEP, status=Status.COMPLETED)),
+        validations_failed=Count("id", filter=Q(step=VALIDATE_STEP, status=Status.FAILED)),
+    )
+    return RowTotals(legacy_rows=legacy_rows, **copied)
+
+
+def _legacy_rows_by_tenant() -> dict[str, int]:
+    rows = (latest_attempts().filter(phase=REGISTER_PHASE, step=REGISTER_STEP, status=Status.COMPLETED)
+            .annotate(rows=legacy_rows_expression()).values_list("tenant_id", "rows"))
+    return {tenant_id: int(count or 0) for tenant_id, count in rows}
+
+
+def build_dashboard(now: datetime | None = None) -> Dashboard:
+    """Every number of the dashboard page, in a fixed number of queries (eight)."""
+    from tenants.models import Tenant
+
+    names = [phase.name for phase in ORDERED]
+    tenant_ids = set(Tenant.objects.values_list("tenant_id", flat=True))
+    cells = _phase_cells(names, tenant_ids)
+    timing = {row["phase"]: row for row in MigrationRecord.objects.filter(phase__in=names).order_by()
+              .values("phase").annotate(first=Min("started_at"), last=Max("completed_at"))}
+    legacy_rows = {t: rows for t, rows in _legacy_rows_by_tenant().items() if t in tenant_ids}
+    phases = [_phase_progress(phase, cells[phase.name], tenant_ids, timing.get(phase.name, {}), legacy_rows)
+              for phase in ORDERED]
+
+    failed = latest_attempts().filter(status=Status.FAILED).order_by(F("completed_at").desc(nulls_last=True), "-id")
+    failures = list(failed.defer("details")[:FAILURES_SHOWN + 1])
+    failures_total = len(failures) if len(failures) <= FAILURES_SHOWN else failed.count()
+    running = list(latest_attempts().filter(status=Status.RUNNING).order_by("started_at")
+                   .defer("details")[:RUNNING_SHOWN])
+    return Dashboard(
+        generated_at=now or timezone.now(), tenants=len(tenant_ids), phases=phases,
+        totals=_totals(sum(legacy_rows.values())), backup=_backup(), failures=failures[:FAILURES_SHOWN],
+        failures_total=failures_total, running=running,
+    )
+
+
+def _phase_progress(phase: type[Phase], cells: tuple[dict[str, str], str | None], tenant_ids: set[str],
+                    timing: dict[str, Any], legacy_rows: dict[str, int]) -> PhaseProgress:
+    per_tenant, phase_wide = cells
+    counts = {state: sum(1 for s in per_tenant.values() if s == state)
+              for state in ("done", "running", "failed", "rolled back")}
+    weighted = phase.name in ROW_WEIGHTED_PHASES and sum(legacy_rows.values()) > 0
+    progress = PhaseProgress(
+        number=phase.number or 0, name=phase.name, summary=phase.summary, estimate=phase.estimate,
+        tenants=len(tenant_ids), done=counts["done"], running=counts["running"], failed=counts["failed"],
+        rolled_back=counts["rolled back"], phase_wide=phase_wide, started_at=timing.get("first"),
+        finished_at=timing.get("last"), weighted_by_rows=weighted,
+    )
+    weights = {t: (legacy_rows.get(t, 0) if weighted else 1) for t in tenant_ids}
+    done = {t for t, s in per_tenant.items() if s == "done"}
+    return replace(progress, remaining=_project(progress.measured, weights, done, finished=progress.state == "done"))
+
+
+def format_duration(value: timedelta | None) -> str:
+    """Short human duration for tables: 0.4 s, 12.3 s, 3 min 12 s, 2 h 5 min, 1 d 3 h."""
+    if value is None:
+        return "—"
+    seconds = value.total_seconds()
+    if round(seconds, 1) < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h"

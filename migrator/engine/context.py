@@ -42,18 +42,23 @@ class MigrationContext:
 
     @cached_property
     def registered_tenants(self) -> list[TenantRef]:
-        """Registered tenants, narrowed by ``--tenant``; an unknown ``--tenant`` is an error."""
-        from tenants.models import Tenant
+        """Registered legacy tenants, narrowed by ``--tenant``; an unknown ``--tenant`` is an error.
 
-        known = list(Tenant.objects.order_by("tenant_id").values_list("tenant_id", flat=True))
+        Tenants created new in the target layout (state NEW) have nothing to migrate and are left out.
+        """
+        from tenants.models import MigrationState, Tenant
+
+        states = dict(Tenant.objects.order_by("tenant_id").values_list("tenant_id", "migration_state"))
         if not self.tenant_filter:
-            return [TenantRef(t) for t in known]
-        missing = [t for t in self.tenant_filter if t not in set(known)]
-        if missing:
-            raise MigrationError(
-                f"unknown tenant {missing[0]!r}: not in public.tenants "
-                "(run `migrate_phase prepare` to register legacy tenants, or check the id)"
-            )
+            return [TenantRef(t) for t, state in states.items() if state != MigrationState.NEW]
+        for tenant_id in self.tenant_filter:
+            if tenant_id not in states:
+                raise MigrationError(
+                    f"unknown tenant {tenant_id!r}: not in public.tenants "
+                    "(run `migrate_phase prepare` to register legacy tenants, or check the id)"
+                )
+            if states[tenant_id] == MigrationState.NEW:
+                raise MigrationError(f"tenant {tenant_id!r} was created in the target layout; it has nothing to migrate")
         return [TenantRef(t) for t in self.tenant_filter]
 
     def option(self, name: str, default: Any = None) -> Any:

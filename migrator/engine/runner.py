@@ -46,12 +46,12 @@ class PhaseOutcome:
 
 
 def pending_steps(phase: Phase, ctx: MigrationContext) -> list[Step]:
-    """The phase's plan minus the steps whose latest attempt is COMPLETED."""
+    """The phase's plan minus the steps whose latest attempt is COMPLETED (unless the phase asks for a rerun)."""
     steps = phase.plan(ctx)
     if phase.always_rerun:
         return steps
     latest = tracking.latest_records(phase.name)
-    return [s for s in steps if (row := latest.get(s.key)) is None or row.status != Status.COMPLETED]
+    return [s for s in steps if s.rerun or (row := latest.get(s.key)) is None or row.status != Status.COMPLETED]
 
 
 class PhaseRunner:
@@ -90,8 +90,14 @@ class PhaseRunner:
         for offset, step in enumerate(steps):
             by_tenant.setdefault(step.tenant_id or "", []).append((position + offset, step))
 
+        blocked = self._tenants_not_ready(phase, list(by_tenant))
+
         def run_tenant(tenant_id: str) -> None:
             try:
+                if tenant_id in blocked:
+                    index, step = by_tenant[tenant_id][0]
+                    self._refuse_step(phase, step, records[step.key], blocked[tenant_id], outcome, index, count)
+                    return
                 for index, step in by_tenant[tenant_id]:
                     if not self._run_step(phase, step, records[step.key], outcome, index, count):
                         self._set_tenant_state(tenant_id, "FAILED")
@@ -109,6 +115,28 @@ class PhaseRunner:
         with ThreadPoolExecutor(max_workers=self.ctx.jobs, thread_name_prefix="tenant") as pool:
             for future in [pool.submit(run_tenant, t) for t in by_tenant]:
                 future.result()
+
+    @staticmethod
+    def _tenants_not_ready(phase: Phase, tenant_ids: list[str]) -> dict[str, str]:
+        """Tenants that have not completed the phase this one builds on, with the reason."""
+        if phase.requires is None:
+            return {}
+        done: dict[str, bool] = {}
+        for record in tracking.latest_records(phase.requires).values():
+            if record.tenant_id:
+                done[record.tenant_id] = done.get(record.tenant_id, True) and record.status == Status.COMPLETED
+        return {
+            tenant_id: f"phase {phase.requires} is not complete for tenant {tenant_id}; "
+                       f"run `migrate_phase {phase.requires}` first"
+            for tenant_id in tenant_ids if not done.get(tenant_id)
+        }
+
+    def _refuse_step(self, phase: Phase, step: Step, record: MigrationRecord, reason: str,
+                     outcome: PhaseOutcome, index: int, count: int) -> None:
+        """Record a step that must not start (its tenant is not ready) as FAILED, without running it."""
+        tracking.finish(tracking.start(record), Status.FAILED, None, reason)
+        outcome.failed.append((step, reason))
+        self.on_event(Event("step_failure", phase.name, step, error=reason, elapsed=0.0, index=index, count=count))
 
     def _set_tenant_state(self, tenant_id: str, state: str) -> None:
         from tenants.models import Tenant

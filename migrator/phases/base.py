@@ -31,6 +31,8 @@ class Phase(ABC):
     asks_confirmation: ClassVar[bool] = False
     # Steps run on every invocation instead of being skipped once COMPLETED (rollback).
     always_rerun: ClassVar[bool] = False
+    # A tenant takes part only once it completed this earlier phase (e.g. no grants before its data).
+    requires: ClassVar[str | None] = None
     # Keep going after a failed step (checks that report everything they find, like verify).
     continue_after_failure: ClassVar[bool] = False
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from migrator import catalog, db
+from migrator.engine import tracking
 from migrator.engine.context import MigrationContext, TenantRef
 from migrator.engine.errors import MigrationError
 from migrator.engine.steps import Step, StepResult
@@ -40,12 +43,26 @@ def check_columns(copy: TableCopy, model_label: str) -> None:
         )
 
 
+def recording_expected(progress: Progress, record_id: int) -> Progress:
+    """``progress`` that also stores the source row count on the tracking row once the copy has counted it."""
+    known: list[int | None] = [None]
+
+    def report(done: int, total: int | None) -> None:
+        if total is not None and total != known[0]:
+            known[0] = total
+            tracking.save_expected(record_id, total)
+        progress(done, total)
+
+    return report
+
+
 class DataPhase(Phase):
     name = "data"
     number = 3
     estimate = "4-8 hours"
     summary = "auth data, reference data merged with id remapping, tenant data in keyset batches, validation"
     tenant_state_on_success = MigrationState.DATA_MIGRATED
+    requires = "schemas"
 
     def plan(self, ctx: MigrationContext) -> list[Step]:
         legacy_auth = ctx.config.legacy_auth_schema
@@ -61,10 +78,13 @@ class DataPhase(Phase):
                 steps.append(self.step("validate", f"Compare {legacy_auth}.{table} and auth.{table}: counts and fingerprints",
                                        target=f"auth.{table}", sql=(db.render(fingerprint.source_query(copy)),) if with_sql else ()))
         if not validate_only:
+            tenant_ids = [t.tenant_id for t in ctx.registered_tenants]
             for ref in REFERENCE_TABLES:
-                steps.append(self.step(
+                step = self.step(
                     "merge_reference", f"Merge every tenant's {ref.legacy_table} into {ref.schema}.{ref.table} by "
-                    f"{ref.key}, keeping an old -> new id map", target=ref.legacy_table))
+                    f"{ref.key}, keeping an old -> new id map", target=ref.legacy_table)
+                # A tenant registered (or left out by --tenant) since the last merge still needs one.
+                steps.append(replace(step, rerun=True) if reference.needs_merge(ref, tenant_ids) else step)
         for tenant in ctx.registered_tenants:
             for spec in TENANT_DATA_TABLES:
                 copy = tenant_copy(tenant, spec)
@@ -96,7 +116,7 @@ class DataPhase(Phase):
                 "to the schema that holds the auth tables")
         copy = auth_copy(legacy, step.target)
         check_columns(copy, AUTH_MODELS[step.target])
-        stats = copy_table(copy, ctx.batch_size, record_id, progress)
+        stats = copy_table(copy, ctx.batch_size, record_id, recording_expected(progress, record_id))
         if copy.key == ("id",):
             reset_identity("auth", step.target)
         return StepResult(message=f"{stats.rows_copied} rows", rows_expected=stats.rows_source,
@@ -129,7 +149,7 @@ class DataPhase(Phase):
         copy = tenant_copy(tenant, spec)
         check_columns(copy, spec.model)
         deferred = constraints.defer_constraints(tenant.schema, spec.target_table)
-        stats = copy_table(copy, ctx.batch_size, record_id, progress)
+        stats = copy_table(copy, ctx.batch_size, record_id, recording_expected(progress, record_id))
         rebuilt = constraints.restore_constraints(tenant.schema, spec.target_table)
         reset_identity(tenant.schema, spec.target_table)
         analyze(tenant.schema, spec.target_table)

@@ -31,6 +31,13 @@ def latest_backup() -> backup.BackupInfo | None:
     return backup.BackupInfo.from_dict(record.details["backup"]) if record and "backup" in record.details else None
 
 
+def created_new() -> set[str]:
+    """Tenants created in the target layout: their schemas are not legacy."""
+    if not catalog.table_exists("public", "tenants"):  # --plan before the registry exists
+        return set()
+    return set(Tenant.objects.filter(migration_state=MigrationState.NEW).values_list("tenant_id", flat=True))
+
+
 class PreparePhase(Phase):
     name = "prepare"
     number = 1
@@ -61,6 +68,8 @@ class PreparePhase(Phase):
 
     def _tenants(self, ctx: MigrationContext) -> list[TenantRef]:
         valid, _invalid = inspection.discover_tenant_schemas(ctx.config.legacy_auth_schema, ctx.config.archive_schema)
+        new = created_new()
+        valid = [t for t in valid if t not in new]
         if ctx.tenant_filter:
             missing = [t for t in ctx.tenant_filter if t not in valid]
             if missing:
@@ -121,11 +130,16 @@ class PreparePhase(Phase):
 
     def _apply_discover(self, ctx: MigrationContext, step: Step) -> StepResult:
         valid, invalid = inspection.discover_tenant_schemas(ctx.config.legacy_auth_schema, ctx.config.archive_schema)
+        created = created_new()
+        new = [t for t in valid if t in created]
+        valid = [t for t in valid if t not in new]
         message = f"{len(valid)} tenant schemas"
+        if new:
+            message += f"; {len(new)} tenants created in the target layout left out"
         if invalid:
             message += f"; skipped {len(invalid)} schemas whose names are not valid tenant ids: " + ", ".join(
                 repr(name) for name in invalid[:10])
-        return StepResult(message=message, details={"tenants": valid, "invalid_schemas": invalid})
+        return StepResult(message=message, details={"tenants": valid, "invalid_schemas": invalid, "created_new": new})
 
     def _apply_register(self, ctx: MigrationContext, step: Step) -> StepResult:
         tenant = TenantRef(step.tenant_id or "")

@@ -17,6 +17,7 @@ class SchemasPhase(Phase):
     estimate = "2 hours"
     summary = "auth, contact, activity schemas (migrate_schemas --shared) and namespaced tenant tables"
     tenant_state_on_success = MigrationState.SCHEMAS_READY
+    requires = "prepare"
 
     def plan(self, ctx: MigrationContext) -> list[Step]:
         with_sql = bool(ctx.option("render_sql"))

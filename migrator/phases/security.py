@@ -18,6 +18,7 @@ class SecurityPhase(Phase):
     estimate = "2-3 days"
     summary = "NOLOGIN service roles with grants on exactly their schemas and tenant tables"
     tenant_state_on_success = MigrationState.SECURED
+    requires = "data"
 
     def plan(self, ctx: MigrationContext) -> list[Step]:
         steps = [

@@ -26,6 +26,7 @@ class VerifyPhase(Phase):
     estimate = "2-3 days"
     summary = "verification queries, row counts, tenant and service isolation, index use, CRUD smoke test"
     tenant_state_on_success = MigrationState.VERIFIED
+    requires = "security"
     continue_after_failure = True
 
     def plan(self, ctx: MigrationContext) -> list[Step]:

@@ -52,7 +52,10 @@ def status_report() -> StatusReport:
     from tenants.models import Tenant
 
     phases = [p.name for p in ORDERED]
-    tenants = list(Tenant.objects.order_by("tenant_id").values_list("tenant_id", flat=True))
+    from tenants.models import MigrationState
+
+    tenants = list(Tenant.objects.exclude(migration_state=MigrationState.NEW)
+                   .order_by("tenant_id").values_list("tenant_id", flat=True))
     latest = (MigrationRecord.objects.filter(Q(phase__in=phases))
               .order_by("migration_id", "-attempt").distinct("migration_id"))
     statuses: dict[tuple[str, str], set[str]] = {}

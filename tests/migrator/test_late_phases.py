@@ -118,7 +118,7 @@ def test_cutover_needs_confirmation_and_refuses_before_validation(seeded):
     run("migrate_phase", "prepare", interactive=False)
     with pytest.raises(CommandError, match="needs confirmation"):
         run("migrate_phase", "cutover", interactive=True)
-    with pytest.raises(CommandError, match="phase data is not complete for tenant"):
+    with pytest.raises(CommandError, match="phase verify is not complete for tenant"):
         run("migrate_phase", "cutover", interactive=False)
     assert catalog.table_exists("tenant_acme_0001", "contacts")
 

@@ -11,6 +11,8 @@ class Step:
     """One unit of work, tracked by its own rows in ``public.schema_migrations``.
 
     ``key`` is the ``migration_id``: stable across runs, so a rerun finds the step's history.
+    ``rerun``: the phase found new work for a step that completed before (a tenant registered
+    since), so it runs again as a new attempt instead of being skipped.
     """
 
     phase: str
@@ -20,6 +22,7 @@ class Step:
     target: str = ""
     sql: tuple[str, ...] = ()
     destructive: bool = False
+    rerun: bool = False
 
     @property
     def key(self) -> str:

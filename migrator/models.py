@@ -62,6 +62,8 @@ class MigrationRecord(models.Model):
             models.Index(fields=["phase", "tenant_id"], name="schema_migrations_phase_idx"),
             models.Index(fields=["status"], name="schema_migrations_status_idx"),
             models.Index(fields=["migration_id", "-attempt"], name="schema_migrations_latest_idx"),
+            # the admin's "last step of each tenant"
+            models.Index(fields=["tenant_id", "-started_at"], name="schema_migrations_tenant_idx"),
         ]
 
     def __str__(self) -> str:

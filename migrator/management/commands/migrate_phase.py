@@ -8,6 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from migrator.management.arguments import positive
 from migrator.engine.context import MigrationContext, validate_tenant_ids
 from migrator.engine.errors import MigrationError
 from migrator.management.output import ConsoleReporter, outcome_dict, outcome_summary
@@ -16,16 +17,6 @@ from migrator.phases.base import Phase
 from migrator.services import orchestration
 from migrator.services.status import GLOBAL, status_report
 from migrator.settings import get_config
-
-
-def positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise CommandError(f"expected a whole number, got {value!r}") from None
-    if number < 1:
-        raise CommandError(f"expected 1 or more, got {number}")
-    return number
 
 
 class Command(BaseCommand):

@@ -7,19 +7,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from migrator.management.arguments import non_negative
 from migrator.services.reset import reset_database
 from migrator.services.seed import SeedError, SeedSpec, seed_legacy
 from migrator.settings import get_config
-
-
-def non_negative(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise CommandError(f"expected a whole number, got {value!r}") from None
-    if number < 0:
-        raise CommandError(f"expected zero or more, got {number}")
-    return number
 
 
 class Command(BaseCommand):

@@ -1,0 +1,25 @@
+"""Argument types shared by the commands: argparse turns a bad value into a one-line usage error."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from argparse import ArgumentTypeError
+
+
+def whole_number(minimum: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+        if number < minimum:
+            raise ArgumentTypeError(f"expected {minimum} or more, got {number}")
+        return number
+
+    parse.__name__ = "whole number"
+    return parse
+
+
+positive = whole_number(1)
+non_negative = whole_number(0)

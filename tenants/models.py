@@ -79,9 +79,9 @@ class Tenant(TenantMixin):
         validate_schema_not_reserved(expected)
 
     def save(self, *args, **kwargs) -> None:
+        self.clean()  # an invalid tenant id is a ValidationError here, before any name is derived from it
         if not self.schema_name:
             self.schema_name = tenant_schema_name(self.tenant_id)
-        self.clean()
         super().save(*args, **kwargs)
 
 

@@ -21,6 +21,7 @@ from migrator.engine.errors import LockHeld
 LOCK_NAMESPACE = 0x53460000  # "SF"
 LOCK_ID = 1
 APP_NAME_PREFIX = "salesflow-migrator"
+MAX_APP_NAME = 63  # PostgreSQL truncates application_name to NAMEDATALEN - 1 bytes
 
 
 def connect_like_django(application_name: str) -> psycopg.Connection:
@@ -29,8 +30,24 @@ def connect_like_django(application_name: str) -> psycopg.Connection:
     return psycopg.connect(
         dbname=conf["NAME"], user=conf["USER"] or None, password=conf["PASSWORD"] or None,
         host=conf["HOST"] or None, port=conf["PORT"] or None, autocommit=True,
-        application_name=application_name[:63],
+        application_name=application_name[:MAX_APP_NAME],
     )
+
+
+def holder_name(phase: str) -> str:
+    """``application_name`` of the lock's connection, within PostgreSQL's 63 bytes.
+
+    Host and pid must survive the limit, so a long phase list (``all``: ``prepare+...+cutover``) is
+    shortened to its first and last phase, and cut further only if that is still too long.
+    """
+    tail = f" on {socket.gethostname()} pid {os.getpid()}"
+    room = MAX_APP_NAME - len(APP_NAME_PREFIX) - 1 - len(tail)
+    if len(phase) > room and "+" in phase:
+        phases = phase.split("+")
+        phase = f"{phases[0]}..{phases[-1]}"
+    if len(phase) > room:
+        phase = phase[:max(room - 2, 0)] + ".."
+    return f"{APP_NAME_PREFIX} {phase}{tail}"[:MAX_APP_NAME]
 
 
 def describe_holder(conn: psycopg.Connection) -> str:
@@ -56,8 +73,7 @@ class MigratorLock:
         self._conn: psycopg.Connection | None = None
 
     def __enter__(self) -> MigratorLock:
-        app_name = f"{APP_NAME_PREFIX} {self.phase} on {socket.gethostname()} pid {os.getpid()}"
-        conn = connect_like_django(app_name)
+        conn = connect_like_django(holder_name(self.phase))
         acquired = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", [LOCK_NAMESPACE, LOCK_ID]).fetchone()[0]
         if not acquired:
             holder = describe_holder(conn)

@@ -94,6 +94,11 @@ def save_checkpoint(record_id: int, checkpoint: int | None, rows_copied: int) ->
     MigrationRecord.objects.filter(pk=record_id).update(checkpoint=checkpoint, rows_copied=rows_copied)
 
 
+def save_expected(record_id: int, rows_expected: int) -> None:
+    """The source row count, as soon as a copy has counted it: a running step then shows copied / expected."""
+    MigrationRecord.objects.filter(pk=record_id).update(rows_expected=rows_expected)
+
+
 def mark_rolled_back(phases: Iterable[str], tenant_ids: list[str] | None = None) -> int:
     """Attempts whose effects a rollback undid become ROLLED_BACK, so the next run does those steps again.
 

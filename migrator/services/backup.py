@@ -74,9 +74,17 @@ def list_backup(pg_restore: Path, path: Path) -> list[str]:
     return [line for line in out.splitlines() if line and not line.startswith(";")]
 
 
+def new_backup_path(backup_dir: Path) -> Path:
+    """A dump folder name not taken yet: a backup never writes into (or cleans up) an earlier one."""
+    stem = f"salesflow-{connection.settings_dict['NAME']}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    path, number = backup_dir / f"{stem}.dump", 1
+    while path.exists():
+        path, number = backup_dir / f"{stem}-{number}.dump", number + 1
+    return path
+
+
 def create_backup(pg_dump: Path, pg_restore: Path, backup_dir: Path, jobs: int, server_major: int) -> BackupInfo:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = backup_dir / f"salesflow-{connection.settings_dict['NAME']}-{stamp}.dump"
+    path = new_backup_path(backup_dir)
     args, env = connection_args()
     try:
         _run([str(pg_dump), "--format=directory", f"--jobs={max(1, jobs)}", "--file", str(path), *args], env, "pg_dump")

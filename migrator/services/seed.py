@@ -210,6 +210,8 @@ def seed_legacy(
         raise SeedError("counts must be zero or more")
     if spec.contacts == 0 and spec.activities:
         raise SeedError("activities need contacts: pass --contacts > 0 or --activities 0")
+    if spec.user_count < 1:
+        raise SeedError("--users must be 1 or more: contacts and activities are owned by legacy users")
     clash = existing_schemas(spec, legacy_auth_schema)
     if clash:
         raise SeedError(f"schema {clash[0]} already exists ({len(clash)} in all); pass --replace to start over")

@@ -1,0 +1,164 @@
+"""Helpers of the migrator tests: catalog snapshots, tracking rows, and ``manage.py`` in a subprocess.
+
+Everything reads the real database; nothing here replaces a query with a stand-in.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import psycopg
+from django.db import connection
+from psycopg import sql
+
+from migrator import db
+from migrator.legacy import model_columns
+from migrator.models import MigrationRecord
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
+# legacy table -> target table, the remapped column and the legacy / shared reference tables it points at
+TABLES: dict[str, tuple[str, str, str, tuple[str, str]]] = {
+    "contacts": ("contact_data_contacts", "contact_type_id", "contact_types", ("contact", "contact_types")),
+    "activities": ("activity_data_activities", "activity_type_id", "activity_types", ("activity", "activity_types")),
+}
+
+
+def rows(query: sql.Composable | str, params: Any = None) -> list[tuple[Any, ...]]:
+    return db.fetchall(query, params)
+
+
+def value(query: sql.Composable | str, params: Any = None) -> Any:
+    return db.fetchvalue(query, params)
+
+
+def count(schema: str, table: str) -> int:
+    return int(value(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))))
+
+
+def table_names(schema: str) -> set[str]:
+    return {r[0] for r in rows("SELECT table_name FROM information_schema.tables "
+                               "WHERE table_schema = %s AND table_type = 'BASE TABLE'", [schema])}
+
+
+def records(**filters: Any) -> list[MigrationRecord]:
+    """Tracking rows, oldest first."""
+    return list(MigrationRecord.objects.filter(**filters).order_by("id"))
+
+
+def attempts(migration_id: str) -> list[MigrationRecord]:
+    return list(MigrationRecord.objects.filter(migration_id=migration_id).order_by("attempt"))
+
+
+def latest(migration_id: str) -> MigrationRecord:
+    record = MigrationRecord.objects.filter(migration_id=migration_id).order_by("-attempt").first()
+    assert record is not None, f"no tracking row for {migration_id}"
+    return record
+
+
+def catalog_snapshot() -> set[tuple[str, str, str]]:
+    """Every relation of every non-system schema (name and kind), plus every schema name."""
+    relations = rows(
+        "SELECT n.nspname, c.relname, c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname <> ALL(%s) AND n.nspname NOT LIKE 'pg_temp%%' AND n.nspname NOT LIKE 'pg_toast%%'",
+        [list(SYSTEM_SCHEMAS)],
+    )
+    schemas = rows("SELECT nspname, '', 'schema' FROM pg_namespace")
+    return {tuple(r) for r in relations} | {tuple(r) for r in schemas}  # type: ignore[misc]
+
+
+def all_table_fingerprints() -> dict[str, tuple[int, str]]:
+    """Row count and an md5 of the sorted row texts of every ordinary table outside the system schemas."""
+    tables = rows(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relkind IN ('r', 'p') AND n.nspname <> ALL(%s) AND n.nspname NOT LIKE 'pg_temp%%' "
+        "AND n.nspname NOT LIKE 'pg_toast%%' ORDER BY 1, 2",
+        [list(SYSTEM_SCHEMAS)],
+    )
+    return {f"{schema}.{table}": fingerprint(schema, table) for schema, table in tables}
+
+
+def fingerprint(schema: str, table: str, conn: psycopg.Connection | None = None) -> tuple[int, str]:
+    query = sql.SQL("SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {} t").format(
+        sql.Identifier(schema, table))
+    if conn is not None:
+        return conn.execute(query).fetchone()  # type: ignore[return-value]
+    return db.fetchone(query)  # type: ignore[return-value]
+
+
+def database_url(name: str | None = None) -> str:
+    """A ``DATABASE_URL`` for the database the tests use (TCP or a unix socket folder)."""
+    conf = connection.settings_dict
+    user = quote(conf["USER"] or "postgres")
+    password = f":{quote(conf['PASSWORD'])}" if conf["PASSWORD"] else ""
+    host = conf["HOST"] or ""
+    port = f":{conf['PORT']}" if conf["PORT"] else ""
+    dbname = quote(name or conf["NAME"])
+    if host.startswith("/"):
+        return f"postgresql://{user}{password}@{port}/{dbname}?host={quote(host)}"
+    return f"postgresql://{user}{password}@{host}{port}/{dbname}"
+
+
+def manage_env(database_url_value: str | None = None, **extra: str) -> dict[str, str]:
+    env = {**os.environ, "DATABASE_URL": database_url_value or database_url(), "PYTHONUNBUFFERED": "1", **extra}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    return env
+
+
+def manage_command(*args: str) -> list[str]:
+    return [sys.executable, str(PROJECT_DIR / "manage.py"), *args]
+
+
+def manage(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``python manage.py <args>`` against the test database, in a child process."""
+    return subprocess.run(manage_command(*args), cwd=PROJECT_DIR, env=env or manage_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def psycopg_connect(dbname: str | None = None) -> psycopg.Connection:
+    conf = connection.settings_dict
+    return psycopg.connect(dbname=dbname or conf["NAME"], user=conf["USER"] or None, password=conf["PASSWORD"] or None,
+                           host=conf["HOST"] or None, port=conf["PORT"] or None, autocommit=True)
+
+
+def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def one_line(message: str) -> bool:
+    return "\n" not in message.strip() and "Traceback" not in message
+
+
+def content(schema: str, table: str, cols: list[str]) -> tuple[int, int, str]:
+    """Rows, distinct ids and an md5 of the sorted row texts over ``cols``."""
+    return db.fetchone(sql.SQL(
+        "SELECT count(*), count(DISTINCT id), md5(coalesce(string_agg(r::text, '|' ORDER BY r::text), '')) "
+        "FROM (SELECT {cols} FROM {t}) r").format(cols=db.ident_list(cols), t=sql.Identifier(schema, table)))
+
+
+def plain_columns(legacy: str) -> list[str]:
+    """Columns of a tenant data table that are copied as they are (all but the remapped reference id)."""
+    model = {"contacts": "contact_data.Contact", "activities": "activity_data.Activity"}[legacy]
+    return [c for c in model_columns(model) if c != TABLES[legacy][1]]
+
+
+def wrongly_remapped(schema: str, legacy: str) -> int:
+    """Rows whose reference code in the target differs from the legacy one (NULL stays NULL)."""
+    target, column, legacy_ref, shared = TABLES[legacy]
+    return value(sql.SQL(
+        "SELECT count(*) FROM {l} l JOIN {t} t ON t.id = l.id LEFT JOIN {lr} lr ON lr.id = l.{c} "
+        "LEFT JOIN {sr} sr ON sr.id = t.{c} WHERE lr.code IS DISTINCT FROM sr.code").format(
+        l=sql.Identifier(schema, legacy), t=sql.Identifier(schema, target), lr=sql.Identifier(schema, legacy_ref),
+        sr=sql.Identifier(*shared), c=sql.Identifier(column)))

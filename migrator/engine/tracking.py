@@ -29,9 +29,13 @@ def latest_records(phase: str, keys: Iterable[str] | None = None) -> dict[str, M
     return {row.migration_id: row for row in rows}
 
 
-def close_interrupted(phase: str) -> int:
-    """RUNNING rows of a phase belong to a run that died (the caller holds the lock): close them as FAILED."""
-    return MigrationRecord.objects.filter(phase=phase, status=Status.RUNNING).update(
+def close_interrupted(phase: str | None = None) -> int:
+    """RUNNING rows (of ``phase``, or of every phase) belong to a run that died: the caller holds the
+    lock, so no live process can own them. Close them as FAILED."""
+    rows = MigrationRecord.objects.filter(status=Status.RUNNING)
+    if phase is not None:
+        rows = rows.filter(phase=phase)
+    return rows.update(
         status=Status.FAILED,
         completed_at=timezone.now(),
         error_message="interrupted: the process running this step ended before it finished; rerun the phase to resume",

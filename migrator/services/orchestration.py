@@ -23,7 +23,8 @@ def check_database() -> None:
     try:
         connection.ensure_connection()
     except Exception as exc:  # psycopg raises several kinds; all mean the same to the operator
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = lines[0] if lines else type(exc).__name__
         raise MigrationError(f"cannot connect to the database {connection.settings_dict['NAME']!r}: {reason}; "
                              "check DATABASE_URL and that the server is running") from None
 
@@ -61,6 +62,7 @@ def run_phases(phases: list[Phase], ctx: MigrationContext, on_event: EventCallba
     ensure_tracking_ready()
     outcomes: list[PhaseOutcome] = []
     with MigratorLock("+".join(p.name for p in phases)):
+        tracking.close_interrupted()  # whatever a dead run left RUNNING, in any phase
         for phase in phases:
             ctx.__dict__.pop("registered_tenants", None)  # an earlier phase may have registered tenants
             planned = plan_phase(phase, ctx)

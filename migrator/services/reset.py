@@ -43,6 +43,8 @@ def reset_database(config: MigratorConfig) -> list[str]:
             db.execute(sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(sql.SQL(", ").join(service_tables)))
             done.append(f"emptied {len(service_tables)} service tables")
         for model in (Domain, Tenant, MigrationRecord, ReferenceMapping, DeferredConstraint):
+            if not catalog.table_exists("public", model._meta.db_table):
+                continue  # a database the migrator has never run on
             deleted, _ = model.objects.all().delete()
             if deleted:
                 done.append(f"deleted {deleted} {model._meta.db_table} rows")

@@ -108,7 +108,6 @@ def test_bad_numbers_on_the_command_line_are_usage_errors(args, error):
     assert child.stderr.splitlines()[-1] == f"manage.py {args[0]}: error: {error}"
 
 
-@pytest.mark.xfail(strict=True, reason="seed_legacy does not turn a connection failure into a CommandError")
 def test_seed_legacy_with_an_unreachable_database_is_one_line():
     child = manage("seed_legacy", "--tenants", "1", env=manage_env(UNREACHABLE))
     assert_one_line_failure(child, "cannot connect")

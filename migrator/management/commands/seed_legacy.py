@@ -8,6 +8,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from migrator.management.arguments import non_negative
+from migrator.engine.errors import MigrationError
+from migrator.engine.lock import MigratorLock
+from migrator.services.orchestration import check_database
 from migrator.services.reset import reset_database
 from migrator.services.seed import SeedError, SeedSpec, seed_legacy
 from migrator.settings import get_config
@@ -34,6 +37,14 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            check_database()
+            with MigratorLock("seed_legacy"):
+                self._seed(options)
+        except (MigrationError, SeedError) as exc:
+            raise CommandError(str(exc)) from exc
+
+    def _seed(self, options: dict[str, Any]) -> None:
         config = get_config()
         spec = SeedSpec(
             tenants=options["tenants"], contacts=options["contacts"], activities=options["activities"],
@@ -43,10 +54,7 @@ class Command(BaseCommand):
             for line in reset_database(config):
                 self.stdout.write(f"  {line}", style_func=self.style.WARNING)
         started = time.monotonic()
-        try:
-            result = seed_legacy(spec, config.legacy_auth_schema, progress=self._progress(options["verbosity"]))
-        except SeedError as exc:
-            raise CommandError(str(exc)) from exc
+        result = seed_legacy(spec, config.legacy_auth_schema, progress=self._progress(options["verbosity"]))
         self.stdout.write(self.style.SUCCESS(
             f"Seeded {len(result.tenant_ids)} tenants, {result.contacts} contacts, {result.activities} activities, "
             f"{result.users} users in {time.monotonic() - started:.1f}s"

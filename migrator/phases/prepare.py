@@ -62,7 +62,6 @@ class PreparePhase(Phase):
             steps.append(self.step(
                 "register", f"Inspect {tenant.schema} and register tenant {tenant.tenant_id} in public.tenants",
                 tenant_id=tenant.tenant_id, target=tenant.schema,
-                sql=("INSERT INTO public.tenants (tenant_id, schema_name, ...) VALUES (%s, %s, ...)  -- schema exists: not created",),
             ))
         return steps
 

@@ -98,7 +98,7 @@ def test_plan_changes_nothing(stage, request):
     assert database_state() == before
     if stage == "seeded":
         assert "Phase 1 prepare: 8 steps to run" in outputs["prepare"]
-        assert "INSERT INTO public.tenants" in outputs["prepare"]
+        assert "[acme_0001] register tenant_acme_0001: Inspect tenant_acme_0001 and register" in outputs["prepare"]
     if stage == "prepared":
         assert 'CREATE TABLE "contact_data_contacts"' in outputs["schemas"]
         assert "[globex_0002] tenant_tables tenant_globex_0002" in outputs["schemas"]

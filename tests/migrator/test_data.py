@@ -114,7 +114,7 @@ def test_tracking_rows_record_counts_checkpoints_and_fingerprints(migrated):
     copy = latest("data/acme_0001/copy_table/activity_data_activities")
     assert (copy.status, copy.rows_expected, copy.rows_copied, copy.checkpoint) == (Status.COMPLETED, 240, 240, 240)
     assert copy.details["batches"] == 5  # batch size 50
-    assert copy.details["rebuilt"] == copy.details["deferred"] == 5  # 3 indexes and 2 foreign keys, dropped and rebuilt
+    assert copy.details["rebuilt"] == copy.details["deferred"] == 6  # primary key, 3 indexes, 2 FKs: dropped, rebuilt
     check = latest("data/acme_0001/validate/activity_data_activities")
     assert check.status == Status.COMPLETED
     assert check.source_fingerprint == check.target_fingerprint and check.source_fingerprint.startswith("240:")

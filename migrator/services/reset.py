@@ -28,11 +28,13 @@ def drop_service_roles(config: MigratorConfig) -> list[str]:
 def reset_database(config: MigratorConfig) -> list[str]:
     """Drop tenant, legacy auth and archive schemas; empty service tables; forget all migrator state."""
     done: list[str] = []
-    with transaction.atomic():
-        for schema in [*catalog.schemas_like_tenants(), config.legacy_auth_schema, config.archive_schema]:
-            if catalog.schema_exists(schema):
+    # One schema per transaction: dropping a thousand tenant schemas at once exhausts the lock table.
+    for schema in [*catalog.schemas_like_tenants(), config.legacy_auth_schema, config.archive_schema]:
+        if catalog.schema_exists(schema):
+            with transaction.atomic():
                 db.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
-                done.append(f"dropped schema {schema}")
+            done.append(f"dropped schema {schema}")
+    with transaction.atomic():
         service_tables = [
             sql.Identifier(schema, table)
             for schema, tables in SERVICE_SCHEMAS.items()

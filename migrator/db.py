@@ -63,9 +63,5 @@ def local_settings(**settings: str) -> Iterator[None]:
             execute("SELECT set_config(%s, %s, true)", [name, value])
 
 
-def qualified(schema: str, table: str) -> sql.Identifier:
-    return sql.Identifier(schema, table)
-
-
 def ident_list(names: Sequence[str]) -> sql.Composed:
     return sql.SQL(", ").join(sql.Identifier(n) for n in names)

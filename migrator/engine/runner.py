@@ -36,7 +36,6 @@ class PhaseOutcome:
     planned: int = 0
     completed: list[Step] = field(default_factory=list)
     failed: list[tuple[Step, str]] = field(default_factory=list)
-    skipped_tenants: list[str] = field(default_factory=list)
     results: dict[str, StepResult] = field(default_factory=dict)
     elapsed: float = 0.0
 

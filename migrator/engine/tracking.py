@@ -10,7 +10,6 @@ import os
 import socket
 from collections.abc import Iterable
 
-from django.db.models import F
 from django.utils import timezone
 
 from migrator.engine.steps import Step, StepResult
@@ -115,7 +114,3 @@ def mark_rolled_back(phases: Iterable[str], tenant_ids: list[str] | None = None)
     if tenant_ids is not None:
         rows = rows.filter(tenant_id__in=tenant_ids)
     return rows.update(status=Status.ROLLED_BACK)
-
-
-def bump_rows(record_id: int, rows: int) -> None:
-    MigrationRecord.objects.filter(pk=record_id).update(rows_copied=F("rows_copied") + rows)

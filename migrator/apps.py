@@ -1,6 +1,6 @@
 from django.apps import AppConfig
 
 
-class MigratorConfig(AppConfig):
+class MigratorAppConfig(AppConfig):
     name = "migrator"
     verbose_name = "Schema migration"

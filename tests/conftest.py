@@ -17,9 +17,9 @@ from django.core.management import call_command
 from django.db import connection
 
 from migrator import catalog, db
-from migrator.services.django_migrations import migrate_schema
-from migrator.services.reset import reset_database
-from migrator.settings import get_config
+from migrator.django_migrations import migrate_schema
+from migrator.devtools.reset import reset_database
+from migrator.config import get_config
 from salesflow.layout import SERVICE_SCHEMAS
 
 
@@ -70,7 +70,7 @@ def table_fingerprint(schema: str, table: str) -> tuple[int, str]:
 
 
 def legacy_fingerprints(tenants: list[str]) -> dict[str, tuple[int, str]]:
-    from migrator.legacy import LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES
+    from migrator.tables import LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES
 
     config = get_config()
     prints = {f"{config.legacy_auth_schema}.{t}": table_fingerprint(config.legacy_auth_schema, t) for t in LEGACY_AUTH_TABLES}

@@ -19,7 +19,7 @@ from django.db.migrations.operations.base import Operation
 from django.db.migrations.state import ProjectState
 
 from salesflow.contact.models import ContactType
-from salesflow.db_backend.operations import CreateSchema
+from salesflow.db_backend.migration_operations import CreateSchema
 from salesflow.layout import SERVICE_SCHEMAS, service_db_table
 
 CONTACT_TYPES = service_db_table("contact", "contact_types")

@@ -15,7 +15,7 @@ from types import TracebackType
 import psycopg
 from django.db import connection
 
-from migrator.engine.errors import LockHeld
+from migrator.core.errors import LockHeld
 
 # Two int4 keys: (namespace, lock) -> pg_locks.classid / objid.
 LOCK_NAMESPACE = 0x53460000  # "SF"

@@ -19,11 +19,11 @@ from django.db import DatabaseError, connection
 import psycopg
 
 from migrator.engine import tracking
-from migrator.engine.context import MigrationContext
-from migrator.engine.errors import MigrationError
-from migrator.engine.steps import Event, Step, StepResult
+from migrator.core.context import MigrationContext
+from migrator.core.errors import MigrationError
+from migrator.core.steps import Event, Step, StepResult
 from migrator.models import MigrationRecord, Status
-from migrator.phases.base import Phase
+from migrator.core.phase import Phase
 
 logger = logging.getLogger("migrator.runner")
 

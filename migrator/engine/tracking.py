@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from django.utils import timezone
 
-from migrator.engine.steps import Step, StepResult
+from migrator.core.steps import Step, StepResult
 from migrator.models import MigrationRecord, Status
 
 HOST = socket.gethostname()

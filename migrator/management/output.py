@@ -10,7 +10,7 @@ from django.core.management.base import OutputWrapper
 from django.core.management.color import Style
 
 from migrator.engine.runner import PhaseOutcome
-from migrator.engine.steps import Event
+from migrator.core.steps import Event
 
 
 def human_rate(rows: int, seconds: float) -> str:

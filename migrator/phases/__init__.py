@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from migrator.phases.base import Phase
+from migrator.core.phase import Phase
 from migrator.phases.cutover import CutoverPhase
 from migrator.phases.data import DataPhase
 from migrator.phases.prepare import PreparePhase

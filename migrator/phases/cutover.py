@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from migrator import catalog
-from migrator.engine.context import MigrationContext, TenantRef
-from migrator.engine.steps import Step, StepResult
-from migrator.legacy import LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES
-from migrator.phases.base import Phase, Progress
-from migrator.services import archive
+from migrator.core.context import MigrationContext, TenantRef
+from migrator.core.steps import Step, StepResult
+from migrator.tables import LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES
+from migrator.core.phase import Phase, Progress
+from migrator.ops import archive
 from tenants.models import MigrationState, Tenant
 
 class CutoverPhase(Phase):

@@ -6,14 +6,14 @@ from dataclasses import replace
 
 from migrator import catalog, db
 from migrator.engine import tracking
-from migrator.engine.context import MigrationContext, TenantRef
-from migrator.engine.errors import MigrationError
-from migrator.engine.steps import Step, StepResult
-from migrator.legacy import (AUTH_MODELS, LEGACY_AUTH_TABLES, REFERENCE_TABLES, TENANT_DATA_TABLES, TenantDataTable,
+from migrator.core.context import MigrationContext, TenantRef
+from migrator.core.errors import MigrationError
+from migrator.core.steps import Step, StepResult
+from migrator.tables import (AUTH_MODELS, LEGACY_AUTH_TABLES, REFERENCE_TABLES, TENANT_DATA_TABLES, TenantDataTable,
                              model_columns, reference_table, unmapped_columns)
-from migrator.phases.base import Phase, Progress
-from migrator.services import constraints, fingerprint, reference
-from migrator.services.copy import Remap, TableCopy, copy_table, reset_identity, analyze
+from migrator.core.phase import Phase, Progress
+from migrator.ops import constraints, fingerprint, reference
+from migrator.ops.copy import Remap, TableCopy, copy_table, reset_identity, analyze
 from tenants.models import MigrationState
 
 AUTH_KEYS = {"role_permissions": ("role_id", "permission_id"), "user_roles": ("user_id", "role_id")}

@@ -6,13 +6,13 @@ import os
 from pathlib import Path
 
 from migrator import catalog
-from migrator.engine.context import MigrationContext, TenantRef
-from migrator.engine.errors import MigrationError
-from migrator.engine.steps import Step, StepResult
+from migrator.core.context import MigrationContext, TenantRef
+from migrator.core.errors import MigrationError
+from migrator.core.steps import Step, StepResult
 from migrator.models import MigrationRecord, Status
-from migrator.phases.base import Phase, Progress
-from migrator.services import backup, binaries, inspection
-from migrator.services.django_migrations import BOOTSTRAP_APPS, migrate_schema
+from migrator.core.phase import Phase, Progress
+from migrator.ops import backup, binaries, inspection
+from migrator.django_migrations import BOOTSTRAP_APPS, migrate_schema
 from tenants.models import MigrationState, Tenant
 
 MIN_SERVER_VERSION = 150000

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from migrator.engine import tracking
-from migrator.engine.context import MigrationContext, TenantRef
-from migrator.engine.errors import MigrationError
-from migrator.engine.steps import Step, StepResult
+from migrator.core.context import MigrationContext, TenantRef
+from migrator.core.errors import MigrationError
+from migrator.core.steps import Step, StepResult
 from migrator.models import Status
-from migrator.phases.base import Phase, Progress
+from migrator.core.phase import Phase, Progress
 from migrator.phases.prepare import latest_backup
-from migrator.services import backup, restore
-from migrator.services.reset import drop_service_roles
+from migrator.ops import backup, restore
+from migrator.devtools.reset import drop_service_roles
 from salesflow.layout import SERVICE_SCHEMAS
 from tenants.models import MigrationState, Tenant
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from migrator import catalog
-from migrator.engine.context import MigrationContext, TenantRef
-from migrator.engine.steps import Step, StepResult
-from migrator.phases.base import Phase, Progress
-from migrator.services.django_migrations import migrate_schema, pending_sql
+from migrator.core.context import MigrationContext, TenantRef
+from migrator.core.steps import Step, StepResult
+from migrator.core.phase import Phase, Progress
+from migrator.django_migrations import migrate_schema, pending_sql
 from salesflow.layout import SERVICE_SCHEMAS, tenant_tables
 from tenants.models import MigrationState
 

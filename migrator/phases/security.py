@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from migrator import catalog, db
-from migrator.engine.context import MigrationContext, TenantRef
-from migrator.engine.errors import MigrationError
-from migrator.engine.steps import Step, StepResult
-from migrator.phases.base import Phase, Progress
-from migrator.services import grants
+from migrator.core.context import MigrationContext, TenantRef
+from migrator.core.errors import MigrationError
+from migrator.core.steps import Step, StepResult
+from migrator.core.phase import Phase, Progress
+from migrator.ops import grants
 from salesflow.layout import tenant_tables
 from tenants.models import MigrationState
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from migrator.engine.context import MigrationContext, TenantRef
-from migrator.engine.steps import Step, StepResult
+from migrator.core.context import MigrationContext, TenantRef
+from migrator.core.steps import Step, StepResult
 from migrator.models import MigrationRecord, Status
-from migrator.phases.base import Phase, Progress
-from migrator.services import verification
+from migrator.core.phase import Phase, Progress
+from migrator.ops import verification
 from salesflow.layout import NAMESPACE_SERVICE, SERVICE_SCHEMAS, tenant_tables
 from tenants.models import MigrationState
 

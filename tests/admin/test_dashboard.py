@@ -10,7 +10,7 @@ from django.test import Client
 from django.urls import reverse
 
 from migrator.models import MigrationRecord, Status
-from migrator.services.dashboard import build_dashboard, format_duration
+from migrator.reports.dashboard import build_dashboard, format_duration
 from tests.admin.conftest import T0, register_details
 
 MIN = timedelta(minutes=1)

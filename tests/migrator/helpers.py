@@ -18,7 +18,7 @@ from django.db import connection
 from psycopg import sql
 
 from migrator import db
-from migrator.legacy import model_columns
+from migrator.tables import model_columns
 from migrator.models import MigrationRecord
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]

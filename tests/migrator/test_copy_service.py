@@ -10,12 +10,12 @@ import pytest
 from psycopg import sql
 
 from migrator import db
-from migrator.engine.context import TenantRef
-from migrator.engine.errors import MigrationError
-from migrator.legacy import TENANT_DATA_TABLES, reference_table
+from migrator.core.context import TenantRef
+from migrator.core.errors import MigrationError
+from migrator.tables import TENANT_DATA_TABLES, reference_table
 from migrator.phases.data import tenant_copy
-from migrator.services import constraints, reference
-from migrator.services.copy import _mapping_proven, analyze, copy_table, unmapped_references
+from migrator.ops import constraints, reference
+from migrator.ops.copy import _mapping_proven, analyze, copy_table, unmapped_references
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

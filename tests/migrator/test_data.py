@@ -12,7 +12,7 @@ from django_tenants.utils import schema_context
 from psycopg import sql
 
 from migrator import db
-from migrator.legacy import AUTH_MODELS, LEGACY_AUTH_TABLES, REFERENCE_TABLES, model_columns
+from migrator.tables import AUTH_MODELS, LEGACY_AUTH_TABLES, REFERENCE_TABLES, model_columns
 from migrator.models import DeferredConstraint, MigrationRecord, ReferenceMapping, Status
 from salesflow.accounts.models import User
 from salesflow.activity.models import ActivityType

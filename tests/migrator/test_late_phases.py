@@ -12,8 +12,8 @@ from migrator import catalog, db
 from migrator.engine import tracking
 from migrator.models import MigrationRecord, Status
 from migrator.phases.prepare import latest_backup
-from migrator.services import grants
-from migrator.settings import get_config
+from migrator.ops import grants
+from migrator.config import get_config
 from salesflow.layout import SERVICE_SCHEMAS
 from tenants.models import MigrationState, Tenant
 from tests.conftest import legacy_fingerprints, run

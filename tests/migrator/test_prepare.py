@@ -13,10 +13,10 @@ from django.db import connection
 from psycopg import sql
 
 from migrator import catalog, db
-from migrator.engine.errors import MigrationError
+from migrator.core.errors import MigrationError
 from migrator.models import Status
 from migrator.phases.prepare import latest_backup
-from migrator.services import backup, binaries
+from migrator.ops import backup, binaries
 from tenants.models import Tenant
 from tests.conftest import run
 from tests.migrator.helpers import fingerprint, latest, one_line, psycopg_connect, records, rows, table_names

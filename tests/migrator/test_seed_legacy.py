@@ -7,7 +7,7 @@ from django.core.management import CommandError, call_command
 from psycopg import sql
 
 from migrator import catalog
-from migrator.legacy import LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES
+from migrator.tables import LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES
 from migrator.models import MigrationRecord
 from tenants.models import Tenant
 from tests.conftest import legacy_fingerprints, run

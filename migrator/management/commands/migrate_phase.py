@@ -9,14 +9,14 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from migrator.management.arguments import positive
-from migrator.engine.context import MigrationContext, validate_tenant_ids
-from migrator.engine.errors import MigrationError
+from migrator.core.context import MigrationContext, validate_tenant_ids
+from migrator.core.errors import MigrationError
 from migrator.management.output import ConsoleReporter, outcome_dict, outcome_summary
 from migrator.phases import ORDERED, get_phase, phase_choices
-from migrator.phases.base import Phase
-from migrator.services import orchestration
-from migrator.services.status import GLOBAL, status_report
-from migrator.settings import get_config
+from migrator.core.phase import Phase
+from migrator.engine import orchestration
+from migrator.reports.status import GLOBAL, status_report
+from migrator.config import get_config
 
 
 class Command(BaseCommand):

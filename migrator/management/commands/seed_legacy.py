@@ -8,12 +8,12 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from migrator.management.arguments import non_negative
-from migrator.engine.errors import MigrationError
+from migrator.core.errors import MigrationError
 from migrator.engine.lock import MigratorLock
-from migrator.services.orchestration import check_database
-from migrator.services.reset import reset_database
-from migrator.services.seed import SeedError, SeedSpec, seed_legacy
-from migrator.settings import get_config
+from migrator.engine.orchestration import check_database
+from migrator.devtools.reset import reset_database
+from migrator.devtools.seed import SeedError, SeedSpec, seed_legacy
+from migrator.config import get_config
 
 
 class Command(BaseCommand):

@@ -3,7 +3,7 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
-from salesflow.db_backend.operations import CreateSchema
+from salesflow.db_backend.migration_operations import CreateSchema
 
 
 class Migration(migrations.Migration):

@@ -2,7 +2,7 @@
 
 from django.db import migrations, models
 
-from salesflow.db_backend.operations import CreateSchema
+from salesflow.db_backend.migration_operations import CreateSchema
 
 
 class Migration(migrations.Migration):

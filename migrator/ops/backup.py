@@ -11,7 +11,7 @@ from pathlib import Path
 
 from django.db import connection
 
-from migrator.engine.errors import MigrationError
+from migrator.core.errors import MigrationError
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from migrator.engine.errors import MigrationError
-from migrator.settings import MigratorConfig
+from migrator.core.errors import MigrationError
+from migrator.config import MigratorConfig
 from salesflow.layout import TENANT_ID_RE, tenant_schema_name
 
 

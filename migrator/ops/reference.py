@@ -15,8 +15,8 @@ from django.db import transaction
 from psycopg import sql
 
 from migrator import catalog, db
-from migrator.engine.errors import MigrationError
-from migrator.legacy import ReferenceTable, unmapped_columns
+from migrator.core.errors import MigrationError
+from migrator.tables import ReferenceTable, unmapped_columns
 from salesflow.layout import tenant_schema_name
 
 STAGE = sql.Identifier("reference_stage")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from psycopg import sql
 
 from migrator import db
-from migrator.services.copy import TableCopy
+from migrator.ops.copy import TableCopy
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from migrator import catalog
-from migrator.legacy import AUTH_MODELS, LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES, legacy_tenant_model, unmapped_columns
+from migrator.tables import AUTH_MODELS, LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES, legacy_tenant_model, unmapped_columns
 from salesflow.layout import is_reserved_schema, tenant_id_from_schema
 
 

@@ -20,11 +20,11 @@ from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce, JSONObject
 from django.utils import timezone
 
-from migrator.legacy import TENANT_DATA_TABLES
+from migrator.tables import TENANT_DATA_TABLES
 from migrator.models import MigrationRecord, Status
 from migrator.phases import ORDERED
-from migrator.phases.base import Phase
-from migrator.services.status import cell_state  # one definition of a cell's state, shared with `status`
+from migrator.core.phase import Phase
+from migrator.reports.status import cell_state  # one definition of a cell's state, shared with `status`
 
 # Steps whose rows_copied are rows moved into the target layout (reference merges are counted by the
 # shared rows they produce, which are not "moved" one to one, so they are left out of the totals).

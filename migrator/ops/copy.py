@@ -24,7 +24,7 @@ from psycopg import sql
 
 from migrator import catalog, db
 from migrator.engine import tracking
-from migrator.engine.errors import MigrationError
+from migrator.core.errors import MigrationError
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from django_tenants.utils import schema_context
 from psycopg import sql
 
 from migrator import catalog, db
-from migrator.settings import MigratorConfig
+from migrator.config import MigratorConfig
 from salesflow.layout import SERVICE_SCHEMAS, TENANT_SCHEMA_PREFIX, namespaced_table, tenant_tables
 
 CONTACTS = namespaced_table("contact_data", "contacts")

@@ -26,7 +26,7 @@ from django.utils.timezone import localtime
 
 from migrator.models import MigrationRecord, Status
 from migrator.phases import PHASES
-from migrator.services.dashboard import build_dashboard, format_duration
+from migrator.reports.dashboard import build_dashboard, format_duration
 
 STATUS_COLOURS: dict[str, str] = {
     Status.PENDING: "#757575",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from psycopg import sql
 
 from migrator import catalog, db
-from migrator.settings import MigratorConfig
+from migrator.config import MigratorConfig
 from salesflow.layout import NAMESPACE_SERVICE, SERVICE_SCHEMAS, tenant_tables
 
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")

@@ -15,9 +15,9 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 
-from migrator.admin import status_badge
+from migrator.admin.records import status_badge
 from migrator.models import Status
-from migrator.services.dashboard import with_migration_progress
+from migrator.reports.dashboard import with_migration_progress
 from tenants.models import Domain, MigrationState, Tenant
 
 STATE_STATUS: dict[str, str] = {

@@ -6,8 +6,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import ClassVar
 
-from migrator.engine.context import MigrationContext
-from migrator.engine.steps import Step, StepResult
+from migrator.core.context import MigrationContext
+from migrator.core.steps import Step, StepResult
 
 # progress(done, total): a step reports how far it is (rows, tenants, ...).
 Progress = Callable[[int, int | None], None]

@@ -10,7 +10,7 @@ from psycopg import sql
 
 from migrator import catalog, db
 from migrator.models import DeferredConstraint, MigrationRecord, ReferenceMapping
-from migrator.settings import MigratorConfig
+from migrator.config import MigratorConfig
 from salesflow.layout import SERVICE_SCHEMAS
 from tenants.models import Domain, Tenant
 

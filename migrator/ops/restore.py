@@ -16,10 +16,10 @@ from django.db import connection, transaction
 from psycopg import sql
 
 from migrator import catalog, db
-from migrator.engine.errors import MigrationError
+from migrator.core.errors import MigrationError
 from migrator.models import MigrationRecord
-from migrator.services import backup, binaries
-from migrator.services.backup import BackupInfo
+from migrator.ops import backup, binaries
+from migrator.ops.backup import BackupInfo
 from salesflow.layout import SERVICE_SCHEMAS, tenant_tables
 
 MIGRATED_APPS = ("accounts", "contact", "activity", "contact_data", "activity_data")

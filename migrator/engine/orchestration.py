@@ -9,13 +9,13 @@ from django.db import connection
 
 from migrator import catalog
 from migrator.engine import tracking
-from migrator.engine.context import MigrationContext
-from migrator.engine.errors import MigrationError
+from migrator.core.context import MigrationContext
+from migrator.core.errors import MigrationError
 from migrator.engine.lock import MigratorLock
 from migrator.engine.runner import EventCallback, PhaseOutcome, PhaseRunner, pending_steps
-from migrator.engine.steps import Step
-from migrator.phases.base import Phase
-from migrator.services.django_migrations import BOOTSTRAP_APPS, migrate_schema, unapplied
+from migrator.core.steps import Step
+from migrator.core.phase import Phase
+from migrator.django_migrations import BOOTSTRAP_APPS, migrate_schema, unapplied
 
 
 def check_database() -> None:

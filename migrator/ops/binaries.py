@@ -14,7 +14,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from migrator.engine.errors import MigrationError
+from migrator.core.errors import MigrationError
 
 VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)")
 

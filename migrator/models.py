@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Self
+
 from django.db import models
+from django.db.models import Exists, OuterRef
 
 
 class Status(models.TextChoices):
@@ -11,6 +14,26 @@ class Status(models.TextChoices):
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     ROLLED_BACK = "ROLLED_BACK"
+
+
+# The step whose record holds the phase-1 backup (path, size, sha256) a restore uses.
+BACKUP_PHASE, BACKUP_STEP = "prepare", "backup"
+
+
+class MigrationRecordQuerySet(models.QuerySet["MigrationRecord"]):
+    def latest_attempts(self) -> Self:
+        """Rows that are the newest attempt of their step (an anti-join on the (migration_id, attempt) index).
+
+        A retry is a new row, so older attempts are history: every "where does this step stand"
+        question reads these rows only.
+        """
+        newer = MigrationRecord.objects.filter(migration_id=OuterRef("migration_id"), attempt__gt=OuterRef("attempt"))
+        return self.filter(~Exists(newer))
+
+    def latest_backup(self) -> MigrationRecord | None:
+        """The record of the newest completed backup: the one a restore uses."""
+        return (self.filter(phase=BACKUP_PHASE, step=BACKUP_STEP, status=Status.COMPLETED)
+                .order_by("-completed_at").first())
 
 
 class MigrationRecord(models.Model):
@@ -48,6 +71,8 @@ class MigrationRecord(models.Model):
     host = models.CharField(max_length=255, blank=True)
     pid = models.IntegerField(null=True, blank=True)
     details = models.JSONField(default=dict, blank=True)
+
+    objects = MigrationRecordQuerySet.as_manager()
 
     class Meta:
         db_table = "schema_migrations"

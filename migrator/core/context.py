@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
-from typing import Any
+from typing import Literal
 
 from migrator.core.errors import MigrationError
 from migrator.config import MigratorConfig
@@ -31,17 +29,48 @@ def validate_tenant_ids(tenant_ids: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(tenant_ids))
 
 
+ReferenceConflicts = Literal["refuse", "first-wins"]
+REFERENCE_CONFLICT_POLICIES: tuple[ReferenceConflicts, ...] = ("refuse", "first-wins")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The options of one ``migrate_phase`` run that phases read (a typo is an AttributeError, not None)."""
+
+    reference_conflicts: ReferenceConflicts = "refuse"  # data: tenants disagreeing on a reference row
+    validate_only: bool = False  # data: only the validation steps again
+    restore: bool = False  # rollback: restore the phase-1 backup
+    drop_legacy: bool = False  # cutover: drop legacy tables instead of archiving them
+    render_sql: bool = False  # plans carry the SQL of each step (--plan, -v 3)
+    interactive: bool = True
+
+
 @dataclass
 class MigrationContext:
+    """Everything a phase needs to know about the run it is part of.
+
+    ``registered_tenants`` is read from the registry once and kept until ``forget_tenants`` (the
+    engine calls it between phases: an earlier phase may have registered tenants).
+    """
+
     config: MigratorConfig
     tenant_filter: tuple[str, ...] = ()
     batch_size: int = 50_000
     jobs: int = 1
-    options: dict[str, Any] = field(default_factory=dict)
-    confirm: Callable[[str], bool] = lambda question: False
+    options: RunOptions = field(default_factory=RunOptions)
+    _tenants: list[TenantRef] | None = field(default=None, init=False, repr=False)
 
-    @cached_property
+    def forget_tenants(self, known: list[TenantRef] | None = None) -> None:
+        """Read the registry again on next use, or take ``known`` as the tenants (an empty registry)."""
+        self._tenants = known
+
+    @property
     def registered_tenants(self) -> list[TenantRef]:
+        if self._tenants is None:
+            self._tenants = self._read_registered_tenants()
+        return self._tenants
+
+    def _read_registered_tenants(self) -> list[TenantRef]:
         """Registered legacy tenants, narrowed by ``--tenant``; an unknown ``--tenant`` is an error.
 
         Tenants created new in the target layout (state NEW) have nothing to migrate and are left out.
@@ -60,6 +89,3 @@ class MigrationContext:
             if states[tenant_id] == MigrationState.NEW:
                 raise MigrationError(f"tenant {tenant_id!r} was created in the target layout; it has nothing to migrate")
         return [TenantRef(t) for t in self.tenant_filter]
-
-    def option(self, name: str, default: Any = None) -> Any:
-        return self.options.get(name, default)

@@ -3,22 +3,44 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cached_property
 from typing import ClassVar
 
 from migrator.core.context import MigrationContext
-from migrator.core.steps import Step, StepResult
+from migrator.core.errors import MigrationError
+from migrator.core.steps import Step, StepReporter, StepResult
 
-# progress(done, total): a step reports how far it is (rows, tenants, ...).
-Progress = Callable[[int, int | None], None]
+ApplyStep = Callable[[MigrationContext, Step, StepReporter], StepResult]
+VerifyStep = Callable[[MigrationContext, Step, StepResult], list[str]]
+
+
+def no_problems(ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
+    return []
+
+
+@dataclass(frozen=True)
+class StepKind:
+    """One kind of step of a phase: ``apply`` does it, ``verify`` checks its outcome in the database
+    and returns the problems found (empty: fine)."""
+
+    apply: ApplyStep
+    verify: VerifyStep = no_problems
 
 
 class Phase(ABC):
-    """A phase of the migration plan.
+    """A phase of the migration plan, and the only place of its facts.
 
-    ``plan`` reads the catalog and changes nothing; ``apply`` does one step and returns what it did;
-    ``verify`` checks that step's outcome in the database and returns the problems found (empty:
-    fine). A step is recorded COMPLETED only when ``verify`` returns nothing.
+    ``plan`` reads the catalog and changes nothing; each planned step names one of the phase's
+    ``step_kinds``, whose ``apply`` does the step and whose ``verify`` checks it. A step is recorded
+    COMPLETED only when ``verify`` returns nothing.
+
+    Facts the rest of the tool reads from here (and nowhere else): ``number`` (position in `all`;
+    None for commands outside the ordered plan), ``name``, ``requires`` (the earlier phase a tenant
+    must have completed), ``tenant_state_on_success`` (the registry state it sets), and whether a
+    rollback (``undone_by_rollback``) or a restore of the backup (``undone_by_restore``) undoes it.
+    ``tests/migrator/test_phase_registry.py`` checks that these facts agree with each other.
     """
 
     name: ClassVar[str]
@@ -35,19 +57,38 @@ class Phase(ABC):
     requires: ClassVar[str | None] = None
     # Keep going after a failed step (checks that report everything they find, like verify).
     continue_after_failure: ClassVar[bool] = False
+    # What rollback undoes: its steps become ROLLED_BACK (and run again next time).
+    undone_by_rollback: ClassVar[bool] = False
+    undone_by_restore: ClassVar[bool] = False
 
     @abstractmethod
     def plan(self, ctx: MigrationContext) -> list[Step]: ...
 
     @abstractmethod
-    def apply(self, ctx: MigrationContext, step: Step, progress: Progress, record_id: int) -> StepResult: ...
+    def step_kinds(self) -> Mapping[str, StepKind]:
+        """Every kind of step this phase plans, with how to apply and verify it."""
+
+    @cached_property
+    def kinds(self) -> Mapping[str, StepKind]:
+        return self.step_kinds()
+
+    def apply(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
+        return self._kind(step).apply(ctx, step, reporter)
 
     def verify(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
-        return []
+        return self._kind(step).verify(ctx, step, result)
+
+    def _kind(self, step: Step) -> StepKind:
+        try:
+            return self.kinds[step.kind]
+        except KeyError:
+            raise MigrationError(f"phase {self.name} has no step kind {step.kind!r}") from None
 
     def step(self, kind: str, description: str, tenant_id: str | None = None, target: str = "",
              sql: tuple[str, ...] = (), destructive: bool = False) -> Step:
-        return Step(self.name, kind, description, tenant_id, target, sql, destructive)
+        if kind not in self.kinds:
+            raise ValueError(f"phase {self.name} has no step kind {kind!r}")
+        return Step(self.name, self.number, kind, description, tenant_id, target, sql, destructive)
 
     def confirmation_question(self, ctx: MigrationContext, steps: list[Step]) -> str:
         return f"Phase {self.name} will change data irreversibly ({len(steps)} steps). Continue?"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -16,6 +17,7 @@ class Step:
     """
 
     phase: str
+    phase_number: int | None
     kind: str
     description: str
     tenant_id: str | None = None
@@ -47,6 +49,24 @@ class StepResult:
     source_fingerprint: str | None = None
     target_fingerprint: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+
+
+def _ignore(*args: object) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class StepReporter:
+    """What a running step tells the engine, which owns the step's tracking row.
+
+    ``progress(done, total)`` is shown to the operator. ``expected(rows)`` stores the source row
+    count once it is known. ``checkpoint(key, rows_done)`` stores how far a copy got; it is called
+    inside the batch's transaction, so the checkpoint commits with the batch it describes.
+    """
+
+    progress: Callable[[int, int | None], None] = _ignore
+    expected: Callable[[int], None] = _ignore
+    checkpoint: Callable[[int | None, int], None] = _ignore
 
 
 EventKind = Literal["phase_start", "step_start", "step_progress", "step_success", "step_failure", "phase_end"]

@@ -11,18 +11,9 @@ from psycopg import sql
 from migrator import catalog, db
 from migrator.models import DeferredConstraint, MigrationRecord, ReferenceMapping
 from migrator.config import MigratorConfig
+from migrator.ops.teardown import drop_service_roles
 from salesflow.layout import SERVICE_SCHEMAS
 from tenants.models import Domain, Tenant
-
-
-def drop_service_roles(config: MigratorConfig) -> list[str]:
-    dropped = []
-    for role in config.service_roles.values():
-        if catalog.role_exists(role):
-            db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-            db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
-            dropped.append(role)
-    return dropped
 
 
 def reset_database(config: MigratorConfig) -> list[str]:

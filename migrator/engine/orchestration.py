@@ -48,25 +48,29 @@ class PlannedPhase:
 
 def plan_phase(phase: Phase, ctx: MigrationContext) -> PlannedPhase:
     """Steps that a run would apply now (reads only)."""
-    if ctx.option("validate_only"):
+    if ctx.options.validate_only:
         return PlannedPhase(phase, phase.plan(ctx))
     if not tracking_ready():
-        ctx.__dict__["registered_tenants"] = []  # no registry yet: nothing of it to plan for
+        ctx.forget_tenants(known=[])  # no registry yet: nothing of it to plan for
         return PlannedPhase(phase, phase.plan(ctx))
     return PlannedPhase(phase, pending_steps(phase, ctx))
 
 
 def run_phases(phases: list[Phase], ctx: MigrationContext, on_event: EventCallback,
-               confirm: Callable[[Phase, list[Step]], bool]) -> list[PhaseOutcome]:
-    """Run ``phases`` in order under the migrator lock; stop at the first phase that fails."""
+               confirm: Callable[[str, str], bool]) -> list[PhaseOutcome]:
+    """Run ``phases`` in order under the migrator lock; stop at the first phase that fails.
+
+    ``confirm(phase name, question)`` is asked before a phase whose steps change data irreversibly.
+    """
     ensure_tracking_ready()
     outcomes: list[PhaseOutcome] = []
     with MigratorLock("+".join(p.name for p in phases)):
         tracking.close_interrupted()  # whatever a dead run left RUNNING, in any phase
         for phase in phases:
-            ctx.__dict__.pop("registered_tenants", None)  # an earlier phase may have registered tenants
+            ctx.forget_tenants()  # an earlier phase may have registered tenants
             planned = plan_phase(phase, ctx)
-            if planned.steps and phase.asks_confirmation and not confirm(phase, planned.steps):
+            if (planned.steps and phase.asks_confirmation
+                    and not confirm(phase.name, phase.confirmation_question(ctx, planned.steps))):
                 raise MigrationError(f"phase {phase.name} cancelled; nothing was changed")
             tracking.close_interrupted(phase.name)
             outcome = PhaseRunner(ctx, on_event).run(phase, planned.steps)

@@ -21,7 +21,7 @@ import psycopg
 from migrator.engine import tracking
 from migrator.core.context import MigrationContext
 from migrator.core.errors import MigrationError
-from migrator.core.steps import Event, Step, StepResult
+from migrator.core.steps import Event, Step, StepReporter, StepResult
 from migrator.models import MigrationRecord, Status
 from migrator.core.phase import Phase
 
@@ -153,9 +153,14 @@ class PhaseRunner:
             self.on_event(Event("step_progress", phase.name, step, done=done, total=total,
                                 elapsed=time.monotonic() - started, index=index, count=count))
 
+        reporter = StepReporter(
+            progress=progress,
+            expected=lambda rows: tracking.save_expected(record.pk, rows),
+            checkpoint=lambda key, rows: tracking.save_checkpoint(record.pk, key, rows),
+        )
         result: StepResult | None = None
         try:
-            result = phase.apply(self.ctx, step, progress, record.pk)
+            result = phase.apply(self.ctx, step, reporter)
             problems = phase.verify(self.ctx, step, result)
             error = "; ".join(problems) if problems else None
         except MigrationError as exc:

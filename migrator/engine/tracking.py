@@ -16,7 +16,6 @@ from migrator.core.steps import Step, StepResult
 from migrator.models import MigrationRecord, Status
 
 HOST = socket.gethostname()
-PHASE_NUMBERS = {"prepare": 1, "schemas": 2, "data": 3, "security": 4, "verify": 5, "cutover": 6}
 
 
 def latest_records(phase: str, keys: Iterable[str] | None = None) -> dict[str, MigrationRecord]:
@@ -24,8 +23,7 @@ def latest_records(phase: str, keys: Iterable[str] | None = None) -> dict[str, M
     rows = MigrationRecord.objects.filter(phase=phase)
     if keys is not None:
         rows = rows.filter(migration_id__in=list(keys))
-    rows = rows.order_by("migration_id", "-attempt").distinct("migration_id")
-    return {row.migration_id: row for row in rows}
+    return {row.migration_id: row for row in rows.latest_attempts()}
 
 
 def close_interrupted(phase: str | None = None) -> int:
@@ -51,7 +49,7 @@ def ensure_pending(steps: list[Step], latest: dict[str, MigrationRecord]) -> dic
         new_rows.append(
             MigrationRecord(
                 migration_id=step.key, description=step.description, status=Status.PENDING, phase=step.phase,
-                phase_number=PHASE_NUMBERS.get(step.phase), tenant_id=step.tenant_id, step=step.kind,
+                phase_number=step.phase_number, tenant_id=step.tenant_id, step=step.kind,
                 target=step.target, attempt=(previous.attempt + 1) if previous else 1,
                 host=HOST, pid=os.getpid(),
             )

@@ -12,6 +12,7 @@ from pathlib import Path
 from django.db import connection
 
 from migrator.core.errors import MigrationError
+from migrator.models import MigrationRecord
 
 
 @dataclass(frozen=True)
@@ -114,3 +115,9 @@ def check_backup(info: BackupInfo) -> None:
 def restore_backup(pg_restore: Path, info: BackupInfo, jobs: int) -> None:
     args, env = connection_args()
     _run([str(pg_restore), f"--jobs={max(1, jobs)}", "--exit-on-error", "--no-owner", *args, info.path], env, "pg_restore")
+
+
+def latest_backup() -> BackupInfo | None:
+    """The backup of the newest completed backup step: the one a restore uses."""
+    record = MigrationRecord.objects.latest_backup()
+    return BackupInfo.from_dict(record.details["backup"]) if record and "backup" in record.details else None

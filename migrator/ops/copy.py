@@ -16,15 +16,14 @@ afterwards with a synchronous commit, which flushes all WAL before it, every bat
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from django.db import transaction
 from psycopg import sql
 
 from migrator import catalog, db
-from migrator.engine import tracking
 from migrator.core.errors import MigrationError
+from migrator.core.steps import StepReporter
 
 
 @dataclass(frozen=True)
@@ -170,9 +169,11 @@ class CopyStats:
     resumed_after: list[object] | None
 
 
-def copy_table(copy: TableCopy, batch_size: int, record_id: int | None,
-               progress: Callable[[int, int | None], None] = lambda done, total: None) -> CopyStats:
-    """Copy every source row not yet in the target, in key order, one committed batch at a time."""
+def copy_table(copy: TableCopy, batch_size: int, reporter: StepReporter = StepReporter()) -> CopyStats:
+    """Copy every source row not yet in the target, in key order, one committed batch at a time.
+
+    ``reporter.checkpoint`` runs inside each batch's transaction, so what it stores commits with the batch.
+    """
     total, missing = _scan_source(copy)
     if missing:
         details = ", ".join(f"{n} rows of {copy.source_table}.{c}" for c, n in missing.items())
@@ -180,7 +181,8 @@ def copy_table(copy: TableCopy, batch_size: int, record_id: int | None,
     resumed_after = _last_copied_key(copy)
     last = resumed_after or _lowest_key(copy)
     done = catalog.row_count(copy.target_schema, copy.target_table) if resumed_after else 0
-    progress(done, total)
+    reporter.expected(total)
+    reporter.progress(done, total)
     key_order = sql.SQL(", ").join(sql.Identifier(k) for k in copy.key)
     key_order_desc = sql.SQL(", ").join(sql.SQL("{} DESC").format(sql.Identifier(k)) for k in copy.key)
     upper_sql = sql.SQL("SELECT {keys} FROM {src} s WHERE {key} > {lo} ORDER BY {order} OFFSET %s LIMIT 1").format(
@@ -200,10 +202,9 @@ def copy_table(copy: TableCopy, batch_size: int, record_id: int | None,
         with transaction.atomic():
             db.execute(ASYNC_COMMIT)  # see the module docstring: a lost batch is recopied, never half-kept
             done += db.execute(bounded, [*last, *upper])
-            if record_id is not None:
-                tracking.save_checkpoint(record_id, upper[0] if len(copy.key) == 1 else None, done)
+            reporter.checkpoint(upper[0] if len(copy.key) == 1 else None, done)
         batches += 1
-        progress(done, total)
+        reporter.progress(done, total)
         last = list(upper)
     return CopyStats(rows_source=total, rows_copied=done, batches=batches, resumed_after=resumed_after)
 

@@ -1,4 +1,4 @@
-"""Rolling back: undo what the migration created, or restore the phase-1 backup whole.
+"""Restoring the phase-1 backup whole, with the tracking history kept.
 
 A restore replaces ``public`` too, tracking table included, so the history is saved first (to a
 JSON file beside the backup and in memory) and put back after ``pg_restore``: the record of
@@ -20,34 +20,6 @@ from migrator.core.errors import MigrationError
 from migrator.models import MigrationRecord
 from migrator.ops import backup, binaries
 from migrator.ops.backup import BackupInfo
-from salesflow.layout import SERVICE_SCHEMAS, tenant_tables
-
-MIGRATED_APPS = ("accounts", "contact", "activity", "contact_data", "activity_data")
-
-
-def drop_tenant_tables(schema: str) -> list[str]:
-    """Drop the namespaced tables (and the schema's django_migrations) a migration made in a legacy schema."""
-    dropped = []
-    with transaction.atomic():
-        for table in [*reversed([t.name for t in tenant_tables()]), "django_migrations"]:
-            if catalog.table_exists(schema, table):
-                db.execute(sql.SQL("DROP TABLE {} CASCADE").format(sql.Identifier(schema, table)))
-                dropped.append(table)
-        db.execute("DELETE FROM public.migrator_deferred_constraints WHERE schema_name = %s", [schema])
-    return dropped
-
-
-def drop_service_schemas() -> list[str]:
-    dropped = []
-    with transaction.atomic():
-        for schema in SERVICE_SCHEMAS:
-            if catalog.schema_exists(schema):
-                db.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
-                dropped.append(schema)
-        db.execute("DELETE FROM public.django_migrations WHERE app = ANY(%s)", [list(MIGRATED_APPS)])
-        db.execute("DELETE FROM public.migrator_reference_map")
-    return dropped
-
 
 def save_history(directory: Path) -> tuple[list[dict[str, Any]], Path]:
     rows = list(MigrationRecord.objects.order_by("id").values())

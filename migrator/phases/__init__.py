@@ -26,5 +26,14 @@ def get_phase(name_or_number: str) -> type[Phase]:
     raise KeyError(name_or_number)
 
 
+def phases_help() -> str:
+    """The phases for ``migrate_phase --help``, from each phase's own summary."""
+    ordered = "; ".join(f"{p.number} {p.name} ({p.summary})" for p in ORDERED)
+    others = "; ".join(f"{p.name} ({p.summary})" for p in PHASES if not p.number)
+    first, last = ORDERED[0].number, ORDERED[-1].number
+    return (f"Phases: {ordered}; {others}. `all` runs {first} to {last} and stops at the first failure; "
+            "`status` shows phases x tenants.")
+
+
 def phase_choices() -> list[str]:
     return [f"{p.number} {p.name}" if p.number else p.name for p in PHASES] + list(EXTRA_COMMANDS)

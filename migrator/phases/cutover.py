@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from migrator import catalog
 from migrator.core.context import MigrationContext, TenantRef
-from migrator.core.steps import Step, StepResult
+from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.tables import LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES
-from migrator.core.phase import Phase, Progress
+from migrator.core.phase import Phase, StepKind
 from migrator.ops import archive
 from tenants.models import MigrationState, Tenant
 
@@ -17,10 +17,11 @@ class CutoverPhase(Phase):
     summary = "legacy tables moved to the archive schema (never dropped without --drop-legacy), tenants live"
     tenant_state_on_success = MigrationState.LIVE
     requires = "verify"
+    undone_by_restore = True
     asks_confirmation = True
 
     def plan(self, ctx: MigrationContext) -> list[Step]:
-        drop = bool(ctx.option("drop_legacy"))
+        drop = ctx.options.drop_legacy
         where = "DROP" if drop else f"move to {ctx.config.archive_schema}"
         steps = [self.step("archive_schema", f"Create schema {ctx.config.archive_schema}", target=ctx.config.archive_schema)]
         for tenant in ctx.registered_tenants:
@@ -37,36 +38,47 @@ class CutoverPhase(Phase):
             return "Cutover with --drop-legacy DROPS the legacy tables for good (the phase-1 backup stays). Continue?"
         return "Cutover archives the legacy tables and marks tenants live. Continue?"
 
-    def apply(self, ctx: MigrationContext, step: Step, progress: Progress, record_id: int) -> StepResult:
+    def step_kinds(self) -> dict[str, StepKind]:
+        return {
+            "archive_schema": StepKind(self._create_archive_schema),
+            "archive_legacy": StepKind(self._archive_tenant_tables, self._check_tenant_archived),
+            "archive_auth": StepKind(self._archive_auth_tables),
+            "final_status": StepKind(self._count_live_tenants, self._check_every_tenant_live),
+        }
+
+    def _create_archive_schema(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
+        created = archive.ensure_archive_schema(ctx.config.archive_schema)
+        return StepResult(message="created" if created else "exists")
+
+    def _archive_tenant_tables(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
+        drop = ctx.options.drop_legacy
+        tenant = TenantRef(step.tenant_id or "")
+        moved = archive.archive_tables(tenant.schema, tenant.tenant_id, list(LEGACY_TENANT_TABLES),
+                                       ctx.config.archive_schema, drop)
+        return StepResult(message=f"{len(moved)} legacy tables {'dropped' if drop else 'archived'}",
+                          details={"archived": moved})
+
+    def _archive_auth_tables(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         cfg = ctx.config
-        drop = bool(ctx.option("drop_legacy"))
-        if step.kind == "archive_schema":
-            created = archive.ensure_archive_schema(cfg.archive_schema)
-            return StepResult(message="created" if created else "exists")
-        if step.kind == "archive_legacy":
-            tenant = TenantRef(step.tenant_id or "")
-            moved = archive.archive_tables(tenant.schema, tenant.tenant_id, list(LEGACY_TENANT_TABLES),
-                                           cfg.archive_schema, drop)
-            return StepResult(message=f"{len(moved)} legacy tables {'dropped' if drop else 'archived'}",
-                              details={"archived": moved})
-        if step.kind == "archive_auth":
-            moved = archive.archive_tables(cfg.legacy_auth_schema, cfg.legacy_auth_schema, list(LEGACY_AUTH_TABLES),
-                                           cfg.archive_schema, drop)
-            dropped_schema = archive.drop_schema_if_empty(cfg.legacy_auth_schema)
-            return StepResult(message=f"{len(moved)} legacy auth tables {'dropped' if drop else 'archived'}",
-                              details={"archived": moved, "legacy_schema_dropped": dropped_schema})
+        drop = ctx.options.drop_legacy
+        moved = archive.archive_tables(cfg.legacy_auth_schema, cfg.legacy_auth_schema, list(LEGACY_AUTH_TABLES),
+                                       cfg.archive_schema, drop)
+        dropped_schema = archive.drop_schema_if_empty(cfg.legacy_auth_schema)
+        return StepResult(message=f"{len(moved)} legacy auth tables {'dropped' if drop else 'archived'}",
+                          details={"archived": moved, "legacy_schema_dropped": dropped_schema})
+
+    def _count_live_tenants(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         live = Tenant.objects.filter(migration_state=MigrationState.LIVE).count()
         total = Tenant.objects.count()
         return StepResult(message=f"{live} of {total} tenants live", details={"live": live, "tenants": total})
 
-    def verify(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
-        if step.kind == "archive_legacy":
-            schema = TenantRef(step.tenant_id or "").schema
-            left = catalog.tables_by_schema([schema])[schema] & set(LEGACY_TENANT_TABLES)
-            return [f"legacy table {schema}.{t} still present" for t in sorted(left)]
-        if step.kind == "final_status":
-            # Runs after every tenant step of this run: a tenant that failed its cutover shows here.
-            selected = [t.tenant_id for t in ctx.registered_tenants]
-            not_live = Tenant.objects.filter(tenant_id__in=selected).exclude(migration_state=MigrationState.LIVE)
-            return [f"tenant {t} is not live" for t in not_live.values_list("tenant_id", flat=True)[:10]]
-        return []
+    def _check_tenant_archived(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
+        schema = TenantRef(step.tenant_id or "").schema
+        left = catalog.tables_by_schema([schema])[schema] & set(LEGACY_TENANT_TABLES)
+        return [f"legacy table {schema}.{t} still present" for t in sorted(left)]
+
+    def _check_every_tenant_live(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
+        # Runs after every tenant step of this run: a tenant that failed its cutover shows here.
+        selected = [t.tenant_id for t in ctx.registered_tenants]
+        not_live = Tenant.objects.filter(tenant_id__in=selected).exclude(migration_state=MigrationState.LIVE)
+        return [f"tenant {t} is not live" for t in not_live.values_list("tenant_id", flat=True)[:10]]

@@ -5,19 +5,17 @@ from __future__ import annotations
 from dataclasses import replace
 
 from migrator import catalog, db
-from migrator.engine import tracking
 from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.errors import MigrationError
-from migrator.core.steps import Step, StepResult
+from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.tables import (AUTH_MODELS, LEGACY_AUTH_TABLES, REFERENCE_TABLES, TENANT_DATA_TABLES, TenantDataTable,
                              model_columns, reference_table, unmapped_columns)
-from migrator.core.phase import Phase, Progress
+from migrator.core.phase import Phase, StepKind
 from migrator.ops import constraints, fingerprint, reference
 from migrator.ops.copy import Remap, TableCopy, copy_table, reset_identity, analyze
 from tenants.models import MigrationState
 
 AUTH_KEYS = {"role_permissions": ("role_id", "permission_id"), "user_roles": ("user_id", "role_id")}
-CONFLICT_POLICIES = ("refuse", "first-wins")
 
 
 def auth_copy(legacy_schema: str, table: str) -> TableCopy:
@@ -43,19 +41,6 @@ def check_columns(copy: TableCopy, model_label: str) -> None:
         )
 
 
-def recording_expected(progress: Progress, record_id: int) -> Progress:
-    """``progress`` that also stores the source row count on the tracking row once the copy has counted it."""
-    known: list[int | None] = [None]
-
-    def report(done: int, total: int | None) -> None:
-        if total is not None and total != known[0]:
-            known[0] = total
-            tracking.save_expected(record_id, total)
-        progress(done, total)
-
-    return report
-
-
 class DataPhase(Phase):
     name = "data"
     number = 3
@@ -63,11 +48,13 @@ class DataPhase(Phase):
     summary = "auth data, reference data merged with id remapping, tenant data in keyset batches, validation"
     tenant_state_on_success = MigrationState.DATA_MIGRATED
     requires = "schemas"
+    undone_by_rollback = True
+    undone_by_restore = True
 
     def plan(self, ctx: MigrationContext) -> list[Step]:
         legacy_auth = ctx.config.legacy_auth_schema
-        validate_only = bool(ctx.option("validate_only"))
-        with_sql = bool(ctx.option("render_sql"))
+        validate_only = ctx.options.validate_only
+        with_sql = ctx.options.render_sql
         steps: list[Step] = []
         if not ctx.tenant_filter:
             for table in LEGACY_AUTH_TABLES:
@@ -99,16 +86,15 @@ class DataPhase(Phase):
                     "counts and fingerprints", tenant_id=tenant.tenant_id, target=spec.target_table))
         return steps
 
-    def apply(self, ctx: MigrationContext, step: Step, progress: Progress, record_id: int) -> StepResult:
-        if step.kind == "copy_auth":
-            return self._copy_auth(ctx, step, progress, record_id)
-        if step.kind == "merge_reference":
-            return self._merge(ctx, step)
-        if step.kind == "copy_table":
-            return self._copy_tenant_table(ctx, step, progress, record_id)
-        return self._validate(ctx, step)
+    def step_kinds(self) -> dict[str, StepKind]:
+        return {
+            "copy_auth": StepKind(self._copy_auth_table, self._check_all_rows_copied),
+            "merge_reference": StepKind(self._merge_reference_table, self._check_every_reference_mapped),
+            "copy_table": StepKind(self._copy_tenant_table, self._check_all_rows_copied),
+            "validate": StepKind(self._validate_table, self._check_validation),
+        }
 
-    def _copy_auth(self, ctx: MigrationContext, step: Step, progress: Progress, record_id: int) -> StepResult:
+    def _copy_auth_table(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         legacy = ctx.config.legacy_auth_schema
         if not catalog.table_exists(legacy, step.target):
             raise MigrationError(
@@ -116,14 +102,14 @@ class DataPhase(Phase):
                 "to the schema that holds the auth tables")
         copy = auth_copy(legacy, step.target)
         check_columns(copy, AUTH_MODELS[step.target])
-        stats = copy_table(copy, ctx.batch_size, record_id, recording_expected(progress, record_id))
+        stats = copy_table(copy, ctx.batch_size, reporter)
         if copy.key == ("id",):
             reset_identity("auth", step.target)
         return StepResult(message=f"{stats.rows_copied} rows", rows_expected=stats.rows_source,
                           rows_copied=stats.rows_copied, details={"batches": stats.batches})
 
-    def _merge(self, ctx: MigrationContext, step: Step) -> StepResult:
-        policy = ctx.option("reference_conflicts", "refuse")
+    def _merge_reference_table(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
+        policy = ctx.options.reference_conflicts
         ref = reference_table(step.target)
         tenant_ids = [t.tenant_id for t in ctx.registered_tenants]
         result = reference.merge_reference_table(ref, tenant_ids, policy)
@@ -138,7 +124,7 @@ class DataPhase(Phase):
             "discarded_variants": result.discarded, "tenants_without_table": result.tenants_without_table,
             "policy": policy})
 
-    def _copy_tenant_table(self, ctx: MigrationContext, step: Step, progress: Progress, record_id: int) -> StepResult:
+    def _copy_tenant_table(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         tenant = TenantRef(step.tenant_id or "")
         spec = next(t for t in TENANT_DATA_TABLES if t.target_table == step.target)
         if not catalog.table_exists(tenant.schema, spec.legacy_table):
@@ -149,7 +135,7 @@ class DataPhase(Phase):
         copy = tenant_copy(tenant, spec)
         check_columns(copy, spec.model)
         deferred = constraints.defer_constraints(tenant.schema, spec.target_table)
-        stats = copy_table(copy, ctx.batch_size, record_id, recording_expected(progress, record_id))
+        stats = copy_table(copy, ctx.batch_size, reporter)
         rebuilt = constraints.restore_constraints(tenant.schema, spec.target_table)
         reset_identity(tenant.schema, spec.target_table)
         analyze(tenant.schema, spec.target_table)
@@ -159,7 +145,7 @@ class DataPhase(Phase):
                           details={"batches": stats.batches, "deferred": deferred, "rebuilt": rebuilt,
                                    "resumed_after": stats.resumed_after})
 
-    def _validate(self, ctx: MigrationContext, step: Step) -> StepResult:
+    def _validate_table(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         if step.tenant_id is None:
             table = step.target.split(".", 1)[1]
             copy = auth_copy(ctx.config.legacy_auth_schema, table)
@@ -183,20 +169,22 @@ class DataPhase(Phase):
                           rows_expected=source.rows, rows_copied=target.rows, source_fingerprint=str(source),
                           target_fingerprint=str(target), details=details)
 
-    def verify(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
+    def _check_all_rows_copied(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
+        if result.rows_copied != result.rows_expected:
+            return [f"copied {result.rows_copied} rows, expected {result.rows_expected}"]
+        return []
+
+    def _check_every_reference_mapped(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
+        unmapped = reference.unmapped_count(reference_table(step.target), [t.tenant_id for t in ctx.registered_tenants])
+        return [f"{unmapped} legacy {step.target} rows have no shared id"] if unmapped else []
+
+    def _check_validation(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
         problems = []
-        if step.kind in ("copy_auth", "copy_table") and result.rows_copied != result.rows_expected:
-            problems.append(f"copied {result.rows_copied} rows, expected {result.rows_expected}")
-        if step.kind == "merge_reference":
-            unmapped = reference.unmapped_count(reference_table(step.target), [t.tenant_id for t in ctx.registered_tenants])
-            if unmapped:
-                problems.append(f"{unmapped} legacy {step.target} rows have no shared id")
-        if step.kind == "validate":
-            if result.source_fingerprint != result.target_fingerprint:
-                sample = result.details.get("differing_keys") or []
-                problems.append(
-                    f"content differs: source {result.source_fingerprint}, target {result.target_fingerprint}; "
-                    f"differing keys (first {len(sample)}): {', '.join(str(k[0] if len(k) == 1 else tuple(k)) for k in sample)}")
-            if result.details.get("constraints_missing"):
-                problems.append("indexes or foreign keys not rebuilt/validated: " + ", ".join(result.details["constraints_missing"]))
+        if result.source_fingerprint != result.target_fingerprint:
+            sample = result.details.get("differing_keys") or []
+            problems.append(
+                f"content differs: source {result.source_fingerprint}, target {result.target_fingerprint}; "
+                f"differing keys (first {len(sample)}): {', '.join(str(k[0] if len(k) == 1 else tuple(k)) for k in sample)}")
+        if result.details.get("constraints_missing"):
+            problems.append("indexes or foreign keys not rebuilt/validated: " + ", ".join(result.details["constraints_missing"]))
         return problems

@@ -8,9 +8,8 @@ from pathlib import Path
 from migrator import catalog
 from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.errors import MigrationError
-from migrator.core.steps import Step, StepResult
-from migrator.models import MigrationRecord, Status
-from migrator.core.phase import Phase, Progress
+from migrator.core.steps import Step, StepReporter, StepResult
+from migrator.core.phase import Phase, StepKind
 from migrator.ops import backup, binaries, inspection
 from migrator.django_migrations import BOOTSTRAP_APPS, migrate_schema
 from tenants.models import MigrationState, Tenant
@@ -20,15 +19,6 @@ MIN_SERVER_VERSION = 150000
 
 def server_major() -> int:
     return catalog.server_version_num() // 10000
-
-
-def latest_backup() -> backup.BackupInfo | None:
-    """The backup of the newest completed backup step that has not been rolled back."""
-    record = (
-        MigrationRecord.objects.filter(phase="prepare", step="backup", status=Status.COMPLETED)
-        .order_by("-completed_at").first()
-    )
-    return backup.BackupInfo.from_dict(record.details["backup"]) if record and "backup" in record.details else None
 
 
 def created_new() -> set[str]:
@@ -41,6 +31,7 @@ def created_new() -> set[str]:
 class PreparePhase(Phase):
     name = "prepare"
     number = 1
+    undone_by_restore = True
     estimate = "1 day"
     summary = "preflight, verified pg_dump backup, legacy layout inspected, tenants registered"
     tenant_state_on_success = MigrationState.REGISTERED
@@ -78,11 +69,17 @@ class PreparePhase(Phase):
             return [TenantRef(t) for t in ctx.tenant_filter]
         return [TenantRef(t) for t in valid]
 
-    def apply(self, ctx: MigrationContext, step: Step, progress: Progress, record_id: int) -> StepResult:
-        handler = getattr(self, f"_apply_{step.kind}")
-        return handler(ctx, step)
+    def step_kinds(self) -> dict[str, StepKind]:
+        return {
+            "preflight": StepKind(self._preflight),
+            "bootstrap": StepKind(self._bootstrap),
+            "backup": StepKind(self._take_backup, self._check_backup),
+            "inspect_auth": StepKind(self._inspect_auth),
+            "discover": StepKind(self._discover),
+            "register": StepKind(self._register_tenant, self._check_registered),
+        }
 
-    def _apply_preflight(self, ctx: MigrationContext, step: Step) -> StepResult:
+    def _preflight(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         version = catalog.server_version_num()
         if version < MIN_SERVER_VERSION:
             raise MigrationError(f"PostgreSQL {version // 10000} is too old: the migrator needs 15 or newer")
@@ -110,12 +107,12 @@ class PreparePhase(Phase):
                      "disk_free": free, "database_size": needed},
         )
 
-    def _apply_bootstrap(self, ctx: MigrationContext, step: Step) -> StepResult:
+    def _bootstrap(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         applied = migrate_schema("public", BOOTSTRAP_APPS)
         return StepResult(message=f"{len(applied)} migrations applied" if applied else "already up to date",
                           details={"applied": applied})
 
-    def _apply_backup(self, ctx: MigrationContext, step: Step) -> StepResult:
+    def _take_backup(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         major = server_major()
         pg_dump = binaries.find_binary("pg_dump", major, ctx.config.bin_dirs)
         pg_restore = binaries.find_binary("pg_restore", major, ctx.config.bin_dirs)
@@ -123,11 +120,11 @@ class PreparePhase(Phase):
         return StepResult(message=f"{info.path} ({info.size // 1024} KiB, {info.toc_entries} entries, "
                                   f"sha256 {info.sha256[:12]}...)", details={"backup": info.as_dict()})
 
-    def _apply_inspect_auth(self, ctx: MigrationContext, step: Step) -> StepResult:
+    def _inspect_auth(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         report = inspection.inspect_auth_schema(ctx.config.legacy_auth_schema)
         return StepResult(message=inspection.describe_report(report), details={"inspection": report})
 
-    def _apply_discover(self, ctx: MigrationContext, step: Step) -> StepResult:
+    def _discover(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         valid, invalid = inspection.discover_tenant_schemas(ctx.config.legacy_auth_schema, ctx.config.archive_schema)
         created = created_new()
         new = [t for t in valid if t in created]
@@ -140,7 +137,7 @@ class PreparePhase(Phase):
                 repr(name) for name in invalid[:10])
         return StepResult(message=message, details={"tenants": valid, "invalid_schemas": invalid, "created_new": new})
 
-    def _apply_register(self, ctx: MigrationContext, step: Step) -> StepResult:
+    def _register_tenant(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         tenant = TenantRef(step.tenant_id or "")
         report = inspection.inspect_tenant_schema(tenant.schema)
         registered = Tenant.objects.filter(tenant_id=tenant.tenant_id).first()
@@ -153,12 +150,14 @@ class PreparePhase(Phase):
         return StepResult(message=inspection.describe_report(report), rows_expected=rows,
                           details={"inspection": report})
 
-    def verify(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
-        if step.kind == "backup":
-            info = backup.BackupInfo.from_dict(result.details["backup"])
-            if info.toc_entries == 0 or not Path(info.path).is_dir():
-                return [f"backup {info.path} is empty or missing"]
-            backup.check_backup(info)
-        if step.kind == "register" and not Tenant.objects.filter(tenant_id=step.tenant_id).exists():
+    def _check_backup(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
+        info = backup.BackupInfo.from_dict(result.details["backup"])
+        if info.toc_entries == 0 or not Path(info.path).is_dir():
+            return [f"backup {info.path} is empty or missing"]
+        backup.check_backup(info)
+        return []
+
+    def _check_registered(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
+        if not Tenant.objects.filter(tenant_id=step.tenant_id).exists():
             return [f"tenant {step.tenant_id} is not in public.tenants"]
         return []

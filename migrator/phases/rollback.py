@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
-from migrator.engine import tracking
+from migrator import catalog
 from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.errors import MigrationError
-from migrator.core.steps import Step, StepResult
+from migrator.core.phase import Phase, StepKind
+from migrator.core.steps import Step, StepReporter, StepResult
+from migrator.engine import tracking
 from migrator.models import Status
-from migrator.core.phase import Phase, Progress
-from migrator.phases.prepare import latest_backup
-from migrator.ops import backup, restore
-from migrator.devtools.reset import drop_service_roles
+from migrator.ops import backup, restore, teardown
+from migrator.ops.backup import BackupInfo
 from salesflow.layout import SERVICE_SCHEMAS
 from tenants.models import MigrationState, Tenant
 
-UNDONE_BY_ROLLBACK = ("schemas", "data", "security", "verify")
-UNDONE_BY_RESTORE = ("prepare", "schemas", "data", "security", "verify", "cutover")
+
+def undone_phases(restore: bool) -> list[str]:
+    """The phases whose steps a rollback (or a restore) undoes, as each phase declares it."""
+    from migrator.phases import ORDERED  # the registry imports this module
+
+    return [p.name for p in ORDERED if (p.undone_by_restore if restore else p.undone_by_rollback)]
+
+
+def recorded_backup() -> BackupInfo:
+    info = backup.latest_backup()
+    if info is None:
+        raise MigrationError("no completed phase-1 backup is recorded; nothing to restore from")
+    return info
 
 
 class RollbackPhase(Phase):
@@ -27,8 +38,8 @@ class RollbackPhase(Phase):
     always_rerun = True
 
     def plan(self, ctx: MigrationContext) -> list[Step]:
-        if ctx.option("restore"):
-            info = latest_backup()
+        if ctx.options.restore:
+            info = backup.latest_backup()
             where = info.path if info else "(no backup recorded)"
             return [
                 self.step("check_backup", f"Backup {where} exists and its sha256 matches the record", target=where),
@@ -54,32 +65,43 @@ class RollbackPhase(Phase):
             return "Restore REPLACES this whole database with the phase-1 backup. Continue?"
         return "Rollback drops the migrated tables, service schemas and roles; legacy data stays. Continue?"
 
-    def apply(self, ctx: MigrationContext, step: Step, progress: Progress, record_id: int) -> StepResult:
-        if step.kind == "check_backup":
-            info = latest_backup()
-            if info is None:
-                raise MigrationError("no completed phase-1 backup is recorded; nothing to restore from")
-            backup.check_backup(info)
-            return StepResult(message=f"{info.path} verified (sha256 {info.sha256[:12]}...)", details={"backup": info.as_dict()})
-        if step.kind == "restore_backup":
-            info = latest_backup()
-            if info is None:
-                raise MigrationError("no completed phase-1 backup is recorded; nothing to restore from")
-            cfg = ctx.config
-            details = restore.restore_database(info, [*SERVICE_SCHEMAS, cfg.archive_schema, cfg.legacy_auth_schema],
-                                               ctx.jobs, cfg.backup_dir)
-            return StepResult(message=f"restored {info.path}; {details['history_rows']} tracking rows kept", details=details)
-        if step.kind == "drop_roles":
-            return StepResult(message=", ".join(drop_service_roles(ctx.config)) or "no roles to drop")
-        if step.kind == "drop_tenant_tables":
-            dropped = restore.drop_tenant_tables(TenantRef(step.tenant_id or "").schema)
-            Tenant.objects.filter(tenant_id=step.tenant_id).update(migration_state=MigrationState.ROLLED_BACK)
-            return StepResult(message=f"dropped {', '.join(dropped) or 'nothing'}", details={"dropped": dropped})
-        if step.kind == "drop_service_schemas":
-            return StepResult(message=f"dropped {', '.join(restore.drop_service_schemas()) or 'nothing'}")
-        phases = UNDONE_BY_RESTORE if ctx.option("restore") else UNDONE_BY_ROLLBACK
+    def step_kinds(self) -> dict[str, StepKind]:
+        return {
+            "check_backup": StepKind(self._check_backup),
+            "restore_backup": StepKind(self._restore_backup),
+            "drop_roles": StepKind(self._drop_roles, self._check_roles_gone),
+            "drop_tenant_tables": StepKind(self._drop_tenant_tables),
+            "drop_service_schemas": StepKind(self._drop_service_schemas, self._check_service_schemas_gone),
+            "mark_rolled_back": StepKind(self._mark_rolled_back),
+        }
+
+    def _check_backup(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
+        info = recorded_backup()
+        backup.check_backup(info)
+        return StepResult(message=f"{info.path} verified (sha256 {info.sha256[:12]}...)", details={"backup": info.as_dict()})
+
+    def _restore_backup(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
+        info = recorded_backup()
+        cfg = ctx.config
+        details = restore.restore_database(info, [*SERVICE_SCHEMAS, cfg.archive_schema, cfg.legacy_auth_schema],
+                                           ctx.jobs, cfg.backup_dir)
+        return StepResult(message=f"restored {info.path}; {details['history_rows']} tracking rows kept", details=details)
+
+    def _drop_roles(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
+        return StepResult(message=", ".join(teardown.drop_service_roles(ctx.config)) or "no roles to drop")
+
+    def _drop_tenant_tables(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
+        dropped = teardown.drop_tenant_tables(TenantRef(step.tenant_id or "").schema)
+        Tenant.objects.filter(tenant_id=step.tenant_id).update(migration_state=MigrationState.ROLLED_BACK)
+        return StepResult(message=f"dropped {', '.join(dropped) or 'nothing'}", details={"dropped": dropped})
+
+    def _drop_service_schemas(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
+        return StepResult(message=f"dropped {', '.join(teardown.drop_service_schemas()) or 'nothing'}")
+
+    def _mark_rolled_back(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
+        phases = undone_phases(ctx.options.restore)
         marked = tracking.mark_rolled_back(phases, [t.tenant_id for t in ctx.registered_tenants] if ctx.tenant_filter else None)
-        return StepResult(message=f"{marked} steps marked ROLLED_BACK", details={"phases": list(phases)})
+        return StepResult(message=f"{marked} steps marked ROLLED_BACK", details={"phases": phases})
 
     def _refuse_after_cutover(self, ctx: MigrationContext) -> None:
         live = [r.tenant_id for r in tracking.latest_records("cutover").values()
@@ -89,12 +111,8 @@ class RollbackPhase(Phase):
                 f"cutover has run for tenant {live[0]} ({len(live)} in all): its legacy tables are archived; "
                 "use `migrate_phase rollback --restore` to restore the phase-1 backup")
 
-    def verify(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
-        from migrator import catalog
+    def _check_service_schemas_gone(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
+        return [f"schema {s} still exists" for s in SERVICE_SCHEMAS if catalog.schema_exists(s)]
 
-        if step.kind == "drop_service_schemas":
-            return [f"schema {s} still exists" for s in SERVICE_SCHEMAS if catalog.schema_exists(s)]
-        if step.kind == "drop_roles":
-            return [f"role {r} still exists" for r in ctx.config.service_roles.values() if catalog.role_exists(r)]
-        return []
-
+    def _check_roles_gone(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
+        return [f"role {r} still exists" for r in ctx.config.service_roles.values() if catalog.role_exists(r)]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from migrator import catalog
 from migrator.core.context import MigrationContext, TenantRef
-from migrator.core.steps import Step, StepResult
-from migrator.core.phase import Phase, Progress
+from migrator.core.steps import Step, StepReporter, StepResult
+from migrator.core.phase import Phase, StepKind
 from migrator.django_migrations import migrate_schema, pending_sql
 from salesflow.layout import SERVICE_SCHEMAS, tenant_tables
 from tenants.models import MigrationState
@@ -18,9 +18,11 @@ class SchemasPhase(Phase):
     summary = "auth, contact, activity schemas (migrate_schemas --shared) and namespaced tenant tables"
     tenant_state_on_success = MigrationState.SCHEMAS_READY
     requires = "prepare"
+    undone_by_rollback = True
+    undone_by_restore = True
 
     def plan(self, ctx: MigrationContext) -> list[Step]:
-        with_sql = bool(ctx.option("render_sql"))
+        with_sql = ctx.options.render_sql
         steps = [self.step(
             "service_schemas", "Create schemas " + ", ".join(SERVICE_SCHEMAS) + " and their tables (shared migrations)",
             sql=tuple(pending_sql("public")) if with_sql else (),
@@ -33,17 +35,29 @@ class SchemasPhase(Phase):
             ))
         return steps
 
-    def apply(self, ctx: MigrationContext, step: Step, progress: Progress, record_id: int) -> StepResult:
-        schema = "public" if step.kind == "service_schemas" else TenantRef(step.tenant_id or "").schema
-        applied = migrate_schema(schema)
+    def step_kinds(self) -> dict[str, StepKind]:
+        return {
+            "service_schemas": StepKind(self._create_service_schemas, self._check_service_schemas),
+            "tenant_tables": StepKind(self._create_tenant_tables, self._check_tenant_tables),
+        }
+
+    @staticmethod
+    def _applied(applied: list[str]) -> StepResult:
         return StepResult(message=f"{len(applied)} migrations applied" if applied else "already up to date",
                           details={"applied": applied})
 
-    def verify(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
-        if step.kind == "service_schemas":
-            found = catalog.tables_by_schema(list(SERVICE_SCHEMAS))
-            return [f"{schema}.{table} does not exist" for schema, tables in SERVICE_SCHEMAS.items()
-                    for table in tables if table not in found[schema]]
+    def _create_service_schemas(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
+        return self._applied(migrate_schema("public"))
+
+    def _create_tenant_tables(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
+        return self._applied(migrate_schema(TenantRef(step.tenant_id or "").schema))
+
+    def _check_service_schemas(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
+        found = catalog.tables_by_schema(list(SERVICE_SCHEMAS))
+        return [f"{schema}.{table} does not exist" for schema, tables in SERVICE_SCHEMAS.items()
+                for table in tables if table not in found[schema]]
+
+    def _check_tenant_tables(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
         schema = TenantRef(step.tenant_id or "").schema
         found = catalog.tables_by_schema([schema])[schema]
         return [f"{schema}.{t.name} does not exist" for t in tenant_tables() if t.name not in found]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from migrator import catalog, db
 from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.errors import MigrationError
-from migrator.core.steps import Step, StepResult
-from migrator.core.phase import Phase, Progress
+from migrator.core.steps import Step, StepReporter, StepResult
+from migrator.core.phase import Phase, StepKind
 from migrator.ops import grants
 from salesflow.layout import tenant_tables
 from tenants.models import MigrationState
@@ -19,13 +19,15 @@ class SecurityPhase(Phase):
     summary = "NOLOGIN service roles with grants on exactly their schemas and tenant tables"
     tenant_state_on_success = MigrationState.SECURED
     requires = "data"
+    undone_by_rollback = True
+    undone_by_restore = True
 
     def plan(self, ctx: MigrationContext) -> list[Step]:
         steps = [
             self.step("service_role", f"Role {role} (NOLOGIN): usage and DML on schema {service}, its sequences "
                       "and future tables; nothing in public", target=role,
                       sql=tuple(db.render(s) for s in grants.service_schema_statements(role, service))
-                      if ctx.option("render_sql") else ())
+                      if ctx.options.render_sql else ())
             for service, role in ctx.config.service_roles.items()
         ]
         for tenant in ctx.registered_tenants:
@@ -34,15 +36,22 @@ class SecurityPhase(Phase):
                 "services' roles only", tenant_id=tenant.tenant_id, target=tenant.schema))
         return steps
 
-    def apply(self, ctx: MigrationContext, step: Step, progress: Progress, record_id: int) -> StepResult:
-        if step.kind == "service_role":
-            service = next(s for s, r in ctx.config.service_roles.items() if r == step.target)
-            if not catalog.schema_exists(service):
-                raise MigrationError(f"schema {service} does not exist; run `migrate_phase schemas` first")
-            created = grants.ensure_role(step.target)
-            tables = grants.grant_service_schema(step.target, service)
-            return StepResult(message=f"{'created' if created else 'updated'}; {tables} tables in {service}",
-                              details={"created": created})
+    def step_kinds(self) -> dict[str, StepKind]:
+        return {
+            "service_role": StepKind(self._create_service_role, self._check_service_role),
+            "tenant_grants": StepKind(self._grant_tenant_tables, self._check_tenant_grants),
+        }
+
+    def _create_service_role(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
+        service = next(s for s, r in ctx.config.service_roles.items() if r == step.target)
+        if not catalog.schema_exists(service):
+            raise MigrationError(f"schema {service} does not exist; run `migrate_phase schemas` first")
+        created = grants.ensure_role(step.target)
+        tables = grants.grant_service_schema(step.target, service)
+        return StepResult(message=f"{'created' if created else 'updated'}; {tables} tables in {service}",
+                          details={"created": created})
+
+    def _grant_tenant_tables(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         tenant = TenantRef(step.tenant_id or "")
         missing_roles = [r for r in ctx.config.service_roles.values() if not catalog.role_exists(r)]
         if missing_roles:
@@ -50,7 +59,8 @@ class SecurityPhase(Phase):
         given = grants.grant_tenant_tables(ctx.config, tenant.schema)
         return StepResult(message=", ".join(f"{g.table} -> {g.role}" for g in given))
 
-    def verify(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
-        if step.kind == "service_role":
-            return grants.privilege_problems(ctx.config, [], roles=[step.target])
+    def _check_service_role(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
+        return grants.privilege_problems(ctx.config, [], roles=[step.target])
+
+    def _check_tenant_grants(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
         return grants.privilege_problems(ctx.config, [TenantRef(step.tenant_id or "").schema], service_tables=False)

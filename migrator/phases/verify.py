@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from migrator.core.context import MigrationContext, TenantRef
-from migrator.core.steps import Step, StepResult
+from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.models import MigrationRecord, Status
-from migrator.core.phase import Phase, Progress
+from migrator.core.phase import ApplyStep, Phase, StepKind
 from migrator.ops import verification
 from salesflow.layout import NAMESPACE_SERVICE, SERVICE_SCHEMAS, tenant_tables
 from tenants.models import MigrationState
+
+CheckResult = tuple[list[str], dict[str, object]]
+Check = Callable[[MigrationContext, Step], CheckResult]
 
 TENANT_CHECKS = {
     "tenant_tables": "Namespaced tables exist in {schema} (information_schema)",
@@ -27,6 +32,8 @@ class VerifyPhase(Phase):
     summary = "verification queries, row counts, tenant and service isolation, index use, CRUD smoke test"
     tenant_state_on_success = MigrationState.VERIFIED
     requires = "security"
+    undone_by_rollback = True
+    undone_by_restore = True
     continue_after_failure = True
 
     def plan(self, ctx: MigrationContext) -> list[Step]:
@@ -43,24 +50,39 @@ class VerifyPhase(Phase):
                 steps.append(self.step(kind, description.format(schema=tenant.schema), tenant_id=tenant.tenant_id))
         return steps
 
-    def apply(self, ctx: MigrationContext, step: Step, progress: Progress, record_id: int) -> StepResult:
+    def step_kinds(self) -> dict[str, StepKind]:
+        checks: dict[str, Check] = {
+            "expected_schemas": self._expected_schemas, "row_counts": self._row_counts,
+            "role_isolation": self._role_isolation, "tenant_tables": self._tenant_tables,
+            "counts_match": self._counts_match, "isolation": self._tenant_isolation,
+            "index_usage": self._index_usage, "crud_smoke": self._crud_smoke,
+        }
+        return {kind: StepKind(self._recording(check), self._problems_found) for kind, check in checks.items()}
+
+    def _recording(self, check: Check) -> ApplyStep:
+        """A check's problems go on the step's record (verify keeps going and reports them all)."""
+        def apply(ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
+            problems, details = check(ctx, step)
+            message = "; ".join(problems) if problems else self._summary(step, details)
+            return StepResult(message=message, details={**details, "problems": problems})
+        return apply
+
+    @staticmethod
+    def _problems_found(ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
+        return list(result.details.get("problems", []))
+
+    def _expected_schemas(self, ctx: MigrationContext, step: Step) -> CheckResult:
+        return verification.schema_problems([t.schema for t in ctx.registered_tenants])
+
+    def _row_counts(self, ctx: MigrationContext, step: Step) -> CheckResult:
         tenants = ctx.registered_tenants
-        problems: list[str]
-        details: dict[str, object] = {}
-        if step.kind == "expected_schemas":
-            problems, details = verification.schema_problems([t.schema for t in tenants])
-        elif step.kind == "row_counts":
-            counts = verification.row_counts([t.tenant_id for t in tenants])
-            missing = [t.tenant_id for t in tenants if t.tenant_id not in counts]
-            problems = [f"tenant {t} is not active or not registered" for t in missing]
-            details = {"counts": counts}
-        elif step.kind == "role_isolation":
-            objects = [(schema, schema, table) for schema, tables in SERVICE_SCHEMAS.items() for table in tables]
-            problems = verification.role_isolation_problems(ctx.config, objects)
-        else:
-            problems, details = self._tenant_check(ctx, step)
-        message = "; ".join(problems) if problems else self._summary(step, details)
-        return StepResult(message=message, details={**details, "problems": problems})
+        counts = verification.row_counts([t.tenant_id for t in tenants])
+        missing = [t.tenant_id for t in tenants if t.tenant_id not in counts]
+        return [f"tenant {t} is not active or not registered" for t in missing], {"counts": counts}
+
+    def _role_isolation(self, ctx: MigrationContext, step: Step) -> CheckResult:
+        objects = [(schema, schema, table) for schema, tables in SERVICE_SCHEMAS.items() for table in tables]
+        return verification.role_isolation_problems(ctx.config, objects), {}
 
     @staticmethod
     def _summary(step: Step, details: dict[str, object]) -> str:
@@ -81,32 +103,34 @@ class VerifyPhase(Phase):
             "crud_smoke": "create, read, update, delete OK (rolled back)",
         }.get(step.kind, "OK")
 
-    def _tenant_check(self, ctx: MigrationContext, step: Step) -> tuple[list[str], dict[str, object]]:
-        tenant = TenantRef(step.tenant_id or "")
-        if step.kind == "tenant_tables":
-            return verification.tenant_table_problems(tenant.schema), {}
-        if step.kind == "counts_match":
-            counts = verification.row_counts([tenant.tenant_id]).get(tenant.tenant_id, {})
-            validated = dict(MigrationRecord.objects.filter(
-                phase="data", step="validate", tenant_id=tenant.tenant_id, status=Status.COMPLETED,
-            ).order_by("target", "-attempt").distinct("target").values_list("target", "rows_expected"))
-            problems = []
-            for table, key in ((verification.CONTACTS, "contacts"), (verification.ACTIVITIES, "activities")):
-                if table not in validated:
-                    problems.append(f"{table} has no completed validation in phase 3")
-                elif validated[table] != counts.get(key):
-                    problems.append(f"{table} holds {counts.get(key)} rows, phase 3 validated {validated[table]}")
-            return problems, {"counts": counts}
-        if step.kind == "isolation":
-            others = [t.schema for t in ctx.registered_tenants if t.tenant_id != tenant.tenant_id]
-            problems, seen = verification.tenant_context_problems(tenant.schema, others)
-            objects = [(NAMESPACE_SERVICE[t.namespace], tenant.schema, t.name) for t in tenant_tables()]
-            problems += verification.role_isolation_problems(ctx.config, objects)
-            return problems, {"orm_counts": seen}
-        if step.kind == "index_usage":
-            problems, used = verification.index_usage_problems(tenant.schema)
-            return problems, {"index_used": used}
-        return verification.crud_problems(tenant.schema), {}
+    def _tenant_tables(self, ctx: MigrationContext, step: Step) -> CheckResult:
+        return verification.tenant_table_problems(TenantRef(step.tenant_id or "").schema), {}
 
-    def verify(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
-        return list(result.details.get("problems", []))
+    def _counts_match(self, ctx: MigrationContext, step: Step) -> CheckResult:
+        tenant = TenantRef(step.tenant_id or "")
+        counts = verification.row_counts([tenant.tenant_id]).get(tenant.tenant_id, {})
+        validated = dict(MigrationRecord.objects.filter(
+            phase="data", step="validate", tenant_id=tenant.tenant_id,
+        ).latest_attempts().filter(status=Status.COMPLETED).values_list("target", "rows_expected"))
+        problems = []
+        for table, key in ((verification.CONTACTS, "contacts"), (verification.ACTIVITIES, "activities")):
+            if table not in validated:
+                problems.append(f"{table} has no completed validation in phase 3")
+            elif validated[table] != counts.get(key):
+                problems.append(f"{table} holds {counts.get(key)} rows, phase 3 validated {validated[table]}")
+        return problems, {"counts": counts}
+
+    def _tenant_isolation(self, ctx: MigrationContext, step: Step) -> CheckResult:
+        tenant = TenantRef(step.tenant_id or "")
+        others = [t.schema for t in ctx.registered_tenants if t.tenant_id != tenant.tenant_id]
+        problems, seen = verification.tenant_context_problems(tenant.schema, others)
+        objects = [(NAMESPACE_SERVICE[t.namespace], tenant.schema, t.name) for t in tenant_tables()]
+        problems += verification.role_isolation_problems(ctx.config, objects)
+        return problems, {"orm_counts": seen}
+
+    def _index_usage(self, ctx: MigrationContext, step: Step) -> CheckResult:
+        problems, used = verification.index_usage_problems(TenantRef(step.tenant_id or "").schema)
+        return problems, {"index_used": used}
+
+    def _crud_smoke(self, ctx: MigrationContext, step: Step) -> CheckResult:
+        return verification.crud_problems(TenantRef(step.tenant_id or "").schema), {}

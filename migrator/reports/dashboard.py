@@ -31,7 +31,6 @@ from migrator.reports.status import cell_state  # one definition of a cell's sta
 COPY_STEPS = ("copy_auth", "copy_table")
 VALIDATE_STEP = "validate"
 REGISTER_PHASE, REGISTER_STEP = "prepare", "register"
-BACKUP_PHASE, BACKUP_STEP = "prepare", "backup"
 TENANT_COPY_PHASE, TENANT_COPY_STEP = "data", "copy_table"
 # Copy time grows with a tenant's rows; in the other phases a tenant's work is about constant, so
 # their projection weighs every tenant the same.
@@ -41,9 +40,7 @@ RUNNING_SHOWN = 20
 
 
 def latest_attempts() -> QuerySet[MigrationRecord]:
-    """Rows that are the newest attempt of their step (an anti-join on the (migration_id, attempt) index)."""
-    newer = MigrationRecord.objects.filter(migration_id=OuterRef("migration_id"), attempt__gt=OuterRef("attempt"))
-    return MigrationRecord.objects.filter(~Exists(newer))
+    return MigrationRecord.objects.latest_attempts()
 
 
 # --- tenant admin columns ------------------------------------------------------------------------------
@@ -235,9 +232,7 @@ def _phase_cells(names: list[str], tenant_ids: set[str]) -> dict[str, tuple[dict
 
 
 def _backup() -> BackupSummary | None:
-    # The backup a restore would use: the newest completed one (same rule as phase 1's latest_backup).
-    record = (MigrationRecord.objects.filter(phase=BACKUP_PHASE, step=BACKUP_STEP, status=Status.COMPLETED)
-              .order_by("-completed_at").only("id", "details", "completed_at").first())
+    record = MigrationRecord.objects.only("id", "details", "completed_at").latest_backup()
     if record is None or not isinstance(record.details.get("backup"), dict):
         return None
     info = record.details["backup"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from django.db.models import Q
 
 from migrator.models import MigrationRecord, Status
 from migrator.phases import ORDERED
@@ -56,8 +55,7 @@ def status_report() -> StatusReport:
 
     tenants = list(Tenant.objects.exclude(migration_state=MigrationState.NEW)
                    .order_by("tenant_id").values_list("tenant_id", flat=True))
-    latest = (MigrationRecord.objects.filter(Q(phase__in=phases))
-              .order_by("migration_id", "-attempt").distinct("migration_id"))
+    latest = MigrationRecord.objects.filter(phase__in=phases).latest_attempts()
     statuses: dict[tuple[str, str], set[str]] = {}
     report = StatusReport(phases, [GLOBAL, *tenants])
     for record in latest:

@@ -15,7 +15,9 @@ import pytest
 from django.contrib.auth.models import Permission, User
 from django.test import Client
 
-from migrator.engine.tracking import PHASE_NUMBERS
+from migrator.phases import ORDERED
+
+PHASE_NUMBERS = {p.name: p.number for p in ORDERED}
 from migrator.models import MigrationRecord, Status
 from tenants.models import Domain, MigrationState, Tenant
 

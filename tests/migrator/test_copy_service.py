@@ -66,12 +66,12 @@ def test_unmapped_reference_ids_block_the_copy_before_any_row_moves(contacts_cop
     assert unmapped_references(contacts_copy) == {"contact_type_id": used}
     with pytest.raises(MigrationError, match=f"^{used} rows of contacts.contact_type_id point at reference rows "
                                              "with no merged id"):
-        copy_table(contacts_copy, 50, None)
+        copy_table(contacts_copy, 50)
     assert db.fetchvalue(sql.SQL("SELECT count(*) FROM {}").format(contacts_copy.target)) == 0
 
 
 def test_quick_statistics_cover_every_column_and_the_full_pass_is_available(contacts_copy):
-    stats = copy_table(contacts_copy, 50, None)
+    stats = copy_table(contacts_copy, 50)
     assert stats.rows_copied == stats.rows_source == 120
     schema, table = contacts_copy.target_schema, contacts_copy.target_table
     histogram = ("SELECT attname, coalesce(cardinality(histogram_bounds::text::text[]), 0) FROM pg_stats "

@@ -11,7 +11,7 @@ from psycopg import sql
 from migrator import catalog, db
 from migrator.engine import tracking
 from migrator.models import MigrationRecord, Status
-from migrator.phases.prepare import latest_backup
+from migrator.ops.backup import latest_backup
 from migrator.ops import grants
 from migrator.config import get_config
 from salesflow.layout import SERVICE_SCHEMAS

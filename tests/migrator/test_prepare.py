@@ -15,7 +15,7 @@ from psycopg import sql
 from migrator import catalog, db
 from migrator.core.errors import MigrationError
 from migrator.models import Status
-from migrator.phases.prepare import latest_backup
+from migrator.ops.backup import latest_backup
 from migrator.ops import backup, binaries
 from tenants.models import Tenant
 from tests.conftest import run

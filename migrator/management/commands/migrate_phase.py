@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from migrator.management.arguments import positive
-from migrator.core.context import MigrationContext, validate_tenant_ids
+from migrator.core.context import REFERENCE_CONFLICT_POLICIES, MigrationContext, RunOptions, validate_tenant_ids
 from migrator.core.errors import MigrationError
 from migrator.management.output import ConsoleReporter, outcome_dict, outcome_summary
-from migrator.phases import ORDERED, get_phase, phase_choices
+from migrator.phases import ORDERED, get_phase, phase_choices, phases_help
 from migrator.core.phase import Phase
 from migrator.engine import orchestration
 from migrator.reports.status import GLOBAL, status_report
@@ -21,11 +22,8 @@ from migrator.config import get_config
 
 class Command(BaseCommand):
     help = (
-        "Run a phase of the SalesFlow schema migration. Phases: 1 prepare (preflight, backup, inspect, "
-        "register tenants), 2 schemas (service schemas and namespaced tenant tables), 3 data (copy and "
-        "validate), 4 security (service roles and grants), 5 verify, 6 cutover (archive legacy, tenants "
-        "live), rollback; `all` runs 1 to 6 and stops at the first failure; `status` shows phases x tenants. "
-        "Completed steps are skipped, so rerunning a phase resumes it."
+        "Run a phase of the SalesFlow schema migration. " + phases_help()
+        + " Completed steps are skipped, so rerunning a phase resumes it."
     )
     requires_system_checks = []
 
@@ -41,7 +39,7 @@ class Command(BaseCommand):
         parser.add_argument("--format", choices=("text", "json"), default="text", help="Output format.")
         parser.add_argument("--noinput", "--no-input", action="store_false", dest="interactive",
                             help="Do not ask for confirmation before destructive steps.")
-        parser.add_argument("--reference-conflicts", choices=("refuse", "first-wins"), default="refuse",
+        parser.add_argument("--reference-conflicts", choices=REFERENCE_CONFLICT_POLICIES, default="refuse",
                             help="data: what to do when tenants disagree on a reference row (default refuse).")
         parser.add_argument("--validate-only", action="store_true", help="data: only run the validation steps again.")
         parser.add_argument("--restore", action="store_true", help="rollback: restore the phase-1 backup instead.")
@@ -71,10 +69,11 @@ class Command(BaseCommand):
         ctx = MigrationContext(
             config=get_config(), tenant_filter=validate_tenant_ids(options["tenant"]), batch_size=options["batch_size"],
             jobs=options["jobs"],
-            options={"reference_conflicts": options["reference_conflicts"], "validate_only": options["validate_only"],
-                     "restore": options["restore"], "drop_legacy": options["drop_legacy"],
-                     "render_sql": options["plan"] or options["verbosity"] >= 3,
-                     "interactive": options["interactive"]},
+            options=RunOptions(reference_conflicts=options["reference_conflicts"],
+                               validate_only=options["validate_only"], restore=options["restore"],
+                               drop_legacy=options["drop_legacy"],
+                               render_sql=options["plan"] or options["verbosity"] >= 3,
+                               interactive=options["interactive"]),
         )
         if options["plan"] or options["check"]:
             return self._plan(phases, ctx, check=options["check"], show=options["plan"])
@@ -95,14 +94,15 @@ class Command(BaseCommand):
                 f"-- fix the cause and rerun `migrate_phase {phase}` to resume"
             )
 
-    def _confirm(self, interactive: bool):
-        def ask(phase: Phase, steps: list) -> bool:
+    def _confirm(self, interactive: bool) -> Callable[[str, str], bool]:
+        def ask(phase_name: str, question: str) -> bool:
             if not interactive:
                 return True
             if not sys.stdin.isatty():
-                raise MigrationError(f"phase {phase.name} needs confirmation: run it on a terminal or pass --noinput")
-            answer = input(phase.confirmation_question(None, steps) + " [y/N] ")  # type: ignore[arg-type]
+                raise MigrationError(f"phase {phase_name} needs confirmation: run it on a terminal or pass --noinput")
+            answer = input(question + " [y/N] ")
             return answer.strip().lower() in ("y", "yes")
+
         return ask
 
     def _plan(self, phases: list[Phase], ctx: MigrationContext, check: bool, show: bool) -> None:

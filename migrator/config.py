@@ -1,13 +1,14 @@
 """The migrator's configuration, read from ``settings.SALESFLOW`` in one place."""
 
 from __future__ import annotations
+from migrator.tables import service_tables
 
 from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
 
-from salesflow.layout import SERVICE_SCHEMAS
+
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class MigratorConfig:
 
     @property
     def service_roles(self) -> dict[str, str]:
-        return {service: self.service_role(service) for service in SERVICE_SCHEMAS}
+        return {service: self.service_role(service) for service in service_tables()}
 
 
 def get_config() -> MigratorConfig:

@@ -1,86 +1,153 @@
-"""What the legacy layout is made of, and how each legacy table maps onto the target layout."""
+"""The legacy table registry: every legacy table, one entry, and where it goes in the target layout.
+
+Everything that needs to know the tables reads them from :data:`LEGACY_TABLES`: the copy plan
+(phase 3), the service schemas (phases 2 and 5), grants (phase 4), verification, rollback,
+restore, the admin's row counts and the tests. The target of an entry is its Django model's
+``db_table``, so the model stays the one place of the target's name and columns.
+
+Adding a legacy table is one model (+ its migration) and one entry here.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
 
 from django.apps import apps
 
-from salesflow.layout import namespaced_table
+from salesflow.layout import NAMESPACE_SERVICE, SERVICES
 
-LEGACY_AUTH_TABLES: tuple[str, ...] = ("users", "roles", "permissions", "role_permissions", "user_roles")
-AUTH_MODELS: dict[str, str] = {
-    "users": "accounts.User", "roles": "accounts.Role", "permissions": "accounts.Permission",
-    "role_permissions": "accounts.RolePermission", "user_roles": "accounts.UserRole",
-}
 
-# Tenant tables of the legacy layout, parents first.
-LEGACY_TENANT_TABLES: tuple[str, ...] = ("contact_types", "tag_categories", "activity_types", "contacts", "activities")
+class TableKind(StrEnum):
+    AUTH = "auth"  # legacy auth schema -> service schema ``auth``, same ids
+    REFERENCE = "reference"  # one per tenant -> one shared service table, merged on ``merge_key``
+    TENANT_DATA = "tenant data"  # per tenant -> namespaced table in the same tenant schema
 
 
 @dataclass(frozen=True)
-class ReferenceTable:
-    """A per-tenant legacy table merged into one shared service table, matched on ``key``."""
+class LegacyTable:
+    """One legacy table and its target.
 
-    legacy_table: str
-    schema: str
-    table: str
-    key: str
-    model: str
-
-    @property
-    def map_name(self) -> str:
-        return self.legacy_table
-
-
-REFERENCE_TABLES: tuple[ReferenceTable, ...] = (
-    ReferenceTable("contact_types", "contact", "contact_types", key="code", model="contact.ContactType"),
-    ReferenceTable("tag_categories", "contact", "tag_categories", key="name", model="contact.TagCategory"),
-    ReferenceTable("activity_types", "activity", "activity_types", key="code", model="activity.ActivityType"),
-)
-
-
-@dataclass(frozen=True)
-class TenantDataTable:
-    """A legacy tenant table copied into a namespaced table of the same tenant schema.
-
-    ``remap`` names the columns whose values are ids of a merged reference table: they are
+    ``key``: the columns that identify a row (copy order, checkpoints, fingerprints' differing keys).
+    ``merge_key``: reference tables only: rows of different tenants with the same value are one
+    shared row. ``remap``: tenant data only: column -> legacy reference table whose ids it holds;
     translated through ``public.migrator_reference_map`` on the way.
     """
 
     legacy_table: str
-    namespace: str
-    table: str
+    kind: TableKind
     model: str
-    remap: dict[str, str] = field(default_factory=dict)
+    key: tuple[str, ...] = ("id",)
+    merge_key: str = ""
+    remap: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def _db_table(self) -> str:
+        return str(apps.get_model(self.model)._meta.db_table)
+
+    @property
+    def schema(self) -> str | None:
+        """The target's schema; None for tenant data (the tenant's own schema)."""
+        schema, sep, _ = self._db_table.partition('"."')
+        return schema if sep else None
+
+    @property
+    def table(self) -> str:
+        """The target table's name inside its schema."""
+        return self._db_table.rpartition('"."')[2]
 
     @property
     def target_table(self) -> str:
-        return namespaced_table(self.namespace, self.table)
+        return self.table
+
+    @property
+    def namespace(self) -> str:
+        """Tenant data: the namespace (the model's app label) the target table is prefixed with."""
+        return str(apps.get_model(self.model)._meta.app_label)
+
+    @property
+    def service(self) -> str:
+        """The service that owns the target (and whose role may use it)."""
+        return self.schema if self.schema is not None else NAMESPACE_SERVICE[self.namespace]
+
+    @property
+    def map_name(self) -> str:
+        """Reference tables: the name their id map is kept under."""
+        return self.legacy_table
 
 
-TENANT_DATA_TABLES: tuple[TenantDataTable, ...] = (
-    TenantDataTable("contacts", "contact_data", "contacts", "contact_data.Contact",
-                    remap={"contact_type_id": "contact_types"}),
-    TenantDataTable("activities", "activity_data", "activities", "activity_data.Activity",
-                    remap={"activity_type_id": "activity_types"}),
+LEGACY_TABLES: tuple[LegacyTable, ...] = (
+    LegacyTable("users", TableKind.AUTH, "accounts.User"),
+    LegacyTable("roles", TableKind.AUTH, "accounts.Role"),
+    LegacyTable("permissions", TableKind.AUTH, "accounts.Permission"),
+    LegacyTable("role_permissions", TableKind.AUTH, "accounts.RolePermission", key=("role_id", "permission_id")),
+    LegacyTable("user_roles", TableKind.AUTH, "accounts.UserRole", key=("user_id", "role_id")),
+    # Tenant tables, parents first.
+    LegacyTable("contact_types", TableKind.REFERENCE, "contact.ContactType", merge_key="code"),
+    LegacyTable("tag_categories", TableKind.REFERENCE, "contact.TagCategory", merge_key="name"),
+    LegacyTable("activity_types", TableKind.REFERENCE, "activity.ActivityType", merge_key="code"),
+    LegacyTable("contacts", TableKind.TENANT_DATA, "contact_data.Contact",
+                remap=MappingProxyType({"contact_type_id": "contact_types"})),
+    LegacyTable("activities", TableKind.TENANT_DATA, "activity_data.Activity",
+                remap=MappingProxyType({"activity_type_id": "activity_types"})),
 )
 
 
-def reference_table(legacy_table: str) -> ReferenceTable:
-    return next(ref for ref in REFERENCE_TABLES if ref.legacy_table == legacy_table)
+def of_kind(*kinds: TableKind) -> tuple[LegacyTable, ...]:
+    return tuple(t for t in LEGACY_TABLES if t.kind in kinds)
+
+
+AUTH_TABLES = of_kind(TableKind.AUTH)
+REFERENCE_TABLES = of_kind(TableKind.REFERENCE)
+TENANT_DATA_TABLES = of_kind(TableKind.TENANT_DATA)
+LEGACY_AUTH_TABLES: tuple[str, ...] = tuple(t.legacy_table for t in AUTH_TABLES)
+AUTH_MODELS: dict[str, str] = {t.legacy_table: t.model for t in AUTH_TABLES}
+# Tables of a legacy tenant schema, parents first.
+LEGACY_TENANT_TABLES: tuple[str, ...] = tuple(t.legacy_table for t in of_kind(TableKind.REFERENCE, TableKind.TENANT_DATA))
+
+# Kept for the names the phases use; both are views of LEGACY_TABLES.
+ReferenceTable = LegacyTable
+TenantDataTable = LegacyTable
+
+
+def service_tables() -> dict[str, tuple[str, ...]]:
+    """Service schema -> its tables (auth tables and merged reference tables), every service listed."""
+    found: dict[str, list[str]] = {service: [] for service in SERVICES}
+    for entry in of_kind(TableKind.AUTH, TableKind.REFERENCE):
+        found[entry.service].append(entry.table)
+    return {service: tuple(tables) for service, tables in found.items()}
+
+
+def tenant_table_names() -> tuple[str, ...]:
+    """The namespaced tables every tenant schema holds, parents first."""
+    return tuple(t.table for t in TENANT_DATA_TABLES)
+
+
+def legacy_table(name: str, kind: TableKind | None = None) -> LegacyTable:
+    return next(t for t in LEGACY_TABLES if t.legacy_table == name and (kind is None or t.kind == kind))
+
+
+def reference_table(name: str) -> LegacyTable:
+    return legacy_table(name, TableKind.REFERENCE)
+
+
+def tenant_data_table(target_table: str) -> LegacyTable:
+    return next(t for t in TENANT_DATA_TABLES if t.table == target_table)
+
+
+def auth_model(name: str) -> str:
+    return legacy_table(name, TableKind.AUTH).model
+
+
+def legacy_tenant_model(name: str) -> str:
+    return next(t.model for t in LEGACY_TABLES if t.legacy_table == name and t.kind != TableKind.AUTH)
 
 
 def model_columns(model_label: str) -> list[str]:
     """Columns of the target table behind a Django model, in field order."""
     return [f.column for f in apps.get_model(model_label)._meta.local_fields if f.column]
-
-
-def legacy_tenant_model(legacy_table: str) -> str:
-    for ref in REFERENCE_TABLES:
-        if ref.legacy_table == legacy_table:
-            return ref.model
-    return next(t.model for t in TENANT_DATA_TABLES if t.legacy_table == legacy_table)
 
 
 def unmapped_columns(legacy_columns: list[str], model_label: str) -> list[str]:

@@ -14,37 +14,28 @@ introspection to handle such names.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 TENANT_ID_PATTERN = r"^[a-z][a-z0-9_]{0,55}$"
 TENANT_ID_RE = re.compile(TENANT_ID_PATTERN)
 TENANT_SCHEMA_PREFIX = "tenant_"
 
-SERVICE_SCHEMAS: dict[str, tuple[str, ...]] = {
-    "auth": ("users", "roles", "permissions", "role_permissions", "user_roles"),
-    "contact": ("contact_types", "tag_categories"),
-    "activity": ("activity_types",),
-}
-
-# namespace -> tables inside every tenant schema, and the service that owns the namespace
-TENANT_NAMESPACES: dict[str, tuple[str, ...]] = {
-    "contact_data": ("contacts",),
-    "activity_data": ("activities",),
-}
+# The services, each with its own schema (and, from phase 4, its own role).
+SERVICES: tuple[str, ...] = ("auth", "contact", "activity")
+# Namespace of tenant tables -> the service that owns it. A namespace is a tenant app's label.
 NAMESPACE_SERVICE: dict[str, str] = {"contact_data": "contact", "activity_data": "activity"}
 
 
 def namespaced_table(namespace: str, table: str) -> str:
     """Name of table ``table`` of namespace ``namespace`` inside a tenant schema."""
-    if namespace not in TENANT_NAMESPACES or table not in TENANT_NAMESPACES[namespace]:
-        raise KeyError(f"{namespace}.{table} is not part of the tenant layout")
+    if namespace not in NAMESPACE_SERVICE:
+        raise KeyError(f"{namespace}.{table}: {namespace} is not a namespace of the tenant layout")
     return namespace + "_" + table
 
 
 def service_db_table(schema: str, table: str) -> str:
     """Django ``db_table`` value for a service table: quoted by Django as ``"schema"."table"``."""
-    if schema not in SERVICE_SCHEMAS or table not in SERVICE_SCHEMAS[schema]:
-        raise KeyError(f"{schema}.{table} is not part of the service layout")
+    if schema not in SERVICES:
+        raise KeyError(f"{schema}.{table}: {schema} is not a service schema")
     return schema + '"."' + table
 
 
@@ -65,29 +56,9 @@ def tenant_id_from_schema(schema_name: str) -> str | None:
     return tenant_id if TENANT_ID_RE.match(tenant_id) else None
 
 
-@dataclass(frozen=True)
-class TenantTable:
-    namespace: str
-    table: str
-    legacy_table: str
-
-    @property
-    def name(self) -> str:
-        return namespaced_table(self.namespace, self.table)
-
-
-def tenant_tables() -> tuple[TenantTable, ...]:
-    """Tenant tables in load order (parents first): legacy ``contacts`` -> ``contact_data_contacts``."""
-    return tuple(
-        TenantTable(namespace, table, legacy_table=table)
-        for namespace, tables in TENANT_NAMESPACES.items()
-        for table in tables
-    )
-
-
 def reserved_schema_names(legacy_auth_schema: str, archive_schema: str) -> frozenset[str]:
     """Schemas no tenant may ever be pointed at."""
-    return frozenset({"public", "information_schema", legacy_auth_schema, archive_schema, *SERVICE_SCHEMAS})
+    return frozenset({"public", "information_schema", legacy_auth_schema, archive_schema, *SERVICES})
 
 
 def is_reserved_schema(name: str, legacy_auth_schema: str, archive_schema: str) -> bool:

@@ -20,7 +20,8 @@ from migrator import catalog, db
 from migrator.django_migrations import migrate_schema
 from migrator.devtools.reset import reset_database
 from migrator.config import get_config
-from salesflow.layout import SERVICE_SCHEMAS
+from migrator.tables import service_tables
+
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +37,7 @@ def migrator_settings(settings: Any, tmp_path_factory: pytest.TempPathFactory) -
 def restore_clean_database() -> None:
     """Drop every schema and role tests made; rebuild service schemas a rollback may have dropped."""
     reset_database(get_config())
-    if not all(catalog.schema_exists(schema) for schema in SERVICE_SCHEMAS):
+    if not all(catalog.schema_exists(schema) for schema in service_tables()):
         migrate_schema("public")
 
 

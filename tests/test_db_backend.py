@@ -7,6 +7,7 @@ The non-transactional tests' DDL is rolled back with their transaction.
 """
 
 from __future__ import annotations
+from migrator.tables import service_tables
 
 import pytest
 from django.apps import apps
@@ -20,7 +21,7 @@ from django.db.migrations.state import ProjectState
 
 from salesflow.contact.models import ContactType
 from salesflow.db_backend.migration_operations import CreateSchema
-from salesflow.layout import SERVICE_SCHEMAS, service_db_table
+from salesflow.layout import service_db_table
 
 CONTACT_TYPES = service_db_table("contact", "contact_types")
 
@@ -347,10 +348,10 @@ def test_introspection_of_service_table():
 
 @pytest.mark.django_db
 def test_flush_includes_service_tables():
-    service_tables = {service_db_table(schema, table) for schema, names in SERVICE_SCHEMAS.items() for table in names}
+    tables = {service_db_table(schema, table) for schema, names in service_tables().items() for table in names}
     existing = set(connection.introspection.django_table_names(only_existing=True, include_views=False))
-    assert service_tables <= existing
-    assert service_tables <= set(connection.introspection.table_names())
+    assert tables <= existing
+    assert tables <= set(connection.introspection.table_names())
 
     (statement,) = connection.ops.sql_flush(no_style(), sorted(existing))
     assert '"contact"."contact_types"' in statement and '"auth"."users"' in statement

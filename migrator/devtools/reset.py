@@ -12,7 +12,8 @@ from migrator import catalog, db
 from migrator.models import DeferredConstraint, MigrationRecord, ReferenceMapping
 from migrator.config import MigratorConfig
 from migrator.ops.teardown import drop_service_roles
-from salesflow.layout import SERVICE_SCHEMAS
+from migrator.tables import service_tables
+
 from tenants.models import Domain, Tenant
 
 
@@ -26,15 +27,15 @@ def reset_database(config: MigratorConfig) -> list[str]:
                 db.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
             done.append(f"dropped schema {schema}")
     with transaction.atomic():
-        service_tables = [
+        existing = [
             sql.Identifier(schema, table)
-            for schema, tables in SERVICE_SCHEMAS.items()
+            for schema, tables in service_tables().items()
             for table in tables
             if catalog.table_exists(schema, table)
         ]
-        if service_tables:
-            db.execute(sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(sql.SQL(", ").join(service_tables)))
-            done.append(f"emptied {len(service_tables)} service tables")
+        if existing:
+            db.execute(sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(sql.SQL(", ").join(existing)))
+            done.append(f"emptied {len(existing)} service tables")
         for model in (Domain, Tenant, MigrationRecord, ReferenceMapping, DeferredConstraint):
             if not catalog.table_exists("public", model._meta.db_table):
                 continue  # a database the migrator has never run on

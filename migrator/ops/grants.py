@@ -13,7 +13,9 @@ from psycopg import sql
 
 from migrator import catalog, db
 from migrator.config import MigratorConfig
-from salesflow.layout import NAMESPACE_SERVICE, SERVICE_SCHEMAS, tenant_tables
+from migrator.tables import TENANT_DATA_TABLES
+from migrator.tables import service_tables as tables_of_services
+from salesflow.layout import NAMESPACE_SERVICE
 
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 
@@ -53,35 +55,35 @@ def service_schema_statements(role: str, schema: str) -> list[sql.Composed]:
 def grant_service_schema(role: str, schema: str) -> int:
     for statement in service_schema_statements(role, schema):
         db.execute(statement)
-    return len(SERVICE_SCHEMAS[schema])
+    return len(tables_of_services()[schema])
 
 
 def grant_tenant_tables(config: MigratorConfig, tenant_schema: str) -> list[Grant]:
     grants = []
-    for table in tenant_tables():
+    for table in TENANT_DATA_TABLES:
         role = config.service_role(service_of_tenant_table(table.namespace))
         r = sql.Identifier(role)
         db.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(tenant_schema), r))
         db.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(
-            sql.Identifier(tenant_schema, table.name), r))
+            sql.Identifier(tenant_schema, table.table), r))
         sequence = db.fetchvalue("SELECT pg_get_serial_sequence(format('%%I.%%I', %s::text, %s::text), 'id')",
-                                 [tenant_schema, table.name])
+                                 [tenant_schema, table.table])
         if sequence:
             schema_name, seq_name = db.fetchone(
                 "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                 "WHERE c.oid = %s::regclass", [sequence]) or (None, None)
             db.execute(sql.SQL("GRANT USAGE, SELECT ON SEQUENCE {} TO {}").format(sql.Identifier(schema_name, seq_name), r))
-        grants.append(Grant(role, tenant_schema, table.name))
+        grants.append(Grant(role, tenant_schema, table.table))
     return grants
 
 
 def expected_matrix(config: MigratorConfig, tenant_schemas: list[str], roles: list[str] | None = None,
                     service_tables: bool = True) -> dict[tuple[str, str, str], bool]:
     """(role, schema, table) -> may the role use it. Service tables and the tenants' tables, for ``roles``."""
-    objects = [(schema, table) for schema, tables in SERVICE_SCHEMAS.items() for table in tables] if service_tables else []
-    objects += [(tenant, t.name) for tenant in tenant_schemas for t in tenant_tables()]
-    owner = {(schema, table): schema for schema, tables in SERVICE_SCHEMAS.items() for table in tables}
-    owner.update({(tenant, t.name): service_of_tenant_table(t.namespace) for tenant in tenant_schemas for t in tenant_tables()})
+    objects = [(schema, table) for schema, tables in tables_of_services().items() for table in tables] if service_tables else []
+    objects += [(tenant, t.table) for tenant in tenant_schemas for t in TENANT_DATA_TABLES]
+    owner = {(schema, table): schema for schema, tables in tables_of_services().items() for table in tables}
+    owner.update({(tenant, t.table): service_of_tenant_table(t.namespace) for tenant in tenant_schemas for t in TENANT_DATA_TABLES})
     return {
         (role, schema, table): owner[(schema, table)] == service
         for service, role in config.service_roles.items()

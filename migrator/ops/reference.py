@@ -48,7 +48,7 @@ def _value_columns(ref: ReferenceTable, tenant_ids: list[str]) -> list[str]:
 
 
 def _conflicts(ref: ReferenceTable, value_cols: list[str]) -> list[dict[str, Any]]:
-    values = sql.SQL("ROW({})").format(sql.SQL(", ").join(sql.Identifier(c) for c in value_cols if c != ref.key))
+    values = sql.SQL("ROW({})").format(sql.SQL(", ").join(sql.Identifier(c) for c in value_cols if c != ref.merge_key))
     variants = sql.SQL(
         "WITH candidates AS ("
         "  SELECT tenant_id, {key} AS key, {values}::text AS variant FROM {stage}"
@@ -56,7 +56,7 @@ def _conflicts(ref: ReferenceTable, value_cols: list[str]) -> list[dict[str, Any
         "), keyed AS (SELECT key FROM candidates GROUP BY key HAVING count(DISTINCT variant) > 1) "
         "SELECT c.key, c.variant, array_agg(c.tenant_id ORDER BY c.tenant_id = %s DESC, c.tenant_id) "
         "FROM candidates c JOIN keyed USING (key) GROUP BY c.key, c.variant ORDER BY c.key, min(c.tenant_id)"
-    ).format(key=sql.Identifier(ref.key), values=values, stage=STAGE,
+    ).format(key=sql.Identifier(ref.merge_key), values=values, stage=STAGE,
              shared=sql.Identifier(ref.schema, ref.table))
     conflicts: dict[str, dict[str, Any]] = {}
     for key, variant, tenants in db.fetchall(variants, [SHARED_TENANT, SHARED_TENANT]):
@@ -68,7 +68,7 @@ def describe_conflicts(ref: ReferenceTable, conflicts: list[dict[str, Any]], lim
     parts = []
     for conflict in conflicts[:limit]:
         variants = " vs ".join(f"{v['value']} in {', '.join(v['tenants'][:3])}" for v in conflict["variants"])
-        parts.append(f"{ref.key} {conflict['key']!r}: {variants}")
+        parts.append(f"{ref.merge_key} {conflict['key']!r}: {variants}")
     more = f" (+{len(conflicts) - limit} more)" if len(conflicts) > limit else ""
     return "; ".join(parts) + more
 
@@ -120,7 +120,7 @@ def merge_reference_table(ref: ReferenceTable, tenant_ids: list[str], policy: st
         conflicts = _conflicts(ref, value_cols)
         if conflicts and policy != "first-wins":
             raise MigrationError(
-                f"{len(conflicts)} conflicting {ref.legacy_table} across tenants (same {ref.key}, different values): "
+                f"{len(conflicts)} conflicting {ref.legacy_table} across tenants (same {ref.merge_key}, different values): "
                 f"{describe_conflicts(ref, conflicts)}; fix the legacy data or pass --reference-conflicts=first-wins"
             )
         for conflict in conflicts:
@@ -129,11 +129,11 @@ def merge_reference_table(ref: ReferenceTable, tenant_ids: list[str], policy: st
         result.rows_added = db.execute(
             sql.SQL("INSERT INTO {shared} ({cols}) SELECT DISTINCT ON ({key}) {cols} FROM {stage} "
                     "ORDER BY {key}, tenant_id, old_id ON CONFLICT ({key}) DO NOTHING").format(
-                shared=shared, cols=cols, key=sql.Identifier(ref.key), stage=STAGE))
+                shared=shared, cols=cols, key=sql.Identifier(ref.merge_key), stage=STAGE))
         result.mapped = db.execute(
             sql.SQL("INSERT INTO public.migrator_reference_map (tenant_id, reference_table, old_id, new_id) "
                     "SELECT s.tenant_id, %s, s.old_id, t.id FROM {stage} s JOIN {shared} t USING ({key})").format(
-                stage=STAGE, shared=shared, key=sql.Identifier(ref.key)),
+                stage=STAGE, shared=shared, key=sql.Identifier(ref.merge_key)),
             [ref.map_name],
         )
         if result.mapped != result.rows_staged:

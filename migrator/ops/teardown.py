@@ -10,7 +10,8 @@ from psycopg import sql
 
 from migrator import catalog, db
 from migrator.config import MigratorConfig
-from salesflow.layout import SERVICE_SCHEMAS, tenant_tables
+from migrator.tables import TENANT_DATA_TABLES, service_tables
+
 
 MIGRATED_APPS = ("accounts", "contact", "activity", "contact_data", "activity_data")
 
@@ -19,7 +20,7 @@ def drop_tenant_tables(schema: str) -> list[str]:
     """Drop the namespaced tables (and the schema's django_migrations) a migration made in a legacy schema."""
     dropped = []
     with transaction.atomic():
-        for table in [*reversed([t.name for t in tenant_tables()]), "django_migrations"]:
+        for table in [*reversed([t.table for t in TENANT_DATA_TABLES]), "django_migrations"]:
             if catalog.table_exists(schema, table):
                 db.execute(sql.SQL("DROP TABLE {} CASCADE").format(sql.Identifier(schema, table)))
                 dropped.append(table)
@@ -30,7 +31,7 @@ def drop_tenant_tables(schema: str) -> list[str]:
 def drop_service_schemas() -> list[str]:
     dropped = []
     with transaction.atomic():
-        for schema in SERVICE_SCHEMAS:
+        for schema in service_tables():
             if catalog.schema_exists(schema):
                 db.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
                 dropped.append(schema)

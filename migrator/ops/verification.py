@@ -12,10 +12,9 @@ from psycopg import sql
 
 from migrator import catalog, db
 from migrator.config import MigratorConfig
-from salesflow.layout import SERVICE_SCHEMAS, TENANT_SCHEMA_PREFIX, namespaced_table, tenant_tables
+from migrator.tables import TENANT_DATA_TABLES, TableKind, legacy_table, service_tables
+from salesflow.layout import TENANT_SCHEMA_PREFIX
 
-CONTACTS = namespaced_table("contact_data", "contacts")
-ACTIVITIES = namespaced_table("activity_data", "activities")
 
 # The plan's "Verify Schema Migration" query, as written there (it needs no identifiers).
 PLAN_SCHEMA_QUERY = (
@@ -29,29 +28,39 @@ COUNT_FUNCTION = (
     "RETURNS bigint LANGUAGE plpgsql AS $$ DECLARE n bigint; BEGIN "
     "EXECUTE format('SELECT count(*) FROM %I.%I', schema_name, table_name) INTO n; RETURN n; END $$"
 )
-ROW_COUNTS_QUERY = (
-    "SELECT t.tenant_id, t.schema_name, pg_temp.salesflow_count_rows(t.schema_name, %s) AS contacts, "
-    "pg_temp.salesflow_count_rows(t.schema_name, %s) AS activities "
-    "FROM public.tenants t WHERE t.active AND t.tenant_id = ANY(%s) ORDER BY t.tenant_id"
-)
+
+
+def row_counts_query() -> sql.Composed:
+    """Rows of every tenant-data table of each active tenant, one column per table (its legacy name).
+
+    Parameters: the target table names (in ``TENANT_DATA_TABLES`` order), then the tenant ids.
+    """
+    counts = sql.SQL(", ").join(
+        sql.SQL("pg_temp.salesflow_count_rows(t.schema_name, %s) AS {}").format(sql.Identifier(t.legacy_table))
+        for t in TENANT_DATA_TABLES)
+    return sql.SQL("SELECT t.tenant_id, {} FROM public.tenants t WHERE t.active AND t.tenant_id = ANY(%s) "
+                   "ORDER BY t.tenant_id").format(counts)
+
+
+# The application's key lookups: name -> (legacy name of the tenant-data table, query, parameters).
 KEY_LOOKUPS: dict[str, tuple[str, str, list[Any]]] = {
-    "contact by email": (CONTACTS, "SELECT id FROM {} WHERE email = %s", ["someone@example.com"]),
-    "activities by contact": (ACTIVITIES, "SELECT id FROM {} WHERE contact_id = %s", [1]),
-    "activities by due date": (ACTIVITIES, "SELECT id FROM {} WHERE due_at >= %s AND due_at < %s",
+    "contact by email": ("contacts", "SELECT id FROM {} WHERE email = %s", ["someone@example.com"]),
+    "activities by contact": ("activities", "SELECT id FROM {} WHERE contact_id = %s", [1]),
+    "activities by due date": ("activities", "SELECT id FROM {} WHERE due_at >= %s AND due_at < %s",
                                ["2021-01-01T00:00:00Z", "2021-02-01T00:00:00Z"]),
 }
 
 
 def schema_problems(tenant_schemas: list[str]) -> tuple[list[str], dict[str, Any]]:
     found = {row[0] for row in db.fetchall(PLAN_SCHEMA_QUERY, [])}
-    expected = {"public", *SERVICE_SCHEMAS, *tenant_schemas}
+    expected = {"public", *service_tables(), *tenant_schemas}
     problems = [f"schema {name} is missing" for name in sorted(expected - found)]
-    tables = catalog.tables_by_schema(list(SERVICE_SCHEMAS))
-    problems += [f"table {schema}.{table} is missing" for schema, names in SERVICE_SCHEMAS.items()
+    tables = catalog.tables_by_schema(list(service_tables()))
+    problems += [f"table {schema}.{table} is missing" for schema, names in service_tables().items()
                  for table in names if table not in tables[schema]]
     stray = db.fetchall("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' "
-                        "AND table_name = ANY(%s)", [[t for names in SERVICE_SCHEMAS.values() for t in names]
-                                                      + [t.name for t in tenant_tables()]])
+                        "AND table_name = ANY(%s)", [[t for names in service_tables().values() for t in names]
+                                                      + [t.table for t in TENANT_DATA_TABLES]])
     problems += [f"service table {row[0]} found in public" for row in stray]
     return problems, {"schemas": sorted(n for n in found if not n.startswith(TENANT_SCHEMA_PREFIX)),
                       "tenant_schemas": len([n for n in found if n.startswith(TENANT_SCHEMA_PREFIX)])}
@@ -59,14 +68,15 @@ def schema_problems(tenant_schemas: list[str]) -> tuple[list[str], dict[str, Any
 
 def row_counts(tenant_ids: list[str]) -> dict[str, dict[str, int]]:
     db.execute(COUNT_FUNCTION)
-    rows = db.fetchall(ROW_COUNTS_QUERY, [CONTACTS, ACTIVITIES, tenant_ids])
-    return {tenant_id: {"contacts": contacts, "activities": activities} for tenant_id, _s, contacts, activities in rows}
+    rows = db.fetchall(row_counts_query(), [*(t.table for t in TENANT_DATA_TABLES), tenant_ids])
+    names = [t.legacy_table for t in TENANT_DATA_TABLES]
+    return {tenant_id: dict(zip(names, counts, strict=True)) for tenant_id, *counts in rows}
 
 
 def tenant_table_problems(schema: str) -> list[str]:
     rows = db.fetchall("SELECT table_name FROM information_schema.tables WHERE table_schema = %s", [schema])
     present = {row[0] for row in rows}
-    return [f"{schema}.{t.name} is missing" for t in tenant_tables() if t.name not in present]
+    return [f"{schema}.{t.table} is missing" for t in TENANT_DATA_TABLES if t.table not in present]
 
 
 def _denied(role: str, schema: str, table: str) -> bool:
@@ -120,7 +130,7 @@ def tenant_context_problems(schema: str, other_schemas: list[str]) -> tuple[list
             leaked = [other for other in other_schemas if other in search_path]
             if leaked:
                 problems.append(f"search_path of {schema}'s context includes {', '.join(leaked)}")
-    direct = {t.name: catalog.row_count(schema, t.name) for t in tenant_tables()}
+    direct = {t.table: catalog.row_count(schema, t.table) for t in TENANT_DATA_TABLES}
     for table, count in seen.items():
         if direct[table] != count:
             problems.append(f"ORM sees {count} rows in {table}, the schema holds {direct[table]}")
@@ -146,7 +156,8 @@ def index_usage_problems(schema: str) -> tuple[list[str], dict[str, bool]]:
     used: dict[str, bool] = {}
     with transaction.atomic():
         with db.local_settings(enable_seqscan="off"):
-            for name, (table, query, params) in KEY_LOOKUPS.items():
+            for name, (legacy_name, query, params) in KEY_LOOKUPS.items():
+                table = legacy_table(legacy_name, TableKind.TENANT_DATA).table
                 explain = sql.SQL("EXPLAIN (FORMAT JSON) ") + sql.SQL(query).format(sql.Identifier(schema, table))
                 plan = db.fetchvalue(explain, params)
                 used[name] = _plan_uses_index(json.loads(plan) if isinstance(plan, str) else plan)

@@ -8,19 +8,18 @@ from migrator import catalog, db
 from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.errors import MigrationError
 from migrator.core.steps import Step, StepReporter, StepResult
-from migrator.tables import (AUTH_MODELS, LEGACY_AUTH_TABLES, REFERENCE_TABLES, TENANT_DATA_TABLES, TenantDataTable,
-                             model_columns, reference_table, unmapped_columns)
+from migrator.tables import (AUTH_MODELS, LEGACY_AUTH_TABLES, REFERENCE_TABLES, TENANT_DATA_TABLES, TableKind,
+                             TenantDataTable, legacy_table, model_columns, reference_table, unmapped_columns)
 from migrator.core.phase import Phase, StepKind
 from migrator.ops import constraints, fingerprint, reference
 from migrator.ops.copy import Remap, TableCopy, copy_table, reset_identity, analyze
 from tenants.models import MigrationState
 
-AUTH_KEYS = {"role_permissions": ("role_id", "permission_id"), "user_roles": ("user_id", "role_id")}
 
 
 def auth_copy(legacy_schema: str, table: str) -> TableCopy:
     return TableCopy(legacy_schema, table, "auth", table, tuple(model_columns(AUTH_MODELS[table])),
-                     key=AUTH_KEYS.get(table, ("id",)))
+                     key=legacy_table(table, TableKind.AUTH).key)
 
 
 def tenant_copy(tenant: TenantRef, spec: TenantDataTable) -> TableCopy:
@@ -69,7 +68,7 @@ class DataPhase(Phase):
             for ref in REFERENCE_TABLES:
                 step = self.step(
                     "merge_reference", f"Merge every tenant's {ref.legacy_table} into {ref.schema}.{ref.table} by "
-                    f"{ref.key}, keeping an old -> new id map", target=ref.legacy_table)
+                    f"{ref.merge_key}, keeping an old -> new id map", target=ref.legacy_table)
                 # A tenant registered (or left out by --tenant) since the last merge still needs one.
                 steps.append(replace(step, rerun=True) if reference.needs_merge(ref, tenant_ids) else step)
         for tenant in ctx.registered_tenants:

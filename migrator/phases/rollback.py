@@ -11,7 +11,8 @@ from migrator.engine import tracking
 from migrator.models import Status
 from migrator.ops import backup, restore, teardown
 from migrator.ops.backup import BackupInfo
-from salesflow.layout import SERVICE_SCHEMAS
+from migrator.tables import service_tables
+
 from tenants.models import MigrationState, Tenant
 
 
@@ -53,7 +54,7 @@ class RollbackPhase(Phase):
                            tenant_id=t.tenant_id, target=t.schema, destructive=True) for t in ctx.registered_tenants]
         if not ctx.tenant_filter:
             steps += [
-                self.step("drop_service_schemas", f"Drop schemas {', '.join(SERVICE_SCHEMAS)} and the reference map",
+                self.step("drop_service_schemas", f"Drop schemas {', '.join(service_tables())} and the reference map",
                           destructive=True),
                 self.step("drop_roles", "Drop the service roles"),
             ]
@@ -83,7 +84,7 @@ class RollbackPhase(Phase):
     def _restore_backup(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         info = recorded_backup()
         cfg = ctx.config
-        details = restore.restore_database(info, [*SERVICE_SCHEMAS, cfg.archive_schema, cfg.legacy_auth_schema],
+        details = restore.restore_database(info, [*service_tables(), cfg.archive_schema, cfg.legacy_auth_schema],
                                            ctx.jobs, cfg.backup_dir)
         return StepResult(message=f"restored {info.path}; {details['history_rows']} tracking rows kept", details=details)
 
@@ -112,7 +113,7 @@ class RollbackPhase(Phase):
                 "use `migrate_phase rollback --restore` to restore the phase-1 backup")
 
     def _check_service_schemas_gone(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
-        return [f"schema {s} still exists" for s in SERVICE_SCHEMAS if catalog.schema_exists(s)]
+        return [f"schema {s} still exists" for s in service_tables() if catalog.schema_exists(s)]
 
     def _check_roles_gone(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
         return [f"role {r} still exists" for r in ctx.config.service_roles.values() if catalog.role_exists(r)]

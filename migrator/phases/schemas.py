@@ -7,7 +7,8 @@ from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.core.phase import Phase, StepKind
 from migrator.django_migrations import migrate_schema, pending_sql
-from salesflow.layout import SERVICE_SCHEMAS, tenant_tables
+from migrator.tables import TENANT_DATA_TABLES, service_tables
+
 from tenants.models import MigrationState
 
 
@@ -24,12 +25,12 @@ class SchemasPhase(Phase):
     def plan(self, ctx: MigrationContext) -> list[Step]:
         with_sql = ctx.options.render_sql
         steps = [self.step(
-            "service_schemas", "Create schemas " + ", ".join(SERVICE_SCHEMAS) + " and their tables (shared migrations)",
+            "service_schemas", "Create schemas " + ", ".join(service_tables()) + " and their tables (shared migrations)",
             sql=tuple(pending_sql("public")) if with_sql else (),
         )]
         for tenant in ctx.registered_tenants:
             steps.append(self.step(
-                "tenant_tables", f"Create {', '.join(t.name for t in tenant_tables())} in {tenant.schema} "
+                "tenant_tables", f"Create {', '.join(t.table for t in TENANT_DATA_TABLES)} in {tenant.schema} "
                 "(tenant migrations)", tenant_id=tenant.tenant_id, target=tenant.schema,
                 sql=tuple(pending_sql(tenant.schema)) if with_sql and catalog.schema_exists(tenant.schema) else (),
             ))
@@ -53,11 +54,11 @@ class SchemasPhase(Phase):
         return self._applied(migrate_schema(TenantRef(step.tenant_id or "").schema))
 
     def _check_service_schemas(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
-        found = catalog.tables_by_schema(list(SERVICE_SCHEMAS))
-        return [f"{schema}.{table} does not exist" for schema, tables in SERVICE_SCHEMAS.items()
+        found = catalog.tables_by_schema(list(service_tables()))
+        return [f"{schema}.{table} does not exist" for schema, tables in service_tables().items()
                 for table in tables if table not in found[schema]]
 
     def _check_tenant_tables(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
         schema = TenantRef(step.tenant_id or "").schema
         found = catalog.tables_by_schema([schema])[schema]
-        return [f"{schema}.{t.name} does not exist" for t in tenant_tables() if t.name not in found]
+        return [f"{schema}.{t.table} does not exist" for t in TENANT_DATA_TABLES if t.table not in found]

@@ -8,7 +8,8 @@ from migrator.core.errors import MigrationError
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.core.phase import Phase, StepKind
 from migrator.ops import grants
-from salesflow.layout import tenant_tables
+from migrator.tables import TENANT_DATA_TABLES
+
 from tenants.models import MigrationState
 
 
@@ -32,7 +33,7 @@ class SecurityPhase(Phase):
         ]
         for tenant in ctx.registered_tenants:
             steps.append(self.step(
-                "tenant_grants", f"Grant {', '.join(t.name for t in tenant_tables())} in {tenant.schema} to their "
+                "tenant_grants", f"Grant {', '.join(t.table for t in TENANT_DATA_TABLES)} in {tenant.schema} to their "
                 "services' roles only", tenant_id=tenant.tenant_id, target=tenant.schema))
         return steps
 

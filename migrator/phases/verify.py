@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from migrator import db
 from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.models import MigrationRecord, Status
 from migrator.core.phase import ApplyStep, Phase, StepKind
 from migrator.ops import verification
-from salesflow.layout import NAMESPACE_SERVICE, SERVICE_SCHEMAS, tenant_tables
+from migrator.tables import TENANT_DATA_TABLES, service_tables
+from salesflow.layout import NAMESPACE_SERVICE
 from tenants.models import MigrationState
 
 CheckResult = tuple[list[str], dict[str, object]]
@@ -41,7 +43,7 @@ class VerifyPhase(Phase):
             self.step("expected_schemas", "The plan's verification queries: expected schemas and service tables "
                       "exist, no service table in public", sql=(verification.PLAN_SCHEMA_QUERY,)),
             self.step("row_counts", "Contacts and activities per tenant (a working version of the plan's count query)",
-                      sql=(verification.COUNT_FUNCTION, verification.ROW_COUNTS_QUERY)),
+                      sql=(verification.COUNT_FUNCTION, db.render(verification.row_counts_query()))),
             self.step("role_isolation", "Each service role reads its own service schema and is refused the others' "
                       "(SET ROLE)"),
         ]
@@ -81,7 +83,7 @@ class VerifyPhase(Phase):
         return [f"tenant {t} is not active or not registered" for t in missing], {"counts": counts}
 
     def _role_isolation(self, ctx: MigrationContext, step: Step) -> CheckResult:
-        objects = [(schema, schema, table) for schema, tables in SERVICE_SCHEMAS.items() for table in tables]
+        objects = [(schema, schema, table) for schema, tables in service_tables().items() for table in tables]
         return verification.role_isolation_problems(ctx.config, objects), {}
 
     @staticmethod
@@ -113,7 +115,7 @@ class VerifyPhase(Phase):
             phase="data", step="validate", tenant_id=tenant.tenant_id,
         ).latest_attempts().filter(status=Status.COMPLETED).values_list("target", "rows_expected"))
         problems = []
-        for table, key in ((verification.CONTACTS, "contacts"), (verification.ACTIVITIES, "activities")):
+        for table, key in ((t.table, t.legacy_table) for t in TENANT_DATA_TABLES):
             if table not in validated:
                 problems.append(f"{table} has no completed validation in phase 3")
             elif validated[table] != counts.get(key):
@@ -124,7 +126,7 @@ class VerifyPhase(Phase):
         tenant = TenantRef(step.tenant_id or "")
         others = [t.schema for t in ctx.registered_tenants if t.tenant_id != tenant.tenant_id]
         problems, seen = verification.tenant_context_problems(tenant.schema, others)
-        objects = [(NAMESPACE_SERVICE[t.namespace], tenant.schema, t.name) for t in tenant_tables()]
+        objects = [(NAMESPACE_SERVICE[t.namespace], tenant.schema, t.table) for t in TENANT_DATA_TABLES]
         problems += verification.role_isolation_problems(ctx.config, objects)
         return problems, {"orm_counts": seen}
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import (BigIntegerField, Count, Exists, F, JSONField, Max, Min, OuterRef, Q, QuerySet, Subquery,
+from django.db.models import (BigIntegerField, Count, F, JSONField, Max, Min, OuterRef, Q, QuerySet, Subquery,
                               Sum, Value)
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce, JSONObject

@@ -18,16 +18,24 @@ from django.db import connection
 from psycopg import sql
 
 from migrator import db
-from migrator.tables import model_columns
+from migrator.tables import TENANT_DATA_TABLES, TableKind, legacy_table, model_columns, reference_table
 from migrator.models import MigrationRecord
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
-# legacy table -> target table, the remapped column and the legacy / shared reference tables it points at
-TABLES: dict[str, tuple[str, str, str, tuple[str, str]]] = {
-    "contacts": ("contact_data_contacts", "contact_type_id", "contact_types", ("contact", "contact_types")),
-    "activities": ("activity_data_activities", "activity_type_id", "activity_types", ("activity", "activity_types")),
-}
+
+
+def _tenant_data_tables() -> dict[str, tuple[str, str, str, tuple[str, str]]]:
+    """legacy table -> target table, the remapped column and the legacy / shared reference tables it points at."""
+    found = {}
+    for entry in TENANT_DATA_TABLES:
+        ((column, legacy_ref),) = entry.remap.items()
+        ref = reference_table(legacy_ref)
+        found[entry.legacy_table] = (entry.table, column, legacy_ref, (str(ref.schema), ref.table))
+    return found
+
+
+TABLES = _tenant_data_tables()
 
 
 def rows(query: sql.Composable | str, params: Any = None) -> list[tuple[Any, ...]]:
@@ -150,7 +158,7 @@ def content(schema: str, table: str, cols: list[str]) -> tuple[int, int, str]:
 
 def plain_columns(legacy: str) -> list[str]:
     """Columns of a tenant data table that are copied as they are (all but the remapped reference id)."""
-    model = {"contacts": "contact_data.Contact", "activities": "activity_data.Activity"}[legacy]
+    model = legacy_table(legacy, TableKind.TENANT_DATA).model
     return [c for c in model_columns(model) if c != TABLES[legacy][1]]
 
 

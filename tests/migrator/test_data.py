@@ -86,11 +86,11 @@ def test_reference_data_is_merged_by_key_with_an_id_map(migrated):
         legacy_total = 0
         for tenant in TENANTS:
             found = rows(sql.SQL("SELECT {k} FROM {t}").format(
-                k=sql.Identifier(ref.key), t=sql.Identifier(f"tenant_{tenant}", ref.legacy_table)))
+                k=sql.Identifier(ref.merge_key), t=sql.Identifier(f"tenant_{tenant}", ref.legacy_table)))
             legacy_total += len(found)
             legacy_keys |= {r[0] for r in found}
         shared_keys = [r[0] for r in rows(sql.SQL("SELECT {k} FROM {t}").format(
-            k=sql.Identifier(ref.key), t=sql.Identifier(ref.schema, ref.table)))]
+            k=sql.Identifier(ref.merge_key), t=sql.Identifier(ref.schema, ref.table)))]
         assert sorted(shared_keys) == sorted(legacy_keys)  # one shared row per key, every key present
         assert ReferenceMapping.objects.filter(reference_table=ref.legacy_table).count() == legacy_total
         # every tenant's old id points at the shared row with the same values

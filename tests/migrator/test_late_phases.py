@@ -14,7 +14,8 @@ from migrator.models import MigrationRecord, Status
 from migrator.ops.backup import latest_backup
 from migrator.ops import grants
 from migrator.config import get_config
-from salesflow.layout import SERVICE_SCHEMAS
+from migrator.tables import service_tables
+
 from tenants.models import MigrationState, Tenant
 from tests.conftest import legacy_fingerprints, run
 
@@ -40,7 +41,7 @@ def test_security_grants_exactly_the_privilege_matrix(seeded):
     roles = get_config().service_roles
     for service, role in roles.items():
         assert db.fetchvalue("SELECT NOT rolcanlogin FROM pg_roles WHERE rolname = %s", [role]) is True
-        for schema, tables in SERVICE_SCHEMAS.items():
+        for schema, tables in service_tables().items():
             assert bool(db.fetchvalue("SELECT has_schema_privilege(%s, %s, 'USAGE')", [role, schema])) == (schema == service)
             for table in tables:
                 for privilege in ("SELECT", "INSERT", "UPDATE", "DELETE"):
@@ -146,7 +147,7 @@ def test_rollback_before_cutover_leaves_legacy_exactly_as_it_was(seeded):
     history = MigrationRecord.objects.count()
     run("migrate_phase", "rollback", interactive=False)
     assert legacy_fingerprints(TENANTS) == before
-    for schema in SERVICE_SCHEMAS:
+    for schema in service_tables():
         assert not catalog.schema_exists(schema)
     assert not catalog.table_exists("tenant_acme_0001", "contact_data_contacts")
     assert not any(catalog.role_exists(r) for r in get_config().service_roles.values())

@@ -5,13 +5,15 @@ from __future__ import annotations
 import pytest
 from django.apps import apps
 
-from salesflow.layout import SERVICE_SCHEMAS, TENANT_NAMESPACES, namespaced_table, service_db_table, tenant_tables
+from migrator.tables import TENANT_DATA_TABLES, service_tables, tenant_table_names
+from salesflow.layout import namespaced_table, service_db_table
 from tests.migrator.helpers import rows, table_names
 
 pytestmark = pytest.mark.django_db
 
 SERVICE_APPS = ("accounts", "contact", "activity")
 TENANT_APPS = ("contact_data", "activity_data")
+SERVICE_SCHEMAS = service_tables()
 LEGACY_NAMES = {"users", "roles", "permissions", "role_permissions", "user_roles", "contact_types", "tag_categories",
                 "activity_types", "contacts", "activities"}
 
@@ -44,22 +46,21 @@ def test_nothing_in_public_belongs_to_a_service_or_a_tenant():
     public = table_names("public")
     assert {"tenants", "domains", "schema_migrations", "django_migrations"} <= public
     assert not public & LEGACY_NAMES
-    assert not {t.name for t in tenant_tables()} & public
+    assert not set(tenant_table_names()) & public
     assert not [t for t in public if t.startswith(tuple(f"{app}_" for app in SERVICE_APPS + TENANT_APPS))]
     # the service schemas hold nothing but service tables (no django_migrations of their own, no tenant tables)
     for schema in SERVICE_SCHEMAS:
-        assert not table_names(schema) & ({t.name for t in tenant_tables()} | {"django_migrations", "tenants"})
+        assert not table_names(schema) & (set(tenant_table_names()) | {"django_migrations", "tenants"})
 
 
 def test_namespaced_table_names_are_built_in_one_place():
     assert namespaced_table("contact_data", "contacts") == "contact_data_contacts"
     assert namespaced_table("activity_data", "activities") == "activity_data_activities"
-    assert [t.name for t in tenant_tables()] == [
-        namespaced_table(ns, table) for ns, tables in TENANT_NAMESPACES.items() for table in tables]
+    assert list(tenant_table_names()) == [namespaced_table(t.namespace, t.legacy_table) for t in TENANT_DATA_TABLES]
     for app_label in TENANT_APPS:
         for model in apps.get_app_config(app_label).get_models():
             assert model._meta.db_table == namespaced_table(app_label, model._meta.db_table[len(app_label) + 1:])
     with pytest.raises(KeyError):
-        namespaced_table("contact_data", "activities")
+        namespaced_table("no_such_namespace", "activities")
     with pytest.raises(KeyError):
         service_db_table("public", "users")

@@ -116,9 +116,13 @@ def grant_service_schema(role: str, schema: str) -> int:
     return len(SERVICE_SCHEMAS[schema])
 
 
-def grant_tenant_tables(config: MigratorConfig, tenant_schema: str) -> list[Grant]:
+def grant_tenant_tables(config: MigratorConfig, tenant_schema: str, only_existing: bool = False) -> list[Grant]:
+    """The grant matrix on the schema's namespaced tables (``only_existing``: skip tables not created yet)."""
     grants = []
+    existing = catalog.tables_by_schema([tenant_schema])[tenant_schema] if only_existing else None
     for table in tenant_tables():
+        if existing is not None and table.name not in existing:
+            continue
         role = config.service_role(service_of_tenant_table(table.namespace))
         r = sql.Identifier(role)
         db.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(tenant_schema), r))
@@ -133,6 +137,32 @@ def grant_tenant_tables(config: MigratorConfig, tenant_schema: str) -> list[Gran
             db.execute(sql.SQL("GRANT USAGE, SELECT ON SEQUENCE {} TO {}").format(sql.Identifier(schema_name, seq_name), r))
         grants.append(Grant(role, tenant_schema, table.name))
     return grants
+
+
+def service_roles_in_place(config: MigratorConfig) -> bool:
+    """Phase 4 has completed its role steps (and no rollback undid them) and the roles exist."""
+    if not catalog.table_exists("public", MigrationRecord._meta.db_table):
+        return False  # a database the migrator has never run on
+    latest = dict(MigrationRecord.objects.filter(phase="security", step="service_role").latest_attempts()
+                  .values_list("target", "status"))
+    return all(latest.get(role) == Status.COMPLETED and catalog.role_exists(role)
+               for role in config.service_roles.values())
+
+
+def grant_after_schema_migration(config: MigratorConfig, schema: str) -> list[Grant]:
+    """django-tenants created or migrated ``schema``: once phase 4 has run, its new tables get the grant
+    matrix too (per table, as phase 4 grants them). Before phase 4 there is nothing to grant to."""
+    if not service_roles_in_place(config):
+        return []
+    if schema == "public":
+        # Default privileges cover new service tables only when the same user runs the migration.
+        for service, role in config.service_roles.items():
+            if catalog.schema_exists(service):
+                grant_service_schema(role, service)
+        return []
+    if not schema.startswith("tenant_") or not catalog.schema_exists(schema):
+        return []
+    return grant_tenant_tables(config, schema, only_existing=True)
 
 
 def revoke_granted_privileges(role: str, tenant_usage_schemas: list[str]) -> None:

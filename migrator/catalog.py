@@ -83,3 +83,19 @@ def database_size() -> int:
 
 def role_exists(role: str) -> bool:
     return bool(db.fetchvalue("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s)", [role]))
+
+
+def role_oid(role: str) -> int | None:
+    return db.fetchvalue("SELECT oid::bigint FROM pg_roles WHERE rolname = %s", [role])
+
+
+def role_can_log_in(role: str) -> bool:
+    """A LOGIN or superuser role: a person's or an application's account, never a service group role."""
+    return bool(db.fetchvalue("SELECT rolcanlogin OR rolsuper FROM pg_roles WHERE rolname = %s", [role]))
+
+
+def has_schema_usage_granted(role: str, schema: str) -> bool:
+    """USAGE on ``schema`` granted to ``role`` itself (not inherited, not through PUBLIC)."""
+    return bool(db.fetchvalue(
+        "SELECT EXISTS (SELECT 1 FROM pg_namespace n, aclexplode(n.nspacl) a JOIN pg_roles r ON r.oid = a.grantee "
+        "WHERE n.nspname = %s AND r.rolname = %s AND a.privilege_type = 'USAGE')", [schema, role]))

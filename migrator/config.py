@@ -1,7 +1,7 @@
 """The migrator's configuration, read from ``settings.SALESFLOW`` in one place."""
 
 from __future__ import annotations
-from migrator.tables import service_tables
+from salesflow.layout import SERVICES
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +24,7 @@ class MigratorConfig:
 
     @property
     def service_roles(self) -> dict[str, str]:
-        return {service: self.service_role(service) for service in service_tables()}
+        return {service: self.service_role(service) for service in SERVICES}
 
 
 def get_config() -> MigratorConfig:

@@ -41,6 +41,7 @@ class RunOptions:
     validate_only: bool = False  # data: only the validation steps again
     restore: bool = False  # rollback: restore the phase-1 backup
     drop_legacy: bool = False  # cutover: drop legacy tables instead of archiving them
+    adopt_roles: bool = False  # security: use pre-existing NOLOGIN service roles (rollback never drops them)
     render_sql: bool = False  # plans carry the SQL of each step (--plan, -v 3)
     interactive: bool = True
 

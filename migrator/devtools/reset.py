@@ -11,9 +11,8 @@ from psycopg import sql
 from migrator import catalog, db
 from migrator.models import DeferredConstraint, MigrationRecord, ReferenceMapping
 from migrator.config import MigratorConfig
-from migrator.ops.teardown import drop_service_roles
+from migrator.ops.teardown import drop_roles_and_everything_they_own
 from migrator.tables import service_tables
-
 from tenants.models import Domain, Tenant
 
 
@@ -42,5 +41,7 @@ def reset_database(config: MigratorConfig) -> list[str]:
             deleted, _ = model.objects.all().delete()
             if deleted:
                 done.append(f"deleted {deleted} {model._meta.db_table} rows")
-        done += [f"dropped role {role}" for role in drop_service_roles(config)]
+        # Every role of the configured prefix, whoever made it: a reset is for development and test
+        # databases (tests make such roles beforehand on purpose), never for a migration.
+        done += [f"dropped role {role}" for role in drop_roles_and_everything_they_own(list(config.service_roles.values()))]
     return done

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.db import transaction
 from psycopg import sql
 
 from migrator import catalog, db
 from migrator.config import MigratorConfig
+from migrator.core.errors import MigrationError
+from migrator.models import MigrationRecord, Status
 from migrator.tables import TENANT_DATA_TABLES
 from migrator.tables import service_tables as tables_of_services
 from salesflow.layout import NAMESPACE_SERVICE
@@ -32,11 +35,68 @@ def service_of_tenant_table(namespace: str) -> str:
     return NAMESPACE_SERVICE[namespace]
 
 
-def ensure_role(role: str) -> bool:
-    if catalog.role_exists(role):
-        return False
-    db.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
-    return True
+def creation_marker() -> str:
+    """The comment phase 4 puts on a role it creates. Roles are cluster-wide: the database is part of it."""
+    return f"service role created by the SalesFlow migrator for database {db.fetchvalue('SELECT current_database()')}"
+
+
+def create_role(role: str) -> int:
+    """A NOLOGIN role, marked as the migrator's in the same transaction; returns its oid.
+
+    The mark covers an attempt killed between CREATE ROLE and its tracking row: the role is then
+    still known as the migrator's own.
+    """
+    with transaction.atomic():
+        db.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+        db.execute(sql.SQL("COMMENT ON ROLE {} IS {}").format(sql.Identifier(role), sql.Literal(creation_marker())))
+    return int(catalog.role_oid(role) or 0)
+
+
+def roles_created_by_migrator(roles: list[str]) -> list[str]:
+    """Of ``roles``, those that exist and are the very roles phase 4 created in this database.
+
+    The tracking history (kept across a restore) records each role phase 4 created with its oid: a
+    role dropped and created again by someone else under the same name has another oid and is not
+    the migrator's. A role carrying the creation mark of this database is the migrator's too.
+    """
+    recorded: dict[str, set[int]] = {}
+    rows = (MigrationRecord.objects.filter(phase="security", step="service_role", target__in=roles)
+            .exclude(status=Status.ROLLED_BACK).values_list("target", "details"))
+    for target, details in rows:
+        if details.get("created") and details.get("role_oid"):
+            recorded.setdefault(target, set()).add(int(details["role_oid"]))
+    marker = creation_marker()
+    owned = []
+    for role in roles:
+        oid = catalog.role_oid(role)
+        if oid is None:
+            continue
+        if oid in recorded.get(role, set()) or db.fetchvalue(
+                "SELECT shobj_description(%s, 'pg_authid') = %s", [oid, marker]):
+            owned.append(role)
+    return owned
+
+
+def claim_service_role(role: str, adopt: bool) -> dict[str, object]:
+    """Create the service role, or take an existing one if the migrator made it or ``adopt`` says so.
+
+    Returns the tracking details: ``created`` (the migrator's: rollback drops it), ``adopted``
+    (someone else's: rollback revokes the migrator's grants and never drops it), ``role_oid``.
+    """
+    if not catalog.role_exists(role):
+        return {"created": True, "adopted": False, "role_oid": create_role(role)}
+    if catalog.role_can_log_in(role):
+        raise MigrationError(
+            f"role {role} already exists and can log in (LOGIN or SUPERUSER); a service role must be a NOLOGIN "
+            "group role: rename that role, or set SALESFLOW_ROLE_PREFIX to another prefix")
+    oid = catalog.role_oid(role)
+    if role in roles_created_by_migrator([role]):
+        return {"created": True, "adopted": False, "role_oid": oid}
+    if adopt:
+        return {"created": False, "adopted": True, "role_oid": oid}
+    raise MigrationError(
+        f"role {role} already exists and the migrator did not create it: rename it, set SALESFLOW_ROLE_PREFIX "
+        "to another prefix, or rerun with --adopt-roles to use it (rollback then never drops it)")
 
 
 def service_schema_statements(role: str, schema: str) -> list[sql.Composed]:
@@ -58,9 +118,13 @@ def grant_service_schema(role: str, schema: str) -> int:
     return len(tables_of_services()[schema])
 
 
-def grant_tenant_tables(config: MigratorConfig, tenant_schema: str) -> list[Grant]:
+def grant_tenant_tables(config: MigratorConfig, tenant_schema: str, only_existing: bool = False) -> list[Grant]:
+    """The grant matrix on the schema's namespaced tables (``only_existing``: skip tables not created yet)."""
     grants = []
+    existing = catalog.tables_by_schema([tenant_schema])[tenant_schema] if only_existing else None
     for table in TENANT_DATA_TABLES:
+        if existing is not None and table.table not in existing:
+            continue
         role = config.service_role(service_of_tenant_table(table.namespace))
         r = sql.Identifier(role)
         db.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(tenant_schema), r))
@@ -75,6 +139,67 @@ def grant_tenant_tables(config: MigratorConfig, tenant_schema: str) -> list[Gran
             db.execute(sql.SQL("GRANT USAGE, SELECT ON SEQUENCE {} TO {}").format(sql.Identifier(schema_name, seq_name), r))
         grants.append(Grant(role, tenant_schema, table.table))
     return grants
+
+
+def service_roles_in_place(config: MigratorConfig) -> bool:
+    """Phase 4 has completed its role steps (and no rollback undid them) and the roles exist."""
+    if not catalog.table_exists("public", MigrationRecord._meta.db_table):
+        return False  # a database the migrator has never run on
+    latest = dict(MigrationRecord.objects.filter(phase="security", step="service_role").latest_attempts()
+                  .values_list("target", "status"))
+    return all(latest.get(role) == Status.COMPLETED and catalog.role_exists(role)
+               for role in config.service_roles.values())
+
+
+def grant_after_schema_migration(config: MigratorConfig, schema: str) -> list[Grant]:
+    """django-tenants created or migrated ``schema``: once phase 4 has run, its new tables get the grant
+    matrix too (per table, as phase 4 grants them). Before phase 4 there is nothing to grant to."""
+    if not service_roles_in_place(config):
+        return []
+    if schema == "public":
+        # Default privileges cover new service tables only when the same user runs the migration.
+        for service, role in config.service_roles.items():
+            if catalog.schema_exists(service):
+                grant_service_schema(role, service)
+        return []
+    if not schema.startswith("tenant_") or not catalog.schema_exists(schema):
+        return []
+    return grant_tenant_tables(config, schema, only_existing=True)
+
+
+def revoke_granted_privileges(role: str, tenant_usage_schemas: list[str]) -> None:
+    """Take back what phase 4 granted ``role``: everything in the service schemas and on the namespaced
+    tenant tables (objects the migration made), and USAGE on ``tenant_usage_schemas``.
+
+    Never ``DROP OWNED``: that would also drop whatever the role owns, legacy schemas included.
+    """
+    r = sql.Identifier(role)
+    for schema in tables_of_services():
+        if not catalog.schema_exists(schema):
+            continue
+        s = sql.Identifier(schema)
+        for statement in (
+            "REVOKE ALL ON ALL TABLES IN SCHEMA {s} FROM {r}",
+            "REVOKE ALL ON ALL SEQUENCES IN SCHEMA {s} FROM {r}",
+            "REVOKE ALL ON SCHEMA {s} FROM {r}",
+            "ALTER DEFAULT PRIVILEGES IN SCHEMA {s} REVOKE ALL ON TABLES FROM {r}",
+            "ALTER DEFAULT PRIVILEGES IN SCHEMA {s} REVOKE ALL ON SEQUENCES FROM {r}",
+        ):
+            db.execute(sql.SQL(statement).format(s=s, r=r))
+    existing = catalog.tables_by_schema(catalog.schemas_like_tenants())
+    for schema, tables in existing.items():
+        for table in TENANT_DATA_TABLES:
+            if table.table not in tables:
+                continue
+            db.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(sql.Identifier(schema, table.table), r))
+            sequence = db.fetchone(
+                "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.oid = pg_get_serial_sequence(format('%%I.%%I', %s::text, %s::text), 'id')::regclass",
+                [schema, table.table])
+            if sequence:
+                db.execute(sql.SQL("REVOKE ALL ON SEQUENCE {} FROM {}").format(sql.Identifier(*sequence), r))
+        if schema in tenant_usage_schemas:
+            db.execute(sql.SQL("REVOKE USAGE ON SCHEMA {} FROM {}").format(sql.Identifier(schema), r))
 
 
 def expected_matrix(config: MigratorConfig, tenant_schemas: list[str], roles: list[str] | None = None,

@@ -5,13 +5,15 @@ Legacy tables are never touched here.
 
 from __future__ import annotations
 
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from psycopg import sql
 
 from migrator import catalog, db
 from migrator.config import MigratorConfig
+from migrator.core.errors import MigrationError
+from migrator.models import MigrationRecord, Status
+from migrator.ops import grants
 from migrator.tables import TENANT_DATA_TABLES, service_tables
-
 
 MIGRATED_APPS = ("accounts", "contact", "activity", "contact_data", "activity_data")
 
@@ -41,9 +43,54 @@ def drop_service_schemas() -> list[str]:
 
 
 
-def drop_service_roles(config: MigratorConfig) -> list[str]:
+def drop_service_roles(config: MigratorConfig) -> tuple[list[str], list[str]]:
+    """Revoke what phase 4 granted the service roles; drop the ones it created. Returns (dropped, kept).
+
+    A role phase 4 adopted (``--adopt-roles``) or that someone else made is never dropped, and
+    nothing it owns is touched.
+    """
+    roles = [role for role in config.service_roles.values() if catalog.role_exists(role)]
+    created = grants.roles_created_by_migrator(roles)
+    usage_granted = tenant_usage_granted()
+    dropped, kept = [], []
+    for role in roles:
+        ours = role in created
+        with transaction.atomic():
+            grants.revoke_granted_privileges(
+                role, catalog.schemas_like_tenants() if ours else usage_granted.get(role, []))
+            if ours:
+                drop_role(role)
+        (dropped if ours else kept).append(role)
+    return dropped, kept
+
+
+def tenant_usage_granted() -> dict[str, list[str]]:
+    """role -> tenant schemas where phase 4 granted USAGE (the role did not have it before)."""
+    usage: dict[str, list[str]] = {}
+    rows = (MigrationRecord.objects.filter(phase="security", step="tenant_grants")
+            .exclude(status=Status.ROLLED_BACK).values_list("target", "details"))
+    for schema, details in rows:
+        for role in details.get("usage_granted", []):
+            usage.setdefault(role, []).append(schema)
+    return usage
+
+
+def drop_role(role: str) -> None:
+    try:
+        with transaction.atomic():
+            db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    except DatabaseError as exc:
+        cause = exc.__cause__
+        detail = getattr(getattr(cause, "diag", None), "message_detail", None) or str(exc).strip()
+        raise MigrationError(
+            f"role {role} cannot be dropped, something not granted by the migrator still depends on it "
+            f"({' '.join(detail.split())}): revoke or reassign that, then rerun the rollback") from None
+
+
+def drop_roles_and_everything_they_own(roles: list[str]) -> list[str]:
+    """Development resets only: ``DROP OWNED`` removes whatever the roles own, whoever created them."""
     dropped = []
-    for role in config.service_roles.values():
+    for role in roles:
         if catalog.role_exists(role):
             db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
             db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

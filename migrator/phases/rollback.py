@@ -44,7 +44,8 @@ class RollbackPhase(Phase):
             where = info.path if info else "(no backup recorded)"
             return [
                 self.step("check_backup", f"Backup {where} exists and its sha256 matches the record", target=where),
-                self.step("drop_roles", "Drop the service roles (roles are not part of a database dump)"),
+                self.step("drop_roles", "Revoke the service roles' grants; drop the roles the migration created "
+                          "(roles are not part of a database dump)"),
                 self.step("restore_backup", "Save the tracking history, replace the database with the backup "
                           "(pg_restore), put the history back", target=where, destructive=True),
                 self.step("mark_rolled_back", "Mark the steps the restore undid as ROLLED_BACK"),
@@ -56,7 +57,7 @@ class RollbackPhase(Phase):
             steps += [
                 self.step("drop_service_schemas", f"Drop schemas {', '.join(service_tables())} and the reference map",
                           destructive=True),
-                self.step("drop_roles", "Drop the service roles"),
+                self.step("drop_roles", "Revoke the service roles' grants; drop the roles the migration created"),
             ]
         steps.append(self.step("mark_rolled_back", "Mark the undone steps of phases 2-5 as ROLLED_BACK"))
         return steps
@@ -89,7 +90,10 @@ class RollbackPhase(Phase):
         return StepResult(message=f"restored {info.path}; {details['history_rows']} tracking rows kept", details=details)
 
     def _drop_roles(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
-        return StepResult(message=", ".join(teardown.drop_service_roles(ctx.config)) or "no roles to drop")
+        dropped, kept = teardown.drop_service_roles(ctx.config)
+        message = f"dropped {', '.join(dropped) or 'no role'}" + (
+            f"; kept {', '.join(kept)} (not created by the migrator; its grants revoked)" if kept else "")
+        return StepResult(message=message, details={"dropped": dropped, "kept": kept})
 
     def _drop_tenant_tables(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         dropped = teardown.drop_tenant_tables(TenantRef(step.tenant_id or "").schema)
@@ -116,4 +120,4 @@ class RollbackPhase(Phase):
         return [f"schema {s} still exists" for s in service_tables() if catalog.schema_exists(s)]
 
     def _check_roles_gone(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
-        return [f"role {r} still exists" for r in ctx.config.service_roles.values() if catalog.role_exists(r)]
+        return [f"role {r} still exists" for r in result.details.get("dropped", []) if catalog.role_exists(r)]

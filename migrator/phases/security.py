@@ -9,7 +9,7 @@ from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.core.phase import Phase, StepKind
 from migrator.ops import grants
 from migrator.tables import TENANT_DATA_TABLES
-
+from salesflow.layout import NAMESPACE_SERVICE
 from tenants.models import MigrationState
 
 
@@ -47,18 +47,22 @@ class SecurityPhase(Phase):
         service = next(s for s, r in ctx.config.service_roles.items() if r == step.target)
         if not catalog.schema_exists(service):
             raise MigrationError(f"schema {service} does not exist; run `migrate_phase schemas` first")
-        created = grants.ensure_role(step.target)
+        claimed = grants.claim_service_role(step.target, adopt=ctx.options.adopt_roles)
         tables = grants.grant_service_schema(step.target, service)
-        return StepResult(message=f"{'created' if created else 'updated'}; {tables} tables in {service}",
-                          details={"created": created})
+        how = "adopted" if claimed["adopted"] else "created"
+        return StepResult(message=f"{how}; {tables} tables in {service}", details=claimed)
 
     def _grant_tenant_tables(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         tenant = TenantRef(step.tenant_id or "")
         missing_roles = [r for r in ctx.config.service_roles.values() if not catalog.role_exists(r)]
         if missing_roles:
             raise MigrationError(f"role {missing_roles[0]} does not exist; run `migrate_phase security` without --tenant first")
+        roles = [ctx.config.service_role(s) for s in NAMESPACE_SERVICE.values()]
+        # Rollback revokes USAGE on the tenant schema only from roles that did not have it before.
+        had_usage = [r for r in roles if catalog.has_schema_usage_granted(r, tenant.schema)]
         given = grants.grant_tenant_tables(ctx.config, tenant.schema)
-        return StepResult(message=", ".join(f"{g.table} -> {g.role}" for g in given))
+        return StepResult(message=", ".join(f"{g.table} -> {g.role}" for g in given),
+                          details={"usage_granted": sorted({g.role for g in given} - set(had_usage))})
 
     def _check_service_role(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
         return grants.privilege_problems(ctx.config, [], roles=[step.target])

@@ -9,10 +9,10 @@ from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.models import MigrationRecord, Status
 from migrator.core.phase import ApplyStep, Phase, StepKind
-from migrator.ops import verification
+from migrator.ops import grants, verification
 from migrator.tables import TENANT_DATA_TABLES, service_tables
 from salesflow.layout import NAMESPACE_SERVICE
-from tenants.models import MigrationState
+from tenants.models import MigrationState, Tenant
 
 CheckResult = tuple[list[str], dict[str, object]]
 Check = Callable[[MigrationContext, Step], CheckResult]
@@ -25,6 +25,11 @@ TENANT_CHECKS = {
     "index_usage": "EXPLAIN of contact by email, activities by contact and by due date uses an index",
     "crud_smoke": "Create, read, update, delete a contact and an activity through the ORM (rolled back)",
 }
+
+
+def new_tenant_schemas() -> list[str]:
+    return list(Tenant.objects.filter(migration_state=MigrationState.NEW).order_by("tenant_id")
+                .values_list("schema_name", flat=True))
 
 
 class VerifyPhase(Phase):
@@ -47,6 +52,11 @@ class VerifyPhase(Phase):
             self.step("role_isolation", "Each service role reads its own service schema and is refused the others' "
                       "(SET ROLE)"),
         ]
+        if not ctx.tenant_filter:
+            # Tenants created in the target layout have nothing to migrate, but the same grants to check.
+            steps += [self.step("new_tenant", f"Namespaced tables of {schema} (a tenant created in the target "
+                                "layout) exist and carry exactly their services' grants", target=schema)
+                      for schema in new_tenant_schemas()]
         for tenant in ctx.registered_tenants:
             for kind, description in TENANT_CHECKS.items():
                 steps.append(self.step(kind, description.format(schema=tenant.schema), tenant_id=tenant.tenant_id))
@@ -57,7 +67,7 @@ class VerifyPhase(Phase):
             "expected_schemas": self._expected_schemas, "row_counts": self._row_counts,
             "role_isolation": self._role_isolation, "tenant_tables": self._tenant_tables,
             "counts_match": self._counts_match, "isolation": self._tenant_isolation,
-            "index_usage": self._index_usage, "crud_smoke": self._crud_smoke,
+            "index_usage": self._index_usage, "crud_smoke": self._crud_smoke, "new_tenant": self._new_tenant,
         }
         return {kind: StepKind(self._recording(check), self._problems_found) for kind, check in checks.items()}
 
@@ -103,6 +113,7 @@ class VerifyPhase(Phase):
             "tenant_tables": "namespaced tables present",
             "isolation": "own rows only; other service refused",
             "crud_smoke": "create, read, update, delete OK (rolled back)",
+            "new_tenant": "tables present; grants as planned",
         }.get(step.kind, "OK")
 
     def _tenant_tables(self, ctx: MigrationContext, step: Step) -> CheckResult:
@@ -129,6 +140,13 @@ class VerifyPhase(Phase):
         objects = [(NAMESPACE_SERVICE[t.namespace], tenant.schema, t.table) for t in TENANT_DATA_TABLES]
         problems += verification.role_isolation_problems(ctx.config, objects)
         return problems, {"orm_counts": seen}
+
+    def _new_tenant(self, ctx: MigrationContext, step: Step) -> CheckResult:
+        schema = step.target
+        problems = verification.tenant_table_problems(schema)
+        if not problems:
+            problems = grants.privilege_problems(ctx.config, [schema], service_tables=False)
+        return problems, {}
 
     def _index_usage(self, ctx: MigrationContext, step: Step) -> CheckResult:
         problems, used = verification.index_usage_problems(TenantRef(step.tenant_id or "").schema)

@@ -45,6 +45,9 @@ class Command(BaseCommand):
         parser.add_argument("--restore", action="store_true", help="rollback: restore the phase-1 backup instead.")
         parser.add_argument("--drop-legacy", action="store_true",
                             help="cutover: drop the legacy tables instead of archiving them (asks for confirmation).")
+        parser.add_argument("--adopt-roles", action="store_true",
+                            help="security: use service roles that already exist (NOLOGIN only) instead of refusing; "
+                                 "rollback then revokes the migration's grants from them but never drops them.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
@@ -71,7 +74,7 @@ class Command(BaseCommand):
             jobs=options["jobs"],
             options=RunOptions(reference_conflicts=options["reference_conflicts"],
                                validate_only=options["validate_only"], restore=options["restore"],
-                               drop_legacy=options["drop_legacy"],
+                               drop_legacy=options["drop_legacy"], adopt_roles=options["adopt_roles"],
                                render_sql=options["plan"] or options["verbosity"] >= 3,
                                interactive=options["interactive"]),
         )

@@ -69,10 +69,6 @@ def row_count(schema: str, table: str) -> int:
     return int(db.fetchvalue(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))))
 
 
-def max_id(schema: str, table: str) -> int | None:
-    return db.fetchvalue(sql.SQL("SELECT max(id) FROM {}").format(sql.Identifier(schema, table)))
-
-
 def server_version_num() -> int:
     return int(db.fetchvalue("SHOW server_version_num"))
 

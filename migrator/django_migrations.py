@@ -10,8 +10,10 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.recorder import MigrationRecorder
 
-# Apps the migrator itself needs in public before it can record anything (no service schemas).
-BOOTSTRAP_APPS: tuple[str, ...] = ("contenttypes", "auth", "admin", "sessions", "tenants", "migrator")
+# Apps the engine needs in public before it can record anything: the registry and the tracking table.
+TRACKING_APPS: tuple[str, ...] = ("tenants", "migrator")
+# What else lives in public (the admin's users, permissions, sessions): phase 1's bootstrap step.
+BOOTSTRAP_APPS: tuple[str, ...] = ("contenttypes", "auth", "admin", "sessions", *TRACKING_APPS)
 
 
 @contextmanager
@@ -57,11 +59,6 @@ def migrate_schema(schema_name: str, app_labels: Sequence[str] | None = None) ->
             # Content types and permissions (the admin's view permissions) are created here.
             emit_post_migrate_signal(0, False, DEFAULT_DB_ALIAS, plan=plan)
         return [f"{migration.app_label}.{migration.name}" for migration, _backwards in plan]
-
-
-def bootstrap_public() -> list[str]:
-    """Make the tracking and registry tables ready (before any run records anything)."""
-    return migrate_schema("public", BOOTSTRAP_APPS)
 
 
 def pending_sql(schema_name: str, app_labels: Sequence[str] | None = None) -> list[str]:

@@ -23,10 +23,12 @@ def no_problems(ctx: MigrationContext, step: Step, result: StepResult) -> list[s
 @dataclass(frozen=True)
 class StepKind:
     """One kind of step of a phase: ``apply`` does it, ``verify`` checks its outcome in the database
-    and returns the problems found (empty: fine)."""
+    and returns the problems found (empty: fine). ``moves_rows``: its result's ``rows_copied`` are
+    rows it wrote (summed in the phase's summary), not rows it counted."""
 
     apply: ApplyStep
     verify: VerifyStep = no_problems
+    moves_rows: bool = False
 
 
 class Phase(ABC):
@@ -77,6 +79,9 @@ class Phase(ABC):
 
     def verify(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
         return self._kind(step).verify(ctx, step, result)
+
+    def moves_rows(self, step: Step) -> bool:
+        return self._kind(step).moves_rows
 
     def _kind(self, step: Step) -> StepKind:
         try:

@@ -15,7 +15,7 @@ from migrator.engine.lock import MigratorLock
 from migrator.engine.runner import EventCallback, PhaseOutcome, PhaseRunner, pending_steps
 from migrator.core.steps import Step
 from migrator.core.phase import Phase
-from migrator.django_migrations import BOOTSTRAP_APPS, migrate_schema, unapplied
+from migrator.django_migrations import TRACKING_APPS, migrate_schema, unapplied
 
 
 def check_database() -> None:
@@ -35,9 +35,9 @@ def tracking_ready() -> bool:
 
 def ensure_tracking_ready() -> list[str]:
     """The tracking and registry tables must exist before anything is recorded."""
-    if tracking_ready() and not unapplied("public", BOOTSTRAP_APPS):
+    if tracking_ready() and not unapplied("public", TRACKING_APPS):
         return []
-    return migrate_schema("public", BOOTSTRAP_APPS)
+    return migrate_schema("public", TRACKING_APPS)
 
 
 @dataclass

@@ -38,6 +38,7 @@ class PhaseOutcome:
     failed: list[tuple[Step, str]] = field(default_factory=list)
     results: dict[str, StepResult] = field(default_factory=dict)
     elapsed: float = 0.0
+    rows_moved: int = 0  # rows written by the completed steps that move rows (copies)
 
     @property
     def ok(self) -> bool:
@@ -180,6 +181,8 @@ class PhaseRunner:
             tracking.finish(record, Status.COMPLETED, result)
             outcome.completed.append(step)
             outcome.results[step.key] = result or StepResult()
+            if result is not None and phase.moves_rows(step):
+                outcome.rows_moved += result.rows_copied or 0
             self.on_event(Event("step_success", phase.name, step, result=result, elapsed=elapsed,
                                 index=index, count=count))
             return True

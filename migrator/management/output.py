@@ -94,7 +94,7 @@ class ConsoleReporter:
 
 
 def outcome_summary(outcome: PhaseOutcome) -> str:
-    rows = sum((r.rows_copied or 0) for s, r in outcome.results.items() if "/copy" in s)
+    rows = outcome.rows_moved
     text = f"Phase {outcome.phase}: {len(outcome.completed)} steps OK, {len(outcome.failed)} failed in {outcome.elapsed:.1f}s"
     if rows:
         text += f"; {rows:,} rows copied ({human_rate(rows, outcome.elapsed)})"

@@ -87,9 +87,9 @@ class DataPhase(Phase):
 
     def step_kinds(self) -> dict[str, StepKind]:
         return {
-            "copy_auth": StepKind(self._copy_auth_table, self._check_all_rows_copied),
+            "copy_auth": StepKind(self._copy_auth_table, self._check_all_rows_copied, moves_rows=True),
             "merge_reference": StepKind(self._merge_reference_table, self._check_every_reference_mapped),
-            "copy_table": StepKind(self._copy_tenant_table, self._check_all_rows_copied),
+            "copy_table": StepKind(self._copy_tenant_table, self._check_all_rows_copied, moves_rows=True),
             "validate": StepKind(self._validate_table, self._check_validation),
         }
 

@@ -17,7 +17,6 @@ class StatusReport:
     scopes: list[str]
     cells: dict[tuple[str, str], str] = field(default_factory=dict)
     failures: list[MigrationRecord] = field(default_factory=list)
-    running: list[MigrationRecord] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -63,8 +62,6 @@ def status_report() -> StatusReport:
         statuses.setdefault((record.phase, scope), set()).add(record.status)
         if record.status == Status.FAILED:
             report.failures.append(record)
-        elif record.status == Status.RUNNING:
-            report.running.append(record)
     for phase in phases:
         for scope in report.scopes:
             report.cells[(phase, scope)] = cell_state(statuses.get((phase, scope), set()))

@@ -28,11 +28,14 @@ class CreateSchema(Operation):
 
     def database_forwards(self, app_label, schema_editor, from_state, to_state) -> None:
         if router.allow_migrate(schema_editor.connection.alias, app_label):
-            schema_editor.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.name)).as_string())
+            # No parameters: with params the backend would read a % in the name as a placeholder.
+            schema_editor.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.name)).as_string(),
+                                  params=None)
 
     def database_backwards(self, app_label, schema_editor, from_state, to_state) -> None:
         if router.allow_migrate(schema_editor.connection.alias, app_label):
-            schema_editor.execute(sql.SQL("DROP SCHEMA IF EXISTS {}").format(sql.Identifier(self.name)).as_string())
+            schema_editor.execute(sql.SQL("DROP SCHEMA IF EXISTS {}").format(sql.Identifier(self.name)).as_string(),
+                                  params=None)
 
     def describe(self) -> str:
         return f"Create schema {self.name}"

@@ -28,6 +28,7 @@ from tests.migrator.helpers import (PROJECT_DIR, database_url, manage, manage_co
 pytestmark = pytest.mark.django_db(transaction=True)
 
 TENANTS = ["acme_0001", "globex_0002", "empty_0001"]
+CLIENT_APP_NAME = "salesflow-migrator-backup"  # application_name of the migrator's pg_dump / pg_restore
 
 
 def runner_env(**extra: str) -> dict[str, str]:
@@ -62,7 +63,7 @@ def alive(pid: int) -> bool:
 def client_tool_sessions(watcher: Any) -> list[tuple[int, str]]:
     return watcher.execute("SELECT pid, coalesce(wait_event_type, '') FROM pg_stat_activity "
                            "WHERE datname = current_database() AND application_name = %s",
-                           [backup.CLIENT_APP_NAME]).fetchall()
+                           [CLIENT_APP_NAME]).fetchall()
 
 
 def legacy_intact(before: dict[str, tuple[int, str]]) -> bool:

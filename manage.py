@@ -7,7 +7,13 @@ def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "salesflow.settings")
     from django.core.management import execute_from_command_line
 
-    execute_from_command_line(sys.argv)
+    from salesflow.database import DatabaseUrlError
+
+    try:
+        execute_from_command_line(sys.argv)
+    except DatabaseUrlError as exc:  # raised while the settings load: one line, not a traceback
+        sys.stderr.write(f"CommandError: {exc}\n")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,11 @@ class DatabaseUrlError(ValueError):
 
 def parse_database_url(url: str) -> dict[str, object]:
     """Turn ``postgresql://user:password@host:port/name?host=/socket/dir`` into Django settings."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # a port that is not a number (or out of range), a malformed host
+        raise DatabaseUrlError(f"DATABASE_URL is malformed ({exc}); expected postgresql://user@host:port/NAME") from None
     if parts.scheme not in {"postgres", "postgresql"}:
         raise DatabaseUrlError(
             f"DATABASE_URL must start with postgresql:// (got scheme {parts.scheme!r})"
@@ -38,7 +42,7 @@ def parse_database_url(url: str) -> dict[str, object]:
         "USER": unquote(parts.username or "") or "postgres",
         "PASSWORD": unquote(parts.password or ""),
         "HOST": host,
-        "PORT": str(parts.port or ""),
+        "PORT": str(port or ""),
     }
 
 
@@ -67,5 +71,5 @@ def database_settings(base_dir: Path) -> dict[str, object]:
     url = os.environ.get("DATABASE_URL", "").strip()
     if url:
         return parse_database_url(url)
-    data_dir = Path(os.environ.get("SALESFLOW_DATA_DIR", base_dir / ".salesflow"))
+    data_dir = Path(os.environ.get("SALESFLOW_DATA_DIR") or base_dir / ".salesflow")
     return start_embedded_server(data_dir)

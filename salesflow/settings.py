@@ -17,7 +17,8 @@ from pathlib import Path
 from salesflow.database import database_settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-DATA_DIR = Path(os.environ.get("SALESFLOW_DATA_DIR", BASE_DIR / ".salesflow"))
+# An empty variable counts as unset: Path("") is the current folder, never what was meant.
+DATA_DIR = Path(os.environ.get("SALESFLOW_DATA_DIR") or BASE_DIR / ".salesflow")
 
 # A fixed key is fine for a local operator tool; deployments set DJANGO_SECRET_KEY.
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "salesflow-migrator-local-only-key")
@@ -103,7 +104,7 @@ SALESFLOW = {
     "LEGACY_AUTH_SCHEMA": os.environ.get("SALESFLOW_LEGACY_AUTH_SCHEMA", "salesflow_auth"),
     "ARCHIVE_SCHEMA": os.environ.get("SALESFLOW_ARCHIVE_SCHEMA", "salesflow_archive"),
     "ROLE_PREFIX": os.environ.get("SALESFLOW_ROLE_PREFIX", "salesflow"),
-    "BACKUP_DIR": Path(os.environ.get("SALESFLOW_BACKUP_DIR", DATA_DIR / "backups")),
+    "BACKUP_DIR": Path(os.environ.get("SALESFLOW_BACKUP_DIR") or DATA_DIR / "backups"),
     "BIN_DIRS": [p for p in os.environ.get("SALESFLOW_PG_BIN_DIRS", "").split(os.pathsep) if p],
 }
 

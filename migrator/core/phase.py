@@ -95,5 +95,10 @@ class Phase(ABC):
             raise ValueError(f"phase {self.name} has no step kind {kind!r}")
         return Step(self.name, self.number, kind, description, tenant_id, target, sql, destructive)
 
+    def recover(self, ctx: MigrationContext) -> str | None:
+        """Called under the lock before the tracking tables are bootstrapped: repair what a killed run
+        of this phase left behind that bootstrapping could not cope with. Returns a notice, or None."""
+        return None
+
     def confirmation_question(self, ctx: MigrationContext, steps: list[Step]) -> str:
         return f"Phase {self.name} will change data irreversibly ({len(steps)} steps). Continue?"

@@ -69,7 +69,7 @@ class StepReporter:
     checkpoint: Callable[[int | None, int], None] = _ignore
 
 
-EventKind = Literal["phase_start", "step_start", "step_progress", "step_success", "step_failure", "phase_end"]
+EventKind = Literal["phase_start", "step_start", "step_progress", "step_success", "step_failure", "phase_end", "notice"]
 
 
 @dataclass(frozen=True)
@@ -84,3 +84,4 @@ class Event:
     elapsed: float | None = None
     index: int | None = None
     count: int | None = None
+    message: str | None = None  # notice: what the engine decided for the operator (e.g. --jobs capped)

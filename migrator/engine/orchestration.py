@@ -7,13 +7,13 @@ from dataclasses import dataclass
 
 from django.db import connection
 
-from migrator import catalog
+from migrator import catalog, db
 from migrator.engine import tracking
 from migrator.core.context import MigrationContext
 from migrator.core.errors import MigrationError
 from migrator.engine.lock import MigratorLock
 from migrator.engine.runner import EventCallback, PhaseOutcome, PhaseRunner, pending_steps
-from migrator.core.steps import Step
+from migrator.core.steps import Event, Step
 from migrator.core.phase import Phase
 from migrator.django_migrations import TRACKING_APPS, migrate_schema, unapplied
 
@@ -40,6 +40,40 @@ def ensure_tracking_ready() -> list[str]:
     return migrate_schema("public", TRACKING_APPS)
 
 
+def free_connections() -> int:
+    """Connections this role can still open: the server's, the database's and the role's limits
+    minus the sessions that count against each (PostgreSQL exempts superusers from the last two)."""
+    return int(db.fetchvalue(
+        "WITH me AS (SELECT rolsuper, rolconnlimit FROM pg_roles WHERE rolname = current_user), "
+        "d AS (SELECT datconnlimit FROM pg_database WHERE datname = current_database()), "
+        "used AS (SELECT count(*) AS server, "
+        "  count(*) FILTER (WHERE datname = current_database()) AS here, "
+        "  count(*) FILTER (WHERE usename = current_user) AS mine "
+        "  FROM pg_stat_activity WHERE backend_type = 'client backend') "
+        "SELECT least("
+        "  current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int "
+        "    - coalesce(nullif(current_setting('reserved_connections', true), '')::int, 0) - used.server, "
+        "  CASE WHEN NOT me.rolsuper AND d.datconnlimit >= 0 THEN d.datconnlimit - used.here END, "
+        "  CASE WHEN NOT me.rolsuper AND me.rolconnlimit >= 0 THEN me.rolconnlimit - used.mine END) "
+        "FROM me, d, used"))
+
+
+def cap_jobs(ctx: MigrationContext) -> str | None:
+    """Lower ``ctx.jobs`` to what the server lets us connect, instead of failing steps half way.
+
+    Each tenant worker opens one connection, ``pg_dump --jobs=N`` opens N + 1: one is kept spare.
+    """
+    if ctx.jobs <= 1:
+        return None
+    free = free_connections()
+    allowed = max(1, free - 1)
+    if ctx.jobs <= allowed:
+        return None
+    requested, ctx.jobs = ctx.jobs, allowed
+    return (f"--jobs {requested} is more than the server has free connections for ({max(free, 0)} free); "
+            f"running with --jobs {allowed}")
+
+
 @dataclass
 class PlannedPhase:
     phase: Phase
@@ -62,9 +96,15 @@ def run_phases(phases: list[Phase], ctx: MigrationContext, on_event: EventCallba
 
     ``confirm(phase name, question)`` is asked before a phase whose steps change data irreversibly.
     """
-    ensure_tracking_ready()
     outcomes: list[PhaseOutcome] = []
     with MigratorLock("+".join(p.name for p in phases)):
+        for phase in phases:
+            if notice := phase.recover(ctx):
+                on_event(Event("notice", phase.name, message=notice))
+        # Under the lock: two first runs at once would both create the tracking tables.
+        ensure_tracking_ready()
+        if notice := cap_jobs(ctx):
+            on_event(Event("notice", phases[0].name, message=notice))
         tracking.close_interrupted()  # whatever a dead run left RUNNING, in any phase
         for phase in phases:
             ctx.forget_tenants()  # an earlier phase may have registered tenants

@@ -53,6 +53,10 @@ class ConsoleReporter:
             self._bar.start()
             self._bar_task = self._bar.add_task(event.phase, total=event.count)
 
+    def _on_notice(self, event: Event) -> None:
+        if self.verbosity >= 1 and event.message:
+            self._write(self.style.WARNING(f"Note: {event.message}"))
+
     def _on_phase_end(self, event: Event) -> None:
         if self._bar is not None:
             self._bar.stop()

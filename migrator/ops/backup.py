@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import json
 import os
+import shutil
+import signal
 import subprocess
+import sys
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from django.db import connection
 
+from migrator import catalog
 from migrator.core.errors import MigrationError
-from migrator.models import MigrationRecord
+from migrator.models import BACKUP_PHASE, BACKUP_STEP, MigrationRecord
+
+MANIFEST_SUFFIX = ".manifest.json"
+CLIENT_APP_NAME = "salesflow-migrator-backup"  # application_name of pg_dump / pg_restore sessions
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(frozen=True)
@@ -42,7 +52,7 @@ def connection_args() -> tuple[list[str], dict[str, str]]:
         args += ["-p", str(conf["PORT"])]
     if conf["USER"]:
         args += ["-U", conf["USER"]]
-    env = {**os.environ, "PGAPPNAME": "salesflow-migrator-backup"}
+    env = {**os.environ, "PGAPPNAME": CLIENT_APP_NAME}
     if conf["PASSWORD"]:
         env["PGPASSWORD"] = conf["PASSWORD"]
     return args, env
@@ -61,8 +71,20 @@ def tree_sha256(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the runner dies, so a killed runner leaves no
+    pg_dump writing an unrecorded dump or pg_restore rewriting the database behind the next run."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() == 1:  # the runner died before prctl took effect
+        os._exit(1)
+
+
 def _run(cmd: list[str], env: dict[str, str], what: str) -> str:
-    completed = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    # PDEATHSIG fires when the thread that started the child ends; steps that call this run on the
+    # runner's main thread, which lives as long as the process.
+    preexec = _die_with_parent if sys.platform.startswith("linux") else None
+    completed = subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=preexec)
     if completed.returncode != 0:
         last = (completed.stderr.strip().splitlines() or ["no output"])[-1]
         raise MigrationError(f"{what} failed (exit {completed.returncode}): {last}")
@@ -84,8 +106,83 @@ def new_backup_path(backup_dir: Path) -> Path:
     return path
 
 
+def manifest_path(dump: Path) -> Path:
+    """The manifest sits beside the dump (not in it: the dump's sha256 covers its folder)."""
+    return dump.with_name(dump.name + MANIFEST_SUFFIX)
+
+
+def in_progress_marker(dump: Path) -> Path:
+    """Written before pg_dump starts; the finished manifest replaces it. Left alone, it marks the dump
+    of a run that was killed (or failed) before it finished."""
+    manifest = manifest_path(dump)
+    return manifest.with_name(manifest.name + ".partial")
+
+
+def write_manifest(info: BackupInfo, finished: bool = True) -> Path:
+    """Location and checksum of a finished backup, kept outside the database a restore replaces."""
+    path = manifest_path(Path(info.path))
+    partial = in_progress_marker(Path(info.path))
+    partial.write_text(json.dumps({**info.as_dict(), "database": connection.settings_dict["NAME"],
+                                   "finished": finished}, indent=1))
+    if finished:
+        partial.replace(path)  # a manifest is whole or absent
+    return path
+
+
+def dump_prefix() -> str:
+    return f"salesflow-{connection.settings_dict['NAME']}-"
+
+
+def manifest_backups(backup_dir: Path) -> list[BackupInfo]:
+    """Finished backups of this database found by their manifests, newest first."""
+    found: list[BackupInfo] = []
+    if not backup_dir.is_dir():
+        return found
+    for path in backup_dir.glob(f"{dump_prefix()}*.dump{MANIFEST_SUFFIX}"):
+        try:
+            data = json.loads(path.read_text())
+            if data.get("database") == connection.settings_dict["NAME"]:
+                found.append(BackupInfo.from_dict(data))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # unreadable manifest: not a backup we can vouch for
+    return sorted(found, key=lambda info: info.created_at, reverse=True)
+
+
+def recorded_backup_paths() -> set[str]:
+    if not catalog_has_tracking():
+        return set()
+    return {str(details["backup"]["path"]) for details in MigrationRecord.objects.filter(
+        phase=BACKUP_PHASE, step=BACKUP_STEP).values_list("details", flat=True)
+        if isinstance(details, dict) and isinstance(details.get("backup"), dict)}
+
+
+def remove_unfinished_dumps(backup_dir: Path) -> list[str]:
+    """Dump folders of this database that killed runs left: an in-progress marker, no manifest, no record.
+
+    The caller holds the migrator lock and a dump's pg_dump dies with its runner, so none is being
+    written. Folders without a marker (anything not written by an unfinished run) are never touched.
+    """
+    recorded = recorded_backup_paths()
+    removed = []
+    for marker in sorted(backup_dir.glob(f"{dump_prefix()}*.dump{MANIFEST_SUFFIX}.partial")):
+        dump = marker.with_name(marker.name.removesuffix(MANIFEST_SUFFIX + ".partial"))
+        if manifest_path(dump).exists() or str(dump) in recorded:
+            continue
+        if dump.is_dir():
+            shutil.rmtree(dump)
+            removed.append(str(dump))
+        marker.unlink(missing_ok=True)
+    return removed
+
+
+def catalog_has_tracking() -> bool:
+    return catalog.table_exists("public", "schema_migrations")
+
+
 def create_backup(pg_dump: Path, pg_restore: Path, backup_dir: Path, jobs: int, server_major: int) -> BackupInfo:
+    remove_unfinished_dumps(backup_dir)
     path = new_backup_path(backup_dir)
+    write_manifest(BackupInfo(str(path), 0, "", 0, server_major, datetime.now(UTC).isoformat()), finished=False)
     args, env = connection_args()
     try:
         _run([str(pg_dump), "--format=directory", f"--jobs={max(1, jobs)}", "--file", str(path), *args], env, "pg_dump")
@@ -94,10 +191,13 @@ def create_backup(pg_dump: Path, pg_restore: Path, backup_dir: Path, jobs: int, 
             for file in sorted(path.rglob("*"), reverse=True):
                 file.unlink() if file.is_file() else file.rmdir()
             path.rmdir()
+        in_progress_marker(path).unlink(missing_ok=True)
         raise
     entries = list_backup(pg_restore, path)
     sha, size = tree_sha256(path)
-    return BackupInfo(str(path), size, sha, len(entries), server_major, datetime.now(UTC).isoformat())
+    info = BackupInfo(str(path), size, sha, len(entries), server_major, datetime.now(UTC).isoformat())
+    write_manifest(info)
+    return info
 
 
 def check_backup(info: BackupInfo) -> None:
@@ -117,7 +217,15 @@ def restore_backup(pg_restore: Path, info: BackupInfo, jobs: int) -> None:
     _run([str(pg_restore), f"--jobs={max(1, jobs)}", "--exit-on-error", "--no-owner", *args, info.path], env, "pg_restore")
 
 
-def latest_backup() -> BackupInfo | None:
-    """The backup of the newest completed backup step: the one a restore uses."""
-    record = MigrationRecord.objects.latest_backup()
-    return BackupInfo.from_dict(record.details["backup"]) if record and "backup" in record.details else None
+def latest_backup(backup_dir: Path | None = None) -> BackupInfo | None:
+    """The backup of the newest completed backup step: the one a restore uses.
+
+    With ``backup_dir``, a database whose tracking table is gone or empty (a restore killed after it
+    cleared the database) falls back to the newest manifest of this database in that folder.
+    """
+    record = MigrationRecord.objects.latest_backup() if catalog_has_tracking() else None
+    if record and "backup" in record.details:
+        return BackupInfo.from_dict(record.details["backup"])
+    if backup_dir is not None:
+        return next(iter(manifest_backups(backup_dir)), None)
+    return None

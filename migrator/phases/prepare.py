@@ -10,7 +10,7 @@ from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.errors import MigrationError
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.core.phase import Phase, StepKind
-from migrator.ops import backup, binaries, inspection
+from migrator.ops import backup, binaries, inspection, restore
 from migrator.django_migrations import BOOTSTRAP_APPS, migrate_schema
 from tenants.models import MigrationState, Tenant
 
@@ -35,6 +35,12 @@ class PreparePhase(Phase):
     estimate = "1 day"
     summary = "preflight, verified pg_dump backup, legacy layout inspected, tenants registered"
     tenant_state_on_success = MigrationState.REGISTERED
+
+    def recover(self, ctx: MigrationContext) -> str | None:
+        if restore.interrupted_restore(ctx.config.backup_dir) is not None:
+            raise MigrationError(f"a restore of this database was interrupted ({restore.journal_path(ctx.config.backup_dir)}); "
+                                 "rerun `migrate_phase rollback --restore` to finish it before anything else")
+        return None
 
     def plan(self, ctx: MigrationContext) -> list[Step]:
         cfg = ctx.config
@@ -113,6 +119,13 @@ class PreparePhase(Phase):
                           details={"applied": applied})
 
     def _take_backup(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
+        legacy, _invalid = inspection.discover_tenant_schemas(ctx.config.legacy_auth_schema, ctx.config.archive_schema)
+        earlier = backup.latest_backup(ctx.config.backup_dir)
+        if earlier is not None and not set(legacy) - created_new():
+            # Likely a database a failed restore left empty: its backup would become "the latest".
+            raise MigrationError(f"this database holds no legacy tenant schema but backup {earlier.path} exists; "
+                                 "refusing to replace it with a backup of this database: restore it with "
+                                 "`migrate_phase rollback --restore`")
         major = server_major()
         pg_dump = binaries.find_binary("pg_dump", major, ctx.config.bin_dirs)
         pg_restore = binaries.find_binary("pg_restore", major, ctx.config.bin_dirs)

@@ -23,11 +23,19 @@ def undone_phases(restore: bool) -> list[str]:
     return [p.name for p in ORDERED if (p.undone_by_restore if restore else p.undone_by_rollback)]
 
 
-def recorded_backup() -> BackupInfo:
-    info = backup.latest_backup()
+def recorded_backup(ctx: MigrationContext) -> BackupInfo:
+    """The tracked backup, or (tracking table gone or empty) the newest manifest in the backup folder."""
+    info = backup.latest_backup(ctx.config.backup_dir)
     if info is None:
-        raise MigrationError("no completed phase-1 backup is recorded; nothing to restore from")
+        raise MigrationError(f"no completed phase-1 backup is recorded and no backup manifest of this database is in "
+                             f"{ctx.config.backup_dir}; nothing to restore from (set SALESFLOW_BACKUP_DIR to the "
+                             "folder that holds the backup)")
     return info
+
+
+def restore_schemas(ctx: MigrationContext) -> list[str]:
+    """Schemas a restore replaces besides those in the dump."""
+    return [*service_tables(), ctx.config.archive_schema, ctx.config.legacy_auth_schema]
 
 
 class RollbackPhase(Phase):
@@ -38,9 +46,14 @@ class RollbackPhase(Phase):
     # Every rollback is a new event: its steps run each time, never skipped as "already completed".
     always_rerun = True
 
+    def recover(self, ctx: MigrationContext) -> str | None:
+        if not ctx.options.restore:
+            return None
+        return restore.recover_interrupted_restore(ctx.config.backup_dir, restore_schemas(ctx), ctx.config.bin_dirs)
+
     def plan(self, ctx: MigrationContext) -> list[Step]:
         if ctx.options.restore:
-            info = backup.latest_backup()
+            info = backup.latest_backup(ctx.config.backup_dir)
             where = info.path if info else "(no backup recorded)"
             return [
                 self.step("check_backup", f"Backup {where} exists and its sha256 matches the record", target=where),
@@ -78,15 +91,16 @@ class RollbackPhase(Phase):
         }
 
     def _check_backup(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
-        info = recorded_backup()
+        info = recorded_backup(ctx)
         backup.check_backup(info)
-        return StepResult(message=f"{info.path} verified (sha256 {info.sha256[:12]}...)", details={"backup": info.as_dict()})
+        pg_restore = restore.restore_tool(info, ctx.config.bin_dirs)  # before drop_roles changes anything
+        return StepResult(message=f"{info.path} verified (sha256 {info.sha256[:12]}...), {pg_restore}",
+                          details={"backup": info.as_dict(), "pg_restore": str(pg_restore)})
 
     def _restore_backup(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
-        info = recorded_backup()
-        cfg = ctx.config
-        details = restore.restore_database(info, [*service_tables(), cfg.archive_schema, cfg.legacy_auth_schema],
-                                           ctx.jobs, cfg.backup_dir)
+        info = recorded_backup(ctx)
+        details = restore.restore_database(info, restore_schemas(ctx), ctx.jobs, ctx.config.backup_dir,
+                                           ctx.config.bin_dirs)
         return StepResult(message=f"restored {info.path}; {details['history_rows']} tracking rows kept", details=details)
 
     def _drop_roles(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:

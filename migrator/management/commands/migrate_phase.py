@@ -9,7 +9,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from migrator.management.arguments import positive
+from migrator.management.arguments import MAX_BATCH_SIZE, batch_size, positive
 from migrator.core.context import REFERENCE_CONFLICT_POLICIES, MigrationContext, RunOptions, validate_tenant_ids
 from migrator.core.errors import MigrationError
 from migrator.management.output import ConsoleReporter, outcome_dict, outcome_summary
@@ -34,15 +34,21 @@ class Command(BaseCommand):
         parser.add_argument("--plan", action="store_true", help="Print the steps that would run and their SQL; change nothing.")
         parser.add_argument("--check", action="store_true",
                             help="Exit 1 if the phase has steps left to run (with status: unless everything is complete).")
-        parser.add_argument("--jobs", type=positive, default=1, help="Tenants processed in parallel (default 1).")
-        parser.add_argument("--batch-size", type=positive, default=50_000, help="Rows per copy batch (default 50000).")
+        parser.add_argument("--jobs", type=positive, default=1,
+                            help="Tenants processed in parallel (default 1); lowered to what the server's free "
+                                 "connections allow, with a note.")
+        parser.add_argument("--batch-size", type=batch_size, default=50_000,
+                            help=f"Rows per copy batch, 1 to {MAX_BATCH_SIZE} (default 50000).")
         parser.add_argument("--format", choices=("text", "json"), default="text", help="Output format.")
         parser.add_argument("--noinput", "--no-input", action="store_false", dest="interactive",
                             help="Do not ask for confirmation before destructive steps.")
         parser.add_argument("--reference-conflicts", choices=REFERENCE_CONFLICT_POLICIES, default="refuse",
                             help="data: what to do when tenants disagree on a reference row (default refuse).")
         parser.add_argument("--validate-only", action="store_true", help="data: only run the validation steps again.")
-        parser.add_argument("--restore", action="store_true", help="rollback: restore the phase-1 backup instead.")
+        parser.add_argument("--restore", action="store_true",
+                            help="rollback: restore the phase-1 backup instead (found through the backup's manifest "
+                                 "in SALESFLOW_BACKUP_DIR if the tracking table is gone); rerun it to finish a "
+                                 "restore that was interrupted.")
         parser.add_argument("--drop-legacy", action="store_true",
                             help="cutover: drop the legacy tables instead of archiving them (asks for confirmation).")
         parser.add_argument("--adopt-roles", action="store_true",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from salesflow.database import database_settings
 
@@ -92,7 +93,7 @@ DATABASES = {
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-AUTH_PASSWORD_VALIDATORS = []
+AUTH_PASSWORD_VALIDATORS: list[dict[str, str]] = []
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
@@ -100,7 +101,7 @@ USE_TZ = True
 STATIC_URL = "static/"
 LOGIN_URL = "admin:login"
 
-SALESFLOW = {
+SALESFLOW: dict[str, Any] = {
     "LEGACY_AUTH_SCHEMA": os.environ.get("SALESFLOW_LEGACY_AUTH_SCHEMA", "salesflow_auth"),
     "ARCHIVE_SCHEMA": os.environ.get("SALESFLOW_ARCHIVE_SCHEMA", "salesflow_archive"),
     "ROLE_PREFIX": os.environ.get("SALESFLOW_ROLE_PREFIX", "salesflow"),

@@ -20,18 +20,18 @@ from migrator.models import Status
 from migrator.reports.dashboard import with_migration_progress
 from tenants.models import Domain, MigrationState, Tenant
 
+# Registry states shown with the colour of the record status they correspond to; every state a
+# phase sets on the way (REGISTERED ... VERIFIED) is "under way".
 STATE_STATUS: dict[str, str] = {
-    # Registry states shown with the colour of the record status they correspond to.
     MigrationState.NEW: Status.PENDING,
-    MigrationState.REGISTERED: Status.RUNNING,
-    MigrationState.SCHEMAS_READY: Status.RUNNING,
-    MigrationState.DATA_MIGRATED: Status.RUNNING,
-    MigrationState.SECURED: Status.RUNNING,
-    MigrationState.VERIFIED: Status.RUNNING,
     MigrationState.LIVE: Status.COMPLETED,
     MigrationState.FAILED: Status.FAILED,
     MigrationState.ROLLED_BACK: Status.ROLLED_BACK,
 }
+
+
+def state_status(state: str) -> str:
+    return STATE_STATUS.get(state, Status.RUNNING)
 
 
 class DomainInline(admin.TabularInline):
@@ -73,7 +73,7 @@ class TenantAdmin(admin.ModelAdmin):
 
     @admin.display(description="migration state", ordering="migration_state")
     def state(self, obj: Tenant) -> str:
-        return status_badge(STATE_STATUS.get(obj.migration_state, Status.PENDING), obj.get_migration_state_display())
+        return status_badge(state_status(obj.migration_state), obj.get_migration_state_display())
 
     @admin.display(description="last step")
     def last_step_link(self, obj: Tenant) -> str:

@@ -1,5 +1,7 @@
 """django-tenants' PostgreSQL backend, taught about service tables in their own schemas."""
 
+from typing import Any
+
 from django_tenants.postgresql_backend.base import DatabaseWrapper as TenantDatabaseWrapper
 
 from salesflow.db_backend.introspection import QualifiedNameIntrospection
@@ -9,6 +11,6 @@ from salesflow.db_backend.schema import QualifiedNameSchemaEditor
 class DatabaseWrapper(TenantDatabaseWrapper):
     SchemaEditorClass = QualifiedNameSchemaEditor
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.introspection = QualifiedNameIntrospection(self)

@@ -14,6 +14,7 @@ behaviour unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from django.apps import apps
@@ -130,7 +131,9 @@ class QualifiedNameIntrospection(DatabaseSchemaIntrospection):
             for line in cursor.description
         ]
 
-    def get_sequences(self, cursor: CursorWrapper, table_name: str, table_fields=()) -> list[dict[str, Any]]:
+    def get_sequences(
+        self, cursor: CursorWrapper, table_name: str, table_fields: Sequence[Any] = ()
+    ) -> list[dict[str, Any]]:
         """Sequences owned by the table's columns; qualified names, since the schema editor puts them in DDL."""
         schema, table = split_identifier(table_name)
         if not schema:

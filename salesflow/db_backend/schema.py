@@ -38,17 +38,17 @@ class QualifiedNameSchemaEditor(DatabaseSchemaEditor):
     def _delete_index_sql(
         self, model: type[Model], name: str, sql: str | None = None, concurrently: bool = False
     ) -> Statement:
-        statement = super()._delete_index_sql(model, name, sql, concurrently)
+        statement = super()._delete_index_sql(model, name, sql, concurrently)  # type: ignore[misc]  # private, not in the stubs
         statement.parts["namespace"] = self._namespace(model._meta.db_table)
         return statement
 
     def _rename_index_sql(self, model: type[Model], old_name: str, new_name: str) -> Statement:
-        statement = super()._rename_index_sql(model, old_name, new_name)
+        statement = super()._rename_index_sql(model, old_name, new_name)  # type: ignore[misc]  # private, not in the stubs
         statement.parts["namespace"] = self._namespace(model._meta.db_table)
         return statement
 
     def _delete_constraint_sql(self, template: str, model: type[Model], name: str) -> Statement:
-        statement = super()._delete_constraint_sql(template, model, name)
+        statement = super()._delete_constraint_sql(template, model, name)  # type: ignore[misc]  # private, not in the stubs
         statement.parts["namespace"] = self._namespace(model._meta.db_table)
         return statement
 
@@ -64,9 +64,10 @@ class QualifiedNameSchemaEditor(DatabaseSchemaEditor):
         new_schema, new_table = split_identifier(new_db_table)
         if old_db_table == new_db_table or not (old_schema or new_schema):
             return super().alter_db_table(model, old_db_table, new_db_table)
-        target_schema = new_schema or self.connection.schema_name
+        current_schema: str = getattr(self.connection, "schema_name", "public")  # django-tenants' wrapper
+        target_schema = new_schema or current_schema
         table = Identifier(old_schema, old_table) if old_schema else Identifier(old_table)
-        if (old_schema or self.connection.schema_name) != target_schema:
+        if (old_schema or current_schema) != target_schema:
             self.execute(
                 SQL("ALTER TABLE {} SET SCHEMA {}").format(table, Identifier(target_schema)).as_string(),
                 params=None,
@@ -79,9 +80,9 @@ class QualifiedNameSchemaEditor(DatabaseSchemaEditor):
             )
         # The rest of BaseDatabaseSchemaEditor.alter_db_table: keep later introspection (sqlmigrate)
         # and deferred statements pointing at the renamed table.
-        if self.collect_sql:
-            existing_table = self.collected_table_renames.pop(old_db_table, old_db_table)
-            self.collected_table_renames[new_db_table] = existing_table
+        renames: dict[str, str] | None = getattr(self, "collected_table_renames", None)  # Django >= 6.0
+        if self.collect_sql and renames is not None:
+            renames[new_db_table] = renames.pop(old_db_table, old_db_table)
         for statement in self.deferred_sql:
             if isinstance(statement, Statement):
                 statement.rename_table_references(old_db_table, new_db_table)

@@ -3,6 +3,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${SALESFLOW_VENV:-$ROOT/.venv}"
+# Optional dependency groups of pyproject.toml to install: test (default); CI adds browser and dev.
+EXTRAS="${SALESFLOW_EXTRAS:-test}"
 
 is_recent_python() {
     "$1" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' >/dev/null 2>&1
@@ -35,11 +37,11 @@ ensure_venv() {
         rm -rf "$VENV"
         "$python" -m venv "$VENV"
     fi
-    local stamp="$VENV/.installed-$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
+    local stamp="$VENV/.installed-$( (cat "$ROOT/pyproject.toml"; echo "$EXTRAS") | sha256sum | cut -c1-16)"
     if [ ! -f "$stamp" ]; then
         echo "Installing dependencies into $VENV" >&2
         "$VENV/bin/python" -m pip install --quiet --upgrade pip >&2
-        "$VENV/bin/python" -m pip install --quiet -e "$ROOT[test]" >&2
+        "$VENV/bin/python" -m pip install --quiet -e "$ROOT[$EXTRAS]" >&2
         rm -f "$VENV"/.installed-*
         touch "$stamp"
     fi

@@ -6,6 +6,7 @@ no target so its copy step fails. Screenshots go to test-artifacts/.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -29,6 +30,8 @@ pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not (CHROMIUM.exists() or shutil.which("chromium")),
                        reason=f"Debian's chromium is not installed at {CHROMIUM} (apt-get install -y chromium)"),
+    pytest.mark.skipif(importlib.util.find_spec("playwright") is None,
+                       reason="playwright is not installed (pip install -e '.[browser]')"),
 ]
 
 

@@ -13,9 +13,13 @@ from migrator.config import MigratorConfig
 from migrator.core.errors import MigrationError
 from migrator.models import MigrationRecord, Status
 from migrator.ops import grants
-from migrator.tables import TENANT_DATA_TABLES, service_tables
+from migrator.tables import LEGACY_TABLES, TENANT_DATA_TABLES, service_tables
 
-MIGRATED_APPS = ("accounts", "contact", "activity", "contact_data", "activity_data")
+
+
+def migrated_apps() -> list[str]:
+    """The apps whose tables the migration created (their rows in public.django_migrations go too)."""
+    return sorted({str(apps.get_model(t.model)._meta.app_label) for t in LEGACY_TABLES})
 
 
 def drop_tenant_tables(schema: str) -> list[str]:
@@ -37,7 +41,7 @@ def drop_service_schemas() -> list[str]:
             if catalog.schema_exists(schema):
                 db.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
                 dropped.append(schema)
-        db.execute("DELETE FROM public.django_migrations WHERE app = ANY(%s)", [list(MIGRATED_APPS)])
+        db.execute("DELETE FROM public.django_migrations WHERE app = ANY(%s)", [migrated_apps()])
         db.execute("DELETE FROM public.migrator_reference_map")
     return dropped
 

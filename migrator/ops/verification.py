@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from django.apps import apps
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 from django_tenants.utils import schema_context
@@ -111,13 +112,10 @@ def role_isolation_problems(config: MigratorConfig, objects: list[tuple[str, str
 
 def tenant_context_problems(schema: str, other_schemas: list[str]) -> tuple[list[str], dict[str, int]]:
     """In the tenant's ORM context every row read comes from its own schema; other tenants are unreachable."""
-    from salesflow.activity_data.models import Activity
-    from salesflow.contact_data.models import Contact
-
     problems: list[str] = []
     seen: dict[str, int] = {}
     with schema_context(schema):
-        for model in (Contact, Activity):
+        for model in (apps.get_model(t.model) for t in TENANT_DATA_TABLES):
             table = model._meta.db_table
             foreign_rows = db.fetchvalue(
                 sql.SQL("SELECT count(*) FILTER (WHERE tableoid <> (SELECT c.oid FROM pg_class c JOIN pg_namespace n "

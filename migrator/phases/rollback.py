@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from django.db import transaction
+
 from migrator import catalog
 from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.errors import MigrationError
@@ -110,12 +112,22 @@ class RollbackPhase(Phase):
         return StepResult(message=message, details={"dropped": dropped, "kept": kept})
 
     def _drop_tenant_tables(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
-        dropped = teardown.drop_tenant_tables(TenantRef(step.tenant_id or "").schema)
-        Tenant.objects.filter(tenant_id=step.tenant_id).update(migration_state=MigrationState.ROLLED_BACK)
-        return StepResult(message=f"dropped {', '.join(dropped) or 'nothing'}", details={"dropped": dropped})
+        # The tenant's steps become ROLLED_BACK in the transaction that drops its tables: a rollback
+        # that stops after this tenant (killed, or a later step failing) never leaves them "done".
+        with transaction.atomic():
+            dropped = teardown.drop_tenant_tables(TenantRef(step.tenant_id or "").schema)
+            Tenant.objects.filter(tenant_id=step.tenant_id).update(migration_state=MigrationState.ROLLED_BACK)
+            marked = tracking.mark_rolled_back(undone_phases(restore=False), [step.tenant_id or ""])
+        return StepResult(message=f"dropped {', '.join(dropped) or 'nothing'}; {marked} steps marked ROLLED_BACK",
+                          details={"dropped": dropped})
 
     def _drop_service_schemas(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
-        return StepResult(message=f"dropped {', '.join(teardown.drop_service_schemas()) or 'nothing'}")
+        # Without the service schemas (and the reference map) no tenant's migrated data stands: every
+        # undone step is marked with the drop, so a failing drop_roles after it leaves nothing "done".
+        with transaction.atomic():
+            dropped = teardown.drop_service_schemas()
+            marked = tracking.mark_rolled_back(undone_phases(restore=False))
+        return StepResult(message=f"dropped {', '.join(dropped) or 'nothing'}; {marked} steps marked ROLLED_BACK")
 
     def _mark_rolled_back(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         phases = undone_phases(ctx.options.restore)

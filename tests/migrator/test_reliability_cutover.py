@@ -1,0 +1,217 @@
+"""Rollback that stops half way, and legacy writes after phase 3: cutover must notice both.
+
+Item 2: a rollback records each tenant's undoing with the drop itself, and cutover checks each
+tenant's target tables against phase 3's validated fingerprints before it touches legacy tables.
+Item 4: cutover re-validates the legacy side with legacy writes locked out, and refuses on changes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+from django.core.management.base import CommandError
+from django.db import connection
+from psycopg import sql
+
+from migrator import catalog, db
+from migrator.config import get_config
+from migrator.models import MigrationRecord, Status
+from migrator.tables import LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES
+from tenants.models import MigrationState, Tenant
+from tests.conftest import run
+from tests.migrator.helpers import (PROJECT_DIR, manage_command, manage_env, one_line, psycopg_connect,
+                                    table_names, wait_for)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+FIRST, LAST = "acme_0001", "globex_0002"  # rollback undoes tenants in this order
+
+
+def migrate_up_to_verify() -> None:
+    for phase in ("prepare", "schemas", "data", "security", "verify"):
+        run("migrate_phase", phase, interactive=False, batch_size=100)
+
+
+def legacy_tables_in_place(tenant_id: str) -> bool:
+    return set(LEGACY_TENANT_TABLES) <= table_names(f"tenant_{tenant_id}")
+
+
+def state(tenant_id: str) -> str:
+    return Tenant.objects.get(tenant_id=tenant_id).migration_state
+
+
+def status_check_passes() -> bool:
+    try:
+        run("migrate_phase", "status", check=True)
+    except SystemExit as stop:  # --check exits 1 unless everything is complete
+        return stop.code in (0, None)
+    return True
+
+
+def cutover_failures() -> list[str]:
+    with pytest.raises(CommandError) as failure:
+        run("migrate_phase", "cutover", interactive=False)
+    assert one_line(str(failure.value))
+    return [r.error_message for r in MigrationRecord.objects.filter(phase="cutover", status=Status.FAILED)]
+
+
+def test_rollback_killed_half_way_marks_undone_tenants_and_cutover_leaves_them_alone(seeded):
+    migrate_up_to_verify()
+    blocked_table = f"tenant_{LAST}.contact_data_contacts"
+    with psycopg_connect() as blocker, psycopg_connect() as watcher:
+        ours = [r[0] for r in watcher.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()").fetchall()]
+        with blocker.transaction():
+            # A reader in another session: the rollback's DROP TABLE of the last tenant waits for it.
+            blocker.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
+                sql.Identifier(f"tenant_{LAST}", "contact_data_contacts")))
+            child = subprocess.Popen(
+                manage_command("migrate_phase", "rollback", "--noinput"), cwd=PROJECT_DIR, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE, env=manage_env(SALESFLOW_ROLE_PREFIX=get_config().role_prefix))
+            try:
+                def rollback_waiting() -> bool:
+                    if child.poll() is not None:
+                        raise AssertionError(f"the rollback ended before it could be killed: {child.stderr.read()!r}")
+                    return bool(watcher.execute(
+                        "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND pid <> ALL(%s) "
+                        "AND wait_event_type = 'Lock'", [ours]).fetchone())
+
+                wait_for(rollback_waiting, timeout=60, what=f"the rollback to wait for {blocked_table}")
+                os.kill(child.pid, signal.SIGKILL)
+                assert child.wait(timeout=10) == -signal.SIGKILL
+            finally:
+                if child.poll() is None:
+                    child.kill()
+                    child.wait()
+        wait_for(lambda: not watcher.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND pid <> ALL(%s) "
+            "AND pid <> pg_backend_pid()", [ours]).fetchone(), timeout=30, what="the killed run's sessions to end")
+
+    assert "contact_data_contacts" not in table_names(f"tenant_{FIRST}")  # undone before the kill
+    assert "contact_data_contacts" in table_names(f"tenant_{LAST}")  # the kill came first
+    # the undoing is on record with the drop, not left for a last step the kill never reached
+    assert not MigrationRecord.objects.filter(tenant_id=FIRST, phase__in=["data", "verify"]).latest_attempts() \
+        .exclude(status=Status.ROLLED_BACK).exists()
+    assert not status_check_passes()
+
+    failures = cutover_failures()
+    assert any(FIRST in error for error in failures), failures
+    assert legacy_tables_in_place(FIRST)
+    assert state(FIRST) != MigrationState.LIVE
+    assert not status_check_passes()
+
+
+@pytest.fixture
+def role_grant_in_another_database(clean_db: None) -> Iterator[tuple[str, str]]:
+    """A database of the same cluster where the contact service role holds a privilege."""
+    other = f"{connection.settings_dict['NAME']}_other"
+    with psycopg_connect() as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(other)))
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(other)))
+    try:
+        yield other, get_config().service_roles["contact"]
+    finally:
+        with psycopg_connect() as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(other)))
+
+
+def test_rollback_whose_drop_roles_fails_still_keeps_cutover_off_undone_tenants(seeded, role_grant_in_another_database):
+    other, role = role_grant_in_another_database
+    migrate_up_to_verify()
+    with psycopg_connect(other) as elsewhere:
+        elsewhere.execute("CREATE TABLE shared_by_prefix (id int)")
+        elsewhere.execute(sql.SQL("GRANT SELECT ON shared_by_prefix TO {}").format(sql.Identifier(role)))
+
+    with pytest.raises(CommandError):
+        run("migrate_phase", "rollback", interactive=False)
+    assert MigrationRecord.objects.filter(phase="rollback", step="drop_roles", status=Status.FAILED).exists()
+    assert not status_check_passes()
+
+    cutover_failures()
+    for tenant_id in seeded["tenants"]:
+        assert legacy_tables_in_place(tenant_id), tenant_id
+        assert state(tenant_id) != MigrationState.LIVE
+    assert not status_check_passes()
+
+
+def test_cutover_refuses_a_tenant_whose_target_table_is_gone(seeded):
+    migrate_up_to_verify()
+    db.execute(sql.SQL("DROP TABLE {} CASCADE").format(sql.Identifier(f"tenant_{FIRST}", "activity_data_activities")))
+
+    failures = cutover_failures()
+    assert any(f"tenant_{FIRST}.activity_data_activities" in error for error in failures), failures
+    assert legacy_tables_in_place(FIRST)
+    assert state(FIRST) != MigrationState.LIVE
+    assert state(LAST) == MigrationState.LIVE  # a tenant whose tables are fine still goes live
+    assert not status_check_passes()
+
+
+def test_cutover_refuses_legacy_writes_made_after_phase_3(seeded):
+    auth_schema = get_config().legacy_auth_schema
+    migrate_up_to_verify()
+    first, last = (sql.Identifier(f"tenant_{t}", "contacts") for t in (FIRST, LAST))
+    # insert a contact, update an email, delete an activity, add an auth user
+    db.execute(sql.SQL("INSERT INTO {} (first_name, email, created_at) VALUES ('Late', 'late@example.com', now())")
+               .format(first))
+    db.execute(sql.SQL("UPDATE {t} SET email = 'changed@example.com' WHERE id = (SELECT min(id) FROM {t})").format(t=last))
+    db.execute(sql.SQL("DELETE FROM {t} WHERE id = (SELECT min(id) FROM {t})").format(
+        t=sql.Identifier(f"tenant_{FIRST}", "activities")))
+    db.execute(sql.SQL("INSERT INTO {} (email, password_hash, created_at) VALUES ('late@salesflow.example', 'x', now())")
+               .format(sql.Identifier(auth_schema, "users")))
+
+    failures = cutover_failures()
+    (first_error,) = [e for e in failures if FIRST in e]
+    assert f"tenant_{FIRST}.contacts: 120 rows validated, 121 now" in first_error
+    assert f"tenant_{FIRST}.activities: 240 rows validated, 239 now" in first_error
+    (last_error,) = [e for e in failures if LAST in e]
+    assert f"tenant_{LAST}.contacts: 120 rows validated, 120 now, content changed" in last_error
+    for tenant_id in (FIRST, LAST):
+        assert legacy_tables_in_place(tenant_id) and state(tenant_id) != MigrationState.LIVE
+    assert set(LEGACY_AUTH_TABLES) <= table_names(auth_schema)
+    assert not status_check_passes()
+
+
+def test_cutover_refuses_an_auth_user_added_after_phase_3(seeded):
+    auth_schema = get_config().legacy_auth_schema
+    migrate_up_to_verify()
+    db.execute(sql.SQL("INSERT INTO {} (email, password_hash, created_at) VALUES ('late@salesflow.example', 'x', now())")
+               .format(sql.Identifier(auth_schema, "users")))
+
+    failures = cutover_failures()
+    (error,) = failures
+    assert f"{auth_schema}.users: " in error and "rows validated" in error
+    assert set(LEGACY_AUTH_TABLES) <= table_names(auth_schema)
+    assert not status_check_passes()
+
+
+def test_cutover_waits_for_a_legacy_write_in_flight_and_then_refuses_it(seeded):
+    migrate_up_to_verify()
+    with psycopg_connect() as writer, psycopg_connect() as watcher:
+        ours = [r[0] for r in watcher.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()").fetchall()]
+        with writer.transaction():
+            writer.execute(sql.SQL("INSERT INTO {} (first_name, created_at) VALUES ('In flight', now())").format(
+                sql.Identifier(f"tenant_{FIRST}", "contacts")))
+            child = subprocess.Popen(
+                manage_command("migrate_phase", "cutover", "--tenant", FIRST, "--noinput"), cwd=PROJECT_DIR,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                env=manage_env(SALESFLOW_ROLE_PREFIX=get_config().role_prefix))
+            try:
+                # the cutover must wait for the write before it reads the legacy side
+                wait_for(lambda: child.poll() is None and watcher.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND pid <> ALL(%s) "
+                    "AND wait_event_type = 'Lock'", [ours]).fetchone(), timeout=60,
+                    what="the cutover to wait for the legacy write")
+            except BaseException:
+                child.kill()
+                raise
+        _out, err = child.communicate(timeout=120)  # the write commits as the transaction block ends
+    assert child.returncode != 0, err
+    assert one_line(err.strip().splitlines()[-1])
+    assert legacy_tables_in_place(FIRST) and state(FIRST) != MigrationState.LIVE
+    error = MigrationRecord.objects.get(phase="cutover", step="archive_legacy", tenant_id=FIRST).error_message
+    assert f"tenant_{FIRST}.contacts: 120 rows validated, 121 now" in error

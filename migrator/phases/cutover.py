@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from migrator import catalog
 from migrator.core.context import MigrationContext, TenantRef
+from migrator.core.errors import MigrationError
+from migrator.engine import tracking
+from migrator.models import Status
 from migrator.core.steps import Step, StepReporter, StepResult
-from migrator.tables import LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES
+from migrator.tables import AUTH_TABLES, LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES
 from migrator.core.phase import Phase, StepKind
 from migrator.ops import archive
 from tenants.models import MigrationState, Tenant
@@ -61,11 +64,33 @@ class CutoverPhase(Phase):
     def _archive_auth_tables(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         cfg = ctx.config
         drop = ctx.options.drop_legacy
+        self._require_auth_migrated(ctx)
         moved = archive.archive_tables(cfg.legacy_auth_schema, cfg.legacy_auth_schema, list(LEGACY_AUTH_TABLES),
                                        cfg.archive_schema, drop)
         dropped_schema = archive.drop_schema_if_empty(cfg.legacy_auth_schema)
         return StepResult(message=f"{len(moved)} legacy auth tables {'dropped' if drop else 'archived'}",
                           details={"archived": moved, "legacy_schema_dropped": dropped_schema})
+
+    @staticmethod
+    def _require_auth_migrated(ctx: MigrationContext) -> None:
+        """The legacy auth tables leave only once their copy exists and phase 3 validated it.
+
+        A phase-wide step has no tenant whose state gates it (with no valid tenant at all nothing
+        else would stop it), so it checks its own prerequisites.
+        """
+        missing = [f"{entry.service}.{entry.table}" for entry in AUTH_TABLES
+                   if not catalog.table_exists(entry.service, entry.table)]
+        if missing:
+            raise MigrationError(f"the auth service tables {', '.join(missing)} do not exist, so the legacy auth tables "
+                                 f"of {ctx.config.legacy_auth_schema} stay; run `migrate_phase schemas` and "
+                                 "`migrate_phase data` first")
+        keys = [f"data/*/validate/auth.{table}" for table in LEGACY_AUTH_TABLES]
+        validated = tracking.latest_records("data", keys)
+        unvalidated = [key.rsplit("/", 1)[1] for key in keys
+                       if (row := validated.get(key)) is None or row.status != Status.COMPLETED]
+        if unvalidated:
+            raise MigrationError(f"phase data has not validated {', '.join(unvalidated)}, so the legacy auth tables "
+                                 f"of {ctx.config.legacy_auth_schema} stay; run `migrate_phase data` first")
 
     def _count_live_tenants(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         live = Tenant.objects.filter(migration_state=MigrationState.LIVE).count()

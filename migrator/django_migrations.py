@@ -59,6 +59,22 @@ def migrate_schema(schema_name: str, app_labels: Sequence[str] | None = None) ->
         return [f"{migration.app_label}.{migration.name}" for migration, _backwards in plan]
 
 
+def legacy_registry_present() -> bool:
+    """A ``public.tenants`` that the registry's migration did not create: a legacy one, to adopt."""
+    with connections[DEFAULT_DB_ALIAS].cursor() as cursor:
+        cursor.execute("SELECT to_regclass('public.tenants') IS NOT NULL AND (to_regclass('public.django_migrations') "
+                       "IS NULL OR NOT EXISTS (SELECT FROM public.django_migrations WHERE app = 'tenants'))")
+        return bool(cursor.fetchone()[0])
+
+
+def bootstrap_apps() -> tuple[str, ...]:
+    """The apps to migrate in public before anything is recorded: all of BOOTSTRAP_APPS, but the
+    registry's when a legacy ``public.tenants`` is in its way (phase 1's bootstrap step adopts it)."""
+    if legacy_registry_present():
+        return tuple(app for app in BOOTSTRAP_APPS if app != "tenants")
+    return BOOTSTRAP_APPS
+
+
 def bootstrap_public() -> list[str]:
     """Make the tracking and registry tables ready (before any run records anything)."""
     return migrate_schema("public", BOOTSTRAP_APPS)

@@ -15,7 +15,7 @@ from migrator.engine.lock import MigratorLock
 from migrator.engine.runner import EventCallback, PhaseOutcome, PhaseRunner, pending_steps
 from migrator.core.steps import Step
 from migrator.core.phase import Phase
-from migrator.django_migrations import BOOTSTRAP_APPS, migrate_schema, unapplied
+from migrator.django_migrations import bootstrap_apps, legacy_registry_present, migrate_schema, unapplied
 
 
 def check_database() -> None:
@@ -30,14 +30,15 @@ def check_database() -> None:
 
 
 def tracking_ready() -> bool:
-    return catalog.table_exists("public", "schema_migrations") and catalog.table_exists("public", "tenants")
+    return (catalog.table_exists("public", "schema_migrations") and catalog.table_exists("public", "tenants")
+            and not legacy_registry_present())
 
 
 def ensure_tracking_ready() -> list[str]:
     """The tracking and registry tables must exist before anything is recorded."""
-    if tracking_ready() and not unapplied("public", BOOTSTRAP_APPS):
+    if tracking_ready() and not unapplied("public", bootstrap_apps()):
         return []
-    return migrate_schema("public", BOOTSTRAP_APPS)
+    return migrate_schema("public", bootstrap_apps())
 
 
 @dataclass

@@ -13,8 +13,8 @@ from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.errors import MigrationError
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.core.phase import Phase, StepKind
-from migrator.ops import backup, binaries, inspection
-from migrator.django_migrations import BOOTSTRAP_APPS, migrate_schema
+from migrator.ops import backup, binaries, inspection, registry
+from migrator.django_migrations import BOOTSTRAP_APPS, legacy_registry_present, migrate_schema
 from salesflow.layout import is_reserved_schema, tenant_schema_name
 from tenants.models import MigrationState, Tenant
 
@@ -27,7 +27,7 @@ def server_major() -> int:
 
 def created_new() -> set[str]:
     """Tenants created in the target layout: their schemas are not legacy."""
-    if not catalog.table_exists("public", "tenants"):  # --plan before the registry exists
+    if not catalog.table_exists("public", "tenants") or legacy_registry_present():  # --plan before the registry exists
         return set()
     return set(Tenant.objects.filter(migration_state=MigrationState.NEW).values_list("tenant_id", flat=True))
 
@@ -164,9 +164,13 @@ class PreparePhase(Phase):
         )
 
     def _bootstrap(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
-        applied = migrate_schema("public", BOOTSTRAP_APPS)
-        return StepResult(message=f"{len(applied)} migrations applied" if applied else "already up to date",
-                          details={"applied": applied})
+        adopted = registry.adopt_legacy_registry(ctx.config.archive_schema)
+        applied = list(adopted["migrations_applied"]) if adopted else migrate_schema("public", BOOTSTRAP_APPS)
+        message = f"{len(applied)} migrations applied" if applied else "already up to date"
+        if adopted:
+            message += (f"; adopted the legacy public.tenants ({adopted['rows']} tenants, kept as {adopted['kept_as']}, "
+                        f"extra columns: {', '.join(adopted['extra_columns']) or 'none'})")
+        return StepResult(message=message, details={"applied": applied, "adopted_registry": adopted})
 
     def _take_backup(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         major = server_major()

@@ -61,6 +61,23 @@ def migrate_schema(schema_name: str, app_labels: Sequence[str] | None = None) ->
         return [f"{migration.app_label}.{migration.name}" for migration, _backwards in plan]
 
 
+def legacy_registry_present() -> bool:
+    """A ``public.tenants`` that the registry's migration did not create: a legacy one, to adopt."""
+    with connections[DEFAULT_DB_ALIAS].cursor() as cursor:
+        cursor.execute("SELECT to_regclass('public.tenants') IS NOT NULL AND (to_regclass('public.django_migrations') "
+                       "IS NULL OR NOT EXISTS (SELECT FROM public.django_migrations WHERE app = 'tenants'))")
+        row = cursor.fetchone()
+        return bool(row and row[0])
+
+
+def bootstrap_apps() -> tuple[str, ...]:
+    """The apps the engine migrates in public before anything is recorded: TRACKING_APPS, but the
+    registry's when a legacy ``public.tenants`` is in its way (phase 1's bootstrap step adopts it)."""
+    if legacy_registry_present():
+        return tuple(app for app in TRACKING_APPS if app != "tenants")
+    return TRACKING_APPS
+
+
 def pending_sql(schema_name: str, app_labels: Sequence[str] | None = None) -> list[str]:
     """The SQL the pending migrations of ``schema_name`` would run (for ``--plan``; applies nothing)."""
     with _in_schema(schema_name):

@@ -29,6 +29,24 @@ def validate_tenant_ids(tenant_ids: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(tenant_ids))
 
 
+def parse_schema_renames(pairs: list[str]) -> tuple[tuple[str, str], ...]:
+    """``OLD=NEW`` options -> (old schema, new tenant id) pairs; a malformed or invalid one is an error."""
+    renames: dict[str, str] = {}
+    for pair in pairs:
+        old, sep, new = pair.partition("=")
+        if not sep or not old or not new:
+            raise MigrationError(f"--rename-schema {pair!r}: expected OLD_SCHEMA=NEW_TENANT_ID, e.g. tenant_Acme=acme")
+        (new,) = validate_tenant_ids([new])
+        if old in renames and renames[old] != new:
+            raise MigrationError(f"--rename-schema: schema {old!r} is given two new ids ({renames[old]!r}, {new!r}); give one")
+        renames[old] = new
+    targets = list(renames.values())
+    duplicate = next((t for t in targets if targets.count(t) > 1), None)
+    if duplicate:
+        raise MigrationError(f"--rename-schema: two schemas would become tenant {duplicate!r}; give each its own id")
+    return tuple(renames.items())
+
+
 ReferenceConflicts = Literal["refuse", "first-wins"]
 REFERENCE_CONFLICT_POLICIES: tuple[ReferenceConflicts, ...] = ("refuse", "first-wins")
 
@@ -42,6 +60,10 @@ class RunOptions:
     restore: bool = False  # rollback: restore the phase-1 backup
     drop_legacy: bool = False  # cutover: drop legacy tables instead of archiving them
     adopt_roles: bool = False  # security: use pre-existing NOLOGIN service roles (rollback never drops them)
+    # prepare: tenant_* schemas whose names are not valid tenant ids, left out on the operator's word
+    skip_schemas: tuple[str, ...] = ()
+    # prepare: (schema, tenant id) pairs: the schema is renamed to tenant_<id> and migrated as that tenant
+    rename_schemas: tuple[tuple[str, str], ...] = ()
     render_sql: bool = False  # plans carry the SQL of each step (--plan, -v 3)
     interactive: bool = True
 

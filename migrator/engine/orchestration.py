@@ -15,7 +15,7 @@ from migrator.engine.lock import MigratorLock
 from migrator.engine.runner import EventCallback, PhaseOutcome, PhaseRunner, pending_steps
 from migrator.core.steps import Event, Step
 from migrator.core.phase import Phase
-from migrator.django_migrations import TRACKING_APPS, migrate_schema, unapplied
+from migrator.django_migrations import bootstrap_apps, legacy_registry_present, migrate_schema, unapplied
 
 
 def check_database() -> None:
@@ -30,14 +30,16 @@ def check_database() -> None:
 
 
 def tracking_ready() -> bool:
-    return catalog.table_exists("public", "schema_migrations") and catalog.table_exists("public", "tenants")
+    return (catalog.table_exists("public", "schema_migrations") and catalog.table_exists("public", "tenants")
+            and not legacy_registry_present())
 
 
 def ensure_tracking_ready() -> list[str]:
     """The tracking and registry tables must exist before anything is recorded."""
-    if tracking_ready() and not unapplied("public", TRACKING_APPS):
+    apps = bootstrap_apps()
+    if tracking_ready() and not unapplied("public", apps):
         return []
-    return migrate_schema("public", TRACKING_APPS)
+    return migrate_schema("public", apps)
 
 
 def free_connections() -> int:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from migrator import catalog
+from psycopg import sql
+
+from migrator import catalog, db
 from migrator.tables import AUTH_MODELS, LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES, legacy_tenant_model, unmapped_columns
 from salesflow.layout import is_reserved_schema, tenant_id_from_schema
 
@@ -19,6 +21,16 @@ def discover_tenant_schemas(legacy_auth_schema: str, archive_schema: str) -> tup
         else:
             valid.append(tenant_id)
     return valid, invalid
+
+
+def rows_in_schema(schema: str) -> int:
+    """Rows in every table of ``schema`` (exact counts: what would be left behind if it were skipped)."""
+    tables = catalog.tables_by_schema([schema])[schema]
+    return sum(catalog.row_count(schema, table) for table in sorted(tables))
+
+
+def rename_schema(old: str, new: str) -> None:
+    db.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new)))
 
 
 def _inspect_tables(schema: str, tables: tuple[str, ...], model_for: dict[str, str]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ Legacy tables are never touched here.
 
 from __future__ import annotations
 
+from django.apps import apps
 from django.db import DatabaseError, transaction
 from psycopg import sql
 

@@ -32,14 +32,17 @@ COUNT_FUNCTION = (
 
 
 def row_counts_query() -> sql.Composed:
-    """Rows of every tenant-data table of each active tenant, one column per table (its legacy name).
+    """Rows of every tenant-data table of each given tenant, one column per table (its legacy name).
+
+    The plan's query reads active tenants only; inactive tenants are migrated too (they stay inactive),
+    so the tenants asked for are counted whatever their flag.
 
     Parameters: the target table names (in ``TENANT_DATA_TABLES`` order), then the tenant ids.
     """
     counts = sql.SQL(", ").join(
         sql.SQL("pg_temp.salesflow_count_rows(t.schema_name, %s) AS {}").format(sql.Identifier(t.legacy_table))
         for t in TENANT_DATA_TABLES)
-    return sql.SQL("SELECT t.tenant_id, {} FROM public.tenants t WHERE t.active AND t.tenant_id = ANY(%s) "
+    return sql.SQL("SELECT t.tenant_id, {} FROM public.tenants t WHERE t.tenant_id = ANY(%s) "
                    "ORDER BY t.tenant_id").format(counts)
 
 

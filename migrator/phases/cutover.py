@@ -10,7 +10,7 @@ from migrator.core.errors import MigrationError
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.engine import tracking
 from migrator.models import Status
-from migrator.tables import LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES, REFERENCE_TABLES, TENANT_DATA_TABLES
+from migrator.tables import AUTH_TABLES, LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES, REFERENCE_TABLES, TENANT_DATA_TABLES
 from migrator.core.phase import Phase, StepKind
 from migrator.ops import archive, reference
 from migrator.ops.copy import TableCopy
@@ -123,6 +123,7 @@ class CutoverPhase(Phase):
     def _archive_auth_tables(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         cfg = ctx.config
         drop = ctx.options.drop_legacy
+        self._require_auth_migrated(ctx)
         data_phase = DataPhase()
         validated = {data_phase.step("validate", "", None, f"auth.{table}").key: auth_copy(cfg.legacy_auth_schema, table)
                      for table in LEGACY_AUTH_TABLES}
@@ -134,6 +135,27 @@ class CutoverPhase(Phase):
             dropped_schema = archive.drop_schema_if_empty(cfg.legacy_auth_schema)
         return StepResult(message=f"{len(moved)} legacy auth tables {'dropped' if drop else 'archived'}",
                           details={"archived": moved, "legacy_schema_dropped": dropped_schema})
+
+    @staticmethod
+    def _require_auth_migrated(ctx: MigrationContext) -> None:
+        """The legacy auth tables leave only once their copy exists and phase 3 validated it.
+
+        A phase-wide step has no tenant whose state gates it (with no valid tenant at all nothing
+        else would stop it), so it checks its own prerequisites.
+        """
+        missing = [f"{entry.service}.{entry.table}" for entry in AUTH_TABLES
+                   if not catalog.table_exists(entry.service, entry.table)]
+        if missing:
+            raise MigrationError(f"the auth service tables {', '.join(missing)} do not exist, so the legacy auth tables "
+                                 f"of {ctx.config.legacy_auth_schema} stay; run `migrate_phase schemas` and "
+                                 "`migrate_phase data` first")
+        keys = [f"data/*/validate/auth.{table}" for table in LEGACY_AUTH_TABLES]
+        validated = tracking.latest_records("data", keys)
+        unvalidated = [key.rsplit("/", 1)[1] for key in keys
+                       if (row := validated.get(key)) is None or row.status != Status.COMPLETED]
+        if unvalidated:
+            raise MigrationError(f"phase data has not validated {', '.join(unvalidated)}, so the legacy auth tables "
+                                 f"of {ctx.config.legacy_auth_schema} stay; run `migrate_phase data` first")
 
     def _count_live_tenants(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         live = Tenant.objects.filter(migration_state=MigrationState.LIVE).count()

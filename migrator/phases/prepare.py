@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from django.db import transaction
 
 from migrator import catalog
 from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.errors import MigrationError
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.core.phase import Phase, StepKind
-from migrator.ops import backup, binaries, inspection, restore
-from migrator.django_migrations import BOOTSTRAP_APPS, migrate_schema
+from migrator.ops import backup, binaries, inspection, registry, restore
+from migrator.django_migrations import BOOTSTRAP_APPS, legacy_registry_present, migrate_schema
+from salesflow.layout import is_reserved_schema, tenant_schema_name
 from tenants.models import MigrationState, Tenant
 
 MIN_SERVER_VERSION = 150000
@@ -23,9 +27,59 @@ def server_major() -> int:
 
 def created_new() -> set[str]:
     """Tenants created in the target layout: their schemas are not legacy."""
-    if not catalog.table_exists("public", "tenants"):  # --plan before the registry exists
+    if not catalog.table_exists("public", "tenants") or legacy_registry_present():  # --plan before the registry exists
         return set()
     return set(Tenant.objects.filter(migration_state=MigrationState.NEW).values_list("tenant_id", flat=True))
+
+
+@dataclass
+class InvalidSchemas:
+    """The ``tenant_*`` schemas whose names are not valid tenant ids, and what the operator said about them."""
+
+    excluded: list[dict[str, object]] = field(default_factory=list)  # {"schema", "rows", "reason"}
+    renamed: dict[str, str] = field(default_factory=dict)  # old schema -> new tenant id (still to rename)
+    blocking: dict[str, int] = field(default_factory=dict)  # schema -> rows: holds data, no decision given
+
+
+def resolve_invalid_schemas(ctx: MigrationContext, invalid: list[str], valid: list[str]) -> InvalidSchemas:
+    """Sort the invalid schemas into left out (operator's --skip-schema, or holding no rows), renamed
+    (--rename-schema) and blocking (data nobody decided about: migrating without them would lose it).
+
+    An option naming a schema that is not an invalid ``tenant_*`` schema is an error: a typo must
+    not pass for a decision.
+    """
+    cfg = ctx.config
+    candidates = [name for name in invalid if not is_reserved_schema(name, cfg.legacy_auth_schema, cfg.archive_schema)]
+    skip = set(ctx.options.skip_schemas)
+    renames = dict(ctx.options.rename_schemas)
+    for name in [*skip, *renames]:
+        if name in skip and name in renames:
+            raise MigrationError(f"schema {name!r} is given both --skip-schema and --rename-schema; choose one")
+    for name in sorted(skip):
+        if name not in candidates:
+            raise MigrationError(f"--skip-schema {name!r}: no tenant_* schema of that name with an invalid tenant id "
+                                 "in this database (valid tenants are selected with --tenant)")
+    result = InvalidSchemas()
+    for old, new in sorted(renames.items()):
+        target = tenant_schema_name(new)
+        if old in candidates:
+            if catalog.schema_exists(target):
+                raise MigrationError(f"--rename-schema {old}={new}: schema {target} already exists; choose another id")
+            result.renamed[old] = new
+        elif new not in valid:  # renamed by an earlier run, the schema is tenant_<new> now
+            raise MigrationError(f"--rename-schema {old}={new}: no tenant_* schema {old!r} with an invalid tenant id "
+                                 "in this database")
+    for name in candidates:
+        if name in result.renamed:
+            continue
+        rows = inspection.rows_in_schema(name)
+        if name in skip:
+            result.excluded.append({"schema": name, "rows": rows, "reason": "--skip-schema"})
+        elif rows == 0:
+            result.excluded.append({"schema": name, "rows": 0, "reason": "no rows"})
+        else:
+            result.blocking[name] = rows
+    return result
 
 
 class PreparePhase(Phase):
@@ -63,9 +117,11 @@ class PreparePhase(Phase):
         return steps
 
     def _tenants(self, ctx: MigrationContext) -> list[TenantRef]:
-        valid, _invalid = inspection.discover_tenant_schemas(ctx.config.legacy_auth_schema, ctx.config.archive_schema)
+        valid, invalid = inspection.discover_tenant_schemas(ctx.config.legacy_auth_schema, ctx.config.archive_schema)
         new = created_new()
         valid = [t for t in valid if t not in new]
+        renamed = resolve_invalid_schemas(ctx, invalid, valid).renamed
+        valid = sorted([*valid, *renamed.values()])
         if ctx.tenant_filter:
             missing = [t for t in ctx.tenant_filter if t not in valid]
             if missing:
@@ -114,9 +170,13 @@ class PreparePhase(Phase):
         )
 
     def _bootstrap(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
-        applied = migrate_schema("public", BOOTSTRAP_APPS)
-        return StepResult(message=f"{len(applied)} migrations applied" if applied else "already up to date",
-                          details={"applied": applied})
+        adopted = registry.adopt_legacy_registry(ctx.config.archive_schema)
+        applied = list(adopted["migrations_applied"]) if adopted else migrate_schema("public", BOOTSTRAP_APPS)
+        message = f"{len(applied)} migrations applied" if applied else "already up to date"
+        if adopted:
+            message += (f"; adopted the legacy public.tenants ({adopted['rows']} tenants, kept as {adopted['kept_as']}, "
+                        f"extra columns: {', '.join(adopted['extra_columns']) or 'none'})")
+        return StepResult(message=message, details={"applied": applied, "adopted_registry": adopted})
 
     def _take_backup(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         legacy, _invalid = inspection.discover_tenant_schemas(ctx.config.legacy_auth_schema, ctx.config.archive_schema)
@@ -142,26 +202,50 @@ class PreparePhase(Phase):
         created = created_new()
         new = [t for t in valid if t in created]
         valid = [t for t in valid if t not in new]
-        message = f"{len(valid)} tenant schemas"
+        decided = resolve_invalid_schemas(ctx, invalid, valid)
+        if decided.blocking:
+            # Migrating without them would leave their data behind while status says complete.
+            listed = ", ".join(f"{name!r} ({rows} rows)" for name, rows in sorted(decided.blocking.items()))
+            raise MigrationError(
+                f"{len(decided.blocking)} tenant_* schemas hold data but their names are not valid tenant ids: {listed}; "
+                "pass --rename-schema NAME=NEW_ID to migrate one as tenant NEW_ID, or --skip-schema NAME to leave it out"
+            )
+        message = f"{len(valid) + len(decided.renamed)} tenant schemas"
         if new:
             message += f"; {len(new)} tenants created in the target layout left out"
+        if decided.renamed:
+            message += "; to rename: " + ", ".join(f"{old!r} -> tenant_{new_id}" for old, new_id in decided.renamed.items())
         if invalid:
-            message += f"; skipped {len(invalid)} schemas whose names are not valid tenant ids: " + ", ".join(
-                repr(name) for name in invalid[:10])
-        return StepResult(message=message, details={"tenants": valid, "invalid_schemas": invalid, "created_new": new})
+            message += f"; skipped {len(decided.excluded)} schemas whose names are not valid tenant ids: " + ", ".join(
+                f"{entry['schema']!r} ({entry['rows']} rows, {entry['reason']})" for entry in decided.excluded[:10])
+        return StepResult(message=message, details={
+            "tenants": valid, "invalid_schemas": invalid, "created_new": new,
+            "excluded_schemas": decided.excluded, "renamed_schemas": decided.renamed,
+        })
 
     def _register_tenant(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         tenant = TenantRef(step.tenant_id or "")
-        report = inspection.inspect_tenant_schema(tenant.schema)
-        registered = Tenant.objects.filter(tenant_id=tenant.tenant_id).first()
-        if registered is None:
-            registered = Tenant(tenant_id=tenant.tenant_id, name=tenant.tenant_id.replace("_", " ").title(),
-                                migration_state=MigrationState.REGISTERED)
-            registered.auto_create_schema = False  # the legacy schema exists; phase 2 adds the target tables
-            registered.save()
+        renamed_from = next((old for old, new in ctx.options.rename_schemas if new == tenant.tenant_id), None)
+        details: dict[str, object] = {}
+        # The rename and the registration commit together: a kill leaves either the old name and no
+        # tenant, or the new name and the tenant (a rerun then only registers).
+        with transaction.atomic():
+            if renamed_from is not None:
+                details["renamed_from"] = renamed_from
+                if catalog.schema_exists(renamed_from) and not catalog.schema_exists(tenant.schema):
+                    inspection.rename_schema(renamed_from, tenant.schema)
+            report = inspection.inspect_tenant_schema(tenant.schema)
+            registered = Tenant.objects.filter(tenant_id=tenant.tenant_id).first()
+            if registered is None:
+                registered = Tenant(tenant_id=tenant.tenant_id, name=tenant.tenant_id.replace("_", " ").title(),
+                                    migration_state=MigrationState.REGISTERED)
+                registered.auto_create_schema = False  # the legacy schema exists; phase 2 adds the target tables
+                registered.save()
         rows = sum(info["rows"] for info in report["tables"].values())
-        return StepResult(message=inspection.describe_report(report), rows_expected=rows,
-                          details={"inspection": report})
+        message = inspection.describe_report(report)
+        if renamed_from is not None:
+            message = f"schema {renamed_from!r} renamed to {tenant.schema}; " + message
+        return StepResult(message=message, rows_expected=rows, details={"inspection": report, **details})
 
     def _check_backup(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
         info = backup.BackupInfo.from_dict(result.details["backup"])

@@ -17,7 +17,7 @@ from django.core.management.base import CommandError
 from django.db import connection
 from psycopg import sql
 
-from migrator import catalog, db
+from migrator import db
 from migrator.config import get_config
 from migrator.models import MigrationRecord, Status
 from migrator.tables import LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES

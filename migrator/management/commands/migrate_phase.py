@@ -10,7 +10,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from migrator.management.arguments import MAX_BATCH_SIZE, batch_size, positive
-from migrator.core.context import REFERENCE_CONFLICT_POLICIES, MigrationContext, RunOptions, validate_tenant_ids
+from migrator.core.context import (REFERENCE_CONFLICT_POLICIES, MigrationContext, RunOptions, parse_schema_renames,
+                                   validate_tenant_ids)
 from migrator.core.errors import MigrationError
 from migrator.management.output import ConsoleReporter, outcome_dict, outcome_summary
 from migrator.phases import ORDERED, get_phase, phase_choices, phases_help
@@ -54,6 +55,12 @@ class Command(BaseCommand):
         parser.add_argument("--adopt-roles", action="store_true",
                             help="security: use service roles that already exist (NOLOGIN only) instead of refusing; "
                                  "rollback then revokes the migration's grants from them but never drops them.")
+        parser.add_argument("--skip-schema", action="append", default=[], metavar="NAME",
+                            help="prepare: leave out this tenant_* schema whose name is not a valid tenant id "
+                                 "(its data is not migrated; recorded and shown as excluded by status); repeatable.")
+        parser.add_argument("--rename-schema", action="append", default=[], metavar="OLD=NEW",
+                            help="prepare: rename the tenant_* schema OLD, whose name is not a valid tenant id, to "
+                                 "tenant_NEW and migrate it as tenant NEW (the old name is recorded); repeatable.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
@@ -81,6 +88,8 @@ class Command(BaseCommand):
             options=RunOptions(reference_conflicts=options["reference_conflicts"],
                                validate_only=options["validate_only"], restore=options["restore"],
                                drop_legacy=options["drop_legacy"], adopt_roles=options["adopt_roles"],
+                               skip_schemas=tuple(dict.fromkeys(options["skip_schema"])),
+                               rename_schemas=parse_schema_renames(options["rename_schema"]),
                                render_sql=options["plan"] or options["verbosity"] >= 3,
                                interactive=options["interactive"]),
         )
@@ -171,5 +180,8 @@ class Command(BaseCommand):
             self.stdout.write(f"{label.ljust(width)}  {cells}")
         for record in report.failures:
             self.stdout.write(self.style.ERROR(f"FAILED {record.migration_id} (attempt {record.attempt}): {record.error_message}"))
+        for entry in report.excluded:
+            self.stdout.write(self.style.WARNING(
+                f"EXCLUDED {entry['schema']!r}: {entry['rows']} rows not migrated ({entry['reason']})"))
         summary = "complete" if report.complete else "incomplete"
         self.stdout.write(f"Migration {summary}: {sum(v == 'done' for v in report.cells.values())}/{len(report.cells)} cells done")

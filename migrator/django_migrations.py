@@ -55,8 +55,9 @@ def migrate_schema(schema_name: str, app_labels: Sequence[str] | None = None) ->
         if not plan:
             return []
         executor.migrate(targets, plan=plan)
-        if public:
-            # Content types and permissions (the admin's view permissions) are created here.
+        if public and (app_labels is None or "contenttypes" in app_labels):
+            # Content types and permissions (the admin's view permissions) are created here; not by
+            # the engine's tracking-only bootstrap, before the content types table exists.
             emit_post_migrate_signal(0, False, DEFAULT_DB_ALIAS, plan=plan)
         return [f"{migration.app_label}.{migration.name}" for migration, _backwards in plan]
 
@@ -64,8 +65,14 @@ def migrate_schema(schema_name: str, app_labels: Sequence[str] | None = None) ->
 def legacy_registry_present() -> bool:
     """A ``public.tenants`` that the registry's migration did not create: a legacy one, to adopt."""
     with connections[DEFAULT_DB_ALIAS].cursor() as cursor:
-        cursor.execute("SELECT to_regclass('public.tenants') IS NOT NULL AND (to_regclass('public.django_migrations') "
-                       "IS NULL OR NOT EXISTS (SELECT FROM public.django_migrations WHERE app = 'tenants'))")
+        cursor.execute("SELECT to_regclass('public.tenants') IS NOT NULL, to_regclass('public.django_migrations') IS NOT NULL")
+        registry, recorder = cursor.fetchone() or (False, False)
+        if not registry:
+            return False
+        if not recorder:
+            return True
+        # A separate statement: one naming public.django_migrations fails to parse while it is missing.
+        cursor.execute("SELECT NOT EXISTS (SELECT FROM public.django_migrations WHERE app = 'tenants')")
         row = cursor.fetchone()
         return bool(row and row[0])
 

@@ -69,6 +69,15 @@ def drop_service_roles(config: MigratorConfig) -> tuple[list[str], list[str]]:
     return dropped, kept
 
 
+def revoke_tenant_usage(schema: str) -> list[str]:
+    """Take back the USAGE on ``schema`` that phase 4 granted (roles that had it before keep it)."""
+    roles = [role for role, schemas in tenant_usage_granted().items()
+             if schema in schemas and catalog.role_exists(role)]
+    for role in roles:
+        db.execute(sql.SQL("REVOKE USAGE ON SCHEMA {} FROM {}").format(sql.Identifier(schema), sql.Identifier(role)))
+    return roles
+
+
 def tenant_usage_granted() -> dict[str, list[str]]:
     """role -> tenant schemas where phase 4 granted USAGE (the role did not have it before)."""
     usage: dict[str, list[str]] = {}

@@ -156,6 +156,34 @@ def _scan_source(copy: TableCopy) -> tuple[int, dict[str, int]]:
     return int(total), {r.column: int(n) for r, n in zip(unproven, missing) if n}
 
 
+def _dangling(copy: TableCopy, remap: Remap, sample: int = 5) -> tuple[int, list[object]]:
+    """Source rows whose ``remap.column`` holds an id of no row of the legacy reference table, and some of those ids."""
+    if not catalog.table_exists(copy.source_schema, remap.reference_table):
+        query = sql.SQL("SELECT count(*), (array_agg(DISTINCT s.{c}))[1:%s] FROM {src} s WHERE s.{c} IS NOT NULL")
+    else:
+        query = sql.SQL("SELECT count(*), (array_agg(DISTINCT s.{c}))[1:%s] FROM {src} s WHERE s.{c} IS NOT NULL "
+                        "AND NOT EXISTS (SELECT 1 FROM {ref} r WHERE r.id = s.{c})")
+    count, ids = db.fetchone(query.format(c=sql.Identifier(remap.column), src=copy.source,
+                                          ref=sql.Identifier(copy.source_schema, remap.reference_table)), [sample]) or (0, [])
+    return int(count), list(ids or [])
+
+
+def _refuse_unmapped(copy: TableCopy, missing: dict[str, int]) -> None:
+    """Say why rows have no merged reference id: an id that points at nothing is the legacy data's to fix."""
+    for remap in copy.remaps:
+        if remap.column not in missing:
+            continue
+        dangling, ids = _dangling(copy, remap)
+        if dangling:
+            raise MigrationError(
+                f"{dangling} rows of {copy.source_schema}.{copy.source_table}.{remap.column} point at no row of "
+                f"{copy.source_schema}.{remap.reference_table} (ids {', '.join(map(str, ids))}); nothing was copied: "
+                "point them at an existing row or set them to NULL in the legacy table, then rerun the phase")
+    details = ", ".join(f"{n} rows of {copy.source_table}.{c}" for c, n in missing.items())
+    raise MigrationError(f"{details} point at reference rows with no merged id; rerun `migrate_phase data`, "
+                         "which merges them")
+
+
 def unmapped_references(copy: TableCopy) -> dict[str, int]:
     """Source rows whose reference id has no entry in the map (they would lose their reference)."""
     return _scan_source(copy)[1]
@@ -176,8 +204,7 @@ def copy_table(copy: TableCopy, batch_size: int, reporter: StepReporter = StepRe
     """
     total, missing = _scan_source(copy)
     if missing:
-        details = ", ".join(f"{n} rows of {copy.source_table}.{c}" for c, n in missing.items())
-        raise MigrationError(f"{details} point at reference rows with no merged id; rerun the merge_reference steps")
+        _refuse_unmapped(copy, missing)
     resumed_after = _last_copied_key(copy)
     last = resumed_after or _lowest_key(copy)
     done = catalog.row_count(copy.target_schema, copy.target_table) if resumed_after else 0

@@ -133,6 +133,7 @@ class DataPhase(Phase):
             raise MigrationError(f"{tenant.schema}.{spec.target_table} does not exist; run `migrate_phase schemas` first")
         copy = tenant_copy(tenant, spec)
         check_columns(copy, spec.model)
+        merged = self._merge_new_reference_rows(ctx, tenant, spec)
         deferred = constraints.defer_constraints(tenant.schema, spec.target_table)
         stats = copy_table(copy, ctx.batch_size, reporter)
         rebuilt = constraints.restore_constraints(tenant.schema, spec.target_table)
@@ -142,7 +143,24 @@ class DataPhase(Phase):
         return StepResult(message=f"{stats.rows_copied} rows in {stats.batches} batches{resumed}",
                           rows_expected=stats.rows_source, rows_copied=stats.rows_copied,
                           details={"batches": stats.batches, "deferred": deferred, "rebuilt": rebuilt,
-                                   "resumed_after": stats.resumed_after})
+                                   "resumed_after": stats.resumed_after, **merged})
+
+    @staticmethod
+    def _merge_new_reference_rows(ctx: MigrationContext, tenant: TenantRef, spec: TenantDataTable) -> dict[str, object]:
+        """Merge the tenant's reference rows that have no map entry yet (added since the merge_reference
+        steps ran), so its rows never point at a reference row the map does not know."""
+        mapped: dict[str, int] = {}
+        discarded: list[dict[str, object]] = []
+        for ref_name in spec.remap.values():
+            result = reference.merge_reference_table(reference_table(ref_name), [tenant.tenant_id],
+                                                     ctx.options.reference_conflicts)
+            if result.mapped:
+                mapped[ref_name] = result.mapped
+            discarded += result.discarded
+        details: dict[str, object] = {"reference_rows_merged": mapped} if mapped else {}
+        if discarded:
+            details["discarded_variants"] = discarded
+        return details
 
     def _validate_table(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         if step.tenant_id is None:

@@ -96,7 +96,8 @@ class RollbackPhase(Phase):
         return StepResult(message=message, details={"dropped": dropped, "kept": kept})
 
     def _drop_tenant_tables(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
-        dropped = teardown.drop_tenant_tables(TenantRef(step.tenant_id or "").schema)
+        tenant = TenantRef(step.tenant_id or "")
+        dropped = teardown.drop_tenant_tables(tenant.schema, tenant.tenant_id)
         Tenant.objects.filter(tenant_id=step.tenant_id).update(migration_state=MigrationState.ROLLED_BACK)
         return StepResult(message=f"dropped {', '.join(dropped) or 'nothing'}", details={"dropped": dropped})
 

@@ -53,6 +53,15 @@ def pending_steps(phase: Phase, ctx: MigrationContext) -> list[Step]:
     return [s for s in steps if s.rerun or (row := latest.get(s.key)) is None or row.status != Status.COMPLETED]
 
 
+def database_error_line(exc: BaseException) -> str:
+    """The server's message on one line, with its DETAIL (the key or row at fault) when it has one."""
+    cause = exc if isinstance(exc, psycopg.Error) else exc.__cause__
+    diag = getattr(cause, "diag", None)
+    message = getattr(diag, "message_primary", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    detail = getattr(diag, "message_detail", None)
+    return " ".join(f"{message} ({detail})".split()) if detail else message
+
+
 class PhaseRunner:
     def __init__(self, ctx: MigrationContext, on_event: EventCallback = lambda event: None) -> None:
         self.ctx = ctx
@@ -169,7 +178,7 @@ class PhaseRunner:
             # Usually the data's fault (a missing column, a constraint): one line is the message;
             # the traceback is there for SALESFLOW_LOG_LEVEL=INFO.
             logger.info("step %s failed", step.key, exc_info=True)
-            error = f"database error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+            error = f"database error: {database_error_line(exc)}"
         except Exception as exc:  # record every failure; the traceback goes to the log
             logger.exception("step %s failed unexpectedly", step.key)
             error = f"{type(exc).__name__}: {exc}"
@@ -196,8 +205,18 @@ class PhaseRunner:
         Django's schema editor leaves its transaction open when deferred SQL fails, and a killed
         backend leaves a dead connection; either would make recording the failure fail too.
         """
-        while len(connection.atomic_blocks) > atomic_depth:
-            leaked = connection.atomic_blocks[-1]
-            leaked.__exit__(RuntimeError, RuntimeError("step failed"), None)  # rolls back and pops
+        try:
+            while len(connection.atomic_blocks) > atomic_depth:
+                leaked = connection.atomic_blocks[-1]
+                leaked.__exit__(RuntimeError, RuntimeError("step failed"), None)  # rolls back and pops
+        except (DatabaseError, psycopg.Error):
+            # The step's own error is the one to report; a connection that cannot even roll back is dropped.
+            logger.info("cleaning up after a failed step failed", exc_info=True)
+            del connection.atomic_blocks[atomic_depth:]
+            if not connection.atomic_blocks:  # nothing of the caller's is open: a fresh connection next time
+                connection.in_atomic_block = False
+                connection.needs_rollback = False
+            connection.close()
+            return
         if connection.connection is not None and not connection.in_atomic_block and not connection.is_usable():
             connection.close()

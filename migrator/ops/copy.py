@@ -93,6 +93,13 @@ class TableCopy:
             query += sql.SQL(" AND {key} <= {hi}").format(key=self.key_row(), hi=self.key_params())
         return query
 
+    def insert_missing_sql(self) -> sql.Composed:
+        """Source rows whose key the target does not have, wherever they are in key order."""
+        return sql.SQL("INSERT INTO {target} ({cols}) SELECT {select} FROM {src} WHERE NOT EXISTS "
+                       "(SELECT 1 FROM {target} t WHERE {tkey} = {key})").format(
+            target=self.target, cols=db.ident_list(self.columns), select=self.select_list(), src=self.from_clause(),
+            tkey=self.key_row("t"), key=self.key_row())
+
     def preview(self) -> str:
         return db.render(self.insert_batch_sql(bounded=True))
 
@@ -233,6 +240,18 @@ def copy_table(copy: TableCopy, batch_size: int, reporter: StepReporter = StepRe
         batches += 1
         reporter.progress(done, total)
         last = list(upper)
+    if done != total:
+        # The legacy table changed while it was copied: rows written above the progress were copied
+        # by the batches; rows written below it (after the copy passed their key) only a pass over
+        # the keys missing from the target finds. Only a mismatch pays for that scan.
+        total = catalog.row_count(copy.source_schema, copy.source_table)
+        reporter.expected(total)
+        if done < total:
+            with transaction.atomic():
+                db.execute(ASYNC_COMMIT)
+                done += db.execute(copy.insert_missing_sql())
+                reporter.checkpoint(last[0] if len(copy.key) == 1 and (resumed_after or batches) else None, done)
+            reporter.progress(done, total)
     return CopyStats(rows_source=total, rows_copied=done, batches=batches, resumed_after=resumed_after)
 
 

@@ -100,6 +100,8 @@ class DataPhase(Phase):
                 f"legacy table {legacy}.{step.target} does not exist; restore it or set SALESFLOW_LEGACY_AUTH_SCHEMA "
                 "to the schema that holds the auth tables")
         copy = auth_copy(legacy, step.target)
+        if not catalog.table_exists(copy.target_schema, copy.target_table):
+            raise MigrationError(f"{copy.target_schema}.{copy.target_table} does not exist; run `migrate_phase schemas` first")
         check_columns(copy, AUTH_MODELS[step.target])
         stats = copy_table(copy, ctx.batch_size, reporter)
         if copy.key == ("id",):
@@ -136,7 +138,10 @@ class DataPhase(Phase):
         merged = self._merge_new_reference_rows(ctx, tenant, spec)
         deferred = constraints.defer_constraints(tenant.schema, spec.target_table)
         stats = copy_table(copy, ctx.batch_size, reporter)
-        rebuilt = constraints.restore_constraints(tenant.schema, spec.target_table)
+        rebuilt = constraints.restore_constraints(
+            tenant.schema, spec.target_table,
+            advice=f"fix those rows in {tenant.schema}.{spec.legacy_table}, then run `migrate_phase rollback --tenant "
+                   f"{tenant.tenant_id}`, `migrate_phase schemas` and `migrate_phase data`")
         reset_identity(tenant.schema, spec.target_table)
         analyze(tenant.schema, spec.target_table)
         resumed = f", resumed after id {stats.resumed_after[0]}" if stats.resumed_after else ""
@@ -176,19 +181,30 @@ class DataPhase(Phase):
         source = fingerprint.source_fingerprint(copy)
         target = fingerprint.target_fingerprint(copy)
         details: dict[str, object] = {}
+        converted = [str(d) for d in fingerprint.type_differences(copy)]
+        if converted:
+            details["columns_of_another_type"] = converted
         if str(source) != str(target):
             details["differing_keys"] = [list(k) for k in fingerprint.differing_keys(copy)]
         pending = constraints.pending_deferred(copy.target_schema, copy.target_table)
         unvalidated = constraints.unvalidated_foreign_keys(copy.target_schema, copy.target_table)
         if pending or unvalidated:
             details["constraints_missing"] = pending + unvalidated
-        return StepResult(message=f"{target.rows} rows, fingerprint {'matches' if str(source) == str(target) else 'DIFFERS'}",
+        message = f"{target.rows} rows, fingerprint {'matches' if str(source) == str(target) else 'DIFFERS'}"
+        if converted:
+            message += f"; compared as the target's types: {', '.join(converted)}"
+        return StepResult(message=message,
                           rows_expected=source.rows, rows_copied=target.rows, source_fingerprint=str(source),
                           target_fingerprint=str(target), details=details)
 
     def _check_all_rows_copied(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
         if result.rows_copied != result.rows_expected:
-            return [f"copied {result.rows_copied} rows, expected {result.rows_expected}"]
+            # The copy already picked up legacy rows written behind it; what is left is rows that
+            # vanished from the legacy table after they were copied, which no resume can undo.
+            redo = (f"`migrate_phase rollback --tenant {step.tenant_id}`, then phases schemas and data"
+                    if step.tenant_id else "`migrate_phase rollback`, then phases schemas and data")
+            return [f"copied {result.rows_copied} rows, expected {result.rows_expected}: the legacy table changed while "
+                    f"it was copied; stop writing to it and run {redo}"]
         return []
 
     def _check_every_reference_mapped(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
@@ -201,7 +217,9 @@ class DataPhase(Phase):
             sample = result.details.get("differing_keys") or []
             problems.append(
                 f"content differs: source {result.source_fingerprint}, target {result.target_fingerprint}; "
-                f"differing keys (first {len(sample)}): {', '.join(str(k[0] if len(k) == 1 else tuple(k)) for k in sample)}")
+                f"differing keys (first {len(sample)}): {', '.join(str(k[0] if len(k) == 1 else tuple(k)) for k in sample)}"
+                + (f"; legacy columns of another type: {', '.join(result.details['columns_of_another_type'])}"
+                   if result.details.get("columns_of_another_type") else ""))
         if result.details.get("constraints_missing"):
             problems.append("indexes or foreign keys not rebuilt/validated: " + ", ".join(result.details["constraints_missing"]))
         return problems

@@ -64,7 +64,7 @@ def run_phases(phases: list[Phase], ctx: MigrationContext, on_event: EventCallba
     """
     ensure_tracking_ready()
     outcomes: list[PhaseOutcome] = []
-    with MigratorLock("+".join(p.name for p in phases)):
+    with MigratorLock("+".join(p.name for p in phases)) as lock:
         tracking.close_interrupted()  # whatever a dead run left RUNNING, in any phase
         for phase in phases:
             ctx.forget_tenants()  # an earlier phase may have registered tenants
@@ -73,7 +73,7 @@ def run_phases(phases: list[Phase], ctx: MigrationContext, on_event: EventCallba
                     and not confirm(phase.name, phase.confirmation_question(ctx, planned.steps))):
                 raise MigrationError(f"phase {phase.name} cancelled; nothing was changed")
             tracking.close_interrupted(phase.name)
-            outcome = PhaseRunner(ctx, on_event).run(phase, planned.steps)
+            outcome = PhaseRunner(ctx, on_event, still_locked=lock.check).run(phase, planned.steps)
             outcomes.append(outcome)
             if not outcome.ok:
                 break

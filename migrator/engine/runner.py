@@ -63,9 +63,13 @@ def database_error_line(exc: BaseException) -> str:
 
 
 class PhaseRunner:
-    def __init__(self, ctx: MigrationContext, on_event: EventCallback = lambda event: None) -> None:
+    def __init__(self, ctx: MigrationContext, on_event: EventCallback = lambda event: None,
+                 still_locked: Callable[[], None] = lambda: None) -> None:
+        """``still_locked()`` raises :class:`LockLost` once the run no longer holds the migrator lock;
+        it is checked before every step and at every batch of a copy."""
         self.ctx = ctx
         self.on_event = on_event
+        self.still_locked = still_locked
 
     def run(self, phase: Phase, steps: list[Step] | None = None) -> PhaseOutcome:
         """Apply ``steps`` (default: the pending ones). The caller holds the migrator lock."""
@@ -153,6 +157,7 @@ class PhaseRunner:
 
     def _run_step(self, phase: Phase, step: Step, record: MigrationRecord, outcome: PhaseOutcome,
                   index: int, count: int) -> bool:
+        self.still_locked()  # a run that lost the lock starts nothing more (LockLost ends the run)
         record = tracking.start(record)
         atomic_depth = len(connection.atomic_blocks)
         started = time.monotonic()
@@ -166,6 +171,7 @@ class PhaseRunner:
             progress=progress,
             expected=lambda rows: tracking.save_expected(record.pk, rows),
             checkpoint=lambda key, rows: tracking.save_checkpoint(record.pk, key, rows),
+            fence=self.still_locked,
         )
         result: StepResult | None = None
         try:

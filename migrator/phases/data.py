@@ -12,7 +12,7 @@ from migrator.tables import (AUTH_MODELS, LEGACY_AUTH_TABLES, REFERENCE_TABLES, 
                              TenantDataTable, legacy_table, model_columns, reference_table, unmapped_columns)
 from migrator.core.phase import Phase, StepKind
 from migrator.ops import constraints, fingerprint, reference
-from migrator.ops.copy import Remap, TableCopy, copy_table, reset_identity, analyze
+from migrator.ops.copy import Remap, TableCopy, copy_table, reset_identity, analyze, table_fence
 from tenants.models import MigrationState
 
 
@@ -136,12 +136,14 @@ class DataPhase(Phase):
         copy = tenant_copy(tenant, spec)
         check_columns(copy, spec.model)
         merged = self._merge_new_reference_rows(ctx, tenant, spec)
-        deferred = constraints.defer_constraints(tenant.schema, spec.target_table)
-        stats = copy_table(copy, ctx.batch_size, reporter)
-        rebuilt = constraints.restore_constraints(
-            tenant.schema, spec.target_table,
-            advice=f"fix those rows in {tenant.schema}.{spec.legacy_table}, then run `migrate_phase rollback --tenant "
-                   f"{tenant.tenant_id}`, `migrate_phase schemas` and `migrate_phase data`")
+        # The fence covers the constraints too: a second runner must not drop or rebuild them mid-copy.
+        with table_fence(tenant.schema, spec.target_table):
+            deferred = constraints.defer_constraints(tenant.schema, spec.target_table)
+            stats = copy_table(copy, ctx.batch_size, reporter)
+            rebuilt = constraints.restore_constraints(
+                tenant.schema, spec.target_table,
+                advice=f"fix those rows in {tenant.schema}.{spec.legacy_table}, then run `migrate_phase rollback "
+                       f"--tenant {tenant.tenant_id}`, `migrate_phase schemas` and `migrate_phase data`")
         reset_identity(tenant.schema, spec.target_table)
         analyze(tenant.schema, spec.target_table)
         resumed = f", resumed after id {stats.resumed_after[0]}" if stats.resumed_after else ""

@@ -56,11 +56,11 @@ def local_settings(**settings: str) -> Iterator[None]:
     previous = {name: fetchvalue("SELECT current_setting(%s)", [name]) for name in settings}
     for name, value in settings.items():
         execute("SELECT set_config(%s, %s, true)", [name, value])
-    try:
-        yield
-    finally:
-        for name, value in previous.items():
-            execute("SELECT set_config(%s, %s, true)", [name, value])
+    yield
+    # Not in a ``finally``: after an error the transaction is aborted, any statement would fail with
+    # "current transaction is aborted" and hide the first error, and its rollback undoes SET LOCAL anyway.
+    for name, value in previous.items():
+        execute("SELECT set_config(%s, %s, true)", [name, value])
 
 
 def ident_list(names: Sequence[str]) -> sql.Composed:

@@ -7,3 +7,7 @@ class MigrationError(Exception):
 
 class LockHeld(MigrationError):
     """Another migrate_phase holds the migrator lock on this database."""
+
+
+class LockLost(MigrationError):
+    """This run no longer holds the migrator lock (its connection ended): it must stop writing."""

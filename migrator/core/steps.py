@@ -62,11 +62,14 @@ class StepReporter:
     ``progress(done, total)`` is shown to the operator. ``expected(rows)`` stores the source row
     count once it is known. ``checkpoint(key, rows_done)`` stores how far a copy got; it is called
     inside the batch's transaction, so the checkpoint commits with the batch it describes.
+    ``fence()`` is called at the start of each batch's transaction and raises when this run may no
+    longer write (it lost the migrator lock): the batch then rolls back and the step stops.
     """
 
     progress: Callable[[int, int | None], None] = _ignore
     expected: Callable[[int], None] = _ignore
     checkpoint: Callable[[int | None, int], None] = _ignore
+    fence: Callable[[], None] = _ignore
 
 
 EventKind = Literal["phase_start", "step_start", "step_progress", "step_success", "step_failure", "phase_end", "notice"]

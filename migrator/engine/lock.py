@@ -15,7 +15,7 @@ from types import TracebackType
 import psycopg
 from django.db import connection
 
-from migrator.core.errors import LockHeld
+from migrator.core.errors import LockHeld, LockLost
 
 # Two int4 keys: (namespace, lock) -> pg_locks.classid / objid.
 LOCK_NAMESPACE = 0x53460000  # "SF"
@@ -82,10 +82,35 @@ class MigratorLock:
         self._conn = conn
         return self
 
+    def check(self) -> None:
+        """Raise :class:`LockLost` unless this run still holds the lock.
+
+        A session lock vanishes with its connection, and an idle connection can be ended behind our
+        back (``pg_terminate_backend``, ``idle_session_timeout``, a proxy's timeout); another run is
+        then admitted. Writers call this before each batch so that a run that lost the lock stops.
+        """
+        if self._conn is None:
+            raise LockLost("this run does not hold the migrator lock; rerun the phase")
+        try:
+            held = self._conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() "
+                "AND granted AND classid = %s AND objid = %s AND objsubid = 2)", [LOCK_NAMESPACE, LOCK_ID],
+            ).fetchone()[0]
+            reason = "" if held else "the lock is no longer held by its connection"
+        except psycopg.Error as exc:
+            held, reason = False, f"its connection to the server ended: {' '.join(str(exc).split()) or type(exc).__name__}"
+        if not held:
+            raise LockLost(f"this run lost the migrator lock ({reason}), so another run may have started; it stopped "
+                           "before its next batch, every committed batch is kept: check that no other migrate_phase "
+                           "is running, then rerun the phase to resume")
+
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if self._conn is not None:
             try:
-                self._conn.execute("SELECT pg_advisory_unlock(%s, %s)", [LOCK_NAMESPACE, LOCK_ID])
+                if not self._conn.closed:
+                    self._conn.execute("SELECT pg_advisory_unlock(%s, %s)", [LOCK_NAMESPACE, LOCK_ID])
+            except psycopg.Error:
+                pass  # a lost lock (see check) has nothing left to release
             finally:
                 self._conn.close()
                 self._conn = None

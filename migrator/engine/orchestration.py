@@ -99,7 +99,7 @@ def run_phases(phases: list[Phase], ctx: MigrationContext, on_event: EventCallba
     ``confirm(phase name, question)`` is asked before a phase whose steps change data irreversibly.
     """
     outcomes: list[PhaseOutcome] = []
-    with MigratorLock("+".join(p.name for p in phases)):
+    with MigratorLock("+".join(p.name for p in phases)) as lock:
         for phase in phases:
             if notice := phase.recover(ctx):
                 on_event(Event("notice", phase.name, message=notice))
@@ -115,7 +115,7 @@ def run_phases(phases: list[Phase], ctx: MigrationContext, on_event: EventCallba
                     and not confirm(phase.name, phase.confirmation_question(ctx, planned.steps))):
                 raise MigrationError(f"phase {phase.name} cancelled; nothing was changed")
             tracking.close_interrupted(phase.name)
-            outcome = PhaseRunner(ctx, on_event).run(phase, planned.steps)
+            outcome = PhaseRunner(ctx, on_event, still_locked=lock.check).run(phase, planned.steps)
             outcomes.append(outcome)
             if not outcome.ok:
                 break

@@ -54,10 +54,23 @@ def pending_steps(phase: Phase, ctx: MigrationContext) -> list[Step]:
     return [s for s in steps if s.rerun or (row := latest.get(s.key)) is None or row.status != Status.COMPLETED]
 
 
+def database_error_line(exc: BaseException) -> str:
+    """The server's message on one line, with its DETAIL (the key or row at fault) when it has one."""
+    cause = exc if isinstance(exc, psycopg.Error) else exc.__cause__
+    diag = getattr(cause, "diag", None)
+    message = getattr(diag, "message_primary", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    detail = getattr(diag, "message_detail", None)
+    return " ".join(f"{message} ({detail})".split()) if detail else message
+
+
 class PhaseRunner:
-    def __init__(self, ctx: MigrationContext, on_event: EventCallback = lambda event: None) -> None:
+    def __init__(self, ctx: MigrationContext, on_event: EventCallback = lambda event: None,
+                 still_locked: Callable[[], None] = lambda: None) -> None:
+        """``still_locked()`` raises :class:`LockLost` once the run no longer holds the migrator lock;
+        it is checked before every step and at every batch of a copy."""
         self.ctx = ctx
         self.on_event = on_event
+        self.still_locked = still_locked
 
     def run(self, phase: Phase, steps: list[Step] | None = None) -> PhaseOutcome:
         """Apply ``steps`` (default: the pending ones). The caller holds the migrator lock."""
@@ -145,6 +158,7 @@ class PhaseRunner:
 
     def _run_step(self, phase: Phase, step: Step, record: MigrationRecord, outcome: PhaseOutcome,
                   index: int, count: int) -> bool:
+        self.still_locked()  # a run that lost the lock starts nothing more (LockLost ends the run)
         record = tracking.start(record)
         atomic_depth = len(connection.atomic_blocks)
         started = time.monotonic()
@@ -158,6 +172,7 @@ class PhaseRunner:
             progress=progress,
             expected=lambda rows: tracking.save_expected(record.pk, rows),
             checkpoint=lambda key, rows: tracking.save_checkpoint(record.pk, key, rows),
+            fence=self.still_locked,
         )
         result: StepResult | None = None
         try:
@@ -170,7 +185,7 @@ class PhaseRunner:
             # Usually the data's fault (a missing column, a constraint): one line is the message;
             # the traceback is there for SALESFLOW_LOG_LEVEL=INFO.
             logger.info("step %s failed", step.key, exc_info=True)
-            error = f"database error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+            error = f"database error: {database_error_line(exc)}"
         except Exception as exc:  # record every failure; the traceback goes to the log
             logger.exception("step %s failed unexpectedly", step.key)
             error = f"{type(exc).__name__}: {exc}"
@@ -199,8 +214,18 @@ class PhaseRunner:
         Django's schema editor leaves its transaction open when deferred SQL fails, and a killed
         backend leaves a dead connection; either would make recording the failure fail too.
         """
-        while len(connection.atomic_blocks) > atomic_depth:
-            leaked = connection.atomic_blocks[-1]
-            leaked.__exit__(RuntimeError, RuntimeError("step failed"), None)  # rolls back and pops
+        try:
+            while len(connection.atomic_blocks) > atomic_depth:
+                leaked = connection.atomic_blocks[-1]
+                leaked.__exit__(RuntimeError, RuntimeError("step failed"), None)  # rolls back and pops
+        except (DatabaseError, psycopg.Error):
+            # The step's own error is the one to report; a connection that cannot even roll back is dropped.
+            logger.info("cleaning up after a failed step failed", exc_info=True)
+            del connection.atomic_blocks[atomic_depth:]
+            if not connection.atomic_blocks:  # nothing of the caller's is open: a fresh connection next time
+                connection.in_atomic_block = False
+                connection.needs_rollback = False
+            connection.close()
+            return
         if connection.connection is not None and not connection.in_atomic_block and not connection.is_usable():
             connection.close()

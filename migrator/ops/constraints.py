@@ -15,10 +15,11 @@ would make that rebuild fail loudly.
 
 from __future__ import annotations
 
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from psycopg import sql
 
 from migrator import db
+from migrator.core.errors import MigrationError
 from migrator.models import DeferredConstraint
 
 # Render definitions fully qualified, whatever the connection's search_path.
@@ -90,9 +91,31 @@ def _deferrable_primary_key(schema: str, table: str) -> tuple[str, str] | None:
     return (row[0], row[1]) if row else None
 
 
-def restore_constraints(schema: str, table: str, maintenance_work_mem: str = "256MB") -> int:
-    """Rebuild what :func:`defer_constraints` dropped: indexes, then foreign keys NOT VALID + VALIDATE."""
+REBUILD_ADVICE = "fix those rows in the legacy table, then roll back and copy the table again"
+
+
+def restore_constraints(schema: str, table: str, maintenance_work_mem: str = "256MB",
+                        advice: str = REBUILD_ADVICE) -> int:
+    """Rebuild what :func:`defer_constraints` dropped: indexes, then foreign keys NOT VALID + VALIDATE.
+
+    Copied rows that break a rebuilt constraint (orphans, duplicate keys) fail it with one line that
+    names the constraint, the server's message and the key at fault, followed by ``advice``.
+    """
     deferred = list(DeferredConstraint.objects.filter(schema_name=schema, table_name=table))
+    try:
+        _rebuild(schema, table, deferred, maintenance_work_mem)
+    except DatabaseError as exc:
+        diag = getattr(exc.__cause__, "diag", None)
+        reason = getattr(diag, "message_primary", None) or str(exc).strip().splitlines()[0]
+        detail = getattr(diag, "message_detail", None)
+        failing = getattr(diag, "constraint_name", None)
+        raise MigrationError(" ".join(
+            f"{schema}.{table}: the copied rows break {failing or 'a rebuilt index or foreign key'}: {reason}"
+            f"{f' ({detail})' if detail else ''}; {advice}".split())) from None
+    return len(deferred)
+
+
+def _rebuild(schema: str, table: str, deferred: list[DeferredConstraint], maintenance_work_mem: str) -> None:
     with transaction.atomic():
         with db.local_settings(maintenance_work_mem=maintenance_work_mem, **QUALIFY_ALL):
             for item in deferred:
@@ -107,7 +130,6 @@ def restore_constraints(schema: str, table: str, maintenance_work_mem: str = "25
                     db.execute(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
                         sql.Identifier(schema, table), sql.Identifier(item.name)))
         DeferredConstraint.objects.filter(pk__in=[item.pk for item in deferred]).delete()
-    return len(deferred)
 
 
 def unvalidated_foreign_keys(schema: str, table: str) -> list[str]:

@@ -16,9 +16,12 @@ afterwards with a synchronous commit, which flushes all WAL before it, every bat
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from psycopg import sql
 
 from migrator import catalog, db
@@ -93,11 +96,65 @@ class TableCopy:
             query += sql.SQL(" AND {key} <= {hi}").format(key=self.key_row(), hi=self.key_params())
         return query
 
+    def insert_missing_sql(self) -> sql.Composed:
+        """Source rows whose key the target does not have, wherever they are in key order."""
+        return sql.SQL("INSERT INTO {target} ({cols}) SELECT {select} FROM {src} WHERE NOT EXISTS "
+                       "(SELECT 1 FROM {target} t WHERE {tkey} = {key})").format(
+            target=self.target, cols=db.ident_list(self.columns), select=self.select_list(), src=self.from_clause(),
+            tkey=self.key_row("t"), key=self.key_row())
+
     def preview(self) -> str:
         return db.render(self.insert_batch_sql(bounded=True))
 
 
 ASYNC_COMMIT = "SELECT set_config('synchronous_commit', 'off', true)"
+
+# Advisory lock keys (namespace, crc32 of "schema.table") of the per-table copy fence; the migrator
+# lock is (0x53460000, 1).
+COPY_FENCE_NAMESPACE = 0x53460001
+
+
+def _fence_key(schema: str, table: str) -> list[int]:
+    return [COPY_FENCE_NAMESPACE, zlib.crc32(f"{schema}.{table}".encode()) & 0x7FFFFFFF]
+
+
+@contextmanager
+def table_fence(schema: str, table: str) -> Iterator[None]:
+    """Only one runner writes ``schema.table`` at a time, whatever the migrator lock says.
+
+    A session advisory lock on the connection that writes the batches: it cannot outlive that
+    connection, and the batches cannot outlive it either (they run on it), so, unlike the
+    migrator lock on its idle connection, it is never lost while batches still commit. A second
+    runner that reaches the table while it is held is refused at once; each batch also checks that
+    its connection still holds it (see :func:`_check_fence`). Re-entrant within one session.
+    """
+    key = _fence_key(schema, table)
+    if not db.fetchvalue("SELECT pg_try_advisory_lock(%s, %s)", key):
+        holder = db.fetchvalue(
+            "SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+            "AND l.granted AND l.classid = %s AND l.objid = %s AND l.objsubid = 2 "
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())", key)
+        raise MigrationError(
+            f"{schema}.{table} is being written by another migrate_phase (server pid {holder or 'unknown'}); nothing "
+            "was copied: let that run finish (or stop it), then rerun the phase")
+    try:
+        yield
+    finally:
+        try:
+            db.execute("SELECT pg_advisory_unlock(%s, %s)", key)
+        except DatabaseError:
+            pass  # the connection is gone, and the lock with it
+
+
+def _check_fence(copy: TableCopy) -> None:
+    """Inside a batch's transaction: this connection still holds the copy's table fence."""
+    held = db.fetchvalue(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted "
+        "AND classid = %s AND objid = %s AND objsubid = 2)", _fence_key(copy.target_schema, copy.target_table))
+    if not held:
+        raise MigrationError(
+            f"{copy.target_schema}.{copy.target_table}: this run's database connection changed in the middle of the "
+            "copy and no longer holds the table's lock; it stopped, every committed batch is kept: rerun the phase")
 
 
 def _lowest_key(copy: TableCopy) -> list[object]:
@@ -156,6 +213,34 @@ def _scan_source(copy: TableCopy) -> tuple[int, dict[str, int]]:
     return int(total), {r.column: int(n) for r, n in zip(unproven, missing) if n}
 
 
+def _dangling(copy: TableCopy, remap: Remap, sample: int = 5) -> tuple[int, list[object]]:
+    """Source rows whose ``remap.column`` holds an id of no row of the legacy reference table, and some of those ids."""
+    if not catalog.table_exists(copy.source_schema, remap.reference_table):
+        query = sql.SQL("SELECT count(*), (array_agg(DISTINCT s.{c}))[1:%s] FROM {src} s WHERE s.{c} IS NOT NULL")
+    else:
+        query = sql.SQL("SELECT count(*), (array_agg(DISTINCT s.{c}))[1:%s] FROM {src} s WHERE s.{c} IS NOT NULL "
+                        "AND NOT EXISTS (SELECT 1 FROM {ref} r WHERE r.id = s.{c})")
+    count, ids = db.fetchone(query.format(c=sql.Identifier(remap.column), src=copy.source,
+                                          ref=sql.Identifier(copy.source_schema, remap.reference_table)), [sample]) or (0, [])
+    return int(count), list(ids or [])
+
+
+def _refuse_unmapped(copy: TableCopy, missing: dict[str, int]) -> None:
+    """Say why rows have no merged reference id: an id that points at nothing is the legacy data's to fix."""
+    for remap in copy.remaps:
+        if remap.column not in missing:
+            continue
+        dangling, ids = _dangling(copy, remap)
+        if dangling:
+            raise MigrationError(
+                f"{dangling} rows of {copy.source_schema}.{copy.source_table}.{remap.column} point at no row of "
+                f"{copy.source_schema}.{remap.reference_table} (ids {', '.join(map(str, ids))}); nothing was copied: "
+                "point them at an existing row or set them to NULL in the legacy table, then rerun the phase")
+    details = ", ".join(f"{n} rows of {copy.source_table}.{c}" for c, n in missing.items())
+    raise MigrationError(f"{details} point at reference rows with no merged id; rerun `migrate_phase data`, "
+                         "which merges them")
+
+
 def unmapped_references(copy: TableCopy) -> dict[str, int]:
     """Source rows whose reference id has no entry in the map (they would lose their reference)."""
     return _scan_source(copy)[1]
@@ -173,11 +258,18 @@ def copy_table(copy: TableCopy, batch_size: int, reporter: StepReporter = StepRe
     """Copy every source row not yet in the target, in key order, one committed batch at a time.
 
     ``reporter.checkpoint`` runs inside each batch's transaction, so what it stores commits with the batch.
+    Exactly once does not rest on the migrator lock alone: the copy holds the table's fence
+    (:func:`table_fence`) from before it reads where to resume until its last batch, and every batch
+    checks it and ``reporter.fence`` first, so two runners can never both write the table.
     """
+    with table_fence(copy.target_schema, copy.target_table):
+        return _copy_table(copy, batch_size, reporter)
+
+
+def _copy_table(copy: TableCopy, batch_size: int, reporter: StepReporter) -> CopyStats:
     total, missing = _scan_source(copy)
     if missing:
-        details = ", ".join(f"{n} rows of {copy.source_table}.{c}" for c, n in missing.items())
-        raise MigrationError(f"{details} point at reference rows with no merged id; rerun the merge_reference steps")
+        _refuse_unmapped(copy, missing)
     resumed_after = _last_copied_key(copy)
     last = resumed_after or _lowest_key(copy)
     done = catalog.row_count(copy.target_schema, copy.target_table) if resumed_after else 0
@@ -200,12 +292,28 @@ def copy_table(copy: TableCopy, batch_size: int, reporter: StepReporter = StepRe
             if upper is None:
                 break
         with transaction.atomic():
+            reporter.fence()
+            _check_fence(copy)
             db.execute(ASYNC_COMMIT)  # see the module docstring: a lost batch is recopied, never half-kept
             done += db.execute(bounded, [*last, *upper])
             reporter.checkpoint(upper[0] if len(copy.key) == 1 else None, done)
         batches += 1
         reporter.progress(done, total)
         last = list(upper)
+    if done != total:
+        # The legacy table changed while it was copied: rows written above the progress were copied
+        # by the batches; rows written below it (after the copy passed their key) only a pass over
+        # the keys missing from the target finds. Only a mismatch pays for that scan.
+        total = catalog.row_count(copy.source_schema, copy.source_table)
+        reporter.expected(total)
+        if done < total:
+            with transaction.atomic():
+                reporter.fence()
+                _check_fence(copy)
+                db.execute(ASYNC_COMMIT)
+                done += db.execute(copy.insert_missing_sql())
+                reporter.checkpoint(last[0] if len(copy.key) == 1 and (resumed_after or batches) else None, done)
+            reporter.progress(done, total)
     return CopyStats(rows_source=total, rows_copied=done, batches=batches, resumed_after=resumed_after)
 
 

@@ -73,49 +73,63 @@ def describe_conflicts(ref: ReferenceTable, conflicts: list[dict[str, Any]], lim
     return "; ".join(parts) + more
 
 
+def _unmapped_rows(ref: ReferenceTable, tenant_id: str) -> sql.Composed:
+    """The tenant's legacy ``ref`` rows that have no map entry yet, aliased ``l``; parameters: :func:`_unmapped_params`."""
+    return sql.SQL("{legacy} l WHERE NOT EXISTS (SELECT 1 FROM public.migrator_reference_map m "
+                   "WHERE m.tenant_id = %s AND m.reference_table = %s AND m.old_id = l.id)").format(
+        legacy=sql.Identifier(tenant_schema_name(tenant_id), ref.legacy_table))
+
+
+def _unmapped_params(ref: ReferenceTable, tenant_id: str) -> list[str]:
+    return [tenant_id, ref.map_name]
+
+
 def _unmerged_tenants(ref: ReferenceTable, tenant_ids: list[str]) -> tuple[list[str], list[str]]:
-    """Tenants whose legacy ``ref`` table has no map entries yet, and tenants that have no such table."""
-    already = {row[0] for row in db.fetchall(
-        "SELECT DISTINCT tenant_id FROM public.migrator_reference_map WHERE reference_table = %s", [ref.map_name])}
+    """Tenants with legacy ``ref`` rows that have no map entry yet, and tenants that have no such table.
+
+    Row by row, not tenant by tenant: a reference row added to a tenant merged before is merged too.
+    """
     present = catalog.tables_by_schema([tenant_schema_name(t) for t in tenant_ids])
     todo: list[str] = []
     without_table: list[str] = []
     for tenant_id in tenant_ids:
         if ref.legacy_table not in present[tenant_schema_name(tenant_id)]:
             without_table.append(tenant_id)
-        elif tenant_id not in already:
+        elif db.fetchvalue(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(_unmapped_rows(ref, tenant_id)),
+                           _unmapped_params(ref, tenant_id)):
             todo.append(tenant_id)
     return todo, without_table
 
 
 def needs_merge(ref: ReferenceTable, tenant_ids: list[str]) -> bool:
-    """Some of these tenants have legacy ``ref`` rows that were never merged (e.g. registered after the merge)."""
-    todo, _without_table = _unmerged_tenants(ref, tenant_ids)
-    return any(
-        db.fetchvalue(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(
-            sql.Identifier(tenant_schema_name(tenant_id), ref.legacy_table)))
-        for tenant_id in todo
-    )
+    """Some of these tenants have legacy ``ref`` rows that were never merged (e.g. registered or added after the merge)."""
+    return bool(_unmerged_tenants(ref, tenant_ids)[0])
 
 
 def merge_reference_table(ref: ReferenceTable, tenant_ids: list[str], policy: str) -> MergeResult:
-    """Merge ``ref`` of the given tenants (those not merged before) into its shared table."""
+    """Merge the rows of ``ref`` of the given tenants that have no map entry yet into its shared table."""
+    if not catalog.table_exists(str(ref.schema), ref.table):
+        raise MigrationError(f"{ref.schema}.{ref.table} does not exist; run `migrate_phase schemas` first")
     result = MergeResult()
-    todo, result.tenants_without_table = _unmerged_tenants(ref, tenant_ids)
-    if not todo:
-        return result
-    value_cols = _value_columns(ref, todo)
-    cols = db.ident_list(value_cols)
     shared = sql.Identifier(ref.schema, ref.table)
     with transaction.atomic():
+        # One merge of a reference table at a time (tenant copies merge their new rows in parallel):
+        # a conflict check must see every shared row that another merge could be adding.
+        db.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"migrator reference merge {ref.map_name}"])
+        todo, result.tenants_without_table = _unmerged_tenants(ref, tenant_ids)
+        if not todo:
+            return result
+        value_cols = _value_columns(ref, todo)
+        cols = db.ident_list(value_cols)
         db.execute(sql.SQL("CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT ''::text AS tenant_id, "
                            "0::bigint AS old_id, {cols} FROM {shared} WITH NO DATA").format(
             stage=STAGE, cols=cols, shared=shared))
         for tenant_id in todo:
             result.rows_staged += db.execute(
-                sql.SQL("INSERT INTO {stage} SELECT %s, id, {cols} FROM {legacy}").format(
-                    stage=STAGE, cols=cols, legacy=sql.Identifier(tenant_schema_name(tenant_id), ref.legacy_table)),
-                [tenant_id],
+                sql.SQL("INSERT INTO {stage} SELECT %s, l.id, {legacy_cols} FROM {unmapped}").format(
+                    stage=STAGE, legacy_cols=sql.SQL(", ").join(sql.SQL("l.{}").format(sql.Identifier(c)) for c in value_cols),
+                    unmapped=_unmapped_rows(ref, tenant_id)),
+                [tenant_id, *_unmapped_params(ref, tenant_id)],
             )
         conflicts = _conflicts(ref, value_cols)
         if conflicts and policy != "first-wins":

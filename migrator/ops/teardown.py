@@ -23,8 +23,12 @@ def migrated_apps() -> list[str]:
     return sorted({str(apps.get_model(t.model)._meta.app_label) for t in LEGACY_TABLES})
 
 
-def drop_tenant_tables(schema: str) -> list[str]:
-    """Drop the namespaced tables (and the schema's django_migrations) a migration made in a legacy schema."""
+def drop_tenant_tables(schema: str, tenant_id: str | None = None) -> list[str]:
+    """Drop the namespaced tables (and the schema's django_migrations) a migration made in a legacy schema.
+
+    ``tenant_id``'s reference map rows go too: its legacy reference rows may change before it is
+    migrated again, and a kept map would remap its rows by the old ones.
+    """
     dropped = []
     with transaction.atomic():
         for table in [*reversed([t.table for t in TENANT_DATA_TABLES]), "django_migrations"]:
@@ -32,6 +36,8 @@ def drop_tenant_tables(schema: str) -> list[str]:
                 db.execute(sql.SQL("DROP TABLE {} CASCADE").format(sql.Identifier(schema, table)))
                 dropped.append(table)
         db.execute("DELETE FROM public.migrator_deferred_constraints WHERE schema_name = %s", [schema])
+        if tenant_id is not None:
+            db.execute("DELETE FROM public.migrator_reference_map WHERE tenant_id = %s", [tenant_id])
     return dropped
 
 

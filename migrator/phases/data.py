@@ -12,7 +12,7 @@ from migrator.tables import (AUTH_MODELS, LEGACY_AUTH_TABLES, REFERENCE_TABLES, 
                              TenantDataTable, legacy_table, model_columns, reference_table, unmapped_columns)
 from migrator.core.phase import Phase, StepKind
 from migrator.ops import constraints, fingerprint, reference
-from migrator.ops.copy import Remap, TableCopy, copy_table, reset_identity, analyze
+from migrator.ops.copy import Remap, TableCopy, copy_table, reset_identity, analyze, table_fence
 from tenants.models import MigrationState
 
 
@@ -105,6 +105,8 @@ class DataPhase(Phase):
                 f"legacy table {legacy}.{step.target} does not exist; restore it or set SALESFLOW_LEGACY_AUTH_SCHEMA "
                 "to the schema that holds the auth tables")
         copy = auth_copy(legacy, step.target)
+        if not catalog.table_exists(copy.target_schema, copy.target_table):
+            raise MigrationError(f"{copy.target_schema}.{copy.target_table} does not exist; run `migrate_phase schemas` first")
         check_columns(copy, AUTH_MODELS[step.target])
         stats = copy_table(copy, ctx.batch_size, reporter)
         if copy.key == ("id",):
@@ -138,16 +140,39 @@ class DataPhase(Phase):
             raise MigrationError(f"{tenant.schema}.{spec.target_table} does not exist; run `migrate_phase schemas` first")
         copy = tenant_copy(tenant, spec)
         check_columns(copy, spec.model)
-        deferred = constraints.defer_constraints(tenant.schema, spec.target_table)
-        stats = copy_table(copy, ctx.batch_size, reporter)
-        rebuilt = constraints.restore_constraints(tenant.schema, spec.target_table)
+        merged = self._merge_new_reference_rows(ctx, tenant, spec)
+        # The fence covers the constraints too: a second runner must not drop or rebuild them mid-copy.
+        with table_fence(tenant.schema, spec.target_table):
+            deferred = constraints.defer_constraints(tenant.schema, spec.target_table)
+            stats = copy_table(copy, ctx.batch_size, reporter)
+            rebuilt = constraints.restore_constraints(
+                tenant.schema, spec.target_table,
+                advice=f"fix those rows in {tenant.schema}.{spec.legacy_table}, then run `migrate_phase rollback "
+                       f"--tenant {tenant.tenant_id}`, `migrate_phase schemas` and `migrate_phase data`")
         reset_identity(tenant.schema, spec.target_table)
         analyze(tenant.schema, spec.target_table)
         resumed = f", resumed after id {stats.resumed_after[0]}" if stats.resumed_after else ""
         return StepResult(message=f"{stats.rows_copied} rows in {stats.batches} batches{resumed}",
                           rows_expected=stats.rows_source, rows_copied=stats.rows_copied,
                           details={"batches": stats.batches, "deferred": deferred, "rebuilt": rebuilt,
-                                   "resumed_after": stats.resumed_after})
+                                   "resumed_after": stats.resumed_after, **merged})
+
+    @staticmethod
+    def _merge_new_reference_rows(ctx: MigrationContext, tenant: TenantRef, spec: TenantDataTable) -> dict[str, object]:
+        """Merge the tenant's reference rows that have no map entry yet (added since the merge_reference
+        steps ran), so its rows never point at a reference row the map does not know."""
+        mapped: dict[str, int] = {}
+        discarded: list[dict[str, object]] = []
+        for ref_name in spec.remap.values():
+            result = reference.merge_reference_table(reference_table(ref_name), [tenant.tenant_id],
+                                                     ctx.options.reference_conflicts)
+            if result.mapped:
+                mapped[ref_name] = result.mapped
+            discarded += result.discarded
+        details: dict[str, object] = {"reference_rows_merged": mapped} if mapped else {}
+        if discarded:
+            details["discarded_variants"] = discarded
+        return details
 
     def _validate_table(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         if step.tenant_id is None:
@@ -162,19 +187,30 @@ class DataPhase(Phase):
             copy = tenant_copy(tenant, spec)
         source, target = validation_fingerprints(copy)
         details: dict[str, object] = {}
+        converted = [str(d) for d in fingerprint.type_differences(copy)]
+        if converted:
+            details["columns_of_another_type"] = converted
         if str(source) != str(target):
             details["differing_keys"] = [list(k) for k in fingerprint.differing_keys(copy)]
         pending = constraints.pending_deferred(copy.target_schema, copy.target_table)
         unvalidated = constraints.unvalidated_foreign_keys(copy.target_schema, copy.target_table)
         if pending or unvalidated:
             details["constraints_missing"] = pending + unvalidated
-        return StepResult(message=f"{target.rows} rows, fingerprint {'matches' if str(source) == str(target) else 'DIFFERS'}",
+        message = f"{target.rows} rows, fingerprint {'matches' if str(source) == str(target) else 'DIFFERS'}"
+        if converted:
+            message += f"; compared as the target's types: {', '.join(converted)}"
+        return StepResult(message=message,
                           rows_expected=source.rows, rows_copied=target.rows, source_fingerprint=str(source),
                           target_fingerprint=str(target), details=details)
 
     def _check_all_rows_copied(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
         if result.rows_copied != result.rows_expected:
-            return [f"copied {result.rows_copied} rows, expected {result.rows_expected}"]
+            # The copy already picked up legacy rows written behind it; what is left is rows that
+            # vanished from the legacy table after they were copied, which no resume can undo.
+            redo = (f"`migrate_phase rollback --tenant {step.tenant_id}`, then phases schemas and data"
+                    if step.tenant_id else "`migrate_phase rollback`, then phases schemas and data")
+            return [f"copied {result.rows_copied} rows, expected {result.rows_expected}: the legacy table changed while "
+                    f"it was copied; stop writing to it and run {redo}"]
         return []
 
     def _check_every_reference_mapped(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
@@ -187,7 +223,9 @@ class DataPhase(Phase):
             sample = result.details.get("differing_keys") or []
             problems.append(
                 f"content differs: source {result.source_fingerprint}, target {result.target_fingerprint}; "
-                f"differing keys (first {len(sample)}): {', '.join(str(k[0] if len(k) == 1 else tuple(k)) for k in sample)}")
+                f"differing keys (first {len(sample)}): {', '.join(str(k[0] if len(k) == 1 else tuple(k)) for k in sample)}"
+                + (f"; legacy columns of another type: {', '.join(result.details['columns_of_another_type'])}"
+                   if result.details.get("columns_of_another_type") else ""))
         if result.details.get("constraints_missing"):
             problems.append("indexes or foreign keys not rebuilt/validated: " + ", ".join(result.details["constraints_missing"]))
         return problems

@@ -114,10 +114,10 @@ class RollbackPhase(Phase):
     def _drop_tenant_tables(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         # The tenant's steps become ROLLED_BACK in the transaction that drops its tables: a rollback
         # that stops after this tenant (killed, or a later step failing) never leaves them "done".
-        schema = TenantRef(step.tenant_id or "").schema
+        tenant = TenantRef(step.tenant_id or "")
         with transaction.atomic():
-            teardown.revoke_tenant_usage(schema)  # read from its phase-4 record before that is marked
-            dropped = teardown.drop_tenant_tables(schema)
+            teardown.revoke_tenant_usage(tenant.schema)  # read from its phase-4 record before that is marked
+            dropped = teardown.drop_tenant_tables(tenant.schema, tenant.tenant_id)
             Tenant.objects.filter(tenant_id=step.tenant_id).update(migration_state=MigrationState.ROLLED_BACK)
             marked = tracking.mark_rolled_back(undone_phases(restore=False), [step.tenant_id or ""])
         return StepResult(message=f"dropped {', '.join(dropped) or 'nothing'}; {marked} steps marked ROLLED_BACK",

@@ -71,9 +71,9 @@ class Command(BaseCommand):
         parser.add_argument("--load-seconds", type=seconds, default=10.0,
                             help="verify: at most this many seconds of load on each layout, legacy then new "
                                  "(default 10).")
-        parser.add_argument("--load-queries", type=non_negative, default=2000,
+        parser.add_argument("--load-queries", type=non_negative, default=1000,
                             help="verify: a layout's load ends early once every key query ran this many times "
-                                 "(default 2000; 0 always runs --load-seconds).")
+                                 "(default 1000; 0 always runs --load-seconds).")
         parser.add_argument("--load-max-regression", type=percent, default=50.0, metavar="PERCENT",
                             help="verify: the load test fails when a query's p95 latency on the new tables is more "
                                  "than PERCENT worse than on the legacy ones (default 50).")

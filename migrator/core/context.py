@@ -48,7 +48,7 @@ class RunOptions:
     keep_target: bool = False  # rehearse: keep the scratch database for inspection
     rehearsal_backup: str | None = None  # prepare, in a rehearsal copy only: record this backup instead of dumping
     load_clients: int = 4  # verify: connections of the load test
-    load_seconds: float = 10.0  # verify: the load test's time per layout (at most)
+    load_seconds: float = 10.0  # verify: the load test's time (at most)
     load_max_regression: float = 50.0  # verify: new layout's p95 may be this many percent worse than legacy
     load_queries: int = 1000  # verify: a layout's load ends early once every query ran this often (0: never)
     interactive: bool = True

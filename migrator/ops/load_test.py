@@ -121,75 +121,89 @@ def sample_keys(schemas: Sequence[str], layout: str) -> list[TenantKeys]:
     return keys
 
 
-class LayoutLoad:
-    """``clients`` threads running the key queries on one layout until the deadline or enough samples."""
+class Load:
+    """``clients`` threads running the key queries until the deadline or enough samples.
 
-    def __init__(self, layout: str, tenants: list[TenantKeys], config: MigratorConfig, clients: int,
+    Each client runs a query with a key on the legacy tables and then the same query with the same
+    key on the new ones: both layouts are measured under the same load at the same moments, so a
+    busy machine slows both alike instead of whichever layout ran during the busy spell.
+    """
+
+    def __init__(self, layouts: tuple[str, ...], tenants: list[TenantKeys], config: MigratorConfig, clients: int,
                  seconds: float, queries_wanted: int) -> None:
-        self.layout = layout
+        self.layouts = layouts
         self.tenants = tenants
         self.clients = clients
         self.seconds = seconds
         self.per_client = math.ceil(queries_wanted / clients) if queries_wanted else 0
-        self.statements = {name: tuple(sql.SQL(text).format(table=sql.Identifier(table_name(layout, legacy_name)))
-                                       for text in texts)
-                           for name, (legacy_name, texts) in KEY_QUERIES.items()}
-        self.roles = {name: service_role(layout, legacy_name, config) for name, (legacy_name, _t) in KEY_QUERIES.items()}
-        self.stats: dict[str, QueryStats] = {name: QueryStats() for name in KEY_QUERIES}
+        self.statements = {(layout, name): tuple(sql.SQL(text).format(table=sql.Identifier(table_name(layout, legacy)))
+                                                 for text in texts)
+                           for layout in layouts for name, (legacy, texts) in KEY_QUERIES.items()}
+        self.roles = {(layout, name): service_role(layout, legacy, config)
+                      for layout in layouts for name, (legacy, _texts) in KEY_QUERIES.items()}
+        self.stats: dict[tuple[str, str], QueryStats] = {key: QueryStats() for key in self.statements}
         self.lock = threading.Lock()
         self.errors: list[str] = []
 
-    def run(self) -> tuple[dict[str, dict[str, Any]], float]:
+    def run(self) -> tuple[dict[str, dict[str, dict[str, Any]]], float]:
         started = time.monotonic()
         deadline = started + self.seconds
-        threads = [threading.Thread(target=self._client, args=(index, deadline), name=f"load-{self.layout}-{index}")
+        threads = [threading.Thread(target=self._client, args=(index, deadline), name=f"load-{index}")
                    for index in range(self.clients)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
         elapsed = time.monotonic() - started
-        return {name: stats.summary(elapsed) for name, stats in self.stats.items()}, elapsed
+        figures = {layout: {name: self.stats[(layout, name)].summary(elapsed) for name in KEY_QUERIES}
+                   for layout in self.layouts}
+        return figures, elapsed
 
     def _client(self, index: int, deadline: float) -> None:
         rng = random.Random(index)
-        mine: dict[str, list[float]] = {name: [] for name in KEY_QUERIES}
-        failed: dict[str, str] = {}
+        mine: dict[tuple[str, str], list[float]] = {key: [] for key in self.statements}
+        failed: dict[tuple[str, str], str] = {}
         try:
             with connect() as conn:
                 first = True
                 while time.monotonic() < deadline:
-                    live = [n for n in KEY_QUERIES if n not in failed
-                            and not (self.per_client and len(mine[n]) >= self.per_client)]
+                    live = [name for name in KEY_QUERIES
+                            if not any((layout, name) in failed for layout in self.layouts)
+                            and not (self.per_client and len(mine[(self.layouts[-1], name)]) >= self.per_client)]
                     if not live:
                         break
                     for name in live:
                         tenant = rng.choice(self.tenants)
-                        try:
-                            elapsed = self._once(conn, name, tenant, tenant.pick(rng))
-                        except psycopg.Error as exc:
-                            conn.rollback()
-                            failed[name] = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                            continue
-                        if not first:  # the first round warms the caches and plans; it is not measured
-                            mine[name].append(elapsed)
+                        params = tenant.pick(rng)
+                        for layout in self.layouts:
+                            try:
+                                elapsed = self._once(conn, layout, name, tenant, params)
+                            except psycopg.Error as exc:
+                                conn.rollback()
+                                text = str(exc).strip()
+                                failed[(layout, name)] = text.splitlines()[0] if text else type(exc).__name__
+                                break
+                            if not first:  # the first round warms caches and plans; it is not measured
+                                mine[(layout, name)].append(elapsed)
                     first = False
         except psycopg.Error as exc:
             with self.lock:
                 self.errors.append(f"load client {index} could not run: {str(exc).strip().splitlines()[0]}")
         with self.lock:
-            for name, latencies in mine.items():
-                self.stats[name].latencies_ms += latencies
-                if name in failed and self.stats[name].error is None:
-                    self.stats[name].error = failed[name]
+            for key, latencies in mine.items():
+                self.stats[key].latencies_ms += latencies
+                if key in failed and self.stats[key].error is None:
+                    self.stats[key].error = failed[key]
 
-    def _once(self, conn: psycopg.Connection[Any], name: str, tenant: TenantKeys, params: dict[str, Any]) -> float:
+    def _once(self, conn: psycopg.Connection[Any], layout: str, name: str, tenant: TenantKeys,
+              params: dict[str, Any]) -> float:
         """One query in the tenant's context, timed alone, then rolled back; milliseconds."""
         conn.execute("SELECT set_config('search_path', %s, true)", [tenant.schema])
-        if self.roles[name]:
-            conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(self.roles[name])))
+        role = self.roles[(layout, name)]
+        if role:
+            conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
         started = time.perf_counter()
-        for statement in self.statements[name]:
+        for statement in self.statements[(layout, name)]:
             cur = conn.execute(statement, params)
             if cur.description is not None:
                 rows = cur.fetchall()
@@ -202,30 +216,29 @@ class LayoutLoad:
 
 def run_load_test(config: MigratorConfig, schemas: Sequence[str], clients: int, seconds: float,
                   queries_wanted: int, max_regression: float) -> tuple[list[str], dict[str, Any]]:
-    """Load on the legacy tables (where they still exist), then on the new ones; problems and figures."""
+    """Load on the legacy tables (where they still exist) and the new ones; problems and figures."""
     new_tenants = tenants_with_tables(schemas, NEW)
     legacy_tenants = [s for s in tenants_with_tables(schemas, LEGACY) if s in new_tenants]
-    details: dict[str, Any] = {"clients": clients, "seconds_per_layout": seconds, "queries_wanted": queries_wanted,
+    details: dict[str, Any] = {"clients": clients, "seconds": seconds, "queries_wanted": queries_wanted,
                                "max_regression_percent": max_regression, "noise_floor_ms": NOISE_FLOOR_MS,
-                               "method": "threaded client", "layouts": {}, "notes": []}
+                               "method": "threaded client, each query on the legacy tables then on the new ones "
+                                         "with the same key", "layouts": {}, "notes": []}
     if not new_tenants:
         return ["no tenant has the new tables to load"], details
     tenants = legacy_tenants or new_tenants
     keys = sample_keys(tenants, LEGACY if legacy_tenants else NEW)
     details["tenants"] = len(keys)
-    problems: list[str] = []
-    layouts = LAYOUTS if legacy_tenants else (NEW,)
     if not legacy_tenants:
         details["notes"].append("the legacy tables are gone (after cutover): the new layout was loaded alone")
-    for layout in layouts:
-        load = LayoutLoad(layout, keys, config, clients, seconds, queries_wanted)
-        figures, elapsed = load.run()
-        details["layouts"][layout] = {"seconds": round(elapsed, 3), "queries": figures}
-        problems += load.errors
-        problems += [f"{name} failed on the {layout} tables: {f['error']}" for name, f in figures.items() if f["error"]]
+    load = Load(LAYOUTS if legacy_tenants else (NEW,), keys, config, clients, seconds, queries_wanted)
+    figures, elapsed = load.run()
+    details["elapsed_seconds"] = round(elapsed, 3)
+    problems = list(load.errors)
+    for layout, queries in figures.items():
+        details["layouts"][layout] = {"seconds": round(elapsed, 3), "queries": queries}
+        problems += [f"{name} failed on the {layout} tables: {f['error']}" for name, f in queries.items() if f["error"]]
     if legacy_tenants:
-        problems += regressions(details["layouts"][LEGACY]["queries"], details["layouts"][NEW]["queries"],
-                                max_regression)
+        problems += regressions(figures[LEGACY], figures[NEW], max_regression)
     return problems, details
 
 

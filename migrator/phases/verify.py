@@ -65,8 +65,9 @@ class VerifyPhase(Phase):
             # Phase-wide, after the tenant checks (the runner keeps plan order between the two).
             steps.append(self.step("load_test", f"{ctx.options.load_clients} connections run the key queries "
                                    f"(contact by email, a contact's activities, upcoming activities, a contact insert "
-                                   f"and update, rolled back) for at most {ctx.options.load_seconds:g} s on the legacy "
-                                   "tables, then on the new ones through the service roles; the new p95 may be at "
+                                   f"and update, rolled back) for at most {ctx.options.load_seconds:g} s, each on the "
+                                   "legacy tables and then with the same key on the new ones through the service "
+                                   "roles; the new p95 may be at "
                                    f"most {ctx.options.load_max_regression:g} % worse"))
         return steps
 

@@ -69,8 +69,8 @@ class Command(BaseCommand):
                             help="verify: connections of the load test (default 4), lowered to what the server "
                                  "allows.")
         parser.add_argument("--load-seconds", type=seconds, default=10.0,
-                            help="verify: at most this many seconds of load on each layout, legacy then new "
-                                 "(default 10).")
+                            help="verify: at most this many seconds of load (default 10); each query runs on the "
+                                 "legacy tables, then with the same key on the new ones.")
         parser.add_argument("--load-queries", type=non_negative, default=1000,
                             help="verify: a layout's load ends early once every key query ran this many times "
                                  "(default 1000; 0 always runs --load-seconds).")

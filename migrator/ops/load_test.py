@@ -36,14 +36,15 @@ CONTACTS, ACTIVITIES = "contacts", "activities"
 
 # name -> (legacy tenant-data table it reads or writes, statements). Table names are filled in per layout.
 KEY_QUERIES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "contact by email": (CONTACTS, ("SELECT id, first_name, last_name, company FROM {table} WHERE email = %(email)s",)),
-    "activities of a contact": (ACTIVITIES, ("SELECT id, subject, due_at FROM {table} WHERE contact_id = %(contact_id)s "
-                                             "ORDER BY due_at",)),
-    "upcoming activities": (ACTIVITIES, ("SELECT id, subject, due_at FROM {table} WHERE due_at >= %(due_at)s "
-                                         "ORDER BY due_at LIMIT 20",)),
+    "contact by email": (CONTACTS, (
+        "SELECT id, first_name, last_name, company FROM {table} WHERE email = %(email)s",)),
+    "activities of a contact": (ACTIVITIES, (
+        "SELECT id, subject, due_at FROM {table} WHERE contact_id = %(contact_id)s ORDER BY due_at",)),
+    "upcoming activities": (ACTIVITIES, (
+        "SELECT id, subject, due_at FROM {table} WHERE due_at >= %(due_at)s ORDER BY due_at LIMIT 20",)),
     "contact insert and update": (CONTACTS, (
-        "INSERT INTO {table} (first_name, last_name, email, created_at) "
-        "VALUES ('Load', 'Test', 'load-test@example.invalid', now()) RETURNING id",
+        ("INSERT INTO {table} (first_name, last_name, email, created_at) "
+         "VALUES ('Load', 'Test', 'load-test@example.invalid', now()) RETURNING id"),
         "UPDATE {table} SET company = 'Load Test Inc' WHERE id = %(inserted)s")),
 }
 

@@ -47,7 +47,7 @@ def seconds_text(seconds: float) -> str:
     """12.3 s, 4 min 5 s, 2 h 10 min: durations in the report's messages."""
     if seconds < 60:
         return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     if minutes < 60:
         return f"{minutes} min {secs} s"
     hours, minutes = divmod(minutes, 60)
@@ -306,10 +306,10 @@ def project(runs: list[PhaseRun], rehearsed: LegacyVolume, live: LegacyVolume) -
         "complete": len(runs) == len(REHEARSED_PHASES) and all(r.ok for r in runs),
         "assumptions": [
             "the real run uses the same server, --jobs and --batch-size as the rehearsal",
-            "phase 3 (data) grows linearly with the legacy rows, the other phases with the number of tenants "
-            "(expected); the range spans both ratios",
-            f"the upper bound adds {round((PROJECTION_MARGIN - 1) * 100)} % for a busier server and index builds "
-            "that grow faster than linearly",
+            ("phase 3 (data) grows linearly with the legacy rows, the other phases with the number of tenants "
+             "(expected); the range spans both ratios"),
+            (f"the upper bound adds {round((PROJECTION_MARGIN - 1) * 100)} % for a busier server and index builds "
+             "that grow faster than linearly"),
             "the rehearsal's phases include process start and the verify phase's load test (a fixed time)",
             "phases that did not run in the rehearsal (after a failure) are not projected",
         ],

@@ -203,7 +203,7 @@ class RehearsedPhase:
     def projected_text(self) -> str:
         if self.projected_low is None or self.projected_high is None:
             return "—"
-        return (f"{format_duration(timedelta(seconds=self.projected_low))} – "
+        return (f"{format_duration(timedelta(seconds=self.projected_low))} to "
                 f"{format_duration(timedelta(seconds=self.projected_high))}")
 
 
@@ -366,7 +366,7 @@ def _rehearsal(record: MigrationRecord) -> RehearsalSummary:
                                       projected_high=projected.get(name, {}).get("high_seconds"), errors=errors)
     low, high = projection.get("total_low_seconds"), projection.get("total_high_seconds")
     total = ("—" if low is None or high is None else
-             f"{format_duration(timedelta(seconds=low))} – {format_duration(timedelta(seconds=high))}")
+             f"{format_duration(timedelta(seconds=low))} to {format_duration(timedelta(seconds=high))}")
     return RehearsalSummary(record_id=record.pk, completed_at=record.completed_at, ok=bool(report.get("ok")),
                             target_database=str(report.get("target_database", "")), phases=phases,
                             not_run=list(report.get("not_run", [])), projected_text=total,

@@ -41,15 +41,15 @@ def test_latest_rehearsal_and_load_test_on_the_dashboard(make_record, viewer_cli
     dashboard = build_dashboard()
     assert dashboard.rehearsal is not None and dashboard.rehearsal.ok  # the latest one
     rehearsed = dict((p.name, r) for p, r in dashboard.timeline)
-    assert rehearsed["data"].seconds == 30.0 and rehearsed["data"].projected_text == "1 min 0 s – 1 min 15 s"
-    assert dashboard.rehearsal.projected_text == "7 min 0 s – 8 min 45 s"
+    assert rehearsed["data"].seconds == 30.0 and rehearsed["data"].projected_text == "1 min 0 s to 1 min 15 s"
+    assert dashboard.rehearsal.projected_text == "7 min 0 s to 8 min 45 s"
     load = dashboard.load_test
     assert load is not None and load.status == Status.FAILED and load.problems
     (query,) = load.queries
     assert (query.name, query.legacy_bar, query.new_bar) == ("contact by email", 25.0, 100.0)
 
     page = viewer_client.get(reverse("admin:migrator_migrationrecord_dashboard")).content.decode()
-    assert "7 min 0 s – 8 min 45 s" in page and 'id="load-test"' in page and "contact by email" in page
+    assert "7 min 0 s to 8 min 45 s" in page and 'id="load-test"' in page and "contact by email" in page
     assert "width:25.0%" in page and "width:100.0%" in page
 
 

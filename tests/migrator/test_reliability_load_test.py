@@ -44,7 +44,7 @@ def test_load_test_records_figures_for_both_layouts(migrated):
 
 
 def test_load_test_fails_when_a_key_index_of_the_new_tables_is_missing(clean_db):
-    run("seed_legacy", tenants=2, contacts=60_000, activities=2_000, seed=3)
+    run("seed_legacy", tenants=2, contacts=150_000, activities=2_000, seed=3)
     for phase in ("prepare", "schemas", "data", "security"):
         run("migrate_phase", phase, interactive=False)
     for tenant in TENANTS:

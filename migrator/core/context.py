@@ -65,6 +65,14 @@ class RunOptions:
     # prepare: (schema, tenant id) pairs: the schema is renamed to tenant_<id> and migrated as that tenant
     rename_schemas: tuple[tuple[str, str], ...] = ()
     render_sql: bool = False  # plans carry the SQL of each step (--plan, -v 3)
+    target_database: str | None = None  # rehearse: the scratch database (default <database>_rehearsal)
+    replace_target: bool = False  # rehearse: drop an existing scratch database that is not a rehearsal copy
+    keep_target: bool = False  # rehearse: keep the scratch database for inspection
+    rehearsal_backup: str | None = None  # prepare, in a rehearsal copy only: record this backup instead of dumping
+    load_clients: int = 4  # verify: connections of the load test
+    load_seconds: float = 10.0  # verify: the load test's time (at most)
+    load_max_regression: float = 50.0  # verify: new layout's p95 may be this many percent worse than legacy
+    load_queries: int = 1000  # verify: a layout's load ends early once every query ran this often (0: never)
     interactive: bool = True
 
 

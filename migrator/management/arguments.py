@@ -27,3 +27,23 @@ positive = whole_number(1)
 non_negative = whole_number(0)
 MAX_BATCH_SIZE = 1_000_000  # one batch is one transaction and one INSERT ... SELECT: larger only holds locks longer
 batch_size = whole_number(1, MAX_BATCH_SIZE)
+
+
+def seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
+    if not 0 < number <= 3600:
+        raise ArgumentTypeError(f"expected more than 0 and at most 3600 seconds, got {value}")
+    return number
+
+
+def percent(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ArgumentTypeError(f"expected a percentage, got {value!r}") from None
+    if number < 0:
+        raise ArgumentTypeError(f"expected 0 or more, got {value}")
+    return number

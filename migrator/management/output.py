@@ -108,7 +108,36 @@ def outcome_summary(outcome: PhaseOutcome) -> str:
 def outcome_dict(outcome: PhaseOutcome) -> dict[str, object]:
     return {
         "phase": outcome.phase, "ok": outcome.ok, "planned": outcome.planned, "elapsed_s": round(outcome.elapsed, 3),
+        "rows_moved": outcome.rows_moved,
         "completed": [{"migration_id": s.key, "message": outcome.results[s.key].message,
                        "rows": outcome.results[s.key].rows_copied} for s in outcome.completed],
         "failed": [{"migration_id": s.key, "error": error} for s, error in outcome.failed],
     }
+
+
+def rehearsal_lines(report: dict[str, Any]) -> list[str]:
+    """The rehearsal's report for a terminal: per phase, then the projection and its assumptions."""
+    lines = [f"Rehearsal of {report['source_database']} in {report['target_database']} "
+             f"(backup {report['backup']['path']}): " + ("all phases passed" if report["ok"] else "FAILED")]
+    for phase in report["phases"]:
+        rate = f", {phase['rows_per_second']:,.0f} rows/s" if phase["rows_per_second"] else ""
+        state = "OK" if phase["ok"] else "FAILED"
+        lines.append(f"  {phase['phase']:<9} {state:<6} {phase['seconds']:8.1f} s  {phase['steps']} steps{rate}")
+        lines += [f"      {f['step']}: {f['error']}" for f in phase["failed"]]
+        if phase["error"] and not phase["failed"]:
+            lines.append(f"      {phase['error']}")
+    lines += [f"  {name:<9} not run" for name in report["not_run"]]
+    projection = report["projection"]
+    rehearsed, live = report["rehearsed_volume"], report["live_volume"]
+    lines.append(f"Projection for the live database ({live['tenants']} tenants, {live['rows']:,} rows; the backup: "
+                 f"{rehearsed['tenants']} tenants, {rehearsed['rows']:,} rows):")
+    for phase in projection["phases"]:
+        lines.append(f"  {phase['phase']:<9} {phase['low_seconds']:.1f} to {phase['high_seconds']:.1f} s "
+                     f"(scaled by {phase['scaled_by']})")
+    lines.append(f"  total     {projection['total_low_seconds']:.1f} to {projection['total_high_seconds']:.1f} s"
+                 + ("" if projection["complete"] else " for the phases that ran"))
+    lines += [f"  assuming {text}" for text in projection["assumptions"]]
+    lines += [f"Note: {text}" for text in report["notes"]]
+    if report["kept"]:
+        lines.append(f"The scratch database {report['target_database']} was kept; the next rehearsal drops it.")
+    return lines

@@ -6,6 +6,7 @@ from migrator.core.phase import Phase
 from migrator.phases.cutover import CutoverPhase
 from migrator.phases.data import DataPhase
 from migrator.phases.prepare import PreparePhase
+from migrator.phases.rehearse import RehearsePhase
 from migrator.phases.rollback import RollbackPhase
 from migrator.phases.schemas import SchemasPhase
 from migrator.phases.security import SecurityPhase
@@ -13,6 +14,7 @@ from migrator.phases.verify import VerifyPhase
 
 PHASES: tuple[type[Phase], ...] = (
     PreparePhase, SchemasPhase, DataPhase, SecurityPhase, VerifyPhase, CutoverPhase, RollbackPhase,
+    RehearsePhase,
 )
 # The phases `all` runs, in order.
 ORDERED: tuple[type[Phase], ...] = tuple(sorted((p for p in PHASES if p.number), key=lambda p: p.number or 0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,12 +14,18 @@ from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.errors import MigrationError
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.core.phase import Phase, StepKind
-from migrator.ops import backup, binaries, inspection, registry, restore
+from migrator import db
+from migrator.ops import backup, binaries, inspection, registry, rehearsal, restore
 from migrator.django_migrations import BOOTSTRAP_APPS, legacy_registry_present, migrate_schema
 from salesflow.layout import is_reserved_schema, tenant_schema_name
 from tenants.models import MigrationState, Tenant
 
 MIN_SERVER_VERSION = 150000
+
+
+def catalog_database_comment() -> str:
+    return str(db.fetchvalue("SELECT coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database "
+                             "WHERE datname = current_database()"))
 
 
 def server_major() -> int:
@@ -179,6 +186,8 @@ class PreparePhase(Phase):
         return StepResult(message=message, details={"applied": applied, "adopted_registry": adopted})
 
     def _take_backup(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
+        if ctx.options.rehearsal_backup:
+            return self._record_rehearsal_backup(Path(ctx.options.rehearsal_backup))
         legacy, _invalid = inspection.discover_tenant_schemas(ctx.config.legacy_auth_schema, ctx.config.archive_schema)
         earlier = backup.latest_backup(ctx.config.backup_dir)
         if earlier is not None and not set(legacy) - created_new():
@@ -192,6 +201,20 @@ class PreparePhase(Phase):
         info = backup.create_backup(pg_dump, pg_restore, ctx.config.backup_dir, ctx.jobs, major)
         return StepResult(message=f"{info.path} ({info.size // 1024} KiB, {info.toc_entries} entries, "
                                   f"sha256 {info.sha256[:12]}...)", details={"backup": info.as_dict()})
+
+    @staticmethod
+    def _record_rehearsal_backup(dump: Path) -> StepResult:
+        """A rehearsal copy was restored from ``dump``: that backup is its phase-1 backup (no second dump)."""
+        comment = catalog_database_comment()
+        if not comment.startswith(rehearsal.database_marker("")):
+            raise MigrationError("--rehearsal-backup is only for the scratch copy `migrate_phase rehearse` makes; "
+                                 "run prepare without it")
+        try:
+            info = backup.BackupInfo.from_dict(json.loads(backup.manifest_path(dump).read_text()))
+        except (OSError, ValueError, KeyError, TypeError):
+            raise MigrationError(f"backup {dump} has no readable manifest beside it; rerun `migrate_phase rehearse`") from None
+        return StepResult(message=f"rehearsal copy restored from {info.path}",
+                          details={"backup": info.as_dict(), "rehearsal_copy_of": comment})
 
     def _inspect_auth(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         report = inspection.inspect_auth_schema(ctx.config.legacy_auth_schema)
@@ -251,6 +274,8 @@ class PreparePhase(Phase):
         info = backup.BackupInfo.from_dict(result.details["backup"])
         if info.toc_entries == 0 or not Path(info.path).is_dir():
             return [f"backup {info.path} is empty or missing"]
+        if "rehearsal_copy_of" in result.details:
+            return []  # the rehearsal checked its sha256 before restoring it
         backup.check_backup(info)
         return []
 

@@ -9,7 +9,8 @@ from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.models import MigrationRecord, Status
 from migrator.core.phase import ApplyStep, Phase, StepKind
-from migrator.ops import grants, verification
+from migrator.engine.orchestration import free_connections
+from migrator.ops import grants, load_test, verification
 from migrator.tables import TENANT_DATA_TABLES, service_tables
 from salesflow.layout import NAMESPACE_SERVICE
 from tenants.models import MigrationState, Tenant
@@ -60,6 +61,14 @@ class VerifyPhase(Phase):
         for tenant in ctx.registered_tenants:
             for kind, description in TENANT_CHECKS.items():
                 steps.append(self.step(kind, description.format(schema=tenant.schema), tenant_id=tenant.tenant_id))
+        if ctx.registered_tenants:
+            # Phase-wide, after the tenant checks (the runner keeps plan order between the two).
+            steps.append(self.step("load_test", f"{ctx.options.load_clients} connections run the key queries "
+                                   f"(contact by email, a contact's activities, upcoming activities, a contact insert "
+                                   f"and update, rolled back) for at most {ctx.options.load_seconds:g} s, each on the "
+                                   "legacy tables and then with the same key on the new ones through the service "
+                                   "roles; the new p95 may be at "
+                                   f"most {ctx.options.load_max_regression:g} % worse"))
         return steps
 
     def step_kinds(self) -> dict[str, StepKind]:
@@ -68,6 +77,7 @@ class VerifyPhase(Phase):
             "role_isolation": self._role_isolation, "tenant_tables": self._tenant_tables,
             "counts_match": self._counts_match, "isolation": self._tenant_isolation,
             "index_usage": self._index_usage, "crud_smoke": self._crud_smoke, "new_tenant": self._new_tenant,
+            "load_test": self._load_test,
         }
         return {kind: StepKind(self._recording(check), self._problems_found) for kind, check in checks.items()}
 
@@ -104,6 +114,8 @@ class VerifyPhase(Phase):
             return f"{len(counts)} tenants: " + ", ".join(f"{sum(c[n] for c in counts.values())} {n}" for n in names)
         if step.kind == "counts_match" and isinstance(counts, dict):
             return ", ".join(f"{t.legacy_table} {counts.get(t.legacy_table)}" for t in TENANT_DATA_TABLES) + " as validated"
+        if step.kind == "load_test" and isinstance(details.get("load_test"), dict):
+            return load_summary(details["load_test"])
         if step.kind == "index_usage":
             return f"{len(details.get('index_used', {}))} key lookups served by an index"  # type: ignore[arg-type]
         return {
@@ -153,3 +165,29 @@ class VerifyPhase(Phase):
 
     def _crud_smoke(self, ctx: MigrationContext, step: Step) -> CheckResult:
         return verification.crud_problems(TenantRef(step.tenant_id or "").schema), {}
+
+    def _load_test(self, ctx: MigrationContext, step: Step) -> CheckResult:
+        opts = ctx.options
+        # Each client is a connection: stay within what the server lets this role open (one kept spare).
+        clients = max(1, min(opts.load_clients, free_connections() - 1))
+        problems, details = load_test.run_load_test(
+            ctx.config, [t.schema for t in ctx.registered_tenants], clients, opts.load_seconds, opts.load_queries,
+            opts.load_max_regression)
+        if clients < opts.load_clients:
+            details["notes"].append(f"--load-clients {opts.load_clients} lowered to {clients}: the server's free "
+                                    "connections")
+        return problems, {"load_test": details}
+
+
+def load_summary(details: dict[str, object]) -> str:
+    layouts = details.get("layouts")
+    if not isinstance(layouts, dict):
+        return "load test ran"
+    parts = []
+    for layout, figures in layouts.items():
+        queries = figures["queries"]
+        total = sum(q["queries"] for q in queries.values())
+        worst = max((q["p95_ms"] or 0 for q in queries.values()), default=0)
+        parts.append(f"{layout} {total / figures['seconds'] if figures['seconds'] else 0:,.0f} queries/s "
+                     f"(worst p95 {worst:.2f} ms)")
+    return f"{details.get('clients')} clients: " + ", ".join(parts)

@@ -186,6 +186,65 @@ class BackupSummary:
 
 
 @dataclass(frozen=True)
+class RehearsedPhase:
+    name: str
+    ok: bool
+    seconds: float
+    rows_per_second: float | None
+    projected_low: float | None
+    projected_high: float | None
+    errors: list[str]
+
+    @property
+    def seconds_text(self) -> str:
+        return format_duration(timedelta(seconds=self.seconds))
+
+    @property
+    def projected_text(self) -> str:
+        if self.projected_low is None or self.projected_high is None:
+            return "—"
+        return (f"{format_duration(timedelta(seconds=self.projected_low))} to "
+                f"{format_duration(timedelta(seconds=self.projected_high))}")
+
+
+@dataclass(frozen=True)
+class RehearsalSummary:
+    """The latest `migrate_phase rehearse` report (its one tracking record)."""
+
+    record_id: int
+    completed_at: datetime | None
+    ok: bool
+    target_database: str
+    phases: dict[str, RehearsedPhase]
+    not_run: list[str]
+    projected_text: str
+    assumptions: list[str]
+
+
+@dataclass(frozen=True)
+class LoadQuery:
+    name: str
+    legacy: dict[str, Any] | None
+    new: dict[str, Any] | None
+    legacy_bar: float = 0.0  # p95 as a percentage of the largest p95 of the table: the chart's bar widths
+    new_bar: float = 0.0
+
+
+@dataclass(frozen=True)
+class LoadTestSummary:
+    """The latest load_test step of verify: figures per key query for both layouts."""
+
+    record_id: int
+    status: str
+    completed_at: datetime | None
+    clients: int | None
+    seconds: float | None
+    max_regression: float | None
+    queries: list[LoadQuery]
+    problems: list[str]
+
+
+@dataclass(frozen=True)
 class Dashboard:
     generated_at: datetime
     tenants: int
@@ -196,6 +255,14 @@ class Dashboard:
     failures_total: int = 0
     running: list[MigrationRecord] = field(default_factory=list)
     excluded: list[dict[str, object]] = field(default_factory=list)  # schemas phase 1 left out, with rows
+    rehearsal: RehearsalSummary | None = None
+    load_test: LoadTestSummary | None = None
+
+    @property
+    def timeline(self) -> list[tuple[PhaseProgress, RehearsedPhase | None]]:
+        """Each phase beside its latest rehearsal (None: not rehearsed)."""
+        rehearsed = self.rehearsal.phases if self.rehearsal else {}
+        return [(phase, rehearsed.get(phase.name)) for phase in self.phases]
 
     @property
     def current_phase(self) -> PhaseProgress | None:
@@ -265,6 +332,66 @@ def _legacy_rows_by_tenant() -> dict[str, int]:
     return {tenant_id: int(count or 0) for tenant_id, count in rows}
 
 
+REHEARSAL = ("rehearse", "rehearsal")
+LOAD_TEST = ("verify", "load_test")
+
+
+def _rehearsal_and_load_test() -> tuple[RehearsalSummary | None, LoadTestSummary | None]:
+    """The latest completed rehearsal and the latest load test, in one query (DISTINCT ON the step)."""
+    rows = (MigrationRecord.objects
+            .filter(Q(phase=REHEARSAL[0], step=REHEARSAL[1], status=Status.COMPLETED)
+                    | Q(phase=LOAD_TEST[0], step=LOAD_TEST[1], status__in=[Status.COMPLETED, Status.FAILED]))
+            .order_by("step", F("completed_at").desc(nulls_last=True), "-id").distinct("step"))
+    rehearsal = load_test = None
+    for record in rows:
+        if record.step == REHEARSAL[1] and isinstance(record.details.get("rehearsal"), dict):
+            rehearsal = _rehearsal(record)
+        elif record.step == LOAD_TEST[1] and isinstance(record.details.get("load_test"), dict):
+            load_test = _load_test(record)
+    return rehearsal, load_test
+
+
+def _rehearsal(record: MigrationRecord) -> RehearsalSummary:
+    report = record.details["rehearsal"]
+    projection = report.get("projection", {})
+    projected = {p["phase"]: p for p in projection.get("phases", [])}
+    phases = {}
+    for phase in report.get("phases", []):
+        name = phase["phase"]
+        errors = [f"{f['step']}: {f['error']}" for f in phase.get("failed", [])]
+        if phase.get("error") and not errors:
+            errors.append(str(phase["error"]))
+        phases[name] = RehearsedPhase(name=name, ok=bool(phase.get("ok")), seconds=float(phase.get("seconds") or 0),
+                                      rows_per_second=phase.get("rows_per_second"),
+                                      projected_low=projected.get(name, {}).get("low_seconds"),
+                                      projected_high=projected.get(name, {}).get("high_seconds"), errors=errors)
+    low, high = projection.get("total_low_seconds"), projection.get("total_high_seconds")
+    total = ("—" if low is None or high is None else
+             f"{format_duration(timedelta(seconds=low))} to {format_duration(timedelta(seconds=high))}")
+    return RehearsalSummary(record_id=record.pk, completed_at=record.completed_at, ok=bool(report.get("ok")),
+                            target_database=str(report.get("target_database", "")), phases=phases,
+                            not_run=list(report.get("not_run", [])), projected_text=total,
+                            assumptions=list(projection.get("assumptions", [])))
+
+
+def _load_test(record: MigrationRecord) -> LoadTestSummary:
+    figures = record.details["load_test"]
+    layouts = figures.get("layouts", {})
+    legacy, new = layouts.get("legacy", {}).get("queries", {}), layouts.get("new", {}).get("queries", {})
+    names = list(dict.fromkeys([*legacy, *new]))
+    largest = max([q.get("p95_ms") or 0 for q in [*legacy.values(), *new.values()]] + [0])
+
+    def bar(stats: dict[str, Any] | None) -> float:
+        return round(100.0 * (stats.get("p95_ms") or 0) / largest, 1) if stats and largest else 0.0
+
+    queries = [LoadQuery(name, legacy.get(name), new.get(name), bar(legacy.get(name)), bar(new.get(name)))
+               for name in names]
+    return LoadTestSummary(record_id=record.pk, status=record.status, completed_at=record.completed_at,
+                           clients=figures.get("clients"), seconds=figures.get("seconds"),
+                           max_regression=figures.get("max_regression_percent"), queries=queries,
+                           problems=list(record.details.get("problems", [])))
+
+
 def build_dashboard(now: datetime | None = None) -> Dashboard:
     """Every number of the dashboard page, in a fixed number of queries (nine)."""
     from tenants.models import Tenant
@@ -283,10 +410,12 @@ def build_dashboard(now: datetime | None = None) -> Dashboard:
     failures_total = len(failures) if len(failures) <= FAILURES_SHOWN else failed.count()
     running = list(latest_attempts().filter(status=Status.RUNNING).order_by("started_at")
                    .defer("details")[:RUNNING_SHOWN])
+    rehearsal, load_test = _rehearsal_and_load_test()
     return Dashboard(
         generated_at=now or timezone.now(), tenants=len(tenant_ids), phases=phases,
         totals=_totals(sum(legacy_rows.values())), backup=_backup(), failures=failures[:FAILURES_SHOWN],
-        failures_total=failures_total, running=running, excluded=excluded_schemas(),
+        failures_total=failures_total, running=running, excluded=excluded_schemas(), rehearsal=rehearsal,
+        load_test=load_test,
     )
 
 

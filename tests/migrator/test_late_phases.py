@@ -72,7 +72,7 @@ def test_verify_records_counts_isolation_indexes_and_crud(seeded):
     migrate_up_to("verify")
     latest = tracking.latest_records("verify")
     assert {r.status for r in latest.values()} == {Status.COMPLETED}
-    assert len(latest) == 3 + 5 * len(TENANTS)
+    assert len(latest) == 3 + 5 * len(TENANTS) + 1  # + the load test, one per run
     counts = latest["verify/*/row_counts"].details["counts"]
     assert counts["acme_0001"] == {"contacts": 120, "activities": 240}
     assert counts["empty_0001"] == {"contacts": 0, "activities": 0}

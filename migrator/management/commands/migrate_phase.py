@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Callable
@@ -9,11 +10,11 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from migrator.management.arguments import MAX_BATCH_SIZE, batch_size, positive
+from migrator.management.arguments import MAX_BATCH_SIZE, batch_size, non_negative, percent, positive, seconds
 from migrator.core.context import (REFERENCE_CONFLICT_POLICIES, MigrationContext, RunOptions, parse_schema_renames,
                                    validate_tenant_ids)
 from migrator.core.errors import MigrationError
-from migrator.management.output import ConsoleReporter, outcome_dict, outcome_summary
+from migrator.management.output import ConsoleReporter, outcome_dict, outcome_summary, rehearsal_lines
 from migrator.phases import ORDERED, get_phase, phase_choices, phases_help
 from migrator.core.phase import Phase
 from migrator.engine import orchestration
@@ -61,6 +62,28 @@ class Command(BaseCommand):
         parser.add_argument("--rename-schema", action="append", default=[], metavar="OLD=NEW",
                             help="prepare: rename the tenant_* schema OLD, whose name is not a valid tenant id, to "
                                  "tenant_NEW and migrate it as tenant NEW (the old name is recorded); repeatable.")
+        parser.add_argument("--target-database", metavar="NAME",
+                            help="rehearse: the scratch database the phase-1 backup is restored into "
+                                 "(default <database>_rehearsal, on the same server).")
+        parser.add_argument("--replace", action="store_true",
+                            help="rehearse: drop the scratch database if it exists and is not a rehearsal copy "
+                                 "(a rehearsal copy left by an earlier rehearsal is always replaced).")
+        parser.add_argument("--keep", action="store_true",
+                            help="rehearse: keep the scratch database (and its service roles) for inspection; "
+                                 "the next rehearsal drops it.")
+        parser.add_argument("--rehearsal-backup", metavar="DUMP", help=argparse.SUPPRESS)  # set by rehearse only
+        parser.add_argument("--load-clients", type=positive, default=4,
+                            help="verify: connections of the load test (default 4), lowered to what the server "
+                                 "allows.")
+        parser.add_argument("--load-seconds", type=seconds, default=10.0,
+                            help="verify: at most this many seconds of load (default 10); each query runs on the "
+                                 "legacy tables, then with the same key on the new ones.")
+        parser.add_argument("--load-queries", type=non_negative, default=1000,
+                            help="verify: a layout's load ends early once every key query ran this many times "
+                                 "(default 1000; 0 always runs --load-seconds).")
+        parser.add_argument("--load-max-regression", type=percent, default=50.0, metavar="PERCENT",
+                            help="verify: the load test fails when a query's p95 latency on the new tables is more "
+                                 "than PERCENT worse than on the legacy ones (default 50).")
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
@@ -91,12 +114,18 @@ class Command(BaseCommand):
                                skip_schemas=tuple(dict.fromkeys(options["skip_schema"])),
                                rename_schemas=parse_schema_renames(options["rename_schema"]),
                                render_sql=options["plan"] or options["verbosity"] >= 3,
-                               interactive=options["interactive"]),
+                               interactive=options["interactive"], target_database=options["target_database"],
+                               replace_target=options["replace"], keep_target=options["keep"],
+                               rehearsal_backup=options["rehearsal_backup"], load_clients=options["load_clients"],
+                               load_seconds=options["load_seconds"], load_queries=options["load_queries"],
+                               load_max_regression=options["load_max_regression"]),
         )
         if options["plan"] or options["check"]:
             return self._plan(phases, ctx, check=options["check"], show=options["plan"])
         reporter = (lambda event: None) if self.json else ConsoleReporter(self.stdout, self.style, self.verbosity)
         outcomes = orchestration.run_phases(phases, ctx, reporter, self._confirm(options["interactive"]))
+        if name == "rehearse" and outcomes and outcomes[0].ok:
+            return self._rehearsal_report(outcomes[0])
         if self.json:
             self.stdout.write(json.dumps({"ok": all(o.ok for o in outcomes), "phases": [outcome_dict(o) for o in outcomes]},
                                          indent=2, default=str))
@@ -111,6 +140,19 @@ class Command(BaseCommand):
                 f"phase {phase} failed: {len(failed)} step(s) failed, first {step.label}: {error} "
                 f"-- fix the cause and rerun `migrate_phase {phase}` to resume"
             )
+
+    def _rehearsal_report(self, outcome: Any) -> None:
+        report = next(iter(outcome.results.values())).details["rehearsal"]
+        if self.json:
+            self.stdout.write(json.dumps(report, indent=2, default=str))
+        else:
+            for line in rehearsal_lines(report):
+                self.stdout.write(line)
+        if not report["ok"]:
+            failed = next(p for p in report["phases"] if not p["ok"])
+            first = failed["failed"][0] if failed["failed"] else {"step": failed["phase"], "error": failed["error"]}
+            raise MigrationError(f"the rehearsal failed in phase {failed['phase']} ({first['step']}: {first['error']}); "
+                                 "the real database is unchanged: fix the cause and rehearse again")
 
     def _confirm(self, interactive: bool) -> Callable[[str, str], bool]:
         def ask(phase_name: str, question: str) -> bool:

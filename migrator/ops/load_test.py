@@ -1,0 +1,256 @@
+"""Phase 5's load test: the application's key queries from several connections, on the legacy tables
+and then on the new ones, on the same tenants and keys; latency percentiles per query and layout.
+
+A threaded client (one psycopg connection per client thread) rather than ``pgbench``: it needs no
+client tools (the embedded setup has none of pgbench's scripts' per-statement percentiles either),
+and it times each query alone, without the ``SET LOCAL ROLE`` / ``search_path`` that put a client
+in a tenant's context as the application does. Every transaction is rolled back, writes included
+(sequence values the inserts draw are not given back: gaps, as after any rolled-back insert).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from django.db import connection
+from psycopg import sql
+
+from migrator.config import MigratorConfig
+from migrator.tables import TableKind, legacy_table
+
+LEGACY, NEW = "legacy", "new"
+LAYOUTS = (LEGACY, NEW)
+KEYS_PER_TENANT = 50
+# A p95 at most this much above the legacy one is not a regression: on a shared machine the p95 of
+# sub-millisecond queries moves by about a millisecond between two runs of the same layout.
+NOISE_FLOOR_MS = 1.0
+CONTACTS, ACTIVITIES = "contacts", "activities"
+
+# name -> (legacy tenant-data table it reads or writes, statements). Table names are filled in per layout.
+KEY_QUERIES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "contact by email": (CONTACTS, (
+        "SELECT id, first_name, last_name, company FROM {table} WHERE email = %(email)s",)),
+    "activities of a contact": (ACTIVITIES, (
+        "SELECT id, subject, due_at FROM {table} WHERE contact_id = %(contact_id)s ORDER BY due_at",)),
+    "upcoming activities": (ACTIVITIES, (
+        "SELECT id, subject, due_at FROM {table} WHERE due_at >= %(due_at)s ORDER BY due_at LIMIT 20",)),
+    "contact insert and update": (CONTACTS, (
+        ("INSERT INTO {table} (first_name, last_name, email, created_at) "
+         "VALUES ('Load', 'Test', 'load-test@example.invalid', now()) RETURNING id"),
+        "UPDATE {table} SET company = 'Load Test Inc' WHERE id = %(inserted)s")),
+}
+
+
+@dataclass(frozen=True)
+class TenantKeys:
+    """Keys sampled once from a tenant's data and used on both layouts."""
+
+    schema: str
+    emails: list[str]
+    contact_ids: list[int]
+    due_dates: list[datetime]
+
+    def pick(self, rng: random.Random) -> dict[str, Any]:
+        return {"email": rng.choice(self.emails) if self.emails else "nobody@example.invalid",
+                "contact_id": rng.choice(self.contact_ids) if self.contact_ids else 0,
+                "due_at": rng.choice(self.due_dates) if self.due_dates else datetime.now(UTC)}
+
+
+@dataclass
+class QueryStats:
+    latencies_ms: list[float] = field(default_factory=list)
+    error: str | None = None
+
+    def summary(self, seconds: float) -> dict[str, Any]:
+        ordered = sorted(self.latencies_ms)
+
+        def percentile(p: float) -> float | None:
+            if not ordered:
+                return None
+            return round(ordered[min(len(ordered) - 1, max(0, math.ceil(p / 100 * len(ordered)) - 1))], 3)
+
+        return {"queries": len(ordered), "qps": round(len(ordered) / seconds, 1) if seconds > 0 else None,
+                "p50_ms": percentile(50), "p95_ms": percentile(95), "p99_ms": percentile(99), "error": self.error}
+
+
+def connect() -> psycopg.Connection[Any]:
+    conf = connection.settings_dict
+    return psycopg.connect(dbname=conf["NAME"], user=conf["USER"] or None, password=conf["PASSWORD"] or None,
+                           host=conf["HOST"] or None, port=conf["PORT"] or None,
+                           application_name="salesflow-migrator-load-test")
+
+
+def table_name(layout: str, legacy_name: str) -> str:
+    entry = legacy_table(legacy_name, TableKind.TENANT_DATA)
+    return entry.legacy_table if layout == LEGACY else entry.table
+
+
+def service_role(layout: str, legacy_name: str, config: MigratorConfig) -> str | None:
+    """New tables are used through their service's role; the legacy application had one login for all."""
+    return None if layout == LEGACY else config.service_role(legacy_table(legacy_name, TableKind.TENANT_DATA).service)
+
+
+def tenants_with_tables(schemas: Sequence[str], layout: str) -> list[str]:
+    names = [table_name(layout, CONTACTS), table_name(layout, ACTIVITIES)]
+    with connect() as conn:
+        rows = conn.execute("SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                            "WHERE n.nspname = ANY(%s) AND c.relname = ANY(%s) AND c.relkind IN ('r', 'p') "
+                            "GROUP BY n.nspname HAVING count(*) = %s", [list(schemas), names, len(names)]).fetchall()
+    found = {row[0] for row in rows}
+    return [schema for schema in schemas if schema in found]
+
+
+def sample_keys(schemas: Sequence[str], layout: str) -> list[TenantKeys]:
+    """A few contacts (email, id) and due dates per tenant, from the layout whose tables hold the data."""
+    keys = []
+    contacts, activities = table_name(layout, CONTACTS), table_name(layout, ACTIVITIES)
+    with connect() as conn:
+        for schema in schemas:
+            found = conn.execute(sql.SQL("SELECT id, email FROM {} WHERE email IS NOT NULL ORDER BY random() LIMIT %s")
+                                 .format(sql.Identifier(schema, contacts)), [KEYS_PER_TENANT]).fetchall()
+            due = conn.execute(sql.SQL("SELECT due_at FROM {} WHERE due_at IS NOT NULL ORDER BY random() LIMIT %s")
+                               .format(sql.Identifier(schema, activities)), [KEYS_PER_TENANT]).fetchall()
+            keys.append(TenantKeys(schema, [r[1] for r in found], [r[0] for r in found], [r[0] for r in due]))
+    return keys
+
+
+class Load:
+    """``clients`` threads running the key queries until the deadline or enough samples.
+
+    Each client runs a query with a key on the legacy tables and then the same query with the same
+    key on the new ones: both layouts are measured under the same load at the same moments, so a
+    busy machine slows both alike instead of whichever layout ran during the busy spell.
+    """
+
+    def __init__(self, layouts: tuple[str, ...], tenants: list[TenantKeys], config: MigratorConfig, clients: int,
+                 seconds: float, queries_wanted: int) -> None:
+        self.layouts = layouts
+        self.tenants = tenants
+        self.clients = clients
+        self.seconds = seconds
+        self.per_client = math.ceil(queries_wanted / clients) if queries_wanted else 0
+        self.statements = {(layout, name): tuple(sql.SQL(text).format(table=sql.Identifier(table_name(layout, legacy)))
+                                                 for text in texts)
+                           for layout in layouts for name, (legacy, texts) in KEY_QUERIES.items()}
+        self.roles = {(layout, name): service_role(layout, legacy, config)
+                      for layout in layouts for name, (legacy, _texts) in KEY_QUERIES.items()}
+        self.stats: dict[tuple[str, str], QueryStats] = {key: QueryStats() for key in self.statements}
+        self.lock = threading.Lock()
+        self.errors: list[str] = []
+
+    def run(self) -> tuple[dict[str, dict[str, dict[str, Any]]], float]:
+        started = time.monotonic()
+        deadline = started + self.seconds
+        threads = [threading.Thread(target=self._client, args=(index, deadline), name=f"load-{index}")
+                   for index in range(self.clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.monotonic() - started
+        figures = {layout: {name: self.stats[(layout, name)].summary(elapsed) for name in KEY_QUERIES}
+                   for layout in self.layouts}
+        return figures, elapsed
+
+    def _client(self, index: int, deadline: float) -> None:
+        rng = random.Random(index)
+        mine: dict[tuple[str, str], list[float]] = {key: [] for key in self.statements}
+        failed: dict[tuple[str, str], str] = {}
+        try:
+            with connect() as conn:
+                first = True
+                while time.monotonic() < deadline:
+                    live = [name for name in KEY_QUERIES
+                            if not any((layout, name) in failed for layout in self.layouts)
+                            and not (self.per_client and len(mine[(self.layouts[-1], name)]) >= self.per_client)]
+                    if not live:
+                        break
+                    for name in live:
+                        tenant = rng.choice(self.tenants)
+                        params = tenant.pick(rng)
+                        for layout in self.layouts:
+                            try:
+                                elapsed = self._once(conn, layout, name, tenant, params)
+                            except psycopg.Error as exc:
+                                conn.rollback()
+                                text = str(exc).strip()
+                                failed[(layout, name)] = text.splitlines()[0] if text else type(exc).__name__
+                                break
+                            if not first:  # the first round warms caches and plans; it is not measured
+                                mine[(layout, name)].append(elapsed)
+                    first = False
+        except psycopg.Error as exc:
+            with self.lock:
+                self.errors.append(f"load client {index} could not run: {str(exc).strip().splitlines()[0]}")
+        with self.lock:
+            for key, latencies in mine.items():
+                self.stats[key].latencies_ms += latencies
+                if key in failed and self.stats[key].error is None:
+                    self.stats[key].error = failed[key]
+
+    def _once(self, conn: psycopg.Connection[Any], layout: str, name: str, tenant: TenantKeys,
+              params: dict[str, Any]) -> float:
+        """One query in the tenant's context, timed alone, then rolled back; milliseconds."""
+        conn.execute("SELECT set_config('search_path', %s, true)", [tenant.schema])
+        role = self.roles[(layout, name)]
+        if role:
+            conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+        started = time.perf_counter()
+        for statement in self.statements[(layout, name)]:
+            cur = conn.execute(statement, params)
+            if cur.description is not None:
+                rows = cur.fetchall()
+                if rows and name == "contact insert and update":
+                    params = {**params, "inserted": rows[0][0]}
+        elapsed = (time.perf_counter() - started) * 1000
+        conn.rollback()
+        return elapsed
+
+
+def run_load_test(config: MigratorConfig, schemas: Sequence[str], clients: int, seconds: float,
+                  queries_wanted: int, max_regression: float) -> tuple[list[str], dict[str, Any]]:
+    """Load on the legacy tables (where they still exist) and the new ones; problems and figures."""
+    new_tenants = tenants_with_tables(schemas, NEW)
+    legacy_tenants = [s for s in tenants_with_tables(schemas, LEGACY) if s in new_tenants]
+    details: dict[str, Any] = {"clients": clients, "seconds": seconds, "queries_wanted": queries_wanted,
+                               "max_regression_percent": max_regression, "noise_floor_ms": NOISE_FLOOR_MS,
+                               "method": "threaded client, each query on the legacy tables then on the new ones "
+                                         "with the same key", "layouts": {}, "notes": []}
+    if not new_tenants:
+        return ["no tenant has the new tables to load"], details
+    tenants = legacy_tenants or new_tenants
+    keys = sample_keys(tenants, LEGACY if legacy_tenants else NEW)
+    details["tenants"] = len(keys)
+    if not legacy_tenants:
+        details["notes"].append("the legacy tables are gone (after cutover): the new layout was loaded alone")
+    load = Load(LAYOUTS if legacy_tenants else (NEW,), keys, config, clients, seconds, queries_wanted)
+    figures, elapsed = load.run()
+    details["elapsed_seconds"] = round(elapsed, 3)
+    problems = list(load.errors)
+    for layout, queries in figures.items():
+        details["layouts"][layout] = {"seconds": round(elapsed, 3), "queries": queries}
+        problems += [f"{name} failed on the {layout} tables: {f['error']}" for name, f in queries.items() if f["error"]]
+    if legacy_tenants:
+        problems += regressions(figures[LEGACY], figures[NEW], max_regression)
+    return problems, details
+
+
+def regressions(legacy: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]], max_regression: float) -> list[str]:
+    found = []
+    for name, figures in new.items():
+        before, after = legacy.get(name, {}).get("p95_ms"), figures.get("p95_ms")
+        if before is None or after is None:
+            continue
+        if after > before * (1 + max_regression / 100) and after - before > NOISE_FLOOR_MS:
+            worse = (after / before - 1) * 100 if before else math.inf
+            found.append(f"{name}: p95 {after:.2f} ms on the new tables against {before:.2f} ms on the legacy ones "
+                         f"(+{worse:.0f} %, at most +{max_regression:g} % allowed)")
+    return found

@@ -1,0 +1,63 @@
+"""verify's load_test step: the key queries under load on the legacy tables and on the new ones."""
+
+from __future__ import annotations
+
+import pytest
+from psycopg import sql
+
+from migrator import db
+from migrator.engine import tracking
+from migrator.models import Status
+from migrator.ops.load_test import KEY_QUERIES, LEGACY, NEW
+from tests.conftest import run
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TENANTS = ["acme_0001", "globex_0002"]
+
+
+def load_record():
+    return next(r for r in tracking.latest_records("verify").values() if r.step == "load_test")
+
+
+def test_load_test_records_figures_for_both_layouts(migrated):
+    run("migrate_phase", "security", interactive=False)
+    run("migrate_phase", "verify", interactive=False, load_clients=3, load_seconds=2.0, load_queries=300)
+
+    record = load_record()
+    assert record.status == Status.COMPLETED, record.error_message
+    figures = record.details["load_test"]
+    assert figures["clients"] == 3 and figures["tenants"] == 3
+    for layout in (LEGACY, NEW):
+        queries = figures["layouts"][layout]["queries"]
+        assert set(queries) == set(KEY_QUERIES)
+        for name, stats in queries.items():
+            assert stats["error"] is None, (layout, name, stats["error"])
+            assert stats["queries"] >= 1 and stats["qps"] > 0
+            assert 0 < stats["p50_ms"] <= stats["p95_ms"] <= stats["p99_ms"]
+    assert "queries/s" in record.details["message"]
+    # every write was rolled back
+    for tenant in TENANTS:
+        for table in ("contacts", "contact_data_contacts"):
+            assert not db.fetchvalue(sql.SQL("SELECT count(*) FROM {} WHERE email = 'load-test@example.invalid'")
+                                     .format(sql.Identifier(f"tenant_{tenant}", table)))
+
+
+def test_load_test_fails_when_a_key_index_of_the_new_tables_is_missing(clean_db):
+    run("seed_legacy", tenants=2, contacts=150_000, activities=2_000, seed=3)
+    for phase in ("prepare", "schemas", "data", "security"):
+        run("migrate_phase", phase, interactive=False)
+    for tenant in TENANTS:
+        db.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(f"tenant_{tenant}", "contact_data_email_idx")))
+
+    with pytest.raises(Exception):  # verify reports its failed steps as a CommandError
+        run("migrate_phase", "verify", interactive=False, load_clients=2, load_seconds=3.0, load_queries=300)
+
+    record = load_record()
+    assert record.status == Status.FAILED
+    assert "contact by email" in record.error_message and "legacy" in record.error_message
+    assert "ms on the new tables against" in record.error_message
+    figures = record.details["load_test"]["layouts"]
+    assert figures[NEW]["queries"]["contact by email"]["p95_ms"] > figures[LEGACY]["queries"]["contact by email"]["p95_ms"]
+    # the other key queries kept their indexes and pass
+    assert "activities of a contact" not in record.error_message

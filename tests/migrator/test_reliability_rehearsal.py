@@ -1,0 +1,159 @@
+"""`migrate_phase rehearse`: phases 1-6 on a scratch copy of the phase-1 backup; the real database keeps
+everything but one tracking record holding the report."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from typing import Any
+
+import pytest
+from django.core.management.base import CommandError
+from django.db import connection
+from psycopg import sql
+
+from migrator import db
+from migrator.models import MigrationRecord, Status
+from migrator.ops import rehearsal
+from migrator.config import get_config
+from tests.conftest import run
+from tests.migrator.helpers import (PROJECT_DIR, catalog_snapshot, manage_command, manage_env, one_line,
+                                    psycopg_connect, wait_for)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+LOAD = {"load_seconds": 1.0, "load_queries": 200}
+
+
+def scratch_name() -> str:
+    return f"{connection.settings_dict['NAME']}_rehearsal"
+
+
+def database_exists(name: str) -> bool:
+    return bool(db.fetchvalue("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = %s)", [name]))
+
+
+def rehearsal_roles() -> list[str]:
+    prefix = rehearsal.rehearsal_role_prefix(get_config())
+    return [r[0] for r in db.fetchall("SELECT rolname FROM pg_roles WHERE rolname LIKE %s", [prefix + "%"])]
+
+
+def tracking_rows() -> list[tuple[Any, ...]]:
+    return list(MigrationRecord.objects.order_by("id").values_list("id", "migration_id", "attempt", "status"))
+
+
+@pytest.fixture
+def no_scratch() -> Any:
+    """Whatever a failing test leaves, the next one starts without a scratch database or rehearsal roles."""
+    yield
+    with rehearsal.server_connection() as conn:
+        rehearsal.drop_database(conn, scratch_name())
+        for role in rehearsal_roles():
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+    rehearsal.journal_path(get_config()).unlink(missing_ok=True)
+
+
+def test_rehearse_reports_every_phase_and_leaves_the_real_database_as_it_was(prepared, no_scratch):
+    before, history = catalog_snapshot(), tracking_rows()
+
+    out = run("migrate_phase", "rehearse", interactive=False, format="json", jobs=2, **LOAD)
+
+    report = json.loads(out)
+    assert report["ok"], report
+    assert [p["phase"] for p in report["phases"]] == list(rehearsal.REHEARSED_PHASES)
+    assert all(p["ok"] and p["seconds"] > 0 and not p["failed"] for p in report["phases"])
+    data = next(p for p in report["phases"] if p["phase"] == "data")
+    assert data["rows_moved"] >= 2 * (120 + 240) and data["rows_per_second"] > 0
+    assert report["rehearsed_volume"] == report["live_volume"] == {"tenants": 3, "rows": 2 * (120 + 240)}
+    projection = report["projection"]
+    assert [p["phase"] for p in projection["phases"]] == list(rehearsal.REHEARSED_PHASES)
+    assert 0 < projection["total_low_seconds"] <= projection["total_high_seconds"] and projection["assumptions"]
+
+    assert catalog_snapshot() == before  # every schema, table, index and sequence of the real database
+    new = [row for row in tracking_rows() if row not in history]
+    assert len(tracking_rows()) == len(history) + 1 and len(new) == 1
+    record = MigrationRecord.objects.get(pk=new[0][0])
+    assert (record.phase, record.step, record.status) == ("rehearse", "rehearsal", Status.COMPLETED)
+    assert record.details["rehearsal"]["phases"] == report["phases"]
+    assert not database_exists(scratch_name()) and not rehearsal_roles()
+    assert not rehearsal.journal_path(get_config()).exists()
+
+
+def test_a_legacy_problem_fails_its_phase_in_the_report_only(seeded, no_scratch):
+    db.execute("ALTER TABLE tenant_acme_0001.contacts ADD COLUMN nickname text")  # no target column
+    run("migrate_phase", "prepare", interactive=False)
+    before, history = catalog_snapshot(), tracking_rows()
+
+    with pytest.raises(CommandError) as failure:
+        run("migrate_phase", "rehearse", interactive=False, **LOAD)
+
+    message = str(failure.value)
+    assert one_line(message) and "phase data" in message and "nickname" in message
+    assert catalog_snapshot() == before and len(tracking_rows()) == len(history) + 1
+    report = MigrationRecord.objects.get(phase="rehearse").details["rehearsal"]
+    assert not report["ok"]
+    assert [p["phase"] for p in report["phases"]] == ["prepare", "schemas", "data"]
+    assert report["not_run"] == ["security", "verify", "cutover"]
+    failed = report["phases"][-1]["failed"]
+    assert failed and any("nickname" in f["error"] and "acme_0001" in f["step"] for f in failed)
+    assert not database_exists(scratch_name()) and not rehearsal_roles()
+
+
+def test_rehearse_needs_a_phase_one_backup(seeded, no_scratch):
+    with pytest.raises(CommandError) as failure:
+        run("migrate_phase", "rehearse", interactive=False)
+    assert one_line(str(failure.value)) and "migrate_phase prepare" in str(failure.value)
+    assert not database_exists(scratch_name())
+
+
+def test_an_unrelated_database_of_that_name_is_refused_unless_replace(prepared, no_scratch):
+    with rehearsal.server_connection() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch_name())))
+    with pytest.raises(CommandError) as failure:
+        run("migrate_phase", "rehearse", interactive=False, **LOAD)
+    assert one_line(str(failure.value)) and "--replace" in str(failure.value)
+    assert database_exists(scratch_name())
+
+    run("migrate_phase", "rehearse", interactive=False, replace=True, keep=True, **LOAD)
+    assert database_exists(scratch_name())  # kept for inspection, marked as a rehearsal copy
+    with psycopg_connect(scratch_name()) as scratch:
+        assert scratch.execute("SELECT count(*) FROM public.tenants").fetchone()[0] == 3
+    assert rehearsal_roles()
+
+
+def test_a_killed_rehearsal_is_cleaned_up_by_the_next_one(prepared, no_scratch, settings):
+    conf = settings.SALESFLOW
+    env = manage_env(SALESFLOW_BACKUP_DIR=str(conf["BACKUP_DIR"]), SALESFLOW_ROLE_PREFIX=conf["ROLE_PREFIX"])
+    child = subprocess.Popen(manage_command("migrate_phase", "rehearse", "--noinput", "--load-seconds", "30",
+                                            "--load-queries", "0"),
+                             cwd=PROJECT_DIR, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        def verifying_in_scratch() -> bool:
+            if child.poll() is not None:
+                raise AssertionError(f"the rehearsal ended before it could be killed: {child.stderr.read()!r}")
+            if not database_exists(scratch_name()):
+                return False
+            with psycopg_connect(scratch_name()) as scratch:
+                return bool(scratch.execute(
+                    "SELECT 1 FROM pg_tables WHERE schemaname = 'public' AND tablename = 'schema_migrations'"
+                ).fetchone() and scratch.execute(
+                    "SELECT 1 FROM public.schema_migrations WHERE phase = 'verify' AND status = 'RUNNING'").fetchone())
+
+        wait_for(verifying_in_scratch, timeout=120, interval=0.2, what="the scratch run's verify phase")
+        os.kill(child.pid, signal.SIGKILL)
+        assert child.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert database_exists(scratch_name()) and rehearsal_roles()  # what the killed run left
+
+    out = run("migrate_phase", "rehearse", interactive=False, format="json", **LOAD)
+
+    report = json.loads(out)
+    assert report["ok"] and f"database {scratch_name()}" in report["cleaned_up_before"]
+    assert not database_exists(scratch_name()) and not rehearsal_roles()
+    killed = MigrationRecord.objects.filter(phase="rehearse").order_by("attempt").first()
+    assert killed is not None and killed.status == Status.FAILED and killed.error_message.startswith("interrupted")

@@ -8,7 +8,7 @@ from django.db import connection
 from migrator import catalog
 from migrator.models import MigrationRecord, Status
 from salesflow.database import DatabaseUrlError, parse_database_url
-from tests.conftest import run
+from tests.helpers import run
 
 
 def test_parse_database_url_with_socket_and_password():

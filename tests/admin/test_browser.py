@@ -20,7 +20,7 @@ from django.core.management import CommandError
 
 from migrator import db
 from migrator.models import MigrationRecord, Status
-from tests.conftest import run
+from tests.helpers import run
 
 CHROMIUM = Path(os.environ.get("SALESFLOW_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"

@@ -1,4 +1,9 @@
-"""Fixtures of the phase tests: seeded legacy data taken through phases 1, 2 and 3."""
+"""Fixtures of the phase tests: seeded legacy data taken through phases 1, 2 and 3.
+
+Each is a copy of a template built once per session (tests/stages.py). The ``prepared`` stage's
+phase-1 backup was taken once, into a folder of the session: a test about the backup itself runs
+phase 1 on its own (see tests/migrator/test_prepare.py).
+"""
 
 from __future__ import annotations
 
@@ -6,25 +11,25 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import run
+from tests.stages import StageDatabases, seeded_data
 
 
 @pytest.fixture
-def prepared(seeded: dict[str, Any]) -> dict[str, Any]:
+def prepared(stage_db: StageDatabases) -> dict[str, Any]:
     """Seeded legacy data after phase 1 (tenants registered, backup taken)."""
-    run("migrate_phase", "prepare", interactive=False)
-    return seeded
+    stage_db.use("prepared")
+    return seeded_data()
 
 
 @pytest.fixture
-def schemas_ready(prepared: dict[str, Any]) -> dict[str, Any]:
+def schemas_ready(stage_db: StageDatabases) -> dict[str, Any]:
     """... and after phase 2 (service schemas and namespaced tenant tables)."""
-    run("migrate_phase", "schemas", interactive=False)
-    return prepared
+    stage_db.use("schemas_ready")
+    return seeded_data()
 
 
 @pytest.fixture
-def migrated(schemas_ready: dict[str, Any]) -> dict[str, Any]:
+def migrated(stage_db: StageDatabases) -> dict[str, Any]:
     """... and after phase 3 (data copied and validated)."""
-    run("migrate_phase", "data", interactive=False, batch_size=50)
-    return schemas_ready
+    stage_db.use("migrated")
+    return seeded_data()

@@ -6,7 +6,7 @@ import pytest
 from django.core.management import CommandError, call_command, get_commands
 
 from migrator.models import MigrationRecord
-from tests.conftest import run
+from tests.helpers import run
 from tests.migrator.helpers import manage, manage_env, one_line
 
 PROJECT_APPS = ("migrator", "tenants", "salesflow")

@@ -20,7 +20,7 @@ from salesflow.activity_data.models import Activity
 from salesflow.contact.models import ContactType
 from salesflow.contact_data.models import Contact
 from tenants.models import MigrationState, Tenant
-from tests.conftest import run
+from tests.helpers import run
 from tests.migrator.helpers import (TABLES, attempts, content, count, latest, one_line, plain_columns, records, rows,
                                     value, wrongly_remapped)
 
@@ -120,6 +120,7 @@ def test_tracking_rows_record_counts_checkpoints_and_fingerprints(migrated):
     assert check.source_fingerprint == check.target_fingerprint and check.source_fingerprint.startswith("240:")
     assert not DeferredConstraint.objects.exists()
     assert not MigrationRecord.objects.filter(phase="data").exclude(status=Status.COMPLETED).exists()
+    assert not MigrationRecord.objects.filter(status=Status.FAILED).exists()  # nor in phases 1 and 2
     assert set(Tenant.objects.values_list("migration_state", flat=True)) == {MigrationState.DATA_MIGRATED}
     # indexes and foreign keys are back and validated
     assert value("SELECT count(*) FROM pg_indexes WHERE schemaname = 'tenant_acme_0001' "

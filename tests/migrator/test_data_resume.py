@@ -10,7 +10,7 @@ import pytest
 from psycopg import sql
 
 from migrator.models import DeferredConstraint, MigrationRecord, Status
-from tests.conftest import run
+from tests.helpers import run
 from tests.migrator.helpers import (PROJECT_DIR, TABLES, attempts, content, count, manage_command, manage_env,
                                     plain_columns, psycopg_connect, value, wait_for, wrongly_remapped)
 

@@ -18,7 +18,7 @@ from migrator.engine.lock import MigratorLock
 from migrator.models import MigrationRecord, Status
 from migrator.phases import ORDERED
 from tenants.models import MigrationState, Tenant
-from tests.conftest import legacy_fingerprints, run
+from tests.helpers import legacy_fingerprints, run
 from tests.migrator.helpers import (all_table_fingerprints, attempts, catalog_snapshot, latest, manage, one_line,
                                     records, table_names)
 

@@ -1,4 +1,8 @@
-"""Phases 4 (security), 5 (verify), 6 (cutover) and rollback, on seeded legacy data."""
+"""Phases 4 (security), 5 (verify), 6 (cutover) and rollback, on seeded legacy data.
+
+Most tests start from the ``migrated`` stage (phases 1-3 done on the seeded data). Tests that restore
+the phase-1 backup, or damage it, run phase 1 themselves so their backup is a real one of their own.
+"""
 
 from __future__ import annotations
 
@@ -17,15 +21,19 @@ from migrator.config import get_config
 from migrator.tables import service_tables
 
 from tenants.models import MigrationState, Tenant
-from tests.conftest import legacy_fingerprints, run
+from tests.helpers import legacy_fingerprints, run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 TENANTS = ["acme_0001", "globex_0002", "empty_0001"]
 
 
-def migrate_up_to(last_phase: str) -> None:
-    for phase in ("prepare", "schemas", "data", "security", "verify", "cutover"):
+PHASES = ("prepare", "schemas", "data", "security", "verify", "cutover")
+
+
+def migrate_up_to(last_phase: str, done: str | None = None) -> None:
+    """Run the phases in order up to ``last_phase``, starting after ``done`` (the stage's last phase)."""
+    for phase in PHASES[PHASES.index(done) + 1 if done else 0:]:
         run("migrate_phase", phase, interactive=False, batch_size=100)
         if phase == last_phase:
             return
@@ -36,8 +44,8 @@ def has_privilege(role: str, schema: str, table: str, privilege: str) -> bool:
                               [role, schema, table, privilege]))
 
 
-def test_security_grants_exactly_the_privilege_matrix(seeded):
-    migrate_up_to("security")
+def test_security_grants_exactly_the_privilege_matrix(migrated):
+    migrate_up_to("security", done="data")
     roles = get_config().service_roles
     for service, role in roles.items():
         assert db.fetchvalue("SELECT NOT rolcanlogin FROM pg_roles WHERE rolname = %s", [role]) is True
@@ -59,8 +67,8 @@ def test_security_grants_exactly_the_privilege_matrix(seeded):
     assert set(Tenant.objects.values_list("migration_state", flat=True)) == {MigrationState.SECURED}
 
 
-def test_security_rerun_is_a_no_op_and_finds_a_stray_grant(seeded):
-    migrate_up_to("security")
+def test_security_rerun_is_a_no_op_and_finds_a_stray_grant(migrated):
+    migrate_up_to("security", done="data")
     assert "0 steps to run" in run("migrate_phase", "security", interactive=False)
     role = get_config().service_role("activity")
     db.execute(sql.SQL("GRANT SELECT ON tenant_acme_0001.contact_data_contacts TO {}").format(sql.Identifier(role)))
@@ -68,8 +76,8 @@ def test_security_rerun_is_a_no_op_and_finds_a_stray_grant(seeded):
         get_config(), ["tenant_acme_0001"], service_tables=False)
 
 
-def test_verify_records_counts_isolation_indexes_and_crud(seeded):
-    migrate_up_to("verify")
+def test_verify_records_counts_isolation_indexes_and_crud(migrated):
+    migrate_up_to("verify", done="data")
     latest = tracking.latest_records("verify")
     assert {r.status for r in latest.values()} == {Status.COMPLETED}
     assert len(latest) == 3 + 5 * len(TENANTS) + 1  # + the load test, one per run
@@ -84,8 +92,8 @@ def test_verify_records_counts_isolation_indexes_and_crud(seeded):
     assert catalog.row_count("tenant_acme_0001", "contact_data_contacts") == 120
 
 
-def test_verify_fails_when_an_index_is_missing_or_a_role_can_read_too_much(seeded):
-    migrate_up_to("security")
+def test_verify_fails_when_an_index_is_missing_or_a_role_can_read_too_much(migrated):
+    migrate_up_to("security", done="data")
     db.execute("DROP INDEX tenant_globex_0002.activity_data_due_idx")
     role = get_config().service_role("contact")
     db.execute(sql.SQL("GRANT USAGE ON SCHEMA auth TO {r}; GRANT SELECT ON auth.users TO {r}").format(r=sql.Identifier(role)))
@@ -98,9 +106,10 @@ def test_verify_fails_when_an_index_is_missing_or_a_role_can_read_too_much(seede
     assert f"{role} can read auth.users" in latest["verify/*/role_isolation"].error_message
 
 
-def test_cutover_archives_legacy_tables_and_marks_tenants_live(seeded):
+def test_cutover_archives_legacy_tables_and_marks_tenants_live(seeded, stage_db):
     before = legacy_fingerprints(TENANTS)
-    migrate_up_to("cutover")
+    stage_db.use("migrated")  # this seeded data after phases 1-3
+    migrate_up_to("cutover", done="data")
     archive = get_config().archive_schema
     for tenant in TENANTS:
         assert catalog.tables_by_schema([f"tenant_{tenant}"])[f"tenant_{tenant}"] == {
@@ -115,8 +124,7 @@ def test_cutover_archives_legacy_tables_and_marks_tenants_live(seeded):
     assert "Migration complete" in out
 
 
-def test_cutover_needs_confirmation_and_refuses_before_validation(seeded):
-    run("migrate_phase", "prepare", interactive=False)
+def test_cutover_needs_confirmation_and_refuses_before_validation(prepared):
     with pytest.raises(CommandError, match="needs confirmation"):
         run("migrate_phase", "cutover", interactive=True)
     with pytest.raises(CommandError, match="phase verify is not complete for tenant"):
@@ -124,8 +132,8 @@ def test_cutover_needs_confirmation_and_refuses_before_validation(seeded):
     assert catalog.table_exists("tenant_acme_0001", "contacts")
 
 
-def test_cutover_drop_legacy_drops_instead_of_archiving(seeded):
-    migrate_up_to("verify")
+def test_cutover_drop_legacy_drops_instead_of_archiving(migrated):
+    migrate_up_to("verify", done="data")
     run("migrate_phase", "cutover", interactive=False, drop_legacy=True)
     assert not catalog.table_exists("tenant_acme_0001", "contacts")
     assert not catalog.schema_exists(get_config().archive_schema) or not catalog.tables_by_schema(
@@ -137,13 +145,15 @@ def test_all_runs_every_phase_on_several_tenants_in_parallel(seeded):
     for phase in ("prepare", "schemas", "data", "security", "verify", "cutover"):
         assert f"Phase {phase}:" in out
     assert not MigrationRecord.objects.filter(status=Status.FAILED).exists()
+    assert catalog.row_count("tenant_acme_0001", "contact_data_contacts") == 120
     assert catalog.row_count("tenant_globex_0002", "activity_data_activities") == 240
     assert run("migrate_phase", "all", interactive=False).count("0 steps to run") == 6
 
 
-def test_rollback_before_cutover_leaves_legacy_exactly_as_it_was(seeded):
+def test_rollback_before_cutover_leaves_legacy_exactly_as_it_was(seeded, stage_db):
     before = legacy_fingerprints(TENANTS)
-    migrate_up_to("verify")
+    stage_db.use("migrated")  # this seeded data after phases 1-3
+    migrate_up_to("verify", done="data")
     history = MigrationRecord.objects.count()
     run("migrate_phase", "rollback", interactive=False)
     assert legacy_fingerprints(TENANTS) == before
@@ -162,8 +172,8 @@ def test_rollback_before_cutover_leaves_legacy_exactly_as_it_was(seeded):
     assert catalog.row_count("tenant_acme_0001", "contact_data_contacts") == 120
 
 
-def test_rollback_after_cutover_is_refused_without_restore(seeded):
-    migrate_up_to("cutover")
+def test_rollback_after_cutover_is_refused_without_restore(migrated):
+    migrate_up_to("cutover", done="data")
     with pytest.raises(CommandError, match="use `migrate_phase rollback --restore`"):
         run("migrate_phase", "rollback", interactive=False)
 

@@ -7,7 +7,7 @@ from django.apps import apps
 
 from migrator.tables import TENANT_DATA_TABLES, service_tables, tenant_table_names
 from salesflow.layout import namespaced_table, service_db_table
-from tests.migrator.helpers import rows, table_names
+from tests.migrator.helpers import rows, table_names, value
 
 pytestmark = pytest.mark.django_db
 
@@ -24,9 +24,12 @@ def test_the_plans_verification_queries_find_the_service_layout():
         "SELECT schema_name FROM information_schema.schemata "
         "WHERE schema_name IN ('public', 'auth', 'contact', 'activity') OR schema_name LIKE 'tenant_%'")}
     auth_tables = {r[0] for r in rows("SELECT table_name FROM information_schema.tables WHERE table_schema = 'auth'")}
+    service_tables = value(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema IN ('auth','contact','activity')")
 
     assert {"public", "auth", "contact", "activity"} <= schemas
     assert auth_tables == {"users", "roles", "user_roles", "permissions", "role_permissions"}
+    assert service_tables == 8
 
 
 @pytest.mark.parametrize("schema", sorted(SERVICE_SCHEMAS))

@@ -18,7 +18,7 @@ from migrator.models import Status
 from migrator.ops.backup import latest_backup
 from migrator.ops import backup, binaries
 from tenants.models import Tenant
-from tests.conftest import run
+from tests.helpers import run
 from tests.migrator.helpers import fingerprint, latest, one_line, psycopg_connect, records, rows, table_names
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -129,7 +129,14 @@ def test_a_hostile_tenant_option_is_refused_before_anything_runs(seeded, tenant_
     assert not records()
 
 
-def test_backup_is_recorded_and_restores_into_a_scratch_database(prepared, settings):
+@pytest.fixture
+def prepared_with_backup(seeded):
+    """Phase 1 run by this test: a real pg_dump into this test's backup folder (the ``prepared`` stage's is shared)."""
+    run("migrate_phase", "prepare", interactive=False)
+    return seeded
+
+
+def test_backup_is_recorded_and_restores_into_a_scratch_database(prepared_with_backup, settings):
     row = latest("prepare/*/backup")
     info = latest_backup()
     assert info is not None and row.details["backup"] == info.as_dict()
@@ -163,7 +170,7 @@ def test_backup_is_recorded_and_restores_into_a_scratch_database(prepared, setti
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch)))
 
 
-def test_an_altered_backup_is_refused(prepared):
+def test_an_altered_backup_is_refused(prepared_with_backup):
     info = latest_backup()
     assert info is not None
     victim = next(p for p in sorted(Path(info.path).iterdir()) if p.name.endswith(".dat.gz"))

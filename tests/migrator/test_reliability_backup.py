@@ -21,7 +21,7 @@ from migrator.engine import orchestration
 from migrator.models import MigrationRecord, Status
 from migrator.ops import grants, backup, binaries, restore
 from migrator.phases.prepare import server_major
-from tests.conftest import legacy_fingerprints, run
+from tests.helpers import legacy_fingerprints, run
 from tests.migrator.helpers import (PROJECT_DIR, database_url, manage, manage_command, manage_env, one_line,
                                     psycopg_connect, wait_for)
 

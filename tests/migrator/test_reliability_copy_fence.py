@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from migrator.tables import TENANT_DATA_TABLES
-from tests.conftest import run
+from tests.helpers import run
 from tests.migrator.helpers import (PROJECT_DIR, TABLES, content, manage_command, manage_env, one_line, plain_columns,
                                     psycopg_connect, wait_for, wrongly_remapped)
 

@@ -22,7 +22,7 @@ from migrator.config import get_config
 from migrator.models import MigrationRecord, Status
 from migrator.tables import LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES
 from tenants.models import MigrationState, Tenant
-from tests.conftest import run
+from tests.helpers import run
 from tests.migrator.helpers import (PROJECT_DIR, manage_command, manage_env, one_line, psycopg_connect,
                                     table_names, wait_for)
 

@@ -16,7 +16,7 @@ from migrator import catalog, db
 from migrator.ops import teardown
 from migrator.models import MigrationRecord, Status
 from migrator.tables import TENANT_DATA_TABLES, service_tables
-from tests.conftest import run
+from tests.helpers import run
 from tests.migrator.helpers import content, count, latest, one_line, plain_columns, value, wrongly_remapped
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -16,7 +16,7 @@ from migrator.ops.teardown import drop_service_schemas
 from migrator.reports.dashboard import build_dashboard
 from migrator.tables import LEGACY_AUTH_TABLES
 from tenants.models import Tenant
-from tests.conftest import run
+from tests.helpers import run
 from tests.migrator.helpers import count, latest, one_line, table_names
 
 pytestmark = pytest.mark.django_db(transaction=True)

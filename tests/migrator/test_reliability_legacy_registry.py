@@ -13,7 +13,7 @@ from migrator import catalog, db
 from migrator.config import get_config
 from migrator.django_migrations import migrate_schema
 from tenants.models import MigrationState, Tenant
-from tests.conftest import run
+from tests.helpers import run
 from tests.migrator.helpers import count, one_line, rows
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -9,7 +9,7 @@ from migrator import db
 from migrator.engine import tracking
 from migrator.models import Status
 from migrator.ops.load_test import KEY_QUERIES, LEGACY, NEW
-from tests.conftest import run
+from tests.helpers import run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

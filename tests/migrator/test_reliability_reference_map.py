@@ -15,7 +15,7 @@ from migrator import db
 from migrator.models import MigrationRecord, ReferenceMapping, Status
 from migrator.tables import TENANT_DATA_TABLES, reference_table
 from salesflow.contact.models import ContactType
-from tests.conftest import run
+from tests.helpers import run
 from tests.migrator.helpers import TABLES, count, latest, one_line, wrongly_remapped
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -18,7 +18,7 @@ from migrator import db
 from migrator.models import MigrationRecord, Status
 from migrator.ops import rehearsal
 from migrator.config import get_config
-from tests.conftest import run
+from tests.helpers import run
 from tests.migrator.helpers import (PROJECT_DIR, catalog_snapshot, manage_command, manage_env, one_line,
                                     psycopg_connect, wait_for)
 

@@ -12,7 +12,7 @@ from migrator.engine import tracking
 from migrator.models import Status
 from migrator.ops import grants
 from tenants.models import Tenant
-from tests.conftest import legacy_fingerprints, run
+from tests.helpers import legacy_fingerprints, run
 from tests.migrator.helpers import one_line
 
 pytestmark = pytest.mark.django_db(transaction=True)

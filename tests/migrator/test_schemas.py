@@ -7,7 +7,7 @@ from django.core.management import CommandError
 
 from migrator.models import Status
 from tenants.models import MigrationState, Tenant
-from tests.conftest import run
+from tests.helpers import run
 from tests.migrator.helpers import latest, one_line, records, rows, table_names
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -10,7 +10,7 @@ from migrator import catalog
 from migrator.tables import LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES
 from migrator.models import MigrationRecord
 from tenants.models import Tenant
-from tests.conftest import legacy_fingerprints, run
+from tests.helpers import legacy_fingerprints, run
 from tests.migrator.helpers import count, one_line, rows, value
 
 pytestmark = pytest.mark.django_db(transaction=True)

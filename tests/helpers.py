@@ -1,0 +1,49 @@
+"""Helpers shared by the test packages: commands in process and fingerprints of the legacy tables.
+
+Everything reads the real database; nothing here replaces a query with a stand-in.
+"""
+
+from __future__ import annotations
+
+from io import StringIO
+from typing import Any
+
+from django.core.management import call_command
+from psycopg import sql
+
+from migrator import catalog, db
+from migrator.config import get_config
+from migrator.devtools.reset import reset_database
+from migrator.django_migrations import migrate_schema
+from migrator.tables import LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES
+from migrator.tables import service_tables
+
+
+def run(command: str, *args: str, **options: Any) -> str:
+    """``call_command`` returning what the command printed."""
+    out = StringIO()
+    call_command(command, *args, stdout=out, stderr=StringIO(), **options)
+    return out.getvalue()
+
+
+def restore_clean_database() -> None:
+    """Drop every schema and role tests made; rebuild service schemas a rollback may have dropped."""
+    reset_database(get_config())
+    if not all(catalog.schema_exists(schema) for schema in service_tables()):
+        migrate_schema("public")
+
+
+def table_fingerprint(schema: str, table: str) -> tuple[int, str]:
+    """Row count and an md5 over all rows in id order (test helper, small tables only)."""
+    return db.fetchone(sql.SQL("SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {} t")
+                       .format(sql.Identifier(schema, table)))  # type: ignore[return-value]
+
+
+def legacy_fingerprints(tenants: list[str]) -> dict[str, tuple[int, str]]:
+    config = get_config()
+    prints = {f"{config.legacy_auth_schema}.{t}": table_fingerprint(config.legacy_auth_schema, t) for t in LEGACY_AUTH_TABLES}
+    for tenant in tenants:
+        for table in LEGACY_TENANT_TABLES:
+            if catalog.table_exists(f"tenant_{tenant}", table):
+                prints[f"tenant_{tenant}.{table}"] = table_fingerprint(f"tenant_{tenant}", table)
+    return prints

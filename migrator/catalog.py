@@ -59,9 +59,7 @@ def columns(schema: str, table: str) -> list[Column]:
 
 def schemas_like_tenants() -> list[str]:
     """Every schema whose name starts with ``tenant_``, valid or not (the caller validates)."""
-    rows = db.fetchall(
-        "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, 'tenant_') ORDER BY nspname"
-    )
+    rows = db.fetchall("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, 'tenant_') ORDER BY nspname")
     return [row[0] for row in rows]
 
 
@@ -92,6 +90,10 @@ def role_can_log_in(role: str) -> bool:
 
 def has_schema_usage_granted(role: str, schema: str) -> bool:
     """USAGE on ``schema`` granted to ``role`` itself (not inherited, not through PUBLIC)."""
-    return bool(db.fetchvalue(
-        "SELECT EXISTS (SELECT 1 FROM pg_namespace n, aclexplode(n.nspacl) a JOIN pg_roles r ON r.oid = a.grantee "
-        "WHERE n.nspname = %s AND r.rolname = %s AND a.privilege_type = 'USAGE')", [schema, role]))
+    return bool(
+        db.fetchvalue(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace n, aclexplode(n.nspacl) a JOIN pg_roles r ON r.oid = a.grantee "
+            "WHERE n.nspname = %s AND r.rolname = %s AND a.privilege_type = 'USAGE')",
+            [schema, role],
+        )
+    )

@@ -1,14 +1,13 @@
 """The migrator's configuration, read from ``settings.SALESFLOW`` in one place."""
 
 from __future__ import annotations
-from salesflow.layout import SERVICES
 
 from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
 
-
+from salesflow.layout import SERVICES
 
 
 @dataclass(frozen=True)

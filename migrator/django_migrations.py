@@ -65,7 +65,9 @@ def migrate_schema(schema_name: str, app_labels: Sequence[str] | None = None) ->
 def legacy_registry_present() -> bool:
     """A ``public.tenants`` that the registry's migration did not create: a legacy one, to adopt."""
     with connections[DEFAULT_DB_ALIAS].cursor() as cursor:
-        cursor.execute("SELECT to_regclass('public.tenants') IS NOT NULL, to_regclass('public.django_migrations') IS NOT NULL")
+        cursor.execute(
+            "SELECT to_regclass('public.tenants') IS NOT NULL, to_regclass('public.django_migrations') IS NOT NULL"
+        )
         registry, recorder = cursor.fetchone() or (False, False)
         if not registry:
             return False

@@ -32,8 +32,9 @@ class MigrationRecordQuerySet(models.QuerySet["MigrationRecord"]):
 
     def latest_backup(self) -> MigrationRecord | None:
         """The record of the newest completed backup: the one a restore uses."""
-        return (self.filter(phase=BACKUP_PHASE, step=BACKUP_STEP, status=Status.COMPLETED)
-                .order_by("-completed_at").first())
+        return (
+            self.filter(phase=BACKUP_PHASE, step=BACKUP_STEP, status=Status.COMPLETED).order_by("-completed_at").first()
+        )
 
 
 class MigrationRecord(models.Model):

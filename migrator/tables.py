@@ -88,10 +88,18 @@ LEGACY_TABLES: tuple[LegacyTable, ...] = (
     LegacyTable("contact_types", TableKind.REFERENCE, "contact.ContactType", merge_key="code"),
     LegacyTable("tag_categories", TableKind.REFERENCE, "contact.TagCategory", merge_key="name"),
     LegacyTable("activity_types", TableKind.REFERENCE, "activity.ActivityType", merge_key="code"),
-    LegacyTable("contacts", TableKind.TENANT_DATA, "contact_data.Contact",
-                remap=MappingProxyType({"contact_type_id": "contact_types"})),
-    LegacyTable("activities", TableKind.TENANT_DATA, "activity_data.Activity",
-                remap=MappingProxyType({"activity_type_id": "activity_types"})),
+    LegacyTable(
+        "contacts",
+        TableKind.TENANT_DATA,
+        "contact_data.Contact",
+        remap=MappingProxyType({"contact_type_id": "contact_types"}),
+    ),
+    LegacyTable(
+        "activities",
+        TableKind.TENANT_DATA,
+        "activity_data.Activity",
+        remap=MappingProxyType({"activity_type_id": "activity_types"}),
+    ),
 )
 
 
@@ -105,7 +113,9 @@ TENANT_DATA_TABLES = of_kind(TableKind.TENANT_DATA)
 LEGACY_AUTH_TABLES: tuple[str, ...] = tuple(t.legacy_table for t in AUTH_TABLES)
 AUTH_MODELS: dict[str, str] = {t.legacy_table: t.model for t in AUTH_TABLES}
 # Tables of a legacy tenant schema, parents first.
-LEGACY_TENANT_TABLES: tuple[str, ...] = tuple(t.legacy_table for t in of_kind(TableKind.REFERENCE, TableKind.TENANT_DATA))
+LEGACY_TENANT_TABLES: tuple[str, ...] = tuple(
+    t.legacy_table for t in of_kind(TableKind.REFERENCE, TableKind.TENANT_DATA)
+)
 
 # Kept for the names the phases use; both are views of LEGACY_TABLES.
 ReferenceTable = LegacyTable

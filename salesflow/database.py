@@ -27,11 +27,11 @@ def parse_database_url(url: str) -> dict[str, object]:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:  # a port that is not a number (or out of range), a malformed host
-        raise DatabaseUrlError(f"DATABASE_URL is malformed ({exc}); expected postgresql://user@host:port/NAME") from None
-    if parts.scheme not in {"postgres", "postgresql"}:
         raise DatabaseUrlError(
-            f"DATABASE_URL must start with postgresql:// (got scheme {parts.scheme!r})"
-        )
+            f"DATABASE_URL is malformed ({exc}); expected postgresql://user@host:port/NAME"
+        ) from None
+    if parts.scheme not in {"postgres", "postgresql"}:
+        raise DatabaseUrlError(f"DATABASE_URL must start with postgresql:// (got scheme {parts.scheme!r})")
     query = parse_qs(parts.query)
     name = unquote(parts.path.lstrip("/"))
     if not name:
@@ -59,9 +59,7 @@ def start_embedded_server(data_dir: Path) -> dict[str, object]:
     uri = server.get_uri("postgres")
     settings = parse_database_url(uri.replace("/postgres?", f"/{EMBEDDED_DATABASE_NAME}?"))
     with psycopg.connect(uri, autocommit=True) as conn:
-        exists = conn.execute(
-            "SELECT 1 FROM pg_database WHERE datname = %s", [EMBEDDED_DATABASE_NAME]
-        ).fetchone()
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [EMBEDDED_DATABASE_NAME]).fetchone()
         if not exists:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(EMBEDDED_DATABASE_NAME)))
     return settings

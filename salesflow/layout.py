@@ -52,7 +52,7 @@ def tenant_id_from_schema(schema_name: str) -> str | None:
     """The tenant id of a ``tenant_<id>`` schema, or None when the name is not a valid tenant schema."""
     if not schema_name.startswith(TENANT_SCHEMA_PREFIX):
         return None
-    tenant_id = schema_name[len(TENANT_SCHEMA_PREFIX):]
+    tenant_id = schema_name[len(TENANT_SCHEMA_PREFIX) :]
     return tenant_id if TENANT_ID_RE.match(tenant_id) else None
 
 

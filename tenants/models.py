@@ -39,7 +39,8 @@ class Tenant(TenantMixin):
     """
 
     tenant_id = models.CharField(
-        max_length=56, unique=True,
+        max_length=56,
+        unique=True,
         validators=[RegexValidator(TENANT_ID_PATTERN, "lowercase letter, then lowercase letters, digits or _")],
     )
     name = models.CharField(max_length=200)

@@ -31,8 +31,9 @@ def migrator_settings(settings: Any, tmp_path_factory: pytest.TempPathFactory) -
 
 
 @pytest.fixture(scope="session")
-def stage_databases(django_db_setup: None, django_db_blocker: Any,
-                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[StageDatabases]:
+def stage_databases(
+    django_db_setup: None, django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[StageDatabases]:
     """The stage templates of this session (built on first use); dropped at the end, and leftovers at the start."""
     stages = StageDatabases(connection.settings_dict["NAME"], tmp_path_factory.mktemp("stage-backups"))
     with django_db_blocker.unblock():

@@ -15,8 +15,7 @@ from migrator import catalog, db
 from migrator.config import get_config
 from migrator.devtools.reset import reset_database
 from migrator.django_migrations import migrate_schema
-from migrator.tables import LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES
-from migrator.tables import service_tables
+from migrator.tables import LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES, service_tables
 
 
 def run(command: str, *args: str, **options: Any) -> str:
@@ -35,13 +34,18 @@ def restore_clean_database() -> None:
 
 def table_fingerprint(schema: str, table: str) -> tuple[int, str]:
     """Row count and an md5 over all rows in id order (test helper, small tables only)."""
-    return db.fetchone(sql.SQL("SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {} t")
-                       .format(sql.Identifier(schema, table)))  # type: ignore[return-value]
+    return db.fetchone(
+        sql.SQL("SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {} t").format(
+            sql.Identifier(schema, table)
+        )
+    )  # type: ignore[return-value]
 
 
 def legacy_fingerprints(tenants: list[str]) -> dict[str, tuple[int, str]]:
     config = get_config()
-    prints = {f"{config.legacy_auth_schema}.{t}": table_fingerprint(config.legacy_auth_schema, t) for t in LEGACY_AUTH_TABLES}
+    prints = {
+        f"{config.legacy_auth_schema}.{t}": table_fingerprint(config.legacy_auth_schema, t) for t in LEGACY_AUTH_TABLES
+    }
     for tenant in tenants:
         for table in LEGACY_TENANT_TABLES:
             if catalog.table_exists(f"tenant_{tenant}", table):

@@ -67,8 +67,14 @@ MAX_BASE = 40  # leaves room for the suffixes within PostgreSQL's 63 bytes
 
 def admin_connection(conf: dict[str, Any]) -> psycopg.Connection:
     """An autocommit connection to the server's ``postgres`` database, as the tests' user."""
-    return psycopg.connect(dbname="postgres", user=conf["USER"] or None, password=conf["PASSWORD"] or None,
-                           host=conf["HOST"] or None, port=conf["PORT"] or None, autocommit=True)
+    return psycopg.connect(
+        dbname="postgres",
+        user=conf["USER"] or None,
+        password=conf["PASSWORD"] or None,
+        host=conf["HOST"] or None,
+        port=conf["PORT"] or None,
+        autocommit=True,
+    )
 
 
 def drop_database(admin: psycopg.Connection, name: str) -> None:
@@ -119,7 +125,7 @@ class StageDatabases:
         self.conf = dict(connection.settings_dict)
         self.base = test_database
         if len(test_database) > MAX_BASE:
-            self.base = f"{test_database[:MAX_BASE - 11]}_{hashlib.sha1(test_database.encode()).hexdigest()[:10]}"
+            self.base = f"{test_database[: MAX_BASE - 11]}_{hashlib.sha1(test_database.encode()).hexdigest()[:10]}"
         self.built: set[str] = set()
         self.copies = 0
         self.working: str | None = None  # the working database Django points at, if any
@@ -164,8 +170,11 @@ class StageDatabases:
         with admin_connection(self.conf) as admin:
             self._copy(admin, self.working, template)  # type: ignore[arg-type]
             # a template nobody connects to, so it can always be copied
-            admin.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false").format(
-                sql.Identifier(template)))
+            admin.execute(
+                sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false").format(
+                    sql.Identifier(template)
+                )
+            )
         self.built.add(stage)
 
     def _point_at_copy_of(self, source: str) -> None:
@@ -190,16 +199,22 @@ class StageDatabases:
         """``target`` := a copy of ``source`` (nobody may be connected to the source meanwhile)."""
         connections.close_all()
         drop_database(admin, target)  # a leftover of a killed run; normally there is none
-        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                      "WHERE datname = %s AND pid <> pg_backend_pid()", [source])
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            [source],
+        )
         admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(target), sql.Identifier(source)))
 
     def drop_all(self) -> None:
         """Drop the templates and working copies, this session's or ones a killed run left behind."""
         self.drops.wait()
         with admin_connection(self.conf) as admin:
-            names = [r[0] for r in admin.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)",
-                                                 [self.base]).fetchall()]
+            names = [
+                r[0]
+                for r in admin.execute(
+                    "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", [self.base]
+                ).fetchall()
+            ]
             for name in filter(self.ours, names):
                 drop_database(admin, name)
         self.built.clear()

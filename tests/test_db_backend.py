@@ -7,7 +7,6 @@ The non-transactional tests' DDL is rolled back with their transaction.
 """
 
 from __future__ import annotations
-from migrator.tables import service_tables
 
 import pytest
 from django.apps import apps
@@ -19,6 +18,7 @@ from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.operations.base import Operation
 from django.db.migrations.state import ProjectState
 
+from migrator.tables import service_tables
 from salesflow.contact.models import ContactType
 from salesflow.db_backend.migration_operations import CreateSchema
 from salesflow.layout import service_db_table
@@ -109,7 +109,8 @@ def test_alter_field_adds_and_removes_db_index_on_service_table():
     state1 = forwards("contact", add, state0)
     added = indexes("contact", "contact_types") - baseline
     # The plain index and PostgreSQL's text_pattern_ops "_like" index.
-    assert len(added) == 2 and any(name.endswith("_like") for name in added)
+    assert len(added) == 2
+    assert any(name.endswith("_like") for name in added)
     state2 = forwards("contact", remove, state1)
     assert indexes("contact", "contact_types") == baseline
 
@@ -251,7 +252,7 @@ def test_add_and_remove_unique_constraints_on_service_table():
 
     for i in reversed(range(len(operations))):
         backwards("contact", operations[i], states[i], states[i + 1])
-        assert present() == ([set()] + expected_after)[i], operations[i].describe()
+        assert present() == ([set(), *expected_after])[i], operations[i].describe()
 
 
 @pytest.mark.django_db
@@ -306,17 +307,21 @@ def test_alter_model_table_within_and_across_schemas():
 
     state0 = project_state()
     state1 = forwards("contact", renamed, state0)
-    assert "contact_types_renamed" in tables("contact") and "contact_types" not in tables("contact")
+    assert "contact_types_renamed" in tables("contact")
+    assert "contact_types" not in tables("contact")
     assert "contact_types_pkey" in indexes("contact", "contact_types_renamed")
     backwards("contact", renamed, state0, state1)
-    assert "contact_types" in tables("contact") and "contact_types_renamed" not in tables("contact")
+    assert "contact_types" in tables("contact")
+    assert "contact_types_renamed" not in tables("contact")
 
     forwards("contact", create_schema, state0)
     state2 = forwards("contact", moved, state0)
-    assert tables("contact_moved_test") == {"contact_types"} and "contact_types" not in tables("contact")
+    assert tables("contact_moved_test") == {"contact_types"}
+    assert "contact_types" not in tables("contact")
     assert "contact_types_code_key" in constraints("contact_moved_test", "contact_types", "u")
     backwards("contact", moved, state0, state2)
-    assert tables("contact_moved_test") == set() and "contact_types" in tables("contact")
+    assert tables("contact_moved_test") == set()
+    assert "contact_types" in tables("contact")
 
 
 # --- introspection -----------------------------------------------------------------------------
@@ -354,7 +359,8 @@ def test_flush_includes_service_tables():
     assert tables <= set(connection.introspection.table_names())
 
     (statement,) = connection.ops.sql_flush(no_style(), sorted(existing))
-    assert '"contact"."contact_types"' in statement and '"auth"."users"' in statement
+    assert '"contact"."contact_types"' in statement
+    assert '"auth"."users"' in statement
 
 
 @pytest.mark.django_db

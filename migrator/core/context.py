@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from migrator.core.errors import MigrationError
 from migrator.config import MigratorConfig
+from migrator.core.errors import MigrationError
 from salesflow.layout import TENANT_ID_RE, tenant_schema_name
 
 
@@ -38,7 +38,9 @@ def parse_schema_renames(pairs: list[str]) -> tuple[tuple[str, str], ...]:
             raise MigrationError(f"--rename-schema {pair!r}: expected OLD_SCHEMA=NEW_TENANT_ID, e.g. tenant_Acme=acme")
         (new,) = validate_tenant_ids([new])
         if old in renames and renames[old] != new:
-            raise MigrationError(f"--rename-schema: schema {old!r} is given two new ids ({renames[old]!r}, {new!r}); give one")
+            raise MigrationError(
+                f"--rename-schema: schema {old!r} is given two new ids ({renames[old]!r}, {new!r}); give one"
+            )
         renames[old] = new
     targets = list(renames.values())
     duplicate = next((t for t in targets if targets.count(t) > 1), None)
@@ -118,5 +120,7 @@ class MigrationContext:
                     "(run `migrate_phase prepare` to register legacy tenants, or check the id)"
                 )
             if states[tenant_id] == MigrationState.NEW:
-                raise MigrationError(f"tenant {tenant_id!r} was created in the target layout; it has nothing to migrate")
+                raise MigrationError(
+                    f"tenant {tenant_id!r} was created in the target layout; it has nothing to migrate"
+                )
         return [TenantRef(t) for t in self.tenant_filter]

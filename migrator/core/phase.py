@@ -89,8 +89,15 @@ class Phase(ABC):
         except KeyError:
             raise MigrationError(f"phase {self.name} has no step kind {step.kind!r}") from None
 
-    def step(self, kind: str, description: str, tenant_id: str | None = None, target: str = "",
-             sql: tuple[str, ...] = (), destructive: bool = False) -> Step:
+    def step(
+        self,
+        kind: str,
+        description: str,
+        tenant_id: str | None = None,
+        target: str = "",
+        sql: tuple[str, ...] = (),
+        destructive: bool = False,
+    ) -> Step:
         if kind not in self.kinds:
             raise ValueError(f"phase {self.name} has no step kind {kind!r}")
         return Step(self.name, self.number, kind, description, tenant_id, target, sql, destructive)

@@ -9,8 +9,8 @@ from django.db import transaction
 from psycopg import sql
 
 from migrator import catalog, db
-from migrator.models import DeferredConstraint, MigrationRecord, ReferenceMapping
 from migrator.config import MigratorConfig
+from migrator.models import DeferredConstraint, MigrationRecord, ReferenceMapping
 from migrator.ops.teardown import drop_roles_and_everything_they_own
 from migrator.tables import service_tables
 from tenants.models import Domain, Tenant
@@ -43,5 +43,7 @@ def reset_database(config: MigratorConfig) -> list[str]:
                 done.append(f"deleted {deleted} {model._meta.db_table} rows")
         # Every role of the configured prefix, whoever made it: a reset is for development and test
         # databases (tests make such roles beforehand on purpose), never for a migration.
-        done += [f"dropped role {role}" for role in drop_roles_and_everything_they_own(list(config.service_roles.values()))]
+        done += [
+            f"dropped role {role}" for role in drop_roles_and_everything_they_own(list(config.service_roles.values()))
+        ]
     return done

@@ -28,8 +28,12 @@ def connect_like_django(application_name: str) -> psycopg.Connection:
     """A new autocommit psycopg connection to the database Django uses."""
     conf = connection.settings_dict
     return psycopg.connect(
-        dbname=conf["NAME"], user=conf["USER"] or None, password=conf["PASSWORD"] or None,
-        host=conf["HOST"] or None, port=conf["PORT"] or None, autocommit=True,
+        dbname=conf["NAME"],
+        user=conf["USER"] or None,
+        password=conf["PASSWORD"] or None,
+        host=conf["HOST"] or None,
+        port=conf["PORT"] or None,
+        autocommit=True,
         application_name=application_name[:MAX_APP_NAME],
     )
 
@@ -46,7 +50,7 @@ def holder_name(phase: str) -> str:
         phases = phase.split("+")
         phase = f"{phases[0]}..{phases[-1]}"
     if len(phase) > room:
-        phase = phase[:max(room - 2, 0)] + ".."
+        phase = phase[: max(room - 2, 0)] + ".."
     return f"{APP_NAME_PREFIX} {phase}{tail}"[:MAX_APP_NAME]
 
 
@@ -61,7 +65,7 @@ def describe_holder(conn: psycopg.Connection) -> str:
     if row is None:
         return "another migrate_phase (it has just finished; try again)"
     app_name, since, backend_pid = row
-    who = app_name[len(APP_NAME_PREFIX):].strip() if app_name.startswith(APP_NAME_PREFIX) else app_name
+    who = app_name[len(APP_NAME_PREFIX) :].strip() if app_name.startswith(APP_NAME_PREFIX) else app_name
     return f"migrate_phase {who} (server pid {backend_pid}) since {since:%Y-%m-%d %H:%M:%S %Z}"
 
 
@@ -94,17 +98,25 @@ class MigratorLock:
         try:
             held = self._conn.execute(
                 "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() "
-                "AND granted AND classid = %s AND objid = %s AND objsubid = 2)", [LOCK_NAMESPACE, LOCK_ID],
+                "AND granted AND classid = %s AND objid = %s AND objsubid = 2)",
+                [LOCK_NAMESPACE, LOCK_ID],
             ).fetchone()[0]
             reason = "" if held else "the lock is no longer held by its connection"
         except psycopg.Error as exc:
-            held, reason = False, f"its connection to the server ended: {' '.join(str(exc).split()) or type(exc).__name__}"
+            held, reason = (
+                False,
+                f"its connection to the server ended: {' '.join(str(exc).split()) or type(exc).__name__}",
+            )
         if not held:
-            raise LockLost(f"this run lost the migrator lock ({reason}), so another run may have started; it stopped "
-                           "before its next batch, every committed batch is kept: check that no other migrate_phase "
-                           "is running, then rerun the phase to resume")
+            raise LockLost(
+                f"this run lost the migrator lock ({reason}), so another run may have started; it stopped "
+                "before its next batch, every committed batch is kept: check that no other migrate_phase "
+                "is running, then rerun the phase to resume"
+            )
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._conn is not None:
             try:
                 if not self._conn.closed:

@@ -8,14 +8,14 @@ from dataclasses import dataclass
 from django.db import connection
 
 from migrator import catalog, db
-from migrator.engine import tracking
 from migrator.core.context import MigrationContext
 from migrator.core.errors import MigrationError
+from migrator.core.phase import Phase
+from migrator.core.steps import Event, Step
+from migrator.django_migrations import bootstrap_apps, legacy_registry_present, migrate_schema, unapplied
+from migrator.engine import tracking
 from migrator.engine.lock import MigratorLock
 from migrator.engine.runner import EventCallback, PhaseOutcome, PhaseRunner, pending_steps
-from migrator.core.steps import Event, Step
-from migrator.core.phase import Phase
-from migrator.django_migrations import bootstrap_apps, legacy_registry_present, migrate_schema, unapplied
 
 
 def check_database() -> None:
@@ -25,13 +25,18 @@ def check_database() -> None:
     except Exception as exc:  # psycopg raises several kinds; all mean the same to the operator
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         reason = lines[0] if lines else type(exc).__name__
-        raise MigrationError(f"cannot connect to the database {connection.settings_dict['NAME']!r}: {reason}; "
-                             "check DATABASE_URL and that the server is running") from None
+        raise MigrationError(
+            f"cannot connect to the database {connection.settings_dict['NAME']!r}: {reason}; "
+            "check DATABASE_URL and that the server is running"
+        ) from None
 
 
 def tracking_ready() -> bool:
-    return (catalog.table_exists("public", "schema_migrations") and catalog.table_exists("public", "tenants")
-            and not legacy_registry_present())
+    return (
+        catalog.table_exists("public", "schema_migrations")
+        and catalog.table_exists("public", "tenants")
+        and not legacy_registry_present()
+    )
 
 
 def ensure_tracking_ready() -> list[str]:
@@ -45,19 +50,22 @@ def ensure_tracking_ready() -> list[str]:
 def free_connections() -> int:
     """Connections this role can still open: the server's, the database's and the role's limits
     minus the sessions that count against each (PostgreSQL exempts superusers from the last two)."""
-    return int(db.fetchvalue(
-        "WITH me AS (SELECT rolsuper, rolconnlimit FROM pg_roles WHERE rolname = current_user), "
-        "d AS (SELECT datconnlimit FROM pg_database WHERE datname = current_database()), "
-        "used AS (SELECT count(*) AS server, "
-        "  count(*) FILTER (WHERE datname = current_database()) AS here, "
-        "  count(*) FILTER (WHERE usename = current_user) AS mine "
-        "  FROM pg_stat_activity WHERE backend_type = 'client backend') "
-        "SELECT least("
-        "  current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int "
-        "    - coalesce(nullif(current_setting('reserved_connections', true), '')::int, 0) - used.server, "
-        "  CASE WHEN NOT me.rolsuper AND d.datconnlimit >= 0 THEN d.datconnlimit - used.here END, "
-        "  CASE WHEN NOT me.rolsuper AND me.rolconnlimit >= 0 THEN me.rolconnlimit - used.mine END) "
-        "FROM me, d, used"))
+    return int(
+        db.fetchvalue(
+            "WITH me AS (SELECT rolsuper, rolconnlimit FROM pg_roles WHERE rolname = current_user), "
+            "d AS (SELECT datconnlimit FROM pg_database WHERE datname = current_database()), "
+            "used AS (SELECT count(*) AS server, "
+            "  count(*) FILTER (WHERE datname = current_database()) AS here, "
+            "  count(*) FILTER (WHERE usename = current_user) AS mine "
+            "  FROM pg_stat_activity WHERE backend_type = 'client backend') "
+            "SELECT least("
+            "  current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int "
+            "    - coalesce(nullif(current_setting('reserved_connections', true), '')::int, 0) - used.server, "
+            "  CASE WHEN NOT me.rolsuper AND d.datconnlimit >= 0 THEN d.datconnlimit - used.here END, "
+            "  CASE WHEN NOT me.rolsuper AND me.rolconnlimit >= 0 THEN me.rolconnlimit - used.mine END) "
+            "FROM me, d, used"
+        )
+    )
 
 
 def cap_jobs(ctx: MigrationContext) -> str | None:
@@ -72,8 +80,10 @@ def cap_jobs(ctx: MigrationContext) -> str | None:
     if ctx.jobs <= allowed:
         return None
     requested, ctx.jobs = ctx.jobs, allowed
-    return (f"--jobs {requested} is more than the server has free connections for ({max(free, 0)} free); "
-            f"running with --jobs {allowed}")
+    return (
+        f"--jobs {requested} is more than the server has free connections for ({max(free, 0)} free); "
+        f"running with --jobs {allowed}"
+    )
 
 
 @dataclass
@@ -92,8 +102,9 @@ def plan_phase(phase: Phase, ctx: MigrationContext) -> PlannedPhase:
     return PlannedPhase(phase, pending_steps(phase, ctx))
 
 
-def run_phases(phases: list[Phase], ctx: MigrationContext, on_event: EventCallback,
-               confirm: Callable[[str, str], bool]) -> list[PhaseOutcome]:
+def run_phases(
+    phases: list[Phase], ctx: MigrationContext, on_event: EventCallback, confirm: Callable[[str, str], bool]
+) -> list[PhaseOutcome]:
     """Run ``phases`` in order under the migrator lock; stop at the first phase that fails.
 
     ``confirm(phase name, question)`` is asked before a phase whose steps change data irreversibly.
@@ -111,8 +122,11 @@ def run_phases(phases: list[Phase], ctx: MigrationContext, on_event: EventCallba
         for phase in phases:
             ctx.forget_tenants()  # an earlier phase may have registered tenants
             planned = plan_phase(phase, ctx)
-            if (planned.steps and phase.asks_confirmation
-                    and not confirm(phase.name, phase.confirmation_question(ctx, planned.steps))):
+            if (
+                planned.steps
+                and phase.asks_confirmation
+                and not confirm(phase.name, phase.confirmation_question(ctx, planned.steps))
+            ):
                 raise MigrationError(f"phase {phase.name} cancelled; nothing was changed")
             tracking.close_interrupted(phase.name)
             outcome = PhaseRunner(ctx, on_event, still_locked=lock.check).run(phase, planned.steps)

@@ -15,15 +15,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import groupby
 
-from django.db import DatabaseError, connection
 import psycopg
+from django.db import DatabaseError, connection
 
-from migrator.engine import tracking
 from migrator.core.context import MigrationContext
 from migrator.core.errors import MigrationError
-from migrator.core.steps import Event, Step, StepReporter, StepResult
-from migrator.models import MigrationRecord, Status
 from migrator.core.phase import Phase
+from migrator.core.steps import Event, Step, StepReporter, StepResult
+from migrator.engine import tracking
+from migrator.models import MigrationRecord, Status
 
 logger = logging.getLogger("migrator.runner")
 
@@ -64,8 +64,12 @@ def database_error_line(exc: BaseException) -> str:
 
 
 class PhaseRunner:
-    def __init__(self, ctx: MigrationContext, on_event: EventCallback = lambda event: None,
-                 still_locked: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        ctx: MigrationContext,
+        on_event: EventCallback = lambda event: None,
+        still_locked: Callable[[], None] = lambda: None,
+    ) -> None:
         """``still_locked()`` raises :class:`LockLost` once the run no longer holds the migrator lock;
         it is checked before every step and at every batch of a copy."""
         self.ctx = ctx
@@ -97,8 +101,15 @@ class PhaseRunner:
         self.on_event(Event("phase_end", phase.name, elapsed=outcome.elapsed, count=len(steps)))
         return outcome
 
-    def _run_tenants(self, phase: Phase, steps: list[Step], records: dict[str, MigrationRecord],
-                     outcome: PhaseOutcome, position: int, count: int) -> None:
+    def _run_tenants(
+        self,
+        phase: Phase,
+        steps: list[Step],
+        records: dict[str, MigrationRecord],
+        outcome: PhaseOutcome,
+        position: int,
+        count: int,
+    ) -> None:
         by_tenant: dict[str, list[tuple[int, Step]]] = {}
         for offset, step in enumerate(steps):
             by_tenant.setdefault(step.tenant_id or "", []).append((position + offset, step))
@@ -140,12 +151,21 @@ class PhaseRunner:
                 done[record.tenant_id] = done.get(record.tenant_id, True) and record.status == Status.COMPLETED
         return {
             tenant_id: f"phase {phase.requires} is not complete for tenant {tenant_id}; "
-                       f"run `migrate_phase {phase.requires}` first"
-            for tenant_id in tenant_ids if not done.get(tenant_id)
+            f"run `migrate_phase {phase.requires}` first"
+            for tenant_id in tenant_ids
+            if not done.get(tenant_id)
         }
 
-    def _refuse_step(self, phase: Phase, step: Step, record: MigrationRecord, reason: str,
-                     outcome: PhaseOutcome, index: int, count: int) -> None:
+    def _refuse_step(
+        self,
+        phase: Phase,
+        step: Step,
+        record: MigrationRecord,
+        reason: str,
+        outcome: PhaseOutcome,
+        index: int,
+        count: int,
+    ) -> None:
         """Record a step that must not start (its tenant is not ready) as FAILED, without running it."""
         tracking.finish(tracking.start(record), Status.FAILED, None, reason)
         outcome.failed.append((step, reason))
@@ -156,8 +176,9 @@ class PhaseRunner:
 
         Tenant.objects.filter(tenant_id=tenant_id).update(migration_state=state)
 
-    def _run_step(self, phase: Phase, step: Step, record: MigrationRecord, outcome: PhaseOutcome,
-                  index: int, count: int) -> bool:
+    def _run_step(
+        self, phase: Phase, step: Step, record: MigrationRecord, outcome: PhaseOutcome, index: int, count: int
+    ) -> bool:
         self.still_locked()  # a run that lost the lock starts nothing more (LockLost ends the run)
         record = tracking.start(record)
         atomic_depth = len(connection.atomic_blocks)
@@ -165,8 +186,18 @@ class PhaseRunner:
         self.on_event(Event("step_start", phase.name, step, index=index, count=count))
 
         def progress(done: int, total: int | None) -> None:
-            self.on_event(Event("step_progress", phase.name, step, done=done, total=total,
-                                elapsed=time.monotonic() - started, index=index, count=count))
+            self.on_event(
+                Event(
+                    "step_progress",
+                    phase.name,
+                    step,
+                    done=done,
+                    total=total,
+                    elapsed=time.monotonic() - started,
+                    index=index,
+                    count=count,
+                )
+            )
 
         reporter = StepReporter(
             progress=progress,
@@ -198,13 +229,17 @@ class PhaseRunner:
             outcome.results[step.key] = result or StepResult()
             if result is not None and phase.moves_rows(step):
                 outcome.rows_moved += result.rows_copied or 0
-            self.on_event(Event("step_success", phase.name, step, result=result, elapsed=elapsed,
-                                index=index, count=count))
+            self.on_event(
+                Event("step_success", phase.name, step, result=result, elapsed=elapsed, index=index, count=count)
+            )
             return True
         tracking.finish(record, Status.FAILED, result, error)
         outcome.failed.append((step, error))
-        self.on_event(Event("step_failure", phase.name, step, result=result, error=error, elapsed=elapsed,
-                            index=index, count=count))
+        self.on_event(
+            Event(
+                "step_failure", phase.name, step, result=result, error=error, elapsed=elapsed, index=index, count=count
+            )
+        )
         return False
 
     @staticmethod

@@ -48,10 +48,17 @@ def ensure_pending(steps: list[Step], latest: dict[str, MigrationRecord]) -> dic
             continue
         new_rows.append(
             MigrationRecord(
-                migration_id=step.key, description=step.description, status=Status.PENDING, phase=step.phase,
-                phase_number=step.phase_number, tenant_id=step.tenant_id, step=step.kind,
-                target=step.target, attempt=(previous.attempt + 1) if previous else 1,
-                host=HOST, pid=os.getpid(),
+                migration_id=step.key,
+                description=step.description,
+                status=Status.PENDING,
+                phase=step.phase,
+                phase_number=step.phase_number,
+                tenant_id=step.tenant_id,
+                step=step.kind,
+                target=step.target,
+                attempt=(previous.attempt + 1) if previous else 1,
+                host=HOST,
+                pid=os.getpid(),
             )
         )
     MigrationRecord.objects.bulk_create(new_rows, batch_size=1000)

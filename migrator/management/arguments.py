@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from argparse import ArgumentTypeError
+from collections.abc import Callable
 
 
 def whole_number(minimum: int, maximum: int | None = None) -> Callable[[str], int]:

@@ -9,8 +9,8 @@ from typing import Any
 from django.core.management.base import OutputWrapper
 from django.core.management.color import Style
 
-from migrator.engine.runner import PhaseOutcome
 from migrator.core.steps import Event
+from migrator.engine.runner import PhaseOutcome
 
 
 def human_rate(rows: int, seconds: float) -> str:
@@ -21,7 +21,9 @@ class ConsoleReporter:
     """Event callback of the runner. Verbosity as Django: 0 errors only, 1 a line per step,
     2 progress per batch with timings, 3 also the SQL of each step."""
 
-    def __init__(self, stdout: OutputWrapper, style: Style, verbosity: int = 1, progress_bar: bool | None = None) -> None:
+    def __init__(
+        self, stdout: OutputWrapper, style: Style, verbosity: int = 1, progress_bar: bool | None = None
+    ) -> None:
         self.stdout = stdout
         self.style = style
         self.verbosity = verbosity
@@ -48,8 +50,14 @@ class ConsoleReporter:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=Console(file=self.stdout._out), transient=True)
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(file=self.stdout._out),
+                transient=True,
+            )
             self._bar.start()
             self._bar_task = self._bar.add_task(event.phase, total=event.count)
 
@@ -73,7 +81,9 @@ class ConsoleReporter:
 
     def _on_step_progress(self, event: Event) -> None:
         if self._bar is not None and event.step:
-            self._bar.update(self._bar_task, description=f"{event.phase}: {event.step.label} {event.done:,}/{event.total or 0:,}")
+            self._bar.update(
+                self._bar_task, description=f"{event.phase}: {event.step.label} {event.done:,}/{event.total or 0:,}"
+            )
         if self.verbosity < 2 or not event.step:
             return
         now = time.monotonic()
@@ -107,18 +117,29 @@ def outcome_summary(outcome: PhaseOutcome) -> str:
 
 def outcome_dict(outcome: PhaseOutcome) -> dict[str, object]:
     return {
-        "phase": outcome.phase, "ok": outcome.ok, "planned": outcome.planned, "elapsed_s": round(outcome.elapsed, 3),
+        "phase": outcome.phase,
+        "ok": outcome.ok,
+        "planned": outcome.planned,
+        "elapsed_s": round(outcome.elapsed, 3),
         "rows_moved": outcome.rows_moved,
-        "completed": [{"migration_id": s.key, "message": outcome.results[s.key].message,
-                       "rows": outcome.results[s.key].rows_copied} for s in outcome.completed],
+        "completed": [
+            {
+                "migration_id": s.key,
+                "message": outcome.results[s.key].message,
+                "rows": outcome.results[s.key].rows_copied,
+            }
+            for s in outcome.completed
+        ],
         "failed": [{"migration_id": s.key, "error": error} for s, error in outcome.failed],
     }
 
 
 def rehearsal_lines(report: dict[str, Any]) -> list[str]:
     """The rehearsal's report for a terminal: per phase, then the projection and its assumptions."""
-    lines = [f"Rehearsal of {report['source_database']} in {report['target_database']} "
-             f"(backup {report['backup']['path']}): " + ("all phases passed" if report["ok"] else "FAILED")]
+    lines = [
+        f"Rehearsal of {report['source_database']} in {report['target_database']} "
+        f"(backup {report['backup']['path']}): " + ("all phases passed" if report["ok"] else "FAILED")
+    ]
     for phase in report["phases"]:
         rate = f", {phase['rows_per_second']:,.0f} rows/s" if phase["rows_per_second"] else ""
         state = "OK" if phase["ok"] else "FAILED"
@@ -129,13 +150,19 @@ def rehearsal_lines(report: dict[str, Any]) -> list[str]:
     lines += [f"  {name:<9} not run" for name in report["not_run"]]
     projection = report["projection"]
     rehearsed, live = report["rehearsed_volume"], report["live_volume"]
-    lines.append(f"Projection for the live database ({live['tenants']} tenants, {live['rows']:,} rows; the backup: "
-                 f"{rehearsed['tenants']} tenants, {rehearsed['rows']:,} rows):")
+    lines.append(
+        f"Projection for the live database ({live['tenants']} tenants, {live['rows']:,} rows; the backup: "
+        f"{rehearsed['tenants']} tenants, {rehearsed['rows']:,} rows):"
+    )
     for phase in projection["phases"]:
-        lines.append(f"  {phase['phase']:<9} {phase['low_seconds']:.1f} to {phase['high_seconds']:.1f} s "
-                     f"(scaled by {phase['scaled_by']})")
-    lines.append(f"  total     {projection['total_low_seconds']:.1f} to {projection['total_high_seconds']:.1f} s"
-                 + ("" if projection["complete"] else " for the phases that ran"))
+        lines.append(
+            f"  {phase['phase']:<9} {phase['low_seconds']:.1f} to {phase['high_seconds']:.1f} s "
+            f"(scaled by {phase['scaled_by']})"
+        )
+    lines.append(
+        f"  total     {projection['total_low_seconds']:.1f} to {projection['total_high_seconds']:.1f} s"
+        + ("" if projection["complete"] else " for the phases that ran")
+    )
     lines += [f"  assuming {text}" for text in projection["assumptions"]]
     lines += [f"Note: {text}" for text in report["notes"]]
     if report["kept"]:

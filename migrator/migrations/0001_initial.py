@@ -4,77 +4,115 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='DeferredConstraint',
+            name="DeferredConstraint",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('schema_name', models.CharField(max_length=63)),
-                ('table_name', models.CharField(max_length=63)),
-                ('name', models.CharField(max_length=63)),
-                ('kind', models.CharField(choices=[('INDEX', 'Index'), ('FOREIGN_KEY', 'Foreign Key')], max_length=20)),
-                ('definition', models.TextField(help_text='pg_get_indexdef / pg_get_constraintdef output.')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("schema_name", models.CharField(max_length=63)),
+                ("table_name", models.CharField(max_length=63)),
+                ("name", models.CharField(max_length=63)),
+                ("kind", models.CharField(choices=[("INDEX", "Index"), ("FOREIGN_KEY", "Foreign Key")], max_length=20)),
+                ("definition", models.TextField(help_text="pg_get_indexdef / pg_get_constraintdef output.")),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'db_table': 'migrator_deferred_constraints',
-                'ordering': ['schema_name', 'table_name', 'kind', 'name'],
-                'constraints': [models.UniqueConstraint(fields=('schema_name', 'table_name', 'name'), name='migrator_deferred_uniq')],
+                "db_table": "migrator_deferred_constraints",
+                "ordering": ["schema_name", "table_name", "kind", "name"],
+                "constraints": [
+                    models.UniqueConstraint(fields=("schema_name", "table_name", "name"), name="migrator_deferred_uniq")
+                ],
             },
         ),
         migrations.CreateModel(
-            name='MigrationRecord',
+            name="MigrationRecord",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('migration_id', models.CharField(help_text='Step key: phase/tenant/step/table.', max_length=200)),
-                ('description', models.TextField(blank=True)),
-                ('status', models.CharField(choices=[('PENDING', 'Pending'), ('RUNNING', 'Running'), ('COMPLETED', 'Completed'), ('FAILED', 'Failed'), ('ROLLED_BACK', 'Rolled Back')], default='PENDING', max_length=20)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('completed_at', models.DateTimeField(blank=True, null=True)),
-                ('error_message', models.TextField(blank=True, null=True)),
-                ('phase', models.CharField(max_length=20)),
-                ('phase_number', models.PositiveSmallIntegerField(blank=True, null=True)),
-                ('tenant_id', models.CharField(blank=True, help_text='Empty for phase-wide steps.', max_length=63, null=True)),
-                ('step', models.CharField(help_text='Kind of step, e.g. copy_table.', max_length=40)),
-                ('target', models.CharField(blank=True, help_text='Table or object the step works on.', max_length=200)),
-                ('attempt', models.PositiveIntegerField(default=1)),
-                ('rows_expected', models.BigIntegerField(blank=True, null=True)),
-                ('rows_copied', models.BigIntegerField(blank=True, null=True)),
-                ('checkpoint', models.BigIntegerField(blank=True, help_text='Highest id committed so far.', null=True)),
-                ('source_fingerprint', models.CharField(blank=True, max_length=100, null=True)),
-                ('target_fingerprint', models.CharField(blank=True, max_length=100, null=True)),
-                ('duration', models.DurationField(blank=True, null=True)),
-                ('host', models.CharField(blank=True, max_length=255)),
-                ('pid', models.IntegerField(blank=True, null=True)),
-                ('details', models.JSONField(blank=True, default=dict)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("migration_id", models.CharField(help_text="Step key: phase/tenant/step/table.", max_length=200)),
+                ("description", models.TextField(blank=True)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("PENDING", "Pending"),
+                            ("RUNNING", "Running"),
+                            ("COMPLETED", "Completed"),
+                            ("FAILED", "Failed"),
+                            ("ROLLED_BACK", "Rolled Back"),
+                        ],
+                        default="PENDING",
+                        max_length=20,
+                    ),
+                ),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("completed_at", models.DateTimeField(blank=True, null=True)),
+                ("error_message", models.TextField(blank=True, null=True)),
+                ("phase", models.CharField(max_length=20)),
+                ("phase_number", models.PositiveSmallIntegerField(blank=True, null=True)),
+                (
+                    "tenant_id",
+                    models.CharField(blank=True, help_text="Empty for phase-wide steps.", max_length=63, null=True),
+                ),
+                ("step", models.CharField(help_text="Kind of step, e.g. copy_table.", max_length=40)),
+                (
+                    "target",
+                    models.CharField(blank=True, help_text="Table or object the step works on.", max_length=200),
+                ),
+                ("attempt", models.PositiveIntegerField(default=1)),
+                ("rows_expected", models.BigIntegerField(blank=True, null=True)),
+                ("rows_copied", models.BigIntegerField(blank=True, null=True)),
+                ("checkpoint", models.BigIntegerField(blank=True, help_text="Highest id committed so far.", null=True)),
+                ("source_fingerprint", models.CharField(blank=True, max_length=100, null=True)),
+                ("target_fingerprint", models.CharField(blank=True, max_length=100, null=True)),
+                ("duration", models.DurationField(blank=True, null=True)),
+                ("host", models.CharField(blank=True, max_length=255)),
+                ("pid", models.IntegerField(blank=True, null=True)),
+                ("details", models.JSONField(blank=True, default=dict)),
             ],
             options={
-                'verbose_name': 'migration record',
-                'db_table': 'schema_migrations',
-                'ordering': ['-id'],
-                'indexes': [models.Index(fields=['phase', 'tenant_id'], name='schema_migrations_phase_idx'), models.Index(fields=['status'], name='schema_migrations_status_idx'), models.Index(fields=['migration_id', '-attempt'], name='schema_migrations_latest_idx')],
-                'constraints': [models.UniqueConstraint(fields=('migration_id', 'attempt'), name='schema_migrations_attempt_uniq'), models.CheckConstraint(condition=models.Q(('status__in', ['PENDING', 'RUNNING', 'COMPLETED', 'FAILED', 'ROLLED_BACK'])), name='schema_migrations_status_valid'), models.CheckConstraint(condition=models.Q(('attempt__gte', 1)), name='schema_migrations_attempt_positive')],
+                "verbose_name": "migration record",
+                "db_table": "schema_migrations",
+                "ordering": ["-id"],
+                "indexes": [
+                    models.Index(fields=["phase", "tenant_id"], name="schema_migrations_phase_idx"),
+                    models.Index(fields=["status"], name="schema_migrations_status_idx"),
+                    models.Index(fields=["migration_id", "-attempt"], name="schema_migrations_latest_idx"),
+                ],
+                "constraints": [
+                    models.UniqueConstraint(fields=("migration_id", "attempt"), name="schema_migrations_attempt_uniq"),
+                    models.CheckConstraint(
+                        condition=models.Q(
+                            ("status__in", ["PENDING", "RUNNING", "COMPLETED", "FAILED", "ROLLED_BACK"])
+                        ),
+                        name="schema_migrations_status_valid",
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(("attempt__gte", 1)), name="schema_migrations_attempt_positive"
+                    ),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='ReferenceMapping',
+            name="ReferenceMapping",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('tenant_id', models.CharField(max_length=63)),
-                ('reference_table', models.CharField(max_length=63)),
-                ('old_id', models.BigIntegerField()),
-                ('new_id', models.BigIntegerField()),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("tenant_id", models.CharField(max_length=63)),
+                ("reference_table", models.CharField(max_length=63)),
+                ("old_id", models.BigIntegerField()),
+                ("new_id", models.BigIntegerField()),
             ],
             options={
-                'db_table': 'migrator_reference_map',
-                'ordering': ['tenant_id', 'reference_table', 'old_id'],
-                'constraints': [models.UniqueConstraint(fields=('tenant_id', 'reference_table', 'old_id'), name='migrator_reference_map_uniq')],
+                "db_table": "migrator_reference_map",
+                "ordering": ["tenant_id", "reference_table", "old_id"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("tenant_id", "reference_table", "old_id"), name="migrator_reference_map_uniq"
+                    )
+                ],
             },
         ),
     ]

@@ -4,14 +4,13 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('migrator', '0001_initial'),
+        ("migrator", "0001_initial"),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name='migrationrecord',
-            index=models.Index(fields=['tenant_id', '-started_at'], name='schema_migrations_tenant_idx'),
+            model_name="migrationrecord",
+            index=models.Index(fields=["tenant_id", "-started_at"], name="schema_migrations_tenant_idx"),
         ),
     ]

@@ -43,9 +43,14 @@ def archive_tables(schema: str, owner: str, tables: list[str], archive_schema: s
                 continue
             new_name = archive_table_name(owner, table)
             _rename_dependents(schema, table, owner)
-            db.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(schema, table), sql.Identifier(new_name)))
-            db.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(sql.Identifier(schema, new_name),
-                                                                     sql.Identifier(archive_schema)))
+            db.execute(
+                sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(schema, table), sql.Identifier(new_name))
+            )
+            db.execute(
+                sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(
+                    sql.Identifier(schema, new_name), sql.Identifier(archive_schema)
+                )
+            )
             moved[table] = f"{archive_schema}.{new_name}"
     return moved
 
@@ -59,8 +64,11 @@ def lock_tables(schema: str, tables: list[str]) -> list[str]:
     """
     present = [t for t in tables if t in catalog.tables_by_schema([schema])[schema]]
     if present:
-        db.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
-            sql.SQL(", ").join(sql.Identifier(schema, t) for t in present)))
+        db.execute(
+            sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+                sql.SQL(", ").join(sql.Identifier(schema, t) for t in present)
+            )
+        )
     return present
 
 
@@ -80,14 +88,17 @@ def _rename_dependents(schema: str, table: str, owner: str) -> None:
     )
     for kind, name in rows:
         statement = "ALTER INDEX {} RENAME TO {}" if kind == "i" else "ALTER SEQUENCE {} RENAME TO {}"
-        db.execute(sql.SQL(statement).format(sql.Identifier(schema, name), sql.Identifier(archive_table_name(owner, name))))
+        db.execute(
+            sql.SQL(statement).format(sql.Identifier(schema, name), sql.Identifier(archive_table_name(owner, name)))
+        )
 
 
 def drop_schema_if_empty(schema: str) -> bool:
     if not catalog.schema_exists(schema):
         return False
-    remaining = db.fetchvalue("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                              "WHERE n.nspname = %s", [schema])
+    remaining = db.fetchvalue(
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s", [schema]
+    )
     if remaining:
         return False
     db.execute(sql.SQL("DROP SCHEMA {}").format(sql.Identifier(schema)))

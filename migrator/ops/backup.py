@@ -122,8 +122,9 @@ def write_manifest(info: BackupInfo, finished: bool = True) -> Path:
     """Location and checksum of a finished backup, kept outside the database a restore replaces."""
     path = manifest_path(Path(info.path))
     partial = in_progress_marker(Path(info.path))
-    partial.write_text(json.dumps({**info.as_dict(), "database": connection.settings_dict["NAME"],
-                                   "finished": finished}, indent=1))
+    partial.write_text(
+        json.dumps({**info.as_dict(), "database": connection.settings_dict["NAME"], "finished": finished}, indent=1)
+    )
     if finished:
         partial.replace(path)  # a manifest is whole or absent
     return path
@@ -151,9 +152,13 @@ def manifest_backups(backup_dir: Path) -> list[BackupInfo]:
 def recorded_backup_paths() -> set[str]:
     if not catalog_has_tracking():
         return set()
-    return {str(details["backup"]["path"]) for details in MigrationRecord.objects.filter(
-        phase=BACKUP_PHASE, step=BACKUP_STEP).values_list("details", flat=True)
-        if isinstance(details, dict) and isinstance(details.get("backup"), dict)}
+    return {
+        str(details["backup"]["path"])
+        for details in MigrationRecord.objects.filter(phase=BACKUP_PHASE, step=BACKUP_STEP).values_list(
+            "details", flat=True
+        )
+        if isinstance(details, dict) and isinstance(details.get("backup"), dict)
+    }
 
 
 def remove_unfinished_dumps(backup_dir: Path) -> list[str]:
@@ -214,7 +219,11 @@ def check_backup(info: BackupInfo) -> None:
 
 def restore_backup(pg_restore: Path, info: BackupInfo, jobs: int) -> None:
     args, env = connection_args()
-    _run([str(pg_restore), f"--jobs={max(1, jobs)}", "--exit-on-error", "--no-owner", *args, info.path], env, "pg_restore")
+    _run(
+        [str(pg_restore), f"--jobs={max(1, jobs)}", "--exit-on-error", "--no-owner", *args, info.path],
+        env,
+        "pg_restore",
+    )
 
 
 def latest_backup(backup_dir: Path | None = None) -> BackupInfo | None:

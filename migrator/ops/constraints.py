@@ -50,24 +50,53 @@ def defer_constraints(schema: str, table: str) -> int:
         if primary_key:
             name, definition = primary_key
             # pg_get_constraintdef output, completed into the statement that restores it.
-            statement = db.render(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
-                sql.Identifier(schema, table), sql.Identifier(name), sql.SQL(definition)))
-            rows.append(DeferredConstraint(schema_name=schema, table_name=table, name=name,
-                                           kind=DeferredConstraint.Kind.INDEX, definition=statement))
-        rows += [DeferredConstraint(schema_name=schema, table_name=table, name=name, kind=DeferredConstraint.Kind.INDEX,
-                                    definition=definition) for name, definition in indexes]
-        rows += [DeferredConstraint(schema_name=schema, table_name=table, name=name,
-                                    kind=DeferredConstraint.Kind.FOREIGN_KEY, definition=definition)
-                 for name, definition in foreign_keys]
+            statement = db.render(
+                sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+                    sql.Identifier(schema, table), sql.Identifier(name), sql.SQL(definition)
+                )
+            )
+            rows.append(
+                DeferredConstraint(
+                    schema_name=schema,
+                    table_name=table,
+                    name=name,
+                    kind=DeferredConstraint.Kind.INDEX,
+                    definition=statement,
+                )
+            )
+        rows += [
+            DeferredConstraint(
+                schema_name=schema,
+                table_name=table,
+                name=name,
+                kind=DeferredConstraint.Kind.INDEX,
+                definition=definition,
+            )
+            for name, definition in indexes
+        ]
+        rows += [
+            DeferredConstraint(
+                schema_name=schema,
+                table_name=table,
+                name=name,
+                kind=DeferredConstraint.Kind.FOREIGN_KEY,
+                definition=definition,
+            )
+            for name, definition in foreign_keys
+        ]
         DeferredConstraint.objects.bulk_create(rows)
         for name, _definition in foreign_keys:
-            db.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
-                sql.Identifier(schema, table), sql.Identifier(name)))
+            db.execute(
+                sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(sql.Identifier(schema, table), sql.Identifier(name))
+            )
         for name, _definition in indexes:
             db.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(schema, name)))
         if primary_key:
-            db.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
-                sql.Identifier(schema, table), sql.Identifier(primary_key[0])))
+            db.execute(
+                sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                    sql.Identifier(schema, table), sql.Identifier(primary_key[0])
+                )
+            )
     return len(rows)
 
 
@@ -94,8 +123,9 @@ def _deferrable_primary_key(schema: str, table: str) -> tuple[str, str] | None:
 REBUILD_ADVICE = "fix those rows in the legacy table, then roll back and copy the table again"
 
 
-def restore_constraints(schema: str, table: str, maintenance_work_mem: str = "256MB",
-                        advice: str = REBUILD_ADVICE) -> int:
+def restore_constraints(
+    schema: str, table: str, maintenance_work_mem: str = "256MB", advice: str = REBUILD_ADVICE
+) -> int:
     """Rebuild what :func:`defer_constraints` dropped: indexes, then foreign keys NOT VALID + VALIDATE.
 
     Copied rows that break a rebuilt constraint (orphans, duplicate keys) fail it with one line that
@@ -109,9 +139,12 @@ def restore_constraints(schema: str, table: str, maintenance_work_mem: str = "25
         reason = getattr(diag, "message_primary", None) or str(exc).strip().splitlines()[0]
         detail = getattr(diag, "message_detail", None)
         failing = getattr(diag, "constraint_name", None)
-        raise MigrationError(" ".join(
-            f"{schema}.{table}: the copied rows break {failing or 'a rebuilt index or foreign key'}: {reason}"
-            f"{f' ({detail})' if detail else ''}; {advice}".split())) from None
+        raise MigrationError(
+            " ".join(
+                f"{schema}.{table}: the copied rows break {failing or 'a rebuilt index or foreign key'}: {reason}"
+                f"{f' ({detail})' if detail else ''}; {advice}".split()
+            )
+        ) from None
     return len(deferred)
 
 
@@ -125,10 +158,16 @@ def _rebuild(schema: str, table: str, deferred: list[DeferredConstraint], mainte
                     db.execute(sql.SQL(item.definition))
             for item in deferred:
                 if item.kind == DeferredConstraint.Kind.FOREIGN_KEY:
-                    db.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID").format(
-                        sql.Identifier(schema, table), sql.Identifier(item.name), sql.SQL(item.definition)))
-                    db.execute(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
-                        sql.Identifier(schema, table), sql.Identifier(item.name)))
+                    db.execute(
+                        sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID").format(
+                            sql.Identifier(schema, table), sql.Identifier(item.name), sql.SQL(item.definition)
+                        )
+                    )
+                    db.execute(
+                        sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(
+                            sql.Identifier(schema, table), sql.Identifier(item.name)
+                        )
+                    )
         DeferredConstraint.objects.filter(pk__in=[item.pk for item in deferred]).delete()
 
 

@@ -65,7 +65,8 @@ class TableCopy:
         """Source expressions in target column order, remapped columns taken from the map."""
         remapped = {r.column: r for r in self.remaps}
         return sql.SQL(", ").join(
-            sql.SQL("{}.new_id").format(self._remap_alias(remapped[c])) if c in remapped
+            sql.SQL("{}.new_id").format(self._remap_alias(remapped[c]))
+            if c in remapped
             else sql.SQL("s.{}").format(sql.Identifier(c))
             for c in self.columns
         )
@@ -73,16 +74,23 @@ class TableCopy:
     def from_clause(self, remaps: tuple[Remap, ...] | None = None) -> sql.Composed:
         """The source aliased ``s``, joined to the map for ``remaps`` (default: all of them)."""
         joins = [
-            sql.SQL(" LEFT JOIN public.migrator_reference_map {a} ON {a}.tenant_id = {t} "
-                    "AND {a}.reference_table = {r} AND {a}.old_id = s.{c}").format(
-                a=self._remap_alias(r), t=sql.Literal(r.tenant_id), r=sql.Literal(r.reference_table),
-                c=sql.Identifier(r.column))
+            sql.SQL(
+                " LEFT JOIN public.migrator_reference_map {a} ON {a}.tenant_id = {t} "
+                "AND {a}.reference_table = {r} AND {a}.old_id = s.{c}"
+            ).format(
+                a=self._remap_alias(r),
+                t=sql.Literal(r.tenant_id),
+                r=sql.Literal(r.reference_table),
+                c=sql.Identifier(r.column),
+            )
             for r in (self.remaps if remaps is None else remaps)
         ]
         return sql.SQL("{} s").format(self.source) + sql.Composed(joins)
 
     def key_row(self, alias: str = "s") -> sql.Composed:
-        return sql.SQL("({})").format(sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(k)) for k in self.key))
+        return sql.SQL("({})").format(
+            sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(k)) for k in self.key)
+        )
 
     def key_params(self) -> sql.Composed:
         return sql.SQL("({})").format(sql.SQL(", ").join(sql.Placeholder() for _ in self.key))
@@ -90,18 +98,30 @@ class TableCopy:
     def insert_batch_sql(self, bounded: bool) -> sql.Composed:
         """Rows after the last copied key, up to and including an upper key when ``bounded``."""
         query = sql.SQL("INSERT INTO {target} ({cols}) SELECT {select} FROM {src} WHERE {key} > {lo}").format(
-            target=self.target, cols=db.ident_list(self.columns), select=self.select_list(),
-            src=self.from_clause(), key=self.key_row(), lo=self.key_params())
+            target=self.target,
+            cols=db.ident_list(self.columns),
+            select=self.select_list(),
+            src=self.from_clause(),
+            key=self.key_row(),
+            lo=self.key_params(),
+        )
         if bounded:
             query += sql.SQL(" AND {key} <= {hi}").format(key=self.key_row(), hi=self.key_params())
         return query
 
     def insert_missing_sql(self) -> sql.Composed:
         """Source rows whose key the target does not have, wherever they are in key order."""
-        return sql.SQL("INSERT INTO {target} ({cols}) SELECT {select} FROM {src} WHERE NOT EXISTS "
-                       "(SELECT 1 FROM {target} t WHERE {tkey} = {key})").format(
-            target=self.target, cols=db.ident_list(self.columns), select=self.select_list(), src=self.from_clause(),
-            tkey=self.key_row("t"), key=self.key_row())
+        return sql.SQL(
+            "INSERT INTO {target} ({cols}) SELECT {select} FROM {src} WHERE NOT EXISTS "
+            "(SELECT 1 FROM {target} t WHERE {tkey} = {key})"
+        ).format(
+            target=self.target,
+            cols=db.ident_list(self.columns),
+            select=self.select_list(),
+            src=self.from_clause(),
+            tkey=self.key_row("t"),
+            key=self.key_row(),
+        )
 
     def preview(self) -> str:
         return db.render(self.insert_batch_sql(bounded=True))
@@ -133,10 +153,13 @@ def table_fence(schema: str, table: str) -> Iterator[None]:
         holder = db.fetchvalue(
             "SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
             "AND l.granted AND l.classid = %s AND l.objid = %s AND l.objsubid = 2 "
-            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())", key)
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            key,
+        )
         raise MigrationError(
             f"{schema}.{table} is being written by another migrate_phase (server pid {holder or 'unknown'}); nothing "
-            "was copied: let that run finish (or stop it), then rerun the phase")
+            "was copied: let that run finish (or stop it), then rerun the phase"
+        )
     try:
         yield
     finally:
@@ -150,11 +173,14 @@ def _check_fence(copy: TableCopy) -> None:
     """Inside a batch's transaction: this connection still holds the copy's table fence."""
     held = db.fetchvalue(
         "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted "
-        "AND classid = %s AND objid = %s AND objsubid = 2)", _fence_key(copy.target_schema, copy.target_table))
+        "AND classid = %s AND objid = %s AND objsubid = 2)",
+        _fence_key(copy.target_schema, copy.target_table),
+    )
     if not held:
         raise MigrationError(
             f"{copy.target_schema}.{copy.target_table}: this run's database connection changed in the middle of the "
-            "copy and no longer holds the table's lock; it stopped, every committed batch is kept: rerun the phase")
+            "copy and no longer holds the table's lock; it stopped, every committed batch is kept: rerun the phase"
+        )
 
 
 def _lowest_key(copy: TableCopy) -> list[object]:
@@ -163,8 +189,11 @@ def _lowest_key(copy: TableCopy) -> list[object]:
 
 def _last_copied_key(copy: TableCopy) -> list[object] | None:
     order = sql.SQL(", ").join(sql.SQL("{} DESC").format(sql.Identifier(k)) for k in copy.key)
-    row = db.fetchone(sql.SQL("SELECT {keys} FROM {t} ORDER BY {order} LIMIT 1").format(
-        keys=db.ident_list(copy.key), t=copy.target, order=order))
+    row = db.fetchone(
+        sql.SQL("SELECT {keys} FROM {t} ORDER BY {order} LIMIT 1").format(
+            keys=db.ident_list(copy.key), t=copy.target, order=order
+        )
+    )
     return list(row) if row else None
 
 
@@ -175,22 +204,31 @@ def _mapping_proven(copy: TableCopy, remap: Remap) -> bool:
     the map was built from (so every value is one of its ids), and every id of that small table
     has a map entry. Then no source row needs to be read to know none is unmapped.
     """
-    return bool(db.fetchvalue(
-        sql.SQL(
-            "SELECT EXISTS (SELECT 1 FROM pg_constraint c "
-            "JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace tn ON tn.oid = t.relnamespace "
-            "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1] "
-            "JOIN pg_class r ON r.oid = c.confrelid JOIN pg_namespace rn ON rn.oid = r.relnamespace "
-            "JOIN pg_attribute ra ON ra.attrelid = c.confrelid AND ra.attnum = c.confkey[1] "
-            "WHERE c.contype = 'f' AND c.convalidated AND cardinality(c.conkey) = 1 "
-            "AND tn.nspname = %s AND t.relname = %s AND a.attname = %s "
-            "AND rn.nspname = %s AND r.relname = %s AND ra.attname = 'id') "
-            "AND NOT EXISTS (SELECT 1 FROM {ref} l WHERE NOT EXISTS (SELECT 1 FROM public.migrator_reference_map m "
-            "WHERE m.tenant_id = %s AND m.reference_table = %s AND m.old_id = l.id))"
-        ).format(ref=sql.Identifier(copy.source_schema, remap.reference_table)),
-        [copy.source_schema, copy.source_table, remap.column, copy.source_schema, remap.reference_table,
-         remap.tenant_id, remap.reference_table],
-    ))
+    return bool(
+        db.fetchvalue(
+            sql.SQL(
+                "SELECT EXISTS (SELECT 1 FROM pg_constraint c "
+                "JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace tn ON tn.oid = t.relnamespace "
+                "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1] "
+                "JOIN pg_class r ON r.oid = c.confrelid JOIN pg_namespace rn ON rn.oid = r.relnamespace "
+                "JOIN pg_attribute ra ON ra.attrelid = c.confrelid AND ra.attnum = c.confkey[1] "
+                "WHERE c.contype = 'f' AND c.convalidated AND cardinality(c.conkey) = 1 "
+                "AND tn.nspname = %s AND t.relname = %s AND a.attname = %s "
+                "AND rn.nspname = %s AND r.relname = %s AND ra.attname = 'id') "
+                "AND NOT EXISTS (SELECT 1 FROM {ref} l WHERE NOT EXISTS (SELECT 1 FROM public.migrator_reference_map m "
+                "WHERE m.tenant_id = %s AND m.reference_table = %s AND m.old_id = l.id))"
+            ).format(ref=sql.Identifier(copy.source_schema, remap.reference_table)),
+            [
+                copy.source_schema,
+                copy.source_table,
+                remap.column,
+                copy.source_schema,
+                remap.reference_table,
+                remap.tenant_id,
+                remap.reference_table,
+            ],
+        )
+    )
 
 
 def _scan_source(copy: TableCopy) -> tuple[int, dict[str, int]]:
@@ -200,17 +238,24 @@ def _scan_source(copy: TableCopy) -> tuple[int, dict[str, int]]:
     in the same scan as the rows, through the joins the batches use (the map is unique per old id,
     so they never multiply rows).
     """
-    unproven = tuple(r for r in copy.remaps
-                     if not (catalog.table_exists(copy.source_schema, r.reference_table) and _mapping_proven(copy, r)))
+    unproven = tuple(
+        r
+        for r in copy.remaps
+        if not (catalog.table_exists(copy.source_schema, r.reference_table) and _mapping_proven(copy, r))
+    )
     unmapped = [
         sql.SQL("count(*) FILTER (WHERE s.{c} IS NOT NULL AND {a}.old_id IS NULL)").format(
-            c=sql.Identifier(r.column), a=copy._remap_alias(r))
+            c=sql.Identifier(r.column), a=copy._remap_alias(r)
+        )
         for r in unproven
     ]
-    row = db.fetchone(sql.SQL("SELECT {} FROM {}").format(
-        sql.SQL(", ").join([sql.SQL("count(*)"), *unmapped]), copy.from_clause(unproven)))
+    row = db.fetchone(
+        sql.SQL("SELECT {} FROM {}").format(
+            sql.SQL(", ").join([sql.SQL("count(*)"), *unmapped]), copy.from_clause(unproven)
+        )
+    )
     total, *missing = row or (0,)
-    return int(total), {r.column: int(n) for r, n in zip(unproven, missing) if n}
+    return int(total), {r.column: int(n) for r, n in zip(unproven, missing, strict=False) if n}
 
 
 def _dangling(copy: TableCopy, remap: Remap, sample: int = 5) -> tuple[int, list[object]]:
@@ -218,10 +263,18 @@ def _dangling(copy: TableCopy, remap: Remap, sample: int = 5) -> tuple[int, list
     if not catalog.table_exists(copy.source_schema, remap.reference_table):
         query = sql.SQL("SELECT count(*), (array_agg(DISTINCT s.{c}))[1:%s] FROM {src} s WHERE s.{c} IS NOT NULL")
     else:
-        query = sql.SQL("SELECT count(*), (array_agg(DISTINCT s.{c}))[1:%s] FROM {src} s WHERE s.{c} IS NOT NULL "
-                        "AND NOT EXISTS (SELECT 1 FROM {ref} r WHERE r.id = s.{c})")
-    count, ids = db.fetchone(query.format(c=sql.Identifier(remap.column), src=copy.source,
-                                          ref=sql.Identifier(copy.source_schema, remap.reference_table)), [sample]) or (0, [])
+        query = sql.SQL(
+            "SELECT count(*), (array_agg(DISTINCT s.{c}))[1:%s] FROM {src} s WHERE s.{c} IS NOT NULL "
+            "AND NOT EXISTS (SELECT 1 FROM {ref} r WHERE r.id = s.{c})"
+        )
+    count, ids = db.fetchone(
+        query.format(
+            c=sql.Identifier(remap.column),
+            src=copy.source,
+            ref=sql.Identifier(copy.source_schema, remap.reference_table),
+        ),
+        [sample],
+    ) or (0, [])
     return int(count), list(ids or [])
 
 
@@ -235,10 +288,12 @@ def _refuse_unmapped(copy: TableCopy, missing: dict[str, int]) -> None:
             raise MigrationError(
                 f"{dangling} rows of {copy.source_schema}.{copy.source_table}.{remap.column} point at no row of "
                 f"{copy.source_schema}.{remap.reference_table} (ids {', '.join(map(str, ids))}); nothing was copied: "
-                "point them at an existing row or set them to NULL in the legacy table, then rerun the phase")
+                "point them at an existing row or set them to NULL in the legacy table, then rerun the phase"
+            )
     details = ", ".join(f"{n} rows of {copy.source_table}.{c}" for c, n in missing.items())
-    raise MigrationError(f"{details} point at reference rows with no merged id; rerun `migrate_phase data`, "
-                         "which merges them")
+    raise MigrationError(
+        f"{details} point at reference rows with no merged id; rerun `migrate_phase data`, which merges them"
+    )
 
 
 def unmapped_references(copy: TableCopy) -> dict[str, int]:
@@ -278,11 +333,13 @@ def _copy_table(copy: TableCopy, batch_size: int, reporter: StepReporter) -> Cop
     key_order = sql.SQL(", ").join(sql.Identifier(k) for k in copy.key)
     key_order_desc = sql.SQL(", ").join(sql.SQL("{} DESC").format(sql.Identifier(k)) for k in copy.key)
     upper_sql = sql.SQL("SELECT {keys} FROM {src} s WHERE {key} > {lo} ORDER BY {order} OFFSET %s LIMIT 1").format(
-        keys=db.ident_list(copy.key), src=copy.source, key=copy.key_row(), lo=copy.key_params(), order=key_order)
+        keys=db.ident_list(copy.key), src=copy.source, key=copy.key_row(), lo=copy.key_params(), order=key_order
+    )
     # The last batch ends at the source's highest key, so every checkpoint comes from the source's
     # key index, never from a scan of the target (whose primary key may be deferred during the load).
     highest_sql = sql.SQL("SELECT {keys} FROM {src} s WHERE {key} > {lo} ORDER BY {order} LIMIT 1").format(
-        keys=db.ident_list(copy.key), src=copy.source, key=copy.key_row(), lo=copy.key_params(), order=key_order_desc)
+        keys=db.ident_list(copy.key), src=copy.source, key=copy.key_row(), lo=copy.key_params(), order=key_order_desc
+    )
     bounded = db.render(copy.insert_batch_sql(bounded=True))
     batches = 0
     while True:
@@ -320,8 +377,10 @@ def _copy_table(copy: TableCopy, batch_size: int, reporter: StepReporter) -> Cop
 def reset_identity(schema: str, table: str, column: str = "id") -> int | None:
     """Make the table's identity/serial sequence continue after the highest copied id."""
     return db.fetchvalue(
-        sql.SQL("SELECT setval(pg_get_serial_sequence(format('%%I.%%I', %s::text, %s::text), %s), "
-                "coalesce(max({c}), 0) + 1, false) FROM {t}").format(c=sql.Identifier(column), t=sql.Identifier(schema, table)),
+        sql.SQL(
+            "SELECT setval(pg_get_serial_sequence(format('%%I.%%I', %s::text, %s::text), %s), "
+            "coalesce(max({c}), 0) + 1, false) FROM {t}"
+        ).format(c=sql.Identifier(column), t=sql.Identifier(schema, table)),
         [schema, table, column],
     )
 
@@ -350,10 +409,11 @@ def analyze(schema: str, table: str, statistics_target: int | None = QUICK_STATI
     with_expressions = db.fetchvalue(
         "SELECT EXISTS (SELECT 1 FROM pg_index x JOIN pg_class t ON t.oid = x.indrelid "
         "JOIN pg_namespace n ON n.oid = t.relnamespace "
-        "WHERE n.nspname = %s AND t.relname = %s AND x.indexprs IS NOT NULL)", [schema, table])
+        "WHERE n.nspname = %s AND t.relname = %s AND x.indexprs IS NOT NULL)",
+        [schema, table],
+    )
     query = sql.SQL("ANALYZE {}").format(target)
     if columns and not with_expressions:
         query = sql.SQL("ANALYZE {} ({})").format(target, db.ident_list(columns))
-    with transaction.atomic():
-        with db.local_settings(default_statistics_target=str(statistics_target)):
-            db.execute(query)
+    with transaction.atomic(), db.local_settings(default_statistics_target=str(statistics_target)):
+        db.execute(query)

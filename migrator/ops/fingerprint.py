@@ -49,8 +49,11 @@ def type_differences(copy: TableCopy) -> list[TypeDifference]:
     legacy = {c.name: c.data_type for c in catalog.columns(copy.source_schema, copy.source_table)}
     target = {c.name: c.data_type for c in catalog.columns(copy.target_schema, copy.target_table)}
     remapped = {r.column for r in copy.remaps}
-    return [TypeDifference(c, legacy[c], target[c]) for c in copy.columns
-            if c not in remapped and c in legacy and c in target and legacy[c] != target[c]]
+    return [
+        TypeDifference(c, legacy[c], target[c])
+        for c in copy.columns
+        if c not in remapped and c in legacy and c in target and legacy[c] != target[c]
+    ]
 
 
 def _row_hash(expressions: sql.Composable) -> sql.Composed:
@@ -64,8 +67,11 @@ def _reference_alias(remap: Remap) -> sql.Identifier:
 def _reference_value(alias: str, remap: Remap) -> sql.Composed:
     """NULL stays NULL; an id that points at no reference row hashes apart from every code."""
     return sql.SQL("ROW({a}.{c} IS NULL, {r}.{k})").format(
-        a=sql.Identifier(alias), c=sql.Identifier(remap.column), r=_reference_alias(remap),
-        k=sql.Identifier(reference_table(remap.reference_table).merge_key))
+        a=sql.Identifier(alias),
+        c=sql.Identifier(remap.column),
+        r=_reference_alias(remap),
+        k=sql.Identifier(reference_table(remap.reference_table).merge_key),
+    )
 
 
 def _source(copy: TableCopy) -> tuple[sql.Composed, sql.Composed]:
@@ -84,12 +90,19 @@ def _source(copy: TableCopy) -> tuple[sql.Composed, sql.Composed]:
     joins = [sql.SQL("{} s").format(copy.source)]
     for remap in copy.remaps:
         if catalog.table_exists(copy.source_schema, remap.reference_table):
-            joins.append(sql.SQL(" LEFT JOIN {ref} {a} ON {a}.id = s.{c}").format(
-                ref=sql.Identifier(copy.source_schema, remap.reference_table), a=_reference_alias(remap),
-                c=sql.Identifier(remap.column)))
+            joins.append(
+                sql.SQL(" LEFT JOIN {ref} {a} ON {a}.id = s.{c}").format(
+                    ref=sql.Identifier(copy.source_schema, remap.reference_table),
+                    a=_reference_alias(remap),
+                    c=sql.Identifier(remap.column),
+                )
+            )
         else:  # no legacy reference table: every non-NULL id points at nothing
-            joins.append(sql.SQL(" LEFT JOIN (SELECT NULL::bigint AS id, NULL::text AS {k}) {a} ON false").format(
-                k=sql.Identifier(reference_table(remap.reference_table).merge_key), a=_reference_alias(remap)))
+            joins.append(
+                sql.SQL(" LEFT JOIN (SELECT NULL::bigint AS id, NULL::text AS {k}) {a} ON false").format(
+                    k=sql.Identifier(reference_table(remap.reference_table).merge_key), a=_reference_alias(remap)
+                )
+            )
     return sql.SQL(", ").join(expressions), sql.Composed(joins)
 
 
@@ -98,13 +111,18 @@ def _target(copy: TableCopy) -> tuple[sql.Composed, sql.Composed]:
     remapped = {r.column: r for r in copy.remaps}
     expressions = sql.SQL(", ").join(
         _reference_value("t", remapped[c]) if c in remapped else sql.SQL("t.{}").format(sql.Identifier(c))
-        for c in copy.columns)
+        for c in copy.columns
+    )
     joins = [sql.SQL("{} t").format(copy.target)]
     for remap in copy.remaps:
         shared = reference_table(remap.reference_table)
-        joins.append(sql.SQL(" LEFT JOIN {ref} {a} ON {a}.id = t.{c}").format(
-            ref=sql.Identifier(str(shared.schema), shared.table), a=_reference_alias(remap),
-            c=sql.Identifier(remap.column)))
+        joins.append(
+            sql.SQL(" LEFT JOIN {ref} {a} ON {a}.id = t.{c}").format(
+                ref=sql.Identifier(str(shared.schema), shared.table),
+                a=_reference_alias(remap),
+                c=sql.Identifier(remap.column),
+            )
+        )
     return expressions, sql.Composed(joins)
 
 
@@ -140,7 +158,7 @@ def differing_keys(copy: TableCopy, limit: int = 10) -> list[tuple[object, ...]]
     src = sql.SQL("SELECT {k}, {h} AS h FROM {f}").format(k=keys_s, h=_row_hash(source_expressions), f=source)
     tgt = sql.SQL("SELECT {k}, {h} AS h FROM {t}").format(k=keys_t, h=_row_hash(target_expressions), t=target)
     order = sql.SQL(", ").join(sql.SQL(str(i + 1)) for i in range(len(copy.key)))
-    query = sql.SQL("SELECT DISTINCT {cols} FROM (({a}) EXCEPT ({b}) UNION ALL (({b}) EXCEPT ({a}))) d "
-                    "ORDER BY {order} LIMIT %s").format(
-        cols=db.ident_list(copy.key), a=src, b=tgt, order=order)
+    query = sql.SQL(
+        "SELECT DISTINCT {cols} FROM (({a}) EXCEPT ({b}) UNION ALL (({b}) EXCEPT ({a}))) d ORDER BY {order} LIMIT %s"
+    ).format(cols=db.ident_list(copy.key), a=src, b=tgt, order=order)
     return [tuple(row) for row in db.fetchall(query, [limit])]

@@ -60,8 +60,11 @@ def roles_created_by_migrator(roles: list[str]) -> list[str]:
     the migrator's. A role carrying the creation mark of this database is the migrator's too.
     """
     recorded: dict[str, set[int]] = {}
-    rows = (MigrationRecord.objects.filter(phase="security", step="service_role", target__in=roles)
-            .exclude(status=Status.ROLLED_BACK).values_list("target", "details"))
+    rows = (
+        MigrationRecord.objects.filter(phase="security", step="service_role", target__in=roles)
+        .exclude(status=Status.ROLLED_BACK)
+        .values_list("target", "details")
+    )
     for target, details in rows:
         if details.get("created") and details.get("role_oid"):
             recorded.setdefault(target, set()).add(int(details["role_oid"]))
@@ -72,7 +75,8 @@ def roles_created_by_migrator(roles: list[str]) -> list[str]:
         if oid is None:
             continue
         if oid in recorded.get(role, set()) or db.fetchvalue(
-                "SELECT shobj_description(%s, 'pg_authid') = %s", [oid, marker]):
+            "SELECT shobj_description(%s, 'pg_authid') = %s", [oid, marker]
+        ):
             owned.append(role)
     return owned
 
@@ -88,7 +92,8 @@ def claim_service_role(role: str, adopt: bool) -> dict[str, object]:
     if catalog.role_can_log_in(role):
         raise MigrationError(
             f"role {role} already exists and can log in (LOGIN or SUPERUSER); a service role must be a NOLOGIN "
-            "group role: rename that role, or set SALESFLOW_ROLE_PREFIX to another prefix")
+            "group role: rename that role, or set SALESFLOW_ROLE_PREFIX to another prefix"
+        )
     oid = catalog.role_oid(role)
     if role in roles_created_by_migrator([role]):
         return {"created": True, "adopted": False, "role_oid": oid}
@@ -96,7 +101,8 @@ def claim_service_role(role: str, adopt: bool) -> dict[str, object]:
         return {"created": False, "adopted": True, "role_oid": oid}
     raise MigrationError(
         f"role {role} already exists and the migrator did not create it: rename it, set SALESFLOW_ROLE_PREFIX "
-        "to another prefix, or rerun with --adopt-roles to use it (rollback then never drops it)")
+        "to another prefix, or rerun with --adopt-roles to use it (rollback then never drops it)"
+    )
 
 
 def service_schema_statements(role: str, schema: str) -> list[sql.Composed]:
@@ -106,7 +112,9 @@ def service_schema_statements(role: str, schema: str) -> list[sql.Composed]:
         sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(s, r),
         sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {} TO {}").format(s, r),
         sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {} TO {}").format(s, r),
-        sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {}").format(s, r),
+        sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {}").format(
+            s, r
+        ),
         sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT USAGE, SELECT ON SEQUENCES TO {}").format(s, r),
         sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {}").format(r),
     ]
@@ -128,15 +136,23 @@ def grant_tenant_tables(config: MigratorConfig, tenant_schema: str, only_existin
         role = config.service_role(service_of_tenant_table(table.namespace))
         r = sql.Identifier(role)
         db.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(tenant_schema), r))
-        db.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(
-            sql.Identifier(tenant_schema, table.table), r))
-        sequence = db.fetchvalue("SELECT pg_get_serial_sequence(format('%%I.%%I', %s::text, %s::text), 'id')",
-                                 [tenant_schema, table.table])
+        db.execute(
+            sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(
+                sql.Identifier(tenant_schema, table.table), r
+            )
+        )
+        sequence = db.fetchvalue(
+            "SELECT pg_get_serial_sequence(format('%%I.%%I', %s::text, %s::text), 'id')", [tenant_schema, table.table]
+        )
         if sequence:
             schema_name, seq_name = db.fetchone(
                 "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE c.oid = %s::regclass", [sequence]) or (None, None)
-            db.execute(sql.SQL("GRANT USAGE, SELECT ON SEQUENCE {} TO {}").format(sql.Identifier(schema_name, seq_name), r))
+                "WHERE c.oid = %s::regclass",
+                [sequence],
+            ) or (None, None)
+            db.execute(
+                sql.SQL("GRANT USAGE, SELECT ON SEQUENCE {} TO {}").format(sql.Identifier(schema_name, seq_name), r)
+            )
         grants.append(Grant(role, tenant_schema, table.table))
     return grants
 
@@ -145,10 +161,14 @@ def service_roles_in_place(config: MigratorConfig) -> bool:
     """Phase 4 has completed its role steps (and no rollback undid them) and the roles exist."""
     if not catalog.table_exists("public", MigrationRecord._meta.db_table):
         return False  # a database the migrator has never run on
-    latest = dict(MigrationRecord.objects.filter(phase="security", step="service_role").latest_attempts()
-                  .values_list("target", "status"))
-    return all(latest.get(role) == Status.COMPLETED and catalog.role_exists(role)
-               for role in config.service_roles.values())
+    latest = dict(
+        MigrationRecord.objects.filter(phase="security", step="service_role")
+        .latest_attempts()
+        .values_list("target", "status")
+    )
+    return all(
+        latest.get(role) == Status.COMPLETED and catalog.role_exists(role) for role in config.service_roles.values()
+    )
 
 
 def grant_after_schema_migration(config: MigratorConfig, schema: str) -> list[Grant]:
@@ -195,20 +215,32 @@ def revoke_granted_privileges(role: str, tenant_usage_schemas: list[str]) -> Non
             sequence = db.fetchone(
                 "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                 "WHERE c.oid = pg_get_serial_sequence(format('%%I.%%I', %s::text, %s::text), 'id')::regclass",
-                [schema, table.table])
+                [schema, table.table],
+            )
             if sequence:
                 db.execute(sql.SQL("REVOKE ALL ON SEQUENCE {} FROM {}").format(sql.Identifier(*sequence), r))
         if schema in tenant_usage_schemas:
             db.execute(sql.SQL("REVOKE USAGE ON SCHEMA {} FROM {}").format(sql.Identifier(schema), r))
 
 
-def expected_matrix(config: MigratorConfig, tenant_schemas: list[str], roles: list[str] | None = None,
-                    service_tables: bool = True) -> dict[tuple[str, str, str], bool]:
+def expected_matrix(
+    config: MigratorConfig, tenant_schemas: list[str], roles: list[str] | None = None, service_tables: bool = True
+) -> dict[tuple[str, str, str], bool]:
     """(role, schema, table) -> may the role use it. Service tables and the tenants' tables, for ``roles``."""
-    objects = [(schema, table) for schema, tables in tables_of_services().items() for table in tables] if service_tables else []
+    objects = (
+        [(schema, table) for schema, tables in tables_of_services().items() for table in tables]
+        if service_tables
+        else []
+    )
     objects += [(tenant, t.table) for tenant in tenant_schemas for t in TENANT_DATA_TABLES]
     owner = {(schema, table): schema for schema, tables in tables_of_services().items() for table in tables}
-    owner.update({(tenant, t.table): service_of_tenant_table(t.namespace) for tenant in tenant_schemas for t in TENANT_DATA_TABLES})
+    owner.update(
+        {
+            (tenant, t.table): service_of_tenant_table(t.namespace)
+            for tenant in tenant_schemas
+            for t in TENANT_DATA_TABLES
+        }
+    )
     return {
         (role, schema, table): owner[(schema, table)] == service
         for service, role in config.service_roles.items()
@@ -217,8 +249,9 @@ def expected_matrix(config: MigratorConfig, tenant_schemas: list[str], roles: li
     }
 
 
-def privilege_problems(config: MigratorConfig, tenant_schemas: list[str], roles: list[str] | None = None,
-                       service_tables: bool = True) -> list[str]:
+def privilege_problems(
+    config: MigratorConfig, tenant_schemas: list[str], roles: list[str] | None = None, service_tables: bool = True
+) -> list[str]:
     """Every (role, table) whose SELECT/INSERT/UPDATE/DELETE privilege is not what the matrix says."""
     expected = expected_matrix(config, tenant_schemas, roles, service_tables)
     rows = db.fetchall(
@@ -233,7 +266,9 @@ def privilege_problems(config: MigratorConfig, tenant_schemas: list[str], roles:
     for role in roles if roles is not None else config.service_roles.values():
         public_tables = db.fetchvalue(
             "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' "
-            "AND c.relkind IN ('r', 'p', 'v') AND has_table_privilege(%s, c.oid, 'SELECT')", [role])
+            "AND c.relkind IN ('r', 'p', 'v') AND has_table_privilege(%s, c.oid, 'SELECT')",
+            [role],
+        )
         if public_tables:
             problems.append(f"{role} can read {public_tables} tables in public")
         if db.fetchvalue("SELECT has_schema_privilege(%s, 'public', 'CREATE')", [role]):

@@ -36,16 +36,25 @@ CONTACTS, ACTIVITIES = "contacts", "activities"
 
 # name -> (legacy tenant-data table it reads or writes, statements). Table names are filled in per layout.
 KEY_QUERIES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "contact by email": (CONTACTS, (
-        "SELECT id, first_name, last_name, company FROM {table} WHERE email = %(email)s",)),
-    "activities of a contact": (ACTIVITIES, (
-        "SELECT id, subject, due_at FROM {table} WHERE contact_id = %(contact_id)s ORDER BY due_at",)),
-    "upcoming activities": (ACTIVITIES, (
-        "SELECT id, subject, due_at FROM {table} WHERE due_at >= %(due_at)s ORDER BY due_at LIMIT 20",)),
-    "contact insert and update": (CONTACTS, (
-        ("INSERT INTO {table} (first_name, last_name, email, created_at) "
-         "VALUES ('Load', 'Test', 'load-test@example.invalid', now()) RETURNING id"),
-        "UPDATE {table} SET company = 'Load Test Inc' WHERE id = %(inserted)s")),
+    "contact by email": (CONTACTS, ("SELECT id, first_name, last_name, company FROM {table} WHERE email = %(email)s",)),
+    "activities of a contact": (
+        ACTIVITIES,
+        ("SELECT id, subject, due_at FROM {table} WHERE contact_id = %(contact_id)s ORDER BY due_at",),
+    ),
+    "upcoming activities": (
+        ACTIVITIES,
+        ("SELECT id, subject, due_at FROM {table} WHERE due_at >= %(due_at)s ORDER BY due_at LIMIT 20",),
+    ),
+    "contact insert and update": (
+        CONTACTS,
+        (
+            (
+                "INSERT INTO {table} (first_name, last_name, email, created_at) "
+                "VALUES ('Load', 'Test', 'load-test@example.invalid', now()) RETURNING id"
+            ),
+            "UPDATE {table} SET company = 'Load Test Inc' WHERE id = %(inserted)s",
+        ),
+    ),
 }
 
 
@@ -59,9 +68,11 @@ class TenantKeys:
     due_dates: list[datetime]
 
     def pick(self, rng: random.Random) -> dict[str, Any]:
-        return {"email": rng.choice(self.emails) if self.emails else "nobody@example.invalid",
-                "contact_id": rng.choice(self.contact_ids) if self.contact_ids else 0,
-                "due_at": rng.choice(self.due_dates) if self.due_dates else datetime.now(UTC)}
+        return {
+            "email": rng.choice(self.emails) if self.emails else "nobody@example.invalid",
+            "contact_id": rng.choice(self.contact_ids) if self.contact_ids else 0,
+            "due_at": rng.choice(self.due_dates) if self.due_dates else datetime.now(UTC),
+        }
 
 
 @dataclass
@@ -77,15 +88,26 @@ class QueryStats:
                 return None
             return round(ordered[min(len(ordered) - 1, max(0, math.ceil(p / 100 * len(ordered)) - 1))], 3)
 
-        return {"queries": len(ordered), "qps": round(len(ordered) / seconds, 1) if seconds > 0 else None,
-                "p50_ms": percentile(50), "p95_ms": percentile(95), "p99_ms": percentile(99), "error": self.error}
+        return {
+            "queries": len(ordered),
+            "qps": round(len(ordered) / seconds, 1) if seconds > 0 else None,
+            "p50_ms": percentile(50),
+            "p95_ms": percentile(95),
+            "p99_ms": percentile(99),
+            "error": self.error,
+        }
 
 
 def connect() -> psycopg.Connection[Any]:
     conf = connection.settings_dict
-    return psycopg.connect(dbname=conf["NAME"], user=conf["USER"] or None, password=conf["PASSWORD"] or None,
-                           host=conf["HOST"] or None, port=conf["PORT"] or None,
-                           application_name="salesflow-migrator-load-test")
+    return psycopg.connect(
+        dbname=conf["NAME"],
+        user=conf["USER"] or None,
+        password=conf["PASSWORD"] or None,
+        host=conf["HOST"] or None,
+        port=conf["PORT"] or None,
+        application_name="salesflow-migrator-load-test",
+    )
 
 
 def table_name(layout: str, legacy_name: str) -> str:
@@ -101,9 +123,12 @@ def service_role(layout: str, legacy_name: str, config: MigratorConfig) -> str |
 def tenants_with_tables(schemas: Sequence[str], layout: str) -> list[str]:
     names = [table_name(layout, CONTACTS), table_name(layout, ACTIVITIES)]
     with connect() as conn:
-        rows = conn.execute("SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                            "WHERE n.nspname = ANY(%s) AND c.relname = ANY(%s) AND c.relkind IN ('r', 'p') "
-                            "GROUP BY n.nspname HAVING count(*) = %s", [list(schemas), names, len(names)]).fetchall()
+        rows = conn.execute(
+            "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = ANY(%s) AND c.relname = ANY(%s) AND c.relkind IN ('r', 'p') "
+            "GROUP BY n.nspname HAVING count(*) = %s",
+            [list(schemas), names, len(names)],
+        ).fetchall()
     found = {row[0] for row in rows}
     return [schema for schema in schemas if schema in found]
 
@@ -114,10 +139,18 @@ def sample_keys(schemas: Sequence[str], layout: str) -> list[TenantKeys]:
     contacts, activities = table_name(layout, CONTACTS), table_name(layout, ACTIVITIES)
     with connect() as conn:
         for schema in schemas:
-            found = conn.execute(sql.SQL("SELECT id, email FROM {} WHERE email IS NOT NULL ORDER BY random() LIMIT %s")
-                                 .format(sql.Identifier(schema, contacts)), [KEYS_PER_TENANT]).fetchall()
-            due = conn.execute(sql.SQL("SELECT due_at FROM {} WHERE due_at IS NOT NULL ORDER BY random() LIMIT %s")
-                               .format(sql.Identifier(schema, activities)), [KEYS_PER_TENANT]).fetchall()
+            found = conn.execute(
+                sql.SQL("SELECT id, email FROM {} WHERE email IS NOT NULL ORDER BY random() LIMIT %s").format(
+                    sql.Identifier(schema, contacts)
+                ),
+                [KEYS_PER_TENANT],
+            ).fetchall()
+            due = conn.execute(
+                sql.SQL("SELECT due_at FROM {} WHERE due_at IS NOT NULL ORDER BY random() LIMIT %s").format(
+                    sql.Identifier(schema, activities)
+                ),
+                [KEYS_PER_TENANT],
+            ).fetchall()
             keys.append(TenantKeys(schema, [r[1] for r in found], [r[0] for r in found], [r[0] for r in due]))
     return keys
 
@@ -130,18 +163,32 @@ class Load:
     busy machine slows both alike instead of whichever layout ran during the busy spell.
     """
 
-    def __init__(self, layouts: tuple[str, ...], tenants: list[TenantKeys], config: MigratorConfig, clients: int,
-                 seconds: float, queries_wanted: int) -> None:
+    def __init__(
+        self,
+        layouts: tuple[str, ...],
+        tenants: list[TenantKeys],
+        config: MigratorConfig,
+        clients: int,
+        seconds: float,
+        queries_wanted: int,
+    ) -> None:
         self.layouts = layouts
         self.tenants = tenants
         self.clients = clients
         self.seconds = seconds
         self.per_client = math.ceil(queries_wanted / clients) if queries_wanted else 0
-        self.statements = {(layout, name): tuple(sql.SQL(text).format(table=sql.Identifier(table_name(layout, legacy)))
-                                                 for text in texts)
-                           for layout in layouts for name, (legacy, texts) in KEY_QUERIES.items()}
-        self.roles = {(layout, name): service_role(layout, legacy, config)
-                      for layout in layouts for name, (legacy, _texts) in KEY_QUERIES.items()}
+        self.statements = {
+            (layout, name): tuple(
+                sql.SQL(text).format(table=sql.Identifier(table_name(layout, legacy))) for text in texts
+            )
+            for layout in layouts
+            for name, (legacy, texts) in KEY_QUERIES.items()
+        }
+        self.roles = {
+            (layout, name): service_role(layout, legacy, config)
+            for layout in layouts
+            for name, (legacy, _texts) in KEY_QUERIES.items()
+        }
         self.stats: dict[tuple[str, str], QueryStats] = {key: QueryStats() for key in self.statements}
         self.lock = threading.Lock()
         self.errors: list[str] = []
@@ -149,15 +196,19 @@ class Load:
     def run(self) -> tuple[dict[str, dict[str, dict[str, Any]]], float]:
         started = time.monotonic()
         deadline = started + self.seconds
-        threads = [threading.Thread(target=self._client, args=(index, deadline), name=f"load-{index}")
-                   for index in range(self.clients)]
+        threads = [
+            threading.Thread(target=self._client, args=(index, deadline), name=f"load-{index}")
+            for index in range(self.clients)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
         elapsed = time.monotonic() - started
-        figures = {layout: {name: self.stats[(layout, name)].summary(elapsed) for name in KEY_QUERIES}
-                   for layout in self.layouts}
+        figures = {
+            layout: {name: self.stats[(layout, name)].summary(elapsed) for name in KEY_QUERIES}
+            for layout in self.layouts
+        }
         return figures, elapsed
 
     def _client(self, index: int, deadline: float) -> None:
@@ -168,9 +219,12 @@ class Load:
             with connect() as conn:
                 first = True
                 while time.monotonic() < deadline:
-                    live = [name for name in KEY_QUERIES
-                            if not any((layout, name) in failed for layout in self.layouts)
-                            and not (self.per_client and len(mine[(self.layouts[-1], name)]) >= self.per_client)]
+                    live = [
+                        name
+                        for name in KEY_QUERIES
+                        if not any((layout, name) in failed for layout in self.layouts)
+                        and not (self.per_client and len(mine[(self.layouts[-1], name)]) >= self.per_client)
+                    ]
                     if not live:
                         break
                     for name in live:
@@ -196,8 +250,9 @@ class Load:
                 if key in failed and self.stats[key].error is None:
                     self.stats[key].error = failed[key]
 
-    def _once(self, conn: psycopg.Connection[Any], layout: str, name: str, tenant: TenantKeys,
-              params: dict[str, Any]) -> float:
+    def _once(
+        self, conn: psycopg.Connection[Any], layout: str, name: str, tenant: TenantKeys, params: dict[str, Any]
+    ) -> float:
         """One query in the tenant's context, timed alone, then rolled back; milliseconds."""
         conn.execute("SELECT set_config('search_path', %s, true)", [tenant.schema])
         role = self.roles[(layout, name)]
@@ -215,15 +270,27 @@ class Load:
         return elapsed
 
 
-def run_load_test(config: MigratorConfig, schemas: Sequence[str], clients: int, seconds: float,
-                  queries_wanted: int, max_regression: float) -> tuple[list[str], dict[str, Any]]:
+def run_load_test(
+    config: MigratorConfig,
+    schemas: Sequence[str],
+    clients: int,
+    seconds: float,
+    queries_wanted: int,
+    max_regression: float,
+) -> tuple[list[str], dict[str, Any]]:
     """Load on the legacy tables (where they still exist) and the new ones; problems and figures."""
     new_tenants = tenants_with_tables(schemas, NEW)
     legacy_tenants = [s for s in tenants_with_tables(schemas, LEGACY) if s in new_tenants]
-    details: dict[str, Any] = {"clients": clients, "seconds": seconds, "queries_wanted": queries_wanted,
-                               "max_regression_percent": max_regression, "noise_floor_ms": NOISE_FLOOR_MS,
-                               "method": "threaded client, each query on the legacy tables then on the new ones "
-                                         "with the same key", "layouts": {}, "notes": []}
+    details: dict[str, Any] = {
+        "clients": clients,
+        "seconds": seconds,
+        "queries_wanted": queries_wanted,
+        "max_regression_percent": max_regression,
+        "noise_floor_ms": NOISE_FLOOR_MS,
+        "method": "threaded client, each query on the legacy tables then on the new ones with the same key",
+        "layouts": {},
+        "notes": [],
+    }
     if not new_tenants:
         return ["no tenant has the new tables to load"], details
     tenants = legacy_tenants or new_tenants
@@ -251,6 +318,8 @@ def regressions(legacy: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]
             continue
         if after > before * (1 + max_regression / 100) and after - before > NOISE_FLOOR_MS:
             worse = (after / before - 1) * 100 if before else math.inf
-            found.append(f"{name}: p95 {after:.2f} ms on the new tables against {before:.2f} ms on the legacy ones "
-                         f"(+{worse:.0f} %, at most +{max_regression:g} % allowed)")
+            found.append(
+                f"{name}: p95 {after:.2f} ms on the new tables against {before:.2f} ms on the legacy ones "
+                f"(+{worse:.0f} %, at most +{max_regression:g} % allowed)"
+            )
     return found

@@ -56,11 +56,14 @@ def _conflicts(ref: ReferenceTable, value_cols: list[str]) -> list[dict[str, Any
         "), keyed AS (SELECT key FROM candidates GROUP BY key HAVING count(DISTINCT variant) > 1) "
         "SELECT c.key, c.variant, array_agg(c.tenant_id ORDER BY c.tenant_id = %s DESC, c.tenant_id) "
         "FROM candidates c JOIN keyed USING (key) GROUP BY c.key, c.variant ORDER BY c.key, min(c.tenant_id)"
-    ).format(key=sql.Identifier(ref.merge_key), values=values, stage=STAGE,
-             shared=sql.Identifier(ref.schema, ref.table))
+    ).format(
+        key=sql.Identifier(ref.merge_key), values=values, stage=STAGE, shared=sql.Identifier(ref.schema, ref.table)
+    )
     conflicts: dict[str, dict[str, Any]] = {}
     for key, variant, tenants in db.fetchall(variants, [SHARED_TENANT, SHARED_TENANT]):
-        conflicts.setdefault(key, {"key": key, "variants": []})["variants"].append({"value": variant, "tenants": tenants})
+        conflicts.setdefault(key, {"key": key, "variants": []})["variants"].append(
+            {"value": variant, "tenants": tenants}
+        )
     return list(conflicts.values())
 
 
@@ -75,9 +78,10 @@ def describe_conflicts(ref: ReferenceTable, conflicts: list[dict[str, Any]], lim
 
 def _unmapped_rows(ref: ReferenceTable, tenant_id: str) -> sql.Composed:
     """The tenant's legacy ``ref`` rows that have no map entry yet, aliased ``l``; parameters: :func:`_unmapped_params`."""
-    return sql.SQL("{legacy} l WHERE NOT EXISTS (SELECT 1 FROM public.migrator_reference_map m "
-                   "WHERE m.tenant_id = %s AND m.reference_table = %s AND m.old_id = l.id)").format(
-        legacy=sql.Identifier(tenant_schema_name(tenant_id), ref.legacy_table))
+    return sql.SQL(
+        "{legacy} l WHERE NOT EXISTS (SELECT 1 FROM public.migrator_reference_map m "
+        "WHERE m.tenant_id = %s AND m.reference_table = %s AND m.old_id = l.id)"
+    ).format(legacy=sql.Identifier(tenant_schema_name(tenant_id), ref.legacy_table))
 
 
 def _unmapped_params(ref: ReferenceTable, tenant_id: str) -> list[str]:
@@ -95,8 +99,10 @@ def _unmerged_tenants(ref: ReferenceTable, tenant_ids: list[str]) -> tuple[list[
     for tenant_id in tenant_ids:
         if ref.legacy_table not in present[tenant_schema_name(tenant_id)]:
             without_table.append(tenant_id)
-        elif db.fetchvalue(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(_unmapped_rows(ref, tenant_id)),
-                           _unmapped_params(ref, tenant_id)):
+        elif db.fetchvalue(
+            sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(_unmapped_rows(ref, tenant_id)),
+            _unmapped_params(ref, tenant_id),
+        ):
             todo.append(tenant_id)
     return todo, without_table
 
@@ -115,20 +121,27 @@ def merge_reference_table(ref: ReferenceTable, tenant_ids: list[str], policy: st
     with transaction.atomic():
         # One merge of a reference table at a time (tenant copies merge their new rows in parallel):
         # a conflict check must see every shared row that another merge could be adding.
-        db.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"migrator reference merge {ref.map_name}"])
+        db.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"migrator reference merge {ref.map_name}"]
+        )
         todo, result.tenants_without_table = _unmerged_tenants(ref, tenant_ids)
         if not todo:
             return result
         value_cols = _value_columns(ref, todo)
         cols = db.ident_list(value_cols)
-        db.execute(sql.SQL("CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT ''::text AS tenant_id, "
-                           "0::bigint AS old_id, {cols} FROM {shared} WITH NO DATA").format(
-            stage=STAGE, cols=cols, shared=shared))
+        db.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT ''::text AS tenant_id, "
+                "0::bigint AS old_id, {cols} FROM {shared} WITH NO DATA"
+            ).format(stage=STAGE, cols=cols, shared=shared)
+        )
         for tenant_id in todo:
             result.rows_staged += db.execute(
                 sql.SQL("INSERT INTO {stage} SELECT %s, l.id, {legacy_cols} FROM {unmapped}").format(
-                    stage=STAGE, legacy_cols=sql.SQL(", ").join(sql.SQL("l.{}").format(sql.Identifier(c)) for c in value_cols),
-                    unmapped=_unmapped_rows(ref, tenant_id)),
+                    stage=STAGE,
+                    legacy_cols=sql.SQL(", ").join(sql.SQL("l.{}").format(sql.Identifier(c)) for c in value_cols),
+                    unmapped=_unmapped_rows(ref, tenant_id),
+                ),
                 [tenant_id, *_unmapped_params(ref, tenant_id)],
             )
         conflicts = _conflicts(ref, value_cols)
@@ -141,17 +154,22 @@ def merge_reference_table(ref: ReferenceTable, tenant_ids: list[str], policy: st
             for variant in conflict["variants"][1:]:
                 result.discarded.append({"key": conflict["key"], "kept": conflict["variants"][0]["value"], **variant})
         result.rows_added = db.execute(
-            sql.SQL("INSERT INTO {shared} ({cols}) SELECT DISTINCT ON ({key}) {cols} FROM {stage} "
-                    "ORDER BY {key}, tenant_id, old_id ON CONFLICT ({key}) DO NOTHING").format(
-                shared=shared, cols=cols, key=sql.Identifier(ref.merge_key), stage=STAGE))
+            sql.SQL(
+                "INSERT INTO {shared} ({cols}) SELECT DISTINCT ON ({key}) {cols} FROM {stage} "
+                "ORDER BY {key}, tenant_id, old_id ON CONFLICT ({key}) DO NOTHING"
+            ).format(shared=shared, cols=cols, key=sql.Identifier(ref.merge_key), stage=STAGE)
+        )
         result.mapped = db.execute(
-            sql.SQL("INSERT INTO public.migrator_reference_map (tenant_id, reference_table, old_id, new_id) "
-                    "SELECT s.tenant_id, %s, s.old_id, t.id FROM {stage} s JOIN {shared} t USING ({key})").format(
-                stage=STAGE, shared=shared, key=sql.Identifier(ref.merge_key)),
+            sql.SQL(
+                "INSERT INTO public.migrator_reference_map (tenant_id, reference_table, old_id, new_id) "
+                "SELECT s.tenant_id, %s, s.old_id, t.id FROM {stage} s JOIN {shared} t USING ({key})"
+            ).format(stage=STAGE, shared=shared, key=sql.Identifier(ref.merge_key)),
             [ref.map_name],
         )
         if result.mapped != result.rows_staged:
-            raise MigrationError(f"{ref.legacy_table}: mapped {result.mapped} of {result.rows_staged} rows; nothing was merged")
+            raise MigrationError(
+                f"{ref.legacy_table}: mapped {result.mapped} of {result.rows_staged} rows; nothing was merged"
+            )
     result.tenants_merged = todo
     return result
 
@@ -163,9 +181,13 @@ def unmapped_count(ref: ReferenceTable, tenant_ids: list[str]) -> int:
     for tenant_id in tenant_ids:
         if ref.legacy_table not in present[tenant_schema_name(tenant_id)]:
             continue
-        missing += int(db.fetchvalue(
-            sql.SQL("SELECT count(*) FROM {legacy} l WHERE NOT EXISTS (SELECT 1 FROM public.migrator_reference_map m "
-                    "WHERE m.tenant_id = %s AND m.reference_table = %s AND m.old_id = l.id)").format(
-                legacy=sql.Identifier(tenant_schema_name(tenant_id), ref.legacy_table)),
-            [tenant_id, ref.map_name]))
+        missing += int(
+            db.fetchvalue(
+                sql.SQL(
+                    "SELECT count(*) FROM {legacy} l WHERE NOT EXISTS (SELECT 1 FROM public.migrator_reference_map m "
+                    "WHERE m.tenant_id = %s AND m.reference_table = %s AND m.old_id = l.id)"
+                ).format(legacy=sql.Identifier(tenant_schema_name(tenant_id), ref.legacy_table)),
+                [tenant_id, ref.map_name],
+            )
+        )
     return missing

@@ -33,8 +33,9 @@ def _refuse(reason: str) -> MigrationError:
 def _column_types() -> dict[str, str]:
     rows = db.fetchall(
         "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
-        "WHERE a.attrelid = 'public.tenants'::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum")
-    return {name: type_name for name, type_name in rows}
+        "WHERE a.attrelid = 'public.tenants'::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
+    )
+    return dict(rows)
 
 
 def _check(columns: dict[str, str]) -> None:
@@ -46,23 +47,40 @@ def _check(columns: dict[str, str]) -> None:
     if "id" in columns and columns["id"] not in INTEGER_TYPES:
         raise _refuse(f"its id column is {columns['id']}, not an integer; rename that column")
     checks: list[tuple[str, str]] = [
-        ("tenant ids that are not valid (^[a-z][a-z0-9_]{0,55}$)",
-         "SELECT tenant_id::text FROM public.tenants WHERE tenant_id IS NULL OR tenant_id::text !~ %(pattern)s"),
-        ("duplicate tenant ids",
-         "SELECT tenant_id::text FROM public.tenants GROUP BY 1 HAVING count(*) > 1"),
-        ("tenants with no schema tenant_<id> (delete the row or restore the schema)",
-         "SELECT tenant_id::text FROM public.tenants t WHERE NOT EXISTS "
-         "(SELECT FROM pg_namespace n WHERE n.nspname = %(prefix)s || t.tenant_id::text)"),
+        (
+            "tenant ids that are not valid (^[a-z][a-z0-9_]{0,55}$)",
+            "SELECT tenant_id::text FROM public.tenants WHERE tenant_id IS NULL OR tenant_id::text !~ %(pattern)s",
+        ),
+        ("duplicate tenant ids", "SELECT tenant_id::text FROM public.tenants GROUP BY 1 HAVING count(*) > 1"),
+        (
+            "tenants with no schema tenant_<id> (delete the row or restore the schema)",
+            (
+                "SELECT tenant_id::text FROM public.tenants t WHERE NOT EXISTS "
+                "(SELECT FROM pg_namespace n WHERE n.nspname = %(prefix)s || t.tenant_id::text)"
+            ),
+        ),
     ]
     if "active" in columns:
-        checks.append(("tenants whose active flag is NULL", "SELECT tenant_id::text FROM public.tenants WHERE active IS NULL"))
+        checks.append(
+            ("tenants whose active flag is NULL", "SELECT tenant_id::text FROM public.tenants WHERE active IS NULL")
+        )
     if "schema_name" in columns:
-        checks.append(("tenants whose schema_name is not tenant_<tenant_id>",
-                       "SELECT tenant_id::text FROM public.tenants WHERE schema_name IS DISTINCT FROM "
-                       "%(prefix)s || tenant_id::text"))
+        checks.append(
+            (
+                "tenants whose schema_name is not tenant_<tenant_id>",
+                (
+                    "SELECT tenant_id::text FROM public.tenants WHERE schema_name IS DISTINCT FROM "
+                    "%(prefix)s || tenant_id::text"
+                ),
+            )
+        )
     for what, query in checks:
-        found = [row[0] for row in db.fetchall(query + " ORDER BY 1 LIMIT 6",
-                                               {"pattern": TENANT_ID_PATTERN, "prefix": TENANT_SCHEMA_PREFIX})]
+        found = [
+            row[0]
+            for row in db.fetchall(
+                query + " ORDER BY 1 LIMIT 6", {"pattern": TENANT_ID_PATTERN, "prefix": TENANT_SCHEMA_PREFIX}
+            )
+        ]
         if found:
             listed = ", ".join(repr(value) for value in found[:5]) + (", ..." if len(found) > 5 else "")
             raise _refuse(f"{what}: {listed}; fix those rows and run again")
@@ -92,8 +110,11 @@ def adopt_legacy_registry(archive_schema: str) -> dict[str, Any] | None:
         extra = [name for name in columns if name not in registry_columns]
         for name in extra:  # nullable: Django creates new tenants without knowing these columns
             # The type is format_type()'s rendering from the catalog (quoted by the server where needed).
-            db.execute(sql.SQL("ALTER TABLE public.tenants ADD COLUMN {} {}").format(sql.Identifier(name),
-                                                                                  sql.SQL(columns[name])))
+            db.execute(
+                sql.SQL("ALTER TABLE public.tenants ADD COLUMN {} {}").format(
+                    sql.Identifier(name), sql.SQL(columns[name])
+                )
+            )
         values: dict[str, sql.Composable] = {
             "tenant_id": sql.SQL("l.tenant_id::text"),
             "schema_name": sql.SQL("{} || l.tenant_id::text").format(sql.Literal(TENANT_SCHEMA_PREFIX)),
@@ -111,9 +132,14 @@ def adopt_legacy_registry(archive_schema: str) -> dict[str, Any] | None:
         for name in extra:
             values[name] = sql.SQL("l.{}").format(sql.Identifier(name))
         targets = [name for name in values if name in registry_columns or name in extra]
-        db.execute(sql.SQL("INSERT INTO public.tenants ({}) SELECT {} FROM {} l").format(
-            db.ident_list(targets), sql.SQL(", ").join(values[name] for name in targets), legacy))
+        db.execute(
+            sql.SQL("INSERT INTO public.tenants ({}) SELECT {} FROM {} l").format(
+                db.ident_list(targets), sql.SQL(", ").join(values[name] for name in targets), legacy
+            )
+        )
         if "id" in columns:  # new tenants continue after the adopted ids
-            db.execute("SELECT setval(pg_get_serial_sequence('public.tenants', 'id'), "
-                       "coalesce((SELECT max(id) FROM public.tenants), 0) + 1, false)")
+            db.execute(
+                "SELECT setval(pg_get_serial_sequence('public.tenants', 'id'), "
+                "coalesce((SELECT max(id) FROM public.tenants), 0) + 1, false)"
+            )
     return {"rows": rows, "kept_as": kept_as, "extra_columns": extra, "migrations_applied": applied}

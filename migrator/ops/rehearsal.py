@@ -74,18 +74,27 @@ def default_target(source_database: str) -> str:
 
 def check_target_name(name: str, source_database: str) -> None:
     if not name or len(name.encode()) > MAX_IDENTIFIER_BYTES:
-        raise MigrationError(f"scratch database name {name!r} must be 1 to {MAX_IDENTIFIER_BYTES} bytes; "
-                             "choose a shorter one with --target-database")
+        raise MigrationError(
+            f"scratch database name {name!r} must be 1 to {MAX_IDENTIFIER_BYTES} bytes; "
+            "choose a shorter one with --target-database"
+        )
     if name == source_database or name in RESERVED_DATABASES:
-        raise MigrationError(f"the rehearsal cannot use database {name!r}; choose a scratch database with "
-                             "--target-database")
+        raise MigrationError(
+            f"the rehearsal cannot use database {name!r}; choose a scratch database with --target-database"
+        )
 
 
 def server_connection() -> psycopg.Connection[Any]:
     """An autocommit session on the real database's server (CREATE/DROP DATABASE take no transaction)."""
     conf = connection.settings_dict
-    return psycopg.connect(dbname=conf["NAME"], user=conf["USER"] or None, password=conf["PASSWORD"] or None,
-                           host=conf["HOST"] or None, port=conf["PORT"] or None, autocommit=True)
+    return psycopg.connect(
+        dbname=conf["NAME"],
+        user=conf["USER"] or None,
+        password=conf["PASSWORD"] or None,
+        host=conf["HOST"] or None,
+        port=conf["PORT"] or None,
+        autocommit=True,
+    )
 
 
 def database_url(name: str) -> str:
@@ -104,8 +113,9 @@ def database_url(name: str) -> str:
 
 
 def database_comment(conn: psycopg.Connection[Any], name: str) -> str | None:
-    row = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
-                       [name]).fetchone()
+    row = conn.execute(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", [name]
+    ).fetchone()
     return None if row is None else (row[0] or "")
 
 
@@ -120,8 +130,9 @@ def drop_rehearsal_roles(conn: psycopg.Connection[Any], prefix: str, scratch: st
     dropped = []
     for service in SERVICES:
         role = f"{prefix}_{service}"
-        row = conn.execute("SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = %s",
-                           [role]).fetchone()
+        row = conn.execute(
+            "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = %s", [role]
+        ).fetchone()
         if row is not None and row[0] == marker:
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
             dropped.append(role)
@@ -138,8 +149,10 @@ def clean_up_leftovers(conn: psycopg.Connection[Any], config: MigratorConfig) ->
         scratch = str(journal["target_database"])
         prefix = str(journal["role_prefix"])
     except (OSError, ValueError, KeyError, TypeError):
-        raise MigrationError(f"the rehearsal journal {path} is unreadable; drop the scratch database it named "
-                             "by hand and delete the file") from None
+        raise MigrationError(
+            f"the rehearsal journal {path} is unreadable; drop the scratch database it named "
+            "by hand and delete the file"
+        ) from None
     cleaned = []
     if database_comment(conn, scratch) is not None:
         drop_database(conn, scratch)
@@ -154,19 +167,25 @@ def create_scratch(conn: psycopg.Connection[Any], config: MigratorConfig, name: 
     comment = database_comment(conn, name)
     if comment is not None:
         if comment != database_marker(source) and not replace:
-            raise MigrationError(f"database {name} already exists and is not a rehearsal copy of {source}; "
-                                 "choose another with --target-database or pass --replace to drop it")
+            raise MigrationError(
+                f"database {name} already exists and is not a rehearsal copy of {source}; "
+                "choose another with --target-database or pass --replace to drop it"
+            )
         drop_database(conn, name)
     # The journal is written before the database exists: a kill right after CREATE still names it.
     path = journal_path(config)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps({"source_database": source, "target_database": name,
-                                   "role_prefix": rehearsal_role_prefix(config)}, indent=1))
+    partial.write_text(
+        json.dumps(
+            {"source_database": source, "target_database": name, "role_prefix": rehearsal_role_prefix(config)}, indent=1
+        )
+    )
     partial.replace(path)
     conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
-    conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name),
-                                                                sql.Literal(database_marker(source))))
+    conn.execute(
+        sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(database_marker(source)))
+    )
 
 
 def finish(conn: psycopg.Connection[Any], config: MigratorConfig, name: str, keep: bool) -> list[str]:
@@ -182,8 +201,11 @@ def finish(conn: psycopg.Connection[Any], config: MigratorConfig, name: str, kee
 def restore_into(info: BackupInfo, pg_restore: Path, name: str, jobs: int) -> None:
     args, env = backup.connection_args()
     args[args.index("-d") + 1] = name
-    backup._run([str(pg_restore), f"--jobs={max(1, jobs)}", "--exit-on-error", "--no-owner", *args, info.path],
-                env, "pg_restore into the scratch database")
+    backup._run(
+        [str(pg_restore), f"--jobs={max(1, jobs)}", "--exit-on-error", "--no-owner", *args, info.path],
+        env,
+        "pg_restore into the scratch database",
+    )
 
 
 # --- counts the projection scales by ----------------------------------------------------------------------
@@ -204,11 +226,13 @@ def legacy_volume(conn: psycopg.Connection[Any]) -> LegacyVolume:
     found = conn.execute(
         "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname LIKE %s AND c.relname = ANY(%s) AND c.relkind IN ('r', 'p') ORDER BY 1, 2",
-        [TENANT_SCHEMA_PREFIX.replace("_", "\\_") + "%", names]).fetchall()
+        [TENANT_SCHEMA_PREFIX.replace("_", "\\_") + "%", names],
+    ).fetchall()
     rows = 0
     for schema, table in found:
-        rows += int(conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table)))
-                    .fetchone()[0])  # type: ignore[index]
+        rows += int(
+            conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))).fetchone()[0]
+        )  # type: ignore[index]
     return LegacyVolume(tenants=len({schema for schema, _table in found}), rows=rows)
 
 
@@ -230,30 +254,51 @@ class PhaseRun:
         return round(self.rows_moved / self.seconds, 1) if self.rows_moved and self.seconds > 0 else None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"phase": self.phase, "ok": self.ok, "seconds": round(self.seconds, 3), "steps": self.steps,
-                "rows_moved": self.rows_moved, "rows_per_second": self.rows_per_second, "failed": self.failed,
-                "error": self.error, "peak_lag_seconds": None}
+        return {
+            "phase": self.phase,
+            "ok": self.ok,
+            "seconds": round(self.seconds, 3),
+            "steps": self.steps,
+            "rows_moved": self.rows_moved,
+            "rows_per_second": self.rows_per_second,
+            "failed": self.failed,
+            "error": self.error,
+            "peak_lag_seconds": None,
+        }
 
 
 def child_env(config: MigratorConfig, scratch: str) -> dict[str, str]:
-    env = {**os.environ, "DATABASE_URL": database_url(scratch), "PYTHONUNBUFFERED": "1",
-           "SALESFLOW_ROLE_PREFIX": rehearsal_role_prefix(config),
-           "SALESFLOW_LEGACY_AUTH_SCHEMA": config.legacy_auth_schema,
-           "SALESFLOW_ARCHIVE_SCHEMA": config.archive_schema,
-           "SALESFLOW_BACKUP_DIR": str(config.backup_dir),
-           "SALESFLOW_PG_BIN_DIRS": os.pathsep.join(config.bin_dirs)}
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url(scratch),
+        "PYTHONUNBUFFERED": "1",
+        "SALESFLOW_ROLE_PREFIX": rehearsal_role_prefix(config),
+        "SALESFLOW_LEGACY_AUTH_SCHEMA": config.legacy_auth_schema,
+        "SALESFLOW_ARCHIVE_SCHEMA": config.archive_schema,
+        "SALESFLOW_BACKUP_DIR": str(config.backup_dir),
+        "SALESFLOW_PG_BIN_DIRS": os.pathsep.join(config.bin_dirs),
+    }
     env.pop("DJANGO_SETTINGS_MODULE", None)  # the child reads its settings module from manage.py
     return env
 
 
 def run_phase(phase: str, arguments: list[str], env: dict[str, str]) -> PhaseRun:
     """``manage.py migrate_phase <phase> --format json`` in a child that dies with this process."""
-    command = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "migrate_phase", phase, "--noinput",
-               "--format", "json", *arguments]
+    command = [
+        sys.executable,
+        str(Path(settings.BASE_DIR) / "manage.py"),
+        "migrate_phase",
+        phase,
+        "--noinput",
+        "--format",
+        "json",
+        *arguments,
+    ]
     preexec = backup._die_with_parent if sys.platform.startswith("linux") else None
     started = time.monotonic()
-    completed = subprocess.run(command, cwd=settings.BASE_DIR, env=env, capture_output=True, text=True,
-                               preexec_fn=preexec)
+    completed = subprocess.run(
+        command, cwd=settings.BASE_DIR, env=env, capture_output=True, text=True, preexec_fn=preexec
+    )
     seconds = time.monotonic() - started
     error_lines = [line for line in completed.stderr.strip().splitlines() if line.strip()]
     error = error_lines[-1].removeprefix("CommandError: ") if completed.returncode and error_lines else None
@@ -262,17 +307,27 @@ def run_phase(phase: str, arguments: list[str], env: dict[str, str]) -> PhaseRun
     except (ValueError, KeyError, TypeError):
         outcomes = []
     if not outcomes:
-        return PhaseRun(phase, ok=False, seconds=seconds,
-                        error=error or f"migrate_phase {phase} exited {completed.returncode} with no report")
+        return PhaseRun(
+            phase,
+            ok=False,
+            seconds=seconds,
+            error=error or f"migrate_phase {phase} exited {completed.returncode} with no report",
+        )
     outcome = outcomes[0]
-    return PhaseRun(phase, ok=bool(outcome["ok"]) and completed.returncode == 0, seconds=seconds,
-                    steps=int(outcome["planned"]), rows_moved=int(outcome.get("rows_moved") or 0),
-                    failed=[{"step": f["migration_id"], "error": f["error"]} for f in outcome["failed"]],
-                    error=None if outcome["ok"] else error)
+    return PhaseRun(
+        phase,
+        ok=bool(outcome["ok"]) and completed.returncode == 0,
+        seconds=seconds,
+        steps=int(outcome["planned"]),
+        rows_moved=int(outcome.get("rows_moved") or 0),
+        failed=[{"step": f["migration_id"], "error": f["error"]} for f in outcome["failed"]],
+        error=None if outcome["ok"] else error,
+    )
 
 
-def run_phases(arguments: dict[str, list[str]], env: dict[str, str],
-               progress: Callable[[int, int], None]) -> list[PhaseRun]:
+def run_phases(
+    arguments: dict[str, list[str]], env: dict[str, str], progress: Callable[[int, int], None]
+) -> list[PhaseRun]:
     """The rehearsed phases in order, stopping at the first that fails (as ``all`` does)."""
     runs: list[PhaseRun] = []
     for index, phase in enumerate(REHEARSED_PHASES):
@@ -295,21 +350,33 @@ def project(runs: list[PhaseRun], rehearsed: LegacyVolume, live: LegacyVolume) -
         main = row_ratio if run.phase in ROW_BOUND_PHASES else tenant_ratio
         low = run.seconds * min(row_ratio, tenant_ratio)
         high = run.seconds * max(row_ratio, tenant_ratio) * PROJECTION_MARGIN
-        phases.append({"phase": run.phase, "scaled_by": "rows" if run.phase in ROW_BOUND_PHASES else "tenants",
-                       "expected_seconds": round(run.seconds * main, 1),
-                       "low_seconds": round(low, 1), "high_seconds": round(high, 1)})
+        phases.append(
+            {
+                "phase": run.phase,
+                "scaled_by": "rows" if run.phase in ROW_BOUND_PHASES else "tenants",
+                "expected_seconds": round(run.seconds * main, 1),
+                "low_seconds": round(low, 1),
+                "high_seconds": round(high, 1),
+            }
+        )
     return {
-        "row_ratio": round(row_ratio, 4), "tenant_ratio": round(tenant_ratio, 4), "phases": phases,
+        "row_ratio": round(row_ratio, 4),
+        "tenant_ratio": round(tenant_ratio, 4),
+        "phases": phases,
         "total_expected_seconds": round(sum(p["expected_seconds"] for p in phases), 1),
         "total_low_seconds": round(sum(p["low_seconds"] for p in phases), 1),
         "total_high_seconds": round(sum(p["high_seconds"] for p in phases), 1),
         "complete": len(runs) == len(REHEARSED_PHASES) and all(r.ok for r in runs),
         "assumptions": [
             "the real run uses the same server, --jobs and --batch-size as the rehearsal",
-            ("phase 3 (data) grows linearly with the legacy rows, the other phases with the number of tenants "
-             "(expected); the range spans both ratios"),
-            (f"the upper bound adds {round((PROJECTION_MARGIN - 1) * 100)} % for a busier server and index builds "
-             "that grow faster than linearly"),
+            (
+                "phase 3 (data) grows linearly with the legacy rows, the other phases with the number of tenants "
+                "(expected); the range spans both ratios"
+            ),
+            (
+                f"the upper bound adds {round((PROJECTION_MARGIN - 1) * 100)} % for a busier server and index builds "
+                "that grow faster than linearly"
+            ),
             "the rehearsal's phases include process start and the verify phase's load test (a fixed time)",
             "phases that did not run in the rehearsal (after a failure) are not projected",
         ],

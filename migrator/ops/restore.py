@@ -17,8 +17,8 @@ from django.db import connection, transaction
 from psycopg import sql
 
 from migrator import catalog, db
-from migrator.django_migrations import BOOTSTRAP_APPS, migrate_schema
 from migrator.core.errors import MigrationError
+from migrator.django_migrations import BOOTSTRAP_APPS, migrate_schema
 from migrator.models import MigrationRecord
 from migrator.ops import backup, binaries
 from migrator.ops.backup import BackupInfo
@@ -51,17 +51,29 @@ def interrupted_restore(directory: Path) -> dict[str, Any] | None:
 def write_journal(directory: Path, info: BackupInfo, history_file: Path) -> None:
     path = journal_path(directory)
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps({"database": connection.settings_dict["NAME"], "backup": info.as_dict(),
-                                   "history_file": str(history_file),
-                                   "started_at": datetime.now(UTC).isoformat()}, indent=1))
+    partial.write_text(
+        json.dumps(
+            {
+                "database": connection.settings_dict["NAME"],
+                "backup": info.as_dict(),
+                "history_file": str(history_file),
+                "started_at": datetime.now(UTC).isoformat(),
+            },
+            indent=1,
+        )
+    )
     partial.replace(path)
 
 
 def stop_orphaned_client_tools() -> int:
     """End sessions of a pg_dump/pg_restore that outlived a killed runner (run without PDEATHSIG)."""
-    return len(db.fetchall(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND application_name = %s AND pid <> pg_backend_pid()", [backup.CLIENT_APP_NAME]))
+    return len(
+        db.fetchall(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name = %s AND pid <> pg_backend_pid()",
+            [backup.CLIENT_APP_NAME],
+        )
+    )
 
 
 def recover_interrupted_restore(directory: Path, extra_schemas: list[str], bin_dirs: tuple[str, ...]) -> str | None:
@@ -75,9 +87,11 @@ def recover_interrupted_restore(directory: Path, extra_schemas: list[str], bin_d
         return None
     history_file = Path(journal["history_file"]) if journal.get("history_file") else None
     if history_file is None or not history_file.is_file():
-        raise MigrationError(f"a restore of this database was interrupted and its saved tracking history is missing "
-                             f"({history_file}); restore the backup by hand with pg_restore, then delete "
-                             f"{journal_path(directory)}")
+        raise MigrationError(
+            f"a restore of this database was interrupted and its saved tracking history is missing "
+            f"({history_file}); restore the backup by hand with pg_restore, then delete "
+            f"{journal_path(directory)}"
+        )
     history = json.loads(history_file.read_text())
     stop_orphaned_client_tools()
     schemas = set(extra_schemas) | set(catalog.schemas_like_tenants())
@@ -90,16 +104,20 @@ def recover_interrupted_restore(directory: Path, extra_schemas: list[str], bin_d
     connection.close()
     migrate_schema("public", BOOTSTRAP_APPS)
     put_history_back(history)
-    return (f"an interrupted restore was found ({journal_path(directory).name}): database cleared, "
-            f"{len(history)} tracking rows put back; restoring again")
+    return (
+        f"an interrupted restore was found ({journal_path(directory).name}): database cleared, "
+        f"{len(history)} tracking rows put back; restoring again"
+    )
 
 
 def put_history_back(rows: list[dict[str, Any]]) -> None:
     with transaction.atomic():
         MigrationRecord.objects.all().delete()
         MigrationRecord.objects.bulk_create([MigrationRecord(**row) for row in rows], batch_size=1000)
-        db.execute("SELECT setval(pg_get_serial_sequence('public.schema_migrations', 'id'), "
-                   "coalesce((SELECT max(id) FROM public.schema_migrations), 0) + 1, false)")
+        db.execute(
+            "SELECT setval(pg_get_serial_sequence('public.schema_migrations', 'id'), "
+            "coalesce((SELECT max(id) FROM public.schema_migrations), 0) + 1, false)"
+        )
 
 
 def schemas_in_backup(pg_restore: Path, info: BackupInfo) -> list[str]:
@@ -118,8 +136,10 @@ def clear_database(keep_public_schema: bool, schemas: list[str]) -> None:
             if schema != "public" and catalog.schema_exists(schema):
                 db.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
         if keep_public_schema:
-            for (table,) in db.fetchall("SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                                        "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')"):
+            for (table,) in db.fetchall(
+                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')"
+            ):
                 db.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(sql.Identifier("public", table)))
 
 
@@ -127,13 +147,16 @@ def restore_tool(info: BackupInfo, bin_dirs: tuple[str, ...]) -> Path:
     """``pg_restore`` able to restore ``info`` here, or a MigrationError: found before anything is dropped."""
     major = catalog.server_version_num() // 10000
     if info.server_major != major:
-        raise MigrationError(f"the backup was made on PostgreSQL {info.server_major}, this server is {major}; "
-                             "restore it on a server of the same major version")
+        raise MigrationError(
+            f"the backup was made on PostgreSQL {info.server_major}, this server is {major}; "
+            "restore it on a server of the same major version"
+        )
     return binaries.find_binary("pg_restore", major, bin_dirs)
 
 
-def restore_database(info: BackupInfo, extra_schemas: list[str], jobs: int, history_dir: Path,
-                     bin_dirs: tuple[str, ...] = ()) -> dict[str, Any]:
+def restore_database(
+    info: BackupInfo, extra_schemas: list[str], jobs: int, history_dir: Path, bin_dirs: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Restore the backup over this database; tracking history saved before and put back after.
 
     A journal beside the history says a restore is under way until the history is back, so a run
@@ -143,7 +166,9 @@ def restore_database(info: BackupInfo, extra_schemas: list[str], jobs: int, hist
     pg_restore = restore_tool(info, bin_dirs)
     history, history_file = save_history(history_dir)
     write_journal(history_dir, info, history_file)
-    schemas = sorted(set(schemas_in_backup(pg_restore, info)) | set(extra_schemas) | set(catalog.schemas_like_tenants()))
+    schemas = sorted(
+        set(schemas_in_backup(pg_restore, info)) | set(extra_schemas) | set(catalog.schemas_like_tenants())
+    )
     clear_database(keep_public_schema=True, schemas=schemas)
     try:
         backup.restore_backup(pg_restore, info, jobs)

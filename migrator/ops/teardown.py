@@ -17,7 +17,6 @@ from migrator.ops import grants
 from migrator.tables import LEGACY_TABLES, TENANT_DATA_TABLES, service_tables
 
 
-
 def migrated_apps() -> list[str]:
     """The apps whose tables the migration created (their rows in public.django_migrations go too)."""
     return sorted({str(apps.get_model(t.model)._meta.app_label) for t in LEGACY_TABLES})
@@ -53,7 +52,6 @@ def drop_service_schemas() -> list[str]:
     return dropped
 
 
-
 def drop_service_roles(config: MigratorConfig) -> tuple[list[str], list[str]]:
     """Revoke what phase 4 granted the service roles; drop the ones it created. Returns (dropped, kept).
 
@@ -68,7 +66,8 @@ def drop_service_roles(config: MigratorConfig) -> tuple[list[str], list[str]]:
         ours = role in created
         with transaction.atomic():
             grants.revoke_granted_privileges(
-                role, catalog.schemas_like_tenants() if ours else usage_granted.get(role, []))
+                role, catalog.schemas_like_tenants() if ours else usage_granted.get(role, [])
+            )
             if ours:
                 drop_role(role)
         (dropped if ours else kept).append(role)
@@ -77,8 +76,9 @@ def drop_service_roles(config: MigratorConfig) -> tuple[list[str], list[str]]:
 
 def revoke_tenant_usage(schema: str) -> list[str]:
     """Take back the USAGE on ``schema`` that phase 4 granted (roles that had it before keep it)."""
-    roles = [role for role, schemas in tenant_usage_granted().items()
-             if schema in schemas and catalog.role_exists(role)]
+    roles = [
+        role for role, schemas in tenant_usage_granted().items() if schema in schemas and catalog.role_exists(role)
+    ]
     for role in roles:
         db.execute(sql.SQL("REVOKE USAGE ON SCHEMA {} FROM {}").format(sql.Identifier(schema), sql.Identifier(role)))
     return roles
@@ -87,8 +87,11 @@ def revoke_tenant_usage(schema: str) -> list[str]:
 def tenant_usage_granted() -> dict[str, list[str]]:
     """role -> tenant schemas where phase 4 granted USAGE (the role did not have it before)."""
     usage: dict[str, list[str]] = {}
-    rows = (MigrationRecord.objects.filter(phase="security", step="tenant_grants")
-            .exclude(status=Status.ROLLED_BACK).values_list("target", "details"))
+    rows = (
+        MigrationRecord.objects.filter(phase="security", step="tenant_grants")
+        .exclude(status=Status.ROLLED_BACK)
+        .values_list("target", "details")
+    )
     for schema, details in rows:
         for role in details.get("usage_granted", []):
             usage.setdefault(role, []).append(schema)
@@ -104,7 +107,8 @@ def drop_role(role: str) -> None:
         detail = getattr(getattr(cause, "diag", None), "message_detail", None) or str(exc).strip()
         raise MigrationError(
             f"role {role} cannot be dropped, something not granted by the migrator still depends on it "
-            f"({' '.join(detail.split())}): revoke or reassign that, then rerun the rollback") from None
+            f"({' '.join(detail.split())}): revoke or reassign that, then rerun the rollback"
+        ) from None
 
 
 def drop_roles_and_everything_they_own(roles: list[str]) -> list[str]:

@@ -16,7 +16,6 @@ from migrator.config import MigratorConfig
 from migrator.tables import TENANT_DATA_TABLES, TableKind, legacy_table, service_tables
 from salesflow.layout import TENANT_SCHEMA_PREFIX
 
-
 # The plan's "Verify Schema Migration" query, as written there (it needs no identifiers).
 PLAN_SCHEMA_QUERY = (
     "SELECT schema_name FROM information_schema.schemata "
@@ -41,17 +40,22 @@ def row_counts_query() -> sql.Composed:
     """
     counts = sql.SQL(", ").join(
         sql.SQL("pg_temp.salesflow_count_rows(t.schema_name, %s) AS {}").format(sql.Identifier(t.legacy_table))
-        for t in TENANT_DATA_TABLES)
-    return sql.SQL("SELECT t.tenant_id, {} FROM public.tenants t WHERE t.tenant_id = ANY(%s) "
-                   "ORDER BY t.tenant_id").format(counts)
+        for t in TENANT_DATA_TABLES
+    )
+    return sql.SQL(
+        "SELECT t.tenant_id, {} FROM public.tenants t WHERE t.tenant_id = ANY(%s) ORDER BY t.tenant_id"
+    ).format(counts)
 
 
 # The application's key lookups: name -> (legacy name of the tenant-data table, query, parameters).
 KEY_LOOKUPS: dict[str, tuple[str, str, list[Any]]] = {
     "contact by email": ("contacts", "SELECT id FROM {} WHERE email = %s", ["someone@example.com"]),
     "activities by contact": ("activities", "SELECT id FROM {} WHERE contact_id = %s", [1]),
-    "activities by due date": ("activities", "SELECT id FROM {} WHERE due_at >= %s AND due_at < %s",
-                               ["2021-01-01T00:00:00Z", "2021-02-01T00:00:00Z"]),
+    "activities by due date": (
+        "activities",
+        "SELECT id FROM {} WHERE due_at >= %s AND due_at < %s",
+        ["2021-01-01T00:00:00Z", "2021-02-01T00:00:00Z"],
+    ),
 }
 
 
@@ -60,14 +64,21 @@ def schema_problems(tenant_schemas: list[str]) -> tuple[list[str], dict[str, Any
     expected = {"public", *service_tables(), *tenant_schemas}
     problems = [f"schema {name} is missing" for name in sorted(expected - found)]
     tables = catalog.tables_by_schema(list(service_tables()))
-    problems += [f"table {schema}.{table} is missing" for schema, names in service_tables().items()
-                 for table in names if table not in tables[schema]]
-    stray = db.fetchall("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' "
-                        "AND table_name = ANY(%s)", [[t for names in service_tables().values() for t in names]
-                                                      + [t.table for t in TENANT_DATA_TABLES]])
+    problems += [
+        f"table {schema}.{table} is missing"
+        for schema, names in service_tables().items()
+        for table in names
+        if table not in tables[schema]
+    ]
+    stray = db.fetchall(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' AND table_name = ANY(%s)",
+        [[t for names in service_tables().values() for t in names] + [t.table for t in TENANT_DATA_TABLES]],
+    )
     problems += [f"service table {row[0]} found in public" for row in stray]
-    return problems, {"schemas": sorted(n for n in found if not n.startswith(TENANT_SCHEMA_PREFIX)),
-                      "tenant_schemas": len([n for n in found if n.startswith(TENANT_SCHEMA_PREFIX)])}
+    return problems, {
+        "schemas": sorted(n for n in found if not n.startswith(TENANT_SCHEMA_PREFIX)),
+        "tenant_schemas": len([n for n in found if n.startswith(TENANT_SCHEMA_PREFIX)]),
+    }
 
 
 def row_counts(tenant_ids: list[str]) -> dict[str, dict[str, int]]:
@@ -121,9 +132,12 @@ def tenant_context_problems(schema: str, other_schemas: list[str]) -> tuple[list
         for model in (apps.get_model(t.model) for t in TENANT_DATA_TABLES):
             table = model._meta.db_table
             foreign_rows = db.fetchvalue(
-                sql.SQL("SELECT count(*) FILTER (WHERE tableoid <> (SELECT c.oid FROM pg_class c JOIN pg_namespace n "
-                        "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s)) FROM {}").format(
-                    sql.Identifier(table)), [schema, table])
+                sql.SQL(
+                    "SELECT count(*) FILTER (WHERE tableoid <> (SELECT c.oid FROM pg_class c JOIN pg_namespace n "
+                    "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s)) FROM {}"
+                ).format(sql.Identifier(table)),
+                [schema, table],
+            )
             search_path = db.fetchvalue("SHOW search_path")
             seen[table] = model.objects.count()
             if foreign_rows:
@@ -155,13 +169,12 @@ def index_usage_problems(schema: str) -> tuple[list[str], dict[str, bool]]:
     whether an index *can* serve the lookup, which is what a missing or unusable index breaks.
     """
     used: dict[str, bool] = {}
-    with transaction.atomic():
-        with db.local_settings(enable_seqscan="off"):
-            for name, (legacy_name, query, params) in KEY_LOOKUPS.items():
-                table = legacy_table(legacy_name, TableKind.TENANT_DATA).table
-                explain = sql.SQL("EXPLAIN (FORMAT JSON) ") + sql.SQL(query).format(sql.Identifier(schema, table))
-                plan = db.fetchvalue(explain, params)
-                used[name] = _plan_uses_index(json.loads(plan) if isinstance(plan, str) else plan)
+    with transaction.atomic(), db.local_settings(enable_seqscan="off"):
+        for name, (legacy_name, query, params) in KEY_LOOKUPS.items():
+            table = legacy_table(legacy_name, TableKind.TENANT_DATA).table
+            explain = sql.SQL("EXPLAIN (FORMAT JSON) ") + sql.SQL(query).format(sql.Identifier(schema, table))
+            plan = db.fetchvalue(explain, params)
+            used[name] = _plan_uses_index(json.loads(plan) if isinstance(plan, str) else plan)
     return [f"{name} does not use an index in {schema}" for name, ok in used.items() if not ok], used
 
 
@@ -175,8 +188,13 @@ def crud_problems(schema: str) -> list[str]:
     problems: list[str] = []
     with transaction.atomic(), schema_context(schema):
         now = timezone.now()
-        contact = Contact.objects.create(first_name="Verify", last_name="Ünïcode ✓", created_at=now,
-                                         contact_type=ContactType.objects.first(), custom_fields={"check": True})
+        contact = Contact.objects.create(
+            first_name="Verify",
+            last_name="Ünïcode ✓",
+            created_at=now,
+            contact_type=ContactType.objects.first(),
+            custom_fields={"check": True},
+        )
         activity_type = ActivityType.objects.first()
         if Contact.objects.get(pk=contact.pk).last_name != "Ünïcode ✓":
             problems.append("contact read back differs")
@@ -184,7 +202,9 @@ def crud_problems(schema: str) -> list[str]:
         if Contact.objects.get(pk=contact.pk).company != "Verified Inc":
             problems.append("contact update not visible")
         if activity_type is not None:
-            activity = Activity.objects.create(contact=contact, activity_type=activity_type, subject="verify", created_at=now)
+            activity = Activity.objects.create(
+                contact=contact, activity_type=activity_type, subject="verify", created_at=now
+            )
             contact.delete()  # the database cascades to the activity
             if Activity.objects.filter(pk=activity.pk).exists():
                 problems.append("deleting a contact left its activity behind")

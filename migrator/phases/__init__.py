@@ -13,7 +13,13 @@ from migrator.phases.security import SecurityPhase
 from migrator.phases.verify import VerifyPhase
 
 PHASES: tuple[type[Phase], ...] = (
-    PreparePhase, SchemasPhase, DataPhase, SecurityPhase, VerifyPhase, CutoverPhase, RollbackPhase,
+    PreparePhase,
+    SchemasPhase,
+    DataPhase,
+    SecurityPhase,
+    VerifyPhase,
+    CutoverPhase,
+    RollbackPhase,
     RehearsePhase,
 )
 # The phases `all` runs, in order.
@@ -33,8 +39,10 @@ def phases_help() -> str:
     ordered = "; ".join(f"{p.number} {p.name} ({p.summary})" for p in ORDERED)
     others = "; ".join(f"{p.name} ({p.summary})" for p in PHASES if not p.number)
     first, last = ORDERED[0].number, ORDERED[-1].number
-    return (f"Phases: {ordered}; {others}. `all` runs {first} to {last} and stops at the first failure; "
-            "`status` shows phases x tenants.")
+    return (
+        f"Phases: {ordered}; {others}. `all` runs {first} to {last} and stops at the first failure; "
+        "`status` shows phases x tenants."
+    )
 
 
 def phase_choices() -> list[str]:

@@ -7,14 +7,14 @@ from django.db import transaction
 from migrator import catalog
 from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.errors import MigrationError
+from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.engine import tracking
 from migrator.models import Status
-from migrator.tables import AUTH_TABLES, LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES, REFERENCE_TABLES, TENANT_DATA_TABLES
-from migrator.core.phase import Phase, StepKind
 from migrator.ops import archive, reference
 from migrator.ops.copy import TableCopy
 from migrator.phases.data import DataPhase, auth_copy, tenant_copy, validation_fingerprints
+from migrator.tables import AUTH_TABLES, LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES, REFERENCE_TABLES, TENANT_DATA_TABLES
 from tenants.models import MigrationState, Tenant
 
 
@@ -45,11 +45,15 @@ def _changed_since_validation(validated: dict[str, TableCopy]) -> list[str]:
             continue
         source, current_target = validation_fingerprints(copy)
         if str(source) != record.source_fingerprint:
-            problems.append(f"{legacy}: {record.rows_expected} rows validated, {source.rows} now"
-                            + ("" if source.rows != record.rows_expected else ", content changed"))
+            problems.append(
+                f"{legacy}: {record.rows_expected} rows validated, {source.rows} now"
+                + ("" if source.rows != record.rows_expected else ", content changed")
+            )
         if str(current_target) != record.target_fingerprint:
-            problems.append(f"{target}: {record.rows_copied} rows validated, {current_target.rows} now"
-                            + ("" if current_target.rows != record.rows_copied else ", content changed"))
+            problems.append(
+                f"{target}: {record.rows_copied} rows validated, {current_target.rows} now"
+                + ("" if current_target.rows != record.rows_copied else ", content changed")
+            )
     return problems
 
 
@@ -57,7 +61,8 @@ def _refuse_changes(problems: list[str], scope: str) -> None:
     if problems:
         raise MigrationError(
             f"{scope} no longer matches what phase 3 validated: {'; '.join(problems)}; nothing was archived "
-            "(roll back with `migrate_phase rollback` and run phases 2-5 again to carry the changes over)")
+            "(roll back with `migrate_phase rollback` and run phases 2-5 again to carry the changes over)"
+        )
 
 
 class CutoverPhase(Phase):
@@ -73,13 +78,28 @@ class CutoverPhase(Phase):
     def plan(self, ctx: MigrationContext) -> list[Step]:
         drop = ctx.options.drop_legacy
         where = "DROP" if drop else f"move to {ctx.config.archive_schema}"
-        steps = [self.step("archive_schema", f"Create schema {ctx.config.archive_schema}", target=ctx.config.archive_schema)]
+        steps = [
+            self.step("archive_schema", f"Create schema {ctx.config.archive_schema}", target=ctx.config.archive_schema)
+        ]
         for tenant in ctx.registered_tenants:
-            steps.append(self.step("archive_legacy", f"{where}: legacy tables of {tenant.schema}; tenant goes live",
-                                   tenant_id=tenant.tenant_id, target=tenant.schema, destructive=drop))
+            steps.append(
+                self.step(
+                    "archive_legacy",
+                    f"{where}: legacy tables of {tenant.schema}; tenant goes live",
+                    tenant_id=tenant.tenant_id,
+                    target=tenant.schema,
+                    destructive=drop,
+                )
+            )
         if not ctx.tenant_filter:
-            steps.append(self.step("archive_auth", f"{where}: legacy auth tables of {ctx.config.legacy_auth_schema}",
-                                   target=ctx.config.legacy_auth_schema, destructive=drop))
+            steps.append(
+                self.step(
+                    "archive_auth",
+                    f"{where}: legacy auth tables of {ctx.config.legacy_auth_schema}",
+                    target=ctx.config.legacy_auth_schema,
+                    destructive=drop,
+                )
+            )
         steps.append(self.step("final_status", "Every tenant live, no legacy table left in tenant schemas"))
         return steps
 
@@ -104,37 +124,49 @@ class CutoverPhase(Phase):
         drop = ctx.options.drop_legacy
         tenant = TenantRef(step.tenant_id or "")
         data_phase = DataPhase()
-        validated = {data_phase.step("validate", "", tenant.tenant_id, spec.target_table).key: tenant_copy(tenant, spec)
-                     for spec in TENANT_DATA_TABLES}
+        validated = {
+            data_phase.step("validate", "", tenant.tenant_id, spec.target_table).key: tenant_copy(tenant, spec)
+            for spec in TENANT_DATA_TABLES
+        }
         # Checked and moved in one transaction, with the legacy tables locked first: no legacy write
         # can slip in between the check and the move.
         with transaction.atomic():
             archive.lock_tables(tenant.schema, list(LEGACY_TENANT_TABLES))
             problems = _changed_since_validation(validated)
             # Reference rows are merged, not validated one by one: a legacy row added since has no shared id.
-            problems += [f"{tenant.schema}.{ref.legacy_table}: {unmapped} rows added since phase 3"
-                         for ref in REFERENCE_TABLES if (unmapped := reference.unmapped_count(ref, [tenant.tenant_id]))]
+            problems += [
+                f"{tenant.schema}.{ref.legacy_table}: {unmapped} rows added since phase 3"
+                for ref in REFERENCE_TABLES
+                if (unmapped := reference.unmapped_count(ref, [tenant.tenant_id]))
+            ]
             _refuse_changes(problems, f"tenant {tenant.tenant_id}")
-            moved = archive.archive_tables(tenant.schema, tenant.tenant_id, list(LEGACY_TENANT_TABLES),
-                                           ctx.config.archive_schema, drop)
-        return StepResult(message=f"{len(moved)} legacy tables {'dropped' if drop else 'archived'}",
-                          details={"archived": moved})
+            moved = archive.archive_tables(
+                tenant.schema, tenant.tenant_id, list(LEGACY_TENANT_TABLES), ctx.config.archive_schema, drop
+            )
+        return StepResult(
+            message=f"{len(moved)} legacy tables {'dropped' if drop else 'archived'}", details={"archived": moved}
+        )
 
     def _archive_auth_tables(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         cfg = ctx.config
         drop = ctx.options.drop_legacy
         self._require_auth_migrated(ctx)
         data_phase = DataPhase()
-        validated = {data_phase.step("validate", "", None, f"auth.{table}").key: auth_copy(cfg.legacy_auth_schema, table)
-                     for table in LEGACY_AUTH_TABLES}
+        validated = {
+            data_phase.step("validate", "", None, f"auth.{table}").key: auth_copy(cfg.legacy_auth_schema, table)
+            for table in LEGACY_AUTH_TABLES
+        }
         with transaction.atomic():  # as for a tenant: locked, checked and moved in one transaction
             archive.lock_tables(cfg.legacy_auth_schema, list(LEGACY_AUTH_TABLES))
             _refuse_changes(_changed_since_validation(validated), f"legacy auth schema {cfg.legacy_auth_schema}")
-            moved = archive.archive_tables(cfg.legacy_auth_schema, cfg.legacy_auth_schema, list(LEGACY_AUTH_TABLES),
-                                           cfg.archive_schema, drop)
+            moved = archive.archive_tables(
+                cfg.legacy_auth_schema, cfg.legacy_auth_schema, list(LEGACY_AUTH_TABLES), cfg.archive_schema, drop
+            )
             dropped_schema = archive.drop_schema_if_empty(cfg.legacy_auth_schema)
-        return StepResult(message=f"{len(moved)} legacy auth tables {'dropped' if drop else 'archived'}",
-                          details={"archived": moved, "legacy_schema_dropped": dropped_schema})
+        return StepResult(
+            message=f"{len(moved)} legacy auth tables {'dropped' if drop else 'archived'}",
+            details={"archived": moved, "legacy_schema_dropped": dropped_schema},
+        )
 
     @staticmethod
     def _require_auth_migrated(ctx: MigrationContext) -> None:
@@ -143,19 +175,29 @@ class CutoverPhase(Phase):
         A phase-wide step has no tenant whose state gates it (with no valid tenant at all nothing
         else would stop it), so it checks its own prerequisites.
         """
-        missing = [f"{entry.service}.{entry.table}" for entry in AUTH_TABLES
-                   if not catalog.table_exists(entry.service, entry.table)]
+        missing = [
+            f"{entry.service}.{entry.table}"
+            for entry in AUTH_TABLES
+            if not catalog.table_exists(entry.service, entry.table)
+        ]
         if missing:
-            raise MigrationError(f"the auth service tables {', '.join(missing)} do not exist, so the legacy auth tables "
-                                 f"of {ctx.config.legacy_auth_schema} stay; run `migrate_phase schemas` and "
-                                 "`migrate_phase data` first")
+            raise MigrationError(
+                f"the auth service tables {', '.join(missing)} do not exist, so the legacy auth tables "
+                f"of {ctx.config.legacy_auth_schema} stay; run `migrate_phase schemas` and "
+                "`migrate_phase data` first"
+            )
         keys = [f"data/*/validate/auth.{table}" for table in LEGACY_AUTH_TABLES]
         validated = tracking.latest_records("data", keys)
-        unvalidated = [key.rsplit("/", 1)[1] for key in keys
-                       if (row := validated.get(key)) is None or row.status != Status.COMPLETED]
+        unvalidated = [
+            key.rsplit("/", 1)[1]
+            for key in keys
+            if (row := validated.get(key)) is None or row.status != Status.COMPLETED
+        ]
         if unvalidated:
-            raise MigrationError(f"phase data has not validated {', '.join(unvalidated)}, so the legacy auth tables "
-                                 f"of {ctx.config.legacy_auth_schema} stay; run `migrate_phase data` first")
+            raise MigrationError(
+                f"phase data has not validated {', '.join(unvalidated)}, so the legacy auth tables "
+                f"of {ctx.config.legacy_auth_schema} stay; run `migrate_phase data` first"
+            )
 
     def _count_live_tenants(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         live = Tenant.objects.filter(migration_state=MigrationState.LIVE).count()

@@ -7,24 +7,43 @@ from dataclasses import replace
 from migrator import catalog, db
 from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.errors import MigrationError
-from migrator.core.steps import Step, StepReporter, StepResult
-from migrator.tables import (AUTH_MODELS, LEGACY_AUTH_TABLES, REFERENCE_TABLES, TENANT_DATA_TABLES, TableKind,
-                             TenantDataTable, legacy_table, model_columns, reference_table, unmapped_columns)
 from migrator.core.phase import Phase, StepKind
+from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.ops import constraints, fingerprint, reference
-from migrator.ops.copy import Remap, TableCopy, copy_table, reset_identity, analyze, table_fence
+from migrator.ops.copy import Remap, TableCopy, analyze, copy_table, reset_identity, table_fence
+from migrator.tables import (
+    AUTH_MODELS,
+    LEGACY_AUTH_TABLES,
+    REFERENCE_TABLES,
+    TENANT_DATA_TABLES,
+    TableKind,
+    TenantDataTable,
+    legacy_table,
+    model_columns,
+    reference_table,
+    unmapped_columns,
+)
 from tenants.models import MigrationState
 
 
-
 def auth_copy(legacy_schema: str, table: str) -> TableCopy:
-    return TableCopy(legacy_schema, table, "auth", table, tuple(model_columns(AUTH_MODELS[table])),
-                     key=legacy_table(table, TableKind.AUTH).key)
+    return TableCopy(
+        legacy_schema,
+        table,
+        "auth",
+        table,
+        tuple(model_columns(AUTH_MODELS[table])),
+        key=legacy_table(table, TableKind.AUTH).key,
+    )
 
 
 def tenant_copy(tenant: TenantRef, spec: TenantDataTable) -> TableCopy:
     return TableCopy(
-        tenant.schema, spec.legacy_table, tenant.schema, spec.target_table, tuple(model_columns(spec.model)),
+        tenant.schema,
+        spec.legacy_table,
+        tenant.schema,
+        spec.target_table,
+        tuple(model_columns(spec.model)),
         remaps=tuple(Remap(column, tenant.tenant_id, ref) for column, ref in spec.remap.items()),
     )
 
@@ -64,30 +83,56 @@ class DataPhase(Phase):
             for table in LEGACY_AUTH_TABLES:
                 copy = auth_copy(legacy_auth, table)
                 if not validate_only:
-                    steps.append(self.step("copy_auth", f"Copy {legacy_auth}.{table} into auth.{table} (same ids)",
-                                           target=table, sql=(copy.preview(),) if with_sql else ()))
-                steps.append(self.step("validate", f"Compare {legacy_auth}.{table} and auth.{table}: counts and fingerprints",
-                                       target=f"auth.{table}", sql=(db.render(fingerprint.source_query(copy)),) if with_sql else ()))
+                    steps.append(
+                        self.step(
+                            "copy_auth",
+                            f"Copy {legacy_auth}.{table} into auth.{table} (same ids)",
+                            target=table,
+                            sql=(copy.preview(),) if with_sql else (),
+                        )
+                    )
+                steps.append(
+                    self.step(
+                        "validate",
+                        f"Compare {legacy_auth}.{table} and auth.{table}: counts and fingerprints",
+                        target=f"auth.{table}",
+                        sql=(db.render(fingerprint.source_query(copy)),) if with_sql else (),
+                    )
+                )
         if not validate_only:
             tenant_ids = [t.tenant_id for t in ctx.registered_tenants]
             for ref in REFERENCE_TABLES:
                 step = self.step(
-                    "merge_reference", f"Merge every tenant's {ref.legacy_table} into {ref.schema}.{ref.table} by "
-                    f"{ref.merge_key}, keeping an old -> new id map", target=ref.legacy_table)
+                    "merge_reference",
+                    f"Merge every tenant's {ref.legacy_table} into {ref.schema}.{ref.table} by "
+                    f"{ref.merge_key}, keeping an old -> new id map",
+                    target=ref.legacy_table,
+                )
                 # A tenant registered (or left out by --tenant) since the last merge still needs one.
                 steps.append(replace(step, rerun=True) if reference.needs_merge(ref, tenant_ids) else step)
         for tenant in ctx.registered_tenants:
             for spec in TENANT_DATA_TABLES:
                 copy = tenant_copy(tenant, spec)
                 if not validate_only:
-                    steps.append(self.step(
-                        "copy_table", f"Copy {tenant.schema}.{spec.legacy_table} into {tenant.schema}.{spec.target_table} "
-                        f"in batches of {ctx.batch_size}, then rebuild indexes and foreign keys",
-                        tenant_id=tenant.tenant_id, target=spec.target_table, sql=(copy.preview(),) if with_sql else ()))
+                    steps.append(
+                        self.step(
+                            "copy_table",
+                            f"Copy {tenant.schema}.{spec.legacy_table} into {tenant.schema}.{spec.target_table} "
+                            f"in batches of {ctx.batch_size}, then rebuild indexes and foreign keys",
+                            tenant_id=tenant.tenant_id,
+                            target=spec.target_table,
+                            sql=(copy.preview(),) if with_sql else (),
+                        )
+                    )
             for spec in TENANT_DATA_TABLES:
-                steps.append(self.step(
-                    "validate", f"Compare {tenant.schema}.{spec.legacy_table} and {spec.target_table}: "
-                    "counts and fingerprints", tenant_id=tenant.tenant_id, target=spec.target_table))
+                steps.append(
+                    self.step(
+                        "validate",
+                        f"Compare {tenant.schema}.{spec.legacy_table} and {spec.target_table}: counts and fingerprints",
+                        tenant_id=tenant.tenant_id,
+                        target=spec.target_table,
+                    )
+                )
         return steps
 
     def step_kinds(self) -> dict[str, StepKind]:
@@ -103,16 +148,23 @@ class DataPhase(Phase):
         if not catalog.table_exists(legacy, step.target):
             raise MigrationError(
                 f"legacy table {legacy}.{step.target} does not exist; restore it or set SALESFLOW_LEGACY_AUTH_SCHEMA "
-                "to the schema that holds the auth tables")
+                "to the schema that holds the auth tables"
+            )
         copy = auth_copy(legacy, step.target)
         if not catalog.table_exists(copy.target_schema, copy.target_table):
-            raise MigrationError(f"{copy.target_schema}.{copy.target_table} does not exist; run `migrate_phase schemas` first")
+            raise MigrationError(
+                f"{copy.target_schema}.{copy.target_table} does not exist; run `migrate_phase schemas` first"
+            )
         check_columns(copy, AUTH_MODELS[step.target])
         stats = copy_table(copy, ctx.batch_size, reporter)
         if copy.key == ("id",):
             reset_identity("auth", step.target)
-        return StepResult(message=f"{stats.rows_copied} rows", rows_expected=stats.rows_source,
-                          rows_copied=stats.rows_copied, details={"batches": stats.batches})
+        return StepResult(
+            message=f"{stats.rows_copied} rows",
+            rows_expected=stats.rows_source,
+            rows_copied=stats.rows_copied,
+            details={"batches": stats.batches},
+        )
 
     def _merge_reference_table(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         policy = ctx.options.reference_conflicts
@@ -120,24 +172,40 @@ class DataPhase(Phase):
         tenant_ids = [t.tenant_id for t in ctx.registered_tenants]
         result = reference.merge_reference_table(ref, tenant_ids, policy)
         reset_identity(ref.schema, ref.table)
-        message = f"{len(result.tenants_merged)} tenants, {result.rows_staged} rows -> {result.rows_added} new shared rows"
+        message = (
+            f"{len(result.tenants_merged)} tenants, {result.rows_staged} rows -> {result.rows_added} new shared rows"
+        )
         if result.discarded:
             message += f"; {len(result.discarded)} conflicting variants discarded (first-wins)"
         if result.tenants_without_table:
             message += f"; no {ref.legacy_table} table in {len(result.tenants_without_table)} tenants"
-        return StepResult(message=message, rows_expected=result.rows_staged, rows_copied=result.mapped, details={
-            "tenants_merged": len(result.tenants_merged), "rows_added": result.rows_added,
-            "discarded_variants": result.discarded, "tenants_without_table": result.tenants_without_table,
-            "policy": policy})
+        return StepResult(
+            message=message,
+            rows_expected=result.rows_staged,
+            rows_copied=result.mapped,
+            details={
+                "tenants_merged": len(result.tenants_merged),
+                "rows_added": result.rows_added,
+                "discarded_variants": result.discarded,
+                "tenants_without_table": result.tenants_without_table,
+                "policy": policy,
+            },
+        )
 
     def _copy_tenant_table(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         tenant = TenantRef(step.tenant_id or "")
         spec = next(t for t in TENANT_DATA_TABLES if t.target_table == step.target)
         if not catalog.table_exists(tenant.schema, spec.legacy_table):
-            return StepResult(message=f"no legacy table {tenant.schema}.{spec.legacy_table}: nothing to copy",
-                              rows_expected=0, rows_copied=0, details={"legacy_table_missing": True})
+            return StepResult(
+                message=f"no legacy table {tenant.schema}.{spec.legacy_table}: nothing to copy",
+                rows_expected=0,
+                rows_copied=0,
+                details={"legacy_table_missing": True},
+            )
         if not catalog.table_exists(tenant.schema, spec.target_table):
-            raise MigrationError(f"{tenant.schema}.{spec.target_table} does not exist; run `migrate_phase schemas` first")
+            raise MigrationError(
+                f"{tenant.schema}.{spec.target_table} does not exist; run `migrate_phase schemas` first"
+            )
         copy = tenant_copy(tenant, spec)
         check_columns(copy, spec.model)
         merged = self._merge_new_reference_rows(ctx, tenant, spec)
@@ -146,16 +214,26 @@ class DataPhase(Phase):
             deferred = constraints.defer_constraints(tenant.schema, spec.target_table)
             stats = copy_table(copy, ctx.batch_size, reporter)
             rebuilt = constraints.restore_constraints(
-                tenant.schema, spec.target_table,
+                tenant.schema,
+                spec.target_table,
                 advice=f"fix those rows in {tenant.schema}.{spec.legacy_table}, then run `migrate_phase rollback "
-                       f"--tenant {tenant.tenant_id}`, `migrate_phase schemas` and `migrate_phase data`")
+                f"--tenant {tenant.tenant_id}`, `migrate_phase schemas` and `migrate_phase data`",
+            )
         reset_identity(tenant.schema, spec.target_table)
         analyze(tenant.schema, spec.target_table)
         resumed = f", resumed after id {stats.resumed_after[0]}" if stats.resumed_after else ""
-        return StepResult(message=f"{stats.rows_copied} rows in {stats.batches} batches{resumed}",
-                          rows_expected=stats.rows_source, rows_copied=stats.rows_copied,
-                          details={"batches": stats.batches, "deferred": deferred, "rebuilt": rebuilt,
-                                   "resumed_after": stats.resumed_after, **merged})
+        return StepResult(
+            message=f"{stats.rows_copied} rows in {stats.batches} batches{resumed}",
+            rows_expected=stats.rows_source,
+            rows_copied=stats.rows_copied,
+            details={
+                "batches": stats.batches,
+                "deferred": deferred,
+                "rebuilt": rebuilt,
+                "resumed_after": stats.resumed_after,
+                **merged,
+            },
+        )
 
     @staticmethod
     def _merge_new_reference_rows(ctx: MigrationContext, tenant: TenantRef, spec: TenantDataTable) -> dict[str, object]:
@@ -164,8 +242,9 @@ class DataPhase(Phase):
         mapped: dict[str, int] = {}
         discarded: list[dict[str, object]] = []
         for ref_name in spec.remap.values():
-            result = reference.merge_reference_table(reference_table(ref_name), [tenant.tenant_id],
-                                                     ctx.options.reference_conflicts)
+            result = reference.merge_reference_table(
+                reference_table(ref_name), [tenant.tenant_id], ctx.options.reference_conflicts
+            )
             if result.mapped:
                 mapped[ref_name] = result.mapped
             discarded += result.discarded
@@ -199,18 +278,30 @@ class DataPhase(Phase):
         message = f"{target.rows} rows, fingerprint {'matches' if str(source) == str(target) else 'DIFFERS'}"
         if converted:
             message += f"; compared as the target's types: {', '.join(converted)}"
-        return StepResult(message=message,
-                          rows_expected=source.rows, rows_copied=target.rows, source_fingerprint=str(source),
-                          target_fingerprint=str(target), details=details)
+        return StepResult(
+            message=message,
+            rows_expected=source.rows,
+            rows_copied=target.rows,
+            source_fingerprint=str(source),
+            target_fingerprint=str(target),
+            details=details,
+        )
 
     def _check_all_rows_copied(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
         if result.rows_copied != result.rows_expected:
             # The copy already picked up legacy rows written behind it; what is left is rows that
             # vanished from the legacy table after they were copied, which no resume can undo.
-            redo = (f"`migrate_phase rollback --tenant {step.tenant_id}`, then phases schemas and data"
-                    if step.tenant_id else "`migrate_phase rollback`, then phases schemas and data")
-            return [f"copied {result.rows_copied} rows, expected {result.rows_expected}: the legacy table changed while "
-                    f"it was copied; stop writing to it and run {redo}"]
+            redo = (
+                f"`migrate_phase rollback --tenant {step.tenant_id}`, then phases schemas and data"
+                if step.tenant_id
+                else "`migrate_phase rollback`, then phases schemas and data"
+            )
+            return [
+                (
+                    f"copied {result.rows_copied} rows, expected {result.rows_expected}: the legacy table changed while "
+                    f"it was copied; stop writing to it and run {redo}"
+                )
+            ]
         return []
 
     def _check_every_reference_mapped(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
@@ -224,8 +315,14 @@ class DataPhase(Phase):
             problems.append(
                 f"content differs: source {result.source_fingerprint}, target {result.target_fingerprint}; "
                 f"differing keys (first {len(sample)}): {', '.join(str(k[0] if len(k) == 1 else tuple(k)) for k in sample)}"
-                + (f"; legacy columns of another type: {', '.join(result.details['columns_of_another_type'])}"
-                   if result.details.get("columns_of_another_type") else ""))
+                + (
+                    f"; legacy columns of another type: {', '.join(result.details['columns_of_another_type'])}"
+                    if result.details.get("columns_of_another_type")
+                    else ""
+                )
+            )
         if result.details.get("constraints_missing"):
-            problems.append("indexes or foreign keys not rebuilt/validated: " + ", ".join(result.details["constraints_missing"]))
+            problems.append(
+                "indexes or foreign keys not rebuilt/validated: " + ", ".join(result.details["constraints_missing"])
+            )
         return problems

@@ -9,14 +9,13 @@ from pathlib import Path
 
 from django.db import transaction
 
-from migrator import catalog
+from migrator import catalog, db
 from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.errors import MigrationError
-from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.core.phase import Phase, StepKind
-from migrator import db
-from migrator.ops import backup, binaries, inspection, registry, rehearsal, restore
+from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.django_migrations import BOOTSTRAP_APPS, legacy_registry_present, migrate_schema
+from migrator.ops import backup, binaries, inspection, registry, rehearsal, restore
 from salesflow.layout import is_reserved_schema, tenant_schema_name
 from tenants.models import MigrationState, Tenant
 
@@ -24,8 +23,12 @@ MIN_SERVER_VERSION = 150000
 
 
 def catalog_database_comment() -> str:
-    return str(db.fetchvalue("SELECT coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database "
-                             "WHERE datname = current_database()"))
+    return str(
+        db.fetchvalue(
+            "SELECT coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database "
+            "WHERE datname = current_database()"
+        )
+    )
 
 
 def server_major() -> int:
@@ -64,8 +67,10 @@ def resolve_invalid_schemas(ctx: MigrationContext, invalid: list[str], valid: li
             raise MigrationError(f"schema {name!r} is given both --skip-schema and --rename-schema; choose one")
     for name in sorted(skip):
         if name not in candidates:
-            raise MigrationError(f"--skip-schema {name!r}: no tenant_* schema of that name with an invalid tenant id "
-                                 "in this database (valid tenants are selected with --tenant)")
+            raise MigrationError(
+                f"--skip-schema {name!r}: no tenant_* schema of that name with an invalid tenant id "
+                "in this database (valid tenants are selected with --tenant)"
+            )
     result = InvalidSchemas()
     for old, new in sorted(renames.items()):
         target = tenant_schema_name(new)
@@ -74,8 +79,9 @@ def resolve_invalid_schemas(ctx: MigrationContext, invalid: list[str], valid: li
                 raise MigrationError(f"--rename-schema {old}={new}: schema {target} already exists; choose another id")
             result.renamed[old] = new
         elif new not in valid:  # renamed by an earlier run, the schema is tenant_<new> now
-            raise MigrationError(f"--rename-schema {old}={new}: no tenant_* schema {old!r} with an invalid tenant id "
-                                 "in this database")
+            raise MigrationError(
+                f"--rename-schema {old}={new}: no tenant_* schema {old!r} with an invalid tenant id in this database"
+            )
     for name in candidates:
         if name in result.renamed:
             continue
@@ -99,28 +105,44 @@ class PreparePhase(Phase):
 
     def recover(self, ctx: MigrationContext) -> str | None:
         if restore.interrupted_restore(ctx.config.backup_dir) is not None:
-            raise MigrationError(f"a restore of this database was interrupted ({restore.journal_path(ctx.config.backup_dir)}); "
-                                 "rerun `migrate_phase rollback --restore` to finish it before anything else")
+            raise MigrationError(
+                f"a restore of this database was interrupted ({restore.journal_path(ctx.config.backup_dir)}); "
+                "rerun `migrate_phase rollback --restore` to finish it before anything else"
+            )
         return None
 
     def plan(self, ctx: MigrationContext) -> list[Step]:
         cfg = ctx.config
         steps = [
-            self.step("preflight", "Server >= 15, pg_dump/pg_restore of its major version, backup folder "
-                      "writable with room for the dump"),
-            self.step("bootstrap", "Tracking table and registry ready (Django migrations of "
-                      + ", ".join(BOOTSTRAP_APPS) + " in public)"),
-            self.step("backup", f"pg_dump --format=directory --jobs={max(1, ctx.jobs)} into {cfg.backup_dir}, "
-                      "checked with pg_restore --list, sha256 recorded"),
-            self.step("inspect_auth", f"Inspect the legacy auth schema {cfg.legacy_auth_schema}",
-                      target=cfg.legacy_auth_schema),
+            self.step(
+                "preflight",
+                "Server >= 15, pg_dump/pg_restore of its major version, backup folder writable with room for the dump",
+            ),
+            self.step(
+                "bootstrap",
+                "Tracking table and registry ready (Django migrations of " + ", ".join(BOOTSTRAP_APPS) + " in public)",
+            ),
+            self.step(
+                "backup",
+                f"pg_dump --format=directory --jobs={max(1, ctx.jobs)} into {cfg.backup_dir}, "
+                "checked with pg_restore --list, sha256 recorded",
+            ),
+            self.step(
+                "inspect_auth",
+                f"Inspect the legacy auth schema {cfg.legacy_auth_schema}",
+                target=cfg.legacy_auth_schema,
+            ),
             self.step("discover", "Find tenant_* schemas; report names that are not valid tenant ids"),
         ]
         for tenant in self._tenants(ctx):
-            steps.append(self.step(
-                "register", f"Inspect {tenant.schema} and register tenant {tenant.tenant_id} in public.tenants",
-                tenant_id=tenant.tenant_id, target=tenant.schema,
-            ))
+            steps.append(
+                self.step(
+                    "register",
+                    f"Inspect {tenant.schema} and register tenant {tenant.tenant_id} in public.tenants",
+                    tenant_id=tenant.tenant_id,
+                    target=tenant.schema,
+                )
+            )
         return steps
 
     def _tenants(self, ctx: MigrationContext) -> list[TenantRef]:
@@ -159,10 +181,14 @@ class PreparePhase(Phase):
         try:
             backup_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise MigrationError(f"backup folder {backup_dir} cannot be created: {exc.strerror}; "
-                                 "set SALESFLOW_BACKUP_DIR to a writable folder") from None
+            raise MigrationError(
+                f"backup folder {backup_dir} cannot be created: {exc.strerror}; "
+                "set SALESFLOW_BACKUP_DIR to a writable folder"
+            ) from None
         if not os.access(backup_dir, os.W_OK | os.X_OK):
-            raise MigrationError(f"backup folder {backup_dir} is not writable; set SALESFLOW_BACKUP_DIR to a writable folder")
+            raise MigrationError(
+                f"backup folder {backup_dir} is not writable; set SALESFLOW_BACKUP_DIR to a writable folder"
+            )
         needed = catalog.database_size()  # a dump is never larger than the data it reads
         free = binaries.disk_free(backup_dir)
         if free < needed:
@@ -172,8 +198,13 @@ class PreparePhase(Phase):
             )
         return StepResult(
             message=f"PostgreSQL {major}, {pg_dump}, {free // 2**20} MiB free for ~{needed // 2**20} MiB",
-            details={"server_version": version, "pg_dump": str(pg_dump), "pg_restore": str(pg_restore),
-                     "disk_free": free, "database_size": needed},
+            details={
+                "server_version": version,
+                "pg_dump": str(pg_dump),
+                "pg_restore": str(pg_restore),
+                "disk_free": free,
+                "database_size": needed,
+            },
         )
 
     def _bootstrap(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
@@ -181,8 +212,10 @@ class PreparePhase(Phase):
         applied = list(adopted["migrations_applied"]) if adopted else migrate_schema("public", BOOTSTRAP_APPS)
         message = f"{len(applied)} migrations applied" if applied else "already up to date"
         if adopted:
-            message += (f"; adopted the legacy public.tenants ({adopted['rows']} tenants, kept as {adopted['kept_as']}, "
-                        f"extra columns: {', '.join(adopted['extra_columns']) or 'none'})")
+            message += (
+                f"; adopted the legacy public.tenants ({adopted['rows']} tenants, kept as {adopted['kept_as']}, "
+                f"extra columns: {', '.join(adopted['extra_columns']) or 'none'})"
+            )
         return StepResult(message=message, details={"applied": applied, "adopted_registry": adopted})
 
     def _take_backup(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
@@ -192,29 +225,38 @@ class PreparePhase(Phase):
         earlier = backup.latest_backup(ctx.config.backup_dir)
         if earlier is not None and not set(legacy) - created_new():
             # Likely a database a failed restore left empty: its backup would become "the latest".
-            raise MigrationError(f"this database holds no legacy tenant schema but backup {earlier.path} exists; "
-                                 "refusing to replace it with a backup of this database: restore it with "
-                                 "`migrate_phase rollback --restore`")
+            raise MigrationError(
+                f"this database holds no legacy tenant schema but backup {earlier.path} exists; "
+                "refusing to replace it with a backup of this database: restore it with "
+                "`migrate_phase rollback --restore`"
+            )
         major = server_major()
         pg_dump = binaries.find_binary("pg_dump", major, ctx.config.bin_dirs)
         pg_restore = binaries.find_binary("pg_restore", major, ctx.config.bin_dirs)
         info = backup.create_backup(pg_dump, pg_restore, ctx.config.backup_dir, ctx.jobs, major)
-        return StepResult(message=f"{info.path} ({info.size // 1024} KiB, {info.toc_entries} entries, "
-                                  f"sha256 {info.sha256[:12]}...)", details={"backup": info.as_dict()})
+        return StepResult(
+            message=f"{info.path} ({info.size // 1024} KiB, {info.toc_entries} entries, sha256 {info.sha256[:12]}...)",
+            details={"backup": info.as_dict()},
+        )
 
     @staticmethod
     def _record_rehearsal_backup(dump: Path) -> StepResult:
         """A rehearsal copy was restored from ``dump``: that backup is its phase-1 backup (no second dump)."""
         comment = catalog_database_comment()
         if not comment.startswith(rehearsal.database_marker("")):
-            raise MigrationError("--rehearsal-backup is only for the scratch copy `migrate_phase rehearse` makes; "
-                                 "run prepare without it")
+            raise MigrationError(
+                "--rehearsal-backup is only for the scratch copy `migrate_phase rehearse` makes; run prepare without it"
+            )
         try:
             info = backup.BackupInfo.from_dict(json.loads(backup.manifest_path(dump).read_text()))
         except (OSError, ValueError, KeyError, TypeError):
-            raise MigrationError(f"backup {dump} has no readable manifest beside it; rerun `migrate_phase rehearse`") from None
-        return StepResult(message=f"rehearsal copy restored from {info.path}",
-                          details={"backup": info.as_dict(), "rehearsal_copy_of": comment})
+            raise MigrationError(
+                f"backup {dump} has no readable manifest beside it; rerun `migrate_phase rehearse`"
+            ) from None
+        return StepResult(
+            message=f"rehearsal copy restored from {info.path}",
+            details={"backup": info.as_dict(), "rehearsal_copy_of": comment},
+        )
 
     def _inspect_auth(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         report = inspection.inspect_auth_schema(ctx.config.legacy_auth_schema)
@@ -237,14 +279,23 @@ class PreparePhase(Phase):
         if new:
             message += f"; {len(new)} tenants created in the target layout left out"
         if decided.renamed:
-            message += "; to rename: " + ", ".join(f"{old!r} -> tenant_{new_id}" for old, new_id in decided.renamed.items())
+            message += "; to rename: " + ", ".join(
+                f"{old!r} -> tenant_{new_id}" for old, new_id in decided.renamed.items()
+            )
         if invalid:
             message += f"; skipped {len(decided.excluded)} schemas whose names are not valid tenant ids: " + ", ".join(
-                f"{entry['schema']!r} ({entry['rows']} rows, {entry['reason']})" for entry in decided.excluded[:10])
-        return StepResult(message=message, details={
-            "tenants": valid, "invalid_schemas": invalid, "created_new": new,
-            "excluded_schemas": decided.excluded, "renamed_schemas": decided.renamed,
-        })
+                f"{entry['schema']!r} ({entry['rows']} rows, {entry['reason']})" for entry in decided.excluded[:10]
+            )
+        return StepResult(
+            message=message,
+            details={
+                "tenants": valid,
+                "invalid_schemas": invalid,
+                "created_new": new,
+                "excluded_schemas": decided.excluded,
+                "renamed_schemas": decided.renamed,
+            },
+        )
 
     def _register_tenant(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         tenant = TenantRef(step.tenant_id or "")
@@ -260,8 +311,11 @@ class PreparePhase(Phase):
             report = inspection.inspect_tenant_schema(tenant.schema)
             registered = Tenant.objects.filter(tenant_id=tenant.tenant_id).first()
             if registered is None:
-                registered = Tenant(tenant_id=tenant.tenant_id, name=tenant.tenant_id.replace("_", " ").title(),
-                                    migration_state=MigrationState.REGISTERED)
+                registered = Tenant(
+                    tenant_id=tenant.tenant_id,
+                    name=tenant.tenant_id.replace("_", " ").title(),
+                    migration_state=MigrationState.REGISTERED,
+                )
                 registered.auto_create_schema = False  # the legacy schema exists; phase 2 adds the target tables
                 registered.save()
         rows = sum(info["rows"] for info in report["tables"].values())

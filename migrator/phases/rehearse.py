@@ -33,14 +33,22 @@ class RehearsePhase(Phase):
     name = "rehearse"
     number = None
     always_rerun = True  # every rehearsal is a new record
-    summary = ("phases 1-6 on a scratch copy restored from the phase-1 backup; per-phase report and the real "
-               "run's projected duration")
+    summary = (
+        "phases 1-6 on a scratch copy restored from the phase-1 backup; per-phase report and the real "
+        "run's projected duration"
+    )
 
     def plan(self, ctx: MigrationContext) -> list[Step]:
         target = ctx.options.target_database or rehearsal.default_target(connection.settings_dict["NAME"])
-        return [self.step(REHEARSAL_STEP, f"Restore the phase-1 backup into {target}, run phases "
-                          f"{', '.join(rehearsal.REHEARSED_PHASES)} there, report and project the real run; "
-                          + ("keep the copy" if ctx.options.keep_target else "drop the copy"), target=target)]
+        return [
+            self.step(
+                REHEARSAL_STEP,
+                f"Restore the phase-1 backup into {target}, run phases "
+                f"{', '.join(rehearsal.REHEARSED_PHASES)} there, report and project the real run; "
+                + ("keep the copy" if ctx.options.keep_target else "drop the copy"),
+                target=target,
+            )
+        ]
 
     def step_kinds(self) -> dict[str, StepKind]:
         return {REHEARSAL_STEP: StepKind(self._rehearse)}
@@ -49,8 +57,9 @@ class RehearsePhase(Phase):
     def _backup() -> BackupInfo:
         record = MigrationRecord.objects.latest_backup()
         if record is None or not isinstance(record.details.get("backup"), dict):
-            raise MigrationError("there is no completed phase-1 backup to rehearse from; run `migrate_phase prepare` "
-                                 "first")
+            raise MigrationError(
+                "there is no completed phase-1 backup to rehearse from; run `migrate_phase prepare` first"
+            )
         return BackupInfo.from_dict(record.details["backup"])
 
     @staticmethod
@@ -65,9 +74,17 @@ class RehearsePhase(Phase):
             "schemas": common,
             "data": [*common, "--reference-conflicts", opts.reference_conflicts],
             "security": common,
-            "verify": [*common, "--load-clients", str(opts.load_clients), "--load-seconds", str(opts.load_seconds),
-                       "--load-max-regression", str(opts.load_max_regression),
-                       "--load-queries", str(opts.load_queries)],
+            "verify": [
+                *common,
+                "--load-clients",
+                str(opts.load_clients),
+                "--load-seconds",
+                str(opts.load_seconds),
+                "--load-max-regression",
+                str(opts.load_max_regression),
+                "--load-queries",
+                str(opts.load_queries),
+            ],
             "cutover": [*common, *(["--drop-legacy"] if opts.drop_legacy else [])],
         }
 
@@ -86,8 +103,9 @@ class RehearsePhase(Phase):
                 rehearsal.restore_into(info, pg_restore, target, ctx.jobs)
                 with psycopg.connect(rehearsal.database_url(target)) as scratch:
                     rehearsed = rehearsal.legacy_volume(scratch)
-                runs = rehearsal.run_phases(self._arguments(ctx, info), rehearsal.child_env(ctx.config, target),
-                                            reporter.progress)
+                runs = rehearsal.run_phases(
+                    self._arguments(ctx, info), rehearsal.child_env(ctx.config, target), reporter.progress
+                )
             finally:
                 dropped_roles = rehearsal.finish(conn, ctx.config, target, ctx.options.keep_target)
         notes = []
@@ -95,33 +113,56 @@ class RehearsePhase(Phase):
             live = rehearsed
             notes.append("the live database has no legacy tenant tables; projected at the backup's volume")
         report = self._report(ctx, info, target, runs, rehearsed, live, cleaned, dropped_roles, notes)
-        return StepResult(message=self._message(report), rows_expected=rehearsed.rows,
-                          rows_copied=sum(r.rows_moved for r in runs), details={"rehearsal": report})
+        return StepResult(
+            message=self._message(report),
+            rows_expected=rehearsed.rows,
+            rows_copied=sum(r.rows_moved for r in runs),
+            details={"rehearsal": report},
+        )
 
     @staticmethod
-    def _report(ctx: MigrationContext, info: BackupInfo, target: str, runs: list[rehearsal.PhaseRun],
-                rehearsed: rehearsal.LegacyVolume, live: rehearsal.LegacyVolume, cleaned: list[str],
-                dropped_roles: list[str], notes: list[str]) -> dict[str, Any]:
+    def _report(
+        ctx: MigrationContext,
+        info: BackupInfo,
+        target: str,
+        runs: list[rehearsal.PhaseRun],
+        rehearsed: rehearsal.LegacyVolume,
+        live: rehearsal.LegacyVolume,
+        cleaned: list[str],
+        dropped_roles: list[str],
+        notes: list[str],
+    ) -> dict[str, Any]:
         ran = [r.phase for r in runs]
         return {
             "ok": len(runs) == len(rehearsal.REHEARSED_PHASES) and all(r.ok for r in runs),
-            "source_database": connection.settings_dict["NAME"], "target_database": target,
-            "kept": ctx.options.keep_target, "backup": {"path": info.path, "created_at": info.created_at},
-            "options": {"jobs": ctx.jobs, "batch_size": ctx.batch_size, "tenants": list(ctx.tenant_filter),
-                        "online": False},
+            "source_database": connection.settings_dict["NAME"],
+            "target_database": target,
+            "kept": ctx.options.keep_target,
+            "backup": {"path": info.path, "created_at": info.created_at},
+            "options": {
+                "jobs": ctx.jobs,
+                "batch_size": ctx.batch_size,
+                "tenants": list(ctx.tenant_filter),
+                "online": False,
+            },
             "phases": [r.as_dict() for r in runs],
             "not_run": [p for p in rehearsal.REHEARSED_PHASES if p not in ran],
             "seconds": round(sum(r.seconds for r in runs), 3),
-            "rehearsed_volume": rehearsed.as_dict(), "live_volume": live.as_dict(),
+            "rehearsed_volume": rehearsed.as_dict(),
+            "live_volume": live.as_dict(),
             "projection": rehearsal.project(runs, rehearsed, live),
-            "cleaned_up_before": cleaned, "roles_dropped": dropped_roles, "notes": notes,
+            "cleaned_up_before": cleaned,
+            "roles_dropped": dropped_roles,
+            "notes": notes,
         }
 
     @staticmethod
     def _message(report: dict[str, Any]) -> str:
         projection = report["projection"]
-        window = (f"real run projected at {rehearsal.seconds_text(projection['total_low_seconds'])} to "
-                  f"{rehearsal.seconds_text(projection['total_high_seconds'])}")
+        window = (
+            f"real run projected at {rehearsal.seconds_text(projection['total_low_seconds'])} to "
+            f"{rehearsal.seconds_text(projection['total_high_seconds'])}"
+        )
         failed = next((p for p in report["phases"] if not p["ok"]), None)
         if failed is None:
             return f"all {len(report['phases'])} phases passed in {rehearsal.seconds_text(report['seconds'])}; {window}"

@@ -14,7 +14,6 @@ from migrator.models import Status
 from migrator.ops import backup, restore, teardown
 from migrator.ops.backup import BackupInfo
 from migrator.tables import service_tables
-
 from tenants.models import MigrationState, Tenant
 
 
@@ -29,9 +28,11 @@ def recorded_backup(ctx: MigrationContext) -> BackupInfo:
     """The tracked backup, or (tracking table gone or empty) the newest manifest in the backup folder."""
     info = backup.latest_backup(ctx.config.backup_dir)
     if info is None:
-        raise MigrationError(f"no completed phase-1 backup is recorded and no backup manifest of this database is in "
-                             f"{ctx.config.backup_dir}; nothing to restore from (set SALESFLOW_BACKUP_DIR to the "
-                             "folder that holds the backup)")
+        raise MigrationError(
+            f"no completed phase-1 backup is recorded and no backup manifest of this database is in "
+            f"{ctx.config.backup_dir}; nothing to restore from (set SALESFLOW_BACKUP_DIR to the "
+            "folder that holds the backup)"
+        )
     return info
 
 
@@ -59,19 +60,38 @@ class RollbackPhase(Phase):
             where = info.path if info else "(no backup recorded)"
             return [
                 self.step("check_backup", f"Backup {where} exists and its sha256 matches the record", target=where),
-                self.step("drop_roles", "Revoke the service roles' grants; drop the roles the migration created "
-                          "(roles are not part of a database dump)"),
-                self.step("restore_backup", "Save the tracking history, replace the database with the backup "
-                          "(pg_restore), put the history back", target=where, destructive=True),
+                self.step(
+                    "drop_roles",
+                    "Revoke the service roles' grants; drop the roles the migration created "
+                    "(roles are not part of a database dump)",
+                ),
+                self.step(
+                    "restore_backup",
+                    "Save the tracking history, replace the database with the backup "
+                    "(pg_restore), put the history back",
+                    target=where,
+                    destructive=True,
+                ),
                 self.step("mark_rolled_back", "Mark the steps the restore undid as ROLLED_BACK"),
             ]
         self._refuse_after_cutover(ctx)
-        steps = [self.step("drop_tenant_tables", f"Drop the namespaced tables in {t.schema}; legacy tables stay",
-                           tenant_id=t.tenant_id, target=t.schema, destructive=True) for t in ctx.registered_tenants]
+        steps = [
+            self.step(
+                "drop_tenant_tables",
+                f"Drop the namespaced tables in {t.schema}; legacy tables stay",
+                tenant_id=t.tenant_id,
+                target=t.schema,
+                destructive=True,
+            )
+            for t in ctx.registered_tenants
+        ]
         if not ctx.tenant_filter:
             steps += [
-                self.step("drop_service_schemas", f"Drop schemas {', '.join(service_tables())} and the reference map",
-                          destructive=True),
+                self.step(
+                    "drop_service_schemas",
+                    f"Drop schemas {', '.join(service_tables())} and the reference map",
+                    destructive=True,
+                ),
                 self.step("drop_roles", "Revoke the service roles' grants; drop the roles the migration created"),
             ]
         steps.append(self.step("mark_rolled_back", "Mark the undone steps of phases 2-5 as ROLLED_BACK"))
@@ -96,19 +116,25 @@ class RollbackPhase(Phase):
         info = recorded_backup(ctx)
         backup.check_backup(info)
         pg_restore = restore.restore_tool(info, ctx.config.bin_dirs)  # before drop_roles changes anything
-        return StepResult(message=f"{info.path} verified (sha256 {info.sha256[:12]}...), {pg_restore}",
-                          details={"backup": info.as_dict(), "pg_restore": str(pg_restore)})
+        return StepResult(
+            message=f"{info.path} verified (sha256 {info.sha256[:12]}...), {pg_restore}",
+            details={"backup": info.as_dict(), "pg_restore": str(pg_restore)},
+        )
 
     def _restore_backup(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         info = recorded_backup(ctx)
-        details = restore.restore_database(info, restore_schemas(ctx), ctx.jobs, ctx.config.backup_dir,
-                                           ctx.config.bin_dirs)
-        return StepResult(message=f"restored {info.path}; {details['history_rows']} tracking rows kept", details=details)
+        details = restore.restore_database(
+            info, restore_schemas(ctx), ctx.jobs, ctx.config.backup_dir, ctx.config.bin_dirs
+        )
+        return StepResult(
+            message=f"restored {info.path}; {details['history_rows']} tracking rows kept", details=details
+        )
 
     def _drop_roles(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         dropped, kept = teardown.drop_service_roles(ctx.config)
         message = f"dropped {', '.join(dropped) or 'no role'}" + (
-            f"; kept {', '.join(kept)} (not created by the migrator; its grants revoked)" if kept else "")
+            f"; kept {', '.join(kept)} (not created by the migrator; its grants revoked)" if kept else ""
+        )
         return StepResult(message=message, details={"dropped": dropped, "kept": kept})
 
     def _drop_tenant_tables(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
@@ -120,8 +146,10 @@ class RollbackPhase(Phase):
             dropped = teardown.drop_tenant_tables(tenant.schema, tenant.tenant_id)
             Tenant.objects.filter(tenant_id=step.tenant_id).update(migration_state=MigrationState.ROLLED_BACK)
             marked = tracking.mark_rolled_back(undone_phases(restore=False), [step.tenant_id or ""])
-        return StepResult(message=f"dropped {', '.join(dropped) or 'nothing'}; {marked} steps marked ROLLED_BACK",
-                          details={"dropped": dropped})
+        return StepResult(
+            message=f"dropped {', '.join(dropped) or 'nothing'}; {marked} steps marked ROLLED_BACK",
+            details={"dropped": dropped},
+        )
 
     def _drop_service_schemas(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         # Without the service schemas (and the reference map) no tenant's migrated data stands: every
@@ -133,16 +161,22 @@ class RollbackPhase(Phase):
 
     def _mark_rolled_back(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         phases = undone_phases(ctx.options.restore)
-        marked = tracking.mark_rolled_back(phases, [t.tenant_id for t in ctx.registered_tenants] if ctx.tenant_filter else None)
+        marked = tracking.mark_rolled_back(
+            phases, [t.tenant_id for t in ctx.registered_tenants] if ctx.tenant_filter else None
+        )
         return StepResult(message=f"{marked} steps marked ROLLED_BACK", details={"phases": phases})
 
     def _refuse_after_cutover(self, ctx: MigrationContext) -> None:
-        live = [r.tenant_id for r in tracking.latest_records("cutover").values()
-                if r.step == "archive_legacy" and r.status == Status.COMPLETED]
+        live = [
+            r.tenant_id
+            for r in tracking.latest_records("cutover").values()
+            if r.step == "archive_legacy" and r.status == Status.COMPLETED
+        ]
         if live:
             raise MigrationError(
                 f"cutover has run for tenant {live[0]} ({len(live)} in all): its legacy tables are archived; "
-                "use `migrate_phase rollback --restore` to restore the phase-1 backup")
+                "use `migrate_phase rollback --restore` to restore the phase-1 backup"
+            )
 
     def _check_service_schemas_gone(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
         return [f"schema {s} still exists" for s in service_tables() if catalog.schema_exists(s)]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from migrator import catalog, db
 from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.errors import MigrationError
-from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.core.phase import Phase, StepKind
+from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.ops import grants
 from migrator.tables import TENANT_DATA_TABLES
 from salesflow.layout import NAMESPACE_SERVICE
@@ -25,16 +25,27 @@ class SecurityPhase(Phase):
 
     def plan(self, ctx: MigrationContext) -> list[Step]:
         steps = [
-            self.step("service_role", f"Role {role} (NOLOGIN): usage and DML on schema {service}, its sequences "
-                      "and future tables; nothing in public", target=role,
-                      sql=tuple(db.render(s) for s in grants.service_schema_statements(role, service))
-                      if ctx.options.render_sql else ())
+            self.step(
+                "service_role",
+                f"Role {role} (NOLOGIN): usage and DML on schema {service}, its sequences "
+                "and future tables; nothing in public",
+                target=role,
+                sql=tuple(db.render(s) for s in grants.service_schema_statements(role, service))
+                if ctx.options.render_sql
+                else (),
+            )
             for service, role in ctx.config.service_roles.items()
         ]
         for tenant in ctx.registered_tenants:
-            steps.append(self.step(
-                "tenant_grants", f"Grant {', '.join(t.table for t in TENANT_DATA_TABLES)} in {tenant.schema} to their "
-                "services' roles only", tenant_id=tenant.tenant_id, target=tenant.schema))
+            steps.append(
+                self.step(
+                    "tenant_grants",
+                    f"Grant {', '.join(t.table for t in TENANT_DATA_TABLES)} in {tenant.schema} to their "
+                    "services' roles only",
+                    tenant_id=tenant.tenant_id,
+                    target=tenant.schema,
+                )
+            )
         return steps
 
     def step_kinds(self) -> dict[str, StepKind]:
@@ -56,13 +67,17 @@ class SecurityPhase(Phase):
         tenant = TenantRef(step.tenant_id or "")
         missing_roles = [r for r in ctx.config.service_roles.values() if not catalog.role_exists(r)]
         if missing_roles:
-            raise MigrationError(f"role {missing_roles[0]} does not exist; run `migrate_phase security` without --tenant first")
+            raise MigrationError(
+                f"role {missing_roles[0]} does not exist; run `migrate_phase security` without --tenant first"
+            )
         roles = [ctx.config.service_role(s) for s in NAMESPACE_SERVICE.values()]
         # Rollback revokes USAGE on the tenant schema only from roles that did not have it before.
         had_usage = [r for r in roles if catalog.has_schema_usage_granted(r, tenant.schema)]
         given = grants.grant_tenant_tables(ctx.config, tenant.schema)
-        return StepResult(message=", ".join(f"{g.table} -> {g.role}" for g in given),
-                          details={"usage_granted": sorted({g.role for g in given} - set(had_usage))})
+        return StepResult(
+            message=", ".join(f"{g.table} -> {g.role}" for g in given),
+            details={"usage_granted": sorted({g.role for g in given} - set(had_usage))},
+        )
 
     def _check_service_role(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
         return grants.privilege_problems(ctx.config, [], roles=[step.target])

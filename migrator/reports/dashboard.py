@@ -14,17 +14,16 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import (BigIntegerField, Count, F, JSONField, Max, Min, OuterRef, Q, QuerySet, Subquery,
-                              Sum, Value)
+from django.db.models import BigIntegerField, Count, F, JSONField, Max, Min, OuterRef, Q, QuerySet, Subquery, Sum, Value
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce, JSONObject
 from django.utils import timezone
 
-from migrator.tables import TENANT_DATA_TABLES
+from migrator.core.phase import Phase
 from migrator.models import MigrationRecord, Status
 from migrator.phases import ORDERED
-from migrator.core.phase import Phase
 from migrator.reports.status import cell_state, excluded_schemas  # one definition of each, shared with `status`
+from migrator.tables import TENANT_DATA_TABLES
 
 # Steps whose rows_copied are rows moved into the target layout (reference merges are counted by the
 # shared rows they produce, which are not "moved" one to one, so they are left out of the totals).
@@ -52,8 +51,10 @@ def legacy_rows_expression() -> Any:
     Only the copied tables (contacts, activities) are summed, so the number is directly comparable
     with the migrated rows; reference tables are merged into shared tables, not copied per tenant.
     """
-    per_table = [Coalesce(Cast(KT(f"details__inspection__tables__{spec.legacy_table}__rows"), BigIntegerField()),
-                          Value(0)) for spec in TENANT_DATA_TABLES]
+    per_table = [
+        Coalesce(Cast(KT(f"details__inspection__tables__{spec.legacy_table}__rows"), BigIntegerField()), Value(0))
+        for spec in TENANT_DATA_TABLES
+    ]
     total = per_table[0]
     for expression in per_table[1:]:
         total = total + expression
@@ -66,18 +67,32 @@ def with_migration_progress(tenants: QuerySet) -> QuerySet:
     ``last_step`` is ``{"id", "migration_id", "phase", "step", "target", "status"}`` of the tenant's most
     recently started step (or, before any started, the most recently planned one).
     """
-    registered = (MigrationRecord.objects
-                  .filter(phase=REGISTER_PHASE, step=REGISTER_STEP, tenant_id=OuterRef("tenant_id"),
-                          status=Status.COMPLETED)
-                  .order_by("-attempt").annotate(rows=legacy_rows_expression()).values("rows")[:1])
-    copied = (latest_attempts()
-              .filter(phase=TENANT_COPY_PHASE, step=TENANT_COPY_STEP, tenant_id=OuterRef("tenant_id"))
-              .order_by().values("tenant_id").annotate(total=Sum("rows_copied")).values("total"))
-    last = (MigrationRecord.objects.filter(tenant_id=OuterRef("tenant_id"))
-            .order_by(F("started_at").desc(nulls_last=True), "-id")
-            .annotate(summary=JSONObject(id="id", migration_id="migration_id", phase="phase", step="step",
-                                         target="target", status="status"))
-            .values("summary")[:1])
+    registered = (
+        MigrationRecord.objects.filter(
+            phase=REGISTER_PHASE, step=REGISTER_STEP, tenant_id=OuterRef("tenant_id"), status=Status.COMPLETED
+        )
+        .order_by("-attempt")
+        .annotate(rows=legacy_rows_expression())
+        .values("rows")[:1]
+    )
+    copied = (
+        latest_attempts()
+        .filter(phase=TENANT_COPY_PHASE, step=TENANT_COPY_STEP, tenant_id=OuterRef("tenant_id"))
+        .order_by()
+        .values("tenant_id")
+        .annotate(total=Sum("rows_copied"))
+        .values("total")
+    )
+    last = (
+        MigrationRecord.objects.filter(tenant_id=OuterRef("tenant_id"))
+        .order_by(F("started_at").desc(nulls_last=True), "-id")
+        .annotate(
+            summary=JSONObject(
+                id="id", migration_id="migration_id", phase="phase", step="step", target="target", status="status"
+            )
+        )
+        .values("summary")[:1]
+    )
     return tenants.annotate(
         legacy_rows=Subquery(registered, output_field=BigIntegerField()),
         migrated_rows=Subquery(copied, output_field=BigIntegerField()),
@@ -136,8 +151,13 @@ class PhaseProgress:
         """(state, count, percent) segments of the progress bar, over tenants."""
         if not self.tenants:
             return [(self.phase_wide or "pending", 0, 100.0)]
-        parts = [("done", self.done), ("running", self.running), ("failed", self.failed),
-                 ("rolled back", self.rolled_back), ("pending", self.pending)]
+        parts = [
+            ("done", self.done),
+            ("running", self.running),
+            ("failed", self.failed),
+            ("rolled back", self.rolled_back),
+            ("pending", self.pending),
+        ]
         return [(state, count, 100.0 * count / self.tenants) for state, count in parts if count]
 
     @property
@@ -203,8 +223,10 @@ class RehearsedPhase:
     def projected_text(self) -> str:
         if self.projected_low is None or self.projected_high is None:
             return "—"
-        return (f"{format_duration(timedelta(seconds=self.projected_low))} to "
-                f"{format_duration(timedelta(seconds=self.projected_high))}")
+        return (
+            f"{format_duration(timedelta(seconds=self.projected_low))} to "
+            f"{format_duration(timedelta(seconds=self.projected_high))}"
+        )
 
 
 @dataclass(frozen=True)
@@ -309,9 +331,15 @@ def _backup() -> BackupSummary | None:
         created_at = datetime.fromisoformat(created) if created else record.completed_at
     except (TypeError, ValueError):
         created_at = record.completed_at
-    return BackupSummary(record_id=record.pk, path=str(info.get("path", "")), size=int(info.get("size") or 0),
-                         sha256=str(info.get("sha256", "")), toc_entries=info.get("toc_entries"),
-                         server_major=info.get("server_major"), created_at=created_at)
+    return BackupSummary(
+        record_id=record.pk,
+        path=str(info.get("path", "")),
+        size=int(info.get("size") or 0),
+        sha256=str(info.get("sha256", "")),
+        toc_entries=info.get("toc_entries"),
+        server_major=info.get("server_major"),
+        created_at=created_at,
+    )
 
 
 def _totals(legacy_rows: int) -> RowTotals:
@@ -327,8 +355,12 @@ def _totals(legacy_rows: int) -> RowTotals:
 
 
 def _legacy_rows_by_tenant() -> dict[str, int]:
-    rows = (latest_attempts().filter(phase=REGISTER_PHASE, step=REGISTER_STEP, status=Status.COMPLETED)
-            .annotate(rows=legacy_rows_expression()).values_list("tenant_id", "rows"))
+    rows = (
+        latest_attempts()
+        .filter(phase=REGISTER_PHASE, step=REGISTER_STEP, status=Status.COMPLETED)
+        .annotate(rows=legacy_rows_expression())
+        .values_list("tenant_id", "rows")
+    )
     return {tenant_id: int(count or 0) for tenant_id, count in rows}
 
 
@@ -338,10 +370,14 @@ LOAD_TEST = ("verify", "load_test")
 
 def _rehearsal_and_load_test() -> tuple[RehearsalSummary | None, LoadTestSummary | None]:
     """The latest completed rehearsal and the latest load test, in one query (DISTINCT ON the step)."""
-    rows = (MigrationRecord.objects
-            .filter(Q(phase=REHEARSAL[0], step=REHEARSAL[1], status=Status.COMPLETED)
-                    | Q(phase=LOAD_TEST[0], step=LOAD_TEST[1], status__in=[Status.COMPLETED, Status.FAILED]))
-            .order_by("step", F("completed_at").desc(nulls_last=True), "-id").distinct("step"))
+    rows = (
+        MigrationRecord.objects.filter(
+            Q(phase=REHEARSAL[0], step=REHEARSAL[1], status=Status.COMPLETED)
+            | Q(phase=LOAD_TEST[0], step=LOAD_TEST[1], status__in=[Status.COMPLETED, Status.FAILED])
+        )
+        .order_by("step", F("completed_at").desc(nulls_last=True), "-id")
+        .distinct("step")
+    )
     rehearsal = load_test = None
     for record in rows:
         if record.step == REHEARSAL[1] and isinstance(record.details.get("rehearsal"), dict):
@@ -361,17 +397,31 @@ def _rehearsal(record: MigrationRecord) -> RehearsalSummary:
         errors = [f"{f['step']}: {f['error']}" for f in phase.get("failed", [])]
         if phase.get("error") and not errors:
             errors.append(str(phase["error"]))
-        phases[name] = RehearsedPhase(name=name, ok=bool(phase.get("ok")), seconds=float(phase.get("seconds") or 0),
-                                      rows_per_second=phase.get("rows_per_second"),
-                                      projected_low=projected.get(name, {}).get("low_seconds"),
-                                      projected_high=projected.get(name, {}).get("high_seconds"), errors=errors)
+        phases[name] = RehearsedPhase(
+            name=name,
+            ok=bool(phase.get("ok")),
+            seconds=float(phase.get("seconds") or 0),
+            rows_per_second=phase.get("rows_per_second"),
+            projected_low=projected.get(name, {}).get("low_seconds"),
+            projected_high=projected.get(name, {}).get("high_seconds"),
+            errors=errors,
+        )
     low, high = projection.get("total_low_seconds"), projection.get("total_high_seconds")
-    total = ("—" if low is None or high is None else
-             f"{format_duration(timedelta(seconds=low))} to {format_duration(timedelta(seconds=high))}")
-    return RehearsalSummary(record_id=record.pk, completed_at=record.completed_at, ok=bool(report.get("ok")),
-                            target_database=str(report.get("target_database", "")), phases=phases,
-                            not_run=list(report.get("not_run", [])), projected_text=total,
-                            assumptions=list(projection.get("assumptions", [])))
+    total = (
+        "—"
+        if low is None or high is None
+        else f"{format_duration(timedelta(seconds=low))} to {format_duration(timedelta(seconds=high))}"
+    )
+    return RehearsalSummary(
+        record_id=record.pk,
+        completed_at=record.completed_at,
+        ok=bool(report.get("ok")),
+        target_database=str(report.get("target_database", "")),
+        phases=phases,
+        not_run=list(report.get("not_run", [])),
+        projected_text=total,
+        assumptions=list(projection.get("assumptions", [])),
+    )
 
 
 def _load_test(record: MigrationRecord) -> LoadTestSummary:
@@ -384,12 +434,19 @@ def _load_test(record: MigrationRecord) -> LoadTestSummary:
     def bar(stats: dict[str, Any] | None) -> float:
         return round(100.0 * (stats.get("p95_ms") or 0) / largest, 1) if stats and largest else 0.0
 
-    queries = [LoadQuery(name, legacy.get(name), new.get(name), bar(legacy.get(name)), bar(new.get(name)))
-               for name in names]
-    return LoadTestSummary(record_id=record.pk, status=record.status, completed_at=record.completed_at,
-                           clients=figures.get("clients"), seconds=figures.get("seconds"),
-                           max_regression=figures.get("max_regression_percent"), queries=queries,
-                           problems=list(record.details.get("problems", [])))
+    queries = [
+        LoadQuery(name, legacy.get(name), new.get(name), bar(legacy.get(name)), bar(new.get(name))) for name in names
+    ]
+    return LoadTestSummary(
+        record_id=record.pk,
+        status=record.status,
+        completed_at=record.completed_at,
+        clients=figures.get("clients"),
+        seconds=figures.get("seconds"),
+        max_regression=figures.get("max_regression_percent"),
+        queries=queries,
+        problems=list(record.details.get("problems", [])),
+    )
 
 
 def build_dashboard(now: datetime | None = None) -> Dashboard:
@@ -399,37 +456,68 @@ def build_dashboard(now: datetime | None = None) -> Dashboard:
     names = [phase.name for phase in ORDERED]
     tenant_ids = set(Tenant.objects.values_list("tenant_id", flat=True))
     cells = _phase_cells(names, tenant_ids)
-    timing = {row["phase"]: row for row in MigrationRecord.objects.filter(phase__in=names).order_by()
-              .values("phase").annotate(first=Min("started_at"), last=Max("completed_at"))}
+    timing = {
+        row["phase"]: row
+        for row in MigrationRecord.objects.filter(phase__in=names)
+        .order_by()
+        .values("phase")
+        .annotate(first=Min("started_at"), last=Max("completed_at"))
+    }
     legacy_rows = {t: rows for t, rows in _legacy_rows_by_tenant().items() if t in tenant_ids}
-    phases = [_phase_progress(phase, cells[phase.name], tenant_ids, timing.get(phase.name, {}), legacy_rows)
-              for phase in ORDERED]
+    phases = [
+        _phase_progress(phase, cells[phase.name], tenant_ids, timing.get(phase.name, {}), legacy_rows)
+        for phase in ORDERED
+    ]
 
     failed = latest_attempts().filter(status=Status.FAILED).order_by(F("completed_at").desc(nulls_last=True), "-id")
-    failures = list(failed.defer("details")[:FAILURES_SHOWN + 1])
+    failures = list(failed.defer("details")[: FAILURES_SHOWN + 1])
     failures_total = len(failures) if len(failures) <= FAILURES_SHOWN else failed.count()
-    running = list(latest_attempts().filter(status=Status.RUNNING).order_by("started_at")
-                   .defer("details")[:RUNNING_SHOWN])
+    running = list(
+        latest_attempts().filter(status=Status.RUNNING).order_by("started_at").defer("details")[:RUNNING_SHOWN]
+    )
     rehearsal, load_test = _rehearsal_and_load_test()
     return Dashboard(
-        generated_at=now or timezone.now(), tenants=len(tenant_ids), phases=phases,
-        totals=_totals(sum(legacy_rows.values())), backup=_backup(), failures=failures[:FAILURES_SHOWN],
-        failures_total=failures_total, running=running, excluded=excluded_schemas(), rehearsal=rehearsal,
+        generated_at=now or timezone.now(),
+        tenants=len(tenant_ids),
+        phases=phases,
+        totals=_totals(sum(legacy_rows.values())),
+        backup=_backup(),
+        failures=failures[:FAILURES_SHOWN],
+        failures_total=failures_total,
+        running=running,
+        excluded=excluded_schemas(),
+        rehearsal=rehearsal,
         load_test=load_test,
     )
 
 
-def _phase_progress(phase: type[Phase], cells: tuple[dict[str, str], str | None], tenant_ids: set[str],
-                    timing: dict[str, Any], legacy_rows: dict[str, int]) -> PhaseProgress:
+def _phase_progress(
+    phase: type[Phase],
+    cells: tuple[dict[str, str], str | None],
+    tenant_ids: set[str],
+    timing: dict[str, Any],
+    legacy_rows: dict[str, int],
+) -> PhaseProgress:
     per_tenant, phase_wide = cells
-    counts = {state: sum(1 for s in per_tenant.values() if s == state)
-              for state in ("done", "running", "failed", "rolled back")}
+    counts = {
+        state: sum(1 for s in per_tenant.values() if s == state)
+        for state in ("done", "running", "failed", "rolled back")
+    }
     weighted = phase.name in ROW_WEIGHTED_PHASES and sum(legacy_rows.values()) > 0
     progress = PhaseProgress(
-        number=phase.number or 0, name=phase.name, summary=phase.summary, estimate=phase.estimate,
-        tenants=len(tenant_ids), done=counts["done"], running=counts["running"], failed=counts["failed"],
-        rolled_back=counts["rolled back"], phase_wide=phase_wide, started_at=timing.get("first"),
-        finished_at=timing.get("last"), weighted_by_rows=weighted,
+        number=phase.number or 0,
+        name=phase.name,
+        summary=phase.summary,
+        estimate=phase.estimate,
+        tenants=len(tenant_ids),
+        done=counts["done"],
+        running=counts["running"],
+        failed=counts["failed"],
+        rolled_back=counts["rolled back"],
+        phase_wide=phase_wide,
+        started_at=timing.get("first"),
+        finished_at=timing.get("last"),
+        weighted_by_rows=weighted,
     )
     weights = {t: (legacy_rows.get(t, 0) if weighted else 1) for t in tenant_ids}
     done = {t for t, s in per_tenant.items() if s == "done"}
@@ -443,7 +531,7 @@ def format_duration(value: timedelta | None) -> str:
     seconds = value.total_seconds()
     if round(seconds, 1) < 60:
         return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     if minutes < 60:
         return f"{minutes} min {secs} s"
     hours, minutes = divmod(minutes, 60)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
 from migrator.models import MigrationRecord, Status
 from migrator.phases import ORDERED
 
@@ -30,8 +29,9 @@ class StatusReport:
             "phases": self.phases,
             "tenants": {scope: {phase: self.cells[(phase, scope)] for phase in self.phases} for scope in self.scopes},
             "excluded": self.excluded,
-            "failed": [{"migration_id": r.migration_id, "attempt": r.attempt, "error": r.error_message}
-                       for r in self.failures],
+            "failed": [
+                {"migration_id": r.migration_id, "attempt": r.attempt, "error": r.error_message} for r in self.failures
+            ],
         }
 
 
@@ -51,8 +51,12 @@ def cell_state(statuses: set[str]) -> str:
 
 def excluded_schemas() -> list[dict[str, object]]:
     """The schemas phase 1's latest completed discovery left out, with their row counts."""
-    discover = (MigrationRecord.objects.filter(phase="prepare", step="discover", status=Status.COMPLETED)
-                .order_by("-completed_at", "-id").only("details").first())
+    discover = (
+        MigrationRecord.objects.filter(phase="prepare", step="discover", status=Status.COMPLETED)
+        .order_by("-completed_at", "-id")
+        .only("details")
+        .first()
+    )
     if discover is None:
         return []
     return list(discover.details.get("excluded_schemas") or [])
@@ -64,8 +68,11 @@ def status_report() -> StatusReport:
     phases = [p.name for p in ORDERED]
     from tenants.models import MigrationState
 
-    tenants = list(Tenant.objects.exclude(migration_state=MigrationState.NEW)
-                   .order_by("tenant_id").values_list("tenant_id", flat=True))
+    tenants = list(
+        Tenant.objects.exclude(migration_state=MigrationState.NEW)
+        .order_by("tenant_id")
+        .values_list("tenant_id", flat=True)
+    )
     latest = MigrationRecord.objects.filter(phase__in=phases).latest_attempts()
     statuses: dict[tuple[str, str], set[str]] = {}
     report = StatusReport(phases, [GLOBAL, *tenants])

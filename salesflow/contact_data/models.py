@@ -20,8 +20,12 @@ class Contact(models.Model):
     phone = models.TextField(null=True, blank=True)
     company = models.TextField(null=True, blank=True)
     contact_type = models.ForeignKey(
-        "contact.ContactType", null=True, blank=True, on_delete=models.DB_SET_NULL,
-        related_name="+", db_index=False,
+        "contact.ContactType",
+        null=True,
+        blank=True,
+        on_delete=models.DB_SET_NULL,
+        related_name="+",
+        db_index=False,
     )
     owner_id = models.BigIntegerField(null=True, blank=True)
     custom_fields = models.JSONField(null=True, blank=True)

@@ -6,8 +6,8 @@ from typing import Any
 
 from django.db import router
 from django.db.backends.base.schema import BaseDatabaseSchemaEditor
-from django.db.migrations.state import ProjectState
 from django.db.migrations.operations.base import Operation
+from django.db.migrations.state import ProjectState
 from psycopg import sql
 
 
@@ -35,15 +35,17 @@ class CreateSchema(Operation):
     ) -> None:
         if router.allow_migrate(schema_editor.connection.alias, app_label):
             # No parameters: with params the backend would read a % in the name as a placeholder.
-            schema_editor.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.name)).as_string(),
-                                  params=None)
+            schema_editor.execute(
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.name)).as_string(), params=None
+            )
 
     def database_backwards(
         self, app_label: str, schema_editor: BaseDatabaseSchemaEditor, from_state: ProjectState, to_state: ProjectState
     ) -> None:
         if router.allow_migrate(schema_editor.connection.alias, app_label):
-            schema_editor.execute(sql.SQL("DROP SCHEMA IF EXISTS {}").format(sql.Identifier(self.name)).as_string(),
-                                  params=None)
+            schema_editor.execute(
+                sql.SQL("DROP SCHEMA IF EXISTS {}").format(sql.Identifier(self.name)).as_string(), params=None
+            )
 
     def describe(self) -> str:
         return f"Create schema {self.name}"

@@ -8,43 +8,96 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Tenant',
+            name="Tenant",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('schema_name', models.CharField(db_index=True, max_length=63, unique=True, validators=[django_tenants.postgresql_backend.base._check_schema_name])),
-                ('tenant_id', models.CharField(max_length=56, unique=True, validators=[django.core.validators.RegexValidator('^[a-z][a-z0-9_]{0,55}$', 'lowercase letter, then lowercase letters, digits or _')])),
-                ('name', models.CharField(max_length=200)),
-                ('active', models.BooleanField(default=True)),
-                ('migration_state', models.CharField(choices=[('NEW', 'New (created in the target layout)'), ('REGISTERED', 'Registered from the legacy layout'), ('SCHEMAS_READY', 'Namespaced tables created'), ('DATA_MIGRATED', 'Data migrated and validated'), ('SECURED', 'Service grants applied'), ('VERIFIED', 'Verified'), ('LIVE', 'Live (legacy archived)'), ('FAILED', 'Failed'), ('ROLLED_BACK', 'Rolled back')], default='NEW', max_length=20)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "schema_name",
+                    models.CharField(
+                        db_index=True,
+                        max_length=63,
+                        unique=True,
+                        validators=[django_tenants.postgresql_backend.base._check_schema_name],
+                    ),
+                ),
+                (
+                    "tenant_id",
+                    models.CharField(
+                        max_length=56,
+                        unique=True,
+                        validators=[
+                            django.core.validators.RegexValidator(
+                                "^[a-z][a-z0-9_]{0,55}$", "lowercase letter, then lowercase letters, digits or _"
+                            )
+                        ],
+                    ),
+                ),
+                ("name", models.CharField(max_length=200)),
+                ("active", models.BooleanField(default=True)),
+                (
+                    "migration_state",
+                    models.CharField(
+                        choices=[
+                            ("NEW", "New (created in the target layout)"),
+                            ("REGISTERED", "Registered from the legacy layout"),
+                            ("SCHEMAS_READY", "Namespaced tables created"),
+                            ("DATA_MIGRATED", "Data migrated and validated"),
+                            ("SECURED", "Service grants applied"),
+                            ("VERIFIED", "Verified"),
+                            ("LIVE", "Live (legacy archived)"),
+                            ("FAILED", "Failed"),
+                            ("ROLLED_BACK", "Rolled back"),
+                        ],
+                        default="NEW",
+                        max_length=20,
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'db_table': 'tenants',
-                'ordering': ['tenant_id'],
-                'indexes': [models.Index(fields=['migration_state'], name='tenants_state_idx')],
-                'constraints': [models.CheckConstraint(condition=models.Q(('tenant_id__regex', '^[a-z][a-z0-9_]{0,55}$')), name='tenants_tenant_id_valid'), models.CheckConstraint(condition=models.Q(('schema_name', django.db.models.functions.text.Concat(models.Value('tenant_'), 'tenant_id'))), name='tenants_schema_is_tenant_id')],
+                "db_table": "tenants",
+                "ordering": ["tenant_id"],
+                "indexes": [models.Index(fields=["migration_state"], name="tenants_state_idx")],
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(("tenant_id__regex", "^[a-z][a-z0-9_]{0,55}$")),
+                        name="tenants_tenant_id_valid",
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(
+                            (
+                                "schema_name",
+                                django.db.models.functions.text.Concat(models.Value("tenant_"), "tenant_id"),
+                            )
+                        ),
+                        name="tenants_schema_is_tenant_id",
+                    ),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='Domain',
+            name="Domain",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('domain', models.CharField(db_index=True, max_length=253, unique=True)),
-                ('is_primary', models.BooleanField(db_index=True, default=True)),
-                ('tenant', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='domains', to='tenants.tenant')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("domain", models.CharField(db_index=True, max_length=253, unique=True)),
+                ("is_primary", models.BooleanField(db_index=True, default=True)),
+                (
+                    "tenant",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="domains", to="tenants.tenant"
+                    ),
+                ),
             ],
             options={
-                'db_table': 'domains',
-                'ordering': ['domain'],
+                "db_table": "domains",
+                "ordering": ["domain"],
             },
         ),
     ]

@@ -8,7 +8,7 @@ these tests fast and inside one rolled-back transaction.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -21,47 +21,77 @@ PHASE_NUMBERS = {p.name: p.number for p in ORDERED}
 from migrator.models import MigrationRecord, Status
 from tenants.models import Domain, MigrationState, Tenant
 
-T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 PASSWORD = "operator-password"
 
 
 def register_details(contacts: int, activities: int, contact_types: int = 3) -> dict[str, Any]:
     """``details`` of a phase-1 register row, shaped like the inspection report."""
-    return {"inspection": {"schema": "x", "missing": [], "unmapped": {}, "tables": {
-        "contact_types": {"rows": contact_types, "columns": 3},
-        "contacts": {"rows": contacts, "columns": 11},
-        "activities": {"rows": activities, "columns": 9},
-    }}}
+    return {
+        "inspection": {
+            "schema": "x",
+            "missing": [],
+            "unmapped": {},
+            "tables": {
+                "contact_types": {"rows": contact_types, "columns": 3},
+                "contacts": {"rows": contacts, "columns": 11},
+                "activities": {"rows": activities, "columns": 9},
+            },
+        }
+    }
 
 
 @pytest.fixture
 def make_tenant(db: None) -> Callable[..., Tenant]:
-    def make(tenant_id: str, state: str = MigrationState.REGISTERED, active: bool = True,
-             domains: tuple[str, ...] = ()) -> Tenant:
-        tenant = Tenant(tenant_id=tenant_id, name=tenant_id.replace("_", " ").title(), migration_state=state,
-                        active=active)
+    def make(
+        tenant_id: str, state: str = MigrationState.REGISTERED, active: bool = True, domains: tuple[str, ...] = ()
+    ) -> Tenant:
+        tenant = Tenant(
+            tenant_id=tenant_id, name=tenant_id.replace("_", " ").title(), migration_state=state, active=active
+        )
         tenant.auto_create_schema = False  # a registry row only: these tests never touch tenant tables
         tenant.save()
         for index, domain in enumerate(domains):
             Domain.objects.create(domain=domain, tenant=tenant, is_primary=index == 0)
         return tenant
+
     return make
 
 
 @pytest.fixture
 def make_record(db: None) -> Callable[..., MigrationRecord]:
-    def make(phase: str, step: str, tenant_id: str | None = None, status: str = Status.COMPLETED, *,
-             target: str = "", attempt: int = 1, start: timedelta | None = timedelta(0),
-             took: timedelta | None = timedelta(seconds=1), **fields: Any) -> MigrationRecord:
+    def make(
+        phase: str,
+        step: str,
+        tenant_id: str | None = None,
+        status: str = Status.COMPLETED,
+        *,
+        target: str = "",
+        attempt: int = 1,
+        start: timedelta | None = timedelta(0),
+        took: timedelta | None = timedelta(seconds=1),
+        **fields: Any,
+    ) -> MigrationRecord:
         key = "/".join([phase, tenant_id or "*", step] + ([target] if target else []))
         started = None if start is None else T0 + start
         completed = None
         if started is not None and took is not None and status not in (Status.PENDING, Status.RUNNING):
             completed = started + took
         return MigrationRecord.objects.create(
-            migration_id=key, phase=phase, phase_number=PHASE_NUMBERS.get(phase), tenant_id=tenant_id, step=step,
-            target=target, attempt=attempt, status=status, started_at=started, completed_at=completed,
-            duration=(completed - started) if completed and started else None, **fields)
+            migration_id=key,
+            phase=phase,
+            phase_number=PHASE_NUMBERS.get(phase),
+            tenant_id=tenant_id,
+            step=step,
+            target=target,
+            attempt=attempt,
+            status=status,
+            started_at=started,
+            completed_at=completed,
+            duration=(completed - started) if completed and started else None,
+            **fields,
+        )
+
     return make
 
 
@@ -84,6 +114,7 @@ def superuser_client(db: None) -> Client:
 def viewer_client(db: None) -> Client:
     """Staff with view permission on records and tenants only: the reviewer's account."""
     client = Client()
-    client.force_login(staff_user("viewer", "migrator.view_migrationrecord", "tenants.view_tenant",
-                                  "tenants.view_domain"))
+    client.force_login(
+        staff_user("viewer", "migrator.view_migrationrecord", "tenants.view_tenant", "tenants.view_domain")
+    )
     return client

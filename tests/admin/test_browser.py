@@ -28,10 +28,14 @@ USERNAME, PASSWORD = "operator", "operator-password"
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not (CHROMIUM.exists() or shutil.which("chromium")),
-                       reason=f"Debian's chromium is not installed at {CHROMIUM} (apt-get install -y chromium)"),
-    pytest.mark.skipif(importlib.util.find_spec("playwright") is None,
-                       reason="playwright is not installed (pip install -e '.[browser]')"),
+    pytest.mark.skipif(
+        not (CHROMIUM.exists() or shutil.which("chromium")),
+        reason=f"Debian's chromium is not installed at {CHROMIUM} (apt-get install -y chromium)",
+    ),
+    pytest.mark.skipif(
+        importlib.util.find_spec("playwright") is None,
+        reason="playwright is not installed (pip install -e '.[browser]')",
+    ),
 ]
 
 
@@ -43,7 +47,8 @@ def browser_page() -> Iterator[Any]:
     executable = str(CHROMIUM if CHROMIUM.exists() else shutil.which("chromium"))
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
-            executable_path=executable, headless=True,
+            executable_path=executable,
+            headless=True,
             args=["--no-sandbox", "--disable-background-networking", "--disable-gpu"],
         )
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
@@ -103,7 +108,8 @@ def test_operator_walkthrough(migrated_with_one_failure: MigrationRecord, live_s
     link.click()
     page.wait_for_url(re.compile(rf"/admin/migrator/migrationrecord/{failed.pk}/change/$"))
     error = page.inner_text("pre.sf-error")
-    assert "loyalty" in error and "no target column" in error
+    assert "loyalty" in error
+    assert "no target column" in error
     assert page.locator("input[name=_save]").count() == 0  # read-only
     shot(page, "failed-record")
 

@@ -29,36 +29,121 @@ def scenario(make_tenant, make_record) -> dict[str, MigrationRecord]:
     # Phase 1, from T0 to T0 + 10 min; the first backup attempt failed and was retried.
     make_record("prepare", "preflight", took=MIN)
     make_record("prepare", "backup", Status.FAILED, start=MIN, took=timedelta(seconds=30), error_message="disk full")
-    rec["backup"] = make_record("prepare", "backup", attempt=2, start=2 * MIN, took=4 * MIN, details={"backup": {
-        "path": "/var/backups/salesflow-20260302.dump", "size": 7_340_032, "sha256": SHA, "toc_entries": 61,
-        "server_major": 17, "created_at": "2026-03-02T09:06:00+00:00"}})
+    rec["backup"] = make_record(
+        "prepare",
+        "backup",
+        attempt=2,
+        start=2 * MIN,
+        took=4 * MIN,
+        details={
+            "backup": {
+                "path": "/var/backups/salesflow-20260302.dump",
+                "size": 7_340_032,
+                "sha256": SHA,
+                "toc_entries": 61,
+                "server_major": 17,
+                "created_at": "2026-03-02T09:06:00+00:00",
+            }
+        },
+    )
     for n, (tid, contacts, activities) in enumerate([("a", 100, 200), ("b", 200, 400), ("c", 100, 200), ("d", 0, 0)]):
-        make_record("prepare", "register", tid, target=f"tenant_{tid}", start=(6 + n) * MIN, took=MIN,
-                    rows_expected=contacts + activities + 3, details=register_details(contacts, activities))
+        make_record(
+            "prepare",
+            "register",
+            tid,
+            target=f"tenant_{tid}",
+            start=(6 + n) * MIN,
+            took=MIN,
+            rows_expected=contacts + activities + 3,
+            details=register_details(contacts, activities),
+        )
     # Phase 2, from T0 + 60 min; last completion at T0 + 70 min.
     make_record("schemas", "service_schemas", start=60 * MIN, took=2 * MIN)
     make_record("schemas", "tenant_tables", "a", target="tenant_a", start=62 * MIN, took=4 * MIN)
     make_record("schemas", "tenant_tables", "b", target="tenant_b", start=66 * MIN, took=4 * MIN)
     make_record("schemas", "tenant_tables", "c", Status.RUNNING, target="tenant_c", start=70 * MIN)
-    make_record("schemas", "tenant_tables", "d", Status.FAILED, target="tenant_d", start=62 * MIN, took=MIN,
-                error_message="relation already exists")
-    rec["failed"] = make_record("schemas", "tenant_tables", "d", Status.FAILED, target="tenant_d", attempt=2,
-                                start=68 * MIN, took=MIN, error_message="could not extend file: No space left on device")
+    make_record(
+        "schemas",
+        "tenant_tables",
+        "d",
+        Status.FAILED,
+        target="tenant_d",
+        start=62 * MIN,
+        took=MIN,
+        error_message="relation already exists",
+    )
+    rec["failed"] = make_record(
+        "schemas",
+        "tenant_tables",
+        "d",
+        Status.FAILED,
+        target="tenant_d",
+        attempt=2,
+        start=68 * MIN,
+        took=MIN,
+        error_message="could not extend file: No space left on device",
+    )
     # Phase 3, from T0 + 120 min; last completion at T0 + 140 min.
     make_record("data", "copy_auth", target="users", start=120 * MIN, took=5 * MIN, rows_copied=50, rows_expected=50)
-    make_record("data", "copy_table", "a", Status.FAILED, target="contact_data_contacts", start=121 * MIN, took=MIN,
-                rows_copied=40, error_message="interrupted")
-    make_record("data", "copy_table", "a", target="contact_data_contacts", attempt=2, start=125 * MIN, took=5 * MIN,
-                rows_copied=100, rows_expected=100)
-    make_record("data", "copy_table", "a", target="activity_data_activities", start=130 * MIN, took=5 * MIN,
-                rows_copied=200, rows_expected=200)
-    make_record("data", "validate", "a", target="contact_data_contacts", start=135 * MIN, took=MIN,
-                rows_copied=100, rows_expected=100, source_fingerprint="100:f1", target_fingerprint="100:f1")
-    rec["a_last"] = make_record("data", "validate", "a", target="activity_data_activities", start=136 * MIN,
-                                took=4 * MIN, rows_copied=200, rows_expected=200, source_fingerprint="200:f2",
-                                target_fingerprint="200:f2")
-    rec["b_last"] = make_record("data", "copy_table", "b", Status.RUNNING, target="contact_data_contacts",
-                                start=140 * MIN, rows_copied=50)
+    make_record(
+        "data",
+        "copy_table",
+        "a",
+        Status.FAILED,
+        target="contact_data_contacts",
+        start=121 * MIN,
+        took=MIN,
+        rows_copied=40,
+        error_message="interrupted",
+    )
+    make_record(
+        "data",
+        "copy_table",
+        "a",
+        target="contact_data_contacts",
+        attempt=2,
+        start=125 * MIN,
+        took=5 * MIN,
+        rows_copied=100,
+        rows_expected=100,
+    )
+    make_record(
+        "data",
+        "copy_table",
+        "a",
+        target="activity_data_activities",
+        start=130 * MIN,
+        took=5 * MIN,
+        rows_copied=200,
+        rows_expected=200,
+    )
+    make_record(
+        "data",
+        "validate",
+        "a",
+        target="contact_data_contacts",
+        start=135 * MIN,
+        took=MIN,
+        rows_copied=100,
+        rows_expected=100,
+        source_fingerprint="100:f1",
+        target_fingerprint="100:f1",
+    )
+    rec["a_last"] = make_record(
+        "data",
+        "validate",
+        "a",
+        target="activity_data_activities",
+        start=136 * MIN,
+        took=4 * MIN,
+        rows_copied=200,
+        rows_expected=200,
+        source_fingerprint="200:f2",
+        target_fingerprint="200:f2",
+    )
+    rec["b_last"] = make_record(
+        "data", "copy_table", "b", Status.RUNNING, target="contact_data_contacts", start=140 * MIN, rows_copied=50
+    )
     return rec
 
 
@@ -85,15 +170,22 @@ def test_phase_counts(scenario) -> None:
 def test_timeline_measured_and_projected(scenario) -> None:
     dashboard = build_dashboard()
     prepare, schemas, data = (phase(dashboard, n) for n in ("prepare", "schemas", "data"))
-    assert prepare.estimate == "1 day" and schemas.estimate == "2 hours" and data.estimate == "4-8 hours"
+    assert prepare.estimate == "1 day"
+    assert schemas.estimate == "2 hours"
+    assert data.estimate == "4-8 hours"
     assert (prepare.started_at, prepare.finished_at) == (T0, T0 + 10 * MIN)
-    assert prepare.measured == 10 * MIN and prepare.remaining == timedelta(0)
+    assert prepare.measured == 10 * MIN
+    assert prepare.remaining == timedelta(0)
     # 2 of 4 tenants done in 10 minutes: 2 more take 10 more minutes.
-    assert schemas.measured == 10 * MIN and schemas.remaining == 10 * MIN and schemas.projected_total == 20 * MIN
+    assert schemas.measured == 10 * MIN
+    assert schemas.remaining == 10 * MIN
+    assert schemas.projected_total == 20 * MIN
     # Weighted by legacy rows: 300 of 1,200 done in 20 minutes, so 900 rows take 60 more.
     assert data.weighted_by_rows
-    assert data.measured == 20 * MIN and data.remaining == 60 * MIN
-    assert data.measured_text == "20 min 0 s" and data.remaining_text == "1 h 0 min"
+    assert data.measured == 20 * MIN
+    assert data.remaining == 60 * MIN
+    assert data.measured_text == "20 min 0 s"
+    assert data.remaining_text == "1 h 0 min"
     later = [p for p in dashboard.phases if (p.number or 0) > 3]
     assert all(p.measured is None and p.remaining is None for p in later)
 
@@ -104,8 +196,10 @@ def test_failures_are_latest_attempts_only(scenario) -> None:
     # The failed first attempts of the backup and of a's copy were retried successfully: history, not failures.
     assert [r.pk for r in dashboard.failures] == [scenario["failed"].pk]
     assert dashboard.failures_total == 1
-    assert [r.migration_id for r in dashboard.running] == ["schemas/c/tenant_tables/tenant_c",
-                                                           "data/b/copy_table/contact_data_contacts"]
+    assert [r.migration_id for r in dashboard.running] == [
+        "schemas/c/tenant_tables/tenant_c",
+        "data/b/copy_table/contact_data_contacts",
+    ]
 
 
 @pytest.mark.django_db
@@ -114,7 +208,11 @@ def test_backup_and_row_totals(scenario) -> None:
     backup = dashboard.backup
     assert backup.record_id == scenario["backup"].pk
     assert (backup.path, backup.size, backup.sha256, backup.toc_entries) == (
-        "/var/backups/salesflow-20260302.dump", 7_340_032, SHA, 61)
+        "/var/backups/salesflow-20260302.dump",
+        7_340_032,
+        SHA,
+        61,
+    )
     totals = dashboard.totals
     assert totals.legacy_rows == 1200
     assert totals.rows_moved == 50 + 100 + 200 + 50  # latest attempts only: not a's interrupted 40
@@ -126,7 +224,9 @@ def test_backup_and_row_totals(scenario) -> None:
 @pytest.mark.django_db
 def test_empty_tracking_table() -> None:
     dashboard = build_dashboard()
-    assert dashboard.tenants == 0 and dashboard.backup is None and dashboard.failures == []
+    assert dashboard.tenants == 0
+    assert dashboard.backup is None
+    assert dashboard.failures == []
     assert all(p.state == "pending" and p.remaining is None for p in dashboard.phases)
     assert dashboard.totals.rows_moved == 0
 
@@ -140,9 +240,14 @@ def test_dashboard_page(viewer_client: Client, scenario) -> None:
     assert f'href="{failed_url}"' in page
     assert "No space left on device" in page
     assert page.index("Failed steps (1)") < page.index("Progress by phase")  # failures first
-    assert SHA in page and "/var/backups/salesflow-20260302.dump" in page and "7.0\xa0MB" in page
-    assert "1,200" in page and "4-8 hours" in page and "1 h 0 min" in page
-    assert 'class="sf-failed"' in page and "width: 25.000%" in page
+    assert SHA in page
+    assert "/var/backups/salesflow-20260302.dump" in page
+    assert "7.0\xa0MB" in page
+    assert "1,200" in page
+    assert "4-8 hours" in page
+    assert "1 h 0 min" in page
+    assert 'class="sf-failed"' in page
+    assert "width: 25.000%" in page
 
 
 @pytest.mark.django_db
@@ -153,10 +258,16 @@ def test_tenant_list_columns(viewer_client: Client, scenario) -> None:
     assert (tenants["a"].legacy_rows, tenants["a"].migrated_rows) == (300, 300)
     assert (tenants["b"].legacy_rows, tenants["b"].migrated_rows) == (600, 50)
     assert (tenants["c"].legacy_rows, tenants["c"].migrated_rows) == (300, None)
-    assert tenants["a"].last_step == {"id": scenario["a_last"].pk, "status": "COMPLETED", "phase": "data",
-                                      "step": "validate", "target": "activity_data_activities",
-                                      "migration_id": "data/a/validate/activity_data_activities"}
-    assert tenants["b"].last_step["id"] == scenario["b_last"].pk and tenants["b"].last_step["status"] == "RUNNING"
+    assert tenants["a"].last_step == {
+        "id": scenario["a_last"].pk,
+        "status": "COMPLETED",
+        "phase": "data",
+        "step": "validate",
+        "target": "activity_data_activities",
+        "migration_id": "data/a/validate/activity_data_activities",
+    }
+    assert tenants["b"].last_step["id"] == scenario["b_last"].pk
+    assert tenants["b"].last_step["status"] == "RUNNING"
     assert tenants["d"].last_step["status"] == "FAILED"
     page = response.content.decode()
     assert reverse("admin:migrator_migrationrecord_change", args=[scenario["a_last"].pk]) in page

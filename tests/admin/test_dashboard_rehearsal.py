@@ -12,13 +12,35 @@ PHASE_NAMES = ("prepare", "schemas", "data", "security", "verify", "cutover")
 
 
 def rehearsal_report(ok: bool = True) -> dict:
-    phases = [{"phase": name, "ok": ok or name != "data", "seconds": 10.0 * (i + 1), "steps": 3,
-               "rows_moved": 1000 if name == "data" else 0, "rows_per_second": 33.3 if name == "data" else None,
-               "failed": [] if ok or name != "data" else [{"step": "data/acme/copy_table/x", "error": "boom"}],
-               "error": None, "peak_lag_seconds": None} for i, name in enumerate(PHASE_NAMES)]
-    projection = {"phases": [{"phase": p["phase"], "scaled_by": "tenants", "expected_seconds": p["seconds"] * 2,
-                              "low_seconds": p["seconds"] * 2, "high_seconds": p["seconds"] * 2.5} for p in phases],
-                  "total_low_seconds": 420.0, "total_high_seconds": 525.0, "assumptions": ["the same server"]}
+    phases = [
+        {
+            "phase": name,
+            "ok": ok or name != "data",
+            "seconds": 10.0 * (i + 1),
+            "steps": 3,
+            "rows_moved": 1000 if name == "data" else 0,
+            "rows_per_second": 33.3 if name == "data" else None,
+            "failed": [] if ok or name != "data" else [{"step": "data/acme/copy_table/x", "error": "boom"}],
+            "error": None,
+            "peak_lag_seconds": None,
+        }
+        for i, name in enumerate(PHASE_NAMES)
+    ]
+    projection = {
+        "phases": [
+            {
+                "phase": p["phase"],
+                "scaled_by": "tenants",
+                "expected_seconds": p["seconds"] * 2,
+                "low_seconds": p["seconds"] * 2,
+                "high_seconds": p["seconds"] * 2.5,
+            }
+            for p in phases
+        ],
+        "total_low_seconds": 420.0,
+        "total_high_seconds": 525.0,
+        "assumptions": ["the same server"],
+    }
     return {"ok": ok, "target_database": "x_rehearsal", "phases": phases, "not_run": [], "projection": projection}
 
 
@@ -26,36 +48,55 @@ def load_figures() -> dict:
     def stats(p95: float) -> dict:
         return {"queries": 100, "qps": 50.0, "p50_ms": p95 / 2, "p95_ms": p95, "p99_ms": p95 * 2, "error": None}
 
-    return {"clients": 4, "seconds": 10.0, "max_regression_percent": 50.0,
-            "layouts": {"legacy": {"seconds": 2.0, "queries": {"contact by email": stats(1.0)}},
-                        "new": {"seconds": 2.0, "queries": {"contact by email": stats(4.0)}}}}
+    return {
+        "clients": 4,
+        "seconds": 10.0,
+        "max_regression_percent": 50.0,
+        "layouts": {
+            "legacy": {"seconds": 2.0, "queries": {"contact by email": stats(1.0)}},
+            "new": {"seconds": 2.0, "queries": {"contact by email": stats(4.0)}},
+        },
+    }
 
 
 @pytest.mark.django_db
 def test_latest_rehearsal_and_load_test_on_the_dashboard(make_record, viewer_client) -> None:
     make_record("rehearse", "rehearsal", details={"rehearsal": rehearsal_report(ok=False)})
     make_record("rehearse", "rehearsal", attempt=2, details={"rehearsal": rehearsal_report()})
-    make_record("verify", "load_test", status=Status.FAILED,
-                details={"load_test": load_figures(), "problems": ["contact by email: p95 4.00 ms ..."]})
+    make_record(
+        "verify",
+        "load_test",
+        status=Status.FAILED,
+        details={"load_test": load_figures(), "problems": ["contact by email: p95 4.00 ms ..."]},
+    )
 
     dashboard = build_dashboard()
-    assert dashboard.rehearsal is not None and dashboard.rehearsal.ok  # the latest one
-    rehearsed = dict((p.name, r) for p, r in dashboard.timeline)
-    assert rehearsed["data"].seconds == 30.0 and rehearsed["data"].projected_text == "1 min 0 s to 1 min 15 s"
+    assert dashboard.rehearsal is not None
+    assert dashboard.rehearsal.ok
+    rehearsed = {p.name: r for p, r in dashboard.timeline}
+    assert rehearsed["data"].seconds == 30.0
+    assert rehearsed["data"].projected_text == "1 min 0 s to 1 min 15 s"
     assert dashboard.rehearsal.projected_text == "7 min 0 s to 8 min 45 s"
     load = dashboard.load_test
-    assert load is not None and load.status == Status.FAILED and load.problems
+    assert load is not None
+    assert load.status == Status.FAILED
+    assert load.problems
     (query,) = load.queries
     assert (query.name, query.legacy_bar, query.new_bar) == ("contact by email", 25.0, 100.0)
 
     page = viewer_client.get(reverse("admin:migrator_migrationrecord_dashboard")).content.decode()
-    assert "7 min 0 s to 8 min 45 s" in page and 'id="load-test"' in page and "contact by email" in page
-    assert "width:25.0%" in page and "width:100.0%" in page
+    assert "7 min 0 s to 8 min 45 s" in page
+    assert 'id="load-test"' in page
+    assert "contact by email" in page
+    assert "width:25.0%" in page
+    assert "width:100.0%" in page
 
 
 @pytest.mark.django_db
 def test_dashboard_without_rehearsal_or_load_test(viewer_client) -> None:
     dashboard = build_dashboard()
-    assert dashboard.rehearsal is None and dashboard.load_test is None
+    assert dashboard.rehearsal is None
+    assert dashboard.load_test is None
     page = viewer_client.get(reverse("admin:migrator_migrationrecord_dashboard")).content.decode()
-    assert "No rehearsal yet" in page and "No load test yet" in page
+    assert "No rehearsal yet" in page
+    assert "No load test yet" in page

@@ -27,19 +27,32 @@ MAX_QUERIES = {
 
 def populate(make_tenant: Callable, make_record: Callable, tenants: int, offset: int = 0) -> None:
     """Every tenant with a full history: registered, schemas, a failed then a completed copy, a validation."""
-    make_record("prepare", "backup", details={"backup": {"path": "/b.dump", "size": 10, "sha256": "ab" * 32,
-                                                         "toc_entries": 3, "server_major": 17,
-                                                         "created_at": "2026-03-02T09:00:00+00:00"}},
-                attempt=offset + 1)
+    make_record(
+        "prepare",
+        "backup",
+        details={
+            "backup": {
+                "path": "/b.dump",
+                "size": 10,
+                "sha256": "ab" * 32,
+                "toc_entries": 3,
+                "server_major": 17,
+                "created_at": "2026-03-02T09:00:00+00:00",
+            }
+        },
+        attempt=offset + 1,
+    )
     for n in range(offset, offset + tenants):
         tid = f"t{n:04d}"
         make_tenant(tid, domains=(f"{tid}.example.com",))
-        make_record("prepare", "register", tid, target=f"tenant_{tid}", details=register_details(10, 20),
-                    rows_expected=33)
+        make_record(
+            "prepare", "register", tid, target=f"tenant_{tid}", details=register_details(10, 20), rows_expected=33
+        )
         make_record("schemas", "tenant_tables", tid, target=f"tenant_{tid}")
         make_record("data", "copy_table", tid, Status.FAILED, target="contact_data_contacts", error_message="boom")
-        make_record("data", "copy_table", tid, attempt=2, target="contact_data_contacts", rows_copied=10,
-                    rows_expected=10)
+        make_record(
+            "data", "copy_table", tid, attempt=2, target="contact_data_contacts", rows_copied=10, rows_expected=10
+        )
         make_record("data", "validate", tid, Status.RUNNING, target="contact_data_contacts")
 
 
@@ -52,8 +65,9 @@ def count_queries(client: Client, url: str) -> int:
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("name", list(MAX_QUERIES))
-def test_query_count_does_not_grow_with_tenants(viewer_client: Client, make_tenant, make_record,
-                                                name: str, django_assert_max_num_queries) -> None:
+def test_query_count_does_not_grow_with_tenants(
+    viewer_client: Client, make_tenant, make_record, name: str, django_assert_max_num_queries
+) -> None:
     url = reverse(name)
     populate(make_tenant, make_record, 3)
     small = count_queries(viewer_client, url)
@@ -65,8 +79,9 @@ def test_query_count_does_not_grow_with_tenants(viewer_client: Client, make_tena
 
 
 @pytest.mark.django_db
-def test_filtered_and_searched_record_list_stays_flat(viewer_client: Client, make_tenant, make_record,
-                                                      django_assert_max_num_queries) -> None:
+def test_filtered_and_searched_record_list_stays_flat(
+    viewer_client: Client, make_tenant, make_record, django_assert_max_num_queries
+) -> None:
     populate(make_tenant, make_record, 30)
     url = reverse("admin:migrator_migrationrecord_changelist")
     with django_assert_max_num_queries(MAX_QUERIES["admin:migrator_migrationrecord_changelist"]):
@@ -75,11 +90,13 @@ def test_filtered_and_searched_record_list_stays_flat(viewer_client: Client, mak
 
 
 @pytest.mark.django_db
-def test_record_detail_page_queries(viewer_client: Client, make_tenant, make_record,
-                                    django_assert_max_num_queries) -> None:
+def test_record_detail_page_queries(
+    viewer_client: Client, make_tenant, make_record, django_assert_max_num_queries
+) -> None:
     populate(make_tenant, make_record, 3)
-    record = make_record("data", "copy_table", "t0000", Status.FAILED, attempt=3, target="contact_data_contacts",
-                         error_message="boom")
+    record = make_record(
+        "data", "copy_table", "t0000", Status.FAILED, attempt=3, target="contact_data_contacts", error_message="boom"
+    )
     with django_assert_max_num_queries(6):
         response = viewer_client.get(reverse("admin:migrator_migrationrecord_change", args=[record.pk]))
     assert response.status_code == 200

@@ -14,17 +14,30 @@ from tenants.models import MigrationState, Tenant
 
 @pytest.fixture
 def failed(make_record) -> MigrationRecord:
-    error = ("tenant_acme_0001.contacts has columns with no target column: loyalty; nothing was copied\n"
-             "second line of the error with a very long token " + "x" * 400)
-    return make_record("data", "copy_table", "acme_0001", Status.FAILED, target="contact_data_contacts",
-                       error_message=error, rows_copied=0, rows_expected=120, details={"message": "refused"})
+    error = (
+        "tenant_acme_0001.contacts has columns with no target column: loyalty; nothing was copied\n"
+        "second line of the error with a very long token " + "x" * 400
+    )
+    return make_record(
+        "data",
+        "copy_table",
+        "acme_0001",
+        Status.FAILED,
+        target="contact_data_contacts",
+        error_message=error,
+        rows_copied=0,
+        rows_expected=120,
+        details={"message": "refused"},
+    )
 
 
 @pytest.mark.django_db
 def test_records_cannot_be_added(superuser_client: Client) -> None:
     assert superuser_client.get(reverse("admin:migrator_migrationrecord_add")).status_code == 403
-    response = superuser_client.post(reverse("admin:migrator_migrationrecord_add"),
-                                     {"migration_id": "x", "phase": "data", "step": "x", "status": "COMPLETED"})
+    response = superuser_client.post(
+        reverse("admin:migrator_migrationrecord_add"),
+        {"migration_id": "x", "phase": "data", "step": "x", "status": "COMPLETED"},
+    )
     assert response.status_code == 403
     assert not MigrationRecord.objects.exists()
 
@@ -40,7 +53,8 @@ def test_records_cannot_be_changed(superuser_client: Client, failed: MigrationRe
     response = superuser_client.post(url, {"status": Status.COMPLETED, "error_message": ""})
     assert response.status_code == 403
     failed.refresh_from_db()
-    assert failed.status == Status.FAILED and failed.error_message
+    assert failed.status == Status.FAILED
+    assert failed.error_message
 
 
 @pytest.mark.django_db
@@ -48,8 +62,10 @@ def test_records_cannot_be_deleted(superuser_client: Client, failed: MigrationRe
     url = reverse("admin:migrator_migrationrecord_delete", args=[failed.pk])
     assert superuser_client.get(url).status_code == 403
     assert superuser_client.post(url, {"post": "yes"}).status_code == 403
-    bulk = superuser_client.post(reverse("admin:migrator_migrationrecord_changelist"),
-                                 {"action": "delete_selected", "_selected_action": [failed.pk], "post": "yes"})
+    bulk = superuser_client.post(
+        reverse("admin:migrator_migrationrecord_changelist"),
+        {"action": "delete_selected", "_selected_action": [failed.pk], "post": "yes"},
+    )
     assert bulk.status_code in (200, 302)
     assert MigrationRecord.objects.filter(pk=failed.pk).exists()
     listing = superuser_client.get(reverse("admin:migrator_migrationrecord_changelist")).content.decode()
@@ -81,15 +97,26 @@ def test_record_list_filters_and_search(viewer_client: Client, make_record, fail
     assert ids({"tenant_id": "globex_0002"}) == {"data/globex_0002/copy_table/contact_data_contacts"}
     assert ids({"tenant_id": "-"}) == {"prepare/*/backup"}
     assert ids({"q": "loyalty"}) == {failed.migration_id}
-    assert ids({"started_at__year": "2026"}) == {failed.migration_id, "prepare/*/backup",
-                                                  "data/globex_0002/copy_table/contact_data_contacts"}
+    assert ids({"started_at__year": "2026"}) == {
+        failed.migration_id,
+        "prepare/*/backup",
+        "data/globex_0002/copy_table/contact_data_contacts",
+    }
     assert ids({"migration_id": failed.migration_id}) == {failed.migration_id}
 
 
 @pytest.mark.django_db
 def test_record_list_columns(viewer_client: Client, make_record) -> None:
-    make_record("data", "validate", "acme_0001", target="contact_data_contacts", rows_copied=1200, rows_expected=1200,
-                source_fingerprint="1200:abc", target_fingerprint="1200:abc")
+    make_record(
+        "data",
+        "validate",
+        "acme_0001",
+        target="contact_data_contacts",
+        rows_copied=1200,
+        rows_expected=1200,
+        source_fingerprint="1200:abc",
+        target_fingerprint="1200:abc",
+    )
     page = viewer_client.get(reverse("admin:migrator_migrationrecord_changelist")).content.decode()
     assert "3 data" in page  # phase with its number
     assert "1,200 / 1,200" in page
@@ -112,16 +139,29 @@ def test_tenant_name_is_editable_but_migration_state_is_not(superuser_client: Cl
     domain = tenant.domains.get()
     url = reverse("admin:tenants_tenant_change", args=[tenant.pk])
     assert superuser_client.get(url).status_code == 200
-    response = superuser_client.post(url, {
-        "name": "Acme Corp", "active": "", "migration_state": MigrationState.LIVE, "tenant_id": "evil",
-        "domains-TOTAL_FORMS": "1", "domains-INITIAL_FORMS": "1", "domains-MIN_NUM_FORMS": "0",
-        "domains-MAX_NUM_FORMS": "1000", "domains-0-id": str(domain.pk), "domains-0-tenant": str(tenant.pk),
-        "domains-0-domain": "acme.example.org", "domains-0-is_primary": "on",
-    })
+    response = superuser_client.post(
+        url,
+        {
+            "name": "Acme Corp",
+            "active": "",
+            "migration_state": MigrationState.LIVE,
+            "tenant_id": "evil",
+            "domains-TOTAL_FORMS": "1",
+            "domains-INITIAL_FORMS": "1",
+            "domains-MIN_NUM_FORMS": "0",
+            "domains-MAX_NUM_FORMS": "1000",
+            "domains-0-id": str(domain.pk),
+            "domains-0-tenant": str(tenant.pk),
+            "domains-0-domain": "acme.example.org",
+            "domains-0-is_primary": "on",
+        },
+    )
     assert response.status_code == 302, response.content.decode()[:2000]
     tenant.refresh_from_db()
-    assert tenant.name == "Acme Corp" and tenant.active is False
-    assert tenant.migration_state == MigrationState.REGISTERED and tenant.tenant_id == "acme_0001"
+    assert tenant.name == "Acme Corp"
+    assert tenant.active is False
+    assert tenant.migration_state == MigrationState.REGISTERED
+    assert tenant.tenant_id == "acme_0001"
     assert list(tenant.domains.values_list("domain", flat=True)) == ["acme.example.org"]
 
 

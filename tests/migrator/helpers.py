@@ -18,8 +18,8 @@ from django.db import connection
 from psycopg import sql
 
 from migrator import db
-from migrator.tables import TENANT_DATA_TABLES, TableKind, legacy_table, model_columns, reference_table
 from migrator.models import MigrationRecord
+from migrator.tables import TENANT_DATA_TABLES, TableKind, legacy_table, model_columns, reference_table
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
@@ -51,8 +51,13 @@ def count(schema: str, table: str) -> int:
 
 
 def table_names(schema: str) -> set[str]:
-    return {r[0] for r in rows("SELECT table_name FROM information_schema.tables "
-                               "WHERE table_schema = %s AND table_type = 'BASE TABLE'", [schema])}
+    return {
+        r[0]
+        for r in rows(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s AND table_type = 'BASE TABLE'",
+            [schema],
+        )
+    }
 
 
 def records(**filters: Any) -> list[MigrationRecord]:
@@ -94,7 +99,8 @@ def all_table_fingerprints() -> dict[str, tuple[int, str]]:
 
 def fingerprint(schema: str, table: str, conn: psycopg.Connection | None = None) -> tuple[int, str]:
     query = sql.SQL("SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {} t").format(
-        sql.Identifier(schema, table))
+        sql.Identifier(schema, table)
+    )
     if conn is not None:
         return conn.execute(query).fetchone()  # type: ignore[return-value]
     return db.fetchone(query)  # type: ignore[return-value]
@@ -125,14 +131,21 @@ def manage_command(*args: str) -> list[str]:
 
 def manage(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """``python manage.py <args>`` against the test database, in a child process."""
-    return subprocess.run(manage_command(*args), cwd=PROJECT_DIR, env=env or manage_env(), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        manage_command(*args), cwd=PROJECT_DIR, env=env or manage_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def psycopg_connect(dbname: str | None = None) -> psycopg.Connection:
     conf = connection.settings_dict
-    return psycopg.connect(dbname=dbname or conf["NAME"], user=conf["USER"] or None, password=conf["PASSWORD"] or None,
-                           host=conf["HOST"] or None, port=conf["PORT"] or None, autocommit=True)
+    return psycopg.connect(
+        dbname=dbname or conf["NAME"],
+        user=conf["USER"] or None,
+        password=conf["PASSWORD"] or None,
+        host=conf["HOST"] or None,
+        port=conf["PORT"] or None,
+        autocommit=True,
+    )
 
 
 def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> Any:
@@ -151,9 +164,12 @@ def one_line(message: str) -> bool:
 
 def content(schema: str, table: str, cols: list[str]) -> tuple[int, int, str]:
     """Rows, distinct ids and an md5 of the sorted row texts over ``cols``."""
-    return db.fetchone(sql.SQL(
-        "SELECT count(*), count(DISTINCT id), md5(coalesce(string_agg(r::text, '|' ORDER BY r::text), '')) "
-        "FROM (SELECT {cols} FROM {t}) r").format(cols=db.ident_list(cols), t=sql.Identifier(schema, table)))
+    return db.fetchone(
+        sql.SQL(
+            "SELECT count(*), count(DISTINCT id), md5(coalesce(string_agg(r::text, '|' ORDER BY r::text), '')) "
+            "FROM (SELECT {cols} FROM {t}) r"
+        ).format(cols=db.ident_list(cols), t=sql.Identifier(schema, table))
+    )
 
 
 def plain_columns(legacy: str) -> list[str]:
@@ -165,8 +181,15 @@ def plain_columns(legacy: str) -> list[str]:
 def wrongly_remapped(schema: str, legacy: str) -> int:
     """Rows whose reference code in the target differs from the legacy one (NULL stays NULL)."""
     target, column, legacy_ref, shared = TABLES[legacy]
-    return value(sql.SQL(
-        "SELECT count(*) FROM {l} l JOIN {t} t ON t.id = l.id LEFT JOIN {lr} lr ON lr.id = l.{c} "
-        "LEFT JOIN {sr} sr ON sr.id = t.{c} WHERE lr.code IS DISTINCT FROM sr.code").format(
-        l=sql.Identifier(schema, legacy), t=sql.Identifier(schema, target), lr=sql.Identifier(schema, legacy_ref),
-        sr=sql.Identifier(*shared), c=sql.Identifier(column)))
+    return value(
+        sql.SQL(
+            "SELECT count(*) FROM {l} l JOIN {t} t ON t.id = l.id LEFT JOIN {lr} lr ON lr.id = l.{c} "
+            "LEFT JOIN {sr} sr ON sr.id = t.{c} WHERE lr.code IS DISTINCT FROM sr.code"
+        ).format(
+            l=sql.Identifier(schema, legacy),
+            t=sql.Identifier(schema, target),
+            lr=sql.Identifier(schema, legacy_ref),
+            sr=sql.Identifier(*shared),
+            c=sql.Identifier(column),
+        )
+    )

@@ -42,8 +42,21 @@ def test_migrate_phase_help_lists_the_phases_and_options(capsys):
         call_command("migrate_phase", "--help")
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    for fragment in ("1 prepare", "2 schemas", "3 data", "status", "--plan", "--check", "--jobs", "--batch-size",
-                     "--format", "--noinput", "--tenant", "--validate-only", "--reference-conflicts"):
+    for fragment in (
+        "1 prepare",
+        "2 schemas",
+        "3 data",
+        "status",
+        "--plan",
+        "--check",
+        "--jobs",
+        "--batch-size",
+        "--format",
+        "--noinput",
+        "--tenant",
+        "--validate-only",
+        "--reference-conflicts",
+    ):
         assert fragment in text
 
 
@@ -61,8 +74,11 @@ def test_an_unknown_phase_is_one_line(clean_db):
 
 @pytest.mark.django_db(transaction=True)
 def test_an_unknown_tenant_is_one_line(seeded):
-    with pytest.raises(CommandError, match=r"^unknown tenant 'nope': there is no legacy schema tenant_nope in this "
-                                           r"database$"):
+    with pytest.raises(
+        CommandError,
+        match=r"^unknown tenant 'nope': there is no legacy schema tenant_nope in this "
+        r"database$",
+    ):
         run("migrate_phase", "prepare", interactive=False, tenant=["nope"])
 
     child = manage("migrate_phase", "schemas", "--tenant", "nope", "--noinput")
@@ -86,20 +102,26 @@ def test_an_unreachable_database_is_one_line(args):
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize(("args", "message"), [
-    (["--jobs", "0"], r"expected 1 or more, got 0"),
-    (["--batch-size", "lots"], r"expected a whole number, got 'lots'"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--jobs", "0"], r"expected 1 or more, got 0"),
+        (["--batch-size", "lots"], r"expected a whole number, got 'lots'"),
+    ],
+)
 def test_bad_numbers_are_refused_in_process(args, message):
     with pytest.raises(CommandError, match=message):
         call_command("migrate_phase", "data", *args)
 
 
-@pytest.mark.parametrize(("args", "error"), [
-    (("migrate_phase", "data", "--jobs", "0"), "argument --jobs: expected 1 or more, got 0"),
-    (("migrate_phase", "data", "--batch-size", "1e3"), "argument --batch-size: expected a whole number, got '1e3'"),
-    (("seed_legacy", "--tenants", "x"), "argument --tenants: expected a whole number, got 'x'"),
-])
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (("migrate_phase", "data", "--jobs", "0"), "argument --jobs: expected 1 or more, got 0"),
+        (("migrate_phase", "data", "--batch-size", "1e3"), "argument --batch-size: expected a whole number, got '1e3'"),
+        (("seed_legacy", "--tenants", "x"), "argument --tenants: expected a whole number, got 'x'"),
+    ],
+)
 def test_bad_numbers_on_the_command_line_are_usage_errors(args, error):
     child = manage(*args, env=manage_env(UNREACHABLE))
 

@@ -11,8 +11,20 @@ from psycopg import sql
 
 from migrator.models import DeferredConstraint, MigrationRecord, Status
 from tests.helpers import run
-from tests.migrator.helpers import (PROJECT_DIR, TABLES, attempts, content, count, manage_command, manage_env,
-                                    plain_columns, psycopg_connect, value, wait_for, wrongly_remapped)
+from tests.migrator.helpers import (
+    PROJECT_DIR,
+    TABLES,
+    attempts,
+    content,
+    count,
+    manage_command,
+    manage_env,
+    plain_columns,
+    psycopg_connect,
+    value,
+    wait_for,
+    wrongly_remapped,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -27,21 +39,31 @@ def test_a_run_killed_in_the_middle_of_a_copy_resumes_exactly_once(clean_db):
     run("migrate_phase", "schemas", interactive=False)
 
     with psycopg_connect() as watcher:
-        ours = [r[0] for r in watcher.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()").fetchall()]
-        child = subprocess.Popen(manage_command("migrate_phase", "data", "--batch-size", "500", "--noinput"),
-                                 cwd=PROJECT_DIR, env=manage_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        ours = [
+            r[0]
+            for r in watcher.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database()").fetchall()
+        ]
+        child = subprocess.Popen(
+            manage_command("migrate_phase", "data", "--batch-size", "500", "--noinput"),
+            cwd=PROJECT_DIR,
+            env=manage_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         try:
+
             def partly_copied() -> tuple[int, str, int] | None:
                 if child.poll() is not None:
                     raise AssertionError(f"the run ended before it could be killed: {child.stderr.read()!r}")
                 return watcher.execute(
                     "SELECT id, target, rows_copied FROM public.schema_migrations WHERE step = 'copy_table' "
                     "AND status = 'RUNNING' AND rows_copied > 0 AND rows_copied < rows_expected "
-                    "ORDER BY id LIMIT 1").fetchone()
+                    "ORDER BY id LIMIT 1"
+                ).fetchone()
 
-            killed_id, target, copied_before_kill = wait_for(partly_copied, timeout=60, interval=0.002,
-                                                             what="a copy_table step half way")
+            killed_id, target, copied_before_kill = wait_for(
+                partly_copied, timeout=60, interval=0.002, what="a copy_table step half way"
+            )
             os.kill(child.pid, signal.SIGKILL)
             assert child.wait(timeout=10) == -signal.SIGKILL
         finally:
@@ -49,14 +71,23 @@ def test_a_run_killed_in_the_middle_of_a_copy_resumes_exactly_once(clean_db):
                 child.kill()
                 child.wait()
         # the server notices the dead client and rolls back its open batch; wait until its sessions are gone
-        wait_for(lambda: not watcher.execute(
-            "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND pid <> ALL(%s) "
-            "AND pid <> pg_backend_pid()", [ours]).fetchone(), timeout=30, what="the killed run's sessions to end")
+        wait_for(
+            lambda: (
+                not watcher.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND pid <> ALL(%s) "
+                    "AND pid <> pg_backend_pid()",
+                    [ours],
+                ).fetchone()
+            ),
+            timeout=30,
+            what="the killed run's sessions to end",
+        )
 
     killed = MigrationRecord.objects.get(pk=killed_id)
     assert killed.status == Status.RUNNING  # as the killed process left it
     assert killed.rows_expected == SOURCE_ROWS[target]  # known while the step ran
-    assert 0 < killed.rows_copied < SOURCE_ROWS[target] and killed.checkpoint
+    assert 0 < killed.rows_copied < SOURCE_ROWS[target]
+    assert killed.checkpoint
     assert DeferredConstraint.objects.filter(table_name=target).exists()  # its indexes are still dropped
     tenant_schema = f"tenant_{killed.tenant_id}"
     assert count(tenant_schema, target) == killed.rows_copied  # the checkpoint committed with its batch
@@ -64,7 +95,8 @@ def test_a_run_killed_in_the_middle_of_a_copy_resumes_exactly_once(clean_db):
     run("migrate_phase", "data", interactive=False, batch_size=5000)
 
     killed.refresh_from_db()
-    assert killed.status == Status.FAILED and killed.error_message.startswith("interrupted:")
+    assert killed.status == Status.FAILED
+    assert killed.error_message.startswith("interrupted:")
     assert killed.rows_copied >= copied_before_kill  # its progress stays on record
     retry = attempts(killed.migration_id)[-1]
     assert (retry.attempt, retry.status) == (killed.attempt + 1, Status.COMPLETED)
@@ -78,7 +110,12 @@ def test_a_run_killed_in_the_middle_of_a_copy_resumes_exactly_once(clean_db):
             assert content(schema, table, plain_columns(legacy)) == source, f"{schema}.{table}"
             assert wrongly_remapped(schema, legacy) == 0
     assert not DeferredConstraint.objects.exists()
-    assert value(sql.SQL("SELECT count(*) FROM pg_indexes WHERE schemaname = %s AND tablename = %s"),
-                 [tenant_schema, target]) == 4
-    assert not MigrationRecord.objects.filter(phase="data").exclude(
-        status=Status.COMPLETED).exclude(pk=killed.pk).exists()
+    assert (
+        value(
+            sql.SQL("SELECT count(*) FROM pg_indexes WHERE schemaname = %s AND tablename = %s"), [tenant_schema, target]
+        )
+        == 4
+    )
+    assert (
+        not MigrationRecord.objects.filter(phase="data").exclude(status=Status.COMPLETED).exclude(pk=killed.pk).exists()
+    )

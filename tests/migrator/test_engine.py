@@ -19,8 +19,16 @@ from migrator.models import MigrationRecord, Status
 from migrator.phases import ORDERED
 from tenants.models import MigrationState, Tenant
 from tests.helpers import legacy_fingerprints, run
-from tests.migrator.helpers import (all_table_fingerprints, attempts, catalog_snapshot, latest, manage, one_line,
-                                    records, table_names)
+from tests.migrator.helpers import (
+    all_table_fingerprints,
+    attempts,
+    catalog_snapshot,
+    latest,
+    manage,
+    one_line,
+    records,
+    table_names,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -38,16 +46,28 @@ def test_phases_one_and_two_end_to_end(seeded):
 
     assert "Phase prepare: 8 steps OK, 0 failed" in out
     assert sorted(Tenant.objects.values_list("tenant_id", "schema_name", "migration_state")) == [
-        (t, f"tenant_{t}", MigrationState.REGISTERED) for t in TENANTS]
+        (t, f"tenant_{t}", MigrationState.REGISTERED) for t in TENANTS
+    ]
     prepare_rows = records(phase="prepare")
-    assert [r.step for r in prepare_rows] == ["preflight", "bootstrap", "backup", "inspect_auth", "discover",
-                                              "register", "register", "register"]
+    assert [r.step for r in prepare_rows] == [
+        "preflight",
+        "bootstrap",
+        "backup",
+        "inspect_auth",
+        "discover",
+        "register",
+        "register",
+        "register",
+    ]
     for row in prepare_rows:
         assert (row.status, row.attempt, row.error_message, row.phase_number) == (Status.COMPLETED, 1, None, 1)
-        assert row.started_at <= row.completed_at and row.duration is not None
-        assert row.host == socket.gethostname() and row.pid == os.getpid()
+        assert row.started_at <= row.completed_at
+        assert row.duration is not None
+        assert row.host == socket.gethostname()
+        assert row.pid == os.getpid()
     register = latest("prepare/acme_0001/register/tenant_acme_0001")
-    assert register.tenant_id == "acme_0001" and register.rows_expected == 120 + 240 + 3 + 2 + 3
+    assert register.tenant_id == "acme_0001"
+    assert register.rows_expected == 120 + 240 + 3 + 2 + 3
     assert register.details["inspection"]["tables"]["contacts"] == {"rows": 120, "columns": 11}
 
     out = run("migrate_phase", "schemas", interactive=False)
@@ -115,8 +135,10 @@ def test_plan_in_json_lists_steps_with_their_sql(prepared):
     assert plan["pending"] == 4
     steps = {s["migration_id"]: s for s in plan["phases"][0]["steps"]}
     assert set(steps) == {"schemas/*/service_schemas"} | {f"schemas/{t}/tenant_tables/tenant_{t}" for t in TENANTS}
-    assert any(s.startswith('CREATE TABLE "activity_data_activities"')
-               for s in steps["schemas/acme_0001/tenant_tables/tenant_acme_0001"]["sql"])
+    assert any(
+        s.startswith('CREATE TABLE "activity_data_activities"')
+        for s in steps["schemas/acme_0001/tenant_tables/tenant_acme_0001"]["sql"]
+    )
 
 
 def test_check_exits_1_while_steps_are_pending_and_0_when_done(prepared):
@@ -149,13 +171,16 @@ def test_the_lock_refuses_a_second_runner_and_says_who_holds_it(seeded):
         assert time.monotonic() - started < 5  # refused at once, not after waiting
         message = str(exc.value)
         assert one_line(message)
-        assert message.startswith("another migration is running on this database: migrate_phase data on "
-                                  f"{socket.gethostname()} pid {os.getpid()} (server pid ")
+        assert message.startswith(
+            "another migration is running on this database: migrate_phase data on "
+            f"{socket.gethostname()} pid {os.getpid()} (server pid "
+        )
         assert " since 20" in message
 
         child = manage("migrate_phase", "prepare", "--noinput")
         assert child.returncode == 1
-        assert child.stderr.count("\n") == 1 and "Traceback" not in child.stderr
+        assert child.stderr.count("\n") == 1
+        assert "Traceback" not in child.stderr
         assert f"migrate_phase data on {socket.gethostname()} pid {os.getpid()}" in child.stderr
 
     assert not records(phase="prepare")  # nothing ran while the lock was held
@@ -165,9 +190,8 @@ def test_the_lock_refuses_a_second_runner_and_says_who_holds_it(seeded):
 
 def test_the_lock_holder_of_migrate_phase_all_is_named_with_its_host_and_pid(seeded):
     every_phase = "+".join(phase.name for phase in ORDERED)  # what `migrate_phase all` holds the lock as
-    with MigratorLock(every_phase):
-        with pytest.raises(CommandError) as exc:
-            run("migrate_phase", "prepare", interactive=False)
+    with MigratorLock(every_phase), pytest.raises(CommandError) as exc:
+        run("migrate_phase", "prepare", interactive=False)
     message = str(exc.value)
     assert f" on {socket.gethostname()} pid {os.getpid()} (server pid " in message
     assert "migrate_phase prepare.." in message  # the phases, shortened to fit PostgreSQL's application_name
@@ -185,8 +209,10 @@ def test_jobs_one_failing_tenant_does_not_stop_the_others(prepared):
     assert "[globex_0002] tenant_tables tenant_globex_0002 ... FAILED: database error: relation" in out.getvalue()
     message = str(exc.value)
     assert one_line(message)
-    assert message.startswith("phase schemas failed: 1 step(s) failed, first [globex_0002] tenant_tables "
-                              "tenant_globex_0002: database error: relation \"contact_data_contacts\" already exists")
+    assert message.startswith(
+        "phase schemas failed: 1 step(s) failed, first [globex_0002] tenant_tables "
+        'tenant_globex_0002: database error: relation "contact_data_contacts" already exists'
+    )
     failed = latest("schemas/globex_0002/tenant_tables/tenant_globex_0002")
     assert (failed.status, failed.attempt) == (Status.FAILED, 1)
     assert 'relation "contact_data_contacts" already exists' in failed.error_message
@@ -194,8 +220,10 @@ def test_jobs_one_failing_tenant_does_not_stop_the_others(prepared):
         assert latest(f"schemas/{tenant}/tenant_tables/tenant_{tenant}").status == Status.COMPLETED
         assert "activity_data_activities" in table_names(f"tenant_{tenant}")
     assert dict(Tenant.objects.values_list("tenant_id", "migration_state")) == {
-        "acme_0001": MigrationState.SCHEMAS_READY, "empty_0001": MigrationState.SCHEMAS_READY,
-        "globex_0002": MigrationState.FAILED}
+        "acme_0001": MigrationState.SCHEMAS_READY,
+        "empty_0001": MigrationState.SCHEMAS_READY,
+        "globex_0002": MigrationState.FAILED,
+    }
 
     # the operator fixes the cause; the rerun retries only the failed step, as a new attempt
     db.execute("DROP TABLE tenant_globex_0002.contact_data_contacts")
@@ -204,7 +232,7 @@ def test_jobs_one_failing_tenant_does_not_stop_the_others(prepared):
     assert "Phase schemas: 1 steps to run" in out
     history = attempts("schemas/globex_0002/tenant_tables/tenant_globex_0002")
     assert [(r.attempt, r.status) for r in history] == [(1, Status.FAILED), (2, Status.COMPLETED)]
-    assert 'already exists' in history[0].error_message  # the failure's history is kept
+    assert "already exists" in history[0].error_message  # the failure's history is kept
     assert history[1].error_message is None
     assert len(attempts("schemas/acme_0001/tenant_tables/tenant_acme_0001")) == 1
     assert Tenant.objects.get(tenant_id="globex_0002").migration_state == MigrationState.SCHEMAS_READY
@@ -216,21 +244,31 @@ def test_json_output_of_a_run(prepared):
     assert result["ok"] is True
     completed = {c["migration_id"] for c in result["phases"][0]["completed"]}
     assert completed == {r.migration_id for r in records(phase="schemas", status=Status.COMPLETED)}
-    assert len(completed) == 4 and result["phases"][0]["failed"] == []
+    assert len(completed) == 4
+    assert result["phases"][0]["failed"] == []
 
 
 def test_stale_running_rows_are_closed_as_interrupted(prepared):
     now = timezone.now()
     stale = MigrationRecord.objects.create(
-        migration_id="schemas/*/service_schemas", phase="schemas", phase_number=2, step="service_schemas",
-        status=Status.RUNNING, attempt=1, started_at=now, host="crashed-host", pid=999999)
+        migration_id="schemas/*/service_schemas",
+        phase="schemas",
+        phase_number=2,
+        step="service_schemas",
+        status=Status.RUNNING,
+        attempt=1,
+        started_at=now,
+        host="crashed-host",
+        pid=999999,
+    )
 
     run("migrate_phase", "schemas", interactive=False)
 
     stale.refresh_from_db()
     assert stale.status == Status.FAILED
     assert stale.error_message.startswith("interrupted: the process running this step ended before it finished")
-    assert stale.completed_at is not None and (stale.host, stale.pid) == ("crashed-host", 999999)
+    assert stale.completed_at is not None
+    assert (stale.host, stale.pid) == ("crashed-host", 999999)
     retry = latest("schemas/*/service_schemas")
     assert (retry.attempt, retry.status) == (2, Status.COMPLETED)
     assert not MigrationRecord.objects.filter(status=Status.RUNNING).exists()

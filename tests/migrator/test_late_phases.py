@@ -13,13 +13,12 @@ from django.core.management.base import CommandError
 from psycopg import sql
 
 from migrator import catalog, db
+from migrator.config import get_config
 from migrator.engine import tracking
 from migrator.models import MigrationRecord, Status
-from migrator.ops.backup import latest_backup
 from migrator.ops import grants
-from migrator.config import get_config
+from migrator.ops.backup import latest_backup
 from migrator.tables import service_tables
-
 from tenants.models import MigrationState, Tenant
 from tests.helpers import legacy_fingerprints, run
 
@@ -33,15 +32,19 @@ PHASES = ("prepare", "schemas", "data", "security", "verify", "cutover")
 
 def migrate_up_to(last_phase: str, done: str | None = None) -> None:
     """Run the phases in order up to ``last_phase``, starting after ``done`` (the stage's last phase)."""
-    for phase in PHASES[PHASES.index(done) + 1 if done else 0:]:
+    for phase in PHASES[PHASES.index(done) + 1 if done else 0 :]:
         run("migrate_phase", phase, interactive=False, batch_size=100)
         if phase == last_phase:
             return
 
 
 def has_privilege(role: str, schema: str, table: str, privilege: str) -> bool:
-    return bool(db.fetchvalue("SELECT has_table_privilege(%s, format('%%I.%%I', %s::text, %s::text), %s)",
-                              [role, schema, table, privilege]))
+    return bool(
+        db.fetchvalue(
+            "SELECT has_table_privilege(%s, format('%%I.%%I', %s::text, %s::text), %s)",
+            [role, schema, table, privilege],
+        )
+    )
 
 
 def test_security_grants_exactly_the_privilege_matrix(migrated):
@@ -50,7 +53,9 @@ def test_security_grants_exactly_the_privilege_matrix(migrated):
     for service, role in roles.items():
         assert db.fetchvalue("SELECT NOT rolcanlogin FROM pg_roles WHERE rolname = %s", [role]) is True
         for schema, tables in service_tables().items():
-            assert bool(db.fetchvalue("SELECT has_schema_privilege(%s, %s, 'USAGE')", [role, schema])) == (schema == service)
+            assert bool(db.fetchvalue("SELECT has_schema_privilege(%s, %s, 'USAGE')", [role, schema])) == (
+                schema == service
+            )
             for table in tables:
                 for privilege in ("SELECT", "INSERT", "UPDATE", "DELETE"):
                     assert has_privilege(role, schema, table, privilege) == (schema == service), (role, schema, table)
@@ -73,7 +78,8 @@ def test_security_rerun_is_a_no_op_and_finds_a_stray_grant(migrated):
     role = get_config().service_role("activity")
     db.execute(sql.SQL("GRANT SELECT ON tenant_acme_0001.contact_data_contacts TO {}").format(sql.Identifier(role)))
     assert f"{role} has SELECT on tenant_acme_0001.contact_data_contacts" in grants.privilege_problems(
-        get_config(), ["tenant_acme_0001"], service_tables=False)
+        get_config(), ["tenant_acme_0001"], service_tables=False
+    )
 
 
 def test_verify_records_counts_isolation_indexes_and_crud(migrated):
@@ -85,9 +91,14 @@ def test_verify_records_counts_isolation_indexes_and_crud(migrated):
     assert counts["acme_0001"] == {"contacts": 120, "activities": 240}
     assert counts["empty_0001"] == {"contacts": 0, "activities": 0}
     assert latest["verify/acme_0001/index_usage"].details["index_used"] == {
-        "contact by email": True, "activities by contact": True, "activities by due date": True}
+        "contact by email": True,
+        "activities by contact": True,
+        "activities by due date": True,
+    }
     assert latest["verify/globex_0002/isolation"].details["orm_counts"] == {
-        "contact_data_contacts": 120, "activity_data_activities": 240}
+        "contact_data_contacts": 120,
+        "activity_data_activities": 240,
+    }
     # the CRUD smoke test left nothing behind
     assert catalog.row_count("tenant_acme_0001", "contact_data_contacts") == 120
 
@@ -96,7 +107,9 @@ def test_verify_fails_when_an_index_is_missing_or_a_role_can_read_too_much(migra
     migrate_up_to("security", done="data")
     db.execute("DROP INDEX tenant_globex_0002.activity_data_due_idx")
     role = get_config().service_role("contact")
-    db.execute(sql.SQL("GRANT USAGE ON SCHEMA auth TO {r}; GRANT SELECT ON auth.users TO {r}").format(r=sql.Identifier(role)))
+    db.execute(
+        sql.SQL("GRANT USAGE ON SCHEMA auth TO {r}; GRANT SELECT ON auth.users TO {r}").format(r=sql.Identifier(role))
+    )
     with pytest.raises(CommandError, match="phase verify failed"):
         run("migrate_phase", "verify", interactive=False)
     latest = tracking.latest_records("verify")
@@ -113,9 +126,13 @@ def test_cutover_archives_legacy_tables_and_marks_tenants_live(seeded, stage_db)
     archive = get_config().archive_schema
     for tenant in TENANTS:
         assert catalog.tables_by_schema([f"tenant_{tenant}"])[f"tenant_{tenant}"] == {
-            "contact_data_contacts", "activity_data_activities", "django_migrations"}
+            "contact_data_contacts",
+            "activity_data_activities",
+            "django_migrations",
+        }
     archived = catalog.tables_by_schema([archive])[archive]
-    assert "acme_0001__contacts" in archived and "salesflow_auth__users" in archived
+    assert "acme_0001__contacts" in archived
+    assert "salesflow_auth__users" in archived
     # archived tables hold exactly the legacy data
     assert before["tenant_acme_0001.contacts"][0] == catalog.row_count(archive, "acme_0001__contacts")
     assert not catalog.schema_exists(get_config().legacy_auth_schema)
@@ -136,8 +153,10 @@ def test_cutover_drop_legacy_drops_instead_of_archiving(migrated):
     migrate_up_to("verify", done="data")
     run("migrate_phase", "cutover", interactive=False, drop_legacy=True)
     assert not catalog.table_exists("tenant_acme_0001", "contacts")
-    assert not catalog.schema_exists(get_config().archive_schema) or not catalog.tables_by_schema(
-        [get_config().archive_schema])[get_config().archive_schema]
+    assert (
+        not catalog.schema_exists(get_config().archive_schema)
+        or not catalog.tables_by_schema([get_config().archive_schema])[get_config().archive_schema]
+    )
 
 
 def test_all_runs_every_phase_on_several_tenants_in_parallel(seeded):
@@ -189,7 +208,8 @@ def test_restore_brings_back_the_backup_and_keeps_the_history(seeded):
     after_ids = set(MigrationRecord.objects.values_list("id", flat=True))
     assert history_ids < after_ids  # every earlier row survived, and the rollback added its own
     restore_row = MigrationRecord.objects.get(phase="rollback", step="restore_backup")
-    assert restore_row.status == Status.COMPLETED and restore_row.details["history_rows"] >= len(history_ids)
+    assert restore_row.status == Status.COMPLETED
+    assert restore_row.details["history_rows"] >= len(history_ids)
     # a new record after the restore gets a fresh id (the sequence was put back too)
     run("migrate_phase", "prepare", interactive=False)
     assert Tenant.objects.count() == len(TENANTS)
@@ -205,7 +225,8 @@ def test_restore_refuses_a_tampered_or_missing_backup(seeded):
         run("migrate_phase", "rollback", interactive=False, restore=True)
     assert catalog.table_exists("tenant_acme_0001", "contact_data_contacts")  # nothing was touched
     failed = MigrationRecord.objects.get(phase="rollback", step="check_backup")
-    assert failed.status == Status.FAILED and "altered" in failed.error_message
+    assert failed.status == Status.FAILED
+    assert "altered" in failed.error_message
     for file in Path(info.path).iterdir():
         file.unlink()
     Path(info.path).rmdir()

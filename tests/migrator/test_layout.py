@@ -14,18 +14,33 @@ pytestmark = pytest.mark.django_db
 SERVICE_APPS = ("accounts", "contact", "activity")
 TENANT_APPS = ("contact_data", "activity_data")
 SERVICE_SCHEMAS = service_tables()
-LEGACY_NAMES = {"users", "roles", "permissions", "role_permissions", "user_roles", "contact_types", "tag_categories",
-                "activity_types", "contacts", "activities"}
+LEGACY_NAMES = {
+    "users",
+    "roles",
+    "permissions",
+    "role_permissions",
+    "user_roles",
+    "contact_types",
+    "tag_categories",
+    "activity_types",
+    "contacts",
+    "activities",
+}
 
 
 def test_the_plans_verification_queries_find_the_service_layout():
     # The plan's own queries, verbatim.
-    schemas = {r[0] for r in rows(
-        "SELECT schema_name FROM information_schema.schemata "
-        "WHERE schema_name IN ('public', 'auth', 'contact', 'activity') OR schema_name LIKE 'tenant_%'")}
+    schemas = {
+        r[0]
+        for r in rows(
+            "SELECT schema_name FROM information_schema.schemata "
+            "WHERE schema_name IN ('public', 'auth', 'contact', 'activity') OR schema_name LIKE 'tenant_%'"
+        )
+    }
     auth_tables = {r[0] for r in rows("SELECT table_name FROM information_schema.tables WHERE table_schema = 'auth'")}
     service_tables = value(
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema IN ('auth','contact','activity')")
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema IN ('auth','contact','activity')"
+    )
 
     assert {"public", "auth", "contact", "activity"} <= schemas
     assert auth_tables == {"users", "roles", "user_roles", "permissions", "role_permissions"}
@@ -62,7 +77,7 @@ def test_namespaced_table_names_are_built_in_one_place():
     assert list(tenant_table_names()) == [namespaced_table(t.namespace, t.legacy_table) for t in TENANT_DATA_TABLES]
     for app_label in TENANT_APPS:
         for model in apps.get_app_config(app_label).get_models():
-            assert model._meta.db_table == namespaced_table(app_label, model._meta.db_table[len(app_label) + 1:])
+            assert model._meta.db_table == namespaced_table(app_label, model._meta.db_table[len(app_label) + 1 :])
     with pytest.raises(KeyError):
         namespaced_table("no_such_namespace", "activities")
     with pytest.raises(KeyError):

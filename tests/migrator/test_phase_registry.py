@@ -24,7 +24,8 @@ def test_requires_points_at_an_earlier_phase(phase: type[Phase]):
         return
     assert phase.requires is not None, f"{phase.name} requires nothing"
     required = get_phase(phase.requires)
-    assert required.number is not None and required.number < (phase.number or 0)
+    assert required.number is not None
+    assert required.number < (phase.number or 0)
 
 
 @pytest.mark.parametrize("phase", PHASES, ids=lambda p: p.name)
@@ -61,11 +62,13 @@ def test_rollback_undoes_what_the_phases_declare():
     # a restore replaces the whole database: every ordered phase is undone
     assert restored == [p.name for p in ORDERED]
     # a rollback never undoes phase 1 (its backup is what --restore needs) or cutover (refused after it)
-    assert ORDERED[0].name not in rolled_back and ORDERED[-1].name not in rolled_back
+    assert ORDERED[0].name not in rolled_back
+    assert ORDERED[-1].name not in rolled_back
 
 
 def test_help_and_choices_list_every_phase():
     text = phases_help()
     for phase in PHASES:
-        assert phase.name in text and phase.summary in text
+        assert phase.name in text
+        assert phase.summary in text
     assert phase_choices()[: len(ORDERED)] == [f"{p.number} {p.name}" for p in ORDERED]

@@ -15,16 +15,24 @@ from psycopg import sql
 from migrator import catalog, db
 from migrator.core.errors import MigrationError
 from migrator.models import Status
-from migrator.ops.backup import latest_backup
 from migrator.ops import backup, binaries
+from migrator.ops.backup import latest_backup
 from tenants.models import Tenant
 from tests.helpers import run
 from tests.migrator.helpers import fingerprint, latest, one_line, psycopg_connect, records, rows, table_names
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-HOSTILE = ["tenant_Bad-Name", 'tenant_x"; drop table y; --', "tenant_", "tenant_UPPER", "tenant_a b", "tenant_1abc",
-           "tenant_café", "tenant_x'y"]
+HOSTILE = [
+    "tenant_Bad-Name",
+    'tenant_x"; drop table y; --',
+    "tenant_",
+    "tenant_UPPER",
+    "tenant_a b",
+    "tenant_1abc",
+    "tenant_café",
+    "tenant_x'y",
+]
 
 
 def server_major() -> int:
@@ -33,11 +41,13 @@ def server_major() -> int:
 
 def assert_preflight_failed(exc: pytest.ExceptionInfo[CommandError], reason: str) -> None:
     message = str(exc.value)
-    assert one_line(message) and exc.value.returncode == 1
+    assert one_line(message)
+    assert exc.value.returncode == 1
     assert message.startswith("phase prepare failed: 1 step(s) failed, first [all] preflight: ")
     row = latest("prepare/*/preflight")
     assert (row.status, row.attempt) == (Status.FAILED, 1)
-    assert reason in row.error_message and reason in message
+    assert reason in row.error_message
+    assert reason in message
     assert not records(phase="prepare", status=Status.COMPLETED)  # nothing after the preflight ran
     assert not Tenant.objects.exists()
 
@@ -57,8 +67,11 @@ def test_missing_pg_dump_fails_the_preflight_with_one_line(seeded, no_client_too
         run("migrate_phase", "prepare", interactive=False)
 
     major = server_major()
-    assert_preflight_failed(exc, f"pg_dump for PostgreSQL {major} not found; install the PostgreSQL {major} client "
-                                 "tools or list their folder in SALESFLOW_PG_BIN_DIRS")
+    assert_preflight_failed(
+        exc,
+        f"pg_dump for PostgreSQL {major} not found; install the PostgreSQL {major} client "
+        "tools or list their folder in SALESFLOW_PG_BIN_DIRS",
+    )
 
 
 def test_pg_dump_of_another_major_version_is_not_used(seeded, no_client_tools):
@@ -98,8 +111,9 @@ def test_unwritable_backup_folder_fails_the_preflight(seeded, settings, tmp_path
 def test_hostile_schema_names_are_reported_and_skipped(seeded):
     for name in HOSTILE:
         db.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
-        db.execute(sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, first_name text)").format(
-            sql.Identifier(name, "contacts")))
+        db.execute(
+            sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, first_name text)").format(sql.Identifier(name, "contacts"))
+        )
     db.execute("CREATE TABLE public.y (id int)")  # what the injection would drop
 
     out = run("migrate_phase", "prepare", interactive=False)
@@ -112,7 +126,10 @@ def test_hostile_schema_names_are_reported_and_skipped(seeded):
     assert f"skipped {len(HOSTILE)} schemas whose names are not valid tenant ids" in discover.details["message"]
     assert repr('tenant_x"; drop table y; --') in discover.details["message"]
     assert sorted(Tenant.objects.values_list("schema_name", flat=True)) == [
-        "tenant_acme_0001", "tenant_empty_0001", "tenant_globex_0002"]
+        "tenant_acme_0001",
+        "tenant_empty_0001",
+        "tenant_globex_0002",
+    ]
     assert table_names("public") >= {"y"}
 
     run("migrate_phase", "schemas", interactive=False)  # later phases never touch them either
@@ -139,18 +156,22 @@ def prepared_with_backup(seeded):
 def test_backup_is_recorded_and_restores_into_a_scratch_database(prepared_with_backup, settings):
     row = latest("prepare/*/backup")
     info = latest_backup()
-    assert info is not None and row.details["backup"] == info.as_dict()
+    assert info is not None
+    assert row.details["backup"] == info.as_dict()
     path = Path(info.path)
-    assert path.is_dir() and path.parent == Path(settings.SALESFLOW["BACKUP_DIR"])
+    assert path.is_dir()
+    assert path.parent == Path(settings.SALESFLOW["BACKUP_DIR"])
     assert row.details["message"].startswith(f"{path} (")
     sha, size = backup.tree_sha256(path)
     assert (info.sha256, info.size) == (sha, size)
     assert size == sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    assert info.toc_entries > 0 and info.server_major == server_major()
+    assert info.toc_entries > 0
+    assert info.server_major == server_major()
 
     legacy_tables = rows(
         "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE c.relkind = 'r' AND (n.nspname = 'salesflow_auth' OR starts_with(n.nspname, 'tenant_')) ORDER BY 1, 2")
+        "WHERE c.relkind = 'r' AND (n.nspname = 'salesflow_auth' OR starts_with(n.nspname, 'tenant_')) ORDER BY 1, 2"
+    )
     assert len(legacy_tables) == 5 + 3 * 5
     scratch = f"{connection.settings_dict['NAME']}_restore_{os.getpid()}"
     with psycopg_connect("postgres") as admin:
@@ -160,8 +181,12 @@ def test_backup_is_recorded_and_restores_into_a_scratch_database(prepared_with_b
         pg_restore = binaries.find_binary("pg_restore", server_major())
         args, env = backup.connection_args()
         args[args.index("-d") + 1] = scratch
-        subprocess.run([str(pg_restore), "--no-owner", "--exit-on-error", *args, str(path)], env=env, check=True,
-                       capture_output=True)
+        subprocess.run(
+            [str(pg_restore), "--no-owner", "--exit-on-error", *args, str(path)],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
         with psycopg_connect(scratch) as restored:
             for schema, table in legacy_tables:
                 assert fingerprint(schema, table, restored) == fingerprint(schema, table), f"{schema}.{table}"
@@ -194,9 +219,10 @@ def test_a_backup_never_overwrites_or_removes_an_earlier_one(clean_db, tmp_path)
         earlier.append(folder)
     major = server_major()
 
-    info = backup.create_backup(binaries.find_binary("pg_dump", major), binaries.find_binary("pg_restore", major),
-                                tmp_path, 1, major)
+    info = backup.create_backup(
+        binaries.find_binary("pg_dump", major), binaries.find_binary("pg_restore", major), tmp_path, 1, major
+    )
 
     assert all((folder / "toc.dat").read_text() == "an earlier backup" for folder in earlier)
-    assert Path(info.path) not in earlier and backup.list_backup(binaries.find_binary("pg_restore", major),
-                                                                  Path(info.path))
+    assert Path(info.path) not in earlier
+    assert backup.list_backup(binaries.find_binary("pg_restore", major), Path(info.path))

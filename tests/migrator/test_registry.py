@@ -22,8 +22,18 @@ from tests.migrator.helpers import table_names
 
 pytestmark = pytest.mark.django_db
 
-RESERVED = ["public", "auth", "contact", "activity", "salesflow_auth", "salesflow_archive", "pg_catalog", "pg_toast",
-            "pg_anything", "information_schema"]
+RESERVED = [
+    "public",
+    "auth",
+    "contact",
+    "activity",
+    "salesflow_auth",
+    "salesflow_archive",
+    "pg_catalog",
+    "pg_toast",
+    "pg_anything",
+    "information_schema",
+]
 BAD_IDS = ["Acme", "1acme", "acme-co", "", "a" * 57, 'x"; drop table y; --', "_acme", "acme co", "tenant_Bad-Name"]
 
 
@@ -40,8 +50,11 @@ def test_invalid_tenant_ids_are_refused(tenant_id):
 @pytest.mark.parametrize("tenant_id", BAD_IDS[:4])
 def test_database_refuses_invalid_tenant_ids_too(tenant_id):
     with pytest.raises(IntegrityError, match="tenants_tenant_id_valid"), transaction.atomic():
-        db.execute("INSERT INTO public.tenants (tenant_id, schema_name, name, active, migration_state, created_at, "
-                   "updated_at) VALUES (%s, 'tenant_' || %s, 'x', true, 'NEW', now(), now())", [tenant_id, tenant_id])
+        db.execute(
+            "INSERT INTO public.tenants (tenant_id, schema_name, name, active, migration_state, created_at, "
+            "updated_at) VALUES (%s, 'tenant_' || %s, 'x', true, 'NEW', now(), now())",
+            [tenant_id, tenant_id],
+        )
 
 
 @pytest.mark.parametrize("schema_name", RESERVED)
@@ -51,8 +64,11 @@ def test_reserved_schema_names_are_refused(schema_name):
         Tenant(tenant_id="acme", schema_name=schema_name, name="Acme").save()
     # and in the database, whatever the ORM is bypassed with
     with pytest.raises(IntegrityError, match="tenants_schema_is_tenant_id"), transaction.atomic():
-        db.execute("INSERT INTO public.tenants (tenant_id, schema_name, name, active, migration_state, created_at, "
-                   "updated_at) VALUES ('acme', %s, 'Acme', true, 'NEW', now(), now())", [schema_name])
+        db.execute(
+            "INSERT INTO public.tenants (tenant_id, schema_name, name, active, migration_state, created_at, "
+            "updated_at) VALUES ('acme', %s, 'Acme', true, 'NEW', now(), now())",
+            [schema_name],
+        )
     assert not Tenant.objects.exists()
 
 

@@ -19,11 +19,19 @@ from migrator.config import get_config
 from migrator.core.context import MigrationContext
 from migrator.engine import orchestration
 from migrator.models import MigrationRecord, Status
-from migrator.ops import grants, backup, binaries, restore
+from migrator.ops import backup, binaries, grants, restore
 from migrator.phases.prepare import server_major
 from tests.helpers import legacy_fingerprints, run
-from tests.migrator.helpers import (PROJECT_DIR, database_url, manage, manage_command, manage_env, one_line,
-                                    psycopg_connect, wait_for)
+from tests.migrator.helpers import (
+    PROJECT_DIR,
+    database_url,
+    manage,
+    manage_command,
+    manage_env,
+    one_line,
+    psycopg_connect,
+    wait_for,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -47,7 +55,7 @@ def children(pid: int) -> list[tuple[int, str]]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
         if int(rest[1]) == pid and rest[0] != "Z":
             found.append((int(entry.name), name))
     return found
@@ -61,9 +69,11 @@ def alive(pid: int) -> bool:
 
 
 def client_tool_sessions(watcher: Any) -> list[tuple[int, str]]:
-    return watcher.execute("SELECT pid, coalesce(wait_event_type, '') FROM pg_stat_activity "
-                           "WHERE datname = current_database() AND application_name = %s",
-                           [CLIENT_APP_NAME]).fetchall()
+    return watcher.execute(
+        "SELECT pid, coalesce(wait_event_type, '') FROM pg_stat_activity "
+        "WHERE datname = current_database() AND application_name = %s",
+        [CLIENT_APP_NAME],
+    ).fetchall()
 
 
 def legacy_intact(before: dict[str, tuple[int, str]]) -> bool:
@@ -82,6 +92,7 @@ def kill_hard(child: subprocess.Popen[bytes]) -> None:
 
 # --- item 3: a killed restore ------------------------------------------------------------------------------
 
+
 def test_a_restore_killed_during_pg_restore_is_finished_by_rerunning_it(clean_db):
     run("seed_legacy", tenants=2, contacts=20_000, activities=40_000, empty_tenants=1, seed=3)
     run("migrate_phase", "prepare", interactive=False)
@@ -91,9 +102,15 @@ def test_a_restore_killed_during_pg_restore_is_finished_by_rerunning_it(clean_db
     connection.close()
 
     with psycopg_connect() as watcher:
-        child = subprocess.Popen(manage_command("migrate_phase", "rollback", "--restore", "--noinput"), cwd=PROJECT_DIR,
-                                 env=runner_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        child = subprocess.Popen(
+            manage_command("migrate_phase", "rollback", "--restore", "--noinput"),
+            cwd=PROJECT_DIR,
+            env=runner_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         try:
+
             def restoring() -> bool:
                 if child.poll() is not None:
                     raise AssertionError(f"the restore ended before it could be killed: {child.stderr.read()!r}")
@@ -125,7 +142,8 @@ def test_a_restore_killed_during_pg_restore_is_finished_by_rerunning_it(clean_db
 def test_restore_finds_the_backup_through_its_manifest_when_the_tracking_history_is_lost(prepared):
     before = legacy_fingerprints(TENANTS)
     info = backup.latest_backup()
-    assert info is not None and backup.manifest_path(Path(info.path)).is_file()
+    assert info is not None
+    assert backup.manifest_path(Path(info.path)).is_file()
     run("migrate_phase", "schemas", interactive=False)  # something for the restore to undo
     db.execute("TRUNCATE public.schema_migrations")
     run("migrate_phase", "rollback", interactive=False, restore=True)
@@ -157,6 +175,7 @@ def test_an_interrupted_restore_blocks_other_phases_until_it_is_finished(prepare
 
 # --- items 3 and 12: client tools die with the runner; unrecorded dumps are cleaned up ----------------------
 
+
 def test_pg_dump_dies_with_a_killed_runner_and_its_dump_folder_is_removed_by_the_next_backup(seeded):
     run("migrate_phase", "prepare", interactive=False)
     MigrationRecord.objects.filter(phase="prepare", step="backup").update(status=Status.ROLLED_BACK)
@@ -166,17 +185,26 @@ def test_pg_dump_dies_with_a_killed_runner_and_its_dump_folder_is_removed_by_the
     with psycopg_connect() as blocker, psycopg_connect() as watcher:
         blocker.execute("BEGIN")
         blocker.execute("LOCK TABLE tenant_acme_0001.contacts IN ACCESS EXCLUSIVE MODE")  # pg_dump waits here
-        child = subprocess.Popen(manage_command("migrate_phase", "prepare", "--noinput"), cwd=PROJECT_DIR,
-                                 env=runner_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        child = subprocess.Popen(
+            manage_command("migrate_phase", "prepare", "--noinput"),
+            cwd=PROJECT_DIR,
+            env=runner_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         tools: list[tuple[int, str]] = []
         try:
-            wait_for(lambda: any(w == "Lock" for _pid, w in client_tool_sessions(watcher)), timeout=60,
-                     what="pg_dump to wait for the locked table")
+            wait_for(
+                lambda: any(w == "Lock" for _pid, w in client_tool_sessions(watcher)),
+                timeout=60,
+                what="pg_dump to wait for the locked table",
+            )
             tools = [c for c in children(child.pid) if c[1] == "pg_dump"]
             assert tools, children(child.pid)
             kill_hard(child)
-            wait_for(lambda: not any(alive(pid) for pid, _name in tools), timeout=10,
-                     what="pg_dump to die with its runner")
+            wait_for(
+                lambda: not any(alive(pid) for pid, _name in tools), timeout=10, what="pg_dump to die with its runner"
+            )
         finally:
             for pid, _name in tools:
                 if alive(pid):
@@ -195,6 +223,7 @@ def test_pg_dump_dies_with_a_killed_runner_and_its_dump_folder_is_removed_by_the
 
 
 # --- item 12: restore and SALESFLOW_PG_BIN_DIRS; bounds and empty settings -----------------------------------
+
 
 def test_restore_uses_pg_bin_dirs_and_finds_pg_restore_before_dropping_roles(prepared, settings, monkeypatch, tmp_path):
     real_dir = binaries.find_binary("pg_restore", server_major()).parent
@@ -218,20 +247,29 @@ def test_restore_uses_pg_bin_dirs_and_finds_pg_restore_before_dropping_roles(pre
 
 def test_batch_size_is_bounded(clean_db):
     result = manage("migrate_phase", "data", "--batch-size", "99999999999999999999", "--noinput")
-    assert result.returncode == 2 and "expected at most 1000000" in result.stderr
+    assert result.returncode == 2
+    assert "expected at most 1000000" in result.stderr
 
 
 def test_an_empty_backup_dir_setting_means_the_default_folder(clean_db, tmp_path):
-    result = manage("migrate_phase", "prepare", "--plan", env=manage_env(SALESFLOW_BACKUP_DIR="",
-                                                                          SALESFLOW_DATA_DIR=str(tmp_path)))
+    result = manage(
+        "migrate_phase", "prepare", "--plan", env=manage_env(SALESFLOW_BACKUP_DIR="", SALESFLOW_DATA_DIR=str(tmp_path))
+    )
     assert result.returncode == 0, result.stderr
     assert f"into {tmp_path / 'backups'}" in result.stdout
 
 
 # --- item 10: one line instead of a traceback ---------------------------------------------------------------
 
-@pytest.mark.parametrize("url", ["mysql://postgres@127.0.0.1:5432/salesflow", "postgresql://postgres@127.0.0.1:port/x",
-                                 "postgresql://postgres@127.0.0.1:5432/"])
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql://postgres@127.0.0.1:5432/salesflow",
+        "postgresql://postgres@127.0.0.1:port/x",
+        "postgresql://postgres@127.0.0.1:5432/",
+    ],
+)
 def test_a_malformed_database_url_is_one_line(url):
     result = manage("migrate_phase", "status", env=manage_env(url))
     assert result.returncode == 1
@@ -250,10 +288,20 @@ def fresh_database() -> Any:
 
 
 def test_first_runs_at_once_on_a_fresh_database_end_in_one_line(fresh_database, tmp_path):
-    env = manage_env(database_url(fresh_database), SALESFLOW_BACKUP_DIR=str(tmp_path),
-                     SALESFLOW_ROLE_PREFIX=f"sftest{os.getpid()}")
-    runs = [subprocess.Popen(manage_command("migrate_phase", "prepare", "--noinput"), cwd=PROJECT_DIR, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    env = manage_env(
+        database_url(fresh_database), SALESFLOW_BACKUP_DIR=str(tmp_path), SALESFLOW_ROLE_PREFIX=f"sftest{os.getpid()}"
+    )
+    runs = [
+        subprocess.Popen(
+            manage_command("migrate_phase", "prepare", "--noinput"),
+            cwd=PROJECT_DIR,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
     results = [(r.wait(timeout=300), r.stderr.read() if r.stderr else "") for r in runs]
     for code, stderr in results:
         assert code == 0 or (code == 1 and one_line(stderr) and "another migration is running" in stderr), stderr
@@ -264,7 +312,8 @@ def test_jobs_above_the_free_connections_are_capped_with_a_note(prepared):
     ctx = MigrationContext(config=get_config(), jobs=10**6)
     note = orchestration.cap_jobs(ctx)
     max_connections = int(db.fetchvalue("SHOW max_connections"))
-    assert note is not None and "running with --jobs" in note
+    assert note is not None
+    assert "running with --jobs" in note
     assert 1 <= ctx.jobs < max_connections
     connection.close()
     result = manage("migrate_phase", "schemas", "--jobs", "100000", "--noinput", env=runner_env())

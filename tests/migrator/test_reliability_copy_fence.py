@@ -14,8 +14,18 @@ import pytest
 
 from migrator.tables import TENANT_DATA_TABLES
 from tests.helpers import run
-from tests.migrator.helpers import (PROJECT_DIR, TABLES, content, manage_command, manage_env, one_line, plain_columns,
-                                    psycopg_connect, wait_for, wrongly_remapped)
+from tests.migrator.helpers import (
+    PROJECT_DIR,
+    TABLES,
+    content,
+    manage_command,
+    manage_env,
+    one_line,
+    plain_columns,
+    psycopg_connect,
+    wait_for,
+    wrongly_remapped,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -25,8 +35,14 @@ SOURCE_ROWS = {"contact_data_contacts": CONTACTS, "activity_data_activities": AC
 
 
 def start_data_run() -> subprocess.Popen[str]:
-    return subprocess.Popen(manage_command("migrate_phase", "data", "--batch-size", "500", "--noinput"),
-                            cwd=PROJECT_DIR, env=manage_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        manage_command("migrate_phase", "data", "--batch-size", "500", "--noinput"),
+        cwd=PROJECT_DIR,
+        env=manage_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_a_run_that_lost_its_lock_stops_and_a_second_run_never_duplicates_a_row(clean_db):
@@ -47,7 +63,9 @@ def test_a_run_that_lost_its_lock_stops_and_a_second_run_never_duplicates_a_row(
                 return watcher.execute(
                     "SELECT tenant_id, target FROM public.schema_migrations WHERE step = 'copy_table' "
                     "AND target = %s AND status = 'RUNNING' AND rows_copied > 0 AND rows_copied < rows_expected / 2 "
-                    "ORDER BY id LIMIT 1", [TABLES["activities"][0]]).fetchone()
+                    "ORDER BY id LIMIT 1",
+                    [TABLES["activities"][0]],
+                ).fetchone()
 
             tenant_id, target = wait_for(partly_copied, timeout=60, interval=0.002, what="a copy_table step under way")
             # Hold the first run between two batches of that table, so both runs are on it at once.
@@ -57,12 +75,15 @@ def test_a_run_that_lost_its_lock_stops_and_a_second_run_never_duplicates_a_row(
             def waiting_on_the_table() -> int:
                 return watcher.execute(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock' AND pid <> %s", [blocker.info.backend_pid]).fetchone()[0]
+                    "AND wait_event_type = 'Lock' AND pid <> %s",
+                    [blocker.info.backend_pid],
+                ).fetchone()[0]
 
             wait_for(waiting_on_the_table, timeout=30, what="the first run's next batch to wait for the table")
             terminated = watcher.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND application_name LIKE 'salesflow-migrator data%%'").fetchall()
+                "AND application_name LIKE 'salesflow-migrator data%%'"
+            ).fetchall()
             assert terminated == [(True,)]
 
             second = start_data_run()  # admitted: the lock went with its connection
@@ -70,7 +91,9 @@ def test_a_run_that_lost_its_lock_stops_and_a_second_run_never_duplicates_a_row(
             def both_on_the_table_or_second_done() -> bool:
                 return second.poll() is not None or waiting_on_the_table() >= 2
 
-            wait_for(both_on_the_table_or_second_done, timeout=90, interval=0.02, what="the second run to reach the table")
+            wait_for(
+                both_on_the_table_or_second_done, timeout=90, interval=0.02, what="the second run to reach the table"
+            )
             blocker.rollback()
             first_err = first.communicate(timeout=120)[1]
             second_err = second.communicate(timeout=120)[1]

@@ -23,8 +23,15 @@ from migrator.models import MigrationRecord, Status
 from migrator.tables import LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES
 from tenants.models import MigrationState, Tenant
 from tests.helpers import run
-from tests.migrator.helpers import (PROJECT_DIR, manage_command, manage_env, one_line, psycopg_connect,
-                                    table_names, wait_for)
+from tests.migrator.helpers import (
+    PROJECT_DIR,
+    manage_command,
+    manage_env,
+    one_line,
+    psycopg_connect,
+    table_names,
+    wait_for,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -63,22 +70,36 @@ def test_rollback_killed_half_way_marks_undone_tenants_and_cutover_leaves_them_a
     migrate_up_to_verify()
     blocked_table = f"tenant_{LAST}.contact_data_contacts"
     with psycopg_connect() as blocker, psycopg_connect() as watcher:
-        ours = [r[0] for r in watcher.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()").fetchall()]
+        ours = [
+            r[0]
+            for r in watcher.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database()").fetchall()
+        ]
         with blocker.transaction():
             # A reader in another session: the rollback's DROP TABLE of the last tenant waits for it.
-            blocker.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
-                sql.Identifier(f"tenant_{LAST}", "contact_data_contacts")))
+            blocker.execute(
+                sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
+                    sql.Identifier(f"tenant_{LAST}", "contact_data_contacts")
+                )
+            )
             child = subprocess.Popen(
-                manage_command("migrate_phase", "rollback", "--noinput"), cwd=PROJECT_DIR, stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE, env=manage_env(SALESFLOW_ROLE_PREFIX=get_config().role_prefix))
+                manage_command("migrate_phase", "rollback", "--noinput"),
+                cwd=PROJECT_DIR,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env=manage_env(SALESFLOW_ROLE_PREFIX=get_config().role_prefix),
+            )
             try:
+
                 def rollback_waiting() -> bool:
                     if child.poll() is not None:
                         raise AssertionError(f"the rollback ended before it could be killed: {child.stderr.read()!r}")
-                    return bool(watcher.execute(
-                        "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND pid <> ALL(%s) "
-                        "AND wait_event_type = 'Lock'", [ours]).fetchone())
+                    return bool(
+                        watcher.execute(
+                            "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND pid <> ALL(%s) "
+                            "AND wait_event_type = 'Lock'",
+                            [ours],
+                        ).fetchone()
+                    )
 
                 wait_for(rollback_waiting, timeout=60, what=f"the rollback to wait for {blocked_table}")
                 os.kill(child.pid, signal.SIGKILL)
@@ -87,15 +108,27 @@ def test_rollback_killed_half_way_marks_undone_tenants_and_cutover_leaves_them_a
                 if child.poll() is None:
                     child.kill()
                     child.wait()
-        wait_for(lambda: not watcher.execute(
-            "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND pid <> ALL(%s) "
-            "AND pid <> pg_backend_pid()", [ours]).fetchone(), timeout=30, what="the killed run's sessions to end")
+        wait_for(
+            lambda: (
+                not watcher.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND pid <> ALL(%s) "
+                    "AND pid <> pg_backend_pid()",
+                    [ours],
+                ).fetchone()
+            ),
+            timeout=30,
+            what="the killed run's sessions to end",
+        )
 
     assert "contact_data_contacts" not in table_names(f"tenant_{FIRST}")  # undone before the kill
     assert "contact_data_contacts" in table_names(f"tenant_{LAST}")  # the kill came first
     # the undoing is on record with the drop, not left for a last step the kill never reached
-    assert not MigrationRecord.objects.filter(tenant_id=FIRST, phase__in=["data", "verify"]).latest_attempts() \
-        .exclude(status=Status.ROLLED_BACK).exists()
+    assert (
+        not MigrationRecord.objects.filter(tenant_id=FIRST, phase__in=["data", "verify"])
+        .latest_attempts()
+        .exclude(status=Status.ROLLED_BACK)
+        .exists()
+    )
     assert not status_check_passes()
 
     failures = cutover_failures()
@@ -155,13 +188,24 @@ def test_cutover_refuses_legacy_writes_made_after_phase_3(seeded):
     migrate_up_to_verify()
     first, last = (sql.Identifier(f"tenant_{t}", "contacts") for t in (FIRST, LAST))
     # insert a contact, update an email, delete an activity, add an auth user
-    db.execute(sql.SQL("INSERT INTO {} (first_name, email, created_at) VALUES ('Late', 'late@example.com', now())")
-               .format(first))
-    db.execute(sql.SQL("UPDATE {t} SET email = 'changed@example.com' WHERE id = (SELECT min(id) FROM {t})").format(t=last))
-    db.execute(sql.SQL("DELETE FROM {t} WHERE id = (SELECT min(id) FROM {t})").format(
-        t=sql.Identifier(f"tenant_{FIRST}", "activities")))
-    db.execute(sql.SQL("INSERT INTO {} (email, password_hash, created_at) VALUES ('late@salesflow.example', 'x', now())")
-               .format(sql.Identifier(auth_schema, "users")))
+    db.execute(
+        sql.SQL("INSERT INTO {} (first_name, email, created_at) VALUES ('Late', 'late@example.com', now())").format(
+            first
+        )
+    )
+    db.execute(
+        sql.SQL("UPDATE {t} SET email = 'changed@example.com' WHERE id = (SELECT min(id) FROM {t})").format(t=last)
+    )
+    db.execute(
+        sql.SQL("DELETE FROM {t} WHERE id = (SELECT min(id) FROM {t})").format(
+            t=sql.Identifier(f"tenant_{FIRST}", "activities")
+        )
+    )
+    db.execute(
+        sql.SQL(
+            "INSERT INTO {} (email, password_hash, created_at) VALUES ('late@salesflow.example', 'x', now())"
+        ).format(sql.Identifier(auth_schema, "users"))
+    )
 
     failures = cutover_failures()
     (first_error,) = [e for e in failures if FIRST in e]
@@ -170,7 +214,8 @@ def test_cutover_refuses_legacy_writes_made_after_phase_3(seeded):
     (last_error,) = [e for e in failures if LAST in e]
     assert f"tenant_{LAST}.contacts: 120 rows validated, 120 now, content changed" in last_error
     for tenant_id in (FIRST, LAST):
-        assert legacy_tables_in_place(tenant_id) and state(tenant_id) != MigrationState.LIVE
+        assert legacy_tables_in_place(tenant_id)
+        assert state(tenant_id) != MigrationState.LIVE
     assert set(LEGACY_AUTH_TABLES) <= table_names(auth_schema)
     assert not status_check_passes()
 
@@ -178,12 +223,16 @@ def test_cutover_refuses_legacy_writes_made_after_phase_3(seeded):
 def test_cutover_refuses_an_auth_user_added_after_phase_3(seeded):
     auth_schema = get_config().legacy_auth_schema
     migrate_up_to_verify()
-    db.execute(sql.SQL("INSERT INTO {} (email, password_hash, created_at) VALUES ('late@salesflow.example', 'x', now())")
-               .format(sql.Identifier(auth_schema, "users")))
+    db.execute(
+        sql.SQL(
+            "INSERT INTO {} (email, password_hash, created_at) VALUES ('late@salesflow.example', 'x', now())"
+        ).format(sql.Identifier(auth_schema, "users"))
+    )
 
     failures = cutover_failures()
     (error,) = failures
-    assert f"{auth_schema}.users: " in error and "rows validated" in error
+    assert f"{auth_schema}.users: " in error
+    assert "rows validated" in error
     assert set(LEGACY_AUTH_TABLES) <= table_names(auth_schema)
     assert not status_check_passes()
 
@@ -191,27 +240,45 @@ def test_cutover_refuses_an_auth_user_added_after_phase_3(seeded):
 def test_cutover_waits_for_a_legacy_write_in_flight_and_then_refuses_it(seeded):
     migrate_up_to_verify()
     with psycopg_connect() as writer, psycopg_connect() as watcher:
-        ours = [r[0] for r in watcher.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()").fetchall()]
+        ours = [
+            r[0]
+            for r in watcher.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database()").fetchall()
+        ]
         with writer.transaction():
-            writer.execute(sql.SQL("INSERT INTO {} (first_name, created_at) VALUES ('In flight', now())").format(
-                sql.Identifier(f"tenant_{FIRST}", "contacts")))
+            writer.execute(
+                sql.SQL("INSERT INTO {} (first_name, created_at) VALUES ('In flight', now())").format(
+                    sql.Identifier(f"tenant_{FIRST}", "contacts")
+                )
+            )
             child = subprocess.Popen(
-                manage_command("migrate_phase", "cutover", "--tenant", FIRST, "--noinput"), cwd=PROJECT_DIR,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                env=manage_env(SALESFLOW_ROLE_PREFIX=get_config().role_prefix))
+                manage_command("migrate_phase", "cutover", "--tenant", FIRST, "--noinput"),
+                cwd=PROJECT_DIR,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=manage_env(SALESFLOW_ROLE_PREFIX=get_config().role_prefix),
+            )
             try:
                 # the cutover must wait for the write before it reads the legacy side
-                wait_for(lambda: child.poll() is None and watcher.execute(
-                    "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND pid <> ALL(%s) "
-                    "AND wait_event_type = 'Lock'", [ours]).fetchone(), timeout=60,
-                    what="the cutover to wait for the legacy write")
+                wait_for(
+                    lambda: (
+                        child.poll() is None
+                        and watcher.execute(
+                            "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND pid <> ALL(%s) "
+                            "AND wait_event_type = 'Lock'",
+                            [ours],
+                        ).fetchone()
+                    ),
+                    timeout=60,
+                    what="the cutover to wait for the legacy write",
+                )
             except BaseException:
                 child.kill()
                 raise
         _out, err = child.communicate(timeout=120)  # the write commits as the transaction block ends
     assert child.returncode != 0, err
     assert one_line(err.strip().splitlines()[-1])
-    assert legacy_tables_in_place(FIRST) and state(FIRST) != MigrationState.LIVE
+    assert legacy_tables_in_place(FIRST)
+    assert state(FIRST) != MigrationState.LIVE
     error = MigrationRecord.objects.get(phase="cutover", step="archive_legacy", tenant_id=FIRST).error_message
     assert f"tenant_{FIRST}.contacts: 120 rows validated, 121 now" in error

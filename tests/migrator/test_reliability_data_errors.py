@@ -13,8 +13,8 @@ from django.core.management import CommandError
 from psycopg import sql
 
 from migrator import catalog, db
-from migrator.ops import teardown
 from migrator.models import MigrationRecord, Status
+from migrator.ops import teardown
 from migrator.tables import TENANT_DATA_TABLES, service_tables
 from tests.helpers import run
 from tests.migrator.helpers import content, count, latest, one_line, plain_columns, value, wrongly_remapped
@@ -29,9 +29,11 @@ TYPE_COLUMN, TYPE_TABLE = next(iter(CONTACTS.remap.items()))
 
 
 def drop_foreign_key(table: str, column: str) -> None:
-    name = value("SELECT c.conname FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid "
-                 "AND a.attnum = c.conkey[1] WHERE c.conrelid = %s::regclass AND c.contype = 'f' AND a.attname = %s",
-                 [f"{SCHEMA}.{table}", column])
+    name = value(
+        "SELECT c.conname FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid "
+        "AND a.attnum = c.conkey[1] WHERE c.conrelid = %s::regclass AND c.contype = 'f' AND a.attname = %s",
+        [f"{SCHEMA}.{table}", column],
+    )
     db.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(sql.Identifier(SCHEMA, table), sql.Identifier(name)))
 
 
@@ -50,31 +52,41 @@ def test_orphan_rows_name_the_foreign_key_and_the_missing_key(schemas_ready):
 
     error = latest(f"data/{TENANT}/copy_table/{ACTIVITIES.table}").error_message
     assert "current transaction is aborted" not in error
-    assert "(contact_id)=(999999)" in error and ACTIVITIES.table in error and one_line(error)
+    assert "(contact_id)=(999999)" in error
+    assert ACTIVITIES.table in error
+    assert one_line(error)
 
 
 def test_duplicate_legacy_keys_name_the_key(schemas_ready):
-    db.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT contacts_pkey CASCADE").format(sql.Identifier(SCHEMA, "contacts")))
+    db.execute(
+        sql.SQL("ALTER TABLE {} DROP CONSTRAINT contacts_pkey CASCADE").format(sql.Identifier(SCHEMA, "contacts"))
+    )
     db.execute(sql.SQL("INSERT INTO {t} SELECT * FROM {t} WHERE id = 5").format(t=sql.Identifier(SCHEMA, "contacts")))
 
     failed_data_run()
 
     error = latest(f"data/{TENANT}/copy_table/{CONTACTS.table}").error_message
     assert "current transaction is aborted" not in error
-    assert "(id)=(5)" in error and "duplicate" in error and one_line(error)
+    assert "(id)=(5)" in error
+    assert "duplicate" in error
+    assert one_line(error)
 
 
 def test_an_id_pointing_at_no_reference_row_says_so_not_rerun_the_merge(schemas_ready):
     drop_foreign_key("contacts", TYPE_COLUMN)
-    db.execute(sql.SQL("UPDATE {} SET {} = 4242 WHERE id IN (3, 4)").format(
-        sql.Identifier(SCHEMA, "contacts"), sql.Identifier(TYPE_COLUMN)))
+    db.execute(
+        sql.SQL("UPDATE {} SET {} = 4242 WHERE id IN (3, 4)").format(
+            sql.Identifier(SCHEMA, "contacts"), sql.Identifier(TYPE_COLUMN)
+        )
+    )
 
     failed_data_run()
 
     error = latest(f"data/{TENANT}/copy_table/{CONTACTS.table}").error_message
     assert "merge_reference" not in error
-    assert error.startswith(f"2 rows of {SCHEMA}.contacts.{TYPE_COLUMN} point at no row of {SCHEMA}.{TYPE_TABLE} "
-                            "(ids 4242)")
+    assert error.startswith(
+        f"2 rows of {SCHEMA}.contacts.{TYPE_COLUMN} point at no row of {SCHEMA}.{TYPE_TABLE} (ids 4242)"
+    )
 
 
 def test_a_legacy_row_written_below_the_copy_progress_is_copied(migrated):
@@ -83,26 +95,33 @@ def test_a_legacy_row_written_below_the_copy_progress_is_copied(migrated):
     target = sql.Identifier(SCHEMA, ACTIVITIES.table)
     db.execute(sql.SQL("DELETE FROM {} WHERE id > 100 OR id = 50").format(target))
     MigrationRecord.objects.filter(migration_id=f"data/{TENANT}/copy_table/{ACTIVITIES.table}").update(
-        status=Status.FAILED)
+        status=Status.FAILED
+    )
 
     run("migrate_phase", "data", interactive=False)
 
     copied = latest(f"data/{TENANT}/copy_table/{ACTIVITIES.table}")
-    assert copied.status == Status.COMPLETED and copied.rows_copied == copied.rows_expected == 240
+    assert copied.status == Status.COMPLETED
+    assert copied.rows_copied == copied.rows_expected == 240
     assert content(SCHEMA, ACTIVITIES.table, plain_columns("activities")) == content(
-        SCHEMA, "activities", plain_columns("activities"))
+        SCHEMA, "activities", plain_columns("activities")
+    )
     assert wrongly_remapped(SCHEMA, "activities") == 0
 
 
 def test_legacy_columns_of_another_type_are_compared_as_the_target_type_and_named(schemas_ready):
     legacy = sql.Identifier(SCHEMA, "contacts")
-    db.execute(sql.SQL("ALTER TABLE {} ALTER created_at TYPE timestamp, ALTER custom_fields TYPE json, "
-                       "ALTER phone TYPE char(20)").format(legacy))
+    db.execute(
+        sql.SQL(
+            "ALTER TABLE {} ALTER created_at TYPE timestamp, ALTER custom_fields TYPE json, ALTER phone TYPE char(20)"
+        ).format(legacy)
+    )
 
     run("migrate_phase", "data", interactive=False)
 
     validated = latest(f"data/{TENANT}/validate/{CONTACTS.table}")
-    assert validated.status == Status.COMPLETED and validated.source_fingerprint == validated.target_fingerprint
+    assert validated.status == Status.COMPLETED
+    assert validated.source_fingerprint == validated.target_fingerprint
     assert "phone (character(20) in the legacy table, text in the target)" in validated.details["message"]
     assert count(SCHEMA, CONTACTS.table) == count(SCHEMA, "contacts")
 
@@ -111,7 +130,9 @@ def test_legacy_columns_of_another_type_are_compared_as_the_target_type_and_name
         run("migrate_phase", "data", interactive=False, validate_only=True)
     error = latest(f"data/{TENANT}/validate/{CONTACTS.table}").error_message
     assert "differing keys (first 1): 7" in error
-    assert "created_at (timestamp without time zone in the legacy table, timestamp with time zone in the target)" in error
+    assert (
+        "created_at (timestamp without time zone in the legacy table, timestamp with time zone in the target)" in error
+    )
 
 
 def test_missing_service_schemas_say_which_phase_to_run(schemas_ready):
@@ -120,4 +141,5 @@ def test_missing_service_schemas_say_which_phase_to_run(schemas_ready):
 
     message = failed_data_run()
 
-    assert "syntax error" not in message and "run `migrate_phase schemas` first" in message
+    assert "syntax error" not in message
+    assert "run `migrate_phase schemas` first" in message

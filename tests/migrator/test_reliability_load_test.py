@@ -27,20 +27,25 @@ def test_load_test_records_figures_for_both_layouts(migrated):
     record = load_record()
     assert record.status == Status.COMPLETED, record.error_message
     figures = record.details["load_test"]
-    assert figures["clients"] == 3 and figures["tenants"] == 3
+    assert figures["clients"] == 3
+    assert figures["tenants"] == 3
     for layout in (LEGACY, NEW):
         queries = figures["layouts"][layout]["queries"]
         assert set(queries) == set(KEY_QUERIES)
         for name, stats in queries.items():
             assert stats["error"] is None, (layout, name, stats["error"])
-            assert stats["queries"] >= 1 and stats["qps"] > 0
+            assert stats["queries"] >= 1
+            assert stats["qps"] > 0
             assert 0 < stats["p50_ms"] <= stats["p95_ms"] <= stats["p99_ms"]
     assert "queries/s" in record.details["message"]
     # every write was rolled back
     for tenant in TENANTS:
         for table in ("contacts", "contact_data_contacts"):
-            assert not db.fetchvalue(sql.SQL("SELECT count(*) FROM {} WHERE email = 'load-test@example.invalid'")
-                                     .format(sql.Identifier(f"tenant_{tenant}", table)))
+            assert not db.fetchvalue(
+                sql.SQL("SELECT count(*) FROM {} WHERE email = 'load-test@example.invalid'").format(
+                    sql.Identifier(f"tenant_{tenant}", table)
+                )
+            )
 
 
 def test_load_test_fails_when_a_key_index_of_the_new_tables_is_missing(clean_db):
@@ -55,9 +60,12 @@ def test_load_test_fails_when_a_key_index_of_the_new_tables_is_missing(clean_db)
 
     record = load_record()
     assert record.status == Status.FAILED
-    assert "contact by email" in record.error_message and "legacy" in record.error_message
+    assert "contact by email" in record.error_message
+    assert "legacy" in record.error_message
     assert "ms on the new tables against" in record.error_message
     figures = record.details["load_test"]["layouts"]
-    assert figures[NEW]["queries"]["contact by email"]["p95_ms"] > figures[LEGACY]["queries"]["contact by email"]["p95_ms"]
+    assert (
+        figures[NEW]["queries"]["contact by email"]["p95_ms"] > figures[LEGACY]["queries"]["contact by email"]["p95_ms"]
+    )
     # the other key queries kept their indexes and pass
     assert "activities of a contact" not in record.error_message

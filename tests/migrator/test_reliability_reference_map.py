@@ -28,10 +28,14 @@ TYPE_COLUMN, TYPE_TABLE = next(iter(CONTACTS.remap.items()))
 
 def used_type(schema: str) -> tuple[int, str]:
     """The legacy contact type most contacts of ``schema`` point at: (id, code)."""
-    return db.fetchone(sql.SQL(
-        "SELECT r.id, r.code FROM {c} c JOIN {r} r ON r.id = c.{col} GROUP BY r.id, r.code ORDER BY count(*) DESC, r.id "
-        "LIMIT 1").format(c=sql.Identifier(schema, "contacts"), r=sql.Identifier(schema, TYPE_TABLE),
-                          col=sql.Identifier(TYPE_COLUMN)))  # type: ignore[return-value]
+    return db.fetchone(
+        sql.SQL(
+            "SELECT r.id, r.code FROM {c} c JOIN {r} r ON r.id = c.{col} GROUP BY r.id, r.code ORDER BY count(*) DESC, r.id "
+            "LIMIT 1"
+        ).format(
+            c=sql.Identifier(schema, "contacts"), r=sql.Identifier(schema, TYPE_TABLE), col=sql.Identifier(TYPE_COLUMN)
+        )
+    )  # type: ignore[return-value]
 
 
 def test_a_tenant_rolled_back_alone_is_remapped_by_its_new_codes(migrated):
@@ -40,8 +44,12 @@ def test_a_tenant_rolled_back_alone_is_remapped_by_its_new_codes(migrated):
 
     assert not ReferenceMapping.objects.filter(tenant_id=TENANT).exists()  # its map went with its tables
     assert ReferenceMapping.objects.filter(tenant_id="globex_0002").exists()
-    db.execute(sql.SQL("UPDATE {} SET code = 'hot_lead', name = 'Hot lead' WHERE id = %s").format(
-        sql.Identifier(SCHEMA, TYPE_TABLE)), [type_id])
+    db.execute(
+        sql.SQL("UPDATE {} SET code = 'hot_lead', name = 'Hot lead' WHERE id = %s").format(
+            sql.Identifier(SCHEMA, TYPE_TABLE)
+        ),
+        [type_id],
+    )
 
     run("migrate_phase", "schemas", interactive=False)
     run("migrate_phase", "data", interactive=False)
@@ -59,10 +67,17 @@ def test_validation_compares_reference_codes_not_remapped_ids(migrated):
     other = ContactType.objects.exclude(code=code).order_by("id").first()
     assert other is not None
     # A stale map: the tenant's type now maps to another shared type; the copied rows follow it.
-    ReferenceMapping.objects.filter(tenant_id=TENANT, reference_table=TYPE_TABLE, old_id=type_id).update(new_id=other.id)
-    db.execute(sql.SQL("UPDATE {t} t SET {c} = %s FROM {l} l WHERE l.id = t.id AND l.{c} = %s").format(
-        t=sql.Identifier(SCHEMA, CONTACTS.table), l=sql.Identifier(SCHEMA, "contacts"), c=sql.Identifier(TYPE_COLUMN)),
-        [other.id, type_id])
+    ReferenceMapping.objects.filter(tenant_id=TENANT, reference_table=TYPE_TABLE, old_id=type_id).update(
+        new_id=other.id
+    )
+    db.execute(
+        sql.SQL("UPDATE {t} t SET {c} = %s FROM {l} l WHERE l.id = t.id AND l.{c} = %s").format(
+            t=sql.Identifier(SCHEMA, CONTACTS.table),
+            l=sql.Identifier(SCHEMA, "contacts"),
+            c=sql.Identifier(TYPE_COLUMN),
+        ),
+        [other.id, type_id],
+    )
     assert wrongly_remapped(SCHEMA, "contacts") > 0
 
     with pytest.raises(CommandError) as exc:
@@ -70,7 +85,8 @@ def test_validation_compares_reference_codes_not_remapped_ids(migrated):
 
     assert one_line(str(exc.value))
     failed = latest(f"data/{TENANT}/validate/{CONTACTS.table}")
-    assert failed.status == Status.FAILED and "content differs" in failed.error_message
+    assert failed.status == Status.FAILED
+    assert "content differs" in failed.error_message
 
 
 def test_a_reference_row_added_to_a_merged_tenant_is_merged_when_the_tenant_is_copied(schemas_ready):
@@ -81,10 +97,16 @@ def test_a_reference_row_added_to_a_merged_tenant_is_merged_when_the_tenant_is_c
     assert count(SCHEMA, CONTACTS.table) == 0
 
     db.execute(sql.SQL("ALTER TABLE {} DROP COLUMN nickname").format(sql.Identifier(SCHEMA, "contacts")))
-    db.execute(sql.SQL("INSERT INTO {} (id, code, name) VALUES (900, 'reseller', 'Reseller')").format(
-        sql.Identifier(SCHEMA, TYPE_TABLE)))
-    db.execute(sql.SQL("UPDATE {} SET {} = 900 WHERE id <= 10").format(
-        sql.Identifier(SCHEMA, "contacts"), sql.Identifier(TYPE_COLUMN)))
+    db.execute(
+        sql.SQL("INSERT INTO {} (id, code, name) VALUES (900, 'reseller', 'Reseller')").format(
+            sql.Identifier(SCHEMA, TYPE_TABLE)
+        )
+    )
+    db.execute(
+        sql.SQL("UPDATE {} SET {} = 900 WHERE id <= 10").format(
+            sql.Identifier(SCHEMA, "contacts"), sql.Identifier(TYPE_COLUMN)
+        )
+    )
 
     run("migrate_phase", "data", interactive=False)
 
@@ -92,8 +114,11 @@ def test_a_reference_row_added_to_a_merged_tenant_is_merged_when_the_tenant_is_c
     assert ReferenceMapping.objects.filter(tenant_id=TENANT, reference_table=TYPE_TABLE, old_id=900).exists()
     assert count(SCHEMA, CONTACTS.table) == count(SCHEMA, "contacts")
     assert wrongly_remapped(SCHEMA, "contacts") == 0
-    assert not MigrationRecord.objects.filter(phase="data", tenant_id=TENANT).exclude(
-        status__in=[Status.COMPLETED, Status.FAILED]).exists()
+    assert (
+        not MigrationRecord.objects.filter(phase="data", tenant_id=TENANT)
+        .exclude(status__in=[Status.COMPLETED, Status.FAILED])
+        .exists()
+    )
     assert latest(f"data/{TENANT}/validate/{CONTACTS.table}").status == Status.COMPLETED
     assert reference_table(TYPE_TABLE).merge_key == "code"
     assert TABLES["contacts"][1] == TYPE_COLUMN

@@ -15,12 +15,19 @@ from django.db import connection
 from psycopg import sql
 
 from migrator import db
+from migrator.config import get_config
 from migrator.models import MigrationRecord, Status
 from migrator.ops import rehearsal
-from migrator.config import get_config
 from tests.helpers import run
-from tests.migrator.helpers import (PROJECT_DIR, catalog_snapshot, manage_command, manage_env, one_line,
-                                    psycopg_connect, wait_for)
+from tests.migrator.helpers import (
+    PROJECT_DIR,
+    catalog_snapshot,
+    manage_command,
+    manage_env,
+    one_line,
+    psycopg_connect,
+    wait_for,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -65,19 +72,23 @@ def test_rehearse_reports_every_phase_and_leaves_the_real_database_as_it_was(pre
     assert [p["phase"] for p in report["phases"]] == list(rehearsal.REHEARSED_PHASES)
     assert all(p["ok"] and p["seconds"] > 0 and not p["failed"] for p in report["phases"])
     data = next(p for p in report["phases"] if p["phase"] == "data")
-    assert data["rows_moved"] >= 2 * (120 + 240) and data["rows_per_second"] > 0
+    assert data["rows_moved"] >= 2 * (120 + 240)
+    assert data["rows_per_second"] > 0
     assert report["rehearsed_volume"] == report["live_volume"] == {"tenants": 3, "rows": 2 * (120 + 240)}
     projection = report["projection"]
     assert [p["phase"] for p in projection["phases"]] == list(rehearsal.REHEARSED_PHASES)
-    assert 0 < projection["total_low_seconds"] <= projection["total_high_seconds"] and projection["assumptions"]
+    assert 0 < projection["total_low_seconds"] <= projection["total_high_seconds"]
+    assert projection["assumptions"]
 
     assert catalog_snapshot() == before  # every schema, table, index and sequence of the real database
     new = [row for row in tracking_rows() if row not in history]
-    assert len(tracking_rows()) == len(history) + 1 and len(new) == 1
+    assert len(tracking_rows()) == len(history) + 1
+    assert len(new) == 1
     record = MigrationRecord.objects.get(pk=new[0][0])
     assert (record.phase, record.step, record.status) == ("rehearse", "rehearsal", Status.COMPLETED)
     assert record.details["rehearsal"]["phases"] == report["phases"]
-    assert not database_exists(scratch_name()) and not rehearsal_roles()
+    assert not database_exists(scratch_name())
+    assert not rehearsal_roles()
     assert not rehearsal.journal_path(get_config()).exists()
 
 
@@ -90,21 +101,27 @@ def test_a_legacy_problem_fails_its_phase_in_the_report_only(seeded, no_scratch)
         run("migrate_phase", "rehearse", interactive=False, **LOAD)
 
     message = str(failure.value)
-    assert one_line(message) and "phase data" in message and "nickname" in message
-    assert catalog_snapshot() == before and len(tracking_rows()) == len(history) + 1
+    assert one_line(message)
+    assert "phase data" in message
+    assert "nickname" in message
+    assert catalog_snapshot() == before
+    assert len(tracking_rows()) == len(history) + 1
     report = MigrationRecord.objects.get(phase="rehearse").details["rehearsal"]
     assert not report["ok"]
     assert [p["phase"] for p in report["phases"]] == ["prepare", "schemas", "data"]
     assert report["not_run"] == ["security", "verify", "cutover"]
     failed = report["phases"][-1]["failed"]
-    assert failed and any("nickname" in f["error"] and "acme_0001" in f["step"] for f in failed)
-    assert not database_exists(scratch_name()) and not rehearsal_roles()
+    assert failed
+    assert any("nickname" in f["error"] and "acme_0001" in f["step"] for f in failed)
+    assert not database_exists(scratch_name())
+    assert not rehearsal_roles()
 
 
 def test_rehearse_needs_a_phase_one_backup(seeded, no_scratch):
     with pytest.raises(CommandError) as failure:
         run("migrate_phase", "rehearse", interactive=False)
-    assert one_line(str(failure.value)) and "migrate_phase prepare" in str(failure.value)
+    assert one_line(str(failure.value))
+    assert "migrate_phase prepare" in str(failure.value)
     assert not database_exists(scratch_name())
 
 
@@ -113,7 +130,8 @@ def test_an_unrelated_database_of_that_name_is_refused_unless_replace(prepared, 
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch_name())))
     with pytest.raises(CommandError) as failure:
         run("migrate_phase", "rehearse", interactive=False, **LOAD)
-    assert one_line(str(failure.value)) and "--replace" in str(failure.value)
+    assert one_line(str(failure.value))
+    assert "--replace" in str(failure.value)
     assert database_exists(scratch_name())
 
     run("migrate_phase", "rehearse", interactive=False, replace=True, keep=True, **LOAD)
@@ -126,20 +144,29 @@ def test_an_unrelated_database_of_that_name_is_refused_unless_replace(prepared, 
 def test_a_killed_rehearsal_is_cleaned_up_by_the_next_one(prepared, no_scratch, settings):
     conf = settings.SALESFLOW
     env = manage_env(SALESFLOW_BACKUP_DIR=str(conf["BACKUP_DIR"]), SALESFLOW_ROLE_PREFIX=conf["ROLE_PREFIX"])
-    child = subprocess.Popen(manage_command("migrate_phase", "rehearse", "--noinput", "--load-seconds", "30",
-                                            "--load-queries", "0"),
-                             cwd=PROJECT_DIR, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    child = subprocess.Popen(
+        manage_command("migrate_phase", "rehearse", "--noinput", "--load-seconds", "30", "--load-queries", "0"),
+        cwd=PROJECT_DIR,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
+
         def verifying_in_scratch() -> bool:
             if child.poll() is not None:
                 raise AssertionError(f"the rehearsal ended before it could be killed: {child.stderr.read()!r}")
             if not database_exists(scratch_name()):
                 return False
             with psycopg_connect(scratch_name()) as scratch:
-                return bool(scratch.execute(
-                    "SELECT 1 FROM pg_tables WHERE schemaname = 'public' AND tablename = 'schema_migrations'"
-                ).fetchone() and scratch.execute(
-                    "SELECT 1 FROM public.schema_migrations WHERE phase = 'verify' AND status = 'RUNNING'").fetchone())
+                return bool(
+                    scratch.execute(
+                        "SELECT 1 FROM pg_tables WHERE schemaname = 'public' AND tablename = 'schema_migrations'"
+                    ).fetchone()
+                    and scratch.execute(
+                        "SELECT 1 FROM public.schema_migrations WHERE phase = 'verify' AND status = 'RUNNING'"
+                    ).fetchone()
+                )
 
         wait_for(verifying_in_scratch, timeout=120, interval=0.2, what="the scratch run's verify phase")
         os.kill(child.pid, signal.SIGKILL)
@@ -148,12 +175,17 @@ def test_a_killed_rehearsal_is_cleaned_up_by_the_next_one(prepared, no_scratch, 
         if child.poll() is None:
             child.kill()
             child.wait()
-    assert database_exists(scratch_name()) and rehearsal_roles()  # what the killed run left
+    assert database_exists(scratch_name())
+    assert rehearsal_roles()
 
     out = run("migrate_phase", "rehearse", interactive=False, format="json", **LOAD)
 
     report = json.loads(out)
-    assert report["ok"] and f"database {scratch_name()}" in report["cleaned_up_before"]
-    assert not database_exists(scratch_name()) and not rehearsal_roles()
+    assert report["ok"]
+    assert f"database {scratch_name()}" in report["cleaned_up_before"]
+    assert not database_exists(scratch_name())
+    assert not rehearsal_roles()
     killed = MigrationRecord.objects.filter(phase="rehearse").order_by("attempt").first()
-    assert killed is not None and killed.status == Status.FAILED and killed.error_message.startswith("interrupted")
+    assert killed is not None
+    assert killed.status == Status.FAILED
+    assert killed.error_message.startswith("interrupted")

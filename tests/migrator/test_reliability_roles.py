@@ -26,13 +26,18 @@ def migrate_up_to_data() -> None:
 
 
 def owns_schema(role: str, schema: str) -> bool:
-    return bool(db.fetchvalue("SELECT pg_get_userbyid(nspowner) = %s FROM pg_namespace WHERE nspname = %s",
-                              [role, schema]))
+    return bool(
+        db.fetchvalue("SELECT pg_get_userbyid(nspowner) = %s FROM pg_namespace WHERE nspname = %s", [role, schema])
+    )
 
 
 def has_privilege(role: str, schema: str, table: str, privilege: str = "SELECT") -> bool:
-    return bool(db.fetchvalue("SELECT has_table_privilege(%s, format('%%I.%%I', %s::text, %s::text), %s)",
-                              [role, schema, table, privilege]))
+    return bool(
+        db.fetchvalue(
+            "SELECT has_table_privilege(%s, format('%%I.%%I', %s::text, %s::text), %s)",
+            [role, schema, table, privilege],
+        )
+    )
 
 
 def test_a_login_role_owning_the_legacy_auth_schema_is_refused_and_survives_rollback(seeded):
@@ -49,7 +54,8 @@ def test_a_login_role_owning_the_legacy_auth_schema_is_refused_and_survives_roll
 
     with pytest.raises(CommandError) as refused:
         run("migrate_phase", "security", interactive=False)
-    assert f"role {role}" in str(refused.value) and one_line(str(refused.value))
+    assert f"role {role}" in str(refused.value)
+    assert one_line(str(refused.value))
     assert "log in" in tracking.latest_records("security")[f"security/*/service_role/{role}"].error_message
 
     run("migrate_phase", "rollback", interactive=False)
@@ -79,13 +85,17 @@ def test_a_preexisting_role_is_refused_unless_adopted_and_an_adopted_role_is_nev
 
         run("migrate_phase", "security", interactive=False, adopt_roles=True)
         service_role = tracking.latest_records("security")[f"security/*/service_role/{role}"]
-        assert service_role.status == Status.COMPLETED and service_role.details["adopted"] is True
+        assert service_role.status == Status.COMPLETED
+        assert service_role.details["adopted"] is True
         assert has_privilege(role, "tenant_globex_0002", "contact_data_contacts")
 
         run("migrate_phase", "rollback", interactive=False)
         assert catalog.role_exists(role)
         assert db.fetchvalue("SELECT body FROM crm_extra.notes WHERE id = 1") == "kept"
-        assert db.fetchvalue("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'crm_extra.notes'::regclass") == role
+        assert (
+            db.fetchvalue("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'crm_extra.notes'::regclass")
+            == role
+        )
         # the migrator's grants are revoked, the role's own privilege stays
         assert not db.fetchvalue("SELECT has_schema_privilege(%s, 'tenant_globex_0002', 'USAGE')", [role])
         assert db.fetchvalue("SELECT has_schema_privilege(%s, 'tenant_acme_0001', 'USAGE')", [role])
@@ -124,12 +134,16 @@ def test_a_tenant_created_after_phase_4_gets_the_grants_and_verify_checks_it(see
     assert grants.privilege_problems(config, ["tenant_newco"], service_tables=False) == []
 
     # verify covers tenants created in the target layout too
-    db.execute(sql.SQL("REVOKE SELECT ON tenant_newco.contact_data_contacts FROM {}").format(
-        sql.Identifier(config.service_role("contact"))))
+    db.execute(
+        sql.SQL("REVOKE SELECT ON tenant_newco.contact_data_contacts FROM {}").format(
+            sql.Identifier(config.service_role("contact"))
+        )
+    )
     with pytest.raises(CommandError, match="phase verify failed"):
         run("migrate_phase", "verify", interactive=False)
     failed = [r for r in tracking.latest_records("verify").values() if r.status == Status.FAILED]
-    assert failed and all("tenant_newco" in r.error_message for r in failed)
+    assert failed
+    assert all("tenant_newco" in r.error_message for r in failed)
 
 
 def test_a_tenant_created_before_phase_4_gets_no_grants(seeded):

@@ -16,18 +16,26 @@ TARGETS = {"contacts": "contact_data_contacts", "activities": "activity_data_act
 
 
 def columns(schema: str, table: str) -> dict[str, str]:
-    return dict(rows("SELECT column_name, data_type FROM information_schema.columns "
-                     "WHERE table_schema = %s AND table_name = %s", [schema, table]))
+    return dict(
+        rows(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
+            [schema, table],
+        )
+    )
 
 
 def foreign_keys(schema: str, table: str) -> set[tuple[str, str]]:
     """``(column, referenced schema.table)`` of every foreign key of the table."""
-    return set(rows(
-        "SELECT a.attname, rn.nspname || '.' || r.relname FROM pg_constraint c "
-        "JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace "
-        "JOIN pg_class r ON r.oid = c.confrelid JOIN pg_namespace rn ON rn.oid = r.relnamespace "
-        "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1] "
-        "WHERE c.contype = 'f' AND n.nspname = %s AND t.relname = %s", [schema, table]))
+    return set(
+        rows(
+            "SELECT a.attname, rn.nspname || '.' || r.relname FROM pg_constraint c "
+            "JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace "
+            "JOIN pg_class r ON r.oid = c.confrelid JOIN pg_namespace rn ON rn.oid = r.relnamespace "
+            "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1] "
+            "WHERE c.contype = 'f' AND n.nspname = %s AND t.relname = %s",
+            [schema, table],
+        )
+    )
 
 
 def test_target_tables_keep_legacy_columns_and_types_and_reference_the_shared_tables(schemas_ready):
@@ -37,7 +45,9 @@ def test_target_tables_keep_legacy_columns_and_types_and_reference_the_shared_ta
             assert columns(schema, target) == columns(schema, legacy), f"{schema}.{target}"
         assert foreign_keys(schema, "contact_data_contacts") == {("contact_type_id", "contact.contact_types")}
         assert foreign_keys(schema, "activity_data_activities") == {
-            ("contact_id", f"{schema}.contact_data_contacts"), ("activity_type_id", "activity.activity_types")}
+            ("contact_id", f"{schema}.contact_data_contacts"),
+            ("activity_type_id", "activity.activity_types"),
+        }
         assert "django_migrations" in table_names(schema)  # each tenant records its own migrations
 
 

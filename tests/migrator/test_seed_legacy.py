@@ -7,8 +7,8 @@ from django.core.management import CommandError, call_command
 from psycopg import sql
 
 from migrator import catalog
-from migrator.tables import LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES
 from migrator.models import MigrationRecord
+from migrator.tables import LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES
 from tenants.models import Tenant
 from tests.helpers import legacy_fingerprints, run
 from tests.migrator.helpers import count, one_line, rows, value
@@ -35,11 +35,19 @@ def test_builds_the_legacy_layout_with_the_asked_counts(clean_db):
         assert count(schema, "contact_types") >= 3
         assert count(schema, "activity_types") >= 3
         # every activity belongs to a contact of its own tenant and to one of its activity types
-        assert value(sql.SQL("SELECT count(*) FROM {} a LEFT JOIN {} c ON c.id = a.contact_id WHERE c.id IS NULL")
-                     .format(sql.Identifier(schema, "activities"), sql.Identifier(schema, "contacts"))) == 0
+        assert (
+            value(
+                sql.SQL("SELECT count(*) FROM {} a LEFT JOIN {} c ON c.id = a.contact_id WHERE c.id IS NULL").format(
+                    sql.Identifier(schema, "activities"), sql.Identifier(schema, "contacts")
+                )
+            )
+            == 0
+        )
     # the same code has different ids in different tenants (what phase 3 must remap)
-    ids = {t: dict(rows(sql.SQL("SELECT code, id FROM {}").format(sql.Identifier(f"tenant_{t}", "contact_types"))))
-           for t in POPULATED}
+    ids = {
+        t: dict(rows(sql.SQL("SELECT code, id FROM {}").format(sql.Identifier(f"tenant_{t}", "contact_types"))))
+        for t in POPULATED
+    }
     shared_codes = set(ids["acme_0001"]) & set(ids["globex_0002"])
     assert any(ids["acme_0001"][code] != ids["globex_0002"][code] for code in shared_codes)
 
@@ -54,8 +62,12 @@ def test_same_seed_same_data_other_seed_other_data(clean_db):
     run("seed_legacy", tenants=2, contacts=40, activities=60, seed=12, replace=True)
     other = legacy_fingerprints(tenants)
     assert other.keys() == first.keys()
-    for key in ("tenant_acme_0001.contacts", "tenant_globex_0002.contacts", "tenant_acme_0001.activities",
-                "salesflow_auth.users"):
+    for key in (
+        "tenant_acme_0001.contacts",
+        "tenant_globex_0002.contacts",
+        "tenant_acme_0001.activities",
+        "salesflow_auth.users",
+    ):
         assert other[key][0] == first[key][0]  # same counts ...
         assert other[key][1] != first[key][1], key  # ... different content
 
@@ -74,7 +86,8 @@ def test_refuses_to_overwrite_without_replace(clean_db):
 def test_replace_starts_over_and_forgets_migrator_state(clean_db):
     run("seed_legacy", tenants=2, contacts=10, activities=10, seed=3)
     run("migrate_phase", "prepare", interactive=False)
-    assert Tenant.objects.count() == 2 and MigrationRecord.objects.exists()
+    assert Tenant.objects.count() == 2
+    assert MigrationRecord.objects.exists()
 
     out = run("seed_legacy", tenants=1, contacts=5, activities=5, seed=3, replace=True)
 
@@ -85,11 +98,17 @@ def test_replace_starts_over_and_forgets_migrator_state(clean_db):
     assert not MigrationRecord.objects.exists()
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--tenants", "-1"], r"expected 0 or more, got -1$"),
-    (["--contacts", "many"], r"expected a whole number, got 'many'$"),
-    (["--contacts", "0", "--activities", "5"], r"^activities need contacts: pass --contacts > 0 or --activities 0$"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tenants", "-1"], r"expected 0 or more, got -1$"),
+        (["--contacts", "many"], r"expected a whole number, got 'many'$"),
+        (
+            ["--contacts", "0", "--activities", "5"],
+            r"^activities need contacts: pass --contacts > 0 or --activities 0$",
+        ),
+    ],
+)
 def test_bad_arguments_are_one_line_errors_and_create_nothing(clean_db, args, message):
     with pytest.raises(CommandError, match=message):
         call_command("seed_legacy", *args)

@@ -10,80 +10,157 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from migrator.management.arguments import MAX_BATCH_SIZE, batch_size, non_negative, percent, positive, seconds
-from migrator.core.context import (REFERENCE_CONFLICT_POLICIES, MigrationContext, RunOptions, parse_schema_renames,
-                                   validate_tenant_ids)
+from migrator.config import get_config
+from migrator.core.context import (
+    REFERENCE_CONFLICT_POLICIES,
+    MigrationContext,
+    RunOptions,
+    parse_schema_renames,
+    validate_tenant_ids,
+)
 from migrator.core.errors import MigrationError
-from migrator.management.output import ConsoleReporter, outcome_dict, outcome_summary, rehearsal_lines
-from migrator.phases import ORDERED, get_phase, phase_choices, phases_help
 from migrator.core.phase import Phase
 from migrator.engine import orchestration
+from migrator.management.arguments import MAX_BATCH_SIZE, batch_size, non_negative, percent, positive, seconds
+from migrator.management.output import ConsoleReporter, outcome_dict, outcome_summary, rehearsal_lines
+from migrator.phases import ORDERED, get_phase, phase_choices, phases_help
 from migrator.reports.status import GLOBAL, status_report
-from migrator.config import get_config
 
 
 class Command(BaseCommand):
     help = (
-        "Run a phase of the SalesFlow schema migration. " + phases_help()
+        "Run a phase of the SalesFlow schema migration. "
+        + phases_help()
         + " Completed steps are skipped, so rerunning a phase resumes it."
     )
     requires_system_checks = []
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("phase", help="Phase number or name: " + ", ".join(phase_choices()) + ".")
-        parser.add_argument("--tenant", action="append", default=[], metavar="ID",
-                            help="Only this tenant (id without the tenant_ prefix); repeatable. Default: all.")
-        parser.add_argument("--plan", action="store_true", help="Print the steps that would run and their SQL; change nothing.")
-        parser.add_argument("--check", action="store_true",
-                            help="Exit 1 if the phase has steps left to run (with status: unless everything is complete).")
-        parser.add_argument("--jobs", type=positive, default=1,
-                            help="Tenants processed in parallel (default 1); lowered to what the server's free "
-                                 "connections allow, with a note.")
-        parser.add_argument("--batch-size", type=batch_size, default=50_000,
-                            help=f"Rows per copy batch, 1 to {MAX_BATCH_SIZE} (default 50000).")
+        parser.add_argument(
+            "--tenant",
+            action="append",
+            default=[],
+            metavar="ID",
+            help="Only this tenant (id without the tenant_ prefix); repeatable. Default: all.",
+        )
+        parser.add_argument(
+            "--plan", action="store_true", help="Print the steps that would run and their SQL; change nothing."
+        )
+        parser.add_argument(
+            "--check",
+            action="store_true",
+            help="Exit 1 if the phase has steps left to run (with status: unless everything is complete).",
+        )
+        parser.add_argument(
+            "--jobs",
+            type=positive,
+            default=1,
+            help="Tenants processed in parallel (default 1); lowered to what the server's free "
+            "connections allow, with a note.",
+        )
+        parser.add_argument(
+            "--batch-size",
+            type=batch_size,
+            default=50_000,
+            help=f"Rows per copy batch, 1 to {MAX_BATCH_SIZE} (default 50000).",
+        )
         parser.add_argument("--format", choices=("text", "json"), default="text", help="Output format.")
-        parser.add_argument("--noinput", "--no-input", action="store_false", dest="interactive",
-                            help="Do not ask for confirmation before destructive steps.")
-        parser.add_argument("--reference-conflicts", choices=REFERENCE_CONFLICT_POLICIES, default="refuse",
-                            help="data: what to do when tenants disagree on a reference row (default refuse).")
+        parser.add_argument(
+            "--noinput",
+            "--no-input",
+            action="store_false",
+            dest="interactive",
+            help="Do not ask for confirmation before destructive steps.",
+        )
+        parser.add_argument(
+            "--reference-conflicts",
+            choices=REFERENCE_CONFLICT_POLICIES,
+            default="refuse",
+            help="data: what to do when tenants disagree on a reference row (default refuse).",
+        )
         parser.add_argument("--validate-only", action="store_true", help="data: only run the validation steps again.")
-        parser.add_argument("--restore", action="store_true",
-                            help="rollback: restore the phase-1 backup instead (found through the backup's manifest "
-                                 "in SALESFLOW_BACKUP_DIR if the tracking table is gone); rerun it to finish a "
-                                 "restore that was interrupted.")
-        parser.add_argument("--drop-legacy", action="store_true",
-                            help="cutover: drop the legacy tables instead of archiving them (asks for confirmation).")
-        parser.add_argument("--adopt-roles", action="store_true",
-                            help="security: use service roles that already exist (NOLOGIN only) instead of refusing; "
-                                 "rollback then revokes the migration's grants from them but never drops them.")
-        parser.add_argument("--skip-schema", action="append", default=[], metavar="NAME",
-                            help="prepare: leave out this tenant_* schema whose name is not a valid tenant id "
-                                 "(its data is not migrated; recorded and shown as excluded by status); repeatable.")
-        parser.add_argument("--rename-schema", action="append", default=[], metavar="OLD=NEW",
-                            help="prepare: rename the tenant_* schema OLD, whose name is not a valid tenant id, to "
-                                 "tenant_NEW and migrate it as tenant NEW (the old name is recorded); repeatable.")
-        parser.add_argument("--target-database", metavar="NAME",
-                            help="rehearse: the scratch database the phase-1 backup is restored into "
-                                 "(default <database>_rehearsal, on the same server).")
-        parser.add_argument("--replace", action="store_true",
-                            help="rehearse: drop the scratch database if it exists and is not a rehearsal copy "
-                                 "(a rehearsal copy left by an earlier rehearsal is always replaced).")
-        parser.add_argument("--keep", action="store_true",
-                            help="rehearse: keep the scratch database (and its service roles) for inspection; "
-                                 "the next rehearsal drops it.")
+        parser.add_argument(
+            "--restore",
+            action="store_true",
+            help="rollback: restore the phase-1 backup instead (found through the backup's manifest "
+            "in SALESFLOW_BACKUP_DIR if the tracking table is gone); rerun it to finish a "
+            "restore that was interrupted.",
+        )
+        parser.add_argument(
+            "--drop-legacy",
+            action="store_true",
+            help="cutover: drop the legacy tables instead of archiving them (asks for confirmation).",
+        )
+        parser.add_argument(
+            "--adopt-roles",
+            action="store_true",
+            help="security: use service roles that already exist (NOLOGIN only) instead of refusing; "
+            "rollback then revokes the migration's grants from them but never drops them.",
+        )
+        parser.add_argument(
+            "--skip-schema",
+            action="append",
+            default=[],
+            metavar="NAME",
+            help="prepare: leave out this tenant_* schema whose name is not a valid tenant id "
+            "(its data is not migrated; recorded and shown as excluded by status); repeatable.",
+        )
+        parser.add_argument(
+            "--rename-schema",
+            action="append",
+            default=[],
+            metavar="OLD=NEW",
+            help="prepare: rename the tenant_* schema OLD, whose name is not a valid tenant id, to "
+            "tenant_NEW and migrate it as tenant NEW (the old name is recorded); repeatable.",
+        )
+        parser.add_argument(
+            "--target-database",
+            metavar="NAME",
+            help="rehearse: the scratch database the phase-1 backup is restored into "
+            "(default <database>_rehearsal, on the same server).",
+        )
+        parser.add_argument(
+            "--replace",
+            action="store_true",
+            help="rehearse: drop the scratch database if it exists and is not a rehearsal copy "
+            "(a rehearsal copy left by an earlier rehearsal is always replaced).",
+        )
+        parser.add_argument(
+            "--keep",
+            action="store_true",
+            help="rehearse: keep the scratch database (and its service roles) for inspection; "
+            "the next rehearsal drops it.",
+        )
         parser.add_argument("--rehearsal-backup", metavar="DUMP", help=argparse.SUPPRESS)  # set by rehearse only
-        parser.add_argument("--load-clients", type=positive, default=4,
-                            help="verify: connections of the load test (default 4), lowered to what the server "
-                                 "allows.")
-        parser.add_argument("--load-seconds", type=seconds, default=10.0,
-                            help="verify: at most this many seconds of load (default 10); each query runs on the "
-                                 "legacy tables, then with the same key on the new ones.")
-        parser.add_argument("--load-queries", type=non_negative, default=1000,
-                            help="verify: a layout's load ends early once every key query ran this many times "
-                                 "(default 1000; 0 always runs --load-seconds).")
-        parser.add_argument("--load-max-regression", type=percent, default=50.0, metavar="PERCENT",
-                            help="verify: the load test fails when a query's p95 latency on the new tables is more "
-                                 "than PERCENT worse than on the legacy ones (default 50).")
+        parser.add_argument(
+            "--load-clients",
+            type=positive,
+            default=4,
+            help="verify: connections of the load test (default 4), lowered to what the server allows.",
+        )
+        parser.add_argument(
+            "--load-seconds",
+            type=seconds,
+            default=10.0,
+            help="verify: at most this many seconds of load (default 10); each query runs on the "
+            "legacy tables, then with the same key on the new ones.",
+        )
+        parser.add_argument(
+            "--load-queries",
+            type=non_negative,
+            default=1000,
+            help="verify: a layout's load ends early once every key query ran this many times "
+            "(default 1000; 0 always runs --load-seconds).",
+        )
+        parser.add_argument(
+            "--load-max-regression",
+            type=percent,
+            default=50.0,
+            metavar="PERCENT",
+            help="verify: the load test fails when a query's p95 latency on the new tables is more "
+            "than PERCENT worse than on the legacy ones (default 50).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
@@ -106,19 +183,29 @@ class Command(BaseCommand):
             except KeyError:
                 raise MigrationError(f"unknown phase {name!r}; choose one of: {', '.join(phase_choices())}") from None
         ctx = MigrationContext(
-            config=get_config(), tenant_filter=validate_tenant_ids(options["tenant"]), batch_size=options["batch_size"],
+            config=get_config(),
+            tenant_filter=validate_tenant_ids(options["tenant"]),
+            batch_size=options["batch_size"],
             jobs=options["jobs"],
-            options=RunOptions(reference_conflicts=options["reference_conflicts"],
-                               validate_only=options["validate_only"], restore=options["restore"],
-                               drop_legacy=options["drop_legacy"], adopt_roles=options["adopt_roles"],
-                               skip_schemas=tuple(dict.fromkeys(options["skip_schema"])),
-                               rename_schemas=parse_schema_renames(options["rename_schema"]),
-                               render_sql=options["plan"] or options["verbosity"] >= 3,
-                               interactive=options["interactive"], target_database=options["target_database"],
-                               replace_target=options["replace"], keep_target=options["keep"],
-                               rehearsal_backup=options["rehearsal_backup"], load_clients=options["load_clients"],
-                               load_seconds=options["load_seconds"], load_queries=options["load_queries"],
-                               load_max_regression=options["load_max_regression"]),
+            options=RunOptions(
+                reference_conflicts=options["reference_conflicts"],
+                validate_only=options["validate_only"],
+                restore=options["restore"],
+                drop_legacy=options["drop_legacy"],
+                adopt_roles=options["adopt_roles"],
+                skip_schemas=tuple(dict.fromkeys(options["skip_schema"])),
+                rename_schemas=parse_schema_renames(options["rename_schema"]),
+                render_sql=options["plan"] or options["verbosity"] >= 3,
+                interactive=options["interactive"],
+                target_database=options["target_database"],
+                replace_target=options["replace"],
+                keep_target=options["keep"],
+                rehearsal_backup=options["rehearsal_backup"],
+                load_clients=options["load_clients"],
+                load_seconds=options["load_seconds"],
+                load_queries=options["load_queries"],
+                load_max_regression=options["load_max_regression"],
+            ),
         )
         if options["plan"] or options["check"]:
             return self._plan(phases, ctx, check=options["check"], show=options["plan"])
@@ -127,8 +214,13 @@ class Command(BaseCommand):
         if name == "rehearse" and outcomes and outcomes[0].ok:
             return self._rehearsal_report(outcomes[0])
         if self.json:
-            self.stdout.write(json.dumps({"ok": all(o.ok for o in outcomes), "phases": [outcome_dict(o) for o in outcomes]},
-                                         indent=2, default=str))
+            self.stdout.write(
+                json.dumps(
+                    {"ok": all(o.ok for o in outcomes), "phases": [outcome_dict(o) for o in outcomes]},
+                    indent=2,
+                    default=str,
+                )
+            )
         elif self.verbosity >= 1:
             for outcome in outcomes:
                 style = self.style.SUCCESS if outcome.ok else self.style.ERROR
@@ -151,8 +243,10 @@ class Command(BaseCommand):
         if not report["ok"]:
             failed = next(p for p in report["phases"] if not p["ok"])
             first = failed["failed"][0] if failed["failed"] else {"step": failed["phase"], "error": failed["error"]}
-            raise MigrationError(f"the rehearsal failed in phase {failed['phase']} ({first['step']}: {first['error']}); "
-                                 "the real database is unchanged: fix the cause and rehearse again")
+            raise MigrationError(
+                f"the rehearsal failed in phase {failed['phase']} ({first['step']}: {first['error']}); "
+                "the real database is unchanged: fix the cause and rehearse again"
+            )
 
     def _confirm(self, interactive: bool) -> Callable[[str, str], bool]:
         def ask(phase_name: str, question: str) -> bool:
@@ -169,14 +263,36 @@ class Command(BaseCommand):
         planned = [orchestration.plan_phase(phase, ctx) for phase in phases]
         pending = sum(len(p.steps) for p in planned)
         if self.json:
-            self.stdout.write(json.dumps({"pending": pending, "phases": [
-                {"phase": p.phase.name, "steps": [{"migration_id": s.key, "description": s.description,
-                                                   "destructive": s.destructive, "sql": list(s.sql)} for s in p.steps]}
-                for p in planned]}, indent=2))
+            self.stdout.write(
+                json.dumps(
+                    {
+                        "pending": pending,
+                        "phases": [
+                            {
+                                "phase": p.phase.name,
+                                "steps": [
+                                    {
+                                        "migration_id": s.key,
+                                        "description": s.description,
+                                        "destructive": s.destructive,
+                                        "sql": list(s.sql),
+                                    }
+                                    for s in p.steps
+                                ],
+                            }
+                            for p in planned
+                        ],
+                    },
+                    indent=2,
+                )
+            )
         elif show:
             for p in planned:
-                self.stdout.write(self.style.MIGRATE_HEADING(f"Phase {p.phase.number or '-'} {p.phase.name}: "
-                                                             f"{len(p.steps)} steps to run"))
+                self.stdout.write(
+                    self.style.MIGRATE_HEADING(
+                        f"Phase {p.phase.number or '-'} {p.phase.name}: {len(p.steps)} steps to run"
+                    )
+                )
                 for step in p.steps:
                     marker = " (destructive)" if step.destructive else ""
                     self.stdout.write(f"  {step.label}{marker}: {step.description}")
@@ -191,10 +307,7 @@ class Command(BaseCommand):
                 self.stdout.write(self.style.SUCCESS("Nothing to do."))
 
     def _status(self, check: bool) -> None:
-        if not orchestration.tracking_ready():
-            report = None
-        else:
-            report = status_report()
+        report = None if not orchestration.tracking_ready() else status_report()
         if report is None:
             if self.json:
                 self.stdout.write(json.dumps({"complete": False, "phases": [], "tenants": {}, "failed": []}))
@@ -216,14 +329,22 @@ class Command(BaseCommand):
         self.stdout.write(self.style.MIGRATE_HEADING(header))
         colour = {"done": self.style.SUCCESS, "failed": self.style.ERROR, "running": self.style.WARNING}
         for scope in report.scopes:
-            cells = "  ".join(colour.get(report.cells[(p, scope)], str)(report.cells[(p, scope)].ljust(9))
-                              for p in report.phases)
+            cells = "  ".join(
+                colour.get(report.cells[(p, scope)], str)(report.cells[(p, scope)].ljust(9)) for p in report.phases
+            )
             label = "(all)" if scope == GLOBAL else scope
             self.stdout.write(f"{label.ljust(width)}  {cells}")
         for record in report.failures:
-            self.stdout.write(self.style.ERROR(f"FAILED {record.migration_id} (attempt {record.attempt}): {record.error_message}"))
+            self.stdout.write(
+                self.style.ERROR(f"FAILED {record.migration_id} (attempt {record.attempt}): {record.error_message}")
+            )
         for entry in report.excluded:
-            self.stdout.write(self.style.WARNING(
-                f"EXCLUDED {entry['schema']!r}: {entry['rows']} rows not migrated ({entry['reason']})"))
+            self.stdout.write(
+                self.style.WARNING(
+                    f"EXCLUDED {entry['schema']!r}: {entry['rows']} rows not migrated ({entry['reason']})"
+                )
+            )
         summary = "complete" if report.complete else "incomplete"
-        self.stdout.write(f"Migration {summary}: {sum(v == 'done' for v in report.cells.values())}/{len(report.cells)} cells done")
+        self.stdout.write(
+            f"Migration {summary}: {sum(v == 'done' for v in report.cells.values())}/{len(report.cells)} cells done"
+        )

@@ -7,13 +7,13 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from migrator.management.arguments import non_negative
+from migrator.config import get_config
 from migrator.core.errors import MigrationError
-from migrator.engine.lock import MigratorLock
-from migrator.engine.orchestration import check_database
 from migrator.devtools.reset import reset_database
 from migrator.devtools.seed import SeedError, SeedSpec, seed_legacy
-from migrator.config import get_config
+from migrator.engine.lock import MigratorLock
+from migrator.engine.orchestration import check_database
+from migrator.management.arguments import non_negative
 
 
 class Command(BaseCommand):
@@ -27,13 +27,18 @@ class Command(BaseCommand):
         parser.add_argument("--tenants", type=non_negative, default=3, help="Tenants with data (default 3).")
         parser.add_argument("--contacts", type=non_negative, default=100, help="Contacts per tenant (default 100).")
         parser.add_argument("--activities", type=non_negative, default=200, help="Activities per tenant (default 200).")
-        parser.add_argument("--empty-tenants", type=non_negative, default=0, help="Extra tenants with no contacts or activities.")
-        parser.add_argument("--users", type=non_negative, default=None, help="Legacy auth users (default 5 per tenant, at least 10).")
+        parser.add_argument(
+            "--empty-tenants", type=non_negative, default=0, help="Extra tenants with no contacts or activities."
+        )
+        parser.add_argument(
+            "--users", type=non_negative, default=None, help="Legacy auth users (default 5 per tenant, at least 10)."
+        )
         parser.add_argument("--seed", type=int, default=42, help="Random seed: the same seed gives the same data.")
         parser.add_argument(
-            "--replace", action="store_true",
+            "--replace",
+            action="store_true",
             help="Start over: drop every tenant_* schema, the legacy auth and archive schemas, empty the "
-                 "service tables and forget the registry, tracking history and service roles first.",
+            "service tables and forget the registry, tracking history and service roles first.",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -47,21 +52,28 @@ class Command(BaseCommand):
     def _seed(self, options: dict[str, Any]) -> None:
         config = get_config()
         spec = SeedSpec(
-            tenants=options["tenants"], contacts=options["contacts"], activities=options["activities"],
-            seed=options["seed"], empty_tenants=options["empty_tenants"], users=options["users"],
+            tenants=options["tenants"],
+            contacts=options["contacts"],
+            activities=options["activities"],
+            seed=options["seed"],
+            empty_tenants=options["empty_tenants"],
+            users=options["users"],
         )
         if options["replace"]:
             for line in reset_database(config):
                 self.stdout.write(f"  {line}", style_func=self.style.WARNING)
         started = time.monotonic()
         result = seed_legacy(spec, config.legacy_auth_schema, progress=self._progress(options["verbosity"]))
-        self.stdout.write(self.style.SUCCESS(
-            f"Seeded {len(result.tenant_ids)} tenants, {result.contacts} contacts, {result.activities} activities, "
-            f"{result.users} users in {time.monotonic() - started:.1f}s"
-        ))
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Seeded {len(result.tenant_ids)} tenants, {result.contacts} contacts, {result.activities} activities, "
+                f"{result.users} users in {time.monotonic() - started:.1f}s"
+            )
+        )
 
     def _progress(self, verbosity: int):
         def report(message: str) -> None:
             if verbosity >= 2:
                 self.stdout.write(f"  {message}")
+
         return report

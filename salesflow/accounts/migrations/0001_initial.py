@@ -7,76 +7,87 @@ from salesflow.db_backend.migration_operations import CreateSchema
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         CreateSchema("auth"),
         migrations.CreateModel(
-            name='Permission',
+            name="Permission",
             fields=[
-                ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('code', models.TextField(unique=True)),
-                ('description', models.TextField(blank=True, null=True)),
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("code", models.TextField(unique=True)),
+                ("description", models.TextField(blank=True, null=True)),
             ],
             options={
-                'db_table': 'auth"."permissions',
-                'ordering': ['id'],
+                "db_table": 'auth"."permissions',
+                "ordering": ["id"],
             },
         ),
         migrations.CreateModel(
-            name='Role',
+            name="Role",
             fields=[
-                ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('name', models.TextField(unique=True)),
-                ('description', models.TextField(blank=True, null=True)),
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("name", models.TextField(unique=True)),
+                ("description", models.TextField(blank=True, null=True)),
             ],
             options={
-                'db_table': 'auth"."roles',
-                'ordering': ['id'],
+                "db_table": 'auth"."roles',
+                "ordering": ["id"],
             },
         ),
         migrations.CreateModel(
-            name='User',
+            name="User",
             fields=[
-                ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('email', models.TextField(unique=True)),
-                ('password_hash', models.TextField()),
-                ('full_name', models.TextField(blank=True, null=True)),
-                ('is_active', models.BooleanField(db_default=True, default=True)),
-                ('created_at', models.DateTimeField()),
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("email", models.TextField(unique=True)),
+                ("password_hash", models.TextField()),
+                ("full_name", models.TextField(blank=True, null=True)),
+                ("is_active", models.BooleanField(db_default=True, default=True)),
+                ("created_at", models.DateTimeField()),
             ],
             options={
-                'db_table': 'auth"."users',
-                'ordering': ['id'],
+                "db_table": 'auth"."users',
+                "ordering": ["id"],
             },
         ),
         migrations.CreateModel(
-            name='RolePermission',
+            name="RolePermission",
             fields=[
-                ('pk', models.CompositePrimaryKey('role_id', 'permission_id', blank=True, editable=False, primary_key=True, serialize=False)),
-                ('permission', models.ForeignKey(on_delete=django.db.models.deletion.DB_CASCADE, to='accounts.permission')),
-                ('role', models.ForeignKey(on_delete=django.db.models.deletion.DB_CASCADE, to='accounts.role')),
+                (
+                    "pk",
+                    models.CompositePrimaryKey(
+                        "role_id", "permission_id", blank=True, editable=False, primary_key=True, serialize=False
+                    ),
+                ),
+                (
+                    "permission",
+                    models.ForeignKey(on_delete=django.db.models.deletion.DB_CASCADE, to="accounts.permission"),
+                ),
+                ("role", models.ForeignKey(on_delete=django.db.models.deletion.DB_CASCADE, to="accounts.role")),
             ],
             options={
-                'db_table': 'auth"."role_permissions',
-                'ordering': ['role_id', 'permission_id'],
+                "db_table": 'auth"."role_permissions',
+                "ordering": ["role_id", "permission_id"],
             },
         ),
         migrations.CreateModel(
-            name='UserRole',
+            name="UserRole",
             fields=[
-                ('pk', models.CompositePrimaryKey('user_id', 'role_id', blank=True, editable=False, primary_key=True, serialize=False)),
-                ('tenant_id', models.TextField(blank=True, null=True)),
-                ('role', models.ForeignKey(on_delete=django.db.models.deletion.DB_CASCADE, to='accounts.role')),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.DB_CASCADE, to='accounts.user')),
+                (
+                    "pk",
+                    models.CompositePrimaryKey(
+                        "user_id", "role_id", blank=True, editable=False, primary_key=True, serialize=False
+                    ),
+                ),
+                ("tenant_id", models.TextField(blank=True, null=True)),
+                ("role", models.ForeignKey(on_delete=django.db.models.deletion.DB_CASCADE, to="accounts.role")),
+                ("user", models.ForeignKey(on_delete=django.db.models.deletion.DB_CASCADE, to="accounts.user")),
             ],
             options={
-                'db_table': 'auth"."user_roles',
-                'ordering': ['user_id', 'role_id'],
+                "db_table": 'auth"."user_roles',
+                "ordering": ["user_id", "role_id"],
             },
         ),
     ]

@@ -6,24 +6,22 @@ from salesflow.db_backend.migration_operations import CreateSchema
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         CreateSchema("activity"),
         migrations.CreateModel(
-            name='ActivityType',
+            name="ActivityType",
             fields=[
-                ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('code', models.TextField(unique=True)),
-                ('name', models.TextField()),
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("code", models.TextField(unique=True)),
+                ("name", models.TextField()),
             ],
             options={
-                'db_table': 'activity"."activity_types',
-                'ordering': ['code'],
+                "db_table": 'activity"."activity_types',
+                "ordering": ["code"],
             },
         ),
     ]

@@ -5,30 +5,37 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('activity', '0001_initial'),
+        ("activity", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Activity',
+            name="Activity",
             fields=[
-                ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('subject', models.TextField()),
-                ('details', models.TextField(blank=True, null=True)),
-                ('due_at', models.DateTimeField(blank=True, null=True)),
-                ('completed_at', models.DateTimeField(blank=True, null=True)),
-                ('owner_id', models.BigIntegerField(blank=True, null=True)),
-                ('created_at', models.DateTimeField()),
-                ('activity_type', models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to='activity.activitytype')),
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("subject", models.TextField()),
+                ("details", models.TextField(blank=True, null=True)),
+                ("due_at", models.DateTimeField(blank=True, null=True)),
+                ("completed_at", models.DateTimeField(blank=True, null=True)),
+                ("owner_id", models.BigIntegerField(blank=True, null=True)),
+                ("created_at", models.DateTimeField()),
+                (
+                    "activity_type",
+                    models.ForeignKey(
+                        db_index=False,
+                        on_delete=django.db.models.deletion.DO_NOTHING,
+                        related_name="+",
+                        to="activity.activitytype",
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'activities',
-                'db_table': 'activity_data_activities',
-                'ordering': ['id'],
+                "verbose_name_plural": "activities",
+                "db_table": "activity_data_activities",
+                "ordering": ["id"],
             },
         ),
     ]

@@ -5,30 +5,34 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('activity_data', '0001_initial'),
-        ('contact_data', '0001_initial'),
+        ("activity_data", "0001_initial"),
+        ("contact_data", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='activity',
-            name='contact',
-            field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.DB_CASCADE, related_name='activities', to='contact_data.contact'),
+            model_name="activity",
+            name="contact",
+            field=models.ForeignKey(
+                db_index=False,
+                on_delete=django.db.models.deletion.DB_CASCADE,
+                related_name="activities",
+                to="contact_data.contact",
+            ),
         ),
         migrations.AddIndex(
-            model_name='activity',
-            index=models.Index(fields=['contact'], name='activity_data_contact_idx'),
+            model_name="activity",
+            index=models.Index(fields=["contact"], name="activity_data_contact_idx"),
         ),
         migrations.AddIndex(
-            model_name='activity',
-            index=models.Index(fields=['activity_type'], name='activity_data_type_idx'),
+            model_name="activity",
+            index=models.Index(fields=["activity_type"], name="activity_data_type_idx"),
         ),
         migrations.AddIndex(
-            model_name='activity',
-            index=models.Index(fields=['due_at'], name='activity_data_due_idx'),
+            model_name="activity",
+            index=models.Index(fields=["due_at"], name="activity_data_due_idx"),
         ),
     ]

@@ -6,37 +6,35 @@ from salesflow.db_backend.migration_operations import CreateSchema
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         CreateSchema("contact"),
         migrations.CreateModel(
-            name='ContactType',
+            name="ContactType",
             fields=[
-                ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('code', models.TextField(unique=True)),
-                ('name', models.TextField()),
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("code", models.TextField(unique=True)),
+                ("name", models.TextField()),
             ],
             options={
-                'db_table': 'contact"."contact_types',
-                'ordering': ['code'],
+                "db_table": 'contact"."contact_types',
+                "ordering": ["code"],
             },
         ),
         migrations.CreateModel(
-            name='TagCategory',
+            name="TagCategory",
             fields=[
-                ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('name', models.TextField(unique=True)),
-                ('color', models.TextField(blank=True, null=True)),
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("name", models.TextField(unique=True)),
+                ("color", models.TextField(blank=True, null=True)),
             ],
             options={
-                'verbose_name_plural': 'tag categories',
-                'db_table': 'contact"."tag_categories',
-                'ordering': ['name'],
+                "verbose_name_plural": "tag categories",
+                "db_table": 'contact"."tag_categories',
+                "ordering": ["name"],
             },
         ),
     ]

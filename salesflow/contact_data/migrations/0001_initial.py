@@ -5,33 +5,46 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('contact', '0001_initial'),
+        ("contact", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Contact',
+            name="Contact",
             fields=[
-                ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('first_name', models.TextField(blank=True, null=True)),
-                ('last_name', models.TextField(blank=True, null=True)),
-                ('email', models.TextField(blank=True, null=True)),
-                ('phone', models.TextField(blank=True, null=True)),
-                ('company', models.TextField(blank=True, null=True)),
-                ('owner_id', models.BigIntegerField(blank=True, null=True)),
-                ('custom_fields', models.JSONField(blank=True, null=True)),
-                ('created_at', models.DateTimeField()),
-                ('updated_at', models.DateTimeField(blank=True, null=True)),
-                ('contact_type', models.ForeignKey(blank=True, db_index=False, null=True, on_delete=django.db.models.deletion.DB_SET_NULL, related_name='+', to='contact.contacttype')),
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("first_name", models.TextField(blank=True, null=True)),
+                ("last_name", models.TextField(blank=True, null=True)),
+                ("email", models.TextField(blank=True, null=True)),
+                ("phone", models.TextField(blank=True, null=True)),
+                ("company", models.TextField(blank=True, null=True)),
+                ("owner_id", models.BigIntegerField(blank=True, null=True)),
+                ("custom_fields", models.JSONField(blank=True, null=True)),
+                ("created_at", models.DateTimeField()),
+                ("updated_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "contact_type",
+                    models.ForeignKey(
+                        blank=True,
+                        db_index=False,
+                        null=True,
+                        on_delete=django.db.models.deletion.DB_SET_NULL,
+                        related_name="+",
+                        to="contact.contacttype",
+                    ),
+                ),
             ],
             options={
-                'db_table': 'contact_data_contacts',
-                'ordering': ['id'],
-                'indexes': [models.Index(fields=['email'], name='contact_data_email_idx'), models.Index(fields=['contact_type'], name='contact_data_type_idx'), models.Index(fields=['owner_id'], name='contact_data_owner_idx')],
+                "db_table": "contact_data_contacts",
+                "ordering": ["id"],
+                "indexes": [
+                    models.Index(fields=["email"], name="contact_data_email_idx"),
+                    models.Index(fields=["contact_type"], name="contact_data_type_idx"),
+                    models.Index(fields=["owner_id"], name="contact_data_owner_idx"),
+                ],
             },
         ),
     ]

@@ -38,7 +38,7 @@ from django.test import override_settings
 from psycopg import sql
 
 from migrator.config import get_config
-from migrator.devtools.reset import drop_service_roles
+from migrator.devtools.reset import drop_roles_and_everything_they_own
 from tests.helpers import restore_clean_database, run
 
 SEEDED = {"tenants": ["acme_0001", "globex_0002", "empty_0001"], "contacts": 120, "activities": 240}
@@ -151,7 +151,8 @@ class StageDatabases:
             return
         try:
             connections.close_all()
-            drop_service_roles(get_config())  # run in the working database, the only one they have grants in
+            # in the working database, the only one they have grants in
+            drop_roles_and_everything_they_own(list(get_config().service_roles.values()))
         finally:
             self._point_at(self.test_database)
             self.drops.drop(self.working)

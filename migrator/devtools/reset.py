@@ -11,9 +11,19 @@ from psycopg import sql
 from migrator import catalog, db
 from migrator.config import MigratorConfig
 from migrator.models import DeferredConstraint, MigrationRecord, ReferenceMapping
-from migrator.ops.teardown import drop_roles_and_everything_they_own
 from migrator.tables import service_tables
 from tenants.models import Domain, Tenant
+
+
+def drop_roles_and_everything_they_own(roles: list[str]) -> list[str]:
+    """Development resets only: ``DROP OWNED`` removes whatever the roles own, whoever created them."""
+    dropped = []
+    for role in roles:
+        if catalog.role_exists(role):
+            db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+            dropped.append(role)
+    return dropped
 
 
 def reset_database(config: MigratorConfig) -> list[str]:

@@ -109,14 +109,3 @@ def drop_role(role: str) -> None:
             f"role {role} cannot be dropped, something not granted by the migrator still depends on it "
             f"({' '.join(detail.split())}): revoke or reassign that, then rerun the rollback"
         ) from None
-
-
-def drop_roles_and_everything_they_own(roles: list[str]) -> list[str]:
-    """Development resets only: ``DROP OWNED`` removes whatever the roles own, whoever created them."""
-    dropped = []
-    for role in roles:
-        if catalog.role_exists(role):
-            db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-            db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
-            dropped.append(role)
-    return dropped

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Protocol, cast
 
 from django.core.management.sql import emit_post_migrate_signal
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.executor import MigrationExecutor
+from django.db.migrations.migration import Migration
 from django.db.migrations.recorder import MigrationRecorder
 
 # Apps the engine needs in public before it can record anything: the registry and the tracking table.
@@ -16,9 +18,21 @@ TRACKING_APPS: tuple[str, ...] = ("tenants", "migrator")
 BOOTSTRAP_APPS: tuple[str, ...] = ("contenttypes", "auth", "admin", "sessions", *TRACKING_APPS)
 
 
+class SchemaSwitching(Protocol):
+    """What django-tenants' database wrapper adds (it ships no type information)."""
+
+    def set_schema(self, schema_name: str, include_public: bool = True) -> None: ...
+
+    def set_schema_to_public(self) -> None: ...
+
+
+def _schemas() -> SchemaSwitching:
+    return cast(SchemaSwitching, connections[DEFAULT_DB_ALIAS])
+
+
 @contextmanager
 def _in_schema(schema_name: str) -> Iterator[None]:
-    conn = connections[DEFAULT_DB_ALIAS]
+    conn = _schemas()
     try:
         # A tenant's django_migrations must be its own, never public's found through search_path.
         conn.set_schema(schema_name, include_public=schema_name == "public")
@@ -27,7 +41,9 @@ def _in_schema(schema_name: str) -> Iterator[None]:
         conn.set_schema_to_public()
 
 
-def _plan(app_labels: Sequence[str] | None):
+def _plan(
+    app_labels: Sequence[str] | None,
+) -> tuple[MigrationExecutor, list[tuple[Migration, bool]], list[tuple[str, str]]]:
     executor = MigrationExecutor(connections[DEFAULT_DB_ALIAS])
     targets = [key for key in executor.loader.graph.leaf_nodes() if app_labels is None or key[0] in app_labels]
     return executor, executor.migration_plan(targets), targets
@@ -50,7 +66,7 @@ def migrate_schema(schema_name: str, app_labels: Sequence[str] | None = None) ->
     with _in_schema(schema_name):
         MigrationRecorder(conn).ensure_schema()
         if not public:
-            conn.set_schema(schema_name)  # tenant tables reference service tables by qualified name
+            _schemas().set_schema(schema_name)  # tenant tables reference service tables by qualified name
         executor, plan, targets = _plan(app_labels)
         if not plan:
             return []
@@ -91,6 +107,6 @@ def pending_sql(schema_name: str, app_labels: Sequence[str] | None = None) -> li
     """The SQL the pending migrations of ``schema_name`` would run (for ``--plan``; applies nothing)."""
     with _in_schema(schema_name):
         if schema_name != "public":
-            connections[DEFAULT_DB_ALIAS].set_schema(schema_name)
+            _schemas().set_schema(schema_name)
         executor, plan, _targets = _plan(app_labels)
         return [statement for statement in executor.loader.collect_sql(plan) if not statement.startswith("--")]

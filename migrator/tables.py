@@ -54,6 +54,13 @@ class LegacyTable:
         return schema if sep else None
 
     @property
+    def shared_schema(self) -> str:
+        """Auth and reference tables: the service schema their shared target table is in."""
+        if self.schema is None:
+            raise ValueError(f"{self.legacy_table} is tenant data: its target is in each tenant's own schema")
+        return self.schema
+
+    @property
     def table(self) -> str:
         """The target table's name inside its schema."""
         return self._db_table.rpartition('"."')[2]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models
+from django.db.models.functions import Concat
 from django_tenants.models import DomainMixin, TenantMixin
 
 from salesflow.layout import TENANT_ID_PATTERN, is_reserved_schema, tenant_schema_name
@@ -38,6 +41,7 @@ class Tenant(TenantMixin):
     its schema (``auto_drop_schema = False``): customer data is only removed deliberately.
     """
 
+    schema_name: str  # TenantMixin's field (django-tenants ships no type information)
     tenant_id = models.CharField(
         max_length=56,
         unique=True,
@@ -61,7 +65,7 @@ class Tenant(TenantMixin):
                 condition=models.Q(tenant_id__regex=TENANT_ID_PATTERN), name="tenants_tenant_id_valid"
             ),
             models.CheckConstraint(
-                condition=models.Q(schema_name=models.functions.Concat(models.Value("tenant_"), "tenant_id")),
+                condition=models.Q(schema_name=Concat(models.Value("tenant_"), "tenant_id")),
                 name="tenants_schema_is_tenant_id",
             ),
         ]
@@ -79,7 +83,7 @@ class Tenant(TenantMixin):
             raise ValidationError({"schema_name": f"must be {expected!r} for tenant {self.tenant_id!r}"})
         validate_schema_not_reserved(expected)
 
-    def save(self, *args, **kwargs) -> None:
+    def save(self, *args: Any, **kwargs: Any) -> None:
         self.clean()  # an invalid tenant id is a ValidationError here, before any name is derived from it
         if not self.schema_name:
             self.schema_name = tenant_schema_name(self.tenant_id)

@@ -6,6 +6,7 @@ For demos, tests and benchmarks (``seed_legacy --replace``), never part of a mig
 from __future__ import annotations
 
 from django.db import transaction
+from django.db.models import Model
 from psycopg import sql
 
 from migrator import catalog, db
@@ -45,10 +46,11 @@ def reset_database(config: MigratorConfig) -> list[str]:
         if existing:
             db.execute(sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(sql.SQL(", ").join(existing)))
             done.append(f"emptied {len(existing)} service tables")
-        for model in (Domain, Tenant, MigrationRecord, ReferenceMapping, DeferredConstraint):
+        models: tuple[type[Model], ...] = (Domain, Tenant, MigrationRecord, ReferenceMapping, DeferredConstraint)
+        for model in models:
             if not catalog.table_exists("public", model._meta.db_table):
                 continue  # a database the migrator has never run on
-            deleted, _ = model.objects.all().delete()
+            deleted, _ = model._default_manager.all().delete()
             if deleted:
                 done.append(f"deleted {deleted} {model._meta.db_table} rows")
         # Every role of the configured prefix, whoever made it: a reset is for development and test

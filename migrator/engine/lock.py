@@ -78,7 +78,8 @@ class MigratorLock:
 
     def __enter__(self) -> MigratorLock:
         conn = connect_like_django(holder_name(self.phase))
-        acquired = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", [LOCK_NAMESPACE, LOCK_ID]).fetchone()[0]
+        row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", [LOCK_NAMESPACE, LOCK_ID]).fetchone()
+        acquired = bool(row and row[0])
         if not acquired:
             holder = describe_holder(conn)
             conn.close()
@@ -96,11 +97,12 @@ class MigratorLock:
         if self._conn is None:
             raise LockLost("this run does not hold the migrator lock; rerun the phase")
         try:
-            held = self._conn.execute(
+            row = self._conn.execute(
                 "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() "
                 "AND granted AND classid = %s AND objid = %s AND objsubid = 2)",
                 [LOCK_NAMESPACE, LOCK_ID],
-            ).fetchone()[0]
+            ).fetchone()
+            held = bool(row and row[0])
             reason = "" if held else "the lock is no longer held by its connection"
         except psycopg.Error as exc:
             held, reason = (

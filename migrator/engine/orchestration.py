@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from django.db import connection
+import psycopg
+from django.db import DatabaseError, connection
 
 from migrator import catalog, db
 from migrator.core.context import MigrationContext
@@ -22,7 +23,7 @@ def check_database() -> None:
     """Fail with one line when the database cannot be reached."""
     try:
         connection.ensure_connection()
-    except Exception as exc:  # psycopg raises several kinds; all mean the same to the operator
+    except (DatabaseError, psycopg.Error, OSError) as exc:  # all mean the same to the operator
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         reason = lines[0] if lines else type(exc).__name__
         raise MigrationError(

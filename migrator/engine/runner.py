@@ -85,8 +85,8 @@ class PhaseRunner:
         self.on_event(Event("phase_start", phase.name, count=len(steps)))
         records = tracking.ensure_pending(steps, tracking.latest_records(phase.name, [s.key for s in steps]))
         position = 0
-        for is_tenant_run, group in groupby(steps, key=lambda s: s.tenant_id is not None):
-            group = list(group)
+        for is_tenant_run, grouped in groupby(steps, key=lambda s: s.tenant_id is not None):
+            group = list(grouped)
             if is_tenant_run:
                 self._run_tenants(phase, group, records, outcome, position, len(steps))
             else:

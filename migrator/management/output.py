@@ -55,7 +55,7 @@ class ConsoleReporter:
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
-                console=Console(file=self.stdout._out),
+                console=Console(file=self.stdout._out),  # type: ignore[arg-type]  # OutputWrapper's stream
                 transient=True,
             )
             self._bar.start()
@@ -109,7 +109,10 @@ class ConsoleReporter:
 
 def outcome_summary(outcome: PhaseOutcome) -> str:
     rows = outcome.rows_moved
-    text = f"Phase {outcome.phase}: {len(outcome.completed)} steps OK, {len(outcome.failed)} failed in {outcome.elapsed:.1f}s"
+    text = (
+        f"Phase {outcome.phase}: {len(outcome.completed)} steps OK, {len(outcome.failed)} failed "
+        f"in {outcome.elapsed:.1f}s"
+    )
     if rows:
         text += f"; {rows:,} rows copied ({human_rate(rows, outcome.elapsed)})"
     return text

@@ -213,7 +213,8 @@ def check_backup(info: BackupInfo) -> None:
     sha, _size = tree_sha256(path)
     if sha != info.sha256:
         raise MigrationError(
-            f"backup {path} has been altered: sha256 {sha[:16]}... differs from the recorded {info.sha256[:16]}...; refusing to restore"
+            f"backup {path} has been altered: sha256 {sha[:16]}... differs from the recorded {info.sha256[:16]}...; "
+            "refusing to restore"
         )
 
 

@@ -16,6 +16,7 @@ afterwards with a synchronous commit, which flushes all WAL before it, every bat
 
 from __future__ import annotations
 
+import contextlib
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -163,10 +164,8 @@ def table_fence(schema: str, table: str) -> Iterator[None]:
     try:
         yield
     finally:
-        try:
+        with contextlib.suppress(DatabaseError):  # a dead connection took the lock with it
             db.execute("SELECT pg_advisory_unlock(%s, %s)", key)
-        except DatabaseError:
-            pass  # the connection is gone, and the lock with it
 
 
 def _check_fence(copy: TableCopy) -> None:
@@ -309,7 +308,10 @@ class CopyStats:
     resumed_after: list[object] | None
 
 
-def copy_table(copy: TableCopy, batch_size: int, reporter: StepReporter = StepReporter()) -> CopyStats:
+SILENT = StepReporter()  # a copy nobody watches (tests, tools)
+
+
+def copy_table(copy: TableCopy, batch_size: int, reporter: StepReporter = SILENT) -> CopyStats:
     """Copy every source row not yet in the target, in key order, one committed batch at a time.
 
     ``reporter.checkpoint`` runs inside each batch's transaction, so what it stores commits with the batch.
@@ -369,7 +371,8 @@ def _copy_table(copy: TableCopy, batch_size: int, reporter: StepReporter) -> Cop
                 _check_fence(copy)
                 db.execute(ASYNC_COMMIT)
                 done += db.execute(copy.insert_missing_sql())
-                reporter.checkpoint(last[0] if len(copy.key) == 1 and (resumed_after or batches) else None, done)
+                key = last[0] if len(copy.key) == 1 and (resumed_after or batches) else None
+                reporter.checkpoint(key if isinstance(key, int) else None, done)
             reporter.progress(done, total)
     return CopyStats(rows_source=total, rows_copied=done, batches=batches, resumed_after=resumed_after)
 

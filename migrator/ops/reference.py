@@ -35,14 +35,15 @@ class MergeResult:
 
 def _value_columns(ref: ReferenceTable, tenant_ids: list[str]) -> list[str]:
     """Columns besides id that every tenant's table has; an extra legacy column blocks the merge."""
-    target_cols = [c.name for c in catalog.columns(ref.schema, ref.table) if c.name != "id"]
+    target_cols = [c.name for c in catalog.columns(ref.shared_schema, ref.table) if c.name != "id"]
     for tenant_id in tenant_ids:
         legacy_cols = [c.name for c in catalog.columns(tenant_schema_name(tenant_id), ref.legacy_table)]
         extra = unmapped_columns(legacy_cols, ref.model)
         if extra:
             raise MigrationError(
                 f"tenant_{tenant_id}.{ref.legacy_table} has columns with no target column: {', '.join(extra)}; "
-                "nothing was merged (add the columns to the target model, or drop them from the legacy table deliberately)"
+                "nothing was merged (add the columns to the target model, or drop them from the legacy table "
+                "deliberately)"
             )
     return target_cols
 
@@ -57,7 +58,10 @@ def _conflicts(ref: ReferenceTable, value_cols: list[str]) -> list[dict[str, Any
         "SELECT c.key, c.variant, array_agg(c.tenant_id ORDER BY c.tenant_id = %s DESC, c.tenant_id) "
         "FROM candidates c JOIN keyed USING (key) GROUP BY c.key, c.variant ORDER BY c.key, min(c.tenant_id)"
     ).format(
-        key=sql.Identifier(ref.merge_key), values=values, stage=STAGE, shared=sql.Identifier(ref.schema, ref.table)
+        key=sql.Identifier(ref.merge_key),
+        values=values,
+        stage=STAGE,
+        shared=sql.Identifier(ref.shared_schema, ref.table),
     )
     conflicts: dict[str, dict[str, Any]] = {}
     for key, variant, tenants in db.fetchall(variants, [SHARED_TENANT, SHARED_TENANT]):
@@ -77,7 +81,10 @@ def describe_conflicts(ref: ReferenceTable, conflicts: list[dict[str, Any]], lim
 
 
 def _unmapped_rows(ref: ReferenceTable, tenant_id: str) -> sql.Composed:
-    """The tenant's legacy ``ref`` rows that have no map entry yet, aliased ``l``; parameters: :func:`_unmapped_params`."""
+    """The tenant's legacy ``ref`` rows that have no map entry yet, aliased ``l``.
+
+    Parameters: :func:`_unmapped_params`.
+    """
     return sql.SQL(
         "{legacy} l WHERE NOT EXISTS (SELECT 1 FROM public.migrator_reference_map m "
         "WHERE m.tenant_id = %s AND m.reference_table = %s AND m.old_id = l.id)"
@@ -108,16 +115,19 @@ def _unmerged_tenants(ref: ReferenceTable, tenant_ids: list[str]) -> tuple[list[
 
 
 def needs_merge(ref: ReferenceTable, tenant_ids: list[str]) -> bool:
-    """Some of these tenants have legacy ``ref`` rows that were never merged (e.g. registered or added after the merge)."""
+    """Some of these tenants have legacy ``ref`` rows that were never merged.
+
+    (A tenant registered, or a row added, after the merge.)
+    """
     return bool(_unmerged_tenants(ref, tenant_ids)[0])
 
 
 def merge_reference_table(ref: ReferenceTable, tenant_ids: list[str], policy: str) -> MergeResult:
     """Merge the rows of ``ref`` of the given tenants that have no map entry yet into its shared table."""
-    if not catalog.table_exists(str(ref.schema), ref.table):
-        raise MigrationError(f"{ref.schema}.{ref.table} does not exist; run `migrate_phase schemas` first")
+    if not catalog.table_exists(str(ref.shared_schema), ref.table):
+        raise MigrationError(f"{ref.shared_schema}.{ref.table} does not exist; run `migrate_phase schemas` first")
     result = MergeResult()
-    shared = sql.Identifier(ref.schema, ref.table)
+    shared = sql.Identifier(ref.shared_schema, ref.table)
     with transaction.atomic():
         # One merge of a reference table at a time (tenant copies merge their new rows in parallel):
         # a conflict check must see every shared row that another merge could be adding.
@@ -147,7 +157,8 @@ def merge_reference_table(ref: ReferenceTable, tenant_ids: list[str], policy: st
         conflicts = _conflicts(ref, value_cols)
         if conflicts and policy != "first-wins":
             raise MigrationError(
-                f"{len(conflicts)} conflicting {ref.legacy_table} across tenants (same {ref.merge_key}, different values): "
+                f"{len(conflicts)} conflicting {ref.legacy_table} across tenants (same {ref.merge_key}, different "
+                "values): "
                 f"{describe_conflicts(ref, conflicts)}; fix the legacy data or pass --reference-conflicts=first-wins"
             )
         for conflict in conflicts:

@@ -230,9 +230,8 @@ def legacy_volume(conn: psycopg.Connection[Any]) -> LegacyVolume:
     ).fetchall()
     rows = 0
     for schema, table in found:
-        rows += int(
-            conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))).fetchone()[0]
-        )  # type: ignore[index]
+        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))).fetchone()
+        rows += int(row[0]) if row else 0
     return LegacyVolume(tenants=len({schema for schema, _table in found}), rows=rows)
 
 
@@ -345,7 +344,7 @@ def project(runs: list[PhaseRun], rehearsed: LegacyVolume, live: LegacyVolume) -
     """Each phase's rehearsal time scaled by the live volume over the backup's, as a range."""
     row_ratio = live.rows / rehearsed.rows if rehearsed.rows else 1.0
     tenant_ratio = live.tenants / rehearsed.tenants if rehearsed.tenants else 1.0
-    phases = []
+    phases: list[dict[str, Any]] = []
     for run in runs:
         main = row_ratio if run.phase in ROW_BOUND_PHASES else tenant_ratio
         low = run.seconds * min(row_ratio, tenant_ratio)

@@ -25,7 +25,7 @@ from migrator.ops.backup import BackupInfo
 
 
 def save_history(directory: Path) -> tuple[list[dict[str, Any]], Path]:
-    rows = list(MigrationRecord.objects.order_by("id").values())
+    rows: list[dict[str, Any]] = [dict(row) for row in MigrationRecord.objects.order_by("id").values()]
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "schema_migrations-before-restore.json"
     partial = path.with_name(path.name + ".partial")

@@ -61,7 +61,8 @@ def drop_service_roles(config: MigratorConfig) -> tuple[list[str], list[str]]:
     roles = [role for role in config.service_roles.values() if catalog.role_exists(role)]
     created = grants.roles_created_by_migrator(roles)
     usage_granted = tenant_usage_granted()
-    dropped, kept = [], []
+    dropped: list[str] = []
+    kept: list[str] = []
     for role in roles:
         ours = role in created
         with transaction.atomic():

@@ -171,7 +171,7 @@ class DataPhase(Phase):
         ref = reference_table(step.target)
         tenant_ids = [t.tenant_id for t in ctx.registered_tenants]
         result = reference.merge_reference_table(ref, tenant_ids, policy)
-        reset_identity(ref.schema, ref.table)
+        reset_identity(ref.shared_schema, ref.table)
         message = (
             f"{len(result.tenants_merged)} tenants, {result.rows_staged} rows -> {result.rows_added} new shared rows"
         )
@@ -298,7 +298,8 @@ class DataPhase(Phase):
             )
             return [
                 (
-                    f"copied {result.rows_copied} rows, expected {result.rows_expected}: the legacy table changed while "
+                    f"copied {result.rows_copied} rows, expected {result.rows_expected}: the legacy table changed "
+                    "while "
                     f"it was copied; stop writing to it and run {redo}"
                 )
             ]
@@ -314,7 +315,8 @@ class DataPhase(Phase):
             sample = result.details.get("differing_keys") or []
             problems.append(
                 f"content differs: source {result.source_fingerprint}, target {result.target_fingerprint}; "
-                f"differing keys (first {len(sample)}): {', '.join(str(k[0] if len(k) == 1 else tuple(k)) for k in sample)}"
+                f"differing keys (first {len(sample)}): "
+                f"{', '.join(str(k[0] if len(k) == 1 else tuple(k)) for k in sample)}"
                 + (
                     f"; legacy columns of another type: {', '.join(result.details['columns_of_another_type'])}"
                     if result.details.get("columns_of_another_type")

@@ -272,8 +272,10 @@ class PreparePhase(Phase):
             # Migrating without them would leave their data behind while status says complete.
             listed = ", ".join(f"{name!r} ({rows} rows)" for name, rows in sorted(decided.blocking.items()))
             raise MigrationError(
-                f"{len(decided.blocking)} tenant_* schemas hold data but their names are not valid tenant ids: {listed}; "
-                "pass --rename-schema NAME=NEW_ID to migrate one as tenant NEW_ID, or --skip-schema NAME to leave it out"
+                f"{len(decided.blocking)} tenant_* schemas hold data but their names are not valid tenant ids: "
+                f"{listed}; "
+                "pass --rename-schema NAME=NEW_ID to migrate one as tenant NEW_ID, or --skip-schema NAME to leave it "
+                "out"
             )
         message = f"{len(valid) + len(decided.renamed)} tenant schemas"
         if new:

@@ -146,8 +146,9 @@ class VerifyPhase(Phase):
                 ", ".join(f"{t.legacy_table} {counts.get(t.legacy_table)}" for t in TENANT_DATA_TABLES)
                 + " as validated"
             )
-        if step.kind == "load_test" and isinstance(details.get("load_test"), dict):
-            return load_summary(details["load_test"])
+        load = details.get("load_test")
+        if step.kind == "load_test" and isinstance(load, dict):
+            return load_summary(load)
         if step.kind == "index_usage":
             return f"{len(details.get('index_used', {}))} key lookups served by an index"  # type: ignore[arg-type]
         return {

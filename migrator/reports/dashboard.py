@@ -55,7 +55,7 @@ def legacy_rows_expression() -> Any:
         Coalesce(Cast(KT(f"details__inspection__tables__{spec.legacy_table}__rows"), BigIntegerField()), Value(0))
         for spec in TENANT_DATA_TABLES
     ]
-    total = per_table[0]
+    total: Any = per_table[0]
     for expression in per_table[1:]:
         total = total + expression
     return total
@@ -313,7 +313,7 @@ def _phase_cells(names: list[str], tenant_ids: set[str]) -> dict[str, tuple[dict
         statuses.setdefault((phase, tenant_id), set()).add(status)
     cells: dict[str, tuple[dict[str, str], str | None]] = {name: ({}, None) for name in names}
     for (phase, tenant_id), found in statuses.items():
-        per_tenant, phase_wide = cells[phase]
+        per_tenant, _phase_wide = cells[phase]
         if tenant_id is None:
             cells[phase] = (per_tenant, cell_state(found))
         elif tenant_id in tenant_ids:  # steps of tenants no longer registered are history, not progress
@@ -361,7 +361,7 @@ def _legacy_rows_by_tenant() -> dict[str, int]:
         .annotate(rows=legacy_rows_expression())
         .values_list("tenant_id", "rows")
     )
-    return {tenant_id: int(count or 0) for tenant_id, count in rows}
+    return {str(tenant_id): int(count or 0) for tenant_id, count in rows}
 
 
 REHEARSAL = ("rehearse", "rehearsal")
@@ -456,8 +456,8 @@ def build_dashboard(now: datetime | None = None) -> Dashboard:
     names = [phase.name for phase in ORDERED]
     tenant_ids = set(Tenant.objects.values_list("tenant_id", flat=True))
     cells = _phase_cells(names, tenant_ids)
-    timing = {
-        row["phase"]: row
+    timing: dict[str, dict[str, Any]] = {
+        row["phase"]: dict(row)
         for row in MigrationRecord.objects.filter(phase__in=names)
         .order_by()
         .values("phase")

@@ -60,6 +60,9 @@ class RolePermission(models.Model):
         db_table = service_db_table("auth", "role_permissions")
         ordering = ["role_id", "permission_id"]
 
+    def __str__(self) -> str:
+        return f"role {self.role_id}: permission {self.permission_id}"
+
 
 class UserRole(models.Model):
     """Invariant: one row per (user, role); ``tenant_id`` scopes the grant to one tenant when set."""
@@ -72,3 +75,6 @@ class UserRole(models.Model):
     class Meta:
         db_table = service_db_table("auth", "user_roles")
         ordering = ["user_id", "role_id"]
+
+    def __str__(self) -> str:
+        return f"user {self.user_id}: role {self.role_id}"

@@ -63,7 +63,8 @@ class QualifiedNameSchemaEditor(DatabaseSchemaEditor):
         old_schema, old_table = split_identifier(old_db_table)
         new_schema, new_table = split_identifier(new_db_table)
         if old_db_table == new_db_table or not (old_schema or new_schema):
-            return super().alter_db_table(model, old_db_table, new_db_table)
+            super().alter_db_table(model, old_db_table, new_db_table)
+            return
         current_schema: str = getattr(self.connection, "schema_name", "public")  # django-tenants' wrapper
         target_schema = new_schema or current_schema
         table = Identifier(old_schema, old_table) if old_schema else Identifier(old_table)

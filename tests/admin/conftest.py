@@ -15,11 +15,11 @@ import pytest
 from django.contrib.auth.models import Permission, User
 from django.test import Client
 
+from migrator.models import MigrationRecord, Status
 from migrator.phases import ORDERED
+from tenants.models import Domain, MigrationState, Tenant
 
 PHASE_NUMBERS = {p.name: p.number for p in ORDERED}
-from migrator.models import MigrationRecord, Status
-from tenants.models import Domain, MigrationState, Tenant
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 PASSWORD = "operator-password"

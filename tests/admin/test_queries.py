@@ -17,7 +17,8 @@ from tests.admin.conftest import register_details
 # Measured for a staff user with view permissions; 4 of each are the session, the user and the user's
 # and groups' permissions. Records list: + tenant filter, count, page, 2 date-hierarchy queries.
 # Tenants list: + count, page (progress columns are subqueries), domains prefetch. Dashboard: + 9
-# reads of the tracking tables (8 aggregates, the schemas phase 1 excluded, the latest rehearsal and load test). The limits are the measured counts: no room for a query per row.
+# reads of the tracking tables (8 aggregates, the schemas phase 1 excluded, the latest rehearsal and
+# load test). The limits are the measured counts: no room for a query per row.
 MAX_QUERIES = {
     "admin:migrator_migrationrecord_changelist": 9,
     "admin:tenants_tenant_changelist": 7,

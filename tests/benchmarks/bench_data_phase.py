@@ -123,9 +123,8 @@ def drop_bench_schemas(url: str) -> None:
 
 def checkpoint(url: str) -> None:
     """Start each timed part with no dirty pages left over from the previous one."""
-    with connect(url) as conn:
-        with suppress(psycopg.errors.InsufficientPrivilege):
-            conn.execute("CHECKPOINT")
+    with connect(url) as conn, suppress(psycopg.errors.InsufficientPrivilege):
+        conn.execute("CHECKPOINT")
 
 
 def vacuum_legacy(url: str) -> None:
@@ -239,8 +238,8 @@ def step_times(url: str, pid: int) -> StepTimes:
             "WHERE phase = 'data' AND pid = %s AND status = 'COMPLETED' GROUP BY 1, 2",
             [pid],
         ).fetchall()
-    for step, per_tenant, seconds, rows in rows:
-        seconds = float(seconds)
+    for step, per_tenant, step_seconds, step_rows in rows:
+        seconds = float(step_seconds)
         if step == "validate":
             if per_tenant:
                 times.validate_tenant += seconds
@@ -248,7 +247,7 @@ def step_times(url: str, pid: int) -> StepTimes:
                 times.validate_global += seconds
         elif step == "copy_table":
             times.copy_tenant += seconds
-            times.rows_copied += int(rows)
+            times.rows_copied += int(step_rows)
         else:
             times.copy_global += seconds
     return times
@@ -459,7 +458,7 @@ def run_baseline(url: str, schema: str, work: Callable[..., None], jobs: int, fr
                     except queue.Empty:
                         return
                     work(conn, tenant, shapes, lock, totals)
-        except BaseException as exc:  # reported after the join
+        except (psycopg.Error, OSError, RuntimeError) as exc:  # reported after the join
             errors.append(exc)
 
     started = time.perf_counter()

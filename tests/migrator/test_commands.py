@@ -18,7 +18,8 @@ def assert_one_line_failure(child, *fragments: str) -> None:
     assert child.returncode == 1, child.stderr
     assert "Traceback" not in child.stderr
     lines = child.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("CommandError: "), child.stderr
+    assert len(lines) == 1, child.stderr
+    assert lines[0].startswith("CommandError: "), child.stderr
     for fragment in fragments:
         assert fragment in lines[0]
 

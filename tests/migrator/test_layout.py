@@ -56,7 +56,8 @@ def test_service_models_point_at_their_schema():
     for app_label in SERVICE_APPS:
         for model in apps.get_app_config(app_label).get_models():
             schema, _, table = model._meta.db_table.partition('"."')
-            assert schema in SERVICE_SCHEMAS and table in SERVICE_SCHEMAS[schema], model
+            assert schema in SERVICE_SCHEMAS, model
+            assert table in SERVICE_SCHEMAS[schema], model
             assert model._meta.db_table == service_db_table(schema, table)
 
 

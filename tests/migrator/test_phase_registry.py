@@ -42,7 +42,8 @@ def test_every_step_kind_can_be_applied_and_verified(phase: type[Phase]):
     kinds = phase().step_kinds()
     assert kinds
     for name, kind in kinds.items():
-        assert callable(kind.apply) and callable(kind.verify), name
+        assert callable(kind.apply), name
+        assert callable(kind.verify), name
     with pytest.raises(ValueError, match="no step kind"):
         phase().step("no_such_kind", "a typo in a plan is caught when the plan is built")
 

@@ -156,7 +156,7 @@ def test_prepare_refuses_to_back_up_a_database_without_legacy_tenants_when_a_bac
         db.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(f"tenant_{tenant}")))
     MigrationRecord.objects.filter(phase="prepare").update(status=Status.ROLLED_BACK)
     dumps = set(get_config().backup_dir.iterdir())
-    with pytest.raises(CommandError, match="holds no legacy tenant schema but backup .* exists") as caught:
+    with pytest.raises(CommandError, match=r"holds no legacy tenant schema but backup .* exists") as caught:
         run("migrate_phase", "prepare", interactive=False)
     assert one_line(str(caught.value))
     assert set(get_config().backup_dir.iterdir()) == dumps
@@ -233,7 +233,7 @@ def test_restore_uses_pg_bin_dirs_and_finds_pg_restore_before_dropping_roles(pre
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
     settings.SALESFLOW = {**settings.SALESFLOW, "BIN_DIRS": [str(empty)], "BIN_SEARCH_WELL_KNOWN": False}
-    with pytest.raises(CommandError, match="pg_restore for PostgreSQL .* not found"):
+    with pytest.raises(CommandError, match=r"pg_restore for PostgreSQL .* not found"):
         run("migrate_phase", "rollback", interactive=False, restore=True)
     assert catalog.role_exists(role)  # nothing was changed before the tool was found
     assert MigrationRecord.objects.get(phase="rollback", step="check_backup").status == Status.FAILED
@@ -273,7 +273,8 @@ def test_an_empty_backup_dir_setting_means_the_default_folder(clean_db, tmp_path
 def test_a_malformed_database_url_is_one_line(url):
     result = manage("migrate_phase", "status", env=manage_env(url))
     assert result.returncode == 1
-    assert one_line(result.stderr) and "DATABASE_URL" in result.stderr, result.stderr
+    assert one_line(result.stderr), result.stderr
+    assert "DATABASE_URL" in result.stderr, result.stderr
 
 
 @pytest.fixture

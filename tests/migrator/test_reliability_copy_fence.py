@@ -105,7 +105,8 @@ def test_a_run_that_lost_its_lock_stops_and_a_second_run_never_duplicates_a_row(
 
     assert first.returncode != 0
     first_error = first_err.strip().splitlines()[-1]
-    assert one_line(first_error) and "lost the migrator lock" in first_error, first_err
+    assert one_line(first_error), first_err
+    assert "lost the migrator lock" in first_error, first_err
     assert second.returncode != 0  # it could not write the table the first one was writing
     assert "is being written by another migrate_phase" in second_err, second_err
 

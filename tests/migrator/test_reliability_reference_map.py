@@ -30,7 +30,8 @@ def used_type(schema: str) -> tuple[int, str]:
     """The legacy contact type most contacts of ``schema`` point at: (id, code)."""
     return db.fetchone(
         sql.SQL(
-            "SELECT r.id, r.code FROM {c} c JOIN {r} r ON r.id = c.{col} GROUP BY r.id, r.code ORDER BY count(*) DESC, r.id "
+            "SELECT r.id, r.code FROM {c} c JOIN {r} r ON r.id = c.{col} GROUP BY r.id, r.code ORDER BY count(*) "
+            "DESC, r.id "
             "LIMIT 1"
         ).format(
             c=sql.Identifier(schema, "contacts"), r=sql.Identifier(schema, TYPE_TABLE), col=sql.Identifier(TYPE_COLUMN)

@@ -24,7 +24,7 @@ from migrator.engine import orchestration
 from migrator.management.arguments import MAX_BATCH_SIZE, batch_size, non_negative, percent, positive, seconds
 from migrator.management.output import ConsoleReporter, outcome_dict, outcome_summary, rehearsal_lines
 from migrator.phases import ORDERED, get_phase, phase_choices, phases_help
-from migrator.reports.status import GLOBAL, status_report
+from migrator.reports.status import GLOBAL, StatusReport, status_report
 
 
 class Command(BaseCommand):
@@ -174,7 +174,8 @@ class Command(BaseCommand):
         self.verbosity = options["verbosity"]
         orchestration.check_database()
         if name == "status":
-            return self._status(options["check"])
+            self._status(options["check"])
+            return
         if name == "all":
             phases = [phase_class() for phase_class in ORDERED]
         else:
@@ -208,11 +209,13 @@ class Command(BaseCommand):
             ),
         )
         if options["plan"] or options["check"]:
-            return self._plan(phases, ctx, check=options["check"], show=options["plan"])
+            self._plan(phases, ctx, check=options["check"], show=options["plan"])
+            return
         reporter = (lambda event: None) if self.json else ConsoleReporter(self.stdout, self.style, self.verbosity)
         outcomes = orchestration.run_phases(phases, ctx, reporter, self._confirm(options["interactive"]))
         if name == "rehearse" and outcomes and outcomes[0].ok:
-            return self._rehearsal_report(outcomes[0])
+            self._rehearsal_report(outcomes[0])
+            return
         if self.json:
             self.stdout.write(
                 json.dumps(
@@ -323,7 +326,7 @@ class Command(BaseCommand):
         if check and not report.complete:
             sys.exit(1)
 
-    def _print_status(self, report) -> None:
+    def _print_status(self, report: StatusReport) -> None:
         width = max([len("tenant"), *(len(s) for s in report.scopes)])
         header = "tenant".ljust(width) + "  " + "  ".join(p.ljust(9) for p in report.phases)
         self.stdout.write(self.style.MIGRATE_HEADING(header))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -71,7 +72,7 @@ class Command(BaseCommand):
             )
         )
 
-    def _progress(self, verbosity: int):
+    def _progress(self, verbosity: int) -> Callable[[str], None]:
         def report(message: str) -> None:
             if verbosity >= 2:
                 self.stdout.write(f"  {message}")

@@ -29,9 +29,11 @@ from migrator.tables import TableKind, legacy_table
 LEGACY, NEW = "legacy", "new"
 LAYOUTS = (LEGACY, NEW)
 KEYS_PER_TENANT = 50
-# A p95 at most this much above the legacy one is not a regression: on a shared machine the p95 of
-# sub-millisecond queries moves by about a millisecond between two runs of the same layout.
-NOISE_FLOOR_MS = 1.0
+# A p95 at most this much above the legacy one is not a regression: on a busy machine the p95 of
+# millisecond queries moves by one or two milliseconds between two runs of the same layout (measured
+# +1.3 ms on identical plans), while a key lookup that lost its index on a table of real size costs
+# tens of milliseconds more (150k contacts: a sequential scan of 15-30 ms).
+NOISE_FLOOR_MS = 5.0
 CONTACTS, ACTIVITIES = "contacts", "activities"
 
 # name -> (legacy tenant-data table it reads or writes, statements). Table names are filled in per layout.

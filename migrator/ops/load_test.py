@@ -20,9 +20,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from django.db import connection
 from psycopg import sql
 
+from migrator import db
 from migrator.config import MigratorConfig
 from migrator.tables import TableKind, legacy_table
 
@@ -101,15 +101,7 @@ class QueryStats:
 
 
 def connect() -> psycopg.Connection[Any]:
-    conf = connection.settings_dict
-    return psycopg.connect(
-        dbname=conf["NAME"],
-        user=conf["USER"] or None,
-        password=conf["PASSWORD"] or None,
-        host=conf["HOST"] or None,
-        port=conf["PORT"] or None,
-        application_name="salesflow-migrator-load-test",
-    )
+    return db.connect_like_django("salesflow-migrator-load-test", autocommit=False)
 
 
 def table_name(layout: str, legacy_name: str) -> str:

@@ -17,7 +17,6 @@ from migrator.devtools.reset import reset_database
 from migrator.django_migrations import migrate_schema
 from migrator.tables import LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES, service_tables
 
-
 # A verify run's load test, shortened where the test is not about the load test (those set their own).
 QUICK_LOAD_TEST = {"load_seconds": 1.0, "load_queries": 100}
 RUNS_VERIFY = ("verify", "5", "all", "rehearse")

@@ -10,6 +10,7 @@ from migrator.phases.rehearse import RehearsePhase
 from migrator.phases.rollback import RollbackPhase
 from migrator.phases.schemas import SchemasPhase
 from migrator.phases.security import SecurityPhase
+from migrator.phases.sync import SyncPhase
 from migrator.phases.verify import VerifyPhase
 
 PHASES: tuple[type[Phase], ...] = (
@@ -21,6 +22,7 @@ PHASES: tuple[type[Phase], ...] = (
     CutoverPhase,
     RollbackPhase,
     RehearsePhase,
+    SyncPhase,
 )
 # The phases `all` runs, in order.
 ORDERED: tuple[type[Phase], ...] = tuple(sorted((p for p in PHASES if p.number), key=lambda p: p.number or 0))

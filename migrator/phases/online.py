@@ -1,0 +1,103 @@
+"""The online migration's hooks into phases data and cutover, and what sync and finalize share.
+
+A *scope* is a schema whose legacy tables are captured: the legacy auth schema or a tenant schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.db import transaction
+
+from migrator import catalog, db
+from migrator.core.context import MigrationContext, TenantRef
+from migrator.core.errors import MigrationError
+from migrator.core.steps import StepReporter
+from migrator.ops import capture, reference
+from migrator.ops.copy import TableCopy
+from migrator.ops.fingerprint import Fingerprint
+from migrator.tables import LEGACY_AUTH_TABLES, REFERENCE_TABLES, TENANT_DATA_TABLES, legacy_table
+from salesflow.layout import tenant_id_from_schema
+
+
+def scope_copies(ctx: MigrationContext, scope: str) -> dict[str, TableCopy]:
+    """Legacy table -> its copy, for every table of ``scope`` that is copied row by row."""
+    from migrator.phases.data import auth_copy, tenant_copy  # data imports this module
+
+    if scope == ctx.config.legacy_auth_schema:
+        return {table: auth_copy(scope, table) for table in LEGACY_AUTH_TABLES}
+    tenant = TenantRef(_tenant_id(scope))
+    return {spec.legacy_table: tenant_copy(tenant, spec) for spec in TENANT_DATA_TABLES}
+
+
+def _tenant_id(scope: str) -> str:
+    tenant_id = tenant_id_from_schema(scope)
+    if tenant_id is None:
+        raise MigrationError(f"{scope} is neither the legacy auth schema nor a tenant schema; it cannot be synced")
+    return tenant_id
+
+
+def scope_merge(ctx: MigrationContext, scope: str) -> Callable[[], None] | None:
+    """Merges the scope's new reference rows (added while it is captured) before its rows are re-copied."""
+    if scope == ctx.config.legacy_auth_schema:
+        return None
+    tenant_id = _tenant_id(scope)
+    present = catalog.tables_by_schema([scope])[scope]
+
+    def merge() -> None:
+        for ref in REFERENCE_TABLES:
+            if ref.legacy_table in present:
+                reference.merge_reference_table(ref, [tenant_id], ctx.options.reference_conflicts)
+
+    return merge
+
+
+def capture_before_copy(ctx: MigrationContext, scope: str, tables: list[str]) -> None:
+    """``data --online``: capture writes to these legacy tables before they are read."""
+    if not ctx.options.online:
+        return
+    present = catalog.tables_by_schema([scope])[scope]
+    for table in tables:
+        if table in present:
+            capture.install(scope, table, legacy_table(table).key, ctx.options.lock_timeout_ms)
+
+
+def apply_after_copy(ctx: MigrationContext, scope: str, tables: list[str], reporter: StepReporter) -> dict[str, object]:
+    """After the tables' copy: mark them ready and apply what was captured meanwhile (capture stays on)."""
+    if not ctx.options.online:
+        return {}
+    mark_copied(ctx, scope, tables)
+    stats = sync_scope(ctx, scope, reporter)
+    return {"online": True, "changes_applied": stats.changes}
+
+
+def mark_copied(ctx: MigrationContext, scope: str, tables: list[str]) -> None:
+    """The tables' rows are in the target: their captured changes may be applied from now on."""
+    if not ctx.options.online:
+        return
+    captured = capture.captured_tables(scope)
+    for table in tables:
+        if table in captured:
+            capture.mark_ready(scope, table)
+
+
+def fingerprints_in_snapshot(ctx: MigrationContext, copy: TableCopy) -> tuple[Fingerprint, Fingerprint]:
+    """Phase 3's validation while writes go on: every change captured up to one snapshot applied, then
+    both sides fingerprinted in that same snapshot, so they must match exactly."""
+    from migrator.phases.data import validation_fingerprints  # data imports this module
+
+    scope = copy.source_schema
+    with transaction.atomic():
+        db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        capture.apply_all_locked(scope, scope_copies(ctx, scope), scope_merge(ctx, scope))
+        return validation_fingerprints(copy)
+
+
+def sync_scope(ctx: MigrationContext, scope: str, reporter: StepReporter) -> capture.ApplyStats:
+    return capture.apply_changes(
+        scope, scope_copies(ctx, scope), ctx.batch_size, scope_merge(ctx, scope), fence=reporter.fence
+    )
+
+
+def is_online(scope: str) -> bool:
+    return bool(capture.captured_tables(scope))

@@ -1,0 +1,107 @@
+"""The online migration: change capture during `data --online`, `sync`, lag in `status`."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+
+import pytest
+
+from migrator.ops import capture
+from tests.helpers import run
+from tests.migrator.helpers import (
+    PROJECT_DIR,
+    content,
+    manage_command,
+    manage_env,
+    plain_columns,
+    psycopg_connect,
+    value,
+    wait_for,
+    wrongly_remapped,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TENANT = "tenant_acme_0001"
+
+
+def legacy_writes(conn) -> None:
+    """Inserts, updates and deletes of contacts and activities, a new contact type and a new user."""
+    conn.execute(f"INSERT INTO {TENANT}.contact_types (code, name) VALUES ('online_new', 'Added online')")
+    conn.execute(
+        f"INSERT INTO {TENANT}.contacts (first_name, email, contact_type_id, created_at) "
+        f"SELECT 'Online', 'online@example.com', id, now() FROM {TENANT}.contact_types WHERE code = 'online_new'"
+    )
+    conn.execute(f"UPDATE {TENANT}.contacts SET phone = 'changed online' WHERE id IN (1, 2, 3)")
+    conn.execute(f"DELETE FROM {TENANT}.activities WHERE contact_id = 4")
+    conn.execute(f"DELETE FROM {TENANT}.contacts WHERE id = 4")
+    conn.execute(f"UPDATE {TENANT}.activities SET subject = 'changed online' WHERE id IN (10, 11)")
+    conn.execute(
+        "INSERT INTO salesflow_auth.users (email, password_hash, created_at) VALUES ('online@example.com', 'x', now())"
+    )
+
+
+def assert_in_sync(schema: str = TENANT) -> None:
+    for legacy, target in (("contacts", "contact_data_contacts"), ("activities", "activity_data_activities")):
+        cols = plain_columns(legacy)
+        assert content(schema, legacy, cols) == content(schema, target, cols), legacy
+        assert wrongly_remapped(schema, legacy) == 0
+    cols = ["id", "email", "password_hash", "full_name", "is_active", "created_at"]
+    assert content("salesflow_auth", "users", cols) == content("auth", "users", cols)
+
+
+def test_data_online_captures_writes_and_sync_applies_them(schemas_ready):
+    run("migrate_phase", "data", "--online", interactive=False)
+    assert capture.captured_tables(TENANT) == {
+        "contact_types": True,
+        "tag_categories": True,
+        "activity_types": True,
+        "contacts": True,
+        "activities": True,
+    }
+    with psycopg_connect() as conn:
+        legacy_writes(conn)
+    status = json.loads(run("migrate_phase", "status", format="json"))
+    lag = {x["scope"]: x for x in status["lag"]}
+    assert lag[TENANT]["pending"] > 0
+    assert lag["salesflow_auth"]["pending"] == 1
+    run("migrate_phase", "sync", interactive=False)
+    assert_in_sync()
+    assert value("SELECT count(*) FROM migrator_online.changes") == 0
+    assert value("SELECT count(*) FROM contact.contact_types WHERE code = 'online_new'") == 1
+
+
+def test_sync_follow_applies_until_sigterm_and_ends_cleanly(schemas_ready):
+    run("migrate_phase", "data", "--online", interactive=False)
+    child = subprocess.Popen(
+        manage_command("migrate_phase", "sync", "--follow", "--noinput"),
+        cwd=PROJECT_DIR,
+        env=manage_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with psycopg_connect() as conn:
+            wait_for(
+                lambda: conn.execute(
+                    "SELECT count(*) FROM public.schema_migrations WHERE step = 'follow' AND status = 'RUNNING'"
+                ).fetchone()[0],
+                what="sync --follow running",
+            )
+            legacy_writes(conn)
+            wait_for(
+                lambda: conn.execute("SELECT count(*) = 0 FROM migrator_online.changes").fetchone()[0],
+                what="the writes applied",
+            )
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0, err
+    assert "stopped on request" in out
+    assert_in_sync()

@@ -5,16 +5,18 @@ A *scope* is a schema whose legacy tables are captured: the legacy auth schema o
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from django.db import transaction
+from psycopg import sql
 
 from migrator import catalog, db
 from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.errors import MigrationError
-from migrator.core.steps import StepReporter
-from migrator.ops import capture, reference
-from migrator.ops.copy import TableCopy
+from migrator.core.steps import StepReporter, StepResult
+from migrator.ops import archive, capture, compat, reference
+from migrator.ops.copy import TableCopy, reset_identity
 from migrator.ops.fingerprint import Fingerprint
 from migrator.tables import LEGACY_AUTH_TABLES, REFERENCE_TABLES, TENANT_DATA_TABLES, legacy_table
 from salesflow.layout import tenant_id_from_schema
@@ -101,3 +103,86 @@ def sync_scope(ctx: MigrationContext, scope: str, reporter: StepReporter) -> cap
 
 def is_online(scope: str) -> bool:
     return bool(capture.captured_tables(scope))
+
+
+def switched(scope: str) -> bool:
+    """The scope's online cutover committed: its legacy names are compatibility views."""
+    return bool(compat.compat_views(scope))
+
+
+def switch_scope(ctx: MigrationContext, scope: str, tables: list[str], owner: str) -> StepResult:
+    """The online cutover of one scope, in one short transaction (retried when a lock is not granted in time).
+
+    Writes are blocked (SHARE ROW EXCLUSIVE: reads go on) while the last captured changes are
+    applied and both sides are fingerprinted; then the legacy tables are archived and their names
+    become compatibility views, and the capture goes. Either all of it commits or none of it.
+    """
+    from migrator.phases.data import validation_fingerprints  # data imports this module
+
+    if switched(scope) and not is_online(scope):
+        return StepResult(message="already switched to the compatibility views", details={"online": True})
+    if ctx.options.drop_legacy:
+        raise MigrationError(
+            f"{scope} is migrated online: its legacy tables are archived (rollback needs them), not dropped; "
+            "run cutover without --drop-legacy"
+        )
+    copies = scope_copies(ctx, scope)
+    merge = scope_merge(ctx, scope)
+    tenant_id = tenant_id_from_schema(scope) if scope != ctx.config.legacy_auth_schema else None
+    blocked: dict[str, float] = {}
+
+    def switch() -> None:
+        present = [t for t in tables if t in catalog.tables_by_schema([scope])[scope]]
+        locked_at = time.monotonic()
+        db.execute(
+            sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(
+                sql.SQL(", ").join(sql.Identifier(scope, t) for t in present)
+            )
+        )
+        blocked["since"] = locked_at
+        stats = capture.apply_all_locked(scope, copies, merge)
+        blocked["changes"] = stats.changes
+        problems = []
+        for table, copy in copies.items():
+            if table not in present:
+                continue
+            source, target = validation_fingerprints(copy)
+            if str(source) != str(target):
+                problems.append(f"{table}: legacy {source.rows} rows {source}, new {target.rows} rows {target}")
+            if copy.key == ("id",):
+                reset_identity(copy.target_schema, copy.target_table)
+        if tenant_id is not None:
+            problems += [
+                f"{ref.legacy_table}: {n} rows without a shared id"
+                for ref in REFERENCE_TABLES
+                if (n := reference.unmapped_count(ref, [tenant_id]))
+            ]
+        if problems:
+            raise MigrationError(
+                f"{scope}: the new tables differ from the legacy ones after the last changes: {'; '.join(problems)}; "
+                "nothing was switched (run `migrate_phase data --validate-only` to see the differing keys)"
+            )
+        archive.lock_tables(scope, present)  # ACCESS EXCLUSIVE for the renames; bounded by lock_timeout too
+        capture.remove_capture(scope, present)
+        moved = archive.archive_tables(scope, owner, present, ctx.config.archive_schema, drop=False)
+        for table in present:
+            archived = (ctx.config.archive_schema, moved[table].split(".", 1)[1])
+            if table in copies:
+                compat.create_data_view(copies[table], archived, tenant_id)
+            elif tenant_id is not None:
+                compat.create_reference_view(scope, legacy_table(table), tenant_id, archived)
+        blocked["ms"] = (time.monotonic() - locked_at) * 1000
+
+    attempts = capture.with_lock_retries(switch, ctx.options.lock_timeout_ms, f"switch {scope} to the new tables")
+    capture.drop_capture_schema_if_unused()
+    return StepResult(
+        message=f"switched online: {blocked.get('changes', 0)} last changes applied, writes blocked "
+        f"{blocked.get('ms', 0):.0f} ms, {attempts} attempt(s); legacy names are compatibility views",
+        details={
+            "online": True,
+            "writes_blocked_ms": round(blocked.get("ms", 0), 1),
+            "attempts": attempts,
+            "last_changes": blocked.get("changes", 0),
+            "views": compat.compat_views(scope),
+        },
+    )

@@ -105,3 +105,50 @@ def test_sync_follow_applies_until_sigterm_and_ends_cleanly(schemas_ready):
     assert child.returncode == 0, err
     assert "stopped on request" in out
     assert_in_sync()
+
+
+def migrate_online_until_cutover() -> None:
+    run("migrate_phase", "data", "--online", interactive=False)
+    run("migrate_phase", "security", interactive=False)
+    run("migrate_phase", "verify", load_seconds=0.5, load_queries=20, interactive=False)
+
+
+def test_online_cutover_leaves_writable_compatibility_views_and_no_capture(schemas_ready):
+    migrate_online_until_cutover()
+    with psycopg_connect() as conn:
+        legacy_writes(conn)  # captured, not yet applied: cutover applies them
+        legacy_contacts = conn.execute(f"SELECT * FROM {TENANT}.contacts ORDER BY id").fetchall()
+        legacy_types = conn.execute(f"SELECT * FROM {TENANT}.contact_types ORDER BY id").fetchall()
+    run("migrate_phase", "cutover", interactive=False)
+    assert value("SELECT to_regnamespace('migrator_online')") is None
+    assert value(
+        "SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n "
+        "ON n.oid = c.relnamespace WHERE n.nspname = 'salesflow_archive' AND t.tgname LIKE 'migrator%%'"
+    ) == 0
+    with psycopg_connect() as conn:
+        # reads through the legacy names: the same rows, reference ids the tenant's old ones
+        assert conn.execute(f"SELECT * FROM {TENANT}.contacts ORDER BY id").fetchall() == legacy_contacts
+        assert conn.execute(f"SELECT * FROM {TENANT}.contact_types ORDER BY id").fetchall() == legacy_types
+        # writes through the legacy names land in the new tables, new ids from their sequences
+        type_id = legacy_types[0][0]
+        new_id = conn.execute(
+            f"INSERT INTO {TENANT}.contacts (first_name, contact_type_id, created_at) VALUES ('After', %s, now()) "
+            "RETURNING id",
+            [type_id],
+        ).fetchone()[0]
+        assert new_id > max(r[0] for r in legacy_contacts)
+        conn.execute(f"UPDATE {TENANT}.contacts SET phone = 'after cutover' WHERE id = 1")
+        conn.execute(f"DELETE FROM {TENANT}.activities WHERE id = 12")
+        conn.execute(f"INSERT INTO {TENANT}.contact_types (code, name) VALUES ('after_cutover', 'After')")
+        conn.execute(
+            "INSERT INTO salesflow_auth.users (email, password_hash, created_at) VALUES ('after@example.com', 'x', now())"
+        )
+    assert value(f"SELECT phone FROM {TENANT}.contact_data_contacts WHERE id = 1") == "after cutover"
+    assert value(f"SELECT count(*) FROM {TENANT}.activity_data_activities WHERE id = 12") == 0
+    assert value(
+        f"SELECT t.code FROM {TENANT}.contact_data_contacts c JOIN contact.contact_types t ON t.id = c.contact_type_id "
+        "WHERE c.id = %s",
+        [new_id],
+    ) == value(f"SELECT code FROM {TENANT}.contact_types WHERE id = %s", [type_id])
+    assert value("SELECT count(*) FROM contact.contact_types WHERE code = 'after_cutover'") == 1
+    assert value("SELECT count(*) FROM auth.users WHERE email = 'after@example.com'") == 1

@@ -1,0 +1,230 @@
+"""Compatibility views: the legacy table names, left by the online cutover over the new tables.
+
+Old application code keeps reading and writing ``tenant_x.contacts`` (and the rest) after cutover:
+
+- a tenant data view shows the new table's rows with each reference id translated back to the
+  tenant's old id (through ``public.migrator_reference_map``); writes go through ``INSTEAD OF``
+  triggers that translate the old id to the shared one (an unknown old id is a foreign key error),
+  and new ids come from the new table's sequence (the view's ``id`` default);
+- a reference view shows the shared rows the tenant had, under its old ids; an ``INSERT`` adds a
+  shared row (or maps to the equal one another tenant has) and a map entry, under a new old id from
+  the archived legacy table's sequence. Shared rows are one for all tenants since the migration, so
+  an ``UPDATE`` or ``DELETE`` through a tenant's view is refused;
+- an auth view is a plain projection of the ``auth`` table (same ids), updatable by PostgreSQL itself.
+
+Each view carries :data:`MARKER` as its comment: that is how finalize and rollback find them.
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from migrator import catalog, db
+from migrator.ops.copy import TableCopy
+from migrator.tables import ReferenceTable
+
+MARKER = "salesflow migrator compatibility view"
+MAP = sql.Identifier("public", "migrator_reference_map")
+
+
+def function_name(table: str) -> str:
+    return f"migrator_compat_{table}"[:63]
+
+
+def _legacy_defaults(schema: str, table: str) -> dict[str, str]:
+    """Column -> default expression of the (archived) legacy table, identities left out."""
+    rows = db.fetchall(
+        "SELECT a.attname, pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d "
+        "JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum "
+        "JOIN pg_class c ON c.oid = d.adrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s AND a.attgenerated = ''",
+        [schema, table],
+    )
+    return dict(rows)
+
+
+def _sequence_of(schema: str, table: str, column: str = "id") -> str | None:
+    return db.fetchvalue(
+        "SELECT pg_get_serial_sequence(format('%%I.%%I', %s::text, %s::text), %s)", [schema, table, column]
+    )
+
+
+def _set_defaults(view: sql.Identifier, archived: tuple[str, str], id_sequence: str | None) -> None:
+    """The legacy table's column defaults on the view (so an INSERT naming few columns works as before)."""
+    defaults = _legacy_defaults(*archived)
+    for column, expression in defaults.items():
+        if column == "id":
+            continue
+        db.execute(
+            sql.SQL("ALTER VIEW {} ALTER COLUMN {} SET DEFAULT {}").format(
+                view,
+                sql.Identifier(column),
+                sql.SQL(expression),  # the catalog's own text of the default
+            )
+        )
+    if id_sequence:
+        db.execute(
+            sql.SQL("ALTER VIEW {} ALTER COLUMN id SET DEFAULT nextval({}::regclass)").format(
+                view, sql.Literal(id_sequence)
+            )
+        )
+
+
+def _mark(view: sql.Identifier) -> None:
+    db.execute(sql.SQL("COMMENT ON VIEW {} IS {}").format(view, sql.Literal(MARKER)))
+
+
+def create_data_view(copy: TableCopy, archived: tuple[str, str], tenant_id: str | None) -> None:
+    """``copy``'s legacy name as a view over its target, in the legacy column order."""
+    view = copy.source
+    legacy_columns = [c.name for c in catalog.columns(*archived)]
+    remapped = {r.column: r for r in copy.remaps}
+    alias = {c: sql.Identifier("map_" + c) for c in remapped}
+    select = sql.SQL(", ").join(
+        sql.SQL("{}.old_id AS {}").format(alias[c], sql.Identifier(c))
+        if c in remapped
+        else sql.SQL("t.{}").format(sql.Identifier(c))
+        for c in legacy_columns
+    )
+    joins = sql.Composed(
+        [
+            sql.SQL(
+                " LEFT JOIN {map} {a} ON {a}.tenant_id = {tenant} AND {a}.reference_table = {ref} "
+                "AND {a}.new_id = t.{c}"
+            ).format(
+                map=MAP,
+                a=alias[c],
+                tenant=sql.Literal(r.tenant_id),
+                ref=sql.Literal(r.reference_table),
+                c=sql.Identifier(c),
+            )
+            for c, r in remapped.items()
+        ]
+    )
+    db.execute(
+        sql.SQL("CREATE VIEW {view} AS SELECT {select} FROM {target} t{joins}").format(
+            view=view, select=select, target=copy.target, joins=joins
+        )
+    )
+    _mark(view)
+    _set_defaults(view, archived, _sequence_of(copy.target_schema, copy.target_table) if copy.key == ("id",) else None)
+    if not remapped:
+        return  # one table, no join: PostgreSQL updates it by itself
+    declare = sql.SQL(" ").join(sql.SQL("{} bigint;").format(sql.Identifier("new_" + c)) for c in remapped)
+    lookups = sql.SQL(" ").join(
+        sql.SQL(
+            "IF NEW.{c} IS NOT NULL THEN "
+            "SELECT m.new_id INTO {v} FROM {map} m WHERE m.tenant_id = {tenant} AND m.reference_table = {ref} "
+            "AND m.old_id = NEW.{c}; "
+            "IF NOT FOUND THEN RAISE EXCEPTION USING ERRCODE = 'foreign_key_violation', "
+            "MESSAGE = format('%s.%s = %s: no such row in %s', TG_TABLE_SCHEMA, TG_TABLE_NAME, NEW.{c}, {ref}); "
+            "END IF; END IF;"
+        ).format(
+            c=sql.Identifier(c),
+            v=sql.Identifier("new_" + c),
+            map=MAP,
+            tenant=sql.Literal(r.tenant_id),
+            ref=sql.Literal(r.reference_table),
+        )
+        for c, r in remapped.items()
+    )
+    columns = [c for c in copy.columns if c in legacy_columns]
+    values = sql.SQL(", ").join(
+        sql.Identifier("new_" + c) if c in remapped else sql.SQL("NEW.{}").format(sql.Identifier(c)) for c in columns
+    )
+    body = sql.SQL(
+        "DECLARE {declare} BEGIN "
+        "IF TG_OP = 'DELETE' THEN DELETE FROM {target} WHERE id = OLD.id; RETURN OLD; END IF; "
+        "{lookups} "
+        "IF TG_OP = 'INSERT' THEN INSERT INTO {target} ({cols}) VALUES ({values}); "
+        "ELSE UPDATE {target} SET ({cols}) = ROW({values}) WHERE id = OLD.id; END IF; "
+        "RETURN NEW; END"
+    ).format(declare=declare, target=copy.target, lookups=lookups, cols=db.ident_list(columns), values=values)
+    _create_trigger(copy.source_schema, copy.source_table, body)
+
+
+def create_reference_view(scope: str, ref: ReferenceTable, tenant_id: str, archived: tuple[str, str]) -> None:
+    """The tenant's legacy reference table as a view of the shared rows it has, under its old ids."""
+    view = sql.Identifier(scope, ref.legacy_table)
+    legacy_columns = [c.name for c in catalog.columns(*archived)]
+    shared = sql.Identifier(ref.shared_schema, ref.table)
+    select = sql.SQL(", ").join(
+        sql.SQL("m.old_id AS id") if c == "id" else sql.SQL("s.{}").format(sql.Identifier(c)) for c in legacy_columns
+    )
+    db.execute(
+        sql.SQL(
+            "CREATE VIEW {view} AS SELECT {select} FROM {shared} s JOIN {map} m ON m.tenant_id = {tenant} "
+            "AND m.reference_table = {ref} AND m.new_id = s.id"
+        ).format(
+            view=view,
+            select=select,
+            shared=shared,
+            map=MAP,
+            tenant=sql.Literal(tenant_id),
+            ref=sql.Literal(ref.map_name),
+        )
+    )
+    _mark(view)
+    _set_defaults(view, archived, _sequence_of(*archived))
+    values = [c for c in legacy_columns if c != "id"]
+    key = sql.Identifier(ref.merge_key)
+    body = sql.SQL(
+        "DECLARE shared_id bigint; BEGIN "
+        "IF TG_OP <> 'INSERT' THEN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', "
+        "MESSAGE = format('%s.%s is shared reference data since the migration: change it in %s', "
+        "TG_TABLE_SCHEMA, TG_TABLE_NAME, {shared_name}); END IF; "
+        "INSERT INTO {shared} ({cols}) VALUES ({new_values}) ON CONFLICT ({key}) DO NOTHING; "
+        "SELECT s.id INTO shared_id FROM {shared} s WHERE s.{key} = NEW.{key} AND ROW({s_values}) IS NOT DISTINCT FROM "
+        "ROW({new_values}); "
+        "IF NOT FOUND THEN RAISE EXCEPTION USING ERRCODE = 'unique_violation', "
+        "MESSAGE = format('%s %s exists in %s with other values', {key_name}, NEW.{key}, {shared_name}); END IF; "
+        "INSERT INTO {map} (tenant_id, reference_table, old_id, new_id) VALUES ({tenant}, {ref}, NEW.id, shared_id); "
+        "RETURN NEW; END"
+    ).format(
+        shared_name=sql.Literal(f"{ref.shared_schema}.{ref.table}"),
+        shared=shared,
+        cols=db.ident_list(values),
+        new_values=sql.SQL(", ").join(sql.SQL("NEW.{}").format(sql.Identifier(c)) for c in values),
+        s_values=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in values),
+        key=key,
+        key_name=sql.Literal(ref.merge_key),
+        map=MAP,
+        tenant=sql.Literal(tenant_id),
+        ref=sql.Literal(ref.map_name),
+    )
+    _create_trigger(scope, ref.legacy_table, body)
+
+
+def _create_trigger(schema: str, view: str, body: sql.Composable) -> None:
+    function = sql.Identifier(schema, function_name(view))
+    db.execute(
+        sql.SQL("CREATE FUNCTION {} () RETURNS trigger LANGUAGE plpgsql AS {}").format(
+            function,
+            sql.Literal(db.render(body)),  # a function body is a string constant: no parameters
+        )
+    )
+    db.execute(
+        sql.SQL(
+            "CREATE TRIGGER migrator_compat INSTEAD OF INSERT OR UPDATE OR DELETE ON {} "
+            "FOR EACH ROW EXECUTE FUNCTION {}()"
+        ).format(sql.Identifier(schema, view), function)
+    )
+
+
+def compat_views(schema: str) -> list[str]:
+    """The compatibility views in ``schema``."""
+    rows = db.fetchall(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relkind = 'v' AND obj_description(c.oid, 'pg_class') = %s ORDER BY 1",
+        [schema, MARKER],
+    )
+    return [r[0] for r in rows]
+
+
+def drop_views(schema: str) -> list[str]:
+    """Drop ``schema``'s compatibility views and their trigger functions (caller's transaction)."""
+    views = compat_views(schema)
+    for view in views:
+        db.execute(sql.SQL("DROP VIEW {}").format(sql.Identifier(schema, view)))
+        db.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(sql.Identifier(schema, function_name(view))))
+    return views

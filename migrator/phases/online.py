@@ -130,6 +130,7 @@ def switch_scope(ctx: MigrationContext, scope: str, tables: list[str], owner: st
     merge = scope_merge(ctx, scope)
     tenant_id = tenant_id_from_schema(scope) if scope != ctx.config.legacy_auth_schema else None
     blocked: dict[str, float] = {}
+    fingerprints: dict[str, str] = {}  # what rollback compares with: a write since cutover keeps it from undoing
 
     def switch() -> None:
         present = [t for t in tables if t in catalog.tables_by_schema([scope])[scope]]
@@ -147,6 +148,7 @@ def switch_scope(ctx: MigrationContext, scope: str, tables: list[str], owner: st
             if table not in present:
                 continue
             source, target = validation_fingerprints(copy)
+            fingerprints[table] = str(target)
             if str(source) != str(target):
                 problems.append(f"{table}: legacy {source.rows} rows {source}, new {target.rows} rows {target}")
             if copy.key == ("id",):
@@ -184,5 +186,37 @@ def switch_scope(ctx: MigrationContext, scope: str, tables: list[str], owner: st
             "attempts": attempts,
             "last_changes": blocked.get("changes", 0),
             "views": compat.compat_views(scope),
+            "target_fingerprints": fingerprints,
         },
     )
+
+
+def remove_capture_of(scope: str) -> None:
+    """Rollback before cutover: the scope's triggers and capture rows go (caller's transaction)."""
+    capture.remove_capture(scope, list(capture.captured_tables(scope)))
+
+
+def undo_switch(ctx: MigrationContext, scope: str, owner: str, recorded: dict[str, str]) -> list[str]:
+    """Rollback after an online cutover: compatibility views dropped, archived legacy tables moved back.
+
+    Only when the new tables still hold what cutover switched to: a write through the views (or
+    the new names) since then exists in the new tables only, and undoing would lose it.
+    """
+    from migrator.phases.data import validation_fingerprints  # data imports this module
+
+    copies = scope_copies(ctx, scope)
+    changed = []
+    for table, fingerprint in recorded.items():
+        copy = copies[table]
+        now = validation_fingerprints(copy)[1] if catalog.table_exists(copy.target_schema, copy.target_table) else None
+        if str(now) != fingerprint:
+            then_rows = fingerprint.split(":", 1)[0] if ":" in fingerprint else "?"
+            changed.append(f"{copy.target_table} ({then_rows} rows at cutover, {now.rows if now else 0} now)")
+    if changed:
+        raise MigrationError(
+            f"{scope} was written to since its online cutover: {', '.join(changed)}; undoing it would lose those "
+            "writes: use `migrate_phase rollback --restore` (or keep the migration)"
+        )
+    views = compat.drop_views(scope)
+    archive.unarchive_tables(scope, owner, views, ctx.config.archive_schema)
+    return views

@@ -8,8 +8,10 @@ import subprocess
 
 import pytest
 
+from django.core.management.base import CommandError
+
 from migrator.ops import capture
-from tests.helpers import run
+from tests.helpers import legacy_fingerprints, run
 from tests.migrator.helpers import (
     PROJECT_DIR,
     content,
@@ -110,7 +112,7 @@ def test_sync_follow_applies_until_sigterm_and_ends_cleanly(schemas_ready):
 def migrate_online_until_cutover() -> None:
     run("migrate_phase", "data", "--online", interactive=False)
     run("migrate_phase", "security", interactive=False)
-    run("migrate_phase", "verify", load_seconds=0.5, load_queries=20, interactive=False)
+    run("migrate_phase", "verify", load_seconds=0.5, load_queries=20, load_max_regression=10_000.0, interactive=False)
 
 
 def test_online_cutover_leaves_writable_compatibility_views_and_no_capture(schemas_ready):
@@ -121,10 +123,13 @@ def test_online_cutover_leaves_writable_compatibility_views_and_no_capture(schem
         legacy_types = conn.execute(f"SELECT * FROM {TENANT}.contact_types ORDER BY id").fetchall()
     run("migrate_phase", "cutover", interactive=False)
     assert value("SELECT to_regnamespace('migrator_online')") is None
-    assert value(
-        "SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n "
-        "ON n.oid = c.relnamespace WHERE n.nspname = 'salesflow_archive' AND t.tgname LIKE 'migrator%%'"
-    ) == 0
+    assert (
+        value(
+            "SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE n.nspname = 'salesflow_archive' AND t.tgname LIKE 'migrator%%'"
+        )
+        == 0
+    )
     with psycopg_connect() as conn:
         # reads through the legacy names: the same rows, reference ids the tenant's old ones
         assert conn.execute(f"SELECT * FROM {TENANT}.contacts ORDER BY id").fetchall() == legacy_contacts
@@ -152,3 +157,44 @@ def test_online_cutover_leaves_writable_compatibility_views_and_no_capture(schem
     ) == value(f"SELECT code FROM {TENANT}.contact_types WHERE id = %s", [type_id])
     assert value("SELECT count(*) FROM contact.contact_types WHERE code = 'after_cutover'") == 1
     assert value("SELECT count(*) FROM auth.users WHERE email = 'after@example.com'") == 1
+
+
+def legacy_triggers() -> int:
+    return value(
+        "SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n "
+        "ON n.oid = c.relnamespace WHERE t.tgname LIKE 'migrator%%' AND n.nspname <> 'migrator_online'"
+    )
+
+
+def test_rollback_before_cutover_removes_capture_and_leaves_legacy_untouched(schemas_ready):
+    run("migrate_phase", "data", "--online", interactive=False)
+    with psycopg_connect() as conn:
+        legacy_writes(conn)
+    before = legacy_fingerprints([TENANT.removeprefix("tenant_")])
+    assert legacy_triggers() > 0
+    run("migrate_phase", "rollback", interactive=False)
+    assert legacy_triggers() == 0
+    assert value("SELECT to_regnamespace('migrator_online')") is None
+    assert legacy_fingerprints([TENANT.removeprefix("tenant_")]) == before
+
+
+def test_rollback_after_online_cutover_moves_legacy_back_unless_written_since(schemas_ready):
+    migrate_online_until_cutover()
+    with psycopg_connect() as conn:
+        legacy_writes(conn)
+    before = legacy_fingerprints([TENANT.removeprefix("tenant_")])
+    phone = value(f"SELECT phone FROM {TENANT}.contacts WHERE id = 1")
+    run("migrate_phase", "cutover", interactive=False)
+    with psycopg_connect() as conn:
+        conn.execute(f"UPDATE {TENANT}.contacts SET phone = 'written after cutover' WHERE id = 1")
+    with pytest.raises(CommandError) as refused:
+        run("migrate_phase", "rollback", interactive=False)
+    assert "written to since its online cutover" in str(refused.value)
+    assert "--restore" in str(refused.value)
+    assert "contact_data_contacts (" in str(refused.value)
+    with psycopg_connect() as conn:  # undo the write: now nothing was written since cutover
+        conn.execute(f"UPDATE {TENANT}.contacts SET phone = %s WHERE id = 1", [phone])
+    run("migrate_phase", "rollback", interactive=False)
+    assert legacy_fingerprints([TENANT.removeprefix("tenant_")]) == before
+    assert legacy_triggers() == 0
+    assert value("SELECT count(*) FROM pg_views WHERE viewname = 'contacts'") == 0

@@ -96,9 +96,13 @@ def fingerprints_in_snapshot(ctx: MigrationContext, copy: TableCopy) -> tuple[Fi
 
 
 def sync_scope(ctx: MigrationContext, scope: str, reporter: StepReporter) -> capture.ApplyStats:
-    return capture.apply_changes(
-        scope, scope_copies(ctx, scope), ctx.batch_size, scope_merge(ctx, scope), fence=reporter.fence
-    )
+    copies = scope_copies(ctx, scope)
+    stats = capture.apply_changes(scope, copies, ctx.batch_size, scope_merge(ctx, scope), fence=reporter.fence)
+    for table in stats.keys:
+        copy = copies[table]
+        if copy.key == ("id",):  # rows came in with the legacy ids: the new table's own inserts continue after them
+            reset_identity(copy.target_schema, copy.target_table)
+    return stats
 
 
 def is_online(scope: str) -> bool:

@@ -7,7 +7,6 @@ import signal
 import subprocess
 
 import pytest
-
 from django.core.management.base import CommandError
 
 from migrator.ops import capture
@@ -146,7 +145,8 @@ def test_online_cutover_leaves_writable_compatibility_views_and_no_capture(schem
         conn.execute(f"DELETE FROM {TENANT}.activities WHERE id = 12")
         conn.execute(f"INSERT INTO {TENANT}.contact_types (code, name) VALUES ('after_cutover', 'After')")
         conn.execute(
-            "INSERT INTO salesflow_auth.users (email, password_hash, created_at) VALUES ('after@example.com', 'x', now())"
+            "INSERT INTO salesflow_auth.users (email, password_hash, created_at) "
+            "VALUES ('after@example.com', 'x', now())"
         )
     assert value(f"SELECT phone FROM {TENANT}.contact_data_contacts WHERE id = 1") == "after cutover"
     assert value(f"SELECT count(*) FROM {TENANT}.activity_data_activities WHERE id = 12") == 0

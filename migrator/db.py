@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import quote
 
+import psycopg
 from django.db import connection
 from psycopg import sql
 
@@ -65,3 +67,39 @@ def local_settings(**settings: str) -> Iterator[None]:
 
 def ident_list(names: Sequence[str]) -> sql.Composed:
     return sql.SQL(", ").join(sql.Identifier(n) for n in names)
+
+
+MAX_APP_NAME = 63  # PostgreSQL truncates application_name to NAMEDATALEN - 1 bytes
+
+
+def connect_like_django(
+    application_name: str, *, dbname: str | None = None, autocommit: bool = True
+) -> psycopg.Connection[Any]:
+    """A connection of its own to the server Django uses: its database, or ``dbname`` on that server.
+
+    For what must not share Django's connection: the migrator lock's session, load-test clients,
+    CREATE/DROP DATABASE (which take no transaction).
+    """
+    conf = connection.settings_dict
+    return psycopg.connect(
+        dbname=dbname or conf["NAME"],
+        user=conf["USER"] or None,
+        password=conf["PASSWORD"] or None,
+        host=conf["HOST"] or None,
+        port=conf["PORT"] or None,
+        autocommit=autocommit,
+        application_name=application_name[:MAX_APP_NAME],
+    )
+
+
+def database_url(name: str | None = None) -> str:
+    """``DATABASE_URL`` of database ``name`` (default: Django's) on the server Django uses (TCP or a socket folder)."""
+    conf = connection.settings_dict
+    user = quote(conf["USER"] or "postgres", safe="")
+    password = f":{quote(conf['PASSWORD'], safe='')}" if conf["PASSWORD"] else ""
+    host = conf["HOST"] or ""
+    port = f":{conf['PORT']}" if conf["PORT"] else ""
+    dbname = quote(name or conf["NAME"], safe="")
+    if host.startswith("/"):
+        return f"postgresql://{user}{password}@{port}/{dbname}?host={quote(host, safe='')}"
+    return f"postgresql://{user}{password}@{host}{port}/{dbname}"

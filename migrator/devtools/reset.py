@@ -5,25 +5,40 @@ For demos, tests and benchmarks (``seed_legacy --replace``), never part of a mig
 
 from __future__ import annotations
 
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Model
 from psycopg import sql
 
 from migrator import catalog, db
 from migrator.config import MigratorConfig
+from migrator.core.errors import MigrationError
 from migrator.models import DeferredConstraint, MigrationRecord, ReferenceMapping
 from migrator.tables import service_tables
 from tenants.models import Domain, Tenant
 
 
 def drop_roles_and_everything_they_own(roles: list[str]) -> list[str]:
-    """Development resets only: ``DROP OWNED`` removes whatever the roles own, whoever created them."""
+    """Development resets only: ``DROP OWNED`` removes whatever the roles own, whoever created them.
+
+    Roles are the server's, not the database's: a role that still holds something in another
+    database (another migration on the same server with the same prefix) cannot be dropped from here.
+    """
     dropped = []
     for role in roles:
-        if catalog.role_exists(role):
-            db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-            db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
-            dropped.append(role)
+        if not catalog.role_exists(role):
+            continue
+        try:
+            with transaction.atomic():
+                db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+                db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+        except DatabaseError as exc:
+            detail = getattr(getattr(exc.__cause__, "diag", None), "message_detail", None) or ""
+            raise MigrationError(
+                f"role {role} cannot be dropped: {' '.join(detail.split()) or 'other objects depend on it'}; "
+                "another database on this server uses the same role prefix: set SALESFLOW_ROLE_PREFIX "
+                "to a prefix of this database's own"
+            ) from None
+        dropped.append(role)
     return dropped
 
 

@@ -13,29 +13,14 @@ import socket
 from types import TracebackType
 
 import psycopg
-from django.db import connection
 
 from migrator.core.errors import LockHeld, LockLost
+from migrator.db import MAX_APP_NAME, connect_like_django
 
 # Two int4 keys: (namespace, lock) -> pg_locks.classid / objid.
 LOCK_NAMESPACE = 0x53460000  # "SF"
 LOCK_ID = 1
 APP_NAME_PREFIX = "salesflow-migrator"
-MAX_APP_NAME = 63  # PostgreSQL truncates application_name to NAMEDATALEN - 1 bytes
-
-
-def connect_like_django(application_name: str) -> psycopg.Connection:
-    """A new autocommit psycopg connection to the database Django uses."""
-    conf = connection.settings_dict
-    return psycopg.connect(
-        dbname=conf["NAME"],
-        user=conf["USER"] or None,
-        password=conf["PASSWORD"] or None,
-        host=conf["HOST"] or None,
-        port=conf["PORT"] or None,
-        autocommit=True,
-        application_name=application_name[:MAX_APP_NAME],
-    )
 
 
 def holder_name(phase: str) -> str:

@@ -18,13 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import psycopg
 from django.conf import settings
 from django.db import connection
 from psycopg import sql
 
+from migrator import db
 from migrator.config import MigratorConfig
 from migrator.core.errors import MigrationError
 from migrator.ops import backup
@@ -86,27 +86,7 @@ def check_target_name(name: str, source_database: str) -> None:
 
 def server_connection() -> psycopg.Connection[Any]:
     """An autocommit session on the real database's server (CREATE/DROP DATABASE take no transaction)."""
-    conf = connection.settings_dict
-    return psycopg.connect(
-        dbname=conf["NAME"],
-        user=conf["USER"] or None,
-        password=conf["PASSWORD"] or None,
-        host=conf["HOST"] or None,
-        port=conf["PORT"] or None,
-        autocommit=True,
-    )
-
-
-def database_url(name: str) -> str:
-    """``DATABASE_URL`` of database ``name`` on the server Django uses (TCP or a socket folder)."""
-    conf = connection.settings_dict
-    user = quote(conf["USER"] or "postgres", safe="")
-    password = f":{quote(conf['PASSWORD'], safe='')}" if conf["PASSWORD"] else ""
-    host = conf["HOST"] or ""
-    port = f":{conf['PORT']}" if conf["PORT"] else ""
-    if host.startswith("/"):
-        return f"postgresql://{user}{password}@{port}/{quote(name, safe='')}?host={quote(host, safe='')}"
-    return f"postgresql://{user}{password}@{host}{port}/{quote(name, safe='')}"
+    return db.connect_like_django("salesflow-migrator-rehearsal")
 
 
 # --- the scratch database and its roles ------------------------------------------------------------------
@@ -269,7 +249,7 @@ class PhaseRun:
 def child_env(config: MigratorConfig, scratch: str) -> dict[str, str]:
     env = {
         **os.environ,
-        "DATABASE_URL": database_url(scratch),
+        "DATABASE_URL": db.database_url(scratch),
         "PYTHONUNBUFFERED": "1",
         "SALESFLOW_ROLE_PREFIX": rehearsal_role_prefix(config),
         "SALESFLOW_LEGACY_AUTH_SCHEMA": config.legacy_auth_schema,

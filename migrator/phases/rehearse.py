@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import psycopg
 from django.db import connection
 
+from migrator import db
 from migrator.core.context import MigrationContext
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
@@ -101,7 +101,7 @@ class RehearsePhase(Phase):
             rehearsal.create_scratch(conn, ctx.config, target, ctx.options.replace_target)
             try:
                 rehearsal.restore_into(info, pg_restore, target, ctx.jobs)
-                with psycopg.connect(rehearsal.database_url(target)) as scratch:
+                with db.connect_like_django("salesflow-migrator-rehearsal", dbname=target) as scratch:
                     rehearsed = rehearsal.legacy_volume(scratch)
                 runs = rehearsal.run_phases(
                     self._arguments(ctx, info), rehearsal.child_env(ctx.config, target), reporter.progress

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import run
 from tests.stages import StageDatabases, seeded_data
 
 
@@ -19,6 +20,14 @@ def prepared(stage_db: StageDatabases) -> dict[str, Any]:
     """Seeded legacy data after phase 1 (tenants registered, backup taken)."""
     stage_db.use("prepared")
     return seeded_data()
+
+
+@pytest.fixture
+def prepared_with_backup(seeded: dict[str, Any]) -> dict[str, Any]:
+    """Phase 1 run by this test: a real pg_dump into this test's backup folder (the ``prepared``
+    stage's backup is the session's, outside the folder a test's settings point at)."""
+    run("migrate_phase", "prepare", interactive=False)
+    return seeded
 
 
 @pytest.fixture

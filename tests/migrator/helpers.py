@@ -11,10 +11,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import psycopg
-from django.db import connection
 from psycopg import sql
 
 from migrator import db
@@ -108,15 +106,7 @@ def fingerprint(schema: str, table: str, conn: psycopg.Connection | None = None)
 
 def database_url(name: str | None = None) -> str:
     """A ``DATABASE_URL`` for the database the tests use (TCP or a unix socket folder)."""
-    conf = connection.settings_dict
-    user = quote(conf["USER"] or "postgres")
-    password = f":{quote(conf['PASSWORD'])}" if conf["PASSWORD"] else ""
-    host = conf["HOST"] or ""
-    port = f":{conf['PORT']}" if conf["PORT"] else ""
-    dbname = quote(name or conf["NAME"])
-    if host.startswith("/"):
-        return f"postgresql://{user}{password}@{port}/{dbname}?host={quote(host)}"
-    return f"postgresql://{user}{password}@{host}{port}/{dbname}"
+    return db.database_url(name)
 
 
 def manage_env(database_url_value: str | None = None, **extra: str) -> dict[str, str]:
@@ -137,15 +127,7 @@ def manage(*args: str, env: dict[str, str] | None = None, timeout: float = 120) 
 
 
 def psycopg_connect(dbname: str | None = None) -> psycopg.Connection:
-    conf = connection.settings_dict
-    return psycopg.connect(
-        dbname=dbname or conf["NAME"],
-        user=conf["USER"] or None,
-        password=conf["PASSWORD"] or None,
-        host=conf["HOST"] or None,
-        port=conf["PORT"] or None,
-        autocommit=True,
-    )
+    return db.connect_like_django("salesflow-tests", dbname=dbname)
 
 
 def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> Any:

@@ -146,13 +146,6 @@ def test_a_hostile_tenant_option_is_refused_before_anything_runs(seeded, tenant_
     assert not records()
 
 
-@pytest.fixture
-def prepared_with_backup(seeded):
-    """Phase 1 run by this test: a real pg_dump into this test's backup folder (the ``prepared`` stage's is shared)."""
-    run("migrate_phase", "prepare", interactive=False)
-    return seeded
-
-
 def test_backup_is_recorded_and_restores_into_a_scratch_database(prepared_with_backup, settings):
     row = latest("prepare/*/backup")
     info = latest_backup()

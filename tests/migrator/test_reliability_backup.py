@@ -139,7 +139,7 @@ def test_a_restore_killed_during_pg_restore_is_finished_by_rerunning_it(clean_db
     assert restore.interrupted_restore(get_config().backup_dir) is None
 
 
-def test_restore_finds_the_backup_through_its_manifest_when_the_tracking_history_is_lost(prepared):
+def test_restore_finds_the_backup_through_its_manifest_when_the_tracking_history_is_lost(prepared_with_backup):
     before = legacy_fingerprints(TENANTS)
     info = backup.latest_backup()
     assert info is not None
@@ -151,7 +151,7 @@ def test_restore_finds_the_backup_through_its_manifest_when_the_tracking_history
     assert MigrationRecord.objects.get(phase="rollback", step="check_backup").details["backup"]["path"] == info.path
 
 
-def test_prepare_refuses_to_back_up_a_database_without_legacy_tenants_when_a_backup_exists(prepared):
+def test_prepare_refuses_to_back_up_a_database_without_legacy_tenants_when_a_backup_exists(prepared_with_backup):
     for tenant in TENANTS:
         db.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(f"tenant_{tenant}")))
     MigrationRecord.objects.filter(phase="prepare").update(status=Status.ROLLED_BACK)

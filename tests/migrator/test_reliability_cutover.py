@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from django.core.management.base import CommandError
@@ -139,7 +140,7 @@ def test_rollback_killed_half_way_marks_undone_tenants_and_cutover_leaves_them_a
 
 
 @pytest.fixture
-def role_grant_in_another_database(clean_db: None) -> Iterator[tuple[str, str]]:
+def role_grant_in_another_database(seeded: dict[str, Any]) -> Iterator[tuple[str, str]]:
     """A database of the same cluster where the contact service role holds a privilege."""
     other = f"{connection.settings_dict['NAME']}_other"
     with psycopg_connect() as admin:

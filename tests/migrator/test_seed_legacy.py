@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
 from psycopg import sql
 
 from migrator import catalog
+from migrator.config import get_config
 from migrator.models import MigrationRecord
 from migrator.tables import LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES
 from tenants.models import Tenant
 from tests.helpers import legacy_fingerprints, run
-from tests.migrator.helpers import count, one_line, rows, value
+from tests.migrator.helpers import count, one_line, psycopg_connect, rows, value
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -120,3 +122,25 @@ def test_zero_users_is_refused_in_one_line(clean_db):
     with pytest.raises(CommandError, match=r"^--users must be 1 or more"):
         call_command("seed_legacy", "--users", "0", "--tenants", "1")
     assert not catalog.schema_exists("salesflow_auth")
+
+
+def test_replace_with_a_role_prefix_another_database_uses_is_one_line(clean_db):
+    """Roles are the server's: a service role holding a grant in another database cannot be reset from here."""
+    role = get_config().service_role("contact")
+    other = f"{connection.settings_dict['NAME']}_prefix_clash"
+    with psycopg_connect() as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(other)))
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(other)))
+        admin.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+    try:
+        with psycopg_connect(other) as elsewhere:
+            elsewhere.execute("CREATE TABLE held (id int)")
+            elsewhere.execute(sql.SQL("GRANT SELECT ON held TO {}").format(sql.Identifier(role)))
+        with pytest.raises(CommandError, match=r"SALESFLOW_ROLE_PREFIX") as refused:
+            run("seed_legacy", tenants=1, contacts=1, activities=1, replace=True)
+        assert one_line(str(refused.value))
+        assert f"role {role} cannot be dropped" in str(refused.value)
+    finally:
+        with psycopg_connect() as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(other)))
+            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))

@@ -13,9 +13,17 @@ Old application code keeps reading and writing ``tenant_x.contacts`` (and the re
 - an auth view is a plain projection of the ``auth`` table (same ids), updatable by PostgreSQL itself.
 
 Each view carries :data:`MARKER` as its comment: that is how finalize and rollback find them.
+
+A view has no statistics of its own (the planner replaces it by its query), so each one reads a
+one-row *probe* table of its own in ``migrator_compat`` (``WHERE EXISTS (SELECT FROM probe)``, an
+init plan run once per statement; its ``INSTEAD OF`` trigger reads it too, and an auto-updatable
+view checks it on ``INSERT`` through ``WITH LOCAL CHECK OPTION``): the probe's scans in
+``pg_stat_user_tables`` count the statements that used the view, which is what finalize watches.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 from psycopg import sql
 
@@ -25,10 +33,37 @@ from migrator.tables import ReferenceTable
 
 MARKER = "salesflow migrator compatibility view"
 MAP = sql.Identifier("public", "migrator_reference_map")
+PROBE_SCHEMA = "migrator_compat"
 
 
 def function_name(table: str) -> str:
     return f"migrator_compat_{table}"[:63]
+
+
+def probe_name(schema: str, view: str) -> str:
+    """The probe table of ``schema.view`` (a digest keeps long tenant names apart within 63 bytes)."""
+    digest = hashlib.sha1(f"{schema}.{view}".encode()).hexdigest()[:8]
+    return f"{schema}__{view}"[:54] + "_" + digest
+
+
+def probe(schema: str, view: str) -> sql.Identifier:
+    return sql.Identifier(PROBE_SCHEMA, probe_name(schema, view))
+
+
+def _create_probe(schema: str, view: str) -> sql.Identifier:
+    table = probe(schema, view)
+    db.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(PROBE_SCHEMA)))
+    # the application's roles read it through the trigger functions (which run as the writer)
+    db.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO PUBLIC").format(sql.Identifier(PROBE_SCHEMA)))
+    db.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (used boolean NOT NULL DEFAULT true)").format(table))
+    db.execute(sql.SQL("INSERT INTO {} DEFAULT VALUES").format(table))
+    db.execute(sql.SQL("GRANT SELECT ON {} TO PUBLIC").format(table))
+    db.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(table, sql.Literal(f"{schema}.{view}")))
+    return table
+
+
+def _probed(table: sql.Identifier) -> sql.Composed:
+    return sql.SQL(" WHERE EXISTS (SELECT FROM {})").format(table)
 
 
 def _legacy_defaults(schema: str, table: str) -> dict[str, str]:
@@ -101,15 +136,22 @@ def create_data_view(copy: TableCopy, archived: tuple[str, str], tenant_id: str 
             for c, r in remapped.items()
         ]
     )
+    probe_table = _create_probe(copy.source_schema, copy.source_table)
     db.execute(
-        sql.SQL("CREATE VIEW {view} AS SELECT {select} FROM {target} t{joins}").format(
-            view=view, select=select, target=copy.target, joins=joins
+        sql.SQL("CREATE VIEW {view} AS SELECT {select} FROM {target} t{joins}{probed}{check}").format(
+            view=view,
+            select=select,
+            target=copy.target,
+            joins=joins,
+            probed=_probed(probe_table),
+            # one table, no join: PostgreSQL updates it by itself, and checks the probe on INSERT too
+            check=sql.SQL("" if remapped else " WITH LOCAL CHECK OPTION"),
         )
     )
     _mark(view)
     _set_defaults(view, archived, _sequence_of(copy.target_schema, copy.target_table) if copy.key == ("id",) else None)
     if not remapped:
-        return  # one table, no join: PostgreSQL updates it by itself
+        return
     declare = sql.SQL(" ").join(sql.SQL("{} bigint;").format(sql.Identifier("new_" + c)) for c in remapped)
     lookups = sql.SQL(" ").join(
         sql.SQL(
@@ -133,13 +175,20 @@ def create_data_view(copy: TableCopy, archived: tuple[str, str], tenant_id: str 
         sql.Identifier("new_" + c) if c in remapped else sql.SQL("NEW.{}").format(sql.Identifier(c)) for c in columns
     )
     body = sql.SQL(
-        "DECLARE {declare} BEGIN "
+        "DECLARE {declare} BEGIN PERFORM FROM {probe}; "
         "IF TG_OP = 'DELETE' THEN DELETE FROM {target} WHERE id = OLD.id; RETURN OLD; END IF; "
         "{lookups} "
         "IF TG_OP = 'INSERT' THEN INSERT INTO {target} ({cols}) VALUES ({values}); "
         "ELSE UPDATE {target} SET ({cols}) = ROW({values}) WHERE id = OLD.id; END IF; "
         "RETURN NEW; END"
-    ).format(declare=declare, target=copy.target, lookups=lookups, cols=db.ident_list(columns), values=values)
+    ).format(
+        declare=declare,
+        probe=probe_table,
+        target=copy.target,
+        lookups=lookups,
+        cols=db.ident_list(columns),
+        values=values,
+    )
     _create_trigger(copy.source_schema, copy.source_table, body)
 
 
@@ -151,12 +200,14 @@ def create_reference_view(scope: str, ref: ReferenceTable, tenant_id: str, archi
     select = sql.SQL(", ").join(
         sql.SQL("m.old_id AS id") if c == "id" else sql.SQL("s.{}").format(sql.Identifier(c)) for c in legacy_columns
     )
+    probe_table = _create_probe(scope, ref.legacy_table)
     db.execute(
         sql.SQL(
             "CREATE VIEW {view} AS SELECT {select} FROM {shared} s JOIN {map} m ON m.tenant_id = {tenant} "
-            "AND m.reference_table = {ref} AND m.new_id = s.id"
+            "AND m.reference_table = {ref} AND m.new_id = s.id{probed}"
         ).format(
             view=view,
+            probed=_probed(probe_table),
             select=select,
             shared=shared,
             map=MAP,
@@ -169,7 +220,7 @@ def create_reference_view(scope: str, ref: ReferenceTable, tenant_id: str, archi
     values = [c for c in legacy_columns if c != "id"]
     key = sql.Identifier(ref.merge_key)
     body = sql.SQL(
-        "DECLARE shared_id bigint; BEGIN "
+        "DECLARE shared_id bigint; BEGIN PERFORM FROM {probe}; "
         "IF TG_OP <> 'INSERT' THEN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', "
         "MESSAGE = format('%s.%s is shared reference data since the migration: change it in %s', "
         "TG_TABLE_SCHEMA, TG_TABLE_NAME, {shared_name}); END IF; "
@@ -181,6 +232,7 @@ def create_reference_view(scope: str, ref: ReferenceTable, tenant_id: str, archi
         "INSERT INTO {map} (tenant_id, reference_table, old_id, new_id) VALUES ({tenant}, {ref}, NEW.id, shared_id); "
         "RETURN NEW; END"
     ).format(
+        probe=probe_table,
         shared_name=sql.Literal(f"{ref.shared_schema}.{ref.table}"),
         shared=shared,
         cols=db.ident_list(values),
@@ -227,4 +279,43 @@ def drop_views(schema: str) -> list[str]:
     for view in views:
         db.execute(sql.SQL("DROP VIEW {}").format(sql.Identifier(schema, view)))
         db.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(sql.Identifier(schema, function_name(view))))
+        db.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(probe(schema, view)))
+    if catalog.schema_exists(PROBE_SCHEMA) and not db.fetchvalue(
+        "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s)",
+        [PROBE_SCHEMA],
+    ):
+        db.execute(sql.SQL("DROP SCHEMA {}").format(sql.Identifier(PROBE_SCHEMA)))
     return views
+
+
+def all_compat_views() -> list[tuple[str, str]]:
+    """(schema, view) of every compatibility view in the database."""
+    rows = db.fetchall(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relkind = 'v' AND obj_description(c.oid, 'pg_class') = %s ORDER BY 1, 2",
+        [MARKER],
+    )
+    return [(schema, view) for schema, view in rows]
+
+
+def usage_counters() -> dict[tuple[str, str], int | None]:
+    """(schema, view) -> statements that used it so far (probe scans plus trigger function calls when
+    ``track_functions`` counts them); None for a view without a probe (its use cannot be observed)."""
+    # a transaction's statistics are a snapshot taken at their first read: take a fresh one
+    db.execute("SELECT pg_stat_clear_snapshot()")
+    counters: dict[tuple[str, str], int | None] = {}
+    for schema, view in all_compat_views():
+        probe_relid = db.fetchvalue("SELECT to_regclass(%s)::oid", [db.render(probe(schema, view))])
+        if probe_relid is None:
+            counters[(schema, view)] = None
+            continue
+        scans = db.fetchvalue(
+            "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relid = %s",
+            [probe_relid],
+        )
+        calls = db.fetchvalue(
+            "SELECT f.calls FROM pg_stat_user_functions f WHERE f.schemaname = %s AND f.funcname = %s",
+            [schema, function_name(view)],
+        )
+        counters[(schema, view)] = int(scans or 0) + int(calls or 0)
+    return counters

@@ -5,6 +5,7 @@ from __future__ import annotations
 from migrator.core.phase import Phase
 from migrator.phases.cutover import CutoverPhase
 from migrator.phases.data import DataPhase
+from migrator.phases.finalize import FinalizePhase
 from migrator.phases.prepare import PreparePhase
 from migrator.phases.rehearse import RehearsePhase
 from migrator.phases.rollback import RollbackPhase
@@ -23,6 +24,7 @@ PHASES: tuple[type[Phase], ...] = (
     RollbackPhase,
     RehearsePhase,
     SyncPhase,
+    FinalizePhase,
 )
 # The phases `all` runs, in order.
 ORDERED: tuple[type[Phase], ...] = tuple(sorted((p for p in PHASES if p.number), key=lambda p: p.number or 0))

@@ -91,17 +91,24 @@ def fingerprints_in_snapshot(ctx: MigrationContext, copy: TableCopy) -> tuple[Fi
     scope = copy.source_schema
     with transaction.atomic():
         db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        capture.apply_all_locked(scope, scope_copies(ctx, scope), scope_merge(ctx, scope))
+        copies = scope_copies(ctx, scope)
+        stats = capture.apply_all_locked(scope, copies, scope_merge(ctx, scope))
+        _continue_sequences(copies, stats)
         return validation_fingerprints(copy)
+
+
+def _continue_sequences(copies: dict[str, TableCopy], stats: capture.ApplyStats) -> None:
+    """Rows came in with the legacy ids: the new tables' own inserts (verify's CRUD check) continue after them."""
+    for table in stats.keys:
+        copy = copies[table]
+        if copy.key == ("id",):
+            reset_identity(copy.target_schema, copy.target_table)
 
 
 def sync_scope(ctx: MigrationContext, scope: str, reporter: StepReporter) -> capture.ApplyStats:
     copies = scope_copies(ctx, scope)
     stats = capture.apply_changes(scope, copies, ctx.batch_size, scope_merge(ctx, scope), fence=reporter.fence)
-    for table in stats.keys:
-        copy = copies[table]
-        if copy.key == ("id",):  # rows came in with the legacy ids: the new table's own inserts continue after them
-            reset_identity(copy.target_schema, copy.target_table)
+    _continue_sequences(copies, stats)
     return stats
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -76,6 +77,15 @@ class RunOptions:
     load_max_regression: float = 50.0  # verify: new layout's p95 may be this many percent worse than legacy
     load_queries: int = 1000  # verify: a layout's load ends early once every query ran this often (0: never)
     interactive: bool = True
+    # Online migration (docs/online.md).
+    online: bool = False  # data: capture writes to each legacy table before copying it, apply them after
+    lock_timeout_ms: int = 200  # data/sync/cutover online: longest wait for a lock writers queue behind
+    follow: bool = False  # sync: keep applying until SIGINT/SIGTERM
+    follow_interval: float = 0.5  # sync --follow: seconds between rounds that found nothing
+    # sync --follow ends when this is set (the command sets it on SIGINT/SIGTERM)
+    stop: threading.Event = field(default_factory=threading.Event, compare=False)
+    force: bool = False  # finalize: drop the compatibility views even though they are still being used
+    observe_seconds: float = 5.0  # finalize: how long to watch the compatibility views for use
 
 
 @dataclass

@@ -103,3 +103,31 @@ def drop_schema_if_empty(schema: str) -> bool:
         return False
     db.execute(sql.SQL("DROP SCHEMA {}").format(sql.Identifier(schema)))
     return True
+
+
+def unarchive_tables(schema: str, owner: str, tables: list[str], archive_schema: str) -> list[str]:
+    """Move archived ``tables`` of ``owner`` back into ``schema`` under their names (the reverse of archive_tables)."""
+    moved = []
+    for table in tables:
+        archived = archive_table_name(owner, table)
+        if not catalog.table_exists(archive_schema, archived):
+            continue
+        db.execute(
+            sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(
+                sql.Identifier(archive_schema, archived), sql.Identifier(schema)
+            )
+        )
+        db.execute(
+            sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(schema, archived), sql.Identifier(table))
+        )
+        rows = db.fetchall(
+            "SELECT c.relkind, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relkind IN ('i', 'S') AND starts_with(c.relname, %s)",
+            [schema, archive_table_name(owner, "")],
+        )
+        for kind, name in rows:
+            original = name[len(archive_table_name(owner, "")) :]
+            statement = "ALTER INDEX {} RENAME TO {}" if kind == "i" else "ALTER SEQUENCE {} RENAME TO {}"
+            db.execute(sql.SQL(statement).format(sql.Identifier(schema, name), sql.Identifier(original)))
+        moved.append(table)
+    return moved

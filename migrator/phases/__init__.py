@@ -5,11 +5,13 @@ from __future__ import annotations
 from migrator.core.phase import Phase
 from migrator.phases.cutover import CutoverPhase
 from migrator.phases.data import DataPhase
+from migrator.phases.finalize import FinalizePhase
 from migrator.phases.prepare import PreparePhase
 from migrator.phases.rehearse import RehearsePhase
 from migrator.phases.rollback import RollbackPhase
 from migrator.phases.schemas import SchemasPhase
 from migrator.phases.security import SecurityPhase
+from migrator.phases.sync import SyncPhase
 from migrator.phases.verify import VerifyPhase
 
 PHASES: tuple[type[Phase], ...] = (
@@ -21,6 +23,8 @@ PHASES: tuple[type[Phase], ...] = (
     CutoverPhase,
     RollbackPhase,
     RehearsePhase,
+    SyncPhase,
+    FinalizePhase,
 )
 # The phases `all` runs, in order.
 ORDERED: tuple[type[Phase], ...] = tuple(sorted((p for p in PHASES if p.number), key=lambda p: p.number or 0))

@@ -13,6 +13,7 @@ from migrator.engine import tracking
 from migrator.models import Status
 from migrator.ops import archive, reference
 from migrator.ops.copy import TableCopy
+from migrator.phases import online
 from migrator.phases.data import DataPhase, auth_copy, tenant_copy, validation_fingerprints
 from migrator.tables import AUTH_TABLES, LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES, REFERENCE_TABLES, TENANT_DATA_TABLES
 from tenants.models import MigrationState, Tenant
@@ -123,6 +124,8 @@ class CutoverPhase(Phase):
     def _archive_tenant_tables(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         drop = ctx.options.drop_legacy
         tenant = TenantRef(step.tenant_id or "")
+        if online.is_online(tenant.schema) or online.switched(tenant.schema):  # migrated with data --online
+            return online.switch_scope(ctx, tenant.schema, list(LEGACY_TENANT_TABLES), tenant.tenant_id)
         data_phase = DataPhase()
         validated = {
             data_phase.step("validate", "", tenant.tenant_id, spec.target_table).key: tenant_copy(tenant, spec)
@@ -151,6 +154,8 @@ class CutoverPhase(Phase):
         cfg = ctx.config
         drop = ctx.options.drop_legacy
         self._require_auth_migrated(ctx)
+        if online.is_online(cfg.legacy_auth_schema) or online.switched(cfg.legacy_auth_schema):  # data --online
+            return online.switch_scope(ctx, cfg.legacy_auth_schema, list(LEGACY_AUTH_TABLES), cfg.legacy_auth_schema)
         data_phase = DataPhase()
         validated = {
             data_phase.step("validate", "", None, f"auth.{table}").key: auth_copy(cfg.legacy_auth_schema, table)

@@ -11,6 +11,7 @@ from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.ops import constraints, fingerprint, reference
 from migrator.ops.copy import Remap, TableCopy, analyze, copy_table, reset_identity, table_fence
+from migrator.phases import online
 from migrator.tables import (
     AUTH_MODELS,
     LEGACY_AUTH_TABLES,
@@ -156,21 +157,27 @@ class DataPhase(Phase):
                 f"{copy.target_schema}.{copy.target_table} does not exist; run `migrate_phase schemas` first"
             )
         check_columns(copy, AUTH_MODELS[step.target])
+        online.capture_before_copy(ctx, legacy, [step.target])  # --online only
         stats = copy_table(copy, ctx.batch_size, reporter)
         if copy.key == ("id",):
             reset_identity("auth", step.target)
+        applied = online.apply_after_copy(ctx, legacy, [step.target], reporter)  # --online only
         return StepResult(
             message=f"{stats.rows_copied} rows",
             rows_expected=stats.rows_source,
             rows_copied=stats.rows_copied,
-            details={"batches": stats.batches},
+            details={"batches": stats.batches, **applied},
         )
 
     def _merge_reference_table(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         policy = ctx.options.reference_conflicts
         ref = reference_table(step.target)
         tenant_ids = [t.tenant_id for t in ctx.registered_tenants]
+        for tenant_id in tenant_ids:  # --online only: capture before the rows are read
+            online.capture_before_copy(ctx, TenantRef(tenant_id).schema, [ref.legacy_table])
         result = reference.merge_reference_table(ref, tenant_ids, policy)
+        for tenant_id in tenant_ids:
+            online.mark_copied(ctx, TenantRef(tenant_id).schema, [ref.legacy_table])
         reset_identity(ref.shared_schema, ref.table)
         message = (
             f"{len(result.tenants_merged)} tenants, {result.rows_staged} rows -> {result.rows_added} new shared rows"
@@ -208,6 +215,7 @@ class DataPhase(Phase):
             )
         copy = tenant_copy(tenant, spec)
         check_columns(copy, spec.model)
+        online.capture_before_copy(ctx, tenant.schema, [spec.legacy_table])  # --online only
         merged = self._merge_new_reference_rows(ctx, tenant, spec)
         # The fence covers the constraints too: a second runner must not drop or rebuild them mid-copy.
         with table_fence(tenant.schema, spec.target_table):
@@ -221,6 +229,7 @@ class DataPhase(Phase):
             )
         reset_identity(tenant.schema, spec.target_table)
         analyze(tenant.schema, spec.target_table)
+        merged.update(online.apply_after_copy(ctx, tenant.schema, [spec.legacy_table], reporter))  # --online only
         resumed = f", resumed after id {stats.resumed_after[0]}" if stats.resumed_after else ""
         return StepResult(
             message=f"{stats.rows_copied} rows in {stats.batches} batches{resumed}",
@@ -264,7 +273,10 @@ class DataPhase(Phase):
                 rows = catalog.row_count(tenant.schema, spec.target_table)
                 return StepResult(message=f"no legacy table; target has {rows} rows", rows_expected=0, rows_copied=rows)
             copy = tenant_copy(tenant, spec)
-        source, target = validation_fingerprints(copy)
+        if online.is_online(copy.source_schema):  # writes go on: compare both sides in one snapshot
+            source, target = online.fingerprints_in_snapshot(ctx, copy)
+        else:
+            source, target = validation_fingerprints(copy)
         details: dict[str, object] = {}
         converted = [str(d) for d in fingerprint.type_differences(copy)]
         if converted:
@@ -288,6 +300,8 @@ class DataPhase(Phase):
         )
 
     def _check_all_rows_copied(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
+        if result.details.get("online"):  # writes go on: the captured changes carried them over
+            return []
         if result.rows_copied != result.rows_expected:
             # The copy already picked up legacy rows written behind it; what is left is rows that
             # vanished from the legacy table after they were copied, which no resume can undo.
@@ -306,6 +320,8 @@ class DataPhase(Phase):
         return []
 
     def _check_every_reference_mapped(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
+        if ctx.options.online:  # rows added since are captured; each tenant's next apply merges them
+            return []
         unmapped = reference.unmapped_count(reference_table(step.target), [t.tenant_id for t in ctx.registered_tenants])
         return [f"{unmapped} legacy {step.target} rows have no shared id"] if unmapped else []
 

@@ -11,8 +11,9 @@ from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.engine import tracking
 from migrator.models import Status
-from migrator.ops import backup, restore, teardown
+from migrator.ops import backup, capture, restore, teardown
 from migrator.ops.backup import BackupInfo
+from migrator.phases import online
 from migrator.tables import service_tables
 from tenants.models import MigrationState, Tenant
 
@@ -75,7 +76,8 @@ class RollbackPhase(Phase):
                 self.step("mark_rolled_back", "Mark the steps the restore undid as ROLLED_BACK"),
             ]
         self._refuse_after_cutover(ctx)
-        steps = [
+        steps = self._online_undo_steps(ctx)
+        steps += [
             self.step(
                 "drop_tenant_tables",
                 f"Drop the namespaced tables in {t.schema}; legacy tables stay",
@@ -110,7 +112,40 @@ class RollbackPhase(Phase):
             "drop_tenant_tables": StepKind(self._drop_tenant_tables),
             "drop_service_schemas": StepKind(self._drop_service_schemas, self._check_service_schemas_gone),
             "mark_rolled_back": StepKind(self._mark_rolled_back),
+            "undo_online_cutover": StepKind(self._undo_online_cutover),
         }
+
+    # --- the online migration (docs/online.md) ---
+
+    def _online_undo_steps(self, ctx: MigrationContext) -> list[Step]:
+        """Tenants (and the auth schema) switched by an online cutover go back to their legacy tables first."""
+        steps = [
+            self.step(
+                "undo_online_cutover",
+                f"Drop the compatibility views of {t.schema}, move its legacy tables back (refused after a write)",
+                tenant_id=t.tenant_id,
+                target=t.schema,
+                destructive=True,
+            )
+            for t in ctx.registered_tenants
+            if online.switched(t.schema)
+        ]
+        auth = ctx.config.legacy_auth_schema
+        if not ctx.tenant_filter and online.switched(auth):
+            steps.insert(0, self.step("undo_online_cutover", f"The same for {auth}", target=auth, destructive=True))
+        return steps
+
+    def _undo_online_cutover(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
+        record = tracking.latest_records("cutover").get(
+            f"cutover/{step.tenant_id or '*'}/{'archive_legacy' if step.tenant_id else 'archive_auth'}/{step.target}"
+        )
+        recorded = dict((record.details or {}).get("target_fingerprints") or {}) if record else {}
+        owner = step.tenant_id or step.target
+        with transaction.atomic():
+            views = online.undo_switch(ctx, step.target, owner, recorded)
+            # the cutover runs again after this (the auth step only runs in a rollback of everything)
+            tracking.mark_rolled_back(["cutover"], [step.tenant_id] if step.tenant_id else None)
+        return StepResult(message=f"legacy tables back: {', '.join(views)}", details={"restored": views})
 
     def _check_backup(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         info = recorded_backup(ctx)
@@ -142,6 +177,7 @@ class RollbackPhase(Phase):
         # that stops after this tenant (killed, or a later step failing) never leaves them "done".
         tenant = TenantRef(step.tenant_id or "")
         with transaction.atomic():
+            online.remove_capture_of(tenant.schema)  # data --online: its triggers go, legacy tables untouched
             teardown.revoke_tenant_usage(tenant.schema)  # read from its phase-4 record before that is marked
             dropped = teardown.drop_tenant_tables(tenant.schema, tenant.tenant_id)
             Tenant.objects.filter(tenant_id=step.tenant_id).update(migration_state=MigrationState.ROLLED_BACK)
@@ -155,6 +191,8 @@ class RollbackPhase(Phase):
         # Without the service schemas (and the reference map) no tenant's migrated data stands: every
         # undone step is marked with the drop, so a failing drop_roles after it leaves nothing "done".
         with transaction.atomic():
+            online.remove_capture_of(ctx.config.legacy_auth_schema)  # data --online
+            capture.drop_capture_schema_if_unused()
             dropped = teardown.drop_service_schemas()
             marked = tracking.mark_rolled_back(undone_phases(restore=False))
         return StepResult(message=f"dropped {', '.join(dropped) or 'nothing'}; {marked} steps marked ROLLED_BACK")
@@ -170,7 +208,7 @@ class RollbackPhase(Phase):
         live = [
             r.tenant_id
             for r in tracking.latest_records("cutover").values()
-            if r.step == "archive_legacy" and r.status == Status.COMPLETED
+            if r.step == "archive_legacy" and r.status == Status.COMPLETED and not (r.details or {}).get("online")
         ]
         if live:
             raise MigrationError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from migrator.models import MigrationRecord, Status
+from migrator.ops.capture import Lag, lag
 from migrator.phases import ORDERED
 
 GLOBAL = "*"
@@ -18,6 +19,8 @@ class StatusReport:
     failures: list[MigrationRecord] = field(default_factory=list)
     # tenant_* schemas phase 1 left out (invalid names): {"schema", "rows", "reason"}; never migrated
     excluded: list[dict[str, object]] = field(default_factory=list)
+    # online migration: per captured schema, changes captured and not applied yet
+    lag: list[Lag] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -29,6 +32,7 @@ class StatusReport:
             "phases": self.phases,
             "tenants": {scope: {phase: self.cells[(phase, scope)] for phase in self.phases} for scope in self.scopes},
             "excluded": self.excluded,
+            "lag": [{"scope": x.scope, "pending": x.pending, "oldest_seconds": x.oldest_seconds} for x in self.lag],
             "failed": [
                 {"migration_id": r.migration_id, "attempt": r.attempt, "error": r.error_message} for r in self.failures
             ],
@@ -85,5 +89,6 @@ def status_report() -> StatusReport:
         for scope in report.scopes:
             report.cells[(phase, scope)] = cell_state(statuses.get((phase, scope), set()))
     report.excluded = excluded_schemas()
+    report.lag = lag()
     report.failures.sort(key=lambda r: r.completed_at or r.started_at or r.id, reverse=True)
     return report

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -25,6 +28,28 @@ from migrator.management.arguments import MAX_BATCH_SIZE, batch_size, non_negati
 from migrator.management.output import ConsoleReporter, outcome_dict, outcome_summary, rehearsal_lines
 from migrator.phases import ORDERED, get_phase, phase_choices, phases_help
 from migrator.reports.status import GLOBAL, StatusReport, status_report
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT and SIGTERM set ``stop`` instead of killing the run (a second one kills as usual)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop.set()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    for sig in previous:
+        signal.signal(sig, request_stop)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class Command(BaseCommand):
@@ -162,6 +187,39 @@ class Command(BaseCommand):
             "than PERCENT worse than on the legacy ones (default 50).",
         )
 
+        parser.add_argument(
+            "--online",
+            action="store_true",
+            help="data: keep the application writing: capture writes to each legacy table (row triggers into "
+            "the migrator_online schema) before copying it, apply them after; `sync` and the online cutover "
+            "carry the rest over (see docs/online.md).",
+        )
+        parser.add_argument(
+            "--lock-timeout",
+            type=positive,
+            default=200,
+            metavar="MS",
+            dest="lock_timeout_ms",
+            help="data --online, cutover with capture on: longest wait in milliseconds for a lock that writers "
+            "queue behind (default 200); on timeout the step is retried.",
+        )
+        parser.add_argument(
+            "--follow",
+            action="store_true",
+            help="sync: keep applying captured changes until interrupted (SIGINT/SIGTERM end it cleanly).",
+        )
+        parser.add_argument(
+            "--force",
+            action="store_true",
+            help="finalize: drop the compatibility views even though the application still uses them.",
+        )
+        parser.add_argument(
+            "--observe-seconds",
+            type=seconds,
+            default=5.0,
+            help="finalize: how long to watch the compatibility views for use before dropping them (default 5).",
+        )
+
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             self._handle(options)
@@ -206,13 +264,19 @@ class Command(BaseCommand):
                 load_seconds=options["load_seconds"],
                 load_queries=options["load_queries"],
                 load_max_regression=options["load_max_regression"],
+                online=options["online"],
+                lock_timeout_ms=options["lock_timeout_ms"],
+                follow=options["follow"],
+                force=options["force"],
+                observe_seconds=options["observe_seconds"],
             ),
         )
         if options["plan"] or options["check"]:
             self._plan(phases, ctx, check=options["check"], show=options["plan"])
             return
         reporter = (lambda event: None) if self.json else ConsoleReporter(self.stdout, self.style, self.verbosity)
-        outcomes = orchestration.run_phases(phases, ctx, reporter, self._confirm(options["interactive"]))
+        with stop_on_signals(ctx.options.stop):  # sync --follow ends its loop cleanly on SIGINT/SIGTERM
+            outcomes = orchestration.run_phases(phases, ctx, reporter, self._confirm(options["interactive"]))
         if name == "rehearse" and outcomes and outcomes[0].ok:
             self._rehearsal_report(outcomes[0])
             return
@@ -347,6 +411,9 @@ class Command(BaseCommand):
                     f"EXCLUDED {entry['schema']!r}: {entry['rows']} rows not migrated ({entry['reason']})"
                 )
             )
+        for lag in report.lag:
+            age = "-" if lag.oldest_seconds is None else f"{lag.oldest_seconds:.1f}s"
+            self.stdout.write(f"LAG {lag.scope}: {lag.pending} captured changes not applied yet, oldest {age}")
         summary = "complete" if report.complete else "incomplete"
         self.stdout.write(
             f"Migration {summary}: {sum(v == 'done' for v in report.cells.values())}/{len(report.cells)} cells done"

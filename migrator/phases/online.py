@@ -1,0 +1,233 @@
+"""The online migration's hooks into phases data and cutover, and what sync and finalize share.
+
+A *scope* is a schema whose legacy tables are captured: the legacy auth schema or a tenant schema.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from django.db import transaction
+from psycopg import sql
+
+from migrator import catalog, db
+from migrator.core.context import MigrationContext, TenantRef
+from migrator.core.errors import MigrationError
+from migrator.core.steps import StepReporter, StepResult
+from migrator.ops import archive, capture, compat, reference
+from migrator.ops.copy import TableCopy, reset_identity
+from migrator.ops.fingerprint import Fingerprint
+from migrator.tables import LEGACY_AUTH_TABLES, REFERENCE_TABLES, TENANT_DATA_TABLES, legacy_table
+from salesflow.layout import tenant_id_from_schema
+
+
+def scope_copies(ctx: MigrationContext, scope: str) -> dict[str, TableCopy]:
+    """Legacy table -> its copy, for every table of ``scope`` that is copied row by row."""
+    from migrator.phases.data import auth_copy, tenant_copy  # data imports this module
+
+    if scope == ctx.config.legacy_auth_schema:
+        return {table: auth_copy(scope, table) for table in LEGACY_AUTH_TABLES}
+    tenant = TenantRef(_tenant_id(scope))
+    return {spec.legacy_table: tenant_copy(tenant, spec) for spec in TENANT_DATA_TABLES}
+
+
+def _tenant_id(scope: str) -> str:
+    tenant_id = tenant_id_from_schema(scope)
+    if tenant_id is None:
+        raise MigrationError(f"{scope} is neither the legacy auth schema nor a tenant schema; it cannot be synced")
+    return tenant_id
+
+
+def scope_merge(ctx: MigrationContext, scope: str) -> Callable[[], None] | None:
+    """Merges the scope's new reference rows (added while it is captured) before its rows are re-copied."""
+    if scope == ctx.config.legacy_auth_schema:
+        return None
+    tenant_id = _tenant_id(scope)
+    present = catalog.tables_by_schema([scope])[scope]
+
+    def merge() -> None:
+        for ref in REFERENCE_TABLES:
+            if ref.legacy_table in present:
+                reference.merge_reference_table(ref, [tenant_id], ctx.options.reference_conflicts)
+
+    return merge
+
+
+def capture_before_copy(ctx: MigrationContext, scope: str, tables: list[str]) -> None:
+    """``data --online``: capture writes to these legacy tables before they are read."""
+    if not ctx.options.online:
+        return
+    present = catalog.tables_by_schema([scope])[scope]
+    for table in tables:
+        if table in present:
+            capture.install(scope, table, legacy_table(table).key, ctx.options.lock_timeout_ms)
+
+
+def apply_after_copy(ctx: MigrationContext, scope: str, tables: list[str], reporter: StepReporter) -> dict[str, object]:
+    """After the tables' copy: mark them ready and apply what was captured meanwhile (capture stays on)."""
+    if not ctx.options.online:
+        return {}
+    mark_copied(ctx, scope, tables)
+    stats = sync_scope(ctx, scope, reporter)
+    return {"online": True, "changes_applied": stats.changes}
+
+
+def mark_copied(ctx: MigrationContext, scope: str, tables: list[str]) -> None:
+    """The tables' rows are in the target: their captured changes may be applied from now on."""
+    if not ctx.options.online:
+        return
+    captured = capture.captured_tables(scope)
+    for table in tables:
+        if table in captured:
+            capture.mark_ready(scope, table)
+
+
+def fingerprints_in_snapshot(ctx: MigrationContext, copy: TableCopy) -> tuple[Fingerprint, Fingerprint]:
+    """Phase 3's validation while writes go on: every change captured up to one snapshot applied, then
+    both sides fingerprinted in that same snapshot, so they must match exactly."""
+    from migrator.phases.data import validation_fingerprints  # data imports this module
+
+    scope = copy.source_schema
+    with transaction.atomic():
+        db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        copies = scope_copies(ctx, scope)
+        stats = capture.apply_all_locked(scope, copies, scope_merge(ctx, scope))
+        _continue_sequences(copies, stats)
+        return validation_fingerprints(copy)
+
+
+def _continue_sequences(copies: dict[str, TableCopy], stats: capture.ApplyStats) -> None:
+    """Rows came in with the legacy ids: the new tables' own inserts (verify's CRUD check) continue after them."""
+    for table in stats.keys:
+        copy = copies[table]
+        if copy.key == ("id",):
+            reset_identity(copy.target_schema, copy.target_table)
+
+
+def sync_scope(ctx: MigrationContext, scope: str, reporter: StepReporter) -> capture.ApplyStats:
+    copies = scope_copies(ctx, scope)
+    stats = capture.apply_changes(scope, copies, ctx.batch_size, scope_merge(ctx, scope), fence=reporter.fence)
+    _continue_sequences(copies, stats)
+    return stats
+
+
+def is_online(scope: str) -> bool:
+    return bool(capture.captured_tables(scope))
+
+
+def switched(scope: str) -> bool:
+    """The scope's online cutover committed: its legacy names are compatibility views."""
+    return bool(compat.compat_views(scope))
+
+
+def switch_scope(ctx: MigrationContext, scope: str, tables: list[str], owner: str) -> StepResult:
+    """The online cutover of one scope, in one short transaction (retried when a lock is not granted in time).
+
+    Writes are blocked (SHARE ROW EXCLUSIVE: reads go on) while the last captured changes are
+    applied and both sides are fingerprinted; then the legacy tables are archived and their names
+    become compatibility views, and the capture goes. Either all of it commits or none of it.
+    """
+    from migrator.phases.data import validation_fingerprints  # data imports this module
+
+    if switched(scope) and not is_online(scope):
+        return StepResult(message="already switched to the compatibility views", details={"online": True})
+    if ctx.options.drop_legacy:
+        raise MigrationError(
+            f"{scope} is migrated online: its legacy tables are archived (rollback needs them), not dropped; "
+            "run cutover without --drop-legacy"
+        )
+    copies = scope_copies(ctx, scope)
+    merge = scope_merge(ctx, scope)
+    tenant_id = tenant_id_from_schema(scope) if scope != ctx.config.legacy_auth_schema else None
+    blocked: dict[str, float] = {}
+    fingerprints: dict[str, str] = {}  # what rollback compares with: a write since cutover keeps it from undoing
+
+    def switch() -> None:
+        present = [t for t in tables if t in catalog.tables_by_schema([scope])[scope]]
+        locked_at = time.monotonic()
+        db.execute(
+            sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(
+                sql.SQL(", ").join(sql.Identifier(scope, t) for t in present)
+            )
+        )
+        blocked["since"] = locked_at
+        stats = capture.apply_all_locked(scope, copies, merge)
+        blocked["changes"] = stats.changes
+        problems = []
+        for table, copy in copies.items():
+            if table not in present:
+                continue
+            source, target = validation_fingerprints(copy)
+            fingerprints[table] = str(target)
+            if str(source) != str(target):
+                problems.append(f"{table}: legacy {source.rows} rows {source}, new {target.rows} rows {target}")
+            if copy.key == ("id",):
+                reset_identity(copy.target_schema, copy.target_table)
+        if tenant_id is not None:
+            problems += [
+                f"{ref.legacy_table}: {n} rows without a shared id"
+                for ref in REFERENCE_TABLES
+                if (n := reference.unmapped_count(ref, [tenant_id]))
+            ]
+        if problems:
+            raise MigrationError(
+                f"{scope}: the new tables differ from the legacy ones after the last changes: {'; '.join(problems)}; "
+                "nothing was switched (run `migrate_phase data --validate-only` to see the differing keys)"
+            )
+        archive.lock_tables(scope, present)  # ACCESS EXCLUSIVE for the renames; bounded by lock_timeout too
+        capture.remove_capture(scope, present)
+        moved = archive.archive_tables(scope, owner, present, ctx.config.archive_schema, drop=False)
+        for table in present:
+            archived = (ctx.config.archive_schema, moved[table].split(".", 1)[1])
+            if table in copies:
+                compat.create_data_view(copies[table], archived, tenant_id)
+            elif tenant_id is not None:
+                compat.create_reference_view(scope, legacy_table(table), tenant_id, archived)
+        blocked["ms"] = (time.monotonic() - locked_at) * 1000
+
+    attempts = capture.with_lock_retries(switch, ctx.options.lock_timeout_ms, f"switch {scope} to the new tables")
+    capture.drop_capture_schema_if_unused()
+    return StepResult(
+        message=f"switched online: {blocked.get('changes', 0)} last changes applied, writes blocked "
+        f"{blocked.get('ms', 0):.0f} ms, {attempts} attempt(s); legacy names are compatibility views",
+        details={
+            "online": True,
+            "writes_blocked_ms": round(blocked.get("ms", 0), 1),
+            "attempts": attempts,
+            "last_changes": blocked.get("changes", 0),
+            "views": compat.compat_views(scope),
+            "target_fingerprints": fingerprints,
+        },
+    )
+
+
+def remove_capture_of(scope: str) -> None:
+    """Rollback before cutover: the scope's triggers and capture rows go (caller's transaction)."""
+    capture.remove_capture(scope, list(capture.captured_tables(scope)))
+
+
+def undo_switch(ctx: MigrationContext, scope: str, owner: str, recorded: dict[str, str]) -> list[str]:
+    """Rollback after an online cutover: compatibility views dropped, archived legacy tables moved back.
+
+    Only when the new tables still hold what cutover switched to: a write through the views (or
+    the new names) since then exists in the new tables only, and undoing would lose it.
+    """
+    from migrator.phases.data import validation_fingerprints  # data imports this module
+
+    copies = scope_copies(ctx, scope)
+    changed = []
+    for table, fingerprint in recorded.items():
+        copy = copies[table]
+        now = validation_fingerprints(copy)[1] if catalog.table_exists(copy.target_schema, copy.target_table) else None
+        if str(now) != fingerprint:
+            then_rows = fingerprint.split(":", 1)[0] if ":" in fingerprint else "?"
+            changed.append(f"{copy.target_table} ({then_rows} rows at cutover, {now.rows if now else 0} now)")
+    if changed:
+        raise MigrationError(
+            f"{scope} was written to since its online cutover: {', '.join(changed)}; undoing it would lose those "
+            "writes: use `migrate_phase rollback --restore` (or keep the migration)"
+        )
+    views = compat.drop_views(scope)
+    archive.unarchive_tables(scope, owner, views, ctx.config.archive_schema)
+    return views

@@ -1,0 +1,200 @@
+"""The online migration: change capture during `data --online`, `sync`, lag in `status`."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+
+import pytest
+from django.core.management.base import CommandError
+
+from migrator.ops import capture
+from tests.helpers import legacy_fingerprints, run
+from tests.migrator.helpers import (
+    PROJECT_DIR,
+    content,
+    manage_command,
+    manage_env,
+    plain_columns,
+    psycopg_connect,
+    value,
+    wait_for,
+    wrongly_remapped,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TENANT = "tenant_acme_0001"
+
+
+def legacy_writes(conn) -> None:
+    """Inserts, updates and deletes of contacts and activities, a new contact type and a new user."""
+    conn.execute(f"INSERT INTO {TENANT}.contact_types (code, name) VALUES ('online_new', 'Added online')")
+    conn.execute(
+        f"INSERT INTO {TENANT}.contacts (first_name, email, contact_type_id, created_at) "
+        f"SELECT 'Online', 'online@example.com', id, now() FROM {TENANT}.contact_types WHERE code = 'online_new'"
+    )
+    conn.execute(f"UPDATE {TENANT}.contacts SET phone = 'changed online' WHERE id IN (1, 2, 3)")
+    conn.execute(f"DELETE FROM {TENANT}.activities WHERE contact_id = 4")
+    conn.execute(f"DELETE FROM {TENANT}.contacts WHERE id = 4")
+    conn.execute(f"UPDATE {TENANT}.activities SET subject = 'changed online' WHERE id IN (10, 11)")
+    conn.execute(
+        "INSERT INTO salesflow_auth.users (email, password_hash, created_at) VALUES ('online@example.com', 'x', now())"
+    )
+
+
+def assert_in_sync(schema: str = TENANT) -> None:
+    for legacy, target in (("contacts", "contact_data_contacts"), ("activities", "activity_data_activities")):
+        cols = plain_columns(legacy)
+        assert content(schema, legacy, cols) == content(schema, target, cols), legacy
+        assert wrongly_remapped(schema, legacy) == 0
+    cols = ["id", "email", "password_hash", "full_name", "is_active", "created_at"]
+    assert content("salesflow_auth", "users", cols) == content("auth", "users", cols)
+
+
+def test_data_online_captures_writes_and_sync_applies_them(schemas_ready):
+    run("migrate_phase", "data", "--online", interactive=False)
+    assert capture.captured_tables(TENANT) == {
+        "contact_types": True,
+        "tag_categories": True,
+        "activity_types": True,
+        "contacts": True,
+        "activities": True,
+    }
+    with psycopg_connect() as conn:
+        legacy_writes(conn)
+    status = json.loads(run("migrate_phase", "status", format="json"))
+    lag = {x["scope"]: x for x in status["lag"]}
+    assert lag[TENANT]["pending"] > 0
+    assert lag["salesflow_auth"]["pending"] == 1
+    run("migrate_phase", "sync", interactive=False)
+    assert_in_sync()
+    assert value("SELECT count(*) FROM migrator_online.changes") == 0
+    assert value("SELECT count(*) FROM contact.contact_types WHERE code = 'online_new'") == 1
+
+
+def test_sync_follow_applies_until_sigterm_and_ends_cleanly(schemas_ready):
+    run("migrate_phase", "data", "--online", interactive=False)
+    child = subprocess.Popen(
+        manage_command("migrate_phase", "sync", "--follow", "--noinput"),
+        cwd=PROJECT_DIR,
+        env=manage_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with psycopg_connect() as conn:
+            wait_for(
+                lambda: conn.execute(
+                    "SELECT count(*) FROM public.schema_migrations WHERE step = 'follow' AND status = 'RUNNING'"
+                ).fetchone()[0],
+                what="sync --follow running",
+            )
+            legacy_writes(conn)
+            wait_for(
+                lambda: conn.execute("SELECT count(*) = 0 FROM migrator_online.changes").fetchone()[0],
+                what="the writes applied",
+            )
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0, err
+    assert "stopped on request" in out
+    assert_in_sync()
+
+
+def migrate_online_until_cutover() -> None:
+    run("migrate_phase", "data", "--online", interactive=False)
+    run("migrate_phase", "security", interactive=False)
+    run("migrate_phase", "verify", load_seconds=0.5, load_queries=20, load_max_regression=10_000.0, interactive=False)
+
+
+def test_online_cutover_leaves_writable_compatibility_views_and_no_capture(schemas_ready):
+    migrate_online_until_cutover()
+    with psycopg_connect() as conn:
+        legacy_writes(conn)  # captured, not yet applied: cutover applies them
+        legacy_contacts = conn.execute(f"SELECT * FROM {TENANT}.contacts ORDER BY id").fetchall()
+        legacy_types = conn.execute(f"SELECT * FROM {TENANT}.contact_types ORDER BY id").fetchall()
+    run("migrate_phase", "cutover", interactive=False)
+    assert value("SELECT to_regnamespace('migrator_online')") is None
+    assert (
+        value(
+            "SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE n.nspname = 'salesflow_archive' AND t.tgname LIKE 'migrator%%'"
+        )
+        == 0
+    )
+    with psycopg_connect() as conn:
+        # reads through the legacy names: the same rows, reference ids the tenant's old ones
+        assert conn.execute(f"SELECT * FROM {TENANT}.contacts ORDER BY id").fetchall() == legacy_contacts
+        assert conn.execute(f"SELECT * FROM {TENANT}.contact_types ORDER BY id").fetchall() == legacy_types
+        # writes through the legacy names land in the new tables, new ids from their sequences
+        type_id = legacy_types[0][0]
+        new_id = conn.execute(
+            f"INSERT INTO {TENANT}.contacts (first_name, contact_type_id, created_at) VALUES ('After', %s, now()) "
+            "RETURNING id",
+            [type_id],
+        ).fetchone()[0]
+        assert new_id > max(r[0] for r in legacy_contacts)
+        conn.execute(f"UPDATE {TENANT}.contacts SET phone = 'after cutover' WHERE id = 1")
+        conn.execute(f"DELETE FROM {TENANT}.activities WHERE id = 12")
+        conn.execute(f"INSERT INTO {TENANT}.contact_types (code, name) VALUES ('after_cutover', 'After')")
+        conn.execute(
+            "INSERT INTO salesflow_auth.users (email, password_hash, created_at) "
+            "VALUES ('after@example.com', 'x', now())"
+        )
+    assert value(f"SELECT phone FROM {TENANT}.contact_data_contacts WHERE id = 1") == "after cutover"
+    assert value(f"SELECT count(*) FROM {TENANT}.activity_data_activities WHERE id = 12") == 0
+    assert value(
+        f"SELECT t.code FROM {TENANT}.contact_data_contacts c JOIN contact.contact_types t ON t.id = c.contact_type_id "
+        "WHERE c.id = %s",
+        [new_id],
+    ) == value(f"SELECT code FROM {TENANT}.contact_types WHERE id = %s", [type_id])
+    assert value("SELECT count(*) FROM contact.contact_types WHERE code = 'after_cutover'") == 1
+    assert value("SELECT count(*) FROM auth.users WHERE email = 'after@example.com'") == 1
+
+
+def legacy_triggers() -> int:
+    return value(
+        "SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n "
+        "ON n.oid = c.relnamespace WHERE t.tgname LIKE 'migrator%%' AND n.nspname <> 'migrator_online'"
+    )
+
+
+def test_rollback_before_cutover_removes_capture_and_leaves_legacy_untouched(schemas_ready):
+    run("migrate_phase", "data", "--online", interactive=False)
+    with psycopg_connect() as conn:
+        legacy_writes(conn)
+    before = legacy_fingerprints([TENANT.removeprefix("tenant_")])
+    assert legacy_triggers() > 0
+    run("migrate_phase", "rollback", interactive=False)
+    assert legacy_triggers() == 0
+    assert value("SELECT to_regnamespace('migrator_online')") is None
+    assert legacy_fingerprints([TENANT.removeprefix("tenant_")]) == before
+
+
+def test_rollback_after_online_cutover_moves_legacy_back_unless_written_since(schemas_ready):
+    migrate_online_until_cutover()
+    with psycopg_connect() as conn:
+        legacy_writes(conn)
+    before = legacy_fingerprints([TENANT.removeprefix("tenant_")])
+    phone = value(f"SELECT phone FROM {TENANT}.contacts WHERE id = 1")
+    run("migrate_phase", "cutover", interactive=False)
+    with psycopg_connect() as conn:
+        conn.execute(f"UPDATE {TENANT}.contacts SET phone = 'written after cutover' WHERE id = 1")
+    with pytest.raises(CommandError) as refused:
+        run("migrate_phase", "rollback", interactive=False)
+    assert "written to since its online cutover" in str(refused.value)
+    assert "--restore" in str(refused.value)
+    assert "contact_data_contacts (" in str(refused.value)
+    with psycopg_connect() as conn:  # undo the write: now nothing was written since cutover
+        conn.execute(f"UPDATE {TENANT}.contacts SET phone = %s WHERE id = 1", [phone])
+    run("migrate_phase", "rollback", interactive=False)
+    assert legacy_fingerprints([TENANT.removeprefix("tenant_")]) == before
+    assert legacy_triggers() == 0
+    assert value("SELECT count(*) FROM pg_views WHERE viewname = 'contacts'") == 0

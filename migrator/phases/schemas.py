@@ -80,9 +80,11 @@ class SchemasPhase(Phase):
         if template is None:
             return {}
         by_schema = {TenantRef(step.tenant_id or "").schema: step for step in steps}
+        # Looked up by qualified name (an index lookup each): a scan of pg_class, which grows with the
+        # tenants, per batch would make the phase quadratic in the tenant count.
         clean = db.fetchall(
-            "SELECT s FROM unnest(%s::text[]) s JOIN pg_namespace n ON n.nspname = s "
-            "WHERE NOT EXISTS (SELECT FROM pg_class c WHERE c.relnamespace = n.oid AND c.relname = ANY(%s))",
+            "SELECT s FROM unnest(%s::text[]) s WHERE EXISTS (SELECT FROM pg_namespace WHERE nspname = s) "
+            "AND NOT EXISTS (SELECT FROM unnest(%s::text[]) t WHERE to_regclass(format('%%I.%%I', s, t)) IS NOT NULL)",
             [list(by_schema), sorted(template.tables)],
         )
         schemas = [row[0] for row in clean]
@@ -120,5 +122,9 @@ class SchemasPhase(Phase):
 
     def _check_tenant_tables(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
         schema = TenantRef(step.tenant_id or "").schema
-        found = catalog.tables_by_schema([schema])[schema]
-        return [f"{schema}.{t.table} does not exist" for t in TENANT_DATA_TABLES if t.table not in found]
+        # By qualified name, not by scanning pg_class for the schema's tables (see _create_tenant_tables_batch).
+        missing = db.fetchall(
+            "SELECT t FROM unnest(%s::text[]) t WHERE to_regclass(format('%%I.%%I', %s::text, t)) IS NULL",
+            [[t.table for t in TENANT_DATA_TABLES], schema],
+        )
+        return [f"{schema}.{table} does not exist" for (table,) in missing]

@@ -8,9 +8,9 @@ its signals and output are the usual ones) only there, in forked worker processe
 does not stop the others; the command exits non-zero at the end, naming each failed schema.
 
 Selected by ``TENANT_MIGRATION_EXECUTOR = "behind-only"`` in the settings (``--executor`` or the
-``EXECUTOR`` variable still choose another one). Options that need ``migrate`` in every schema (a
-target migration, ``--fake``, ``--fake-initial``, ``--prune``, ``--plan``, ``--check``, ``--run-syncdb``)
-run the standard way.
+``EXECUTOR`` variable still choose another one). One named schema (``--schema``, a tenant being
+created) and the options that need ``migrate`` in every schema (a target migration, ``--fake``,
+``--fake-initial``, ``--prune``, ``--plan``, ``--check``, ``--run-syncdb``) run the standard way.
 """
 
 from __future__ import annotations
@@ -33,7 +33,16 @@ from psycopg import sql
 # Schemas per catalog query: one UNION ALL branch each, far below any statement size limit.
 SCHEMAS_PER_QUERY = 500
 # Options under which the standard executor's per-schema ``migrate`` is what the operator asked for.
-EVERY_SCHEMA_OPTIONS = ("app_label", "migration_name", "fake", "fake_initial", "prune", "plan", "check_unapplied")
+EVERY_SCHEMA_OPTIONS = (
+    "app_label",
+    "migration_name",
+    "fake",
+    "fake_initial",
+    "prune",
+    "plan",
+    "check_unapplied",
+    "run_syncdb",
+)
 
 
 def get_executor(codename: str | None = None) -> type[MigrationExecutor]:
@@ -88,12 +97,13 @@ def schemas_behind(schemas: list[str], expected: list[tuple[str, str]], alias: s
 
 
 def _migrate_one(
-    args: tuple[Any, ...], options: dict[str, Any], codename: str, count: int, job: tuple[int, str]
+    args: tuple[Any, ...], options: dict[str, Any], codename: str, count: int, forked: bool, job: tuple[int, str]
 ) -> str | None:
-    """``migrate`` in one schema (in a worker process); the error line when it failed, else None."""
+    """``migrate`` in one schema; the error line when it failed, else None. In this process (not ``forked``)
+    it may run inside the caller's transaction, as the standard executor allows."""
     index, schema = job
     try:
-        run_migrations(args, options, codename, schema, allow_atomic=False, idx=index, count=count)
+        run_migrations(args, options, codename, schema, allow_atomic=not forked, idx=index, count=count)
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - one schema's failure must not stop the others
         message = " ".join(str(exc).split()) or type(exc).__name__
         sys.stderr.write(f"[{codename}:{schema}] FAILED: {message}\n")
@@ -111,7 +121,9 @@ class BehindOnlyExecutor(MigrationExecutor):
             schemas.remove(self.PUBLIC_SCHEMA_NAME)
         if not schemas:
             return
-        if any(self.options.get(option) for option in EVERY_SCHEMA_OPTIONS):
+        # One schema named (``--schema``, or django-tenants creating a tenant, maybe inside a transaction):
+        # the standard way, in this process.
+        if len(schemas) == 1 or any(self.options.get(option) for option in EVERY_SCHEMA_OPTIONS):
             for index, schema in enumerate(schemas):
                 run_migrations(self.args, self.options, self.codename, schema, idx=index, count=len(schemas))
             return
@@ -136,10 +148,11 @@ class BehindOnlyExecutor(MigrationExecutor):
         )
 
     def _migrate(self, schemas: list[str]) -> list[str]:
-        migrate = functools.partial(_migrate_one, self.args, self.options, self.codename, len(schemas))
         processes = int(self.options.get("parallel") or getattr(settings, "TENANT_MULTIPROCESSING_MAX_PROCESSES", 2))
         if processes <= 1 or len(schemas) == 1:
-            return [error for error in map(migrate, enumerate(schemas)) if error]
+            here = functools.partial(_migrate_one, self.args, self.options, self.codename, len(schemas), False)
+            return [error for error in map(here, enumerate(schemas)) if error]
+        migrate = functools.partial(_migrate_one, self.args, self.options, self.codename, len(schemas), True)
         connection = connections[self.TENANT_DB_ALIAS]
         connection.close()  # forked workers must not share the parent's connection
         connection.connection = None

@@ -116,3 +116,10 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {"migrator": {"handlers": ["console"], "level": os.environ.get("SALESFLOW_LOG_LEVEL", "WARNING")}},
 }
+
+# migrate_schemas (deploys): only the tenant schemas that are behind, in parallel; a failed schema does not
+# stop the others (tenants/migration_executor.py). --executor standard is the one-schema-at-a-time way.
+TENANT_MIGRATION_EXECUTOR = "behind-only"
+TENANT_MULTIPROCESSING_MAX_PROCESSES = 2
+# django-tenants reads --executor and EXECUTOR only; this falls back to TENANT_MIGRATION_EXECUTOR.
+GET_EXECUTOR_FUNCTION = "tenants.migration_executor.get_executor"

@@ -13,6 +13,7 @@ from migrator.core.errors import MigrationError
 from migrator.core.steps import Step, StepReporter, StepResult
 
 ApplyStep = Callable[[MigrationContext, Step, StepReporter], StepResult]
+ApplyBatch = Callable[[MigrationContext, list[Step]], dict[str, StepResult]]
 VerifyStep = Callable[[MigrationContext, Step, StepResult], list[str]]
 
 
@@ -24,11 +25,17 @@ def no_problems(ctx: MigrationContext, step: Step, result: StepResult) -> list[s
 class StepKind:
     """One kind of step of a phase: ``apply`` does it, ``verify`` checks its outcome in the database
     and returns the problems found (empty: fine). ``moves_rows``: its result's ``rows_copied`` are
-    rows it wrote (summed in the phase's summary), not rows it counted."""
+    rows it wrote (summed in the phase's summary), not rows it counted.
+
+    ``apply_batch`` (optional, for tenant steps of one kind, one per tenant): does the steps of up to
+    ``batch_size`` tenants at once and returns the results of those it did, by step key; the engine
+    runs the others with ``apply``, and verifies and records each step on its own either way."""
 
     apply: ApplyStep
     verify: VerifyStep = no_problems
     moves_rows: bool = False
+    apply_batch: ApplyBatch | None = None
+    batch_size: int = 1
 
 
 class Phase(ABC):

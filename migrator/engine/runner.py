@@ -132,13 +132,90 @@ class PhaseRunner:
                 if self.ctx.jobs > 1:
                     connection.close()  # worker threads each own a connection; don't leak it
 
+        work: list[tuple[Callable[..., None], object]] = [(run_tenant, t) for t in by_tenant]
+        kind = phase.kinds.get(steps[0].kind)
+        one_kind = all(len(items) == 1 and items[0][1].kind == steps[0].kind for items in by_tenant.values())
+        if kind is not None and kind.apply_batch is not None and one_kind:
+            ready = [t for t in by_tenant if t not in blocked]
+            size = max(1, kind.batch_size)
+            work = [(run_tenant, t) for t in by_tenant if t in blocked]
+            work += [
+                (self._batch_runner(phase, by_tenant, records, outcome, count, run_tenant), ready[i : i + size])
+                for i in range(0, len(ready), size)
+            ]
+
         if self.ctx.jobs <= 1:
-            for tenant_id in by_tenant:
-                run_tenant(tenant_id)
+            for run, argument in work:
+                run(argument)
             return
         with ThreadPoolExecutor(max_workers=self.ctx.jobs, thread_name_prefix="tenant") as pool:
-            for future in [pool.submit(run_tenant, t) for t in by_tenant]:
+            for future in [pool.submit(run, argument) for run, argument in work]:
                 future.result()
+
+    def _batch_runner(
+        self,
+        phase: Phase,
+        by_tenant: dict[str, list[tuple[int, Step]]],
+        records: dict[str, MigrationRecord],
+        outcome: PhaseOutcome,
+        count: int,
+        run_tenant: Callable[[str], None],
+    ) -> Callable[[list[str]], None]:
+        """Runs a batch of tenants' single steps through their kind's ``apply_batch`` (one transaction for
+        many small steps), then verifies and records each step on its own; the steps the batch left out
+        or that failed verification run one by one as usual (and report their own errors)."""
+
+        def run_batch(tenant_ids: list[str]) -> None:
+            try:
+                self.still_locked()
+                items = [by_tenant[t][0] for t in tenant_ids]
+                batch = [step for _index, step in items]
+                kind = phase.kinds[batch[0].kind]
+                assert kind.apply_batch is not None
+                tracking.start_many([records[step.key] for step in batch])
+                for index, step in items:
+                    self.on_event(Event("step_start", phase.name, step, index=index, count=count))
+                atomic_depth = len(connection.atomic_blocks)
+                started = time.monotonic()
+                try:
+                    results = kind.apply_batch(self.ctx, batch)
+                except (MigrationError, DatabaseError, psycopg.Error):
+                    logger.info(
+                        "batch of %d %s steps failed; running them one by one", len(batch), phase.name, exc_info=True
+                    )
+                    self._recover_connection(atomic_depth)
+                    results = {}
+                elapsed = (time.monotonic() - started) / len(batch)
+                done: list[tuple[int, Step, StepResult]] = []
+                leftover: list[str] = []
+                for tenant_id, (index, step) in zip(tenant_ids, items, strict=True):
+                    result = results.get(step.key)
+                    if result is None or phase.verify(self.ctx, step, result):
+                        leftover.append(tenant_id)
+                    else:
+                        done.append((index, step, result))
+                tracking.complete_many([(records[step.key], result) for _index, step, result in done])
+                if done and phase.tenant_state_on_success:
+                    from tenants.models import Tenant
+
+                    Tenant.objects.filter(tenant_id__in=[step.tenant_id for _i, step, _r in done]).update(
+                        migration_state=phase.tenant_state_on_success
+                    )
+                for index, step, result in done:
+                    outcome.completed.append(step)
+                    outcome.results[step.key] = result
+                    self.on_event(
+                        Event(
+                            "step_success", phase.name, step, result=result, elapsed=elapsed, index=index, count=count
+                        )
+                    )
+                for tenant_id in leftover:
+                    run_tenant(tenant_id)
+            finally:
+                if self.ctx.jobs > 1:
+                    connection.close()
+
+        return run_batch
 
     @staticmethod
     def _tenants_not_ready(phase: Phase, tenant_ids: list[str]) -> dict[str, str]:

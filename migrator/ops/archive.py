@@ -76,14 +76,12 @@ def _rename_dependents(schema: str, table: str, owner: str) -> None:
     """Indexes and owned sequences move with a table and share the schema's namespace: prefix them too,
     so that every tenant's ``contacts_pkey`` can live in the one archive schema."""
     rows = db.fetchall(
-        "SELECT c.relkind, c.relname FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace "
-        "JOIN pg_index x ON x.indrelid = t.oid JOIN pg_class c ON c.oid = x.indexrelid "
-        "WHERE n.nspname = %s AND t.relname = %s "
+        "SELECT c.relkind, c.relname FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid "
+        f"WHERE x.indrelid = {catalog.RELATION_OID} "
         "UNION ALL "
-        "SELECT c.relkind, c.relname FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace "
-        "JOIN pg_depend d ON d.refobjid = t.oid AND d.deptype IN ('a', 'i') "
-        "JOIN pg_class c ON c.oid = d.objid AND c.relkind = 'S' "
-        "WHERE n.nspname = %s AND t.relname = %s",
+        "SELECT c.relkind, c.relname FROM pg_depend d JOIN pg_class c ON c.oid = d.objid AND c.relkind = 'S' "
+        "WHERE d.refclassid = 'pg_class'::regclass AND d.classid = 'pg_class'::regclass "
+        f"AND d.refobjid = {catalog.RELATION_OID} AND d.deptype IN ('a', 'i')",
         [schema, table, schema, table],
     )
     for kind, name in rows:
@@ -96,8 +94,12 @@ def _rename_dependents(schema: str, table: str, owner: str) -> None:
 def drop_schema_if_empty(schema: str) -> bool:
     if not catalog.schema_exists(schema):
         return False
+    # Through pg_depend's index on the referenced object: pg_class has no index on relnamespace alone.
     remaining = db.fetchvalue(
-        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s", [schema]
+        "SELECT count(*) FROM pg_depend d JOIN pg_class c ON c.oid = d.objid "
+        "WHERE d.refclassid = 'pg_namespace'::regclass AND d.classid = 'pg_class'::regclass "
+        "AND d.refobjid = to_regnamespace(quote_ident(%s))",
+        [schema],
     )
     if remaining:
         return False

@@ -132,10 +132,9 @@ def tenant_context_problems(schema: str, other_schemas: list[str]) -> tuple[list
         for model in (apps.get_model(t.model) for t in TENANT_DATA_TABLES):
             table = model._meta.db_table
             foreign_rows = db.fetchvalue(
-                sql.SQL(
-                    "SELECT count(*) FILTER (WHERE tableoid <> (SELECT c.oid FROM pg_class c JOIN pg_namespace n "
-                    "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s)) FROM {}"
-                ).format(sql.Identifier(table)),
+                sql.SQL(f"SELECT count(*) FILTER (WHERE tableoid <> {catalog.RELATION_OID}) FROM {{}}").format(
+                    sql.Identifier(table)
+                ),
                 [schema, table],
             )
             search_path = db.fetchvalue("SHOW search_path")

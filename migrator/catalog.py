@@ -38,9 +38,14 @@ def table_exists(schema: str, table: str) -> bool:
 
 def tables_by_schema(schemas: list[str]) -> dict[str, set[str]]:
     """Ordinary tables of each schema in ``schemas``, in one query."""
+    # Every relation depends on its schema: pg_depend's index on the referenced object finds a
+    # schema's relations without reading every tenant's (pg_class has no index on relnamespace).
     rows = db.fetchall(
-        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'p')",
+        "SELECT s.nspname, c.relname FROM unnest(%s::text[]) s(nspname) "
+        "JOIN pg_depend d ON d.refclassid = 'pg_namespace'::regclass "
+        "AND d.refobjid = to_regnamespace(quote_ident(s.nspname)) AND d.refobjsubid = 0 "
+        "AND d.classid = 'pg_class'::regclass "
+        "JOIN pg_class c ON c.oid = d.objid WHERE c.relkind IN ('r', 'p')",
         [schemas],
     )
     found: dict[str, set[str]] = {schema: set() for schema in schemas}
@@ -101,3 +106,20 @@ def has_schema_usage_granted(role: str, schema: str) -> bool:
             [schema, role],
         )
     )
+
+
+def missing_roles(roles: list[str]) -> list[str]:
+    """Those of ``roles`` that do not exist, in one query."""
+    present = {row[0] for row in db.fetchall("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", [roles])}
+    return [role for role in roles if role not in present]
+
+
+def roles_with_schema_usage_granted(roles: list[str], schema: str) -> list[str]:
+    """Those of ``roles`` granted USAGE on ``schema`` themselves (as :func:`has_schema_usage_granted`), at once."""
+    rows = db.fetchall(
+        "SELECT r.rolname FROM pg_namespace n, aclexplode(n.nspacl) a JOIN pg_roles r ON r.oid = a.grantee "
+        "WHERE n.oid = to_regnamespace(quote_ident(%s)) AND r.rolname = ANY(%s) AND a.privilege_type = 'USAGE'",
+        [schema, roles],
+    )
+    granted = {row[0] for row in rows}
+    return [role for role in roles if role in granted]

@@ -77,6 +77,7 @@ def test_one_table_lookups_read_a_few_catalog_rows_however_many_schemas_share_it
     with CaptureQueriesContext(connection) as captured:
         catalog.table_exists(schema, "activities")
         catalog.columns(schema, "activities")
+        catalog.tables_by_schema([schema, "crowd_1"])
         _mapping_proven(copy, Remap("activity_type_id", seeded["tenants"][0], "activity_types"))
         constraints.unvalidated_foreign_keys(schema, "activities")
         constraints._deferrable_primary_key(schema, "contacts")

@@ -20,6 +20,7 @@ class SecurityPhase(Phase):
     summary = "NOLOGIN service roles with grants on exactly their schemas and tenant tables"
     tenant_state_on_success = MigrationState.SECURED
     requires = "data"
+    tenant_steps_rerunnable = True
     undone_by_rollback = True
     undone_by_restore = True
 

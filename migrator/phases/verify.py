@@ -43,6 +43,7 @@ class VerifyPhase(Phase):
     summary = "verification queries, row counts, tenant and service isolation, index use, CRUD smoke test"
     tenant_state_on_success = MigrationState.VERIFIED
     requires = "security"
+    tenant_steps_rerunnable = True
     undone_by_rollback = True
     undone_by_restore = True
     continue_after_failure = True

@@ -19,7 +19,7 @@ CheckResult = tuple[list[str], dict[str, object]]
 Check = Callable[[MigrationContext, Step], CheckResult]
 
 TENANT_CHECKS = {
-    "tenant_tables": "Namespaced tables exist in {schema} (information_schema)",
+    "tenant_tables": "Namespaced tables exist in {schema} (catalog)",
     "counts_match": "Row counts of {schema}'s namespaced tables equal those validated in phase 3",
     "isolation": "In {schema}'s ORM context only its own rows are visible; each service role is refused "
     "the other service's table",

@@ -8,6 +8,12 @@ from psycopg import sql
 
 from migrator import db
 
+# The oid of the relation ``schema.table`` (two parameters), NULL when there is none. Every lookup of
+# one relation goes through it: a join of pg_class to pg_namespace filtered on both names can be
+# planned from ``relname`` alone, which on a database whose catalog statistics predate its tenant
+# schemas walks the same table name in every tenant schema (quadratic in the tenant count).
+RELATION_OID = "to_regclass(format('%%I.%%I', %s::text, %s::text))"
+
 
 @dataclass(frozen=True)
 class Column:
@@ -18,14 +24,13 @@ class Column:
 
 
 def schema_exists(schema: str) -> bool:
-    return bool(db.fetchvalue("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %s)", [schema]))
+    return bool(db.fetchvalue("SELECT to_regnamespace(quote_ident(%s)) IS NOT NULL", [schema]))
 
 
 def table_exists(schema: str, table: str) -> bool:
     return bool(
         db.fetchvalue(
-            "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p'))",
+            f"SELECT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = {RELATION_OID} AND c.relkind IN ('r', 'p'))",
             [schema, table],
         )
     )
@@ -33,9 +38,14 @@ def table_exists(schema: str, table: str) -> bool:
 
 def tables_by_schema(schemas: list[str]) -> dict[str, set[str]]:
     """Ordinary tables of each schema in ``schemas``, in one query."""
+    # Every relation depends on its schema: pg_depend's index on the referenced object finds a
+    # schema's relations without reading every tenant's (pg_class has no index on relnamespace).
     rows = db.fetchall(
-        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'p')",
+        "SELECT s.nspname, c.relname FROM unnest(%s::text[]) s(nspname) "
+        "JOIN pg_depend d ON d.refclassid = 'pg_namespace'::regclass "
+        "AND d.refobjid = to_regnamespace(quote_ident(s.nspname)) AND d.refobjsubid = 0 "
+        "AND d.classid = 'pg_class'::regclass "
+        "JOIN pg_class c ON c.oid = d.objid WHERE c.relkind IN ('r', 'p')",
         [schemas],
     )
     found: dict[str, set[str]] = {schema: set() for schema in schemas}
@@ -48,9 +58,8 @@ def columns(schema: str, table: str) -> list[Column]:
     rows = db.fetchall(
         "SELECT a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, "
         "       a.atthasdef OR a.attidentity <> '' "
-        "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped "
+        "FROM pg_attribute a "
+        f"WHERE a.attrelid = {RELATION_OID} AND a.attnum > 0 AND NOT a.attisdropped "
         "ORDER BY a.attnum",
         [schema, table],
     )
@@ -97,3 +106,20 @@ def has_schema_usage_granted(role: str, schema: str) -> bool:
             [schema, role],
         )
     )
+
+
+def missing_roles(roles: list[str]) -> list[str]:
+    """Those of ``roles`` that do not exist, in one query."""
+    present = {row[0] for row in db.fetchall("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", [roles])}
+    return [role for role in roles if role not in present]
+
+
+def roles_with_schema_usage_granted(roles: list[str], schema: str) -> list[str]:
+    """Those of ``roles`` granted USAGE on ``schema`` themselves (as :func:`has_schema_usage_granted`), at once."""
+    rows = db.fetchall(
+        "SELECT r.rolname FROM pg_namespace n, aclexplode(n.nspacl) a JOIN pg_roles r ON r.oid = a.grantee "
+        "WHERE n.oid = to_regnamespace(quote_ident(%s)) AND r.rolname = ANY(%s) AND a.privilege_type = 'USAGE'",
+        [schema, roles],
+    )
+    granted = {row[0] for row in rows}
+    return [role for role in roles if role in granted]

@@ -66,6 +66,9 @@ class Phase(ABC):
     requires: ClassVar[str | None] = None
     # Keep going after a failed step (checks that report everything they find, like verify).
     continue_after_failure: ClassVar[bool] = False
+    # Its tenant steps reach the same end state when run again (grants, checks): their tracking rows
+    # need not be flushed one by one; the tenant's state write flushes them (see the runner).
+    tenant_steps_rerunnable: ClassVar[bool] = False
     # What rollback undoes: its steps become ROLLED_BACK (and run again next time).
     undone_by_rollback: ClassVar[bool] = False
     undone_by_restore: ClassVar[bool] = False

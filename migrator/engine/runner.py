@@ -13,10 +13,12 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from itertools import groupby
 
 import psycopg
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, connection, transaction
+from django.utils import timezone
 
 from migrator.core.context import MigrationContext
 from migrator.core.errors import MigrationError
@@ -121,6 +123,9 @@ class PhaseRunner:
                 if tenant_id in blocked:
                     index, step = by_tenant[tenant_id][0]
                     self._refuse_step(phase, step, records[step.key], blocked[tenant_id], outcome, index, count)
+                    return
+                if phase.tenant_steps_rerunnable:
+                    self._run_tenant_batched(phase, tenant_id, by_tenant[tenant_id], records, outcome, count)
                     return
                 for index, step in by_tenant[tenant_id]:
                     if not self._run_step(phase, step, records[step.key], outcome, index, count):
@@ -248,16 +253,56 @@ class PhaseRunner:
         outcome.failed.append((step, reason))
         self.on_event(Event("step_failure", phase.name, step, error=reason, elapsed=0.0, index=index, count=count))
 
+    def _run_tenant_batched(
+        self,
+        phase: Phase,
+        tenant_id: str,
+        steps: list[tuple[int, Step]],
+        records: dict[str, MigrationRecord],
+        outcome: PhaseOutcome,
+        count: int,
+    ) -> None:
+        """A tenant's steps that can simply run again (grants, checks): their tracking rows and the
+        tenant's state are written together at the end, in one transaction, instead of two commits per
+        step. A run killed before that leaves them PENDING (or as the previous attempt left them), and
+        the next run does them again, as it would a step killed while RUNNING."""
+        finished: list[tracking.Finished] = []
+        state: str | None = None  # none when the run stops mid-tenant (LockLost): not every step ran
+        try:
+            for index, step in steps:
+                if not self._run_step(phase, step, records[step.key], outcome, index, count, finished):
+                    state = "FAILED"
+                    break
+            else:
+                state = phase.tenant_state_on_success
+        finally:
+            # Also when the run stops mid-tenant: what ran is recorded.
+            with transaction.atomic():
+                tracking.finish_many(finished)
+                if state:
+                    self._set_tenant_state(tenant_id, state)
+
     def _set_tenant_state(self, tenant_id: str, state: str) -> None:
         from tenants.models import Tenant
 
         Tenant.objects.filter(tenant_id=tenant_id).update(migration_state=state)
 
     def _run_step(
-        self, phase: Phase, step: Step, record: MigrationRecord, outcome: PhaseOutcome, index: int, count: int
+        self,
+        phase: Phase,
+        step: Step,
+        record: MigrationRecord,
+        outcome: PhaseOutcome,
+        index: int,
+        count: int,
+        finished: list[tracking.Finished] | None = None,
     ) -> bool:
+        """Run one step and record how it ended; ``finished``: append the record to it instead of
+        writing it (the caller writes the batch), and write no RUNNING row either."""
         self.still_locked()  # a run that lost the lock starts nothing more (LockLost ends the run)
-        record = tracking.start(record)
+        if finished is None:
+            record = tracking.start(record)
+        started_at = timezone.now()
         atomic_depth = len(connection.atomic_blocks)
         started = time.monotonic()
         self.on_event(Event("step_start", phase.name, step, index=index, count=count))
@@ -301,7 +346,7 @@ class PhaseRunner:
             self._recover_connection(atomic_depth)
         elapsed = time.monotonic() - started
         if error is None:
-            tracking.finish(record, Status.COMPLETED, result)
+            self._finish(record, Status.COMPLETED, result, None, started_at, finished)
             outcome.completed.append(step)
             outcome.results[step.key] = result or StepResult()
             if result is not None and phase.moves_rows(step):
@@ -310,7 +355,7 @@ class PhaseRunner:
                 Event("step_success", phase.name, step, result=result, elapsed=elapsed, index=index, count=count)
             )
             return True
-        tracking.finish(record, Status.FAILED, result, error)
+        self._finish(record, Status.FAILED, result, error, started_at, finished)
         outcome.failed.append((step, error))
         self.on_event(
             Event(
@@ -318,6 +363,20 @@ class PhaseRunner:
             )
         )
         return False
+
+    @staticmethod
+    def _finish(
+        record: MigrationRecord,
+        status: Status,
+        result: StepResult | None,
+        error: str | None,
+        started_at: datetime,
+        finished: list[tracking.Finished] | None,
+    ) -> None:
+        if finished is None:
+            tracking.finish(record, status, result, error)
+        else:
+            finished.append(tracking.Finished(record.pk, status, result, error, started_at, timezone.now()))
 
     @staticmethod
     def _recover_connection(atomic_depth: int) -> None:

@@ -1,18 +1,28 @@
 """Writes the tracking rows of ``public.schema_migrations``; the runner is its only user.
 
 Every write here commits at once (autocommit), so the table always shows what is happening,
-even while a step's own transaction is open on another connection.
+even while a step's own transaction is open on another connection; except :func:`finish_many`,
+which the runner calls inside the transaction that also sets the tenant's state.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
+from django.db import connection, transaction
+from django.db.models import DurationField, ExpressionWrapper, F, Func, JSONField, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
+from psycopg import sql
 
 from migrator.core.steps import Step, StepResult
+from migrator.db import render as db_render
 from migrator.models import MigrationRecord, Status
 
 HOST = socket.gethostname()
@@ -66,11 +76,17 @@ def ensure_pending(steps: list[Step], latest: dict[str, MigrationRecord]) -> dic
 
 
 def start(record: MigrationRecord) -> MigrationRecord:
+    """RUNNING, committed without waiting for the WAL flush: a server crash may lose it, which leaves
+    the row PENDING (the step reruns, as it would after being RUNNING: ``close_interrupted``); the
+    COMPLETED write after the step's work is synchronous and flushes this one with it."""
     record.status = Status.RUNNING
     record.started_at = timezone.now()
     record.host = HOST
     record.pid = os.getpid()
-    record.save(update_fields=["status", "started_at", "host", "pid"])
+    with transaction.atomic(using=MigrationRecord.objects.db):
+        with connection.cursor() as cursor:
+            cursor.execute(ASYNC_COMMIT)
+        record.save(update_fields=["status", "started_at", "host", "pid"])
     return record
 
 
@@ -85,42 +101,117 @@ def start_many(records: list[MigrationRecord]) -> None:
 
 
 def complete_many(done: list[tuple[MigrationRecord, StepResult]]) -> None:
-    """``finish`` as COMPLETED for a batch of steps, in one statement (they write no checkpoints to keep)."""
-    if not done:
-        return
+    """``finish`` as COMPLETED for a batch of started steps, in one statement."""
     now = timezone.now()
-    for record, result in done:
-        record.status = Status.COMPLETED
-        record.completed_at = now
-        record.duration = now - (record.started_at or now)
-        record.error_message = None
-        _store_result(record, result)
-    fields = ["status", "completed_at", "duration", "error_message", "details"]
-    fields += ["rows_expected", "rows_copied", "source_fingerprint", "target_fingerprint"]
-    MigrationRecord.objects.bulk_update([record for record, _result in done], fields)
+    finish_many([Finished(r.pk, Status.COMPLETED, result, None, r.started_at or now, now) for r, result in done])
 
 
-def _store_result(record: MigrationRecord, result: StepResult | None) -> None:
+ASYNC_COMMIT = "SELECT set_config('synchronous_commit', 'off', true)"
+
+
+# The result's columns of a tracking row, and their types.
+RESULT_COLUMNS = {
+    "rows_expected": "bigint",
+    "rows_copied": "bigint",
+    "source_fingerprint": "text",
+    "target_fingerprint": "text",
+}
+
+
+def _result_details(result: StepResult | None) -> dict[str, Any]:
     if result is None:
-        return
-    for field in ("rows_expected", "rows_copied", "source_fingerprint", "target_fingerprint"):
-        value = getattr(result, field)
-        if value is not None:
-            setattr(record, field, value)
-    record.details = {**record.details, **result.details}
+        return {}
+    details = dict(result.details)
     if result.message:
-        record.details["message"] = result.message
+        details["message"] = result.message
+    return details
+
+
+def _result_fields(result: StepResult | None) -> dict[str, Any]:
+    if result is None:
+        return {}
+    fields: dict[str, Any] = {name: value for name in RESULT_COLUMNS if (value := getattr(result, name)) is not None}
+    details = _result_details(result)
+    if details:
+        # Merged into what the row holds: the step may have written details meanwhile.
+        fields["details"] = Func(
+            F("details"),
+            Value(details, output_field=JSONField()),
+            function="",
+            arg_joiner=" || ",
+            output_field=JSONField(),
+        )
+    return fields
 
 
 def finish(record: MigrationRecord, status: Status, result: StepResult | None, error: str | None = None) -> None:
-    # The step may have written checkpoints to this row meanwhile: keep them.
-    fresh = MigrationRecord.objects.get(pk=record.pk)
-    fresh.status = status
-    fresh.completed_at = timezone.now()
-    fresh.duration = fresh.completed_at - (fresh.started_at or fresh.completed_at)
-    fresh.error_message = error
-    _store_result(fresh, result)
-    fresh.save()
+    """One UPDATE of the fields the step's end sets: the step may have written checkpoints to this
+    row meanwhile, and they stay."""
+    completed_at = timezone.now()
+    MigrationRecord.objects.filter(pk=record.pk).update(
+        status=status,
+        completed_at=completed_at,
+        duration=ExpressionWrapper(
+            Value(completed_at) - Coalesce(F("started_at"), Value(completed_at)), output_field=DurationField()
+        ),
+        error_message=error,
+        **_result_fields(result),
+    )
+
+
+@dataclass(frozen=True)
+class Finished:
+    """How a step ended, to be written later with others (:func:`finish_many`)."""
+
+    record_id: int
+    status: Status
+    result: StepResult | None
+    error: str | None
+    started_at: datetime
+    completed_at: datetime
+
+
+def finish_many(finished: list[Finished]) -> None:
+    """Record several steps' ends in one UPDATE (start and end times included: no RUNNING row was written)."""
+    if not finished:
+        return
+    values = sql.SQL(", ").join(
+        sql.SQL("({})").format(
+            sql.SQL(", ").join(
+                [
+                    sql.Literal(f.record_id),
+                    sql.Literal(str(f.status)),
+                    sql.Literal(f.started_at),
+                    sql.Literal(f.completed_at),
+                    sql.Literal(f.error),
+                    *(sql.Literal(getattr(f.result, name, None)) for name in RESULT_COLUMNS),
+                    sql.Literal(json.dumps(_result_details(f.result))),
+                ]
+            )
+        )
+        for f in finished
+    )
+    columns = sql.SQL(", ").join(sql.Identifier(name) for name in RESULT_COLUMNS)
+    assignments = sql.SQL(", ").join(
+        sql.SQL("{c} = coalesce(v.{c}::{t}, m.{c})").format(c=sql.Identifier(name), t=sql.SQL(type_name))
+        for name, type_name in RESULT_COLUMNS.items()
+    )
+    query = sql.SQL(
+        "UPDATE {table} m SET status = v.status, started_at = v.started_at::timestamptz, "
+        "completed_at = v.completed_at::timestamptz, "
+        "duration = v.completed_at::timestamptz - v.started_at::timestamptz, error_message = v.error::text, "
+        "host = {host}, pid = {pid}, details = m.details || v.details::jsonb, {assignments} "
+        "FROM (VALUES {values}) v(id, status, started_at, completed_at, error, {columns}, details) WHERE m.id = v.id"
+    ).format(
+        table=sql.Identifier(MigrationRecord._meta.db_table),
+        host=sql.Literal(HOST),
+        pid=sql.Literal(os.getpid()),
+        assignments=assignments,
+        values=values,
+        columns=columns,
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(db_render(query))
 
 
 def save_checkpoint(record_id: int, checkpoint: int | None, rows_copied: int) -> None:

@@ -34,24 +34,28 @@ def archive_tables(schema: str, owner: str, tables: list[str], archive_schema: s
     moved: dict[str, str] = {}
     present = catalog.tables_by_schema([schema])[schema]
     with transaction.atomic():
-        for table in tables:
-            if table not in present:
-                continue
-            if drop:
-                db.execute(sql.SQL("DROP TABLE {} CASCADE").format(sql.Identifier(schema, table)))
-                moved[table] = "dropped"
-                continue
+        if drop:
+            for table in tables:
+                if table in present:
+                    db.execute(sql.SQL("DROP TABLE {} CASCADE").format(sql.Identifier(schema, table)))
+                    moved[table] = "dropped"
+            return moved
+        # Every rename and move in one round trip (one per table and statement costs more than the DDL).
+        to_move = [table for table in tables if table in present]
+        statements = _dependent_renames(schema, to_move, owner)
+        for table in to_move:
             new_name = archive_table_name(owner, table)
-            _rename_dependents(schema, table, owner)
-            db.execute(
+            statements.append(
                 sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(schema, table), sql.Identifier(new_name))
             )
-            db.execute(
+            statements.append(
                 sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(
                     sql.Identifier(schema, new_name), sql.Identifier(archive_schema)
                 )
             )
             moved[table] = f"{archive_schema}.{new_name}"
+        if statements:
+            db.execute(sql.SQL("; ").join(statements))
     return moved
 
 
@@ -62,7 +66,8 @@ def lock_tables(schema: str, tables: list[str]) -> list[str]:
     the same transaction, and taking the strongest lock first avoids upgrading it later, which
     could deadlock with a reader that queued meanwhile. Returns the tables locked.
     """
-    present = [t for t in tables if t in catalog.tables_by_schema([schema])[schema]]
+    existing = catalog.tables_by_schema([schema])[schema]
+    present = [t for t in tables if t in existing]
     if present:
         db.execute(
             sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
@@ -75,29 +80,40 @@ def lock_tables(schema: str, tables: list[str]) -> list[str]:
 def _rename_dependents(schema: str, table: str, owner: str) -> None:
     """Indexes and owned sequences move with a table and share the schema's namespace: prefix them too,
     so that every tenant's ``contacts_pkey`` can live in the one archive schema."""
+    statements = _dependent_renames(schema, [table], owner)
+    if statements:
+        db.execute(sql.SQL("; ").join(statements))
+
+
+def _dependent_renames(schema: str, tables: list[str], owner: str) -> list[sql.Composed]:
+    """The renames of :func:`_rename_dependents` for every table of ``tables``, from one catalog query."""
     rows = db.fetchall(
-        "SELECT c.relkind, c.relname FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace "
-        "JOIN pg_index x ON x.indrelid = t.oid JOIN pg_class c ON c.oid = x.indexrelid "
-        "WHERE n.nspname = %s AND t.relname = %s "
+        "WITH t AS (SELECT to_regclass(format('%%I.%%I', %s::text, name)) AS oid FROM unnest(%s::text[]) name) "
+        "SELECT c.relkind, c.relname FROM t JOIN pg_index x ON x.indrelid = t.oid "
+        "JOIN pg_class c ON c.oid = x.indexrelid "
         "UNION ALL "
-        "SELECT c.relkind, c.relname FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace "
-        "JOIN pg_depend d ON d.refobjid = t.oid AND d.deptype IN ('a', 'i') "
-        "JOIN pg_class c ON c.oid = d.objid AND c.relkind = 'S' "
-        "WHERE n.nspname = %s AND t.relname = %s",
-        [schema, table, schema, table],
+        "SELECT c.relkind, c.relname FROM t JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass "
+        "AND d.refobjid = t.oid AND d.classid = 'pg_class'::regclass AND d.deptype IN ('a', 'i') "
+        "JOIN pg_class c ON c.oid = d.objid AND c.relkind = 'S'",
+        [schema, tables],
     )
-    for kind, name in rows:
-        statement = "ALTER INDEX {} RENAME TO {}" if kind == "i" else "ALTER SEQUENCE {} RENAME TO {}"
-        db.execute(
-            sql.SQL(statement).format(sql.Identifier(schema, name), sql.Identifier(archive_table_name(owner, name)))
+    return [
+        sql.SQL("ALTER INDEX {} RENAME TO {}" if kind == "i" else "ALTER SEQUENCE {} RENAME TO {}").format(
+            sql.Identifier(schema, name), sql.Identifier(archive_table_name(owner, name))
         )
+        for kind, name in rows
+    ]
 
 
 def drop_schema_if_empty(schema: str) -> bool:
     if not catalog.schema_exists(schema):
         return False
+    # Through pg_depend's index on the referenced object: pg_class has no index on relnamespace alone.
     remaining = db.fetchvalue(
-        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s", [schema]
+        "SELECT count(*) FROM pg_depend d JOIN pg_class c ON c.oid = d.objid "
+        "WHERE d.refclassid = 'pg_namespace'::regclass AND d.classid = 'pg_class'::regclass "
+        "AND d.refobjid = to_regnamespace(quote_ident(%s))",
+        [schema],
     )
     if remaining:
         return False

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from django.db import connection
 
-from migrator import catalog
+from migrator import catalog, db
 from migrator.core.errors import MigrationError
 from migrator.models import BACKUP_PHASE, BACKUP_STEP, MigrationRecord
 
@@ -184,7 +184,54 @@ def catalog_has_tracking() -> bool:
     return catalog.table_exists("public", "schema_migrations")
 
 
+@dataclass(frozen=True)
+class LockBudget:
+    """pg_dump takes ACCESS SHARE on every table in its first transaction and holds it to the end; with
+    ``--jobs`` each worker locks every table it dumps again, in its own transaction. All of them share
+    the server's ``max_locks_per_transaction x (max_connections + max_prepared_transactions)`` slots."""
+
+    tables: int
+    locks_per_transaction: int
+    connections: int
+
+    @property
+    def slots(self) -> int:
+        return self.locks_per_transaction * self.connections
+
+
+def lock_budget() -> LockBudget:
+    row = db.fetchone(
+        "SELECT (SELECT count(*) FROM pg_class c WHERE c.relkind IN ('r', 'p', 'm', 'f') "
+        "AND c.relnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)), "
+        "current_setting('max_locks_per_transaction')::int, "
+        "current_setting('max_connections')::int + current_setting('max_prepared_transactions')::int"
+    )
+    return LockBudget(*(int(v) for v in row or (0, 0, 0)))
+
+
+# Share of the lock table a dump may take: the server's other sessions need slots too.
+DUMP_LOCK_SHARE = 0.8
+
+
+def dump_jobs(requested: int, budget: LockBudget) -> int:
+    """pg_dump's ``--jobs``: ``requested`` while the leader's and the workers' locks fit, else 1 (the
+    leader's locks only; a thousand tenants outgrow a default server's lock table in parallel); a dump
+    whose leader alone cannot lock every table is refused before it starts."""
+    allowed = int(budget.slots * DUMP_LOCK_SHARE)
+    if budget.tables > allowed:
+        needed = int(budget.tables / DUMP_LOCK_SHARE / max(1, budget.connections)) + 1
+        raise MigrationError(
+            f"pg_dump must lock all {budget.tables} tables at once, more than the server's lock table leaves room "
+            f"for ({budget.slots} slots): set max_locks_per_transaction to at least {needed} (now "
+            f"{budget.locks_per_transaction}), restart PostgreSQL, then rerun the phase"
+        )
+    if requested > 1 and 2 * budget.tables > allowed:
+        return 1
+    return max(1, requested)
+
+
 def create_backup(pg_dump: Path, pg_restore: Path, backup_dir: Path, jobs: int, server_major: int) -> BackupInfo:
+    jobs = dump_jobs(jobs, lock_budget())
     remove_unfinished_dumps(backup_dir)
     path = new_backup_path(backup_dir)
     write_manifest(BackupInfo(str(path), 0, "", 0, server_major, datetime.now(UTC).isoformat()), finished=False)

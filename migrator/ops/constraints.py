@@ -18,7 +18,7 @@ from __future__ import annotations
 from django.db import DatabaseError, transaction
 from psycopg import sql
 
-from migrator import db
+from migrator import catalog, db
 from migrator.core.errors import MigrationError
 from migrator.models import DeferredConstraint
 
@@ -33,16 +33,20 @@ def defer_constraints(schema: str, table: str) -> int:
         with db.local_settings(**QUALIFY_ALL):
             indexes = db.fetchall(
                 "SELECT i.relname, pg_get_indexdef(x.indexrelid) FROM pg_index x "
-                "JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid "
-                "JOIN pg_namespace n ON n.oid = t.relnamespace "
-                "WHERE n.nspname = %s AND t.relname = %s AND NOT x.indisprimary "
-                "AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid)",
+                "JOIN pg_class i ON i.oid = x.indexrelid "
+                f"WHERE x.indrelid = {catalog.RELATION_OID} AND NOT x.indisprimary "
+                # Not the index of one of the table's constraints, nor one that a foreign key references
+                # (pg_constraint has no index on conindid: keyed by conrelid, then by pg_depend's reference index).
+                "AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conrelid = x.indrelid "
+                "AND c.conindid = x.indexrelid OFFSET 0) "
+                "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.refclassid = 'pg_class'::regclass "
+                "AND d.refobjid = x.indexrelid AND d.refobjsubid = 0 AND d.classid = 'pg_constraint'::regclass "
+                "OFFSET 0)",
                 [schema, table],
             )
             foreign_keys = db.fetchall(
                 "SELECT c.conname, pg_get_constraintdef(c.oid) FROM pg_constraint c "
-                "JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace "
-                "WHERE n.nspname = %s AND t.relname = %s AND c.contype = 'f'",
+                f"WHERE c.conrelid = {catalog.RELATION_OID} AND c.contype = 'f'",
                 [schema, table],
             )
             primary_key = _deferrable_primary_key(schema, table)
@@ -105,16 +109,18 @@ def _deferrable_primary_key(schema: str, table: str) -> tuple[str, str] | None:
 
     Dependents that would block the drop: foreign keys of other tables (they depend on the key's
     index; the table's own foreign keys are dropped first) and views that rely on the key.
+    ``OFFSET 0`` keeps each NOT EXISTS a subplan probing pg_depend's index for this one key: as an anti
+    join it may hash all of pg_depend, every tenant's dependencies, when the catalog statistics are stale.
     """
     row = db.fetchone(
         "SELECT c.conname, pg_get_constraintdef(c.oid) FROM pg_constraint c "
-        "JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace "
-        "WHERE n.nspname = %s AND t.relname = %s AND t.relkind = 'r' AND c.contype = 'p' "
+        "JOIN pg_class t ON t.oid = c.conrelid "
+        f"WHERE t.oid = {catalog.RELATION_OID} AND t.relkind = 'r' AND c.contype = 'p' "
         "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.refclassid = 'pg_constraint'::regclass "
-        "    AND d.refobjid = c.oid AND NOT (d.classid = 'pg_class'::regclass AND d.objid = c.conindid)) "
+        "    AND d.refobjid = c.oid AND NOT (d.classid = 'pg_class'::regclass AND d.objid = c.conindid) OFFSET 0) "
         "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.refclassid = 'pg_class'::regclass "
         "    AND d.refobjid = c.conindid AND NOT (d.classid = 'pg_constraint'::regclass AND d.objid IN "
-        "        (SELECT f.oid FROM pg_constraint f WHERE f.conrelid = c.conrelid AND f.contype = 'f')))",
+        "        (SELECT f.oid FROM pg_constraint f WHERE f.conrelid = c.conrelid AND f.contype = 'f')) OFFSET 0)",
         [schema, table],
     )
     return (row[0], row[1]) if row else None
@@ -173,9 +179,8 @@ def _rebuild(schema: str, table: str, deferred: list[DeferredConstraint], mainte
 
 def unvalidated_foreign_keys(schema: str, table: str) -> list[str]:
     rows = db.fetchall(
-        "SELECT c.conname FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid "
-        "JOIN pg_namespace n ON n.oid = t.relnamespace "
-        "WHERE n.nspname = %s AND t.relname = %s AND c.contype = 'f' AND NOT c.convalidated",
+        "SELECT c.conname FROM pg_constraint c "
+        f"WHERE c.conrelid = {catalog.RELATION_OID} AND c.contype = 'f' AND NOT c.convalidated",
         [schema, table],
     )
     return [row[0] for row in rows]

@@ -207,13 +207,11 @@ def _mapping_proven(copy: TableCopy, remap: Remap) -> bool:
         db.fetchvalue(
             sql.SQL(
                 "SELECT EXISTS (SELECT 1 FROM pg_constraint c "
-                "JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace tn ON tn.oid = t.relnamespace "
                 "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1] "
-                "JOIN pg_class r ON r.oid = c.confrelid JOIN pg_namespace rn ON rn.oid = r.relnamespace "
                 "JOIN pg_attribute ra ON ra.attrelid = c.confrelid AND ra.attnum = c.confkey[1] "
                 "WHERE c.contype = 'f' AND c.convalidated AND cardinality(c.conkey) = 1 "
-                "AND tn.nspname = %s AND t.relname = %s AND a.attname = %s "
-                "AND rn.nspname = %s AND r.relname = %s AND ra.attname = 'id') "
+                f"AND c.conrelid = {catalog.RELATION_OID} AND a.attname = %s "
+                f"AND c.confrelid = {catalog.RELATION_OID} AND ra.attname = 'id') "
                 "AND NOT EXISTS (SELECT 1 FROM {ref} l WHERE NOT EXISTS (SELECT 1 FROM public.migrator_reference_map m "
                 "WHERE m.tenant_id = %s AND m.reference_table = %s AND m.old_id = l.id))"
             ).format(ref=sql.Identifier(copy.source_schema, remap.reference_table)),
@@ -410,9 +408,8 @@ def analyze(schema: str, table: str, statistics_target: int | None = QUICK_STATI
         return
     columns = [c.name for c in catalog.columns(schema, table)]
     with_expressions = db.fetchvalue(
-        "SELECT EXISTS (SELECT 1 FROM pg_index x JOIN pg_class t ON t.oid = x.indrelid "
-        "JOIN pg_namespace n ON n.oid = t.relnamespace "
-        "WHERE n.nspname = %s AND t.relname = %s AND x.indexprs IS NOT NULL)",
+        f"SELECT EXISTS (SELECT 1 FROM pg_index x WHERE x.indrelid = {catalog.RELATION_OID} "
+        "AND x.indexprs IS NOT NULL)",
         [schema, table],
     )
     query = sql.SQL("ANALYZE {}").format(target)

@@ -127,33 +127,50 @@ def grant_service_schema(role: str, schema: str) -> int:
 
 
 def grant_tenant_tables(config: MigratorConfig, tenant_schema: str, only_existing: bool = False) -> list[Grant]:
-    """The grant matrix on the schema's namespaced tables (``only_existing``: skip tables not created yet)."""
-    grants = []
-    existing = catalog.tables_by_schema([tenant_schema])[tenant_schema] if only_existing else None
+    """The grant matrix on the schema's namespaced tables (``only_existing``: skip tables not created yet).
+
+    Two round trips whatever the number of tables: one catalog query for the tables and their id
+    sequences, one batch of GRANT statements (with thousands of tenants, round trips are the cost).
+    """
+    s = sql.Identifier(tenant_schema)
+    # The id sequence (serial or identity) of each table, as pg_get_serial_sequence finds it, through
+    # pg_depend: no error for a table that does not exist yet.
+    found = {
+        table: (exists, sequence)
+        for table, exists, sequence in db.fetchall(
+            "SELECT t.name, c.oid IS NOT NULL, seq.relname FROM unnest(%s::text[]) t(name) "
+            "LEFT JOIN pg_class c ON c.oid = to_regclass(format('%%I.%%I', %s::text, t.name)) "
+            "LEFT JOIN LATERAL (SELECT s.relname FROM pg_attribute a JOIN pg_depend d "
+            "ON d.refclassid = 'pg_class'::regclass AND d.refobjid = a.attrelid AND d.refobjsubid = a.attnum "
+            "AND d.classid = 'pg_class'::regclass AND d.deptype IN ('a', 'i') "
+            "JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' "
+            "WHERE a.attrelid = c.oid AND a.attname = 'id' LIMIT 1) seq ON true",
+            [[t.table for t in TENANT_DATA_TABLES], tenant_schema],
+        )
+    }
+    grants: list[Grant] = []
+    statements: list[sql.Composable] = []
     for table in TENANT_DATA_TABLES:
-        if existing is not None and table.table not in existing:
+        exists, sequence = found.get(table.table, (False, None))
+        if only_existing and not exists:
             continue
         role = config.service_role(service_of_tenant_table(table.namespace))
         r = sql.Identifier(role)
-        db.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(tenant_schema), r))
-        db.execute(
+        statements.append(
             sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(
                 sql.Identifier(tenant_schema, table.table), r
             )
         )
-        sequence = db.fetchvalue(
-            "SELECT pg_get_serial_sequence(format('%%I.%%I', %s::text, %s::text), 'id')", [tenant_schema, table.table]
-        )
         if sequence:
-            schema_name, seq_name = db.fetchone(
-                "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE c.oid = %s::regclass",
-                [sequence],
-            ) or (None, None)
-            db.execute(
-                sql.SQL("GRANT USAGE, SELECT ON SEQUENCE {} TO {}").format(sql.Identifier(schema_name, seq_name), r)
+            # An owned sequence lives in its table's schema.
+            statements.append(
+                sql.SQL("GRANT USAGE, SELECT ON SEQUENCE {} TO {}").format(sql.Identifier(tenant_schema, sequence), r)
             )
         grants.append(Grant(role, tenant_schema, table.table))
+    if grants:
+        roles = sql.SQL(", ").join(sql.Identifier(role) for role in dict.fromkeys(g.role for g in grants))
+        statements.insert(0, sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(s, roles))
+        db.execute(sql.SQL("; ").join(statements))
     return grants
 
 
@@ -250,9 +267,17 @@ def expected_matrix(
 
 
 def privilege_problems(
-    config: MigratorConfig, tenant_schemas: list[str], roles: list[str] | None = None, service_tables: bool = True
+    config: MigratorConfig,
+    tenant_schemas: list[str],
+    roles: list[str] | None = None,
+    service_tables: bool = True,
+    public: bool = True,
 ) -> list[str]:
-    """Every (role, table) whose SELECT/INSERT/UPDATE/DELETE privilege is not what the matrix says."""
+    """Every (role, table) whose SELECT/INSERT/UPDATE/DELETE privilege is not what the matrix says.
+
+    ``public``: also that the roles can read nothing in public and create nothing there (a check of
+    the roles, not of a tenant: a tenant's grants cannot change it).
+    """
     expected = expected_matrix(config, tenant_schemas, roles, service_tables)
     rows = db.fetchall(
         "SELECT r, s, t, p, has_table_privilege(r, format('%%I.%%I', s, t), p) "
@@ -263,7 +288,7 @@ def privilege_problems(
     for role, schema, table, privilege, actual in rows:
         if actual != expected[(role, schema, table)]:
             problems.append(f"{role} {'has' if actual else 'lacks'} {privilege} on {schema}.{table}")
-    for role in roles if roles is not None else config.service_roles.values():
+    for role in (roles if roles is not None else config.service_roles.values()) if public else ():
         public_tables = db.fetchvalue(
             "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' "
             "AND c.relkind IN ('r', 'p', 'v') AND has_table_privilege(%s, c.oid, 'SELECT')",

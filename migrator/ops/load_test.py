@@ -118,9 +118,10 @@ def tenants_with_tables(schemas: Sequence[str], layout: str) -> list[str]:
     names = [table_name(layout, CONTACTS), table_name(layout, ACTIVITIES)]
     with connect() as conn:
         rows = conn.execute(
-            "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = ANY(%s) AND c.relname = ANY(%s) AND c.relkind IN ('r', 'p') "
-            "GROUP BY n.nspname HAVING count(*) = %s",
+            # Each name pair looked up through to_regclass: keyed by schema, whatever the catalog statistics.
+            "SELECT s.nspname FROM unnest(%s::text[]) s(nspname) CROSS JOIN unnest(%s::text[]) t(relname) "
+            "JOIN pg_class c ON c.oid = to_regclass(format('%%I.%%I', s.nspname, t.relname)) "
+            "WHERE c.relkind IN ('r', 'p') GROUP BY s.nspname HAVING count(*) = %s",
             [list(schemas), names, len(names)],
         ).fetchall()
     found = {row[0] for row in rows}

@@ -82,15 +82,17 @@ def schema_problems(tenant_schemas: list[str]) -> tuple[list[str], dict[str, Any
 
 
 def row_counts(tenant_ids: list[str]) -> dict[str, dict[str, int]]:
-    db.execute(COUNT_FUNCTION)
+    # Created once per session: CREATE OR REPLACE per call (once per tenant) writes the catalog every time.
+    if not db.fetchvalue("SELECT to_regprocedure('pg_temp.salesflow_count_rows(text, text)') IS NOT NULL"):
+        db.execute(COUNT_FUNCTION)
     rows = db.fetchall(row_counts_query(), [*(t.table for t in TENANT_DATA_TABLES), tenant_ids])
     names = [t.legacy_table for t in TENANT_DATA_TABLES]
     return {tenant_id: dict(zip(names, counts, strict=True)) for tenant_id, *counts in rows}
 
 
 def tenant_table_problems(schema: str) -> list[str]:
-    rows = db.fetchall("SELECT table_name FROM information_schema.tables WHERE table_schema = %s", [schema])
-    present = {row[0] for row in rows}
+    # The catalog keyed by schema: information_schema.tables reads every tenant's tables to find one schema's.
+    present = catalog.tables_by_schema([schema])[schema]
     return [f"{schema}.{t.table} is missing" for t in TENANT_DATA_TABLES if t.table not in present]
 
 
@@ -111,8 +113,9 @@ def _denied(role: str, schema: str, table: str) -> bool:
 def role_isolation_problems(config: MigratorConfig, objects: list[tuple[str, str, str]]) -> list[str]:
     """``objects``: (owning service, schema, table). Each role must read its own and be refused the rest."""
     problems = []
+    missing = catalog.missing_roles(list(config.service_roles.values()))
     for service, role in config.service_roles.items():
-        if not catalog.role_exists(role):
+        if role in missing:
             problems.append(f"role {role} does not exist (run phase 4)")
             continue
         for owner, schema, table in objects:
@@ -132,10 +135,9 @@ def tenant_context_problems(schema: str, other_schemas: list[str]) -> tuple[list
         for model in (apps.get_model(t.model) for t in TENANT_DATA_TABLES):
             table = model._meta.db_table
             foreign_rows = db.fetchvalue(
-                sql.SQL(
-                    "SELECT count(*) FILTER (WHERE tableoid <> (SELECT c.oid FROM pg_class c JOIN pg_namespace n "
-                    "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s)) FROM {}"
-                ).format(sql.Identifier(table)),
+                sql.SQL(f"SELECT count(*) FILTER (WHERE tableoid <> {catalog.RELATION_OID}) FROM {{}}").format(
+                    sql.Identifier(table)
+                ),
                 [schema, table],
             )
             search_path = db.fetchvalue("SHOW search_path")

@@ -65,6 +65,12 @@ def check_columns(copy: TableCopy, model_label: str) -> None:
         )
 
 
+# A smaller table gets no ANALYZE of its own: a plan over a few pages barely depends on statistics,
+# autovacuum analyzes it after its first 50 + 10 % rows anyway, and with thousands of tenants the
+# ANALYZE calls would cost more than the copies.
+ANALYZE_FROM_ROWS = 1000
+
+
 class DataPhase(Phase):
     name = "data"
     number = 3
@@ -228,7 +234,8 @@ class DataPhase(Phase):
                 f"--tenant {tenant.tenant_id}`, `migrate_phase schemas` and `migrate_phase data`",
             )
         reset_identity(tenant.schema, spec.target_table)
-        analyze(tenant.schema, spec.target_table)
+        if stats.rows_source >= ANALYZE_FROM_ROWS:
+            analyze(tenant.schema, spec.target_table)
         merged.update(online.apply_after_copy(ctx, tenant.schema, [spec.legacy_table], reporter))  # --online only
         resumed = f", resumed after id {stats.resumed_after[0]}" if stats.resumed_after else ""
         return StepResult(

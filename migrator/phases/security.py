@@ -20,6 +20,7 @@ class SecurityPhase(Phase):
     summary = "NOLOGIN service roles with grants on exactly their schemas and tenant tables"
     tenant_state_on_success = MigrationState.SECURED
     requires = "data"
+    tenant_steps_rerunnable = True
     undone_by_rollback = True
     undone_by_restore = True
 
@@ -65,14 +66,14 @@ class SecurityPhase(Phase):
 
     def _grant_tenant_tables(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         tenant = TenantRef(step.tenant_id or "")
-        missing_roles = [r for r in ctx.config.service_roles.values() if not catalog.role_exists(r)]
+        missing_roles = catalog.missing_roles(list(ctx.config.service_roles.values()))
         if missing_roles:
             raise MigrationError(
                 f"role {missing_roles[0]} does not exist; run `migrate_phase security` without --tenant first"
             )
         roles = [ctx.config.service_role(s) for s in NAMESPACE_SERVICE.values()]
         # Rollback revokes USAGE on the tenant schema only from roles that did not have it before.
-        had_usage = [r for r in roles if catalog.has_schema_usage_granted(r, tenant.schema)]
+        had_usage = catalog.roles_with_schema_usage_granted(roles, tenant.schema)
         given = grants.grant_tenant_tables(ctx.config, tenant.schema)
         return StepResult(
             message=", ".join(f"{g.table} -> {g.role}" for g in given),
@@ -83,4 +84,7 @@ class SecurityPhase(Phase):
         return grants.privilege_problems(ctx.config, [], roles=[step.target])
 
     def _check_tenant_grants(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
-        return grants.privilege_problems(ctx.config, [TenantRef(step.tenant_id or "").schema], service_tables=False)
+        # Nothing in public is checked by the service_role steps: a tenant's grants cannot change it.
+        return grants.privilege_problems(
+            ctx.config, [TenantRef(step.tenant_id or "").schema], service_tables=False, public=False
+        )

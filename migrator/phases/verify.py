@@ -20,7 +20,7 @@ CheckResult = tuple[list[str], dict[str, object]]
 Check = Callable[[MigrationContext, Step], CheckResult]
 
 TENANT_CHECKS = {
-    "tenant_tables": "Namespaced tables exist in {schema} (information_schema)",
+    "tenant_tables": "Namespaced tables exist in {schema} (catalog)",
     "counts_match": "Row counts of {schema}'s namespaced tables equal those validated in phase 3",
     "isolation": "In {schema}'s ORM context only its own rows are visible; each service role is refused "
     "the other service's table",
@@ -44,6 +44,7 @@ class VerifyPhase(Phase):
     summary = "verification queries, row counts, tenant and service isolation, index use, CRUD smoke test"
     tenant_state_on_success = MigrationState.VERIFIED
     requires = "security"
+    tenant_steps_rerunnable = True
     undone_by_rollback = True
     undone_by_restore = True
     continue_after_failure = True

@@ -1,0 +1,105 @@
+"""Tenant steps that can run again (grants, checks) write their tracking rows and the tenant's state
+together at the end of the tenant: a run killed in the middle of a tenant leaves that tenant's steps
+as they were (no COMPLETED without the rest), and the rerun finishes them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from typing import Any
+
+import pytest
+
+from migrator.config import get_config
+from migrator.models import MigrationRecord, Status
+from migrator.ops import grants
+from tenants.models import MigrationState, Tenant
+from tests.helpers import run
+from tests.migrator.helpers import PROJECT_DIR, manage_command, manage_env, psycopg_connect, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+DONE_FIRST, BLOCKED = "acme_0001", "globex_0002"
+
+
+def kill_at_the_end_of(tenant_id: str, phase: str) -> None:
+    """Run ``phase`` (one tenant at a time) and SIGKILL it while it writes ``tenant_id``'s steps and state:
+    that tenant's registry row is locked, so the write waits, all of the tenant's steps having run."""
+    with psycopg_connect() as holder, psycopg_connect() as watcher:
+        holder.execute("BEGIN")  # the row lock is held until the rollback below
+        holder.execute("SELECT 1 FROM public.tenants WHERE tenant_id = %s FOR UPDATE", [tenant_id])
+        child = subprocess.Popen(
+            manage_command("migrate_phase", phase, "--noinput", "--jobs", "1"),
+            cwd=PROJECT_DIR,
+            env=manage_env(SALESFLOW_ROLE_PREFIX=get_config().role_prefix),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+
+            def waiting() -> int | None:
+                if child.poll() is not None:
+                    raise AssertionError(f"the run ended before it could be killed: {child.stderr.read()!r}")
+                row = watcher.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                ).fetchone()
+                return row[0] if row else None
+
+            blocked_pid = wait_for(waiting, timeout=60, what=f"{phase} to wait for {tenant_id}'s registry row")
+            os.kill(child.pid, signal.SIGKILL)
+            assert child.wait(timeout=10) == -signal.SIGKILL
+            watcher.execute("SELECT pg_terminate_backend(%s)", [blocked_pid])
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        holder.execute("ROLLBACK")
+
+
+def statuses(phase: str, tenant_id: str) -> set[str]:
+    return set(
+        MigrationRecord.objects.filter(phase=phase, tenant_id=tenant_id)
+        .latest_attempts()
+        .values_list("status", flat=True)
+    )
+
+
+def test_security_killed_in_the_middle_of_a_tenant_resumes_it(migrated: dict[str, Any]) -> None:
+    kill_at_the_end_of(BLOCKED, "security")
+
+    assert statuses("security", DONE_FIRST) == {Status.COMPLETED}
+    assert Tenant.objects.get(tenant_id=DONE_FIRST).migration_state == MigrationState.SECURED
+    assert statuses("security", BLOCKED) == {Status.PENDING}  # nothing of the killed tenant was recorded
+    assert Tenant.objects.get(tenant_id=BLOCKED).migration_state == MigrationState.DATA_MIGRATED
+
+    run("migrate_phase", "security", interactive=False)
+
+    for tenant in migrated["tenants"]:
+        assert statuses("security", tenant) == {Status.COMPLETED}
+        assert Tenant.objects.get(tenant_id=tenant).migration_state == MigrationState.SECURED
+    assert grants.privilege_problems(get_config(), [f"tenant_{t}" for t in migrated["tenants"]]) == []
+    done = MigrationRecord.objects.get(phase="security", tenant_id=BLOCKED, status=Status.COMPLETED)
+    assert done.started_at
+    assert done.completed_at
+    assert done.duration is not None
+    assert done.pid
+    assert "usage_granted" in done.details
+
+
+def test_verify_killed_in_the_middle_of_a_tenant_resumes_it(migrated: dict[str, Any]) -> None:
+    run("migrate_phase", "security", interactive=False)
+    kill_at_the_end_of(BLOCKED, "verify")  # its five checks have run, none is recorded
+
+    assert statuses("verify", DONE_FIRST) == {Status.COMPLETED}
+    assert statuses("verify", BLOCKED) == {Status.PENDING}
+    assert Tenant.objects.get(tenant_id=BLOCKED).migration_state == MigrationState.SECURED
+
+    run("migrate_phase", "verify", interactive=False, load_seconds=0.2, load_queries=20, load_max_regression=10000)
+
+    for tenant in migrated["tenants"]:
+        assert statuses("verify", tenant) == {Status.COMPLETED}
+        assert Tenant.objects.get(tenant_id=tenant).migration_state == MigrationState.VERIFIED
+    checked = MigrationRecord.objects.get(phase="verify", tenant_id=BLOCKED, step="counts_match", attempt=1)
+    assert checked.details["problems"] == []
+    assert checked.details["message"]

@@ -8,6 +8,7 @@ import time
 import psycopg
 import pytest
 from django.core.management.base import CommandError
+from psycopg import sql
 
 from tests.helpers import run
 from tests.migrator.helpers import psycopg_connect, value
@@ -32,7 +33,10 @@ class ViewWriter:
             while not self.stop.is_set():
                 try:
                     with conn.transaction():
-                        conn.execute(f"UPDATE {TENANT}.contacts SET phone = %s WHERE id = 1", [f"p{self.committed}"])
+                        conn.execute(
+                            sql.SQL("UPDATE {} SET phone = %s WHERE id = 1").format(sql.Identifier(TENANT, "contacts")),
+                            [f"p{self.committed}"],
+                        )
                         conn.execute(
                             "INSERT INTO salesflow_auth.users (email, password_hash, created_at) "
                             "VALUES (%s, 'x', now())",
@@ -82,10 +86,13 @@ def test_finalize_is_refused_while_a_view_is_used_and_drops_them_after(schemas_r
     assert "dropped" in out
     assert compat_views() == 0
     assert value("SELECT to_regnamespace('migrator_compat')") is None
-    assert value(f"SELECT to_regclass('{TENANT}.contacts')") is None
+    assert value("SELECT to_regclass(%s)", [f"{TENANT}.contacts"]) is None
     assert value("SELECT count(*) FROM pg_proc WHERE proname LIKE 'migrator_compat%%'") == 0
     # the new tables keep what was written through the views
-    assert value(f"SELECT phone FROM {TENANT}.contact_data_contacts WHERE id = 1") == f"p{writer.committed - 1}"
+    assert (
+        value(sql.SQL("SELECT phone FROM {} WHERE id = 1").format(sql.Identifier(TENANT, "contact_data_contacts")))
+        == f"p{writer.committed - 1}"
+    )
     assert value("SELECT count(*) FROM auth.users WHERE email LIKE 'finalize%%'") == writer.committed
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from tests.helpers import run
 from tests.migrator.helpers import content, plain_columns, psycopg_connect, value
@@ -52,31 +53,46 @@ class Writer:
     def _one(self, conn: psycopg.Connection, rng: random.Random, n: int) -> None:
         kind = n % 5
         if kind == 0:
-            type_id = conn.execute(f"SELECT id FROM {TENANT}.contact_types ORDER BY id LIMIT 1").fetchone()[0]
+            type_id = conn.execute(
+                sql.SQL("SELECT id FROM {} ORDER BY id LIMIT 1").format(sql.Identifier(TENANT, "contact_types"))
+            ).fetchone()[0]
             new_id = conn.execute(
-                f"INSERT INTO {TENANT}.contacts (first_name, phone, contact_type_id, created_at) "
-                "VALUES ('Writer', %s, %s, now()) RETURNING id",
+                sql.SQL(
+                    "INSERT INTO {} (first_name, phone, contact_type_id, created_at) "
+                    "VALUES ('Writer', %s, %s, now()) RETURNING id"
+                ).format(sql.Identifier(TENANT, "contacts")),
                 [f"new {n}", type_id],
             ).fetchone()[0]
             self.inserted.add(new_id)
             self.phones[new_id] = f"new {n}"
         elif kind == 1:
             contact = rng.randint(1, 100)
-            if conn.execute(f"UPDATE {TENANT}.contacts SET phone = %s WHERE id = %s", [f"upd {n}", contact]).rowcount:
+            if conn.execute(
+                sql.SQL("UPDATE {} SET phone = %s WHERE id = %s").format(sql.Identifier(TENANT, "contacts")),
+                [f"upd {n}", contact],
+            ).rowcount:
                 self.phones[contact] = f"upd {n}"
         elif kind == 2:
             activity = rng.randint(1, 240)
-            if conn.execute(f"DELETE FROM {TENANT}.activities WHERE id = %s", [activity]).rowcount:
+            if conn.execute(
+                sql.SQL("DELETE FROM {} WHERE id = %s").format(sql.Identifier(TENANT, "activities")), [activity]
+            ).rowcount:
                 self.deleted_activities.add(activity)
         elif kind == 3:
             activity = rng.randint(1, 240)
             if conn.execute(
-                f"UPDATE {TENANT}.activities SET subject = %s WHERE id = %s", [f"subj {n}", activity]
+                sql.SQL("UPDATE {} SET subject = %s WHERE id = %s").format(sql.Identifier(TENANT, "activities")),
+                [f"subj {n}", activity],
             ).rowcount:
                 self.touched_activities.add(activity)
         elif n % 50 == 4:
             code = f"w{n}"
-            conn.execute(f"INSERT INTO {TENANT}.contact_types (code, name) VALUES (%s, 'by writer')", [code])
+            conn.execute(
+                sql.SQL("INSERT INTO {} (code, name) VALUES (%s, 'by writer')").format(
+                    sql.Identifier(TENANT, "contact_types")
+                ),
+                [code],
+            )
             self.types.append(code)
         else:
             email = f"writer{n}@example.com"
@@ -118,9 +134,18 @@ def test_every_committed_write_survives_the_whole_online_run(schemas_ready):
     assert worst < WRITE_BLOCKED_BOUND, f"a write was blocked {worst:.3f} s at cutover"
     # every committed write is in the new tables
     for contact, phone in writer.phones.items():
-        assert value(f"SELECT phone FROM {TENANT}.contact_data_contacts WHERE id = %s", [contact]) == phone, contact
+        assert (
+            value(
+                sql.SQL("SELECT phone FROM {} WHERE id = %s").format(sql.Identifier(TENANT, "contact_data_contacts")),
+                [contact],
+            )
+            == phone
+        ), contact
     for activity in writer.deleted_activities:
-        assert not value(f"SELECT count(*) FROM {TENANT}.activity_data_activities WHERE id = %s", [activity])
+        assert not value(
+            sql.SQL("SELECT count(*) FROM {} WHERE id = %s").format(sql.Identifier(TENANT, "activity_data_activities")),
+            [activity],
+        )
     for email in writer.users:
         assert value("SELECT count(*) FROM auth.users WHERE email = %s", [email]) == 1
     for code in writer.types:

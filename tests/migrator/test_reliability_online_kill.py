@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from psycopg import sql
 
 from tests.helpers import run
 from tests.migrator.helpers import (
@@ -147,9 +148,18 @@ def assert_every_write_carried_over(writer: Writer) -> None:
         assert switch_state(schema) == "switched", schema
     assert value("SELECT to_regnamespace('migrator_online')") is None
     for contact, phone in writer.phones.items():
-        assert value(f"SELECT phone FROM {TENANT}.contact_data_contacts WHERE id = %s", [contact]) == phone, contact
+        assert (
+            value(
+                sql.SQL("SELECT phone FROM {} WHERE id = %s").format(sql.Identifier(TENANT, "contact_data_contacts")),
+                [contact],
+            )
+            == phone
+        ), contact
     for activity in writer.deleted_activities:
-        assert not value(f"SELECT count(*) FROM {TENANT}.activity_data_activities WHERE id = %s", [activity])
+        assert not value(
+            sql.SQL("SELECT count(*) FROM {} WHERE id = %s").format(sql.Identifier(TENANT, "activity_data_activities")),
+            [activity],
+        )
     for email in writer.users:
         assert value("SELECT count(*) FROM auth.users WHERE email = %s", [email]) == 1, email
     for code in writer.types:
@@ -190,7 +200,11 @@ def test_killed_during_sync_a_rerun_carries_every_write(online_ready):
     with writing() as writer:
         run("migrate_phase", "data", "--online", "--batch-size", "500", interactive=False)
         with psycopg_connect() as conn:  # a backlog sync needs many batches for
-            conn.execute(f"UPDATE {TENANT}.activities SET subject = subject || '.' WHERE id % 2 = 0")
+            conn.execute(
+                sql.SQL("UPDATE {} SET subject = subject || '.' WHERE id % 2 = 0").format(
+                    sql.Identifier(TENANT, "activities")
+                )
+            )
             conn.execute("UPDATE tenant_globex_0002.contacts SET phone = coalesce(phone, '') || '.'")
         backlog = value("SELECT count(*) FROM migrator_online.changes")
         assert backlog > 5_000

@@ -175,3 +175,18 @@ def wrongly_remapped(schema: str, legacy: str) -> int:
             c=sql.Identifier(column),
         )
     )
+
+
+def wait_for_killed_sessions_to_end(
+    watcher: psycopg.Connection, ours: list[int], *, keep_test_clients: bool = False
+) -> None:
+    """After a SIGKILL the server rolls back the dead run's open transactions when it notices its
+    sessions are gone: wait for that. ``ours``: backend pids that stay (the test's own);
+    ``keep_test_clients``: the test's other clients (application_name salesflow-tests...) stay too."""
+    query = (
+        "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND pid <> ALL(%s) "
+        "AND pid <> pg_backend_pid()"
+    )
+    if keep_test_clients:
+        query += " AND application_name NOT LIKE 'salesflow-tests%%'"
+    wait_for(lambda: not watcher.execute(query, [ours]).fetchone(), timeout=30, what="the killed run's sessions to end")

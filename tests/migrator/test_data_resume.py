@@ -23,6 +23,7 @@ from tests.migrator.helpers import (
     psycopg_connect,
     value,
     wait_for,
+    wait_for_killed_sessions_to_end,
     wrongly_remapped,
 )
 
@@ -71,17 +72,7 @@ def test_a_run_killed_in_the_middle_of_a_copy_resumes_exactly_once(clean_db):
                 child.kill()
                 child.wait()
         # the server notices the dead client and rolls back its open batch; wait until its sessions are gone
-        wait_for(
-            lambda: (
-                not watcher.execute(
-                    "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND pid <> ALL(%s) "
-                    "AND pid <> pg_backend_pid()",
-                    [ours],
-                ).fetchone()
-            ),
-            timeout=30,
-            what="the killed run's sessions to end",
-        )
+        wait_for_killed_sessions_to_end(watcher, ours)
 
     killed = MigrationRecord.objects.get(pk=killed_id)
     assert killed.status == Status.RUNNING  # as the killed process left it

@@ -32,6 +32,7 @@ from tests.migrator.helpers import (
     psycopg_connect,
     table_names,
     wait_for,
+    wait_for_killed_sessions_to_end,
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -109,17 +110,7 @@ def test_rollback_killed_half_way_marks_undone_tenants_and_cutover_leaves_them_a
                 if child.poll() is None:
                     child.kill()
                     child.wait()
-        wait_for(
-            lambda: (
-                not watcher.execute(
-                    "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND pid <> ALL(%s) "
-                    "AND pid <> pg_backend_pid()",
-                    [ours],
-                ).fetchone()
-            ),
-            timeout=30,
-            what="the killed run's sessions to end",
-        )
+        wait_for_killed_sessions_to_end(watcher, ours)
 
     assert "contact_data_contacts" not in table_names(f"tenant_{FIRST}")  # undone before the kill
     assert "contact_data_contacts" in table_names(f"tenant_{LAST}")  # the kill came first

@@ -24,6 +24,7 @@ from tests.migrator.helpers import (
     psycopg_connect,
     value,
     wait_for,
+    wait_for_killed_sessions_to_end,
 )
 from tests.migrator.test_online_writer import Writer
 
@@ -85,17 +86,7 @@ def kill_when(args: list[str], ready: Callable[[Any], object], what: str) -> Non
             if child.poll() is None:
                 child.kill()
                 child.wait()
-        wait_for(
-            lambda: (
-                not watcher.execute(
-                    "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND pid <> ALL(%s) "
-                    "AND pid <> pg_backend_pid() AND application_name NOT LIKE 'salesflow-tests%%'",
-                    [ours],
-                ).fetchone()
-            ),
-            timeout=30,
-            what="the killed run's sessions to end",
-        )
+        wait_for_killed_sessions_to_end(watcher, ours, keep_test_clients=True)
 
 
 def switch_state(schema: str) -> str:

@@ -12,7 +12,7 @@ from migrator import db
 # one relation goes through it: a join of pg_class to pg_namespace filtered on both names can be
 # planned from ``relname`` alone, which on a database whose catalog statistics predate its tenant
 # schemas walks the same table name in every tenant schema (quadratic in the tenant count).
-RELATION_OID = "to_regclass(format('%%I.%%I', %s::text, %s::text))"
+RELATION_OID = sql.SQL("to_regclass(format('%%I.%%I', %s::text, %s::text))")
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,9 @@ def schema_exists(schema: str) -> bool:
 def table_exists(schema: str, table: str) -> bool:
     return bool(
         db.fetchvalue(
-            f"SELECT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = {RELATION_OID} AND c.relkind IN ('r', 'p'))",
+            sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = {oid} AND c.relkind IN ('r', 'p'))").format(
+                oid=RELATION_OID
+            ),
             [schema, table],
         )
     )
@@ -56,11 +58,13 @@ def tables_by_schema(schemas: list[str]) -> dict[str, set[str]]:
 
 def columns(schema: str, table: str) -> list[Column]:
     rows = db.fetchall(
-        "SELECT a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, "
-        "       a.atthasdef OR a.attidentity <> '' "
-        "FROM pg_attribute a "
-        f"WHERE a.attrelid = {RELATION_OID} AND a.attnum > 0 AND NOT a.attisdropped "
-        "ORDER BY a.attnum",
+        sql.SQL(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, "
+            "       a.atthasdef OR a.attidentity <> '' "
+            "FROM pg_attribute a "
+            "WHERE a.attrelid = {oid} AND a.attnum > 0 AND NOT a.attisdropped "
+            "ORDER BY a.attnum"
+        ).format(oid=RELATION_OID),
         [schema, table],
     )
     return [Column(*row) for row in rows]

@@ -32,21 +32,25 @@ def defer_constraints(schema: str, table: str) -> int:
     with transaction.atomic():
         with db.local_settings(**QUALIFY_ALL):
             indexes = db.fetchall(
-                "SELECT i.relname, pg_get_indexdef(x.indexrelid) FROM pg_index x "
-                "JOIN pg_class i ON i.oid = x.indexrelid "
-                f"WHERE x.indrelid = {catalog.RELATION_OID} AND NOT x.indisprimary "
-                # Not the index of one of the table's constraints, nor one that a foreign key references
-                # (pg_constraint has no index on conindid: keyed by conrelid, then by pg_depend's reference index).
-                "AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conrelid = x.indrelid "
-                "AND c.conindid = x.indexrelid OFFSET 0) "
-                "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.refclassid = 'pg_class'::regclass "
-                "AND d.refobjid = x.indexrelid AND d.refobjsubid = 0 AND d.classid = 'pg_constraint'::regclass "
-                "OFFSET 0)",
+                sql.SQL(
+                    "SELECT i.relname, pg_get_indexdef(x.indexrelid) FROM pg_index x "
+                    "JOIN pg_class i ON i.oid = x.indexrelid "
+                    "WHERE x.indrelid = {oid} AND NOT x.indisprimary "
+                    # Not the index of one of the table's constraints, nor one that a foreign key references
+                    # (pg_constraint has no index on conindid: keyed by conrelid, then by pg_depend's reference index).
+                    "AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conrelid = x.indrelid "
+                    "AND c.conindid = x.indexrelid OFFSET 0) "
+                    "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.refclassid = 'pg_class'::regclass "
+                    "AND d.refobjid = x.indexrelid AND d.refobjsubid = 0 AND d.classid = 'pg_constraint'::regclass "
+                    "OFFSET 0)"
+                ).format(oid=catalog.RELATION_OID),
                 [schema, table],
             )
             foreign_keys = db.fetchall(
-                "SELECT c.conname, pg_get_constraintdef(c.oid) FROM pg_constraint c "
-                f"WHERE c.conrelid = {catalog.RELATION_OID} AND c.contype = 'f'",
+                sql.SQL(
+                    "SELECT c.conname, pg_get_constraintdef(c.oid) FROM pg_constraint c "
+                    "WHERE c.conrelid = {oid} AND c.contype = 'f'"
+                ).format(oid=catalog.RELATION_OID),
                 [schema, table],
             )
             primary_key = _deferrable_primary_key(schema, table)
@@ -113,14 +117,16 @@ def _deferrable_primary_key(schema: str, table: str) -> tuple[str, str] | None:
     join it may hash all of pg_depend, every tenant's dependencies, when the catalog statistics are stale.
     """
     row = db.fetchone(
-        "SELECT c.conname, pg_get_constraintdef(c.oid) FROM pg_constraint c "
-        "JOIN pg_class t ON t.oid = c.conrelid "
-        f"WHERE t.oid = {catalog.RELATION_OID} AND t.relkind = 'r' AND c.contype = 'p' "
-        "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.refclassid = 'pg_constraint'::regclass "
-        "    AND d.refobjid = c.oid AND NOT (d.classid = 'pg_class'::regclass AND d.objid = c.conindid) OFFSET 0) "
-        "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.refclassid = 'pg_class'::regclass "
-        "    AND d.refobjid = c.conindid AND NOT (d.classid = 'pg_constraint'::regclass AND d.objid IN "
-        "        (SELECT f.oid FROM pg_constraint f WHERE f.conrelid = c.conrelid AND f.contype = 'f')) OFFSET 0)",
+        sql.SQL(
+            "SELECT c.conname, pg_get_constraintdef(c.oid) FROM pg_constraint c "
+            "JOIN pg_class t ON t.oid = c.conrelid "
+            "WHERE t.oid = {oid} AND t.relkind = 'r' AND c.contype = 'p' "
+            "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.refclassid = 'pg_constraint'::regclass "
+            "    AND d.refobjid = c.oid AND NOT (d.classid = 'pg_class'::regclass AND d.objid = c.conindid) OFFSET 0) "
+            "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.refclassid = 'pg_class'::regclass "
+            "    AND d.refobjid = c.conindid AND NOT (d.classid = 'pg_constraint'::regclass AND d.objid IN "
+            "        (SELECT f.oid FROM pg_constraint f WHERE f.conrelid = c.conrelid AND f.contype = 'f')) OFFSET 0)"
+        ).format(oid=catalog.RELATION_OID),
         [schema, table],
     )
     return (row[0], row[1]) if row else None
@@ -179,8 +185,9 @@ def _rebuild(schema: str, table: str, deferred: list[DeferredConstraint], mainte
 
 def unvalidated_foreign_keys(schema: str, table: str) -> list[str]:
     rows = db.fetchall(
-        "SELECT c.conname FROM pg_constraint c "
-        f"WHERE c.conrelid = {catalog.RELATION_OID} AND c.contype = 'f' AND NOT c.convalidated",
+        sql.SQL(
+            "SELECT c.conname FROM pg_constraint c WHERE c.conrelid = {oid} AND c.contype = 'f' AND NOT c.convalidated"
+        ).format(oid=catalog.RELATION_OID),
         [schema, table],
     )
     return [row[0] for row in rows]

@@ -210,11 +210,11 @@ def _mapping_proven(copy: TableCopy, remap: Remap) -> bool:
                 "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1] "
                 "JOIN pg_attribute ra ON ra.attrelid = c.confrelid AND ra.attnum = c.confkey[1] "
                 "WHERE c.contype = 'f' AND c.convalidated AND cardinality(c.conkey) = 1 "
-                f"AND c.conrelid = {catalog.RELATION_OID} AND a.attname = %s "
-                f"AND c.confrelid = {catalog.RELATION_OID} AND ra.attname = 'id') "
+                "AND c.conrelid = {oid} AND a.attname = %s "
+                "AND c.confrelid = {oid} AND ra.attname = 'id') "
                 "AND NOT EXISTS (SELECT 1 FROM {ref} l WHERE NOT EXISTS (SELECT 1 FROM public.migrator_reference_map m "
                 "WHERE m.tenant_id = %s AND m.reference_table = %s AND m.old_id = l.id))"
-            ).format(ref=sql.Identifier(copy.source_schema, remap.reference_table)),
+            ).format(ref=sql.Identifier(copy.source_schema, remap.reference_table), oid=catalog.RELATION_OID),
             [
                 copy.source_schema,
                 copy.source_table,
@@ -408,8 +408,9 @@ def analyze(schema: str, table: str, statistics_target: int | None = QUICK_STATI
         return
     columns = [c.name for c in catalog.columns(schema, table)]
     with_expressions = db.fetchvalue(
-        f"SELECT EXISTS (SELECT 1 FROM pg_index x WHERE x.indrelid = {catalog.RELATION_OID} "
-        "AND x.indexprs IS NOT NULL)",
+        sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_index x WHERE x.indrelid = {oid} AND x.indexprs IS NOT NULL)").format(
+            oid=catalog.RELATION_OID
+        ),
         [schema, table],
     )
     query = sql.SQL("ANALYZE {}").format(target)

@@ -135,8 +135,8 @@ def tenant_context_problems(schema: str, other_schemas: list[str]) -> tuple[list
         for model in (apps.get_model(t.model) for t in TENANT_DATA_TABLES):
             table = model._meta.db_table
             foreign_rows = db.fetchvalue(
-                sql.SQL(f"SELECT count(*) FILTER (WHERE tableoid <> {catalog.RELATION_OID}) FROM {{}}").format(
-                    sql.Identifier(table)
+                sql.SQL("SELECT count(*) FILTER (WHERE tableoid <> {oid}) FROM {table}").format(
+                    oid=catalog.RELATION_OID, table=sql.Identifier(table)
                 ),
                 [schema, table],
             )

@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 from django.core.management.base import CommandError
+from psycopg import sql
 
 from migrator.ops import capture
 from tests.helpers import legacy_fingerprints, run
@@ -28,17 +29,26 @@ pytestmark = pytest.mark.django_db(transaction=True)
 TENANT = "tenant_acme_0001"
 
 
+def on_tenant(query: str, *tables: str) -> sql.Composed:
+    """``query`` with its ``{}`` placeholders filled by these tables of the writer's tenant schema."""
+    return sql.SQL(query).format(*(sql.Identifier(TENANT, table) for table in tables))
+
+
 def legacy_writes(conn) -> None:
     """Inserts, updates and deletes of contacts and activities, a new contact type and a new user."""
-    conn.execute(f"INSERT INTO {TENANT}.contact_types (code, name) VALUES ('online_new', 'Added online')")
+    conn.execute(on_tenant("INSERT INTO {} (code, name) VALUES ('online_new', 'Added online')", "contact_types"))
     conn.execute(
-        f"INSERT INTO {TENANT}.contacts (first_name, email, contact_type_id, created_at) "
-        f"SELECT 'Online', 'online@example.com', id, now() FROM {TENANT}.contact_types WHERE code = 'online_new'"
+        on_tenant(
+            "INSERT INTO {} (first_name, email, contact_type_id, created_at) "
+            "SELECT 'Online', 'online@example.com', id, now() FROM {} WHERE code = 'online_new'",
+            "contacts",
+            "contact_types",
+        )
     )
-    conn.execute(f"UPDATE {TENANT}.contacts SET phone = 'changed online' WHERE id IN (1, 2, 3)")
-    conn.execute(f"DELETE FROM {TENANT}.activities WHERE contact_id = 4")
-    conn.execute(f"DELETE FROM {TENANT}.contacts WHERE id = 4")
-    conn.execute(f"UPDATE {TENANT}.activities SET subject = 'changed online' WHERE id IN (10, 11)")
+    conn.execute(on_tenant("UPDATE {} SET phone = 'changed online' WHERE id IN (1, 2, 3)", "contacts"))
+    conn.execute(on_tenant("DELETE FROM {} WHERE contact_id = 4", "activities"))
+    conn.execute(on_tenant("DELETE FROM {} WHERE id = 4", "contacts"))
+    conn.execute(on_tenant("UPDATE {} SET subject = 'changed online' WHERE id IN (10, 11)", "activities"))
     conn.execute(
         "INSERT INTO salesflow_auth.users (email, password_hash, created_at) VALUES ('online@example.com', 'x', now())"
     )
@@ -118,8 +128,8 @@ def test_online_cutover_leaves_writable_compatibility_views_and_no_capture(schem
     migrate_online_until_cutover()
     with psycopg_connect() as conn:
         legacy_writes(conn)  # captured, not yet applied: cutover applies them
-        legacy_contacts = conn.execute(f"SELECT * FROM {TENANT}.contacts ORDER BY id").fetchall()
-        legacy_types = conn.execute(f"SELECT * FROM {TENANT}.contact_types ORDER BY id").fetchall()
+        legacy_contacts = conn.execute(on_tenant("SELECT * FROM {} ORDER BY id", "contacts")).fetchall()
+        legacy_types = conn.execute(on_tenant("SELECT * FROM {} ORDER BY id", "contact_types")).fetchall()
     run("migrate_phase", "cutover", interactive=False)
     assert value("SELECT to_regnamespace('migrator_online')") is None
     assert (
@@ -131,30 +141,34 @@ def test_online_cutover_leaves_writable_compatibility_views_and_no_capture(schem
     )
     with psycopg_connect() as conn:
         # reads through the legacy names: the same rows, reference ids the tenant's old ones
-        assert conn.execute(f"SELECT * FROM {TENANT}.contacts ORDER BY id").fetchall() == legacy_contacts
-        assert conn.execute(f"SELECT * FROM {TENANT}.contact_types ORDER BY id").fetchall() == legacy_types
+        assert conn.execute(on_tenant("SELECT * FROM {} ORDER BY id", "contacts")).fetchall() == legacy_contacts
+        assert conn.execute(on_tenant("SELECT * FROM {} ORDER BY id", "contact_types")).fetchall() == legacy_types
         # writes through the legacy names land in the new tables, new ids from their sequences
         type_id = legacy_types[0][0]
         new_id = conn.execute(
-            f"INSERT INTO {TENANT}.contacts (first_name, contact_type_id, created_at) VALUES ('After', %s, now()) "
-            "RETURNING id",
+            on_tenant(
+                "INSERT INTO {} (first_name, contact_type_id, created_at) VALUES ('After', %s, now()) RETURNING id",
+                "contacts",
+            ),
             [type_id],
         ).fetchone()[0]
         assert new_id > max(r[0] for r in legacy_contacts)
-        conn.execute(f"UPDATE {TENANT}.contacts SET phone = 'after cutover' WHERE id = 1")
-        conn.execute(f"DELETE FROM {TENANT}.activities WHERE id = 12")
-        conn.execute(f"INSERT INTO {TENANT}.contact_types (code, name) VALUES ('after_cutover', 'After')")
+        conn.execute(on_tenant("UPDATE {} SET phone = 'after cutover' WHERE id = 1", "contacts"))
+        conn.execute(on_tenant("DELETE FROM {} WHERE id = 12", "activities"))
+        conn.execute(on_tenant("INSERT INTO {} (code, name) VALUES ('after_cutover', 'After')", "contact_types"))
         conn.execute(
             "INSERT INTO salesflow_auth.users (email, password_hash, created_at) "
             "VALUES ('after@example.com', 'x', now())"
         )
-    assert value(f"SELECT phone FROM {TENANT}.contact_data_contacts WHERE id = 1") == "after cutover"
-    assert value(f"SELECT count(*) FROM {TENANT}.activity_data_activities WHERE id = 12") == 0
+    assert value(on_tenant("SELECT phone FROM {} WHERE id = 1", "contact_data_contacts")) == "after cutover"
+    assert value(on_tenant("SELECT count(*) FROM {} WHERE id = 12", "activity_data_activities")) == 0
     assert value(
-        f"SELECT t.code FROM {TENANT}.contact_data_contacts c JOIN contact.contact_types t ON t.id = c.contact_type_id "
-        "WHERE c.id = %s",
+        on_tenant(
+            "SELECT t.code FROM {} c JOIN contact.contact_types t ON t.id = c.contact_type_id WHERE c.id = %s",
+            "contact_data_contacts",
+        ),
         [new_id],
-    ) == value(f"SELECT code FROM {TENANT}.contact_types WHERE id = %s", [type_id])
+    ) == value(on_tenant("SELECT code FROM {} WHERE id = %s", "contact_types"), [type_id])
     assert value("SELECT count(*) FROM contact.contact_types WHERE code = 'after_cutover'") == 1
     assert value("SELECT count(*) FROM auth.users WHERE email = 'after@example.com'") == 1
 
@@ -183,17 +197,17 @@ def test_rollback_after_online_cutover_moves_legacy_back_unless_written_since(sc
     with psycopg_connect() as conn:
         legacy_writes(conn)
     before = legacy_fingerprints([TENANT.removeprefix("tenant_")])
-    phone = value(f"SELECT phone FROM {TENANT}.contacts WHERE id = 1")
+    phone = value(on_tenant("SELECT phone FROM {} WHERE id = 1", "contacts"))
     run("migrate_phase", "cutover", interactive=False)
     with psycopg_connect() as conn:
-        conn.execute(f"UPDATE {TENANT}.contacts SET phone = 'written after cutover' WHERE id = 1")
+        conn.execute(on_tenant("UPDATE {} SET phone = 'written after cutover' WHERE id = 1", "contacts"))
     with pytest.raises(CommandError) as refused:
         run("migrate_phase", "rollback", interactive=False)
     assert "written to since its online cutover" in str(refused.value)
     assert "--restore" in str(refused.value)
     assert "contact_data_contacts (" in str(refused.value)
     with psycopg_connect() as conn:  # undo the write: now nothing was written since cutover
-        conn.execute(f"UPDATE {TENANT}.contacts SET phone = %s WHERE id = 1", [phone])
+        conn.execute(on_tenant("UPDATE {} SET phone = %s WHERE id = 1", "contacts"), [phone])
     run("migrate_phase", "rollback", interactive=False)
     assert legacy_fingerprints([TENANT.removeprefix("tenant_")]) == before
     assert legacy_triggers() == 0

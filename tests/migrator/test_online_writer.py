@@ -107,6 +107,41 @@ class Writer:
             self.users.append(email)
 
 
+TENANT_TABLES = (("contacts", "contact_data_contacts"), ("activities", "activity_data_activities"))
+
+
+def assert_committed_writes_in_new_tables(writer: Writer) -> None:
+    """Every write the writer committed through the legacy names is in the new tables."""
+    contacts = sql.Identifier(TENANT, "contact_data_contacts")
+    activities = sql.Identifier(TENANT, "activity_data_activities")
+    for contact, phone in writer.phones.items():
+        assert value(sql.SQL("SELECT phone FROM {} WHERE id = %s").format(contacts), [contact]) == phone, contact
+    for activity in writer.deleted_activities:
+        assert not value(sql.SQL("SELECT count(*) FROM {} WHERE id = %s").format(activities), [activity]), activity
+    for email in writer.users:
+        assert value("SELECT count(*) FROM auth.users WHERE email = %s", [email]) == 1, email
+    for code in writer.types:
+        assert value("SELECT count(*) FROM contact.contact_types WHERE code = %s", [code]) == 1, code
+
+
+def untouched_rows_differing(schema: str, legacy: str, target: str, touched: set[int]) -> int:
+    """Rows of ``schema``'s legacy table (archived at cutover) and its new table that differ, leaving out
+    ``touched`` ids and rows the new table got after cutover (above the archived table's highest id)."""
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in plain_columns(legacy))
+    archived = sql.Identifier("salesflow_archive", f"{schema.removeprefix('tenant_')}__{legacy}")
+    new = sql.Identifier(schema, target)
+    return int(
+        value(
+            sql.SQL(
+                "SELECT count(*) FROM ((SELECT {cols} FROM {archived} EXCEPT SELECT {cols} FROM {new}) "
+                "UNION ALL (SELECT {cols} FROM {new} WHERE id <= (SELECT max(id) FROM {archived}) "
+                "EXCEPT SELECT {cols} FROM {archived})) d WHERE NOT (d.id = ANY(%s))"
+            ).format(cols=cols, archived=archived, new=new),
+            [list(touched)],
+        )
+    )
+
+
 def test_every_committed_write_survives_the_whole_online_run(schemas_ready):
     writer = Writer()
     thread = threading.Thread(target=writer.run, daemon=True)
@@ -137,33 +172,8 @@ def test_every_committed_write_survives_the_whole_online_run(schemas_ready):
     assert len(writer.latencies) > 100
     worst = max(writer.latencies[max(cutover_started - 5, 0) : cutover_ended + 5])
     assert worst < WRITE_BLOCKED_BOUND, f"a write was blocked {worst:.3f} s at cutover"
-    # every committed write is in the new tables
-    for contact, phone in writer.phones.items():
-        assert (
-            value(
-                sql.SQL("SELECT phone FROM {} WHERE id = %s").format(sql.Identifier(TENANT, "contact_data_contacts")),
-                [contact],
-            )
-            == phone
-        ), contact
-    for activity in writer.deleted_activities:
-        assert not value(
-            sql.SQL("SELECT count(*) FROM {} WHERE id = %s").format(sql.Identifier(TENANT, "activity_data_activities")),
-            [activity],
-        )
-    for email in writer.users:
-        assert value("SELECT count(*) FROM auth.users WHERE email = %s", [email]) == 1
-    for code in writer.types:
-        assert value("SELECT count(*) FROM contact.contact_types WHERE code = %s", [code]) == 1
+    assert_committed_writes_in_new_tables(writer)
     # rows it did not touch are identical to the legacy rows (archived at cutover)
     touched = {"contacts": set(writer.phones), "activities": writer.touched_activities | writer.deleted_activities}
-    for legacy, target in (("contacts", "contact_data_contacts"), ("activities", "activity_data_activities")):
-        cols = ", ".join(plain_columns(legacy))
-        archived = f"salesflow_archive.acme_0001__{legacy}"
-        differing = value(
-            f"SELECT count(*) FROM ((SELECT {cols} FROM {archived} EXCEPT SELECT {cols} FROM {TENANT}.{target}) "
-            f"UNION ALL (SELECT {cols} FROM {TENANT}.{target} WHERE id <= (SELECT max(id) FROM {archived}) "
-            f"EXCEPT SELECT {cols} FROM {archived})) d WHERE NOT (d.id = ANY(%s))",
-            [list(touched[legacy])],
-        )
-        assert differing == 0, legacy
+    for legacy, target in TENANT_TABLES:
+        assert untouched_rows_differing(TENANT, legacy, target, touched[legacy]) == 0, legacy

@@ -20,13 +20,17 @@ from tests.migrator.helpers import (
     PROJECT_DIR,
     manage_command,
     manage_env,
-    plain_columns,
     psycopg_connect,
     value,
     wait_for,
     wait_for_killed_sessions_to_end,
 )
-from tests.migrator.test_online_writer import Writer
+from tests.migrator.test_online_writer import (
+    TENANT_TABLES,
+    Writer,
+    assert_committed_writes_in_new_tables,
+    untouched_rows_differing,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -138,38 +142,14 @@ def assert_every_write_carried_over(writer: Writer) -> None:
     for schema in TENANTS:
         assert switch_state(schema) == "switched", schema
     assert value("SELECT to_regnamespace('migrator_online')") is None
-    for contact, phone in writer.phones.items():
-        assert (
-            value(
-                sql.SQL("SELECT phone FROM {} WHERE id = %s").format(sql.Identifier(TENANT, "contact_data_contacts")),
-                [contact],
-            )
-            == phone
-        ), contact
-    for activity in writer.deleted_activities:
-        assert not value(
-            sql.SQL("SELECT count(*) FROM {} WHERE id = %s").format(sql.Identifier(TENANT, "activity_data_activities")),
-            [activity],
-        )
-    for email in writer.users:
-        assert value("SELECT count(*) FROM auth.users WHERE email = %s", [email]) == 1, email
-    for code in writer.types:
-        assert value("SELECT count(*) FROM contact.contact_types WHERE code = %s", [code]) == 1, code
+    assert_committed_writes_in_new_tables(writer)
     # rows the writer did not touch are identical to the legacy rows archived at cutover (the writer goes on
     # writing through the views after cutover: those writes are in the new tables only)
     touched = {"contacts": set(writer.phones), "activities": writer.touched_activities | writer.deleted_activities}
     for schema in TENANTS:
-        tenant_id = schema.removeprefix("tenant_")
-        for legacy, target in (("contacts", "contact_data_contacts"), ("activities", "activity_data_activities")):
-            cols = ", ".join(plain_columns(legacy))
-            archived = f"salesflow_archive.{tenant_id}__{legacy}"
-            differing = value(
-                f"SELECT count(*) FROM ((SELECT {cols} FROM {archived} EXCEPT SELECT {cols} FROM {schema}.{target}) "
-                f"UNION ALL (SELECT {cols} FROM {schema}.{target} WHERE id <= (SELECT max(id) FROM {archived}) "
-                f"EXCEPT SELECT {cols} FROM {archived})) d WHERE NOT (d.id = ANY(%s))",
-                [list(touched[legacy]) if schema == TENANT else []],
-            )
-            assert differing == 0, f"{schema}.{target}"
+        for legacy, target in TENANT_TABLES:
+            ids = touched[legacy] if schema == TENANT else set()
+            assert untouched_rows_differing(schema, legacy, target, ids) == 0, f"{schema}.{target}"
 
 
 def test_killed_during_the_online_copy_a_rerun_carries_every_write(online_ready):

@@ -109,66 +109,55 @@ class MigrationRecordAdmin(admin.ModelAdmin):
     list_per_page = 100
     # A second COUNT(*) over the whole table on every filtered page buys little for an operator.
     show_full_result_count = False
-    fieldsets = (
+    # The record page's groups of fields; every field shown is read-only (records are history).
+    field_groups: tuple[tuple[str, tuple[str, ...]], ...] = (
         (
             "Step",
-            {
-                "fields": (
-                    "migration_id",
-                    "description",
-                    "phase",
-                    "phase_number",
-                    "tenant_id",
-                    "step",
-                    "target",
-                    "attempt",
-                    "status_label",
-                    "other_attempts",
-                )
-            },
+            (
+                "migration_id",
+                "description",
+                "phase",
+                "phase_number",
+                "tenant_id",
+                "step",
+                "target",
+                "attempt",
+                "status_label",
+                "other_attempts",
+            ),
         ),
-        ("Outcome", {"fields": ("error_text", "message", "started", "completed", "duration_label")}),
+        (
+            "Outcome",
+            (
+                "error_text",
+                "message",
+                "started",
+                "completed",
+                "duration_label",
+            ),
+        ),
         (
             "Rows and fingerprints",
-            {
-                "fields": (
-                    "rows_expected",
-                    "rows_copied",
-                    "checkpoint",
-                    "source_fingerprint",
-                    "target_fingerprint",
-                    "fingerprint_match",
-                )
-            },
+            (
+                "rows_expected",
+                "rows_copied",
+                "checkpoint",
+                "source_fingerprint",
+                "target_fingerprint",
+                "fingerprint_match",
+            ),
         ),
-        ("Run", {"fields": ("host", "pid", "details_json")}),
+        (
+            "Run",
+            (
+                "host",
+                "pid",
+                "details_json",
+            ),
+        ),
     )
-    readonly_fields = (
-        "migration_id",
-        "description",
-        "phase",
-        "phase_number",
-        "tenant_id",
-        "step",
-        "target",
-        "attempt",
-        "status_label",
-        "other_attempts",
-        "error_text",
-        "message",
-        "started",
-        "completed",
-        "duration_label",
-        "rows_expected",
-        "rows_copied",
-        "checkpoint",
-        "source_fingerprint",
-        "target_fingerprint",
-        "fingerprint_match",
-        "host",
-        "pid",
-        "details_json",
-    )
+    fieldsets = tuple((title, {"fields": names}) for title, names in field_groups)
+    readonly_fields = tuple(name for _title, names in field_groups for name in names)
 
     # --- read-only: records are the migration's history ---
 

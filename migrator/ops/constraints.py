@@ -54,7 +54,9 @@ def defer_constraints(schema: str, table: str) -> int:
                 [schema, table],
             )
             primary_key = _deferrable_primary_key(schema, table)
-        rows = []
+        # Each dropped object with the statement (or definition) that brings it back, kind by kind.
+        kept: list[tuple[str, str, str]] = [(name, d, DeferredConstraint.Kind.INDEX) for name, d in indexes]
+        kept += [(name, d, DeferredConstraint.Kind.FOREIGN_KEY) for name, d in foreign_keys]
         if primary_key:
             name, definition = primary_key
             # pg_get_constraintdef output, completed into the statement that restores it.
@@ -63,34 +65,10 @@ def defer_constraints(schema: str, table: str) -> int:
                     sql.Identifier(schema, table), sql.Identifier(name), sql.SQL(definition)
                 )
             )
-            rows.append(
-                DeferredConstraint(
-                    schema_name=schema,
-                    table_name=table,
-                    name=name,
-                    kind=DeferredConstraint.Kind.INDEX,
-                    definition=statement,
-                )
-            )
-        rows += [
-            DeferredConstraint(
-                schema_name=schema,
-                table_name=table,
-                name=name,
-                kind=DeferredConstraint.Kind.INDEX,
-                definition=definition,
-            )
-            for name, definition in indexes
-        ]
-        rows += [
-            DeferredConstraint(
-                schema_name=schema,
-                table_name=table,
-                name=name,
-                kind=DeferredConstraint.Kind.FOREIGN_KEY,
-                definition=definition,
-            )
-            for name, definition in foreign_keys
+            kept.insert(0, (name, statement, DeferredConstraint.Kind.INDEX))
+        rows = [
+            DeferredConstraint(schema_name=schema, table_name=table, name=name, kind=kind, definition=definition)
+            for name, definition, kind in kept
         ]
         DeferredConstraint.objects.bulk_create(rows)
         for name, _definition in foreign_keys:

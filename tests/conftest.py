@@ -44,12 +44,34 @@ def stage_databases(
 
 
 @pytest.fixture
-def stage_db(transactional_db: None, stage_databases: StageDatabases) -> Iterator[StageDatabases]:
-    """For a test that starts from a stage: the database is a copy of it until the test ends."""
-    try:
-        yield stage_databases
-    finally:
-        stage_databases.release()
+def stage_db(stage_databases: StageDatabases, django_db_blocker: Any) -> Iterator[StageDatabases]:
+    """For a test that starts from a stage: the database is a copy of it until the test ends.
+
+    The fixture opens database access itself, and such a test carries no ``django_db`` mark: the
+    test database is never written (the copy is dropped instead), so pytest-django's flush after a
+    transactional test would only cost time (more than the copy itself).
+    """
+    with django_db_blocker.unblock():
+        try:
+            yield stage_databases
+        finally:
+            stage_databases.release()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A stage test with a ``django_db`` mark would flush the untouched test database afterwards."""
+    marked = [
+        item.nodeid
+        for item in items
+        if "stage_db" in getattr(item, "fixturenames", ())
+        and "live_server" not in getattr(item, "fixturenames", ())  # its server thread needs pytest-django's setup
+        and item.get_closest_marker("django_db")
+    ]
+    if marked:
+        raise pytest.UsageError(
+            "these tests start from a stage (a database copy of their own); drop their django_db mark: "
+            + ", ".join(marked)
+        )
 
 
 @pytest.fixture

@@ -36,7 +36,6 @@ def test_connection_follows_the_environment():
         assert catalog.server_version_num() >= 170000
 
 
-@pytest.mark.django_db(transaction=True)
 def test_backup_copy_and_validation_work_on_this_server(seeded):
     run("migrate_phase", "prepare", interactive=False)
     run("migrate_phase", "schemas", interactive=False)

@@ -61,7 +61,6 @@ def test_migrate_phase_help_lists_the_phases_and_options(capsys):
         assert fragment in text
 
 
-@pytest.mark.django_db(transaction=True)
 def test_an_unknown_phase_is_one_line(clean_db):
     expected = r"^unknown phase 'bogus'; choose one of: 1 prepare, 2 schemas, 3 data, "
     with pytest.raises(CommandError, match=expected) as exc:
@@ -73,7 +72,6 @@ def test_an_unknown_phase_is_one_line(clean_db):
     assert not MigrationRecord.objects.exists()
 
 
-@pytest.mark.django_db(transaction=True)
 def test_an_unknown_tenant_is_one_line(seeded):
     with pytest.raises(
         CommandError,
@@ -87,7 +85,6 @@ def test_an_unknown_tenant_is_one_line(seeded):
     assert not MigrationRecord.objects.exists()
 
 
-@pytest.mark.django_db(transaction=True)
 def test_an_invalid_tenant_id_is_one_line(clean_db):
     child = manage("migrate_phase", "prepare", "--tenant", "Bad-Name", "--noinput")
 

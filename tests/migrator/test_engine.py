@@ -30,7 +30,6 @@ from tests.migrator.helpers import (
     table_names,
 )
 
-pytestmark = pytest.mark.django_db(transaction=True)
 
 TENANTS = ["acme_0001", "empty_0001", "globex_0002"]
 
@@ -109,7 +108,7 @@ def test_a_rerun_picks_up_a_tenant_schema_that_appeared_since(prepared):
 
 
 @pytest.mark.parametrize("stage", ["seeded", "prepared", "schemas_ready", "migrated"])
-def test_plan_changes_nothing(stage, request):
+def test_plan_changes_nothing(stage, request, stage_db):
     request.getfixturevalue(stage)
     before = database_state()
 

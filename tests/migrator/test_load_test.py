@@ -12,7 +12,6 @@ from migrator.models import Status
 from migrator.ops.load_test import KEY_QUERIES, LEGACY, NEW
 from tests.helpers import run
 
-pytestmark = pytest.mark.django_db(transaction=True)
 
 TENANTS = ["acme_0001", "globex_0002"]
 

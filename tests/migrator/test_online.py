@@ -24,7 +24,6 @@ from tests.migrator.helpers import (
     wrongly_remapped,
 )
 
-pytestmark = pytest.mark.django_db(transaction=True)
 
 TENANT = "tenant_acme_0001"
 

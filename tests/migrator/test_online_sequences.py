@@ -8,7 +8,6 @@ import pytest
 from tests.helpers import run
 from tests.migrator.helpers import psycopg_connect, value
 
-pytestmark = pytest.mark.django_db(transaction=True)
 
 TENANT = "tenant_acme_0001"
 

@@ -14,7 +14,6 @@ from psycopg import sql
 from tests.helpers import run
 from tests.migrator.helpers import content, plain_columns, psycopg_connect, value
 
-pytestmark = pytest.mark.django_db(transaction=True)
 
 TENANT = "tenant_acme_0001"
 WRITE_BLOCKED_BOUND = 1.0  # seconds: the bound on a write held up by the cutover

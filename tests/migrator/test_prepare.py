@@ -21,7 +21,6 @@ from tenants.models import Tenant
 from tests.helpers import run
 from tests.migrator.helpers import fingerprint, latest, one_line, psycopg_connect, records, rows, table_names
 
-pytestmark = pytest.mark.django_db(transaction=True)
 
 HOSTILE = [
     "tenant_Bad-Name",
@@ -85,6 +84,7 @@ def test_pg_dump_of_another_major_version_is_not_used(seeded, no_client_tools):
     assert_preflight_failed(exc, f"pg_dump for PostgreSQL {server_major()} not found (found: {fake} is 9)")
 
 
+@pytest.mark.django_db  # reads the server's version; writes nothing
 def test_the_real_binaries_are_found_for_the_servers_major_version():
     major = server_major()
     for name in ("pg_dump", "pg_restore"):

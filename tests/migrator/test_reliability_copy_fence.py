@@ -27,7 +27,6 @@ from tests.migrator.helpers import (
     wrongly_remapped,
 )
 
-pytestmark = pytest.mark.django_db(transaction=True)
 
 TENANTS = ["acme_0001", "globex_0002"]
 CONTACTS, ACTIVITIES = 20_000, 40_000

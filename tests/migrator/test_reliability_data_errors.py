@@ -19,7 +19,6 @@ from migrator.tables import TENANT_DATA_TABLES, service_tables
 from tests.helpers import run
 from tests.migrator.helpers import content, count, latest, one_line, plain_columns, value, wrongly_remapped
 
-pytestmark = pytest.mark.django_db(transaction=True)
 
 TENANT = "acme_0001"
 SCHEMA = f"tenant_{TENANT}"

@@ -19,7 +19,6 @@ from tenants.models import Tenant
 from tests.helpers import run
 from tests.migrator.helpers import count, latest, one_line, table_names
 
-pytestmark = pytest.mark.django_db(transaction=True)
 
 # name -> rows in its contacts table
 INVALID = {

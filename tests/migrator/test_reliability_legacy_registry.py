@@ -16,7 +16,6 @@ from tenants.models import MigrationState, Tenant
 from tests.helpers import run
 from tests.migrator.helpers import count, one_line, rows
 
-pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def drop_registry() -> None:

@@ -18,7 +18,6 @@ from tenants.models import MigrationState, Tenant
 from tests.helpers import run
 from tests.migrator.helpers import PROJECT_DIR, manage_command, manage_env, psycopg_connect, wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
 
 DONE_FIRST, BLOCKED = "acme_0001", "globex_0002"
 

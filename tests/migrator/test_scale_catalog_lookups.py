@@ -67,7 +67,6 @@ def rows_read(query: str) -> list[tuple[str, int]]:
     return read
 
 
-@pytest.mark.django_db(transaction=True)
 def test_one_table_lookups_read_a_few_catalog_rows_however_many_schemas_share_its_name(
     seeded: dict[str, Any],
 ) -> None:

@@ -31,7 +31,6 @@ def test_a_dump_whose_leader_cannot_lock_every_table_is_refused_with_the_setting
     assert "restart PostgreSQL" in message
 
 
-@pytest.mark.django_db(transaction=True)
 def test_the_budget_counts_the_tables_pg_dump_locks_and_the_servers_slots(seeded: dict[str, Any]) -> None:
     budget = lock_budget()
     assert budget.tables == value(

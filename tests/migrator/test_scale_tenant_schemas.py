@@ -20,7 +20,6 @@ from migrator.ops import binaries
 from tests.helpers import run
 from tests.migrator.helpers import database_url, manage, manage_env, rows, value
 
-pytestmark = pytest.mark.django_db(transaction=True)
 
 NEW_TABLES = ("contact_data_contacts", "activity_data_activities", "django_migrations")
 LATER_SETTINGS = "tests.migrator.later_migration_settings"

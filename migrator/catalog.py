@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from psycopg import sql
@@ -27,7 +30,52 @@ def schema_exists(schema: str) -> bool:
     return bool(db.fetchvalue("SELECT to_regnamespace(quote_ident(%s)) IS NOT NULL", [schema]))
 
 
+# Tables of one schema and their columns, read in one query for the length of a block (see
+# :func:`schema_snapshot`); per thread, so each tenant job has its own.
+_snapshot: ContextVar[tuple[str, dict[str, list[Column]]] | None] = ContextVar("catalog_snapshot", default=None)
+
+
+@contextmanager
+def schema_snapshot(schema: str) -> Iterator[None]:
+    """Answer :func:`table_exists` and :func:`columns` for ``schema``'s ordinary tables from one catalog
+    query for the length of the block, instead of one query per question.
+
+    For blocks that create, drop or alter no table of ``schema`` (a tenant's copy or validation: only
+    its indexes and constraints change). A table the snapshot does not hold is looked up as usual.
+    """
+    rows = db.fetchall(
+        "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, "
+        "       a.atthasdef OR a.attidentity <> '' "
+        "FROM pg_depend d JOIN pg_class c ON c.oid = d.objid "
+        "LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+        "WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = to_regnamespace(quote_ident(%s)) "
+        "AND d.refobjsubid = 0 AND d.classid = 'pg_class'::regclass AND c.relkind IN ('r', 'p') "
+        "ORDER BY c.relname, a.attnum",
+        [schema],
+    )
+    tables: dict[str, list[Column]] = {}
+    for table, name, *column in rows:
+        found = tables.setdefault(table, [])
+        if name is not None:  # a table with no columns is one row of NULLs
+            found.append(Column(name, *column))
+    token = _snapshot.set((schema, tables))
+    try:
+        yield
+    finally:
+        _snapshot.reset(token)
+
+
+def _from_snapshot(schema: str, table: str) -> list[Column] | None:
+    """The table's columns from the block's snapshot; None when the snapshot cannot say."""
+    snapshot = _snapshot.get()
+    if snapshot is None or snapshot[0] != schema:
+        return None
+    return snapshot[1].get(table)
+
+
 def table_exists(schema: str, table: str) -> bool:
+    if _from_snapshot(schema, table) is not None:
+        return True
     return bool(
         db.fetchvalue(
             sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = {oid} AND c.relkind IN ('r', 'p'))").format(
@@ -40,6 +88,9 @@ def table_exists(schema: str, table: str) -> bool:
 
 def tables_by_schema(schemas: list[str]) -> dict[str, set[str]]:
     """Ordinary tables of each schema in ``schemas``, in one query."""
+    snapshot = _snapshot.get()
+    if snapshot is not None and schemas == [snapshot[0]]:
+        return {snapshot[0]: set(snapshot[1])}
     # Every relation depends on its schema: pg_depend's index on the referenced object finds a
     # schema's relations without reading every tenant's (pg_class has no index on relnamespace).
     rows = db.fetchall(
@@ -57,6 +108,9 @@ def tables_by_schema(schemas: list[str]) -> dict[str, set[str]]:
 
 
 def columns(schema: str, table: str) -> list[Column]:
+    cached = _from_snapshot(schema, table)
+    if cached is not None:
+        return list(cached)
     rows = db.fetchall(
         sql.SQL(
             "SELECT a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, "
@@ -120,10 +174,17 @@ def missing_roles(roles: list[str]) -> list[str]:
 
 def roles_with_schema_usage_granted(roles: list[str], schema: str) -> list[str]:
     """Those of ``roles`` granted USAGE on ``schema`` themselves (as :func:`has_schema_usage_granted`), at once."""
+    return roles_with_usage_granted_by_schema(roles, [schema])[schema]
+
+
+def roles_with_usage_granted_by_schema(roles: list[str], schemas: list[str]) -> dict[str, list[str]]:
+    """:func:`roles_with_schema_usage_granted` for several schemas, in one query."""
     rows = db.fetchall(
-        "SELECT r.rolname FROM pg_namespace n, aclexplode(n.nspacl) a JOIN pg_roles r ON r.oid = a.grantee "
-        "WHERE n.oid = to_regnamespace(quote_ident(%s)) AND r.rolname = ANY(%s) AND a.privilege_type = 'USAGE'",
-        [schema, roles],
+        "SELECT s.name, r.rolname FROM unnest(%s::text[]) s(name) "
+        "JOIN pg_namespace n ON n.oid = to_regnamespace(quote_ident(s.name)) "
+        "CROSS JOIN LATERAL aclexplode(n.nspacl) a JOIN pg_roles r ON r.oid = a.grantee "
+        "WHERE r.rolname = ANY(%s) AND a.privilege_type = 'USAGE'",
+        [schemas, roles],
     )
-    granted = {row[0] for row in rows}
-    return [role for role in roles if role in granted]
+    granted = {(schema, role) for schema, role in rows}
+    return {schema: [role for role in roles if (schema, role) in granted] for schema in schemas}

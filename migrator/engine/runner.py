@@ -177,7 +177,12 @@ class PhaseRunner:
                 batch = [step for _index, step in items]
                 kind = phase.kinds[batch[0].kind]
                 assert kind.apply_batch is not None
-                tracking.start_many([records[step.key] for step in batch])
+                # Steps that can simply run again write no RUNNING row (as in _run_tenant_batched): a run
+                # killed before their tenant's end leaves them PENDING, and the next run does them again.
+                rerunnable = phase.tenant_steps_rerunnable
+                started_at = timezone.now()
+                if not rerunnable:
+                    tracking.start_many([records[step.key] for step in batch])
                 for index, step in items:
                     self.on_event(Event("step_start", phase.name, step, index=index, count=count))
                 atomic_depth = len(connection.atomic_blocks)
@@ -199,13 +204,29 @@ class PhaseRunner:
                         leftover.append(tenant_id)
                     else:
                         done.append((index, step, result))
-                tracking.complete_many([(records[step.key], result) for _index, step, result in done])
-                if done and phase.tenant_state_on_success:
-                    from tenants.models import Tenant
+                # The steps' COMPLETED rows and their tenants' new state commit together: a run killed
+                # between the two would leave the steps done (never run again) and the tenants behind.
+                if rerunnable:  # tenant by tenant, in order, as the one-by-one way records them
+                    for _index, step, result in done:
+                        with transaction.atomic():
+                            tracking.finish_many(
+                                [
+                                    tracking.Finished(
+                                        records[step.key].pk, Status.COMPLETED, result, None, started_at, timezone.now()
+                                    )
+                                ]
+                            )
+                            if phase.tenant_state_on_success:
+                                self._set_tenant_state(step.tenant_id or "", phase.tenant_state_on_success)
+                else:
+                    with transaction.atomic():
+                        tracking.complete_many([(records[step.key], result) for _index, step, result in done])
+                        if done and phase.tenant_state_on_success:
+                            from tenants.models import Tenant
 
-                    Tenant.objects.filter(tenant_id__in=[step.tenant_id for _i, step, _r in done]).update(
-                        migration_state=phase.tenant_state_on_success
-                    )
+                            Tenant.objects.filter(tenant_id__in=[step.tenant_id for _i, step, _r in done]).update(
+                                migration_state=phase.tenant_state_on_success
+                            )
                 for index, step, result in done:
                     outcome.completed.append(step)
                     outcome.results[step.key] = result

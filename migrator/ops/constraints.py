@@ -122,6 +122,8 @@ def restore_constraints(
     names the constraint, the server's message and the key at fault, followed by ``advice``.
     """
     deferred = list(DeferredConstraint.objects.filter(schema_name=schema, table_name=table))
+    if not deferred:  # a small table copied with its constraints in place: nothing to rebuild
+        return 0
     try:
         _rebuild(schema, table, deferred, maintenance_work_mem)
     except DatabaseError as exc:

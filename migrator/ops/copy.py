@@ -182,6 +182,11 @@ def _check_fence(copy: TableCopy) -> None:
         )
 
 
+def source_rows_up_to(copy: TableCopy, limit: int) -> int:
+    """The source's row count, counted no further than ``limit``."""
+    return int(db.fetchvalue(sql.SQL("SELECT count(*) FROM (SELECT FROM {} LIMIT %s) s").format(copy.source), [limit]))
+
+
 def _lowest_key(copy: TableCopy) -> list[object]:
     return [-(2**63) for _ in copy.key]
 
@@ -342,7 +347,27 @@ def _copy_table(copy: TableCopy, batch_size: int, reporter: StepReporter) -> Cop
     )
     bounded = db.render(copy.insert_batch_sql(bounded=True))
     batches = 0
-    while True:
+    one_batch = resumed_after is None and 0 < total <= batch_size and len(copy.key) == 1
+    if one_batch:
+        # The whole table in one batch: one statement copies it and returns its highest key (the
+        # checkpoint), instead of two key lookups before the batch and two more to find the end.
+        with transaction.atomic():
+            reporter.fence()
+            _check_fence(copy)
+            db.execute(ASYNC_COMMIT)
+            copied, highest = db.fetchone(
+                sql.SQL("WITH copied AS ({insert} RETURNING {key}) SELECT count(*), max({key}) FROM copied").format(
+                    insert=copy.insert_batch_sql(bounded=False), key=sql.Identifier(copy.key[0])
+                ),
+                last,
+            ) or (0, None)
+            done += int(copied)
+            reporter.checkpoint(highest, done)
+        if highest is not None:
+            batches = 1
+            last = [highest]
+            reporter.progress(done, total)
+    while not one_batch:
         upper = db.fetchone(upper_sql, [*last, batch_size - 1])
         if upper is None:  # the rest fits in one batch
             upper = db.fetchone(highest_sql, list(last))

@@ -132,26 +132,51 @@ def grant_tenant_tables(config: MigratorConfig, tenant_schema: str, only_existin
     Two round trips whatever the number of tables: one catalog query for the tables and their id
     sequences, one batch of GRANT statements (with thousands of tenants, round trips are the cost).
     """
-    s = sql.Identifier(tenant_schema)
+    return grant_tenant_tables_of([tenant_schema], config, only_existing)[tenant_schema]
+
+
+def grant_tenant_tables_of(
+    tenant_schemas: list[str], config: MigratorConfig, only_existing: bool = False
+) -> dict[str, list[Grant]]:
+    """:func:`grant_tenant_tables` for several schemas: still two round trips in all."""
     # The id sequence (serial or identity) of each table, as pg_get_serial_sequence finds it, through
     # pg_depend: no error for a table that does not exist yet.
-    found = {
-        table: (exists, sequence)
-        for table, exists, sequence in db.fetchall(
-            "SELECT t.name, c.oid IS NOT NULL, seq.relname FROM unnest(%s::text[]) t(name) "
-            "LEFT JOIN pg_class c ON c.oid = to_regclass(format('%%I.%%I', %s::text, t.name)) "
+    found: dict[tuple[str, str], tuple[bool, str | None]] = {
+        (schema, table): (exists, sequence)
+        for schema, table, exists, sequence in db.fetchall(
+            "SELECT n.schema, t.name, c.oid IS NOT NULL, seq.relname FROM unnest(%s::text[]) n(schema) "
+            "CROSS JOIN unnest(%s::text[]) t(name) "
+            "LEFT JOIN pg_class c ON c.oid = to_regclass(format('%%I.%%I', n.schema, t.name)) "
             "LEFT JOIN LATERAL (SELECT s.relname FROM pg_attribute a JOIN pg_depend d "
             "ON d.refclassid = 'pg_class'::regclass AND d.refobjid = a.attrelid AND d.refobjsubid = a.attnum "
             "AND d.classid = 'pg_class'::regclass AND d.deptype IN ('a', 'i') "
             "JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' "
             "WHERE a.attrelid = c.oid AND a.attname = 'id' LIMIT 1) seq ON true",
-            [[t.table for t in TENANT_DATA_TABLES], tenant_schema],
+            [tenant_schemas, [t.table for t in TENANT_DATA_TABLES]],
         )
     }
+    given: dict[str, list[Grant]] = {}
+    statements: list[sql.Composable] = []
+    for tenant_schema in tenant_schemas:
+        given[tenant_schema] = _tenant_grant_statements(config, tenant_schema, found, only_existing, statements)
+    if statements:
+        db.execute(sql.SQL("; ").join(statements))
+    return given
+
+
+def _tenant_grant_statements(
+    config: MigratorConfig,
+    tenant_schema: str,
+    found: dict[tuple[str, str], tuple[bool, str | None]],
+    only_existing: bool,
+    out: list[sql.Composable],
+) -> list[Grant]:
+    """Append one schema's GRANT statements to ``out``; returns its grants."""
+    s = sql.Identifier(tenant_schema)
     grants: list[Grant] = []
     statements: list[sql.Composable] = []
     for table in TENANT_DATA_TABLES:
-        exists, sequence = found.get(table.table, (False, None))
+        exists, sequence = found.get((tenant_schema, table.table), (False, None))
         if only_existing and not exists:
             continue
         role = config.service_role(service_of_tenant_table(table.namespace))
@@ -170,7 +195,7 @@ def grant_tenant_tables(config: MigratorConfig, tenant_schema: str, only_existin
     if grants:
         roles = sql.SQL(", ").join(sql.Identifier(role) for role in dict.fromkeys(g.role for g in grants))
         statements.insert(0, sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(s, roles))
-        db.execute(sql.SQL("; ").join(statements))
+        out.extend(statements)
     return grants
 
 

@@ -10,7 +10,15 @@ from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.ops import constraints, fingerprint, reference
-from migrator.ops.copy import Remap, TableCopy, analyze, copy_table, reset_identity, table_fence
+from migrator.ops.copy import (
+    Remap,
+    TableCopy,
+    analyze,
+    copy_table,
+    reset_identity,
+    source_rows_up_to,
+    table_fence,
+)
 from migrator.phases import online
 from migrator.tables import (
     AUTH_MODELS,
@@ -51,7 +59,7 @@ def tenant_copy(tenant: TenantRef, spec: TenantDataTable) -> TableCopy:
 
 def validation_fingerprints(copy: TableCopy) -> tuple[fingerprint.Fingerprint, fingerprint.Fingerprint]:
     """Source and target fingerprints as phase 3 validates them; cutover compares against the same pair."""
-    return fingerprint.source_fingerprint(copy), fingerprint.target_fingerprint(copy)
+    return fingerprint.both_fingerprints(copy)
 
 
 def check_columns(copy: TableCopy, model_label: str) -> None:
@@ -63,6 +71,20 @@ def check_columns(copy: TableCopy, model_label: str) -> None:
             f"{copy.source_schema}.{copy.source_table} has columns with no target column: {', '.join(extra)}; "
             "nothing was copied (add them to the target model, or drop them from the legacy table deliberately)"
         )
+
+
+# A table smaller than this (that also fits in one batch) is copied with its indexes and foreign keys
+# in place: for a few hundred rows, maintaining them row by row costs a fraction of a millisecond,
+# dropping, remembering and rebuilding them about 20 ms of server time and 30 statements (measured
+# on 150-row tenant tables), which with thousands of tenants was most of the phase.
+DIRECT_COPY_BELOW_ROWS = 1000
+
+
+def small_table(copy: TableCopy, batch_size: int) -> bool:
+    """Whether the source has fewer than DIRECT_COPY_BELOW_ROWS rows and fits in one batch (counted
+    no further than that bound)."""
+    bound = min(DIRECT_COPY_BELOW_ROWS - 1, batch_size)
+    return source_rows_up_to(copy, bound + 1) <= bound
 
 
 # A smaller table gets no ANALYZE of its own: a plan over a few pages barely depends on statistics,
@@ -150,6 +172,14 @@ class DataPhase(Phase):
             "validate": StepKind(self._validate_table, self._check_validation),
         }
 
+    def apply(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
+        """A tenant's copy or validation changes no table of its schema (only indexes and constraints):
+        its catalog questions are answered from one read of the schema's tables and columns."""
+        if step.tenant_id is None:
+            return super().apply(ctx, step, reporter)
+        with catalog.schema_snapshot(TenantRef(step.tenant_id).schema):
+            return super().apply(ctx, step, reporter)
+
     def _copy_auth_table(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         legacy = ctx.config.legacy_auth_schema
         if not catalog.table_exists(legacy, step.target):
@@ -225,7 +255,12 @@ class DataPhase(Phase):
         merged = self._merge_new_reference_rows(ctx, tenant, spec)
         # The fence covers the constraints too: a second runner must not drop or rebuild them mid-copy.
         with table_fence(tenant.schema, spec.target_table):
-            deferred = constraints.defer_constraints(tenant.schema, spec.target_table)
+            # A small table is copied into its indexes and constraints as they are (checked row by row);
+            # a larger one without them, which are rebuilt once after the load (see ops/constraints.py).
+            # Either way the table ends with the same indexes, primary key and validated foreign keys,
+            # and whatever an earlier attempt deferred is rebuilt below.
+            small = small_table(copy, ctx.batch_size)
+            deferred = 0 if small else constraints.defer_constraints(tenant.schema, spec.target_table)
             stats = copy_table(copy, ctx.batch_size, reporter)
             rebuilt = constraints.restore_constraints(
                 tenant.schema,

@@ -1,11 +1,11 @@
 """Shared fixtures: the stages of a migration as cloned databases, and the migrator's settings.
 
-Phase tests are transactional (``transaction=True``): the migrator commits batch by batch and runs
-tenants on several connections, which a test wrapped in one transaction could not see. A test that
-starts from a stage (``clean_db``, ``seeded``, and ``prepared``, ``schemas_ready``, ``migrated`` in
-tests/migrator/conftest.py) runs on a fresh copy of that stage's template database (see tests/stages.py);
-the test database itself stays clean, and the service roles the test made are dropped afterwards (roles
-are cluster-wide). Helpers live in tests/helpers.py.
+Phase tests cannot run inside one transaction: the migrator commits batch by batch and runs tenants on
+several connections. A test that starts from a stage (``clean_db``, ``seeded``, and ``prepared``,
+``schemas_ready``, ``migrated`` in tests/migrator/conftest.py) runs on a fresh copy of that stage's
+template database (see tests/stages.py) and carries no ``django_db`` mark: the test database itself is
+never written, so it needs neither a transaction to roll back nor a flush afterwards. The service roles
+the test made are dropped afterwards (roles are cluster-wide). Helpers live in tests/helpers.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection
 
 from tests.stages import StageDatabases, seeded_data
 
@@ -28,6 +28,36 @@ def migrator_settings(settings: Any, tmp_path_factory: pytest.TempPathFactory) -
         "BACKUP_DIR": tmp_path_factory.mktemp("backups"),
         "ROLE_PREFIX": f"sftest{os.getpid()}",
     }
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(
+    request: pytest.FixtureRequest,
+    django_test_environment: None,
+    django_db_blocker: Any,
+    django_db_keepdb: bool,
+    django_db_createdb: bool,
+    django_db_modify_db_settings: None,
+) -> Iterator[None]:
+    """pytest-django's test database setup, for the default database whatever the tests' marks say.
+
+    pytest-django creates only the databases that marked tests ask for; stage tests carry no mark.
+    """
+    from django.test.utils import setup_databases, teardown_databases
+
+    keepdb = django_db_keepdb and not django_db_createdb
+    with django_db_blocker.unblock():
+        config = setup_databases(
+            verbosity=request.config.option.verbose,
+            interactive=False,
+            aliases={DEFAULT_DB_ALIAS},
+            serialized_aliases=set(),
+            keepdb=keepdb,
+        )
+    yield
+    if not keepdb:
+        with django_db_blocker.unblock():
+            teardown_databases(config, verbosity=request.config.option.verbose)
 
 
 @pytest.fixture(scope="session")

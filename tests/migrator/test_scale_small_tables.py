@@ -19,7 +19,6 @@ from tests.helpers import run
 from tests.migrator.helpers import content, latest, plain_columns
 from tests.migrator.test_scale_batched_tracking import kill_at_the_end_of, statuses
 
-pytestmark = pytest.mark.django_db(transaction=True)
 
 SMALL, BULK = "acme_0001", "globex_0002"  # 120 contacts and 240 activities each
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import cached_property
 from typing import ClassVar
@@ -69,6 +70,9 @@ class Phase(ABC):
     # Its tenant steps reach the same end state when run again (grants, checks): their tracking rows
     # need not be flushed one by one; the tenant's state write flushes them (see the runner).
     tenant_steps_rerunnable: ClassVar[bool] = False
+    # For such phases: tenants run this many at a time inside one ``tenant_batch`` (the phase reads
+    # what its checks need for all of them at once); each tenant is still recorded on its own.
+    tenants_per_batch: ClassVar[int] = 1
     # What rollback undoes: its steps become ROLLED_BACK (and run again next time).
     undone_by_rollback: ClassVar[bool] = False
     undone_by_restore: ClassVar[bool] = False
@@ -111,6 +115,17 @@ class Phase(ABC):
         if kind not in self.kinds:
             raise ValueError(f"phase {self.name} has no step kind {kind!r}")
         return Step(self.name, self.number, kind, description, tenant_id, target, sql, destructive)
+
+    def tenant_batch(self, ctx: MigrationContext, tenant_ids: list[str]) -> AbstractContextManager[None]:
+        """Wraps a batch of up to ``tenants_per_batch`` tenants' steps (rerunnable phases only): the place
+        to read, in a few queries, what the steps of all of them would each ask for. Their steps must
+        still work without it (a tenant may run alone)."""
+        return nullcontext()
+
+    def tenant_context(self, ctx: MigrationContext, tenant_id: str) -> AbstractContextManager[None]:
+        """Wraps one tenant's steps and the write of their records (rerunnable phases only), e.g. one
+        schema context for all of them instead of a switch per step."""
+        return nullcontext()
 
     def recover(self, ctx: MigrationContext) -> str | None:
         """Called under the lock before the tracking tables are bootstrapped: repair what a killed run

@@ -137,10 +137,25 @@ class PhaseRunner:
                 if self.ctx.jobs > 1:
                     connection.close()  # worker threads each own a connection; don't leak it
 
+        def run_tenants(tenant_ids: list[str]) -> None:
+            """Several tenants' rerunnable steps inside one of the phase's batches, each tenant recorded on its own."""
+            try:
+                with phase.tenant_batch(self.ctx, tenant_ids):
+                    for tenant_id in tenant_ids:
+                        self._run_tenant_batched(phase, tenant_id, by_tenant[tenant_id], records, outcome, count)
+            finally:
+                if self.ctx.jobs > 1:
+                    connection.close()
+
         work: list[tuple[Callable[..., None], object]] = [(run_tenant, t) for t in by_tenant]
         kind = phase.kinds.get(steps[0].kind)
         one_kind = all(len(items) == 1 and items[0][1].kind == steps[0].kind for items in by_tenant.values())
-        if kind is not None and kind.apply_batch is not None and one_kind:
+        if phase.tenant_steps_rerunnable and phase.tenants_per_batch > 1:
+            ready = [t for t in by_tenant if t not in blocked]
+            size = phase.tenants_per_batch
+            work = [(run_tenant, t) for t in by_tenant if t in blocked]
+            work += [(run_tenants, ready[i : i + size]) for i in range(0, len(ready), size)]
+        elif kind is not None and kind.apply_batch is not None and one_kind:
             ready = [t for t in by_tenant if t not in blocked]
             size = max(1, kind.batch_size)
             work = [(run_tenant, t) for t in by_tenant if t in blocked]
@@ -289,19 +304,18 @@ class PhaseRunner:
         the next run does them again, as it would a step killed while RUNNING."""
         finished: list[tracking.Finished] = []
         state: str | None = None  # none when the run stops mid-tenant (LockLost): not every step ran
-        try:
-            for index, step in steps:
-                if not self._run_step(phase, step, records[step.key], outcome, index, count, finished):
-                    state = "FAILED"
-                    break
-            else:
-                state = phase.tenant_state_on_success
-        finally:
-            # Also when the run stops mid-tenant: what ran is recorded.
-            with transaction.atomic():
-                tracking.finish_many(finished)
-                if state:
-                    self._set_tenant_state(tenant_id, state)
+        with phase.tenant_context(self.ctx, tenant_id):
+            try:
+                for index, step in steps:
+                    if not self._run_step(phase, step, records[step.key], outcome, index, count, finished):
+                        state = "FAILED"
+                        break
+                else:
+                    state = phase.tenant_state_on_success
+            finally:
+                # Also when the run stops mid-tenant: what ran is recorded. One statement: the steps'
+                # rows and the tenant's state commit together, or neither does.
+                tracking.finish_many(finished, tenant_state=(tenant_id, state) if state else None)
 
     def _set_tenant_state(self, tenant_id: str, state: str) -> None:
         from tenants.models import Tenant

@@ -171,10 +171,43 @@ class Finished:
     completed_at: datetime
 
 
-def finish_many(finished: list[Finished]) -> None:
-    """Record several steps' ends in one UPDATE (start and end times included: no RUNNING row was written)."""
+def finish_many(finished: list[Finished], tenant_state: tuple[str, str] | None = None) -> None:
+    """Record several steps' ends in one UPDATE (start and end times included: no RUNNING row was written).
+
+    ``tenant_state`` (tenant id, state): the tenant's new registry state, set by the same statement, so
+    the steps' rows and the state commit together (or neither does) without a transaction of their own.
+    The tables are named with their schema: the caller may be in a tenant's schema context.
+    """
+    if tenant_state is not None:
+        _finish_with_state(finished, *tenant_state)
+        return
     if not finished:
         return
+    with connection.cursor() as cursor:
+        cursor.execute(db_render(_finish_query(finished)))
+
+
+def _finish_with_state(finished: list[Finished], tenant_id: str, state: str) -> None:
+    from django_tenants.utils import get_public_schema_name
+
+    from tenants.models import Tenant
+
+    # Values as literals, as the steps' rows are: the statement then runs without parameters, so no
+    # '%' in a step's details can be taken for a placeholder.
+    query = sql.SQL("UPDATE {tenants} SET migration_state = {state} WHERE tenant_id = {tenant_id}").format(
+        tenants=sql.Identifier(get_public_schema_name(), Tenant._meta.db_table),
+        state=sql.Literal(str(state)),
+        tenant_id=sql.Literal(tenant_id),
+    )
+    if finished:
+        query = sql.SQL("WITH finished AS ({finish}) ").format(finish=_finish_query(finished)) + query
+    with connection.cursor() as cursor:
+        cursor.execute(db_render(query))
+
+
+def _finish_query(finished: list[Finished]) -> sql.Composed:
+    from django_tenants.utils import get_public_schema_name
+
     values = sql.SQL(", ").join(
         sql.SQL("({})").format(
             sql.SQL(", ").join(
@@ -196,22 +229,20 @@ def finish_many(finished: list[Finished]) -> None:
         sql.SQL("{c} = coalesce(v.{c}::{t}, m.{c})").format(c=sql.Identifier(name), t=sql.SQL(type_name))
         for name, type_name in RESULT_COLUMNS.items()
     )
-    query = sql.SQL(
+    return sql.SQL(
         "UPDATE {table} m SET status = v.status, started_at = v.started_at::timestamptz, "
         "completed_at = v.completed_at::timestamptz, "
         "duration = v.completed_at::timestamptz - v.started_at::timestamptz, error_message = v.error::text, "
         "host = {host}, pid = {pid}, details = m.details || v.details::jsonb, {assignments} "
         "FROM (VALUES {values}) v(id, status, started_at, completed_at, error, {columns}, details) WHERE m.id = v.id"
     ).format(
-        table=sql.Identifier(MigrationRecord._meta.db_table),
+        table=sql.Identifier(get_public_schema_name(), MigrationRecord._meta.db_table),
         host=sql.Literal(HOST),
         pid=sql.Literal(os.getpid()),
         assignments=assignments,
         values=values,
         columns=columns,
     )
-    with connection.cursor() as cursor:
-        cursor.execute(db_render(query))
 
 
 def save_checkpoint(record_id: int, checkpoint: int | None, rows_copied: int) -> None:

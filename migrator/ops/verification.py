@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from django.apps import apps
-from django.db import DatabaseError, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 from django_tenants.utils import schema_context
 from psycopg import sql
@@ -30,6 +31,42 @@ COUNT_FUNCTION = (
 )
 
 
+# Does a role get 'permission denied' reading a table? Asked of the server itself (SET ROLE, then a
+# read), in a subtransaction that is always rolled back: the role switch ends with it. One call per
+# (role, schema, table), so a whole batch's isolation is one query instead of a savepoint per read.
+DENIED_FUNCTION = (
+    "CREATE OR REPLACE FUNCTION pg_temp.salesflow_denied(role_name text, schema_name text, table_name text) "
+    "RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN "
+    "EXECUTE format('SET LOCAL ROLE %I', role_name); "
+    "EXECUTE format('SELECT 1 FROM %I.%I LIMIT 1', schema_name, table_name); "
+    "RAISE SQLSTATE 'SF001'; "
+    "EXCEPTION WHEN insufficient_privilege THEN RETURN true; WHEN SQLSTATE 'SF001' THEN RETURN false; END $$"
+)
+# The plan of one query with sequential scans discouraged (the setting holds for the call only).
+PLAN_FUNCTION = (
+    "CREATE OR REPLACE FUNCTION pg_temp.salesflow_plan(query text) RETURNS json LANGUAGE plpgsql "
+    "SET enable_seqscan = off AS $$ DECLARE plan json; BEGIN "
+    "EXECUTE 'EXPLAIN (FORMAT JSON) ' || query INTO plan; RETURN plan; END $$"
+)
+# Session-local helper functions (pg_temp), created once per connection.
+SESSION_FUNCTIONS = {
+    "pg_temp.salesflow_count_rows(text, text)": COUNT_FUNCTION,
+    "pg_temp.salesflow_denied(text, text, text)": DENIED_FUNCTION,
+    "pg_temp.salesflow_plan(text)": PLAN_FUNCTION,
+}
+
+
+def ensure_session_functions() -> None:
+    """Create the helper functions this session lacks: one query when it has them all.
+
+    CREATE OR REPLACE per call (once per tenant) would write the catalog every time."""
+    checks = sql.SQL(", ").join(sql.SQL("to_regprocedure(%s) IS NULL") for _ in SESSION_FUNCTIONS)
+    missing = db.fetchone(sql.SQL("SELECT {}").format(checks), list(SESSION_FUNCTIONS)) or ()
+    for is_missing, statement in zip(missing, SESSION_FUNCTIONS.values(), strict=True):
+        if is_missing:
+            db.execute(statement)
+
+
 def row_counts_query() -> sql.Composed:
     """Rows of every tenant-data table of each given tenant, one column per table (its legacy name).
 
@@ -47,13 +84,14 @@ def row_counts_query() -> sql.Composed:
     ).format(counts)
 
 
-# The application's key lookups: name -> (legacy name of the tenant-data table, query, parameters).
-KEY_LOOKUPS: dict[str, tuple[str, str, list[Any]]] = {
-    "contact by email": ("contacts", "SELECT id FROM {} WHERE email = %s", ["someone@example.com"]),
-    "activities by contact": ("activities", "SELECT id FROM {} WHERE contact_id = %s", [1]),
+# The application's key lookups: name -> (legacy name of the tenant-data table, query, values). The
+# query is a template of the server's format(): the schema and table go in as %I, the values as %L.
+KEY_LOOKUPS: dict[str, tuple[str, str, list[str]]] = {
+    "contact by email": ("contacts", "SELECT id FROM %I.%I WHERE email = %L", ["someone@example.com"]),
+    "activities by contact": ("activities", "SELECT id FROM %I.%I WHERE contact_id = %L", ["1"]),
     "activities by due date": (
         "activities",
-        "SELECT id FROM {} WHERE due_at >= %s AND due_at < %s",
+        "SELECT id FROM %I.%I WHERE due_at >= %L AND due_at < %L",
         ["2021-01-01T00:00:00Z", "2021-02-01T00:00:00Z"],
     ),
 }
@@ -82,9 +120,7 @@ def schema_problems(tenant_schemas: list[str]) -> tuple[list[str], dict[str, Any
 
 
 def row_counts(tenant_ids: list[str]) -> dict[str, dict[str, int]]:
-    # Created once per session: CREATE OR REPLACE per call (once per tenant) writes the catalog every time.
-    if not db.fetchvalue("SELECT to_regprocedure('pg_temp.salesflow_count_rows(text, text)') IS NOT NULL"):
-        db.execute(COUNT_FUNCTION)
+    ensure_session_functions()
     rows = db.fetchall(row_counts_query(), [*(t.table for t in TENANT_DATA_TABLES), tenant_ids])
     names = [t.legacy_table for t in TENANT_DATA_TABLES]
     return {tenant_id: dict(zip(names, counts, strict=True)) for tenant_id, *counts in rows}
@@ -96,58 +132,93 @@ def tenant_table_problems(schema: str) -> list[str]:
     return [f"{schema}.{t.table} is missing" for t in TENANT_DATA_TABLES if t.table not in present]
 
 
-def _denied(role: str, schema: str, table: str) -> bool:
-    """Does ``role`` get 'permission denied' reading schema.table? (SET LOCAL ROLE in a savepoint)."""
-    try:
-        with transaction.atomic():
-            db.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
-            db.execute(sql.SQL("SELECT 1 FROM {} LIMIT 1").format(sql.Identifier(schema, table)))
-            transaction.set_rollback(True)
-        return False
-    except DatabaseError as exc:
-        if "permission denied" in str(exc):
-            return True
-        raise
+def denied(objects: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], bool]:
+    """(role, schema, table) -> does the role get 'permission denied' reading the table? One query.
+
+    A table that does not exist is an error, as reading it would be."""
+    if not objects:
+        return {}
+    ensure_session_functions()
+    rows = db.fetchall(
+        "SELECT o.r, o.s, o.t, pg_temp.salesflow_denied(o.r, o.s, o.t) "
+        "FROM unnest(%s::text[], %s::text[], %s::text[]) o(r, s, t)",
+        [[o[0] for o in objects], [o[1] for o in objects], [o[2] for o in objects]],
+    )
+    return {(role, schema, table): bool(refused) for role, schema, table, refused in rows}
 
 
-def role_isolation_problems(config: MigratorConfig, objects: list[tuple[str, str, str]]) -> list[str]:
-    """``objects``: (owning service, schema, table). Each role must read its own and be refused the rest."""
+def role_isolation_problems(
+    config: MigratorConfig,
+    objects: list[tuple[str, str, str]],
+    refused: dict[tuple[str, str, str], bool] | None = None,
+    missing: list[str] | None = None,
+) -> list[str]:
+    """``objects``: (owning service, schema, table). Each role must read its own and be refused the rest.
+
+    ``refused`` and ``missing``: what :func:`denied` and the missing roles were found to be (read for
+    several tenants at once); asked here when not given."""
     problems = []
-    missing = catalog.missing_roles(list(config.service_roles.values()))
+    if missing is None:
+        missing = catalog.missing_roles(list(config.service_roles.values()))
+    present = [(service, role) for service, role in config.service_roles.items() if role not in missing]
+    if refused is None:
+        refused = denied([(role, schema, table) for _service, role in present for _owner, schema, table in objects])
     for service, role in config.service_roles.items():
         if role in missing:
             problems.append(f"role {role} does not exist (run phase 4)")
             continue
         for owner, schema, table in objects:
-            denied = _denied(role, schema, table)
-            if owner == service and denied:
+            is_denied = refused[(role, schema, table)]
+            if owner == service and is_denied:
                 problems.append(f"{role} cannot read its own table {schema}.{table}")
-            elif owner != service and not denied:
+            elif owner != service and not is_denied:
                 problems.append(f"{role} can read {schema}.{table}, which belongs to the {owner} service")
     return problems
 
 
-def tenant_context_problems(schema: str, other_schemas: list[str]) -> tuple[list[str], dict[str, int]]:
-    """In the tenant's ORM context every row read comes from its own schema; other tenants are unreachable."""
+def in_schema(schema: str) -> AbstractContextManager[None]:
+    """``schema``'s ORM context; the one the connection is in already when it is that one (entering it
+    again would make the next query set the search_path again)."""
+    current = getattr(connection, "schema_name", None), getattr(connection, "include_public_schema", None)
+    if current == (schema, True):
+        return nullcontext()
+    return schema_context(schema)
+
+
+def tenant_context_problems(
+    schema: str, other_schemas: list[str], direct: dict[str, int] | None = None
+) -> tuple[list[str], dict[str, int]]:
+    """In the tenant's ORM context every row read comes from its own schema; other tenants are unreachable.
+
+    ``direct``: the rows of each table counted in the schema by name (read for several tenants at
+    once); counted here when not given."""
     problems: list[str] = []
     seen: dict[str, int] = {}
-    with schema_context(schema):
-        for model in (apps.get_model(t.model) for t in TENANT_DATA_TABLES):
-            table = model._meta.db_table
-            foreign_rows = db.fetchvalue(
-                sql.SQL("SELECT count(*) FILTER (WHERE tableoid <> {oid}) FROM {table}").format(
-                    oid=catalog.RELATION_OID, table=sql.Identifier(table)
-                ),
-                [schema, table],
+    models = [apps.get_model(t.model) for t in TENANT_DATA_TABLES]
+    tables = [model._meta.db_table for model in models]
+    with in_schema(schema):
+        # The tables by their bare names, as the ORM finds them: rows of another table must not show.
+        foreign = sql.SQL(", ").join(
+            sql.SQL("(SELECT count(*) FILTER (WHERE tableoid <> {oid}) FROM {table})").format(
+                oid=catalog.RELATION_OID, table=sql.Identifier(table)
             )
-            search_path = db.fetchvalue("SHOW search_path")
+            for table in tables
+        )
+        row = db.fetchone(
+            sql.SQL("SELECT current_setting('search_path'), {}").format(foreign),
+            [value for table in tables for value in (schema, table)],
+        )
+        assert row is not None  # a SELECT without FROM returns its one row
+        search_path, *foreign_rows = row
+        for model, table, rows in zip(models, tables, foreign_rows, strict=True):
             seen[table] = model.objects.count()
-            if foreign_rows:
-                problems.append(f"{foreign_rows} rows of another schema visible as {table} in {schema}'s context")
-            leaked = [other for other in other_schemas if other in search_path]
-            if leaked:
-                problems.append(f"search_path of {schema}'s context includes {', '.join(leaked)}")
-    direct = {t.table: catalog.row_count(schema, t.table) for t in TENANT_DATA_TABLES}
+            if rows:
+                problems.append(f"{rows} rows of another schema visible as {table} in {schema}'s context")
+        leaked = [other for other in other_schemas if other in search_path]
+        if leaked:
+            problems.append(f"search_path of {schema}'s context includes {', '.join(leaked)}")
+    if direct is None:
+        direct = {t.table: catalog.row_count(schema, t.table) for t in TENANT_DATA_TABLES}
     for table, count in seen.items():
         if direct[table] != count:
             problems.append(f"ORM sees {count} rows in {table}, the schema holds {direct[table]}")
@@ -164,41 +235,68 @@ def _plan_uses_index(plan: Any) -> bool:
     return False
 
 
-def index_usage_problems(schema: str) -> tuple[list[str], dict[str, bool]]:
-    """EXPLAIN each key lookup with sequential scans discouraged: an index must be able to serve it.
+def index_usage_by_schema(schemas: list[str]) -> dict[str, dict[str, bool]]:
+    """EXPLAIN each key lookup in each schema with sequential scans discouraged: can an index serve it?
+    One query for all of them.
 
     Small tables make the planner prefer a sequential scan whatever indexes exist, so the check asks
     whether an index *can* serve the lookup, which is what a missing or unusable index breaks.
     """
-    used: dict[str, bool] = {}
-    with transaction.atomic(), db.local_settings(enable_seqscan="off"):
-        for name, (legacy_name, query, params) in KEY_LOOKUPS.items():
-            table = legacy_table(legacy_name, TableKind.TENANT_DATA).table
-            explain = sql.SQL("EXPLAIN (FORMAT JSON) ") + sql.SQL(query).format(sql.Identifier(schema, table))
-            plan = db.fetchvalue(explain, params)
-            used[name] = _plan_uses_index(json.loads(plan) if isinstance(plan, str) else plan)
+    if not schemas:
+        return {}
+    ensure_session_functions()
+    lookups = [
+        (schema, name, legacy_table(legacy_name, TableKind.TENANT_DATA).table, template, values)
+        for schema in schemas
+        for name, (legacy_name, template, values) in KEY_LOOKUPS.items()
+    ]
+    rows = db.fetchall(
+        "SELECT l.s, l.name, pg_temp.salesflow_plan(format(l.template, VARIADIC ARRAY[l.s, l.t] || "
+        "ARRAY(SELECT jsonb_array_elements_text(l.vals)))) "
+        "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::jsonb[]) l(s, name, t, template, vals)",
+        [[lookup[i] for lookup in lookups] for i in range(4)] + [[json.dumps(lookup[4]) for lookup in lookups]],
+    )
+    used: dict[str, dict[str, bool]] = {schema: {} for schema in schemas}
+    for schema, name, plan in rows:
+        used[schema][name] = _plan_uses_index(json.loads(plan) if isinstance(plan, str) else plan)
+    return used
+
+
+def index_usage_problems(schema: str, used: dict[str, bool] | None = None) -> tuple[list[str], dict[str, bool]]:
+    """``used``: what :func:`index_usage_by_schema` found for ``schema``; asked here when not given."""
+    if used is None:
+        used = index_usage_by_schema([schema])[schema]
     return [f"{name} does not use an index in {schema}" for name, ok in used.items() if not ok], used
 
 
-def crud_problems(schema: str) -> list[str]:
-    """Create, read, update and delete a contact and an activity through the ORM, then roll it all back."""
+def crud_types() -> tuple[Any, Any]:
+    """The contact and activity types the smoke test uses (service tables: the same for every tenant)."""
     from salesflow.activity.models import ActivityType
-    from salesflow.activity_data.models import Activity
     from salesflow.contact.models import ContactType
+
+    return ContactType.objects.first(), ActivityType.objects.first()
+
+
+def crud_problems(schema: str, types: tuple[Any, Any] | None = None) -> list[str]:
+    """Create, read, update and delete a contact and an activity through the ORM, then roll it all back.
+
+    ``types``: :func:`crud_types`, read once for several tenants; read here when not given."""
+    from salesflow.activity_data.models import Activity
     from salesflow.contact_data.models import Contact
 
     problems: list[str] = []
-    with transaction.atomic(), schema_context(schema):
+    with transaction.atomic(), in_schema(schema):
+        contact_type, activity_type = types if types is not None else crud_types()
         now = timezone.now()
         contact = Contact.objects.create(
             first_name="Verify",
             last_name="Ünïcode ✓",
             created_at=now,
-            contact_type=ContactType.objects.first(),
+            contact_type=contact_type,
             custom_fields={"check": True},
         )
-        activity_type = ActivityType.objects.first()
-        if Contact.objects.get(pk=contact.pk).last_name != "Ünïcode ✓":
+        contact_id = contact.pk  # delete() clears it
+        if Contact.objects.get(pk=contact_id).last_name != "Ünïcode ✓":
             problems.append("contact read back differs")
         Contact.objects.filter(pk=contact.pk).update(company="Verified Inc")
         if Contact.objects.get(pk=contact.pk).company != "Verified Inc":
@@ -212,7 +310,7 @@ def crud_problems(schema: str) -> list[str]:
                 problems.append("deleting a contact left its activity behind")
         else:
             contact.delete()
-        if Contact.objects.filter(pk=contact.pk).exists():
+        if Contact.objects.filter(pk=contact_id).exists():
             problems.append("contact delete not visible")
         transaction.set_rollback(True)
     return problems

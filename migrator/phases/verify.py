@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
 
-from migrator import db
+from django.db import DatabaseError
+
+from migrator import catalog, db
 from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.phase import ApplyStep, Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.engine.orchestration import free_connections
 from migrator.models import MigrationRecord, Status
-from migrator.ops import grants, load_test, verification
-from migrator.phases import online
+from migrator.ops import capture, grants, load_test, verification
 from migrator.tables import TENANT_DATA_TABLES, service_tables
 from salesflow.layout import NAMESPACE_SERVICE
 from tenants.models import MigrationState, Tenant
+
+logger = logging.getLogger("migrator.verify")
 
 CheckResult = tuple[list[str], dict[str, object]]
 Check = Callable[[MigrationContext, Step], CheckResult]
@@ -27,6 +35,40 @@ TENANT_CHECKS = {
     "index_usage": "EXPLAIN of contact by email, activities by contact and by due date uses an index",
     "crud_smoke": "Create, read, update, delete a contact and an activity through the ORM (rolled back)",
 }
+
+
+# Tenants whose checks read the catalog, their row counts, their validated counts, their grants and
+# their plans together (a few queries for all of them); each tenant is still checked in its own schema
+# context and recorded on its own, in order.
+TENANTS_PER_BATCH = 10
+
+
+@dataclass
+class BatchFacts:
+    """What the tenant checks of a batch ask the server, read once for all of its tenants. A fact that
+    could not be read (an error: e.g. a tenant's table is missing) is None: each check then asks on
+    its own, as it does for a tenant run alone."""
+
+    tables: dict[str, set[str]] | None = None  # schema -> its tables
+    counts: dict[str, dict[str, int]] | None = None  # tenant -> legacy table name -> rows
+    validated: dict[str, dict[str, int | None]] | None = None  # tenant -> table -> rows phase 3 validated
+    online: set[str] | None = None  # schemas with a change capture (data --online)
+    missing_roles: list[str] | None = None
+    refused: dict[tuple[str, str, str], bool] | None = None  # (role, schema, table) -> permission denied
+    index_used: dict[str, dict[str, bool]] | None = None  # schema -> key lookup -> an index serves it
+    crud_types: tuple[Any, Any] | None = None
+    schemas: dict[str, str] = field(default_factory=dict)  # tenant -> schema
+
+
+_batch: ContextVar[BatchFacts | None] = ContextVar("verify_batch", default=None)
+
+
+def _read(what: str, read: Callable[[], Any]) -> Any:
+    try:
+        return read()
+    except DatabaseError:
+        logger.info("reading %s for a batch of tenants failed; each check asks on its own", what, exc_info=True)
+        return None
 
 
 def new_tenant_schemas() -> list[str]:
@@ -48,6 +90,7 @@ class VerifyPhase(Phase):
     undone_by_rollback = True
     undone_by_restore = True
     continue_after_failure = True
+    tenants_per_batch = TENANTS_PER_BATCH
 
     def plan(self, ctx: MigrationContext) -> list[Step]:
         steps = [
@@ -110,6 +153,33 @@ class VerifyPhase(Phase):
         }
         return {kind: StepKind(self._recording(check), self._problems_found) for kind, check in checks.items()}
 
+    @contextmanager
+    def tenant_batch(self, ctx: MigrationContext, tenant_ids: list[str]) -> Iterator[None]:
+        schemas = {tenant_id: TenantRef(tenant_id).schema for tenant_id in tenant_ids}
+        facts = BatchFacts(schemas=schemas)
+        names = list(schemas.values())
+        facts.tables = _read("the tables", lambda: catalog.tables_by_schema(names))
+        facts.counts = _read("the row counts", lambda: verification.row_counts(tenant_ids))
+        facts.validated = _read("the validated counts", lambda: validated_counts(tenant_ids))
+        facts.online = _read("the captures", lambda: set(capture.captured_scopes()))
+        roles = list(ctx.config.service_roles.values())
+        facts.missing_roles = _read("the roles", lambda: catalog.missing_roles(roles))
+        if facts.missing_roles is not None:
+            present = [role for role in roles if role not in facts.missing_roles]
+            objects = [(role, schema, t.table) for role in present for schema in names for t in TENANT_DATA_TABLES]
+            facts.refused = _read("the grants", lambda: verification.denied(objects))
+        facts.index_used = _read("the plans", lambda: verification.index_usage_by_schema(names))
+        facts.crud_types = _read("the types", verification.crud_types)
+        token = _batch.set(facts)
+        try:
+            yield
+        finally:
+            _batch.reset(token)
+
+    def tenant_context(self, ctx: MigrationContext, tenant_id: str) -> AbstractContextManager[None]:
+        # One search_path for all of a tenant's checks (and their record), not a switch per check.
+        return verification.in_schema(TenantRef(tenant_id).schema)
+
     def _recording(self, check: Check) -> ApplyStep:
         """A check's problems go on the step's record (verify keeps going and reports them all)."""
 
@@ -162,24 +232,32 @@ class VerifyPhase(Phase):
             "new_tenant": "tables present; grants as planned",
         }.get(step.kind, "OK")
 
+    @staticmethod
+    def _facts(tenant_id: str) -> BatchFacts:
+        """The facts of the batch ``tenant_id`` runs in; empty ones when it runs alone."""
+        facts = _batch.get()
+        return facts if facts is not None and tenant_id in facts.schemas else BatchFacts()
+
     def _tenant_tables(self, ctx: MigrationContext, step: Step) -> CheckResult:
-        return verification.tenant_table_problems(TenantRef(step.tenant_id or "").schema), {}
+        schema = TenantRef(step.tenant_id or "").schema
+        tables = self._facts(step.tenant_id or "").tables
+        if tables is None:
+            return verification.tenant_table_problems(schema), {}
+        return [f"{schema}.{t.table} is missing" for t in TENANT_DATA_TABLES if t.table not in tables[schema]], {}
 
     def _counts_match(self, ctx: MigrationContext, step: Step) -> CheckResult:
         tenant = TenantRef(step.tenant_id or "")
-        counts = verification.row_counts([tenant.tenant_id]).get(tenant.tenant_id, {})
-        validated = dict(
-            MigrationRecord.objects.filter(
-                phase="data",
-                step="validate",
-                tenant_id=tenant.tenant_id,
-            )
-            .latest_attempts()
-            .filter(status=Status.COMPLETED)
-            .values_list("target", "rows_expected")
+        facts = self._facts(tenant.tenant_id)
+        if facts.counts is None:
+            counts = verification.row_counts([tenant.tenant_id]).get(tenant.tenant_id, {})
+        else:
+            counts = facts.counts.get(tenant.tenant_id, {})
+        validated = (validated_counts([tenant.tenant_id]) if facts.validated is None else facts.validated).get(
+            tenant.tenant_id, {}
         )
+        online = set(capture.captured_scopes()) if facts.online is None else facts.online
         problems = []
-        writes_go_on = online.is_online(tenant.schema)  # data --online: counts move; cutover compares content
+        writes_go_on = tenant.schema in online  # data --online: counts move; cutover compares content
         for table, key in ((t.table, t.legacy_table) for t in TENANT_DATA_TABLES):
             if table not in validated:
                 problems.append(f"{table} has no completed validation in phase 3")
@@ -189,10 +267,14 @@ class VerifyPhase(Phase):
 
     def _tenant_isolation(self, ctx: MigrationContext, step: Step) -> CheckResult:
         tenant = TenantRef(step.tenant_id or "")
+        facts = self._facts(tenant.tenant_id)
         others = [t.schema for t in ctx.registered_tenants if t.tenant_id != tenant.tenant_id]
-        problems, seen = verification.tenant_context_problems(tenant.schema, others)
+        direct = None
+        if facts.counts is not None and tenant.tenant_id in facts.counts:
+            direct = {t.table: facts.counts[tenant.tenant_id][t.legacy_table] for t in TENANT_DATA_TABLES}
+        problems, seen = verification.tenant_context_problems(tenant.schema, others, direct)
         objects = [(NAMESPACE_SERVICE[t.namespace], tenant.schema, t.table) for t in TENANT_DATA_TABLES]
-        problems += verification.role_isolation_problems(ctx.config, objects)
+        problems += verification.role_isolation_problems(ctx.config, objects, facts.refused, facts.missing_roles)
         return problems, {"orm_counts": seen}
 
     def _new_tenant(self, ctx: MigrationContext, step: Step) -> CheckResult:
@@ -203,11 +285,14 @@ class VerifyPhase(Phase):
         return problems, {}
 
     def _index_usage(self, ctx: MigrationContext, step: Step) -> CheckResult:
-        problems, used = verification.index_usage_problems(TenantRef(step.tenant_id or "").schema)
+        schema = TenantRef(step.tenant_id or "").schema
+        known = self._facts(step.tenant_id or "").index_used
+        problems, used = verification.index_usage_problems(schema, None if known is None else known.get(schema))
         return problems, {"index_used": used}
 
     def _crud_smoke(self, ctx: MigrationContext, step: Step) -> CheckResult:
-        return verification.crud_problems(TenantRef(step.tenant_id or "").schema), {}
+        schema = TenantRef(step.tenant_id or "").schema
+        return verification.crud_problems(schema, self._facts(step.tenant_id or "").crud_types), {}
 
     def _load_test(self, ctx: MigrationContext, step: Step) -> CheckResult:
         opts = ctx.options
@@ -226,6 +311,20 @@ class VerifyPhase(Phase):
                 f"--load-clients {opts.load_clients} lowered to {clients}: the server's free connections"
             )
         return problems, {"load_test": details}
+
+
+def validated_counts(tenant_ids: list[str]) -> dict[str, dict[str, int | None]]:
+    """Tenant -> table -> the rows phase 3's completed validation of it counted."""
+    rows = (
+        MigrationRecord.objects.filter(phase="data", step="validate", tenant_id__in=tenant_ids)
+        .latest_attempts()
+        .filter(status=Status.COMPLETED)
+        .values_list("tenant_id", "target", "rows_expected")
+    )
+    found: dict[str, dict[str, int | None]] = {tenant_id: {} for tenant_id in tenant_ids}
+    for tenant_id, table, rows_expected in rows:
+        found[tenant_id or ""][table] = rows_expected
+    return found
 
 
 def load_summary(details: dict[str, object]) -> str:

@@ -65,6 +65,12 @@ def schema_snapshot(schema: str) -> Iterator[None]:
         _snapshot.reset(token)
 
 
+def snapshot_schema() -> str | None:
+    """The schema of the :func:`schema_snapshot` block this code runs in, if any."""
+    snapshot = _snapshot.get()
+    return None if snapshot is None else snapshot[0]
+
+
 def _from_snapshot(schema: str, table: str) -> list[Column] | None:
     """The table's columns from the block's snapshot; None when the snapshot cannot say."""
     snapshot = _snapshot.get()

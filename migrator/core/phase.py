@@ -30,13 +30,19 @@ class StepKind:
 
     ``apply_batch`` (optional, for tenant steps of one kind, one per tenant): does the steps of up to
     ``batch_size`` tenants at once and returns the results of those it did, by step key; the engine
-    runs the others with ``apply``, and verifies and records each step on its own either way."""
+    runs the others with ``apply``, and verifies and records each step on its own either way.
+
+    ``rerunnable`` (tenant steps of phases whose other steps are not, e.g. a validation after the
+    copies): doing the step again changes nothing, so it writes no RUNNING row and its record is
+    written with its tenant's new state, in one statement at the end of the tenant; a run killed
+    before that leaves it as it was, and the next run does it again."""
 
     apply: ApplyStep
     verify: VerifyStep = no_problems
     moves_rows: bool = False
     apply_batch: ApplyBatch | None = None
     batch_size: int = 1
+    rerunnable: bool = False
 
 
 class Phase(ABC):

@@ -127,12 +127,7 @@ class PhaseRunner:
                 if phase.tenant_steps_rerunnable:
                     self._run_tenant_batched(phase, tenant_id, by_tenant[tenant_id], records, outcome, count)
                     return
-                for index, step in by_tenant[tenant_id]:
-                    if not self._run_step(phase, step, records[step.key], outcome, index, count):
-                        self._set_tenant_state(tenant_id, "FAILED")
-                        return
-                if phase.tenant_state_on_success:
-                    self._set_tenant_state(tenant_id, phase.tenant_state_on_success)
+                self._run_tenant_steps(phase, tenant_id, by_tenant[tenant_id], records, outcome, count)
             finally:
                 if self.ctx.jobs > 1:
                     connection.close()  # worker threads each own a connection; don't leak it
@@ -316,6 +311,34 @@ class PhaseRunner:
                 # Also when the run stops mid-tenant: what ran is recorded. One statement: the steps'
                 # rows and the tenant's state commit together, or neither does.
                 tracking.finish_many(finished, tenant_state=(tenant_id, state) if state else None)
+
+    def _run_tenant_steps(
+        self,
+        phase: Phase,
+        tenant_id: str,
+        steps: list[tuple[int, Step]],
+        records: dict[str, MigrationRecord],
+        outcome: PhaseOutcome,
+        count: int,
+    ) -> None:
+        """A tenant's steps one by one, each recorded as it ends; except those of a rerunnable kind
+        (a validation), recorded with the tenant's new state in one statement at the end of the
+        tenant (see StepKind). A run killed before that leaves them as they were: they run again."""
+        later: list[tracking.Finished] = []
+        state: str | None = None
+        with phase.tenant_context(self.ctx, tenant_id):
+            try:
+                for index, step in steps:
+                    finished = later if phase.kinds[step.kind].rerunnable else None
+                    if not self._run_step(phase, step, records[step.key], outcome, index, count, finished):
+                        state = "FAILED"
+                        break
+                else:
+                    state = phase.tenant_state_on_success
+            finally:
+                # Also when the run stops mid-tenant (LockLost): what ran is recorded.
+                if later or state:
+                    tracking.finish_many(later, tenant_state=(tenant_id, state) if state else None)
 
     def _set_tenant_state(self, tenant_id: str, state: str) -> None:
         from tenants.models import Tenant

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import replace
 
 from migrator import catalog, db
@@ -169,15 +170,21 @@ class DataPhase(Phase):
             "copy_auth": StepKind(self._copy_auth_table, self._check_all_rows_copied, moves_rows=True),
             "merge_reference": StepKind(self._merge_reference_table, self._check_every_reference_mapped),
             "copy_table": StepKind(self._copy_tenant_table, self._check_all_rows_copied, moves_rows=True),
-            "validate": StepKind(self._validate_table, self._check_validation),
+            # Reads only: recorded with the tenant's state at the end of the tenant (no RUNNING row).
+            "validate": StepKind(self._validate_table, self._check_validation, rerunnable=True),
         }
 
+    def tenant_context(self, ctx: MigrationContext, tenant_id: str) -> AbstractContextManager[None]:
+        """A tenant's copies and validations change no table of its schema (only indexes and
+        constraints): their catalog questions are answered from one read of the schema's tables and
+        columns, for all of the tenant's steps."""
+        return catalog.schema_snapshot(TenantRef(tenant_id).schema)
+
     def apply(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
-        """A tenant's copy or validation changes no table of its schema (only indexes and constraints):
-        its catalog questions are answered from one read of the schema's tables and columns."""
-        if step.tenant_id is None:
+        schema = TenantRef(step.tenant_id).schema if step.tenant_id is not None else None
+        if schema is None or catalog.snapshot_schema() == schema:
             return super().apply(ctx, step, reporter)
-        with catalog.schema_snapshot(TenantRef(step.tenant_id).schema):
+        with catalog.schema_snapshot(schema):  # a tenant's step run on its own
             return super().apply(ctx, step, reporter)
 
     def _copy_auth_table(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:

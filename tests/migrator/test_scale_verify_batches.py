@@ -1,7 +1,8 @@
 """Verify reads what its tenant checks need for 10 tenants at a time (tables, row counts, validated
 counts, grants, plans) and runs each tenant's checks in one schema context: a run killed while a batch
 reads leaves every tenant of it as it was, a tenant whose table is missing fails only its own checks,
-and a tenant's checks cost a bounded number of queries."""
+and a tenant's checks cost a bounded number of queries. Phase 3 records a tenant's validations with
+its new state, in one statement after its copies."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from migrator.tables import TENANT_DATA_TABLES
 from tenants.models import MigrationState, Tenant
 from tests.helpers import run
 from tests.migrator.helpers import PROJECT_DIR, manage_command, manage_env, psycopg_connect, wait_for
-from tests.migrator.test_scale_batched_tracking import statuses
+from tests.migrator.test_scale_batched_tracking import kill_at_the_end_of, statuses
 
 BLOCKED = "globex_0002"
 CONTACTS = TENANT_DATA_TABLES[0].table
@@ -135,3 +136,35 @@ def test_a_tenants_checks_take_few_queries(migrated: dict[str, Any]) -> None:
     assert sum(s.startswith("SET search_path") for s in statements) <= 2 * len(tenants) + 1
     for tenant in tenants:
         assert Tenant.objects.get(tenant_id=tenant).migration_state == MigrationState.VERIFIED
+
+
+def test_data_killed_before_a_tenants_validations_are_recorded_validates_it_again(
+    schemas_ready: dict[str, Any],
+) -> None:
+    """Phase 3's validations write no RUNNING row: they are recorded with the tenant's state in one
+    statement after its copies. Killed while that statement waits: the copies stay done, the
+    validations PENDING, the tenant in its earlier state; the rerun validates it (and copies nothing)."""
+    tenants = schemas_ready["tenants"]
+    kill_at_the_end_of(BLOCKED, "data")
+
+    copies = MigrationRecord.objects.filter(phase="data", tenant_id=BLOCKED, step="copy_table").latest_attempts()
+    assert {record.status for record in copies} == {Status.COMPLETED}
+    validations = MigrationRecord.objects.filter(phase="data", tenant_id=BLOCKED, step="validate").latest_attempts()
+    assert {record.status for record in validations} == {Status.PENDING}
+    assert Tenant.objects.get(tenant_id=BLOCKED).migration_state == MigrationState.SCHEMAS_READY
+    copied = {
+        t.table: db.fetchvalue(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(f"tenant_{BLOCKED}", t.table)))
+        for t in TENANT_DATA_TABLES
+    }
+
+    run("migrate_phase", "data", interactive=False)
+
+    for tenant in tenants:
+        assert statuses("data", tenant) == {Status.COMPLETED}
+        assert Tenant.objects.get(tenant_id=tenant).migration_state == MigrationState.DATA_MIGRATED
+    assert MigrationRecord.objects.filter(phase="data", tenant_id=BLOCKED, step="copy_table").count() == len(copies)
+    for record in MigrationRecord.objects.filter(phase="data", tenant_id=BLOCKED, step="validate").latest_attempts():
+        assert record.source_fingerprint == record.target_fingerprint
+        assert record.rows_copied == copied[record.target]
+        assert record.started_at
+        assert record.completed_at

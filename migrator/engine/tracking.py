@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import connection
 from django.db.models import DurationField, ExpressionWrapper, F, Func, JSONField, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -79,14 +79,19 @@ def start(record: MigrationRecord) -> MigrationRecord:
     """RUNNING, committed without waiting for the WAL flush: a server crash may lose it, which leaves
     the row PENDING (the step reruns, as it would after being RUNNING: ``close_interrupted``); the
     COMPLETED write after the step's work is synchronous and flushes this one with it."""
+    from django_tenants.utils import get_public_schema_name
+
     record.status = Status.RUNNING
     record.started_at = timezone.now()
     record.host = HOST
     record.pid = os.getpid()
-    with transaction.atomic(using=MigrationRecord.objects.db):
-        with connection.cursor() as cursor:
-            cursor.execute(ASYNC_COMMIT)
-        record.save(update_fields=["status", "started_at", "host", "pid"])
+    # One statement, its own transaction: the setting, local to it, holds for its commit.
+    query = sql.SQL(
+        "UPDATE {table} SET status = %s, started_at = %s, host = %s, pid = %s "
+        "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit WHERE id = %s"
+    ).format(table=sql.Identifier(get_public_schema_name(), MigrationRecord._meta.db_table))
+    with connection.cursor() as cursor:
+        cursor.execute(db_render(query), [str(record.status), record.started_at, HOST, record.pid, record.pk])
     return record
 
 

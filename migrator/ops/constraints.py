@@ -175,3 +175,21 @@ def unvalidated_foreign_keys(schema: str, table: str) -> list[str]:
 
 def pending_deferred(schema: str, table: str) -> list[str]:
     return list(DeferredConstraint.objects.filter(schema_name=schema, table_name=table).values_list("name", flat=True))
+
+
+def missing_constraints(schema: str, table: str) -> list[str]:
+    """:func:`pending_deferred` then :func:`unvalidated_foreign_keys`, in one query."""
+    from django_tenants.utils import get_public_schema_name
+
+    rows = db.fetchall(
+        sql.SQL(
+            "SELECT name FROM (SELECT 1 AS part, name FROM {deferred} WHERE schema_name = %s AND table_name = %s "
+            "UNION ALL SELECT 2, c.conname FROM pg_constraint c WHERE c.conrelid = {oid} AND c.contype = 'f' "
+            "AND NOT c.convalidated) m ORDER BY part"
+        ).format(
+            deferred=sql.Identifier(get_public_schema_name(), DeferredConstraint._meta.db_table),
+            oid=catalog.RELATION_OID,
+        ),
+        [schema, table, schema, table],
+    )
+    return [row[0] for row in rows]

@@ -333,7 +333,9 @@ def _copy_table(copy: TableCopy, batch_size: int, reporter: StepReporter) -> Cop
     resumed_after = _last_copied_key(copy)
     last = resumed_after or _lowest_key(copy)
     done = catalog.row_count(copy.target_schema, copy.target_table) if resumed_after else 0
-    reporter.expected(total)
+    one_batch = resumed_after is None and 0 < total <= batch_size and len(copy.key) == 1
+    if not one_batch:  # a copy of one batch records its expected rows with that batch (one commit less)
+        reporter.expected(total)
     reporter.progress(done, total)
     key_order = sql.SQL(", ").join(sql.Identifier(k) for k in copy.key)
     key_order_desc = sql.SQL(", ").join(sql.SQL("{} DESC").format(sql.Identifier(k)) for k in copy.key)
@@ -347,7 +349,6 @@ def _copy_table(copy: TableCopy, batch_size: int, reporter: StepReporter) -> Cop
     )
     bounded = db.render(copy.insert_batch_sql(bounded=True))
     batches = 0
-    one_batch = resumed_after is None and 0 < total <= batch_size and len(copy.key) == 1
     if one_batch:
         # The whole table in one batch: one statement copies it and returns its highest key (the
         # checkpoint), instead of two key lookups before the batch and two more to find the end.
@@ -355,6 +356,7 @@ def _copy_table(copy: TableCopy, batch_size: int, reporter: StepReporter) -> Cop
             reporter.fence()
             _check_fence(copy)
             db.execute(ASYNC_COMMIT)
+            reporter.expected(total)
             copied, highest = db.fetchone(
                 sql.SQL("WITH copied AS ({insert} RETURNING {key}) SELECT count(*), max({key}) FROM copied").format(
                     insert=copy.insert_batch_sql(bounded=False), key=sql.Identifier(copy.key[0])

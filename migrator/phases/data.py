@@ -332,10 +332,9 @@ class DataPhase(Phase):
             details["columns_of_another_type"] = converted
         if str(source) != str(target):
             details["differing_keys"] = [list(k) for k in fingerprint.differing_keys(copy)]
-        pending = constraints.pending_deferred(copy.target_schema, copy.target_table)
-        unvalidated = constraints.unvalidated_foreign_keys(copy.target_schema, copy.target_table)
-        if pending or unvalidated:
-            details["constraints_missing"] = pending + unvalidated
+        missing = constraints.missing_constraints(copy.target_schema, copy.target_table)
+        if missing:
+            details["constraints_missing"] = missing
         message = f"{target.rows} rows, fingerprint {'matches' if str(source) == str(target) else 'DIFFERS'}"
         if converted:
             message += f"; compared as the target's types: {', '.join(converted)}"

@@ -33,7 +33,9 @@ def archive_tables(schema: str, owner: str, tables: list[str], archive_schema: s
     """Move (or drop) ``schema``'s legacy ``tables`` in one transaction; returns table -> where it went."""
     moved: dict[str, str] = {}
     present = catalog.tables_by_schema([schema])[schema]
-    with transaction.atomic():
+    # Within a caller's transaction (cutover's: locked, checked, moved) no savepoint of its own: an
+    # error here rolls that whole transaction back anyway.
+    with transaction.atomic(savepoint=False):
         if drop:
             for table in tables:
                 if table in present:

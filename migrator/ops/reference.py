@@ -185,6 +185,29 @@ def merge_reference_table(ref: ReferenceTable, tenant_ids: list[str], policy: st
     return result
 
 
+def unmapped_counts(refs: list[ReferenceTable], tenant_id: str) -> dict[str, int]:
+    """:func:`unmapped_count` of each of ``refs`` for one tenant, in one query: legacy table -> rows."""
+    schema = tenant_schema_name(tenant_id)
+    present = catalog.tables_by_schema([schema])[schema]
+    counted = [ref for ref in refs if ref.legacy_table in present]
+    if not counted:
+        return {ref.legacy_table: 0 for ref in refs}
+    row = db.fetchone(
+        sql.SQL("SELECT {}").format(
+            sql.SQL(", ").join(
+                sql.SQL(
+                    "(SELECT count(*) FROM {legacy} l WHERE NOT EXISTS (SELECT 1 FROM public.migrator_reference_map m "
+                    "WHERE m.tenant_id = %s AND m.reference_table = %s AND m.old_id = l.id))"
+                ).format(legacy=sql.Identifier(schema, ref.legacy_table))
+                for ref in counted
+            )
+        ),
+        [value for ref in counted for value in (tenant_id, ref.map_name)],
+    )
+    found = dict(zip([ref.legacy_table for ref in counted], row or (), strict=True))
+    return {ref.legacy_table: int(found.get(ref.legacy_table, 0)) for ref in refs}
+
+
 def unmapped_count(ref: ReferenceTable, tenant_ids: list[str]) -> int:
     """Legacy reference rows of these tenants with no map entry (0 after a good merge)."""
     present = catalog.tables_by_schema([tenant_schema_name(t) for t in tenant_ids])

@@ -135,19 +135,21 @@ class CutoverPhase(Phase):
         # can slip in between the check and the move.
         with transaction.atomic():
             archive.lock_tables(tenant.schema, list(LEGACY_TENANT_TABLES))
-            # The checks change no table: their catalog questions come from one read of the schema.
+            # The schema's tables are locked or the tenant's own: until the move, their catalog
+            # questions (the checks', the move's) come from one read of the schema.
             with catalog.schema_snapshot(tenant.schema):
                 problems = _changed_since_validation(validated)
                 # Reference rows are merged, not validated one by one: a legacy row added since has no shared id.
+                unmapped = reference.unmapped_counts(list(REFERENCE_TABLES), tenant.tenant_id)
                 problems += [
-                    f"{tenant.schema}.{ref.legacy_table}: {unmapped} rows added since phase 3"
-                    for ref in REFERENCE_TABLES
-                    if (unmapped := reference.unmapped_count(ref, [tenant.tenant_id]))
+                    f"{tenant.schema}.{table}: {rows} rows added since phase 3"
+                    for table, rows in unmapped.items()
+                    if rows
                 ]
-            _refuse_changes(problems, f"tenant {tenant.tenant_id}")
-            moved = archive.archive_tables(
-                tenant.schema, tenant.tenant_id, list(LEGACY_TENANT_TABLES), ctx.config.archive_schema, drop
-            )
+                _refuse_changes(problems, f"tenant {tenant.tenant_id}")
+                moved = archive.archive_tables(
+                    tenant.schema, tenant.tenant_id, list(LEGACY_TENANT_TABLES), ctx.config.archive_schema, drop
+                )
         return StepResult(
             message=f"{len(moved)} legacy tables {'dropped' if drop else 'archived'}", details={"archived": moved}
         )

@@ -323,14 +323,20 @@ class PhaseRunner:
     ) -> None:
         """A tenant's steps one by one, each recorded as it ends; except those of a rerunnable kind
         (a validation), recorded with the tenant's new state in one statement at the end of the
-        tenant (see StepKind). A run killed before that leaves them as they were: they run again."""
+        tenant (see StepKind). A run killed before that leaves them as they were: they run again.
+
+        The tenant's last step also ends in that statement (with its RUNNING row written as usual
+        when it cannot simply run again): its record and the tenant's state commit together."""
         later: list[tracking.Finished] = []
         state: str | None = None
+        last = len(steps) - 1
         with phase.tenant_context(self.ctx, tenant_id):
             try:
-                for index, step in steps:
-                    finished = later if phase.kinds[step.kind].rerunnable else None
-                    if not self._run_step(phase, step, records[step.key], outcome, index, count, finished):
+                for position, (index, step) in enumerate(steps):
+                    rerunnable = phase.kinds[step.kind].rerunnable
+                    finished = later if rerunnable or position == last else None
+                    running_row = not rerunnable
+                    if not self._run_step(phase, step, records[step.key], outcome, index, count, finished, running_row):
                         state = "FAILED"
                         break
                 else:
@@ -354,13 +360,15 @@ class PhaseRunner:
         index: int,
         count: int,
         finished: list[tracking.Finished] | None = None,
+        running_row: bool | None = None,
     ) -> bool:
         """Run one step and record how it ended; ``finished``: append the record to it instead of
-        writing it (the caller writes the batch), and write no RUNNING row either."""
+        writing it (the caller writes the batch), and write no RUNNING row either unless
+        ``running_row`` (a step that cannot simply run again, recorded later with its tenant's state)."""
         self.still_locked()  # a run that lost the lock starts nothing more (LockLost ends the run)
-        if finished is None:
+        if finished is None or running_row:
             record = tracking.start(record)
-        started_at = timezone.now()
+        started_at = record.started_at if running_row and record.started_at else timezone.now()
         atomic_depth = len(connection.atomic_blocks)
         started = time.monotonic()
         self.on_event(Event("step_start", phase.name, step, index=index, count=count))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -186,9 +187,10 @@ def in_schema(schema: str) -> AbstractContextManager[None]:
 
 
 def tenant_context_problems(
-    schema: str, other_schemas: list[str], direct: dict[str, int] | None = None
+    schema: str, tenant_schemas: Collection[str], direct: dict[str, int] | None = None
 ) -> tuple[list[str], dict[str, int]]:
-    """In the tenant's ORM context every row read comes from its own schema; other tenants are unreachable.
+    """In the tenant's ORM context every row read comes from its own schema; other tenants' schemas
+    (``tenant_schemas``: every tenant's, its own included) are not on its search_path.
 
     ``direct``: the rows of each table counted in the schema by name (read for several tenants at
     once); counted here when not given."""
@@ -214,7 +216,10 @@ def tenant_context_problems(
             seen[table] = model.objects.count()
             if rows:
                 problems.append(f"{rows} rows of another schema visible as {table} in {schema}'s context")
-        leaked = [other for other in other_schemas if other in search_path]
+        # The path's schemas by name (not by substring: tenant_a is not in "tenant_ab"); a set to look
+        # them up in, since with thousands of tenants a scan of the list per tenant adds up.
+        on_path = [part.strip().strip('"') for part in search_path.split(",")]
+        leaked = [other for other in on_path if other != schema and other in tenant_schemas]
         if leaked:
             problems.append(f"search_path of {schema}'s context includes {', '.join(leaked)}")
     if direct is None:

@@ -91,6 +91,7 @@ class VerifyPhase(Phase):
     undone_by_restore = True
     continue_after_failure = True
     tenants_per_batch = TENANTS_PER_BATCH
+    _tenant_schemas: frozenset[str] | None = None
 
     def plan(self, ctx: MigrationContext) -> list[Step]:
         steps = [
@@ -268,7 +269,9 @@ class VerifyPhase(Phase):
     def _tenant_isolation(self, ctx: MigrationContext, step: Step) -> CheckResult:
         tenant = TenantRef(step.tenant_id or "")
         facts = self._facts(tenant.tenant_id)
-        others = [t.schema for t in ctx.registered_tenants if t.tenant_id != tenant.tenant_id]
+        if self._tenant_schemas is None:  # once per run: thousands of tenants, each checked against all
+            self._tenant_schemas = frozenset(t.schema for t in ctx.registered_tenants)
+        others = self._tenant_schemas
         direct = None
         if facts.counts is not None and tenant.tenant_id in facts.counts:
             direct = {t.table: facts.counts[tenant.tenant_id][t.legacy_table] for t in TENANT_DATA_TABLES}

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from psycopg import sql
+
+from migrator import db
 from migrator.models import MigrationRecord, Status
 from migrator.ops.capture import Lag, lag
 from migrator.phases import ORDERED
@@ -66,6 +69,23 @@ def excluded_schemas() -> list[dict[str, object]]:
     return list(discover.details.get("excluded_schemas") or [])
 
 
+def latest_statuses(phases: list[str]) -> dict[tuple[str, str], set[str]]:
+    """(phase, tenant or GLOBAL) -> the statuses of the latest attempts of its steps, aggregated by the
+    server: one row per phase and tenant instead of a record per step (130,000 records at 10,000
+    tenants took seconds to build). The newest attempt of each step comes from the index on
+    (migration_id, attempt DESC)."""
+    table = sql.Identifier(MigrationRecord._meta.db_table)
+    rows = db.fetchall(
+        sql.SQL(
+            "SELECT phase, tenant_id, array_agg(DISTINCT status) FROM ("
+            "SELECT DISTINCT ON (migration_id) phase, tenant_id, status FROM {table} "
+            "WHERE phase = ANY(%s) ORDER BY migration_id, attempt DESC) latest GROUP BY phase, tenant_id"
+        ).format(table=table),
+        [phases],
+    )
+    return {(phase, tenant_id or GLOBAL): set(found) for phase, tenant_id, found in rows}
+
+
 def status_report() -> StatusReport:
     from tenants.models import Tenant
 
@@ -77,14 +97,10 @@ def status_report() -> StatusReport:
         .order_by("tenant_id")
         .values_list("tenant_id", flat=True)
     )
-    latest = MigrationRecord.objects.filter(phase__in=phases).latest_attempts()
-    statuses: dict[tuple[str, str], set[str]] = {}
     report = StatusReport(phases, [GLOBAL, *tenants])
-    for record in latest:
-        scope = record.tenant_id or GLOBAL
-        statuses.setdefault((record.phase, scope), set()).add(record.status)
-        if record.status == Status.FAILED:
-            report.failures.append(record)
+    statuses = latest_statuses(phases)
+    # Failed attempts are few: only they are read as records (the latest of their step).
+    report.failures = list(MigrationRecord.objects.filter(phase__in=phases, status=Status.FAILED).latest_attempts())
     for phase in phases:
         for scope in report.scopes:
             report.cells[(phase, scope)] = cell_state(statuses.get((phase, scope), set()))

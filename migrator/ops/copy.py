@@ -20,9 +20,10 @@ import contextlib
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connection, transaction
 from psycopg import sql
 
 from migrator import catalog, db
@@ -139,6 +140,10 @@ def _fence_key(schema: str, table: str) -> list[int]:
     return [COPY_FENCE_NAMESPACE, zlib.crc32(f"{schema}.{table}".encode()) & 0x7FFFFFFF]
 
 
+# Fences this thread holds: (id of the psycopg connection, key). A new connection holds none.
+_fences_held: ContextVar[frozenset[tuple[int, int, int]]] = ContextVar("table_fences_held", default=frozenset())
+
+
 @contextmanager
 def table_fence(schema: str, table: str) -> Iterator[None]:
     """Only one runner writes ``schema.table`` at a time, whatever the migrator lock says.
@@ -150,6 +155,13 @@ def table_fence(schema: str, table: str) -> Iterator[None]:
     its connection still holds it (see :func:`_check_fence`). Re-entrant within one session.
     """
     key = _fence_key(schema, table)
+    connection.ensure_connection()
+    held = (id(connection.connection), key[0], key[1])
+    if held in _fences_held.get():
+        # Held by an enclosing block on this very connection (a tenant's copy step around the copy):
+        # taking it again would only count one more hold; each batch still checks the server.
+        yield
+        return
     if not db.fetchvalue("SELECT pg_try_advisory_lock(%s, %s)", key):
         holder = db.fetchvalue(
             "SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
@@ -161,9 +173,11 @@ def table_fence(schema: str, table: str) -> Iterator[None]:
             f"{schema}.{table} is being written by another migrate_phase (server pid {holder or 'unknown'}); nothing "
             "was copied: let that run finish (or stop it), then rerun the phase"
         )
+    token = _fences_held.set(_fences_held.get() | {held})
     try:
         yield
     finally:
+        _fences_held.reset(token)
         with contextlib.suppress(DatabaseError):  # a dead connection took the lock with it
             db.execute("SELECT pg_advisory_unlock(%s, %s)", key)
 

@@ -300,9 +300,12 @@ class DataPhase(Phase):
         mapped: dict[str, int] = {}
         discarded: list[dict[str, object]] = []
         for ref_name in spec.remap.values():
-            result = reference.merge_reference_table(
-                reference_table(ref_name), [tenant.tenant_id], ctx.options.reference_conflicts
-            )
+            ref = reference_table(ref_name)
+            # Usually every row was merged by the merge_reference steps: one look, no merge transaction.
+            # (A row added after this look has no map entry: the copy refuses it, as it would before.)
+            if not reference.needs_merge(ref, [tenant.tenant_id]):
+                continue
+            result = reference.merge_reference_table(ref, [tenant.tenant_id], ctx.options.reference_conflicts)
             if result.mapped:
                 mapped[ref_name] = result.mapped
             discarded += result.discarded

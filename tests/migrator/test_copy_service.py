@@ -17,7 +17,6 @@ from migrator.ops.copy import _mapping_proven, analyze, copy_table, unmapped_ref
 from migrator.phases.data import tenant_copy
 from migrator.tables import TENANT_DATA_TABLES, reference_table
 
-
 TENANT = "acme_0001"
 SCHEMA = f"tenant_{TENANT}"
 

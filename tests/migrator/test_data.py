@@ -35,7 +35,6 @@ from tests.migrator.helpers import (
     wrongly_remapped,
 )
 
-
 TENANTS = ["acme_0001", "empty_0001", "globex_0002"]
 POPULATED = ["acme_0001", "globex_0002"]
 

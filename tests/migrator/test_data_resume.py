@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 
-import pytest
 from psycopg import sql
 
 from migrator.models import DeferredConstraint, MigrationRecord, Status
@@ -26,7 +25,6 @@ from tests.migrator.helpers import (
     wait_for_killed_sessions_to_end,
     wrongly_remapped,
 )
-
 
 TENANTS = ["acme_0001", "globex_0002"]
 CONTACTS, ACTIVITIES = 20_000, 40_000

@@ -30,7 +30,6 @@ from tests.migrator.helpers import (
     table_names,
 )
 
-
 TENANTS = ["acme_0001", "empty_0001", "globex_0002"]
 
 

@@ -22,7 +22,6 @@ from migrator.tables import service_tables
 from tenants.models import MigrationState, Tenant
 from tests.helpers import legacy_fingerprints, run
 
-
 TENANTS = ["acme_0001", "globex_0002", "empty_0001"]
 
 

@@ -12,7 +12,6 @@ from migrator.models import Status
 from migrator.ops.load_test import KEY_QUERIES, LEGACY, NEW
 from tests.helpers import run
 
-
 TENANTS = ["acme_0001", "globex_0002"]
 
 

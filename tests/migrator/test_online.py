@@ -24,7 +24,6 @@ from tests.migrator.helpers import (
     wrongly_remapped,
 )
 
-
 TENANT = "tenant_acme_0001"
 
 

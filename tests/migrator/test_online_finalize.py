@@ -14,7 +14,6 @@ from tests.helpers import run
 from tests.migrator.helpers import psycopg_connect, value
 from tests.migrator.test_online import migrate_online_until_cutover
 
-
 TENANT = "tenant_acme_0001"
 
 

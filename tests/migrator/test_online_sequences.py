@@ -3,11 +3,8 @@ so verify's CRUD check (and any insert into a new table) does not collide with a
 
 from __future__ import annotations
 
-import pytest
-
 from tests.helpers import run
 from tests.migrator.helpers import psycopg_connect, value
-
 
 TENANT = "tenant_acme_0001"
 

@@ -8,12 +8,10 @@ import time
 from dataclasses import dataclass, field
 
 import psycopg
-import pytest
 from psycopg import sql
 
 from tests.helpers import run
 from tests.migrator.helpers import content, plain_columns, psycopg_connect, value
-
 
 TENANT = "tenant_acme_0001"
 WRITE_BLOCKED_BOUND = 1.0  # seconds: the bound on a write held up by the cutover

@@ -21,7 +21,6 @@ from tenants.models import Tenant
 from tests.helpers import run
 from tests.migrator.helpers import fingerprint, latest, one_line, psycopg_connect, records, rows, table_names
 
-
 HOSTILE = [
     "tenant_Bad-Name",
     'tenant_x"; drop table y; --',

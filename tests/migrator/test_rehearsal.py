@@ -29,7 +29,6 @@ from tests.migrator.helpers import (
     wait_for,
 )
 
-
 LOAD = {"load_seconds": 1.0, "load_queries": 200}
 
 

@@ -33,7 +33,6 @@ from tests.migrator.helpers import (
     wait_for,
 )
 
-
 TENANTS = ["acme_0001", "globex_0002", "empty_0001"]
 CLIENT_APP_NAME = "salesflow-migrator-backup"  # application_name of the migrator's pg_dump / pg_restore
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import subprocess
 
-import pytest
-
 from migrator.tables import TENANT_DATA_TABLES
 from tests.helpers import run
 from tests.migrator.helpers import (
@@ -26,7 +24,6 @@ from tests.migrator.helpers import (
     wait_for,
     wrongly_remapped,
 )
-
 
 TENANTS = ["acme_0001", "globex_0002"]
 CONTACTS, ACTIVITIES = 20_000, 40_000

@@ -35,7 +35,6 @@ from tests.migrator.helpers import (
     wait_for_killed_sessions_to_end,
 )
 
-
 FIRST, LAST = "acme_0001", "globex_0002"  # rollback undoes tenants in this order
 
 

@@ -19,7 +19,6 @@ from migrator.tables import TENANT_DATA_TABLES, service_tables
 from tests.helpers import run
 from tests.migrator.helpers import content, count, latest, one_line, plain_columns, value, wrongly_remapped
 
-
 TENANT = "acme_0001"
 SCHEMA = f"tenant_{TENANT}"
 CONTACTS = next(t for t in TENANT_DATA_TABLES if t.legacy_table == "contacts")

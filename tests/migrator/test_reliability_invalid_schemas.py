@@ -19,7 +19,6 @@ from tenants.models import Tenant
 from tests.helpers import run
 from tests.migrator.helpers import count, latest, one_line, table_names
 
-
 # name -> rows in its contacts table
 INVALID = {
     "tenant_Acme": 3,

@@ -17,7 +17,6 @@ from tests.helpers import run
 from tests.migrator.helpers import count, one_line, rows
 
 
-
 def drop_registry() -> None:
     db.execute("DROP TABLE IF EXISTS public.domains, public.tenants CASCADE")
     db.execute("DELETE FROM public.django_migrations WHERE app = 'tenants'")

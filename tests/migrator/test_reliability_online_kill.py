@@ -32,7 +32,6 @@ from tests.migrator.test_online_writer import (
     untouched_rows_differing,
 )
 
-
 TENANTS = ["tenant_acme_0001", "tenant_globex_0002"]
 TENANT = TENANTS[0]  # the writer's
 CONTACTS, ACTIVITIES = 4_000, 8_000

@@ -18,7 +18,6 @@ from salesflow.contact.models import ContactType
 from tests.helpers import run
 from tests.migrator.helpers import TABLES, count, latest, one_line, wrongly_remapped
 
-
 TENANT = "acme_0001"
 SCHEMA = f"tenant_{TENANT}"
 CONTACTS = next(t for t in TENANT_DATA_TABLES if t.legacy_table == "contacts")

@@ -15,7 +15,6 @@ from tenants.models import Tenant
 from tests.helpers import legacy_fingerprints, run
 from tests.migrator.helpers import one_line
 
-
 TENANTS = ["acme_0001", "globex_0002", "empty_0001"]
 
 

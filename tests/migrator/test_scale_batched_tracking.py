@@ -9,15 +9,12 @@ import signal
 import subprocess
 from typing import Any
 
-import pytest
-
 from migrator.config import get_config
 from migrator.models import MigrationRecord, Status
 from migrator.ops import grants
 from tenants.models import MigrationState, Tenant
 from tests.helpers import run
 from tests.migrator.helpers import PROJECT_DIR, manage_command, manage_env, psycopg_connect, wait_for
-
 
 DONE_FIRST, BLOCKED = "acme_0001", "globex_0002"
 

@@ -13,7 +13,6 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from psycopg import sql

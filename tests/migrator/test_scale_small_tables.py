@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from psycopg import sql
 
 from migrator import db
@@ -18,7 +17,6 @@ from tenants.models import MigrationState, Tenant
 from tests.helpers import run
 from tests.migrator.helpers import content, latest, plain_columns
 from tests.migrator.test_scale_batched_tracking import kill_at_the_end_of, statuses
-
 
 SMALL, BULK = "acme_0001", "globex_0002"  # 120 contacts and 240 activities each
 

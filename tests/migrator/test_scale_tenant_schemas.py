@@ -11,7 +11,6 @@ import re
 import subprocess
 from typing import Any
 
-import pytest
 from django.db import connection
 from psycopg import sql
 
@@ -19,7 +18,6 @@ from migrator import catalog, db
 from migrator.ops import binaries
 from tests.helpers import run
 from tests.migrator.helpers import database_url, manage, manage_env, rows, value
-
 
 NEW_TABLES = ("contact_data_contacts", "activity_data_activities", "django_migrations")
 LATER_SETTINGS = "tests.migrator.later_migration_settings"

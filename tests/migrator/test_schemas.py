@@ -10,7 +10,6 @@ from tenants.models import MigrationState, Tenant
 from tests.helpers import run
 from tests.migrator.helpers import latest, one_line, records, rows, table_names
 
-
 TARGETS = {"contacts": "contact_data_contacts", "activities": "activity_data_activities"}
 
 

@@ -15,7 +15,6 @@ from tenants.models import Tenant
 from tests.helpers import legacy_fingerprints, run
 from tests.migrator.helpers import count, one_line, psycopg_connect, rows, value
 
-
 POPULATED = ["acme_0001", "globex_0002", "initech_0003"]
 EMPTY = ["empty_0001", "empty_0002"]
 

@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable
 
 from django.db import transaction
-from psycopg import sql
 
 from migrator import catalog, db
 from migrator.core.context import MigrationContext, TenantRef
@@ -121,12 +120,34 @@ def switched(scope: str) -> bool:
     return bool(compat.compat_views(scope))
 
 
+def check_lock_timeout(lock_timeout_ms: int) -> None:
+    """Refuse a ``lock_timeout`` that is not below the server's ``deadlock_timeout`` (see :func:`switch_scope`)."""
+    deadlock_ms = int(db.fetchvalue("SELECT setting::int FROM pg_settings WHERE name = 'deadlock_timeout'"))
+    if lock_timeout_ms >= deadlock_ms:
+        raise MigrationError(
+            f"--lock-timeout {lock_timeout_ms} ms is not below the server's deadlock_timeout ({deadlock_ms} ms): "
+            "an application write waiting behind the cutover could be aborted as a deadlock; "
+            f"pass a --lock-timeout under {deadlock_ms} ms"
+        )
+
+
 def switch_scope(ctx: MigrationContext, scope: str, tables: list[str], owner: str) -> StepResult:
     """The online cutover of one scope, in one short transaction (retried when a lock is not granted in time).
 
-    Writes are blocked (SHARE ROW EXCLUSIVE: reads go on) while the last captured changes are
-    applied and both sides are fingerprinted; then the legacy tables are archived and their names
-    become compatibility views, and the capture goes. Either all of it commits or none of it.
+    The legacy tables are locked ACCESS EXCLUSIVE (the renames need it) first, in one statement, in
+    name order, waiting at most ``lock_timeout``; then the last captured changes are applied, both
+    sides fingerprinted, the legacy tables archived, their names made compatibility views, and the
+    capture removed. Either all of it commits or none of it. Writes and reads of the tenant's legacy
+    tables wait for the switch.
+
+    Taking a weaker lock first (SHARE ROW EXCLUSIVE, which lets reads go on) and ACCESS EXCLUSIVE
+    later deadlocked with an application transaction that had read one of the tables and then wrote
+    another: it waited for the weaker lock, the switch then waited for its read lock, and the
+    application, waiting longer, was the one the deadlock detector aborted. With every lock
+    requested at the start, a writer can only wait behind locks the switch already holds while the
+    switch itself waits, and the switch's wait ends (granted, or ``lock_timeout`` and a retry from
+    scratch) before the writer's ``deadlock_timeout`` runs out, so the writer never sees a deadlock:
+    :func:`check_lock_timeout` keeps ``lock_timeout`` below ``deadlock_timeout``.
     """
     from migrator.phases.data import validation_fingerprints  # data imports this module
 
@@ -137,6 +158,7 @@ def switch_scope(ctx: MigrationContext, scope: str, tables: list[str], owner: st
             f"{scope} is migrated online: its legacy tables are archived (rollback needs them), not dropped; "
             "run cutover without --drop-legacy"
         )
+    check_lock_timeout(ctx.options.lock_timeout_ms)
     copies = scope_copies(ctx, scope)
     merge = scope_merge(ctx, scope)
     tenant_id = tenant_id_from_schema(scope) if scope != ctx.config.legacy_auth_schema else None
@@ -144,13 +166,9 @@ def switch_scope(ctx: MigrationContext, scope: str, tables: list[str], owner: st
     fingerprints: dict[str, str] = {}  # what rollback compares with: a write since cutover keeps it from undoing
 
     def switch() -> None:
-        present = [t for t in tables if t in catalog.tables_by_schema([scope])[scope]]
         locked_at = time.monotonic()
-        db.execute(
-            sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(
-                sql.SQL(", ").join(sql.Identifier(scope, t) for t in present)
-            )
-        )
+        # Every lock the switch needs, at once, before anything else (see the docstring): in name order.
+        present = archive.lock_tables(scope, sorted(tables))
         blocked["since"] = locked_at
         stats = capture.apply_all_locked(scope, copies, merge)
         blocked["changes"] = stats.changes
@@ -175,7 +193,6 @@ def switch_scope(ctx: MigrationContext, scope: str, tables: list[str], owner: st
                 f"{scope}: the new tables differ from the legacy ones after the last changes: {'; '.join(problems)}; "
                 "nothing was switched (run `migrate_phase data --validate-only` to see the differing keys)"
             )
-        archive.lock_tables(scope, present)  # ACCESS EXCLUSIVE for the renames; bounded by lock_timeout too
         capture.remove_capture(scope, present)
         moved = archive.archive_tables(scope, owner, present, ctx.config.archive_schema, drop=False)
         for table in present:

@@ -137,6 +137,7 @@ def finish(*, from_phase: str, until: str = "cutover") -> None:
 
 def assert_every_write_carried_over(writer: Writer) -> None:
     assert writer.errors == []
+    assert writer.deadlocks == 0
     assert writer.phones
     assert writer.users
     for schema in TENANTS:

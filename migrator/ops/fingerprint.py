@@ -33,6 +33,19 @@ class Fingerprint:
 
 
 @dataclass(frozen=True)
+class Comparison:
+    """Both sides' fingerprints and, when they differ, some differing keys, all read in one snapshot."""
+
+    source: Fingerprint
+    target: Fingerprint
+    differing_keys: list[tuple[object, ...]]
+
+    @property
+    def matches(self) -> bool:
+        return str(self.source) == str(self.target)
+
+
+@dataclass(frozen=True)
 class TypeDifference:
     """A legacy column whose type differs from its target column's."""
 

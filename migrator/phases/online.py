@@ -8,15 +8,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from django.db import transaction
-
 from migrator import catalog, db
 from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.errors import MigrationError
 from migrator.core.steps import StepReporter, StepResult
 from migrator.ops import archive, capture, compat, reference
 from migrator.ops.copy import TableCopy, reset_identity
-from migrator.ops.fingerprint import Fingerprint
+from migrator.ops.fingerprint import Comparison
 from migrator.tables import LEGACY_AUTH_TABLES, REFERENCE_TABLES, TENANT_DATA_TABLES, legacy_table
 from salesflow.layout import tenant_id_from_schema
 
@@ -82,18 +80,18 @@ def mark_copied(ctx: MigrationContext, scope: str, tables: list[str]) -> None:
             capture.mark_ready(scope, table)
 
 
-def fingerprints_in_snapshot(ctx: MigrationContext, copy: TableCopy) -> tuple[Fingerprint, Fingerprint]:
+def compare_in_snapshot(ctx: MigrationContext, copy: TableCopy) -> Comparison:
     """Phase 3's validation while writes go on: every change captured up to one snapshot applied, then
-    both sides fingerprinted in that same snapshot, so they must match exactly."""
-    from migrator.phases.data import validation_fingerprints  # data imports this module
+    both sides fingerprinted (and, on a difference, the differing keys listed) in that same snapshot,
+    so they must match exactly."""
+    from migrator.phases.data import compare  # data imports this module
 
     scope = copy.source_schema
-    with transaction.atomic():
-        db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    with db.snapshot():
         copies = scope_copies(ctx, scope)
         stats = capture.apply_all_locked(scope, copies, scope_merge(ctx, scope))
         _continue_sequences(copies, stats)
-        return validation_fingerprints(copy)
+        return compare(copy)
 
 
 def _continue_sequences(copies: dict[str, TableCopy], stats: capture.ApplyStats) -> None:

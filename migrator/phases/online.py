@@ -201,6 +201,7 @@ def switch_scope(ctx: MigrationContext, scope: str, tables: list[str], owner: st
                 compat.create_reference_view(scope, legacy_table(table), tenant_id, archived)
         blocked["ms"] = (time.monotonic() - locked_at) * 1000
 
+    compat.ensure_probe_schema()
     attempts = capture.with_lock_retries(switch, ctx.options.lock_timeout_ms, f"switch {scope} to the new tables")
     capture.drop_capture_schema_if_unused()
     return StepResult(

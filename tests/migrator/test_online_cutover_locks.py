@@ -46,8 +46,14 @@ def test_an_application_transaction_meets_no_deadlock_at_the_online_cutover(sche
     with psycopg_connect() as watcher, psycopg_connect() as merge_holder, psycopg_connect() as app:
         app.execute("SET deadlock_timeout = '1s'")  # the server's default, what an application has
         writer_pid = app.execute("SELECT pg_backend_pid()").fetchone()[0]
-        # The cutover waits in its reference merge for as long as this session holds the merge's lock:
-        # that stands for a tenant whose last changes and fingerprints take a while under the lock.
+        # The cutover waits in its reference merge for as long as this session holds the merge's lock
+        # (a contact type added since phase 3 gives it something to merge): that stands for a tenant
+        # whose last changes and fingerprints take a while under the lock.
+        watcher.execute(
+            sql.SQL("INSERT INTO {} (code, name) VALUES ('added_late', 'Added late')").format(
+                sql.Identifier(TENANT, "contact_types")
+            )
+        )
         merge_holder.autocommit = False
         merge_holder.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [merge_lock])
         app.autocommit = False

@@ -243,6 +243,33 @@ def _keys_matching(copy: TableCopy, alias: str, types: list[str]) -> sql.Compose
     )
 
 
+def keys_filter(copy: TableCopy, alias: str) -> sql.Composed:
+    """``(alias.k1, ...) IN`` the keys of one jsonb array parameter (``json.dumps`` of a key list)."""
+    return _keys_matching(copy, alias, _key_types(copy))
+
+
+def pending_keys(scope: str) -> dict[str, list[object]]:
+    """The keys captured and not yet applied, per ready table of ``scope`` (what the next apply re-copies)."""
+    ready = [t for t, is_ready in captured_tables(scope).items() if is_ready]
+    rows = db.fetchall(
+        sql.SQL("SELECT tbl, jsonb_agg(DISTINCT key) FROM {} WHERE scope = %s AND tbl = ANY(%s) GROUP BY tbl").format(
+            CHANGES
+        ),
+        [scope, ready],
+    )
+    return {tbl: json.loads(keys) if isinstance(keys, str) else list(keys) for tbl, keys in rows}
+
+
+def uncaptured(scope: str, tables: list[str]) -> list[str]:
+    """Those of ``scope``'s ``tables`` whose capture trigger is missing or disabled."""
+    rows = db.fetchall(
+        "SELECT t.tbl FROM unnest(%s::text[]) t(tbl) WHERE NOT EXISTS (SELECT 1 FROM pg_trigger g "
+        "WHERE g.tgrelid = to_regclass(format('%%I.%%I', %s::text, t.tbl)) AND g.tgname = %s AND g.tgenabled <> 'D')",
+        [tables, scope, TRIGGER],
+    )
+    return [r[0] for r in rows]
+
+
 def _reapply_keys(copy: TableCopy, keys: list[object]) -> int:
     """Make the target rows of ``keys`` the source's current rows (gone from the source: deleted)."""
     types = _key_types(copy)

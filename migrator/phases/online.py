@@ -12,7 +12,7 @@ from migrator import catalog, db
 from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.errors import MigrationError
 from migrator.core.steps import StepReporter, StepResult
-from migrator.ops import archive, capture, compat, reference
+from migrator.ops import archive, capture, compat, fingerprint, reference
 from migrator.ops.copy import TableCopy, reset_identity
 from migrator.ops.fingerprint import Comparison
 from migrator.tables import LEGACY_AUTH_TABLES, REFERENCE_TABLES, TENANT_DATA_TABLES, legacy_table
@@ -147,7 +147,6 @@ def switch_scope(ctx: MigrationContext, scope: str, tables: list[str], owner: st
     scratch) before the writer's ``deadlock_timeout`` runs out, so the writer never sees a deadlock:
     :func:`check_lock_timeout` keeps ``lock_timeout`` below ``deadlock_timeout``.
     """
-    from migrator.phases.data import validation_fingerprints  # data imports this module
 
     if switched(scope) and not is_online(scope):
         return StepResult(message="already switched to the compatibility views", details={"online": True})
@@ -163,21 +162,57 @@ def switch_scope(ctx: MigrationContext, scope: str, tables: list[str], owner: st
     blocked: dict[str, float] = {}
     fingerprints: dict[str, str] = {}  # what rollback compares with: a write since cutover keeps it from undoing
 
+    # Before any lock, while writes go on: the backlog applied and both sides compared in full, in one
+    # snapshot (as phase 3 validates). Under the lock only the rows changed since are compared, and the
+    # recorded target fingerprint is this one with those rows replaced: the fingerprint is a count and
+    # a sum of row hashes, and every other row is unchanged on both sides while the capture triggers are
+    # there (checked under the lock too).
+    from migrator.phases.data import compare  # data imports this module
+
+    present_before = [t for t in tables if t in catalog.tables_by_schema([scope])[scope]]
+    with db.snapshot():
+        capture.apply_all_locked(scope, copies, merge)
+        whole = {table: compare(copy) for table, copy in copies.items() if table in present_before}
+    differing = [
+        f"{table}: legacy {c.source.rows} rows {c.source}, new {c.target.rows} rows {c.target}"
+        for table, c in whole.items()
+        if not c.matches
+    ]
+    if differing:
+        raise MigrationError(
+            f"{scope}: the new tables differ from the legacy ones: {'; '.join(differing)}; nothing was switched "
+            "(run `migrate_phase data --validate-only` to see the differing keys)"
+        )
+
     def switch() -> None:
         locked_at = time.monotonic()
         # Every lock the switch needs, at once, before anything else (see the docstring): in name order.
         present = archive.lock_tables(scope, sorted(tables))
         blocked["since"] = locked_at
+        problems = [f"{table}: its change capture trigger is gone" for table in capture.uncaptured(scope, present)]
+        if set(present) != set(present_before):
+            problems.append(f"legacy tables {sorted(present_before)} became {present} since the comparison")
+        changed = capture.pending_keys(scope)
+        target_before = {
+            table: fingerprint.fingerprints_of_keys(copies[table], keys)[1]
+            for table, keys in changed.items()
+            if table in copies and table in whole
+        }
         stats = capture.apply_all_locked(scope, copies, merge)
         blocked["changes"] = stats.changes
-        problems = []
         for table, copy in copies.items():
-            if table not in present:
+            if table not in present or table not in whole:
                 continue
-            source, target = validation_fingerprints(copy)
+            target = whole[table].target
+            if table in target_before:
+                source_now, target_now = fingerprint.fingerprints_of_keys(copy, changed[table])
+                if str(source_now) != str(target_now):
+                    problems.append(
+                        f"{table}: the {len(changed[table])} rows changed last differ (legacy {source_now}, new "
+                        f"{target_now})"
+                    )
+                target = fingerprint.replaced(target, target_before[table], target_now)
             fingerprints[table] = str(target)
-            if str(source) != str(target):
-                problems.append(f"{table}: legacy {source.rows} rows {source}, new {target.rows} rows {target}")
             if copy.key == ("id",):
                 reset_identity(copy.target_schema, copy.target_table)
         if tenant_id is not None:
@@ -233,11 +268,11 @@ def undo_switch(ctx: MigrationContext, scope: str, owner: str, recorded: dict[st
 
     copies = scope_copies(ctx, scope)
     changed = []
-    for table, fingerprint in recorded.items():
+    for table, at_cutover in recorded.items():
         copy = copies[table]
         now = validation_fingerprints(copy)[1] if catalog.table_exists(copy.target_schema, copy.target_table) else None
-        if str(now) != fingerprint:
-            then_rows = fingerprint.split(":", 1)[0] if ":" in fingerprint else "?"
+        if str(now) != at_cutover:
+            then_rows = at_cutover.split(":", 1)[0] if ":" in at_cutover else "?"
             changed.append(f"{copy.target_table} ({then_rows} rows at cutover, {now.rows if now else 0} now)")
     if changed:
         raise MigrationError(

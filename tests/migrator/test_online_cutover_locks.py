@@ -11,7 +11,6 @@ import pytest
 from django.core.management.base import CommandError
 from psycopg import sql
 
-from migrator.tables import reference_table
 from tests.helpers import run
 from tests.migrator.helpers import PROJECT_DIR, manage_command, manage_env, psycopg_connect, value, wait_for
 
@@ -21,7 +20,7 @@ TENANT = "tenant_acme_0001"
 LEGACY_TABLES = ["contacts", "activities", "contact_types", "activity_types", "tag_categories"]
 # Long enough that the cutover is still inside its transaction when the application's deadlock check
 # runs (1 s after it started waiting), short enough for the cutover's lock_timeout below (800 ms).
-MERGE_HELD_SECONDS = 0.4
+HELD_SECONDS = 0.4
 
 
 def cutover_lock_taken(conn: psycopg.Connection, writer_pid: int) -> bool:
@@ -42,20 +41,19 @@ def test_an_application_transaction_meets_no_deadlock_at_the_online_cutover(sche
     run("migrate_phase", "verify", load_seconds=0.5, load_queries=20, load_max_regression=10_000.0, interactive=False)
     with pytest.raises(CommandError, match="deadlock_timeout"):  # a cutover that could make a writer its victim
         run("migrate_phase", "cutover", "--tenant", "acme_0001", lock_timeout_ms=1000, interactive=False)
-    merge_lock = f"migrator reference merge {reference_table('contact_types').map_name}"
-    with psycopg_connect() as watcher, psycopg_connect() as merge_holder, psycopg_connect() as app:
+    with psycopg_connect() as watcher, psycopg_connect() as holder, psycopg_connect() as app:
         app.execute("SET deadlock_timeout = '1s'")  # the server's default, what an application has
         writer_pid = app.execute("SELECT pg_backend_pid()").fetchone()[0]
-        # The cutover waits in its reference merge for as long as this session holds the merge's lock
-        # (a contact type added since phase 3 gives it something to merge): that stands for a tenant
-        # whose last changes and fingerprints take a while under the lock.
-        watcher.execute(
-            sql.SQL("INSERT INTO {} (code, name) VALUES ('added_late', 'Added late')").format(
-                sql.Identifier(TENANT, "contact_types")
-            )
-        )
-        merge_holder.autocommit = False
-        merge_holder.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [merge_lock])
+        # The cutover waits, inside its switch, for the new contacts table's id sequence (it moves it past
+        # the legacy ids) for as long as this session holds it: that stands for a tenant whose last
+        # changes and comparisons take a while under the lock.
+        holder.autocommit = False
+        sequence = holder.execute(
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.oid = pg_get_serial_sequence(%s, 'id')::regclass",
+            [f"{TENANT}.contact_data_contacts"],
+        ).fetchone()
+        holder.execute(sql.SQL("ALTER SEQUENCE {} INCREMENT BY 1").format(sql.Identifier(*sequence)))
         app.autocommit = False
         # The application's transaction reads a legacy table (a contact type to use) ...
         type_id = app.execute(
@@ -71,7 +69,7 @@ def test_an_application_transaction_meets_no_deadlock_at_the_online_cutover(sche
         )
         try:
             wait_for(lambda: cutover_lock_taken(watcher, writer_pid), timeout=60, interval=0.005, what="cutover locks")
-            release = threading.Timer(MERGE_HELD_SECONDS, merge_holder.rollback)
+            release = threading.Timer(HELD_SECONDS, holder.rollback)
             release.start()
             # ... then writes another while the cutover holds or waits for its locks.
             deadlocked = False

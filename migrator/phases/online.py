@@ -132,11 +132,12 @@ def check_lock_timeout(lock_timeout_ms: int) -> None:
 def switch_scope(ctx: MigrationContext, scope: str, tables: list[str], owner: str) -> StepResult:
     """The online cutover of one scope, in one short transaction (retried when a lock is not granted in time).
 
-    The legacy tables are locked ACCESS EXCLUSIVE (the renames need it) first, in one statement, in
-    name order, waiting at most ``lock_timeout``; then the last captured changes are applied, both
-    sides fingerprinted, the legacy tables archived, their names made compatibility views, and the
-    capture removed. Either all of it commits or none of it. Writes and reads of the tenant's legacy
-    tables wait for the switch.
+    First, with no lock, the backlog is applied and both sides compared in full in one snapshot. Then,
+    in the switch's transaction, the legacy tables are locked ACCESS EXCLUSIVE (the renames need it)
+    first, in one statement, in name order, waiting at most ``lock_timeout``; the changes captured
+    since are applied and only their rows compared; the legacy tables are archived, their names made
+    compatibility views, and the capture removed. Either all of it commits or none of it. Writes and
+    reads of the tenant's legacy tables wait for the switch.
 
     Taking a weaker lock first (SHARE ROW EXCLUSIVE, which lets reads go on) and ACCESS EXCLUSIVE
     later deadlocked with an application transaction that had read one of the tables and then wrote

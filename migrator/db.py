@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import quote
 
 import psycopg
-from django.db import connection
+from django.db import connection, transaction
 from psycopg import sql
 
 Query = sql.Composable | str
@@ -63,6 +63,22 @@ def local_settings(**settings: str) -> Iterator[None]:
     # "current transaction is aborted" and hide the first error, and its rollback undoes SET LOCAL anyway.
     for name, value in previous.items():
         execute("SELECT set_config(%s, %s, true)", [name, value])
+
+
+@contextmanager
+def snapshot() -> Iterator[None]:
+    """One ``REPEATABLE READ`` transaction: every statement inside reads the same snapshot.
+
+    Must be the outermost transaction (PostgreSQL refuses ``SET TRANSACTION`` after a query or in a
+    savepoint). Outside a transaction block it would only warn and leave each statement its own
+    snapshot, so the level is checked, not assumed.
+    """
+    with transaction.atomic():
+        execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        level = fetchvalue("SELECT current_setting('transaction_isolation')")
+        if level != "repeatable read":
+            raise RuntimeError(f"a snapshot was asked for, but the transaction runs at {level}")
+        yield
 
 
 def ident_list(names: Sequence[str]) -> sql.Composed:

@@ -88,20 +88,13 @@ def stage_db(stage_databases: StageDatabases, django_db_blocker: Any) -> Iterato
             stage_databases.release()
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+@pytest.fixture(autouse=True)
+def stage_tests_carry_no_django_db_mark(request: pytest.FixtureRequest) -> None:
     """A stage test with a ``django_db`` mark would flush the untouched test database afterwards."""
-    marked = [
-        item.nodeid
-        for item in items
-        if "stage_db" in getattr(item, "fixturenames", ())
-        and "live_server" not in getattr(item, "fixturenames", ())  # its server thread needs pytest-django's setup
-        and item.get_closest_marker("django_db")
-    ]
-    if marked:
-        raise pytest.UsageError(
-            "these tests start from a stage (a database copy of their own); drop their django_db mark: "
-            + ", ".join(marked)
-        )
+    names = request.fixturenames
+    if "stage_db" in names and "live_server" not in names and request.node.get_closest_marker("django_db"):
+        # live_server: its server thread needs pytest-django's own setup
+        pytest.fail(f"{request.node.nodeid} starts from a stage (a database copy of its own): drop its django_db mark")
 
 
 @pytest.fixture

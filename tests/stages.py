@@ -66,9 +66,14 @@ MAX_BASE = 40  # leaves room for the suffixes within PostgreSQL's 63 bytes
 
 
 def admin_connection(conf: dict[str, Any]) -> psycopg.Connection:
-    """An autocommit connection to the server's ``postgres`` database, as the tests' user."""
+    """An autocommit connection to the server's ``postgres`` database, as the tests' user.
+
+    Its commits do not wait for the WAL flush: a test's database copy need not survive a crash of
+    the server, and ``CREATE DATABASE`` then returns in about a third of the time.
+    """
     return psycopg.connect(
         dbname="postgres",
+        options="-c synchronous_commit=off",
         user=conf["USER"] or None,
         password=conf["PASSWORD"] or None,
         host=conf["HOST"] or None,

@@ -13,6 +13,8 @@ from migrator import catalog, db
 from migrator.config import MigratorConfig
 from migrator.core.errors import MigrationError
 from migrator.models import DeferredConstraint, MigrationRecord, ReferenceMapping
+from migrator.ops.capture import CAPTURE_SCHEMA
+from migrator.ops.compat import PROBE_SCHEMA
 from migrator.tables import service_tables
 from tenants.models import Domain, Tenant
 
@@ -46,7 +48,15 @@ def reset_database(config: MigratorConfig) -> list[str]:
     """Drop tenant, legacy auth and archive schemas; empty service tables; forget all migrator state."""
     done: list[str] = []
     # One schema per transaction: dropping a thousand tenant schemas at once exhausts the lock table.
-    for schema in [*catalog.schemas_like_tenants(), config.legacy_auth_schema, config.archive_schema]:
+    # The online mode's capture and compatibility-probe schemas too: a capture bookkeeping row kept
+    # across a reseed would describe legacy tables that no longer exist.
+    for schema in [
+        *catalog.schemas_like_tenants(),
+        config.legacy_auth_schema,
+        config.archive_schema,
+        CAPTURE_SCHEMA,
+        PROBE_SCHEMA,
+    ]:
         if catalog.schema_exists(schema):
             with transaction.atomic():
                 db.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))

@@ -119,6 +119,9 @@ def install(scope: str, table: str, key: tuple[str, ...], lock_timeout_ms: int) 
     ensure_capture_schema()
     if is_captured(scope, table):
         return False
+    # A bookkeeping row without its trigger: an earlier attempt captured a table that has been
+    # re-created since (a reseed or restore of the legacy schema). Nothing was captured since then, so
+    # its copy is not "ready" any more; the copy that follows this install makes it so again.
 
     def create() -> None:
         target = sql.Identifier(scope, table)
@@ -139,9 +142,10 @@ def install(scope: str, table: str, key: tuple[str, ...], lock_timeout_ms: int) 
             ).format(trigger=sql.Identifier(TRUNCATE_TRIGGER), t=target, fn=REFUSE_TRUNCATE_FUNCTION)
         )
         db.execute(
-            sql.SQL("INSERT INTO {} (scope, tbl, key_columns) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING").format(
-                CAPTURED_TABLES
-            ),
+            sql.SQL(
+                "INSERT INTO {} (scope, tbl, key_columns) VALUES (%s, %s, %s) ON CONFLICT (scope, tbl) "
+                "DO UPDATE SET key_columns = EXCLUDED.key_columns, ready = false, installed_at = now()"
+            ).format(CAPTURED_TABLES),
             [scope, table, list(key)],
         )
 
@@ -176,12 +180,21 @@ def with_lock_retries(work: Callable[[], None], lock_timeout_ms: int, what: str,
 
 
 def is_captured(scope: str, table: str) -> bool:
+    """Writes to ``scope.table`` are captured: its bookkeeping row and its trigger are both there.
+
+    The trigger is looked up, not assumed from the bookkeeping: a legacy table re-created since an
+    earlier attempt (reseeded, restored) has the row and no trigger, and every write to it would go
+    uncaptured, so lost to the new tables.
+    """
     if not capture_ready():
         return False
     return bool(
         db.fetchvalue(
-            sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE scope = %s AND tbl = %s)").format(CAPTURED_TABLES),
-            [scope, table],
+            sql.SQL(
+                "SELECT EXISTS (SELECT 1 FROM {} WHERE scope = %s AND tbl = %s) "
+                "AND EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = {oid} AND tgname = %s)"
+            ).format(CAPTURED_TABLES, oid=catalog.RELATION_OID),
+            [scope, table, scope, table, TRIGGER],
         )
     )
 
@@ -228,6 +241,33 @@ def _keys_matching(copy: TableCopy, alias: str, types: list[str]) -> sql.Compose
     return sql.SQL("{row} IN (SELECT {casts} FROM jsonb_array_elements(%s::jsonb) e)").format(
         row=copy.key_row(alias), casts=casts
     )
+
+
+def keys_filter(copy: TableCopy, alias: str) -> sql.Composed:
+    """``(alias.k1, ...) IN`` the keys of one jsonb array parameter (``json.dumps`` of a key list)."""
+    return _keys_matching(copy, alias, _key_types(copy))
+
+
+def pending_keys(scope: str) -> dict[str, list[object]]:
+    """The keys captured and not yet applied, per ready table of ``scope`` (what the next apply re-copies)."""
+    ready = [t for t, is_ready in captured_tables(scope).items() if is_ready]
+    rows = db.fetchall(
+        sql.SQL("SELECT tbl, jsonb_agg(DISTINCT key) FROM {} WHERE scope = %s AND tbl = ANY(%s) GROUP BY tbl").format(
+            CHANGES
+        ),
+        [scope, ready],
+    )
+    return {tbl: json.loads(keys) if isinstance(keys, str) else list(keys) for tbl, keys in rows}
+
+
+def uncaptured(scope: str, tables: list[str]) -> list[str]:
+    """Those of ``scope``'s ``tables`` whose capture trigger is missing or disabled."""
+    rows = db.fetchall(
+        "SELECT t.tbl FROM unnest(%s::text[]) t(tbl) WHERE NOT EXISTS (SELECT 1 FROM pg_trigger g "
+        "WHERE g.tgrelid = to_regclass(format('%%I.%%I', %s::text, t.tbl)) AND g.tgname = %s AND g.tgenabled <> 'D')",
+        [tables, scope, TRIGGER],
+    )
+    return [r[0] for r in rows]
 
 
 def _reapply_keys(copy: TableCopy, keys: list[object]) -> int:

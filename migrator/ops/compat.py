@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 
+from django.db import transaction
 from psycopg import sql
 
 from migrator import catalog, db
@@ -50,11 +51,24 @@ def probe(schema: str, view: str) -> sql.Identifier:
     return sql.Identifier(PROBE_SCHEMA, probe_name(schema, view))
 
 
+def ensure_probe_schema() -> None:
+    """The probe tables' schema, in a transaction of its own before any tenant's switch.
+
+    Not inside the switches: two tenants switched in parallel (``--jobs``) would both create it, or
+    both update its privileges ("tuple concurrently updated").
+    """
+    with transaction.atomic():
+        db.execute("SELECT pg_advisory_xact_lock(hashtextextended('migrator compat probe schema', 0))")
+        if catalog.schema_exists(PROBE_SCHEMA):
+            return
+        db.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(PROBE_SCHEMA)))
+        # the application's roles read it through the trigger functions (which run as the writer)
+        db.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO PUBLIC").format(sql.Identifier(PROBE_SCHEMA)))
+
+
 def _create_probe(schema: str, view: str) -> sql.Identifier:
+    """``schema.view``'s probe table (:func:`ensure_probe_schema` made its schema)."""
     table = probe(schema, view)
-    db.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(PROBE_SCHEMA)))
-    # the application's roles read it through the trigger functions (which run as the writer)
-    db.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO PUBLIC").format(sql.Identifier(PROBE_SCHEMA)))
     db.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (used boolean NOT NULL DEFAULT true)").format(table))
     db.execute(sql.SQL("INSERT INTO {} DEFAULT VALUES").format(table))
     db.execute(sql.SQL("GRANT SELECT ON {} TO PUBLIC").format(table))

@@ -14,11 +14,14 @@ type, the conversion the copy made, so rows compare by value and not by their le
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from psycopg import sql
 
 from migrator import catalog, db
+from migrator.ops.capture import keys_filter
 from migrator.ops.copy import Remap, TableCopy
 from migrator.tables import reference_table
 
@@ -30,6 +33,19 @@ class Fingerprint:
 
     def __str__(self) -> str:
         return f"{self.rows}:{self.digest}"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Both sides' fingerprints and, when they differ, some differing keys, all read in one snapshot."""
+
+    source: Fingerprint
+    target: Fingerprint
+    differing_keys: list[tuple[object, ...]]
+
+    @property
+    def matches(self) -> bool:
+        return str(self.source) == str(self.target)
 
 
 @dataclass(frozen=True)
@@ -136,9 +152,40 @@ def target_query(copy: TableCopy) -> sql.Composed:
     return sql.SQL("SELECT count(*), coalesce(sum({h}), 0) FROM {t}").format(h=_row_hash(expressions), t=target)
 
 
-def _fingerprint(query: sql.Composed) -> Fingerprint:
-    rows, total = db.fetchone(query) or (0, 0)
+DIGEST_MODULUS = 2**80
+
+
+def _fingerprint(query: sql.Composed, params: Sequence[object] | None = None) -> Fingerprint:
+    rows, total = db.fetchone(query, params) or (0, 0)
     return _as_fingerprint(rows, total)
+
+
+def fingerprints_of_keys(copy: TableCopy, keys: list[object]) -> tuple[Fingerprint, Fingerprint]:
+    """Source and target fingerprints of the rows of ``keys`` only (a key on neither side adds nothing)."""
+    payload = [json.dumps(keys)]
+    source_expressions, source = _source(copy)
+    target_expressions, target = _target(copy)
+    return (
+        _fingerprint(
+            sql.SQL("SELECT count(*), coalesce(sum({h}), 0) FROM {f} WHERE {k}").format(
+                h=_row_hash(source_expressions), f=source, k=keys_filter(copy, "s")
+            ),
+            payload,
+        ),
+        _fingerprint(
+            sql.SQL("SELECT count(*), coalesce(sum({h}), 0) FROM {f} WHERE {k}").format(
+                h=_row_hash(target_expressions), f=target, k=keys_filter(copy, "t")
+            ),
+            payload,
+        ),
+    )
+
+
+def replaced(whole: Fingerprint, before: Fingerprint, after: Fingerprint) -> Fingerprint:
+    """``whole``'s fingerprint once the rows fingerprinted ``before`` became the rows fingerprinted ``after``
+    (a count and a sum of row hashes: both subtract and add)."""
+    digest = (int(whole.digest, 16) - int(before.digest, 16) + int(after.digest, 16)) % DIGEST_MODULUS
+    return Fingerprint(whole.rows - before.rows + after.rows, format(digest, "020x"))
 
 
 def source_fingerprint(copy: TableCopy) -> Fingerprint:
@@ -158,7 +205,7 @@ def both_fingerprints(copy: TableCopy) -> tuple[Fingerprint, Fingerprint]:
 
 
 def _as_fingerprint(rows: int, total: int) -> Fingerprint:
-    return Fingerprint(int(rows), format(int(total) % 2**80, "020x"))
+    return Fingerprint(int(rows), format(int(total) % DIGEST_MODULUS, "020x"))
 
 
 def differing_keys(copy: TableCopy, limit: int = 10) -> list[tuple[object, ...]]:

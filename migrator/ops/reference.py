@@ -128,6 +128,12 @@ def merge_reference_table(ref: ReferenceTable, tenant_ids: list[str], policy: st
         raise MigrationError(f"{ref.shared_schema}.{ref.table} does not exist; run `migrate_phase schemas` first")
     result = MergeResult()
     shared = sql.Identifier(ref.shared_schema, ref.table)
+    # Nothing to merge (the usual case when a tenant's captured changes are applied): no lock, which
+    # the caller would otherwise hold until it commits (an online cutover holds it through its whole
+    # switch, and the other tenants' switches queued on it).
+    todo, result.tenants_without_table = _unmerged_tenants(ref, tenant_ids)
+    if not todo:
+        return result
     with transaction.atomic():
         # One merge of a reference table at a time (tenant copies merge their new rows in parallel):
         # a conflict check must see every shared row that another merge could be adding.

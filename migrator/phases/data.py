@@ -63,6 +63,13 @@ def validation_fingerprints(copy: TableCopy) -> tuple[fingerprint.Fingerprint, f
     return fingerprint.both_fingerprints(copy)
 
 
+def compare(copy: TableCopy) -> fingerprint.Comparison:
+    """Phase 3's comparison of both sides, in the caller's transaction (a snapshot: see :func:`db.snapshot`)."""
+    source, target = validation_fingerprints(copy)
+    differing = fingerprint.differing_keys(copy) if str(source) != str(target) else []
+    return fingerprint.Comparison(source, target, differing)
+
+
 def check_columns(copy: TableCopy, model_label: str) -> None:
     """Refuse before copying anything when a legacy column has no target column."""
     legacy_cols = [c.name for c in catalog.columns(copy.source_schema, copy.source_table)]
@@ -325,16 +332,22 @@ class DataPhase(Phase):
                 rows = catalog.row_count(tenant.schema, spec.target_table)
                 return StepResult(message=f"no legacy table; target has {rows} rows", rows_expected=0, rows_copied=rows)
             copy = tenant_copy(tenant, spec)
-        if online.is_online(copy.source_schema):  # writes go on: compare both sides in one snapshot
-            source, target = online.fingerprints_in_snapshot(ctx, copy)
+        # Both sides, and the keys that differ, are read in one snapshot: a legacy row committed between
+        # two reads would otherwise show as missing from the target although nothing is wrong.
+        if online.is_online(copy.source_schema):  # writes go on: the captured changes applied in it too
+            comparison = online.compare_in_snapshot(ctx, copy)
         else:
-            source, target = validation_fingerprints(copy)
+            comparison = compare(copy)  # both fingerprints come from one statement, so from one snapshot
+            if not comparison.matches:  # the keys too: both sides and the keys again, in one snapshot
+                with db.snapshot():
+                    comparison = compare(copy)
+        source, target = comparison.source, comparison.target
         details: dict[str, object] = {}
         converted = [str(d) for d in fingerprint.type_differences(copy)]
         if converted:
             details["columns_of_another_type"] = converted
-        if str(source) != str(target):
-            details["differing_keys"] = [list(k) for k in fingerprint.differing_keys(copy)]
+        if not comparison.matches:
+            details["differing_keys"] = [list(k) for k in comparison.differing_keys]
         missing = constraints.missing_constraints(copy.target_schema, copy.target_table)
         if missing:
             details["constraints_missing"] = missing

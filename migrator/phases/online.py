@@ -8,16 +8,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from django.db import transaction
-from psycopg import sql
-
 from migrator import catalog, db
 from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.errors import MigrationError
 from migrator.core.steps import StepReporter, StepResult
-from migrator.ops import archive, capture, compat, reference
+from migrator.ops import archive, capture, compat, fingerprint, reference
 from migrator.ops.copy import TableCopy, reset_identity
-from migrator.ops.fingerprint import Fingerprint
+from migrator.ops.fingerprint import Comparison
 from migrator.tables import LEGACY_AUTH_TABLES, REFERENCE_TABLES, TENANT_DATA_TABLES, legacy_table
 from salesflow.layout import tenant_id_from_schema
 
@@ -83,18 +80,18 @@ def mark_copied(ctx: MigrationContext, scope: str, tables: list[str]) -> None:
             capture.mark_ready(scope, table)
 
 
-def fingerprints_in_snapshot(ctx: MigrationContext, copy: TableCopy) -> tuple[Fingerprint, Fingerprint]:
+def compare_in_snapshot(ctx: MigrationContext, copy: TableCopy) -> Comparison:
     """Phase 3's validation while writes go on: every change captured up to one snapshot applied, then
-    both sides fingerprinted in that same snapshot, so they must match exactly."""
-    from migrator.phases.data import validation_fingerprints  # data imports this module
+    both sides fingerprinted (and, on a difference, the differing keys listed) in that same snapshot,
+    so they must match exactly."""
+    from migrator.phases.data import compare  # data imports this module
 
     scope = copy.source_schema
-    with transaction.atomic():
-        db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    with db.snapshot():
         copies = scope_copies(ctx, scope)
         stats = capture.apply_all_locked(scope, copies, scope_merge(ctx, scope))
         _continue_sequences(copies, stats)
-        return validation_fingerprints(copy)
+        return compare(copy)
 
 
 def _continue_sequences(copies: dict[str, TableCopy], stats: capture.ApplyStats) -> None:
@@ -121,14 +118,36 @@ def switched(scope: str) -> bool:
     return bool(compat.compat_views(scope))
 
 
+def check_lock_timeout(lock_timeout_ms: int) -> None:
+    """Refuse a ``lock_timeout`` that is not below the server's ``deadlock_timeout`` (see :func:`switch_scope`)."""
+    deadlock_ms = int(db.fetchvalue("SELECT setting::int FROM pg_settings WHERE name = 'deadlock_timeout'"))
+    if lock_timeout_ms >= deadlock_ms:
+        raise MigrationError(
+            f"--lock-timeout {lock_timeout_ms} ms is not below the server's deadlock_timeout ({deadlock_ms} ms): "
+            "an application write waiting behind the cutover could be aborted as a deadlock; "
+            f"pass a --lock-timeout under {deadlock_ms} ms"
+        )
+
+
 def switch_scope(ctx: MigrationContext, scope: str, tables: list[str], owner: str) -> StepResult:
     """The online cutover of one scope, in one short transaction (retried when a lock is not granted in time).
 
-    Writes are blocked (SHARE ROW EXCLUSIVE: reads go on) while the last captured changes are
-    applied and both sides are fingerprinted; then the legacy tables are archived and their names
-    become compatibility views, and the capture goes. Either all of it commits or none of it.
+    First, with no lock, the backlog is applied and both sides compared in full in one snapshot. Then,
+    in the switch's transaction, the legacy tables are locked ACCESS EXCLUSIVE (the renames need it)
+    first, in one statement, in name order, waiting at most ``lock_timeout``; the changes captured
+    since are applied and only their rows compared; the legacy tables are archived, their names made
+    compatibility views, and the capture removed. Either all of it commits or none of it. Writes and
+    reads of the tenant's legacy tables wait for the switch.
+
+    Taking a weaker lock first (SHARE ROW EXCLUSIVE, which lets reads go on) and ACCESS EXCLUSIVE
+    later deadlocked with an application transaction that had read one of the tables and then wrote
+    another: it waited for the weaker lock, the switch then waited for its read lock, and the
+    application, waiting longer, was the one the deadlock detector aborted. With every lock
+    requested at the start, a writer can only wait behind locks the switch already holds while the
+    switch itself waits, and the switch's wait ends (granted, or ``lock_timeout`` and a retry from
+    scratch) before the writer's ``deadlock_timeout`` runs out, so the writer never sees a deadlock:
+    :func:`check_lock_timeout` keeps ``lock_timeout`` below ``deadlock_timeout``.
     """
-    from migrator.phases.data import validation_fingerprints  # data imports this module
 
     if switched(scope) and not is_online(scope):
         return StepResult(message="already switched to the compatibility views", details={"online": True})
@@ -137,31 +156,64 @@ def switch_scope(ctx: MigrationContext, scope: str, tables: list[str], owner: st
             f"{scope} is migrated online: its legacy tables are archived (rollback needs them), not dropped; "
             "run cutover without --drop-legacy"
         )
+    check_lock_timeout(ctx.options.lock_timeout_ms)
     copies = scope_copies(ctx, scope)
     merge = scope_merge(ctx, scope)
     tenant_id = tenant_id_from_schema(scope) if scope != ctx.config.legacy_auth_schema else None
     blocked: dict[str, float] = {}
     fingerprints: dict[str, str] = {}  # what rollback compares with: a write since cutover keeps it from undoing
 
-    def switch() -> None:
-        present = [t for t in tables if t in catalog.tables_by_schema([scope])[scope]]
-        locked_at = time.monotonic()
-        db.execute(
-            sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(
-                sql.SQL(", ").join(sql.Identifier(scope, t) for t in present)
-            )
+    # Before any lock, while writes go on: the backlog applied and both sides compared in full, in one
+    # snapshot (as phase 3 validates). Under the lock only the rows changed since are compared, and the
+    # recorded target fingerprint is this one with those rows replaced: the fingerprint is a count and
+    # a sum of row hashes, and every other row is unchanged on both sides while the capture triggers are
+    # there (checked under the lock too).
+    from migrator.phases.data import compare  # data imports this module
+
+    present_before = [t for t in tables if t in catalog.tables_by_schema([scope])[scope]]
+    with db.snapshot():
+        capture.apply_all_locked(scope, copies, merge)
+        whole = {table: compare(copy) for table, copy in copies.items() if table in present_before}
+    differing = [
+        f"{table}: legacy {c.source.rows} rows {c.source}, new {c.target.rows} rows {c.target}"
+        for table, c in whole.items()
+        if not c.matches
+    ]
+    if differing:
+        raise MigrationError(
+            f"{scope}: the new tables differ from the legacy ones: {'; '.join(differing)}; nothing was switched "
+            "(run `migrate_phase data --validate-only` to see the differing keys)"
         )
+
+    def switch() -> None:
+        locked_at = time.monotonic()
+        # Every lock the switch needs, at once, before anything else (see the docstring): in name order.
+        present = archive.lock_tables(scope, sorted(tables))
         blocked["since"] = locked_at
+        problems = [f"{table}: its change capture trigger is gone" for table in capture.uncaptured(scope, present)]
+        if set(present) != set(present_before):
+            problems.append(f"legacy tables {sorted(present_before)} became {present} since the comparison")
+        changed = capture.pending_keys(scope)
+        target_before = {
+            table: fingerprint.fingerprints_of_keys(copies[table], keys)[1]
+            for table, keys in changed.items()
+            if table in copies and table in whole
+        }
         stats = capture.apply_all_locked(scope, copies, merge)
         blocked["changes"] = stats.changes
-        problems = []
         for table, copy in copies.items():
-            if table not in present:
+            if table not in present or table not in whole:
                 continue
-            source, target = validation_fingerprints(copy)
+            target = whole[table].target
+            if table in target_before:
+                source_now, target_now = fingerprint.fingerprints_of_keys(copy, changed[table])
+                if str(source_now) != str(target_now):
+                    problems.append(
+                        f"{table}: the {len(changed[table])} rows changed last differ (legacy {source_now}, new "
+                        f"{target_now})"
+                    )
+                target = fingerprint.replaced(target, target_before[table], target_now)
             fingerprints[table] = str(target)
-            if str(source) != str(target):
-                problems.append(f"{table}: legacy {source.rows} rows {source}, new {target.rows} rows {target}")
             if copy.key == ("id",):
                 reset_identity(copy.target_schema, copy.target_table)
         if tenant_id is not None:
@@ -175,7 +227,6 @@ def switch_scope(ctx: MigrationContext, scope: str, tables: list[str], owner: st
                 f"{scope}: the new tables differ from the legacy ones after the last changes: {'; '.join(problems)}; "
                 "nothing was switched (run `migrate_phase data --validate-only` to see the differing keys)"
             )
-        archive.lock_tables(scope, present)  # ACCESS EXCLUSIVE for the renames; bounded by lock_timeout too
         capture.remove_capture(scope, present)
         moved = archive.archive_tables(scope, owner, present, ctx.config.archive_schema, drop=False)
         for table in present:
@@ -186,6 +237,7 @@ def switch_scope(ctx: MigrationContext, scope: str, tables: list[str], owner: st
                 compat.create_reference_view(scope, legacy_table(table), tenant_id, archived)
         blocked["ms"] = (time.monotonic() - locked_at) * 1000
 
+    compat.ensure_probe_schema()
     attempts = capture.with_lock_retries(switch, ctx.options.lock_timeout_ms, f"switch {scope} to the new tables")
     capture.drop_capture_schema_if_unused()
     return StepResult(
@@ -217,11 +269,11 @@ def undo_switch(ctx: MigrationContext, scope: str, owner: str, recorded: dict[st
 
     copies = scope_copies(ctx, scope)
     changed = []
-    for table, fingerprint in recorded.items():
+    for table, at_cutover in recorded.items():
         copy = copies[table]
         now = validation_fingerprints(copy)[1] if catalog.table_exists(copy.target_schema, copy.target_table) else None
-        if str(now) != fingerprint:
-            then_rows = fingerprint.split(":", 1)[0] if ":" in fingerprint else "?"
+        if str(now) != at_cutover:
+            then_rows = at_cutover.split(":", 1)[0] if ":" in at_cutover else "?"
             changed.append(f"{copy.target_table} ({then_rows} rows at cutover, {now.rows if now else 0} now)")
     if changed:
         raise MigrationError(

@@ -201,7 +201,8 @@ class Command(BaseCommand):
             metavar="MS",
             dest="lock_timeout_ms",
             help="data --online, cutover with capture on: longest wait in milliseconds for a lock that writers "
-            "queue behind (default 200); on timeout the step is retried.",
+            "queue behind (default 200; cutover needs it below the server's deadlock_timeout); on timeout the step is "
+            "retried.",
         )
         parser.add_argument(
             "--follow",

@@ -1,0 +1,55 @@
+"""The online cutover's comparison: in full before its lock, only the rows changed since under it."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.management.base import CommandError
+from psycopg import sql
+
+from migrator.core.context import TenantRef
+from migrator.ops import fingerprint
+from migrator.phases.data import tenant_copy
+from migrator.tables import TENANT_DATA_TABLES
+from tests.helpers import run
+from tests.migrator.helpers import psycopg_connect, value
+
+TENANT = "tenant_acme_0001"
+
+
+def contacts_copy():
+    spec = next(s for s in TENANT_DATA_TABLES if s.legacy_table == "contacts")
+    return tenant_copy(TenantRef("acme_0001"), spec)
+
+
+def test_a_fingerprint_with_some_rows_replaced_is_the_fingerprint_of_the_table(schemas_ready):
+    run("migrate_phase", "data", interactive=False)
+    copy = contacts_copy()
+    target = sql.Identifier(TENANT, "contact_data_contacts")
+    whole = fingerprint.target_fingerprint(copy)
+    keys = [[1], [2], [3], [900001]]  # updated, updated, deleted, added
+    source_before, before = fingerprint.fingerprints_of_keys(copy, keys)
+    assert str(source_before) == str(before)
+    assert before.rows == 3
+    value(sql.SQL("UPDATE {} SET phone = 'replaced' WHERE id IN (1, 2) RETURNING 1").format(target))
+    value(sql.SQL("DELETE FROM {} WHERE id = 3 RETURNING 1").format(target))
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in copy.columns if c != "id")
+    value(
+        sql.SQL("INSERT INTO {t} (id, {c}) SELECT 900001, {c} FROM {t} WHERE id = 4 RETURNING 1").format(
+            t=target, c=columns
+        )
+    )
+    after = fingerprint.fingerprints_of_keys(copy, keys)[1]
+    assert after.rows == 3
+    assert str(fingerprint.replaced(whole, before, after)) == str(fingerprint.target_fingerprint(copy))
+
+
+def test_cutover_refuses_a_tenant_whose_capture_trigger_is_gone(schemas_ready):
+    run("migrate_phase", "data", "--online", interactive=False)
+    run("migrate_phase", "security", interactive=False)
+    run("migrate_phase", "verify", load_seconds=0.5, load_queries=20, load_max_regression=10_000.0, interactive=False)
+    with psycopg_connect() as conn:
+        conn.execute(sql.SQL("DROP TRIGGER migrator_capture ON {}").format(sql.Identifier(TENANT, "contacts")))
+    with pytest.raises(CommandError, match="contacts: its change capture trigger is gone"):
+        run("migrate_phase", "cutover", "--tenant", "acme_0001", interactive=False)
+    # nothing was switched: the legacy table is still a table, no compatibility view
+    assert value("SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)", [f"{TENANT}.contacts"]) == "r"

@@ -66,6 +66,21 @@ def _refuse_changes(problems: list[str], scope: str) -> None:
         )
 
 
+def _archived_by_an_earlier_attempt(tenant: TenantRef, archive_schema: str) -> dict[str, str]:
+    """Table -> where it went, when an earlier attempt moved the tenant's legacy tables and was killed
+    before its record was written: none is left in the tenant's schema and the archive holds them
+    under this tenant's name. The move commits only after its checks, in the same transaction, so
+    archived tables are checked ones."""
+    in_schema = catalog.tables_by_schema([tenant.schema])[tenant.schema]
+    if in_schema & set(LEGACY_TENANT_TABLES):
+        return {}
+    if not catalog.schema_exists(archive_schema):
+        return {}
+    archived = catalog.tables_by_schema([archive_schema])[archive_schema]
+    names = {table: archive.archive_table_name(tenant.tenant_id, table) for table in LEGACY_TENANT_TABLES}
+    return {table: f"{archive_schema}.{name}" for table, name in names.items() if name in archived}
+
+
 class CutoverPhase(Phase):
     name = "cutover"
     number = 6
@@ -126,6 +141,12 @@ class CutoverPhase(Phase):
         tenant = TenantRef(step.tenant_id or "")
         if online.is_online(tenant.schema) or online.switched(tenant.schema):  # migrated with data --online
             return online.switch_scope(ctx, tenant.schema, list(LEGACY_TENANT_TABLES), tenant.tenant_id)
+        if not drop and (moved_before := _archived_by_an_earlier_attempt(tenant, ctx.config.archive_schema)):
+            return StepResult(
+                message=f"{len(moved_before)} legacy tables already archived (by an attempt stopped before "
+                "it was recorded)",
+                details={"archived": moved_before},
+            )
         data_phase = DataPhase()
         validated = {
             data_phase.step("validate", "", tenant.tenant_id, spec.target_table).key: tenant_copy(tenant, spec)

@@ -272,3 +272,66 @@ def test_cutover_waits_for_a_legacy_write_in_flight_and_then_refuses_it(seeded):
     assert state(FIRST) != MigrationState.LIVE
     error = MigrationRecord.objects.get(phase="cutover", step="archive_legacy", tenant_id=FIRST).error_message
     assert f"tenant_{FIRST}.contacts: 120 rows validated, 121 now" in error
+
+
+def test_cutover_killed_after_a_tenants_move_committed_is_finished_by_a_rerun(seeded):
+    migrate_up_to_verify()
+    tenants_table = sql.Identifier("public", "tenants")
+    with psycopg_connect() as blocker, psycopg_connect() as watcher:
+        ours = [
+            r[0]
+            for r in watcher.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database()").fetchall()
+        ]
+        with blocker.transaction():
+            # The tenant's row locked in another session: its move commits, then the record of the step
+            # (written with the tenant's new state) waits here, and the kill lands in between.
+            blocker.execute(sql.SQL("SELECT 1 FROM {} WHERE tenant_id = %s FOR UPDATE").format(tenants_table), [FIRST])
+            child = subprocess.Popen(
+                manage_command("migrate_phase", "cutover", "--noinput", "--tenant", FIRST),
+                cwd=PROJECT_DIR,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env=manage_env(SALESFLOW_ROLE_PREFIX=get_config().role_prefix),
+            )
+            try:
+
+                def recording_waits() -> bool:
+                    if child.poll() is not None:
+                        raise AssertionError(f"the cutover ended before it could be killed: {child.stderr.read()!r}")
+                    return bool(
+                        watcher.execute(
+                            "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND pid <> ALL(%s) "
+                            "AND wait_event_type = 'Lock'",
+                            [ours],
+                        ).fetchone()
+                    )
+
+                wait_for(recording_waits, timeout=60, what="the cutover's record to wait for the tenant's row")
+                os.kill(child.pid, signal.SIGKILL)
+                assert child.wait(timeout=10) == -signal.SIGKILL
+                # A blocked statement outlives its client and would commit once the row is free: the
+                # connection goes too (as when the server or the network drops it).
+                watcher.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> ALL(%s)",
+                    [ours],
+                )
+            finally:
+                if child.poll() is None:
+                    child.kill()
+                    child.wait()
+        wait_for_killed_sessions_to_end(watcher, ours)
+
+    archive_schema = get_config().archive_schema
+    assert not legacy_tables_in_place(FIRST)  # the move committed before the kill
+    assert {f"{FIRST}__{t}" for t in LEGACY_TENANT_TABLES} <= table_names(archive_schema)
+    assert state(FIRST) != MigrationState.LIVE  # ... its record and the tenant's state did not
+
+    out = run("migrate_phase", "cutover", interactive=False, tenant=[FIRST])
+
+    assert "already archived" in out
+    assert state(FIRST) == MigrationState.LIVE
+    step = MigrationRecord.objects.filter(phase="cutover", tenant_id=FIRST).latest_attempts().get()
+    assert step.status == Status.COMPLETED
+    assert step.details["archived"] == {t: f"{archive_schema}.{FIRST}__{t}" for t in LEGACY_TENANT_TABLES}
+    assert legacy_tables_in_place(LAST) and state(LAST) != MigrationState.LIVE  # not selected, untouched

@@ -129,6 +129,11 @@ def check_lock_timeout(lock_timeout_ms: int) -> None:
         )
 
 
+def _column_shapes(scope: str, tables: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """Each table's columns (name, type) in order, as the catalog says now."""
+    return {table: [(c.name, c.data_type) for c in catalog.columns(scope, table)] for table in tables}
+
+
 def switch_scope(ctx: MigrationContext, scope: str, tables: list[str], owner: str) -> StepResult:
     """The online cutover of one scope, in one short transaction (retried when a lock is not granted in time).
 
@@ -174,6 +179,7 @@ def switch_scope(ctx: MigrationContext, scope: str, tables: list[str], owner: st
     with db.snapshot():
         capture.apply_all_locked(scope, copies, merge)
         whole = {table: compare(copy) for table, copy in copies.items() if table in present_before}
+        shape_before = _column_shapes(scope, present_before)
     differing = [
         f"{table}: legacy {c.source.rows} rows {c.source}, new {c.target.rows} rows {c.target}"
         for table, c in whole.items()
@@ -193,6 +199,13 @@ def switch_scope(ctx: MigrationContext, scope: str, tables: list[str], owner: st
         problems = [f"{table}: its change capture trigger is gone" for table in capture.uncaptured(scope, present)]
         if set(present) != set(present_before):
             problems.append(f"legacy tables {sorted(present_before)} became {present} since the comparison")
+        # DDL between the full comparison and the lock: the rows compared under the lock would not show it
+        shape_now = _column_shapes(scope, present)
+        problems += [
+            f"{table}: its columns changed since the comparison (DDL during the cutover)"
+            for table in present
+            if table in shape_before and shape_now[table] != shape_before[table]
+        ]
         changed = capture.pending_keys(scope)
         target_before = {
             table: fingerprint.fingerprints_of_keys(copies[table], keys)[1]

@@ -29,7 +29,7 @@ from tests.migrator.helpers import (
     wait_for,
 )
 
-LOAD = {"load_seconds": 1.0, "load_queries": 200}
+LOAD = {"load_seconds": 0.5, "load_queries": 20}
 
 
 def scratch_name() -> str:

@@ -59,6 +59,47 @@ def status_check_passes() -> bool:
     return True
 
 
+def kill_while_it_waits_for_a_lock(
+    args: list[str], watcher: Any, ours: list[int], what: str, terminate_its_sessions: bool = False
+) -> None:
+    """Start ``manage.py <args>``, SIGKILL it once one of its sessions waits for a lock (``ours``: the
+    test's own sessions); ``terminate_its_sessions``: its connections go too (a blocked statement
+    outlives its client and would run on once the lock is free, as when only the process dies)."""
+    child = subprocess.Popen(
+        manage_command(*args),
+        cwd=PROJECT_DIR,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=manage_env(SALESFLOW_ROLE_PREFIX=get_config().role_prefix),
+    )
+    try:
+
+        def waiting() -> bool:
+            if child.poll() is not None:
+                raise AssertionError(f"{args[1]} ended before it could be killed: {child.stderr.read()!r}")
+            return bool(
+                watcher.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND pid <> ALL(%s) "
+                    "AND wait_event_type = 'Lock'",
+                    [ours],
+                ).fetchone()
+            )
+
+        wait_for(waiting, timeout=60, what=what)
+        os.kill(child.pid, signal.SIGKILL)
+        assert child.wait(timeout=10) == -signal.SIGKILL
+        if terminate_its_sessions:
+            watcher.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> ALL(%s)",
+                [ours],
+            )
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
 def cutover_failures() -> list[str]:
     with pytest.raises(CommandError) as failure:
         run("migrate_phase", "cutover", interactive=False)
@@ -81,33 +122,12 @@ def test_rollback_killed_half_way_marks_undone_tenants_and_cutover_leaves_them_a
                     sql.Identifier(f"tenant_{LAST}", "contact_data_contacts")
                 )
             )
-            child = subprocess.Popen(
-                manage_command("migrate_phase", "rollback", "--noinput"),
-                cwd=PROJECT_DIR,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                env=manage_env(SALESFLOW_ROLE_PREFIX=get_config().role_prefix),
+            kill_while_it_waits_for_a_lock(
+                ["migrate_phase", "rollback", "--noinput"],
+                watcher,
+                ours,
+                f"the rollback to wait for {blocked_table}",
             )
-            try:
-
-                def rollback_waiting() -> bool:
-                    if child.poll() is not None:
-                        raise AssertionError(f"the rollback ended before it could be killed: {child.stderr.read()!r}")
-                    return bool(
-                        watcher.execute(
-                            "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND pid <> ALL(%s) "
-                            "AND wait_event_type = 'Lock'",
-                            [ours],
-                        ).fetchone()
-                    )
-
-                wait_for(rollback_waiting, timeout=60, what=f"the rollback to wait for {blocked_table}")
-                os.kill(child.pid, signal.SIGKILL)
-                assert child.wait(timeout=10) == -signal.SIGKILL
-            finally:
-                if child.poll() is None:
-                    child.kill()
-                    child.wait()
         wait_for_killed_sessions_to_end(watcher, ours)
 
     assert "contact_data_contacts" not in table_names(f"tenant_{FIRST}")  # undone before the kill
@@ -286,40 +306,13 @@ def test_cutover_killed_after_a_tenants_move_committed_is_finished_by_a_rerun(se
             # The tenant's row locked in another session: its move commits, then the record of the step
             # (written with the tenant's new state) waits here, and the kill lands in between.
             blocker.execute(sql.SQL("SELECT 1 FROM {} WHERE tenant_id = %s FOR UPDATE").format(tenants_table), [FIRST])
-            child = subprocess.Popen(
-                manage_command("migrate_phase", "cutover", "--noinput", "--tenant", FIRST),
-                cwd=PROJECT_DIR,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                env=manage_env(SALESFLOW_ROLE_PREFIX=get_config().role_prefix),
+            kill_while_it_waits_for_a_lock(
+                ["migrate_phase", "cutover", "--noinput", "--tenant", FIRST],
+                watcher,
+                ours,
+                "the cutover's record to wait for the tenant's row",
+                terminate_its_sessions=True,
             )
-            try:
-
-                def recording_waits() -> bool:
-                    if child.poll() is not None:
-                        raise AssertionError(f"the cutover ended before it could be killed: {child.stderr.read()!r}")
-                    return bool(
-                        watcher.execute(
-                            "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND pid <> ALL(%s) "
-                            "AND wait_event_type = 'Lock'",
-                            [ours],
-                        ).fetchone()
-                    )
-
-                wait_for(recording_waits, timeout=60, what="the cutover's record to wait for the tenant's row")
-                os.kill(child.pid, signal.SIGKILL)
-                assert child.wait(timeout=10) == -signal.SIGKILL
-                # A blocked statement outlives its client and would commit once the row is free: the
-                # connection goes too (as when the server or the network drops it).
-                watcher.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> ALL(%s)",
-                    [ours],
-                )
-            finally:
-                if child.poll() is None:
-                    child.kill()
-                    child.wait()
         wait_for_killed_sessions_to_end(watcher, ours)
 
     archive_schema = get_config().archive_schema

@@ -124,9 +124,6 @@ class PhaseRunner:
                     index, step = by_tenant[tenant_id][0]
                     self._refuse_step(phase, step, records[step.key], blocked[tenant_id], outcome, index, count)
                     return
-                if phase.tenant_steps_rerunnable:
-                    self._run_tenant_batched(phase, tenant_id, by_tenant[tenant_id], records, outcome, count)
-                    return
                 self._run_tenant_steps(phase, tenant_id, by_tenant[tenant_id], records, outcome, count)
             finally:
                 if self.ctx.jobs > 1:
@@ -137,7 +134,7 @@ class PhaseRunner:
             try:
                 with phase.tenant_batch(self.ctx, tenant_ids):
                     for tenant_id in tenant_ids:
-                        self._run_tenant_batched(phase, tenant_id, by_tenant[tenant_id], records, outcome, count)
+                        self._run_tenant_steps(phase, tenant_id, by_tenant[tenant_id], records, outcome, count)
             finally:
                 if self.ctx.jobs > 1:
                     connection.close()
@@ -187,7 +184,7 @@ class PhaseRunner:
                 batch = [step for _index, step in items]
                 kind = phase.kinds[batch[0].kind]
                 assert kind.apply_batch is not None
-                # Steps that can simply run again write no RUNNING row (as in _run_tenant_batched): a run
+                # Steps that can simply run again write no RUNNING row (as in _run_tenant_steps): a run
                 # killed before their tenant's end leaves them PENDING, and the next run does them again.
                 rerunnable = phase.tenant_steps_rerunnable
                 started_at = timezone.now()
@@ -217,17 +214,16 @@ class PhaseRunner:
                 # The steps' COMPLETED rows and their tenants' new state commit together: a run killed
                 # between the two would leave the steps done (never run again) and the tenants behind.
                 if rerunnable:  # tenant by tenant, in order, as the one-by-one way records them
+                    state = phase.tenant_state_on_success
                     for _index, step, result in done:
-                        with transaction.atomic():
-                            tracking.finish_many(
-                                [
-                                    tracking.Finished(
-                                        records[step.key].pk, Status.COMPLETED, result, None, started_at, timezone.now()
-                                    )
-                                ]
-                            )
-                            if phase.tenant_state_on_success:
-                                self._set_tenant_state(step.tenant_id or "", phase.tenant_state_on_success)
+                        tracking.finish_many(
+                            [
+                                tracking.Finished(
+                                    records[step.key].pk, Status.COMPLETED, result, None, started_at, timezone.now()
+                                )
+                            ],
+                            tenant_state=(step.tenant_id or "", state) if state else None,
+                        )
                 else:
                     with transaction.atomic():
                         tracking.complete_many([(records[step.key], result) for _index, step, result in done])
@@ -284,34 +280,6 @@ class PhaseRunner:
         outcome.failed.append((step, reason))
         self.on_event(Event("step_failure", phase.name, step, error=reason, elapsed=0.0, index=index, count=count))
 
-    def _run_tenant_batched(
-        self,
-        phase: Phase,
-        tenant_id: str,
-        steps: list[tuple[int, Step]],
-        records: dict[str, MigrationRecord],
-        outcome: PhaseOutcome,
-        count: int,
-    ) -> None:
-        """A tenant's steps that can simply run again (grants, checks): their tracking rows and the
-        tenant's state are written together at the end, in one transaction, instead of two commits per
-        step. A run killed before that leaves them PENDING (or as the previous attempt left them), and
-        the next run does them again, as it would a step killed while RUNNING."""
-        finished: list[tracking.Finished] = []
-        state: str | None = None  # none when the run stops mid-tenant (LockLost): not every step ran
-        with phase.tenant_context(self.ctx, tenant_id):
-            try:
-                for index, step in steps:
-                    if not self._run_step(phase, step, records[step.key], outcome, index, count, finished):
-                        state = "FAILED"
-                        break
-                else:
-                    state = phase.tenant_state_on_success
-            finally:
-                # Also when the run stops mid-tenant: what ran is recorded. One statement: the steps'
-                # rows and the tenant's state commit together, or neither does.
-                tracking.finish_many(finished, tenant_state=(tenant_id, state) if state else None)
-
     def _run_tenant_steps(
         self,
         phase: Phase,
@@ -321,9 +289,11 @@ class PhaseRunner:
         outcome: PhaseOutcome,
         count: int,
     ) -> None:
-        """A tenant's steps one by one, each recorded as it ends; except those of a rerunnable kind
-        (a validation), recorded with the tenant's new state in one statement at the end of the
-        tenant (see StepKind). A run killed before that leaves them as they were: they run again.
+        """A tenant's steps one by one, each recorded as it ends; except those that can simply run again
+        (every tenant step of a phase with ``tenant_steps_rerunnable``: grants, checks; or of a
+        rerunnable kind: a validation), which write no RUNNING row and are recorded with the tenant's
+        new state in one statement at the end of the tenant (see StepKind). A run killed before that
+        leaves them as they were (PENDING, or as the previous attempt left them): they run again.
 
         The tenant's last step also ends in that statement (with its RUNNING row written as usual
         when it cannot simply run again): its record and the tenant's state commit together."""
@@ -333,7 +303,7 @@ class PhaseRunner:
         with phase.tenant_context(self.ctx, tenant_id):
             try:
                 for position, (index, step) in enumerate(steps):
-                    rerunnable = phase.kinds[step.kind].rerunnable
+                    rerunnable = phase.tenant_steps_rerunnable or phase.kinds[step.kind].rerunnable
                     finished = later if rerunnable or position == last else None
                     running_row = not rerunnable
                     if not self._run_step(phase, step, records[step.key], outcome, index, count, finished, running_row):
@@ -345,11 +315,6 @@ class PhaseRunner:
                 # Also when the run stops mid-tenant (LockLost): what ran is recorded.
                 if later or state:
                     tracking.finish_many(later, tenant_state=(tenant_id, state) if state else None)
-
-    def _set_tenant_state(self, tenant_id: str, state: str) -> None:
-        from tenants.models import Tenant
-
-        Tenant.objects.filter(tenant_id=tenant_id).update(migration_state=state)
 
     def _run_step(
         self,

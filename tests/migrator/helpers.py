@@ -6,6 +6,7 @@ Everything reads the real database; nothing here replaces a query with a stand-i
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ import psycopg
 from psycopg import sql
 
 from migrator import db
+from migrator.config import get_config
 from migrator.models import MigrationRecord
 from migrator.tables import TENANT_DATA_TABLES, TableKind, legacy_table, model_columns, reference_table
 
@@ -190,3 +192,48 @@ def wait_for_killed_sessions_to_end(
     if keep_test_clients:
         query += " AND application_name NOT LIKE 'salesflow-tests%%'"
     wait_for(lambda: not watcher.execute(query, [ours]).fetchone(), timeout=30, what="the killed run's sessions to end")
+
+
+def kill_while_it_waits_for_a_lock(
+    args: list[str],
+    watcher: psycopg.Connection,
+    what: str,
+    *,
+    ignore: list[int] | None = None,
+    query_like: str = "",
+    terminate_the_waiting_session: bool = False,
+) -> None:
+    """Run ``manage.py <args>`` and SIGKILL it once one of its sessions waits for a lock (a session
+    whose query contains ``query_like``; ``ignore``: backend pids of the test's own).
+
+    ``terminate_the_waiting_session``: that session goes too. A statement waiting for a lock outlives
+    its client and, when it is a transaction of its own, commits once the lock is free; terminating
+    it is what a server restart or a dropped connection would do."""
+    child = subprocess.Popen(
+        manage_command(*args),
+        cwd=PROJECT_DIR,
+        env=manage_env(SALESFLOW_ROLE_PREFIX=get_config().role_prefix),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+
+        def waiting() -> int | None:
+            if child.poll() is not None:
+                raise AssertionError(f"the run ended before it could be killed: {child.stderr.read()!r}")
+            row = watcher.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' "
+                "AND pid <> ALL(%s) AND strpos(query, %s) > 0",
+                [ignore or [], query_like],
+            ).fetchone()
+            return row[0] if row else None
+
+        waiting_pid = wait_for(waiting, timeout=60, what=what)
+        os.kill(child.pid, signal.SIGKILL)
+        assert child.wait(timeout=10) == -signal.SIGKILL
+        if terminate_the_waiting_session:
+            watcher.execute("SELECT pg_terminate_backend(%s)", [waiting_pid])
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()

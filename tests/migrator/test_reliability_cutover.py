@@ -7,8 +7,6 @@ Item 4: cutover re-validates the legacy side with legacy writes locked out, and 
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -26,6 +24,7 @@ from tenants.models import MigrationState, Tenant
 from tests.helpers import run
 from tests.migrator.helpers import (
     PROJECT_DIR,
+    kill_while_it_waits_for_a_lock,
     manage_command,
     manage_env,
     one_line,
@@ -59,47 +58,6 @@ def status_check_passes() -> bool:
     return True
 
 
-def kill_while_it_waits_for_a_lock(
-    args: list[str], watcher: Any, ours: list[int], what: str, terminate_its_sessions: bool = False
-) -> None:
-    """Start ``manage.py <args>``, SIGKILL it once one of its sessions waits for a lock (``ours``: the
-    test's own sessions); ``terminate_its_sessions``: its connections go too (a blocked statement
-    outlives its client and would run on once the lock is free, as when only the process dies)."""
-    child = subprocess.Popen(
-        manage_command(*args),
-        cwd=PROJECT_DIR,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=manage_env(SALESFLOW_ROLE_PREFIX=get_config().role_prefix),
-    )
-    try:
-
-        def waiting() -> bool:
-            if child.poll() is not None:
-                raise AssertionError(f"{args[1]} ended before it could be killed: {child.stderr.read()!r}")
-            return bool(
-                watcher.execute(
-                    "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND pid <> ALL(%s) "
-                    "AND wait_event_type = 'Lock'",
-                    [ours],
-                ).fetchone()
-            )
-
-        wait_for(waiting, timeout=60, what=what)
-        os.kill(child.pid, signal.SIGKILL)
-        assert child.wait(timeout=10) == -signal.SIGKILL
-        if terminate_its_sessions:
-            watcher.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> ALL(%s)",
-                [ours],
-            )
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-
-
 def cutover_failures() -> list[str]:
     with pytest.raises(CommandError) as failure:
         run("migrate_phase", "cutover", interactive=False)
@@ -125,8 +83,8 @@ def test_rollback_killed_half_way_marks_undone_tenants_and_cutover_leaves_them_a
             kill_while_it_waits_for_a_lock(
                 ["migrate_phase", "rollback", "--noinput"],
                 watcher,
-                ours,
                 f"the rollback to wait for {blocked_table}",
+                ignore=ours,
             )
         wait_for_killed_sessions_to_end(watcher, ours)
 
@@ -309,9 +267,9 @@ def test_cutover_killed_after_a_tenants_move_committed_is_finished_by_a_rerun(se
             kill_while_it_waits_for_a_lock(
                 ["migrate_phase", "cutover", "--noinput", "--tenant", FIRST],
                 watcher,
-                ours,
                 "the cutover's record to wait for the tenant's row",
-                terminate_its_sessions=True,
+                ignore=ours,
+                terminate_the_waiting_session=True,
             )
         wait_for_killed_sessions_to_end(watcher, ours)
 

@@ -4,9 +4,6 @@ as they were (no COMPLETED without the rest), and the rerun finishes them."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 from typing import Any
 
 from migrator.config import get_config
@@ -14,7 +11,7 @@ from migrator.models import MigrationRecord, Status
 from migrator.ops import grants
 from tenants.models import MigrationState, Tenant
 from tests.helpers import run
-from tests.migrator.helpers import PROJECT_DIR, manage_command, manage_env, psycopg_connect, wait_for
+from tests.migrator.helpers import kill_while_it_waits_for_a_lock, psycopg_connect
 
 DONE_FIRST, BLOCKED = "acme_0001", "globex_0002"
 
@@ -25,31 +22,12 @@ def kill_at_the_end_of(tenant_id: str, phase: str) -> None:
     with psycopg_connect() as holder, psycopg_connect() as watcher:
         holder.execute("BEGIN")  # the row lock is held until the rollback below
         holder.execute("SELECT 1 FROM public.tenants WHERE tenant_id = %s FOR UPDATE", [tenant_id])
-        child = subprocess.Popen(
-            manage_command("migrate_phase", phase, "--noinput", "--jobs", "1"),
-            cwd=PROJECT_DIR,
-            env=manage_env(SALESFLOW_ROLE_PREFIX=get_config().role_prefix),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+        kill_while_it_waits_for_a_lock(
+            ["migrate_phase", phase, "--noinput", "--jobs", "1"],
+            watcher,
+            f"{phase} to wait for {tenant_id}'s registry row",
+            terminate_the_waiting_session=True,
         )
-        try:
-
-            def waiting() -> int | None:
-                if child.poll() is not None:
-                    raise AssertionError(f"the run ended before it could be killed: {child.stderr.read()!r}")
-                row = watcher.execute(
-                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                ).fetchone()
-                return row[0] if row else None
-
-            blocked_pid = wait_for(waiting, timeout=60, what=f"{phase} to wait for {tenant_id}'s registry row")
-            os.kill(child.pid, signal.SIGKILL)
-            assert child.wait(timeout=10) == -signal.SIGKILL
-            watcher.execute("SELECT pg_terminate_backend(%s)", [blocked_pid])
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
         holder.execute("ROLLBACK")
 
 

@@ -6,9 +6,6 @@ its new state, in one statement after its copies."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 from typing import Any
 
 import pytest
@@ -27,7 +24,7 @@ from migrator.phases.verify import TENANT_CHECKS, VerifyPhase
 from migrator.tables import TENANT_DATA_TABLES
 from tenants.models import MigrationState, Tenant
 from tests.helpers import run
-from tests.migrator.helpers import PROJECT_DIR, manage_command, manage_env, psycopg_connect, wait_for
+from tests.migrator.helpers import kill_while_it_waits_for_a_lock, psycopg_connect
 from tests.migrator.test_scale_batched_tracking import kill_at_the_end_of, statuses
 
 BLOCKED = "globex_0002"
@@ -52,32 +49,13 @@ def test_verify_killed_while_a_batch_reads_resumes_every_tenant_of_it(migrated: 
         holder.execute(
             sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(f"tenant_{BLOCKED}", CONTACTS))
         )
-        child = subprocess.Popen(
-            manage_command("migrate_phase", "verify", "--noinput", "--jobs", "1"),
-            cwd=PROJECT_DIR,
-            env=manage_env(SALESFLOW_ROLE_PREFIX=get_config().role_prefix),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+        kill_while_it_waits_for_a_lock(
+            ["migrate_phase", "verify", "--noinput", "--jobs", "1"],
+            watcher,
+            "verify's batch to wait for the locked table",
+            query_like="salesflow_count_rows",
+            terminate_the_waiting_session=True,
         )
-        try:
-
-            def waiting() -> int | None:
-                if child.poll() is not None:
-                    raise AssertionError(f"the run ended before it could be killed: {child.stderr.read()!r}")
-                row = watcher.execute(
-                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock' AND query LIKE '%salesflow_count_rows%'"
-                ).fetchone()
-                return row[0] if row else None
-
-            blocked_pid = wait_for(waiting, timeout=60, what="verify's batch to wait for the locked table")
-            os.kill(child.pid, signal.SIGKILL)
-            assert child.wait(timeout=10) == -signal.SIGKILL
-            watcher.execute("SELECT pg_terminate_backend(%s)", [blocked_pid])
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
         holder.execute("ROLLBACK")
 
     for tenant in tenants:  # nothing of the batch was recorded: every tenant is as the kill found it

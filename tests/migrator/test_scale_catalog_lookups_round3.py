@@ -11,7 +11,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from migrator.ops import compat, constraints, verification
-from tests.migrator.test_scale_catalog_lookups import CATALOGS, MOST_ROWS_PER_NODE, crowd_the_catalog, rows_read
+from tests.migrator.test_scale_catalog_lookups import catalog_lookups, crowd_the_catalog, reading_too_many_rows
 
 
 def test_compat_views_and_missing_constraints_read_a_few_catalog_rows(seeded: dict[str, Any]) -> None:
@@ -21,16 +21,7 @@ def test_compat_views_and_missing_constraints_read_a_few_catalog_rows(seeded: di
         assert compat.compat_views(schema) == []
         assert constraints.missing_constraints(schema, "activities") == []
         verification.tenant_table_problems(schema)
-    lookups = [
-        q["sql"]
-        for q in captured.captured_queries
-        if q["sql"].lstrip().upper().startswith("SELECT") and any(name in q["sql"] for name in CATALOGS)
-    ]
+    lookups = catalog_lookups(captured)
     assert len(lookups) >= 3, lookups
-    unkeyed = [
-        f"{node} read {rows} rows: {query}"
-        for query in lookups
-        for node, rows in rows_read(query)
-        if rows > MOST_ROWS_PER_NODE
-    ]
+    unkeyed = reading_too_many_rows(lookups)
     assert not unkeyed, "\n".join(unkeyed)

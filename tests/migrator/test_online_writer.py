@@ -149,14 +149,7 @@ def test_every_committed_write_survives_the_whole_online_run(schemas_ready):
         run("migrate_phase", "data", "--online", "--batch-size", "50", interactive=False)
         run("migrate_phase", "sync", interactive=False)
         run("migrate_phase", "security", interactive=False)
-        run(
-            "migrate_phase",
-            "verify",
-            load_seconds=0.5,
-            load_queries=20,
-            load_max_regression=10_000.0,
-            interactive=False,
-        )
+        run("migrate_phase", "verify", interactive=False)
         cutover_started = len(writer.latencies)
         run("migrate_phase", "cutover", interactive=False)
         cutover_ended = len(writer.latencies)

@@ -120,15 +120,6 @@ def finish(*, from_phase: str, until: str = "cutover") -> None:
     for phase in order[order.index(from_phase) : order.index(until) + 1]:
         if phase == "data":
             run("migrate_phase", "data", "--online", "--batch-size", "500", interactive=False)
-        elif phase == "verify":
-            run(
-                "migrate_phase",
-                "verify",
-                load_seconds=0.5,
-                load_queries=20,
-                load_max_regression=10_000.0,
-                interactive=False,
-            )
         else:
             run("migrate_phase", phase, interactive=False)
 

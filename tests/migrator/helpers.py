@@ -194,6 +194,41 @@ def wait_for_killed_sessions_to_end(
     wait_for(lambda: not watcher.execute(query, [ours]).fetchone(), timeout=30, what="the killed run's sessions to end")
 
 
+def kill_when(
+    args: list[str],
+    ready: Any,
+    what: str,
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+    interval: float = 0.05,
+) -> Any:
+    """Run ``manage.py <args>`` in a child and SIGKILL it once ``ready()`` returns something true;
+    returns that. ``env``: the child's environment (default: this test's database, its role prefix)."""
+    child = subprocess.Popen(
+        manage_command(*args),
+        cwd=PROJECT_DIR,
+        env=env or manage_env(SALESFLOW_ROLE_PREFIX=get_config().role_prefix),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+
+        def check() -> Any:
+            if child.poll() is not None:
+                raise AssertionError(f"the run ended before it could be killed: {child.stderr.read()!r}")  # type: ignore[union-attr]
+            return ready()
+
+        found = wait_for(check, timeout=timeout, interval=interval, what=what)
+        os.kill(child.pid, signal.SIGKILL)
+        assert child.wait(timeout=10) == -signal.SIGKILL
+        return found
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
 def kill_while_it_waits_for_a_lock(
     args: list[str],
     watcher: psycopg.Connection,
@@ -203,37 +238,21 @@ def kill_while_it_waits_for_a_lock(
     query_like: str = "",
     terminate_the_waiting_session: bool = False,
 ) -> None:
-    """Run ``manage.py <args>`` and SIGKILL it once one of its sessions waits for a lock (a session
-    whose query contains ``query_like``; ``ignore``: backend pids of the test's own).
+    """:func:`kill_when` one of the run's sessions waits for a lock (a session whose query contains
+    ``query_like``; ``ignore``: backend pids of the test's own).
 
     ``terminate_the_waiting_session``: that session goes too. A statement waiting for a lock outlives
     its client and, when it is a transaction of its own, commits once the lock is free; terminating
     it is what a server restart or a dropped connection would do."""
-    child = subprocess.Popen(
-        manage_command(*args),
-        cwd=PROJECT_DIR,
-        env=manage_env(SALESFLOW_ROLE_PREFIX=get_config().role_prefix),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
 
-        def waiting() -> int | None:
-            if child.poll() is not None:
-                raise AssertionError(f"the run ended before it could be killed: {child.stderr.read()!r}")
-            row = watcher.execute(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' "
-                "AND pid <> ALL(%s) AND strpos(query, %s) > 0",
-                [ignore or [], query_like],
-            ).fetchone()
-            return row[0] if row else None
+    def waiting() -> int | None:
+        row = watcher.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' "
+            "AND pid <> ALL(%s) AND strpos(query, %s) > 0",
+            [ignore or [], query_like],
+        ).fetchone()
+        return row[0] if row else None
 
-        waiting_pid = wait_for(waiting, timeout=60, what=what)
-        os.kill(child.pid, signal.SIGKILL)
-        assert child.wait(timeout=10) == -signal.SIGKILL
-        if terminate_the_waiting_session:
-            watcher.execute("SELECT pg_terminate_backend(%s)", [waiting_pid])
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+    waiting_pid = kill_when(args, waiting, what)
+    if terminate_the_waiting_session:
+        watcher.execute("SELECT pg_terminate_backend(%s)", [waiting_pid])

@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-
 from psycopg import sql
 
 from migrator.models import DeferredConstraint, MigrationRecord, Status
 from tests.helpers import run
 from tests.migrator.helpers import (
-    PROJECT_DIR,
     TABLES,
     attempts,
     content,
     count,
-    manage_command,
+    kill_when,
     manage_env,
     plain_columns,
     psycopg_connect,
     value,
-    wait_for,
     wait_for_killed_sessions_to_end,
     wrongly_remapped,
 )
@@ -41,33 +35,21 @@ def test_a_run_killed_in_the_middle_of_a_copy_resumes_exactly_once(clean_db):
             r[0]
             for r in watcher.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database()").fetchall()
         ]
-        child = subprocess.Popen(
-            manage_command("migrate_phase", "data", "--batch-size", "500", "--noinput"),
-            cwd=PROJECT_DIR,
+
+        def partly_copied() -> tuple[int, str, int] | None:
+            return watcher.execute(
+                "SELECT id, target, rows_copied FROM public.schema_migrations WHERE step = 'copy_table' "
+                "AND status = 'RUNNING' AND rows_copied > 0 AND rows_copied < rows_expected "
+                "ORDER BY id LIMIT 1"
+            ).fetchone()
+
+        killed_id, target, copied_before_kill = kill_when(
+            ["migrate_phase", "data", "--batch-size", "500", "--noinput"],
+            partly_copied,
+            "a copy_table step half way",
             env=manage_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            interval=0.002,
         )
-        try:
-
-            def partly_copied() -> tuple[int, str, int] | None:
-                if child.poll() is not None:
-                    raise AssertionError(f"the run ended before it could be killed: {child.stderr.read()!r}")
-                return watcher.execute(
-                    "SELECT id, target, rows_copied FROM public.schema_migrations WHERE step = 'copy_table' "
-                    "AND status = 'RUNNING' AND rows_copied > 0 AND rows_copied < rows_expected "
-                    "ORDER BY id LIMIT 1"
-                ).fetchone()
-
-            killed_id, target, copied_before_kill = wait_for(
-                partly_copied, timeout=60, interval=0.002, what="a copy_table step half way"
-            )
-            os.kill(child.pid, signal.SIGKILL)
-            assert child.wait(timeout=10) == -signal.SIGKILL
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
         # the server notices the dead client and rolls back its open batch; wait until its sessions are gone
         wait_for_killed_sessions_to_end(watcher, ours)
 

@@ -4,9 +4,6 @@ everything but one tracking record holding the report."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 from typing import Any
 
 import pytest
@@ -20,13 +17,11 @@ from migrator.models import MigrationRecord, Status
 from migrator.ops import rehearsal
 from tests.helpers import run
 from tests.migrator.helpers import (
-    PROJECT_DIR,
     catalog_snapshot,
-    manage_command,
+    kill_when,
     manage_env,
     one_line,
     psycopg_connect,
-    wait_for,
 )
 
 LOAD = {"load_seconds": 0.5, "load_queries": 20}
@@ -142,37 +137,28 @@ def test_an_unrelated_database_of_that_name_is_refused_unless_replace(prepared, 
 def test_a_killed_rehearsal_is_cleaned_up_by_the_next_one(prepared, no_scratch, settings):
     conf = settings.SALESFLOW
     env = manage_env(SALESFLOW_BACKUP_DIR=str(conf["BACKUP_DIR"]), SALESFLOW_ROLE_PREFIX=conf["ROLE_PREFIX"])
-    child = subprocess.Popen(
-        manage_command("migrate_phase", "rehearse", "--noinput", "--load-seconds", "30", "--load-queries", "0"),
-        cwd=PROJECT_DIR,
+
+    def verifying_in_scratch() -> bool:
+        if not database_exists(scratch_name()):
+            return False
+        with psycopg_connect(scratch_name()) as scratch:
+            return bool(
+                scratch.execute(
+                    "SELECT 1 FROM pg_tables WHERE schemaname = 'public' AND tablename = 'schema_migrations'"
+                ).fetchone()
+                and scratch.execute(
+                    "SELECT 1 FROM public.schema_migrations WHERE phase = 'verify' AND status = 'RUNNING'"
+                ).fetchone()
+            )
+
+    kill_when(
+        ["migrate_phase", "rehearse", "--noinput", "--load-seconds", "30", "--load-queries", "0"],
+        verifying_in_scratch,
+        "the scratch run's verify phase",
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        timeout=120,
+        interval=0.2,
     )
-    try:
-
-        def verifying_in_scratch() -> bool:
-            if child.poll() is not None:
-                raise AssertionError(f"the rehearsal ended before it could be killed: {child.stderr.read()!r}")
-            if not database_exists(scratch_name()):
-                return False
-            with psycopg_connect(scratch_name()) as scratch:
-                return bool(
-                    scratch.execute(
-                        "SELECT 1 FROM pg_tables WHERE schemaname = 'public' AND tablename = 'schema_migrations'"
-                    ).fetchone()
-                    and scratch.execute(
-                        "SELECT 1 FROM public.schema_migrations WHERE phase = 'verify' AND status = 'RUNNING'"
-                    ).fetchone()
-                )
-
-        wait_for(verifying_in_scratch, timeout=120, interval=0.2, what="the scratch run's verify phase")
-        os.kill(child.pid, signal.SIGKILL)
-        assert child.wait(timeout=10) == -signal.SIGKILL
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
     assert database_exists(scratch_name())
     assert rehearsal_roles()
 

@@ -4,9 +4,6 @@ with every write the writer committed in the new tables, and no tenant is ever h
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,8 +14,7 @@ from psycopg import sql
 
 from tests.helpers import run
 from tests.migrator.helpers import (
-    PROJECT_DIR,
-    manage_command,
+    kill_when,
     manage_env,
     psycopg_connect,
     value,
@@ -58,7 +54,7 @@ def writing() -> Iterator[Writer]:
         thread.join(timeout=30)
 
 
-def kill_when(args: list[str], ready: Callable[[Any], object], what: str) -> None:
+def kill_phase_when(args: list[str], ready: Callable[[Any], object], what: str) -> None:
     """Run ``manage.py migrate_phase <args>`` in a child, SIGKILL it once ``ready(conn)`` holds, and wait
     until the server has ended its sessions (their open transactions rolled back, their locks gone)."""
     with psycopg_connect() as watcher:
@@ -66,28 +62,14 @@ def kill_when(args: list[str], ready: Callable[[Any], object], what: str) -> Non
             r[0]
             for r in watcher.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database()").fetchall()
         ]
-        child = subprocess.Popen(
-            manage_command("migrate_phase", *args, "--noinput"),
-            cwd=PROJECT_DIR,
+        kill_when(
+            ["migrate_phase", *args, "--noinput"],
+            lambda: ready(watcher),
+            what,
             env=manage_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
+            timeout=90,
+            interval=0.002,
         )
-        try:
-
-            def check() -> object:
-                if child.poll() is not None:
-                    raise AssertionError(f"the run ended before it could be killed: {child.stderr.read()!r}")  # type: ignore[union-attr]
-                return ready(watcher)
-
-            wait_for(check, timeout=90, interval=0.002, what=what)
-            os.kill(child.pid, signal.SIGKILL)
-            assert child.wait(timeout=10) == -signal.SIGKILL
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
         wait_for_killed_sessions_to_end(watcher, ours, keep_test_clients=True)
 
 
@@ -144,7 +126,7 @@ def assert_every_write_carried_over(writer: Writer) -> None:
 
 def test_killed_during_the_online_copy_a_rerun_carries_every_write(online_ready):
     with writing() as writer:
-        kill_when(
+        kill_phase_when(
             ["data", "--online", "--batch-size", "100"],
             lambda conn: conn.execute(
                 "SELECT 1 FROM public.schema_migrations WHERE step = 'copy_table' AND status = 'RUNNING' "
@@ -169,7 +151,7 @@ def test_killed_during_sync_a_rerun_carries_every_write(online_ready):
             conn.execute("UPDATE tenant_globex_0002.contacts SET phone = coalesce(phone, '') || '.'")
         backlog = value("SELECT count(*) FROM migrator_online.changes")
         assert backlog > 5_000
-        kill_when(
+        kill_phase_when(
             ["sync", "--batch-size", "50"],
             lambda conn: conn.execute(
                 "SELECT 1 FROM public.schema_migrations WHERE phase = 'sync' AND status = 'RUNNING' "
@@ -192,7 +174,7 @@ def test_killed_during_the_online_cutover_no_tenant_is_half_switched(online_read
         with psycopg_connect() as reader:
             reader.execute("BEGIN")
             reader.execute("SELECT 1 FROM tenant_globex_0002.contacts LIMIT 1")
-            kill_when(
+            kill_phase_when(
                 ["cutover", "--lock-timeout", "900"],
                 lambda conn: conn.execute(
                     "SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n "

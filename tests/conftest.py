@@ -20,6 +20,14 @@ from django.db import DEFAULT_DB_ALIAS, connection
 from tests.stages import StageDatabases, seeded_data
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Passwords of the tests' users hashed in microseconds: the default hasher's second per user is
+    its protection against offline guessing, which test users do not need."""
+    from django.conf import settings
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture(autouse=True)
 def migrator_settings(settings: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Backups in a temporary folder; service roles with a prefix of this test run (roles are cluster-wide)."""

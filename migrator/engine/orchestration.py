@@ -104,11 +104,16 @@ def plan_phase(phase: Phase, ctx: MigrationContext) -> PlannedPhase:
 
 
 def run_phases(
-    phases: list[Phase], ctx: MigrationContext, on_event: EventCallback, confirm: Callable[[str, str], bool]
+    phases: list[Phase],
+    ctx: MigrationContext,
+    on_event: EventCallback,
+    confirm: Callable[[str, str], bool],
+    on_outcome: Callable[[PhaseOutcome], None] = lambda outcome: None,
 ) -> list[PhaseOutcome]:
     """Run ``phases`` in order under the migrator lock; stop at the first phase that fails.
 
-    ``confirm(phase name, question)`` is asked before a phase whose steps change data irreversibly.
+    ``confirm(phase name, question)`` is asked before a phase whose steps change data irreversibly;
+    ``on_outcome`` gets each phase's outcome as soon as the phase has ended.
     """
     outcomes: list[PhaseOutcome] = []
     with MigratorLock("+".join(p.name for p in phases)) as lock:
@@ -132,6 +137,7 @@ def run_phases(
             tracking.close_interrupted(phase.name)
             outcome = PhaseRunner(ctx, on_event, still_locked=lock.check).run(phase, planned.steps)
             outcomes.append(outcome)
+            on_outcome(outcome)
             if not outcome.ok:
                 break
     return outcomes

@@ -1,5 +1,5 @@
 """A rehearsal: the phase-1 backup restored into a scratch database on the same server, phases run
-there by ``manage.py migrate_phase`` in child processes, and a report with a projection of the real run.
+there by ``manage.py migrate_phase all`` in a child process, and a report with a projection of the real run.
 
 The real database is only read (row and tenant counts); everything the rehearsal creates lives in
 the scratch database, plus the service roles of the scratch run (cluster-wide, under their own
@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -261,42 +262,12 @@ def child_env(config: MigratorConfig, scratch: str) -> dict[str, str]:
     return env
 
 
-def run_phase(phase: str, arguments: list[str], env: dict[str, str]) -> PhaseRun:
-    """``manage.py migrate_phase <phase> --format json`` in a child that dies with this process."""
-    command = [
-        sys.executable,
-        str(Path(settings.BASE_DIR) / "manage.py"),
-        "migrate_phase",
-        phase,
-        "--noinput",
-        "--format",
-        "json",
-        *arguments,
-    ]
-    preexec = backup._die_with_parent if sys.platform.startswith("linux") else None
-    started = time.monotonic()
-    completed = subprocess.run(
-        command, cwd=settings.BASE_DIR, env=env, capture_output=True, text=True, preexec_fn=preexec
-    )
-    seconds = time.monotonic() - started
-    error_lines = [line for line in completed.stderr.strip().splitlines() if line.strip()]
-    error = error_lines[-1].removeprefix("CommandError: ") if completed.returncode and error_lines else None
-    try:
-        outcomes = json.loads(completed.stdout)["phases"] if completed.stdout.strip() else []
-    except (ValueError, KeyError, TypeError):
-        outcomes = []
-    if not outcomes:
-        return PhaseRun(
-            phase,
-            ok=False,
-            seconds=seconds,
-            error=error or f"migrate_phase {phase} exited {completed.returncode} with no report",
-        )
-    outcome = outcomes[0]
+def phase_run(outcome: dict[str, Any], error: str | None) -> PhaseRun:
+    """A phase's line of ``migrate_phase all --format jsonl`` as a run of the report."""
     return PhaseRun(
-        phase,
-        ok=bool(outcome["ok"]) and completed.returncode == 0,
-        seconds=seconds,
+        outcome["phase"],
+        ok=bool(outcome["ok"]),
+        seconds=float(outcome["elapsed_s"]),
         steps=int(outcome["planned"]),
         rows_moved=int(outcome.get("rows_moved") or 0),
         failed=[{"step": f["migration_id"], "error": f["error"]} for f in outcome["failed"]],
@@ -304,16 +275,60 @@ def run_phase(phase: str, arguments: list[str], env: dict[str, str]) -> PhaseRun
     )
 
 
-def run_phases(
-    arguments: dict[str, list[str]], env: dict[str, str], progress: Callable[[int, int], None]
-) -> list[PhaseRun]:
-    """The rehearsed phases in order, stopping at the first that fails (as ``all`` does)."""
-    runs: list[PhaseRun] = []
-    for index, phase in enumerate(REHEARSED_PHASES):
-        runs.append(run_phase(phase, arguments.get(phase, []), env))
-        progress(index + 1, len(REHEARSED_PHASES))
-        if not runs[-1].ok:
-            break
+def run_phases(arguments: list[str], env: dict[str, str], progress: Callable[[int, int], None]) -> list[PhaseRun]:
+    """``manage.py migrate_phase all`` in one child that dies with this process: the rehearsed phases in
+    order, stopping at the first that fails, each reported on its own line as it ends.
+
+    A phase that ends the child without a line of its own (the command refused it, or the child
+    died) is reported as failed with the child's last error line.
+    """
+    command = [
+        sys.executable,
+        str(Path(settings.BASE_DIR) / "manage.py"),
+        "migrate_phase",
+        "all",
+        "--noinput",
+        "--format",
+        "jsonl",
+        *arguments,
+    ]
+    preexec = backup._die_with_parent if sys.platform.startswith("linux") else None
+    outcomes: list[dict[str, Any]] = []
+    started = time.monotonic()
+    # stderr into a file: a pipe read only at the end could fill up and stall the child
+    with (
+        tempfile.TemporaryFile(mode="w+") as stderr_file,
+        subprocess.Popen(
+            command,
+            cwd=settings.BASE_DIR,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr_file,
+            text=True,
+            preexec_fn=preexec,
+        ) as child,
+    ):
+        for line in child.stdout or ():
+            try:
+                outcome = json.loads(line)
+            except ValueError:
+                continue  # not a phase's line
+            if isinstance(outcome, dict) and outcome.get("phase") in REHEARSED_PHASES:
+                outcomes.append(outcome)
+                progress(len(outcomes), len(REHEARSED_PHASES))
+        returncode = child.wait()
+        stderr_file.seek(0)
+        stderr = stderr_file.read()
+    error_lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    error = error_lines[-1].removeprefix("CommandError: ") if returncode and error_lines else None
+    runs = [phase_run(outcome, error) for outcome in outcomes]
+    if returncode and all(r.ok for r in runs):  # the child ended before it could report the phase it was in
+        error = error or f"migrate_phase all exited {returncode}"
+        if len(runs) < len(REHEARSED_PHASES):
+            seconds = max(time.monotonic() - started - sum(r.seconds for r in runs), 0.0)
+            runs.append(PhaseRun(REHEARSED_PHASES[len(runs)], ok=False, seconds=seconds, error=error))
+        else:
+            runs[-1].ok, runs[-1].error = False, error
     return runs
 
 

@@ -4,8 +4,9 @@ Not part of `all`. The real database gets one tracking record (this phase's ``re
 holding the report; everything else happens in a scratch database on the same server, which is
 dropped at the end (``--keep`` keeps it; the next rehearsal drops a kept or killed one).
 
-The scratch run is ``manage.py migrate_phase <phase>`` in a child process per phase with
-``DATABASE_URL`` pointing at the copy, so it is the very code path of the real run. Its prepare
+The scratch run is ``manage.py migrate_phase all`` in a child process with ``DATABASE_URL``
+pointing at the copy, so it is the very code path of the real run; it reports each phase on a line
+of its own as the phase ends (``--format jsonl``). Its prepare
 does not dump the copy again: the copy's tracking table stops where the real backup started, so
 prepare runs with ``--rehearsal-backup`` and records the backup the copy was restored from
 (accepted only in a database marked as a rehearsal copy), then registers the tenants.
@@ -63,30 +64,28 @@ class RehearsePhase(Phase):
         return BackupInfo.from_dict(record.details["backup"])
 
     @staticmethod
-    def _arguments(ctx: MigrationContext, info: BackupInfo) -> dict[str, list[str]]:
-        """The scratch run gets the same options as this run, phase by phase."""
-        common = ["--jobs", str(ctx.jobs), "--batch-size", str(ctx.batch_size)]
+    def _arguments(ctx: MigrationContext, info: BackupInfo) -> list[str]:
+        """The scratch run gets this run's options (each phase reads its own)."""
+        arguments = ["--jobs", str(ctx.jobs), "--batch-size", str(ctx.batch_size)]
         for tenant_id in ctx.tenant_filter:
-            common += ["--tenant", tenant_id]
+            arguments += ["--tenant", tenant_id]
         opts = ctx.options
-        return {
-            "prepare": [*common, "--rehearsal-backup", info.path],
-            "schemas": common,
-            "data": [*common, "--reference-conflicts", opts.reference_conflicts],
-            "security": common,
-            "verify": [
-                *common,
-                "--load-clients",
-                str(opts.load_clients),
-                "--load-seconds",
-                str(opts.load_seconds),
-                "--load-max-regression",
-                str(opts.load_max_regression),
-                "--load-queries",
-                str(opts.load_queries),
-            ],
-            "cutover": [*common, *(["--drop-legacy"] if opts.drop_legacy else [])],
-        }
+        return [
+            *arguments,
+            "--rehearsal-backup",
+            info.path,
+            "--reference-conflicts",
+            opts.reference_conflicts,
+            "--load-clients",
+            str(opts.load_clients),
+            "--load-seconds",
+            str(opts.load_seconds),
+            "--load-max-regression",
+            str(opts.load_max_regression),
+            "--load-queries",
+            str(opts.load_queries),
+            *(["--drop-legacy"] if opts.drop_legacy else []),
+        ]
 
     def _rehearse(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         info = self._backup()

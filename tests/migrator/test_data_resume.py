@@ -21,7 +21,7 @@ from tests.migrator.helpers import (
 )
 
 TENANTS = ["acme_0001", "globex_0002"]
-CONTACTS, ACTIVITIES = 20_000, 40_000
+CONTACTS, ACTIVITIES = 4_000, 8_000
 SOURCE_ROWS = {"contact_data_contacts": CONTACTS, "activity_data_activities": ACTIVITIES}
 
 
@@ -44,7 +44,7 @@ def test_a_run_killed_in_the_middle_of_a_copy_resumes_exactly_once(clean_db):
             ).fetchone()
 
         killed_id, target, copied_before_kill = kill_when(
-            ["migrate_phase", "data", "--batch-size", "500", "--noinput"],
+            ["migrate_phase", "data", "--batch-size", "200", "--noinput"],
             partly_copied,
             "a copy_table step half way",
             env=manage_env(),

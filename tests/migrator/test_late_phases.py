@@ -6,9 +6,12 @@ the phase-1 backup, or damage it, run phase 1 themselves so their backup is a re
 
 from __future__ import annotations
 
+import json
+from io import StringIO
 from pathlib import Path
 
 import pytest
+from django.core.management import call_command
 from django.core.management.base import CommandError
 from psycopg import sql
 
@@ -165,6 +168,20 @@ def test_all_runs_every_phase_on_several_tenants_in_parallel(seeded):
     assert catalog.row_count("tenant_acme_0001", "contact_data_contacts") == 120
     assert catalog.row_count("tenant_globex_0002", "activity_data_activities") == 240
     assert run("migrate_phase", "all", interactive=False).count("0 steps to run") == 6
+
+
+def test_all_in_jsonl_writes_a_line_per_phase_and_stops_at_the_first_that_fails(schemas_ready):
+    db.execute("ALTER TABLE tenant_acme_0001.contacts ADD COLUMN nickname text")  # no target column
+
+    out = StringIO()
+    with pytest.raises(CommandError, match="phase data failed"):
+        call_command("migrate_phase", "all", interactive=False, format="jsonl", stdout=out, stderr=StringIO())
+
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(line["phase"], line["ok"]) for line in lines] == [("prepare", True), ("schemas", True), ("data", False)]
+    assert lines[1]["planned"] == 0  # the stage had phases 1-2 done already
+    assert any("nickname" in failed["error"] for failed in lines[2]["failed"])
+    assert all(line["elapsed_s"] >= 0 for line in lines)
 
 
 def test_rollback_before_cutover_leaves_legacy_exactly_as_it_was(seeded, stage_db):

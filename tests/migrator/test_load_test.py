@@ -48,11 +48,11 @@ def test_load_test_records_figures_for_both_layouts(migrated):
 
 
 def test_load_test_fails_when_a_key_index_of_the_new_tables_is_missing(clean_db):
-    run("seed_legacy", tenants=2, contacts=150_000, activities=2_000, seed=3)
+    # one tenant of a real size is enough for a sequential scan to stand out from the noise
+    run("seed_legacy", tenants=1, contacts=150_000, activities=2_000, seed=3)
     for phase in ("prepare", "schemas", "data", "security"):
         run("migrate_phase", phase, interactive=False)
-    for tenant in TENANTS:
-        db.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(f"tenant_{tenant}", "contact_data_email_idx")))
+    db.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(f"tenant_{TENANTS[0]}", "contact_data_email_idx")))
 
     with pytest.raises(CommandError, match="phase verify failed"):  # the load test is one of its failed steps
         run(
@@ -60,8 +60,8 @@ def test_load_test_fails_when_a_key_index_of_the_new_tables_is_missing(clean_db)
             "verify",
             interactive=False,
             load_clients=2,
-            load_seconds=3.0,
-            load_queries=300,
+            load_seconds=1.5,
+            load_queries=80,  # forty samples a query per client: a sequential scan stands out in any of them
             load_max_regression=50.0,  # the command's default (the test helpers' runs leave the verdict out)
         )
 

@@ -92,7 +92,7 @@ def kill_hard(child: subprocess.Popen[bytes]) -> None:
 
 
 def test_a_restore_killed_during_pg_restore_is_finished_by_rerunning_it(clean_db):
-    run("seed_legacy", tenants=2, contacts=20_000, activities=40_000, empty_tenants=1, seed=3)
+    run("seed_legacy", tenants=2, contacts=4_000, activities=8_000, empty_tenants=1, seed=3)
     run("migrate_phase", "prepare", interactive=False)
     before = legacy_fingerprints(TENANTS)
     run("migrate_phase", "schemas", interactive=False)

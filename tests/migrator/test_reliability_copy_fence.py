@@ -26,13 +26,13 @@ from tests.migrator.helpers import (
 )
 
 TENANTS = ["acme_0001", "globex_0002"]
-CONTACTS, ACTIVITIES = 20_000, 40_000
+CONTACTS, ACTIVITIES = 4_000, 8_000
 SOURCE_ROWS = {"contact_data_contacts": CONTACTS, "activity_data_activities": ACTIVITIES}
 
 
 def start_data_run() -> subprocess.Popen[str]:
     return subprocess.Popen(
-        manage_command("migrate_phase", "data", "--batch-size", "500", "--noinput"),
+        manage_command("migrate_phase", "data", "--batch-size", "200", "--noinput"),
         cwd=PROJECT_DIR,
         env=manage_env(),
         stdout=subprocess.PIPE,

@@ -38,8 +38,9 @@ FIRST, LAST = "acme_0001", "globex_0002"  # rollback undoes tenants in this orde
 
 
 def migrate_up_to_verify() -> None:
-    for phase in ("prepare", "schemas", "data", "security", "verify"):
-        run("migrate_phase", phase, interactive=False, batch_size=100)
+    """From the ``migrated`` stage (phases 1-3 done) to the point where cutover may run."""
+    for phase in ("security", "verify"):
+        run("migrate_phase", phase, interactive=False)
 
 
 def legacy_tables_in_place(tenant_id: str) -> bool:
@@ -65,7 +66,7 @@ def cutover_failures() -> list[str]:
     return [r.error_message for r in MigrationRecord.objects.filter(phase="cutover", status=Status.FAILED)]
 
 
-def test_rollback_killed_half_way_marks_undone_tenants_and_cutover_leaves_them_alone(seeded):
+def test_rollback_killed_half_way_marks_undone_tenants_and_cutover_leaves_them_alone(migrated):
     migrate_up_to_verify()
     blocked_table = f"tenant_{LAST}.contact_data_contacts"
     with psycopg_connect() as blocker, psycopg_connect() as watcher:
@@ -107,7 +108,7 @@ def test_rollback_killed_half_way_marks_undone_tenants_and_cutover_leaves_them_a
 
 
 @pytest.fixture
-def role_grant_in_another_database(seeded: dict[str, Any]) -> Iterator[tuple[str, str]]:
+def role_grant_in_another_database(migrated: dict[str, Any]) -> Iterator[tuple[str, str]]:
     """A database of the same cluster where the contact service role holds a privilege."""
     other = f"{connection.settings_dict['NAME']}_other"
     with psycopg_connect() as admin:
@@ -120,7 +121,9 @@ def role_grant_in_another_database(seeded: dict[str, Any]) -> Iterator[tuple[str
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(other)))
 
 
-def test_rollback_whose_drop_roles_fails_still_keeps_cutover_off_undone_tenants(seeded, role_grant_in_another_database):
+def test_rollback_whose_drop_roles_fails_still_keeps_cutover_off_undone_tenants(
+    migrated, role_grant_in_another_database
+):
     other, role = role_grant_in_another_database
     migrate_up_to_verify()
     with psycopg_connect(other) as elsewhere:
@@ -133,13 +136,13 @@ def test_rollback_whose_drop_roles_fails_still_keeps_cutover_off_undone_tenants(
     assert not status_check_passes()
 
     cutover_failures()
-    for tenant_id in seeded["tenants"]:
+    for tenant_id in migrated["tenants"]:
         assert legacy_tables_in_place(tenant_id), tenant_id
         assert state(tenant_id) != MigrationState.LIVE
     assert not status_check_passes()
 
 
-def test_cutover_refuses_a_tenant_whose_target_table_is_gone(seeded):
+def test_cutover_refuses_a_tenant_whose_target_table_is_gone(migrated):
     migrate_up_to_verify()
     db.execute(sql.SQL("DROP TABLE {} CASCADE").format(sql.Identifier(f"tenant_{FIRST}", "activity_data_activities")))
 
@@ -151,7 +154,7 @@ def test_cutover_refuses_a_tenant_whose_target_table_is_gone(seeded):
     assert not status_check_passes()
 
 
-def test_cutover_refuses_legacy_writes_made_after_phase_3(seeded):
+def test_cutover_refuses_legacy_writes_made_after_phase_3(migrated):
     auth_schema = get_config().legacy_auth_schema
     migrate_up_to_verify()
     first, last = (sql.Identifier(f"tenant_{t}", "contacts") for t in (FIRST, LAST))
@@ -188,7 +191,7 @@ def test_cutover_refuses_legacy_writes_made_after_phase_3(seeded):
     assert not status_check_passes()
 
 
-def test_cutover_refuses_an_auth_user_added_after_phase_3(seeded):
+def test_cutover_refuses_an_auth_user_added_after_phase_3(migrated):
     auth_schema = get_config().legacy_auth_schema
     migrate_up_to_verify()
     db.execute(
@@ -205,7 +208,7 @@ def test_cutover_refuses_an_auth_user_added_after_phase_3(seeded):
     assert not status_check_passes()
 
 
-def test_cutover_waits_for_a_legacy_write_in_flight_and_then_refuses_it(seeded):
+def test_cutover_waits_for_a_legacy_write_in_flight_and_then_refuses_it(migrated):
     migrate_up_to_verify()
     with psycopg_connect() as writer, psycopg_connect() as watcher:
         ours = [
@@ -252,7 +255,7 @@ def test_cutover_waits_for_a_legacy_write_in_flight_and_then_refuses_it(seeded):
     assert f"tenant_{FIRST}.contacts: 120 rows validated, 121 now" in error
 
 
-def test_cutover_killed_after_a_tenants_move_committed_is_finished_by_a_rerun(seeded):
+def test_cutover_killed_after_a_tenants_move_committed_is_finished_by_a_rerun(migrated):
     migrate_up_to_verify()
     tenants_table = sql.Identifier("public", "tenants")
     with psycopg_connect() as blocker, psycopg_connect() as watcher:

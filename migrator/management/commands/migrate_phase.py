@@ -24,6 +24,7 @@ from migrator.core.context import (
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase
 from migrator.engine import orchestration
+from migrator.engine.runner import PhaseOutcome
 from migrator.management.arguments import MAX_BATCH_SIZE, batch_size, non_negative, percent, positive, seconds
 from migrator.management.output import ConsoleReporter, outcome_dict, outcome_summary, rehearsal_lines
 from migrator.phases import ORDERED, get_phase, phase_choices, phases_help
@@ -90,7 +91,13 @@ class Command(BaseCommand):
             default=50_000,
             help=f"Rows per copy batch, 1 to {MAX_BATCH_SIZE} (default 50000).",
         )
-        parser.add_argument("--format", choices=("text", "json"), default="text", help="Output format.")
+        parser.add_argument(
+            "--format",
+            choices=("text", "json", "jsonl"),
+            default="text",
+            help="Output format: text; json, one document at the end; jsonl, one line per phase as it ends "
+            "(for a program that follows a long run).",
+        )
         parser.add_argument(
             "--noinput",
             "--no-input",
@@ -229,7 +236,8 @@ class Command(BaseCommand):
 
     def _handle(self, options: dict[str, Any]) -> None:
         name = options["phase"]
-        self.json = options["format"] == "json"
+        self.json = options["format"] in ("json", "jsonl")
+        self.json_lines = options["format"] == "jsonl"
         self.verbosity = options["verbosity"]
         orchestration.check_database()
         if name == "status":
@@ -277,11 +285,18 @@ class Command(BaseCommand):
             return
         reporter = (lambda event: None) if self.json else ConsoleReporter(self.stdout, self.style, self.verbosity)
         with stop_on_signals(ctx.options.stop):  # sync --follow ends its loop cleanly on SIGINT/SIGTERM
-            outcomes = orchestration.run_phases(phases, ctx, reporter, self._confirm(options["interactive"]))
+            outcomes = orchestration.run_phases(
+                phases, ctx, reporter, self._confirm(options["interactive"]), on_outcome=self._outcome_line
+            )
         if name == "rehearse" and outcomes and outcomes[0].ok:
             self._rehearsal_report(outcomes[0])
             return
-        if self.json:
+        if not self.json:
+            if self.verbosity >= 1:
+                for outcome in outcomes:
+                    style = self.style.SUCCESS if outcome.ok else self.style.ERROR
+                    self.stdout.write(style(outcome_summary(outcome)))
+        elif not self.json_lines:  # jsonl: each phase had its line as it ended
             self.stdout.write(
                 json.dumps(
                     {"ok": all(o.ok for o in outcomes), "phases": [outcome_dict(o) for o in outcomes]},
@@ -289,10 +304,6 @@ class Command(BaseCommand):
                     default=str,
                 )
             )
-        elif self.verbosity >= 1:
-            for outcome in outcomes:
-                style = self.style.SUCCESS if outcome.ok else self.style.ERROR
-                self.stdout.write(style(outcome_summary(outcome)))
         failed = [(o.phase, step, error) for o in outcomes for step, error in o.failed]
         if failed:
             phase, step, error = failed[0]
@@ -301,10 +312,15 @@ class Command(BaseCommand):
                 f"-- fix the cause and rerun `migrate_phase {phase}` to resume"
             )
 
+    def _outcome_line(self, outcome: PhaseOutcome) -> None:
+        if self.json_lines:
+            self.stdout.write(json.dumps(outcome_dict(outcome), default=str))
+            self.stdout.flush()
+
     def _rehearsal_report(self, outcome: Any) -> None:
         report = next(iter(outcome.results.values())).details["rehearsal"]
         if self.json:
-            self.stdout.write(json.dumps(report, indent=2, default=str))
+            self.stdout.write(json.dumps(report, indent=None if self.json_lines else 2, default=str))
         else:
             for line in rehearsal_lines(report):
                 self.stdout.write(line)

@@ -17,6 +17,7 @@ class MigratorConfig:
     role_prefix: str
     backup_dir: Path
     bin_dirs: tuple[str, ...]
+    backup_part_tables: int | None = None  # phase 1: most tables one pg_dump locks (default: the lock table's room)
 
     def service_role(self, service: str) -> str:
         return f"{self.role_prefix}_{service}"
@@ -34,4 +35,5 @@ def get_config() -> MigratorConfig:
         role_prefix=conf["ROLE_PREFIX"],
         backup_dir=Path(conf["BACKUP_DIR"]),
         bin_dirs=tuple(conf.get("BIN_DIRS", ())),
+        backup_part_tables=int(conf["BACKUP_PART_TABLES"]) if conf.get("BACKUP_PART_TABLES") else None,
     )

@@ -6,6 +6,8 @@ Configuration comes from the environment only (nothing of a developer's machine 
   ``SALESFLOW_DATA_DIR`` (default ``.salesflow/`` in the project) and stopped at exit.
 - ``SALESFLOW_BACKUP_DIR``: where phase 1 writes its ``pg_dump`` (default ``<data dir>/backups``).
 - ``SALESFLOW_LEGACY_AUTH_SCHEMA``, ``SALESFLOW_ARCHIVE_SCHEMA``, ``SALESFLOW_ROLE_PREFIX``.
+- ``SALESFLOW_BACKUP_PART_TABLES``: most tables one ``pg_dump`` of phase 1 locks (default: what the
+  server's lock table has room for; past it the dump is split in parts that read one snapshot).
 - ``DJANGO_SECRET_KEY``, ``DJANGO_DEBUG``, ``DJANGO_ALLOWED_HOSTS`` for the admin site.
 """
 
@@ -107,6 +109,8 @@ SALESFLOW: dict[str, Any] = {
     "ROLE_PREFIX": os.environ.get("SALESFLOW_ROLE_PREFIX", "salesflow"),
     "BACKUP_DIR": Path(os.environ.get("SALESFLOW_BACKUP_DIR") or DATA_DIR / "backups"),
     "BIN_DIRS": [p for p in os.environ.get("SALESFLOW_PG_BIN_DIRS", "").split(os.pathsep) if p],
+    # Phase 1 dumps in parts of at most this many tables (default: what the server's lock table has room for).
+    "BACKUP_PART_TABLES": os.environ.get("SALESFLOW_BACKUP_PART_TABLES") or None,
 }
 
 LOGGING = {

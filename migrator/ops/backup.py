@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,8 +20,10 @@ from django.db import connection
 from migrator import catalog, db
 from migrator.core.errors import MigrationError
 from migrator.models import BACKUP_PHASE, BACKUP_STEP, MigrationRecord
+from migrator.ops import dump_parts
 
 MANIFEST_SUFFIX = ".manifest.json"
+PART_PREFIX = "part-"  # the folders of a backup dumped in parts
 CLIENT_APP_NAME = "salesflow-migrator-backup"  # application_name of pg_dump / pg_restore sessions
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -33,13 +36,15 @@ class BackupInfo:
     toc_entries: int
     server_major: int
     created_at: str
+    parts: int = 1  # pg_dump archives it is made of (see migrator/ops/dump_parts.py)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> BackupInfo:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})  # type: ignore[arg-type]
+        """From a record or manifest; one written before backups had parts has one."""
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})  # type: ignore[arg-type]
 
 
 def connection_args() -> tuple[list[str], dict[str, str]]:
@@ -91,10 +96,21 @@ def _run(cmd: list[str], env: dict[str, str], what: str) -> str:
     return completed.stdout
 
 
+def backup_parts(path: Path) -> list[Path]:
+    """The pg_dump archives of a backup, in restore order: the folder itself when it is one dump, else
+    its ``part-NNN`` folders (the first holds everything but the tenant schemas)."""
+    if (path / "toc.dat").is_file():
+        return [path]
+    return sorted(part for part in path.glob(f"{PART_PREFIX}*") if part.is_dir())
+
+
 def list_backup(pg_restore: Path, path: Path) -> list[str]:
-    """The dump's table of contents (``pg_restore --list``); fails if the dump is unreadable."""
-    out = _run([str(pg_restore), "--list", str(path)], dict(os.environ), "pg_restore --list")
-    return [line for line in out.splitlines() if line and not line.startswith(";")]
+    """The backup's table of contents (``pg_restore --list`` of every part); fails if a part is unreadable."""
+    entries: list[str] = []
+    for part in backup_parts(path) or [path]:
+        out = _run([str(pg_restore), "--list", str(part)], dict(os.environ), "pg_restore --list")
+        entries += [line for line in out.splitlines() if line and not line.startswith(";")]
+    return entries
 
 
 def new_backup_path(backup_dir: Path) -> Path:
@@ -184,72 +200,64 @@ def catalog_has_tracking() -> bool:
     return catalog.table_exists("public", "schema_migrations")
 
 
-@dataclass(frozen=True)
-class LockBudget:
-    """pg_dump takes ACCESS SHARE on every table in its first transaction and holds it to the end; with
-    ``--jobs`` each worker locks every table it dumps again, in its own transaction. All of them share
-    the server's ``max_locks_per_transaction x (max_connections + max_prepared_transactions)`` slots."""
-
-    tables: int
-    locks_per_transaction: int
-    connections: int
-
-    @property
-    def slots(self) -> int:
-        return self.locks_per_transaction * self.connections
-
-
-def lock_budget() -> LockBudget:
-    row = db.fetchone(
-        "SELECT (SELECT count(*) FROM pg_class c WHERE c.relkind IN ('r', 'p', 'm', 'f') "
-        "AND c.relnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)), "
-        "current_setting('max_locks_per_transaction')::int, "
-        "current_setting('max_connections')::int + current_setting('max_prepared_transactions')::int"
-    )
-    return LockBudget(*(int(v) for v in row or (0, 0, 0)))
-
-
-# Share of the lock table a dump may take: the server's other sessions need slots too.
-DUMP_LOCK_SHARE = 0.8
-
-
-def dump_jobs(requested: int, budget: LockBudget) -> int:
-    """pg_dump's ``--jobs``: ``requested`` while the leader's and the workers' locks fit, else 1 (the
-    leader's locks only; a thousand tenants outgrow a default server's lock table in parallel); a dump
-    whose leader alone cannot lock every table is refused before it starts."""
-    allowed = int(budget.slots * DUMP_LOCK_SHARE)
-    if budget.tables > allowed:
-        needed = int(budget.tables / DUMP_LOCK_SHARE / max(1, budget.connections)) + 1
-        raise MigrationError(
-            f"pg_dump must lock all {budget.tables} tables at once, more than the server's lock table leaves room "
-            f"for ({budget.slots} slots): set max_locks_per_transaction to at least {needed} (now "
-            f"{budget.locks_per_transaction}), restart PostgreSQL, then rerun the phase"
-        )
-    if requested > 1 and 2 * budget.tables > allowed:
-        return 1
-    return max(1, requested)
-
-
-def create_backup(pg_dump: Path, pg_restore: Path, backup_dir: Path, jobs: int, server_major: int) -> BackupInfo:
-    jobs = dump_jobs(jobs, lock_budget())
+def create_backup(
+    pg_dump: Path,
+    pg_restore: Path,
+    backup_dir: Path,
+    jobs: int,
+    server_major: int,
+    max_part_tables: int | None = None,
+    progress: Callable[[int, int], None] = lambda done, total: None,
+) -> BackupInfo:
+    plan = dump_parts.plan_dump(jobs, dump_parts.lock_budget(), dump_parts.tenant_schema_tables(), max_part_tables)
     remove_unfinished_dumps(backup_dir)
     path = new_backup_path(backup_dir)
     write_manifest(BackupInfo(str(path), 0, "", 0, server_major, datetime.now(UTC).isoformat()), finished=False)
     args, env = connection_args()
     try:
-        _run([str(pg_dump), "--format=directory", f"--jobs={max(1, jobs)}", "--file", str(path), *args], env, "pg_dump")
+        if plan.tenant_parts:
+            dump_in_parts(pg_dump, path, plan, args, env, progress)
+        else:
+            _run(
+                [str(pg_dump), "--format=directory", f"--jobs={plan.jobs}", "--file", str(path), *args], env, "pg_dump"
+            )
     except MigrationError:
         if path.exists():
-            for file in sorted(path.rglob("*"), reverse=True):
-                file.unlink() if file.is_file() else file.rmdir()
-            path.rmdir()
+            shutil.rmtree(path)
         in_progress_marker(path).unlink(missing_ok=True)
         raise
     entries = list_backup(pg_restore, path)
     sha, size = tree_sha256(path)
-    info = BackupInfo(str(path), size, sha, len(entries), server_major, datetime.now(UTC).isoformat())
+    info = BackupInfo(str(path), size, sha, len(entries), server_major, datetime.now(UTC).isoformat(), plan.parts)
     write_manifest(info)
     return info
+
+
+def dump_in_parts(
+    pg_dump: Path,
+    path: Path,
+    plan: dump_parts.DumpPlan,
+    args: list[str],
+    env: dict[str, str],
+    progress: Callable[[int, int], None],
+) -> None:
+    """One pg_dump per part, one after the other, all reading the snapshot a transaction exports here."""
+    path.mkdir()
+    with db.connect_like_django(f"{CLIENT_APP_NAME} snapshot", autocommit=False) as holder:
+        holder.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        snapshot = str(holder.execute("SELECT pg_export_snapshot()").fetchone()[0])  # type: ignore[index]
+        selections = [["--exclude-schema", dump_parts.TENANT_SCHEMA_PATTERN]] + [
+            [f"--schema={dump_parts.schema_pattern(schema)}" for schema in schemas] for schemas in plan.tenant_parts
+        ]
+        for number, selection in enumerate(selections):
+            part = path / f"{PART_PREFIX}{number:04d}"
+            _run(
+                [str(pg_dump), "--format=directory", f"--snapshot={snapshot}", "--file", str(part), *selection, *args],
+                env,
+                f"pg_dump of part {number + 1} of {len(selections)}",
+            )
+            progress(number + 1, len(selections))
+        holder.rollback()
 
 
 def check_backup(info: BackupInfo) -> None:
@@ -265,13 +273,18 @@ def check_backup(info: BackupInfo) -> None:
         )
 
 
-def restore_backup(pg_restore: Path, info: BackupInfo, jobs: int) -> None:
+def restore_backup(pg_restore: Path, info: BackupInfo, jobs: int, database: str | None = None) -> None:
+    """pg_restore of every part, in order, into this database (or ``database`` on the same server)."""
     args, env = connection_args()
-    _run(
-        [str(pg_restore), f"--jobs={max(1, jobs)}", "--exit-on-error", "--no-owner", *args, info.path],
-        env,
-        "pg_restore",
-    )
+    if database is not None:
+        args[args.index("-d") + 1] = database
+    parts = backup_parts(Path(info.path))
+    for number, part in enumerate(parts):
+        _run(
+            [str(pg_restore), f"--jobs={max(1, jobs)}", "--exit-on-error", "--no-owner", *args, str(part)],
+            env,
+            "pg_restore" if len(parts) == 1 else f"pg_restore of part {number + 1} of {len(parts)}",
+        )
 
 
 def latest_backup(backup_dir: Path | None = None) -> BackupInfo | None:

@@ -180,13 +180,10 @@ def finish(conn: psycopg.Connection[Any], config: MigratorConfig, name: str, kee
 
 
 def restore_into(info: BackupInfo, pg_restore: Path, name: str, jobs: int) -> None:
-    args, env = backup.connection_args()
-    args[args.index("-d") + 1] = name
-    backup._run(
-        [str(pg_restore), f"--jobs={max(1, jobs)}", "--exit-on-error", "--no-owner", *args, info.path],
-        env,
-        "pg_restore into the scratch database",
-    )
+    try:
+        backup.restore_backup(pg_restore, info, jobs, database=name)
+    except MigrationError as exc:
+        raise MigrationError(f"restoring into the scratch database: {exc}") from None
 
 
 # --- counts the projection scales by ----------------------------------------------------------------------

@@ -130,11 +130,20 @@ def schemas_in_backup(pg_restore: Path, info: BackupInfo) -> list[str]:
     return names
 
 
+# Schemas dropped per transaction: each drop locks every object of its schema until the commit, and
+# thousands of tenant schemas in one transaction would not fit the server's lock table.
+SCHEMAS_PER_TRANSACTION = 50
+
+
 def clear_database(keep_public_schema: bool, schemas: list[str]) -> None:
+    """Drop ``schemas`` and public's tables. Not one transaction: a restore killed half way is finished
+    by rerunning it (its journal says so), which clears the database again first."""
+    dropped = [schema for schema in schemas if schema != "public"]
+    for start in range(0, len(dropped), SCHEMAS_PER_TRANSACTION):
+        with transaction.atomic():
+            for schema in dropped[start : start + SCHEMAS_PER_TRANSACTION]:
+                db.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
     with transaction.atomic():
-        for schema in schemas:
-            if schema != "public" and catalog.schema_exists(schema):
-                db.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
         if keep_public_schema:
             for (table,) in db.fetchall(
                 "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "

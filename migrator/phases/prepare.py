@@ -233,9 +233,19 @@ class PreparePhase(Phase):
         major = server_major()
         pg_dump = binaries.find_binary("pg_dump", major, ctx.config.bin_dirs)
         pg_restore = binaries.find_binary("pg_restore", major, ctx.config.bin_dirs)
-        info = backup.create_backup(pg_dump, pg_restore, ctx.config.backup_dir, ctx.jobs, major)
+        info = backup.create_backup(
+            pg_dump,
+            pg_restore,
+            ctx.config.backup_dir,
+            ctx.jobs,
+            major,
+            max_part_tables=ctx.config.backup_part_tables,
+            progress=reporter.progress,
+        )
+        parts = f", {info.parts} parts" if info.parts > 1 else ""
         return StepResult(
-            message=f"{info.path} ({info.size // 1024} KiB, {info.toc_entries} entries, sha256 {info.sha256[:12]}...)",
+            message=f"{info.path} ({info.size // 1024} KiB{parts}, {info.toc_entries} entries, "
+            f"sha256 {info.sha256[:12]}...)",
             details={"backup": info.as_dict()},
         )
 

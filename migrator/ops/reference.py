@@ -122,44 +122,65 @@ def needs_merge(ref: ReferenceTable, tenant_ids: list[str]) -> bool:
     return bool(_unmerged_tenants(ref, tenant_ids)[0])
 
 
+# Tenants whose legacy rows are staged per transaction: reading a tenant's table locks it until the
+# commit, and thousands of tenants in one transaction would not fit the server's lock table.
+TENANTS_PER_STAGING_TRANSACTION = 100
+
+
 def merge_reference_table(ref: ReferenceTable, tenant_ids: list[str], policy: str) -> MergeResult:
-    """Merge the rows of ``ref`` of the given tenants that have no map entry yet into its shared table."""
+    """Merge the rows of ``ref`` of the given tenants that have no map entry yet into its shared table.
+
+    The tenants' rows are staged first, a hundred tenants per transaction, into a temporary table of
+    this session; the conflict check, the new shared rows and every map entry then commit together
+    in one transaction that reads only the staged rows. A row a tenant adds after its rows were
+    staged has no map entry, and is merged by the tenant's copy (see ``needs_merge``).
+    """
     if not catalog.table_exists(str(ref.shared_schema), ref.table):
         raise MigrationError(f"{ref.shared_schema}.{ref.table} does not exist; run `migrate_phase schemas` first")
     result = MergeResult()
-    shared = sql.Identifier(ref.shared_schema, ref.table)
     # Nothing to merge (the usual case when a tenant's captured changes are applied): no lock, which
     # the caller would otherwise hold until it commits (an online cutover holds it through its whole
     # switch, and the other tenants' switches queued on it).
     todo, result.tenants_without_table = _unmerged_tenants(ref, tenant_ids)
     if not todo:
         return result
-    with transaction.atomic():
-        # One merge of a reference table at a time (tenant copies merge their new rows in parallel):
-        # a conflict check must see every shared row that another merge could be adding.
-        db.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"migrator reference merge {ref.map_name}"]
-        )
+    # One merge of a reference table at a time (tenant copies merge their new rows in parallel): a
+    # conflict check must see every shared row that another merge could be adding.
+    lock_key = [f"migrator reference merge {ref.map_name}"]
+    db.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", lock_key)
+    try:
         todo, result.tenants_without_table = _unmerged_tenants(ref, tenant_ids)
-        if not todo:
-            return result
-        value_cols = _value_columns(ref, todo)
-        cols = db.ident_list(value_cols)
-        db.execute(
-            sql.SQL(
-                "CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT ''::text AS tenant_id, "
-                "0::bigint AS old_id, {cols} FROM {shared} WITH NO DATA"
-            ).format(stage=STAGE, cols=cols, shared=shared)
-        )
-        for tenant_id in todo:
-            result.rows_staged += db.execute(
-                sql.SQL("INSERT INTO {stage} SELECT %s, l.id, {legacy_cols} FROM {unmapped}").format(
-                    stage=STAGE,
-                    legacy_cols=sql.SQL(", ").join(sql.SQL("l.{}").format(sql.Identifier(c)) for c in value_cols),
-                    unmapped=_unmapped_rows(ref, tenant_id),
-                ),
-                [tenant_id, *_unmapped_params(ref, tenant_id)],
-            )
+        if todo:
+            _merge_staged(ref, todo, policy, result)
+            result.tenants_merged = todo
+    finally:
+        db.execute(sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(STAGE))
+        db.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", lock_key)
+    return result
+
+
+def _merge_staged(ref: ReferenceTable, todo: list[str], policy: str, result: MergeResult) -> None:
+    shared = sql.Identifier(ref.shared_schema, ref.table)
+    value_cols = _value_columns(ref, todo)
+    cols = db.ident_list(value_cols)
+    db.execute(sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(STAGE))
+    db.execute(
+        sql.SQL(
+            "CREATE TEMP TABLE {stage} AS SELECT ''::text AS tenant_id, 0::bigint AS old_id, {cols} FROM {shared} "
+            "WITH NO DATA"
+        ).format(stage=STAGE, cols=cols, shared=shared)
+    )
+    legacy_cols = sql.SQL(", ").join(sql.SQL("l.{}").format(sql.Identifier(c)) for c in value_cols)
+    for start in range(0, len(todo), TENANTS_PER_STAGING_TRANSACTION):
+        with transaction.atomic():
+            for tenant_id in todo[start : start + TENANTS_PER_STAGING_TRANSACTION]:
+                result.rows_staged += db.execute(
+                    sql.SQL("INSERT INTO {stage} SELECT %s, l.id, {legacy_cols} FROM {unmapped}").format(
+                        stage=STAGE, legacy_cols=legacy_cols, unmapped=_unmapped_rows(ref, tenant_id)
+                    ),
+                    [tenant_id, *_unmapped_params(ref, tenant_id)],
+                )
+    with transaction.atomic():
         conflicts = _conflicts(ref, value_cols)
         if conflicts and policy != "first-wins":
             raise MigrationError(
@@ -187,8 +208,6 @@ def merge_reference_table(ref: ReferenceTable, tenant_ids: list[str], policy: st
             raise MigrationError(
                 f"{ref.legacy_table}: mapped {result.mapped} of {result.rows_staged} rows; nothing was merged"
             )
-    result.tenants_merged = todo
-    return result
 
 
 def unmapped_counts(refs: list[ReferenceTable], tenant_id: str) -> dict[str, int]:

@@ -52,7 +52,7 @@ def pending_steps(phase: Phase, ctx: MigrationContext) -> list[Step]:
     steps = phase.plan(ctx)
     if phase.always_rerun:
         return steps
-    latest = tracking.latest_records(phase.name)
+    latest = tracking.latest_states(phase.name)
     return [s for s in steps if s.rerun or (row := latest.get(s.key)) is None or row.status != Status.COMPLETED]
 
 
@@ -85,7 +85,7 @@ class PhaseRunner:
         steps = pending_steps(phase, self.ctx) if steps is None else steps
         outcome = PhaseOutcome(phase.name, planned=len(steps))
         self.on_event(Event("phase_start", phase.name, count=len(steps)))
-        records = tracking.ensure_pending(steps, tracking.latest_records(phase.name, [s.key for s in steps]))
+        records = tracking.ensure_pending(steps, tracking.latest_states(phase.name, [s.key for s in steps]))
         position = 0
         for is_tenant_run, grouped in groupby(steps, key=lambda s: s.tenant_id is not None):
             group = list(grouped)
@@ -255,7 +255,7 @@ class PhaseRunner:
         if phase.requires is None:
             return {}
         done: dict[str, bool] = {}
-        for record in tracking.latest_records(phase.requires).values():
+        for record in tracking.latest_states(phase.requires).values():
             if record.tenant_id:
                 done[record.tenant_id] = done.get(record.tenant_id, True) and record.status == Status.COMPLETED
         return {

@@ -36,6 +36,29 @@ def latest_records(phase: str, keys: Iterable[str] | None = None) -> dict[str, M
     return {row.migration_id: row for row in rows.latest_attempts()}
 
 
+@dataclass(frozen=True)
+class StepState:
+    """Where a step stands: its newest attempt's number and status (and tenant)."""
+
+    tenant_id: str | None
+    attempt: int
+    status: str
+
+
+def latest_states(phase: str, keys: Iterable[str] | None = None) -> dict[str, StepState]:
+    """:func:`latest_records` reduced to what planning needs: ten thousand tenants have tens of
+    thousands of steps, and a model instance each would be most of the process's memory."""
+    rows = MigrationRecord.objects.filter(phase=phase)
+    if keys is not None:
+        rows = rows.filter(migration_id__in=list(keys))
+    return {
+        key: StepState(tenant_id, attempt, status)
+        for key, tenant_id, attempt, status in rows.latest_attempts()
+        .values_list("migration_id", "tenant_id", "attempt", "status")
+        .iterator(chunk_size=5000)
+    }
+
+
 def close_interrupted(phase: str | None = None) -> int:
     """RUNNING rows (of ``phase``, or of every phase) belong to a run that died: the caller holds the
     lock, so no live process can own them. Close them as FAILED."""
@@ -49,9 +72,19 @@ def close_interrupted(phase: str | None = None) -> int:
     )
 
 
-def ensure_pending(steps: list[Step], latest: dict[str, MigrationRecord]) -> dict[str, MigrationRecord]:
-    """Give every step a PENDING row to start from: reuse a PENDING latest attempt, else add attempt + 1."""
-    new_rows = []
+# What the runner reads and writes of a step's row; the rest (details, description, ...) is written by
+# UPDATEs and never read back during the run.
+RUNNER_FIELDS = ("id", "migration_id", "attempt", "status", "started_at", "tenant_id")
+PENDING_ROWS_PER_INSERT = 1000
+
+
+def ensure_pending(steps: list[Step], latest: dict[str, StepState]) -> dict[str, MigrationRecord]:
+    """Give every step a PENDING row to start from: reuse a PENDING latest attempt, else add attempt + 1.
+
+    Returns the rows with :data:`RUNNER_FIELDS` only, inserted and loaded a thousand at a time."""
+    if not steps:
+        return {}
+    new_rows: list[MigrationRecord] = []
     for step in steps:
         previous = latest.get(step.key)
         if previous is not None and previous.status == Status.PENDING:
@@ -71,8 +104,12 @@ def ensure_pending(steps: list[Step], latest: dict[str, MigrationRecord]) -> dic
                 pid=os.getpid(),
             )
         )
-    MigrationRecord.objects.bulk_create(new_rows, batch_size=1000)
-    return latest_records(steps[0].phase, [s.key for s in steps]) if steps else {}
+        if len(new_rows) == PENDING_ROWS_PER_INSERT:
+            MigrationRecord.objects.bulk_create(new_rows)
+            new_rows = []
+    MigrationRecord.objects.bulk_create(new_rows)
+    rows = MigrationRecord.objects.filter(phase=steps[0].phase, migration_id__in=[s.key for s in steps])
+    return {row.migration_id: row for row in rows.latest_attempts().only(*RUNNER_FIELDS).iterator(chunk_size=5000)}
 
 
 def start(record: MigrationRecord) -> MigrationRecord:

@@ -120,11 +120,20 @@ def schema_problems(tenant_schemas: list[str]) -> tuple[list[str], dict[str, Any
     }
 
 
+# Tenants counted per statement: a statement keeps every table it read locked until its transaction
+# ends, and ten thousand tenants' tables in one would not fit the server's lock table.
+TENANTS_PER_COUNT = 500
+
+
 def row_counts(tenant_ids: list[str]) -> dict[str, dict[str, int]]:
     ensure_session_functions()
-    rows = db.fetchall(row_counts_query(), [*(t.table for t in TENANT_DATA_TABLES), tenant_ids])
     names = [t.legacy_table for t in TENANT_DATA_TABLES]
-    return {tenant_id: dict(zip(names, counts, strict=True)) for tenant_id, *counts in rows}
+    counts: dict[str, dict[str, int]] = {}
+    for start in range(0, len(tenant_ids), TENANTS_PER_COUNT):
+        batch = tenant_ids[start : start + TENANTS_PER_COUNT]
+        rows = db.fetchall(row_counts_query(), [*(t.table for t in TENANT_DATA_TABLES), batch])
+        counts.update({tenant_id: dict(zip(names, found, strict=True)) for tenant_id, *found in rows})
+    return counts
 
 
 def tenant_table_problems(schema: str) -> list[str]:

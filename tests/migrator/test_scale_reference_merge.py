@@ -8,9 +8,10 @@ import threading
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import DatabaseError, connection
 from psycopg import sql
 
+from migrator.core.errors import MigrationError
 from migrator.ops import reference
 from migrator.tables import REFERENCE_TABLES
 from tests.migrator.helpers import psycopg_connect, wait_for
@@ -30,7 +31,7 @@ def test_a_tenant_staged_in_an_earlier_batch_is_not_locked_while_later_ones_are_
         try:
             outcome["pid"] = connection.cursor().connection.info.backend_pid
             outcome["result"] = reference.merge_reference_table(REF, [first, second], "refuse")
-        except Exception as exc:  # reported to the test below
+        except (DatabaseError, MigrationError) as exc:  # reported to the test below
             outcome["error"] = exc
         finally:
             connection.close()

@@ -18,6 +18,9 @@ from migrator.engine import tracking
 from migrator.engine.lock import MigratorLock
 from migrator.engine.runner import EventCallback, PhaseOutcome, PhaseRunner, pending_steps
 
+# A phase that wrote at least this many tracking rows refreshes the table's statistics (see tracking.analyze).
+ANALYZE_TRACKING_FROM_STEPS = 1000
+
 
 def check_database() -> None:
     """Fail with one line when the database cannot be reached."""
@@ -137,6 +140,8 @@ def run_phases(
             tracking.close_interrupted(phase.name)
             outcome = PhaseRunner(ctx, on_event, still_locked=lock.check).run(phase, planned.steps)
             outcomes.append(outcome)
+            if outcome.planned >= ANALYZE_TRACKING_FROM_STEPS:
+                tracking.analyze()
             on_outcome(outcome)
             if not outcome.ok:
                 break

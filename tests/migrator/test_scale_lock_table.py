@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from migrator import catalog
+from migrator import catalog, db
 from migrator.config import get_config
+from migrator.engine import orchestration
 from migrator.ops import load_test, verification
 from migrator.tables import TENANT_DATA_TABLES
 from tests.helpers import run
@@ -50,3 +51,19 @@ def test_the_load_test_runs_on_a_spread_of_the_tenants(
     assert problems == []
     assert details["tenants"] == 1
     assert any(f"1 of the {len(schemas)} tenants" in note for note in details["notes"])
+
+
+def test_a_phase_of_many_steps_refreshes_the_tracking_tables_statistics(
+    seeded: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 10,000 tenants the tracking table had 150,000 rows and no statistics (autovacuum had not got
+    to it): the dashboard's newest-attempt query sorted on disk, 1.0 s; 0.56 s once analyzed."""
+    monkeypatch.setattr(orchestration, "ANALYZE_TRACKING_FROM_STEPS", 1)
+
+    run("migrate_phase", "prepare", interactive=False)
+
+    rows, estimated = db.fetchone(
+        "SELECT (SELECT count(*) FROM public.schema_migrations), reltuples FROM pg_class "
+        "WHERE oid = 'public.schema_migrations'::regclass"
+    )
+    assert estimated == rows  # a small table is analyzed whole: the estimate is exact

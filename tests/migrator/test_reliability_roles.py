@@ -18,11 +18,6 @@ from tests.migrator.helpers import one_line
 TENANTS = ["acme_0001", "globex_0002", "empty_0001"]
 
 
-def migrate_up_to_data() -> None:
-    for phase in ("prepare", "schemas", "data"):
-        run("migrate_phase", phase, interactive=False, batch_size=100)
-
-
 def owns_schema(role: str, schema: str) -> bool:
     return bool(
         db.fetchvalue("SELECT pg_get_userbyid(nspowner) = %s FROM pg_namespace WHERE nspname = %s", [role, schema])
@@ -38,7 +33,7 @@ def has_privilege(role: str, schema: str, table: str, privilege: str = "SELECT")
     )
 
 
-def test_a_login_role_owning_the_legacy_auth_schema_is_refused_and_survives_rollback(seeded):
+def test_a_login_role_owning_the_legacy_auth_schema_is_refused_and_survives_rollback(migrated):
     config = get_config()
     role = config.service_role("auth")
     legacy = config.legacy_auth_schema
@@ -48,7 +43,6 @@ def test_a_login_role_owning_the_legacy_auth_schema_is_refused_and_survives_roll
     for (table,) in db.fetchall("SELECT tablename FROM pg_tables WHERE schemaname = %s", [legacy]):
         db.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(sql.Identifier(legacy, table), r))
     before = legacy_fingerprints(TENANTS)
-    migrate_up_to_data()
 
     with pytest.raises(CommandError) as refused:
         run("migrate_phase", "security", interactive=False)
@@ -64,7 +58,7 @@ def test_a_login_role_owning_the_legacy_auth_schema_is_refused_and_survives_roll
     assert not catalog.role_exists(config.service_role("contact"))
 
 
-def test_a_preexisting_role_is_refused_unless_adopted_and_an_adopted_role_is_never_dropped(seeded):
+def test_a_preexisting_role_is_refused_unless_adopted_and_an_adopted_role_is_never_dropped(migrated):
     config = get_config()
     role = config.service_role("contact")
     r = sql.Identifier(role)
@@ -76,7 +70,6 @@ def test_a_preexisting_role_is_refused_unless_adopted_and_an_adopted_role_is_nev
     # a privilege the role had before the migration: not the migrator's to revoke
     db.execute(sql.SQL("GRANT USAGE ON SCHEMA tenant_acme_0001 TO {}").format(r))
     try:
-        migrate_up_to_data()
         with pytest.raises(CommandError, match="--adopt-roles") as refused:
             run("migrate_phase", "security", interactive=False)
         assert one_line(str(refused.value))
@@ -103,10 +96,9 @@ def test_a_preexisting_role_is_refused_unless_adopted_and_an_adopted_role_is_nev
         db.execute("DROP SCHEMA IF EXISTS crm_extra CASCADE")
 
 
-def test_rollback_does_not_drop_a_role_recreated_by_someone_else(seeded):
+def test_rollback_does_not_drop_a_role_recreated_by_someone_else(migrated):
     """A role of the same name that is not the one phase 4 created (another oid) is not the migrator's."""
     config = get_config()
-    migrate_up_to_data()
     run("migrate_phase", "security", interactive=False)
     role = config.service_role("activity")
     r = sql.Identifier(role)
@@ -118,9 +110,8 @@ def test_rollback_does_not_drop_a_role_recreated_by_someone_else(seeded):
     assert not catalog.role_exists(config.service_role("auth"))
 
 
-def test_a_tenant_created_after_phase_4_gets_the_grants_and_verify_checks_it(seeded):
+def test_a_tenant_created_after_phase_4_gets_the_grants_and_verify_checks_it(migrated):
     config = get_config()
-    migrate_up_to_data()
     run("migrate_phase", "security", interactive=False)
     Tenant(tenant_id="newco", name="NewCo").save()
     assert grants.privilege_problems(config, ["tenant_newco"], service_tables=False) == []
@@ -144,8 +135,7 @@ def test_a_tenant_created_after_phase_4_gets_the_grants_and_verify_checks_it(see
     assert all("tenant_newco" in r.error_message for r in failed)
 
 
-def test_a_tenant_created_before_phase_4_gets_no_grants(seeded):
-    migrate_up_to_data()
+def test_a_tenant_created_before_phase_4_gets_no_grants(migrated):
     Tenant(tenant_id="early", name="Early").save()
     for role in get_config().service_roles.values():
         assert not catalog.role_exists(role)

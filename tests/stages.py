@@ -1,6 +1,7 @@
 """The stages of a migration the tests start from, each built once per session and copied per test.
 
-A stage (clean, seeded, prepared, schemas ready, migrated) is built the first time a test asks for
+A stage (clean, seeded, prepared, schemas ready, migrated; larger schemas ready, for the tests that
+kill a copy half way) is built the first time a test asks for
 it: a working database is brought to the previous stage, the stage's command runs in it, and the
 result is copied to a template database. A test that starts from a stage gets a new working
 database created from the template (``CREATE DATABASE ... TEMPLATE``, a copy of its files), and
@@ -54,9 +55,21 @@ def seed() -> None:
     run("seed_legacy", tenants=2, contacts=SEEDED["contacts"], activities=SEEDED["activities"], empty_tenants=1, seed=7)
 
 
+# Two tenants big enough for a copy to be caught half way by a kill test (thousands of rows, batches).
+LARGER = {"tenants": 2, "contacts": 4_000, "activities": 8_000}
+
+
+def seed_larger_and_build_schemas() -> None:
+    """The larger tenants after phases 1 and 2."""
+    run("seed_legacy", tenants=LARGER["tenants"], contacts=LARGER["contacts"], activities=LARGER["activities"], seed=5)
+    run("migrate_phase", "prepare", interactive=False)
+    run("migrate_phase", "schemas", interactive=False)
+
+
 # stage -> (the stage it starts from, what turns that one into this one)
 STAGES: dict[str, tuple[str | None, Callable[[], object]]] = {
     "clean": (None, restore_clean_database),
+    "larger_schemas_ready": ("clean", seed_larger_and_build_schemas),
     "seeded": ("clean", seed),
     "prepared": ("seeded", lambda: run("migrate_phase", "prepare", interactive=False)),
     "schemas_ready": ("prepared", lambda: run("migrate_phase", "schemas", interactive=False)),

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import run
-from tests.stages import StageDatabases, seeded_data
+from tests.stages import LARGER, StageDatabases, seeded_data
 
 
 @pytest.fixture
@@ -42,3 +42,11 @@ def migrated(stage_db: StageDatabases) -> dict[str, Any]:
     """... and after phase 3 (data copied and validated)."""
     stage_db.use("migrated")
     return seeded_data()
+
+
+@pytest.fixture
+def larger_schemas_ready(stage_db: StageDatabases) -> dict[str, int]:
+    """Two tenants of 4,000 contacts and 8,000 activities each (``LARGER``) after phases 1 and 2: for the
+    tests that kill a copy half way."""
+    stage_db.use("larger_schemas_ready")
+    return dict(LARGER)

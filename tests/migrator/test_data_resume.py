@@ -25,10 +25,8 @@ CONTACTS, ACTIVITIES = 4_000, 8_000
 SOURCE_ROWS = {"contact_data_contacts": CONTACTS, "activity_data_activities": ACTIVITIES}
 
 
-def test_a_run_killed_in_the_middle_of_a_copy_resumes_exactly_once(clean_db):
-    run("seed_legacy", tenants=2, contacts=CONTACTS, activities=ACTIVITIES, seed=5)
-    run("migrate_phase", "prepare", interactive=False)
-    run("migrate_phase", "schemas", interactive=False)
+def test_a_run_killed_in_the_middle_of_a_copy_resumes_exactly_once(larger_schemas_ready):
+    assert (larger_schemas_ready["contacts"], larger_schemas_ready["activities"]) == (CONTACTS, ACTIVITIES)
 
     with psycopg_connect() as watcher:
         ours = [

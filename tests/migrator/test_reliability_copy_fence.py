@@ -41,10 +41,8 @@ def start_data_run() -> subprocess.Popen[str]:
     )
 
 
-def test_a_run_that_lost_its_lock_stops_and_a_second_run_never_duplicates_a_row(clean_db):
-    run("seed_legacy", tenants=2, contacts=CONTACTS, activities=ACTIVITIES, seed=5)
-    run("migrate_phase", "prepare", interactive=False)
-    run("migrate_phase", "schemas", interactive=False)
+def test_a_run_that_lost_its_lock_stops_and_a_second_run_never_duplicates_a_row(larger_schemas_ready):
+    assert (larger_schemas_ready["contacts"], larger_schemas_ready["activities"]) == (CONTACTS, ACTIVITIES)
 
     first = second = None
     with psycopg_connect() as watcher, psycopg_connect() as blocker:

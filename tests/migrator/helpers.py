@@ -121,6 +121,18 @@ def manage_command(*args: str) -> list[str]:
     return [sys.executable, str(PROJECT_DIR / "manage.py"), *args]
 
 
+def start_manage(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """``python manage.py <args>`` started in a child process (stdout and stderr as text pipes)."""
+    return subprocess.Popen(
+        manage_command(*args),
+        cwd=PROJECT_DIR,
+        env=env or manage_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def manage(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """``python manage.py <args>`` against the test database, in a child process."""
     return subprocess.run(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 
 import pytest
 from django.core.management.base import CommandError
@@ -13,12 +12,10 @@ from psycopg import sql
 from migrator.ops import capture
 from tests.helpers import legacy_fingerprints, run
 from tests.migrator.helpers import (
-    PROJECT_DIR,
     content,
-    manage_command,
-    manage_env,
     plain_columns,
     psycopg_connect,
+    start_manage,
     value,
     wait_for,
     wrongly_remapped,
@@ -84,14 +81,7 @@ def test_data_online_captures_writes_and_sync_applies_them(schemas_ready):
 
 def test_sync_follow_applies_until_sigterm_and_ends_cleanly(schemas_ready):
     run("migrate_phase", "data", "--online", interactive=False)
-    child = subprocess.Popen(
-        manage_command("migrate_phase", "sync", "--follow", "--noinput"),
-        cwd=PROJECT_DIR,
-        env=manage_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    child = start_manage("migrate_phase", "sync", "--follow", "--noinput")
     try:
         with psycopg_connect() as conn:
             wait_for(

@@ -30,6 +30,7 @@ from tests.migrator.helpers import (
     manage_env,
     one_line,
     psycopg_connect,
+    start_manage,
     wait_for,
 )
 
@@ -290,17 +291,7 @@ def test_first_runs_at_once_on_a_fresh_database_end_in_one_line(fresh_database, 
     env = manage_env(
         database_url(fresh_database), SALESFLOW_BACKUP_DIR=str(tmp_path), SALESFLOW_ROLE_PREFIX=f"sftest{os.getpid()}"
     )
-    runs = [
-        subprocess.Popen(
-            manage_command("migrate_phase", "prepare", "--noinput"),
-            cwd=PROJECT_DIR,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(4)
-    ]
+    runs = [start_manage("migrate_phase", "prepare", "--noinput", env=env) for _ in range(4)]
     results = [(r.wait(timeout=300), r.stderr.read() if r.stderr else "") for r in runs]
     for code, stderr in results:
         assert code == 0 or (code == 1 and one_line(stderr) and "another migration is running" in stderr), stderr

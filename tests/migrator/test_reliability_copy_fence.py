@@ -13,14 +13,12 @@ import subprocess
 from migrator.tables import TENANT_DATA_TABLES
 from tests.helpers import run
 from tests.migrator.helpers import (
-    PROJECT_DIR,
     TABLES,
     content,
-    manage_command,
-    manage_env,
     one_line,
     plain_columns,
     psycopg_connect,
+    start_manage,
     wait_for,
     wrongly_remapped,
 )
@@ -31,14 +29,7 @@ SOURCE_ROWS = {"contact_data_contacts": CONTACTS, "activity_data_activities": AC
 
 
 def start_data_run() -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        manage_command("migrate_phase", "data", "--batch-size", "200", "--noinput"),
-        cwd=PROJECT_DIR,
-        env=manage_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_manage("migrate_phase", "data", "--batch-size", "200", "--noinput")
 
 
 def test_a_run_that_lost_its_lock_stops_and_a_second_run_never_duplicates_a_row(larger_schemas_ready):

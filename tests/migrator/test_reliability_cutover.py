@@ -7,7 +7,6 @@ Item 4: cutover re-validates the legacy side with legacy writes locked out, and 
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,12 +22,11 @@ from migrator.tables import LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES
 from tenants.models import MigrationState, Tenant
 from tests.helpers import run
 from tests.migrator.helpers import (
-    PROJECT_DIR,
     kill_while_it_waits_for_a_lock,
-    manage_command,
     manage_env,
     one_line,
     psycopg_connect,
+    start_manage,
     table_names,
     wait_for,
     wait_for_killed_sessions_to_end,
@@ -221,12 +219,12 @@ def test_cutover_waits_for_a_legacy_write_in_flight_and_then_refuses_it(migrated
                     sql.Identifier(f"tenant_{FIRST}", "contacts")
                 )
             )
-            child = subprocess.Popen(
-                manage_command("migrate_phase", "cutover", "--tenant", FIRST, "--noinput"),
-                cwd=PROJECT_DIR,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
+            child = start_manage(
+                "migrate_phase",
+                "cutover",
+                "--tenant",
+                FIRST,
+                "--noinput",
                 env=manage_env(SALESFLOW_ROLE_PREFIX=get_config().role_prefix),
             )
             try:

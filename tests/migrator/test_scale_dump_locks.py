@@ -5,7 +5,6 @@ that each lock their own tables and read one exported snapshot; a restore replay
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +17,10 @@ from migrator.ops import backup, dump_parts
 from migrator.ops.dump_parts import DUMP_LOCK_SHARE, LockBudget, lock_budget, plan_dump
 from tests.helpers import legacy_fingerprints, run
 from tests.migrator.helpers import (
-    PROJECT_DIR,
-    manage_command,
     manage_env,
     one_line,
     psycopg_connect,
+    start_manage,
     value,
     wait_for,
 )
@@ -113,14 +111,7 @@ def test_the_parts_of_a_backup_read_one_snapshot(seeded: dict[str, Any]) -> None
     with psycopg_connect() as blocker, psycopg_connect() as writer, psycopg_connect() as watcher:
         blocker.execute("BEGIN")
         blocker.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(auth_users))  # the first part waits
-        child = subprocess.Popen(
-            manage_command("migrate_phase", "prepare", "--noinput"),
-            cwd=PROJECT_DIR,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        child = start_manage("migrate_phase", "prepare", "--noinput", env=env)
         try:
 
             def first_part_waits() -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from django.db import DEFAULT_DB_ALIAS, connection
 
-from tests.stages import StageDatabases, seeded_data
+from tests.stages import StageDatabases, drop_templates, seeded_data
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -26,6 +26,28 @@ def pytest_configure(config: pytest.Config) -> None:
     from django.conf import settings
 
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def run_templates(config: pytest.Config) -> None:
+    """Drop the stage templates of runs on this test database: by the process that starts and ends the run
+    (xdist's controller, or the only process), when no worker uses them."""
+    if hasattr(config, "workerinput"):
+        return
+    from django.conf import settings
+    from django.db import connections
+
+    if "default" not in settings.DATABASES:
+        return
+    default = connections[DEFAULT_DB_ALIAS]
+    drop_templates(dict(default.settings_dict), default.creation._get_test_db_name())
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    run_templates(session.config)  # a killed run's
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    run_templates(session.config)  # this run's
 
 
 @pytest.fixture(autouse=True)
@@ -72,13 +94,14 @@ def django_db_setup(
 def stage_databases(
     django_db_setup: None, django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[StageDatabases]:
-    """The stage templates of this session (built on first use); dropped at the end, and leftovers at the start."""
+    """The stage templates of this run (built on first use); this worker's working copies are dropped at the
+    end, and leftovers of a killed run at the start."""
     stages = StageDatabases(connection.settings_dict["NAME"], tmp_path_factory.mktemp("stage-backups"))
     with django_db_blocker.unblock():
-        stages.drop_all()
+        stages.drop_working_copies()
     yield stages
     with django_db_blocker.unblock():
-        stages.drop_all()
+        stages.drop_working_copies()
 
 
 @pytest.fixture

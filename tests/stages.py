@@ -12,8 +12,11 @@ The test database itself stays clean; afterwards the settings point back at it.
 A used working database is dropped by a background thread: ``DROP DATABASE`` makes the server
 checkpoint, which takes seconds on a busy machine, and nothing waits for it but the session's end.
 
-Every name derives from the test database's name, so runs against other database names on the same
-server never share one, and leftovers of a killed run are dropped when the next session starts.
+The templates are shared by the workers of a run (pytest-xdist): the first worker that needs a stage
+builds it under an advisory lock, the others wait and copy it. Every name derives from the test
+database's name, so runs against other database names on the same server never share one. The process
+that starts and ends the run drops the templates at its end, and leftovers of a killed run at its start;
+each worker drops its own working copies.
 Roles are cluster-wide and not part of a database: no stage creates any (phase 4 is the first that
 does); ``release`` drops the service roles a test made, before the working database goes.
 
@@ -23,12 +26,13 @@ tests of the backup itself take their own (see tests/migrator/test_prepare.py).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import queue
 import re
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -134,33 +138,68 @@ class BackgroundDrops:
             admin.close()
 
 
+def short_name(name: str) -> str:
+    """``name``, or a prefix of it with a hash of the whole when it leaves too little room for the suffixes."""
+    if len(name) <= MAX_BASE:
+        return name
+    return f"{name[: MAX_BASE - 11]}_{hashlib.sha1(name.encode()).hexdigest()[:10]}"
+
+
+def shared_base(test_database: str) -> str:
+    """The prefix of the stage templates, shared by every xdist worker of a run (``test_x_gw1`` -> ``test_x``)."""
+    return short_name(re.sub(r"_gw\d+$", "", test_database))
+
+
+def drop_templates(conf: dict[str, Any], test_database: str) -> None:
+    """Drop the stage templates and working copies of runs on ``test_database`` (this run's or a killed one's).
+
+    Called by the process that starts and ends the run (xdist's controller), when no worker uses them.
+    """
+    pattern = re.escape(shared_base(test_database)) + r"(_gw\d+)?_(stage_\d+|tpl_(" + "|".join(STAGES) + "))"
+    with admin_connection(conf) as admin:
+        names = [r[0] for r in admin.execute("SELECT datname FROM pg_database").fetchall()]
+        for name in names:
+            if re.fullmatch(pattern, name):
+                drop_database(admin, name)
+
+
 class StageDatabases:
-    """Template databases of the stages, and the switch of Django's settings to a copy of one."""
+    """Template databases of the stages, and the switch of Django's settings to a copy of one.
+
+    The templates are shared by the workers of a run: the first worker that needs a stage builds it
+    while it holds an advisory lock, and the others wait for it and copy the result. Each worker makes
+    its own working copies.
+    """
 
     def __init__(self, test_database: str, backup_dir: Path) -> None:
         self.test_database = test_database
         self.backup_dir = backup_dir
         self.conf = dict(connection.settings_dict)
-        self.base = test_database
-        if len(test_database) > MAX_BASE:
-            self.base = f"{test_database[: MAX_BASE - 11]}_{hashlib.sha1(test_database.encode()).hexdigest()[:10]}"
+        self.base = short_name(test_database)  # of this worker's working copies
+        self.shared = shared_base(test_database)  # of the templates
         self.built: set[str] = set()
         self.copies = 0
         self.working: str | None = None  # the working database Django points at, if any
         self.drops = BackgroundDrops(self.conf)
+        self.builder: psycopg.Connection | None = None  # holds the builders' lock, while this worker builds
+        self.building = 0
 
     def template(self, stage: str) -> str:
-        return f"{self.base}_tpl_{stage}"
+        return f"{self.shared}_tpl_{stage}"
 
     def ours(self, name: str) -> bool:
-        """A template or working database of a session on this test database (this one or a killed one)."""
-        return bool(re.fullmatch(re.escape(self.base) + r"_(stage_\d+|tpl_(" + "|".join(STAGES) + "))", name))
+        """A working database of this worker (a leftover of a killed run, at the start)."""
+        return bool(re.fullmatch(re.escape(self.base) + r"_stage_\d+", name))
 
     def use(self, stage: str) -> None:
-        """Point Django at a new copy of ``stage`` (built first if no test used it yet)."""
+        """Point Django at a new copy of ``stage`` (built first if no worker built it yet)."""
         if stage not in self.built:
-            self._build(stage)  # leaves the working database in that stage
-            return
+            with self._builders_lock():
+                if not self._template_ready(stage):
+                    self._build(stage)  # leaves the working database in that stage
+                    self.built.add(stage)
+                    return
+                self.built.add(stage)
         self._point_at_copy_of(self.template(stage))
 
     def release(self) -> None:
@@ -176,6 +215,30 @@ class StageDatabases:
             self.drops.drop(self.working)
             self.working = None
 
+    @contextlib.contextmanager
+    def _builders_lock(self) -> Iterator[None]:
+        """One builder at a time across the workers (re-entered when a stage builds its parent)."""
+        if self.builder is None:
+            self.builder = admin_connection(self.conf)
+        if self.building == 0:
+            self.builder.execute("SELECT pg_advisory_lock(hashtext(%s))", [self.shared])
+        self.building += 1
+        try:
+            yield
+        finally:
+            self.building -= 1
+            if self.building == 0:
+                self.builder.execute("SELECT pg_advisory_unlock(hashtext(%s))", [self.shared])
+
+    def _template_ready(self, stage: str) -> bool:
+        assert self.builder is not None
+        found = self.builder.execute(
+            "SELECT datistemplate FROM pg_database WHERE datname = %s", [self.template(stage)]
+        ).fetchone()
+        if found == (False,):  # a copy a builder did not finish (killed): build it again
+            drop_database(self.builder, self.template(stage))
+        return found == (True,)
+
     def _build(self, stage: str) -> None:
         parent, step = STAGES[stage]
         if parent is None:  # the test database as migrations left it (flush keeps it so), made sure clean
@@ -188,13 +251,12 @@ class StageDatabases:
         template = self.template(stage)
         with admin_connection(self.conf) as admin:
             self._copy(admin, self.working, template)  # type: ignore[arg-type]
-            # a template nobody connects to, so it can always be copied
+            # a template nobody connects to, so it can always be copied; marked so once it is complete
             admin.execute(
                 sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false").format(
                     sql.Identifier(template)
                 )
             )
-        self.built.add(stage)
 
     def _point_at_copy_of(self, source: str) -> None:
         self.copies += 1
@@ -224,9 +286,12 @@ class StageDatabases:
         )
         admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(target), sql.Identifier(source)))
 
-    def drop_all(self) -> None:
-        """Drop the templates and working copies, this session's or ones a killed run left behind."""
+    def drop_working_copies(self) -> None:
+        """Drop this worker's working copies (the templates are the run's: see ``drop_templates``)."""
         self.drops.wait()
+        if self.builder is not None:
+            self.builder.close()
+            self.builder = None
         with admin_connection(self.conf) as admin:
             names = [
                 r[0]
@@ -236,4 +301,3 @@ class StageDatabases:
             ]
             for name in filter(self.ours, names):
                 drop_database(admin, name)
-        self.built.clear()

@@ -5,6 +5,8 @@ Everything reads the real database; nothing here replaces a query with a stand-i
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from django.core.management import ManagementUtility
 from psycopg import sql
 
 from migrator import db
@@ -138,6 +141,24 @@ def manage(*args: str, env: dict[str, str] | None = None, timeout: float = 120) 
     return subprocess.run(
         manage_command(*args), cwd=PROJECT_DIR, env=env or manage_env(), capture_output=True, text=True, timeout=timeout
     )
+
+
+def manage_here(*args: str) -> subprocess.CompletedProcess[str]:
+    """``manage.py <args>`` run the way ``manage.py`` runs it (its argument parsing, its exit codes, what
+    it writes to stdout and stderr) but in this process, against the database Django points at.
+
+    A child costs most of a second of Python start-up; tests of what an operator sees for a bad argument
+    or a refused run use this, and the tests that need a process of its own (another environment, a kill)
+    use ``manage``.
+    """
+    stdout, stderr = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            ManagementUtility(["manage.py", *args]).execute()
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+    return subprocess.CompletedProcess(["manage.py", *args], code, stdout.getvalue(), stderr.getvalue())
 
 
 def psycopg_connect(dbname: str | None = None) -> psycopg.Connection:

@@ -28,6 +28,7 @@ from tests.migrator.helpers import (
     manage,
     manage_command,
     manage_env,
+    manage_here,
     one_line,
     psycopg_connect,
     start_manage,
@@ -241,8 +242,8 @@ def test_restore_uses_pg_bin_dirs_and_finds_pg_restore_before_dropping_roles(pre
     assert not catalog.role_exists(role)
 
 
-def test_batch_size_is_bounded(clean_db):
-    result = manage("migrate_phase", "data", "--batch-size", "99999999999999999999", "--noinput")
+def test_batch_size_is_bounded():  # no django_db mark: refused before any query
+    result = manage_here("migrate_phase", "data", "--batch-size", "99999999999999999999", "--noinput")
     assert result.returncode == 2
     assert "expected at most 1000000" in result.stderr
 

@@ -22,7 +22,7 @@ from migrator.ops import archive, constraints
 from migrator.ops.copy import Remap, TableCopy, _mapping_proven, analyze
 from migrator.ops.load_test import LEGACY, tenants_with_tables
 
-CROWD = 300  # schemas with the same table names as a tenant's
+CROWD = 120  # schemas with the same table names as a tenant's: twice the rows a keyed node may read
 CATALOGS = ("pg_class", "pg_constraint", "pg_attribute", "pg_index", "pg_depend", "pg_namespace")
 # A keyed lookup reads a few catalog rows per node; an unkeyed one reads at least one per crowd schema.
 MOST_ROWS_PER_NODE = 60

@@ -6,6 +6,7 @@ A dump or restore with another major version either fails or silently differs, s
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -42,7 +43,18 @@ def candidate_dirs(server_major: int, extra_dirs: tuple[str, ...]) -> list[Path]
 
 def binary_major(path: Path) -> int | None:
     try:
-        out = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=10).stdout
+        stat = path.stat()
+    except OSError:
+        return None
+    return _major_of_file(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.cache
+def _major_of_file(path: str, mtime_ns: int, size: int) -> int | None:
+    """The major version a binary prints, asked once per file as it is now (a phase looks for its
+    binaries every time it runs; a file replaced since is asked again)."""
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     match = VERSION_RE.search(out)

@@ -11,7 +11,7 @@ from django.core.management.base import CommandError
 from psycopg import sql
 
 from tests.helpers import run
-from tests.migrator.helpers import psycopg_connect, value
+from tests.migrator.helpers import psycopg_connect, value, wait_for
 from tests.migrator.test_online import migrate_online_until_cutover
 
 TENANT = "tenant_acme_0001"
@@ -79,9 +79,10 @@ def test_finalize_is_refused_while_a_view_is_used_and_drops_them_after(schemas_r
     assert writer.errors == []
     assert writer.committed > 0
     assert compat_views() == views  # nothing dropped
-    # the writer is gone (its connection closed and its statistics flushed): nothing uses the views now
+    # the writer is gone (its connection closed and its statistics flushed): nothing uses the views now,
+    # which any window shows
     time.sleep(0.6)
-    out = run("migrate_phase", "finalize", observe_seconds=1.0, interactive=False)
+    out = run("migrate_phase", "finalize", observe_seconds=0.2, interactive=False)
     assert "dropped" in out
     assert compat_views() == 0
     assert value("SELECT to_regnamespace('migrator_compat')") is None
@@ -99,11 +100,11 @@ def test_finalize_force_drops_the_views_while_they_are_used(schemas_ready):
     migrate_online_until_cutover()
     run("migrate_phase", "cutover", interactive=False)
     with ViewWriter() as writer:
-        time.sleep(0.5)
+        wait_for(lambda: writer.committed > 2, what="the writer wrote through the views")
         started = time.monotonic()
         run("migrate_phase", "finalize", force=True, interactive=False)
         took = time.monotonic() - started
-        time.sleep(0.3)
+        wait_for(lambda: writer.errors, what="the writer met the dropped views")
     assert took < 5  # no observation window
     assert compat_views() == 0
     assert writer.committed > 0

@@ -93,6 +93,19 @@ def test_the_real_binaries_are_found_for_the_servers_major_version():
         binaries.find_binary("pg_dump", 3)
 
 
+def test_a_binary_replaced_since_it_was_asked_is_asked_again(tmp_path):
+    fake = tmp_path / "pg_dump"
+    fake.write_text("#!/bin/sh\necho 'pg_dump (PostgreSQL) 14.11'\n")
+    fake.chmod(0o755)
+    assert binaries.binary_major(fake) == 14
+    assert binaries.binary_major(fake) == 14  # the answer kept (the file is the same)
+
+    fake.write_text("#!/bin/sh\necho 'pg_dump (PostgreSQL) 15.19 (Debian 15.19-0+deb12u1)'\n")
+    assert binaries.binary_major(fake) == 15
+    fake.unlink()
+    assert binaries.binary_major(fake) is None
+
+
 @pytest.mark.parametrize("kind", ["under a regular file", "a regular file"])
 def test_unwritable_backup_folder_fails_the_preflight(seeded, settings, tmp_path, kind):
     blocker = tmp_path / "not-a-folder"

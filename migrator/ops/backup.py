@@ -10,7 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -104,13 +104,14 @@ def backup_parts(path: Path) -> list[Path]:
     return sorted(part for part in path.glob(f"{PART_PREFIX}*") if part.is_dir())
 
 
-def list_backup(pg_restore: Path, path: Path) -> list[str]:
-    """The backup's table of contents (``pg_restore --list`` of every part); fails if a part is unreadable."""
-    entries: list[str] = []
+def list_backup(pg_restore: Path, path: Path) -> Iterator[str]:
+    """The backup's table of contents (``pg_restore --list`` of every part); fails if a part is unreadable.
+
+    Yielded part by part: at 10,000 tenants the whole list is 300,000 lines (about 50 MB as strings).
+    """
     for part in backup_parts(path) or [path]:
         out = _run([str(pg_restore), "--list", str(part)], dict(os.environ), "pg_restore --list")
-        entries += [line for line in out.splitlines() if line and not line.startswith(";")]
-    return entries
+        yield from (line for line in out.splitlines() if line and not line.startswith(";"))
 
 
 def new_backup_path(backup_dir: Path) -> Path:
@@ -226,9 +227,9 @@ def create_backup(
             shutil.rmtree(path)
         in_progress_marker(path).unlink(missing_ok=True)
         raise
-    entries = list_backup(pg_restore, path)
+    entries = sum(1 for _entry in list_backup(pg_restore, path))
     sha, size = tree_sha256(path)
-    info = BackupInfo(str(path), size, sha, len(entries), server_major, datetime.now(UTC).isoformat(), plan.parts)
+    info = BackupInfo(str(path), size, sha, entries, server_major, datetime.now(UTC).isoformat(), plan.parts)
     write_manifest(info)
     return info
 

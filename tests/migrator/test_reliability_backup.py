@@ -21,6 +21,7 @@ from migrator.engine import orchestration
 from migrator.models import MigrationRecord, Status
 from migrator.ops import backup, binaries, grants, restore
 from migrator.phases.prepare import server_major
+from salesflow.database import DatabaseUrlError, parse_database_url
 from tests.helpers import legacy_fingerprints, run
 from tests.migrator.helpers import (
     PROJECT_DIR,
@@ -259,19 +260,28 @@ def test_an_empty_backup_dir_setting_means_the_default_folder(clean_db, tmp_path
 # --- item 10: one line instead of a traceback ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "url",
-    [
-        "mysql://postgres@127.0.0.1:5432/salesflow",
-        "postgresql://postgres@127.0.0.1:port/x",
-        "postgresql://postgres@127.0.0.1:5432/",
-    ],
-)
-def test_a_malformed_database_url_is_one_line(url):
+MALFORMED_URLS = {
+    "mysql://postgres@127.0.0.1:5432/salesflow": "DATABASE_URL must start with postgresql:// (got scheme 'mysql')",
+    "postgresql://postgres@127.0.0.1:port/x": "DATABASE_URL is malformed (Port could not be cast to integer",
+    "postgresql://postgres@127.0.0.1:5432/": "DATABASE_URL names no database (postgresql://host:port/NAME)",
+}
+
+
+@pytest.mark.parametrize("url", MALFORMED_URLS)
+def test_a_malformed_database_url_is_refused_with_what_is_wrong(url):
+    with pytest.raises(DatabaseUrlError) as refused:
+        parse_database_url(url)
+    assert str(refused.value).startswith(MALFORMED_URLS[url])
+    assert one_line(str(refused.value))
+
+
+def test_a_malformed_database_url_ends_the_process_in_one_line():
+    """The settings read the URL as the process starts: manage.py turns the refusal into one line."""
+    url = "postgresql://postgres@127.0.0.1:port/x"
     result = manage("migrate_phase", "status", env=manage_env(url))
     assert result.returncode == 1
     assert one_line(result.stderr), result.stderr
-    assert "DATABASE_URL" in result.stderr, result.stderr
+    assert MALFORMED_URLS[url] in result.stderr, result.stderr
 
 
 @pytest.fixture

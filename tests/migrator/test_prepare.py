@@ -230,4 +230,4 @@ def test_a_backup_never_overwrites_or_removes_an_earlier_one(clean_db, tmp_path)
 
     assert all((folder / "toc.dat").read_text() == "an earlier backup" for folder in earlier)
     assert Path(info.path) not in earlier
-    assert backup.list_backup(binaries.find_binary("pg_restore", major), Path(info.path))
+    assert list(backup.list_backup(binaries.find_binary("pg_restore", major), Path(info.path)))

@@ -5,6 +5,7 @@ that each lock their own tables and read one exported snapshot; a restore replay
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,9 @@ def test_a_backup_in_parts_restores_the_legacy_data_exactly(seeded: dict[str, An
     parts = backup.backup_parts(Path(info.path))
     assert [p.name for p in parts] == ["part-0000", "part-0001", "part-0002", "part-0003"]
     assert "4 parts" in out
+    rehearsal = json.loads(run("migrate_phase", "rehearse", interactive=False, format="json"))
+    assert rehearsal["ok"], rehearsal  # its scratch copy is restored from the parts too
+    assert rehearsal["rehearsed_volume"] == rehearsal["live_volume"]
     run("migrate_phase", "schemas", interactive=False)
     run("migrate_phase", "rollback", interactive=False, restore=True)
     assert legacy_fingerprints(seeded["tenants"]) == before

@@ -28,7 +28,7 @@ def pytest_configure(config: pytest.Config) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
-def run_templates(config: pytest.Config) -> None:
+def drop_run_templates(config: pytest.Config) -> None:
     """Drop the stage templates of runs on this test database: by the process that starts and ends the run
     (xdist's controller, or the only process), when no worker uses them."""
     if hasattr(config, "workerinput"):
@@ -43,11 +43,11 @@ def run_templates(config: pytest.Config) -> None:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    run_templates(session.config)  # a killed run's
+    drop_run_templates(session.config)  # a killed run's
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    run_templates(session.config)  # this run's
+    drop_run_templates(session.config)  # this run's
 
 
 @pytest.fixture(autouse=True)

@@ -138,6 +138,14 @@ class BackgroundDrops:
             admin.close()
 
 
+def point_django_at(values: dict[str, Any]) -> None:
+    """What pytest-django does to point the connections at the test database: the default database's
+    settings changed (``NAME``, ``HOST``, ...) and every open connection closed, so the next one uses them."""
+    connections.close_all()
+    settings.DATABASES[DEFAULT_DB_ALIAS].update(values)
+    connection.settings_dict.update(values)
+
+
 def short_name(name: str) -> str:
     """``name``, or a prefix of it with a hash of the whole when it leaves too little room for the suffixes."""
     if len(name) <= MAX_BASE:
@@ -273,10 +281,7 @@ class StageDatabases:
 
     @staticmethod
     def _point_at(name: str) -> None:
-        """What pytest-django does to point the connections at the test database."""
-        connections.close_all()
-        settings.DATABASES[DEFAULT_DB_ALIAS]["NAME"] = name
-        connection.settings_dict["NAME"] = name
+        point_django_at({"NAME": name})
 
     @staticmethod
     def _copy(admin: psycopg.Connection, source: str, target: str) -> None:

@@ -103,8 +103,8 @@ class QueryStats:
         }
 
 
-def connect() -> psycopg.Connection[Any]:
-    return db.connect_like_django("salesflow-migrator-load-test", autocommit=False)
+def connect(autocommit: bool = False) -> psycopg.Connection[Any]:
+    return db.connect_like_django("salesflow-migrator-load-test", autocommit=autocommit)
 
 
 def table_name(layout: str, legacy_name: str) -> str:
@@ -143,7 +143,7 @@ def sample_keys(schemas: Sequence[str], layout: str) -> list[TenantKeys]:
     keys = []
     contacts, activities = table_name(layout, CONTACTS), table_name(layout, ACTIVITIES)
     # autocommit: a tenant's tables are not kept locked while the next tenants are sampled
-    with db.connect_like_django("salesflow-migrator-load-test", autocommit=True) as conn:
+    with connect(autocommit=True) as conn:
         for schema in schemas:
             found = conn.execute(
                 sql.SQL("SELECT id, email FROM {} WHERE email IS NOT NULL ORDER BY random() LIMIT %s").format(

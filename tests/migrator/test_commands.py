@@ -8,11 +8,12 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command, get_commands
-from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.db import DEFAULT_DB_ALIAS
 
 from migrator.models import MigrationRecord
 from tests.helpers import run
 from tests.migrator.helpers import manage, manage_env, manage_here, one_line
+from tests.stages import point_django_at
 
 PROJECT_APPS = ("migrator", "tenants", "salesflow")
 PROJECT_COMMANDS = sorted(name for name, app in get_commands().items() if app.split(".")[0] in PROJECT_APPS)
@@ -104,18 +105,12 @@ def unreachable_database(django_db_blocker: Any) -> Iterator[None]:
     process-level path, the URL read at start-up, is tested by the seed_legacy test below)."""
     default = settings.DATABASES[DEFAULT_DB_ALIAS]
     saved = {key: default[key] for key in ("NAME", "HOST", "PORT")}
-
-    def point_at(values: dict[str, Any]) -> None:
-        connections.close_all()
-        default.update(values)
-        connection.settings_dict.update(values)
-
     with django_db_blocker.unblock():
-        point_at({"NAME": "nope", "HOST": "127.0.0.1", "PORT": "1"})
+        point_django_at({"NAME": "nope", "HOST": "127.0.0.1", "PORT": "1"})
         try:
             yield
         finally:
-            point_at(saved)
+            point_django_at(saved)
 
 
 @pytest.mark.parametrize("args", [("prepare",), ("data", "--plan"), ("status", "--check")])

@@ -82,6 +82,9 @@ class Phase(ABC):
     # What rollback undoes: its steps become ROLLED_BACK (and run again next time).
     undone_by_rollback: ClassVar[bool] = False
     undone_by_restore: ClassVar[bool] = False
+    # False: every step it plans is a tenant's, and `status` shows no phase-wide cell for it (one
+    # that no step could ever fill would keep the deploy gate shut).
+    has_phase_wide_steps: ClassVar[bool] = True
 
     @abstractmethod
     def plan(self, ctx: MigrationContext) -> list[Step]: ...
@@ -120,6 +123,8 @@ class Phase(ABC):
     ) -> Step:
         if kind not in self.kinds:
             raise ValueError(f"phase {self.name} has no step kind {kind!r}")
+        if tenant_id is None and not self.has_phase_wide_steps:
+            raise ValueError(f"phase {self.name} declares no phase-wide steps, and {kind!r} names no tenant")
         return Step(self.name, self.number, kind, description, tenant_id, target, sql, destructive)
 
     def tenant_batch(self, ctx: MigrationContext, tenant_ids: list[str]) -> AbstractContextManager[None]:

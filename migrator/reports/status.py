@@ -12,6 +12,8 @@ from migrator.ops.capture import Lag, lag
 from migrator.phases import ORDERED
 
 GLOBAL = "*"
+# The phase-wide cell of a phase that plans no phase-wide step: nothing to wait for.
+NOT_APPLICABLE = "-"
 
 
 @dataclass
@@ -27,7 +29,15 @@ class StatusReport:
 
     @property
     def complete(self) -> bool:
-        return all(state == "done" for state in self.cells.values())
+        return self.cells_done == self.cells_to_do
+
+    @property
+    def cells_to_do(self) -> int:
+        return sum(state != NOT_APPLICABLE for state in self.cells.values())
+
+    @property
+    def cells_done(self) -> int:
+        return sum(state == "done" for state in self.cells.values())
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -90,6 +100,7 @@ def status_report() -> StatusReport:
     from tenants.models import Tenant
 
     phases = [p.name for p in ORDERED]
+    tenant_steps_only = {p.name for p in ORDERED if not p.has_phase_wide_steps}
     from tenants.models import MigrationState
 
     tenants = list(
@@ -103,7 +114,10 @@ def status_report() -> StatusReport:
     report.failures = list(MigrationRecord.objects.filter(phase__in=phases, status=Status.FAILED).latest_attempts())
     for phase in phases:
         for scope in report.scopes:
-            report.cells[(phase, scope)] = cell_state(statuses.get((phase, scope), set()))
+            if scope == GLOBAL and phase in tenant_steps_only:
+                report.cells[(phase, scope)] = NOT_APPLICABLE
+            else:
+                report.cells[(phase, scope)] = cell_state(statuses.get((phase, scope), set()))
     report.excluded = excluded_schemas()
     report.lag = lag()
     report.failures.sort(key=lambda r: r.completed_at or r.started_at or r.id, reverse=True)

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from migrator.core.phase import Phase
+from migrator.core.context import MigrationContext
+from migrator.core.phase import Phase, StepKind
+from migrator.core.steps import Step, StepReporter, StepResult
+from migrator.models import MigrationRecord, Status
+from migrator.reports import status
+from migrator.reports.status import GLOBAL, NOT_APPLICABLE, StatusReport
 from migrator.phases import ORDERED, PHASES, get_phase, phase_choices, phases_help
 from migrator.phases.rollback import undone_phases
 from tenants.models import MigrationState
+from tests.helpers import run
 
 
 def test_numbers_are_unique_and_run_from_one_in_order():
@@ -51,7 +57,8 @@ def test_every_step_kind_can_be_applied_and_verified(phase: type[Phase]):
 def test_steps_carry_their_phase_number():
     for phase in PHASES:
         instance = phase()
-        step = instance.step(next(iter(instance.step_kinds())), "any")
+        tenant_id = None if phase.has_phase_wide_steps else "acme_0001"
+        step = instance.step(next(iter(instance.step_kinds())), "any", tenant_id=tenant_id)
         assert (step.phase, step.phase_number) == (phase.name, phase.number)
 
 
@@ -73,3 +80,59 @@ def test_help_and_choices_list_every_phase():
         assert phase.name in text
         assert phase.summary in text
     assert phase_choices()[: len(ORDERED)] == [f"{p.number} {p.name}" for p in ORDERED]
+
+
+class TenantStepsOnlyPhase(Phase):
+    """A phase the way a maintainer may add one: every step is a tenant's."""
+
+    name = "tenant_steps_only"
+    number = len(ORDERED) + 1
+    requires = ORDERED[-1].name
+    undone_by_restore = True
+    has_phase_wide_steps = False
+
+    def plan(self, ctx: MigrationContext) -> list[Step]:
+        return [self.step("touch", f"touch {t.schema}", tenant_id=t.tenant_id) for t in ctx.registered_tenants]
+
+    def step_kinds(self) -> dict[str, StepKind]:
+        return {"touch": StepKind(self._touch)}
+
+    def _touch(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
+        return StepResult(message="touched")
+
+
+def test_a_phase_without_phase_wide_steps_cannot_plan_one():
+    phase = TenantStepsOnlyPhase()
+    assert phase.step("touch", "a tenant's", tenant_id="acme_0001").tenant_id == "acme_0001"
+    with pytest.raises(ValueError, match="declares no phase-wide steps"):
+        phase.step("touch", "the whole database's")
+
+
+def test_the_deploy_gate_opens_whether_or_not_a_phase_has_phase_wide_steps():
+    done = {("data", GLOBAL): "done", ("data", "acme_0001"): "done", ("touch", "acme_0001"): "done"}
+    assert StatusReport(["data", "touch"], [GLOBAL, "acme_0001"], {**done, ("touch", GLOBAL): NOT_APPLICABLE}).complete
+    assert not StatusReport(["data", "touch"], [GLOBAL, "acme_0001"], {**done, ("touch", GLOBAL): "pending"}).complete
+
+
+def test_status_shows_no_phase_wide_cell_for_a_phase_of_tenant_steps_only(migrated, monkeypatch):
+    monkeypatch.setattr(status, "ORDERED", (*ORDERED, TenantStepsOnlyPhase))
+    tenants = migrated["tenants"]
+    for tenant in tenants:
+        MigrationRecord.objects.create(
+            migration_id=f"{TenantStepsOnlyPhase.name}/{tenant}/touch",
+            description="touch",
+            status=Status.COMPLETED,
+            phase=TenantStepsOnlyPhase.name,
+            phase_number=TenantStepsOnlyPhase.number,
+            tenant_id=tenant,
+            step="touch",
+            host="h",
+        )
+
+    report = status.status_report()
+    assert report.cells[(TenantStepsOnlyPhase.name, GLOBAL)] == NOT_APPLICABLE
+    assert all(report.cells[(TenantStepsOnlyPhase.name, t)] == "done" for t in tenants)
+    assert report.cells[("data", GLOBAL)] == "done"  # the others keep theirs
+    assert report.cells_to_do == len(report.cells) - sum(not p.has_phase_wide_steps for p in status.ORDERED)
+    out = run("migrate_phase", "status")
+    assert f"{report.cells_done}/{report.cells_to_do} cells done" in out

@@ -433,5 +433,5 @@ class Command(BaseCommand):
             self.stdout.write(f"LAG {lag.scope}: {lag.pending} captured changes not applied yet, oldest {age}")
         summary = "complete" if report.complete else "incomplete"
         self.stdout.write(
-            f"Migration {summary}: {sum(v == 'done' for v in report.cells.values())}/{len(report.cells)} cells done"
+            f"Migration {summary}: {report.cells_done}/{report.cells_to_do} cells done"
         )

@@ -7,6 +7,7 @@ from django.db import connection
 
 from migrator import catalog
 from migrator.models import MigrationRecord, Status
+from migrator.tables import LEGACY_AUTH_TABLES, TENANT_DATA_TABLES
 from salesflow.database import DatabaseUrlError, parse_database_url
 from tests.helpers import run
 
@@ -44,6 +45,6 @@ def test_backup_copy_and_validation_work_on_this_server(seeded):
     assert backup["toc_entries"] > 0
     assert len(backup["sha256"]) == 64
     validations = MigrationRecord.objects.filter(phase="data", step="validate")
-    assert validations.count() == 5 + 2 * 3
+    assert validations.count() == len(LEGACY_AUTH_TABLES) + 3 * len(TENANT_DATA_TABLES)
     assert set(validations.values_list("status", flat=True)) == {Status.COMPLETED}
     assert all(v.source_fingerprint == v.target_fingerprint for v in validations)

@@ -191,12 +191,14 @@ def content(schema: str, table: str, cols: list[str]) -> tuple[int, int, str]:
 
 def plain_columns(legacy: str) -> list[str]:
     """Columns of a tenant data table that are copied as they are (all but the remapped reference id)."""
-    model = legacy_table(legacy, TableKind.TENANT_DATA).model
-    return [c for c in model_columns(model) if c != TABLES[legacy][1]]
+    entry = legacy_table(legacy, TableKind.TENANT_DATA)
+    return [c for c in model_columns(entry.model) if c not in entry.remap]
 
 
 def wrongly_remapped(schema: str, legacy: str) -> int:
     """Rows whose reference code in the target differs from the legacy one (NULL stays NULL)."""
+    if legacy not in TABLES:  # it holds no reference ids
+        return 0
     target, column, legacy_ref, shared = TABLES[legacy]
     return value(
         sql.SQL(

@@ -21,7 +21,7 @@ from migrator.engine import tracking
 from migrator.models import MigrationRecord, Status
 from migrator.ops import grants
 from migrator.ops.backup import latest_backup
-from migrator.tables import service_tables
+from migrator.tables import TENANT_DATA_TABLES, service_tables
 from tenants.models import MigrationState, Tenant
 from tests.helpers import legacy_fingerprints, run
 
@@ -89,17 +89,20 @@ def test_verify_records_counts_isolation_indexes_and_crud(migrated):
     assert {r.status for r in latest.values()} == {Status.COMPLETED}
     assert len(latest) == 3 + 5 * len(TENANTS) + 1  # + the load test, one per run
     counts = latest["verify/*/row_counts"].details["counts"]
-    assert counts["acme_0001"] == {"contacts": 120, "activities": 240}
-    assert counts["empty_0001"] == {"contacts": 0, "activities": 0}
+    for tenant in TENANTS:
+        assert counts[tenant] == {
+            t.legacy_table: catalog.row_count(f"tenant_{tenant}", t.legacy_table) for t in TENANT_DATA_TABLES
+        }
+    assert (counts["acme_0001"]["contacts"], counts["acme_0001"]["activities"]) == (120, 240)
+    assert not any(counts["empty_0001"].values())
     assert latest["verify/acme_0001/index_usage"].details["index_used"] == {
         "contact by email": True,
         "activities by contact": True,
         "activities by due date": True,
     }
-    assert latest["verify/globex_0002/isolation"].details["orm_counts"] == {
-        "contact_data_contacts": 120,
-        "activity_data_activities": 240,
-    }
+    orm_counts = latest["verify/globex_0002/isolation"].details["orm_counts"]
+    assert orm_counts == {t.table: catalog.row_count("tenant_globex_0002", t.table) for t in TENANT_DATA_TABLES}
+    assert (orm_counts["contact_data_contacts"], orm_counts["activity_data_activities"]) == (120, 240)
     # the CRUD smoke test left nothing behind
     assert catalog.row_count("tenant_acme_0001", "contact_data_contacts") == 120
 
@@ -127,8 +130,7 @@ def test_cutover_archives_legacy_tables_and_marks_tenants_live(seeded, stage_db)
     archive = get_config().archive_schema
     for tenant in TENANTS:
         assert catalog.tables_by_schema([f"tenant_{tenant}"])[f"tenant_{tenant}"] == {
-            "contact_data_contacts",
-            "activity_data_activities",
+            *(t.table for t in TENANT_DATA_TABLES),
             "django_migrations",
         }
     archived = catalog.tables_by_schema([archive])[archive]

@@ -8,10 +8,10 @@ from migrator.core.context import MigrationContext
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.models import MigrationRecord, Status
-from migrator.reports import status
-from migrator.reports.status import GLOBAL, NOT_APPLICABLE, StatusReport
 from migrator.phases import ORDERED, PHASES, get_phase, phase_choices, phases_help
 from migrator.phases.rollback import undone_phases
+from migrator.reports import status
+from migrator.reports.status import GLOBAL, NOT_APPLICABLE, StatusReport
 from tenants.models import MigrationState
 from tests.helpers import run
 

@@ -17,6 +17,7 @@ from migrator.core.errors import MigrationError
 from migrator.models import Status
 from migrator.ops import backup, binaries
 from migrator.ops.backup import latest_backup
+from migrator.tables import LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES
 from tenants.models import Tenant
 from tests.helpers import run
 from tests.migrator.helpers import fingerprint, latest, one_line, psycopg_connect, records, rows, table_names
@@ -177,7 +178,7 @@ def test_backup_is_recorded_and_restores_into_a_scratch_database(prepared_with_b
         "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE c.relkind = 'r' AND (n.nspname = 'salesflow_auth' OR starts_with(n.nspname, 'tenant_')) ORDER BY 1, 2"
     )
-    assert len(legacy_tables) == 5 + 3 * 5
+    assert len(legacy_tables) == len(LEGACY_AUTH_TABLES) + 3 * len(LEGACY_TENANT_TABLES)
     scratch = f"{connection.settings_dict['NAME']}_restore_{os.getpid()}"
     with psycopg_connect("postgres") as admin:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(scratch)))

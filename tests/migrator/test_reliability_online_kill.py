@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from psycopg import sql
 
+from migrator.tables import LEGACY_TENANT_TABLES
 from tests.helpers import run
 from tests.migrator.helpers import (
     kill_when,
@@ -79,18 +80,18 @@ def switch_state(schema: str) -> str:
         [schema],
     )
     legacy = value(
-        "SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename IN ('contacts', 'activities', "
-        "'contact_types', 'activity_types', 'tag_categories')",
-        [schema],
+        "SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename = ANY(%s)",
+        [schema, list(LEGACY_TENANT_TABLES)],
     )
     triggers = value(
         "SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n "
         "ON n.oid = c.relnamespace WHERE n.nspname = %s AND t.tgname = 'migrator_capture'",
         [schema],
     )
-    if views == 5 and legacy == 0 and triggers == 0:
+    tables = len(LEGACY_TENANT_TABLES)
+    if views == tables and legacy == 0 and triggers == 0:
         return "switched"
-    if views == 0 and legacy == 5 and triggers == 5:
+    if views == 0 and legacy == tables and triggers == tables:
         return "captured"
     return f"half: {views} views, {legacy} legacy tables, {triggers} capture triggers"
 

@@ -16,6 +16,7 @@ from migrator.config import get_config
 from migrator.core.errors import MigrationError
 from migrator.ops import backup, dump_parts
 from migrator.ops.dump_parts import DUMP_LOCK_SHARE, LockBudget, lock_budget, plan_dump
+from migrator.tables import LEGACY_TENANT_TABLES
 from tests.helpers import legacy_fingerprints, run
 from tests.migrator.helpers import (
     manage_env,
@@ -76,17 +77,20 @@ def test_the_budget_counts_the_tables_pg_dump_locks_and_the_servers_slots(seeded
         "SELECT count(*) FROM pg_class WHERE relkind IN ('r', 'p', 'm', 'f') "
         "AND relnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)"
     )
-    assert budget.tables >= 5 * len(seeded["tenants"])
+    assert budget.tables >= len(LEGACY_TENANT_TABLES) * len(seeded["tenants"])
     assert budget.slots == value(
         "SELECT current_setting('max_locks_per_transaction')::int * (current_setting('max_connections')::int "
         "+ current_setting('max_prepared_transactions')::int)"
     )
     assert plan_dump(2, budget, dump_parts.tenant_schema_tables()).jobs == 2  # a small database: one parallel dump
-    assert dump_parts.tenant_schema_tables() == [(f"tenant_{t}", 5) for t in sorted(seeded["tenants"])]
+    assert dump_parts.tenant_schema_tables() == [
+        (f"tenant_{t}", len(LEGACY_TENANT_TABLES)) for t in sorted(seeded["tenants"])
+    ]
 
 
 def test_a_backup_in_parts_restores_the_legacy_data_exactly(seeded: dict[str, Any], settings: Any) -> None:
-    settings.SALESFLOW = {**settings.SALESFLOW, "BACKUP_PART_TABLES": 6}  # room for one tenant a part
+    part_tables = len(LEGACY_TENANT_TABLES) + 1  # room for one tenant a part
+    settings.SALESFLOW = {**settings.SALESFLOW, "BACKUP_PART_TABLES": part_tables}
     before = legacy_fingerprints(seeded["tenants"])
 
     out = run("migrate_phase", "prepare", interactive=False)

@@ -16,10 +16,11 @@ from psycopg import sql
 
 from migrator import catalog, db
 from migrator.ops import binaries
+from migrator.tables import tenant_table_names
 from tests.helpers import run
 from tests.migrator.helpers import database_url, manage, manage_env, rows, value
 
-NEW_TABLES = ("contact_data_contacts", "activity_data_activities", "django_migrations")
+NEW_TABLES = (*tenant_table_names(), "django_migrations")
 LATER_SETTINGS = "tests.migrator.later_migration_settings"
 
 

@@ -432,6 +432,4 @@ class Command(BaseCommand):
             age = "-" if lag.oldest_seconds is None else f"{lag.oldest_seconds:.1f}s"
             self.stdout.write(f"LAG {lag.scope}: {lag.pending} captured changes not applied yet, oldest {age}")
         summary = "complete" if report.complete else "incomplete"
-        self.stdout.write(
-            f"Migration {summary}: {report.cells_done}/{report.cells_to_do} cells done"
-        )
+        self.stdout.write(f"Migration {summary}: {report.cells_done}/{report.cells_to_do} cells done")

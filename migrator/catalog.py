@@ -92,6 +92,18 @@ def table_exists(schema: str, table: str) -> bool:
     )
 
 
+def schemas_with_table(schemas: list[str], table: str) -> set[str]:
+    """Those of ``schemas`` that hold the ordinary table ``table``: one keyed lookup per schema, and a
+    set of names rather than every schema's tables (ten thousand tenants' table lists took tens of MiB)."""
+    rows = db.fetchall(
+        "SELECT s.nspname FROM unnest(%s::text[]) s(nspname) "
+        "JOIN pg_class c ON c.oid = to_regclass(format('%%I.%%I', s.nspname, %s::text)) "
+        "WHERE c.relkind IN ('r', 'p')",
+        [schemas, table],
+    )
+    return {schema for (schema,) in rows}
+
+
 def tables_by_schema(schemas: list[str]) -> dict[str, set[str]]:
     """Ordinary tables of each schema in ``schemas``, in one query."""
     snapshot = _snapshot.get()

@@ -25,7 +25,7 @@ from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase
 from migrator.core.steps import Event, Step, StepReporter, StepResult
 from migrator.engine import tracking
-from migrator.models import MigrationRecord, Status
+from migrator.models import Status
 
 logger = logging.getLogger("migrator.runner")
 
@@ -107,7 +107,7 @@ class PhaseRunner:
         self,
         phase: Phase,
         steps: list[Step],
-        records: dict[str, MigrationRecord],
+        records: dict[str, tracking.StepRow],
         outcome: PhaseOutcome,
         position: int,
         count: int,
@@ -168,7 +168,7 @@ class PhaseRunner:
         self,
         phase: Phase,
         by_tenant: dict[str, list[tuple[int, Step]]],
-        records: dict[str, MigrationRecord],
+        records: dict[str, tracking.StepRow],
         outcome: PhaseOutcome,
         count: int,
         run_tenant: Callable[[str], None],
@@ -269,7 +269,7 @@ class PhaseRunner:
         self,
         phase: Phase,
         step: Step,
-        record: MigrationRecord,
+        record: tracking.StepRow,
         reason: str,
         outcome: PhaseOutcome,
         index: int,
@@ -285,7 +285,7 @@ class PhaseRunner:
         phase: Phase,
         tenant_id: str,
         steps: list[tuple[int, Step]],
-        records: dict[str, MigrationRecord],
+        records: dict[str, tracking.StepRow],
         outcome: PhaseOutcome,
         count: int,
     ) -> None:
@@ -320,7 +320,7 @@ class PhaseRunner:
         self,
         phase: Phase,
         step: Step,
-        record: MigrationRecord,
+        record: tracking.StepRow,
         outcome: PhaseOutcome,
         index: int,
         count: int,
@@ -397,7 +397,7 @@ class PhaseRunner:
 
     @staticmethod
     def _finish(
-        record: MigrationRecord,
+        record: tracking.StepRow,
         status: Status,
         result: StepResult | None,
         error: str | None,

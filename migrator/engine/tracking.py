@@ -72,16 +72,28 @@ def close_interrupted(phase: str | None = None) -> int:
     )
 
 
-# What the runner reads and writes of a step's row; the rest (details, description, ...) is written by
-# UPDATEs and never read back during the run.
+@dataclass(slots=True)
+class StepRow:
+    """What the runner reads and writes of a step's tracking row during the run; the rest (details,
+    description, ...) is written by UPDATEs and never read back. Not a model instance: at ten thousand
+    tenants the runner holds tens of thousands of these, and instances were most of its memory."""
+
+    pk: int
+    migration_id: str
+    attempt: int
+    status: str
+    started_at: datetime | None
+    tenant_id: str | None
+
+
 RUNNER_FIELDS = ("id", "migration_id", "attempt", "status", "started_at", "tenant_id")
 PENDING_ROWS_PER_INSERT = 1000
 
 
-def ensure_pending(steps: list[Step], latest: dict[str, StepState]) -> dict[str, MigrationRecord]:
+def ensure_pending(steps: list[Step], latest: dict[str, StepState]) -> dict[str, StepRow]:
     """Give every step a PENDING row to start from: reuse a PENDING latest attempt, else add attempt + 1.
 
-    Returns the rows with :data:`RUNNER_FIELDS` only, inserted and loaded a thousand at a time."""
+    Returns the rows' :class:`StepRow`, inserted and loaded a thousand at a time."""
     if not steps:
         return {}
     new_rows: list[MigrationRecord] = []
@@ -109,10 +121,13 @@ def ensure_pending(steps: list[Step], latest: dict[str, StepState]) -> dict[str,
             new_rows = []
     MigrationRecord.objects.bulk_create(new_rows)
     rows = MigrationRecord.objects.filter(phase=steps[0].phase, migration_id__in=[s.key for s in steps])
-    return {row.migration_id: row for row in rows.latest_attempts().only(*RUNNER_FIELDS).iterator(chunk_size=5000)}
+    return {
+        values[1]: StepRow(*values)
+        for values in rows.latest_attempts().values_list(*RUNNER_FIELDS).iterator(chunk_size=5000)
+    }
 
 
-def start(record: MigrationRecord) -> MigrationRecord:
+def start(record: StepRow) -> StepRow:
     """RUNNING, committed without waiting for the WAL flush: a server crash may lose it, which leaves
     the row PENDING (the step reruns, as it would after being RUNNING: ``close_interrupted``); the
     COMPLETED write after the step's work is synchronous and flushes this one with it."""
@@ -120,29 +135,27 @@ def start(record: MigrationRecord) -> MigrationRecord:
 
     record.status = Status.RUNNING
     record.started_at = timezone.now()
-    record.host = HOST
-    record.pid = os.getpid()
     # One statement, its own transaction: the setting, local to it, holds for its commit.
     query = sql.SQL(
         "UPDATE {table} SET status = %s, started_at = %s, host = %s, pid = %s "
         "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit WHERE id = %s"
     ).format(table=sql.Identifier(get_public_schema_name(), MigrationRecord._meta.db_table))
     with connection.cursor() as cursor:
-        cursor.execute(db_render(query), [str(record.status), record.started_at, HOST, record.pid, record.pk])
+        cursor.execute(db_render(query), [str(record.status), record.started_at, HOST, os.getpid(), record.pk])
     return record
 
 
-def start_many(records: list[MigrationRecord]) -> None:
+def start_many(records: list[StepRow]) -> None:
     """``start`` for a batch of steps, in one statement."""
     now = timezone.now()
     MigrationRecord.objects.filter(pk__in=[r.pk for r in records]).update(
         status=Status.RUNNING, started_at=now, host=HOST, pid=os.getpid()
     )
     for record in records:
-        record.status, record.started_at, record.host, record.pid = Status.RUNNING, now, HOST, os.getpid()
+        record.status, record.started_at = Status.RUNNING, now
 
 
-def complete_many(done: list[tuple[MigrationRecord, StepResult]]) -> None:
+def complete_many(done: list[tuple[StepRow, StepResult]]) -> None:
     """``finish`` as COMPLETED for a batch of started steps, in one statement."""
     now = timezone.now()
     finish_many([Finished(r.pk, Status.COMPLETED, result, None, r.started_at or now, now) for r, result in done])
@@ -186,7 +199,7 @@ def _result_fields(result: StepResult | None) -> dict[str, Any]:
     return fields
 
 
-def finish(record: MigrationRecord, status: Status, result: StepResult | None, error: str | None = None) -> None:
+def finish(record: StepRow, status: Status, result: StepResult | None, error: str | None = None) -> None:
     """One UPDATE of the fields the step's end sets: the step may have written checkpoints to this
     row meanwhile, and they stay."""
     completed_at = timezone.now()

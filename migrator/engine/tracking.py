@@ -76,7 +76,8 @@ def close_interrupted(phase: str | None = None) -> int:
 class StepRow:
     """What the runner reads and writes of a step's tracking row during the run; the rest (details,
     description, ...) is written by UPDATEs and never read back. Not a model instance: at ten thousand
-    tenants the runner holds tens of thousands of these, and instances were most of its memory."""
+    tenants the runner holds tens of thousands of these, and a model instance each costs several times
+    the memory."""
 
     pk: int
     migration_id: str

@@ -11,7 +11,7 @@ import json
 import os
 import socket
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -87,7 +87,8 @@ class StepRow:
     tenant_id: str | None
 
 
-RUNNER_FIELDS = ("id", "migration_id", "attempt", "status", "started_at", "tenant_id")
+# The columns a StepRow is read from, in its fields' order (its ``pk`` is the ``id`` column).
+RUNNER_FIELDS = tuple("id" if f.name == "pk" else f.name for f in fields(StepRow))
 PENDING_ROWS_PER_INSERT = 1000
 
 

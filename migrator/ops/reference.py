@@ -100,11 +100,12 @@ def _unmerged_tenants(ref: ReferenceTable, tenant_ids: list[str]) -> tuple[list[
 
     Row by row, not tenant by tenant: a reference row added to a tenant merged before is merged too.
     """
-    present = catalog.schemas_with_table([tenant_schema_name(t) for t in tenant_ids], ref.legacy_table)
+    schemas = [tenant_schema_name(t) for t in tenant_ids]
+    present = catalog.schemas_with_table(schemas, ref.legacy_table)
     todo: list[str] = []
     without_table: list[str] = []
-    for tenant_id in tenant_ids:
-        if tenant_schema_name(tenant_id) not in present:
+    for tenant_id, schema in zip(tenant_ids, schemas, strict=True):
+        if schema not in present:
             without_table.append(tenant_id)
         elif db.fetchvalue(
             sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(_unmapped_rows(ref, tenant_id)),
@@ -235,17 +236,18 @@ def unmapped_counts(refs: list[ReferenceTable], tenant_id: str) -> dict[str, int
 
 def unmapped_count(ref: ReferenceTable, tenant_ids: list[str]) -> int:
     """Legacy reference rows of these tenants with no map entry (0 after a good merge)."""
-    present = catalog.schemas_with_table([tenant_schema_name(t) for t in tenant_ids], ref.legacy_table)
+    schemas = [tenant_schema_name(t) for t in tenant_ids]
+    present = catalog.schemas_with_table(schemas, ref.legacy_table)
     missing = 0
-    for tenant_id in tenant_ids:
-        if tenant_schema_name(tenant_id) not in present:
+    for tenant_id, schema in zip(tenant_ids, schemas, strict=True):
+        if schema not in present:
             continue
         missing += int(
             db.fetchvalue(
                 sql.SQL(
                     "SELECT count(*) FROM {legacy} l WHERE NOT EXISTS (SELECT 1 FROM public.migrator_reference_map m "
                     "WHERE m.tenant_id = %s AND m.reference_table = %s AND m.old_id = l.id)"
-                ).format(legacy=sql.Identifier(tenant_schema_name(tenant_id), ref.legacy_table)),
+                ).format(legacy=sql.Identifier(schema, ref.legacy_table)),
                 [tenant_id, ref.map_name],
             )
         )

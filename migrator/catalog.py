@@ -24,6 +24,8 @@ class Column:
     data_type: str
     nullable: bool
     has_default: bool
+    type_oid: int = 0
+    collation_oid: int = 0  # 0: a type without collation
 
 
 def schema_exists(schema: str) -> bool:
@@ -45,7 +47,7 @@ def schema_snapshot(schema: str) -> Iterator[None]:
     """
     rows = db.fetchall(
         "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, "
-        "       a.atthasdef OR a.attidentity <> '' "
+        "       a.atthasdef OR a.attidentity <> '', a.atttypid::bigint, a.attcollation::bigint "
         "FROM pg_depend d JOIN pg_class c ON c.oid = d.objid "
         "LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
         "WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = to_regnamespace(quote_ident(%s)) "
@@ -132,7 +134,7 @@ def columns(schema: str, table: str) -> list[Column]:
     rows = db.fetchall(
         sql.SQL(
             "SELECT a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, "
-            "       a.atthasdef OR a.attidentity <> '' "
+            "       a.atthasdef OR a.attidentity <> '', a.atttypid::bigint, a.attcollation::bigint "
             "FROM pg_attribute a "
             "WHERE a.attrelid = {oid} AND a.attnum > 0 AND NOT a.attisdropped "
             "ORDER BY a.attnum"
@@ -206,3 +208,45 @@ def roles_with_usage_granted_by_schema(roles: list[str], schemas: list[str]) -> 
     )
     granted = {(schema, role) for schema, role in rows}
     return {schema: [role for role in roles if (schema, role) in granted] for schema in schemas}
+
+
+# Types and collations PostgreSQL creates with every database (below FirstNormalObjectId): the same
+# in each database of one server, so what is found of them holds for the whole process.
+FIRST_NORMAL_OBJECT_ID = 16384
+_hashed_by_value_builtin: dict[tuple[int, int], bool] = {}
+
+
+def hashed_by_value(type_oid: int, collation_oid: int) -> bool:
+    """Whether values of this type (under this collation) can be fingerprinted by the type's own hash.
+
+    They can when the type's default btree operator class declares that equal values are identical
+    (its "equalimage" support function, which index deduplication relies on; for text only under a
+    deterministic collation) and its hash operator class has a 64-bit hash function. numeric
+    (1.0 = 1.00), float (-0 = 0), jsonb, arrays and domains cannot: they are fingerprinted by their
+    text, which tells those apart. varchar has no operator class of its own and uses text's, as the
+    server does.
+    """
+    key = (type_oid, collation_oid)
+    builtin = type_oid < FIRST_NORMAL_OBJECT_ID and collation_oid < FIRST_NORMAL_OBJECT_ID
+    if builtin and key in _hashed_by_value_builtin:
+        return _hashed_by_value_builtin[key]
+    found = bool(
+        db.fetchvalue(
+            "SELECT EXISTS (SELECT 1 FROM pg_opclass bo JOIN pg_amproc ep ON ep.amprocfamily = bo.opcfamily "
+            "    AND ep.amproclefttype = bo.opcintype AND ep.amprocrighttype = bo.opcintype AND ep.amprocnum = 4 "
+            "  WHERE bo.opcmethod = (SELECT oid FROM pg_am WHERE amname = 'btree') AND bo.opcdefault "
+            "  AND bo.opcintype = x.type AND (ep.amproc = 'btequalimage'::regproc "
+            "    OR (ep.amproc = 'btvarstrequalimage'::regproc AND coalesce((SELECT co.collisdeterministic "
+            "        FROM pg_collation co WHERE co.oid = x.collation), true)))) "
+            "AND EXISTS (SELECT 1 FROM pg_opclass ho JOIN pg_amproc hp ON hp.amprocfamily = ho.opcfamily "
+            "    AND hp.amproclefttype = ho.opcintype AND hp.amprocrighttype = ho.opcintype AND hp.amprocnum = 2 "
+            "  WHERE ho.opcmethod = (SELECT oid FROM pg_am WHERE amname = 'hash') AND ho.opcdefault "
+            "  AND ho.opcintype = x.type) "
+            "FROM (SELECT CASE WHEN %s::oid = 'varchar'::regtype THEN 'text'::regtype::oid ELSE %s::oid END AS type, "
+            "      %s::oid AS collation) x",
+            [type_oid, type_oid, collation_oid],
+        )
+    )
+    if builtin:
+        _hashed_by_value_builtin[key] = found
+    return found

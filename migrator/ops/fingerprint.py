@@ -1,8 +1,18 @@
 """Content fingerprints: exact row count plus an order-independent sum of 64-bit row hashes.
 
-``md5(string_agg(... ORDER BY id))`` would sort and is capped by the 1 GB text limit; summing
-``hashtextextended`` of each row's text needs one scan, no sort, and works at any size. Both sides
-hash the same columns in the same order, so equal fingerprints mean equal content.
+``md5(string_agg(... ORDER BY id))`` would sort and is capped by the 1 GB text limit; a sum of row
+hashes needs one scan, no sort, and works at any size. Both sides hash the same columns in the same
+order, so equal fingerprints mean equal content.
+
+How a row is hashed (:data:`BY_VALUE`): each column by its type's own hash function where the type
+declares that equal values are identical (integers, timestamps, text under a deterministic
+collation, ...: :func:`migrator.catalog.hashed_by_value`), every other column by its text (numeric
+keeps 1.0 apart from 1.00, jsonb, arrays, ...); PostgreSQL combines them (``hash_record_extended``),
+and that combination, which is linear in the column hashes, is hashed once more so that values
+swapped between rows change the sum. Turning every row into text and hashing that
+(:data:`BY_TEXT`, how fingerprints were made up to this release) costs about three times as much
+server time; a fingerprint recorded that way is still compared the way it was made
+(:func:`method_of`), so a migration validated by an earlier release cuts over with this one.
 
 A remapped reference column is hashed as the *code* (merge key) of the row it points at, read from
 the legacy reference table on the source side and from the shared table on the target side, never
@@ -25,14 +35,28 @@ from migrator.ops.capture import keys_filter
 from migrator.ops.copy import Remap, TableCopy
 from migrator.tables import reference_table
 
+BY_VALUE = "value"  # recorded as "rows:v2:digest"
+BY_TEXT = "text"  # recorded as "rows:digest" (releases before BY_VALUE)
+_BY_VALUE_MARK = "v2"
+
 
 @dataclass(frozen=True)
 class Fingerprint:
     rows: int
     digest: str
+    method: str = BY_VALUE
 
     def __str__(self) -> str:
-        return f"{self.rows}:{self.digest}"
+        if self.method == BY_TEXT:
+            return f"{self.rows}:{self.digest}"
+        return f"{self.rows}:{_BY_VALUE_MARK}:{self.digest}"
+
+
+def method_of(recorded: str | None) -> str:
+    """The method a recorded fingerprint was made with (the current one when nothing was recorded)."""
+    if recorded is None:
+        return BY_VALUE
+    return BY_VALUE if recorded.split(":")[1:2] == [_BY_VALUE_MARK] else BY_TEXT
 
 
 @dataclass(frozen=True)
@@ -62,47 +86,79 @@ class TypeDifference:
 
 def type_differences(copy: TableCopy) -> list[TypeDifference]:
     """Copied columns whose legacy type is not the target's (remapped reference columns aside)."""
-    legacy = {c.name: c.data_type for c in catalog.columns(copy.source_schema, copy.source_table)}
-    target = {c.name: c.data_type for c in catalog.columns(copy.target_schema, copy.target_table)}
+    return _column_facts(copy)[0]
+
+
+def _column_facts(copy: TableCopy) -> tuple[list[TypeDifference], set[str]]:
+    """Columns whose legacy type differs from the target's, and the columns both sides can hash by value."""
+    legacy = {c.name: c for c in catalog.columns(copy.source_schema, copy.source_table)}
+    target = {c.name: c for c in catalog.columns(copy.target_schema, copy.target_table)}
     remapped = {r.column for r in copy.remaps}
-    return [
-        TypeDifference(c, legacy[c], target[c])
+    differences = [
+        TypeDifference(c, legacy[c].data_type, target[c].data_type)
         for c in copy.columns
-        if c not in remapped and c in legacy and c in target and legacy[c] != target[c]
+        if c not in remapped and c in legacy and c in target and legacy[c].data_type != target[c].data_type
     ]
+    converted = {d.column for d in differences}
+    by_value = {
+        c
+        for c in copy.columns
+        if c not in remapped
+        and c in legacy
+        and c in target
+        and catalog.hashed_by_value(target[c].type_oid, target[c].collation_oid)
+        # a converted column is hashed as the target's type; an unconverted one may still differ in collation
+        and (c in converted or catalog.hashed_by_value(legacy[c].type_oid, legacy[c].collation_oid))
+    }
+    return differences, by_value
 
 
-def _row_hash(expressions: sql.Composable) -> sql.Composed:
-    return sql.SQL("hashtextextended(ROW({})::text, 0)").format(expressions)
+def _row_hash(elements: list[sql.Composable], method: str) -> sql.Composed:
+    items = sql.SQL(", ").join(elements)
+    if method == BY_TEXT:
+        return sql.SQL("hashtextextended(ROW({})::text, 0)").format(items)
+    return sql.SQL("hashint8extended(hash_record_extended(ROW({}), 0), 0)").format(items)
+
+
+def _as_text(expression: sql.Composable) -> sql.Composed:
+    """A value hashed by its text: byte for byte, whatever the column's collation."""
+    return sql.SQL('({})::text COLLATE "C"').format(expression)
+
+
+def _column_element(expression: sql.Composable, column: str, by_value: set[str], method: str) -> sql.Composable:
+    return expression if method == BY_TEXT or column in by_value else _as_text(expression)
 
 
 def _reference_alias(remap: Remap) -> sql.Identifier:
     return sql.Identifier("ref_" + remap.column)
 
 
-def _reference_value(alias: str, remap: Remap) -> sql.Composed:
+def _reference_elements(alias: str, remap: Remap, method: str) -> list[sql.Composable]:
     """NULL stays NULL; an id that points at no reference row hashes apart from every code."""
-    return sql.SQL("ROW({a}.{c} IS NULL, {r}.{k})").format(
-        a=sql.Identifier(alias),
-        c=sql.Identifier(remap.column),
-        r=_reference_alias(remap),
-        k=sql.Identifier(reference_table(remap.reference_table).merge_key),
+    is_null = sql.SQL("{a}.{c} IS NULL").format(a=sql.Identifier(alias), c=sql.Identifier(remap.column))
+    code = sql.SQL("{r}.{k}").format(
+        r=_reference_alias(remap), k=sql.Identifier(reference_table(remap.reference_table).merge_key)
     )
+    if method == BY_TEXT:
+        return [sql.SQL("ROW({}, {})").format(is_null, code)]
+    return [is_null, _as_text(code)]  # legacy and shared code columns may differ in type: both as text
 
 
-def _source(copy: TableCopy) -> tuple[sql.Composed, sql.Composed]:
-    """(hashed expressions, FROM clause) of the source side, aliased ``s``."""
+def _source(copy: TableCopy, method: str) -> tuple[list[sql.Composable], sql.Composed]:
+    """(hashed elements, FROM clause) of the source side, aliased ``s``."""
     remapped = {r.column: r for r in copy.remaps}
-    converted = {d.column: d.target_type for d in type_differences(copy)}
-    expressions = []
+    differences, by_value = _column_facts(copy)
+    converted = {d.column: d.target_type for d in differences}
+    elements: list[sql.Composable] = []
     for column in copy.columns:
         if column in remapped:
-            expressions.append(_reference_value("s", remapped[column]))
+            elements += _reference_elements("s", remapped[column], method)
         elif column in converted:
             # format_type() output of the target column, PostgreSQL's own spelling of a type
-            expressions.append(sql.SQL("s.{}::{}").format(sql.Identifier(column), sql.SQL(converted[column])))
+            value = sql.SQL("s.{}::{}").format(sql.Identifier(column), sql.SQL(converted[column]))
+            elements.append(_column_element(value, column, by_value, method))
         else:
-            expressions.append(sql.SQL("s.{}").format(sql.Identifier(column)))
+            elements.append(_column_element(sql.SQL("s.{}").format(sql.Identifier(column)), column, by_value, method))
     joins = [sql.SQL("{} s").format(copy.source)]
     for remap in copy.remaps:
         if catalog.table_exists(copy.source_schema, remap.reference_table):
@@ -119,16 +175,19 @@ def _source(copy: TableCopy) -> tuple[sql.Composed, sql.Composed]:
                     k=sql.Identifier(reference_table(remap.reference_table).merge_key), a=_reference_alias(remap)
                 )
             )
-    return sql.SQL(", ").join(expressions), sql.Composed(joins)
+    return elements, sql.Composed(joins)
 
 
-def _target(copy: TableCopy) -> tuple[sql.Composed, sql.Composed]:
-    """(hashed expressions, FROM clause) of the target side, aliased ``t``."""
+def _target(copy: TableCopy, method: str) -> tuple[list[sql.Composable], sql.Composed]:
+    """(hashed elements, FROM clause) of the target side, aliased ``t``."""
     remapped = {r.column: r for r in copy.remaps}
-    expressions = sql.SQL(", ").join(
-        _reference_value("t", remapped[c]) if c in remapped else sql.SQL("t.{}").format(sql.Identifier(c))
-        for c in copy.columns
-    )
+    by_value = _column_facts(copy)[1] if method == BY_VALUE else set()
+    elements: list[sql.Composable] = []
+    for column in copy.columns:
+        if column in remapped:
+            elements += _reference_elements("t", remapped[column], method)
+        else:
+            elements.append(_column_element(sql.SQL("t.{}").format(sql.Identifier(column)), column, by_value, method))
     joins = [sql.SQL("{} t").format(copy.target)]
     for remap in copy.remaps:
         shared = reference_table(remap.reference_table)
@@ -139,43 +198,49 @@ def _target(copy: TableCopy) -> tuple[sql.Composed, sql.Composed]:
                 c=sql.Identifier(remap.column),
             )
         )
-    return expressions, sql.Composed(joins)
+    return elements, sql.Composed(joins)
 
 
-def source_query(copy: TableCopy) -> sql.Composed:
-    expressions, source = _source(copy)
-    return sql.SQL("SELECT count(*), coalesce(sum({h}), 0) FROM {src}").format(h=_row_hash(expressions), src=source)
+def source_query(copy: TableCopy, method: str = BY_VALUE) -> sql.Composed:
+    elements, source = _source(copy, method)
+    return sql.SQL("SELECT count(*), coalesce(sum({h}), 0) FROM {src}").format(
+        h=_row_hash(elements, method), src=source
+    )
 
 
-def target_query(copy: TableCopy) -> sql.Composed:
-    expressions, target = _target(copy)
-    return sql.SQL("SELECT count(*), coalesce(sum({h}), 0) FROM {t}").format(h=_row_hash(expressions), t=target)
+def target_query(copy: TableCopy, method: str = BY_VALUE) -> sql.Composed:
+    elements, target = _target(copy, method)
+    return sql.SQL("SELECT count(*), coalesce(sum({h}), 0) FROM {t}").format(h=_row_hash(elements, method), t=target)
 
 
 DIGEST_MODULUS = 2**80
 
 
-def _fingerprint(query: sql.Composed, params: Sequence[object] | None = None) -> Fingerprint:
+def _fingerprint(query: sql.Composed, method: str, params: Sequence[object] | None = None) -> Fingerprint:
     rows, total = db.fetchone(query, params) or (0, 0)
-    return _as_fingerprint(rows, total)
+    return _as_fingerprint(rows, total, method)
 
 
-def fingerprints_of_keys(copy: TableCopy, keys: list[object]) -> tuple[Fingerprint, Fingerprint]:
+def fingerprints_of_keys(
+    copy: TableCopy, keys: list[object], method: str = BY_VALUE
+) -> tuple[Fingerprint, Fingerprint]:
     """Source and target fingerprints of the rows of ``keys`` only (a key on neither side adds nothing)."""
     payload = [json.dumps(keys)]
-    source_expressions, source = _source(copy)
-    target_expressions, target = _target(copy)
+    source_elements, source = _source(copy, method)
+    target_elements, target = _target(copy, method)
     return (
         _fingerprint(
             sql.SQL("SELECT count(*), coalesce(sum({h}), 0) FROM {f} WHERE {k}").format(
-                h=_row_hash(source_expressions), f=source, k=keys_filter(copy, "s")
+                h=_row_hash(source_elements, method), f=source, k=keys_filter(copy, "s")
             ),
+            method,
             payload,
         ),
         _fingerprint(
             sql.SQL("SELECT count(*), coalesce(sum({h}), 0) FROM {f} WHERE {k}").format(
-                h=_row_hash(target_expressions), f=target, k=keys_filter(copy, "t")
+                h=_row_hash(target_elements, method), f=target, k=keys_filter(copy, "t")
             ),
+            method,
             payload,
         ),
     )
@@ -183,39 +248,43 @@ def fingerprints_of_keys(copy: TableCopy, keys: list[object]) -> tuple[Fingerpri
 
 def replaced(whole: Fingerprint, before: Fingerprint, after: Fingerprint) -> Fingerprint:
     """``whole``'s fingerprint once the rows fingerprinted ``before`` became the rows fingerprinted ``after``
-    (a count and a sum of row hashes: both subtract and add)."""
+    (a count and a sum of row hashes: both subtract and add; all three made the same way)."""
+    if not whole.method == before.method == after.method:
+        raise ValueError("fingerprints made different ways cannot be combined")
     digest = (int(whole.digest, 16) - int(before.digest, 16) + int(after.digest, 16)) % DIGEST_MODULUS
-    return Fingerprint(whole.rows - before.rows + after.rows, format(digest, "020x"))
+    return Fingerprint(whole.rows - before.rows + after.rows, format(digest, "020x"), whole.method)
 
 
-def source_fingerprint(copy: TableCopy) -> Fingerprint:
-    return _fingerprint(source_query(copy))
+def source_fingerprint(copy: TableCopy, method: str = BY_VALUE) -> Fingerprint:
+    return _fingerprint(source_query(copy, method), method)
 
 
-def target_fingerprint(copy: TableCopy) -> Fingerprint:
-    return _fingerprint(target_query(copy))
+def target_fingerprint(copy: TableCopy, method: str = BY_VALUE) -> Fingerprint:
+    return _fingerprint(target_query(copy, method), method)
 
 
-def both_fingerprints(copy: TableCopy) -> tuple[Fingerprint, Fingerprint]:
+def both_fingerprints(copy: TableCopy, method: str = BY_VALUE) -> tuple[Fingerprint, Fingerprint]:
     """Source and target fingerprints in one statement (one round trip; each side scanned as on its own)."""
     row = db.fetchone(
-        sql.SQL("SELECT s.*, t.* FROM ({s}) s CROSS JOIN ({t}) t").format(s=source_query(copy), t=target_query(copy))
+        sql.SQL("SELECT s.*, t.* FROM ({s}) s CROSS JOIN ({t}) t").format(
+            s=source_query(copy, method), t=target_query(copy, method)
+        )
     ) or (0, 0, 0, 0)
-    return _as_fingerprint(row[0], row[1]), _as_fingerprint(row[2], row[3])
+    return _as_fingerprint(row[0], row[1], method), _as_fingerprint(row[2], row[3], method)
 
 
-def _as_fingerprint(rows: int, total: int) -> Fingerprint:
-    return Fingerprint(int(rows), format(int(total) % DIGEST_MODULUS, "020x"))
+def _as_fingerprint(rows: int, total: int, method: str) -> Fingerprint:
+    return Fingerprint(int(rows), format(int(total) % DIGEST_MODULUS, "020x"), method)
 
 
 def differing_keys(copy: TableCopy, limit: int = 10) -> list[tuple[object, ...]]:
     """Keys of rows that differ or exist on one side only (run only after a mismatch)."""
     keys_s = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(k)) for k in copy.key)
     keys_t = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(k)) for k in copy.key)
-    source_expressions, source = _source(copy)
-    target_expressions, target = _target(copy)
-    src = sql.SQL("SELECT {k}, {h} AS h FROM {f}").format(k=keys_s, h=_row_hash(source_expressions), f=source)
-    tgt = sql.SQL("SELECT {k}, {h} AS h FROM {t}").format(k=keys_t, h=_row_hash(target_expressions), t=target)
+    source_elements, source = _source(copy, BY_VALUE)
+    target_elements, target = _target(copy, BY_VALUE)
+    src = sql.SQL("SELECT {k}, {h} AS h FROM {f}").format(k=keys_s, h=_row_hash(source_elements, BY_VALUE), f=source)
+    tgt = sql.SQL("SELECT {k}, {h} AS h FROM {t}").format(k=keys_t, h=_row_hash(target_elements, BY_VALUE), t=target)
     order = sql.SQL(", ").join(sql.SQL(str(i + 1)) for i in range(len(copy.key)))
     query = sql.SQL(
         "SELECT DISTINCT {cols} FROM (({a}) EXCEPT ({b}) UNION ALL (({b}) EXCEPT ({a}))) d ORDER BY {order} LIMIT %s"

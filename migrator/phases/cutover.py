@@ -11,7 +11,7 @@ from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.engine import tracking
 from migrator.models import Status
-from migrator.ops import archive, reference
+from migrator.ops import archive, fingerprint, reference
 from migrator.ops.copy import TableCopy
 from migrator.phases import online
 from migrator.phases.data import DataPhase, auth_copy, tenant_copy, validation_fingerprints
@@ -44,7 +44,7 @@ def _changed_since_validation(validated: dict[str, TableCopy]) -> list[str]:
         if not catalog.table_exists(copy.source_schema, copy.source_table):
             problems.append(f"{legacy}: table missing")
             continue
-        source, current_target = validation_fingerprints(copy)
+        source, current_target = validation_fingerprints(copy, fingerprint.method_of(record.source_fingerprint))
         if str(source) != record.source_fingerprint:
             problems.append(
                 f"{legacy}: {record.rows_expected} rows validated, {source.rows} now"

@@ -58,9 +58,12 @@ def tenant_copy(tenant: TenantRef, spec: TenantDataTable) -> TableCopy:
     )
 
 
-def validation_fingerprints(copy: TableCopy) -> tuple[fingerprint.Fingerprint, fingerprint.Fingerprint]:
-    """Source and target fingerprints as phase 3 validates them; cutover compares against the same pair."""
-    return fingerprint.both_fingerprints(copy)
+def validation_fingerprints(
+    copy: TableCopy, method: str = fingerprint.BY_VALUE
+) -> tuple[fingerprint.Fingerprint, fingerprint.Fingerprint]:
+    """Source and target fingerprints as phase 3 validates them; cutover compares against the same pair,
+    made the way the recorded pair was (``method``: see :func:`migrator.ops.fingerprint.method_of`)."""
+    return fingerprint.both_fingerprints(copy, method)
 
 
 def compare(copy: TableCopy) -> fingerprint.Comparison:

@@ -284,7 +284,11 @@ def undo_switch(ctx: MigrationContext, scope: str, owner: str, recorded: dict[st
     changed = []
     for table, at_cutover in recorded.items():
         copy = copies[table]
-        now = validation_fingerprints(copy)[1] if catalog.table_exists(copy.target_schema, copy.target_table) else None
+        now = (
+            validation_fingerprints(copy, fingerprint.method_of(at_cutover))[1]
+            if catalog.table_exists(copy.target_schema, copy.target_table)
+            else None
+        )
         if str(now) != at_cutover:
             then_rows = at_cutover.split(":", 1)[0] if ":" in at_cutover else "?"
             changed.append(f"{copy.target_table} ({then_rows} rows at cutover, {now.rows if now else 0} now)")

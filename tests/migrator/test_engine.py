@@ -125,7 +125,7 @@ def test_plan_changes_nothing(stage, request, stage_db):
         assert "[globex_0002] tenant_tables tenant_globex_0002" in outputs["schemas"]
     if stage == "schemas_ready":
         assert 'INSERT INTO "tenant_acme_0001"."contact_data_contacts"' in outputs["data"]
-        assert "hashtextextended" in outputs["data"]
+        assert "hash_record_extended" in outputs["data"]
     if stage == "migrated":
         assert all("0 steps to run" in out for out in outputs.values())
 

@@ -131,6 +131,12 @@ class TableCopy:
 
 ASYNC_COMMIT = "SELECT set_config('synchronous_commit', 'off', true)"
 
+# A copy of fewer rows than this runs as one statement that also returns its checkpoint (one round
+# trip instead of three). Returning keys costs about 0.4 us a row (20 ms on a batch of 50,000
+# contacts, 20 % of the batch) against some 0.3 ms for the two key lookups it saves, so a larger
+# table that fits in one batch is copied as a batch like any other.
+ONE_STATEMENT_BELOW_ROWS = 1000
+
 # Advisory lock keys (namespace, crc32 of "schema.table") of the per-table copy fence; the migrator
 # lock is (0x53460000, 1).
 COPY_FENCE_NAMESPACE = 0x53460001
@@ -347,7 +353,9 @@ def _copy_table(copy: TableCopy, batch_size: int, reporter: StepReporter) -> Cop
     resumed_after = _last_copied_key(copy)
     last = resumed_after or _lowest_key(copy)
     done = catalog.row_count(copy.target_schema, copy.target_table) if resumed_after else 0
-    one_batch = resumed_after is None and 0 < total <= batch_size and len(copy.key) == 1
+    one_batch = (
+        resumed_after is None and 0 < total <= min(batch_size, ONE_STATEMENT_BELOW_ROWS - 1) and len(copy.key) == 1
+    )
     if not one_batch:  # a copy of one batch records its expected rows with that batch (one commit less)
         reporter.expected(total)
     reporter.progress(done, total)

@@ -35,6 +35,9 @@ from migrator.ops.capture import keys_filter
 from migrator.ops.copy import Remap, TableCopy
 from migrator.tables import reference_table
 
+# One side of a comparison: the elements each row's hash is made of, and the FROM clause they are read from.
+Side = tuple[list[sql.Composable], sql.Composed]
+
 BY_VALUE = "value"  # recorded as "rows:v2:digest"
 BY_TEXT = "text"  # recorded as "rows:digest" (releases before BY_VALUE)
 _BY_VALUE_MARK = "v2"
@@ -144,10 +147,15 @@ def _reference_elements(alias: str, remap: Remap, method: str) -> list[sql.Compo
     return [is_null, _as_text(code)]  # legacy and shared code columns may differ in type: both as text
 
 
-def _source(copy: TableCopy, method: str) -> tuple[list[sql.Composable], sql.Composed]:
+def _sides(copy: TableCopy, method: str) -> tuple[Side, Side]:
+    """(hashed elements, FROM clause) of the source side and of the target side, from one catalog read."""
+    differences, by_value = _column_facts(copy)
+    return _source(copy, method, differences, by_value), _target(copy, method, by_value)
+
+
+def _source(copy: TableCopy, method: str, differences: list[TypeDifference], by_value: set[str]) -> Side:
     """(hashed elements, FROM clause) of the source side, aliased ``s``."""
     remapped = {r.column: r for r in copy.remaps}
-    differences, by_value = _column_facts(copy)
     converted = {d.column: d.target_type for d in differences}
     elements: list[sql.Composable] = []
     for column in copy.columns:
@@ -178,10 +186,9 @@ def _source(copy: TableCopy, method: str) -> tuple[list[sql.Composable], sql.Com
     return elements, sql.Composed(joins)
 
 
-def _target(copy: TableCopy, method: str) -> tuple[list[sql.Composable], sql.Composed]:
+def _target(copy: TableCopy, method: str, by_value: set[str]) -> Side:
     """(hashed elements, FROM clause) of the target side, aliased ``t``."""
     remapped = {r.column: r for r in copy.remaps}
-    by_value = _column_facts(copy)[1] if method == BY_VALUE else set()
     elements: list[sql.Composable] = []
     for column in copy.columns:
         if column in remapped:
@@ -201,16 +208,19 @@ def _target(copy: TableCopy, method: str) -> tuple[list[sql.Composable], sql.Com
     return elements, sql.Composed(joins)
 
 
-def source_query(copy: TableCopy, method: str = BY_VALUE) -> sql.Composed:
-    elements, source = _source(copy, method)
-    return sql.SQL("SELECT count(*), coalesce(sum({h}), 0) FROM {src}").format(
-        h=_row_hash(elements, method), src=source
+def _sum_query(side: Side, method: str) -> sql.Composed:
+    elements, from_clause = side
+    return sql.SQL("SELECT count(*), coalesce(sum({h}), 0) FROM {f}").format(
+        h=_row_hash(elements, method), f=from_clause
     )
 
 
+def source_query(copy: TableCopy, method: str = BY_VALUE) -> sql.Composed:
+    return _sum_query(_sides(copy, method)[0], method)
+
+
 def target_query(copy: TableCopy, method: str = BY_VALUE) -> sql.Composed:
-    elements, target = _target(copy, method)
-    return sql.SQL("SELECT count(*), coalesce(sum({h}), 0) FROM {t}").format(h=_row_hash(elements, method), t=target)
+    return _sum_query(_sides(copy, method)[1], method)
 
 
 DIGEST_MODULUS = 2**80
@@ -226,8 +236,7 @@ def fingerprints_of_keys(
 ) -> tuple[Fingerprint, Fingerprint]:
     """Source and target fingerprints of the rows of ``keys`` only (a key on neither side adds nothing)."""
     payload = [json.dumps(keys)]
-    source_elements, source = _source(copy, method)
-    target_elements, target = _target(copy, method)
+    (source_elements, source), (target_elements, target) = _sides(copy, method)
     return (
         _fingerprint(
             sql.SQL("SELECT count(*), coalesce(sum({h}), 0) FROM {f} WHERE {k}").format(
@@ -265,9 +274,10 @@ def target_fingerprint(copy: TableCopy, method: str = BY_VALUE) -> Fingerprint:
 
 def both_fingerprints(copy: TableCopy, method: str = BY_VALUE) -> tuple[Fingerprint, Fingerprint]:
     """Source and target fingerprints in one statement (one round trip; each side scanned as on its own)."""
+    source, target = _sides(copy, method)
     row = db.fetchone(
         sql.SQL("SELECT s.*, t.* FROM ({s}) s CROSS JOIN ({t}) t").format(
-            s=source_query(copy, method), t=target_query(copy, method)
+            s=_sum_query(source, method), t=_sum_query(target, method)
         )
     ) or (0, 0, 0, 0)
     return _as_fingerprint(row[0], row[1], method), _as_fingerprint(row[2], row[3], method)
@@ -281,8 +291,7 @@ def differing_keys(copy: TableCopy, limit: int = 10) -> list[tuple[object, ...]]
     """Keys of rows that differ or exist on one side only (run only after a mismatch)."""
     keys_s = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(k)) for k in copy.key)
     keys_t = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(k)) for k in copy.key)
-    source_elements, source = _source(copy, BY_VALUE)
-    target_elements, target = _target(copy, BY_VALUE)
+    (source_elements, source), (target_elements, target) = _sides(copy, BY_VALUE)
     src = sql.SQL("SELECT {k}, {h} AS h FROM {f}").format(k=keys_s, h=_row_hash(source_elements, BY_VALUE), f=source)
     tgt = sql.SQL("SELECT {k}, {h} AS h FROM {t}").format(k=keys_t, h=_row_hash(target_elements, BY_VALUE), t=target)
     order = sql.SQL(", ").join(sql.SQL(str(i + 1)) for i in range(len(copy.key)))

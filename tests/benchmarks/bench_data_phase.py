@@ -43,6 +43,7 @@ import argparse
 import os
 import platform
 import queue
+import re
 import shutil
 import statistics
 import subprocess
@@ -76,10 +77,28 @@ NAIVE_SCHEMA = "bench_naive"
 INDEX_BUILD_SETTINGS = {"maintenance_work_mem": "256MB"}
 QUICK_STATISTICS_TARGET = 10
 
-TARGETS = {"a/b": 0.8, "a/c": 1.5, "d/a": 1.0, "noop_ms": 20.0}
+# The tenant-scale issue's targets (it raised a/b from 0.8 and lowered d/a from 1.0); a/c and the
+# no-op bound are the spec's.
+TARGETS = {"a/b": 0.9, "a/c": 1.5, "d/a": 0.5, "noop_ms": 20.0}
 
 
 # --------------------------------------------------------------------------------------------- setup
+
+
+SECTION_START = "<!-- bench_data_phase: start -->"
+SECTION_END = "<!-- bench_data_phase: end -->"
+
+
+def write_results(text: str) -> None:
+    """This run replaces the last one's section; the other benchmarks' text and earlier runs kept as
+    history stay as they are."""
+    existing = RESULTS.read_text() if RESULTS.exists() else ""
+    pattern = re.compile(re.escape(SECTION_START) + r"\n.*?" + re.escape(SECTION_END), re.S)
+    section = f"{SECTION_START}\n{text.strip()}\n{SECTION_END}"
+    if pattern.search(existing):
+        RESULTS.write_text(pattern.sub(lambda _: section, existing, count=1))
+    else:
+        RESULTS.write_text(section + "\n\n" + existing)
 
 
 def database_name(url: str) -> str:
@@ -866,7 +885,7 @@ def main() -> None:
     text = report(args, facts, large, rss, noop)
     print(text)
     if not args.no_write:
-        RESULTS.write_text(text + "\n")
+        write_results(text)
 
 
 if __name__ == "__main__":

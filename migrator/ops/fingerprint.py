@@ -10,7 +10,7 @@ collation, ...: :func:`migrator.catalog.hashed_by_value`), every other column by
 keeps 1.0 apart from 1.00, jsonb, arrays, ...); PostgreSQL combines them (``hash_record_extended``),
 and that combination, which is linear in the column hashes, is hashed once more so that values
 swapped between rows change the sum. Turning every row into text and hashing that
-(:data:`BY_TEXT`, how fingerprints were made up to this release) costs about three times as much
+(:data:`BY_TEXT`, how fingerprints were made up to this release) costs about 2.5 times as much
 server time; a fingerprint recorded that way is still compared the way it was made
 (:func:`method_of`), so a migration validated by an earlier release cuts over with this one.
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from django.core.management.base import CommandError
-from django.db import connection
+from django.db import NotSupportedError, connection, transaction
 from psycopg import sql
 
 from migrator import catalog
@@ -47,12 +47,14 @@ def test_types_whose_equal_values_are_identical_are_hashed_by_value(seeded):
 
 
 def test_text_under_a_nondeterministic_collation_is_hashed_by_its_text(seeded):
-    if not value("SELECT EXISTS (SELECT 1 FROM pg_collation WHERE collprovider = 'i')"):
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(
+                "CREATE COLLATION public.fingerprint_ci (provider = icu, locale = 'und-u-ks-level2', "
+                "deterministic = false)"
+            )
+    except NotSupportedError:  # the embedded server: "ICU is not supported in this build"
         pytest.skip("this server is built without ICU, the only provider of nondeterministic collations")
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "CREATE COLLATION public.fingerprint_ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false)"
-        )
     assert not type_facts("text", "public.fingerprint_ci")
     assert type_facts("text", "C")
 

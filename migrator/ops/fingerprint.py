@@ -97,21 +97,18 @@ def _column_facts(copy: TableCopy) -> tuple[list[TypeDifference], set[str]]:
     legacy = {c.name: c for c in catalog.columns(copy.source_schema, copy.source_table)}
     target = {c.name: c for c in catalog.columns(copy.target_schema, copy.target_table)}
     remapped = {r.column for r in copy.remaps}
+    on_both_sides = [c for c in copy.columns if c not in remapped and c in legacy and c in target]
     differences = [
         TypeDifference(c, legacy[c].data_type, target[c].data_type)
-        for c in copy.columns
-        if c not in remapped and c in legacy and c in target and legacy[c].data_type != target[c].data_type
+        for c in on_both_sides
+        if legacy[c].data_type != target[c].data_type
     ]
-    converted = {d.column for d in differences}
+    # Both sides' types and collations must allow it: a cast keeps the legacy column's collation.
     by_value = {
         c
-        for c in copy.columns
-        if c not in remapped
-        and c in legacy
-        and c in target
-        and catalog.hashed_by_value(target[c].type_oid, target[c].collation_oid)
-        # a converted column is hashed as the target's type; an unconverted one may still differ in collation
-        and (c in converted or catalog.hashed_by_value(legacy[c].type_oid, legacy[c].collation_oid))
+        for c in on_both_sides
+        if catalog.hashed_by_value(target[c].type_oid, target[c].collation_oid)
+        and catalog.hashed_by_value(legacy[c].type_oid, legacy[c].collation_oid)
     }
     return differences, by_value
 

@@ -155,3 +155,72 @@ class DeferredConstraint(models.Model):
 
     def __str__(self) -> str:
         return f"{self.schema_name}.{self.table_name}: {self.name}"
+
+
+class Disposition(models.TextChoices):
+    """What the migrator does with a way a tenant's legacy tables differ from the expected shape."""
+
+    CARRIED = "CARRIED", "carried over exactly"
+    DECISION = "DECISION", "needs a decision"
+    DECIDED = "DECIDED", "decided by an option"
+    REFUSED = "REFUSED", "refused"
+
+
+class FindingKind(models.TextChoices):
+    MISSING_TABLE = "missing table"
+    NAME_CASE = "name differs in case"
+    UNKNOWN_TABLE = "unknown table with rows"
+    EXTRA_COLUMN = "extra column"
+    MISSING_COLUMN = "missing column"
+    TYPE = "column type"
+    NULLABILITY = "nullability"
+    DEFAULT = "default"
+    GENERATED = "generated column"
+    COLLATION = "collation"
+    ENUM = "enum type"
+    DOMAIN = "domain type"
+    PRIMARY_KEY = "primary key"
+    CONSTRAINT = "constraint"
+    INDEX = "index"
+    PARTITIONED = "partitioned table"
+    INHERITED = "inheritance child"
+    UNLOGGED = "unlogged table"
+    SEQUENCE = "sequence"
+    SHARED_SEQUENCE = "shared sequence"
+
+
+class DriftFinding(models.Model):
+    """One way one tenant's legacy tables differ from the shape the table registry expects.
+
+    Invariants: phase 1 writes a tenant's findings in one transaction that first deletes the tenant's
+    earlier ones, so the rows of a tenant are always one inspection's; a tenant with a finding whose
+    disposition is DECISION or REFUSED is not registered (its register step fails naming the finding).
+    DECIDED findings name the option that decided them (``decided_by``).
+    """
+
+    tenant_schema = models.CharField(max_length=63)
+    legacy_table = models.CharField(max_length=63)
+    kind = models.CharField(max_length=40, choices=FindingKind.choices)
+    object_name = models.CharField(max_length=200, blank=True, help_text="Column, constraint, index or table.")
+    detail = models.TextField(blank=True)
+    disposition = models.CharField(max_length=20, choices=Disposition.choices)
+    action = models.TextField(blank=True, help_text="What the migrator does, or the option that decides it.")
+    decided_by = models.CharField(max_length=200, blank=True)
+    inspected_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "migrator_drift_findings"
+        ordering = ["tenant_schema", "legacy_table", "kind", "object_name"]
+        indexes = [
+            models.Index(fields=["tenant_schema", "disposition"], name="migrator_drift_tenant_idx"),
+            models.Index(fields=["kind"], name="migrator_drift_kind_idx"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(disposition__in=Disposition.values), name="migrator_drift_disposition_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        where = f"{self.tenant_schema}.{self.legacy_table}" + (f".{self.object_name}" if self.object_name else "")
+        return f"{where}: {self.kind} ({self.get_disposition_display()})"

@@ -24,6 +24,7 @@ class MigrationState(models.TextChoices):
     LIVE = "LIVE", "Live (legacy archived)"
     FAILED = "FAILED", "Failed"
     ROLLED_BACK = "ROLLED_BACK", "Rolled back"
+    EXCLUDED = "EXCLUDED", "Left out (--skip-schema): legacy tables untouched"
 
 
 def validate_schema_not_reserved(schema_name: str) -> None:

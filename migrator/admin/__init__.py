@@ -1,5 +1,5 @@
-"""The operator's admin: read-only migration records, the progress dashboard, tenant state."""
+"""The operator's admin: read-only migration records, the progress dashboard, tenant state, the drift report."""
 
-from migrator.admin import records, tenants
+from migrator.admin import drift, records, tenants
 
-__all__ = ["records", "tenants"]
+__all__ = ["drift", "records", "tenants"]

@@ -8,6 +8,7 @@ from typing import Literal
 
 from migrator.config import MigratorConfig
 from migrator.core.errors import MigrationError
+from migrator.tables import LEGACY_TENANT_TABLES
 from salesflow.layout import TENANT_ID_RE, tenant_schema_name
 
 
@@ -50,6 +51,25 @@ def parse_schema_renames(pairs: list[str]) -> tuple[tuple[str, str], ...]:
     return tuple(renames.items())
 
 
+def parse_table_renames(pairs: list[str]) -> tuple[tuple[str, str, str], ...]:
+    """``SCHEMA.TABLE=LEGACY_TABLE`` options (the table as named in that schema, then the registry's name)."""
+    renames: dict[tuple[str, str], str] = {}
+    for pair in pairs:
+        left, sep, new = pair.partition("=")
+        schema, dot, old = left.partition(".")
+        if not sep or not dot or not schema or not old or not new:
+            raise MigrationError(
+                f"--rename-table {pair!r}: expected SCHEMA.TABLE=LEGACY_TABLE, e.g. tenant_acme.Contacts=contacts"
+            )
+        if new not in LEGACY_TENANT_TABLES:
+            raise MigrationError(
+                f"--rename-table {pair!r}: {new!r} is not a legacy tenant table; choose one of "
+                + ", ".join(LEGACY_TENANT_TABLES)
+            )
+        renames[(schema, old)] = new
+    return tuple((schema, old, new) for (schema, old), new in renames.items())
+
+
 ReferenceConflicts = Literal["refuse", "first-wins"]
 REFERENCE_CONFLICT_POLICIES: tuple[ReferenceConflicts, ...] = ("refuse", "first-wins")
 
@@ -63,10 +83,17 @@ class RunOptions:
     restore: bool = False  # rollback: restore the phase-1 backup
     drop_legacy: bool = False  # cutover: drop legacy tables instead of archiving them
     adopt_roles: bool = False  # security: use pre-existing NOLOGIN service roles (rollback never drops them)
-    # prepare: tenant_* schemas whose names are not valid tenant ids, left out on the operator's word
+    # tenant_* schemas left out on the operator's word: invalid names (prepare), or any tenant (every
+    # phase: the tenant is EXCLUDED, its legacy tables untouched)
     skip_schemas: tuple[str, ...] = ()
     # prepare: (schema, tenant id) pairs: the schema is renamed to tenant_<id> and migrated as that tenant
     rename_schemas: tuple[tuple[str, str], ...] = ()
+    # prepare: (schema, table as named, legacy table): a table named in another case is that legacy table
+    rename_tables: tuple[tuple[str, str, str], ...] = ()
+    # prepare: SCHEMA.TABLE patterns of tables the registry does not know, left where they are
+    leave_tables: tuple[str, ...] = ()
+    # prepare, data: SCHEMA.TABLE.NAME patterns of legacy constraints and indexes not carried over
+    leave_constraints: tuple[str, ...] = ()
     render_sql: bool = False  # plans carry the SQL of each step (--plan, -v 3)
     target_database: str | None = None  # rehearse: the scratch database (default <database>_rehearsal)
     replace_target: bool = False  # rehearse: drop an existing scratch database that is not a rehearsal copy
@@ -121,8 +148,9 @@ class MigrationContext:
         from tenants.models import MigrationState, Tenant
 
         states = dict(Tenant.objects.order_by("tenant_id").values_list("tenant_id", "migration_state"))
+        left_out = (MigrationState.NEW, MigrationState.EXCLUDED)
         if not self.tenant_filter:
-            return [TenantRef(t) for t, state in states.items() if state != MigrationState.NEW]
+            return [TenantRef(t) for t, state in states.items() if state not in left_out]
         for tenant_id in self.tenant_filter:
             if tenant_id not in states:
                 raise MigrationError(
@@ -132,5 +160,10 @@ class MigrationContext:
             if states[tenant_id] == MigrationState.NEW:
                 raise MigrationError(
                     f"tenant {tenant_id!r} was created in the target layout; it has nothing to migrate"
+                )
+            if states[tenant_id] == MigrationState.EXCLUDED:
+                raise MigrationError(
+                    f"tenant {tenant_id!r} was left out with --skip-schema; `migrate_phase prepare --tenant "
+                    f"{tenant_id}` takes it back"
                 )
         return [TenantRef(t) for t in self.tenant_filter]

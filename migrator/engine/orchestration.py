@@ -17,6 +17,7 @@ from migrator.django_migrations import bootstrap_apps, legacy_registry_present, 
 from migrator.engine import tracking
 from migrator.engine.lock import MigratorLock
 from migrator.engine.runner import EventCallback, PhaseOutcome, PhaseRunner, pending_steps
+from salesflow.layout import tenant_id_from_schema
 
 # A phase that wrote at least this many tracking rows refreshes the table's statistics (see tracking.analyze).
 ANALYZE_TRACKING_FROM_STEPS = 1000
@@ -90,6 +91,37 @@ def cap_jobs(ctx: MigrationContext) -> str | None:
     )
 
 
+def exclude_skipped_tenants(ctx: MigrationContext, phase: Phase) -> list[str]:
+    """Tenants named by --skip-schema that are registered: EXCLUDED from now on (recorded under ``phase``).
+
+    A live tenant cannot be left out (its legacy tables are archived already), nor one the run also
+    selects with --tenant. Schemas that are no registered tenant are prepare's to judge.
+    """
+    from tenants.models import MigrationState, Tenant
+
+    named = {tenant_id_from_schema(schema): schema for schema in ctx.options.skip_schemas}
+    named.pop(None, None)
+    if not named:
+        return []
+    both = [t for t in ctx.tenant_filter if t in named]
+    if both:
+        raise MigrationError(f"tenant {both[0]!r} is given both --tenant and --skip-schema; choose one")
+    states = dict(Tenant.objects.filter(tenant_id__in=list(named)).values_list("tenant_id", "migration_state"))
+    live = sorted(t for t, state in states.items() if state == MigrationState.LIVE)
+    if live:
+        raise MigrationError(
+            f"--skip-schema {named[live[0]]}: tenant {live[0]} is live (its legacy tables are archived); "
+            "it cannot be left out now: roll it back first with `migrate_phase rollback`"
+        )
+    if phase.name != "prepare":
+        unknown = sorted(s for t, s in named.items() if t not in states and not catalog.schema_exists(s))
+        if unknown:
+            raise MigrationError(f"--skip-schema {unknown[0]!r}: no tenant_* schema of that name in this database")
+    todo = sorted(t for t, state in states.items() if state not in (MigrationState.EXCLUDED, MigrationState.NEW))
+    tracking.record_exclusions(phase.name, phase.number, [str(t) for t in todo], "--skip-schema")
+    return [str(t) for t in todo]
+
+
 @dataclass
 class PlannedPhase:
     phase: Phase
@@ -128,6 +160,15 @@ def run_phases(
         if notice := cap_jobs(ctx):
             on_event(Event("notice", phases[0].name, message=notice))
         tracking.close_interrupted()  # whatever a dead run left RUNNING, in any phase
+        excluded = exclude_skipped_tenants(ctx, phases[0])
+        if excluded:
+            on_event(
+                Event(
+                    "notice",
+                    phases[0].name,
+                    message=f"left out by --skip-schema from now on: {', '.join(excluded)} (legacy tables untouched)",
+                )
+            )
         for phase in phases:
             ctx.forget_tenants()  # an earlier phase may have registered tenants
             planned = plan_phase(phase, ctx)

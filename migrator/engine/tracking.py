@@ -339,3 +339,34 @@ def analyze() -> None:
                 sql.SQL("ANALYZE {}").format(sql.Identifier(get_public_schema_name(), MigrationRecord._meta.db_table))
             )
         )
+
+
+def record_exclusions(phase: str, phase_number: int | None, tenant_ids: list[str], reason: str) -> None:
+    """Set each tenant EXCLUDED and record it as a completed ``exclude`` step of ``phase``, together."""
+    from django.db import transaction
+
+    from tenants.models import MigrationState, Tenant
+
+    if not tenant_ids:
+        return
+    now = timezone.now()
+    with transaction.atomic():
+        for tenant_id in tenant_ids:
+            key = f"{phase}/{tenant_id}/exclude"
+            previous = MigrationRecord.objects.filter(migration_id=key).order_by("-attempt").first()
+            MigrationRecord.objects.create(
+                migration_id=key,
+                description=f"Leave tenant {tenant_id} out of this and every later phase ({reason})",
+                status=Status.COMPLETED,
+                phase=phase,
+                phase_number=phase_number,
+                tenant_id=tenant_id,
+                step="exclude",
+                attempt=(previous.attempt + 1) if previous else 1,
+                started_at=now,
+                completed_at=now,
+                host=HOST,
+                pid=os.getpid(),
+                details={"excluded_by": reason},
+            )
+        Tenant.objects.filter(tenant_id__in=tenant_ids).update(migration_state=MigrationState.EXCLUDED)

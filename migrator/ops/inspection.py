@@ -33,6 +33,10 @@ def rename_schema(old: str, new: str) -> None:
     db.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new)))
 
 
+def rename_table(schema: str, old: str, new: str) -> None:
+    db.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(schema, old), sql.Identifier(new)))
+
+
 def _inspect_tables(schema: str, tables: tuple[str, ...], model_for: dict[str, str]) -> dict[str, Any]:
     present = catalog.tables_by_schema([schema])[schema]
     report: dict[str, Any] = {"schema": schema, "tables": {}, "missing": [], "unmapped": {}}

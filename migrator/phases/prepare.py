@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from django.db import transaction
@@ -15,8 +15,9 @@ from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.django_migrations import BOOTSTRAP_APPS, legacy_registry_present, migrate_schema
-from migrator.ops import backup, binaries, inspection, registry, rehearsal, restore
-from salesflow.layout import is_reserved_schema, tenant_schema_name
+from migrator.models import Disposition, DriftFinding, FindingKind
+from migrator.ops import backup, binaries, drift, inspection, registry, rehearsal, restore
+from salesflow.layout import is_reserved_schema, tenant_id_from_schema, tenant_schema_name
 from tenants.models import MigrationState, Tenant
 
 MIN_SERVER_VERSION = 150000
@@ -42,6 +43,92 @@ def created_new() -> set[str]:
     return set(Tenant.objects.filter(migration_state=MigrationState.NEW).values_list("tenant_id", flat=True))
 
 
+def drift_decisions(ctx: MigrationContext) -> drift.Decisions:
+    """What the operator's options decide about drift."""
+    return drift.Decisions(
+        skip_schemas=frozenset(ctx.options.skip_schemas),
+        rename_tables={(schema, old): new for schema, old, new in ctx.options.rename_tables},
+        leave_tables=ctx.options.leave_tables,
+        leave_constraints=ctx.options.leave_constraints,
+    )
+
+
+def drift_findings(ctx: MigrationContext, inspected: str, schema: str) -> list[drift.Finding]:
+    """Findings of the schema ``inspected``, reported as ``schema``'s (they differ before a --rename-schema)."""
+    decisions = drift_decisions(ctx)
+    if inspected != schema:
+        decisions = replace(
+            decisions,
+            rename_tables={
+                (inspected, old): new for (where, old), new in decisions.rename_tables.items() if where == schema
+            },
+        )
+    ((_, findings),) = list(drift.inspect_schemas([inspected], decisions))
+    return [replace(f, schema=schema) for f in findings] if inspected != schema else findings
+
+
+def record_findings(schema: str, findings: list[drift.Finding]) -> None:
+    """Replace the tenant's recorded findings by these, in one transaction."""
+    with transaction.atomic():
+        DriftFinding.objects.filter(tenant_schema=schema).delete()
+        DriftFinding.objects.bulk_create(
+            DriftFinding(
+                tenant_schema=f.schema,
+                legacy_table=f.table,
+                kind=f.kind,
+                object_name=f.object_name,
+                detail=f.detail,
+                disposition=f.disposition,
+                action=f.action,
+                decided_by=f.decided_by,
+            )
+            for f in findings
+        )
+
+
+def rename_decided_tables(ctx: MigrationContext, schema: str) -> dict[str, str]:
+    """Rename the tables of ``schema`` that --rename-table maps to a legacy table (old name -> new name)."""
+    done: dict[str, str] = {}
+    for where, old, new in ctx.options.rename_tables:
+        if where == schema and catalog.table_exists(schema, old) and not catalog.table_exists(schema, new):
+            inspection.rename_table(schema, old, new)
+            done[old] = new
+    return done
+
+
+def drift_report(ctx: MigrationContext) -> list[drift.FindingGroup]:
+    """The drift of every tenant prepare would inspect, grouped across tenants (reads only: for --plan)."""
+    valid, _invalid = inspection.discover_tenant_schemas(ctx.config.legacy_auth_schema, ctx.config.archive_schema)
+    new = created_new()
+    valid = [t for t in valid if t not in new]
+    if ctx.tenant_filter:
+        valid = [t for t in valid if t in ctx.tenant_filter]
+    schemas = [tenant_schema_name(t) for t in valid]
+    findings = (f.as_dict() for _schema, found in drift.inspect_schemas(schemas, drift_decisions(ctx)) for f in found)
+    return drift.group_findings(findings)
+
+
+def excluded_tenants(tenant_ids: tuple[str, ...] | None = None) -> set[str]:
+    """Registered tenants left out with --skip-schema (EXCLUDED), of ``tenant_ids`` if given."""
+    if not catalog.table_exists("public", "tenants") or legacy_registry_present():
+        return set()
+    rows = Tenant.objects.filter(migration_state=MigrationState.EXCLUDED)
+    if tenant_ids is not None:
+        rows = rows.filter(tenant_id__in=tenant_ids)
+    return set(rows.values_list("tenant_id", flat=True))
+
+
+def register_excluded(tenant_id: str) -> None:
+    """Record a tenant left out before it was registered: in the registry as EXCLUDED (so every later run
+    leaves it out too), its legacy schema untouched."""
+    if not Tenant.objects.filter(tenant_id=tenant_id).exists():
+        tenant = Tenant(
+            tenant_id=tenant_id, name=tenant_id.replace("_", " ").title(), migration_state=MigrationState.EXCLUDED
+        )
+        tenant.auto_create_schema = False
+        tenant.save()
+
+
 @dataclass
 class InvalidSchemas:
     """The ``tenant_*`` schemas whose names are not valid tenant ids, and what the operator said about them."""
@@ -49,14 +136,16 @@ class InvalidSchemas:
     excluded: list[dict[str, object]] = field(default_factory=list)  # {"schema", "rows", "reason"}
     renamed: dict[str, str] = field(default_factory=dict)  # old schema -> new tenant id (still to rename)
     blocking: dict[str, int] = field(default_factory=dict)  # schema -> rows: holds data, no decision given
+    skipped_tenants: list[str] = field(default_factory=list)  # valid tenant ids left out by --skip-schema
 
 
 def resolve_invalid_schemas(ctx: MigrationContext, invalid: list[str], valid: list[str]) -> InvalidSchemas:
     """Sort the invalid schemas into left out (operator's --skip-schema, or holding no rows), renamed
-    (--rename-schema) and blocking (data nobody decided about: migrating without them would lose it).
+    (--rename-schema) and blocking (data nobody decided about: migrating without them would lose it);
+    and the valid tenants the operator left out with --skip-schema.
 
-    An option naming a schema that is not an invalid ``tenant_*`` schema is an error: a typo must
-    not pass for a decision.
+    An option naming a schema that is neither an invalid ``tenant_*`` schema nor a tenant's is an
+    error: a typo must not pass for a decision.
     """
     cfg = ctx.config
     candidates = [name for name in invalid if not is_reserved_schema(name, cfg.legacy_auth_schema, cfg.archive_schema)]
@@ -65,13 +154,13 @@ def resolve_invalid_schemas(ctx: MigrationContext, invalid: list[str], valid: li
     for name in [*skip, *renames]:
         if name in skip and name in renames:
             raise MigrationError(f"schema {name!r} is given both --skip-schema and --rename-schema; choose one")
-    for name in sorted(skip):
-        if name not in candidates:
-            raise MigrationError(
-                f"--skip-schema {name!r}: no tenant_* schema of that name with an invalid tenant id "
-                "in this database (valid tenants are selected with --tenant)"
-            )
     result = InvalidSchemas()
+    for name in sorted(skip):
+        tenant_id = tenant_id_from_schema(name)
+        if tenant_id is not None and tenant_id in valid:
+            result.skipped_tenants.append(tenant_id)
+        elif name not in candidates:
+            raise MigrationError(f"--skip-schema {name!r}: no tenant_* schema of that name in this database")
     for old, new in sorted(renames.items()):
         target = tenant_schema_name(new)
         if old in candidates:
@@ -82,7 +171,7 @@ def resolve_invalid_schemas(ctx: MigrationContext, invalid: list[str], valid: li
             raise MigrationError(
                 f"--rename-schema {old}={new}: no tenant_* schema {old!r} with an invalid tenant id in this database"
             )
-    for name in candidates:
+    for name in [*candidates, *(tenant_schema_name(t) for t in result.skipped_tenants)]:
         if name in result.renamed:
             continue
         rows = inspection.rows_in_schema(name)
@@ -134,24 +223,32 @@ class PreparePhase(Phase):
             ),
             self.step("discover", "Find tenant_* schemas; report names that are not valid tenant ids"),
         ]
+        if ctx.options.skip_schemas or ctx.options.rename_schemas:  # a decision since: discover again
+            steps[-1] = replace(steps[-1], rerun=True)
+        taken_back = excluded_tenants(ctx.tenant_filter) if ctx.tenant_filter else set()
         for tenant in self._tenants(ctx):
-            steps.append(
-                self.step(
-                    "register",
-                    f"Inspect {tenant.schema} and register tenant {tenant.tenant_id} in public.tenants",
-                    tenant_id=tenant.tenant_id,
-                    target=tenant.schema,
-                )
+            step = self.step(
+                "register",
+                f"Inspect {tenant.schema} (drift report) and register tenant {tenant.tenant_id} in public.tenants",
+                tenant_id=tenant.tenant_id,
+                target=tenant.schema,
             )
+            # `prepare --tenant ID` of a tenant left out with --skip-schema takes it back.
+            steps.append(replace(step, rerun=True) if tenant.tenant_id in taken_back else step)
         return steps
 
     def _tenants(self, ctx: MigrationContext) -> list[TenantRef]:
         valid, invalid = inspection.discover_tenant_schemas(ctx.config.legacy_auth_schema, ctx.config.archive_schema)
         new = created_new()
         valid = [t for t in valid if t not in new]
-        renamed = resolve_invalid_schemas(ctx, invalid, valid).renamed
-        valid = sorted([*valid, *renamed.values()])
+        decided = resolve_invalid_schemas(ctx, invalid, valid)
+        # Left out now or by an earlier run (EXCLUDED); `--tenant ID` takes one back.
+        left_out = (set(decided.skipped_tenants) | excluded_tenants()) - set(ctx.tenant_filter)
+        valid = sorted([*(t for t in valid if t not in left_out), *decided.renamed.values()])
         if ctx.tenant_filter:
+            skipped = [t for t in ctx.tenant_filter if t in decided.skipped_tenants]
+            if skipped:
+                raise MigrationError(f"tenant {skipped[0]!r} is given both --tenant and --skip-schema; choose one")
             missing = [t for t in ctx.tenant_filter if t not in valid]
             if missing:
                 raise MigrationError(
@@ -287,16 +384,23 @@ class PreparePhase(Phase):
                 "pass --rename-schema NAME=NEW_ID to migrate one as tenant NEW_ID, or --skip-schema NAME to leave it "
                 "out"
             )
-        message = f"{len(valid) + len(decided.renamed)} tenant schemas"
+        for tenant_id in decided.skipped_tenants:  # registered as EXCLUDED, their drift recorded as decided
+            schema = tenant_schema_name(tenant_id)
+            register_excluded(tenant_id)
+            record_findings(schema, drift_findings(ctx, schema, schema))
+        message = f"{len(valid) + len(decided.renamed) - len(decided.skipped_tenants)} tenant schemas"
+        if decided.skipped_tenants:
+            message += f"; {len(decided.skipped_tenants)} tenants left out by --skip-schema"
         if new:
             message += f"; {len(new)} tenants created in the target layout left out"
         if decided.renamed:
             message += "; to rename: " + ", ".join(
                 f"{old!r} -> tenant_{new_id}" for old, new_id in decided.renamed.items()
             )
+        invalid_excluded = [e for e in decided.excluded if e["schema"] in invalid]
         if invalid:
-            message += f"; skipped {len(decided.excluded)} schemas whose names are not valid tenant ids: " + ", ".join(
-                f"{entry['schema']!r} ({entry['rows']} rows, {entry['reason']})" for entry in decided.excluded[:10]
+            message += f"; skipped {len(invalid_excluded)} schemas whose names are not valid tenant ids: " + ", ".join(
+                f"{entry['schema']!r} ({entry['rows']} rows, {entry['reason']})" for entry in invalid_excluded[:10]
             )
         return StepResult(
             message=message,
@@ -313,13 +417,31 @@ class PreparePhase(Phase):
         tenant = TenantRef(step.tenant_id or "")
         renamed_from = next((old for old, new in ctx.options.rename_schemas if new == tenant.tenant_id), None)
         details: dict[str, object] = {}
-        # The rename and the registration commit together: a kill leaves either the old name and no
-        # tenant, or the new name and the tenant (a rerun then only registers).
+        inspected = tenant.schema
+        if (
+            renamed_from is not None
+            and catalog.schema_exists(renamed_from)
+            and not catalog.schema_exists(tenant.schema)
+        ):
+            inspected = renamed_from
+        findings = drift_findings(ctx, inspected, tenant.schema)
+        record_findings(tenant.schema, findings)  # kept whether or not the tenant is refused below
+        blocking = [f for f in findings if f.blocks]
+        if blocking:
+            raise MigrationError(
+                f"{tenant.schema} not registered: {len(blocking)} drift finding(s) refuse it or need a decision: "
+                + "; ".join(f.line() for f in blocking)
+            )
+        # The renames and the registration commit together: a kill leaves either the old names and no
+        # tenant, or the new names and the tenant (a rerun then only registers).
         with transaction.atomic():
             if renamed_from is not None:
                 details["renamed_from"] = renamed_from
-                if catalog.schema_exists(renamed_from) and not catalog.schema_exists(tenant.schema):
+                if inspected == renamed_from:
                     inspection.rename_schema(renamed_from, tenant.schema)
+            renamed_tables = rename_decided_tables(ctx, tenant.schema)
+            if renamed_tables:
+                details["renamed_tables"] = renamed_tables
             report = inspection.inspect_tenant_schema(tenant.schema)
             registered = Tenant.objects.filter(tenant_id=tenant.tenant_id).first()
             if registered is None:
@@ -334,6 +456,10 @@ class PreparePhase(Phase):
         message = inspection.describe_report(report)
         if renamed_from is not None:
             message = f"schema {renamed_from!r} renamed to {tenant.schema}; " + message
+        drifted = [f for f in findings if f.kind != FindingKind.MISSING_TABLE or f.disposition != Disposition.CARRIED]
+        if drifted:
+            message += f"; drift: {len(drifted)} finding(s), carried or decided"
+        details["drift"] = [f.as_dict() for f in findings]
         return StepResult(message=message, rows_expected=rows, details={"inspection": report, **details})
 
     def _check_backup(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:

@@ -10,6 +10,7 @@ from migrator import db
 from migrator.models import MigrationRecord, Status
 from migrator.ops.capture import Lag, lag
 from migrator.phases import ORDERED
+from salesflow.layout import tenant_id_from_schema
 
 GLOBAL = "*"
 # The phase-wide cell of a phase that plans no phase-wide step: nothing to wait for.
@@ -29,7 +30,9 @@ class StatusReport:
 
     @property
     def complete(self) -> bool:
-        return self.cells_done == self.cells_to_do
+        """Every cell done and no step failed: a tenant refused before it was registered has no cell,
+        only its failed step."""
+        return self.cells_done == self.cells_to_do and not self.failures
 
     @property
     def cells_to_do(self) -> int:
@@ -67,16 +70,22 @@ def cell_state(statuses: set[str]) -> str:
 
 
 def excluded_schemas() -> list[dict[str, object]]:
-    """The schemas phase 1's latest completed discovery left out, with their row counts."""
+    """The schemas phase 1's latest completed discovery left out, with their row counts, and the tenants
+    left out since (state EXCLUDED)."""
+    from tenants.models import MigrationState, Tenant
+
     discover = (
         MigrationRecord.objects.filter(phase="prepare", step="discover", status=Status.COMPLETED)
         .order_by("-completed_at", "-id")
         .only("details")
         .first()
     )
-    if discover is None:
-        return []
-    return list(discover.details.get("excluded_schemas") or [])
+    found = list(discover.details.get("excluded_schemas") or []) if discover is not None else []
+    listed = {entry["schema"] for entry in found}
+    for schema in Tenant.objects.filter(migration_state=MigrationState.EXCLUDED).values_list("schema_name", flat=True):
+        if schema not in listed:
+            found.append({"schema": schema, "rows": None, "reason": "--skip-schema"})
+    return found
 
 
 def latest_statuses(phases: list[str]) -> dict[tuple[str, str], set[str]]:
@@ -104,21 +113,26 @@ def status_report() -> StatusReport:
     from tenants.models import MigrationState
 
     tenants = list(
-        Tenant.objects.exclude(migration_state=MigrationState.NEW)
+        Tenant.objects.exclude(migration_state__in=[MigrationState.NEW, MigrationState.EXCLUDED])
         .order_by("tenant_id")
         .values_list("tenant_id", flat=True)
     )
     report = StatusReport(phases, [GLOBAL, *tenants])
     statuses = latest_statuses(phases)
+    report.excluded = excluded_schemas()
+    left_out = {tenant_id_from_schema(str(entry["schema"])) for entry in report.excluded}
     # Failed attempts are few: only they are read as records (the latest of their step).
-    report.failures = list(MigrationRecord.objects.filter(phase__in=phases, status=Status.FAILED).latest_attempts())
+    report.failures = [
+        record
+        for record in MigrationRecord.objects.filter(phase__in=phases, status=Status.FAILED).latest_attempts()
+        if record.tenant_id is None or record.tenant_id not in left_out
+    ]
     for phase in phases:
         for scope in report.scopes:
             if scope == GLOBAL and phase in tenant_steps_only:
                 report.cells[(phase, scope)] = NOT_APPLICABLE
             else:
                 report.cells[(phase, scope)] = cell_state(statuses.get((phase, scope), set()))
-    report.excluded = excluded_schemas()
     report.lag = lag()
     report.failures.sort(key=lambda r: r.completed_at or r.started_at or r.id, reverse=True)
     return report

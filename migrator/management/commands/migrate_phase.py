@@ -19,6 +19,7 @@ from migrator.core.context import (
     MigrationContext,
     RunOptions,
     parse_schema_renames,
+    parse_table_renames,
     validate_tenant_ids,
 )
 from migrator.core.errors import MigrationError
@@ -28,6 +29,8 @@ from migrator.engine.runner import PhaseOutcome
 from migrator.management.arguments import MAX_BATCH_SIZE, batch_size, non_negative, percent, positive, seconds
 from migrator.management.output import ConsoleReporter, outcome_dict, outcome_summary, rehearsal_lines
 from migrator.phases import ORDERED, get_phase, phase_choices, phases_help
+from migrator.phases.prepare import PreparePhase, drift_report
+from migrator.reports.drift import recorded_drift, report_lines
 from migrator.reports.status import GLOBAL, StatusReport, status_report
 
 
@@ -135,8 +138,33 @@ class Command(BaseCommand):
             action="append",
             default=[],
             metavar="NAME",
-            help="prepare: leave out this tenant_* schema whose name is not a valid tenant id "
-            "(its data is not migrated; recorded and shown as excluded by status); repeatable.",
+            help="every phase: leave out this tenant_* schema (a tenant, or a schema whose name is not a valid "
+            "tenant id) from this and every later phase; its legacy tables stay untouched, it is recorded and "
+            "shown as EXCLUDED by status; `prepare --tenant ID` takes a tenant back; repeatable.",
+        )
+        parser.add_argument(
+            "--rename-table",
+            action="append",
+            default=[],
+            metavar="SCHEMA.TABLE=LEGACY",
+            help='prepare: the table TABLE of SCHEMA, named in another case (e.g. "Contacts"), is the legacy '
+            "table LEGACY: phase 1 renames it to LEGACY and it is migrated as that table; repeatable.",
+        )
+        parser.add_argument(
+            "--leave-table",
+            action="append",
+            default=[],
+            metavar="SCHEMA.TABLE",
+            help="prepare: a table the registry does not know that holds rows is left where it is, not "
+            "migrated (patterns: '*.notes_2019'); repeatable.",
+        )
+        parser.add_argument(
+            "--leave-constraint",
+            action="append",
+            default=[],
+            metavar="SCHEMA.TABLE.NAME",
+            help="prepare, data: a legacy constraint, index or domain check the new table would not enforce is "
+            "left behind deliberately (recorded; patterns: '*.contacts.owner_fk'); repeatable.",
         )
         parser.add_argument(
             "--rename-schema",
@@ -263,6 +291,9 @@ class Command(BaseCommand):
                 adopt_roles=options["adopt_roles"],
                 skip_schemas=tuple(dict.fromkeys(options["skip_schema"])),
                 rename_schemas=parse_schema_renames(options["rename_schema"]),
+                rename_tables=parse_table_renames(options["rename_table"]),
+                leave_tables=tuple(dict.fromkeys(options["leave_table"])),
+                leave_constraints=tuple(dict.fromkeys(options["leave_constraint"])),
                 render_sql=options["plan"] or options["verbosity"] >= 3,
                 interactive=options["interactive"],
                 target_database=options["target_database"],
@@ -291,19 +322,22 @@ class Command(BaseCommand):
         if name == "rehearse" and outcomes and outcomes[0].ok:
             self._rehearsal_report(outcomes[0])
             return
+        drift = recorded_drift() if any(o.phase == PreparePhase.name and o.planned for o in outcomes) else None
         if not self.json:
+            if drift is not None and self.verbosity >= 1:
+                self._write_drift(drift)
             if self.verbosity >= 1:
                 for outcome in outcomes:
                     style = self.style.SUCCESS if outcome.ok else self.style.ERROR
                     self.stdout.write(style(outcome_summary(outcome)))
         elif not self.json_lines:  # jsonl: each phase had its line as it ended
-            self.stdout.write(
-                json.dumps(
-                    {"ok": all(o.ok for o in outcomes), "phases": [outcome_dict(o) for o in outcomes]},
-                    indent=2,
-                    default=str,
-                )
-            )
+            document: dict[str, object] = {
+                "ok": all(o.ok for o in outcomes),
+                "phases": [outcome_dict(o) for o in outcomes],
+            }
+            if drift is not None:
+                document["drift"] = [group.as_dict() for group in drift]
+            self.stdout.write(json.dumps(document, indent=2, default=str))
         failed = [(o.phase, step, error) for o in outcomes for step, error in o.failed]
         if failed:
             phase, step, error = failed[0]
@@ -311,6 +345,11 @@ class Command(BaseCommand):
                 f"phase {phase} failed: {len(failed)} step(s) failed, first {step.label}: {error} "
                 f"-- fix the cause and rerun `migrate_phase {phase}` to resume"
             )
+
+    def _write_drift(self, groups: list[Any]) -> None:
+        for number, line in enumerate(report_lines(groups)):
+            blocking = number > 0 and groups[number - 1].disposition in ("REFUSED", "DECISION")
+            self.stdout.write(self.style.ERROR(line) if blocking else line)
 
     def _outcome_line(self, outcome: PhaseOutcome) -> None:
         if self.json_lines:
@@ -346,11 +385,13 @@ class Command(BaseCommand):
     def _plan(self, phases: list[Phase], ctx: MigrationContext, check: bool, show: bool) -> None:
         planned = [orchestration.plan_phase(phase, ctx) for phase in phases]
         pending = sum(len(p.steps) for p in planned)
+        drift = drift_report(ctx) if show and any(p.name == PreparePhase.name for p in phases) else None
         if self.json:
             self.stdout.write(
                 json.dumps(
                     {
                         "pending": pending,
+                        **({"drift": [group.as_dict() for group in drift]} if drift is not None else {}),
                         "phases": [
                             {
                                 "phase": p.phase.name,
@@ -382,6 +423,8 @@ class Command(BaseCommand):
                     self.stdout.write(f"  {step.label}{marker}: {step.description}")
                     for statement in step.sql:
                         self.stdout.write(f"      {statement}")
+            if drift is not None:
+                self._write_drift(drift)
         if check:
             if pending:
                 if not self.json:
@@ -423,10 +466,9 @@ class Command(BaseCommand):
                 self.style.ERROR(f"FAILED {record.migration_id} (attempt {record.attempt}): {record.error_message}")
             )
         for entry in report.excluded:
+            rows = "its rows" if entry["rows"] is None else f"{entry['rows']} rows"
             self.stdout.write(
-                self.style.WARNING(
-                    f"EXCLUDED {entry['schema']!r}: {entry['rows']} rows not migrated ({entry['reason']})"
-                )
+                self.style.WARNING(f"EXCLUDED {entry['schema']!r}: {rows} not migrated ({entry['reason']})")
             )
         for lag in report.lag:
             age = "-" if lag.oldest_seconds is None else f"{lag.oldest_seconds:.1f}s"

@@ -8,7 +8,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from django.apps import apps
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 from django_tenants.utils import schema_context
 from psycopg import sql
@@ -294,37 +294,50 @@ def crud_types() -> tuple[Any, Any]:
 def crud_problems(schema: str, types: tuple[Any, Any] | None = None) -> list[str]:
     """Create, read, update and delete a contact and an activity through the ORM, then roll it all back.
 
+    Only the tenant's new tables are written (the ORM's models are theirs): the rows go with the
+    rollback; the ids the inserts draw are the new tables' own (gaps, as after any rolled-back insert).
+    A failure is one problem naming the tenant's table it happened on.
+
     ``types``: :func:`crud_types`, read once for several tenants; read here when not given."""
     from salesflow.activity_data.models import Activity
     from salesflow.contact_data.models import Contact
 
+    contacts, activities = Contact._meta.db_table, Activity._meta.db_table
     problems: list[str] = []
-    with transaction.atomic(), in_schema(schema):
-        contact_type, activity_type = types if types is not None else crud_types()
-        now = timezone.now()
-        contact = Contact.objects.create(
-            first_name="Verify",
-            last_name="Ünïcode ✓",
-            created_at=now,
-            contact_type=contact_type,
-            custom_fields={"check": True},
-        )
-        contact_id = contact.pk  # delete() clears it
-        if Contact.objects.get(pk=contact_id).last_name != "Ünïcode ✓":
-            problems.append("contact read back differs")
-        Contact.objects.filter(pk=contact.pk).update(company="Verified Inc")
-        if Contact.objects.get(pk=contact.pk).company != "Verified Inc":
-            problems.append("contact update not visible")
-        if activity_type is not None:
-            activity = Activity.objects.create(
-                contact=contact, activity_type=activity_type, subject="verify", created_at=now
+    table = contacts  # the table the statement running now writes or reads
+    try:
+        with transaction.atomic(), in_schema(schema):
+            contact_type, activity_type = types if types is not None else crud_types()
+            now = timezone.now()
+            contact = Contact.objects.create(
+                first_name="Verify",
+                last_name="Ünïcode ✓",
+                created_at=now,
+                contact_type=contact_type,
+                custom_fields={"check": True},
             )
-            contact.delete()  # the database cascades to the activity
-            if Activity.objects.filter(pk=activity.pk).exists():
-                problems.append("deleting a contact left its activity behind")
-        else:
-            contact.delete()
-        if Contact.objects.filter(pk=contact_id).exists():
-            problems.append("contact delete not visible")
-        transaction.set_rollback(True)
+            contact_id = contact.pk  # delete() clears it
+            if Contact.objects.get(pk=contact_id).last_name != "Ünïcode ✓":
+                problems.append(f"{schema}.{contacts}: contact read back differs")
+            Contact.objects.filter(pk=contact.pk).update(company="Verified Inc")
+            if Contact.objects.get(pk=contact.pk).company != "Verified Inc":
+                problems.append(f"{schema}.{contacts}: contact update not visible")
+            if activity_type is not None:
+                table = activities
+                activity = Activity.objects.create(
+                    contact=contact, activity_type=activity_type, subject="verify", created_at=now
+                )
+                table = contacts
+                contact.delete()  # the database cascades to the activity
+                if Activity.objects.filter(pk=activity.pk).exists():
+                    problems.append(f"{schema}.{activities}: deleting a contact left its activity behind")
+            else:
+                contact.delete()
+            if Contact.objects.filter(pk=contact_id).exists():
+                problems.append(f"{schema}.{contacts}: contact delete not visible")
+            transaction.set_rollback(True)
+    except DatabaseError as exc:  # the transaction is rolled back: nothing it wrote stays
+        text = str(exc).strip()
+        line = text.splitlines()[0] if text else type(exc).__name__
+        problems.append(f"{schema}.{table}: create, read, update, delete through the ORM failed: {line}")
     return problems

@@ -9,8 +9,8 @@ from psycopg import sql
 from migrator import db
 from migrator.engine import tracking
 from migrator.models import Status
-from migrator.ops.load_test import KEY_QUERIES, LEGACY, NEW
-from tests.helpers import run
+from migrator.ops.load_test import KEY_QUERIES, LEGACY, NEW, WRITE
+from tests.helpers import run, table_fingerprint
 
 TENANTS = ["acme_0001", "globex_0002"]
 
@@ -21,6 +21,8 @@ def load_record():
 
 def test_load_test_records_figures_for_both_layouts(migrated):
     run("migrate_phase", "security", interactive=False)
+    tables = [(f"tenant_{tenant}", table) for tenant in TENANTS for table in ("contacts", "contact_data_contacts")]
+    before = {table: table_fingerprint(*table) for table in tables}
     run("migrate_phase", "verify", interactive=False, load_clients=3, load_seconds=2.0, load_queries=300)
 
     record = load_record()
@@ -30,7 +32,8 @@ def test_load_test_records_figures_for_both_layouts(migrated):
     assert figures["tenants"] == 3
     for layout in (LEGACY, NEW):
         queries = figures["layouts"][layout]["queries"]
-        assert set(queries) == set(KEY_QUERIES)
+        # the legacy tables are only read: the write runs on the new ones
+        assert set(queries) == set(KEY_QUERIES) - ({WRITE} if layout == LEGACY else set())
         for name, stats in queries.items():
             assert stats["error"] is None, (layout, name, stats["error"])
             assert stats["queries"] >= 1
@@ -38,13 +41,7 @@ def test_load_test_records_figures_for_both_layouts(migrated):
             assert 0 < stats["p50_ms"] <= stats["p95_ms"] <= stats["p99_ms"]
     assert "queries/s" in record.details["message"]
     # every write was rolled back
-    for tenant in TENANTS:
-        for table in ("contacts", "contact_data_contacts"):
-            assert not db.fetchvalue(
-                sql.SQL("SELECT count(*) FROM {} WHERE email = 'load-test@example.invalid'").format(
-                    sql.Identifier(f"tenant_{tenant}", table)
-                )
-            )
+    assert {table: table_fingerprint(*table) for table in tables} == before
 
 
 def test_load_test_fails_when_a_key_index_of_the_new_tables_is_missing(migrated):

@@ -63,6 +63,9 @@ class RunOptions:
     restore: bool = False  # rollback: restore the phase-1 backup
     drop_legacy: bool = False  # cutover: drop legacy tables instead of archiving them
     adopt_roles: bool = False  # security: use pre-existing NOLOGIN service roles (rollback never drops them)
+    # data (and what re-checks its copies): the zone legacy timestamps are wall-clock times of
+    # (None: the database's default timezone setting)
+    legacy_timezone: str | None = None
     # prepare: tenant_* schemas whose names are not valid tenant ids, left out on the operator's word
     skip_schemas: tuple[str, ...] = ()
     # prepare: (schema, tenant id) pairs: the schema is renamed to tenant_<id> and migrated as that tenant

@@ -250,3 +250,14 @@ def hashed_by_value(type_oid: int, collation_oid: int) -> bool:
     if builtin:
         _hashed_by_value_builtin[key] = found
     return found
+
+
+def timezone_known(name: str) -> bool:
+    """Whether the server knows the time zone ``name`` (exactly as ``SET timezone`` would take it)."""
+    return bool(db.fetchvalue("SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = %s)", [name]))
+
+
+def database_timezone() -> str:
+    """The time zone a new session of this database starts with: the database's or role's setting,
+    else the server's. ``reset_val``, not the current setting, which Django sets to its TIME_ZONE."""
+    return str(db.fetchvalue("SELECT reset_val FROM pg_settings WHERE name = 'TimeZone'"))

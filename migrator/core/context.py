@@ -83,6 +83,9 @@ class RunOptions:
     restore: bool = False  # rollback: restore the phase-1 backup
     drop_legacy: bool = False  # cutover: drop legacy tables instead of archiving them
     adopt_roles: bool = False  # security: use pre-existing NOLOGIN service roles (rollback never drops them)
+    # data (and what re-checks its copies): the zone legacy timestamps are wall-clock times of
+    # (None: the database's default timezone setting)
+    legacy_timezone: str | None = None
     # tenant_* schemas left out on the operator's word: invalid names (prepare), or any tenant (every
     # phase: the tenant is EXCLUDED, its legacy tables untouched)
     skip_schemas: tuple[str, ...] = ()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from argparse import ArgumentTypeError
 from collections.abc import Callable
 
@@ -36,6 +37,16 @@ def seconds(value: str) -> float:
     if not 0 < number <= 3600:
         raise ArgumentTypeError(f"expected more than 0 and at most 3600 seconds, got {value}")
     return number
+
+
+_TIME_ZONE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+)*$")
+
+
+def time_zone_name(value: str) -> str:
+    """A time zone name's shape (Area/Location, UTC, Etc/GMT+5); the server says whether it knows it."""
+    if not _TIME_ZONE_NAME.match(value):
+        raise ArgumentTypeError(f"expected a time zone name such as America/New_York, got {value!r}")
+    return value
 
 
 def percent(value: str) -> float:

@@ -23,10 +23,12 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-from django.db import DatabaseError, connection, transaction
+import psycopg
+from django.db import DatabaseError, DataError, connection, transaction
 from psycopg import sql
 
 from migrator import catalog, db
+from migrator.core.context import RunOptions
 from migrator.core.errors import MigrationError
 from migrator.core.steps import StepReporter
 
@@ -51,6 +53,9 @@ class TableCopy:
     columns: tuple[str, ...]
     key: tuple[str, ...] = ("id",)
     remaps: tuple[Remap, ...] = field(default_factory=tuple)
+    # The legacy application's time zone: legacy ``timestamp`` values copied into ``timestamptz``
+    # columns are read as wall-clock times of this zone (None: the session's, as an implicit cast does).
+    legacy_timezone: str | None = None
 
     @property
     def source(self) -> sql.Identifier:
@@ -64,14 +69,23 @@ class TableCopy:
         return sql.Identifier("map_" + remap.column)
 
     def select_list(self) -> sql.Composed:
-        """Source expressions in target column order, remapped columns taken from the map."""
+        """Source expressions in target column order, remapped columns taken from the map, legacy
+        timestamps read in the legacy application's zone."""
         remapped = {r.column: r for r in self.remaps}
+        zoned = set(zoned_columns(self)) if self.legacy_timezone is not None else set()
         return sql.SQL(", ").join(
             sql.SQL("{}.new_id").format(self._remap_alias(remapped[c]))
             if c in remapped
+            else self.in_legacy_zone(sql.SQL("s.{}").format(sql.Identifier(c)))
+            if c in zoned
             else sql.SQL("s.{}").format(sql.Identifier(c))
             for c in self.columns
         )
+
+    def in_legacy_zone(self, value: sql.Composable) -> sql.Composed:
+        """A legacy ``timestamp`` as the instant it names in the legacy zone (and an instant back as that
+        zone's wall-clock time): explicit, so no session setting decides it."""
+        return sql.SQL("({} AT TIME ZONE {})").format(value, sql.Literal(self.legacy_timezone))
 
     def from_clause(self, remaps: tuple[Remap, ...] | None = None) -> sql.Composed:
         """The source aliased ``s``, joined to the map for ``remaps`` (default: all of them)."""
@@ -127,6 +141,211 @@ class TableCopy:
 
     def preview(self) -> str:
         return db.render(self.insert_batch_sql(bounded=True))
+
+
+@dataclass(frozen=True)
+class TypeDifference:
+    """A legacy column whose type differs from its target column's (``format_type`` spellings)."""
+
+    column: str
+    legacy_type: str
+    target_type: str
+    legacy_type_oid: int = field(default=0, compare=False)
+    target_type_oid: int = field(default=0, compare=False)
+
+    def __str__(self) -> str:
+        return f"{self.column} ({self.legacy_type} in the legacy table, {self.target_type} in the target)"
+
+
+TIMESTAMP_OID = 1114  # timestamp without time zone
+TIMESTAMPTZ_OID = 1184
+JSON_OID = 114
+JSONB_OID = 3802
+
+
+def type_differences(copy: TableCopy) -> list[TypeDifference]:
+    """Copied columns whose legacy type is not the target's (remapped reference columns are translated
+    ids, not conversions)."""
+    legacy = {c.name: c for c in catalog.columns(copy.source_schema, copy.source_table)}
+    target = {c.name: c for c in catalog.columns(copy.target_schema, copy.target_table)}
+    remapped = {r.column for r in copy.remaps}
+    return [
+        TypeDifference(c, legacy[c].data_type, target[c].data_type, legacy[c].type_oid, target[c].type_oid)
+        for c in copy.columns
+        if c not in remapped and c in legacy and c in target and legacy[c].data_type != target[c].data_type
+    ]
+
+
+def zoned_columns(copy: TableCopy) -> tuple[str, ...]:
+    """Legacy ``timestamp`` columns copied into ``timestamptz`` ones: they need the legacy zone."""
+    return tuple(
+        d.column
+        for d in type_differences(copy)
+        if d.legacy_type_oid == TIMESTAMP_OID and d.target_type_oid == TIMESTAMPTZ_OID
+    )
+
+
+LEGACY_TIMEZONE_OPTION = "--legacy-timezone"
+DATABASE_SETTING = "database setting"
+
+
+def legacy_timezone(options: RunOptions) -> tuple[str, str]:
+    """The legacy application's time zone and where it came from (``--legacy-timezone`` or the
+    database's default ``timezone`` setting, the one a new session of the legacy application gets)."""
+    if options.legacy_timezone is None:
+        return catalog.database_timezone(), DATABASE_SETTING
+    if not catalog.timezone_known(options.legacy_timezone):
+        raise MigrationError(
+            f"--legacy-timezone {options.legacy_timezone!r}: no such time zone on this server; give a name from "
+            "pg_timezone_names, e.g. America/New_York or UTC"
+        )
+    return options.legacy_timezone, LEGACY_TIMEZONE_OPTION
+
+
+# Conversions the catalog proves exact, so no row needs to be read: (legacy type, target type) by
+# format_type spelling; a varchar(n) or numeric(p,s) into the same type without a limit as well.
+_WIDENINGS = {
+    ("smallint", "integer"),
+    ("smallint", "bigint"),
+    ("integer", "bigint"),
+    ("smallint", "numeric"),
+    ("integer", "numeric"),
+    ("bigint", "numeric"),
+    ("character varying", "text"),
+}
+
+
+def _provably_exact(difference: TypeDifference) -> bool:
+    legacy, target = difference.legacy_type, difference.target_type
+    unlimited = legacy.split("(", 1)[0] if legacy.endswith(")") else legacy
+    return (legacy, target) in _WIDENINGS or (unlimited, target) in {
+        ("character varying", "text"),
+        ("character varying", "character varying"),
+        ("numeric", "numeric"),
+    }
+
+
+def _round_trip(copy: TableCopy, difference: TypeDifference, value: sql.Composable) -> sql.Composed:
+    """``value`` (legacy type) converted as the copy converts it, then back into the legacy type."""
+    if copy.legacy_timezone is not None and difference.column in zoned_columns(copy):
+        return copy.in_legacy_zone(copy.in_legacy_zone(value))
+    return sql.SQL("CAST(CAST({v} AS {target}) AS {legacy})").format(
+        v=value, target=sql.SQL(difference.target_type), legacy=sql.SQL(difference.legacy_type)
+    )
+
+
+def _changed_by_conversion(copy: TableCopy, difference: TypeDifference, value: sql.Composable) -> sql.Composed:
+    """True where the target column cannot hold ``value`` exactly (a cast that raises aside).
+
+    A value is exact when converting it and back gives the same legacy value: by the legacy type's
+    equality where equal values are identical (see :func:`catalog.hashed_by_value`), else by the text
+    (numeric 2.0 into bigint comes back as 2: the scale is lost). ``json`` into ``jsonb`` is the
+    exception: jsonb rewrites the spelling of every object (so the text would never compare), and
+    what it loses is the duplicate keys of an object (it keeps the last).
+    """
+    if difference.legacy_type_oid == JSON_OID and difference.target_type_oid == JSONB_OID:
+        # CAST ... IS NULL is never true; it makes a value jsonb refuses (\u0000) raise here.
+        return sql.SQL("(CAST({v} AS jsonb) IS NULL OR {dup})").format(v=value, dup=_duplicate_keys(value))
+    legacy = {c.name: c for c in catalog.columns(copy.source_schema, copy.source_table)}[difference.column]
+    back = _round_trip(copy, difference, value)
+    if catalog.hashed_by_value(legacy.type_oid, legacy.collation_oid):
+        return sql.SQL("({} IS DISTINCT FROM {})").format(back, value)
+    return sql.SQL('(({})::text COLLATE "C" IS DISTINCT FROM ({})::text COLLATE "C")').format(back, value)
+
+
+def _duplicate_keys(value: sql.Composable) -> sql.Composed:
+    """Whether a json value holds an object with the same key twice, at any depth."""
+    return sql.SQL(
+        "EXISTS (WITH RECURSIVE node(j) AS (SELECT {v} UNION ALL SELECT c.value FROM node CROSS JOIN LATERAL "
+        "(SELECT e.value FROM json_each(CASE WHEN json_typeof(node.j) = 'object' THEN node.j END) e "
+        "UNION ALL SELECT a.value FROM json_array_elements(CASE WHEN json_typeof(node.j) = 'array' THEN node.j END) a"
+        ") c) SELECT FROM node WHERE json_typeof(node.j) = 'object' "
+        "AND (SELECT count(*) <> count(DISTINCT k) FROM json_object_keys(node.j) k))"
+    ).format(v=value)
+
+
+SAMPLE_KEYS = 5
+
+
+def _inexact_rows(copy: TableCopy, difference: TypeDifference) -> tuple[int, list[str]]:
+    """Rows whose ``difference.column`` the target cannot hold exactly, and the first few keys: one query.
+
+    Set-based first; a cast that raises (a value out of the target's range, text jsonb refuses)
+    aborts that query, so it runs in a savepoint and, if it raised, again through a function that
+    catches the error value by value (made for this column in pg_temp and dropped after).
+    """
+    column = sql.SQL("s.{}").format(sql.Identifier(difference.column))
+    keys = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(k)) for k in copy.key)
+    query = sql.SQL(
+        "SELECT count(*), (array_agg({key}::text ORDER BY {keys}))[1:%s] FROM {src} s WHERE {c} IS NOT NULL AND {bad}"
+    )
+    try:
+        with transaction.atomic():
+            row = db.fetchone(
+                query.format(
+                    key=copy.key_row(),
+                    keys=keys,
+                    src=copy.source,
+                    c=column,
+                    bad=_changed_by_conversion(copy, difference, column),
+                ),
+                [SAMPLE_KEYS],
+            )
+    except (DataError, psycopg.errors.DataException):
+        with transaction.atomic():
+            function = sql.Identifier("pg_temp", "migrator_inexact_value")
+            body = sql.SQL("BEGIN RETURN {bad}; EXCEPTION WHEN data_exception THEN RETURN true; END").format(
+                bad=_changed_by_conversion(copy, difference, sql.SQL("v"))
+            )
+            db.execute(
+                sql.SQL("CREATE FUNCTION {f}(v {t}) RETURNS boolean LANGUAGE plpgsql AS {body}").format(
+                    f=function, t=sql.SQL(difference.legacy_type), body=sql.Literal(db.render(body))
+                )
+            )
+            row = db.fetchone(
+                query.format(
+                    key=copy.key_row(),
+                    keys=keys,
+                    src=copy.source,
+                    c=column,
+                    bad=sql.SQL("{f}({c})").format(f=function, c=column),
+                ),
+                [SAMPLE_KEYS],
+            )
+            db.execute(sql.SQL("DROP FUNCTION {f}({t})").format(f=function, t=sql.SQL(difference.legacy_type)))
+    count, keys_found = row or (0, [])
+    return int(count), list(keys_found or [])
+
+
+def refuse_inexact_conversions(copy: TableCopy) -> list[TypeDifference]:
+    """Refuse, before anything is copied, a table with a value its target column cannot hold exactly.
+
+    Every converted column is checked (one query each) and all of them are named in one line; a
+    value is never rounded, cut or rewritten by the copy. Returns the columns of another type.
+    """
+    differences = type_differences(copy)
+    problems = []
+    for difference in differences:
+        if _provably_exact(difference):
+            continue
+        count, keys = _inexact_rows(copy, difference)
+        if count:
+            what = (
+                "objects with a key twice (jsonb keeps only the last)"
+                if (difference.legacy_type_oid, difference.target_type_oid) == (JSON_OID, JSONB_OID)
+                else "values it cannot hold exactly (they would be rounded, cut, shifted or out of range)"
+            )
+            problems.append(
+                f"{copy.source_schema}.{copy.source_table}.{difference.column} ({difference.legacy_type}) has "
+                f"{count} rows of {what} for {copy.target_schema}.{copy.target_table}.{difference.column} "
+                f"({difference.target_type}), e.g. {'/'.join(copy.key)} {', '.join(keys)}"
+            )
+    if problems:
+        raise MigrationError(
+            "; ".join(problems) + "; nothing was copied: correct those rows in the legacy table (or change the "
+            "target column's type to one that holds them), then rerun the phase"
+        )
+    return differences
 
 
 ASYNC_COMMIT = "SELECT set_config('synchronous_commit', 'off', true)"
@@ -347,6 +566,8 @@ def copy_table(copy: TableCopy, batch_size: int, reporter: StepReporter = SILENT
 
 
 def _copy_table(copy: TableCopy, batch_size: int, reporter: StepReporter) -> CopyStats:
+    # Every run, a resumed one too: legacy rows may have changed since the last.
+    refuse_inexact_conversions(copy)
     total, missing = _scan_source(copy)
     if missing:
         _refuse_unmapped(copy, missing)

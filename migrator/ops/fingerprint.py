@@ -17,9 +17,19 @@ server time; a fingerprint recorded that way is still compared the way it was ma
 A remapped reference column is hashed as the *code* (merge key) of the row it points at, read from
 the legacy reference table on the source side and from the shared table on the target side, never
 as the remapped id: an id translated through a stale map on both sides would look equal while
-pointing at another type. A legacy column of another type than its target column (``timestamp``
-into ``timestamptz``, ``json`` into ``jsonb``, ``char(20)`` into ``text``) is hashed as the target's
-type, the conversion the copy made, so rows compare by value and not by their legacy spelling.
+pointing at another type.
+
+A legacy column of another type than its target column is compared in the legacy type's terms
+(:data:`EXACT`, recorded as "rows:v3:digest"): the legacy value as it is on the source side, the
+target value cast back to the legacy type on the target side, so a lossy conversion (1.50 into a
+bigint as 2) can never make two different values hash equal. Two conversions are compared
+otherwise: a legacy ``timestamp`` read in the legacy application's zone into ``timestamptz`` is
+compared as the instant on both sides (``s.c AT TIME ZONE zone`` and ``t.c``); ``json`` into
+``jsonb`` as the jsonb (jsonb rewrites every object's spelling; what it loses, an object's duplicate
+keys, the copy refuses beforehand: :func:`migrator.ops.copy.refuse_inexact_conversions`). Releases
+before this one hashed such a column as the legacy value cast to the target's type (:data:`BY_VALUE`,
+"v2"), which any lossy cast passes; a fingerprint recorded that way is still compared that way. A
+table without converted columns hashes the same either way and is still recorded as "v2".
 """
 
 from __future__ import annotations
@@ -32,15 +42,19 @@ from psycopg import sql
 
 from migrator import catalog, db
 from migrator.ops.capture import keys_filter
-from migrator.ops.copy import Remap, TableCopy
+from migrator.ops.copy import JSON_OID, JSONB_OID, Remap, TableCopy, TypeDifference, type_differences, zoned_columns
 from migrator.tables import reference_table
 
 # One side of a comparison: the elements each row's hash is made of, and the FROM clause they are read from.
 Side = tuple[list[sql.Composable], sql.Composed]
 
-BY_VALUE = "value"  # recorded as "rows:v2:digest"
+EXACT = "exact"  # recorded as "rows:v3:digest": converted columns compared in the legacy type's terms
+BY_VALUE = "value"  # recorded as "rows:v2:digest": converted columns as the target's type (earlier releases)
 BY_TEXT = "text"  # recorded as "rows:digest" (releases before BY_VALUE)
-_BY_VALUE_MARK = "v2"
+# What a new fingerprint is made with: EXACT where the table has converted columns, else BY_VALUE
+# (the same hashes; the record keeps the form earlier releases read).
+CURRENT = "current"
+_MARKS = {BY_VALUE: "v2", EXACT: "v3"}
 
 
 @dataclass(frozen=True)
@@ -52,14 +66,15 @@ class Fingerprint:
     def __str__(self) -> str:
         if self.method == BY_TEXT:
             return f"{self.rows}:{self.digest}"
-        return f"{self.rows}:{_BY_VALUE_MARK}:{self.digest}"
+        return f"{self.rows}:{_MARKS[self.method]}:{self.digest}"
 
 
 def method_of(recorded: str | None) -> str:
     """The method a recorded fingerprint was made with (the current one when nothing was recorded)."""
     if recorded is None:
-        return BY_VALUE
-    return BY_VALUE if recorded.split(":")[1:2] == [_BY_VALUE_MARK] else BY_TEXT
+        return CURRENT
+    mark = recorded.split(":")[1:2]
+    return next((method for method, m in _MARKS.items() if [m] == mark), BY_TEXT)
 
 
 @dataclass(frozen=True)
@@ -75,34 +90,13 @@ class Comparison:
         return str(self.source) == str(self.target)
 
 
-@dataclass(frozen=True)
-class TypeDifference:
-    """A legacy column whose type differs from its target column's."""
-
-    column: str
-    legacy_type: str
-    target_type: str
-
-    def __str__(self) -> str:
-        return f"{self.column} ({self.legacy_type} in the legacy table, {self.target_type} in the target)"
-
-
-def type_differences(copy: TableCopy) -> list[TypeDifference]:
-    """Copied columns whose legacy type is not the target's (remapped reference columns aside)."""
-    return _column_facts(copy)[0]
-
-
 def _column_facts(copy: TableCopy) -> tuple[list[TypeDifference], set[str]]:
     """Columns whose legacy type differs from the target's, and the columns both sides can hash by value."""
     legacy = {c.name: c for c in catalog.columns(copy.source_schema, copy.source_table)}
     target = {c.name: c for c in catalog.columns(copy.target_schema, copy.target_table)}
     remapped = {r.column for r in copy.remaps}
     on_both_sides = [c for c in copy.columns if c not in remapped and c in legacy and c in target]
-    differences = [
-        TypeDifference(c, legacy[c].data_type, target[c].data_type)
-        for c in on_both_sides
-        if legacy[c].data_type != target[c].data_type
-    ]
+    differences = type_differences(copy)
     # Both sides' types and collations must allow it: a cast keeps the legacy column's collation.
     by_value = {
         c
@@ -144,26 +138,51 @@ def _reference_elements(alias: str, remap: Remap, method: str) -> list[sql.Compo
     return [is_null, _as_text(code)]  # legacy and shared code columns may differ in type: both as text
 
 
-def _sides(copy: TableCopy, method: str) -> tuple[Side, Side]:
-    """(hashed elements, FROM clause) of the source side and of the target side, from one catalog read."""
+def _sides(copy: TableCopy, method: str) -> tuple[Side, Side, str]:
+    """(hashed elements, FROM clause) of the source side and of the target side, from one catalog read,
+    and the method they are made with (``CURRENT`` resolved)."""
     differences, by_value = _column_facts(copy)
-    return _source(copy, method, differences, by_value), _target(copy, method, by_value)
+    if method == CURRENT:
+        method = EXACT if differences else BY_VALUE
+    source_values, target_values = _converted_values(copy, method, differences)
+    return (
+        _source(copy, method, source_values, by_value),
+        _target(copy, method, target_values, by_value),
+        method,
+    )
 
 
-def _source(copy: TableCopy, method: str, differences: list[TypeDifference], by_value: set[str]) -> Side:
+Values = dict[str, sql.Composable]  # column -> the expression hashed instead of the column itself
+
+
+def _converted_values(copy: TableCopy, method: str, differences: list[TypeDifference]) -> tuple[Values, Values]:
+    """What each side hashes for the columns of another type (see the module docstring)."""
+    source: Values = {}
+    target: Values = {}
+    zoned = set(zoned_columns(copy)) if copy.legacy_timezone is not None else set()
+    for d in differences:
+        legacy_value = sql.SQL("s.{}").format(sql.Identifier(d.column))
+        target_value = sql.SQL("t.{}").format(sql.Identifier(d.column))
+        if method != EXACT or (d.legacy_type_oid, d.target_type_oid) == (JSON_OID, JSONB_OID):
+            # format_type() output of the target column, PostgreSQL's own spelling of a type
+            source[d.column] = sql.SQL("{}::{}").format(legacy_value, sql.SQL(d.target_type))
+        elif d.column in zoned:
+            source[d.column] = copy.in_legacy_zone(legacy_value)
+        else:
+            target[d.column] = sql.SQL("CAST({} AS {})").format(target_value, sql.SQL(d.legacy_type))
+    return source, target
+
+
+def _source(copy: TableCopy, method: str, values: Values, by_value: set[str]) -> Side:
     """(hashed elements, FROM clause) of the source side, aliased ``s``."""
     remapped = {r.column: r for r in copy.remaps}
-    converted = {d.column: d.target_type for d in differences}
     elements: list[sql.Composable] = []
     for column in copy.columns:
         if column in remapped:
             elements += _reference_elements("s", remapped[column], method)
-        elif column in converted:
-            # format_type() output of the target column, PostgreSQL's own spelling of a type
-            value = sql.SQL("s.{}::{}").format(sql.Identifier(column), sql.SQL(converted[column]))
-            elements.append(_column_element(value, column, by_value, method))
         else:
-            elements.append(_column_element(sql.SQL("s.{}").format(sql.Identifier(column)), column, by_value, method))
+            value = values.get(column, sql.SQL("s.{}").format(sql.Identifier(column)))
+            elements.append(_column_element(value, column, by_value, method))
     joins = [sql.SQL("{} s").format(copy.source)]
     for remap in copy.remaps:
         if catalog.table_exists(copy.source_schema, remap.reference_table):
@@ -183,7 +202,7 @@ def _source(copy: TableCopy, method: str, differences: list[TypeDifference], by_
     return elements, sql.Composed(joins)
 
 
-def _target(copy: TableCopy, method: str, by_value: set[str]) -> Side:
+def _target(copy: TableCopy, method: str, values: Values, by_value: set[str]) -> Side:
     """(hashed elements, FROM clause) of the target side, aliased ``t``."""
     remapped = {r.column: r for r in copy.remaps}
     elements: list[sql.Composable] = []
@@ -191,7 +210,8 @@ def _target(copy: TableCopy, method: str, by_value: set[str]) -> Side:
         if column in remapped:
             elements += _reference_elements("t", remapped[column], method)
         else:
-            elements.append(_column_element(sql.SQL("t.{}").format(sql.Identifier(column)), column, by_value, method))
+            value = values.get(column, sql.SQL("t.{}").format(sql.Identifier(column)))
+            elements.append(_column_element(value, column, by_value, method))
     joins = [sql.SQL("{} t").format(copy.target)]
     for remap in copy.remaps:
         shared = reference_table(remap.reference_table)
@@ -212,12 +232,14 @@ def _sum_query(side: Side, method: str) -> sql.Composed:
     )
 
 
-def source_query(copy: TableCopy, method: str = BY_VALUE) -> sql.Composed:
-    return _sum_query(_sides(copy, method)[0], method)
+def source_query(copy: TableCopy, method: str = CURRENT) -> sql.Composed:
+    source, _target, method = _sides(copy, method)
+    return _sum_query(source, method)
 
 
-def target_query(copy: TableCopy, method: str = BY_VALUE) -> sql.Composed:
-    return _sum_query(_sides(copy, method)[1], method)
+def target_query(copy: TableCopy, method: str = CURRENT) -> sql.Composed:
+    _source, target, method = _sides(copy, method)
+    return _sum_query(target, method)
 
 
 DIGEST_MODULUS = 2**80
@@ -228,12 +250,10 @@ def _fingerprint(query: sql.Composed, method: str, params: Sequence[object] | No
     return _as_fingerprint(rows, total, method)
 
 
-def fingerprints_of_keys(
-    copy: TableCopy, keys: list[object], method: str = BY_VALUE
-) -> tuple[Fingerprint, Fingerprint]:
+def fingerprints_of_keys(copy: TableCopy, keys: list[object], method: str = CURRENT) -> tuple[Fingerprint, Fingerprint]:
     """Source and target fingerprints of the rows of ``keys`` only (a key on neither side adds nothing)."""
     payload = [json.dumps(keys)]
-    (source_elements, source), (target_elements, target) = _sides(copy, method)
+    (source_elements, source), (target_elements, target), method = _sides(copy, method)
     return (
         _fingerprint(
             sql.SQL("SELECT count(*), coalesce(sum({h}), 0) FROM {f} WHERE {k}").format(
@@ -261,17 +281,19 @@ def replaced(whole: Fingerprint, before: Fingerprint, after: Fingerprint) -> Fin
     return Fingerprint(whole.rows - before.rows + after.rows, format(digest, "020x"), whole.method)
 
 
-def source_fingerprint(copy: TableCopy, method: str = BY_VALUE) -> Fingerprint:
-    return _fingerprint(source_query(copy, method), method)
+def source_fingerprint(copy: TableCopy, method: str = CURRENT) -> Fingerprint:
+    source, _target, method = _sides(copy, method)
+    return _fingerprint(_sum_query(source, method), method)
 
 
-def target_fingerprint(copy: TableCopy, method: str = BY_VALUE) -> Fingerprint:
-    return _fingerprint(target_query(copy, method), method)
+def target_fingerprint(copy: TableCopy, method: str = CURRENT) -> Fingerprint:
+    _source, target, method = _sides(copy, method)
+    return _fingerprint(_sum_query(target, method), method)
 
 
-def both_fingerprints(copy: TableCopy, method: str = BY_VALUE) -> tuple[Fingerprint, Fingerprint]:
+def both_fingerprints(copy: TableCopy, method: str = CURRENT) -> tuple[Fingerprint, Fingerprint]:
     """Source and target fingerprints in one statement (one round trip; each side scanned as on its own)."""
-    source, target = _sides(copy, method)
+    source, target, method = _sides(copy, method)
     row = db.fetchone(
         sql.SQL("SELECT s.*, t.* FROM ({s}) s CROSS JOIN ({t}) t").format(
             s=_sum_query(source, method), t=_sum_query(target, method)
@@ -288,9 +310,9 @@ def differing_keys(copy: TableCopy, limit: int = 10) -> list[tuple[object, ...]]
     """Keys of rows that differ or exist on one side only (run only after a mismatch)."""
     keys_s = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(k)) for k in copy.key)
     keys_t = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(k)) for k in copy.key)
-    (source_elements, source), (target_elements, target) = _sides(copy, BY_VALUE)
-    src = sql.SQL("SELECT {k}, {h} AS h FROM {f}").format(k=keys_s, h=_row_hash(source_elements, BY_VALUE), f=source)
-    tgt = sql.SQL("SELECT {k}, {h} AS h FROM {t}").format(k=keys_t, h=_row_hash(target_elements, BY_VALUE), t=target)
+    (source_elements, source), (target_elements, target), method = _sides(copy, CURRENT)
+    src = sql.SQL("SELECT {k}, {h} AS h FROM {f}").format(k=keys_s, h=_row_hash(source_elements, method), f=source)
+    tgt = sql.SQL("SELECT {k}, {h} AS h FROM {t}").format(k=keys_t, h=_row_hash(target_elements, method), t=target)
     order = sql.SQL(", ").join(sql.SQL(str(i + 1)) for i in range(len(copy.key)))
     query = sql.SQL(
         "SELECT DISTINCT {cols} FROM (({a}) EXCEPT ({b}) UNION ALL (({b}) EXCEPT ({a}))) d ORDER BY {order} LIMIT %s"

@@ -14,7 +14,7 @@ from migrator.models import Status
 from migrator.ops import archive, fingerprint, reference
 from migrator.ops.copy import TableCopy
 from migrator.phases import online
-from migrator.phases.data import DataPhase, auth_copy, tenant_copy, validation_fingerprints
+from migrator.phases.data import DataPhase, auth_copy, in_legacy_timezone, tenant_copy, validation_fingerprints
 from migrator.tables import AUTH_TABLES, LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES, REFERENCE_TABLES, TENANT_DATA_TABLES
 from tenants.models import MigrationState, Tenant
 
@@ -149,7 +149,9 @@ class CutoverPhase(Phase):
             )
         data_phase = DataPhase()
         validated = {
-            data_phase.step("validate", "", tenant.tenant_id, spec.target_table).key: tenant_copy(tenant, spec)
+            data_phase.step("validate", "", tenant.tenant_id, spec.target_table).key: in_legacy_timezone(
+                ctx, tenant_copy(tenant, spec)
+            )
             for spec in TENANT_DATA_TABLES
         }
         # Checked and moved in one transaction, with the legacy tables locked first: no legacy write
@@ -183,7 +185,9 @@ class CutoverPhase(Phase):
             return online.switch_scope(ctx, cfg.legacy_auth_schema, list(LEGACY_AUTH_TABLES), cfg.legacy_auth_schema)
         data_phase = DataPhase()
         validated = {
-            data_phase.step("validate", "", None, f"auth.{table}").key: auth_copy(cfg.legacy_auth_schema, table)
+            data_phase.step("validate", "", None, f"auth.{table}").key: in_legacy_timezone(
+                ctx, auth_copy(cfg.legacy_auth_schema, table)
+            )
             for table in LEGACY_AUTH_TABLES
         }
         with transaction.atomic():  # as for a tenant: locked, checked and moved in one transaction

@@ -5,20 +5,27 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from dataclasses import replace
 
+from django.db.models import QuerySet
+
 from migrator import catalog, db
 from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
+from migrator.models import MigrationRecord, Status
 from migrator.ops import constraints, fingerprint, reference
 from migrator.ops.copy import (
+    LEGACY_TIMEZONE_OPTION,
     Remap,
     TableCopy,
     analyze,
     copy_table,
+    legacy_timezone,
     reset_identity,
     source_rows_up_to,
     table_fence,
+    type_differences,
+    zoned_columns,
 )
 from migrator.phases import online
 from migrator.tables import (
@@ -33,6 +40,7 @@ from migrator.tables import (
     reference_table,
     unmapped_columns,
 )
+from salesflow.layout import tenant_id_from_schema
 from tenants.models import MigrationState
 
 
@@ -58,8 +66,71 @@ def tenant_copy(tenant: TenantRef, spec: TenantDataTable) -> TableCopy:
     )
 
 
+def _zoned_copies() -> QuerySet[MigrationRecord]:
+    """Completed copies (not rolled back) that read legacy timestamps in a legacy zone."""
+    return (
+        MigrationRecord.objects.latest_attempts()
+        .filter(phase="data", step__in=("copy_table", "copy_auth"), status=Status.COMPLETED)
+        .filter(details__has_key="legacy_timezone")
+    )
+
+
+def recorded_timezone(ctx: MigrationContext, scope: str) -> str | None:
+    """The legacy zone the scope's completed copies read legacy timestamps in (None: none did)."""
+    tenant_id = None if scope == ctx.config.legacy_auth_schema else tenant_id_from_schema(scope)
+    zones = _zoned_copies().filter(tenant_id=tenant_id).order_by("-id").values_list("details__legacy_timezone")
+    return next((str(zone) for (zone,) in zones), None)
+
+
+def _refuse_another_timezone(ctx: MigrationContext, zone: str) -> None:
+    """Before anything runs: a ``--legacy-timezone`` other than the one a scope in this run was copied in."""
+    copies = _zoned_copies().exclude(details__legacy_timezone=zone)
+    if ctx.tenant_filter:
+        copies = copies.filter(tenant_id__in=ctx.tenant_filter)
+    found = copies.values_list("tenant_id", "details__legacy_timezone").first()
+    if found is not None:
+        tenant_id, recorded = found
+        _refuse_timezone(TenantRef(tenant_id).schema if tenant_id else ctx.config.legacy_auth_schema, recorded, zone)
+
+
+def _refuse_timezone(scope: str, recorded: str, zone: str) -> None:
+    raise MigrationError(
+        f"{scope}: its legacy timestamps were copied as times of {recorded}, not {zone}; reading the rest in "
+        f"{zone} would mix two zones: rerun with --legacy-timezone {recorded} (or roll the tenant back to "
+        "copy it again in another zone)"
+    )
+
+
+def scope_timezone(ctx: MigrationContext, scope: str) -> str:
+    """The zone a scope's (a tenant schema's or the legacy auth schema's) legacy timestamps are read in.
+
+    The one its earlier copies used, so that copying, validating, syncing and cutting over never read
+    one table's timestamps in two zones: a ``--legacy-timezone`` that contradicts it is refused; a
+    database setting changed since is not followed.
+    """
+    zone, origin = legacy_timezone(ctx.options)
+    recorded = recorded_timezone(ctx, scope)
+    if recorded is None or recorded == zone:
+        return zone
+    if origin == LEGACY_TIMEZONE_OPTION:
+        _refuse_timezone(scope, recorded, zone)
+    return recorded
+
+
+def in_legacy_timezone(ctx: MigrationContext, copy: TableCopy) -> TableCopy:
+    """``copy`` reading legacy timestamps in the scope's legacy zone (a copy with none is left as is)."""
+    if not zoned_columns(copy):
+        return copy
+    return replace(copy, legacy_timezone=scope_timezone(ctx, copy.source_schema))
+
+
+def timezone_details(copy: TableCopy) -> dict[str, object]:
+    zoned = zoned_columns(copy) if copy.legacy_timezone is not None else ()
+    return {"legacy_timezone": copy.legacy_timezone, "timestamp_columns": list(zoned)} if zoned else {}
+
+
 def validation_fingerprints(
-    copy: TableCopy, method: str = fingerprint.BY_VALUE
+    copy: TableCopy, method: str = fingerprint.CURRENT
 ) -> tuple[fingerprint.Fingerprint, fingerprint.Fingerprint]:
     """Source and target fingerprints as phase 3 validates them; cutover compares against the same pair,
     made the way the recorded pair was (``method``: see :func:`migrator.ops.fingerprint.method_of`)."""
@@ -115,6 +186,9 @@ class DataPhase(Phase):
     undone_by_restore = True
 
     def plan(self, ctx: MigrationContext) -> list[Step]:
+        if ctx.options.legacy_timezone is not None:  # refused before anything runs: an unknown zone, or
+            # another zone than some tenant of this run was copied in
+            _refuse_another_timezone(ctx, legacy_timezone(ctx.options)[0])
         legacy_auth = ctx.config.legacy_auth_schema
         validate_only = ctx.options.validate_only
         with_sql = ctx.options.render_sql
@@ -210,6 +284,7 @@ class DataPhase(Phase):
                 f"{copy.target_schema}.{copy.target_table} does not exist; run `migrate_phase schemas` first"
             )
         check_columns(copy, AUTH_MODELS[step.target])
+        copy = in_legacy_timezone(ctx, copy)
         online.capture_before_copy(ctx, legacy, [step.target])  # --online only
         stats = copy_table(copy, ctx.batch_size, reporter)
         if copy.key == ("id",):
@@ -219,7 +294,7 @@ class DataPhase(Phase):
             message=f"{stats.rows_copied} rows",
             rows_expected=stats.rows_source,
             rows_copied=stats.rows_copied,
-            details={"batches": stats.batches, **applied},
+            details={"batches": stats.batches, **timezone_details(copy), **applied},
         )
 
     def _merge_reference_table(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
@@ -268,6 +343,7 @@ class DataPhase(Phase):
             )
         copy = tenant_copy(tenant, spec)
         check_columns(copy, spec.model)
+        copy = in_legacy_timezone(ctx, copy)
         online.capture_before_copy(ctx, tenant.schema, [spec.legacy_table])  # --online only
         merged = self._merge_new_reference_rows(ctx, tenant, spec)
         # The fence covers the constraints too: a second runner must not drop or rebuild them mid-copy.
@@ -299,6 +375,7 @@ class DataPhase(Phase):
                 "deferred": deferred,
                 "rebuilt": rebuilt,
                 "resumed_after": stats.resumed_after,
+                **timezone_details(copy),
                 **merged,
             },
         )
@@ -335,6 +412,7 @@ class DataPhase(Phase):
                 rows = catalog.row_count(tenant.schema, spec.target_table)
                 return StepResult(message=f"no legacy table; target has {rows} rows", rows_expected=0, rows_copied=rows)
             copy = tenant_copy(tenant, spec)
+        copy = in_legacy_timezone(ctx, copy)
         # Both sides, and the keys that differ, are read in one snapshot: a legacy row committed between
         # two reads would otherwise show as missing from the target although nothing is wrong.
         if online.is_online(copy.source_schema):  # writes go on: the captured changes applied in it too
@@ -345,8 +423,8 @@ class DataPhase(Phase):
                 with db.snapshot():
                     comparison = compare(copy)
         source, target = comparison.source, comparison.target
-        details: dict[str, object] = {}
-        converted = [str(d) for d in fingerprint.type_differences(copy)]
+        details: dict[str, object] = timezone_details(copy)
+        converted = [str(d) for d in type_differences(copy)]
         if converted:
             details["columns_of_another_type"] = converted
         if not comparison.matches:
@@ -356,7 +434,7 @@ class DataPhase(Phase):
             details["constraints_missing"] = missing
         message = f"{target.rows} rows, fingerprint {'matches' if str(source) == str(target) else 'DIFFERS'}"
         if converted:
-            message += f"; compared as the target's types: {', '.join(converted)}"
+            message += f"; compared in the legacy types' terms: {', '.join(converted)}"
         return StepResult(
             message=message,
             rows_expected=source.rows,

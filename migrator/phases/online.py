@@ -21,12 +21,13 @@ from salesflow.layout import tenant_id_from_schema
 
 def scope_copies(ctx: MigrationContext, scope: str) -> dict[str, TableCopy]:
     """Legacy table -> its copy, for every table of ``scope`` that is copied row by row."""
-    from migrator.phases.data import auth_copy, tenant_copy  # data imports this module
+    from migrator.phases.data import auth_copy, in_legacy_timezone, tenant_copy  # data imports this module
 
+    # Captured rows are applied, and fingerprinted, reading legacy timestamps as the copy did.
     if scope == ctx.config.legacy_auth_schema:
-        return {table: auth_copy(scope, table) for table in LEGACY_AUTH_TABLES}
+        return {table: in_legacy_timezone(ctx, auth_copy(scope, table)) for table in LEGACY_AUTH_TABLES}
     tenant = TenantRef(_tenant_id(scope))
-    return {spec.legacy_table: tenant_copy(tenant, spec) for spec in TENANT_DATA_TABLES}
+    return {spec.legacy_table: in_legacy_timezone(ctx, tenant_copy(tenant, spec)) for spec in TENANT_DATA_TABLES}
 
 
 def _tenant_id(scope: str) -> str:

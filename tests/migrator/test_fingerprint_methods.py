@@ -125,7 +125,8 @@ def test_a_changed_text_or_json_value_changes_the_fingerprint(scratch_copy):
 def test_the_method_of_a_recorded_fingerprint_is_read_from_its_form():
     assert fingerprint.method_of("240:v2:0000000000000000abcd") == fingerprint.BY_VALUE
     assert fingerprint.method_of("240:0000000000000000abcd") == fingerprint.BY_TEXT
-    assert fingerprint.method_of(None) == fingerprint.BY_VALUE
+    assert fingerprint.method_of("240:v3:0000000000000000abcd") == fingerprint.EXACT
+    assert fingerprint.method_of(None) == fingerprint.CURRENT
 
 
 def record_validations_the_earlier_way(tenant_id: str) -> None:

@@ -2,7 +2,7 @@
 
 Orphan rows and duplicate keys name the constraint and the rows (not "current transaction is
 aborted"), an id that points at no reference row says so, a legacy row written below the copy's
-progress is copied, legacy columns of another type are compared as the target's type and named,
+progress is copied, legacy columns of another type are compared (in the legacy type's terms) and named,
 and missing service schemas say which phase to run.
 """
 
@@ -107,7 +107,7 @@ def test_a_legacy_row_written_below_the_copy_progress_is_copied(migrated):
     assert wrongly_remapped(SCHEMA, "activities") == 0
 
 
-def test_legacy_columns_of_another_type_are_compared_as_the_target_type_and_named(schemas_ready):
+def test_legacy_columns_of_another_type_are_compared_and_named(schemas_ready):
     legacy = sql.Identifier(SCHEMA, "contacts")
     db.execute(
         sql.SQL(

@@ -26,7 +26,15 @@ from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase
 from migrator.engine import orchestration
 from migrator.engine.runner import PhaseOutcome
-from migrator.management.arguments import MAX_BATCH_SIZE, batch_size, non_negative, percent, positive, seconds
+from migrator.management.arguments import (
+    MAX_BATCH_SIZE,
+    batch_size,
+    non_negative,
+    percent,
+    positive,
+    seconds,
+    time_zone_name,
+)
 from migrator.management.output import ConsoleReporter, outcome_dict, outcome_summary, rehearsal_lines
 from migrator.phases import ORDERED, get_phase, phase_choices, phases_help
 from migrator.phases.prepare import PreparePhase, drift_report
@@ -115,6 +123,15 @@ class Command(BaseCommand):
             help="data: what to do when tenants disagree on a reference row (default refuse).",
         )
         parser.add_argument("--validate-only", action="store_true", help="data: only run the validation steps again.")
+        parser.add_argument(
+            "--legacy-timezone",
+            type=time_zone_name,
+            metavar="ZONE",
+            help="data (and what re-checks its copies: sync, cutover, rollback): the time zone the legacy "
+            "application wrote its timestamp (without time zone) values in, e.g. America/New_York; they are "
+            "copied into timestamptz columns as instants of that zone. Default: the database's timezone "
+            "setting. A tenant copied with one zone is not continued with another.",
+        )
         parser.add_argument(
             "--restore",
             action="store_true",
@@ -286,6 +303,7 @@ class Command(BaseCommand):
             options=RunOptions(
                 reference_conflicts=options["reference_conflicts"],
                 validate_only=options["validate_only"],
+                legacy_timezone=options["legacy_timezone"],
                 restore=options["restore"],
                 drop_legacy=options["drop_legacy"],
                 adopt_roles=options["adopt_roles"],

@@ -317,6 +317,14 @@ def _inexact_rows(copy: TableCopy, difference: TypeDifference) -> tuple[int, lis
     return int(count), list(keys_found or [])
 
 
+def inexact_values(copy: TableCopy, difference: TypeDifference) -> tuple[int, list[str]]:
+    """Rows whose ``difference.column`` the target type cannot hold exactly, and some keys (none when the
+    catalog proves the conversion exact). Reads the source only: phase 1 asks before any target exists."""
+    if _provably_exact(difference):
+        return 0, []
+    return _inexact_rows(copy, difference)
+
+
 def refuse_inexact_conversions(copy: TableCopy) -> list[TypeDifference]:
     """Refuse, before anything is copied, a table with a value its target column cannot hold exactly.
 

@@ -33,6 +33,7 @@ from psycopg import sql
 
 from migrator import db
 from migrator.models import Disposition, FindingKind
+from migrator.ops.copy import TIMESTAMP_OID, TIMESTAMPTZ_OID, TableCopy, TypeDifference, inexact_values
 from migrator.tables import LEGACY_TENANT_TABLES, legacy_table, legacy_tenant_model, tenant_table_names
 
 SCHEMAS_PER_QUERY = 200
@@ -84,6 +85,8 @@ class Decisions:
     leave_tables: tuple[str, ...] = ()
     # SCHEMA.TABLE.NAME patterns: legacy constraints and indexes not carried to the new table
     leave_constraints: tuple[str, ...] = ()
+    # the legacy application's time zone and where it came from: legacy timestamps are read in it
+    legacy_timezone: tuple[str, str] = ("UTC", "default")
 
     def leaves_table(self, schema: str, table: str) -> bool:
         return any(fnmatch.fnmatchcase(f"{schema}.{table}", pattern) for pattern in self.leave_tables)
@@ -241,14 +244,14 @@ def _read_details(relations: list[Relation]) -> None:
         "SELECT a.attrelid::bigint, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, "
         "  pg_get_expr(ad.adbin, ad.adrelid), a.attgenerated <> '', a.attidentity <> '', t.typtype, "
         "  CASE WHEN a.attcollation <> t.typcollation THEN co.collname END, "
-        "  (SELECT count(*) FROM pg_constraint dc WHERE dc.contypid = a.atttypid)::int "
+        "  (SELECT count(*) FROM pg_constraint dc WHERE dc.contypid = a.atttypid)::int, a.atttypid::bigint "
         "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
         "LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum "
         "LEFT JOIN pg_collation co ON co.oid = a.attcollation "
         "WHERE a.attrelid = ANY(%s::oid[]) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attrelid, a.attnum",
         [oids],
     ):
-        oid, name, data_type, not_null, default, generated, identity, typtype, collation, domain_checks = row
+        oid, name, data_type, not_null, default, generated, identity, typtype, collation, domain_checks, type_oid = row
         by_oid[oid].columns.append(
             {
                 "name": name,
@@ -260,6 +263,7 @@ def _read_details(relations: list[Relation]) -> None:
                 "typtype": typtype,
                 "collation": collation,
                 "domain_checks": domain_checks,
+                "type_oid": type_oid,
             }
         )
     for oid, name, contype, definition, columns in db.fetchall(
@@ -544,7 +548,7 @@ def _table_findings(
                 f"or --skip-schema {schema}",
             )
             continue
-        findings += _column_findings(schema, table, table_ident, legacy_column, expected, shape)
+        findings += _column_findings(schema, table, table_ident, legacy_column, expected, shape, decisions)
     findings += _constraint_findings(schema, table, relation, shape, decisions)
     findings += _sequence_findings(schema, table, relation, shape)
     return findings
@@ -557,6 +561,7 @@ def _column_findings(
     column: dict[str, Any],
     expected: ExpectedColumn,
     shape: ExpectedTable,
+    decisions: Decisions,
 ) -> list[Finding]:
     findings: list[Finding] = []
     name = column["name"]
@@ -582,12 +587,7 @@ def _column_findings(
         else:
             add(FindingKind.DOMAIN, f"{column['type']} -> {expected.data_type}", Disposition.CARRIED, "copied as is")
     elif not legacy_type_ok:
-        add(
-            FindingKind.TYPE,
-            f"{column['type']} in the legacy table, {expected.data_type} in the target",
-            Disposition.CARRIED,
-            "every value is checked before copying: one that does not convert exactly refuses the tenant",
-        )
+        findings.append(_type_finding(schema, table, column, expected, shape, decisions))
     if column["nullable"] and not expected.nullable:
         nulls = _count(
             sql.SQL("SELECT count(*) FROM ONLY {t} WHERE {c} IS NULL").format(t=table_ident, c=sql.Identifier(name))
@@ -625,6 +625,47 @@ def _column_findings(
             "values copied byte for byte; the new column compares and sorts by the database's default collation",
         )
     return findings
+
+
+def _type_finding(
+    schema: str,
+    table: str,
+    column: dict[str, Any],
+    expected: ExpectedColumn,
+    shape: ExpectedTable,
+    decisions: Decisions,
+) -> Finding:
+    """A column of another type than its target: carried when every value converts exactly (checked now, one
+    query, and again before the copy), refused with counts and example keys otherwise."""
+    name = column["name"]
+    target_oid = int(db.fetchvalue("SELECT to_regtype(%s)::oid::bigint", [expected.data_type]) or 0)
+    difference = TypeDifference(name, column["type"], expected.data_type, column["type_oid"], target_oid)
+    zone, source = decisions.legacy_timezone
+    zoned = (column["type_oid"], target_oid) == (TIMESTAMP_OID, TIMESTAMPTZ_OID)
+    copy = TableCopy(schema, table, schema, table, (name,), key=shape.key, legacy_timezone=zone if zoned else None)
+    detail = f"{column['type']} in the legacy table, {expected.data_type} in the target"
+    if zoned:
+        detail += f"; read as wall-clock times of {zone} ({source})"
+    rows, keys = inexact_values(copy, difference)
+    if rows:
+        return Finding(
+            schema,
+            table,
+            FindingKind.TYPE,
+            name,
+            f"{detail}; {rows} rows it cannot hold exactly, e.g. {'/'.join(shape.key)} {', '.join(keys)}",
+            Disposition.REFUSED,
+            f"correct those rows in the legacy table (never rounded or cut), or --skip-schema {schema}",
+        )
+    return Finding(
+        schema,
+        table,
+        FindingKind.TYPE,
+        name,
+        detail,
+        Disposition.CARRIED,
+        "every value converts exactly (checked again before the copy)",
+    )
 
 
 _CONSTRAINT_WORD = {"c": "CHECK", "u": "UNIQUE", "x": "EXCLUDE", "f": "FOREIGN KEY", "p": "PRIMARY KEY"}

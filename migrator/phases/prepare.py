@@ -17,6 +17,7 @@ from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.django_migrations import BOOTSTRAP_APPS, legacy_registry_present, migrate_schema
 from migrator.models import Disposition, DriftFinding, FindingKind
 from migrator.ops import backup, binaries, drift, inspection, registry, rehearsal, restore
+from migrator.ops.copy import legacy_timezone
 from salesflow.layout import is_reserved_schema, tenant_id_from_schema, tenant_schema_name
 from tenants.models import MigrationState, Tenant
 
@@ -50,6 +51,7 @@ def drift_decisions(ctx: MigrationContext) -> drift.Decisions:
         rename_tables={(schema, old): new for schema, old, new in ctx.options.rename_tables},
         leave_tables=ctx.options.leave_tables,
         leave_constraints=ctx.options.leave_constraints,
+        legacy_timezone=legacy_timezone(ctx.options),
     )
 
 

@@ -103,8 +103,34 @@ def assert_refused_before_anything_changed(tenant_id: str, legacy_before: dict[s
             "tenant_acme_0001.activities.id",
             "no primary key; 2 duplicated keys",
         ),
+        (
+            (
+                "ALTER TABLE tenant_acme_0001.contacts ALTER COLUMN owner_id TYPE numeric(10,2); "
+                "UPDATE tenant_acme_0001.contacts SET owner_id = 1.5 WHERE id IN (3, 7)"
+            ),
+            FindingKind.TYPE,
+            "tenant_acme_0001.contacts.owner_id",
+            "2 rows it cannot hold exactly, e.g. id 3, 7",
+        ),
+        (
+            (
+                "ALTER TABLE tenant_acme_0001.contacts ALTER COLUMN owner_id TYPE numeric; "
+                "UPDATE tenant_acme_0001.contacts SET owner_id = 1e20 WHERE id = 5"
+            ),
+            FindingKind.TYPE,
+            "tenant_acme_0001.contacts.owner_id",
+            "1 rows it cannot hold exactly, e.g. id 5",
+        ),
     ],
-    ids=["extra-column", "missing-column", "nulls-into-not-null", "inheritance-child", "duplicate-ids"],
+    ids=[
+        "extra-column",
+        "missing-column",
+        "nulls-into-not-null",
+        "inheritance-child",
+        "duplicate-ids",
+        "fractions-into-bigint",
+        "out-of-range",
+    ],
 )
 def test_drift_that_cannot_be_carried_refuses_the_tenant_in_one_line_and_the_others_go_on(
     seeded, drift_sql, kind, where, says

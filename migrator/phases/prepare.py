@@ -231,7 +231,7 @@ class PreparePhase(Phase):
         for tenant in self._tenants(ctx):
             step = self.step(
                 "register",
-                f"Inspect {tenant.schema} (drift report) and register tenant {tenant.tenant_id} in public.tenants",
+                f"Inspect {tenant.schema} and register tenant {tenant.tenant_id} in public.tenants",
                 tenant_id=tenant.tenant_id,
                 target=tenant.schema,
             )

@@ -92,7 +92,11 @@ def test_rehearse_reports_every_phase_and_leaves_the_real_database_as_it_was(pre
 
 
 def test_a_legacy_problem_fails_its_phase_in_the_report_only(seeded, no_scratch):
-    db.execute("ALTER TABLE tenant_acme_0001.contacts ADD COLUMN nickname text")  # no target column
+    # A contact type id that points at nothing: phase 1 reports no drift, phase 3 refuses the rows.
+    db.execute(
+        "ALTER TABLE tenant_acme_0001.contacts DROP CONSTRAINT contacts_contact_type_id_fkey; "
+        "UPDATE tenant_acme_0001.contacts SET contact_type_id = 999999 WHERE id = 1"
+    )
     run("migrate_phase", "prepare", interactive=False)
     before, history = catalog_snapshot(), tracking_rows()
 
@@ -102,7 +106,7 @@ def test_a_legacy_problem_fails_its_phase_in_the_report_only(seeded, no_scratch)
     message = str(failure.value)
     assert one_line(message)
     assert "phase data" in message
-    assert "nickname" in message
+    assert "point at no row of tenant_acme_0001.contact_types" in message
     assert catalog_snapshot() == before
     assert len(tracking_rows()) == len(history) + 1
     report = MigrationRecord.objects.get(phase="rehearse").details["rehearsal"]
@@ -111,7 +115,7 @@ def test_a_legacy_problem_fails_its_phase_in_the_report_only(seeded, no_scratch)
     assert report["not_run"] == ["security", "verify", "cutover"]
     failed = report["phases"][-1]["failed"]
     assert failed
-    assert any("nickname" in f["error"] and "acme_0001" in f["step"] for f in failed)
+    assert any("999999" in f["error"] and "acme_0001" in f["step"] for f in failed)
     assert not database_exists(scratch_name())
     assert not rehearsal_roles()
 

@@ -1,362 +1,45 @@
-"""Drift: every way a tenant's legacy tables differ from the shape the table registry expects.
-
-A ten-year-old database is not uniform: tenants created by different releases, patched by hand,
-"optimised" by a DBA. Phase 1 inspects every tenant schema before anything changes and classifies
-each difference (a :class:`Finding`):
-
-- ``CARRIED``: the migrator carries it over exactly (a partitioned table, a CHECK constraint, an
-  integer widened to bigint whose every value is checked before copying, a sequence ahead of max(id));
-- ``DECISION``: it cannot be carried exactly and an explicit option says what to do (a table named
-  ``"Contacts"``, an unknown table holding rows, a legacy-only foreign key); given that option, the
-  finding is ``DECIDED`` and records the option;
-- ``REFUSED``: the tenant cannot be migrated as it is (a legacy column with no target column, a
-  target column with no legacy column, an inheritance child holding rows, NULLs a NOT NULL target
-  column refuses); the remedy is to fix the legacy table or leave the tenant out with
-  ``--skip-schema``.
-
-The catalog is read for many schemas per query (:data:`SCHEMAS_PER_QUERY`); only the rare drifted
-columns cost a look at their values. Nothing here changes the database.
-"""
+"""How each difference between a tenant's legacy tables and the expected shape is classified: carried,
+decided by an option, needing a decision, or refused (see docs/drift.md)."""
 
 from __future__ import annotations
 
-import fnmatch
-import re
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from functools import cache
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from django.apps import apps
-from django.db import connection, models
 from psycopg import sql
 
 from migrator import db
 from migrator.models import Disposition, FindingKind
 from migrator.ops.copy import TIMESTAMP_OID, TIMESTAMPTZ_OID, TableCopy, TypeDifference, inexact_values
-from migrator.tables import LEGACY_TENANT_TABLES, legacy_table, legacy_tenant_model, tenant_table_names
-
-SCHEMAS_PER_QUERY = 200
-SCHEMA_PLACEHOLDER = "tenant_<id>"  # a tenant's schema in a finding grouped across tenants
-
-
-@dataclass(frozen=True)
-class Finding:
-    schema: str
-    table: str
-    kind: FindingKind
-    object_name: str = ""
-    detail: str = ""
-    disposition: Disposition = Disposition.CARRIED
-    action: str = ""
-    decided_by: str = ""
-
-    def line(self) -> str:
-        """One line for an operator: where, what, and what happens or what to do."""
-        where = f"{self.schema}.{self.table}" + (f".{self.object_name}" if self.object_name else "")
-        text = f"{where}: {self.kind}" + (f" ({self.detail})" if self.detail else "")
-        return f"{text} -- {self.disposition.label}: {self.action}" if self.action else text
-
-    @property
-    def blocks(self) -> bool:
-        return self.disposition in (Disposition.DECISION, Disposition.REFUSED)
-
-    def as_dict(self) -> dict[str, str]:
-        return {
-            "schema": self.schema,
-            "table": self.table,
-            "kind": str(self.kind),
-            "object": self.object_name,
-            "detail": self.detail,
-            "disposition": str(self.disposition),
-            "action": self.action,
-            "decided_by": self.decided_by,
-        }
-
-
-@dataclass(frozen=True)
-class Decisions:
-    """What the operator decided on the command line about drift that cannot be carried exactly."""
-
-    skip_schemas: frozenset[str] = frozenset()
-    # (schema, table as it is named) -> the legacy table it stands for
-    rename_tables: dict[tuple[str, str], str] = field(default_factory=dict)
-    # SCHEMA.TABLE patterns (fnmatch: '*.notes_2019'): unknown tables left where they are, not migrated
-    leave_tables: tuple[str, ...] = ()
-    # SCHEMA.TABLE.NAME patterns: legacy constraints and indexes not carried to the new table
-    leave_constraints: tuple[str, ...] = ()
-    # the legacy application's time zone and where it came from: legacy timestamps are read in it
-    legacy_timezone: tuple[str, str] = ("UTC", "default")
-
-    def leaves_table(self, schema: str, table: str) -> bool:
-        return any(fnmatch.fnmatchcase(f"{schema}.{table}", pattern) for pattern in self.leave_tables)
-
-    def leaves_constraint(self, schema: str, table: str, name: str) -> bool:
-        return any(fnmatch.fnmatchcase(f"{schema}.{table}.{name}", pattern) for pattern in self.leave_constraints)
-
-
-# --- the expected shape -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ExpectedColumn:
-    name: str
-    data_type: str  # as format_type() spells it
-    nullable: bool
-
-
-@dataclass(frozen=True)
-class ExpectedTable:
-    name: str
-    columns: dict[str, ExpectedColumn]
-    key: tuple[str, ...]
-    unique: frozenset[tuple[str, ...]]  # column lists the target keeps unique (primary key included)
-    indexed: frozenset[tuple[str, ...]]  # column lists the target has an index on
-    foreign_keys: frozenset[str]  # columns the target keeps a foreign key on
-    remapped: frozenset[str]  # columns holding reference ids, translated to the shared ids on the way
-
-
-_DJANGO_TYPE_SPELLING = {
-    "varchar": "character varying",
-    "char": "character",
-    "timestamptz": "timestamp with time zone",
-    "timestamp": "timestamp without time zone",
-    "double": "double precision",
-    "int": "integer",
-    "int4": "integer",
-    "int8": "bigint",
-    "int2": "smallint",
-    "bool": "boolean",
-}
-
-
-def format_type_spelling(db_type: str) -> str:
-    """A Django ``db_type`` as PostgreSQL's ``format_type`` spells it (``varchar(20)`` ->
-    ``character varying(20)``, ``numeric(10, 2)`` -> ``numeric(10,2)``)."""
-    match = re.fullmatch(r"\s*([a-z0-9_ ]+?)\s*(\(([^)]*)\))?\s*", db_type.lower())
-    if match is None:
-        return db_type
-    name = _DJANGO_TYPE_SPELLING.get(match.group(1), match.group(1))
-    if match.group(3) is None:
-        return name
-    return f"{name}({','.join(part.strip() for part in match.group(3).split(','))})"
-
-
-def _field_columns(model: type[models.Model], names: Iterable[str]) -> tuple[str, ...]:
-    return tuple(str(getattr(model._meta.get_field(name), "column", name)) for name in names)
-
-
-@cache
-def expected_tables() -> dict[str, ExpectedTable]:
-    """The legacy tenant tables' expected shape: the target model's columns (the target keeps legacy names
-    and types), the registry's key, and the uniqueness, indexes and foreign keys the target has."""
-    found: dict[str, ExpectedTable] = {}
-    for name in LEGACY_TENANT_TABLES:
-        model = apps.get_model(legacy_tenant_model(name))
-        entry = legacy_table(name)
-        columns: dict[str, ExpectedColumn] = {}
-        unique: set[tuple[str, ...]] = {tuple(entry.key)}
-        indexed: set[tuple[str, ...]] = {tuple(entry.key)}
-        foreign_keys: set[str] = set(entry.remap)
-        for model_field in model._meta.local_fields:
-            column = str(model_field.column)
-            columns[column] = ExpectedColumn(
-                column, format_type_spelling(str(model_field.db_type(connection))), bool(model_field.null)
-            )
-            if model_field.unique:
-                unique.add((column,))
-            if model_field.db_index or model_field.unique:
-                indexed.add((column,))
-            if model_field.many_to_one:
-                foreign_keys.add(column)
-        for together in model._meta.unique_together:
-            unique.add(_field_columns(model, together))
-        for constraint in model._meta.constraints:
-            if isinstance(constraint, models.UniqueConstraint) and constraint.fields and constraint.condition is None:
-                unique.add(_field_columns(model, constraint.fields))
-        for index in model._meta.indexes:
-            if index.fields:
-                indexed.add(_field_columns(model, [f.lstrip("-") for f in index.fields]))
-        found[name] = ExpectedTable(
-            name,
-            columns,
-            tuple(entry.key),
-            frozenset(unique),
-            frozenset(indexed | unique),
-            frozenset(foreign_keys),
-            frozenset(entry.remap),
-        )
-    return found
-
-
-# --- what is there --------------------------------------------------------------------------------
-
-
-@dataclass
-class Relation:
-    oid: int
-    schema: str
-    name: str
-    relkind: str  # 'r' table, 'p' partitioned
-    unlogged: bool
-    is_partition: bool
-    parent: str | None  # inheritance parent's name (not for partitions)
-    columns: list[dict[str, Any]] = field(default_factory=list)
-    constraints: list[dict[str, Any]] = field(default_factory=list)
-    indexes: list[dict[str, Any]] = field(default_factory=list)
-    partitions: list[str] = field(default_factory=list)
-
-
-def _relations(schemas: list[str]) -> list[Relation]:
-    # Every relation depends on its schema: pg_depend's index on the referenced object finds a
-    # schema's relations without reading every tenant's (pg_class has no index on relnamespace).
-    rows = db.fetchall(
-        "SELECT c.oid::bigint, s.nspname, c.relname, c.relkind, c.relpersistence = 'u', c.relispartition, "
-        "  (SELECT p.relname FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent "
-        "   WHERE i.inhrelid = c.oid AND NOT c.relispartition LIMIT 1), "
-        "  (SELECT p.relname FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent "
-        "   WHERE i.inhrelid = c.oid AND c.relispartition LIMIT 1) "
-        "FROM unnest(%s::text[]) s(nspname) "
-        "JOIN pg_depend d ON d.refclassid = 'pg_namespace'::regclass "
-        "AND d.refobjid = to_regnamespace(quote_ident(s.nspname)) AND d.refobjsubid = 0 "
-        "AND d.classid = 'pg_class'::regclass "
-        "JOIN pg_class c ON c.oid = d.objid WHERE c.relkind IN ('r', 'p') ORDER BY s.nspname, c.relname",
-        [schemas],
-    )
-    relations = []
-    partitions_of: dict[tuple[str, str], list[str]] = {}
-    for oid, schema, name, relkind, unlogged, is_partition, parent, partition_of in rows:
-        relations.append(Relation(oid, schema, name, relkind, unlogged, is_partition, parent))
-        if partition_of is not None:
-            partitions_of.setdefault((schema, partition_of), []).append(name)
-    for relation in relations:
-        relation.partitions = partitions_of.get((relation.schema, relation.name), [])
-    return relations
-
-
-def _read_details(relations: list[Relation]) -> None:
-    """Columns, constraints and indexes of ``relations``, three queries for all of them."""
-    by_oid = {r.oid: r for r in relations}
-    if not by_oid:
-        return
-    oids = list(by_oid)
-    for row in db.fetchall(
-        "SELECT a.attrelid::bigint, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, "
-        "  pg_get_expr(ad.adbin, ad.adrelid), a.attgenerated <> '', a.attidentity <> '', t.typtype, "
-        "  CASE WHEN a.attcollation <> t.typcollation THEN co.collname END, "
-        "  (SELECT count(*) FROM pg_constraint dc WHERE dc.contypid = a.atttypid)::int, a.atttypid::bigint "
-        "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
-        "LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum "
-        "LEFT JOIN pg_collation co ON co.oid = a.attcollation "
-        "WHERE a.attrelid = ANY(%s::oid[]) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attrelid, a.attnum",
-        [oids],
-    ):
-        oid, name, data_type, not_null, default, generated, identity, typtype, collation, domain_checks, type_oid = row
-        by_oid[oid].columns.append(
-            {
-                "name": name,
-                "type": data_type,
-                "nullable": not not_null,
-                "default": default,
-                "generated": generated,
-                "identity": identity,
-                "typtype": typtype,
-                "collation": collation,
-                "domain_checks": domain_checks,
-                "type_oid": type_oid,
-            }
-        )
-    for oid, name, contype, definition, columns in db.fetchall(
-        "SELECT c.conrelid::bigint, c.conname, c.contype, pg_get_constraintdef(c.oid), "
-        "  ARRAY(SELECT a.attname FROM unnest(c.conkey) WITH ORDINALITY k(n, i) "
-        "        JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i)::text[] "
-        "FROM pg_constraint c WHERE c.conrelid = ANY(%s::oid[]) AND c.contype IN ('p', 'u', 'c', 'x', 'f') "
-        "AND c.conparentid = 0 ORDER BY c.conrelid, c.conname",
-        [oids],
-    ):
-        by_oid[oid].constraints.append({"name": name, "type": contype, "definition": definition, "columns": columns})
-    for oid, name, unique, primary, constraint, definition, columns, partial in db.fetchall(
-        "SELECT x.indrelid::bigint, i.relname, x.indisunique, x.indisprimary, "
-        "  EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid AND c.conrelid = x.indrelid), "
-        "  pg_get_indexdef(x.indexrelid), "
-        "  CASE WHEN x.indexprs IS NULL THEN ARRAY(SELECT a.attname FROM unnest(x.indkey::int2[]) "
-        "    WITH ORDINALITY k(n, i) JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.n "
-        "    WHERE k.i <= x.indnkeyatts ORDER BY k.i)::text[] END, x.indpred IS NOT NULL "
-        "FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid WHERE x.indrelid = ANY(%s::oid[]) "
-        "ORDER BY x.indrelid, i.relname",
-        [oids],
-    ):
-        by_oid[oid].indexes.append(
-            {
-                "name": name,
-                "unique": unique,
-                "primary": primary,
-                "constraint": constraint,
-                "definition": definition,
-                "columns": columns,
-                "partial": partial,
-            }
-        )
-
-
-@dataclass(frozen=True)
-class SequenceFacts:
-    name: str
-    last_value: int | None
-    max_id: int | None
-    shared_with: tuple[str, ...]  # other tables whose defaults draw from it
-
-
-def _sequence_facts(relation: Relation, column: str) -> SequenceFacts | None:
-    """The sequence behind ``column`` (identity, serial or a nextval() default), its position, max(column)
-    and the other tables whose column defaults draw from the same sequence."""
-    row = db.fetchone(
-        "WITH seq AS (SELECT coalesce(pg_get_serial_sequence(format('%%I.%%I', %s::text, %s::text), %s), "
-        "  (SELECT format('%%I.%%I', sn.nspname, sc.relname) FROM pg_attrdef ad "
-        "   JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum "
-        "   JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid "
-        "     AND d.refclassid = 'pg_class'::regclass "
-        "   JOIN pg_class sc ON sc.oid = d.refobjid AND sc.relkind = 'S' "
-        "   JOIN pg_namespace sn ON sn.oid = sc.relnamespace "
-        "   WHERE ad.adrelid = %s::oid AND a.attname = %s LIMIT 1))::regclass AS oid) "
-        "SELECT seq.oid::text, pg_sequence_last_value(seq.oid), "
-        "  ARRAY(SELECT DISTINCT format('%%I.%%I', n.nspname, c.relname) FROM pg_depend d "
-        "        JOIN pg_attrdef ad ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid "
-        "        JOIN pg_class c ON c.oid = ad.adrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "        WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = seq.oid AND ad.adrelid <> %s::oid)::text[] "
-        "FROM seq WHERE seq.oid IS NOT NULL",
-        [relation.schema, relation.name, column, relation.oid, column, relation.oid],
-    )
-    if row is None:
-        return None
-    name, last_value, shared = row
-    max_id = db.fetchvalue(
-        sql.SQL("SELECT max({c})::bigint FROM ONLY {t}").format(
-            c=sql.Identifier(column), t=sql.Identifier(relation.schema, relation.name)
-        )
-    )
-    return SequenceFacts(name, last_value, max_id, tuple(shared))
-
-
-def _count(query: sql.Composable) -> int:
-    return int(db.fetchvalue(query) or 0)
-
+from migrator.ops.drift.catalog import (
+    ExpectedColumn,
+    ExpectedTable,
+    Relation,
+    count_rows,
+    expected_tables,
+    read_details,
+    relations_of,
+    sequence_facts,
+)
+from migrator.ops.drift.findings import SCHEMAS_PER_QUERY, Decisions, Finding
+from migrator.tables import LEGACY_TENANT_TABLES, tenant_table_names
 
 # --- classification ---------------------------------------------------------------------------------
 
 
 def inspect_schemas(
-    schemas: list[str], decisions: Decisions = Decisions(), progress: Any = None
+    schemas: list[str], decisions: Decisions | None = None, progress: Callable[[int, int], None] | None = None
 ) -> Iterator[tuple[str, list[Finding]]]:
     """Each schema of ``schemas`` with its findings, ``SCHEMAS_PER_QUERY`` schemas' catalog at a time."""
+    decisions = decisions or Decisions()
     for start in range(0, len(schemas), SCHEMAS_PER_QUERY):
         chunk = schemas[start : start + SCHEMAS_PER_QUERY]
-        relations = _relations(chunk)
+        relations = relations_of(chunk)
         by_schema: dict[str, list[Relation]] = {schema: [] for schema in chunk}
         for relation in relations:
             by_schema[relation.schema].append(relation)
         wanted = [r for r in relations if _is_legacy_candidate(r)]
-        _read_details(wanted)
+        read_details(wanted)
         for schema in chunk:
             yield schema, _classify_schema(schema, by_schema[schema], decisions)
         if progress is not None:
@@ -464,7 +147,7 @@ def _name_variant(schema: str, table: str, variant: Relation, original_exists: b
 
 
 def _unknown_table(schema: str, relation: Relation, decisions: Decisions) -> list[Finding]:
-    rows = _count(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, relation.name)))
+    rows = count_rows(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, relation.name)))
     if rows == 0:
         return []
     detail = f"{rows} rows; the registry does not know it"
@@ -511,7 +194,7 @@ def _table_findings(
     if relation.unlogged:
         add(FindingKind.UNLOGGED, "", "UNLOGGED", Disposition.CARRIED, "copied into a logged (crash-safe) table")
     for child in (r for r in relations if r.parent == name and not r.is_partition):
-        rows = _count(sql.SQL("SELECT count(*) FROM ONLY {}").format(sql.Identifier(schema, child.name)))
+        rows = count_rows(sql.SQL("SELECT count(*) FROM ONLY {}").format(sql.Identifier(schema, child.name)))
         extra = [c["name"] for c in child.columns if c["name"] not in {p["name"] for p in relation.columns}]
         detail = f"{child.name}: {rows} rows" + (f", extra columns {', '.join(extra)}" if extra else "")
         if rows == 0 and not extra:
@@ -589,7 +272,7 @@ def _column_findings(
     elif not legacy_type_ok:
         findings.append(_type_finding(schema, table, column, expected, shape, decisions))
     if column["nullable"] and not expected.nullable:
-        nulls = _count(
+        nulls = count_rows(
             sql.SQL("SELECT count(*) FROM ONLY {t} WHERE {c} IS NULL").format(t=table_ident, c=sql.Identifier(name))
         )
         if nulls:
@@ -683,7 +366,7 @@ def _constraint_findings(
     primary = next((c for c in relation.constraints if c["type"] == "p"), None)
     if primary is None or tuple(primary["columns"]) != shape.key:
         detail = f"PRIMARY KEY ({', '.join(primary['columns'])})" if primary else "no primary key"
-        duplicates = _count(
+        duplicates = count_rows(
             sql.SQL("SELECT count(*) FROM (SELECT {k} FROM ONLY {t} GROUP BY {k} HAVING count(*) > 1) d").format(
                 k=db.ident_list(shape.key), t=sql.Identifier(schema, relation.name)
             )
@@ -779,7 +462,7 @@ def _constraint_findings(
 def _sequence_findings(schema: str, table: str, relation: Relation, shape: ExpectedTable) -> list[Finding]:
     if shape.key != ("id",) or "id" not in {c["name"] for c in relation.columns}:
         return []
-    facts = _sequence_facts(relation, "id")
+    facts = sequence_facts(relation, "id")
     if facts is None:
         return []
     findings = []
@@ -808,69 +491,3 @@ def _sequence_findings(schema: str, table: str, relation: Relation, shape: Expec
             )
         )
     return findings
-
-
-# --- grouping --------------------------------------------------------------------------------------
-
-
-@dataclass
-class FindingGroup:
-    """Identical findings of several tenants: one line with a count and examples."""
-
-    table: str
-    kind: str
-    object_name: str
-    detail: str
-    disposition: str
-    action: str
-    decided_by: str
-    schemas: list[str] = field(default_factory=list)
-    count: int = 0
-
-    def line(self, examples: int = 3) -> str:
-        where = f"{self.table}" + (f".{self.object_name}" if self.object_name else "")
-        shown = ", ".join(self.schemas[:examples]) + (", ..." if self.count > examples else "")
-        tenants = f"{self.count} tenant{'s' if self.count != 1 else ''} ({shown})"
-        text = f"{tenants}: {where}: {self.kind}" + (f" ({self.detail})" if self.detail else "")
-        label = Disposition(self.disposition).label
-        decided = f" [{self.decided_by}]" if self.decided_by else ""
-        text = f"{text} -- {label}{decided}: {self.action}" if self.action else text
-        # One tenant: its own name where the group says tenant_<id> (an option can be copied as it is).
-        return text.replace(SCHEMA_PLACEHOLDER, self.schemas[0]) if self.count == 1 else text
-
-    def as_dict(self, examples: int = 5) -> dict[str, object]:
-        return {
-            "table": self.table,
-            "kind": self.kind,
-            "object": self.object_name,
-            "detail": self.detail,
-            "disposition": self.disposition,
-            "action": self.action,
-            "decided_by": self.decided_by,
-            "tenants": self.count,
-            "examples": self.schemas[:examples],
-        }
-
-
-def _generic(text: str, schema: str) -> str:
-    """A finding's text with its own schema's name put as a placeholder, so identical drift groups."""
-    return text.replace(schema, SCHEMA_PLACEHOLDER) if schema else text
-
-
-def group_findings(findings: Iterable[dict[str, str]], keep_examples: int = 5) -> list[FindingGroup]:
-    """Findings (as dicts) grouped across tenants: blocking ones first, then by table and kind."""
-    groups: dict[tuple[str, ...], FindingGroup] = {}
-    for f in findings:
-        schema = f["schema"]
-        table, kind, obj, detail, disposition, action, decided_by = (
-            _generic(f[k], schema) for k in ("table", "kind", "object", "detail", "disposition", "action", "decided_by")
-        )
-        key = (table, kind, obj, detail, disposition, action, decided_by)
-        group = groups.get(key)
-        if group is None:
-            group = groups[key] = FindingGroup(table, kind, obj, detail, disposition, action, decided_by)
-        group.count += 1
-        if len(group.schemas) < keep_examples:
-            group.schemas.append(schema)
-    order = {Disposition.REFUSED: 0, Disposition.DECISION: 1, Disposition.DECIDED: 2, Disposition.CARRIED: 3}
-    return sorted(groups.values(), key=lambda g: (order[Disposition(g.disposition)], g.table, g.kind, g.object_name))

@@ -112,9 +112,15 @@ def superuser_client(db: None) -> Client:
 
 @pytest.fixture
 def viewer_client(db: None) -> Client:
-    """Staff with view permission on records and tenants only: the reviewer's account."""
+    """Staff with view permission on records, drift findings and tenants only: the reviewer's account."""
     client = Client()
     client.force_login(
-        staff_user("viewer", "migrator.view_migrationrecord", "tenants.view_tenant", "tenants.view_domain")
+        staff_user(
+            "viewer",
+            "migrator.view_migrationrecord",
+            "migrator.view_driftfinding",
+            "tenants.view_tenant",
+            "tenants.view_domain",
+        )
     )
     return client

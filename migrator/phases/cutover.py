@@ -14,7 +14,7 @@ from migrator.models import Status
 from migrator.ops import archive, fingerprint, reference
 from migrator.ops.copy import TableCopy
 from migrator.phases import online
-from migrator.phases.data import DataPhase, auth_copy, tenant_copy, validation_fingerprints
+from migrator.phases.data import DataPhase, auth_copy, continue_sequence_of, tenant_copy, validation_fingerprints
 from migrator.tables import AUTH_TABLES, LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES, REFERENCE_TABLES, TENANT_DATA_TABLES
 from tenants.models import MigrationState, Tenant
 
@@ -64,6 +64,17 @@ def _refuse_changes(problems: list[str], scope: str) -> None:
             f"{scope} no longer matches what phase 3 validated: {'; '.join(problems)}; nothing was archived "
             "(roll back with `migrate_phase rollback` and run phases 2-5 again to carry the changes over)"
         )
+
+
+def _continue_sequences(validated: dict[str, TableCopy]) -> dict[str, dict[str, int | None]]:
+    """Under the lock that stops the legacy tables' writers: the new tables' sequences continue after
+    whatever the legacy sequences issued since phase 3 (an insert deleted again, or rolled back, leaves
+    the content as validated but the sequence ahead)."""
+    return {
+        copy.target_table: continue_sequence_of(copy)
+        for copy in validated.values()
+        if catalog.table_exists(copy.source_schema, copy.source_table)
+    }
 
 
 def _archived_by_an_earlier_attempt(tenant: TenantRef, archive_schema: str) -> dict[str, str]:
@@ -168,11 +179,13 @@ class CutoverPhase(Phase):
                     if rows
                 ]
                 _refuse_changes(problems, f"tenant {tenant.tenant_id}")
+                sequences = _continue_sequences(validated)
                 moved = archive.archive_tables(
                     tenant.schema, tenant.tenant_id, list(LEGACY_TENANT_TABLES), ctx.config.archive_schema, drop
                 )
         return StepResult(
-            message=f"{len(moved)} legacy tables {'dropped' if drop else 'archived'}", details={"archived": moved}
+            message=f"{len(moved)} legacy tables {'dropped' if drop else 'archived'}",
+            details={"archived": moved, "sequences": sequences},
         )
 
     def _archive_auth_tables(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
@@ -189,13 +202,14 @@ class CutoverPhase(Phase):
         with transaction.atomic():  # as for a tenant: locked, checked and moved in one transaction
             archive.lock_tables(cfg.legacy_auth_schema, list(LEGACY_AUTH_TABLES))
             _refuse_changes(_changed_since_validation(validated), f"legacy auth schema {cfg.legacy_auth_schema}")
+            sequences = _continue_sequences(validated)
             moved = archive.archive_tables(
                 cfg.legacy_auth_schema, cfg.legacy_auth_schema, list(LEGACY_AUTH_TABLES), cfg.archive_schema, drop
             )
             dropped_schema = archive.drop_schema_if_empty(cfg.legacy_auth_schema)
         return StepResult(
             message=f"{len(moved)} legacy auth tables {'dropped' if drop else 'archived'}",
-            details={"archived": moved, "legacy_schema_dropped": dropped_schema},
+            details={"archived": moved, "legacy_schema_dropped": dropped_schema, "sequences": sequences},
         )
 
     @staticmethod

@@ -15,8 +15,8 @@ from migrator.ops.copy import (
     Remap,
     TableCopy,
     analyze,
+    continue_sequence,
     copy_table,
-    reset_identity,
     source_rows_up_to,
     table_fence,
 )
@@ -56,6 +56,14 @@ def tenant_copy(tenant: TenantRef, spec: TenantDataTable) -> TableCopy:
         tuple(model_columns(spec.model)),
         remaps=tuple(Remap(column, tenant.tenant_id, ref) for column, ref in spec.remap.items()),
     )
+
+
+def continue_sequence_of(copy: TableCopy) -> dict[str, int | None]:
+    """A copy that keeps the legacy ids: the new table's sequence continues after the highest id copied
+    and after the last value of the legacy table's own sequence, whichever is greater."""
+    if copy.key != ("id",):
+        return {}
+    return continue_sequence(copy.target_schema, copy.target_table, legacy=(copy.source_schema, copy.source_table))
 
 
 def validation_fingerprints(
@@ -212,14 +220,14 @@ class DataPhase(Phase):
         check_columns(copy, AUTH_MODELS[step.target])
         online.capture_before_copy(ctx, legacy, [step.target])  # --online only
         stats = copy_table(copy, ctx.batch_size, reporter)
-        if copy.key == ("id",):
-            reset_identity("auth", step.target)
+        # Same ids as legacy: new ones continue after every id the legacy sequence ever issued.
+        sequence = continue_sequence_of(copy)
         applied = online.apply_after_copy(ctx, legacy, [step.target], reporter)  # --online only
         return StepResult(
             message=f"{stats.rows_copied} rows",
             rows_expected=stats.rows_source,
             rows_copied=stats.rows_copied,
-            details={"batches": stats.batches, **applied},
+            details={"batches": stats.batches, **sequence, **applied},
         )
 
     def _merge_reference_table(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
@@ -231,7 +239,8 @@ class DataPhase(Phase):
         result = reference.merge_reference_table(ref, tenant_ids, policy)
         for tenant_id in tenant_ids:
             online.mark_copied(ctx, TenantRef(tenant_id).schema, [ref.legacy_table])
-        reset_identity(ref.shared_schema, ref.table)
+        # Shared rows get new ids (the map translates the old ones): no legacy sequence counts here.
+        sequence = continue_sequence(ref.shared_schema, ref.table)
         message = (
             f"{len(result.tenants_merged)} tenants, {result.rows_staged} rows -> {result.rows_added} new shared rows"
         )
@@ -249,6 +258,7 @@ class DataPhase(Phase):
                 "discarded_variants": result.discarded,
                 "tenants_without_table": result.tenants_without_table,
                 "policy": policy,
+                **sequence,
             },
         )
 
@@ -285,7 +295,7 @@ class DataPhase(Phase):
                 advice=f"fix those rows in {tenant.schema}.{spec.legacy_table}, then run `migrate_phase rollback "
                 f"--tenant {tenant.tenant_id}`, `migrate_phase schemas` and `migrate_phase data`",
             )
-        reset_identity(tenant.schema, spec.target_table)
+        sequence = continue_sequence_of(copy)  # same ids as legacy, as for auth
         if stats.rows_source >= ANALYZE_FROM_ROWS:
             analyze(tenant.schema, spec.target_table)
         merged.update(online.apply_after_copy(ctx, tenant.schema, [spec.legacy_table], reporter))  # --online only
@@ -299,6 +309,7 @@ class DataPhase(Phase):
                 "deferred": deferred,
                 "rebuilt": rebuilt,
                 "resumed_after": stats.resumed_after,
+                **sequence,
                 **merged,
             },
         )

@@ -15,6 +15,7 @@ from migrator.ops import archive, fingerprint, reference
 from migrator.ops.copy import TableCopy
 from migrator.phases import online
 from migrator.phases.data import DataPhase, auth_copy, continue_sequence_of, tenant_copy, validation_fingerprints
+from migrator.phases.verify import VerifyPhase
 from migrator.tables import AUTH_TABLES, LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES, REFERENCE_TABLES, TENANT_DATA_TABLES
 from tenants.models import MigrationState, Tenant
 
@@ -92,6 +93,34 @@ def _archived_by_an_earlier_attempt(tenant: TenantRef, archive_schema: str) -> d
     return {table: f"{archive_schema}.{name}" for table, name in names.items() if name in archived}
 
 
+# Unfinished verify steps named in cutover's refusal (with thousands of tenants the list would be a page).
+UNFINISHED_SHOWN = 5
+
+
+def unfinished_verify_steps(ctx: MigrationContext, tenant_ids: set[str]) -> tuple[int, list[str]]:
+    """The steps phase verify plans for ``tenant_ids``, and its phase-wide steps, whose latest attempt is
+    not COMPLETED: how many, and the first UNFINISHED_SHOWN as "verify <kind> <tenant or (all)> <what
+    happened>", in plan order."""
+    verify = VerifyPhase()
+    required = [s for s in verify.plan(ctx) if s.tenant_id is None or s.tenant_id in tenant_ids]
+    latest = tracking.latest_states(verify.name)
+    unfinished = [s for s in required if (row := latest.get(s.key)) is None or row.status != Status.COMPLETED]
+    shown = unfinished[:UNFINISHED_SHOWN]
+    records = tracking.latest_records(verify.name, [s.key for s in shown if s.key in latest])
+    lines = []
+    for step in shown:
+        record = records.get(step.key)
+        if record is None:
+            what = "never ran"
+        elif record.status == Status.FAILED:
+            what = f"FAILED: {' '.join((record.error_message or 'no error recorded').split())}"
+        else:
+            what = record.status
+        name = f"verify {step.kind}" + (f" {step.target}" if step.target else "")
+        lines.append(f"{name} {step.tenant_id or '(all)'} {what}")
+    return len(unfinished), lines
+
+
 class CutoverPhase(Phase):
     name = "cutover"
     number = 6
@@ -129,6 +158,19 @@ class CutoverPhase(Phase):
             )
         steps.append(self.step("final_status", "Every tenant live, no legacy table left in tenant schemas"))
         return steps
+
+    def check_ready(self, ctx: MigrationContext, steps: list[Step]) -> None:
+        """Nothing is archived while phase verify has a step that did not complete (failed, or never
+        ran) for the tenants this run would cut over, or a phase-wide one (the load test, the role
+        checks): those the runner's per-tenant check cannot see. Offline and online cutover alike."""
+        count, shown = unfinished_verify_steps(ctx, {step.tenant_id for step in steps if step.tenant_id})
+        if not count:
+            return
+        more = f"; and {count - len(shown)} more" if count > len(shown) else ""
+        raise MigrationError(
+            f"cutover cannot start: phase verify has {count} step(s) not completed: {'; '.join(shown)}{more}; "
+            "nothing was archived: fix the cause and rerun `migrate_phase verify`, then cutover"
+        )
 
     def confirmation_question(self, ctx: MigrationContext, steps: list[Step]) -> str:
         if any(step.destructive for step in steps):

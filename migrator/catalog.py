@@ -144,6 +144,34 @@ def columns(schema: str, table: str) -> list[Column]:
     return [Column(*row) for row in rows]
 
 
+def column_sequence(schema: str, table: str, column: str = "id") -> tuple[str, str] | None:
+    """The sequence that feeds ``schema.table.column`` (schema, name), None when none does.
+
+    Its identity sequence, the serial sequence it owns, or else the sequence its DEFAULT calls
+    (``nextval('seq')``, found through the default's dependency on it, not by parsing its text): such
+    a sequence may be owned by no table, or by another table that shares it.
+    """
+    row = db.fetchone(
+        sql.SQL(
+            "SELECT n.nspname, s.relname FROM pg_attribute a "
+            "CROSS JOIN LATERAL ("
+            "  SELECT d.objid AS seq, 0 AS rank FROM pg_depend d "
+            "  WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass "
+            "  AND d.refobjid = a.attrelid AND d.refobjsubid = a.attnum AND d.deptype IN ('a', 'i') "
+            "  UNION ALL "
+            "  SELECT d.refobjid, 1 FROM pg_attrdef ad JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass "
+            "  AND d.objid = ad.oid AND d.refclassid = 'pg_class'::regclass "
+            "  WHERE ad.adrelid = a.attrelid AND ad.adnum = a.attnum) f "
+            "JOIN pg_class s ON s.oid = f.seq AND s.relkind = 'S' "
+            "JOIN pg_namespace n ON n.oid = s.relnamespace "
+            "WHERE a.attrelid = {oid} AND a.attname = %s AND NOT a.attisdropped "
+            "ORDER BY f.rank, s.oid LIMIT 1"
+        ).format(oid=RELATION_OID),
+        [schema, table, column],
+    )
+    return (row[0], row[1]) if row else None
+
+
 def schemas_like_tenants() -> list[str]:
     """Every schema whose name starts with ``tenant_``, valid or not (the caller validates)."""
     rows = db.fetchall("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, 'tenant_') ORDER BY nspname")

@@ -138,6 +138,13 @@ class Phase(ABC):
         schema context for all of them instead of a switch per step."""
         return nullcontext()
 
+    def check_ready(self, ctx: MigrationContext, steps: list[Step]) -> None:  # noqa: B027 (a hook: nothing by default)
+        """Called under the lock with the steps a run would apply (none: not called), before any of
+        them starts and before the confirmation: raise :class:`MigrationError` to refuse the whole
+        run. The runner's own check (``requires``, per tenant) sees only tenants' steps and refuses
+        tenant by tenant; a phase that must not start at all while an earlier one is unfinished (its
+        phase-wide steps included) says so here."""
+
     def recover(self, ctx: MigrationContext) -> str | None:
         """Called under the lock before the tracking tables are bootstrapped: repair what a killed run
         of this phase left behind that bootstrapping could not cope with. Returns a notice, or None."""

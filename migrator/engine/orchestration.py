@@ -172,6 +172,8 @@ def run_phases(
         for phase in phases:
             ctx.forget_tenants()  # an earlier phase may have registered tenants
             planned = plan_phase(phase, ctx)
+            if planned.steps:
+                phase.check_ready(ctx, planned.steps)
             if (
                 planned.steps
                 and phase.asks_confirmation

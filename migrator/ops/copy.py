@@ -653,15 +653,56 @@ def _copy_table(copy: TableCopy, batch_size: int, reporter: StepReporter) -> Cop
     return CopyStats(rows_source=total, rows_copied=done, batches=batches, resumed_after=resumed_after)
 
 
-def reset_identity(schema: str, table: str, column: str = "id") -> int | None:
-    """Make the table's identity/serial sequence continue after the highest copied id."""
-    return db.fetchvalue(
+def _last_issued(sequence: tuple[str, str] | None) -> tuple[sql.Composable, list[str]]:
+    """An expression for the highest value ``sequence`` has issued, with its parameters: its last value
+    once called; before that (new, or set with ``setval(..., false)``) the value before the one it
+    would issue next; for a descending sequence, its start. NULL for no sequence."""
+    if sequence is None:
+        return sql.SQL("NULL::bigint"), []
+    return (
         sql.SQL(
-            "SELECT setval(pg_get_serial_sequence(format('%%I.%%I', %s::text, %s::text), %s), "
-            "coalesce(max({c}), 0) + 1, false) FROM {t}"
-        ).format(c=sql.Identifier(column), t=sql.Identifier(schema, table)),
-        [schema, table, column],
+            "(SELECT CASE WHEN q.seqincrement < 0 THEN q.seqstart WHEN s.is_called THEN s.last_value "
+            "ELSE s.last_value - q.seqincrement END FROM {seq} s, pg_sequence q WHERE q.seqrelid = {oid})"
+        ).format(seq=sql.Identifier(*sequence), oid=catalog.RELATION_OID),
+        list(sequence),
     )
+
+
+def continue_sequence(
+    schema: str, table: str, column: str = "id", legacy: tuple[str, str] | None = None
+) -> dict[str, int | None]:
+    """Make the sequence feeding ``schema.table.column`` continue after every id ever issued for it.
+
+    That is the greatest of: the table's highest id; what its own sequence issued already (it never
+    moves back); and, for a table whose rows keep their legacy ids, what the sequence of the legacy
+    table ``legacy`` (same column) issued: rows deleted from the legacy table took their ids with them,
+    but those ids were issued once and may be known elsewhere. A legacy sequence shared by several
+    tables counts whole. Returns what was used, for the step's details; nothing when no sequence
+    feeds the column.
+    """
+    sequence = catalog.column_sequence(schema, table, column)
+    if sequence is None:
+        return {}
+    legacy_sequence = catalog.column_sequence(*legacy, column) if legacy else None
+    own, own_params = _last_issued(sequence)
+    legacy_last, legacy_params = _last_issued(legacy_sequence)
+    legacy_value, after = db.fetchone(
+        sql.SQL(
+            "SELECT legacy_last, setval({oid}, greatest(highest_id, own_last, legacy_last, 0) + 1, false) - 1 "
+            "FROM (SELECT (SELECT max({c}) FROM {t}) AS highest_id, {own} AS own_last, {legacy} AS legacy_last) x"
+        ).format(
+            oid=catalog.RELATION_OID,
+            c=sql.Identifier(column),
+            t=sql.Identifier(schema, table),
+            own=own,
+            legacy=legacy_last,
+        ),
+        [*sequence, *own_params, *legacy_params],
+    ) or (None, 0)
+    details: dict[str, int | None] = {"sequence_continues_after": after}
+    if legacy is not None:
+        details["legacy_sequence_last_value"] = legacy_value
+    return details
 
 
 # ``vacuumdb --analyze-in-stages`` starts with targets 1 and 10: usable plans at once, for a sample of

@@ -14,7 +14,15 @@ from migrator.models import Status
 from migrator.ops import archive, fingerprint, reference
 from migrator.ops.copy import TableCopy
 from migrator.phases import online
-from migrator.phases.data import DataPhase, auth_copy, in_legacy_timezone, tenant_copy, validation_fingerprints
+from migrator.phases.data import (
+    DataPhase,
+    auth_copy,
+    continue_sequence_of,
+    in_legacy_timezone,
+    tenant_copy,
+    validation_fingerprints,
+)
+from migrator.phases.verify import VerifyPhase
 from migrator.tables import AUTH_TABLES, LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES, REFERENCE_TABLES, TENANT_DATA_TABLES
 from tenants.models import MigrationState, Tenant
 
@@ -66,6 +74,17 @@ def _refuse_changes(problems: list[str], scope: str) -> None:
         )
 
 
+def _continue_sequences(validated: dict[str, TableCopy]) -> dict[str, dict[str, int | None]]:
+    """Under the lock that stops the legacy tables' writers: the new tables' sequences continue after
+    whatever the legacy sequences issued since phase 3 (an insert deleted again, or rolled back, leaves
+    the content as validated but the sequence ahead)."""
+    return {
+        copy.target_table: continue_sequence_of(copy)
+        for copy in validated.values()
+        if catalog.table_exists(copy.source_schema, copy.source_table)
+    }
+
+
 def _archived_by_an_earlier_attempt(tenant: TenantRef, archive_schema: str) -> dict[str, str]:
     """Table -> where it went, when an earlier attempt moved the tenant's legacy tables and was killed
     before its record was written: none is left in the tenant's schema and the archive holds them
@@ -79,6 +98,34 @@ def _archived_by_an_earlier_attempt(tenant: TenantRef, archive_schema: str) -> d
     archived = catalog.tables_by_schema([archive_schema])[archive_schema]
     names = {table: archive.archive_table_name(tenant.tenant_id, table) for table in LEGACY_TENANT_TABLES}
     return {table: f"{archive_schema}.{name}" for table, name in names.items() if name in archived}
+
+
+# Unfinished verify steps named in cutover's refusal (with thousands of tenants the list would be a page).
+UNFINISHED_SHOWN = 5
+
+
+def unfinished_verify_steps(ctx: MigrationContext, tenant_ids: set[str]) -> tuple[int, list[str]]:
+    """The steps phase verify plans for ``tenant_ids``, and its phase-wide steps, whose latest attempt is
+    not COMPLETED: how many, and the first UNFINISHED_SHOWN as "verify <kind> <tenant or (all)> <what
+    happened>", in plan order."""
+    verify = VerifyPhase()
+    required = [s for s in verify.plan(ctx) if s.tenant_id is None or s.tenant_id in tenant_ids]
+    latest = tracking.latest_states(verify.name)
+    unfinished = [s for s in required if (row := latest.get(s.key)) is None or row.status != Status.COMPLETED]
+    shown = unfinished[:UNFINISHED_SHOWN]
+    records = tracking.latest_records(verify.name, [s.key for s in shown if s.key in latest])
+    lines = []
+    for step in shown:
+        record = records.get(step.key)
+        if record is None:
+            what = "never ran"
+        elif record.status == Status.FAILED:
+            what = f"FAILED: {' '.join((record.error_message or 'no error recorded').split())}"
+        else:
+            what = record.status
+        name = f"verify {step.kind}" + (f" {step.target}" if step.target else "")
+        lines.append(f"{name} {step.tenant_id or '(all)'} {what}")
+    return len(unfinished), lines
 
 
 class CutoverPhase(Phase):
@@ -118,6 +165,19 @@ class CutoverPhase(Phase):
             )
         steps.append(self.step("final_status", "Every tenant live, no legacy table left in tenant schemas"))
         return steps
+
+    def check_ready(self, ctx: MigrationContext, steps: list[Step]) -> None:
+        """Nothing is archived while phase verify has a step that did not complete (failed, or never
+        ran) for the tenants this run would cut over, or a phase-wide one (the load test, the role
+        checks): those the runner's per-tenant check cannot see. Offline and online cutover alike."""
+        count, shown = unfinished_verify_steps(ctx, {step.tenant_id for step in steps if step.tenant_id})
+        if not count:
+            return
+        more = f"; and {count - len(shown)} more" if count > len(shown) else ""
+        raise MigrationError(
+            f"cutover cannot start: phase verify has {count} step(s) not completed: {'; '.join(shown)}{more}; "
+            "nothing was archived: fix the cause and rerun `migrate_phase verify`, then cutover"
+        )
 
     def confirmation_question(self, ctx: MigrationContext, steps: list[Step]) -> str:
         if any(step.destructive for step in steps):
@@ -170,11 +230,13 @@ class CutoverPhase(Phase):
                     if rows
                 ]
                 _refuse_changes(problems, f"tenant {tenant.tenant_id}")
+                sequences = _continue_sequences(validated)
                 moved = archive.archive_tables(
                     tenant.schema, tenant.tenant_id, list(LEGACY_TENANT_TABLES), ctx.config.archive_schema, drop
                 )
         return StepResult(
-            message=f"{len(moved)} legacy tables {'dropped' if drop else 'archived'}", details={"archived": moved}
+            message=f"{len(moved)} legacy tables {'dropped' if drop else 'archived'}",
+            details={"archived": moved, "sequences": sequences},
         )
 
     def _archive_auth_tables(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
@@ -193,13 +255,14 @@ class CutoverPhase(Phase):
         with transaction.atomic():  # as for a tenant: locked, checked and moved in one transaction
             archive.lock_tables(cfg.legacy_auth_schema, list(LEGACY_AUTH_TABLES))
             _refuse_changes(_changed_since_validation(validated), f"legacy auth schema {cfg.legacy_auth_schema}")
+            sequences = _continue_sequences(validated)
             moved = archive.archive_tables(
                 cfg.legacy_auth_schema, cfg.legacy_auth_schema, list(LEGACY_AUTH_TABLES), cfg.archive_schema, drop
             )
             dropped_schema = archive.drop_schema_if_empty(cfg.legacy_auth_schema)
         return StepResult(
             message=f"{len(moved)} legacy auth tables {'dropped' if drop else 'archived'}",
-            details={"archived": moved, "legacy_schema_dropped": dropped_schema},
+            details={"archived": moved, "legacy_schema_dropped": dropped_schema, "sequences": sequences},
         )
 
     @staticmethod

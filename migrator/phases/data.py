@@ -19,9 +19,9 @@ from migrator.ops.copy import (
     Remap,
     TableCopy,
     analyze,
+    continue_sequence,
     copy_table,
     legacy_timezone,
-    reset_identity,
     source_rows_up_to,
     table_fence,
     type_differences,
@@ -127,6 +127,14 @@ def in_legacy_timezone(ctx: MigrationContext, copy: TableCopy) -> TableCopy:
 def timezone_details(copy: TableCopy) -> dict[str, object]:
     zoned = zoned_columns(copy) if copy.legacy_timezone is not None else ()
     return {"legacy_timezone": copy.legacy_timezone, "timestamp_columns": list(zoned)} if zoned else {}
+
+
+def continue_sequence_of(copy: TableCopy) -> dict[str, int | None]:
+    """A copy that keeps the legacy ids: the new table's sequence continues after the highest id copied
+    and after the last value of the legacy table's own sequence, whichever is greater."""
+    if copy.key != ("id",):
+        return {}
+    return continue_sequence(copy.target_schema, copy.target_table, legacy=(copy.source_schema, copy.source_table))
 
 
 def validation_fingerprints(
@@ -287,14 +295,14 @@ class DataPhase(Phase):
         copy = in_legacy_timezone(ctx, copy)
         online.capture_before_copy(ctx, legacy, [step.target])  # --online only
         stats = copy_table(copy, ctx.batch_size, reporter)
-        if copy.key == ("id",):
-            reset_identity("auth", step.target)
+        # Same ids as legacy: new ones continue after every id the legacy sequence ever issued.
+        sequence = continue_sequence_of(copy)
         applied = online.apply_after_copy(ctx, legacy, [step.target], reporter)  # --online only
         return StepResult(
             message=f"{stats.rows_copied} rows",
             rows_expected=stats.rows_source,
             rows_copied=stats.rows_copied,
-            details={"batches": stats.batches, **timezone_details(copy), **applied},
+            details={"batches": stats.batches, **timezone_details(copy), **sequence, **applied},
         )
 
     def _merge_reference_table(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
@@ -306,7 +314,8 @@ class DataPhase(Phase):
         result = reference.merge_reference_table(ref, tenant_ids, policy)
         for tenant_id in tenant_ids:
             online.mark_copied(ctx, TenantRef(tenant_id).schema, [ref.legacy_table])
-        reset_identity(ref.shared_schema, ref.table)
+        # Shared rows get new ids (the map translates the old ones): no legacy sequence counts here.
+        sequence = continue_sequence(ref.shared_schema, ref.table)
         message = (
             f"{len(result.tenants_merged)} tenants, {result.rows_staged} rows -> {result.rows_added} new shared rows"
         )
@@ -324,6 +333,7 @@ class DataPhase(Phase):
                 "discarded_variants": result.discarded,
                 "tenants_without_table": result.tenants_without_table,
                 "policy": policy,
+                **sequence,
             },
         )
 
@@ -361,7 +371,7 @@ class DataPhase(Phase):
                 advice=f"fix those rows in {tenant.schema}.{spec.legacy_table}, then run `migrate_phase rollback "
                 f"--tenant {tenant.tenant_id}`, `migrate_phase schemas` and `migrate_phase data`",
             )
-        reset_identity(tenant.schema, spec.target_table)
+        sequence = continue_sequence_of(copy)  # same ids as legacy, as for auth
         if stats.rows_source >= ANALYZE_FROM_ROWS:
             analyze(tenant.schema, spec.target_table)
         merged.update(online.apply_after_copy(ctx, tenant.schema, [spec.legacy_table], reporter))  # --online only
@@ -376,6 +386,7 @@ class DataPhase(Phase):
                 "rebuilt": rebuilt,
                 "resumed_after": stats.resumed_after,
                 **timezone_details(copy),
+                **sequence,
                 **merged,
             },
         )

@@ -13,7 +13,7 @@ from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.errors import MigrationError
 from migrator.core.steps import StepReporter, StepResult
 from migrator.ops import archive, capture, compat, fingerprint, reference
-from migrator.ops.copy import TableCopy, reset_identity
+from migrator.ops.copy import TableCopy
 from migrator.ops.fingerprint import Comparison
 from migrator.tables import LEGACY_AUTH_TABLES, REFERENCE_TABLES, TENANT_DATA_TABLES, legacy_table
 from salesflow.layout import tenant_id_from_schema
@@ -96,11 +96,12 @@ def compare_in_snapshot(ctx: MigrationContext, copy: TableCopy) -> Comparison:
 
 
 def _continue_sequences(copies: dict[str, TableCopy], stats: capture.ApplyStats) -> None:
-    """Rows came in with the legacy ids: the new tables' own inserts (verify's CRUD check) continue after them."""
+    """Rows came in with the legacy ids: the new tables' own inserts (verify's CRUD check) continue after them
+    and after every id the legacy sequences issued meanwhile."""
+    from migrator.phases.data import continue_sequence_of  # data imports this module
+
     for table in stats.keys:
-        copy = copies[table]
-        if copy.key == ("id",):
-            reset_identity(copy.target_schema, copy.target_table)
+        continue_sequence_of(copies[table])
 
 
 def sync_scope(ctx: MigrationContext, scope: str, reporter: StepReporter) -> capture.ApplyStats:
@@ -168,13 +169,14 @@ def switch_scope(ctx: MigrationContext, scope: str, tables: list[str], owner: st
     tenant_id = tenant_id_from_schema(scope) if scope != ctx.config.legacy_auth_schema else None
     blocked: dict[str, float] = {}
     fingerprints: dict[str, str] = {}  # what rollback compares with: a write since cutover keeps it from undoing
+    sequences: dict[str, dict[str, int | None]] = {}
 
     # Before any lock, while writes go on: the backlog applied and both sides compared in full, in one
     # snapshot (as phase 3 validates). Under the lock only the rows changed since are compared, and the
     # recorded target fingerprint is this one with those rows replaced: the fingerprint is a count and
     # a sum of row hashes, and every other row is unchanged on both sides while the capture triggers are
     # there (checked under the lock too).
-    from migrator.phases.data import compare  # data imports this module
+    from migrator.phases.data import compare, continue_sequence_of  # data imports this module
 
     present_before = [t for t in tables if t in catalog.tables_by_schema([scope])[scope]]
     with db.snapshot():
@@ -228,8 +230,9 @@ def switch_scope(ctx: MigrationContext, scope: str, tables: list[str], owner: st
                     )
                 target = fingerprint.replaced(target, target_before[table], target_now)
             fingerprints[table] = str(target)
-            if copy.key == ("id",):
-                reset_identity(copy.target_schema, copy.target_table)
+            # The legacy names become views over the new tables, drawing ids from their sequences: those
+            # continue after every id the legacy sequences issued, under the lock that stops them.
+            sequences[table] = continue_sequence_of(copy)
         if tenant_id is not None:
             problems += [
                 f"{ref.legacy_table}: {n} rows without a shared id"
@@ -264,6 +267,7 @@ def switch_scope(ctx: MigrationContext, scope: str, tables: list[str], owner: st
             "last_changes": blocked.get("changes", 0),
             "views": compat.compat_views(scope),
             "target_fingerprints": fingerprints,
+            "sequences": sequences,
         },
     )
 

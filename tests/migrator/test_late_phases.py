@@ -144,11 +144,10 @@ def test_cutover_archives_legacy_tables_and_marks_tenants_live(seeded, stage_db)
     assert "Migration complete" in out
 
 
-def test_cutover_needs_confirmation_and_refuses_before_validation(prepared):
-    with pytest.raises(CommandError, match="needs confirmation"):
-        run("migrate_phase", "cutover", interactive=True)
-    with pytest.raises(CommandError, match="phase verify is not complete for tenant"):
-        run("migrate_phase", "cutover", interactive=False)
+def test_cutover_refuses_before_validation_without_asking_for_confirmation(prepared):
+    for interactive in (True, False):
+        with pytest.raises(CommandError, match=r"cutover cannot start: .* verify expected_schemas \(all\) never ran"):
+            run("migrate_phase", "cutover", interactive=interactive)
     assert catalog.table_exists("tenant_acme_0001", "contacts")
 
 

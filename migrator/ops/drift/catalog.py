@@ -126,6 +126,7 @@ class Relation:
     constraints: list[dict[str, Any]] = field(default_factory=list)
     indexes: list[dict[str, Any]] = field(default_factory=list)
     partitions: list[str] = field(default_factory=list)
+    sequence: SequenceFacts | None = None  # of its ``id`` column
 
 
 def relations_of(schemas: list[str]) -> list[Relation]:
@@ -228,35 +229,53 @@ class SequenceFacts:
     shared_with: tuple[str, ...]  # other tables whose defaults draw from it
 
 
-def sequence_facts(relation: Relation, column: str) -> SequenceFacts | None:
-    """The sequence behind ``column`` (identity, serial or a nextval() default), its position, max(column)
-    and the other tables whose column defaults draw from the same sequence."""
-    row = db.fetchone(
-        "WITH seq AS (SELECT coalesce(pg_get_serial_sequence(format('%%I.%%I', %s::text, %s::text), %s), "
-        "  (SELECT format('%%I.%%I', sn.nspname, sc.relname) FROM pg_attrdef ad "
-        "   JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum "
-        "   JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid "
-        "     AND d.refclassid = 'pg_class'::regclass "
-        "   JOIN pg_class sc ON sc.oid = d.refobjid AND sc.relkind = 'S' "
-        "   JOIN pg_namespace sn ON sn.oid = sc.relnamespace "
-        "   WHERE ad.adrelid = %s::oid AND a.attname = %s LIMIT 1))::regclass AS oid) "
-        "SELECT seq.oid::text, pg_sequence_last_value(seq.oid), "
-        "  ARRAY(SELECT DISTINCT format('%%I.%%I', n.nspname, c.relname) FROM pg_depend d "
-        "        JOIN pg_attrdef ad ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid "
-        "        JOIN pg_class c ON c.oid = ad.adrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "        WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = seq.oid AND ad.adrelid <> %s::oid)::text[] "
-        "FROM seq WHERE seq.oid IS NOT NULL",
-        [relation.schema, relation.name, column, relation.oid, column, relation.oid],
-    )
-    if row is None:
-        return None
-    name, last_value, shared = row
-    max_id = db.fetchvalue(
-        sql.SQL("SELECT max({c})::bigint FROM ONLY {t}").format(
-            c=sql.Identifier(column), t=sql.Identifier(relation.schema, relation.name)
+# Per table: the sequence behind its ``id`` (identity or serial: the sequence depends on the column;
+# a nextval() default: the default depends on the sequence), its last issued value, and the other
+# tables whose defaults draw from it. All keyed lookups on pg_depend's indexes.
+_SEQUENCES_SQL = """
+SELECT a.attrelid::bigint, s.oid::regclass::text, pg_sequence_last_value(s.oid),
+       ARRAY(SELECT DISTINCT format('%%I.%%I', n.nspname, c.relname) FROM pg_depend d
+             JOIN pg_attrdef ad ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid
+             JOIN pg_class c ON c.oid = ad.adrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = s.oid AND ad.adrelid <> a.attrelid)::text[]
+  FROM pg_attribute a
+  CROSS JOIN LATERAL (
+    SELECT d.objid AS oid FROM pg_depend d
+     WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = a.attrelid AND d.refobjsubid = a.attnum
+       AND d.classid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+    UNION ALL
+    SELECT d.refobjid FROM pg_attrdef ad
+      JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid
+       AND d.refclassid = 'pg_class'::regclass
+      JOIN pg_class sc ON sc.oid = d.refobjid AND sc.relkind = 'S'
+     WHERE ad.adrelid = a.attrelid AND ad.adnum = a.attnum
+    LIMIT 1) s
+ WHERE a.attrelid = ANY(%s::oid[]) AND a.attname = 'id' AND NOT a.attisdropped
+"""
+
+
+def read_sequences(relations: list[Relation]) -> dict[int, SequenceFacts]:
+    """The ``id`` sequence of each of ``relations`` that has one: two queries for all of them (the highest
+    ids are read only for sequences that issued any)."""
+    if not relations:
+        return {}
+    names = {r.oid: r for r in relations}
+    found = db.fetchall(_SEQUENCES_SQL, [list(names)])
+    issued = [(oid, names[oid]) for oid, _seq, last_value, _shared in found if last_value is not None]
+    highest: dict[int, int | None] = {}
+    if issued:
+        row = db.fetchone(
+            sql.SQL("SELECT {}").format(
+                sql.SQL(", ").join(
+                    sql.SQL("(SELECT max(id)::bigint FROM ONLY {})").format(sql.Identifier(r.schema, r.name))
+                    for _oid, r in issued
+                )
+            )
         )
-    )
-    return SequenceFacts(name, last_value, max_id, tuple(shared))
+        highest = dict(zip((oid for oid, _r in issued), row or (), strict=True))
+    return {
+        oid: SequenceFacts(name, last_value, highest.get(oid), tuple(shared)) for oid, name, last_value, shared in found
+    }
 
 
 def count_rows(query: sql.Composable) -> int:

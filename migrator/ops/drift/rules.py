@@ -18,8 +18,8 @@ from migrator.ops.drift.catalog import (
     count_rows,
     expected_tables,
     read_details,
+    read_sequences,
     relations_of,
-    sequence_facts,
 )
 from migrator.ops.drift.findings import SCHEMAS_PER_QUERY, Decisions, Finding
 from migrator.tables import LEGACY_TENANT_TABLES, tenant_table_names
@@ -40,6 +40,9 @@ def inspect_schemas(
             by_schema[relation.schema].append(relation)
         wanted = [r for r in relations if _is_legacy_candidate(r)]
         read_details(wanted)
+        sequences = read_sequences(wanted)
+        for relation in wanted:
+            relation.sequence = sequences.get(relation.oid)
         for schema in chunk:
             yield schema, _classify_schema(schema, by_schema[schema], decisions)
         if progress is not None:
@@ -462,7 +465,7 @@ def _constraint_findings(
 def _sequence_findings(schema: str, table: str, relation: Relation, shape: ExpectedTable) -> list[Finding]:
     if shape.key != ("id",) or "id" not in {c["name"] for c in relation.columns}:
         return []
-    facts = sequence_facts(relation, "id")
+    facts = relation.sequence
     if facts is None:
         return []
     findings = []

@@ -50,6 +50,20 @@ def parse_schema_renames(pairs: list[str]) -> tuple[tuple[str, str], ...]:
     return tuple(renames.items())
 
 
+def parse_leave_constraints(values: list[str]) -> tuple[tuple[str, str, str], ...]:
+    """``SCHEMA.TABLE.NAME`` options (``*`` and ``?`` match any characters) -> (schema, table, name) patterns."""
+    patterns: dict[tuple[str, str, str], None] = {}
+    for value in values:
+        parts = value.split(".")
+        if len(parts) != 3 or not all(parts):
+            raise MigrationError(
+                f"--leave-constraint {value!r}: expected SCHEMA.TABLE.NAME of a legacy table's constraint or index, "
+                "e.g. tenant_acme.contacts.email_has_at or tenant_*.contacts.email_has_at"
+            )
+        patterns[(parts[0], parts[1], parts[2])] = None
+    return tuple(patterns)
+
+
 ReferenceConflicts = Literal["refuse", "first-wins"]
 REFERENCE_CONFLICT_POLICIES: tuple[ReferenceConflicts, ...] = ("refuse", "first-wins")
 
@@ -60,6 +74,9 @@ class RunOptions:
 
     reference_conflicts: ReferenceConflicts = "refuse"  # data: tenants disagreeing on a reference row
     validate_only: bool = False  # data: only the validation steps again
+    # data: (schema, legacy table, name) patterns of legacy constraints and unique indexes not carried to
+    # the new table on the operator's word (see migrator/ops/carried.py)
+    leave_constraints: tuple[tuple[str, str, str], ...] = ()
     restore: bool = False  # rollback: restore the phase-1 backup
     drop_legacy: bool = False  # cutover: drop legacy tables instead of archiving them
     adopt_roles: bool = False  # security: use pre-existing NOLOGIN service roles (rollback never drops them)

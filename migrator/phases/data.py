@@ -10,7 +10,7 @@ from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
-from migrator.ops import constraints, fingerprint, reference
+from migrator.ops import carried, constraints, fingerprint, reference
 from migrator.ops.copy import (
     Remap,
     TableCopy,
@@ -158,7 +158,8 @@ class DataPhase(Phase):
                         self.step(
                             "copy_table",
                             f"Copy {tenant.schema}.{spec.legacy_table} into {tenant.schema}.{spec.target_table} "
-                            f"in batches of {ctx.batch_size}, then rebuild indexes and foreign keys",
+                            f"in batches of {ctx.batch_size}, then rebuild indexes and foreign keys, carry the "
+                            "legacy table's own CHECK and unique constraints",
                             tenant_id=tenant.tenant_id,
                             target=spec.target_table,
                             sql=(copy.preview(),) if with_sql else (),
@@ -268,6 +269,8 @@ class DataPhase(Phase):
             )
         copy = tenant_copy(tenant, spec)
         check_columns(copy, spec.model)
+        leave = ctx.options.leave_constraints
+        carried.refuse_breaking_checks(tenant.schema, spec.legacy_table, spec.target_table, leave)
         online.capture_before_copy(ctx, tenant.schema, [spec.legacy_table])  # --online only
         merged = self._merge_new_reference_rows(ctx, tenant, spec)
         # The fence covers the constraints too: a second runner must not drop or rebuild them mid-copy.
@@ -285,6 +288,9 @@ class DataPhase(Phase):
                 advice=f"fix those rows in {tenant.schema}.{spec.legacy_table}, then run `migrate_phase rollback "
                 f"--tenant {tenant.tenant_id}`, `migrate_phase schemas` and `migrate_phase data`",
             )
+            # After the rebuild: the new table's own indexes are all there to be compared with, and a
+            # carried unique index is built once over the copied rows.
+            carry = carried.carry_constraints(tenant.schema, spec.legacy_table, spec.target_table, leave)
         reset_identity(tenant.schema, spec.target_table)
         if stats.rows_source >= ANALYZE_FROM_ROWS:
             analyze(tenant.schema, spec.target_table)
@@ -299,6 +305,7 @@ class DataPhase(Phase):
                 "deferred": deferred,
                 "rebuilt": rebuilt,
                 "resumed_after": stats.resumed_after,
+                **carry.details(),
                 **merged,
             },
         )

@@ -18,6 +18,7 @@ from migrator.core.context import (
     REFERENCE_CONFLICT_POLICIES,
     MigrationContext,
     RunOptions,
+    parse_leave_constraints,
     parse_schema_renames,
     validate_tenant_ids,
 )
@@ -112,6 +113,15 @@ class Command(BaseCommand):
             help="data: what to do when tenants disagree on a reference row (default refuse).",
         )
         parser.add_argument("--validate-only", action="store_true", help="data: only run the validation steps again.")
+        parser.add_argument(
+            "--leave-constraint",
+            action="append",
+            default=[],
+            metavar="SCHEMA.TABLE.NAME",
+            help="data: do not carry this CHECK, UNIQUE or EXCLUDE constraint or unique index of a legacy tenant "
+            "table to the tenant's new table (recorded in the copy step as left behind); * matches any "
+            "characters, e.g. 'tenant_*.contacts.email_has_at'; repeatable.",
+        )
         parser.add_argument(
             "--restore",
             action="store_true",
@@ -258,6 +268,7 @@ class Command(BaseCommand):
             options=RunOptions(
                 reference_conflicts=options["reference_conflicts"],
                 validate_only=options["validate_only"],
+                leave_constraints=parse_leave_constraints(options["leave_constraint"]),
                 restore=options["restore"],
                 drop_legacy=options["drop_legacy"],
                 adopt_roles=options["adopt_roles"],

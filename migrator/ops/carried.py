@@ -105,6 +105,7 @@ _OBJECTS = sql.SQL(
       JOIN pg_index x ON x.indexrelid = c.conindid
       JOIN pg_class i ON i.oid = x.indexrelid
       JOIN pg_am am ON am.oid = i.relam
+    ORDER BY 1, 3, 2
     """
 )
 

@@ -82,18 +82,13 @@ def test_a_tenants_check_and_case_insensitive_partial_unique_index_are_carried_a
     run("migrate_phase", "data", interactive=False, batch_size=50)
 
     assert checks(ACME, "contact_data_contacts") == {"email_has_at": ("CHECK ((email ~~ '%@%'::text))", True)}
-    carried_indexes = unique_indexes(ACME, "contact_data_contacts")
-    assert carried_indexes == {
+    on_new_table = "ON tenant_acme_0001.contact_data_contacts USING btree"
+    assert unique_indexes(ACME, "contact_data_contacts") == {
         "contacts_email_ci_carried": (
-            "CREATE UNIQUE INDEX contacts_email_ci_carried ON tenant_acme_0001.contact_data_contacts "
-            "USING btree (lower(email)) WHERE (email IS NOT NULL)",
+            f"CREATE UNIQUE INDEX contacts_email_ci_carried {on_new_table} (lower(email)) WHERE (email IS NOT NULL)",
             True,
         ),
-        "contacts_phone_key_carried": (
-            "CREATE UNIQUE INDEX contacts_phone_key_carried ON tenant_acme_0001.contact_data_contacts "
-            "USING btree (phone)",
-            True,
-        ),
+        "contacts_phone_key_carried": (f"CREATE UNIQUE INDEX contacts_phone_key_carried {on_new_table} (phone)", True),
     }
     assert count(ACME, "contact_data_contacts") == 120
     email = rows(sql.SQL("SELECT email FROM {} WHERE email IS NOT NULL LIMIT 1").format(LEGACY))[0][0]
@@ -154,6 +149,11 @@ def test_a_tenants_check_and_case_insensitive_partial_unique_index_are_carried_a
 
 def test_a_copy_step_rerun_after_its_rules_were_carried_finds_them_and_carries_nothing_twice(schemas_ready):
     add_legacy_rules()
+    db.execute(
+        sql.SQL(
+            "ALTER TABLE {} ADD CONSTRAINT owner_exclusive EXCLUDE USING btree (owner_id WITH =) WHERE (owner_id < 0)"
+        ).format(LEGACY)
+    )
     run("migrate_phase", "data", interactive=False, batch_size=50)
     before = (checks(ACME, "contact_data_contacts"), unique_indexes(ACME, "contact_data_contacts"))
     # As if killed after the carry committed but before the step was recorded: the step runs again,
@@ -168,10 +168,17 @@ def test_a_copy_step_rerun_after_its_rules_were_carried_finds_them_and_carries_n
     assert (again.attempt, again.status) == (2, Status.COMPLETED)
     assert again.details["deferred"] > 0
     assert (checks(ACME, "contact_data_contacts"), unique_indexes(ACME, "contact_data_contacts")) == before
-    assert [(c["legacy"], c["target"]) for c in again.details["constraints_carried"]] == [
+    carried = [(c["legacy"], c["target"]) for c in again.details["constraints_carried"]]
+    assert carried == [(c["legacy"], c["target"]) for c in first.details["constraints_carried"]]
+    assert carried == [
         ("email_has_at", "email_has_at"),
+        ("owner_exclusive", "owner_exclusive_carried"),
         ("contacts_email_ci", "contacts_email_ci_carried"),
     ]
+    assert rows(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'owner_exclusive_carried' "
+        "AND conrelid = 'tenant_acme_0001.contact_data_contacts'::regclass"
+    ) == [("EXCLUDE USING btree (owner_id WITH =) WHERE ((owner_id < 0))",)]
     assert count(ACME, "contact_data_contacts") == 120
 
 
@@ -236,3 +243,26 @@ def test_a_malformed_leave_constraint_is_one_line(schemas_ready):
     ):
         run("migrate_phase", "data", interactive=False, leave_constraint=["contacts.email_has_at"])
     assert records(phase="data", step="copy_table") == []
+
+
+def test_verify_accepts_a_smoke_row_that_a_carried_check_refuses(schemas_ready):
+    # acme's rule: custom fields carry a tier (verify's smoke row has none)
+    db.execute(
+        sql.SQL(
+            "ALTER TABLE {} ADD CONSTRAINT custom_fields_tier CHECK (custom_fields IS NULL OR custom_fields ? 'tier')"
+        ).format(LEGACY)
+    )
+    run("migrate_phase", "data", interactive=False)
+    run("migrate_phase", "security", interactive=False)
+
+    run("migrate_phase", "verify", interactive=False)
+
+    assert {r.status for r in records(phase="verify")} == {Status.COMPLETED}
+    smoke = latest("verify/acme_0001/crud_smoke")
+    assert smoke.details["refused_by_carried_constraint"] == "custom_fields_tier"
+    assert smoke.details["message"] == (
+        "the test contact was refused by custom_fields_tier, a constraint carried from the tenant's legacy table "
+        "(rolled back)"
+    )
+    assert "refused_by_carried_constraint" not in latest("verify/globex_0002/crud_smoke").details
+    assert count(ACME, "contact_data_contacts") == 120

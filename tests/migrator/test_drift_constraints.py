@@ -12,8 +12,9 @@ from django.db import IntegrityError, transaction
 from psycopg import sql
 
 from migrator import db
+from migrator.core.errors import MigrationError
 from migrator.models import Status
-from migrator.ops.carried import carried_objects
+from migrator.ops.carried import carried_objects, carry_constraints
 from tests.helpers import run
 from tests.migrator.helpers import count, latest, one_line, records, rows
 
@@ -266,3 +267,26 @@ def test_verify_accepts_a_smoke_row_that_a_carried_check_refuses(schemas_ready):
     )
     assert "refused_by_carried_constraint" not in latest("verify/globex_0002/crud_smoke").details
     assert count(ACME, "contact_data_contacts") == 120
+
+
+def test_copied_rows_that_break_a_rule_fail_its_carry_with_nothing_carried(migrated):
+    # As if a copied row broke a rule the legacy table enforced (a converted column, a row edited since):
+    db.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT id_positive CHECK (id > 0)").format(LEGACY))
+    db.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT email_has_at CHECK (email LIKE '%@%')").format(LEGACY))
+    db.execute("UPDATE tenant_acme_0001.contact_data_contacts SET email = 'nobody' || id WHERE id IN (4, 6, 8)")
+
+    with pytest.raises(MigrationError) as exc:
+        carry_constraints(ACME, "contacts", "contact_data_contacts", ())
+
+    message = str(exc.value)
+    assert one_line(message)
+    assert message.startswith(
+        "tenant_acme_0001.contact_data_contacts: the check email_has_at of tenant_acme_0001.contacts "
+        "(CHECK (email ~~ '%@%'::text)) cannot be carried: 3 copied rows break it: check constraint "
+        '"email_has_at" of relation "contact_data_contacts" is violated by some row;'
+    )
+    assert message.endswith("or pass --leave-constraint tenant_acme_0001.contacts.email_has_at to leave it behind")
+    assert checks(ACME, "contact_data_contacts") == {}  # id_positive, created first, rolled back with it
+    report = carry_constraints(ACME, "contacts", "contact_data_contacts", ((ACME, "contacts", "email_*"),))
+    assert [c["target"] for c in report.carried] == ["id_positive"]
+    assert [c["legacy"] for c in report.left_behind] == ["email_has_at"]

@@ -70,6 +70,20 @@ def parse_table_renames(pairs: list[str]) -> tuple[tuple[str, str, str], ...]:
     return tuple((schema, old, new) for (schema, old), new in renames.items())
 
 
+def parse_leave_constraints(values: list[str]) -> tuple[tuple[str, str, str], ...]:
+    """``SCHEMA.TABLE.NAME`` options (``*`` and ``?`` match any characters) -> (schema, table, name) patterns."""
+    patterns: dict[tuple[str, str, str], None] = {}
+    for value in values:
+        parts = value.split(".")
+        if len(parts) != 3 or not all(parts):
+            raise MigrationError(
+                f"--leave-constraint {value!r}: expected SCHEMA.TABLE.NAME of a legacy table's constraint or index, "
+                "e.g. tenant_acme.contacts.email_has_at or tenant_*.contacts.email_has_at"
+            )
+        patterns[(parts[0], parts[1], parts[2])] = None
+    return tuple(patterns)
+
+
 ReferenceConflicts = Literal["refuse", "first-wins"]
 REFERENCE_CONFLICT_POLICIES: tuple[ReferenceConflicts, ...] = ("refuse", "first-wins")
 
@@ -80,6 +94,9 @@ class RunOptions:
 
     reference_conflicts: ReferenceConflicts = "refuse"  # data: tenants disagreeing on a reference row
     validate_only: bool = False  # data: only the validation steps again
+    # prepare, data: (schema, legacy table, name) patterns of legacy constraints, indexes and domain
+    # checks not carried to the new table on the operator's word (see migrator/ops/carried.py)
+    leave_constraints: tuple[tuple[str, str, str], ...] = ()
     restore: bool = False  # rollback: restore the phase-1 backup
     drop_legacy: bool = False  # cutover: drop legacy tables instead of archiving them
     adopt_roles: bool = False  # security: use pre-existing NOLOGIN service roles (rollback never drops them)
@@ -95,8 +112,6 @@ class RunOptions:
     rename_tables: tuple[tuple[str, str, str], ...] = ()
     # prepare: SCHEMA.TABLE patterns of tables the registry does not know, left where they are
     leave_tables: tuple[str, ...] = ()
-    # prepare, data: SCHEMA.TABLE.NAME patterns of legacy constraints and indexes not carried over
-    leave_constraints: tuple[str, ...] = ()
     render_sql: bool = False  # plans carry the SQL of each step (--plan, -v 3)
     target_database: str | None = None  # rehearse: the scratch database (default <database>_rehearsal)
     replace_target: bool = False  # rehearse: drop an existing scratch database that is not a rehearsal copy

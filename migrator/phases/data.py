@@ -13,7 +13,7 @@ from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.models import MigrationRecord, Status
-from migrator.ops import constraints, fingerprint, reference
+from migrator.ops import carried, constraints, fingerprint, reference
 from migrator.ops.copy import (
     LEGACY_TIMEZONE_OPTION,
     Remap,
@@ -240,7 +240,8 @@ class DataPhase(Phase):
                         self.step(
                             "copy_table",
                             f"Copy {tenant.schema}.{spec.legacy_table} into {tenant.schema}.{spec.target_table} "
-                            f"in batches of {ctx.batch_size}, then rebuild indexes and foreign keys",
+                            f"in batches of {ctx.batch_size}, then rebuild indexes and foreign keys, carry the "
+                            "legacy table's own CHECK and unique constraints",
                             tenant_id=tenant.tenant_id,
                             target=spec.target_table,
                             sql=(copy.preview(),) if with_sql else (),
@@ -354,6 +355,8 @@ class DataPhase(Phase):
         copy = tenant_copy(tenant, spec)
         check_columns(copy, spec.model)
         copy = in_legacy_timezone(ctx, copy)
+        leave = ctx.options.leave_constraints
+        carried.refuse_breaking_checks(tenant.schema, spec.legacy_table, spec.target_table, leave)
         online.capture_before_copy(ctx, tenant.schema, [spec.legacy_table])  # --online only
         merged = self._merge_new_reference_rows(ctx, tenant, spec)
         # The fence covers the constraints too: a second runner must not drop or rebuild them mid-copy.
@@ -371,6 +374,9 @@ class DataPhase(Phase):
                 advice=f"fix those rows in {tenant.schema}.{spec.legacy_table}, then run `migrate_phase rollback "
                 f"--tenant {tenant.tenant_id}`, `migrate_phase schemas` and `migrate_phase data`",
             )
+            # After the rebuild: the new table's own indexes are all there to be compared with, and a
+            # carried unique index is built once over the copied rows.
+            carry = carried.carry_constraints(tenant.schema, spec.legacy_table, spec.target_table, leave)
         sequence = continue_sequence_of(copy)  # same ids as legacy, as for auth
         if stats.rows_source >= ANALYZE_FROM_ROWS:
             analyze(tenant.schema, spec.target_table)
@@ -387,6 +393,7 @@ class DataPhase(Phase):
                 "resumed_after": stats.resumed_after,
                 **timezone_details(copy),
                 **sequence,
+                **carry.details(),
                 **merged,
             },
         )

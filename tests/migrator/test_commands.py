@@ -64,6 +64,7 @@ def test_migrate_phase_help_lists_the_phases_and_options(capsys):
         "--tenant",
         "--validate-only",
         "--reference-conflicts",
+        "--leave-constraint",
     ):
         assert fragment in text
 

@@ -18,6 +18,7 @@ from migrator.core.context import (
     REFERENCE_CONFLICT_POLICIES,
     MigrationContext,
     RunOptions,
+    parse_leave_constraints,
     parse_schema_renames,
     parse_table_renames,
     validate_tenant_ids,
@@ -133,6 +134,15 @@ class Command(BaseCommand):
             "setting. A tenant copied with one zone is not continued with another.",
         )
         parser.add_argument(
+            "--leave-constraint",
+            action="append",
+            default=[],
+            metavar="SCHEMA.TABLE.NAME",
+            help="prepare, data: do not carry this CHECK, UNIQUE or EXCLUDE constraint, index, foreign key or "
+            "domain check of a legacy tenant table to the tenant's new table (recorded as left behind); * matches "
+            "any characters, e.g. 'tenant_*.contacts.email_has_at'; repeatable.",
+        )
+        parser.add_argument(
             "--restore",
             action="store_true",
             help="rollback: restore the phase-1 backup instead (found through the backup's manifest "
@@ -174,14 +184,6 @@ class Command(BaseCommand):
             metavar="SCHEMA.TABLE",
             help="prepare: a table the registry does not know that holds rows is left where it is, not "
             "migrated (patterns: '*.notes_2019'); repeatable.",
-        )
-        parser.add_argument(
-            "--leave-constraint",
-            action="append",
-            default=[],
-            metavar="SCHEMA.TABLE.NAME",
-            help="prepare, data: a legacy constraint, index or domain check the new table would not enforce is "
-            "left behind deliberately (recorded; patterns: '*.contacts.owner_fk'); repeatable.",
         )
         parser.add_argument(
             "--rename-schema",
@@ -304,6 +306,7 @@ class Command(BaseCommand):
                 reference_conflicts=options["reference_conflicts"],
                 validate_only=options["validate_only"],
                 legacy_timezone=options["legacy_timezone"],
+                leave_constraints=parse_leave_constraints(options["leave_constraint"]),
                 restore=options["restore"],
                 drop_legacy=options["drop_legacy"],
                 adopt_roles=options["adopt_roles"],
@@ -311,7 +314,6 @@ class Command(BaseCommand):
                 rename_schemas=parse_schema_renames(options["rename_schema"]),
                 rename_tables=parse_table_renames(options["rename_table"]),
                 leave_tables=tuple(dict.fromkeys(options["leave_table"])),
-                leave_constraints=tuple(dict.fromkeys(options["leave_constraint"])),
                 render_sql=options["plan"] or options["verbosity"] >= 3,
                 interactive=options["interactive"],
                 target_database=options["target_database"],

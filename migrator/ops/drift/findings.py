@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from migrator.models import Disposition, FindingKind
+from migrator.ops.carried import left_behind
 
 SCHEMAS_PER_QUERY = 200
 SCHEMA_PLACEHOLDER = "tenant_<id>"  # a tenant's schema in a finding grouped across tenants
@@ -56,8 +57,8 @@ class Decisions:
     rename_tables: dict[tuple[str, str], str] = field(default_factory=dict)
     # SCHEMA.TABLE patterns (fnmatch: '*.notes_2019'): unknown tables left where they are, not migrated
     leave_tables: tuple[str, ...] = ()
-    # SCHEMA.TABLE.NAME patterns: legacy constraints and indexes not carried to the new table
-    leave_constraints: tuple[str, ...] = ()
+    # (schema, table, name) patterns: legacy constraints and indexes not carried to the new table
+    leave_constraints: tuple[tuple[str, str, str], ...] = ()
     # the legacy application's time zone and where it came from: legacy timestamps are read in it
     legacy_timezone: tuple[str, str] = ("UTC", "default")
 
@@ -65,7 +66,7 @@ class Decisions:
         return any(fnmatch.fnmatchcase(f"{schema}.{table}", pattern) for pattern in self.leave_tables)
 
     def leaves_constraint(self, schema: str, table: str, name: str) -> bool:
-        return any(fnmatch.fnmatchcase(f"{schema}.{table}.{name}", pattern) for pattern in self.leave_constraints)
+        return left_behind(self.leave_constraints, schema, table, name)
 
 
 # --- grouping --------------------------------------------------------------------------------------

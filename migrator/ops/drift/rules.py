@@ -456,8 +456,10 @@ def _constraint_findings(
                 FindingKind.INDEX,
                 index["name"],
                 index["definition"],
-                Disposition.CARRIED,
-                "re-created on the new table",
+                Disposition.DECISION,
+                "a performance index the new table does not have (not re-created): "
+                f"{left_option} {schema}.{table}.{index['name']} to accept that, or create it on the new table "
+                "after phase 3",
             )
     return findings
 

@@ -187,6 +187,21 @@ class FindingKind(models.TextChoices):
     UNLOGGED = "unlogged table"
     SEQUENCE = "sequence"
     SHARED_SEQUENCE = "shared sequence"
+    # Objects that depend on a legacy table (issue: dependents keep working after cutover).
+    VIEW = "view"
+    MATERIALIZED_VIEW = "materialized view"
+    FUNCTION = "function"
+    FUNCTION_BY_NAME = "function (found by name)"
+    FOREIGN_KEY_FROM = "foreign key from another table"
+    TRIGGER = "trigger"
+    RULE = "rule"
+    POLICY = "row-level security policy"
+    ROW_SECURITY = "row-level security"
+    PUBLICATION = "publication"
+    STATISTICS = "statistics object"
+    GRANT = "grant"
+    COLUMN_GRANT = "column grant"
+    COMMENT = "comment"
 
 
 class DriftFinding(models.Model):

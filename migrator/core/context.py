@@ -112,6 +112,8 @@ class RunOptions:
     rename_tables: tuple[tuple[str, str, str], ...] = ()
     # prepare: SCHEMA.TABLE patterns of tables the registry does not know, left where they are
     leave_tables: tuple[str, ...] = ()
+    # prepare, cutover: name patterns of objects depending on legacy tables that stay with the archived tables
+    leave_dependents: tuple[str, ...] = ()
     render_sql: bool = False  # plans carry the SQL of each step (--plan, -v 3)
     target_database: str | None = None  # rehearse: the scratch database (default <database>_rehearsal)
     replace_target: bool = False  # rehearse: drop an existing scratch database that is not a rehearsal copy

@@ -39,7 +39,9 @@ def archive_tables(schema: str, owner: str, tables: list[str], archive_schema: s
         if drop:
             for table in tables:
                 if table in present:
-                    db.execute(sql.SQL("DROP TABLE {} CASCADE").format(sql.Identifier(schema, table)))
+                    # Never CASCADE: whatever still depends on a legacy table (a view, a foreign key, a
+                    # child table) must stop the drop, not silently go with it.
+                    db.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, table)))
                     moved[table] = "dropped"
             return moved
         # Every rename and move in one round trip (one per table and statement costs more than the DDL).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.db import transaction
+from psycopg import sql
 
 from migrator import catalog
 from migrator.core.context import MigrationContext, TenantRef
@@ -11,7 +12,7 @@ from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.engine import tracking
 from migrator.models import Status
-from migrator.ops import archive, fingerprint, reference
+from migrator.ops import archive, dependents, fingerprint, reference
 from migrator.ops.copy import TableCopy
 from migrator.phases import online
 from migrator.phases.data import (
@@ -230,13 +231,25 @@ class CutoverPhase(Phase):
                     if rows
                 ]
                 _refuse_changes(problems, f"tenant {tenant.tenant_id}")
+                found = dependents.of_tables(tenant.schema, LEGACY_TENANT_TABLES)
+                dependents.refuse_uncarried(f"tenant {tenant.tenant_id}", found, ctx.options.leave_dependents)
                 sequences = _continue_sequences(validated)
+                # Foreign keys of other tables are let go of first: a drop never cascades to them.
+                dependents.detach_foreign_keys(found)
                 moved = archive.archive_tables(
                     tenant.schema, tenant.tenant_id, list(LEGACY_TENANT_TABLES), ctx.config.archive_schema, drop
                 )
+            new_tables = {
+                (tenant.schema, spec.legacy_table): sql.Identifier(tenant.schema, spec.target_table)
+                for spec in TENANT_DATA_TABLES
+            }
+            carried = dependents.carry(found, new_tables)
+        message = f"{len(moved)} legacy tables {'dropped' if drop else 'archived'}"
+        if carried:
+            message += f"; {len(carried)} dependent objects carried to the new tables"
         return StepResult(
-            message=f"{len(moved)} legacy tables {'dropped' if drop else 'archived'}",
-            details={"archived": moved, "sequences": sequences},
+            message=message,
+            details={"archived": moved, "sequences": sequences, "dependents_carried": carried},
         )
 
     def _archive_auth_tables(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:

@@ -51,6 +51,7 @@ def drift_decisions(ctx: MigrationContext) -> drift.Decisions:
         rename_tables={(schema, old): new for schema, old, new in ctx.options.rename_tables},
         leave_tables=ctx.options.leave_tables,
         leave_constraints=ctx.options.leave_constraints,
+        leave_dependents=ctx.options.leave_dependents,
         legacy_timezone=legacy_timezone(ctx.options),
     )
 

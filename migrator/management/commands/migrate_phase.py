@@ -186,6 +186,15 @@ class Command(BaseCommand):
             "migrated (patterns: '*.notes_2019'); repeatable.",
         )
         parser.add_argument(
+            "--leave-dependent",
+            action="append",
+            default=[],
+            metavar="NAME",
+            help="prepare, cutover: an object that depends on a legacy table and that cutover does not carry to "
+            "the new table (a view, a function, a rule, ...) stays with the archived legacy table on purpose; NAME "
+            "as the drift report spells it, * matches any characters (e.g. 'public.report_*'); repeatable.",
+        )
+        parser.add_argument(
             "--rename-schema",
             action="append",
             default=[],
@@ -314,6 +323,7 @@ class Command(BaseCommand):
                 rename_schemas=parse_schema_renames(options["rename_schema"]),
                 rename_tables=parse_table_renames(options["rename_table"]),
                 leave_tables=tuple(dict.fromkeys(options["leave_table"])),
+                leave_dependents=tuple(dict.fromkeys(options["leave_dependent"])),
                 render_sql=options["plan"] or options["verbosity"] >= 3,
                 interactive=options["interactive"],
                 target_database=options["target_database"],

@@ -59,6 +59,8 @@ class Decisions:
     leave_tables: tuple[str, ...] = ()
     # (schema, table, name) patterns: legacy constraints and indexes not carried to the new table
     leave_constraints: tuple[tuple[str, str, str], ...] = ()
+    # name patterns of objects depending on legacy tables left with the archived tables at cutover
+    leave_dependents: tuple[str, ...] = ()
     # the legacy application's time zone and where it came from: legacy timestamps are read in it
     legacy_timezone: tuple[str, str] = ("UTC", "default")
 

@@ -11,6 +11,7 @@ from psycopg import sql
 from migrator import db
 from migrator.models import Disposition, FindingKind
 from migrator.ops.copy import TIMESTAMP_OID, TIMESTAMPTZ_OID, TableCopy, TypeDifference, inexact_values
+from migrator.ops.dependents import Dependent, carried, dependents_of, left_by_option
 from migrator.ops.drift.catalog import (
     ExpectedColumn,
     ExpectedTable,
@@ -43,8 +44,13 @@ def inspect_schemas(
         sequences = read_sequences(wanted)
         for relation in wanted:
             relation.sequence = sequences.get(relation.oid)
+        legacy = {r.oid: (r.schema, r.name) for r in wanted if r.name in LEGACY_TENANT_TABLES}
+        found: dict[str, list[Dependent]] = {schema: [] for schema in chunk}
+        for dependent in dependents_of(legacy):
+            found[dependent.schema].append(dependent)
         for schema in chunk:
-            yield schema, _classify_schema(schema, by_schema[schema], decisions)
+            findings = _classify_schema(schema, by_schema[schema], decisions)
+            yield schema, findings + [_dependent_finding(d, decisions) for d in found[schema]]
         if progress is not None:
             progress(min(start + SCHEMAS_PER_QUERY, len(schemas)), len(schemas))
 
@@ -496,3 +502,37 @@ def _sequence_findings(schema: str, table: str, relation: Relation, shape: Expec
             )
         )
     return findings
+
+
+def _dependent_finding(dependent: Dependent, decisions: Decisions) -> Finding:
+    """An object that depends on a legacy table: carried to the new table at cutover, left with the archived
+    table on the operator's word, or waiting for that decision."""
+    kind, name = dependent.kind, dependent.name
+    if carried(dependent):
+        action = (
+            "nothing to do: the new table is published too"
+            if kind == FindingKind.PUBLICATION
+            else "re-created on the new table at cutover"
+        )
+        return Finding(dependent.schema, dependent.table, kind, name, dependent.detail, Disposition.CARRIED, action)
+    if left_by_option(dependent, decisions.leave_dependents):
+        return Finding(
+            dependent.schema,
+            dependent.table,
+            kind,
+            name,
+            dependent.detail,
+            Disposition.DECIDED,
+            "stays with the archived legacy table at cutover",
+            "--leave-dependent",
+        )
+    return Finding(
+        dependent.schema,
+        dependent.table,
+        kind,
+        name,
+        dependent.detail[:200],
+        Disposition.DECISION,
+        "cutover does not carry it: after cutover it would act on the archived legacy table; drop it (and "
+        f"re-create it over the new tables after cutover), or --leave-dependent '{name}'",
+    )

@@ -1,0 +1,317 @@
+"""Objects that depend on legacy tables: what a view, a foreign key of another service or a publication
+reads or references, and what PostgreSQL would carry along (or drop with CASCADE) when a table moves.
+
+PostgreSQL ties most of them to a table by its oid (``pg_depend``, ``pg_rewrite``, the catalogs of
+triggers, policies, publications, statistics), so they follow the table into the archive schema at
+cutover: a view would read the archived, frozen rows. Grants and comments live on the table itself.
+Functions whose body is text (plpgsql, SQL without a standard body) are tied by nothing: they are
+found by the table's name in their source (``found by name``), which can match more than it should.
+Reads only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from psycopg import sql
+
+from migrator import db
+from migrator.core.errors import MigrationError
+from migrator.models import FindingKind
+from migrator.ops.capture import TRIGGER, TRUNCATE_TRIGGER
+from migrator.tables import TENANT_DATA_TABLES
+
+KEEPS_IDS = frozenset(t.legacy_table for t in TENANT_DATA_TABLES)  # legacy tables whose new table keeps their ids
+
+
+@dataclass(frozen=True)
+class Dependent:
+    schema: str  # the legacy table's schema
+    table: str  # the legacy table it depends on
+    kind: FindingKind
+    name: str  # the object's name, schema-qualified where it has a schema of its own
+    detail: str = ""
+    # raw names cutover needs to carry it: foreign key (schema, table, constraint, *columns, '->',
+    # *referenced columns); grant (role or PUBLIC[, column]); comment ([column]); publication (name)
+    parts: tuple[str, ...] = ()
+
+
+# What cutover does with each kind: carries it to the new table (``CARRIED``), or, for the rest, refuses
+# the tenant unless ``--leave-dependent`` names the object (it then stays with the archived table).
+CARRIED: frozenset[FindingKind] = frozenset(
+    {FindingKind.FOREIGN_KEY_FROM, FindingKind.GRANT, FindingKind.COLUMN_GRANT, FindingKind.COMMENT}
+)
+
+
+def carried(dependent: Dependent) -> bool:
+    """Whether cutover carries ``dependent`` to the new table (a FOR ALL TABLES publication needs nothing).
+
+    Only a tenant data table's: its new table keeps the legacy ids. A reference table's rows are merged
+    into a shared table under new ids (a foreign key would point at other rows), shared by every tenant
+    (a grant would open all tenants' rows)."""
+    if dependent.kind == FindingKind.PUBLICATION and dependent.detail == "FOR ALL TABLES":
+        return True
+    return dependent.kind in CARRIED and dependent.table in KEEPS_IDS
+
+
+def of_tables(schema: str, tables: Iterable[str]) -> list[Dependent]:
+    """The dependents of ``schema``'s legacy ``tables`` that exist."""
+    rows = db.fetchall(
+        "SELECT to_regclass(format('%%I.%%I', %s::text, t))::oid::bigint, t FROM unnest(%s::text[]) t "
+        "WHERE to_regclass(format('%%I.%%I', %s::text, t)) IS NOT NULL",
+        [schema, list(tables), schema],
+    )
+    return dependents_of({oid: (schema, table) for oid, table in rows})
+
+
+def left_by_option(dependent: Dependent, patterns: tuple[str, ...]) -> bool:
+    """Whether ``--leave-dependent`` names the object (patterns match its name, e.g. ``public.report_*``)."""
+    return any(fnmatchcase(dependent.name, pattern) for pattern in patterns)
+
+
+# One row per dependent: (table oid, kind, name, detail). Everything keyed by the legacy tables' oids.
+_DEPENDENTS_SQL = """
+WITH t(oid) AS (SELECT unnest(%(oids)s::oid[])),
+legacy(oid) AS (SELECT unnest(%(all_legacy)s::oid[]))
+SELECT DISTINCT d.refobjid::bigint, CASE v.relkind WHEN 'm' THEN 'materialized view' ELSE 'view' END,
+       format('%%I.%%I', vn.nspname, v.relname), '', ARRAY[]::text[]
+  FROM t JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = t.oid
+           AND d.classid = 'pg_rewrite'::regclass
+  JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class
+  JOIN pg_namespace vn ON vn.oid = v.relnamespace
+ WHERE v.oid <> t.oid
+UNION ALL
+SELECT DISTINCT d.refobjid::bigint, 'function', p.oid::regprocedure::text, 'SQL-standard body', ARRAY[]::text[]
+  FROM t JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = t.oid
+           AND d.classid = 'pg_proc'::regclass
+  JOIN pg_proc p ON p.oid = d.objid
+UNION ALL
+SELECT c.confrelid::bigint, 'foreign key from another table', format('%%I.%%I', n.nspname, o.relname) || '.'
+       || quote_ident(c.conname), pg_get_constraintdef(c.oid),
+       ARRAY[n.nspname::text, o.relname::text, c.conname::text]
+       || ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(n, i)
+                JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i)
+       || ARRAY['->']
+       || ARRAY(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY k(n, i)
+                JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.i)
+  FROM pg_constraint c JOIN t ON c.confrelid = t.oid JOIN pg_class o ON o.oid = c.conrelid
+  JOIN pg_namespace n ON n.oid = o.relnamespace
+ WHERE c.contype = 'f' AND c.conrelid NOT IN (SELECT oid FROM legacy) AND c.conparentid = 0
+UNION ALL
+SELECT g.tgrelid::bigint, 'trigger', quote_ident(g.tgname), pg_get_triggerdef(g.oid), ARRAY[]::text[]
+  FROM pg_trigger g JOIN t ON g.tgrelid = t.oid
+ WHERE NOT g.tgisinternal AND g.tgname NOT IN (%(capture)s, %(capture_truncate)s)
+UNION ALL
+SELECT r.ev_class::bigint, 'rule', quote_ident(r.rulename), pg_get_ruledef(r.oid), ARRAY[]::text[]
+  FROM pg_rewrite r JOIN t ON r.ev_class = t.oid WHERE r.rulename <> '_RETURN'
+UNION ALL
+SELECT p.polrelid::bigint, 'row-level security policy', quote_ident(p.polname),
+       coalesce(pg_get_expr(p.polqual, p.polrelid), ''), ARRAY[]::text[]
+  FROM pg_policy p JOIN t ON p.polrelid = t.oid
+UNION ALL
+SELECT c.oid::bigint, 'row-level security', 'ROW LEVEL SECURITY',
+       CASE WHEN c.relforcerowsecurity THEN 'enabled, forced' ELSE 'enabled' END, ARRAY[]::text[]
+  FROM pg_class c JOIN t ON c.oid = t.oid WHERE c.relrowsecurity
+UNION ALL
+SELECT pr.prrelid::bigint, 'publication', quote_ident(p.pubname), '', ARRAY[p.pubname::text]
+  FROM pg_publication_rel pr JOIN t ON pr.prrelid = t.oid JOIN pg_publication p ON p.oid = pr.prpubid
+UNION ALL
+SELECT t.oid::bigint, 'publication', quote_ident(p.pubname), 'FOR ALL TABLES', ARRAY[p.pubname::text]
+  FROM pg_publication p CROSS JOIN t WHERE p.puballtables
+UNION ALL
+SELECT s.stxrelid::bigint, 'statistics object', format('%%I.%%I', sn.nspname, s.stxname), '', ARRAY[]::text[]
+  FROM pg_statistic_ext s JOIN t ON s.stxrelid = t.oid JOIN pg_namespace sn ON sn.oid = s.stxnamespace
+UNION ALL
+SELECT c.oid::bigint, 'grant', CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END,
+       string_agg(a.privilege_type, ', ' ORDER BY a.privilege_type), ARRAY[coalesce(r.rolname::text, 'PUBLIC')]
+  FROM pg_class c JOIN t ON c.oid = t.oid CROSS JOIN LATERAL aclexplode(c.relacl) a
+  LEFT JOIN pg_roles r ON r.oid = a.grantee
+ WHERE a.grantee <> c.relowner
+ GROUP BY c.oid, a.grantee, r.rolname
+UNION ALL
+SELECT at.attrelid::bigint, 'column grant', CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END
+       || ' on ' || quote_ident(at.attname), string_agg(a.privilege_type, ', ' ORDER BY a.privilege_type),
+       ARRAY[coalesce(r.rolname::text, 'PUBLIC'), at.attname::text]
+  FROM pg_attribute at JOIN t ON at.attrelid = t.oid JOIN pg_class c ON c.oid = at.attrelid
+  CROSS JOIN LATERAL aclexplode(at.attacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee
+ WHERE at.attacl IS NOT NULL AND a.grantee <> c.relowner
+ GROUP BY at.attrelid, at.attname, a.grantee, r.rolname
+UNION ALL
+SELECT d.objoid::bigint, 'comment', CASE WHEN d.objsubid = 0 THEN 'table'
+       ELSE 'column ' || quote_ident(at.attname) END, d.description,
+       CASE WHEN d.objsubid = 0 THEN ARRAY[]::text[] ELSE ARRAY[at.attname::text] END
+  FROM pg_description d JOIN t ON d.objoid = t.oid AND d.classoid = 'pg_class'::regclass
+  LEFT JOIN pg_attribute at ON at.attrelid = d.objoid AND at.attnum = d.objsubid
+"""
+
+
+def dependents_of(tables: dict[int, tuple[str, str]], all_legacy: Iterable[int] = ()) -> list[Dependent]:
+    """The objects depending on the tables ``oid -> (schema, table)``, one query; foreign keys from the
+    tables of ``all_legacy`` (the legacy tables themselves, which move together) are not dependents."""
+    if not tables:
+        return []
+    rows = db.fetchall(
+        _DEPENDENTS_SQL,
+        {
+            "oids": list(tables),
+            "all_legacy": [*tables, *all_legacy],
+            "capture": TRIGGER,
+            "capture_truncate": TRUNCATE_TRIGGER,
+        },
+    )
+    found = [
+        Dependent(*tables[oid], FindingKind(kind), name, detail or "", tuple(parts or ()))
+        for oid, kind, name, detail, parts in rows
+    ]
+    return found + functions_naming(tables)
+
+
+# Functions of the database's own schemas (not the system's, not an extension's) with a text body.
+_FUNCTION_SOURCES_SQL = (
+    "SELECT p.oid::regprocedure::text, n.nspname, p.prosrc FROM pg_proc p "
+    "JOIN pg_namespace n ON n.oid = p.pronamespace JOIN pg_language l ON l.oid = p.prolang "
+    "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%%' "
+    # another tenant's functions are that tenant's business (and reading them all, for each of
+    # thousands of tenants, would cost the square of their number)
+    "AND (n.nspname = ANY(%s) OR n.nspname NOT LIKE 'tenant\\_%%') "
+    "AND l.lanname IN ('plpgsql', 'sql') AND p.prosqlbody IS NULL "
+    "AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = 'pg_proc'::regclass AND e.objid = p.oid "
+    "AND e.deptype = 'e')"
+)
+
+
+def functions_naming(tables: dict[int, tuple[str, str]]) -> list[Dependent]:
+    """Functions whose source text names a legacy table: qualified anywhere, or unqualified by a function of
+    the table's own schema (whose search path it likely runs with)."""
+    patterns = {
+        (schema, table): (
+            re.compile(rf'(?<![\w$"]){re.escape(schema)}"?\s*\.\s*"?{re.escape(table)}(?![\w$])', re.IGNORECASE),
+            re.compile(rf'(?<![\w$."]){re.escape(table)}(?![\w$])', re.IGNORECASE),
+        )
+        for schema, table in tables.values()
+    }
+    found = []
+    schemas = sorted({schema for schema, _table in tables.values()})
+    for signature, function_schema, source in db.fetchall(_FUNCTION_SOURCES_SQL, [schemas]):
+        for (schema, table), (qualified, bare) in patterns.items():
+            if qualified.search(source) or (function_schema == schema and bare.search(source)):
+                found.append(
+                    Dependent(schema, table, FindingKind.FUNCTION_BY_NAME, signature, "its source names the table")
+                )
+    return found
+
+
+# --- cutover: carrying dependents to the new tables -------------------------------------------------------
+
+PRIVILEGES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER"})
+
+
+def blocking(found: list[Dependent], leave: tuple[str, ...]) -> list[Dependent]:
+    """Dependents cutover neither carries nor was told to leave with the archived table."""
+    return [d for d in found if not carried(d) and not left_by_option(d, leave)]
+
+
+def refuse_uncarried(scope: str, found: list[Dependent], leave: tuple[str, ...]) -> None:
+    """Refuse the cutover of ``scope`` (one line, nothing changed) while a dependent would be left behind."""
+    left = blocking(found, leave)
+    if left:
+        listed = "; ".join(f"{d.kind} {d.name} on {d.schema}.{d.table}" for d in left[:5])
+        more = f" and {len(left) - 5} more" if len(left) > 5 else ""
+        raise MigrationError(
+            f"{scope}: {len(left)} object(s) depend on legacy tables and cutover does not carry them: {listed}{more}; "
+            "nothing was archived: drop them (and re-create them over the new tables after cutover), or pass "
+            "--leave-dependent NAME to leave each with the archived legacy table"
+        )
+
+
+def detach_foreign_keys(found: list[Dependent]) -> None:
+    """Drop the foreign keys of other tables that reference the legacy tables (re-added by :func:`carry`)."""
+    for dependent in found:
+        if dependent.kind == FindingKind.FOREIGN_KEY_FROM:
+            schema, table, constraint = dependent.parts[:3]
+            db.execute(
+                sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                    sql.Identifier(schema, table), sql.Identifier(constraint)
+                )
+            )
+
+
+def carry(found: list[Dependent], new_tables: dict[tuple[str, str], sql.Identifier]) -> list[dict[str, str]]:
+    """Re-create each carried dependent on the new table of its legacy table; returns what was carried.
+
+    ``new_tables``: (legacy schema, legacy table) -> the new table. Foreign keys are added ``NOT VALID``
+    and validated (ids are kept, so every referencing row still finds its row).
+    """
+    done = []
+    for dependent in found:
+        target = new_tables.get((dependent.schema, dependent.table))
+        if target is None or not carried(dependent) or dependent.kind == FindingKind.PUBLICATION:
+            continue
+        for statement in _carry_statements(dependent, target):
+            db.execute(statement)
+        done.append({"kind": str(dependent.kind), "name": dependent.name, "table": dependent.table})
+    return done
+
+
+def _carry_statements(dependent: Dependent, target: sql.Identifier) -> list[sql.Composable]:
+    if dependent.kind == FindingKind.FOREIGN_KEY_FROM:
+        return _foreign_key_statements(dependent, target)
+    if dependent.kind in (FindingKind.GRANT, FindingKind.COLUMN_GRANT):
+        privileges = [p.strip() for p in dependent.detail.split(",")]
+        if not set(privileges) <= PRIVILEGES:
+            raise MigrationError(f"grant {dependent.name} ({dependent.detail}) cannot be carried: unknown privilege")
+        grantee, *column = dependent.parts
+        return [
+            sql.SQL("GRANT {p}{cols} ON {t} TO {r}").format(
+                p=sql.SQL(", ").join(sql.SQL(p) for p in privileges),  # one of PRIVILEGES
+                cols=sql.SQL(" ({})").format(sql.Identifier(column[0])) if column else sql.SQL(""),
+                t=target,
+                r=sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(grantee),
+            )
+        ]
+    if dependent.kind == FindingKind.COMMENT:
+        if not dependent.parts:
+            return [sql.SQL("COMMENT ON TABLE {} IS {}").format(target, sql.Literal(dependent.detail))]
+        return [
+            sql.SQL("COMMENT ON COLUMN {}.{} IS {}").format(
+                target, sql.Identifier(dependent.parts[0]), sql.Literal(dependent.detail)
+            )
+        ]
+    raise MigrationError(f"{dependent.kind} {dependent.name}: cutover does not carry this kind")
+
+
+# What follows the referenced columns in pg_get_constraintdef: MATCH, ON UPDATE / ON DELETE actions,
+# DEFERRABLE: keywords only, kept as the server spelled them.
+_FOREIGN_KEY_TAIL = re.compile(
+    r"\)((?: (?:MATCH \w+"
+    r"|ON (?:UPDATE|DELETE) (?:NO ACTION|RESTRICT|CASCADE|SET NULL|SET DEFAULT)(?: \([^)]*\))?"
+    r"|NOT DEFERRABLE|DEFERRABLE|INITIALLY (?:DEFERRED|IMMEDIATE)))*)$"
+)
+
+
+def _foreign_key_statements(dependent: Dependent, target: sql.Identifier) -> list[sql.Composable]:
+    schema, table, constraint, *columns = dependent.parts
+    arrow = columns.index("->")
+    referencing, referenced = columns[:arrow], columns[arrow + 1 :]
+    tail = _FOREIGN_KEY_TAIL.search(dependent.detail)
+    if tail is None:
+        raise MigrationError(
+            f"foreign key {dependent.name} ({dependent.detail}) cannot be carried: its definition has an unknown form"
+        )
+    table_ident, name = sql.Identifier(schema, table), sql.Identifier(constraint)
+    return [
+        sql.SQL(
+            "ALTER TABLE {t} ADD CONSTRAINT {c} FOREIGN KEY ({cols}) REFERENCES {ref} ({refcols}){tail} NOT VALID"
+        ).format(
+            t=table_ident,
+            c=name,
+            cols=db.ident_list(referencing),
+            ref=target,
+            refcols=db.ident_list(referenced),
+            tail=sql.SQL(tail.group(1)),
+        ),
+        sql.SQL("ALTER TABLE {t} VALIDATE CONSTRAINT {c}").format(t=table_ident, c=name),
+    ]

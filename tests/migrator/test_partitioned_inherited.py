@@ -240,3 +240,18 @@ def test_reads_of_a_legacy_table_take_its_own_rows_not_its_childrens(schemas_rea
     partition_contacts()
     assert catalog.row_count(SCHEMA, "contacts") == own
     assert fingerprint.both_fingerprints(copy)[0] == source
+
+
+def test_cutover_refuses_an_inheritance_child_that_appeared_after_phase_3(migrated):
+    run("migrate_phase", "security", interactive=False)
+    run("migrate_phase", "verify", interactive=False)
+    add_vip_child(0)  # even empty: it would stay behind, attached to an archived parent
+    with pytest.raises(CommandError, match="phase cutover failed"):
+        run("migrate_phase", "cutover", interactive=False)
+    message = latest(f"cutover/{TENANT}/archive_legacy/{SCHEMA}").error_message
+    assert one_line(message)
+    assert f"{SCHEMA}.vip_contacts (0 rows) inherits from {SCHEMA}.contacts" in message
+    assert "nothing was archived" in message
+    assert catalog.table_exists(SCHEMA, "contacts")
+    assert Tenant.objects.get(tenant_id=TENANT).migration_state != MigrationState.LIVE
+    assert Tenant.objects.get(tenant_id="globex_0002").migration_state == MigrationState.LIVE

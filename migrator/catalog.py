@@ -32,21 +32,28 @@ def schema_exists(schema: str) -> bool:
     return bool(db.fetchvalue("SELECT to_regnamespace(quote_ident(%s)) IS NOT NULL", [schema]))
 
 
+@dataclass(frozen=True)
+class _Snapshot:
+    schema: str
+    tables: dict[str, list[Column]]
+    partitioned: frozenset[str]
+
+
 # Tables of one schema and their columns, read in one query for the length of a block (see
 # :func:`schema_snapshot`); per thread, so each tenant job has its own.
-_snapshot: ContextVar[tuple[str, dict[str, list[Column]]] | None] = ContextVar("catalog_snapshot", default=None)
+_snapshot: ContextVar[_Snapshot | None] = ContextVar("catalog_snapshot", default=None)
 
 
 @contextmanager
 def schema_snapshot(schema: str) -> Iterator[None]:
-    """Answer :func:`table_exists` and :func:`columns` for ``schema``'s ordinary tables from one catalog
-    query for the length of the block, instead of one query per question.
+    """Answer :func:`table_exists`, :func:`columns` and :func:`is_partitioned` for ``schema``'s ordinary
+    and partitioned tables from one catalog query for the length of the block, instead of one query per question.
 
     For blocks that create, drop or alter no table of ``schema`` (a tenant's copy or validation: only
     its indexes and constraints change). A table the snapshot does not hold is looked up as usual.
     """
     rows = db.fetchall(
-        "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, "
+        "SELECT c.relname, c.relkind = 'p', a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, "
         "       a.atthasdef OR a.attidentity <> '', a.atttypid::bigint, a.attcollation::bigint "
         "FROM pg_depend d JOIN pg_class c ON c.oid = d.objid "
         "LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
@@ -56,11 +63,14 @@ def schema_snapshot(schema: str) -> Iterator[None]:
         [schema],
     )
     tables: dict[str, list[Column]] = {}
-    for table, name, *column in rows:
+    partitioned: set[str] = set()
+    for table, is_partitioned_table, name, *column in rows:
         found = tables.setdefault(table, [])
+        if is_partitioned_table:
+            partitioned.add(table)
         if name is not None:  # a table with no columns is one row of NULLs
             found.append(Column(name, *column))
-    token = _snapshot.set((schema, tables))
+    token = _snapshot.set(_Snapshot(schema, tables, frozenset(partitioned)))
     try:
         yield
     finally:
@@ -70,15 +80,15 @@ def schema_snapshot(schema: str) -> Iterator[None]:
 def snapshot_schema() -> str | None:
     """The schema of the :func:`schema_snapshot` block this code runs in, if any."""
     snapshot = _snapshot.get()
-    return None if snapshot is None else snapshot[0]
+    return None if snapshot is None else snapshot.schema
 
 
 def _from_snapshot(schema: str, table: str) -> list[Column] | None:
     """The table's columns from the block's snapshot; None when the snapshot cannot say."""
     snapshot = _snapshot.get()
-    if snapshot is None or snapshot[0] != schema:
+    if snapshot is None or snapshot.schema != schema:
         return None
-    return snapshot[1].get(table)
+    return snapshot.tables.get(table)
 
 
 def table_exists(schema: str, table: str) -> bool:
@@ -97,20 +107,86 @@ def table_exists(schema: str, table: str) -> bool:
 def schemas_with_table(schemas: list[str], table: str) -> set[str]:
     """Those of ``schemas`` that hold the ordinary table ``table``: one keyed lookup per schema, and a
     set of names rather than every schema's tables (ten thousand tenants' table lists took tens of MiB)."""
+    return set(partitioned_by_schema(schemas, table))
+
+
+def partitioned_by_schema(schemas: list[str], table: str) -> dict[str, bool]:
+    """Those of ``schemas`` that hold the table ``table`` (as :func:`schemas_with_table`) -> whether it
+    is partitioned there, in one query."""
     rows = db.fetchall(
-        "SELECT s.nspname FROM unnest(%s::text[]) s(nspname) "
+        "SELECT s.nspname, c.relkind = 'p' FROM unnest(%s::text[]) s(nspname) "
         "JOIN pg_class c ON c.oid = to_regclass(format('%%I.%%I', s.nspname, %s::text)) "
         "WHERE c.relkind IN ('r', 'p')",
         [schemas, table],
     )
-    return {schema for (schema,) in rows}
+    return {schema: bool(partitioned) for schema, partitioned in rows}
+
+
+def is_partitioned(schema: str, table: str) -> bool:
+    """Whether ``schema.table`` is a partitioned table (its rows are all in its partitions)."""
+    snapshot = _snapshot.get()
+    if snapshot is not None and snapshot.schema == schema and table in snapshot.tables:
+        return table in snapshot.partitioned
+    return bool(
+        db.fetchvalue(
+            sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = {oid} AND c.relkind = 'p')").format(
+                oid=RELATION_OID
+            ),
+            [schema, table],
+        )
+    )
+
+
+def own_rows(schema: str, table: str, partitioned: bool | None = None) -> sql.Composed:
+    """``schema.table`` as a FROM item that reads the table's own rows and no other table's.
+
+    ``ONLY`` for an ordinary table: without it a read includes the rows of its inheritance children,
+    which have their own columns and are not the table's rows. Never for a partitioned table, whose
+    rows are all in its partitions (``ONLY`` would read none). ``partitioned``: when the caller knows.
+    """
+    if partitioned is None:
+        partitioned = is_partitioned(schema, table)
+    name = sql.Identifier(schema, table)
+    return sql.Composed([name]) if partitioned else sql.SQL("ONLY {}").format(name)
+
+
+@dataclass(frozen=True)
+class InheritanceChild:
+    parent: str
+    schema: str
+    table: str
+    rows: int  # with its own children's: every row a read of the parent without ONLY would show
+
+
+def inheritance_children(schema: str, tables: list[str]) -> list[InheritanceChild]:
+    """The inheritance children of ``schema``'s ordinary ``tables``, and their rows.
+
+    Partitions are children in pg_inherits too, but they hold a partitioned table's own rows: only
+    children of ordinary tables count (a partitioned table cannot have inheritance children).
+    """
+    rows = db.fetchall(
+        "SELECT p.relname, cn.nspname, c.relname FROM unnest(%s::text[]) t(name) "
+        "JOIN pg_class p ON p.oid = to_regclass(format('%%I.%%I', %s::text, t.name)) AND p.relkind = 'r' "
+        "JOIN pg_inherits i ON i.inhparent = p.oid JOIN pg_class c ON c.oid = i.inhrelid "
+        "JOIN pg_namespace cn ON cn.oid = c.relnamespace ORDER BY 1, 2, 3",
+        [tables, schema],
+    )
+    return [
+        InheritanceChild(
+            parent,
+            child_schema,
+            child,
+            int(db.fetchvalue(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(child_schema, child)))),
+        )
+        for parent, child_schema, child in rows
+    ]
 
 
 def tables_by_schema(schemas: list[str]) -> dict[str, set[str]]:
     """Ordinary tables of each schema in ``schemas``, in one query."""
     snapshot = _snapshot.get()
-    if snapshot is not None and schemas == [snapshot[0]]:
-        return {snapshot[0]: set(snapshot[1])}
+    if snapshot is not None and schemas == [snapshot.schema]:
+        return {snapshot.schema: set(snapshot.tables)}
     # Every relation depends on its schema: pg_depend's index on the referenced object finds a
     # schema's relations without reading every tenant's (pg_class has no index on relnamespace).
     rows = db.fetchall(
@@ -179,7 +255,8 @@ def schemas_like_tenants() -> list[str]:
 
 
 def row_count(schema: str, table: str) -> int:
-    return int(db.fetchvalue(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))))
+    """The table's own rows (see :func:`own_rows`: not its inheritance children's)."""
+    return int(db.fetchvalue(sql.SQL("SELECT count(*) FROM {}").format(own_rows(schema, table))))
 
 
 def server_version_num() -> int:

@@ -46,8 +46,10 @@ def archive_tables(schema: str, owner: str, tables: list[str], archive_schema: s
             return moved
         # Every rename and move in one round trip (one per table and statement costs more than the DDL).
         to_move = [table for table in tables if table in present]
-        statements = _dependent_renames(schema, to_move, owner)
-        for table in to_move:
+        partitions, statements = _dependents(schema, to_move, owner)
+        # A partitioned table's partitions are tables of their own: SET SCHEMA on the parent leaves them
+        # (and their indexes) where they are, so each moves too, under a name of its owner like the parent.
+        for table in [*partitions, *to_move]:
             new_name = archive_table_name(owner, table)
             statements.append(
                 sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(schema, table), sql.Identifier(new_name))
@@ -57,7 +59,8 @@ def archive_tables(schema: str, owner: str, tables: list[str], archive_schema: s
                     sql.Identifier(schema, new_name), sql.Identifier(archive_schema)
                 )
             )
-            moved[table] = f"{archive_schema}.{new_name}"
+            if table in to_move:
+                moved[table] = f"{archive_schema}.{new_name}"
         if statements:
             db.execute(sql.SQL("; ").join(statements))
     return moved
@@ -82,31 +85,55 @@ def lock_tables(schema: str, tables: list[str]) -> list[str]:
 
 
 def _rename_dependents(schema: str, table: str, owner: str) -> None:
-    """Indexes and owned sequences move with a table and share the schema's namespace: prefix them too,
-    so that every tenant's ``contacts_pkey`` can live in the one archive schema."""
-    statements = _dependent_renames(schema, [table], owner)
+    """Indexes (partitioned ones included) and owned sequences move with a table and share the schema's
+    namespace: prefix them too, so that every tenant's ``contacts_pkey`` can live in the one archive schema."""
+    statements = _dependents(schema, [table], owner)[1]
     if statements:
         db.execute(sql.SQL("; ").join(statements))
 
 
-def _dependent_renames(schema: str, tables: list[str], owner: str) -> list[sql.Composed]:
-    """The renames of :func:`_rename_dependents` for every table of ``tables``, from one catalog query."""
+# ``schema``'s tables of a list and their partitions (every level) in the same schema; a partition
+# elsewhere stays where it is and stays attached to its parent.
+_TABLES_AND_PARTITIONS = (
+    "WITH root AS (SELECT to_regclass(format('%%I.%%I', %s::text, name)) AS oid FROM unnest(%s::text[]) name), "
+    "t AS (SELECT oid, false AS partition FROM root WHERE oid IS NOT NULL "
+    "  UNION ALL SELECT p.relid, true FROM root CROSS JOIN LATERAL pg_partition_tree(root.oid) p "
+    "  JOIN pg_class pc ON pc.oid = p.relid WHERE p.level > 0 AND pc.relnamespace = to_regnamespace(quote_ident(%s))) "
+)
+
+
+def _dependents(schema: str, tables: list[str], owner: str) -> tuple[list[str], list[sql.Composed]]:
+    """The partitions of ``tables`` in ``schema``, and the renames of :func:`_rename_dependents` for the
+    tables and those partitions, from one catalog query."""
     rows = db.fetchall(
-        "WITH t AS (SELECT to_regclass(format('%%I.%%I', %s::text, name)) AS oid FROM unnest(%s::text[]) name) "
+        _TABLES_AND_PARTITIONS
+        + "SELECT c.relkind, c.relname FROM t JOIN pg_class c ON c.oid = t.oid WHERE t.partition "
+        "UNION ALL "
         "SELECT c.relkind, c.relname FROM t JOIN pg_index x ON x.indrelid = t.oid "
         "JOIN pg_class c ON c.oid = x.indexrelid "
         "UNION ALL "
         "SELECT c.relkind, c.relname FROM t JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass "
         "AND d.refobjid = t.oid AND d.classid = 'pg_class'::regclass AND d.deptype IN ('a', 'i') "
         "JOIN pg_class c ON c.oid = d.objid AND c.relkind = 'S'",
-        [schema, tables],
+        [schema, tables, schema],
     )
-    return [
-        sql.SQL("ALTER INDEX {} RENAME TO {}" if kind == "i" else "ALTER SEQUENCE {} RENAME TO {}").format(
-            sql.Identifier(schema, name), sql.Identifier(archive_table_name(owner, name))
-        )
+    partitions = [name for kind, name in rows if kind in TABLE_KINDS]
+    renames = [
+        sql.SQL(_RENAME[kind]).format(sql.Identifier(schema, name), sql.Identifier(archive_table_name(owner, name)))
         for kind, name in rows
+        if kind not in TABLE_KINDS
     ]
+    return partitions, renames
+
+
+TABLE_KINDS = ("r", "p")  # ordinary and partitioned tables (a partition is either)
+# A table's dependents that share its schema's namespace, by relkind: indexes, partitioned indexes
+# (of a partitioned table: ALTER INDEX renames them as well) and sequences.
+_RENAME = {
+    "i": "ALTER INDEX {} RENAME TO {}",
+    "I": "ALTER INDEX {} RENAME TO {}",
+    "S": "ALTER SEQUENCE {} RENAME TO {}",
+}
 
 
 def drop_schema_if_empty(schema: str) -> bool:
@@ -126,28 +153,38 @@ def drop_schema_if_empty(schema: str) -> bool:
 
 
 def unarchive_tables(schema: str, owner: str, tables: list[str], archive_schema: str) -> list[str]:
-    """Move archived ``tables`` of ``owner`` back into ``schema`` under their names (the reverse of archive_tables)."""
+    """Move archived ``tables`` of ``owner`` back into ``schema`` under their names (the reverse of archive_tables),
+    with the partitions that were archived with them."""
     moved = []
+    prefix = archive_table_name(owner, "")
     for table in tables:
         archived = archive_table_name(owner, table)
         if not catalog.table_exists(archive_schema, archived):
             continue
-        db.execute(
-            sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(
-                sql.Identifier(archive_schema, archived), sql.Identifier(schema)
+        partitions = [
+            name
+            for (name,) in db.fetchall(
+                _TABLES_AND_PARTITIONS + "SELECT c.relname FROM t JOIN pg_class c ON c.oid = t.oid "
+                "WHERE t.partition AND starts_with(c.relname, %s)",
+                [archive_schema, [archived], archive_schema, prefix],
             )
-        )
-        db.execute(
-            sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(schema, archived), sql.Identifier(table))
-        )
+        ]
+        for name, original in [*((p, p[len(prefix) :]) for p in partitions), (archived, table)]:
+            db.execute(
+                sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(
+                    sql.Identifier(archive_schema, name), sql.Identifier(schema)
+                )
+            )
+            db.execute(
+                sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(schema, name), sql.Identifier(original))
+            )
         rows = db.fetchall(
             "SELECT c.relkind, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = %s AND c.relkind IN ('i', 'S') AND starts_with(c.relname, %s)",
-            [schema, archive_table_name(owner, "")],
+            "WHERE n.nspname = %s AND c.relkind IN ('i', 'I', 'S') AND starts_with(c.relname, %s)",
+            [schema, prefix],
         )
         for kind, name in rows:
-            original = name[len(archive_table_name(owner, "")) :]
-            statement = "ALTER INDEX {} RENAME TO {}" if kind == "i" else "ALTER SEQUENCE {} RENAME TO {}"
-            db.execute(sql.SQL(statement).format(sql.Identifier(schema, name), sql.Identifier(original)))
+            original = name[len(prefix) :]
+            db.execute(sql.SQL(_RENAME[kind]).format(sql.Identifier(schema, name), sql.Identifier(original)))
         moved.append(table)
     return moved

@@ -59,17 +59,22 @@ _SETUP = (
         "CREATE OR REPLACE FUNCTION {capture}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER "
         "SET search_path = pg_catalog, pg_temp AS $fn$ "
         "DECLARE old_key jsonb := '[]'; new_key jsonb := '[]'; old_row jsonb; new_row jsonb; i int; "
+        "  row_scope text := TG_TABLE_SCHEMA; row_table text := TG_TABLE_NAME; "
+        "  root oid := pg_partition_root(TG_RELID); "
         "BEGIN "
+        # On a partitioned table the trigger fires on the row's partition: the change is the table's.
+        "  IF root IS NOT NULL THEN SELECT n.nspname, c.relname INTO row_scope, row_table FROM pg_class c "
+        "    JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = root; END IF; "
         "  IF TG_OP <> 'INSERT' THEN old_row := to_jsonb(OLD); "
         "    FOR i IN 0 .. TG_NARGS - 1 LOOP old_key := old_key || jsonb_build_array(old_row -> TG_ARGV[i]); END LOOP; "
         "    INSERT INTO {changes} (scope, tbl, key, op) "
-        "      VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, old_key, left(TG_OP, 1)); "
+        "      VALUES (row_scope, row_table, old_key, left(TG_OP, 1)); "
         "  END IF; "
         "  IF TG_OP <> 'DELETE' THEN new_row := to_jsonb(NEW); "
         "    FOR i IN 0 .. TG_NARGS - 1 LOOP new_key := new_key || jsonb_build_array(new_row -> TG_ARGV[i]); END LOOP; "
         "    IF TG_OP = 'INSERT' OR new_key IS DISTINCT FROM old_key THEN "
         "      INSERT INTO {changes} (scope, tbl, key, op) "
-        "        VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, new_key, left(TG_OP, 1)); "
+        "        VALUES (row_scope, row_table, new_key, left(TG_OP, 1)); "
         "    END IF; "
         "  END IF; "
         "  RETURN NULL; "
@@ -326,7 +331,7 @@ def _reapply_keys(copy: TableCopy, keys: list[object]) -> int:
         sql.SQL("DELETE FROM {t} t WHERE {match} AND NOT EXISTS (SELECT 1 FROM {src} s WHERE {skey} = {tkey})").format(
             t=copy.target,
             match=_keys_matching(copy, "t", types),
-            src=copy.source,
+            src=copy.source_rows,
             skey=copy.key_row("s"),
             tkey=copy.key_row("t"),
         ),

@@ -62,6 +62,15 @@ class TableCopy:
         return sql.Identifier(self.source_schema, self.source_table)
 
     @property
+    def source_rows(self) -> sql.Composed:
+        """The source as a FROM item that reads its own rows only (see :func:`catalog.own_rows`)."""
+        return catalog.own_rows(self.source_schema, self.source_table)
+
+    def legacy_reference_rows(self, remap: Remap) -> sql.Composed:
+        """The legacy reference table of ``remap`` as a FROM item that reads its own rows only."""
+        return catalog.own_rows(self.source_schema, remap.reference_table)
+
+    @property
     def target(self) -> sql.Identifier:
         return sql.Identifier(self.target_schema, self.target_table)
 
@@ -101,7 +110,7 @@ class TableCopy:
             )
             for r in (self.remaps if remaps is None else remaps)
         ]
-        return sql.SQL("{} s").format(self.source) + sql.Composed(joins)
+        return sql.SQL("{} s").format(self.source_rows) + sql.Composed(joins)
 
     def key_row(self, alias: str = "s") -> sql.Composed:
         return sql.SQL("({})").format(
@@ -431,7 +440,9 @@ def _check_fence(copy: TableCopy) -> None:
 
 def source_rows_up_to(copy: TableCopy, limit: int) -> int:
     """The source's row count, counted no further than ``limit``."""
-    return int(db.fetchvalue(sql.SQL("SELECT count(*) FROM (SELECT FROM {} LIMIT %s) s").format(copy.source), [limit]))
+    return int(
+        db.fetchvalue(sql.SQL("SELECT count(*) FROM (SELECT FROM {} LIMIT %s) s").format(copy.source_rows), [limit])
+    )
 
 
 def _lowest_key(copy: TableCopy) -> list[object]:
@@ -466,7 +477,7 @@ def _mapping_proven(copy: TableCopy, remap: Remap) -> bool:
                 "AND c.confrelid = {oid} AND ra.attname = 'id') "
                 "AND NOT EXISTS (SELECT 1 FROM {ref} l WHERE NOT EXISTS (SELECT 1 FROM public.migrator_reference_map m "
                 "WHERE m.tenant_id = %s AND m.reference_table = %s AND m.old_id = l.id))"
-            ).format(ref=sql.Identifier(copy.source_schema, remap.reference_table), oid=catalog.RELATION_OID),
+            ).format(ref=copy.legacy_reference_rows(remap), oid=catalog.RELATION_OID),
             [
                 copy.source_schema,
                 copy.source_table,
@@ -519,8 +530,8 @@ def _dangling(copy: TableCopy, remap: Remap, sample: int = 5) -> tuple[int, list
     count, ids = db.fetchone(
         query.format(
             c=sql.Identifier(remap.column),
-            src=copy.source,
-            ref=sql.Identifier(copy.source_schema, remap.reference_table),
+            src=copy.source_rows,
+            ref=copy.legacy_reference_rows(remap),
         ),
         [sample],
     ) or (0, [])
@@ -591,12 +602,16 @@ def _copy_table(copy: TableCopy, batch_size: int, reporter: StepReporter) -> Cop
     key_order = sql.SQL(", ").join(sql.Identifier(k) for k in copy.key)
     key_order_desc = sql.SQL(", ").join(sql.SQL("{} DESC").format(sql.Identifier(k)) for k in copy.key)
     upper_sql = sql.SQL("SELECT {keys} FROM {src} s WHERE {key} > {lo} ORDER BY {order} OFFSET %s LIMIT 1").format(
-        keys=db.ident_list(copy.key), src=copy.source, key=copy.key_row(), lo=copy.key_params(), order=key_order
+        keys=db.ident_list(copy.key), src=copy.source_rows, key=copy.key_row(), lo=copy.key_params(), order=key_order
     )
     # The last batch ends at the source's highest key, so every checkpoint comes from the source's
     # key index, never from a scan of the target (whose primary key may be deferred during the load).
     highest_sql = sql.SQL("SELECT {keys} FROM {src} s WHERE {key} > {lo} ORDER BY {order} LIMIT 1").format(
-        keys=db.ident_list(copy.key), src=copy.source, key=copy.key_row(), lo=copy.key_params(), order=key_order_desc
+        keys=db.ident_list(copy.key),
+        src=copy.source_rows,
+        key=copy.key_row(),
+        lo=copy.key_params(),
+        order=key_order_desc,
     )
     bounded = db.render(copy.insert_batch_sql(bounded=True))
     batches = 0

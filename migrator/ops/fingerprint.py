@@ -183,12 +183,12 @@ def _source(copy: TableCopy, method: str, values: Values, by_value: set[str]) ->
         else:
             value = values.get(column, sql.SQL("s.{}").format(sql.Identifier(column)))
             elements.append(_column_element(value, column, by_value, method))
-    joins = [sql.SQL("{} s").format(copy.source)]
+    joins = [sql.SQL("{} s").format(copy.source_rows)]
     for remap in copy.remaps:
         if catalog.table_exists(copy.source_schema, remap.reference_table):
             joins.append(
                 sql.SQL(" LEFT JOIN {ref} {a} ON {a}.id = s.{c}").format(
-                    ref=sql.Identifier(copy.source_schema, remap.reference_table),
+                    ref=copy.legacy_reference_rows(remap),
                     a=_reference_alias(remap),
                     c=sql.Identifier(remap.column),
                 )

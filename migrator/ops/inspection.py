@@ -24,9 +24,13 @@ def discover_tenant_schemas(legacy_auth_schema: str, archive_schema: str) -> tup
 
 
 def rows_in_schema(schema: str) -> int:
-    """Rows in every table of ``schema`` (exact counts: what would be left behind if it were skipped)."""
+    """Rows in every table of ``schema`` (exact counts: what would be left behind if it were skipped).
+
+    Each table's own rows: a partitioned table's are its partitions', counted as tables of their own."""
     tables = catalog.tables_by_schema([schema])[schema]
-    return sum(catalog.row_count(schema, table) for table in sorted(tables))
+    return sum(
+        catalog.row_count(schema, table) for table in sorted(tables) if not catalog.is_partitioned(schema, table)
+    )
 
 
 def rename_schema(old: str, new: str) -> None:

@@ -80,15 +80,16 @@ def describe_conflicts(ref: ReferenceTable, conflicts: list[dict[str, Any]], lim
     return "; ".join(parts) + more
 
 
-def _unmapped_rows(ref: ReferenceTable, tenant_id: str) -> sql.Composed:
-    """The tenant's legacy ``ref`` rows that have no map entry yet, aliased ``l``.
+def _unmapped_rows(ref: ReferenceTable, tenant_id: str, partitioned: bool | None = None) -> sql.Composed:
+    """The tenant's legacy ``ref`` rows (its own: see :func:`catalog.own_rows`) that have no map entry
+    yet, aliased ``l``. ``partitioned``: whether the legacy table is, when the caller knows.
 
     Parameters: :func:`_unmapped_params`.
     """
     return sql.SQL(
         "{legacy} l WHERE NOT EXISTS (SELECT 1 FROM public.migrator_reference_map m "
         "WHERE m.tenant_id = %s AND m.reference_table = %s AND m.old_id = l.id)"
-    ).format(legacy=sql.Identifier(tenant_schema_name(tenant_id), ref.legacy_table))
+    ).format(legacy=catalog.own_rows(tenant_schema_name(tenant_id), ref.legacy_table, partitioned))
 
 
 def _unmapped_params(ref: ReferenceTable, tenant_id: str) -> list[str]:
@@ -101,14 +102,14 @@ def _unmerged_tenants(ref: ReferenceTable, tenant_ids: list[str]) -> tuple[list[
     Row by row, not tenant by tenant: a reference row added to a tenant merged before is merged too.
     """
     schemas = [tenant_schema_name(t) for t in tenant_ids]
-    present = catalog.schemas_with_table(schemas, ref.legacy_table)
+    present = catalog.partitioned_by_schema(schemas, ref.legacy_table)
     todo: list[str] = []
     without_table: list[str] = []
     for tenant_id, schema in zip(tenant_ids, schemas, strict=True):
         if schema not in present:
             without_table.append(tenant_id)
         elif db.fetchvalue(
-            sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(_unmapped_rows(ref, tenant_id)),
+            sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(_unmapped_rows(ref, tenant_id, present[schema])),
             _unmapped_params(ref, tenant_id),
         ):
             todo.append(tenant_id)
@@ -224,7 +225,7 @@ def unmapped_counts(refs: list[ReferenceTable], tenant_id: str) -> dict[str, int
                 sql.SQL(
                     "(SELECT count(*) FROM {legacy} l WHERE NOT EXISTS (SELECT 1 FROM public.migrator_reference_map m "
                     "WHERE m.tenant_id = %s AND m.reference_table = %s AND m.old_id = l.id))"
-                ).format(legacy=sql.Identifier(schema, ref.legacy_table))
+                ).format(legacy=catalog.own_rows(schema, ref.legacy_table))
                 for ref in counted
             )
         ),
@@ -237,7 +238,7 @@ def unmapped_counts(refs: list[ReferenceTable], tenant_id: str) -> dict[str, int
 def unmapped_count(ref: ReferenceTable, tenant_ids: list[str]) -> int:
     """Legacy reference rows of these tenants with no map entry (0 after a good merge)."""
     schemas = [tenant_schema_name(t) for t in tenant_ids]
-    present = catalog.schemas_with_table(schemas, ref.legacy_table)
+    present = catalog.partitioned_by_schema(schemas, ref.legacy_table)
     missing = 0
     for tenant_id, schema in zip(tenant_ids, schemas, strict=True):
         if schema not in present:
@@ -247,7 +248,7 @@ def unmapped_count(ref: ReferenceTable, tenant_ids: list[str]) -> int:
                 sql.SQL(
                     "SELECT count(*) FROM {legacy} l WHERE NOT EXISTS (SELECT 1 FROM public.migrator_reference_map m "
                     "WHERE m.tenant_id = %s AND m.reference_table = %s AND m.old_id = l.id)"
-                ).format(legacy=sql.Identifier(schema, ref.legacy_table)),
+                ).format(legacy=catalog.own_rows(schema, ref.legacy_table, present[schema])),
                 [tenant_id, ref.map_name],
             )
         )

@@ -25,7 +25,7 @@ from django.conf import settings
 from django.db import connection
 from psycopg import sql
 
-from migrator import db
+from migrator import catalog, db
 from migrator.config import MigratorConfig
 from migrator.core.errors import MigrationError
 from migrator.ops import backup
@@ -202,15 +202,17 @@ def legacy_volume(conn: psycopg.Connection[Any]) -> LegacyVolume:
     """Tenant schemas holding legacy tenant-data tables, and their rows (the rows phase 3 copies)."""
     names = [t.legacy_table for t in TENANT_DATA_TABLES]
     found = conn.execute(
-        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "SELECT n.nspname, c.relname, c.relkind = 'p' FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname LIKE %s AND c.relname = ANY(%s) AND c.relkind IN ('r', 'p') ORDER BY 1, 2",
         [TENANT_SCHEMA_PREFIX.replace("_", "\\_") + "%", names],
     ).fetchall()
     rows = 0
-    for schema, table in found:
-        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))).fetchone()
+    for schema, table, partitioned in found:
+        row = conn.execute(
+            sql.SQL("SELECT count(*) FROM {}").format(catalog.own_rows(schema, table, partitioned))
+        ).fetchone()
         rows += int(row[0]) if row else 0
-    return LegacyVolume(tenants=len({schema for schema, _table in found}), rows=rows)
+    return LegacyVolume(tenants=len({schema for schema, _table, _partitioned in found}), rows=rows)
 
 
 # --- running the phases in the scratch database ------------------------------------------------------------

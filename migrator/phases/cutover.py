@@ -67,6 +67,15 @@ def _changed_since_validation(validated: dict[str, TableCopy]) -> list[str]:
     return problems
 
 
+def _inheritance_children(schema: str, tables: list[str]) -> list[str]:
+    """Inheritance children of the legacy tables: phase 3 refuses them, and what it validated (the
+    parents' own rows) says nothing of a child's rows, which would stay behind in the schema."""
+    return [
+        f"{child.schema}.{child.table} ({child.rows} rows) inherits from {schema}.{child.parent}"
+        for child in catalog.inheritance_children(schema, tables)
+    ]
+
+
 def _refuse_changes(problems: list[str], scope: str) -> None:
     if problems:
         raise MigrationError(
@@ -223,6 +232,7 @@ class CutoverPhase(Phase):
             # questions (the checks', the move's) come from one read of the schema.
             with catalog.schema_snapshot(tenant.schema):
                 problems = _changed_since_validation(validated)
+                problems += _inheritance_children(tenant.schema, list(LEGACY_TENANT_TABLES))
                 # Reference rows are merged, not validated one by one: a legacy row added since has no shared id.
                 unmapped = reference.unmapped_counts(list(REFERENCE_TABLES), tenant.tenant_id)
                 problems += [
@@ -267,7 +277,11 @@ class CutoverPhase(Phase):
         }
         with transaction.atomic():  # as for a tenant: locked, checked and moved in one transaction
             archive.lock_tables(cfg.legacy_auth_schema, list(LEGACY_AUTH_TABLES))
-            _refuse_changes(_changed_since_validation(validated), f"legacy auth schema {cfg.legacy_auth_schema}")
+            _refuse_changes(
+                _changed_since_validation(validated)
+                + _inheritance_children(cfg.legacy_auth_schema, list(LEGACY_AUTH_TABLES)),
+                f"legacy auth schema {cfg.legacy_auth_schema}",
+            )
             sequences = _continue_sequences(validated)
             moved = archive.archive_tables(
                 cfg.legacy_auth_schema, cfg.legacy_auth_schema, list(LEGACY_AUTH_TABLES), cfg.archive_schema, drop

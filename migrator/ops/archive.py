@@ -37,12 +37,17 @@ def archive_tables(schema: str, owner: str, tables: list[str], archive_schema: s
     # error here rolls that whole transaction back anyway.
     with transaction.atomic(savepoint=False):
         if drop:
-            for table in tables:
-                if table in present:
-                    # Never CASCADE: whatever still depends on a legacy table (a view, a foreign key, a
-                    # child table) must stop the drop, not silently go with it.
-                    db.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, table)))
-                    moved[table] = "dropped"
+            dropped = [table for table in tables if table in present]
+            if dropped:
+                # One statement, never CASCADE: the legacy tables may reference each other, but whatever
+                # else still depends on one (a view, a foreign key, a child table) must stop the drop,
+                # not silently go with it.
+                db.execute(
+                    sql.SQL("DROP TABLE {}").format(
+                        sql.SQL(", ").join(sql.Identifier(schema, table) for table in dropped)
+                    )
+                )
+            moved.update((table, "dropped") for table in dropped)
             return moved
         # Every rename and move in one round trip (one per table and statement costs more than the DDL).
         to_move = [table for table in tables if table in present]

@@ -214,17 +214,25 @@ def blocking(found: list[Dependent], leave: tuple[str, ...]) -> list[Dependent]:
     return [d for d in found if not carried(d) and not left_by_option(d, leave)]
 
 
-def refuse_uncarried(scope: str, found: list[Dependent], leave: tuple[str, ...]) -> None:
-    """Refuse the cutover of ``scope`` (one line, nothing changed) while a dependent would be left behind."""
-    left = blocking(found, leave)
-    if left:
-        listed = "; ".join(f"{d.kind} {d.name} on {d.schema}.{d.table}" for d in left[:5])
-        more = f" and {len(left) - 5} more" if len(left) > 5 else ""
+def refuse_uncarried(scope: str, found: list[Dependent], leave: tuple[str, ...], drop: bool = False) -> None:
+    """Refuse the cutover of ``scope`` (one line, nothing changed) while a dependent would be left behind; with
+    ``drop`` (--drop-legacy) every dependent cutover does not carry, left by option or not: a drop never
+    cascades, and an object left with a dropped table would be dropped with it."""
+    left = [d for d in found if not carried(d)] if drop else blocking(found, leave)
+    if not left:
+        return
+    listed = "; ".join(f"{d.kind} {d.name} on {d.schema}.{d.table}" for d in left[:5])
+    more = f" and {len(left) - 5} more" if len(left) > 5 else ""
+    if drop:
         raise MigrationError(
-            f"{scope}: {len(left)} object(s) depend on legacy tables and cutover does not carry them: {listed}{more}; "
-            "nothing was archived: drop them (and re-create them over the new tables after cutover), or pass "
-            "--leave-dependent NAME to leave each with the archived legacy table"
+            f"{scope}: {len(left)} object(s) depend on legacy tables that --drop-legacy would drop: {listed}{more}; "
+            "nothing was dropped (a drop never cascades): drop those objects first, or archive instead of dropping"
         )
+    raise MigrationError(
+        f"{scope}: {len(left)} object(s) depend on legacy tables and cutover does not carry them: {listed}{more}; "
+        "nothing was archived: drop them (and re-create them over the new tables after cutover), or pass "
+        "--leave-dependent NAME to leave each with the archived legacy table"
+    )
 
 
 def detach_foreign_keys(found: list[Dependent]) -> None:

@@ -242,7 +242,9 @@ class CutoverPhase(Phase):
                 ]
                 _refuse_changes(problems, f"tenant {tenant.tenant_id}")
                 found = dependents.of_tables(tenant.schema, LEGACY_TENANT_TABLES)
-                dependents.refuse_uncarried(f"tenant {tenant.tenant_id}", found, ctx.options.leave_dependents)
+                dependents.refuse_uncarried(
+                    f"tenant {tenant.tenant_id}", found, ctx.options.leave_dependents, drop=drop
+                )
                 sequences = _continue_sequences(validated)
                 # Foreign keys of other tables are let go of first: a drop never cascades to them.
                 dependents.detach_foreign_keys(found)

@@ -97,17 +97,21 @@ class FindingGroup:
         decided = f" [{self.decided_by}]" if self.decided_by else ""
         text = f"{text} -- {label}{decided}: {self.action}" if self.action else text
         # One tenant: its own name where the group says tenant_<id> (an option can be copied as it is).
+        return self._own(text)
+
+    def _own(self, text: str) -> str:
+        """``text`` with the tenant's own schema name again where the group is of one tenant."""
         return text.replace(SCHEMA_PLACEHOLDER, self.schemas[0]) if self.count == 1 else text
 
     def as_dict(self, examples: int = 5) -> dict[str, object]:
         return {
-            "table": self.table,
+            "table": self._own(self.table),
             "kind": self.kind,
-            "object": self.object_name,
-            "detail": self.detail,
+            "object": self._own(self.object_name),
+            "detail": self._own(self.detail),
             "disposition": self.disposition,
-            "action": self.action,
-            "decided_by": self.decided_by,
+            "action": self._own(self.action),
+            "decided_by": self._own(self.decided_by),
             "tenants": self.count,
             "examples": self.schemas[:examples],
         }

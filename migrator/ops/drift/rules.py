@@ -46,7 +46,7 @@ def inspect_schemas(
             relation.sequence = sequences.get(relation.oid)
         legacy = {r.oid: (r.schema, r.name) for r in wanted if r.name in LEGACY_TENANT_TABLES}
         found: dict[str, list[Dependent]] = {schema: [] for schema in chunk}
-        for dependent in dependents_of(legacy):
+        for dependent in dependents_of(legacy, all_legacy=[r.oid for r in wanted]):
             found[dependent.schema].append(dependent)
         for schema in chunk:
             findings = _classify_schema(schema, by_schema[schema], decisions)

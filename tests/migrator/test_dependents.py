@@ -1,0 +1,168 @@
+"""Objects that depend on legacy tables: phase 1 lists them, cutover carries foreign keys from other tables,
+grants and comments to the new tables, and refuses a tenant (nothing changed) while anything else is undecided.
+A drop of the legacy tables never cascades."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+
+import pytest
+from django.core.management import CommandError
+from psycopg import sql
+
+from migrator import catalog, db
+from migrator.models import Disposition, FindingKind
+from tenants.models import MigrationState, Tenant
+from tests.helpers import run
+from tests.migrator.helpers import count, one_line, table_names, value
+
+ACME = "tenant_acme_0001"
+
+
+@pytest.fixture
+def analyst() -> Iterator[str]:
+    """A role of another tool (an analytics account), dropped with what it was granted."""
+    role = f"sftest{os.getpid()}_analyst"
+    db.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+    yield role
+    db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+    db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def add_invoices() -> None:
+    """Another service's table with a foreign key to the tenant's contacts (deletes cascade to invoices)."""
+    db.execute(
+        "CREATE SCHEMA billing; "
+        "CREATE TABLE billing.invoices (id bigint PRIMARY KEY, contact_id bigint NOT NULL "
+        "REFERENCES tenant_acme_0001.contacts(id) ON DELETE CASCADE, amount numeric(10,2)); "
+        "INSERT INTO billing.invoices SELECT id, id, 10 FROM tenant_acme_0001.contacts ORDER BY id LIMIT 5"
+    )
+
+
+def add_grants_and_comments(role: str) -> None:
+    contacts = sql.Identifier(ACME, "contacts")
+    db.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(contacts, sql.Identifier(role)))
+    db.execute(sql.SQL("GRANT UPDATE (email) ON {} TO {}").format(contacts, sql.Identifier(role)))
+    db.execute(sql.SQL("COMMENT ON TABLE {} IS 'customer contacts (PII)'").format(contacts))
+    db.execute(sql.SQL("COMMENT ON COLUMN {}.email IS 'PII: e-mail address'").format(contacts))
+
+
+def cut_over(**options: object) -> str:
+    run("migrate_phase", "security")
+    run("migrate_phase", "verify")
+    return run("migrate_phase", "cutover", interactive=False, **options)
+
+
+def test_phase_one_lists_every_dependent_with_what_cutover_does(seeded, analyst):
+    add_invoices()
+    add_grants_and_comments(analyst)
+    db.execute(
+        "CREATE VIEW public.acme_contacts AS SELECT id, email FROM tenant_acme_0001.contacts; "
+        "CREATE MATERIALIZED VIEW public.acme_counts AS SELECT count(*) AS n FROM tenant_acme_0001.activities; "
+        "CREATE FUNCTION public.acme_contact_count() RETURNS bigint LANGUAGE sql "
+        "BEGIN ATOMIC SELECT count(*) FROM tenant_acme_0001.contacts; END; "
+        "CREATE FUNCTION public.acme_audit() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN PERFORM 1 FROM tenant_acme_0001.contacts LIMIT 1; RETURN NEW; END $$; "
+        "CREATE TRIGGER contacts_audit AFTER INSERT ON tenant_acme_0001.contacts "
+        "FOR EACH ROW EXECUTE FUNCTION public.acme_audit(); "
+        "CREATE RULE no_delete AS ON DELETE TO tenant_acme_0001.activities DO INSTEAD NOTHING; "
+        "ALTER TABLE tenant_acme_0001.contacts ENABLE ROW LEVEL SECURITY; "
+        "CREATE POLICY support_only ON tenant_acme_0001.contacts USING (owner_id IS NOT NULL); "
+        "CREATE PUBLICATION warehouse FOR TABLE tenant_acme_0001.contacts; "
+        "CREATE STATISTICS tenant_acme_0001.contacts_names ON first_name, last_name FROM tenant_acme_0001.contacts"
+    )
+    try:
+        report = json.loads(run("migrate_phase", "prepare", plan=True, format="json"))["drift"]
+    finally:
+        db.execute("DROP PUBLICATION warehouse")
+
+    found = {(g["kind"], g["object"]): g["disposition"] for g in report if g["examples"] == [ACME]}
+    assert found == {
+        (FindingKind.VIEW, "public.acme_contacts"): Disposition.DECISION,
+        (FindingKind.MATERIALIZED_VIEW, "public.acme_counts"): Disposition.DECISION,
+        (FindingKind.FUNCTION, "acme_contact_count()"): Disposition.DECISION,
+        (FindingKind.FUNCTION_BY_NAME, "acme_audit()"): Disposition.DECISION,
+        (FindingKind.FOREIGN_KEY_FROM, "billing.invoices.invoices_contact_id_fkey"): Disposition.CARRIED,
+        (FindingKind.TRIGGER, "contacts_audit"): Disposition.DECISION,
+        (FindingKind.RULE, "no_delete"): Disposition.DECISION,
+        (FindingKind.ROW_SECURITY, "ROW LEVEL SECURITY"): Disposition.DECISION,
+        (FindingKind.POLICY, "support_only"): Disposition.DECISION,
+        (FindingKind.PUBLICATION, "warehouse"): Disposition.DECISION,
+        (FindingKind.STATISTICS, "tenant_acme_0001.contacts_names"): Disposition.DECISION,
+        (FindingKind.GRANT, analyst): Disposition.CARRIED,
+        (FindingKind.COLUMN_GRANT, f"{analyst} on email"): Disposition.CARRIED,
+        (FindingKind.COMMENT, "table"): Disposition.CARRIED,
+        (FindingKind.COMMENT, "column email"): Disposition.CARRIED,
+    }
+
+
+def test_cutover_carries_foreign_keys_grants_and_comments_to_the_new_table(migrated, analyst):
+    add_invoices()
+    add_grants_and_comments(analyst)
+
+    output = cut_over()
+
+    assert "dependent objects carried to the new tables" in output
+    contacts = f"{ACME}.contact_data_contacts"
+    # The invoices' foreign key now references the new table: a new contact's invoice is accepted ...
+    new_id = value(f"INSERT INTO {contacts} (created_at) VALUES (now()) RETURNING id")
+    db.execute("INSERT INTO billing.invoices VALUES (900001, %s, 1)", [new_id])
+    # ... and deleting a contact cascades to its invoices, as it did on the legacy table.
+    first = value("SELECT min(contact_id) FROM billing.invoices")
+    db.execute(f"DELETE FROM {contacts} WHERE id = %s", [first])
+    assert value("SELECT count(*) FROM billing.invoices WHERE contact_id = %s", [first]) == 0
+    assert (
+        value("SELECT confrelid::regclass::text FROM pg_constraint WHERE conname = 'invoices_contact_id_fkey'")
+        == contacts
+    )
+    # The analytics role reads the new table as it read the old one, and may update only the e-mail column.
+    assert value("SELECT has_table_privilege(%s, %s, 'SELECT')", [analyst, contacts])
+    assert value("SELECT has_column_privilege(%s, %s, 'email', 'UPDATE')", [analyst, contacts])
+    assert not value("SELECT has_column_privilege(%s, %s, 'phone', 'UPDATE')", [analyst, contacts])
+    assert value("SELECT obj_description(%s::regclass, 'pg_class')", [contacts]) == "customer contacts (PII)"
+    assert value("SELECT col_description(%s::regclass, 4)", [contacts]) == "PII: e-mail address"
+
+
+def test_cutover_refuses_a_tenant_with_an_undecided_view_and_changes_nothing_of_it(migrated):
+    db.execute("CREATE VIEW public.acme_contacts AS SELECT id, email FROM tenant_acme_0001.contacts")
+
+    with pytest.raises(CommandError) as exc:
+        cut_over()
+
+    message = str(exc.value)
+    assert one_line(message)
+    assert "view public.acme_contacts on tenant_acme_0001.contacts" in message
+    assert "--leave-dependent" in message
+    assert {"contacts", "activities"} <= table_names(ACME)  # nothing archived for acme
+    assert Tenant.objects.get(tenant_id="acme_0001").migration_state != MigrationState.LIVE
+    assert Tenant.objects.get(tenant_id="globex_0002").migration_state == MigrationState.LIVE
+
+    # Decided: the view stays with the archived legacy table (frozen rows), on the operator's word.
+    run("migrate_phase", "cutover", interactive=False, leave_dependent=["public.acme_*"])
+    assert Tenant.objects.get(tenant_id="acme_0001").migration_state == MigrationState.LIVE
+    assert value("SELECT count(*) FROM public.acme_contacts") == count(ACME, "contact_data_contacts")
+
+
+def test_drop_legacy_never_cascades(migrated):
+    add_invoices()
+    db.execute("CREATE VIEW public.acme_contacts AS SELECT id, email FROM tenant_acme_0001.contacts")
+
+    with pytest.raises(CommandError) as exc:
+        cut_over(drop_legacy=True, leave_dependent=["public.acme_contacts"])
+
+    assert "--drop-legacy would drop: view public.acme_contacts" in str(exc.value)
+    assert catalog.table_exists(ACME, "contacts")
+    assert value("SELECT count(*) FROM public.acme_contacts") == 120
+
+    db.execute("DROP VIEW public.acme_contacts")
+    run("migrate_phase", "cutover", interactive=False, drop_legacy=True)
+
+    assert not catalog.table_exists(ACME, "contacts")
+    # The other service's invoices and their foreign key survive, now on the new table.
+    assert value("SELECT count(*) FROM billing.invoices") == 5
+    assert (
+        value("SELECT confrelid::regclass::text FROM pg_constraint WHERE conname = 'invoices_contact_id_fkey'")
+        == f"{ACME}.contact_data_contacts"
+    )

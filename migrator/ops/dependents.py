@@ -42,12 +42,24 @@ class Dependent:
 # What cutover does with each kind: carries it to the new table (``CARRIED``), or, for the rest, refuses
 # the tenant unless ``--leave-dependent`` names the object (it then stays with the archived table).
 CARRIED: frozenset[FindingKind] = frozenset(
-    {FindingKind.FOREIGN_KEY_FROM, FindingKind.GRANT, FindingKind.COLUMN_GRANT, FindingKind.COMMENT}
+    {
+        FindingKind.FOREIGN_KEY_FROM,
+        FindingKind.GRANT,
+        FindingKind.COLUMN_GRANT,
+        FindingKind.COMMENT,
+        FindingKind.TRIGGER,
+        FindingKind.POLICY,
+        FindingKind.ROW_SECURITY,
+        FindingKind.PUBLICATION,
+    }
 )
 
 
 def carried(dependent: Dependent) -> bool:
     """Whether cutover carries ``dependent`` to the new table (a FOR ALL TABLES publication needs nothing).
+
+    Triggers, policies, row-level security and publication membership are re-created on the new table and
+    also stay on the archived one (which nothing writes any more), so a rollback finds them where they were.
 
     Only a tenant data table's: its new table keeps the legacy ids. A reference table's rows are merged
     into a shared table under new ids (a foreign key would point at other rows), shared by every tenant
@@ -101,7 +113,8 @@ SELECT c.confrelid::bigint, 'foreign key from another table', format('%%I.%%I', 
   JOIN pg_namespace n ON n.oid = o.relnamespace
  WHERE c.contype = 'f' AND c.conrelid NOT IN (SELECT oid FROM legacy) AND c.conparentid = 0
 UNION ALL
-SELECT g.tgrelid::bigint, 'trigger', quote_ident(g.tgname), pg_get_triggerdef(g.oid), ARRAY[]::text[]
+SELECT g.tgrelid::bigint, 'trigger', quote_ident(g.tgname), pg_get_triggerdef(g.oid),
+       ARRAY[g.tgrelid::regclass::text]
   FROM pg_trigger g JOIN t ON g.tgrelid = t.oid
  WHERE NOT g.tgisinternal AND g.tgname NOT IN (%(capture)s, %(capture_truncate)s)
 UNION ALL
@@ -109,14 +122,24 @@ SELECT r.ev_class::bigint, 'rule', quote_ident(r.rulename), pg_get_ruledef(r.oid
   FROM pg_rewrite r JOIN t ON r.ev_class = t.oid WHERE r.rulename <> '_RETURN'
 UNION ALL
 SELECT p.polrelid::bigint, 'row-level security policy', quote_ident(p.polname),
-       coalesce(pg_get_expr(p.polqual, p.polrelid), ''), ARRAY[]::text[]
+       coalesce(pg_get_expr(p.polqual, p.polrelid), ''),
+       ARRAY[p.polname::text, CASE WHEN p.polpermissive THEN 'PERMISSIVE' ELSE 'RESTRICTIVE' END,
+             CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' WHEN 'w' THEN 'UPDATE'
+                           WHEN 'd' THEN 'DELETE' ELSE 'ALL' END,
+             coalesce(pg_get_expr(p.polqual, p.polrelid), ''), coalesce(pg_get_expr(p.polwithcheck, p.polrelid), '')]
+       || ARRAY(SELECT CASE WHEN r = 0 THEN 'PUBLIC' ELSE (SELECT rolname::text FROM pg_roles WHERE oid = r) END
+                FROM unnest(p.polroles) r)
   FROM pg_policy p JOIN t ON p.polrelid = t.oid
 UNION ALL
 SELECT c.oid::bigint, 'row-level security', 'ROW LEVEL SECURITY',
-       CASE WHEN c.relforcerowsecurity THEN 'enabled, forced' ELSE 'enabled' END, ARRAY[]::text[]
+       CASE WHEN c.relforcerowsecurity THEN 'enabled, forced' ELSE 'enabled' END,
+       CASE WHEN c.relforcerowsecurity THEN ARRAY['FORCE'] ELSE ARRAY[]::text[] END
   FROM pg_class c JOIN t ON c.oid = t.oid WHERE c.relrowsecurity
 UNION ALL
-SELECT pr.prrelid::bigint, 'publication', quote_ident(p.pubname), '', ARRAY[p.pubname::text]
+SELECT pr.prrelid::bigint, 'publication', quote_ident(p.pubname), coalesce(pg_get_expr(pr.prqual, pr.prrelid), ''),
+       ARRAY[p.pubname::text, coalesce(pg_get_expr(pr.prqual, pr.prrelid), '')]
+       || ARRAY(SELECT a.attname::text FROM unnest(pr.prattrs::int2[]) k(n)
+                JOIN pg_attribute a ON a.attrelid = pr.prrelid AND a.attnum = k.n)
   FROM pg_publication_rel pr JOIN t ON pr.prrelid = t.oid JOIN pg_publication p ON p.oid = pr.prpubid
 UNION ALL
 SELECT t.oid::bigint, 'publication', quote_ident(p.pubname), 'FOR ALL TABLES', ARRAY[p.pubname::text]
@@ -247,7 +270,9 @@ def detach_foreign_keys(found: list[Dependent]) -> None:
             )
 
 
-def carry(found: list[Dependent], new_tables: dict[tuple[str, str], sql.Identifier]) -> list[dict[str, str]]:
+def carry(
+    found: list[Dependent], new_tables: dict[tuple[str, str], sql.Identifier], leave: tuple[str, ...] = ()
+) -> list[dict[str, str]]:
     """Re-create each carried dependent on the new table of its legacy table; returns what was carried.
 
     ``new_tables``: (legacy schema, legacy table) -> the new table. Foreign keys are added ``NOT VALID``
@@ -256,7 +281,9 @@ def carry(found: list[Dependent], new_tables: dict[tuple[str, str], sql.Identifi
     done = []
     for dependent in found:
         target = new_tables.get((dependent.schema, dependent.table))
-        if target is None or not carried(dependent) or dependent.kind == FindingKind.PUBLICATION:
+        if target is None or not carried(dependent) or dependent.detail == "FOR ALL TABLES":
+            continue
+        if left_by_option(dependent, leave):  # stays with the archived table on the operator's word
             continue
         for statement in _carry_statements(dependent, target):
             db.execute(statement)
@@ -288,7 +315,49 @@ def _carry_statements(dependent: Dependent, target: sql.Identifier) -> list[sql.
                 target, sql.Identifier(dependent.parts[0]), sql.Literal(dependent.detail)
             )
         ]
+    if dependent.kind == FindingKind.TRIGGER:
+        return [_trigger_statement(dependent, target)]
+    if dependent.kind == FindingKind.ROW_SECURITY:
+        force = [sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(target)] if dependent.parts else []
+        return [sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(target), *force]
+    if dependent.kind == FindingKind.POLICY:
+        name, permissive, command, using, check, *roles = dependent.parts
+        return [
+            sql.SQL("CREATE POLICY {n} ON {t} AS {p} FOR {c} TO {r}{using}{check}").format(
+                n=sql.Identifier(name),
+                t=target,
+                p=sql.SQL(permissive),  # PERMISSIVE or RESTRICTIVE, from the catalog query
+                c=sql.SQL(command),  # SELECT, INSERT, UPDATE, DELETE or ALL
+                r=sql.SQL(", ").join(sql.SQL("PUBLIC") if r == "PUBLIC" else sql.Identifier(r) for r in roles),
+                # the server's own text of the expressions, over the same column names as the new table's
+                using=sql.SQL(" USING ({})").format(sql.SQL(using)) if using else sql.SQL(""),
+                check=sql.SQL(" WITH CHECK ({})").format(sql.SQL(check)) if check else sql.SQL(""),
+            )
+        ]
+    if dependent.kind == FindingKind.PUBLICATION:
+        name, row_filter, *columns = dependent.parts
+        return [
+            sql.SQL("ALTER PUBLICATION {p} ADD TABLE {t}{cols}{where}").format(
+                p=sql.Identifier(name),
+                t=target,
+                cols=sql.SQL(" ({})").format(db.ident_list(columns)) if columns else sql.SQL(""),
+                where=sql.SQL(" WHERE ({})").format(sql.SQL(row_filter)) if row_filter else sql.SQL(""),
+            )
+        ]
     raise MigrationError(f"{dependent.kind} {dependent.name}: cutover does not carry this kind")
+
+
+def _trigger_statement(dependent: Dependent, target: sql.Identifier) -> sql.Composable:
+    """The legacy trigger's own definition (pg_get_triggerdef) with the new table in place of the legacy one."""
+    (printed_table,) = dependent.parts  # the legacy table as the definition spells it
+    marker = f" ON {printed_table} "
+    if dependent.detail.count(marker) != 1:
+        raise MigrationError(
+            f"trigger {dependent.name} on {dependent.schema}.{dependent.table} cannot be carried: its definition "
+            f"({dependent.detail}) does not name the table once; drop it, or pass --leave-dependent {dependent.name}"
+        )
+    before, after = dependent.detail.split(marker)
+    return sql.SQL("{} ON {} {}").format(sql.SQL(before), target, sql.SQL(after))
 
 
 # What follows the referenced columns in pg_get_constraintdef: MATCH, ON UPDATE / ON DELETE actions,

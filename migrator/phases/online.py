@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
+
+from psycopg import sql
 
 from migrator import catalog, db
 from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.errors import MigrationError
 from migrator.core.steps import StepReporter, StepResult
-from migrator.ops import archive, capture, compat, fingerprint, reference
+from migrator.models import FindingKind
+from migrator.ops import archive, capture, compat, dependents, fingerprint, reference
 from migrator.ops.copy import TableCopy
 from migrator.ops.fingerprint import Comparison
 from migrator.tables import LEGACY_AUTH_TABLES, REFERENCE_TABLES, TENANT_DATA_TABLES, legacy_table
@@ -194,8 +198,11 @@ def switch_scope(ctx: MigrationContext, scope: str, tables: list[str], owner: st
             "(run `migrate_phase data --validate-only` to see the differing keys)"
         )
 
+    carried_objects: list[dict[str, str]] = []
+
     def switch() -> None:
         locked_at = time.monotonic()
+        carried_objects.clear()  # a retried switch carries again
         # Every lock the switch needs, at once, before anything else (see the docstring): in name order.
         present = archive.lock_tables(scope, sorted(tables))
         blocked["since"] = locked_at
@@ -244,7 +251,10 @@ def switch_scope(ctx: MigrationContext, scope: str, tables: list[str], owner: st
                 f"{scope}: the new tables differ from the legacy ones after the last changes: {'; '.join(problems)}; "
                 "nothing was switched (run `migrate_phase data --validate-only` to see the differing keys)"
             )
+        found = dependents.of_tables(scope, present) if tenant_id is not None else []
+        dependents.refuse_uncarried(scope, found, ctx.options.leave_dependents)
         capture.remove_capture(scope, present)
+        dependents.detach_foreign_keys(found)
         moved = archive.archive_tables(scope, owner, present, ctx.config.archive_schema, drop=False)
         for table in present:
             archived = (ctx.config.archive_schema, moved[table].split(".", 1)[1])
@@ -252,6 +262,8 @@ def switch_scope(ctx: MigrationContext, scope: str, tables: list[str], owner: st
                 compat.create_data_view(copies[table], archived, tenant_id)
             elif tenant_id is not None:
                 compat.create_reference_view(scope, legacy_table(table), tenant_id, archived)
+        new_tables = {(scope, t): copies[t].target for t in copies}
+        carried_objects.extend(dependents.carry(found, new_tables, ctx.options.leave_dependents))
         blocked["ms"] = (time.monotonic() - locked_at) * 1000
 
     compat.ensure_probe_schema()
@@ -268,6 +280,7 @@ def switch_scope(ctx: MigrationContext, scope: str, tables: list[str], owner: st
             "views": compat.compat_views(scope),
             "target_fingerprints": fingerprints,
             "sequences": sequences,
+            "dependents_carried": carried_objects,
         },
     )
 
@@ -303,5 +316,13 @@ def undo_switch(ctx: MigrationContext, scope: str, owner: str, recorded: dict[st
             "writes: use `migrate_phase rollback --restore` (or keep the migration)"
         )
     views = compat.drop_views(scope)
+    # Foreign keys of other tables carried to the new tables go back to the legacy ones with them.
+    back = dependents.of_tables(scope, [c.target_table for c in copies.values()])
+    new_tables = {(scope, c.target_table) for c in copies.values()}
+    back = [d for d in back if d.kind == FindingKind.FOREIGN_KEY_FROM and tuple(d.parts[:2]) not in new_tables]
+    dependents.detach_foreign_keys(back)
     archive.unarchive_tables(scope, owner, views, ctx.config.archive_schema)
+    legacy_of = {c.target_table: table for table, c in copies.items()}
+    back = [replace(d, table=legacy_of[d.table]) for d in back]  # as the dependents of the legacy tables
+    dependents.carry(back, {(scope, table): sql.Identifier(scope, table) for table in copies})
     return views

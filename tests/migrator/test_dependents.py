@@ -85,11 +85,11 @@ def test_phase_one_lists_every_dependent_with_what_cutover_does(seeded, analyst)
         (FindingKind.FUNCTION, "acme_contact_count()"): Disposition.DECISION,
         (FindingKind.FUNCTION_BY_NAME, "acme_audit()"): Disposition.DECISION,
         (FindingKind.FOREIGN_KEY_FROM, "billing.invoices.invoices_contact_id_fkey"): Disposition.CARRIED,
-        (FindingKind.TRIGGER, "contacts_audit"): Disposition.DECISION,
+        (FindingKind.TRIGGER, "contacts_audit"): Disposition.CARRIED,
         (FindingKind.RULE, "no_delete"): Disposition.DECISION,
-        (FindingKind.ROW_SECURITY, "ROW LEVEL SECURITY"): Disposition.DECISION,
-        (FindingKind.POLICY, "support_only"): Disposition.DECISION,
-        (FindingKind.PUBLICATION, "warehouse"): Disposition.DECISION,
+        (FindingKind.ROW_SECURITY, "ROW LEVEL SECURITY"): Disposition.CARRIED,
+        (FindingKind.POLICY, "support_only"): Disposition.CARRIED,
+        (FindingKind.PUBLICATION, "warehouse"): Disposition.CARRIED,
         (FindingKind.STATISTICS, "tenant_acme_0001.contacts_names"): Disposition.DECISION,
         (FindingKind.GRANT, analyst): Disposition.CARRIED,
         (FindingKind.COLUMN_GRANT, f"{analyst} on email"): Disposition.CARRIED,
@@ -166,3 +166,70 @@ def test_drop_legacy_never_cascades(migrated):
         value("SELECT confrelid::regclass::text FROM pg_constraint WHERE conname = 'invoices_contact_id_fkey'")
         == f"{ACME}.contact_data_contacts"
     )
+
+
+def test_cutover_carries_triggers_row_level_security_and_publications(migrated, analyst):
+    db.execute(
+        "CREATE TABLE public.audit (contact_id bigint, at timestamptz DEFAULT now()); "
+        "CREATE FUNCTION public.audit_contact() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN INSERT INTO public.audit (contact_id) VALUES (NEW.id); RETURN NEW; END $$; "
+        "CREATE TRIGGER contacts_audit AFTER INSERT ON tenant_acme_0001.contacts "
+        "FOR EACH ROW EXECUTE FUNCTION public.audit_contact(); "
+        "ALTER TABLE tenant_acme_0001.contacts ENABLE ROW LEVEL SECURITY; "
+        "CREATE PUBLICATION warehouse FOR TABLE tenant_acme_0001.contacts"
+    )
+    db.execute(
+        sql.SQL("CREATE POLICY own_rows ON tenant_acme_0001.contacts FOR SELECT TO {} USING (owner_id = 1)").format(
+            sql.Identifier(analyst)
+        )
+    )
+    db.execute(sql.SQL("GRANT USAGE ON SCHEMA tenant_acme_0001 TO {}").format(sql.Identifier(analyst)))
+    db.execute(sql.SQL("GRANT SELECT ON tenant_acme_0001.contacts TO {}").format(sql.Identifier(analyst)))
+    try:
+        cut_over()
+
+        contacts = f"{ACME}.contact_data_contacts"
+        new_id = value(f"INSERT INTO {contacts} (created_at) VALUES (now()) RETURNING id")
+        assert value("SELECT count(*) FROM public.audit WHERE contact_id = %s", [new_id]) == 1  # the trigger fired
+        published = "SELECT array_agg(tablename::text ORDER BY tablename) FROM pg_publication_tables WHERE pubname = %s"
+        assert value(published, ["warehouse"]) == ["acme_0001__contacts", "contact_data_contacts"]
+        # Row-level security restricts the analyst on the new table as it did on the legacy one.
+        with db.connect_like_django("test analyst") as conn:
+            conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(analyst)))
+            visible = conn.execute(
+                sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(ACME, "contact_data_contacts"))
+            ).fetchone()[0]  # type: ignore[index]
+        assert visible == value(f"SELECT count(*) FROM {contacts} WHERE owner_id = 1")
+        assert visible < count(ACME, "contact_data_contacts")
+    finally:
+        db.execute("DROP PUBLICATION IF EXISTS warehouse")
+
+
+def test_online_cutover_carries_a_foreign_key_and_rollback_puts_it_back(schemas_ready):
+    add_invoices()
+    run("migrate_phase", "data", "--online", interactive=False)
+    run("migrate_phase", "security")
+    run("migrate_phase", "verify")
+    fk = "SELECT confrelid::regclass::text FROM pg_constraint WHERE conname = 'invoices_contact_id_fkey'"
+
+    run("migrate_phase", "cutover", interactive=False)
+
+    assert value(fk) == f"{ACME}.contact_data_contacts"
+    assert latest_cutover_details()["dependents_carried"] == [
+        {
+            "kind": str(FindingKind.FOREIGN_KEY_FROM),
+            "name": "billing.invoices.invoices_contact_id_fkey",
+            "table": "contacts",
+        }
+    ]
+
+    run("migrate_phase", "rollback", interactive=False)
+
+    assert value(fk) == f"{ACME}.contacts"
+    assert value("SELECT count(*) FROM billing.invoices") == 5
+
+
+def latest_cutover_details() -> dict[str, object]:
+    from tests.migrator.helpers import latest
+
+    return dict(latest("cutover/acme_0001/archive_legacy/tenant_acme_0001").details)

@@ -71,6 +71,13 @@ def archive_tables(schema: str, owner: str, tables: list[str], archive_schema: s
     return moved
 
 
+def archived_tables(moved: dict[str, str], schema: str) -> dict[tuple[str, str], sql.Identifier]:
+    """(schema, legacy table) -> where :func:`archive_tables` moved it (dropped ones left out)."""
+    return {
+        (schema, table): sql.Identifier(*where.split(".", 1)) for table, where in moved.items() if where != "dropped"
+    }
+
+
 def lock_tables(schema: str, tables: list[str]) -> list[str]:
     """Lock ``schema``'s ``tables`` that exist against every other session until the transaction ends.
 

@@ -51,8 +51,15 @@ CARRIED: frozenset[FindingKind] = frozenset(
         FindingKind.POLICY,
         FindingKind.ROW_SECURITY,
         FindingKind.PUBLICATION,
+        FindingKind.VIEW,
+        FindingKind.FUNCTION,
+        FindingKind.RULE,
+        FindingKind.STATISTICS,
     }
 )
+# Carried by their own definition, read again once the legacy tables are archived (the server then names
+# the archived tables in it) with the new tables put in place of the archived ones.
+REDEFINED = frozenset({FindingKind.VIEW, FindingKind.FUNCTION, FindingKind.RULE, FindingKind.STATISTICS})
 
 
 def carried(dependent: Dependent) -> bool:
@@ -89,14 +96,14 @@ _DEPENDENTS_SQL = """
 WITH t(oid) AS (SELECT unnest(%(oids)s::oid[])),
 legacy(oid) AS (SELECT unnest(%(all_legacy)s::oid[]))
 SELECT DISTINCT d.refobjid::bigint, CASE v.relkind WHEN 'm' THEN 'materialized view' ELSE 'view' END,
-       format('%%I.%%I', vn.nspname, v.relname), '', ARRAY[]::text[]
+       format('%%I.%%I', vn.nspname, v.relname), '', ARRAY[v.oid::text]
   FROM t JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = t.oid
            AND d.classid = 'pg_rewrite'::regclass
   JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class
   JOIN pg_namespace vn ON vn.oid = v.relnamespace
  WHERE v.oid <> t.oid
 UNION ALL
-SELECT DISTINCT d.refobjid::bigint, 'function', p.oid::regprocedure::text, 'SQL-standard body', ARRAY[]::text[]
+SELECT DISTINCT d.refobjid::bigint, 'function', p.oid::regprocedure::text, 'SQL-standard body', ARRAY[p.oid::text]
   FROM t JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = t.oid
            AND d.classid = 'pg_proc'::regclass
   JOIN pg_proc p ON p.oid = d.objid
@@ -118,7 +125,7 @@ SELECT g.tgrelid::bigint, 'trigger', quote_ident(g.tgname), pg_get_triggerdef(g.
   FROM pg_trigger g JOIN t ON g.tgrelid = t.oid
  WHERE NOT g.tgisinternal AND g.tgname NOT IN (%(capture)s, %(capture_truncate)s)
 UNION ALL
-SELECT r.ev_class::bigint, 'rule', quote_ident(r.rulename), pg_get_ruledef(r.oid), ARRAY[]::text[]
+SELECT r.ev_class::bigint, 'rule', quote_ident(r.rulename), pg_get_ruledef(r.oid), ARRAY[r.oid::text]
   FROM pg_rewrite r JOIN t ON r.ev_class = t.oid WHERE r.rulename <> '_RETURN'
 UNION ALL
 SELECT p.polrelid::bigint, 'row-level security policy', quote_ident(p.polname),
@@ -145,7 +152,8 @@ UNION ALL
 SELECT t.oid::bigint, 'publication', quote_ident(p.pubname), 'FOR ALL TABLES', ARRAY[p.pubname::text]
   FROM pg_publication p CROSS JOIN t WHERE p.puballtables
 UNION ALL
-SELECT s.stxrelid::bigint, 'statistics object', format('%%I.%%I', sn.nspname, s.stxname), '', ARRAY[]::text[]
+SELECT s.stxrelid::bigint, 'statistics object', format('%%I.%%I', sn.nspname, s.stxname), '',
+       ARRAY[s.oid::text, sn.nspname::text, s.stxname::text]
   FROM pg_statistic_ext s JOIN t ON s.stxrelid = t.oid JOIN pg_namespace sn ON sn.oid = s.stxnamespace
 UNION ALL
 SELECT c.oid::bigint, 'grant', CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END,
@@ -241,7 +249,8 @@ def refuse_uncarried(scope: str, found: list[Dependent], leave: tuple[str, ...],
     """Refuse the cutover of ``scope`` (one line, nothing changed) while a dependent would be left behind; with
     ``drop`` (--drop-legacy) every dependent cutover does not carry, left by option or not: a drop never
     cascades, and an object left with a dropped table would be dropped with it."""
-    left = [d for d in found if not carried(d)] if drop else blocking(found, leave)
+    # Redefined objects are read again from the archived tables: with --drop-legacy there are none.
+    left = [d for d in found if not carried(d) or d.kind in REDEFINED] if drop else blocking(found, leave)
     if not left:
         return
     listed = "; ".join(f"{d.kind} {d.name} on {d.schema}.{d.table}" for d in left[:5])
@@ -271,24 +280,83 @@ def detach_foreign_keys(found: list[Dependent]) -> None:
 
 
 def carry(
-    found: list[Dependent], new_tables: dict[tuple[str, str], sql.Identifier], leave: tuple[str, ...] = ()
+    found: list[Dependent],
+    new_tables: dict[tuple[str, str], sql.Identifier],
+    leave: tuple[str, ...] = (),
+    archived: dict[tuple[str, str], sql.Identifier] | None = None,
 ) -> list[dict[str, str]]:
     """Re-create each carried dependent on the new table of its legacy table; returns what was carried.
 
-    ``new_tables``: (legacy schema, legacy table) -> the new table. Foreign keys are added ``NOT VALID``
-    and validated (ids are kept, so every referencing row still finds its row).
+    ``new_tables``: (legacy schema, legacy table) -> the new table; ``archived``: -> where the legacy table
+    is now (views, functions, rules and statistics are redefined from their definition, which names it).
+    Foreign keys are added ``NOT VALID`` and validated (ids are kept, so every referencing row still finds
+    its row).
     """
+    archived = archived or {}
     done = []
+    redefined: set[str] = set()  # a view over two legacy tables is one dependent of each, redefined once
     for dependent in found:
         target = new_tables.get((dependent.schema, dependent.table))
         if target is None or not carried(dependent) or dependent.detail == "FOR ALL TABLES":
             continue
         if left_by_option(dependent, leave):  # stays with the archived table on the operator's word
             continue
-        for statement in _carry_statements(dependent, target):
+        if dependent.kind in REDEFINED:
+            if dependent.name in redefined:
+                continue
+            redefined.add(dependent.name)
+            statements = _redefinition(dependent, archived, new_tables)
+        else:
+            statements = _carry_statements(dependent, target)
+        for statement in statements:
             db.execute(statement)
         done.append({"kind": str(dependent.kind), "name": dependent.name, "table": dependent.table})
     return done
+
+
+_DEFINITION = {
+    FindingKind.VIEW: "SELECT format('CREATE OR REPLACE VIEW %%s AS %%s', c.oid::regclass, pg_get_viewdef(c.oid)) "
+    "FROM pg_class c WHERE c.oid = %s::oid",
+    FindingKind.FUNCTION: "SELECT pg_get_functiondef(%s::oid)",
+    FindingKind.RULE: "SELECT pg_get_ruledef(%s::oid)",
+    FindingKind.STATISTICS: "SELECT pg_get_statisticsobjdef(%s::oid)",
+}
+
+
+def _printed(table: sql.Identifier) -> str:
+    """The table's name as the server prints it in a definition (qualified unless on the search path,
+    quoted only where needed): what ``regclass`` prints, by the same rule."""
+    return str(db.fetchvalue("SELECT to_regclass(%s)::text", [db.render(table)]))
+
+
+def _redefinition(
+    dependent: Dependent,
+    archived: dict[tuple[str, str], sql.Identifier],
+    new_tables: dict[tuple[str, str], sql.Identifier],
+) -> list[sql.Composable]:
+    """The object's definition as the server prints it now that the legacy tables are archived, each archived
+    table's name (distinctive: ``<archive>.<tenant>__<table>``) replaced by its new table's.
+
+    Archived names are distinctive, so both the qualified name and a column's ``table.`` prefix (how a
+    table referenced without an alias is printed) are replaced wherever they stand. A rule stays on the
+    archived table too; a statistics object's name is taken over (it is dropped there first).
+    """
+    oid = dependent.parts[0]
+    text = str(db.fetchvalue(_DEFINITION[dependent.kind], [oid]))
+    for key, archived_table in archived.items():
+        if key not in new_tables:  # a reference table's rows went to a shared table under other ids: not here
+            continue
+        old_name, new_name = _printed(archived_table), _printed(new_tables[key])
+        text = text.replace(old_name, new_name)
+        # A table referenced without an alias is printed by its (archived) name before its columns too.
+        old_bare, new_bare = old_name.rpartition(".")[2], new_name.rpartition(".")[2]
+        text = re.sub(rf'(?<![\w"$.]){re.escape(old_bare)}(?=\.)', new_bare.replace("\\", "\\\\"), text)
+    statements: list[sql.Composable] = []
+    if dependent.kind == FindingKind.STATISTICS:
+        statements.append(sql.SQL("DROP STATISTICS {}").format(sql.Identifier(*dependent.parts[1:3])))
+    # The server's own text of the definition, with one name swapped for another it printed itself.
+    statements.append(sql.SQL(text))
+    return statements
 
 
 def _carry_statements(dependent: Dependent, target: sql.Identifier) -> list[sql.Composable]:

@@ -255,7 +255,9 @@ class CutoverPhase(Phase):
                 (tenant.schema, spec.legacy_table): sql.Identifier(tenant.schema, spec.target_table)
                 for spec in TENANT_DATA_TABLES
             }
-            carried = dependents.carry(found, new_tables, ctx.options.leave_dependents)
+            carried = dependents.carry(
+                found, new_tables, ctx.options.leave_dependents, archived=archive.archived_tables(moved, tenant.schema)
+            )
         message = f"{len(moved)} legacy tables {'dropped' if drop else 'archived'}"
         if carried:
             message += f"; {len(carried)} dependent objects carried to the new tables"

@@ -263,7 +263,9 @@ def switch_scope(ctx: MigrationContext, scope: str, tables: list[str], owner: st
             elif tenant_id is not None:
                 compat.create_reference_view(scope, legacy_table(table), tenant_id, archived)
         new_tables = {(scope, t): copies[t].target for t in copies}
-        carried_objects.extend(dependents.carry(found, new_tables, ctx.options.leave_dependents))
+        carried_objects.extend(
+            dependents.carry(found, new_tables, ctx.options.leave_dependents, archive.archived_tables(moved, scope))
+        )
         blocked["ms"] = (time.monotonic() - locked_at) * 1000
 
     compat.ensure_probe_schema()

@@ -80,17 +80,17 @@ def test_phase_one_lists_every_dependent_with_what_cutover_does(seeded, analyst)
 
     found = {(g["kind"], g["object"]): g["disposition"] for g in report if g["examples"] == [ACME]}
     assert found == {
-        (FindingKind.VIEW, "public.acme_contacts"): Disposition.DECISION,
+        (FindingKind.VIEW, "public.acme_contacts"): Disposition.CARRIED,
         (FindingKind.MATERIALIZED_VIEW, "public.acme_counts"): Disposition.DECISION,
-        (FindingKind.FUNCTION, "acme_contact_count()"): Disposition.DECISION,
+        (FindingKind.FUNCTION, "acme_contact_count()"): Disposition.CARRIED,
         (FindingKind.FUNCTION_BY_NAME, "acme_audit()"): Disposition.DECISION,
         (FindingKind.FOREIGN_KEY_FROM, "billing.invoices.invoices_contact_id_fkey"): Disposition.CARRIED,
         (FindingKind.TRIGGER, "contacts_audit"): Disposition.CARRIED,
-        (FindingKind.RULE, "no_delete"): Disposition.DECISION,
+        (FindingKind.RULE, "no_delete"): Disposition.CARRIED,
         (FindingKind.ROW_SECURITY, "ROW LEVEL SECURITY"): Disposition.CARRIED,
         (FindingKind.POLICY, "support_only"): Disposition.CARRIED,
         (FindingKind.PUBLICATION, "warehouse"): Disposition.CARRIED,
-        (FindingKind.STATISTICS, "tenant_acme_0001.contacts_names"): Disposition.DECISION,
+        (FindingKind.STATISTICS, "tenant_acme_0001.contacts_names"): Disposition.CARRIED,
         (FindingKind.GRANT, analyst): Disposition.CARRIED,
         (FindingKind.COLUMN_GRANT, f"{analyst} on email"): Disposition.CARRIED,
         (FindingKind.COMMENT, "table"): Disposition.CARRIED,
@@ -125,24 +125,47 @@ def test_cutover_carries_foreign_keys_grants_and_comments_to_the_new_table(migra
     assert value("SELECT col_description(%s::regclass, 4)", [contacts]) == "PII: e-mail address"
 
 
-def test_cutover_refuses_a_tenant_with_an_undecided_view_and_changes_nothing_of_it(migrated):
-    db.execute("CREATE VIEW public.acme_contacts AS SELECT id, email FROM tenant_acme_0001.contacts")
+def test_cutover_refuses_a_tenant_with_an_undecided_materialized_view_and_changes_nothing_of_it(migrated):
+    db.execute("CREATE MATERIALIZED VIEW public.acme_counts AS SELECT count(*) AS n FROM tenant_acme_0001.contacts")
 
     with pytest.raises(CommandError) as exc:
         cut_over()
 
     message = str(exc.value)
     assert one_line(message)
-    assert "view public.acme_contacts on tenant_acme_0001.contacts" in message
+    assert "materialized view public.acme_counts on tenant_acme_0001.contacts" in message
     assert "--leave-dependent" in message
     assert {"contacts", "activities"} <= table_names(ACME)  # nothing archived for acme
     assert Tenant.objects.get(tenant_id="acme_0001").migration_state != MigrationState.LIVE
     assert Tenant.objects.get(tenant_id="globex_0002").migration_state == MigrationState.LIVE
 
-    # Decided: the view stays with the archived legacy table (frozen rows), on the operator's word.
+    # Decided: it stays with the archived legacy table (frozen rows), on the operator's word.
     run("migrate_phase", "cutover", interactive=False, leave_dependent=["public.acme_*"])
     assert Tenant.objects.get(tenant_id="acme_0001").migration_state == MigrationState.LIVE
-    assert value("SELECT count(*) FROM public.acme_contacts") == count(ACME, "contact_data_contacts")
+    assert value("SELECT n FROM public.acme_counts") == 120
+
+
+def test_cutover_redefines_views_functions_and_rules_over_the_new_tables(migrated):
+    db.execute(
+        "CREATE VIEW public.acme_contacts AS SELECT c.id, c.email, a.n FROM tenant_acme_0001.contacts c "
+        "LEFT JOIN (SELECT contact_id, count(*) AS n FROM tenant_acme_0001.activities GROUP BY contact_id) a "
+        "ON a.contact_id = c.id; "
+        "CREATE VIEW public.acme_emails AS SELECT contacts.email FROM tenant_acme_0001.contacts; "
+        "CREATE FUNCTION public.acme_contact_count() RETURNS bigint LANGUAGE sql "
+        "BEGIN ATOMIC SELECT count(*) FROM tenant_acme_0001.contacts; END; "
+        "CREATE RULE keep_activities AS ON DELETE TO tenant_acme_0001.activities DO INSTEAD NOTHING"
+    )
+
+    cut_over()
+
+    contacts = f"{ACME}.contact_data_contacts"
+    new_id = value(f"INSERT INTO {contacts} (email, created_at) VALUES ('new@example.com', now()) RETURNING id")
+    assert value("SELECT count(*) FROM public.acme_contacts WHERE id = %s", [new_id]) == 1
+    assert value("SELECT count(*) FROM public.acme_emails WHERE email = 'new@example.com'") == 1
+    assert value("SELECT public.acme_contact_count()") == count(ACME, "contact_data_contacts")
+    before = count(ACME, "activity_data_activities")
+    db.execute(f"DELETE FROM {ACME}.activity_data_activities")  # the rule turns it into nothing
+    assert count(ACME, "activity_data_activities") == before
 
 
 def test_drop_legacy_never_cascades(migrated):

@@ -264,8 +264,8 @@ def restore_sessions(admin: psycopg.Connection, database: str, query_like: str) 
     in a statement that contains ``query_like``."""
     row = admin.execute(
         "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND strpos(query, %s) > 0 "
-        "AND (datname = 'postgres' OR starts_with(datname, %s))",
-        [query_like, database],
+        "AND (datname = 'postgres' AND strpos(query, %s) > 0 OR starts_with(datname, %s))",
+        [query_like, database, database],
     ).fetchone()
     return row[0] if row else None
 
@@ -276,7 +276,6 @@ def killed_and_rerun(arrange: Any, history_ids: set[int]) -> subprocess.Complete
         arrange(admin)
     assert restore.interrupted_restore(get_config().backup_dir) is not None
     connection.close()
-    # killed before or at the swap: the database still holds all it had, tracking history included
     rerun = manage("migrate_phase", "rollback", "--restore", "--noinput", env=runner_env(), timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert "an interrupted restore was found" in rerun.stdout
@@ -307,6 +306,7 @@ def test_a_restore_killed_while_it_swaps_the_databases_is_finished_by_rerunning_
             holder.execute("ROLLBACK")
         connection.close()
         assert schema_dump() == migrated_schema  # not swapped: the database is as it was
+        assert history_ids <= set(MigrationRecord.objects.values_list("id", flat=True))
         oid = db.fetchvalue("SELECT oid FROM pg_database WHERE datname = current_database()")
         assert f"{name}_restoring_{oid}" in databases_like(name)  # the unfinished copy
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from migrator.config import MigratorConfig
 from migrator.core.errors import MigrationError
@@ -135,6 +135,16 @@ class RunOptions:
     observe_seconds: float = 5.0  # finalize: how long to watch the compatibility views for use
 
 
+class RunLock(Protocol):
+    """The lock a run holds on its database (migrator/engine/lock.py), as a step that replaces the
+    database sees it: a database with a session cannot be renamed, so the lock is let go for the swap
+    and taken again on the database that then carries the name."""
+
+    def release(self) -> None: ...
+
+    def reacquire(self) -> None: ...
+
+
 @dataclass
 class MigrationContext:
     """Everything a phase needs to know about the run it is part of.
@@ -148,6 +158,7 @@ class MigrationContext:
     batch_size: int = 50_000
     jobs: int = 1
     options: RunOptions = field(default_factory=RunOptions)
+    lock: RunLock | None = field(default=None, compare=False)  # set by the engine while it holds the lock
     _tenants: list[TenantRef] | None = field(default=None, init=False, repr=False)
 
     def forget_tenants(self, known: list[TenantRef] | None = None) -> None:

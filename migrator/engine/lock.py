@@ -62,15 +62,35 @@ class MigratorLock:
         self._conn: psycopg.Connection | None = None
 
     def __enter__(self) -> MigratorLock:
+        self._conn = self._acquire("another migration is running on this database: {holder}; wait for it to finish")
+        return self
+
+    def _acquire(self, refusal: str) -> psycopg.Connection:
         conn = connect_like_django(holder_name(self.phase))
         row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", [LOCK_NAMESPACE, LOCK_ID]).fetchone()
-        acquired = bool(row and row[0])
-        if not acquired:
+        if not (row and row[0]):
             holder = describe_holder(conn)
             conn.close()
-            raise LockHeld(f"another migration is running on this database: {holder}; wait for it to finish")
-        self._conn = conn
-        return self
+            raise LockHeld(refusal.format(holder=holder))
+        return conn
+
+    def release(self) -> None:
+        """Let the lock go and close its session (``rollback --restore`` renames the database, which
+        no session may be connected to); :meth:`reacquire` takes it again."""
+        self.__exit__(None, None, None)
+
+    def reacquire(self) -> None:
+        """Take the lock again on the database that now carries the name; refused if another run took
+        it in between (it was free while the databases were renamed)."""
+        if self._conn is not None:
+            return
+        try:
+            self._conn = self._acquire(
+                "another migration took the lock while the restore swapped the databases: {holder}; "
+                "wait for it to finish, then rerun `migrate_phase rollback --restore`"
+            )
+        except LockHeld as exc:
+            raise LockLost(str(exc)) from None
 
     def check(self) -> None:
         """Raise :class:`LockLost` unless this run still holds the lock.

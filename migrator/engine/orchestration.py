@@ -152,6 +152,7 @@ def run_phases(
     """
     outcomes: list[PhaseOutcome] = []
     with MigratorLock("+".join(p.name for p in phases)) as lock:
+        ctx.lock = lock
         for phase in phases:
             if notice := phase.recover(ctx):
                 on_event(Event("notice", phase.name, message=notice))

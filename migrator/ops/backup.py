@@ -91,9 +91,15 @@ def _run(cmd: list[str], env: dict[str, str], what: str) -> str:
     preexec = _die_with_parent if sys.platform.startswith("linux") else None
     completed = subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=preexec)
     if completed.returncode != 0:
-        last = (completed.stderr.strip().splitlines() or ["no output"])[-1]
-        raise MigrationError(f"{what} failed (exit {completed.returncode}): {last}")
+        raise MigrationError(f"{what} failed (exit {completed.returncode}): {first_error(completed.stderr)}")
     return completed.stdout
+
+
+def first_error(stderr: str) -> str:
+    """The line that says what went wrong: a client tool's first ``error:`` line (pg_restore follows it
+    with the statement that failed, over many lines), else its last line."""
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()] or ["no output"]
+    return next((line for line in lines if "error:" in line), lines[-1])
 
 
 def backup_parts(path: Path) -> list[Path]:

@@ -37,11 +37,6 @@ def recorded_backup(ctx: MigrationContext) -> BackupInfo:
     return info
 
 
-def restore_schemas(ctx: MigrationContext) -> list[str]:
-    """Schemas a restore replaces besides those in the dump."""
-    return [*service_tables(), ctx.config.archive_schema, ctx.config.legacy_auth_schema]
-
-
 class RollbackPhase(Phase):
     name = "rollback"
     number = None
@@ -53,7 +48,7 @@ class RollbackPhase(Phase):
     def recover(self, ctx: MigrationContext) -> str | None:
         if not ctx.options.restore:
             return None
-        return restore.recover_interrupted_restore(ctx.config.backup_dir, restore_schemas(ctx), ctx.config.bin_dirs)
+        return restore.recover_interrupted_restore(ctx.config.backup_dir)
 
     def plan(self, ctx: MigrationContext) -> list[Step]:
         if ctx.options.restore:
@@ -68,8 +63,8 @@ class RollbackPhase(Phase):
                 ),
                 self.step(
                     "restore_backup",
-                    "Save the tracking history, replace the database with the backup "
-                    "(pg_restore), put the history back",
+                    "Save the tracking history, restore the backup into a new database (pg_restore), "
+                    "write the history into it, then swap it in under this database's name",
                     target=where,
                     destructive=True,
                 ),
@@ -158,9 +153,7 @@ class RollbackPhase(Phase):
 
     def _restore_backup(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         info = recorded_backup(ctx)
-        details = restore.restore_database(
-            info, restore_schemas(ctx), ctx.jobs, ctx.config.backup_dir, ctx.config.bin_dirs
-        )
+        details = restore.restore_database(info, ctx.jobs, ctx.config.backup_dir, ctx.config.bin_dirs, ctx.lock)
         return StepResult(
             message=f"restored {info.path}; {details['history_rows']} tracking rows kept", details=details
         )

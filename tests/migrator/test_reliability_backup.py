@@ -70,9 +70,11 @@ def alive(pid: int) -> bool:
 
 
 def client_tool_sessions(watcher: Any) -> list[tuple[int, str]]:
+    """pg_dump's sessions in this database, pg_restore's in the new database a restore fills."""
     return watcher.execute(
         "SELECT pid, coalesce(wait_event_type, '') FROM pg_stat_activity "
-        "WHERE datname = current_database() AND application_name = %s",
+        "WHERE (datname = current_database() OR starts_with(datname, current_database() || '_restoring_')) "
+        "AND application_name = %s",
         [CLIENT_APP_NAME],
     ).fetchall()
 
@@ -122,7 +124,11 @@ def test_a_restore_killed_during_pg_restore_is_finished_by_rerunning_it(larger_s
                 child.wait()
         wait_for(lambda: not client_tool_sessions(watcher), timeout=20, what="pg_restore to die with its runner")
 
-    assert not legacy_intact(before)  # the kill left a half-restored database
+    # the kill left the database as it was (the backup was going into a new database), history included
+    assert legacy_intact(before)
+    assert catalog.table_exists("tenant_acme_0001", "contact_data_contacts")
+    assert history_ids <= set(MigrationRecord.objects.values_list("id", flat=True))
+    connection.close()
 
     rerun = manage("migrate_phase", "rollback", "--restore", "--noinput", env=runner_env(), timeout=300)
     assert rerun.returncode == 0, rerun.stderr
@@ -164,7 +170,9 @@ def test_an_interrupted_restore_blocks_other_phases_until_it_is_finished(prepare
     info = backup.latest_backup()
     assert info is not None
     _rows, history = restore.save_history(get_config().backup_dir)
-    restore.write_journal(get_config().backup_dir, info, history)
+    with restore.maintenance_connection() as admin:
+        names = restore.restore_names(admin, connection.settings_dict["NAME"])
+    restore.write_journal(get_config().backup_dir, info, history, names)
     with pytest.raises(CommandError, match="rerun `migrate_phase rollback --restore`"):
         run("migrate_phase", "all", interactive=False)
     run("migrate_phase", "rollback", interactive=False, restore=True)

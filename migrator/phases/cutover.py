@@ -286,6 +286,12 @@ class CutoverPhase(Phase):
                 + _inheritance_children(cfg.legacy_auth_schema, list(LEGACY_AUTH_TABLES)),
                 f"legacy auth schema {cfg.legacy_auth_schema}",
             )
+            # Nothing is carried from the legacy auth tables yet: whatever depends on them is refused
+            # unless the operator leaves it with the archived tables.
+            found = dependents.of_tables(cfg.legacy_auth_schema, LEGACY_AUTH_TABLES)
+            dependents.refuse_uncarried(
+                f"legacy auth schema {cfg.legacy_auth_schema}", found, ctx.options.leave_dependents, drop=drop
+            )
             sequences = _continue_sequences(validated)
             moved = archive.archive_tables(
                 cfg.legacy_auth_schema, cfg.legacy_auth_schema, list(LEGACY_AUTH_TABLES), cfg.archive_schema, drop

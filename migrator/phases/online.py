@@ -318,13 +318,24 @@ def undo_switch(ctx: MigrationContext, scope: str, owner: str, recorded: dict[st
             "writes: use `migrate_phase rollback --restore` (or keep the migration)"
         )
     views = compat.drop_views(scope)
-    # Foreign keys of other tables carried to the new tables go back to the legacy ones with them.
+    # What cutover carried to the new tables and exists once: foreign keys of other tables, views,
+    # functions and statistics objects go back to the legacy tables with them (triggers, rules, policies,
+    # grants and comments stayed on the legacy tables as well).
     back = dependents.of_tables(scope, [c.target_table for c in copies.values()])
     new_tables = {(scope, c.target_table) for c in copies.values()}
-    back = [d for d in back if d.kind == FindingKind.FOREIGN_KEY_FROM and tuple(d.parts[:2]) not in new_tables]
+    back = [
+        d
+        for d in back
+        if d.kind in dependents.REDEFINED - {FindingKind.RULE}
+        or (d.kind == FindingKind.FOREIGN_KEY_FROM and tuple(d.parts[:2]) not in new_tables)
+    ]
     dependents.detach_foreign_keys(back)
     archive.unarchive_tables(scope, owner, views, ctx.config.archive_schema)
     legacy_of = {c.target_table: table for table, c in copies.items()}
     back = [replace(d, table=legacy_of[d.table]) for d in back]  # as the dependents of the legacy tables
-    dependents.carry(back, {(scope, table): sql.Identifier(scope, table) for table in copies})
+    dependents.carry(
+        back,
+        {(scope, table): sql.Identifier(scope, table) for table in copies},
+        archived={(scope, table): copy.target for table, copy in copies.items()},
+    )
     return views

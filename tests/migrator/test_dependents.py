@@ -228,27 +228,32 @@ def test_cutover_carries_triggers_row_level_security_and_publications(migrated, 
         db.execute("DROP PUBLICATION IF EXISTS warehouse")
 
 
-def test_online_cutover_carries_a_foreign_key_and_rollback_puts_it_back(schemas_ready):
+def test_online_cutover_carries_a_foreign_key_and_a_view_and_rollback_puts_them_back(schemas_ready):
     add_invoices()
+    db.execute("CREATE VIEW public.acme_emails AS SELECT id, email FROM tenant_acme_0001.contacts")
     run("migrate_phase", "data", "--online", interactive=False)
     run("migrate_phase", "security")
     run("migrate_phase", "verify")
     fk = "SELECT confrelid::regclass::text FROM pg_constraint WHERE conname = 'invoices_contact_id_fkey'"
+    reads = (
+        "SELECT array_agg(DISTINCT d.refobjid::regclass::text) FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid "
+        "WHERE d.classid = 'pg_rewrite'::regclass AND r.ev_class = 'public.acme_emails'::regclass "
+        "AND d.refobjid <> 'public.acme_emails'::regclass"
+    )
 
     run("migrate_phase", "cutover", interactive=False)
 
     assert value(fk) == f"{ACME}.contact_data_contacts"
-    assert latest_cutover_details()["dependents_carried"] == [
-        {
-            "kind": str(FindingKind.FOREIGN_KEY_FROM),
-            "name": "billing.invoices.invoices_contact_id_fkey",
-            "table": "contacts",
-        }
-    ]
+    assert value(reads) == [f"{ACME}.contact_data_contacts"]
+    assert {(d["kind"], d["name"]) for d in latest_cutover_details()["dependents_carried"]} == {
+        (str(FindingKind.FOREIGN_KEY_FROM), "billing.invoices.invoices_contact_id_fkey"),
+        (str(FindingKind.VIEW), "public.acme_emails"),
+    }
 
     run("migrate_phase", "rollback", interactive=False)
 
     assert value(fk) == f"{ACME}.contacts"
+    assert value(reads) == [f"{ACME}.contacts"]
     assert value("SELECT count(*) FROM billing.invoices") == 5
 
 

@@ -22,6 +22,8 @@ from salesflow.layout import is_reserved_schema, tenant_id_from_schema, tenant_s
 from tenants.models import MigrationState, Tenant
 
 MIN_SERVER_VERSION = 150000
+# Tenants inspected and registered together (the drift report's catalog queries are per batch).
+REGISTER_PER_BATCH = 100
 
 
 def catalog_database_comment() -> str:
@@ -70,10 +72,10 @@ def drift_findings(ctx: MigrationContext, inspected: str, schema: str) -> list[d
     return [replace(f, schema=schema) for f in findings] if inspected != schema else findings
 
 
-def record_findings(schema: str, findings: list[drift.Finding]) -> None:
-    """Replace the tenant's recorded findings by these, in one transaction."""
+def record_findings(found: dict[str, list[drift.Finding]]) -> None:
+    """Replace each tenant schema's recorded findings by these, in one transaction."""
     with transaction.atomic():
-        DriftFinding.objects.filter(tenant_schema=schema).delete()
+        DriftFinding.objects.filter(tenant_schema__in=list(found)).delete()
         DriftFinding.objects.bulk_create(
             DriftFinding(
                 tenant_schema=f.schema,
@@ -85,6 +87,7 @@ def record_findings(schema: str, findings: list[drift.Finding]) -> None:
                 action=f.action,
                 decided_by=f.decided_by,
             )
+            for findings in found.values()
             for f in findings
         )
 
@@ -267,7 +270,12 @@ class PreparePhase(Phase):
             "backup": StepKind(self._take_backup, self._check_backup),
             "inspect_auth": StepKind(self._inspect_auth),
             "discover": StepKind(self._discover),
-            "register": StepKind(self._register_tenant, self._check_registered),
+            "register": StepKind(
+                self._register_tenant,
+                self._check_registered,
+                apply_batch=self._register_batch,
+                batch_size=REGISTER_PER_BATCH,
+            ),
         }
 
     def _preflight(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
@@ -390,7 +398,7 @@ class PreparePhase(Phase):
         for tenant_id in decided.skipped_tenants:  # registered as EXCLUDED, their drift recorded as decided
             schema = tenant_schema_name(tenant_id)
             register_excluded(tenant_id)
-            record_findings(schema, drift_findings(ctx, schema, schema))
+            record_findings({schema: drift_findings(ctx, schema, schema)})
         message = f"{len(valid) + len(decided.renamed) - len(decided.skipped_tenants)} tenant schemas"
         if decided.skipped_tenants:
             message += f"; {len(decided.skipped_tenants)} tenants left out by --skip-schema"
@@ -419,7 +427,6 @@ class PreparePhase(Phase):
     def _register_tenant(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         tenant = TenantRef(step.tenant_id or "")
         renamed_from = next((old for old, new in ctx.options.rename_schemas if new == tenant.tenant_id), None)
-        details: dict[str, object] = {}
         inspected = tenant.schema
         if (
             renamed_from is not None
@@ -428,7 +435,7 @@ class PreparePhase(Phase):
         ):
             inspected = renamed_from
         findings = drift_findings(ctx, inspected, tenant.schema)
-        record_findings(tenant.schema, findings)  # kept whether or not the tenant is refused below
+        record_findings({tenant.schema: findings})  # kept whether or not the tenant is refused below
         blocking = [f for f in findings if f.blocks]
         if blocking:
             raise MigrationError(
@@ -438,27 +445,51 @@ class PreparePhase(Phase):
         # The renames and the registration commit together: a kill leaves either the old names and no
         # tenant, or the new names and the tenant (a rerun then only registers).
         with transaction.atomic():
+            details: dict[str, object] = {}
             if renamed_from is not None:
                 details["renamed_from"] = renamed_from
                 if inspected == renamed_from:
                     inspection.rename_schema(renamed_from, tenant.schema)
-            renamed_tables = rename_decided_tables(ctx, tenant.schema)
-            if renamed_tables:
-                details["renamed_tables"] = renamed_tables
-            report = inspection.inspect_tenant_schema(tenant.schema)
-            registered = Tenant.objects.filter(tenant_id=tenant.tenant_id).first()
-            if registered is None:
-                registered = Tenant(
-                    tenant_id=tenant.tenant_id,
-                    name=tenant.tenant_id.replace("_", " ").title(),
-                    migration_state=MigrationState.REGISTERED,
-                )
-                registered.auto_create_schema = False  # the legacy schema exists; phase 2 adds the target tables
-                registered.save()
+            result = self._register(ctx, tenant, findings, details)
+        if renamed_from is not None:
+            result.message = f"schema {renamed_from!r} renamed to {tenant.schema}; " + result.message
+        return result
+
+    def _register_batch(self, ctx: MigrationContext, steps: list[Step]) -> dict[str, StepResult]:
+        """Many tenants' inspections in a few catalog queries (see :mod:`migrator.ops.drift`) and their
+        registrations in one transaction. A tenant that is refused, or renamed from an invalid schema, is
+        left to run on its own, which says why in one line."""
+        renamed = {new for _old, new in ctx.options.rename_schemas}
+        schemas = {step.key: TenantRef(step.tenant_id or "") for step in steps if step.tenant_id not in renamed}
+        found = dict(drift.inspect_schemas([t.schema for t in schemas.values()], drift_decisions(ctx)))
+        record_findings(found)
+        results = {}
+        with transaction.atomic():
+            for key, tenant in schemas.items():
+                if not any(f.blocks for f in found[tenant.schema]):
+                    results[key] = self._register(ctx, tenant, found[tenant.schema], {})
+        return results
+
+    @staticmethod
+    def _register(
+        ctx: MigrationContext, tenant: TenantRef, findings: list[drift.Finding], details: dict[str, object]
+    ) -> StepResult:
+        """Register a tenant whose drift is carried or decided: its decided table renames, its inspection,
+        its registry row (in the caller's transaction)."""
+        renamed_tables = rename_decided_tables(ctx, tenant.schema)
+        if renamed_tables:
+            details["renamed_tables"] = renamed_tables
+        report = inspection.inspect_tenant_schema(tenant.schema)
+        if not Tenant.objects.filter(tenant_id=tenant.tenant_id).exists():
+            registered = Tenant(
+                tenant_id=tenant.tenant_id,
+                name=tenant.tenant_id.replace("_", " ").title(),
+                migration_state=MigrationState.REGISTERED,
+            )
+            registered.auto_create_schema = False  # the legacy schema exists; phase 2 adds the target tables
+            registered.save()
         rows = sum(info["rows"] for info in report["tables"].values())
         message = inspection.describe_report(report)
-        if renamed_from is not None:
-            message = f"schema {renamed_from!r} renamed to {tenant.schema}; " + message
         drifted = [f for f in findings if f.kind != FindingKind.MISSING_TABLE or f.disposition != Disposition.CARRIED]
         if drifted:
             message += f"; drift: {len(drifted)} finding(s), carried or decided"

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 from django.db import DatabaseError, DataError, connection, transaction
@@ -288,18 +289,14 @@ def _inexact_rows(copy: TableCopy, difference: TypeDifference) -> tuple[int, lis
     query = sql.SQL(
         "SELECT count(*), (array_agg({key}::text ORDER BY {keys}))[1:%s] FROM {src} s WHERE {c} IS NOT NULL AND {bad}"
     )
+
+    def rows_where(bad: sql.Composable) -> tuple[Any, ...] | None:
+        statement = query.format(key=copy.key_row(), keys=keys, src=copy.source_rows, c=column, bad=bad)
+        return db.fetchone(statement, [SAMPLE_KEYS])
+
     try:
         with transaction.atomic():
-            row = db.fetchone(
-                query.format(
-                    key=copy.key_row(),
-                    keys=keys,
-                    src=copy.source,
-                    c=column,
-                    bad=_changed_by_conversion(copy, difference, column),
-                ),
-                [SAMPLE_KEYS],
-            )
+            row = rows_where(_changed_by_conversion(copy, difference, column))
     except (DataError, psycopg.errors.DataException):
         with transaction.atomic():
             function = sql.Identifier("pg_temp", "migrator_inexact_value")
@@ -311,16 +308,7 @@ def _inexact_rows(copy: TableCopy, difference: TypeDifference) -> tuple[int, lis
                     f=function, t=sql.SQL(difference.legacy_type), body=sql.Literal(db.render(body))
                 )
             )
-            row = db.fetchone(
-                query.format(
-                    key=copy.key_row(),
-                    keys=keys,
-                    src=copy.source,
-                    c=column,
-                    bad=sql.SQL("{f}({c})").format(f=function, c=column),
-                ),
-                [SAMPLE_KEYS],
-            )
+            row = rows_where(sql.SQL("{f}({c})").format(f=function, c=column))
             db.execute(sql.SQL("DROP FUNCTION {f}({t})").format(f=function, t=sql.SQL(difference.legacy_type)))
     count, keys_found = row or (0, [])
     return int(count), list(keys_found or [])

@@ -117,42 +117,20 @@ def _classify_tables(schema: str, relations: list[Relation], decisions: Decision
 
 def _name_variant(schema: str, table: str, variant: Relation, original_exists: bool, decisions: Decisions) -> Finding:
     option = f"--rename-table {schema}.{variant.name}={table}"
-    detail = f"{variant.name!r} stands for {table!r}?"
-    if original_exists:
-        detail = f"{variant.name!r} beside {table!r}"
-    decided = decisions.rename_tables.get((schema, variant.name))
-    if decided == table and not original_exists:
-        return Finding(
-            schema,
-            variant.name,
-            FindingKind.NAME_CASE,
-            "",
-            detail,
+    detail = f"{variant.name!r} beside {table!r}" if original_exists else f"{variant.name!r} stands for {table!r}?"
+    if decisions.rename_tables.get((schema, variant.name)) == table and not original_exists:
+        disposition, action, decided_by = (
             Disposition.DECIDED,
             f"renamed to {table} in phase 1, then migrated as {table}",
             option,
         )
-    if decisions.leaves_table(schema, variant.name):
-        return Finding(
-            schema,
-            variant.name,
-            FindingKind.NAME_CASE,
-            "",
-            detail,
-            Disposition.DECIDED,
-            "left in place, not migrated",
-            "--leave-table",
-        )
-    remedy = f"pass {option} to migrate it as {table}" if not original_exists else "merge it into the legacy table"
-    return Finding(
-        schema,
-        variant.name,
-        FindingKind.NAME_CASE,
-        "",
-        detail,
-        Disposition.DECISION,
-        f"{remedy}, --leave-table {schema}.{variant.name} to leave it in place, or --skip-schema {schema}",
-    )
+    elif decisions.leaves_table(schema, variant.name):
+        disposition, action, decided_by = Disposition.DECIDED, "left in place, not migrated", "--leave-table"
+    else:
+        remedy = f"pass {option} to migrate it as {table}" if not original_exists else "merge it into the legacy table"
+        disposition, decided_by = Disposition.DECISION, ""
+        action = f"{remedy}, --leave-table {schema}.{variant.name} to leave it in place, or --skip-schema {schema}"
+    return Finding(schema, variant.name, FindingKind.NAME_CASE, "", detail, disposition, action, decided_by)
 
 
 def _unknown_table(schema: str, relation: Relation, decisions: Decisions) -> list[Finding]:

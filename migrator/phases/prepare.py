@@ -16,8 +16,9 @@ from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.django_migrations import BOOTSTRAP_APPS, legacy_registry_present, migrate_schema
 from migrator.models import Disposition, DriftFinding, FindingKind
-from migrator.ops import backup, binaries, drift, inspection, registry, rehearsal, restore
+from migrator.ops import backup, binaries, dependents, drift, inspection, registry, rehearsal, restore
 from migrator.ops.copy import legacy_timezone
+from migrator.tables import LEGACY_AUTH_TABLES
 from salesflow.layout import is_reserved_schema, tenant_id_from_schema, tenant_schema_name
 from tenants.models import MigrationState, Tenant
 
@@ -377,8 +378,19 @@ class PreparePhase(Phase):
         )
 
     def _inspect_auth(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
-        report = inspection.inspect_auth_schema(ctx.config.legacy_auth_schema)
-        return StepResult(message=inspection.describe_report(report), details={"inspection": report})
+        schema = ctx.config.legacy_auth_schema
+        report = inspection.inspect_auth_schema(schema)
+        # The objects that depend on the legacy auth tables are reported with the tenants' drift; cutover
+        # carries none of them and refuses the auth tables while one is undecided (not this phase: the
+        # tenants do not wait for that decision).
+        decisions = drift_decisions(ctx)
+        found = [drift.dependent_finding(d, decisions) for d in dependents.of_tables(schema, LEGACY_AUTH_TABLES)]
+        record_findings({schema: found})
+        message = inspection.describe_report(report)
+        undecided = [f for f in found if f.blocks]
+        if undecided:
+            message += f"; {len(undecided)} dependent object(s) to decide before cutover (see the drift report)"
+        return StepResult(message=message, details={"inspection": report, "dependents": [f.as_dict() for f in found]})
 
     def _discover(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         valid, invalid = inspection.discover_tenant_schemas(ctx.config.legacy_auth_schema, ctx.config.archive_schema)

@@ -261,3 +261,22 @@ def latest_cutover_details() -> dict[str, object]:
     from tests.migrator.helpers import latest
 
     return dict(latest("cutover/acme_0001/archive_legacy/tenant_acme_0001").details)
+
+
+def test_a_dependent_of_the_legacy_auth_tables_is_reported_and_refuses_their_cutover_until_decided(seeded):
+    db.execute("CREATE VIEW public.active_users AS SELECT id, email FROM salesflow_auth.users WHERE is_active")
+
+    output = run("migrate_phase", "prepare", interactive=False)  # the tenants do not wait for it
+
+    assert "dependent object(s) to decide before cutover" in output
+    assert "salesflow_auth): users.public.active_users: view" in output
+    run("migrate_phase", "schemas")
+    run("migrate_phase", "data")
+    with pytest.raises(CommandError) as exc:
+        cut_over()
+    assert one_line(str(exc.value))
+    assert "legacy auth schema salesflow_auth: 1 object(s) depend on legacy tables" in str(exc.value)
+    assert catalog.table_exists("salesflow_auth", "users")
+
+    run("migrate_phase", "cutover", interactive=False, leave_dependent=["public.active_users"])
+    assert not catalog.table_exists("salesflow_auth", "users")

@@ -19,6 +19,6 @@ columns cost a look at their values. Nothing here changes the database.
 """
 
 from migrator.ops.drift.findings import Decisions, Finding, FindingGroup, group_findings
-from migrator.ops.drift.rules import inspect_schemas
+from migrator.ops.drift.rules import dependent_finding, inspect_schemas
 
-__all__ = ["Decisions", "Finding", "FindingGroup", "group_findings", "inspect_schemas"]
+__all__ = ["Decisions", "Finding", "FindingGroup", "dependent_finding", "group_findings", "inspect_schemas"]

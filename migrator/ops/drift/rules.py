@@ -50,7 +50,7 @@ def inspect_schemas(
             found[dependent.schema].append(dependent)
         for schema in chunk:
             findings = _classify_schema(schema, by_schema[schema], decisions)
-            yield schema, findings + [_dependent_finding(d, decisions) for d in found[schema]]
+            yield schema, findings + [dependent_finding(d, decisions) for d in found[schema]]
         if progress is not None:
             progress(min(start + SCHEMAS_PER_QUERY, len(schemas)), len(schemas))
 
@@ -482,7 +482,7 @@ def _sequence_findings(schema: str, table: str, relation: Relation, shape: Expec
     return findings
 
 
-def _dependent_finding(dependent: Dependent, decisions: Decisions) -> Finding:
+def dependent_finding(dependent: Dependent, decisions: Decisions) -> Finding:
     """An object that depends on a legacy table: carried to the new table at cutover, left with the archived
     table on the operator's word, or waiting for that decision."""
     kind, name = dependent.kind, dependent.name

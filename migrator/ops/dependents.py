@@ -6,7 +6,10 @@ triggers, policies, publications, statistics), so they follow the table into the
 cutover: a view would read the archived, frozen rows. Grants and comments live on the table itself.
 Functions whose body is text (plpgsql, SQL without a standard body) are tied by nothing: they are
 found by the table's name in their source (``found by name``), which can match more than it should.
-Reads only.
+
+Phase 1 lists them (:func:`dependents_of`, in the drift report); cutover carries the ones it can to
+the new tables (:func:`carry`, in the transaction that archives the tenant) and refuses the tenant
+while any other is undecided (:func:`refuse_uncarried`). See docs/drift.md for each kind.
 """
 
 from __future__ import annotations

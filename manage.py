@@ -8,10 +8,11 @@ def main() -> None:
     from django.core.management import execute_from_command_line
 
     from salesflow.database import DatabaseUrlError
+    from salesflow.environment import SettingsError
 
     try:
         execute_from_command_line(sys.argv)
-    except DatabaseUrlError as exc:  # raised while the settings load: one line, not a traceback
+    except (DatabaseUrlError, SettingsError) as exc:  # raised while the settings load: one line, not a traceback
         sys.stderr.write(f"CommandError: {exc}\n")
         sys.exit(1)
 

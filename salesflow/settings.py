@@ -9,24 +9,45 @@ Configuration comes from the environment only (nothing of a developer's machine 
 - ``SALESFLOW_BACKUP_PART_TABLES``: most tables one ``pg_dump`` of phase 1 locks (default: what the
   server's lock table has room for; past it the dump is split in parts that read one snapshot).
 - ``DJANGO_SECRET_KEY``, ``DJANGO_DEBUG``, ``DJANGO_ALLOWED_HOSTS`` for the admin site.
+- ``DJANGO_ENV=production``: the admin served by gunicorn (docs/admin.md). ``DJANGO_SECRET_KEY`` and
+  ``DJANGO_ALLOWED_HOSTS`` are then required, ``DEBUG`` is off, cookies are secure, static files come from
+  ``collectstatic`` (``SALESFLOW_STATIC_ROOT``, default ``<data dir>/static``) through WhiteNoise;
+  ``SALESFLOW_SSL_REDIRECT``, ``SALESFLOW_HSTS_SECONDS`` and ``SALESFLOW_PROXY_SSL_HEADER`` fit it to a
+  TLS-terminating proxy.
+- ``SALESFLOW_LOGIN_FAILURE_LIMIT``, ``SALESFLOW_LOGIN_COOLOFF_MINUTES``: failed admin logins before a lock.
 """
 
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from salesflow import environment
 from salesflow.database import database_settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 # An empty variable counts as unset: Path("") is the current folder, never what was meant.
 DATA_DIR = Path(os.environ.get("SALESFLOW_DATA_DIR") or BASE_DIR / ".salesflow")
 
-# A fixed key is fine for a local operator tool; deployments set DJANGO_SECRET_KEY.
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "salesflow-migrator-local-only-key")
-DEBUG = os.environ.get("DJANGO_DEBUG", "") == "1"
-ALLOWED_HOSTS = [h for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1").split(",") if h]
+DJANGO_ENV = os.environ.get("DJANGO_ENV", "").strip().lower() or "local"
+if DJANGO_ENV not in {"local", "production"}:
+    raise environment.SettingsError(f"DJANGO_ENV={DJANGO_ENV!r} is not a profile: use production, or leave it unset")
+PRODUCTION = DJANGO_ENV == "production"
+
+# A fixed key is fine for a local operator tool; the production profile refuses it.
+LOCAL_SECRET_KEY = "salesflow-migrator-local-only-key"
+if PRODUCTION:
+    SECRET_KEY = environment.production_secret_key(LOCAL_SECRET_KEY)
+    ALLOWED_HOSTS = environment.production_allowed_hosts()
+    if environment.flag("DJANGO_DEBUG", False):
+        raise environment.SettingsError("DJANGO_ENV=production runs with DEBUG off: unset DJANGO_DEBUG")
+    DEBUG = False
+else:
+    SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", LOCAL_SECRET_KEY)
+    DEBUG = os.environ.get("DJANGO_DEBUG", "") == "1"
+    ALLOWED_HOSTS = [h for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1").split(",") if h]
 
 SHARED_APPS = [
     "django_tenants",
@@ -38,6 +59,8 @@ SHARED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    # Failed admin logins, and the locks they lead to (tables in public).
+    "axes",
     # Service apps: their models live in the auth / contact / activity schemas (see salesflow.layout).
     "salesflow.accounts",
     "salesflow.contact",
@@ -65,7 +88,23 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a refused login into the lockout response.
+    "axes.middleware.AxesMiddleware",
 ]
+if PRODUCTION:
+    # Static files from the application itself, right after the security middleware (WhiteNoise's place).
+    MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
+
+# django-axes first: it refuses a locked-out login before the password is even checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = environment.integer("SALESFLOW_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=environment.integer("SALESFLOW_LOGIN_COOLOFF_MINUTES", 15))
+# A user name from one address: behind a proxy every request comes from the proxy's address, so locking
+# addresses alone would lock every operator out at once.
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 
 ROOT_URLCONF = "salesflow.urls"
 TEMPLATES = [
@@ -101,6 +140,16 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
+# `collectstatic` writes here; the production profile serves it (WhiteNoise), compressed, with hashed names.
+STATIC_ROOT = Path(os.environ.get("SALESFLOW_STATIC_ROOT") or DATA_DIR / "static")
+STORAGES: dict[str, dict[str, Any]] = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if PRODUCTION
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
 LOGIN_URL = "admin:login"
 
 SALESFLOW: dict[str, Any] = {
@@ -111,7 +160,27 @@ SALESFLOW: dict[str, Any] = {
     "BIN_DIRS": [p for p in os.environ.get("SALESFLOW_PG_BIN_DIRS", "").split(os.pathsep) if p],
     # Phase 1 dumps in parts of at most this many tables (default: what the server's lock table has room for).
     "BACKUP_PART_TABLES": os.environ.get("SALESFLOW_BACKUP_PART_TABLES") or None,
+    # How often the open dashboard asks for fresh numbers while a phase runs.
+    "DASHBOARD_REFRESH_SECONDS": environment.integer("SALESFLOW_DASHBOARD_REFRESH_SECONDS", 5),
 }
+
+if PRODUCTION:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    # Behind a TLS-terminating proxy: the header it sets on HTTPS requests (unset: gunicorn speaks TLS itself,
+    # or the proxy and the application are on one trusted host and it is set).
+    SECURE_PROXY_SSL_HEADER = environment.proxy_ssl_header()
+    SECURE_SSL_REDIRECT = environment.flag("SALESFLOW_SSL_REDIRECT", True)
+    SECURE_HSTS_SECONDS = environment.integer("SALESFLOW_HSTS_SECONDS", 31_536_000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = environment.flag("SALESFLOW_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = environment.flag("SALESFLOW_HSTS_PRELOAD", False)
+    # Turned off on purpose, because the proxy redirects to HTTPS or sends HSTS itself: not a finding. Nor is
+    # staying off the browsers' HSTS preload list, a commitment for the whole domain that is its owner's to make.
+    SILENCED_SYSTEM_CHECKS = [
+        *(["security.W008"] if not SECURE_SSL_REDIRECT else []),
+        *(["security.W004"] if not SECURE_HSTS_SECONDS else []),
+        *(["security.W021"] if not SECURE_HSTS_PRELOAD else []),
+    ]
 
 LOGGING = {
     "version": 1,

@@ -11,10 +11,11 @@ import json
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.dateformat import format as format_date
@@ -23,10 +24,11 @@ from django.utils.http import urlencode
 from django.utils.safestring import mark_safe
 from django.utils.text import Truncator
 from django.utils.timezone import localtime
+from django.views.decorators.http import require_GET
 
 from migrator.models import MigrationRecord, Status
 from migrator.phases import PHASES
-from migrator.reports.dashboard import build_dashboard, format_duration
+from migrator.reports.dashboard import Dashboard, build_dashboard, format_duration
 
 STATUS_COLOURS: dict[str, str] = {
     Status.PENDING: "#757575",
@@ -259,7 +261,18 @@ class MigrationRecordAdmin(admin.ModelAdmin):
         dashboard = path(
             "dashboard/", self.admin_site.admin_view(self.dashboard_view), name="migrator_migrationrecord_dashboard"
         )
-        return [dashboard, *super().get_urls()]
+        progress = path(
+            "dashboard/progress/",
+            self.admin_site.admin_view(require_GET(self.dashboard_progress_view)),
+            name="migrator_migrationrecord_dashboard_progress",
+        )
+        return [dashboard, progress, *super().get_urls()]
+
+    def dashboard_progress_view(self, request: HttpRequest) -> JsonResponse:
+        """The dashboard's changing numbers as JSON, for the open page to refresh itself while a phase runs."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        return JsonResponse(dashboard_progress(build_dashboard()))
 
     def dashboard_view(self, request: HttpRequest) -> TemplateResponse:
         # admin_view already sent anonymous and non-staff users to the login page.
@@ -270,9 +283,63 @@ class MigrationRecordAdmin(admin.ModelAdmin):
             "title": "Migration dashboard",
             "opts": self.opts,
             "dashboard": build_dashboard(),
+            "progress_url": reverse("admin:migrator_migrationrecord_dashboard_progress"),
+            "refresh_seconds": settings.SALESFLOW["DASHBOARD_REFRESH_SECONDS"],
             "changelist_url": reverse("admin:migrator_migrationrecord_changelist"),
             "failed_url": reverse("admin:migrator_migrationrecord_changelist")
             + "?"
             + urlencode({"status__exact": Status.FAILED}),
         }
         return TemplateResponse(request, "admin/migrator/dashboard.html", context)
+
+
+def dashboard_progress(dashboard: Dashboard) -> dict[str, Any]:
+    """What the dashboard page updates in place: phases' tenant counts and states, the steps running now,
+    the failure count and the row totals. ``running`` false: nothing runs, the page stops asking."""
+    current = dashboard.current_phase
+    return {
+        "generated_at": dashboard.generated_at.isoformat(),
+        "generated_at_text": format_date(localtime(dashboard.generated_at), "Y-m-d H:i:s T"),
+        "running": bool(dashboard.running),
+        "tenants": dashboard.tenants,
+        "current_phase": {"number": current.number, "name": current.name, "state": current.state} if current else None,
+        "failures_total": dashboard.failures_total,
+        "phases": [
+            {
+                "name": phase.name,
+                "state": phase.state,
+                "tenants": phase.tenants,
+                "done": phase.done,
+                "running": phase.running,
+                "failed": phase.failed,
+                "pending": phase.pending,
+                "rolled_back": phase.rolled_back,
+                "percent_done": round(phase.percent_done),
+                "bar": [
+                    {"state": state, "count": count, "percent": round(percent, 3)}
+                    for state, count, percent in phase.bar
+                ],
+            }
+            for phase in dashboard.phases
+        ],
+        "running_steps": [
+            {
+                "migration_id": record.migration_id,
+                "url": reverse("admin:migrator_migrationrecord_change", args=[record.pk]),
+                "tenant_id": record.tenant_id,
+                "started_at": timestamp(record.started_at),
+                "rows_copied": record.rows_copied,
+                "rows_expected": record.rows_expected,
+                "host": record.host,
+                "pid": record.pid,
+            }
+            for record in dashboard.running
+        ],
+        "totals": {
+            "legacy_rows": dashboard.totals.legacy_rows,
+            "rows_moved": dashboard.totals.rows_moved,
+            "tenant_rows_moved": dashboard.totals.tenant_rows_moved,
+            "rows_validated": dashboard.totals.rows_validated,
+            "validations": f"{dashboard.totals.validations_passed} / {dashboard.totals.validations_failed}",
+        },
+    }

@@ -11,6 +11,7 @@ from migrator.models import Status
 from tests.admin.conftest import PASSWORD, staff_user
 
 DASHBOARD = "admin:migrator_migrationrecord_dashboard"
+PROGRESS = "admin:migrator_migrationrecord_dashboard_progress"
 RECORDS = "admin:migrator_migrationrecord_changelist"
 TENANTS = "admin:tenants_tenant_changelist"
 
@@ -21,11 +22,16 @@ def record(make_record):
 
 
 def record_pages(record) -> list[str]:
-    return [reverse(DASHBOARD), reverse(RECORDS), reverse("admin:migrator_migrationrecord_change", args=[record.pk])]
+    return [
+        reverse(DASHBOARD),
+        reverse(PROGRESS),
+        reverse(RECORDS),
+        reverse("admin:migrator_migrationrecord_change", args=[record.pk]),
+    ]
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("name", [DASHBOARD, RECORDS, TENANTS, "admin:index"])
+@pytest.mark.parametrize("name", [DASHBOARD, PROGRESS, RECORDS, TENANTS, "admin:index"])
 def test_anonymous_is_sent_to_login(client: Client, name: str) -> None:
     url = reverse(name)
     response = client.get(url)

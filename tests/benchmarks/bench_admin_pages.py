@@ -39,6 +39,7 @@ from tenants.models import Tenant  # noqa: E402
 
 PAGES = {
     "admin dashboard": "admin:migrator_migrationrecord_dashboard",
+    "dashboard progress (JSON)": "admin:migrator_migrationrecord_dashboard_progress",
     "tenant list": "admin:tenants_tenant_changelist",
     "record list": "admin:migrator_migrationrecord_changelist",
 }

@@ -111,7 +111,7 @@ SELECT DISTINCT d.refobjid::bigint, 'function', p.oid::regprocedure::text, 'SQL-
            AND d.classid = 'pg_proc'::regclass
   JOIN pg_proc p ON p.oid = d.objid
 UNION ALL
-SELECT c.confrelid::bigint, 'foreign key from another table', format('%%I.%%I', n.nspname, o.relname) || '.'
+SELECT DISTINCT c.confrelid::bigint, 'foreign key from another table', format('%%I.%%I', n.nspname, o.relname) || '.'
        || quote_ident(c.conname), pg_get_constraintdef(c.oid),
        ARRAY[n.nspname::text, o.relname::text, c.conname::text]
        || ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(n, i)
@@ -119,8 +119,10 @@ SELECT c.confrelid::bigint, 'foreign key from another table', format('%%I.%%I', 
        || ARRAY['->']
        || ARRAY(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY k(n, i)
                 JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.i)
-  FROM pg_constraint c JOIN t ON c.confrelid = t.oid JOIN pg_class o ON o.oid = c.conrelid
-  JOIN pg_namespace n ON n.oid = o.relnamespace
+  FROM t JOIN pg_depend fd ON fd.refclassid = 'pg_class'::regclass AND fd.refobjid = t.oid
+           AND fd.classid = 'pg_constraint'::regclass AND fd.deptype = 'n'
+  JOIN pg_constraint c ON c.oid = fd.objid AND c.confrelid = t.oid
+  JOIN pg_class o ON o.oid = c.conrelid JOIN pg_namespace n ON n.oid = o.relnamespace
  WHERE c.contype = 'f' AND c.conrelid NOT IN (SELECT oid FROM legacy) AND c.conparentid = 0
 UNION ALL
 SELECT g.tgrelid::bigint, 'trigger', quote_ident(g.tgname), pg_get_triggerdef(g.oid),
@@ -207,7 +209,8 @@ def dependents_of(tables: dict[int, tuple[str, str]], all_legacy: Iterable[int] 
 _FUNCTION_SOURCES_SQL = (
     "SELECT p.oid::regprocedure::text, n.nspname, p.prosrc FROM pg_proc p "
     "JOIN pg_namespace n ON n.oid = p.pronamespace JOIN pg_language l ON l.oid = p.prolang "
-    "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%%' "
+    # FirstNormalObjectId: the system's own functions (most of pg_proc) are not looked at
+    "WHERE p.oid >= 16384 AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%%' "
     # another tenant's functions are that tenant's business (and reading them all, for each of
     # thousands of tenants, would cost the square of their number)
     "AND (n.nspname = ANY(%s) OR n.nspname NOT LIKE 'tenant\\_%%') "

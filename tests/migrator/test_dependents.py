@@ -280,3 +280,26 @@ def test_a_dependent_of_the_legacy_auth_tables_is_reported_and_refuses_their_cut
 
     run("migrate_phase", "cutover", interactive=False, leave_dependent=["public.active_users"])
     assert not catalog.table_exists("salesflow_auth", "users")
+
+
+def test_online_cutover_carries_a_trigger_and_grants_to_the_new_table(schemas_ready, analyst):
+    add_grants_and_comments(analyst)
+    db.execute(
+        "CREATE TABLE public.audit (contact_id bigint); "
+        "CREATE FUNCTION public.audit_contact() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN INSERT INTO public.audit (contact_id) VALUES (NEW.id); RETURN NEW; END $$; "
+        "CREATE TRIGGER contacts_audit AFTER INSERT ON tenant_acme_0001.contacts "
+        "FOR EACH ROW EXECUTE FUNCTION public.audit_contact()"
+    )
+    run("migrate_phase", "data", "--online", interactive=False)
+    run("migrate_phase", "security")
+    run("migrate_phase", "verify")
+
+    run("migrate_phase", "cutover", interactive=False)
+
+    # The application still writes through the legacy name (now a compatibility view over the new table).
+    new_id = value("INSERT INTO tenant_acme_0001.contacts (created_at) VALUES (now()) RETURNING id")
+    assert value("SELECT count(*) FROM public.audit WHERE contact_id = %s", [new_id]) == 1
+    contacts = f"{ACME}.contact_data_contacts"
+    assert value("SELECT has_table_privilege(%s, %s, 'SELECT')", [analyst, contacts])
+    assert value("SELECT obj_description(%s::regclass, 'pg_class')", [contacts]) == "customer contacts (PII)"

@@ -44,6 +44,28 @@ class _Snapshot:
 _snapshot: ContextVar[_Snapshot | None] = ContextVar("catalog_snapshot", default=None)
 
 
+def missing_schemas(schemas: list[str]) -> list[str]:
+    """The schemas of ``schemas`` that do not exist, in the given order."""
+    rows = db.fetchall(
+        "SELECT s FROM unnest(%s::text[]) WITH ORDINALITY AS u(s, n) "
+        "WHERE NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = s) ORDER BY n",
+        [schemas],
+    )
+    return [row[0] for row in rows]
+
+
+def advisory_lock_holders(classid: int, objid: int) -> list[str]:
+    """``application_name`` of each session of this database that holds the session-level advisory
+    lock (``classid``, ``objid``) (two int4 keys)."""
+    rows = db.fetchall(
+        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s AND l.objsubid = 2 "
+        "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        [classid, objid],
+    )
+    return [row[0] for row in rows]
+
+
 @contextmanager
 def schema_snapshot(schema: str) -> Iterator[None]:
     """Answer :func:`table_exists`, :func:`columns` and :func:`is_partitioned` for ``schema``'s ordinary

@@ -44,16 +44,6 @@ class _Snapshot:
 _snapshot: ContextVar[_Snapshot | None] = ContextVar("catalog_snapshot", default=None)
 
 
-def missing_schemas(schemas: list[str]) -> list[str]:
-    """The schemas of ``schemas`` that do not exist, in the given order."""
-    rows = db.fetchall(
-        "SELECT s FROM unnest(%s::text[]) WITH ORDINALITY AS u(s, n) "
-        "WHERE NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = s) ORDER BY n",
-        [schemas],
-    )
-    return [row[0] for row in rows]
-
-
 def advisory_lock_holders(classid: int, objid: int) -> list[str]:
     """``application_name`` of each session of this database that holds the session-level advisory
     lock (``classid``, ``objid``) (two int4 keys)."""

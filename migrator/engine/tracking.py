@@ -374,7 +374,8 @@ def record_exclusions(phase: str, phase_number: int | None, tenant_ids: list[str
 
 def record_deploy(schemas: int, failed: dict[str, str]) -> None:
     """Record a ``migrate_schemas`` run over ``schemas`` tenant schemas: FAILED with ``failed`` ({schema:
-    reason}) when one failed or was refused, else COMPLETED (which clears an earlier run's failures).
+    reason}) when one failed or was refused, else COMPLETED, only to clear an earlier run's failures (a
+    deploy that changes nothing worth knowing adds no row).
 
     Two deploy jobs may finish at once: the attempt number is taken under a transaction-level advisory
     lock on the step's key, so neither write is lost to the (migration_id, attempt) unique constraint.
@@ -387,6 +388,8 @@ def record_deploy(schemas: int, failed: dict[str, str]) -> None:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [DEPLOY_KEY])
         previous = MigrationRecord.objects.filter(migration_id=DEPLOY_KEY).order_by("-attempt").first()
+        if not failed and (previous is None or previous.status != Status.FAILED):
+            return
         MigrationRecord.objects.create(
             migration_id=DEPLOY_KEY,
             description=f"migrate_schemas over {schemas} tenant schemas (a deploy)",

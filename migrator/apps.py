@@ -10,10 +10,14 @@ class MigratorAppConfig(AppConfig):
     def ready(self) -> None:
         from django_tenants.signals import post_schema_sync, schema_migrated
 
+        from tenants.signals import tenant_schemas_migrated
+
         # A tenant created after the migration (or a table a later tenant migration adds) must be
         # reachable by its services' roles like the migrated ones.
         schema_migrated.connect(grant_after_schema_migration, dispatch_uid="migrator.grants.schema_migrated")
         post_schema_sync.connect(grant_after_tenant_created, dispatch_uid="migrator.grants.post_schema_sync")
+        # A deploy's failed schemas, for `migrate_phase status` and its deploy gate.
+        tenant_schemas_migrated.connect(record_deploy, dispatch_uid="migrator.tracking.tenant_schemas_migrated")
 
 
 def grant_after_schema_migration(sender: Any, schema_name: str, **kwargs: Any) -> None:
@@ -28,3 +32,10 @@ def grant_after_tenant_created(sender: Any, tenant: Any, **kwargs: Any) -> None:
     from migrator.ops import grants
 
     grants.grant_after_schema_migration(get_config(), tenant.schema_name)
+
+
+def record_deploy(sender: Any, schemas: int, failed: dict[str, str], **kwargs: Any) -> None:
+    from migrator.engine import orchestration, tracking
+
+    if orchestration.tracking_ready():  # a first deploy before the migrator's tables exist: nothing to record
+        tracking.record_deploy(schemas, failed)

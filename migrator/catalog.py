@@ -44,6 +44,18 @@ class _Snapshot:
 _snapshot: ContextVar[_Snapshot | None] = ContextVar("catalog_snapshot", default=None)
 
 
+def advisory_lock_holders(classid: int, objid: int) -> list[str]:
+    """``application_name`` of each session of this database that holds the session-level advisory
+    lock (``classid``, ``objid``) (two int4 keys)."""
+    rows = db.fetchall(
+        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s AND l.objsubid = 2 "
+        "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        [classid, objid],
+    )
+    return [row[0] for row in rows]
+
+
 @contextmanager
 def schema_snapshot(schema: str) -> Iterator[None]:
     """Answer :func:`table_exists`, :func:`columns` and :func:`is_partitioned` for ``schema``'s ordinary

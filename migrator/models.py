@@ -18,6 +18,10 @@ class Status(models.TextChoices):
 
 # The step whose record holds the phase-1 backup (path, size, sha256) a restore uses.
 BACKUP_PHASE, BACKUP_STEP = "prepare", "backup"
+# The record of each ``migrate_schemas`` run over the tenant schemas (a deploy): its failed schemas in
+# ``details["failed"]``. Not a phase: no runner plans it, status and the deploy gate read the newest.
+DEPLOY_PHASE, DEPLOY_STEP = "deploy", "migrate_schemas"
+DEPLOY_KEY = f"{DEPLOY_PHASE}/{DEPLOY_STEP}"
 
 
 class MigrationRecordQuerySet(models.QuerySet["MigrationRecord"]):

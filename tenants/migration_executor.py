@@ -7,6 +7,12 @@ with one query per few hundred schemas, and runs ``migrate`` (django-tenants' ``
 its signals and output are the usual ones) only there, in forked worker processes. A schema that fails
 does not stop the others; the command exits non-zero at the end, naming each failed schema.
 
+A registry row whose ``schema_name`` is not a tenant schema (a service schema, ``public``, ``pg_*``, the
+legacy auth or archive schema, anything but ``tenant_<valid id>``) is refused by name and never
+migrated, whatever constraints the registry table still has: ``migrate`` would create tenant tables
+in it. The run's failures and refusals are announced (``tenants.signals.tenant_schemas_migrated``),
+so that ``migrate_phase status`` can show them and its deploy gate can refuse.
+
 Selected by ``TENANT_MIGRATION_EXECUTOR = "behind-only"`` in the settings (``--executor`` or the
 ``EXECUTOR`` variable still choose another one). One named schema (``--schema``, a tenant being
 created) and the options that need ``migrate`` in every schema (a target migration, ``--fake``,
@@ -29,6 +35,9 @@ from django.db.migrations.loader import MigrationLoader
 from django_tenants.migration_executors import get_executor as executor_by_codename
 from django_tenants.migration_executors.base import MigrationExecutor, run_migrations
 from psycopg import sql
+
+from salesflow.layout import is_reserved_schema, tenant_id_from_schema
+from tenants.signals import tenant_schemas_migrated
 
 # Schemas per catalog query: one UNION ALL branch each, far below any statement size limit.
 SCHEMAS_PER_QUERY = 500
@@ -96,6 +105,24 @@ def schemas_behind(schemas: list[str], expected: list[tuple[str, str]], alias: s
     return [schema for schema in schemas if schema in behind]
 
 
+def refused_schemas(schemas: list[str]) -> dict[str, str]:
+    """The schemas of ``schemas`` that are no tenant schema, with the one-line reason each is refused."""
+    conf = settings.SALESFLOW
+    refused = {}
+    for schema in schemas:
+        if is_reserved_schema(schema, conf["LEGACY_AUTH_SCHEMA"], conf["ARCHIVE_SCHEMA"]):
+            what = "a reserved schema (public, pg_*, a service, the legacy auth or archive schema)"
+        elif tenant_id_from_schema(schema) is None:
+            what = "not tenant_<id> with a valid tenant id"
+        else:
+            continue
+        refused[schema] = (
+            f"refused: the tenant registry (public.tenants) names schema {schema!r}, which is {what}; "
+            "not migrated: correct or delete that registry row"
+        )
+    return refused
+
+
 def _migrate_one(
     args: tuple[Any, ...], options: dict[str, Any], codename: str, count: int, forked: bool, job: tuple[int, str]
 ) -> str | None:
@@ -119,13 +146,19 @@ class BehindOnlyExecutor(MigrationExecutor):
         if self.PUBLIC_SCHEMA_NAME in schemas:
             run_migrations(self.args, self.options, self.codename, self.PUBLIC_SCHEMA_NAME)
             schemas.remove(self.PUBLIC_SCHEMA_NAME)
+        refused = refused_schemas(schemas)
+        for schema, reason in refused.items():
+            sys.stderr.write(f"[{self.codename}:{schema}] {reason}\n")
+        schemas = [schema for schema in schemas if schema not in refused]
         if not schemas:
+            self._finish(0, 0, [], refused)
             return
         # One schema named (``--schema``, or django-tenants creating a tenant, maybe inside a transaction):
         # the standard way, in this process.
         if len(schemas) == 1 or any(self.options.get(option) for option in EVERY_SCHEMA_OPTIONS):
             for index, schema in enumerate(schemas):
                 run_migrations(self.args, self.options, self.codename, schema, idx=index, count=len(schemas))
+            self._finish(len(schemas), len(schemas), [], refused, announce=False)
             return
         behind = schemas_behind(schemas, expected_migrations(), self.TENANT_DB_ALIAS)
         verbosity = int(self.options.get("verbosity", 1))
@@ -133,13 +166,28 @@ class BehindOnlyExecutor(MigrationExecutor):
             sys.stdout.write(
                 f"[{self.codename}] {len(behind)} of {len(schemas)} tenant schemas have migrations to apply\n"
             )
-        if not behind:
-            return
-        failures = self._migrate(behind)
+        failures = self._migrate(behind) if behind else []
+        self._finish(len(schemas), len(behind), failures, refused)
+
+    def _finish(
+        self, schemas: int, behind: int, failures: list[str], refused: dict[str, str], announce: bool = True
+    ) -> None:
+        """Announce the run's outcome (``announce``: a run over the registry's tenant schemas), then fail if
+        a schema failed or a registry row was refused."""
+        if announce:
+            failed = dict(failure.split(": ", 1) for failure in failures) | refused
+            connection: Any = connections[self.TENANT_DB_ALIAS]  # django-tenants' wrapper
+            connection.set_schema_to_public()
+            tenant_schemas_migrated.send(sender=type(self), schemas=schemas + len(refused), failed=failed)
         if failures:
             raise CommandError(
-                f"{len(failures)} of {len(behind)} tenant schemas failed to migrate ({'; '.join(failures)}); "
+                f"{len(failures)} of {behind} tenant schemas failed to migrate ({'; '.join(failures)}); "
                 "the others are migrated: fix the cause and run migrate_schemas again"
+            )
+        if refused:
+            raise CommandError(
+                f"{len(refused)} registry rows refused ({', '.join(refused)}): not tenant schemas, not migrated; "
+                "the tenant schemas are migrated: correct or delete those rows in public.tenants"
             )
 
     def run_multi_type_migrations(self, tenants: Iterable[tuple[str, str]]) -> None:

@@ -23,7 +23,7 @@ from psycopg import sql
 
 from migrator.core.steps import Step, StepResult
 from migrator.db import render as db_render
-from migrator.models import MigrationRecord, Status
+from migrator.models import DEPLOY_KEY, DEPLOY_PHASE, DEPLOY_STEP, MigrationRecord, Status
 
 HOST = socket.gethostname()
 
@@ -370,3 +370,37 @@ def record_exclusions(phase: str, phase_number: int | None, tenant_ids: list[str
                 details={"excluded_by": reason},
             )
         Tenant.objects.filter(tenant_id__in=tenant_ids).update(migration_state=MigrationState.EXCLUDED)
+
+
+def record_deploy(schemas: int, failed: dict[str, str]) -> None:
+    """Record a ``migrate_schemas`` run over ``schemas`` tenant schemas: FAILED with ``failed`` ({schema:
+    reason}) when one failed or was refused, else COMPLETED, only to clear an earlier run's failures (a
+    deploy that changes nothing worth knowing adds no row).
+
+    Two deploy jobs may finish at once: the attempt number is taken under a transaction-level advisory
+    lock on the step's key, so neither write is lost to the (migration_id, attempt) unique constraint.
+    """
+    from django.db import transaction
+
+    now = timezone.now()
+    summary = "; ".join(f"{schema}: {reason}" for schema, reason in sorted(failed.items()))
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [DEPLOY_KEY])
+        previous = MigrationRecord.objects.filter(migration_id=DEPLOY_KEY).order_by("-attempt").first()
+        if not failed and (previous is None or previous.status != Status.FAILED):
+            return
+        MigrationRecord.objects.create(
+            migration_id=DEPLOY_KEY,
+            description=f"migrate_schemas over {schemas} tenant schemas (a deploy)",
+            status=Status.FAILED if failed else Status.COMPLETED,
+            phase=DEPLOY_PHASE,
+            step=DEPLOY_STEP,
+            attempt=(previous.attempt + 1) if previous else 1,
+            started_at=now,
+            completed_at=now,
+            error_message=f"{len(failed)} tenant schemas not migrated: {summary}" if failed else None,
+            host=HOST,
+            pid=os.getpid(),
+            details={"schemas": schemas, "failed": failed},
+        )

@@ -23,7 +23,9 @@ from migrator.core.phase import Phase
 from migrator.models import MigrationRecord, Status
 from migrator.ops.capture import Lag, lag
 from migrator.phases import ORDERED
-from migrator.reports.status import cell_state, excluded_schemas  # one definition of each, shared with `status`
+
+# one definition of each, shared with `status`
+from migrator.reports.status import cell_state, deploy_failures, excluded_schemas, registered_schemas_missing
 from migrator.tables import TENANT_DATA_TABLES
 
 # Steps whose rows_copied are rows moved into the target layout (reference merges are counted by the
@@ -310,6 +312,8 @@ class Dashboard:
     load_test: LoadTestSummary | None = None
     # online migration: per captured schema, changes captured and not applied yet (empty: capture off)
     lag: list[OnlineLag] = field(default_factory=list)
+    missing_schemas: list[str] = field(default_factory=list)  # registered tenants whose schema is gone
+    deploy_failures: dict[str, str] = field(default_factory=dict)  # {schema: reason} of the last migrate_schemas
 
     @property
     def timeline(self) -> list[tuple[PhaseProgress, RehearsedPhase | None]]:
@@ -518,6 +522,8 @@ def build_dashboard(now: datetime | None = None) -> Dashboard:
         failures_total=failures_total,
         running=running,
         excluded=excluded_schemas(),
+        missing_schemas=registered_schemas_missing(),
+        deploy_failures=deploy_failures(),
         rehearsal=rehearsal,
         load_test=load_test,
         lag=_online_lag(lag()),

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from psycopg import sql
 
 from migrator import db
-from migrator.models import MigrationRecord, Status
+from migrator.models import DEPLOY_KEY, MigrationRecord, Status
 from migrator.ops.capture import Lag, lag
 from migrator.phases import ORDERED
 from salesflow.layout import tenant_id_from_schema
@@ -27,12 +27,22 @@ class StatusReport:
     excluded: list[dict[str, object]] = field(default_factory=list)
     # online migration: per captured schema, changes captured and not applied yet
     lag: list[Lag] = field(default_factory=list)
+    # registered tenants whose schema does not exist
+    missing_schemas: list[str] = field(default_factory=list)
+    # {schema: reason}: the schemas the last migrate_schemas run failed to migrate (or refused)
+    deploy_failures: dict[str, str] = field(default_factory=dict)
 
     @property
-    def complete(self) -> bool:
+    def cells_complete(self) -> bool:
         """Every cell done and no step failed: a tenant refused before it was registered has no cell,
         only its failed step."""
         return self.cells_done == self.cells_to_do and not self.failures
+
+    @property
+    def complete(self) -> bool:
+        """What ``status --check`` asks: the migration is complete, and every registered tenant's schema
+        exists and took the last deploy's migrations."""
+        return self.cells_complete and not self.missing_schemas and not self.deploy_failures
 
     @property
     def cells_to_do(self) -> int:
@@ -48,6 +58,8 @@ class StatusReport:
             "phases": self.phases,
             "tenants": {scope: {phase: self.cells[(phase, scope)] for phase in self.phases} for scope in self.scopes},
             "excluded": self.excluded,
+            "missing_schemas": self.missing_schemas,
+            "deploy_failures": self.deploy_failures,
             "lag": [{"scope": x.scope, "pending": x.pending, "oldest_seconds": x.oldest_seconds} for x in self.lag],
             "failed": [
                 {"migration_id": r.migration_id, "attempt": r.attempt, "error": r.error_message} for r in self.failures
@@ -86,6 +98,24 @@ def excluded_schemas() -> list[dict[str, object]]:
         if schema not in listed:
             found.append({"schema": schema, "rows": None, "reason": "--skip-schema"})
     return found
+
+
+def registered_schemas_missing() -> list[str]:
+    """The schemas of registered tenants (every registry row) that do not exist."""
+    from tenants.models import Tenant
+
+    # One query: the registry's rows whose schema pg_namespace lacks.
+    missing = Tenant.objects.extra(  # a constant condition: the ORM has no pg_namespace model
+        where=["NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = tenants.schema_name)"]
+    )
+    return list(missing.order_by("schema_name").values_list("schema_name", flat=True))
+
+
+def deploy_failures() -> dict[str, str]:
+    """{schema: reason} of the newest recorded ``migrate_schemas`` run (empty: none recorded, or none failed)."""
+    record = MigrationRecord.objects.filter(migration_id=DEPLOY_KEY).order_by("-attempt").only("details").first()
+    failed = record.details.get("failed") if record is not None else None
+    return dict(failed) if isinstance(failed, dict) else {}
 
 
 def latest_statuses(phases: list[str]) -> dict[tuple[str, str], set[str]]:
@@ -134,5 +164,7 @@ def status_report() -> StatusReport:
             else:
                 report.cells[(phase, scope)] = cell_state(statuses.get((phase, scope), set()))
     report.lag = lag()
+    report.missing_schemas = registered_schemas_missing()
+    report.deploy_failures = deploy_failures()
     report.failures.sort(key=lambda r: r.completed_at or r.started_at or r.id, reverse=True)
     return report

@@ -39,6 +39,7 @@ from migrator.management.arguments import (
 from migrator.management.output import ConsoleReporter, outcome_dict, outcome_summary, rehearsal_lines
 from migrator.phases import ORDERED, get_phase, phase_choices, phases_help
 from migrator.phases.prepare import PreparePhase, drift_report
+from migrator.reports import gate
 from migrator.reports.drift import recorded_drift, report_lines
 from migrator.reports.status import GLOBAL, StatusReport, status_report
 
@@ -89,6 +90,11 @@ class Command(BaseCommand):
             "--check",
             action="store_true",
             help="Exit 1 if the phase has steps left to run (with status: unless everything is complete).",
+        )
+        parser.add_argument(
+            "--deploy-check",
+            action="store_true",
+            help="With status: exit 0 if migrate_schemas (a deploy) may run now, else 1 with one line saying why.",
         )
         parser.add_argument(
             "--jobs",
@@ -297,7 +303,10 @@ class Command(BaseCommand):
         self.verbosity = options["verbosity"]
         orchestration.check_database()
         if name == "status":
-            self._status(options["check"])
+            if options["deploy_check"]:
+                self._deploy_check()
+            else:
+                self._status(options["check"])
             return
         if name == "all":
             phases = [phase_class() for phase_class in ORDERED]
@@ -463,18 +472,29 @@ class Command(BaseCommand):
             if not self.json:
                 self.stdout.write(self.style.SUCCESS("Nothing to do."))
 
+    def _deploy_check(self) -> None:
+        report = None if not orchestration.tracking_ready() else status_report()
+        verdict = gate.deploy_verdict(report)
+        if self.json:
+            self.stdout.write(json.dumps({"safe": verdict.safe, "reason": verdict.reason}))
+        else:
+            self.stdout.write(verdict.reason)
+        if not verdict.safe:
+            sys.exit(1)
+
     def _status(self, check: bool) -> None:
         report = None if not orchestration.tracking_ready() else status_report()
         if report is None:
             if self.json:
-                self.stdout.write(json.dumps({"complete": False, "phases": [], "tenants": {}, "failed": []}))
+                document = {"complete": False, "phases": [], "tenants": {}, "failed": [], **gate.gate_document(None)}
+                self.stdout.write(json.dumps(document))
             else:
                 self.stdout.write("Nothing recorded yet: run `migrate_phase prepare` first.")
             if check:
                 sys.exit(1)
             return
         if self.json:
-            self.stdout.write(json.dumps(report.as_dict(), indent=2))
+            self.stdout.write(json.dumps({**report.as_dict(), **gate.gate_document(report)}, indent=2))
         else:
             self._print_status(report)
         if check and not report.complete:
@@ -500,8 +520,14 @@ class Command(BaseCommand):
             self.stdout.write(
                 self.style.WARNING(f"EXCLUDED {entry['schema']!r}: {rows} not migrated ({entry['reason']})")
             )
+        for schema in report.missing_schemas:
+            self.stdout.write(self.style.ERROR(f"MISSING {schema}: registered tenant whose schema does not exist"))
+        for schema, reason in report.deploy_failures.items():
+            self.stdout.write(self.style.ERROR(f"DEPLOY FAILED {schema}: the last migrate_schemas: {reason}"))
         for lag in report.lag:
             age = "-" if lag.oldest_seconds is None else f"{lag.oldest_seconds:.1f}s"
             self.stdout.write(f"LAG {lag.scope}: {lag.pending} captured changes not applied yet, oldest {age}")
         summary = "complete" if report.complete else "incomplete"
         self.stdout.write(f"Migration {summary}: {report.cells_done}/{report.cells_to_do} cells done")
+        verdict = gate.deploy_verdict(report)
+        self.stdout.write(f"State: {gate.migration_state(report)}; deploy gate: {verdict.reason}")

@@ -19,6 +19,7 @@ from tests.helpers import run
 from tests.migrator.helpers import count, one_line, table_names, value
 
 ACME = "tenant_acme_0001"
+NEW_CONTACTS = sql.Identifier(ACME, "contact_data_contacts")
 
 
 @pytest.fixture
@@ -107,11 +108,11 @@ def test_cutover_carries_foreign_keys_grants_and_comments_to_the_new_table(migra
     assert "dependent objects carried to the new tables" in output
     contacts = f"{ACME}.contact_data_contacts"
     # The invoices' foreign key now references the new table: a new contact's invoice is accepted ...
-    new_id = value(f"INSERT INTO {contacts} (created_at) VALUES (now()) RETURNING id")
+    new_id = value(sql.SQL("INSERT INTO {} (created_at) VALUES (now()) RETURNING id").format(NEW_CONTACTS))
     db.execute("INSERT INTO billing.invoices VALUES (900001, %s, 1)", [new_id])
     # ... and deleting a contact cascades to its invoices, as it did on the legacy table.
     first = value("SELECT min(contact_id) FROM billing.invoices")
-    db.execute(f"DELETE FROM {contacts} WHERE id = %s", [first])
+    db.execute(sql.SQL("DELETE FROM {} WHERE id = %s").format(NEW_CONTACTS), [first])
     assert value("SELECT count(*) FROM billing.invoices WHERE contact_id = %s", [first]) == 0
     assert (
         value("SELECT confrelid::regclass::text FROM pg_constraint WHERE conname = 'invoices_contact_id_fkey'")
@@ -158,13 +159,16 @@ def test_cutover_redefines_views_functions_and_rules_over_the_new_tables(migrate
 
     cut_over()
 
-    contacts = f"{ACME}.contact_data_contacts"
-    new_id = value(f"INSERT INTO {contacts} (email, created_at) VALUES ('new@example.com', now()) RETURNING id")
+    new_id = value(
+        sql.SQL("INSERT INTO {} (email, created_at) VALUES ('new@example.com', now()) RETURNING id").format(
+            NEW_CONTACTS
+        )
+    )
     assert value("SELECT count(*) FROM public.acme_contacts WHERE id = %s", [new_id]) == 1
     assert value("SELECT count(*) FROM public.acme_emails WHERE email = 'new@example.com'") == 1
     assert value("SELECT public.acme_contact_count()") == count(ACME, "contact_data_contacts")
     before = count(ACME, "activity_data_activities")
-    db.execute(f"DELETE FROM {ACME}.activity_data_activities")  # the rule turns it into nothing
+    db.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(ACME, "activity_data_activities")))  # the rule: nothing
     assert count(ACME, "activity_data_activities") == before
 
 
@@ -211,8 +215,7 @@ def test_cutover_carries_triggers_row_level_security_and_publications(migrated, 
     try:
         cut_over()
 
-        contacts = f"{ACME}.contact_data_contacts"
-        new_id = value(f"INSERT INTO {contacts} (created_at) VALUES (now()) RETURNING id")
+        new_id = value(sql.SQL("INSERT INTO {} (created_at) VALUES (now()) RETURNING id").format(NEW_CONTACTS))
         assert value("SELECT count(*) FROM public.audit WHERE contact_id = %s", [new_id]) == 1  # the trigger fired
         published = "SELECT array_agg(tablename::text ORDER BY tablename) FROM pg_publication_tables WHERE pubname = %s"
         assert value(published, ["warehouse"]) == ["acme_0001__contacts", "contact_data_contacts"]
@@ -222,7 +225,7 @@ def test_cutover_carries_triggers_row_level_security_and_publications(migrated, 
             visible = conn.execute(
                 sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(ACME, "contact_data_contacts"))
             ).fetchone()[0]  # type: ignore[index]
-        assert visible == value(f"SELECT count(*) FROM {contacts} WHERE owner_id = 1")
+        assert visible == value(sql.SQL("SELECT count(*) FROM {} WHERE owner_id = 1").format(NEW_CONTACTS))
         assert visible < count(ACME, "contact_data_contacts")
     finally:
         db.execute("DROP PUBLICATION IF EXISTS warehouse")

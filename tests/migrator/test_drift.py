@@ -216,7 +216,9 @@ def test_a_live_tenant_cannot_be_left_out(migrated):
 def test_a_table_named_in_another_case_needs_a_decision_and_is_migrated_exactly_once_decided(seeded):
     db.execute('ALTER TABLE tenant_acme_0001.contacts RENAME TO "Contacts"')
     cols = plain_columns("contacts")
-    legacy = rows(f'SELECT {", ".join(cols)} FROM tenant_acme_0001."Contacts" ORDER BY id')
+    legacy = rows(
+        sql.SQL("SELECT {} FROM {} ORDER BY id").format(db.ident_list(cols), sql.Identifier(ACME, "Contacts"))
+    )
 
     with pytest.raises(CommandError):
         prepare()
@@ -231,7 +233,11 @@ def test_a_table_named_in_another_case_needs_a_decision_and_is_migrated_exactly_
     assert finding.disposition == Disposition.DECIDED
     assert finding.decided_by == "--rename-table tenant_acme_0001.Contacts=contacts"
     # Every legacy row is in the new table, compared by an independent query, not the tool's validation.
-    migrated_rows = rows(f"SELECT {', '.join(cols)} FROM tenant_acme_0001.contact_data_contacts ORDER BY id")
+    migrated_rows = rows(
+        sql.SQL("SELECT {} FROM {} ORDER BY id").format(
+            db.ident_list(cols), sql.Identifier(ACME, "contact_data_contacts")
+        )
+    )
     assert migrated_rows == legacy
     assert len(legacy) == 120
 

@@ -8,6 +8,8 @@ Configuration comes from the environment only (nothing of a developer's machine 
 - ``SALESFLOW_LEGACY_AUTH_SCHEMA``, ``SALESFLOW_ARCHIVE_SCHEMA``, ``SALESFLOW_ROLE_PREFIX``.
 - ``SALESFLOW_BACKUP_PART_TABLES``: most tables one ``pg_dump`` of phase 1 locks (default: what the
   server's lock table has room for; past it the dump is split in parts that read one snapshot).
+- ``SALESFLOW_DEPLOY_LOCK_TIMEOUT``: seconds a deploy (``migrate_schemas``) waits for a phase or another
+  deploy that changes the schemas before it is refused (default 60; 0: refuse at once).
 - ``DJANGO_SECRET_KEY``, ``DJANGO_DEBUG``, ``DJANGO_ALLOWED_HOSTS`` for the admin site.
 - ``DJANGO_ENV=production``: the admin served by gunicorn (docs/admin.md). ``DJANGO_SECRET_KEY`` and
   ``DJANGO_ALLOWED_HOSTS`` are then required, ``DEBUG`` is off, cookies are secure, static files come from
@@ -196,3 +198,6 @@ TENANT_MIGRATION_EXECUTOR = "behind-only"
 TENANT_MULTIPROCESSING_MAX_PROCESSES = 2
 # django-tenants reads --executor and EXECUTOR only; this falls back to TENANT_MIGRATION_EXECUTOR.
 GET_EXECUTOR_FUNCTION = "tenants.migration_executor.get_executor"
+# Longest wait of a deploy for a migrate_phase phase (or another deploy) changing the schemas, in seconds
+# (tenants/schema_lock.py); 0: refuse at once.
+TENANT_DEPLOY_LOCK_TIMEOUT = float(os.environ.get("SALESFLOW_DEPLOY_LOCK_TIMEOUT") or 60)

@@ -17,6 +17,16 @@ Selected by ``TENANT_MIGRATION_EXECUTOR = "behind-only"`` in the settings (``--e
 ``EXECUTOR`` variable still choose another one). One named schema (``--schema``, a tenant being
 created) and the options that need ``migrate`` in every schema (a target migration, ``--fake``,
 ``--fake-initial``, ``--prune``, ``--plan``, ``--check``, ``--run-syncdb``) run the standard way.
+
+Deploys and the migrator: every run (the public schema's, the tenants', one named schema's) holds the
+schema-change lock (tenants/schema_lock.py) from before it looks at ``django_migrations`` until its
+last worker has ended. The parent holds it on a connection of its own; the forked workers do not take
+it. A ``migrate_phase`` phase that changes schemas holds the same lock for its whole run, so a deploy
+started meanwhile waits for it (``SALESFLOW_DEPLOY_LOCK_TIMEOUT`` seconds, default 60, saying so in one
+line) or is refused in one line naming the phase; a second deploy waits for the first and then finds
+nothing left to apply, so no migration is applied or recorded twice. A tenant schema dropped under a
+running deploy (by hand: the migrator's rollback cannot run meanwhile) fails that tenant by name
+("the schema does not exist"); the other schemas are migrated.
 """
 
 from __future__ import annotations
@@ -30,13 +40,14 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import CommandError
-from django.db import connections
+from django.db import DatabaseError, connections
 from django.db.migrations.loader import MigrationLoader
 from django_tenants.migration_executors import get_executor as executor_by_codename
 from django_tenants.migration_executors.base import MigrationExecutor, run_migrations
 from psycopg import sql
 
 from salesflow.layout import is_reserved_schema, tenant_id_from_schema
+from tenants import schema_lock
 from tenants.signals import tenant_schemas_migrated
 
 # Schemas per catalog query: one UNION ALL branch each, far below any statement size limit.
@@ -89,19 +100,7 @@ def schemas_behind(schemas: list[str], expected: list[tuple[str, str]], alias: s
                     behind.add(schema)
             if not recorded:
                 continue
-            branches = sql.SQL(" UNION ALL ").join(
-                sql.SQL(
-                    "(SELECT %s::text FROM expected e WHERE NOT EXISTS "
-                    "(SELECT FROM {} m WHERE m.app = e.app AND m.name = e.name) LIMIT 1)"
-                ).format(sql.Identifier(schema, "django_migrations"))
-                for schema in recorded
-            )
-            query = sql.SQL(
-                "WITH expected(app, name) AS MATERIALIZED (SELECT * FROM unnest(%s::text[], %s::text[])) {}"
-            ).format(branches)
-            connection.ensure_connection()
-            cursor.execute(query.as_string(connection.connection), [apps, names, *recorded])
-            behind.update(row[0] for row in cursor.fetchall())
+            behind.update(_lacking_a_migration(connection, cursor, recorded, apps, names))
     return [schema for schema in schemas if schema in behind]
 
 
@@ -121,6 +120,54 @@ def refused_schemas(schemas: list[str]) -> dict[str, str]:
             "not migrated: correct or delete that registry row"
         )
     return refused
+
+
+def _lacking_a_migration(
+    connection: Any, cursor: Any, schemas: list[str], apps: list[str], names: list[str]
+) -> list[str]:
+    """The schemas of ``schemas`` (each with a ``django_migrations``) that lack one of the migrations.
+
+    A schema dropped since its table was found makes the one query fail: then each schema is asked on
+    its own, and one whose table is gone counts as behind (its ``migrate`` then fails by its name).
+    """
+    try:
+        return _lacking_query(connection, cursor, schemas, apps, names)
+    except DatabaseError:
+        if len(schemas) == 1:
+            return schemas
+    found = []
+    for schema in schemas:
+        try:
+            found += _lacking_query(connection, cursor, [schema], apps, names)
+        except DatabaseError:
+            found.append(schema)
+    return found
+
+
+def _lacking_query(connection: Any, cursor: Any, schemas: list[str], apps: list[str], names: list[str]) -> list[str]:
+    branches = sql.SQL(" UNION ALL ").join(
+        sql.SQL(
+            "(SELECT %s::text FROM expected e WHERE NOT EXISTS "
+            "(SELECT FROM {} m WHERE m.app = e.app AND m.name = e.name) LIMIT 1)"
+        ).format(sql.Identifier(schema, "django_migrations"))
+        for schema in schemas
+    )
+    query = sql.SQL(
+        "WITH expected(app, name) AS MATERIALIZED (SELECT * FROM unnest(%s::text[], %s::text[])) {}"
+    ).format(branches)
+    connection.ensure_connection()
+    cursor.execute(query.as_string(connection.connection), [apps, names, *schemas])
+    return [row[0] for row in cursor.fetchall()]
+
+
+def missing_schemas(schemas: list[str], alias: str = "default") -> set[str]:
+    """The schemas of ``schemas`` that do not exist (dropped while the deploy ran)."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            "SELECT s FROM unnest(%s::text[]) s WHERE NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = s)",
+            [schemas],
+        )
+        return {row[0] for row in cursor.fetchall()}
 
 
 def _migrate_one(
@@ -143,6 +190,21 @@ class BehindOnlyExecutor(MigrationExecutor):
 
     def run_migrations(self, tenants: Iterable[str] | None = None) -> None:
         schemas = list(tenants or [])
+        if not schemas:
+            return
+        what = "migrate_schemas" + (f" --schema {schemas[0]}" if len(schemas) == 1 else "")
+        try:
+            with schema_lock.deploy_lock(what, self._say, self.TENANT_DB_ALIAS):
+                self._run_migrations(schemas)
+        except schema_lock.SchemaLockBusy as exc:
+            raise CommandError(str(exc)) from None
+
+    def _say(self, line: str) -> None:
+        if int(self.options.get("verbosity", 1)) >= 1:
+            sys.stdout.write(f"[{self.codename}] {line}\n")
+            sys.stdout.flush()
+
+    def _run_migrations(self, schemas: list[str]) -> None:
         if self.PUBLIC_SCHEMA_NAME in schemas:
             run_migrations(self.args, self.options, self.codename, self.PUBLIC_SCHEMA_NAME)
             schemas.remove(self.PUBLIC_SCHEMA_NAME)
@@ -161,11 +223,7 @@ class BehindOnlyExecutor(MigrationExecutor):
             self._finish(len(schemas), len(schemas), [], refused, announce=False)
             return
         behind = schemas_behind(schemas, expected_migrations(), self.TENANT_DB_ALIAS)
-        verbosity = int(self.options.get("verbosity", 1))
-        if verbosity >= 1:
-            sys.stdout.write(
-                f"[{self.codename}] {len(behind)} of {len(schemas)} tenant schemas have migrations to apply\n"
-            )
+        self._say(f"{len(behind)} of {len(schemas)} tenant schemas have migrations to apply")
         failures = self._migrate(behind) if behind else []
         self._finish(len(schemas), len(behind), failures, refused)
 
@@ -199,7 +257,7 @@ class BehindOnlyExecutor(MigrationExecutor):
         processes = int(self.options.get("parallel") or getattr(settings, "TENANT_MULTIPROCESSING_MAX_PROCESSES", 2))
         if processes <= 1 or len(schemas) == 1:
             here = functools.partial(_migrate_one, self.args, self.options, self.codename, len(schemas), False)
-            return [error for error in map(here, enumerate(schemas)) if error]
+            return self._named_failures(schemas, list(map(here, enumerate(schemas))))
         migrate = functools.partial(_migrate_one, self.args, self.options, self.codename, len(schemas), True)
         connection = connections[self.TENANT_DB_ALIAS]
         connection.close()  # forked workers must not share the parent's connection
@@ -212,4 +270,17 @@ class BehindOnlyExecutor(MigrationExecutor):
         finally:
             pool.close()
             pool.join()
-        return [error for error in results if error]
+        return self._named_failures(schemas, results)
+
+    def _named_failures(self, schemas: list[str], results: list[str | None]) -> list[str]:
+        """Each failed schema's error line; "the schema does not exist" for one dropped while the deploy ran."""
+        failed = [schema for schema, error in zip(schemas, results, strict=True) if error]
+        try:
+            gone = missing_schemas(failed, self.TENANT_DB_ALIAS) if failed else set()
+        except DatabaseError:
+            gone = set()  # the server's own errors are still there to show
+        return [
+            f"{schema}: the schema does not exist (dropped while the deploy ran)" if schema in gone else str(error)
+            for schema, error in zip(schemas, results, strict=True)
+            if error
+        ]

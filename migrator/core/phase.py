@@ -85,6 +85,9 @@ class Phase(ABC):
     # False: every step it plans is a tenant's, and `status` shows no phase-wide cell for it (one
     # that no step could ever fill would keep the deploy gate shut).
     has_phase_wide_steps: ClassVar[bool] = True
+    # Whether the phase changes schemas (DDL): its run holds the schema-change lock that deploys take
+    # (tenants/schema_lock.py). Phases that only read or write rows leave deploys free.
+    changes_schemas: ClassVar[bool] = True
 
     @abstractmethod
     def plan(self, ctx: MigrationContext) -> list[Step]: ...

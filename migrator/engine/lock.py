@@ -16,11 +16,12 @@ import psycopg
 
 from migrator.core.errors import LockHeld, LockLost
 from migrator.db import MAX_APP_NAME, connect_like_django
+from tenants import schema_lock
 
 # Two int4 keys: (namespace, lock) -> pg_locks.classid / objid.
 LOCK_NAMESPACE = 0x53460000  # "SF"
 LOCK_ID = 1
-APP_NAME_PREFIX = "salesflow-migrator"
+APP_NAME_PREFIX = schema_lock.MIGRATOR_APP_NAME
 
 
 def holder_name(phase: str) -> str:
@@ -55,11 +56,17 @@ def describe_holder(conn: psycopg.Connection) -> str:
 
 
 class MigratorLock:
-    """``with MigratorLock("data"):`` holds the lock or raises :class:`LockHeld` at once."""
+    """``with MigratorLock("data"):`` holds the lock or raises :class:`LockHeld` at once.
 
-    def __init__(self, phase: str) -> None:
+    ``schemas=True`` (a run of phases that change schemas) holds the schema-change lock of
+    tenants/schema_lock.py too, on the same connection, so that deploys wait; refused at once while a
+    deploy holds it."""
+
+    def __init__(self, phase: str, schemas: bool = False) -> None:
         self.phase = phase
+        self.schemas = schemas
         self._conn: psycopg.Connection | None = None
+        self._holds_schemas = False
 
     def __enter__(self) -> MigratorLock:
         self._conn = self._acquire("another migration is running on this database: {holder}; wait for it to finish")
@@ -72,6 +79,16 @@ class MigratorLock:
             holder = describe_holder(conn)
             conn.close()
             raise LockHeld(refusal.format(holder=holder))
+        if self.schemas and not schema_lock.held_by_this_process():
+            if not schema_lock.try_lock(conn):
+                deploy = schema_lock.describe_holder(conn)
+                conn.close()
+                raise LockHeld(
+                    f"a deploy is changing the schemas: {deploy}; nothing was changed: run the phase again "
+                    "when it has finished"
+                )
+            schema_lock.note_taken()
+            self._holds_schemas = True
         return conn
 
     def release(self) -> None:
@@ -124,6 +141,9 @@ class MigratorLock:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if self._holds_schemas:
+            self._holds_schemas = False
+            schema_lock.note_released()  # closing the connection below lets the server's lock go
         if self._conn is not None:
             try:
                 if not self._conn.closed:

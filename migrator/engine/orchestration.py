@@ -151,7 +151,8 @@ def run_phases(
     ``on_outcome`` gets each phase's outcome as soon as the phase has ended.
     """
     outcomes: list[PhaseOutcome] = []
-    with MigratorLock("+".join(p.name for p in phases)) as lock:
+    changes_schemas = any(p.changes_schemas for p in phases)
+    with MigratorLock("+".join(p.name for p in phases), schemas=changes_schemas) as lock:
         ctx.lock = lock
         for phase in phases:
             if notice := phase.recover(ctx):

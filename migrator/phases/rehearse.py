@@ -34,6 +34,7 @@ class RehearsePhase(Phase):
     name = "rehearse"
     number = None
     always_rerun = True  # every rehearsal is a new record
+    changes_schemas = False  # rows only: deploys may run meanwhile (tenants/schema_lock.py)
     summary = (
         "phases 1-6 on a scratch copy restored from the phase-1 backup; per-phase report and the real "
         "run's projected duration"

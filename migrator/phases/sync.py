@@ -12,6 +12,7 @@ from migrator.phases import online
 class SyncPhase(Phase):
     name = "sync"
     number = None
+    changes_schemas = False  # rows only: deploys may run meanwhile (tenants/schema_lock.py)
     summary = "apply the writes captured since `data --online` (--follow: until SIGINT/SIGTERM)"
     # Every sync is a new event: nothing about an earlier one makes this one unnecessary.
     always_rerun = True

@@ -84,6 +84,7 @@ class VerifyPhase(Phase):
     name = "verify"
     number = 5
     estimate = "2-3 days"
+    changes_schemas = False  # rows only: deploys may run meanwhile (tenants/schema_lock.py)
     summary = "verification queries, row counts, tenant and service isolation, index use, CRUD smoke test"
     tenant_state_on_success = MigrationState.VERIFIED
     requires = "security"

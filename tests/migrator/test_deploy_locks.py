@@ -64,3 +64,28 @@ def test_a_deploy_while_a_phase_changes_schemas_waits_then_is_refused_in_one_lin
     again = manage("migrate_schemas", "--noinput", env=later_env())
     assert again.returncode == 0, again.stdout + again.stderr
     assert all(recorded(schema).count(LATER) == 1 for schema in schemas)
+
+
+def test_a_phase_that_changes_schemas_is_refused_in_one_line_while_a_deploy_runs(prepared: dict[str, Any]) -> None:
+    """A deploy holds the lock (a session named as one): `schemas` is refused before it changes anything and
+    runs once the deploy is over."""
+    import pytest
+    from django.core.management import CommandError
+
+    from migrator.models import MigrationRecord
+    from tests.migrator.helpers import one_line, table_names
+
+    holder = psycopg_connect()
+    holder.execute("SET application_name = 'salesflow-deploy migrate_schemas'")
+    assert schema_lock.try_lock(holder)
+    try:
+        with pytest.raises(CommandError) as refused:
+            run("migrate_phase", "schemas", interactive=False)
+        assert one_line(str(refused.value))
+        assert not MigrationRecord.objects.filter(phase="schemas").exists()
+        assert "contact_data_contacts" not in table_names("tenant_acme_0001")
+    finally:
+        holder.close()
+
+    run("migrate_phase", "schemas", interactive=False)
+    assert "contact_data_contacts" in table_names("tenant_acme_0001")

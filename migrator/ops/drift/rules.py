@@ -137,32 +137,16 @@ def _unknown_table(schema: str, relation: Relation, decisions: Decisions) -> lis
     rows = count_rows(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, relation.name)))
     if rows == 0:
         return []
-    detail = f"{rows} rows; the registry does not know it"
     if decisions.leaves_table(schema, relation.name):
-        return [
-            Finding(
-                schema,
-                relation.name,
-                FindingKind.UNKNOWN_TABLE,
-                "",
-                detail,
-                Disposition.DECIDED,
-                "left in place, untouched, not migrated",
-                "--leave-table",
-            )
-        ]
-    return [
-        Finding(
-            schema,
-            relation.name,
-            FindingKind.UNKNOWN_TABLE,
-            "",
-            detail,
-            Disposition.DECISION,
+        disposition, action, decided_by = Disposition.DECIDED, "left in place, untouched, not migrated", "--leave-table"
+    else:
+        disposition, decided_by = Disposition.DECISION, ""
+        action = (
             f"its rows are not migrated: --leave-table {schema}.{relation.name} to leave it in place, "
-            f"or --skip-schema {schema}",
+            f"or --skip-schema {schema}"
         )
-    ]
+    detail = f"{rows} rows; the registry does not know it"
+    return [Finding(schema, relation.name, FindingKind.UNKNOWN_TABLE, "", detail, disposition, action, decided_by)]
 
 
 def _table_findings(
@@ -485,32 +469,21 @@ def _sequence_findings(schema: str, table: str, relation: Relation, shape: Expec
 def dependent_finding(dependent: Dependent, decisions: Decisions) -> Finding:
     """An object that depends on a legacy table: carried to the new table at cutover, left with the archived
     table on the operator's word, or waiting for that decision."""
-    kind, name = dependent.kind, dependent.name
+    kind, name, detail, decided_by = dependent.kind, dependent.name, dependent.detail, ""
     if carried(dependent):
+        disposition = Disposition.CARRIED
         action = (
             "nothing to do: the new table is published too"
             if kind == FindingKind.PUBLICATION
             else "re-created on the new table at cutover"
         )
-        return Finding(dependent.schema, dependent.table, kind, name, dependent.detail, Disposition.CARRIED, action)
-    if left_by_option(dependent, decisions.leave_dependents):
-        return Finding(
-            dependent.schema,
-            dependent.table,
-            kind,
-            name,
-            dependent.detail,
-            Disposition.DECIDED,
-            "stays with the archived legacy table at cutover",
-            "--leave-dependent",
+    elif left_by_option(dependent, decisions.leave_dependents):
+        disposition, decided_by = Disposition.DECIDED, "--leave-dependent"
+        action = "stays with the archived legacy table at cutover"
+    else:
+        disposition, detail = Disposition.DECISION, detail[:200]
+        action = (
+            "cutover does not carry it: after cutover it would act on the archived legacy table; drop it (and "
+            f"re-create it over the new tables after cutover), or --leave-dependent '{name}'"
         )
-    return Finding(
-        dependent.schema,
-        dependent.table,
-        kind,
-        name,
-        dependent.detail[:200],
-        Disposition.DECISION,
-        "cutover does not carry it: after cutover it would act on the archived legacy table; drop it (and "
-        f"re-create it over the new tables after cutover), or --leave-dependent '{name}'",
-    )
+    return Finding(dependent.schema, dependent.table, kind, name, detail, disposition, action, decided_by)

@@ -10,6 +10,11 @@ from migrator import db
 from tests.helpers import run
 from tests.migrator.helpers import latest, value
 
+
+def highest_id(schema: str, table: str) -> int | None:
+    return value(sql.SQL("SELECT max(id) FROM {}").format(sql.Identifier(schema, table)))
+
+
 ACME = "tenant_acme_0001"
 GLOBEX = "tenant_globex_0002"
 
@@ -32,7 +37,7 @@ def test_a_tenant_table_continues_after_its_legacy_sequence_not_only_its_highest
     legacy_setval(ACME, "contacts", 5000)  # ids up to 5,000 issued, their rows deleted since
     # Activities inserted with their default id and deleted again: the highest ones are gone. (The seed
     # gave every row its id, so the identity is first moved past them, as an application's inserts would.)
-    legacy_setval(ACME, "activities", int(value(f"SELECT max(id) FROM {ACME}.activities")))
+    legacy_setval(ACME, "activities", int(highest_id(ACME, "activities")))
     issued = [
         row[0]
         for row in db.fetchall(
@@ -60,7 +65,7 @@ def test_a_tenant_table_continues_after_its_legacy_sequence_not_only_its_highest
     assert details["legacy_sequence_last_value"] == 5000
     # A tenant whose legacy sequences issued nothing beyond its rows continues after its highest id.
     details = latest("data/globex_0002/copy_table/contact_data_contacts").details
-    assert details["sequence_continues_after"] == value(f"SELECT max(id) FROM {GLOBEX}.contacts")
+    assert details["sequence_continues_after"] == highest_id(GLOBEX, "contacts")
     assert next_id(GLOBEX, "contact_data_contacts") == details["sequence_continues_after"] + 1
 
 
@@ -114,7 +119,7 @@ def test_cutover_continues_after_ids_the_legacy_sequence_issued_since_phase_3(mi
     """An insert deleted again after phase 3 leaves the content as validated, and the sequence ahead."""
     run("migrate_phase", "security", interactive=False)
     run("migrate_phase", "verify", interactive=False)
-    legacy_setval(ACME, "contacts", int(value(f"SELECT max(id) FROM {ACME}.contacts")))
+    legacy_setval(ACME, "contacts", int(highest_id(ACME, "contacts")))
     gone = value(
         sql.SQL("INSERT INTO {} (first_name, created_at) VALUES ('gone', now()) RETURNING id").format(
             sql.Identifier(ACME, "contacts")

@@ -14,7 +14,7 @@ from migrator.config import MigratorConfig
 from migrator.core.errors import MigrationError
 from migrator.models import DeferredConstraint, MigrationRecord, ReferenceMapping
 from migrator.ops.capture import CAPTURE_SCHEMA
-from migrator.ops.compat import PROBE_SCHEMA
+from migrator.ops.twoway import SYNC_SCHEMA
 from migrator.tables import service_tables
 from tenants.models import Domain, Tenant
 
@@ -48,14 +48,14 @@ def reset_database(config: MigratorConfig) -> list[str]:
     """Drop tenant, legacy auth and archive schemas; empty service tables; forget all migrator state."""
     done: list[str] = []
     # One schema per transaction: dropping a thousand tenant schemas at once exhausts the lock table.
-    # The online mode's capture and compatibility-probe schemas too: a capture bookkeeping row kept
-    # across a reseed would describe legacy tables that no longer exist.
+    # The online mode's capture and two-way sync schemas too (the sync's triggers go with its functions):
+    # bookkeeping kept across a reseed would describe legacy tables that no longer exist.
     for schema in [
         *catalog.schemas_like_tenants(),
         config.legacy_auth_schema,
         config.archive_schema,
         CAPTURE_SCHEMA,
-        PROBE_SCHEMA,
+        SYNC_SCHEMA,
     ]:
         if catalog.schema_exists(schema):
             with transaction.atomic():

@@ -114,14 +114,20 @@ REBUILD_ADVICE = "fix those rows in the legacy table, then roll back and copy th
 
 
 def restore_constraints(
-    schema: str, table: str, maintenance_work_mem: str = "256MB", advice: str = REBUILD_ADVICE
+    schema: str,
+    table: str,
+    maintenance_work_mem: str = "256MB",
+    advice: str = REBUILD_ADVICE,
+    kind: DeferredConstraint.Kind | None = None,
 ) -> int:
-    """Rebuild what :func:`defer_constraints` dropped: indexes, then foreign keys NOT VALID + VALIDATE.
+    """Rebuild what :func:`defer_constraints` dropped: indexes, then foreign keys NOT VALID + VALIDATE
+    (``kind``: only those).
 
     Copied rows that break a rebuilt constraint (orphans, duplicate keys) fail it with one line that
     names the constraint, the server's message and the key at fault, followed by ``advice``.
     """
-    deferred = list(DeferredConstraint.objects.filter(schema_name=schema, table_name=table))
+    found = DeferredConstraint.objects.filter(schema_name=schema, table_name=table)
+    deferred = list(found if kind is None else found.filter(kind=kind))
     if not deferred:  # a small table copied with its constraints in place: nothing to rebuild
         return 0
     try:

@@ -24,9 +24,17 @@ from psycopg import sql
 from migrator import db
 from migrator.core.errors import MigrationError
 from migrator.models import FindingKind
-from migrator.ops.capture import TRIGGER, TRUNCATE_TRIGGER
+from migrator.ops import capture, twoway
 from migrator.tables import TENANT_DATA_TABLES
 
+# The migrator's own triggers on legacy and new tables (change capture, two-way sync): never dependents.
+MIGRATOR_TRIGGERS = [
+    capture.TRIGGER,
+    capture.TRUNCATE_TRIGGER,
+    twoway.ROW_TRIGGER,
+    twoway.WRITE_TRIGGER,
+    twoway.TRUNCATE_TRIGGER,
+]
 KEEPS_IDS = frozenset(t.legacy_table for t in TENANT_DATA_TABLES)  # legacy tables whose new table keeps their ids
 
 
@@ -128,7 +136,7 @@ UNION ALL
 SELECT g.tgrelid::bigint, 'trigger', quote_ident(g.tgname), pg_get_triggerdef(g.oid),
        ARRAY[g.tgrelid::regclass::text]
   FROM pg_trigger g JOIN t ON g.tgrelid = t.oid
- WHERE NOT g.tgisinternal AND g.tgname NOT IN (%(capture)s, %(capture_truncate)s)
+ WHERE NOT g.tgisinternal AND g.tgname <> ALL(%(ours)s)
 UNION ALL
 SELECT r.ev_class::bigint, 'rule', quote_ident(r.rulename), pg_get_ruledef(r.oid), ARRAY[r.oid::text]
   FROM pg_rewrite r JOIN t ON r.ev_class = t.oid WHERE r.rulename <> '_RETURN'
@@ -216,8 +224,7 @@ def dependents_of(tables: dict[int, tuple[str, str]], all_legacy: Iterable[int] 
         {
             "oids": list(tables),
             "all_legacy": everything_legacy,
-            "capture": TRIGGER,
-            "capture_truncate": TRUNCATE_TRIGGER,
+            "ours": MIGRATOR_TRIGGERS,
         },
     )
     found = [

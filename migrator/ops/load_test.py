@@ -37,6 +37,7 @@ from psycopg import sql
 from migrator import db
 from migrator.config import MigratorConfig
 from migrator.core.errors import MigrationError
+from migrator.ops import twoway
 from migrator.tables import TableKind, legacy_table
 
 LEGACY, NEW = "legacy", "new"
@@ -120,7 +121,11 @@ def first_line(exc: BaseException) -> str:
 
 
 def connect(autocommit: bool = False) -> psycopg.Connection[Any]:
-    return db.connect_like_django("salesflow-migrator-load-test", autocommit=autocommit)
+    conn = db.connect_like_django("salesflow-migrator-load-test", autocommit=True)
+    # Online: the rolled-back writes on the new tables are not carried to the legacy ones (two-way sync).
+    conn.execute(twoway.SKIP_SYNC_FOR_SESSION)
+    conn.autocommit = autocommit
+    return conn
 
 
 def table_name(layout: str, legacy_name: str) -> str:

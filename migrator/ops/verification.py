@@ -15,6 +15,7 @@ from psycopg import sql
 
 from migrator import catalog, db
 from migrator.config import MigratorConfig
+from migrator.ops import twoway
 from migrator.tables import TENANT_DATA_TABLES, TableKind, legacy_table, service_tables
 from salesflow.layout import TENANT_SCHEMA_PREFIX
 
@@ -315,6 +316,7 @@ def crud_problems(
     table = contacts  # the table the statement running now writes or reads
     try:
         with transaction.atomic(), in_schema(schema):
+            db.execute(twoway.SKIP_SYNC_IN_TRANSACTION)  # online: rolled back anyway, the legacy side untouched
             contact_type, activity_type = types if types is not None else crud_types()
             now = timezone.now()
             contact = Contact.objects.create(

@@ -209,8 +209,9 @@ class CutoverPhase(Phase):
     def _archive_tenant_tables(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         drop = ctx.options.drop_legacy
         tenant = TenantRef(step.tenant_id or "")
-        if online.is_online(tenant.schema) or online.switched(tenant.schema):  # migrated with data --online
-            return online.switch_scope(ctx, tenant.schema, list(LEGACY_TENANT_TABLES), tenant.tenant_id)
+        if online.is_online(tenant.schema):  # migrated with data --online: archived by finalize
+            self._refuse_drop_online(ctx, tenant.schema)
+            return online.declare_new_primary(ctx, tenant.schema)
         if not drop and (moved_before := _archived_by_an_earlier_attempt(tenant, ctx.config.archive_schema)):
             return StepResult(
                 message=f"{len(moved_before)} legacy tables already archived (by an attempt stopped before "
@@ -270,8 +271,9 @@ class CutoverPhase(Phase):
         cfg = ctx.config
         drop = ctx.options.drop_legacy
         self._require_auth_migrated(ctx)
-        if online.is_online(cfg.legacy_auth_schema) or online.switched(cfg.legacy_auth_schema):  # data --online
-            return online.switch_scope(ctx, cfg.legacy_auth_schema, list(LEGACY_AUTH_TABLES), cfg.legacy_auth_schema)
+        if online.is_online(cfg.legacy_auth_schema):  # data --online: archived by finalize
+            self._refuse_drop_online(ctx, cfg.legacy_auth_schema)
+            return online.declare_new_primary(ctx, cfg.legacy_auth_schema)
         data_phase = DataPhase()
         validated = {
             data_phase.step("validate", "", None, f"auth.{table}").key: in_legacy_timezone(
@@ -301,6 +303,14 @@ class CutoverPhase(Phase):
             message=f"{len(moved)} legacy auth tables {'dropped' if drop else 'archived'}",
             details={"archived": moved, "legacy_schema_dropped": dropped_schema, "sequences": sequences},
         )
+
+    @staticmethod
+    def _refuse_drop_online(ctx: MigrationContext, scope: str) -> None:
+        if ctx.options.drop_legacy:
+            raise MigrationError(
+                f"{scope} is migrated online: its legacy tables stay in two-way sync until `migrate_phase finalize` "
+                "archives them (rollback needs them until then); run cutover without --drop-legacy"
+            )
 
     @staticmethod
     def _require_auth_migrated(ctx: MigrationContext) -> None:
@@ -339,6 +349,8 @@ class CutoverPhase(Phase):
         return StepResult(message=f"{live} of {total} tenants live", details={"live": live, "tenants": total})
 
     def _check_tenant_archived(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
+        if result.details.get("two_way"):  # online: the legacy tables stay in sync until finalize
+            return []
         schema = TenantRef(step.tenant_id or "").schema
         left = catalog.tables_by_schema([schema])[schema] & set(LEGACY_TENANT_TABLES)
         return [f"legacy table {schema}.{t} still present" for t in sorted(left)]

@@ -12,7 +12,7 @@ from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
-from migrator.models import MigrationRecord, Status
+from migrator.models import DeferredConstraint, MigrationRecord, Status
 from migrator.ops import carried, constraints, fingerprint, reference
 from migrator.ops.copy import (
     LEGACY_TIMEZONE_OPTION,
@@ -219,6 +219,7 @@ class DataPhase(Phase):
         validate_only = ctx.options.validate_only
         with_sql = ctx.options.render_sql
         steps: list[Step] = []
+        online_copy = ctx.options.online and not validate_only
         if not ctx.tenant_filter:
             for table in LEGACY_AUTH_TABLES:
                 copy = auth_copy(legacy_auth, table)
@@ -231,6 +232,10 @@ class DataPhase(Phase):
                             sql=(copy.preview(),) if with_sql else (),
                         )
                     )
+            if online_copy:
+                steps.append(self._two_way_step(legacy_auth, None))
+            for table in LEGACY_AUTH_TABLES:
+                copy = auth_copy(legacy_auth, table)
                 steps.append(
                     self.step(
                         "validate",
@@ -265,6 +270,8 @@ class DataPhase(Phase):
                             sql=(copy.preview(),) if with_sql else (),
                         )
                     )
+            if online_copy:
+                steps.append(self._two_way_step(tenant.schema, tenant.tenant_id))
             for spec in TENANT_DATA_TABLES:
                 steps.append(
                     self.step(
@@ -276,8 +283,18 @@ class DataPhase(Phase):
                 )
         return steps
 
+    def _two_way_step(self, scope: str, tenant_id: str | None) -> Step:
+        return self.step(
+            "start_two_way_sync",
+            f"Apply the last changes captured on {scope} and keep its legacy and new tables in two-way sync "
+            "(short lock, --lock-timeout per attempt); both sides' sequences in one id space",
+            tenant_id=tenant_id,
+            target=scope,
+        )
+
     def step_kinds(self) -> dict[str, StepKind]:
         return {
+            "start_two_way_sync": StepKind(self._start_two_way_sync, self._check_two_way_sync),
             "copy_auth": StepKind(self._copy_auth_table, self._check_all_rows_copied, moves_rows=True),
             "merge_reference": StepKind(self._merge_reference_table, self._check_every_reference_mapped),
             "copy_table": StepKind(self._copy_tenant_table, self._check_all_rows_copied, moves_rows=True),
@@ -297,6 +314,12 @@ class DataPhase(Phase):
             return super().apply(ctx, step, reporter)
         with catalog.schema_snapshot(schema):  # a tenant's step run on its own
             return super().apply(ctx, step, reporter)
+
+    def _start_two_way_sync(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
+        return online.start_two_way_sync(ctx, step.target, reporter)
+
+    def _check_two_way_sync(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
+        return [] if online.is_synced(step.target) else [f"{step.target} is not in two-way sync"]
 
     def _copy_auth_table(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         legacy = ctx.config.legacy_auth_schema
@@ -400,19 +423,31 @@ class DataPhase(Phase):
             small = small_table(copy, ctx.batch_size)
             deferred = 0 if small else constraints.defer_constraints(tenant.schema, spec.target_table)
             stats = copy_table(copy, ctx.batch_size, reporter)
-            rebuilt = constraints.restore_constraints(
-                tenant.schema,
-                spec.target_table,
-                advice=f"fix those rows in {tenant.schema}.{spec.legacy_table}, then run `migrate_phase rollback "
-                f"--tenant {tenant.tenant_id}`, `migrate_phase schemas` and `migrate_phase data`",
+            advice = (
+                f"fix those rows in {tenant.schema}.{spec.legacy_table}, then run `migrate_phase rollback "
+                f"--tenant {tenant.tenant_id}`, `migrate_phase schemas` and `migrate_phase data`"
             )
+            rebuilt = 0
+            if ctx.options.online:
+                # What was written meanwhile is applied before the foreign keys are rebuilt (after the
+                # indexes: the apply upserts by key), so a contact and its activity written in one
+                # transaction are both there, or both gone.
+                rebuilt = constraints.restore_constraints(
+                    tenant.schema, spec.target_table, advice=advice, kind=DeferredConstraint.Kind.INDEX
+                )
+            applied = online.apply_after_copy(ctx, tenant.schema, [spec.legacy_table], reporter)  # --online only
+            rebuilt += constraints.restore_constraints(tenant.schema, spec.target_table, advice=advice)
             # After the rebuild: the new table's own indexes are all there to be compared with, and a
             # carried unique index is built once over the copied rows.
             carry = carried.carry_constraints(tenant.schema, spec.legacy_table, spec.target_table, leave)
         sequence = continue_sequence_of(copy)  # same ids as legacy, as for auth
         if stats.rows_source >= ANALYZE_FROM_ROWS:
             analyze(tenant.schema, spec.target_table)
-        merged.update(online.apply_after_copy(ctx, tenant.schema, [spec.legacy_table], reporter))  # --online only
+        if applied:  # --online only: and what was written while the constraints were rebuilt
+            applied["changes_applied"] = (
+                int(str(applied["changes_applied"])) + online.sync_scope(ctx, tenant.schema, reporter).changes
+            )
+        merged.update(applied)
         resumed = f", resumed after id {stats.resumed_after[0]}" if stats.resumed_after else ""
         return StepResult(
             message=f"{stats.rows_copied} rows in {stats.batches} batches{resumed}",

@@ -1,35 +1,42 @@
-"""``migrate_phase finalize``: drop the compatibility views an online cutover left, once nothing uses them.
+"""``migrate_phase finalize``: end the online window: stop the two-way sync and archive the legacy tables.
 
-The views keep old application code running after cutover. Dropping one the application still
-reads or writes breaks it, so finalize first watches them for ``--observe-seconds``: every
-statement through a view scans its probe table (see :mod:`migrator.ops.compat`), and a view whose
-counters moved in that window is still in use: finalize refuses, naming the views and the counts.
-``--force`` drops them anyway.
+Until finalize, the old application may keep writing the legacy tables (the sync carries its writes
+to the new tables). Archiving them under it would break it, so finalize first watches them for
+``--observe-seconds``: every statement of the application (not of the sync) that writes a legacy
+table is noted by a statement trigger (see :mod:`migrator.ops.twoway`), and a table written in that
+window is still in use: finalize refuses, naming the tables and the counts. ``--force`` goes on anyway.
 """
 
 from __future__ import annotations
 
 import time
 
+from django.db import transaction
+
+from migrator import db
 from migrator.core.context import MigrationContext
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
-from migrator.ops import capture, compat
+from migrator.engine import tracking
+from migrator.models import Status
+from migrator.ops import twoway
+from migrator.phases import online
+from salesflow.layout import tenant_id_from_schema
 
 
 class FinalizePhase(Phase):
     name = "finalize"
     number = None
-    summary = "drop the compatibility views of the online cutover once the application no longer uses them"
-    # Every finalize looks at the views as they are now.
+    summary = "stop the two-way sync of an online migration and archive the legacy tables once unused"
+    # Every finalize looks at the legacy tables as they are now.
     always_rerun = True
     asks_confirmation = True
 
     def plan(self, ctx: MigrationContext) -> list[Step]:
-        scopes = sorted({schema for schema, _view in compat.all_compat_views()})
+        scopes = twoway.engaged_scopes()
         if ctx.tenant_filter:
-            wanted = {f"tenant_{t}" for t in ctx.tenant_filter}
+            wanted = {t.schema for t in ctx.registered_tenants}
             scopes = [s for s in scopes if s in wanted]
         if not scopes:
             return []
@@ -38,80 +45,75 @@ class FinalizePhase(Phase):
             steps.append(
                 self.step(
                     "observe",
-                    f"Watch the compatibility views of {len(scopes)} schema(s) for "
-                    f"{ctx.options.observe_seconds:g} s; refuse if any is used",
+                    f"Watch the legacy tables of {len(scopes)} schema(s) for {ctx.options.observe_seconds:g} s; "
+                    "refuse if the application writes any",
                     target=",".join(scopes),
                 )
             )
+        # the auth schema last: tenants' reference edits may still reach it until they are finalized
+        ordered = sorted(scopes, key=lambda s: (s == ctx.config.legacy_auth_schema, s))
         steps += [
             self.step(
-                "drop_views",
-                f"Drop the compatibility views of {scope} and their INSTEAD OF triggers",
-                tenant_id=scope.removeprefix("tenant_") if scope.startswith("tenant_") else None,
+                "finish_sync",
+                f"Stop the two-way sync of {scope}, archive its legacy tables, carry their dependents to the new "
+                "tables",
+                tenant_id=tenant_id_from_schema(scope) if scope != ctx.config.legacy_auth_schema else None,
                 target=scope,
                 destructive=True,
             )
-            for scope in scopes
+            for scope in ordered
         ]
         return steps
 
     def confirmation_question(self, ctx: MigrationContext, steps: list[Step]) -> str:
         return (
-            "Finalize DROPS the compatibility views (the legacy names): application code still using them "
-            "will fail. Continue?"
+            "Finalize ARCHIVES the legacy tables (the legacy names): application code still using them "
+            "will fail, and rollback after it needs --restore. Continue?"
         )
 
     def step_kinds(self) -> dict[str, StepKind]:
-        return {"observe": StepKind(self._observe), "drop_views": StepKind(self._drop_views, self._check_dropped)}
+        return {"observe": StepKind(self._observe), "finish_sync": StepKind(self._finish_sync, self._check_finished)}
 
     def _observe(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
-        scopes = set(step.target.split(","))
-        before = compat.usage_counters()
-        # Statistics reach the shared counters when a backend's transaction ends, at most once a
-        # second while it is busy: the window must be longer than that to see a writer at all.
+        scopes = step.target.split(",")
+        started = db.fetchvalue("SELECT clock_timestamp()")
         time.sleep(ctx.options.observe_seconds)
         reporter.fence()
-        after = compat.usage_counters()
-        used: dict[str, int] = {}
-        unobservable: list[str] = []
-        for (schema, view), now in sorted(after.items()):
-            if schema not in scopes:
-                continue
-            then = before.get((schema, view))
-            if now is None:
-                unobservable.append(f"{schema}.{view}")
-            elif now - (then or 0) > 0:
-                used[f"{schema}.{view}"] = now - (then or 0)
-        if used:
-            listed = ", ".join(f"{view} ({n})" for view, n in used.items())
+        written = twoway.legacy_writes_since(scopes, started)
+        with transaction.atomic():
+            twoway.forget_legacy_writes_before(started)
+        if written:
+            listed = ", ".join(f"{scope}.{table} ({n})" for (scope, table), n in written.items())
             raise MigrationError(
-                f"{len(used)} compatibility views were used in the last {ctx.options.observe_seconds:g} s "
+                f"the application wrote {len(written)} legacy tables in the last {ctx.options.observe_seconds:g} s "
                 f"(statements): {listed}; switch that code to the new tables and run finalize again, "
-                "or use --force to drop them anyway"
+                "or use --force to archive them anyway"
             )
-        if unobservable:
+        return StepResult(
+            message=f"no legacy table written in {ctx.options.observe_seconds:g} s",
+            details={"observed_seconds": ctx.options.observe_seconds, "schemas": len(scopes)},
+        )
+
+    def _finish_sync(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
+        self._require_cut_over(ctx, step)
+        result = online.finish_sync(ctx, step.target, step.tenant_id or step.target)
+        with transaction.atomic():
+            online.finish_shared_sync()
+        return result
+
+    @staticmethod
+    def _require_cut_over(ctx: MigrationContext, step: Step) -> None:
+        kind = "archive_legacy" if step.tenant_id else "archive_auth"
+        records = [
+            r
+            for r in tracking.latest_records("cutover").values()
+            if r.step == kind and r.tenant_id == step.tenant_id and r.status == Status.COMPLETED
+        ]
+        if not records:
             raise MigrationError(
-                f"the use of {', '.join(unobservable)} cannot be observed (no probe table); "
-                "use --force once you know nothing uses them"
+                f"{step.target} has not been cut over: run `migrate_phase cutover` first (finalize ends the online "
+                "window after it)"
             )
-        return StepResult(
-            message=f"no compatibility view used in {ctx.options.observe_seconds:g} s",
-            details={"observed_seconds": ctx.options.observe_seconds, "views": len(after)},
-        )
 
-    def _drop_views(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
-        dropped: list[str] = []
-
-        def drop() -> None:
-            dropped[:] = compat.drop_views(step.target)
-
-        # DROP VIEW waits for the statements using the view and holds up new ones meanwhile: bounded and retried
-        attempts = capture.with_lock_retries(drop, ctx.options.lock_timeout_ms, f"drop the views of {step.target}")
-        return StepResult(
-            message=f"dropped {len(dropped)} compatibility views of {step.target}",
-            details={"dropped": dropped, "attempts": attempts, "forced": ctx.options.force},
-        )
-
-    def _check_dropped(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
-        left = compat.compat_views(step.target)
-        return [f"{step.target}: compatibility views left: {', '.join(left)}"] if left else []
+    def _check_finished(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
+        return [f"{step.target} is still in two-way sync"] if twoway.is_engaged(step.target) else []

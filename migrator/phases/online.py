@@ -1,13 +1,24 @@
-"""The online migration's hooks into phases data and cutover, and what sync and finalize share.
+"""The online migration: what phases data, cutover, finalize and rollback do when it runs online.
 
-A *scope* is a schema whose legacy tables are captured: the legacy auth schema or a tenant schema.
+A *scope* is the legacy auth schema or a tenant schema. Its life (docs/online.md):
+
+1. ``data --online``: change capture on each legacy table before its copy (``ops/capture.py``), the
+   copy, the captured changes applied; then :func:`start_two_way_sync`: under a short lock the last
+   captured changes are applied, the capture replaced by two-way sync (``ops/twoway.py``) and both
+   sides' sequences put into one id space. From then on both sides are real tables that stay equal
+   in every snapshot, whichever side the application writes.
+2. ``cutover``: :func:`declare_new_primary` compares both sides in one snapshot and records the
+   tenant live; nothing is moved or blocked.
+3. ``finalize``: :func:`finish_sync` once the old application no longer writes the legacy tables:
+   the sync stops, the legacy tables are archived and their dependents carried to the new tables.
+4. ``rollback`` before ``finalize``: :func:`stop_sync`, then the new side is dropped as in any rollback
+   before cutover. Every write is on the legacy side, whichever side it was made on: nothing is lost.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import replace
 
 from psycopg import sql
 
@@ -15,11 +26,10 @@ from migrator import catalog, db
 from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.errors import MigrationError
 from migrator.core.steps import StepReporter, StepResult
-from migrator.models import FindingKind
-from migrator.ops import archive, capture, compat, dependents, fingerprint, reference
+from migrator.ops import archive, capture, dependents, reference, twoway
 from migrator.ops.copy import TableCopy
 from migrator.ops.fingerprint import Comparison
-from migrator.tables import LEGACY_AUTH_TABLES, REFERENCE_TABLES, TENANT_DATA_TABLES, legacy_table
+from migrator.tables import LEGACY_AUTH_TABLES, REFERENCE_TABLES, TENANT_DATA_TABLES, LegacyTable, legacy_table
 from salesflow.layout import tenant_id_from_schema
 
 
@@ -41,6 +51,10 @@ def _tenant_id(scope: str) -> str:
     return tenant_id
 
 
+def _scope_tenant(ctx: MigrationContext, scope: str) -> str | None:
+    return None if scope == ctx.config.legacy_auth_schema else _tenant_id(scope)
+
+
 def scope_merge(ctx: MigrationContext, scope: str) -> Callable[[], None] | None:
     """Merges the scope's new reference rows (added while it is captured) before its rows are re-copied."""
     if scope == ctx.config.legacy_auth_schema:
@@ -56,9 +70,12 @@ def scope_merge(ctx: MigrationContext, scope: str) -> Callable[[], None] | None:
     return merge
 
 
+# --- phase 3: capture, copy, apply, then two-way sync ----------------------------------------------
+
+
 def capture_before_copy(ctx: MigrationContext, scope: str, tables: list[str]) -> None:
     """``data --online``: capture writes to these legacy tables before they are read."""
-    if not ctx.options.online:
+    if not ctx.options.online or twoway.is_engaged(scope):
         return
     present = catalog.tables_by_schema([scope])[scope]
     for table in tables:
@@ -68,7 +85,7 @@ def capture_before_copy(ctx: MigrationContext, scope: str, tables: list[str]) ->
 
 def apply_after_copy(ctx: MigrationContext, scope: str, tables: list[str], reporter: StepReporter) -> dict[str, object]:
     """After the tables' copy: mark them ready and apply what was captured meanwhile (capture stays on)."""
-    if not ctx.options.online:
+    if not ctx.options.online or twoway.is_engaged(scope):
         return {}
     mark_copied(ctx, scope, tables)
     stats = sync_scope(ctx, scope, reporter)
@@ -86,22 +103,22 @@ def mark_copied(ctx: MigrationContext, scope: str, tables: list[str]) -> None:
 
 
 def compare_in_snapshot(ctx: MigrationContext, copy: TableCopy) -> Comparison:
-    """Phase 3's validation while writes go on: every change captured up to one snapshot applied, then
-    both sides fingerprinted (and, on a difference, the differing keys listed) in that same snapshot,
-    so they must match exactly."""
+    """Phase 3's validation while writes go on, both sides (and, on a difference, the differing keys)
+    read in one snapshot. A captured scope first applies, in that snapshot, every change captured up
+    to it; a synced scope's sides are equal in every snapshot."""
     from migrator.phases.data import compare  # data imports this module
 
     scope = copy.source_schema
     with db.snapshot():
-        copies = scope_copies(ctx, scope)
-        stats = capture.apply_all_locked(scope, copies, scope_merge(ctx, scope))
-        _continue_sequences(copies, stats)
+        if not twoway.is_engaged(scope):
+            copies = scope_copies(ctx, scope)
+            stats = capture.apply_all_locked(scope, copies, scope_merge(ctx, scope))
+            _continue_sequences(copies, stats)
         return compare(copy)
 
 
 def _continue_sequences(copies: dict[str, TableCopy], stats: capture.ApplyStats) -> None:
-    """Rows came in with the legacy ids: the new tables' own inserts (verify's CRUD check) continue after them
-    and after every id the legacy sequences issued meanwhile."""
+    """Rows came in with the legacy ids: the new tables' own inserts continue after them."""
     from migrator.phases.data import continue_sequence_of  # data imports this module
 
     for table in stats.keys:
@@ -109,6 +126,9 @@ def _continue_sequences(copies: dict[str, TableCopy], stats: capture.ApplyStats)
 
 
 def sync_scope(ctx: MigrationContext, scope: str, reporter: StepReporter) -> capture.ApplyStats:
+    """Apply a captured scope's backlog (a synced scope has none: its writes are on both sides at once)."""
+    if twoway.is_engaged(scope):
+        return capture.ApplyStats()
     copies = scope_copies(ctx, scope)
     stats = capture.apply_changes(scope, copies, ctx.batch_size, scope_merge(ctx, scope), fence=reporter.fence)
     _continue_sequences(copies, stats)
@@ -116,226 +136,300 @@ def sync_scope(ctx: MigrationContext, scope: str, reporter: StepReporter) -> cap
 
 
 def is_online(scope: str) -> bool:
-    return bool(capture.captured_tables(scope))
+    """The scope is migrated online: captured (phase 3 running) or in two-way sync."""
+    return bool(capture.captured_tables(scope)) or twoway.is_engaged(scope)
 
 
-def switched(scope: str) -> bool:
-    """The scope's online cutover committed: its legacy names are compatibility views."""
-    return bool(compat.compat_views(scope))
+def is_synced(scope: str) -> bool:
+    return twoway.is_engaged(scope)
 
 
 def check_lock_timeout(lock_timeout_ms: int) -> None:
-    """Refuse a ``lock_timeout`` that is not below the server's ``deadlock_timeout`` (see :func:`switch_scope`)."""
+    """Refuse a ``lock_timeout`` that is not below the server's ``deadlock_timeout``.
+
+    The migrator's short locks (two-way sync started or stopped, finalize's archive) request every
+    lock at once and give up after ``lock_timeout``; an application transaction queued behind them
+    must not reach its own ``deadlock_timeout`` first, or the deadlock check could abort it.
+    """
     deadlock_ms = int(db.fetchvalue("SELECT setting::int FROM pg_settings WHERE name = 'deadlock_timeout'"))
     if lock_timeout_ms >= deadlock_ms:
         raise MigrationError(
             f"--lock-timeout {lock_timeout_ms} ms is not below the server's deadlock_timeout ({deadlock_ms} ms): "
-            "an application write waiting behind the cutover could be aborted as a deadlock; "
+            "an application write waiting behind the migrator could be aborted as a deadlock; "
             f"pass a --lock-timeout under {deadlock_ms} ms"
         )
 
 
-def _column_shapes(scope: str, tables: list[str]) -> dict[str, list[tuple[str, str]]]:
-    """Each table's columns (name, type) in order, as the catalog says now."""
-    return {table: [(c.name, c.data_type) for c in catalog.columns(scope, table)] for table in tables}
+def _scope_tables(ctx: MigrationContext, scope: str) -> tuple[dict[str, TableCopy], list[str]]:
+    """The scope's copies of legacy tables that exist, and its legacy reference tables that exist."""
+    present = catalog.tables_by_schema([scope])[scope]
+    copies = {t: c for t, c in scope_copies(ctx, scope).items() if t in present}
+    refs = (
+        []
+        if scope == ctx.config.legacy_auth_schema
+        else [r.legacy_table for r in REFERENCE_TABLES if r.legacy_table in present]
+    )
+    return copies, refs
 
 
-def switch_scope(ctx: MigrationContext, scope: str, tables: list[str], owner: str) -> StepResult:
-    """The online cutover of one scope, in one short transaction (retried when a lock is not granted in time).
-
-    First, with no lock, the backlog is applied and both sides compared in full in one snapshot. Then,
-    in the switch's transaction, the legacy tables are locked ACCESS EXCLUSIVE (the renames need it)
-    first, in one statement, in name order, waiting at most ``lock_timeout``; the changes captured
-    since are applied and only their rows compared; the legacy tables are archived, their names made
-    compatibility views, and the capture removed. Either all of it commits or none of it. Writes and
-    reads of the tenant's legacy tables wait for the switch.
-
-    Taking a weaker lock first (SHARE ROW EXCLUSIVE, which lets reads go on) and ACCESS EXCLUSIVE
-    later deadlocked with an application transaction that had read one of the tables and then wrote
-    another: it waited for the weaker lock, the switch then waited for its read lock, and the
-    application, waiting longer, was the one the deadlock detector aborted. With every lock
-    requested at the start, a writer can only wait behind locks the switch already holds while the
-    switch itself waits, and the switch's wait ends (granted, or ``lock_timeout`` and a retry from
-    scratch) before the writer's ``deadlock_timeout`` runs out, so the writer never sees a deadlock:
-    :func:`check_lock_timeout` keeps ``lock_timeout`` below ``deadlock_timeout``.
-    """
-
-    if switched(scope) and not is_online(scope):
-        return StepResult(message="already switched to the compatibility views", details={"online": True})
-    if ctx.options.drop_legacy:
-        raise MigrationError(
-            f"{scope} is migrated online: its legacy tables are archived (rollback needs them), not dropped; "
-            "run cutover without --drop-legacy"
+def _lock(tables: list[tuple[str, str]]) -> None:
+    """Every table at once, in name order, ACCESS EXCLUSIVE (triggers are dropped under it, so it is never upgraded)."""
+    if tables:
+        db.execute(
+            sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+                sql.SQL(", ").join(sql.Identifier(*t) for t in sorted(set(tables)))
+            )
         )
+
+
+def _references_of(copy: TableCopy) -> list[twoway.ReverseReference]:
+    return [twoway.ReverseReference(r.column, legacy_table(r.reference_table)) for r in copy.remaps]
+
+
+def _ensure_shared_sync(ctx: MigrationContext, ref: LegacyTable, scope: str) -> None:
+    capture.with_lock_retries(
+        lambda: twoway.ensure_shared_reference_sync(ref, scope),
+        ctx.options.lock_timeout_ms,
+        f"install the sync trigger of {ref.shared_schema}.{ref.table}",
+    )
+
+
+def start_two_way_sync(ctx: MigrationContext, scope: str, reporter: StepReporter) -> StepResult:
+    """Replace the scope's change capture by two-way sync, in one short transaction (retried).
+
+    The backlog is applied first with no lock; then, holding every legacy and new table of the scope
+    (``--lock-timeout`` per attempt), the changes captured since are applied, the capture triggers
+    replaced by the sync triggers and both sequences put into one id space. Writers wait for that
+    transaction only.
+    """
+    if twoway.is_engaged(scope):
+        return StepResult(message="two-way sync already on", details={"online": True, "two_way": True})
     check_lock_timeout(ctx.options.lock_timeout_ms)
-    copies = scope_copies(ctx, scope)
+    copies, refs = _scope_tables(ctx, scope)
+    tenant_id = _scope_tenant(ctx, scope)
+    backlog = sync_scope(ctx, scope, reporter)  # no lock: what is left for the lock is small
+    twoway.ensure_sync_schema()
+    for ref_name in refs:  # once per shared table, in a transaction of its own (it is every tenant's)
+        _ensure_shared_sync(ctx, legacy_table(ref_name), scope)
     merge = scope_merge(ctx, scope)
-    tenant_id = tenant_id_from_schema(scope) if scope != ctx.config.legacy_auth_schema else None
-    blocked: dict[str, float] = {}
-    fingerprints: dict[str, str] = {}  # what rollback compares with: a write since cutover keeps it from undoing
-    sequences: dict[str, dict[str, int | None]] = {}
+    facts: dict[str, object] = {}
 
-    # Before any lock, while writes go on: the backlog applied and both sides compared in full, in one
-    # snapshot (as phase 3 validates). Under the lock only the rows changed since are compared, and the
-    # recorded target fingerprint is this one with those rows replaced: the fingerprint is a count and
-    # a sum of row hashes, and every other row is unchanged on both sides while the capture triggers are
-    # there (checked under the lock too).
-    from migrator.phases.data import compare, continue_sequence_of  # data imports this module
+    def engage() -> None:
+        locked_at = time.monotonic()
+        _lock([(scope, t) for t in [*copies, *refs]] + [(c.target_schema, c.target_table) for c in copies.values()])
+        problems = [
+            f"{table}: its change capture trigger is gone"
+            for table in capture.uncaptured(scope, [*copies, *refs])
+            if table in capture.captured_tables(scope)
+        ]
+        stats = capture.apply_all_locked(scope, copies, merge)
+        if tenant_id is not None:
+            problems += [
+                f"{table}: {n} rows without a shared id"
+                for table, n in reference.unmapped_counts([legacy_table(r) for r in refs], tenant_id).items()
+                if n
+            ]
+        if problems:
+            raise MigrationError(
+                f"{scope}: two-way sync not started: {'; '.join(problems)}; rerun `migrate_phase data --online`"
+            )
+        capture.remove_capture(scope, [*copies, *refs])
+        sequences = {}
+        for table, copy in copies.items():
+            twoway.install_row_sync(copy, _references_of(copy), twoway.legacy_children(copy, copies.values()))
+            if copy.key == ("id",):
+                sequences[table] = twoway.interleave_sequences((scope, table), (copy.target_schema, copy.target_table))
+        for ref_name in refs:
+            used_by = [
+                (copy.target_table, table, r.column)
+                for table, copy in copies.items()
+                for r in copy.remaps
+                if r.reference_table == ref_name
+            ]
+            twoway.install_reference_sync(tenant_id or "", scope, legacy_table(ref_name), used_by)
+        tables = {t: f"{c.target_schema}.{c.target_table}" for t, c in copies.items()} | dict.fromkeys(refs, "")
+        twoway.record_engaged(scope, tenant_id, tables)
+        facts.update(
+            writes_blocked_ms=round((time.monotonic() - locked_at) * 1000, 1),
+            last_changes=stats.changes,
+            sequences=sequences,
+        )
 
-    present_before = [t for t in tables if t in catalog.tables_by_schema([scope])[scope]]
+    attempts = capture.with_lock_retries(engage, ctx.options.lock_timeout_ms, f"start the two-way sync of {scope}")
+    capture.drop_capture_schema_if_unused()
+    return StepResult(
+        message=f"two-way sync on: {backlog.changes} + {facts['last_changes']} captured changes applied, "
+        f"writes blocked {facts['writes_blocked_ms']} ms, {attempts} attempt(s)",
+        details={"online": True, "two_way": True, "attempts": attempts, "backlog": backlog.changes, **facts},
+    )
+
+
+# --- phase 6: the new tables declared primary -------------------------------------------------------
+
+
+def reference_differences(ctx: MigrationContext, scope: str) -> list[str]:
+    """The tenant's legacy reference rows that differ from the shared row they are mapped to (or have none)."""
+    tenant_id = _tenant_id(scope)
+    _copies, refs = _scope_tables(ctx, scope)
+    found = []
+    for ref_name in refs:
+        found += twoway.reference_differences(tenant_id, scope, legacy_table(ref_name))
+    return found
+
+
+def declare_new_primary(ctx: MigrationContext, scope: str) -> StepResult:
+    """Online cutover of one scope: both sides compared in one snapshot, the tenant recorded live.
+
+    No lock and no move: the sync triggers write both sides in the writer's transaction, so any
+    snapshot shows them equal; a difference means the sync was bypassed (a trigger dropped or
+    disabled, ``session_replication_role = replica``) and refuses the tenant, nothing changed.
+    """
+    from migrator.phases.data import compare  # data imports this module
+
+    if not twoway.is_engaged(scope):
+        raise MigrationError(
+            f"{scope} is captured but its two-way sync was never started: run `migrate_phase data --online` "
+            "to the end, then cutover"
+        )
+    missing = twoway.triggers_missing(scope)
+    if missing:
+        raise MigrationError(
+            f"{scope}: the two-way sync trigger of {', '.join(missing)} is gone or disabled, so writes since then "
+            "are on one side only; nothing was switched: roll the tenant back (`migrate_phase rollback --tenant`) "
+            "and migrate it again"
+        )
+    copies, _refs = _scope_tables(ctx, scope)
     with db.snapshot():
-        capture.apply_all_locked(scope, copies, merge)
-        whole = {table: compare(copy) for table, copy in copies.items() if table in present_before}
-        shape_before = _column_shapes(scope, present_before)
+        compared = {table: compare(copy) for table, copy in copies.items()}
+        differences = reference_differences(ctx, scope) if scope != ctx.config.legacy_auth_schema else []
     differing = [
         f"{table}: legacy {c.source.rows} rows {c.source}, new {c.target.rows} rows {c.target}"
-        for table, c in whole.items()
+        + (
+            f", differing keys {', '.join(str(k[0] if len(k) == 1 else k) for k in c.differing_keys)}"
+            if c.differing_keys
+            else ""
+        )
+        for table, c in compared.items()
         if not c.matches
     ]
     if differing:
         raise MigrationError(
-            f"{scope}: the new tables differ from the legacy ones: {'; '.join(differing)}; nothing was switched "
-            "(run `migrate_phase data --validate-only` to see the differing keys)"
+            f"{scope}: the new tables differ from the legacy ones: {'; '.join(differing)}; nothing was switched"
         )
-
-    carried_objects: list[dict[str, str]] = []
-
-    def switch() -> None:
-        locked_at = time.monotonic()
-        carried_objects.clear()  # a retried switch carries again
-        # Every lock the switch needs, at once, before anything else (see the docstring): in name order.
-        present = archive.lock_tables(scope, sorted(tables))
-        blocked["since"] = locked_at
-        problems = [f"{table}: its change capture trigger is gone" for table in capture.uncaptured(scope, present)]
-        if set(present) != set(present_before):
-            problems.append(f"legacy tables {sorted(present_before)} became {present} since the comparison")
-        # DDL between the full comparison and the lock: the rows compared under the lock would not show it
-        shape_now = _column_shapes(scope, present)
-        problems += [
-            f"{table}: its columns changed since the comparison (DDL during the cutover)"
-            for table in present
-            if table in shape_before and shape_now[table] != shape_before[table]
-        ]
-        changed = capture.pending_keys(scope)
-        target_before = {
-            table: fingerprint.fingerprints_of_keys(copies[table], keys)[1]
-            for table, keys in changed.items()
-            if table in copies and table in whole
-        }
-        stats = capture.apply_all_locked(scope, copies, merge)
-        blocked["changes"] = stats.changes
-        for table, copy in copies.items():
-            if table not in present or table not in whole:
-                continue
-            target = whole[table].target
-            if table in target_before:
-                source_now, target_now = fingerprint.fingerprints_of_keys(copy, changed[table])
-                if str(source_now) != str(target_now):
-                    problems.append(
-                        f"{table}: the {len(changed[table])} rows changed last differ (legacy {source_now}, new "
-                        f"{target_now})"
-                    )
-                target = fingerprint.replaced(target, target_before[table], target_now)
-            fingerprints[table] = str(target)
-            # The legacy names become views over the new tables, drawing ids from their sequences: those
-            # continue after every id the legacy sequences issued, under the lock that stops them.
-            sequences[table] = continue_sequence_of(copy)
-        if tenant_id is not None:
-            problems += [
-                f"{ref.legacy_table}: {n} rows without a shared id"
-                for ref in REFERENCE_TABLES
-                if (n := reference.unmapped_count(ref, [tenant_id]))
-            ]
-        if problems:
+    discarded: list[str] = []
+    if differences:
+        if ctx.options.reference_conflicts != "first-wins":
             raise MigrationError(
-                f"{scope}: the new tables differ from the legacy ones after the last changes: {'; '.join(problems)}; "
-                "nothing was switched (run `migrate_phase data --validate-only` to see the differing keys)"
+                f"{scope}: reference rows edited during the online window differ from the shared rows: "
+                f"{'; '.join(differences[:5])}{'; ...' if len(differences) > 5 else ''}; nothing was switched: "
+                "edit the legacy row back to the shared values, or rerun cutover with --reference-conflicts first-wins "
+                "(the shared row's values win for this tenant)"
             )
-        found = dependents.of_tables(scope, present) if tenant_id is not None else []
-        dependents.refuse_uncarried(scope, found, ctx.options.leave_dependents)
-        capture.remove_capture(scope, present)
-        dependents.detach_foreign_keys(found)
-        moved = archive.archive_tables(scope, owner, present, ctx.config.archive_schema, drop=False)
-        for table in present:
-            archived = (ctx.config.archive_schema, moved[table].split(".", 1)[1])
-            if table in copies:
-                compat.create_data_view(copies[table], archived, tenant_id)
-            elif tenant_id is not None:
-                compat.create_reference_view(scope, legacy_table(table), tenant_id, archived)
-        new_tables = {(scope, t): copies[t].target for t in copies}
-        carried_objects.extend(
-            dependents.carry(found, new_tables, ctx.options.leave_dependents, archive.archived_tables(moved, scope))
-        )
-        blocked["ms"] = (time.monotonic() - locked_at) * 1000
-
-    compat.ensure_probe_schema()
-    attempts = capture.with_lock_retries(switch, ctx.options.lock_timeout_ms, f"switch {scope} to the new tables")
-    capture.drop_capture_schema_if_unused()
+        discarded = differences
     return StepResult(
-        message=f"switched online: {blocked.get('changes', 0)} last changes applied, writes blocked "
-        f"{blocked.get('ms', 0):.0f} ms, {attempts} attempt(s); legacy names are compatibility views",
+        message=f"new tables primary: {sum(c.target.rows for c in compared.values())} rows equal on both sides; "
+        "legacy tables stay in two-way sync until finalize",
         details={
             "online": True,
-            "writes_blocked_ms": round(blocked.get("ms", 0), 1),
-            "attempts": attempts,
-            "last_changes": blocked.get("changes", 0),
-            "views": compat.compat_views(scope),
-            "target_fingerprints": fingerprints,
-            "sequences": sequences,
-            "dependents_carried": carried_objects,
+            "two_way": True,
+            "writes_blocked_ms": 0,
+            "compared": {t: str(c.target) for t, c in compared.items()},
+            **({"discarded_reference_variants": discarded} if discarded else {}),
         },
     )
 
 
-def remove_capture_of(scope: str) -> None:
-    """Rollback before cutover: the scope's triggers and capture rows go (caller's transaction)."""
-    capture.remove_capture(scope, list(capture.captured_tables(scope)))
+# --- finalize: sync stopped, legacy tables archived --------------------------------------------------
 
 
-def undo_switch(ctx: MigrationContext, scope: str, owner: str, recorded: dict[str, str]) -> list[str]:
-    """Rollback after an online cutover: compatibility views dropped, archived legacy tables moved back.
+def finish_sync(ctx: MigrationContext, scope: str, owner: str) -> StepResult:
+    """Stop the scope's two-way sync and archive its legacy tables, carrying their dependents to the new
+    tables (as an offline cutover does), in one transaction with bounded lock waits (retried)."""
+    check_lock_timeout(ctx.options.lock_timeout_ms)
+    copies, refs = _scope_tables(ctx, scope)
+    legacy = [*copies, *refs]
+    is_auth = scope == ctx.config.legacy_auth_schema
+    found = dependents.of_tables(scope, legacy)
+    dependents.refuse_uncarried(scope, found, ctx.options.leave_dependents)
+    facts: dict[str, object] = {}
 
-    Only when the new tables still hold what cutover switched to: a write through the views (or
-    the new names) since then exists in the new tables only, and undoing would lose it.
-    """
-    from migrator.phases.data import validation_fingerprints  # data imports this module
-
-    copies = scope_copies(ctx, scope)
-    changed = []
-    for table, at_cutover in recorded.items():
-        copy = copies[table]
-        now = (
-            validation_fingerprints(copy, fingerprint.method_of(at_cutover))[1]
-            if catalog.table_exists(copy.target_schema, copy.target_table)
-            else None
+    def finish() -> None:
+        locked_at = time.monotonic()
+        _lock([(scope, t) for t in legacy] + [(c.target_schema, c.target_table) for c in copies.values()])
+        twoway.remove_sync(scope)
+        sequences = {
+            table: twoway.single_sequence((c.target_schema, c.target_table), (scope, table))
+            for table, c in copies.items()
+            if c.key == ("id",)
+        }
+        dependents.detach_foreign_keys(found)
+        moved = archive.archive_tables(scope, owner, legacy, ctx.config.archive_schema, drop=False)
+        new_tables = {(scope, t): c.target for t, c in copies.items()}
+        carried = dependents.carry(
+            found, new_tables, ctx.options.leave_dependents, archive.archived_tables(moved, scope)
         )
-        if str(now) != at_cutover:
-            then_rows = at_cutover.split(":", 1)[0] if ":" in at_cutover else "?"
-            changed.append(f"{copy.target_table} ({then_rows} rows at cutover, {now.rows if now else 0} now)")
-    if changed:
-        raise MigrationError(
-            f"{scope} was written to since its online cutover: {', '.join(changed)}; undoing it would lose those "
-            "writes: use `migrate_phase rollback --restore` (or keep the migration)"
+        facts.update(
+            archived=moved,
+            sequences=sequences,
+            dependents_carried=carried,
+            writes_blocked_ms=round((time.monotonic() - locked_at) * 1000, 1),
+            legacy_schema_dropped=archive.drop_schema_if_empty(scope) if is_auth else False,
         )
-    views = compat.drop_views(scope)
-    # What cutover carried to the new tables and exists once: foreign keys of other tables, views,
-    # functions and statistics objects go back to the legacy tables with them (triggers, rules, policies,
-    # grants and comments stayed on the legacy tables as well).
-    back = dependents.of_tables(scope, [c.target_table for c in copies.values()])
-    new_tables = {(scope, c.target_table) for c in copies.values()}
-    back = [
-        d
-        for d in back
-        if d.kind in dependents.REDEFINED - {FindingKind.RULE}
-        or (d.kind == FindingKind.FOREIGN_KEY_FROM and tuple(d.parts[:2]) not in new_tables)
-    ]
-    dependents.detach_foreign_keys(back)
-    archive.unarchive_tables(scope, owner, views, ctx.config.archive_schema)
-    legacy_of = {c.target_table: table for table, c in copies.items()}
-    back = [replace(d, table=legacy_of[d.table]) for d in back]  # as the dependents of the legacy tables
-    dependents.carry(
-        back,
-        {(scope, table): sql.Identifier(scope, table) for table in copies},
-        archived={(scope, table): copy.target for table, copy in copies.items()},
+
+    attempts = capture.with_lock_retries(finish, ctx.options.lock_timeout_ms, f"finalize {scope}")
+    return StepResult(
+        message=f"two-way sync stopped, {len(facts['archived'])} legacy tables archived "  # type: ignore[arg-type]
+        f"(writes blocked {facts['writes_blocked_ms']} ms, {attempts} attempt(s))",
+        details={"online": True, "attempts": attempts, **facts},
     )
-    return views
+
+
+def finish_shared_sync() -> None:
+    """After the last scope: the shared tables' triggers and the sync schema go."""
+    twoway.remove_shared_reference_sync_if_unused(REFERENCE_TABLES)
+    twoway.drop_sync_schema_if_unused()
+
+
+# --- rollback before finalize ------------------------------------------------------------------------
+
+
+def rollback_refusals(ctx: MigrationContext, scopes: list[str]) -> list[str]:
+    """What a rollback of these synced scopes would lose: values in new-table columns the legacy tables
+    lack (added by a deploy). Checked for every scope before any is changed."""
+    problems = []
+    for scope in scopes:
+        copies, _refs = _scope_tables(ctx, scope)
+        for table, copy in copies.items():
+            for column, rows in twoway.values_only_on_new_side(copy).items():
+                problems.append(
+                    f"{copy.target_schema}.{copy.target_table}.{column}: {rows} rows hold values the legacy table "
+                    f"{scope}.{table} has no column for"
+                )
+    return problems
+
+
+def stop_sync(ctx: MigrationContext, scope: str) -> StepResult:
+    """Rollback of a synced scope: sync triggers gone and the legacy sequences back to steps of 1 past every
+    id issued, in one transaction with bounded lock waits (retried); the legacy tables hold every write."""
+    check_lock_timeout(ctx.options.lock_timeout_ms)
+    copies, refs = _scope_tables(ctx, scope)
+    facts: dict[str, object] = {}
+
+    def stop() -> None:
+        _lock([(scope, t) for t in [*copies, *refs]] + [(c.target_schema, c.target_table) for c in copies.values()])
+        facts["triggers_dropped"] = twoway.remove_sync(scope)
+        facts["sequences"] = {
+            table: twoway.single_sequence((scope, table), (c.target_schema, c.target_table))
+            for table, c in copies.items()
+            if c.key == ("id",)
+        }
+
+    attempts = capture.with_lock_retries(stop, ctx.options.lock_timeout_ms, f"stop the two-way sync of {scope}")
+    return StepResult(
+        message=f"two-way sync of {scope} stopped ({attempts} attempt(s))", details={"attempts": attempts, **facts}
+    )
+
+
+def remove_capture_of(scope: str) -> None:
+    """Rollback before two-way sync: the scope's capture triggers and rows go (caller's transaction)."""
+    capture.remove_capture(scope, list(capture.captured_tables(scope)))

@@ -107,40 +107,57 @@ class RollbackPhase(Phase):
             "drop_tenant_tables": StepKind(self._drop_tenant_tables),
             "drop_service_schemas": StepKind(self._drop_service_schemas, self._check_service_schemas_gone),
             "mark_rolled_back": StepKind(self._mark_rolled_back),
-            "undo_online_cutover": StepKind(self._undo_online_cutover),
+            "check_online_rollback": StepKind(self._check_online_rollback),
+            "stop_two_way_sync": StepKind(self._stop_two_way_sync),
         }
 
     # --- the online migration (docs/online.md) ---
 
     def _online_undo_steps(self, ctx: MigrationContext) -> list[Step]:
-        """Tenants (and the auth schema) switched by an online cutover go back to their legacy tables first."""
-        steps = [
-            self.step(
-                "undo_online_cutover",
-                f"Drop the compatibility views of {t.schema}, move its legacy tables back (refused after a write)",
-                tenant_id=t.tenant_id,
-                target=t.schema,
-                destructive=True,
-            )
-            for t in ctx.registered_tenants
-            if online.switched(t.schema)
-        ]
+        """Scopes in two-way sync stop it first (their legacy side holds every write): all checked, then each."""
         auth = ctx.config.legacy_auth_schema
-        if not ctx.tenant_filter and online.switched(auth):
-            steps.insert(0, self.step("undo_online_cutover", f"The same for {auth}", target=auth, destructive=True))
-        return steps
+        scopes: list[tuple[str, str | None]] = [
+            (t.schema, t.tenant_id) for t in ctx.registered_tenants if online.is_synced(t.schema)
+        ]
+        if not ctx.tenant_filter and online.is_synced(auth):
+            scopes.insert(0, (auth, None))
+        if not scopes:
+            return []
+        return [
+            self.step(
+                "check_online_rollback",
+                f"Check that {len(scopes)} schema(s) in two-way sync can go back to their legacy tables without losing "
+                "a value (nothing changes if one cannot)",
+                target=",".join(scope for scope, _ in scopes),
+            ),
+            *(
+                self.step(
+                    "stop_two_way_sync",
+                    f"Stop the two-way sync of {scope} (short lock, --lock-timeout per attempt); its legacy tables "
+                    "hold every write, the legacy sequences continue past every id issued",
+                    tenant_id=tenant_id,
+                    target=scope,
+                    destructive=True,
+                )
+                for scope, tenant_id in scopes
+            ),
+        ]
 
-    def _undo_online_cutover(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
-        record = tracking.latest_records("cutover").get(
-            f"cutover/{step.tenant_id or '*'}/{'archive_legacy' if step.tenant_id else 'archive_auth'}/{step.target}"
-        )
-        recorded = dict((record.details or {}).get("target_fingerprints") or {}) if record else {}
-        owner = step.tenant_id or step.target
+    def _check_online_rollback(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
+        problems = online.rollback_refusals(ctx, step.target.split(","))
+        if problems:
+            raise MigrationError(
+                f"rollback would discard values the legacy tables cannot hold: {'; '.join(problems[:5])}; "
+                "nothing was rolled back: drop those columns first if their values may go, or keep the migration"
+            )
+        return StepResult(message="every value of the new tables has a place in the legacy tables")
+
+    def _stop_two_way_sync(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
+        result = online.stop_sync(ctx, step.target)
         with transaction.atomic():
-            views = online.undo_switch(ctx, step.target, owner, recorded)
             # the cutover runs again after this (the auth step only runs in a rollback of everything)
             tracking.mark_rolled_back(["cutover"], [step.tenant_id] if step.tenant_id else None)
-        return StepResult(message=f"legacy tables back: {', '.join(views)}", details={"restored": views})
+        return result
 
     def _check_backup(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         info = recorded_backup(ctx)
@@ -169,6 +186,11 @@ class RollbackPhase(Phase):
         # The tenant's steps become ROLLED_BACK in the transaction that drops its tables: a rollback
         # that stops after this tenant (killed, or a later step failing) never leaves them "done".
         tenant = TenantRef(step.tenant_id or "")
+        if online.is_synced(tenant.schema):  # its legacy tables' triggers would write into dropped tables
+            raise MigrationError(
+                f"{tenant.schema} is still in two-way sync (its stop_two_way_sync step did not complete); "
+                "nothing was dropped: rerun `migrate_phase rollback`"
+            )
         with transaction.atomic():
             online.remove_capture_of(tenant.schema)  # data --online: its triggers go, legacy tables untouched
             teardown.revoke_tenant_usage(tenant.schema)  # read from its phase-4 record before that is marked
@@ -184,8 +206,14 @@ class RollbackPhase(Phase):
         # Without the service schemas (and the reference map) no tenant's migrated data stands: every
         # undone step is marked with the drop, so a failing drop_roles after it leaves nothing "done".
         with transaction.atomic():
+            if online.is_synced(ctx.config.legacy_auth_schema):
+                raise MigrationError(
+                    f"{ctx.config.legacy_auth_schema} is still in two-way sync (its stop_two_way_sync step did not "
+                    "complete); nothing was dropped: rerun `migrate_phase rollback`"
+                )
             online.remove_capture_of(ctx.config.legacy_auth_schema)  # data --online
             capture.drop_capture_schema_if_unused()
+            online.finish_shared_sync()
             dropped = teardown.drop_service_schemas()
             marked = tracking.mark_rolled_back(undone_phases(restore=False))
         return StepResult(message=f"dropped {', '.join(dropped) or 'nothing'}; {marked} steps marked ROLLED_BACK")
@@ -202,6 +230,11 @@ class RollbackPhase(Phase):
             r.tenant_id
             for r in tracking.latest_records("cutover").values()
             if r.step == "archive_legacy" and r.status == Status.COMPLETED and not (r.details or {}).get("online")
+        ]
+        live += [
+            r.tenant_id
+            for r in tracking.latest_records("finalize").values()
+            if r.step == "finish_sync" and r.status == Status.COMPLETED and r.tenant_id
         ]
         if live:
             raise MigrationError(

@@ -17,7 +17,7 @@ from migrator.core.phase import ApplyStep, Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.engine.orchestration import free_connections
 from migrator.models import MigrationRecord, Status
-from migrator.ops import capture, carried, grants, load_test, verification
+from migrator.ops import capture, carried, grants, load_test, twoway, verification
 from migrator.tables import TENANT_DATA_TABLES, service_tables
 from salesflow.layout import NAMESPACE_SERVICE
 from tenants.models import MigrationState, Tenant
@@ -59,6 +59,11 @@ class BatchFacts:
     index_used: dict[str, dict[str, bool]] | None = None  # schema -> key lookup -> an index serves it
     crud_types: tuple[Any, Any] | None = None
     schemas: dict[str, str] = field(default_factory=dict)  # tenant -> schema
+
+
+def online_scopes() -> set[str]:
+    """Schemas migrated online (captured, or in two-way sync): their legacy tables are still written."""
+    return set(capture.captured_scopes()) | set(twoway.engaged_scopes())
 
 
 _batch: ContextVar[BatchFacts | None] = ContextVar("verify_batch", default=None)
@@ -165,7 +170,7 @@ class VerifyPhase(Phase):
         facts.tables = _read("the tables", lambda: catalog.tables_by_schema(names))
         facts.counts = _read("the row counts", lambda: verification.row_counts(tenant_ids))
         facts.validated = _read("the validated counts", lambda: validated_counts(tenant_ids))
-        facts.online = _read("the captures", lambda: set(capture.captured_scopes()))
+        facts.online = _read("the captures", online_scopes)
         roles = list(ctx.config.service_roles.values())
         facts.missing_roles = _read("the roles", lambda: catalog.missing_roles(roles))
         if facts.missing_roles is not None:
@@ -264,7 +269,7 @@ class VerifyPhase(Phase):
         validated = (validated_counts([tenant.tenant_id]) if facts.validated is None else facts.validated).get(
             tenant.tenant_id, {}
         )
-        online = set(capture.captured_scopes()) if facts.online is None else facts.online
+        online = online_scopes() if facts.online is None else facts.online
         problems = []
         writes_go_on = tenant.schema in online  # data --online: counts move; cutover compares content
         for table, key in ((t.table, t.legacy_table) for t in TENANT_DATA_TABLES):

@@ -16,7 +16,7 @@ from migrator import catalog
 from migrator.config import get_config
 from migrator.engine.lock import APP_NAME_PREFIX, LOCK_ID, LOCK_NAMESPACE
 from migrator.models import DEPLOY_PHASE, MigrationRecord, Status
-from migrator.ops import capture, compat
+from migrator.ops import capture, twoway
 from migrator.phases import ORDERED, PHASES, online
 from migrator.reports.status import StatusReport
 from salesflow.layout import tenant_schema_name
@@ -114,8 +114,7 @@ def ddl_in_progress(holders: list[LockHolder], tracked: bool = True) -> str | No
 
 
 def half_switched() -> str | None:
-    """A scope whose online cutover failed or was interrupted while its capture or compatibility views
-    are in place: its legacy and new tables are half switched."""
+    """A scope whose online cutover failed or was interrupted while it is migrated online."""
     records = (
         MigrationRecord.objects.filter(
             phase="cutover", step__in=CUTOVER_SWITCH_STEPS, status__in=[Status.FAILED, Status.RUNNING]
@@ -126,7 +125,7 @@ def half_switched() -> str | None:
     )
     for record in records:
         scope = tenant_schema_name(record.tenant_id) if record.tenant_id else get_config().legacy_auth_schema
-        if online.is_online(scope) or online.switched(scope):
+        if online.is_online(scope):
             return (
                 f"the online cutover of {scope} is {record.status.lower()} half way: rerun `migrate_phase cutover` "
                 "(or `migrate_phase rollback`), then deploy"
@@ -191,8 +190,8 @@ def migration_state(report: StatusReport | None, holders: list[LockHolder] | Non
     - ``rolled back``: rollback's latest run completed and no step of phases 2-6 started since;
     - ``failed``: the latest attempt of a step of phases 1-6, rollback or finalize failed, or was left
       RUNNING by a run that is gone (interrupted);
-    - ``online window open``: online capture is installed (``data --online`` ran) or compatibility views
-      stand in for legacy tables (an online cutover ran), and ``finalize`` has not removed them yet;
+    - ``online window open``: online capture is installed (``data --online`` ran) or legacy and new tables
+      are in two-way sync, and ``finalize`` has not ended it yet;
     - ``complete``: every cell of phases 1-6 is done (missing schemas and failed deploys do not change
       the state; they fail ``status --check`` and the deploy gate);
     - ``running`` otherwise: started and not finished, the next phase is still to run.
@@ -206,7 +205,7 @@ def migration_state(report: StatusReport | None, holders: list[LockHolder] | Non
         return ROLLED_BACK
     if _failed(report):
         return FAILED
-    if capture.captured_scopes() or compat.all_compat_views():
+    if capture.captured_scopes() or twoway.engaged_scopes():
         return ONLINE_WINDOW_OPEN
     if report.cells_complete:
         return COMPLETE

@@ -1,0 +1,807 @@
+"""Two-way sync: the legacy tables and the new ones kept equal by row triggers, from ``data --online``
+until ``finalize`` (or ``rollback``).
+
+Both sides are real tables. A write on either side is made on the other side by an ``AFTER ... FOR
+EACH ROW`` trigger, in the writer's own transaction: the two commit or roll back together, so in
+every snapshot both sides hold the same rows. The old application keeps every semantic PostgreSQL
+gives a real table (row locks and the re-check of concurrent updates, ``FOR UPDATE``, ``ON
+CONFLICT``, ``COPY``, its foreign keys, unique constraints, grants and sequences); the new one gets
+them on the new tables. A write holds the row lock on both sides, taken in the order it reaches
+them: two writers meeting from opposite sides deadlock (one is aborted and retries), they never
+lose an update.
+
+- **The row triggers** (:data:`ROW_TRIGGER`) call one function, :func:`apply_row`'s SQL, whose
+  arguments are the table's key columns and the statements that re-copy the written keys to the
+  other side: an upsert from the current row and a delete when the row is gone. Legacy to new is
+  phase 3's own remapping ``SELECT`` (reference ids translated through the map, legacy timestamps
+  read in the legacy zone); new to legacy is its inverse (a shared reference row the tenant never
+  had is added to its legacy reference table first, with a map entry).
+- **No echo.** The trigger sets ``salesflow.syncing`` for the duration of its own statements; the
+  triggers' ``WHEN`` clause skips rows written while it is set. A foreign key's cascade run by the
+  application's statement is not the trigger's: its rows are synced like any other (PostgreSQL fires
+  its ``RI_ConstraintTrigger`` triggers before ours, which sort after them by name).
+- **Reference tables** are per tenant on the legacy side and shared on the new side:
+  :func:`reference_from_legacy` merges a tenant's added, recoded or deleted row (a rename changes the
+  shared row only while no other tenant shares it; otherwise cutover reports the difference), and
+  :func:`reference_from_shared` carries an edit of a shared row to every synced tenant that has it.
+- **One id space.** Both sequences of a table step by 2 from one start past every id either side
+  issued, one on odd, one on even values; ``finalize`` (new side) or ``rollback`` (legacy side) sets
+  the survivor back to steps of 1, past everything issued.
+- **Observing the old application.** A statement trigger on each legacy table appends to
+  ``migrator_sync.legacy_writes`` when the old application (not the sync) writes it: finalize waits
+  for it to stay empty.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from django.db import transaction
+from psycopg import sql
+
+from migrator import catalog, db
+from migrator.ops.copy import TableCopy, zoned_columns
+from migrator.tables import LegacyTable
+
+SYNC_SCHEMA = "migrator_sync"
+SYNCING = "salesflow.syncing"
+# After PostgreSQL's own "RI_ConstraintTrigger_*" (upper case sorts first): a cascade's rows first.
+ROW_TRIGGER = "salesflow_sync"
+WRITE_TRIGGER = "salesflow_sync_legacy_write"
+TRUNCATE_TRIGGER = "salesflow_sync_truncate"
+SCOPES = sql.Identifier(SYNC_SCHEMA, "scopes")
+LEGACY_WRITES = sql.Identifier(SYNC_SCHEMA, "legacy_writes")
+MAP = sql.Identifier("public", "migrator_reference_map")
+KEYS = sql.SQL("$1")  # the trigger's jsonb array of written keys, as its statements receive it
+
+# A session or transaction whose writes the sync must not carry (verify's rolled-back checks on the new tables).
+SKIP_SYNC_FOR_SESSION = sql.SQL("SELECT set_config({}, 'on', false)").format(sql.Literal(SYNCING))
+SKIP_SYNC_IN_TRANSACTION = sql.SQL("SELECT set_config({}, 'on', true)").format(sql.Literal(SYNCING))
+
+_NOT_SYNCING = sql.SQL("(current_setting({}, true) IS DISTINCT FROM 'on')").format(sql.Literal(SYNCING))
+
+_FUNCTIONS = (
+    # The generic row trigger: TG_ARGV[0] the key columns (a jsonb array), TG_ARGV[1..] statements
+    # run with the jsonb array of the written keys (old and new) as $1.
+    """
+CREATE OR REPLACE FUNCTION {schema}.apply_row() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+  key_columns jsonb := TG_ARGV[0]::jsonb; written jsonb := '[]'; k jsonb; r jsonb; c text; i int;
+BEGIN
+  IF TG_OP <> 'INSERT' THEN
+    r := to_jsonb(OLD); k := '[]';
+    FOR c IN SELECT jsonb_array_elements_text(key_columns) LOOP k := k || jsonb_build_array(r -> c); END LOOP;
+    written := written || jsonb_build_array(k);
+  END IF;
+  IF TG_OP <> 'DELETE' THEN
+    r := to_jsonb(NEW); k := '[]';
+    FOR c IN SELECT jsonb_array_elements_text(key_columns) LOOP k := k || jsonb_build_array(r -> c); END LOOP;
+    IF NOT written @> jsonb_build_array(k) THEN written := written || jsonb_build_array(k); END IF;
+  END IF;
+  PERFORM set_config({syncing}, 'on', true);
+  FOR i IN 1 .. TG_NARGS - 1 LOOP
+    EXECUTE TG_ARGV[i] USING written;
+  END LOOP;
+  PERFORM set_config({syncing}, '', true);
+  RETURN NULL;
+END $fn$
+""",
+    """
+CREATE OR REPLACE FUNCTION {schema}.refuse_unmapped(missing bigint, what text) RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+  IF missing > 0 THEN
+    RAISE EXCEPTION USING ERRCODE = 'foreign_key_violation', MESSAGE = format(
+      '%s: %s written rows point at reference rows with no shared id (salesflow migrator two-way sync)', what, missing);
+  END IF;
+END $fn$
+""",
+    # A shared reference id as the tenant's legacy id; a shared row the tenant never had is added
+    # to its legacy reference table first (the caller is syncing: that insert is not merged back).
+    """
+CREATE OR REPLACE FUNCTION {schema}.legacy_reference_id(
+  tenant text, ref text, legacy_schema text, legacy_table text, shared_schema text, shared_table text,
+  value_columns text[], shared_id bigint) RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE found bigint; cols text;
+BEGIN
+  IF shared_id IS NULL THEN RETURN NULL; END IF;
+  SELECT min(m.old_id) INTO found FROM public.migrator_reference_map m
+    WHERE m.tenant_id = tenant AND m.reference_table = ref AND m.new_id = shared_id;
+  IF found IS NOT NULL THEN RETURN found; END IF;
+  PERFORM pg_advisory_xact_lock(hashtextextended(format('%s/%s/%s', tenant, ref, shared_id), 0));
+  SELECT min(m.old_id) INTO found FROM public.migrator_reference_map m
+    WHERE m.tenant_id = tenant AND m.reference_table = ref AND m.new_id = shared_id;
+  IF found IS NOT NULL THEN RETURN found; END IF;
+  cols := (SELECT string_agg(format('%I', c), ', ') FROM unnest(value_columns) c);
+  EXECUTE format('INSERT INTO %I.%I (%s) SELECT %s FROM %I.%I WHERE id = $1 RETURNING id',
+    legacy_schema, legacy_table, cols, cols, shared_schema, shared_table) INTO found USING shared_id;
+  INSERT INTO public.migrator_reference_map (tenant_id, reference_table, old_id, new_id)
+    VALUES (tenant, ref, found, shared_id);
+  RETURN found;
+END $fn$
+""",
+    # A tenant's legacy reference row written by the old application.
+    # TG_ARGV: tenant id, map name, shared schema, shared table, merge key, value columns (jsonb),
+    # the tenant's data tables that point at it (jsonb [[new table, legacy table, column], ...]).
+    """
+CREATE OR REPLACE FUNCTION {schema}.reference_from_legacy() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+  tenant text := TG_ARGV[0]; ref text := TG_ARGV[1]; sch text := TG_ARGV[2]; tbl text := TG_ARGV[3];
+  merge_key text := TG_ARGV[4]; uses jsonb := TG_ARGV[6]::jsonb;
+  cols text := (SELECT string_agg(format('%I', c), ', ') FROM jsonb_array_elements_text(TG_ARGV[5]::jsonb) c);
+  o jsonb; r jsonb; u jsonb; old_shared bigint; new_shared bigint; sharers bigint;
+BEGIN
+  PERFORM set_config({syncing}, 'on', true);
+  IF TG_OP <> 'INSERT' THEN
+    o := to_jsonb(OLD);
+    SELECT m.new_id INTO old_shared FROM public.migrator_reference_map m
+      WHERE m.tenant_id = tenant AND m.reference_table = ref AND m.old_id = (o ->> 'id')::bigint;
+  END IF;
+  IF TG_OP <> 'DELETE' THEN r := to_jsonb(NEW); END IF;
+  IF TG_OP = 'UPDATE' AND o -> 'id' = r -> 'id' AND o -> merge_key = r -> merge_key THEN
+    -- the same row under the same key with other values: the shared row follows while it is this
+    -- tenant's alone; otherwise the tenant differs from the shared row and cutover reports it
+    SELECT count(*) INTO sharers FROM public.migrator_reference_map m
+      WHERE m.reference_table = ref AND m.new_id = old_shared
+      AND NOT (m.tenant_id = tenant AND m.old_id = (o ->> 'id')::bigint);
+    IF old_shared IS NOT NULL AND sharers = 0 THEN
+      EXECUTE format('UPDATE %I.%I SET (%s) = (SELECT %s FROM jsonb_populate_record(NULL::%I.%I, $1)) WHERE id = $2',
+        sch, tbl, cols, cols, sch, tbl) USING r, old_shared;
+    END IF;
+  ELSE
+    IF TG_OP <> 'INSERT' THEN
+      DELETE FROM public.migrator_reference_map m
+        WHERE m.tenant_id = tenant AND m.reference_table = ref AND m.old_id = (o ->> 'id')::bigint;
+    END IF;
+    IF TG_OP <> 'DELETE' THEN
+      EXECUTE format('SELECT id FROM %I.%I WHERE %I = ($1 ->> %L)', sch, tbl, merge_key, merge_key)
+        INTO new_shared USING r;
+      IF new_shared IS NULL THEN
+        EXECUTE format('INSERT INTO %I.%I (%s) SELECT %s FROM jsonb_populate_record(NULL::%I.%I, $1) '
+          'ON CONFLICT (%I) DO NOTHING RETURNING id', sch, tbl, cols, cols, sch, tbl, merge_key)
+          INTO new_shared USING r;
+      END IF;
+      IF new_shared IS NULL THEN  -- another tenant added the same key meanwhile
+        EXECUTE format('SELECT id FROM %I.%I WHERE %I = ($1 ->> %L)', sch, tbl, merge_key, merge_key)
+          INTO new_shared USING r;
+      END IF;
+      INSERT INTO public.migrator_reference_map (tenant_id, reference_table, old_id, new_id)
+        VALUES (tenant, ref, (r ->> 'id')::bigint, new_shared);
+      IF TG_OP = 'UPDATE' AND new_shared IS DISTINCT FROM old_shared THEN
+        -- recoded: the tenant's rows that point at it point at the other shared row now
+        FOR u IN SELECT jsonb_array_elements(uses) LOOP
+          EXECUTE format('UPDATE %I.%I t SET %I = $1 FROM %I.%I l WHERE l.id = t.id AND l.%I = $2',
+            TG_TABLE_SCHEMA, u ->> 0, u ->> 2, TG_TABLE_SCHEMA, u ->> 1, u ->> 2)
+            USING new_shared, (r ->> 'id')::bigint;
+        END LOOP;
+      END IF;
+    END IF;
+    IF old_shared IS NOT NULL AND old_shared IS DISTINCT FROM new_shared AND NOT EXISTS (
+        SELECT 1 FROM public.migrator_reference_map m WHERE m.reference_table = ref AND m.new_id = old_shared) THEN
+      -- no tenant has it any more: it goes, as a merge of the legacy rows as they are now would not make it
+      EXECUTE format('DELETE FROM %I.%I WHERE id = $1', sch, tbl) USING old_shared;
+    END IF;
+  END IF;
+  PERFORM set_config({syncing}, '', true);
+  RETURN NULL;
+END $fn$
+""",
+    # A shared reference row written by the new application: every synced tenant that has it follows.
+    # TG_ARGV: map name, legacy reference table, value columns (jsonb).
+    """
+CREATE OR REPLACE FUNCTION {schema}.reference_from_shared() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+  ref text := TG_ARGV[0]; legacy_table text := TG_ARGV[1];
+  cols text := (SELECT string_agg(format('%I', c), ', ') FROM jsonb_array_elements_text(TG_ARGV[2]::jsonb) c);
+  entry record;
+BEGIN
+  PERFORM set_config({syncing}, 'on', true);
+  FOR entry IN SELECT m.tenant_id, m.old_id, s.scope FROM public.migrator_reference_map m
+      JOIN {scopes} s ON s.tenant_id = m.tenant_id
+      WHERE m.reference_table = ref AND m.new_id = OLD.id LOOP
+    IF TG_OP = 'UPDATE' THEN
+      EXECUTE format('UPDATE %I.%I SET (%s) = (SELECT %s FROM jsonb_populate_record(NULL::%I.%I, $1)) WHERE id = $2',
+        entry.scope, legacy_table, cols, cols, entry.scope, legacy_table) USING to_jsonb(NEW), entry.old_id;
+    ELSE
+      EXECUTE format('DELETE FROM %I.%I WHERE id = $1', entry.scope, legacy_table) USING entry.old_id;
+    END IF;
+  END LOOP;
+  IF TG_OP = 'DELETE' THEN
+    DELETE FROM public.migrator_reference_map m WHERE m.reference_table = ref AND m.new_id = OLD.id;
+  END IF;
+  PERFORM set_config({syncing}, '', true);
+  RETURN NULL;
+END $fn$
+""",
+    """
+CREATE OR REPLACE FUNCTION {schema}.note_legacy_write() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+  INSERT INTO {legacy_writes} (scope, tbl) VALUES (TG_ARGV[0], TG_ARGV[1]);
+  RETURN NULL;
+END $fn$
+""",
+    """
+CREATE OR REPLACE FUNCTION {schema}.refuse_truncate() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+  RAISE EXCEPTION USING ERRCODE = 'object_in_use', MESSAGE = format(
+    '%I.%I is kept in two-way sync by the salesflow migrator: TRUNCATE cannot be carried over; delete the rows instead',
+    TG_TABLE_SCHEMA, TG_TABLE_NAME);
+END $fn$
+""",
+)
+
+_TABLES = (
+    "CREATE SCHEMA IF NOT EXISTS {schema}",
+    # A scope in two-way sync: its legacy tables and their new ones (tenant_id: NULL for auth).
+    (
+        "CREATE TABLE IF NOT EXISTS {scopes} (scope text PRIMARY KEY, tenant_id text, "
+        "engaged_at timestamptz NOT NULL DEFAULT now(), tables jsonb NOT NULL)"
+    ),
+    # Written by the application's statements only; UNLOGGED: what finalize watches is recent writes.
+    (
+        "CREATE UNLOGGED TABLE IF NOT EXISTS {legacy_writes} (scope text NOT NULL, tbl text NOT NULL, "
+        "at timestamptz NOT NULL DEFAULT clock_timestamp())"
+    ),
+    "CREATE INDEX IF NOT EXISTS legacy_writes_at ON {legacy_writes} (at)",
+)
+
+
+def _args() -> dict[str, sql.Composable]:
+    return {
+        "schema": sql.Identifier(SYNC_SCHEMA),
+        "scopes": SCOPES,
+        "legacy_writes": LEGACY_WRITES,
+        "syncing": sql.Literal(SYNCING),
+    }
+
+
+def sync_ready() -> bool:
+    return catalog.table_exists(SYNC_SCHEMA, "scopes")
+
+
+def ensure_sync_schema() -> None:
+    """The schema, bookkeeping and functions (idempotent; serialised: tenants engage in parallel)."""
+    with transaction.atomic():
+        db.execute("SELECT pg_advisory_xact_lock(hashtextextended('migrator two-way sync setup', 0))")
+        if sync_ready() and db.fetchvalue("SELECT to_regprocedure('migrator_sync.refuse_truncate()') IS NOT NULL"):
+            return
+        for statement in (*_TABLES, *_FUNCTIONS):
+            db.execute(sql.SQL(statement).format(**_args()))
+        # the application's roles write through the SECURITY DEFINER functions only
+        db.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(SYNC_SCHEMA)))
+
+
+# --- which scopes are synced ---------------------------------------------------------------
+
+
+def engaged_scopes() -> list[str]:
+    if not sync_ready():
+        return []
+    return [r[0] for r in db.fetchall(sql.SQL("SELECT scope FROM {} ORDER BY scope").format(SCOPES))]
+
+
+def is_engaged(scope: str) -> bool:
+    if not sync_ready():
+        return False
+    return bool(db.fetchvalue(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE scope = %s)").format(SCOPES), [scope]))
+
+
+def engaged_tables(scope: str) -> dict[str, str]:
+    """Legacy table -> its new table ("schema.table"), for a synced scope (empty: not synced)."""
+    if not sync_ready():
+        return {}
+    found = db.fetchvalue(sql.SQL("SELECT tables FROM {} WHERE scope = %s").format(SCOPES), [scope])
+    if found is None:
+        return {}
+    return dict(json.loads(found) if isinstance(found, str) else found)
+
+
+def triggers_missing(scope: str) -> list[str]:
+    """Legacy tables of a synced scope whose row trigger is gone or disabled (their writes are not synced)."""
+    tables = list(engaged_tables(scope))
+    rows = db.fetchall(
+        "SELECT t.tbl FROM unnest(%s::text[]) t(tbl) WHERE NOT EXISTS (SELECT 1 FROM pg_trigger g "
+        "WHERE g.tgrelid = to_regclass(format('%%I.%%I', %s::text, t.tbl)) AND g.tgname = %s AND g.tgenabled <> 'D')",
+        [tables, scope, ROW_TRIGGER],
+    )
+    return [r[0] for r in rows]
+
+
+# --- the statements the row triggers run -----------------------------------------------------
+
+
+def _key_types(schema: str, table: str, key: tuple[str, ...]) -> list[str]:
+    types = {c.name: c.data_type for c in catalog.columns(schema, table)}
+    return [types[k] for k in key]
+
+
+def _keys_in(alias: str, key: tuple[str, ...], types: list[str]) -> sql.Composed:
+    """``(alias.k1, ...) IN`` the written keys ($1), cast to the key columns' types."""
+    row = sql.SQL("({})").format(
+        sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(k)) for k in key)
+    )
+    casts = sql.SQL(", ").join(
+        sql.SQL("(e ->> {i})::{t}").format(i=sql.Literal(i), t=sql.SQL(t))  # t: format_type() of the catalog
+        for i, t in enumerate(types)
+    )
+    return sql.SQL("{row} IN (SELECT {casts} FROM jsonb_array_elements({keys}) e)").format(
+        row=row, casts=casts, keys=KEYS
+    )
+
+
+def _upsert(
+    target: sql.Identifier,
+    columns: list[str],
+    key: tuple[str, ...],
+    select: sql.Composable,
+    source: sql.Composable,
+    match: sql.Composable,
+) -> sql.Composed:
+    non_key = [c for c in columns if c not in key]
+    conflict = (
+        sql.SQL("DO UPDATE SET ({cols}) = ROW({excluded})").format(
+            cols=db.ident_list(non_key),
+            excluded=sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in non_key),
+        )
+        if non_key
+        else sql.SQL("DO NOTHING")
+    )
+    return sql.SQL(
+        "INSERT INTO {target} ({cols}) SELECT {select} FROM {source} WHERE {match} ON CONFLICT ({key}) {conflict}"
+    ).format(
+        target=target,
+        cols=db.ident_list(columns),
+        select=select,
+        source=source,
+        match=match,
+        key=db.ident_list(key),
+        conflict=conflict,
+    )
+
+
+def _delete_gone(
+    target: sql.Composable, target_key: tuple[str, ...], types: list[str], source: sql.Composable
+) -> sql.Composed:
+    """Delete the written keys from ``target`` when ``source`` no longer has them."""
+    same = sql.SQL(" AND ").join(sql.SQL("s.{k} = t.{k}").format(k=sql.Identifier(k)) for k in target_key)
+    return sql.SQL(
+        "DELETE FROM {target} t WHERE {match} AND NOT EXISTS (SELECT 1 FROM {source} s WHERE {same})"
+    ).format(target=target, match=_keys_in("t", target_key, types), source=source, same=same)
+
+
+def forward_statements(copy: TableCopy) -> list[sql.Composed]:
+    """Legacy -> new for the written keys: phase 3's own remapping ``SELECT`` (an upsert), and a delete of
+    the keys gone from the legacy table; first, a refusal of rows whose reference id has no shared id."""
+    types = _key_types(copy.source_schema, copy.source_table, copy.key)
+    statements = []
+    if copy.remaps:
+        unmapped = sql.SQL(" + ").join(
+            sql.SQL("count(*) FILTER (WHERE s.{c} IS NOT NULL AND {a}.old_id IS NULL)").format(
+                c=sql.Identifier(r.column), a=sql.Identifier("map_" + r.column)
+            )
+            for r in copy.remaps
+        )
+        statements.append(
+            sql.SQL("SELECT {fn}(({unmapped})::bigint, {what}) FROM {src} WHERE {match}").format(
+                fn=sql.Identifier(SYNC_SCHEMA, "refuse_unmapped"),
+                unmapped=unmapped,
+                what=sql.Literal(f"{copy.source_schema}.{copy.source_table}"),
+                src=copy.from_clause(),
+                match=_keys_in("s", copy.key, types),
+            )
+        )
+    statements.append(
+        _upsert(
+            copy.target,
+            list(copy.columns),
+            copy.key,
+            copy.select_list(),
+            copy.from_clause(),
+            _keys_in("s", copy.key, types),
+        )
+    )
+    statements.append(_delete_gone(copy.target, copy.key, types, copy.source_rows))
+    return statements
+
+
+@dataclass(frozen=True)
+class ReverseReference:
+    """A remapped column's reference table, for the new -> legacy direction."""
+
+    column: str
+    legacy: LegacyTable
+
+
+@dataclass(frozen=True)
+class LegacyChild:
+    """A legacy table of the same scope whose foreign key references the synced legacy table."""
+
+    copy: TableCopy  # the child's own legacy -> new copy
+    columns: tuple[str, ...]  # its referencing columns
+    referenced: tuple[str, ...]  # the parent's referenced columns
+
+
+def legacy_children(copy: TableCopy, copies: Iterable[TableCopy]) -> list[LegacyChild]:
+    """The synced legacy tables whose foreign keys reference ``copy``'s legacy table."""
+    by_table = {c.source_table: c for c in copies if c.source_schema == copy.source_schema}
+    rows = db.fetchall(
+        sql.SQL(
+            "SELECT c.conrelid::regclass::text, cl.relname, "
+            "ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(n, i) "
+            "      JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i), "
+            "ARRAY(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY k(n, i) "
+            "      JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.i) "
+            "FROM pg_constraint c JOIN pg_class cl ON cl.oid = c.conrelid "
+            "WHERE c.contype = 'f' AND c.confrelid = {} AND c.conparentid = 0 "
+            "AND cl.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = %s)"
+        ).format(catalog.RELATION_OID),
+        [copy.source_schema, copy.source_table, copy.source_schema],
+    )
+    return [
+        LegacyChild(by_table[table], tuple(columns), tuple(referenced))
+        for _regclass, table, columns, referenced in rows
+        if table in by_table
+    ]
+
+
+def _delete_gone_children(copy: TableCopy, child: LegacyChild, types: list[str]) -> sql.Composed:
+    """Before a parent row goes from the legacy side: its legacy children whose new rows are gone already.
+
+    The new side's cascade deletes the children's new rows before the parent's trigger runs, but
+    queues their triggers behind it (PostgreSQL runs a foreign key's actions without firing their
+    triggers on the spot); the legacy parent's foreign key would refuse the delete meanwhile."""
+    parent_key = sql.SQL("({})").format(
+        sql.SQL(", ").join(sql.SQL("p.{}").format(sql.Identifier(c)) for c in child.referenced)
+    )
+    child_columns = sql.SQL("({})").format(
+        sql.SQL(", ").join(sql.SQL("l.{}").format(sql.Identifier(c)) for c in child.columns)
+    )
+    same = sql.SQL(" AND ").join(sql.SQL("t.{k} = l.{k}").format(k=sql.Identifier(k)) for k in child.copy.key)
+    return sql.SQL(
+        "DELETE FROM {child} l WHERE {child_columns} IN (SELECT {parent_key} FROM {parent} p WHERE {match}) "
+        "AND NOT EXISTS (SELECT 1 FROM {new_child} t WHERE {same})"
+    ).format(
+        child=child.copy.source_rows,
+        child_columns=child_columns,
+        parent_key=parent_key,
+        parent=copy.source_rows,
+        match=_keys_in("p", copy.key, types),
+        new_child=child.copy.target,
+        same=same,
+    )
+
+
+def reverse_statements(
+    copy: TableCopy, references: Iterable[ReverseReference], children: Iterable[LegacyChild] = ()
+) -> list[sql.Composed]:
+    """New -> legacy for the written keys: the inverse of :func:`forward_statements` (shared reference ids
+    translated back to the tenant's legacy ids, instants written as wall-clock times of the legacy zone)."""
+    by_column = {r.column: r for r in references}
+    tenant = next((r.tenant_id for r in copy.remaps), None)
+    legacy_columns = [c.name for c in catalog.columns(copy.source_schema, copy.source_table)]
+    new_columns = {c.name for c in catalog.columns(copy.target_schema, copy.target_table)}
+    generated = _generated_columns(copy.source_schema, copy.source_table)
+    columns = [c for c in legacy_columns if c in new_columns and c not in generated]
+    zoned = set(zoned_columns(copy)) if copy.legacy_timezone is not None else set()
+    types = _key_types(copy.target_schema, copy.target_table, copy.key)
+    statements: list[sql.Composed] = []
+
+    def legacy_id(column: str) -> sql.Composed:
+        ref = by_column[column].legacy
+        return sql.SQL("{fn}({tenant}, {ref}, {schema}, {legacy}, {shared_schema}, {shared}, {cols}, t.{c})").format(
+            fn=sql.Identifier(SYNC_SCHEMA, "legacy_reference_id"),
+            tenant=sql.Literal(tenant),
+            ref=sql.Literal(ref.map_name),
+            schema=sql.Literal(copy.source_schema),
+            legacy=sql.Literal(ref.legacy_table),
+            shared_schema=sql.Literal(ref.shared_schema),
+            shared=sql.Literal(ref.table),
+            cols=sql.Literal(reference_value_columns(copy.source_schema, ref)),
+            c=sql.Identifier(column),
+        )
+
+    def value(column: str) -> sql.Composable:
+        if column in by_column:
+            return legacy_id(column)
+        if column in zoned:
+            return copy.in_legacy_zone(sql.SQL("t.{}").format(sql.Identifier(column)))
+        return sql.SQL("t.{}").format(sql.Identifier(column))
+
+    select = sql.SQL(", ").join(value(c) for c in columns)
+    source = sql.SQL("ONLY {} t").format(copy.target)
+    statements.append(_upsert(copy.source, columns, copy.key, select, source, _keys_in("t", copy.key, types)))
+    statements += [_delete_gone_children(copy, child, types) for child in children]
+    statements.append(_delete_gone(copy.source_rows, copy.key, types, sql.SQL("ONLY {}").format(copy.target)))
+    return statements
+
+
+def _generated_columns(schema: str, table: str) -> set[str]:
+    rows = db.fetchall(
+        sql.SQL("SELECT attname FROM pg_attribute WHERE attrelid = {} AND attnum > 0 AND attgenerated <> ''").format(
+            catalog.RELATION_OID
+        ),
+        [schema, table],
+    )
+    return {r[0] for r in rows}
+
+
+def reference_value_columns(tenant_schema: str, ref: LegacyTable) -> list[str]:
+    """Columns besides ``id`` that a tenant's legacy reference table and the shared table both have."""
+    shared = {c.name for c in catalog.columns(ref.shared_schema, ref.table)}
+    return [c.name for c in catalog.columns(tenant_schema, ref.legacy_table) if c.name != "id" and c.name in shared]
+
+
+# --- installing and removing ---------------------------------------------------------------
+
+
+def _row_trigger(table: sql.Composable, function: str, args: list[str]) -> sql.Composed:
+    return sql.SQL(
+        "CREATE OR REPLACE TRIGGER {trigger} AFTER INSERT OR UPDATE OR DELETE ON {table} FOR EACH ROW "
+        "WHEN {not_syncing} EXECUTE FUNCTION {fn}({args})"
+    ).format(
+        trigger=sql.Identifier(ROW_TRIGGER),
+        table=table,
+        not_syncing=_NOT_SYNCING,
+        fn=sql.Identifier(SYNC_SCHEMA, function),
+        args=sql.SQL(", ").join(sql.Literal(a) for a in args),
+    )
+
+
+def _truncate_trigger(table: sql.Composable) -> sql.Composed:
+    return sql.SQL(
+        "CREATE OR REPLACE TRIGGER {trigger} BEFORE TRUNCATE ON {table} FOR EACH STATEMENT EXECUTE FUNCTION {fn}()"
+    ).format(trigger=sql.Identifier(TRUNCATE_TRIGGER), table=table, fn=sql.Identifier(SYNC_SCHEMA, "refuse_truncate"))
+
+
+def _write_trigger(scope: str, table: str) -> sql.Composed:
+    return sql.SQL(
+        "CREATE OR REPLACE TRIGGER {trigger} AFTER INSERT OR UPDATE OR DELETE ON {table} FOR EACH STATEMENT "
+        "WHEN {not_syncing} EXECUTE FUNCTION {fn}({scope}, {tbl})"
+    ).format(
+        trigger=sql.Identifier(WRITE_TRIGGER),
+        table=sql.Identifier(scope, table),
+        not_syncing=_NOT_SYNCING,
+        fn=sql.Identifier(SYNC_SCHEMA, "note_legacy_write"),
+        scope=sql.Literal(scope),
+        tbl=sql.Literal(table),
+    )
+
+
+def install_row_sync(
+    copy: TableCopy, references: Iterable[ReverseReference] = (), children: Iterable[LegacyChild] = ()
+) -> None:
+    """Both directions between ``copy``'s legacy table and its new table (caller's transaction, tables locked)."""
+    key = json.dumps(list(copy.key))
+    forward = [db.render(s) for s in forward_statements(copy)]
+    reverse = [db.render(s) for s in reverse_statements(copy, references, children)]
+    db.execute(_row_trigger(copy.source, "apply_row", [key, *forward]))
+    db.execute(_row_trigger(copy.target, "apply_row", [key, *reverse]))
+    db.execute(_write_trigger(copy.source_schema, copy.source_table))
+    db.execute(_truncate_trigger(copy.source))
+    db.execute(_truncate_trigger(copy.target))
+
+
+def install_reference_sync(tenant_id: str, schema: str, ref: LegacyTable, used_by: list[tuple[str, str, str]]) -> None:
+    """A tenant's legacy reference table -> the shared table (``used_by``: [new table, legacy table, column])."""
+    columns = json.dumps(reference_value_columns(schema, ref))
+    args = [tenant_id, ref.map_name, ref.shared_schema, ref.table, ref.merge_key, columns, json.dumps(used_by)]
+    db.execute(_row_trigger(sql.Identifier(schema, ref.legacy_table), "reference_from_legacy", args))
+    db.execute(_write_trigger(schema, ref.legacy_table))
+    db.execute(_truncate_trigger(sql.Identifier(schema, ref.legacy_table)))
+
+
+def ensure_shared_reference_sync(ref: LegacyTable, tenant_schema: str) -> None:
+    """The shared table -> every synced tenant (once per shared table; the caller holds its lock)."""
+    shared = sql.Identifier(ref.shared_schema, ref.table)
+    exists = db.fetchvalue(
+        sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = {} AND tgname = %s)").format(
+            catalog.RELATION_OID
+        ),
+        [ref.shared_schema, ref.table, ROW_TRIGGER],
+    )
+    if exists:
+        return
+    columns = json.dumps(reference_value_columns(tenant_schema, ref))
+    db.execute(_row_trigger(shared, "reference_from_shared", [ref.map_name, ref.legacy_table, columns]))
+
+
+def record_engaged(scope: str, tenant_id: str | None, tables: dict[str, str]) -> None:
+    db.execute(
+        sql.SQL(
+            "INSERT INTO {} (scope, tenant_id, tables) VALUES (%s, %s, %s::jsonb) "
+            "ON CONFLICT (scope) DO UPDATE SET tables = EXCLUDED.tables, engaged_at = now()"
+        ).format(SCOPES),
+        [scope, tenant_id, json.dumps(tables)],
+    )
+
+
+def remove_sync(scope: str) -> list[str]:
+    """Every trigger of the scope's two-way sync gone, its bookkeeping row too (caller's transaction).
+
+    Returns the tables whose triggers were dropped. The shared reference tables' triggers stay
+    while another scope is synced (they skip tenants that are not)."""
+    tables = engaged_tables(scope)
+    dropped = []
+    for legacy, new in tables.items():
+        sides = [(scope, legacy)] + ([(new.split(".", 1)[0], new.split(".", 1)[1])] if new else [])
+        for schema, table in sides:
+            if not catalog.table_exists(schema, table):
+                continue
+            for trigger in (ROW_TRIGGER, WRITE_TRIGGER, TRUNCATE_TRIGGER):
+                db.execute(
+                    sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
+                        sql.Identifier(trigger), sql.Identifier(schema, table)
+                    )
+                )
+            dropped.append(f"{schema}.{table}")
+    if sync_ready():
+        db.execute(sql.SQL("DELETE FROM {} WHERE scope = %s").format(SCOPES), [scope])
+        db.execute(sql.SQL("DELETE FROM {} WHERE scope = %s").format(LEGACY_WRITES), [scope])
+    return dropped
+
+
+def remove_shared_reference_sync_if_unused(refs: Iterable[LegacyTable]) -> None:
+    if engaged_scopes():
+        return
+    for ref in refs:
+        if catalog.table_exists(ref.shared_schema, ref.table):
+            db.execute(
+                sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
+                    sql.Identifier(ROW_TRIGGER), sql.Identifier(ref.shared_schema, ref.table)
+                )
+            )
+
+
+def drop_sync_schema_if_unused() -> bool:
+    if not catalog.schema_exists(SYNC_SCHEMA) or engaged_scopes():
+        return False
+    db.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(SYNC_SCHEMA)))
+    return True
+
+
+# --- sequences: one id space ---------------------------------------------------------------
+
+
+def _last_issued_sql(sequence: tuple[str, str]) -> sql.Composed:
+    """The highest value ``sequence`` issued (two parameters: its schema and name)."""
+    return sql.SQL(
+        "(SELECT CASE WHEN s.is_called THEN s.last_value ELSE s.last_value - q.seqincrement END "
+        "FROM {seq} s, pg_sequence q WHERE q.seqrelid = {oid})"
+    ).format(seq=sql.Identifier(*sequence), oid=catalog.RELATION_OID)
+
+
+def _highest_issued(sides: list[tuple[str, str]], sequences: list[tuple[str, str]], column: str) -> int:
+    parts = [sql.SQL("(SELECT max({}) FROM {})").format(sql.Identifier(column), sql.Identifier(*t)) for t in sides]
+    parts += [_last_issued_sql(s) for s in sequences]
+    params = [name for sequence in sequences for name in sequence]
+    return int(db.fetchvalue(sql.SQL("SELECT greatest(0, {})").format(sql.SQL(", ").join(parts)), params) or 0)
+
+
+def interleave_sequences(legacy: tuple[str, str], new: tuple[str, str], column: str = "id") -> dict[str, int] | None:
+    """Both sides' sequences issue ids past every id either side issued, the legacy one odd, the new one
+    even, each stepping by 2: no id is ever issued twice, whichever side a row is inserted on."""
+    legacy_sequence = catalog.column_sequence(*legacy, column)
+    new_sequence = catalog.column_sequence(*new, column)
+    if legacy_sequence is None or new_sequence is None:
+        return None
+    highest = _highest_issued([legacy, new], [legacy_sequence, new_sequence], column)
+    odd = highest + 1 if (highest + 1) % 2 else highest + 2
+    for sequence, start in ((legacy_sequence, odd), (new_sequence, odd + 1)):
+        db.execute(
+            sql.SQL("ALTER SEQUENCE {} INCREMENT BY 2 RESTART WITH {}").format(
+                sql.Identifier(*sequence), sql.Literal(start)
+            )
+        )
+    return {"ids_issued_before": highest, "legacy_next": odd, "new_next": odd + 1}
+
+
+def single_sequence(survivor: tuple[str, str], other: tuple[str, str], column: str = "id") -> int | None:
+    """The surviving side's sequence back to steps of 1, past every id either side issued."""
+    sequence = catalog.column_sequence(*survivor, column)
+    if sequence is None:
+        return None
+    sides = [survivor] + ([other] if catalog.table_exists(*other) else [])
+    other_sequence = catalog.column_sequence(*other, column) if catalog.table_exists(*other) else None
+    highest = _highest_issued(sides, [sequence] + ([other_sequence] if other_sequence else []), column)
+    db.execute(
+        sql.SQL("ALTER SEQUENCE {} INCREMENT BY 1 RESTART WITH {}").format(
+            sql.Identifier(*sequence), sql.Literal(highest + 1)
+        )
+    )
+    return highest + 1
+
+
+# --- what cutover and rollback check ---------------------------------------------------------------
+
+
+def reference_differences(tenant_id: str, schema: str, ref: LegacyTable, sample: int = 20) -> list[str]:
+    """A tenant's legacy ``ref`` rows with no shared row, or whose values differ from the shared row's."""
+    columns = reference_value_columns(schema, ref)
+    legacy_values = sql.SQL(", ").join(sql.SQL("l.{}").format(sql.Identifier(c)) for c in columns)
+    shared_values = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in columns)
+    rows = db.fetchall(
+        sql.SQL(
+            "SELECT l.id, l.{key}::text, m.new_id, s.id IS NULL FROM {legacy} l "
+            "LEFT JOIN {map} m ON m.tenant_id = %s AND m.reference_table = %s AND m.old_id = l.id "
+            "LEFT JOIN {shared} s ON s.id = m.new_id "
+            "WHERE s.id IS NULL OR ROW({lv}) IS DISTINCT FROM ROW({sv}) ORDER BY l.id LIMIT %s"
+        ).format(
+            key=sql.Identifier(ref.merge_key),
+            legacy=catalog.own_rows(schema, ref.legacy_table),
+            map=MAP,
+            shared=sql.Identifier(ref.shared_schema, ref.table),
+            lv=legacy_values,
+            sv=shared_values,
+        ),
+        [tenant_id, ref.map_name, sample],
+    )
+    return [
+        f"{schema}.{ref.legacy_table} id {row_id} ({ref.merge_key} {key!r}) "
+        + ("has no shared row" if missing else f"differs from shared row {ref.shared_schema}.{ref.table} id {new_id}")
+        for row_id, key, new_id, missing in rows
+    ]
+
+
+def _defaults(schema: str, table: str) -> dict[str, str]:
+    rows = db.fetchall(
+        sql.SQL(
+            "SELECT a.attname, pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d JOIN pg_attribute a "
+            "ON a.attrelid = d.adrelid AND a.attnum = d.adnum WHERE d.adrelid = {} AND a.attgenerated = ''"
+        ).format(catalog.RELATION_OID),
+        [schema, table],
+    )
+    return dict(rows)
+
+
+def values_only_on_new_side(copy: TableCopy) -> dict[str, int]:
+    """Columns of the new table the legacy table lacks -> rows holding a value other than the column's
+    default (NULL when it has none): a rollback to the legacy table would discard those values."""
+    legacy = {c.name for c in catalog.columns(copy.source_schema, copy.source_table)}
+    extra = [c.name for c in catalog.columns(copy.target_schema, copy.target_table) if c.name not in legacy]
+    if not extra:
+        return {}
+    defaults = _defaults(copy.target_schema, copy.target_table)
+    counts = (
+        db.fetchone(
+            sql.SQL("SELECT {} FROM {}").format(
+                sql.SQL(", ").join(
+                    sql.SQL("count(*) FILTER (WHERE {c} IS DISTINCT FROM ({default}))").format(
+                        c=sql.Identifier(c),
+                        default=sql.SQL(defaults[c]) if c in defaults else sql.SQL("NULL"),  # the catalog's own text
+                    )
+                    for c in extra
+                ),
+                copy.target,
+            )
+        )
+        or ()
+    )
+    return {c: int(n) for c, n in zip(extra, counts, strict=True) if n}
+
+
+# --- what finalize watches -----------------------------------------------------------------
+
+
+def legacy_writes_since(scopes: list[str], since: object) -> dict[tuple[str, str], int]:
+    """(scope, legacy table) -> statements of the old application that wrote it since ``since``."""
+    if not sync_ready():
+        return {}
+    rows = db.fetchall(
+        sql.SQL(
+            "SELECT scope, tbl, count(*) FROM {} WHERE scope = ANY(%s) AND at >= %s GROUP BY 1, 2 ORDER BY 1, 2"
+        ).format(LEGACY_WRITES),
+        [scopes, since],
+    )
+    return {(scope, tbl): int(n) for scope, tbl, n in rows}
+
+
+def forget_legacy_writes_before(since: object) -> None:
+    if sync_ready():
+        db.execute(sql.SQL("DELETE FROM {} WHERE at < %s").format(LEGACY_WRITES), [since])

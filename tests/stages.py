@@ -78,6 +78,8 @@ STAGES: dict[str, tuple[str | None, Callable[[], object]]] = {
     "prepared": ("seeded", lambda: run("migrate_phase", "prepare", interactive=False)),
     "schemas_ready": ("prepared", lambda: run("migrate_phase", "schemas", interactive=False)),
     "migrated": ("schemas_ready", lambda: run("migrate_phase", "data", interactive=False, batch_size=50)),
+    # online: data --online ran to the end, every scope in two-way sync
+    "synced": ("schemas_ready", lambda: run("migrate_phase", "data", "--online", interactive=False, batch_size=50)),
 }
 MAX_BASE = 40  # leaves room for the suffixes within PostgreSQL's 63 bytes
 

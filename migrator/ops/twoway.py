@@ -51,6 +51,8 @@ SYNCING = "salesflow.syncing"
 ROW_TRIGGER = "salesflow_sync"
 WRITE_TRIGGER = "salesflow_sync_legacy_write"
 TRUNCATE_TRIGGER = "salesflow_sync_truncate"
+# How long a synced write waits for the other side's row (see apply_row): well under deadlock_timeout.
+SYNC_LOCK_TIMEOUT_MS = 100
 SCOPES = sql.Identifier(SYNC_SCHEMA, "scopes")
 LEGACY_WRITES = sql.Identifier(SYNC_SCHEMA, "legacy_writes")
 MAP = sql.Identifier("public", "migrator_reference_map")
@@ -70,6 +72,7 @@ CREATE OR REPLACE FUNCTION {schema}.apply_row() RETURNS trigger LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
   key_columns jsonb := TG_ARGV[0]::jsonb; written jsonb := '[]'; k jsonb; r jsonb; c text; i int;
+  app_lock_timeout text := current_setting('lock_timeout');
 BEGIN
   IF TG_OP <> 'INSERT' THEN
     r := to_jsonb(OLD); k := '[]';
@@ -82,9 +85,14 @@ BEGIN
     IF NOT written @> jsonb_build_array(k) THEN written := written || jsonb_build_array(k); END IF;
   END IF;
   PERFORM set_config({syncing}, 'on', true);
+  -- A wait here is for the other side's row, held by a writer that came from the other side and
+  -- waits for this side's: a deadlock the detector would find after deadlock_timeout (1 s). Ended
+  -- sooner: one of the two gets lock_not_available and retries.
+  PERFORM set_config('lock_timeout', {sync_lock_timeout}, true);
   FOR i IN 1 .. TG_NARGS - 1 LOOP
     EXECUTE TG_ARGV[i] USING written;
   END LOOP;
+  PERFORM set_config('lock_timeout', app_lock_timeout, true);
   PERFORM set_config({syncing}, '', true);
   RETURN NULL;
 END $fn$
@@ -259,6 +267,7 @@ def _args() -> dict[str, sql.Composable]:
         "scopes": SCOPES,
         "legacy_writes": LEGACY_WRITES,
         "syncing": sql.Literal(SYNCING),
+        "sync_lock_timeout": sql.Literal(f"{SYNC_LOCK_TIMEOUT_MS}ms"),
     }
 
 

@@ -45,6 +45,13 @@ def migrated(stage_db: StageDatabases) -> dict[str, Any]:
 
 
 @pytest.fixture
+def synced(stage_db: StageDatabases) -> dict[str, Any]:
+    """... and after ``data --online`` (every tenant and the legacy auth schema in two-way sync)."""
+    stage_db.use("synced")
+    return seeded_data()
+
+
+@pytest.fixture
 def larger_schemas_ready(stage_db: StageDatabases) -> dict[str, int]:
     """Two tenants of 4,000 contacts and 8,000 activities each (``LARGER``) after phases 1 and 2: for the
     tests that kill a copy half way."""

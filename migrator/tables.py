@@ -3,19 +3,21 @@
 Everything that needs to know the tables reads them from :data:`LEGACY_TABLES`: the copy plan
 (phase 3), the service schemas (phases 2 and 5), grants (phase 4), verification, rollback,
 restore, the admin's row counts and the tests. The target of an entry is its Django model's
-``db_table``, so the model stays the one place of the target's name and columns.
+``db_table``, so the model stays the one place of the target's name. Its columns are the catalog's
+(migrator/ops/target_columns.py): deploys keep changing them during the migration.
 
 Adding a legacy table is one model (+ its migration) and one entry here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 
 from django.apps import apps
+from django.db import connection
 
 from salesflow.layout import NAMESPACE_SERVICE, SERVICES
 
@@ -163,11 +165,34 @@ def legacy_tenant_model(name: str) -> str:
 
 
 def model_columns(model_label: str) -> list[str]:
-    """Columns of the target table behind a Django model, in field order."""
+    """Columns the running release's Django model has, in field order.
+
+    Only for questions asked before a target table exists (phase 1's inspection): the target's
+    columns are the catalog's (a deploy may have added columns this release does not know, and this
+    release may know columns whose migration a schema has not had yet).
+    """
     return [f.column for f in apps.get_model(model_label)._meta.local_fields if f.column]
 
 
-def unmapped_columns(legacy_columns: list[str], model_label: str) -> list[str]:
+def unmapped_columns(legacy_columns: list[str], target_columns: Collection[str]) -> list[str]:
     """Legacy columns the target has no column for: copying would drop their data."""
-    target = set(model_columns(model_label))
-    return [c for c in legacy_columns if c not in target]
+    return [c for c in legacy_columns if c not in target_columns]
+
+
+class NoDefault:
+    """The model field of a column has no Django default this release could give (see :func:`field_default`)."""
+
+
+NO_DEFAULT = NoDefault()
+
+
+def field_default(model_label: str, column: str) -> object:
+    """The value the running release's model gives ``column`` when a row is created without it, as the
+    database stores it (JSON adapted, etc.); :data:`NO_DEFAULT` when the model has no such field or the
+    field no default. A callable default is called once: every row filled with it gets that value.
+    """
+    model = apps.get_model(model_label)
+    found = next((f for f in model._meta.local_concrete_fields if f.column == column), None)
+    if found is None or not found.has_default():
+        return NO_DEFAULT
+    return found.get_db_prep_save(found.get_default(), connection)

@@ -5,9 +5,15 @@ lock is ``(0x53460000, 1)``, see migrator/engine/lock.py). It is taken EXCLUSIVE
 
 - a deploy: ``migrate_schemas`` through the project's executor (tenants/migration_executor.py), both its
   behind-only path and the standard path it takes for one named schema;
-- ``migrate_phase`` runs of the phases that change schemas (prepare, schemas, data, security, cutover,
+- ``migrate_phase`` runs of the phases that change schemas (prepare, schemas, security, cutover,
   rollback, finalize): on the migrator lock's own connection, so that a restore which lets that
   connection go lets both go, and takes both again.
+
+``data`` (phase 3) runs for hours and changes no table, only the indexes and constraints it drops and
+rebuilds around each copy, which a deploy's migration may also manage: it takes the lock in SHARED
+mode (:func:`shared_lock`) for each tenant (reading the target's columns, the copies, the rebuilds) and
+around each of its phase-wide steps. A deploy waits for the tenants being copied to finish, then runs
+while the phase waits; the next tenant is copied into the schema as the deploy left it.
 
 ``verify``, ``sync`` and ``rehearse`` do not take it: they change rows, not the catalog, and ``sync
 --follow`` runs for days in the online window, when deploys must keep working. A deploy's ``ALTER``
@@ -35,13 +41,14 @@ from typing import Any
 
 import psycopg
 from django.conf import settings
-from django.db import connections
+from django.db import DatabaseError, connection, connections
 
 # Two int4 keys: (namespace, lock) -> pg_locks.classid / objid (objsubid 2).
 SCHEMA_LOCK_NAMESPACE = 0x53464444  # "SFDD": schema DDL
 SCHEMA_LOCK_ID = 1
 DEPLOY_APP_NAME = "salesflow-deploy"
 MIGRATOR_APP_NAME = "salesflow-migrator"
+SHARED_APP_NAME = "salesflow-migrator-shared"  # a phase's connection that holds the lock in shared mode
 MAX_APP_NAME = 63  # PostgreSQL truncates application_name to NAMEDATALEN - 1 bytes
 DEFAULT_TIMEOUT = 60.0
 
@@ -91,7 +98,9 @@ def describe_holder(conn: psycopg.Connection[Any]) -> str:
     if row is None:
         return "another session (it has just let the lock go)"
     app_name, since, backend_pid = row
-    if app_name.startswith(MIGRATOR_APP_NAME):
+    if app_name.startswith(SHARED_APP_NAME):
+        who = f"migrate_phase {app_name[len(SHARED_APP_NAME) :].strip()}"
+    elif app_name.startswith(MIGRATOR_APP_NAME):
         who = f"migrate_phase {app_name[len(MIGRATOR_APP_NAME) :].strip()}"
     elif app_name.startswith(DEPLOY_APP_NAME):
         who = app_name[len(DEPLOY_APP_NAME) :].strip()
@@ -156,6 +165,31 @@ def deploy_lock(what: str, on_wait: Callable[[str], None], alias: str = "default
                 unlock(conn)
     finally:
         conn.close()
+
+
+@contextmanager
+def shared_lock(what: str) -> Iterator[None]:
+    """Hold the lock in shared mode on Django's connection for the block (waiting while a deploy holds it).
+
+    Shared holders do not wait for each other; a deploy (exclusive) waits until every shared holder
+    let it go, and shared requests made meanwhile queue behind it. The connection is named after
+    ``what`` (the phase), with host and pid, so that a waiting deploy says who it waits for. Nothing:
+    this process holds the lock exclusively already (``migrate_phase schemas+data``).
+    """
+    if held_by_this_process():
+        yield
+        return
+    name = f"{SHARED_APP_NAME} {what} on {socket.gethostname()} pid {os.getpid()}"[:MAX_APP_NAME]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT set_config('application_name', %s, false), pg_advisory_lock_shared(%s, %s)",
+            [name, SCHEMA_LOCK_NAMESPACE, SCHEMA_LOCK_ID],
+        )
+    try:
+        yield
+    finally:
+        with contextlib.suppress(DatabaseError), connection.cursor() as cursor:  # a lost connection took it along
+            cursor.execute("SELECT pg_advisory_unlock_shared(%s, %s)", [SCHEMA_LOCK_NAMESPACE, SCHEMA_LOCK_ID])
 
 
 def _refusal(holder: str, timeout: float) -> str:

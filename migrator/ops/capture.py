@@ -318,7 +318,7 @@ def _reapply_keys(copy: TableCopy, keys: list[object]) -> int:
             "INSERT INTO {target} ({cols}) SELECT {select} FROM {src} WHERE {match} ON CONFLICT ({key}) {conflict}"
         ).format(
             target=copy.target,
-            cols=db.ident_list(copy.columns),
+            cols=db.ident_list(copy.insert_columns()),
             select=copy.select_list(),
             src=copy.from_clause(),
             match=_keys_matching(copy, "s", types),

@@ -32,6 +32,7 @@ from migrator import catalog, db
 from migrator.core.context import RunOptions
 from migrator.core.errors import MigrationError
 from migrator.core.steps import StepReporter
+from migrator.ops.target_columns import Fill
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,11 @@ class Remap:
 
 @dataclass(frozen=True)
 class TableCopy:
-    """Copy ``source`` into ``target``: same column names, ``remaps`` translated, keyed by ``key``."""
+    """Copy ``source`` into ``target``: same column names, ``remaps`` translated, keyed by ``key``.
+
+    ``columns``: the target's columns the source has too (what is copied and compared); ``fills``: the
+    target's columns the source lacks that every insert gives a value (see ops/target_columns.py).
+    """
 
     source_schema: str
     source_table: str
@@ -54,6 +59,7 @@ class TableCopy:
     columns: tuple[str, ...]
     key: tuple[str, ...] = ("id",)
     remaps: tuple[Remap, ...] = field(default_factory=tuple)
+    fills: tuple[Fill, ...] = field(default_factory=tuple)
     # The legacy application's time zone: legacy ``timestamp`` values copied into ``timestamptz``
     # columns are read as wall-clock times of this zone (None: the session's, as an implicit cast does).
     legacy_timezone: str | None = None
@@ -78,19 +84,30 @@ class TableCopy:
     def _remap_alias(self, remap: Remap) -> sql.Identifier:
         return sql.Identifier("map_" + remap.column)
 
+    def insert_columns(self) -> tuple[str, ...]:
+        """The target columns an insert of the copy names: the copied ones, then the filled ones."""
+        return self.columns + tuple(f.column for f in self.fills)
+
+    def refuse_unfillable(self) -> None:
+        """Raise the one-line refusal of a target column no insert can fill (see ops/target_columns.py)."""
+        for fill in self.fills:
+            fill.value()
+
     def select_list(self) -> sql.Composed:
-        """Source expressions in target column order, remapped columns taken from the map, legacy
-        timestamps read in the legacy application's zone."""
+        """Source expressions in :meth:`insert_columns` order, remapped columns taken from the map, legacy
+        timestamps read in the legacy application's zone, filled columns given their value (a column
+        nothing can fill refuses here, before anything is written)."""
         remapped = {r.column: r for r in self.remaps}
         zoned = set(zoned_columns(self)) if self.legacy_timezone is not None else set()
-        return sql.SQL(", ").join(
+        copied = [
             sql.SQL("{}.new_id").format(self._remap_alias(remapped[c]))
             if c in remapped
             else self.in_legacy_zone(sql.SQL("s.{}").format(sql.Identifier(c)))
             if c in zoned
             else sql.SQL("s.{}").format(sql.Identifier(c))
             for c in self.columns
-        )
+        ]
+        return sql.SQL(", ").join([*copied, *(f.value() for f in self.fills)])
 
     def in_legacy_zone(self, value: sql.Composable) -> sql.Composed:
         """A legacy ``timestamp`` as the instant it names in the legacy zone (and an instant back as that
@@ -125,7 +142,7 @@ class TableCopy:
         """Rows after the last copied key, up to and including an upper key when ``bounded``."""
         query = sql.SQL("INSERT INTO {target} ({cols}) SELECT {select} FROM {src} WHERE {key} > {lo}").format(
             target=self.target,
-            cols=db.ident_list(self.columns),
+            cols=db.ident_list(self.insert_columns()),
             select=self.select_list(),
             src=self.from_clause(),
             key=self.key_row(),
@@ -142,7 +159,7 @@ class TableCopy:
             "(SELECT 1 FROM {target} t WHERE {tkey} = {key})"
         ).format(
             target=self.target,
-            cols=db.ident_list(self.columns),
+            cols=db.ident_list(self.insert_columns()),
             select=self.select_list(),
             src=self.from_clause(),
             tkey=self.key_row("t"),

@@ -7,7 +7,14 @@ from typing import Any
 from psycopg import sql
 
 from migrator import catalog, db
-from migrator.tables import AUTH_MODELS, LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES, legacy_tenant_model, unmapped_columns
+from migrator.tables import (
+    AUTH_MODELS,
+    LEGACY_AUTH_TABLES,
+    LEGACY_TENANT_TABLES,
+    legacy_tenant_model,
+    model_columns,
+    unmapped_columns,
+)
 from salesflow.layout import is_reserved_schema, tenant_id_from_schema
 
 
@@ -49,7 +56,7 @@ def _inspect_tables(schema: str, tables: tuple[str, ...], model_for: dict[str, s
             report["missing"].append(table)
             continue
         cols = [c.name for c in catalog.columns(schema, table)]
-        extra = unmapped_columns(cols, model_for[table])
+        extra = unmapped_columns(cols, model_columns(model_for[table]))  # no target tables yet
         report["tables"][table] = {"rows": catalog.row_count(schema, table), "columns": len(cols)}
         if extra:
             report["unmapped"][table] = extra

@@ -16,7 +16,8 @@ from psycopg import sql
 
 from migrator import catalog, db
 from migrator.core.errors import MigrationError
-from migrator.tables import ReferenceTable, unmapped_columns
+from migrator.ops.target_columns import Fill, column_fill, refuse_unmapped_legacy_columns
+from migrator.tables import ReferenceTable
 from salesflow.layout import tenant_schema_name
 
 STAGE = sql.Identifier("reference_stage")
@@ -33,19 +34,35 @@ class MergeResult:
     discarded: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _value_columns(ref: ReferenceTable, tenant_ids: list[str]) -> list[str]:
-    """Columns besides id that every tenant's table has; an extra legacy column blocks the merge."""
-    target_cols = [c.name for c in catalog.columns(ref.shared_schema, ref.table) if c.name != "id"]
+def _value_columns(ref: ReferenceTable, tenant_ids: list[str]) -> tuple[list[str], list[Fill]]:
+    """Columns besides id of the shared table (as the catalog has it) that the tenants' tables have, and
+    those none has that an insert must fill (see ops/target_columns.py); an extra legacy column, or a
+    column only some tenants' tables have, blocks the merge."""
+    shared = (ref.shared_schema, ref.table)
+    target = [c for c in catalog.columns(*shared) if c.name != "id"]
+    legacy: dict[str, set[str]] = {}
     for tenant_id in tenant_ids:
-        legacy_cols = [c.name for c in catalog.columns(tenant_schema_name(tenant_id), ref.legacy_table)]
-        extra = unmapped_columns(legacy_cols, ref.model)
-        if extra:
+        source = (tenant_schema_name(tenant_id), ref.legacy_table)
+        refuse_unmapped_legacy_columns(source, shared, "merged")
+        legacy[tenant_id] = {c.name for c in catalog.columns(*source)}
+    value_cols: list[str] = []
+    fills: list[Fill] = []
+    for column in target:
+        having = [t for t in tenant_ids if column.name in legacy[t]]
+        if len(having) == len(tenant_ids):
+            value_cols.append(column.name)
+        elif having:
+            lacking = [t for t in tenant_ids if column.name not in legacy[t]]
             raise MigrationError(
-                f"tenant_{tenant_id}.{ref.legacy_table} has columns with no target column: {', '.join(extra)}; "
-                "nothing was merged (add the columns to the target model, or drop them from the legacy table "
-                "deliberately)"
+                f"{'.'.join(shared)}.{column.name}: the legacy {ref.legacy_table} tables of {len(lacking)} tenant(s) "
+                f"lack the column ({', '.join(tenant_schema_name(t) for t in lacking[:5])}) and others have it; "
+                "nothing was merged: add the column to those legacy tables (or drop it from the others) deliberately"
             )
-    return target_cols
+        elif not column.has_default:
+            fill = column_fill((tenant_schema_name(tenant_ids[0]), ref.legacy_table), shared, ref.model, column)
+            if fill is not None:
+                fills.append(fill)
+    return value_cols, fills
 
 
 def _conflicts(ref: ReferenceTable, value_cols: list[str]) -> list[dict[str, Any]]:
@@ -163,7 +180,7 @@ def merge_reference_table(ref: ReferenceTable, tenant_ids: list[str], policy: st
 
 def _merge_staged(ref: ReferenceTable, todo: list[str], policy: str, result: MergeResult) -> None:
     shared = sql.Identifier(ref.shared_schema, ref.table)
-    value_cols = _value_columns(ref, todo)
+    value_cols, fills = _value_columns(ref, todo)
     cols = db.ident_list(value_cols)
     db.execute(sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(STAGE))
     db.execute(
@@ -195,9 +212,15 @@ def _merge_staged(ref: ReferenceTable, todo: list[str], policy: str, result: Mer
                 result.discarded.append({"key": conflict["key"], "kept": conflict["variants"][0]["value"], **variant})
         result.rows_added = db.execute(
             sql.SQL(
-                "INSERT INTO {shared} ({cols}) SELECT DISTINCT ON ({key}) {cols} FROM {stage} "
+                "INSERT INTO {shared} ({insert_cols}) SELECT DISTINCT ON ({key}) {values} FROM {stage} "
                 "ORDER BY {key}, tenant_id, old_id ON CONFLICT ({key}) DO NOTHING"
-            ).format(shared=shared, cols=cols, key=sql.Identifier(ref.merge_key), stage=STAGE)
+            ).format(
+                shared=shared,
+                insert_cols=db.ident_list([*value_cols, *(f.column for f in fills)]),
+                values=sql.SQL(", ").join([*map(sql.Identifier, value_cols), *(f.value() for f in fills)]),
+                key=sql.Identifier(ref.merge_key),
+                stage=STAGE,
+            )
         )
         result.mapped = db.execute(
             sql.SQL(

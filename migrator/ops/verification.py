@@ -351,5 +351,32 @@ def crud_problems(
             raise
         text = str(exc).strip()
         line = text.splitlines()[0] if text else type(exc).__name__
-        problems.append(f"{schema}.{table}: create, read, update, delete through the ORM failed: {line}")
+        problems.append(
+            columns_unlike_the_model(schema, table, Contact if table == contacts else Activity)
+            or f"{schema}.{table}: create, read, update, delete through the ORM failed: {line}"
+        )
     return problems
+
+
+def columns_unlike_the_model(schema: str, table: str, model: Any) -> str:
+    """Why this release's ORM cannot write ``schema.table`` when the table's columns are not the model's
+    (a deploy of another release, applied there or not yet); empty when they agree.
+
+    Asked only after the smoke failed: the catalog is not read for a tenant whose smoke passes.
+    """
+    found = catalog.columns(schema, table)
+    known = {f.column for f in model._meta.local_concrete_fields}
+    missing = sorted(known - {c.name for c in found})
+    if missing:
+        return (
+            f"{schema}.{table} lacks the column(s) {', '.join(missing)} of this release's model: the release's "
+            "migrations are not applied there; run migrate_schemas, then verify again"
+        )
+    unknown = [c.name for c in found if not c.nullable and not c.has_default and c.name not in known]
+    if unknown:
+        return (
+            f"{schema}.{table}.{', '.join(unknown)}: NOT NULL without a database default and unknown to this "
+            "release's model, so its inserts fail: run verify from the release whose migration added the column "
+            "(or give the column a database default)"
+        )
+    return ""

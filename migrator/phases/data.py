@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 from django.db.models import QuerySet
@@ -27,9 +28,9 @@ from migrator.ops.copy import (
     type_differences,
     zoned_columns,
 )
+from migrator.ops.target_columns import refuse_unmapped_legacy_columns, target_columns
 from migrator.phases import online
 from migrator.tables import (
-    AUTH_MODELS,
     LEGACY_AUTH_TABLES,
     LEGACY_TENANT_TABLES,
     REFERENCE_TABLES,
@@ -37,33 +38,33 @@ from migrator.tables import (
     TableKind,
     TenantDataTable,
     legacy_table,
-    model_columns,
     reference_table,
-    unmapped_columns,
 )
 from salesflow.layout import tenant_id_from_schema
+from tenants import schema_lock
 from tenants.models import MigrationState
 
 
 def auth_copy(legacy_schema: str, table: str) -> TableCopy:
+    """The copy of a legacy auth table, writing the target's columns as the catalog has them now."""
+    entry = legacy_table(table, TableKind.AUTH)
+    columns = target_columns((legacy_schema, table), (str(entry.schema), entry.table), entry.model)
     return TableCopy(
-        legacy_schema,
-        table,
-        "auth",
-        table,
-        tuple(model_columns(AUTH_MODELS[table])),
-        key=legacy_table(table, TableKind.AUTH).key,
+        legacy_schema, table, str(entry.schema), entry.table, columns.copied, key=entry.key, fills=columns.fills
     )
 
 
 def tenant_copy(tenant: TenantRef, spec: TenantDataTable) -> TableCopy:
+    """The copy of a tenant's legacy table, writing the target's columns as the catalog has them now."""
+    columns = target_columns((tenant.schema, spec.legacy_table), (tenant.schema, spec.target_table), spec.model)
     return TableCopy(
         tenant.schema,
         spec.legacy_table,
         tenant.schema,
         spec.target_table,
-        tuple(model_columns(spec.model)),
+        columns.copied,
         remaps=tuple(Remap(column, tenant.tenant_id, ref) for column, ref in spec.remap.items()),
+        fills=columns.fills,
     )
 
 
@@ -153,15 +154,11 @@ def compare(copy: TableCopy) -> fingerprint.Comparison:
     return fingerprint.Comparison(source, target, differing)
 
 
-def check_columns(copy: TableCopy, model_label: str) -> None:
+def check_columns(copy: TableCopy) -> None:
     """Refuse before copying anything when a legacy column has no target column."""
-    legacy_cols = [c.name for c in catalog.columns(copy.source_schema, copy.source_table)]
-    extra = unmapped_columns(legacy_cols, model_label)
-    if extra:
-        raise MigrationError(
-            f"{copy.source_schema}.{copy.source_table} has columns with no target column: {', '.join(extra)}; "
-            "nothing was copied (add them to the target model, or drop them from the legacy table deliberately)"
-        )
+    refuse_unmapped_legacy_columns(
+        (copy.source_schema, copy.source_table), (copy.target_schema, copy.target_table), "copied"
+    )
 
 
 def refuse_inheritance_children(schema: str, tables: list[str], scope: str, remedy: str) -> None:
@@ -210,6 +207,10 @@ class DataPhase(Phase):
     requires = "schemas"
     undone_by_rollback = True
     undone_by_restore = True
+    # Hours long: deploys keep running. The schema-change lock is held in shared mode per tenant and per
+    # phase-wide step instead (see tenant_context, tenants/schema_lock.py): a deploy waits for the tenants
+    # being copied, never finds indexes dropped by a copy, and the next tenant is copied as it left it.
+    changes_schemas = False
 
     def plan(self, ctx: MigrationContext) -> list[Step]:
         if ctx.options.legacy_timezone is not None:  # refused before anything runs: an unknown zone, or
@@ -222,14 +223,15 @@ class DataPhase(Phase):
         online_copy = ctx.options.online and not validate_only
         if not ctx.tenant_filter:
             for table in LEGACY_AUTH_TABLES:
-                copy = auth_copy(legacy_auth, table)
+                # Read from the catalog only to show the SQL: the target may change before the step runs.
+                copy = auth_copy(legacy_auth, table) if with_sql else None
                 if not validate_only:
                     steps.append(
                         self.step(
                             "copy_auth",
                             f"Copy {legacy_auth}.{table} into auth.{table} (same ids)",
                             target=table,
-                            sql=(copy.preview(),) if with_sql else (),
+                            sql=(copy.preview(),) if copy else (),
                         )
                     )
             if online_copy:
@@ -241,7 +243,7 @@ class DataPhase(Phase):
                         "validate",
                         f"Compare {legacy_auth}.{table} and auth.{table}: counts and fingerprints",
                         target=f"auth.{table}",
-                        sql=(db.render(fingerprint.source_query(copy)),) if with_sql else (),
+                        sql=(db.render(fingerprint.source_query(copy)),) if copy else (),
                     )
                 )
         if not validate_only:
@@ -257,7 +259,6 @@ class DataPhase(Phase):
                 steps.append(replace(step, rerun=True) if reference.needs_merge(ref, tenant_ids) else step)
         for tenant in ctx.registered_tenants:
             for spec in TENANT_DATA_TABLES:
-                copy = tenant_copy(tenant, spec)
                 if not validate_only:
                     steps.append(
                         self.step(
@@ -267,7 +268,7 @@ class DataPhase(Phase):
                             "legacy table's own CHECK and unique constraints",
                             tenant_id=tenant.tenant_id,
                             target=spec.target_table,
-                            sql=(copy.preview(),) if with_sql else (),
+                            sql=(tenant_copy(tenant, spec).preview(),) if with_sql else (),
                         )
                     )
             if online_copy:
@@ -302,17 +303,22 @@ class DataPhase(Phase):
             "validate": StepKind(self._validate_table, self._check_validation, rerunnable=True),
         }
 
-    def tenant_context(self, ctx: MigrationContext, tenant_id: str) -> AbstractContextManager[None]:
-        """A tenant's copies and validations change no table of its schema (only indexes and
-        constraints): their catalog questions are answered from one read of the schema's tables and
-        columns, for all of the tenant's steps."""
-        return catalog.schema_snapshot(TenantRef(tenant_id).schema)
+    @contextmanager
+    def tenant_context(self, ctx: MigrationContext, tenant_id: str) -> Iterator[None]:
+        """A tenant's steps hold the schema-change lock in shared mode, so that no deploy changes its
+        schema while they read its tables' columns and drop and rebuild their indexes and foreign keys;
+        and, changing no table of the schema (only indexes and constraints), have their catalog questions
+        answered from one read of the schema's tables and columns, made once the lock is held."""
+        with schema_lock.shared_lock(self.name), catalog.schema_snapshot(TenantRef(tenant_id).schema):
+            yield
 
     def apply(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
-        schema = TenantRef(step.tenant_id).schema if step.tenant_id is not None else None
-        if schema is None or catalog.snapshot_schema() == schema:
+        if step.tenant_id is None:  # the auth copies and reference merges: the shared tables' columns
+            with schema_lock.shared_lock(self.name):
+                return super().apply(ctx, step, reporter)
+        if catalog.snapshot_schema() == TenantRef(step.tenant_id).schema:
             return super().apply(ctx, step, reporter)
-        with catalog.schema_snapshot(schema):  # a tenant's step run on its own
+        with self.tenant_context(ctx, step.tenant_id):  # a tenant's step run on its own
             return super().apply(ctx, step, reporter)
 
     def _start_two_way_sync(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
@@ -339,7 +345,8 @@ class DataPhase(Phase):
             raise MigrationError(
                 f"{copy.target_schema}.{copy.target_table} does not exist; run `migrate_phase schemas` first"
             )
-        check_columns(copy, AUTH_MODELS[step.target])
+        check_columns(copy)
+        copy.refuse_unfillable()
         copy = in_legacy_timezone(ctx, copy)
         online.capture_before_copy(ctx, legacy, [step.target])  # --online only
         stats = copy_table(copy, ctx.batch_size, reporter)
@@ -408,7 +415,8 @@ class DataPhase(Phase):
                 f"{tenant.schema}.{spec.target_table} does not exist; run `migrate_phase schemas` first"
             )
         copy = tenant_copy(tenant, spec)
-        check_columns(copy, spec.model)
+        check_columns(copy)
+        copy.refuse_unfillable()  # before the indexes are dropped
         copy = in_legacy_timezone(ctx, copy)
         leave = ctx.options.leave_constraints
         carried.refuse_breaking_checks(tenant.schema, spec.legacy_table, spec.target_table, leave)

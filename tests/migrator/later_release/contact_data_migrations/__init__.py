@@ -1,0 +1,1 @@
+"""contact_data's migrations plus the later release's (``MIGRATION_MODULES`` of later_release_settings)."""

@@ -352,8 +352,10 @@ def _upsert(
     select: sql.Composable,
     source: sql.Composable,
     match: sql.Composable,
+    updated: list[str] | None = None,
 ) -> sql.Composed:
-    non_key = [c for c in columns if c not in key]
+    """Insert the selected rows, or update ``updated`` (default: every column) of those already there."""
+    non_key = [c for c in (columns if updated is None else updated) if c not in key]
     conflict = (
         sql.SQL("DO UPDATE SET ({cols}) = ROW({excluded})").format(
             cols=db.ident_list(non_key),
@@ -409,11 +411,12 @@ def forward_statements(copy: TableCopy) -> list[sql.Composed]:
     statements.append(
         _upsert(
             copy.target,
-            list(copy.columns),
+            list(copy.insert_columns()),
             copy.key,
             copy.select_list(),
             copy.from_clause(),
             _keys_in("s", copy.key, types),
+            updated=list(copy.columns),  # a column the legacy side lacks keeps what it was given
         )
     )
     statements.append(_delete_gone(copy.target, copy.key, types, copy.source_rows))
@@ -776,22 +779,19 @@ def values_only_on_new_side(copy: TableCopy) -> dict[str, int]:
     extra = [c.name for c in catalog.columns(copy.target_schema, copy.target_table) if c.name not in legacy]
     if not extra:
         return {}
-    defaults = _defaults(copy.target_schema, copy.target_table)
-    counts = (
-        db.fetchone(
-            sql.SQL("SELECT {} FROM {}").format(
-                sql.SQL(", ").join(
-                    sql.SQL("count(*) FILTER (WHERE {c} IS DISTINCT FROM ({default}))").format(
-                        c=sql.Identifier(c),
-                        default=sql.SQL(defaults[c]) if c in defaults else sql.SQL("NULL"),  # the catalog's own text
-                    )
-                    for c in extra
-                ),
-                copy.target,
-            )
+    # What an insert without the column gives it: the copy's fill (a Django default), the database
+    # default (the catalog's own text of it) or NULL. Such a value is not lost: a new copy makes it again.
+    given: dict[str, sql.Composable] = {
+        c: sql.SQL(d) for c, d in _defaults(copy.target_schema, copy.target_table).items()
+    }
+    given |= {f.column: sql.SQL(f.expression) for f in copy.fills if f.expression}
+    counted = sql.SQL(", ").join(
+        sql.SQL("count(*) FILTER (WHERE {c} IS DISTINCT FROM ({given}))").format(
+            c=sql.Identifier(c), given=given.get(c, sql.SQL("NULL"))
         )
-        or ()
+        for c in extra
     )
+    counts = db.fetchone(sql.SQL("SELECT {} FROM {}").format(counted, copy.target)) or ()
     return {c: int(n) for c, n in zip(extra, counts, strict=True) if n}
 
 

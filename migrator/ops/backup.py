@@ -19,8 +19,9 @@ from django.db import connection
 
 from migrator import catalog, db
 from migrator.core.errors import MigrationError
-from migrator.models import BACKUP_PHASE, BACKUP_STEP, MigrationRecord
+from migrator.models import BACKUP_PHASE, BACKUP_STEP, MigrationRecord, Status
 from migrator.ops import dump_parts
+from migrator.tables import LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES
 
 MANIFEST_SUFFIX = ".manifest.json"
 PART_PREFIX = "part-"  # the folders of a backup dumped in parts
@@ -306,3 +307,28 @@ def latest_backup(backup_dir: Path | None = None) -> BackupInfo | None:
     if backup_dir is not None:
         return next(iter(manifest_backups(backup_dir)), None)
     return None
+
+
+def recorded_legacy_row_writes() -> int | None:
+    """:func:`legacy_row_writes` as the latest completed backup recorded it (None: not recorded)."""
+    record = (
+        MigrationRecord.objects.filter(phase=BACKUP_PHASE, step=BACKUP_STEP, status=Status.COMPLETED)
+        .order_by("-completed_at", "-id")
+        .only("details")
+        .first()
+    )
+    found = (record.details or {}).get("legacy_row_writes") if record is not None else None
+    return int(found) if isinstance(found, int) else None
+
+
+def legacy_row_writes(legacy_auth_schema: str, archive_schema: str) -> int:
+    """Rows inserted, updated and deleted in the legacy tables (wherever they are now: in place or archived)
+    since the statistics were last reset, by the server's statistics (a crash resets them)."""
+    return int(
+        db.fetchvalue(
+            "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) FROM pg_stat_user_tables "
+            "WHERE (schemaname LIKE 'tenant\\_%%' AND relname = ANY(%s)) "
+            "OR (schemaname = %s AND relname = ANY(%s)) OR schemaname = %s",
+            [list(LEGACY_TENANT_TABLES), legacy_auth_schema, list(LEGACY_AUTH_TABLES), archive_schema],
+        )
+    )

@@ -143,3 +143,19 @@ def adopt_legacy_registry(archive_schema: str) -> dict[str, Any] | None:
                 "coalesce((SELECT max(id) FROM public.tenants), 0) + 1, false)"
             )
     return {"rows": rows, "kept_as": kept_as, "extra_columns": extra, "migrations_applied": applied}
+
+
+def unregistered_legacy_schemas(legacy_tables: list[str], registry_table: str, limit: int = 1000) -> list[str]:
+    """Tenant schemas holding a legacy table that no registry row names: created since phase 1 (during an
+    online window, say), never migrated. One query; the catalog's (relname, relnamespace) index serves it."""
+    rows = db.fetchall(
+        sql.SQL(
+            "SELECT n.nspname FROM pg_namespace n WHERE n.nspname LIKE %s "
+            "AND EXISTS (SELECT 1 FROM pg_class c WHERE c.relname = ANY(%s) AND c.relnamespace = n.oid "
+            "            AND c.relkind IN ('r', 'p')) "
+            "AND NOT EXISTS (SELECT 1 FROM {registry} t WHERE t.schema_name = n.nspname) "
+            "ORDER BY 1 LIMIT %s"
+        ).format(registry=sql.Identifier("public", registry_table)),
+        [TENANT_SCHEMA_PREFIX.replace("_", "\\_") + "%", legacy_tables, limit],
+    )
+    return [r[0] for r in rows]

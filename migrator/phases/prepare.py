@@ -355,7 +355,11 @@ class PreparePhase(Phase):
         return StepResult(
             message=f"{info.path} ({info.size // 1024} KiB{parts}, {info.toc_entries} entries, "
             f"sha256 {info.sha256[:12]}...)",
-            details={"backup": info.as_dict()},
+            # what a restore's confirmation counts the writes it would discard from
+            details={
+                "backup": info.as_dict(),
+                "legacy_row_writes": backup.legacy_row_writes(ctx.config.legacy_auth_schema, ctx.config.archive_schema),
+            },
         )
 
     @staticmethod

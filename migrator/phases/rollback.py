@@ -96,8 +96,21 @@ class RollbackPhase(Phase):
 
     def confirmation_question(self, ctx: MigrationContext, steps: list[Step]) -> str:
         if any(step.kind == "restore_backup" for step in steps):
-            return "Restore REPLACES this whole database with the phase-1 backup. Continue?"
+            return (
+                f"Restore REPLACES this whole database with the phase-1 backup: {self._writes_discarded(ctx)} Continue?"
+            )
         return "Rollback drops the migrated tables, service schemas and roles; legacy data stays. Continue?"
+
+    @staticmethod
+    def _writes_discarded(ctx: MigrationContext) -> str:
+        then = backup.recorded_legacy_row_writes()
+        if then is None:
+            return "every write since the backup is discarded (how many was not recorded)."
+        now = backup.legacy_row_writes(ctx.config.legacy_auth_schema, ctx.config.archive_schema)
+        return (
+            f"{max(now - then, 0)} row writes to the legacy tables since the backup (inserts, updates, deletes, by "
+            "the server's statistics; more if they were reset) and every write to the new tables are discarded."
+        )
 
     def step_kinds(self) -> dict[str, StepKind]:
         return {

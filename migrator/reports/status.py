@@ -8,8 +8,10 @@ from psycopg import sql
 
 from migrator import db
 from migrator.models import DEPLOY_KEY, MigrationRecord, Status
+from migrator.ops import registry
 from migrator.ops.capture import Lag, lag
 from migrator.phases import ORDERED
+from migrator.tables import LEGACY_TENANT_TABLES
 from salesflow.layout import tenant_id_from_schema
 
 GLOBAL = "*"
@@ -31,6 +33,8 @@ class StatusReport:
     missing_schemas: list[str] = field(default_factory=list)
     # {schema: reason}: the schemas the last migrate_schemas run failed to migrate (or refused)
     deploy_failures: dict[str, str] = field(default_factory=dict)
+    # tenant schemas with legacy tables and no registry row (created since phase 1): never migrated
+    unregistered: list[str] = field(default_factory=list)
 
     @property
     def cells_complete(self) -> bool:
@@ -42,7 +46,7 @@ class StatusReport:
     def complete(self) -> bool:
         """What ``status --check`` asks: the migration is complete, and every registered tenant's schema
         exists and took the last deploy's migrations."""
-        return self.cells_complete and not self.missing_schemas and not self.deploy_failures
+        return self.cells_complete and not self.missing_schemas and not self.deploy_failures and not self.unregistered
 
     @property
     def cells_to_do(self) -> int:
@@ -60,6 +64,7 @@ class StatusReport:
             "excluded": self.excluded,
             "missing_schemas": self.missing_schemas,
             "deploy_failures": self.deploy_failures,
+            "unregistered_schemas": self.unregistered,
             "lag": [{"scope": x.scope, "pending": x.pending, "oldest_seconds": x.oldest_seconds} for x in self.lag],
             "failed": [
                 {"migration_id": r.migration_id, "attempt": r.attempt, "error": r.error_message} for r in self.failures
@@ -166,5 +171,12 @@ def status_report() -> StatusReport:
     report.lag = lag()
     report.missing_schemas = registered_schemas_missing()
     report.deploy_failures = deploy_failures()
+    if report.cells_done:  # before phase 1 every legacy tenant is unregistered: nothing to tell yet
+        listed = {str(entry["schema"]) for entry in report.excluded}
+        report.unregistered = [
+            s
+            for s in registry.unregistered_legacy_schemas(list(LEGACY_TENANT_TABLES), Tenant._meta.db_table)
+            if s not in listed
+        ]
     report.failures.sort(key=lambda r: r.completed_at or r.started_at or r.id, reverse=True)
     return report

@@ -522,6 +522,13 @@ class Command(BaseCommand):
             )
         for schema in report.missing_schemas:
             self.stdout.write(self.style.ERROR(f"MISSING {schema}: registered tenant whose schema does not exist"))
+        for schema in report.unregistered:
+            self.stdout.write(
+                self.style.ERROR(
+                    f"UNREGISTERED {schema}: legacy tenant tables created since phase 1, not migrated: "
+                    f"run `migrate_phase prepare` to register it, then the phases again"
+                )
+            )
         for schema, reason in report.deploy_failures.items():
             self.stdout.write(self.style.ERROR(f"DEPLOY FAILED {schema}: the last migrate_schemas: {reason}"))
         for lag in report.lag:

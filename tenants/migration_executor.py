@@ -206,7 +206,14 @@ class BehindOnlyExecutor(MigrationExecutor):
 
     def _run_migrations(self, schemas: list[str]) -> None:
         if self.PUBLIC_SCHEMA_NAME in schemas:
-            run_migrations(self.args, self.options, self.codename, self.PUBLIC_SCHEMA_NAME)
+            try:
+                run_migrations(self.args, self.options, self.codename, self.PUBLIC_SCHEMA_NAME)
+            except DatabaseError as exc:  # e.g. refused by the online migration's guard: one line, not a traceback
+                cause = getattr(getattr(exc.__cause__, "diag", None), "message_primary", None)
+                raise CommandError(
+                    f"the shared schemas' migrations failed, nothing of the failing migration was applied: "
+                    f"{cause or ' '.join(str(exc).split())}; tenant schemas were not migrated"
+                ) from None
             schemas.remove(self.PUBLIC_SCHEMA_NAME)
         refused = refused_schemas(schemas)
         for schema, reason in refused.items():

@@ -51,11 +51,11 @@ def reset_database(config: MigratorConfig) -> list[str]:
     # The online mode's capture and two-way sync schemas too (the sync's triggers go with its functions):
     # bookkeeping kept across a reseed would describe legacy tables that no longer exist.
     for schema in [
+        SYNC_SCHEMA,  # first: its event triggers refuse dropping a table in two-way sync
         *catalog.schemas_like_tenants(),
         config.legacy_auth_schema,
         config.archive_schema,
         CAPTURE_SCHEMA,
-        SYNC_SCHEMA,
     ]:
         if catalog.schema_exists(schema):
             with transaction.atomic():

@@ -55,6 +55,7 @@ TRUNCATE_TRIGGER = "salesflow_sync_truncate"
 SYNC_LOCK_TIMEOUT_MS = 100
 SCOPES = sql.Identifier(SYNC_SCHEMA, "scopes")
 LEGACY_WRITES = sql.Identifier(SYNC_SCHEMA, "legacy_writes")
+SYNCED_COLUMNS = sql.Identifier(SYNC_SCHEMA, "synced_columns")
 MAP = sql.Identifier("public", "migrator_reference_map")
 KEYS = sql.SQL("$1")  # the trigger's jsonb array of written keys, as its statements receive it
 
@@ -258,6 +259,89 @@ _TABLES = (
         "at timestamptz NOT NULL DEFAULT clock_timestamp())"
     ),
     "CREATE INDEX IF NOT EXISTS legacy_writes_at ON {legacy_writes} (at)",
+    # The columns of each synced table as the sync's statements name them (see guard_ddl).
+    (
+        "CREATE TABLE IF NOT EXISTS {synced_columns} (relid oid PRIMARY KEY, scope text NOT NULL, "
+        "side text NOT NULL, columns jsonb NOT NULL)"
+    ),
+)
+
+# Schema changes of a synced table that would break its sync are refused, in the statement's own
+# transaction, so a deploy's migration is rolled back whole (never half applied). A new table may
+# gain columns an insert can leave out (nullable, or with a database default); nothing else changes
+# on either side until finalize (or rollback). The migrator's own DDL runs with salesflow.syncing on.
+_GUARD = (
+    """
+CREATE OR REPLACE FUNCTION {schema}.columns_of(rel oid) RETURNS jsonb LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $fn$
+  SELECT coalesce(jsonb_agg(jsonb_build_array(a.attname, format_type(a.atttypid, a.atttypmod)) ORDER BY a.attnum),
+                  '[]'::jsonb)
+  FROM pg_attribute a WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+$fn$
+""",
+    """
+CREATE OR REPLACE FUNCTION {schema}.guard_ddl() RETURNS event_trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE cmd record; synced record; problem text;
+BEGIN
+  IF current_setting({syncing}, true) = 'on' THEN RETURN; END IF;
+  FOR cmd IN SELECT DISTINCT objid, object_identity FROM pg_event_trigger_ddl_commands()
+      WHERE object_type IN ('table', 'table column') LOOP
+    SELECT * INTO synced FROM {synced_columns} WHERE relid = cmd.objid;
+    CONTINUE WHEN NOT FOUND;
+    problem := NULL;
+    IF synced.side = 'legacy' THEN
+      IF {schema}.columns_of(cmd.objid) IS DISTINCT FROM synced.columns THEN
+        problem := 'its columns would change';
+      END IF;
+    ELSE
+      SELECT string_agg(format('column %s %s', c ->> 0, CASE WHEN a.attname IS NULL THEN 'removed or renamed'
+                                                      ELSE 'retyped' END), ', ')
+        INTO problem
+        FROM jsonb_array_elements(synced.columns) c
+        LEFT JOIN pg_attribute a ON a.attrelid = cmd.objid AND a.attname = c ->> 0 AND NOT a.attisdropped
+        WHERE a.attname IS NULL OR format_type(a.atttypid, a.atttypmod) <> c ->> 1;
+      IF problem IS NULL THEN
+        SELECT string_agg(format('column %s added NOT NULL without a database default', a.attname), ', ')
+          INTO problem
+          FROM pg_attribute a
+          WHERE a.attrelid = cmd.objid AND a.attnum > 0 AND NOT a.attisdropped AND a.attnotnull
+          AND NOT a.atthasdef AND a.attidentity = '' AND a.attgenerated = ''
+          AND NOT synced.columns @> jsonb_build_array(
+            jsonb_build_array(a.attname::text, format_type(a.atttypid, a.atttypmod)));
+      END IF;
+    END IF;
+    IF problem IS NOT NULL THEN
+      RAISE EXCEPTION USING ERRCODE = 'object_in_use', MESSAGE = format(
+        '%s is kept in two-way sync by the online migration (salesflow migrator): refused, nothing was changed (%s); '
+        'during the window a new table may gain nullable columns or columns with a database default only: '
+        'make this change after `migrate_phase finalize`', cmd.object_identity, problem);
+    END IF;
+  END LOOP;
+END $fn$
+""",
+    """
+CREATE OR REPLACE FUNCTION {schema}.guard_drop() RETURNS event_trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE gone record;
+BEGIN
+  IF current_setting({syncing}, true) = 'on' THEN RETURN; END IF;
+  SELECT d.object_identity INTO gone FROM pg_event_trigger_dropped_objects() d
+    JOIN {synced_columns} s ON s.relid = d.objid WHERE d.object_type = 'table' LIMIT 1;
+  IF FOUND THEN
+    RAISE EXCEPTION USING ERRCODE = 'object_in_use', MESSAGE = format(
+      '%s is kept in two-way sync by the online migration (salesflow migrator): dropping it is refused, nothing '
+      'was changed; run `migrate_phase finalize` (or `migrate_phase rollback`) first', gone.object_identity);
+  END IF;
+END $fn$
+""",
+)
+_GUARD_TRIGGERS = (
+    (
+        "CREATE EVENT TRIGGER salesflow_sync_guard_ddl ON ddl_command_end WHEN TAG IN ('ALTER TABLE') "
+        "EXECUTE FUNCTION {schema}.guard_ddl()"
+    ),
+    "CREATE EVENT TRIGGER salesflow_sync_guard_drop ON sql_drop EXECUTE FUNCTION {schema}.guard_drop()",
 )
 
 
@@ -268,6 +352,7 @@ def _args() -> dict[str, sql.Composable]:
         "legacy_writes": LEGACY_WRITES,
         "syncing": sql.Literal(SYNCING),
         "sync_lock_timeout": sql.Literal(f"{SYNC_LOCK_TIMEOUT_MS}ms"),
+        "synced_columns": SYNCED_COLUMNS,
     }
 
 
@@ -281,10 +366,23 @@ def ensure_sync_schema() -> None:
         db.execute("SELECT pg_advisory_xact_lock(hashtextextended('migrator two-way sync setup', 0))")
         if sync_ready() and db.fetchvalue("SELECT to_regprocedure('migrator_sync.refuse_truncate()') IS NOT NULL"):
             return
-        for statement in (*_TABLES, *_FUNCTIONS):
+        for statement in (*_TABLES, *_FUNCTIONS, *_GUARD):
             db.execute(sql.SQL(statement).format(**_args()))
         # the application's roles write through the SECURITY DEFINER functions only
         db.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(SYNC_SCHEMA)))
+        if db.fetchvalue("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):  # event triggers need it
+            for statement in _GUARD_TRIGGERS:
+                db.execute(sql.SQL(statement).format(**_args()))
+
+
+def ddl_guarded() -> bool:
+    """Whether schema changes of synced tables are refused (the event triggers need a superuser to create)."""
+    return bool(db.fetchvalue("SELECT count(*) = 2 FROM pg_event_trigger WHERE evtname LIKE 'salesflow_sync_guard%%'"))
+
+
+def migrator_ddl() -> None:
+    """The migrator's own DDL on synced tables follows in this transaction: the guard lets it through."""
+    db.execute(SKIP_SYNC_IN_TRANSACTION)
 
 
 # --- which scopes are synced ---------------------------------------------------------------
@@ -625,6 +723,17 @@ def ensure_shared_reference_sync(ref: LegacyTable, tenant_schema: str) -> None:
 
 
 def record_engaged(scope: str, tenant_id: str | None, tables: dict[str, str]) -> None:
+    sides = [("legacy", scope, legacy) for legacy in tables] + [
+        ("new", *new.split(".", 1)) for new in tables.values() if new
+    ]
+    for side, schema, table in sides:
+        db.execute(
+            sql.SQL(
+                "INSERT INTO {} (relid, scope, side, columns) SELECT r, %s, %s, {}.columns_of(r) "
+                "FROM (SELECT {} AS r) x ON CONFLICT (relid) DO UPDATE SET columns = EXCLUDED.columns"
+            ).format(SYNCED_COLUMNS, sql.Identifier(SYNC_SCHEMA), catalog.RELATION_OID),
+            [scope, side, schema, table],
+        )
     db.execute(
         sql.SQL(
             "INSERT INTO {} (scope, tenant_id, tables) VALUES (%s, %s, %s::jsonb) "
@@ -640,6 +749,7 @@ def remove_sync(scope: str) -> list[str]:
     Returns the tables whose triggers were dropped. The shared reference tables' triggers stay
     while another scope is synced (they skip tenants that are not)."""
     tables = engaged_tables(scope)
+    migrator_ddl()
     dropped = []
     for legacy, new in tables.items():
         sides = [(scope, legacy)] + ([(new.split(".", 1)[0], new.split(".", 1)[1])] if new else [])
@@ -656,6 +766,7 @@ def remove_sync(scope: str) -> list[str]:
     if sync_ready():
         db.execute(sql.SQL("DELETE FROM {} WHERE scope = %s").format(SCOPES), [scope])
         db.execute(sql.SQL("DELETE FROM {} WHERE scope = %s").format(LEGACY_WRITES), [scope])
+        db.execute(sql.SQL("DELETE FROM {} WHERE scope = %s").format(SYNCED_COLUMNS), [scope])
     return dropped
 
 
@@ -674,6 +785,7 @@ def remove_shared_reference_sync_if_unused(refs: Iterable[LegacyTable]) -> None:
 def drop_sync_schema_if_unused() -> bool:
     if not catalog.schema_exists(SYNC_SCHEMA) or engaged_scopes():
         return False
+    # its event triggers go with their functions
     db.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(SYNC_SCHEMA)))
     return True
 

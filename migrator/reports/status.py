@@ -8,7 +8,7 @@ from psycopg import sql
 
 from migrator import db
 from migrator.models import DEPLOY_KEY, MigrationRecord, Status
-from migrator.ops import registry
+from migrator.ops import registry, twoway
 from migrator.ops.capture import Lag, lag
 from migrator.phases import ORDERED
 from migrator.tables import LEGACY_TENANT_TABLES
@@ -35,6 +35,8 @@ class StatusReport:
     deploy_failures: dict[str, str] = field(default_factory=dict)
     # tenant schemas with legacy tables and no registry row (created since phase 1): never migrated
     unregistered: list[str] = field(default_factory=list)
+    # online migration: schemas whose legacy and new tables are in two-way sync (until finalize)
+    synced: int = 0
 
     @property
     def cells_complete(self) -> bool:
@@ -65,6 +67,7 @@ class StatusReport:
             "missing_schemas": self.missing_schemas,
             "deploy_failures": self.deploy_failures,
             "unregistered_schemas": self.unregistered,
+            "two_way_synced": self.synced,
             "lag": [{"scope": x.scope, "pending": x.pending, "oldest_seconds": x.oldest_seconds} for x in self.lag],
             "failed": [
                 {"migration_id": r.migration_id, "attempt": r.attempt, "error": r.error_message} for r in self.failures
@@ -169,6 +172,7 @@ def status_report() -> StatusReport:
             else:
                 report.cells[(phase, scope)] = cell_state(statuses.get((phase, scope), set()))
     report.lag = lag()
+    report.synced = len(twoway.engaged_scopes())
     report.missing_schemas = registered_schemas_missing()
     report.deploy_failures = deploy_failures()
     if report.cells_done:  # before phase 1 every legacy tenant is unregistered: nothing to tell yet

@@ -534,6 +534,10 @@ class Command(BaseCommand):
         for lag in report.lag:
             age = "-" if lag.oldest_seconds is None else f"{lag.oldest_seconds:.1f}s"
             self.stdout.write(f"LAG {lag.scope}: {lag.pending} captured changes not applied yet, oldest {age}")
+        if report.synced:
+            self.stdout.write(
+                f"TWO-WAY {report.synced} schemas: legacy and new tables in two-way sync until `migrate_phase finalize`"
+            )
         summary = "complete" if report.complete else "incomplete"
         self.stdout.write(f"Migration {summary}: {report.cells_done}/{report.cells_to_do} cells done")
         verdict = gate.deploy_verdict(report)

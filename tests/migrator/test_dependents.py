@@ -16,7 +16,7 @@ from migrator import catalog, db
 from migrator.models import Disposition, FindingKind
 from tenants.models import MigrationState, Tenant
 from tests.helpers import run
-from tests.migrator.helpers import count, one_line, table_names, value
+from tests.migrator.helpers import count, latest, one_line, table_names, value
 
 ACME = "tenant_acme_0001"
 NEW_CONTACTS = sql.Identifier(ACME, "contact_data_contacts")
@@ -231,39 +231,56 @@ def test_cutover_carries_triggers_row_level_security_and_publications(migrated, 
         db.execute("DROP PUBLICATION IF EXISTS warehouse")
 
 
-def test_online_cutover_carries_a_foreign_key_and_a_view_and_rollback_puts_them_back(schemas_ready):
-    add_invoices()
-    db.execute("CREATE VIEW public.acme_emails AS SELECT id, email FROM tenant_acme_0001.contacts")
+def online_to_cutover() -> None:
     run("migrate_phase", "data", "--online", interactive=False)
     run("migrate_phase", "security")
     run("migrate_phase", "verify")
-    fk = "SELECT confrelid::regclass::text FROM pg_constraint WHERE conname = 'invoices_contact_id_fkey'"
-    reads = (
-        "SELECT array_agg(DISTINCT d.refobjid::regclass::text) FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid "
-        "WHERE d.classid = 'pg_rewrite'::regclass AND r.ev_class = 'public.acme_emails'::regclass "
-        "AND d.refobjid <> 'public.acme_emails'::regclass"
-    )
-
     run("migrate_phase", "cutover", interactive=False)
 
-    assert value(fk) == f"{ACME}.contact_data_contacts"
-    assert value(reads) == [f"{ACME}.contact_data_contacts"]
-    assert {(d["kind"], d["name"]) for d in latest_cutover_details()["dependents_carried"]} == {
+
+FK_TARGET = "SELECT confrelid::regclass::text FROM pg_constraint WHERE conname = 'invoices_contact_id_fkey'"
+VIEW_READS = (
+    "SELECT array_agg(DISTINCT d.refobjid::regclass::text) FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid "
+    "WHERE d.classid = 'pg_rewrite'::regclass AND r.ev_class = 'public.acme_emails'::regclass "
+    "AND d.refobjid <> 'public.acme_emails'::regclass"
+)
+
+
+def test_online_dependents_stay_on_the_real_legacy_tables_until_finalize_carries_them(schemas_ready):
+    add_invoices()
+    db.execute("CREATE VIEW public.acme_emails AS SELECT id, email FROM tenant_acme_0001.contacts")
+    online_to_cutover()
+    # the legacy tables are real and in two-way sync: what depends on them keeps working on them
+    assert value(FK_TARGET) == f"{ACME}.contacts"
+    assert value(VIEW_READS) == [f"{ACME}.contacts"]
+    # a delete on the new side reaches the legacy side, whose foreign key cascades to billing
+    contact = value("SELECT min(contact_id) FROM billing.invoices")
+    activities = sql.Identifier(ACME, "activity_data_activities")
+    db.execute(sql.SQL("DELETE FROM {} WHERE contact_id = %s").format(activities), [contact])
+    db.execute(sql.SQL("DELETE FROM {} WHERE id = %s").format(sql.Identifier(ACME, "contact_data_contacts")), [contact])
+    assert value("SELECT count(*) FROM billing.invoices") == 4
+
+    run("migrate_phase", "finalize", interactive=False, observe_seconds=0.2)
+
+    assert value(FK_TARGET) == f"{ACME}.contact_data_contacts"
+    assert value(VIEW_READS) == [f"{ACME}.contact_data_contacts"]
+    finished = latest("finalize/acme_0001/finish_sync/tenant_acme_0001").details
+    assert {(d["kind"], d["name"]) for d in finished["dependents_carried"]} == {
         (str(FindingKind.FOREIGN_KEY_FROM), "billing.invoices.invoices_contact_id_fkey"),
         (str(FindingKind.VIEW), "public.acme_emails"),
     }
 
+
+def test_online_rollback_before_finalize_leaves_dependents_where_they_are(schemas_ready):
+    add_invoices()
+    db.execute("CREATE VIEW public.acme_emails AS SELECT id, email FROM tenant_acme_0001.contacts")
+    online_to_cutover()
+
     run("migrate_phase", "rollback", interactive=False)
 
-    assert value(fk) == f"{ACME}.contacts"
-    assert value(reads) == [f"{ACME}.contacts"]
+    assert value(FK_TARGET) == f"{ACME}.contacts"
+    assert value(VIEW_READS) == [f"{ACME}.contacts"]
     assert value("SELECT count(*) FROM billing.invoices") == 5
-
-
-def latest_cutover_details() -> dict[str, object]:
-    from tests.migrator.helpers import latest
-
-    return dict(latest("cutover/acme_0001/archive_legacy/tenant_acme_0001").details)
 
 
 def test_a_dependent_of_the_legacy_auth_tables_is_reported_and_refuses_their_cutover_until_decided(seeded):
@@ -285,7 +302,7 @@ def test_a_dependent_of_the_legacy_auth_tables_is_reported_and_refuses_their_cut
     assert not catalog.table_exists("salesflow_auth", "users")
 
 
-def test_online_cutover_carries_a_trigger_and_grants_to_the_new_table(schemas_ready, analyst):
+def test_online_finalize_carries_a_trigger_and_grants_to_the_new_table(schemas_ready, analyst):
     add_grants_and_comments(analyst)
     db.execute(
         "CREATE TABLE public.audit (contact_id bigint); "
@@ -294,15 +311,19 @@ def test_online_cutover_carries_a_trigger_and_grants_to_the_new_table(schemas_re
         "CREATE TRIGGER contacts_audit AFTER INSERT ON tenant_acme_0001.contacts "
         "FOR EACH ROW EXECUTE FUNCTION public.audit_contact()"
     )
-    run("migrate_phase", "data", "--online", interactive=False)
-    run("migrate_phase", "security")
-    run("migrate_phase", "verify")
+    online_to_cutover()
 
-    run("migrate_phase", "cutover", interactive=False)
-
-    # The application still writes through the legacy name (now a compatibility view over the new table).
+    # The old application still writes the real legacy table: its trigger runs, for the new side's writes too.
     new_id = value("INSERT INTO tenant_acme_0001.contacts (created_at) VALUES (now()) RETURNING id")
     assert value("SELECT count(*) FROM public.audit WHERE contact_id = %s", [new_id]) == 1
+    new_contacts = sql.Identifier(ACME, "contact_data_contacts")
+    synced_id = value(sql.SQL("INSERT INTO {} (created_at) VALUES (now()) RETURNING id").format(new_contacts))
+    assert value("SELECT count(*) FROM public.audit WHERE contact_id = %s", [synced_id]) == 1
+
+    run("migrate_phase", "finalize", interactive=False, observe_seconds=0.2)
+
+    after_id = value(sql.SQL("INSERT INTO {} (created_at) VALUES (now()) RETURNING id").format(new_contacts))
+    assert value("SELECT count(*) FROM public.audit WHERE contact_id = %s", [after_id]) == 1
     contacts = f"{ACME}.contact_data_contacts"
     assert value("SELECT has_table_privilege(%s, %s, 'SELECT')", [analyst, contacts])
     assert value("SELECT obj_description(%s::regclass, 'pg_class')", [contacts]) == "customer contacts (PII)"

@@ -4,7 +4,8 @@ Each doc's fenced ```bash blocks, in document order, make one bash script (``set
 echoed as it runs), run in the project folder against a copy of the seeded stage (three tenants of legacy
 data): ``python`` is this interpreter and ``DATABASE_URL`` names the copy. A documented command that fails
 fails the test, with the script's output up to that command. Background jobs (``... &``, ``kill %1``,
-``wait %1``) work as they do in an operator's shell script.
+``wait %1``) work as they do in an operator's shell script; one still running when the script ends fails
+the test (and is killed with the script's session).
 
 Blocks in another language (```text, ```sql, ```python) are illustration and are not run: option syntax
 with placeholders belongs there, and a ```bash block that holds one (``[--jobs N]``, ``<phase>``,
@@ -56,10 +57,10 @@ class Block:
     code: str
 
 
-def bash_blocks(doc: str) -> list[Block]:
+def bash_blocks(doc: str, root: Path = PROJECT_DIR) -> list[Block]:
     """The doc's ```bash blocks that the test runs, in order (those after a skip marker left out)."""
     blocks: list[Block] = []
-    lines = (PROJECT_DIR / doc).read_text().splitlines()
+    lines = (root / doc).read_text().splitlines()
     previous = ""  # the last non-blank line before the current one
     index = 0
     while index < len(lines):
@@ -111,26 +112,43 @@ def python_on_path(folder: Path) -> str:
     return f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
-def run_script(script: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """bash runs the script in a session of its own, so a timeout ends it with its background jobs."""
-    with subprocess.Popen(
-        ["bash", str(script)],
-        cwd=PROJECT_DIR,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    ) as process:
+@dataclass(frozen=True)
+class ScriptRun:
+    returncode: int | None  # None: killed at the timeout
+    output: str
+    left_running: bool  # a background job outlived the script
+
+
+def end_session(session: int) -> bool:
+    """Kill what is left of the script's session (a background job it started); say whether anything was."""
+    try:
+        os.killpg(session, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def run_script(script: Path, env: dict[str, str]) -> ScriptRun:
+    """bash runs the script in a session of its own, its output into a file: when bash ends (or at the
+    timeout), a background job it left behind is ended with the session instead of holding a pipe open."""
+    log = script.with_suffix(".log")
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            ["bash", str(script)],
+            cwd=PROJECT_DIR,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
-            output, _ = process.communicate(timeout=SCRIPT_TIMEOUT_SECONDS)
+            returncode: int | None = process.wait(timeout=SCRIPT_TIMEOUT_SECONDS)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            output, _ = process.communicate()
-            output += f"\n(the script was killed after {SCRIPT_TIMEOUT_SECONDS} s)"
-            return subprocess.CompletedProcess(process.args, -signal.SIGKILL, output)
-        return subprocess.CompletedProcess(process.args, process.returncode, output)
+            returncode = None
+        left_running = end_session(process.pid)
+        process.wait()
+    return ScriptRun(returncode, log.read_text(), left_running)
 
 
 def new_table_rows(schema: str) -> int:
@@ -168,13 +186,17 @@ def test_the_documented_commands_run_as_written(doc: str, seeded: dict[str, Any]
         result = run_script(script, env)
     finally:
         drop_rehearsal_copy()
+    shown = "\n".join(result.output.splitlines()[-OUTPUT_SHOWN_LINES:])
     if result.returncode != 0:
-        shown = "\n".join(result.stdout.splitlines()[-OUTPUT_SHOWN_LINES:])
+        ended = (
+            f"exit {result.returncode}" if result.returncode is not None else f"killed after {SCRIPT_TIMEOUT_SECONDS} s"
+        )
         pytest.fail(
-            f"a command of {doc} failed (exit {result.returncode}; the script is {script}); "
-            f"the last {OUTPUT_SHOWN_LINES} lines of its output, the failing command last:\n{shown}",
+            f"a command of {doc} failed ({ended}; the script is {script}); the last {OUTPUT_SHOWN_LINES} lines "
+            f"of its output, the failing command last:\n{shown}",
             pytrace=False,
         )
+    assert not result.left_running, f"{doc} leaves a background job running (stop it, then `wait` for it):\n{shown}"
 
     report = status_report()
     assert report.complete, f"{doc}: the flow ran, but status does not say the migration is complete"
@@ -185,3 +207,26 @@ def test_the_documented_commands_run_as_written(doc: str, seeded: dict[str, Any]
         assert new_table_rows(tenant.schema_name) == tenant.legacy_rows, (
             f"{doc}: {tenant.schema_name}'s new tables do not hold the {tenant.legacy_rows} rows phase 1 counted"
         )
+
+
+def test_the_blocks_run_are_the_bash_blocks_without_a_skip_marker(tmp_path: Path) -> None:
+    (tmp_path / "doc.md").write_text(
+        "Text.\n\n```bash\npython manage.py migrate_phase status   # where it stands\n```\n\n"
+        "<!-- docs-test: skip (the suite itself) -->\n```bash\n./scripts/test\n```\n\n"
+        "```text\npython manage.py migrate_phase <phase> [--jobs N]\n```\n\n"
+        "````bash\nkill -TERM %1   # ... then wait\nwait %1\n````\n\n"
+        "```bash\npython manage.py migrate_phase cutover [--jobs N]\n```\n"
+    )
+
+    blocks = bash_blocks("doc.md", tmp_path)
+
+    assert [(b.line, b.code) for b in blocks] == [
+        (3, "python manage.py migrate_phase status   # where it stands"),
+        (16, "kill -TERM %1   # ... then wait\nwait %1"),
+        (21, "python manage.py migrate_phase cutover [--jobs N]"),
+    ]
+    assert [placeholders(b) for b in blocks] == [
+        [],
+        [],
+        ["doc.md:22: python manage.py migrate_phase cutover [--jobs N]"],
+    ]

@@ -19,7 +19,7 @@ from typing import Any
 from django.db import connection
 
 from migrator import db
-from migrator.core.context import MigrationContext
+from migrator.core.context import MigrationContext, RunOptions
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
@@ -65,7 +65,28 @@ class RehearsePhase(Phase):
         return BackupInfo.from_dict(record.details["backup"])
 
     @staticmethod
-    def _arguments(ctx: MigrationContext, info: BackupInfo) -> list[str]:
+    def _decisions(opts: RunOptions) -> list[str]:
+        """The drift decisions of this run, as options of the scratch run: the copy's phase 1 inspects the
+        tenants again and refuses those whose findings no option decides, as the real phase 1 does."""
+        arguments: list[str] = []
+        for schema in opts.skip_schemas:
+            arguments += ["--skip-schema", schema]
+        for old, tenant_id in opts.rename_schemas:
+            arguments += ["--rename-schema", f"{old}={tenant_id}"]
+        for schema, table, legacy in opts.rename_tables:
+            arguments += ["--rename-table", f"{schema}.{table}={legacy}"]
+        for pattern in opts.leave_tables:
+            arguments += ["--leave-table", pattern]
+        for parts in opts.leave_constraints:
+            arguments += ["--leave-constraint", ".".join(parts)]
+        for pattern in opts.leave_dependents:
+            arguments += ["--leave-dependent", pattern]
+        if opts.legacy_timezone is not None:
+            arguments += ["--legacy-timezone", opts.legacy_timezone]
+        return arguments
+
+    @classmethod
+    def _arguments(cls, ctx: MigrationContext, info: BackupInfo) -> list[str]:
         """The scratch run gets this run's options (each phase reads its own)."""
         arguments = ["--jobs", str(ctx.jobs), "--batch-size", str(ctx.batch_size)]
         for tenant_id in ctx.tenant_filter:
@@ -73,6 +94,7 @@ class RehearsePhase(Phase):
         opts = ctx.options
         return [
             *arguments,
+            *cls._decisions(opts),
             "--rehearsal-backup",
             info.path,
             "--reference-conflicts",

@@ -34,7 +34,8 @@ tiny tenants, the cost of rerunning the completed ``data`` and ``schemas`` phase
 (``ru_maxrss`` of the child process) of ``migrate_phase data`` at two data sizes and at many tenants.
 ``--parts`` picks a subset (``rss``, ``large``, ``small``).
 
-The results go to stdout and to ``RESULTS.md`` beside this file, as markdown.
+The results go to stdout and, as markdown, into this benchmark's section of docs/benchmarks.md (see
+``results_doc.py``; earlier runs are kept in ``RESULTS.md`` beside this file).
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ import argparse
 import os
 import platform
 import queue
-import re
 import shutil
 import statistics
 import subprocess
@@ -60,9 +60,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
+from results_doc import BENCHMARKS_DOC, write_section
 
 ROOT = Path(__file__).resolve().parents[2]
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/sf_bench"
 REFUSED_DATABASES = {"salesflow", "postgres", "template0", "template1"}
 
@@ -83,22 +83,6 @@ TARGETS = {"a/b": 0.9, "a/c": 1.5, "d/a": 0.5, "noop_ms": 20.0}
 
 
 # --------------------------------------------------------------------------------------------- setup
-
-
-SECTION_START = "<!-- bench_data_phase: start -->"
-SECTION_END = "<!-- bench_data_phase: end -->"
-
-
-def write_results(text: str) -> None:
-    """This run replaces the last one's section; the other benchmarks' text and earlier runs kept as
-    history stay as they are."""
-    existing = RESULTS.read_text() if RESULTS.exists() else ""
-    pattern = re.compile(re.escape(SECTION_START) + r"\n.*?" + re.escape(SECTION_END), re.S)
-    section = f"{SECTION_START}\n{text.strip()}\n{SECTION_END}"
-    if pattern.search(existing):
-        RESULTS.write_text(pattern.sub(lambda _: section, existing, count=1))
-    else:
-        RESULTS.write_text(section + "\n\n" + existing)
 
 
 def database_name(url: str) -> str:
@@ -683,7 +667,7 @@ def report(
     rss: list[RssPoint],
     noop: NoopResult | None,
 ) -> str:
-    lines = [f"## Phase 3 (data) benchmark — {date.today().isoformat()}", ""]
+    lines = [f"### Phase 3 (data) benchmark — {date.today().isoformat()}", ""]
     lines.append(
         f"{facts['server']}; {os.cpu_count()} CPU cores; Python {platform.python_version()}; "
         f"shared_buffers {facts['shared_buffers']}, max_wal_size {facts['max_wal_size']}, "
@@ -842,7 +826,7 @@ def main() -> None:
     parser.add_argument(
         "--parts", default="rss,large,small", help="comma-separated subset of: rss (small memory point), large, small"
     )
-    parser.add_argument("--no-write", action="store_true", help=f"print only; do not write {RESULTS.name}")
+    parser.add_argument("--no-write", action="store_true", help=f"print only; do not write {BENCHMARKS_DOC.name}")
     args = parser.parse_args()
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
 
@@ -885,7 +869,9 @@ def main() -> None:
     text = report(args, facts, large, rss, noop)
     print(text)
     if not args.no_write:
-        write_results(text)
+        # this run replaces the last one's section; the hand-written notes around it stay
+        written = write_section("bench_data_phase", text, heading="## Phase 3 (data): `bench_data_phase.py`")
+        print(f"written to {written}")
 
 
 if __name__ == "__main__":

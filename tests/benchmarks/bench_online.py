@@ -17,7 +17,8 @@ after cutover), `all --online` (timed), writer stopped ``--settle`` seconds late
 lost (each committed write looked up in the new tables), write latency p50/p99/max before, during and after the
 copy, at cutover and after it, the capture lag sampled every half second, the backlog cutover applied and how long
 it took to converge (cutover's wall clock: the last changes applied and every tenant switched), each tenant's
-``writes_blocked_ms``, and both total times. Results go to stdout and ``RESULTS_online.md`` beside this file.
+``writes_blocked_ms``, and both total times. Results go to stdout and into this
+benchmark's section of docs/benchmarks.md (see ``results_doc.py``).
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ from pathlib import Path
 import psycopg
 from bench_data_phase import connect, ensure_database, manage, seed, server_facts  # the same setup as phase 3's
 from psycopg import sql
+from results_doc import BENCHMARKS_DOC, write_section
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/sf_bench"
-RESULTS = Path(__file__).with_name("RESULTS_online.md")
 
 
 @dataclass
@@ -207,7 +208,7 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=5.0, help="seconds of writes before and after the run")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--skip-offline", action="store_true")
-    parser.add_argument("--no-write", action="store_true", help=f"print only; do not write {RESULTS.name}")
+    parser.add_argument("--no-write", action="store_true", help=f"print only; do not write {BENCHMARKS_DOC.name}")
     args = parser.parse_args()
 
     url = os.environ.get("DATABASE_URL", "").strip() or DEFAULT_URL
@@ -300,7 +301,7 @@ def main() -> None:
     ]
     rows = args.contacts_total + args.activities_total
     lines = [
-        f"## Online migration benchmark — {date.today().isoformat()}",
+        f"### Online migration benchmark — {date.today().isoformat()}",
         "",
         (
             f"PostgreSQL {facts.get('server', '?')}; {os.cpu_count()} CPU cores. "
@@ -348,7 +349,9 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        RESULTS.write_text(text + "\n")
+        # this run replaces the last one's section; the hand-written notes around it stay
+        written = write_section("bench_online", text, heading="## Online mode: `bench_online.py`")
+        print(f"written to {written}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ from it the largest of the programs it ran (``pg_dump``, ``pg_restore``: their m
 number of objects in the database, whatever part of it they dump). Phase 5 runs its load test with small
 settings (``--load-seconds``/``--load-queries``, defaults 1 s / 200 queries): its cost is fixed, not per
 tenant; its latency comparison is not held against the run (``--load-max-regression 100000``).
-Results go to stdout and, unless ``--no-write``, into a section of ``RESULTS.md`` beside this file.
+Results go to stdout and, unless ``--no-write``, into this benchmark's section of docs/benchmarks.md, where
+runs accumulate (see ``results_doc.py``; earlier runs are kept in ``RESULTS.md`` beside this file).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -43,16 +43,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
+from results_doc import BENCHMARKS_DOC, write_section
 
 ROOT = Path(__file__).resolve().parents[2]
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/sf_bench_tenants"
 REFUSED_DATABASES = {"salesflow", "postgres", "template0", "template1"}
 PHASES = ("prepare", "schemas", "data", "security", "verify", "cutover")
 # ms per tenant the issue asks for at 1,000 tenants (--jobs 2)
 TARGETS_MS = {"schemas": 40, "data": 40, "security": 10, "verify": 30, "cutover": 20, "all": 150}
-SECTION_START = "<!-- bench_tenants: start -->"
-SECTION_END = "<!-- bench_tenants: end -->"
 
 
 @dataclass
@@ -197,18 +195,6 @@ def report(runs: list[Run], args: argparse.Namespace, server: str) -> str:
     return "\n".join(lines)
 
 
-def write_results(text: str) -> None:
-    """Keep the other benchmarks' text; this one's runs accumulate in its own section."""
-    existing = RESULTS.read_text() if RESULTS.exists() else ""
-    pattern = re.compile(re.escape(SECTION_START) + r"\n(.*?)" + re.escape(SECTION_END), re.S)
-    match = pattern.search(existing)
-    body = (match.group(1) if match else "## Tenant-count benchmark (`bench_tenants.py`)\n\n") + text + "\n\n"
-    section = f"{SECTION_START}\n{body}{SECTION_END}"
-    RESULTS.write_text(
-        pattern.sub(lambda _: section, existing) if match else existing.rstrip() + "\n\n" + section + "\n"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tenants", type=int, default=200)
@@ -222,8 +208,8 @@ def main() -> None:
     parser.add_argument(
         "--last-phase", choices=PHASES, default=PHASES[-1], help="the 'phases' scenario stops after this one"
     )
-    parser.add_argument("--label", default="run", help="heading of this run in RESULTS.md (e.g. before, after)")
-    parser.add_argument("--no-write", action="store_true", help=f"print only; do not write {RESULTS.name}")
+    parser.add_argument("--label", default="run", help="heading of this run in docs/benchmarks.md (e.g. before, after)")
+    parser.add_argument("--no-write", action="store_true", help=f"print only; do not write {BENCHMARKS_DOC.name}")
     args = parser.parse_args()
     scenarios = {s.strip() for s in args.scenarios.split(",") if s.strip()}
     timed = {p.strip() for p in args.phases.split(",") if p.strip()}
@@ -249,7 +235,9 @@ def main() -> None:
     text = report(runs, args, server)
     print(text)
     if not args.no_write:
-        write_results(text)
+        # runs accumulate in the section (before / after a change); the hand-written notes around it stay
+        heading = "## Many small tenants, every phase: `bench_tenants.py`"
+        print(f"written to {write_section('bench_tenants', text, heading=heading, accumulate=True)}")
 
 
 if __name__ == "__main__":

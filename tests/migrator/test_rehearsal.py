@@ -120,6 +120,24 @@ def test_a_legacy_problem_fails_its_phase_in_the_report_only(seeded, no_scratch)
     assert not rehearsal_roles()
 
 
+def test_the_drift_decisions_of_the_run_are_the_scratch_runs(seeded, no_scratch):
+    # Two findings phase 1 refuses to decide alone: an unknown table with rows, and a tenant left out.
+    db.execute("CREATE TABLE tenant_acme_0001.notes_2019 (id int); INSERT INTO tenant_acme_0001.notes_2019 VALUES (7)")
+    decisions = {"leave_table": ["*.notes_2019"], "skip_schema": ["tenant_globex_0002"]}
+    run("migrate_phase", "prepare", interactive=False, **decisions)
+
+    out = run("migrate_phase", "rehearse", interactive=False, format="json", keep=True, **decisions, **LOAD)
+
+    report = json.loads(out)
+    assert report["ok"], report
+    assert [p["phase"] for p in report["phases"]] == list(rehearsal.REHEARSED_PHASES)
+    with psycopg_connect(scratch_name()) as scratch:
+        states = dict(scratch.execute("SELECT tenant_id, migration_state FROM public.tenants").fetchall())
+        assert states == {"acme_0001": "LIVE", "empty_0001": "LIVE", "globex_0002": "EXCLUDED"}
+        assert scratch.execute("SELECT id FROM tenant_acme_0001.notes_2019").fetchall() == [(7,)]
+        assert scratch.execute("SELECT count(*) FROM tenant_globex_0002.contacts").fetchone() == (120,)
+
+
 def test_rehearse_needs_a_phase_one_backup(seeded, no_scratch):
     with pytest.raises(CommandError) as failure:
         run("migrate_phase", "rehearse", interactive=False)

@@ -259,9 +259,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--online",
             action="store_true",
-            help="data: keep the application writing: capture writes to each legacy table (row triggers into "
-            "the migrator_online schema) before copying it, apply them after; `sync` and the online cutover "
-            "carry the rest over (see docs/online.md).",
+            help="data: keep the application writing: capture writes to each legacy table before copying it, "
+            "apply them after, then keep the legacy and new tables in two-way sync until `finalize` "
+            "(see docs/online.md).",
         )
         parser.add_argument(
             "--lock-timeout",
@@ -269,9 +269,9 @@ class Command(BaseCommand):
             default=200,
             metavar="MS",
             dest="lock_timeout_ms",
-            help="data --online, cutover with capture on: longest wait in milliseconds for a lock that writers "
-            "queue behind (default 200; cutover needs it below the server's deadlock_timeout); on timeout the step is "
-            "retried.",
+            help="data --online, finalize, rollback of an online migration: longest wait in milliseconds for a "
+            "lock that writers queue behind (default 200; below the server's deadlock_timeout); on timeout the "
+            "step's transaction is retried.",
         )
         parser.add_argument(
             "--follow",
@@ -281,13 +281,14 @@ class Command(BaseCommand):
         parser.add_argument(
             "--force",
             action="store_true",
-            help="finalize: drop the compatibility views even though the application still uses them.",
+            help="finalize: archive the legacy tables even though the application still writes them.",
         )
         parser.add_argument(
             "--observe-seconds",
             type=seconds,
             default=5.0,
-            help="finalize: how long to watch the compatibility views for use before dropping them (default 5).",
+            help="finalize: how long to watch the legacy tables for the application's writes before archiving "
+            "them (default 5).",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:

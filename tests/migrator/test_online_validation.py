@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from migrator.ops import capture
+from migrator.ops import capture, twoway
 from migrator.tables import LEGACY_AUTH_TABLES
 from tests.helpers import run
 from tests.migrator.helpers import psycopg_connect, value
@@ -78,7 +78,8 @@ class FastWriter:
 
 
 def run_data_online_under_writers() -> list[FastWriter]:
-    """``data --online`` while four writers insert and update; then a sync. Returns the writers."""
+    """``data --online`` while four writers insert and update. Returns the writers (no sync after it: it ends
+    with both sides in two-way sync, every write on both)."""
     stop = threading.Event()
     writers = [FastWriter(i, stop) for i in range(4)]
     threads = [threading.Thread(target=w.run, daemon=True) for w in writers]
@@ -93,7 +94,6 @@ def run_data_online_under_writers() -> list[FastWriter]:
         stop.set()
         for thread in threads:
             thread.join(timeout=30)
-    run("migrate_phase", "sync", interactive=False)
     assert [e for w in writers for e in w.errors] == []
     commits = sum(w.commits for w in writers)
     assert commits / elapsed > 200, f"the writers reached only {commits / elapsed:.0f} transactions/s"
@@ -117,9 +117,10 @@ def test_online_validation_passes_under_writers_at_a_high_rate(schemas_ready):
 
 
 def test_capture_left_by_an_earlier_attempt_on_recreated_tables_is_installed_again(schemas_ready):
-    """An earlier online attempt stopped before cutover left its capture bookkeeping (every table
-    "captured", copies "ready") and the legacy tables were created anew since (reseeded, restored):
-    they have no trigger. ``data --online`` must capture them again, not trust the bookkeeping."""
+    """An earlier online attempt stopped before its two-way sync started left its capture bookkeeping
+    (every table "captured", copies "ready") and the legacy tables were created anew since (reseeded,
+    restored): they have no trigger. ``data --online`` must capture them again, not trust the bookkeeping,
+    and end with every scope in two-way sync."""
     capture.ensure_capture_schema()
     stale = [("salesflow_auth", table, ["id"]) for table in LEGACY_AUTH_TABLES] + [
         (schema, table, ["id"])
@@ -135,5 +136,9 @@ def test_capture_left_by_an_earlier_attempt_on_recreated_tables_is_installed_aga
         )
     writers = run_data_online_under_writers()  # its validation steps pass (run raises otherwise)
     assert_every_write_in_new_tables(writers)
+    for scope in {scope for scope, _table, _key in stale}:
+        assert twoway.is_engaged(scope), scope
+        assert twoway.triggers_missing(scope) == [], scope
+        assert capture.captured_tables(scope) == {}, scope
     for scope, table, _key in stale:
-        assert capture.is_captured(scope, table), f"{scope}.{table}"
+        assert table in twoway.engaged_tables(scope), f"{scope}.{table}"

@@ -1,4 +1,5 @@
-"""The online migration under a concurrent writer: nothing lost, untouched rows identical, writes blocked briefly."""
+"""The online migration under a concurrent writer: nothing lost, untouched rows identical, writes blocked briefly
+(when `data --online` starts the two-way sync; cutover blocks nothing)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ import psycopg
 from psycopg import sql
 
 from tests.helpers import run
-from tests.migrator.helpers import content, plain_columns, psycopg_connect, value
+from tests.migrator.helpers import content, plain_columns, psycopg_connect, rows, value, wrongly_remapped
 
 TENANT = "tenant_acme_0001"
-WRITE_BLOCKED_BOUND = 1.0  # seconds: the issue's bound on a write held up by the cutover
+WRITE_BLOCKED_BOUND = 1.0  # seconds: the issue's bound on a write held up per tenant
 
 
 @dataclass
@@ -30,8 +31,8 @@ class Writer:
     types: list[str] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    # Deadlocks the writer met, counted apart from other errors: the online cutover takes its locks so
-    # that an application transaction is never the victim of one (tests assert none).
+    # Deadlocks the writer met, counted apart from other errors: the migrator's short locks (two-way sync
+    # started, finalize) are taken so that an application transaction is never the victim of one.
     deadlocks: int = 0
 
     def run(self) -> None:
@@ -122,8 +123,8 @@ def assert_committed_writes_in_new_tables(writer: Writer) -> None:
 
 
 def untouched_rows_differing(schema: str, legacy: str, target: str, touched: set[int]) -> int:
-    """Rows of ``schema``'s legacy table (archived at cutover) and its new table that differ, leaving out
-    ``touched`` ids and rows the new table got after cutover (above the archived table's highest id)."""
+    """Rows of ``schema``'s legacy table (archived by finalize) and its new table that differ, leaving out
+    ``touched`` ids and rows the new table got after finalize (above the archived table's highest id)."""
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in plain_columns(legacy))
     archived = sql.Identifier("salesflow_archive", f"{schema.removeprefix('tenant_')}__{legacy}")
     new = sql.Identifier(schema, target)
@@ -139,15 +140,35 @@ def untouched_rows_differing(schema: str, legacy: str, target: str, touched: set
     )
 
 
+def assert_sides_equal(schema: str) -> None:
+    """The legacy and new tables of ``schema`` hold the same rows (two-way sync), reference ids translated."""
+    for legacy, target in TENANT_TABLES:
+        cols = plain_columns(legacy)
+        assert content(schema, legacy, cols) == content(schema, target, cols), f"{schema}.{legacy}"
+        assert wrongly_remapped(schema, legacy) == 0, f"{schema}.{legacy}"
+
+
+def writes_blocked_ms(phase: str, step: str) -> list[float]:
+    """``writes_blocked_ms`` of every completed ``step`` of ``phase``."""
+    return [
+        float(r[0])
+        for r in rows(
+            "SELECT (details ->> 'writes_blocked_ms')::float FROM public.schema_migrations "
+            "WHERE phase = %s AND step = %s AND status = 'COMPLETED' AND details ? 'writes_blocked_ms'",
+            [phase, step],
+        )
+    ]
+
+
 def test_every_committed_write_survives_the_whole_online_run(schemas_ready):
     writer = Writer()
     thread = threading.Thread(target=writer.run, daemon=True)
-    untouched_before = {table: content(TENANT, table, plain_columns(table)) for table in ("contacts", "activities")}
     thread.start()
     try:
         time.sleep(0.3)
+        data_started = len(writer.latencies)
         run("migrate_phase", "data", "--online", "--batch-size", "50", interactive=False)
-        run("migrate_phase", "sync", interactive=False)
+        data_ended = len(writer.latencies)
         run("migrate_phase", "security", interactive=False)
         run("migrate_phase", "verify", interactive=False)
         cutover_started = len(writer.latencies)
@@ -157,14 +178,23 @@ def test_every_committed_write_survives_the_whole_online_run(schemas_ready):
     finally:
         writer.stop.set()
         thread.join(timeout=30)
-    assert untouched_before  # (taken before anything ran)
     assert writer.errors == []
     assert writer.deadlocks == 0
     assert len(writer.latencies) > 100
+    # writes wait for the short transaction that starts each scope's two-way sync, and for nothing at cutover
+    blocked = writes_blocked_ms("data", "start_two_way_sync")
+    assert len(blocked) == 4  # auth and three tenants
+    assert max(blocked) < WRITE_BLOCKED_BOUND * 1000
+    worst = max(writer.latencies[max(data_started - 5, 0) : data_ended + 5])
+    assert worst < WRITE_BLOCKED_BOUND, f"a write was blocked {worst:.3f} s by data --online"
     worst = max(writer.latencies[max(cutover_started - 5, 0) : cutover_ended + 5])
     assert worst < WRITE_BLOCKED_BOUND, f"a write was blocked {worst:.3f} s at cutover"
+    assert writes_blocked_ms("cutover", "archive_legacy") == [0.0] * 3
+    # after cutover both sides still hold every write the writer made through the legacy names
     assert_committed_writes_in_new_tables(writer)
-    # rows it did not touch are identical to the legacy rows (archived at cutover)
+    assert_sides_equal(TENANT)
+    run("migrate_phase", "finalize", observe_seconds=0.2, interactive=False)
+    # rows it did not touch are identical to the legacy rows (archived by finalize)
     touched = {"contacts": set(writer.phones), "activities": writer.touched_activities | writer.deleted_activities}
     for legacy, target in TENANT_TABLES:
         assert untouched_rows_differing(TENANT, legacy, target, touched[legacy]) == 0, legacy

@@ -1,6 +1,7 @@
-"""The online migration killed with SIGKILL (a real child process) during the copy of `data --online`, during
-`sync` and during the online cutover, while a writer keeps writing through the legacy names: the rerun finishes
-with every write the writer committed in the new tables, and no tenant is ever half switched."""
+"""The online migration killed with SIGKILL (a real child process) during the copy of `data --online`, while
+`data --online` starts a tenant's two-way sync and while `finalize` archives, with a writer writing through the
+legacy names: the rerun finishes with every write the writer committed on both sides, and no scope is ever half
+engaged (captured or synced, never some of each) or half archived."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from psycopg import sql
 
-from migrator.tables import LEGACY_TENANT_TABLES
+from migrator.ops import twoway
+from migrator.tables import LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES
 from tests.helpers import run
 from tests.migrator.helpers import (
     kill_when,
+    kill_while_it_waits_for_a_lock,
     manage_env,
     psycopg_connect,
     value,
@@ -26,6 +28,7 @@ from tests.migrator.test_online_writer import (
     TENANT_TABLES,
     Writer,
     assert_committed_writes_in_new_tables,
+    assert_sides_equal,
     untouched_rows_differing,
 )
 
@@ -72,32 +75,37 @@ def kill_phase_when(args: list[str], ready: Callable[[Any], object], what: str) 
         wait_for_killed_sessions_to_end(watcher, ours, keep_test_clients=True)
 
 
-def switch_state(schema: str) -> str:
-    """'switched' (views, no legacy table, no capture), 'captured' (legacy tables under capture, no views)."""
-    views = value(
-        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s "
-        "AND c.relkind = 'v' AND obj_description(c.oid, 'pg_class') LIKE 'salesflow migrator%%'",
-        [schema],
+def scope_state(schema: str) -> str:
+    """'synced' (legacy tables real, each with its sync trigger, the scope recorded), 'captured' (legacy tables
+    under change capture, no sync trigger), 'archived' (legacy tables gone, sync stopped), or 'half: ...'."""
+    legacy = list(LEGACY_AUTH_TABLES) if schema == "salesflow_auth" else list(LEGACY_TENANT_TABLES)
+    present, capture_triggers, sync_triggers = (
+        value(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename = ANY(%s)",
+            [schema, legacy],
+        ),
+        *(
+            value(
+                "SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n "
+                "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = ANY(%s) AND t.tgname = %s",
+                [schema, legacy, trigger],
+            )
+            for trigger in ("migrator_capture", twoway.ROW_TRIGGER)
+        ),
     )
-    legacy = value(
-        "SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename = ANY(%s)",
-        [schema, list(LEGACY_TENANT_TABLES)],
-    )
-    triggers = value(
-        "SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n "
-        "ON n.oid = c.relnamespace WHERE n.nspname = %s AND t.tgname = 'migrator_capture'",
-        [schema],
-    )
-    tables = len(LEGACY_TENANT_TABLES)
-    if views == tables and legacy == 0 and triggers == 0:
-        return "switched"
-    if views == 0 and legacy == tables and triggers == tables:
+    engaged = twoway.is_engaged(schema)
+    tables = len(legacy)
+    if present == tables and capture_triggers == 0 and sync_triggers == tables and engaged:
+        return "synced"
+    if present == tables and capture_triggers == tables and sync_triggers == 0 and not engaged:
         return "captured"
-    return f"half: {views} views, {legacy} legacy tables, {triggers} capture triggers"
+    if present == 0 and not engaged:
+        return "archived"
+    return f"half: {present} legacy tables, {capture_triggers} capture and {sync_triggers} sync triggers, {engaged=}"
 
 
 def finish(*, from_phase: str, until: str = "cutover") -> None:
-    order = ["data", "sync", "security", "verify", "cutover"]
+    order = ["data", "security", "verify", "cutover"]
     for phase in order[order.index(from_phase) : order.index(until) + 1]:
         if phase == "data":
             run("migrate_phase", "data", "--online", "--batch-size", "500", interactive=False)
@@ -105,22 +113,26 @@ def finish(*, from_phase: str, until: str = "cutover") -> None:
             run("migrate_phase", phase, interactive=False)
 
 
-def assert_every_write_carried_over(writer: Writer) -> None:
+def assert_every_write_carried_over(writer: Writer, state: str = "synced") -> None:
     assert writer.errors == []
     assert writer.deadlocks == 0
     assert writer.phones
     assert writer.users
-    for schema in TENANTS:
-        assert switch_state(schema) == "switched", schema
+    for schema in [*TENANTS, "salesflow_auth"]:
+        assert scope_state(schema) == state, schema
     assert value("SELECT to_regnamespace('migrator_online')") is None
     assert_committed_writes_in_new_tables(writer)
-    # rows the writer did not touch are identical to the legacy rows archived at cutover (the writer goes on
-    # writing through the views after cutover: those writes are in the new tables only)
-    touched = {"contacts": set(writer.phones), "activities": writer.touched_activities | writer.deleted_activities}
     for schema in TENANTS:
-        for legacy, target in TENANT_TABLES:
-            ids = touched[legacy] if schema == TENANT else set()
-            assert untouched_rows_differing(schema, legacy, target, ids) == 0, f"{schema}.{target}"
+        if state == "synced":  # the legacy side still real: both sides hold the same rows
+            assert_sides_equal(schema)
+        else:  # rows the writer did not touch are identical to the legacy rows archived by finalize
+            touched = {
+                "contacts": set(writer.phones),
+                "activities": writer.touched_activities | writer.deleted_activities,
+            }
+            for legacy, target in TENANT_TABLES:
+                ids = touched[legacy] if schema == TENANT else set()
+                assert untouched_rows_differing(schema, legacy, target, ids) == 0, f"{schema}.{target}"
 
 
 def test_killed_during_the_online_copy_a_rerun_carries_every_write(online_ready):
@@ -138,53 +150,51 @@ def test_killed_during_the_online_copy_a_rerun_carries_every_write(online_ready)
     assert_every_write_carried_over(writer)
 
 
-def test_killed_during_sync_a_rerun_carries_every_write(online_ready):
-    with writing() as writer:
-        run("migrate_phase", "data", "--online", "--batch-size", "500", interactive=False)
-        with psycopg_connect() as conn:  # a backlog sync needs many batches for
-            conn.execute(
-                sql.SQL("UPDATE {} SET subject = subject || '.' WHERE id % 2 = 0").format(
-                    sql.Identifier(TENANT, "activities")
-                )
-            )
-            conn.execute("UPDATE tenant_globex_0002.contacts SET phone = coalesce(phone, '') || '.'")
-        backlog = value("SELECT count(*) FROM migrator_online.changes")
-        assert backlog > 5_000
-        kill_phase_when(
-            ["sync", "--batch-size", "50"],
-            lambda conn: conn.execute(
-                "SELECT 1 FROM public.schema_migrations WHERE phase = 'sync' AND status = 'RUNNING' "
-                "AND (SELECT count(*) FROM migrator_online.changes) < %s",
-                [backlog - 500],
-            ).fetchone(),
-            "sync half way through the backlog",
+def test_killed_while_the_two_way_sync_starts_no_scope_is_half_engaged(online_ready):
+    with writing() as writer, psycopg_connect() as watcher, psycopg_connect() as reader:
+        ours = [r[0] for r in watcher.execute("SELECT pid FROM pg_stat_activity").fetchall()]
+        # A reader's open transaction on globex keeps the start of its two-way sync waiting for its ACCESS
+        # EXCLUSIVE locks, inside its transaction (some of its tables already locked): killed right there.
+        reader.execute("BEGIN")
+        reader.execute("SELECT 1 FROM tenant_globex_0002.contacts LIMIT 1")
+        kill_while_it_waits_for_a_lock(
+            ["migrate_phase", "data", "--online", "--batch-size", "500", "--noinput"],
+            watcher,
+            "the two-way sync of tenant_globex_0002 waiting for its locks",
+            ignore=ours,
+            query_like='LOCK TABLE "tenant_globex_0002"',
         )
-        assert value("SELECT count(*) FROM migrator_online.changes") > 0  # killed with changes left
-        finish(from_phase="sync")
-    assert_every_write_carried_over(writer)
-
-
-def test_killed_during_the_online_cutover_no_tenant_is_half_switched(online_ready):
-    with writing() as writer:
-        finish(from_phase="data", until="verify")
-        # A reader's open transaction on globex keeps cutover's ACCESS EXCLUSIVE waiting inside globex's
-        # switch transaction (some of its tables already locked): killed right there. The wait is retried
-        # after each --lock-timeout (kept under deadlock_timeout, as cutover requires).
-        with psycopg_connect() as reader:
-            reader.execute("BEGIN")
-            reader.execute("SELECT 1 FROM tenant_globex_0002.contacts LIMIT 1")
-            kill_phase_when(
-                ["cutover", "--lock-timeout", "900"],
-                lambda conn: conn.execute(
-                    "SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n "
-                    "ON n.oid = c.relnamespace WHERE NOT l.granted AND l.mode = 'AccessExclusiveLock' "
-                    "AND n.nspname = 'tenant_globex_0002'"
-                ).fetchone(),
-                "cutover waiting inside the switch of tenant_globex_0002",
-            )
-            reader.execute("ROLLBACK")
-        states = {schema: switch_state(schema) for schema in TENANTS}
+        wait_for_killed_sessions_to_end(watcher, ours, keep_test_clients=True)
+        reader.execute("ROLLBACK")
+        states = {schema: scope_state(schema) for schema in [*TENANTS, "salesflow_auth"]}
         assert states["tenant_globex_0002"] == "captured", states  # its transaction rolled back whole
-        assert states[TENANT] in ("switched", "captured"), states
-        run("migrate_phase", "cutover", interactive=False)
+        assert states[TENANT] in ("synced", "captured"), states
+        assert states["salesflow_auth"] in ("synced", "captured"), states
+        finish(from_phase="data")
     assert_every_write_carried_over(writer)
+
+
+def test_killed_during_finalize_no_scope_is_half_archived(online_ready):
+    with writing() as writer:
+        finish(from_phase="data")
+    # finalize ends the window once the application has stopped writing the legacy tables
+    with psycopg_connect() as watcher, psycopg_connect() as reader:
+        ours = [r[0] for r in watcher.execute("SELECT pid FROM pg_stat_activity").fetchall()]
+        reader.execute("BEGIN")
+        reader.execute("SELECT 1 FROM tenant_globex_0002.contacts LIMIT 1")
+        kill_while_it_waits_for_a_lock(
+            ["migrate_phase", "finalize", "--observe-seconds", "0.2", "--noinput"],
+            watcher,
+            "finalize of tenant_globex_0002 waiting for its locks",
+            ignore=ours,
+            query_like='LOCK TABLE "tenant_globex_0002"',
+        )
+        wait_for_killed_sessions_to_end(watcher, ours, keep_test_clients=True)
+        reader.execute("ROLLBACK")
+    states = {schema: scope_state(schema) for schema in [*TENANTS, "salesflow_auth"]}
+    assert states["tenant_globex_0002"] == "synced", states  # its transaction rolled back whole
+    assert states[TENANT] == "archived", states  # finalized before globex (name order)
+    assert states["salesflow_auth"] == "synced", states  # the auth schema goes last
+    run("migrate_phase", "finalize", observe_seconds=0.2, interactive=False)
+    assert_every_write_carried_over(writer, state="archived")
+    assert value("SELECT to_regnamespace('migrator_sync')") is None

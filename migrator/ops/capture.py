@@ -248,11 +248,6 @@ def _keys_matching(copy: TableCopy, alias: str, types: list[str]) -> sql.Compose
     )
 
 
-def keys_filter(copy: TableCopy, alias: str) -> sql.Composed:
-    """``(alias.k1, ...) IN`` the keys of one jsonb array parameter (``json.dumps`` of a key list)."""
-    return _keys_matching(copy, alias, _key_types(copy))
-
-
 def pending_keys(scope: str) -> dict[str, list[object]]:
     """The keys captured and not yet applied, per ready table of ``scope`` (what the next apply re-copies)."""
     ready = [t for t, is_ready in captured_tables(scope).items() if is_ready]

@@ -34,14 +34,12 @@ table without converted columns hashes the same either way and is still recorded
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from psycopg import sql
 
 from migrator import catalog, db
-from migrator.ops.capture import keys_filter
 from migrator.ops.copy import JSON_OID, JSONB_OID, Remap, TableCopy, TypeDifference, type_differences, zoned_columns
 from migrator.tables import reference_table
 
@@ -248,37 +246,6 @@ DIGEST_MODULUS = 2**80
 def _fingerprint(query: sql.Composed, method: str, params: Sequence[object] | None = None) -> Fingerprint:
     rows, total = db.fetchone(query, params) or (0, 0)
     return _as_fingerprint(rows, total, method)
-
-
-def fingerprints_of_keys(copy: TableCopy, keys: list[object], method: str = CURRENT) -> tuple[Fingerprint, Fingerprint]:
-    """Source and target fingerprints of the rows of ``keys`` only (a key on neither side adds nothing)."""
-    payload = [json.dumps(keys)]
-    (source_elements, source), (target_elements, target), method = _sides(copy, method)
-    return (
-        _fingerprint(
-            sql.SQL("SELECT count(*), coalesce(sum({h}), 0) FROM {f} WHERE {k}").format(
-                h=_row_hash(source_elements, method), f=source, k=keys_filter(copy, "s")
-            ),
-            method,
-            payload,
-        ),
-        _fingerprint(
-            sql.SQL("SELECT count(*), coalesce(sum({h}), 0) FROM {f} WHERE {k}").format(
-                h=_row_hash(target_elements, method), f=target, k=keys_filter(copy, "t")
-            ),
-            method,
-            payload,
-        ),
-    )
-
-
-def replaced(whole: Fingerprint, before: Fingerprint, after: Fingerprint) -> Fingerprint:
-    """``whole``'s fingerprint once the rows fingerprinted ``before`` became the rows fingerprinted ``after``
-    (a count and a sum of row hashes: both subtract and add; all three made the same way)."""
-    if not whole.method == before.method == after.method:
-        raise ValueError("fingerprints made different ways cannot be combined")
-    digest = (int(whole.digest, 16) - int(before.digest, 16) + int(after.digest, 16)) % DIGEST_MODULUS
-    return Fingerprint(whole.rows - before.rows + after.rows, format(digest, "020x"), whole.method)
 
 
 def source_fingerprint(copy: TableCopy, method: str = CURRENT) -> Fingerprint:

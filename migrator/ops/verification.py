@@ -297,7 +297,10 @@ def _constraint_name(exc: DatabaseError) -> str | None:
 
 
 def crud_problems(
-    schema: str, types: tuple[Any, Any] | None = None, tenant_rules: frozenset[str] = frozenset()
+    schema: str,
+    types: tuple[Any, Any] | None = None,
+    tenant_rules: frozenset[str] = frozenset(),
+    synced: bool = False,
 ) -> list[str]:
     """Create, read, update and delete a contact and an activity through the ORM, then roll it all back.
 
@@ -316,7 +319,8 @@ def crud_problems(
     table = contacts  # the table the statement running now writes or reads
     try:
         with transaction.atomic(), in_schema(schema):
-            db.execute(twoway.SKIP_SYNC_IN_TRANSACTION)  # online: rolled back anyway, the legacy side untouched
+            if synced:  # in two-way sync: rolled back anyway, the legacy side is not written
+                db.execute(twoway.SKIP_SYNC_IN_TRANSACTION)
             contact_type, activity_type = types if types is not None else crud_types()
             now = timezone.now()
             contact = Contact.objects.create(

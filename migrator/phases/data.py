@@ -216,6 +216,8 @@ class DataPhase(Phase):
         if ctx.options.legacy_timezone is not None:  # refused before anything runs: an unknown zone, or
             # another zone than some tenant of this run was copied in
             _refuse_another_timezone(ctx, legacy_timezone(ctx.options)[0])
+        if ctx.options.online:  # before anything is copied: its short locks must end before a deadlock check
+            online.check_lock_timeout(ctx.options.lock_timeout_ms)
         legacy_auth = ctx.config.legacy_auth_schema
         validate_only = ctx.options.validate_only
         with_sql = ctx.options.render_sql

@@ -319,7 +319,9 @@ class VerifyPhase(Phase):
         # seeded row knows nothing of): the tenant's own rule working, not a fault of the migration.
         tenant_rules = frozenset(o["target"] for o in carried.carried_objects(step.tenant_id or ""))
         try:
-            return verification.crud_problems(schema, self._facts(step.tenant_id or "").crud_types, tenant_rules), {}
+            facts = self._facts(step.tenant_id or "")
+            synced = schema in (online_scopes() if facts.online is None else facts.online)
+            return verification.crud_problems(schema, facts.crud_types, tenant_rules, synced), {}
         except IntegrityError as exc:
             refused_by = getattr(getattr(exc.__cause__, "diag", None), "constraint_name", None)
             return [], {"refused_by_carried_constraint": refused_by}

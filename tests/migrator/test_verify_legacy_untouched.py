@@ -18,7 +18,7 @@ from migrator import db
 from migrator.engine import tracking
 from migrator.models import Status
 from migrator.ops.load_test import LEGACY, NEW, WRITE
-from tests.helpers import run, table_fingerprint
+from tests.helpers import legacy_fingerprints, run, table_fingerprint
 from tests.migrator.helpers import count, one_line, value
 
 TENANT = "acme_0001"
@@ -240,16 +240,15 @@ def test_an_orm_write_the_new_table_refuses_fails_naming_the_tenant_and_table(mi
     assert legacy_state() == before
 
 
-def test_online_verify_leaves_no_capture_row(schemas_ready):
+def test_online_verify_writes_nothing_through_the_two_way_sync(schemas_ready):
     run("migrate_phase", "data", "--online", interactive=False)
     run("migrate_phase", "security", interactive=False)
-    changes = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier("migrator_online", "changes"))
-    positions = sequence_of("migrator_online", "changes", "pos")
-    before = (value(changes), last_value(positions))
+    before = legacy_fingerprints([TENANT])
     legacy = {table: last_value(sequence_of(SCHEMA, table)) for table in LEGACY_TABLES}
 
     run("migrate_phase", "verify", interactive=False, tenant=[TENANT], **LOAD)
 
     assert load_record().status == Status.COMPLETED
-    assert (value(changes), last_value(positions)) == before
+    # the CRUD smoke and the load test write the new tables and roll back; the sync carried none of it
+    assert legacy_fingerprints([TENANT]) == before
     assert {table: last_value(sequence_of(SCHEMA, table)) for table in LEGACY_TABLES} == legacy

@@ -103,8 +103,8 @@ class StepReporter:
 
     ``ranges(kind, plan, work, resume)`` does a large table's work range by range: the engine records
     the ranges ``plan()`` returns as rows of their own (``kind``: ``copy_range``, ``validate_range``)
-    unless, with ``resume``, an earlier attempt of the step recorded them already (then those ranges
-    are taken as they were, the completed ones are not done again and the others resume from their
+    unless an earlier attempt of the step recorded them already (then those ranges are taken as they
+    were and, with ``resume``, the completed ones are not done again and the others resume from their
     checkpoints; a validation reads everything again, so it does not resume), hands each range
     to whichever of the run's ``--jobs`` connections is free (this one included), and returns every
     range with its result once all are done; the first range that failed raises its error then.

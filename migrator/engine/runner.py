@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import partial
 from itertools import groupby
@@ -420,10 +420,14 @@ class PhaseRunner:
         resume: bool,
         progress: Callable[[int, int | None], None],
     ) -> RangeResults:
-        """A step's ranges (see ``StepReporter.ranges``): with ``resume``, the plan an earlier attempt
-        recorded, else ``plan()`` recorded now; each range not yet COMPLETED is done on whichever
-        connection is free, with a tracking row of its own that its batches' checkpoints commit with."""
-        recorded = tracking.recorded_ranges(step, kind) if resume else []
+        """A step's ranges (see ``StepReporter.ranges``): the plan an earlier attempt recorded, else
+        ``plan()`` recorded now; each range not yet COMPLETED (with ``resume``; else every range) is done
+        on whichever connection is free, with a tracking row of its own that its batches' checkpoints
+        commit with. A recorded plan is kept even by a step that does all its ranges again (a
+        validation): its ranges keep their rows, so none is left behind as an earlier attempt left it."""
+        recorded = tracking.recorded_ranges(step, kind)
+        if recorded and not resume:  # the same ranges (their rows stay the table's), all done again
+            recorded = [(replace(r, resume_after=None, rows_done=0), row, Status.PENDING) for r, row, _s in recorded]
         results: dict[int, tuple[KeyRange, StepResult]] = {}
         if recorded:
             todo = [key_range for key_range, _row, status in recorded if status != Status.COMPLETED]

@@ -15,6 +15,8 @@ from migrator.models import DeferredConstraint, MigrationRecord, Status
 from migrator.ops import fingerprint
 from migrator.ops.ranges import plan_key_ranges
 from migrator.phases.data import tenant_copy
+from migrator.reports.dashboard import build_dashboard
+from migrator.reports.status import status_report
 from migrator.tables import TENANT_DATA_TABLES
 from tests.helpers import run
 from tests.migrator.helpers import (
@@ -194,6 +196,23 @@ def test_a_ranged_copy_killed_resumes_exactly_once_with_another_jobs(larger_sche
     assert in_target == {r.migration_id: r.rows_copied for r in range_rows("copy_range", tenant) if r.target == table}
     assert count(schema, table) == sum(in_target.values())
 
+    # `status` and the dashboard show the table's progress range by range
+    shown = next(t for t in status_report().ranged if (t.tenant_id, t.table, t.kind) == (tenant, table, "copy_range"))
+    by_range = {r.index: r for r in shown.ranges}
+    for record in range_rows("copy_range", tenant):
+        if record.target == table:
+            part = by_range[record.details["range"]["index"]]
+            assert (part.status, part.rows_done, part.rows_planned) == (
+                record.status,
+                record.rows_copied,
+                record.rows_expected,
+            )
+    assert shown.rows_done == count(schema, table)
+    printed = run("migrate_phase", "status")
+    assert f"RANGES {tenant} {table} copy: {shown.ranges_done}/{len(shown.ranges)} ranges done" in printed
+    assert f"running, {killed.rows_copied:,}/{killed.rows_expected:,} rows" in printed
+    assert [t.as_dict() for t in build_dashboard().ranged] == [t.as_dict() for t in status_report().ranged]
+
     # Rerun on three connections and with another range size: the recorded plan is followed.
     settings.SALESFLOW = {**settings.SALESFLOW, "RANGE_ROWS": 3_000}
     run("migrate_phase", "data", interactive=False, jobs=3, batch_size=700)
@@ -209,6 +228,7 @@ def test_a_ranged_copy_killed_resumes_exactly_once_with_another_jobs(larger_sche
             bounds
         )
     assert_copied_exactly(TENANTS)
+    assert status_report().ranged == []  # every range done: nothing in progress to show
     assert (
         not MigrationRecord.objects.filter(phase="data", step__in=["copy_table", "validate"])
         .latest_attempts()

@@ -83,6 +83,12 @@ RangeWork = Callable[[KeyRange, "StepReporter"], "StepResult"]
 
 
 RangeResults = list[tuple[KeyRange, "StepResult"]] | None
+SizedTask = tuple[int, Callable[[], None]]
+
+
+def tasks_in_order(tasks: list[SizedTask]) -> None:
+    for _size, task in tasks:
+        task()
 
 
 def ranges_in_order(kind: str, plan: Callable[[], list[KeyRange]], work: RangeWork, resume: bool) -> RangeResults:
@@ -109,7 +115,9 @@ class StepReporter:
     to whichever of the run's ``--jobs`` connections is free (this one included), and returns every
     range with its result once all are done; the first range that failed raises its error then.
     None when nothing is recorded and ``plan()`` made fewer than two ranges: the caller does the
-    table whole. Without an engine the ranges run here, one after the other.
+    table whole. Without an engine the ranges run here, one after the other. ``parallel(tasks)`` runs
+    ``(size, task)`` pairs the same way, with nothing recorded (a large table's index builds), and
+    returns once all ended, raising the first error one raised.
     """
 
     progress: Callable[[int, int | None], None] = _ignore
@@ -117,6 +125,7 @@ class StepReporter:
     checkpoint: Callable[[int | None, int], None] = _ignore
     fence: Callable[[], None] = _ignore
     ranges: Callable[[str, Callable[[], list[KeyRange]], RangeWork, bool], RangeResults] = ranges_in_order
+    parallel: Callable[[list[SizedTask]], None] = tasks_in_order
 
 
 EventKind = Literal["phase_start", "step_start", "step_progress", "step_success", "step_failure", "phase_end", "notice"]

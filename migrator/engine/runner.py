@@ -24,7 +24,16 @@ from django.utils import timezone
 from migrator.core.context import MigrationContext
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase
-from migrator.core.steps import Event, KeyRange, RangeResults, RangeWork, Step, StepReporter, StepResult
+from migrator.core.steps import (
+    Event,
+    KeyRange,
+    RangeResults,
+    RangeWork,
+    SizedTask,
+    Step,
+    StepReporter,
+    StepResult,
+)
 from migrator.engine import tracking
 from migrator.engine.pool import WorkPool, run_in_order
 from migrator.models import Status
@@ -373,6 +382,7 @@ class PhaseRunner:
             checkpoint=lambda key, rows: tracking.save_checkpoint(record.pk, key, rows),
             fence=self.still_locked,
             ranges=lambda kind, plan, work, resume: self._run_ranges(step, kind, plan, work, resume, progress),
+            parallel=self._share,
         )
         result: StepResult | None = None
         try:
@@ -465,6 +475,24 @@ class PhaseRunner:
         tasks = [(r.rows_planned, task(r)) for r in todo]
         (self._pool.share if self._pool is not None else run_in_order)(tasks)
         return [results[index] for index in sorted(results)]
+
+    def _share(self, tasks: list[SizedTask]) -> None:
+        """``tasks`` on whichever connection of the run is free (see ``StepReporter.parallel``)."""
+
+        def recovering(task: Callable[[], None]) -> Callable[[], None]:
+            def run() -> None:
+                self.still_locked()
+                atomic_depth = len(connection.atomic_blocks)
+                try:
+                    task()
+                except BaseException:
+                    self._recover_connection(atomic_depth)
+                    raise
+
+            return run
+
+        shared = [(size, recovering(task)) for size, task in tasks]
+        (self._pool.share if self._pool is not None else run_in_order)(shared)
 
     def _run_range(
         self,

@@ -465,6 +465,8 @@ class DataPhase(Phase):
                 spec.target_table,
                 advice=f"fix those rows in {tenant.schema}.{spec.legacy_table}, then run `migrate_phase rollback "
                 f"--tenant {tenant.tenant_id}`, `migrate_phase schemas` and `migrate_phase data`",
+                # a table copied in ranges: its indexes built by every free connection too
+                parallel=reporter.parallel if stats.ranges else None,
             )
             # After the rebuild: the new table's own indexes are all there to be compared with, and a
             # carried unique index is built once over the copied rows.

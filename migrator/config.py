@@ -18,6 +18,9 @@ class MigratorConfig:
     backup_dir: Path
     bin_dirs: tuple[str, ...]
     backup_part_tables: int | None = None  # phase 1: most tables one pg_dump locks (default: the lock table's room)
+    # phase 3: a tenant table of more rows than this is copied and validated in key ranges of about this
+    # many rows, spread over the --jobs connections (docs/reliability.md, "Large tables in ranges")
+    range_rows: int = 100_000
 
     def service_role(self, service: str) -> str:
         return f"{self.role_prefix}_{service}"
@@ -36,4 +39,5 @@ def get_config() -> MigratorConfig:
         backup_dir=Path(conf["BACKUP_DIR"]),
         bin_dirs=tuple(conf.get("BIN_DIRS", ())),
         backup_part_tables=int(conf["BACKUP_PART_TABLES"]) if conf.get("BACKUP_PART_TABLES") else None,
+        range_rows=int(conf.get("RANGE_ROWS") or 100_000),
     )

@@ -8,6 +8,8 @@ Configuration comes from the environment only (nothing of a developer's machine 
 - ``SALESFLOW_LEGACY_AUTH_SCHEMA``, ``SALESFLOW_ARCHIVE_SCHEMA``, ``SALESFLOW_ROLE_PREFIX``.
 - ``SALESFLOW_BACKUP_PART_TABLES``: most tables one ``pg_dump`` of phase 1 locks (default: what the
   server's lock table has room for; past it the dump is split in parts that read one snapshot).
+- ``SALESFLOW_RANGE_ROWS``: phase 3 copies and validates a tenant table of more rows in key ranges of
+  about this many rows, spread over the ``--jobs`` connections (default 100,000).
 - ``SALESFLOW_DEPLOY_LOCK_TIMEOUT``: seconds a deploy (``migrate_schemas``) waits for a phase or another
   deploy that changes the schemas before it is refused (default 60; 0: refuse at once).
 - ``DJANGO_SECRET_KEY``, ``DJANGO_DEBUG``, ``DJANGO_ALLOWED_HOSTS`` for the admin site.
@@ -162,6 +164,8 @@ SALESFLOW: dict[str, Any] = {
     "BIN_DIRS": [p for p in os.environ.get("SALESFLOW_PG_BIN_DIRS", "").split(os.pathsep) if p],
     # Phase 1 dumps in parts of at most this many tables (default: what the server's lock table has room for).
     "BACKUP_PART_TABLES": os.environ.get("SALESFLOW_BACKUP_PART_TABLES") or None,
+    # phase 3: tenant tables of more rows are copied and validated in key ranges of about this many rows
+    "RANGE_ROWS": environment.integer("SALESFLOW_RANGE_ROWS", 100_000),
     # How often the open dashboard asks for fresh numbers while a phase runs.
     "DASHBOARD_REFRESH_SECONDS": environment.integer("SALESFLOW_DASHBOARD_REFRESH_SECONDS", 5),
 }

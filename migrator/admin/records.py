@@ -335,6 +335,7 @@ def dashboard_progress(dashboard: Dashboard) -> dict[str, Any]:
             }
             for record in dashboard.running
         ],
+        "ranged_tables": [table.as_dict() for table in dashboard.ranged],
         "totals": {
             "legacy_rows": dashboard.totals.legacy_rows,
             "rows_moved": dashboard.totals.rows_moved,

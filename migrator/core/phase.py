@@ -141,6 +141,11 @@ class Phase(ABC):
         schema context for all of them instead of a switch per step."""
         return nullcontext()
 
+    def tenant_weights(self, ctx: MigrationContext, tenant_ids: list[str]) -> dict[str, float]:
+        """How much work each tenant's steps are, roughly (e.g. estimated rows): with ``--jobs`` the
+        heaviest tenants start first. Empty: the tenants run in plan order."""
+        return {}
+
     def check_ready(self, ctx: MigrationContext, steps: list[Step]) -> None:  # noqa: B027 (a hook: nothing by default)
         """Called under the lock with the steps a run would apply (none: not called), before any of
         them starts and before the confirmation: raise :class:`MigrationError` to refuse the whole

@@ -55,6 +55,48 @@ def _ignore(*args: object) -> None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class KeyRange:
+    """One part of a large table split by its single integer key: the keys above ``after`` up to and
+    including ``through`` (None: unbounded on that side, so the parts together cover every key).
+
+    ``rows_planned`` is the planner's estimate of its rows (statistics, never a count). A range resumed
+    after an interrupted attempt carries how far it got: ``resume_after`` (the last key of its last
+    committed batch) and ``rows_done`` (rows committed so far).
+    """
+
+    index: int  # 1-based position in the table's plan
+    count: int  # ranges in the plan
+    after: int | None
+    through: int | None
+    rows_planned: int
+    resume_after: int | None = None
+    rows_done: int = 0
+
+    @property
+    def label(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+# Does one range of a ranged step; its reporter's checkpoint belongs to the range, not to the step.
+RangeWork = Callable[[KeyRange, "StepReporter"], "StepResult"]
+
+
+RangeResults = list[tuple[KeyRange, "StepResult"]] | None
+SizedTask = tuple[int, Callable[[], None]]
+
+
+def tasks_in_order(tasks: list[SizedTask]) -> None:
+    for _size, task in tasks:
+        task()
+
+
+def ranges_in_order(kind: str, plan: Callable[[], list[KeyRange]], work: RangeWork, resume: bool) -> RangeResults:
+    """Ranges done one after the other on this connection, with nothing recorded (no engine around)."""
+    ranges = plan()
+    return [(r, work(r, StepReporter())) for r in ranges] if len(ranges) >= 2 else None
+
+
 @dataclass(frozen=True)
 class StepReporter:
     """What a running step tells the engine, which owns the step's tracking row.
@@ -64,12 +106,26 @@ class StepReporter:
     inside the batch's transaction, so the checkpoint commits with the batch it describes.
     ``fence()`` is called at the start of each batch's transaction and raises when this run may no
     longer write (it lost the migrator lock): the batch then rolls back and the step stops.
+
+    ``ranges(kind, plan, work, resume)`` does a large table's work range by range: the engine records
+    the ranges ``plan()`` returns as rows of their own (``kind``: ``copy_range``, ``validate_range``)
+    unless an earlier attempt of the step recorded them already (then those ranges are taken as they
+    were and, with ``resume``, the completed ones are not done again and the others resume from their
+    checkpoints; a validation reads everything again, so it does not resume), hands each range
+    to whichever of the run's ``--jobs`` connections is free (this one included), and returns every
+    range with its result once all are done; the first range that failed raises its error then.
+    None when nothing is recorded and ``plan()`` made fewer than two ranges: the caller does the
+    table whole. Without an engine the ranges run here, one after the other. ``parallel(tasks)`` runs
+    ``(size, task)`` pairs the same way, with nothing recorded (a large table's index builds), and
+    returns once all ended, raising the first error one raised.
     """
 
     progress: Callable[[int, int | None], None] = _ignore
     expected: Callable[[int], None] = _ignore
     checkpoint: Callable[[int | None, int], None] = _ignore
     fence: Callable[[], None] = _ignore
+    ranges: Callable[[str, Callable[[], list[KeyRange]], RangeWork, bool], RangeResults] = ranges_in_order
+    parallel: Callable[[list[SizedTask]], None] = tasks_in_order
 
 
 EventKind = Literal["phase_start", "step_start", "step_progress", "step_success", "step_failure", "phase_end", "notice"]

@@ -108,6 +108,19 @@ class SeedSpec:
     seed: int = 42
     empty_tenants: int = 0
     users: int | None = None
+    # The first tenant's contacts and activities instead of ``contacts`` and ``activities`` (a large tenant
+    # among small ones); None: the same as every tenant.
+    first_contacts: int | None = None
+    first_activities: int | None = None
+
+    def rows_of(self, index: int) -> tuple[int, int]:
+        """Contacts and activities of the populated tenant at ``index``."""
+        if index == 0:
+            return (
+                self.contacts if self.first_contacts is None else self.first_contacts,
+                self.activities if self.first_activities is None else self.first_activities,
+            )
+        return self.contacts, self.activities
 
     def tenant_ids(self) -> list[str]:
         populated = [f"{COMPANY_WORDS[i % len(COMPANY_WORDS)]}_{i + 1:04d}" for i in range(self.tenants)]
@@ -330,7 +343,7 @@ def seed_legacy(
     """Create the legacy auth schema and one schema per tenant. The caller has checked that none exists."""
     if spec.tenants < 0 or spec.contacts < 0 or spec.activities < 0 or spec.empty_tenants < 0:
         raise SeedError("counts must be zero or more")
-    if spec.contacts == 0 and spec.activities:
+    if any(contacts == 0 and activities for contacts, activities in map(spec.rows_of, range(spec.tenants))):
         raise SeedError("activities need contacts: pass --contacts > 0 or --activities 0")
     if spec.user_count < 1:
         raise SeedError("--users must be 1 or more: contacts and activities are owned by legacy users")
@@ -342,14 +355,9 @@ def seed_legacy(
         _create_legacy_auth(legacy_auth_schema, spec)
     progress(f"legacy auth schema {legacy_auth_schema}: {spec.user_count} users")
     for index, tenant_id in enumerate(tenant_ids):
-        populated = index < spec.tenants
+        contacts, activities = spec.rows_of(index) if index < spec.tenants else (0, 0)
         with transaction.atomic():
-            _create_tenant(
-                tenant_schema_name(tenant_id),
-                index,
-                spec,
-                spec.contacts if populated else 0,
-                spec.activities if populated else 0,
-            )
+            _create_tenant(tenant_schema_name(tenant_id), index, spec, contacts, activities)
         progress(f"[{index + 1}/{len(tenant_ids)}] tenant_{tenant_id}")
-    return SeedResult(tenant_ids, spec.contacts * spec.tenants, spec.activities * spec.tenants, spec.user_count)
+    sizes = [spec.rows_of(index) for index in range(spec.tenants)]
+    return SeedResult(tenant_ids, sum(c for c, _a in sizes), sum(a for _c, a in sizes), spec.user_count)

@@ -9,11 +9,12 @@ stops only itself.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import partial
 from itertools import groupby
 
 import psycopg
@@ -23,8 +24,18 @@ from django.utils import timezone
 from migrator.core.context import MigrationContext
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase
-from migrator.core.steps import Event, Step, StepReporter, StepResult
+from migrator.core.steps import (
+    Event,
+    KeyRange,
+    RangeResults,
+    RangeWork,
+    SizedTask,
+    Step,
+    StepReporter,
+    StepResult,
+)
 from migrator.engine import tracking
+from migrator.engine.pool import WorkPool, run_in_order
 from migrator.models import Status
 
 logger = logging.getLogger("migrator.runner")
@@ -65,6 +76,11 @@ def database_error_line(exc: BaseException) -> str:
     return " ".join(f"{message} ({detail})".split()) if detail else message
 
 
+def _tenants_of(argument: object) -> list[str]:
+    """The tenants of a work item's argument: one tenant id, or a batch of them."""
+    return [argument] if isinstance(argument, str) else list(argument) if isinstance(argument, list) else []
+
+
 class PhaseRunner:
     def __init__(
         self,
@@ -77,6 +93,7 @@ class PhaseRunner:
         self.ctx = ctx
         self.on_event = on_event
         self.still_locked = still_locked
+        self._pool: WorkPool | None = None  # while tenants run on --jobs threads: shares ranges among them
 
     def run(self, phase: Phase, steps: list[Step] | None = None) -> PhaseOutcome:
         """Apply ``steps`` (default: the pending ones). The caller holds the migrator lock."""
@@ -156,13 +173,20 @@ class PhaseRunner:
                 for i in range(0, len(ready), size)
             ]
 
+        # The largest tenants first: a large tenant started last would be the one the phase waits for.
+        weights = phase.tenant_weights(self.ctx, list(by_tenant))
+        if weights:
+            work.sort(key=lambda item: -sum(weights.get(t, 0) for t in _tenants_of(item[1])))
         if self.ctx.jobs <= 1:
             for run, argument in work:
                 run(argument)
             return
-        with ThreadPoolExecutor(max_workers=self.ctx.jobs, thread_name_prefix="tenant") as pool:
-            for future in [pool.submit(run, argument) for run, argument in work]:
-                future.result()
+        pool = WorkPool(self.ctx.jobs, on_thread_exit=lambda: connection.close())
+        self._pool = pool
+        try:
+            pool.run([partial(run, argument) for run, argument in work])
+        finally:
+            self._pool = None
 
     def _batch_runner(
         self,
@@ -357,6 +381,8 @@ class PhaseRunner:
             expected=lambda rows: tracking.save_expected(record.pk, rows),
             checkpoint=lambda key, rows: tracking.save_checkpoint(record.pk, key, rows),
             fence=self.still_locked,
+            ranges=lambda kind, plan, work, resume: self._run_ranges(step, kind, plan, work, resume, progress),
+            parallel=self._share,
         )
         result: StepResult | None = None
         try:
@@ -394,6 +420,108 @@ class PhaseRunner:
             )
         )
         return False
+
+    def _run_ranges(
+        self,
+        step: Step,
+        kind: str,
+        plan: Callable[[], list[KeyRange]],
+        work: RangeWork,
+        resume: bool,
+        progress: Callable[[int, int | None], None],
+    ) -> RangeResults:
+        """A step's ranges (see ``StepReporter.ranges``): the plan an earlier attempt recorded, else
+        ``plan()`` recorded now; each range not yet COMPLETED (with ``resume``; else every range) is done
+        on whichever connection is free, with a tracking row of its own that its batches' checkpoints
+        commit with. A recorded plan is kept even by a step that does all its ranges again (a
+        validation): its ranges keep their rows, so none is left behind as an earlier attempt left it."""
+        recorded = tracking.recorded_ranges(step, kind)
+        if recorded and not resume:  # the same ranges (their rows stay the table's), all done again
+            recorded = [(replace(r, resume_after=None, rows_done=0), row, Status.PENDING) for r, row, _s in recorded]
+        results: dict[int, tuple[KeyRange, StepResult]] = {}
+        if recorded:
+            todo = [key_range for key_range, _row, status in recorded if status != Status.COMPLETED]
+            for key_range, _row, status in recorded:
+                if status == Status.COMPLETED:
+                    results[key_range.index] = (key_range, StepResult(rows_copied=key_range.rows_done))
+        else:
+            todo = plan()
+            if len(todo) < 2:
+                return None
+        rows = tracking.record_ranges(step, kind, todo)
+        done = {r.index: r.rows_done for r in todo} | {
+            i: result.rows_copied or 0 for i, (_r, result) in results.items()
+        }
+        planned = (
+            sum(r.rows_planned for r, _row, _status in recorded) if recorded else sum(r.rows_planned for r in todo)
+        )
+        lock = threading.Lock()
+
+        def range_progress(index: int, rows: int) -> None:
+            with lock:
+                done[index] = rows
+                total = sum(done.values())
+            progress(total, planned)
+
+        def task(key_range: KeyRange) -> Callable[[], None]:
+            def run() -> None:
+                results[key_range.index] = (
+                    key_range,
+                    self._run_range(key_range, rows[key_range.index], work, range_progress),
+                )
+
+            return run
+
+        tasks = [(r.rows_planned, task(r)) for r in todo]
+        (self._pool.share if self._pool is not None else run_in_order)(tasks)
+        return [results[index] for index in sorted(results)]
+
+    def _share(self, tasks: list[SizedTask]) -> None:
+        """``tasks`` on whichever connection of the run is free (see ``StepReporter.parallel``)."""
+
+        def recovering(task: Callable[[], None]) -> Callable[[], None]:
+            def run() -> None:
+                self.still_locked()
+                atomic_depth = len(connection.atomic_blocks)
+                try:
+                    task()
+                except BaseException:
+                    self._recover_connection(atomic_depth)
+                    raise
+
+            return run
+
+        shared = [(size, recovering(task)) for size, task in tasks]
+        (self._pool.share if self._pool is not None else run_in_order)(shared)
+
+    def _run_range(
+        self,
+        key_range: KeyRange,
+        record: tracking.StepRow,
+        work: RangeWork,
+        range_progress: Callable[[int, int], None],
+    ) -> StepResult:
+        """One range on this thread's connection, recorded on its own row; its error is re-raised for
+        the step (which fails with it) after the row says FAILED."""
+        self.still_locked()
+        tracking.start(record)
+        atomic_depth = len(connection.atomic_blocks)
+        reporter = StepReporter(
+            progress=lambda rows, _total: range_progress(key_range.index, rows),
+            checkpoint=lambda key, rows: tracking.save_checkpoint(record.pk, key, rows),
+            fence=self.still_locked,
+        )
+        try:
+            result = work(key_range, reporter)
+        except BaseException as exc:
+            self._recover_connection(atomic_depth)
+            error = str(exc) if isinstance(exc, MigrationError) else f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, DatabaseError | psycopg.Error):
+                error = f"database error: {database_error_line(exc)}"
+            tracking.finish(record, Status.FAILED, None, error)
+            raise
+        tracking.finish(record, Status.COMPLETED, result)
+        return result
 
     @staticmethod
     def _finish(

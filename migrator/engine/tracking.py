@@ -16,12 +16,12 @@ from datetime import datetime
 from typing import Any
 
 from django.db import connection
-from django.db.models import DurationField, ExpressionWrapper, F, Func, JSONField, Value
+from django.db.models import DurationField, ExpressionWrapper, F, Func, JSONField, Max, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from psycopg import sql
 
-from migrator.core.steps import Step, StepResult
+from migrator.core.steps import KeyRange, Step, StepResult
 from migrator.db import render as db_render
 from migrator.models import DEPLOY_KEY, DEPLOY_PHASE, DEPLOY_STEP, MigrationRecord, Status
 
@@ -404,3 +404,96 @@ def record_deploy(schemas: int, failed: dict[str, str]) -> None:
             pid=os.getpid(),
             details={"schemas": schemas, "failed": failed},
         )
+
+
+# --- ranges of a large table ----------------------------------------------------------------------------
+#
+# A step that splits a large table into key ranges (see StepReporter.ranges) records each range as a
+# row of its own: migration_id ``<step key>/<index>`` with the step's phase, tenant and target, step
+# ``copy_range`` or ``validate_range``, the planned rows in ``rows_expected``, the rows done in
+# ``rows_copied``, the last committed key in ``checkpoint`` (written in the batch's transaction) and
+# the bounds in ``details``. The plan is the set of these rows: written once in one transaction,
+# then read back by every later attempt of the step, whatever its --jobs, until a rollback marks
+# them ROLLED_BACK with the rest of the tenant's phase.
+
+
+def range_key(step: Step, kind: str, index: int) -> str:
+    return "/".join([step.phase, step.tenant_id or "*", kind, step.target, str(index)])
+
+
+def recorded_ranges(step: Step, kind: str) -> list[tuple[KeyRange, StepRow, str]]:
+    """The ranges an earlier attempt of ``step`` planned (none: not planned yet, or rolled back since),
+    each with its newest attempt's row and status, in key order."""
+    rows = (
+        MigrationRecord.objects.filter(phase=step.phase, tenant_id=step.tenant_id, step=kind, target=step.target)
+        .latest_attempts()
+        .exclude(status=Status.ROLLED_BACK)
+        .values_list(*RUNNER_FIELDS, "details", "checkpoint", "rows_copied", "rows_expected")
+    )
+    found = []
+    for *values, details, checkpoint, rows_copied, rows_expected in rows:
+        bounds = details.get("range") or {}
+        key_range = KeyRange(
+            index=int(bounds["index"]),
+            count=int(bounds["count"]),
+            after=bounds.get("after"),
+            through=bounds.get("through"),
+            rows_planned=int(rows_expected or 0),
+            resume_after=checkpoint,
+            rows_done=int(rows_copied or 0),
+        )
+        found.append((key_range, StepRow(*values), str(values[3])))
+    found.sort(key=lambda item: item[0].index)
+    # A plan is whole or absent (written in one transaction); anything else is not a plan to follow.
+    return found if found and len(found) == found[0][0].count else []
+
+
+def _range_record(step: Step, kind: str, key_range: KeyRange, attempt: int) -> MigrationRecord:
+    return MigrationRecord(
+        migration_id=range_key(step, kind, key_range.index),
+        description=f"{kind.replace('_', ' ')} {key_range.label} of {step.target}: keys after "
+        f"{'-inf' if key_range.after is None else key_range.after} through "
+        f"{'+inf' if key_range.through is None else key_range.through}",
+        status=Status.PENDING,
+        phase=step.phase,
+        phase_number=step.phase_number,
+        tenant_id=step.tenant_id,
+        step=kind,
+        target=step.target,
+        attempt=attempt,
+        rows_expected=key_range.rows_planned,
+        rows_copied=key_range.rows_done,
+        checkpoint=key_range.resume_after,
+        host=HOST,
+        pid=os.getpid(),
+        details={
+            "range": {
+                "index": key_range.index,
+                "count": key_range.count,
+                "after": key_range.after,
+                "through": key_range.through,
+            }
+        },
+    )
+
+
+def record_ranges(step: Step, kind: str, ranges: list[KeyRange]) -> dict[int, StepRow]:
+    """New attempts (PENDING) for ``ranges``, carrying their bounds and how far each got, all in one
+    transaction: a range plan is recorded whole or not at all."""
+    from django.db import transaction
+
+    keys = [range_key(step, kind, r.index) for r in ranges]
+    previous = dict(
+        MigrationRecord.objects.filter(migration_id__in=keys)
+        .order_by()
+        .values("migration_id")
+        .annotate(last=Max("attempt"))
+        .values_list("migration_id", "last")
+    )
+    with transaction.atomic():
+        MigrationRecord.objects.bulk_create(
+            [_range_record(step, kind, r, previous.get(key, 0) + 1) for key, r in zip(keys, ranges, strict=True)]
+        )
+    rows = MigrationRecord.objects.filter(migration_id__in=keys).latest_attempts().values_list(*RUNNER_FIELDS)
+    by_key = {values[1]: StepRow(*values) for values in rows}
+    return {r.index: by_key[key] for key, r in zip(keys, ranges, strict=True)}

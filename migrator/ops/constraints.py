@@ -15,6 +15,8 @@ would make that rebuild fail loudly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from django.db import DatabaseError, transaction
 from psycopg import sql
 
@@ -113,25 +115,41 @@ def _deferrable_primary_key(schema: str, table: str) -> tuple[str, str] | None:
 REBUILD_ADVICE = "fix those rows in the legacy table, then roll back and copy the table again"
 
 
+Task = Callable[[], None]
+# Runs (size, task) pairs, on several connections at once where the caller has them.
+RunTasks = Callable[[list[tuple[int, Task]]], None]
+
+
 def restore_constraints(
     schema: str,
     table: str,
     maintenance_work_mem: str = "256MB",
     advice: str = REBUILD_ADVICE,
     kind: DeferredConstraint.Kind | None = None,
+    parallel: RunTasks | None = None,
 ) -> int:
     """Rebuild what :func:`defer_constraints` dropped: indexes, then foreign keys NOT VALID + VALIDATE
     (``kind``: only those).
 
     Copied rows that break a rebuilt constraint (orphans, duplicate keys) fail it with one line that
     names the constraint, the server's message and the key at fault, followed by ``advice``.
+
+    ``parallel`` (a large table copied in ranges by several connections): its secondary indexes are
+    built on several connections at once (``CREATE INDEX`` locks the table in a mode that does not
+    conflict with itself), each in a transaction of its own that also forgets its deferred record, so a
+    kill leaves every index either built or still recorded. The primary key is built first, on its own
+    (``ADD PRIMARY KEY`` locks the table exclusively), and the foreign keys last, one transaction as
+    before (``VALIDATE`` conflicts with itself).
     """
     found = DeferredConstraint.objects.filter(schema_name=schema, table_name=table)
     deferred = list(found if kind is None else found.filter(kind=kind))
     if not deferred:  # a small table copied with its constraints in place: nothing to rebuild
         return 0
     try:
-        _rebuild(schema, table, deferred, maintenance_work_mem)
+        if parallel is None:
+            _rebuild(schema, table, deferred, maintenance_work_mem)
+        else:
+            _rebuild_in_parallel(schema, table, deferred, maintenance_work_mem, parallel)
     except DatabaseError as exc:
         diag = getattr(exc.__cause__, "diag", None)
         reason = getattr(diag, "message_primary", None) or str(exc).strip().splitlines()[0]
@@ -167,6 +185,32 @@ def _rebuild(schema: str, table: str, deferred: list[DeferredConstraint], mainte
                         )
                     )
         DeferredConstraint.objects.filter(pk__in=[item.pk for item in deferred]).delete()
+
+
+def _build_index(item: DeferredConstraint, maintenance_work_mem: str) -> None:
+    """One deferred index (or primary key) built, and its record gone, in one transaction."""
+    with transaction.atomic():
+        with db.local_settings(maintenance_work_mem=maintenance_work_mem, **QUALIFY_ALL):
+            db.execute(sql.SQL(item.definition))  # PostgreSQL's own definition, as in _rebuild
+        DeferredConstraint.objects.filter(pk=item.pk).delete()
+
+
+def _rebuild_in_parallel(
+    schema: str, table: str, deferred: list[DeferredConstraint], maintenance_work_mem: str, parallel: RunTasks
+) -> None:
+    indexes = [item for item in deferred if item.kind == DeferredConstraint.Kind.INDEX]
+    primary = [item for item in indexes if item.definition.startswith("ALTER TABLE")]
+    for item in primary:
+        _build_index(item, maintenance_work_mem)
+    secondary = [item for item in indexes if item not in primary]
+
+    def build(item: DeferredConstraint) -> Task:
+        return lambda: _build_index(item, maintenance_work_mem)
+
+    parallel([(1, build(item)) for item in secondary])
+    foreign_keys = [item for item in deferred if item.kind == DeferredConstraint.Kind.FOREIGN_KEY]
+    if foreign_keys:
+        _rebuild(schema, table, foreign_keys, maintenance_work_mem)
 
 
 def unvalidated_foreign_keys(schema: str, table: str) -> list[str]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -31,7 +31,7 @@ from psycopg import sql
 from migrator import catalog, db
 from migrator.core.context import RunOptions
 from migrator.core.errors import MigrationError
-from migrator.core.steps import StepReporter
+from migrator.core.steps import KeyRange, StepReporter, StepResult
 from migrator.ops.target_columns import Fill
 
 
@@ -378,13 +378,17 @@ ASYNC_COMMIT = "SELECT set_config('synchronous_commit', 'off', true)"
 # table that fits in one batch is copied as a batch like any other.
 ONE_STATEMENT_BELOW_ROWS = 1000
 
-# Advisory lock keys (namespace, crc32 of "schema.table") of the per-table copy fence; the migrator
-# lock is (0x53460000, 1).
+# Advisory lock keys (namespace, crc32 of "schema.table") of the per-table copy fence, and of the fence
+# of one key range of a table copied in ranges (crc32 of "schema.table#index"); the migrator lock is
+# (0x53460000, 1).
 COPY_FENCE_NAMESPACE = 0x53460001
+RANGE_FENCE_NAMESPACE = 0x53460002
 
 
-def _fence_key(schema: str, table: str) -> list[int]:
-    return [COPY_FENCE_NAMESPACE, zlib.crc32(f"{schema}.{table}".encode()) & 0x7FFFFFFF]
+def _fence_key(schema: str, table: str, part: int | None = None) -> list[int]:
+    if part is None:
+        return [COPY_FENCE_NAMESPACE, zlib.crc32(f"{schema}.{table}".encode()) & 0x7FFFFFFF]
+    return [RANGE_FENCE_NAMESPACE, zlib.crc32(f"{schema}.{table}#{part}".encode()) & 0x7FFFFFFF]
 
 
 # Fences this thread holds: (id of the psycopg connection, key). A new connection holds none.
@@ -392,7 +396,7 @@ _fences_held: ContextVar[frozenset[tuple[int, int, int]]] = ContextVar("table_fe
 
 
 @contextmanager
-def table_fence(schema: str, table: str) -> Iterator[None]:
+def table_fence(schema: str, table: str, part: int | None = None) -> Iterator[None]:
     """Only one runner writes ``schema.table`` at a time, whatever the migrator lock says.
 
     A session advisory lock on the connection that writes the batches: it cannot outlive that
@@ -400,8 +404,11 @@ def table_fence(schema: str, table: str) -> Iterator[None]:
     migrator lock on its idle connection, it is never lost while batches still commit. A second
     runner that reaches the table while it is held is refused at once; each batch also checks that
     its connection still holds it (see :func:`_check_fence`). Re-entrant within one session.
+
+    ``part``: the fence of one key range of the table (a table copied in ranges is written by several
+    connections of one run at once, each range by one of them, under the table's fence held by the step).
     """
-    key = _fence_key(schema, table)
+    key = _fence_key(schema, table, part)
     connection.ensure_connection()
     held = (id(connection.connection), key[0], key[1])
     if held in _fences_held.get():
@@ -416,8 +423,9 @@ def table_fence(schema: str, table: str) -> Iterator[None]:
             "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             key,
         )
+        what = f"{schema}.{table}" if part is None else f"range {part} of {schema}.{table}"
         raise MigrationError(
-            f"{schema}.{table} is being written by another migrate_phase (server pid {holder or 'unknown'}); nothing "
+            f"{what} is being written by another migrate_phase (server pid {holder or 'unknown'}); nothing "
             "was copied: let that run finish (or stop it), then rerun the phase"
         )
     token = _fences_held.set(_fences_held.get() | {held})
@@ -429,12 +437,12 @@ def table_fence(schema: str, table: str) -> Iterator[None]:
             db.execute("SELECT pg_advisory_unlock(%s, %s)", key)
 
 
-def _check_fence(copy: TableCopy) -> None:
-    """Inside a batch's transaction: this connection still holds the copy's table fence."""
+def _check_fence(copy: TableCopy, part: int | None = None) -> None:
+    """Inside a batch's transaction: this connection still holds the copy's table (or range) fence."""
     held = db.fetchvalue(
         "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted "
         "AND classid = %s AND objid = %s AND objsubid = 2)",
-        _fence_key(copy.target_schema, copy.target_table),
+        _fence_key(copy.target_schema, copy.target_table, part),
     )
     if not held:
         raise MigrationError(
@@ -572,6 +580,7 @@ class CopyStats:
     rows_copied: int
     batches: int
     resumed_after: list[object] | None
+    ranges: int = 0  # the key ranges it was copied in (0: whole)
 
 
 SILENT = StepReporter()  # a copy nobody watches (tests, tools)
@@ -589,12 +598,19 @@ def copy_table(copy: TableCopy, batch_size: int, reporter: StepReporter = SILENT
         return _copy_table(copy, batch_size, reporter)
 
 
-def _copy_table(copy: TableCopy, batch_size: int, reporter: StepReporter) -> CopyStats:
-    # Every run, a resumed one too: legacy rows may have changed since the last.
+def source_rows_checked(copy: TableCopy) -> int:
+    """The source's row count, once every row is known to fit (refused otherwise: a value the target
+    cannot hold exactly, a reference id with no merged id). Every run, a resumed one too: legacy rows
+    may have changed since the last."""
     refuse_inexact_conversions(copy)
     total, missing = _scan_source(copy)
     if missing:
         _refuse_unmapped(copy, missing)
+    return total
+
+
+def _copy_table(copy: TableCopy, batch_size: int, reporter: StepReporter, total: int | None = None) -> CopyStats:
+    total = source_rows_checked(copy) if total is None else total
     resumed_after = _last_copied_key(copy)
     last = resumed_after or _lowest_key(copy)
     done = catalog.row_count(copy.target_schema, copy.target_table) if resumed_after else 0
@@ -655,6 +671,15 @@ def _copy_table(copy: TableCopy, batch_size: int, reporter: StepReporter) -> Cop
         batches += 1
         reporter.progress(done, total)
         last = list(upper)
+    key = last[0] if len(copy.key) == 1 and (resumed_after or batches) else None
+    total, done = _copy_missing(copy, total, done, key if isinstance(key, int) else None, reporter)
+    return CopyStats(rows_source=total, rows_copied=done, batches=batches, resumed_after=resumed_after)
+
+
+def _copy_missing(
+    copy: TableCopy, total: int, done: int, checkpoint: int | None, reporter: StepReporter
+) -> tuple[int, int]:
+    """(source rows, rows copied) once the batches are done: the same as before when they match."""
     if done != total:
         # The legacy table changed while it was copied: rows written above the progress were copied
         # by the batches; rows written below it (after the copy passed their key) only a pass over
@@ -667,10 +692,88 @@ def _copy_table(copy: TableCopy, batch_size: int, reporter: StepReporter) -> Cop
                 _check_fence(copy)
                 db.execute(ASYNC_COMMIT)
                 done += db.execute(copy.insert_missing_sql())
-                key = last[0] if len(copy.key) == 1 and (resumed_after or batches) else None
-                reporter.checkpoint(key if isinstance(key, int) else None, done)
+                reporter.checkpoint(checkpoint, done)
             reporter.progress(done, total)
-    return CopyStats(rows_source=total, rows_copied=done, batches=batches, resumed_after=resumed_after)
+    return total, done
+
+
+MAX_KEY = 2**63 - 1
+
+
+def copy_in_ranges(
+    copy: TableCopy, batch_size: int, reporter: StepReporter, plan: Callable[[int], list[KeyRange]]
+) -> CopyStats:
+    """Copy a large table range by range, or whole when ``plan`` splits it into fewer than two ranges.
+
+    ``plan(source rows)`` splits the single integer key into ranges; the engine records them once and
+    runs them on the run's free connections (``reporter.ranges``), each in keyset batches that commit
+    with the range's own checkpoint. The caller holds the table's fence; each range takes its own.
+    A rerun follows the recorded plan, whatever ``plan`` would say now.
+    """
+    total = source_rows_checked(copy)
+
+    def plan_now() -> list[KeyRange]:
+        # Rows already in the target came from a copy of the whole table (killed): it resumes as such.
+        return [] if _has_rows(copy.target) else plan(total)
+
+    def work(key_range: KeyRange, range_reporter: StepReporter) -> StepResult:
+        return _copy_range(copy, key_range, batch_size, range_reporter)
+
+    results = reporter.ranges("copy_range", plan_now, work, True)
+    if results is None:
+        return _copy_table(copy, batch_size, reporter, total)
+    reporter.expected(total)
+    done = sum(result.rows_copied or 0 for _r, result in results)
+    batches = sum(int(result.details.get("batches", 0)) for _r, result in results)
+    resumed: list[object] = [r.resume_after for r, _result in results if r.resume_after is not None]
+    total, done = _copy_missing(copy, total, done, None, reporter)
+    reporter.progress(done, total)
+    return CopyStats(
+        rows_source=total, rows_copied=done, batches=batches, resumed_after=resumed or None, ranges=len(results)
+    )
+
+
+def _has_rows(table: sql.Composable) -> bool:
+    return bool(db.fetchvalue(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(table)))
+
+
+def _copy_range(copy: TableCopy, key_range: KeyRange, batch_size: int, reporter: StepReporter) -> StepResult:
+    """The keys of ``key_range`` not yet copied, in keyset batches; each commits with the range's checkpoint."""
+    (key,) = copy.key
+    through = MAX_KEY if key_range.through is None else key_range.through
+    last = key_range.resume_after if key_range.resume_after is not None else key_range.after
+    last = -(2**63) if last is None else last
+    done = key_range.rows_done
+    next_upper = sql.SQL(
+        "SELECT s.{k} FROM {src} s WHERE s.{k} > %s AND s.{k} <= %s ORDER BY s.{k} OFFSET %s LIMIT 1"
+    ).format(k=sql.Identifier(key), src=copy.source_rows)
+    highest = sql.SQL("SELECT max(s.{k}) FROM {src} s WHERE s.{k} > %s AND s.{k} <= %s").format(
+        k=sql.Identifier(key), src=copy.source_rows
+    )
+    bounded = db.render(copy.insert_batch_sql(bounded=True))
+    batches = 0
+    with table_fence(copy.target_schema, copy.target_table, part=key_range.index):
+        while True:
+            upper = db.fetchvalue(next_upper, [last, through, batch_size - 1])
+            if upper is None:  # the rest of the range fits in one batch
+                upper = db.fetchvalue(highest, [last, through])
+                if upper is None:
+                    break
+            with transaction.atomic():
+                reporter.fence()
+                _check_fence(copy, part=key_range.index)
+                db.execute(ASYNC_COMMIT)  # as every batch (see the module docstring)
+                done += db.execute(bounded, [last, upper])
+                reporter.checkpoint(upper, done)
+            batches += 1
+            reporter.progress(done, key_range.rows_planned)
+            last = upper
+    return StepResult(
+        message=f"{done} rows in {batches} batches",
+        rows_expected=key_range.rows_planned,
+        rows_copied=done,
+        details={"batches": batches, "resumed_after": key_range.resume_after},
+    )
 
 
 def _last_issued(sequence: tuple[str, str] | None) -> tuple[sql.Composable, list[str]]:

@@ -223,11 +223,12 @@ def _target(copy: TableCopy, method: str, values: Values, by_value: set[str]) ->
     return elements, sql.Composed(joins)
 
 
-def _sum_query(side: Side, method: str) -> sql.Composed:
+def _sum_query(side: Side, method: str, where: sql.Composable | None = None) -> sql.Composed:
     elements, from_clause = side
-    return sql.SQL("SELECT count(*), coalesce(sum({h}), 0) FROM {f}").format(
+    query = sql.SQL("SELECT count(*), coalesce(sum({h}), 0) FROM {f}").format(
         h=_row_hash(elements, method), f=from_clause
     )
+    return query + sql.SQL(" WHERE {}").format(where) if where is not None else query
 
 
 def source_query(copy: TableCopy, method: str = CURRENT) -> sql.Composed:
@@ -267,6 +268,43 @@ def both_fingerprints(copy: TableCopy, method: str = CURRENT) -> tuple[Fingerpri
         )
     ) or (0, 0, 0, 0)
     return _as_fingerprint(row[0], row[1], method), _as_fingerprint(row[2], row[3], method)
+
+
+def _in_range(copy: TableCopy, alias: str, after: int | None, through: int | None) -> sql.Composable | None:
+    """``alias``'s single key above ``after`` and up to ``through`` (None: unbounded on that side)."""
+    (key,) = copy.key
+    column = sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(key))
+    conditions = []
+    if after is not None:
+        conditions.append(sql.SQL("{} > {}").format(column, sql.Literal(after)))
+    if through is not None:
+        conditions.append(sql.SQL("{} <= {}").format(column, sql.Literal(through)))
+    return sql.SQL(" AND ").join(conditions) if conditions else None
+
+
+def both_fingerprints_in_range(
+    copy: TableCopy, after: int | None, through: int | None, method: str = CURRENT
+) -> tuple[Fingerprint, Fingerprint]:
+    """:func:`both_fingerprints` of the rows whose key is in one range of a table validated in ranges:
+    the table's fingerprint is the :func:`combined` fingerprint of its ranges."""
+    source, target, method = _sides(copy, method)
+    row = db.fetchone(
+        sql.SQL("SELECT s.*, t.* FROM ({s}) s CROSS JOIN ({t}) t").format(
+            s=_sum_query(source, method, _in_range(copy, "s", after, through)),
+            t=_sum_query(target, method, _in_range(copy, "t", after, through)),
+        )
+    ) or (0, 0, 0, 0)
+    return _as_fingerprint(row[0], row[1], method), _as_fingerprint(row[2], row[3], method)
+
+
+def combined(parts: Sequence[Fingerprint]) -> Fingerprint:
+    """The fingerprint of a table whose key ranges (disjoint, together every row) have ``parts``: a count
+    and a sum of row hashes add up range by range."""
+    methods = {part.method for part in parts}
+    if len(methods) != 1:
+        raise ValueError("fingerprints made different ways cannot be combined")
+    digest = sum(int(part.digest, 16) for part in parts) % DIGEST_MODULUS
+    return Fingerprint(sum(part.rows for part in parts), format(digest, "020x"), methods.pop())
 
 
 def _as_fingerprint(rows: int, total: int, method: str) -> Fingerprint:

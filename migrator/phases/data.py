@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from django.db.models import QuerySet
 
@@ -12,15 +12,16 @@ from migrator import catalog, db
 from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
-from migrator.core.steps import Step, StepReporter, StepResult
+from migrator.core.steps import KeyRange, Step, StepReporter, StepResult
 from migrator.models import DeferredConstraint, MigrationRecord, Status
-from migrator.ops import carried, constraints, fingerprint, reference
+from migrator.ops import carried, constraints, fingerprint, ranges, reference
 from migrator.ops.copy import (
     LEGACY_TIMEZONE_OPTION,
     Remap,
     TableCopy,
     analyze,
     continue_sequence,
+    copy_in_ranges,
     copy_table,
     legacy_timezone,
     source_rows_up_to,
@@ -198,6 +199,55 @@ def small_table(copy: TableCopy, batch_size: int) -> bool:
 ANALYZE_FROM_ROWS = 1000
 
 
+def in_ranges(ctx: MigrationContext, copy: TableCopy) -> bool:
+    """Whether a large ``copy`` may go by key ranges: a single key, and not online (an online copy and
+    its validation follow the captured changes of the whole table: they stay whole)."""
+    return copy.key == ("id",) and not ctx.options.online and not online.is_online(copy.source_schema)
+
+
+def range_planner(ctx: MigrationContext, copy: TableCopy) -> Callable[[int], list[KeyRange]]:
+    """Plans ``copy``'s key ranges (of ``SALESFLOW['RANGE_ROWS']`` rows) given its source's row count."""
+
+    def plan(rows: int) -> list[KeyRange]:
+        return ranges.plan_key_ranges(copy.source_schema, copy.source_table, "id", ctx.config.range_rows, rows)
+
+    return plan
+
+
+@dataclass(frozen=True)
+class RangedComparison(fingerprint.Comparison):
+    ranges: int = 0
+
+
+def compare_in_ranges(ctx: MigrationContext, copy: TableCopy, reporter: StepReporter) -> RangedComparison | None:
+    """Phase 3's comparison of a large table, range by range on the run's free connections (None: not
+    large enough to split). Each range's both sides are read in one statement; the legacy tables are
+    not written during an offline run, so the ranges' fingerprints add up to the table's."""
+    parts: dict[int, tuple[fingerprint.Fingerprint, fingerprint.Fingerprint]] = {}
+
+    def plan() -> list[KeyRange]:
+        return ranges.plan_key_ranges(copy.source_schema, copy.source_table, "id", ctx.config.range_rows)
+
+    def work(key_range: KeyRange, _reporter: StepReporter) -> StepResult:
+        source, target = fingerprint.both_fingerprints_in_range(copy, key_range.after, key_range.through)
+        parts[key_range.index] = (source, target)
+        return StepResult(
+            message=f"{target.rows} rows, fingerprint {'matches' if str(source) == str(target) else 'DIFFERS'}",
+            rows_expected=source.rows,
+            rows_copied=target.rows,
+            source_fingerprint=str(source),
+            target_fingerprint=str(target),
+        )
+
+    results = reporter.ranges("validate_range", plan, work, False)
+    if results is None:
+        return None
+    source = fingerprint.combined([parts[r.index][0] for r, _result in results])
+    target = fingerprint.combined([parts[r.index][1] for r, _result in results])
+    differing = fingerprint.differing_keys(copy) if str(source) != str(target) else []
+    return RangedComparison(source, target, differing, ranges=len(results))
+
+
 class DataPhase(Phase):
     name = "data"
     number = 3
@@ -304,6 +354,12 @@ class DataPhase(Phase):
             # Reads only: recorded with the tenant's state at the end of the tenant (no RUNNING row).
             "validate": StepKind(self._validate_table, self._check_validation, rerunnable=True),
         }
+
+    def tenant_weights(self, ctx: MigrationContext, tenant_ids: list[str]) -> dict[str, float]:
+        """Each tenant's legacy rows as the planner estimates them: the largest tenants start first."""
+        schemas = {TenantRef(t).schema: t for t in tenant_ids}
+        found = ranges.estimated_rows(list(schemas), list(LEGACY_TENANT_TABLES))
+        return {schemas[schema]: rows for schema, rows in found.items()}
 
     @contextmanager
     def tenant_context(self, ctx: MigrationContext, tenant_id: str) -> Iterator[None]:
@@ -432,21 +488,32 @@ class DataPhase(Phase):
             # and whatever an earlier attempt deferred is rebuilt below.
             small = small_table(copy, ctx.batch_size)
             deferred = 0 if small else constraints.defer_constraints(tenant.schema, spec.target_table)
-            stats = copy_table(copy, ctx.batch_size, reporter)
+            if in_ranges(ctx, copy):  # a large table: its key ranges on every free connection of the run
+                stats = copy_in_ranges(copy, ctx.batch_size, reporter, range_planner(ctx, copy))
+            else:
+                stats = copy_table(copy, ctx.batch_size, reporter)
             advice = (
                 f"fix those rows in {tenant.schema}.{spec.legacy_table}, then run `migrate_phase rollback "
                 f"--tenant {tenant.tenant_id}`, `migrate_phase schemas` and `migrate_phase data`"
             )
+            # a table copied in ranges: its indexes built by every free connection too
+            parallel = reporter.parallel if stats.ranges else None
             rebuilt = 0
             if ctx.options.online:
                 # What was written meanwhile is applied before the foreign keys are rebuilt (after the
                 # indexes: the apply upserts by key), so a contact and its activity written in one
                 # transaction are both there, or both gone.
                 rebuilt = constraints.restore_constraints(
-                    tenant.schema, spec.target_table, advice=advice, kind=DeferredConstraint.Kind.INDEX
+                    tenant.schema,
+                    spec.target_table,
+                    advice=advice,
+                    kind=DeferredConstraint.Kind.INDEX,
+                    parallel=parallel,
                 )
             applied = online.apply_after_copy(ctx, tenant.schema, [spec.legacy_table], reporter)  # --online only
-            rebuilt += constraints.restore_constraints(tenant.schema, spec.target_table, advice=advice)
+            rebuilt += constraints.restore_constraints(
+                tenant.schema, spec.target_table, advice=advice, parallel=parallel
+            )
             # After the rebuild: the new table's own indexes are all there to be compared with, and a
             # carried unique index is built once over the copied rows.
             carry = carried.carry_constraints(tenant.schema, spec.legacy_table, spec.target_table, leave)
@@ -459,6 +526,10 @@ class DataPhase(Phase):
             )
         merged.update(applied)
         resumed = f", resumed after id {stats.resumed_after[0]}" if stats.resumed_after else ""
+        if stats.ranges:
+            resumed = f" over {stats.ranges} key ranges" + (
+                f", {len(stats.resumed_after)} of them resumed" if stats.resumed_after else ""
+            )
         return StepResult(
             message=f"{stats.rows_copied} rows in {stats.batches} batches{resumed}",
             rows_expected=stats.rows_source,
@@ -468,6 +539,7 @@ class DataPhase(Phase):
                 "deferred": deferred,
                 "rebuilt": rebuilt,
                 "resumed_after": stats.resumed_after,
+                **({"ranges": stats.ranges} if stats.ranges else {}),
                 **timezone_details(copy),
                 **sequence,
                 **carry.details(),
@@ -510,8 +582,11 @@ class DataPhase(Phase):
         copy = in_legacy_timezone(ctx, copy)
         # Both sides, and the keys that differ, are read in one snapshot: a legacy row committed between
         # two reads would otherwise show as missing from the target although nothing is wrong.
+        ranged = None
         if online.is_online(copy.source_schema):  # writes go on: the captured changes applied in it too
             comparison = online.compare_in_snapshot(ctx, copy)
+        elif step.tenant_id is not None and in_ranges(ctx, copy) and (ranged := compare_in_ranges(ctx, copy, reporter)):
+            comparison = ranged
         else:
             comparison = compare(copy)  # both fingerprints come from one statement, so from one snapshot
             if not comparison.matches:  # the keys too: both sides and the keys again, in one snapshot
@@ -519,6 +594,8 @@ class DataPhase(Phase):
                     comparison = compare(copy)
         source, target = comparison.source, comparison.target
         details: dict[str, object] = timezone_details(copy)
+        if ranged is not None:
+            details["ranges"] = ranged.ranges
         converted = [str(d) for d in type_differences(copy)]
         if converted:
             details["columns_of_another_type"] = converted

@@ -25,7 +25,14 @@ from migrator.ops.capture import Lag, lag
 from migrator.phases import ORDERED
 
 # one definition of each, shared with `status`
-from migrator.reports.status import cell_state, deploy_failures, excluded_schemas, registered_schemas_missing
+from migrator.reports.status import (
+    RangedTable,
+    cell_state,
+    deploy_failures,
+    excluded_schemas,
+    ranged_tables_in_progress,
+    registered_schemas_missing,
+)
 from migrator.tables import TENANT_DATA_TABLES
 
 # Steps whose rows_copied are rows moved into the target layout (reference merges are counted by the
@@ -314,6 +321,8 @@ class Dashboard:
     lag: list[OnlineLag] = field(default_factory=list)
     missing_schemas: list[str] = field(default_factory=list)  # registered tenants whose schema is gone
     deploy_failures: dict[str, str] = field(default_factory=dict)  # {schema: reason} of the last migrate_schemas
+    # large tables of phase 3 whose key ranges are not all done, each range's rows done / planned
+    ranged: list[RangedTable] = field(default_factory=list)
 
     @property
     def timeline(self) -> list[tuple[PhaseProgress, RehearsedPhase | None]]:
@@ -485,7 +494,7 @@ def _load_test(record: MigrationRecord) -> LoadTestSummary:
 
 
 def build_dashboard(now: datetime | None = None) -> Dashboard:
-    """Every number of the dashboard page, in a fixed number of queries (nine, and the online lag's one or two:
+    """Every number of the dashboard page, in a fixed number of queries (ten, and the online lag's one or two:
     whether capture is on, and one aggregate over the capture table, which `sync` keeps short)."""
     from tenants.models import Tenant
 
@@ -527,6 +536,7 @@ def build_dashboard(now: datetime | None = None) -> Dashboard:
         rehearsal=rehearsal,
         load_test=load_test,
         lag=_online_lag(lag()),
+        ranged=ranged_tables_in_progress(),
     )
 
 

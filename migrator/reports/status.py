@@ -19,6 +19,81 @@ GLOBAL = "*"
 NOT_APPLICABLE = "-"
 
 
+RANGE_STEPS = ("copy_range", "validate_range")
+
+
+@dataclass(frozen=True)
+class RangeProgress:
+    """One key range of a large table: its place in the plan, state, rows done and rows planned."""
+
+    index: int
+    status: str
+    rows_done: int
+    rows_planned: int
+
+
+@dataclass(frozen=True)
+class RangedTable:
+    """A large table copied or validated in key ranges (phase 3), while some of its ranges are not done."""
+
+    tenant_id: str
+    table: str
+    kind: str  # copy_range or validate_range
+    ranges: list[RangeProgress]
+
+    @property
+    def what(self) -> str:
+        return "copy" if self.kind == "copy_range" else "validation"
+
+    @property
+    def ranges_done(self) -> int:
+        return sum(r.status == Status.COMPLETED for r in self.ranges)
+
+    @property
+    def rows_done(self) -> int:
+        return sum(r.rows_done for r in self.ranges)
+
+    @property
+    def rows_planned(self) -> int:
+        return sum(r.rows_planned for r in self.ranges)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "tenant": self.tenant_id,
+            "table": self.table,
+            "work": self.what,
+            "ranges_done": self.ranges_done,
+            "rows_done": self.rows_done,
+            "rows_planned": self.rows_planned,
+            "ranges": [
+                {"range": r.index, "status": r.status, "rows_done": r.rows_done, "rows_planned": r.rows_planned}
+                for r in self.ranges
+            ],
+        }
+
+
+def ranged_tables_in_progress() -> list[RangedTable]:
+    """The tables phase 3 splits into key ranges whose ranges are not all done (running, interrupted or
+    not started yet), each range with its rows done and planned: one aggregate over the ranges' newest
+    attempts (few rows: only large tables have ranges)."""
+    table = sql.Identifier(MigrationRecord._meta.db_table)
+    found = db.fetchall(
+        sql.SQL(
+            "SELECT tenant_id, target, step, json_agg(json_build_array((details->'range'->>'index')::int, status, "
+            "coalesce(rows_copied, 0), coalesce(rows_expected, 0)) ORDER BY (details->'range'->>'index')::int) "
+            "FROM (SELECT DISTINCT ON (migration_id) tenant_id, target, step, status, rows_copied, rows_expected, "
+            "details FROM {table} WHERE phase = 'data' AND step = ANY(%s) ORDER BY migration_id, attempt DESC) latest "
+            "WHERE status <> %s GROUP BY tenant_id, target, step HAVING bool_or(status <> %s) "
+            "ORDER BY tenant_id, target, step"
+        ).format(table=table),
+        [list(RANGE_STEPS), Status.ROLLED_BACK, Status.COMPLETED],
+    )
+    return [
+        RangedTable(tenant_id or GLOBAL, target, step, [RangeProgress(*entry) for entry in ranges])
+        for tenant_id, target, step, ranges in found
+    ]
+
+
 @dataclass
 class StatusReport:
     phases: list[str]
@@ -37,6 +112,8 @@ class StatusReport:
     unregistered: list[str] = field(default_factory=list)
     # online migration: schemas whose legacy and new tables are in two-way sync (until finalize)
     synced: int = 0
+    # large tables whose key ranges are not all done yet, with each range's progress
+    ranged: list[RangedTable] = field(default_factory=list)
 
     @property
     def cells_complete(self) -> bool:
@@ -68,6 +145,7 @@ class StatusReport:
             "deploy_failures": self.deploy_failures,
             "unregistered_schemas": self.unregistered,
             "two_way_synced": self.synced,
+            "ranged_tables": [t.as_dict() for t in self.ranged],
             "lag": [{"scope": x.scope, "pending": x.pending, "oldest_seconds": x.oldest_seconds} for x in self.lag],
             "failed": [
                 {"migration_id": r.migration_id, "attempt": r.attempt, "error": r.error_message} for r in self.failures
@@ -173,6 +251,7 @@ def status_report() -> StatusReport:
                 report.cells[(phase, scope)] = cell_state(statuses.get((phase, scope), set()))
     report.lag = lag()
     report.synced = len(twoway.engaged_scopes())
+    report.ranged = ranged_tables_in_progress()
     report.missing_schemas = registered_schemas_missing()
     report.deploy_failures = deploy_failures()
     if report.cells_done:  # before phase 1 every legacy tenant is unregistered: nothing to tell yet

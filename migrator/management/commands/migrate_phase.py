@@ -532,6 +532,16 @@ class Command(BaseCommand):
             )
         for schema, reason in report.deploy_failures.items():
             self.stdout.write(self.style.ERROR(f"DEPLOY FAILED {schema}: the last migrate_schemas: {reason}"))
+        for ranged in report.ranged:
+            self.stdout.write(
+                f"RANGES {ranged.tenant_id} {ranged.table} {ranged.what}: {ranged.ranges_done}/{len(ranged.ranges)} "
+                f"ranges done, {ranged.rows_done:,}/{ranged.rows_planned:,} rows (done/planned)"
+            )
+            for part in ranged.ranges:
+                self.stdout.write(
+                    f"  range {part.index}/{len(ranged.ranges)}: {part.status.lower()}, "
+                    f"{part.rows_done:,}/{part.rows_planned:,} rows"
+                )
         for lag in report.lag:
             age = "-" if lag.oldest_seconds is None else f"{lag.oldest_seconds:.1f}s"
             self.stdout.write(f"LAG {lag.scope}: {lag.pending} captured changes not applied yet, oldest {age}")

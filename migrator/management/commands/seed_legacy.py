@@ -34,6 +34,18 @@ class Command(BaseCommand):
         parser.add_argument(
             "--users", type=non_negative, default=None, help="Legacy auth users (default 5 per tenant, at least 10)."
         )
+        parser.add_argument(
+            "--first-tenant-contacts",
+            type=non_negative,
+            default=None,
+            help="Contacts of the first tenant instead of --contacts (one large tenant among small ones).",
+        )
+        parser.add_argument(
+            "--first-tenant-activities",
+            type=non_negative,
+            default=None,
+            help="Activities of the first tenant instead of --activities.",
+        )
         parser.add_argument("--seed", type=int, default=42, help="Random seed: the same seed gives the same data.")
         parser.add_argument(
             "--replace",
@@ -59,6 +71,8 @@ class Command(BaseCommand):
             seed=options["seed"],
             empty_tenants=options["empty_tenants"],
             users=options["users"],
+            first_contacts=options["first_tenant_contacts"],
+            first_activities=options["first_tenant_activities"],
         )
         if options["replace"]:
             for line in reset_database(config):

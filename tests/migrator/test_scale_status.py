@@ -47,4 +47,6 @@ def test_status_shows_the_newest_attempt_of_each_step(migrated: dict[str, Any]) 
     assert all(report.cells[("data", t)] == "done" for t in tenants if t != FAILING)
     assert report.cells[("data", GLOBAL)] == "done"
     assert report.cells[("cutover", FAILING)] == "pending"
-    assert len(captured) <= 9  # ... and one for the large tables in key ranges
+    # ... one for the large tables in key ranges, one for tenant schemas created since phase 1 and two for
+    # the schemas in two-way sync: a fixed number, whatever the tenants
+    assert len(captured) <= 12

@@ -21,7 +21,7 @@ Per shape and round, on freshly seeded rows (then VACUUM ANALYZE, phases prepare
 ``migrate_phase data --validate-only --jobs N`` (the validation alone). The copy is the first minus the
 second. The rounds go shape by shape side by side (i, ii, iii, i, ii, iii, ...), so that a slow moment of
 the shared machine hits every shape alike; the best of each is reported, with the ratios of (ii) and
-(iii) to (i). The results go to stdout and to ``RESULTS.md`` beside this file (its own section).
+(iii) to (i). The results go to stdout and to their section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import sys
 import tempfile
 import time
@@ -50,9 +49,8 @@ from bench_data_phase import (  # the sibling script's helpers
     server_facts,
     vacuum_legacy,
 )
+from results_doc import write_section
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-SECTION_START, SECTION_END = "<!-- bench_whale: start -->", "<!-- bench_whale: end -->"
 SHAPES = ("i", "ii", "iii")
 TARGET_RATIO = 0.9
 
@@ -203,13 +201,7 @@ def report(args: argparse.Namespace, facts: dict[str, str], by_shape: dict[str, 
 
 
 def write_results(text: str) -> None:
-    existing = RESULTS.read_text() if RESULTS.exists() else ""
-    pattern = re.compile(re.escape(SECTION_START) + r"\n.*?" + re.escape(SECTION_END), re.S)
-    section = f"{SECTION_START}\n{text.strip()}\n{SECTION_END}"
-    if pattern.search(existing):
-        RESULTS.write_text(pattern.sub(lambda _: section, existing, count=1))
-    else:
-        RESULTS.write_text(section + "\n\n" + existing)
+    write_section("bench_whale", text, heading="## Whale tenants: `bench_whale.py`")
 
 
 def main() -> None:
@@ -221,7 +213,7 @@ def main() -> None:
     parser.add_argument("--range-rows", type=int, default=100_000, help="SALESFLOW_RANGE_ROWS (default 100,000)")
     parser.add_argument("--shapes", default="i,ii,iii")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--no-write", action="store_true", help=f"print only; do not write {RESULTS.name}")
+    parser.add_argument("--no-write", action="store_true", help="print only; do not write docs/benchmarks.md")
     args = parser.parse_args()
     wanted = [s for s in args.shapes.split(",") if s in SHAPES]
 

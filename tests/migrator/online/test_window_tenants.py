@@ -17,6 +17,11 @@ LATE = "tenant_late_0009"
 def test_a_tenant_schema_created_in_the_window_is_reported_until_it_is_migrated(synced):
     cut_over_online()
     run("migrate_phase", "status", "--check")  # complete: every registered tenant cut over
+    run("migrate_phase", "status", "--deploy-check")  # deploys go on, within the window's limits
+    gate = json.loads(run("migrate_phase", "status", format="json"))
+    assert gate["state"] == "online window open"
+    assert gate["deploy_check"]["safe"] is True
+    assert "refused whole until `migrate_phase finalize`" in gate["deploy_check"]["reason"]
     with psycopg_connect() as conn:
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(LATE)))
         conn.execute(

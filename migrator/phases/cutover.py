@@ -13,16 +13,16 @@ from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.engine import tracking
 from migrator.models import Status
 from migrator.ops import archive, dependents, fingerprint, reference
-from migrator.ops.copy import TableCopy
-from migrator.phases import online
-from migrator.phases.data import (
-    DataPhase,
+from migrator.ops.copies import (
     auth_copy,
     continue_sequence_of,
     in_legacy_timezone,
     tenant_copy,
     validation_fingerprints,
 )
+from migrator.ops.copy import TableCopy
+from migrator.phases import online
+from migrator.phases.data import DataPhase
 from migrator.phases.verify import VerifyPhase
 from migrator.tables import AUTH_TABLES, LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES, REFERENCE_TABLES, TENANT_DATA_TABLES
 from tenants.models import MigrationState, Tenant

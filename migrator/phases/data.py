@@ -6,18 +6,23 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
-from django.db.models import QuerySet
-
 from migrator import catalog, db
 from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import KeyRange, Step, StepReporter, StepResult
-from migrator.models import DeferredConstraint, MigrationRecord, Status
+from migrator.models import DeferredConstraint
 from migrator.ops import carried, constraints, fingerprint, ranges, reference
+from migrator.ops.copies import (
+    auth_copy,
+    compare,
+    continue_sequence_of,
+    in_legacy_timezone,
+    refuse_another_timezone,
+    tenant_copy,
+    timezone_details,
+)
 from migrator.ops.copy import (
-    LEGACY_TIMEZONE_OPTION,
-    Remap,
     TableCopy,
     analyze,
     continue_sequence,
@@ -27,132 +32,19 @@ from migrator.ops.copy import (
     source_rows_up_to,
     table_fence,
     type_differences,
-    zoned_columns,
 )
-from migrator.ops.target_columns import refuse_unmapped_legacy_columns, target_columns
+from migrator.ops.target_columns import refuse_unmapped_legacy_columns
 from migrator.phases import online
 from migrator.tables import (
     LEGACY_AUTH_TABLES,
     LEGACY_TENANT_TABLES,
     REFERENCE_TABLES,
     TENANT_DATA_TABLES,
-    TableKind,
     TenantDataTable,
-    legacy_table,
     reference_table,
 )
-from salesflow.layout import tenant_id_from_schema
 from tenants import schema_lock
 from tenants.models import MigrationState
-
-
-def auth_copy(legacy_schema: str, table: str) -> TableCopy:
-    """The copy of a legacy auth table, writing the target's columns as the catalog has them now."""
-    entry = legacy_table(table, TableKind.AUTH)
-    columns = target_columns((legacy_schema, table), (str(entry.schema), entry.table), entry.model)
-    return TableCopy(
-        legacy_schema, table, str(entry.schema), entry.table, columns.copied, key=entry.key, fills=columns.fills
-    )
-
-
-def tenant_copy(tenant: TenantRef, spec: TenantDataTable) -> TableCopy:
-    """The copy of a tenant's legacy table, writing the target's columns as the catalog has them now."""
-    columns = target_columns((tenant.schema, spec.legacy_table), (tenant.schema, spec.target_table), spec.model)
-    return TableCopy(
-        tenant.schema,
-        spec.legacy_table,
-        tenant.schema,
-        spec.target_table,
-        columns.copied,
-        remaps=tuple(Remap(column, tenant.tenant_id, ref) for column, ref in spec.remap.items()),
-        fills=columns.fills,
-    )
-
-
-def _zoned_copies() -> QuerySet[MigrationRecord]:
-    """Completed copies (not rolled back) that read legacy timestamps in a legacy zone."""
-    return (
-        MigrationRecord.objects.latest_attempts()
-        .filter(phase="data", step__in=("copy_table", "copy_auth"), status=Status.COMPLETED)
-        .filter(details__has_key="legacy_timezone")
-    )
-
-
-def recorded_timezone(ctx: MigrationContext, scope: str) -> str | None:
-    """The legacy zone the scope's completed copies read legacy timestamps in (None: none did)."""
-    tenant_id = None if scope == ctx.config.legacy_auth_schema else tenant_id_from_schema(scope)
-    zones = _zoned_copies().filter(tenant_id=tenant_id).order_by("-id").values_list("details__legacy_timezone")
-    return next((str(zone) for (zone,) in zones), None)
-
-
-def _refuse_another_timezone(ctx: MigrationContext, zone: str) -> None:
-    """Before anything runs: a ``--legacy-timezone`` other than the one a scope in this run was copied in."""
-    copies = _zoned_copies().exclude(details__legacy_timezone=zone)
-    if ctx.tenant_filter:
-        copies = copies.filter(tenant_id__in=ctx.tenant_filter)
-    found = copies.values_list("tenant_id", "details__legacy_timezone").first()
-    if found is not None:
-        tenant_id, recorded = found
-        _refuse_timezone(TenantRef(tenant_id).schema if tenant_id else ctx.config.legacy_auth_schema, recorded, zone)
-
-
-def _refuse_timezone(scope: str, recorded: str, zone: str) -> None:
-    raise MigrationError(
-        f"{scope}: its legacy timestamps were copied as times of {recorded}, not {zone}; reading the rest in "
-        f"{zone} would mix two zones: rerun with --legacy-timezone {recorded} (or roll the tenant back to "
-        "copy it again in another zone)"
-    )
-
-
-def scope_timezone(ctx: MigrationContext, scope: str) -> str:
-    """The zone a scope's (a tenant schema's or the legacy auth schema's) legacy timestamps are read in.
-
-    The one its earlier copies used, so that copying, validating, syncing and cutting over never read
-    one table's timestamps in two zones: a ``--legacy-timezone`` that contradicts it is refused; a
-    database setting changed since is not followed.
-    """
-    zone, origin = legacy_timezone(ctx.options)
-    recorded = recorded_timezone(ctx, scope)
-    if recorded is None or recorded == zone:
-        return zone
-    if origin == LEGACY_TIMEZONE_OPTION:
-        _refuse_timezone(scope, recorded, zone)
-    return recorded
-
-
-def in_legacy_timezone(ctx: MigrationContext, copy: TableCopy) -> TableCopy:
-    """``copy`` reading legacy timestamps in the scope's legacy zone (a copy with none is left as is)."""
-    if not zoned_columns(copy):
-        return copy
-    return replace(copy, legacy_timezone=scope_timezone(ctx, copy.source_schema))
-
-
-def timezone_details(copy: TableCopy) -> dict[str, object]:
-    zoned = zoned_columns(copy) if copy.legacy_timezone is not None else ()
-    return {"legacy_timezone": copy.legacy_timezone, "timestamp_columns": list(zoned)} if zoned else {}
-
-
-def continue_sequence_of(copy: TableCopy) -> dict[str, int | None]:
-    """A copy that keeps the legacy ids: the new table's sequence continues after the highest id copied
-    and after the last value of the legacy table's own sequence, whichever is greater."""
-    if copy.key != ("id",):
-        return {}
-    return continue_sequence(copy.target_schema, copy.target_table, legacy=(copy.source_schema, copy.source_table))
-
-
-def validation_fingerprints(
-    copy: TableCopy, method: str = fingerprint.CURRENT
-) -> tuple[fingerprint.Fingerprint, fingerprint.Fingerprint]:
-    """Source and target fingerprints as phase 3 validates them; cutover compares against the same pair,
-    made the way the recorded pair was (``method``: see :func:`migrator.ops.fingerprint.method_of`)."""
-    return fingerprint.both_fingerprints(copy, method)
-
-
-def compare(copy: TableCopy) -> fingerprint.Comparison:
-    """Phase 3's comparison of both sides, in the caller's transaction (a snapshot: see :func:`db.snapshot`)."""
-    source, target = validation_fingerprints(copy)
-    differing = fingerprint.differing_keys(copy) if str(source) != str(target) else []
-    return fingerprint.Comparison(source, target, differing)
 
 
 def check_columns(copy: TableCopy) -> None:
@@ -265,7 +157,7 @@ class DataPhase(Phase):
     def plan(self, ctx: MigrationContext) -> list[Step]:
         if ctx.options.legacy_timezone is not None:  # refused before anything runs: an unknown zone, or
             # another zone than some tenant of this run was copied in
-            _refuse_another_timezone(ctx, legacy_timezone(ctx.options)[0])
+            refuse_another_timezone(ctx, legacy_timezone(ctx.options)[0])
         if ctx.options.online:  # before anything is copied: its short locks must end before a deadlock check
             online.check_lock_timeout(ctx.options.lock_timeout_ms)
         legacy_auth = ctx.config.legacy_auth_schema

@@ -27,6 +27,7 @@ from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.errors import MigrationError
 from migrator.core.steps import StepReporter, StepResult
 from migrator.ops import archive, capture, dependents, reference, twoway
+from migrator.ops.copies import auth_copy, compare, continue_sequence_of, in_legacy_timezone, tenant_copy
 from migrator.ops.copy import TableCopy
 from migrator.ops.fingerprint import Comparison
 from migrator.tables import LEGACY_AUTH_TABLES, REFERENCE_TABLES, TENANT_DATA_TABLES, LegacyTable, legacy_table
@@ -35,8 +36,6 @@ from salesflow.layout import tenant_id_from_schema
 
 def scope_copies(ctx: MigrationContext, scope: str) -> dict[str, TableCopy]:
     """Legacy table -> its copy, for every table of ``scope`` that is copied row by row."""
-    from migrator.phases.data import auth_copy, in_legacy_timezone, tenant_copy  # data imports this module
-
     # Captured rows are applied, and fingerprinted, reading legacy timestamps as the copy did.
     if scope == ctx.config.legacy_auth_schema:
         return {table: in_legacy_timezone(ctx, auth_copy(scope, table)) for table in LEGACY_AUTH_TABLES}
@@ -106,8 +105,6 @@ def compare_in_snapshot(ctx: MigrationContext, copy: TableCopy) -> Comparison:
     """Phase 3's validation while writes go on, both sides (and, on a difference, the differing keys)
     read in one snapshot. A captured scope first applies, in that snapshot, every change captured up
     to it; a synced scope's sides are equal in every snapshot."""
-    from migrator.phases.data import compare  # data imports this module
-
     scope = copy.source_schema
     with db.snapshot():
         if not twoway.is_engaged(scope):
@@ -119,8 +116,6 @@ def compare_in_snapshot(ctx: MigrationContext, copy: TableCopy) -> Comparison:
 
 def _continue_sequences(copies: dict[str, TableCopy], stats: capture.ApplyStats) -> None:
     """Rows came in with the legacy ids: the new tables' own inserts continue after them."""
-    from migrator.phases.data import continue_sequence_of  # data imports this module
-
     for table in stats.keys:
         continue_sequence_of(copies[table])
 
@@ -284,8 +279,6 @@ def declare_new_primary(ctx: MigrationContext, scope: str) -> StepResult:
     snapshot shows them equal; a difference means the sync was bypassed (a trigger dropped or
     disabled, ``session_replication_role = replica``) and refuses the tenant, nothing changed.
     """
-    from migrator.phases.data import compare  # data imports this module
-
     if not twoway.is_engaged(scope):
         raise MigrationError(
             f"{scope} is captured but its two-way sync was never started: run `migrate_phase data --online` "

@@ -285,10 +285,16 @@ class VerifyPhase(Phase):
         if self._tenant_schemas is None:  # once per run: thousands of tenants, each checked against all
             self._tenant_schemas = frozenset(t.schema for t in ctx.registered_tenants)
         others = self._tenant_schemas
-        direct = None
-        if facts.counts is not None and tenant.tenant_id in facts.counts:
-            direct = {t.table: facts.counts[tenant.tenant_id][t.legacy_table] for t in TENANT_DATA_TABLES}
-        problems, seen = verification.tenant_context_problems(tenant.schema, others, direct)
+        online = online_scopes() if facts.online is None else facts.online
+        if tenant.schema in online:
+            # The application writes on: the ORM's counts and the schema's, read in one snapshot.
+            with db.snapshot():
+                problems, seen = verification.tenant_context_problems(tenant.schema, others)
+        else:
+            direct = None
+            if facts.counts is not None and tenant.tenant_id in facts.counts:
+                direct = {t.table: facts.counts[tenant.tenant_id][t.legacy_table] for t in TENANT_DATA_TABLES}
+            problems, seen = verification.tenant_context_problems(tenant.schema, others, direct)
         objects = [(NAMESPACE_SERVICE[t.namespace], tenant.schema, t.table) for t in TENANT_DATA_TABLES]
         problems += verification.role_isolation_problems(ctx.config, objects, facts.refused, facts.missing_roles)
         return problems, {"orm_counts": seen}

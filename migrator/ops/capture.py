@@ -104,10 +104,15 @@ def capture_ready() -> bool:
     return catalog.table_exists(CAPTURE_SCHEMA, "captured_tables")
 
 
+# Creating and dropping the capture schema take it exclusively, installs shared (tenant workers run in parallel).
+SETUP_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('migrator online capture setup', 0))"
+SETUP_LOCK_SHARED = "SELECT pg_advisory_xact_lock_shared(hashtextextended('migrator online capture setup', 0))"
+
+
 def ensure_capture_schema() -> None:
     with transaction.atomic():
         # Tenant workers install in parallel: CREATE ... IF NOT EXISTS is not safe against itself.
-        db.execute("SELECT pg_advisory_xact_lock(hashtextextended('migrator online capture setup', 0))")
+        db.execute(SETUP_LOCK)
         if capture_ready():
             return
         for statement in _SETUP:
@@ -128,7 +133,15 @@ def install(scope: str, table: str, key: tuple[str, ...], lock_timeout_ms: int) 
     # re-created since (a reseed or restore of the legacy schema). Nothing was captured since then, so
     # its copy is not "ready" any more; the copy that follows this install makes it so again.
 
+    installed = False
+
     def create() -> None:
+        nonlocal installed
+        # Another worker's drop_capture_schema_if_unused cannot drop it under this install (nor between
+        # ensure_capture_schema and here unnoticed: then it is created again).
+        db.execute(SETUP_LOCK_SHARED)
+        if not capture_ready():
+            return
         target = sql.Identifier(scope, table)
         db.execute(
             sql.SQL(
@@ -153,9 +166,14 @@ def install(scope: str, table: str, key: tuple[str, ...], lock_timeout_ms: int) 
             ).format(CAPTURED_TABLES),
             [scope, table, list(key)],
         )
+        installed = True
 
-    with_lock_retries(create, lock_timeout_ms, f"install change capture on {scope}.{table}")
-    return True
+    for _ in range(5):
+        with_lock_retries(create, lock_timeout_ms, f"install change capture on {scope}.{table}")
+        if installed:
+            return True
+        ensure_capture_schema()
+    raise MigrationError(f"could not install change capture on {scope}.{table}: its schema kept being dropped")
 
 
 def with_lock_retries(work: Callable[[], None], lock_timeout_ms: int, what: str, attempts: int = 20) -> int:
@@ -429,11 +447,16 @@ def remove_capture(scope: str, tables: list[str]) -> None:
 
 
 def drop_capture_schema_if_unused() -> bool:
-    if not catalog.schema_exists(CAPTURE_SCHEMA):
-        return False
-    if capture_ready() and db.fetchvalue(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(CAPTURED_TABLES)):
-        return False
-    db.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(CAPTURE_SCHEMA)))
+    """Drop the capture schema once no scope is captured. Tenant workers that start their two-way sync at
+    the same time each call this: the checks and the drop hold the setup lock, so one drops and the others
+    find it gone (not a relation dropped between their check and their query)."""
+    with transaction.atomic():
+        db.execute(SETUP_LOCK)
+        if not catalog.schema_exists(CAPTURE_SCHEMA):
+            return False
+        if capture_ready() and db.fetchvalue(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(CAPTURED_TABLES)):
+            return False
+        db.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(CAPTURE_SCHEMA)))
     return True
 
 

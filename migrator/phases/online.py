@@ -139,6 +139,10 @@ def is_synced(scope: str) -> bool:
     return twoway.is_engaged(scope)
 
 
+def synced_scopes() -> list[str]:
+    return twoway.engaged_scopes()
+
+
 def check_lock_timeout(lock_timeout_ms: int) -> None:
     """Refuse a ``lock_timeout`` that is not below the server's ``deadlock_timeout``.
 

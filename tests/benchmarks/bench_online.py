@@ -1,215 +1,376 @@
 #!/usr/bin/env python
-"""Benchmark of the online migration: `migrate_phase all --online` under a writer at a fixed rate, against the
-offline `migrate_phase all` on the same data.
+"""Benchmark of the online migration (two-way sync): writers through the legacy names and the new names at a fixed
+total rate, from before `data --online` to after `finalize`, against a no-migration baseline on the same data; then a
+rollback run.
 
 Run on demand (pytest does not collect it)::
 
-    .venv/bin/python tests/benchmarks/bench_online.py                      # 20 tenants, 3,000,000 rows, 200 tx/s
-    .venv/bin/python tests/benchmarks/bench_online.py --contacts-total 100000 --activities-total 200000
+    .venv/bin/python tests/benchmarks/bench_online.py          # 10 tenants, 200,000 + 400,000 rows, 100 tx/s
+    .venv/bin/python tests/benchmarks/bench_online.py --tenants 20 --contacts-total 1000000 \\
+        --activities-total 2000000 --rate 200                   # the online issue's size
 
-It works in the database named by ``DATABASE_URL`` (default ``postgresql://postgres@127.0.0.1:5432/sf_bench``),
-creates it when missing and replaces every legacy and migrated schema in it (it refuses ``salesflow``).
+The defaults finish in a few minutes on a shared 2-core machine; the second line is the size the online issue asks
+for (about three times longer). It works in the database named by ``DATABASE_URL`` (default
+``postgresql://postgres@127.0.0.1:5432/sf_bench``), creates it when missing and replaces every legacy and migrated
+schema in it (it refuses ``salesflow``). Set ``SALESFLOW_ROLE_PREFIX`` when other databases of the server migrate.
 
-One round: seed, `all` offline (timed, no writer); seed again with the same seed, start the writer (``--writers``
-connections sharing ``--rate`` transactions/s across all tenants, each an update of a contact, an insert of a
-contact, a delete of an activity or an insert of a user, through the legacy names, which are compatibility views
-after cutover), `all --online` (timed), writer stopped ``--settle`` seconds later. Reported: writes committed and
-lost (each committed write looked up in the new tables), write latency p50/p99/max before, during and after the
-copy, at cutover and after it, the capture lag sampled every half second, the backlog cutover applied and how long
-it took to converge (cutover's wall clock: the last changes applied and every tenant switched), each tenant's
-``writes_blocked_ms``, and both total times. Results go to stdout and into this
-benchmark's section of docs/benchmarks.md (see ``results_doc.py``).
+The writers (``online_writers.py``): ``--writers`` connections per side sharing ``--rate`` transactions/s, each
+transaction an increment of one of ``--hot-rows`` shared rows, a phone update, an insert of a contact and an
+activity, a delete or an insert of a user; retried on deadlock, serialization failure and lock timeout (counted).
+
+Migration run: seed; baseline (``--baseline-seconds`` of the legacy writers alone, no migrator); prepare and schemas;
+the legacy writers start, ``--settle`` s later `data --online`; once it ends the new-side writers start too; security,
+verify, cutover; ``--settle`` s; the legacy writers stop (the old application is switched off), `finalize
+--observe-seconds`; ``--settle`` s more of the new-side writers. Rollback run: seed again, the same up to ``--settle``
+s after cutover; the new-side writers stop, `rollback` with the legacy writers still running, ``--settle`` s more.
+Every committed write is then looked up in the final tables (the new ones after finalize, the legacy ones after the
+rollback), and each hot row's final value compared with its committed increments. Results go to stdout and
+into this benchmark's section of docs/benchmarks.md (see ``results_doc.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import random
 import shutil
 import statistics
 import tempfile
-import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
-import psycopg
 from bench_data_phase import connect, ensure_database, manage, seed, server_facts  # the same setup as phase 3's
+from online_writers import LEGACY, NEW, Check, Key, Pace, Side, Workload, Writer, WriterLog, check_writes, reference_ids
 from psycopg import sql
-from results_doc import BENCHMARKS_DOC, write_section
+from results_doc import write_section
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/sf_bench"
+P99_TARGET = 2.0  # window p99 against the baseline's
+BLOCKED_TARGET_MS = 1000.0
+LATENCY_HEADER = (
+    "| write latency by period | writes legacy / new | p50 ms | p99 ms | max ms | p99 legacy | p99 new | p99 / base |"
+)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 @dataclass
-class WriterLog:
-    """What one writer connection committed, and how long each transaction took (wall start, seconds)."""
+class Run:
+    """One run's writers, its period marks (wall clock) and its commands' durations."""
 
-    phones: dict[tuple[str, int], str] = field(default_factory=dict)
-    inserted: list[tuple[str, int]] = field(default_factory=list)
-    deleted: list[tuple[str, int]] = field(default_factory=list)
-    users: list[str] = field(default_factory=list)
-    latencies: list[tuple[float, float]] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    env: dict[str, str]
+    common: list[str]
+    marks: dict[str, float] = field(default_factory=dict)
+    durations: dict[str, float] = field(default_factory=dict)
+    writers: dict[str, list[Writer]] = field(default_factory=dict)
 
+    def phase(self, name: str, *extra: str) -> None:
+        log(f"migrate_phase {name} {' '.join(extra)}".strip())
+        self.marks[f"{name} start"] = time.time()
+        self.durations[name] = manage(self.env, "migrate_phase", name, *extra, *self.common).seconds
+        self.marks[f"{name} end"] = time.time()
 
-def write(
-    url: str,
-    index: int,
-    writers: int,
-    rate: float,
-    tenants: list[str],
-    sizes: tuple[int, int],
-    stop: threading.Event,
-    log: WriterLog,
-) -> None:
-    """``rate`` transactions/s (its share) until ``stop``; contacts ``id % writers == index`` are its own to update,
-    so the last phone it committed is the one the new table must hold."""
-    rng = random.Random(index)
-    contacts, activities = sizes
-    interval = 1.0 / rate
-    with psycopg.connect(url, autocommit=True, application_name="bench-online-writer") as conn:
-        next_at = time.monotonic()
-        n = 0
-        while not stop.is_set():
-            next_at += interval
-            n += 1
-            schema = rng.choice(tenants)
-            started_wall, started = time.time(), time.monotonic()
-            try:
-                with conn.transaction():
-                    kind = n % 4
-                    if kind == 0:
-                        contact = rng.randrange(index + writers, contacts + 1, writers) if contacts > writers else 1
-                        phone = f"w{index}-{n}"
-                        cur = conn.execute(
-                            sql.SQL("UPDATE {} SET phone = %s WHERE id = %s").format(
-                                sql.Identifier(schema, "contacts")
-                            ),
-                            [phone, contact],
-                        )
-                        if cur.rowcount:
-                            log.phones[(schema, contact)] = phone
-                    elif kind == 1:
-                        row = conn.execute(
-                            sql.SQL(
-                                "INSERT INTO {c} (first_name, phone, contact_type_id, created_at) "
-                                "SELECT 'Bench', %s, min(id), now() FROM {t} RETURNING id"
-                            ).format(c=sql.Identifier(schema, "contacts"), t=sql.Identifier(schema, "contact_types")),
-                            [f"new{index}-{n}"],
-                        ).fetchone()
-                        assert row is not None
-                        log.inserted.append((schema, row[0]))
-                    elif kind == 2:
-                        activity = rng.randint(1, activities)
-                        cur = conn.execute(
-                            sql.SQL("DELETE FROM {} WHERE id = %s").format(sql.Identifier(schema, "activities")),
-                            [activity],
-                        )
-                        if cur.rowcount:
-                            log.deleted.append((schema, activity))
-                    else:
-                        email = f"bench{index}-{n}@example.com"
-                        conn.execute(
-                            "INSERT INTO salesflow_auth.users (email, password_hash, created_at) "
-                            "VALUES (%s, 'x', now())",
-                            [email],
-                        )
-                        log.users.append(email)
-            except psycopg.Error as exc:
-                log.errors.append(str(exc).splitlines()[0])
-            log.latencies.append((started_wall, time.monotonic() - started))
-            delay = next_at - time.monotonic()
-            if delay > 0:
-                stop.wait(delay)
-            else:
-                next_at = time.monotonic()  # behind (a blocked write): no burst to catch up
+    def start(self, url: str, side: Side, first_index: int, count: int, work: Workload, pace: Pace) -> None:
+        refs = reference_ids(url, side, work.tenants)
+        started = [Writer(url, side, first_index + i, work, refs, pace) for i in range(count)]
+        for writer in started:
+            writer.start()
+        self.writers.setdefault(side.name, []).extend(started)
+        self.marks[f"{side.name} writers start"] = time.time()
+
+    def stop(self, side: Side) -> None:
+        for writer in self.writers.get(side.name, []):
+            writer.finish()
+        self.marks[f"{side.name} writers stop"] = time.time()
+
+    def logs(self) -> list[WriterLog]:
+        return [w.log for ws in self.writers.values() for w in ws]
 
 
-def sample_lag(url: str, stop: threading.Event, samples: list[tuple[float, int, float]]) -> None:
-    with psycopg.connect(url, autocommit=True, application_name="bench-online-lag") as conn:
-        while not stop.is_set():
-            if conn.execute("SELECT to_regclass('migrator_online.changes') IS NOT NULL").fetchone()[0]:
-                try:
-                    pending, oldest = conn.execute(
-                        "SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - min(captured_at)), 0) "
-                        "FROM migrator_online.changes"
-                    ).fetchone()
-                    samples.append((time.time(), int(pending), float(oldest)))
-                except psycopg.Error:
-                    pass  # cutover dropped the capture schema between the two statements
-            stop.wait(0.5)
-
-
-def phase_window(url: str, phase: str) -> tuple[float, float]:
+def tenant_schemas(url: str) -> list[str]:
     with connect(url) as conn:
-        first, last = conn.execute(
-            "SELECT extract(epoch FROM min(started_at)), extract(epoch FROM max(completed_at)) "
-            "FROM public.schema_migrations WHERE phase = %s AND status = 'COMPLETED'",
-            [phase],
-        ).fetchone()
-    return float(first), float(last)
+        return [
+            r[0]
+            for r in conn.execute("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, 'tenant_') ORDER BY 1")
+        ]
 
 
-def lost_writes(url: str, logs: list[WriterLog]) -> tuple[int, int]:
-    """(committed, lost): every committed write looked up in the new tables."""
-    committed = lost = 0
+def fresh_seed(env: dict[str, str], url: str, args: argparse.Namespace) -> None:
+    """Seed; an online window a failed run left open is rolled back first (its guard refuses dropping synced
+    tables)."""
     with connect(url) as conn:
-        for log in logs:
-            for (schema, contact), phone in log.phones.items():
-                committed += 1
-                got = conn.execute(
-                    sql.SQL("SELECT phone FROM {} WHERE id = %s").format(
-                        sql.Identifier(schema, "contact_data_contacts")
-                    ),
-                    [contact],
-                ).fetchone()
-                lost += got is None or got[0] != phone
-            for schema, contact in log.inserted:
-                committed += 1
-                lost += not conn.execute(
-                    sql.SQL("SELECT 1 FROM {} WHERE id = %s").format(sql.Identifier(schema, "contact_data_contacts")),
-                    [contact],
-                ).fetchone()
-            for schema, activity in log.deleted:
-                committed += 1
-                lost += bool(
-                    conn.execute(
-                        sql.SQL("SELECT 1 FROM {} WHERE id = %s").format(
-                            sql.Identifier(schema, "activity_data_activities")
-                        ),
-                        [activity],
-                    ).fetchone()
-                )
-            committed += len(log.users)
-            found = conn.execute("SELECT count(*) FROM auth.users WHERE email = ANY(%s)", [log.users]).fetchone()[0]
-            lost += len(log.users) - found
-    return committed, lost
+        window_open = conn.execute("SELECT to_regnamespace('migrator_sync') IS NOT NULL").fetchone()[0]
+    if window_open:
+        log("an earlier run left the online window open: migrate_phase rollback")
+        manage(env, "migrate_phase", "rollback", "--noinput", "-v", "0")
+    seed(env, url, args.tenants, args.contacts_total // args.tenants, args.activities_total // args.tenants, args.seed)
 
 
-def percentiles(values: list[float]) -> str:
-    if not values:
-        return "— | — | — | 0"
-    ordered = sorted(values)
-    p = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000  # noqa: E731
-    return f"{p(0.5):.1f} | {p(0.99):.1f} | {ordered[-1] * 1000:.1f} | {len(ordered)}"
+def reset_hot_rows(url: str, tenants: list[str], count: int) -> dict[Key, int]:
+    """Hot row k: contact 1 + k // tenants of tenant k % tenants, its owner_id set to 0 before any writer."""
+    hot = [(tenants[k % len(tenants)], 1 + k // len(tenants)) for k in range(count)]
+    with connect(url) as conn:
+        for schema, contact in hot:
+            conn.execute(
+                sql.SQL("UPDATE {} SET owner_id = 0 WHERE id = %s").format(sql.Identifier(schema, "contacts")),
+                [contact],
+            )
+    return dict.fromkeys(hot, 0)
+
+
+def blocked_ms(url: str) -> dict[str, dict[str, tuple[float, int]]]:
+    """scope -> step -> (writes_blocked_ms, attempts) of start_two_way_sync and finish_sync."""
+    found: dict[str, dict[str, tuple[float, int]]] = {}
+    with connect(url) as conn:
+        for step, scope, ms, attempts in conn.execute(
+            "SELECT step, target, (details ->> 'writes_blocked_ms')::float, coalesce((details ->> 'attempts')::int, 1) "
+            "FROM public.schema_migrations WHERE step IN ('start_two_way_sync', 'finish_sync') "
+            "AND status = 'COMPLETED' AND details ? 'writes_blocked_ms' ORDER BY target"
+        ):
+            found.setdefault(scope, {})[step] = (ms, attempts)
+    return found
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def latency_row(name: str, latencies: list[tuple[float, float, str]], baseline_p99: float | None) -> str:
+    if not latencies:
+        return f"| {name} | 0 | — | — | — | — | — | — |"
+    ordered = sorted(lat for _t, lat, _s in latencies)
+    p99 = percentile(ordered, 0.99)
+    sides = Counter(side for _t, _l, side in latencies)
+    per_side = []
+    for side in ("legacy", "new"):
+        own = sorted(lat for _t, lat, s in latencies if s == side)
+        per_side.append(f"{percentile(own, 0.99):.1f}" if own else "—")
+    ratio = f"{p99 / baseline_p99:.2f}x" if baseline_p99 else "—"
+    return (
+        f"| {name} | {sides['legacy']:,} / {sides['new']:,} | {percentile(ordered, 0.5):.1f} | {p99:.1f} | "
+        f"{ordered[-1] * 1000:.1f} | {per_side[0]} | {per_side[1]} | {ratio} |"
+    )
+
+
+def in_window(run: Run, start: str, end: str) -> list[tuple[float, float, str]]:
+    low, high = run.marks[start], run.marks[end]
+    return [x for log_ in run.logs() for x in log_.latencies if low <= x[0] < high]
+
+
+def check_rows(check: Check, run: Run) -> list[str]:
+    retries: Counter[str] = Counter()
+    errors: list[str] = []
+    for log_ in run.logs():
+        retries.update(log_.retries)
+        errors += log_.errors
+    retry_text = ", ".join(f"{code}: {n}" for code, n in sorted(retries.items())) or "none"
+    lost = ", ".join(f"{kind} {n}" for kind, n in sorted(check.lost.items()) if n) or "none"
+    rows = [
+        f"| writes committed (both sides) | {check.committed:,} |",
+        f"| writes lost (a committed write not in the final tables) | {sum(check.lost.values())} ({lost}) |",
+        f"| hot-row increments committed / lost updates | {check.increments:,} / {check.lost_updates} |",
+        f"| retries (40P01 deadlock, 40001 serialization, 55P03 lock timeout) | {sum(retries.values())} |",
+        f"| retries by SQLSTATE | {retry_text} |",
+        f"| write errors (not retried) | {len(errors)} |",
+    ]
+    if errors:
+        rows.append(f"| first errors | {'; '.join(sorted(set(errors))[:3])} |")
+    return rows
+
+
+def migration_run(
+    url: str, args: argparse.Namespace, run: Run
+) -> tuple[Check, dict[str, dict[str, tuple[float, int]]]]:
+    tenants = tenant_schemas(url)
+    hot = reset_hot_rows(url, tenants, args.hot_rows)
+    sizes = (args.contacts_total // args.tenants, args.activities_total // args.tenants)
+    work = Workload(tenants, *sizes, list(hot), 2 * args.writers, "m")
+    baseline_pace = Pace(args.rate)
+    log(f"baseline: legacy writers alone for {args.baseline_seconds:g} s (no migrator)")
+    baseline = Run(run.env, run.common)
+    baseline.start(
+        url, LEGACY, 0, args.writers, Workload(tenants, *sizes, list(hot), 2 * args.writers, "b"), baseline_pace
+    )
+    time.sleep(args.baseline_seconds)
+    baseline.stop(LEGACY)
+    run.marks["baseline start"], run.marks["baseline end"] = baseline.marks["legacy writers start"], time.time()
+    run.writers["baseline"] = baseline.writers["legacy"]
+    run.phase("prepare")
+    run.phase("schemas")
+    pace = Pace(args.rate)
+    run.start(url, LEGACY, 0, args.writers, work, pace)
+    time.sleep(args.settle)
+    run.phase("data", "--online")
+    run.start(url, NEW, args.writers, args.writers, work, pace)
+    run.phase("security")
+    run.phase("verify", *args.verify_options)
+    run.phase("cutover")
+    time.sleep(args.settle)
+    run.stop(LEGACY)
+    run.phase("finalize", "--observe-seconds", f"{args.observe_seconds:g}")
+    time.sleep(args.settle)
+    run.stop(NEW)
+    run.marks["end"] = time.time()
+    log("checking every committed write in the new tables")
+    return check_writes(url, run.logs(), NEW, hot), blocked_ms(url)
+
+
+def rollback_run(url: str, args: argparse.Namespace, run: Run) -> Check:
+    tenants = tenant_schemas(url)
+    hot = reset_hot_rows(url, tenants, args.hot_rows)
+    sizes = (args.contacts_total // args.tenants, args.activities_total // args.tenants)
+    work = Workload(tenants, *sizes, list(hot), 2 * args.writers, "r")
+    pace = Pace(args.rate)
+    run.phase("prepare")
+    run.phase("schemas")
+    run.start(url, LEGACY, 0, args.writers, work, pace)
+    time.sleep(args.settle)
+    run.phase("data", "--online")
+    run.start(url, NEW, args.writers, args.writers, work, pace)
+    run.phase("security")
+    run.phase("verify", *args.verify_options)
+    run.phase("cutover")
+    time.sleep(args.settle)
+    run.stop(NEW)  # the new version is switched off; the old one keeps writing through the rollback
+    run.phase("rollback")
+    time.sleep(args.settle)
+    run.stop(LEGACY)
+    run.marks["end"] = time.time()
+    log("checking every committed write in the legacy tables")
+    return check_writes(url, run.logs(), LEGACY, hot)
+
+
+def report(
+    args: argparse.Namespace,
+    facts: dict[str, str],
+    migration: Run,
+    check: Check,
+    blocked: dict[str, dict[str, tuple[float, int]]],
+    rollback: Run | None,
+    rollback_check: Check | None,
+) -> str:
+    rows = args.contacts_total + args.activities_total
+    baseline = sorted(lat for _t, lat, _s in in_window(migration, "baseline start", "baseline end"))
+    baseline_p99 = percentile(baseline, 0.99) if baseline else None
+    periods = [
+        ("baseline (no migration, legacy writers only)", "baseline start", "baseline end"),
+        ("before the copy", "legacy writers start", "data start"),
+        ("during `data --online`", "data start", "data end"),
+        ("between phases (security, verify)", "data end", "cutover start"),
+        ("at cutover", "cutover start", "cutover end"),
+        ("after cutover (legacy writers stop at its end)", "cutover end", "finalize start"),
+        ("during finalize (new side only)", "finalize start", "finalize end"),
+        ("after finalize", "finalize end", "end"),
+    ]
+    window = in_window(migration, "data start", "end")
+    window_p99 = percentile(sorted(lat for _t, lat, _s in window), 0.99) if window else 0.0
+    starts = [v["start_two_way_sync"][0] for v in blocked.values() if "start_two_way_sync" in v]
+    finishes = [v["finish_sync"][0] for v in blocked.values() if "finish_sync" in v]
+    worst = max([*starts, *finishes], default=0.0)
+    d = migration.durations
+    lines = [
+        f"## Online migration benchmark (two-way sync) — {date.today().isoformat()}",
+        "",
+        (
+            f"{facts.get('server', '?')}; {os.cpu_count()} CPU cores (shared). {args.tenants} tenants, "
+            f"{args.contacts_total:,} contacts + {args.activities_total:,} activities = {rows:,} tenant rows; "
+            f"`--jobs {args.jobs}`; writers: {args.rate:g} transactions/s in all, {args.writers} connections per side "
+            f"(legacy names: `tenant_x.contacts`, `salesflow_auth.users`; new names: `tenant_x.contact_data_contacts`, "
+            f"`auth.users`), {args.hot_rows} hot rows incremented from both sides; legacy writers from "
+            f"{args.settle:g} s before `data --online` until `finalize`, new-side writers from the end of "
+            f"`data --online` until "
+            f"{args.settle:g} s after `finalize --observe-seconds {args.observe_seconds:g}`; baseline: "
+            f"{args.baseline_seconds:g} s of the legacy writers alone on the same data, before phase 1."
+        ),
+        "",
+        "| migration run | |",
+        "|---|---:|",
+        *check_rows(check, migration),
+        (
+            f"| writes blocked per scope, `start_two_way_sync` p50 / max | "
+            f"{statistics.median(starts) if starts else 0:.0f} / {max(starts, default=0):.0f} ms |"
+        ),
+        (
+            f"| writes blocked per scope, `finish_sync` (finalize) p50 / max | "
+            f"{statistics.median(finishes) if finishes else 0:.0f} / {max(finishes, default=0):.0f} ms |"
+        ),
+        f"| target: writes blocked < {BLOCKED_TARGET_MS:.0f} ms | {'met' if worst < BLOCKED_TARGET_MS else 'MISSED'} |",
+        (
+            f"| write p99 from `data --online` to the end / baseline p99 | {window_p99:.1f} / "
+            f"{baseline_p99 or 0:.1f} ms = {window_p99 / baseline_p99 if baseline_p99 else 0:.2f}x "
+            f"(target <= {P99_TARGET:g}x: "
+            f"{'met' if baseline_p99 and window_p99 <= P99_TARGET * baseline_p99 else 'MISSED'}) |"
+        ),
+        (
+            f"| `data --online` / security + verify / cutover / finalize | {d['data']:.1f} / "
+            f"{d['security'] + d['verify']:.1f} / {d['cutover']:.1f} / {d['finalize']:.1f} s |"
+        ),
+        "",
+        LATENCY_HEADER,
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        *[latency_row(name, in_window(migration, a, b), baseline_p99) for name, a, b in periods],
+        "",
+        "| hot row | increments committed | final `owner_id` |",
+        "|---|---:|---:|",
+        *[f"| {key[0]}.contacts id {key[1]} | {n:,} | {final:,} |" for key, n, final in check.hot_rows],
+        "",
+        "| scope | `start_two_way_sync` writes blocked (attempts) | `finish_sync` writes blocked (attempts) |",
+        "|---|---:|---:|",
+        *[
+            f"| {scope} | "
+            + " | ".join(
+                f"{v[step][0]:.0f} ms ({v[step][1]})" if step in v else "—"
+                for step in ("start_two_way_sync", "finish_sync")
+            )
+            + " |"
+            for scope, v in sorted(blocked.items())
+        ],
+    ]
+    if rollback is not None and rollback_check is not None:
+        at_rollback = sorted(lat for _t, lat, _s in in_window(rollback, "rollback start", "rollback end"))
+        lines += [
+            "",
+            (
+                "Rollback run (seeded again): the same writers and phases up to cutover, "
+                f"{args.settle:g} s more, the new-side writers stop, `rollback` with the legacy writers running, "
+                f"{args.settle:g} s more; every committed write of either side looked up in the legacy tables."
+            ),
+            "",
+            "| rollback run | |",
+            "|---|---:|",
+            *check_rows(rollback_check, rollback),
+            f"| `rollback` | {rollback.durations['rollback']:.1f} s |",
+            (
+                f"| legacy writes during `rollback`, p50 / p99 / max | {percentile(at_rollback, 0.5):.1f} / "
+                f"{percentile(at_rollback, 0.99):.1f} / {at_rollback[-1] * 1000:.1f} ms ({len(at_rollback)} writes) |"
+                if at_rollback
+                else "| legacy writes during `rollback` | none |"
+            ),
+        ]
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tenants", type=int, default=20)
-    parser.add_argument("--contacts-total", type=int, default=1_000_000)
-    parser.add_argument("--activities-total", type=int, default=2_000_000)
-    parser.add_argument("--rate", type=float, default=200.0, help="write transactions/s across all tenants")
-    parser.add_argument("--writers", type=int, default=4, help="writer connections sharing --rate")
+    parser.add_argument("--tenants", type=int, default=10)
+    parser.add_argument("--contacts-total", type=int, default=200_000)
+    parser.add_argument("--activities-total", type=int, default=400_000)
+    parser.add_argument("--rate", type=float, default=100.0, help="write transactions/s across both sides")
+    parser.add_argument("--writers", type=int, default=4, help="writer connections per side")
+    parser.add_argument("--hot-rows", type=int, default=4, help="rows every writer increments")
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--settle", type=float, default=5.0, help="seconds of writes before and after the run")
+    parser.add_argument("--settle", type=float, default=5.0, help="seconds of writes around the phases")
+    parser.add_argument("--baseline-seconds", type=float, default=20.0)
+    parser.add_argument("--observe-seconds", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--skip-offline", action="store_true")
-    parser.add_argument("--no-write", action="store_true", help=f"print only; do not write {BENCHMARKS_DOC.name}")
+    parser.add_argument("--skip-rollback", action="store_true")
+    parser.add_argument("--no-write", action="store_true", help="print only; do not write docs/benchmarks.md")
     args = parser.parse_args()
+    args.verify_options = ["--load-seconds", "2", "--load-max-regression", "100000"]
 
     url = os.environ.get("DATABASE_URL", "").strip() or DEFAULT_URL
     ensure_database(url)
@@ -217,141 +378,25 @@ def main() -> None:
     env = {**os.environ, "DATABASE_URL": url, "SALESFLOW_BACKUP_DIR": str(backups), "PYTHONWARNINGS": "ignore"}
     # service roles are cluster-wide: a prefix of its own keeps clear of other databases' migrations
     env.setdefault("SALESFLOW_ROLE_PREFIX", "sfbench_online")
-    contacts, activities = args.contacts_total // args.tenants, args.activities_total // args.tenants
-    common = [
-        "--noinput",
-        "--jobs",
-        str(args.jobs),
-        "-v",
-        "0",
-        "--load-seconds",
-        "2",
-        "--load-max-regression",
-        "100000",
-    ]
+    common = ["--noinput", "--jobs", str(args.jobs), "-v", "0"]
     facts = server_facts(url)
+    rollback = rollback_check = None
     try:
-        offline = None
-        if not args.skip_offline:
-            print("seeding (offline run)", flush=True)
-            seed(env, url, args.tenants, contacts, activities, args.seed)
-            print("migrate_phase all", flush=True)
-            offline = manage(env, "migrate_phase", "all", *common).seconds
-        print("seeding (online run)", flush=True)
-        seed(env, url, args.tenants, contacts, activities, args.seed)
-        with connect(url) as conn:
-            tenants = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, 'tenant_') ORDER BY 1"
-                )
-            ]
-        stop, lag_stop = threading.Event(), threading.Event()
-        logs = [WriterLog() for _ in range(args.writers)]
-        samples: list[tuple[float, int, float]] = []
-        threads = [
-            threading.Thread(
-                target=write,
-                args=(url, i, args.writers, args.rate / args.writers, tenants, (contacts, activities), stop, logs[i]),
-                daemon=True,
-            )
-            for i in range(args.writers)
-        ] + [threading.Thread(target=sample_lag, args=(url, lag_stop, samples), daemon=True)]
-        for thread in threads:
-            thread.start()
-        time.sleep(args.settle)
-        print("migrate_phase all --online (writer running)", flush=True)
-        run_started = time.time()
-        online = manage(env, "migrate_phase", "all", "--online", *common).seconds
-        run_ended = time.time()
-        time.sleep(args.settle)
-        stop.set()
-        lag_stop.set()
-        for thread in threads:
-            thread.join(timeout=60)
-        data_window, cutover_window = phase_window(url, "data"), phase_window(url, "cutover")
-        committed, lost = lost_writes(url, logs)
-        with connect(url) as conn:
-            blocked = [
-                float(r[0])
-                for r in conn.execute(
-                    "SELECT (details ->> 'writes_blocked_ms')::float FROM public.schema_migrations "
-                    "WHERE phase = 'cutover' AND status = 'COMPLETED' AND details ? 'writes_blocked_ms'"
-                )
-            ]
-            backlog = conn.execute(
-                "SELECT coalesce(sum((details ->> 'last_changes')::int), 0) FROM public.schema_migrations "
-                "WHERE phase = 'cutover' AND status = 'COMPLETED'"
-            ).fetchone()[0]
+        log("seeding (migration run)")
+        fresh_seed(env, url, args)
+        migration = Run(env, common)
+        check, blocked = migration_run(url, args, migration)
+        if not args.skip_rollback:
+            log("seeding (rollback run)")
+            fresh_seed(env, url, args)
+            rollback = Run(env, common)
+            rollback_check = rollback_run(url, args, rollback)
     finally:
         shutil.rmtree(backups, ignore_errors=True)
-
-    latencies = [x for log in logs for x in log.latencies]
-    errors = [e for log in logs for e in log.errors]
-    windows = [
-        ("before the copy", run_started - args.settle, data_window[0]),
-        ("during the copy (phase 3)", data_window[0], data_window[1]),
-        ("after the copy (phases 4-5)", data_window[1], cutover_window[0]),
-        ("at cutover (phase 6)", cutover_window[0], cutover_window[1]),
-        ("after cutover (views)", cutover_window[1], run_ended + args.settle),
-    ]
-    lag_rows = [
-        f"| {t - run_started:.1f} | {pending:,} | {oldest:.1f} |"
-        for t, pending, oldest in samples[:: max(1, len(samples) // 20)]
-    ]
-    rows = args.contacts_total + args.activities_total
-    lines = [
-        f"### Online migration benchmark — {date.today().isoformat()}",
-        "",
-        (
-            f"PostgreSQL {facts.get('server', '?')}; {os.cpu_count()} CPU cores. "
-            f"{args.tenants} tenants, {args.contacts_total:,} contacts + {args.activities_total:,} activities "
-            f"= {rows:,} tenant rows; `--jobs {args.jobs}`; writer: {args.rate:g} transactions/s across all tenants "
-            f"on {args.writers} connections, through the legacy names (views after cutover), from {args.settle:g} s "
-            f"before `all --online` until {args.settle:g} s after it."
-        ),
-        "",
-        "| | |",
-        "|---|---:|",
-        f"| writes committed | {committed:,} |",
-        f"| writes lost (committed, not in the new tables) | {lost} |",
-        f"| write errors | {len(errors)} |",
-        f"| `all` offline (no writer) | {offline:.1f} s |" if offline is not None else "| `all` offline | not run |",
-        f"| `all --online` (writer running) | {online:.1f} s |",
-        f"| phase 3 (`data --online`) | {data_window[1] - data_window[0]:.1f} s |",
-        f"| backlog cutover applied (changes) | {backlog:,} |",
-        (
-            f"| time to converge (cutover: backlog applied, every tenant switched) | "
-            f"{cutover_window[1] - cutover_window[0]:.1f} s |"
-        ),
-        (
-            f"| writes blocked per tenant at cutover, p50 / max | "
-            f"{statistics.median(blocked) if blocked else 0:.0f} ms / {max(blocked) if blocked else 0:.0f} ms |"
-        ),
-        (
-            f"| largest lag sampled | {max((s[1] for s in samples), default=0):,} changes, "
-            f"{max((s[2] for s in samples), default=0):.1f} s |"
-        ),
-        "",
-        "| write latency | p50 ms | p99 ms | max ms | writes |",
-        "|---|---:|---:|---:|---:|",
-        *[
-            f"| {name} | {percentiles([lat for t, lat in latencies if start <= t < end])} |"
-            for name, start, end in windows
-        ],
-        "",
-        "| lag: s since the start | changes captured, not applied | oldest (s) |",
-        "|---:|---:|---:|",
-        *lag_rows,
-    ]
-    if errors:
-        lines += ["", "First write errors: " + "; ".join(sorted(set(errors))[:5])]
-    text = "\n".join(lines)
+    text = report(args, facts, migration, check, blocked, rollback, rollback_check)
     print(text)
     if not args.no_write:
-        # this run replaces the last one's section; the hand-written notes around it stay
-        written = write_section("bench_online", text, heading="## Online mode: `bench_online.py`")
-        print(f"written to {written}")
+        write_section("bench_online", text, heading="## Online mode: `bench_online.py`")
 
 
 if __name__ == "__main__":

@@ -10,9 +10,10 @@ them on the new tables. A write holds the row lock on both sides, taken in the o
 them: two writers meeting from opposite sides deadlock (one is aborted and retries), they never
 lose an update.
 
-- **The row triggers** (:data:`ROW_TRIGGER`) call one function, :func:`apply_row`'s SQL, whose
-  arguments are the table's key columns and the statements that re-copy the written keys to the
-  other side: an upsert from the current row and a delete when the row is gone. Legacy to new is
+- **The row triggers** (:data:`ROW_TRIGGER`) call one function, ``apply_row``, whose arguments are
+  the table's key columns and the statements that re-copy the written keys to the other side: an
+  upsert from the current row (inserts and updates) and a delete when the row is gone (deletes, and
+  updates that changed the key). Legacy to new is
   phase 3's own remapping ``SELECT`` (reference ids translated through the map, legacy timestamps
   read in the legacy zone); new to legacy is its inverse (a shared reference row the tenant never
   had is added to its legacy reference table first, with a map entry).
@@ -66,8 +67,9 @@ SKIP_SYNC_IN_TRANSACTION = sql.SQL("SELECT set_config({}, 'on', true)").format(s
 _NOT_SYNCING = sql.SQL("(current_setting({}, true) IS DISTINCT FROM 'on')").format(sql.Literal(SYNCING))
 
 _FUNCTIONS = (
-    # The generic row trigger: TG_ARGV[0] the key columns (a jsonb array), TG_ARGV[1..] statements
-    # run with the jsonb array of the written keys (old and new) as $1.
+    # The generic row trigger: TG_ARGV[0] the key columns (a jsonb array), TG_ARGV[1] the number of
+    # copying statements, then those and the deleting ones, each run with the jsonb array of the
+    # written keys (old and new) as $1.
     """
 CREATE OR REPLACE FUNCTION {schema}.apply_row() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $fn$
@@ -90,9 +92,18 @@ BEGIN
   -- waits for this side's: a deadlock the detector would find after deadlock_timeout (1 s). Ended
   -- sooner: one of the two gets lock_not_available and retries.
   PERFORM set_config('lock_timeout', {sync_lock_timeout}, true);
-  FOR i IN 1 .. TG_NARGS - 1 LOOP
-    EXECUTE TG_ARGV[i] USING written;
-  END LOOP;
+  -- TG_ARGV[1]: how many of the statements after it copy rows over; the rest delete rows gone. An
+  -- insert or an update copies; a delete, or an update that changed the key, also deletes.
+  IF TG_OP <> 'DELETE' THEN
+    FOR i IN 2 .. 1 + TG_ARGV[1]::int LOOP
+      EXECUTE TG_ARGV[i] USING written;
+    END LOOP;
+  END IF;
+  IF TG_OP = 'DELETE' OR jsonb_array_length(written) > 1 THEN
+    FOR i IN 2 + TG_ARGV[1]::int .. TG_NARGS - 1 LOOP
+      EXECUTE TG_ARGV[i] USING written;
+    END LOOP;
+  END IF;
   PERFORM set_config('lock_timeout', app_lock_timeout, true);
   PERFORM set_config({syncing}, '', true);
   RETURN NULL;
@@ -485,7 +496,7 @@ def _delete_gone(
     ).format(target=target, match=_keys_in("t", target_key, types), source=source, same=same)
 
 
-def forward_statements(copy: TableCopy) -> list[sql.Composed]:
+def forward_statements(copy: TableCopy) -> tuple[list[sql.Composed], list[sql.Composed]]:
     """Legacy -> new for the written keys: phase 3's own remapping ``SELECT`` (an upsert), and a delete of
     the keys gone from the legacy table; first, a refusal of rows whose reference id has no shared id."""
     types = _key_types(copy.source_schema, copy.source_table, copy.key)
@@ -517,8 +528,7 @@ def forward_statements(copy: TableCopy) -> list[sql.Composed]:
             updated=list(copy.columns),  # a column the legacy side lacks keeps what it was given
         )
     )
-    statements.append(_delete_gone(copy.target, copy.key, types, copy.source_rows))
-    return statements
+    return statements, [_delete_gone(copy.target, copy.key, types, copy.source_rows)]
 
 
 @dataclass(frozen=True)
@@ -590,7 +600,7 @@ def _delete_gone_children(copy: TableCopy, child: LegacyChild, types: list[str])
 
 def reverse_statements(
     copy: TableCopy, references: Iterable[ReverseReference], children: Iterable[LegacyChild] = ()
-) -> list[sql.Composed]:
+) -> tuple[list[sql.Composed], list[sql.Composed]]:
     """New -> legacy for the written keys: the inverse of :func:`forward_statements` (shared reference ids
     translated back to the tenant's legacy ids, instants written as wall-clock times of the legacy zone)."""
     by_column = {r.column: r for r in references}
@@ -627,9 +637,9 @@ def reverse_statements(
     select = sql.SQL(", ").join(value(c) for c in columns)
     source = sql.SQL("ONLY {} t").format(copy.target)
     statements.append(_upsert(copy.source, columns, copy.key, select, source, _keys_in("t", copy.key, types)))
-    statements += [_delete_gone_children(copy, child, types) for child in children]
-    statements.append(_delete_gone(copy.source_rows, copy.key, types, sql.SQL("ONLY {}").format(copy.target)))
-    return statements
+    gone = [_delete_gone_children(copy, child, types) for child in children]
+    gone.append(_delete_gone(copy.source_rows, copy.key, types, sql.SQL("ONLY {}").format(copy.target)))
+    return statements, gone
 
 
 def _generated_columns(schema: str, table: str) -> set[str]:
@@ -689,10 +699,12 @@ def install_row_sync(
 ) -> None:
     """Both directions between ``copy``'s legacy table and its new table (caller's transaction, tables locked)."""
     key = json.dumps(list(copy.key))
-    forward = [db.render(s) for s in forward_statements(copy)]
-    reverse = [db.render(s) for s in reverse_statements(copy, references, children)]
-    db.execute(_row_trigger(copy.source, "apply_row", [key, *forward]))
-    db.execute(_row_trigger(copy.target, "apply_row", [key, *reverse]))
+    for table, (copying, deleting) in (
+        (copy.source, forward_statements(copy)),
+        (copy.target, reverse_statements(copy, references, children)),
+    ):
+        statements = [db.render(s) for s in (*copying, *deleting)]
+        db.execute(_row_trigger(table, "apply_row", [key, str(len(copying)), *statements]))
     db.execute(_write_trigger(copy.source_schema, copy.source_table))
     db.execute(_truncate_trigger(copy.source))
     db.execute(_truncate_trigger(copy.target))

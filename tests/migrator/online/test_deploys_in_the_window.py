@@ -8,8 +8,7 @@ import pytest
 from psycopg import errors
 
 from migrator.ops import twoway
-from tests.migrator.deploys.test_deploy_target_schema import later_env
-from tests.migrator.helpers import manage, psycopg_connect, value
+from tests.migrator.helpers import later_env, manage, psycopg_connect, value
 from tests.migrator.online.support import CONTACTS, TENANT, assert_in_sync, on_tenant
 
 COLUMN_EXISTS = (

@@ -21,7 +21,7 @@ Roles are cluster-wide and not part of a database: no stage creates any (phase 4
 does); ``release`` drops the service roles a test made, before the working database goes.
 
 Phase 1 of the ``prepared`` stage records a ``pg_dump`` taken once into a folder of the session;
-tests of the backup itself take their own (see tests/migrator/test_prepare.py).
+tests of the backup itself take their own (see tests/migrator/phases/test_prepare.py).
 """
 
 from __future__ import annotations

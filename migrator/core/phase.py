@@ -56,7 +56,7 @@ class Phase(ABC):
     None for commands outside the ordered plan), ``name``, ``requires`` (the earlier phase a tenant
     must have completed), ``tenant_state_on_success`` (the registry state it sets), and whether a
     rollback (``undone_by_rollback``) or a restore of the backup (``undone_by_restore``) undoes it.
-    ``tests/migrator/test_phase_registry.py`` checks that these facts agree with each other.
+    ``tests/migrator/phases/test_phase_registry.py`` checks that these facts agree with each other.
     """
 
     name: ClassVar[str]

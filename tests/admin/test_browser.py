@@ -6,12 +6,9 @@ no target so its copy step fails. Screenshots go to test-artifacts/.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import re
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,23 +17,10 @@ from django.core.management import CommandError
 
 from migrator import db
 from migrator.models import MigrationRecord, Status
+from tests.admin.browser import ARTIFACTS, BROWSER_MARKS, CHROMIUM, PASSWORD, USERNAME
 from tests.helpers import run
 
-CHROMIUM = Path(os.environ.get("SALESFLOW_CHROMIUM", "/usr/bin/chromium"))
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-USERNAME, PASSWORD = "operator", "operator-password"
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not (CHROMIUM.exists() or shutil.which("chromium")),
-        reason=f"Debian's chromium is not installed at {CHROMIUM} (apt-get install -y chromium)",
-    ),
-    pytest.mark.skipif(
-        importlib.util.find_spec("playwright") is None,
-        reason="playwright is not installed (pip install -e '.[browser]')",
-    ),
-]
+pytestmark = BROWSER_MARKS
 
 
 @pytest.fixture

@@ -27,15 +27,14 @@ from django.contrib.auth.models import User
 
 from migrator.models import Status
 from tenants.models import MigrationState
-from tests.admin.test_browser import ARTIFACTS, CHROMIUM, PASSWORD, USERNAME
-from tests.admin.test_browser import pytestmark as browser_marks
+from tests.admin.browser import ARTIFACTS, BROWSER_MARKS, CHROMIUM, PASSWORD, USERNAME
 from tests.migrator.helpers import PROJECT_DIR, database_url, manage_env
 
 FAILURE_LIMIT = 3
 RUNNING_COPY = "data/acme/copy_table/contact_data_contacts"
 
 pytestmark = [
-    *browser_marks,
+    *BROWSER_MARKS,
     pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed for the server's certificate"),
 ]
 

@@ -2,7 +2,7 @@
 
 Each is a copy of a template built once per session (tests/stages.py). The ``prepared`` stage's
 phase-1 backup was taken once, into a folder of the session: a test about the backup itself runs
-phase 1 on its own (see tests/migrator/test_prepare.py).
+phase 1 on its own (see tests/migrator/phases/test_prepare.py).
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from migrator.tables import TENANT_DATA_TABLES, TableKind, legacy_table, model_c
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
+LATER_RELEASE_SETTINGS = "tests.migrator.later_release_settings"
 
 
 def _tenant_data_tables() -> dict[str, tuple[str, str, str, tuple[str, str]]]:
@@ -118,6 +119,14 @@ def manage_env(database_url_value: str | None = None, **extra: str) -> dict[str,
     env = {**os.environ, "DATABASE_URL": database_url_value or database_url(), "PYTHONUNBUFFERED": "1", **extra}
     env.pop("DJANGO_SETTINGS_MODULE", None)
     return env
+
+
+def later_env(**extra: str) -> dict[str, str]:
+    """The environment of ``manage.py`` run by a later release (tests/migrator/later_release: its migrations
+    and its models)."""
+    # roles are cluster-wide: the prefix of this test run's (tests/conftest.py)
+    env = manage_env(SALESFLOW_ROLE_PREFIX=get_config().role_prefix, **extra)
+    return {**env, "DJANGO_SETTINGS_MODULE": LATER_RELEASE_SETTINGS}
 
 
 def manage_command(*args: str) -> list[str]:

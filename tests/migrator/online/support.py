@@ -56,3 +56,10 @@ def cut_over_online() -> None:
     run("migrate_phase", "security", interactive=False)
     run("migrate_phase", "verify", interactive=False)
     run("migrate_phase", "cutover", interactive=False)
+
+
+def migrate_online_until_cutover() -> None:
+    """From the ``schemas_ready`` stage: ``data --online`` and phases 4-5 (the last step before cutover)."""
+    run("migrate_phase", "data", "--online", interactive=False)
+    run("migrate_phase", "security", interactive=False)
+    run("migrate_phase", "verify", interactive=False)

@@ -8,9 +8,8 @@ import pytest
 from psycopg import errors
 
 from migrator.ops import twoway
-from tests.migrator.helpers import manage, psycopg_connect, value
+from tests.migrator.helpers import later_env, manage, psycopg_connect, value
 from tests.migrator.online.support import CONTACTS, TENANT, assert_in_sync, on_tenant
-from tests.migrator.test_deploy_target_schema import later_env
 
 COLUMN_EXISTS = (
     "SELECT count(*) FROM information_schema.columns WHERE table_schema = %s AND table_name = %s AND column_name = %s"

@@ -10,18 +10,13 @@ from psycopg import sql
 from migrator.models import Status
 from tests.helpers import legacy_fingerprints, run
 from tests.migrator.helpers import psycopg_connect, records, value
+from tests.migrator.online.support import migrate_online_until_cutover
 
 TENANT = "tenant_acme_0001"
 BYPASS = {
     "dropped": "DROP TRIGGER salesflow_sync ON {}",
     "disabled": "ALTER TABLE {} DISABLE TRIGGER salesflow_sync",
 }
-
-
-def migrate_online_until_cutover() -> None:
-    run("migrate_phase", "data", "--online", interactive=False)
-    run("migrate_phase", "security", interactive=False)
-    run("migrate_phase", "verify", interactive=False)
 
 
 def cut_over(tenant_id: str) -> bool:

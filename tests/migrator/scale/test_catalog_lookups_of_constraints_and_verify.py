@@ -1,4 +1,4 @@
-"""This round's catalog lookups are keyed by schema too (see test_scale_catalog_lookups.py): a join of
+"""The constraint and verify catalog lookups are keyed by schema too (see test_catalog_lookups.py): a join of
 pg_class to pg_namespace on the schema's name read every relation of the database (pg_class has no
 index on its namespace: 5-70 ms per call at 1,000 tenants, 51,000 relations; ten times that at 10,000)."""
 
@@ -10,7 +10,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from migrator.ops import constraints, verification
-from tests.migrator.test_scale_catalog_lookups import catalog_lookups, crowd_the_catalog, reading_too_many_rows
+from tests.migrator.scale.support import catalog_lookups, crowd_the_catalog, reading_too_many_rows
 
 
 def test_missing_constraints_and_table_problems_read_a_few_catalog_rows(seeded: dict[str, Any]) -> None:

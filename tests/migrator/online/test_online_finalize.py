@@ -14,7 +14,7 @@ from psycopg import sql
 from migrator.tables import LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES
 from tests.helpers import legacy_fingerprints, run
 from tests.migrator.helpers import catalog_snapshot, psycopg_connect, value, wait_for
-from tests.migrator.test_online import migrate_online_until_cutover
+from tests.migrator.online.support import migrate_online_until_cutover
 
 TENANT = "tenant_acme_0001"
 

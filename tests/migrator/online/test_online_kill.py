@@ -24,7 +24,7 @@ from tests.migrator.helpers import (
     wait_for,
     wait_for_killed_sessions_to_end,
 )
-from tests.migrator.test_online_writer import (
+from tests.migrator.online.writer import (
     TENANT_TABLES,
     Writer,
     assert_committed_writes_in_new_tables,

@@ -16,7 +16,7 @@ from migrator.tables import TENANT_DATA_TABLES
 from tenants.models import MigrationState, Tenant
 from tests.helpers import run
 from tests.migrator.helpers import content, latest, plain_columns
-from tests.migrator.test_scale_batched_tracking import kill_at_the_end_of, statuses
+from tests.migrator.scale.support import kill_at_the_end_of, statuses
 
 SMALL, BULK = "acme_0001", "globex_0002"  # 120 contacts and 240 activities each
 

@@ -17,13 +17,12 @@ from django.core.management import CommandError
 from django.db import connection
 from psycopg import sql
 
-from migrator.config import get_config
 from migrator.models import DeferredConstraint, MigrationRecord, Status
 from tests.helpers import run
 from tests.migrator.helpers import (
     count,
+    later_env,
     manage,
-    manage_env,
     one_line,
     psycopg_connect,
     rows,
@@ -32,7 +31,6 @@ from tests.migrator.helpers import (
     wait_for,
 )
 
-LATER = "tests.migrator.later_release_settings"
 CONTACTS = "contact_data_contacts"
 LATER_MIGRATIONS = [("contact_data", "0002_contact_channel"), ("contact_data", "0003_contact_indexes")]
 # The contacts' indexes once 0003 is applied: owner removed, email renamed, company added.
@@ -42,12 +40,6 @@ LATER_INDEXES = {
     "contact_data_type_idx",
     "contact_data_company_idx",
 }
-
-
-def later_env(**extra: str) -> dict[str, str]:
-    # roles are cluster-wide: the prefix of this test run's (tests/conftest.py)
-    env = manage_env(SALESFLOW_ROLE_PREFIX=get_config().role_prefix, **extra)
-    return {**env, "DJANGO_SETTINGS_MODULE": LATER}
 
 
 def later(*args: str, timeout: float = 300) -> str:

@@ -25,7 +25,7 @@ from migrator.tables import TENANT_DATA_TABLES
 from tenants.models import MigrationState, Tenant
 from tests.helpers import run
 from tests.migrator.helpers import kill_while_it_waits_for_a_lock, psycopg_connect
-from tests.migrator.test_scale_batched_tracking import kill_at_the_end_of, statuses
+from tests.migrator.scale.support import kill_at_the_end_of, statuses
 
 BLOCKED = "globex_0002"
 CONTACTS = TENANT_DATA_TABLES[0].table

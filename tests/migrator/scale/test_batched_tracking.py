@@ -11,32 +11,9 @@ from migrator.models import MigrationRecord, Status
 from migrator.ops import grants
 from tenants.models import MigrationState, Tenant
 from tests.helpers import run
-from tests.migrator.helpers import kill_while_it_waits_for_a_lock, psycopg_connect
+from tests.migrator.scale.support import kill_at_the_end_of, statuses
 
 DONE_FIRST, BLOCKED = "acme_0001", "globex_0002"
-
-
-def kill_at_the_end_of(tenant_id: str, phase: str) -> None:
-    """Run ``phase`` (one tenant at a time) and SIGKILL it while it writes ``tenant_id``'s steps and state:
-    that tenant's registry row is locked, so the write waits, all of the tenant's steps having run."""
-    with psycopg_connect() as holder, psycopg_connect() as watcher:
-        holder.execute("BEGIN")  # the row lock is held until the rollback below
-        holder.execute("SELECT 1 FROM public.tenants WHERE tenant_id = %s FOR UPDATE", [tenant_id])
-        kill_while_it_waits_for_a_lock(
-            ["migrate_phase", phase, "--noinput", "--jobs", "1"],
-            watcher,
-            f"{phase} to wait for {tenant_id}'s registry row",
-            terminate_the_waiting_session=True,
-        )
-        holder.execute("ROLLBACK")
-
-
-def statuses(phase: str, tenant_id: str) -> set[str]:
-    return set(
-        MigrationRecord.objects.filter(phase=phase, tenant_id=tenant_id)
-        .latest_attempts()
-        .values_list("status", flat=True)
-    )
 
 
 def test_security_killed_in_the_middle_of_a_tenant_resumes_it(migrated: dict[str, Any]) -> None:

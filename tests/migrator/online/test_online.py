@@ -20,6 +20,7 @@ from tests.migrator.helpers import (
     wait_for,
     wrongly_remapped,
 )
+from tests.migrator.online.support import migrate_online_until_cutover
 
 TENANT = "tenant_acme_0001"
 SCOPES = ["salesflow_auth", TENANT]
@@ -129,12 +130,6 @@ def test_sync_follow_ends_cleanly_on_sigterm_while_the_sides_stay_in_sync(schema
     assert "stopped on request" in out
     assert "0 captured changes applied" in out
     assert_in_sync()
-
-
-def migrate_online_until_cutover() -> None:
-    run("migrate_phase", "data", "--online", interactive=False)
-    run("migrate_phase", "security", interactive=False)
-    run("migrate_phase", "verify", interactive=False)
 
 
 def archived(schema: str, table: str) -> bool:

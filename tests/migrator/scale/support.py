@@ -1,11 +1,5 @@
-"""Catalog lookups of one table stay keyed by schema when every tenant schema has a table of that name.
-
-On a database whose catalog statistics predate its tenant schemas, a lookup that joins pg_class to
-pg_namespace and filters on both names can be planned from ``relname`` alone: it then walks the
-same table in every tenant schema, once per tenant table (quadratic in the tenant count). The
-assertion is on the plan's actual row counts, not on time: a keyed lookup reads a handful of
-catalog rows whatever the number of schemas.
-"""
+"""What the scale tests share: a catalog crowded with tenant-shaped schemas and the plans of the lookups
+run on it, and a run killed at the end of one tenant's steps."""
 
 from __future__ import annotations
 
@@ -13,14 +7,13 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from psycopg import sql
 
-from migrator import catalog, db
-from migrator.ops import archive, constraints
-from migrator.ops.copy import Remap, TableCopy, _mapping_proven, analyze
-from migrator.ops.load_test import LEGACY, tenants_with_tables
+from migrator import db
+from migrator.models import MigrationRecord
+from tests.migrator.helpers import kill_while_it_waits_for_a_lock, psycopg_connect
 
 CROWD = 120  # schemas with the same table names as a tenant's: twice the rows a keyed node may read
 CATALOGS = ("pg_class", "pg_constraint", "pg_attribute", "pg_index", "pg_depend", "pg_namespace")
@@ -93,31 +86,24 @@ def reading_too_many_rows(lookups: list[str]) -> list[str]:
     ]
 
 
-def test_one_table_lookups_read_a_few_catalog_rows_however_many_schemas_share_its_name(
-    seeded: dict[str, Any],
-) -> None:
-    schema = "tenant_" + seeded["tenants"][0]
-    crowd_the_catalog()
-    copy = TableCopy(schema, "activities", schema, "activities", ("id",))
-    with CaptureQueriesContext(connection) as captured:
-        catalog.table_exists(schema, "activities")
-        catalog.columns(schema, "activities")
-        catalog.tables_by_schema([schema, "crowd_1"])
-        assert catalog.schemas_with_table([schema, "crowd_1", "no_such_schema"], "activity_types") == {
-            schema,
-            "crowd_1",
-        }
-        _mapping_proven(copy, Remap("activity_type_id", seeded["tenants"][0], "activity_types"))
-        constraints.unvalidated_foreign_keys(schema, "activities")
-        constraints._deferrable_primary_key(schema, "contacts")
-        archive.drop_schema_if_empty("crowd_1")
-        tenants_with_tables([schema, "crowd_1"], LEGACY)
-        with transaction.atomic():
-            analyze(schema, "activities")
-            constraints.defer_constraints(schema, "activities")
-            archive._rename_dependents(schema, "contacts", seeded["tenants"][0])
-            transaction.set_rollback(True)
-    lookups = catalog_lookups(captured)
-    assert len(lookups) >= 10, lookups
-    unkeyed = reading_too_many_rows(lookups)
-    assert not unkeyed, "\n".join(unkeyed)
+def kill_at_the_end_of(tenant_id: str, phase: str) -> None:
+    """Run ``phase`` (one tenant at a time) and SIGKILL it while it writes ``tenant_id``'s steps and state:
+    that tenant's registry row is locked, so the write waits, all of the tenant's steps having run."""
+    with psycopg_connect() as holder, psycopg_connect() as watcher:
+        holder.execute("BEGIN")  # the row lock is held until the rollback below
+        holder.execute("SELECT 1 FROM public.tenants WHERE tenant_id = %s FOR UPDATE", [tenant_id])
+        kill_while_it_waits_for_a_lock(
+            ["migrate_phase", phase, "--noinput", "--jobs", "1"],
+            watcher,
+            f"{phase} to wait for {tenant_id}'s registry row",
+            terminate_the_waiting_session=True,
+        )
+        holder.execute("ROLLBACK")
+
+
+def statuses(phase: str, tenant_id: str) -> set[str]:
+    return set(
+        MigrationRecord.objects.filter(phase=phase, tenant_id=tenant_id)
+        .latest_attempts()
+        .values_list("status", flat=True)
+    )

@@ -52,8 +52,9 @@ SYNCING = "salesflow.syncing"
 ROW_TRIGGER = "salesflow_sync"
 WRITE_TRIGGER = "salesflow_sync_legacy_write"
 TRUNCATE_TRIGGER = "salesflow_sync_truncate"
-# How long a synced write waits for the other side's row (see apply_row): well under deadlock_timeout.
-SYNC_LOCK_TIMEOUT_MS = 100
+# How long a synced write waits for the other side's row (see apply_row): under deadlock_timeout, above
+# the migrator's --lock-timeout (online.check_lock_timeout keeps it so).
+SYNC_LOCK_TIMEOUT_MS = 500
 SCOPES = sql.Identifier(SYNC_SCHEMA, "scopes")
 LEGACY_WRITES = sql.Identifier(SYNC_SCHEMA, "legacy_writes")
 SYNCED_COLUMNS = sql.Identifier(SYNC_SCHEMA, "synced_columns")
@@ -88,10 +89,14 @@ BEGIN
     IF NOT written @> jsonb_build_array(k) THEN written := written || jsonb_build_array(k); END IF;
   END IF;
   PERFORM set_config({syncing}, 'on', true);
-  -- A wait here is for the other side's row, held by a writer that came from the other side and
+  -- A long wait here is for the other side's row, held by a writer that came from the other side and
   -- waits for this side's: a deadlock the detector would find after deadlock_timeout (1 s). Ended
-  -- sooner: one of the two gets lock_not_available and retries.
-  PERFORM set_config('lock_timeout', {sync_lock_timeout}, true);
+  -- sooner: one of the two gets lock_not_available and retries. Longer than any wait behind the
+  -- migrator's own short locks (--lock-timeout is kept below it), and an application's own
+  -- lock_timeout, if it set one, is left alone.
+  IF app_lock_timeout = '0' THEN
+    PERFORM set_config('lock_timeout', {sync_lock_timeout}, true);
+  END IF;
   -- TG_ARGV[1]: how many of the statements after it copy rows over; the rest delete rows gone. An
   -- insert or an update copies; a delete, or an update that changed the key, also deletes.
   IF TG_OP <> 'DELETE' THEN

@@ -150,6 +150,12 @@ def check_lock_timeout(lock_timeout_ms: int) -> None:
     lock at once and give up after ``lock_timeout``; an application transaction queued behind them
     must not reach its own ``deadlock_timeout`` first, or the deadlock check could abort it.
     """
+    if lock_timeout_ms >= twoway.SYNC_LOCK_TIMEOUT_MS:
+        raise MigrationError(
+            f"--lock-timeout {lock_timeout_ms} ms is not below the {twoway.SYNC_LOCK_TIMEOUT_MS} ms a synced write "
+            "waits for a lock: an application write queued behind the migrator could fail; pass a --lock-timeout "
+            f"under {twoway.SYNC_LOCK_TIMEOUT_MS} ms"
+        )
     deadlock_ms = int(db.fetchvalue("SELECT setting::int FROM pg_settings WHERE name = 'deadlock_timeout'"))
     if lock_timeout_ms >= deadlock_ms:
         raise MigrationError(

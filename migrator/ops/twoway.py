@@ -59,6 +59,7 @@ SYNC_LOCK_TIMEOUT_MS = 500
 SCOPES = sql.Identifier(SYNC_SCHEMA, "scopes")
 LEGACY_WRITES = sql.Identifier(SYNC_SCHEMA, "legacy_writes")
 SYNCED_COLUMNS = sql.Identifier(SYNC_SCHEMA, "synced_columns")
+SHARED_SCOPE = "(shared)"  # the bookkeeping of the shared reference tables, synced with every tenant
 MAP = sql.Identifier("public", "migrator_reference_map")
 KEYS = sql.SQL("$1")  # the trigger's jsonb array of written keys, as its statements receive it
 
@@ -445,6 +446,19 @@ def ensure_shared_reference_sync(ref: LegacyTable, tenant_schema: str) -> None:
         return
     columns = json.dumps(reference_value_columns(tenant_schema, ref))
     db.execute(_row_trigger(shared, "reference_from_shared", [ref.map_name, ref.legacy_table, columns]))
+    # every synced tenant's reference rows are merged into it by those columns: the guard keeps them
+    _record_columns(SHARED_SCOPE, "new", ref.shared_schema, ref.table)
+
+
+def _record_columns(scope: str, side: str, schema: str, table: str) -> None:
+    """``schema.table``'s columns as the sync's statements name them now (what the schema-change guard keeps)."""
+    db.execute(
+        sql.SQL(
+            "INSERT INTO {} (relid, scope, side, columns) SELECT r, %s, %s, {}.columns_of(r) "
+            "FROM (SELECT {} AS r) x ON CONFLICT (relid) DO UPDATE SET columns = EXCLUDED.columns"
+        ).format(SYNCED_COLUMNS, sql.Identifier(SYNC_SCHEMA), catalog.RELATION_OID),
+        [scope, side, schema, table],
+    )
 
 
 def record_engaged(scope: str, tenant_id: str | None, tables: dict[str, str]) -> None:
@@ -452,13 +466,7 @@ def record_engaged(scope: str, tenant_id: str | None, tables: dict[str, str]) ->
         ("new", *new.split(".", 1)) for new in tables.values() if new
     ]
     for side, schema, table in sides:
-        db.execute(
-            sql.SQL(
-                "INSERT INTO {} (relid, scope, side, columns) SELECT r, %s, %s, {}.columns_of(r) "
-                "FROM (SELECT {} AS r) x ON CONFLICT (relid) DO UPDATE SET columns = EXCLUDED.columns"
-            ).format(SYNCED_COLUMNS, sql.Identifier(SYNC_SCHEMA), catalog.RELATION_OID),
-            [scope, side, schema, table],
-        )
+        _record_columns(scope, side, schema, table)
     db.execute(
         sql.SQL(
             "INSERT INTO {} (scope, tenant_id, tables) VALUES (%s, %s, %s::jsonb) "
@@ -498,6 +506,9 @@ def remove_sync(scope: str) -> list[str]:
 def remove_shared_reference_sync_if_unused(refs: Iterable[LegacyTable]) -> None:
     if engaged_scopes():
         return
+    if sync_ready():
+        db.execute(sql.SQL("DELETE FROM {} WHERE scope = %s").format(SYNCED_COLUMNS), [SHARED_SCOPE])
+    migrator_ddl()
     for ref in refs:
         if catalog.table_exists(ref.shared_schema, ref.table):
             db.execute(

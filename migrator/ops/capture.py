@@ -31,10 +31,12 @@ from psycopg import sql
 
 from migrator import catalog, db
 from migrator.core.errors import MigrationError
+from migrator.ops import recopy
 from migrator.ops.copy import TableCopy
 
 CAPTURE_SCHEMA = "migrator_online"
 CHANGES = sql.Identifier(CAPTURE_SCHEMA, "changes")
+KEYS = sql.SQL("%s::jsonb")  # the keys an apply re-copies: a jsonb array, one parameter
 CAPTURED_TABLES = sql.Identifier(CAPTURE_SCHEMA, "captured_tables")
 CAPTURE_FUNCTION = sql.Identifier(CAPTURE_SCHEMA, "capture")
 REFUSE_TRUNCATE_FUNCTION = sql.Identifier(CAPTURE_SCHEMA, "refuse_truncate")
@@ -250,22 +252,6 @@ class ApplyStats:
     whole_scope_rounds: int = 0  # rounds redone as one transaction (a batch split related changes)
 
 
-def _key_types(copy: TableCopy) -> list[str]:
-    types = {c.name: c.data_type for c in catalog.columns(copy.source_schema, copy.source_table)}
-    return [types[k] for k in copy.key]
-
-
-def _keys_matching(copy: TableCopy, alias: str, types: list[str]) -> sql.Composed:
-    """``(alias.k1, ...) IN`` the keys of the jsonb array parameter, cast to the key columns' types."""
-    casts = sql.SQL(", ").join(
-        sql.SQL("(e ->> {i})::{t}").format(i=sql.Literal(i), t=sql.SQL(t))  # t: format_type() of the catalog
-        for i, t in enumerate(types)
-    )
-    return sql.SQL("{row} IN (SELECT {casts} FROM jsonb_array_elements(%s::jsonb) e)").format(
-        row=copy.key_row(alias), casts=casts
-    )
-
-
 def pending_keys(scope: str) -> dict[str, list[object]]:
     """The keys captured and not yet applied, per ready table of ``scope`` (what the next apply re-copies)."""
     ready = [t for t, is_ready in captured_tables(scope).items() if is_ready]
@@ -290,19 +276,14 @@ def uncaptured(scope: str, tables: list[str]) -> list[str]:
 
 def _reapply_keys(copy: TableCopy, keys: list[object]) -> int:
     """Make the target rows of ``keys`` the source's current rows (gone from the source: deleted)."""
-    types = _key_types(copy)
+    types = recopy.key_types(copy.source_schema, copy.source_table, copy.key)
     payload = json.dumps(keys)
-    unmapped = [
-        sql.SQL("count(*) FILTER (WHERE s.{c} IS NOT NULL AND {a}.old_id IS NULL)").format(
-            c=sql.Identifier(r.column), a=copy._remap_alias(r)
-        )
-        for r in copy.remaps
-    ]
+    unmapped = copy.unmapped_counts()
     if unmapped:
         missing = (
             db.fetchone(
                 sql.SQL("SELECT {} FROM {} WHERE {}").format(
-                    sql.SQL(", ").join(unmapped), copy.from_clause(), _keys_matching(copy, "s", types)
+                    sql.SQL(", ").join(unmapped), copy.from_clause(), recopy.keys_in("s", copy.key, types, KEYS)
                 ),
                 [payload],
             )
@@ -315,41 +296,9 @@ def _reapply_keys(copy: TableCopy, keys: list[object]) -> int:
                 + ", ".join(f"{n} changed rows of {c}" for c, n in bad.items())
                 + " point at reference rows with no merged id; rerun `migrate_phase sync`"
             )
-    # Not delete + re-insert: the target's foreign keys cascade in the database (a contact's
-    # activities would go with it). Rows still in the source are upserted, the others deleted.
-    non_key = [c for c in copy.columns if c not in copy.key]
-    conflict = (
-        sql.SQL("DO UPDATE SET ({cols}) = ROW({excluded})").format(
-            cols=db.ident_list(non_key),
-            excluded=sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in non_key),
-        )
-        if non_key
-        else sql.SQL("DO NOTHING")
-    )
-    written = db.execute(
-        sql.SQL(
-            "INSERT INTO {target} ({cols}) SELECT {select} FROM {src} WHERE {match} ON CONFLICT ({key}) {conflict}"
-        ).format(
-            target=copy.target,
-            cols=db.ident_list(copy.insert_columns()),
-            select=copy.select_list(),
-            src=copy.from_clause(),
-            match=_keys_matching(copy, "s", types),
-            key=db.ident_list(copy.key),
-            conflict=conflict,
-        ),
-        [payload],
-    )
-    written += db.execute(
-        sql.SQL("DELETE FROM {t} t WHERE {match} AND NOT EXISTS (SELECT 1 FROM {src} s WHERE {skey} = {tkey})").format(
-            t=copy.target,
-            match=_keys_matching(copy, "t", types),
-            src=copy.source_rows,
-            skey=copy.key_row("s"),
-            tkey=copy.key_row("t"),
-        ),
-        [payload],
-    )
+    upsert, delete = recopy.copy_statements(copy, KEYS)
+    written = db.execute(upsert, [payload])
+    written += db.execute(delete, [payload])
     return written
 
 

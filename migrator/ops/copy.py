@@ -84,6 +84,16 @@ class TableCopy:
     def _remap_alias(self, remap: Remap) -> sql.Identifier:
         return sql.Identifier("map_" + remap.column)
 
+    def unmapped_counts(self, remaps: tuple[Remap, ...] | None = None) -> list[sql.Composed]:
+        """Per remap (default: all), a count of the source rows (``s``, joined by :meth:`from_clause`)
+        whose reference id has no map entry."""
+        return [
+            sql.SQL("count(*) FILTER (WHERE s.{c} IS NOT NULL AND {a}.old_id IS NULL)").format(
+                c=sql.Identifier(r.column), a=self._remap_alias(r)
+            )
+            for r in (self.remaps if remaps is None else remaps)
+        ]
+
     def insert_columns(self) -> tuple[str, ...]:
         """The target columns an insert of the copy names: the copied ones, then the filled ones."""
         return self.columns + tuple(f.column for f in self.fills)
@@ -516,12 +526,7 @@ def _scan_source(copy: TableCopy) -> tuple[int, dict[str, int]]:
         for r in copy.remaps
         if not (catalog.table_exists(copy.source_schema, r.reference_table) and _mapping_proven(copy, r))
     )
-    unmapped = [
-        sql.SQL("count(*) FILTER (WHERE s.{c} IS NOT NULL AND {a}.old_id IS NULL)").format(
-            c=sql.Identifier(r.column), a=copy._remap_alias(r)
-        )
-        for r in unproven
-    ]
+    unmapped = copy.unmapped_counts(unproven)
     row = db.fetchone(
         sql.SQL("SELECT {} FROM {}").format(
             sql.SQL(", ").join([sql.SQL("count(*)"), *unmapped]), copy.from_clause(unproven)

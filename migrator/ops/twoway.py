@@ -43,7 +43,7 @@ from django.db import transaction
 from psycopg import sql
 
 from migrator import catalog, db
-from migrator.ops import twoway_sql
+from migrator.ops import recopy, twoway_sql
 from migrator.ops.copy import TableCopy, zoned_columns
 from migrator.tables import LegacyTable
 
@@ -149,100 +149,24 @@ def triggers_missing(scope: str) -> list[str]:
 # --- the statements the row triggers run -----------------------------------------------------
 
 
-def _key_types(schema: str, table: str, key: tuple[str, ...]) -> list[str]:
-    types = {c.name: c.data_type for c in catalog.columns(schema, table)}
-    return [types[k] for k in key]
-
-
-def _keys_in(alias: str, key: tuple[str, ...], types: list[str]) -> sql.Composed:
-    """``(alias.k1, ...) IN`` the written keys ($1), cast to the key columns' types."""
-    row = sql.SQL("({})").format(
-        sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(k)) for k in key)
-    )
-    casts = sql.SQL(", ").join(
-        sql.SQL("(e ->> {i})::{t}").format(i=sql.Literal(i), t=sql.SQL(t))  # t: format_type() of the catalog
-        for i, t in enumerate(types)
-    )
-    return sql.SQL("{row} IN (SELECT {casts} FROM jsonb_array_elements({keys}) e)").format(
-        row=row, casts=casts, keys=KEYS
-    )
-
-
-def _upsert(
-    target: sql.Identifier,
-    columns: list[str],
-    key: tuple[str, ...],
-    select: sql.Composable,
-    source: sql.Composable,
-    match: sql.Composable,
-    updated: list[str] | None = None,
-) -> sql.Composed:
-    """Insert the selected rows, or update ``updated`` (default: every column) of those already there."""
-    non_key = [c for c in (columns if updated is None else updated) if c not in key]
-    conflict = (
-        sql.SQL("DO UPDATE SET ({cols}) = ROW({excluded})").format(
-            cols=db.ident_list(non_key),
-            excluded=sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in non_key),
-        )
-        if non_key
-        else sql.SQL("DO NOTHING")
-    )
-    return sql.SQL(
-        "INSERT INTO {target} ({cols}) SELECT {select} FROM {source} WHERE {match} ON CONFLICT ({key}) {conflict}"
-    ).format(
-        target=target,
-        cols=db.ident_list(columns),
-        select=select,
-        source=source,
-        match=match,
-        key=db.ident_list(key),
-        conflict=conflict,
-    )
-
-
-def _delete_gone(
-    target: sql.Composable, target_key: tuple[str, ...], types: list[str], source: sql.Composable
-) -> sql.Composed:
-    """Delete the written keys from ``target`` when ``source`` no longer has them."""
-    same = sql.SQL(" AND ").join(sql.SQL("s.{k} = t.{k}").format(k=sql.Identifier(k)) for k in target_key)
-    return sql.SQL(
-        "DELETE FROM {target} t WHERE {match} AND NOT EXISTS (SELECT 1 FROM {source} s WHERE {same})"
-    ).format(target=target, match=_keys_in("t", target_key, types), source=source, same=same)
-
-
 def forward_statements(copy: TableCopy) -> tuple[list[sql.Composed], list[sql.Composed]]:
     """Legacy -> new for the written keys: phase 3's own remapping ``SELECT`` (an upsert), and a delete of
     the keys gone from the legacy table; first, a refusal of rows whose reference id has no shared id."""
-    types = _key_types(copy.source_schema, copy.source_table, copy.key)
+    types = recopy.key_types(copy.source_schema, copy.source_table, copy.key)
     statements = []
     if copy.remaps:
-        unmapped = sql.SQL(" + ").join(
-            sql.SQL("count(*) FILTER (WHERE s.{c} IS NOT NULL AND {a}.old_id IS NULL)").format(
-                c=sql.Identifier(r.column), a=sql.Identifier("map_" + r.column)
-            )
-            for r in copy.remaps
-        )
+        unmapped = sql.SQL(" + ").join(copy.unmapped_counts())
         statements.append(
             sql.SQL("SELECT {fn}(({unmapped})::bigint, {what}) FROM {src} WHERE {match}").format(
                 fn=sql.Identifier(SYNC_SCHEMA, "refuse_unmapped"),
                 unmapped=unmapped,
                 what=sql.Literal(f"{copy.source_schema}.{copy.source_table}"),
                 src=copy.from_clause(),
-                match=_keys_in("s", copy.key, types),
+                match=recopy.keys_in("s", copy.key, types, KEYS),
             )
         )
-    statements.append(
-        _upsert(
-            copy.target,
-            list(copy.insert_columns()),
-            copy.key,
-            copy.select_list(),
-            copy.from_clause(),
-            _keys_in("s", copy.key, types),
-            updated=list(copy.columns),  # a column the legacy side lacks keeps what it was given
-        )
-    )
-    return statements, [_delete_gone(copy.target, copy.key, types, copy.source_rows)]
+    upsert, delete = recopy.copy_statements(copy, KEYS)
+    return [*statements, upsert], [delete]
 
 
 @dataclass(frozen=True)
@@ -306,7 +230,7 @@ def _delete_gone_children(copy: TableCopy, child: LegacyChild, types: list[str])
         child_columns=child_columns,
         parent_key=parent_key,
         parent=copy.source_rows,
-        match=_keys_in("p", copy.key, types),
+        match=recopy.keys_in("p", copy.key, types, KEYS),
         new_child=child.copy.target,
         same=same,
     )
@@ -324,7 +248,7 @@ def reverse_statements(
     generated = _generated_columns(copy.source_schema, copy.source_table)
     columns = [c for c in legacy_columns if c in new_columns and c not in generated]
     zoned = set(zoned_columns(copy)) if copy.legacy_timezone is not None else set()
-    types = _key_types(copy.target_schema, copy.target_table, copy.key)
+    types = recopy.key_types(copy.target_schema, copy.target_table, copy.key)
     statements: list[sql.Composed] = []
 
     def legacy_id(column: str) -> sql.Composed:
@@ -350,9 +274,11 @@ def reverse_statements(
 
     select = sql.SQL(", ").join(value(c) for c in columns)
     source = sql.SQL("ONLY {} t").format(copy.target)
-    statements.append(_upsert(copy.source, columns, copy.key, select, source, _keys_in("t", copy.key, types)))
+    statements.append(
+        recopy.upsert(copy.source, columns, copy.key, select, source, recopy.keys_in("t", copy.key, types, KEYS))
+    )
     gone = [_delete_gone_children(copy, child, types) for child in children]
-    gone.append(_delete_gone(copy.source_rows, copy.key, types, sql.SQL("ONLY {}").format(copy.target)))
+    gone.append(recopy.delete_gone(copy.source_rows, copy.key, types, sql.SQL("ONLY {}").format(copy.target), KEYS))
     return statements, gone
 
 

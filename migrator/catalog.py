@@ -266,6 +266,16 @@ def schemas_like_tenants() -> list[str]:
     return [row[0] for row in rows]
 
 
+def tables_without_trigger(schema: str, tables: list[str], trigger: str) -> list[str]:
+    """Those of ``schema``'s ``tables`` on which ``trigger`` is missing or disabled."""
+    rows = db.fetchall(
+        "SELECT t.tbl FROM unnest(%s::text[]) t(tbl) WHERE NOT EXISTS (SELECT 1 FROM pg_trigger g "
+        "WHERE g.tgrelid = to_regclass(format('%%I.%%I', %s::text, t.tbl)) AND g.tgname = %s AND g.tgenabled <> 'D')",
+        [tables, schema, trigger],
+    )
+    return [r[0] for r in rows]
+
+
 def row_count(schema: str, table: str) -> int:
     """The table's own rows (see :func:`own_rows`: not its inheritance children's)."""
     return int(db.fetchvalue(sql.SQL("SELECT count(*) FROM {}").format(own_rows(schema, table))))

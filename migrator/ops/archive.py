@@ -87,13 +87,18 @@ def lock_tables(schema: str, tables: list[str]) -> list[str]:
     """
     existing = catalog.tables_by_schema([schema])[schema]
     present = [t for t in tables if t in existing]
-    if present:
+    lock_relations([(schema, t) for t in present])
+    return present
+
+
+def lock_relations(relations: list[tuple[str, str]]) -> None:
+    """``relations`` (schema, table), in this order, ACCESS EXCLUSIVE, in one statement (see :func:`lock_tables`)."""
+    if relations:
         db.execute(
             sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
-                sql.SQL(", ").join(sql.Identifier(schema, t) for t in present)
+                sql.SQL(", ").join(sql.Identifier(*r) for r in relations)
             )
         )
-    return present
 
 
 def _rename_dependents(schema: str, table: str, owner: str) -> None:

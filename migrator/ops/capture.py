@@ -266,12 +266,7 @@ def pending_keys(scope: str) -> dict[str, list[object]]:
 
 def uncaptured(scope: str, tables: list[str]) -> list[str]:
     """Those of ``scope``'s ``tables`` whose capture trigger is missing or disabled."""
-    rows = db.fetchall(
-        "SELECT t.tbl FROM unnest(%s::text[]) t(tbl) WHERE NOT EXISTS (SELECT 1 FROM pg_trigger g "
-        "WHERE g.tgrelid = to_regclass(format('%%I.%%I', %s::text, t.tbl)) AND g.tgname = %s AND g.tgenabled <> 'D')",
-        [tables, scope, TRIGGER],
-    )
-    return [r[0] for r in rows]
+    return catalog.tables_without_trigger(scope, tables, TRIGGER)
 
 
 def _reapply_keys(copy: TableCopy, keys: list[object]) -> int:

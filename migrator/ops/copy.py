@@ -781,7 +781,7 @@ def _copy_range(copy: TableCopy, key_range: KeyRange, batch_size: int, reporter:
     )
 
 
-def _last_issued(sequence: tuple[str, str] | None) -> tuple[sql.Composable, list[str]]:
+def last_issued(sequence: tuple[str, str] | None) -> tuple[sql.Composable, list[str]]:
     """An expression for the highest value ``sequence`` has issued, with its parameters: its last value
     once called; before that (new, or set with ``setval(..., false)``) the value before the one it
     would issue next; for a descending sequence, its start. NULL for no sequence."""
@@ -812,8 +812,8 @@ def continue_sequence(
     if sequence is None:
         return {}
     legacy_sequence = catalog.column_sequence(*legacy, column) if legacy else None
-    own, own_params = _last_issued(sequence)
-    legacy_last, legacy_params = _last_issued(legacy_sequence)
+    own, own_params = last_issued(sequence)
+    legacy_last, legacy_params = last_issued(legacy_sequence)
     legacy_value, after = db.fetchone(
         sql.SQL(
             "SELECT legacy_last, setval({oid}, greatest(highest_id, own_last, legacy_last, 0) + 1, false) - 1 "

@@ -44,7 +44,7 @@ from psycopg import sql
 
 from migrator import catalog, db
 from migrator.ops import recopy, twoway_sql
-from migrator.ops.copy import TableCopy, zoned_columns
+from migrator.ops.copy import TableCopy, last_issued, zoned_columns
 from migrator.tables import LegacyTable
 
 SYNC_SCHEMA = "migrator_sync"
@@ -86,7 +86,7 @@ def sync_ready() -> bool:
 
 
 def ensure_sync_schema() -> None:
-    """The schema, bookkeeping and functions (idempotent; serialised: tenants engage in parallel)."""
+    """The schema, bookkeeping and functions (idempotent; serialised: tenants start their sync in parallel)."""
     with transaction.atomic():
         db.execute("SELECT pg_advisory_xact_lock(hashtextextended('migrator two-way sync setup', 0))")
         if sync_ready() and db.fetchvalue("SELECT to_regprocedure('migrator_sync.refuse_truncate()') IS NOT NULL"):
@@ -113,19 +113,19 @@ def migrator_ddl() -> None:
 # --- which scopes are synced ---------------------------------------------------------------
 
 
-def engaged_scopes() -> list[str]:
+def synced_scopes() -> list[str]:
     if not sync_ready():
         return []
     return [r[0] for r in db.fetchall(sql.SQL("SELECT scope FROM {} ORDER BY scope").format(SCOPES))]
 
 
-def is_engaged(scope: str) -> bool:
+def is_synced(scope: str) -> bool:
     if not sync_ready():
         return False
     return bool(db.fetchvalue(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE scope = %s)").format(SCOPES), [scope]))
 
 
-def engaged_tables(scope: str) -> dict[str, str]:
+def synced_tables(scope: str) -> dict[str, str]:
     """Legacy table -> its new table ("schema.table"), for a synced scope (empty: not synced)."""
     if not sync_ready():
         return {}
@@ -137,13 +137,7 @@ def engaged_tables(scope: str) -> dict[str, str]:
 
 def triggers_missing(scope: str) -> list[str]:
     """Legacy tables of a synced scope whose row trigger is gone or disabled (their writes are not synced)."""
-    tables = list(engaged_tables(scope))
-    rows = db.fetchall(
-        "SELECT t.tbl FROM unnest(%s::text[]) t(tbl) WHERE NOT EXISTS (SELECT 1 FROM pg_trigger g "
-        "WHERE g.tgrelid = to_regclass(format('%%I.%%I', %s::text, t.tbl)) AND g.tgname = %s AND g.tgenabled <> 'D')",
-        [tables, scope, ROW_TRIGGER],
-    )
-    return [r[0] for r in rows]
+    return catalog.tables_without_trigger(scope, list(synced_tables(scope)), ROW_TRIGGER)
 
 
 # --- the statements the row triggers run -----------------------------------------------------
@@ -387,7 +381,7 @@ def _record_columns(scope: str, side: str, schema: str, table: str) -> None:
     )
 
 
-def record_engaged(scope: str, tenant_id: str | None, tables: dict[str, str]) -> None:
+def record_synced(scope: str, tenant_id: str | None, tables: dict[str, str]) -> None:
     sides = [("legacy", scope, legacy) for legacy in tables] + [
         ("new", *new.split(".", 1)) for new in tables.values() if new
     ]
@@ -396,7 +390,7 @@ def record_engaged(scope: str, tenant_id: str | None, tables: dict[str, str]) ->
     db.execute(
         sql.SQL(
             "INSERT INTO {} (scope, tenant_id, tables) VALUES (%s, %s, %s::jsonb) "
-            "ON CONFLICT (scope) DO UPDATE SET tables = EXCLUDED.tables, engaged_at = now()"
+            "ON CONFLICT (scope) DO UPDATE SET tables = EXCLUDED.tables, synced_at = now()"
         ).format(SCOPES),
         [scope, tenant_id, json.dumps(tables)],
     )
@@ -407,7 +401,7 @@ def remove_sync(scope: str) -> list[str]:
 
     Returns the tables whose triggers were dropped. The shared reference tables' triggers stay
     while another scope is synced (they skip tenants that are not)."""
-    tables = engaged_tables(scope)
+    tables = synced_tables(scope)
     migrator_ddl()
     dropped = []
     for legacy, new in tables.items():
@@ -430,7 +424,7 @@ def remove_sync(scope: str) -> list[str]:
 
 
 def remove_shared_reference_sync_if_unused(refs: Iterable[LegacyTable]) -> None:
-    if engaged_scopes():
+    if synced_scopes():
         return
     if sync_ready():
         db.execute(sql.SQL("DELETE FROM {} WHERE scope = %s").format(SYNCED_COLUMNS), [SHARED_SCOPE])
@@ -445,7 +439,7 @@ def remove_shared_reference_sync_if_unused(refs: Iterable[LegacyTable]) -> None:
 
 
 def drop_sync_schema_if_unused() -> bool:
-    if not catalog.schema_exists(SYNC_SCHEMA) or engaged_scopes():
+    if not catalog.schema_exists(SYNC_SCHEMA) or synced_scopes():
         return False
     # its event triggers go with their functions
     db.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(SYNC_SCHEMA)))
@@ -455,18 +449,15 @@ def drop_sync_schema_if_unused() -> bool:
 # --- sequences: one id space ---------------------------------------------------------------
 
 
-def _last_issued_sql(sequence: tuple[str, str]) -> sql.Composed:
-    """The highest value ``sequence`` issued (two parameters: its schema and name)."""
-    return sql.SQL(
-        "(SELECT CASE WHEN s.is_called THEN s.last_value ELSE s.last_value - q.seqincrement END "
-        "FROM {seq} s, pg_sequence q WHERE q.seqrelid = {oid})"
-    ).format(seq=sql.Identifier(*sequence), oid=catalog.RELATION_OID)
-
-
 def _highest_issued(sides: list[tuple[str, str]], sequences: list[tuple[str, str]], column: str) -> int:
-    parts = [sql.SQL("(SELECT max({}) FROM {})").format(sql.Identifier(column), sql.Identifier(*t)) for t in sides]
-    parts += [_last_issued_sql(s) for s in sequences]
-    params = [name for sequence in sequences for name in sequence]
+    parts: list[sql.Composable] = [
+        sql.SQL("(SELECT max({}) FROM {})").format(sql.Identifier(column), sql.Identifier(*t)) for t in sides
+    ]
+    params: list[str] = []
+    for sequence in sequences:
+        expression, names = last_issued(sequence)
+        parts.append(expression)
+        params += names
     return int(db.fetchvalue(sql.SQL("SELECT greatest(0, {})").format(sql.SQL(", ").join(parts)), params) or 0)
 
 

@@ -204,7 +204,7 @@ TABLES = (
     # A scope in two-way sync: its legacy tables and their new ones (tenant_id: NULL for auth).
     (
         "CREATE TABLE IF NOT EXISTS {scopes} (scope text PRIMARY KEY, tenant_id text, "
-        "engaged_at timestamptz NOT NULL DEFAULT now(), tables jsonb NOT NULL)"
+        "synced_at timestamptz NOT NULL DEFAULT now(), tables jsonb NOT NULL)"
     ),
     # Written by the application's statements only; UNLOGGED: what finalize watches is recent writes.
     (

@@ -12,7 +12,7 @@ from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import KeyRange, Step, StepReporter, StepResult
 from migrator.models import DeferredConstraint
-from migrator.ops import carried, constraints, fingerprint, ranges, reference
+from migrator.ops import carried, constraints, fingerprint, ranges, reference, twoway
 from migrator.ops.copies import (
     auth_copy,
     compare,
@@ -275,7 +275,7 @@ class DataPhase(Phase):
         return online.start_two_way_sync(ctx, step.target, reporter)
 
     def _check_two_way_sync(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
-        return [] if online.is_synced(step.target) else [f"{step.target} is not in two-way sync"]
+        return [] if twoway.is_synced(step.target) else [f"{step.target} is not in two-way sync"]
 
     def _copy_auth_table(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         legacy = ctx.config.legacy_auth_schema

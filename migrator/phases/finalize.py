@@ -35,7 +35,7 @@ class FinalizePhase(Phase):
 
     @staticmethod
     def _scopes(ctx: MigrationContext) -> list[str]:
-        scopes = twoway.engaged_scopes()
+        scopes = twoway.synced_scopes()
         if ctx.tenant_filter:
             wanted = {t.schema for t in ctx.registered_tenants}
             scopes = [s for s in scopes if s in wanted]
@@ -121,4 +121,4 @@ class FinalizePhase(Phase):
             )
 
     def _check_finished(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
-        return [f"{step.target} is still in two-way sync"] if twoway.is_engaged(step.target) else []
+        return [f"{step.target} is still in two-way sync"] if twoway.is_synced(step.target) else []

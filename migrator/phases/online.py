@@ -20,8 +20,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from psycopg import sql
-
 from migrator import catalog, db
 from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.errors import MigrationError
@@ -74,7 +72,7 @@ def scope_merge(ctx: MigrationContext, scope: str) -> Callable[[], None] | None:
 
 def capture_before_copy(ctx: MigrationContext, scope: str, tables: list[str]) -> None:
     """``data --online``: capture writes to these legacy tables before they are read."""
-    if not ctx.options.online or twoway.is_engaged(scope):
+    if not ctx.options.online or twoway.is_synced(scope):
         return
     present = catalog.tables_by_schema([scope])[scope]
     for table in tables:
@@ -84,7 +82,7 @@ def capture_before_copy(ctx: MigrationContext, scope: str, tables: list[str]) ->
 
 def apply_after_copy(ctx: MigrationContext, scope: str, tables: list[str], reporter: StepReporter) -> dict[str, object]:
     """After the tables' copy: mark them ready and apply what was captured meanwhile (capture stays on)."""
-    if not ctx.options.online or twoway.is_engaged(scope):
+    if not ctx.options.online or twoway.is_synced(scope):
         return {}
     mark_copied(ctx, scope, tables)
     stats = sync_scope(ctx, scope, reporter)
@@ -107,7 +105,7 @@ def compare_in_snapshot(ctx: MigrationContext, copy: TableCopy) -> Comparison:
     to it; a synced scope's sides are equal in every snapshot."""
     scope = copy.source_schema
     with db.snapshot():
-        if not twoway.is_engaged(scope):
+        if not twoway.is_synced(scope):
             copies = scope_copies(ctx, scope)
             stats = capture.apply_all_locked(scope, copies, scope_merge(ctx, scope))
             _continue_sequences(copies, stats)
@@ -122,7 +120,7 @@ def _continue_sequences(copies: dict[str, TableCopy], stats: capture.ApplyStats)
 
 def sync_scope(ctx: MigrationContext, scope: str, reporter: StepReporter) -> capture.ApplyStats:
     """Apply a captured scope's backlog (a synced scope has none: its writes are on both sides at once)."""
-    if twoway.is_engaged(scope):
+    if twoway.is_synced(scope):
         return capture.ApplyStats()
     copies = scope_copies(ctx, scope)
     stats = capture.apply_changes(scope, copies, ctx.batch_size, scope_merge(ctx, scope), fence=reporter.fence)
@@ -132,15 +130,7 @@ def sync_scope(ctx: MigrationContext, scope: str, reporter: StepReporter) -> cap
 
 def is_online(scope: str) -> bool:
     """The scope is migrated online: captured (phase 3 running) or in two-way sync."""
-    return bool(capture.captured_tables(scope)) or twoway.is_engaged(scope)
-
-
-def is_synced(scope: str) -> bool:
-    return twoway.is_engaged(scope)
-
-
-def synced_scopes() -> list[str]:
-    return twoway.engaged_scopes()
+    return bool(capture.captured_tables(scope)) or twoway.is_synced(scope)
 
 
 def check_lock_timeout(lock_timeout_ms: int) -> None:
@@ -177,14 +167,11 @@ def _scope_tables(ctx: MigrationContext, scope: str) -> tuple[dict[str, TableCop
     return copies, refs
 
 
-def _lock(tables: list[tuple[str, str]]) -> None:
-    """Every table at once, in name order, ACCESS EXCLUSIVE (triggers are dropped under it, so it is never upgraded)."""
-    if tables:
-        db.execute(
-            sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
-                sql.SQL(", ").join(sql.Identifier(*t) for t in sorted(set(tables)))
-            )
-        )
+def _lock_scope(scope: str, copies: dict[str, TableCopy], refs: list[str]) -> None:
+    """Every legacy and new table of the scope at once, in name order, ACCESS EXCLUSIVE (triggers are
+    dropped under it, so it is never upgraded)."""
+    relations = [(scope, t) for t in [*copies, *refs]] + [(c.target_schema, c.target_table) for c in copies.values()]
+    archive.lock_relations(sorted(set(relations)))
 
 
 def _references_of(copy: TableCopy) -> list[twoway.ReverseReference]:
@@ -207,7 +194,7 @@ def start_two_way_sync(ctx: MigrationContext, scope: str, reporter: StepReporter
     replaced by the sync triggers and both sequences put into one id space. Writers wait for that
     transaction only.
     """
-    if twoway.is_engaged(scope):
+    if twoway.is_synced(scope):
         return StepResult(message="two-way sync already on", details={"online": True, "two_way": True})
     check_lock_timeout(ctx.options.lock_timeout_ms)
     copies, refs = _scope_tables(ctx, scope)
@@ -221,7 +208,7 @@ def start_two_way_sync(ctx: MigrationContext, scope: str, reporter: StepReporter
 
     def engage() -> None:
         locked_at = time.monotonic()
-        _lock([(scope, t) for t in [*copies, *refs]] + [(c.target_schema, c.target_table) for c in copies.values()])
+        _lock_scope(scope, copies, refs)
         problems = [
             f"{table}: its change capture trigger is gone"
             for table in capture.uncaptured(scope, [*copies, *refs])
@@ -253,7 +240,7 @@ def start_two_way_sync(ctx: MigrationContext, scope: str, reporter: StepReporter
             ]
             twoway.install_reference_sync(tenant_id or "", scope, legacy_table(ref_name), used_by)
         tables = {t: f"{c.target_schema}.{c.target_table}" for t, c in copies.items()} | dict.fromkeys(refs, "")
-        twoway.record_engaged(scope, tenant_id, tables)
+        twoway.record_synced(scope, tenant_id, tables)
         facts.update(
             writes_blocked_ms=round((time.monotonic() - locked_at) * 1000, 1),
             last_changes=stats.changes,
@@ -289,7 +276,7 @@ def declare_new_primary(ctx: MigrationContext, scope: str) -> StepResult:
     snapshot shows them equal; a difference means the sync was bypassed (a trigger dropped or
     disabled, ``session_replication_role = replica``) and refuses the tenant, nothing changed.
     """
-    if not twoway.is_engaged(scope):
+    if not twoway.is_synced(scope):
         raise MigrationError(
             f"{scope} is captured but its two-way sync was never started: run `migrate_phase data --online` "
             "to the end, then cutover"
@@ -358,7 +345,7 @@ def finish_sync(ctx: MigrationContext, scope: str, owner: str) -> StepResult:
 
     def finish() -> None:
         locked_at = time.monotonic()
-        _lock([(scope, t) for t in legacy] + [(c.target_schema, c.target_table) for c in copies.values()])
+        _lock_scope(scope, copies, refs)
         twoway.remove_sync(scope)
         sequences = {
             table: twoway.single_sequence((c.target_schema, c.target_table), (scope, table))
@@ -419,7 +406,7 @@ def stop_sync(ctx: MigrationContext, scope: str) -> StepResult:
     facts: dict[str, object] = {}
 
     def stop() -> None:
-        _lock([(scope, t) for t in [*copies, *refs]] + [(c.target_schema, c.target_table) for c in copies.values()])
+        _lock_scope(scope, copies, refs)
         facts["triggers_dropped"] = twoway.remove_sync(scope)
         facts["sequences"] = {
             table: twoway.single_sequence((scope, table), (c.target_schema, c.target_table))

@@ -11,7 +11,7 @@ from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.engine import tracking
 from migrator.models import Status
-from migrator.ops import backup, capture, restore, teardown
+from migrator.ops import backup, capture, restore, teardown, twoway
 from migrator.ops.backup import BackupInfo
 from migrator.phases import online
 from migrator.tables import service_tables
@@ -35,6 +35,15 @@ def recorded_backup(ctx: MigrationContext) -> BackupInfo:
             "folder that holds the backup)"
         )
     return info
+
+
+def _refuse_while_synced(scope: str) -> None:
+    """Before the new side of ``scope`` is dropped: its legacy tables' sync triggers would write into it."""
+    if twoway.is_synced(scope):
+        raise MigrationError(
+            f"{scope} is still in two-way sync (its stop_two_way_sync step did not complete); "
+            "nothing was dropped: rerun `migrate_phase rollback`"
+        )
 
 
 class RollbackPhase(Phase):
@@ -131,9 +140,9 @@ class RollbackPhase(Phase):
         """(schema, tenant id) of the scopes in two-way sync this rollback undoes, the auth schema first."""
         auth = ctx.config.legacy_auth_schema
         scopes: list[tuple[str, str | None]] = [
-            (t.schema, t.tenant_id) for t in ctx.registered_tenants if online.is_synced(t.schema)
+            (t.schema, t.tenant_id) for t in ctx.registered_tenants if twoway.is_synced(t.schema)
         ]
-        if not ctx.tenant_filter and online.is_synced(auth):
+        if not ctx.tenant_filter and twoway.is_synced(auth):
             scopes.insert(0, (auth, None))
         return scopes
 
@@ -205,11 +214,7 @@ class RollbackPhase(Phase):
         # The tenant's steps become ROLLED_BACK in the transaction that drops its tables: a rollback
         # that stops after this tenant (killed, or a later step failing) never leaves them "done".
         tenant = TenantRef(step.tenant_id or "")
-        if online.is_synced(tenant.schema):  # its legacy tables' triggers would write into dropped tables
-            raise MigrationError(
-                f"{tenant.schema} is still in two-way sync (its stop_two_way_sync step did not complete); "
-                "nothing was dropped: rerun `migrate_phase rollback`"
-            )
+        _refuse_while_synced(tenant.schema)
         dropped: list[str] = []
         marked = 0
 
@@ -221,7 +226,7 @@ class RollbackPhase(Phase):
             Tenant.objects.filter(tenant_id=step.tenant_id).update(migration_state=MigrationState.ROLLED_BACK)
             marked = tracking.mark_rolled_back(undone_phases(restore=False), [step.tenant_id or ""])
 
-        if online.synced_scopes():
+        if twoway.synced_scopes():
             # Dropping the new tables locks the shared reference tables their foreign keys point at, which
             # the writes of tenants still in two-way sync use: the wait is bounded and retried, so theirs is.
             capture.with_lock_retries(drop, ctx.options.lock_timeout_ms, f"drop the new tables of {tenant.schema}")
@@ -237,11 +242,7 @@ class RollbackPhase(Phase):
         # Without the service schemas (and the reference map) no tenant's migrated data stands: every
         # undone step is marked with the drop, so a failing drop_roles after it leaves nothing "done".
         with transaction.atomic():
-            if online.is_synced(ctx.config.legacy_auth_schema):
-                raise MigrationError(
-                    f"{ctx.config.legacy_auth_schema} is still in two-way sync (its stop_two_way_sync step did not "
-                    "complete); nothing was dropped: rerun `migrate_phase rollback`"
-                )
+            _refuse_while_synced(ctx.config.legacy_auth_schema)
             online.remove_capture_of(ctx.config.legacy_auth_schema)  # data --online
             capture.drop_capture_schema_if_unused()
             online.finish_shared_sync()

@@ -63,7 +63,7 @@ class BatchFacts:
 
 def online_scopes() -> set[str]:
     """Schemas migrated online (captured, or in two-way sync): their legacy tables are still written."""
-    return set(capture.captured_scopes()) | set(twoway.engaged_scopes())
+    return set(capture.captured_scopes()) | set(twoway.synced_scopes())
 
 
 _batch: ContextVar[BatchFacts | None] = ContextVar("verify_batch", default=None)

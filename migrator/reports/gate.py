@@ -212,7 +212,7 @@ def migration_state(report: StatusReport | None, holders: list[LockHolder] | Non
         return ROLLED_BACK
     if _failed(report):
         return FAILED
-    if capture.captured_scopes() or twoway.engaged_scopes():
+    if capture.captured_scopes() or twoway.synced_scopes():
         return ONLINE_WINDOW_OPEN
     if report.cells_complete:
         return COMPLETE

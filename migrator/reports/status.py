@@ -250,7 +250,7 @@ def status_report() -> StatusReport:
             else:
                 report.cells[(phase, scope)] = cell_state(statuses.get((phase, scope), set()))
     report.lag = lag()
-    report.synced = len(twoway.engaged_scopes())
+    report.synced = len(twoway.synced_scopes())
     report.ranged = ranged_tables_in_progress()
     report.missing_schemas = registered_schemas_missing()
     report.deploy_failures = deploy_failures()

@@ -124,6 +124,6 @@ def test_online_cutover_respects_the_same_gate(schemas_ready):
     with pytest.raises(CommandError, match=r"cutover cannot start: .*verify role_isolation \(all\) FAILED"):
         run("migrate_phase", "cutover", interactive=False)
     assert_nothing_cut_over()
-    assert twoway.is_engaged("tenant_acme_0001")  # still in two-way sync, legacy tables where they were
+    assert twoway.is_synced("tenant_acme_0001")  # still in two-way sync, legacy tables where they were
     assert "contacts" in table_names("tenant_acme_0001")
     assert not MigrationRecord.objects.filter(phase="cutover", status=Status.COMPLETED).exists()

@@ -86,7 +86,7 @@ def sync_triggers(schema: str) -> int:
 
 def test_data_online_ends_in_two_way_sync_and_writes_appear_on_both_sides_at_once(schemas_ready):
     run("migrate_phase", "data", "--online", interactive=False)
-    assert twoway.engaged_scopes() == sorted([*SCOPES, "tenant_empty_0001", "tenant_globex_0002"])
+    assert twoway.synced_scopes() == sorted([*SCOPES, "tenant_empty_0001", "tenant_globex_0002"])
     assert capture.captured_tables(TENANT) == {}
     assert value("SELECT to_regnamespace('migrator_online')") is None  # the capture is gone
     for table in LEGACY_TENANT_TABLES:  # the legacy names are still the real tables
@@ -146,7 +146,7 @@ def test_online_cutover_keeps_the_legacy_tables_real_and_in_sync_until_finalize_
     for table in LEGACY_TENANT_TABLES:
         assert value("SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)", [f"{TENANT}.{table}"]) == "r"
         assert not archived(TENANT, table)
-    assert set(SCOPES) <= set(twoway.engaged_scopes())
+    assert set(SCOPES) <= set(twoway.synced_scopes())
     assert twoway.triggers_missing(TENANT) == []
     assert_in_sync()
     with psycopg_connect() as conn:
@@ -195,7 +195,7 @@ def test_online_cutover_keeps_the_legacy_tables_real_and_in_sync_until_finalize_
     assert sync_triggers("salesflow_archive") == 0
     assert value("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'salesflow_sync%%'") == 0
     assert value("SELECT to_regnamespace('migrator_sync')") is None
-    assert twoway.engaged_scopes() == []
+    assert twoway.synced_scopes() == []
     # the archive holds the legacy tables as they were when finalize stopped the sync
     assert content("salesflow_archive", "acme_0001__contacts", plain_columns("contacts")) == expected
     assert content(TENANT, "contact_data_contacts", plain_columns("contacts")) == expected

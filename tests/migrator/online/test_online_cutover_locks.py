@@ -98,7 +98,7 @@ def test_an_application_transaction_meets_no_deadlock_when_the_two_way_sync_star
     assert not deadlocked, f"the application's write was aborted as a deadlock after {waited:.2f} s"
     assert child.returncode == 0, out
     assert waited < 1.0
-    assert twoway.is_engaged(TENANT)
+    assert twoway.is_synced(TENANT)
     # the first attempt gave up its locks (lock_timeout), which let the application's write through
     attempts = value(
         "SELECT (details ->> 'attempts')::int FROM public.schema_migrations WHERE phase = 'data' "

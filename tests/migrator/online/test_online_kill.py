@@ -93,7 +93,7 @@ def scope_state(schema: str) -> str:
             for trigger in ("migrator_capture", twoway.ROW_TRIGGER)
         ),
     )
-    engaged = twoway.is_engaged(schema)
+    engaged = twoway.is_synced(schema)
     tables = len(legacy)
     if present == tables and capture_triggers == 0 and sync_triggers == tables and engaged:
         return "synced"

@@ -137,8 +137,8 @@ def test_capture_left_by_an_earlier_attempt_on_recreated_tables_is_installed_aga
     writers = run_data_online_under_writers()  # its validation steps pass (run raises otherwise)
     assert_every_write_in_new_tables(writers)
     for scope in {scope for scope, _table, _key in stale}:
-        assert twoway.is_engaged(scope), scope
+        assert twoway.is_synced(scope), scope
         assert twoway.triggers_missing(scope) == [], scope
         assert capture.captured_tables(scope) == {}, scope
     for scope, table, _key in stale:
-        assert table in twoway.engaged_tables(scope), f"{scope}.{table}"
+        assert table in twoway.synced_tables(scope), f"{scope}.{table}"

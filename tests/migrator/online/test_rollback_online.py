@@ -35,7 +35,7 @@ def test_rollback_after_an_online_cutover_keeps_every_write_made_on_either_side(
     assert value(on_tenant("SELECT count(*) FROM {} WHERE id = 3", "activities")) == 0
     assert value("SELECT count(*) FROM salesflow_auth.users WHERE email = 'new@example.com'") == 1
     assert CONTACTS not in table_names(TENANT)
-    assert twoway.engaged_scopes() == []
+    assert twoway.synced_scopes() == []
     assert value("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'salesflow_sync%%'") == 0
     assert Tenant.objects.get(tenant_id="acme_0001").migration_state == MigrationState.ROLLED_BACK
     with psycopg_connect() as conn:  # the legacy sequence steps by 1 again, past the new side's ids
@@ -59,7 +59,7 @@ def test_a_refused_rollback_changes_nothing(synced):
     message = str(refused.value)
     assert "contact_data_contacts.nickname: 1 rows" in message
     assert "nothing was rolled back" in message
-    assert set(twoway.engaged_scopes()) == {"salesflow_auth", TENANT, "tenant_globex_0002", "tenant_empty_0001"}
+    assert set(twoway.synced_scopes()) == {"salesflow_auth", TENANT, "tenant_globex_0002", "tenant_empty_0001"}
     assert CONTACTS in table_names(TENANT)
     assert value("SELECT count(*) FROM auth.users") > 0
     assert dict(Tenant.objects.values_list("tenant_id", "migration_state")) == states
@@ -92,7 +92,7 @@ def test_rollback_holds_writers_at_most_its_lock_timeout_per_attempt(synced):
     assert "\n" not in str(refused.value).strip()
     assert waits
     assert max(waits) < 0.6, max(waits)  # one attempt's wait, not the whole rollback's
-    assert twoway.is_engaged(TENANT)  # nothing changed for the refused tenant
+    assert twoway.is_synced(TENANT)  # nothing changed for the refused tenant
     run("migrate_phase", "rollback", "--tenant", "acme_0001", interactive=False, lock_timeout=100)
-    assert not twoway.is_engaged(TENANT)
+    assert not twoway.is_synced(TENANT)
     assert value(on_tenant("SELECT phone FROM {} WHERE id = 6", "contacts")) == "writer"

@@ -26,7 +26,7 @@ from tests.migrator.online.support import (
 
 
 def test_data_online_ends_with_every_scope_in_two_way_sync_and_no_capture(synced):
-    assert set(twoway.engaged_scopes()) == {AUTH, TENANT, "tenant_globex_0002", "tenant_empty_0001"}
+    assert set(twoway.synced_scopes()) == {AUTH, TENANT, "tenant_globex_0002", "tenant_empty_0001"}
     assert value("SELECT to_regnamespace('migrator_online')") is None  # the capture queue is gone
     assert_in_sync()
 
@@ -124,7 +124,7 @@ def test_a_repeatable_read_transaction_older_than_the_sync_reads_and_updates_rea
         reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         reader.execute("SELECT count(*) FROM public.tenants").fetchone()  # its snapshot is taken here
         run("migrate_phase", "data", "--online", interactive=False)
-        assert twoway.is_engaged(TENANT)
+        assert twoway.is_synced(TENANT)
         assert reader.execute(on_tenant("SELECT count(*) FROM {}", "contacts")).fetchone()[0] == rows
         assert reader.execute(on_tenant("UPDATE {} SET phone = 'rr' WHERE id = 7", "contacts")).rowcount == 1
         reader.commit()
@@ -277,7 +277,7 @@ def test_online_cutover_moves_nothing_and_finalize_archives_the_legacy_tables(sy
     run("migrate_phase", "finalize", interactive=False, observe_seconds=0.5)
     assert "contacts" not in table_names(TENANT)
     assert value(on_tenant("SELECT phone FROM {} WHERE id = 1", CONTACTS)) == "after cutover"
-    assert twoway.engaged_scopes() == []
+    assert twoway.synced_scopes() == []
     assert value("SELECT to_regnamespace('migrator_sync')") is None
     assert value("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'salesflow_sync%%'") == 0
     # the new sequence steps by 1 again, past every id issued

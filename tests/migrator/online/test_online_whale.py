@@ -15,6 +15,7 @@ from psycopg import sql
 
 from migrator.models import MigrationRecord, Status
 from migrator.ops import twoway
+from migrator.reports.status import status_report
 from tests.helpers import run
 from tests.migrator.helpers import (
     count,
@@ -163,3 +164,38 @@ def test_a_whale_killed_half_way_through_an_online_range_resumes_exactly_with_an
     assert {r.status for r in resumed} == {Status.COMPLETED}
     # no key twice: the new table's primary key was rebuilt over the ranges
     assert value(sql.SQL("SELECT count(*) - count(DISTINCT id) FROM {}").format(sql.Identifier(schema, table))) == 0
+
+
+def test_a_cutover_killed_while_it_compares_a_whale_shows_its_ranges_and_a_rerun_switches_it(whales, settings):
+    run("migrate_phase", "data", "--online", "--batch-size", "1000", "--jobs", "2", interactive=False)
+    run("migrate_phase", "security", interactive=False)
+    run("migrate_phase", "verify", interactive=False)
+    with psycopg_connect() as watcher:
+        ours = [r[0] for r in watcher.execute("SELECT pid FROM pg_stat_activity").fetchall()]
+        kill_when(
+            ["migrate_phase", "cutover", "--jobs", "2", "--noinput"],
+            lambda: watcher.execute(
+                "SELECT 1 FROM public.schema_migrations WHERE phase = 'cutover' AND step = 'validate_range' "
+                "AND status = 'COMPLETED' LIMIT 1"
+            ).fetchone(),
+            "cutover comparing a whale's ranges",
+            env=manage_env(SALESFLOW_RANGE_ROWS="200"),  # 20 and 40 ranges a tenant: killed with some left
+            timeout=90,
+            interval=0.002,
+        )
+        wait_for_killed_sessions_to_end(watcher, ours)
+    shown = [t for t in status_report().ranged if t.what == "cutover comparison"]
+    assert shown, status_report().ranged
+    assert all(t.ranges_done < len(t.ranges) for t in shown)
+    assert {t.table for t in shown} <= set(RANGED_TABLES)
+    for schema in TENANTS:
+        assert twoway.is_synced(schema)  # the comparison changes nothing
+
+    settings.SALESFLOW = {**settings.SALESFLOW, "RANGE_ROWS": 200}
+    run("migrate_phase", "cutover", "--jobs", "1", interactive=False)
+    assert not [t for t in status_report().ranged if t.what == "cutover comparison"]
+    for schema in TENANTS:
+        [switched] = latest_rows("cutover", "archive_legacy", schema)
+        assert switched.status == Status.COMPLETED
+        assert switched.details["compared_in_ranges"] == {"contacts": 20, "activities": 40}
+        assert_sides_equal(schema)

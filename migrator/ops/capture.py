@@ -415,7 +415,10 @@ def drop_capture_schema_if_unused() -> bool:
             return False
         if capture_ready() and db.fetchvalue(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(CAPTURED_TABLES)):
             return False
-        db.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(CAPTURE_SCHEMA)))
+        # IF EXISTS: a schema dropped by another worker just before this one got the lock can still look
+        # present to the check above (this session's catalog cache is brought up to date by a relation lock,
+        # not by an advisory one); seen with two tenants' syncs starting at once.
+        db.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(CAPTURE_SCHEMA)))
     return True
 
 

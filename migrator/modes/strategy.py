@@ -40,6 +40,9 @@ class MigrationMode:
     # while they are migrated: row counts move, and reads that must agree share one snapshot.
     writes_go_on = False
 
+    def __repr__(self) -> str:
+        return f"<{self.name} mode>"
+
     # --- phase 3: data ---
 
     def refuse_options(self, ctx: MigrationContext) -> None:

@@ -54,7 +54,7 @@ class BatchFacts:
     tables: dict[str, set[str]] | None = None  # schema -> its tables
     counts: dict[str, dict[str, int]] | None = None  # tenant -> legacy table name -> rows
     validated: dict[str, dict[str, int | None]] | None = None  # tenant -> table -> rows phase 3 validated
-    online: set[str] | None = None  # schemas with a change capture (data --online)
+    online: set[str] | None = None  # schemas migrated online (captured, or in two-way sync): modes.mode_for
     missing_roles: list[str] | None = None
     refused: dict[tuple[str, str, str], bool] | None = None  # (role, schema, table) -> permission denied
     index_used: dict[str, dict[str, bool]] | None = None  # schema -> key lookup -> an index serves it

@@ -17,7 +17,8 @@ from migrator.core.phase import ApplyStep, Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.engine.orchestration import free_connections
 from migrator.models import MigrationRecord, Status
-from migrator.ops import capture, carried, grants, load_test, twoway, verification
+from migrator.modes import MigrationMode, mode_for, online_scopes
+from migrator.ops import carried, grants, load_test, verification
 from migrator.tables import TENANT_DATA_TABLES, service_tables
 from salesflow.layout import NAMESPACE_SERVICE
 from tenants.models import MigrationState, Tenant
@@ -53,17 +54,12 @@ class BatchFacts:
     tables: dict[str, set[str]] | None = None  # schema -> its tables
     counts: dict[str, dict[str, int]] | None = None  # tenant -> legacy table name -> rows
     validated: dict[str, dict[str, int | None]] | None = None  # tenant -> table -> rows phase 3 validated
-    online: set[str] | None = None  # schemas with a change capture (data --online)
+    online: set[str] | None = None  # schemas migrated online (captured, or in two-way sync): modes.mode_for
     missing_roles: list[str] | None = None
     refused: dict[tuple[str, str, str], bool] | None = None  # (role, schema, table) -> permission denied
     index_used: dict[str, dict[str, bool]] | None = None  # schema -> key lookup -> an index serves it
     crud_types: tuple[Any, Any] | None = None
     schemas: dict[str, str] = field(default_factory=dict)  # tenant -> schema
-
-
-def online_scopes() -> set[str]:
-    """Schemas migrated online (captured, or in two-way sync): their legacy tables are still written."""
-    return set(capture.captured_scopes()) | set(twoway.synced_scopes())
 
 
 _batch: ContextVar[BatchFacts | None] = ContextVar("verify_batch", default=None)
@@ -252,6 +248,11 @@ class VerifyPhase(Phase):
         facts = _batch.get()
         return facts if facts is not None and tenant_id in facts.schemas else BatchFacts()
 
+    @staticmethod
+    def _mode(schema: str, facts: BatchFacts) -> MigrationMode:
+        """The mode the tenant was migrated in (data --online: its tables are still written)."""
+        return mode_for(schema, online_scopes=facts.online)
+
     def _tenant_tables(self, ctx: MigrationContext, step: Step) -> CheckResult:
         schema = TenantRef(step.tenant_id or "").schema
         tables = self._facts(step.tenant_id or "").tables
@@ -269,9 +270,8 @@ class VerifyPhase(Phase):
         validated = (validated_counts([tenant.tenant_id]) if facts.validated is None else facts.validated).get(
             tenant.tenant_id, {}
         )
-        online = online_scopes() if facts.online is None else facts.online
         problems = []
-        writes_go_on = tenant.schema in online  # data --online: counts move; cutover compares content
+        writes_go_on = self._mode(tenant.schema, facts).writes_go_on  # counts move; cutover compares content
         for table, key in ((t.table, t.legacy_table) for t in TENANT_DATA_TABLES):
             if table not in validated:
                 problems.append(f"{table} has no completed validation in phase 3")
@@ -285,16 +285,11 @@ class VerifyPhase(Phase):
         if self._tenant_schemas is None:  # once per run: thousands of tenants, each checked against all
             self._tenant_schemas = frozenset(t.schema for t in ctx.registered_tenants)
         others = self._tenant_schemas
-        online = online_scopes() if facts.online is None else facts.online
-        if tenant.schema in online:
-            # Written meanwhile (two-way sync carries the application's writes to the new tables at
-            # once): the ORM's counts and the schema's are compared in one snapshot.
-            with db.snapshot():
-                problems, seen = verification.tenant_context_problems(tenant.schema, others)
-        else:
-            direct = None
-            if facts.counts is not None and tenant.tenant_id in facts.counts:
-                direct = {t.table: facts.counts[tenant.tenant_id][t.legacy_table] for t in TENANT_DATA_TABLES}
+        mode = self._mode(tenant.schema, facts)
+        direct = None  # the batch's counts, unless written since they were read
+        if facts.counts is not None and tenant.tenant_id in facts.counts and not mode.writes_go_on:
+            direct = {t.table: facts.counts[tenant.tenant_id][t.legacy_table] for t in TENANT_DATA_TABLES}
+        with mode.consistent_reads():  # the ORM's counts and the schema's
             problems, seen = verification.tenant_context_problems(tenant.schema, others, direct)
         objects = [(NAMESPACE_SERVICE[t.namespace], tenant.schema, t.table) for t in TENANT_DATA_TABLES]
         problems += verification.role_isolation_problems(ctx.config, objects, facts.refused, facts.missing_roles)
@@ -320,7 +315,7 @@ class VerifyPhase(Phase):
         tenant_rules = frozenset(o["target"] for o in carried.carried_objects(step.tenant_id or ""))
         try:
             facts = self._facts(step.tenant_id or "")
-            synced = schema in (online_scopes() if facts.online is None else facts.online)
+            synced = self._mode(schema, facts).writes_go_on  # the test rows skip the two-way sync
             return verification.crud_problems(schema, facts.crud_types, tenant_rules, synced), {}
         except IntegrityError as exc:
             refused_by = getattr(getattr(exc.__cause__, "diag", None), "constraint_name", None)

@@ -16,8 +16,9 @@ from migrator import catalog
 from migrator.config import get_config
 from migrator.engine.lock import APP_NAME_PREFIX, LOCK_ID, LOCK_NAMESPACE
 from migrator.models import DEPLOY_PHASE, MigrationRecord, Status
+from migrator.modes import online
 from migrator.ops import capture, twoway
-from migrator.phases import ORDERED, PHASES, online
+from migrator.phases import ORDERED, PHASES
 from migrator.reports.status import StatusReport
 from salesflow.layout import tenant_schema_name
 

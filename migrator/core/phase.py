@@ -130,10 +130,11 @@ class Phase(ABC):
             raise ValueError(f"phase {self.name} declares no phase-wide steps, and {kind!r} names no tenant")
         return Step(self.name, self.number, kind, description, tenant_id, target, sql, destructive)
 
-    def tenant_batch(self, ctx: MigrationContext, tenant_ids: list[str]) -> AbstractContextManager[None]:
+    def tenant_batch(self, ctx: MigrationContext, tenant_ids: list[str]) -> AbstractContextManager[object]:
         """Wraps a batch of up to ``tenants_per_batch`` tenants' steps (rerunnable kinds only): the place
-        to read, in a few queries, what the steps of all of them would each ask for. Their steps must
-        still work without it (a tenant may run alone)."""
+        to read, in a few queries, what the steps of all of them would each ask for. What it yields is
+        handed to each of their steps as ``StepReporter.batch``; a step that gets none (its tenant runs
+        alone) reads the same for a batch of its tenant alone."""
         return nullcontext()
 
     def tenant_context(self, ctx: MigrationContext, tenant_id: str) -> AbstractContextManager[None]:

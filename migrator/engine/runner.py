@@ -134,9 +134,9 @@ class PhaseRunner:
         def run_tenants(tenant_ids: list[str]) -> None:
             """Several tenants' rerunnable steps inside one of the phase's batches, each tenant recorded on its own."""
             try:
-                with phase.tenant_batch(self.ctx, tenant_ids):
+                with phase.tenant_batch(self.ctx, tenant_ids) as batch:
                     for tenant_id in tenant_ids:
-                        self._run_tenant_steps(phase, tenant_id, by_tenant[tenant_id], records, outcome, count)
+                        self._run_tenant_steps(phase, tenant_id, by_tenant[tenant_id], records, outcome, count, batch)
             finally:
                 if self.ctx.jobs > 1:
                     connection.close()
@@ -282,8 +282,10 @@ class PhaseRunner:
         records: dict[str, tracking.StepRow],
         outcome: PhaseOutcome,
         count: int,
+        batch: object = None,
     ) -> None:
-        """A tenant's steps one by one. A step that cannot simply run again writes a RUNNING row and is
+        """A tenant's steps one by one (``batch``: what the phase read for the batch of tenants it runs
+        in, handed to each step). A step that cannot simply run again writes a RUNNING row and is
         recorded as soon as it ends; a step that can (``StepKind.rerunnable``: grants, checks, a
         validation) writes no RUNNING row and is recorded at the end of the tenant, with the tenant's
         last step to run and its new state, in one statement (see ``engine/recording.py``). A run
@@ -297,7 +299,7 @@ class PhaseRunner:
                 for position, (index, step) in enumerate(steps):
                     can_rerun = rerunnable(phase, step)
                     record = records[step.key]
-                    end = self._run_step(phase, step, record, outcome, index, count, not can_rerun)
+                    end = self._run_step(phase, step, record, outcome, index, count, not can_rerun, batch)
                     if not end.completed:
                         with_state.append(end)
                         state = MigrationState.FAILED
@@ -321,9 +323,11 @@ class PhaseRunner:
         index: int,
         count: int,
         running_row: bool = True,
+        batch: object = None,
     ) -> StepEnd:
         """Run one step and return how it ended, for the caller to record (``running_row``: mark the
-        step RUNNING first; a step that can simply run again does without)."""
+        step RUNNING first; a step that can simply run again does without; ``batch``: see
+        ``StepReporter.batch``)."""
         self.still_locked()  # a run that lost the lock starts nothing more (LockLost ends the run)
         started_at = recording.start(record).started_at if running_row else None
         started_at = started_at or timezone.now()
@@ -354,6 +358,7 @@ class PhaseRunner:
                 replace(step, target=part) if part else step, kind, plan, work, resume, progress
             ),
             parallel=self._share,
+            batch=batch,
         )
         result: StepResult | None = None
         try:

@@ -64,8 +64,11 @@ class SchemasPhase(Phase):
             ),
         }
 
-    _template_lock = threading.Lock()
-    _template: tuple[MigrationContext, TenantTemplate | None] | None = None
+    def __init__(self) -> None:
+        # The tenant template of the run this phase object serves (the command makes one per run),
+        # built by the first batch that needs it; the lock makes the --jobs threads build it once.
+        self._template_lock = threading.Lock()
+        self._template: tuple[MigrationContext, TenantTemplate | None] | None = None
 
     def _tenant_template(self, ctx: MigrationContext) -> TenantTemplate | None:
         """The template of this run, built once (the tenant migrations may differ from the last run's)."""

@@ -340,7 +340,7 @@ class DataPhase(Phase):
             if in_ranges(ctx, copy):  # a large table: its key ranges on every free connection of the run
                 stats = copy_in_ranges(copy, ctx.batch_size, reporter, range_planner(copy, ctx.config.range_rows))
             else:
-                stats = copy_table(copy, ctx.batch_size, reporter)
+                stats = copy_table(copy, ctx.batch_size, reporter, fence_held=True)
             advice = (
                 f"fix those rows in {tenant.schema}.{spec.legacy_table}, then run `migrate_phase rollback "
                 f"--tenant {tenant.tenant_id}`, `migrate_phase schemas` and `migrate_phase data`"

@@ -124,14 +124,14 @@ def validation_fingerprints(
     copy: TableCopy, method: str = fingerprint.CURRENT
 ) -> tuple[fingerprint.Fingerprint, fingerprint.Fingerprint]:
     """Source and target fingerprints as phase 3 validates them; cutover compares against the same pair,
-    made the way the recorded pair was (``method``: see :func:`migrator.ops.fingerprint.method_of`)."""
+    made the way the recorded pair was (``method``: the recorded fingerprint's)."""
     return fingerprint.both_fingerprints(copy, method)
 
 
 def compare(copy: TableCopy) -> fingerprint.Comparison:
     """Phase 3's comparison of both sides, in the caller's transaction (a snapshot: see :func:`db.snapshot`)."""
     source, target = validation_fingerprints(copy)
-    differing = fingerprint.differing_keys(copy) if str(source) != str(target) else []
+    differing = fingerprint.differing_keys(copy) if source != target else []
     return fingerprint.Comparison(source, target, differing)
 
 
@@ -172,11 +172,11 @@ def compare_in_ranges(
         source, target = fingerprint.both_fingerprints_in_range(copy, key_range.after, key_range.through)
         parts[key_range.index] = (source, target)
         return StepResult(
-            message=f"{target.rows} rows, fingerprint {'matches' if str(source) == str(target) else 'DIFFERS'}",
+            message=f"{target.rows} rows, fingerprint {'matches' if source == target else 'DIFFERS'}",
             rows_expected=source.rows,
             rows_copied=target.rows,
-            source_fingerprint=str(source),
-            target_fingerprint=str(target),
+            source_fingerprint=source,
+            target_fingerprint=target,
         )
 
     results = reporter.ranges("validate_range", plan, work, False, part)
@@ -184,5 +184,5 @@ def compare_in_ranges(
         return None
     source = fingerprint.combined([parts[r.index][0] for r, _result in results])
     target = fingerprint.combined([parts[r.index][1] for r, _result in results])
-    differing = fingerprint.differing_keys(copy) if str(source) != str(target) else []
+    differing = fingerprint.differing_keys(copy) if source != target else []
     return RangedComparison(source, target, differing, ranges=len(results))

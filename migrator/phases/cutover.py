@@ -8,12 +8,13 @@ from psycopg import sql
 from migrator import catalog
 from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.errors import MigrationError
+from migrator.core.fingerprint import Fingerprint
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.engine import tracking
 from migrator.models import Status
 from migrator.modes import mode_for
-from migrator.ops import archive, dependents, fingerprint, reference
+from migrator.ops import archive, dependents, reference
 from migrator.ops.copies import (
     auth_copy,
     continue_sequence_of,
@@ -46,20 +47,21 @@ def _changed_since_validation(validated: dict[str, TableCopy]) -> list[str]:
         if not catalog.table_exists(copy.target_schema, copy.target_table):
             problems.append(f"{target}: table missing")
             continue
-        if record.source_fingerprint is None:  # validated with no legacy table: there is nothing to compare
+        validated_source = Fingerprint.parse_recorded(record.source_fingerprint)
+        if validated_source is None:  # validated with no legacy table: there is nothing to compare
             if catalog.table_exists(copy.source_schema, copy.source_table):
                 problems.append(f"{legacy}: appeared after phase 3")
             continue
         if not catalog.table_exists(copy.source_schema, copy.source_table):
             problems.append(f"{legacy}: table missing")
             continue
-        source, current_target = validation_fingerprints(copy, fingerprint.method_of(record.source_fingerprint))
-        if str(source) != record.source_fingerprint:
+        source, current_target = validation_fingerprints(copy, validated_source.method)
+        if source != validated_source:
             problems.append(
                 f"{legacy}: {record.rows_expected} rows validated, {source.rows} now"
                 + ("" if source.rows != record.rows_expected else ", content changed")
             )
-        if str(current_target) != record.target_fingerprint:
+        if current_target != Fingerprint.parse_recorded(record.target_fingerprint):
             problems.append(
                 f"{target}: {record.rows_copied} rows validated, {current_target.rows} now"
                 + ("" if current_target.rows != record.rows_copied else ", content changed")

@@ -439,15 +439,15 @@ class DataPhase(Phase):
         missing = constraints.missing_constraints(copy.target_schema, copy.target_table)
         if missing:
             details["constraints_missing"] = missing
-        message = f"{target.rows} rows, fingerprint {'matches' if str(source) == str(target) else 'DIFFERS'}"
+        message = f"{target.rows} rows, fingerprint {'matches' if source == target else 'DIFFERS'}"
         if converted:
             message += f"; compared in the legacy types' terms: {', '.join(converted)}"
         return StepResult(
             message=message,
             rows_expected=source.rows,
             rows_copied=target.rows,
-            source_fingerprint=str(source),
-            target_fingerprint=str(target),
+            source_fingerprint=source,
+            target_fingerprint=target,
             details=details,
         )
 

@@ -18,6 +18,7 @@ from migrator.engine.orchestration import free_connections
 from migrator.models import MigrationRecord, Status
 from migrator.modes import MigrationMode, mode_for, online_scopes
 from migrator.ops import carried, grants, load_test, verification
+from migrator.ops.load_figures import LoadTestFigures
 from migrator.tables import TENANT_DATA_TABLES, service_tables
 from salesflow.layout import NAMESPACE_SERVICE
 from tenants.models import MigrationState, Tenant
@@ -273,7 +274,7 @@ class VerifyPhase(Phase):
             )
         load = details.get("load_test")
         if step.kind == "load_test" and isinstance(load, dict):
-            return load_summary(load)
+            return load_summary(LoadTestFigures.from_json(load))
         if step.kind == "crud_smoke" and details.get("refused_by_carried_constraint"):
             return (
                 f"the test contact was refused by {details['refused_by_carried_constraint']}, a constraint carried "
@@ -359,7 +360,7 @@ class VerifyPhase(Phase):
         opts = ctx.options
         # Each client is a connection: stay within what the server lets this role open (one kept spare).
         clients = max(1, min(opts.load_clients, free_connections() - 1))
-        problems, details = load_test.run_load_test(
+        problems, figures = load_test.run_load_test(
             ctx.config,
             [t.schema for t in ctx.registered_tenants],
             clients,
@@ -368,10 +369,10 @@ class VerifyPhase(Phase):
             opts.load_max_regression,
         )
         if clients < opts.load_clients:
-            details["notes"].append(
+            figures.notes.append(
                 f"--load-clients {opts.load_clients} lowered to {clients}: the server's free connections"
             )
-        return problems, {"load_test": details}
+        return problems, {"load_test": figures.to_json()}
 
 
 def validated_counts(tenant_ids: list[str]) -> dict[str, dict[str, int | None]]:
@@ -388,17 +389,13 @@ def validated_counts(tenant_ids: list[str]) -> dict[str, dict[str, int | None]]:
     return found
 
 
-def load_summary(details: dict[str, object]) -> str:
-    layouts = details.get("layouts")
-    if not isinstance(layouts, dict):
-        return "load test ran"
+def load_summary(figures: LoadTestFigures) -> str:
     parts = []
-    for layout, figures in layouts.items():
-        queries = figures["queries"]
-        total = sum(q["queries"] for q in queries.values())
-        worst = max((q["p95_ms"] or 0 for q in queries.values()), default=0)
+    for layout, measured in figures.layouts.items():
+        queries = measured.queries
+        total = sum(q.queries for q in queries.values())
+        worst = max((q.p95_ms or 0 for q in queries.values()), default=0)
         parts.append(
-            f"{layout} {total / figures['seconds'] if figures['seconds'] else 0:,.0f} queries/s "
-            f"(worst p95 {worst:.2f} ms)"
+            f"{layout} {total / measured.seconds if measured.seconds else 0:,.0f} queries/s (worst p95 {worst:.2f} ms)"
         )
-    return f"{details.get('clients')} clients: " + ", ".join(parts)
+    return f"{figures.clients} clients: " + ", ".join(parts)

@@ -22,6 +22,8 @@ from django.utils import timezone
 from migrator.core.phase import Phase
 from migrator.models import MigrationRecord, Status
 from migrator.ops.capture import Lag, lag
+from migrator.ops.load_figures import LEGACY, NEW, LoadTestFigures, QueryFigures
+from migrator.ops.rehearsal_report import RehearsalReport
 from migrator.phases import ORDERED
 
 # one definition of each, shared with `status`
@@ -256,8 +258,8 @@ class RehearsalSummary:
 @dataclass(frozen=True)
 class LoadQuery:
     name: str
-    legacy: dict[str, Any] | None
-    new: dict[str, Any] | None
+    legacy: QueryFigures | None
+    new: QueryFigures | None
     legacy_bar: float = 0.0  # p95 as a percentage of the largest p95 of the table: the chart's bar widths
     new_bar: float = 0.0
 
@@ -432,51 +434,48 @@ def _rehearsal_and_load_test() -> tuple[RehearsalSummary | None, LoadTestSummary
 
 
 def _rehearsal(record: MigrationRecord) -> RehearsalSummary:
-    report = record.details["rehearsal"]
-    projection = report.get("projection", {})
-    projected = {p["phase"]: p for p in projection.get("phases", [])}
+    report = RehearsalReport.from_json(record.details["rehearsal"])
+    projection = report.projection
+    projected = {p.phase: p for p in projection.phases}
     phases = {}
-    for phase in report.get("phases", []):
-        name = phase["phase"]
-        errors = [f"{f['step']}: {f['error']}" for f in phase.get("failed", [])]
-        if phase.get("error") and not errors:
-            errors.append(str(phase["error"]))
+    for phase in report.phases:
+        name = phase.phase
+        errors = [f"{f.step}: {f.error}" for f in phase.failed]
+        if phase.error and not errors:
+            errors.append(phase.error)
         phases[name] = RehearsedPhase(
             name=name,
-            ok=bool(phase.get("ok")),
-            seconds=float(phase.get("seconds") or 0),
-            rows_per_second=phase.get("rows_per_second"),
-            projected_low=projected.get(name, {}).get("low_seconds"),
-            projected_high=projected.get(name, {}).get("high_seconds"),
+            ok=phase.ok,
+            seconds=phase.seconds,
+            rows_per_second=phase.rows_per_second,
+            projected_low=projected[name].low_seconds if name in projected else None,
+            projected_high=projected[name].high_seconds if name in projected else None,
             errors=errors,
         )
-    low, high = projection.get("total_low_seconds"), projection.get("total_high_seconds")
-    total = (
-        "—"
-        if low is None or high is None
-        else f"{format_duration(timedelta(seconds=low))} to {format_duration(timedelta(seconds=high))}"
-    )
+    low, high = projection.total_low_seconds, projection.total_high_seconds
+    total = f"{format_duration(timedelta(seconds=low))} to {format_duration(timedelta(seconds=high))}"
     return RehearsalSummary(
         record_id=record.pk,
         completed_at=record.completed_at,
-        ok=bool(report.get("ok")),
-        target_database=str(report.get("target_database", "")),
+        ok=report.ok,
+        target_database=report.target_database,
         phases=phases,
-        not_run=list(report.get("not_run", [])),
+        not_run=report.not_run,
         projected_text=total,
-        assumptions=list(projection.get("assumptions", [])),
+        assumptions=projection.assumptions,
     )
 
 
 def _load_test(record: MigrationRecord) -> LoadTestSummary:
-    figures = record.details["load_test"]
-    layouts = figures.get("layouts", {})
-    legacy, new = layouts.get("legacy", {}).get("queries", {}), layouts.get("new", {}).get("queries", {})
+    figures = LoadTestFigures.from_json(record.details["load_test"])
+    layouts = figures.layouts
+    legacy = layouts[LEGACY].queries if LEGACY in layouts else {}
+    new = layouts[NEW].queries if NEW in layouts else {}
     names = list(dict.fromkeys([*legacy, *new]))
-    largest = max([q.get("p95_ms") or 0 for q in [*legacy.values(), *new.values()]] + [0])
+    largest = max([q.p95_ms or 0 for q in [*legacy.values(), *new.values()]] + [0])
 
-    def bar(stats: dict[str, Any] | None) -> float:
-        return round(100.0 * (stats.get("p95_ms") or 0) / largest, 1) if stats and largest else 0.0
+    def bar(stats: QueryFigures | None) -> float:
+        return round(100.0 * (stats.p95_ms or 0) / largest, 1) if stats and largest else 0.0
 
     queries = [
         LoadQuery(name, legacy.get(name), new.get(name), bar(legacy.get(name)), bar(new.get(name))) for name in names
@@ -485,9 +484,9 @@ def _load_test(record: MigrationRecord) -> LoadTestSummary:
         record_id=record.pk,
         status=record.status,
         completed_at=record.completed_at,
-        clients=figures.get("clients"),
-        seconds=figures.get("seconds"),
-        max_regression=figures.get("max_regression_percent"),
+        clients=figures.clients,
+        seconds=figures.seconds,
+        max_regression=figures.max_regression_percent,
         queries=queries,
         problems=list(record.details.get("problems", [])),
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -50,7 +50,7 @@ class StepResult:
     rows_copied: int | None = None
     source_fingerprint: Fingerprint | None = None
     target_fingerprint: Fingerprint | None = None
-    details: dict[str, Any] = field(default_factory=dict)
+    details: Mapping[str, Any] = field(default_factory=dict)  # the step kind's type in migrator.core.details
 
     def columns(self) -> dict[str, int | str | None]:
         """The result's columns of its tracking row, as they are stored (fingerprints in their text form)."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from django.db.models import QuerySet
 
 from migrator.core.context import MigrationContext, TenantRef
+from migrator.core.details import SequenceDetails, TimezoneDetails
 from migrator.core.errors import MigrationError
 from migrator.core.steps import KeyRange, StepReporter, StepResult
 from migrator.models import MigrationRecord, Status
@@ -107,12 +108,12 @@ def in_legacy_timezone(ctx: MigrationContext, copy: TableCopy) -> TableCopy:
     return replace(copy, legacy_timezone=scope_timezone(ctx, copy.source_schema))
 
 
-def timezone_details(copy: TableCopy) -> dict[str, object]:
+def timezone_details(copy: TableCopy) -> TimezoneDetails:
     zoned = zoned_columns(copy) if copy.legacy_timezone is not None else ()
-    return {"legacy_timezone": copy.legacy_timezone, "timestamp_columns": list(zoned)} if zoned else {}
+    return TimezoneDetails(legacy_timezone=copy.legacy_timezone, timestamp_columns=list(zoned)) if zoned else {}
 
 
-def continue_sequence_of(copy: TableCopy) -> dict[str, int | None]:
+def continue_sequence_of(copy: TableCopy) -> SequenceDetails:
     """A copy that keeps the legacy ids: the new table's sequence continues after the highest id copied
     and after the last value of the legacy table's own sequence, whichever is greater."""
     if copy.key != ("id",):

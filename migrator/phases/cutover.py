@@ -7,6 +7,7 @@ from psycopg import sql
 
 from migrator import catalog
 from migrator.core.context import MigrationContext, TenantRef
+from migrator.core.details import ArchiveDetails, SequenceDetails
 from migrator.core.errors import MigrationError
 from migrator.core.fingerprint import Fingerprint
 from migrator.core.phase import Phase, StepKind
@@ -86,7 +87,7 @@ def _refuse_changes(problems: list[str], scope: str) -> None:
         )
 
 
-def _continue_sequences(validated: dict[str, TableCopy]) -> dict[str, dict[str, int | None]]:
+def _continue_sequences(validated: dict[str, TableCopy]) -> dict[str, SequenceDetails]:
     """Under the lock that stops the legacy tables' writers: the new tables' sequences continue after
     whatever the legacy sequences issued since phase 3 (an insert deleted again, or rolled back, leaves
     the content as validated but the sequence ahead)."""
@@ -218,7 +219,7 @@ class CutoverPhase(Phase):
             return StepResult(
                 message=f"{len(moved_before)} legacy tables already archived (by an attempt stopped before "
                 "it was recorded)",
-                details={"archived": moved_before},
+                details=ArchiveDetails(archived=moved_before),
             )
         data_phase = DataPhase()
         validated = {
@@ -266,7 +267,7 @@ class CutoverPhase(Phase):
             message += f"; {len(carried)} dependent objects carried to the new tables"
         return StepResult(
             message=message,
-            details={"archived": moved, "sequences": sequences, "dependents_carried": carried},
+            details=ArchiveDetails(archived=moved, sequences=sequences, dependents_carried=carried),
         )
 
     def _archive_auth_tables(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
@@ -304,7 +305,7 @@ class CutoverPhase(Phase):
             dropped_schema = archive.drop_schema_if_empty(cfg.legacy_auth_schema)
         return StepResult(
             message=f"{len(moved)} legacy auth tables {'dropped' if drop else 'archived'}",
-            details={"archived": moved, "legacy_schema_dropped": dropped_schema, "sequences": sequences},
+            details=ArchiveDetails(archived=moved, legacy_schema_dropped=dropped_schema, sequences=sequences),
         )
 
     @staticmethod

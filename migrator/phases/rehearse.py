@@ -21,6 +21,7 @@ from django.db import connection
 from migrator import db
 from migrator.core.command_options import arguments_of
 from migrator.core.context import MigrationContext
+from migrator.core.details import BackupDetails, RehearseDetails, read_details
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
@@ -78,11 +79,12 @@ class RehearsePhase(Phase):
     @staticmethod
     def _backup() -> BackupInfo:
         record = MigrationRecord.objects.latest_backup()
-        if record is None or not isinstance(record.details.get("backup"), dict):
+        details = read_details(BackupDetails, record.details if record else None)
+        if not isinstance(details.get("backup"), dict):
             raise MigrationError(
                 "there is no completed phase-1 backup to rehearse from; run `migrate_phase prepare` first"
             )
-        return BackupInfo.from_dict(record.details["backup"])
+        return BackupInfo.from_dict(details["backup"])
 
     @staticmethod
     def _arguments(ctx: MigrationContext, info: BackupInfo) -> list[str]:
@@ -124,7 +126,7 @@ class RehearsePhase(Phase):
             message=self._message(report),
             rows_expected=rehearsed.rows,
             rows_copied=sum(r.rows_moved for r in runs),
-            details={"rehearsal": report.to_json()},
+            details=RehearseDetails(rehearsal=report.to_json()),
         )
 
     @staticmethod

@@ -12,6 +12,7 @@ from django.db import DatabaseError, IntegrityError
 
 from migrator import catalog, db
 from migrator.core.context import MigrationContext, TenantRef
+from migrator.core.details import CheckDetails, read_details
 from migrator.core.phase import ApplyStep, Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.engine.orchestration import free_connections
@@ -25,7 +26,7 @@ from tenants.models import MigrationState, Tenant
 
 logger = logging.getLogger("migrator.verify")
 
-CheckResult = tuple[list[str], dict[str, object]]
+CheckResult = tuple[list[str], CheckDetails]
 Check = Callable[[MigrationContext, Step], CheckResult]  # a phase-wide check
 TenantCheck = Callable[[MigrationContext, Step, "BatchFacts"], CheckResult]  # a tenant's, on its batch's facts
 
@@ -226,7 +227,8 @@ class VerifyPhase(Phase):
         def apply(ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
             problems, details = check(ctx, step)
             message = "; ".join(problems) if problems else self._summary(step, details)
-            return StepResult(message=message, details={**details, "problems": problems})
+            recorded: CheckDetails = {**details, "problems": problems}
+            return StepResult(message=message, details=recorded)
 
         return apply
 
@@ -246,7 +248,7 @@ class VerifyPhase(Phase):
 
     @staticmethod
     def _problems_found(ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
-        return list(result.details.get("problems", []))
+        return list(read_details(CheckDetails, result.details).get("problems", []))
 
     def _expected_schemas(self, ctx: MigrationContext, step: Step) -> CheckResult:
         return verification.schema_problems([t.schema for t in ctx.registered_tenants])
@@ -262,7 +264,7 @@ class VerifyPhase(Phase):
         return verification.role_isolation_problems(ctx.config, objects), {}
 
     @staticmethod
-    def _summary(step: Step, details: dict[str, object]) -> str:
+    def _summary(step: Step, details: CheckDetails) -> str:
         counts = details.get("counts")
         if step.kind == "row_counts" and isinstance(counts, dict):
             names = [t.legacy_table for t in TENANT_DATA_TABLES]
@@ -281,7 +283,7 @@ class VerifyPhase(Phase):
                 "from the tenant's legacy table (rolled back)"
             )
         if step.kind == "index_usage":
-            return f"{len(details.get('index_used', {}))} key lookups served by an index"  # type: ignore[arg-type]
+            return f"{len(details.get('index_used', {}))} key lookups served by an index"
         return {
             "expected_schemas": "schemas and service tables as planned",
             "role_isolation": "each role reads only its own service schema",

@@ -19,6 +19,7 @@ from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce, JSONObject
 from django.utils import timezone
 
+from migrator.core.details import BackupDetails, CheckDetails, RehearseDetails, read_details
 from migrator.core.phase import Phase
 from migrator.models import MigrationRecord, Status
 from migrator.ops.capture import Lag, lag
@@ -369,9 +370,10 @@ def _phase_cells(names: list[str], tenant_ids: set[str]) -> dict[str, tuple[dict
 
 def _backup() -> BackupSummary | None:
     record = MigrationRecord.objects.only("id", "details", "completed_at").latest_backup()
-    if record is None or not isinstance(record.details.get("backup"), dict):
+    details = read_details(BackupDetails, record.details if record else None)
+    if record is None or not isinstance(details.get("backup"), dict):
         return None
-    info = record.details["backup"]
+    info = details["backup"]
     created = info.get("created_at")
     try:
         created_at = datetime.fromisoformat(created) if created else record.completed_at
@@ -426,15 +428,19 @@ def _rehearsal_and_load_test() -> tuple[RehearsalSummary | None, LoadTestSummary
     )
     rehearsal = load_test = None
     for record in rows:
-        if record.step == REHEARSAL[1] and isinstance(record.details.get("rehearsal"), dict):
+        if record.step == REHEARSAL[1] and isinstance(
+            read_details(RehearseDetails, record.details).get("rehearsal"), dict
+        ):
             rehearsal = _rehearsal(record)
-        elif record.step == LOAD_TEST[1] and isinstance(record.details.get("load_test"), dict):
+        elif record.step == LOAD_TEST[1] and isinstance(
+            read_details(CheckDetails, record.details).get("load_test"), dict
+        ):
             load_test = _load_test(record)
     return rehearsal, load_test
 
 
 def _rehearsal(record: MigrationRecord) -> RehearsalSummary:
-    report = RehearsalReport.from_json(record.details["rehearsal"])
+    report = RehearsalReport.from_json(read_details(RehearseDetails, record.details)["rehearsal"])
     projection = report.projection
     projected = {p.phase: p for p in projection.phases}
     phases = {}
@@ -467,7 +473,8 @@ def _rehearsal(record: MigrationRecord) -> RehearsalSummary:
 
 
 def _load_test(record: MigrationRecord) -> LoadTestSummary:
-    figures = LoadTestFigures.from_json(record.details["load_test"])
+    details = read_details(CheckDetails, record.details)
+    figures = LoadTestFigures.from_json(details["load_test"])
     layouts = figures.layouts
     legacy = layouts[LEGACY].queries if LEGACY in layouts else {}
     new = layouts[NEW].queries if NEW in layouts else {}
@@ -488,7 +495,7 @@ def _load_test(record: MigrationRecord) -> LoadTestSummary:
         seconds=figures.seconds,
         max_regression=figures.max_regression_percent,
         queries=queries,
-        problems=list(record.details.get("problems", [])),
+        problems=list(details.get("problems", [])),
     )
 
 

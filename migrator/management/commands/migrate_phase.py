@@ -15,6 +15,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from migrator.config import get_config
 from migrator.core.command_options import MAX_BATCH_SIZE, batch_size, options_from_arguments, positive
 from migrator.core.context import MigrationContext, RunOptions, validate_tenant_ids
+from migrator.core.details import RehearseDetails, read_details
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase
 from migrator.engine import orchestration
@@ -183,7 +184,7 @@ class Command(BaseCommand):
             self.stdout.flush()
 
     def _rehearsal_report(self, outcome: Any) -> None:
-        stored = next(iter(outcome.results.values())).details["rehearsal"]
+        stored = read_details(RehearseDetails, next(iter(outcome.results.values())).details)["rehearsal"]
         report = RehearsalReport.from_json(stored)
         if self.json:
             self.stdout.write(json.dumps(stored, indent=None if self.json_lines else 2, default=str))

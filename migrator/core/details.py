@@ -156,7 +156,8 @@ class CheckDetails(TypedDict, total=False):
 
 class ArchiveDetails(TypedDict, total=False):
     """``archive_legacy`` (a tenant's) and ``archive_auth``: where the legacy tables went. A scope migrated
-    with ``--online`` is not archived by cutover: its legacy tables stay in two-way sync until finalize."""
+    with ``--online`` is not archived by cutover: its legacy tables stay in two-way sync until finalize
+    (``online`` and ``two_way`` set, with what the switch to the new tables did: ``attempts``, ...)."""
 
     archived: dict[str, str]  # legacy table -> where it is now
     sequences: dict[str, SequenceDetails]  # new table -> where its sequence continues
@@ -164,6 +165,7 @@ class ArchiveDetails(TypedDict, total=False):
     legacy_schema_dropped: bool
     online: bool
     two_way: bool
+    attempts: int
 
 
 # --- rollback -------------------------------------------------------------------------------------------

@@ -12,19 +12,21 @@ from django.db import DatabaseError, IntegrityError
 
 from migrator import catalog, db
 from migrator.core.context import MigrationContext, TenantRef
+from migrator.core.details import CheckDetails, read_details
 from migrator.core.phase import ApplyStep, Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.engine.orchestration import free_connections
 from migrator.models import MigrationRecord, Status
 from migrator.modes import MigrationMode, mode_for, online_scopes
 from migrator.ops import carried, grants, load_test, verification
+from migrator.ops.load_figures import LoadTestFigures
 from migrator.tables import TENANT_DATA_TABLES, service_tables
 from salesflow.layout import NAMESPACE_SERVICE
 from tenants.models import MigrationState, Tenant
 
 logger = logging.getLogger("migrator.verify")
 
-CheckResult = tuple[list[str], dict[str, object]]
+CheckResult = tuple[list[str], CheckDetails]
 Check = Callable[[MigrationContext, Step], CheckResult]  # a phase-wide check
 TenantCheck = Callable[[MigrationContext, Step, "BatchFacts"], CheckResult]  # a tenant's, on its batch's facts
 
@@ -225,7 +227,8 @@ class VerifyPhase(Phase):
         def apply(ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
             problems, details = check(ctx, step)
             message = "; ".join(problems) if problems else self._summary(step, details)
-            return StepResult(message=message, details={**details, "problems": problems})
+            recorded: CheckDetails = {**details, "problems": problems}
+            return StepResult(message=message, details=recorded)
 
         return apply
 
@@ -245,7 +248,7 @@ class VerifyPhase(Phase):
 
     @staticmethod
     def _problems_found(ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
-        return list(result.details.get("problems", []))
+        return list(read_details(CheckDetails, result.details).get("problems", []))
 
     def _expected_schemas(self, ctx: MigrationContext, step: Step) -> CheckResult:
         return verification.schema_problems([t.schema for t in ctx.registered_tenants])
@@ -261,7 +264,7 @@ class VerifyPhase(Phase):
         return verification.role_isolation_problems(ctx.config, objects), {}
 
     @staticmethod
-    def _summary(step: Step, details: dict[str, object]) -> str:
+    def _summary(step: Step, details: CheckDetails) -> str:
         counts = details.get("counts")
         if step.kind == "row_counts" and isinstance(counts, dict):
             names = [t.legacy_table for t in TENANT_DATA_TABLES]
@@ -273,14 +276,14 @@ class VerifyPhase(Phase):
             )
         load = details.get("load_test")
         if step.kind == "load_test" and isinstance(load, dict):
-            return load_summary(load)
+            return load_summary(LoadTestFigures.from_json(load))
         if step.kind == "crud_smoke" and details.get("refused_by_carried_constraint"):
             return (
                 f"the test contact was refused by {details['refused_by_carried_constraint']}, a constraint carried "
                 "from the tenant's legacy table (rolled back)"
             )
         if step.kind == "index_usage":
-            return f"{len(details.get('index_used', {}))} key lookups served by an index"  # type: ignore[arg-type]
+            return f"{len(details.get('index_used', {}))} key lookups served by an index"
         return {
             "expected_schemas": "schemas and service tables as planned",
             "role_isolation": "each role reads only its own service schema",
@@ -359,7 +362,7 @@ class VerifyPhase(Phase):
         opts = ctx.options
         # Each client is a connection: stay within what the server lets this role open (one kept spare).
         clients = max(1, min(opts.load_clients, free_connections() - 1))
-        problems, details = load_test.run_load_test(
+        problems, figures = load_test.run_load_test(
             ctx.config,
             [t.schema for t in ctx.registered_tenants],
             clients,
@@ -368,10 +371,10 @@ class VerifyPhase(Phase):
             opts.load_max_regression,
         )
         if clients < opts.load_clients:
-            details["notes"].append(
+            figures.notes.append(
                 f"--load-clients {opts.load_clients} lowered to {clients}: the server's free connections"
             )
-        return problems, {"load_test": details}
+        return problems, {"load_test": figures.to_json()}
 
 
 def validated_counts(tenant_ids: list[str]) -> dict[str, dict[str, int | None]]:
@@ -388,17 +391,13 @@ def validated_counts(tenant_ids: list[str]) -> dict[str, dict[str, int | None]]:
     return found
 
 
-def load_summary(details: dict[str, object]) -> str:
-    layouts = details.get("layouts")
-    if not isinstance(layouts, dict):
-        return "load test ran"
+def load_summary(figures: LoadTestFigures) -> str:
     parts = []
-    for layout, figures in layouts.items():
-        queries = figures["queries"]
-        total = sum(q["queries"] for q in queries.values())
-        worst = max((q["p95_ms"] or 0 for q in queries.values()), default=0)
+    for layout, measured in figures.layouts.items():
+        queries = measured.queries
+        total = sum(q.queries for q in queries.values())
+        worst = max((q.p95_ms or 0 for q in queries.values()), default=0)
         parts.append(
-            f"{layout} {total / figures['seconds'] if figures['seconds'] else 0:,.0f} queries/s "
-            f"(worst p95 {worst:.2f} ms)"
+            f"{layout} {total / measured.seconds if measured.seconds else 0:,.0f} queries/s (worst p95 {worst:.2f} ms)"
         )
-    return f"{details.get('clients')} clients: " + ", ".join(parts)
+    return f"{figures.clients} clients: " + ", ".join(parts)

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import errors, sql
 
-RETRYABLE = (errors.DeadlockDetected, errors.SerializationFailure, errors.LockNotAvailable)
+# QueryCanceled: the sync's lock timeout, when it fires as the lock is granted (see docs/online.md)
+RETRYABLE = (errors.DeadlockDetected, errors.SerializationFailure, errors.LockNotAvailable, errors.QueryCanceled)
 MAX_ATTEMPTS = 100
 
 Key = tuple[str, int]  # (tenant schema, row id)

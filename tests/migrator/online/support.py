@@ -41,12 +41,13 @@ def assert_in_sync(schema: str = TENANT) -> None:
 
 def retried(conn: psycopg.Connection, work: Callable[[psycopg.Connection], Any], attempts: int = 50) -> Any:
     """``work`` in a transaction, retried on a deadlock, a serialization failure or the two-way sync's lock
-    timeout (writers meeting from opposite sides), as an application does."""
+    timeout (writers meeting from opposite sides), as an application does. PostgreSQL reports that timeout
+    as a cancel (57014) when it fires as the lock is granted: retried too (docs/online.md)."""
     for _ in range(attempts):
         try:
             with conn.transaction():
                 return work(conn)
-        except (errors.DeadlockDetected, errors.SerializationFailure, errors.LockNotAvailable):
+        except (errors.DeadlockDetected, errors.SerializationFailure, errors.LockNotAvailable, errors.QueryCanceled):
             time.sleep(0.01)
     raise AssertionError(f"gave up after {attempts} attempts")
 

@@ -100,6 +100,12 @@ class Phase(ABC):
     def kinds(self) -> Mapping[str, StepKind]:
         return self.step_kinds()
 
+    @property
+    def scales_with_rows(self) -> bool:
+        """Some kind of its steps writes rows (copies): its time grows with the legacy rows, the other
+        phases' with the number of tenants."""
+        return any(kind.moves_rows for kind in self.kinds.values())
+
     def apply(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         return self._kind(step).apply(ctx, step, reporter)
 

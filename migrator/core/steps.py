@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from migrator.step_ref import StepKey, StepRef
+
 
 @dataclass(frozen=True, slots=True)
 class Step:
@@ -27,11 +29,16 @@ class Step:
     rerun: bool = False
 
     @property
+    def ref(self) -> StepRef:
+        return StepRef(self.phase, self.kind)
+
+    @property
+    def step_key(self) -> StepKey:
+        return StepKey(self.ref, self.tenant_id, self.target)
+
+    @property
     def key(self) -> str:
-        parts = [self.phase, self.tenant_id or "*", self.kind]
-        if self.target:
-            parts.append(self.target)
-        return "/".join(parts)
+        return self.step_key.migration_id
 
     @property
     def label(self) -> str:
@@ -77,6 +84,10 @@ class KeyRange:
     def label(self) -> str:
         return f"{self.index}/{self.count}"
 
+
+# The kinds of the sub-step rows of a large table's key ranges (StepReporter.ranges): a copy's, a validation's.
+COPY_RANGE, VALIDATE_RANGE = "copy_range", "validate_range"
+RANGE_KINDS = (COPY_RANGE, VALIDATE_RANGE)
 
 # Does one range of a ranged step; its reporter's checkpoint belongs to the range, not to the step.
 RangeWork = Callable[[KeyRange, "StepReporter"], "StepResult"]

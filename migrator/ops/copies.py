@@ -33,6 +33,11 @@ def auth_copy(legacy_schema: str, table: str) -> TableCopy:
     )
 
 
+def auth_validation_target(table: str) -> str:
+    """The target phase 3 records its validation of legacy auth table ``table`` under."""
+    return f"auth.{table}"
+
+
 def tenant_copy(tenant: TenantRef, spec: TenantDataTable) -> TableCopy:
     """The copy of a tenant's legacy table, writing the target's columns as the catalog has them now."""
     columns = target_columns((tenant.schema, spec.legacy_table), (tenant.schema, spec.target_table), spec.model)

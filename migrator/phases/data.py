@@ -10,11 +10,12 @@ from migrator import catalog, db
 from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
-from migrator.core.steps import KeyRange, Step, StepReporter, StepResult
+from migrator.core.steps import VALIDATE_RANGE, KeyRange, Step, StepReporter, StepResult
 from migrator.models import DeferredConstraint
 from migrator.ops import carried, constraints, fingerprint, ranges, reference, twoway
 from migrator.ops.copies import (
     auth_copy,
+    auth_validation_target,
     compare,
     continue_sequence_of,
     in_legacy_timezone,
@@ -35,6 +36,7 @@ from migrator.ops.copy import (
 )
 from migrator.ops.target_columns import refuse_unmapped_legacy_columns
 from migrator.phases import online
+from migrator.step_ref import StepRef
 from migrator.tables import (
     LEGACY_AUTH_TABLES,
     LEGACY_TENANT_TABLES,
@@ -131,7 +133,7 @@ def compare_in_ranges(ctx: MigrationContext, copy: TableCopy, reporter: StepRepo
             target_fingerprint=str(target),
         )
 
-    results = reporter.ranges("validate_range", plan, work, False)
+    results = reporter.ranges(VALIDATE_RANGE, plan, work, False)
     if results is None:
         return None
     source = fingerprint.combined([parts[r.index][0] for r, _result in results])
@@ -147,6 +149,10 @@ class DataPhase(Phase):
     summary = "auth data, reference data merged with id remapping, tenant data in keyset batches, validation"
     tenant_state_on_success = MigrationState.DATA_MIGRATED
     requires = "schemas"
+    # Read by cutover and verify (what was validated), the dashboard and the copies' records.
+    COPY_AUTH = StepRef(name, "copy_auth")
+    COPY_TABLE = StepRef(name, "copy_table")
+    VALIDATE = StepRef(name, "validate")
     undone_by_rollback = True
     undone_by_restore = True
     # Hours long: deploys keep running. The schema-change lock is held in shared mode per tenant and per
@@ -172,7 +178,7 @@ class DataPhase(Phase):
                 if not validate_only:
                     steps.append(
                         self.step(
-                            "copy_auth",
+                            self.COPY_AUTH.kind,
                             f"Copy {legacy_auth}.{table} into auth.{table} (same ids)",
                             target=table,
                             sql=(copy.preview(),) if copy else (),
@@ -184,9 +190,9 @@ class DataPhase(Phase):
                 copy = auth_copy(legacy_auth, table)
                 steps.append(
                     self.step(
-                        "validate",
+                        self.VALIDATE.kind,
                         f"Compare {legacy_auth}.{table} and auth.{table}: counts and fingerprints",
-                        target=f"auth.{table}",
+                        target=auth_validation_target(table),
                         sql=(db.render(fingerprint.source_query(copy)),) if copy else (),
                     )
                 )
@@ -206,7 +212,7 @@ class DataPhase(Phase):
                 if not validate_only:
                     steps.append(
                         self.step(
-                            "copy_table",
+                            self.COPY_TABLE.kind,
                             f"Copy {tenant.schema}.{spec.legacy_table} into {tenant.schema}.{spec.target_table} "
                             f"in batches of {ctx.batch_size}, then rebuild indexes and foreign keys, carry the "
                             "legacy table's own CHECK and unique constraints",
@@ -220,7 +226,7 @@ class DataPhase(Phase):
             for spec in TENANT_DATA_TABLES:
                 steps.append(
                     self.step(
-                        "validate",
+                        self.VALIDATE.kind,
                         f"Compare {tenant.schema}.{spec.legacy_table} and {spec.target_table}: counts and fingerprints",
                         tenant_id=tenant.tenant_id,
                         target=spec.target_table,
@@ -240,11 +246,11 @@ class DataPhase(Phase):
     def step_kinds(self) -> dict[str, StepKind]:
         return {
             "start_two_way_sync": StepKind(self._start_two_way_sync, self._check_two_way_sync),
-            "copy_auth": StepKind(self._copy_auth_table, self._check_all_rows_copied, moves_rows=True),
+            self.COPY_AUTH.kind: StepKind(self._copy_auth_table, self._check_all_rows_copied, moves_rows=True),
             "merge_reference": StepKind(self._merge_reference_table, self._check_every_reference_mapped),
-            "copy_table": StepKind(self._copy_tenant_table, self._check_all_rows_copied, moves_rows=True),
+            self.COPY_TABLE.kind: StepKind(self._copy_tenant_table, self._check_all_rows_copied, moves_rows=True),
             # Reads only: recorded with the tenant's state at the end of the tenant (no RUNNING row).
-            "validate": StepKind(self._validate_table, self._check_validation, rerunnable=True),
+            self.VALIDATE.kind: StepKind(self._validate_table, self._check_validation, rerunnable=True),
         }
 
     def tenant_weights(self, ctx: MigrationContext, tenant_ids: list[str]) -> dict[str, float]:

@@ -14,8 +14,15 @@ from migrator.models import Status
 from migrator.ops import backup, capture, restore, teardown, twoway
 from migrator.ops.backup import BackupInfo
 from migrator.phases import online
+from migrator.step_ref import StepRef
 from migrator.tables import service_tables
 from tenants.models import MigrationState, Tenant
+
+# The record of the backup a restore uses: phase 1's.
+BACKUP = StepRef("prepare", "backup")
+# The steps after which a tenant's (or the auth schema's) legacy tables left: only a restore goes back.
+CUT_OVER = StepRef("cutover", "archive_legacy")
+SYNC_FINISHED = StepRef("finalize", "finish_sync")
 
 
 def undone_phases(restore: bool) -> list[str]:
@@ -27,7 +34,7 @@ def undone_phases(restore: bool) -> list[str]:
 
 def recorded_backup(ctx: MigrationContext) -> BackupInfo:
     """The tracked backup, or (tracking table gone or empty) the newest manifest in the backup folder."""
-    info = backup.latest_backup(ctx.config.backup_dir)
+    info = backup.latest_backup(BACKUP, ctx.config.backup_dir)
     if info is None:
         raise MigrationError(
             f"no completed phase-1 backup is recorded and no backup manifest of this database is in "
@@ -61,7 +68,7 @@ class RollbackPhase(Phase):
 
     def plan(self, ctx: MigrationContext) -> list[Step]:
         if ctx.options.restore:
-            info = backup.latest_backup(ctx.config.backup_dir)
+            info = backup.latest_backup(BACKUP, ctx.config.backup_dir)
             where = info.path if info else "(no backup recorded)"
             return [
                 self.step("check_backup", f"Backup {where} exists and its sha256 matches the record", target=where),
@@ -112,7 +119,7 @@ class RollbackPhase(Phase):
 
     @staticmethod
     def _writes_discarded(ctx: MigrationContext) -> str:
-        then = backup.recorded_legacy_row_writes()
+        then = backup.recorded_legacy_row_writes(BACKUP)
         if then is None:
             return "every write since the backup is discarded (how many was not recorded)."
         now = backup.legacy_row_writes(ctx.config.legacy_auth_schema, ctx.config.archive_schema)
@@ -184,7 +191,7 @@ class RollbackPhase(Phase):
         result = online.stop_sync(ctx, step.target)
         with transaction.atomic():
             # the cutover runs again after this (the auth step only runs in a rollback of everything)
-            tracking.mark_rolled_back(["cutover"], [step.tenant_id] if step.tenant_id else None)
+            tracking.mark_rolled_back([CUT_OVER.phase], [step.tenant_id] if step.tenant_id else None)
         return result
 
     def _check_backup(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
@@ -224,7 +231,7 @@ class RollbackPhase(Phase):
             teardown.revoke_tenant_usage(tenant.schema)  # read from its phase-4 record before that is marked
             dropped = teardown.drop_tenant_tables(tenant.schema, tenant.tenant_id)
             Tenant.objects.filter(tenant_id=step.tenant_id).update(migration_state=MigrationState.ROLLED_BACK)
-            marked = tracking.mark_rolled_back(undone_phases(restore=False), [step.tenant_id or ""])
+            marked = tracking.mark_rolled_back(undone_phases(restore=False), [step.tenant_id or ""], kept=[BACKUP])
 
         if twoway.synced_scopes():
             # Dropping the new tables locks the shared reference tables their foreign keys point at, which
@@ -247,26 +254,26 @@ class RollbackPhase(Phase):
             capture.drop_capture_schema_if_unused()
             online.finish_shared_sync()
             dropped = teardown.drop_service_schemas()
-            marked = tracking.mark_rolled_back(undone_phases(restore=False))
+            marked = tracking.mark_rolled_back(undone_phases(restore=False), kept=[BACKUP])
         return StepResult(message=f"dropped {', '.join(dropped) or 'nothing'}; {marked} steps marked ROLLED_BACK")
 
     def _mark_rolled_back(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         phases = undone_phases(ctx.options.restore)
         marked = tracking.mark_rolled_back(
-            phases, [t.tenant_id for t in ctx.registered_tenants] if ctx.tenant_filter else None
+            phases, [t.tenant_id for t in ctx.registered_tenants] if ctx.tenant_filter else None, kept=[BACKUP]
         )
         return StepResult(message=f"{marked} steps marked ROLLED_BACK", details={"phases": phases})
 
     def _refuse_after_cutover(self, ctx: MigrationContext) -> None:
         live = [
             r.tenant_id
-            for r in tracking.latest_records("cutover").values()
-            if r.step == "archive_legacy" and r.status == Status.COMPLETED and not (r.details or {}).get("online")
+            for r in tracking.latest_records(CUT_OVER.phase).values()
+            if r.step == CUT_OVER.kind and r.status == Status.COMPLETED and not (r.details or {}).get("online")
         ]
         live += [
             r.tenant_id
-            for r in tracking.latest_records("finalize").values()
-            if r.step == "finish_sync" and r.status == Status.COMPLETED and r.tenant_id
+            for r in tracking.latest_records(SYNC_FINISHED.phase).values()
+            if r.step == SYNC_FINISHED.kind and r.status == Status.COMPLETED and r.tenant_id
         ]
         if live:
             raise MigrationError(

@@ -18,6 +18,7 @@ from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.engine.orchestration import free_connections
 from migrator.models import MigrationRecord, Status
 from migrator.ops import capture, carried, grants, load_test, twoway, verification
+from migrator.step_ref import StepRef
 from migrator.tables import TENANT_DATA_TABLES, service_tables
 from salesflow.layout import NAMESPACE_SERVICE
 from tenants.models import MigrationState, Tenant
@@ -25,7 +26,20 @@ from tenants.models import MigrationState, Tenant
 logger = logging.getLogger("migrator.verify")
 
 CheckResult = tuple[list[str], dict[str, object]]
-Check = Callable[[MigrationContext, Step], CheckResult]
+
+
+@dataclass(frozen=True)
+class Check:
+    """A kind of verify step: ``run`` finds its problems (and details to record), ``summary`` says what a
+    run that found none saw, from those details."""
+
+    run: Callable[[MigrationContext, Step], CheckResult]
+    summary: Callable[[dict[str, object]], str]
+
+
+def said(message: str) -> Callable[[dict[str, object]], str]:
+    return lambda details: message
+
 
 TENANT_CHECKS = {
     "tenant_tables": "Namespaced tables exist in {schema} (catalog)",
@@ -93,6 +107,8 @@ class VerifyPhase(Phase):
     summary = "verification queries, row counts, tenant and service isolation, index use, CRUD smoke test"
     tenant_state_on_success = MigrationState.VERIFIED
     requires = "security"
+    # Read by the dashboard (its figures) and the rehearsal report.
+    LOAD_TEST = StepRef(name, "load_test")
     tenant_steps_rerunnable = True
     undone_by_rollback = True
     undone_by_restore = True
@@ -135,7 +151,7 @@ class VerifyPhase(Phase):
             # Phase-wide, after the tenant checks (the runner keeps plan order between the two).
             steps.append(
                 self.step(
-                    "load_test",
+                    self.LOAD_TEST.kind,
                     f"{ctx.options.load_clients} connections run the key queries "
                     f"(contact by email, a contact's activities, upcoming activities; a contact insert "
                     f"and update, rolled back, on the new tables only: the legacy tables are never written) "
@@ -149,16 +165,16 @@ class VerifyPhase(Phase):
 
     def step_kinds(self) -> dict[str, StepKind]:
         checks: dict[str, Check] = {
-            "expected_schemas": self._expected_schemas,
-            "row_counts": self._row_counts,
-            "role_isolation": self._role_isolation,
-            "tenant_tables": self._tenant_tables,
-            "counts_match": self._counts_match,
-            "isolation": self._tenant_isolation,
-            "index_usage": self._index_usage,
-            "crud_smoke": self._crud_smoke,
-            "new_tenant": self._new_tenant,
-            "load_test": self._load_test,
+            "expected_schemas": Check(self._expected_schemas, said("schemas and service tables as planned")),
+            "row_counts": Check(self._row_counts, _row_counts_summary),
+            "role_isolation": Check(self._role_isolation, said("each role reads only its own service schema")),
+            "tenant_tables": Check(self._tenant_tables, said("namespaced tables present")),
+            "counts_match": Check(self._counts_match, _counts_match_summary),
+            "isolation": Check(self._tenant_isolation, said("own rows only; other service refused")),
+            "index_usage": Check(self._index_usage, _index_usage_summary),
+            "crud_smoke": Check(self._crud_smoke, _crud_smoke_summary),
+            "new_tenant": Check(self._new_tenant, said("tables present; grants as planned")),
+            self.LOAD_TEST.kind: Check(self._load_test, _load_test_summary),
         }
         return {kind: StepKind(self._recording(check), self._problems_found) for kind, check in checks.items()}
 
@@ -193,8 +209,8 @@ class VerifyPhase(Phase):
         """A check's problems go on the step's record (verify keeps going and reports them all)."""
 
         def apply(ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
-            problems, details = check(ctx, step)
-            message = "; ".join(problems) if problems else self._summary(step, details)
+            problems, details = check.run(ctx, step)
+            message = "; ".join(problems) if problems else check.summary(details)
             return StepResult(message=message, details={**details, "problems": problems})
 
         return apply
@@ -215,36 +231,6 @@ class VerifyPhase(Phase):
     def _role_isolation(self, ctx: MigrationContext, step: Step) -> CheckResult:
         objects = [(schema, schema, table) for schema, tables in service_tables().items() for table in tables]
         return verification.role_isolation_problems(ctx.config, objects), {}
-
-    @staticmethod
-    def _summary(step: Step, details: dict[str, object]) -> str:
-        counts = details.get("counts")
-        if step.kind == "row_counts" and isinstance(counts, dict):
-            names = [t.legacy_table for t in TENANT_DATA_TABLES]
-            return f"{len(counts)} tenants: " + ", ".join(f"{sum(c[n] for c in counts.values())} {n}" for n in names)
-        if step.kind == "counts_match" and isinstance(counts, dict):
-            return (
-                ", ".join(f"{t.legacy_table} {counts.get(t.legacy_table)}" for t in TENANT_DATA_TABLES)
-                + " as validated"
-            )
-        load = details.get("load_test")
-        if step.kind == "load_test" and isinstance(load, dict):
-            return load_summary(load)
-        if step.kind == "crud_smoke" and details.get("refused_by_carried_constraint"):
-            return (
-                f"the test contact was refused by {details['refused_by_carried_constraint']}, a constraint carried "
-                "from the tenant's legacy table (rolled back)"
-            )
-        if step.kind == "index_usage":
-            return f"{len(details.get('index_used', {}))} key lookups served by an index"  # type: ignore[arg-type]
-        return {
-            "expected_schemas": "schemas and service tables as planned",
-            "role_isolation": "each role reads only its own service schema",
-            "tenant_tables": "namespaced tables present",
-            "isolation": "own rows only; other service refused",
-            "crud_smoke": "create, read, update, delete OK (rolled back)",
-            "new_tenant": "tables present; grants as planned",
-        }.get(step.kind, "OK")
 
     @staticmethod
     def _facts(tenant_id: str) -> BatchFacts:
@@ -345,10 +331,47 @@ class VerifyPhase(Phase):
         return problems, {"load_test": details}
 
 
+def _row_counts_summary(details: dict[str, object]) -> str:
+    counts = details.get("counts")
+    if not isinstance(counts, dict):
+        return "OK"
+    names = [t.legacy_table for t in TENANT_DATA_TABLES]
+    return f"{len(counts)} tenants: " + ", ".join(f"{sum(c[n] for c in counts.values())} {n}" for n in names)
+
+
+def _counts_match_summary(details: dict[str, object]) -> str:
+    counts = details.get("counts")
+    if not isinstance(counts, dict):
+        return "OK"
+    return ", ".join(f"{t.legacy_table} {counts.get(t.legacy_table)}" for t in TENANT_DATA_TABLES) + " as validated"
+
+
+def _load_test_summary(details: dict[str, object]) -> str:
+    load = details.get("load_test")
+    return load_summary(load) if isinstance(load, dict) else "OK"
+
+
+def _crud_smoke_summary(details: dict[str, object]) -> str:
+    if details.get("refused_by_carried_constraint"):
+        return (
+            f"the test contact was refused by {details['refused_by_carried_constraint']}, a constraint carried "
+            "from the tenant's legacy table (rolled back)"
+        )
+    return "create, read, update, delete OK (rolled back)"
+
+
+def _index_usage_summary(details: dict[str, object]) -> str:
+    return f"{len(details.get('index_used', {}))} key lookups served by an index"  # type: ignore[arg-type]
+
+
+# What verify compares the tenants' row counts with: phase 3's record of each table.
+VALIDATION = StepRef("data", "validate")
+
+
 def validated_counts(tenant_ids: list[str]) -> dict[str, dict[str, int | None]]:
     """Tenant -> table -> the rows phase 3's completed validation of it counted."""
     rows = (
-        MigrationRecord.objects.filter(phase="data", step="validate", tenant_id__in=tenant_ids)
+        MigrationRecord.objects.filter(phase=VALIDATION.phase, step=VALIDATION.kind, tenant_id__in=tenant_ids)
         .latest_attempts()
         .filter(status=Status.COMPLETED)
         .values_list("tenant_id", "target", "rows_expected")

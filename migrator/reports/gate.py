@@ -15,7 +15,7 @@ from django.db.models import Max
 from migrator import catalog
 from migrator.config import get_config
 from migrator.engine.lock import APP_NAME_PREFIX, LOCK_ID, LOCK_NAMESPACE
-from migrator.models import DEPLOY_PHASE, MigrationRecord, Status
+from migrator.models import DEPLOY, MigrationRecord, Status
 from migrator.ops import capture, twoway
 from migrator.phases import ORDERED, PHASES, online
 from migrator.reports.status import StatusReport
@@ -182,7 +182,7 @@ def _failed(report: StatusReport) -> bool:
     if report.failures:
         return True
     return (
-        MigrationRecord.objects.exclude(phase=DEPLOY_PHASE)
+        MigrationRecord.objects.exclude(phase=DEPLOY.phase)
         .filter(status__in=[Status.FAILED, Status.RUNNING], phase__in=[*(p.name for p in ORDERED), *DDL_PHASES])
         .latest_attempts()
         .exists()

@@ -7,19 +7,19 @@ from dataclasses import dataclass, field
 from psycopg import sql
 
 from migrator import db
+from migrator import phases as phase_registry
+from migrator.core.steps import COPY_RANGE, RANGE_KINDS
 from migrator.models import DEPLOY_KEY, MigrationRecord, Status
 from migrator.ops import registry, twoway
 from migrator.ops.capture import Lag, lag
-from migrator.phases import ORDERED
+from migrator.phases.data import DataPhase
+from migrator.phases.prepare import PreparePhase
 from migrator.tables import LEGACY_TENANT_TABLES
 from salesflow.layout import tenant_id_from_schema
 
 GLOBAL = "*"
 # The phase-wide cell of a phase that plans no phase-wide step: nothing to wait for.
 NOT_APPLICABLE = "-"
-
-
-RANGE_STEPS = ("copy_range", "validate_range")
 
 
 @dataclass(frozen=True)
@@ -38,12 +38,12 @@ class RangedTable:
 
     tenant_id: str
     table: str
-    kind: str  # copy_range or validate_range
+    kind: str  # one of RANGE_KINDS
     ranges: list[RangeProgress]
 
     @property
     def what(self) -> str:
-        return "copy" if self.kind == "copy_range" else "validation"
+        return "copy" if self.kind == COPY_RANGE else "validation"
 
     @property
     def ranges_done(self) -> int:
@@ -82,11 +82,11 @@ def ranged_tables_in_progress() -> list[RangedTable]:
             "SELECT tenant_id, target, step, json_agg(json_build_array((details->'range'->>'index')::int, status, "
             "coalesce(rows_copied, 0), coalesce(rows_expected, 0)) ORDER BY (details->'range'->>'index')::int) "
             "FROM (SELECT DISTINCT ON (migration_id) tenant_id, target, step, status, rows_copied, rows_expected, "
-            "details FROM {table} WHERE phase = 'data' AND step = ANY(%s) ORDER BY migration_id, attempt DESC) latest "
+            "details FROM {table} WHERE phase = %s AND step = ANY(%s) ORDER BY migration_id, attempt DESC) latest "
             "WHERE status <> %s GROUP BY tenant_id, target, step HAVING bool_or(status <> %s) "
             "ORDER BY tenant_id, target, step"
         ).format(table=table),
-        [list(RANGE_STEPS), Status.ROLLED_BACK, Status.COMPLETED],
+        [DataPhase.name, list(RANGE_KINDS), Status.ROLLED_BACK, Status.COMPLETED],
     )
     return [
         RangedTable(tenant_id or GLOBAL, target, step, [RangeProgress(*entry) for entry in ranges])
@@ -173,7 +173,8 @@ def excluded_schemas() -> list[dict[str, object]]:
     from tenants.models import MigrationState, Tenant
 
     discover = (
-        MigrationRecord.objects.filter(phase="prepare", step="discover", status=Status.COMPLETED)
+        MigrationRecord.objects.of(PreparePhase.DISCOVER)
+        .filter(status=Status.COMPLETED)
         .order_by("-completed_at", "-id")
         .only("details")
         .first()
@@ -224,8 +225,9 @@ def latest_statuses(phases: list[str]) -> dict[tuple[str, str], set[str]]:
 def status_report() -> StatusReport:
     from tenants.models import Tenant
 
-    phases = [p.name for p in ORDERED]
-    tenant_steps_only = {p.name for p in ORDERED if not p.has_phase_wide_steps}
+    ordered = phase_registry.ORDERED
+    phases = [p.name for p in ordered]
+    tenant_steps_only = {p.name for p in ordered if not p.has_phase_wide_steps}
     from tenants.models import MigrationState
 
     tenants = list(

@@ -13,6 +13,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from migrator import phases as phase_registry
 from migrator.config import get_config
 from migrator.core.context import (
     REFERENCE_CONFLICT_POLICIES,
@@ -37,8 +38,9 @@ from migrator.management.arguments import (
     time_zone_name,
 )
 from migrator.management.output import ConsoleReporter, outcome_dict, outcome_summary, rehearsal_lines
-from migrator.phases import ORDERED, get_phase, phase_choices, phases_help
+from migrator.phases import get_phase, phase_choices, phases_help
 from migrator.phases.prepare import PreparePhase, drift_report
+from migrator.phases.rehearse import RehearsePhase
 from migrator.reports import gate
 from migrator.reports.drift import recorded_drift, report_lines
 from migrator.reports.status import GLOBAL, StatusReport, status_report
@@ -66,13 +68,20 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+COMMAND_HELP = (
+    "Run a phase of the SalesFlow schema migration. {phases} Completed steps are skipped, so rerunning a phase "
+    "resumes it."
+)
+
+
 class Command(BaseCommand):
-    help = (
-        "Run a phase of the SalesFlow schema migration. "
-        + phases_help()
-        + " Completed steps are skipped, so rerunning a phase resumes it."
-    )
+    help = COMMAND_HELP.format(phases=phases_help())
     requires_system_checks = []
+
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
+        # The phases the registry holds now, not when this module was imported.
+        self.help = COMMAND_HELP.format(phases=phases_help())
+        return super().create_parser(prog_name, subcommand, **kwargs)
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("phase", help="Phase number or name: " + ", ".join(phase_choices()) + ".")
@@ -310,7 +319,7 @@ class Command(BaseCommand):
                 self._status(options["check"])
             return
         if name == "all":
-            phases = [phase_class() for phase_class in ORDERED]
+            phases = [phase_class() for phase_class in phase_registry.ORDERED]
         else:
             try:
                 phases = [get_phase(name)()]
@@ -359,7 +368,7 @@ class Command(BaseCommand):
             outcomes = orchestration.run_phases(
                 phases, ctx, reporter, self._confirm(options["interactive"]), on_outcome=self._outcome_line
             )
-        if name == "rehearse" and outcomes and outcomes[0].ok:
+        if name == RehearsePhase.name and outcomes and outcomes[0].ok:
             self._rehearsal_report(outcomes[0])
             return
         drift = recorded_drift() if any(o.phase == PreparePhase.name and o.planned for o in outcomes) else None

@@ -23,6 +23,7 @@ from migrator.models import MigrationRecord, Status
 from migrator.ops import dump_parts
 from migrator.step_ref import StepRef
 from migrator.tables import LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES
+from salesflow.layout import TENANT_SCHEMA_LIKE
 
 MANIFEST_SUFFIX = ".manifest.json"
 PART_PREFIX = "part-"  # the folders of a backup dumped in parts
@@ -331,8 +332,14 @@ def legacy_row_writes(legacy_auth_schema: str, archive_schema: str) -> int:
     return int(
         db.fetchvalue(
             "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) FROM pg_stat_user_tables "
-            "WHERE (schemaname LIKE 'tenant\\_%%' AND relname = ANY(%s)) "
+            "WHERE (schemaname LIKE %s AND relname = ANY(%s)) "
             "OR (schemaname = %s AND relname = ANY(%s)) OR schemaname = %s",
-            [list(LEGACY_TENANT_TABLES), legacy_auth_schema, list(LEGACY_AUTH_TABLES), archive_schema],
+            [
+                TENANT_SCHEMA_LIKE,
+                list(LEGACY_TENANT_TABLES),
+                legacy_auth_schema,
+                list(LEGACY_AUTH_TABLES),
+                archive_schema,
+            ],
         )
     )

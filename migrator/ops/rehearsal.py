@@ -31,7 +31,7 @@ from migrator.core.errors import MigrationError
 from migrator.ops import backup
 from migrator.ops.backup import BackupInfo
 from migrator.tables import TENANT_DATA_TABLES
-from salesflow.layout import SERVICES, TENANT_SCHEMA_PREFIX
+from salesflow.layout import SERVICES, TENANT_SCHEMA_LIKE
 
 
 @dataclass(frozen=True)
@@ -209,7 +209,7 @@ def legacy_volume(conn: psycopg.Connection[Any]) -> LegacyVolume:
     found = conn.execute(
         "SELECT n.nspname, c.relname, c.relkind = 'p' FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname LIKE %s AND c.relname = ANY(%s) AND c.relkind IN ('r', 'p') ORDER BY 1, 2",
-        [TENANT_SCHEMA_PREFIX.replace("_", "\\_") + "%", names],
+        [TENANT_SCHEMA_LIKE, names],
     ).fetchall()
     rows = 0
     for schema, table, partitioned in found:

@@ -38,6 +38,7 @@ from migrator.reports.status import (
     registered_schemas_missing,
 )
 from migrator.tables import TENANT_DATA_TABLES
+from salesflow.layout import tenant_id_from_schema
 
 FAILURES_SHOWN = 50
 RUNNING_SHOWN = 20
@@ -290,7 +291,7 @@ def _online_lag(found: list[Lag]) -> list[OnlineLag]:
     rows = [
         OnlineLag(
             x.scope,
-            x.scope.removeprefix("tenant_") if x.scope.startswith("tenant_") else None,
+            tenant_id_from_schema(x.scope),
             x.pending,
             x.oldest_seconds,
         )

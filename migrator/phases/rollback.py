@@ -20,6 +20,9 @@ from tenants.models import MigrationState, Tenant
 
 # The record of the backup a restore uses: phase 1's.
 BACKUP = StepRef("prepare", "backup")
+# Phase 4's records of the roles it created and of the usage it granted on tenant schemas: what is undone.
+SERVICE_ROLE = StepRef("security", "service_role")
+TENANT_GRANTS = StepRef("security", "tenant_grants")
 # The steps after which a tenant's (or the auth schema's) legacy tables left: only a restore goes back.
 CUT_OVER = StepRef("cutover", "archive_legacy")
 SYNC_FINISHED = StepRef("finalize", "finish_sync")
@@ -211,7 +214,7 @@ class RollbackPhase(Phase):
         )
 
     def _drop_roles(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
-        dropped, kept = teardown.drop_service_roles(ctx.config)
+        dropped, kept = teardown.drop_service_roles(ctx.config, SERVICE_ROLE, TENANT_GRANTS)
         message = f"dropped {', '.join(dropped) or 'no role'}" + (
             f"; kept {', '.join(kept)} (not created by the migrator; its grants revoked)" if kept else ""
         )
@@ -228,7 +231,8 @@ class RollbackPhase(Phase):
         def drop() -> None:
             nonlocal dropped, marked
             online.remove_capture_of(tenant.schema)  # data --online: its triggers go, legacy tables untouched
-            teardown.revoke_tenant_usage(tenant.schema)  # read from its phase-4 record before that is marked
+            # phase 4's record of the tenant's usage grants is read before the drop marks it
+            teardown.revoke_tenant_usage(tenant.schema, TENANT_GRANTS)
             dropped = teardown.drop_tenant_tables(tenant.schema, tenant.tenant_id)
             Tenant.objects.filter(tenant_id=step.tenant_id).update(migration_state=MigrationState.ROLLED_BACK)
             marked = tracking.mark_rolled_back(undone_phases(restore=False), [step.tenant_id or ""], kept=[BACKUP])

@@ -74,7 +74,7 @@ class SecurityPhase(Phase):
         service = next(s for s, r in ctx.config.service_roles.items() if r == step.target)
         if not catalog.schema_exists(service):
             raise MigrationError(f"schema {service} does not exist; run `migrate_phase schemas` first")
-        claimed = grants.claim_service_role(step.target, adopt=ctx.options.adopt_roles)
+        claimed = grants.claim_service_role(step.target, adopt=ctx.options.adopt_roles, role_step=self.SERVICE_ROLE)
         tables = grants.grant_service_schema(step.target, service)
         how = "adopted" if claimed["adopted"] else "created"
         return StepResult(message=f"{how}; {tables} tables in {service}", details=claimed)

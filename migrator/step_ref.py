@@ -58,7 +58,9 @@ class StepKey:
     @classmethod
     def parse(cls, migration_id: str) -> StepKey:
         """The parts of a step's key (not a range's: a target may hold the separator, e.g. a backup path)."""
-        phase, tenant, kind, *target = migration_id.split(SEPARATOR, 3)
-        if not phase or not tenant or not kind:
+        parts = migration_id.split(SEPARATOR, 3)
+        if len(parts) < 3 or not all(parts[:3]):
             raise ValueError(f"not a step key: {migration_id!r}")
-        return cls(StepRef(phase, kind), None if tenant == ANY_TENANT else tenant, target[0] if target else "")
+        phase, tenant, kind = parts[:3]
+        target = parts[3] if len(parts) > 3 else ""
+        return cls(StepRef(phase, kind), None if tenant == ANY_TENANT else tenant, target)

@@ -88,6 +88,10 @@ class Phase(ABC):
     # Whether the phase changes schemas (DDL): its run holds the schema-change lock that deploys take
     # (tenants/schema_lock.py). Phases that only read or write rows leave deploys free.
     changes_schemas: ClassVar[bool] = True
+    # Whether its steps create, drop or rename tables, indexes or constraints in the tenant and service
+    # schemas (a copy drops and rebuilds indexes): the deploy gate holds deploys back while one of its
+    # steps runs or was left RUNNING. Registering, granting, reading or writing rows does not count.
+    alters_tables: ClassVar[bool] = False
 
     @abstractmethod
     def plan(self, ctx: MigrationContext) -> list[Step]: ...

@@ -33,9 +33,17 @@ def auth_copy(legacy_schema: str, table: str) -> TableCopy:
     )
 
 
+AUTH_VALIDATION_PREFIX = "auth."
+
+
 def auth_validation_target(table: str) -> str:
     """The target phase 3 records its validation of legacy auth table ``table`` under."""
-    return f"auth.{table}"
+    return AUTH_VALIDATION_PREFIX + table
+
+
+def auth_table_validated(target: str) -> str:
+    """The legacy auth table of a validation's :func:`auth_validation_target`."""
+    return target.removeprefix(AUTH_VALIDATION_PREFIX)
 
 
 def tenant_copy(tenant: TenantRef, spec: TenantDataTable) -> TableCopy:

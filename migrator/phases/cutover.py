@@ -143,6 +143,7 @@ def unfinished_steps(verify: Phase, ctx: MigrationContext, tenant_ids: set[str])
 class CutoverPhase(Phase):
     name = "cutover"
     number = 6
+    alters_tables = True
     estimate = "1 day"
     summary = "legacy tables moved to the archive schema (never dropped without --drop-legacy), tenants live"
     tenant_state_on_success = MigrationState.LIVE

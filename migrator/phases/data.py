@@ -15,6 +15,7 @@ from migrator.models import DeferredConstraint
 from migrator.ops import carried, constraints, fingerprint, ranges, reference, twoway
 from migrator.ops.copies import (
     auth_copy,
+    auth_table_validated,
     auth_validation_target,
     compare,
     continue_sequence_of,
@@ -145,6 +146,7 @@ def compare_in_ranges(ctx: MigrationContext, copy: TableCopy, reporter: StepRepo
 class DataPhase(Phase):
     name = "data"
     number = 3
+    alters_tables = True
     estimate = "4-8 hours"
     summary = "auth data, reference data merged with id remapping, tenant data in keyset batches, validation"
     tenant_state_on_success = MigrationState.DATA_MIGRATED
@@ -468,7 +470,7 @@ class DataPhase(Phase):
 
     def _validate_table(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         if step.tenant_id is None:
-            table = step.target.split(".", 1)[1]
+            table = auth_table_validated(step.target)
             copy = auth_copy(ctx.config.legacy_auth_schema, table)
         else:
             tenant = TenantRef(step.tenant_id)

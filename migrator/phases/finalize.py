@@ -33,6 +33,7 @@ AUTH_CUT_OVER = StepRef("cutover", "archive_auth")
 class FinalizePhase(Phase):
     name = "finalize"
     number = None
+    alters_tables = True
     summary = "stop the two-way sync of an online migration and archive the legacy tables once unused"
     # Every finalize looks at the legacy tables as they are now.
     always_rerun = True

@@ -59,6 +59,7 @@ def _refuse_while_synced(scope: str) -> None:
 class RollbackPhase(Phase):
     name = "rollback"
     number = None
+    alters_tables = True
     summary = "drop what the migration created (legacy untouched), or --restore the phase-1 backup"
     asks_confirmation = True
     # Every rollback is a new event: its steps run each time, never skipped as "already completed".

@@ -24,10 +24,12 @@ from migrator.phases.rollback import RollbackPhase
 from migrator.reports.status import StatusReport
 from salesflow.layout import tenant_schema_name
 
-# Phases whose steps change tenant or service schemas (create, drop, rename tables; the copy drops and
-# rebuilds indexes and constraints): a deploy's DDL must not meet theirs. prepare, security, verify and
-# sync only register, grant, read or write rows.
-DDL_PHASES = ("schemas", "data", "cutover", "rollback", "finalize")
+
+def ddl_phases() -> list[str]:
+    """Phases whose steps change tenant or service schemas (``Phase.alters_tables``): a deploy's DDL must
+    not meet theirs."""
+    return [p.name for p in phase_registry.PHASES if p.alters_tables]
+
 
 NOT_STARTED = "not started"
 RUNNING = "running"
@@ -82,8 +84,9 @@ def ddl_in_progress(holders: list[LockHolder], tracked: bool = True) -> str | No
     """Why a phase may be changing schemas now: a running ``migrate_phase`` of a DDL phase, or a step of
     one left RUNNING by a run that is gone (interrupted: it may have left indexes dropped, tables half
     renamed). ``tracked`` False: no tracking table to read yet."""
+    altering = ddl_phases()
     for holder in holders:
-        ddl = [phase for phase in holder.phases if phase in DDL_PHASES]
+        ddl = [phase for phase in holder.phases if phase in altering]
         if ddl:
             return (
                 f"migrate_phase {holder.description} is running and changes schemas ({', '.join(ddl)}): "
@@ -92,7 +95,7 @@ def ddl_in_progress(holders: list[LockHolder], tracked: bool = True) -> str | No
     if not tracked:
         return None
     running = (
-        MigrationRecord.objects.filter(phase__in=DDL_PHASES, status=Status.RUNNING)
+        MigrationRecord.objects.filter(phase__in=altering, status=Status.RUNNING)
         .latest_attempts()
         .order_by("started_at", "id")
         .only("migration_id", "phase", "started_at")
@@ -185,7 +188,7 @@ def _failed(report: StatusReport) -> bool:
         MigrationRecord.objects.exclude(phase=DEPLOY.phase)
         .filter(
             status__in=[Status.FAILED, Status.RUNNING],
-            phase__in=[*(p.name for p in phase_registry.ORDERED), *DDL_PHASES],
+            phase__in=[*(p.name for p in phase_registry.ORDERED), *ddl_phases()],
         )
         .latest_attempts()
         .exists()

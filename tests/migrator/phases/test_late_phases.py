@@ -21,6 +21,7 @@ from migrator.engine import tracking
 from migrator.models import MigrationRecord, Status
 from migrator.ops import grants
 from migrator.ops.backup import latest_backup
+from migrator.phases import ORDERED
 from migrator.phases.prepare import PreparePhase
 from migrator.tables import TENANT_DATA_TABLES, service_tables
 from tenants.models import MigrationState, Tenant
@@ -29,7 +30,7 @@ from tests.helpers import legacy_fingerprints, run
 TENANTS = ["acme_0001", "globex_0002", "empty_0001"]
 
 
-PHASES = ("prepare", "schemas", "data", "security", "verify", "cutover")
+PHASES = tuple(p.name for p in ORDERED)
 
 
 def migrate_up_to(last_phase: str, done: str | None = None) -> None:

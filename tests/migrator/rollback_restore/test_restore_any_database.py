@@ -19,12 +19,13 @@ from migrator import catalog, db
 from migrator.config import get_config
 from migrator.models import MigrationRecord, Status
 from migrator.ops import backup, binaries, restore
+from migrator.phases import ORDERED
 from migrator.phases.prepare import PreparePhase, server_major
 from tests.helpers import legacy_fingerprints, run
 from tests.migrator.helpers import kill_when, manage, manage_env, one_line, psycopg_connect
 
 TENANTS = ["acme_0001", "globex_0002", "empty_0001"]
-PHASES = ("prepare", "schemas", "data", "security", "verify", "cutover")
+PHASES = tuple(p.name for p in ORDERED)
 
 # What a real legacy database holds besides the legacy schemas, each of which made the earlier restore
 # (drop the legacy schemas and public's tables, pg_restore over what is left) stop at "already exists".

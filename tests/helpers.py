@@ -13,6 +13,8 @@ from psycopg import sql
 
 from migrator import catalog, db
 from migrator.config import get_config
+from migrator.core.command_options import arguments_of
+from migrator.core.context import RunOptions
 from migrator.devtools.reset import reset_database
 from migrator.django_migrations import migrate_schema
 from migrator.tables import LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES, service_tables
@@ -22,6 +24,8 @@ from migrator.tables import LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES, service_ta
 # millisecond queries moves by more than the noise floor, and such a test is about something else.
 QUICK_LOAD_TEST = {"load_clients": 1, "load_seconds": 0.5, "load_queries": 4, "load_max_regression": 10_000.0}
 RUNS_VERIFY = ("verify", "5", "all", "rehearse")
+# The same, as arguments of a ``manage.py migrate_phase`` child.
+QUICK_LOAD_ARGUMENTS = arguments_of(RunOptions(**QUICK_LOAD_TEST), tuple(QUICK_LOAD_TEST))
 
 
 def run(command: str, *args: str, **options: Any) -> str:

@@ -7,6 +7,15 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from migrator.config import MigratorConfig
+from migrator.core.command_options import (
+    non_negative,
+    not_an_option,
+    option,
+    percent,
+    positive,
+    seconds,
+    time_zone_name,
+)
 from migrator.core.errors import MigrationError
 from migrator.tables import LEGACY_TENANT_TABLES
 from salesflow.layout import TENANT_ID_RE, tenant_schema_name
@@ -88,51 +97,286 @@ ReferenceConflicts = Literal["refuse", "first-wins"]
 REFERENCE_CONFLICT_POLICIES: tuple[ReferenceConflicts, ...] = ("refuse", "first-wins")
 
 
+def _schema_rename_argument(rename: tuple[str, str]) -> str:
+    return "=".join(rename)
+
+
+def _table_rename_argument(rename: tuple[str, str, str]) -> str:
+    schema, table, legacy = rename
+    return f"{schema}.{table}={legacy}"
+
+
+def _constraint_argument(pattern: tuple[str, str, str]) -> str:
+    return ".".join(pattern)
+
+
 @dataclass(frozen=True)
 class RunOptions:
-    """The options of one ``migrate_phase`` run that phases read (a typo is an AttributeError, not None)."""
+    """The options of one ``migrate_phase`` run that phases read (a typo is an AttributeError, not None).
 
-    reference_conflicts: ReferenceConflicts = "refuse"  # data: tenants disagreeing on a reference row
-    validate_only: bool = False  # data: only the validation steps again
-    # prepare, data: (schema, legacy table, name) patterns of legacy constraints, indexes and domain
-    # checks not carried to the new table on the operator's word (see migrator/ops/carried.py)
-    leave_constraints: tuple[tuple[str, str, str], ...] = ()
-    restore: bool = False  # rollback: restore the phase-1 backup
-    drop_legacy: bool = False  # cutover: drop legacy tables instead of archiving them
-    adopt_roles: bool = False  # security: use pre-existing NOLOGIN service roles (rollback never drops them)
-    # data (and what re-checks its copies): the zone legacy timestamps are wall-clock times of
-    # (None: the database's default timezone setting)
-    legacy_timezone: str | None = None
-    # tenant_* schemas left out on the operator's word: invalid names (prepare), or any tenant (every
-    # phase: the tenant is EXCLUDED, its legacy tables untouched)
-    skip_schemas: tuple[str, ...] = ()
-    # prepare: (schema, tenant id) pairs: the schema is renamed to tenant_<id> and migrated as that tenant
-    rename_schemas: tuple[tuple[str, str], ...] = ()
-    # prepare: (schema, table as named, legacy table): a table named in another case is that legacy table
-    rename_tables: tuple[tuple[str, str, str], ...] = ()
-    # prepare: SCHEMA.TABLE patterns of tables the registry does not know, left where they are
-    leave_tables: tuple[str, ...] = ()
-    # prepare, cutover: name patterns of objects depending on legacy tables that stay with the archived tables
-    leave_dependents: tuple[str, ...] = ()
-    render_sql: bool = False  # plans carry the SQL of each step (--plan, -v 3)
-    target_database: str | None = None  # rehearse: the scratch database (default <database>_rehearsal)
-    replace_target: bool = False  # rehearse: drop an existing scratch database that is not a rehearsal copy
-    keep_target: bool = False  # rehearse: keep the scratch database for inspection
-    rehearsal_backup: str | None = None  # prepare, in a rehearsal copy only: record this backup instead of dumping
-    load_clients: int = 4  # verify: connections of the load test
-    load_seconds: float = 10.0  # verify: the load test's time (at most)
-    load_max_regression: float = 50.0  # verify: new layout's p95 may be this many percent worse than legacy
-    load_queries: int = 1000  # verify: a layout's load ends early once every query ran this often (0: never)
-    interactive: bool = True
+    Each field states how the command line gives it (``option``: the command's arguments are built from
+    these) or what sets it instead (``not_an_option``); see migrator/core/command_options.py.
+    """
+
+    interactive: bool = field(
+        default=True,
+        metadata=option("--noinput", "--no-input", help="Do not ask for confirmation before destructive steps."),
+    )
+    reference_conflicts: ReferenceConflicts = field(
+        default="refuse",
+        metadata=option(
+            "--reference-conflicts",
+            choices=REFERENCE_CONFLICT_POLICIES,
+            help="data: what to do when tenants disagree on a reference row (default refuse).",
+            example=("first-wins",),
+        ),
+    )
+    validate_only: bool = field(
+        default=False, metadata=option("--validate-only", help="data: only run the validation steps again.")
+    )
+    # data (and what re-checks its copies): None is the database's default timezone setting
+    legacy_timezone: str | None = field(
+        default=None,
+        metadata=option(
+            "--legacy-timezone",
+            type=time_zone_name,
+            metavar="ZONE",
+            help="data (and what re-checks its copies: sync, cutover, rollback): the time zone the legacy "
+            "application wrote its timestamp (without time zone) values in, e.g. America/New_York; they are "
+            "copied into timestamptz columns as instants of that zone. Default: the database's timezone "
+            "setting. A tenant copied with one zone is not continued with another.",
+            example=("America/New_York",),
+        ),
+    )
+    # (schema, legacy table, name) patterns (see migrator/ops/carried.py)
+    leave_constraints: tuple[tuple[str, str, str], ...] = field(
+        default=(),
+        metadata=option(
+            "--leave-constraint",
+            metavar="SCHEMA.TABLE.NAME",
+            help="prepare, data: do not carry this CHECK, UNIQUE or EXCLUDE constraint, index, foreign key or "
+            "domain check of a legacy tenant table to the tenant's new table (recorded as left behind); * matches "
+            "any characters, e.g. 'tenant_*.contacts.email_has_at'; repeatable.",
+            parse=parse_leave_constraints,
+            format_item=_constraint_argument,
+            example=("tenant_*.contacts.email_has_at",),
+        ),
+    )
+    restore: bool = field(
+        default=False,
+        metadata=option(
+            "--restore",
+            help="rollback: restore the phase-1 backup instead (found through the backup's manifest "
+            "in SALESFLOW_BACKUP_DIR if the tracking table is gone); rerun it to finish a "
+            "restore that was interrupted.",
+        ),
+    )
+    drop_legacy: bool = field(
+        default=False,
+        metadata=option(
+            "--drop-legacy",
+            help="cutover: drop the legacy tables instead of archiving them (asks for confirmation).",
+        ),
+    )
+    adopt_roles: bool = field(
+        default=False,
+        metadata=option(
+            "--adopt-roles",
+            help="security: use service roles that already exist (NOLOGIN only) instead of refusing; "
+            "rollback then revokes the migration's grants from them but never drops them.",
+        ),
+    )
+    skip_schemas: tuple[str, ...] = field(
+        default=(),
+        metadata=option(
+            "--skip-schema",
+            metavar="NAME",
+            help="every phase: leave out this tenant_* schema (a tenant, or a schema whose name is not a valid "
+            "tenant id) from this and every later phase; its legacy tables stay untouched, it is recorded and "
+            "shown as EXCLUDED by status; `prepare --tenant ID` takes a tenant back; repeatable.",
+            example=("tenant_Acme",),
+        ),
+    )
+    # (schema, table as named, legacy table)
+    rename_tables: tuple[tuple[str, str, str], ...] = field(
+        default=(),
+        metadata=option(
+            "--rename-table",
+            metavar="SCHEMA.TABLE=LEGACY",
+            help='prepare: the table TABLE of SCHEMA, named in another case (e.g. "Contacts"), is the legacy '
+            "table LEGACY: phase 1 renames it to LEGACY and it is migrated as that table; repeatable.",
+            parse=parse_table_renames,
+            format_item=_table_rename_argument,
+            example=("tenant_acme.Contacts=contacts",),
+        ),
+    )
+    leave_tables: tuple[str, ...] = field(
+        default=(),
+        metadata=option(
+            "--leave-table",
+            metavar="SCHEMA.TABLE",
+            help="prepare: a table the registry does not know that holds rows is left where it is, not "
+            "migrated (patterns: '*.notes_2019'); repeatable.",
+            example=("*.notes_2019",),
+        ),
+    )
+    leave_dependents: tuple[str, ...] = field(
+        default=(),
+        metadata=option(
+            "--leave-dependent",
+            metavar="NAME",
+            help="prepare, cutover: an object that depends on a legacy table and that cutover does not carry to "
+            "the new table (a view, a function, a rule, ...) stays with the archived legacy table on purpose; NAME "
+            "as the drift report spells it, * matches any characters (e.g. 'public.report_*'); repeatable.",
+            example=("public.report_*",),
+        ),
+    )
+    # (schema, tenant id): the schema is renamed to tenant_<id> and migrated as that tenant
+    rename_schemas: tuple[tuple[str, str], ...] = field(
+        default=(),
+        metadata=option(
+            "--rename-schema",
+            metavar="OLD=NEW",
+            help="prepare: rename the tenant_* schema OLD, whose name is not a valid tenant id, to "
+            "tenant_NEW and migrate it as tenant NEW (the old name is recorded); repeatable.",
+            parse=parse_schema_renames,
+            format_item=_schema_rename_argument,
+            example=("tenant_Acme=acme",),
+        ),
+    )
+    target_database: str | None = field(
+        default=None,
+        metadata=option(
+            "--target-database",
+            metavar="NAME",
+            help="rehearse: the scratch database the phase-1 backup is restored into "
+            "(default <database>_rehearsal, on the same server).",
+            example=("scratch",),
+        ),
+    )
+    replace_target: bool = field(
+        default=False,
+        metadata=option(
+            "--replace",
+            help="rehearse: drop the scratch database if it exists and is not a rehearsal copy "
+            "(a rehearsal copy left by an earlier rehearsal is always replaced).",
+        ),
+    )
+    keep_target: bool = field(
+        default=False,
+        metadata=option(
+            "--keep",
+            help="rehearse: keep the scratch database (and its service roles) for inspection; "
+            "the next rehearsal drops it.",
+        ),
+    )
+    # prepare, in a rehearsal copy only: record this backup instead of dumping
+    rehearsal_backup: str | None = field(
+        default=None,
+        metadata=option(
+            "--rehearsal-backup",
+            metavar="DUMP",
+            hidden=True,
+            help="prepare, in the rehearsal's scratch run: record this phase-1 backup instead of dumping.",
+            example=("/backups/salesflow-1.dump",),
+        ),
+    )
+    load_clients: int = field(
+        default=4,
+        metadata=option(
+            "--load-clients",
+            type=positive,
+            help="verify: connections of the load test (default 4), lowered to what the server allows.",
+            example=("2",),
+        ),
+    )
+    load_seconds: float = field(
+        default=10.0,
+        metadata=option(
+            "--load-seconds",
+            type=seconds,
+            help="verify: at most this many seconds of load (default 10); each query runs on the "
+            "legacy tables, then with the same key on the new ones.",
+            example=("2.5",),
+        ),
+    )
+    load_queries: int = field(
+        default=1000,
+        metadata=option(
+            "--load-queries",
+            type=non_negative,
+            help="verify: a layout's load ends early once every key query ran this many times "
+            "(default 1000; 0 always runs --load-seconds).",
+            example=("0",),
+        ),
+    )
+    load_max_regression: float = field(
+        default=50.0,
+        metadata=option(
+            "--load-max-regression",
+            type=percent,
+            metavar="PERCENT",
+            help="verify: the load test fails when a query's p95 latency on the new tables is more "
+            "than PERCENT worse than on the legacy ones (default 50).",
+            example=("12.5",),
+        ),
+    )
     # Online migration (docs/online.md).
-    online: bool = False  # data: capture writes to each legacy table before copying it, apply them after
-    lock_timeout_ms: int = 200  # data/sync/cutover online: longest wait for a lock writers queue behind
-    follow: bool = False  # sync: keep applying until SIGINT/SIGTERM
-    follow_interval: float = 0.5  # sync --follow: seconds between rounds that found nothing
-    # sync --follow ends when this is set (the command sets it on SIGINT/SIGTERM)
-    stop: threading.Event = field(default_factory=threading.Event, compare=False)
-    force: bool = False  # finalize: drop the compatibility views even though they are still being used
-    observe_seconds: float = 5.0  # finalize: how long to watch the compatibility views for use
+    online: bool = field(
+        default=False,
+        metadata=option(
+            "--online",
+            help="data: keep the application writing: capture writes to each legacy table before copying it, "
+            "apply them after, then keep the legacy and new tables in two-way sync until `finalize` "
+            "(see docs/online.md).",
+        ),
+    )
+    lock_timeout_ms: int = field(
+        default=200,
+        metadata=option(
+            "--lock-timeout",
+            type=positive,
+            metavar="MS",
+            help="data --online, finalize, rollback of an online migration: longest wait in milliseconds for a "
+            "lock that writers queue behind (default 200; below the server's deadlock_timeout); on timeout the "
+            "step's transaction is retried.",
+            example=("50",),
+        ),
+    )
+    follow: bool = field(
+        default=False,
+        metadata=option(
+            "--follow",
+            help="sync: keep applying captured changes until interrupted (SIGINT/SIGTERM end it cleanly).",
+        ),
+    )
+    force: bool = field(
+        default=False,
+        metadata=option(
+            "--force",
+            help="finalize: archive the legacy tables even though the application still writes them.",
+        ),
+    )
+    observe_seconds: float = field(
+        default=5.0,
+        metadata=option(
+            "--observe-seconds",
+            type=seconds,
+            help="finalize: how long to watch the legacy tables for the application's writes before archiving "
+            "them (default 5).",
+            example=("0.5",),
+        ),
+    )
+    render_sql: bool = field(default=False, metadata=not_an_option("--plan, or -v 3: plans carry each step's SQL"))
+    follow_interval: float = field(
+        default=0.5, metadata=not_an_option("sync --follow: seconds between rounds that found nothing (fixed)")
+    )
+    # sync --follow ends when this is set
+    stop: threading.Event = field(
+        default_factory=threading.Event,
+        compare=False,
+        metadata=not_an_option("the command sets it on SIGINT/SIGTERM"),
+    )
 
 
 class RunLock(Protocol):

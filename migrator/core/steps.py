@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from migrator.step_ref import StepKey, StepRef
 
@@ -102,7 +102,18 @@ def tasks_in_order(tasks: list[SizedTask]) -> None:
         task()
 
 
-def ranges_in_order(kind: str, plan: Callable[[], list[KeyRange]], work: RangeWork, resume: bool) -> RangeResults:
+class RunRanges(Protocol):
+    """``StepReporter.ranges``: ``part`` names the table when one step splits several (a scope's cutover
+    comparison); their range rows carry it as their target, so each table keeps its own plan."""
+
+    def __call__(
+        self, kind: str, plan: Callable[[], list[KeyRange]], work: RangeWork, resume: bool, part: str = ""
+    ) -> RangeResults: ...
+
+
+def ranges_in_order(
+    kind: str, plan: Callable[[], list[KeyRange]], work: RangeWork, resume: bool, part: str = ""
+) -> RangeResults:
     """Ranges done one after the other on this connection, with nothing recorded (no engine around)."""
     ranges = plan()
     return [(r, work(r, StepReporter())) for r in ranges] if len(ranges) >= 2 else None
@@ -135,7 +146,7 @@ class StepReporter:
     expected: Callable[[int], None] = _ignore
     checkpoint: Callable[[int | None, int], None] = _ignore
     fence: Callable[[], None] = _ignore
-    ranges: Callable[[str, Callable[[], list[KeyRange]], RangeWork, bool], RangeResults] = ranges_in_order
+    ranges: RunRanges = ranges_in_order
     parallel: Callable[[list[SizedTask]], None] = tasks_in_order
 
 

@@ -381,7 +381,9 @@ class PhaseRunner:
             expected=lambda rows: tracking.save_expected(record.pk, rows),
             checkpoint=lambda key, rows: tracking.save_checkpoint(record.pk, key, rows),
             fence=self.still_locked,
-            ranges=lambda kind, plan, work, resume: self._run_ranges(step, kind, plan, work, resume, progress),
+            ranges=lambda kind, plan, work, resume, part="": self._run_ranges(
+                replace(step, target=part) if part else step, kind, plan, work, resume, progress
+            ),
             parallel=self._share,
         )
         result: StepResult | None = None

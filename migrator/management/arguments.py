@@ -1,59 +1,24 @@
-"""Argument types shared by the commands: argparse turns a bad value into a one-line usage error."""
+"""The command-line arguments of run options, built from the facts each option states about itself
+(migrator/core/command_options.py)."""
 
 from __future__ import annotations
 
-import re
-from argparse import ArgumentTypeError
-from collections.abc import Callable
+import argparse
+from typing import Any
+
+from migrator.core.command_options import option_fields
 
 
-def whole_number(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
-    def parse(value: str) -> int:
-        try:
-            number = int(value)
-        except ValueError:
-            raise ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-        if number < minimum:
-            raise ArgumentTypeError(f"expected {minimum} or more, got {number}")
-        if maximum is not None and number > maximum:
-            raise ArgumentTypeError(f"expected at most {maximum}, got {number}")
-        return number
-
-    parse.__name__ = "whole number"
-    return parse
-
-
-positive = whole_number(1)
-non_negative = whole_number(0)
-MAX_BATCH_SIZE = 1_000_000  # one batch is one transaction and one INSERT ... SELECT: larger only holds locks longer
-batch_size = whole_number(1, MAX_BATCH_SIZE)
-
-
-def seconds(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
-    if not 0 < number <= 3600:
-        raise ArgumentTypeError(f"expected more than 0 and at most 3600 seconds, got {value}")
-    return number
-
-
-_TIME_ZONE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+)*$")
-
-
-def time_zone_name(value: str) -> str:
-    """A time zone name's shape (Area/Location, UTC, Etc/GMT+5); the server says whether it knows it."""
-    if not _TIME_ZONE_NAME.match(value):
-        raise ArgumentTypeError(f"expected a time zone name such as America/New_York, got {value!r}")
-    return value
-
-
-def percent(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise ArgumentTypeError(f"expected a percentage, got {value!r}") from None
-    if number < 0:
-        raise ArgumentTypeError(f"expected 0 or more, got {value}")
-    return number
+def add_options(parser: argparse.ArgumentParser, options_class: type) -> None:
+    """One argument for each field of ``options_class`` given on the command line; its value is kept
+    under the field's name."""
+    for field in option_fields(options_class):
+        option = field.option
+        common: dict[str, Any] = {"dest": field.name, "help": argparse.SUPPRESS if option.hidden else option.help}
+        if field.kind == "switch":
+            parser.add_argument(*option.flags, action="store_false" if field.default else "store_true", **common)
+        elif field.kind == "repeat":
+            parser.add_argument(*option.flags, action="append", default=[], metavar=option.metavar, **common)
+        else:
+            value: dict[str, Any] = {"type": option.type, "choices": option.choices, "metavar": option.metavar}
+            parser.add_argument(*option.flags, default=field.default, **value, **common)

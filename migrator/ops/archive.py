@@ -101,14 +101,6 @@ def lock_relations(relations: list[tuple[str, str]]) -> None:
         )
 
 
-def _rename_dependents(schema: str, table: str, owner: str) -> None:
-    """Indexes (partitioned ones included) and owned sequences move with a table and share the schema's
-    namespace: prefix them too, so that every tenant's ``contacts_pkey`` can live in the one archive schema."""
-    statements = _dependents(schema, [table], owner)[1]
-    if statements:
-        db.execute(sql.SQL("; ").join(statements))
-
-
 # ``schema``'s tables of a list and their partitions (every level) in the same schema; a partition
 # elsewhere stays where it is and stays attached to its parent.
 _TABLES_AND_PARTITIONS = (
@@ -120,8 +112,10 @@ _TABLES_AND_PARTITIONS = (
 
 
 def _dependents(schema: str, tables: list[str], owner: str) -> tuple[list[str], list[sql.Composed]]:
-    """The partitions of ``tables`` in ``schema``, and the renames of :func:`_rename_dependents` for the
-    tables and those partitions, from one catalog query."""
+    """The partitions of ``tables`` in ``schema``, and the renames of the tables' and those partitions'
+    dependents, from one catalog query: indexes (partitioned ones included) and owned sequences move
+    with a table and share the schema's namespace: each gets its owner's prefix, so that every tenant's
+    ``contacts_pkey`` can live in the one archive schema."""
     rows = db.fetchall(
         _TABLES_AND_PARTITIONS
         + "SELECT c.relkind, c.relname FROM t JOIN pg_class c ON c.oid = t.oid WHERE t.partition "

@@ -26,7 +26,8 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from django.db import IntegrityError, transaction
+import psycopg
+from django.db import IntegrityError, ProgrammingError, transaction
 from psycopg import sql
 
 from migrator import catalog, db
@@ -224,18 +225,32 @@ def is_captured(scope: str, table: str) -> bool:
     )
 
 
+def _read_bookkeeping(query: sql.Composable, params: list[object] | None = None) -> list[tuple[object, ...]]:
+    """Rows of a query on the capture's bookkeeping; none once the capture schema is gone. Another worker
+    that starts its scope's two-way sync drops the schema when it was the last scope captured, which may
+    fall between the check and the query (a worker copying or validating another tenant's whale)."""
+    if not capture_ready():
+        return []
+    try:
+        with transaction.atomic():  # a savepoint inside the caller's transaction: the error ends only it
+            return db.fetchall(query, params)
+    except ProgrammingError as exc:
+        if isinstance(exc.__cause__, psycopg.errors.UndefinedTable):
+            return []
+        raise
+
+
 def captured_tables(scope: str) -> dict[str, bool]:
     """Captured tables of ``scope`` -> whether their copy finished (their changes are applied)."""
-    if not capture_ready():
-        return {}
-    rows = db.fetchall(sql.SQL("SELECT tbl, ready FROM {} WHERE scope = %s").format(CAPTURED_TABLES), [scope])
-    return {tbl: bool(ready) for tbl, ready in rows}
+    rows = _read_bookkeeping(sql.SQL("SELECT tbl, ready FROM {} WHERE scope = %s").format(CAPTURED_TABLES), [scope])
+    return {str(tbl): bool(ready) for tbl, ready in rows}
 
 
 def captured_scopes() -> list[str]:
-    if not capture_ready():
-        return []
-    return [r[0] for r in db.fetchall(sql.SQL("SELECT DISTINCT scope FROM {} ORDER BY 1").format(CAPTURED_TABLES))]
+    return [
+        str(r[0])
+        for r in _read_bookkeeping(sql.SQL("SELECT DISTINCT scope FROM {} ORDER BY 1").format(CAPTURED_TABLES))
+    ]
 
 
 def mark_ready(scope: str, table: str) -> None:
@@ -400,7 +415,10 @@ def drop_capture_schema_if_unused() -> bool:
             return False
         if capture_ready() and db.fetchvalue(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(CAPTURED_TABLES)):
             return False
-        db.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(CAPTURE_SCHEMA)))
+        # IF EXISTS: a schema dropped by another worker just before this one got the lock can still look
+        # present to the check above (this session's catalog cache is brought up to date by a relation lock,
+        # not by an advisory one); seen with two tenants' syncs starting at once.
+        db.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(CAPTURE_SCHEMA)))
     return True
 
 

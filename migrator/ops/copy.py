@@ -482,8 +482,9 @@ def _last_copied_key(copy: TableCopy) -> list[object] | None:
     return list(row) if row else None
 
 
-def _mapping_proven(copy: TableCopy, remap: Remap) -> bool:
-    """Whether the catalog proves that every source value of ``remap.column`` has a merged id.
+def mapping_proven(copy: TableCopy, remap: Remap) -> bool:
+    """Whether the catalog proves that every source value of ``remap.column`` has a merged id
+    (:func:`unmapped_references` then reads no source row for that column).
 
     It does when a validated foreign key ties the column to the id of the legacy reference table
     the map was built from (so every value is one of its ids), and every id of that small table
@@ -517,14 +518,14 @@ def _mapping_proven(copy: TableCopy, remap: Remap) -> bool:
 def _scan_source(copy: TableCopy) -> tuple[int, dict[str, int]]:
     """Source row count and, per remapped column, the rows whose reference id has no merged id.
 
-    Columns the catalog proves mapped (:func:`_mapping_proven`) cost nothing; the others are counted
+    Columns the catalog proves mapped (:func:`mapping_proven`) cost nothing; the others are counted
     in the same scan as the rows, through the joins the batches use (the map is unique per old id,
     so they never multiply rows).
     """
     unproven = tuple(
         r
         for r in copy.remaps
-        if not (catalog.table_exists(copy.source_schema, r.reference_table) and _mapping_proven(copy, r))
+        if not (catalog.table_exists(copy.source_schema, r.reference_table) and mapping_proven(copy, r))
     )
     unmapped = copy.unmapped_counts(unproven)
     row = db.fetchone(

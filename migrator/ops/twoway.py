@@ -442,7 +442,7 @@ def drop_sync_schema_if_unused() -> bool:
     if not catalog.schema_exists(SYNC_SCHEMA) or synced_scopes():
         return False
     # its event triggers go with their functions
-    db.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(SYNC_SCHEMA)))
+    db.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SYNC_SCHEMA)))
     return True
 
 

@@ -221,7 +221,7 @@ class CutoverPhase(Phase):
         tenant = TenantRef(step.tenant_id or "")
         if online.is_online(tenant.schema):  # migrated with data --online: archived by finalize
             self._refuse_drop_online(ctx, tenant.schema)
-            return online.declare_new_primary(ctx, tenant.schema)
+            return online.declare_new_primary(ctx, tenant.schema, reporter)
         if not drop and (moved_before := _archived_by_an_earlier_attempt(tenant, ctx.config.archive_schema)):
             return StepResult(
                 message=f"{len(moved_before)} legacy tables already archived (by an attempt stopped before "
@@ -280,7 +280,7 @@ class CutoverPhase(Phase):
         self._require_auth_migrated(ctx)
         if online.is_online(cfg.legacy_auth_schema):  # data --online: archived by finalize
             self._refuse_drop_online(ctx, cfg.legacy_auth_schema)
-            return online.declare_new_primary(ctx, cfg.legacy_auth_schema)
+            return online.declare_new_primary(ctx, cfg.legacy_auth_schema, reporter)
         validated = {
             VALIDATION.key(None, auth_validation_target(table)): in_legacy_timezone(
                 ctx, auth_copy(cfg.legacy_auth_schema, table)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from migrator import catalog, db
 from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
-from migrator.core.steps import VALIDATE_RANGE, KeyRange, Step, StepReporter, StepResult
+from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.models import DeferredConstraint
 from migrator.ops import carried, constraints, fingerprint, ranges, reference, twoway
 from migrator.ops.copies import (
@@ -18,9 +18,12 @@ from migrator.ops.copies import (
     auth_table_validated,
     auth_validation_target,
     compare,
+    compare_in_ranges,
     continue_sequence_of,
     in_legacy_timezone,
+    range_planner,
     refuse_another_timezone,
+    splits_by_key,
     tenant_copy,
     timezone_details,
 )
@@ -95,52 +98,9 @@ ANALYZE_FROM_ROWS = 1000
 
 
 def in_ranges(ctx: MigrationContext, copy: TableCopy) -> bool:
-    """Whether a large ``copy`` may go by key ranges: a single key, and not online (an online copy and
-    its validation follow the captured changes of the whole table: they stay whole)."""
-    return copy.key == ("id",) and not ctx.options.online and not online.is_online(copy.source_schema)
-
-
-def range_planner(ctx: MigrationContext, copy: TableCopy) -> Callable[[int], list[KeyRange]]:
-    """Plans ``copy``'s key ranges (of ``SALESFLOW['RANGE_ROWS']`` rows) given its source's row count."""
-
-    def plan(rows: int) -> list[KeyRange]:
-        return ranges.plan_key_ranges(copy.source_schema, copy.source_table, "id", ctx.config.range_rows, rows)
-
-    return plan
-
-
-@dataclass(frozen=True)
-class RangedComparison(fingerprint.Comparison):
-    ranges: int = 0
-
-
-def compare_in_ranges(ctx: MigrationContext, copy: TableCopy, reporter: StepReporter) -> RangedComparison | None:
-    """Phase 3's comparison of a large table, range by range on the run's free connections (None: not
-    large enough to split). Each range's both sides are read in one statement; the legacy tables are
-    not written during an offline run, so the ranges' fingerprints add up to the table's."""
-    parts: dict[int, tuple[fingerprint.Fingerprint, fingerprint.Fingerprint]] = {}
-
-    def plan() -> list[KeyRange]:
-        return ranges.plan_key_ranges(copy.source_schema, copy.source_table, "id", ctx.config.range_rows)
-
-    def work(key_range: KeyRange, _reporter: StepReporter) -> StepResult:
-        source, target = fingerprint.both_fingerprints_in_range(copy, key_range.after, key_range.through)
-        parts[key_range.index] = (source, target)
-        return StepResult(
-            message=f"{target.rows} rows, fingerprint {'matches' if str(source) == str(target) else 'DIFFERS'}",
-            rows_expected=source.rows,
-            rows_copied=target.rows,
-            source_fingerprint=str(source),
-            target_fingerprint=str(target),
-        )
-
-    results = reporter.ranges(VALIDATE_RANGE, plan, work, False)
-    if results is None:
-        return None
-    source = fingerprint.combined([parts[r.index][0] for r, _result in results])
-    target = fingerprint.combined([parts[r.index][1] for r, _result in results])
-    differing = fingerprint.differing_keys(copy) if str(source) != str(target) else []
-    return RangedComparison(source, target, differing, ranges=len(results))
+    """Whether a large ``copy`` may go by key ranges: a single integer key. Online too: the capture
+    installed before the copy records every write behind the ranges, applied once they are all in."""
+    return splits_by_key(copy)
 
 
 class DataPhase(Phase):
@@ -389,7 +349,7 @@ class DataPhase(Phase):
             small = small_table(copy, ctx.batch_size)
             deferred = 0 if small else constraints.defer_constraints(tenant.schema, spec.target_table)
             if in_ranges(ctx, copy):  # a large table: its key ranges on every free connection of the run
-                stats = copy_in_ranges(copy, ctx.batch_size, reporter, range_planner(ctx, copy))
+                stats = copy_in_ranges(copy, ctx.batch_size, reporter, range_planner(copy, ctx.config.range_rows))
             else:
                 stats = copy_table(copy, ctx.batch_size, reporter)
             advice = (
@@ -483,9 +443,13 @@ class DataPhase(Phase):
         # Both sides, and the keys that differ, are read in one snapshot: a legacy row committed between
         # two reads would otherwise show as missing from the target although nothing is wrong.
         ranged = None
-        if online.is_online(copy.source_schema):  # writes go on: the captured changes applied in it too
+        if online.is_captured_only(copy.source_schema):  # writes go on: the captured changes applied in it too
             comparison = online.compare_in_snapshot(ctx, copy)
-        elif step.tenant_id is not None and in_ranges(ctx, copy) and (ranged := compare_in_ranges(ctx, copy, reporter)):
+        elif (
+            step.tenant_id is not None
+            and in_ranges(ctx, copy)
+            and (ranged := compare_in_ranges(copy, ctx.config.range_rows, reporter))
+        ):  # offline, or in two-way sync: each range's both sides are equal in any one statement
             comparison = ranged
         else:
             comparison = compare(copy)  # both fingerprints come from one statement, so from one snapshot

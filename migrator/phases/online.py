@@ -25,7 +25,16 @@ from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.errors import MigrationError
 from migrator.core.steps import StepReporter, StepResult
 from migrator.ops import archive, capture, dependents, reference, twoway
-from migrator.ops.copies import auth_copy, compare, continue_sequence_of, in_legacy_timezone, tenant_copy
+from migrator.ops.copies import (
+    RangedComparison,
+    auth_copy,
+    compare,
+    compare_in_ranges,
+    continue_sequence_of,
+    in_legacy_timezone,
+    splits_by_key,
+    tenant_copy,
+)
 from migrator.ops.copy import TableCopy
 from migrator.ops.fingerprint import Comparison
 from migrator.tables import LEGACY_AUTH_TABLES, REFERENCE_TABLES, TENANT_DATA_TABLES, LegacyTable, legacy_table
@@ -126,6 +135,12 @@ def sync_scope(ctx: MigrationContext, scope: str, reporter: StepReporter) -> cap
     stats = capture.apply_changes(scope, copies, ctx.batch_size, scope_merge(ctx, scope), fence=reporter.fence)
     _continue_sequences(copies, stats)
     return stats
+
+
+def is_captured_only(scope: str) -> bool:
+    """The scope's writes are captured (phase 3 running), its two-way sync not started yet: the new
+    tables lag behind the captured changes."""
+    return bool(capture.captured_tables(scope)) and not twoway.is_synced(scope)
 
 
 def is_online(scope: str) -> bool:
@@ -269,12 +284,15 @@ def reference_differences(ctx: MigrationContext, scope: str) -> list[str]:
     return found
 
 
-def declare_new_primary(ctx: MigrationContext, scope: str) -> StepResult:
-    """Online cutover of one scope: both sides compared in one snapshot, the tenant recorded live.
+def declare_new_primary(ctx: MigrationContext, scope: str, reporter: StepReporter) -> StepResult:
+    """Online cutover of one scope: both sides compared, the tenant recorded live.
 
     No lock and no move: the sync triggers write both sides in the writer's transaction, so any
     snapshot shows them equal; a difference means the sync was bypassed (a trigger dropped or
-    disabled, ``session_replication_role = replica``) and refuses the tenant, nothing changed.
+    disabled, ``session_replication_role = replica``) and refuses the tenant, nothing changed. For the
+    same reason a large table is compared range by range on the run's free connections (each range's
+    both sides in one statement) and the rest in one snapshot: the comparison of a whale tenant takes
+    every connection, not one, and still blocks no write.
     """
     if not twoway.is_synced(scope):
         raise MigrationError(
@@ -289,8 +307,15 @@ def declare_new_primary(ctx: MigrationContext, scope: str) -> StepResult:
             "and migrate it again"
         )
     copies, _refs = _scope_tables(ctx, scope)
+    compared: dict[str, Comparison] = {}
+    if scope != ctx.config.legacy_auth_schema:
+        for table, copy in copies.items():
+            if splits_by_key(copy) and (
+                ranged := compare_in_ranges(copy, ctx.config.range_rows, reporter, copy.target_table)
+            ):
+                compared[table] = ranged
     with db.snapshot():
-        compared = {table: compare(copy) for table, copy in copies.items()}
+        compared |= {table: compare(copy) for table, copy in copies.items() if table not in compared}
         differences = reference_differences(ctx, scope) if scope != ctx.config.legacy_auth_schema else []
     differing = [
         f"{table}: legacy {c.source.rows} rows {c.source}, new {c.target.rows} rows {c.target}"
@@ -306,6 +331,7 @@ def declare_new_primary(ctx: MigrationContext, scope: str) -> StepResult:
         raise MigrationError(
             f"{scope}: the new tables differ from the legacy ones: {'; '.join(differing)}; nothing was switched"
         )
+    in_ranges = {t: c.ranges for t, c in compared.items() if isinstance(c, RangedComparison)}
     discarded: list[str] = []
     if differences:
         if ctx.options.reference_conflicts != "first-wins":
@@ -324,6 +350,7 @@ def declare_new_primary(ctx: MigrationContext, scope: str) -> StepResult:
             "two_way": True,
             "writes_blocked_ms": 0,
             "compared": {t: str(c.target) for t, c in compared.items()},
+            **({"compared_in_ranges": in_ranges} if in_ranges else {}),
             **({"discarded_reference_variants": discarded} if discarded else {}),
         },
     )

@@ -14,12 +14,14 @@ prepare runs with ``--rehearsal-backup`` and records the backup the copy was res
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from django.db import connection
 
 from migrator import db
-from migrator.core.context import MigrationContext, RunOptions
+from migrator.core.command_options import arguments_of
+from migrator.core.context import MigrationContext
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
@@ -40,6 +42,24 @@ def rehearsed_phases() -> list[rehearsal.PhaseToRun]:
 
 # The backup the scratch database is restored from: phase 1's.
 BACKUP = StepRef("prepare", "backup")
+# The options of this run the scratch run is given: the drift decisions, the time zone, the backup,
+# the choices of data, verify and cutover (the others are about the rehearsal itself or the real run).
+PASSED_ON = (
+    "skip_schemas",
+    "rename_schemas",
+    "rename_tables",
+    "leave_tables",
+    "leave_constraints",
+    "leave_dependents",
+    "legacy_timezone",
+    "rehearsal_backup",
+    "reference_conflicts",
+    "load_clients",
+    "load_seconds",
+    "load_max_regression",
+    "load_queries",
+    "drop_legacy",
+)
 
 
 class RehearsePhase(Phase):
@@ -79,50 +99,15 @@ class RehearsePhase(Phase):
         return BackupInfo.from_dict(record.details["backup"])
 
     @staticmethod
-    def _decisions(opts: RunOptions) -> list[str]:
-        """The drift decisions of this run, as options of the scratch run: the copy's phase 1 inspects the
-        tenants again and refuses those whose findings no option decides, as the real phase 1 does."""
-        arguments: list[str] = []
-        for schema in opts.skip_schemas:
-            arguments += ["--skip-schema", schema]
-        for old, tenant_id in opts.rename_schemas:
-            arguments += ["--rename-schema", f"{old}={tenant_id}"]
-        for schema, table, legacy in opts.rename_tables:
-            arguments += ["--rename-table", f"{schema}.{table}={legacy}"]
-        for pattern in opts.leave_tables:
-            arguments += ["--leave-table", pattern]
-        for parts in opts.leave_constraints:
-            arguments += ["--leave-constraint", ".".join(parts)]
-        for pattern in opts.leave_dependents:
-            arguments += ["--leave-dependent", pattern]
-        if opts.legacy_timezone is not None:
-            arguments += ["--legacy-timezone", opts.legacy_timezone]
-        return arguments
-
-    @classmethod
-    def _arguments(cls, ctx: MigrationContext, info: BackupInfo) -> list[str]:
-        """The scratch run gets this run's options (each phase reads its own)."""
+    def _arguments(ctx: MigrationContext, info: BackupInfo) -> list[str]:
+        """The scratch run gets this run's options (each phase reads its own), among them the drift
+        decisions: the copy's phase 1 inspects the tenants again and refuses those whose findings no
+        option decides, as the real phase 1 does."""
         arguments = ["--jobs", str(ctx.jobs), "--batch-size", str(ctx.batch_size)]
         for tenant_id in ctx.tenant_filter:
             arguments += ["--tenant", tenant_id]
-        opts = ctx.options
-        return [
-            *arguments,
-            *cls._decisions(opts),
-            "--rehearsal-backup",
-            info.path,
-            "--reference-conflicts",
-            opts.reference_conflicts,
-            "--load-clients",
-            str(opts.load_clients),
-            "--load-seconds",
-            str(opts.load_seconds),
-            "--load-max-regression",
-            str(opts.load_max_regression),
-            "--load-queries",
-            str(opts.load_queries),
-            *(["--drop-legacy"] if opts.drop_legacy else []),
-        ]
+        options = replace(ctx.options, rehearsal_backup=str(info.path))
+        return [*arguments, *arguments_of(options, PASSED_ON)]
 
     def _rehearse(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         info = self._backup()

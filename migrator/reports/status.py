@@ -34,16 +34,20 @@ class RangeProgress:
 
 @dataclass(frozen=True)
 class RangedTable:
-    """A large table copied or validated in key ranges (phase 3), while some of its ranges are not done."""
+    """A large table copied or validated in key ranges (phase 3), or compared in them by an online
+    cutover, while some of its ranges are not done."""
 
     tenant_id: str
     table: str
     kind: str  # one of RANGE_KINDS
     ranges: list[RangeProgress]
+    phase: str = DataPhase.name
 
     @property
     def what(self) -> str:
-        return "copy" if self.kind == COPY_RANGE else "validation"
+        if self.kind == COPY_RANGE:
+            return "copy"
+        return "validation" if self.phase == DataPhase.name else f"{self.phase} comparison"
 
     @property
     def ranges_done(self) -> int:
@@ -73,24 +77,24 @@ class RangedTable:
 
 
 def ranged_tables_in_progress() -> list[RangedTable]:
-    """The tables phase 3 splits into key ranges whose ranges are not all done (running, interrupted or
+    """The tables split into key ranges whose ranges are not all done (running, interrupted or
     not started yet), each range with its rows done and planned: one aggregate over the ranges' newest
     attempts (few rows: only large tables have ranges)."""
     table = sql.Identifier(MigrationRecord._meta.db_table)
     found = db.fetchall(
         sql.SQL(
             "SELECT tenant_id, target, step, json_agg(json_build_array((details->'range'->>'index')::int, status, "
-            "coalesce(rows_copied, 0), coalesce(rows_expected, 0)) ORDER BY (details->'range'->>'index')::int) "
-            "FROM (SELECT DISTINCT ON (migration_id) tenant_id, target, step, status, rows_copied, rows_expected, "
-            "details FROM {table} WHERE phase = %s AND step = ANY(%s) ORDER BY migration_id, attempt DESC) latest "
-            "WHERE status <> %s GROUP BY tenant_id, target, step HAVING bool_or(status <> %s) "
-            "ORDER BY tenant_id, target, step"
+            "coalesce(rows_copied, 0), coalesce(rows_expected, 0)) ORDER BY (details->'range'->>'index')::int), phase "
+            "FROM (SELECT DISTINCT ON (migration_id) phase, tenant_id, target, step, status, rows_copied, "
+            "rows_expected, details FROM {table} WHERE step = ANY(%s) ORDER BY migration_id, attempt DESC) latest "
+            "WHERE status <> %s GROUP BY phase, tenant_id, target, step HAVING bool_or(status <> %s) "
+            "ORDER BY tenant_id, target, phase DESC, step"
         ).format(table=table),
-        [DataPhase.name, list(RANGE_KINDS), Status.ROLLED_BACK, Status.COMPLETED],
+        [list(RANGE_KINDS), Status.ROLLED_BACK, Status.COMPLETED],
     )
     return [
-        RangedTable(tenant_id or GLOBAL, target, step, [RangeProgress(*entry) for entry in ranges])
-        for tenant_id, target, step, ranges in found
+        RangedTable(tenant_id or GLOBAL, target, step, [RangeProgress(*entry) for entry in ranges], phase)
+        for tenant_id, target, step, ranges, phase in found
     ]
 
 

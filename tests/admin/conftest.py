@@ -8,37 +8,19 @@ these tests fast and inside one rolled-back transaction.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from django.test import Client
 
 from migrator.models import MigrationRecord, Status
 from migrator.phases import ORDERED
 from tenants.models import Domain, MigrationState, Tenant
+from tests.admin.helpers import PASSWORD, T0, staff_user
 
 PHASE_NUMBERS = {p.name: p.number for p in ORDERED}
-
-T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-PASSWORD = "operator-password"
-
-
-def register_details(contacts: int, activities: int, contact_types: int = 3) -> dict[str, Any]:
-    """``details`` of a phase-1 register row, shaped like the inspection report."""
-    return {
-        "inspection": {
-            "schema": "x",
-            "missing": [],
-            "unmapped": {},
-            "tables": {
-                "contact_types": {"rows": contact_types, "columns": 3},
-                "contacts": {"rows": contacts, "columns": 11},
-                "activities": {"rows": activities, "columns": 9},
-            },
-        }
-    }
 
 
 @pytest.fixture
@@ -93,14 +75,6 @@ def make_record(db: None) -> Callable[..., MigrationRecord]:
         )
 
     return make
-
-
-def staff_user(username: str, *permissions: str) -> User:
-    user = User.objects.create_user(username, f"{username}@example.com", PASSWORD, is_staff=True)
-    for codename in permissions:
-        app_label, code = codename.split(".")
-        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=code))
-    return user
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from django.urls import reverse
 
 from migrator.models import MigrationRecord, Status
 from migrator.reports.dashboard import build_dashboard, format_duration
-from tests.admin.conftest import T0, register_details
+from tests.admin.helpers import T0, register_details
 
 MIN = timedelta(minutes=1)
 SHA = "0123456789abcdef" * 4

@@ -9,7 +9,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import reverse
 
-from tests.admin.conftest import PASSWORD
+from tests.admin.helpers import PASSWORD
 
 
 def log_in(client: Client, username: str, password: str) -> int:

@@ -8,7 +8,7 @@ from django.test import Client
 from django.urls import reverse
 
 from migrator.models import Status
-from tests.admin.conftest import PASSWORD, staff_user
+from tests.admin.helpers import PASSWORD, staff_user
 
 DASHBOARD = "admin:migrator_migrationrecord_dashboard"
 PROGRESS = "admin:migrator_migrationrecord_dashboard_progress"

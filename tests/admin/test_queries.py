@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from migrator.models import Status
-from tests.admin.conftest import register_details
+from tests.admin.helpers import register_details
 
 # Measured for a staff user with view permissions; 4 of each are the session, the user and the user's
 # and groups' permissions. Records list: + tenant filter, count, page, 2 date-hierarchy queries.

@@ -199,7 +199,9 @@ def drop_tenant_schemas(url: str) -> None:
             conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
 
 
-def seed(env: dict[str, str], url: str, tenants: int, contacts: int, activities: int, seed_value: int) -> Run:
+def seed(
+    env: dict[str, str], url: str, tenants: int, contacts: int, activities: int, seed_value: int, *extra: str
+) -> Run:
     args = [
         "seed_legacy",
         "--tenants",
@@ -210,6 +212,7 @@ def seed(env: dict[str, str], url: str, tenants: int, contacts: int, activities:
         str(activities),
         "--seed",
         str(seed_value),
+        *extra,
     ]
     drop_bench_schemas(url)
     drop_tenant_schemas(url)

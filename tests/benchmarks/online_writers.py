@@ -7,8 +7,10 @@ be the number of committed increments), an update of a contact's phone (each wri
 ``id % writers`` is its own, so the last phone it committed is the one the table must hold), an insert of a
 contact and an activity of it, a delete (of a seeded activity, or of a contact and activity it inserted itself)
 and an insert of a user. A transaction that fails with a deadlock, a serialization failure or a lock timeout
-(the two-way sync waits 100 ms for the other side's row, then gives up with 55P03) is retried as an application
-retries it, and counted; its latency runs from the first attempt to the commit.
+(the two-way sync waits 500 ms for the other side's row, then gives up with 55P03) is retried as an application
+retries it, after a random pause growing with the attempt (up to 20 ms times the attempt: two writers that met on
+a row from opposite sides do not meet again at once), and counted; its latency runs from the first attempt to the
+commit.
 """
 
 from __future__ import annotations
@@ -170,12 +172,13 @@ class Writer:
     def _attempt(
         self, conn: psycopg.Connection, work: Callable[[psycopg.Connection], object], record: Callable[[object], None]
     ) -> bool:
-        for _ in range(MAX_ATTEMPTS):
+        for attempt in range(MAX_ATTEMPTS):
             try:
                 with conn.transaction():
                     result = work(conn)
             except RETRYABLE as exc:
                 self.log.retries[exc.sqlstate or "?"] += 1
+                time.sleep(random.uniform(0, 0.02) * (attempt + 1))
                 continue
             except psycopg.Error as exc:
                 self.log.errors.append(f"{self.side.name}: {str(exc).splitlines()[0]}")

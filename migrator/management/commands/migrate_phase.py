@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import signal
 import sys
@@ -15,28 +14,13 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from migrator import phases as phase_registry
 from migrator.config import get_config
-from migrator.core.context import (
-    REFERENCE_CONFLICT_POLICIES,
-    MigrationContext,
-    RunOptions,
-    parse_leave_constraints,
-    parse_schema_renames,
-    parse_table_renames,
-    validate_tenant_ids,
-)
+from migrator.core.command_options import MAX_BATCH_SIZE, batch_size, options_from_arguments, positive
+from migrator.core.context import MigrationContext, RunOptions, validate_tenant_ids
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase
 from migrator.engine import orchestration
 from migrator.engine.runner import PhaseOutcome
-from migrator.management.arguments import (
-    MAX_BATCH_SIZE,
-    batch_size,
-    non_negative,
-    percent,
-    positive,
-    seconds,
-    time_zone_name,
-)
+from migrator.management.arguments import add_options
 from migrator.management.output import ConsoleReporter, outcome_dict, outcome_summary, rehearsal_lines
 from migrator.phases import get_phase, phase_choices, phases_help
 from migrator.phases.prepare import PreparePhase, drift_report
@@ -125,180 +109,7 @@ class Command(BaseCommand):
             help="Output format: text; json, one document at the end; jsonl, one line per phase as it ends "
             "(for a program that follows a long run).",
         )
-        parser.add_argument(
-            "--noinput",
-            "--no-input",
-            action="store_false",
-            dest="interactive",
-            help="Do not ask for confirmation before destructive steps.",
-        )
-        parser.add_argument(
-            "--reference-conflicts",
-            choices=REFERENCE_CONFLICT_POLICIES,
-            default="refuse",
-            help="data: what to do when tenants disagree on a reference row (default refuse).",
-        )
-        parser.add_argument("--validate-only", action="store_true", help="data: only run the validation steps again.")
-        parser.add_argument(
-            "--legacy-timezone",
-            type=time_zone_name,
-            metavar="ZONE",
-            help="data (and what re-checks its copies: sync, cutover, rollback): the time zone the legacy "
-            "application wrote its timestamp (without time zone) values in, e.g. America/New_York; they are "
-            "copied into timestamptz columns as instants of that zone. Default: the database's timezone "
-            "setting. A tenant copied with one zone is not continued with another.",
-        )
-        parser.add_argument(
-            "--leave-constraint",
-            action="append",
-            default=[],
-            metavar="SCHEMA.TABLE.NAME",
-            help="prepare, data: do not carry this CHECK, UNIQUE or EXCLUDE constraint, index, foreign key or "
-            "domain check of a legacy tenant table to the tenant's new table (recorded as left behind); * matches "
-            "any characters, e.g. 'tenant_*.contacts.email_has_at'; repeatable.",
-        )
-        parser.add_argument(
-            "--restore",
-            action="store_true",
-            help="rollback: restore the phase-1 backup instead (found through the backup's manifest "
-            "in SALESFLOW_BACKUP_DIR if the tracking table is gone); rerun it to finish a "
-            "restore that was interrupted.",
-        )
-        parser.add_argument(
-            "--drop-legacy",
-            action="store_true",
-            help="cutover: drop the legacy tables instead of archiving them (asks for confirmation).",
-        )
-        parser.add_argument(
-            "--adopt-roles",
-            action="store_true",
-            help="security: use service roles that already exist (NOLOGIN only) instead of refusing; "
-            "rollback then revokes the migration's grants from them but never drops them.",
-        )
-        parser.add_argument(
-            "--skip-schema",
-            action="append",
-            default=[],
-            metavar="NAME",
-            help="every phase: leave out this tenant_* schema (a tenant, or a schema whose name is not a valid "
-            "tenant id) from this and every later phase; its legacy tables stay untouched, it is recorded and "
-            "shown as EXCLUDED by status; `prepare --tenant ID` takes a tenant back; repeatable.",
-        )
-        parser.add_argument(
-            "--rename-table",
-            action="append",
-            default=[],
-            metavar="SCHEMA.TABLE=LEGACY",
-            help='prepare: the table TABLE of SCHEMA, named in another case (e.g. "Contacts"), is the legacy '
-            "table LEGACY: phase 1 renames it to LEGACY and it is migrated as that table; repeatable.",
-        )
-        parser.add_argument(
-            "--leave-table",
-            action="append",
-            default=[],
-            metavar="SCHEMA.TABLE",
-            help="prepare: a table the registry does not know that holds rows is left where it is, not "
-            "migrated (patterns: '*.notes_2019'); repeatable.",
-        )
-        parser.add_argument(
-            "--leave-dependent",
-            action="append",
-            default=[],
-            metavar="NAME",
-            help="prepare, cutover: an object that depends on a legacy table and that cutover does not carry to "
-            "the new table (a view, a function, a rule, ...) stays with the archived legacy table on purpose; NAME "
-            "as the drift report spells it, * matches any characters (e.g. 'public.report_*'); repeatable.",
-        )
-        parser.add_argument(
-            "--rename-schema",
-            action="append",
-            default=[],
-            metavar="OLD=NEW",
-            help="prepare: rename the tenant_* schema OLD, whose name is not a valid tenant id, to "
-            "tenant_NEW and migrate it as tenant NEW (the old name is recorded); repeatable.",
-        )
-        parser.add_argument(
-            "--target-database",
-            metavar="NAME",
-            help="rehearse: the scratch database the phase-1 backup is restored into "
-            "(default <database>_rehearsal, on the same server).",
-        )
-        parser.add_argument(
-            "--replace",
-            action="store_true",
-            help="rehearse: drop the scratch database if it exists and is not a rehearsal copy "
-            "(a rehearsal copy left by an earlier rehearsal is always replaced).",
-        )
-        parser.add_argument(
-            "--keep",
-            action="store_true",
-            help="rehearse: keep the scratch database (and its service roles) for inspection; "
-            "the next rehearsal drops it.",
-        )
-        parser.add_argument("--rehearsal-backup", metavar="DUMP", help=argparse.SUPPRESS)  # set by rehearse only
-        parser.add_argument(
-            "--load-clients",
-            type=positive,
-            default=4,
-            help="verify: connections of the load test (default 4), lowered to what the server allows.",
-        )
-        parser.add_argument(
-            "--load-seconds",
-            type=seconds,
-            default=10.0,
-            help="verify: at most this many seconds of load (default 10); each query runs on the "
-            "legacy tables, then with the same key on the new ones.",
-        )
-        parser.add_argument(
-            "--load-queries",
-            type=non_negative,
-            default=1000,
-            help="verify: a layout's load ends early once every key query ran this many times "
-            "(default 1000; 0 always runs --load-seconds).",
-        )
-        parser.add_argument(
-            "--load-max-regression",
-            type=percent,
-            default=50.0,
-            metavar="PERCENT",
-            help="verify: the load test fails when a query's p95 latency on the new tables is more "
-            "than PERCENT worse than on the legacy ones (default 50).",
-        )
-
-        parser.add_argument(
-            "--online",
-            action="store_true",
-            help="data: keep the application writing: capture writes to each legacy table before copying it, "
-            "apply them after, then keep the legacy and new tables in two-way sync until `finalize` "
-            "(see docs/online.md).",
-        )
-        parser.add_argument(
-            "--lock-timeout",
-            type=positive,
-            default=200,
-            metavar="MS",
-            dest="lock_timeout_ms",
-            help="data --online, finalize, rollback of an online migration: longest wait in milliseconds for a "
-            "lock that writers queue behind (default 200; below the server's deadlock_timeout); on timeout the "
-            "step's transaction is retried.",
-        )
-        parser.add_argument(
-            "--follow",
-            action="store_true",
-            help="sync: keep applying captured changes until interrupted (SIGINT/SIGTERM end it cleanly).",
-        )
-        parser.add_argument(
-            "--force",
-            action="store_true",
-            help="finalize: archive the legacy tables even though the application still writes them.",
-        )
-        parser.add_argument(
-            "--observe-seconds",
-            type=seconds,
-            default=5.0,
-            help="finalize: how long to watch the legacy tables for the application's writes before archiving "
-            "them (default 5).",
-        )
+        add_options(parser, RunOptions)
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
@@ -330,34 +141,8 @@ class Command(BaseCommand):
             tenant_filter=validate_tenant_ids(options["tenant"]),
             batch_size=options["batch_size"],
             jobs=options["jobs"],
-            options=RunOptions(
-                reference_conflicts=options["reference_conflicts"],
-                validate_only=options["validate_only"],
-                legacy_timezone=options["legacy_timezone"],
-                leave_constraints=parse_leave_constraints(options["leave_constraint"]),
-                restore=options["restore"],
-                drop_legacy=options["drop_legacy"],
-                adopt_roles=options["adopt_roles"],
-                skip_schemas=tuple(dict.fromkeys(options["skip_schema"])),
-                rename_schemas=parse_schema_renames(options["rename_schema"]),
-                rename_tables=parse_table_renames(options["rename_table"]),
-                leave_tables=tuple(dict.fromkeys(options["leave_table"])),
-                leave_dependents=tuple(dict.fromkeys(options["leave_dependent"])),
-                render_sql=options["plan"] or options["verbosity"] >= 3,
-                interactive=options["interactive"],
-                target_database=options["target_database"],
-                replace_target=options["replace"],
-                keep_target=options["keep"],
-                rehearsal_backup=options["rehearsal_backup"],
-                load_clients=options["load_clients"],
-                load_seconds=options["load_seconds"],
-                load_queries=options["load_queries"],
-                load_max_regression=options["load_max_regression"],
-                online=options["online"],
-                lock_timeout_ms=options["lock_timeout_ms"],
-                follow=options["follow"],
-                force=options["force"],
-                observe_seconds=options["observe_seconds"],
+            options=options_from_arguments(
+                RunOptions, options, render_sql=options["plan"] or options["verbosity"] >= 3
             ),
         )
         if options["plan"] or options["check"]:

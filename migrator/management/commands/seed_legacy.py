@@ -9,12 +9,12 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from migrator.config import get_config
+from migrator.core.command_options import non_negative
 from migrator.core.errors import MigrationError
 from migrator.devtools.reset import reset_database
 from migrator.devtools.seed import SeedError, SeedSpec, seed_legacy
 from migrator.engine.lock import MigratorLock
 from migrator.engine.orchestration import check_database
-from migrator.management.arguments import non_negative
 
 
 class Command(BaseCommand):

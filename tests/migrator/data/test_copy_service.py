@@ -13,7 +13,7 @@ from migrator import db
 from migrator.core.context import TenantRef
 from migrator.core.errors import MigrationError
 from migrator.ops import constraints, reference
-from migrator.ops.copy import _mapping_proven, analyze, copy_table, unmapped_references
+from migrator.ops.copy import analyze, copy_table, mapping_proven, unmapped_references
 from migrator.phases.data import tenant_copy
 from migrator.tables import TENANT_DATA_TABLES, reference_table
 
@@ -58,10 +58,10 @@ def drop_legacy_foreign_key() -> None:
 
 def test_a_fully_mapped_column_passes_with_or_without_the_legacy_foreign_key(contacts_copy):
     remap = contacts_copy.remaps[0]
-    assert _mapping_proven(contacts_copy, remap)  # the legacy FK proves it: no scan of the contacts
+    assert mapping_proven(contacts_copy, remap)  # the legacy FK proves it: no scan of the contacts
     assert unmapped_references(contacts_copy) == {}
     drop_legacy_foreign_key()
-    assert not _mapping_proven(contacts_copy, remap)  # nothing to lean on: every row is checked
+    assert not mapping_proven(contacts_copy, remap)  # nothing to lean on: every row is checked
     assert unmapped_references(contacts_copy) == {}
 
 

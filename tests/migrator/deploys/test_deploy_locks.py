@@ -23,9 +23,8 @@ def recorded(schema: str) -> list[tuple[Any, ...]]:
     return rows(sql.SQL("SELECT app, name FROM {} ORDER BY id").format(sql.Identifier(schema, "django_migrations")))
 
 
-def test_two_deploys_at_once_apply_and_record_each_migration_once(prepared: dict[str, Any]) -> None:
-    schemas = [f"tenant_{t}" for t in prepared["tenants"]]
-    run("migrate_phase", "schemas", interactive=False)
+def test_two_deploys_at_once_apply_and_record_each_migration_once(schemas_ready: dict[str, Any]) -> None:
+    schemas = [f"tenant_{t}" for t in schemas_ready["tenants"]]
     connection.close()
 
     first, second = (start_manage("migrate_schemas", "--noinput", env=later_env()) for _ in range(2))
@@ -39,10 +38,11 @@ def test_two_deploys_at_once_apply_and_record_each_migration_once(prepared: dict
         assert len(migrations) == len(set(migrations))
 
 
-def test_a_deploy_while_a_phase_changes_schemas_waits_then_is_refused_in_one_line(prepared: dict[str, Any]) -> None:
+def test_a_deploy_while_a_phase_changes_schemas_waits_then_is_refused_in_one_line(
+    schemas_ready: dict[str, Any],
+) -> None:
     """The phase holds the lock (here: a session named as a phase holds it); the deploy changes nothing."""
-    schemas = [f"tenant_{t}" for t in prepared["tenants"]]
-    run("migrate_phase", "schemas", interactive=False)
+    schemas = [f"tenant_{t}" for t in schemas_ready["tenants"]]
     connection.close()
     holder = psycopg_connect()
     holder.execute("SET application_name = 'salesflow-migrator data on testhost pid 1'")

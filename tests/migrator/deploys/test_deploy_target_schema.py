@@ -18,7 +18,7 @@ from django.db import connection
 from psycopg import sql
 
 from migrator.models import DeferredConstraint, MigrationRecord, Status
-from tests.helpers import run
+from tests.helpers import QUICK_LOAD_ARGUMENTS, run
 from tests.migrator.helpers import (
     count,
     later_env,
@@ -123,7 +123,8 @@ def test_a_later_release_runs_data_sync_verify_and_rollback_with_its_migration_i
     assert rows_where(acme, CONTACTS, "first_name = 'Synced' AND channel = 'email' AND priority = 5") == 1
 
     later("migrate_phase", "security", "--noinput")
-    refused = manage("migrate_phase", "verify", "--noinput", env=later_env(), timeout=300)
+    # the load test shortened: what is checked is the tenant the release's ORM cannot use
+    refused = manage("migrate_phase", "verify", "--noinput", *QUICK_LOAD_ARGUMENTS, env=later_env(), timeout=300)
     assert refused.returncode == 1
     assert "Traceback" not in refused.stderr
     assert (

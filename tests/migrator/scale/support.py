@@ -68,11 +68,11 @@ def rows_read(query: str) -> list[tuple[str, int]]:
 
 
 def catalog_lookups(captured: CaptureQueriesContext) -> list[str]:
-    """The captured SELECTs that read a catalog."""
+    """The captured queries (SELECT, or WITH ... SELECT) that read a catalog."""
     return [
         q["sql"]
         for q in captured.captured_queries
-        if q["sql"].lstrip().upper().startswith("SELECT") and any(name in q["sql"] for name in CATALOGS)
+        if q["sql"].lstrip().upper().startswith(("SELECT", "WITH")) and any(name in q["sql"] for name in CATALOGS)
     ]
 
 

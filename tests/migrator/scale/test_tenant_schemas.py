@@ -109,8 +109,7 @@ def test_a_rerun_after_a_batch_committed_but_was_not_recorded_completes_it(prepa
     assert latest == [(t, "COMPLETED", "already up to date") for t in sorted(tenants)]
 
 
-def test_migrate_schemas_with_nothing_to_apply_runs_migrate_in_no_tenant_schema(prepared: dict[str, Any]) -> None:
-    run("migrate_phase", "schemas", interactive=False)
+def test_migrate_schemas_with_nothing_to_apply_runs_migrate_in_no_tenant_schema(schemas_ready: dict[str, Any]) -> None:
     result = manage("migrate_schemas", "--noinput")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 of 3 tenant schemas have migrations to apply" in result.stdout
@@ -118,10 +117,9 @@ def test_migrate_schemas_with_nothing_to_apply_runs_migrate_in_no_tenant_schema(
 
 
 def test_migrate_schemas_applies_to_the_schemas_behind_in_parallel_and_reports_each_failure(
-    prepared: dict[str, Any],
+    schemas_ready: dict[str, Any],
 ) -> None:
-    tenants = prepared["tenants"]
-    run("migrate_phase", "schemas", interactive=False)
+    tenants = schemas_ready["tenants"]
     broken, *others = [schema_of(t) for t in tenants]
     # The later migration's column already exists there: its ALTER TABLE fails in that schema only.
     db.execute(

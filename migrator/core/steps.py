@@ -85,6 +85,8 @@ class KeyRange:
         return f"{self.index}/{self.count}"
 
 
+# The kind of the record the engine writes for a tenant left out of a phase (--skip-schema).
+EXCLUDE = "exclude"
 # The kinds of the sub-step rows of a large table's key ranges (StepReporter.ranges): a copy's, a validation's.
 COPY_RANGE, VALIDATE_RANGE = "copy_range", "validate_range"
 RANGE_KINDS = (COPY_RANGE, VALIDATE_RANGE)

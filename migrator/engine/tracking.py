@@ -21,7 +21,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 from psycopg import sql
 
-from migrator.core.steps import KeyRange, Step, StepResult
+from migrator.core.steps import EXCLUDE, KeyRange, Step, StepResult
 from migrator.db import render as db_render
 from migrator.models import DEPLOY, DEPLOY_KEY, MigrationRecord, Status, of_steps
 from migrator.step_ref import StepRef
@@ -353,7 +353,8 @@ def record_exclusions(phase: str, phase_number: int | None, tenant_ids: list[str
     now = timezone.now()
     with transaction.atomic():
         for tenant_id in tenant_ids:
-            key = f"{phase}/{tenant_id}/exclude"
+            excluded = StepRef(phase, EXCLUDE)
+            key = excluded.key(tenant_id)
             previous = MigrationRecord.objects.filter(migration_id=key).order_by("-attempt").first()
             MigrationRecord.objects.create(
                 migration_id=key,
@@ -362,7 +363,7 @@ def record_exclusions(phase: str, phase_number: int | None, tenant_ids: list[str
                 phase=phase,
                 phase_number=phase_number,
                 tenant_id=tenant_id,
-                step="exclude",
+                step=excluded.kind,
                 attempt=(previous.attempt + 1) if previous else 1,
                 started_at=now,
                 completed_at=now,

@@ -404,10 +404,19 @@ class MigrationContext:
     options: RunOptions = field(default_factory=RunOptions)
     lock: RunLock | None = field(default=None, compare=False)  # set by the engine while it holds the lock
     _tenants: list[TenantRef] | None = field(default=None, init=False, repr=False)
+    _schemas: frozenset[str] | None = field(default=None, init=False, repr=False)
 
     def forget_tenants(self, known: list[TenantRef] | None = None) -> None:
         """Read the registry again on next use, or take ``known`` as the tenants (an empty registry)."""
         self._tenants = known
+        self._schemas = None
+
+    @property
+    def registered_schemas(self) -> frozenset[str]:
+        """The schemas of ``registered_tenants``, to look up (thousands of tenants, each checked against all)."""
+        if self._schemas is None:
+            self._schemas = frozenset(t.schema for t in self.registered_tenants)
+        return self._schemas
 
     @property
     def registered_tenants(self) -> list[TenantRef]:

@@ -32,10 +32,12 @@ class StepKind:
     ``batch_size`` tenants at once and returns the results of those it did, by step key; the engine
     runs the others with ``apply``, and verifies and records each step on its own either way.
 
-    ``rerunnable`` (tenant steps of phases whose other steps are not, e.g. a validation after the
-    copies): doing the step again changes nothing, so it writes no RUNNING row and its record is
-    written with its tenant's new state, in one statement at the end of the tenant; a run killed
-    before that leaves it as it was, and the next run does it again."""
+    ``rerunnable`` (grants, checks, a validation after the copies): doing a tenant's step of this
+    kind again changes nothing, so it writes no RUNNING row and its record is written with its
+    tenant's new state, in one statement at the end of the tenant; a run killed before that leaves it
+    as it was, and the next run does it again. The one flag for it: a phase whose tenant steps are
+    all rerunnable may run its tenants in batches (``tenants_per_batch``). Phase-wide steps are
+    recorded as each ends, whatever the flag."""
 
     apply: ApplyStep
     verify: VerifyStep = no_problems
@@ -73,11 +75,9 @@ class Phase(ABC):
     requires: ClassVar[str | None] = None
     # Keep going after a failed step (checks that report everything they find, like verify).
     continue_after_failure: ClassVar[bool] = False
-    # Its tenant steps reach the same end state when run again (grants, checks): their tracking rows
-    # need not be flushed one by one; the tenant's state write flushes them (see the runner).
-    tenant_steps_rerunnable: ClassVar[bool] = False
-    # For such phases: tenants run this many at a time inside one ``tenant_batch`` (the phase reads
-    # what its checks need for all of them at once); each tenant is still recorded on its own.
+    # For phases whose tenant steps are all of rerunnable kinds (``StepKind.rerunnable``): tenants run
+    # this many at a time inside one ``tenant_batch`` (the phase reads what its checks need for all of
+    # them at once); each tenant is still recorded on its own.
     tenants_per_batch: ClassVar[int] = 1
     # What rollback undoes: its steps become ROLLED_BACK (and run again next time).
     undone_by_rollback: ClassVar[bool] = False
@@ -140,14 +140,15 @@ class Phase(ABC):
             raise ValueError(f"phase {self.name} declares no phase-wide steps, and {kind!r} names no tenant")
         return Step(self.name, self.number, kind, description, tenant_id, target, sql, destructive)
 
-    def tenant_batch(self, ctx: MigrationContext, tenant_ids: list[str]) -> AbstractContextManager[None]:
-        """Wraps a batch of up to ``tenants_per_batch`` tenants' steps (rerunnable phases only): the place
-        to read, in a few queries, what the steps of all of them would each ask for. Their steps must
-        still work without it (a tenant may run alone)."""
+    def tenant_batch(self, ctx: MigrationContext, tenant_ids: list[str]) -> AbstractContextManager[object]:
+        """Wraps a batch of up to ``tenants_per_batch`` tenants' steps (rerunnable kinds only): the place
+        to read, in a few queries, what the steps of all of them would each ask for. What it yields is
+        handed to each of their steps as ``StepReporter.batch``; a step that gets none (its tenant runs
+        alone) reads the same for a batch of its tenant alone."""
         return nullcontext()
 
     def tenant_context(self, ctx: MigrationContext, tenant_id: str) -> AbstractContextManager[None]:
-        """Wraps one tenant's steps and the write of their records (rerunnable phases only), e.g. one
+        """Wraps one tenant's steps and the write of their records, e.g. one
         schema context for all of them instead of a switch per step."""
         return nullcontext()
 

@@ -142,6 +142,9 @@ class StepReporter:
     table whole. Without an engine the ranges run here, one after the other. ``parallel(tasks)`` runs
     ``(size, task)`` pairs the same way, with nothing recorded (a large table's index builds), and
     returns once all ended, raising the first error one raised.
+
+    ``batch``: what the phase's ``tenant_batch`` read for the batch of tenants this step runs in
+    (None: the step runs outside one), handed to the step explicitly.
     """
 
     progress: Callable[[int, int | None], None] = _ignore
@@ -150,6 +153,7 @@ class StepReporter:
     fence: Callable[[], None] = _ignore
     ranges: RunRanges = ranges_in_order
     parallel: Callable[[list[SizedTask]], None] = tasks_in_order
+    batch: object = None
 
 
 EventKind = Literal["phase_start", "step_start", "step_progress", "step_success", "step_failure", "phase_end", "notice"]

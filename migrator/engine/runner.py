@@ -9,34 +9,27 @@ stops only itself.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from functools import partial
 from itertools import groupby
 
 import psycopg
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from migrator.core.context import MigrationContext
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase
-from migrator.core.steps import (
-    Event,
-    KeyRange,
-    RangeResults,
-    RangeWork,
-    SizedTask,
-    Step,
-    StepReporter,
-    StepResult,
-)
-from migrator.engine import tracking
+from migrator.core.steps import Event, KeyRange, RangeResults, RangeWork, SizedTask, Step, StepReporter, StepResult
+from migrator.engine import recording, tracking
+from migrator.engine.failures import database_error_line, recover_connection
 from migrator.engine.pool import WorkPool, run_in_order
+from migrator.engine.ranges import run_ranges
+from migrator.engine.recording import StepEnd
 from migrator.models import Status
+from tenants.models import MigrationState
 
 logger = logging.getLogger("migrator.runner")
 
@@ -65,15 +58,6 @@ def pending_steps(phase: Phase, ctx: MigrationContext) -> list[Step]:
         return steps
     latest = tracking.latest_states(phase.name)
     return [s for s in steps if s.rerun or (row := latest.get(s.key)) is None or row.status != Status.COMPLETED]
-
-
-def database_error_line(exc: BaseException) -> str:
-    """The server's message on one line, with its DETAIL (the key or row at fault) when it has one."""
-    cause = exc if isinstance(exc, psycopg.Error) else exc.__cause__
-    diag = getattr(cause, "diag", None)
-    message = getattr(diag, "message_primary", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    detail = getattr(diag, "message_detail", None)
-    return " ".join(f"{message} ({detail})".split()) if detail else message
 
 
 def _tenants_of(argument: object) -> list[str]:
@@ -110,7 +94,8 @@ class PhaseRunner:
                 self._run_tenants(phase, group, records, outcome, position, len(steps))
             else:
                 for offset, step in enumerate(group):
-                    self._run_step(phase, step, records[step.key], outcome, position + offset, len(steps))
+                    end = self._run_step(phase, step, records[step.key], outcome, position + offset, len(steps))
+                    recording.record([end])
                     if not outcome.ok and not phase.continue_after_failure:
                         break
             position += len(group)
@@ -149,9 +134,9 @@ class PhaseRunner:
         def run_tenants(tenant_ids: list[str]) -> None:
             """Several tenants' rerunnable steps inside one of the phase's batches, each tenant recorded on its own."""
             try:
-                with phase.tenant_batch(self.ctx, tenant_ids):
+                with phase.tenant_batch(self.ctx, tenant_ids) as batch:
                     for tenant_id in tenant_ids:
-                        self._run_tenant_steps(phase, tenant_id, by_tenant[tenant_id], records, outcome, count)
+                        self._run_tenant_steps(phase, tenant_id, by_tenant[tenant_id], records, outcome, count, batch)
             finally:
                 if self.ctx.jobs > 1:
                     connection.close()
@@ -159,7 +144,7 @@ class PhaseRunner:
         work: list[tuple[Callable[..., None], object]] = [(run_tenant, t) for t in by_tenant]
         kind = phase.kinds.get(steps[0].kind)
         one_kind = all(len(items) == 1 and items[0][1].kind == steps[0].kind for items in by_tenant.values())
-        if phase.tenant_steps_rerunnable and phase.tenants_per_batch > 1:
+        if phase.tenants_per_batch > 1 and all(rerunnable(phase, step) for step in steps):
             ready = [t for t in by_tenant if t not in blocked]
             size = phase.tenants_per_batch
             work = [(run_tenant, t) for t in by_tenant if t in blocked]
@@ -198,8 +183,10 @@ class PhaseRunner:
         run_tenant: Callable[[str], None],
     ) -> Callable[[list[str]], None]:
         """Runs a batch of tenants' single steps through their kind's ``apply_batch`` (one transaction for
-        many small steps), then verifies and records each step on its own; the steps the batch left out
-        or that failed verification run one by one as usual (and report their own errors)."""
+        many small steps), then verifies each step on its own and records those that passed, with
+        their tenants' new states, as each tenant's last step is (see ``engine/recording.py``); the
+        steps the batch left out or that failed verification run one by one as usual (and report
+        their own errors)."""
 
         def run_batch(tenant_ids: list[str]) -> None:
             try:
@@ -208,12 +195,12 @@ class PhaseRunner:
                 batch = [step for _index, step in items]
                 kind = phase.kinds[batch[0].kind]
                 assert kind.apply_batch is not None
-                # Steps that can simply run again write no RUNNING row (as in _run_tenant_steps): a run
-                # killed before their tenant's end leaves them PENDING, and the next run does them again.
-                rerunnable = phase.tenant_steps_rerunnable
+                # Steps that can simply run again write no RUNNING row (as one by one): a run killed
+                # before their tenant's end leaves them PENDING, and the next run does them again.
+                can_rerun = rerunnable(phase, batch[0])
                 started_at = timezone.now()
-                if not rerunnable:
-                    tracking.start_many([records[step.key] for step in batch])
+                if not can_rerun:
+                    started_at = recording.start_many([records[step.key] for step in batch])
                 for index, step in items:
                     self.on_event(Event("step_start", phase.name, step, index=index, count=count))
                 atomic_depth = len(connection.atomic_blocks)
@@ -224,47 +211,29 @@ class PhaseRunner:
                     logger.info(
                         "batch of %d %s steps failed; running them one by one", len(batch), phase.name, exc_info=True
                     )
-                    self._recover_connection(atomic_depth)
+                    recover_connection(atomic_depth)
                     results = {}
                 elapsed = (time.monotonic() - started) / len(batch)
-                done: list[tuple[int, Step, StepResult]] = []
+                done: list[tuple[int, Step, StepEnd]] = []
                 leftover: list[str] = []
                 for tenant_id, (index, step) in zip(tenant_ids, items, strict=True):
                     result = results.get(step.key)
                     if result is None or phase.verify(self.ctx, step, result):
                         leftover.append(tenant_id)
                     else:
-                        done.append((index, step, result))
-                # The steps' COMPLETED rows and their tenants' new state commit together: a run killed
-                # between the two would leave the steps done (never run again) and the tenants behind.
-                if rerunnable:  # tenant by tenant, in order, as the one-by-one way records them
-                    state = phase.tenant_state_on_success
-                    for _index, step, result in done:
-                        tracking.finish_many(
-                            [
-                                tracking.Finished(
-                                    records[step.key].pk, Status.COMPLETED, result, None, started_at, timezone.now()
-                                )
-                            ],
-                            tenant_state=(step.tenant_id or "", state) if state else None,
-                        )
-                else:
-                    with transaction.atomic():
-                        tracking.complete_many([(records[step.key], result) for _index, step, result in done])
-                        if done and phase.tenant_state_on_success:
-                            from tenants.models import Tenant
-
-                            Tenant.objects.filter(tenant_id__in=[step.tenant_id for _i, step, _r in done]).update(
-                                migration_state=phase.tenant_state_on_success
-                            )
-                for index, step, result in done:
-                    outcome.completed.append(step)
-                    outcome.results[step.key] = result
-                    self.on_event(
-                        Event(
-                            "step_success", phase.name, step, result=result, elapsed=elapsed, index=index, count=count
-                        )
+                        end = StepEnd(records[step.key].pk, Status.COMPLETED, result, None, started_at, timezone.now())
+                        done.append((index, step, end))
+                # Each tenant's step is its last: recorded with its state. Steps that can run again are
+                # recorded tenant by tenant, in order, as one by one (a tenant whose write waits, on its
+                # registry row say, holds back no other); the others, started together, end together.
+                state = phase.tenant_state_on_success
+                for group in [[item] for item in done] if can_rerun else [done]:
+                    recording.record(
+                        [end for _index, _step, end in group],
+                        {step.tenant_id or "": state for _index, step, _end in group} if state else None,
                     )
+                for index, step, end in done:
+                    self._account(phase, step, end, outcome, elapsed, index, count)
                 for tenant_id in leftover:
                     run_tenant(tenant_id)
             finally:
@@ -300,9 +269,10 @@ class PhaseRunner:
         count: int,
     ) -> None:
         """Record a step that must not start (its tenant is not ready) as FAILED, without running it."""
-        tracking.finish(tracking.start(record), Status.FAILED, None, reason)
-        outcome.failed.append((step, reason))
-        self.on_event(Event("step_failure", phase.name, step, error=reason, elapsed=0.0, index=index, count=count))
+        now = timezone.now()
+        end = StepEnd(record.pk, Status.FAILED, None, reason, now, now)
+        recording.record([end])
+        self._account(phase, step, end, outcome, 0.0, index, count)
 
     def _run_tenant_steps(
         self,
@@ -312,33 +282,37 @@ class PhaseRunner:
         records: dict[str, tracking.StepRow],
         outcome: PhaseOutcome,
         count: int,
+        batch: object = None,
     ) -> None:
-        """A tenant's steps one by one, each recorded as it ends; except those that can simply run again
-        (every tenant step of a phase with ``tenant_steps_rerunnable``: grants, checks; or of a
-        rerunnable kind: a validation), which write no RUNNING row and are recorded with the tenant's
-        new state in one statement at the end of the tenant (see StepKind). A run killed before that
-        leaves them as they were (PENDING, or as the previous attempt left them): they run again.
-
-        The tenant's last step also ends in that statement (with its RUNNING row written as usual
-        when it cannot simply run again): its record and the tenant's state commit together."""
-        later: list[tracking.Finished] = []
+        """A tenant's steps one by one (``batch``: what the phase read for the batch of tenants it runs
+        in, handed to each step). A step that cannot simply run again writes a RUNNING row and is
+        recorded as soon as it ends; a step that can (``StepKind.rerunnable``: grants, checks, a
+        validation) writes no RUNNING row and is recorded at the end of the tenant, with the tenant's
+        last step to run and its new state, in one statement (see ``engine/recording.py``). A run
+        killed before that leaves them as they were (PENDING, or as the previous attempt left them):
+        they run again."""
+        with_state: list[StepEnd] = []
         state: str | None = None
         last = len(steps) - 1
         with phase.tenant_context(self.ctx, tenant_id):
             try:
                 for position, (index, step) in enumerate(steps):
-                    rerunnable = phase.tenant_steps_rerunnable or phase.kinds[step.kind].rerunnable
-                    finished = later if rerunnable or position == last else None
-                    running_row = not rerunnable
-                    if not self._run_step(phase, step, records[step.key], outcome, index, count, finished, running_row):
-                        state = "FAILED"
+                    can_rerun = rerunnable(phase, step)
+                    record = records[step.key]
+                    end = self._run_step(phase, step, record, outcome, index, count, not can_rerun, batch)
+                    if not end.completed:
+                        with_state.append(end)
+                        state = MigrationState.FAILED
                         break
+                    if can_rerun or position == last:
+                        with_state.append(end)
+                    else:
+                        recording.record([end])
                 else:
                     state = phase.tenant_state_on_success
             finally:
                 # Also when the run stops mid-tenant (LockLost): what ran is recorded.
-                if later or state:
-                    tracking.finish_many(later, tenant_state=(tenant_id, state) if state else None)
+                recording.record(with_state, {tenant_id: state} if state else None)
 
     def _run_step(
         self,
@@ -348,16 +322,15 @@ class PhaseRunner:
         outcome: PhaseOutcome,
         index: int,
         count: int,
-        finished: list[tracking.Finished] | None = None,
-        running_row: bool | None = None,
-    ) -> bool:
-        """Run one step and record how it ended; ``finished``: append the record to it instead of
-        writing it (the caller writes the batch), and write no RUNNING row either unless
-        ``running_row`` (a step that cannot simply run again, recorded later with its tenant's state)."""
+        running_row: bool = True,
+        batch: object = None,
+    ) -> StepEnd:
+        """Run one step and return how it ended, for the caller to record (``running_row``: mark the
+        step RUNNING first; a step that can simply run again does without; ``batch``: see
+        ``StepReporter.batch``)."""
         self.still_locked()  # a run that lost the lock starts nothing more (LockLost ends the run)
-        if finished is None or running_row:
-            record = tracking.start(record)
-        started_at = record.started_at if running_row and record.started_at else timezone.now()
+        started_at = recording.start(record).started_at if running_row else None
+        started_at = started_at or timezone.now()
         atomic_depth = len(connection.atomic_blocks)
         started = time.monotonic()
         self.on_event(Event("step_start", phase.name, step, index=index, count=count))
@@ -385,6 +358,7 @@ class PhaseRunner:
                 replace(step, target=part) if part else step, kind, plan, work, resume, progress
             ),
             parallel=self._share,
+            batch=batch,
         )
         result: StepResult | None = None
         try:
@@ -402,26 +376,37 @@ class PhaseRunner:
             logger.exception("step %s failed unexpectedly", step.key)
             error = f"{type(exc).__name__}: {exc}"
         if error is not None:
-            self._recover_connection(atomic_depth)
-        elapsed = time.monotonic() - started
-        if error is None:
-            self._finish(record, Status.COMPLETED, result, None, started_at, finished)
+            recover_connection(atomic_depth)
+        status = Status.COMPLETED if error is None else Status.FAILED
+        end = StepEnd(record.pk, status, result, error, started_at, timezone.now())
+        self._account(phase, step, end, outcome, time.monotonic() - started, index, count)
+        return end
+
+    def _account(
+        self, phase: Phase, step: Step, end: StepEnd, outcome: PhaseOutcome, elapsed: float, index: int, count: int
+    ) -> None:
+        """A step's end in the phase's outcome and as an event, whichever way it ran."""
+        if end.completed:
             outcome.completed.append(step)
-            outcome.results[step.key] = result or StepResult()
-            if result is not None and phase.moves_rows(step):
-                outcome.rows_moved += result.rows_copied or 0
-            self.on_event(
-                Event("step_success", phase.name, step, result=result, elapsed=elapsed, index=index, count=count)
+            outcome.results[step.key] = end.result or StepResult()
+            if end.result is not None and phase.moves_rows(step):
+                outcome.rows_moved += end.result.rows_copied or 0
+            event = Event(
+                "step_success", phase.name, step, result=end.result, elapsed=elapsed, index=index, count=count
             )
-            return True
-        self._finish(record, Status.FAILED, result, error, started_at, finished)
-        outcome.failed.append((step, error))
-        self.on_event(
-            Event(
-                "step_failure", phase.name, step, result=result, error=error, elapsed=elapsed, index=index, count=count
+        else:
+            outcome.failed.append((step, end.error or ""))
+            event = Event(
+                "step_failure",
+                phase.name,
+                step,
+                result=end.result,
+                error=end.error,
+                elapsed=elapsed,
+                index=index,
+                count=count,
             )
-        )
-        return False
+        self.on_event(event)
 
     def _run_ranges(
         self,
@@ -432,51 +417,12 @@ class PhaseRunner:
         resume: bool,
         progress: Callable[[int, int | None], None],
     ) -> RangeResults:
-        """A step's ranges (see ``StepReporter.ranges``): the plan an earlier attempt recorded, else
-        ``plan()`` recorded now; each range not yet COMPLETED (with ``resume``; else every range) is done
-        on whichever connection is free, with a tracking row of its own that its batches' checkpoints
-        commit with. A recorded plan is kept even by a step that does all its ranges again (a
-        validation): its ranges keep their rows, so none is left behind as an earlier attempt left it."""
-        recorded = tracking.recorded_ranges(step, kind)
-        if recorded and not resume:  # the same ranges (their rows stay the table's), all done again
-            recorded = [(replace(r, resume_after=None, rows_done=0), row, Status.PENDING) for r, row, _s in recorded]
-        results: dict[int, tuple[KeyRange, StepResult]] = {}
-        if recorded:
-            todo = [key_range for key_range, _row, status in recorded if status != Status.COMPLETED]
-            for key_range, _row, status in recorded:
-                if status == Status.COMPLETED:
-                    results[key_range.index] = (key_range, StepResult(rows_copied=key_range.rows_done))
-        else:
-            todo = plan()
-            if len(todo) < 2:
-                return None
-        rows = tracking.record_ranges(step, kind, todo)
-        done = {r.index: r.rows_done for r in todo} | {
-            i: result.rows_copied or 0 for i, (_r, result) in results.items()
-        }
-        planned = (
-            sum(r.rows_planned for r, _row, _status in recorded) if recorded else sum(r.rows_planned for r in todo)
-        )
-        lock = threading.Lock()
+        """A step's ranges (see ``StepReporter.ranges`` and ``engine/ranges.py``), on whichever
+        connection of the run is free."""
+        return run_ranges(step, kind, plan, work, resume, progress, self._share_as_is, self.still_locked)
 
-        def range_progress(index: int, rows: int) -> None:
-            with lock:
-                done[index] = rows
-                total = sum(done.values())
-            progress(total, planned)
-
-        def task(key_range: KeyRange) -> Callable[[], None]:
-            def run() -> None:
-                results[key_range.index] = (
-                    key_range,
-                    self._run_range(key_range, rows[key_range.index], work, range_progress),
-                )
-
-            return run
-
-        tasks = [(r.rows_planned, task(r)) for r in todo]
+    def _share_as_is(self, tasks: list[SizedTask]) -> None:
         (self._pool.share if self._pool is not None else run_in_order)(tasks)
-        return [results[index] for index in sorted(results)]
 
     def _share(self, tasks: list[SizedTask]) -> None:
         """``tasks`` on whichever connection of the run is free (see ``StepReporter.parallel``)."""
@@ -488,76 +434,15 @@ class PhaseRunner:
                 try:
                     task()
                 except BaseException:
-                    self._recover_connection(atomic_depth)
+                    recover_connection(atomic_depth)
                     raise
 
             return run
 
-        shared = [(size, recovering(task)) for size, task in tasks]
-        (self._pool.share if self._pool is not None else run_in_order)(shared)
+        self._share_as_is([(size, recovering(task)) for size, task in tasks])
 
-    def _run_range(
-        self,
-        key_range: KeyRange,
-        record: tracking.StepRow,
-        work: RangeWork,
-        range_progress: Callable[[int, int], None],
-    ) -> StepResult:
-        """One range on this thread's connection, recorded on its own row; its error is re-raised for
-        the step (which fails with it) after the row says FAILED."""
-        self.still_locked()
-        tracking.start(record)
-        atomic_depth = len(connection.atomic_blocks)
-        reporter = StepReporter(
-            progress=lambda rows, _total: range_progress(key_range.index, rows),
-            checkpoint=lambda key, rows: tracking.save_checkpoint(record.pk, key, rows),
-            fence=self.still_locked,
-        )
-        try:
-            result = work(key_range, reporter)
-        except BaseException as exc:
-            self._recover_connection(atomic_depth)
-            error = str(exc) if isinstance(exc, MigrationError) else f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, DatabaseError | psycopg.Error):
-                error = f"database error: {database_error_line(exc)}"
-            tracking.finish(record, Status.FAILED, None, error)
-            raise
-        tracking.finish(record, Status.COMPLETED, result)
-        return result
 
-    @staticmethod
-    def _finish(
-        record: tracking.StepRow,
-        status: Status,
-        result: StepResult | None,
-        error: str | None,
-        started_at: datetime,
-        finished: list[tracking.Finished] | None,
-    ) -> None:
-        if finished is None:
-            tracking.finish(record, status, result, error)
-        else:
-            finished.append(tracking.Finished(record.pk, status, result, error, started_at, timezone.now()))
-
-    @staticmethod
-    def _recover_connection(atomic_depth: int) -> None:
-        """Leave the connection as the step found it, whatever the step left behind.
-
-        Django's schema editor leaves its transaction open when deferred SQL fails, and a killed
-        backend leaves a dead connection; either would make recording the failure fail too.
-        """
-        try:
-            while len(connection.atomic_blocks) > atomic_depth:
-                leaked = connection.atomic_blocks[-1]
-                leaked.__exit__(RuntimeError, RuntimeError("step failed"), None)  # rolls back and pops
-        except (DatabaseError, psycopg.Error):
-            # The step's own error is the one to report; a connection that cannot even roll back is dropped.
-            logger.info("cleaning up after a failed step failed", exc_info=True)
-            del connection.atomic_blocks[atomic_depth:]
-            if not connection.atomic_blocks:  # nothing of the caller's is open: a fresh connection next time
-                connection.in_atomic_block = False
-                connection.needs_rollback = False
-            connection.close()
-            return
-        if connection.connection is not None and not connection.in_atomic_block and not connection.is_usable():
-            connection.close()
+def rerunnable(phase: Phase, step: Step) -> bool:
+    """Whether doing ``step`` (a tenant's) again changes nothing (``StepKind.rerunnable``)."""
+    kind = phase.kinds.get(step.kind)
+    return kind is not None and kind.rerunnable

@@ -1,13 +1,12 @@
-"""Writes the tracking rows of ``public.schema_migrations``; the runner is its only user.
+"""Reads and writes the tracking rows of ``public.schema_migrations`` for the engine; how a step
+started and ended is written by ``engine/recording.py``.
 
 Every write here commits at once (autocommit), so the table always shows what is happening,
-even while a step's own transaction is open on another connection; except :func:`finish_many`,
-which the runner calls inside the transaction that also sets the tenant's state.
+even while a step's own transaction is open on another connection.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from collections.abc import Iterable
@@ -16,8 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from django.db import connection
-from django.db.models import DurationField, ExpressionWrapper, F, Func, JSONField, Max, Value
-from django.db.models.functions import Coalesce
+from django.db.models import Max
 from django.utils import timezone
 from psycopg import sql
 
@@ -130,43 +128,6 @@ def ensure_pending(steps: list[Step], latest: dict[str, StepState]) -> dict[str,
     }
 
 
-def start(record: StepRow) -> StepRow:
-    """RUNNING, committed without waiting for the WAL flush: a server crash may lose it, which leaves
-    the row PENDING (the step reruns, as it would after being RUNNING: ``close_interrupted``); the
-    COMPLETED write after the step's work is synchronous and flushes this one with it."""
-    from django_tenants.utils import get_public_schema_name
-
-    record.status = Status.RUNNING
-    record.started_at = timezone.now()
-    # One statement, its own transaction: the setting, local to it, holds for its commit.
-    query = sql.SQL(
-        "UPDATE {table} SET status = %s, started_at = %s, host = %s, pid = %s "
-        "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit WHERE id = %s"
-    ).format(table=sql.Identifier(get_public_schema_name(), MigrationRecord._meta.db_table))
-    with connection.cursor() as cursor:
-        cursor.execute(db_render(query), [str(record.status), record.started_at, HOST, os.getpid(), record.pk])
-    return record
-
-
-def start_many(records: list[StepRow]) -> None:
-    """``start`` for a batch of steps, in one statement."""
-    now = timezone.now()
-    MigrationRecord.objects.filter(pk__in=[r.pk for r in records]).update(
-        status=Status.RUNNING, started_at=now, host=HOST, pid=os.getpid()
-    )
-    for record in records:
-        record.status, record.started_at = Status.RUNNING, now
-
-
-def complete_many(done: list[tuple[StepRow, StepResult]]) -> None:
-    """``finish`` as COMPLETED for a batch of started steps, in one statement."""
-    now = timezone.now()
-    finish_many([Finished(r.pk, Status.COMPLETED, result, None, r.started_at or now, now) for r, result in done])
-
-
-ASYNC_COMMIT = "SELECT set_config('synchronous_commit', 'off', true)"
-
-
 # The result's columns of a tracking row, and their types.
 RESULT_COLUMNS = {
     "rows_expected": "bigint",
@@ -176,131 +137,13 @@ RESULT_COLUMNS = {
 }
 
 
-def _result_details(result: StepResult | None) -> dict[str, Any]:
+def result_details(result: StepResult | None) -> dict[str, Any]:
     if result is None:
         return {}
     details = dict(result.details)
     if result.message:
         details["message"] = result.message
     return details
-
-
-def _result_fields(result: StepResult | None) -> dict[str, Any]:
-    if result is None:
-        return {}
-    fields: dict[str, Any] = {name: value for name in RESULT_COLUMNS if (value := getattr(result, name)) is not None}
-    details = _result_details(result)
-    if details:
-        # Merged into what the row holds: the step may have written details meanwhile.
-        fields["details"] = Func(
-            F("details"),
-            Value(details, output_field=JSONField()),
-            function="",
-            arg_joiner=" || ",
-            output_field=JSONField(),
-        )
-    return fields
-
-
-def finish(record: StepRow, status: Status, result: StepResult | None, error: str | None = None) -> None:
-    """One UPDATE of the fields the step's end sets: the step may have written checkpoints to this
-    row meanwhile, and they stay."""
-    completed_at = timezone.now()
-    MigrationRecord.objects.filter(pk=record.pk).update(
-        status=status,
-        completed_at=completed_at,
-        duration=ExpressionWrapper(
-            Value(completed_at) - Coalesce(F("started_at"), Value(completed_at)), output_field=DurationField()
-        ),
-        error_message=error,
-        **_result_fields(result),
-    )
-
-
-@dataclass(frozen=True)
-class Finished:
-    """How a step ended, to be written later with others (:func:`finish_many`)."""
-
-    record_id: int
-    status: Status
-    result: StepResult | None
-    error: str | None
-    started_at: datetime
-    completed_at: datetime
-
-
-def finish_many(finished: list[Finished], tenant_state: tuple[str, str] | None = None) -> None:
-    """Record several steps' ends in one UPDATE (start and end times included: no RUNNING row was written).
-
-    ``tenant_state`` (tenant id, state): the tenant's new registry state, set by the same statement, so
-    the steps' rows and the state commit together (or neither does) without a transaction of their own.
-    The tables are named with their schema: the caller may be in a tenant's schema context.
-    """
-    if tenant_state is not None:
-        _finish_with_state(finished, *tenant_state)
-        return
-    if not finished:
-        return
-    with connection.cursor() as cursor:
-        cursor.execute(db_render(_finish_query(finished)))
-
-
-def _finish_with_state(finished: list[Finished], tenant_id: str, state: str) -> None:
-    from django_tenants.utils import get_public_schema_name
-
-    from tenants.models import Tenant
-
-    # Values as literals, as the steps' rows are: the statement then runs without parameters, so no
-    # '%' in a step's details can be taken for a placeholder.
-    query = sql.SQL("UPDATE {tenants} SET migration_state = {state} WHERE tenant_id = {tenant_id}").format(
-        tenants=sql.Identifier(get_public_schema_name(), Tenant._meta.db_table),
-        state=sql.Literal(str(state)),
-        tenant_id=sql.Literal(tenant_id),
-    )
-    if finished:
-        query = sql.SQL("WITH finished AS ({finish}) ").format(finish=_finish_query(finished)) + query
-    with connection.cursor() as cursor:
-        cursor.execute(db_render(query))
-
-
-def _finish_query(finished: list[Finished]) -> sql.Composed:
-    from django_tenants.utils import get_public_schema_name
-
-    values = sql.SQL(", ").join(
-        sql.SQL("({})").format(
-            sql.SQL(", ").join(
-                [
-                    sql.Literal(f.record_id),
-                    sql.Literal(str(f.status)),
-                    sql.Literal(f.started_at),
-                    sql.Literal(f.completed_at),
-                    sql.Literal(f.error),
-                    *(sql.Literal(getattr(f.result, name, None)) for name in RESULT_COLUMNS),
-                    sql.Literal(json.dumps(_result_details(f.result))),
-                ]
-            )
-        )
-        for f in finished
-    )
-    columns = sql.SQL(", ").join(sql.Identifier(name) for name in RESULT_COLUMNS)
-    assignments = sql.SQL(", ").join(
-        sql.SQL("{c} = coalesce(v.{c}::{t}, m.{c})").format(c=sql.Identifier(name), t=sql.SQL(type_name))
-        for name, type_name in RESULT_COLUMNS.items()
-    )
-    return sql.SQL(
-        "UPDATE {table} m SET status = v.status, started_at = v.started_at::timestamptz, "
-        "completed_at = v.completed_at::timestamptz, "
-        "duration = v.completed_at::timestamptz - v.started_at::timestamptz, error_message = v.error::text, "
-        "host = {host}, pid = {pid}, details = m.details || v.details::jsonb, {assignments} "
-        "FROM (VALUES {values}) v(id, status, started_at, completed_at, error, {columns}, details) WHERE m.id = v.id"
-    ).format(
-        table=sql.Identifier(get_public_schema_name(), MigrationRecord._meta.db_table),
-        host=sql.Literal(HOST),
-        pid=sql.Literal(os.getpid()),
-        assignments=assignments,
-        values=values,
-        columns=columns,
-    )
 
 
 def save_checkpoint(record_id: int, checkpoint: int | None, rows_copied: int) -> None:

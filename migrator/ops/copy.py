@@ -20,12 +20,11 @@ import contextlib
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from django.db import DatabaseError, DataError, connection, transaction
+from django.db import DatabaseError, DataError, transaction
 from psycopg import sql
 
 from migrator import catalog, db
@@ -401,10 +400,6 @@ def _fence_key(schema: str, table: str, part: int | None = None) -> list[int]:
     return [RANGE_FENCE_NAMESPACE, zlib.crc32(f"{schema}.{table}#{part}".encode()) & 0x7FFFFFFF]
 
 
-# Fences this thread holds: (id of the psycopg connection, key). A new connection holds none.
-_fences_held: ContextVar[frozenset[tuple[int, int, int]]] = ContextVar("table_fences_held", default=frozenset())
-
-
 @contextmanager
 def table_fence(schema: str, table: str, part: int | None = None) -> Iterator[None]:
     """Only one runner writes ``schema.table`` at a time, whatever the migrator lock says.
@@ -413,19 +408,14 @@ def table_fence(schema: str, table: str, part: int | None = None) -> Iterator[No
     connection, and the batches cannot outlive it either (they run on it), so, unlike the
     migrator lock on its idle connection, it is never lost while batches still commit. A second
     runner that reaches the table while it is held is refused at once; each batch also checks that
-    its connection still holds it (see :func:`_check_fence`). Re-entrant within one session.
+    its connection still holds it (see :func:`_check_fence`). A caller that holds it already around a
+    copy (a tenant's copy step: the fence covers its constraints too) tells the copy so
+    (``copy_table(..., fence_held=True)``) rather than taking it twice.
 
     ``part``: the fence of one key range of the table (a table copied in ranges is written by several
     connections of one run at once, each range by one of them, under the table's fence held by the step).
     """
     key = _fence_key(schema, table, part)
-    connection.ensure_connection()
-    held = (id(connection.connection), key[0], key[1])
-    if held in _fences_held.get():
-        # Held by an enclosing block on this very connection (a tenant's copy step around the copy):
-        # taking it again would only count one more hold; each batch still checks the server.
-        yield
-        return
     if not db.fetchvalue("SELECT pg_try_advisory_lock(%s, %s)", key):
         holder = db.fetchvalue(
             "SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
@@ -438,11 +428,9 @@ def table_fence(schema: str, table: str, part: int | None = None) -> Iterator[No
             f"{what} is being written by another migrate_phase (server pid {holder or 'unknown'}); nothing "
             "was copied: let that run finish (or stop it), then rerun the phase"
         )
-    token = _fences_held.set(_fences_held.get() | {held})
     try:
         yield
     finally:
-        _fences_held.reset(token)
         with contextlib.suppress(DatabaseError):  # a dead connection took the lock with it
             db.execute("SELECT pg_advisory_unlock(%s, %s)", key)
 
@@ -592,14 +580,19 @@ class CopyStats:
 SILENT = StepReporter()  # a copy nobody watches (tests, tools)
 
 
-def copy_table(copy: TableCopy, batch_size: int, reporter: StepReporter = SILENT) -> CopyStats:
+def copy_table(
+    copy: TableCopy, batch_size: int, reporter: StepReporter = SILENT, fence_held: bool = False
+) -> CopyStats:
     """Copy every source row not yet in the target, in key order, one committed batch at a time.
 
     ``reporter.checkpoint`` runs inside each batch's transaction, so what it stores commits with the batch.
     Exactly once does not rest on the migrator lock alone: the copy holds the table's fence
-    (:func:`table_fence`) from before it reads where to resume until its last batch, and every batch
-    checks it and ``reporter.fence`` first, so two runners can never both write the table.
+    (:func:`table_fence`; ``fence_held``: the caller holds it already, on this connection) from before
+    it reads where to resume until its last batch, and every batch checks it and ``reporter.fence``
+    first, so two runners can never both write the table.
     """
+    if fence_held:
+        return _copy_table(copy, batch_size, reporter)
     with table_fence(copy.target_schema, copy.target_table):
         return _copy_table(copy, batch_size, reporter)
 

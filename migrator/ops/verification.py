@@ -137,10 +137,25 @@ def row_counts(tenant_ids: list[str]) -> dict[str, dict[str, int]]:
     return counts
 
 
-def tenant_table_problems(schema: str) -> list[str]:
-    # The catalog keyed by schema: information_schema.tables reads every tenant's tables to find one schema's.
-    present = catalog.tables_by_schema([schema])[schema]
-    return [f"{schema}.{t.table} is missing" for t in TENANT_DATA_TABLES if t.table not in present]
+def missing_tenant_tables(schemas: list[str]) -> dict[str, list[str]]:
+    """Schema -> the tenant-data tables (ordinary or partitioned) it does not hold, in registry order;
+    one query for all of ``schemas``. Each table is looked up by its qualified name (an index lookup):
+    a scan of the catalog for the schemas' tables grows with the tenants."""
+    rows = db.fetchall(
+        "SELECT s, t FROM unnest(%s::text[]) s, unnest(%s::text[]) WITH ORDINALITY AS x(t, n) "
+        "WHERE NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = to_regclass(format('%%I.%%I', s, t)) "
+        "AND c.relkind IN ('r', 'p')) ORDER BY s, n",
+        [schemas, [t.table for t in TENANT_DATA_TABLES]],
+    )
+    missing: dict[str, list[str]] = {schema: [] for schema in schemas}
+    for schema, table in rows:
+        missing[schema].append(table)
+    return missing
+
+
+def tenant_table_problems(schema: str, missing: list[str]) -> list[str]:
+    """``missing``: what :func:`missing_tenant_tables` found for ``schema``."""
+    return [f"{schema}.{table} is missing" for table in missing]
 
 
 def denied(objects: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], bool]:

@@ -12,6 +12,7 @@ from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.engine import tracking
 from migrator.models import Status
+from migrator.modes import mode_for
 from migrator.ops import archive, dependents, fingerprint, reference
 from migrator.ops.copies import (
     auth_copy,
@@ -22,7 +23,6 @@ from migrator.ops.copies import (
     validation_fingerprints,
 )
 from migrator.ops.copy import TableCopy
-from migrator.phases import online
 from migrator.step_ref import StepRef
 from migrator.tables import AUTH_TABLES, LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES, REFERENCE_TABLES, TENANT_DATA_TABLES
 from tenants.models import MigrationState, Tenant
@@ -217,11 +217,11 @@ class CutoverPhase(Phase):
         return StepResult(message="created" if created else "exists")
 
     def _archive_tenant_tables(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
-        drop = ctx.options.drop_legacy
         tenant = TenantRef(step.tenant_id or "")
-        if online.is_online(tenant.schema):  # migrated with data --online: archived by finalize
-            self._refuse_drop_online(ctx, tenant.schema)
-            return online.declare_new_primary(ctx, tenant.schema, reporter)
+        return mode_for(tenant.schema).cut_over(ctx, tenant.schema, reporter, lambda: self._archive_tenant(ctx, tenant))
+
+    def _archive_tenant(self, ctx: MigrationContext, tenant: TenantRef) -> StepResult:
+        drop = ctx.options.drop_legacy
         if not drop and (moved_before := _archived_by_an_earlier_attempt(tenant, ctx.config.archive_schema)):
             return StepResult(
                 message=f"{len(moved_before)} legacy tables already archived (by an attempt stopped before "
@@ -275,12 +275,13 @@ class CutoverPhase(Phase):
         )
 
     def _archive_auth_tables(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
+        self._require_auth_migrated(ctx)
+        auth = ctx.config.legacy_auth_schema
+        return mode_for(auth).cut_over(ctx, auth, reporter, lambda: self._archive_auth(ctx))
+
+    def _archive_auth(self, ctx: MigrationContext) -> StepResult:
         cfg = ctx.config
         drop = ctx.options.drop_legacy
-        self._require_auth_migrated(ctx)
-        if online.is_online(cfg.legacy_auth_schema):  # data --online: archived by finalize
-            self._refuse_drop_online(ctx, cfg.legacy_auth_schema)
-            return online.declare_new_primary(ctx, cfg.legacy_auth_schema, reporter)
         validated = {
             VALIDATION.key(None, auth_validation_target(table)): in_legacy_timezone(
                 ctx, auth_copy(cfg.legacy_auth_schema, table)
@@ -309,14 +310,6 @@ class CutoverPhase(Phase):
             message=f"{len(moved)} legacy auth tables {'dropped' if drop else 'archived'}",
             details={"archived": moved, "legacy_schema_dropped": dropped_schema, "sequences": sequences},
         )
-
-    @staticmethod
-    def _refuse_drop_online(ctx: MigrationContext, scope: str) -> None:
-        if ctx.options.drop_legacy:
-            raise MigrationError(
-                f"{scope} is migrated online: its legacy tables stay in two-way sync until `migrate_phase finalize` "
-                "archives them (rollback needs them until then); run cutover without --drop-legacy"
-            )
 
     @staticmethod
     def _require_auth_migrated(ctx: MigrationContext) -> None:
@@ -355,11 +348,10 @@ class CutoverPhase(Phase):
         return StepResult(message=f"{live} of {total} tenants live", details={"live": live, "tenants": total})
 
     def _check_tenant_archived(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
-        if result.details.get("two_way"):  # online: the legacy tables stay in sync until finalize
-            return []
         schema = TenantRef(step.tenant_id or "").schema
-        left = catalog.tables_by_schema([schema])[schema] & set(LEGACY_TENANT_TABLES)
-        return [f"legacy table {schema}.{t} still present" for t in sorted(left)]
+        return mode_for(schema).cut_over_problems(
+            schema, lambda: sorted(catalog.tables_by_schema([schema])[schema] & set(LEGACY_TENANT_TABLES))
+        )
 
     def _check_every_tenant_live(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
         # Runs after every tenant step of this run: a tenant that failed its cutover shows here.

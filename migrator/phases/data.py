@@ -11,13 +11,12 @@ from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
-from migrator.models import DeferredConstraint
+from migrator.modes import MigrationMode, mode_for
 from migrator.ops import carried, constraints, fingerprint, ranges, reference, twoway
 from migrator.ops.copies import (
     auth_copy,
     auth_table_validated,
     auth_validation_target,
-    compare,
     compare_in_ranges,
     continue_sequence_of,
     in_legacy_timezone,
@@ -39,7 +38,6 @@ from migrator.ops.copy import (
     type_differences,
 )
 from migrator.ops.target_columns import refuse_unmapped_legacy_columns
-from migrator.phases import online
 from migrator.step_ref import StepRef
 from migrator.tables import (
     LEGACY_AUTH_TABLES,
@@ -97,6 +95,12 @@ def small_table(copy: TableCopy, batch_size: int) -> bool:
 ANALYZE_FROM_ROWS = 1000
 
 
+def mode_of(ctx: MigrationContext, scope: str | None = None) -> MigrationMode:
+    """The mode ``scope`` is copied and validated in (``--online``, or an earlier ``data --online``);
+    with no scope, the run's."""
+    return mode_for(scope, migrating_online=ctx.options.online)
+
+
 def in_ranges(ctx: MigrationContext, copy: TableCopy) -> bool:
     """Whether a large ``copy`` may go by key ranges: a single integer key. Online too: the capture
     installed before the copy records every write behind the ranges, applied once they are all in."""
@@ -126,13 +130,12 @@ class DataPhase(Phase):
         if ctx.options.legacy_timezone is not None:  # refused before anything runs: an unknown zone, or
             # another zone than some tenant of this run was copied in
             refuse_another_timezone(ctx, legacy_timezone(ctx.options)[0])
-        if ctx.options.online:  # before anything is copied: its short locks must end before a deadlock check
-            online.check_lock_timeout(ctx.options.lock_timeout_ms)
+        run_mode = mode_of(ctx)
+        run_mode.refuse_options(ctx)
         legacy_auth = ctx.config.legacy_auth_schema
         validate_only = ctx.options.validate_only
         with_sql = ctx.options.render_sql
         steps: list[Step] = []
-        online_copy = ctx.options.online and not validate_only
         if not ctx.tenant_filter:
             for table in LEGACY_AUTH_TABLES:
                 # Read from the catalog only to show the SQL: the target may change before the step runs.
@@ -146,8 +149,8 @@ class DataPhase(Phase):
                             sql=(copy.preview(),) if copy else (),
                         )
                     )
-            if online_copy:
-                steps.append(self._two_way_step(legacy_auth, None))
+            if not validate_only:
+                steps += run_mode.scope_steps(self, legacy_auth, None)
             for table in LEGACY_AUTH_TABLES:
                 copy = auth_copy(legacy_auth, table)
                 steps.append(
@@ -183,8 +186,8 @@ class DataPhase(Phase):
                             sql=(tenant_copy(tenant, spec).preview(),) if with_sql else (),
                         )
                     )
-            if online_copy:
-                steps.append(self._two_way_step(tenant.schema, tenant.tenant_id))
+            if not validate_only:
+                steps += run_mode.scope_steps(self, tenant.schema, tenant.tenant_id)
             for spec in TENANT_DATA_TABLES:
                 steps.append(
                     self.step(
@@ -195,15 +198,6 @@ class DataPhase(Phase):
                     )
                 )
         return steps
-
-    def _two_way_step(self, scope: str, tenant_id: str | None) -> Step:
-        return self.step(
-            "start_two_way_sync",
-            f"Apply the last changes captured on {scope} and keep its legacy and new tables in two-way sync "
-            "(short lock, --lock-timeout per attempt); both sides' sequences in one id space",
-            tenant_id=tenant_id,
-            target=scope,
-        )
 
     def step_kinds(self) -> dict[str, StepKind]:
         return {
@@ -240,7 +234,7 @@ class DataPhase(Phase):
             return super().apply(ctx, step, reporter)
 
     def _start_two_way_sync(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
-        return online.start_two_way_sync(ctx, step.target, reporter)
+        return mode_of(ctx, step.target).start_sync(ctx, step.target, reporter)
 
     def _check_two_way_sync(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
         return [] if twoway.is_synced(step.target) else [f"{step.target} is not in two-way sync"]
@@ -266,11 +260,12 @@ class DataPhase(Phase):
         check_columns(copy)
         copy.refuse_unfillable()
         copy = in_legacy_timezone(ctx, copy)
-        online.capture_before_copy(ctx, legacy, [step.target])  # --online only
+        copy_mode = mode_of(ctx, legacy)
+        copy_mode.before_copy(ctx, legacy, [step.target])
         stats = copy_table(copy, ctx.batch_size, reporter)
         # Same ids as legacy: new ones continue after every id the legacy sequence ever issued.
         sequence = continue_sequence_of(copy)
-        applied = online.apply_after_copy(ctx, legacy, [step.target], reporter)  # --online only
+        applied = copy_mode.after_copy(ctx, legacy, [step.target], reporter)
         return StepResult(
             message=f"{stats.rows_copied} rows",
             rows_expected=stats.rows_source,
@@ -282,11 +277,12 @@ class DataPhase(Phase):
         policy = ctx.options.reference_conflicts
         ref = reference_table(step.target)
         tenant_ids = [t.tenant_id for t in ctx.registered_tenants]
-        for tenant_id in tenant_ids:  # --online only: capture before the rows are read
-            online.capture_before_copy(ctx, TenantRef(tenant_id).schema, [ref.legacy_table])
+        run_mode = mode_of(ctx)  # every tenant's rows in one step: the run's mode
+        for tenant_id in tenant_ids:
+            run_mode.before_copy(ctx, TenantRef(tenant_id).schema, [ref.legacy_table])
         result = reference.merge_reference_table(ref, tenant_ids, policy)
         for tenant_id in tenant_ids:
-            online.mark_copied(ctx, TenantRef(tenant_id).schema, [ref.legacy_table])
+            run_mode.mark_copied(ctx, TenantRef(tenant_id).schema, [ref.legacy_table])
         # Shared rows get new ids (the map translates the old ones): no legacy sequence counts here.
         sequence = continue_sequence(ref.shared_schema, ref.table)
         message = (
@@ -338,7 +334,8 @@ class DataPhase(Phase):
         copy = in_legacy_timezone(ctx, copy)
         leave = ctx.options.leave_constraints
         carried.refuse_breaking_checks(tenant.schema, spec.legacy_table, spec.target_table, leave)
-        online.capture_before_copy(ctx, tenant.schema, [spec.legacy_table])  # --online only
+        copy_mode = mode_of(ctx, tenant.schema)
+        copy_mode.before_copy(ctx, tenant.schema, [spec.legacy_table])
         merged = self._merge_new_reference_rows(ctx, tenant, spec)
         # The fence covers the constraints too: a second runner must not drop or rebuild them mid-copy.
         with table_fence(tenant.schema, spec.target_table):
@@ -351,26 +348,15 @@ class DataPhase(Phase):
             if in_ranges(ctx, copy):  # a large table: its key ranges on every free connection of the run
                 stats = copy_in_ranges(copy, ctx.batch_size, reporter, range_planner(copy, ctx.config.range_rows))
             else:
-                stats = copy_table(copy, ctx.batch_size, reporter)
+                stats = copy_table(copy, ctx.batch_size, reporter, fence_held=True)
             advice = (
                 f"fix those rows in {tenant.schema}.{spec.legacy_table}, then run `migrate_phase rollback "
                 f"--tenant {tenant.tenant_id}`, `migrate_phase schemas` and `migrate_phase data`"
             )
             # a table copied in ranges: its indexes built by every free connection too
             parallel = reporter.parallel if stats.ranges else None
-            rebuilt = 0
-            if ctx.options.online:
-                # What was written meanwhile is applied before the foreign keys are rebuilt (after the
-                # indexes: the apply upserts by key), so a contact and its activity written in one
-                # transaction are both there, or both gone.
-                rebuilt = constraints.restore_constraints(
-                    tenant.schema,
-                    spec.target_table,
-                    advice=advice,
-                    kind=DeferredConstraint.Kind.INDEX,
-                    parallel=parallel,
-                )
-            applied = online.apply_after_copy(ctx, tenant.schema, [spec.legacy_table], reporter)  # --online only
+            rebuilt = copy_mode.restore_before_apply(tenant.schema, spec.target_table, advice, parallel)
+            applied = copy_mode.after_copy(ctx, tenant.schema, [spec.legacy_table], reporter)
             rebuilt += constraints.restore_constraints(
                 tenant.schema, spec.target_table, advice=advice, parallel=parallel
             )
@@ -380,11 +366,7 @@ class DataPhase(Phase):
         sequence = continue_sequence_of(copy)  # same ids as legacy, as for auth
         if stats.rows_source >= ANALYZE_FROM_ROWS:
             analyze(tenant.schema, spec.target_table)
-        if applied:  # --online only: and what was written while the constraints were rebuilt
-            applied["changes_applied"] = (
-                int(str(applied["changes_applied"])) + online.sync_scope(ctx, tenant.schema, reporter).changes
-            )
-        merged.update(applied)
+        merged.update(copy_mode.catch_up(ctx, tenant.schema, applied, reporter))
         resumed = f", resumed after id {stats.resumed_after[0]}" if stats.resumed_after else ""
         if stats.ranges:
             resumed = f" over {stats.ranges} key ranges" + (
@@ -442,20 +424,17 @@ class DataPhase(Phase):
         copy = in_legacy_timezone(ctx, copy)
         # Both sides, and the keys that differ, are read in one snapshot: a legacy row committed between
         # two reads would otherwise show as missing from the target although nothing is wrong.
+        copy_mode = mode_of(ctx, copy.source_schema)
         ranged = None
-        if online.is_captured_only(copy.source_schema):  # writes go on: the captured changes applied in it too
-            comparison = online.compare_in_snapshot(ctx, copy)
-        elif (
+        if (
             step.tenant_id is not None
             and in_ranges(ctx, copy)
+            and copy_mode.may_compare_in_ranges(copy)
             and (ranged := compare_in_ranges(copy, ctx.config.range_rows, reporter))
         ):  # offline, or in two-way sync: each range's both sides are equal in any one statement
-            comparison = ranged
+            comparison: fingerprint.Comparison = ranged
         else:
-            comparison = compare(copy)  # both fingerprints come from one statement, so from one snapshot
-            if not comparison.matches:  # the keys too: both sides and the keys again, in one snapshot
-                with db.snapshot():
-                    comparison = compare(copy)
+            comparison = copy_mode.compare(ctx, copy)
         source, target = comparison.source, comparison.target
         details: dict[str, object] = timezone_details(copy)
         if ranged is not None:
@@ -481,7 +460,7 @@ class DataPhase(Phase):
         )
 
     def _check_all_rows_copied(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
-        if result.details.get("online"):  # writes go on: the captured changes carried them over
+        if not mode_of(ctx).expects_every_row(result):
             return []
         if result.rows_copied != result.rows_expected:
             # The copy already picked up legacy rows written behind it; what is left is rows that
@@ -501,7 +480,7 @@ class DataPhase(Phase):
         return []
 
     def _check_every_reference_mapped(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
-        if ctx.options.online:  # rows added since are captured; each tenant's next apply merges them
+        if not mode_of(ctx).maps_every_reference():
             return []
         unmapped = reference.unmapped_count(reference_table(step.target), [t.tenant_id for t in ctx.registered_tenants])
         return [f"{unmapped} legacy {step.target} rows have no shared id"] if unmapped else []

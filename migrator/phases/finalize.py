@@ -20,8 +20,8 @@ from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.engine import tracking
 from migrator.models import Status
+from migrator.modes import online
 from migrator.ops import twoway
-from migrator.phases import online
 from migrator.step_ref import StepRef
 from salesflow.layout import tenant_id_from_schema
 

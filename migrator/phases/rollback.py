@@ -11,9 +11,9 @@ from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.engine import tracking
 from migrator.models import Status
-from migrator.ops import backup, capture, restore, teardown, twoway
+from migrator.modes import MigrationMode, beside_synced_writers, mode_for, online_scopes, remove_online_leftovers
+from migrator.ops import backup, restore, teardown
 from migrator.ops.backup import BackupInfo
-from migrator.phases import online
 from migrator.step_ref import StepRef
 from migrator.tables import service_tables
 from tenants.models import MigrationState, Tenant
@@ -45,15 +45,6 @@ def recorded_backup(ctx: MigrationContext) -> BackupInfo:
             "folder that holds the backup)"
         )
     return info
-
-
-def _refuse_while_synced(scope: str) -> None:
-    """Before the new side of ``scope`` is dropped: its legacy tables' sync triggers would write into it."""
-    if twoway.is_synced(scope):
-        raise MigrationError(
-            f"{scope} is still in two-way sync (its stop_two_way_sync step did not complete); "
-            "nothing was dropped: rerun `migrate_phase rollback`"
-        )
 
 
 class RollbackPhase(Phase):
@@ -91,7 +82,7 @@ class RollbackPhase(Phase):
                 self.step("mark_rolled_back", "Mark the steps the restore undid as ROLLED_BACK"),
             ]
         self._refuse_after_cutover(ctx)
-        steps = self._online_undo_steps(ctx)
+        steps = self._undo_steps(ctx)
         steps += [
             self.step(
                 "drop_tenant_tables",
@@ -144,46 +135,41 @@ class RollbackPhase(Phase):
             "stop_two_way_sync": StepKind(self._stop_two_way_sync),
         }
 
-    # --- the online migration (docs/online.md) ---
+    # --- what each scope's mode undoes before its new tables go (docs/online.md) ---
 
     @staticmethod
-    def _synced_scopes(ctx: MigrationContext) -> list[tuple[str, str | None]]:
-        """(schema, tenant id) of the scopes in two-way sync this rollback undoes, the auth schema first."""
-        auth = ctx.config.legacy_auth_schema
-        scopes: list[tuple[str, str | None]] = [
-            (t.schema, t.tenant_id) for t in ctx.registered_tenants if twoway.is_synced(t.schema)
-        ]
-        if not ctx.tenant_filter and twoway.is_synced(auth):
-            scopes.insert(0, (auth, None))
-        return scopes
+    def _scope_modes(ctx: MigrationContext) -> list[tuple[str, str | None, MigrationMode]]:
+        """(schema, tenant id, mode) of the scopes this rollback undoes, the auth schema first."""
+        scopes: list[tuple[str, str | None]] = [(t.schema, t.tenant_id) for t in ctx.registered_tenants]
+        if not ctx.tenant_filter:
+            scopes.insert(0, (ctx.config.legacy_auth_schema, None))
+        online = online_scopes()  # read once: thousands of tenants
+        return [(scope, tenant_id, mode_for(scope, online_scopes=online)) for scope, tenant_id in scopes]
 
-    def _online_undo_steps(self, ctx: MigrationContext) -> list[Step]:
-        """Scopes in two-way sync stop it first (their legacy side holds every write): all checked, then each."""
-        scopes = self._synced_scopes(ctx)
-        if not scopes:
+    def _undo_steps(self, ctx: MigrationContext) -> list[Step]:
+        """What the scopes' modes undo first (stopping a two-way sync: the legacy side holds every write): all
+        checked, then each."""
+        undo = [
+            step
+            for scope, tenant_id, mode in self._scope_modes(ctx)
+            for step in mode.undo_steps(self, scope, tenant_id)
+        ]
+        if not undo:
             return []
         return [
             self.step(
                 "check_online_rollback",
-                f"Check that {len(scopes)} schema(s) in two-way sync can go back to their legacy tables without losing "
+                f"Check that {len(undo)} schema(s) in two-way sync can go back to their legacy tables without losing "
                 "a value (nothing changes if one cannot)",
             ),
-            *(
-                self.step(
-                    "stop_two_way_sync",
-                    f"Stop the two-way sync of {scope} (short lock, --lock-timeout per attempt); its legacy tables "
-                    "hold every write, the legacy sequences continue past every id issued",
-                    tenant_id=tenant_id,
-                    target=scope,
-                    destructive=True,
-                )
-                for scope, tenant_id in scopes
-            ),
+            *undo,
         ]
 
     def _check_online_rollback(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         # Named here, not in the step's target: a record's target holds 200 characters, a few tenants' names.
-        problems = online.rollback_refusals(ctx, [scope for scope, _ in self._synced_scopes(ctx)])
+        problems = [
+            problem for scope, _tenant_id, mode in self._scope_modes(ctx) for problem in mode.undo_refusals(ctx, scope)
+        ]
         if problems:
             raise MigrationError(
                 f"rollback would discard values the legacy tables cannot hold: {'; '.join(problems[:5])}; "
@@ -192,7 +178,7 @@ class RollbackPhase(Phase):
         return StepResult(message="every value of the new tables has a place in the legacy tables")
 
     def _stop_two_way_sync(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
-        result = online.stop_sync(ctx, step.target)
+        result = mode_for(step.target).undo(ctx, step.target)
         with transaction.atomic():
             # the cutover runs again after this (the auth step only runs in a rollback of everything)
             tracking.mark_rolled_back([CUT_OVER.phase], [step.tenant_id] if step.tenant_id else None)
@@ -225,26 +211,22 @@ class RollbackPhase(Phase):
         # The tenant's steps become ROLLED_BACK in the transaction that drops its tables: a rollback
         # that stops after this tenant (killed, or a later step failing) never leaves them "done".
         tenant = TenantRef(step.tenant_id or "")
-        _refuse_while_synced(tenant.schema)
+        mode = mode_for(tenant.schema)
+        mode.refuse_drop(tenant.schema)
         dropped: list[str] = []
         marked = 0
 
         def drop() -> None:
             nonlocal dropped, marked
-            online.remove_capture_of(tenant.schema)  # data --online: its triggers go, legacy tables untouched
+            mode.before_drop(tenant.schema)
             # phase 4's record of the tenant's usage grants is read before the drop marks it
             teardown.revoke_tenant_usage(tenant.schema, TENANT_GRANTS)
             dropped = teardown.drop_tenant_tables(tenant.schema, tenant.tenant_id)
             Tenant.objects.filter(tenant_id=step.tenant_id).update(migration_state=MigrationState.ROLLED_BACK)
             marked = tracking.mark_rolled_back(undone_phases(restore=False), [step.tenant_id or ""], kept=[BACKUP])
 
-        if twoway.synced_scopes():
-            # Dropping the new tables locks the shared reference tables their foreign keys point at, which
-            # the writes of tenants still in two-way sync use: the wait is bounded and retried, so theirs is.
-            capture.with_lock_retries(drop, ctx.options.lock_timeout_ms, f"drop the new tables of {tenant.schema}")
-        else:
-            with transaction.atomic():
-                drop()
+        # Dropping the new tables locks the shared reference tables their foreign keys point at.
+        beside_synced_writers(drop, ctx.options.lock_timeout_ms, f"drop the new tables of {tenant.schema}")
         return StepResult(
             message=f"dropped {', '.join(dropped) or 'nothing'}; {marked} steps marked ROLLED_BACK",
             details={"dropped": dropped},
@@ -253,11 +235,12 @@ class RollbackPhase(Phase):
     def _drop_service_schemas(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         # Without the service schemas (and the reference map) no tenant's migrated data stands: every
         # undone step is marked with the drop, so a failing drop_roles after it leaves nothing "done".
+        auth = ctx.config.legacy_auth_schema
         with transaction.atomic():
-            _refuse_while_synced(ctx.config.legacy_auth_schema)
-            online.remove_capture_of(ctx.config.legacy_auth_schema)  # data --online
-            capture.drop_capture_schema_if_unused()
-            online.finish_shared_sync()
+            mode = mode_for(auth)
+            mode.refuse_drop(auth)
+            mode.before_drop(auth)
+            remove_online_leftovers()
             dropped = teardown.drop_service_schemas()
             marked = tracking.mark_rolled_back(undone_phases(restore=False), kept=[BACKUP])
         return StepResult(message=f"dropped {', '.join(dropped) or 'nothing'}; {marked} steps marked ROLLED_BACK")

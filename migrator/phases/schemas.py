@@ -11,6 +11,7 @@ from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.django_migrations import TenantTemplate, build_tenant_template, migrate_schema, pending_sql
+from migrator.ops import verification
 from migrator.tables import TENANT_DATA_TABLES, service_tables
 from tenants.models import MigrationState
 
@@ -64,8 +65,11 @@ class SchemasPhase(Phase):
             ),
         }
 
-    _template_lock = threading.Lock()
-    _template: tuple[MigrationContext, TenantTemplate | None] | None = None
+    def __init__(self) -> None:
+        # The tenant template of the run this phase object serves (the command makes one per run),
+        # built by the first batch that needs it; the lock makes the --jobs threads build it once.
+        self._template_lock = threading.Lock()
+        self._template: tuple[MigrationContext, TenantTemplate | None] | None = None
 
     def _tenant_template(self, ctx: MigrationContext) -> TenantTemplate | None:
         """The template of this run, built once (the tenant migrations may differ from the last run's)."""
@@ -124,9 +128,4 @@ class SchemasPhase(Phase):
 
     def _check_tenant_tables(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
         schema = TenantRef(step.tenant_id or "").schema
-        # By qualified name, not by scanning pg_class for the schema's tables (see _create_tenant_tables_batch).
-        missing = db.fetchall(
-            "SELECT t FROM unnest(%s::text[]) t WHERE to_regclass(format('%%I.%%I', %s::text, t)) IS NULL",
-            [[t.table for t in TENANT_DATA_TABLES], schema],
-        )
-        return [f"{schema}.{table} does not exist" for (table,) in missing]
+        return [f"{schema}.{table} does not exist" for table in verification.missing_tenant_tables([schema])[schema]]

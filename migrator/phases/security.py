@@ -27,7 +27,6 @@ class SecurityPhase(Phase):
     summary = "NOLOGIN service roles with grants on exactly their schemas and tenant tables"
     tenant_state_on_success = MigrationState.SECURED
     requires = "data"
-    tenant_steps_rerunnable = True
     undone_by_rollback = True
     undone_by_restore = True
     # Read by grants and rollback: the roles phase 4 created, the tenant schemas it granted usage on.
@@ -67,6 +66,7 @@ class SecurityPhase(Phase):
                 self._check_tenant_grants,
                 apply_batch=self._grant_tenant_tables_batch,
                 batch_size=TENANTS_PER_TRANSACTION,
+                rerunnable=True,  # grants reach the same end state when given again
             ),
         }
 

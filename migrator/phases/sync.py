@@ -5,8 +5,8 @@ from __future__ import annotations
 from migrator.core.context import MigrationContext
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
+from migrator.modes import online
 from migrator.ops import capture
-from migrator.phases import online
 from salesflow.layout import tenant_id_from_schema
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +16,8 @@ from migrator.core.phase import ApplyStep, Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.engine.orchestration import free_connections
 from migrator.models import MigrationRecord, Status
-from migrator.ops import capture, carried, grants, load_test, twoway, verification
+from migrator.modes import MigrationMode, mode_for, online_scopes
+from migrator.ops import carried, grants, load_test, verification
 from migrator.step_ref import StepRef
 from migrator.tables import TENANT_DATA_TABLES, service_tables
 from salesflow.layout import NAMESPACE_SERVICE
@@ -26,18 +26,13 @@ from tenants.models import MigrationState, Tenant
 logger = logging.getLogger("migrator.verify")
 
 CheckResult = tuple[list[str], dict[str, object]]
+PhaseWideCheck = Callable[[MigrationContext, Step], CheckResult]
+TenantCheck = Callable[[MigrationContext, Step, "BatchFacts"], CheckResult]  # a tenant's, on its batch's facts
+# What a check that found no problem saw, from the details it recorded.
+Summary = Callable[[dict[str, object]], str]
 
 
-@dataclass(frozen=True)
-class Check:
-    """A kind of verify step: ``run`` finds its problems (and details to record), ``summary`` says what a
-    run that found none saw, from those details."""
-
-    run: Callable[[MigrationContext, Step], CheckResult]
-    summary: Callable[[dict[str, object]], str]
-
-
-def said(message: str) -> Callable[[dict[str, object]], str]:
+def said(message: str) -> Summary:
     return lambda details: message
 
 
@@ -60,35 +55,84 @@ TENANTS_PER_BATCH = 10
 
 @dataclass
 class BatchFacts:
-    """What the tenant checks of a batch ask the server, read once for all of its tenants. A fact that
-    could not be read (an error: e.g. a tenant's table is missing) is None: each check then asks on
-    its own, as it does for a tenant run alone."""
+    """What the tenant checks of a batch ask the server, read once for all of its tenants (a batch of one
+    when a tenant runs alone), and handed to each check: a check reads its facts from here and nowhere
+    else. A per-tenant fact the batch's read failed on (e.g. a tenant's table is missing) is read again
+    tenant by tenant; a tenant whose own read fails has the error instead (``unreadable``), and the
+    checks that need that fact fail with it, as asking on their own would have."""
 
-    tables: dict[str, set[str]] | None = None  # schema -> its tables
-    counts: dict[str, dict[str, int]] | None = None  # tenant -> legacy table name -> rows
-    validated: dict[str, dict[str, int | None]] | None = None  # tenant -> table -> rows phase 3 validated
-    online: set[str] | None = None  # schemas with a change capture (data --online)
-    missing_roles: list[str] | None = None
-    refused: dict[tuple[str, str, str], bool] | None = None  # (role, schema, table) -> permission denied
-    index_used: dict[str, dict[str, bool]] | None = None  # schema -> key lookup -> an index serves it
+    schemas: dict[str, str]  # tenant -> schema
+    tenant_schemas: frozenset[str]  # every registered tenant's schema (the isolation check's "others")
+    missing_tables: dict[str, list[str]] = field(default_factory=dict)  # schema -> its missing tenant tables
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # tenant -> legacy table name -> rows
+    validated: dict[str, dict[str, int | None]] = field(default_factory=dict)  # tenant -> table -> rows validated
+    online: set[str] = field(
+        default_factory=set
+    )  # schemas migrated online (captured, or in two-way sync): modes.mode_for
+    missing_roles: list[str] = field(default_factory=list)
+    refused: dict[tuple[str, str, str], bool] = field(default_factory=dict)  # (role, schema, table) -> denied
+    index_used: dict[str, dict[str, bool]] = field(default_factory=dict)  # schema -> key lookup -> index serves it
     crud_types: tuple[Any, Any] | None = None
-    schemas: dict[str, str] = field(default_factory=dict)  # tenant -> schema
+    unreadable: dict[tuple[str, str], DatabaseError] = field(default_factory=dict)  # (tenant, fact) -> error
+
+    def require(self, tenant_id: str, *facts: str) -> None:
+        """Raise the error reading one of ``facts`` for ``tenant_id`` failed with, if one did."""
+        for fact in facts:
+            if (error := self.unreadable.get((tenant_id, fact))) is not None:
+                raise error
 
 
-def online_scopes() -> set[str]:
-    """Schemas migrated online (captured, or in two-way sync): their legacy tables are still written."""
-    return set(capture.captured_scopes()) | set(twoway.synced_scopes())
+def read_batch_facts(ctx: MigrationContext, tenant_ids: list[str]) -> BatchFacts:
+    """The facts of the tenant checks of ``tenant_ids``, in a few queries for all of them."""
+    facts = BatchFacts(
+        schemas={tenant_id: TenantRef(tenant_id).schema for tenant_id in tenant_ids},
+        tenant_schemas=ctx.registered_schemas,
+    )
+    roles = list(ctx.config.service_roles.values())
+    # Facts of the whole batch (the same for every tenant of it).
+    for fact, read in (
+        ("online", online_scopes),
+        ("missing_roles", lambda: catalog.missing_roles(roles)),
+        ("crud_types", verification.crud_types),
+    ):
+        try:
+            setattr(facts, fact, read())
+        except DatabaseError as exc:
+            facts.unreadable.update({(tenant_id, fact): exc for tenant_id in tenant_ids})
+    present = [role for role in roles if role not in facts.missing_roles]
+
+    def grants(tenants: list[str]) -> dict[tuple[str, str, str], bool]:
+        schemas = [facts.schemas[t] for t in tenants]
+        return verification.denied([(r, s, t.table) for r in present for s in schemas for t in TENANT_DATA_TABLES])
+
+    def by_schema(read: Callable[[list[str]], dict[str, Any]]) -> Callable[[list[str]], dict[str, Any]]:
+        return lambda tenants: read([facts.schemas[t] for t in tenants])
+
+    missing_tables = by_schema(verification.missing_tenant_tables)
+    facts.missing_tables = _read_by_tenant(facts, "missing_tables", tenant_ids, missing_tables)
+    facts.counts = _read_by_tenant(facts, "counts", tenant_ids, verification.row_counts)
+    facts.validated = _read_by_tenant(facts, "validated", tenant_ids, validated_counts)
+    facts.refused = _read_by_tenant(facts, "refused", tenant_ids, grants)
+    facts.index_used = _read_by_tenant(facts, "index_used", tenant_ids, by_schema(verification.index_usage_by_schema))
+    return facts
 
 
-_batch: ContextVar[BatchFacts | None] = ContextVar("verify_batch", default=None)
-
-
-def _read(what: str, read: Callable[[], Any]) -> Any:
+def _read_by_tenant(
+    facts: BatchFacts, fact: str, tenant_ids: list[str], read: Callable[[list[str]], dict[Any, Any]]
+) -> dict[Any, Any]:
+    """``read(tenant_ids)``; when it fails, ``read`` of each tenant alone, and the error of those whose
+    own read fails in ``facts.unreadable``."""
     try:
-        return read()
-    except DatabaseError:
-        logger.info("reading %s for a batch of tenants failed; each check asks on its own", what, exc_info=True)
-        return None
+        return read(tenant_ids)
+    except DatabaseError as exc:
+        if len(tenant_ids) == 1:
+            facts.unreadable[(tenant_ids[0], fact)] = exc
+            return {}
+        logger.info("reading %s for a batch of tenants failed; reading it tenant by tenant", fact, exc_info=True)
+    found: dict[Any, Any] = {}
+    for tenant_id in tenant_ids:
+        found |= _read_by_tenant(facts, fact, [tenant_id], read)
+    return found
 
 
 def new_tenant_schemas() -> list[str]:
@@ -109,12 +153,10 @@ class VerifyPhase(Phase):
     requires = "security"
     # Read by the dashboard (its figures) and the rehearsal report.
     LOAD_TEST = StepRef(name, "load_test")
-    tenant_steps_rerunnable = True
     undone_by_rollback = True
     undone_by_restore = True
     continue_after_failure = True
     tenants_per_batch = TENANTS_PER_BATCH
-    _tenant_schemas: frozenset[str] | None = None
 
     def plan(self, ctx: MigrationContext) -> list[Step]:
         steps = [
@@ -164,54 +206,53 @@ class VerifyPhase(Phase):
         return steps
 
     def step_kinds(self) -> dict[str, StepKind]:
-        checks: dict[str, Check] = {
-            "expected_schemas": Check(self._expected_schemas, said("schemas and service tables as planned")),
-            "row_counts": Check(self._row_counts, _row_counts_summary),
-            "role_isolation": Check(self._role_isolation, said("each role reads only its own service schema")),
-            "tenant_tables": Check(self._tenant_tables, said("namespaced tables present")),
-            "counts_match": Check(self._counts_match, _counts_match_summary),
-            "isolation": Check(self._tenant_isolation, said("own rows only; other service refused")),
-            "index_usage": Check(self._index_usage, _index_usage_summary),
-            "crud_smoke": Check(self._crud_smoke, _crud_smoke_summary),
-            "new_tenant": Check(self._new_tenant, said("tables present; grants as planned")),
-            self.LOAD_TEST.kind: Check(self._load_test, _load_test_summary),
+        checks: dict[str, ApplyStep] = {
+            "expected_schemas": self._recording(self._expected_schemas, said("schemas and service tables as planned")),
+            "row_counts": self._recording(self._row_counts, _row_counts_summary),
+            "role_isolation": self._recording(
+                self._role_isolation, said("each role reads only its own service schema")
+            ),
+            "tenant_tables": self._recording_tenant(self._tenant_tables, said("namespaced tables present")),
+            "counts_match": self._recording_tenant(self._counts_match, _counts_match_summary),
+            "isolation": self._recording_tenant(self._tenant_isolation, said("own rows only; other service refused")),
+            "index_usage": self._recording_tenant(self._index_usage, _index_usage_summary),
+            "crud_smoke": self._recording_tenant(self._crud_smoke, _crud_smoke_summary),
+            "new_tenant": self._recording(self._new_tenant, said("tables present; grants as planned")),
+            self.LOAD_TEST.kind: self._recording(self._load_test, _load_test_summary),
         }
-        return {kind: StepKind(self._recording(check), self._problems_found) for kind, check in checks.items()}
+        # Checks change nothing: done again, they find the same (their records wait for the tenant's end).
+        return {kind: StepKind(apply, self._problems_found, rerunnable=True) for kind, apply in checks.items()}
 
     @contextmanager
-    def tenant_batch(self, ctx: MigrationContext, tenant_ids: list[str]) -> Iterator[None]:
-        schemas = {tenant_id: TenantRef(tenant_id).schema for tenant_id in tenant_ids}
-        facts = BatchFacts(schemas=schemas)
-        names = list(schemas.values())
-        facts.tables = _read("the tables", lambda: catalog.tables_by_schema(names))
-        facts.counts = _read("the row counts", lambda: verification.row_counts(tenant_ids))
-        facts.validated = _read("the validated counts", lambda: validated_counts(tenant_ids))
-        facts.online = _read("the captures", online_scopes)
-        roles = list(ctx.config.service_roles.values())
-        facts.missing_roles = _read("the roles", lambda: catalog.missing_roles(roles))
-        if facts.missing_roles is not None:
-            present = [role for role in roles if role not in facts.missing_roles]
-            objects = [(role, schema, t.table) for role in present for schema in names for t in TENANT_DATA_TABLES]
-            facts.refused = _read("the grants", lambda: verification.denied(objects))
-        facts.index_used = _read("the plans", lambda: verification.index_usage_by_schema(names))
-        facts.crud_types = _read("the types", verification.crud_types)
-        token = _batch.set(facts)
-        try:
-            yield
-        finally:
-            _batch.reset(token)
+    def tenant_batch(self, ctx: MigrationContext, tenant_ids: list[str]) -> Iterator[BatchFacts]:
+        yield read_batch_facts(ctx, tenant_ids)
 
     def tenant_context(self, ctx: MigrationContext, tenant_id: str) -> AbstractContextManager[None]:
         # One search_path for all of a tenant's checks (and their record), not a switch per check.
         return verification.in_schema(TenantRef(tenant_id).schema)
 
-    def _recording(self, check: Check) -> ApplyStep:
-        """A check's problems go on the step's record (verify keeps going and reports them all)."""
+    def _recording(self, check: PhaseWideCheck, summary: Summary) -> ApplyStep:
+        """A check's problems go on the step's record (verify keeps going and reports them all); a check that
+        found none says what it saw (``summary``)."""
 
         def apply(ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
-            problems, details = check.run(ctx, step)
-            message = "; ".join(problems) if problems else check.summary(details)
+            problems, details = check(ctx, step)
+            message = "; ".join(problems) if problems else summary(details)
             return StepResult(message=message, details={**details, "problems": problems})
+
+        return apply
+
+    def _recording_tenant(self, check: TenantCheck, summary: Summary) -> ApplyStep:
+        """A tenant check, on the facts of the batch its tenant runs in (``tenant_batch``, which the
+        engine hands over as ``reporter.batch``); read for a batch of this tenant alone when it runs
+        outside one."""
+
+        def apply(ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
+            tenant_id = step.tenant_id or ""
+            facts = reporter.batch
+            if not isinstance(facts, BatchFacts) or tenant_id not in facts.schemas:
+                facts = read_batch_facts(ctx, [tenant_id])
+            return self._recording(lambda ctx, step: check(ctx, step, facts), summary)(ctx, step, reporter)
 
         return apply
 
@@ -232,32 +273,23 @@ class VerifyPhase(Phase):
         objects = [(schema, schema, table) for schema, tables in service_tables().items() for table in tables]
         return verification.role_isolation_problems(ctx.config, objects), {}
 
-    @staticmethod
-    def _facts(tenant_id: str) -> BatchFacts:
-        """The facts of the batch ``tenant_id`` runs in; empty ones when it runs alone."""
-        facts = _batch.get()
-        return facts if facts is not None and tenant_id in facts.schemas else BatchFacts()
-
-    def _tenant_tables(self, ctx: MigrationContext, step: Step) -> CheckResult:
+    def _tenant_tables(self, ctx: MigrationContext, step: Step, facts: BatchFacts) -> CheckResult:
         schema = TenantRef(step.tenant_id or "").schema
-        tables = self._facts(step.tenant_id or "").tables
-        if tables is None:
-            return verification.tenant_table_problems(schema), {}
-        return [f"{schema}.{t.table} is missing" for t in TENANT_DATA_TABLES if t.table not in tables[schema]], {}
+        facts.require(step.tenant_id or "", "missing_tables")
+        return verification.tenant_table_problems(schema, facts.missing_tables[schema]), {}
 
-    def _counts_match(self, ctx: MigrationContext, step: Step) -> CheckResult:
+    @staticmethod
+    def _mode(schema: str, facts: BatchFacts) -> MigrationMode:
+        """The mode the tenant was migrated in (data --online: its tables are still written)."""
+        return mode_for(schema, online_scopes=facts.online)
+
+    def _counts_match(self, ctx: MigrationContext, step: Step, facts: BatchFacts) -> CheckResult:
         tenant = TenantRef(step.tenant_id or "")
-        facts = self._facts(tenant.tenant_id)
-        if facts.counts is None:
-            counts = verification.row_counts([tenant.tenant_id]).get(tenant.tenant_id, {})
-        else:
-            counts = facts.counts.get(tenant.tenant_id, {})
-        validated = (validated_counts([tenant.tenant_id]) if facts.validated is None else facts.validated).get(
-            tenant.tenant_id, {}
-        )
-        online = online_scopes() if facts.online is None else facts.online
+        facts.require(tenant.tenant_id, "counts", "validated", "online")
+        counts = facts.counts.get(tenant.tenant_id, {})
+        validated = facts.validated.get(tenant.tenant_id, {})
         problems = []
-        writes_go_on = tenant.schema in online  # data --online: counts move; cutover compares content
+        writes_go_on = self._mode(tenant.schema, facts).writes_go_on  # counts move; cutover compares content
         for table, key in ((t.table, t.legacy_table) for t in TENANT_DATA_TABLES):
             if table not in validated:
                 problems.append(f"{table} has no completed validation in phase 3")
@@ -265,22 +297,16 @@ class VerifyPhase(Phase):
                 problems.append(f"{table} holds {counts.get(key)} rows, phase 3 validated {validated[table]}")
         return problems, {"counts": counts}
 
-    def _tenant_isolation(self, ctx: MigrationContext, step: Step) -> CheckResult:
+    def _tenant_isolation(self, ctx: MigrationContext, step: Step, facts: BatchFacts) -> CheckResult:
         tenant = TenantRef(step.tenant_id or "")
-        facts = self._facts(tenant.tenant_id)
-        if self._tenant_schemas is None:  # once per run: thousands of tenants, each checked against all
-            self._tenant_schemas = frozenset(t.schema for t in ctx.registered_tenants)
-        others = self._tenant_schemas
-        online = online_scopes() if facts.online is None else facts.online
-        if tenant.schema in online:
-            # Written meanwhile (two-way sync carries the application's writes to the new tables at
-            # once): the ORM's counts and the schema's are compared in one snapshot.
-            with db.snapshot():
-                problems, seen = verification.tenant_context_problems(tenant.schema, others)
-        else:
-            direct = None
-            if facts.counts is not None and tenant.tenant_id in facts.counts:
-                direct = {t.table: facts.counts[tenant.tenant_id][t.legacy_table] for t in TENANT_DATA_TABLES}
+        facts.require(tenant.tenant_id, "online", "counts", "refused", "missing_roles")
+        others = facts.tenant_schemas
+        mode = self._mode(tenant.schema, facts)
+        counted = facts.counts.get(tenant.tenant_id)
+        direct = None  # the batch's counts, unless written since they were read
+        if counted is not None and not mode.writes_go_on:
+            direct = {t.table: counted[t.legacy_table] for t in TENANT_DATA_TABLES}
+        with mode.consistent_reads():  # the ORM's counts and the schema's
             problems, seen = verification.tenant_context_problems(tenant.schema, others, direct)
         objects = [(NAMESPACE_SERVICE[t.namespace], tenant.schema, t.table) for t in TENANT_DATA_TABLES]
         problems += verification.role_isolation_problems(ctx.config, objects, facts.refused, facts.missing_roles)
@@ -288,25 +314,25 @@ class VerifyPhase(Phase):
 
     def _new_tenant(self, ctx: MigrationContext, step: Step) -> CheckResult:
         schema = step.target
-        problems = verification.tenant_table_problems(schema)
+        problems = verification.tenant_table_problems(schema, verification.missing_tenant_tables([schema])[schema])
         if not problems:
             problems = grants.privilege_problems(ctx.config, [schema], service_tables=False)
         return problems, {}
 
-    def _index_usage(self, ctx: MigrationContext, step: Step) -> CheckResult:
+    def _index_usage(self, ctx: MigrationContext, step: Step, facts: BatchFacts) -> CheckResult:
         schema = TenantRef(step.tenant_id or "").schema
-        known = self._facts(step.tenant_id or "").index_used
-        problems, used = verification.index_usage_problems(schema, None if known is None else known.get(schema))
+        facts.require(step.tenant_id or "", "index_used")
+        problems, used = verification.index_usage_problems(schema, facts.index_used[schema])
         return problems, {"index_used": used}
 
-    def _crud_smoke(self, ctx: MigrationContext, step: Step) -> CheckResult:
+    def _crud_smoke(self, ctx: MigrationContext, step: Step, facts: BatchFacts) -> CheckResult:
         schema = TenantRef(step.tenant_id or "").schema
+        facts.require(step.tenant_id or "", "online", "crud_types")
         # The smoke row may break a rule phase 3 carried from this tenant's legacy table (a CHECK the
         # seeded row knows nothing of): the tenant's own rule working, not a fault of the migration.
         tenant_rules = frozenset(o["target"] for o in carried.carried_objects(step.tenant_id or "", TENANT_COPY))
         try:
-            facts = self._facts(step.tenant_id or "")
-            synced = schema in (online_scopes() if facts.online is None else facts.online)
+            synced = self._mode(schema, facts).writes_go_on  # the test rows skip the two-way sync
             return verification.crud_problems(schema, facts.crud_types, tenant_rules, synced), {}
         except IntegrityError as exc:
             refused_by = getattr(getattr(exc.__cause__, "diag", None), "constraint_name", None)

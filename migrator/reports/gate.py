@@ -17,8 +17,8 @@ from migrator import phases as phase_registry
 from migrator.config import get_config
 from migrator.engine.lock import APP_NAME_PREFIX, LOCK_ID, LOCK_NAMESPACE
 from migrator.models import DEPLOY, MigrationRecord, Status
+from migrator.modes import online
 from migrator.ops import capture, twoway
-from migrator.phases import online
 from migrator.phases.cutover import CutoverPhase
 from migrator.phases.rollback import RollbackPhase
 from migrator.reports.status import StatusReport

@@ -18,7 +18,7 @@ def test_missing_constraints_and_table_problems_read_a_few_catalog_rows(seeded: 
     crowd_the_catalog()
     with CaptureQueriesContext(connection) as captured:
         assert constraints.missing_constraints(schema, "activities") == []
-        verification.tenant_table_problems(schema)
+        assert list(verification.missing_tenant_tables([schema])) == [schema]
     lookups = catalog_lookups(captured)
     assert len(lookups) >= 2, lookups
     unkeyed = reading_too_many_rows(lookups)

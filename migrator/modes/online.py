@@ -1,4 +1,5 @@
-"""The online migration: what phases data, cutover, finalize and rollback do when it runs online.
+"""The online migration: the work of phases data, cutover, finalize and rollback when it runs online
+(:class:`migrator.modes.strategy.OnlineMode` is how data, cutover, rollback and verify reach it).
 
 A *scope* is the legacy auth schema or a tenant schema. Its life (docs/online.md):
 
@@ -146,6 +147,11 @@ def is_captured_only(scope: str) -> bool:
 def is_online(scope: str) -> bool:
     """The scope is migrated online: captured (phase 3 running) or in two-way sync."""
     return bool(capture.captured_tables(scope)) or twoway.is_synced(scope)
+
+
+def online_scopes() -> set[str]:
+    """Schemas migrated online (captured, or in two-way sync): their legacy tables are still written."""
+    return set(capture.captured_scopes()) | set(twoway.synced_scopes())
 
 
 def check_lock_timeout(lock_timeout_ms: int) -> None:

@@ -111,12 +111,6 @@ class MigrationRecord(models.Model):
     def __str__(self) -> str:
         return f"{self.migration_id} #{self.attempt} {self.status}"
 
-    @property
-    def fingerprints_match(self) -> bool | None:
-        if not self.source_fingerprint or not self.target_fingerprint:
-            return None
-        return self.source_fingerprint == self.target_fingerprint
-
 
 class ReferenceMapping(models.Model):
     """Old (per-tenant) id -> new (shared) id of a merged reference table.

@@ -27,6 +27,7 @@ from django.utils.timezone import localtime
 from django.views.decorators.http import require_GET
 
 from migrator import phases as phase_registry
+from migrator.core.fingerprint import Fingerprint
 from migrator.models import MigrationRecord, Status
 from migrator.reports.dashboard import Dashboard, build_dashboard, format_duration
 
@@ -223,7 +224,9 @@ class MigrationRecordAdmin(admin.ModelAdmin):
 
     @admin.display(description="fingerprints match", boolean=True)
     def fingerprint_match(self, obj: MigrationRecord) -> bool | None:
-        return obj.fingerprints_match
+        source = Fingerprint.parse_recorded(obj.source_fingerprint)
+        target = Fingerprint.parse_recorded(obj.target_fingerprint)
+        return None if source is None or target is None else source == target
 
     # --- detail page ---
 

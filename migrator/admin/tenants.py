@@ -46,47 +46,18 @@ def _records_url(tenant_id: str) -> str:
 
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
-    list_display = (
-        "tenant_id",
-        "schema_name",
-        "name",
-        "active",
-        "state",
-        "last_step_link",
-        "legacy_rows_count",
-        "migrated_rows_count",
-        "domain_list",
-    )
+    # What the list and the page show of a tenant's migration, from the tracking table.
+    PROGRESS = ("state", "last_step_link", "legacy_rows_count", "migrated_rows_count")
+    list_display = ("tenant_id", "schema_name", "name", "active", *PROGRESS, "domain_list")
     list_filter = ("migration_state", "active")
     search_fields = ("tenant_id", "name")
     search_help_text = "Matches the tenant id or name."
     list_per_page = 100
     show_full_result_count = False  # the paginator's count is enough; skip a second COUNT(*)
     inlines = [DomainInline]
-    fields = (
-        "tenant_id",
-        "schema_name",
-        "name",
-        "active",
-        "state",
-        "last_step_link",
-        "legacy_rows_count",
-        "migrated_rows_count",
-        "records",
-        "created_at",
-        "updated_at",
-    )
-    readonly_fields = (
-        "tenant_id",
-        "schema_name",
-        "state",
-        "last_step_link",
-        "legacy_rows_count",
-        "migrated_rows_count",
-        "records",
-        "created_at",
-        "updated_at",
-    )
+    fields = ("tenant_id", "schema_name", "name", "active", *PROGRESS, "records", "created_at", "updated_at")
+    # Name and active flag stay editable (and the domains inline).
+    readonly_fields = tuple(f for f in fields if f not in ("name", "active"))
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from migrator.core.fingerprint import Fingerprint
 from migrator.step_ref import StepKey, StepRef
 
 
@@ -53,9 +54,22 @@ class StepResult:
     message: str = ""
     rows_expected: int | None = None
     rows_copied: int | None = None
-    source_fingerprint: str | None = None
-    target_fingerprint: str | None = None
-    details: dict[str, Any] = field(default_factory=dict)
+    source_fingerprint: Fingerprint | None = None
+    target_fingerprint: Fingerprint | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)  # the step kind's type in migrator.core.details
+
+    def columns(self) -> dict[str, int | str | None]:
+        """The result's columns of its tracking row, as they are stored (fingerprints in their text form)."""
+        return {
+            "rows_expected": self.rows_expected,
+            "rows_copied": self.rows_copied,
+            "source_fingerprint": _stored(self.source_fingerprint),
+            "target_fingerprint": _stored(self.target_fingerprint),
+        }
+
+
+def _stored(value: Fingerprint | None) -> str | None:
+    return None if value is None else str(value)
 
 
 def _ignore(*args: object) -> None:

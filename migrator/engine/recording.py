@@ -120,7 +120,7 @@ def _ends_query(ends: list[StepEnd]) -> sql.Composed:
                     sql.Literal(end.started_at),
                     sql.Literal(end.completed_at),
                     sql.Literal(end.error),
-                    *(sql.Literal(getattr(end.result, name, None)) for name in RESULT_COLUMNS),
+                    *(sql.Literal(end.result.columns()[name] if end.result else None) for name in RESULT_COLUMNS),
                     sql.Literal(json.dumps(result_details(end.result))),
                 ]
             )

@@ -19,6 +19,7 @@ from django.db.models import Max
 from django.utils import timezone
 from psycopg import sql
 
+from migrator.core.details import DeployDetails
 from migrator.core.steps import EXCLUDE, KeyRange, Step, StepResult
 from migrator.db import render as db_render
 from migrator.models import DEPLOY, DEPLOY_KEY, MigrationRecord, Status, of_steps
@@ -247,7 +248,7 @@ def record_deploy(schemas: int, failed: dict[str, str]) -> None:
             error_message=f"{len(failed)} tenant schemas not migrated: {summary}" if failed else None,
             host=HOST,
             pid=os.getpid(),
-            details={"schemas": schemas, "failed": failed},
+            details=DeployDetails(schemas=schemas, failed=failed),
         )
 
 

@@ -11,6 +11,7 @@ from django.core.management.color import Style
 
 from migrator.core.steps import Event
 from migrator.engine.runner import PhaseOutcome
+from migrator.ops.rehearsal_report import RehearsalReport
 
 
 def human_rate(rows: int, seconds: float) -> str:
@@ -137,37 +138,37 @@ def outcome_dict(outcome: PhaseOutcome) -> dict[str, object]:
     }
 
 
-def rehearsal_lines(report: dict[str, Any]) -> list[str]:
+def rehearsal_lines(report: RehearsalReport) -> list[str]:
     """The rehearsal's report for a terminal: per phase, then the projection and its assumptions."""
     lines = [
-        f"Rehearsal of {report['source_database']} in {report['target_database']} "
-        f"(backup {report['backup']['path']}): " + ("all phases passed" if report["ok"] else "FAILED")
+        f"Rehearsal of {report.source_database} in {report.target_database} "
+        f"(backup {report.backup_path}): " + ("all phases passed" if report.ok else "FAILED")
     ]
-    for phase in report["phases"]:
-        rate = f", {phase['rows_per_second']:,.0f} rows/s" if phase["rows_per_second"] else ""
-        state = "OK" if phase["ok"] else "FAILED"
-        lines.append(f"  {phase['phase']:<9} {state:<6} {phase['seconds']:8.1f} s  {phase['steps']} steps{rate}")
-        lines += [f"      {f['step']}: {f['error']}" for f in phase["failed"]]
-        if phase["error"] and not phase["failed"]:
-            lines.append(f"      {phase['error']}")
-    lines += [f"  {name:<9} not run" for name in report["not_run"]]
-    projection = report["projection"]
-    rehearsed, live = report["rehearsed_volume"], report["live_volume"]
+    for phase in report.phases:
+        rate = f", {phase.rows_per_second:,.0f} rows/s" if phase.rows_per_second else ""
+        state = "OK" if phase.ok else "FAILED"
+        lines.append(f"  {phase.phase:<9} {state:<6} {phase.seconds:8.1f} s  {phase.steps} steps{rate}")
+        lines += [f"      {f.step}: {f.error}" for f in phase.failed]
+        if phase.error and not phase.failed:
+            lines.append(f"      {phase.error}")
+    lines += [f"  {name:<9} not run" for name in report.not_run]
+    projection = report.projection
+    rehearsed, live = report.rehearsed_volume, report.live_volume
     lines.append(
-        f"Projection for the live database ({live['tenants']} tenants, {live['rows']:,} rows; the backup: "
-        f"{rehearsed['tenants']} tenants, {rehearsed['rows']:,} rows):"
+        f"Projection for the live database ({live.tenants} tenants, {live.rows:,} rows; the backup: "
+        f"{rehearsed.tenants} tenants, {rehearsed.rows:,} rows):"
     )
-    for phase in projection["phases"]:
+    for projected in projection.phases:
         lines.append(
-            f"  {phase['phase']:<9} {phase['low_seconds']:.1f} to {phase['high_seconds']:.1f} s "
-            f"(scaled by {phase['scaled_by']})"
+            f"  {projected.phase:<9} {projected.low_seconds:.1f} to {projected.high_seconds:.1f} s "
+            f"(scaled by {projected.scaled_by})"
         )
     lines.append(
-        f"  total     {projection['total_low_seconds']:.1f} to {projection['total_high_seconds']:.1f} s"
-        + ("" if projection["complete"] else " for the phases that ran")
+        f"  total     {projection.total_low_seconds:.1f} to {projection.total_high_seconds:.1f} s"
+        + ("" if projection.complete else " for the phases that ran")
     )
-    lines += [f"  assuming {text}" for text in projection["assumptions"]]
-    lines += [f"Note: {text}" for text in report["notes"]]
-    if report["kept"]:
-        lines.append(f"The scratch database {report['target_database']} was kept; the next rehearsal drops it.")
+    lines += [f"  assuming {text}" for text in projection.assumptions]
+    lines += [f"Note: {text}" for text in report.notes]
+    if report.kept:
+        lines.append(f"The scratch database {report.target_database} was kept; the next rehearsal drops it.")
     return lines

@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 from migrator import catalog, db
 from migrator.core.context import MigrationContext, TenantRef
+from migrator.core.details import OnlineApplyDetails
 from migrator.core.errors import MigrationError
 from migrator.core.steps import StepReporter, StepResult
 from migrator.ops import archive, capture, dependents, reference, twoway
@@ -90,7 +91,9 @@ def capture_before_copy(ctx: MigrationContext, scope: str, tables: list[str]) ->
             capture.install(scope, table, legacy_table(table).key, ctx.options.lock_timeout_ms)
 
 
-def apply_after_copy(ctx: MigrationContext, scope: str, tables: list[str], reporter: StepReporter) -> dict[str, object]:
+def apply_after_copy(
+    ctx: MigrationContext, scope: str, tables: list[str], reporter: StepReporter
+) -> OnlineApplyDetails:
     """After the tables' copy: mark them ready and apply what was captured meanwhile (capture stays on)."""
     if not ctx.options.online or twoway.is_synced(scope):
         return {}

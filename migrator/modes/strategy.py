@@ -16,6 +16,7 @@ from django.db import transaction
 
 from migrator import db
 from migrator.core.context import MigrationContext
+from migrator.core.details import CopyDetails, OnlineApplyDetails, read_details
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase
 from migrator.core.steps import Step, StepReporter, StepResult
@@ -61,7 +62,7 @@ class MigrationMode:
 
     def after_copy(
         self, ctx: MigrationContext, scope: str, tables: list[str], reporter: StepReporter
-    ) -> dict[str, object]:
+    ) -> OnlineApplyDetails:
         """After the tables' rows are in the target: what else the copy did, for its record."""
         return {}
 
@@ -73,8 +74,8 @@ class MigrationMode:
         return 0
 
     def catch_up(
-        self, ctx: MigrationContext, scope: str, applied: dict[str, object], reporter: StepReporter
-    ) -> dict[str, object]:
+        self, ctx: MigrationContext, scope: str, applied: OnlineApplyDetails, reporter: StepReporter
+    ) -> OnlineApplyDetails:
         """After the table's constraints are rebuilt: ``applied`` (from :meth:`after_copy`), brought up to date."""
         return applied
 
@@ -167,7 +168,7 @@ class OnlineMode(MigrationMode):
 
     def after_copy(
         self, ctx: MigrationContext, scope: str, tables: list[str], reporter: StepReporter
-    ) -> dict[str, object]:
+    ) -> OnlineApplyDetails:
         return online.apply_after_copy(ctx, scope, tables, reporter)
 
     def mark_copied(self, ctx: MigrationContext, scope: str, tables: list[str]) -> None:
@@ -182,12 +183,10 @@ class OnlineMode(MigrationMode):
         )
 
     def catch_up(
-        self, ctx: MigrationContext, scope: str, applied: dict[str, object], reporter: StepReporter
-    ) -> dict[str, object]:
+        self, ctx: MigrationContext, scope: str, applied: OnlineApplyDetails, reporter: StepReporter
+    ) -> OnlineApplyDetails:
         if applied:  # and what was written while the constraints were rebuilt
-            applied["changes_applied"] = (
-                int(str(applied["changes_applied"])) + online.sync_scope(ctx, scope, reporter).changes
-            )
+            applied["changes_applied"] = applied["changes_applied"] + online.sync_scope(ctx, scope, reporter).changes
         return applied
 
     def may_compare_in_ranges(self, copy: TableCopy) -> bool:
@@ -202,7 +201,7 @@ class OnlineMode(MigrationMode):
 
     def expects_every_row(self, result: StepResult) -> bool:
         # writes go on: the captured changes carried them over
-        return not result.details.get("online")
+        return not read_details(CopyDetails, result.details).get("online")
 
     def maps_every_reference(self) -> bool:
         # rows added since are captured; each tenant's next apply merges them

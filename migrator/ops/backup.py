@@ -18,6 +18,7 @@ from pathlib import Path
 from django.db import connection
 
 from migrator import catalog, db
+from migrator.core.details import BackupDetails, read_details
 from migrator.core.errors import MigrationError
 from migrator.models import MigrationRecord, Status
 from migrator.ops import dump_parts
@@ -179,10 +180,11 @@ def recorded_backup_paths(backup_step: StepRef) -> set[str]:
     """The backups the records of ``backup_step`` (phase 1's) hold."""
     if not catalog_has_tracking():
         return set()
+    recorded = MigrationRecord.objects.of(backup_step).values_list("details", flat=True)
     return {
         str(details["backup"]["path"])
-        for details in MigrationRecord.objects.of(backup_step).values_list("details", flat=True)
-        if isinstance(details, dict) and isinstance(details.get("backup"), dict)
+        for details in (read_details(BackupDetails, d) for d in recorded if isinstance(d, dict))
+        if isinstance(details.get("backup"), dict)
     }
 
 
@@ -306,8 +308,9 @@ def latest_backup(backup_step: StepRef, backup_dir: Path | None = None) -> Backu
     cleared the database) falls back to the newest manifest of this database in that folder.
     """
     record = MigrationRecord.objects.latest_backup(backup_step) if catalog_has_tracking() else None
-    if record and "backup" in record.details:
-        return BackupInfo.from_dict(record.details["backup"])
+    details = read_details(BackupDetails, record.details if record else None)
+    if "backup" in details:
+        return BackupInfo.from_dict(details["backup"])
     if backup_dir is not None:
         return next(iter(manifest_backups(backup_dir)), None)
     return None
@@ -322,7 +325,7 @@ def recorded_legacy_row_writes(backup_step: StepRef) -> int | None:
         .only("details")
         .first()
     )
-    found = (record.details or {}).get("legacy_row_writes") if record is not None else None
+    found = read_details(BackupDetails, record.details if record else None).get("legacy_row_writes")
     return int(found) if isinstance(found, int) else None
 
 

@@ -28,6 +28,7 @@ from django.db import DatabaseError, transaction
 from psycopg import sql
 
 from migrator import catalog, db
+from migrator.core.details import CarriedDetails, CopyDetails, read_details
 from migrator.core.errors import MigrationError
 from migrator.ops.constraints import QUALIFY_ALL
 from migrator.step_ref import StepRef
@@ -147,14 +148,16 @@ class CarryReport:
     left_behind: list[dict[str, str]] = field(default_factory=list)
     not_carried: list[dict[str, str]] = field(default_factory=list)
 
-    def details(self) -> dict[str, object]:
+    def details(self) -> CarriedDetails:
         """The copy step's details: only what there is (most tables have none of it)."""
-        found = {
-            "constraints_carried": self.carried,
-            "constraints_left_behind": self.left_behind,
-            "constraints_not_carried": self.not_carried,
-        }
-        return {key: items for key, items in found.items() if items}
+        details = CarriedDetails()
+        if self.carried:
+            details["constraints_carried"] = self.carried
+        if self.left_behind:
+            details["constraints_left_behind"] = self.left_behind
+        if self.not_carried:
+            details["constraints_not_carried"] = self.not_carried
+        return details
 
 
 LeavePattern = tuple[str, str, str]  # schema, legacy table, constraint or index name; fnmatch patterns
@@ -372,5 +375,5 @@ def carried_objects(tenant_id: str, copy_step: StepRef) -> list[dict[str, str]]:
     return [
         {"table": target, **item}
         for target, details in steps
-        for item in (details or {}).get("constraints_carried", [])
+        for item in read_details(CopyDetails, details).get("constraints_carried", [])
     ]

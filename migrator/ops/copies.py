@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from django.db.models import QuerySet
 
 from migrator.core.context import MigrationContext, TenantRef
+from migrator.core.details import SequenceDetails, TimezoneDetails
 from migrator.core.errors import MigrationError
 from migrator.core.steps import VALIDATE_RANGE, KeyRange, StepReporter, StepResult
 from migrator.models import MigrationRecord, Status
@@ -120,12 +121,12 @@ def in_legacy_timezone(ctx: MigrationContext, copy: TableCopy) -> TableCopy:
     return replace(copy, legacy_timezone=scope_timezone(ctx, copy.source_schema))
 
 
-def timezone_details(copy: TableCopy) -> dict[str, object]:
+def timezone_details(copy: TableCopy) -> TimezoneDetails:
     zoned = zoned_columns(copy) if copy.legacy_timezone is not None else ()
-    return {"legacy_timezone": copy.legacy_timezone, "timestamp_columns": list(zoned)} if zoned else {}
+    return TimezoneDetails(legacy_timezone=copy.legacy_timezone, timestamp_columns=list(zoned)) if zoned else {}
 
 
-def continue_sequence_of(copy: TableCopy) -> dict[str, int | None]:
+def continue_sequence_of(copy: TableCopy) -> SequenceDetails:
     """A copy that keeps the legacy ids: the new table's sequence continues after the highest id copied
     and after the last value of the legacy table's own sequence, whichever is greater."""
     if copy.key != ("id",):
@@ -137,14 +138,14 @@ def validation_fingerprints(
     copy: TableCopy, method: str = fingerprint.CURRENT
 ) -> tuple[fingerprint.Fingerprint, fingerprint.Fingerprint]:
     """Source and target fingerprints as phase 3 validates them; cutover compares against the same pair,
-    made the way the recorded pair was (``method``: see :func:`migrator.ops.fingerprint.method_of`)."""
+    made the way the recorded pair was (``method``: the recorded fingerprint's)."""
     return fingerprint.both_fingerprints(copy, method)
 
 
 def compare(copy: TableCopy) -> fingerprint.Comparison:
     """Phase 3's comparison of both sides, in the caller's transaction (a snapshot: see :func:`db.snapshot`)."""
     source, target = validation_fingerprints(copy)
-    differing = fingerprint.differing_keys(copy) if str(source) != str(target) else []
+    differing = fingerprint.differing_keys(copy) if source != target else []
     return fingerprint.Comparison(source, target, differing)
 
 
@@ -185,11 +186,11 @@ def compare_in_ranges(
         source, target = fingerprint.both_fingerprints_in_range(copy, key_range.after, key_range.through)
         parts[key_range.index] = (source, target)
         return StepResult(
-            message=f"{target.rows} rows, fingerprint {'matches' if str(source) == str(target) else 'DIFFERS'}",
+            message=f"{target.rows} rows, fingerprint {'matches' if source == target else 'DIFFERS'}",
             rows_expected=source.rows,
             rows_copied=target.rows,
-            source_fingerprint=str(source),
-            target_fingerprint=str(target),
+            source_fingerprint=source,
+            target_fingerprint=target,
         )
 
     results = reporter.ranges(VALIDATE_RANGE, plan, work, False, part)
@@ -197,5 +198,5 @@ def compare_in_ranges(
         return None
     source = fingerprint.combined([parts[r.index][0] for r, _result in results])
     target = fingerprint.combined([parts[r.index][1] for r, _result in results])
-    differing = fingerprint.differing_keys(copy) if str(source) != str(target) else []
+    differing = fingerprint.differing_keys(copy) if source != target else []
     return RangedComparison(source, target, differing, ranges=len(results))

@@ -29,6 +29,7 @@ from psycopg import sql
 
 from migrator import catalog, db
 from migrator.core.context import RunOptions
+from migrator.core.details import CopyRangeDetails, SequenceDetails, read_details
 from migrator.core.errors import MigrationError
 from migrator.core.steps import COPY_RANGE, KeyRange, StepReporter, StepResult
 from migrator.ops.target_columns import Fill
@@ -723,7 +724,7 @@ def copy_in_ranges(
         return _copy_table(copy, batch_size, reporter, total)
     reporter.expected(total)
     done = sum(result.rows_copied or 0 for _r, result in results)
-    batches = sum(int(result.details.get("batches", 0)) for _r, result in results)
+    batches = sum(int(read_details(CopyRangeDetails, result.details).get("batches", 0)) for _r, result in results)
     resumed: list[object] = [r.resume_after for r, _result in results if r.resume_after is not None]
     total, done = _copy_missing(copy, total, done, None, reporter)
     reporter.progress(done, total)
@@ -771,7 +772,7 @@ def _copy_range(copy: TableCopy, key_range: KeyRange, batch_size: int, reporter:
         message=f"{done} rows in {batches} batches",
         rows_expected=key_range.rows_planned,
         rows_copied=done,
-        details={"batches": batches, "resumed_after": key_range.resume_after},
+        details=CopyRangeDetails(batches=batches, resumed_after=key_range.resume_after),
     )
 
 
@@ -792,7 +793,7 @@ def last_issued(sequence: tuple[str, str] | None) -> tuple[sql.Composable, list[
 
 def continue_sequence(
     schema: str, table: str, column: str = "id", legacy: tuple[str, str] | None = None
-) -> dict[str, int | None]:
+) -> SequenceDetails:
     """Make the sequence feeding ``schema.table.column`` continue after every id ever issued for it.
 
     That is the greatest of: the table's highest id; what its own sequence issued already (it never
@@ -821,7 +822,7 @@ def continue_sequence(
         ),
         [*sequence, *own_params, *legacy_params],
     ) or (None, 0)
-    details: dict[str, int | None] = {"sequence_continues_after": after}
+    details = SequenceDetails(sequence_continues_after=after)
     if legacy is not None:
         details["legacy_sequence_last_value"] = legacy_value
     return details

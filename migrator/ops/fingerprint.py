@@ -11,8 +11,9 @@ keeps 1.0 apart from 1.00, jsonb, arrays, ...); PostgreSQL combines them (``hash
 and that combination, which is linear in the column hashes, is hashed once more so that values
 swapped between rows change the sum. Turning every row into text and hashing that
 (:data:`BY_TEXT`, how fingerprints were made up to this release) costs about 2.5 times as much
-server time; a fingerprint recorded that way is still compared the way it was made
-(:func:`method_of`), so a migration validated by an earlier release cuts over with this one.
+server time; a fingerprint recorded that way is still compared the way it was made (the ``method``
+of :class:`migrator.core.fingerprint.Fingerprint`), so a migration validated by an earlier release
+cuts over with this one.
 
 A remapped reference column is hashed as the *code* (merge key) of the row it points at, read from
 the legacy reference table on the source side and from the shared table on the target side, never
@@ -40,39 +41,16 @@ from dataclasses import dataclass
 from psycopg import sql
 
 from migrator import catalog, db
+from migrator.core.fingerprint import BY_TEXT, BY_VALUE, EXACT, Fingerprint
 from migrator.ops.copy import JSON_OID, JSONB_OID, Remap, TableCopy, TypeDifference, type_differences, zoned_columns
 from migrator.tables import reference_table
 
 # One side of a comparison: the elements each row's hash is made of, and the FROM clause they are read from.
 Side = tuple[list[sql.Composable], sql.Composed]
 
-EXACT = "exact"  # recorded as "rows:v3:digest": converted columns compared in the legacy type's terms
-BY_VALUE = "value"  # recorded as "rows:v2:digest": converted columns as the target's type (earlier releases)
-BY_TEXT = "text"  # recorded as "rows:digest" (releases before BY_VALUE)
 # What a new fingerprint is made with: EXACT where the table has converted columns, else BY_VALUE
 # (the same hashes; the record keeps the form earlier releases read).
 CURRENT = "current"
-_MARKS = {BY_VALUE: "v2", EXACT: "v3"}
-
-
-@dataclass(frozen=True)
-class Fingerprint:
-    rows: int
-    digest: str
-    method: str = BY_VALUE
-
-    def __str__(self) -> str:
-        if self.method == BY_TEXT:
-            return f"{self.rows}:{self.digest}"
-        return f"{self.rows}:{_MARKS[self.method]}:{self.digest}"
-
-
-def method_of(recorded: str | None) -> str:
-    """The method a recorded fingerprint was made with (the current one when nothing was recorded)."""
-    if recorded is None:
-        return CURRENT
-    mark = recorded.split(":")[1:2]
-    return next((method for method, m in _MARKS.items() if [m] == mark), BY_TEXT)
 
 
 @dataclass(frozen=True)
@@ -85,7 +63,7 @@ class Comparison:
 
     @property
     def matches(self) -> bool:
-        return str(self.source) == str(self.target)
+        return self.source == self.target
 
 
 def _column_facts(copy: TableCopy) -> tuple[list[TypeDifference], set[str]]:

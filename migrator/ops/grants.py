@@ -14,6 +14,7 @@ from psycopg import sql
 
 from migrator import catalog, db
 from migrator.config import MigratorConfig
+from migrator.core.details import ServiceRoleDetails, read_details
 from migrator.core.errors import MigrationError
 from migrator.models import MigrationRecord, Status
 from migrator.step_ref import StepRef
@@ -68,9 +69,10 @@ def roles_created_by_migrator(roles: list[str], role_step: StepRef) -> list[str]
         .exclude(status=Status.ROLLED_BACK)
         .values_list("target", "details")
     )
-    for target, details in rows:
-        if details.get("created") and details.get("role_oid"):
-            recorded.setdefault(target, set()).add(int(details["role_oid"]))
+    for target, stored in rows:
+        details = read_details(ServiceRoleDetails, stored)
+        if details.get("created") and (oid := details.get("role_oid")):
+            recorded.setdefault(target, set()).add(int(oid))
     marker = creation_marker()
     owned = []
     for role in roles:
@@ -84,14 +86,14 @@ def roles_created_by_migrator(roles: list[str], role_step: StepRef) -> list[str]
     return owned
 
 
-def claim_service_role(role: str, adopt: bool, role_step: StepRef) -> dict[str, object]:
+def claim_service_role(role: str, adopt: bool, role_step: StepRef) -> ServiceRoleDetails:
     """Create the service role, or take an existing one if the migrator made it or ``adopt`` says so.
 
     Returns the tracking details: ``created`` (the migrator's: rollback drops it), ``adopted``
     (someone else's: rollback revokes the migrator's grants and never drops it), ``role_oid``.
     """
     if not catalog.role_exists(role):
-        return {"created": True, "adopted": False, "role_oid": create_role(role)}
+        return ServiceRoleDetails(created=True, adopted=False, role_oid=create_role(role))
     if catalog.role_can_log_in(role):
         raise MigrationError(
             f"role {role} already exists and can log in (LOGIN or SUPERUSER); a service role must be a NOLOGIN "
@@ -99,9 +101,9 @@ def claim_service_role(role: str, adopt: bool, role_step: StepRef) -> dict[str, 
         )
     oid = catalog.role_oid(role)
     if role in roles_created_by_migrator([role], role_step):
-        return {"created": True, "adopted": False, "role_oid": oid}
+        return ServiceRoleDetails(created=True, adopted=False, role_oid=oid)
     if adopt:
-        return {"created": False, "adopted": True, "role_oid": oid}
+        return ServiceRoleDetails(created=False, adopted=True, role_oid=oid)
     raise MigrationError(
         f"role {role} already exists and the migrator did not create it: rename it, set SALESFLOW_ROLE_PREFIX "
         "to another prefix, or rerun with --adopt-roles to use it (rollback then never drops it)"

@@ -38,9 +38,9 @@ from migrator import db
 from migrator.config import MigratorConfig
 from migrator.core.errors import MigrationError
 from migrator.ops import twoway
+from migrator.ops.load_figures import LEGACY, NEW, LayoutFigures, LoadTestFigures, QueryFigures
 from migrator.tables import TableKind, legacy_table
 
-LEGACY, NEW = "legacy", "new"
 LAYOUTS = (LEGACY, NEW)
 KEYS_PER_TENANT = 50
 # A p95 at most this much above the legacy one is not a regression: on a busy machine the p95 of
@@ -97,7 +97,7 @@ class QueryStats:
     latencies_ms: list[float] = field(default_factory=list)
     error: str | None = None
 
-    def summary(self, seconds: float) -> dict[str, Any]:
+    def summary(self, seconds: float) -> QueryFigures:
         ordered = sorted(self.latencies_ms)
 
         def percentile(p: float) -> float | None:
@@ -105,14 +105,14 @@ class QueryStats:
                 return None
             return round(ordered[min(len(ordered) - 1, max(0, math.ceil(p / 100 * len(ordered)) - 1))], 3)
 
-        return {
-            "queries": len(ordered),
-            "qps": round(len(ordered) / seconds, 1) if seconds > 0 else None,
-            "p50_ms": percentile(50),
-            "p95_ms": percentile(95),
-            "p99_ms": percentile(99),
-            "error": self.error,
-        }
+        return QueryFigures(
+            queries=len(ordered),
+            qps=round(len(ordered) / seconds, 1) if seconds > 0 else None,
+            p50_ms=percentile(50),
+            p95_ms=percentile(95),
+            p99_ms=percentile(99),
+            error=self.error,
+        )
 
 
 def first_line(exc: BaseException) -> str:
@@ -284,7 +284,7 @@ class Load:
         self.lock = threading.Lock()
         self.errors: list[str] = []
 
-    def run(self) -> tuple[dict[str, dict[str, dict[str, Any]]], float]:
+    def run(self) -> tuple[dict[str, dict[str, QueryFigures]], float]:
         started = time.monotonic()
         deadline = started + self.seconds
         threads = [
@@ -372,52 +372,51 @@ def run_load_test(
     seconds: float,
     queries_wanted: int,
     max_regression: float,
-) -> tuple[list[str], dict[str, Any]]:
+) -> tuple[list[str], LoadTestFigures]:
     """Load on the legacy tables (where they still exist) and the new ones; problems and figures."""
     new_tenants = tenants_with_tables(schemas, NEW)
     legacy_tenants = [s for s in tenants_with_tables(schemas, LEGACY) if s in new_tenants]
-    details: dict[str, Any] = {
-        "clients": clients,
-        "seconds": seconds,
-        "queries_wanted": queries_wanted,
-        "max_regression_percent": max_regression,
-        "noise_floor_ms": NOISE_FLOOR_MS,
-        "method": "threaded client, each query on the legacy tables then on the new ones with the same key; "
+    details = LoadTestFigures(
+        clients=clients,
+        seconds=seconds,
+        queries_wanted=queries_wanted,
+        max_regression_percent=max_regression,
+        noise_floor_ms=NOISE_FLOOR_MS,
+        method="threaded client, each query on the legacy tables then on the new ones with the same key; "
         "the write on the new tables only",
-        "layouts": {},
-        "notes": [],
-    }
+    )
     if not new_tenants:
         return ["no tenant has the new tables to load"], details
     tenants = legacy_tenants or new_tenants
     keys = sample_keys(spread(tenants, MAX_TENANTS_LOADED), LEGACY if legacy_tenants else NEW)
-    details["tenants"] = len(keys)
+    details.tenants = len(keys)
     if len(keys) < len(tenants):
-        details["notes"].append(f"{len(keys)} of the {len(tenants)} tenants loaded, spread over them in name order")
+        details.notes.append(f"{len(keys)} of the {len(tenants)} tenants loaded, spread over them in name order")
     if not legacy_tenants:
-        details["notes"].append("the legacy tables are gone (after cutover): the new layout was loaded alone")
+        details.notes.append("the legacy tables are gone (after cutover): the new layout was loaded alone")
     else:
-        details["notes"].append(
+        details.notes.append(
             f"{WRITE} runs on the new tables only: the legacy tables are read, never written (a write there "
             "draws their sequences and fires their triggers even when rolled back)"
         )
     writes = write_statements([k.schema for k in keys])
     load = Load(LAYOUTS if legacy_tenants else (NEW,), keys, config, clients, seconds, queries_wanted, writes)
     figures, elapsed = load.run()
-    details["elapsed_seconds"] = round(elapsed, 3)
+    details.elapsed_seconds = round(elapsed, 3)
     problems = list(load.errors)
     for layout, queries in figures.items():
-        details["layouts"][layout] = {"seconds": round(elapsed, 3), "queries": queries}
-        problems += [f"{name} failed on the {layout} tables: {f['error']}" for name, f in queries.items() if f["error"]]
+        details.layouts[layout] = LayoutFigures(round(elapsed, 3), queries)
+        problems += [f"{name} failed on the {layout} tables: {f.error}" for name, f in queries.items() if f.error]
     if legacy_tenants:
         problems += regressions(figures[LEGACY], figures[NEW], max_regression)
     return problems, details
 
 
-def regressions(legacy: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]], max_regression: float) -> list[str]:
+def regressions(legacy: dict[str, QueryFigures], new: dict[str, QueryFigures], max_regression: float) -> list[str]:
     found = []
     for name, figures in new.items():
-        before, after = legacy.get(name, {}).get("p95_ms"), figures.get("p95_ms")
+        before = legacy[name].p95_ms if name in legacy else None
+        after = figures.p95_ms
         if before is None or after is None:
             continue
         if after > before * (1 + max_regression / 100) and after - before > NOISE_FLOOR_MS:

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from migrator.config import MigratorConfig
 from migrator.core.errors import MigrationError
 from migrator.ops import backup
 from migrator.ops.backup import BackupInfo
+from migrator.ops.rehearsal_report import FailedStep, LegacyVolume, PhaseProjection, PhaseRun, Projection
 from migrator.tables import TENANT_DATA_TABLES
 from salesflow.layout import SERVICES, TENANT_SCHEMA_LIKE
 
@@ -194,15 +195,6 @@ def restore_into(info: BackupInfo, pg_restore: Path, name: str, jobs: int) -> No
 # --- counts the projection scales by ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class LegacyVolume:
-    tenants: int
-    rows: int
-
-    def as_dict(self) -> dict[str, int]:
-        return {"tenants": self.tenants, "rows": self.rows}
-
-
 def legacy_volume(conn: psycopg.Connection[Any]) -> LegacyVolume:
     """Tenant schemas holding legacy tenant-data tables, and their rows (the rows phase 3 copies)."""
     names = [t.legacy_table for t in TENANT_DATA_TABLES]
@@ -221,34 +213,6 @@ def legacy_volume(conn: psycopg.Connection[Any]) -> LegacyVolume:
 
 
 # --- running the phases in the scratch database ------------------------------------------------------------
-
-
-@dataclass
-class PhaseRun:
-    phase: str
-    ok: bool
-    seconds: float
-    steps: int = 0
-    rows_moved: int = 0
-    failed: list[dict[str, str]] = field(default_factory=list)
-    error: str | None = None  # the command's own error line (e.g. nothing could run)
-
-    @property
-    def rows_per_second(self) -> float | None:
-        return round(self.rows_moved / self.seconds, 1) if self.rows_moved and self.seconds > 0 else None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "phase": self.phase,
-            "ok": self.ok,
-            "seconds": round(self.seconds, 3),
-            "steps": self.steps,
-            "rows_moved": self.rows_moved,
-            "rows_per_second": self.rows_per_second,
-            "failed": self.failed,
-            "error": self.error,
-            "peak_lag_seconds": None,
-        }
 
 
 def child_env(config: MigratorConfig, scratch: str) -> dict[str, str]:
@@ -274,7 +238,7 @@ def phase_run(outcome: dict[str, Any], error: str | None) -> PhaseRun:
         seconds=float(outcome["elapsed_s"]),
         steps=int(outcome["planned"]),
         rows_moved=int(outcome.get("rows_moved") or 0),
-        failed=[{"step": f["migration_id"], "error": f["error"]} for f in outcome["failed"]],
+        failed=[FailedStep(f["migration_id"], f["error"]) for f in outcome["failed"]],
         error=None if outcome["ok"] else error,
     )
 
@@ -344,34 +308,34 @@ def run_phases(
 
 def project(
     rehearsed_phases: Sequence[PhaseToRun], runs: list[PhaseRun], rehearsed: LegacyVolume, live: LegacyVolume
-) -> dict[str, Any]:
+) -> Projection:
     """Each phase's rehearsal time scaled by the live volume over the backup's, as a range."""
     row_bound = {phase.name for phase in rehearsed_phases if phase.scales_with_rows}
     row_ratio = live.rows / rehearsed.rows if rehearsed.rows else 1.0
     tenant_ratio = live.tenants / rehearsed.tenants if rehearsed.tenants else 1.0
-    phases: list[dict[str, Any]] = []
+    phases: list[PhaseProjection] = []
     for run in runs:
         main = row_ratio if run.phase in row_bound else tenant_ratio
         low = run.seconds * min(row_ratio, tenant_ratio)
         high = run.seconds * max(row_ratio, tenant_ratio) * PROJECTION_MARGIN
         phases.append(
-            {
-                "phase": run.phase,
-                "scaled_by": "rows" if run.phase in row_bound else "tenants",
-                "expected_seconds": round(run.seconds * main, 1),
-                "low_seconds": round(low, 1),
-                "high_seconds": round(high, 1),
-            }
+            PhaseProjection(
+                phase=run.phase,
+                scaled_by="rows" if run.phase in row_bound else "tenants",
+                expected_seconds=round(run.seconds * main, 1),
+                low_seconds=round(low, 1),
+                high_seconds=round(high, 1),
+            )
         )
-    return {
-        "row_ratio": round(row_ratio, 4),
-        "tenant_ratio": round(tenant_ratio, 4),
-        "phases": phases,
-        "total_expected_seconds": round(sum(p["expected_seconds"] for p in phases), 1),
-        "total_low_seconds": round(sum(p["low_seconds"] for p in phases), 1),
-        "total_high_seconds": round(sum(p["high_seconds"] for p in phases), 1),
-        "complete": len(runs) == len(rehearsed_phases) and all(r.ok for r in runs),
-        "assumptions": [
+    return Projection(
+        row_ratio=round(row_ratio, 4),
+        tenant_ratio=round(tenant_ratio, 4),
+        phases=phases,
+        total_expected_seconds=round(sum(p.expected_seconds for p in phases), 1),
+        total_low_seconds=round(sum(p.low_seconds for p in phases), 1),
+        total_high_seconds=round(sum(p.high_seconds for p in phases), 1),
+        complete=len(runs) == len(rehearsed_phases) and all(r.ok for r in runs),
+        assumptions=[
             "the real run uses the same server, --jobs and --batch-size as the rehearsal",
             (
                 "phase 3 (data) grows linearly with the legacy rows, the other phases with the number of tenants "
@@ -384,4 +348,4 @@ def project(
             "the rehearsal's phases include process start and the verify phase's load test (a fixed time)",
             "phases that did not run in the rehearsal (after a failure) are not projected",
         ],
-    }
+    )

@@ -42,6 +42,7 @@ from psycopg import sql
 
 from migrator import catalog, db
 from migrator.core.context import RunLock
+from migrator.core.details import RestoreDetails
 from migrator.core.errors import MigrationError
 from migrator.django_migrations import BOOTSTRAP_APPS, migrate_schema
 from migrator.models import MigrationRecord
@@ -375,7 +376,7 @@ def schemas_in_backup(pg_restore: Path, info: BackupInfo) -> list[str]:
 
 def restore_database(
     info: BackupInfo, jobs: int, history_dir: Path, bin_dirs: tuple[str, ...] = (), lock: RunLock | None = None
-) -> dict[str, Any]:
+) -> RestoreDetails:
     """Replace this database with the backup (see the module's docstring); tracking history kept.
 
     Until the swap nothing of this database changes: any failure before it drops the new database
@@ -413,12 +414,12 @@ def restore_database(
             raise
         drop_database(admin, names.replaced)
     journal_path(history_dir).unlink(missing_ok=True)
-    return {
-        "database": names.database,
-        "replaced_database": names.replaced,
-        "history_rows": len(history),
-        "history_file": str(history_file),
-    }
+    return RestoreDetails(
+        database=names.database,
+        replaced_database=names.replaced,
+        history_rows=len(history),
+        history_file=str(history_file),
+    )
 
 
 def recover_interrupted_restore(directory: Path) -> str | None:

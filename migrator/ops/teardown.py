@@ -11,6 +11,7 @@ from psycopg import sql
 
 from migrator import catalog, db
 from migrator.config import MigratorConfig
+from migrator.core.details import TenantGrantsDetails, read_details
 from migrator.core.errors import MigrationError
 from migrator.models import MigrationRecord, Status
 from migrator.ops import grants
@@ -96,7 +97,7 @@ def tenant_usage_granted(grants_step: StepRef) -> dict[str, list[str]]:
     usage: dict[str, list[str]] = {}
     rows = MigrationRecord.objects.of(grants_step).exclude(status=Status.ROLLED_BACK).values_list("target", "details")
     for schema, details in rows:
-        for role in details.get("usage_granted", []):
+        for role in read_details(TenantGrantsDetails, details).get("usage_granted", []):
             usage.setdefault(role, []).append(schema)
     return usage
 

@@ -15,6 +15,7 @@ from psycopg import sql
 
 from migrator import catalog, db
 from migrator.config import MigratorConfig
+from migrator.core.details import CheckDetails
 from migrator.ops import twoway
 from migrator.tables import TENANT_DATA_TABLES, TableKind, legacy_table, service_tables
 from salesflow.layout import TENANT_SCHEMA_PREFIX
@@ -99,7 +100,7 @@ KEY_LOOKUPS: dict[str, tuple[str, str, list[str]]] = {
 }
 
 
-def schema_problems(tenant_schemas: list[str]) -> tuple[list[str], dict[str, Any]]:
+def schema_problems(tenant_schemas: list[str]) -> tuple[list[str], CheckDetails]:
     found = {row[0] for row in db.fetchall(PLAN_SCHEMA_QUERY, [])}
     expected = {"public", *service_tables(), *tenant_schemas}
     problems = [f"schema {name} is missing" for name in sorted(expected - found)]
@@ -115,10 +116,10 @@ def schema_problems(tenant_schemas: list[str]) -> tuple[list[str], dict[str, Any
         [[t for names in service_tables().values() for t in names] + [t.table for t in TENANT_DATA_TABLES]],
     )
     problems += [f"service table {row[0]} found in public" for row in stray]
-    return problems, {
-        "schemas": sorted(n for n in found if not n.startswith(TENANT_SCHEMA_PREFIX)),
-        "tenant_schemas": len([n for n in found if n.startswith(TENANT_SCHEMA_PREFIX)]),
-    }
+    return problems, CheckDetails(
+        schemas=sorted(n for n in found if not n.startswith(TENANT_SCHEMA_PREFIX)),
+        tenant_schemas=len([n for n in found if n.startswith(TENANT_SCHEMA_PREFIX)]),
+    )
 
 
 # Tenants counted per statement: a statement keeps every table it read locked until its transaction

@@ -7,13 +7,15 @@ from psycopg import sql
 
 from migrator import catalog
 from migrator.core.context import MigrationContext, TenantRef
+from migrator.core.details import ArchiveDetails, SequenceDetails
 from migrator.core.errors import MigrationError
+from migrator.core.fingerprint import Fingerprint
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.engine import tracking
 from migrator.models import Status
 from migrator.modes import mode_for
-from migrator.ops import archive, dependents, fingerprint, reference
+from migrator.ops import archive, dependents, reference
 from migrator.ops.copies import (
     auth_copy,
     auth_validation_target,
@@ -46,20 +48,21 @@ def _changed_since_validation(validated: dict[str, TableCopy]) -> list[str]:
         if not catalog.table_exists(copy.target_schema, copy.target_table):
             problems.append(f"{target}: table missing")
             continue
-        if record.source_fingerprint is None:  # validated with no legacy table: there is nothing to compare
+        validated_source = Fingerprint.parse_recorded(record.source_fingerprint)
+        if validated_source is None:  # validated with no legacy table: there is nothing to compare
             if catalog.table_exists(copy.source_schema, copy.source_table):
                 problems.append(f"{legacy}: appeared after phase 3")
             continue
         if not catalog.table_exists(copy.source_schema, copy.source_table):
             problems.append(f"{legacy}: table missing")
             continue
-        source, current_target = validation_fingerprints(copy, fingerprint.method_of(record.source_fingerprint))
-        if str(source) != record.source_fingerprint:
+        source, current_target = validation_fingerprints(copy, validated_source.method)
+        if source != validated_source:
             problems.append(
                 f"{legacy}: {record.rows_expected} rows validated, {source.rows} now"
                 + ("" if source.rows != record.rows_expected else ", content changed")
             )
-        if str(current_target) != record.target_fingerprint:
+        if current_target != Fingerprint.parse_recorded(record.target_fingerprint):
             problems.append(
                 f"{target}: {record.rows_copied} rows validated, {current_target.rows} now"
                 + ("" if current_target.rows != record.rows_copied else ", content changed")
@@ -84,7 +87,7 @@ def _refuse_changes(problems: list[str], scope: str) -> None:
         )
 
 
-def _continue_sequences(validated: dict[str, TableCopy]) -> dict[str, dict[str, int | None]]:
+def _continue_sequences(validated: dict[str, TableCopy]) -> dict[str, SequenceDetails]:
     """Under the lock that stops the legacy tables' writers: the new tables' sequences continue after
     whatever the legacy sequences issued since phase 3 (an insert deleted again, or rolled back, leaves
     the content as validated but the sequence ahead)."""
@@ -226,7 +229,7 @@ class CutoverPhase(Phase):
             return StepResult(
                 message=f"{len(moved_before)} legacy tables already archived (by an attempt stopped before "
                 "it was recorded)",
-                details={"archived": moved_before},
+                details=ArchiveDetails(archived=moved_before),
             )
         validated = {
             VALIDATION.key(tenant.tenant_id, spec.target_table): in_legacy_timezone(ctx, tenant_copy(tenant, spec))
@@ -271,7 +274,7 @@ class CutoverPhase(Phase):
             message += f"; {len(carried)} dependent objects carried to the new tables"
         return StepResult(
             message=message,
-            details={"archived": moved, "sequences": sequences, "dependents_carried": carried},
+            details=ArchiveDetails(archived=moved, sequences=sequences, dependents_carried=carried),
         )
 
     def _archive_auth_tables(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
@@ -308,7 +311,7 @@ class CutoverPhase(Phase):
             dropped_schema = archive.drop_schema_if_empty(cfg.legacy_auth_schema)
         return StepResult(
             message=f"{len(moved)} legacy auth tables {'dropped' if drop else 'archived'}",
-            details={"archived": moved, "legacy_schema_dropped": dropped_schema, "sequences": sequences},
+            details=ArchiveDetails(archived=moved, legacy_schema_dropped=dropped_schema, sequences=sequences),
         )
 
     @staticmethod

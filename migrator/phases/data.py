@@ -8,6 +8,13 @@ from dataclasses import replace
 
 from migrator import catalog, db
 from migrator.core.context import MigrationContext, TenantRef
+from migrator.core.details import (
+    CopyDetails,
+    MergeReferenceDetails,
+    ReferenceRowsDetails,
+    ValidateDetails,
+    read_details,
+)
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
@@ -270,7 +277,12 @@ class DataPhase(Phase):
             message=f"{stats.rows_copied} rows",
             rows_expected=stats.rows_source,
             rows_copied=stats.rows_copied,
-            details={"batches": stats.batches, **timezone_details(copy), **sequence, **applied},
+            details=CopyDetails(
+                batches=stats.batches,
+                **timezone_details(copy),
+                **sequence,
+                **applied,
+            ),
         )
 
     def _merge_reference_table(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
@@ -296,14 +308,14 @@ class DataPhase(Phase):
             message=message,
             rows_expected=result.rows_staged,
             rows_copied=result.mapped,
-            details={
-                "tenants_merged": len(result.tenants_merged),
-                "rows_added": result.rows_added,
-                "discarded_variants": result.discarded,
-                "tenants_without_table": result.tenants_without_table,
-                "policy": policy,
+            details=MergeReferenceDetails(
+                tenants_merged=len(result.tenants_merged),
+                rows_added=result.rows_added,
+                discarded_variants=result.discarded,
+                tenants_without_table=result.tenants_without_table,
+                policy=policy,
                 **sequence,
-            },
+            ),
         )
 
     def _copy_tenant_table(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
@@ -322,7 +334,7 @@ class DataPhase(Phase):
                 message=f"no legacy table {tenant.schema}.{spec.legacy_table}: nothing to copy",
                 rows_expected=0,
                 rows_copied=0,
-                details={"legacy_table_missing": True},
+                details=CopyDetails(legacy_table_missing=True),
             )
         if not catalog.table_exists(tenant.schema, spec.target_table):
             raise MigrationError(
@@ -366,7 +378,7 @@ class DataPhase(Phase):
         sequence = continue_sequence_of(copy)  # same ids as legacy, as for auth
         if stats.rows_source >= ANALYZE_FROM_ROWS:
             analyze(tenant.schema, spec.target_table)
-        merged.update(copy_mode.catch_up(ctx, tenant.schema, applied, reporter))
+        online_applied = copy_mode.catch_up(ctx, tenant.schema, applied, reporter)
         resumed = f", resumed after id {stats.resumed_after[0]}" if stats.resumed_after else ""
         if stats.ranges:
             resumed = f" over {stats.ranges} key ranges" + (
@@ -376,21 +388,24 @@ class DataPhase(Phase):
             message=f"{stats.rows_copied} rows in {stats.batches} batches{resumed}",
             rows_expected=stats.rows_source,
             rows_copied=stats.rows_copied,
-            details={
-                "batches": stats.batches,
-                "deferred": deferred,
-                "rebuilt": rebuilt,
-                "resumed_after": stats.resumed_after,
-                **({"ranges": stats.ranges} if stats.ranges else {}),
+            details=CopyDetails(
+                batches=stats.batches,
+                deferred=deferred,
+                rebuilt=rebuilt,
+                resumed_after=stats.resumed_after,
+                **(CopyDetails(ranges=stats.ranges) if stats.ranges else CopyDetails()),
                 **timezone_details(copy),
                 **sequence,
                 **carry.details(),
                 **merged,
-            },
+                **online_applied,
+            ),
         )
 
     @staticmethod
-    def _merge_new_reference_rows(ctx: MigrationContext, tenant: TenantRef, spec: TenantDataTable) -> dict[str, object]:
+    def _merge_new_reference_rows(
+        ctx: MigrationContext, tenant: TenantRef, spec: TenantDataTable
+    ) -> ReferenceRowsDetails:
         """Merge the tenant's reference rows that have no map entry yet (added since the merge_reference
         steps ran), so its rows never point at a reference row the map does not know."""
         mapped: dict[str, int] = {}
@@ -405,7 +420,7 @@ class DataPhase(Phase):
             if result.mapped:
                 mapped[ref_name] = result.mapped
             discarded += result.discarded
-        details: dict[str, object] = {"reference_rows_merged": mapped} if mapped else {}
+        details = ReferenceRowsDetails(reference_rows_merged=mapped) if mapped else ReferenceRowsDetails()
         if discarded:
             details["discarded_variants"] = discarded
         return details
@@ -436,7 +451,7 @@ class DataPhase(Phase):
         else:
             comparison = copy_mode.compare(ctx, copy)
         source, target = comparison.source, comparison.target
-        details: dict[str, object] = timezone_details(copy)
+        details: ValidateDetails = {**timezone_details(copy)}
         if ranged is not None:
             details["ranges"] = ranged.ranges
         converted = [str(d) for d in type_differences(copy)]
@@ -447,15 +462,15 @@ class DataPhase(Phase):
         missing = constraints.missing_constraints(copy.target_schema, copy.target_table)
         if missing:
             details["constraints_missing"] = missing
-        message = f"{target.rows} rows, fingerprint {'matches' if str(source) == str(target) else 'DIFFERS'}"
+        message = f"{target.rows} rows, fingerprint {'matches' if source == target else 'DIFFERS'}"
         if converted:
             message += f"; compared in the legacy types' terms: {', '.join(converted)}"
         return StepResult(
             message=message,
             rows_expected=source.rows,
             rows_copied=target.rows,
-            source_fingerprint=str(source),
-            target_fingerprint=str(target),
+            source_fingerprint=source,
+            target_fingerprint=target,
             details=details,
         )
 
@@ -487,20 +502,16 @@ class DataPhase(Phase):
 
     def _check_validation(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
         problems = []
+        details = read_details(ValidateDetails, result.details)
         if result.source_fingerprint != result.target_fingerprint:
-            sample = result.details.get("differing_keys") or []
+            sample = details.get("differing_keys") or []
+            converted = details.get("columns_of_another_type")
             problems.append(
                 f"content differs: source {result.source_fingerprint}, target {result.target_fingerprint}; "
                 f"differing keys (first {len(sample)}): "
                 f"{', '.join(str(k[0] if len(k) == 1 else tuple(k)) for k in sample)}"
-                + (
-                    f"; legacy columns of another type: {', '.join(result.details['columns_of_another_type'])}"
-                    if result.details.get("columns_of_another_type")
-                    else ""
-                )
+                + (f"; legacy columns of another type: {', '.join(converted)}" if converted else "")
             )
-        if result.details.get("constraints_missing"):
-            problems.append(
-                "indexes or foreign keys not rebuilt/validated: " + ", ".join(result.details["constraints_missing"])
-            )
+        if missing := details.get("constraints_missing"):
+            problems.append("indexes or foreign keys not rebuilt/validated: " + ", ".join(missing))
         return problems

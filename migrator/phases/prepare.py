@@ -11,6 +11,7 @@ from django.db import transaction
 
 from migrator import catalog, db
 from migrator.core.context import MigrationContext, TenantRef
+from migrator.core.details import BackupDetails, DiscoverDetails, read_details
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
@@ -361,11 +362,10 @@ class PreparePhase(Phase):
         return StepResult(
             message=f"{info.path} ({info.size // 1024} KiB{parts}, {info.toc_entries} entries, "
             f"sha256 {info.sha256[:12]}...)",
-            # what a restore's confirmation counts the writes it would discard from
-            details={
-                "backup": info.as_dict(),
-                "legacy_row_writes": backup.legacy_row_writes(ctx.config.legacy_auth_schema, ctx.config.archive_schema),
-            },
+            details=BackupDetails(
+                backup=info.as_dict(),
+                legacy_row_writes=backup.legacy_row_writes(ctx.config.legacy_auth_schema, ctx.config.archive_schema),
+            ),
         )
 
     @staticmethod
@@ -384,7 +384,7 @@ class PreparePhase(Phase):
             ) from None
         return StepResult(
             message=f"rehearsal copy restored from {info.path}",
-            details={"backup": info.as_dict(), "rehearsal_copy_of": comment},
+            details=BackupDetails(backup=info.as_dict(), rehearsal_copy_of=comment),
         )
 
     def _inspect_auth(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
@@ -437,13 +437,13 @@ class PreparePhase(Phase):
             )
         return StepResult(
             message=message,
-            details={
-                "tenants": valid,
-                "invalid_schemas": invalid,
-                "created_new": new,
-                "excluded_schemas": decided.excluded,
-                "renamed_schemas": decided.renamed,
-            },
+            details=DiscoverDetails(
+                tenants=valid,
+                invalid_schemas=invalid,
+                created_new=new,
+                excluded_schemas=decided.excluded,
+                renamed_schemas=decided.renamed,
+            ),
         )
 
     def _register_tenant(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
@@ -519,10 +519,11 @@ class PreparePhase(Phase):
         return StepResult(message=message, rows_expected=rows, details={"inspection": report, **details})
 
     def _check_backup(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
-        info = backup.BackupInfo.from_dict(result.details["backup"])
+        recorded = read_details(BackupDetails, result.details)
+        info = backup.BackupInfo.from_dict(recorded["backup"])
         if info.toc_entries == 0 or not Path(info.path).is_dir():
             return [f"backup {info.path} is empty or missing"]
-        if "rehearsal_copy_of" in result.details:
+        if "rehearsal_copy_of" in recorded:
             return []  # the rehearsal checked its sha256 before restoring it
         backup.check_backup(info)
         return []

@@ -15,19 +15,20 @@ prepare runs with ``--rehearsal-backup`` and records the backup the copy was res
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
 from django.db import connection
 
 from migrator import db
 from migrator.core.command_options import arguments_of
 from migrator.core.context import MigrationContext
+from migrator.core.details import BackupDetails, RehearseDetails, read_details
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.models import MigrationRecord
 from migrator.ops import backup, rehearsal, restore
 from migrator.ops.backup import BackupInfo
+from migrator.ops.rehearsal_report import LegacyVolume, PhaseRun, RehearsalReport, RunSettings
 from migrator.step_ref import StepRef
 
 
@@ -92,11 +93,12 @@ class RehearsePhase(Phase):
     @staticmethod
     def _backup() -> BackupInfo:
         record = MigrationRecord.objects.latest_backup(BACKUP)
-        if record is None or not isinstance(record.details.get("backup"), dict):
+        details = read_details(BackupDetails, record.details if record else None)
+        if not isinstance(details.get("backup"), dict):
             raise MigrationError(
                 "there is no completed phase-1 backup to rehearse from; run `migrate_phase prepare` first"
             )
-        return BackupInfo.from_dict(record.details["backup"])
+        return BackupInfo.from_dict(details["backup"])
 
     @staticmethod
     def _arguments(ctx: MigrationContext, info: BackupInfo) -> list[str]:
@@ -139,7 +141,7 @@ class RehearsePhase(Phase):
             message=self._message(report),
             rows_expected=rehearsed.rows,
             rows_copied=sum(r.rows_moved for r in runs),
-            details={"rehearsal": report},
+            details=RehearseDetails(rehearsal=report.to_json()),
         )
 
     @staticmethod
@@ -148,46 +150,42 @@ class RehearsePhase(Phase):
         info: BackupInfo,
         target: str,
         phases: list[rehearsal.PhaseToRun],
-        runs: list[rehearsal.PhaseRun],
-        rehearsed: rehearsal.LegacyVolume,
-        live: rehearsal.LegacyVolume,
+        runs: list[PhaseRun],
+        rehearsed: LegacyVolume,
+        live: LegacyVolume,
         cleaned: list[str],
         dropped_roles: list[str],
         notes: list[str],
-    ) -> dict[str, Any]:
+    ) -> RehearsalReport:
         ran = [r.phase for r in runs]
-        return {
-            "ok": len(runs) == len(phases) and all(r.ok for r in runs),
-            "source_database": connection.settings_dict["NAME"],
-            "target_database": target,
-            "kept": ctx.options.keep_target,
-            "backup": {"path": info.path, "created_at": info.created_at},
-            "options": {
-                "jobs": ctx.jobs,
-                "batch_size": ctx.batch_size,
-                "tenants": list(ctx.tenant_filter),
-                "online": False,
-            },
-            "phases": [r.as_dict() for r in runs],
-            "not_run": [p.name for p in phases if p.name not in ran],
-            "seconds": round(sum(r.seconds for r in runs), 3),
-            "rehearsed_volume": rehearsed.as_dict(),
-            "live_volume": live.as_dict(),
-            "projection": rehearsal.project(phases, runs, rehearsed, live),
-            "cleaned_up_before": cleaned,
-            "roles_dropped": dropped_roles,
-            "notes": notes,
-        }
+        return RehearsalReport(
+            ok=len(runs) == len(phases) and all(r.ok for r in runs),
+            source_database=connection.settings_dict["NAME"],
+            target_database=target,
+            kept=ctx.options.keep_target,
+            backup_path=info.path,
+            backup_created_at=info.created_at,
+            options=RunSettings(jobs=ctx.jobs, batch_size=ctx.batch_size, tenants=list(ctx.tenant_filter)),
+            phases=runs,
+            not_run=[p.name for p in phases if p.name not in ran],
+            seconds=round(sum(r.seconds for r in runs), 3),
+            rehearsed_volume=rehearsed,
+            live_volume=live,
+            projection=rehearsal.project(phases, runs, rehearsed, live),
+            cleaned_up_before=cleaned,
+            roles_dropped=dropped_roles,
+            notes=notes,
+        )
 
     @staticmethod
-    def _message(report: dict[str, Any]) -> str:
-        projection = report["projection"]
+    def _message(report: RehearsalReport) -> str:
+        projection = report.projection
         window = (
-            f"real run projected at {rehearsal.seconds_text(projection['total_low_seconds'])} to "
-            f"{rehearsal.seconds_text(projection['total_high_seconds'])}"
+            f"real run projected at {rehearsal.seconds_text(projection.total_low_seconds)} to "
+            f"{rehearsal.seconds_text(projection.total_high_seconds)}"
         )
-        failed = next((p for p in report["phases"] if not p["ok"]), None)
+        failed = report.first_failed
         if failed is None:
-            return f"all {len(report['phases'])} phases passed in {rehearsal.seconds_text(report['seconds'])}; {window}"
-        first = failed["failed"][0] if failed["failed"] else {"step": failed["phase"], "error": failed["error"]}
-        return f"phase {failed['phase']} failed in the rehearsal: {first['step']}: {first['error']}; {window} (partial)"
+            return f"all {len(report.phases)} phases passed in {rehearsal.seconds_text(report.seconds)}; {window}"
+        first = failed.first_failure
+        return f"phase {failed.phase} failed in the rehearsal: {first.step}: {first.error}; {window} (partial)"

@@ -6,6 +6,7 @@ from django.db import transaction
 
 from migrator import catalog
 from migrator.core.context import MigrationContext, TenantRef
+from migrator.core.details import ArchiveDetails, DropRolesDetails, read_details
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
@@ -205,7 +206,7 @@ class RollbackPhase(Phase):
         message = f"dropped {', '.join(dropped) or 'no role'}" + (
             f"; kept {', '.join(kept)} (not created by the migrator; its grants revoked)" if kept else ""
         )
-        return StepResult(message=message, details={"dropped": dropped, "kept": kept})
+        return StepResult(message=message, details=DropRolesDetails(dropped=dropped, kept=kept))
 
     def _drop_tenant_tables(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         # The tenant's steps become ROLLED_BACK in the transaction that drops its tables: a rollback
@@ -256,7 +257,9 @@ class RollbackPhase(Phase):
         live = [
             r.tenant_id
             for r in tracking.latest_records(CUT_OVER.phase).values()
-            if r.step == CUT_OVER.kind and r.status == Status.COMPLETED and not (r.details or {}).get("online")
+            if r.step == CUT_OVER.kind
+            and r.status == Status.COMPLETED
+            and not read_details(ArchiveDetails, r.details).get("online")
         ]
         live += [
             r.tenant_id
@@ -273,4 +276,5 @@ class RollbackPhase(Phase):
         return [f"schema {s} still exists" for s in service_tables() if catalog.schema_exists(s)]
 
     def _check_roles_gone(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
-        return [f"role {r} still exists" for r in result.details.get("dropped", []) if catalog.role_exists(r)]
+        dropped = read_details(DropRolesDetails, result.details).get("dropped", [])
+        return [f"role {r} still exists" for r in dropped if catalog.role_exists(r)]

@@ -6,6 +6,7 @@ from django.db import transaction
 
 from migrator import catalog, db
 from migrator.core.context import MigrationContext, TenantRef
+from migrator.core.details import TenantGrantsDetails
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
@@ -100,7 +101,9 @@ class SecurityPhase(Phase):
         for key, schema in schemas.items():
             results[key] = StepResult(
                 message=", ".join(f"{g.table} -> {g.role}" for g in given[schema]),
-                details={"usage_granted": sorted({g.role for g in given[schema]} - set(had_usage[schema]))},
+                details=TenantGrantsDetails(
+                    usage_granted=sorted({g.role for g in given[schema]} - set(had_usage[schema]))
+                ),
             )
         return results
 

@@ -12,12 +12,14 @@ from django.db import DatabaseError, IntegrityError
 
 from migrator import catalog, db
 from migrator.core.context import MigrationContext, TenantRef
+from migrator.core.details import CheckDetails, read_details
 from migrator.core.phase import ApplyStep, Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.engine.orchestration import free_connections
 from migrator.models import MigrationRecord, Status
 from migrator.modes import MigrationMode, mode_for, online_scopes
 from migrator.ops import carried, grants, load_test, verification
+from migrator.ops.load_figures import LoadTestFigures
 from migrator.step_ref import StepRef
 from migrator.tables import TENANT_DATA_TABLES, service_tables
 from salesflow.layout import NAMESPACE_SERVICE
@@ -25,11 +27,11 @@ from tenants.models import MigrationState, Tenant
 
 logger = logging.getLogger("migrator.verify")
 
-CheckResult = tuple[list[str], dict[str, object]]
+CheckResult = tuple[list[str], CheckDetails]
 PhaseWideCheck = Callable[[MigrationContext, Step], CheckResult]
 TenantCheck = Callable[[MigrationContext, Step, "BatchFacts"], CheckResult]  # a tenant's, on its batch's facts
 # What a check that found no problem saw, from the details it recorded.
-Summary = Callable[[dict[str, object]], str]
+Summary = Callable[[CheckDetails], str]
 
 
 def said(message: str) -> Summary:
@@ -238,7 +240,8 @@ class VerifyPhase(Phase):
         def apply(ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
             problems, details = check(ctx, step)
             message = "; ".join(problems) if problems else summary(details)
-            return StepResult(message=message, details={**details, "problems": problems})
+            recorded: CheckDetails = {**details, "problems": problems}
+            return StepResult(message=message, details=recorded)
 
         return apply
 
@@ -258,7 +261,7 @@ class VerifyPhase(Phase):
 
     @staticmethod
     def _problems_found(ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
-        return list(result.details.get("problems", []))
+        return list(read_details(CheckDetails, result.details).get("problems", []))
 
     def _expected_schemas(self, ctx: MigrationContext, step: Step) -> CheckResult:
         return verification.schema_problems([t.schema for t in ctx.registered_tenants])
@@ -342,7 +345,7 @@ class VerifyPhase(Phase):
         opts = ctx.options
         # Each client is a connection: stay within what the server lets this role open (one kept spare).
         clients = max(1, min(opts.load_clients, free_connections() - 1))
-        problems, details = load_test.run_load_test(
+        problems, figures = load_test.run_load_test(
             ctx.config,
             [t.schema for t in ctx.registered_tenants],
             clients,
@@ -351,13 +354,13 @@ class VerifyPhase(Phase):
             opts.load_max_regression,
         )
         if clients < opts.load_clients:
-            details["notes"].append(
+            figures.notes.append(
                 f"--load-clients {opts.load_clients} lowered to {clients}: the server's free connections"
             )
-        return problems, {"load_test": details}
+        return problems, {"load_test": figures.to_json()}
 
 
-def _row_counts_summary(details: dict[str, object]) -> str:
+def _row_counts_summary(details: CheckDetails) -> str:
     counts = details.get("counts")
     if not isinstance(counts, dict):
         return "OK"
@@ -365,19 +368,19 @@ def _row_counts_summary(details: dict[str, object]) -> str:
     return f"{len(counts)} tenants: " + ", ".join(f"{sum(c[n] for c in counts.values())} {n}" for n in names)
 
 
-def _counts_match_summary(details: dict[str, object]) -> str:
+def _counts_match_summary(details: CheckDetails) -> str:
     counts = details.get("counts")
     if not isinstance(counts, dict):
         return "OK"
     return ", ".join(f"{t.legacy_table} {counts.get(t.legacy_table)}" for t in TENANT_DATA_TABLES) + " as validated"
 
 
-def _load_test_summary(details: dict[str, object]) -> str:
+def _load_test_summary(details: CheckDetails) -> str:
     load = details.get("load_test")
-    return load_summary(load) if isinstance(load, dict) else "OK"
+    return load_summary(LoadTestFigures.from_json(load)) if isinstance(load, dict) else "OK"
 
 
-def _crud_smoke_summary(details: dict[str, object]) -> str:
+def _crud_smoke_summary(details: CheckDetails) -> str:
     if details.get("refused_by_carried_constraint"):
         return (
             f"the test contact was refused by {details['refused_by_carried_constraint']}, a constraint carried "
@@ -386,8 +389,8 @@ def _crud_smoke_summary(details: dict[str, object]) -> str:
     return "create, read, update, delete OK (rolled back)"
 
 
-def _index_usage_summary(details: dict[str, object]) -> str:
-    return f"{len(details.get('index_used', {}))} key lookups served by an index"  # type: ignore[arg-type]
+def _index_usage_summary(details: CheckDetails) -> str:
+    return f"{len(details.get('index_used', {}))} key lookups served by an index"
 
 
 # What verify compares the tenants' row counts with: phase 3's record of each table; and the copies, whose
@@ -410,17 +413,13 @@ def validated_counts(tenant_ids: list[str]) -> dict[str, dict[str, int | None]]:
     return found
 
 
-def load_summary(details: dict[str, object]) -> str:
-    layouts = details.get("layouts")
-    if not isinstance(layouts, dict):
-        return "load test ran"
+def load_summary(figures: LoadTestFigures) -> str:
     parts = []
-    for layout, figures in layouts.items():
-        queries = figures["queries"]
-        total = sum(q["queries"] for q in queries.values())
-        worst = max((q["p95_ms"] or 0 for q in queries.values()), default=0)
+    for layout, measured in figures.layouts.items():
+        queries = measured.queries
+        total = sum(q.queries for q in queries.values())
+        worst = max((q.p95_ms or 0 for q in queries.values()), default=0)
         parts.append(
-            f"{layout} {total / figures['seconds'] if figures['seconds'] else 0:,.0f} queries/s "
-            f"(worst p95 {worst:.2f} ms)"
+            f"{layout} {total / measured.seconds if measured.seconds else 0:,.0f} queries/s (worst p95 {worst:.2f} ms)"
         )
-    return f"{details.get('clients')} clients: " + ", ".join(parts)
+    return f"{figures.clients} clients: " + ", ".join(parts)

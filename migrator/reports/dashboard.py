@@ -20,9 +20,12 @@ from django.db.models.functions import Cast, Coalesce, JSONObject
 from django.utils import timezone
 
 from migrator import phases as phase_registry
+from migrator.core.details import BackupDetails, CheckDetails, RehearseDetails, read_details
 from migrator.core.phase import Phase
 from migrator.models import MigrationRecord, Status, of_steps
 from migrator.ops.capture import Lag, lag
+from migrator.ops.load_figures import LEGACY, NEW, LoadTestFigures, QueryFigures
+from migrator.ops.rehearsal_report import RehearsalReport
 from migrator.phases.data import DataPhase
 from migrator.phases.prepare import PreparePhase
 from migrator.phases.rehearse import RehearsePhase
@@ -252,8 +255,8 @@ class RehearsalSummary:
 @dataclass(frozen=True)
 class LoadQuery:
     name: str
-    legacy: dict[str, Any] | None
-    new: dict[str, Any] | None
+    legacy: QueryFigures | None
+    new: QueryFigures | None
     legacy_bar: float = 0.0  # p95 as a percentage of the largest p95 of the table: the chart's bar widths
     new_bar: float = 0.0
 
@@ -363,9 +366,10 @@ def _phase_cells(names: list[str], tenant_ids: set[str]) -> dict[str, tuple[dict
 
 def _backup() -> BackupSummary | None:
     record = MigrationRecord.objects.only("id", "details", "completed_at").latest_backup(PreparePhase.BACKUP)
-    if record is None or not isinstance(record.details.get("backup"), dict):
+    details = read_details(BackupDetails, record.details if record else None)
+    if record is None or not isinstance(details.get("backup"), dict):
         return None
-    info = record.details["backup"]
+    info = details["backup"]
     created = info.get("created_at")
     try:
         created_at = datetime.fromisoformat(created) if created else record.completed_at
@@ -420,59 +424,61 @@ def _rehearsal_and_load_test() -> tuple[RehearsalSummary | None, LoadTestSummary
     )
     rehearsal = load_test = None
     for record in rows:
-        if record.step == RehearsePhase.REHEARSAL.kind and isinstance(record.details.get("rehearsal"), dict):
+        if record.step == RehearsePhase.REHEARSAL.kind and isinstance(
+            read_details(RehearseDetails, record.details).get("rehearsal"), dict
+        ):
             rehearsal = _rehearsal(record)
-        elif record.step == VerifyPhase.LOAD_TEST.kind and isinstance(record.details.get("load_test"), dict):
+        elif record.step == VerifyPhase.LOAD_TEST.kind and isinstance(
+            read_details(CheckDetails, record.details).get("load_test"), dict
+        ):
             load_test = _load_test(record)
     return rehearsal, load_test
 
 
 def _rehearsal(record: MigrationRecord) -> RehearsalSummary:
-    report = record.details["rehearsal"]
-    projection = report.get("projection", {})
-    projected = {p["phase"]: p for p in projection.get("phases", [])}
+    report = RehearsalReport.from_json(read_details(RehearseDetails, record.details)["rehearsal"])
+    projection = report.projection
+    projected = {p.phase: p for p in projection.phases}
     phases = {}
-    for phase in report.get("phases", []):
-        name = phase["phase"]
-        errors = [f"{f['step']}: {f['error']}" for f in phase.get("failed", [])]
-        if phase.get("error") and not errors:
-            errors.append(str(phase["error"]))
+    for phase in report.phases:
+        name = phase.phase
+        errors = [f"{f.step}: {f.error}" for f in phase.failed]
+        if phase.error and not errors:
+            errors.append(phase.error)
         phases[name] = RehearsedPhase(
             name=name,
-            ok=bool(phase.get("ok")),
-            seconds=float(phase.get("seconds") or 0),
-            rows_per_second=phase.get("rows_per_second"),
-            projected_low=projected.get(name, {}).get("low_seconds"),
-            projected_high=projected.get(name, {}).get("high_seconds"),
+            ok=phase.ok,
+            seconds=phase.seconds,
+            rows_per_second=phase.rows_per_second,
+            projected_low=projected[name].low_seconds if name in projected else None,
+            projected_high=projected[name].high_seconds if name in projected else None,
             errors=errors,
         )
-    low, high = projection.get("total_low_seconds"), projection.get("total_high_seconds")
-    total = (
-        "—"
-        if low is None or high is None
-        else f"{format_duration(timedelta(seconds=low))} to {format_duration(timedelta(seconds=high))}"
-    )
+    low, high = projection.total_low_seconds, projection.total_high_seconds
+    total = f"{format_duration(timedelta(seconds=low))} to {format_duration(timedelta(seconds=high))}"
     return RehearsalSummary(
         record_id=record.pk,
         completed_at=record.completed_at,
-        ok=bool(report.get("ok")),
-        target_database=str(report.get("target_database", "")),
+        ok=report.ok,
+        target_database=report.target_database,
         phases=phases,
-        not_run=list(report.get("not_run", [])),
+        not_run=report.not_run,
         projected_text=total,
-        assumptions=list(projection.get("assumptions", [])),
+        assumptions=projection.assumptions,
     )
 
 
 def _load_test(record: MigrationRecord) -> LoadTestSummary:
-    figures = record.details["load_test"]
-    layouts = figures.get("layouts", {})
-    legacy, new = layouts.get("legacy", {}).get("queries", {}), layouts.get("new", {}).get("queries", {})
+    details = read_details(CheckDetails, record.details)
+    figures = LoadTestFigures.from_json(details["load_test"])
+    layouts = figures.layouts
+    legacy = layouts[LEGACY].queries if LEGACY in layouts else {}
+    new = layouts[NEW].queries if NEW in layouts else {}
     names = list(dict.fromkeys([*legacy, *new]))
-    largest = max([q.get("p95_ms") or 0 for q in [*legacy.values(), *new.values()]] + [0])
+    largest = max([q.p95_ms or 0 for q in [*legacy.values(), *new.values()]] + [0])
 
-    def bar(stats: dict[str, Any] | None) -> float:
-        return round(100.0 * (stats.get("p95_ms") or 0) / largest, 1) if stats and largest else 0.0
+    def bar(stats: QueryFigures | None) -> float:
+        return round(100.0 * (stats.p95_ms or 0) / largest, 1) if stats and largest else 0.0
 
     queries = [
         LoadQuery(name, legacy.get(name), new.get(name), bar(legacy.get(name)), bar(new.get(name))) for name in names
@@ -481,11 +487,11 @@ def _load_test(record: MigrationRecord) -> LoadTestSummary:
         record_id=record.pk,
         status=record.status,
         completed_at=record.completed_at,
-        clients=figures.get("clients"),
-        seconds=figures.get("seconds"),
-        max_regression=figures.get("max_regression_percent"),
+        clients=figures.clients,
+        seconds=figures.seconds,
+        max_regression=figures.max_regression_percent,
         queries=queries,
-        problems=list(record.details.get("problems", [])),
+        problems=list(details.get("problems", [])),
     )
 
 

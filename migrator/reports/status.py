@@ -8,6 +8,7 @@ from psycopg import sql
 
 from migrator import db
 from migrator import phases as phase_registry
+from migrator.core.details import DeployDetails, DiscoverDetails, read_details
 from migrator.core.steps import COPY_RANGE, RANGE_KINDS
 from migrator.models import DEPLOY_KEY, MigrationRecord, Status
 from migrator.ops import registry, twoway
@@ -183,7 +184,7 @@ def excluded_schemas() -> list[dict[str, object]]:
         .only("details")
         .first()
     )
-    found = list(discover.details.get("excluded_schemas") or []) if discover is not None else []
+    found = list(read_details(DiscoverDetails, discover.details).get("excluded_schemas") or []) if discover else []
     listed = {entry["schema"] for entry in found}
     for schema in Tenant.objects.filter(migration_state=MigrationState.EXCLUDED).values_list("schema_name", flat=True):
         if schema not in listed:
@@ -205,7 +206,7 @@ def registered_schemas_missing() -> list[str]:
 def deploy_failures() -> dict[str, str]:
     """{schema: reason} of the newest recorded ``migrate_schemas`` run (empty: none recorded, or none failed)."""
     record = MigrationRecord.objects.filter(migration_id=DEPLOY_KEY).order_by("-attempt").only("details").first()
-    failed = record.details.get("failed") if record is not None else None
+    failed = read_details(DeployDetails, record.details if record else None).get("failed")
     return dict(failed) if isinstance(failed, dict) else {}
 
 

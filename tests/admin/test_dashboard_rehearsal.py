@@ -6,6 +6,16 @@ import pytest
 from django.urls import reverse
 
 from migrator.models import Status
+from migrator.ops.load_figures import LayoutFigures, LoadTestFigures, QueryFigures
+from migrator.ops.rehearsal_report import (
+    FailedStep,
+    LegacyVolume,
+    PhaseProjection,
+    PhaseRun,
+    Projection,
+    RehearsalReport,
+    RunSettings,
+)
 from migrator.reports.dashboard import build_dashboard
 
 PHASE_NAMES = ("prepare", "schemas", "data", "security", "verify", "cutover")
@@ -13,50 +23,63 @@ PHASE_NAMES = ("prepare", "schemas", "data", "security", "verify", "cutover")
 
 def rehearsal_report(ok: bool = True) -> dict:
     phases = [
-        {
-            "phase": name,
-            "ok": ok or name != "data",
-            "seconds": 10.0 * (i + 1),
-            "steps": 3,
-            "rows_moved": 1000 if name == "data" else 0,
-            "rows_per_second": 33.3 if name == "data" else None,
-            "failed": [] if ok or name != "data" else [{"step": "data/acme/copy_table/x", "error": "boom"}],
-            "error": None,
-            "peak_lag_seconds": None,
-        }
+        PhaseRun(
+            phase=name,
+            ok=ok or name != "data",
+            seconds=10.0 * (i + 1),
+            steps=3,
+            rows_moved=1000 if name == "data" else 0,
+            failed=[] if ok or name != "data" else [FailedStep("data/acme/copy_table/x", "boom")],
+        )
         for i, name in enumerate(PHASE_NAMES)
     ]
-    projection = {
-        "phases": [
-            {
-                "phase": p["phase"],
-                "scaled_by": "tenants",
-                "expected_seconds": p["seconds"] * 2,
-                "low_seconds": p["seconds"] * 2,
-                "high_seconds": p["seconds"] * 2.5,
-            }
-            for p in phases
-        ],
-        "total_low_seconds": 420.0,
-        "total_high_seconds": 525.0,
-        "assumptions": ["the same server"],
-    }
-    return {"ok": ok, "target_database": "x_rehearsal", "phases": phases, "not_run": [], "projection": projection}
+    projection = Projection(
+        row_ratio=2.0,
+        tenant_ratio=2.0,
+        phases=[PhaseProjection(p.phase, "tenants", p.seconds * 2, p.seconds * 2, p.seconds * 2.5) for p in phases],
+        total_expected_seconds=420.0,
+        total_low_seconds=420.0,
+        total_high_seconds=525.0,
+        complete=ok,
+        assumptions=["the same server"],
+    )
+    volume = LegacyVolume(tenants=2, rows=2000)
+    return RehearsalReport(
+        ok=ok,
+        source_database="x",
+        target_database="x_rehearsal",
+        kept=False,
+        backup_path="/backups/x.dump",
+        backup_created_at="2026-01-01T00:00:00+00:00",
+        options=RunSettings(jobs=2, batch_size=1000, tenants=[]),
+        phases=phases,
+        not_run=[],
+        seconds=sum(p.seconds for p in phases),
+        rehearsed_volume=volume,
+        live_volume=volume,
+        projection=projection,
+        cleaned_up_before=[],
+        roles_dropped=[],
+        notes=[],
+    ).to_json()
 
 
 def load_figures() -> dict:
-    def stats(p95: float) -> dict:
-        return {"queries": 100, "qps": 50.0, "p50_ms": p95 / 2, "p95_ms": p95, "p99_ms": p95 * 2, "error": None}
+    def stats(p95: float) -> QueryFigures:
+        return QueryFigures(queries=100, qps=50.0, p50_ms=p95 / 2, p95_ms=p95, p99_ms=p95 * 2, error=None)
 
-    return {
-        "clients": 4,
-        "seconds": 10.0,
-        "max_regression_percent": 50.0,
-        "layouts": {
-            "legacy": {"seconds": 2.0, "queries": {"contact by email": stats(1.0)}},
-            "new": {"seconds": 2.0, "queries": {"contact by email": stats(4.0)}},
+    return LoadTestFigures(
+        clients=4,
+        seconds=10.0,
+        queries_wanted=0,
+        max_regression_percent=50.0,
+        noise_floor_ms=5.0,
+        method="threaded client",
+        layouts={
+            "legacy": LayoutFigures(2.0, {"contact by email": stats(1.0)}),
+            "new": LayoutFigures(2.0, {"contact by email": stats(4.0)}),
         },
-    }
+    ).to_json()
 
 
 @pytest.mark.django_db
@@ -100,3 +123,11 @@ def test_dashboard_without_rehearsal_or_load_test(viewer_client) -> None:
     page = viewer_client.get(reverse("admin:migrator_migrationrecord_dashboard")).content.decode()
     assert "No rehearsal yet" in page
     assert "No load test yet" in page
+
+
+def test_the_rehearsal_report_and_the_load_figures_read_back_as_they_were_written() -> None:
+    for ok in (True, False):
+        stored = rehearsal_report(ok)
+        assert RehearsalReport.from_json(stored).to_json() == stored
+    figures = load_figures()
+    assert LoadTestFigures.from_json(figures).to_json() == figures

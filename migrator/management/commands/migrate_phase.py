@@ -16,12 +16,14 @@ from migrator import phases as phase_registry
 from migrator.config import get_config
 from migrator.core.command_options import MAX_BATCH_SIZE, batch_size, options_from_arguments, positive
 from migrator.core.context import MigrationContext, RunOptions, validate_tenant_ids
+from migrator.core.details import RehearseDetails, read_details
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase
 from migrator.engine import orchestration
 from migrator.engine.runner import PhaseOutcome
 from migrator.management.arguments import add_options
 from migrator.management.output import ConsoleReporter, outcome_dict, outcome_summary, rehearsal_lines
+from migrator.ops.rehearsal_report import RehearsalReport
 from migrator.phases import get_phase, phase_choices, phases_help
 from migrator.phases.prepare import PreparePhase, drift_report
 from migrator.phases.rehearse import RehearsePhase
@@ -191,17 +193,18 @@ class Command(BaseCommand):
             self.stdout.flush()
 
     def _rehearsal_report(self, outcome: Any) -> None:
-        report = next(iter(outcome.results.values())).details["rehearsal"]
+        stored = read_details(RehearseDetails, next(iter(outcome.results.values())).details)["rehearsal"]
+        report = RehearsalReport.from_json(stored)
         if self.json:
-            self.stdout.write(json.dumps(report, indent=None if self.json_lines else 2, default=str))
+            self.stdout.write(json.dumps(stored, indent=None if self.json_lines else 2, default=str))
         else:
             for line in rehearsal_lines(report):
                 self.stdout.write(line)
-        if not report["ok"]:
-            failed = next(p for p in report["phases"] if not p["ok"])
-            first = failed["failed"][0] if failed["failed"] else {"step": failed["phase"], "error": failed["error"]}
+        if not report.ok:
+            failed = next(p for p in report.phases if not p.ok)
+            first = failed.first_failure
             raise MigrationError(
-                f"the rehearsal failed in phase {failed['phase']} ({first['step']}: {first['error']}); "
+                f"the rehearsal failed in phase {failed.phase} ({first.step}: {first.error}); "
                 "the real database is unchanged: fix the cause and rehearse again"
             )
 

@@ -12,6 +12,7 @@ from psycopg import sql
 
 from migrator import catalog
 from migrator.core.context import TenantRef
+from migrator.core.fingerprint import Fingerprint
 from migrator.models import MigrationRecord, Status
 from migrator.ops import fingerprint
 from migrator.ops.copy import TableCopy
@@ -86,7 +87,7 @@ def change_target(statement: str) -> None:
 
 def matches(copy: TableCopy, method: str = fingerprint.BY_VALUE) -> bool:
     source, target = fingerprint.both_fingerprints(copy, method)
-    return str(source) == str(target)
+    return source == target
 
 
 def test_equal_tables_have_equal_fingerprints_by_either_method(scratch_copy):
@@ -122,11 +123,29 @@ def test_a_changed_text_or_json_value_changes_the_fingerprint(scratch_copy):
     assert matches(scratch_copy)
 
 
-def test_the_method_of_a_recorded_fingerprint_is_read_from_its_form():
-    assert fingerprint.method_of("240:v2:0000000000000000abcd") == fingerprint.BY_VALUE
-    assert fingerprint.method_of("240:0000000000000000abcd") == fingerprint.BY_TEXT
-    assert fingerprint.method_of("240:v3:0000000000000000abcd") == fingerprint.EXACT
-    assert fingerprint.method_of(None) == fingerprint.CURRENT
+@pytest.mark.parametrize(
+    ("recorded", "method"),
+    [
+        ("240:v2:0000000000000000abcd", fingerprint.BY_VALUE),
+        ("240:0000000000000000abcd", fingerprint.BY_TEXT),
+        ("240:v3:0000000000000000abcd", fingerprint.EXACT),
+    ],
+)
+def test_a_recorded_fingerprint_is_read_in_the_form_it_was_written(recorded: str, method: str):
+    parsed = Fingerprint.parse(recorded)
+    assert (parsed.rows, parsed.digest, parsed.method) == (240, "0000000000000000abcd", method)
+    assert str(parsed) == recorded  # written back unchanged
+    assert parsed == Fingerprint.parse(recorded)
+    assert Fingerprint.parse_recorded(recorded) == parsed
+
+
+def test_fingerprints_made_differently_are_not_equal():
+    assert Fingerprint.parse("240:v2:abcd") != Fingerprint.parse("240:v3:abcd")
+    assert Fingerprint.parse("240:v2:abcd") != Fingerprint.parse("241:v2:abcd")
+    assert Fingerprint.parse_recorded(None) is None
+    assert Fingerprint.parse_recorded("") is None
+    with pytest.raises(ValueError, match="not a recorded fingerprint"):
+        Fingerprint.parse("240:v9:abcd")
 
 
 def record_validations_the_earlier_way(tenant_id: str) -> None:

@@ -49,8 +49,8 @@ def test_the_load_test_runs_on_a_spread_of_the_tenants(
     problems, details = load_test.run_load_test(get_config(), schemas, 1, 0.3, 4, 10_000.0)
 
     assert problems == []
-    assert details["tenants"] == 1
-    assert any(f"1 of the {len(schemas)} tenants" in note for note in details["notes"])
+    assert details.tenants == 1
+    assert any(f"1 of the {len(schemas)} tenants" in note for note in details.notes)
 
 
 def test_a_phase_of_many_steps_refreshes_the_tracking_tables_statistics(

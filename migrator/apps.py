@@ -23,15 +23,17 @@ class MigratorAppConfig(AppConfig):
 def grant_after_schema_migration(sender: Any, schema_name: str, **kwargs: Any) -> None:
     from migrator.config import get_config
     from migrator.ops import grants
+    from migrator.phases.security import SecurityPhase
 
-    grants.grant_after_schema_migration(get_config(), schema_name)
+    grants.grant_after_schema_migration(get_config(), schema_name, SecurityPhase.SERVICE_ROLE)
 
 
 def grant_after_tenant_created(sender: Any, tenant: Any, **kwargs: Any) -> None:
     from migrator.config import get_config
     from migrator.ops import grants
+    from migrator.phases.security import SecurityPhase
 
-    grants.grant_after_schema_migration(get_config(), tenant.schema_name)
+    grants.grant_after_schema_migration(get_config(), tenant.schema_name, SecurityPhase.SERVICE_ROLE)
 
 
 def record_deploy(sender: Any, schemas: int, failed: dict[str, str], **kwargs: Any) -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import operator
+from functools import reduce
 from typing import Self
 
 from django.db import models
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, Q
+
+from migrator.step_ref import SEPARATOR, StepRef
 
 
 class Status(models.TextChoices):
@@ -16,12 +20,11 @@ class Status(models.TextChoices):
     ROLLED_BACK = "ROLLED_BACK"
 
 
-# The step whose record holds the phase-1 backup (path, size, sha256) a restore uses.
-BACKUP_PHASE, BACKUP_STEP = "prepare", "backup"
 # The record of each ``migrate_schemas`` run over the tenant schemas (a deploy): its failed schemas in
 # ``details["failed"]``. Not a phase: no runner plans it, status and the deploy gate read the newest.
-DEPLOY_PHASE, DEPLOY_STEP = "deploy", "migrate_schemas"
-DEPLOY_KEY = f"{DEPLOY_PHASE}/{DEPLOY_STEP}"
+DEPLOY = StepRef("deploy", "migrate_schemas")
+# Not a step's key (no tenant part): databases hold it so since deploys were first recorded.
+DEPLOY_KEY = SEPARATOR.join((DEPLOY.phase, DEPLOY.kind))
 
 
 class MigrationRecordQuerySet(models.QuerySet["MigrationRecord"]):
@@ -34,11 +37,20 @@ class MigrationRecordQuerySet(models.QuerySet["MigrationRecord"]):
         newer = MigrationRecord.objects.filter(migration_id=OuterRef("migration_id"), attempt__gt=OuterRef("attempt"))
         return self.filter(~Exists(newer))
 
-    def latest_backup(self) -> MigrationRecord | None:
-        """The record of the newest completed backup: the one a restore uses."""
-        return (
-            self.filter(phase=BACKUP_PHASE, step=BACKUP_STEP, status=Status.COMPLETED).order_by("-completed_at").first()
-        )
+    def of(self, *steps: StepRef) -> Self:
+        """The records of these kinds of steps."""
+        return self.filter(of_steps(*steps))
+
+    def latest_backup(self, backup: StepRef) -> MigrationRecord | None:
+        """The record of the newest completed ``backup`` step (phase 1's): the backup a restore uses."""
+        return self.of(backup).filter(status=Status.COMPLETED).order_by("-completed_at").first()
+
+
+def of_steps(*steps: StepRef) -> Q:
+    """Records of any of these kinds of steps (none: no record)."""
+    if not steps:
+        return Q(pk__in=[])
+    return reduce(operator.or_, (Q(phase=step.phase, step=step.kind) for step in steps))
 
 
 class MigrationRecord(models.Model):

@@ -56,6 +56,15 @@ def tenant_id_from_schema(schema_name: str) -> str | None:
     return tenant_id if TENANT_ID_RE.match(tenant_id) else None
 
 
+def is_tenant_schema_name(schema_name: str) -> bool:
+    """Named like a tenant's schema (``tenant_...``), whether or not the rest is a valid tenant id."""
+    return schema_name.startswith(TENANT_SCHEMA_PREFIX)
+
+
+# A LIKE pattern that matches the names of tenant schemas (the prefix's ``_`` taken literally).
+TENANT_SCHEMA_LIKE = TENANT_SCHEMA_PREFIX.replace("_", "\\_") + "%"
+
+
 def reserved_schema_names(legacy_auth_schema: str, archive_schema: str) -> frozenset[str]:
     """Schemas no tenant may ever be pointed at."""
     return frozenset({"public", "information_schema", legacy_auth_schema, archive_schema, *SERVICES})

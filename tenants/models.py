@@ -11,7 +11,7 @@ from django.db import models
 from django.db.models.functions import Concat
 from django_tenants.models import DomainMixin, TenantMixin
 
-from salesflow.layout import TENANT_ID_PATTERN, is_reserved_schema, tenant_schema_name
+from salesflow.layout import TENANT_ID_PATTERN, TENANT_SCHEMA_PREFIX, is_reserved_schema, tenant_schema_name
 
 
 class MigrationState(models.TextChoices):
@@ -66,7 +66,7 @@ class Tenant(TenantMixin):
                 condition=models.Q(tenant_id__regex=TENANT_ID_PATTERN), name="tenants_tenant_id_valid"
             ),
             models.CheckConstraint(
-                condition=models.Q(schema_name=Concat(models.Value("tenant_"), "tenant_id")),
+                condition=models.Q(schema_name=Concat(models.Value(TENANT_SCHEMA_PREFIX), "tenant_id")),
                 name="tenants_schema_is_tenant_id",
             ),
         ]

@@ -26,9 +26,9 @@ from django.utils.text import Truncator
 from django.utils.timezone import localtime
 from django.views.decorators.http import require_GET
 
+from migrator import phases as phase_registry
 from migrator.core.fingerprint import Fingerprint
 from migrator.models import MigrationRecord, Status
-from migrator.phases import PHASES
 from migrator.reports.dashboard import Dashboard, build_dashboard, format_duration
 
 STATUS_COLOURS: dict[str, str] = {
@@ -64,7 +64,7 @@ class PhaseFilter(admin.SimpleListFilter):
     parameter_name = "phase"
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
-        ordered = sorted(PHASES, key=lambda p: (p.number is None, p.number or 0, p.name))
+        ordered = sorted(phase_registry.PHASES, key=lambda p: (p.number is None, p.number or 0, p.name))
         return [(p.name, f"{p.number} {p.name}" if p.number else p.name) for p in ordered]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:

@@ -88,6 +88,10 @@ class Phase(ABC):
     # Whether the phase changes schemas (DDL): its run holds the schema-change lock that deploys take
     # (tenants/schema_lock.py). Phases that only read or write rows leave deploys free.
     changes_schemas: ClassVar[bool] = True
+    # Whether its steps create, drop or rename tables, indexes or constraints in the tenant and service
+    # schemas (a copy drops and rebuilds indexes): the deploy gate holds deploys back while one of its
+    # steps runs or was left RUNNING. Registering, granting, reading or writing rows does not count.
+    alters_tables: ClassVar[bool] = False
 
     @abstractmethod
     def plan(self, ctx: MigrationContext) -> list[Step]: ...
@@ -99,6 +103,12 @@ class Phase(ABC):
     @cached_property
     def kinds(self) -> Mapping[str, StepKind]:
         return self.step_kinds()
+
+    @property
+    def scales_with_rows(self) -> bool:
+        """Some kind of its steps writes rows (copies): its time grows with the legacy rows, the other
+        phases' with the number of tenants."""
+        return any(kind.moves_rows for kind in self.kinds.values())
 
     def apply(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         return self._kind(step).apply(ctx, step, reporter)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from migrator.core.fingerprint import Fingerprint
+from migrator.step_ref import StepKey, StepRef
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,11 +30,16 @@ class Step:
     rerun: bool = False
 
     @property
+    def ref(self) -> StepRef:
+        return StepRef(self.phase, self.kind)
+
+    @property
+    def step_key(self) -> StepKey:
+        return StepKey(self.ref, self.tenant_id, self.target)
+
+    @property
     def key(self) -> str:
-        parts = [self.phase, self.tenant_id or "*", self.kind]
-        if self.target:
-            parts.append(self.target)
-        return "/".join(parts)
+        return self.step_key.migration_id
 
     @property
     def label(self) -> str:
@@ -92,6 +98,12 @@ class KeyRange:
     def label(self) -> str:
         return f"{self.index}/{self.count}"
 
+
+# The kind of the record the engine writes for a tenant left out of a phase (--skip-schema).
+EXCLUDE = "exclude"
+# The kinds of the sub-step rows of a large table's key ranges (StepReporter.ranges): a copy's, a validation's.
+COPY_RANGE, VALIDATE_RANGE = "copy_range", "validate_range"
+RANGE_KINDS = (COPY_RANGE, VALIDATE_RANGE)
 
 # Does one range of a ranged step; its reporter's checkpoint belongs to the range, not to the step.
 RangeWork = Callable[[KeyRange, "StepReporter"], "StepResult"]

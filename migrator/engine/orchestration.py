@@ -113,7 +113,7 @@ def exclude_skipped_tenants(ctx: MigrationContext, phase: Phase) -> list[str]:
             f"--skip-schema {named[live[0]]}: tenant {live[0]} is live (its legacy tables are archived); "
             "it cannot be left out now: roll it back first with `migrate_phase rollback`"
         )
-    if phase.name != "prepare":
+    if phase.tenant_state_on_success != MigrationState.REGISTERED:  # the phase that registers finds schemas
         unknown = sorted(s for t, s in named.items() if t not in states and not catalog.schema_exists(s))
         if unknown:
             raise MigrationError(f"--skip-schema {unknown[0]!r}: no tenant_* schema of that name in this database")

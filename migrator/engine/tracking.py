@@ -20,9 +20,10 @@ from django.utils import timezone
 from psycopg import sql
 
 from migrator.core.details import DeployDetails
-from migrator.core.steps import KeyRange, Step, StepResult
+from migrator.core.steps import EXCLUDE, KeyRange, Step, StepResult
 from migrator.db import render as db_render
-from migrator.models import DEPLOY_KEY, DEPLOY_PHASE, DEPLOY_STEP, MigrationRecord, Status
+from migrator.models import DEPLOY, DEPLOY_KEY, MigrationRecord, Status, of_steps
+from migrator.step_ref import StepRef
 
 HOST = socket.gethostname()
 
@@ -156,15 +157,15 @@ def save_expected(record_id: int, rows_expected: int) -> None:
     MigrationRecord.objects.filter(pk=record_id).update(rows_expected=rows_expected)
 
 
-def mark_rolled_back(phases: Iterable[str], tenant_ids: list[str] | None = None) -> int:
+def mark_rolled_back(phases: Iterable[str], tenant_ids: list[str] | None = None, kept: Iterable[StepRef] = ()) -> int:
     """Attempts whose effects a rollback undid become ROLLED_BACK, so the next run does those steps again.
 
     Failed and pending attempts are marked too (their partial work is gone as well; the error text
-    stays). The backup step stays COMPLETED: its dump still holds the data as it was before.
+    stays). The ``kept`` steps (the backup's) stay COMPLETED: the dump still holds the data as it was before.
     """
     rows = MigrationRecord.objects.filter(
         phase__in=list(phases), status__in=[Status.COMPLETED, Status.FAILED, Status.PENDING]
-    ).exclude(step="backup")
+    ).exclude(of_steps(*kept))
     if tenant_ids is not None:
         rows = rows.filter(tenant_id__in=tenant_ids)
     return rows.update(status=Status.ROLLED_BACK)
@@ -196,7 +197,8 @@ def record_exclusions(phase: str, phase_number: int | None, tenant_ids: list[str
     now = timezone.now()
     with transaction.atomic():
         for tenant_id in tenant_ids:
-            key = f"{phase}/{tenant_id}/exclude"
+            excluded = StepRef(phase, EXCLUDE)
+            key = excluded.key(tenant_id)
             previous = MigrationRecord.objects.filter(migration_id=key).order_by("-attempt").first()
             MigrationRecord.objects.create(
                 migration_id=key,
@@ -205,7 +207,7 @@ def record_exclusions(phase: str, phase_number: int | None, tenant_ids: list[str
                 phase=phase,
                 phase_number=phase_number,
                 tenant_id=tenant_id,
-                step="exclude",
+                step=excluded.kind,
                 attempt=(previous.attempt + 1) if previous else 1,
                 started_at=now,
                 completed_at=now,
@@ -238,8 +240,8 @@ def record_deploy(schemas: int, failed: dict[str, str]) -> None:
             migration_id=DEPLOY_KEY,
             description=f"migrate_schemas over {schemas} tenant schemas (a deploy)",
             status=Status.FAILED if failed else Status.COMPLETED,
-            phase=DEPLOY_PHASE,
-            step=DEPLOY_STEP,
+            phase=DEPLOY.phase,
+            step=DEPLOY.kind,
             attempt=(previous.attempt + 1) if previous else 1,
             started_at=now,
             completed_at=now,
@@ -262,7 +264,7 @@ def record_deploy(schemas: int, failed: dict[str, str]) -> None:
 
 
 def range_key(step: Step, kind: str, index: int) -> str:
-    return "/".join([step.phase, step.tenant_id or "*", kind, step.target, str(index)])
+    return step.step_key.range(kind, index).migration_id
 
 
 def recorded_ranges(step: Step, kind: str) -> list[tuple[KeyRange, StepRow, str]]:

@@ -20,9 +20,11 @@ from django.db import connection
 from migrator import catalog, db
 from migrator.core.details import BackupDetails, read_details
 from migrator.core.errors import MigrationError
-from migrator.models import BACKUP_PHASE, BACKUP_STEP, MigrationRecord, Status
+from migrator.models import MigrationRecord, Status
 from migrator.ops import dump_parts
+from migrator.step_ref import StepRef
 from migrator.tables import LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES
+from salesflow.layout import TENANT_SCHEMA_LIKE
 
 MANIFEST_SUFFIX = ".manifest.json"
 PART_PREFIX = "part-"  # the folders of a backup dumped in parts
@@ -174,10 +176,11 @@ def manifest_backups(backup_dir: Path) -> list[BackupInfo]:
     return sorted(found, key=lambda info: info.created_at, reverse=True)
 
 
-def recorded_backup_paths() -> set[str]:
+def recorded_backup_paths(backup_step: StepRef) -> set[str]:
+    """The backups the records of ``backup_step`` (phase 1's) hold."""
     if not catalog_has_tracking():
         return set()
-    recorded = MigrationRecord.objects.filter(phase=BACKUP_PHASE, step=BACKUP_STEP).values_list("details", flat=True)
+    recorded = MigrationRecord.objects.of(backup_step).values_list("details", flat=True)
     return {
         str(details["backup"]["path"])
         for details in (read_details(BackupDetails, d) for d in recorded if isinstance(d, dict))
@@ -185,13 +188,13 @@ def recorded_backup_paths() -> set[str]:
     }
 
 
-def remove_unfinished_dumps(backup_dir: Path) -> list[str]:
+def remove_unfinished_dumps(backup_dir: Path, backup_step: StepRef) -> list[str]:
     """Dump folders of this database that killed runs left: an in-progress marker, no manifest, no record.
 
     The caller holds the migrator lock and a dump's pg_dump dies with its runner, so none is being
     written. Folders without a marker (anything not written by an unfinished run) are never touched.
     """
-    recorded = recorded_backup_paths()
+    recorded = recorded_backup_paths(backup_step)
     removed = []
     for marker in sorted(backup_dir.glob(f"{dump_prefix()}*.dump{MANIFEST_SUFFIX}.partial")):
         dump = marker.with_name(marker.name.removesuffix(MANIFEST_SUFFIX + ".partial"))
@@ -216,9 +219,12 @@ def create_backup(
     server_major: int,
     max_part_tables: int | None = None,
     progress: Callable[[int, int], None] = lambda done, total: None,
+    *,
+    backup_step: StepRef,
 ) -> BackupInfo:
+    """A new backup in ``backup_dir``; dumps killed runs left there that no ``backup_step`` record holds go."""
     plan = dump_parts.plan_dump(jobs, dump_parts.lock_budget(), dump_parts.tenant_schema_tables(), max_part_tables)
-    remove_unfinished_dumps(backup_dir)
+    remove_unfinished_dumps(backup_dir, backup_step)
     path = new_backup_path(backup_dir)
     write_manifest(BackupInfo(str(path), 0, "", 0, server_major, datetime.now(UTC).isoformat()), finished=False)
     args, env = connection_args()
@@ -295,13 +301,13 @@ def restore_backup(pg_restore: Path, info: BackupInfo, jobs: int, database: str 
         )
 
 
-def latest_backup(backup_dir: Path | None = None) -> BackupInfo | None:
-    """The backup of the newest completed backup step: the one a restore uses.
+def latest_backup(backup_step: StepRef, backup_dir: Path | None = None) -> BackupInfo | None:
+    """The backup of the newest completed ``backup_step`` (phase 1's): the one a restore uses.
 
     With ``backup_dir``, a database whose tracking table is gone or empty (a restore killed after it
     cleared the database) falls back to the newest manifest of this database in that folder.
     """
-    record = MigrationRecord.objects.latest_backup() if catalog_has_tracking() else None
+    record = MigrationRecord.objects.latest_backup(backup_step) if catalog_has_tracking() else None
     details = read_details(BackupDetails, record.details if record else None)
     if "backup" in details:
         return BackupInfo.from_dict(details["backup"])
@@ -310,10 +316,11 @@ def latest_backup(backup_dir: Path | None = None) -> BackupInfo | None:
     return None
 
 
-def recorded_legacy_row_writes() -> int | None:
+def recorded_legacy_row_writes(backup_step: StepRef) -> int | None:
     """:func:`legacy_row_writes` as the latest completed backup recorded it (None: not recorded)."""
     record = (
-        MigrationRecord.objects.filter(phase=BACKUP_PHASE, step=BACKUP_STEP, status=Status.COMPLETED)
+        MigrationRecord.objects.of(backup_step)
+        .filter(status=Status.COMPLETED)
         .order_by("-completed_at", "-id")
         .only("details")
         .first()
@@ -328,8 +335,14 @@ def legacy_row_writes(legacy_auth_schema: str, archive_schema: str) -> int:
     return int(
         db.fetchvalue(
             "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) FROM pg_stat_user_tables "
-            "WHERE (schemaname LIKE 'tenant\\_%%' AND relname = ANY(%s)) "
+            "WHERE (schemaname LIKE %s AND relname = ANY(%s)) "
             "OR (schemaname = %s AND relname = ANY(%s)) OR schemaname = %s",
-            [list(LEGACY_TENANT_TABLES), legacy_auth_schema, list(LEGACY_AUTH_TABLES), archive_schema],
+            [
+                TENANT_SCHEMA_LIKE,
+                list(LEGACY_TENANT_TABLES),
+                legacy_auth_schema,
+                list(LEGACY_AUTH_TABLES),
+                archive_schema,
+            ],
         )
     )

@@ -31,6 +31,7 @@ from migrator import catalog, db
 from migrator.core.details import CarriedDetails, CopyDetails, read_details
 from migrator.core.errors import MigrationError
 from migrator.ops.constraints import QUALIFY_ALL
+from migrator.step_ref import StepRef
 
 CHECK, UNIQUE_CONSTRAINT, EXCLUSION, UNIQUE_INDEX, INDEX, PRIMARY_KEY = (
     "check",
@@ -358,16 +359,16 @@ def _break_error(
     )
 
 
-def carried_objects(tenant_id: str) -> list[dict[str, str]]:
-    """The objects phase 3 carried to the tenant's new tables, from its completed copy steps' details:
+def carried_objects(tenant_id: str, copy_step: StepRef) -> list[dict[str, str]]:
+    """The objects phase 3 carried to the tenant's new tables, from its completed copy steps' (``copy_step``) details:
     each with ``table`` (the new table), ``target`` (its name there), ``legacy``, ``kind``, ``definition``.
 
     These are the tenant's own additions to the structure Django expects, known and intended."""
-    from migrator.models import MigrationRecord, Status
+    from migrator.models import MigrationRecord, Status, of_steps
 
     steps = (
         MigrationRecord.objects.latest_attempts()
-        .filter(phase="data", step="copy_table", tenant_id=tenant_id, status=Status.COMPLETED)
+        .filter(of_steps(copy_step), tenant_id=tenant_id, status=Status.COMPLETED)
         .order_by("target")
         .values_list("target", "details")
     )

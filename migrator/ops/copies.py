@@ -11,7 +11,7 @@ from django.db.models import QuerySet
 from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.details import SequenceDetails, TimezoneDetails
 from migrator.core.errors import MigrationError
-from migrator.core.steps import KeyRange, StepReporter, StepResult
+from migrator.core.steps import VALIDATE_RANGE, KeyRange, StepReporter, StepResult
 from migrator.models import MigrationRecord, Status
 from migrator.ops import fingerprint, ranges
 from migrator.ops.copy import (
@@ -34,6 +34,19 @@ def auth_copy(legacy_schema: str, table: str) -> TableCopy:
     return TableCopy(
         legacy_schema, table, str(entry.schema), entry.table, columns.copied, key=entry.key, fills=columns.fills
     )
+
+
+AUTH_VALIDATION_PREFIX = "auth."
+
+
+def auth_validation_target(table: str) -> str:
+    """The target phase 3 records its validation of legacy auth table ``table`` under."""
+    return AUTH_VALIDATION_PREFIX + table
+
+
+def auth_table_validated(target: str) -> str:
+    """The legacy auth table of a validation's :func:`auth_validation_target`."""
+    return target.removeprefix(AUTH_VALIDATION_PREFIX)
 
 
 def tenant_copy(tenant: TenantRef, spec: TenantDataTable) -> TableCopy:
@@ -180,7 +193,7 @@ def compare_in_ranges(
             target_fingerprint=target,
         )
 
-    results = reporter.ranges("validate_range", plan, work, False, part)
+    results = reporter.ranges(VALIDATE_RANGE, plan, work, False, part)
     if results is None:
         return None
     source = fingerprint.combined([parts[r.index][0] for r, _result in results])

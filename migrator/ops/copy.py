@@ -31,7 +31,7 @@ from migrator import catalog, db
 from migrator.core.context import RunOptions
 from migrator.core.details import CopyRangeDetails, SequenceDetails, read_details
 from migrator.core.errors import MigrationError
-from migrator.core.steps import KeyRange, StepReporter, StepResult
+from migrator.core.steps import COPY_RANGE, KeyRange, StepReporter, StepResult
 from migrator.ops.target_columns import Fill
 
 
@@ -719,7 +719,7 @@ def copy_in_ranges(
     def work(key_range: KeyRange, range_reporter: StepReporter) -> StepResult:
         return _copy_range(copy, key_range, batch_size, range_reporter)
 
-    results = reporter.ranges("copy_range", plan_now, work, True)
+    results = reporter.ranges(COPY_RANGE, plan_now, work, True)
     if results is None:
         return _copy_table(copy, batch_size, reporter, total)
     reporter.expected(total)

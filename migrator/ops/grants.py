@@ -17,9 +17,10 @@ from migrator.config import MigratorConfig
 from migrator.core.details import ServiceRoleDetails, read_details
 from migrator.core.errors import MigrationError
 from migrator.models import MigrationRecord, Status
+from migrator.step_ref import StepRef
 from migrator.tables import TENANT_DATA_TABLES
 from migrator.tables import service_tables as tables_of_services
-from salesflow.layout import NAMESPACE_SERVICE
+from salesflow.layout import NAMESPACE_SERVICE, is_tenant_schema_name
 
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 
@@ -53,16 +54,18 @@ def create_role(role: str) -> int:
     return int(catalog.role_oid(role) or 0)
 
 
-def roles_created_by_migrator(roles: list[str]) -> list[str]:
+def roles_created_by_migrator(roles: list[str], role_step: StepRef) -> list[str]:
     """Of ``roles``, those that exist and are the very roles phase 4 created in this database.
 
-    The tracking history (kept across a restore) records each role phase 4 created with its oid: a
+    The tracking history (kept across a restore) records each role phase 4 created with its oid (the
+    records of ``role_step``, phase 4's): a
     role dropped and created again by someone else under the same name has another oid and is not
     the migrator's. A role carrying the creation mark of this database is the migrator's too.
     """
     recorded: dict[str, set[int]] = {}
     rows = (
-        MigrationRecord.objects.filter(phase="security", step="service_role", target__in=roles)
+        MigrationRecord.objects.of(role_step)
+        .filter(target__in=roles)
         .exclude(status=Status.ROLLED_BACK)
         .values_list("target", "details")
     )
@@ -83,7 +86,7 @@ def roles_created_by_migrator(roles: list[str]) -> list[str]:
     return owned
 
 
-def claim_service_role(role: str, adopt: bool) -> ServiceRoleDetails:
+def claim_service_role(role: str, adopt: bool, role_step: StepRef) -> ServiceRoleDetails:
     """Create the service role, or take an existing one if the migrator made it or ``adopt`` says so.
 
     Returns the tracking details: ``created`` (the migrator's: rollback drops it), ``adopted``
@@ -97,7 +100,7 @@ def claim_service_role(role: str, adopt: bool) -> ServiceRoleDetails:
             "group role: rename that role, or set SALESFLOW_ROLE_PREFIX to another prefix"
         )
     oid = catalog.role_oid(role)
-    if role in roles_created_by_migrator([role]):
+    if role in roles_created_by_migrator([role], role_step):
         return ServiceRoleDetails(created=True, adopted=False, role_oid=oid)
     if adopt:
         return ServiceRoleDetails(created=False, adopted=True, role_oid=oid)
@@ -201,24 +204,20 @@ def _tenant_grant_statements(
     return grants
 
 
-def service_roles_in_place(config: MigratorConfig) -> bool:
-    """Phase 4 has completed its role steps (and no rollback undid them) and the roles exist."""
+def service_roles_in_place(config: MigratorConfig, role_step: StepRef) -> bool:
+    """Phase 4 has completed its role steps (``role_step``; no rollback undid them) and the roles exist."""
     if not catalog.table_exists("public", MigrationRecord._meta.db_table):
         return False  # a database the migrator has never run on
-    latest = dict(
-        MigrationRecord.objects.filter(phase="security", step="service_role")
-        .latest_attempts()
-        .values_list("target", "status")
-    )
+    latest = dict(MigrationRecord.objects.of(role_step).latest_attempts().values_list("target", "status"))
     return all(
         latest.get(role) == Status.COMPLETED and catalog.role_exists(role) for role in config.service_roles.values()
     )
 
 
-def grant_after_schema_migration(config: MigratorConfig, schema: str) -> list[Grant]:
+def grant_after_schema_migration(config: MigratorConfig, schema: str, role_step: StepRef) -> list[Grant]:
     """django-tenants created or migrated ``schema``: once phase 4 has run, its new tables get the grant
     matrix too (per table, as phase 4 grants them). Before phase 4 there is nothing to grant to."""
-    if not service_roles_in_place(config):
+    if not service_roles_in_place(config, role_step):
         return []
     if schema == "public":
         # Default privileges cover new service tables only when the same user runs the migration.
@@ -226,7 +225,7 @@ def grant_after_schema_migration(config: MigratorConfig, schema: str) -> list[Gr
             if catalog.schema_exists(service):
                 grant_service_schema(role, service)
         return []
-    if not schema.startswith("tenant_") or not catalog.schema_exists(schema):
+    if not is_tenant_schema_name(schema) or not catalog.schema_exists(schema):
         return []
     return grant_tenant_tables(config, schema, only_existing=True)
 

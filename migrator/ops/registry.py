@@ -20,7 +20,7 @@ from migrator import db
 from migrator.core.errors import MigrationError
 from migrator.django_migrations import BOOTSTRAP_APPS, legacy_registry_present, migrate_schema
 from migrator.ops import archive
-from salesflow.layout import TENANT_ID_PATTERN, TENANT_SCHEMA_PREFIX
+from salesflow.layout import TENANT_ID_PATTERN, TENANT_SCHEMA_LIKE, TENANT_SCHEMA_PREFIX
 
 REGISTRY_SCHEMA, REGISTRY_TABLE = "public", "tenants"
 INTEGER_TYPES = ("smallint", "integer", "bigint")
@@ -156,6 +156,6 @@ def unregistered_legacy_schemas(legacy_tables: list[str], registry_table: str, l
             "AND NOT EXISTS (SELECT 1 FROM {registry} t WHERE t.schema_name = n.nspname) "
             "ORDER BY 1 LIMIT %s"
         ).format(registry=sql.Identifier("public", registry_table)),
-        [TENANT_SCHEMA_PREFIX.replace("_", "\\_") + "%", legacy_tables, limit],
+        [TENANT_SCHEMA_LIKE, legacy_tables, limit],
     )
     return [r[0] for r in rows]

@@ -15,7 +15,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +32,18 @@ from migrator.ops import backup
 from migrator.ops.backup import BackupInfo
 from migrator.ops.rehearsal_report import FailedStep, LegacyVolume, PhaseProjection, PhaseRun, Projection
 from migrator.tables import TENANT_DATA_TABLES
-from salesflow.layout import SERVICES, TENANT_SCHEMA_PREFIX
+from salesflow.layout import SERVICES, TENANT_SCHEMA_LIKE
 
-# Phases the scratch run goes through. prepare only registers the tenants there: with
-# --rehearsal-backup it records the backup the copy was restored from instead of taking a new dump.
-REHEARSED_PHASES = ("prepare", "schemas", "data", "security", "verify", "cutover")
-# Phases whose duration grows with rows; the others grow with the number of tenants.
-ROW_BOUND_PHASES = frozenset({"data"})
+
+@dataclass(frozen=True)
+class PhaseToRun:
+    """A phase the scratch run (``migrate_phase all``) goes through, in order, as the phase registry says:
+    its name and whether its time grows with the legacy rows (the others' grows with the tenants)."""
+
+    name: str
+    scales_with_rows: bool
+
+
 # The projection's upper bound allows this much for a busier server and non-linear growth (index builds).
 PROJECTION_MARGIN = 1.25
 RESERVED_DATABASES = frozenset({"postgres", "template0", "template1"})
@@ -195,7 +201,7 @@ def legacy_volume(conn: psycopg.Connection[Any]) -> LegacyVolume:
     found = conn.execute(
         "SELECT n.nspname, c.relname, c.relkind = 'p' FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname LIKE %s AND c.relname = ANY(%s) AND c.relkind IN ('r', 'p') ORDER BY 1, 2",
-        [TENANT_SCHEMA_PREFIX.replace("_", "\\_") + "%", names],
+        [TENANT_SCHEMA_LIKE, names],
     ).fetchall()
     rows = 0
     for schema, table, partitioned in found:
@@ -237,9 +243,11 @@ def phase_run(outcome: dict[str, Any], error: str | None) -> PhaseRun:
     )
 
 
-def run_phases(arguments: list[str], env: dict[str, str], progress: Callable[[int, int], None]) -> list[PhaseRun]:
-    """``manage.py migrate_phase all`` in one child that dies with this process: the rehearsed phases in
-    order, stopping at the first that fails, each reported on its own line as it ends.
+def run_phases(
+    phases: Sequence[PhaseToRun], arguments: list[str], env: dict[str, str], progress: Callable[[int, int], None]
+) -> list[PhaseRun]:
+    """``manage.py migrate_phase all`` in one child that dies with this process: ``phases`` in order,
+    stopping at the first that fails, each reported on its own line as it ends.
 
     A phase that ends the child without a line of its own (the command refused it, or the child
     died) is reported as failed with the child's last error line.
@@ -255,6 +263,7 @@ def run_phases(arguments: list[str], env: dict[str, str], progress: Callable[[in
         *arguments,
     ]
     preexec = backup._die_with_parent if sys.platform.startswith("linux") else None
+    names = [phase.name for phase in phases]
     outcomes: list[dict[str, Any]] = []
     started = time.monotonic()
     # stderr into a file: a pipe read only at the end could fill up and stall the child
@@ -275,9 +284,9 @@ def run_phases(arguments: list[str], env: dict[str, str], progress: Callable[[in
                 outcome = json.loads(line)
             except ValueError:
                 continue  # not a phase's line
-            if isinstance(outcome, dict) and outcome.get("phase") in REHEARSED_PHASES:
+            if isinstance(outcome, dict) and outcome.get("phase") in names:
                 outcomes.append(outcome)
-                progress(len(outcomes), len(REHEARSED_PHASES))
+                progress(len(outcomes), len(names))
         returncode = child.wait()
         stderr_file.seek(0)
         stderr = stderr_file.read()
@@ -286,9 +295,9 @@ def run_phases(arguments: list[str], env: dict[str, str], progress: Callable[[in
     runs = [phase_run(outcome, error) for outcome in outcomes]
     if returncode and all(r.ok for r in runs):  # the child ended before it could report the phase it was in
         error = error or f"migrate_phase all exited {returncode}"
-        if len(runs) < len(REHEARSED_PHASES):
+        if len(runs) < len(names):
             seconds = max(time.monotonic() - started - sum(r.seconds for r in runs), 0.0)
-            runs.append(PhaseRun(REHEARSED_PHASES[len(runs)], ok=False, seconds=seconds, error=error))
+            runs.append(PhaseRun(names[len(runs)], ok=False, seconds=seconds, error=error))
         else:
             runs[-1].ok, runs[-1].error = False, error
     return runs
@@ -297,19 +306,22 @@ def run_phases(arguments: list[str], env: dict[str, str], progress: Callable[[in
 # --- the projection ----------------------------------------------------------------------------------------
 
 
-def project(runs: list[PhaseRun], rehearsed: LegacyVolume, live: LegacyVolume) -> Projection:
+def project(
+    rehearsed_phases: Sequence[PhaseToRun], runs: list[PhaseRun], rehearsed: LegacyVolume, live: LegacyVolume
+) -> Projection:
     """Each phase's rehearsal time scaled by the live volume over the backup's, as a range."""
+    row_bound = {phase.name for phase in rehearsed_phases if phase.scales_with_rows}
     row_ratio = live.rows / rehearsed.rows if rehearsed.rows else 1.0
     tenant_ratio = live.tenants / rehearsed.tenants if rehearsed.tenants else 1.0
     phases: list[PhaseProjection] = []
     for run in runs:
-        main = row_ratio if run.phase in ROW_BOUND_PHASES else tenant_ratio
+        main = row_ratio if run.phase in row_bound else tenant_ratio
         low = run.seconds * min(row_ratio, tenant_ratio)
         high = run.seconds * max(row_ratio, tenant_ratio) * PROJECTION_MARGIN
         phases.append(
             PhaseProjection(
                 phase=run.phase,
-                scaled_by="rows" if run.phase in ROW_BOUND_PHASES else "tenants",
+                scaled_by="rows" if run.phase in row_bound else "tenants",
                 expected_seconds=round(run.seconds * main, 1),
                 low_seconds=round(low, 1),
                 high_seconds=round(high, 1),
@@ -322,7 +334,7 @@ def project(runs: list[PhaseRun], rehearsed: LegacyVolume, live: LegacyVolume) -
         total_expected_seconds=round(sum(p.expected_seconds for p in phases), 1),
         total_low_seconds=round(sum(p.low_seconds for p in phases), 1),
         total_high_seconds=round(sum(p.high_seconds for p in phases), 1),
-        complete=len(runs) == len(REHEARSED_PHASES) and all(r.ok for r in runs),
+        complete=len(runs) == len(rehearsed_phases) and all(r.ok for r in runs),
         assumptions=[
             "the real run uses the same server, --jobs and --batch-size as the rehearsal",
             (

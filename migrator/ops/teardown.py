@@ -15,6 +15,7 @@ from migrator.core.details import TenantGrantsDetails, read_details
 from migrator.core.errors import MigrationError
 from migrator.models import MigrationRecord, Status
 from migrator.ops import grants
+from migrator.step_ref import StepRef
 from migrator.tables import LEGACY_TABLES, TENANT_DATA_TABLES, service_tables
 
 
@@ -53,15 +54,16 @@ def drop_service_schemas() -> list[str]:
     return dropped
 
 
-def drop_service_roles(config: MigratorConfig) -> tuple[list[str], list[str]]:
+def drop_service_roles(config: MigratorConfig, role_step: StepRef, grants_step: StepRef) -> tuple[list[str], list[str]]:
     """Revoke what phase 4 granted the service roles; drop the ones it created. Returns (dropped, kept).
 
-    A role phase 4 adopted (``--adopt-roles``) or that someone else made is never dropped, and
-    nothing it owns is touched.
+    Phase 4's records say which: those of ``role_step`` (a role it created) and ``grants_step`` (the usage
+    it granted on a tenant schema). A role phase 4 adopted (``--adopt-roles``) or that someone else made is
+    never dropped, and nothing it owns is touched.
     """
     roles = [role for role in config.service_roles.values() if catalog.role_exists(role)]
-    created = grants.roles_created_by_migrator(roles)
-    usage_granted = tenant_usage_granted()
+    created = grants.roles_created_by_migrator(roles, role_step)
+    usage_granted = tenant_usage_granted(grants_step)
     dropped: list[str] = []
     kept: list[str] = []
     for role in roles:
@@ -76,24 +78,24 @@ def drop_service_roles(config: MigratorConfig) -> tuple[list[str], list[str]]:
     return dropped, kept
 
 
-def revoke_tenant_usage(schema: str) -> list[str]:
-    """Take back the USAGE on ``schema`` that phase 4 granted (roles that had it before keep it)."""
+def revoke_tenant_usage(schema: str, grants_step: StepRef) -> list[str]:
+    """Take back the USAGE on ``schema`` that phase 4 granted (its ``grants_step`` records say which; roles
+    that had it before keep it)."""
     roles = [
-        role for role, schemas in tenant_usage_granted().items() if schema in schemas and catalog.role_exists(role)
+        role
+        for role, schemas in tenant_usage_granted(grants_step).items()
+        if schema in schemas and catalog.role_exists(role)
     ]
     for role in roles:
         db.execute(sql.SQL("REVOKE USAGE ON SCHEMA {} FROM {}").format(sql.Identifier(schema), sql.Identifier(role)))
     return roles
 
 
-def tenant_usage_granted() -> dict[str, list[str]]:
-    """role -> tenant schemas where phase 4 granted USAGE (the role did not have it before)."""
+def tenant_usage_granted(grants_step: StepRef) -> dict[str, list[str]]:
+    """role -> tenant schemas where phase 4 granted USAGE (the role did not have it before), by the records
+    of its ``grants_step``."""
     usage: dict[str, list[str]] = {}
-    rows = (
-        MigrationRecord.objects.filter(phase="security", step="tenant_grants")
-        .exclude(status=Status.ROLLED_BACK)
-        .values_list("target", "details")
-    )
+    rows = MigrationRecord.objects.of(grants_step).exclude(status=Status.ROLLED_BACK).values_list("target", "details")
     for schema, details in rows:
         for role in read_details(TenantGrantsDetails, details).get("usage_granted", []):
             usage.setdefault(role, []).append(schema)

@@ -1,4 +1,9 @@
-"""The phase registry: numbers and names -> phase classes. Adding a phase is one module and one line."""
+"""The phase registry: numbers and names -> phase classes. Adding a phase is one module and one line.
+
+Whatever lists phases or their steps (``--help``, ``status``, the dashboard, the rehearsal, rollback)
+reads ``PHASES`` and ``ORDERED`` here when it runs, never a copy taken at import: a phase added here is
+everywhere at once (and a test may register one for a while).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from migrator.phases.schemas import SchemasPhase
 from migrator.phases.security import SecurityPhase
 from migrator.phases.sync import SyncPhase
 from migrator.phases.verify import VerifyPhase
+from migrator.step_ref import StepRef
 
 PHASES: tuple[type[Phase], ...] = (
     PreparePhase,
@@ -51,3 +57,8 @@ def phases_help() -> str:
 
 def phase_choices() -> list[str]:
     return [f"{p.number} {p.name}" if p.number else p.name for p in PHASES] + list(EXTRA_COMMANDS)
+
+
+def steps_moving_rows() -> list[StepRef]:
+    """Every kind of step, of every phase, whose ``rows_copied`` are rows it wrote (``StepKind.moves_rows``)."""
+    return [StepRef(p.name, name) for p in PHASES for name, kind in p().kinds.items() if kind.moves_rows]

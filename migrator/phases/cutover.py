@@ -18,14 +18,14 @@ from migrator.modes import mode_for
 from migrator.ops import archive, dependents, reference
 from migrator.ops.copies import (
     auth_copy,
+    auth_validation_target,
     continue_sequence_of,
     in_legacy_timezone,
     tenant_copy,
     validation_fingerprints,
 )
 from migrator.ops.copy import TableCopy
-from migrator.phases.data import DataPhase
-from migrator.phases.verify import VerifyPhase
+from migrator.step_ref import StepRef
 from migrator.tables import AUTH_TABLES, LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES, REFERENCE_TABLES, TENANT_DATA_TABLES
 from tenants.models import MigrationState, Tenant
 
@@ -36,7 +36,7 @@ def _changed_since_validation(validated: dict[str, TableCopy]) -> list[str]:
     The legacy side must still hold what was validated (a legacy write since then would be lost),
     and the target must exist and still hold what was validated (a rollback may have dropped it).
     """
-    records = tracking.latest_records(DataPhase.name, validated)
+    records = tracking.latest_records(VALIDATION.phase, validated)
     problems = []
     for key, copy in validated.items():
         legacy = f"{copy.source_schema}.{copy.source_table}"
@@ -113,15 +113,17 @@ def _archived_by_an_earlier_attempt(tenant: TenantRef, archive_schema: str) -> d
     return {table: f"{archive_schema}.{name}" for table, name in names.items() if name in archived}
 
 
+# What cutover compares the legacy tables with before it archives them: phase 3's record of each table.
+VALIDATION = StepRef("data", "validate")
+
 # Unfinished verify steps named in cutover's refusal (with thousands of tenants the list would be a page).
 UNFINISHED_SHOWN = 5
 
 
-def unfinished_verify_steps(ctx: MigrationContext, tenant_ids: set[str]) -> tuple[int, list[str]]:
-    """The steps phase verify plans for ``tenant_ids``, and its phase-wide steps, whose latest attempt is
-    not COMPLETED: how many, and the first UNFINISHED_SHOWN as "verify <kind> <tenant or (all)> <what
+def unfinished_steps(verify: Phase, ctx: MigrationContext, tenant_ids: set[str]) -> tuple[int, list[str]]:
+    """The steps phase ``verify`` plans for ``tenant_ids``, and its phase-wide steps, whose latest attempt is
+    not COMPLETED: how many, and the first UNFINISHED_SHOWN as "<phase> <kind> <tenant or (all)> <what
     happened>", in plan order."""
-    verify = VerifyPhase()
     required = [s for s in verify.plan(ctx) if s.tenant_id is None or s.tenant_id in tenant_ids]
     latest = tracking.latest_states(verify.name)
     unfinished = [s for s in required if (row := latest.get(s.key)) is None or row.status != Status.COMPLETED]
@@ -136,7 +138,7 @@ def unfinished_verify_steps(ctx: MigrationContext, tenant_ids: set[str]) -> tupl
             what = f"FAILED: {' '.join((record.error_message or 'no error recorded').split())}"
         else:
             what = record.status
-        name = f"verify {step.kind}" + (f" {step.target}" if step.target else "")
+        name = f"{verify.name} {step.kind}" + (f" {step.target}" if step.target else "")
         lines.append(f"{name} {step.tenant_id or '(all)'} {what}")
     return len(unfinished), lines
 
@@ -144,12 +146,16 @@ def unfinished_verify_steps(ctx: MigrationContext, tenant_ids: set[str]) -> tupl
 class CutoverPhase(Phase):
     name = "cutover"
     number = 6
+    alters_tables = True
     estimate = "1 day"
     summary = "legacy tables moved to the archive schema (never dropped without --drop-legacy), tenants live"
     tenant_state_on_success = MigrationState.LIVE
     requires = "verify"
     undone_by_restore = True
     asks_confirmation = True
+    # Read by the deploy gate: the steps that switch a tenant (or the auth schema) to the new tables.
+    ARCHIVE_LEGACY = StepRef(name, "archive_legacy")
+    ARCHIVE_AUTH = StepRef(name, "archive_auth")
 
     def plan(self, ctx: MigrationContext) -> list[Step]:
         drop = ctx.options.drop_legacy
@@ -160,7 +166,7 @@ class CutoverPhase(Phase):
         for tenant in ctx.registered_tenants:
             steps.append(
                 self.step(
-                    "archive_legacy",
+                    self.ARCHIVE_LEGACY.kind,
                     f"{where}: legacy tables of {tenant.schema}; tenant goes live",
                     tenant_id=tenant.tenant_id,
                     target=tenant.schema,
@@ -170,7 +176,7 @@ class CutoverPhase(Phase):
         if not ctx.tenant_filter:
             steps.append(
                 self.step(
-                    "archive_auth",
+                    self.ARCHIVE_AUTH.kind,
                     f"{where}: legacy auth tables of {ctx.config.legacy_auth_schema}",
                     target=ctx.config.legacy_auth_schema,
                     destructive=drop,
@@ -183,13 +189,17 @@ class CutoverPhase(Phase):
         """Nothing is archived while phase verify has a step that did not complete (failed, or never
         ran) for the tenants this run would cut over, or a phase-wide one (the load test, the role
         checks): those the runner's per-tenant check cannot see. Offline and online cutover alike."""
-        count, shown = unfinished_verify_steps(ctx, {step.tenant_id for step in steps if step.tenant_id})
+        from migrator.phases import get_phase  # a registry lookup: the registry imports this module
+
+        verify = get_phase(self.requires or "")()
+        count, shown = unfinished_steps(verify, ctx, {step.tenant_id for step in steps if step.tenant_id})
         if not count:
             return
         more = f"; and {count - len(shown)} more" if count > len(shown) else ""
         raise MigrationError(
-            f"cutover cannot start: phase verify has {count} step(s) not completed: {'; '.join(shown)}{more}; "
-            "nothing was archived: fix the cause and rerun `migrate_phase verify`, then cutover"
+            f"{self.name} cannot start: phase {verify.name} has {count} step(s) not completed: "
+            f"{'; '.join(shown)}{more}; nothing was archived: fix the cause and rerun `migrate_phase {verify.name}`, "
+            f"then {self.name}"
         )
 
     def confirmation_question(self, ctx: MigrationContext, steps: list[Step]) -> str:
@@ -200,8 +210,8 @@ class CutoverPhase(Phase):
     def step_kinds(self) -> dict[str, StepKind]:
         return {
             "archive_schema": StepKind(self._create_archive_schema),
-            "archive_legacy": StepKind(self._archive_tenant_tables, self._check_tenant_archived),
-            "archive_auth": StepKind(self._archive_auth_tables),
+            self.ARCHIVE_LEGACY.kind: StepKind(self._archive_tenant_tables, self._check_tenant_archived),
+            self.ARCHIVE_AUTH.kind: StepKind(self._archive_auth_tables),
             "final_status": StepKind(self._count_live_tenants, self._check_every_tenant_live),
         }
 
@@ -221,11 +231,8 @@ class CutoverPhase(Phase):
                 "it was recorded)",
                 details=ArchiveDetails(archived=moved_before),
             )
-        data_phase = DataPhase()
         validated = {
-            data_phase.step("validate", "", tenant.tenant_id, spec.target_table).key: in_legacy_timezone(
-                ctx, tenant_copy(tenant, spec)
-            )
+            VALIDATION.key(tenant.tenant_id, spec.target_table): in_legacy_timezone(ctx, tenant_copy(tenant, spec))
             for spec in TENANT_DATA_TABLES
         }
         # Checked and moved in one transaction, with the legacy tables locked first: no legacy write
@@ -278,9 +285,8 @@ class CutoverPhase(Phase):
     def _archive_auth(self, ctx: MigrationContext) -> StepResult:
         cfg = ctx.config
         drop = ctx.options.drop_legacy
-        data_phase = DataPhase()
         validated = {
-            data_phase.step("validate", "", None, f"auth.{table}").key: in_legacy_timezone(
+            VALIDATION.key(None, auth_validation_target(table)): in_legacy_timezone(
                 ctx, auth_copy(cfg.legacy_auth_schema, table)
             )
             for table in LEGACY_AUTH_TABLES
@@ -326,11 +332,11 @@ class CutoverPhase(Phase):
                 f"of {ctx.config.legacy_auth_schema} stay; run `migrate_phase schemas` and "
                 "`migrate_phase data` first"
             )
-        keys = [f"data/*/validate/auth.{table}" for table in LEGACY_AUTH_TABLES]
-        validated = tracking.latest_records("data", keys)
+        keys = {VALIDATION.key(None, auth_validation_target(table)): table for table in LEGACY_AUTH_TABLES}
+        validated = tracking.latest_records(VALIDATION.phase, keys)
         unvalidated = [
-            key.rsplit("/", 1)[1]
-            for key in keys
+            auth_validation_target(table)
+            for key, table in keys.items()
             if (row := validated.get(key)) is None or row.status != Status.COMPLETED
         ]
         if unvalidated:

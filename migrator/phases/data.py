@@ -22,6 +22,8 @@ from migrator.modes import MigrationMode, mode_for
 from migrator.ops import carried, constraints, fingerprint, ranges, reference, twoway
 from migrator.ops.copies import (
     auth_copy,
+    auth_table_validated,
+    auth_validation_target,
     compare_in_ranges,
     continue_sequence_of,
     in_legacy_timezone,
@@ -43,6 +45,7 @@ from migrator.ops.copy import (
     type_differences,
 )
 from migrator.ops.target_columns import refuse_unmapped_legacy_columns
+from migrator.step_ref import StepRef
 from migrator.tables import (
     LEGACY_AUTH_TABLES,
     LEGACY_TENANT_TABLES,
@@ -114,10 +117,15 @@ def in_ranges(ctx: MigrationContext, copy: TableCopy) -> bool:
 class DataPhase(Phase):
     name = "data"
     number = 3
+    alters_tables = True
     estimate = "4-8 hours"
     summary = "auth data, reference data merged with id remapping, tenant data in keyset batches, validation"
     tenant_state_on_success = MigrationState.DATA_MIGRATED
     requires = "schemas"
+    # Read by cutover and verify (what was validated), the dashboard and the copies' records.
+    COPY_AUTH = StepRef(name, "copy_auth")
+    COPY_TABLE = StepRef(name, "copy_table")
+    VALIDATE = StepRef(name, "validate")
     undone_by_rollback = True
     undone_by_restore = True
     # Hours long: deploys keep running. The schema-change lock is held in shared mode per tenant and per
@@ -142,7 +150,7 @@ class DataPhase(Phase):
                 if not validate_only:
                     steps.append(
                         self.step(
-                            "copy_auth",
+                            self.COPY_AUTH.kind,
                             f"Copy {legacy_auth}.{table} into auth.{table} (same ids)",
                             target=table,
                             sql=(copy.preview(),) if copy else (),
@@ -154,9 +162,9 @@ class DataPhase(Phase):
                 copy = auth_copy(legacy_auth, table)
                 steps.append(
                     self.step(
-                        "validate",
+                        self.VALIDATE.kind,
                         f"Compare {legacy_auth}.{table} and auth.{table}: counts and fingerprints",
-                        target=f"auth.{table}",
+                        target=auth_validation_target(table),
                         sql=(db.render(fingerprint.source_query(copy)),) if copy else (),
                     )
                 )
@@ -176,7 +184,7 @@ class DataPhase(Phase):
                 if not validate_only:
                     steps.append(
                         self.step(
-                            "copy_table",
+                            self.COPY_TABLE.kind,
                             f"Copy {tenant.schema}.{spec.legacy_table} into {tenant.schema}.{spec.target_table} "
                             f"in batches of {ctx.batch_size}, then rebuild indexes and foreign keys, carry the "
                             "legacy table's own CHECK and unique constraints",
@@ -190,7 +198,7 @@ class DataPhase(Phase):
             for spec in TENANT_DATA_TABLES:
                 steps.append(
                     self.step(
-                        "validate",
+                        self.VALIDATE.kind,
                         f"Compare {tenant.schema}.{spec.legacy_table} and {spec.target_table}: counts and fingerprints",
                         tenant_id=tenant.tenant_id,
                         target=spec.target_table,
@@ -201,11 +209,11 @@ class DataPhase(Phase):
     def step_kinds(self) -> dict[str, StepKind]:
         return {
             "start_two_way_sync": StepKind(self._start_two_way_sync, self._check_two_way_sync),
-            "copy_auth": StepKind(self._copy_auth_table, self._check_all_rows_copied, moves_rows=True),
+            self.COPY_AUTH.kind: StepKind(self._copy_auth_table, self._check_all_rows_copied, moves_rows=True),
             "merge_reference": StepKind(self._merge_reference_table, self._check_every_reference_mapped),
-            "copy_table": StepKind(self._copy_tenant_table, self._check_all_rows_copied, moves_rows=True),
+            self.COPY_TABLE.kind: StepKind(self._copy_tenant_table, self._check_all_rows_copied, moves_rows=True),
             # Reads only: recorded with the tenant's state at the end of the tenant (no RUNNING row).
-            "validate": StepKind(self._validate_table, self._check_validation, rerunnable=True),
+            self.VALIDATE.kind: StepKind(self._validate_table, self._check_validation, rerunnable=True),
         }
 
     def tenant_weights(self, ctx: MigrationContext, tenant_ids: list[str]) -> dict[str, float]:
@@ -419,7 +427,7 @@ class DataPhase(Phase):
 
     def _validate_table(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         if step.tenant_id is None:
-            table = step.target.split(".", 1)[1]
+            table = auth_table_validated(step.target)
             copy = auth_copy(ctx.config.legacy_auth_schema, table)
         else:
             tenant = TenantRef(step.tenant_id)

@@ -22,12 +22,18 @@ from migrator.engine import tracking
 from migrator.models import Status
 from migrator.modes import online
 from migrator.ops import twoway
+from migrator.step_ref import StepRef
 from salesflow.layout import tenant_id_from_schema
+
+# The cutover steps a scope's two-way sync ends after: a tenant's, the legacy auth schema's.
+TENANT_CUT_OVER = StepRef("cutover", "archive_legacy")
+AUTH_CUT_OVER = StepRef("cutover", "archive_auth")
 
 
 class FinalizePhase(Phase):
     name = "finalize"
     number = None
+    alters_tables = True
     summary = "stop the two-way sync of an online migration and archive the legacy tables once unused"
     # Every finalize looks at the legacy tables as they are now.
     always_rerun = True
@@ -108,11 +114,11 @@ class FinalizePhase(Phase):
 
     @staticmethod
     def _require_cut_over(ctx: MigrationContext, step: Step) -> None:
-        kind = "archive_legacy" if step.tenant_id else "archive_auth"
+        cut_over = TENANT_CUT_OVER if step.tenant_id else AUTH_CUT_OVER
         records = [
             r
-            for r in tracking.latest_records("cutover").values()
-            if r.step == kind and r.tenant_id == step.tenant_id and r.status == Status.COMPLETED
+            for r in tracking.latest_records(cut_over.phase).values()
+            if r.step == cut_over.kind and r.tenant_id == step.tenant_id and r.status == Status.COMPLETED
         ]
         if not records:
             raise MigrationError(

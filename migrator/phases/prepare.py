@@ -19,6 +19,7 @@ from migrator.django_migrations import BOOTSTRAP_APPS, legacy_registry_present, 
 from migrator.models import Disposition, DriftFinding, FindingKind
 from migrator.ops import backup, binaries, dependents, drift, inspection, registry, rehearsal, restore
 from migrator.ops.copy import legacy_timezone
+from migrator.step_ref import StepRef
 from migrator.tables import LEGACY_AUTH_TABLES
 from salesflow.layout import is_reserved_schema, tenant_id_from_schema, tenant_schema_name
 from tenants.models import MigrationState, Tenant
@@ -199,6 +200,10 @@ class PreparePhase(Phase):
     estimate = "1 day"
     summary = "preflight, verified pg_dump backup, legacy layout inspected, tenants registered"
     tenant_state_on_success = MigrationState.REGISTERED
+    # Read elsewhere: the backup a restore and a rehearsal use, the tenants registered and discovered.
+    BACKUP = StepRef(name, "backup")
+    REGISTER = StepRef(name, "register")
+    DISCOVER = StepRef(name, "discover")
 
     def recover(self, ctx: MigrationContext) -> str | None:
         if restore.interrupted_restore(ctx.config.backup_dir) is not None:
@@ -220,7 +225,7 @@ class PreparePhase(Phase):
                 "Tracking table and registry ready (Django migrations of " + ", ".join(BOOTSTRAP_APPS) + " in public)",
             ),
             self.step(
-                "backup",
+                self.BACKUP.kind,
                 f"pg_dump --format=directory --jobs={max(1, ctx.jobs)} into {cfg.backup_dir}, "
                 "checked with pg_restore --list, sha256 recorded",
             ),
@@ -229,14 +234,14 @@ class PreparePhase(Phase):
                 f"Inspect the legacy auth schema {cfg.legacy_auth_schema}",
                 target=cfg.legacy_auth_schema,
             ),
-            self.step("discover", "Find tenant_* schemas; report names that are not valid tenant ids"),
+            self.step(self.DISCOVER.kind, "Find tenant_* schemas; report names that are not valid tenant ids"),
         ]
         if ctx.options.skip_schemas or ctx.options.rename_schemas:  # a decision since: discover again
             steps[-1] = replace(steps[-1], rerun=True)
         taken_back = excluded_tenants(ctx.tenant_filter) if ctx.tenant_filter else set()
         for tenant in self._tenants(ctx):
             step = self.step(
-                "register",
+                self.REGISTER.kind,
                 f"Inspect {tenant.schema} and register tenant {tenant.tenant_id} in public.tenants",
                 tenant_id=tenant.tenant_id,
                 target=tenant.schema,
@@ -269,10 +274,10 @@ class PreparePhase(Phase):
         return {
             "preflight": StepKind(self._preflight),
             "bootstrap": StepKind(self._bootstrap),
-            "backup": StepKind(self._take_backup, self._check_backup),
+            self.BACKUP.kind: StepKind(self._take_backup, self._check_backup),
             "inspect_auth": StepKind(self._inspect_auth),
-            "discover": StepKind(self._discover),
-            "register": StepKind(
+            self.DISCOVER.kind: StepKind(self._discover),
+            self.REGISTER.kind: StepKind(
                 self._register_tenant,
                 self._check_registered,
                 apply_batch=self._register_batch,
@@ -332,7 +337,7 @@ class PreparePhase(Phase):
         if ctx.options.rehearsal_backup:
             return self._record_rehearsal_backup(Path(ctx.options.rehearsal_backup))
         legacy, _invalid = inspection.discover_tenant_schemas(ctx.config.legacy_auth_schema, ctx.config.archive_schema)
-        earlier = backup.latest_backup(ctx.config.backup_dir)
+        earlier = backup.latest_backup(self.BACKUP, ctx.config.backup_dir)
         if earlier is not None and not set(legacy) - created_new():
             # Likely a database a failed restore left empty: its backup would become "the latest".
             raise MigrationError(
@@ -351,6 +356,7 @@ class PreparePhase(Phase):
             major,
             max_part_tables=ctx.config.backup_part_tables,
             progress=reporter.progress,
+            backup_step=self.BACKUP,
         )
         parts = f", {info.parts} parts" if info.parts > 1 else ""
         return StepResult(

@@ -29,8 +29,20 @@ from migrator.models import MigrationRecord
 from migrator.ops import backup, rehearsal, restore
 from migrator.ops.backup import BackupInfo
 from migrator.ops.rehearsal_report import LegacyVolume, PhaseRun, RehearsalReport, RunSettings
+from migrator.step_ref import StepRef
 
-REHEARSAL_STEP = "rehearsal"
+
+def rehearsed_phases() -> list[rehearsal.PhaseToRun]:
+    """The phases the scratch run goes through: those `all` runs, in order, as the registry has them.
+    prepare only registers the tenants there: with --rehearsal-backup it records the backup the copy
+    was restored from instead of taking a new dump."""
+    from migrator.phases import ORDERED  # a registry lookup: the registry imports this module
+
+    return [rehearsal.PhaseToRun(phase.name, phase().scales_with_rows) for phase in ORDERED]
+
+
+# The backup the scratch database is restored from: phase 1's.
+BACKUP = StepRef("prepare", "backup")
 # The options of this run the scratch run is given: the drift decisions, the time zone, the backup,
 # the choices of data, verify and cutover (the others are about the rehearsal itself or the real run).
 PASSED_ON = (
@@ -53,6 +65,8 @@ PASSED_ON = (
 
 class RehearsePhase(Phase):
     name = "rehearse"
+    # Its record holds the report (the dashboard shows the newest).
+    REHEARSAL = StepRef(name, "rehearsal")
     number = None
     always_rerun = True  # every rehearsal is a new record
     changes_schemas = False  # rows only: deploys may run meanwhile (tenants/schema_lock.py)
@@ -65,20 +79,20 @@ class RehearsePhase(Phase):
         target = ctx.options.target_database or rehearsal.default_target(connection.settings_dict["NAME"])
         return [
             self.step(
-                REHEARSAL_STEP,
+                self.REHEARSAL.kind,
                 f"Restore the phase-1 backup into {target}, run phases "
-                f"{', '.join(rehearsal.REHEARSED_PHASES)} there, report and project the real run; "
+                f"{', '.join(p.name for p in rehearsed_phases())} there, report and project the real run; "
                 + ("keep the copy" if ctx.options.keep_target else "drop the copy"),
                 target=target,
             )
         ]
 
     def step_kinds(self) -> dict[str, StepKind]:
-        return {REHEARSAL_STEP: StepKind(self._rehearse)}
+        return {self.REHEARSAL.kind: StepKind(self._rehearse)}
 
     @staticmethod
     def _backup() -> BackupInfo:
-        record = MigrationRecord.objects.latest_backup()
+        record = MigrationRecord.objects.latest_backup(BACKUP)
         details = read_details(BackupDetails, record.details if record else None)
         if not isinstance(details.get("backup"), dict):
             raise MigrationError(
@@ -99,6 +113,7 @@ class RehearsePhase(Phase):
 
     def _rehearse(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         info = self._backup()
+        phases = rehearsed_phases()
         source = connection.settings_dict["NAME"]
         target = step.target
         rehearsal.check_target_name(target, source)
@@ -113,7 +128,7 @@ class RehearsePhase(Phase):
                 with db.connect_like_django("salesflow-migrator-rehearsal", dbname=target) as scratch:
                     rehearsed = rehearsal.legacy_volume(scratch)
                 runs = rehearsal.run_phases(
-                    self._arguments(ctx, info), rehearsal.child_env(ctx.config, target), reporter.progress
+                    phases, self._arguments(ctx, info), rehearsal.child_env(ctx.config, target), reporter.progress
                 )
             finally:
                 dropped_roles = rehearsal.finish(conn, ctx.config, target, ctx.options.keep_target)
@@ -121,7 +136,7 @@ class RehearsePhase(Phase):
         if not live.tenants:  # after the real cutover the legacy tables are archived: nothing live to count
             live = rehearsed
             notes.append("the live database has no legacy tenant tables; projected at the backup's volume")
-        report = self._report(ctx, info, target, runs, rehearsed, live, cleaned, dropped_roles, notes)
+        report = self._report(ctx, info, target, phases, runs, rehearsed, live, cleaned, dropped_roles, notes)
         return StepResult(
             message=self._message(report),
             rows_expected=rehearsed.rows,
@@ -134,6 +149,7 @@ class RehearsePhase(Phase):
         ctx: MigrationContext,
         info: BackupInfo,
         target: str,
+        phases: list[rehearsal.PhaseToRun],
         runs: list[PhaseRun],
         rehearsed: LegacyVolume,
         live: LegacyVolume,
@@ -143,7 +159,7 @@ class RehearsePhase(Phase):
     ) -> RehearsalReport:
         ran = [r.phase for r in runs]
         return RehearsalReport(
-            ok=len(runs) == len(rehearsal.REHEARSED_PHASES) and all(r.ok for r in runs),
+            ok=len(runs) == len(phases) and all(r.ok for r in runs),
             source_database=connection.settings_dict["NAME"],
             target_database=target,
             kept=ctx.options.keep_target,
@@ -151,11 +167,11 @@ class RehearsePhase(Phase):
             backup_created_at=info.created_at,
             options=RunSettings(jobs=ctx.jobs, batch_size=ctx.batch_size, tenants=list(ctx.tenant_filter)),
             phases=runs,
-            not_run=[p for p in rehearsal.REHEARSED_PHASES if p not in ran],
+            not_run=[p.name for p in phases if p.name not in ran],
             seconds=round(sum(r.seconds for r in runs), 3),
             rehearsed_volume=rehearsed,
             live_volume=live,
-            projection=rehearsal.project(runs, rehearsed, live),
+            projection=rehearsal.project(phases, runs, rehearsed, live),
             cleaned_up_before=cleaned,
             roles_dropped=dropped_roles,
             notes=notes,

@@ -15,8 +15,18 @@ from migrator.models import Status
 from migrator.modes import MigrationMode, beside_synced_writers, mode_for, online_scopes, remove_online_leftovers
 from migrator.ops import backup, restore, teardown
 from migrator.ops.backup import BackupInfo
+from migrator.step_ref import StepRef
 from migrator.tables import service_tables
 from tenants.models import MigrationState, Tenant
+
+# The record of the backup a restore uses: phase 1's.
+BACKUP = StepRef("prepare", "backup")
+# Phase 4's records of the roles it created and of the usage it granted on tenant schemas: what is undone.
+SERVICE_ROLE = StepRef("security", "service_role")
+TENANT_GRANTS = StepRef("security", "tenant_grants")
+# The steps after which a tenant's (or the auth schema's) legacy tables left: only a restore goes back.
+CUT_OVER = StepRef("cutover", "archive_legacy")
+SYNC_FINISHED = StepRef("finalize", "finish_sync")
 
 
 def undone_phases(restore: bool) -> list[str]:
@@ -28,7 +38,7 @@ def undone_phases(restore: bool) -> list[str]:
 
 def recorded_backup(ctx: MigrationContext) -> BackupInfo:
     """The tracked backup, or (tracking table gone or empty) the newest manifest in the backup folder."""
-    info = backup.latest_backup(ctx.config.backup_dir)
+    info = backup.latest_backup(BACKUP, ctx.config.backup_dir)
     if info is None:
         raise MigrationError(
             f"no completed phase-1 backup is recorded and no backup manifest of this database is in "
@@ -41,6 +51,7 @@ def recorded_backup(ctx: MigrationContext) -> BackupInfo:
 class RollbackPhase(Phase):
     name = "rollback"
     number = None
+    alters_tables = True
     summary = "drop what the migration created (legacy untouched), or --restore the phase-1 backup"
     asks_confirmation = True
     # Every rollback is a new event: its steps run each time, never skipped as "already completed".
@@ -53,7 +64,7 @@ class RollbackPhase(Phase):
 
     def plan(self, ctx: MigrationContext) -> list[Step]:
         if ctx.options.restore:
-            info = backup.latest_backup(ctx.config.backup_dir)
+            info = backup.latest_backup(BACKUP, ctx.config.backup_dir)
             where = info.path if info else "(no backup recorded)"
             return [
                 self.step("check_backup", f"Backup {where} exists and its sha256 matches the record", target=where),
@@ -104,7 +115,7 @@ class RollbackPhase(Phase):
 
     @staticmethod
     def _writes_discarded(ctx: MigrationContext) -> str:
-        then = backup.recorded_legacy_row_writes()
+        then = backup.recorded_legacy_row_writes(BACKUP)
         if then is None:
             return "every write since the backup is discarded (how many was not recorded)."
         now = backup.legacy_row_writes(ctx.config.legacy_auth_schema, ctx.config.archive_schema)
@@ -171,7 +182,7 @@ class RollbackPhase(Phase):
         result = mode_for(step.target).undo(ctx, step.target)
         with transaction.atomic():
             # the cutover runs again after this (the auth step only runs in a rollback of everything)
-            tracking.mark_rolled_back(["cutover"], [step.tenant_id] if step.tenant_id else None)
+            tracking.mark_rolled_back([CUT_OVER.phase], [step.tenant_id] if step.tenant_id else None)
         return result
 
     def _check_backup(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
@@ -191,7 +202,7 @@ class RollbackPhase(Phase):
         )
 
     def _drop_roles(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
-        dropped, kept = teardown.drop_service_roles(ctx.config)
+        dropped, kept = teardown.drop_service_roles(ctx.config, SERVICE_ROLE, TENANT_GRANTS)
         message = f"dropped {', '.join(dropped) or 'no role'}" + (
             f"; kept {', '.join(kept)} (not created by the migrator; its grants revoked)" if kept else ""
         )
@@ -209,10 +220,11 @@ class RollbackPhase(Phase):
         def drop() -> None:
             nonlocal dropped, marked
             mode.before_drop(tenant.schema)
-            teardown.revoke_tenant_usage(tenant.schema)  # read from its phase-4 record before that is marked
+            # phase 4's record of the tenant's usage grants is read before the drop marks it
+            teardown.revoke_tenant_usage(tenant.schema, TENANT_GRANTS)
             dropped = teardown.drop_tenant_tables(tenant.schema, tenant.tenant_id)
             Tenant.objects.filter(tenant_id=step.tenant_id).update(migration_state=MigrationState.ROLLED_BACK)
-            marked = tracking.mark_rolled_back(undone_phases(restore=False), [step.tenant_id or ""])
+            marked = tracking.mark_rolled_back(undone_phases(restore=False), [step.tenant_id or ""], kept=[BACKUP])
 
         # Dropping the new tables locks the shared reference tables their foreign keys point at.
         beside_synced_writers(drop, ctx.options.lock_timeout_ms, f"drop the new tables of {tenant.schema}")
@@ -231,28 +243,28 @@ class RollbackPhase(Phase):
             mode.before_drop(auth)
             remove_online_leftovers()
             dropped = teardown.drop_service_schemas()
-            marked = tracking.mark_rolled_back(undone_phases(restore=False))
+            marked = tracking.mark_rolled_back(undone_phases(restore=False), kept=[BACKUP])
         return StepResult(message=f"dropped {', '.join(dropped) or 'nothing'}; {marked} steps marked ROLLED_BACK")
 
     def _mark_rolled_back(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         phases = undone_phases(ctx.options.restore)
         marked = tracking.mark_rolled_back(
-            phases, [t.tenant_id for t in ctx.registered_tenants] if ctx.tenant_filter else None
+            phases, [t.tenant_id for t in ctx.registered_tenants] if ctx.tenant_filter else None, kept=[BACKUP]
         )
         return StepResult(message=f"{marked} steps marked ROLLED_BACK", details={"phases": phases})
 
     def _refuse_after_cutover(self, ctx: MigrationContext) -> None:
         live = [
             r.tenant_id
-            for r in tracking.latest_records("cutover").values()
-            if r.step == "archive_legacy"
+            for r in tracking.latest_records(CUT_OVER.phase).values()
+            if r.step == CUT_OVER.kind
             and r.status == Status.COMPLETED
             and not read_details(ArchiveDetails, r.details).get("online")
         ]
         live += [
             r.tenant_id
-            for r in tracking.latest_records("finalize").values()
-            if r.step == "finish_sync" and r.status == Status.COMPLETED and r.tenant_id
+            for r in tracking.latest_records(SYNC_FINISHED.phase).values()
+            if r.step == SYNC_FINISHED.kind and r.status == Status.COMPLETED and r.tenant_id
         ]
         if live:
             raise MigrationError(

@@ -25,6 +25,7 @@ SCHEMAS_PER_TRANSACTION = 10
 class SchemasPhase(Phase):
     name = "schemas"
     number = 2
+    alters_tables = True
     estimate = "2 hours"
     summary = "auth, contact, activity schemas (migrate_schemas --shared) and namespaced tenant tables"
     tenant_state_on_success = MigrationState.SCHEMAS_READY

@@ -11,6 +11,7 @@ from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.ops import grants
+from migrator.step_ref import StepRef
 from migrator.tables import TENANT_DATA_TABLES
 from salesflow.layout import NAMESPACE_SERVICE
 from tenants.models import MigrationState
@@ -29,11 +30,14 @@ class SecurityPhase(Phase):
     requires = "data"
     undone_by_rollback = True
     undone_by_restore = True
+    # Read by grants and rollback: the roles phase 4 created, the tenant schemas it granted usage on.
+    SERVICE_ROLE = StepRef(name, "service_role")
+    TENANT_GRANTS = StepRef(name, "tenant_grants")
 
     def plan(self, ctx: MigrationContext) -> list[Step]:
         steps = [
             self.step(
-                "service_role",
+                self.SERVICE_ROLE.kind,
                 f"Role {role} (NOLOGIN): usage and DML on schema {service}, its sequences "
                 "and future tables; nothing in public",
                 target=role,
@@ -46,7 +50,7 @@ class SecurityPhase(Phase):
         for tenant in ctx.registered_tenants:
             steps.append(
                 self.step(
-                    "tenant_grants",
+                    self.TENANT_GRANTS.kind,
                     f"Grant {', '.join(t.table for t in TENANT_DATA_TABLES)} in {tenant.schema} to their "
                     "services' roles only",
                     tenant_id=tenant.tenant_id,
@@ -57,8 +61,8 @@ class SecurityPhase(Phase):
 
     def step_kinds(self) -> dict[str, StepKind]:
         return {
-            "service_role": StepKind(self._create_service_role, self._check_service_role),
-            "tenant_grants": StepKind(
+            self.SERVICE_ROLE.kind: StepKind(self._create_service_role, self._check_service_role),
+            self.TENANT_GRANTS.kind: StepKind(
                 self._grant_tenant_tables,
                 self._check_tenant_grants,
                 apply_batch=self._grant_tenant_tables_batch,
@@ -71,7 +75,7 @@ class SecurityPhase(Phase):
         service = next(s for s, r in ctx.config.service_roles.items() if r == step.target)
         if not catalog.schema_exists(service):
             raise MigrationError(f"schema {service} does not exist; run `migrate_phase schemas` first")
-        claimed = grants.claim_service_role(step.target, adopt=ctx.options.adopt_roles)
+        claimed = grants.claim_service_role(step.target, adopt=ctx.options.adopt_roles, role_step=self.SERVICE_ROLE)
         tables = grants.grant_service_schema(step.target, service)
         how = "adopted" if claimed["adopted"] else "created"
         return StepResult(message=f"{how}; {tables} tables in {service}", details=claimed)

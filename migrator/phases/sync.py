@@ -7,6 +7,7 @@ from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.modes import online
 from migrator.ops import capture
+from salesflow.layout import tenant_id_from_schema
 
 
 class SyncPhase(Phase):
@@ -54,7 +55,7 @@ class SyncPhase(Phase):
         while not stop.is_set():
             consumed = 0
             for scope in capture.captured_scopes():
-                tenant_id = scope.removeprefix("tenant_") if scope != ctx.config.legacy_auth_schema else None
+                tenant_id = tenant_id_from_schema(scope) if scope != ctx.config.legacy_auth_schema else None
                 if wanted and tenant_id not in wanted:
                     continue
                 consumed += online.sync_scope(ctx, scope, reporter).changes

@@ -20,6 +20,7 @@ from migrator.models import MigrationRecord, Status
 from migrator.modes import MigrationMode, mode_for, online_scopes
 from migrator.ops import carried, grants, load_test, verification
 from migrator.ops.load_figures import LoadTestFigures
+from migrator.step_ref import StepRef
 from migrator.tables import TENANT_DATA_TABLES, service_tables
 from salesflow.layout import NAMESPACE_SERVICE
 from tenants.models import MigrationState, Tenant
@@ -27,8 +28,15 @@ from tenants.models import MigrationState, Tenant
 logger = logging.getLogger("migrator.verify")
 
 CheckResult = tuple[list[str], CheckDetails]
-Check = Callable[[MigrationContext, Step], CheckResult]  # a phase-wide check
+PhaseWideCheck = Callable[[MigrationContext, Step], CheckResult]
 TenantCheck = Callable[[MigrationContext, Step, "BatchFacts"], CheckResult]  # a tenant's, on its batch's facts
+# What a check that found no problem saw, from the details it recorded.
+Summary = Callable[[CheckDetails], str]
+
+
+def said(message: str) -> Summary:
+    return lambda details: message
+
 
 TENANT_CHECKS = {
     "tenant_tables": "Namespaced tables exist in {schema} (catalog)",
@@ -145,6 +153,8 @@ class VerifyPhase(Phase):
     summary = "verification queries, row counts, tenant and service isolation, index use, CRUD smoke test"
     tenant_state_on_success = MigrationState.VERIFIED
     requires = "security"
+    # Read by the dashboard (its figures) and the rehearsal report.
+    LOAD_TEST = StepRef(name, "load_test")
     undone_by_rollback = True
     undone_by_restore = True
     continue_after_failure = True
@@ -185,7 +195,7 @@ class VerifyPhase(Phase):
             # Phase-wide, after the tenant checks (the runner keeps plan order between the two).
             steps.append(
                 self.step(
-                    "load_test",
+                    self.LOAD_TEST.kind,
                     f"{ctx.options.load_clients} connections run the key queries "
                     f"(contact by email, a contact's activities, upcoming activities; a contact insert "
                     f"and update, rolled back, on the new tables only: the legacy tables are never written) "
@@ -199,16 +209,18 @@ class VerifyPhase(Phase):
 
     def step_kinds(self) -> dict[str, StepKind]:
         checks: dict[str, ApplyStep] = {
-            "expected_schemas": self._recording(self._expected_schemas),
-            "row_counts": self._recording(self._row_counts),
-            "role_isolation": self._recording(self._role_isolation),
-            "tenant_tables": self._recording_tenant(self._tenant_tables),
-            "counts_match": self._recording_tenant(self._counts_match),
-            "isolation": self._recording_tenant(self._tenant_isolation),
-            "index_usage": self._recording_tenant(self._index_usage),
-            "crud_smoke": self._recording_tenant(self._crud_smoke),
-            "new_tenant": self._recording(self._new_tenant),
-            "load_test": self._recording(self._load_test),
+            "expected_schemas": self._recording(self._expected_schemas, said("schemas and service tables as planned")),
+            "row_counts": self._recording(self._row_counts, _row_counts_summary),
+            "role_isolation": self._recording(
+                self._role_isolation, said("each role reads only its own service schema")
+            ),
+            "tenant_tables": self._recording_tenant(self._tenant_tables, said("namespaced tables present")),
+            "counts_match": self._recording_tenant(self._counts_match, _counts_match_summary),
+            "isolation": self._recording_tenant(self._tenant_isolation, said("own rows only; other service refused")),
+            "index_usage": self._recording_tenant(self._index_usage, _index_usage_summary),
+            "crud_smoke": self._recording_tenant(self._crud_smoke, _crud_smoke_summary),
+            "new_tenant": self._recording(self._new_tenant, said("tables present; grants as planned")),
+            self.LOAD_TEST.kind: self._recording(self._load_test, _load_test_summary),
         }
         # Checks change nothing: done again, they find the same (their records wait for the tenant's end).
         return {kind: StepKind(apply, self._problems_found, rerunnable=True) for kind, apply in checks.items()}
@@ -221,18 +233,19 @@ class VerifyPhase(Phase):
         # One search_path for all of a tenant's checks (and their record), not a switch per check.
         return verification.in_schema(TenantRef(tenant_id).schema)
 
-    def _recording(self, check: Check) -> ApplyStep:
-        """A check's problems go on the step's record (verify keeps going and reports them all)."""
+    def _recording(self, check: PhaseWideCheck, summary: Summary) -> ApplyStep:
+        """A check's problems go on the step's record (verify keeps going and reports them all); a check that
+        found none says what it saw (``summary``)."""
 
         def apply(ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
             problems, details = check(ctx, step)
-            message = "; ".join(problems) if problems else self._summary(step, details)
+            message = "; ".join(problems) if problems else summary(details)
             recorded: CheckDetails = {**details, "problems": problems}
             return StepResult(message=message, details=recorded)
 
         return apply
 
-    def _recording_tenant(self, check: TenantCheck) -> ApplyStep:
+    def _recording_tenant(self, check: TenantCheck, summary: Summary) -> ApplyStep:
         """A tenant check, on the facts of the batch its tenant runs in (``tenant_batch``, which the
         engine hands over as ``reporter.batch``); read for a batch of this tenant alone when it runs
         outside one."""
@@ -242,7 +255,7 @@ class VerifyPhase(Phase):
             facts = reporter.batch
             if not isinstance(facts, BatchFacts) or tenant_id not in facts.schemas:
                 facts = read_batch_facts(ctx, [tenant_id])
-            return self._recording(lambda ctx, step: check(ctx, step, facts))(ctx, step, reporter)
+            return self._recording(lambda ctx, step: check(ctx, step, facts), summary)(ctx, step, reporter)
 
         return apply
 
@@ -262,36 +275,6 @@ class VerifyPhase(Phase):
     def _role_isolation(self, ctx: MigrationContext, step: Step) -> CheckResult:
         objects = [(schema, schema, table) for schema, tables in service_tables().items() for table in tables]
         return verification.role_isolation_problems(ctx.config, objects), {}
-
-    @staticmethod
-    def _summary(step: Step, details: CheckDetails) -> str:
-        counts = details.get("counts")
-        if step.kind == "row_counts" and isinstance(counts, dict):
-            names = [t.legacy_table for t in TENANT_DATA_TABLES]
-            return f"{len(counts)} tenants: " + ", ".join(f"{sum(c[n] for c in counts.values())} {n}" for n in names)
-        if step.kind == "counts_match" and isinstance(counts, dict):
-            return (
-                ", ".join(f"{t.legacy_table} {counts.get(t.legacy_table)}" for t in TENANT_DATA_TABLES)
-                + " as validated"
-            )
-        load = details.get("load_test")
-        if step.kind == "load_test" and isinstance(load, dict):
-            return load_summary(LoadTestFigures.from_json(load))
-        if step.kind == "crud_smoke" and details.get("refused_by_carried_constraint"):
-            return (
-                f"the test contact was refused by {details['refused_by_carried_constraint']}, a constraint carried "
-                "from the tenant's legacy table (rolled back)"
-            )
-        if step.kind == "index_usage":
-            return f"{len(details.get('index_used', {}))} key lookups served by an index"
-        return {
-            "expected_schemas": "schemas and service tables as planned",
-            "role_isolation": "each role reads only its own service schema",
-            "tenant_tables": "namespaced tables present",
-            "isolation": "own rows only; other service refused",
-            "crud_smoke": "create, read, update, delete OK (rolled back)",
-            "new_tenant": "tables present; grants as planned",
-        }.get(step.kind, "OK")
 
     def _tenant_tables(self, ctx: MigrationContext, step: Step, facts: BatchFacts) -> CheckResult:
         schema = TenantRef(step.tenant_id or "").schema
@@ -350,7 +333,7 @@ class VerifyPhase(Phase):
         facts.require(step.tenant_id or "", "online", "crud_types")
         # The smoke row may break a rule phase 3 carried from this tenant's legacy table (a CHECK the
         # seeded row knows nothing of): the tenant's own rule working, not a fault of the migration.
-        tenant_rules = frozenset(o["target"] for o in carried.carried_objects(step.tenant_id or ""))
+        tenant_rules = frozenset(o["target"] for o in carried.carried_objects(step.tenant_id or "", TENANT_COPY))
         try:
             synced = self._mode(schema, facts).writes_go_on  # the test rows skip the two-way sync
             return verification.crud_problems(schema, facts.crud_types, tenant_rules, synced), {}
@@ -377,10 +360,49 @@ class VerifyPhase(Phase):
         return problems, {"load_test": figures.to_json()}
 
 
+def _row_counts_summary(details: CheckDetails) -> str:
+    counts = details.get("counts")
+    if not isinstance(counts, dict):
+        return "OK"
+    names = [t.legacy_table for t in TENANT_DATA_TABLES]
+    return f"{len(counts)} tenants: " + ", ".join(f"{sum(c[n] for c in counts.values())} {n}" for n in names)
+
+
+def _counts_match_summary(details: CheckDetails) -> str:
+    counts = details.get("counts")
+    if not isinstance(counts, dict):
+        return "OK"
+    return ", ".join(f"{t.legacy_table} {counts.get(t.legacy_table)}" for t in TENANT_DATA_TABLES) + " as validated"
+
+
+def _load_test_summary(details: CheckDetails) -> str:
+    load = details.get("load_test")
+    return load_summary(LoadTestFigures.from_json(load)) if isinstance(load, dict) else "OK"
+
+
+def _crud_smoke_summary(details: CheckDetails) -> str:
+    if details.get("refused_by_carried_constraint"):
+        return (
+            f"the test contact was refused by {details['refused_by_carried_constraint']}, a constraint carried "
+            "from the tenant's legacy table (rolled back)"
+        )
+    return "create, read, update, delete OK (rolled back)"
+
+
+def _index_usage_summary(details: CheckDetails) -> str:
+    return f"{len(details.get('index_used', {}))} key lookups served by an index"
+
+
+# What verify compares the tenants' row counts with: phase 3's record of each table; and the copies, whose
+# records name the legacy constraints carried to the new tables.
+VALIDATION = StepRef("data", "validate")
+TENANT_COPY = StepRef("data", "copy_table")
+
+
 def validated_counts(tenant_ids: list[str]) -> dict[str, dict[str, int | None]]:
     """Tenant -> table -> the rows phase 3's completed validation of it counted."""
     rows = (
-        MigrationRecord.objects.filter(phase="data", step="validate", tenant_id__in=tenant_ids)
+        MigrationRecord.objects.filter(phase=VALIDATION.phase, step=VALIDATION.kind, tenant_id__in=tenant_ids)
         .latest_attempts()
         .filter(status=Status.COMPLETED)
         .values_list("tenant_id", "target", "rows_expected")

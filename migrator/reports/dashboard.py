@@ -19,13 +19,17 @@ from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce, JSONObject
 from django.utils import timezone
 
+from migrator import phases as phase_registry
 from migrator.core.details import BackupDetails, CheckDetails, RehearseDetails, read_details
 from migrator.core.phase import Phase
-from migrator.models import MigrationRecord, Status
+from migrator.models import MigrationRecord, Status, of_steps
 from migrator.ops.capture import Lag, lag
 from migrator.ops.load_figures import LEGACY, NEW, LoadTestFigures, QueryFigures
 from migrator.ops.rehearsal_report import RehearsalReport
-from migrator.phases import ORDERED
+from migrator.phases.data import DataPhase
+from migrator.phases.prepare import PreparePhase
+from migrator.phases.rehearse import RehearsePhase
+from migrator.phases.verify import VerifyPhase
 
 # one definition of each, shared with `status`
 from migrator.reports.status import (
@@ -37,16 +41,8 @@ from migrator.reports.status import (
     registered_schemas_missing,
 )
 from migrator.tables import TENANT_DATA_TABLES
+from salesflow.layout import tenant_id_from_schema
 
-# Steps whose rows_copied are rows moved into the target layout (reference merges are counted by the
-# shared rows they produce, which are not "moved" one to one, so they are left out of the totals).
-COPY_STEPS = ("copy_auth", "copy_table")
-VALIDATE_STEP = "validate"
-REGISTER_PHASE, REGISTER_STEP = "prepare", "register"
-TENANT_COPY_PHASE, TENANT_COPY_STEP = "data", "copy_table"
-# Copy time grows with a tenant's rows; in the other phases a tenant's work is about constant, so
-# their projection weighs every tenant the same.
-ROW_WEIGHTED_PHASES = frozenset({"data"})
 FAILURES_SHOWN = 50
 RUNNING_SHOWN = 20
 
@@ -82,7 +78,7 @@ def with_migration_progress(tenants: QuerySet) -> QuerySet:
     """
     registered = (
         MigrationRecord.objects.filter(
-            phase=REGISTER_PHASE, step=REGISTER_STEP, tenant_id=OuterRef("tenant_id"), status=Status.COMPLETED
+            of_steps(PreparePhase.REGISTER), tenant_id=OuterRef("tenant_id"), status=Status.COMPLETED
         )
         .order_by("-attempt")
         .annotate(rows=legacy_rows_expression())
@@ -90,7 +86,7 @@ def with_migration_progress(tenants: QuerySet) -> QuerySet:
     )
     copied = (
         latest_attempts()
-        .filter(phase=TENANT_COPY_PHASE, step=TENANT_COPY_STEP, tenant_id=OuterRef("tenant_id"))
+        .filter(of_steps(DataPhase.COPY_TABLE), tenant_id=OuterRef("tenant_id"))
         .order_by()
         .values("tenant_id")
         .annotate(total=Sum("rows_copied"))
@@ -298,7 +294,7 @@ def _online_lag(found: list[Lag]) -> list[OnlineLag]:
     rows = [
         OnlineLag(
             x.scope,
-            x.scope.removeprefix("tenant_") if x.scope.startswith("tenant_") else None,
+            tenant_id_from_schema(x.scope),
             x.pending,
             x.oldest_seconds,
         )
@@ -369,7 +365,7 @@ def _phase_cells(names: list[str], tenant_ids: set[str]) -> dict[str, tuple[dict
 
 
 def _backup() -> BackupSummary | None:
-    record = MigrationRecord.objects.only("id", "details", "completed_at").latest_backup()
+    record = MigrationRecord.objects.only("id", "details", "completed_at").latest_backup(PreparePhase.BACKUP)
     details = read_details(BackupDetails, record.details if record else None)
     if record is None or not isinstance(details.get("backup"), dict):
         return None
@@ -392,12 +388,16 @@ def _backup() -> BackupSummary | None:
 
 def _totals(legacy_rows: int) -> RowTotals:
     latest = latest_attempts()
+    # Reference merges are counted by the shared rows they produce, which are not "moved" one to one: only
+    # the steps that move rows (StepKind.moves_rows) count as rows moved into the target layout.
+    moved = of_steps(*phase_registry.steps_moving_rows())
+    validated = of_steps(DataPhase.VALIDATE)
     copied = latest.aggregate(
-        rows_moved=Coalesce(Sum("rows_copied", filter=Q(step__in=COPY_STEPS)), 0),
-        tenant_rows_moved=Coalesce(Sum("rows_copied", filter=Q(step=TENANT_COPY_STEP, phase=TENANT_COPY_PHASE)), 0),
-        rows_validated=Coalesce(Sum("rows_copied", filter=Q(step=VALIDATE_STEP, status=Status.COMPLETED)), 0),
-        validations_passed=Count("id", filter=Q(step=VALIDATE_STEP, status=Status.COMPLETED)),
-        validations_failed=Count("id", filter=Q(step=VALIDATE_STEP, status=Status.FAILED)),
+        rows_moved=Coalesce(Sum("rows_copied", filter=moved), 0),
+        tenant_rows_moved=Coalesce(Sum("rows_copied", filter=of_steps(DataPhase.COPY_TABLE)), 0),
+        rows_validated=Coalesce(Sum("rows_copied", filter=validated & Q(status=Status.COMPLETED)), 0),
+        validations_passed=Count("id", filter=validated & Q(status=Status.COMPLETED)),
+        validations_failed=Count("id", filter=validated & Q(status=Status.FAILED)),
     )
     return RowTotals(legacy_rows=legacy_rows, **copied)
 
@@ -405,34 +405,30 @@ def _totals(legacy_rows: int) -> RowTotals:
 def _legacy_rows_by_tenant() -> dict[str, int]:
     rows = (
         latest_attempts()
-        .filter(phase=REGISTER_PHASE, step=REGISTER_STEP, status=Status.COMPLETED)
+        .filter(of_steps(PreparePhase.REGISTER), status=Status.COMPLETED)
         .annotate(rows=legacy_rows_expression())
         .values_list("tenant_id", "rows")
     )
     return {str(tenant_id): int(count or 0) for tenant_id, count in rows}
 
 
-REHEARSAL = ("rehearse", "rehearsal")
-LOAD_TEST = ("verify", "load_test")
-
-
 def _rehearsal_and_load_test() -> tuple[RehearsalSummary | None, LoadTestSummary | None]:
     """The latest completed rehearsal and the latest load test, in one query (DISTINCT ON the step)."""
     rows = (
         MigrationRecord.objects.filter(
-            Q(phase=REHEARSAL[0], step=REHEARSAL[1], status=Status.COMPLETED)
-            | Q(phase=LOAD_TEST[0], step=LOAD_TEST[1], status__in=[Status.COMPLETED, Status.FAILED])
+            (of_steps(RehearsePhase.REHEARSAL) & Q(status=Status.COMPLETED))
+            | (of_steps(VerifyPhase.LOAD_TEST) & Q(status__in=[Status.COMPLETED, Status.FAILED]))
         )
         .order_by("step", F("completed_at").desc(nulls_last=True), "-id")
         .distinct("step")
     )
     rehearsal = load_test = None
     for record in rows:
-        if record.step == REHEARSAL[1] and isinstance(
+        if record.step == RehearsePhase.REHEARSAL.kind and isinstance(
             read_details(RehearseDetails, record.details).get("rehearsal"), dict
         ):
             rehearsal = _rehearsal(record)
-        elif record.step == LOAD_TEST[1] and isinstance(
+        elif record.step == VerifyPhase.LOAD_TEST.kind and isinstance(
             read_details(CheckDetails, record.details).get("load_test"), dict
         ):
             load_test = _load_test(record)
@@ -504,7 +500,8 @@ def build_dashboard(now: datetime | None = None) -> Dashboard:
     whether capture is on, and one aggregate over the capture table, which `sync` keeps short)."""
     from tenants.models import Tenant
 
-    names = [phase.name for phase in ORDERED]
+    ordered = phase_registry.ORDERED
+    names = [phase.name for phase in ordered]
     tenant_ids = set(Tenant.objects.values_list("tenant_id", flat=True))
     cells = _phase_cells(names, tenant_ids)
     timing: dict[str, dict[str, Any]] = {
@@ -517,7 +514,7 @@ def build_dashboard(now: datetime | None = None) -> Dashboard:
     legacy_rows = {t: rows for t, rows in _legacy_rows_by_tenant().items() if t in tenant_ids}
     phases = [
         _phase_progress(phase, cells[phase.name], tenant_ids, timing.get(phase.name, {}), legacy_rows)
-        for phase in ORDERED
+        for phase in ordered
     ]
 
     failed = latest_attempts().filter(status=Status.FAILED).order_by(F("completed_at").desc(nulls_last=True), "-id")
@@ -558,7 +555,9 @@ def _phase_progress(
         state: sum(1 for s in per_tenant.values() if s == state)
         for state in ("done", "running", "failed", "rolled back")
     }
-    weighted = phase.name in ROW_WEIGHTED_PHASES and sum(legacy_rows.values()) > 0
+    # Copy time grows with a tenant's rows; in the other phases a tenant's work is about constant, so
+    # their projection weighs every tenant the same.
+    weighted = phase().scales_with_rows and sum(legacy_rows.values()) > 0
     progress = PhaseProgress(
         number=phase.number or 0,
         name=phase.name,

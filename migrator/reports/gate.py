@@ -13,23 +13,23 @@ from dataclasses import dataclass
 from django.db.models import Max
 
 from migrator import catalog
+from migrator import phases as phase_registry
 from migrator.config import get_config
 from migrator.engine.lock import APP_NAME_PREFIX, LOCK_ID, LOCK_NAMESPACE
-from migrator.models import DEPLOY_PHASE, MigrationRecord, Status
+from migrator.models import DEPLOY, MigrationRecord, Status
 from migrator.modes import online
 from migrator.ops import capture, twoway
-from migrator.phases import ORDERED, PHASES
+from migrator.phases.cutover import CutoverPhase
+from migrator.phases.rollback import RollbackPhase
 from migrator.reports.status import StatusReport
 from salesflow.layout import tenant_schema_name
 
-# Phases whose steps change tenant or service schemas (create, drop, rename tables; the copy drops and
-# rebuilds indexes and constraints): a deploy's DDL must not meet theirs. prepare, security, verify and
-# sync only register, grant, read or write rows.
-DDL_PHASES = ("schemas", "data", "cutover", "rollback", "finalize")
-CUTOVER_SWITCH_STEPS = ("archive_legacy", "archive_auth")
-ROLLBACK_PHASE = "rollback"
-# Phases after which a rollback no longer stands: one of their steps started since it.
-REDONE_PHASES = tuple(p.name for p in ORDERED if p.number and p.number >= 2)
+
+def ddl_phases() -> list[str]:
+    """Phases whose steps change tenant or service schemas (``Phase.alters_tables``): a deploy's DDL must
+    not meet theirs."""
+    return [p.name for p in phase_registry.PHASES if p.alters_tables]
+
 
 NOT_STARTED = "not started"
 RUNNING = "running"
@@ -59,13 +59,13 @@ def holder_phases(application_name: str) -> tuple[str, ...]:
     ``data``, ``schemas+data``, ``prepare..cutover`` (a shortened list); a name cut short names
     every phase (it may be any of them)."""
     label = application_name.removeprefix(APP_NAME_PREFIX).strip().split(" on ", 1)[0]
-    ordered = [p.name for p in ORDERED]
-    known = {p.name for p in PHASES}
+    ordered = [p.name for p in phase_registry.ORDERED]
+    known = {p.name for p in phase_registry.PHASES}
     phases: list[str] = []
     for part in label.split("+"):
         first, _, last = part.partition("..")
         if part.endswith("..") or (part and part not in known and first not in known):
-            return tuple(p.name for p in PHASES)
+            return tuple(p.name for p in phase_registry.PHASES)
         if last and first in ordered and last in ordered:
             phases.extend(ordered[ordered.index(first) : ordered.index(last) + 1])
         elif part:
@@ -84,8 +84,9 @@ def ddl_in_progress(holders: list[LockHolder], tracked: bool = True) -> str | No
     """Why a phase may be changing schemas now: a running ``migrate_phase`` of a DDL phase, or a step of
     one left RUNNING by a run that is gone (interrupted: it may have left indexes dropped, tables half
     renamed). ``tracked`` False: no tracking table to read yet."""
+    altering = ddl_phases()
     for holder in holders:
-        ddl = [phase for phase in holder.phases if phase in DDL_PHASES]
+        ddl = [phase for phase in holder.phases if phase in altering]
         if ddl:
             return (
                 f"migrate_phase {holder.description} is running and changes schemas ({', '.join(ddl)}): "
@@ -94,7 +95,7 @@ def ddl_in_progress(holders: list[LockHolder], tracked: bool = True) -> str | No
     if not tracked:
         return None
     running = (
-        MigrationRecord.objects.filter(phase__in=DDL_PHASES, status=Status.RUNNING)
+        MigrationRecord.objects.filter(phase__in=altering, status=Status.RUNNING)
         .latest_attempts()
         .order_by("started_at", "id")
         .only("migration_id", "phase", "started_at")
@@ -117,9 +118,8 @@ def ddl_in_progress(holders: list[LockHolder], tracked: bool = True) -> str | No
 def half_switched() -> str | None:
     """A scope whose online cutover failed or was interrupted while it is migrated online."""
     records = (
-        MigrationRecord.objects.filter(
-            phase="cutover", step__in=CUTOVER_SWITCH_STEPS, status__in=[Status.FAILED, Status.RUNNING]
-        )
+        MigrationRecord.objects.of(CutoverPhase.ARCHIVE_LEGACY, CutoverPhase.ARCHIVE_AUTH)
+        .filter(status__in=[Status.FAILED, Status.RUNNING])
         .latest_attempts()
         .order_by("id")
         .only("tenant_id", "step", "status")
@@ -171,11 +171,13 @@ def deploy_verdict(report: StatusReport | None, holders: list[LockHolder] | None
 
 def _rolled_back() -> bool:
     """The latest attempts of rollback's steps all completed, and no step of phases 2-6 started since."""
-    latest = MigrationRecord.objects.filter(phase=ROLLBACK_PHASE).latest_attempts()
+    latest = MigrationRecord.objects.filter(phase=RollbackPhase.name).latest_attempts()
     found = latest.aggregate(done=Max("completed_at"))
     if found["done"] is None or latest.exclude(status=Status.COMPLETED).exists():
         return False
-    return not MigrationRecord.objects.filter(phase__in=REDONE_PHASES, started_at__gt=found["done"]).exists()
+    # Phases after which a rollback no longer stands: one of their steps started since it.
+    redone = [p.name for p in phase_registry.ORDERED if p.number and p.number >= 2]
+    return not MigrationRecord.objects.filter(phase__in=redone, started_at__gt=found["done"]).exists()
 
 
 def _failed(report: StatusReport) -> bool:
@@ -183,8 +185,11 @@ def _failed(report: StatusReport) -> bool:
     if report.failures:
         return True
     return (
-        MigrationRecord.objects.exclude(phase=DEPLOY_PHASE)
-        .filter(status__in=[Status.FAILED, Status.RUNNING], phase__in=[*(p.name for p in ORDERED), *DDL_PHASES])
+        MigrationRecord.objects.exclude(phase=DEPLOY.phase)
+        .filter(
+            status__in=[Status.FAILED, Status.RUNNING],
+            phase__in=[*(p.name for p in phase_registry.ORDERED), *ddl_phases()],
+        )
         .latest_attempts()
         .exists()
     )
@@ -204,7 +209,10 @@ def migration_state(report: StatusReport | None, holders: list[LockHolder] | Non
       the state; they fail ``status --check`` and the deploy gate);
     - ``running`` otherwise: started and not finished, the next phase is still to run.
     """
-    if report is None or not MigrationRecord.objects.filter(phase__in=[p.name for p in ORDERED]).exists():
+    if (
+        report is None
+        or not MigrationRecord.objects.filter(phase__in=[p.name for p in phase_registry.ORDERED]).exists()
+    ):
         return NOT_STARTED
     holders = lock_holders() if holders is None else holders
     if holders:

@@ -7,20 +7,20 @@ from dataclasses import dataclass, field
 from psycopg import sql
 
 from migrator import db
+from migrator import phases as phase_registry
 from migrator.core.details import DeployDetails, DiscoverDetails, read_details
+from migrator.core.steps import COPY_RANGE, RANGE_KINDS
 from migrator.models import DEPLOY_KEY, MigrationRecord, Status
 from migrator.ops import registry, twoway
 from migrator.ops.capture import Lag, lag
-from migrator.phases import ORDERED
+from migrator.phases.data import DataPhase
+from migrator.phases.prepare import PreparePhase
 from migrator.tables import LEGACY_TENANT_TABLES
 from salesflow.layout import tenant_id_from_schema
 
 GLOBAL = "*"
 # The phase-wide cell of a phase that plans no phase-wide step: nothing to wait for.
 NOT_APPLICABLE = "-"
-
-
-RANGE_STEPS = ("copy_range", "validate_range")
 
 
 @dataclass(frozen=True)
@@ -40,15 +40,15 @@ class RangedTable:
 
     tenant_id: str
     table: str
-    kind: str  # copy_range or validate_range
+    kind: str  # one of RANGE_KINDS
     ranges: list[RangeProgress]
-    phase: str = "data"
+    phase: str = DataPhase.name
 
     @property
     def what(self) -> str:
-        if self.kind == "copy_range":
+        if self.kind == COPY_RANGE:
             return "copy"
-        return "validation" if self.phase == "data" else f"{self.phase} comparison"
+        return "validation" if self.phase == DataPhase.name else f"{self.phase} comparison"
 
     @property
     def ranges_done(self) -> int:
@@ -91,7 +91,7 @@ def ranged_tables_in_progress() -> list[RangedTable]:
             "WHERE status <> %s GROUP BY phase, tenant_id, target, step HAVING bool_or(status <> %s) "
             "ORDER BY tenant_id, target, phase DESC, step"
         ).format(table=table),
-        [list(RANGE_STEPS), Status.ROLLED_BACK, Status.COMPLETED],
+        [list(RANGE_KINDS), Status.ROLLED_BACK, Status.COMPLETED],
     )
     return [
         RangedTable(tenant_id or GLOBAL, target, step, [RangeProgress(*entry) for entry in ranges], phase)
@@ -178,7 +178,8 @@ def excluded_schemas() -> list[dict[str, object]]:
     from tenants.models import MigrationState, Tenant
 
     discover = (
-        MigrationRecord.objects.filter(phase="prepare", step="discover", status=Status.COMPLETED)
+        MigrationRecord.objects.of(PreparePhase.DISCOVER)
+        .filter(status=Status.COMPLETED)
         .order_by("-completed_at", "-id")
         .only("details")
         .first()
@@ -229,8 +230,9 @@ def latest_statuses(phases: list[str]) -> dict[tuple[str, str], set[str]]:
 def status_report() -> StatusReport:
     from tenants.models import Tenant
 
-    phases = [p.name for p in ORDERED]
-    tenant_steps_only = {p.name for p in ORDERED if not p.has_phase_wide_steps}
+    ordered = phase_registry.ORDERED
+    phases = [p.name for p in ordered]
+    tenant_steps_only = {p.name for p in ordered if not p.has_phase_wide_steps}
     from tenants.models import MigrationState
 
     tenants = list(

@@ -12,6 +12,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from migrator import phases as phase_registry
 from migrator.config import get_config
 from migrator.core.command_options import MAX_BATCH_SIZE, batch_size, options_from_arguments, positive
 from migrator.core.context import MigrationContext, RunOptions, validate_tenant_ids
@@ -23,8 +24,9 @@ from migrator.engine.runner import PhaseOutcome
 from migrator.management.arguments import add_options
 from migrator.management.output import ConsoleReporter, outcome_dict, outcome_summary, rehearsal_lines
 from migrator.ops.rehearsal_report import RehearsalReport
-from migrator.phases import ORDERED, get_phase, phase_choices, phases_help
+from migrator.phases import get_phase, phase_choices, phases_help
 from migrator.phases.prepare import PreparePhase, drift_report
+from migrator.phases.rehearse import RehearsePhase
 from migrator.reports import gate
 from migrator.reports.drift import recorded_drift, report_lines
 from migrator.reports.status import GLOBAL, StatusReport, status_report
@@ -52,13 +54,20 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+COMMAND_HELP = (
+    "Run a phase of the SalesFlow schema migration. {phases} Completed steps are skipped, so rerunning a phase "
+    "resumes it."
+)
+
+
 class Command(BaseCommand):
-    help = (
-        "Run a phase of the SalesFlow schema migration. "
-        + phases_help()
-        + " Completed steps are skipped, so rerunning a phase resumes it."
-    )
+    help = COMMAND_HELP.format(phases=phases_help())
     requires_system_checks = []
+
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
+        # The phases the registry holds now, not when this module was imported.
+        self.help = COMMAND_HELP.format(phases=phases_help())
+        return super().create_parser(prog_name, subcommand, **kwargs)
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("phase", help="Phase number or name: " + ", ".join(phase_choices()) + ".")
@@ -123,7 +132,7 @@ class Command(BaseCommand):
                 self._status(options["check"])
             return
         if name == "all":
-            phases = [phase_class() for phase_class in ORDERED]
+            phases = [phase_class() for phase_class in phase_registry.ORDERED]
         else:
             try:
                 phases = [get_phase(name)()]
@@ -146,7 +155,7 @@ class Command(BaseCommand):
             outcomes = orchestration.run_phases(
                 phases, ctx, reporter, self._confirm(options["interactive"]), on_outcome=self._outcome_line
             )
-        if name == "rehearse" and outcomes and outcomes[0].ok:
+        if name == RehearsePhase.name and outcomes and outcomes[0].ok:
             self._rehearsal_report(outcomes[0])
             return
         drift = recorded_drift() if any(o.phase == PreparePhase.name and o.planned for o in outcomes) else None

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 
 from migrator.models import Disposition, FindingKind
 from migrator.ops.carried import left_behind
+from salesflow.layout import TENANT_SCHEMA_PREFIX
 
 SCHEMAS_PER_QUERY = 200
-SCHEMA_PLACEHOLDER = "tenant_<id>"  # a tenant's schema in a finding grouped across tenants
+SCHEMA_PLACEHOLDER = TENANT_SCHEMA_PREFIX + "<id>"  # a tenant's schema in a finding grouped across tenants
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from migrator import db
 from migrator.core.errors import MigrationError
 from migrator.models import Status
 from migrator.ops.carried import carried_objects, carry_constraints
+from migrator.phases.data import DataPhase
 from tests.helpers import run
 from tests.migrator.helpers import count, latest, one_line, records, rows
 
@@ -132,12 +133,12 @@ def test_a_tenants_check_and_case_insensitive_partial_unique_index_are_carried_a
     ]
     assert "constraints_left_behind" not in copy.details
     assert "constraints_carried" not in latest("data/globex_0002/copy_table/contact_data_contacts").details
-    assert [(o["table"], o["target"]) for o in carried_objects("acme_0001")] == [
+    assert [(o["table"], o["target"]) for o in carried_objects("acme_0001", DataPhase.COPY_TABLE)] == [
         ("contact_data_contacts", "email_has_at"),
         ("contact_data_contacts", "contacts_phone_key_carried"),
         ("contact_data_contacts", "contacts_email_ci_carried"),
     ]
-    assert carried_objects("globex_0002") == []
+    assert carried_objects("globex_0002", DataPhase.COPY_TABLE) == []
 
     # A rerun is a no-op; the tenant passes validation and verification.
     run("migrate_phase", "data", interactive=False, batch_size=50)
@@ -201,7 +202,7 @@ def test_leave_constraint_leaves_a_rule_behind_and_records_it(schemas_ready):
         {"legacy": "contacts_email_ci", "kind": "unique index", "definition": CI_INDEX_DEF},
     ]
     assert "constraints_carried" not in copy.details
-    assert carried_objects("acme_0001") == []
+    assert carried_objects("acme_0001", DataPhase.COPY_TABLE) == []
     # the legacy table keeps them
     assert "email_has_at" in checks(ACME, "contacts")
     assert "contacts_email_ci" in unique_indexes(ACME, "contacts")

@@ -21,6 +21,8 @@ from migrator.engine import tracking
 from migrator.models import MigrationRecord, Status
 from migrator.ops import grants
 from migrator.ops.backup import latest_backup
+from migrator.phases import ORDERED
+from migrator.phases.prepare import PreparePhase
 from migrator.tables import TENANT_DATA_TABLES, service_tables
 from tenants.models import MigrationState, Tenant
 from tests.helpers import legacy_fingerprints, run
@@ -28,7 +30,7 @@ from tests.helpers import legacy_fingerprints, run
 TENANTS = ["acme_0001", "globex_0002", "empty_0001"]
 
 
-PHASES = ("prepare", "schemas", "data", "security", "verify", "cutover")
+PHASES = tuple(p.name for p in ORDERED)
 
 
 def migrate_up_to(last_phase: str, done: str | None = None) -> None:
@@ -233,7 +235,7 @@ def test_restore_brings_back_the_backup_and_keeps_the_history(seeded):
 
 def test_restore_refuses_a_tampered_or_missing_backup(seeded):
     migrate_up_to("schemas")
-    info = latest_backup()
+    info = latest_backup(PreparePhase.BACKUP)
     assert info is not None
     toc = Path(info.path) / "toc.dat"
     toc.write_bytes(toc.read_bytes() + b"tampered")

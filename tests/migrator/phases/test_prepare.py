@@ -17,6 +17,7 @@ from migrator.core.errors import MigrationError
 from migrator.models import Status
 from migrator.ops import backup, binaries
 from migrator.ops.backup import latest_backup
+from migrator.phases.prepare import PreparePhase
 from migrator.tables import LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES
 from tenants.models import Tenant
 from tests.helpers import run
@@ -161,7 +162,7 @@ def test_a_hostile_tenant_option_is_refused_before_anything_runs(seeded, tenant_
 
 def test_backup_is_recorded_and_restores_into_a_scratch_database(prepared_with_backup, settings):
     row = latest("prepare/*/backup")
-    info = latest_backup()
+    info = latest_backup(PreparePhase.BACKUP)
     assert info is not None
     assert row.details["backup"] == info.as_dict()
     path = Path(info.path)
@@ -202,7 +203,7 @@ def test_backup_is_recorded_and_restores_into_a_scratch_database(prepared_with_b
 
 
 def test_an_altered_backup_is_refused(prepared_with_backup):
-    info = latest_backup()
+    info = latest_backup(PreparePhase.BACKUP)
     assert info is not None
     victim = next(p for p in sorted(Path(info.path).iterdir()) if p.name.endswith(".dat.gz"))
     victim.write_bytes(victim.read_bytes() + b"\0")
@@ -226,7 +227,12 @@ def test_a_backup_never_overwrites_or_removes_an_earlier_one(clean_db, tmp_path)
     major = server_major()
 
     info = backup.create_backup(
-        binaries.find_binary("pg_dump", major), binaries.find_binary("pg_restore", major), tmp_path, 1, major
+        binaries.find_binary("pg_dump", major),
+        binaries.find_binary("pg_restore", major),
+        tmp_path,
+        1,
+        major,
+        backup_step=PreparePhase.BACKUP,
     )
 
     assert all((folder / "toc.dat").read_text() == "an earlier backup" for folder in earlier)

@@ -20,7 +20,7 @@ from migrator.core.context import MigrationContext
 from migrator.engine import orchestration
 from migrator.models import MigrationRecord, Status
 from migrator.ops import backup, binaries, grants, restore
-from migrator.phases.prepare import server_major
+from migrator.phases.prepare import PreparePhase, server_major
 from salesflow.database import DatabaseUrlError, parse_database_url
 from tests.helpers import legacy_fingerprints, run
 from tests.migrator.helpers import (
@@ -145,7 +145,7 @@ def test_a_restore_killed_during_pg_restore_is_finished_by_rerunning_it(larger_s
 
 def test_restore_finds_the_backup_through_its_manifest_when_the_tracking_history_is_lost(prepared_with_backup):
     before = legacy_fingerprints(TENANTS)
-    info = backup.latest_backup()
+    info = backup.latest_backup(PreparePhase.BACKUP)
     assert info is not None
     assert backup.manifest_path(Path(info.path)).is_file()
     run("migrate_phase", "schemas", interactive=False)  # something for the restore to undo
@@ -167,7 +167,7 @@ def test_prepare_refuses_to_back_up_a_database_without_legacy_tenants_when_a_bac
 
 
 def test_an_interrupted_restore_blocks_other_phases_until_it_is_finished(prepared):
-    info = backup.latest_backup()
+    info = backup.latest_backup(PreparePhase.BACKUP)
     assert info is not None
     _rows, history = restore.save_history(get_config().backup_dir)
     with restore.maintenance_connection() as admin:
@@ -223,7 +223,7 @@ def test_pg_dump_dies_with_a_killed_runner_and_its_dump_folder_is_removed_by_the
     assert [p for p in left if p.name.endswith(".dump")], left  # the killed run's unfinished dump
     run("migrate_phase", "prepare", interactive=False)
     new = set(backup_dir.iterdir()) - recorded
-    info = backup.latest_backup()
+    info = backup.latest_backup(PreparePhase.BACKUP)
     assert info is not None
     assert new == {Path(info.path), backup.manifest_path(Path(info.path))}  # the unfinished dump is gone
 

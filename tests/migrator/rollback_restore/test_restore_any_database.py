@@ -19,12 +19,13 @@ from migrator import catalog, db
 from migrator.config import get_config
 from migrator.models import MigrationRecord, Status
 from migrator.ops import backup, binaries, restore
-from migrator.phases.prepare import server_major
+from migrator.phases import ORDERED
+from migrator.phases.prepare import PreparePhase, server_major
 from tests.helpers import legacy_fingerprints, run
 from tests.migrator.helpers import kill_when, manage, manage_env, one_line, psycopg_connect
 
 TENANTS = ["acme_0001", "globex_0002", "empty_0001"]
-PHASES = ("prepare", "schemas", "data", "security", "verify", "cutover")
+PHASES = tuple(p.name for p in ORDERED)
 
 # What a real legacy database holds besides the legacy schemas, each of which made the earlier restore
 # (drop the legacy schemas and public's tables, pg_restore over what is left) stop at "already exists".
@@ -126,7 +127,7 @@ def data_dump() -> dict[str, list[str]]:
 
 def backup_data() -> dict[str, list[str]]:
     """The data the backup holds (the database at phase 1's backup step), the tracking history left out."""
-    info = backup.latest_backup()
+    info = backup.latest_backup(PreparePhase.BACKUP)
     assert info is not None
     out = subprocess.run(
         [str(client_tool("pg_restore")), "--data-only", "-f", "-", info.path],
@@ -139,7 +140,7 @@ def backup_data() -> dict[str, list[str]]:
 
 def backup_schema() -> list[str]:
     """The schema the backup holds, as a script (what pg_dump of the backed-up database printed)."""
-    info = backup.latest_backup()
+    info = backup.latest_backup(PreparePhase.BACKUP)
     assert info is not None
     out = subprocess.run(
         [str(client_tool("pg_restore")), "--schema-only", "-f", "-", info.path],
@@ -241,7 +242,7 @@ def test_a_failing_pg_restore_shows_its_error_and_leaves_the_database_as_it_was(
     db.execute(sql.SQL("GRANT SELECT ON tenant_acme_0001.contacts TO {}").format(sql.Identifier(role)))
     MigrationRecord.objects.filter(phase="prepare", step="backup").update(status=Status.ROLLED_BACK)
     run("migrate_phase", "prepare", interactive=False)  # a new backup, with the GRANT
-    info = backup.latest_backup()
+    info = backup.latest_backup(PreparePhase.BACKUP)
     assert info is not None
     db.execute(sql.SQL("REVOKE ALL ON tenant_acme_0001.contacts FROM {}").format(sql.Identifier(role)))
     db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
@@ -334,7 +335,7 @@ def test_a_journal_of_a_restore_that_had_swapped_is_finished_by_dropping_the_rep
     name = connection.settings_dict["NAME"]
     run("migrate_phase", "rollback", interactive=False, restore=True)
     history_ids = set(MigrationRecord.objects.values_list("id", flat=True))
-    info = backup.latest_backup()
+    info = backup.latest_backup(PreparePhase.BACKUP)
     assert info is not None
     with restore.maintenance_connection() as admin:
         names = restore.restore_names(admin, name)

@@ -16,6 +16,7 @@ from migrator.config import get_config
 from migrator.core.errors import MigrationError
 from migrator.ops import backup, dump_parts
 from migrator.ops.dump_parts import DUMP_LOCK_SHARE, LockBudget, lock_budget, plan_dump
+from migrator.phases.prepare import PreparePhase
 from migrator.tables import LEGACY_TENANT_TABLES
 from tests.helpers import legacy_fingerprints, run
 from tests.migrator.helpers import (
@@ -95,7 +96,7 @@ def test_a_backup_in_parts_restores_the_legacy_data_exactly(seeded: dict[str, An
 
     out = run("migrate_phase", "prepare", interactive=False)
 
-    info = backup.latest_backup()
+    info = backup.latest_backup(PreparePhase.BACKUP)
     assert info is not None
     assert info.parts == 4  # everything but the tenants, then one part per tenant
     parts = backup.backup_parts(Path(info.path))
@@ -147,7 +148,7 @@ def test_the_parts_of_a_backup_read_one_snapshot(seeded: dict[str, Any]) -> None
                 child.kill()
                 child.wait()
     assert child.returncode == 0, err
-    info = backup.latest_backup()
+    info = backup.latest_backup(PreparePhase.BACKUP)
     assert info is not None
     assert info.parts == 4
 

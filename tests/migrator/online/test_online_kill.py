@@ -5,9 +5,7 @@ engaged (captured or synced, never some of each) or half archived."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,7 +19,6 @@ from tests.migrator.helpers import (
     manage_env,
     psycopg_connect,
     value,
-    wait_for,
     wait_for_killed_sessions_to_end,
 )
 from tests.migrator.online.writer import (
@@ -30,6 +27,7 @@ from tests.migrator.online.writer import (
     assert_committed_writes_in_new_tables,
     assert_sides_equal,
     untouched_rows_differing,
+    writing,
 )
 
 TENANTS = ["tenant_acme_0001", "tenant_globex_0002"]
@@ -41,19 +39,6 @@ CONTACTS, ACTIVITIES = 4_000, 8_000
 def online_ready(larger_schemas_ready: dict[str, int]) -> None:
     """Two tenants big enough to be caught half way, phases 1 and 2 done."""
     assert (larger_schemas_ready["contacts"], larger_schemas_ready["activities"]) == (CONTACTS, ACTIVITIES)
-
-
-@contextmanager
-def writing() -> Iterator[Writer]:
-    writer = Writer()
-    thread = threading.Thread(target=writer.run, daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: len(writer.latencies) > 5, what="the writer started")
-        yield writer
-    finally:
-        writer.stop.set()
-        thread.join(timeout=30)
 
 
 def kill_phase_when(args: list[str], ready: Callable[[Any], object], what: str) -> None:

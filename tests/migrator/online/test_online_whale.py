@@ -5,9 +5,6 @@ exactly, with another ``--jobs``."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -23,13 +20,13 @@ from tests.migrator.helpers import (
     manage_env,
     psycopg_connect,
     value,
-    wait_for,
     wait_for_killed_sessions_to_end,
 )
 from tests.migrator.online.writer import (
     Writer,
     assert_committed_writes_in_new_tables,
     assert_sides_equal,
+    writing,
 )
 
 TENANTS = ["tenant_acme_0001", "tenant_globex_0002"]
@@ -42,19 +39,6 @@ def whales(larger_schemas_ready: dict[str, int], settings: Any) -> None:
     """Two tenants whose tables are split into ranges of RANGE_ROWS rows, phases 1 and 2 done."""
     assert (larger_schemas_ready["contacts"], larger_schemas_ready["activities"]) == (4_000, 8_000)
     settings.SALESFLOW = {**settings.SALESFLOW, "RANGE_ROWS": RANGE_ROWS}
-
-
-@contextmanager
-def writing() -> Iterator[Writer]:
-    writer = Writer()
-    thread = threading.Thread(target=writer.run, daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: len(writer.latencies) > 5, what="the writer started")
-        yield writer
-    finally:
-        writer.stop.set()
-        thread.join(timeout=30)
 
 
 def latest_rows(phase: str, step: str, schema: str) -> list[MigrationRecord]:

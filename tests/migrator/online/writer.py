@@ -6,12 +6,14 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import psycopg
 from psycopg import sql
 
-from tests.migrator.helpers import content, plain_columns, psycopg_connect, value, wrongly_remapped
+from tests.migrator.helpers import content, plain_columns, psycopg_connect, value, wait_for, wrongly_remapped
 
 TENANT = "tenant_acme_0001"
 
@@ -101,6 +103,20 @@ class Writer:
                 "INSERT INTO salesflow_auth.users (email, password_hash, created_at) VALUES (%s, 'x', now())", [email]
             )
             self.users.append(email)
+
+
+@contextmanager
+def writing() -> Iterator[Writer]:
+    """A :class:`Writer` in a thread of its own for the block, once it has committed a few writes."""
+    writer = Writer()
+    thread = threading.Thread(target=writer.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: len(writer.latencies) > 5, what="the writer started")
+        yield writer
+    finally:
+        writer.stop.set()
+        thread.join(timeout=30)
 
 
 TENANT_TABLES = (("contacts", "contact_data_contacts"), ("activities", "activity_data_activities"))

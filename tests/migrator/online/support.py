@@ -3,6 +3,7 @@ both sides hold the same rows."""
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -43,12 +44,14 @@ def retried(conn: psycopg.Connection, work: Callable[[psycopg.Connection], Any],
     """``work`` in a transaction, retried on a deadlock, a serialization failure or the two-way sync's lock
     timeout (writers meeting from opposite sides), as an application does. PostgreSQL reports that timeout
     as a cancel (57014) when it fires as the lock is granted: retried too (docs/online.md)."""
-    for _ in range(attempts):
+    for attempt in range(attempts):
         try:
             with conn.transaction():
                 return work(conn)
         except (errors.DeadlockDetected, errors.SerializationFailure, errors.LockNotAvailable, errors.QueryCanceled):
-            time.sleep(0.01)
+            # A random pause growing with the attempt: two writers that met on a row from opposite sides
+            # and retried at once would meet again, each meeting costing the sync's 500 ms lock wait.
+            time.sleep(random.uniform(0, 0.02) * (attempt + 1))
     raise AssertionError(f"gave up after {attempts} attempts")
 
 

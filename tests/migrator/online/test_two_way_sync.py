@@ -83,7 +83,9 @@ def test_concurrent_read_modify_write_through_both_sides_loses_no_update(synced)
             with psycopg_connect() as conn:
                 conn.autocommit = True
                 for _ in range(per_session):
-                    retried(conn, lambda c: increment(c, TENANT, table))
+                    # Four writers on one row from both sides meet at nearly every hand-over between the
+                    # sides, each meeting a 500 ms wait (docs/online.md, Limits): hundreds of retries.
+                    retried(conn, lambda c: increment(c, TENANT, table), attempts=1000)
         except Exception as exc:  # noqa: BLE001 - reported below, in the test's thread
             failures.append(exc)
 

@@ -108,12 +108,6 @@ def mode_of(ctx: MigrationContext, scope: str | None = None) -> MigrationMode:
     return mode_for(scope, migrating_online=ctx.options.online)
 
 
-def in_ranges(ctx: MigrationContext, copy: TableCopy) -> bool:
-    """Whether a large ``copy`` may go by key ranges: a single integer key. Online too: the capture
-    installed before the copy records every write behind the ranges, applied once they are all in."""
-    return splits_by_key(copy)
-
-
 class DataPhase(Phase):
     name = "data"
     number = 3
@@ -357,7 +351,9 @@ class DataPhase(Phase):
             # and whatever an earlier attempt deferred is rebuilt below.
             small = small_table(copy, ctx.batch_size)
             deferred = 0 if small else constraints.defer_constraints(tenant.schema, spec.target_table)
-            if in_ranges(ctx, copy):  # a large table: its key ranges on every free connection of the run
+            # A large table: its key ranges on every free connection of the run. Online too: the capture
+            # installed before the copy records every write behind the ranges, applied once all are in.
+            if splits_by_key(copy):
                 stats = copy_in_ranges(copy, ctx.batch_size, reporter, range_planner(copy, ctx.config.range_rows))
             else:
                 stats = copy_table(copy, ctx.batch_size, reporter, fence_held=True)
@@ -443,7 +439,7 @@ class DataPhase(Phase):
         ranged = None
         if (
             step.tenant_id is not None
-            and in_ranges(ctx, copy)
+            and splits_by_key(copy)
             and copy_mode.may_compare_in_ranges(copy)
             and (ranged := compare_in_ranges(copy, ctx.config.range_rows, reporter))
         ):  # offline, or in two-way sync: each range's both sides are equal in any one statement

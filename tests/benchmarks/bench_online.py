@@ -224,6 +224,18 @@ def check_rows(check: Check, run: Run) -> list[str]:
     return rows
 
 
+def through_cutover(url: str, args: argparse.Namespace, run: Run, work: Workload, pace: Pace) -> None:
+    """The legacy writers, `data --online`, the new-side writers too, phases 4-6, ``--settle`` s more."""
+    run.start(url, LEGACY, 0, args.writers, work, pace)
+    time.sleep(args.settle)
+    run.phase("data", "--online")
+    run.start(url, NEW, args.writers, args.writers, work, pace)
+    run.phase("security")
+    run.phase("verify", *args.verify_options)
+    run.phase("cutover")
+    time.sleep(args.settle)
+
+
 def migration_run(
     url: str, args: argparse.Namespace, run: Run
 ) -> tuple[Check, dict[str, dict[str, tuple[float, int]]]]:
@@ -244,14 +256,7 @@ def migration_run(
     run.phase("prepare")
     run.phase("schemas")
     pace = Pace(args.rate)
-    run.start(url, LEGACY, 0, args.writers, work, pace)
-    time.sleep(args.settle)
-    run.phase("data", "--online")
-    run.start(url, NEW, args.writers, args.writers, work, pace)
-    run.phase("security")
-    run.phase("verify", *args.verify_options)
-    run.phase("cutover")
-    time.sleep(args.settle)
+    through_cutover(url, args, run, work, pace)
     run.stop(LEGACY)
     run.phase("finalize", "--observe-seconds", f"{args.observe_seconds:g}")
     time.sleep(args.settle)
@@ -269,14 +274,7 @@ def rollback_run(url: str, args: argparse.Namespace, run: Run) -> Check:
     pace = Pace(args.rate)
     run.phase("prepare")
     run.phase("schemas")
-    run.start(url, LEGACY, 0, args.writers, work, pace)
-    time.sleep(args.settle)
-    run.phase("data", "--online")
-    run.start(url, NEW, args.writers, args.writers, work, pace)
-    run.phase("security")
-    run.phase("verify", *args.verify_options)
-    run.phase("cutover")
-    time.sleep(args.settle)
+    through_cutover(url, args, run, work, pace)
     run.stop(NEW)  # the new version is switched off; the old one keeps writing through the rollback
     run.phase("rollback")
     time.sleep(args.settle)

@@ -300,3 +300,14 @@ def kill_while_it_waits_for_a_lock(
     waiting_pid = kill_when(args, waiting, what)
     if terminate_the_waiting_session:
         watcher.execute("SELECT pg_terminate_backend(%s)", [waiting_pid])
+
+
+def ranged_copy_half_way(watcher: psycopg.Connection) -> tuple[str, str, int] | None:
+    """(tenant, table, range row id) of a range half way while another range of its table is done: the
+    moment to kill a ranged copy."""
+    return watcher.execute(
+        "SELECT r.tenant_id, r.target, r.id FROM public.schema_migrations r WHERE r.step = 'copy_range' "
+        "AND r.status = 'RUNNING' AND r.rows_copied > 0 AND r.rows_copied < r.rows_expected "
+        "AND EXISTS (SELECT FROM public.schema_migrations c WHERE c.step = 'copy_range' AND c.status = 'COMPLETED' "
+        "AND c.tenant_id = r.tenant_id AND c.target = r.target) LIMIT 1"
+    ).fetchone()

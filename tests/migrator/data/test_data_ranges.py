@@ -27,6 +27,7 @@ from tests.migrator.helpers import (
     manage_env,
     plain_columns,
     psycopg_connect,
+    ranged_copy_half_way,
     value,
     wait_for_killed_sessions_to_end,
     wrongly_remapped,
@@ -151,16 +152,6 @@ def test_a_range_that_differs_fails_the_table_validation_with_its_keys(larger_sc
     assert failed.details["differing_keys"] == [[3001]]
 
 
-def copying_kill_point(watcher: Any) -> Any:
-    """Some ranges of a table done, one half way: the moment to kill."""
-    return watcher.execute(
-        "SELECT r.tenant_id, r.target, r.id FROM public.schema_migrations r WHERE r.step = 'copy_range' "
-        "AND r.status = 'RUNNING' AND r.rows_copied > 0 AND r.rows_copied < r.rows_expected "
-        "AND EXISTS (SELECT FROM public.schema_migrations c WHERE c.step = 'copy_range' AND c.status = 'COMPLETED' "
-        "AND c.tenant_id = r.tenant_id AND c.target = r.target) LIMIT 1"
-    ).fetchone()
-
-
 def test_a_ranged_copy_killed_resumes_exactly_once_with_another_jobs(larger_schemas_ready, settings):
     with psycopg_connect() as watcher:
         ours = [
@@ -169,7 +160,7 @@ def test_a_ranged_copy_killed_resumes_exactly_once_with_another_jobs(larger_sche
         ]
         tenant, table, killed_id = kill_when(
             ["migrate_phase", "data", "--batch-size", "100", "--jobs", "2", "--noinput"],
-            lambda: copying_kill_point(watcher),
+            lambda: ranged_copy_half_way(watcher),
             "a ranged copy half way",
             env=manage_env(SALESFLOW_RANGE_ROWS="1000"),
             interval=0.002,

@@ -19,6 +19,7 @@ from tests.migrator.helpers import (
     kill_when,
     manage_env,
     psycopg_connect,
+    ranged_copy_half_way,
     value,
     wait_for_killed_sessions_to_end,
 )
@@ -121,14 +122,9 @@ def assert_ranged_backfill() -> None:
 def test_a_whale_killed_half_way_through_an_online_range_resumes_exactly_with_another_jobs(whales):
     with writing() as writer, psycopg_connect() as watcher:
         ours = [r[0] for r in watcher.execute("SELECT pid FROM pg_stat_activity").fetchall()]
-        tenant, table = kill_when(
+        tenant, table, _range = kill_when(
             ["migrate_phase", "data", "--online", "--batch-size", "100", "--jobs", "2", "--noinput"],
-            lambda: watcher.execute(
-                "SELECT r.tenant_id, r.target FROM public.schema_migrations r WHERE r.step = 'copy_range' "
-                "AND r.status = 'RUNNING' AND r.rows_copied > 0 AND r.rows_copied < r.rows_expected "
-                "AND EXISTS (SELECT FROM public.schema_migrations c WHERE c.step = 'copy_range' "
-                "AND c.status = 'COMPLETED' AND c.tenant_id = r.tenant_id AND c.target = r.target) LIMIT 1"
-            ).fetchone(),
+            lambda: ranged_copy_half_way(watcher),
             "a ranged online copy half way",
             env=manage_env(SALESFLOW_RANGE_ROWS=str(RANGE_ROWS)),
             timeout=90,

@@ -89,13 +89,17 @@ def ensure_sync_schema() -> None:
     """The schema, bookkeeping and functions (idempotent; serialised: tenants start their sync in parallel)."""
     with transaction.atomic():
         db.execute("SELECT pg_advisory_xact_lock(hashtextextended('migrator two-way sync setup', 0))")
-        if sync_ready() and db.fetchvalue("SELECT to_regprocedure('migrator_sync.refuse_truncate()') IS NOT NULL"):
+        # the newest function: a schema an earlier release made gets this release's functions too
+        if sync_ready() and db.fetchvalue(
+            "SELECT to_regprocedure('migrator_sync.refuse_crossed_write(xid[], text)') IS NOT NULL"
+        ):
             return
         for statement in (*twoway_sql.TABLES, *twoway_sql.FUNCTIONS, *twoway_sql.GUARD):
             db.execute(sql.SQL(statement).format(**_args()))
         # the application's roles write through the SECURITY DEFINER functions only
         db.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(SYNC_SCHEMA)))
-        if db.fetchvalue("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):  # event triggers need it
+        if not ddl_guarded() and db.fetchvalue("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):
+            # event triggers need a superuser; created again only when not both are there
             for statement in twoway_sql.GUARD_TRIGGERS:
                 db.execute(sql.SQL(statement).format(**_args()))
 
@@ -143,11 +147,25 @@ def triggers_missing(scope: str) -> list[str]:
 # --- the statements the row triggers run -----------------------------------------------------
 
 
+def crossed_write_check(copy: TableCopy, other_side: sql.Composable, types: list[str]) -> sql.Composed:
+    """The row trigger's first statement: the written keys' rows on ``other_side`` (the table the trigger
+    is about to write) checked for a writer that came from there and waits for this one (see
+    ``refuse_crossed_write`` in :mod:`migrator.ops.twoway_sql`)."""
+    return sql.SQL("SELECT {fn}(array_agg(t.xmax), {what}) FROM {other} t WHERE {match}").format(
+        fn=sql.Identifier(SYNC_SCHEMA, "refuse_crossed_write"),
+        what=sql.Literal(f"{copy.source_schema}.{copy.source_table}"),
+        other=other_side,
+        match=recopy.keys_in("t", copy.key, types, KEYS),
+    )
+
+
 def forward_statements(copy: TableCopy) -> tuple[list[sql.Composed], list[sql.Composed]]:
     """Legacy -> new for the written keys: phase 3's own remapping ``SELECT`` (an upsert), and a delete of
     the keys gone from the legacy table; first, a refusal of rows whose reference id has no shared id."""
     types = recopy.key_types(copy.source_schema, copy.source_table, copy.key)
-    statements = []
+    statements = [
+        crossed_write_check(copy, copy.target, recopy.key_types(copy.target_schema, copy.target_table, copy.key))
+    ]
     if copy.remaps:
         unmapped = sql.SQL(" + ").join(copy.unmapped_counts())
         statements.append(
@@ -243,7 +261,9 @@ def reverse_statements(
     columns = [c for c in legacy_columns if c in new_columns and c not in generated]
     zoned = set(zoned_columns(copy)) if copy.legacy_timezone is not None else set()
     types = recopy.key_types(copy.target_schema, copy.target_table, copy.key)
-    statements: list[sql.Composed] = []
+    statements = [
+        crossed_write_check(copy, copy.source_rows, recopy.key_types(copy.source_schema, copy.source_table, copy.key))
+    ]
 
     def legacy_id(column: str) -> sql.Composed:
         ref = by_column[column].legacy

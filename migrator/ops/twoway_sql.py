@@ -27,8 +27,9 @@ BEGIN
   END IF;
   PERFORM set_config({syncing}, 'on', true);
   -- A long wait here is for the other side's row, held by a writer that came from the other side and
-  -- waits for this side's: a deadlock the detector would find after deadlock_timeout (1 s). Ended
-  -- sooner: one of the two gets lock_not_available and retries. Longer than any wait behind the
+  -- waits for this side's: a deadlock the detector would find after deadlock_timeout (1 s). The first
+  -- statement (refuse_crossed_write) ends it at once when it sees it; otherwise it ends sooner than the
+  -- detector: one of the two gets lock_not_available and retries. Longer than any wait behind the
   -- migrator's own short locks (--lock-timeout is kept below it), and an application's own
   -- lock_timeout, if it set one, is left alone.
   IF app_lock_timeout = '0' THEN
@@ -49,6 +50,46 @@ BEGIN
   PERFORM set_config('lock_timeout', app_lock_timeout, true);
   PERFORM set_config({syncing}, '', true);
   RETURN NULL;
+END $fn$
+""",
+    # Run first by a row trigger, with the lockers (xmax) of the other side's rows it is about to
+    # write: when one of them is a transaction that already waits for this one, the two writers came
+    # from opposite sides to one row and each holds the row the other needs. Ended at once as the
+    # deadlock it is, instead of after the sync's lock timeout (500 ms each time two writers meet).
+    # pg_locks is read only when a locker is still running (it locks the server's whole lock table).
+    """
+CREATE OR REPLACE FUNCTION {schema}.refuse_crossed_write(lockers xid[], what text) RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+  snap pg_snapshot := pg_current_snapshot();
+  horizon bigint := pg_snapshot_xmax(snap)::text::bigint % 4294967296;
+  mine bigint := pg_current_xact_id()::text::bigint % 4294967296;
+  running xid[]; holder int; holder_xid bigint; younger boolean;
+BEGIN
+  IF lockers IS NULL THEN RETURN; END IF;
+  -- running: listed in the snapshot, or at or past its horizon (the xids, 32 bits, wrap around)
+  running := ARRAY(
+    SELECT l FROM unnest(lockers) l
+    WHERE l::text::bigint >= 3 AND (
+      l::text::bigint IN (SELECT x::text::bigint % 4294967296 FROM pg_snapshot_xip(snap) x)
+      OR (l::text::bigint - horizon + 4294967296) % 4294967296 < 2147483648));
+  IF cardinality(running) = 0 THEN RETURN; END IF;
+  FOR holder, holder_xid IN
+    SELECT l.pid, l.transactionid::text::bigint FROM pg_locks l
+    WHERE l.locktype = 'transactionid' AND l.granted AND l.pid <> pg_backend_pid() AND l.transactionid = ANY (running)
+  LOOP
+    -- Two writers that reach this check at the same moment both find the other not waiting yet. The
+    -- younger one looks again for a few milliseconds, while the older one goes on to wait for it.
+    younger := (mine - holder_xid + 4294967296) % 4294967296 < 2147483648;
+    FOR attempt IN 1 .. CASE WHEN younger THEN 10 ELSE 1 END LOOP
+      IF pg_backend_pid() = ANY (pg_blocking_pids(holder)) THEN
+        RAISE EXCEPTION USING ERRCODE = 'deadlock_detected', MESSAGE = format(
+          '%s: a writer from the other side holds this row and waits for this transaction '
+          '(salesflow migrator two-way sync)', what), HINT = 'Retry the transaction.';
+      END IF;
+      IF younger THEN PERFORM pg_sleep(0.001); END IF;
+    END LOOP;
+  END LOOP;
 END $fn$
 """,
     """
@@ -290,6 +331,8 @@ END $fn$
 """,
 )
 GUARD_TRIGGERS = (
+    "DROP EVENT TRIGGER IF EXISTS salesflow_sync_guard_ddl",
+    "DROP EVENT TRIGGER IF EXISTS salesflow_sync_guard_drop",
     (
         "CREATE EVENT TRIGGER salesflow_sync_guard_ddl ON ddl_command_end WHEN TAG IN ('ALTER TABLE') "
         "EXECUTE FUNCTION {schema}.guard_ddl()"

@@ -50,7 +50,7 @@ def retried(conn: psycopg.Connection, work: Callable[[psycopg.Connection], Any],
                 return work(conn)
         except (errors.DeadlockDetected, errors.SerializationFailure, errors.LockNotAvailable, errors.QueryCanceled):
             # A random pause growing with the attempt: two writers that met on a row from opposite sides
-            # and retried at once would meet again, each meeting costing the sync's 500 ms lock wait.
+            # and retried at once would meet again.
             time.sleep(random.uniform(0, 0.02) * (attempt + 1))
     raise AssertionError(f"gave up after {attempts} attempts")
 

@@ -188,12 +188,12 @@ class DataPhase(Phase):
             for spec in TENANT_DATA_TABLES:
                 if not validate_only:
                     steps.append(
-                        self.step(
+                        self.tenant_step(
                             self.COPY_TABLE.kind,
                             f"Copy {tenant.schema}.{spec.legacy_table} into {tenant.schema}.{spec.target_table} "
                             f"in batches of {ctx.batch_size}, then rebuild indexes and foreign keys, carry the "
                             "legacy table's own CHECK and unique constraints",
-                            tenant_id=tenant.tenant_id,
+                            tenant,
                             target=spec.target_table,
                             sql=(tenant_copy(tenant, spec).preview(),) if with_sql else (),
                         )
@@ -202,10 +202,10 @@ class DataPhase(Phase):
                 steps += run_mode.scope_steps(self, tenant.schema, tenant.tenant_id)
             for spec in TENANT_DATA_TABLES:
                 steps.append(
-                    self.step(
+                    self.tenant_step(
                         self.VALIDATE.kind,
                         f"Compare {tenant.schema}.{spec.legacy_table} and {spec.target_table}: counts and fingerprints",
-                        tenant_id=tenant.tenant_id,
+                        tenant,
                         target=spec.target_table,
                     )
                 )

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import ClassVar
 
-from migrator.core.context import MigrationContext
+from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.errors import MigrationError
 from migrator.core.steps import Step, StepReporter, StepResult
 
@@ -139,6 +139,20 @@ class Phase(ABC):
         if tenant_id is None and not self.has_phase_wide_steps:
             raise ValueError(f"phase {self.name} declares no phase-wide steps, and {kind!r} names no tenant")
         return Step(self.name, self.number, kind, description, tenant_id, target, sql, destructive)
+
+    def tenant_step(
+        self,
+        kind: str,
+        description: str,
+        tenant: TenantRef,
+        target: str | None = None,
+        sql: tuple[str, ...] = (),
+        destructive: bool = False,
+    ) -> Step:
+        """A step of ``tenant``'s, on its schema (or on ``target``, a table in it)."""
+        return self.step(
+            kind, description, tenant.tenant_id, tenant.schema if target is None else target, sql, destructive
+        )
 
     def tenant_batch(self, ctx: MigrationContext, tenant_ids: list[str]) -> AbstractContextManager[object]:
         """Wraps a batch of up to ``tenants_per_batch`` tenants' steps (rerunnable kinds only): the place

@@ -22,7 +22,7 @@ from django.utils import timezone
 from migrator.core.context import MigrationContext
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase
-from migrator.core.steps import Event, KeyRange, RangeResults, RangeWork, SizedTask, Step, StepReporter, StepResult
+from migrator.core.steps import Event, SizedTask, Step, StepReporter, StepResult
 from migrator.engine import recording, tracking
 from migrator.engine.failures import database_error_line, recover_connection
 from migrator.engine.pool import WorkPool, run_in_order
@@ -354,8 +354,16 @@ class PhaseRunner:
             expected=lambda rows: tracking.save_expected(record.pk, rows),
             checkpoint=lambda key, rows: tracking.save_checkpoint(record.pk, key, rows),
             fence=self.still_locked,
-            ranges=lambda kind, plan, work, resume, part="": self._run_ranges(
-                replace(step, target=part) if part else step, kind, plan, work, resume, progress
+            # A large table's ranges run on whichever connection of the run is free.
+            ranges=lambda kind, plan, work, resume, part="": run_ranges(
+                replace(step, target=part) if part else step,
+                kind,
+                plan,
+                work,
+                resume,
+                progress,
+                self._share_as_is,
+                self.still_locked,
             ),
             parallel=self._share,
             batch=batch,
@@ -407,19 +415,6 @@ class PhaseRunner:
                 count=count,
             )
         self.on_event(event)
-
-    def _run_ranges(
-        self,
-        step: Step,
-        kind: str,
-        plan: Callable[[], list[KeyRange]],
-        work: RangeWork,
-        resume: bool,
-        progress: Callable[[int, int | None], None],
-    ) -> RangeResults:
-        """A step's ranges (see ``StepReporter.ranges`` and ``engine/ranges.py``), on whichever
-        connection of the run is free."""
-        return run_ranges(step, kind, plan, work, resume, progress, self._share_as_is, self.still_locked)
 
     def _share_as_is(self, tasks: list[SizedTask]) -> None:
         (self._pool.share if self._pool is not None else run_in_order)(tasks)

@@ -92,6 +92,26 @@ RUNNER_FIELDS = tuple("id" if f.name == "pk" else f.name for f in fields(StepRow
 PENDING_ROWS_PER_INSERT = 1000
 
 
+def _pending_attempt(
+    step: Step, *, kind: str, migration_id: str, description: str, attempt: int, **columns: Any
+) -> MigrationRecord:
+    """A new PENDING attempt of ``step``, or of one of its ranges (``kind`` then the range's), by this process."""
+    return MigrationRecord(
+        migration_id=migration_id,
+        description=description,
+        status=Status.PENDING,
+        phase=step.phase,
+        phase_number=step.phase_number,
+        tenant_id=step.tenant_id,
+        step=kind,
+        target=step.target,
+        attempt=attempt,
+        host=HOST,
+        pid=os.getpid(),
+        **columns,
+    )
+
+
 def ensure_pending(steps: list[Step], latest: dict[str, StepState]) -> dict[str, StepRow]:
     """Give every step a PENDING row to start from: reuse a PENDING latest attempt, else add attempt + 1.
 
@@ -103,20 +123,9 @@ def ensure_pending(steps: list[Step], latest: dict[str, StepState]) -> dict[str,
         previous = latest.get(step.key)
         if previous is not None and previous.status == Status.PENDING:
             continue
+        attempt = (previous.attempt + 1) if previous else 1
         new_rows.append(
-            MigrationRecord(
-                migration_id=step.key,
-                description=step.description,
-                status=Status.PENDING,
-                phase=step.phase,
-                phase_number=step.phase_number,
-                tenant_id=step.tenant_id,
-                step=step.kind,
-                target=step.target,
-                attempt=(previous.attempt + 1) if previous else 1,
-                host=HOST,
-                pid=os.getpid(),
-            )
+            _pending_attempt(step, kind=step.kind, migration_id=step.key, description=step.description, attempt=attempt)
         )
         if len(new_rows) == PENDING_ROWS_PER_INSERT:
             MigrationRecord.objects.bulk_create(new_rows)
@@ -295,23 +304,17 @@ def recorded_ranges(step: Step, kind: str) -> list[tuple[KeyRange, StepRow, str]
 
 
 def _range_record(step: Step, kind: str, key_range: KeyRange, attempt: int) -> MigrationRecord:
-    return MigrationRecord(
+    return _pending_attempt(
+        step,
+        kind=kind,
         migration_id=range_key(step, kind, key_range.index),
         description=f"{kind.replace('_', ' ')} {key_range.label} of {step.target}: keys after "
         f"{'-inf' if key_range.after is None else key_range.after} through "
         f"{'+inf' if key_range.through is None else key_range.through}",
-        status=Status.PENDING,
-        phase=step.phase,
-        phase_number=step.phase_number,
-        tenant_id=step.tenant_id,
-        step=kind,
-        target=step.target,
         attempt=attempt,
         rows_expected=key_range.rows_planned,
         rows_copied=key_range.rows_done,
         checkpoint=key_range.resume_after,
-        host=HOST,
-        pid=os.getpid(),
         details={
             "range": {
                 "index": key_range.index,

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import LiteralString
 
 from psycopg import sql
 
@@ -149,16 +150,24 @@ def _converted_values(copy: TableCopy, method: str, differences: list[TypeDiffer
     return source, target
 
 
-def _source(copy: TableCopy, method: str, values: Values, by_value: set[str]) -> Side:
-    """(hashed elements, FROM clause) of the source side, aliased ``s``."""
+def _elements(
+    copy: TableCopy, alias: LiteralString, method: str, values: Values, by_value: set[str]
+) -> list[sql.Composable]:
+    """What one side hashes, column by column in the copy's order, read from the table aliased ``alias``:
+    both sides hash the same elements, or the sums could never match."""
     remapped = {r.column: r for r in copy.remaps}
     elements: list[sql.Composable] = []
     for column in copy.columns:
         if column in remapped:
-            elements += _reference_elements("s", remapped[column], method)
+            elements += _reference_elements(alias, remapped[column], method)
         else:
-            value = values.get(column, sql.SQL("s.{}").format(sql.Identifier(column)))
+            value = values.get(column, sql.SQL("{}.{}").format(sql.SQL(alias), sql.Identifier(column)))
             elements.append(_column_element(value, column, by_value, method))
+    return elements
+
+
+def _source(copy: TableCopy, method: str, values: Values, by_value: set[str]) -> Side:
+    """(hashed elements, FROM clause) of the source side, aliased ``s``."""
     joins = [sql.SQL("{} s").format(copy.source_rows)]
     for remap in copy.remaps:
         if catalog.table_exists(copy.source_schema, remap.reference_table):
@@ -175,19 +184,11 @@ def _source(copy: TableCopy, method: str, values: Values, by_value: set[str]) ->
                     k=sql.Identifier(reference_table(remap.reference_table).merge_key), a=_reference_alias(remap)
                 )
             )
-    return elements, sql.Composed(joins)
+    return _elements(copy, "s", method, values, by_value), sql.Composed(joins)
 
 
 def _target(copy: TableCopy, method: str, values: Values, by_value: set[str]) -> Side:
     """(hashed elements, FROM clause) of the target side, aliased ``t``."""
-    remapped = {r.column: r for r in copy.remaps}
-    elements: list[sql.Composable] = []
-    for column in copy.columns:
-        if column in remapped:
-            elements += _reference_elements("t", remapped[column], method)
-        else:
-            value = values.get(column, sql.SQL("t.{}").format(sql.Identifier(column)))
-            elements.append(_column_element(value, column, by_value, method))
     joins = [sql.SQL("{} t").format(copy.target)]
     for remap in copy.remaps:
         shared = reference_table(remap.reference_table)
@@ -198,7 +199,7 @@ def _target(copy: TableCopy, method: str, values: Values, by_value: set[str]) ->
                 c=sql.Identifier(remap.column),
             )
         )
-    return elements, sql.Composed(joins)
+    return _elements(copy, "t", method, values, by_value), sql.Composed(joins)
 
 
 def _sum_query(side: Side, method: str, where: sql.Composable | None = None) -> sql.Composed:

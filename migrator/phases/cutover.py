@@ -165,11 +165,10 @@ class CutoverPhase(Phase):
         ]
         for tenant in ctx.registered_tenants:
             steps.append(
-                self.step(
+                self.tenant_step(
                     self.ARCHIVE_LEGACY.kind,
                     f"{where}: legacy tables of {tenant.schema}; tenant goes live",
-                    tenant_id=tenant.tenant_id,
-                    target=tenant.schema,
+                    tenant,
                     destructive=drop,
                 )
             )

@@ -34,6 +34,7 @@ from migrator.ops.copies import (
     timezone_details,
 )
 from migrator.ops.copy import (
+    CopyStats,
     TableCopy,
     analyze,
     continue_sequence,
@@ -108,6 +109,16 @@ def mode_of(ctx: MigrationContext, scope: str | None = None) -> MigrationMode:
     return mode_for(scope, migrating_online=ctx.options.online)
 
 
+def _copied(stats: CopyStats, message: str, details: CopyDetails) -> StepResult:
+    """A copy step's result: the rows the source had and the rows copied, in ``stats.batches`` batches."""
+    return StepResult(
+        message=message,
+        rows_expected=stats.rows_source,
+        rows_copied=stats.rows_copied,
+        details=CopyDetails(batches=stats.batches, **details),
+    )
+
+
 class DataPhase(Phase):
     name = "data"
     number = 3
@@ -177,12 +188,12 @@ class DataPhase(Phase):
             for spec in TENANT_DATA_TABLES:
                 if not validate_only:
                     steps.append(
-                        self.step(
+                        self.tenant_step(
                             self.COPY_TABLE.kind,
                             f"Copy {tenant.schema}.{spec.legacy_table} into {tenant.schema}.{spec.target_table} "
                             f"in batches of {ctx.batch_size}, then rebuild indexes and foreign keys, carry the "
                             "legacy table's own CHECK and unique constraints",
-                            tenant_id=tenant.tenant_id,
+                            tenant,
                             target=spec.target_table,
                             sql=(tenant_copy(tenant, spec).preview(),) if with_sql else (),
                         )
@@ -191,10 +202,10 @@ class DataPhase(Phase):
                 steps += run_mode.scope_steps(self, tenant.schema, tenant.tenant_id)
             for spec in TENANT_DATA_TABLES:
                 steps.append(
-                    self.step(
+                    self.tenant_step(
                         self.VALIDATE.kind,
                         f"Compare {tenant.schema}.{spec.legacy_table} and {spec.target_table}: counts and fingerprints",
-                        tenant_id=tenant.tenant_id,
+                        tenant,
                         target=spec.target_table,
                     )
                 )
@@ -267,17 +278,7 @@ class DataPhase(Phase):
         # Same ids as legacy: new ones continue after every id the legacy sequence ever issued.
         sequence = continue_sequence_of(copy)
         applied = copy_mode.after_copy(ctx, legacy, [step.target], reporter)
-        return StepResult(
-            message=f"{stats.rows_copied} rows",
-            rows_expected=stats.rows_source,
-            rows_copied=stats.rows_copied,
-            details=CopyDetails(
-                batches=stats.batches,
-                **timezone_details(copy),
-                **sequence,
-                **applied,
-            ),
-        )
+        return _copied(stats, f"{stats.rows_copied} rows", CopyDetails(**timezone_details(copy), **sequence, **applied))
 
     def _merge_reference_table(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         policy = ctx.options.reference_conflicts
@@ -380,12 +381,10 @@ class DataPhase(Phase):
             resumed = f" over {stats.ranges} key ranges" + (
                 f", {len(stats.resumed_after)} of them resumed" if stats.resumed_after else ""
             )
-        return StepResult(
-            message=f"{stats.rows_copied} rows in {stats.batches} batches{resumed}",
-            rows_expected=stats.rows_source,
-            rows_copied=stats.rows_copied,
-            details=CopyDetails(
-                batches=stats.batches,
+        return _copied(
+            stats,
+            f"{stats.rows_copied} rows in {stats.batches} batches{resumed}",
+            CopyDetails(
                 deferred=deferred,
                 rebuilt=rebuilt,
                 resumed_after=stats.resumed_after,

@@ -240,11 +240,10 @@ class PreparePhase(Phase):
             steps[-1] = replace(steps[-1], rerun=True)
         taken_back = excluded_tenants(ctx.tenant_filter) if ctx.tenant_filter else set()
         for tenant in self._tenants(ctx):
-            step = self.step(
+            step = self.tenant_step(
                 self.REGISTER.kind,
                 f"Inspect {tenant.schema} and register tenant {tenant.tenant_id} in public.tenants",
-                tenant_id=tenant.tenant_id,
-                target=tenant.schema,
+                tenant,
             )
             # `prepare --tenant ID` of a tenant left out with --skip-schema takes it back.
             steps.append(replace(step, rerun=True) if tenant.tenant_id in taken_back else step)

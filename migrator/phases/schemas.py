@@ -44,11 +44,10 @@ class SchemasPhase(Phase):
         ]
         for tenant in ctx.registered_tenants:
             steps.append(
-                self.step(
+                self.tenant_step(
                     "tenant_tables",
                     f"Create {', '.join(t.table for t in TENANT_DATA_TABLES)} in {tenant.schema} (tenant migrations)",
-                    tenant_id=tenant.tenant_id,
-                    target=tenant.schema,
+                    tenant,
                     sql=tuple(pending_sql(tenant.schema)) if with_sql and catalog.schema_exists(tenant.schema) else (),
                 )
             )

@@ -49,12 +49,11 @@ class SecurityPhase(Phase):
         ]
         for tenant in ctx.registered_tenants:
             steps.append(
-                self.step(
+                self.tenant_step(
                     self.TENANT_GRANTS.kind,
                     f"Grant {', '.join(t.table for t in TENANT_DATA_TABLES)} in {tenant.schema} to their "
                     "services' roles only",
-                    tenant_id=tenant.tenant_id,
-                    target=tenant.schema,
+                    tenant,
                 )
             )
         return steps

@@ -27,14 +27,7 @@ class SyncPhase(Phase):
             steps.append(self.step("apply", f"Apply the changes captured on {auth}", target=auth))
         for tenant in ctx.registered_tenants:
             if online.is_online(tenant.schema):
-                steps.append(
-                    self.step(
-                        "apply",
-                        f"Apply the changes captured on {tenant.schema}",
-                        tenant_id=tenant.tenant_id,
-                        target=tenant.schema,
-                    )
-                )
+                steps.append(self.tenant_step("apply", f"Apply the changes captured on {tenant.schema}", tenant))
         return steps
 
     def step_kinds(self) -> dict[str, StepKind]:

@@ -77,20 +77,30 @@ class RangedTable:
         }
 
 
+def _newest_attempts(columns: sql.SQL, where: sql.SQL) -> sql.Composed:
+    """``columns`` of the newest attempt of each step ``where`` holds, for an aggregate to read: DISTINCT ON
+    the step in the order of the tracking table's (migration_id, attempt DESC) index."""
+    return sql.SQL(
+        "SELECT DISTINCT ON (migration_id) {columns} FROM {table} WHERE {where} ORDER BY migration_id, attempt DESC"
+    ).format(columns=columns, table=sql.Identifier(MigrationRecord._meta.db_table), where=where)
+
+
 def ranged_tables_in_progress() -> list[RangedTable]:
     """The tables split into key ranges whose ranges are not all done (running, interrupted or
     not started yet), each range with its rows done and planned: one aggregate over the ranges' newest
     attempts (few rows: only large tables have ranges)."""
-    table = sql.Identifier(MigrationRecord._meta.db_table)
+    latest = _newest_attempts(
+        sql.SQL("phase, tenant_id, target, step, status, rows_copied, rows_expected, details"),
+        sql.SQL("step = ANY(%s)"),
+    )
     found = db.fetchall(
         sql.SQL(
             "SELECT tenant_id, target, step, json_agg(json_build_array((details->'range'->>'index')::int, status, "
             "coalesce(rows_copied, 0), coalesce(rows_expected, 0)) ORDER BY (details->'range'->>'index')::int), phase "
-            "FROM (SELECT DISTINCT ON (migration_id) phase, tenant_id, target, step, status, rows_copied, "
-            "rows_expected, details FROM {table} WHERE step = ANY(%s) ORDER BY migration_id, attempt DESC) latest "
+            "FROM ({latest}) latest "
             "WHERE status <> %s GROUP BY phase, tenant_id, target, step HAVING bool_or(status <> %s) "
             "ORDER BY tenant_id, target, phase DESC, step"
-        ).format(table=table),
+        ).format(latest=latest),
         [list(RANGE_KINDS), Status.ROLLED_BACK, Status.COMPLETED],
     )
     return [
@@ -215,13 +225,11 @@ def latest_statuses(phases: list[str]) -> dict[tuple[str, str], set[str]]:
     server: one row per phase and tenant instead of a record per step (130,000 records at 10,000
     tenants took seconds to build). The newest attempt of each step comes from the index on
     (migration_id, attempt DESC)."""
-    table = sql.Identifier(MigrationRecord._meta.db_table)
+    latest = _newest_attempts(sql.SQL("phase, tenant_id, status"), sql.SQL("phase = ANY(%s)"))
     rows = db.fetchall(
         sql.SQL(
-            "SELECT phase, tenant_id, array_agg(DISTINCT status) FROM ("
-            "SELECT DISTINCT ON (migration_id) phase, tenant_id, status FROM {table} "
-            "WHERE phase = ANY(%s) ORDER BY migration_id, attempt DESC) latest GROUP BY phase, tenant_id"
-        ).format(table=table),
+            "SELECT phase, tenant_id, array_agg(DISTINCT status) FROM ({latest}) latest GROUP BY phase, tenant_id"
+        ).format(latest=latest),
         [phases],
     )
     return {(phase, tenant_id or GLOBAL): set(found) for phase, tenant_id, found in rows}

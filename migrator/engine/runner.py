@@ -29,6 +29,7 @@ from migrator.engine.pool import WorkPool, run_in_order
 from migrator.engine.ranges import run_ranges
 from migrator.engine.recording import StepEnd
 from migrator.models import Status
+from migrator.step_ref import Target
 from tenants.models import MigrationState
 
 logger = logging.getLogger("migrator.runner")
@@ -355,7 +356,7 @@ class PhaseRunner:
             checkpoint=lambda key, rows: tracking.save_checkpoint(record.pk, key, rows),
             fence=self.still_locked,
             ranges=lambda kind, plan, work, resume, part="": self._run_ranges(
-                replace(step, target=part) if part else step, kind, plan, work, resume, progress
+                replace(step, target=Target(part)) if part else step, kind, plan, work, resume, progress
             ),
             parallel=self._share,
             batch=batch,

@@ -112,7 +112,7 @@ def ensure_pending(steps: list[Step], latest: dict[str, StepState]) -> dict[str,
                 phase_number=step.phase_number,
                 tenant_id=step.tenant_id,
                 step=step.kind,
-                target=step.target,
+                target=str(step.target),
                 attempt=(previous.attempt + 1) if previous else 1,
                 host=HOST,
                 pid=os.getpid(),
@@ -271,7 +271,7 @@ def recorded_ranges(step: Step, kind: str) -> list[tuple[KeyRange, StepRow, str]
     """The ranges an earlier attempt of ``step`` planned (none: not planned yet, or rolled back since),
     each with its newest attempt's row and status, in key order."""
     rows = (
-        MigrationRecord.objects.filter(phase=step.phase, tenant_id=step.tenant_id, step=kind, target=step.target)
+        MigrationRecord.objects.filter(phase=step.phase, tenant_id=step.tenant_id, step=kind, target=str(step.target))
         .latest_attempts()
         .exclude(status=Status.ROLLED_BACK)
         .values_list(*RUNNER_FIELDS, "details", "checkpoint", "rows_copied", "rows_expected")
@@ -305,7 +305,7 @@ def _range_record(step: Step, kind: str, key_range: KeyRange, attempt: int) -> M
         phase_number=step.phase_number,
         tenant_id=step.tenant_id,
         step=kind,
-        target=step.target,
+        target=str(step.target),
         attempt=attempt,
         rows_expected=key_range.rows_planned,
         rows_copied=key_range.rows_done,

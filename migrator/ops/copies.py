@@ -36,19 +36,6 @@ def auth_copy(legacy_schema: str, table: str) -> TableCopy:
     )
 
 
-AUTH_VALIDATION_PREFIX = "auth."
-
-
-def auth_validation_target(table: str) -> str:
-    """The target phase 3 records its validation of legacy auth table ``table`` under."""
-    return AUTH_VALIDATION_PREFIX + table
-
-
-def auth_table_validated(target: str) -> str:
-    """The legacy auth table of a validation's :func:`auth_validation_target`."""
-    return target.removeprefix(AUTH_VALIDATION_PREFIX)
-
-
 def tenant_copy(tenant: TenantRef, spec: TenantDataTable) -> TableCopy:
     """The copy of a tenant's legacy table, writing the target's columns as the catalog has them now."""
     columns = target_columns((tenant.schema, spec.legacy_table), (tenant.schema, spec.target_table), spec.model)

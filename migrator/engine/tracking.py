@@ -19,7 +19,7 @@ from django.db.models import Max
 from django.utils import timezone
 from psycopg import sql
 
-from migrator.core.details import DeployDetails
+from migrator.core.details import DeployDetails, RangeBounds, RowDetails, read_details
 from migrator.core.steps import EXCLUDE, KeyRange, Step, StepResult
 from migrator.db import render as db_render
 from migrator.models import DEPLOY, DEPLOY_KEY, MigrationRecord, Status, of_steps
@@ -141,10 +141,9 @@ RESULT_COLUMNS = {
 def result_details(result: StepResult | None) -> dict[str, Any]:
     if result is None:
         return {}
-    details = dict(result.details)
-    if result.message:
-        details["message"] = result.message
-    return details
+    if not result.message:
+        return dict(result.details)
+    return {**result.details, **RowDetails(message=result.message)}
 
 
 def save_checkpoint(record_id: int, checkpoint: int | None, rows_copied: int) -> None:
@@ -213,7 +212,7 @@ def record_exclusions(phase: str, phase_number: int | None, tenant_ids: list[str
                 completed_at=now,
                 host=HOST,
                 pid=os.getpid(),
-                details={"excluded_by": reason},
+                details=RowDetails(excluded_by=reason),
             )
         Tenant.objects.filter(tenant_id__in=tenant_ids).update(migration_state=MigrationState.EXCLUDED)
 
@@ -278,7 +277,7 @@ def recorded_ranges(step: Step, kind: str) -> list[tuple[KeyRange, StepRow, str]
     )
     found = []
     for *values, details, checkpoint, rows_copied, rows_expected in rows:
-        bounds = details.get("range") or {}
+        bounds = read_details(RowDetails, details)["range"]
         key_range = KeyRange(
             index=int(bounds["index"]),
             count=int(bounds["count"]),
@@ -312,14 +311,11 @@ def _range_record(step: Step, kind: str, key_range: KeyRange, attempt: int) -> M
         checkpoint=key_range.resume_after,
         host=HOST,
         pid=os.getpid(),
-        details={
-            "range": {
-                "index": key_range.index,
-                "count": key_range.count,
-                "after": key_range.after,
-                "through": key_range.through,
-            }
-        },
+        details=RowDetails(
+            range=RangeBounds(
+                index=key_range.index, count=key_range.count, after=key_range.after, through=key_range.through
+            )
+        ),
     )
 
 

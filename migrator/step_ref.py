@@ -5,6 +5,11 @@ tenant ``*`` for a phase-wide step; a key range of a large table's step (a sub-s
 range's index after the target. Databases hold these strings, so :meth:`StepKey.migration_id` writes
 them exactly as every earlier version did and :meth:`StepKey.parse` reads them back.
 
+What a step works on is a :class:`Target`: a name (a table, a schema, a role, a database, a backup's
+path), for a legacy auth table's validation in the ``auth`` namespace (``auth.<table>``, apart from a
+reference table of the same name). Its text is the target part of the key and the tracking row's
+``target`` column.
+
 The lowest layer of the migrator: the tracking models, the engine, the operations and the phases all
 name steps through it. A phase declares the steps others read as ``StepRef`` class attributes; the
 code below the phases receives them as arguments.
@@ -17,6 +22,42 @@ from dataclasses import dataclass
 SEPARATOR = "/"
 # The tenant part of a phase-wide step's key.
 ANY_TENANT = "*"
+# The namespace of the legacy auth tables phase 3 validates (their keys are phase-wide, as the reference
+# tables' merges are, which carry the bare legacy table name).
+AUTH = "auth"
+_NAMESPACES = (AUTH,)
+_NAMESPACE_SEPARATOR = "."
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a step works on: ``name`` (empty: no one thing), in ``namespace`` (empty: none)."""
+
+    name: str = ""
+    namespace: str = ""
+
+    def __str__(self) -> str:
+        if self.namespace:
+            return f"{self.namespace}{_NAMESPACE_SEPARATOR}{self.name}"
+        return self.name
+
+    @classmethod
+    def parse(cls, text: str) -> Target:
+        """The target whose text is ``text``; a name may hold a dot (a path, a database), so only a known
+        namespace is read as one."""
+        namespace, separator, name = text.partition(_NAMESPACE_SEPARATOR)
+        if separator and namespace in _NAMESPACES:
+            return cls(name, namespace)
+        return cls(text)
+
+    @classmethod
+    def auth_table(cls, table: str) -> Target:
+        """The target phase 3 validates legacy auth table ``table`` under."""
+        return cls(table, AUTH)
+
+
+# A step that works on no one thing (a phase-wide check, a tenant's whole schema step named by its tenant).
+NO_TARGET = Target()
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +67,7 @@ class StepRef:
     phase: str
     kind: str
 
-    def key(self, tenant_id: str | None = None, target: str = "") -> str:
+    def key(self, tenant_id: str | None = None, target: Target = NO_TARGET) -> str:
         """The tracking key of this kind of step for ``tenant_id`` (None: phase-wide) and ``target``."""
         return StepKey(self, tenant_id, target).migration_id
 
@@ -38,15 +79,15 @@ class StepKey:
 
     ref: StepRef
     tenant_id: str | None = None
-    target: str = ""
+    target: Target = NO_TARGET
     range_index: int | None = None
 
     @property
     def migration_id(self) -> str:
         parts = [self.ref.phase, self.tenant_id or ANY_TENANT, self.ref.kind]
         # A range's key always has its target part (empty or not) before the index.
-        if self.target or self.range_index is not None:
-            parts.append(self.target)
+        if self.target.name or self.range_index is not None:
+            parts.append(str(self.target))
         if self.range_index is not None:
             parts.append(str(self.range_index))
         return SEPARATOR.join(parts)
@@ -62,5 +103,5 @@ class StepKey:
         if len(parts) < 3 or not all(parts[:3]):
             raise ValueError(f"not a step key: {migration_id!r}")
         phase, tenant, kind = parts[:3]
-        target = parts[3] if len(parts) > 3 else ""
+        target = Target.parse(parts[3]) if len(parts) > 3 else NO_TARGET
         return cls(StepRef(phase, kind), None if tenant == ANY_TENANT else tenant, target)

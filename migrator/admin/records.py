@@ -27,6 +27,7 @@ from django.utils.timezone import localtime
 from django.views.decorators.http import require_GET
 
 from migrator import phases as phase_registry
+from migrator.core.details import RowDetails, read_details
 from migrator.core.fingerprint import Fingerprint
 from migrator.models import MigrationRecord, Status
 from migrator.reports.dashboard import Dashboard, build_dashboard, format_duration
@@ -242,7 +243,7 @@ class MigrationRecordAdmin(admin.ModelAdmin):
 
     @admin.display(description="message")
     def message(self, obj: MigrationRecord) -> str:
-        return str(obj.details.get("message", "")) or "—"
+        return read_details(RowDetails, obj.details).get("message", "") or "—"
 
     @admin.display(description="details")
     def details_json(self, obj: MigrationRecord) -> str:

@@ -6,13 +6,36 @@ key has one spelling and one meaning. The stored JSON is these dicts as they are
 a step stores only what applied (most copies have no legacy time zone, nothing carried, ...).
 
 The engine adds ``message`` (the result's message) to every step's details; a ranged step's rows
-carry their bounds under ``range`` (see :mod:`migrator.engine.tracking`).
+carry their bounds under ``range`` (see :mod:`migrator.engine.tracking`): :class:`RowDetails`.
+
+A query that filters on a key inside the JSON (``details__<key>``) names the key by the constant
+defined beside its TypedDict, so the spelling is the one the type checks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypedDict, cast
+from typing import Any, Final, TypedDict, cast
+
+# --- what the engine adds to every step's row ----------------------------------------------------------
+
+
+class RangeBounds(TypedDict):
+    """A key range's place in its table's plan and its keys (``KeyRange``; None: unbounded)."""
+
+    index: int
+    count: int
+    after: int | None
+    through: int | None
+
+
+class RowDetails(TypedDict, total=False):
+    """The engine's keys on a step's tracking row, beside the step kind's own."""
+
+    message: str  # the step result's message
+    range: RangeBounds  # a range's sub-step row
+    excluded_by: str  # a tenant's exclude record: why it was left out
+
 
 # --- parts several step kinds share ---------------------------------------------------------------------
 
@@ -22,6 +45,9 @@ class TimezoneDetails(TypedDict, total=False):
 
     legacy_timezone: str | None
     timestamp_columns: list[str]
+
+
+LEGACY_TIMEZONE: Final = "legacy_timezone"  # TimezoneDetails' key, for queries on the stored JSON
 
 
 class SequenceDetails(TypedDict, total=False):
@@ -63,6 +89,20 @@ class BackupDetails(TypedDict, total=False):
     backup: dict[str, Any]  # BackupInfo.as_dict() (migrator.ops.backup)
     legacy_row_writes: int  # what a restore's confirmation counts the writes it would discard from
     rehearsal_copy_of: str  # only in a rehearsal's scratch database: its marker comment
+
+
+class InspectDetails(TypedDict, total=False):
+    """``prepare``'s ``inspect_auth`` and ``register`` steps: the legacy schema's inspection report
+    (``tables``: table -> its ``rows``, ...; migrator.ops.inspection) and what else registration found."""
+
+    inspection: dict[str, Any]
+    dependents: list[dict[str, str]]  # inspect_auth: the auth tables' dependent objects
+    drift: list[dict[str, str]]  # register: the tenant's drift findings
+    renamed_from: str  # register: the schema the tenant was renamed from
+    renamed_tables: dict[str, str]
+
+
+INSPECTION: Final = "inspection"  # InspectDetails' key, for queries on the stored JSON
 
 
 class DiscoverDetails(TypedDict):

@@ -12,6 +12,7 @@ from typing import ClassVar
 from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.errors import MigrationError
 from migrator.core.steps import Step, StepReporter, StepResult
+from migrator.step_ref import NO_TARGET, Target
 
 ApplyStep = Callable[[MigrationContext, Step, StepReporter], StepResult]
 ApplyBatch = Callable[[MigrationContext, list[Step]], dict[str, StepResult]]
@@ -130,22 +131,24 @@ class Phase(ABC):
         kind: str,
         description: str,
         tenant_id: str | None = None,
-        target: str = "",
+        target: Target | str = NO_TARGET,
         sql: tuple[str, ...] = (),
         destructive: bool = False,
     ) -> Step:
+        """A step of this phase; a ``target`` given as text is a plain name (see :class:`Target`)."""
         if kind not in self.kinds:
             raise ValueError(f"phase {self.name} has no step kind {kind!r}")
         if tenant_id is None and not self.has_phase_wide_steps:
             raise ValueError(f"phase {self.name} declares no phase-wide steps, and {kind!r} names no tenant")
-        return Step(self.name, self.number, kind, description, tenant_id, target, sql, destructive)
+        on = target if isinstance(target, Target) else Target(target)
+        return Step(self.name, self.number, kind, description, tenant_id, on, sql, destructive)
 
     def tenant_step(
         self,
         kind: str,
         description: str,
         tenant: TenantRef,
-        target: str | None = None,
+        target: Target | str | None = None,
         sql: tuple[str, ...] = (),
         destructive: bool = False,
     ) -> Step:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from migrator.core.fingerprint import Fingerprint
-from migrator.step_ref import StepKey, StepRef
+from migrator.step_ref import NO_TARGET, StepKey, StepRef, Target
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +24,7 @@ class Step:
     kind: str
     description: str
     tenant_id: str | None = None
-    target: str = ""
+    target: Target = NO_TARGET
     sql: tuple[str, ...] = ()
     destructive: bool = False
     rerun: bool = False
@@ -44,7 +44,7 @@ class Step:
     @property
     def label(self) -> str:
         scope = self.tenant_id or "all"
-        return f"[{scope}] {self.kind}" + (f" {self.target}" if self.target else "")
+        return f"[{scope}] {self.kind}" + (f" {self.target}" if self.target.name else "")
 
 
 @dataclass

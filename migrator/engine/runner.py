@@ -29,6 +29,7 @@ from migrator.engine.pool import WorkPool, run_in_order
 from migrator.engine.ranges import run_ranges
 from migrator.engine.recording import StepEnd
 from migrator.models import Status
+from migrator.step_ref import Target
 from tenants.models import MigrationState
 
 logger = logging.getLogger("migrator.runner")
@@ -356,7 +357,7 @@ class PhaseRunner:
             fence=self.still_locked,
             # A large table's ranges run on whichever connection of the run is free.
             ranges=lambda kind, plan, work, resume, part="": run_ranges(
-                replace(step, target=part) if part else step,
+                replace(step, target=Target(part)) if part else step,
                 kind,
                 plan,
                 work,

@@ -19,7 +19,7 @@ from django.db.models import Max
 from django.utils import timezone
 from psycopg import sql
 
-from migrator.core.details import DeployDetails
+from migrator.core.details import DeployDetails, RangeBounds, RowDetails, read_details
 from migrator.core.steps import EXCLUDE, KeyRange, Step, StepResult
 from migrator.db import render as db_render
 from migrator.models import DEPLOY, DEPLOY_KEY, MigrationRecord, Status, of_steps
@@ -104,7 +104,7 @@ def _pending_attempt(
         phase_number=step.phase_number,
         tenant_id=step.tenant_id,
         step=kind,
-        target=step.target,
+        target=str(step.target),
         attempt=attempt,
         host=HOST,
         pid=os.getpid(),
@@ -150,10 +150,9 @@ RESULT_COLUMNS = {
 def result_details(result: StepResult | None) -> dict[str, Any]:
     if result is None:
         return {}
-    details = dict(result.details)
-    if result.message:
-        details["message"] = result.message
-    return details
+    if not result.message:
+        return dict(result.details)
+    return {**result.details, **RowDetails(message=result.message)}
 
 
 def save_checkpoint(record_id: int, checkpoint: int | None, rows_copied: int) -> None:
@@ -222,7 +221,7 @@ def record_exclusions(phase: str, phase_number: int | None, tenant_ids: list[str
                 completed_at=now,
                 host=HOST,
                 pid=os.getpid(),
-                details={"excluded_by": reason},
+                details=RowDetails(excluded_by=reason),
             )
         Tenant.objects.filter(tenant_id__in=tenant_ids).update(migration_state=MigrationState.EXCLUDED)
 
@@ -280,14 +279,14 @@ def recorded_ranges(step: Step, kind: str) -> list[tuple[KeyRange, StepRow, str]
     """The ranges an earlier attempt of ``step`` planned (none: not planned yet, or rolled back since),
     each with its newest attempt's row and status, in key order."""
     rows = (
-        MigrationRecord.objects.filter(phase=step.phase, tenant_id=step.tenant_id, step=kind, target=step.target)
+        MigrationRecord.objects.filter(phase=step.phase, tenant_id=step.tenant_id, step=kind, target=str(step.target))
         .latest_attempts()
         .exclude(status=Status.ROLLED_BACK)
         .values_list(*RUNNER_FIELDS, "details", "checkpoint", "rows_copied", "rows_expected")
     )
     found = []
     for *values, details, checkpoint, rows_copied, rows_expected in rows:
-        bounds = details.get("range") or {}
+        bounds = read_details(RowDetails, details)["range"]
         key_range = KeyRange(
             index=int(bounds["index"]),
             count=int(bounds["count"]),
@@ -315,14 +314,11 @@ def _range_record(step: Step, kind: str, key_range: KeyRange, attempt: int) -> M
         rows_expected=key_range.rows_planned,
         rows_copied=key_range.rows_done,
         checkpoint=key_range.resume_after,
-        details={
-            "range": {
-                "index": key_range.index,
-                "count": key_range.count,
-                "after": key_range.after,
-                "through": key_range.through,
-            }
-        },
+        details=RowDetails(
+            range=RangeBounds(
+                index=key_range.index, count=key_range.count, after=key_range.after, through=key_range.through
+            )
+        ),
     )
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from django.db.models import QuerySet
 
 from migrator.core.context import MigrationContext, TenantRef
-from migrator.core.details import SequenceDetails, TimezoneDetails
+from migrator.core.details import LEGACY_TIMEZONE, SequenceDetails, TimezoneDetails
 from migrator.core.errors import MigrationError
 from migrator.core.steps import VALIDATE_RANGE, KeyRange, StepReporter, StepResult
 from migrator.models import MigrationRecord, Status
@@ -36,19 +36,6 @@ def auth_copy(legacy_schema: str, table: str) -> TableCopy:
     )
 
 
-AUTH_VALIDATION_PREFIX = "auth."
-
-
-def auth_validation_target(table: str) -> str:
-    """The target phase 3 records its validation of legacy auth table ``table`` under."""
-    return AUTH_VALIDATION_PREFIX + table
-
-
-def auth_table_validated(target: str) -> str:
-    """The legacy auth table of a validation's :func:`auth_validation_target`."""
-    return target.removeprefix(AUTH_VALIDATION_PREFIX)
-
-
 def tenant_copy(tenant: TenantRef, spec: TenantDataTable) -> TableCopy:
     """The copy of a tenant's legacy table, writing the target's columns as the catalog has them now."""
     columns = target_columns((tenant.schema, spec.legacy_table), (tenant.schema, spec.target_table), spec.model)
@@ -63,28 +50,32 @@ def tenant_copy(tenant: TenantRef, spec: TenantDataTable) -> TableCopy:
     )
 
 
+# A copy's recorded legacy time zone, as a lookup into its tracking row's JSON.
+_RECORDED_ZONE = f"details__{LEGACY_TIMEZONE}"
+
+
 def _zoned_copies() -> QuerySet[MigrationRecord]:
     """Completed copies (not rolled back) that read legacy timestamps in a legacy zone."""
     return (
         MigrationRecord.objects.latest_attempts()
         .filter(phase="data", step__in=("copy_table", "copy_auth"), status=Status.COMPLETED)
-        .filter(details__has_key="legacy_timezone")
+        .filter(details__has_key=LEGACY_TIMEZONE)
     )
 
 
 def recorded_timezone(ctx: MigrationContext, scope: str) -> str | None:
     """The legacy zone the scope's completed copies read legacy timestamps in (None: none did)."""
     tenant_id = None if scope == ctx.config.legacy_auth_schema else tenant_id_from_schema(scope)
-    zones = _zoned_copies().filter(tenant_id=tenant_id).order_by("-id").values_list("details__legacy_timezone")
+    zones = _zoned_copies().filter(tenant_id=tenant_id).order_by("-id").values_list(_RECORDED_ZONE)
     return next((str(zone) for (zone,) in zones), None)
 
 
 def refuse_another_timezone(ctx: MigrationContext, zone: str) -> None:
     """Before anything runs: a ``--legacy-timezone`` other than the one a scope in this run was copied in."""
-    copies = _zoned_copies().exclude(details__legacy_timezone=zone)
+    copies = _zoned_copies().exclude(**{_RECORDED_ZONE: zone})
     if ctx.tenant_filter:
         copies = copies.filter(tenant_id__in=ctx.tenant_filter)
-    found = copies.values_list("tenant_id", "details__legacy_timezone").first()
+    found = copies.values_list("tenant_id", _RECORDED_ZONE).first()
     if found is not None:
         tenant_id, recorded = found
         _refuse_timezone(TenantRef(tenant_id).schema if tenant_id else ctx.config.legacy_auth_schema, recorded, zone)

@@ -18,14 +18,13 @@ from migrator.modes import mode_for
 from migrator.ops import archive, dependents, reference
 from migrator.ops.copies import (
     auth_copy,
-    auth_validation_target,
     continue_sequence_of,
     in_legacy_timezone,
     tenant_copy,
     validation_fingerprints,
 )
 from migrator.ops.copy import TableCopy
-from migrator.step_ref import StepRef
+from migrator.step_ref import StepRef, Target
 from migrator.tables import AUTH_TABLES, LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES, REFERENCE_TABLES, TENANT_DATA_TABLES
 from tenants.models import MigrationState, Tenant
 
@@ -138,7 +137,7 @@ def unfinished_steps(verify: Phase, ctx: MigrationContext, tenant_ids: set[str])
             what = f"FAILED: {' '.join((record.error_message or 'no error recorded').split())}"
         else:
             what = record.status
-        name = f"{verify.name} {step.kind}" + (f" {step.target}" if step.target else "")
+        name = f"{verify.name} {step.kind}" + (f" {step.target}" if step.target.name else "")
         lines.append(f"{name} {step.tenant_id or '(all)'} {what}")
     return len(unfinished), lines
 
@@ -231,7 +230,9 @@ class CutoverPhase(Phase):
                 details=ArchiveDetails(archived=moved_before),
             )
         validated = {
-            VALIDATION.key(tenant.tenant_id, spec.target_table): in_legacy_timezone(ctx, tenant_copy(tenant, spec))
+            VALIDATION.key(tenant.tenant_id, Target(spec.target_table)): in_legacy_timezone(
+                ctx, tenant_copy(tenant, spec)
+            )
             for spec in TENANT_DATA_TABLES
         }
         # Checked and moved in one transaction, with the legacy tables locked first: no legacy write
@@ -285,7 +286,7 @@ class CutoverPhase(Phase):
         cfg = ctx.config
         drop = ctx.options.drop_legacy
         validated = {
-            VALIDATION.key(None, auth_validation_target(table)): in_legacy_timezone(
+            VALIDATION.key(None, Target.auth_table(table)): in_legacy_timezone(
                 ctx, auth_copy(cfg.legacy_auth_schema, table)
             )
             for table in LEGACY_AUTH_TABLES
@@ -331,10 +332,10 @@ class CutoverPhase(Phase):
                 f"of {ctx.config.legacy_auth_schema} stay; run `migrate_phase schemas` and "
                 "`migrate_phase data` first"
             )
-        keys = {VALIDATION.key(None, auth_validation_target(table)): table for table in LEGACY_AUTH_TABLES}
+        keys = {VALIDATION.key(None, Target.auth_table(table)): table for table in LEGACY_AUTH_TABLES}
         validated = tracking.latest_records(VALIDATION.phase, keys)
         unvalidated = [
-            auth_validation_target(table)
+            str(Target.auth_table(table))
             for key, table in keys.items()
             if (row := validated.get(key)) is None or row.status != Status.COMPLETED
         ]

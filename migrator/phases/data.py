@@ -22,8 +22,6 @@ from migrator.modes import MigrationMode, mode_for
 from migrator.ops import carried, constraints, fingerprint, ranges, reference, twoway
 from migrator.ops.copies import (
     auth_copy,
-    auth_table_validated,
-    auth_validation_target,
     compare_in_ranges,
     continue_sequence_of,
     in_legacy_timezone,
@@ -46,7 +44,7 @@ from migrator.ops.copy import (
     type_differences,
 )
 from migrator.ops.target_columns import refuse_unmapped_legacy_columns
-from migrator.step_ref import StepRef
+from migrator.step_ref import StepRef, Target
 from migrator.tables import (
     LEGACY_AUTH_TABLES,
     LEGACY_TENANT_TABLES,
@@ -169,7 +167,7 @@ class DataPhase(Phase):
                     self.step(
                         self.VALIDATE.kind,
                         f"Compare {legacy_auth}.{table} and auth.{table}: counts and fingerprints",
-                        target=auth_validation_target(table),
+                        target=Target.auth_table(table),
                         sql=(db.render(fingerprint.source_query(copy)),) if copy else (),
                     )
                 )
@@ -246,25 +244,26 @@ class DataPhase(Phase):
             return super().apply(ctx, step, reporter)
 
     def _start_two_way_sync(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
-        return mode_of(ctx, step.target).start_sync(ctx, step.target, reporter)
+        return mode_of(ctx, step.target.name).start_sync(ctx, step.target.name, reporter)
 
     def _check_two_way_sync(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
-        return [] if twoway.is_synced(step.target) else [f"{step.target} is not in two-way sync"]
+        return [] if twoway.is_synced(step.target.name) else [f"{step.target.name} is not in two-way sync"]
 
     def _copy_auth_table(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
+        table = step.target.name
         legacy = ctx.config.legacy_auth_schema
-        if not catalog.table_exists(legacy, step.target):
+        if not catalog.table_exists(legacy, table):
             raise MigrationError(
-                f"legacy table {legacy}.{step.target} does not exist; restore it or set SALESFLOW_LEGACY_AUTH_SCHEMA "
+                f"legacy table {legacy}.{table} does not exist; restore it or set SALESFLOW_LEGACY_AUTH_SCHEMA "
                 "to the schema that holds the auth tables"
             )
         refuse_inheritance_children(
             legacy,
-            [step.target],
+            [table],
             f"legacy auth schema {legacy}",
             "move the child's rows into the parent (and drop the child), then rerun the phase",
         )
-        copy = auth_copy(legacy, step.target)
+        copy = auth_copy(legacy, table)
         if not catalog.table_exists(copy.target_schema, copy.target_table):
             raise MigrationError(
                 f"{copy.target_schema}.{copy.target_table} does not exist; run `migrate_phase schemas` first"
@@ -273,16 +272,16 @@ class DataPhase(Phase):
         copy.refuse_unfillable()
         copy = in_legacy_timezone(ctx, copy)
         copy_mode = mode_of(ctx, legacy)
-        copy_mode.before_copy(ctx, legacy, [step.target])
+        copy_mode.before_copy(ctx, legacy, [table])
         stats = copy_table(copy, ctx.batch_size, reporter)
         # Same ids as legacy: new ones continue after every id the legacy sequence ever issued.
         sequence = continue_sequence_of(copy)
-        applied = copy_mode.after_copy(ctx, legacy, [step.target], reporter)
+        applied = copy_mode.after_copy(ctx, legacy, [table], reporter)
         return _copied(stats, f"{stats.rows_copied} rows", CopyDetails(**timezone_details(copy), **sequence, **applied))
 
     def _merge_reference_table(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         policy = ctx.options.reference_conflicts
-        ref = reference_table(step.target)
+        ref = reference_table(step.target.name)
         tenant_ids = [t.tenant_id for t in ctx.registered_tenants]
         run_mode = mode_of(ctx)  # every tenant's rows in one step: the run's mode
         for tenant_id in tenant_ids:
@@ -315,7 +314,7 @@ class DataPhase(Phase):
 
     def _copy_tenant_table(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         tenant = TenantRef(step.tenant_id or "")
-        spec = next(t for t in TENANT_DATA_TABLES if t.target_table == step.target)
+        spec = next(t for t in TENANT_DATA_TABLES if t.target_table == step.target.name)
         # Every legacy table of the tenant, at each of its copies: its first copy refuses before any is made.
         refuse_inheritance_children(
             tenant.schema,
@@ -422,11 +421,11 @@ class DataPhase(Phase):
 
     def _validate_table(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         if step.tenant_id is None:
-            table = auth_table_validated(step.target)
+            table = step.target.name  # a legacy auth table (Target.auth_table)
             copy = auth_copy(ctx.config.legacy_auth_schema, table)
         else:
             tenant = TenantRef(step.tenant_id)
-            spec = next(t for t in TENANT_DATA_TABLES if t.target_table == step.target)
+            spec = next(t for t in TENANT_DATA_TABLES if t.target_table == step.target.name)
             if not catalog.table_exists(tenant.schema, spec.legacy_table):
                 rows = catalog.row_count(tenant.schema, spec.target_table)
                 return StepResult(message=f"no legacy table; target has {rows} rows", rows_expected=0, rows_copied=rows)
@@ -492,8 +491,10 @@ class DataPhase(Phase):
     def _check_every_reference_mapped(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
         if not mode_of(ctx).maps_every_reference():
             return []
-        unmapped = reference.unmapped_count(reference_table(step.target), [t.tenant_id for t in ctx.registered_tenants])
-        return [f"{unmapped} legacy {step.target} rows have no shared id"] if unmapped else []
+        unmapped = reference.unmapped_count(
+            reference_table(step.target.name), [t.tenant_id for t in ctx.registered_tenants]
+        )
+        return [f"{unmapped} legacy {step.target.name} rows have no shared id"] if unmapped else []
 
     def _check_validation(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
         problems = []

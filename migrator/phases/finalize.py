@@ -107,13 +107,14 @@ class FinalizePhase(Phase):
 
     def _finish_sync(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         self._require_cut_over(ctx, step)
-        result = online.finish_sync(ctx, step.target, step.tenant_id or step.target)
+        result = online.finish_sync(ctx, step.target.name, step.tenant_id or step.target.name)
         with transaction.atomic():
             online.finish_shared_sync()
         return result
 
     @staticmethod
     def _require_cut_over(ctx: MigrationContext, step: Step) -> None:
+        scope = step.target.name
         cut_over = TENANT_CUT_OVER if step.tenant_id else AUTH_CUT_OVER
         records = [
             r
@@ -122,9 +123,9 @@ class FinalizePhase(Phase):
         ]
         if not records:
             raise MigrationError(
-                f"{step.target} has not been cut over: run `migrate_phase cutover` first (finalize ends the online "
+                f"{scope} has not been cut over: run `migrate_phase cutover` first (finalize ends the online "
                 "window after it)"
             )
 
     def _check_finished(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
-        return [f"{step.target} is still in two-way sync"] if twoway.is_synced(step.target) else []
+        return [f"{step.target.name} is still in two-way sync"] if twoway.is_synced(step.target.name) else []

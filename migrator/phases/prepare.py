@@ -11,7 +11,7 @@ from django.db import transaction
 
 from migrator import catalog, db
 from migrator.core.context import MigrationContext, TenantRef
-from migrator.core.details import BackupDetails, DiscoverDetails, read_details
+from migrator.core.details import BackupDetails, DiscoverDetails, InspectDetails, read_details
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
@@ -399,7 +399,9 @@ class PreparePhase(Phase):
         undecided = [f for f in found if f.blocks]
         if undecided:
             message += f"; {len(undecided)} dependent object(s) to decide before cutover (see the drift report)"
-        return StepResult(message=message, details={"inspection": report, "dependents": [f.as_dict() for f in found]})
+        return StepResult(
+            message=message, details=InspectDetails(inspection=report, dependents=[f.as_dict() for f in found])
+        )
 
     def _discover(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         valid, invalid = inspection.discover_tenant_schemas(ctx.config.legacy_auth_schema, ctx.config.archive_schema)
@@ -466,7 +468,7 @@ class PreparePhase(Phase):
         # The renames and the registration commit together: a kill leaves either the old names and no
         # tenant, or the new names and the tenant (a rerun then only registers).
         with transaction.atomic():
-            details: dict[str, object] = {}
+            details: InspectDetails = {}
             if renamed_from is not None:
                 details["renamed_from"] = renamed_from
                 if inspected == renamed_from:
@@ -493,7 +495,7 @@ class PreparePhase(Phase):
 
     @staticmethod
     def _register(
-        ctx: MigrationContext, tenant: TenantRef, findings: list[drift.Finding], details: dict[str, object]
+        ctx: MigrationContext, tenant: TenantRef, findings: list[drift.Finding], details: InspectDetails
     ) -> StepResult:
         """Register a tenant whose drift is carried or decided: its decided table renames, its inspection,
         its registry row (in the caller's transaction)."""
@@ -515,7 +517,7 @@ class PreparePhase(Phase):
         if drifted:
             message += f"; drift: {len(drifted)} finding(s), carried or decided"
         details["drift"] = [f.as_dict() for f in findings]
-        return StepResult(message=message, rows_expected=rows, details={"inspection": report, **details})
+        return StepResult(message=message, rows_expected=rows, details=InspectDetails(inspection=report, **details))
 
     def _check_backup(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
         recorded = read_details(BackupDetails, result.details)

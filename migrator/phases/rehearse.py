@@ -115,7 +115,7 @@ class RehearsePhase(Phase):
         info = self._backup()
         phases = rehearsed_phases()
         source = connection.settings_dict["NAME"]
-        target = step.target
+        target = step.target.name
         rehearsal.check_target_name(target, source)
         backup.check_backup(info)
         pg_restore = restore.restore_tool(info, ctx.config.bin_dirs)

@@ -179,7 +179,7 @@ class RollbackPhase(Phase):
         return StepResult(message="every value of the new tables has a place in the legacy tables")
 
     def _stop_two_way_sync(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
-        result = mode_for(step.target).undo(ctx, step.target)
+        result = mode_for(step.target.name).undo(ctx, step.target.name)
         with transaction.atomic():
             # the cutover runs again after this (the auth step only runs in a rollback of everything)
             tracking.mark_rolled_back([CUT_OVER.phase], [step.tenant_id] if step.tenant_id else None)

@@ -71,11 +71,12 @@ class SecurityPhase(Phase):
         }
 
     def _create_service_role(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
-        service = next(s for s, r in ctx.config.service_roles.items() if r == step.target)
+        role = step.target.name
+        service = next(s for s, r in ctx.config.service_roles.items() if r == role)
         if not catalog.schema_exists(service):
             raise MigrationError(f"schema {service} does not exist; run `migrate_phase schemas` first")
-        claimed = grants.claim_service_role(step.target, adopt=ctx.options.adopt_roles, role_step=self.SERVICE_ROLE)
-        tables = grants.grant_service_schema(step.target, service)
+        claimed = grants.claim_service_role(role, adopt=ctx.options.adopt_roles, role_step=self.SERVICE_ROLE)
+        tables = grants.grant_service_schema(role, service)
         how = "adopted" if claimed["adopted"] else "created"
         return StepResult(message=f"{how}; {tables} tables in {service}", details=claimed)
 
@@ -107,7 +108,7 @@ class SecurityPhase(Phase):
         return results
 
     def _check_service_role(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
-        return grants.privilege_problems(ctx.config, [], roles=[step.target])
+        return grants.privilege_problems(ctx.config, [], roles=[step.target.name])
 
     def _check_tenant_grants(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
         # Nothing in public is checked by the service_role steps: a tenant's grants cannot change it.

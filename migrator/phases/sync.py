@@ -34,7 +34,7 @@ class SyncPhase(Phase):
         return {"apply": StepKind(self._apply), "follow": StepKind(self._follow)}
 
     def _apply(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
-        stats = online.sync_scope(ctx, step.target, reporter)
+        stats = online.sync_scope(ctx, step.target.name, reporter)
         return StepResult(
             message=f"{stats.changes} captured changes applied ({sum(stats.keys.values())} rows re-copied)",
             rows_copied=stats.changes,

@@ -316,7 +316,7 @@ class VerifyPhase(Phase):
         return problems, {"orm_counts": seen}
 
     def _new_tenant(self, ctx: MigrationContext, step: Step) -> CheckResult:
-        schema = step.target
+        schema = step.target.name
         problems = verification.tenant_table_problems(schema, verification.missing_tenant_tables([schema])[schema])
         if not problems:
             problems = grants.privilege_problems(ctx.config, [schema], service_tables=False)

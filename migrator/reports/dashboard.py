@@ -20,7 +20,7 @@ from django.db.models.functions import Cast, Coalesce, JSONObject
 from django.utils import timezone
 
 from migrator import phases as phase_registry
-from migrator.core.details import BackupDetails, CheckDetails, RehearseDetails, read_details
+from migrator.core.details import INSPECTION, BackupDetails, CheckDetails, RehearseDetails, read_details
 from migrator.core.phase import Phase
 from migrator.models import MigrationRecord, Status, of_steps
 from migrator.ops.capture import Lag, lag
@@ -61,7 +61,7 @@ def legacy_rows_expression() -> Any:
     with the migrated rows; reference tables are merged into shared tables, not copied per tenant.
     """
     per_table = [
-        Coalesce(Cast(KT(f"details__inspection__tables__{spec.legacy_table}__rows"), BigIntegerField()), Value(0))
+        Coalesce(Cast(KT(f"details__{INSPECTION}__tables__{spec.legacy_table}__rows"), BigIntegerField()), Value(0))
         for spec in TENANT_DATA_TABLES
     ]
     total: Any = per_table[0]

@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 from django.db import transaction
 
-from migrator import db
+from migrator import catalog, db
 from migrator.core.context import MigrationContext
 from migrator.core.details import CopyDetails, OnlineApplyDetails, read_details
 from migrator.core.errors import MigrationError
@@ -53,15 +53,33 @@ class MigrationMode:
         """The phase's steps after the scope's copies and before its validation."""
         return []
 
-    def start_sync(self, ctx: MigrationContext, scope: str, reporter: StepReporter) -> StepResult:
-        """The step :meth:`scope_steps` planned (offline plans none)."""
+    def start_sync(
+        self,
+        ctx: MigrationContext,
+        scope: str,
+        reporter: StepReporter,
+        schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ,
+    ) -> StepResult:
+        """The step :meth:`scope_steps` planned (offline plans none). ``schema_catalog``, here and below:
+        the scope's tables as read for its steps (:class:`catalog.SchemaCatalog`), when they were."""
         raise MigrationError(f"{scope} is migrated offline: there is no two-way sync to start")
 
-    def before_copy(self, ctx: MigrationContext, scope: str, tables: list[str]) -> None:
+    def before_copy(
+        self,
+        ctx: MigrationContext,
+        scope: str,
+        tables: list[str],
+        schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ,
+    ) -> None:
         """Before these legacy tables of the scope are read."""
 
     def after_copy(
-        self, ctx: MigrationContext, scope: str, tables: list[str], reporter: StepReporter
+        self,
+        ctx: MigrationContext,
+        scope: str,
+        tables: list[str],
+        reporter: StepReporter,
+        schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ,
     ) -> OnlineApplyDetails:
         """After the tables' rows are in the target: what else the copy did, for its record."""
         return {}
@@ -74,7 +92,12 @@ class MigrationMode:
         return 0
 
     def catch_up(
-        self, ctx: MigrationContext, scope: str, applied: OnlineApplyDetails, reporter: StepReporter
+        self,
+        ctx: MigrationContext,
+        scope: str,
+        applied: OnlineApplyDetails,
+        reporter: StepReporter,
+        schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ,
     ) -> OnlineApplyDetails:
         """After the table's constraints are rebuilt: ``applied`` (from :meth:`after_copy`), brought up to date."""
         return applied
@@ -160,16 +183,33 @@ class OnlineMode(MigrationMode):
             )
         ]
 
-    def start_sync(self, ctx: MigrationContext, scope: str, reporter: StepReporter) -> StepResult:
-        return online.start_two_way_sync(ctx, scope, reporter)
+    def start_sync(
+        self,
+        ctx: MigrationContext,
+        scope: str,
+        reporter: StepReporter,
+        schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ,
+    ) -> StepResult:
+        return online.start_two_way_sync(ctx, scope, reporter, schema_catalog)
 
-    def before_copy(self, ctx: MigrationContext, scope: str, tables: list[str]) -> None:
-        online.capture_before_copy(ctx, scope, tables)
+    def before_copy(
+        self,
+        ctx: MigrationContext,
+        scope: str,
+        tables: list[str],
+        schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ,
+    ) -> None:
+        online.capture_before_copy(ctx, scope, tables, schema_catalog)
 
     def after_copy(
-        self, ctx: MigrationContext, scope: str, tables: list[str], reporter: StepReporter
+        self,
+        ctx: MigrationContext,
+        scope: str,
+        tables: list[str],
+        reporter: StepReporter,
+        schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ,
     ) -> OnlineApplyDetails:
-        return online.apply_after_copy(ctx, scope, tables, reporter)
+        return online.apply_after_copy(ctx, scope, tables, reporter, schema_catalog)
 
     def mark_copied(self, ctx: MigrationContext, scope: str, tables: list[str]) -> None:
         online.mark_copied(ctx, scope, tables)
@@ -183,10 +223,16 @@ class OnlineMode(MigrationMode):
         )
 
     def catch_up(
-        self, ctx: MigrationContext, scope: str, applied: OnlineApplyDetails, reporter: StepReporter
+        self,
+        ctx: MigrationContext,
+        scope: str,
+        applied: OnlineApplyDetails,
+        reporter: StepReporter,
+        schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ,
     ) -> OnlineApplyDetails:
         if applied:  # and what was written while the constraints were rebuilt
-            applied["changes_applied"] = applied["changes_applied"] + online.sync_scope(ctx, scope, reporter).changes
+            caught_up = online.sync_scope(ctx, scope, reporter, schema_catalog)
+            applied["changes_applied"] = applied["changes_applied"] + caught_up.changes
         return applied
 
     def may_compare_in_ranges(self, copy: TableCopy) -> bool:

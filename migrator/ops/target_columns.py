@@ -50,16 +50,21 @@ class TargetColumns:
     fills: tuple[Fill, ...]
 
 
-def target_columns(source: tuple[str, str], target: tuple[str, str], model_label: str) -> TargetColumns:
+def target_columns(
+    source: tuple[str, str],
+    target: tuple[str, str],
+    model_label: str,
+    schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ,
+) -> TargetColumns:
     """The columns a copy of ``source`` into ``target`` writes (both exist; see the module docstring).
 
     Target columns with a database default, and nullable ones the model has no default for, are left
     out of the inserts: the database gives them their default or NULL, as it does for the application.
     """
-    legacy = {c.name for c in catalog.columns(*source)}
+    legacy = {c.name for c in schema_catalog.columns(*source)}
     copied: list[str] = []
     fills: list[Fill] = []
-    for column in catalog.columns(*target):
+    for column in schema_catalog.columns(*target):
         if column.name in legacy:
             copied.append(column.name)
         elif not column.has_default:
@@ -92,10 +97,17 @@ def column_fill(
     return Fill(column.name, expression=db.render(literal))
 
 
-def refuse_unmapped_legacy_columns(source: tuple[str, str], target: tuple[str, str], what: str) -> None:
+def refuse_unmapped_legacy_columns(
+    source: tuple[str, str],
+    target: tuple[str, str],
+    what: str,
+    schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ,
+) -> None:
     """Refuse before copying anything when a legacy column has no column in the target table (as the
     catalog has it): its values would be lost. ``what``: what was not done (``copied``, ``merged``)."""
-    extra = unmapped_columns([c.name for c in catalog.columns(*source)], {c.name for c in catalog.columns(*target)})
+    extra = unmapped_columns(
+        [c.name for c in schema_catalog.columns(*source)], {c.name for c in schema_catalog.columns(*target)}
+    )
     if extra:
         raise MigrationError(
             f"{'.'.join(source)} has columns with no target column: {', '.join(extra)}; nothing was {what} (add "

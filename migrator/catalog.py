@@ -92,6 +92,12 @@ class SchemaCatalog:
 NOT_READ = SchemaCatalog(None, {}, frozenset())
 
 
+def read_for(schema: str, handed: object) -> SchemaCatalog:
+    """``handed`` when it is ``schema``'s :class:`SchemaCatalog` (what phase 3's ``tenant_context`` hands a
+    tenant's steps as ``StepReporter.tenant``), else :data:`NOT_READ`."""
+    return handed if isinstance(handed, SchemaCatalog) and handed.schema == schema else NOT_READ
+
+
 def read_schema(schema: str) -> SchemaCatalog:
     """``schema``'s ordinary and partitioned tables and their columns, in one catalog query (see
     :class:`SchemaCatalog` for how long the answer holds)."""

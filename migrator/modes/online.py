@@ -89,30 +89,24 @@ def scope_merge(
 # --- phase 3: capture, copy, apply, then two-way sync ----------------------------------------------
 
 
-def capture_before_copy(
-    ctx: MigrationContext, scope: str, tables: list[str], schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ
-) -> None:
+def capture_before_copy(ctx: MigrationContext, scope: str, tables: list[str], reporter: StepReporter) -> None:
     """``data --online``: capture writes to these legacy tables before they are read."""
     if not ctx.options.online or twoway.is_synced(scope):
         return
-    present = schema_catalog.tables_of(scope)
+    present = catalog.read_for(scope, reporter.tenant).tables_of(scope)
     for table in tables:
         if table in present:
             capture.install(scope, table, legacy_table(table).key, ctx.options.lock_timeout_ms)
 
 
 def apply_after_copy(
-    ctx: MigrationContext,
-    scope: str,
-    tables: list[str],
-    reporter: StepReporter,
-    schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ,
+    ctx: MigrationContext, scope: str, tables: list[str], reporter: StepReporter
 ) -> OnlineApplyDetails:
     """After the tables' copy: mark them ready and apply what was captured meanwhile (capture stays on)."""
     if not ctx.options.online or twoway.is_synced(scope):
         return {}
     mark_copied(ctx, scope, tables)
-    stats = sync_scope(ctx, scope, reporter, schema_catalog)
+    stats = sync_scope(ctx, scope, reporter)
     return {"online": True, "changes_applied": stats.changes}
 
 
@@ -145,12 +139,11 @@ def _continue_sequences(copies: dict[str, TableCopy], stats: capture.ApplyStats)
         continue_sequence_of(copies[table])
 
 
-def sync_scope(
-    ctx: MigrationContext, scope: str, reporter: StepReporter, schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ
-) -> capture.ApplyStats:
+def sync_scope(ctx: MigrationContext, scope: str, reporter: StepReporter) -> capture.ApplyStats:
     """Apply a captured scope's backlog (a synced scope has none: its writes are on both sides at once)."""
     if twoway.is_synced(scope):
         return capture.ApplyStats()
+    schema_catalog = catalog.read_for(scope, reporter.tenant)
     copies = scope_copies(ctx, scope, schema_catalog)
     merge = scope_merge(ctx, scope, schema_catalog)
     stats = capture.apply_changes(scope, copies, ctx.batch_size, merge, fence=reporter.fence)
@@ -231,12 +224,8 @@ def _ensure_shared_sync(
     )
 
 
-def start_two_way_sync(
-    ctx: MigrationContext, scope: str, reporter: StepReporter, schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ
-) -> StepResult:
+def start_two_way_sync(ctx: MigrationContext, scope: str, reporter: StepReporter) -> StepResult:
     """Replace the scope's change capture by two-way sync, in one short transaction (retried).
-
-    ``schema_catalog``: the scope's tables as read for its steps (the sync changes triggers, no table).
 
     The backlog is applied first with no lock; then, holding every legacy and new table of the scope
     (``--lock-timeout`` per attempt), the changes captured since are applied, the capture triggers
@@ -246,9 +235,11 @@ def start_two_way_sync(
     if twoway.is_synced(scope):
         return StepResult(message="two-way sync already on", details={"online": True, "two_way": True})
     check_lock_timeout(ctx.options.lock_timeout_ms)
+    # a tenant's tables as read for its steps: the sync changes triggers, no table
+    schema_catalog = catalog.read_for(scope, reporter.tenant)
     copies, refs = _scope_tables(ctx, scope, schema_catalog)
     tenant_id = _scope_tenant(ctx, scope)
-    backlog = sync_scope(ctx, scope, reporter, schema_catalog)  # no lock: what is left for the lock is small
+    backlog = sync_scope(ctx, scope, reporter)  # no lock: what is left for the lock is small
     twoway.ensure_sync_schema()
     for ref_name in refs:  # once per shared table, in a transaction of its own (it is every tenant's)
         _ensure_shared_sync(ctx, legacy_table(ref_name), scope, schema_catalog)

@@ -4,7 +4,9 @@ A *scope* is the legacy auth schema or a tenant schema. Phases data, verify, cut
 the same steps in both modes; where the modes differ they ask the scope's :class:`MigrationMode`,
 chosen by :func:`mode_for` and nowhere else. :class:`MigrationMode` itself is the offline mode: nothing
 writes the legacy tables while they are migrated, so it has nothing to capture, apply, sync or stop.
-:class:`OnlineMode` does the online migration's work (``migrator/modes/online.py``).
+:class:`OnlineMode` does the online migration's work (``migrator/modes/online.py``). Within a tenant's
+phase-3 steps, the ``reporter`` a hook gets carries the tenant schema's catalog read (``reporter.tenant``,
+see :func:`migrator.catalog.read_for`), which the online mode's catalog questions are answered from.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 from django.db import transaction
 
-from migrator import catalog, db
+from migrator import db
 from migrator.core.context import MigrationContext
 from migrator.core.details import CopyDetails, OnlineApplyDetails, read_details
 from migrator.core.errors import MigrationError
@@ -53,33 +55,15 @@ class MigrationMode:
         """The phase's steps after the scope's copies and before its validation."""
         return []
 
-    def start_sync(
-        self,
-        ctx: MigrationContext,
-        scope: str,
-        reporter: StepReporter,
-        schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ,
-    ) -> StepResult:
-        """The step :meth:`scope_steps` planned (offline plans none). ``schema_catalog``, here and below:
-        the scope's tables as read for its steps (:class:`catalog.SchemaCatalog`), when they were."""
+    def start_sync(self, ctx: MigrationContext, scope: str, reporter: StepReporter) -> StepResult:
+        """The step :meth:`scope_steps` planned (offline plans none)."""
         raise MigrationError(f"{scope} is migrated offline: there is no two-way sync to start")
 
-    def before_copy(
-        self,
-        ctx: MigrationContext,
-        scope: str,
-        tables: list[str],
-        schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ,
-    ) -> None:
+    def before_copy(self, ctx: MigrationContext, scope: str, tables: list[str], reporter: StepReporter) -> None:
         """Before these legacy tables of the scope are read."""
 
     def after_copy(
-        self,
-        ctx: MigrationContext,
-        scope: str,
-        tables: list[str],
-        reporter: StepReporter,
-        schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ,
+        self, ctx: MigrationContext, scope: str, tables: list[str], reporter: StepReporter
     ) -> OnlineApplyDetails:
         """After the tables' rows are in the target: what else the copy did, for its record."""
         return {}
@@ -92,12 +76,7 @@ class MigrationMode:
         return 0
 
     def catch_up(
-        self,
-        ctx: MigrationContext,
-        scope: str,
-        applied: OnlineApplyDetails,
-        reporter: StepReporter,
-        schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ,
+        self, ctx: MigrationContext, scope: str, applied: OnlineApplyDetails, reporter: StepReporter
     ) -> OnlineApplyDetails:
         """After the table's constraints are rebuilt: ``applied`` (from :meth:`after_copy`), brought up to date."""
         return applied
@@ -183,33 +162,16 @@ class OnlineMode(MigrationMode):
             )
         ]
 
-    def start_sync(
-        self,
-        ctx: MigrationContext,
-        scope: str,
-        reporter: StepReporter,
-        schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ,
-    ) -> StepResult:
-        return online.start_two_way_sync(ctx, scope, reporter, schema_catalog)
+    def start_sync(self, ctx: MigrationContext, scope: str, reporter: StepReporter) -> StepResult:
+        return online.start_two_way_sync(ctx, scope, reporter)
 
-    def before_copy(
-        self,
-        ctx: MigrationContext,
-        scope: str,
-        tables: list[str],
-        schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ,
-    ) -> None:
-        online.capture_before_copy(ctx, scope, tables, schema_catalog)
+    def before_copy(self, ctx: MigrationContext, scope: str, tables: list[str], reporter: StepReporter) -> None:
+        online.capture_before_copy(ctx, scope, tables, reporter)
 
     def after_copy(
-        self,
-        ctx: MigrationContext,
-        scope: str,
-        tables: list[str],
-        reporter: StepReporter,
-        schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ,
+        self, ctx: MigrationContext, scope: str, tables: list[str], reporter: StepReporter
     ) -> OnlineApplyDetails:
-        return online.apply_after_copy(ctx, scope, tables, reporter, schema_catalog)
+        return online.apply_after_copy(ctx, scope, tables, reporter)
 
     def mark_copied(self, ctx: MigrationContext, scope: str, tables: list[str]) -> None:
         online.mark_copied(ctx, scope, tables)
@@ -223,16 +185,10 @@ class OnlineMode(MigrationMode):
         )
 
     def catch_up(
-        self,
-        ctx: MigrationContext,
-        scope: str,
-        applied: OnlineApplyDetails,
-        reporter: StepReporter,
-        schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ,
+        self, ctx: MigrationContext, scope: str, applied: OnlineApplyDetails, reporter: StepReporter
     ) -> OnlineApplyDetails:
         if applied:  # and what was written while the constraints were rebuilt
-            caught_up = online.sync_scope(ctx, scope, reporter, schema_catalog)
-            applied["changes_applied"] = applied["changes_applied"] + caught_up.changes
+            applied["changes_applied"] = applied["changes_applied"] + online.sync_scope(ctx, scope, reporter).changes
         return applied
 
     def may_compare_in_ranges(self, copy: TableCopy) -> bool:

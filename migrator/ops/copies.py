@@ -31,7 +31,7 @@ from salesflow.layout import tenant_id_from_schema
 def auth_copy(legacy_schema: str, table: str) -> TableCopy:
     """The copy of a legacy auth table, writing the target's columns as the catalog has them now."""
     entry = legacy_table(table, TableKind.AUTH)
-    columns = target_columns((legacy_schema, table), (str(entry.schema), entry.table), entry.model)
+    columns = target_columns((legacy_schema, table), (str(entry.schema), entry.table), entry.model, catalog.NOT_READ)
     return TableCopy(
         legacy_schema, table, str(entry.schema), entry.table, columns.copied, key=entry.key, fills=columns.fills
     )

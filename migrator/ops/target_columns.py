@@ -19,8 +19,11 @@ from dataclasses import dataclass
 from psycopg import sql
 
 from migrator import catalog, db
+from migrator.catalog import SchemaCatalog
 from migrator.core.errors import MigrationError
 from migrator.tables import NO_DEFAULT, field_default, unmapped_columns
+
+Relation = tuple[str, str]  # (schema, table)
 
 
 @dataclass(frozen=True)
@@ -51,10 +54,7 @@ class TargetColumns:
 
 
 def target_columns(
-    source: tuple[str, str],
-    target: tuple[str, str],
-    model_label: str,
-    schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ,
+    source: Relation, target: Relation, model_label: str, schema_catalog: SchemaCatalog
 ) -> TargetColumns:
     """The columns a copy of ``source`` into ``target`` writes (both exist; see the module docstring).
 
@@ -74,9 +74,7 @@ def target_columns(
     return TargetColumns(tuple(copied), tuple(fills))
 
 
-def column_fill(
-    source: tuple[str, str], target: tuple[str, str], model_label: str, column: catalog.Column
-) -> Fill | None:
+def column_fill(source: Relation, target: Relation, model_label: str, column: catalog.Column) -> Fill | None:
     """How inserts fill ``column`` of ``target``, which ``source`` lacks and which has no database
     default: the model's default, else nothing (None: NULL) when nullable, else a refusal."""
     default = field_default(model_label, column.name)
@@ -98,10 +96,7 @@ def column_fill(
 
 
 def refuse_unmapped_legacy_columns(
-    source: tuple[str, str],
-    target: tuple[str, str],
-    what: str,
-    schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ,
+    source: Relation, target: Relation, what: str, schema_catalog: SchemaCatalog
 ) -> None:
     """Refuse before copying anything when a legacy column has no column in the target table (as the
     catalog has it): its values would be lost. ``what``: what was not done (``copied``, ``merged``)."""

@@ -105,15 +105,6 @@ def small_table(copy: TableCopy, batch_size: int) -> bool:
 ANALYZE_FROM_ROWS = 1000
 
 
-def schema_catalog_of(step: Step, reporter: StepReporter) -> catalog.SchemaCatalog:
-    """The tenant schema's tables as the tenant's ``tenant_context`` read them for its steps, handed over
-    as ``reporter.tenant``; :data:`catalog.NOT_READ` for a step of no tenant (or outside the block)."""
-    read = reporter.tenant
-    if isinstance(read, catalog.SchemaCatalog) and step.tenant_id and read.schema == TenantRef(step.tenant_id).schema:
-        return read
-    return catalog.NOT_READ
-
-
 def mode_of(ctx: MigrationContext, scope: str | None = None) -> MigrationMode:
     """The mode ``scope`` is copied and validated in (``--online``, or an earlier ``data --online``);
     with no scope, the run's."""
@@ -234,7 +225,7 @@ class DataPhase(Phase):
         schema while they read its tables' columns and drop and rebuild their indexes and foreign keys;
         and, changing no table of the schema (only indexes and constraints), have their catalog questions
         answered from one read of the schema's tables and columns, made once the lock is held (each
-        step gets it as ``reporter.tenant``: see :func:`schema_catalog_of`)."""
+        step gets it as ``reporter.tenant``: see :func:`catalog.read_for`)."""
         with schema_lock.shared_lock(self.name):
             yield catalog.read_schema(TenantRef(tenant_id).schema)
 
@@ -242,13 +233,13 @@ class DataPhase(Phase):
         if step.tenant_id is None:  # the auth copies and reference merges: the shared tables' columns
             with schema_lock.shared_lock(self.name):
                 return super().apply(ctx, step, reporter)
-        if schema_catalog_of(step, reporter) is not catalog.NOT_READ:
+        if catalog.read_for(TenantRef(step.tenant_id).schema, reporter.tenant) is not catalog.NOT_READ:
             return super().apply(ctx, step, reporter)
         with self.tenant_context(ctx, step.tenant_id) as schema_catalog:  # a tenant's step run on its own
             return super().apply(ctx, step, replace(reporter, tenant=schema_catalog))
 
     def _start_two_way_sync(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
-        return mode_of(ctx, step.target).start_sync(ctx, step.target, reporter, schema_catalog_of(step, reporter))
+        return mode_of(ctx, step.target).start_sync(ctx, step.target, reporter)
 
     def _check_two_way_sync(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
         return [] if twoway.is_synced(step.target) else [f"{step.target} is not in two-way sync"]
@@ -275,7 +266,7 @@ class DataPhase(Phase):
         copy.refuse_unfillable()
         copy = in_legacy_timezone(ctx, copy)
         copy_mode = mode_of(ctx, legacy)
-        copy_mode.before_copy(ctx, legacy, [step.target])
+        copy_mode.before_copy(ctx, legacy, [step.target], reporter)
         stats = copy_table(copy, ctx.batch_size, reporter)
         # Same ids as legacy: new ones continue after every id the legacy sequence ever issued.
         sequence = continue_sequence_of(copy)
@@ -298,7 +289,7 @@ class DataPhase(Phase):
         tenant_ids = [t.tenant_id for t in ctx.registered_tenants]
         run_mode = mode_of(ctx)  # every tenant's rows in one step: the run's mode
         for tenant_id in tenant_ids:
-            run_mode.before_copy(ctx, TenantRef(tenant_id).schema, [ref.legacy_table])
+            run_mode.before_copy(ctx, TenantRef(tenant_id).schema, [ref.legacy_table], reporter)
         result = reference.merge_reference_table(ref, tenant_ids, policy)
         for tenant_id in tenant_ids:
             run_mode.mark_copied(ctx, TenantRef(tenant_id).schema, [ref.legacy_table])
@@ -336,7 +327,7 @@ class DataPhase(Phase):
             "move the child's rows into the parent (and drop the child) or leave the tenant out with "
             f"--skip-schema {tenant.schema}",
         )
-        schema_catalog = schema_catalog_of(step, reporter)
+        schema_catalog = catalog.read_for(tenant.schema, reporter.tenant)
         if not schema_catalog.table_exists(tenant.schema, spec.legacy_table):
             return StepResult(
                 message=f"no legacy table {tenant.schema}.{spec.legacy_table}: nothing to copy",
@@ -355,7 +346,7 @@ class DataPhase(Phase):
         leave = ctx.options.leave_constraints
         carried.refuse_breaking_checks(tenant.schema, spec.legacy_table, spec.target_table, leave)
         copy_mode = mode_of(ctx, tenant.schema)
-        copy_mode.before_copy(ctx, tenant.schema, [spec.legacy_table], schema_catalog)
+        copy_mode.before_copy(ctx, tenant.schema, [spec.legacy_table], reporter)
         merged = self._merge_new_reference_rows(ctx, tenant, spec, schema_catalog)
         # The fence covers the constraints too: a second runner must not drop or rebuild them mid-copy.
         with table_fence(tenant.schema, spec.target_table):
@@ -378,7 +369,7 @@ class DataPhase(Phase):
             # a table copied in ranges: its indexes built by every free connection too
             parallel = reporter.parallel if stats.ranges else None
             rebuilt = copy_mode.restore_before_apply(tenant.schema, spec.target_table, advice, parallel)
-            applied = copy_mode.after_copy(ctx, tenant.schema, [spec.legacy_table], reporter, schema_catalog)
+            applied = copy_mode.after_copy(ctx, tenant.schema, [spec.legacy_table], reporter)
             rebuilt += constraints.restore_constraints(
                 tenant.schema, spec.target_table, advice=advice, parallel=parallel
             )
@@ -388,7 +379,7 @@ class DataPhase(Phase):
         sequence = continue_sequence_of(copy)  # same ids as legacy, as for auth
         if stats.rows_source >= ANALYZE_FROM_ROWS:
             analyze(tenant.schema, spec.target_table, schema_catalog=schema_catalog)
-        online_applied = copy_mode.catch_up(ctx, tenant.schema, applied, reporter, schema_catalog)
+        online_applied = copy_mode.catch_up(ctx, tenant.schema, applied, reporter)
         resumed = f", resumed after id {stats.resumed_after[0]}" if stats.resumed_after else ""
         if stats.ranges:
             resumed = f" over {stats.ranges} key ranges" + (
@@ -443,7 +434,7 @@ class DataPhase(Phase):
         else:
             tenant = TenantRef(step.tenant_id)
             spec = next(t for t in TENANT_DATA_TABLES if t.target_table == step.target)
-            schema_catalog = schema_catalog_of(step, reporter)
+            schema_catalog = catalog.read_for(tenant.schema, reporter.tenant)
             if not schema_catalog.table_exists(tenant.schema, spec.legacy_table):
                 rows = schema_catalog.row_count(tenant.schema, spec.target_table)
                 return StepResult(message=f"no legacy table; target has {rows} rows", rows_expected=0, rows_copied=rows)

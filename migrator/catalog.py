@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from psycopg import sql
@@ -32,18 +30,6 @@ def schema_exists(schema: str) -> bool:
     return bool(db.fetchvalue("SELECT to_regnamespace(quote_ident(%s)) IS NOT NULL", [schema]))
 
 
-@dataclass(frozen=True)
-class _Snapshot:
-    schema: str
-    tables: dict[str, list[Column]]
-    partitioned: frozenset[str]
-
-
-# Tables of one schema and their columns, read in one query for the length of a block (see
-# :func:`schema_snapshot`); per thread, so each tenant job has its own.
-_snapshot: ContextVar[_Snapshot | None] = ContextVar("catalog_snapshot", default=None)
-
-
 def advisory_lock_holders(classid: int, objid: int) -> list[str]:
     """``application_name`` of each session of this database that holds the session-level advisory
     lock (``classid``, ``objid``) (two int4 keys)."""
@@ -56,14 +42,65 @@ def advisory_lock_holders(classid: int, objid: int) -> list[str]:
     return [row[0] for row in rows]
 
 
-@contextmanager
-def schema_snapshot(schema: str) -> Iterator[None]:
-    """Answer :func:`table_exists`, :func:`columns` and :func:`is_partitioned` for ``schema``'s ordinary
-    and partitioned tables from one catalog query for the length of the block, instead of one query per question.
+@dataclass(frozen=True)
+class SchemaCatalog:
+    """The ordinary and partitioned tables of one schema and their columns, read in one query
+    (:func:`read_schema`), answering the catalog questions of a tenant's copy, validation or cutover
+    checks without a query each. Its methods take the same arguments as this module's functions and
+    give the same answers; a table it does not hold, or another schema's, is looked up as they do.
 
-    For blocks that create, drop or alter no table of ``schema`` (a tenant's copy or validation: only
-    its indexes and constraints change). A table the snapshot does not hold is looked up as usual.
+    Valid only while no table of ``schema`` is created, dropped, renamed or altered (its indexes and
+    constraints may change: a copy drops and rebuilds them): read it once the schema-change lock or
+    the tables' own locks are held, and let no code that changes a table of the schema use it after.
     """
+
+    schema: str | None  # None: holds nothing, every question goes to the catalog (:data:`NOT_READ`)
+    tables: Mapping[str, tuple[Column, ...]]
+    partitioned: frozenset[str]
+
+    def _held(self, schema: str, table: str) -> tuple[Column, ...] | None:
+        return self.tables.get(table) if schema == self.schema else None
+
+    def table_exists(self, schema: str, table: str) -> bool:
+        return self._held(schema, table) is not None or table_exists(schema, table)
+
+    def columns(self, schema: str, table: str) -> list[Column]:
+        held = self._held(schema, table)
+        return list(held) if held is not None else columns(schema, table)
+
+    def is_partitioned(self, schema: str, table: str) -> bool:
+        if self._held(schema, table) is not None:
+            return table in self.partitioned
+        return is_partitioned(schema, table)
+
+    def own_rows(self, schema: str, table: str) -> sql.Composed:
+        """:func:`own_rows`, partitioned or not as this catalog says."""
+        return own_rows(schema, table, self.is_partitioned(schema, table))
+
+    def row_count(self, schema: str, table: str) -> int:
+        """:func:`row_count`, partitioned or not as this catalog says."""
+        return int(db.fetchvalue(sql.SQL("SELECT count(*) FROM {}").format(self.own_rows(schema, table))))
+
+    def tables_of(self, schema: str) -> set[str]:
+        """``schema``'s ordinary and partitioned tables (:func:`tables_by_schema` of that schema alone)."""
+        if schema == self.schema:
+            return set(self.tables)
+        return tables_by_schema([schema])[schema]
+
+
+# No schema read: each question is one catalog query (a copy or check run outside a tenant's block).
+NOT_READ = SchemaCatalog(None, {}, frozenset())
+
+
+def read_for(schema: str, handed: object) -> SchemaCatalog:
+    """``handed`` when it is ``schema``'s :class:`SchemaCatalog` (what phase 3's ``tenant_context`` hands a
+    tenant's steps as ``StepReporter.tenant``), else :data:`NOT_READ`."""
+    return handed if isinstance(handed, SchemaCatalog) and handed.schema == schema else NOT_READ
+
+
+def read_schema(schema: str) -> SchemaCatalog:
+    """``schema``'s ordinary and partitioned tables and their columns, in one catalog query (see
+    :class:`SchemaCatalog` for how long the answer holds)."""
     rows = db.fetchall(
         "SELECT c.relname, c.relkind = 'p', a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, "
         "       a.atthasdef OR a.attidentity <> '', a.atttypid::bigint, a.attcollation::bigint "
@@ -82,30 +119,10 @@ def schema_snapshot(schema: str) -> Iterator[None]:
             partitioned.add(table)
         if name is not None:  # a table with no columns is one row of NULLs
             found.append(Column(name, *column))
-    token = _snapshot.set(_Snapshot(schema, tables, frozenset(partitioned)))
-    try:
-        yield
-    finally:
-        _snapshot.reset(token)
-
-
-def snapshot_schema() -> str | None:
-    """The schema of the :func:`schema_snapshot` block this code runs in, if any."""
-    snapshot = _snapshot.get()
-    return None if snapshot is None else snapshot.schema
-
-
-def _from_snapshot(schema: str, table: str) -> list[Column] | None:
-    """The table's columns from the block's snapshot; None when the snapshot cannot say."""
-    snapshot = _snapshot.get()
-    if snapshot is None or snapshot.schema != schema:
-        return None
-    return snapshot.tables.get(table)
+    return SchemaCatalog(schema, {table: tuple(cols) for table, cols in tables.items()}, frozenset(partitioned))
 
 
 def table_exists(schema: str, table: str) -> bool:
-    if _from_snapshot(schema, table) is not None:
-        return True
     return bool(
         db.fetchvalue(
             sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = {oid} AND c.relkind IN ('r', 'p'))").format(
@@ -136,9 +153,6 @@ def partitioned_by_schema(schemas: list[str], table: str) -> dict[str, bool]:
 
 def is_partitioned(schema: str, table: str) -> bool:
     """Whether ``schema.table`` is a partitioned table (its rows are all in its partitions)."""
-    snapshot = _snapshot.get()
-    if snapshot is not None and snapshot.schema == schema and table in snapshot.tables:
-        return table in snapshot.partitioned
     return bool(
         db.fetchvalue(
             sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = {oid} AND c.relkind = 'p')").format(
@@ -196,9 +210,6 @@ def inheritance_children(schema: str, tables: list[str]) -> list[InheritanceChil
 
 def tables_by_schema(schemas: list[str]) -> dict[str, set[str]]:
     """Ordinary tables of each schema in ``schemas``, in one query."""
-    snapshot = _snapshot.get()
-    if snapshot is not None and schemas == [snapshot.schema]:
-        return {snapshot.schema: set(snapshot.tables)}
     # Every relation depends on its schema: pg_depend's index on the referenced object finds a
     # schema's relations without reading every tenant's (pg_class has no index on relnamespace).
     rows = db.fetchall(
@@ -216,9 +227,6 @@ def tables_by_schema(schemas: list[str]) -> dict[str, set[str]]:
 
 
 def columns(schema: str, table: str) -> list[Column]:
-    cached = _from_snapshot(schema, table)
-    if cached is not None:
-        return list(cached)
     rows = db.fetchall(
         sql.SQL(
             "SELECT a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, "

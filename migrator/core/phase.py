@@ -164,9 +164,10 @@ class Phase(ABC):
         alone) reads the same for a batch of its tenant alone."""
         return nullcontext()
 
-    def tenant_context(self, ctx: MigrationContext, tenant_id: str) -> AbstractContextManager[None]:
+    def tenant_context(self, ctx: MigrationContext, tenant_id: str) -> AbstractContextManager[object]:
         """Wraps one tenant's steps and the write of their records, e.g. one
-        schema context for all of them instead of a switch per step."""
+        schema context for all of them instead of a switch per step. What it yields is handed to
+        each of the tenant's steps as ``reporter.tenant``."""
         return nullcontext()
 
     def tenant_weights(self, ctx: MigrationContext, tenant_ids: list[str]) -> dict[str, float]:

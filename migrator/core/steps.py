@@ -158,7 +158,8 @@ class StepReporter:
     returns once all ended, raising the first error one raised.
 
     ``batch``: what the phase's ``tenant_batch`` read for the batch of tenants this step runs in
-    (None: the step runs outside one), handed to the step explicitly.
+    (None: the step runs outside one), handed to the step explicitly. ``tenant``: likewise, what the
+    phase's ``tenant_context`` yielded for the tenant this step runs for (None: outside one).
     """
 
     progress: Callable[[int, int | None], None] = _ignore
@@ -168,6 +169,7 @@ class StepReporter:
     ranges: RunRanges = ranges_in_order
     parallel: Callable[[list[SizedTask]], None] = tasks_in_order
     batch: object = None
+    tenant: object = None
 
 
 EventKind = Literal["phase_start", "step_start", "step_progress", "step_success", "step_failure", "phase_end", "notice"]

@@ -295,12 +295,12 @@ class PhaseRunner:
         with_state: list[StepEnd] = []
         state: str | None = None
         last = len(steps) - 1
-        with phase.tenant_context(self.ctx, tenant_id):
+        with phase.tenant_context(self.ctx, tenant_id) as tenant:
             try:
                 for position, (index, step) in enumerate(steps):
                     can_rerun = rerunnable(phase, step)
                     record = records[step.key]
-                    end = self._run_step(phase, step, record, outcome, index, count, not can_rerun, batch)
+                    end = self._run_step(phase, step, record, outcome, index, count, not can_rerun, batch, tenant)
                     if not end.completed:
                         with_state.append(end)
                         state = MigrationState.FAILED
@@ -325,10 +325,11 @@ class PhaseRunner:
         count: int,
         running_row: bool = True,
         batch: object = None,
+        tenant: object = None,
     ) -> StepEnd:
         """Run one step and return how it ended, for the caller to record (``running_row``: mark the
-        step RUNNING first; a step that can simply run again does without; ``batch``: see
-        ``StepReporter.batch``)."""
+        step RUNNING first; a step that can simply run again does without; ``batch``, ``tenant``:
+        see ``StepReporter``)."""
         self.still_locked()  # a run that lost the lock starts nothing more (LockLost ends the run)
         started_at = recording.start(record).started_at if running_row else None
         started_at = started_at or timezone.now()
@@ -368,6 +369,7 @@ class PhaseRunner:
             ),
             parallel=self._share,
             batch=batch,
+            tenant=tenant,
         )
         result: StepResult | None = None
         try:

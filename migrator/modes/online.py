@@ -43,13 +43,19 @@ from migrator.tables import LEGACY_AUTH_TABLES, REFERENCE_TABLES, TENANT_DATA_TA
 from salesflow.layout import tenant_id_from_schema
 
 
-def scope_copies(ctx: MigrationContext, scope: str) -> dict[str, TableCopy]:
-    """Legacy table -> its copy, for every table of ``scope`` that is copied row by row."""
+def scope_copies(
+    ctx: MigrationContext, scope: str, schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ
+) -> dict[str, TableCopy]:
+    """Legacy table -> its copy, for every table of ``scope`` that is copied row by row (a tenant's
+    copies answer their catalog questions from ``schema_catalog``)."""
     # Captured rows are applied, and fingerprinted, reading legacy timestamps as the copy did.
     if scope == ctx.config.legacy_auth_schema:
         return {table: in_legacy_timezone(ctx, auth_copy(scope, table)) for table in LEGACY_AUTH_TABLES}
     tenant = TenantRef(_tenant_id(scope))
-    return {spec.legacy_table: in_legacy_timezone(ctx, tenant_copy(tenant, spec)) for spec in TENANT_DATA_TABLES}
+    return {
+        spec.legacy_table: in_legacy_timezone(ctx, tenant_copy(tenant, spec, schema_catalog))
+        for spec in TENANT_DATA_TABLES
+    }
 
 
 def _tenant_id(scope: str) -> str:
@@ -63,17 +69,19 @@ def _scope_tenant(ctx: MigrationContext, scope: str) -> str | None:
     return None if scope == ctx.config.legacy_auth_schema else _tenant_id(scope)
 
 
-def scope_merge(ctx: MigrationContext, scope: str) -> Callable[[], None] | None:
+def scope_merge(
+    ctx: MigrationContext, scope: str, schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ
+) -> Callable[[], None] | None:
     """Merges the scope's new reference rows (added while it is captured) before its rows are re-copied."""
     if scope == ctx.config.legacy_auth_schema:
         return None
     tenant_id = _tenant_id(scope)
-    present = catalog.tables_by_schema([scope])[scope]
+    present = schema_catalog.tables_of(scope)
 
     def merge() -> None:
         for ref in REFERENCE_TABLES:
             if ref.legacy_table in present:
-                reference.merge_reference_table(ref, [tenant_id], ctx.options.reference_conflicts)
+                reference.merge_reference_table(ref, [tenant_id], ctx.options.reference_conflicts, schema_catalog)
 
     return merge
 
@@ -81,11 +89,11 @@ def scope_merge(ctx: MigrationContext, scope: str) -> Callable[[], None] | None:
 # --- phase 3: capture, copy, apply, then two-way sync ----------------------------------------------
 
 
-def capture_before_copy(ctx: MigrationContext, scope: str, tables: list[str]) -> None:
+def capture_before_copy(ctx: MigrationContext, scope: str, tables: list[str], reporter: StepReporter) -> None:
     """``data --online``: capture writes to these legacy tables before they are read."""
     if not ctx.options.online or twoway.is_synced(scope):
         return
-    present = catalog.tables_by_schema([scope])[scope]
+    present = catalog.read_for(scope, reporter.tenant).tables_of(scope)
     for table in tables:
         if table in present:
             capture.install(scope, table, legacy_table(table).key, ctx.options.lock_timeout_ms)
@@ -119,8 +127,8 @@ def compare_in_snapshot(ctx: MigrationContext, copy: TableCopy) -> Comparison:
     scope = copy.source_schema
     with db.snapshot():
         if not twoway.is_synced(scope):
-            copies = scope_copies(ctx, scope)
-            stats = capture.apply_all_locked(scope, copies, scope_merge(ctx, scope))
+            copies = scope_copies(ctx, scope, copy.schema_catalog)
+            stats = capture.apply_all_locked(scope, copies, scope_merge(ctx, scope, copy.schema_catalog))
             _continue_sequences(copies, stats)
         return compare(copy)
 
@@ -135,8 +143,10 @@ def sync_scope(ctx: MigrationContext, scope: str, reporter: StepReporter) -> cap
     """Apply a captured scope's backlog (a synced scope has none: its writes are on both sides at once)."""
     if twoway.is_synced(scope):
         return capture.ApplyStats()
-    copies = scope_copies(ctx, scope)
-    stats = capture.apply_changes(scope, copies, ctx.batch_size, scope_merge(ctx, scope), fence=reporter.fence)
+    schema_catalog = catalog.read_for(scope, reporter.tenant)
+    copies = scope_copies(ctx, scope, schema_catalog)
+    merge = scope_merge(ctx, scope, schema_catalog)
+    stats = capture.apply_changes(scope, copies, ctx.batch_size, merge, fence=reporter.fence)
     _continue_sequences(copies, stats)
     return stats
 
@@ -179,10 +189,12 @@ def check_lock_timeout(lock_timeout_ms: int) -> None:
         )
 
 
-def _scope_tables(ctx: MigrationContext, scope: str) -> tuple[dict[str, TableCopy], list[str]]:
+def _scope_tables(
+    ctx: MigrationContext, scope: str, schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ
+) -> tuple[dict[str, TableCopy], list[str]]:
     """The scope's copies of legacy tables that exist, and its legacy reference tables that exist."""
-    present = catalog.tables_by_schema([scope])[scope]
-    copies = {t: c for t, c in scope_copies(ctx, scope).items() if t in present}
+    present = schema_catalog.tables_of(scope)
+    copies = {t: c for t, c in scope_copies(ctx, scope, schema_catalog).items() if t in present}
     refs = (
         []
         if scope == ctx.config.legacy_auth_schema
@@ -202,9 +214,11 @@ def _references_of(copy: TableCopy) -> list[twoway.ReverseReference]:
     return [twoway.ReverseReference(r.column, legacy_table(r.reference_table)) for r in copy.remaps]
 
 
-def _ensure_shared_sync(ctx: MigrationContext, ref: LegacyTable, scope: str) -> None:
+def _ensure_shared_sync(
+    ctx: MigrationContext, ref: LegacyTable, scope: str, schema_catalog: catalog.SchemaCatalog
+) -> None:
     capture.with_lock_retries(
-        lambda: twoway.ensure_shared_reference_sync(ref, scope),
+        lambda: twoway.ensure_shared_reference_sync(ref, scope, schema_catalog),
         ctx.options.lock_timeout_ms,
         f"install the sync trigger of {ref.shared_schema}.{ref.table}",
     )
@@ -221,13 +235,15 @@ def start_two_way_sync(ctx: MigrationContext, scope: str, reporter: StepReporter
     if twoway.is_synced(scope):
         return StepResult(message="two-way sync already on", details={"online": True, "two_way": True})
     check_lock_timeout(ctx.options.lock_timeout_ms)
-    copies, refs = _scope_tables(ctx, scope)
+    # a tenant's tables as read for its steps: the sync changes triggers, no table
+    schema_catalog = catalog.read_for(scope, reporter.tenant)
+    copies, refs = _scope_tables(ctx, scope, schema_catalog)
     tenant_id = _scope_tenant(ctx, scope)
     backlog = sync_scope(ctx, scope, reporter)  # no lock: what is left for the lock is small
     twoway.ensure_sync_schema()
     for ref_name in refs:  # once per shared table, in a transaction of its own (it is every tenant's)
-        _ensure_shared_sync(ctx, legacy_table(ref_name), scope)
-    merge = scope_merge(ctx, scope)
+        _ensure_shared_sync(ctx, legacy_table(ref_name), scope, schema_catalog)
+    merge = scope_merge(ctx, scope, schema_catalog)
     facts: dict[str, object] = {}
 
     def engage() -> None:
@@ -242,14 +258,16 @@ def start_two_way_sync(ctx: MigrationContext, scope: str, reporter: StepReporter
         if tenant_id is not None:
             problems += [
                 f"{table}: {n} rows without a shared id"
-                for table, n in reference.unmapped_counts([legacy_table(r) for r in refs], tenant_id).items()
+                for table, n in reference.unmapped_counts(
+                    [legacy_table(r) for r in refs], tenant_id, schema_catalog
+                ).items()
                 if n
             ]
         if problems:
             raise MigrationError(
                 f"{scope}: two-way sync not started: {'; '.join(problems)}; rerun `migrate_phase data --online`"
             )
-        capture.remove_capture(scope, [*copies, *refs])
+        capture.remove_capture(scope, [*copies, *refs], schema_catalog)
         sequences = {}
         for table, copy in copies.items():
             twoway.install_row_sync(copy, _references_of(copy), twoway.legacy_children(copy, copies.values()))
@@ -262,7 +280,7 @@ def start_two_way_sync(ctx: MigrationContext, scope: str, reporter: StepReporter
                 for r in copy.remaps
                 if r.reference_table == ref_name
             ]
-            twoway.install_reference_sync(tenant_id or "", scope, legacy_table(ref_name), used_by)
+            twoway.install_reference_sync(tenant_id or "", scope, legacy_table(ref_name), used_by, schema_catalog)
         tables = {t: f"{c.target_schema}.{c.target_table}" for t, c in copies.items()} | dict.fromkeys(refs, "")
         twoway.record_synced(scope, tenant_id, tables)
         facts.update(

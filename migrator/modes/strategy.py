@@ -4,7 +4,9 @@ A *scope* is the legacy auth schema or a tenant schema. Phases data, verify, cut
 the same steps in both modes; where the modes differ they ask the scope's :class:`MigrationMode`,
 chosen by :func:`mode_for` and nowhere else. :class:`MigrationMode` itself is the offline mode: nothing
 writes the legacy tables while they are migrated, so it has nothing to capture, apply, sync or stop.
-:class:`OnlineMode` does the online migration's work (``migrator/modes/online.py``).
+:class:`OnlineMode` does the online migration's work (``migrator/modes/online.py``). Within a tenant's
+phase-3 steps, the ``reporter`` a hook gets carries the tenant schema's catalog read (``reporter.tenant``,
+see :func:`migrator.catalog.read_for`), which the online mode's catalog questions are answered from.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ class MigrationMode:
         """The step :meth:`scope_steps` planned (offline plans none)."""
         raise MigrationError(f"{scope} is migrated offline: there is no two-way sync to start")
 
-    def before_copy(self, ctx: MigrationContext, scope: str, tables: list[str]) -> None:
+    def before_copy(self, ctx: MigrationContext, scope: str, tables: list[str], reporter: StepReporter) -> None:
         """Before these legacy tables of the scope are read."""
 
     def after_copy(
@@ -163,8 +165,8 @@ class OnlineMode(MigrationMode):
     def start_sync(self, ctx: MigrationContext, scope: str, reporter: StepReporter) -> StepResult:
         return online.start_two_way_sync(ctx, scope, reporter)
 
-    def before_copy(self, ctx: MigrationContext, scope: str, tables: list[str]) -> None:
-        online.capture_before_copy(ctx, scope, tables)
+    def before_copy(self, ctx: MigrationContext, scope: str, tables: list[str], reporter: StepReporter) -> None:
+        online.capture_before_copy(ctx, scope, tables, reporter)
 
     def after_copy(
         self, ctx: MigrationContext, scope: str, tables: list[str], reporter: StepReporter

@@ -29,10 +29,14 @@ def ensure_archive_schema(archive_schema: str) -> bool:
     return True
 
 
-def archive_tables(schema: str, owner: str, tables: list[str], archive_schema: str, drop: bool) -> dict[str, str]:
-    """Move (or drop) ``schema``'s legacy ``tables`` in one transaction; returns table -> where it went."""
+def archive_tables(
+    schema: str, owner: str, tables: list[str], archive_schema: str, drop: bool, present: set[str] | None = None
+) -> dict[str, str]:
+    """Move (or drop) ``schema``'s legacy ``tables`` in one transaction; returns table -> where it went.
+    ``present``: the schema's tables, when the caller has just read them."""
     moved: dict[str, str] = {}
-    present = catalog.tables_by_schema([schema])[schema]
+    if present is None:
+        present = catalog.tables_by_schema([schema])[schema]
     # Within a caller's transaction (cutover's: locked, checked, moved) no savepoint of its own: an
     # error here rolls that whole transaction back anyway.
     with transaction.atomic(savepoint=False):

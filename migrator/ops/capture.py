@@ -286,7 +286,7 @@ def uncaptured(scope: str, tables: list[str]) -> list[str]:
 
 def _reapply_keys(copy: TableCopy, keys: list[object]) -> int:
     """Make the target rows of ``keys`` the source's current rows (gone from the source: deleted)."""
-    types = recopy.key_types(copy.source_schema, copy.source_table, copy.key)
+    types = recopy.key_types(copy.source_schema, copy.source_table, copy.key, copy.schema_catalog)
     payload = json.dumps(keys)
     unmapped = copy.unmapped_counts()
     if unmapped:
@@ -389,9 +389,9 @@ def apply_all_locked(scope: str, copies: Mapping[str, TableCopy], merge: Callabl
     return stats
 
 
-def remove_capture(scope: str, tables: list[str]) -> None:
+def remove_capture(scope: str, tables: list[str], schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ) -> None:
     """Triggers off the scope's legacy tables that still exist, its capture rows gone (caller's transaction)."""
-    present = catalog.tables_by_schema([scope])[scope]
+    present = schema_catalog.tables_of(scope)
     for table in tables:
         if table in present:
             for trigger in (TRIGGER, TRUNCATE_TRIGGER):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 
 from django.db.models import QuerySet
 
+from migrator import catalog
 from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.details import LEGACY_TIMEZONE, SequenceDetails, TimezoneDetails
 from migrator.core.errors import MigrationError
@@ -30,15 +31,19 @@ from salesflow.layout import tenant_id_from_schema
 def auth_copy(legacy_schema: str, table: str) -> TableCopy:
     """The copy of a legacy auth table, writing the target's columns as the catalog has them now."""
     entry = legacy_table(table, TableKind.AUTH)
-    columns = target_columns((legacy_schema, table), (str(entry.schema), entry.table), entry.model)
+    columns = target_columns((legacy_schema, table), (str(entry.schema), entry.table), entry.model, catalog.NOT_READ)
     return TableCopy(
         legacy_schema, table, str(entry.schema), entry.table, columns.copied, key=entry.key, fills=columns.fills
     )
 
 
-def tenant_copy(tenant: TenantRef, spec: TenantDataTable) -> TableCopy:
-    """The copy of a tenant's legacy table, writing the target's columns as the catalog has them now."""
-    columns = target_columns((tenant.schema, spec.legacy_table), (tenant.schema, spec.target_table), spec.model)
+def tenant_copy(
+    tenant: TenantRef, spec: TenantDataTable, schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ
+) -> TableCopy:
+    """The copy of a tenant's legacy table, writing the target's columns as the catalog has them now
+    (``schema_catalog``: the tenant schema's tables, read for its steps; the copy asks it too)."""
+    source, target = (tenant.schema, spec.legacy_table), (tenant.schema, spec.target_table)
+    columns = target_columns(source, target, spec.model, schema_catalog)
     return TableCopy(
         tenant.schema,
         spec.legacy_table,
@@ -47,6 +52,7 @@ def tenant_copy(tenant: TenantRef, spec: TenantDataTable) -> TableCopy:
         columns.copied,
         remaps=tuple(Remap(column, tenant.tenant_id, ref) for column, ref in spec.remap.items()),
         fills=columns.fills,
+        schema_catalog=schema_catalog,
     )
 
 

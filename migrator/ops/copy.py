@@ -63,6 +63,9 @@ class TableCopy:
     # The legacy application's time zone: legacy ``timestamp`` values copied into ``timestamptz``
     # columns are read as wall-clock times of this zone (None: the session's, as an implicit cast does).
     legacy_timezone: str | None = None
+    # Where the copy's catalog questions are answered: the tenant schema's tables read once for its
+    # copy, validation or cutover checks (see catalog.SchemaCatalog), else a query each.
+    schema_catalog: catalog.SchemaCatalog = field(default=catalog.NOT_READ, compare=False, repr=False)
 
     @property
     def source(self) -> sql.Identifier:
@@ -71,11 +74,11 @@ class TableCopy:
     @property
     def source_rows(self) -> sql.Composed:
         """The source as a FROM item that reads its own rows only (see :func:`catalog.own_rows`)."""
-        return catalog.own_rows(self.source_schema, self.source_table)
+        return self.schema_catalog.own_rows(self.source_schema, self.source_table)
 
     def legacy_reference_rows(self, remap: Remap) -> sql.Composed:
         """The legacy reference table of ``remap`` as a FROM item that reads its own rows only."""
-        return catalog.own_rows(self.source_schema, remap.reference_table)
+        return self.schema_catalog.own_rows(self.source_schema, remap.reference_table)
 
     @property
     def target(self) -> sql.Identifier:
@@ -203,8 +206,8 @@ JSONB_OID = 3802
 def type_differences(copy: TableCopy) -> list[TypeDifference]:
     """Copied columns whose legacy type is not the target's (remapped reference columns are translated
     ids, not conversions)."""
-    legacy = {c.name: c for c in catalog.columns(copy.source_schema, copy.source_table)}
-    target = {c.name: c for c in catalog.columns(copy.target_schema, copy.target_table)}
+    legacy = {c.name: c for c in copy.schema_catalog.columns(copy.source_schema, copy.source_table)}
+    target = {c.name: c for c in copy.schema_catalog.columns(copy.target_schema, copy.target_table)}
     remapped = {r.column for r in copy.remaps}
     return [
         TypeDifference(c, legacy[c].data_type, target[c].data_type, legacy[c].type_oid, target[c].type_oid)
@@ -283,7 +286,7 @@ def _changed_by_conversion(copy: TableCopy, difference: TypeDifference, value: s
     if difference.legacy_type_oid == JSON_OID and difference.target_type_oid == JSONB_OID:
         # CAST ... IS NULL is never true; it makes a value jsonb refuses (\u0000) raise here.
         return sql.SQL("(CAST({v} AS jsonb) IS NULL OR {dup})").format(v=value, dup=_duplicate_keys(value))
-    legacy = {c.name: c for c in catalog.columns(copy.source_schema, copy.source_table)}[difference.column]
+    legacy = {c.name: c for c in copy.schema_catalog.columns(copy.source_schema, copy.source_table)}[difference.column]
     back = _round_trip(copy, difference, value)
     if catalog.hashed_by_value(legacy.type_oid, legacy.collation_oid):
         return sql.SQL("({} IS DISTINCT FROM {})").format(back, value)
@@ -514,7 +517,7 @@ def _scan_source(copy: TableCopy) -> tuple[int, dict[str, int]]:
     unproven = tuple(
         r
         for r in copy.remaps
-        if not (catalog.table_exists(copy.source_schema, r.reference_table) and mapping_proven(copy, r))
+        if not (copy.schema_catalog.table_exists(copy.source_schema, r.reference_table) and mapping_proven(copy, r))
     )
     unmapped = copy.unmapped_counts(unproven)
     row = db.fetchone(
@@ -528,7 +531,7 @@ def _scan_source(copy: TableCopy) -> tuple[int, dict[str, int]]:
 
 def _dangling(copy: TableCopy, remap: Remap, sample: int = 5) -> tuple[int, list[object]]:
     """Source rows whose ``remap.column`` holds an id of no row of the legacy reference table, and some of those ids."""
-    if not catalog.table_exists(copy.source_schema, remap.reference_table):
+    if not copy.schema_catalog.table_exists(copy.source_schema, remap.reference_table):
         query = sql.SQL("SELECT count(*), (array_agg(DISTINCT s.{c}))[1:%s] FROM {src} s WHERE s.{c} IS NOT NULL")
     else:
         query = sql.SQL(
@@ -613,7 +616,7 @@ def _copy_table(copy: TableCopy, batch_size: int, reporter: StepReporter, total:
     total = source_rows_checked(copy) if total is None else total
     resumed_after = _last_copied_key(copy)
     last = resumed_after or _lowest_key(copy)
-    done = catalog.row_count(copy.target_schema, copy.target_table) if resumed_after else 0
+    done = copy.schema_catalog.row_count(copy.target_schema, copy.target_table) if resumed_after else 0
     one_batch = (
         resumed_after is None and 0 < total <= min(batch_size, ONE_STATEMENT_BELOW_ROWS - 1) and len(copy.key) == 1
     )
@@ -684,7 +687,7 @@ def _copy_missing(
         # The legacy table changed while it was copied: rows written above the progress were copied
         # by the batches; rows written below it (after the copy passed their key) only a pass over
         # the keys missing from the target finds. Only a mismatch pays for that scan.
-        total = catalog.row_count(copy.source_schema, copy.source_table)
+        total = copy.schema_catalog.row_count(copy.source_schema, copy.source_table)
         reporter.expected(total)
         if done < total:
             with transaction.atomic():
@@ -834,7 +837,12 @@ def continue_sequence(
 QUICK_STATISTICS_TARGET = 10
 
 
-def analyze(schema: str, table: str, statistics_target: int | None = QUICK_STATISTICS_TARGET) -> None:
+def analyze(
+    schema: str,
+    table: str,
+    statistics_target: int | None = QUICK_STATISTICS_TARGET,
+    schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ,
+) -> None:
     """Planner statistics for a freshly loaded table: every column, quickly, unless ``statistics_target`` is None.
 
     The quick pass names its columns, and an ANALYZE with a column list leaves the table's
@@ -848,7 +856,7 @@ def analyze(schema: str, table: str, statistics_target: int | None = QUICK_STATI
     if statistics_target is None:
         db.execute(sql.SQL("ANALYZE {}").format(target))
         return
-    columns = [c.name for c in catalog.columns(schema, table)]
+    columns = [c.name for c in schema_catalog.columns(schema, table)]
     with_expressions = db.fetchvalue(
         sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_index x WHERE x.indrelid = {oid} AND x.indexprs IS NOT NULL)").format(
             oid=catalog.RELATION_OID

@@ -69,8 +69,8 @@ class Comparison:
 
 def _column_facts(copy: TableCopy) -> tuple[list[TypeDifference], set[str]]:
     """Columns whose legacy type differs from the target's, and the columns both sides can hash by value."""
-    legacy = {c.name: c for c in catalog.columns(copy.source_schema, copy.source_table)}
-    target = {c.name: c for c in catalog.columns(copy.target_schema, copy.target_table)}
+    legacy = {c.name: c for c in copy.schema_catalog.columns(copy.source_schema, copy.source_table)}
+    target = {c.name: c for c in copy.schema_catalog.columns(copy.target_schema, copy.target_table)}
     remapped = {r.column for r in copy.remaps}
     on_both_sides = [c for c in copy.columns if c not in remapped and c in legacy and c in target]
     differences = type_differences(copy)
@@ -170,7 +170,7 @@ def _source(copy: TableCopy, method: str, values: Values, by_value: set[str]) ->
     """(hashed elements, FROM clause) of the source side, aliased ``s``."""
     joins = [sql.SQL("{} s").format(copy.source_rows)]
     for remap in copy.remaps:
-        if catalog.table_exists(copy.source_schema, remap.reference_table):
+        if copy.schema_catalog.table_exists(copy.source_schema, remap.reference_table):
             joins.append(
                 sql.SQL(" LEFT JOIN {ref} {a} ON {a}.id = s.{c}").format(
                     ref=copy.legacy_reference_rows(remap),

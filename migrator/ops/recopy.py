@@ -11,9 +11,11 @@ from migrator import catalog, db
 from migrator.ops.copy import TableCopy
 
 
-def key_types(schema: str, table: str, key: tuple[str, ...]) -> list[str]:
+def key_types(
+    schema: str, table: str, key: tuple[str, ...], schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ
+) -> list[str]:
     """The key columns' types as ``format_type()`` writes them."""
-    types = {c.name: c.data_type for c in catalog.columns(schema, table)}
+    types = {c.name: c.data_type for c in schema_catalog.columns(schema, table)}
     return [types[k] for k in key]
 
 
@@ -76,7 +78,7 @@ def delete_gone(
 def copy_statements(copy: TableCopy, keys: sql.Composable) -> tuple[sql.Composed, sql.Composed]:
     """``copy``'s source rows of ``keys`` into its target through the copy's own remapping ``SELECT`` (an
     upsert that leaves the target's filled columns as they are), and a delete of the keys the source lost."""
-    types = key_types(copy.source_schema, copy.source_table, copy.key)
+    types = key_types(copy.source_schema, copy.source_table, copy.key, copy.schema_catalog)
     return (
         upsert(
             copy.target,

@@ -34,7 +34,9 @@ class MergeResult:
     discarded: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _value_columns(ref: ReferenceTable, tenant_ids: list[str]) -> tuple[list[str], list[Fill]]:
+def _value_columns(
+    ref: ReferenceTable, tenant_ids: list[str], schema_catalog: catalog.SchemaCatalog
+) -> tuple[list[str], list[Fill]]:
     """Columns besides id of the shared table (as the catalog has it) that the tenants' tables have, and
     those none has that an insert must fill (see ops/target_columns.py); an extra legacy column, or a
     column only some tenants' tables have, blocks the merge."""
@@ -43,8 +45,8 @@ def _value_columns(ref: ReferenceTable, tenant_ids: list[str]) -> tuple[list[str
     legacy: dict[str, set[str]] = {}
     for tenant_id in tenant_ids:
         source = (tenant_schema_name(tenant_id), ref.legacy_table)
-        refuse_unmapped_legacy_columns(source, shared, "merged")
-        legacy[tenant_id] = {c.name for c in catalog.columns(*source)}
+        refuse_unmapped_legacy_columns(source, shared, "merged", schema_catalog)
+        legacy[tenant_id] = {c.name for c in schema_catalog.columns(*source)}
     value_cols: list[str] = []
     fills: list[Fill] = []
     for column in target:
@@ -146,8 +148,11 @@ def needs_merge(ref: ReferenceTable, tenant_ids: list[str]) -> bool:
 TENANTS_PER_STAGING_TRANSACTION = 100
 
 
-def merge_reference_table(ref: ReferenceTable, tenant_ids: list[str], policy: str) -> MergeResult:
-    """Merge the rows of ``ref`` of the given tenants that have no map entry yet into its shared table.
+def merge_reference_table(
+    ref: ReferenceTable, tenant_ids: list[str], policy: str, schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ
+) -> MergeResult:
+    """Merge the rows of ``ref`` of the given tenants that have no map entry yet into its shared table
+    (``schema_catalog``: a tenant schema's tables as read for its steps, when one tenant's rows are merged).
 
     The tenants' rows are staged first, a hundred tenants per transaction, into a temporary table of
     this session; the conflict check, the new shared rows and every map entry then commit together
@@ -170,7 +175,7 @@ def merge_reference_table(ref: ReferenceTable, tenant_ids: list[str], policy: st
     try:
         todo, result.tenants_without_table = _unmerged_tenants(ref, tenant_ids)
         if todo:
-            _merge_staged(ref, todo, policy, result)
+            _merge_staged(ref, todo, policy, result, schema_catalog)
             result.tenants_merged = todo
     finally:
         db.execute(sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(STAGE))
@@ -178,9 +183,11 @@ def merge_reference_table(ref: ReferenceTable, tenant_ids: list[str], policy: st
     return result
 
 
-def _merge_staged(ref: ReferenceTable, todo: list[str], policy: str, result: MergeResult) -> None:
+def _merge_staged(
+    ref: ReferenceTable, todo: list[str], policy: str, result: MergeResult, schema_catalog: catalog.SchemaCatalog
+) -> None:
     shared = sql.Identifier(ref.shared_schema, ref.table)
-    value_cols, fills = _value_columns(ref, todo)
+    value_cols, fills = _value_columns(ref, todo, schema_catalog)
     cols = db.ident_list(value_cols)
     db.execute(sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(STAGE))
     db.execute(
@@ -193,9 +200,10 @@ def _merge_staged(ref: ReferenceTable, todo: list[str], policy: str, result: Mer
     for start in range(0, len(todo), TENANTS_PER_STAGING_TRANSACTION):
         with transaction.atomic():
             for tenant_id in todo[start : start + TENANTS_PER_STAGING_TRANSACTION]:
+                partitioned = schema_catalog.is_partitioned(tenant_schema_name(tenant_id), ref.legacy_table)
                 result.rows_staged += db.execute(
                     sql.SQL("INSERT INTO {stage} SELECT %s, l.id, {legacy_cols} FROM {unmapped}").format(
-                        stage=STAGE, legacy_cols=legacy_cols, unmapped=_unmapped_rows(ref, tenant_id)
+                        stage=STAGE, legacy_cols=legacy_cols, unmapped=_unmapped_rows(ref, tenant_id, partitioned)
                     ),
                     [tenant_id, *_unmapped_params(ref, tenant_id)],
                 )
@@ -235,10 +243,12 @@ def _merge_staged(ref: ReferenceTable, todo: list[str], policy: str, result: Mer
             )
 
 
-def unmapped_counts(refs: list[ReferenceTable], tenant_id: str) -> dict[str, int]:
+def unmapped_counts(
+    refs: list[ReferenceTable], tenant_id: str, schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ
+) -> dict[str, int]:
     """:func:`unmapped_count` of each of ``refs`` for one tenant, in one query: legacy table -> rows."""
     schema = tenant_schema_name(tenant_id)
-    present = catalog.tables_by_schema([schema])[schema]
+    present = schema_catalog.tables_of(schema)
     counted = [ref for ref in refs if ref.legacy_table in present]
     if not counted:
         return {ref.legacy_table: 0 for ref in refs}
@@ -248,7 +258,7 @@ def unmapped_counts(refs: list[ReferenceTable], tenant_id: str) -> dict[str, int
                 sql.SQL(
                     "(SELECT count(*) FROM {legacy} l WHERE NOT EXISTS (SELECT 1 FROM public.migrator_reference_map m "
                     "WHERE m.tenant_id = %s AND m.reference_table = %s AND m.old_id = l.id))"
-                ).format(legacy=catalog.own_rows(schema, ref.legacy_table))
+                ).format(legacy=schema_catalog.own_rows(schema, ref.legacy_table))
                 for ref in counted
             )
         ),

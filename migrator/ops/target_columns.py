@@ -19,8 +19,11 @@ from dataclasses import dataclass
 from psycopg import sql
 
 from migrator import catalog, db
+from migrator.catalog import SchemaCatalog
 from migrator.core.errors import MigrationError
 from migrator.tables import NO_DEFAULT, field_default, unmapped_columns
+
+Relation = tuple[str, str]  # (schema, table)
 
 
 @dataclass(frozen=True)
@@ -50,16 +53,18 @@ class TargetColumns:
     fills: tuple[Fill, ...]
 
 
-def target_columns(source: tuple[str, str], target: tuple[str, str], model_label: str) -> TargetColumns:
+def target_columns(
+    source: Relation, target: Relation, model_label: str, schema_catalog: SchemaCatalog
+) -> TargetColumns:
     """The columns a copy of ``source`` into ``target`` writes (both exist; see the module docstring).
 
     Target columns with a database default, and nullable ones the model has no default for, are left
     out of the inserts: the database gives them their default or NULL, as it does for the application.
     """
-    legacy = {c.name for c in catalog.columns(*source)}
+    legacy = {c.name for c in schema_catalog.columns(*source)}
     copied: list[str] = []
     fills: list[Fill] = []
-    for column in catalog.columns(*target):
+    for column in schema_catalog.columns(*target):
         if column.name in legacy:
             copied.append(column.name)
         elif not column.has_default:
@@ -69,9 +74,7 @@ def target_columns(source: tuple[str, str], target: tuple[str, str], model_label
     return TargetColumns(tuple(copied), tuple(fills))
 
 
-def column_fill(
-    source: tuple[str, str], target: tuple[str, str], model_label: str, column: catalog.Column
-) -> Fill | None:
+def column_fill(source: Relation, target: Relation, model_label: str, column: catalog.Column) -> Fill | None:
     """How inserts fill ``column`` of ``target``, which ``source`` lacks and which has no database
     default: the model's default, else nothing (None: NULL) when nullable, else a refusal."""
     default = field_default(model_label, column.name)
@@ -92,10 +95,14 @@ def column_fill(
     return Fill(column.name, expression=db.render(literal))
 
 
-def refuse_unmapped_legacy_columns(source: tuple[str, str], target: tuple[str, str], what: str) -> None:
+def refuse_unmapped_legacy_columns(
+    source: Relation, target: Relation, what: str, schema_catalog: SchemaCatalog
+) -> None:
     """Refuse before copying anything when a legacy column has no column in the target table (as the
     catalog has it): its values would be lost. ``what``: what was not done (``copied``, ``merged``)."""
-    extra = unmapped_columns([c.name for c in catalog.columns(*source)], {c.name for c in catalog.columns(*target)})
+    extra = unmapped_columns(
+        [c.name for c in schema_catalog.columns(*source)], {c.name for c in schema_catalog.columns(*target)}
+    )
     if extra:
         raise MigrationError(
             f"{'.'.join(source)} has columns with no target column: {', '.join(extra)}; nothing was {what} (add "

@@ -162,9 +162,11 @@ def crossed_write_check(copy: TableCopy, other_side: sql.Composable, types: list
 def forward_statements(copy: TableCopy) -> tuple[list[sql.Composed], list[sql.Composed]]:
     """Legacy -> new for the written keys: phase 3's own remapping ``SELECT`` (an upsert), and a delete of
     the keys gone from the legacy table; first, a refusal of rows whose reference id has no shared id."""
-    types = recopy.key_types(copy.source_schema, copy.source_table, copy.key)
+    types = recopy.key_types(copy.source_schema, copy.source_table, copy.key, copy.schema_catalog)
     statements = [
-        crossed_write_check(copy, copy.target, recopy.key_types(copy.target_schema, copy.target_table, copy.key))
+        crossed_write_check(
+            copy, copy.target, recopy.key_types(copy.target_schema, copy.target_table, copy.key, copy.schema_catalog)
+        )
     ]
     if copy.remaps:
         unmapped = sql.SQL(" + ").join(copy.unmapped_counts())
@@ -255,14 +257,18 @@ def reverse_statements(
     translated back to the tenant's legacy ids, instants written as wall-clock times of the legacy zone)."""
     by_column = {r.column: r for r in references}
     tenant = next((r.tenant_id for r in copy.remaps), None)
-    legacy_columns = [c.name for c in catalog.columns(copy.source_schema, copy.source_table)]
-    new_columns = {c.name for c in catalog.columns(copy.target_schema, copy.target_table)}
+    legacy_columns = [c.name for c in copy.schema_catalog.columns(copy.source_schema, copy.source_table)]
+    new_columns = {c.name for c in copy.schema_catalog.columns(copy.target_schema, copy.target_table)}
     generated = _generated_columns(copy.source_schema, copy.source_table)
     columns = [c for c in legacy_columns if c in new_columns and c not in generated]
     zoned = set(zoned_columns(copy)) if copy.legacy_timezone is not None else set()
-    types = recopy.key_types(copy.target_schema, copy.target_table, copy.key)
+    types = recopy.key_types(copy.target_schema, copy.target_table, copy.key, copy.schema_catalog)
     statements = [
-        crossed_write_check(copy, copy.source_rows, recopy.key_types(copy.source_schema, copy.source_table, copy.key))
+        crossed_write_check(
+            copy,
+            copy.source_rows,
+            recopy.key_types(copy.source_schema, copy.source_table, copy.key, copy.schema_catalog),
+        )
     ]
 
     def legacy_id(column: str) -> sql.Composed:
@@ -275,7 +281,7 @@ def reverse_statements(
             legacy=sql.Literal(ref.legacy_table),
             shared_schema=sql.Literal(ref.shared_schema),
             shared=sql.Literal(ref.table),
-            cols=sql.Literal(reference_value_columns(copy.source_schema, ref)),
+            cols=sql.Literal(reference_value_columns(copy.source_schema, ref, copy.schema_catalog)),
             c=sql.Identifier(column),
         )
 
@@ -306,10 +312,13 @@ def _generated_columns(schema: str, table: str) -> set[str]:
     return {r[0] for r in rows}
 
 
-def reference_value_columns(tenant_schema: str, ref: LegacyTable) -> list[str]:
+def reference_value_columns(
+    tenant_schema: str, ref: LegacyTable, schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ
+) -> list[str]:
     """Columns besides ``id`` that a tenant's legacy reference table and the shared table both have."""
-    shared = {c.name for c in catalog.columns(ref.shared_schema, ref.table)}
-    return [c.name for c in catalog.columns(tenant_schema, ref.legacy_table) if c.name != "id" and c.name in shared]
+    shared = {c.name for c in schema_catalog.columns(ref.shared_schema, ref.table)}
+    legacy = schema_catalog.columns(tenant_schema, ref.legacy_table)
+    return [c.name for c in legacy if c.name != "id" and c.name in shared]
 
 
 # --- installing and removing ---------------------------------------------------------------
@@ -364,16 +373,24 @@ def install_row_sync(
     db.execute(_truncate_trigger(copy.target))
 
 
-def install_reference_sync(tenant_id: str, schema: str, ref: LegacyTable, used_by: list[tuple[str, str, str]]) -> None:
+def install_reference_sync(
+    tenant_id: str,
+    schema: str,
+    ref: LegacyTable,
+    used_by: list[tuple[str, str, str]],
+    schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ,
+) -> None:
     """A tenant's legacy reference table -> the shared table (``used_by``: [new table, legacy table, column])."""
-    columns = json.dumps(reference_value_columns(schema, ref))
+    columns = json.dumps(reference_value_columns(schema, ref, schema_catalog))
     args = [tenant_id, ref.map_name, ref.shared_schema, ref.table, ref.merge_key, columns, json.dumps(used_by)]
     db.execute(_row_trigger(sql.Identifier(schema, ref.legacy_table), "reference_from_legacy", args))
     db.execute(_write_trigger(schema, ref.legacy_table))
     db.execute(_truncate_trigger(sql.Identifier(schema, ref.legacy_table)))
 
 
-def ensure_shared_reference_sync(ref: LegacyTable, tenant_schema: str) -> None:
+def ensure_shared_reference_sync(
+    ref: LegacyTable, tenant_schema: str, schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ
+) -> None:
     """The shared table -> every synced tenant (once per shared table; the caller holds its lock)."""
     shared = sql.Identifier(ref.shared_schema, ref.table)
     exists = db.fetchvalue(
@@ -384,7 +401,7 @@ def ensure_shared_reference_sync(ref: LegacyTable, tenant_schema: str) -> None:
     )
     if exists:
         return
-    columns = json.dumps(reference_value_columns(tenant_schema, ref))
+    columns = json.dumps(reference_value_columns(tenant_schema, ref, schema_catalog))
     db.execute(_row_trigger(shared, "reference_from_shared", [ref.map_name, ref.legacy_table, columns]))
     # every synced tenant's reference rows are merged into it by those columns: the guard keeps them
     _record_columns(SHARED_SCOPE, "new", ref.shared_schema, ref.table)
@@ -560,8 +577,8 @@ def _defaults(schema: str, table: str) -> dict[str, str]:
 def values_only_on_new_side(copy: TableCopy) -> dict[str, int]:
     """Columns of the new table the legacy table lacks -> rows holding a value other than the column's
     default (NULL when it has none): a rollback to the legacy table would discard those values."""
-    legacy = {c.name for c in catalog.columns(copy.source_schema, copy.source_table)}
-    extra = [c.name for c in catalog.columns(copy.target_schema, copy.target_table) if c.name not in legacy]
+    legacy = {c.name for c in copy.schema_catalog.columns(copy.source_schema, copy.source_table)}
+    extra = [c.name for c in copy.schema_catalog.columns(copy.target_schema, copy.target_table) if c.name not in legacy]
     if not extra:
         return {}
     # What an insert without the column gives it: the copy's fill (a Django default), the database

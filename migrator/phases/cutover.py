@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from django.db import transaction
 from psycopg import sql
 
@@ -44,15 +46,15 @@ def _changed_since_validation(validated: dict[str, TableCopy]) -> list[str]:
         if record is None or record.status != Status.COMPLETED:
             problems.append(f"{target}: no completed phase-3 validation")
             continue
-        if not catalog.table_exists(copy.target_schema, copy.target_table):
+        if not copy.schema_catalog.table_exists(copy.target_schema, copy.target_table):
             problems.append(f"{target}: table missing")
             continue
         validated_source = Fingerprint.parse_recorded(record.source_fingerprint)
         if validated_source is None:  # validated with no legacy table: there is nothing to compare
-            if catalog.table_exists(copy.source_schema, copy.source_table):
+            if copy.schema_catalog.table_exists(copy.source_schema, copy.source_table):
                 problems.append(f"{legacy}: appeared after phase 3")
             continue
-        if not catalog.table_exists(copy.source_schema, copy.source_table):
+        if not copy.schema_catalog.table_exists(copy.source_schema, copy.source_table):
             problems.append(f"{legacy}: table missing")
             continue
         source, current_target = validation_fingerprints(copy, validated_source.method)
@@ -93,7 +95,7 @@ def _continue_sequences(validated: dict[str, TableCopy]) -> dict[str, SequenceDe
     return {
         copy.target_table: continue_sequence_of(copy)
         for copy in validated.values()
-        if catalog.table_exists(copy.source_schema, copy.source_table)
+        if copy.schema_catalog.table_exists(copy.source_schema, copy.source_table)
     }
 
 
@@ -240,28 +242,31 @@ class CutoverPhase(Phase):
         with transaction.atomic():
             archive.lock_tables(tenant.schema, list(LEGACY_TENANT_TABLES))
             # The schema's tables are locked or the tenant's own: until the move, their catalog
-            # questions (the checks', the move's) come from one read of the schema.
-            with catalog.schema_snapshot(tenant.schema):
-                problems = _changed_since_validation(validated)
-                problems += _inheritance_children(tenant.schema, list(LEGACY_TENANT_TABLES))
-                # Reference rows are merged, not validated one by one: a legacy row added since has no shared id.
-                unmapped = reference.unmapped_counts(list(REFERENCE_TABLES), tenant.tenant_id)
-                problems += [
-                    f"{tenant.schema}.{table}: {rows} rows added since phase 3"
-                    for table, rows in unmapped.items()
-                    if rows
-                ]
-                _refuse_changes(problems, f"tenant {tenant.tenant_id}")
-                found = dependents.of_tables(tenant.schema, LEGACY_TENANT_TABLES)
-                dependents.refuse_uncarried(
-                    f"tenant {tenant.tenant_id}", found, ctx.options.leave_dependents, drop=drop
-                )
-                sequences = _continue_sequences(validated)
-                # Foreign keys of other tables are let go of first: a drop never cascades to them.
-                dependents.detach_foreign_keys(found)
-                moved = archive.archive_tables(
-                    tenant.schema, tenant.tenant_id, list(LEGACY_TENANT_TABLES), ctx.config.archive_schema, drop
-                )
+            # questions (the checks', the move's) come from one read of the schema. The move is its
+            # last use: it renames or drops the tables it describes.
+            schema_catalog = catalog.read_schema(tenant.schema)
+            checked = {key: replace(copy, schema_catalog=schema_catalog) for key, copy in validated.items()}
+            problems = _changed_since_validation(checked)
+            problems += _inheritance_children(tenant.schema, list(LEGACY_TENANT_TABLES))
+            # Reference rows are merged, not validated one by one: a legacy row added since has no shared id.
+            unmapped = reference.unmapped_counts(list(REFERENCE_TABLES), tenant.tenant_id, schema_catalog)
+            problems += [
+                f"{tenant.schema}.{table}: {rows} rows added since phase 3" for table, rows in unmapped.items() if rows
+            ]
+            _refuse_changes(problems, f"tenant {tenant.tenant_id}")
+            found = dependents.of_tables(tenant.schema, LEGACY_TENANT_TABLES)
+            dependents.refuse_uncarried(f"tenant {tenant.tenant_id}", found, ctx.options.leave_dependents, drop=drop)
+            sequences = _continue_sequences(checked)
+            # Foreign keys of other tables are let go of first: a drop never cascades to them.
+            dependents.detach_foreign_keys(found)
+            moved = archive.archive_tables(
+                tenant.schema,
+                tenant.tenant_id,
+                list(LEGACY_TENANT_TABLES),
+                ctx.config.archive_schema,
+                drop,
+                present=schema_catalog.tables_of(tenant.schema),
+            )
             new_tables = {
                 (tenant.schema, spec.legacy_table): sql.Identifier(tenant.schema, spec.target_table)
                 for spec in TENANT_DATA_TABLES

@@ -60,7 +60,10 @@ from tenants.models import MigrationState
 def check_columns(copy: TableCopy) -> None:
     """Refuse before copying anything when a legacy column has no target column."""
     refuse_unmapped_legacy_columns(
-        (copy.source_schema, copy.source_table), (copy.target_schema, copy.target_table), "copied"
+        (copy.source_schema, copy.source_table),
+        (copy.target_schema, copy.target_table),
+        "copied",
+        copy.schema_catalog,
     )
 
 
@@ -226,22 +229,23 @@ class DataPhase(Phase):
         return {schemas[schema]: rows for schema, rows in found.items()}
 
     @contextmanager
-    def tenant_context(self, ctx: MigrationContext, tenant_id: str) -> Iterator[None]:
+    def tenant_context(self, ctx: MigrationContext, tenant_id: str) -> Iterator[catalog.SchemaCatalog]:
         """A tenant's steps hold the schema-change lock in shared mode, so that no deploy changes its
         schema while they read its tables' columns and drop and rebuild their indexes and foreign keys;
         and, changing no table of the schema (only indexes and constraints), have their catalog questions
-        answered from one read of the schema's tables and columns, made once the lock is held."""
-        with schema_lock.shared_lock(self.name), catalog.schema_snapshot(TenantRef(tenant_id).schema):
-            yield
+        answered from one read of the schema's tables and columns, made once the lock is held (each
+        step gets it as ``reporter.tenant``: see :func:`catalog.read_for`)."""
+        with schema_lock.shared_lock(self.name):
+            yield catalog.read_schema(TenantRef(tenant_id).schema)
 
     def apply(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         if step.tenant_id is None:  # the auth copies and reference merges: the shared tables' columns
             with schema_lock.shared_lock(self.name):
                 return super().apply(ctx, step, reporter)
-        if catalog.snapshot_schema() == TenantRef(step.tenant_id).schema:
+        if catalog.read_for(TenantRef(step.tenant_id).schema, reporter.tenant) is not catalog.NOT_READ:
             return super().apply(ctx, step, reporter)
-        with self.tenant_context(ctx, step.tenant_id):  # a tenant's step run on its own
-            return super().apply(ctx, step, reporter)
+        with self.tenant_context(ctx, step.tenant_id) as schema_catalog:  # a tenant's step run on its own
+            return super().apply(ctx, step, replace(reporter, tenant=schema_catalog))
 
     def _start_two_way_sync(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         return mode_of(ctx, step.target.name).start_sync(ctx, step.target.name, reporter)
@@ -272,7 +276,7 @@ class DataPhase(Phase):
         copy.refuse_unfillable()
         copy = in_legacy_timezone(ctx, copy)
         copy_mode = mode_of(ctx, legacy)
-        copy_mode.before_copy(ctx, legacy, [table])
+        copy_mode.before_copy(ctx, legacy, [table], reporter)
         stats = copy_table(copy, ctx.batch_size, reporter)
         # Same ids as legacy: new ones continue after every id the legacy sequence ever issued.
         sequence = continue_sequence_of(copy)
@@ -285,7 +289,7 @@ class DataPhase(Phase):
         tenant_ids = [t.tenant_id for t in ctx.registered_tenants]
         run_mode = mode_of(ctx)  # every tenant's rows in one step: the run's mode
         for tenant_id in tenant_ids:
-            run_mode.before_copy(ctx, TenantRef(tenant_id).schema, [ref.legacy_table])
+            run_mode.before_copy(ctx, TenantRef(tenant_id).schema, [ref.legacy_table], reporter)
         result = reference.merge_reference_table(ref, tenant_ids, policy)
         for tenant_id in tenant_ids:
             run_mode.mark_copied(ctx, TenantRef(tenant_id).schema, [ref.legacy_table])
@@ -323,26 +327,27 @@ class DataPhase(Phase):
             "move the child's rows into the parent (and drop the child) or leave the tenant out with "
             f"--skip-schema {tenant.schema}",
         )
-        if not catalog.table_exists(tenant.schema, spec.legacy_table):
+        schema_catalog = catalog.read_for(tenant.schema, reporter.tenant)
+        if not schema_catalog.table_exists(tenant.schema, spec.legacy_table):
             return StepResult(
                 message=f"no legacy table {tenant.schema}.{spec.legacy_table}: nothing to copy",
                 rows_expected=0,
                 rows_copied=0,
                 details=CopyDetails(legacy_table_missing=True),
             )
-        if not catalog.table_exists(tenant.schema, spec.target_table):
+        if not schema_catalog.table_exists(tenant.schema, spec.target_table):
             raise MigrationError(
                 f"{tenant.schema}.{spec.target_table} does not exist; run `migrate_phase schemas` first"
             )
-        copy = tenant_copy(tenant, spec)
+        copy = tenant_copy(tenant, spec, schema_catalog)
         check_columns(copy)
         copy.refuse_unfillable()  # before the indexes are dropped
         copy = in_legacy_timezone(ctx, copy)
         leave = ctx.options.leave_constraints
         carried.refuse_breaking_checks(tenant.schema, spec.legacy_table, spec.target_table, leave)
         copy_mode = mode_of(ctx, tenant.schema)
-        copy_mode.before_copy(ctx, tenant.schema, [spec.legacy_table])
-        merged = self._merge_new_reference_rows(ctx, tenant, spec)
+        copy_mode.before_copy(ctx, tenant.schema, [spec.legacy_table], reporter)
+        merged = self._merge_new_reference_rows(ctx, tenant, spec, schema_catalog)
         # The fence covers the constraints too: a second runner must not drop or rebuild them mid-copy.
         with table_fence(tenant.schema, spec.target_table):
             # A small table is copied into its indexes and constraints as they are (checked row by row);
@@ -373,7 +378,7 @@ class DataPhase(Phase):
             carry = carried.carry_constraints(tenant.schema, spec.legacy_table, spec.target_table, leave)
         sequence = continue_sequence_of(copy)  # same ids as legacy, as for auth
         if stats.rows_source >= ANALYZE_FROM_ROWS:
-            analyze(tenant.schema, spec.target_table)
+            analyze(tenant.schema, spec.target_table, schema_catalog=schema_catalog)
         online_applied = copy_mode.catch_up(ctx, tenant.schema, applied, reporter)
         resumed = f", resumed after id {stats.resumed_after[0]}" if stats.resumed_after else ""
         if stats.ranges:
@@ -398,7 +403,7 @@ class DataPhase(Phase):
 
     @staticmethod
     def _merge_new_reference_rows(
-        ctx: MigrationContext, tenant: TenantRef, spec: TenantDataTable
+        ctx: MigrationContext, tenant: TenantRef, spec: TenantDataTable, schema_catalog: catalog.SchemaCatalog
     ) -> ReferenceRowsDetails:
         """Merge the tenant's reference rows that have no map entry yet (added since the merge_reference
         steps ran), so its rows never point at a reference row the map does not know."""
@@ -410,7 +415,8 @@ class DataPhase(Phase):
             # (A row added after this look has no map entry: the copy refuses it, as it would before.)
             if not reference.needs_merge(ref, [tenant.tenant_id]):
                 continue
-            result = reference.merge_reference_table(ref, [tenant.tenant_id], ctx.options.reference_conflicts)
+            policy = ctx.options.reference_conflicts
+            result = reference.merge_reference_table(ref, [tenant.tenant_id], policy, schema_catalog)
             if result.mapped:
                 mapped[ref_name] = result.mapped
             discarded += result.discarded
@@ -426,10 +432,11 @@ class DataPhase(Phase):
         else:
             tenant = TenantRef(step.tenant_id)
             spec = next(t for t in TENANT_DATA_TABLES if t.target_table == step.target.name)
-            if not catalog.table_exists(tenant.schema, spec.legacy_table):
-                rows = catalog.row_count(tenant.schema, spec.target_table)
+            schema_catalog = catalog.read_for(tenant.schema, reporter.tenant)
+            if not schema_catalog.table_exists(tenant.schema, spec.legacy_table):
+                rows = schema_catalog.row_count(tenant.schema, spec.target_table)
                 return StepResult(message=f"no legacy table; target has {rows} rows", rows_expected=0, rows_copied=rows)
-            copy = tenant_copy(tenant, spec)
+            copy = tenant_copy(tenant, spec, schema_catalog)
         copy = in_legacy_timezone(ctx, copy)
         # Both sides, and the keys that differ, are read in one snapshot: a legacy row committed between
         # two reads would otherwise show as missing from the target although nothing is wrong.

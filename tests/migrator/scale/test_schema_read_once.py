@@ -1,0 +1,41 @@
+"""A tenant's phase-3 steps (copies, validations, the online sync's start) ask about its tables from one
+read of the schema's tables and columns, made once per tenant: none of its data tables is looked up on
+its own (with thousands of tenants, a lookup per table and question was most of a small tenant's time)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from migrator.tables import TENANT_DATA_TABLES
+from tests.helpers import run
+
+SCHEMA_READ = "LEFT JOIN pg_attribute a ON a.attrelid = c.oid"
+# catalog.columns, catalog.table_exists and catalog.is_partitioned of one table
+ONE_TABLE = ("FROM pg_attribute a WHERE a.attrelid = to_regclass", "FROM pg_class c WHERE c.oid = to_regclass")
+
+
+@pytest.mark.parametrize("mode", [(), ("--online",)], ids=["offline", "online"])
+def test_a_tenants_data_steps_read_its_schema_once(schemas_ready: dict[str, Any], mode: tuple[str, ...]) -> None:
+    tenants = schemas_ready["tenants"]
+    tables = {name for spec in TENANT_DATA_TABLES for name in (spec.legacy_table, spec.target_table)}
+
+    with CaptureQueriesContext(connection) as captured:
+        run("migrate_phase", "data", *mode, interactive=False)
+
+    statements = [query["sql"] for query in captured.captured_queries]
+    reads = [s for s in statements if SCHEMA_READ in s]
+    assert len(reads) == len(tenants), reads
+    for tenant in tenants:
+        assert sum(f"'tenant_{tenant}'" in s for s in reads) == 1, tenant
+    one_by_one = [
+        s
+        for s in statements
+        if any(shape in s for shape in ONE_TABLE)
+        and "'tenant_" in s
+        and any(f"'{table}'::text" in s for table in tables)
+    ]
+    assert one_by_one == []

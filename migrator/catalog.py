@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, LiteralString
 
 from psycopg import sql
 
@@ -24,6 +25,11 @@ class Column:
     has_default: bool
     type_oid: int = 0
     collation_oid: int = 0  # 0: a type without collation
+
+
+def relation_rows(query: LiteralString, schema: str, table: str) -> list[tuple[Any, ...]]:
+    """The rows of a catalog ``query`` about one relation, which it names as ``{oid}`` (see :data:`RELATION_OID`)."""
+    return db.fetchall(sql.SQL(query).format(oid=RELATION_OID), [schema, table])
 
 
 def schema_exists(schema: str) -> bool:
@@ -227,15 +233,14 @@ def tables_by_schema(schemas: list[str]) -> dict[str, set[str]]:
 
 
 def columns(schema: str, table: str) -> list[Column]:
-    rows = db.fetchall(
-        sql.SQL(
-            "SELECT a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, "
-            "       a.atthasdef OR a.attidentity <> '', a.atttypid::bigint, a.attcollation::bigint "
-            "FROM pg_attribute a "
-            "WHERE a.attrelid = {oid} AND a.attnum > 0 AND NOT a.attisdropped "
-            "ORDER BY a.attnum"
-        ).format(oid=RELATION_OID),
-        [schema, table],
+    rows = relation_rows(
+        "SELECT a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, "
+        "       a.atthasdef OR a.attidentity <> '', a.atttypid::bigint, a.attcollation::bigint "
+        "FROM pg_attribute a "
+        "WHERE a.attrelid = {oid} AND a.attnum > 0 AND NOT a.attisdropped "
+        "ORDER BY a.attnum",
+        schema,
+        table,
     )
     return [Column(*row) for row in rows]
 

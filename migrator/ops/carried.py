@@ -186,12 +186,11 @@ def refuse_breaking_checks(schema: str, legacy_table: str, target_table: str, le
     """Refuse, before anything is copied, a legacy CHECK added NOT VALID that legacy rows break: the new
     table would enforce it on every copied row, so the carry could never be validated."""
     with transaction.atomic(), db.local_settings(**QUALIFY_ALL):
-        unvalidated = db.fetchall(
-            sql.SQL(
-                "SELECT conname, pg_get_expr(conbin, conrelid, true) FROM pg_constraint "
-                "WHERE conrelid = {oid} AND contype = 'c' AND NOT convalidated ORDER BY conname"
-            ).format(oid=catalog.RELATION_OID),
-            [schema, legacy_table],
+        unvalidated = catalog.relation_rows(
+            "SELECT conname, pg_get_expr(conbin, conrelid, true) FROM pg_constraint "
+            "WHERE conrelid = {oid} AND contype = 'c' AND NOT convalidated ORDER BY conname",
+            schema,
+            legacy_table,
         )
     for name, expression in unvalidated:
         if left_behind(leave, schema, legacy_table, name):

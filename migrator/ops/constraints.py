@@ -33,27 +33,25 @@ def defer_constraints(schema: str, table: str) -> int:
     ``schema.table``, remembering them. Idempotent."""
     with transaction.atomic():
         with db.local_settings(**QUALIFY_ALL):
-            indexes = db.fetchall(
-                sql.SQL(
-                    "SELECT i.relname, pg_get_indexdef(x.indexrelid) FROM pg_index x "
-                    "JOIN pg_class i ON i.oid = x.indexrelid "
-                    "WHERE x.indrelid = {oid} AND NOT x.indisprimary "
-                    # Not the index of one of the table's constraints, nor one that a foreign key references
-                    # (pg_constraint has no index on conindid: keyed by conrelid, then by pg_depend's reference index).
-                    "AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conrelid = x.indrelid "
-                    "AND c.conindid = x.indexrelid OFFSET 0) "
-                    "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.refclassid = 'pg_class'::regclass "
-                    "AND d.refobjid = x.indexrelid AND d.refobjsubid = 0 AND d.classid = 'pg_constraint'::regclass "
-                    "OFFSET 0)"
-                ).format(oid=catalog.RELATION_OID),
-                [schema, table],
+            indexes = catalog.relation_rows(
+                "SELECT i.relname, pg_get_indexdef(x.indexrelid) FROM pg_index x "
+                "JOIN pg_class i ON i.oid = x.indexrelid "
+                "WHERE x.indrelid = {oid} AND NOT x.indisprimary "
+                # Not the index of one of the table's constraints, nor one that a foreign key references
+                # (pg_constraint has no index on conindid: keyed by conrelid, then by pg_depend's reference index).
+                "AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conrelid = x.indrelid "
+                "AND c.conindid = x.indexrelid OFFSET 0) "
+                "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.refclassid = 'pg_class'::regclass "
+                "AND d.refobjid = x.indexrelid AND d.refobjsubid = 0 AND d.classid = 'pg_constraint'::regclass "
+                "OFFSET 0)",
+                schema,
+                table,
             )
-            foreign_keys = db.fetchall(
-                sql.SQL(
-                    "SELECT c.conname, pg_get_constraintdef(c.oid) FROM pg_constraint c "
-                    "WHERE c.conrelid = {oid} AND c.contype = 'f'"
-                ).format(oid=catalog.RELATION_OID),
-                [schema, table],
+            foreign_keys = catalog.relation_rows(
+                "SELECT c.conname, pg_get_constraintdef(c.oid) FROM pg_constraint c "
+                "WHERE c.conrelid = {oid} AND c.contype = 'f'",
+                schema,
+                table,
             )
             primary_key = _deferrable_primary_key(schema, table)
         # Each dropped object with the statement (or definition) that brings it back, kind by kind.
@@ -214,11 +212,10 @@ def _rebuild_in_parallel(
 
 
 def unvalidated_foreign_keys(schema: str, table: str) -> list[str]:
-    rows = db.fetchall(
-        sql.SQL(
-            "SELECT c.conname FROM pg_constraint c WHERE c.conrelid = {oid} AND c.contype = 'f' AND NOT c.convalidated"
-        ).format(oid=catalog.RELATION_OID),
-        [schema, table],
+    rows = catalog.relation_rows(
+        "SELECT c.conname FROM pg_constraint c WHERE c.conrelid = {oid} AND c.contype = 'f' AND NOT c.convalidated",
+        schema,
+        table,
     )
     return [row[0] for row in rows]
 

@@ -37,8 +37,8 @@ from migrator.ops.copies import (
     splits_by_key,
     tenant_copy,
 )
-from migrator.ops.copy import TableCopy
 from migrator.ops.fingerprint import Comparison
+from migrator.ops.table_copy import TableCopy
 from migrator.tables import LEGACY_AUTH_TABLES, REFERENCE_TABLES, TENANT_DATA_TABLES, LegacyTable, legacy_table
 from salesflow.layout import tenant_id_from_schema
 

@@ -27,8 +27,8 @@ from migrator.modes import online
 from migrator.ops import capture, constraints, twoway
 from migrator.ops.constraints import RunTasks
 from migrator.ops.copies import compare
-from migrator.ops.copy import TableCopy
 from migrator.ops.fingerprint import Comparison
+from migrator.ops.table_copy import TableCopy
 
 
 class MigrationMode:

@@ -33,7 +33,7 @@ from psycopg import sql
 from migrator import catalog, db
 from migrator.core.errors import MigrationError
 from migrator.ops import recopy
-from migrator.ops.copy import TableCopy
+from migrator.ops.table_copy import TableCopy
 
 CAPTURE_SCHEMA = "migrator_online"
 CHANGES = sql.Identifier(CAPTURE_SCHEMA, "changes")

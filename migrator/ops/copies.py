@@ -15,14 +15,9 @@ from migrator.core.errors import MigrationError
 from migrator.core.steps import VALIDATE_RANGE, KeyRange, StepReporter, StepResult
 from migrator.models import MigrationRecord, Status
 from migrator.ops import fingerprint, ranges
-from migrator.ops.copy import (
-    LEGACY_TIMEZONE_OPTION,
-    Remap,
-    TableCopy,
-    continue_sequence,
-    legacy_timezone,
-    zoned_columns,
-)
+from migrator.ops.conversions import LEGACY_TIMEZONE_OPTION, legacy_timezone
+from migrator.ops.sequences import continue_sequence
+from migrator.ops.table_copy import Remap, TableCopy, zoned_columns
 from migrator.ops.target_columns import target_columns
 from migrator.tables import TableKind, TenantDataTable, legacy_table
 from salesflow.layout import tenant_id_from_schema

@@ -27,7 +27,7 @@ bigint as 2) can never make two different values hash equal. Two conversions are
 otherwise: a legacy ``timestamp`` read in the legacy application's zone into ``timestamptz`` is
 compared as the instant on both sides (``s.c AT TIME ZONE zone`` and ``t.c``); ``json`` into
 ``jsonb`` as the jsonb (jsonb rewrites every object's spelling; what it loses, an object's duplicate
-keys, the copy refuses beforehand: :func:`migrator.ops.copy.refuse_inexact_conversions`). Releases
+keys, the copy refuses beforehand: :func:`migrator.ops.conversions.refuse_inexact_conversions`). Releases
 before this one hashed such a column as the legacy value cast to the target's type (:data:`BY_VALUE`,
 "v2"), which any lossy cast passes; a fingerprint recorded that way is still compared that way. A
 table without converted columns hashes the same either way and is still recorded as "v2".
@@ -43,7 +43,15 @@ from psycopg import sql
 
 from migrator import catalog, db
 from migrator.core.fingerprint import BY_TEXT, BY_VALUE, EXACT, Fingerprint
-from migrator.ops.copy import JSON_OID, JSONB_OID, Remap, TableCopy, TypeDifference, type_differences, zoned_columns
+from migrator.ops.table_copy import (
+    JSON_OID,
+    JSONB_OID,
+    Remap,
+    TableCopy,
+    TypeDifference,
+    type_differences,
+    zoned_columns,
+)
 from migrator.tables import reference_table
 
 # One side of a comparison: the elements each row's hash is made of, and the FROM clause they are read from.

@@ -8,7 +8,7 @@ from __future__ import annotations
 from psycopg import sql
 
 from migrator import catalog, db
-from migrator.ops.copy import TableCopy
+from migrator.ops.table_copy import TableCopy
 
 
 def key_types(

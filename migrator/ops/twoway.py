@@ -44,7 +44,8 @@ from psycopg import sql
 
 from migrator import catalog, db
 from migrator.ops import recopy, twoway_sql
-from migrator.ops.copy import TableCopy, last_issued, zoned_columns
+from migrator.ops.sequences import last_issued
+from migrator.ops.table_copy import TableCopy, zoned_columns
 from migrator.tables import LegacyTable
 
 SYNC_SCHEMA = "migrator_sync"

@@ -25,7 +25,7 @@ from migrator.ops.copies import (
     tenant_copy,
     validation_fingerprints,
 )
-from migrator.ops.copy import TableCopy
+from migrator.ops.table_copy import TableCopy
 from migrator.step_ref import StepRef, Target
 from migrator.tables import AUTH_TABLES, LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES, REFERENCE_TABLES, TENANT_DATA_TABLES
 from tenants.models import MigrationState, Tenant

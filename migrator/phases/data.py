@@ -20,6 +20,7 @@ from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.modes import MigrationMode, mode_for
 from migrator.ops import carried, constraints, fingerprint, ranges, reference, twoway
+from migrator.ops.conversions import legacy_timezone
 from migrator.ops.copies import (
     auth_copy,
     compare_in_ranges,
@@ -31,18 +32,9 @@ from migrator.ops.copies import (
     tenant_copy,
     timezone_details,
 )
-from migrator.ops.copy import (
-    CopyStats,
-    TableCopy,
-    analyze,
-    continue_sequence,
-    copy_in_ranges,
-    copy_table,
-    legacy_timezone,
-    source_rows_up_to,
-    table_fence,
-    type_differences,
-)
+from migrator.ops.copy import CopyStats, analyze, copy_in_ranges, copy_table, source_rows_up_to, table_fence
+from migrator.ops.sequences import continue_sequence
+from migrator.ops.table_copy import TableCopy, type_differences
 from migrator.ops.target_columns import refuse_unmapped_legacy_columns
 from migrator.step_ref import StepRef, Target
 from migrator.tables import (

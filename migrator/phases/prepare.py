@@ -18,7 +18,7 @@ from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.django_migrations import BOOTSTRAP_APPS, legacy_registry_present, migrate_schema
 from migrator.models import Disposition, DriftFinding, FindingKind
 from migrator.ops import backup, binaries, dependents, drift, inspection, registry, rehearsal, restore
-from migrator.ops.copy import legacy_timezone
+from migrator.ops.conversions import legacy_timezone
 from migrator.step_ref import StepRef
 from migrator.tables import LEGACY_AUTH_TABLES
 from salesflow.layout import is_reserved_schema, tenant_id_from_schema, tenant_schema_name

@@ -10,7 +10,7 @@ from psycopg import sql
 
 from migrator import db
 from migrator.models import Disposition, FindingKind
-from migrator.ops.copy import TIMESTAMP_OID, TIMESTAMPTZ_OID, TableCopy, TypeDifference, inexact_values
+from migrator.ops.conversions import inexact_values
 from migrator.ops.dependents import Dependent, carried, dependents_of, left_by_option
 from migrator.ops.drift.catalog import (
     ExpectedColumn,
@@ -23,6 +23,7 @@ from migrator.ops.drift.catalog import (
     relations_of,
 )
 from migrator.ops.drift.findings import SCHEMAS_PER_QUERY, Decisions, Finding
+from migrator.ops.table_copy import TIMESTAMP_OID, TIMESTAMPTZ_OID, TableCopy, TypeDifference
 from migrator.tables import LEGACY_TENANT_TABLES, tenant_table_names
 
 # --- classification ---------------------------------------------------------------------------------

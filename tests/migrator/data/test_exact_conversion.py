@@ -21,7 +21,9 @@ from migrator.core.errors import MigrationError
 from migrator.core.fingerprint import Fingerprint
 from migrator.models import Status
 from migrator.ops import fingerprint
-from migrator.ops.copy import TableCopy, copy_table, legacy_timezone
+from migrator.ops.conversions import legacy_timezone
+from migrator.ops.copy import copy_table
+from migrator.ops.table_copy import TableCopy
 from migrator.tables import TENANT_DATA_TABLES
 from tests.helpers import run
 from tests.migrator.helpers import count, latest, one_line, value

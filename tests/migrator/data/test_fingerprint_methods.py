@@ -15,7 +15,7 @@ from migrator.core.context import TenantRef
 from migrator.core.fingerprint import Fingerprint
 from migrator.models import MigrationRecord, Status
 from migrator.ops import fingerprint
-from migrator.ops.copy import TableCopy
+from migrator.ops.table_copy import TableCopy
 from migrator.phases.data import tenant_copy
 from migrator.tables import TENANT_DATA_TABLES
 from tests.helpers import run

@@ -16,8 +16,9 @@ from django.test.utils import CaptureQueriesContext
 
 from migrator import catalog
 from migrator.ops import archive, constraints
-from migrator.ops.copy import Remap, TableCopy, analyze, mapping_proven
+from migrator.ops.copy import analyze, mapping_proven
 from migrator.ops.load_test import LEGACY, tenants_with_tables
+from migrator.ops.table_copy import Remap, TableCopy
 from tests.migrator.scale.support import catalog_lookups, crowd_the_catalog, reading_too_many_rows
 
 

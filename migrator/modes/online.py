@@ -26,7 +26,7 @@ from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.details import OnlineApplyDetails
 from migrator.core.errors import MigrationError
 from migrator.core.steps import StepReporter, StepResult
-from migrator.ops import archive, capture, dependents, reference, twoway
+from migrator.ops import archive, capture, dependents, reference, twoway, twoway_statements
 from migrator.ops.copies import (
     RangedComparison,
     auth_copy,
@@ -38,6 +38,7 @@ from migrator.ops.copies import (
     tenant_copy,
 )
 from migrator.ops.fingerprint import Comparison
+from migrator.ops.sequences import interleave_sequences, single_sequence
 from migrator.ops.table_copy import TableCopy
 from migrator.tables import LEGACY_AUTH_TABLES, REFERENCE_TABLES, TENANT_DATA_TABLES, LegacyTable, legacy_table
 from salesflow.layout import tenant_id_from_schema
@@ -210,8 +211,8 @@ def _lock_scope(scope: str, copies: dict[str, TableCopy], refs: list[str]) -> No
     archive.lock_relations(sorted(set(relations)))
 
 
-def _references_of(copy: TableCopy) -> list[twoway.ReverseReference]:
-    return [twoway.ReverseReference(r.column, legacy_table(r.reference_table)) for r in copy.remaps]
+def _references_of(copy: TableCopy) -> list[twoway_statements.ReverseReference]:
+    return [twoway_statements.ReverseReference(r.column, legacy_table(r.reference_table)) for r in copy.remaps]
 
 
 def _ensure_shared_sync(
@@ -270,9 +271,11 @@ def start_two_way_sync(ctx: MigrationContext, scope: str, reporter: StepReporter
         capture.remove_capture(scope, [*copies, *refs], schema_catalog)
         sequences = {}
         for table, copy in copies.items():
-            twoway.install_row_sync(copy, _references_of(copy), twoway.legacy_children(copy, copies.values()))
+            twoway.install_row_sync(
+                copy, _references_of(copy), twoway_statements.legacy_children(copy, copies.values())
+            )
             if copy.key == ("id",):
-                sequences[table] = twoway.interleave_sequences((scope, table), (copy.target_schema, copy.target_table))
+                sequences[table] = interleave_sequences((scope, table), (copy.target_schema, copy.target_table))
         for ref_name in refs:
             used_by = [
                 (copy.target_table, table, r.column)
@@ -402,7 +405,7 @@ def finish_sync(ctx: MigrationContext, scope: str, owner: str) -> StepResult:
         _lock_scope(scope, copies, refs)
         twoway.remove_sync(scope)
         sequences = {
-            table: twoway.single_sequence((c.target_schema, c.target_table), (scope, table))
+            table: single_sequence((c.target_schema, c.target_table), (scope, table))
             for table, c in copies.items()
             if c.key == ("id",)
         }
@@ -463,7 +466,7 @@ def stop_sync(ctx: MigrationContext, scope: str) -> StepResult:
         _lock_scope(scope, copies, refs)
         facts["triggers_dropped"] = twoway.remove_sync(scope)
         facts["sequences"] = {
-            table: twoway.single_sequence((scope, table), (c.target_schema, c.target_table))
+            table: single_sequence((scope, table), (c.target_schema, c.target_table))
             for table, c in copies.items()
             if c.key == ("id",)
         }

@@ -1,4 +1,5 @@
-"""A new table's id sequence continued past every id its legacy sequence ever issued."""
+"""Id sequences: a new table's continued past every id its legacy sequence ever issued (phase 3), and the
+one id space of both sides of a two-way sync (odd and even ids until one side is the survivor)."""
 
 from __future__ import annotations
 
@@ -63,3 +64,52 @@ def continue_sequence(
 # ``vacuumdb --analyze-in-stages`` starts with targets 1 and 10: usable plans at once, for a sample of
 # 300 x target rows instead of 30,000. On a 50k-row table that is 12 ms instead of 150 ms, the whole
 # sample being sorted per column (text and jsonb comparisons dominate).
+
+
+# --- one id space for both sides of a two-way sync ------------------------------------------
+
+
+def _highest_issued(sides: list[tuple[str, str]], sequences: list[tuple[str, str]], column: str) -> int:
+    parts: list[sql.Composable] = [
+        sql.SQL("(SELECT max({}) FROM {})").format(sql.Identifier(column), sql.Identifier(*t)) for t in sides
+    ]
+    params: list[str] = []
+    for sequence in sequences:
+        expression, names = last_issued(sequence)
+        parts.append(expression)
+        params += names
+    return int(db.fetchvalue(sql.SQL("SELECT greatest(0, {})").format(sql.SQL(", ").join(parts)), params) or 0)
+
+
+def interleave_sequences(legacy: tuple[str, str], new: tuple[str, str], column: str = "id") -> dict[str, int] | None:
+    """Both sides' sequences issue ids past every id either side issued, the legacy one odd, the new one
+    even, each stepping by 2: no id is ever issued twice, whichever side a row is inserted on."""
+    legacy_sequence = catalog.column_sequence(*legacy, column)
+    new_sequence = catalog.column_sequence(*new, column)
+    if legacy_sequence is None or new_sequence is None:
+        return None
+    highest = _highest_issued([legacy, new], [legacy_sequence, new_sequence], column)
+    odd = highest + 1 if (highest + 1) % 2 else highest + 2
+    for sequence, start in ((legacy_sequence, odd), (new_sequence, odd + 1)):
+        db.execute(
+            sql.SQL("ALTER SEQUENCE {} INCREMENT BY 2 RESTART WITH {}").format(
+                sql.Identifier(*sequence), sql.Literal(start)
+            )
+        )
+    return {"ids_issued_before": highest, "legacy_next": odd, "new_next": odd + 1}
+
+
+def single_sequence(survivor: tuple[str, str], other: tuple[str, str], column: str = "id") -> int | None:
+    """The surviving side's sequence back to steps of 1, past every id either side issued."""
+    sequence = catalog.column_sequence(*survivor, column)
+    if sequence is None:
+        return None
+    sides = [survivor] + ([other] if catalog.table_exists(*other) else [])
+    other_sequence = catalog.column_sequence(*other, column) if catalog.table_exists(*other) else None
+    highest = _highest_issued(sides, [sequence] + ([other_sequence] if other_sequence else []), column)
+    db.execute(
+        sql.SQL("ALTER SEQUENCE {} INCREMENT BY 1 RESTART WITH {}").format(
+            sql.Identifier(*sequence), sql.Literal(highest + 1)
+        )
+    )
+    return highest + 1

@@ -7,11 +7,12 @@ every snapshot both sides hold the same rows. The old application keeps every se
 gives a real table (row locks and the re-check of concurrent updates, ``FOR UPDATE``, ``ON
 CONFLICT``, ``COPY``, its foreign keys, unique constraints, grants and sequences); the new one gets
 them on the new tables. A write holds the row lock on both sides, taken in the order it reaches
-them: two writers meeting from opposite sides deadlock (one is aborted and retries), they never
-lose an update.
+them: two writers meeting from opposite sides deadlock (one is told at once, or after the sync's lock
+timeout, and retries), they never lose an update.
 
 - **The row triggers** (:data:`ROW_TRIGGER`) call one function, ``apply_row``, whose arguments are
-  the table's key columns and the statements that re-copy the written keys to the other side: an
+  the table's key columns and the statements (:mod:`migrator.ops.twoway_statements`) that first check
+  for a writer crossing from the other side, then re-copy the written keys to the other side: an
   upsert from the current row (inserts and updates) and a delete when the row is gone (deletes, and
   updates that changed the key). Legacy to new is
   phase 3's own remapping ``SELECT`` (reference ids translated through the map, legacy timestamps
@@ -25,9 +26,9 @@ lose an update.
   :func:`reference_from_legacy` merges a tenant's added, recoded or deleted row (a rename changes the
   shared row only while no other tenant shares it; otherwise cutover reports the difference), and
   :func:`reference_from_shared` carries an edit of a shared row to every synced tenant that has it.
-- **One id space.** Both sequences of a table step by 2 from one start past every id either side
-  issued, one on odd, one on even values; ``finalize`` (new side) or ``rollback`` (legacy side) sets
-  the survivor back to steps of 1, past everything issued.
+- **One id space** (:mod:`migrator.ops.sequences`). Both sequences of a table step by 2 from one
+  start past every id either side issued, one on odd, one on even values; ``finalize`` (new side) or
+  ``rollback`` (legacy side) sets the survivor back to steps of 1, past everything issued.
 - **Observing the old application.** A statement trigger on each legacy table appends to
   ``migrator_sync.legacy_writes`` when the old application (not the sync) writes it: finalize waits
   for it to stay empty.
@@ -37,18 +38,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from django.db import transaction
 from psycopg import sql
 
 from migrator import catalog, db
-from migrator.ops import recopy, twoway_sql
-from migrator.ops.sequences import last_issued
-from migrator.ops.table_copy import TableCopy, zoned_columns
+from migrator.ops import twoway_sql
+from migrator.ops.table_copy import TableCopy
+from migrator.ops.twoway_sql import SYNC_SCHEMA
+from migrator.ops.twoway_statements import (
+    LegacyChild,
+    ReverseReference,
+    forward_statements,
+    reference_value_columns,
+    reverse_statements,
+)
 from migrator.tables import LegacyTable
 
-SYNC_SCHEMA = "migrator_sync"
 SYNCING = "salesflow.syncing"
 # After PostgreSQL's own "RI_ConstraintTrigger_*" (upper case sorts first): a cascade's rows first.
 ROW_TRIGGER = "salesflow_sync"
@@ -62,7 +68,6 @@ LEGACY_WRITES = sql.Identifier(SYNC_SCHEMA, "legacy_writes")
 SYNCED_COLUMNS = sql.Identifier(SYNC_SCHEMA, "synced_columns")
 SHARED_SCOPE = "(shared)"  # the bookkeeping of the shared reference tables, synced with every tenant
 MAP = sql.Identifier("public", "migrator_reference_map")
-KEYS = sql.SQL("$1")  # the trigger's jsonb array of written keys, as its statements receive it
 
 # A session or transaction whose writes the sync must not carry (verify's rolled-back checks on the new tables).
 SKIP_SYNC_FOR_SESSION = sql.SQL("SELECT set_config({}, 'on', false)").format(sql.Literal(SYNCING))
@@ -143,183 +148,6 @@ def synced_tables(scope: str) -> dict[str, str]:
 def triggers_missing(scope: str) -> list[str]:
     """Legacy tables of a synced scope whose row trigger is gone or disabled (their writes are not synced)."""
     return catalog.tables_without_trigger(scope, list(synced_tables(scope)), ROW_TRIGGER)
-
-
-# --- the statements the row triggers run -----------------------------------------------------
-
-
-def crossed_write_check(copy: TableCopy, other_side: sql.Composable, types: list[str]) -> sql.Composed:
-    """The row trigger's first statement: the written keys' rows on ``other_side`` (the table the trigger
-    is about to write) checked for a writer that came from there and waits for this one (see
-    ``refuse_crossed_write`` in :mod:`migrator.ops.twoway_sql`)."""
-    return sql.SQL("SELECT {fn}(array_agg(t.xmax), {what}) FROM {other} t WHERE {match}").format(
-        fn=sql.Identifier(SYNC_SCHEMA, "refuse_crossed_write"),
-        what=sql.Literal(f"{copy.source_schema}.{copy.source_table}"),
-        other=other_side,
-        match=recopy.keys_in("t", copy.key, types, KEYS),
-    )
-
-
-def forward_statements(copy: TableCopy) -> tuple[list[sql.Composed], list[sql.Composed]]:
-    """Legacy -> new for the written keys: phase 3's own remapping ``SELECT`` (an upsert), and a delete of
-    the keys gone from the legacy table; first, a refusal of rows whose reference id has no shared id."""
-    types = recopy.key_types(copy.source_schema, copy.source_table, copy.key, copy.schema_catalog)
-    statements = [
-        crossed_write_check(
-            copy, copy.target, recopy.key_types(copy.target_schema, copy.target_table, copy.key, copy.schema_catalog)
-        )
-    ]
-    if copy.remaps:
-        unmapped = sql.SQL(" + ").join(copy.unmapped_counts())
-        statements.append(
-            sql.SQL("SELECT {fn}(({unmapped})::bigint, {what}) FROM {src} WHERE {match}").format(
-                fn=sql.Identifier(SYNC_SCHEMA, "refuse_unmapped"),
-                unmapped=unmapped,
-                what=sql.Literal(f"{copy.source_schema}.{copy.source_table}"),
-                src=copy.from_clause(),
-                match=recopy.keys_in("s", copy.key, types, KEYS),
-            )
-        )
-    upsert, delete = recopy.copy_statements(copy, KEYS)
-    return [*statements, upsert], [delete]
-
-
-@dataclass(frozen=True)
-class ReverseReference:
-    """A remapped column's reference table, for the new -> legacy direction."""
-
-    column: str
-    legacy: LegacyTable
-
-
-@dataclass(frozen=True)
-class LegacyChild:
-    """A legacy table of the same scope whose foreign key references the synced legacy table."""
-
-    copy: TableCopy  # the child's own legacy -> new copy
-    columns: tuple[str, ...]  # its referencing columns
-    referenced: tuple[str, ...]  # the parent's referenced columns
-
-
-def legacy_children(copy: TableCopy, copies: Iterable[TableCopy]) -> list[LegacyChild]:
-    """The synced legacy tables whose foreign keys reference ``copy``'s legacy table."""
-    by_table = {c.source_table: c for c in copies if c.source_schema == copy.source_schema}
-    rows = db.fetchall(
-        sql.SQL(
-            "SELECT c.conrelid::regclass::text, cl.relname, "
-            "ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(n, i) "
-            "      JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i), "
-            "ARRAY(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY k(n, i) "
-            "      JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.i) "
-            "FROM pg_constraint c JOIN pg_class cl ON cl.oid = c.conrelid "
-            "WHERE c.contype = 'f' AND c.confrelid = {} AND c.conparentid = 0 "
-            "AND cl.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = %s)"
-        ).format(catalog.RELATION_OID),
-        [copy.source_schema, copy.source_table, copy.source_schema],
-    )
-    return [
-        LegacyChild(by_table[table], tuple(columns), tuple(referenced))
-        for _regclass, table, columns, referenced in rows
-        if table in by_table
-    ]
-
-
-def _delete_gone_children(copy: TableCopy, child: LegacyChild, types: list[str]) -> sql.Composed:
-    """Before a parent row goes from the legacy side: its legacy children whose new rows are gone already.
-
-    The new side's cascade deletes the children's new rows before the parent's trigger runs, but
-    queues their triggers behind it (PostgreSQL runs a foreign key's actions without firing their
-    triggers on the spot); the legacy parent's foreign key would refuse the delete meanwhile."""
-    parent_key = sql.SQL("({})").format(
-        sql.SQL(", ").join(sql.SQL("p.{}").format(sql.Identifier(c)) for c in child.referenced)
-    )
-    child_columns = sql.SQL("({})").format(
-        sql.SQL(", ").join(sql.SQL("l.{}").format(sql.Identifier(c)) for c in child.columns)
-    )
-    same = sql.SQL(" AND ").join(sql.SQL("t.{k} = l.{k}").format(k=sql.Identifier(k)) for k in child.copy.key)
-    return sql.SQL(
-        "DELETE FROM {child} l WHERE {child_columns} IN (SELECT {parent_key} FROM {parent} p WHERE {match}) "
-        "AND NOT EXISTS (SELECT 1 FROM {new_child} t WHERE {same})"
-    ).format(
-        child=child.copy.source_rows,
-        child_columns=child_columns,
-        parent_key=parent_key,
-        parent=copy.source_rows,
-        match=recopy.keys_in("p", copy.key, types, KEYS),
-        new_child=child.copy.target,
-        same=same,
-    )
-
-
-def reverse_statements(
-    copy: TableCopy, references: Iterable[ReverseReference], children: Iterable[LegacyChild] = ()
-) -> tuple[list[sql.Composed], list[sql.Composed]]:
-    """New -> legacy for the written keys: the inverse of :func:`forward_statements` (shared reference ids
-    translated back to the tenant's legacy ids, instants written as wall-clock times of the legacy zone)."""
-    by_column = {r.column: r for r in references}
-    tenant = next((r.tenant_id for r in copy.remaps), None)
-    legacy_columns = [c.name for c in copy.schema_catalog.columns(copy.source_schema, copy.source_table)]
-    new_columns = {c.name for c in copy.schema_catalog.columns(copy.target_schema, copy.target_table)}
-    generated = _generated_columns(copy.source_schema, copy.source_table)
-    columns = [c for c in legacy_columns if c in new_columns and c not in generated]
-    zoned = set(zoned_columns(copy)) if copy.legacy_timezone is not None else set()
-    types = recopy.key_types(copy.target_schema, copy.target_table, copy.key, copy.schema_catalog)
-    statements = [
-        crossed_write_check(
-            copy,
-            copy.source_rows,
-            recopy.key_types(copy.source_schema, copy.source_table, copy.key, copy.schema_catalog),
-        )
-    ]
-
-    def legacy_id(column: str) -> sql.Composed:
-        ref = by_column[column].legacy
-        return sql.SQL("{fn}({tenant}, {ref}, {schema}, {legacy}, {shared_schema}, {shared}, {cols}, t.{c})").format(
-            fn=sql.Identifier(SYNC_SCHEMA, "legacy_reference_id"),
-            tenant=sql.Literal(tenant),
-            ref=sql.Literal(ref.map_name),
-            schema=sql.Literal(copy.source_schema),
-            legacy=sql.Literal(ref.legacy_table),
-            shared_schema=sql.Literal(ref.shared_schema),
-            shared=sql.Literal(ref.table),
-            cols=sql.Literal(reference_value_columns(copy.source_schema, ref, copy.schema_catalog)),
-            c=sql.Identifier(column),
-        )
-
-    def value(column: str) -> sql.Composable:
-        if column in by_column:
-            return legacy_id(column)
-        if column in zoned:
-            return copy.in_legacy_zone(sql.SQL("t.{}").format(sql.Identifier(column)))
-        return sql.SQL("t.{}").format(sql.Identifier(column))
-
-    select = sql.SQL(", ").join(value(c) for c in columns)
-    source = sql.SQL("ONLY {} t").format(copy.target)
-    statements.append(
-        recopy.upsert(copy.source, columns, copy.key, select, source, recopy.keys_in("t", copy.key, types, KEYS))
-    )
-    gone = [_delete_gone_children(copy, child, types) for child in children]
-    gone.append(recopy.delete_gone(copy.source_rows, copy.key, types, sql.SQL("ONLY {}").format(copy.target), KEYS))
-    return statements, gone
-
-
-def _generated_columns(schema: str, table: str) -> set[str]:
-    rows = db.fetchall(
-        sql.SQL("SELECT attname FROM pg_attribute WHERE attrelid = {} AND attnum > 0 AND attgenerated <> ''").format(
-            catalog.RELATION_OID
-        ),
-        [schema, table],
-    )
-    return {r[0] for r in rows}
-
-
-def reference_value_columns(
-    tenant_schema: str, ref: LegacyTable, schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ
-) -> list[str]:
-    """Columns besides ``id`` that a tenant's legacy reference table and the shared table both have."""
-    shared = {c.name for c in schema_catalog.columns(ref.shared_schema, ref.table)}
-    legacy = schema_catalog.columns(tenant_schema, ref.legacy_table)
-    return [c.name for c in legacy if c.name != "id" and c.name in shared]
 
 
 # --- installing and removing ---------------------------------------------------------------
@@ -482,55 +310,6 @@ def drop_sync_schema_if_unused() -> bool:
     # its event triggers go with their functions
     db.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SYNC_SCHEMA)))
     return True
-
-
-# --- sequences: one id space ---------------------------------------------------------------
-
-
-def _highest_issued(sides: list[tuple[str, str]], sequences: list[tuple[str, str]], column: str) -> int:
-    parts: list[sql.Composable] = [
-        sql.SQL("(SELECT max({}) FROM {})").format(sql.Identifier(column), sql.Identifier(*t)) for t in sides
-    ]
-    params: list[str] = []
-    for sequence in sequences:
-        expression, names = last_issued(sequence)
-        parts.append(expression)
-        params += names
-    return int(db.fetchvalue(sql.SQL("SELECT greatest(0, {})").format(sql.SQL(", ").join(parts)), params) or 0)
-
-
-def interleave_sequences(legacy: tuple[str, str], new: tuple[str, str], column: str = "id") -> dict[str, int] | None:
-    """Both sides' sequences issue ids past every id either side issued, the legacy one odd, the new one
-    even, each stepping by 2: no id is ever issued twice, whichever side a row is inserted on."""
-    legacy_sequence = catalog.column_sequence(*legacy, column)
-    new_sequence = catalog.column_sequence(*new, column)
-    if legacy_sequence is None or new_sequence is None:
-        return None
-    highest = _highest_issued([legacy, new], [legacy_sequence, new_sequence], column)
-    odd = highest + 1 if (highest + 1) % 2 else highest + 2
-    for sequence, start in ((legacy_sequence, odd), (new_sequence, odd + 1)):
-        db.execute(
-            sql.SQL("ALTER SEQUENCE {} INCREMENT BY 2 RESTART WITH {}").format(
-                sql.Identifier(*sequence), sql.Literal(start)
-            )
-        )
-    return {"ids_issued_before": highest, "legacy_next": odd, "new_next": odd + 1}
-
-
-def single_sequence(survivor: tuple[str, str], other: tuple[str, str], column: str = "id") -> int | None:
-    """The surviving side's sequence back to steps of 1, past every id either side issued."""
-    sequence = catalog.column_sequence(*survivor, column)
-    if sequence is None:
-        return None
-    sides = [survivor] + ([other] if catalog.table_exists(*other) else [])
-    other_sequence = catalog.column_sequence(*other, column) if catalog.table_exists(*other) else None
-    highest = _highest_issued(sides, [sequence] + ([other_sequence] if other_sequence else []), column)
-    db.execute(
-        sql.SQL("ALTER SEQUENCE {} INCREMENT BY 1 RESTART WITH {}").format(
-            sql.Identifier(*sequence), sql.Literal(highest + 1)
-        )
-    )
-    return highest + 1
 
 
 # --- what cutover and rollback check ---------------------------------------------------------------

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+SYNC_SCHEMA = "migrator_sync"  # the schema of the sync's bookkeeping and functions
+
 FUNCTIONS = (
     # The generic row trigger: TG_ARGV[0] the key columns (a jsonb array), TG_ARGV[1] the number of
     # copying statements, then those and the deleting ones, each run with the jsonb array of the

@@ -34,8 +34,8 @@ from psycopg import sql
 
 from migrator import db
 from migrator.config import get_config
-from migrator.reports.dashboard import with_migration_progress
 from migrator.reports.status import status_report
+from migrator.reports.tenant_progress import with_migration_progress
 from migrator.tables import TENANT_DATA_TABLES
 from tenants.models import MigrationState, Tenant
 from tests.migrator.helpers import PROJECT_DIR, manage_env

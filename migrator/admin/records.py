@@ -30,7 +30,8 @@ from migrator import phases as phase_registry
 from migrator.core.details import RowDetails, read_details
 from migrator.core.fingerprint import Fingerprint
 from migrator.models import MigrationRecord, Status
-from migrator.reports.dashboard import Dashboard, build_dashboard, format_duration
+from migrator.reports.checks import format_duration
+from migrator.reports.dashboard import Dashboard, build_dashboard
 
 STATUS_COLOURS: dict[str, str] = {
     Status.PENDING: "#757575",

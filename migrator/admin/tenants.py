@@ -17,7 +17,7 @@ from django.utils.http import urlencode
 
 from migrator.admin.records import status_badge
 from migrator.models import Status
-from migrator.reports.dashboard import with_migration_progress
+from migrator.reports.tenant_progress import with_migration_progress
 from tenants.models import Domain, MigrationState, Tenant
 
 # Registry states shown with the colour of the record status they correspond to; every state a

@@ -1,4 +1,5 @@
-"""The operator dashboard and the tenant admin's progress columns, read from the tracking tables only.
+"""The operator dashboard, read from the tracking tables only (the tenant admin's progress columns are in
+:mod:`migrator.reports.tenant_progress`, the last rehearsal and load test in :mod:`migrator.reports.checks`).
 
 Everything here is a handful of aggregate queries over ``public.schema_migrations`` and
 ``public.tenants``: no tenant table is counted in a web request (phase 1 and phase 3 already
@@ -14,22 +15,24 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import BigIntegerField, Count, F, JSONField, Max, Min, OuterRef, Q, QuerySet, Subquery, Sum, Value
-from django.db.models.fields.json import KT
-from django.db.models.functions import Cast, Coalesce, JSONObject
+from django.db.models import Count, F, Max, Min, Q, QuerySet, Sum
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from migrator import phases as phase_registry
-from migrator.core.details import INSPECTION, BackupDetails, CheckDetails, RehearseDetails, read_details
+from migrator.core.details import BackupDetails, read_details
 from migrator.core.phase import Phase
 from migrator.models import MigrationRecord, Status, of_steps
 from migrator.ops.capture import Lag, lag
-from migrator.ops.load_figures import LEGACY, NEW, LoadTestFigures, QueryFigures
-from migrator.ops.rehearsal_report import RehearsalReport
 from migrator.phases.data import DataPhase
 from migrator.phases.prepare import PreparePhase
-from migrator.phases.rehearse import RehearsePhase
-from migrator.phases.verify import VerifyPhase
+from migrator.reports.checks import (
+    LoadTestSummary,
+    RehearsalSummary,
+    RehearsedPhase,
+    format_duration,
+    latest_rehearsal_and_load_test,
+)
 
 # one definition of each, shared with `status`
 from migrator.reports.status import (
@@ -40,7 +43,7 @@ from migrator.reports.status import (
     ranged_tables_in_progress,
     registered_schemas_missing,
 )
-from migrator.tables import TENANT_DATA_TABLES
+from migrator.reports.tenant_progress import legacy_rows_expression
 from salesflow.layout import tenant_id_from_schema
 
 FAILURES_SHOWN = 50
@@ -49,64 +52,6 @@ RUNNING_SHOWN = 20
 
 def latest_attempts() -> QuerySet[MigrationRecord]:
     return MigrationRecord.objects.latest_attempts()
-
-
-# --- tenant admin columns ------------------------------------------------------------------------------
-
-
-def legacy_rows_expression() -> Any:
-    """Rows of the tenant's legacy tables that phase 3 copies, as phase 1's inspection counted them.
-
-    Only the copied tables (contacts, activities) are summed, so the number is directly comparable
-    with the migrated rows; reference tables are merged into shared tables, not copied per tenant.
-    """
-    per_table = [
-        Coalesce(Cast(KT(f"details__{INSPECTION}__tables__{spec.legacy_table}__rows"), BigIntegerField()), Value(0))
-        for spec in TENANT_DATA_TABLES
-    ]
-    total: Any = per_table[0]
-    for expression in per_table[1:]:
-        total = total + expression
-    return total
-
-
-def with_migration_progress(tenants: QuerySet) -> QuerySet:
-    """Annotate tenants with ``legacy_rows``, ``migrated_rows`` and ``last_step`` (one query in all).
-
-    ``last_step`` is ``{"id", "migration_id", "phase", "step", "target", "status"}`` of the tenant's most
-    recently started step (or, before any started, the most recently planned one).
-    """
-    registered = (
-        MigrationRecord.objects.filter(
-            of_steps(PreparePhase.REGISTER), tenant_id=OuterRef("tenant_id"), status=Status.COMPLETED
-        )
-        .order_by("-attempt")
-        .annotate(rows=legacy_rows_expression())
-        .values("rows")[:1]
-    )
-    copied = (
-        latest_attempts()
-        .filter(of_steps(DataPhase.COPY_TABLE), tenant_id=OuterRef("tenant_id"))
-        .order_by()
-        .values("tenant_id")
-        .annotate(total=Sum("rows_copied"))
-        .values("total")
-    )
-    last = (
-        MigrationRecord.objects.filter(tenant_id=OuterRef("tenant_id"))
-        .order_by(F("started_at").desc(nulls_last=True), "-id")
-        .annotate(
-            summary=JSONObject(
-                id="id", migration_id="migration_id", phase="phase", step="step", target="target", status="status"
-            )
-        )
-        .values("summary")[:1]
-    )
-    return tenants.annotate(
-        legacy_rows=Subquery(registered, output_field=BigIntegerField()),
-        migrated_rows=Subquery(copied, output_field=BigIntegerField()),
-        last_step=Subquery(last, output_field=JSONField()),
-    )
 
 
 # --- dashboard -----------------------------------------------------------------------------------------
@@ -212,67 +157,6 @@ class BackupSummary:
     toc_entries: int | None
     server_major: int | None
     created_at: datetime | None
-
-
-@dataclass(frozen=True)
-class RehearsedPhase:
-    name: str
-    ok: bool
-    seconds: float
-    rows_per_second: float | None
-    projected_low: float | None
-    projected_high: float | None
-    errors: list[str]
-
-    @property
-    def seconds_text(self) -> str:
-        return format_duration(timedelta(seconds=self.seconds))
-
-    @property
-    def projected_text(self) -> str:
-        if self.projected_low is None or self.projected_high is None:
-            return "—"
-        return (
-            f"{format_duration(timedelta(seconds=self.projected_low))} to "
-            f"{format_duration(timedelta(seconds=self.projected_high))}"
-        )
-
-
-@dataclass(frozen=True)
-class RehearsalSummary:
-    """The latest `migrate_phase rehearse` report (its one tracking record)."""
-
-    record_id: int
-    completed_at: datetime | None
-    ok: bool
-    target_database: str
-    phases: dict[str, RehearsedPhase]
-    not_run: list[str]
-    projected_text: str
-    assumptions: list[str]
-
-
-@dataclass(frozen=True)
-class LoadQuery:
-    name: str
-    legacy: QueryFigures | None
-    new: QueryFigures | None
-    legacy_bar: float = 0.0  # p95 as a percentage of the largest p95 of the table: the chart's bar widths
-    new_bar: float = 0.0
-
-
-@dataclass(frozen=True)
-class LoadTestSummary:
-    """The latest load_test step of verify: figures per key query for both layouts."""
-
-    record_id: int
-    status: str
-    completed_at: datetime | None
-    clients: int | None
-    seconds: float | None
-    max_regression: float | None
-    queries: list[LoadQuery]
-    problems: list[str]
 
 
 @dataclass(frozen=True)
@@ -412,89 +296,6 @@ def _legacy_rows_by_tenant() -> dict[str, int]:
     return {str(tenant_id): int(count or 0) for tenant_id, count in rows}
 
 
-def _rehearsal_and_load_test() -> tuple[RehearsalSummary | None, LoadTestSummary | None]:
-    """The latest completed rehearsal and the latest load test, in one query (DISTINCT ON the step)."""
-    rows = (
-        MigrationRecord.objects.filter(
-            (of_steps(RehearsePhase.REHEARSAL) & Q(status=Status.COMPLETED))
-            | (of_steps(VerifyPhase.LOAD_TEST) & Q(status__in=[Status.COMPLETED, Status.FAILED]))
-        )
-        .order_by("step", F("completed_at").desc(nulls_last=True), "-id")
-        .distinct("step")
-    )
-    rehearsal = load_test = None
-    for record in rows:
-        if record.step == RehearsePhase.REHEARSAL.kind and isinstance(
-            read_details(RehearseDetails, record.details).get("rehearsal"), dict
-        ):
-            rehearsal = _rehearsal(record)
-        elif record.step == VerifyPhase.LOAD_TEST.kind and isinstance(
-            read_details(CheckDetails, record.details).get("load_test"), dict
-        ):
-            load_test = _load_test(record)
-    return rehearsal, load_test
-
-
-def _rehearsal(record: MigrationRecord) -> RehearsalSummary:
-    report = RehearsalReport.from_json(read_details(RehearseDetails, record.details)["rehearsal"])
-    projection = report.projection
-    projected = {p.phase: p for p in projection.phases}
-    phases = {}
-    for phase in report.phases:
-        name = phase.phase
-        errors = [f"{f.step}: {f.error}" for f in phase.failed]
-        if phase.error and not errors:
-            errors.append(phase.error)
-        phases[name] = RehearsedPhase(
-            name=name,
-            ok=phase.ok,
-            seconds=phase.seconds,
-            rows_per_second=phase.rows_per_second,
-            projected_low=projected[name].low_seconds if name in projected else None,
-            projected_high=projected[name].high_seconds if name in projected else None,
-            errors=errors,
-        )
-    low, high = projection.total_low_seconds, projection.total_high_seconds
-    total = f"{format_duration(timedelta(seconds=low))} to {format_duration(timedelta(seconds=high))}"
-    return RehearsalSummary(
-        record_id=record.pk,
-        completed_at=record.completed_at,
-        ok=report.ok,
-        target_database=report.target_database,
-        phases=phases,
-        not_run=report.not_run,
-        projected_text=total,
-        assumptions=projection.assumptions,
-    )
-
-
-def _load_test(record: MigrationRecord) -> LoadTestSummary:
-    details = read_details(CheckDetails, record.details)
-    figures = LoadTestFigures.from_json(details["load_test"])
-    layouts = figures.layouts
-    legacy = layouts[LEGACY].queries if LEGACY in layouts else {}
-    new = layouts[NEW].queries if NEW in layouts else {}
-    names = list(dict.fromkeys([*legacy, *new]))
-    largest = max([q.p95_ms or 0 for q in [*legacy.values(), *new.values()]] + [0])
-
-    def bar(stats: QueryFigures | None) -> float:
-        return round(100.0 * (stats.p95_ms or 0) / largest, 1) if stats and largest else 0.0
-
-    queries = [
-        LoadQuery(name, legacy.get(name), new.get(name), bar(legacy.get(name)), bar(new.get(name))) for name in names
-    ]
-    return LoadTestSummary(
-        record_id=record.pk,
-        status=record.status,
-        completed_at=record.completed_at,
-        clients=figures.clients,
-        seconds=figures.seconds,
-        max_regression=figures.max_regression_percent,
-        queries=queries,
-        problems=list(details.get("problems", [])),
-    )
-
-
 def build_dashboard(now: datetime | None = None) -> Dashboard:
     """Every number of the dashboard page, in a fixed number of queries (ten, and the online lag's one or two:
     whether capture is on, and one aggregate over the capture table, which `sync` keeps short)."""
@@ -523,7 +324,7 @@ def build_dashboard(now: datetime | None = None) -> Dashboard:
     running = list(
         latest_attempts().filter(status=Status.RUNNING).order_by("started_at").defer("details")[:RUNNING_SHOWN]
     )
-    rehearsal, load_test = _rehearsal_and_load_test()
+    rehearsal, load_test = latest_rehearsal_and_load_test()
     return Dashboard(
         generated_at=now or timezone.now(),
         tenants=len(tenant_ids),
@@ -576,20 +377,3 @@ def _phase_progress(
     weights = {t: (legacy_rows.get(t, 0) if weighted else 1) for t in tenant_ids}
     done = {t for t, s in per_tenant.items() if s == "done"}
     return replace(progress, remaining=_project(progress.measured, weights, done, finished=progress.state == "done"))
-
-
-def format_duration(value: timedelta | None) -> str:
-    """Short human duration for tables: 0.4 s, 12.3 s, 3 min 12 s, 2 h 5 min, 1 d 3 h."""
-    if value is None:
-        return "—"
-    seconds = value.total_seconds()
-    if round(seconds, 1) < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs} s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours} h {minutes} min"
-    days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h"

@@ -10,7 +10,8 @@ from django.test import Client
 from django.urls import reverse
 
 from migrator.models import MigrationRecord, Status
-from migrator.reports.dashboard import build_dashboard, format_duration
+from migrator.reports.checks import format_duration
+from migrator.reports.dashboard import build_dashboard
 from tests.admin.helpers import T0, register_details
 
 MIN = timedelta(minutes=1)

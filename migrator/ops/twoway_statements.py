@@ -35,11 +35,10 @@ def forward_statements(copy: TableCopy) -> tuple[list[sql.Composed], list[sql.Co
     """Legacy -> new for the written keys: phase 3's own remapping ``SELECT`` (an upsert), and a delete of
     the keys gone from the legacy table; first, a refusal of rows whose reference id has no shared id."""
     types = recopy.key_types(copy.source_schema, copy.source_table, copy.key, copy.schema_catalog)
-    statements = [
-        crossed_write_check(
-            copy, copy.target, recopy.key_types(copy.target_schema, copy.target_table, copy.key, copy.schema_catalog)
-        )
-    ]
+    check = crossed_write_check(
+        copy, copy.target, recopy.key_types(copy.target_schema, copy.target_table, copy.key, copy.schema_catalog)
+    )
+    statements = [check]
     if copy.remaps:
         unmapped = sql.SQL(" + ").join(copy.unmapped_counts())
         statements.append(
@@ -52,7 +51,8 @@ def forward_statements(copy: TableCopy) -> tuple[list[sql.Composed], list[sql.Co
             )
         )
     upsert, delete = recopy.copy_statements(copy, KEYS)
-    return [*statements, upsert], [delete]
+    # a delete runs only the deleting statements: it is checked for a crossing writer too
+    return [*statements, upsert], [check, delete]
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,8 @@ def reverse_statements(
     statements.append(
         recopy.upsert(copy.source, columns, copy.key, select, source, recopy.keys_in("t", copy.key, types, KEYS))
     )
-    gone = [_delete_gone_children(copy, child, types) for child in children]
+    gone = [statements[0]]  # the crossed-write check, for a delete too
+    gone += [_delete_gone_children(copy, child, types) for child in children]
     gone.append(recopy.delete_gone(copy.source_rows, copy.key, types, sql.SQL("ONLY {}").format(copy.target), KEYS))
     return statements, gone
 

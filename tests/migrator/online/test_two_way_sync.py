@@ -100,20 +100,20 @@ def test_concurrent_read_modify_write_through_both_sides_loses_no_update(synced)
     assert value(on_tenant("SELECT owner_id FROM {} WHERE id = 1", CONTACTS)) == expected
 
 
-def test_writers_that_cross_on_one_row_from_both_sides_end_at_once_as_a_deadlock(synced):
-    """The legacy side's row is held by one writer while another updates the row on the new side and
-    waits for it in the sync; when the first then writes the row, it would wait for the second: it is
-    told at once (40P01), not after the sync's 500 ms lock timeout, and the second one goes on."""
+def cross_on_one_row(table: str, new_table: str, row: int, legacy_write: str, new_write: str) -> None:
+    """The legacy side's row is held by one writer (``FOR UPDATE``) while another writes the row on the new
+    side and waits for it in the sync; then the first writes the row too, and would wait for the second.
+    It must be told at once (40P01), not after the sync's 500 ms lock timeout, and the second goes on."""
     with psycopg_connect() as legacy_writer, psycopg_connect() as new_writer:
         legacy_writer.autocommit = new_writer.autocommit = False
-        legacy_writer.execute(on_tenant("SELECT 1 FROM {} WHERE id = 1 FOR UPDATE", "contacts"))
+        legacy_writer.execute(on_tenant("SELECT 1 FROM {} WHERE id = %s FOR UPDATE", table), [row])
         new_writer.execute("SET lock_timeout = '20s'")  # its own timeout, which the sync keeps
         new_pid = new_writer.info.backend_pid
         failures: list[BaseException] = []
 
         def write_new_side() -> None:
             try:
-                new_writer.execute(on_tenant("UPDATE {} SET phone = 'new side' WHERE id = 1", CONTACTS))
+                new_writer.execute(on_tenant(new_write, new_table), [row])
                 new_writer.commit()
             except Exception as exc:  # noqa: BLE001 - reported below, in the test's thread
                 failures.append(exc)
@@ -128,12 +128,25 @@ def test_writers_that_cross_on_one_row_from_both_sides_end_at_once_as_a_deadlock
         else:
             pytest.fail("the new side's writer never waited for the legacy row")
         with pytest.raises(errors.DeadlockDetected, match="waits for this transaction"):
-            legacy_writer.execute(on_tenant("UPDATE {} SET phone = 'legacy side' WHERE id = 1", "contacts"))
+            legacy_writer.execute(on_tenant(legacy_write, table), [row])
         legacy_writer.rollback()
         worker.join(20)
     assert not failures, failures
+
+
+def test_writers_that_cross_on_one_row_from_both_sides_end_at_once_as_a_deadlock(synced):
+    legacy_write = "UPDATE {} SET phone = 'legacy side' WHERE id = %s"
+    cross_on_one_row("contacts", CONTACTS, 1, legacy_write, "UPDATE {} SET phone = 'new side' WHERE id = %s")
     for table in ("contacts", CONTACTS):
         assert value(on_tenant("SELECT phone FROM {} WHERE id = 1", table)) == "new side"
+
+
+def test_deletes_that_cross_on_one_row_from_both_sides_end_at_once_as_a_deadlock(synced):
+    row = value(on_tenant("SELECT min(id) FROM {}", "activities"))
+    cross_on_one_row("activities", ACTIVITIES, row, "DELETE FROM {} WHERE id = %s", "DELETE FROM {} WHERE id = %s")
+    for table in ("activities", ACTIVITIES):
+        assert value(on_tenant("SELECT count(*) FROM {} WHERE id = %s", table), [row]) == 0
+    assert_in_sync()
 
 
 def test_updates_of_different_columns_of_one_row_both_stay(synced):

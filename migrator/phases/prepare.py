@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 from django.db import transaction
@@ -15,13 +15,19 @@ from migrator.core.details import BackupDetails, DiscoverDetails, InspectDetails
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
-from migrator.django_migrations import BOOTSTRAP_APPS, legacy_registry_present, migrate_schema
-from migrator.models import Disposition, DriftFinding, FindingKind
+from migrator.django_migrations import BOOTSTRAP_APPS, migrate_schema
+from migrator.models import Disposition, FindingKind
 from migrator.ops import backup, binaries, dependents, drift, inspection, registry, rehearsal, restore
-from migrator.ops.conversions import legacy_timezone
+from migrator.ops.drift_decisions import drift_decisions, drift_findings, record_findings, rename_decided_tables
+from migrator.ops.tenant_decisions import (
+    created_new,
+    excluded_tenants,
+    register_excluded,
+    resolve_invalid_schemas,
+)
 from migrator.step_ref import StepRef
 from migrator.tables import LEGACY_AUTH_TABLES
-from salesflow.layout import is_reserved_schema, tenant_id_from_schema, tenant_schema_name
+from salesflow.layout import tenant_schema_name
 from tenants.models import MigrationState, Tenant
 
 MIN_SERVER_VERSION = 150000
@@ -40,157 +46,6 @@ def catalog_database_comment() -> str:
 
 def server_major() -> int:
     return catalog.server_version_num() // 10000
-
-
-def created_new() -> set[str]:
-    """Tenants created in the target layout: their schemas are not legacy."""
-    if not catalog.table_exists("public", "tenants") or legacy_registry_present():  # --plan before the registry exists
-        return set()
-    return set(Tenant.objects.filter(migration_state=MigrationState.NEW).values_list("tenant_id", flat=True))
-
-
-def drift_decisions(ctx: MigrationContext) -> drift.Decisions:
-    """What the operator's options decide about drift."""
-    return drift.Decisions(
-        skip_schemas=frozenset(ctx.options.skip_schemas),
-        rename_tables={(schema, old): new for schema, old, new in ctx.options.rename_tables},
-        leave_tables=ctx.options.leave_tables,
-        leave_constraints=ctx.options.leave_constraints,
-        leave_dependents=ctx.options.leave_dependents,
-        legacy_timezone=legacy_timezone(ctx.options),
-    )
-
-
-def drift_findings(ctx: MigrationContext, inspected: str, schema: str) -> list[drift.Finding]:
-    """Findings of the schema ``inspected``, reported as ``schema``'s (they differ before a --rename-schema)."""
-    decisions = drift_decisions(ctx)
-    if inspected != schema:
-        decisions = replace(
-            decisions,
-            rename_tables={
-                (inspected, old): new for (where, old), new in decisions.rename_tables.items() if where == schema
-            },
-        )
-    ((_, findings),) = list(drift.inspect_schemas([inspected], decisions))
-    return [replace(f, schema=schema) for f in findings] if inspected != schema else findings
-
-
-def record_findings(found: dict[str, list[drift.Finding]]) -> None:
-    """Replace each tenant schema's recorded findings by these, in one transaction."""
-    with transaction.atomic():
-        DriftFinding.objects.filter(tenant_schema__in=list(found)).delete()
-        DriftFinding.objects.bulk_create(
-            DriftFinding(
-                tenant_schema=f.schema,
-                legacy_table=f.table,
-                kind=f.kind,
-                object_name=f.object_name,
-                detail=f.detail,
-                disposition=f.disposition,
-                action=f.action,
-                decided_by=f.decided_by,
-            )
-            for findings in found.values()
-            for f in findings
-        )
-
-
-def rename_decided_tables(ctx: MigrationContext, schema: str) -> dict[str, str]:
-    """Rename the tables of ``schema`` that --rename-table maps to a legacy table (old name -> new name)."""
-    done: dict[str, str] = {}
-    for where, old, new in ctx.options.rename_tables:
-        if where == schema and catalog.table_exists(schema, old) and not catalog.table_exists(schema, new):
-            inspection.rename_table(schema, old, new)
-            done[old] = new
-    return done
-
-
-def drift_report(ctx: MigrationContext) -> list[drift.FindingGroup]:
-    """The drift of every tenant prepare would inspect, grouped across tenants (reads only: for --plan)."""
-    valid, _invalid = inspection.discover_tenant_schemas(ctx.config.legacy_auth_schema, ctx.config.archive_schema)
-    new = created_new()
-    valid = [t for t in valid if t not in new]
-    if ctx.tenant_filter:
-        valid = [t for t in valid if t in ctx.tenant_filter]
-    schemas = [tenant_schema_name(t) for t in valid]
-    findings = (f.as_dict() for _schema, found in drift.inspect_schemas(schemas, drift_decisions(ctx)) for f in found)
-    return drift.group_findings(findings)
-
-
-def excluded_tenants(tenant_ids: tuple[str, ...] | None = None) -> set[str]:
-    """Registered tenants left out with --skip-schema (EXCLUDED), of ``tenant_ids`` if given."""
-    if not catalog.table_exists("public", "tenants") or legacy_registry_present():
-        return set()
-    rows = Tenant.objects.filter(migration_state=MigrationState.EXCLUDED)
-    if tenant_ids is not None:
-        rows = rows.filter(tenant_id__in=tenant_ids)
-    return set(rows.values_list("tenant_id", flat=True))
-
-
-def register_excluded(tenant_id: str) -> None:
-    """Record a tenant left out before it was registered: in the registry as EXCLUDED (so every later run
-    leaves it out too), its legacy schema untouched."""
-    if not Tenant.objects.filter(tenant_id=tenant_id).exists():
-        tenant = Tenant(
-            tenant_id=tenant_id, name=tenant_id.replace("_", " ").title(), migration_state=MigrationState.EXCLUDED
-        )
-        tenant.auto_create_schema = False
-        tenant.save()
-
-
-@dataclass
-class InvalidSchemas:
-    """The ``tenant_*`` schemas whose names are not valid tenant ids, and what the operator said about them."""
-
-    excluded: list[dict[str, object]] = field(default_factory=list)  # {"schema", "rows", "reason"}
-    renamed: dict[str, str] = field(default_factory=dict)  # old schema -> new tenant id (still to rename)
-    blocking: dict[str, int] = field(default_factory=dict)  # schema -> rows: holds data, no decision given
-    skipped_tenants: list[str] = field(default_factory=list)  # valid tenant ids left out by --skip-schema
-
-
-def resolve_invalid_schemas(ctx: MigrationContext, invalid: list[str], valid: list[str]) -> InvalidSchemas:
-    """Sort the invalid schemas into left out (operator's --skip-schema, or holding no rows), renamed
-    (--rename-schema) and blocking (data nobody decided about: migrating without them would lose it);
-    and the valid tenants the operator left out with --skip-schema.
-
-    An option naming a schema that is neither an invalid ``tenant_*`` schema nor a tenant's is an
-    error: a typo must not pass for a decision.
-    """
-    cfg = ctx.config
-    candidates = [name for name in invalid if not is_reserved_schema(name, cfg.legacy_auth_schema, cfg.archive_schema)]
-    skip = set(ctx.options.skip_schemas)
-    renames = dict(ctx.options.rename_schemas)
-    for name in [*skip, *renames]:
-        if name in skip and name in renames:
-            raise MigrationError(f"schema {name!r} is given both --skip-schema and --rename-schema; choose one")
-    result = InvalidSchemas()
-    for name in sorted(skip):
-        tenant_id = tenant_id_from_schema(name)
-        if tenant_id is not None and tenant_id in valid:
-            result.skipped_tenants.append(tenant_id)
-        elif name not in candidates:
-            raise MigrationError(f"--skip-schema {name!r}: no tenant_* schema of that name in this database")
-    for old, new in sorted(renames.items()):
-        target = tenant_schema_name(new)
-        if old in candidates:
-            if catalog.schema_exists(target):
-                raise MigrationError(f"--rename-schema {old}={new}: schema {target} already exists; choose another id")
-            result.renamed[old] = new
-        elif new not in valid:  # renamed by an earlier run, the schema is tenant_<new> now
-            raise MigrationError(
-                f"--rename-schema {old}={new}: no tenant_* schema {old!r} with an invalid tenant id in this database"
-            )
-    for name in [*candidates, *(tenant_schema_name(t) for t in result.skipped_tenants)]:
-        if name in result.renamed:
-            continue
-        rows = inspection.rows_in_schema(name)
-        if name in skip:
-            result.excluded.append({"schema": name, "rows": rows, "reason": "--skip-schema"})
-        elif rows == 0:
-            result.excluded.append({"schema": name, "rows": 0, "reason": "no rows"})
-        else:
-            result.blocking[name] = rows
-    return result
 
 
 class PreparePhase(Phase):

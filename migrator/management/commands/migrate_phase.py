@@ -23,9 +23,10 @@ from migrator.engine import orchestration
 from migrator.engine.runner import PhaseOutcome
 from migrator.management.arguments import add_options
 from migrator.management.output import ConsoleReporter, outcome_dict, outcome_summary, rehearsal_lines
+from migrator.ops.drift_decisions import drift_report
 from migrator.ops.rehearsal_report import RehearsalReport
 from migrator.phases import get_phase, phase_choices, phases_help
-from migrator.phases.prepare import PreparePhase, drift_report
+from migrator.phases.prepare import PreparePhase
 from migrator.phases.rehearse import RehearsePhase
 from migrator.reports import gate
 from migrator.reports.drift import recorded_drift, report_lines

@@ -33,9 +33,9 @@ from migrator.ops.copies import (
     timezone_details,
 )
 from migrator.ops.copy import CopyStats, analyze, copy_in_ranges, copy_table, source_rows_up_to, table_fence
+from migrator.ops.copy_checks import check_columns, refuse_inheritance_children
 from migrator.ops.sequences import continue_sequence
 from migrator.ops.table_copy import TableCopy, type_differences
-from migrator.ops.target_columns import refuse_unmapped_legacy_columns
 from migrator.step_ref import StepRef, Target
 from migrator.tables import (
     LEGACY_AUTH_TABLES,
@@ -47,34 +47,6 @@ from migrator.tables import (
 )
 from tenants import schema_lock
 from tenants.models import MigrationState
-
-
-def check_columns(copy: TableCopy) -> None:
-    """Refuse before copying anything when a legacy column has no target column."""
-    refuse_unmapped_legacy_columns(
-        (copy.source_schema, copy.source_table),
-        (copy.target_schema, copy.target_table),
-        "copied",
-        copy.schema_catalog,
-    )
-
-
-def refuse_inheritance_children(schema: str, tables: list[str], scope: str, remedy: str) -> None:
-    """Refuse when a legacy table of ``tables`` has inheritance children.
-
-    Every read of a legacy table takes the table's own rows only (``ONLY``): a child's rows have
-    columns of their own, and the target has no place for them. Refused even when the child is
-    empty: a row written to it later would be left behind unseen, and the child would stay in the
-    tenant schema, attached to an archived parent, after cutover. Partitions are not children here.
-    """
-    children = catalog.inheritance_children(schema, tables)
-    if children:
-        found = ", ".join(f"{c.schema}.{c.table} ({c.rows} rows) inherits from {schema}.{c.parent}" for c in children)
-        raise MigrationError(
-            f"{scope}: legacy tables have inheritance children whose rows would not be copied: {found}; "
-            f"nothing was copied for it: {remedy}"
-        )
-
 
 # A table smaller than this (that also fits in one batch) is copied with its indexes and foreign keys
 # in place: for a few hundred rows, maintaining them row by row costs a fraction of a millisecond,

@@ -83,6 +83,24 @@ class ReferenceRowsDetails(TypedDict, total=False):
 # --- phase 1 (prepare) ----------------------------------------------------------------------------------
 
 
+class PreflightDetails(TypedDict):
+    """``prepare``'s ``preflight``: the server, the client binaries found, and the disk for the backup."""
+
+    server_version: int
+    pg_dump: str
+    pg_restore: str
+    disk_free: int
+    database_size: int
+
+
+class MigrationsAppliedDetails(TypedDict, total=False):
+    """Steps that run Django migrations (``bootstrap``, ``service_schemas``, ``tenant_tables``): which ones
+    they applied; ``bootstrap`` also what adopting a legacy ``public.tenants`` did (None: nothing to adopt)."""
+
+    applied: list[str]
+    adopted_registry: dict[str, Any] | None
+
+
 class BackupDetails(TypedDict, total=False):
     """``prepare``'s ``backup`` step: the dump it took (or, in a rehearsal copy, the one it was restored from)."""
 
@@ -208,6 +226,54 @@ class ArchiveDetails(TypedDict, total=False):
     attempts: int
 
 
+class OnlineSwitchDetails(TypedDict, total=False):
+    """What the online mode's switches store: ``start_two_way_sync`` (data), ``archive_legacy`` and
+    ``archive_auth`` (cutover: the new tables declared primary), ``finish_sync`` (finalize) and
+    ``stop_sync`` (rollback). ``writes_blocked_ms``: how long the switch held the application's writes.
+    The keys it shares with :class:`ArchiveDetails` mean the same (``online``, ``archived``, ...)."""
+
+    online: bool
+    two_way: bool
+    attempts: int
+    archived: dict[str, str]  # finish: legacy table -> where it is now
+    dependents_carried: list[dict[str, str]]  # finish
+    legacy_schema_dropped: bool  # finish
+    sequences: Mapping[str, object]  # table -> the id space's start (start) or the survivor's next id (finish, stop)
+    writes_blocked_ms: float
+    backlog: int  # start: captured changes applied before the lock
+    last_changes: int  # start: those applied under it
+    compared: dict[str, str]  # cutover: table -> the fingerprint both sides had
+    compared_in_ranges: dict[str, int]  # cutover: legacy table -> key ranges compared
+    discarded_reference_variants: list[str]
+    triggers_dropped: list[str]  # stop
+
+
+class LiveCountDetails(TypedDict):
+    """``cutover``'s ``mark_live``: tenants live of those registered."""
+
+    live: int
+    tenants: int
+
+
+# --- sync and finalize ----------------------------------------------------------------------------------
+
+
+class SyncApplyDetails(TypedDict, total=False):
+    """``sync``'s ``apply`` (one scope's captured changes) and ``follow`` (rounds until stopped)."""
+
+    changes: int
+    keys: dict[str, int]  # apply: table -> distinct keys re-copied
+    whole_scope_rounds: int
+    rounds: int  # follow
+
+
+class ObservedDetails(TypedDict):
+    """``finalize``'s ``observe``: how long the old application's writes were watched, over how many scopes."""
+
+    observed_seconds: float
+    schemas: int
+
+
 # --- rollback -------------------------------------------------------------------------------------------
 
 
@@ -218,6 +284,25 @@ class RestoreDetails(TypedDict):
     replaced_database: str
     history_rows: int
     history_file: str
+
+
+class CheckBackupDetails(TypedDict):
+    """``check_backup``: the backup a restore would use, and the ``pg_restore`` that would read it."""
+
+    backup: dict[str, Any]  # BackupInfo.as_dict() (migrator.ops.backup)
+    pg_restore: str
+
+
+class DroppedDetails(TypedDict):
+    """``drop_tenant_tables``: the new tables dropped."""
+
+    dropped: list[str]
+
+
+class RolledBackDetails(TypedDict):
+    """``mark_rolled_back``: the phases whose steps were marked ROLLED_BACK."""
+
+    phases: list[str]
 
 
 class DropRolesDetails(TypedDict):

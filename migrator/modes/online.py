@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from migrator import catalog, db
 from migrator.core.context import MigrationContext, TenantRef
-from migrator.core.details import OnlineApplyDetails
+from migrator.core.details import OnlineApplyDetails, OnlineSwitchDetails
 from migrator.core.errors import MigrationError
 from migrator.core.steps import StepReporter, StepResult
 from migrator.ops import archive, capture, dependents, reference, twoway, twoway_statements
@@ -234,7 +234,7 @@ def start_two_way_sync(ctx: MigrationContext, scope: str, reporter: StepReporter
     transaction only.
     """
     if twoway.is_synced(scope):
-        return StepResult(message="two-way sync already on", details={"online": True, "two_way": True})
+        return StepResult(message="two-way sync already on", details=OnlineSwitchDetails(online=True, two_way=True))
     check_lock_timeout(ctx.options.lock_timeout_ms)
     # a tenant's tables as read for its steps: the sync changes triggers, no table
     schema_catalog = catalog.read_for(scope, reporter.tenant)
@@ -245,7 +245,7 @@ def start_two_way_sync(ctx: MigrationContext, scope: str, reporter: StepReporter
     for ref_name in refs:  # once per shared table, in a transaction of its own (it is every tenant's)
         _ensure_shared_sync(ctx, legacy_table(ref_name), scope, schema_catalog)
     merge = scope_merge(ctx, scope, schema_catalog)
-    facts: dict[str, object] = {}
+    facts = OnlineSwitchDetails()
 
     def engage() -> None:
         locked_at = time.monotonic()
@@ -287,9 +287,11 @@ def start_two_way_sync(ctx: MigrationContext, scope: str, reporter: StepReporter
         tables = {t: f"{c.target_schema}.{c.target_table}" for t, c in copies.items()} | dict.fromkeys(refs, "")
         twoway.record_synced(scope, tenant_id, tables)
         facts.update(
-            writes_blocked_ms=round((time.monotonic() - locked_at) * 1000, 1),
-            last_changes=stats.changes,
-            sequences=sequences,
+            OnlineSwitchDetails(
+                writes_blocked_ms=round((time.monotonic() - locked_at) * 1000, 1),
+                last_changes=stats.changes,
+                sequences=sequences,
+            )
         )
 
     attempts = capture.with_lock_retries(engage, ctx.options.lock_timeout_ms, f"start the two-way sync of {scope}")
@@ -297,7 +299,7 @@ def start_two_way_sync(ctx: MigrationContext, scope: str, reporter: StepReporter
     return StepResult(
         message=f"two-way sync on: {backlog.changes} + {facts['last_changes']} captured changes applied, "
         f"writes blocked {facts['writes_blocked_ms']} ms, {attempts} attempt(s)",
-        details={"online": True, "two_way": True, "attempts": attempts, "backlog": backlog.changes, **facts},
+        details=OnlineSwitchDetails(online=True, two_way=True, attempts=attempts, backlog=backlog.changes, **facts),
     )
 
 
@@ -375,14 +377,14 @@ def declare_new_primary(ctx: MigrationContext, scope: str, reporter: StepReporte
     return StepResult(
         message=f"new tables primary: {sum(c.target.rows for c in compared.values())} rows equal on both sides; "
         "legacy tables stay in two-way sync until finalize",
-        details={
-            "online": True,
-            "two_way": True,
-            "writes_blocked_ms": 0,
-            "compared": {t: str(c.target) for t, c in compared.items()},
-            **({"compared_in_ranges": in_ranges} if in_ranges else {}),
-            **({"discarded_reference_variants": discarded} if discarded else {}),
-        },
+        details=OnlineSwitchDetails(
+            online=True,
+            two_way=True,
+            writes_blocked_ms=0,
+            compared={t: str(c.target) for t, c in compared.items()},
+            **(OnlineSwitchDetails(compared_in_ranges=in_ranges) if in_ranges else OnlineSwitchDetails()),
+            **(OnlineSwitchDetails(discarded_reference_variants=discarded) if discarded else OnlineSwitchDetails()),
+        ),
     )
 
 
@@ -398,7 +400,7 @@ def finish_sync(ctx: MigrationContext, scope: str, owner: str) -> StepResult:
     is_auth = scope == ctx.config.legacy_auth_schema
     found = dependents.of_tables(scope, legacy)
     dependents.refuse_uncarried(scope, found, ctx.options.leave_dependents)
-    facts: dict[str, object] = {}
+    facts = OnlineSwitchDetails()
 
     def finish() -> None:
         locked_at = time.monotonic()
@@ -416,18 +418,20 @@ def finish_sync(ctx: MigrationContext, scope: str, owner: str) -> StepResult:
             found, new_tables, ctx.options.leave_dependents, archive.archived_tables(moved, scope)
         )
         facts.update(
-            archived=moved,
-            sequences=sequences,
-            dependents_carried=carried,
-            writes_blocked_ms=round((time.monotonic() - locked_at) * 1000, 1),
-            legacy_schema_dropped=archive.drop_schema_if_empty(scope) if is_auth else False,
+            OnlineSwitchDetails(
+                archived=moved,
+                sequences=sequences,
+                dependents_carried=carried,
+                writes_blocked_ms=round((time.monotonic() - locked_at) * 1000, 1),
+                legacy_schema_dropped=archive.drop_schema_if_empty(scope) if is_auth else False,
+            )
         )
 
     attempts = capture.with_lock_retries(finish, ctx.options.lock_timeout_ms, f"finalize {scope}")
     return StepResult(
-        message=f"two-way sync stopped, {len(facts['archived'])} legacy tables archived "  # type: ignore[arg-type]
+        message=f"two-way sync stopped, {len(facts['archived'])} legacy tables archived "
         f"(writes blocked {facts['writes_blocked_ms']} ms, {attempts} attempt(s))",
-        details={"online": True, "attempts": attempts, **facts},
+        details=OnlineSwitchDetails(online=True, attempts=attempts, **facts),
     )
 
 
@@ -460,7 +464,7 @@ def stop_sync(ctx: MigrationContext, scope: str) -> StepResult:
     id issued, in one transaction with bounded lock waits (retried); the legacy tables hold every write."""
     check_lock_timeout(ctx.options.lock_timeout_ms)
     copies, refs = _scope_tables(ctx, scope)
-    facts: dict[str, object] = {}
+    facts = OnlineSwitchDetails()
 
     def stop() -> None:
         _lock_scope(scope, copies, refs)
@@ -473,7 +477,8 @@ def stop_sync(ctx: MigrationContext, scope: str) -> StepResult:
 
     attempts = capture.with_lock_retries(stop, ctx.options.lock_timeout_ms, f"stop the two-way sync of {scope}")
     return StepResult(
-        message=f"two-way sync of {scope} stopped ({attempts} attempt(s))", details={"attempts": attempts, **facts}
+        message=f"two-way sync of {scope} stopped ({attempts} attempt(s))",
+        details=OnlineSwitchDetails(attempts=attempts, **facts),
     )
 
 

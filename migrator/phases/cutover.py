@@ -9,7 +9,7 @@ from psycopg import sql
 
 from migrator import catalog
 from migrator.core.context import MigrationContext, TenantRef
-from migrator.core.details import ArchiveDetails, SequenceDetails
+from migrator.core.details import ArchiveDetails, LiveCountDetails, SequenceDetails
 from migrator.core.errors import MigrationError
 from migrator.core.fingerprint import Fingerprint
 from migrator.core.phase import Phase, StepKind
@@ -353,7 +353,7 @@ class CutoverPhase(Phase):
     def _count_live_tenants(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         live = Tenant.objects.filter(migration_state=MigrationState.LIVE).count()
         total = Tenant.objects.count()
-        return StepResult(message=f"{live} of {total} tenants live", details={"live": live, "tenants": total})
+        return StepResult(message=f"{live} of {total} tenants live", details=LiveCountDetails(live=live, tenants=total))
 
     def _check_tenant_archived(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
         schema = TenantRef(step.tenant_id or "").schema

@@ -15,6 +15,7 @@ from django.db import transaction
 
 from migrator import db
 from migrator.core.context import MigrationContext
+from migrator.core.details import ObservedDetails
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
@@ -102,7 +103,7 @@ class FinalizePhase(Phase):
             )
         return StepResult(
             message=f"no legacy table written in {ctx.options.observe_seconds:g} s",
-            details={"observed_seconds": ctx.options.observe_seconds, "schemas": len(scopes)},
+            details=ObservedDetails(observed_seconds=ctx.options.observe_seconds, schemas=len(scopes)),
         )
 
     def _finish_sync(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:

@@ -11,7 +11,14 @@ from django.db import transaction
 
 from migrator import catalog, db
 from migrator.core.context import MigrationContext, TenantRef
-from migrator.core.details import BackupDetails, DiscoverDetails, InspectDetails, read_details
+from migrator.core.details import (
+    BackupDetails,
+    DiscoverDetails,
+    InspectDetails,
+    MigrationsAppliedDetails,
+    PreflightDetails,
+    read_details,
+)
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
@@ -167,13 +174,13 @@ class PreparePhase(Phase):
             )
         return StepResult(
             message=f"PostgreSQL {major}, {pg_dump}, {free // 2**20} MiB free for ~{needed // 2**20} MiB",
-            details={
-                "server_version": version,
-                "pg_dump": str(pg_dump),
-                "pg_restore": str(pg_restore),
-                "disk_free": free,
-                "database_size": needed,
-            },
+            details=PreflightDetails(
+                server_version=version,
+                pg_dump=str(pg_dump),
+                pg_restore=str(pg_restore),
+                disk_free=free,
+                database_size=needed,
+            ),
         )
 
     def _bootstrap(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
@@ -185,7 +192,7 @@ class PreparePhase(Phase):
                 f"; adopted the legacy public.tenants ({adopted['rows']} tenants, kept as {adopted['kept_as']}, "
                 f"extra columns: {', '.join(adopted['extra_columns']) or 'none'})"
             )
-        return StepResult(message=message, details={"applied": applied, "adopted_registry": adopted})
+        return StepResult(message=message, details=MigrationsAppliedDetails(applied=applied, adopted_registry=adopted))
 
     def _take_backup(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         if ctx.options.rehearsal_backup:

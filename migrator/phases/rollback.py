@@ -6,7 +6,14 @@ from django.db import transaction
 
 from migrator import catalog
 from migrator.core.context import MigrationContext, TenantRef
-from migrator.core.details import ArchiveDetails, DropRolesDetails, read_details
+from migrator.core.details import (
+    ArchiveDetails,
+    CheckBackupDetails,
+    DroppedDetails,
+    DropRolesDetails,
+    RolledBackDetails,
+    read_details,
+)
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
@@ -191,7 +198,7 @@ class RollbackPhase(Phase):
         pg_restore = restore.restore_tool(info, ctx.config.bin_dirs)  # before drop_roles changes anything
         return StepResult(
             message=f"{info.path} verified (sha256 {info.sha256[:12]}...), {pg_restore}",
-            details={"backup": info.as_dict(), "pg_restore": str(pg_restore)},
+            details=CheckBackupDetails(backup=info.as_dict(), pg_restore=str(pg_restore)),
         )
 
     def _restore_backup(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
@@ -230,7 +237,7 @@ class RollbackPhase(Phase):
         beside_synced_writers(drop, ctx.options.lock_timeout_ms, f"drop the new tables of {tenant.schema}")
         return StepResult(
             message=f"dropped {', '.join(dropped) or 'nothing'}; {marked} steps marked ROLLED_BACK",
-            details={"dropped": dropped},
+            details=DroppedDetails(dropped=dropped),
         )
 
     def _drop_service_schemas(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
@@ -251,7 +258,7 @@ class RollbackPhase(Phase):
         marked = tracking.mark_rolled_back(
             phases, [t.tenant_id for t in ctx.registered_tenants] if ctx.tenant_filter else None, kept=[BACKUP]
         )
-        return StepResult(message=f"{marked} steps marked ROLLED_BACK", details={"phases": phases})
+        return StepResult(message=f"{marked} steps marked ROLLED_BACK", details=RolledBackDetails(phases=phases))
 
     def _refuse_after_cutover(self, ctx: MigrationContext) -> None:
         live = [

@@ -8,6 +8,7 @@ from django.db import transaction
 
 from migrator import catalog, db
 from migrator.core.context import MigrationContext, TenantRef
+from migrator.core.details import MigrationsAppliedDetails
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.django_migrations import TenantTemplate, build_tenant_template, migrate_schema, pending_sql
@@ -104,7 +105,7 @@ class SchemasPhase(Phase):
     def _applied(applied: list[str]) -> StepResult:
         return StepResult(
             message=f"{len(applied)} migrations applied" if applied else "already up to date",
-            details={"applied": applied},
+            details=MigrationsAppliedDetails(applied=applied),
         )
 
     def _create_service_schemas(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from migrator.core.context import MigrationContext
+from migrator.core.details import SyncApplyDetails
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.modes import online
@@ -38,7 +39,9 @@ class SyncPhase(Phase):
         return StepResult(
             message=f"{stats.changes} captured changes applied ({sum(stats.keys.values())} rows re-copied)",
             rows_copied=stats.changes,
-            details={"changes": stats.changes, "keys": stats.keys, "whole_scope_rounds": stats.whole_scope_rounds},
+            details=SyncApplyDetails(
+                changes=stats.changes, keys=stats.keys, whole_scope_rounds=stats.whole_scope_rounds
+            ),
         )
 
     def _follow(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
@@ -60,5 +63,5 @@ class SyncPhase(Phase):
         return StepResult(
             message=f"stopped on request after {rounds} rounds; {applied} captured changes applied",
             rows_copied=applied,
-            details={"rounds": rounds, "changes": applied},
+            details=SyncApplyDetails(rounds=rounds, changes=applied),
         )

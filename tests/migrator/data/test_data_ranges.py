@@ -107,7 +107,8 @@ def test_a_large_table_is_copied_and_validated_in_ranges_on_every_connection(lar
     run("migrate_phase", "data", interactive=False, jobs=3, batch_size=300)
 
     assert_copied_exactly(TENANTS)
-    copies = range_rows("copy_range")
+    # the stage's large tables (another legacy table may be ranged too: its own rows, not counted here)
+    copies = [r for r in range_rows("copy_range") if r.target in SOURCE_ROWS]
     # 4,000 contacts in 4 ranges and 8,000 activities in 8, per tenant; all done, rows as planned
     assert len(copies) == 2 * (4 + 8)
     assert {r.status for r in copies} == {Status.COMPLETED}
@@ -122,7 +123,7 @@ def test_a_large_table_is_copied_and_validated_in_ranges_on_every_connection(lar
     assert step.details["ranges"] == 8
     assert step.rows_copied == ACTIVITIES
 
-    validations = range_rows("validate_range")
+    validations = [r for r in range_rows("validate_range") if r.target in SOURCE_ROWS]
     assert len(validations) == 2 * (4 + 8)
     assert {r.status for r in validations} == {Status.COMPLETED}
     for tenant in TENANTS:

@@ -13,6 +13,7 @@ from psycopg import sql
 from migrator.models import MigrationRecord, Status
 from migrator.ops import twoway
 from migrator.reports.status import status_report
+from migrator.tables import TENANT_DATA_TABLES
 from tests.helpers import run
 from tests.migrator.helpers import (
     count,
@@ -33,6 +34,14 @@ from tests.migrator.online.writer import (
 TENANTS = ["tenant_acme_0001", "tenant_globex_0002"]
 RANGE_ROWS = 1_000  # 4,000 contacts and 8,000 activities per tenant: 4 and 8 ranges
 RANGED_TABLES = {"contact_data_contacts": 4, "activity_data_activities": 8}
+# Their legacy names. Another large legacy table, if the registry has one, is ranged too: its own ranges,
+# not counted here.
+LEGACY_RANGED = {"contact_data_contacts": "contacts", "activity_data_activities": "activities"}
+
+
+def of_stage_tables(in_ranges: dict[str, int]) -> dict[str, int]:
+    """``compared_in_ranges`` (by legacy table) of the stage's large tables."""
+    return {table: count for table, count in in_ranges.items() if table in LEGACY_RANGED.values()}
 
 
 @pytest.fixture
@@ -85,12 +94,13 @@ def test_a_whale_is_backfilled_validated_and_compared_in_ranges_while_it_is_writ
     for schema in TENANTS:
         [switched] = latest_rows("cutover", "archive_legacy", schema)
         assert switched.status == Status.COMPLETED
-        in_ranges = switched.details["compared_in_ranges"]  # by legacy table
+        in_ranges = of_stage_tables(switched.details["compared_in_ranges"])  # by legacy table
         assert in_ranges.keys() == {"contacts", "activities"}
         assert in_ranges["contacts"] >= 4
         assert in_ranges["activities"] >= 8
         assert switched.details["writes_blocked_ms"] == 0
-        compared = latest_rows("cutover", "validate_range", schema)  # each table with its own plan
+        # each table with its own plan
+        compared = [r for r in latest_rows("cutover", "validate_range", schema) if r.target in RANGED_TABLES]
         assert sorted(r.target for r in compared) == sorted(
             [
                 *["contact_data_contacts"] * in_ranges["contacts"],
@@ -167,7 +177,7 @@ def test_a_cutover_killed_while_it_compares_a_whale_shows_its_ranges_and_a_rerun
     shown = [t for t in status_report().ranged if t.what == "cutover comparison"]
     assert shown, status_report().ranged
     assert all(t.ranges_done < len(t.ranges) for t in shown)
-    assert {t.table for t in shown} <= set(RANGED_TABLES)
+    assert {t.table for t in shown} <= {spec.target_table for spec in TENANT_DATA_TABLES}
     for schema in TENANTS:
         assert twoway.is_synced(schema)  # the comparison changes nothing
 
@@ -177,5 +187,5 @@ def test_a_cutover_killed_while_it_compares_a_whale_shows_its_ranges_and_a_rerun
     for schema in TENANTS:
         [switched] = latest_rows("cutover", "archive_legacy", schema)
         assert switched.status == Status.COMPLETED
-        assert switched.details["compared_in_ranges"] == {"contacts": 20, "activities": 40}
+        assert of_stage_tables(switched.details["compared_in_ranges"]) == {"contacts": 20, "activities": 40}
         assert_sides_equal(schema)

@@ -85,7 +85,7 @@ class SchemaCatalog:
 
     def row_count(self, schema: str, table: str) -> int:
         """:func:`row_count`, partitioned or not as this catalog says."""
-        return int(db.fetchvalue(sql.SQL("SELECT count(*) FROM {}").format(self.own_rows(schema, table))))
+        return row_count(schema, table, self.is_partitioned(schema, table))
 
     def tables_of(self, schema: str) -> set[str]:
         """``schema``'s ordinary and partitioned tables (:func:`tables_by_schema` of that schema alone)."""
@@ -289,9 +289,10 @@ def tables_without_trigger(schema: str, tables: list[str], trigger: str) -> list
     return [r[0] for r in rows]
 
 
-def row_count(schema: str, table: str) -> int:
-    """The table's own rows (see :func:`own_rows`: not its inheritance children's)."""
-    return int(db.fetchvalue(sql.SQL("SELECT count(*) FROM {}").format(own_rows(schema, table))))
+def row_count(schema: str, table: str, partitioned: bool | None = None) -> int:
+    """The table's own rows (see :func:`own_rows`: not its inheritance children's; ``partitioned``: when the
+    caller knows)."""
+    return int(db.fetchvalue(sql.SQL("SELECT count(*) FROM {}").format(own_rows(schema, table, partitioned))))
 
 
 def server_version_num() -> int:

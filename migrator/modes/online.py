@@ -374,17 +374,17 @@ def declare_new_primary(ctx: MigrationContext, scope: str, reporter: StepReporte
                 "(the shared row's values win for this tenant)"
             )
         discarded = differences
+    details = OnlineSwitchDetails(
+        online=True, two_way=True, writes_blocked_ms=0, compared={t: str(c.target) for t, c in compared.items()}
+    )
+    if in_ranges:
+        details["compared_in_ranges"] = in_ranges
+    if discarded:
+        details["discarded_reference_variants"] = discarded
     return StepResult(
         message=f"new tables primary: {sum(c.target.rows for c in compared.values())} rows equal on both sides; "
         "legacy tables stay in two-way sync until finalize",
-        details=OnlineSwitchDetails(
-            online=True,
-            two_way=True,
-            writes_blocked_ms=0,
-            compared={t: str(c.target) for t, c in compared.items()},
-            **(OnlineSwitchDetails(compared_in_ranges=in_ranges) if in_ranges else OnlineSwitchDetails()),
-            **(OnlineSwitchDetails(discarded_reference_variants=discarded) if discarded else OnlineSwitchDetails()),
-        ),
+        details=details,
     )
 
 

@@ -344,12 +344,11 @@ def reference_differences(tenant_id: str, schema: str, ref: LegacyTable, sample:
 
 
 def _defaults(schema: str, table: str) -> dict[str, str]:
-    rows = db.fetchall(
-        sql.SQL(
-            "SELECT a.attname, pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d JOIN pg_attribute a "
-            "ON a.attrelid = d.adrelid AND a.attnum = d.adnum WHERE d.adrelid = {} AND a.attgenerated = ''"
-        ).format(catalog.RELATION_OID),
-        [schema, table],
+    rows = catalog.relation_rows(
+        "SELECT a.attname, pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d JOIN pg_attribute a "
+        "ON a.attrelid = d.adrelid AND a.attnum = d.adnum WHERE d.adrelid = {oid} AND a.attgenerated = ''",
+        schema,
+        table,
     )
     return dict(rows)
 

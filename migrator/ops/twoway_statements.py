@@ -135,13 +135,10 @@ def reverse_statements(
     columns = [c for c in legacy_columns if c in new_columns and c not in generated]
     zoned = set(zoned_columns(copy)) if copy.legacy_timezone is not None else set()
     types = recopy.key_types(copy.target_schema, copy.target_table, copy.key, copy.schema_catalog)
-    statements = [
-        crossed_write_check(
-            copy,
-            copy.source_rows,
-            recopy.key_types(copy.source_schema, copy.source_table, copy.key, copy.schema_catalog),
-        )
-    ]
+    check = crossed_write_check(
+        copy, copy.source_rows, recopy.key_types(copy.source_schema, copy.source_table, copy.key, copy.schema_catalog)
+    )
+    statements = [check]
 
     def legacy_id(column: str) -> sql.Composed:
         ref = by_column[column].legacy
@@ -169,18 +166,15 @@ def reverse_statements(
     statements.append(
         recopy.upsert(copy.source, columns, copy.key, select, source, recopy.keys_in("t", copy.key, types, KEYS))
     )
-    gone = [statements[0]]  # the crossed-write check, for a delete too
-    gone += [_delete_gone_children(copy, child, types) for child in children]
+    # a delete runs only the deleting statements: it is checked for a crossing writer too
+    gone = [check, *(_delete_gone_children(copy, child, types) for child in children)]
     gone.append(recopy.delete_gone(copy.source_rows, copy.key, types, sql.SQL("ONLY {}").format(copy.target), KEYS))
     return statements, gone
 
 
 def _generated_columns(schema: str, table: str) -> set[str]:
-    rows = db.fetchall(
-        sql.SQL("SELECT attname FROM pg_attribute WHERE attrelid = {} AND attnum > 0 AND attgenerated <> ''").format(
-            catalog.RELATION_OID
-        ),
-        [schema, table],
+    rows = catalog.relation_rows(
+        "SELECT attname FROM pg_attribute WHERE attrelid = {oid} AND attnum > 0 AND attgenerated <> ''", schema, table
     )
     return {r[0] for r in rows}
 

@@ -63,12 +63,12 @@ END $fn$
 CREATE OR REPLACE FUNCTION {schema}.refuse_crossed_write(lockers xid[], what text) RETURNS void LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
-  snap pg_snapshot := pg_current_snapshot();
-  horizon bigint := pg_snapshot_xmax(snap)::text::bigint % 4294967296;
-  mine bigint := pg_current_xact_id()::text::bigint % 4294967296;
-  running xid[]; holder int; holder_xid bigint; younger boolean;
+  snap pg_snapshot; horizon bigint; mine bigint; running xid[]; holder int; holder_xid bigint; younger boolean;
 BEGIN
-  IF lockers IS NULL THEN RETURN; END IF;
+  IF lockers IS NULL THEN RETURN; END IF;  -- no row of the other side is locked: the common case, at once
+  snap := pg_current_snapshot();
+  horizon := pg_snapshot_xmax(snap)::text::bigint % 4294967296;
+  mine := pg_current_xact_id()::text::bigint % 4294967296;
   -- running: listed in the snapshot, or at or past its horizon (the xids, 32 bits, wrap around)
   running := ARRAY(
     SELECT l FROM unnest(lockers) l

@@ -23,7 +23,8 @@ def crossed_write_check(copy: TableCopy, other_side: sql.Composable, types: list
     """The row trigger's first statement: the written keys' rows on ``other_side`` (the table the trigger
     is about to write) checked for a writer that came from there and waits for this one (see
     ``refuse_crossed_write`` in :mod:`migrator.ops.twoway_sql`)."""
-    return sql.SQL("SELECT {fn}(array_agg(t.xmax), {what}) FROM {other} t WHERE {match}").format(
+    # xmax 0: a row no transaction has locked or deleted since it was written (most rows)
+    return sql.SQL("SELECT {fn}(array_agg(t.xmax), {what}) FROM {other} t WHERE {match} AND t.xmax <> '0'::xid").format(
         fn=sql.Identifier(SYNC_SCHEMA, "refuse_crossed_write"),
         what=sql.Literal(f"{copy.source_schema}.{copy.source_table}"),
         other=other_side,

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from django.db import DEFAULT_DB_ALIAS, connection
 
-from tests.stages import StageDatabases, drop_templates, seeded_data
+from tests.stages import StageDatabases, drop_templates, make_tablespace, seeded_data
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -28,9 +28,9 @@ def pytest_configure(config: pytest.Config) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
-def drop_run_templates(config: pytest.Config) -> None:
-    """Drop the stage templates of runs on this test database: by the process that starts and ends the run
-    (xdist's controller, or the only process), when no worker uses them."""
+def drop_run_templates(config: pytest.Config, then_make_tablespace: bool = False) -> None:
+    """Drop the stage templates and the tablespace of runs on this test database (and make this run's): by the
+    process that starts and ends the run (xdist's controller, or the only process), when no worker uses them."""
     if hasattr(config, "workerinput"):
         return
     from django.conf import settings
@@ -39,11 +39,14 @@ def drop_run_templates(config: pytest.Config) -> None:
     if "default" not in settings.DATABASES:
         return
     default = connections[DEFAULT_DB_ALIAS]
-    drop_templates(dict(default.settings_dict), default.creation._get_test_db_name())
+    conf, test_database = dict(default.settings_dict), default.creation._get_test_db_name()
+    drop_templates(conf, test_database)
+    if then_make_tablespace:
+        make_tablespace(conf, test_database)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    drop_run_templates(session.config)  # a killed run's
+    drop_run_templates(session.config, then_make_tablespace=True)  # a killed run's; before the workers start
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -20,6 +20,13 @@ each worker drops its own working copies.
 Roles are cluster-wide and not part of a database: no stage creates any (phase 4 is the first that
 does); ``release`` drops the service roles a test made, before the working database goes.
 
+The stages' databases live in a tablespace of the run in RAM (``/dev/shm`` on the server's machine), when
+the server lets the tests make one (a superuser on Linux; ``SALESFLOW_TEST_TABLESPACE=0`` turns it off):
+every ``CREATE DATABASE``, ``CREATE TABLE`` and ``CREATE INDEX`` makes files, and on a file system that
+many databases were made and dropped on, finding a free inode for each costs the server more than the
+statement's own work (measured on an ext4 disk: a copy of a 10 MB stage 0.36 s there, 0.02 s in RAM).
+Nothing a test checks depends on where the files are; the benchmarks run on the server's own disk.
+
 Phase 1 of the ``prepared`` stage records a ``pg_dump`` taken once into a folder of the session;
 tests of the backup itself take their own (see tests/migrator/phases/test_prepare.py).
 """
@@ -28,8 +35,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import queue
 import re
+import shlex
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -161,16 +170,78 @@ def shared_base(test_database: str) -> str:
 
 
 def drop_templates(conf: dict[str, Any], test_database: str) -> None:
-    """Drop the stage templates and working copies of runs on ``test_database`` (this run's or a killed one's).
+    """Drop the stage templates and working copies of runs on ``test_database`` (this run's or a killed one's),
+    and the run's tablespace with every database left in it (a restore's or a rehearsal's copy).
 
     Called by the process that starts and ends the run (xdist's controller), when no worker uses them.
     """
     pattern = re.escape(shared_base(test_database)) + r"(_gw\d+)?_(stage_\d+|tpl_(" + "|".join(STAGES) + "))"
+    tablespace = tablespace_name(test_database)
     with admin_connection(conf) as admin:
         names = [r[0] for r in admin.execute("SELECT datname FROM pg_database").fetchall()]
         for name in names:
             if re.fullmatch(pattern, name):
                 drop_database(admin, name)
+        drop_tablespace(admin, tablespace)
+
+
+# --- the run's tablespace in RAM --------------------------------------------------------------------------
+
+
+def tablespace_name(test_database: str) -> str:
+    return f"{shared_base(test_database)}_ram"
+
+
+def run_on_server(admin: psycopg.Connection, command: list[str]) -> None:
+    """``command`` run by the server, as the operating system user that owns its files (a superuser's ``COPY
+    ... TO PROGRAM``): the tablespace's folder must be that user's, and only the server knows who it is."""
+    program = " ".join(shlex.quote(part) for part in command)
+    admin.execute(sql.SQL("COPY (SELECT) TO PROGRAM {}").format(sql.Literal(program)))
+
+
+def tablespace_folder(admin: psycopg.Connection, name: str) -> str:
+    """A folder in RAM of its own: clusters on one machine each have theirs (a tablespace's folder holds a
+    subfolder named after the server's major version, which two clusters of one version would share)."""
+    system = admin.execute("SELECT system_identifier FROM pg_control_system()").fetchone()
+    assert system is not None
+    return f"/dev/shm/salesflow-tests-{system[0]}-{name}"
+
+
+def make_tablespace(conf: dict[str, Any], test_database: str) -> None:
+    """The run's tablespace in RAM, where the server lets the tests make one; nothing otherwise (the stages
+    then live in the database's own tablespace, only slower)."""
+    if os.environ.get("SALESFLOW_TEST_TABLESPACE", "1") == "0":
+        return
+    name = tablespace_name(test_database)
+    with admin_connection(conf) as admin:
+        drop_tablespace(admin, name)
+        try:
+            folder = tablespace_folder(admin, name)
+            run_on_server(admin, ["mkdir", "-m", "700", "-p", folder])
+            admin.execute(sql.SQL("CREATE TABLESPACE {} LOCATION {}").format(sql.Identifier(name), sql.Literal(folder)))
+        except psycopg.Error as exc:  # not a superuser, no /dev/shm there: the stages stay on disk
+            warnings.warn(f"the stage databases stay in the default tablespace: {exc}", stacklevel=1)
+
+
+def drop_tablespace(admin: psycopg.Connection, name: str) -> None:
+    """Drop ``name`` with every database still in it, and its folder (every database in it is a test's)."""
+    found = admin.execute("SELECT oid FROM pg_tablespace WHERE spcname = %s", [name]).fetchone()
+    if found is None:
+        return
+    databases = admin.execute("SELECT datname FROM pg_database WHERE dattablespace = %s", [found[0]]).fetchall()
+    for (database,) in databases:
+        drop_database(admin, database)
+    folder = admin.execute("SELECT pg_tablespace_location(%s)", [found[0]]).fetchone()
+    admin.execute(sql.SQL("DROP TABLESPACE {}").format(sql.Identifier(name)))
+    if folder is not None and folder[0]:
+        run_on_server(admin, ["rm", "-rf", folder[0]])
+
+
+def run_tablespace(admin: psycopg.Connection, test_database: str) -> str | None:
+    """The run's tablespace, if the run made one."""
+    name = tablespace_name(test_database)
+    found = admin.execute("SELECT 1 FROM pg_tablespace WHERE spcname = %s", [name]).fetchone()
+    return name if found else None
 
 
 class StageDatabases:
@@ -253,7 +324,9 @@ class StageDatabases:
     def _build(self, stage: str) -> None:
         parent, step = STAGES[stage]
         if parent is None:  # the test database as migrations left it (flush keeps it so), made sure clean
-            self._point_at_copy_of(self.test_database)
+            with admin_connection(self.conf) as admin:  # the stages descend from it: they live where it goes
+                tablespace = run_tablespace(admin, self.test_database)
+            self._point_at_copy_of(self.test_database, tablespace)
         else:
             self.use(parent)
         # Built under the settings of whichever test comes first: keep its backup out of that test's folder.
@@ -269,11 +342,11 @@ class StageDatabases:
                 )
             )
 
-    def _point_at_copy_of(self, source: str) -> None:
+    def _point_at_copy_of(self, source: str, tablespace: str | None = None) -> None:
         self.copies += 1
         working = f"{self.base}_stage_{self.copies}"
         with admin_connection(self.conf) as admin:
-            self._copy(admin, source, working)
+            self._copy(admin, source, working, tablespace)
             # A test's database need not survive a crash of the server: its commits do not wait for the
             # WAL flush (the migrator's own durability is not what a test here is about).
             admin.execute(sql.SQL("ALTER DATABASE {} SET synchronous_commit = off").format(sql.Identifier(working)))
@@ -287,15 +360,19 @@ class StageDatabases:
         point_django_at({"NAME": name})
 
     @staticmethod
-    def _copy(admin: psycopg.Connection, source: str, target: str) -> None:
-        """``target`` := a copy of ``source`` (nobody may be connected to the source meanwhile)."""
+    def _copy(admin: psycopg.Connection, source: str, target: str, tablespace: str | None = None) -> None:
+        """``target`` := a copy of ``source`` (nobody may be connected to the source meanwhile), in ``source``'s
+        tablespace or ``tablespace``."""
         connections.close_all()
         drop_database(admin, target)  # a leftover of a killed run; normally there is none
         admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
             [source],
         )
-        admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(target), sql.Identifier(source)))
+        where = sql.SQL(" TABLESPACE {}").format(sql.Identifier(tablespace)) if tablespace else sql.SQL("")
+        admin.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}{}").format(sql.Identifier(target), sql.Identifier(source), where)
+        )
 
     def drop_working_copies(self) -> None:
         """Drop this worker's working copies (the templates are the run's: see ``drop_templates``)."""

@@ -30,6 +30,7 @@ from migrator.config import MigratorConfig
 from migrator.core.errors import MigrationError
 from migrator.ops import backup
 from migrator.ops.backup import BackupInfo
+from migrator.ops.databases import create_database_like, database_comment, database_oid, drop_database
 from migrator.ops.rehearsal_report import FailedStep, LegacyVolume, PhaseProjection, PhaseRun, Projection
 from migrator.tables import TENANT_DATA_TABLES
 from salesflow.layout import SERVICES, TENANT_SCHEMA_LIKE
@@ -99,18 +100,6 @@ def server_connection() -> psycopg.Connection[Any]:
 # --- the scratch database and its roles ------------------------------------------------------------------
 
 
-def database_comment(conn: psycopg.Connection[Any], name: str) -> str | None:
-    row = conn.execute(
-        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", [name]
-    ).fetchone()
-    return None if row is None else (row[0] or "")
-
-
-def drop_database(conn: psycopg.Connection[Any], name: str) -> None:
-    # FORCE ends sessions a killed rehearsal's children may still hold.
-    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
 def drop_rehearsal_roles(conn: psycopg.Connection[Any], prefix: str, scratch: str) -> list[str]:
     """Service roles the scratch run created (marked by phase 4 with the scratch database's name)."""
     marker = f"service role created by the SalesFlow migrator for database {scratch}"
@@ -169,7 +158,9 @@ def create_scratch(conn: psycopg.Connection[Any], config: MigratorConfig, name: 
         )
     )
     partial.replace(path)
-    conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+    source_oid = database_oid(conn, source)
+    assert source_oid is not None  # the database this process is connected to
+    create_database_like(conn, name, source_oid, same_owner=False)
     conn.execute(
         sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(database_marker(source)))
     )

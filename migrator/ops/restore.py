@@ -48,6 +48,7 @@ from migrator.django_migrations import BOOTSTRAP_APPS, migrate_schema
 from migrator.models import MigrationRecord
 from migrator.ops import backup, binaries
 from migrator.ops.backup import BackupInfo
+from migrator.ops.databases import create_database_like, database_comment, database_oid, drop_database
 
 RESTORE_APP_NAME = "salesflow-migrator-restore"
 # Where the session that creates, renames and drops databases connects: never the database itself.
@@ -157,52 +158,20 @@ def maintenance_connection() -> psycopg.Connection[Any]:
     )
 
 
-def database_oid(admin: psycopg.Connection[Any], name: str) -> int | None:
-    row = admin.execute("SELECT oid FROM pg_database WHERE datname = %s", [name]).fetchone()
-    return None if row is None else int(row[0])
-
-
-def drop_database(admin: psycopg.Connection[Any], name: str) -> None:
-    # FORCE ends the sessions a killed run's pg_restore may still hold.
-    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
 # --- the new database ------------------------------------------------------------------------------------
 
 
 def create_scratch(admin: psycopg.Connection[Any], names: RestoreNames) -> None:
     """An empty database like the current one (encoding, locale, owner, tablespace), marked as a restore's."""
-    found = admin.execute(
-        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", [names.scratch]
-    ).fetchone()
-    if found is not None:
-        if found[0] != restore_marker(names.database):
+    comment = database_comment(admin, names.scratch)
+    if comment is not None:
+        if comment != restore_marker(names.database):
             raise MigrationError(
                 f"database {names.scratch} already exists and is not a restore of {names.database}; "
                 "rename or drop it, then rerun `migrate_phase rollback --restore`"
             )
         drop_database(admin, names.scratch)
-    row = admin.execute(
-        "SELECT to_jsonb(d), pg_encoding_to_char(d.encoding), pg_get_userbyid(d.datdba), t.spcname "
-        "FROM pg_database d JOIN pg_tablespace t ON t.oid = d.dattablespace WHERE d.oid = %s",
-        [names.oid],
-    ).fetchone()
-    assert row is not None
-    current, encoding, owner, tablespace = row
-    options = [
-        sql.SQL("TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
-            sql.Literal(encoding), sql.Literal(current["datcollate"]), sql.Literal(current["datctype"])
-        )
-    ]
-    provider = {"i": "icu", "b": "builtin"}.get(current.get("datlocprovider") or "c")
-    if provider is not None:  # PostgreSQL 15 names the ICU locale daticulocale, 17 datlocale
-        locale = current.get("datlocale") or current.get("daticulocale")
-        keyword = "ICU_LOCALE" if provider == "icu" else "BUILTIN_LOCALE"
-        options.append(
-            sql.SQL("LOCALE_PROVIDER {} {} {}").format(sql.SQL(provider), sql.SQL(keyword), sql.Literal(locale))
-        )
-    options.append(sql.SQL("OWNER {} TABLESPACE {}").format(sql.Identifier(owner), sql.Identifier(tablespace)))
-    admin.execute(sql.SQL("CREATE DATABASE {} {}").format(sql.Identifier(names.scratch), sql.SQL(" ").join(options)))
+    create_database_like(admin, names.scratch, names.oid, same_owner=True)
     admin.execute(
         sql.SQL("COMMENT ON DATABASE {} IS {}").format(
             sql.Identifier(names.scratch), sql.Literal(restore_marker(names.database))
@@ -447,10 +416,7 @@ def recover_interrupted_restore(directory: Path) -> str | None:
                 drop_database(admin, names.replaced)
             what = f"it had replaced the database with the backup; the replaced database {names.replaced} is dropped"
         else:
-            scratch = admin.execute(
-                "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", [names.scratch]
-            ).fetchone()
-            if scratch is not None and scratch[0] == restore_marker(names.database):
+            if database_comment(admin, names.scratch) == restore_marker(names.database):
                 drop_database(admin, names.scratch)
             what = f"the database was left as it was; the unfinished copy {names.scratch} is dropped"
     path.unlink(missing_ok=True)

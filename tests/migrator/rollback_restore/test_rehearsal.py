@@ -14,7 +14,7 @@ from psycopg import sql
 from migrator import catalog, db
 from migrator.config import get_config
 from migrator.models import MigrationRecord, Status
-from migrator.ops import rehearsal
+from migrator.ops import databases, rehearsal
 from migrator.phases import ORDERED
 from migrator.phases.rehearse import rehearsed_phases
 from migrator.tables import TENANT_DATA_TABLES
@@ -52,7 +52,7 @@ def no_scratch() -> Any:
     """Whatever a failing test leaves, the next one starts without a scratch database or rehearsal roles."""
     yield
     with rehearsal.server_connection() as conn:
-        rehearsal.drop_database(conn, scratch_name())
+        databases.drop_database(conn, scratch_name())
         for role in rehearsal_roles():
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
     rehearsal.journal_path(get_config()).unlink(missing_ok=True)
@@ -163,6 +163,18 @@ def test_an_unrelated_database_of_that_name_is_refused_unless_replace(prepared, 
     with psycopg_connect(scratch_name()) as scratch:
         assert scratch.execute("SELECT count(*) FROM public.tenants").fetchone()[0] == 3
     assert rehearsal_roles()
+    # Made like the real database: how text sorts and compares, and where its files go.
+    source, copy = database_properties(connection.settings_dict["NAME"]), database_properties(scratch_name())
+    assert source[3] != "pg_default", "this test needs the run's tablespace (tests/stages.py) to tell them apart"
+    assert copy == source
+
+
+def database_properties(name: str) -> tuple[str, str, str, str]:
+    return db.fetchone(
+        "SELECT pg_encoding_to_char(d.encoding), d.datcollate, d.datctype, t.spcname "
+        "FROM pg_database d JOIN pg_tablespace t ON t.oid = d.dattablespace WHERE d.datname = %s",
+        [name],
+    )  # type: ignore[return-value]
 
 
 def test_a_killed_rehearsal_is_cleaned_up_by_the_next_one(prepared, no_scratch, settings):

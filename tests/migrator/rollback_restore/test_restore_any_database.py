@@ -18,7 +18,7 @@ from psycopg import sql
 from migrator import catalog, db
 from migrator.config import get_config
 from migrator.models import MigrationRecord, Status
-from migrator.ops import backup, binaries, restore
+from migrator.ops import backup, binaries, databases, restore
 from migrator.phases import ORDERED
 from migrator.phases.prepare import PreparePhase, server_major
 from tests.helpers import legacy_fingerprints, run
@@ -341,7 +341,7 @@ def test_a_journal_of_a_restore_that_had_swapped_is_finished_by_dropping_the_rep
         names = restore.restore_names(admin, name)
         replaced = names.replaced.replace(f"_{names.oid}", "_1")
         admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(replaced)))
-        old_oid = restore.database_oid(admin, replaced)
+        old_oid = databases.database_oid(admin, replaced)
         assert old_oid is not None
     swapped = restore.RestoreNames(name, old_oid, names.scratch.replace(f"_{names.oid}", "_1"), replaced)
     restore.write_journal(get_config().backup_dir, info, restore.save_history(get_config().backup_dir)[1], swapped)

@@ -45,6 +45,13 @@ def drop_run_templates(config: pytest.Config, then_make_tablespace: bool = False
         make_tablespace(conf, test_database)
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``long`` first (in their order): the workers share the rest out as they go, and a long test
+    that one worker starts near the end would keep the whole run waiting while the other worker idles."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     drop_run_templates(session.config, then_make_tablespace=True)  # a killed run's; before the workers start
 

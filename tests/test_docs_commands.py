@@ -165,6 +165,7 @@ def drop_rehearsal_copy() -> None:
         drop_database(admin, f"{conf['NAME']}_rehearsal")
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("doc", DOCS)
 def test_the_documented_commands_run_as_written(doc: str, seeded: dict[str, Any], tmp_path: Path) -> None:
     blocks = bash_blocks(doc)

@@ -35,6 +35,7 @@ RUNNING_COPY = "data/acme/copy_table/contact_data_contacts"
 
 pytestmark = [
     *BROWSER_MARKS,
+    pytest.mark.long,
     pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed for the server's certificate"),
 ]
 

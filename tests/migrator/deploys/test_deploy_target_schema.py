@@ -81,6 +81,7 @@ def rows_where(schema: str, table: str, condition: str) -> int:
     )
 
 
+@pytest.mark.long
 def test_a_later_release_runs_data_sync_verify_and_rollback_with_its_migration_in_some_schemas(
     schemas_ready: dict[str, Any],
 ) -> None:

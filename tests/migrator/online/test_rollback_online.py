@@ -65,6 +65,7 @@ def test_a_refused_rollback_changes_nothing(synced):
     assert dict(Tenant.objects.values_list("tenant_id", "migration_state")) == states
 
 
+@pytest.mark.long
 def test_rollback_holds_writers_at_most_its_lock_timeout_per_attempt(synced):
     waits: list[float] = []
     stop = threading.Event()

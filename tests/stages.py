@@ -91,6 +91,9 @@ STAGES: dict[str, tuple[str | None, Callable[[], object]]] = {
     "synced": ("schemas_ready", lambda: run("migrate_phase", "data", "--online", interactive=False, batch_size=50)),
 }
 MAX_BASE = 40  # leaves room for the suffixes within PostgreSQL's 63 bytes
+# The stages of a run take about 200 MB at most (templates, working copies, copies being dropped);
+# the server also keeps its own dynamic shared memory in /dev/shm.
+TABLESPACE_ROOM_BYTES = 2 * 1024**3
 
 
 def admin_connection(conf: dict[str, Any]) -> psycopg.Connection:
@@ -216,11 +219,29 @@ def make_tablespace(conf: dict[str, Any], test_database: str) -> None:
     with admin_connection(conf) as admin:
         drop_tablespace(admin, name)
         try:
+            free = ram_free_bytes(admin)
+            if free < TABLESPACE_ROOM_BYTES:  # a container's 64 MB /dev/shm: the server's own shared memory
+                warnings.warn(
+                    f"the stage databases stay in the default tablespace: /dev/shm has {free // 2**20} MiB free, "
+                    f"fewer than {TABLESPACE_ROOM_BYTES // 2**20}",
+                    stacklevel=1,
+                )
+                return
             folder = tablespace_folder(admin, name)
             run_on_server(admin, ["mkdir", "-m", "700", "-p", folder])
             admin.execute(sql.SQL("CREATE TABLESPACE {} LOCATION {}").format(sql.Identifier(name), sql.Literal(folder)))
         except psycopg.Error as exc:  # not a superuser, no /dev/shm there: the stages stay on disk
             warnings.warn(f"the stage databases stay in the default tablespace: {exc}", stacklevel=1)
+
+
+def ram_free_bytes(admin: psycopg.Connection) -> int:
+    """What ``/dev/shm`` has free on the server's machine (``df`` run by the server)."""
+    with admin.transaction():
+        admin.execute("CREATE TEMP TABLE shm_free (line text) ON COMMIT DROP")
+        admin.execute(sql.SQL("COPY shm_free FROM PROGRAM {}").format(sql.Literal("df -Pk /dev/shm")))
+        lines = [row[0] for row in admin.execute("SELECT line FROM shm_free").fetchall()]
+    # POSIX output: a header, then "filesystem blocks used available capacity mount" in 1024-byte blocks
+    return int(lines[-1].split()[3]) * 1024
 
 
 def drop_tablespace(admin: psycopg.Connection, name: str) -> None:

@@ -12,7 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-from psycopg import sql
+from psycopg import errors, sql
+
+from migrator.core.errors import MigrationError
 
 
 def database_oid(admin: psycopg.Connection[Any], name: str) -> int | None:
@@ -58,4 +60,10 @@ def create_database_like(admin: psycopg.Connection[Any], name: str, like: int, *
     if same_owner:
         options.append(sql.SQL("OWNER {}").format(sql.Identifier(owner)))
     options.append(sql.SQL("TABLESPACE {}").format(sql.Identifier(tablespace)))
-    admin.execute(sql.SQL("CREATE DATABASE {} {}").format(sql.Identifier(name), sql.SQL(" ").join(options)))
+    try:
+        admin.execute(sql.SQL("CREATE DATABASE {} {}").format(sql.Identifier(name), sql.SQL(" ").join(options)))
+    except errors.InsufficientPrivilege as exc:
+        raise MigrationError(
+            f"cannot create database {name} like the current one ({' '.join(str(exc).split())}); "
+            f"grant CREATEDB and CREATE on tablespace {tablespace} to the migrator's user, then rerun"
+        ) from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import psycopg
 import pytest
 from django.core.management.base import CommandError
 from django.db import connection
@@ -13,6 +14,7 @@ from psycopg import sql
 
 from migrator import catalog, db
 from migrator.config import get_config
+from migrator.core.errors import MigrationError
 from migrator.models import MigrationRecord, Status
 from migrator.ops import databases, rehearsal
 from migrator.phases import ORDERED
@@ -166,6 +168,28 @@ def test_an_unrelated_database_of_that_name_is_refused_unless_replace(prepared, 
     # Made like the real database: how text sorts and compares, and where its files go (the stages live in
     # the run's tablespace, not the server's default, unless SALESFLOW_TEST_TABLESPACE=0: tests/stages.py).
     assert database_properties(scratch_name()) == database_properties(connection.settings_dict["NAME"])
+
+
+def test_a_user_who_may_not_create_in_the_databases_tablespace_is_told_in_one_line(seeded, no_scratch):
+    source = connection.settings_dict
+    tablespace = database_properties(source["NAME"])[3]
+    if tablespace == "pg_default":  # where every user may create
+        pytest.skip("needs the run's tablespace (SALESFLOW_TEST_TABLESPACE=0 keeps the stages in pg_default)")
+    role = f"{get_config().role_prefix}_rehearser"
+    db.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB").format(sql.Identifier(role)))
+    try:
+        with psycopg.connect(
+            dbname="postgres", user=role, host=source["HOST"] or None, port=source["PORT"] or None, autocommit=True
+        ) as conn:
+            oid = databases.database_oid(conn, source["NAME"])
+            assert oid is not None
+            with pytest.raises(MigrationError) as failure:
+                databases.create_database_like(conn, scratch_name(), oid, same_owner=False)
+    finally:
+        db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    assert one_line(str(failure.value))
+    assert f"CREATE on tablespace {tablespace}" in str(failure.value)
+    assert not database_exists(scratch_name())
 
 
 def database_properties(name: str) -> tuple[str, str, str, str]:

@@ -10,6 +10,7 @@ the test made are dropped afterwards (roles are cluster-wide). Helpers live in t
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -50,6 +51,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked ``long`` first (in their order): the workers share the rest out as they go, and a long test
     that one worker starts near the end would keep the whole run waiting while the other worker idles."""
     items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """What the run keeps to its end (Django, the modules, the collected tests) moved out of the garbage
+    collector's sight: its full collections no longer walk them again and again."""
+    gc.collect()
+    gc.freeze()
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -53,6 +53,7 @@ from psycopg import sql
 
 from migrator.config import get_config
 from migrator.devtools.reset import drop_roles_and_everything_they_own
+from migrator.ops import databases
 from tests.helpers import restore_clean_database, run
 
 SEEDED = {"tenants": ["acme_0001", "globex_0002", "empty_0001"], "contacts": 120, "activities": 240}
@@ -116,7 +117,7 @@ def admin_connection(conf: dict[str, Any]) -> psycopg.Connection:
 def drop_database(admin: psycopg.Connection, name: str) -> None:
     if admin.execute("SELECT datistemplate FROM pg_database WHERE datname = %s", [name]).fetchone() == (True,):
         admin.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE false").format(sql.Identifier(name)))
-    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    databases.drop_database(admin, name)
 
 
 class BackgroundDrops:
@@ -212,18 +213,18 @@ def tablespace_folder(admin: psycopg.Connection, name: str) -> str:
 
 def make_tablespace(conf: dict[str, Any], test_database: str) -> None:
     """The run's tablespace in RAM, where the server lets the tests make one; nothing otherwise (the stages
-    then live in the database's own tablespace, only slower)."""
+    then live in the database's own tablespace, only slower). Called after ``drop_templates``, which dropped
+    a killed run's."""
     if os.environ.get("SALESFLOW_TEST_TABLESPACE", "1") == "0":
         return
     name = tablespace_name(test_database)
     with admin_connection(conf) as admin:
-        drop_tablespace(admin, name)
         try:
             free = ram_free_bytes(admin)
             if free < TABLESPACE_ROOM_BYTES:  # a container's 64 MB /dev/shm: the server's own shared memory
                 warnings.warn(
                     f"the stage databases stay in the default tablespace: /dev/shm has {free // 2**20} MiB free, "
-                    f"fewer than {TABLESPACE_ROOM_BYTES // 2**20}",
+                    f"fewer than {TABLESPACE_ROOM_BYTES // 2**20} MiB",
                     stacklevel=1,
                 )
                 return
@@ -249,8 +250,8 @@ def drop_tablespace(admin: psycopg.Connection, name: str) -> None:
     found = admin.execute("SELECT oid FROM pg_tablespace WHERE spcname = %s", [name]).fetchone()
     if found is None:
         return
-    databases = admin.execute("SELECT datname FROM pg_database WHERE dattablespace = %s", [found[0]]).fetchall()
-    for (database,) in databases:
+    left = admin.execute("SELECT datname FROM pg_database WHERE dattablespace = %s", [found[0]]).fetchall()
+    for (database,) in left:
         drop_database(admin, database)
     folder = admin.execute("SELECT pg_tablespace_location(%s)", [found[0]]).fetchone()
     admin.execute(sql.SQL("DROP TABLESPACE {}").format(sql.Identifier(name)))

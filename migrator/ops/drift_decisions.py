@@ -4,7 +4,7 @@ those decisions, their record (``DriftFinding``), the tables --rename-table rena
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 from django.db import transaction
 
@@ -47,20 +47,15 @@ def record_findings(found: dict[str, list[drift.Finding]]) -> None:
     """Replace each tenant schema's recorded findings by these, in one transaction."""
     with transaction.atomic():
         DriftFinding.objects.filter(tenant_schema__in=list(found)).delete()
-        DriftFinding.objects.bulk_create(
-            DriftFinding(
-                tenant_schema=f.schema,
-                legacy_table=f.table,
-                kind=f.kind,
-                object_name=f.object_name,
-                detail=f.detail,
-                disposition=f.disposition,
-                action=f.action,
-                decided_by=f.decided_by,
-            )
-            for findings in found.values()
-            for f in findings
-        )
+        DriftFinding.objects.bulk_create(finding_row(f) for findings in found.values() for f in findings)
+
+
+# A finding's fields that the recorded row names otherwise; the others have the same name on both.
+RECORDED_AS = {"schema": "tenant_schema", "table": "legacy_table"}
+
+
+def finding_row(finding: drift.Finding) -> DriftFinding:
+    return DriftFinding(**{RECORDED_AS.get(name, name): value for name, value in asdict(finding).items()})
 
 
 def rename_decided_tables(ctx: MigrationContext, schema: str) -> dict[str, str]:

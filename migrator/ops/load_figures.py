@@ -7,10 +7,11 @@ one definition.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 LEGACY, NEW = "legacy", "new"  # the layouts loaded: the legacy tables and the new ones
+OMITTED_WHEN_NONE = ("tenants", "elapsed_seconds")  # LoadTestFigures' fields not stored while nothing was loaded
 
 
 @dataclass(frozen=True)
@@ -25,18 +26,11 @@ class QueryFigures:
     error: str | None  # the first failure, which stopped this query for its client
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "queries": self.queries,
-            "qps": self.qps,
-            "p50_ms": self.p50_ms,
-            "p95_ms": self.p95_ms,
-            "p99_ms": self.p99_ms,
-            "error": self.error,
-        }
+        return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> QueryFigures:
-        return cls(data["queries"], data["qps"], data["p50_ms"], data["p95_ms"], data["p99_ms"], data["error"])
+        return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -47,7 +41,7 @@ class LayoutFigures:
     queries: dict[str, QueryFigures]
 
     def to_json(self) -> dict[str, Any]:
-        return {"seconds": self.seconds, "queries": {name: q.to_json() for name, q in self.queries.items()}}
+        return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LayoutFigures:
@@ -74,33 +68,12 @@ class LoadTestFigures:
     elapsed_seconds: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "clients": self.clients,
-            "seconds": self.seconds,
-            "queries_wanted": self.queries_wanted,
-            "max_regression_percent": self.max_regression_percent,
-            "noise_floor_ms": self.noise_floor_ms,
-            "method": self.method,
-            "layouts": {name: layout.to_json() for name, layout in self.layouts.items()},
-            "notes": list(self.notes),
-        }
-        if self.tenants is not None:
-            data["tenants"] = self.tenants
-        if self.elapsed_seconds is not None:
-            data["elapsed_seconds"] = self.elapsed_seconds
+        data = asdict(self)
+        for unset in [name for name in OMITTED_WHEN_NONE if data[name] is None]:
+            del data[unset]
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LoadTestFigures:
-        return cls(
-            clients=data["clients"],
-            seconds=data["seconds"],
-            queries_wanted=data["queries_wanted"],
-            max_regression_percent=data["max_regression_percent"],
-            noise_floor_ms=data["noise_floor_ms"],
-            method=data["method"],
-            layouts={name: LayoutFigures.from_json(layout) for name, layout in data["layouts"].items()},
-            notes=list(data["notes"]),
-            tenants=data.get("tenants"),
-            elapsed_seconds=data.get("elapsed_seconds"),
-        )
+        layouts = {name: LayoutFigures.from_json(layout) for name, layout in data["layouts"].items()}
+        return cls(**{**data, "layouts": layouts, "notes": list(data["notes"])})

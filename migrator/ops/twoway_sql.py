@@ -5,6 +5,12 @@
 from __future__ import annotations
 
 SYNC_SCHEMA = "migrator_sync"  # the schema of the sync's bookkeeping and functions
+# The end of each row trigger that writes the other side: its writes done, the marker that keeps the other
+# side's triggers from carrying them back again is cleared.
+END_OF_SYNCING_TRIGGER = """  PERFORM set_config({syncing}, '', true);
+  RETURN NULL;
+END $fn$
+"""
 
 FUNCTIONS = (
     # The generic row trigger: TG_ARGV[0] the key columns (a jsonb array), TG_ARGV[1] the number of
@@ -50,10 +56,8 @@ BEGIN
     END LOOP;
   END IF;
   PERFORM set_config('lock_timeout', app_lock_timeout, true);
-  PERFORM set_config({syncing}, '', true);
-  RETURN NULL;
-END $fn$
-""",
+"""
+    + END_OF_SYNCING_TRIGGER,
     # Run first by a row trigger, with the lockers (xmax) of the other side's rows it is about to
     # write: when one of them is a transaction that already waits for this one, the two writers came
     # from opposite sides to one row and each holds the row the other needs. Ended at once as the
@@ -192,10 +196,8 @@ BEGIN
       EXECUTE format('DELETE FROM %I.%I WHERE id = $1', sch, tbl) USING old_shared;
     END IF;
   END IF;
-  PERFORM set_config({syncing}, '', true);
-  RETURN NULL;
-END $fn$
-""",
+"""
+    + END_OF_SYNCING_TRIGGER,
     # A shared reference row written by the new application: every synced tenant that has it follows.
     # TG_ARGV: map name, legacy reference table, value columns (jsonb).
     """
@@ -220,10 +222,8 @@ BEGIN
   IF TG_OP = 'DELETE' THEN
     DELETE FROM public.migrator_reference_map m WHERE m.reference_table = ref AND m.new_id = OLD.id;
   END IF;
-  PERFORM set_config({syncing}, '', true);
-  RETURN NULL;
-END $fn$
-""",
+"""
+    + END_OF_SYNCING_TRIGGER,
     """
 CREATE OR REPLACE FUNCTION {schema}.note_legacy_write() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $fn$

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import fields
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -36,12 +37,14 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--first-tenant-contacts",
+            dest="first_contacts",
             type=non_negative,
             default=None,
             help="Contacts of the first tenant instead of --contacts (one large tenant among small ones).",
         )
         parser.add_argument(
             "--first-tenant-activities",
+            dest="first_activities",
             type=non_negative,
             default=None,
             help="Activities of the first tenant instead of --activities.",
@@ -64,16 +67,7 @@ class Command(BaseCommand):
 
     def _seed(self, options: dict[str, Any]) -> None:
         config = get_config()
-        spec = SeedSpec(
-            tenants=options["tenants"],
-            contacts=options["contacts"],
-            activities=options["activities"],
-            seed=options["seed"],
-            empty_tenants=options["empty_tenants"],
-            users=options["users"],
-            first_contacts=options["first_tenant_contacts"],
-            first_activities=options["first_tenant_activities"],
-        )
+        spec = SeedSpec(**{f.name: options[f.name] for f in fields(SeedSpec)})  # one option per field
         if options["replace"]:
             for line in reset_database(config):
                 self.stdout.write(f"  {line}", style_func=self.style.WARNING)

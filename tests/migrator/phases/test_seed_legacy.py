@@ -52,6 +52,17 @@ def test_builds_the_legacy_layout_with_the_asked_counts(clean_db):
     assert any(ids["acme_0001"][code] != ids["globex_0002"][code] for code in shared_codes)
 
 
+def test_the_first_tenant_can_be_larger_than_the_others(clean_db):
+    out = run(
+        "seed_legacy", "--tenants", "2", "--contacts", "10", "--activities", "20",
+        "--first-tenant-contacts", "30", "--first-tenant-activities", "50", "--seed", "3",
+    )  # fmt: skip
+
+    assert "Seeded 2 tenants, 40 contacts, 70 activities" in out
+    assert (count("tenant_acme_0001", "contacts"), count("tenant_acme_0001", "activities")) == (30, 50)
+    assert (count("tenant_globex_0002", "contacts"), count("tenant_globex_0002", "activities")) == (10, 20)
+
+
 def test_same_seed_same_data_other_seed_other_data(clean_db):
     tenants = ["acme_0001", "globex_0002"]
     run("seed_legacy", tenants=2, contacts=40, activities=60, seed=11)

@@ -348,10 +348,14 @@ class Load:
         self, conn: psycopg.Connection[Any], layout: str, name: str, tenant: TenantKeys, params: dict[str, Any]
     ) -> float:
         """One query in the tenant's context, timed alone, then rolled back; milliseconds."""
-        conn.execute("SELECT set_config('search_path', %s, true)", [tenant.schema])
-        role = self.roles[(layout, name)]
-        if role:
-            conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+        # The transaction's BEGIN and the tenant's context in one round trip (a pipeline): a query of a
+        # fraction of a millisecond otherwise costs the server and this client three round trips more.
+        # The role 'none' is the session's own (SET ROLE NONE), for the legacy tables.
+        with conn.pipeline():
+            conn.execute(
+                "SELECT set_config('search_path', %s, true), set_config('role', %s, true)",
+                [tenant.schema, self.roles[(layout, name)] or "none"],
+            )
         statements = self.writes[tenant.schema] if name == WRITE else self.statements[(layout, name)]
         started = time.perf_counter()
         for statement in statements:

@@ -7,9 +7,10 @@ from django.core.management import CommandError
 from psycopg import sql
 
 from migrator import db
+from migrator.config import get_config
 from migrator.engine import tracking
 from migrator.models import Status
-from migrator.ops.load_test import KEY_QUERIES, LEGACY, NEW, WRITE
+from migrator.ops.load_test import KEY_QUERIES, LEGACY, NEW, WRITE, service_role, table_name
 from tests.helpers import run, table_fingerprint
 
 TENANTS = ["acme_0001", "globex_0002"]
@@ -82,3 +83,25 @@ def test_load_test_fails_when_a_key_index_of_the_new_tables_is_missing(migrated)
     )
     # the other key queries kept their indexes and pass
     assert "activities of a contact" not in record.error_message
+
+
+def test_the_new_tables_are_loaded_through_their_services_role_and_the_legacy_ones_as_the_application(migrated):
+    run("migrate_phase", "security", interactive=False)
+    role = service_role(NEW, "activities", get_config())
+    for tenant in [*TENANTS, "empty_0001"]:
+        db.execute(
+            sql.SQL("REVOKE SELECT ON {} FROM {}").format(
+                sql.Identifier(f"tenant_{tenant}", table_name(NEW, "activities")), sql.Identifier(role)
+            )
+        )
+
+    with pytest.raises(CommandError, match="phase verify failed"):
+        run("migrate_phase", "verify", interactive=False, load_clients=1, load_seconds=1.0, load_queries=10)
+
+    record = load_record()
+    assert record.status == Status.FAILED
+    layouts = record.details["load_test"]["layouts"]
+    for name in ("activities of a contact", "upcoming activities"):
+        assert "permission denied" in layouts[NEW]["queries"][name]["error"], name
+        assert layouts[LEGACY]["queries"][name]["error"] is None  # the legacy tables as the application reads them
+    assert layouts[NEW]["queries"]["contact by email"]["error"] is None  # another service's role, its own grants

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import warm_children
+
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE_VARIABLES = ("DJANGO_ENV", "DJANGO_SECRET_KEY", "DJANGO_ALLOWED_HOSTS", "DJANGO_DEBUG")
 
@@ -29,9 +31,7 @@ def production_environment(**overrides: str) -> dict[str, str]:
 
 
 def manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
+    return warm_children.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, text=True, timeout=120)
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ from migrator import db
 from migrator.config import get_config
 from migrator.models import MigrationRecord
 from migrator.tables import TENANT_DATA_TABLES, TableKind, legacy_table, model_columns, reference_table
+from tests import warm_children
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
@@ -135,7 +136,7 @@ def manage_command(*args: str) -> list[str]:
 
 def start_manage(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """``python manage.py <args>`` started in a child process (stdout and stderr as text pipes)."""
-    return subprocess.Popen(
+    return warm_children.popen(
         manage_command(*args),
         cwd=PROJECT_DIR,
         env=env or manage_env(),
@@ -147,8 +148,8 @@ def start_manage(*args: str, env: dict[str, str] | None = None) -> subprocess.Po
 
 def manage(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """``python manage.py <args>`` against the test database, in a child process."""
-    return subprocess.run(
-        manage_command(*args), cwd=PROJECT_DIR, env=env or manage_env(), capture_output=True, text=True, timeout=timeout
+    return warm_children.run(
+        manage_command(*args), cwd=PROJECT_DIR, env=env or manage_env(), text=True, timeout=timeout
     )
 
 
@@ -249,7 +250,7 @@ def kill_when(
 ) -> Any:
     """Run ``manage.py <args>`` in a child and SIGKILL it once ``ready()`` returns something true;
     returns that. ``env``: the child's environment (default: this test's database, its role prefix)."""
-    child = subprocess.Popen(
+    child = warm_children.popen(
         manage_command(*args),
         cwd=PROJECT_DIR,
         env=env or manage_env(SALESFLOW_ROLE_PREFIX=get_config().role_prefix),

@@ -14,6 +14,7 @@ from django.core.management.base import CommandError
 from psycopg import sql
 
 from migrator.ops import twoway
+from tests import warm_children
 from tests.helpers import run
 from tests.migrator.helpers import PROJECT_DIR, manage_command, manage_env, psycopg_connect, value, wait_for
 
@@ -47,7 +48,7 @@ def test_an_application_transaction_meets_no_deadlock_when_the_two_way_sync_star
         app.autocommit = False
         # The application's transaction reads a legacy table (a contact type to use) ...
         type_id = app.execute(on_tenant("SELECT id FROM {} ORDER BY id LIMIT 1", "contact_types")).fetchone()[0]
-        child = subprocess.Popen(
+        child = warm_children.popen(
             manage_command("migrate_phase", "data", "--online", "--noinput", "--lock-timeout", "400"),
             cwd=PROJECT_DIR,
             env=manage_env(),

@@ -22,6 +22,7 @@ from migrator.models import MigrationRecord, Status
 from migrator.ops import backup, binaries, grants, restore
 from migrator.phases.prepare import PreparePhase, server_major
 from salesflow.database import DatabaseUrlError, parse_database_url
+from tests import warm_children
 from tests.helpers import legacy_fingerprints, run
 from tests.migrator.helpers import (
     PROJECT_DIR,
@@ -102,7 +103,7 @@ def test_a_restore_killed_during_pg_restore_is_finished_by_rerunning_it(larger_s
     connection.close()
 
     with psycopg_connect() as watcher:
-        child = subprocess.Popen(
+        child = warm_children.popen(
             manage_command("migrate_phase", "rollback", "--restore", "--noinput"),
             cwd=PROJECT_DIR,
             env=runner_env(),
@@ -191,7 +192,7 @@ def test_pg_dump_dies_with_a_killed_runner_and_its_dump_folder_is_removed_by_the
     with psycopg_connect() as blocker, psycopg_connect() as watcher:
         blocker.execute("BEGIN")
         blocker.execute("LOCK TABLE tenant_acme_0001.contacts IN ACCESS EXCLUSIVE MODE")  # pg_dump waits here
-        child = subprocess.Popen(
+        child = warm_children.popen(
             manage_command("migrate_phase", "prepare", "--noinput"),
             cwd=PROJECT_DIR,
             env=runner_env(),

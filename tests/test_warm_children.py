@@ -1,0 +1,74 @@
+"""The warm ``manage.py`` children of the tests behave as cold ones: exit codes, signals, streams,
+environment and working folder (tests/warm_children.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests import warm_children
+
+pytestmark = pytest.mark.skipif(not warm_children.enabled(), reason="SALESFLOW_TEST_WARM_CHILDREN=0 or no pidfd_open")
+
+
+def script(tmp_path, text: str) -> list[str]:
+    path = tmp_path / "child.py"
+    path.write_text(text)
+    return [sys.executable, str(path)]
+
+
+def test_a_warm_child_has_its_own_arguments_environment_folder_and_exit_code(tmp_path):
+    args = script(
+        tmp_path,
+        "import os, sys\nprint(sys.argv[1:], os.environ['CHILD_VALUE'], os.getcwd())\n"
+        "print('to stderr', file=sys.stderr)\nsys.exit(3)\n",
+    )
+    env = {**os.environ, "CHILD_VALUE": "given"}
+
+    done = warm_children.run([*args, "one", "two"], env=env, cwd=str(tmp_path), text=True, timeout=60)
+
+    assert isinstance(done, subprocess.CompletedProcess)
+    assert done.returncode == 3
+    assert done.stdout == f"['one', 'two'] given {tmp_path}\n"
+    assert done.stderr == "to stderr\n"
+
+
+def test_a_warm_child_killed_reports_the_signal_and_reads_its_stdin(tmp_path):
+    child = warm_children.popen(
+        script(tmp_path, "import sys, time\nprint(sys.stdin.readline().upper(), flush=True)\ntime.sleep(60)\n"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert isinstance(child, warm_children.WarmPopen)
+    child.stdin.write("hello\n")
+    child.stdin.flush()
+    assert child.stdout.readline() == "HELLO\n"
+    assert child.poll() is None
+
+    os.kill(child.pid, signal.SIGKILL)
+
+    assert child.wait(timeout=10) == -signal.SIGKILL
+    child.stdin.close()
+    child.stdout.close()
+
+
+def test_an_uncaught_exception_and_an_interrupt_end_as_in_a_cold_child(tmp_path):
+    failed = warm_children.run(script(tmp_path, "raise ValueError('bad')\n"), text=True, timeout=60)
+    assert failed.returncode == 1
+    assert failed.stderr.rstrip().endswith("ValueError: bad")
+
+    interrupted = warm_children.run(script(tmp_path, "raise KeyboardInterrupt\n"), text=True, timeout=60)
+    assert interrupted.returncode == -signal.SIGINT
+
+
+def test_a_warm_child_that_outlives_its_timeout_is_killed(tmp_path):
+    started = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        warm_children.run(script(tmp_path, "import time\ntime.sleep(60)\n"), timeout=0.5)
+    assert time.monotonic() - started < 10

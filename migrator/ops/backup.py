@@ -6,6 +6,7 @@ import ctypes
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -97,6 +98,11 @@ def _run(cmd: list[str], env: dict[str, str], what: str) -> str:
     if completed.returncode != 0:
         raise MigrationError(f"{what} failed (exit {completed.returncode}): {first_error(completed.stderr)}")
     return completed.stdout
+
+
+# pg_restore's error when the restoring role may not give an object to its owner (15: "must be member of
+# role", 16 and later: "must be able to SET ROLE").
+OWNER_REFUSED = re.compile(r"must be member of role|must be able to SET ROLE")
 
 
 def first_error(stderr: str) -> str:
@@ -288,17 +294,28 @@ def check_backup(info: BackupInfo) -> None:
 
 
 def restore_backup(pg_restore: Path, info: BackupInfo, jobs: int, database: str | None = None) -> None:
-    """pg_restore of every part, in order, into this database (or ``database`` on the same server)."""
+    """pg_restore of every part, in order, into this database (or ``database`` on the same server).
+
+    Every object gets back the owner it had (no ``--no-owner``): a schema, table, view or function the
+    application's or a reporting role owned would otherwise belong to whoever restores, and that role
+    would lose the access ownership gave it (and a view would read with the restorer's rights). Giving an
+    object to a role takes a superuser or a member of that role; pg_restore refuses otherwise, and the
+    error says so."""
     args, env = connection_args()
     if database is not None:
         args[args.index("-d") + 1] = database
     parts = backup_parts(Path(info.path))
     for number, part in enumerate(parts):
-        _run(
-            [str(pg_restore), f"--jobs={max(1, jobs)}", "--exit-on-error", "--no-owner", *args, str(part)],
-            env,
-            "pg_restore" if len(parts) == 1 else f"pg_restore of part {number + 1} of {len(parts)}",
-        )
+        what = "pg_restore" if len(parts) == 1 else f"pg_restore of part {number + 1} of {len(parts)}"
+        try:
+            _run([str(pg_restore), f"--jobs={max(1, jobs)}", "--exit-on-error", *args, str(part)], env, what)
+        except MigrationError as exc:
+            if OWNER_REFUSED.search(str(exc)):
+                raise MigrationError(
+                    f"{exc} (the backup's objects get back their owners: restore as a superuser or as a member "
+                    "of that role)"
+                ) from None
+            raise
 
 
 def latest_backup(backup_step: StepRef, backup_dir: Path | None = None) -> BackupInfo | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -197,10 +198,40 @@ def extension_not_shipped(statement: str) -> bool:
     )
 
 
+def other_owners() -> tuple[str, str]:
+    """The application's role and a reporting role (cluster-wide: named with this run's role prefix)."""
+    prefix = get_config().role_prefix
+    return f"{prefix}_legacy_app", f"{prefix}_reporting"
+
+
+# Objects the migrator's login does not own: a tenant's schema and tables the application made, and a
+# reporting schema whose view and function read a tenant's table with the reporting role's rights.
+OWNED_BY_OTHERS = [
+    "ALTER SCHEMA tenant_acme_0001 OWNER TO {app}",
+    "ALTER TABLE tenant_acme_0001.contacts OWNER TO {app}",
+    "ALTER TABLE tenant_acme_0001.contact_types OWNER TO {app}",
+    "CREATE SCHEMA reporting AUTHORIZATION {report}",
+    "GRANT USAGE ON SCHEMA tenant_globex_0002 TO {report}",
+    "GRANT SELECT ON tenant_globex_0002.contacts TO {report}",
+    "SET ROLE {report}",
+    "CREATE VIEW reporting.globex_contacts AS SELECT id, email FROM tenant_globex_0002.contacts",
+    (
+        "CREATE FUNCTION reporting.contact_count() RETURNS bigint LANGUAGE sql STABLE "
+        "AS 'SELECT count(*) FROM reporting.globex_contacts'"
+    ),
+    "RESET ROLE",
+]
+
+
 @pytest.fixture
-def extras_backed_up(seeded: dict[str, Any]) -> dict[str, Any]:
-    """Seeded legacy data plus EXTRAS and database properties, through phase 1: the schema and data dumps
-    of the database as the backup has it."""
+def extras_backed_up(seeded: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Seeded legacy data plus EXTRAS, objects other roles own and database properties, through phase 1:
+    the schema and data dumps of the database as the backup has it."""
+    app, report = other_owners()
+    for role in (app, report):
+        db.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
+    for statement in OWNED_BY_OTHERS:
+        db.execute(sql.SQL(statement).format(app=sql.Identifier(app), report=sql.Identifier(report)))
     for statement in EXTRAS:
         if extension_not_shipped(statement):
             continue
@@ -212,7 +243,11 @@ def extras_backed_up(seeded: dict[str, Any]) -> dict[str, Any]:
     db.execute(sql.SQL("ALTER DATABASE {} CONNECTION LIMIT 90").format(name))
     db.execute(sql.SQL("REVOKE TEMPORARY ON DATABASE {} FROM PUBLIC").format(name))
     run("migrate_phase", "prepare", interactive=False)
-    return {"schema": schema_dump(), "properties": database_properties()}
+    yield {"schema": schema_dump(), "properties": database_properties()}
+    roles = sql.SQL(", ").join(map(sql.Identifier, (app, report)))
+    db.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(roles))  # in the database as the test left it
+    db.execute(sql.SQL("DROP OWNED BY {}").format(roles))  # their grants
+    db.execute(sql.SQL("DROP ROLE {}").format(roles))
 
 
 def test_restore_after_cutover_brings_back_a_database_with_functions_publications_extensions_event_triggers(
@@ -233,6 +268,14 @@ def test_restore_after_cutover_brings_back_a_database_with_functions_publication
     assert legacy_fingerprints(TENANTS) == before
     assert database_properties() == extras_backed_up["properties"]
     assert not catalog.schema_exists(get_config().archive_schema)
+    app, report = other_owners()
+    assert owner_of("tenant_acme_0001.contacts") == owner_of("tenant_acme_0001.contact_types") == app
+    assert owner_of("reporting.globex_contacts") == report
+    assert db.fetchvalue("SELECT reporting.contact_count()") == 120  # read with the reporting role's rights
+
+
+def owner_of(table: str) -> str:
+    return str(db.fetchvalue("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = %s::regclass", [table]))
 
 
 def test_a_failing_pg_restore_shows_its_error_and_leaves_the_database_as_it_was(migrated):

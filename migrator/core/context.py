@@ -227,7 +227,8 @@ class RunOptions:
             metavar="NAME",
             help="prepare, cutover: an object that depends on a legacy table and that cutover does not carry to "
             "the new table (a view, a function, a rule, ...) stays with the archived legacy table on purpose; NAME "
-            "as the drift report spells it, * matches any characters (e.g. 'public.report_*'); repeatable.",
+            "as the drift report spells it, or TABLE.NAME for a grant, trigger or comment on that table only "
+            "(e.g. 'contact_types.app_role'); * matches any characters (e.g. 'public.report_*'); repeatable.",
             example=("public.report_*",),
         ),
     )

@@ -97,9 +97,33 @@ def of_tables(schema: str, tables: Iterable[str]) -> list[Dependent]:
     return dependents_of({oid: (schema, table) for oid, table in rows})
 
 
+# Kinds whose name is only unique on its table (a grant is named by its role, a trigger or a comment by
+# its own name): ``--leave-dependent TABLE.NAME`` names the one on that table.
+NAMED_PER_TABLE: frozenset[FindingKind] = frozenset(
+    {
+        FindingKind.GRANT,
+        FindingKind.COLUMN_GRANT,
+        FindingKind.COMMENT,
+        FindingKind.TRIGGER,
+        FindingKind.POLICY,
+        FindingKind.ROW_SECURITY,
+        FindingKind.RULE,
+        FindingKind.PUBLICATION,
+    }
+)
+
+
+def option_name(dependent: Dependent) -> str:
+    """How ``--leave-dependent`` names just this object: ``contact_types.app_role`` for a grant on that
+    table, where ``app_role`` alone would name the role's grants on every legacy table."""
+    return f"{dependent.table}.{dependent.name}" if dependent.kind in NAMED_PER_TABLE else dependent.name
+
+
 def left_by_option(dependent: Dependent, patterns: tuple[str, ...]) -> bool:
-    """Whether ``--leave-dependent`` names the object (patterns match its name, e.g. ``public.report_*``)."""
-    return any(fnmatchcase(dependent.name, pattern) for pattern in patterns)
+    """Whether ``--leave-dependent`` names the object: patterns match its name (``public.report_*``) or,
+    for an object named per table, ``TABLE.NAME`` (:func:`option_name`)."""
+    names = {dependent.name, option_name(dependent)}
+    return any(fnmatchcase(name, pattern) for name in names for pattern in patterns)
 
 
 # One row per dependent: (table oid, kind, name, detail). Everything keyed by the legacy tables' oids.

@@ -11,7 +11,7 @@ from psycopg import sql
 from migrator import db
 from migrator.models import Disposition, FindingKind
 from migrator.ops.conversions import inexact_values
-from migrator.ops.dependents import Dependent, carried, dependents_of, left_by_option
+from migrator.ops.dependents import Dependent, carried, dependents_of, left_by_option, option_name
 from migrator.ops.drift.catalog import (
     ExpectedColumn,
     ExpectedTable,
@@ -471,20 +471,22 @@ def dependent_finding(dependent: Dependent, decisions: Decisions) -> Finding:
     """An object that depends on a legacy table: carried to the new table at cutover, left with the archived
     table on the operator's word, or waiting for that decision."""
     kind, name, detail, decided_by = dependent.kind, dependent.name, dependent.detail, ""
-    if carried(dependent):
+    # The operator's word first, as cutover takes it (dependents.carry): a carried kind named by
+    # --leave-dependent stays with the archived table too, and the report must say so.
+    if left_by_option(dependent, decisions.leave_dependents):
+        disposition, decided_by = Disposition.DECIDED, "--leave-dependent"
+        action = "stays with the archived legacy table at cutover"
+    elif carried(dependent):
         disposition = Disposition.CARRIED
         action = (
             "nothing to do: the new table is published too"
             if kind == FindingKind.PUBLICATION
             else "re-created on the new table at cutover"
         )
-    elif left_by_option(dependent, decisions.leave_dependents):
-        disposition, decided_by = Disposition.DECIDED, "--leave-dependent"
-        action = "stays with the archived legacy table at cutover"
     else:
         disposition, detail = Disposition.DECISION, detail[:200]
         action = (
             "cutover does not carry it: after cutover it would act on the archived legacy table; drop it (and "
-            f"re-create it over the new tables after cutover), or --leave-dependent '{name}'"
+            f"re-create it over the new tables after cutover), or --leave-dependent '{option_name(dependent)}'"
         )
     return Finding(dependent.schema, dependent.table, kind, name, detail, disposition, action, decided_by)

@@ -13,7 +13,9 @@ from django.core.management import CommandError
 from psycopg import sql
 
 from migrator import catalog, db
+from migrator.config import get_config
 from migrator.models import Disposition, FindingKind
+from migrator.ops.archive import archive_table_name
 from tenants.models import MigrationState, Tenant
 from tests.helpers import run
 from tests.migrator.helpers import count, latest, one_line, table_names, value
@@ -327,3 +329,34 @@ def test_online_finalize_carries_a_trigger_and_grants_to_the_new_table(schemas_r
     contacts = f"{ACME}.contact_data_contacts"
     assert value("SELECT has_table_privilege(%s, %s, 'SELECT')", [analyst, contacts])
     assert value("SELECT obj_description(%s::regclass, 'pg_class')", [contacts]) == "customer contacts (PII)"
+
+
+def test_a_role_granted_on_a_reference_table_is_left_there_alone_and_its_other_grants_carried(seeded, analyst):
+    for table in ("contacts", "contact_types"):
+        db.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(ACME, table), sql.Identifier(analyst)))
+    refused = json.loads(run("migrate_phase", "prepare", plan=True, format="json"))["drift"]
+    advice = next(g["action"] for g in refused if g["object"] == analyst and g["table"] == "contact_types")
+    assert f"--leave-dependent 'contact_types.{analyst}'" in advice  # not the role's name alone
+
+    # The role's name alone names its grant on contacts too: the report says it stays, as cutover does.
+    everywhere = json.loads(run("migrate_phase", "prepare", plan=True, format="json", leave_dependent=[analyst]))
+    assert {g["table"]: g["disposition"] for g in everywhere["drift"] if g["object"] == analyst} == {
+        "contacts": Disposition.DECIDED,
+        "contact_types": Disposition.DECIDED,
+    }
+
+    leave = [f"contact_types.{analyst}"]
+    report = json.loads(run("migrate_phase", "prepare", plan=True, format="json", leave_dependent=leave))["drift"]
+    assert {g["table"]: g["disposition"] for g in report if g["object"] == analyst} == {
+        "contacts": Disposition.CARRIED,
+        "contact_types": Disposition.DECIDED,
+    }
+    run("migrate_phase", "prepare", interactive=False, leave_dependent=leave)
+    run("migrate_phase", "schemas", interactive=False)
+    run("migrate_phase", "data", interactive=False)
+    cut_over(leave_dependent=leave)
+
+    granted = "SELECT has_table_privilege(%s, %s, 'SELECT')"
+    assert db.fetchvalue(granted, [analyst, f"{ACME}.contact_data_contacts"]) is True
+    archived = sql.Identifier(get_config().archive_schema, archive_table_name("acme_0001", "contact_types"))
+    assert db.fetchvalue(granted, [analyst, archived.as_string()]) is True

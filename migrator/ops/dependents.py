@@ -208,6 +208,13 @@ SELECT at.attrelid::bigint, 'column grant', CASE WHEN a.grantee = 0 THEN 'PUBLIC
  WHERE at.attacl IS NOT NULL AND a.grantee <> c.relowner
  GROUP BY at.attrelid, at.attname, a.grantee, r.rolname
 UNION ALL
+SELECT c.oid::bigint, 'grant', quote_ident(r.rolname), string_agg(a.privilege_type, ', ' ORDER BY a.privilege_type),
+       ARRAY[r.rolname::text]
+  FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner
+  CROSS JOIN LATERAL aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a
+ WHERE c.oid = ANY(%(owner_carried)s::oid[]) AND a.grantee = c.relowner AND r.rolname <> current_user
+ GROUP BY c.oid, r.rolname
+UNION ALL
 SELECT d.objoid::bigint, 'comment', CASE WHEN d.objsubid = 0 THEN 'table'
        ELSE 'column ' || quote_ident(at.attname) END, d.description,
        CASE WHEN d.objsubid = 0 THEN ARRAY[]::text[] ELSE ARRAY[at.attname::text] END
@@ -232,6 +239,8 @@ SELECT EXISTS (SELECT 1 FROM pg_depend d WHERE d.refclassid = 'pg_class'::regcla
     OR EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = ANY(%s::oid[]) AND a.attacl IS NOT NULL)
     OR EXISTS (SELECT 1 FROM pg_description d WHERE d.objoid = ANY(%s::oid[]) AND d.classoid = 'pg_class'::regclass)
     OR EXISTS (SELECT 1 FROM pg_publication WHERE puballtables)
+    OR EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = ANY(%s::oid[]) AND c.relowner <> (
+               SELECT oid FROM pg_roles WHERE rolname = current_user))
 """
 
 
@@ -241,7 +250,12 @@ def dependents_of(tables: dict[int, tuple[str, str]], all_legacy: Iterable[int] 
     if not tables:
         return []
     everything_legacy = [*tables, *all_legacy]
-    if not db.fetchvalue(_ANY_DEPENDENT_SQL, [list(tables), everything_legacy, *[list(tables)] * 3]):
+    # A tenant data table that another role owns (the application's, typically): the owner's privileges
+    # are a grant the new table needs, which the migrator's login owns. Not a reference table's owner: a
+    # grant on the shared table would open every tenant's rows (see ``carried``), and the owner of every
+    # tenant's reference tables would otherwise hold each tenant back for a decision.
+    owner_carried = [oid for oid, (_schema, table) in tables.items() if table in KEEPS_IDS]
+    if not db.fetchvalue(_ANY_DEPENDENT_SQL, [list(tables), everything_legacy, *[list(tables)] * 3, owner_carried]):
         return functions_naming(tables)
     rows = db.fetchall(
         _DEPENDENTS_SQL,
@@ -249,6 +263,7 @@ def dependents_of(tables: dict[int, tuple[str, str]], all_legacy: Iterable[int] 
             "oids": list(tables),
             "all_legacy": everything_legacy,
             "ours": MIGRATOR_TRIGGERS,
+            "owner_carried": owner_carried,
         },
     )
     found = [
@@ -296,7 +311,8 @@ def functions_naming(tables: dict[int, tuple[str, str]]) -> list[Dependent]:
 
 # --- cutover: carrying dependents to the new tables -------------------------------------------------------
 
-PRIVILEGES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER"})
+# MAINTAIN: PostgreSQL 17 and later (an owner holds it there).
+PRIVILEGES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "MAINTAIN"})
 
 
 def blocking(found: list[Dependent], leave: tuple[str, ...]) -> list[Dependent]:

@@ -360,3 +360,31 @@ def test_a_role_granted_on_a_reference_table_is_left_there_alone_and_its_other_g
     assert db.fetchvalue(granted, [analyst, f"{ACME}.contact_data_contacts"]) is True
     archived = sql.Identifier(get_config().archive_schema, archive_table_name("acme_0001", "contact_types"))
     assert db.fetchvalue(granted, [analyst, archived.as_string()]) is True
+
+
+def test_the_access_of_the_role_that_owns_a_tenants_tables_is_carried_to_the_new_ones(seeded, analyst):
+    """The application created its tables (it owns them); the migrator's login owns the new ones."""
+    role = sql.Identifier(analyst)
+    try:
+        for table in ("contacts", "activities", "contact_types"):
+            db.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(sql.Identifier(ACME, table), role))
+        report = json.loads(run("migrate_phase", "prepare", plan=True, format="json"))["drift"]
+        owner = {g["table"]: (g["kind"], g["disposition"]) for g in report if g["object"] == analyst}
+        # the reference table's owner holds no tenant back: its grant on the shared table would open all tenants
+        assert owner == {
+            "contacts": (FindingKind.GRANT, Disposition.CARRIED),
+            "activities": (FindingKind.GRANT, Disposition.CARRIED),
+        }
+        for phase in ("prepare", "schemas", "data"):
+            run("migrate_phase", phase, interactive=False)
+        cut_over()
+
+        for new_table in ("contact_data_contacts", "activity_data_activities"):
+            for privilege in ("SELECT", "INSERT", "UPDATE", "DELETE"):
+                assert value("SELECT has_table_privilege(%s, %s, %s)", [analyst, f"{ACME}.{new_table}", privilege]), (
+                    new_table,
+                    privilege,
+                )
+        assert Tenant.objects.get(schema_name=ACME).migration_state == MigrationState.LIVE
+    finally:
+        db.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(role))

@@ -133,6 +133,27 @@ BEGIN
   RETURN found;
 END $fn$
 """,
+    # Whether a row of any table points at a shared reference row: a tenant already past the sync (finalized)
+    # or made on the new layout uses shared rows no legacy tenant maps, and a delete would null its rows
+    # (ON DELETE SET NULL) with nothing left to notice. One probe of the referencing column's index per
+    # referencing table, on the rare delete or recode of a tenant's last use of a row.
+    """
+CREATE OR REPLACE FUNCTION {schema}.shared_row_in_use(sch text, tbl text, row_id bigint) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+  fk record; used boolean;
+BEGIN
+  FOR fk IN SELECT c.conrelid::regclass::text AS referencing, a.attname FROM pg_constraint c
+      JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+      WHERE c.contype = 'f' AND c.confrelid = format('%I.%I', sch, tbl)::regclass AND cardinality(c.conkey) = 1 LOOP
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE %I = $1)', fk.referencing, fk.attname) INTO used USING row_id;
+    IF used THEN
+      RETURN true;
+    END IF;
+  END LOOP;
+  RETURN false;
+END $fn$
+""",
     # A tenant's legacy reference row written by the old application.
     # TG_ARGV: tenant id, map name, shared schema, shared table, merge key, value columns (jsonb),
     # the tenant's data tables that point at it (jsonb [[new table, legacy table, column], ...]).
@@ -191,7 +212,8 @@ BEGIN
       END IF;
     END IF;
     IF old_shared IS NOT NULL AND old_shared IS DISTINCT FROM new_shared AND NOT EXISTS (
-        SELECT 1 FROM public.migrator_reference_map m WHERE m.reference_table = ref AND m.new_id = old_shared) THEN
+        SELECT 1 FROM public.migrator_reference_map m WHERE m.reference_table = ref AND m.new_id = old_shared)
+        AND NOT {schema}.shared_row_in_use(sch, tbl, old_shared) THEN
       -- no tenant has it any more: it goes, as a merge of the legacy rows as they are now would not make it
       EXECUTE format('DELETE FROM %I.%I WHERE id = $1', sch, tbl) USING old_shared;
     END IF;

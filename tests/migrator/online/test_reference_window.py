@@ -125,3 +125,18 @@ def test_an_edit_of_a_shared_row_by_the_new_application_reaches_every_tenant(syn
         assert value(on(schema, "SELECT name FROM {} WHERE code = 'partner'", "contact_types")) == "Partner (new app)"
     cut_over_online()
     assert Tenant.objects.filter(migration_state=MigrationState.LIVE).count() == 3
+
+
+def test_a_shared_row_a_finalized_tenant_uses_stays_when_the_last_synced_tenant_with_it_deletes_it(synced):
+    """acme is finalized (its legacy tables archived, nothing maps its uses of shared rows any more) and its new
+    application uses a type only globex had; globex's old application then deletes that type."""
+    cut_over_online()
+    run("migrate_phase", "finalize", observe_seconds=0.2, interactive=False, tenant=["acme_0001"])
+    with psycopg_connect() as conn:
+        conn.execute(on(OTHER_TENANT, "INSERT INTO {} (code, name) VALUES ('supplier', 'Supplier')", "contact_types"))
+        shared = value("SELECT id FROM contact.contact_types WHERE code = 'supplier'")
+        conn.execute(on_tenant("UPDATE {} SET contact_type_id = %s WHERE id IN (1, 2, 3)", CONTACTS), [shared])
+        conn.execute(on(OTHER_TENANT, "DELETE FROM {} WHERE code = 'supplier'", "contact_types"))
+
+    assert value("SELECT count(*) FROM contact.contact_types WHERE id = %s", [shared]) == 1
+    assert value(on_tenant("SELECT count(*) FROM {} WHERE contact_type_id = %s", CONTACTS), [shared]) == 3

@@ -50,24 +50,30 @@ class Dependent:
     parts: tuple[str, ...] = ()
 
 
-# What cutover does with each kind: carries it to the new table (``CARRIED``), or, for the rest, refuses
-# the tenant unless ``--leave-dependent`` names the object (it then stays with the archived table).
-CARRIED: frozenset[FindingKind] = frozenset(
+# Kinds whose name is only unique on its table (a grant is named by its role, a trigger or a comment by
+# its own name): ``--leave-dependent TABLE.NAME`` names the one on that table.
+NAMED_PER_TABLE: frozenset[FindingKind] = frozenset(
     {
-        FindingKind.FOREIGN_KEY_FROM,
         FindingKind.GRANT,
         FindingKind.COLUMN_GRANT,
         FindingKind.COMMENT,
         FindingKind.TRIGGER,
         FindingKind.POLICY,
         FindingKind.ROW_SECURITY,
-        FindingKind.PUBLICATION,
-        FindingKind.VIEW,
-        FindingKind.FUNCTION,
         FindingKind.RULE,
-        FindingKind.STATISTICS,
+        FindingKind.PUBLICATION,
     }
 )
+
+
+# What cutover does with each kind: carries it to the new table (``CARRIED``), or, for the rest, refuses
+# the tenant unless ``--leave-dependent`` names the object (it then stays with the archived table).
+CARRIED: frozenset[FindingKind] = NAMED_PER_TABLE | {
+    FindingKind.FOREIGN_KEY_FROM,
+    FindingKind.VIEW,
+    FindingKind.FUNCTION,
+    FindingKind.STATISTICS,
+}
 # Carried by their own definition, read again once the legacy tables are archived (the server then names
 # the archived tables in it) with the new tables put in place of the archived ones.
 REDEFINED = frozenset({FindingKind.VIEW, FindingKind.FUNCTION, FindingKind.RULE, FindingKind.STATISTICS})
@@ -95,22 +101,6 @@ def of_tables(schema: str, tables: Iterable[str]) -> list[Dependent]:
         [schema, list(tables), schema],
     )
     return dependents_of({oid: (schema, table) for oid, table in rows})
-
-
-# Kinds whose name is only unique on its table (a grant is named by its role, a trigger or a comment by
-# its own name): ``--leave-dependent TABLE.NAME`` names the one on that table.
-NAMED_PER_TABLE: frozenset[FindingKind] = frozenset(
-    {
-        FindingKind.GRANT,
-        FindingKind.COLUMN_GRANT,
-        FindingKind.COMMENT,
-        FindingKind.TRIGGER,
-        FindingKind.POLICY,
-        FindingKind.ROW_SECURITY,
-        FindingKind.RULE,
-        FindingKind.PUBLICATION,
-    }
-)
 
 
 def option_name(dependent: Dependent) -> str:

@@ -220,6 +220,16 @@ def unvalidated_foreign_keys(schema: str, table: str) -> list[str]:
     return [row[0] for row in rows]
 
 
+def tables_with_deferred() -> list[tuple[str, str]]:
+    """(schema, table) of every table whose indexes or foreign keys a bulk copy dropped and has not rebuilt
+    (a copy that failed or was killed between the two)."""
+    return list(
+        DeferredConstraint.objects.order_by("schema_name", "table_name")
+        .values_list("schema_name", "table_name")
+        .distinct()
+    )
+
+
 def pending_deferred(schema: str, table: str) -> list[str]:
     return list(DeferredConstraint.objects.filter(schema_name=schema, table_name=table).values_list("name", flat=True))
 

@@ -18,7 +18,7 @@ from migrator.config import get_config
 from migrator.engine.lock import APP_NAME_PREFIX, LOCK_ID, LOCK_NAMESPACE
 from migrator.models import DEPLOY, MigrationRecord, Status
 from migrator.modes import online
-from migrator.ops import capture, twoway
+from migrator.ops import capture, constraints, twoway
 from migrator.phases.cutover import CutoverPhase
 from migrator.phases.rollback import RollbackPhase
 from migrator.reports.status import StatusReport
@@ -134,6 +134,19 @@ def half_switched() -> str | None:
     return None
 
 
+def constraints_left_dropped() -> str | None:
+    """A table whose indexes or foreign keys a copy dropped and did not rebuild (its step failed between
+    the two): a deploy's index change would be undone, or made twice, when the rerun rebuilds them."""
+    tables = constraints.tables_with_deferred()
+    if not tables:
+        return None
+    shown = ", ".join(f"{schema}.{table}" for schema, table in tables[:3]) + (" and more" if len(tables) > 3 else "")
+    return (
+        f"the indexes and foreign keys of {len(tables)} table(s) are dropped, not rebuilt ({shown}: their copy "
+        "stopped half way): rerun `migrate_phase data` to rebuild them, then deploy"
+    )
+
+
 def deploy_verdict(report: StatusReport | None, holders: list[LockHolder] | None = None) -> DeployVerdict:
     """Safe to run ``migrate_schemas`` now: no phase changes schemas (running, or interrupted half way), no
     tenant is half switched by an online cutover, every registered tenant's schema exists, and the last
@@ -149,6 +162,8 @@ def deploy_verdict(report: StatusReport | None, holders: list[LockHolder] | None
     reason = ddl_in_progress(holders, tracked=report is not None)
     if reason is None and report is not None:
         reason = half_switched()
+    if reason is None and report is not None:
+        reason = constraints_left_dropped()
     if reason is not None:
         return DeployVerdict(False, reason)
     if report is not None and report.deploy_failures:

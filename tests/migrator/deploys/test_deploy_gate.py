@@ -12,6 +12,8 @@ from psycopg import sql
 from migrator import db
 from migrator.engine.lock import MigratorLock
 from migrator.models import DEPLOY_KEY, MigrationRecord, Status
+from migrator.ops import constraints
+from migrator.tables import TENANT_DATA_TABLES
 from tests.helpers import run
 from tests.migrator.helpers import manage, manage_env, manage_here, one_line, rows, value
 
@@ -190,3 +192,23 @@ def test_migrate_schemas_refuses_a_registry_row_naming_a_service_schema(migrated
     for tenant in migrated["tenants"]:
         assert LATER_MIGRATION in recorded_migrations(f"tenant_{tenant}")
     assert "auth" in status_json()["deploy_failures"]
+
+
+def test_indexes_a_copy_dropped_and_did_not_rebuild_close_the_gate_until_data_rebuilds_them(
+    schemas_ready: dict[str, Any],
+) -> None:
+    """A copy that failed after dropping its table's indexes and foreign keys (a lost connection) leaves no
+    RUNNING step: the gate asks for the rebuild, since a deploy's index change would meet it."""
+    schema, table = "tenant_acme_0001", TENANT_DATA_TABLES[1].target_table
+    assert constraints.defer_constraints(schema, table) > 0
+    code, line = deploy_check()
+    assert code == 1
+    assert one_line(line)
+    assert f"{schema}.{table}" in line, line
+    assert "rerun `migrate_phase data`" in line
+    assert status_json()["deploy_check"]["safe"] is False
+
+    run("migrate_phase", "data", interactive=False)
+
+    assert constraints.tables_with_deferred() == []
+    assert deploy_check()[0] == 0

@@ -223,8 +223,9 @@ class BehindOnlyExecutor(MigrationExecutor):
             self._finish(0, 0, [], refused)
             return
         # One schema named (``--schema``, or django-tenants creating a tenant, maybe inside a transaction):
-        # the standard way, in this process.
-        if len(schemas) == 1 or any(self.options.get(option) for option in EVERY_SCHEMA_OPTIONS):
+        # the standard way, in this process. A run over the registry goes the recorded way below even when
+        # the registry holds one tenant: its failure is the deploy gate's to see, in one line.
+        if self.options.get("schema_name") or any(self.options.get(option) for option in EVERY_SCHEMA_OPTIONS):
             for index, schema in enumerate(schemas):
                 run_migrations(self.args, self.options, self.codename, schema, idx=index, count=len(schemas))
             self._finish(len(schemas), len(schemas), [], refused, announce=False)

@@ -212,3 +212,23 @@ def test_indexes_a_copy_dropped_and_did_not_rebuild_close_the_gate_until_data_re
 
     assert constraints.tables_with_deferred() == []
     assert deploy_check()[0] == 0
+
+
+def test_a_failed_migrate_schemas_of_the_only_registered_tenant_is_recorded_and_ends_in_one_line(
+    migrated: dict[str, Any],
+) -> None:
+    only = f"tenant_{migrated['tenants'][0]}"
+    db.execute("DELETE FROM public.tenants WHERE schema_name <> %s", [only])
+    db.execute(
+        sql.SQL("ALTER TABLE {} ADD COLUMN nickname integer").format(sql.Identifier(only, "contact_data_contacts"))
+    )
+    connection.close()
+
+    result = manage("migrate_schemas", "--noinput", env=later_env())
+
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    assert f"1 of 1 tenant schemas failed to migrate ({only}:" in result.stderr
+    code, line = deploy_check()
+    assert code == 1
+    assert f"the last migrate_schemas failed in 1 tenant schema(s): {only}" in line, line

@@ -174,14 +174,19 @@ def deploy_verdict(report: StatusReport | None, holders: list[LockHolder] | None
             f"the last migrate_schemas failed in {len(failed)} tenant schema(s): {', '.join(failed)} "
             f"({first}: {why}); fix the cause and rerun migrate_schemas",
         )
+    verdict = "safe to deploy: no phase changes schemas, every tenant schema is in place"
     if report is not None and report.synced:
-        return DeployVerdict(
-            True,
-            "safe to deploy: no phase changes schemas, every tenant schema is in place; online window open: "
-            "a change that would break the two-way sync (a synced column removed, renamed or retyped, a NOT NULL "
-            "column without a database default) is refused whole until `migrate_phase finalize`",
+        verdict += (
+            "; online window open: a change that would break the two-way sync (a synced column removed, renamed "
+            "or retyped, a NOT NULL column without a database default) is refused whole until `migrate_phase finalize`"
         )
-    return DeployVerdict(True, "safe to deploy: no phase changes schemas, every tenant schema is in place")
+    if report is not None and report.behind:
+        behind = report.behind
+        verdict += (
+            f"; {len(behind)} schema(s) lack migrations of this release "
+            f"({', '.join(behind[:3])}{' and more' if len(behind) > 3 else ''}): run migrate_schemas"
+        )
+    return DeployVerdict(True, verdict)
 
 
 def _rolled_back() -> bool:

@@ -15,6 +15,7 @@ from migrator.ops import registry, twoway
 from migrator.ops.capture import Lag, lag
 from migrator.phases.data import DataPhase
 from migrator.phases.prepare import PreparePhase
+from migrator.phases.schemas import SchemasPhase
 from migrator.tables import LEGACY_TENANT_TABLES
 from salesflow.layout import tenant_id_from_schema
 
@@ -121,6 +122,8 @@ class StatusReport:
     lag: list[Lag] = field(default_factory=list)
     # registered tenants whose schema does not exist
     missing_schemas: list[str] = field(default_factory=list)
+    # public and the built tenant schemas lacking a migration of this release (a deploy stopped half way)
+    behind: list[str] = field(default_factory=list)
     # {schema: reason}: the schemas the last migrate_schemas run failed to migrate (or refused)
     deploy_failures: dict[str, str] = field(default_factory=dict)
     # tenant schemas with legacy tables and no registry row (created since phase 1): never migrated
@@ -140,7 +143,13 @@ class StatusReport:
     def complete(self) -> bool:
         """What ``status --check`` asks: the migration is complete, and every registered tenant's schema
         exists and took the last deploy's migrations."""
-        return self.cells_complete and not self.missing_schemas and not self.deploy_failures and not self.unregistered
+        return (
+            self.cells_complete
+            and not self.missing_schemas
+            and not self.deploy_failures
+            and not self.unregistered
+            and not self.behind
+        )
 
     @property
     def cells_to_do(self) -> int:
@@ -157,6 +166,7 @@ class StatusReport:
             "tenants": {scope: {phase: self.cells[(phase, scope)] for phase in self.phases} for scope in self.scopes},
             "excluded": self.excluded,
             "missing_schemas": self.missing_schemas,
+            "schemas_behind": self.behind,
             "deploy_failures": self.deploy_failures,
             "unregistered_schemas": self.unregistered,
             "two_way_synced": self.synced,
@@ -211,6 +221,26 @@ def registered_schemas_missing() -> list[str]:
         where=["NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = tenants.schema_name)"]
     )
     return list(missing.order_by("schema_name").values_list("schema_name", flat=True))
+
+
+def schemas_behind_release() -> list[str]:
+    """The public schema and the tenant schemas built by phase 2 or by the application (state NEW), those
+    whose ``django_migrations`` lacks a migration of this release: a ``migrate_schemas`` killed half way,
+    or a tenant whose creation was, records no failure; the schemas themselves say it."""
+    from django_tenants.utils import get_public_schema_name
+
+    from tenants.migration_executor import expected_migrations, schemas_behind
+    from tenants.models import MigrationState, Tenant
+
+    # the states phase 2 and the phases after it set: the tenant's new tables exist
+    with_tables = [
+        p.tenant_state_on_success for p in phase_registry.ORDERED if (p.number or 0) >= (SchemasPhase.number or 0)
+    ]
+    built = [MigrationState.NEW, *(state for state in with_tables if state)]
+    tenants = Tenant.objects.filter(migration_state__in=built).order_by("schema_name")
+    return schemas_behind(
+        [get_public_schema_name(), *tenants.values_list("schema_name", flat=True)], expected_migrations()
+    )
 
 
 def deploy_failures() -> dict[str, str]:
@@ -269,6 +299,7 @@ def status_report() -> StatusReport:
     report.ranged = ranged_tables_in_progress()
     report.missing_schemas = registered_schemas_missing()
     report.deploy_failures = deploy_failures()
+    report.behind = schemas_behind_release()
     if report.cells_done:  # before phase 1 every legacy tenant is unregistered: nothing to tell yet
         listed = {str(entry["schema"]) for entry in report.excluded}
         report.unregistered = [

@@ -330,6 +330,13 @@ class Command(BaseCommand):
             )
         for schema, reason in report.deploy_failures.items():
             self.stdout.write(self.style.ERROR(f"DEPLOY FAILED {schema}: the last migrate_schemas: {reason}"))
+        for schema in report.behind:
+            self.stdout.write(
+                self.style.ERROR(
+                    f"BEHIND {schema}: lacks migrations of this release (a deploy stopped half way?): "
+                    "run migrate_schemas"
+                )
+            )
         for ranged in report.ranged:
             self.stdout.write(
                 f"RANGES {ranged.tenant_id} {ranged.table} {ranged.what}: {ranged.ranges_done}/{len(ranged.ranges)} "

@@ -232,3 +232,29 @@ def test_a_failed_migrate_schemas_of_the_only_registered_tenant_is_recorded_and_
     code, line = deploy_check()
     assert code == 1
     assert f"the last migrate_schemas failed in 1 tenant schema(s): {only}" in line, line
+
+
+def test_schemas_a_killed_deploy_left_behind_fail_the_check_until_migrate_schemas_runs(
+    migrated: dict[str, Any],
+) -> None:
+    """A deploy killed after one schema records nothing: the schemas' own migration records tell."""
+    tenants = [f"tenant_{t}" for t in migrated["tenants"] if not t.startswith("empty")]
+    done, *left = tenants
+    assert manage("migrate_schemas", "--schema", done, "--noinput", env=later_env()).returncode == 0
+
+    behind = manage("migrate_phase", "status", "--format", "json", env=later_env())
+    assert behind.returncode == 0, behind.stderr
+    document = json.loads(behind.stdout)
+    assert document["schemas_behind"][0] == "public"
+    assert set(left) <= set(document["schemas_behind"])
+    assert done not in document["schemas_behind"]
+    assert document["complete"] is False
+    assert document["deploy_check"]["safe"] is True  # a deploy is what mends it
+    assert "lack migrations of this release" in document["deploy_check"]["reason"]
+    text = manage("migrate_phase", "status", env=later_env()).stdout
+    assert f"BEHIND {left[0]}" in text
+
+    assert manage("migrate_schemas", "--noinput", env=later_env()).returncode == 0
+    after = json.loads(manage("migrate_phase", "status", "--format", "json", env=later_env()).stdout)
+    assert after["schemas_behind"] == []
+    assert json.loads(manage("migrate_phase", "status", "--format", "json").stdout)["schemas_behind"] == []

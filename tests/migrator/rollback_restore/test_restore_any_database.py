@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from django.conf import settings as django_settings
 from django.core.management.base import CommandError
-from django.db import connection
+from django.db import connection, connections
 from psycopg import sql
 
 from migrator import catalog, db
@@ -394,3 +394,40 @@ def test_a_journal_of_a_restore_that_had_swapped_is_finished_by_dropping_the_rep
     assert rerun.returncode == 0, rerun.stderr
     assert f"it had replaced the database with the backup; the replaced database {replaced} is dropped" in rerun.stdout
     assert_restored(backup_schema(), backup_data(), history_ids)
+
+
+def test_a_restorer_who_may_not_give_objects_back_to_their_owners_is_told_in_one_line(migrated):
+    """The backup's objects belong to the superuser that made them; a restorer that owns the database and may
+    create databases, but is no member of that role, is refused by pg_restore before anything changes."""
+    restorer = f"{get_config().role_prefix}_restorer"
+    name = connection.settings_dict["NAME"]
+    db.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB").format(sql.Identifier(restorer)))
+    db.execute(sql.SQL("GRANT pg_read_all_data, pg_write_all_data TO {}").format(sql.Identifier(restorer)))
+    db.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(name), sql.Identifier(restorer)))
+    tablespace = db.fetchvalue(
+        "SELECT spcname FROM pg_tablespace t JOIN pg_database d ON d.dattablespace = t.oid WHERE d.datname = %s", [name]
+    )
+    if tablespace != "pg_default":  # the tests' stages in RAM: the new database goes where the current one is
+        db.execute(sql.SQL("GRANT CREATE ON TABLESPACE {} TO {}").format(*map(sql.Identifier, (tablespace, restorer))))
+    schema, data = schema_dump(), data_dump()
+    settings_dict = connection.settings_dict
+    superuser = settings_dict["USER"]
+    connections.close_all()
+    settings_dict["USER"] = restorer
+    try:
+        with pytest.raises(CommandError) as refused:
+            run("migrate_phase", "rollback", interactive=False, restore=True)
+    finally:
+        connections.close_all()
+        settings_dict["USER"] = superuser
+    message = str(refused.value)
+    assert one_line(message), message
+    assert re.search(backup.OWNER_REFUSED, message), message
+    assert "restore as a superuser or as a member of that role" in message
+    assert f"database {name} was left as it was" in message
+    assert databases_like(name) == []  # the new database the backup went into is dropped
+    assert schema_dump() == schema
+    assert data_dump() == data
+    db.execute(sql.SQL("ALTER DATABASE {} OWNER TO CURRENT_USER").format(sql.Identifier(name)))
+    db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(restorer)))
+    db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(restorer)))

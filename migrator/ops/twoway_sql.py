@@ -228,7 +228,7 @@ SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
   ref text := TG_ARGV[0]; legacy_table text := TG_ARGV[1];
   cols text := (SELECT string_agg(format('%I', c), ', ') FROM jsonb_array_elements_text(TG_ARGV[2]::jsonb) c);
-  entry record;
+  entry record; fk record;
 BEGIN
   PERFORM set_config({syncing}, 'on', true);
   FOR entry IN SELECT m.tenant_id, m.old_id, s.scope FROM public.migrator_reference_map m
@@ -238,6 +238,16 @@ BEGIN
       EXECUTE format('UPDATE %I.%I SET (%s) = (SELECT %s FROM jsonb_populate_record(NULL::%I.%I, $1)) WHERE id = $2',
         entry.scope, legacy_table, cols, cols, entry.scope, legacy_table) USING to_jsonb(NEW), entry.old_id;
     ELSE
+      -- The new side's rows that used it were set NULL by their foreign key (ON DELETE SET NULL); their own
+      -- triggers run after this one, so the legacy rows follow here first, or the legacy foreign key would
+      -- refuse the delete below.
+      FOR fk IN SELECT c.conrelid::regclass::text AS referencing, a.attname FROM pg_constraint c
+          JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+          WHERE c.contype = 'f' AND c.confrelid = format('%I.%I', entry.scope, legacy_table)::regclass
+            AND cardinality(c.conkey) = 1 LOOP
+        EXECUTE format('UPDATE %s SET %I = NULL WHERE %I = $1', fk.referencing, fk.attname, fk.attname)
+          USING entry.old_id;
+      END LOOP;
       EXECUTE format('DELETE FROM %I.%I WHERE id = $1', entry.scope, legacy_table) USING entry.old_id;
     END IF;
   END LOOP;

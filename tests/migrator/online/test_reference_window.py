@@ -140,3 +140,17 @@ def test_a_shared_row_a_finalized_tenant_uses_stays_when_the_last_synced_tenant_
 
     assert value("SELECT count(*) FROM contact.contact_types WHERE id = %s", [shared]) == 1
     assert value(on_tenant("SELECT count(*) FROM {} WHERE contact_type_id = %s", CONTACTS), [shared]) == 3
+
+
+def test_a_shared_row_the_new_application_deletes_empties_its_uses_on_both_sides(synced):
+    """The new side's foreign key sets the contacts' type NULL; the synced tenants' legacy contacts follow."""
+    shared = value("SELECT id FROM contact.contact_types WHERE code = 'lead'")
+    used = value(on_tenant("SELECT count(*) FROM {} WHERE contact_type_id = %s", CONTACTS), [shared])
+    assert used > 0
+    with psycopg_connect() as conn:
+        conn.execute("DELETE FROM contact.contact_types WHERE id = %s", [shared])
+
+    for schema in (TENANT, OTHER_TENANT):
+        assert value(on(schema, "SELECT count(*) FROM {} WHERE code = 'lead'", "contact_types")) == 0
+        assert_in_sync(schema)
+    assert value(on_tenant("SELECT count(*) FROM {} WHERE contact_type_id = %s", CONTACTS), [shared]) == 0

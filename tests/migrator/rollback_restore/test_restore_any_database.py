@@ -230,24 +230,26 @@ def extras_backed_up(seeded: dict[str, Any]) -> Iterator[dict[str, Any]]:
     app, report = other_owners()
     for role in (app, report):
         db.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
-    for statement in OWNED_BY_OTHERS:
-        db.execute(sql.SQL(statement).format(app=sql.Identifier(app), report=sql.Identifier(report)))
-    for statement in EXTRAS:
-        if extension_not_shipped(statement):
-            continue
-        db.execute(statement)
-    name = sql.Identifier(connection.settings_dict["NAME"])
-    db.execute(sql.SQL("COMMENT ON DATABASE {} IS 'the legacy CRM'").format(name))
-    db.execute(sql.SQL("ALTER DATABASE {} SET temp_tablespaces TO 'pg_default'").format(name))
-    db.execute(sql.SQL("ALTER ROLE CURRENT_USER IN DATABASE {} SET salesflow_test.marker TO 'kept'").format(name))
-    db.execute(sql.SQL("ALTER DATABASE {} CONNECTION LIMIT 90").format(name))
-    db.execute(sql.SQL("REVOKE TEMPORARY ON DATABASE {} FROM PUBLIC").format(name))
-    run("migrate_phase", "prepare", interactive=False)
-    yield {"schema": schema_dump(), "properties": database_properties()}
-    roles = sql.SQL(", ").join(map(sql.Identifier, (app, report)))
-    db.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(roles))  # in the database as the test left it
-    db.execute(sql.SQL("DROP OWNED BY {}").format(roles))  # their grants
-    db.execute(sql.SQL("DROP ROLE {}").format(roles))
+    try:
+        for statement in OWNED_BY_OTHERS:
+            db.execute(sql.SQL(statement).format(app=sql.Identifier(app), report=sql.Identifier(report)))
+        for statement in EXTRAS:
+            if extension_not_shipped(statement):
+                continue
+            db.execute(statement)
+        name = sql.Identifier(connection.settings_dict["NAME"])
+        db.execute(sql.SQL("COMMENT ON DATABASE {} IS 'the legacy CRM'").format(name))
+        db.execute(sql.SQL("ALTER DATABASE {} SET temp_tablespaces TO 'pg_default'").format(name))
+        db.execute(sql.SQL("ALTER ROLE CURRENT_USER IN DATABASE {} SET salesflow_test.marker TO 'kept'").format(name))
+        db.execute(sql.SQL("ALTER DATABASE {} CONNECTION LIMIT 90").format(name))
+        db.execute(sql.SQL("REVOKE TEMPORARY ON DATABASE {} FROM PUBLIC").format(name))
+        run("migrate_phase", "prepare", interactive=False)
+        yield {"schema": schema_dump(), "properties": database_properties()}
+    finally:
+        roles = sql.SQL(", ").join(map(sql.Identifier, (app, report)))
+        db.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(roles))  # in the database as the test left it
+        db.execute(sql.SQL("DROP OWNED BY {}").format(roles))  # their grants
+        db.execute(sql.SQL("DROP ROLE {}").format(roles))
 
 
 def test_restore_after_cutover_brings_back_a_database_with_functions_publications_extensions_event_triggers(
@@ -396,19 +398,33 @@ def test_a_journal_of_a_restore_that_had_swapped_is_finished_by_dropping_the_rep
     assert_restored(backup_schema(), backup_data(), history_ids)
 
 
-def test_a_restorer_who_may_not_give_objects_back_to_their_owners_is_told_in_one_line(migrated):
+@pytest.fixture
+def restorer(migrated) -> Iterator[str]:
+    """A login that owns the test's database and may create databases (in its tablespace too), reads and
+    writes every table, and is no superuser; dropped afterwards whatever the test did."""
+    role = f"{get_config().role_prefix}_restorer"
+    name = connection.settings_dict["NAME"]
+    db.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB").format(sql.Identifier(role)))
+    try:
+        db.execute(sql.SQL("GRANT pg_read_all_data, pg_write_all_data TO {}").format(sql.Identifier(role)))
+        db.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(name), sql.Identifier(role)))
+        tablespace = db.fetchvalue(
+            "SELECT spcname FROM pg_tablespace t JOIN pg_database d ON d.dattablespace = t.oid WHERE d.datname = %s",
+            [name],
+        )
+        if tablespace != "pg_default":  # the tests' stages in RAM: the new database goes where the current one is
+            db.execute(sql.SQL("GRANT CREATE ON TABLESPACE {} TO {}").format(*map(sql.Identifier, (tablespace, role))))
+        yield role
+    finally:
+        db.execute(sql.SQL("ALTER DATABASE {} OWNER TO CURRENT_USER").format(sql.Identifier(name)))
+        db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))  # its grants, the tablespace's too
+        db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_a_restorer_who_may_not_give_objects_back_to_their_owners_is_told_in_one_line(restorer):
     """The backup's objects belong to the superuser that made them; a restorer that owns the database and may
     create databases, but is no member of that role, is refused by pg_restore before anything changes."""
-    restorer = f"{get_config().role_prefix}_restorer"
     name = connection.settings_dict["NAME"]
-    db.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB").format(sql.Identifier(restorer)))
-    db.execute(sql.SQL("GRANT pg_read_all_data, pg_write_all_data TO {}").format(sql.Identifier(restorer)))
-    db.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(name), sql.Identifier(restorer)))
-    tablespace = db.fetchvalue(
-        "SELECT spcname FROM pg_tablespace t JOIN pg_database d ON d.dattablespace = t.oid WHERE d.datname = %s", [name]
-    )
-    if tablespace != "pg_default":  # the tests' stages in RAM: the new database goes where the current one is
-        db.execute(sql.SQL("GRANT CREATE ON TABLESPACE {} TO {}").format(*map(sql.Identifier, (tablespace, restorer))))
     schema, data = schema_dump(), data_dump()
     settings_dict = connection.settings_dict
     superuser = settings_dict["USER"]
@@ -428,6 +444,3 @@ def test_a_restorer_who_may_not_give_objects_back_to_their_owners_is_told_in_one
     assert databases_like(name) == []  # the new database the backup went into is dropped
     assert schema_dump() == schema
     assert data_dump() == data
-    db.execute(sql.SQL("ALTER DATABASE {} OWNER TO CURRENT_USER").format(sql.Identifier(name)))
-    db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(restorer)))
-    db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(restorer)))

@@ -133,6 +133,16 @@ BEGIN
   RETURN found;
 END $fn$
 """,
+    # The single-column foreign keys that reference a table: (the referencing table, qualified and quoted;
+    # its column). What points at a reference row, for the two triggers that look before removing one.
+    """
+CREATE OR REPLACE FUNCTION {schema}.references_to(sch text, tbl text) RETURNS TABLE (referencing text, col text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+  SELECT c.conrelid::regclass::text, a.attname::text FROM pg_constraint c
+    JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+   WHERE c.contype = 'f' AND c.confrelid = format('%I.%I', sch, tbl)::regclass AND cardinality(c.conkey) = 1
+$fn$
+""",
     # Whether a row of any table points at a shared reference row: a tenant already past the sync (finalized)
     # or made on the new layout uses shared rows no legacy tenant maps, and a delete would null its rows
     # (ON DELETE SET NULL) with nothing left to notice. One probe of the referencing column's index per
@@ -143,10 +153,8 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
   fk record; used boolean;
 BEGIN
-  FOR fk IN SELECT c.conrelid::regclass::text AS referencing, a.attname FROM pg_constraint c
-      JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
-      WHERE c.contype = 'f' AND c.confrelid = format('%I.%I', sch, tbl)::regclass AND cardinality(c.conkey) = 1 LOOP
-    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE %I = $1)', fk.referencing, fk.attname) INTO used USING row_id;
+  FOR fk IN SELECT * FROM {schema}.references_to(sch, tbl) LOOP
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE %I = $1)', fk.referencing, fk.col) INTO used USING row_id;
     IF used THEN
       RETURN true;
     END IF;
@@ -241,12 +249,8 @@ BEGIN
       -- The new side's rows that used it were set NULL by their foreign key (ON DELETE SET NULL); their own
       -- triggers run after this one, so the legacy rows follow here first, or the legacy foreign key would
       -- refuse the delete below.
-      FOR fk IN SELECT c.conrelid::regclass::text AS referencing, a.attname FROM pg_constraint c
-          JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
-          WHERE c.contype = 'f' AND c.confrelid = format('%I.%I', entry.scope, legacy_table)::regclass
-            AND cardinality(c.conkey) = 1 LOOP
-        EXECUTE format('UPDATE %s SET %I = NULL WHERE %I = $1', fk.referencing, fk.attname, fk.attname)
-          USING entry.old_id;
+      FOR fk IN SELECT * FROM {schema}.references_to(entry.scope, legacy_table) LOOP
+        EXECUTE format('UPDATE %s SET %I = NULL WHERE %I = $1', fk.referencing, fk.col, fk.col) USING entry.old_id;
       END LOOP;
       EXECUTE format('DELETE FROM %I.%I WHERE id = $1', entry.scope, legacy_table) USING entry.old_id;
     END IF;

@@ -134,13 +134,18 @@ def half_switched() -> str | None:
     return None
 
 
+def first_few(names: list[str], shown: int = 3) -> str:
+    """The first names for a one-line reason; " and more" when there are others."""
+    return ", ".join(names[:shown]) + (" and more" if len(names) > shown else "")
+
+
 def constraints_left_dropped() -> str | None:
     """A table whose indexes or foreign keys a copy dropped and did not rebuild (its step failed between
     the two): a deploy's index change would be undone, or made twice, when the rerun rebuilds them."""
     tables = constraints.tables_with_deferred()
     if not tables:
         return None
-    shown = ", ".join(f"{schema}.{table}" for schema, table in tables[:3]) + (" and more" if len(tables) > 3 else "")
+    shown = first_few([f"{schema}.{table}" for schema, table in tables])
     return (
         f"the indexes and foreign keys of {len(tables)} table(s) are dropped, not rebuilt ({shown}: their copy "
         "stopped half way): rerun `migrate_phase data` to rebuild them, then deploy"
@@ -183,8 +188,7 @@ def deploy_verdict(report: StatusReport | None, holders: list[LockHolder] | None
     if report is not None and report.behind:
         behind = report.behind
         verdict += (
-            f"; {len(behind)} schema(s) lack migrations of this release "
-            f"({', '.join(behind[:3])}{' and more' if len(behind) > 3 else ''}): run migrate_schemas"
+            f"; {len(behind)} schema(s) lack migrations of this release ({first_few(behind)}): run migrate_schemas"
         )
     return DeployVerdict(True, verdict)
 

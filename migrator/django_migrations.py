@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import groupby
 from typing import Protocol, cast
 
 from django.core.management.sql import emit_post_migrate_signal
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, connections, router
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.migration import Migration
 from django.db.migrations.recorder import MigrationRecorder
@@ -71,15 +73,37 @@ def migrate_schema(schema_name: str, app_labels: Sequence[str] | None = None) ->
         MigrationRecorder(conn).ensure_schema()
         if not public:
             _schemas().set_schema(schema_name)  # tenant tables reference service tables by qualified name
-        executor, plan, targets = _plan(app_labels)
+        _executor, plan, _targets = _plan(app_labels)
         if not plan:
             return []
-        executor.migrate(targets, plan=plan)
+        _apply_in_runs(conn, plan)
         if public and (app_labels is None or "contenttypes" in app_labels):
             # Content types and permissions (the admin's view permissions) are created here; not by
             # the engine's tracking-only bootstrap, before the content types table exists.
             emit_post_migrate_signal(0, False, DEFAULT_DB_ALIAS, plan=plan)
         return [f"{migration.app_label}.{migration.name}" for migration, _backwards in plan]
+
+
+def _apply_in_runs(conn: BaseDatabaseWrapper, plan: list[tuple[Migration, bool]]) -> None:
+    """Apply ``plan`` (forwards, in order) in the connection's schema.
+
+    A migration of an app the router keeps out of this schema (a shared app in a tenant schema, a
+    tenant app in public) changes nothing in it but its ``django_migrations``: those are recorded in
+    one statement per run of them, and the executor runs only the others, each run on the state of
+    what is recorded before it, as a plain ``migrate`` would. One executor over the whole plan renders
+    every model again after each ``AlterField`` of the shared apps (most of a second per schema).
+    """
+    recorder = MigrationRecorder(conn)
+    runs = groupby(plan, key=lambda step: bool(router.allow_migrate(conn.alias, step[0].app_label)))
+    for runs_here, steps in runs:
+        migrations = [migration for migration, _backwards in steps]
+        if runs_here:
+            executor = MigrationExecutor(conn)  # reads what is recorded so far
+            executor.migrate([], plan=[(migration, False) for migration in migrations])
+        else:
+            # as the executor records them: a squashed migration as the migrations it replaces
+            names = [key for m in migrations for key in (m.replaces or [(m.app_label, m.name)])]
+            recorder.migration_qs.bulk_create(recorder.Migration(app=app, name=name) for app, name in names)
 
 
 def legacy_registry_present() -> bool:

@@ -38,6 +38,7 @@ from migrator.reports.status import status_report
 from migrator.reports.tenant_progress import with_migration_progress
 from migrator.tables import TENANT_DATA_TABLES
 from tenants.models import MigrationState, Tenant
+from tests import warm_children
 from tests.migrator.helpers import PROJECT_DIR, manage_env
 from tests.stages import admin_connection, drop_database
 
@@ -103,13 +104,24 @@ def script_of(blocks: list[Block]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def python_on_path(folder: Path) -> str:
-    """A folder whose ``python`` is this interpreter (the project's, with its packages), first on PATH."""
+def python_on_path(folder: Path) -> dict[str, str]:
+    """The environment of a script whose ``python`` (first on PATH) is this interpreter, with its packages.
+
+    Its ``python manage.py ...`` runs are forked from this test process's warm process (tests/warm_client.py):
+    the same run as a cold start, without most of a second of imports each.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     wrapper = folder / "python"
-    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    env = {"PATH": f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"}
+    warm = warm_children.socket_path()
+    if warm is None:
+        wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    else:
+        client = Path(warm_children.__file__).with_name("warm_client.py")
+        wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "{client}" "$@"\n')
+        env |= {"SALESFLOW_PYTHON": sys.executable, "SALESFLOW_TEST_WARM_SOCKET": warm}
     wrapper.chmod(0o755)
-    return f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"
+    return env
 
 
 @dataclass(frozen=True)
@@ -180,7 +192,7 @@ def test_the_documented_commands_run_as_written(doc: str, seeded: dict[str, Any]
     env = manage_env(
         SALESFLOW_ROLE_PREFIX=config.role_prefix,
         SALESFLOW_BACKUP_DIR=str(config.backup_dir),
-        PATH=python_on_path(tmp_path / "bin"),
+        **python_on_path(tmp_path / "bin"),
     )
     connections.close_all()  # a restore swaps the database: nothing of this process may hold it open
     try:

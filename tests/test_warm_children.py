@@ -72,3 +72,74 @@ def test_a_warm_child_that_outlives_its_timeout_is_killed(tmp_path):
     with pytest.raises(subprocess.TimeoutExpired):
         warm_children.run(script(tmp_path, "import time\ntime.sleep(60)\n"), timeout=0.5)
     assert time.monotonic() - started < 10
+
+
+# --- a shell script's `python manage.py ...` (tests/warm_client.py, used by the docs test) -------------------
+
+
+def client_command(tmp_path, text: str) -> tuple[list[str], dict[str, str]]:
+    """A command that runs ``manage.py`` (here a script of the test's) through the warm client."""
+    manage = tmp_path / "manage.py"
+    manage.write_text(text)
+    client = os.path.join(os.path.dirname(warm_children.__file__), "warm_client.py")
+    env = {**os.environ, "SALESFLOW_PYTHON": sys.executable, "SALESFLOW_TEST_WARM_SOCKET": warm_children.socket_path()}
+    return [sys.executable, "-S", client, str(manage)], env
+
+
+def gone(pid: int, seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_the_client_runs_manage_py_warm_with_its_streams_and_exit_code_and_anything_else_cold(tmp_path):
+    command, env = client_command(
+        tmp_path,
+        "import os, sys\nprint(sys.argv[1:], os.getppid(), flush=True)\nprint('err', file=sys.stderr)\nsys.exit(4)\n",
+    )
+
+    done = subprocess.run([*command, "a", "b"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 4
+    arguments, parent = done.stdout.rsplit(" ", 1)
+    assert arguments == "['a', 'b']"
+    assert int(parent) == warm_children.WarmProcess.get().process.pid  # forked warm, not started by the client
+    assert done.stderr == "err\n"
+    other = subprocess.run(
+        [*command[:3], "-c", "import os; print(os.getppid())"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert other.returncode == 0
+    assert int(other.stdout) != warm_children.WarmProcess.get().process.pid
+
+
+def test_a_signal_sent_to_the_client_reaches_the_child_and_ends_the_client_the_same_way(tmp_path):
+    command, env = client_command(tmp_path, "import os, time\nprint(os.getpid(), flush=True)\ntime.sleep(60)\n")
+    client = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    child = int(client.stdout.readline())
+
+    client.send_signal(signal.SIGTERM)
+
+    assert client.wait(timeout=10) == -signal.SIGTERM
+    assert gone(child)
+    client.stdout.close()
+
+
+def test_a_client_killed_takes_its_child_with_it(tmp_path):
+    command, env = client_command(
+        tmp_path,
+        "import os, signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print(os.getpid(), flush=True)\ntime.sleep(60)\n",
+    )
+    client = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    child = int(client.stdout.readline())
+
+    client.kill()
+    client.wait(timeout=10)
+
+    assert gone(child), "the warm child outlived its killed client"
+    client.stdout.close()

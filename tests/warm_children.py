@@ -27,6 +27,7 @@ import os
 import runpy
 import select
 import selectors
+import signal
 import socket
 import subprocess
 import sys
@@ -133,9 +134,20 @@ def serve(path: str) -> tuple[dict[str, Any], list[int]]:
                 pidfd = os.pidfd_open(pid)
                 running[pidfd] = (pid, conn)
                 selector.register(pidfd, selectors.EVENT_READ, "child")
+                if request.get("tied"):
+                    selector.register(conn, selectors.EVENT_READ, pidfd)
+            elif isinstance(key.data, int):
+                # A tied request's client went away (it sends nothing more): its child goes with it.
+                if running.get(key.data, (0, None))[1] is not key.fileobj:
+                    continue  # its child was reaped earlier in this round
+                selector.unregister(key.fileobj)
+                with contextlib.suppress(OSError):  # it may have ended meanwhile
+                    signal.pidfd_send_signal(key.data, signal.SIGKILL)
             else:
                 pid, conn = running.pop(key.fd)
                 selector.unregister(key.fd)
+                with contextlib.suppress(KeyError):  # tied: its client's end is no longer watched
+                    selector.unregister(conn)
                 os.close(key.fd)
                 _pid, status = os.waitpid(pid, 0)
                 with contextlib.suppress(OSError):  # the test may have stopped listening
@@ -277,6 +289,12 @@ class WarmPopen(subprocess.Popen):  # type: ignore[type-arg]
             finally:
                 self._waitpid_lock.release()
         return self.returncode
+
+
+def socket_path() -> str | None:
+    """Where this test process's warm process takes requests (tests/warm_client.py's), if it has one."""
+    warm = WarmProcess.get() if enabled() else None
+    return warm.path if warm is not None else None
 
 
 def popen(args: list[str], **kwargs: Any) -> subprocess.Popen:  # type: ignore[type-arg]

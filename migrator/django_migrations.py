@@ -14,6 +14,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.migration import Migration
 from django.db.migrations.recorder import MigrationRecorder
+from django.db.migrations.state import ProjectState
 from psycopg import sql
 
 from migrator import db
@@ -137,7 +138,41 @@ def pending_sql(schema_name: str, app_labels: Sequence[str] | None = None) -> li
         if schema_name != "public":
             _schemas().set_schema(schema_name)
         executor, plan, _targets = _plan(app_labels)
-        return [statement for statement in executor.loader.collect_sql(plan) if not statement.startswith("--")]
+        # From the state of what this schema has applied, not the loader's ``collect_sql``, which starts
+        # from the first pending migration's ancestors alone: a schema with some migrations applied then
+        # lacks the models they made (a ValueError where the plan should show the rest).
+        state = ProjectState(real_apps=executor.loader.unmigrated_apps)
+        applied = set(executor.loader.applied_migrations)
+        for migration, _backwards in executor.migration_plan(executor.loader.graph.leaf_nodes(), clean_start=True):
+            if (migration.app_label, migration.name) in applied:
+                state = migration.mutate_state(state, preserve=False)
+        statements: list[str] = []
+        conn = connections[DEFAULT_DB_ALIAS]
+        for migration, _backwards in plan:
+            with conn.schema_editor(collect_sql=True, atomic=migration.atomic) as editor:
+                state = migration.apply(state, editor, collect_sql=True)
+            statements += editor.collected_sql
+        return [statement for statement in statements if not statement.startswith("--")]
+
+
+def pending_sql_of_schemas(schemas: Sequence[str]) -> dict[str, list[str]]:
+    """:func:`pending_sql` of each of ``schemas`` that exists. One with no ``django_migrations`` yet (every
+    tenant before phase 2) has every migration pending, the same SQL in each: rendered once, not per
+    tenant (rendering loads the migration graph and replays its states: a third of a second each)."""
+    rows = db.fetchall(
+        "SELECT s, to_regclass(format('%%I.django_migrations', s)) IS NOT NULL FROM unnest(%s::text[]) s "
+        "WHERE to_regnamespace(quote_ident(s)) IS NOT NULL",
+        [list(schemas)],
+    )
+    fresh: list[str] | None = None
+    pending: dict[str, list[str]] = {}
+    for schema, recorded in rows:
+        if recorded:
+            pending[schema] = pending_sql(schema)
+        else:
+            fresh = pending_sql(schema) if fresh is None else fresh
+            pending[schema] = fresh
+    return pending
 
 
 # Phase 2's fast way to a tenant's tables: one schema built by the tenant migrations, its DDL read back

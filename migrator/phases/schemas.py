@@ -11,7 +11,13 @@ from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.details import MigrationsAppliedDetails
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
-from migrator.django_migrations import TenantTemplate, build_tenant_template, migrate_schema, pending_sql
+from migrator.django_migrations import (
+    TenantTemplate,
+    build_tenant_template,
+    migrate_schema,
+    pending_sql,
+    pending_sql_of_schemas,
+)
 from migrator.ops import verification
 from migrator.tables import TENANT_DATA_TABLES, service_tables
 from tenants.models import MigrationState
@@ -43,13 +49,14 @@ class SchemasPhase(Phase):
                 sql=tuple(pending_sql("public")) if with_sql else (),
             )
         ]
+        pending = pending_sql_of_schemas([t.schema for t in ctx.registered_tenants]) if with_sql else {}
         for tenant in ctx.registered_tenants:
             steps.append(
                 self.tenant_step(
                     "tenant_tables",
                     f"Create {', '.join(t.table for t in TENANT_DATA_TABLES)} in {tenant.schema} (tenant migrations)",
                     tenant,
-                    sql=tuple(pending_sql(tenant.schema)) if with_sql and catalog.schema_exists(tenant.schema) else (),
+                    sql=tuple(pending.get(tenant.schema, ())),
                 )
             )
         return steps

@@ -21,8 +21,9 @@ from migrator import db
 
 # Apps the engine needs in public before it can record anything: the registry and the tracking table.
 TRACKING_APPS: tuple[str, ...] = ("tenants", "migrator")
-# What else lives in public (the admin's users, permissions, sessions): phase 1's bootstrap step.
-BOOTSTRAP_APPS: tuple[str, ...] = ("contenttypes", "auth", "admin", "sessions", *TRACKING_APPS)
+# What else lives in public (the admin's users, permissions, sessions, failed logins): phase 1's
+# bootstrap step. The admin site's login needs every one of them.
+BOOTSTRAP_APPS: tuple[str, ...] = ("contenttypes", "auth", "admin", "sessions", "axes", *TRACKING_APPS)
 
 
 class SchemaSwitching(Protocol):

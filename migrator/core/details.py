@@ -278,12 +278,14 @@ class ObservedDetails(TypedDict):
 
 
 class RestoreDetails(TypedDict):
-    """``restore_backup``: the database the backup replaced, and the tracking history carried over."""
+    """``restore_backup``: the database the backup replaced, and the tracking history and the admin
+    site's accounts carried over."""
 
     database: str
     replaced_database: str
     history_rows: int
     history_file: str
+    admin_account_rows: int
 
 
 class CheckBackupDetails(TypedDict):

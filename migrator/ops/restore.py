@@ -46,7 +46,7 @@ from migrator.core.details import RestoreDetails
 from migrator.core.errors import MigrationError
 from migrator.django_migrations import BOOTSTRAP_APPS, migrate_schema
 from migrator.models import MigrationRecord
-from migrator.ops import backup, binaries
+from migrator.ops import admin_accounts, backup, binaries
 from migrator.ops.backup import BackupInfo
 from migrator.ops.databases import create_database_like, database_comment, database_oid, drop_database
 
@@ -192,11 +192,13 @@ def check_restored(admin: psycopg.Connection[Any], pg_restore: Path, info: Backu
         raise MigrationError(f"the restored copy {scratch} lacks {what} although pg_restore succeeded")
 
 
-def write_history_into(scratch: str, rows: list[dict[str, Any]]) -> None:
-    """The saved tracking history replaces the backup's in the new database, in one transaction."""
+def write_history_into(scratch: str, rows: list[dict[str, Any]], accounts: dict[str, str]) -> int:
+    """The saved tracking history, and the admin site's accounts, replace the backup's in the new database,
+    in one transaction; the accounts' rows written."""
     table = sql.Identifier("public", MigrationRecord._meta.db_table)
     history = json.dumps(rows, cls=DjangoJSONEncoder)
     with db.connect_like_django(RESTORE_APP_NAME, dbname=scratch) as conn, conn.transaction():
+        account_rows = admin_accounts.write_accounts_into(conn, accounts)
         conn.execute(sql.SQL("DELETE FROM {}").format(table))
         # keys the restored table has no column for are left out (a history written by a newer release)
         conn.execute(
@@ -209,6 +211,7 @@ def write_history_into(scratch: str, rows: list[dict[str, Any]]) -> None:
             ).format(table),
             [f"public.{MigrationRecord._meta.db_table}"],
         )
+    return account_rows
 
 
 # --- the swap ----------------------------------------------------------------------------------------------
@@ -354,6 +357,7 @@ def restore_database(
     backup.check_backup(info)
     pg_restore = restore_tool(info, bin_dirs)
     history, history_file = save_history(history_dir)
+    accounts = admin_accounts.read_accounts()
     with maintenance_connection() as admin:
         names = restore_names(admin, connection.settings_dict["NAME"])
         write_journal(history_dir, info, history_file, names)
@@ -367,7 +371,7 @@ def restore_database(
                     "now dropped)"
                 ) from None
             check_restored(admin, pg_restore, info, names.scratch)
-            write_history_into(names.scratch, history)
+            account_rows = write_history_into(names.scratch, history, accounts)
             connection.close()  # no session of this process may stay in the database renamed
             if lock is not None:
                 lock.release()
@@ -388,6 +392,7 @@ def restore_database(
         replaced_database=names.replaced,
         history_rows=len(history),
         history_file=str(history_file),
+        admin_account_rows=account_rows,
     )
 
 

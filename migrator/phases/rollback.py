@@ -205,7 +205,9 @@ class RollbackPhase(Phase):
         info = recorded_backup(ctx)
         details = restore.restore_database(info, ctx.jobs, ctx.config.backup_dir, ctx.config.bin_dirs, ctx.lock)
         return StepResult(
-            message=f"restored {info.path}; {details['history_rows']} tracking rows kept", details=details
+            message=f"restored {info.path}; {details['history_rows']} tracking rows and "
+            f"{details['admin_account_rows']} rows of the admin site's accounts kept",
+            details=details,
         )
 
     def _drop_roles(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:

@@ -11,6 +11,8 @@ from io import StringIO
 from pathlib import Path
 
 import pytest
+from axes.models import AccessAttempt
+from django.contrib.auth.models import Group, Permission, User
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from psycopg import sql
@@ -218,8 +220,20 @@ def test_rollback_after_cutover_is_refused_without_restore(migrated):
 def test_restore_brings_back_the_backup_and_keeps_the_history(seeded):
     before = legacy_fingerprints(TENANTS)
     migrate_up_to("cutover")
+    # The admin site's accounts are made after phase 1's backup: the restore keeps them, with what they point at.
+    reviewers = Group.objects.create(name="reviewers")
+    reviewers.permissions.add(Permission.objects.get(codename="view_migrationrecord"))
+    operator = User.objects.create_superuser("operator", password="a long passphrase")
+    operator.groups.add(reviewers)
+    AccessAttempt.objects.create(username="intruder", ip_address="10.0.0.9", failures_since_start=3)
     history_ids = set(MigrationRecord.objects.values_list("id", flat=True))
     run("migrate_phase", "rollback", interactive=False, restore=True)
+    operator = User.objects.get(username="operator")
+    assert operator.check_password("a long passphrase")
+    assert operator.is_superuser
+    assert operator.has_perm("migrator.view_migrationrecord")
+    assert list(operator.groups.values_list("name", flat=True)) == ["reviewers"]
+    assert AccessAttempt.objects.get(username="intruder").failures_since_start == 3
     assert legacy_fingerprints(TENANTS) == before
     assert not catalog.schema_exists(get_config().archive_schema)
     assert not catalog.table_exists("tenant_acme_0001", "contact_data_contacts")
@@ -228,6 +242,8 @@ def test_restore_brings_back_the_backup_and_keeps_the_history(seeded):
     restore_row = MigrationRecord.objects.get(phase="rollback", step="restore_backup")
     assert restore_row.status == Status.COMPLETED
     assert restore_row.details["history_rows"] >= len(history_ids)
+    assert restore_row.details["admin_account_rows"] >= 4  # the user, the group, both links, the attempt...
+    User.objects.create_user("after the restore")  # the accounts' id sequences were put back too
     # a new record after the restore gets a fresh id (the sequence was put back too)
     run("migrate_phase", "prepare", interactive=False)
     assert Tenant.objects.count() == len(TENANTS)

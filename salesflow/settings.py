@@ -193,7 +193,13 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "loggers": {"migrator": {"handlers": ["console"], "level": os.environ.get("SALESFLOW_LOG_LEVEL", "WARNING")}},
+    "loggers": {
+        "migrator": {"handlers": ["console"], "level": os.environ.get("SALESFLOW_LOG_LEVEL", "WARNING")},
+        # A request that fails (a 500) with its traceback, whatever DEBUG: Django's own console handler
+        # writes only with DEBUG on, and production has no ADMINS to mail it to. Not propagated, so a
+        # DEBUG run does not print it twice.
+        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
+    },
 }
 
 # migrate_schemas (deploys): only the tenant schemas that are behind, in parallel; a failed schema does not

@@ -81,3 +81,20 @@ def test_unsafe_production_settings_are_refused_in_one_line(overrides: dict[str,
 def test_local_profile_needs_nothing() -> None:
     env = production_environment(DJANGO_ENV="", DJANGO_SECRET_KEY="", DJANGO_ALLOWED_HOSTS="")
     assert manage(env, "check").returncode == 0
+
+
+def test_a_failing_request_is_logged_with_its_traceback(tmp_path: Path) -> None:
+    # No collectstatic into this static root: every admin page fails on its stylesheet's missing manifest entry.
+    env = production_environment(SALESFLOW_STATIC_ROOT=str(tmp_path / "static"))
+    code = (
+        "from django.test import Client\n"
+        "response = Client(raise_request_exception=False).get('/admin/login/', secure=True, "
+        "HTTP_HOST='migrator.example.com')\n"
+        "print(response.status_code)\n"
+    )
+
+    result = manage(env, "shell", "-c", code)
+
+    assert result.stdout.splitlines()[-1] == "500", result.stderr
+    assert "ERROR django.request: Internal Server Error: /admin/login/" in result.stderr
+    assert "Traceback (most recent call last)" in result.stderr

@@ -7,6 +7,10 @@ from typing import Any
 from psycopg import sql
 
 from migrator import catalog, db
+from migrator.core.details import INSPECTION
+from migrator.core.errors import MigrationError
+from migrator.models import MigrationRecord, Status, of_steps
+from migrator.step_ref import StepRef
 from migrator.tables import (
     AUTH_MODELS,
     LEGACY_AUTH_TABLES,
@@ -82,3 +86,28 @@ def describe_report(report: dict[str, Any]) -> str:
     for table, cols in report["unmapped"].items():
         line += f"; {table} has columns with no target: {', '.join(cols)} (phase 3 will refuse)"
     return line
+
+
+def rows_counted_at_registration(register: StepRef, tenant_id: str, table: str) -> int | None:
+    """Rows phase 1's inspection counted in the tenant's legacy ``table`` (``register``: the step that
+    recorded it); None when it found no such table or has not run for the tenant."""
+    details = (
+        MigrationRecord.objects.filter(of_steps(register), tenant_id=tenant_id, status=Status.COMPLETED)
+        .order_by("-attempt")
+        .values_list("details", flat=True)
+        .first()
+    )
+    tables = ((details or {}).get(INSPECTION) or {}).get("tables") or {}
+    rows = (tables.get(table) or {}).get("rows")
+    return int(rows) if rows is not None else None
+
+
+def refuse_a_table_gone_since_registration(register: StepRef, schema: str, tenant_id: str, table: str) -> None:
+    """The tenant has no legacy ``table`` now: refused if phase 1 counted rows in it, which would otherwise
+    be left behind without a word (nothing to copy, nothing to compare)."""
+    counted = rows_counted_at_registration(register, tenant_id, table)
+    if counted:
+        raise MigrationError(
+            f"legacy table {schema}.{table} is gone, but phase 1 counted {counted} rows in it: put it back "
+            f"(the phase-1 backup holds it), or leave the tenant out with --skip-schema {schema}"
+        )

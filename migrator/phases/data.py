@@ -34,6 +34,7 @@ from migrator.ops.copies import (
 )
 from migrator.ops.copy import CopyStats, analyze, copy_in_ranges, copy_table, source_rows_up_to, table_fence
 from migrator.ops.copy_checks import check_columns, refuse_inheritance_children
+from migrator.ops.inspection import refuse_a_table_gone_since_registration
 from migrator.ops.sequences import continue_sequence
 from migrator.ops.table_copy import TableCopy, type_differences
 from migrator.step_ref import StepRef, Target
@@ -82,6 +83,10 @@ def _copied(stats: CopyStats, message: str, details: CopyDetails) -> StepResult:
         rows_copied=stats.rows_copied,
         details=CopyDetails(batches=stats.batches, **details),
     )
+
+
+# Phase 1's step that counted each tenant's legacy tables: a table gone since then is refused, not skipped.
+REGISTERED = StepRef("prepare", "register")
 
 
 class DataPhase(Phase):
@@ -293,6 +298,7 @@ class DataPhase(Phase):
         )
         schema_catalog = catalog.read_for(tenant.schema, reporter.tenant)
         if not schema_catalog.table_exists(tenant.schema, spec.legacy_table):
+            refuse_a_table_gone_since_registration(REGISTERED, tenant.schema, tenant.tenant_id, spec.legacy_table)
             return StepResult(
                 message=f"no legacy table {tenant.schema}.{spec.legacy_table}: nothing to copy",
                 rows_expected=0,
@@ -398,6 +404,7 @@ class DataPhase(Phase):
             spec = next(t for t in TENANT_DATA_TABLES if t.target_table == step.target.name)
             schema_catalog = catalog.read_for(tenant.schema, reporter.tenant)
             if not schema_catalog.table_exists(tenant.schema, spec.legacy_table):
+                refuse_a_table_gone_since_registration(REGISTERED, tenant.schema, tenant.tenant_id, spec.legacy_table)
                 rows = schema_catalog.row_count(tenant.schema, spec.target_table)
                 return StepResult(message=f"no legacy table; target has {rows} rows", rows_expected=0, rows_copied=rows)
             copy = tenant_copy(tenant, spec, schema_catalog)

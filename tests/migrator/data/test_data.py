@@ -420,3 +420,23 @@ def test_a_missing_legacy_auth_table_fails_with_the_reason(schemas_ready):
     assert failed.error_message.startswith("legacy table salesflow_auth.user_roles does not exist; restore it")
     assert latest("data/*/copy_auth/users").status == Status.COMPLETED
     assert latest("data/*/merge_reference/contact_types").status == Status.PENDING  # the phase stopped there
+
+
+def test_a_legacy_table_dropped_after_phase_1_counted_its_rows_is_refused_not_skipped(schemas_ready):
+    # Phase 1 counted 240 activities in globex; someone drops the table before the copy.
+    db.execute("DROP TABLE tenant_globex_0002.activities CASCADE")
+
+    with pytest.raises(CommandError) as exc:
+        run("migrate_phase", "data", interactive=False)
+
+    assert one_line(str(exc.value))
+    copy = latest("data/globex_0002/copy_table/activity_data_activities")
+    assert copy.status == Status.FAILED
+    assert copy.error_message.startswith(
+        "legacy table tenant_globex_0002.activities is gone, but phase 1 counted 240 rows in it: put it back"
+    )
+    assert "--skip-schema tenant_globex_0002" in copy.error_message
+    assert latest("data/acme_0001/copy_table/activity_data_activities").status == Status.COMPLETED
+    with pytest.raises(CommandError):
+        run("migrate_phase", "data", "--validate-only", interactive=False)
+    assert latest("data/globex_0002/validate/activity_data_activities").status == Status.FAILED

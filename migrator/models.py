@@ -7,7 +7,7 @@ from functools import reduce
 from typing import Self
 
 from django.db import models
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, F, Max, OuterRef, Q, Window
 
 from migrator.step_ref import SEPARATOR, StepRef
 
@@ -36,6 +36,22 @@ class MigrationRecordQuerySet(models.QuerySet["MigrationRecord"]):
         """
         newer = MigrationRecord.objects.filter(migration_id=OuterRef("migration_id"), attempt__gt=OuterRef("attempt"))
         return self.filter(~Exists(newer))
+
+    def current_attempts(self) -> Self:
+        """:meth:`latest_attempts`, without the rolled-back steps a later run of their phase left out.
+
+        A rollback marks every step of the phases it undoes ROLLED_BACK. A later run of such a phase for
+        the same tenant (or phase-wide) makes new attempts of the steps it plans; one it no longer plans
+        (an online step rerun offline, an exclusion rerun without ``--skip-schema``, the role of another
+        prefix) would stay ROLLED_BACK for good and keep the phase unfinished. Such a row is superseded:
+        a step of its phase and tenant that is not rolled back was recorded after it (a higher id).
+        """
+        newest_kept = Window(Max("id", filter=~Q(status=Status.ROLLED_BACK)), partition_by=[F("phase"), F("tenant_id")])
+        return (
+            self.latest_attempts()
+            .annotate(newest_kept=newest_kept)
+            .filter(~Q(status=Status.ROLLED_BACK) | Q(newest_kept__isnull=True) | Q(id__gt=F("newest_kept")))
+        )
 
     def of(self, *steps: StepRef) -> Self:
         """The records of these kinds of steps."""

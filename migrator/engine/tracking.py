@@ -53,7 +53,7 @@ def latest_states(phase: str, keys: Iterable[str] | None = None) -> dict[str, St
         rows = rows.filter(migration_id__in=list(keys))
     return {
         key: StepState(tenant_id, attempt, status)
-        for key, tenant_id, attempt, status in rows.latest_attempts()
+        for key, tenant_id, attempt, status in rows.current_attempts()
         .values_list("migration_id", "tenant_id", "attempt", "status")
         .iterator(chunk_size=5000)
     }

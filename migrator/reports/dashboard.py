@@ -51,7 +51,7 @@ RUNNING_SHOWN = 20
 
 
 def latest_attempts() -> QuerySet[MigrationRecord]:
-    return MigrationRecord.objects.latest_attempts()
+    return MigrationRecord.objects.current_attempts()
 
 
 # --- dashboard -----------------------------------------------------------------------------------------

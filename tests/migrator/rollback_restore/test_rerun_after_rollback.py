@@ -1,0 +1,30 @@
+"""A phase rerun after a rollback plans what it plans now: the steps of the earlier run it no longer plans
+(an online run's sync steps rerun offline, a tenant excluded then included) are history, not unfinished
+work that holds back the next phase, status --check and the dashboard."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from migrator.models import MigrationRecord, Status
+from migrator.reports import dashboard
+from migrator.reports.status import status_report
+from tests.helpers import run
+
+
+def test_data_rerun_offline_after_an_online_run_was_rolled_back_lets_phase_4_run(schemas_ready: dict[str, Any]) -> None:
+    tenants = schemas_ready["tenants"]
+    run("migrate_phase", "data", "--online", interactive=False, batch_size=50)
+    run("migrate_phase", "rollback", interactive=False)
+    run("migrate_phase", "schemas", interactive=False)
+
+    run("migrate_phase", "data", interactive=False, batch_size=50)
+    assert MigrationRecord.objects.filter(step="start_two_way_sync", status=Status.ROLLED_BACK).exists()
+    run("migrate_phase", "security", interactive=False)  # refused every tenant: "phase data is not complete"
+
+    report = status_report()
+    for tenant in tenants:
+        assert report.cells[("data", tenant)] == "done", report.cells
+        assert report.cells[("security", tenant)] == "done", report.cells
+    data = next(phase for phase in dashboard.build_dashboard().phases if phase.name == "data")
+    assert (data.done, data.rolled_back, data.phase_wide) == (len(tenants), 0, "done")

@@ -182,6 +182,10 @@ class Phase(ABC):
         tenant by tenant; a phase that must not start at all while an earlier one is unfinished (its
         phase-wide steps included) says so here."""
 
+    def refuse_options(self, ctx: MigrationContext) -> None:  # noqa: B027 (a hook: nothing by default)
+        """Raise MigrationError for options this phase cannot honour together, before anything changes
+        (a recovery, an exclusion, a plan)."""
+
     def recover(self, ctx: MigrationContext) -> str | None:
         """Called under the lock before the tracking tables are bootstrapped: repair what a killed run
         of this phase left behind that bootstrapping could not cope with. Returns a notice, or None."""

@@ -17,7 +17,7 @@ from migrator.django_migrations import bootstrap_apps, legacy_registry_present, 
 from migrator.engine import tracking
 from migrator.engine.lock import MigratorLock
 from migrator.engine.runner import EventCallback, PhaseOutcome, PhaseRunner, pending_steps
-from salesflow.layout import tenant_id_from_schema
+from salesflow.layout import TENANT_SCHEMA_PREFIX, is_tenant_schema_name, tenant_id_from_schema
 
 # A phase that wrote at least this many tracking rows refreshes the table's statistics (see tracking.analyze).
 ANALYZE_TRACKING_FROM_STEPS = 1000
@@ -99,6 +99,12 @@ def exclude_skipped_tenants(ctx: MigrationContext, phase: Phase) -> list[str]:
     """
     from tenants.models import MigrationState, Tenant
 
+    not_schemas = [schema for schema in ctx.options.skip_schemas if not is_tenant_schema_name(schema)]
+    if not_schemas:  # a tenant id, say: left out of nothing, the run would migrate the tenant after all
+        raise MigrationError(
+            f"--skip-schema {not_schemas[0]!r} is not a tenant schema's name: give the schema "
+            f"({TENANT_SCHEMA_PREFIX + not_schemas[0]!r} for tenant {not_schemas[0]!r})"
+        )
     named = {tenant_id_from_schema(schema): schema for schema in ctx.options.skip_schemas}
     named.pop(None, None)
     if not named:
@@ -130,6 +136,7 @@ class PlannedPhase:
 
 def plan_phase(phase: Phase, ctx: MigrationContext) -> PlannedPhase:
     """Steps that a run would apply now (reads only)."""
+    phase.refuse_options(ctx)
     if ctx.options.validate_only:
         return PlannedPhase(phase, phase.plan(ctx))
     if not tracking_ready():
@@ -150,6 +157,8 @@ def run_phases(
     ``confirm(phase name, question)`` is asked before a phase whose steps change data irreversibly;
     ``on_outcome`` gets each phase's outcome as soon as the phase has ended.
     """
+    for phase in phases:
+        phase.refuse_options(ctx)
     outcomes: list[PhaseOutcome] = []
     changes_schemas = any(p.changes_schemas for p in phases)
     with MigratorLock("+".join(p.name for p in phases), schemas=changes_schemas) as lock:

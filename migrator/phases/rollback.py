@@ -69,6 +69,14 @@ class RollbackPhase(Phase):
             return None
         return restore.recover_interrupted_restore(ctx.config.backup_dir)
 
+    def refuse_options(self, ctx: MigrationContext) -> None:
+        if ctx.options.restore and (ctx.tenant_filter or ctx.options.skip_schemas):
+            raise MigrationError(
+                "--restore brings the whole database back to phase 1's backup (every tenant, every write since): "
+                "it takes no --tenant or --skip-schema; for one tenant before its cutover run "
+                "`migrate_phase rollback --tenant ID` without --restore"
+            )
+
     def plan(self, ctx: MigrationContext) -> list[Step]:
         if ctx.options.restore:
             info = backup.latest_backup(BACKUP, ctx.config.backup_dir)

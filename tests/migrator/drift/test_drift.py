@@ -11,7 +11,7 @@ from django.core.management import CommandError
 from psycopg import sql
 
 from migrator import db
-from migrator.models import Disposition, DriftFinding, FindingKind, Status
+from migrator.models import Disposition, DriftFinding, FindingKind, MigrationRecord, Status
 from tenants.models import MigrationState, Tenant
 from tests.helpers import run, table_fingerprint
 from tests.migrator.helpers import count, latest, one_line, plain_columns, records, rows, table_names
@@ -368,3 +368,14 @@ def test_identical_drift_of_many_tenants_is_one_line_and_plan_changes_nothing(se
     assert not DriftFinding.objects.exists()
     assert not Tenant.objects.exists()
     assert not records()
+
+
+def test_skip_schema_given_a_tenant_id_instead_of_its_schema_is_refused_not_ignored(schemas_ready):
+    with pytest.raises(CommandError) as refused:
+        run("migrate_phase", "data", "--skip-schema", "globex_0002", interactive=False)
+
+    assert str(refused.value).endswith(
+        "--skip-schema 'globex_0002' is not a tenant schema's name: give the schema "
+        "('tenant_globex_0002' for tenant 'globex_0002')"
+    )
+    assert not MigrationRecord.objects.filter(phase="data").exists()  # globex was not migrated after all

@@ -329,3 +329,14 @@ def test_jobs_above_the_free_connections_are_capped_with_a_note(prepared):
     result = manage("migrate_phase", "schemas", "--jobs", "100000", "--noinput", env=runner_env())
     assert result.returncode == 0, result.stderr
     assert "--jobs 100000 is more than the server has free connections for" in result.stdout
+
+
+@pytest.mark.parametrize("selector", [("--tenant", "acme_0001"), ("--skip-schema", "tenant_globex_0002")])
+def test_restore_of_one_tenant_is_refused_before_anything_changes(schemas_ready, selector):
+    with pytest.raises(CommandError) as refused:
+        run("migrate_phase", "rollback", "--restore", *selector, interactive=False)
+
+    assert one_line(str(refused.value))
+    assert "--restore brings the whole database back" in str(refused.value)
+    assert catalog.table_exists("tenant_acme_0001", "contact_data_contacts")  # nothing was restored
+    assert not MigrationRecord.objects.filter(phase="rollback").exists()

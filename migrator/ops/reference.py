@@ -12,11 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Q
 from psycopg import sql
 
 from migrator import catalog, db
 from migrator.core.errors import MigrationError
+from migrator.models import MigrationRecord, Status
 from migrator.ops.target_columns import Fill, column_fill, refuse_unmapped_legacy_columns
+from migrator.step_ref import StepRef
 from migrator.tables import ReferenceTable
 from salesflow.layout import tenant_schema_name
 
@@ -266,6 +269,62 @@ def unmapped_counts(
     )
     found = dict(zip([ref.legacy_table for ref in counted], row or (), strict=True))
     return {ref.legacy_table: int(found.get(ref.legacy_table, 0)) for ref in refs}
+
+
+def discarded_keys(merges: tuple[StepRef, ...], tenant_id: str) -> frozenset[str]:
+    """Keys of the tenant's reference rows whose variant a first-wins merge discarded, as the completed
+    ``merges`` steps (phase-wide, or the tenant's) recorded them."""
+    records = MigrationRecord.objects.current_attempts().of(*merges).filter(status=Status.COMPLETED)
+    keys: set[str] = set()
+    for details in records.filter(Q(tenant_id=tenant_id) | Q(tenant_id=None)).values_list("details", flat=True):
+        for variant in (details or {}).get("discarded_variants") or []:
+            if tenant_id in (variant.get("tenants") or []):
+                keys.add(str(variant.get("key")))
+    return frozenset(keys)
+
+
+def changed_counts(
+    refs: list[ReferenceTable],
+    tenant_id: str,
+    schema_catalog: catalog.SchemaCatalog,
+    excused_keys: frozenset[str] = frozenset(),
+) -> dict[str, int]:
+    """Legacy reference rows of one tenant whose values differ from the shared row the merge mapped them
+    to (an edit since the merge, which an archive would hide), in one query: legacy table -> rows. The
+    values compared are the merge's own (the shared table's columns the legacy table has, as text); a key
+    in ``excused_keys`` is one whose variant a first-wins merge discarded on purpose."""
+    schema = tenant_schema_name(tenant_id)
+    present = schema_catalog.tables_of(schema)
+    counted = [ref for ref in refs if ref.legacy_table in present]
+    if not counted:
+        return {ref.legacy_table: 0 for ref in refs}
+    queries: list[sql.Composable] = []
+    params: list[object] = []
+    for ref in counted:
+        legacy_columns = {c.name for c in schema_catalog.columns(schema, ref.legacy_table)}
+        shared_columns = [c.name for c in catalog.columns(ref.shared_schema, ref.table) if c.name != "id"]
+        compared = [name for name in shared_columns if name in legacy_columns]
+
+        def row(alias: str, columns: list[str] = compared) -> sql.Composable:
+            return sql.SQL("ROW({})::text").format(sql.SQL(", ").join(sql.Identifier(alias, c) for c in columns))
+
+        queries.append(
+            sql.SQL(
+                "(SELECT count(*) FROM {legacy} l JOIN public.migrator_reference_map m ON m.tenant_id = %s "
+                "AND m.reference_table = %s AND m.old_id = l.id JOIN {shared} s ON s.id = m.new_id "
+                "WHERE {legacy_row} IS DISTINCT FROM {shared_row} AND NOT l.{key}::text = ANY(%s))"
+            ).format(
+                legacy=schema_catalog.own_rows(schema, ref.legacy_table),
+                shared=sql.Identifier(ref.shared_schema, ref.table),
+                legacy_row=row("l"),
+                shared_row=row("s"),
+                key=sql.Identifier(ref.merge_key),
+            )
+        )
+        params += [tenant_id, ref.map_name, sorted(excused_keys)]
+    found = db.fetchone(sql.SQL("SELECT {}").format(sql.SQL(", ").join(queries)), params) or ()
+    changed = dict(zip([ref.legacy_table for ref in counted], found, strict=True))
+    return {ref.legacy_table: int(changed.get(ref.legacy_table, 0)) for ref in refs}
 
 
 def unmapped_count(ref: ReferenceTable, tenant_ids: list[str]) -> int:

@@ -144,6 +144,11 @@ def unfinished_steps(verify: Phase, ctx: MigrationContext, tenant_ids: set[str])
     return len(unfinished), lines
 
 
+# The merges of reference rows (phase-wide, and a tenant's rows added before its copy), whose records
+# list the variants a first-wins merge discarded: those rows differ from their shared row on purpose.
+REFERENCE_MERGES = (StepRef("data", "merge_reference"), StepRef("data", "copy_table"))
+
+
 class CutoverPhase(Phase):
     name = "cutover"
     number = 6
@@ -252,6 +257,16 @@ class CutoverPhase(Phase):
             unmapped = reference.unmapped_counts(list(REFERENCE_TABLES), tenant.tenant_id, schema_catalog)
             problems += [
                 f"{tenant.schema}.{table}: {rows} rows added since phase 3" for table, rows in unmapped.items() if rows
+            ]
+            # ... nor does a legacy row edited since: its shared row keeps the values merged.
+            changed = reference.changed_counts(
+                list(REFERENCE_TABLES),
+                tenant.tenant_id,
+                schema_catalog,
+                reference.discarded_keys(REFERENCE_MERGES, tenant.tenant_id),
+            )
+            problems += [
+                f"{tenant.schema}.{table}: {rows} rows changed since phase 3" for table, rows in changed.items() if rows
             ]
             _refuse_changes(problems, f"tenant {tenant.tenant_id}")
             found = dependents.of_tables(tenant.schema, LEGACY_TENANT_TABLES)

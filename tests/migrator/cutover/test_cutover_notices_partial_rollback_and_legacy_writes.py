@@ -292,3 +292,22 @@ def test_cutover_killed_after_a_tenants_move_committed_is_finished_by_a_rerun(mi
     assert step.details["archived"] == {t: f"{archive_schema}.{FIRST}__{t}" for t in LEGACY_TENANT_TABLES}
     assert legacy_tables_in_place(LAST)  # not selected, untouched
     assert state(LAST) != MigrationState.LIVE
+
+
+def test_cutover_refuses_a_reference_row_renamed_after_phase_3(migrated):
+    migrate_up_to_verify()
+    # the shared row keeps the name merged in phase 3: archiving the legacy row would lose the new one
+    db.execute(
+        sql.SQL("UPDATE {} SET name = 'Hot lead' WHERE id = (SELECT min(id) FROM {})").format(
+            sql.Identifier(f"tenant_{FIRST}", "contact_types"), sql.Identifier(f"tenant_{FIRST}", "contact_types")
+        )
+    )
+
+    failures = cutover_failures()
+
+    (error,) = [e for e in failures if FIRST in e]
+    assert f"tenant_{FIRST}.contact_types: 1 rows changed since phase 3" in error
+    assert legacy_tables_in_place(FIRST)
+    assert state(FIRST) != MigrationState.LIVE
+    assert state(LAST) == MigrationState.LIVE  # its reference rows are as merged
+    assert not status_check_passes()

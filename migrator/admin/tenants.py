@@ -8,6 +8,8 @@ users who have the change permission.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -61,6 +63,12 @@ class TenantAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def save_model(self, request: HttpRequest, obj: Tenant, form: Any, change: bool) -> None:
+        # Only what the form edits: a whole-row save would write back the migration state read when the
+        # form was posted, over the one a phase committed meanwhile.
+        edited = [name for name in form.changed_data if name not in self.readonly_fields]
+        obj.save(update_fields=edited)
 
     def has_delete_permission(self, request: HttpRequest, obj: Tenant | None = None) -> bool:
         # Removing a registry row would orphan its schema and tracking history; the migrator's rollback owns that.

@@ -48,6 +48,8 @@ from salesflow.layout import tenant_id_from_schema
 
 FAILURES_SHOWN = 50
 RUNNING_SHOWN = 20
+# Schemas a deploy cannot migrate listed on the page (a database with thousands of them stays one page).
+PROBLEMS_SHOWN = 50
 
 
 def latest_attempts() -> QuerySet[MigrationRecord]:
@@ -206,6 +208,20 @@ class Dashboard:
     deploy_failures: dict[str, str] = field(default_factory=dict)  # {schema: reason} of the last migrate_schemas
     # large tables of phase 3 whose key ranges are not all done, each range's rows done / planned
     ranged: list[RangedTable] = field(default_factory=list)
+
+    @property
+    def deploy_problems(self) -> list[tuple[str, str]]:
+        """(schema, problem) of the first :data:`PROBLEMS_SHOWN` schemas a deploy cannot migrate."""
+        found = [(schema, "registered tenant, schema missing") for schema in self.missing_schemas[:PROBLEMS_SHOWN]]
+        found += [
+            (schema, f"last migrate_schemas: {reason}")
+            for schema, reason in list(self.deploy_failures.items())[: PROBLEMS_SHOWN - len(found)]
+        ]
+        return found
+
+    @property
+    def deploy_problems_not_shown(self) -> int:
+        return len(self.missing_schemas) + len(self.deploy_failures) - len(self.deploy_problems)
 
     @property
     def timeline(self) -> list[tuple[PhaseProgress, RehearsedPhase | None]]:

@@ -181,6 +181,8 @@ def run_phases(
                 )
             )
         for phase in phases:
+            if ctx.options.stop.is_set():
+                break  # a stop was asked for: the phases after the one it stopped are not started
             ctx.forget_tenants()  # an earlier phase may have registered tenants
             planned = plan_phase(phase, ctx)
             if planned.steps:

@@ -9,6 +9,7 @@ stops only itself.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -46,6 +47,7 @@ class PhaseOutcome:
     results: dict[str, StepResult] = field(default_factory=dict)
     elapsed: float = 0.0
     rows_moved: int = 0  # rows written by the completed steps that move rows (copies)
+    not_started: int = 0  # steps left as they were because a stop was asked for (SIGINT, SIGTERM)
 
     @property
     def ok(self) -> bool:
@@ -79,6 +81,7 @@ class PhaseRunner:
         self.on_event = on_event
         self.still_locked = still_locked
         self._pool: WorkPool | None = None  # while tenants run on --jobs threads: shares ranges among them
+        self._stopped_lock = threading.Lock()  # the --jobs threads count the steps a stop left
 
     def run(self, phase: Phase, steps: list[Step] | None = None) -> PhaseOutcome:
         """Apply ``steps`` (default: the pending ones). The caller holds the migrator lock."""
@@ -95,6 +98,8 @@ class PhaseRunner:
                 self._run_tenants(phase, group, records, outcome, position, len(steps))
             else:
                 for offset, step in enumerate(group):
+                    if self._stop_asked(outcome, len(group) - offset):
+                        break
                     end = self._run_step(phase, step, records[step.key], outcome, position + offset, len(steps))
                     recording.record([end])
                     if not outcome.ok and not phase.continue_after_failure:
@@ -105,6 +110,14 @@ class PhaseRunner:
         outcome.elapsed = time.monotonic() - started
         self.on_event(Event("phase_end", phase.name, elapsed=outcome.elapsed, count=len(steps)))
         return outcome
+
+    def _stop_asked(self, outcome: PhaseOutcome, steps_left: int) -> bool:
+        """A stop was asked for: the ``steps_left`` steps about to start are left as they are (counted)."""
+        if not self.ctx.options.stop.is_set():
+            return False
+        with self._stopped_lock:
+            outcome.not_started += steps_left
+        return True
 
     def _run_tenants(
         self,
@@ -190,6 +203,8 @@ class PhaseRunner:
         their own errors)."""
 
         def run_batch(tenant_ids: list[str]) -> None:
+            if self._stop_asked(outcome, len(tenant_ids)):
+                return
             try:
                 self.still_locked()
                 items = [by_tenant[t][0] for t in tenant_ids]
@@ -298,6 +313,8 @@ class PhaseRunner:
         with phase.tenant_context(self.ctx, tenant_id) as tenant:
             try:
                 for position, (index, step) in enumerate(steps):
+                    if self._stop_asked(outcome, len(steps) - position):
+                        break  # the tenant's state stays as it was: its next run resumes it
                     can_rerun = rerunnable(phase, step)
                     record = records[step.key]
                     end = self._run_step(phase, step, record, outcome, index, count, not can_rerun, batch, tenant)

@@ -116,6 +116,8 @@ def outcome_summary(outcome: PhaseOutcome) -> str:
     )
     if rows:
         text += f"; {rows:,} rows copied ({human_rate(rows, outcome.elapsed)})"
+    if outcome.not_started:
+        text += f"; stopped on request: {outcome.not_started} steps not started"
     return text
 
 
@@ -126,6 +128,7 @@ def outcome_dict(outcome: PhaseOutcome) -> dict[str, object]:
         "planned": outcome.planned,
         "elapsed_s": round(outcome.elapsed, 3),
         "rows_moved": outcome.rows_moved,
+        "not_started": outcome.not_started,
         "completed": [
             {
                 "migration_id": s.key,

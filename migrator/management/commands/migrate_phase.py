@@ -34,8 +34,9 @@ from migrator.reports.status import GLOBAL, StatusReport, status_report
 
 
 @contextmanager
-def stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGINT and SIGTERM set ``stop`` instead of killing the run (a second one kills as usual)."""
+def stop_on_signals(stop: threading.Event, on_stop: Callable[[], None] = lambda: None) -> Iterator[None]:
+    """SIGINT and SIGTERM set ``stop`` instead of killing the run: the steps running finish, no other
+    starts (``sync --follow`` ends its loop). A second one kills as usual."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -45,6 +46,7 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
         stop.set()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        on_stop()
 
     for sig in previous:
         signal.signal(sig, request_stop)
@@ -152,10 +154,16 @@ class Command(BaseCommand):
             self._plan(phases, ctx, check=options["check"], show=options["plan"])
             return
         reporter = (lambda event: None) if self.json else ConsoleReporter(self.stdout, self.style, self.verbosity)
-        with stop_on_signals(ctx.options.stop):  # sync --follow ends its loop cleanly on SIGINT/SIGTERM
-            outcomes = orchestration.run_phases(
-                phases, ctx, reporter, self._confirm(options["interactive"]), on_outcome=self._outcome_line
-            )
+        try:
+            with stop_on_signals(ctx.options.stop, self._stopping):
+                outcomes = orchestration.run_phases(
+                    phases, ctx, reporter, self._confirm(options["interactive"]), on_outcome=self._outcome_line
+                )
+        except KeyboardInterrupt:
+            raise CommandError(
+                f"interrupted: the running steps stopped where they were; rerun `migrate_phase {name}` to resume",
+                returncode=130,
+            ) from None
         if name == RehearsePhase.name and outcomes and outcomes[0].ok:
             self._rehearsal_report(outcomes[0])
             return
@@ -176,12 +184,23 @@ class Command(BaseCommand):
                 document["drift"] = [group.as_dict() for group in drift]
             self.stdout.write(json.dumps(document, indent=2, default=str))
         failed = [(o.phase, step, error) for o in outcomes for step, error in o.failed]
+        if not failed and ctx.options.stop.is_set() and any(o.not_started for o in outcomes):
+            left = sum(o.not_started for o in outcomes)
+            raise MigrationError(
+                f"stopped on request: {left} steps of phase {outcomes[-1].phase} not started; "
+                f"rerun `migrate_phase {name}` to resume"
+            )
         if failed:
             phase, step, error = failed[0]
             raise MigrationError(
                 f"phase {phase} failed: {len(failed)} step(s) failed, first {step.label}: {error} "
                 f"-- fix the cause and rerun `migrate_phase {phase}` to resume"
             )
+
+    def _stopping(self) -> None:
+        """Said at once: a step waiting on a lock may take a while to end."""
+        self.stderr.write("stopping: the running steps finish, no other starts (again to stop at once)")
+        self.stderr.flush()
 
     def _write_drift(self, groups: list[Any]) -> None:
         for number, line in enumerate(report_lines(groups)):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import signal
+
 from psycopg import sql
 
 from migrator.models import DeferredConstraint, MigrationRecord, Status
+from migrator.tables import TENANT_DATA_TABLES
 from tests.helpers import run
 from tests.migrator.helpers import (
     TABLES,
@@ -15,7 +18,9 @@ from tests.migrator.helpers import (
     manage_env,
     plain_columns,
     psycopg_connect,
+    start_manage,
     value,
+    wait_for,
     wait_for_killed_sessions_to_end,
     wrongly_remapped,
 )
@@ -87,3 +92,30 @@ def test_a_run_killed_in_the_middle_of_a_copy_resumes_exactly_once(larger_schema
     assert (
         not MigrationRecord.objects.filter(phase="data").exclude(status=Status.COMPLETED).exclude(pk=killed.pk).exists()
     )
+
+
+def test_sigint_during_a_copy_stops_after_the_running_steps_in_one_line_and_a_rerun_finishes(larger_schemas_ready):
+    child = start_manage("migrate_phase", "data", "--noinput", "--batch-size", "200", env=manage_env())
+    wait_for(
+        lambda: MigrationRecord.objects.filter(phase="data", step="copy_table", status=Status.RUNNING).exists(),
+        timeout=120,
+        interval=0.05,
+        what="a copy to start",
+    )
+    child.send_signal(signal.SIGINT)
+    code = child.wait(timeout=300)
+    stderr = child.stderr.read() if child.stderr else ""
+
+    assert code == 1, stderr
+    assert "stopping: the running steps finish" in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert "stopped on request:" in last, stderr
+    assert "rerun `migrate_phase data` to resume" in last
+    left = MigrationRecord.objects.filter(phase="data").latest_attempts().exclude(status=Status.COMPLETED)
+    assert left.exists()  # it did stop early
+    assert not left.filter(status__in=[Status.RUNNING, Status.FAILED]).exists()  # and cleanly
+
+    run("migrate_phase", "data", interactive=False)
+    for spec in TENANT_DATA_TABLES:
+        for tenant in ("acme_0001", "globex_0002"):
+            assert count(f"tenant_{tenant}", spec.target_table) == count(f"tenant_{tenant}", spec.legacy_table)

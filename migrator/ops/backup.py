@@ -96,7 +96,13 @@ def _run(cmd: list[str], env: dict[str, str], what: str) -> str:
     preexec = _die_with_parent if sys.platform.startswith("linux") else None
     completed = subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=preexec)
     if completed.returncode != 0:
-        raise MigrationError(f"{what} failed (exit {completed.returncode}): {first_error(completed.stderr)}")
+        advice = ""
+        if "out of shared memory" in completed.stderr:
+            advice = (
+                "; the server's lock table is full (other sessions hold locks too): set "
+                "SALESFLOW_BACKUP_PART_TABLES to dump in smaller parts, or raise max_locks_per_transaction"
+            )
+        raise MigrationError(f"{what} failed (exit {completed.returncode}): {first_error(completed.stderr)}{advice}")
     return completed.stdout
 
 

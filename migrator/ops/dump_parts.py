@@ -33,6 +33,7 @@ class LockBudget:
     tables: int
     locks_per_transaction: int
     connections: int
+    held: int = 0  # slots the server's sessions hold now (another database's included)
 
     @property
     def slots(self) -> int:
@@ -40,7 +41,7 @@ class LockBudget:
 
     @property
     def allowed(self) -> int:
-        return int(self.slots * DUMP_LOCK_SHARE)
+        return max(0, int(self.slots * DUMP_LOCK_SHARE) - self.held)
 
 
 def lock_budget() -> LockBudget:
@@ -48,9 +49,11 @@ def lock_budget() -> LockBudget:
         "SELECT (SELECT count(*) FROM pg_class c WHERE c.relkind IN ('r', 'p', 'm', 'f') "
         "AND c.relnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)), "
         "current_setting('max_locks_per_transaction')::int, "
-        "current_setting('max_connections')::int + current_setting('max_prepared_transactions')::int"
+        "current_setting('max_connections')::int + current_setting('max_prepared_transactions')::int, "
+        # fast-path locks take no slot of the shared table
+        "(SELECT count(*) FROM pg_locks WHERE NOT fastpath)"
     )
-    return LockBudget(*(int(v) for v in row or (0, 0, 0)))
+    return LockBudget(*(int(v) for v in row or (0, 0, 0, 0)))
 
 
 def tenant_schema_tables() -> list[tuple[str, int]]:

@@ -47,7 +47,7 @@ from migrator.tables import (
     reference_table,
 )
 from tenants import schema_lock
-from tenants.models import MigrationState
+from tenants.models import MigrationState, Tenant
 
 # A table smaller than this (that also fits in one batch) is copied with its indexes and foreign keys
 # in place: for a few hundred rows, maintaining them row by row costs a fraction of a millisecond,
@@ -107,6 +107,27 @@ class DataPhase(Phase):
     # phase-wide step instead (see tenant_context, tenants/schema_lock.py): a deploy waits for the tenants
     # being copied, never finds indexes dropped by a copy, and the next tenant is copied as it left it.
     changes_schemas = False
+
+    def refuse_options(self, ctx: MigrationContext) -> None:
+        # After cutover a tenant's legacy tables are archived: a validation (or a rerun merge) would fail
+        # on them and leave a finished migration unfinished for good. Tenants registered since (an online
+        # window's) still get their run.
+        if not catalog.table_exists("public", Tenant._meta.db_table):
+            return
+        selected = Tenant.objects.exclude(migration_state__in=(MigrationState.NEW, MigrationState.EXCLUDED))
+        if ctx.tenant_filter:
+            selected = selected.filter(tenant_id__in=ctx.tenant_filter)
+        live = selected.filter(migration_state=MigrationState.LIVE).order_by("tenant_id")
+        first = live.values_list("tenant_id", flat=True).first()
+        if first is None or (
+            not ctx.options.validate_only and selected.exclude(migration_state=MigrationState.LIVE).exists()
+        ):
+            return
+        raise MigrationError(
+            f"tenant {first} is live ({live.count()} in all): its legacy tables are archived and phase data has "
+            "nothing of it left to copy or compare; select the tenants that are not live with --tenant, or start "
+            "over with `migrate_phase rollback --restore`"
+        )
 
     def plan(self, ctx: MigrationContext) -> list[Step]:
         if ctx.options.legacy_timezone is not None:  # refused before anything runs: an unknown zone, or

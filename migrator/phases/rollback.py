@@ -283,6 +283,8 @@ class RollbackPhase(Phase):
             for r in tracking.latest_records(SYNC_FINISHED.phase).values()
             if r.step == SYNC_FINISHED.kind and r.status == Status.COMPLETED and r.tenant_id
         ]
+        if ctx.tenant_filter:  # one tenant's rollback touches no other tenant: another's cutover is no reason
+            live = [t for t in live if t in ctx.tenant_filter]
         if live:
             raise MigrationError(
                 f"cutover has run for tenant {live[0]} ({len(live)} in all): its legacy tables are archived; "

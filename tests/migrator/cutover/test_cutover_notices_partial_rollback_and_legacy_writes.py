@@ -311,3 +311,46 @@ def test_cutover_refuses_a_reference_row_renamed_after_phase_3(migrated):
     assert state(FIRST) != MigrationState.LIVE
     assert state(LAST) == MigrationState.LIVE  # its reference rows are as merged
     assert not status_check_passes()
+
+
+@pytest.mark.parametrize("options", [("--validate-only",), ()], ids=["validate-only", "plain"])
+def test_data_after_every_tenant_is_live_is_refused_and_leaves_the_migration_complete(migrated, options):
+    migrate_up_to_verify()
+    run("migrate_phase", "cutover", interactive=False)
+    assert status_check_passes()
+    recorded = MigrationRecord.objects.count()
+
+    with pytest.raises(CommandError) as refused:
+        run("migrate_phase", "data", *options, interactive=False)
+
+    assert one_line(str(refused.value))
+    assert f"tenant {FIRST} is live" in str(refused.value)
+    assert MigrationRecord.objects.count() == recorded  # nothing planned, nothing recorded
+    assert status_check_passes()
+
+
+def test_a_tenant_cutover_refused_is_rolled_back_alone_while_others_are_live_and_migrated_again(migrated):
+    migrate_up_to_verify()
+    db.execute(
+        sql.SQL("INSERT INTO {} (first_name, created_at) VALUES ('Late', now())").format(
+            sql.Identifier(f"tenant_{FIRST}", "contacts")
+        )
+    )
+    cutover_failures()  # FIRST refused (a write since phase 3), LAST live
+    assert state(LAST) == MigrationState.LIVE
+
+    # the remedy the refusal names: roll the tenant back alone, run phases 2-5 for it again
+    run("migrate_phase", "rollback", "--tenant", FIRST, interactive=False)
+    assert legacy_tables_in_place(FIRST)
+    for phase in ("schemas", "data", "security", "verify"):
+        run("migrate_phase", phase, "--tenant", FIRST, interactive=False)
+    run("migrate_phase", "cutover", interactive=False)  # the tenant, then the phase-wide steps it held back
+
+    assert state(FIRST) == MigrationState.LIVE
+    assert (
+        db.fetchvalue(
+            sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(f"tenant_{FIRST}", "contact_data_contacts"))
+        )
+        == 121
+    )
+    assert status_check_passes()

@@ -19,7 +19,7 @@ from psycopg import sql
 from migrator import catalog, db
 from migrator.config import get_config
 from migrator.models import MigrationRecord, Status
-from migrator.ops import backup, binaries, databases, restore
+from migrator.ops import admin_accounts, backup, binaries, databases, restore
 from migrator.phases import ORDERED
 from migrator.phases.prepare import PreparePhase, server_major
 from tests.helpers import legacy_fingerprints, run
@@ -93,11 +93,17 @@ def schema_dump() -> list[str]:
     return [canonical(line) for line in script(out.stdout)]
 
 
+def kept_by_a_restore() -> list[str]:
+    """The tables a restore keeps as they are now, not as the backup has them: the tracking history and
+    the admin site's accounts."""
+    return ["schema_migrations", *(model._meta.db_table for model in admin_accounts.account_models())]
+
+
 def by_table(lines: list[str]) -> dict[str, list[str]]:
     """A data script as each table's rows (in order of their text) and the other statements (sequence
-    values), without the tracking history's rows (a restore keeps them as they are now, not as the
-    backup has them) and the value of its id sequence (moved on with them). pg_dump and pg_restore
-    write the tables in different orders."""
+    values), without the rows of the tables a restore keeps (:func:`kept_by_a_restore`) and the values of
+    their id sequences (moved on with them). pg_dump and pg_restore write the tables in different orders."""
+    kept = kept_by_a_restore()
     tables: dict[str, list[str]] = {"": []}
     table = None
     for line in lines:
@@ -109,10 +115,9 @@ def by_table(lines: list[str]) -> dict[str, list[str]]:
                 table = None
             else:
                 tables[table].append(line)
-        elif "schema_migrations_id_seq" not in line:
+        elif not any(f"public.{name}_id_seq'" in line for name in kept):
             tables[""].append(line)
-    history = [key for key in tables if key.startswith("COPY public.schema_migrations ")]
-    for key in history:
+    for key in [key for key in tables if any(key.startswith(f"COPY public.{name} ") for name in kept)]:
         del tables[key]
     return {key: sorted(rows) for key, rows in tables.items()}
 

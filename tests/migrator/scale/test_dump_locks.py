@@ -44,6 +44,16 @@ def test_a_parallel_dump_that_would_overflow_the_lock_table_runs_with_one_job() 
     assert plan_dump(1, LockBudget(tables=5_000, **DEFAULT_SERVER), tenants(998)).jobs == 1
 
 
+def test_locks_other_sessions_hold_leave_the_dump_less_room() -> None:
+    # 300 tenants fit a default server's lock table, unless another database holds most of it already
+    assert plan_dump(2, LockBudget(tables=1_510, **DEFAULT_SERVER), tenants(300)).parts == 1
+    crowded = LockBudget(tables=1_510, held=4_500, **DEFAULT_SERVER)
+    plan = plan_dump(2, crowded, tenants(300))
+
+    assert plan.parts > 1
+    assert all(len(part) * TENANT_TABLES <= crowded.allowed for part in plan.tenant_parts)
+
+
 def test_ten_thousand_tenants_are_dumped_in_parts_that_each_fit_the_lock_table() -> None:
     schemas = tenants(10_000)
     budget = LockBudget(tables=50_010, **DEFAULT_SERVER)

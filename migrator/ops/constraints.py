@@ -110,7 +110,10 @@ def _deferrable_primary_key(schema: str, table: str) -> tuple[str, str] | None:
     return (row[0], row[1]) if row else None
 
 
-REBUILD_ADVICE = "fix those rows in the legacy table, then roll back and copy the table again"
+REBUILD_ADVICE = (
+    "fix those rows in the legacy table, then roll back and copy the table again (a key the legacy table "
+    "does hold was written during the copy: offline, stop the application's writes first, or use --online)"
+)
 
 
 Task = Callable[[], None]

@@ -214,6 +214,28 @@ def service_roles_in_place(config: MigratorConfig, role_step: StepRef) -> bool:
     )
 
 
+def refuse_another_role_prefix(config: MigratorConfig, role_step: StepRef) -> None:
+    """Phase 4 created its roles under another ``SALESFLOW_ROLE_PREFIX`` than this run's, and no rollback
+    undid them: a run with this prefix would make roles without the grants (the tenants' grant steps are
+    done) or drop none, and leave the others in place for good."""
+    if not catalog.table_exists("public", MigrationRecord._meta.db_table):
+        return
+    created = (
+        MigrationRecord.objects.of(role_step)
+        .current_attempts()
+        .filter(status=Status.COMPLETED)
+        .values_list("target", flat=True)
+    )
+    ours = set(config.service_roles.values())
+    other = sorted(role for role in created if role not in ours)
+    if other:
+        prefix = other[0].rsplit("_", 1)[0]
+        raise MigrationError(
+            f"phase security created role {other[0]} ({len(other)} in all) under SALESFLOW_ROLE_PREFIX={prefix}, "
+            f"not {config.role_prefix}: run with SALESFLOW_ROLE_PREFIX={prefix}, or roll back with it first"
+        )
+
+
 def grant_after_schema_migration(config: MigratorConfig, schema: str, role_step: StepRef) -> list[Grant]:
     """django-tenants created or migrated ``schema``: once phase 4 has run, its new tables get the grant
     matrix too (per table, as phase 4 grants them). Before phase 4 there is nothing to grant to."""

@@ -18,6 +18,7 @@ from migrator.core.details import (
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
+from migrator.models import MigrationRecord
 from migrator.modes import MigrationMode, mode_for
 from migrator.ops import carried, constraints, fingerprint, ranges, reference, twoway
 from migrator.ops.conversions import legacy_timezone
@@ -109,25 +110,19 @@ class DataPhase(Phase):
     changes_schemas = False
 
     def refuse_options(self, ctx: MigrationContext) -> None:
-        # After cutover a tenant's legacy tables are archived: a validation (or a rerun merge) would fail
-        # on them and leave a finished migration unfinished for good. Tenants registered since (an online
-        # window's) still get their run.
-        if not catalog.table_exists("public", Tenant._meta.db_table):
+        # After cutover a tenant's legacy tables are archived: validating it again would fail on them and
+        # leave a finished migration unfinished for good. (A plain rerun plans nothing for a live tenant.)
+        if not ctx.options.validate_only or not catalog.table_exists("public", MigrationRecord._meta.db_table):
             return
-        selected = Tenant.objects.exclude(migration_state__in=(MigrationState.NEW, MigrationState.EXCLUDED))
+        live = Tenant.objects.filter(migration_state=MigrationState.LIVE).order_by("tenant_id")
         if ctx.tenant_filter:
-            selected = selected.filter(tenant_id__in=ctx.tenant_filter)
-        live = selected.filter(migration_state=MigrationState.LIVE).order_by("tenant_id")
+            live = live.filter(tenant_id__in=ctx.tenant_filter)
         first = live.values_list("tenant_id", flat=True).first()
-        if first is None or (
-            not ctx.options.validate_only and selected.exclude(migration_state=MigrationState.LIVE).exists()
-        ):
-            return
-        raise MigrationError(
-            f"tenant {first} is live ({live.count()} in all): its legacy tables are archived and phase data has "
-            "nothing of it left to copy or compare; select the tenants that are not live with --tenant, or start "
-            "over with `migrate_phase rollback --restore`"
-        )
+        if first is not None:
+            raise MigrationError(
+                f"tenant {first} is live ({live.count()} in all): its legacy tables are archived and there is "
+                "nothing of it left to validate; select the tenants that are not live with --tenant"
+            )
 
     def plan(self, ctx: MigrationContext) -> list[Step]:
         if ctx.options.legacy_timezone is not None:  # refused before anything runs: an unknown zone, or

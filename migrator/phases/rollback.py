@@ -20,7 +20,7 @@ from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.engine import tracking
 from migrator.models import Status
 from migrator.modes import MigrationMode, beside_synced_writers, mode_for, online_scopes, remove_online_leftovers
-from migrator.ops import backup, restore, teardown
+from migrator.ops import backup, grants, restore, teardown
 from migrator.ops.backup import BackupInfo
 from migrator.step_ref import StepRef
 from migrator.tables import service_tables
@@ -76,6 +76,7 @@ class RollbackPhase(Phase):
                 "it takes no --tenant or --skip-schema; for one tenant before its cutover run "
                 "`migrate_phase rollback --tenant ID` without --restore"
             )
+        grants.refuse_another_role_prefix(ctx.config, SERVICE_ROLE)
 
     def plan(self, ctx: MigrationContext) -> list[Step]:
         if ctx.options.restore:

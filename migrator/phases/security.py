@@ -34,6 +34,9 @@ class SecurityPhase(Phase):
     SERVICE_ROLE = StepRef(name, "service_role")
     TENANT_GRANTS = StepRef(name, "tenant_grants")
 
+    def refuse_options(self, ctx: MigrationContext) -> None:
+        grants.refuse_another_role_prefix(ctx.config, self.SERVICE_ROLE)
+
     def plan(self, ctx: MigrationContext) -> list[Step]:
         steps = [
             self.step(

@@ -140,3 +140,20 @@ def test_a_tenant_created_before_phase_4_gets_no_grants(migrated):
     for role in get_config().service_roles.values():
         assert not catalog.role_exists(role)
     assert catalog.table_exists("tenant_early", "contact_data_contacts")
+
+
+def test_phases_run_with_another_role_prefix_than_phase_4s_are_refused_in_one_line(migrated, settings):
+    run("migrate_phase", "security", interactive=False)
+    first = get_config().role_prefix
+    settings.SALESFLOW = {**settings.SALESFLOW, "ROLE_PREFIX": f"{first}x"}
+
+    for phase in ("security", "rollback"):
+        with pytest.raises(CommandError) as refused:
+            run("migrate_phase", phase, interactive=False)
+        assert one_line(str(refused.value))
+        assert f"under SALESFLOW_ROLE_PREFIX={first}, not {first}x" in str(refused.value)
+    assert not catalog.role_exists(f"{first}x_auth")  # no second set of roles
+
+    settings.SALESFLOW = {**settings.SALESFLOW, "ROLE_PREFIX": first}
+    run("migrate_phase", "rollback", interactive=False)  # with the prefix the roles were made under
+    assert not catalog.role_exists(f"{first}_auth")

@@ -68,7 +68,7 @@ class TenantAdmin(admin.ModelAdmin):
         # Only what the form edits: a whole-row save would write back the migration state read when the
         # form was posted, over the one a phase committed meanwhile.
         edited = [name for name in form.changed_data if name not in self.readonly_fields]
-        obj.save(update_fields=edited)
+        obj.save(update_fields=[*edited, "updated_at"] if edited else [])
 
     def has_delete_permission(self, request: HttpRequest, obj: Tenant | None = None) -> bool:
         # Removing a registry row would orphan its schema and tracking history; the migrator's rollback owns that.

@@ -91,6 +91,18 @@ def cap_jobs(ctx: MigrationContext) -> str | None:
     )
 
 
+def refuse_options(ctx: MigrationContext, phases: list[Phase]) -> None:
+    """What the run's options cannot mean, refused before anything changes (a recovery, an exclusion)."""
+    not_schemas = [schema for schema in ctx.options.skip_schemas if not is_tenant_schema_name(schema)]
+    if not_schemas:  # a tenant id, say: left out of nothing, the run would migrate the tenant after all
+        raise MigrationError(
+            f"--skip-schema {not_schemas[0]!r} is not a tenant schema's name: give the schema "
+            f"({TENANT_SCHEMA_PREFIX + not_schemas[0]!r} for tenant {not_schemas[0]!r})"
+        )
+    for phase in phases:
+        phase.refuse_options(ctx)
+
+
 def exclude_skipped_tenants(ctx: MigrationContext, phase: Phase) -> list[str]:
     """Tenants named by --skip-schema that are registered: EXCLUDED from now on (recorded under ``phase``).
 
@@ -99,12 +111,6 @@ def exclude_skipped_tenants(ctx: MigrationContext, phase: Phase) -> list[str]:
     """
     from tenants.models import MigrationState, Tenant
 
-    not_schemas = [schema for schema in ctx.options.skip_schemas if not is_tenant_schema_name(schema)]
-    if not_schemas:  # a tenant id, say: left out of nothing, the run would migrate the tenant after all
-        raise MigrationError(
-            f"--skip-schema {not_schemas[0]!r} is not a tenant schema's name: give the schema "
-            f"({TENANT_SCHEMA_PREFIX + not_schemas[0]!r} for tenant {not_schemas[0]!r})"
-        )
     named = {tenant_id_from_schema(schema): schema for schema in ctx.options.skip_schemas}
     named.pop(None, None)
     if not named:
@@ -136,7 +142,7 @@ class PlannedPhase:
 
 def plan_phase(phase: Phase, ctx: MigrationContext) -> PlannedPhase:
     """Steps that a run would apply now (reads only)."""
-    phase.refuse_options(ctx)
+    refuse_options(ctx, [phase])
     if ctx.options.validate_only:
         return PlannedPhase(phase, phase.plan(ctx))
     if not tracking_ready():
@@ -157,8 +163,7 @@ def run_phases(
     ``confirm(phase name, question)`` is asked before a phase whose steps change data irreversibly;
     ``on_outcome`` gets each phase's outcome as soon as the phase has ended.
     """
-    for phase in phases:
-        phase.refuse_options(ctx)
+    refuse_options(ctx, phases)
     outcomes: list[PhaseOutcome] = []
     changes_schemas = any(p.changes_schemas for p in phases)
     with MigratorLock("+".join(p.name for p in phases), schemas=changes_schemas) as lock:

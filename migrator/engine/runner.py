@@ -264,7 +264,7 @@ class PhaseRunner:
         if phase.requires is None:
             return {}
         done: dict[str, bool] = {}
-        for record in tracking.latest_states(phase.requires).values():
+        for record in tracking.latest_states(phase.requires, current=True).values():
             if record.tenant_id:
                 done[record.tenant_id] = done.get(record.tenant_id, True) and record.status == Status.COMPLETED
         return {

@@ -45,15 +45,17 @@ class StepState:
     status: str
 
 
-def latest_states(phase: str, keys: Iterable[str] | None = None) -> dict[str, StepState]:
+def latest_states(phase: str, keys: Iterable[str] | None = None, current: bool = False) -> dict[str, StepState]:
     """:func:`latest_records` reduced to what planning needs: ten thousand tenants have tens of
-    thousands of steps, and a model instance each would be most of the process's memory."""
+    thousands of steps, and a model instance each would be most of the process's memory. ``current``:
+    without the superseded rolled-back steps (``MigrationRecordQuerySet.current_attempts``), to judge
+    whether the phase is done; never for the next attempt's number."""
     rows = MigrationRecord.objects.filter(phase=phase)
     if keys is not None:
         rows = rows.filter(migration_id__in=list(keys))
     return {
         key: StepState(tenant_id, attempt, status)
-        for key, tenant_id, attempt, status in rows.current_attempts()
+        for key, tenant_id, attempt, status in (rows.current_attempts() if current else rows.latest_attempts())
         .values_list("migration_id", "tenant_id", "attempt", "status")
         .iterator(chunk_size=5000)
     }

@@ -273,8 +273,9 @@ def unmapped_counts(
 
 def discarded_keys(merges: tuple[StepRef, ...], tenant_id: str) -> frozenset[str]:
     """Keys of the tenant's reference rows whose variant a first-wins merge discarded, as the completed
-    ``merges`` steps (phase-wide, or the tenant's) recorded them."""
-    records = MigrationRecord.objects.current_attempts().of(*merges).filter(status=Status.COMPLETED)
+    attempts of the ``merges`` steps (phase-wide, or the tenant's) recorded them: every attempt, since a
+    rerun of a merge (for a tenant registered since) records only what it discarded itself."""
+    records = MigrationRecord.objects.of(*merges).filter(status=Status.COMPLETED)
     keys: set[str] = set()
     for details in records.filter(Q(tenant_id=tenant_id) | Q(tenant_id=None)).values_list("details", flat=True):
         for variant in (details or {}).get("discarded_variants") or []:
@@ -302,11 +303,16 @@ def changed_counts(
     params: list[object] = []
     for ref in counted:
         legacy_columns = {c.name for c in schema_catalog.columns(schema, ref.legacy_table)}
-        shared_columns = [c.name for c in catalog.columns(ref.shared_schema, ref.table) if c.name != "id"]
-        compared = [name for name in shared_columns if name in legacy_columns]
-
-        def row(alias: str, columns: list[str] = compared) -> sql.Composable:
-            return sql.SQL("ROW({})::text").format(sql.SQL(", ").join(sql.Identifier(alias, c) for c in columns))
+        shared = [c for c in catalog.columns(ref.shared_schema, ref.table) if c.name != "id"]
+        compared = [c for c in shared if c.name in legacy_columns]
+        # The legacy values as the merge stored them: cast to the shared column's type (a char(n)'s padding,
+        # a float4, a timestamp without time zone would otherwise differ as text on every row).
+        legacy_row = sql.SQL("ROW({})::text").format(
+            sql.SQL(", ").join(
+                sql.SQL("CAST({} AS {})").format(sql.Identifier("l", c.name), sql.SQL(c.data_type)) for c in compared
+            )
+        )
+        shared_row = sql.SQL("ROW({})::text").format(sql.SQL(", ").join(sql.Identifier("s", c.name) for c in compared))
 
         queries.append(
             sql.SQL(
@@ -316,8 +322,8 @@ def changed_counts(
             ).format(
                 legacy=schema_catalog.own_rows(schema, ref.legacy_table),
                 shared=sql.Identifier(ref.shared_schema, ref.table),
-                legacy_row=row("l"),
-                shared_row=row("s"),
+                legacy_row=legacy_row,
+                shared_row=shared_row,
                 key=sql.Identifier(ref.merge_key),
             )
         )

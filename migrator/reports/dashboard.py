@@ -36,10 +36,12 @@ from migrator.reports.checks import (
 
 # one definition of each, shared with `status`
 from migrator.reports.status import (
+    GLOBAL,
     RangedTable,
     cell_state,
     deploy_failures,
     excluded_schemas,
+    latest_statuses,
     ranged_tables_in_progress,
     registered_schemas_missing,
 )
@@ -250,14 +252,12 @@ def _project(measured: timedelta | None, weights: dict[str, int], done: set[str]
 
 def _phase_cells(names: list[str], tenant_ids: set[str]) -> dict[str, tuple[dict[str, str], str | None]]:
     """phase -> ({tenant: cell state}, phase-wide cell state or None), from the latest attempts."""
-    statuses: dict[tuple[str, str | None], set[str]] = {}
-    rows = latest_attempts().filter(phase__in=names).order_by().values_list("phase", "tenant_id", "status").distinct()
-    for phase, tenant_id, status in rows:
-        statuses.setdefault((phase, tenant_id), set()).add(status)
+    # One row per phase and tenant, aggregated by the server (the status command's query).
+    statuses = latest_statuses(names)
     cells: dict[str, tuple[dict[str, str], str | None]] = {name: ({}, None) for name in names}
     for (phase, tenant_id), found in statuses.items():
         per_tenant, _phase_wide = cells[phase]
-        if tenant_id is None:
+        if tenant_id == GLOBAL:
             cells[phase] = (per_tenant, cell_state(found))
         elif tenant_id in tenant_ids:  # steps of tenants no longer registered are history, not progress
             per_tenant[tenant_id] = cell_state(found)

@@ -10,7 +10,7 @@ from migrator import db
 from migrator import phases as phase_registry
 from migrator.core.details import DeployDetails, DiscoverDetails, read_details
 from migrator.core.steps import COPY_RANGE, RANGE_KINDS
-from migrator.models import DEPLOY_KEY, MigrationRecord, Status
+from migrator.models import DEPLOY_KEY, PLANNED_BY_OPTION, MigrationRecord, Status
 from migrator.ops import registry, twoway
 from migrator.ops.capture import Lag, lag
 from migrator.phases.data import DataPhase
@@ -255,16 +255,17 @@ def latest_statuses(phases: list[str]) -> dict[tuple[str, str], set[str]]:
     server: one row per phase and tenant instead of a record per step (130,000 records at 10,000
     tenants took seconds to build). The newest attempt of each step comes from the index on
     (migration_id, attempt DESC)."""
-    latest = _newest_attempts(sql.SQL("id, phase, tenant_id, status"), sql.SQL("phase = ANY(%s)"))
+    latest = _newest_attempts(sql.SQL("id, phase, tenant_id, step, status"), sql.SQL("phase = ANY(%s)"))
     # Without the rolled-back steps a later run of their phase left out (MigrationRecordQuerySet.current_attempts).
     rows = db.fetchall(
         sql.SQL(
             "SELECT phase, tenant_id, array_agg(DISTINCT status) FROM ("
             " SELECT *, max(id) FILTER (WHERE status <> %s) OVER (PARTITION BY phase, tenant_id) AS newest_kept"
             " FROM ({latest}) latest) current"
-            " WHERE status <> %s OR newest_kept IS NULL OR id > newest_kept GROUP BY phase, tenant_id"
+            " WHERE status <> %s OR step <> ALL(%s) OR newest_kept IS NULL OR id > newest_kept"
+            " GROUP BY phase, tenant_id"
         ).format(latest=latest),
-        [Status.ROLLED_BACK, phases, Status.ROLLED_BACK],
+        [Status.ROLLED_BACK, phases, Status.ROLLED_BACK, list(PLANNED_BY_OPTION)],
     )
     return {(phase, tenant_id or GLOBAL): set(found) for phase, tenant_id, found in rows}
 

@@ -184,12 +184,13 @@ class Command(BaseCommand):
                 document["drift"] = [group.as_dict() for group in drift]
             self.stdout.write(json.dumps(document, indent=2, default=str))
         failed = [(o.phase, step, error) for o in outcomes for step, error in o.failed]
-        if not failed and ctx.options.stop.is_set() and any(o.not_started for o in outcomes):
+        stopped_early = any(o.not_started for o in outcomes) or len(outcomes) < len(phases)
+        if not failed and ctx.options.stop.is_set() and stopped_early:
             left = sum(o.not_started for o in outcomes)
-            raise MigrationError(
-                f"stopped on request: {left} steps of phase {outcomes[-1].phase} not started; "
-                f"rerun `migrate_phase {name}` to resume"
-            )
+            unstarted = [p.name for p in phases[len(outcomes) :]]
+            what = f"{left} steps of phase {outcomes[-1].phase}" if left and outcomes else ""
+            what += (" and " if what and unstarted else "") + (f"phase {', '.join(unstarted)}" if unstarted else "")
+            raise MigrationError(f"stopped on request: {what} not started; rerun `migrate_phase {name}` to resume")
         if failed:
             phase, step, error = failed[0]
             raise MigrationError(

@@ -30,7 +30,9 @@ def test_data_rerun_offline_after_an_online_run_was_rolled_back_lets_phase_4_run
     assert (data.done, data.rolled_back, data.phase_wide) == (len(tenants), 0, "done")
 
 
-def test_a_narrower_rerun_after_a_rollback_leaves_the_steps_it_did_not_plan_to_do(schemas_ready: dict[str, Any]) -> None:
+def test_a_narrower_rerun_after_a_rollback_leaves_the_steps_it_did_not_plan_to_do(
+    schemas_ready: dict[str, Any],
+) -> None:
     tenants = schemas_ready["tenants"]
     run("migrate_phase", "data", interactive=False, batch_size=50)
     run("migrate_phase", "rollback", interactive=False)

@@ -55,7 +55,7 @@ PROBLEMS_SHOWN = 50
 
 
 def latest_attempts() -> QuerySet[MigrationRecord]:
-    return MigrationRecord.objects.current_attempts()
+    return MigrationRecord.objects.latest_attempts()
 
 
 # --- dashboard -----------------------------------------------------------------------------------------

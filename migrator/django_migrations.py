@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,6 +14,7 @@ from django.core.management.sql import emit_post_migrate_signal
 from django.db import DEFAULT_DB_ALIAS, connections, router
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.migrations.executor import MigrationExecutor
+from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.migration import Migration
 from django.db.migrations.recorder import MigrationRecorder
 from django.db.migrations.state import ProjectState
@@ -55,6 +58,37 @@ def _plan(
     executor = MigrationExecutor(connections[DEFAULT_DB_ALIAS])
     targets = [key for key in executor.loader.graph.leaf_nodes() if app_labels is None or key[0] in app_labels]
     return executor, executor.migration_plan(targets), targets
+
+
+def all_recorded(schema_name: str, app_labels: Sequence[str]) -> bool:
+    """Every migration on disk of ``app_labels`` is recorded in ``schema_name``'s ``django_migrations``: one
+    query and the names of the migration modules, where :func:`unapplied` loads the whole migration graph
+    (tens of milliseconds at every run's start). False says nothing: ask :func:`unapplied` (a squashed
+    migration is recorded as those it replaces)."""
+    on_disk: set[tuple[str, str]] = set()
+    for app_label in app_labels:
+        module_name, _explicit = MigrationLoader.migrations_module(app_label)
+        if module_name is None:
+            return False
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            return False
+        on_disk |= {
+            (app_label, name)
+            for _finder, name, is_package in pkgutil.iter_modules(getattr(module, "__path__", []))
+            if not is_package and name[0] not in "_~"
+        }
+    table = sql.Identifier(schema_name, "django_migrations")
+    if not db.fetchvalue("SELECT to_regclass(%s) IS NOT NULL", [db.render(table)]):
+        return False
+    recorded = {
+        (str(app), str(name))
+        for app, name in db.fetchall(
+            sql.SQL("SELECT app, name FROM {} WHERE app = ANY(%s)").format(table), [list(app_labels)]
+        )
+    }
+    return on_disk <= recorded
 
 
 def unapplied(schema_name: str, app_labels: Sequence[str] | None = None) -> list[str]:

@@ -13,7 +13,13 @@ from migrator.core.context import MigrationContext
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase
 from migrator.core.steps import Event, Step
-from migrator.django_migrations import bootstrap_apps, legacy_registry_present, migrate_schema, unapplied
+from migrator.django_migrations import (
+    all_recorded,
+    bootstrap_apps,
+    legacy_registry_present,
+    migrate_schema,
+    unapplied,
+)
 from migrator.engine import tracking
 from migrator.engine.lock import MigratorLock
 from migrator.engine.runner import EventCallback, PhaseOutcome, PhaseRunner, pending_steps
@@ -47,7 +53,7 @@ def tracking_ready() -> bool:
 def ensure_tracking_ready() -> list[str]:
     """The tracking and registry tables must exist before anything is recorded."""
     apps = bootstrap_apps()
-    if tracking_ready() and not unapplied("public", apps):
+    if tracking_ready() and (all_recorded("public", apps) or not unapplied("public", apps)):
         return []
     return migrate_schema("public", apps)
 

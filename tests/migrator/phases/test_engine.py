@@ -14,6 +14,7 @@ from django.utils import timezone
 from psycopg import sql
 
 from migrator import db
+from migrator.django_migrations import TRACKING_APPS, all_recorded, unapplied
 from migrator.engine.lock import MigratorLock
 from migrator.models import MigrationRecord, Status
 from migrator.phases import ORDERED
@@ -273,3 +274,11 @@ def test_stale_running_rows_are_closed_as_interrupted(prepared):
     retry = latest("schemas/*/service_schemas")
     assert (retry.attempt, retry.status) == (2, Status.COMPLETED)
     assert not MigrationRecord.objects.filter(status=Status.RUNNING).exists()
+
+
+def test_a_public_schema_with_every_tracking_migration_recorded_is_told_without_the_migration_graph(prepared):
+    assert all_recorded("public", TRACKING_APPS)
+    db.execute("DELETE FROM public.django_migrations WHERE app = 'migrator' AND name = '0003_driftfinding'")
+
+    assert not all_recorded("public", TRACKING_APPS)  # then the migration graph decides
+    assert unapplied("public", TRACKING_APPS) == ["migrator.0003_driftfinding"]

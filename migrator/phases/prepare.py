@@ -23,7 +23,7 @@ from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.django_migrations import BOOTSTRAP_APPS, migrate_schema
-from migrator.models import Disposition, FindingKind
+from migrator.models import Disposition, FindingKind, MigrationRecord
 from migrator.ops import backup, binaries, dependents, drift, inspection, registry, rehearsal, restore
 from migrator.ops.drift_decisions import drift_decisions, drift_findings, record_findings, rename_decided_tables
 from migrator.ops.tenant_decisions import (
@@ -66,6 +66,20 @@ class PreparePhase(Phase):
     BACKUP = StepRef(name, "backup")
     REGISTER = StepRef(name, "register")
     DISCOVER = StepRef(name, "discover")
+
+    def refuse_options(self, ctx: MigrationContext) -> None:
+        # A first run on a database with nothing of the legacy layout: a DATABASE_URL naming the wrong
+        # database. Refused before phase 1 writes its tables into that database's public schema.
+        if catalog.table_exists("public", MigrationRecord._meta.db_table):
+            return
+        if catalog.schema_exists(ctx.config.legacy_auth_schema) or catalog.schemas_like_tenants():
+            return
+        database = db.fetchvalue("SELECT current_database()")
+        raise MigrationError(
+            f"database {database} holds nothing of the legacy SalesFlow layout (no schema "
+            f"{ctx.config.legacy_auth_schema}, no tenant_* schema): check DATABASE_URL (and "
+            "SALESFLOW_LEGACY_AUTH_SCHEMA); nothing was changed"
+        )
 
     def recover(self, ctx: MigrationContext) -> str | None:
         if restore.interrupted_restore(ctx.config.backup_dir) is not None:

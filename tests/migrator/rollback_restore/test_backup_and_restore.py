@@ -304,10 +304,29 @@ def fresh_database() -> Any:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+def test_phase_1_on_a_database_without_the_legacy_layout_is_refused_and_writes_nothing(fresh_database, tmp_path):
+    env = manage_env(
+        database_url(fresh_database), SALESFLOW_BACKUP_DIR=str(tmp_path), SALESFLOW_ROLE_PREFIX=f"sftest{os.getpid()}"
+    )
+
+    refused = manage("migrate_phase", "prepare", "--noinput", env=env)
+
+    assert refused.returncode == 1
+    assert one_line(refused.stderr), refused.stderr
+    assert "holds nothing of the legacy SalesFlow layout" in refused.stderr
+    with psycopg_connect(fresh_database) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace").fetchone() == (
+            0,
+        )
+    assert not list(tmp_path.iterdir())  # no backup taken
+
+
 def test_first_runs_at_once_on_a_fresh_database_end_in_one_line(fresh_database, tmp_path):
     env = manage_env(
         database_url(fresh_database), SALESFLOW_BACKUP_DIR=str(tmp_path), SALESFLOW_ROLE_PREFIX=f"sftest{os.getpid()}"
     )
+    seeded = manage("seed_legacy", "--tenants", "1", "--contacts", "5", "--activities", "5", env=env)
+    assert seeded.returncode == 0, seeded.stderr
     runs = [start_manage("migrate_phase", "prepare", "--noinput", env=env) for _ in range(4)]
     results = [(r.wait(timeout=300), r.stderr.read() if r.stderr else "") for r in runs]
     for code, stderr in results:

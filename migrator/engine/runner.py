@@ -135,6 +135,8 @@ class PhaseRunner:
         blocked = self._tenants_not_ready(phase, list(by_tenant))
 
         def run_tenant(tenant_id: str) -> None:
+            if self._stop_asked(outcome, len(by_tenant[tenant_id])):
+                return  # not refused either: a stopped run records nothing more
             try:
                 if tenant_id in blocked:
                     index, step = by_tenant[tenant_id][0]
@@ -147,6 +149,8 @@ class PhaseRunner:
 
         def run_tenants(tenant_ids: list[str]) -> None:
             """Several tenants' rerunnable steps inside one of the phase's batches, each tenant recorded on its own."""
+            if self._stop_asked(outcome, sum(len(by_tenant[t]) for t in tenant_ids)):
+                return
             try:
                 with phase.tenant_batch(self.ctx, tenant_ids) as batch:
                     for tenant_id in tenant_ids:
@@ -310,6 +314,8 @@ class PhaseRunner:
         with_state: list[StepEnd] = []
         state: str | None = None
         last = len(steps) - 1
+        if self._stop_asked(outcome, len(steps)):
+            return  # before the tenant's context: its locks and catalog read are for steps that run
         with phase.tenant_context(self.ctx, tenant_id) as tenant:
             try:
                 for position, (index, step) in enumerate(steps):

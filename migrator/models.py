@@ -7,7 +7,7 @@ from functools import reduce
 from typing import Self
 
 from django.db import models
-from django.db.models import Exists, F, Max, OuterRef, Q, Window
+from django.db.models import Exists, OuterRef, Q
 
 from migrator.step_ref import SEPARATOR, StepRef
 
@@ -23,8 +23,6 @@ class Status(models.TextChoices):
 # The record of each ``migrate_schemas`` run over the tenant schemas (a deploy): its failed schemas in
 # ``details["failed"]``. Not a phase: no runner plans it, status and the deploy gate read the newest.
 DEPLOY = StepRef("deploy", "migrate_schemas")
-# Kinds of steps a run of their phase plans only under some options (see current_attempts).
-PLANNED_BY_OPTION: tuple[str, ...] = ("start_two_way_sync", "exclude", "service_role")
 # Not a step's key (no tenant part): databases hold it so since deploys were first recorded.
 DEPLOY_KEY = SEPARATOR.join((DEPLOY.phase, DEPLOY.kind))
 
@@ -38,29 +36,6 @@ class MigrationRecordQuerySet(models.QuerySet["MigrationRecord"]):
         """
         newer = MigrationRecord.objects.filter(migration_id=OuterRef("migration_id"), attempt__gt=OuterRef("attempt"))
         return self.filter(~Exists(newer))
-
-    def current_attempts(self) -> Self:
-        """:meth:`latest_attempts`, without the rolled-back steps a later run of their phase left out.
-
-        A rollback marks every step of the phases it undoes ROLLED_BACK. A later run of such a phase makes
-        new attempts of the steps it plans, but a step only some options plan (:data:`PLANNED_BY_OPTION`:
-        an online run's sync, an exclusion by ``--skip-schema``, a role of another prefix) stays ROLLED_BACK
-        for good after a run without them, and would keep the phase unfinished. Such a row is superseded
-        once a step of its phase and tenant (or phase-wide) that is not rolled back was recorded after it.
-        Every other kind of step is planned by every run of its phase that covers its tenant: a rolled-back
-        one is work still to do. Attempt numbers come from :meth:`latest_attempts`, never from this.
-        """
-        newest_kept = Window(Max("id", filter=~Q(status=Status.ROLLED_BACK)), partition_by=[F("phase"), F("tenant_id")])
-        return (
-            self.latest_attempts()
-            .annotate(newest_kept=newest_kept)
-            .filter(
-                ~Q(status=Status.ROLLED_BACK)
-                | ~Q(step__in=PLANNED_BY_OPTION)
-                | Q(newest_kept__isnull=True)
-                | Q(id__gt=F("newest_kept"))
-            )
-        )
 
     def of(self, *steps: StepRef) -> Self:
         """The records of these kinds of steps."""

@@ -267,10 +267,11 @@ class PhaseRunner:
         """Tenants that have not completed the phase this one builds on, with the reason."""
         if phase.requires is None:
             return {}
-        done: dict[str, bool] = {}
-        for record in tracking.latest_states(phase.requires, current=True).values():
-            if record.tenant_id:
-                done[record.tenant_id] = done.get(record.tenant_id, True) and record.status == Status.COMPLETED
+        done = {
+            tenant_id: statuses == {Status.COMPLETED}
+            for (_phase, tenant_id), statuses in tracking.latest_statuses([phase.requires]).items()
+            if tenant_id
+        }
         return {
             tenant_id: f"phase {phase.requires} is not complete for tenant {tenant_id}; "
             f"run `migrate_phase {phase.requires}` first"

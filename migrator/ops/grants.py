@@ -222,7 +222,7 @@ def refuse_another_role_prefix(config: MigratorConfig, role_step: StepRef) -> No
         return
     created = (
         MigrationRecord.objects.of(role_step)
-        .current_attempts()
+        .latest_attempts()
         .filter(status=Status.COMPLETED)
         .values_list("target", flat=True)
     )

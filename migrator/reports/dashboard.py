@@ -22,6 +22,7 @@ from django.utils import timezone
 from migrator import phases as phase_registry
 from migrator.core.details import BackupDetails, read_details
 from migrator.core.phase import Phase
+from migrator.engine import tracking
 from migrator.models import MigrationRecord, Status, of_steps
 from migrator.ops.capture import Lag, lag
 from migrator.phases.data import DataPhase
@@ -36,12 +37,10 @@ from migrator.reports.checks import (
 
 # one definition of each, shared with `status`
 from migrator.reports.status import (
-    GLOBAL,
     RangedTable,
     cell_state,
     deploy_failures,
     excluded_schemas,
-    latest_statuses,
     ranged_tables_in_progress,
     registered_schemas_missing,
 )
@@ -253,11 +252,11 @@ def _project(measured: timedelta | None, weights: dict[str, int], done: set[str]
 def _phase_cells(names: list[str], tenant_ids: set[str]) -> dict[str, tuple[dict[str, str], str | None]]:
     """phase -> ({tenant: cell state}, phase-wide cell state or None), from the latest attempts."""
     # One row per phase and tenant, aggregated by the server (the status command's query).
-    statuses = latest_statuses(names)
+    statuses = tracking.latest_statuses(names)
     cells: dict[str, tuple[dict[str, str], str | None]] = {name: ({}, None) for name in names}
     for (phase, tenant_id), found in statuses.items():
         per_tenant, _phase_wide = cells[phase]
-        if tenant_id == GLOBAL:
+        if tenant_id is None:
             cells[phase] = (per_tenant, cell_state(found))
         elif tenant_id in tenant_ids:  # steps of tenants no longer registered are history, not progress
             per_tenant[tenant_id] = cell_state(found)

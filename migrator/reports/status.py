@@ -10,7 +10,8 @@ from migrator import db
 from migrator import phases as phase_registry
 from migrator.core.details import DeployDetails, DiscoverDetails, read_details
 from migrator.core.steps import COPY_RANGE, RANGE_KINDS
-from migrator.models import DEPLOY_KEY, PLANNED_BY_OPTION, MigrationRecord, Status
+from migrator.engine.tracking import latest_statuses
+from migrator.models import DEPLOY_KEY, MigrationRecord, Status
 from migrator.ops import registry, twoway
 from migrator.ops.capture import Lag, lag
 from migrator.phases.data import DataPhase
@@ -250,37 +251,6 @@ def deploy_failures() -> dict[str, str]:
     return dict(failed) if isinstance(failed, dict) else {}
 
 
-def latest_statuses(phases: list[str]) -> dict[tuple[str, str], set[str]]:
-    """(phase, tenant or GLOBAL) -> the statuses of the latest attempts of its steps, aggregated by the
-    server: one row per phase and tenant instead of a record per step (130,000 records at 10,000
-    tenants took seconds to build). The newest attempt of each step comes from the index on
-    (migration_id, attempt DESC).
-    """
-    # The newest attempts as an anti-join on that index (as MigrationRecordQuerySet.latest_attempts): at
-    # 10,000 tenants about 0.3 s, where DISTINCT ON's sort of every row took twice that.
-    latest = sql.SQL(
-        "SELECT id, phase, tenant_id, step, status FROM {table} r WHERE phase = ANY(%s) AND NOT EXISTS "
-        "(SELECT FROM {table} n WHERE n.migration_id = r.migration_id AND n.attempt > r.attempt)"
-    ).format(table=sql.Identifier(MigrationRecord._meta.db_table))
-    # Without the rolled-back steps a later run of their phase left out (MigrationRecordQuerySet.current_attempts),
-    # in the same pass: such a step (a candidate) counts only if it is newer than the newest step kept.
-    rows = db.fetchall(
-        sql.SQL(
-            # hashed in two steps: an array_agg(DISTINCT) over every row would sort them all
-            "SELECT phase, tenant_id, coalesce(array_agg(status) FILTER (WHERE NOT candidate), '{{}}'), "
-            " coalesce(max(newest) FILTER (WHERE candidate) > coalesce(max(newest) FILTER (WHERE status <> %s), 0),"
-            " false) FROM (SELECT phase, tenant_id, status, candidate, max(id) AS newest FROM"
-            " (SELECT *, status = %s AND step = ANY(%s) AS candidate FROM ({latest}) latest) current"
-            " GROUP BY phase, tenant_id, status, candidate) grouped GROUP BY phase, tenant_id"
-        ).format(latest=latest),
-        [Status.ROLLED_BACK, Status.ROLLED_BACK, list(PLANNED_BY_OPTION), phases],
-    )
-    return {
-        (phase, tenant_id or GLOBAL): set(found) | ({Status.ROLLED_BACK.value} if rolled_back_left else set())
-        for phase, tenant_id, found, rolled_back_left in rows
-    }
-
-
 def status_report() -> StatusReport:
     from tenants.models import Tenant
 
@@ -295,7 +265,7 @@ def status_report() -> StatusReport:
         .values_list("tenant_id", flat=True)
     )
     report = StatusReport(phases, [GLOBAL, *tenants])
-    statuses = latest_statuses(phases)
+    statuses = {(phase, tenant_id or GLOBAL): found for (phase, tenant_id), found in latest_statuses(phases).items()}
     report.excluded = excluded_schemas()
     left_out = {tenant_id_from_schema(str(entry["schema"])) for entry in report.excluded}
     # Failed attempts are few: only they are read as records (the latest of their step).

@@ -9,6 +9,7 @@ from typing import Any, LiteralString
 from psycopg import sql
 
 from migrator import db
+from migrator.models import MigrationRecord
 
 # The oid of the relation ``schema.table`` (two parameters), NULL when there is none. Every lookup of
 # one relation goes through it: a join of pg_class to pg_namespace filtered on both names can be
@@ -30,6 +31,11 @@ class Column:
 def relation_rows(query: LiteralString, schema: str, table: str) -> list[tuple[Any, ...]]:
     """The rows of a catalog ``query`` about one relation, which it names as ``{oid}`` (see :data:`RELATION_OID`)."""
     return db.fetchall(sql.SQL(query).format(oid=RELATION_OID), [schema, table])
+
+
+def tracking_table_exists() -> bool:
+    """The migrator has run on this database: its tracking table is in ``public``."""
+    return table_exists("public", MigrationRecord._meta.db_table)
 
 
 def schema_exists(schema: str) -> bool:

@@ -190,7 +190,7 @@ def manifest_backups(backup_dir: Path) -> list[BackupInfo]:
 
 def recorded_backup_paths(backup_step: StepRef) -> set[str]:
     """The backups the records of ``backup_step`` (phase 1's) hold."""
-    if not catalog_has_tracking():
+    if not catalog.tracking_table_exists():
         return set()
     recorded = MigrationRecord.objects.of(backup_step).values_list("details", flat=True)
     return {
@@ -217,10 +217,6 @@ def remove_unfinished_dumps(backup_dir: Path, backup_step: StepRef) -> list[str]
             removed.append(str(dump))
         marker.unlink(missing_ok=True)
     return removed
-
-
-def catalog_has_tracking() -> bool:
-    return catalog.table_exists("public", "schema_migrations")
 
 
 def create_backup(
@@ -330,7 +326,7 @@ def latest_backup(backup_step: StepRef, backup_dir: Path | None = None) -> Backu
     With ``backup_dir``, a database whose tracking table is gone or empty (a restore killed after it
     cleared the database) falls back to the newest manifest of this database in that folder.
     """
-    record = MigrationRecord.objects.latest_backup(backup_step) if catalog_has_tracking() else None
+    record = MigrationRecord.objects.latest_backup(backup_step) if catalog.tracking_table_exists() else None
     details = read_details(BackupDetails, record.details if record else None)
     if "backup" in details:
         return BackupInfo.from_dict(details["backup"])

@@ -206,7 +206,7 @@ def _tenant_grant_statements(
 
 def service_roles_in_place(config: MigratorConfig, role_step: StepRef) -> bool:
     """Phase 4 has completed its role steps (``role_step``; no rollback undid them) and the roles exist."""
-    if not catalog.table_exists("public", MigrationRecord._meta.db_table):
+    if not catalog.tracking_table_exists():
         return False  # a database the migrator has never run on
     latest = dict(MigrationRecord.objects.of(role_step).latest_attempts().values_list("target", "status"))
     return all(
@@ -218,7 +218,7 @@ def refuse_another_role_prefix(config: MigratorConfig, role_step: StepRef) -> No
     """Phase 4 created its roles under another ``SALESFLOW_ROLE_PREFIX`` than this run's, and no rollback
     undid them: a run with this prefix would make roles without the grants (the tenants' grant steps are
     done) or drop none, and leave the others in place for good."""
-    if not catalog.table_exists("public", MigrationRecord._meta.db_table):
+    if not catalog.tracking_table_exists():
         return
     created = (
         MigrationRecord.objects.of(role_step)

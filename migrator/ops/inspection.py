@@ -7,9 +7,9 @@ from typing import Any
 from psycopg import sql
 
 from migrator import catalog, db
-from migrator.core.details import INSPECTION
+from migrator.core.details import InspectDetails, read_details
 from migrator.core.errors import MigrationError
-from migrator.models import MigrationRecord, Status, of_steps
+from migrator.models import MigrationRecord, Status
 from migrator.step_ref import StepRef
 from migrator.tables import (
     AUTH_MODELS,
@@ -92,12 +92,13 @@ def rows_counted_at_registration(register: StepRef, tenant_id: str, table: str) 
     """Rows phase 1's inspection counted in the tenant's legacy ``table`` (``register``: the step that
     recorded it); None when it found no such table or has not run for the tenant."""
     details = (
-        MigrationRecord.objects.filter(of_steps(register), tenant_id=tenant_id, status=Status.COMPLETED)
+        MigrationRecord.objects.of(register)
+        .filter(tenant_id=tenant_id, status=Status.COMPLETED)
         .order_by("-attempt")
         .values_list("details", flat=True)
         .first()
     )
-    tables = ((details or {}).get(INSPECTION) or {}).get("tables") or {}
+    tables = (read_details(InspectDetails, details).get("inspection") or {}).get("tables") or {}
     rows = (tables.get(table) or {}).get("rows")
     return int(rows) if rows is not None else None
 

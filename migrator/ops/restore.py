@@ -438,7 +438,7 @@ def recover_cleared_database(journal: dict[str, Any], path: Path) -> str:
             f"({history_file}); restore the backup by hand with pg_restore, then delete {path}"
         )
     history = json.loads(history_file.read_text())
-    if not backup.catalog_has_tracking():
+    if not catalog.tracking_table_exists():
         migrate_schema("public", BOOTSTRAP_APPS)
     put_history_back(history)
     path.unlink(missing_ok=True)

@@ -18,7 +18,6 @@ from migrator.core.details import (
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
-from migrator.models import MigrationRecord
 from migrator.modes import MigrationMode, mode_for
 from migrator.ops import carried, constraints, fingerprint, ranges, reference, twoway
 from migrator.ops.conversions import legacy_timezone
@@ -112,7 +111,7 @@ class DataPhase(Phase):
     def refuse_options(self, ctx: MigrationContext) -> None:
         # After cutover a tenant's legacy tables are archived: validating it again would fail on them and
         # leave a finished migration unfinished for good. (A plain rerun plans nothing for a live tenant.)
-        if not ctx.options.validate_only or not catalog.table_exists("public", MigrationRecord._meta.db_table):
+        if not ctx.options.validate_only or not catalog.tracking_table_exists():
             return
         live = Tenant.objects.filter(migration_state=MigrationState.LIVE).order_by("tenant_id")
         if ctx.tenant_filter:

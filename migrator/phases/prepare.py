@@ -23,7 +23,7 @@ from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.django_migrations import BOOTSTRAP_APPS, migrate_schema
-from migrator.models import Disposition, FindingKind, MigrationRecord
+from migrator.models import Disposition, FindingKind
 from migrator.ops import backup, binaries, dependents, drift, inspection, registry, rehearsal, restore
 from migrator.ops.drift_decisions import drift_decisions, drift_findings, record_findings, rename_decided_tables
 from migrator.ops.tenant_decisions import (
@@ -70,7 +70,7 @@ class PreparePhase(Phase):
     def refuse_options(self, ctx: MigrationContext) -> None:
         # A first run on a database with nothing of the legacy layout: a DATABASE_URL naming the wrong
         # database. Refused before phase 1 writes its tables into that database's public schema.
-        if catalog.table_exists("public", MigrationRecord._meta.db_table):
+        if catalog.tracking_table_exists():
             return
         if catalog.schema_exists(ctx.config.legacy_auth_schema) or catalog.schemas_like_tenants():
             return

@@ -188,9 +188,11 @@ class Command(BaseCommand):
         if not failed and ctx.options.stop.is_set() and stopped_early:
             left = sum(o.not_started for o in outcomes)
             unstarted = [p.name for p in phases[len(outcomes) :]]
-            what = f"{left} steps of phase {outcomes[-1].phase}" if left and outcomes else ""
-            what += (" and " if what and unstarted else "") + (f"phase {', '.join(unstarted)}" if unstarted else "")
-            raise MigrationError(f"stopped on request: {what} not started; rerun `migrate_phase {name}` to resume")
+            parts = [f"{left} steps of phase {outcomes[-1].phase}"] if left else []
+            parts += [f"phase {', '.join(unstarted)}"] if unstarted else []
+            raise MigrationError(
+                f"stopped on request: {' and '.join(parts)} not started; rerun `migrate_phase {name}` to resume"
+            )
         if failed:
             phase, step, error = failed[0]
             raise MigrationError(

@@ -3,8 +3,10 @@ environment and working folder (tests/warm_children.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -143,3 +145,25 @@ def test_a_client_killed_takes_its_child_with_it(tmp_path):
 
     assert gone(child), "the warm child outlived its killed client"
     client.stdout.close()
+
+
+def test_a_request_whose_asker_left_before_its_answer_leaves_the_warm_process_serving(tmp_path):
+    warm = warm_children.WarmProcess.get()
+    pid_file = tmp_path / "pid"
+    manage = tmp_path / "manage.py"
+    manage.write_text(f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)\n")
+    request = {"args": [sys.executable, str(manage)], "env": dict(os.environ), "cwd": str(tmp_path), "tied": True}
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as asker:
+        asker.connect(warm.path)
+        socket.send_fds(asker, [json.dumps(request).encode() + b"\n"], [0, 1, 2])
+    # gone before the warm process could answer with the child's pid (a killed client, say)
+
+    # The child is killed at once, before or after it started its script: if it did, it is gone.
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline and not (pid_file.exists() and pid_file.read_text()):
+        time.sleep(0.05)
+    if pid_file.exists() and pid_file.read_text():
+        assert gone(int(pid_file.read_text())), "the child of a request nobody waits for kept running"
+    done = warm_children.run(script(tmp_path, "print('still serving')\n"), text=True, timeout=60)
+    assert done.stdout == "still serving\n"
+    assert warm_children.WarmProcess.get() is warm  # the same warm process, not one started again

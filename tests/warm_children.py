@@ -130,10 +130,16 @@ def serve(path: str) -> tuple[dict[str, Any], list[int]]:
                     return request, fds
                 for fd in fds:
                     os.close(fd)
-                conn.sendall(b"%d\n" % pid)
                 pidfd = os.pidfd_open(pid)
                 running[pidfd] = (pid, conn)
                 selector.register(pidfd, selectors.EVENT_READ, "child")
+                try:
+                    conn.sendall(b"%d\n" % pid)
+                except OSError:
+                    # Whoever asked is gone already (the child can write before this, and be answered):
+                    # nobody can wait for the child or stop it, so it goes now; it is reaped as it ends.
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                    continue
                 if request.get("tied"):
                     selector.register(conn, selectors.EVENT_READ, pidfd)
             elif isinstance(key.data, int):

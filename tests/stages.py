@@ -199,7 +199,9 @@ def tablespace_name(test_database: str) -> str:
 def run_on_server(admin: psycopg.Connection, command: list[str]) -> None:
     """``command`` run by the server, as the operating system user that owns its files (a superuser's ``COPY
     ... TO PROGRAM``): the tablespace's folder must be that user's, and only the server knows who it is."""
-    program = " ".join(shlex.quote(part) for part in command)
+    # The program reads what COPY writes first: one that exits before the server has written and closed
+    # its pipe (rm, mkdir) fails the statement with "could not close pipe to external command".
+    program = "cat >/dev/null && " + " ".join(shlex.quote(part) for part in command)
     admin.execute(sql.SQL("COPY (SELECT) TO PROGRAM {}").format(sql.Literal(program)))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 
@@ -21,6 +22,14 @@ class MigratorConfig:
     # phase 3: a tenant table of more rows than this is copied and validated in key ranges of about this
     # many rows, spread over the --jobs connections (docs/reliability.md, "Large tables in ranges")
     range_rows: int = 100_000
+    # phase 5: the site's defaults of --load-seconds and --load-queries (None: the option's own default)
+    load_seconds: float | None = None
+    load_queries: int | None = None
+
+    def option_defaults(self) -> dict[str, Any]:
+        """Run options whose default this site sets (by ``RunOptions`` field name)."""
+        site = {"load_seconds": self.load_seconds, "load_queries": self.load_queries}
+        return {name: value for name, value in site.items() if value is not None}
 
     def service_role(self, service: str) -> str:
         return f"{self.role_prefix}_{service}"
@@ -40,4 +49,6 @@ def get_config() -> MigratorConfig:
         bin_dirs=tuple(conf.get("BIN_DIRS", ())),
         backup_part_tables=int(conf["BACKUP_PART_TABLES"]) if conf.get("BACKUP_PART_TABLES") else None,
         range_rows=int(conf.get("RANGE_ROWS") or 100_000),
+        load_seconds=conf.get("LOAD_SECONDS"),
+        load_queries=conf.get("LOAD_QUERIES"),
     )

@@ -36,6 +36,21 @@ def integer(name: str, default: int) -> int:
         raise SettingsError(f"{name}={value!r} is not a whole number") from None
 
 
+def optional_number[N: (int, float)](name: str, kind: type[N], minimum: N, maximum: N | None = None) -> N | None:
+    """A number from ``minimum`` to ``maximum`` (``kind``: int or float); unset or empty: None."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        number = kind(value)
+    except ValueError:
+        raise SettingsError(f"{name}={value!r} is not a {'whole number' if kind is int else 'number'}") from None
+    if number < minimum or (maximum is not None and number > maximum):
+        bounds = f"from {minimum} to {maximum}" if maximum is not None else f"{minimum} or more"
+        raise SettingsError(f"{name}={value!r} is out of range: set it {bounds}")
+    return number
+
+
 def production_secret_key(local_default: str) -> str:
     key = os.environ.get("DJANGO_SECRET_KEY", "")
     weak = len(key) < SECRET_KEY_MIN_LENGTH or len(set(key)) < SECRET_KEY_MIN_UNIQUE_CHARACTERS

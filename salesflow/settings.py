@@ -167,6 +167,9 @@ SALESFLOW: dict[str, Any] = {
     "BACKUP_PART_TABLES": os.environ.get("SALESFLOW_BACKUP_PART_TABLES") or None,
     # phase 3: tenant tables of more rows are copied and validated in key ranges of about this many rows
     "RANGE_ROWS": environment.integer("SALESFLOW_RANGE_ROWS", 100_000),
+    # Phase 5's load test: this site's defaults of --load-seconds and --load-queries (None: the option's own)
+    "LOAD_SECONDS": environment.optional_number("SALESFLOW_LOAD_SECONDS", float, 0.001, 3600.0),
+    "LOAD_QUERIES": environment.optional_number("SALESFLOW_LOAD_QUERIES", int, 0),
     # How often the open dashboard asks for fresh numbers while a phase runs.
     "DASHBOARD_REFRESH_SECONDS": environment.integer("SALESFLOW_DASHBOARD_REFRESH_SECONDS", 5),
 }

@@ -78,6 +78,23 @@ def test_unsafe_production_settings_are_refused_in_one_line(overrides: dict[str,
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("SALESFLOW_LOAD_SECONDS", "ten", "is not a number"),
+        ("SALESFLOW_LOAD_SECONDS", "0", "set it from 0.001 to 3600.0"),
+        ("SALESFLOW_LOAD_QUERIES", "-5", "set it 0 or more"),
+    ],
+)
+def test_a_bad_load_test_default_is_refused_in_one_line(variable: str, value: str, message: str) -> None:
+    env = production_environment(DJANGO_ENV="", DJANGO_SECRET_KEY="", DJANGO_ALLOWED_HOSTS="", **{variable: value})
+    result = manage(env, "check")
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"CommandError: {variable}=")
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 def test_local_profile_needs_nothing() -> None:
     env = production_environment(DJANGO_ENV="", DJANGO_SECRET_KEY="", DJANGO_ALLOWED_HOSTS="")
     assert manage(env, "check").returncode == 0

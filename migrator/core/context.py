@@ -296,8 +296,8 @@ class RunOptions:
         metadata=option(
             "--load-seconds",
             type=seconds,
-            help="verify: at most this many seconds of load (default 10); each query runs on the "
-            "legacy tables, then with the same key on the new ones.",
+            help="verify: at most this many seconds of load (default 10, or SALESFLOW_LOAD_SECONDS); each "
+            "query runs on the legacy tables, then with the same key on the new ones.",
             example=("2.5",),
         ),
     )
@@ -307,7 +307,7 @@ class RunOptions:
             "--load-queries",
             type=non_negative,
             help="verify: a layout's load ends early once every key query ran this many times "
-            "(default 1000; 0 always runs --load-seconds).",
+            "(default 1000, or SALESFLOW_LOAD_QUERIES; 0 always runs --load-seconds).",
             example=("0",),
         ),
     )

@@ -4,14 +4,15 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from typing import Any
 
 from migrator.core.command_options import option_fields
 
 
-def add_options(parser: argparse.ArgumentParser, options_class: type) -> None:
+def add_options(parser: argparse.ArgumentParser, options_class: type, defaults: Mapping[str, Any] = {}) -> None:
     """One argument for each field of ``options_class`` given on the command line; its value is kept
-    under the field's name."""
+    under the field's name. ``defaults``: values (by field name) that replace a field's own default."""
     for field in option_fields(options_class):
         option = field.option
         common: dict[str, Any] = {"dest": field.name, "help": argparse.SUPPRESS if option.hidden else option.help}
@@ -21,4 +22,4 @@ def add_options(parser: argparse.ArgumentParser, options_class: type) -> None:
             parser.add_argument(*option.flags, action="append", default=[], metavar=option.metavar, **common)
         else:
             value: dict[str, Any] = {"type": option.type, "choices": option.choices, "metavar": option.metavar}
-            parser.add_argument(*option.flags, default=field.default, **value, **common)
+            parser.add_argument(*option.flags, default=defaults.get(field.name, field.default), **value, **common)

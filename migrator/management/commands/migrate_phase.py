@@ -114,7 +114,7 @@ class Command(BaseCommand):
             help="Output format: text; json, one document at the end; jsonl, one line per phase as it ends "
             "(for a program that follows a long run).",
         )
-        add_options(parser, RunOptions)
+        add_options(parser, RunOptions, get_config().option_defaults())
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:

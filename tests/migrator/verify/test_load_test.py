@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from io import StringIO
+
 import pytest
-from django.core.management import CommandError
+from django.core.management import CommandError, call_command
 from psycopg import sql
 
 from migrator import db
 from migrator.config import get_config
 from migrator.engine import tracking
+from migrator.management.commands.migrate_phase import Command as MigratePhase
 from migrator.models import Status
 from migrator.ops.load_test import KEY_QUERIES, LEGACY, NEW, WRITE, service_role, table_name
 from tests.helpers import run, table_fingerprint
@@ -43,6 +46,22 @@ def test_load_test_records_figures_for_both_layouts(migrated):
     assert "queries/s" in record.details["message"]
     # every write was rolled back
     assert {table: table_fingerprint(*table) for table in tables} == before
+
+
+def test_a_sites_load_test_defaults_replace_the_options_own_and_a_given_option_wins(migrated, settings):
+    run("migrate_phase", "security", interactive=False)
+    settings.SALESFLOW = {**settings.SALESFLOW, "LOAD_SECONDS": 0.4, "LOAD_QUERIES": 6}  # what the environment sets
+    parser = MigratePhase().create_parser("manage.py", "migrate_phase")
+    assert parser.parse_args(["verify"]).load_queries == 6
+    assert parser.parse_args(["verify", "--load-queries", "12", "--load-seconds", "3"]).load_queries == 12
+    assert parser.parse_args(["verify", "--load-seconds", "3"]).load_seconds == 3.0
+
+    call_command(
+        "migrate_phase", "verify", interactive=False, load_clients=1, load_max_regression=10_000.0, stdout=StringIO()
+    )
+
+    figures = load_record().details["load_test"]
+    assert (figures["seconds"], figures["queries_wanted"]) == (0.4, 6)
 
 
 def test_load_test_fails_when_a_key_index_of_the_new_tables_is_missing(migrated):

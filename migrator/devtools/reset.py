@@ -44,6 +44,23 @@ def drop_roles_and_everything_they_own(roles: list[str]) -> list[str]:
     return dropped
 
 
+def what_a_reset_drops(config: MigratorConfig) -> str:
+    """What :func:`reset_database` would take from this database that someone may want to keep, in words
+    ("" when nothing: an empty database, or one only Django's migrations ran on)."""
+    found = []
+    tenant_schemas = catalog.schemas_like_tenants()
+    if tenant_schemas:
+        found.append(f"{len(tenant_schemas)} tenant schemas ({tenant_schemas[0]}, ...)")
+    for schema in (config.legacy_auth_schema, config.archive_schema):
+        if catalog.schema_exists(schema):
+            found.append(f"schema {schema}")
+    if catalog.tracking_table_exists() and (steps := MigrationRecord.objects.count()):
+        found.append(f"the history of a migration ({steps} steps recorded)")
+    if not found:
+        return ""
+    return f"database {db.fetchvalue('SELECT current_database()')}: " + ", ".join(found)
+
+
 def reset_database(config: MigratorConfig) -> list[str]:
     """Drop tenant, legacy auth and archive schemas; empty service tables; forget all migrator state."""
     done: list[str] = []

@@ -217,7 +217,7 @@ def seed(
     drop_bench_schemas(url)
     drop_tenant_schemas(url)
     if registry_exists(url):
-        args.append("--replace")  # registry, tracking, service tables and the legacy auth schema
+        args += ["--replace", "--noinput"]  # registry, tracking, service tables and the legacy auth schema
     return manage(env, *args)
 
 

@@ -123,7 +123,7 @@ def seed(env: dict[str, str], url: str, shape: Shape, seed_value: int) -> None:
         str(seed_value),
     ]
     if registry_exists(url):
-        args.append("--replace")
+        args += ["--replace", "--noinput"]
     manage(env, *args)
 
 

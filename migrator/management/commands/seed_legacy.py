@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import fields
@@ -12,7 +13,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from migrator.config import get_config
 from migrator.core.command_options import non_negative
 from migrator.core.errors import MigrationError
-from migrator.devtools.reset import reset_database
+from migrator.devtools.reset import reset_database, what_a_reset_drops
 from migrator.devtools.seed import SeedError, SeedSpec, seed_legacy
 from migrator.engine.lock import MigratorLock
 from migrator.engine.orchestration import check_database
@@ -54,7 +55,15 @@ class Command(BaseCommand):
             "--replace",
             action="store_true",
             help="Start over: drop every tenant_* schema, the legacy auth and archive schemas, empty the "
-            "service tables and forget the registry, tracking history and service roles first.",
+            "service tables and forget the registry, tracking history and service roles first. Asks "
+            "before dropping anything unless --noinput.",
+        )
+        parser.add_argument(
+            "--noinput",
+            "--no-input",
+            action="store_false",
+            dest="interactive",
+            help="With --replace: drop what is there without asking.",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -69,6 +78,7 @@ class Command(BaseCommand):
         config = get_config()
         spec = SeedSpec(**{f.name: options[f.name] for f in fields(SeedSpec)})  # one option per field
         if options["replace"]:
+            self._confirm_replace(what_a_reset_drops(config), options["interactive"])
             for line in reset_database(config):
                 self.stdout.write(f"  {line}", style_func=self.style.WARNING)
         started = time.monotonic()
@@ -79,6 +89,16 @@ class Command(BaseCommand):
                 f"{result.users} users in {time.monotonic() - started:.1f}s"
             )
         )
+
+    def _confirm_replace(self, found: str, interactive: bool) -> None:
+        """--replace drops legacy data and a migration's history: asked first, like Django's ``flush``."""
+        if not found or not interactive:
+            return
+        if not sys.stdin.isatty():
+            raise CommandError(f"--replace would drop {found}: run it on a terminal to confirm, or pass --noinput")
+        self.stdout.write(self.style.WARNING(f"--replace drops {found}, and every service role of this prefix."))
+        if input("Type 'yes' to drop them: ").strip().lower() != "yes":
+            raise CommandError("cancelled: nothing was dropped")
 
     def _progress(self, verbosity: int) -> Callable[[str], None]:
         def report(message: str) -> None:

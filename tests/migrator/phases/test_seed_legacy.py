@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from io import StringIO
+
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
@@ -67,10 +70,10 @@ def test_same_seed_same_data_other_seed_other_data(clean_db):
     tenants = ["acme_0001", "globex_0002"]
     run("seed_legacy", tenants=2, contacts=40, activities=60, seed=11)
     first = legacy_fingerprints(tenants)
-    run("seed_legacy", tenants=2, contacts=40, activities=60, seed=11, replace=True)
+    run("seed_legacy", tenants=2, contacts=40, activities=60, seed=11, replace=True, interactive=False)
     assert legacy_fingerprints(tenants) == first
 
-    run("seed_legacy", tenants=2, contacts=40, activities=60, seed=12, replace=True)
+    run("seed_legacy", tenants=2, contacts=40, activities=60, seed=12, replace=True, interactive=False)
     other = legacy_fingerprints(tenants)
     assert other.keys() == first.keys()
     for key in (
@@ -100,13 +103,69 @@ def test_replace_starts_over_and_forgets_migrator_state(clean_db):
     assert Tenant.objects.count() == 2
     assert MigrationRecord.objects.exists()
 
-    out = run("seed_legacy", tenants=1, contacts=5, activities=5, seed=3, replace=True)
+    out = run("seed_legacy", tenants=1, contacts=5, activities=5, seed=3, replace=True, interactive=False)
 
     assert "dropped schema tenant_globex_0002" in out
     assert catalog.schemas_like_tenants() == ["tenant_acme_0001"]
     assert count("tenant_acme_0001", "contacts") == 5
     assert not Tenant.objects.exists()
     assert not MigrationRecord.objects.exists()
+
+
+class Terminal(StringIO):
+    """A stdin that is a terminal, for the question --replace asks."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("answer", ["no", ""])
+def test_replace_asks_first_and_anything_but_yes_drops_nothing(clean_db, monkeypatch, answer):
+    run("seed_legacy", tenants=2, contacts=10, activities=10, seed=3)
+    run("migrate_phase", "prepare", interactive=False)
+    before = legacy_fingerprints(["acme_0001", "globex_0002"])
+    monkeypatch.setattr(sys, "stdin", Terminal())
+    asked = []
+    monkeypatch.setattr("builtins.input", lambda question: asked.append(question) or answer)
+    out = StringIO()
+
+    with pytest.raises(CommandError, match=r"^cancelled: nothing was dropped$"):
+        call_command("seed_legacy", "--tenants", "1", "--replace", stdout=out)
+
+    assert asked == ["Type 'yes' to drop them: "]
+    said = out.getvalue()
+    assert "2 tenant schemas (tenant_acme_0001, ...)" in said
+    assert "schema salesflow_auth" in said
+    assert "the history of a migration (" in said
+    assert legacy_fingerprints(["acme_0001", "globex_0002"]) == before
+    assert Tenant.objects.count() == 2
+
+    monkeypatch.setattr("builtins.input", lambda question: "yes")
+    call_command("seed_legacy", "--tenants", "1", "--contacts", "5", "--activities", "5", "--replace", stdout=out)
+    assert catalog.schemas_like_tenants() == ["tenant_acme_0001"]
+    assert not Tenant.objects.exists()
+
+
+def test_replace_off_a_terminal_without_noinput_is_one_line_and_drops_nothing(clean_db, monkeypatch):
+    run("seed_legacy", tenants=1, contacts=10, activities=10, seed=3)
+    before = legacy_fingerprints(["acme_0001"])
+    monkeypatch.setattr(sys, "stdin", StringIO("yes\n"))  # a pipe, not someone who read the question
+
+    with pytest.raises(CommandError) as refused:
+        call_command("seed_legacy", "--tenants", "1", "--replace")
+
+    assert one_line(str(refused.value))
+    assert str(refused.value).startswith("--replace would drop database ")
+    assert str(refused.value).endswith("run it on a terminal to confirm, or pass --noinput")
+    assert legacy_fingerprints(["acme_0001"]) == before
+
+
+def test_replace_of_an_empty_database_asks_nothing(clean_db, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", StringIO(""))
+    call_command(
+        "seed_legacy", "--tenants", "1", "--contacts", "2", "--activities", "2", "--replace", stdout=StringIO()
+    )
+    assert catalog.schemas_like_tenants() == ["tenant_acme_0001"]
 
 
 @pytest.mark.parametrize(
@@ -146,7 +205,7 @@ def test_replace_with_a_role_prefix_another_database_uses_is_one_line(clean_db):
             elsewhere.execute("CREATE TABLE held (id int)")
             elsewhere.execute(sql.SQL("GRANT SELECT ON held TO {}").format(sql.Identifier(role)))
         with pytest.raises(CommandError, match=r"SALESFLOW_ROLE_PREFIX") as refused:
-            run("seed_legacy", tenants=1, contacts=1, activities=1, replace=True)
+            run("seed_legacy", tenants=1, contacts=1, activities=1, replace=True, interactive=False)
         assert one_line(str(refused.value))
         assert f"role {role} cannot be dropped" in str(refused.value)
     finally:

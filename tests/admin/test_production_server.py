@@ -203,11 +203,18 @@ def test_production_server_serves_the_admin_and_refreshes_the_dashboard(producti
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "production-dashboard-running.png"), full_page=True)
 
+    # A failed answer (a proxy's 502 while the server restarts) is retried: the page says so and goes on.
+    progress = "**/dashboard/progress/**"
+    page.route(progress, lambda route: route.fulfill(status=502, body="bad gateway"))
+    page.wait_for_selector("#live-status:has-text('refresh failed: HTTP 502; numbers as of ')")
+    assert "retrying in 2 s" in page.inner_text("#live-status")
+    page.unroute(progress)
     move_the_copy_on(
         "UPDATE public.schema_migrations SET rows_copied = 20, rows_expected = 30 WHERE migration_id = %s",
         RUNNING_COPY,
     )
     page.wait_for_function("document.getElementById('running-steps').innerText.includes('20 / 30')")
+    page.wait_for_selector("#live-status:has-text('refreshing every 1 s')")
     assert page.inner_text("#tenant-rows-moved") == "50"
 
     move_the_copy_on(
@@ -230,6 +237,20 @@ def test_production_server_serves_the_admin_and_refreshes_the_dashboard(producti
     page.wait_for_timeout(2_500)
     assert len(progress_requests) == asked
     page.screenshot(path=str(ARTIFACTS / "production-dashboard-done.png"), full_page=True)
+
+    # A session that ends while the page refreshes (signed out elsewhere, expired): one line, no more asking.
+    move_the_copy_on(
+        "UPDATE public.schema_migrations SET status = %s, completed_at = NULL WHERE migration_id = %s",
+        Status.RUNNING.value,
+        RUNNING_COPY,
+    )
+    page.reload()
+    page.wait_for_selector("#live-status:has-text('refreshing every 1 s')")
+    move_the_copy_on("DELETE FROM public.django_session")
+    page.wait_for_selector("#live-status:has-text('live refresh stopped: signed out')")
+    asked = len(progress_requests)
+    page.wait_for_timeout(2_500)
+    assert len(progress_requests) == asked
 
 
 @pytest.mark.django_db(transaction=True)

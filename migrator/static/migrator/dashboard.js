@@ -1,6 +1,8 @@
 // The dashboard refreshes its numbers in place while a phase runs: every few seconds it asks the progress
 // endpoint (the same read model as the page, as JSON) and rewrites the counts, states, bars, running steps
-// and totals. It stops once two answers in a row say nothing runs (one could fall between two steps).
+// and totals. It stops once two answers in a row say nothing runs (one could fall between two steps). A failed
+// answer (a restarting server, a proxy's 502, a network blip) is retried later and later, up to once a minute,
+// while the page says since when its numbers are; a session that has ended stops it with a line saying so.
 "use strict";
 (function () {
   const script = document.getElementById("dashboard-refresh");
@@ -8,7 +10,9 @@
   const delay = Math.max(1, Number(script.dataset.seconds) || 5) * 1000;
   const number = (value) => (value === null || value === undefined ? "—" : Number(value).toLocaleString("en-US"));
   const slug = (state) => state.replace(/\s+/g, "-");
+  const longestRetry = 60 * 1000;
   let idle = 0;
+  let failures = 0;
 
   function element(tag, attributes, text) {
     const node = document.createElement(tag);
@@ -99,16 +103,27 @@
   }
 
   async function poll() {
+    let data;
     try {
       const response = await fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin" });
+      // The admin sends a request without a valid session to its login page.
+      if (response.redirected || response.status === 401 || response.status === 403) {
+        status("(live refresh stopped: signed out; reload the page to sign in again)");
+        return;
+      }
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
-      const data = await response.json();
-      show(data);
-      idle = data.running ? 0 : idle + 1;
+      data = await response.json();
     } catch (error) {
-      status(`(live refresh stopped: ${error.message}; reload the page)`);
+      failures += 1;
+      const wait = Math.min(delay * 2 ** failures, longestRetry);
+      const shown = document.getElementById("generated-at").textContent;
+      status(`(refresh failed: ${error.message}; numbers as of ${shown}; retrying in ${wait / 1000} s)`);
+      setTimeout(poll, wait);
       return;
     }
+    failures = 0;
+    show(data);
+    idle = data.running ? 0 : idle + 1;
     if (idle >= 2) {
       status("(nothing running: live refresh stopped)");
       return;

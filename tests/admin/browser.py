@@ -7,6 +7,7 @@ import importlib.util
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,3 +26,12 @@ BROWSER_MARKS = [
         reason="playwright is not installed (pip install -e '.[browser]')",
     ),
 ]
+
+
+def csp_violations(page: Any) -> list[str]:
+    """What the page's Content-Security-Policy refuses from now on, as the browser reports it (kept up to date)."""
+    refused: list[str] = []
+    page.on(
+        "console", lambda message: refused.append(message.text) if "Content Security Policy" in message.text else None
+    )
+    return refused

@@ -17,7 +17,7 @@ from django.core.management import CommandError
 
 from migrator import db
 from migrator.models import MigrationRecord, Status
-from tests.admin.browser import ARTIFACTS, BROWSER_MARKS, CHROMIUM, PASSWORD, USERNAME
+from tests.admin.browser import ARTIFACTS, BROWSER_MARKS, CHROMIUM, PASSWORD, USERNAME, csp_violations
 from tests.helpers import run
 
 pytestmark = BROWSER_MARKS
@@ -67,6 +67,7 @@ def test_operator_walkthrough(migrated_with_one_failure: MigrationRecord, live_s
     failed = migrated_with_one_failure
     assert failed.migration_id == "data/acme_0001/copy_table/contact_data_contacts"
     page = browser_page
+    refused = csp_violations(page)
 
     page.goto(f"{live_server.url}/admin/migrator/migrationrecord/dashboard/")
     assert "/admin/login/" in page.url  # anonymous: sent to the login page, back here afterwards
@@ -109,3 +110,4 @@ def test_operator_walkthrough(migrated_with_one_failure: MigrationRecord, live_s
     acme = page.locator("#result_list tbody tr", has_text="acme_0001")
     assert "FAILED" in acme.inner_text()
     shot(page, "tenants")
+    assert refused == []  # every page of the walk within the Content-Security-Policy

@@ -249,6 +249,12 @@ def test_dashboard_page(viewer_client: Client, scenario) -> None:
     assert "1 h 0 min" in page
     assert 'class="sf-failed"' in page
     assert "width: 25.000%" in page
+    # Scripts from this site only: an injected <script> or inline handler would not run.
+    policy = dict(part.strip().split(" ", 1) for part in response["Content-Security-Policy"].split(";"))
+    assert policy["script-src"] == "'self'"
+    assert (policy["object-src"], policy["frame-ancestors"]) == ("'none'", "'none'")
+    assert "<script>" not in page
+    assert " onclick=" not in page
 
 
 @pytest.mark.django_db

@@ -76,6 +76,16 @@ def _ignore(*args: object) -> None:
     return None
 
 
+class Progress(Protocol):
+    """How far a step got: ``done`` of ``total`` (None: not known) ``unit`` (rows, unless the step says)."""
+
+    def __call__(self, done: int, total: int | None, unit: str = "rows") -> None: ...
+
+
+def _ignore_progress(done: int, total: int | None, unit: str = "rows") -> None:
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class KeyRange:
     """One part of a large table split by its single integer key: the keys above ``after`` up to and
@@ -139,8 +149,9 @@ def ranges_in_order(
 class StepReporter:
     """What a running step tells the engine, which owns the step's tracking row.
 
-    ``progress(done, total)`` is shown to the operator. ``expected(rows)`` stores the source row
-    count once it is known. ``checkpoint(key, rows_done)`` stores how far a copy got; it is called
+    ``progress(done, total, unit)`` is shown to the operator (``unit``: rows unless the step says).
+    ``expected(rows)`` stores the source row count once it is known. ``checkpoint(key, rows_done)``
+    stores how far a copy got; it is called
     inside the batch's transaction, so the checkpoint commits with the batch it describes.
     ``fence()`` is called at the start of each batch's transaction and raises when this run may no
     longer write (it lost the migrator lock): the batch then rolls back and the step stops.
@@ -162,7 +173,7 @@ class StepReporter:
     phase's ``tenant_context`` yielded for the tenant this step runs for (None: outside one).
     """
 
-    progress: Callable[[int, int | None], None] = _ignore
+    progress: Progress = _ignore_progress
     expected: Callable[[int], None] = _ignore
     checkpoint: Callable[[int | None, int], None] = _ignore
     fence: Callable[[], None] = _ignore
@@ -188,3 +199,4 @@ class Event:
     index: int | None = None
     count: int | None = None
     message: str | None = None  # notice: what the engine decided for the operator (e.g. --jobs capped)
+    unit: str = "rows"  # of done and total

@@ -83,7 +83,7 @@ def run_range(
     started_at = recording.start(record).started_at or timezone.now()
     atomic_depth = len(connection.atomic_blocks)
     reporter = StepReporter(
-        progress=lambda rows, _total: range_progress(key_range.index, rows),
+        progress=lambda rows, _total, _unit="rows": range_progress(key_range.index, rows),
         checkpoint=lambda key, rows: tracking.save_checkpoint(record.pk, key, rows),
         fence=still_locked,
     )

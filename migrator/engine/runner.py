@@ -361,7 +361,7 @@ class PhaseRunner:
         started = time.monotonic()
         self.on_event(Event("step_start", phase.name, step, index=index, count=count))
 
-        def progress(done: int, total: int | None) -> None:
+        def progress(done: int, total: int | None, unit: str = "rows") -> None:
             self.on_event(
                 Event(
                     "step_progress",
@@ -372,6 +372,7 @@ class PhaseRunner:
                     elapsed=time.monotonic() - started,
                     index=index,
                     count=count,
+                    unit=unit,
                 )
             )
 

@@ -91,8 +91,8 @@ class ConsoleReporter:
         if now - self._last_progress.get(event.step.key, 0) < 1.0 and event.done != event.total:
             return
         self._last_progress[event.step.key] = now
-        rate = human_rate(event.done or 0, event.elapsed or 0)
-        self._write(f"{self._prefix(event)} ... {event.done:,}/{event.total or 0:,} rows {rate}")
+        rate = human_rate(event.done or 0, event.elapsed or 0) if event.unit == "rows" else ""
+        self._write(f"{self._prefix(event)} ... {event.done:,}/{event.total or 0:,} {event.unit} {rate}".rstrip())
 
     def _on_step_success(self, event: Event) -> None:
         if self._bar is not None:

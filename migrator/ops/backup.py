@@ -93,17 +93,45 @@ def _die_with_parent() -> None:
 def _run(cmd: list[str], env: dict[str, str], what: str) -> str:
     # PDEATHSIG fires when the thread that started the child ends; steps that call this run on the
     # runner's main thread, which lives as long as the process.
-    preexec = _die_with_parent if sys.platform.startswith("linux") else None
-    completed = subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=preexec)
-    if completed.returncode != 0:
-        advice = ""
-        if "out of shared memory" in completed.stderr:
-            advice = (
-                "; the server's lock table is full (other sessions hold locks too): set "
-                "SALESFLOW_BACKUP_PART_TABLES to dump in smaller parts, or raise max_locks_per_transaction"
-            )
-        raise MigrationError(f"{what} failed (exit {completed.returncode}): {first_error(completed.stderr)}{advice}")
+    completed = subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=_preexec())
+    _refuse_failure(what, completed.returncode, completed.stderr)
     return completed.stdout
+
+
+def _preexec() -> Callable[[], None] | None:
+    return _die_with_parent if sys.platform.startswith("linux") else None
+
+
+def _refuse_failure(what: str, returncode: int, stderr: str) -> None:
+    if returncode == 0:
+        return
+    advice = ""
+    if "out of shared memory" in stderr:
+        advice = (
+            "; the server's lock table is full (other sessions hold locks too): set "
+            "SALESFLOW_BACKUP_PART_TABLES to dump in smaller parts, or raise max_locks_per_transaction"
+        )
+    raise MigrationError(f"{what} failed (exit {returncode}): {first_error(stderr)}{advice}")
+
+
+def _run_following(cmd: list[str], env: dict[str, str], what: str, on_line: Callable[[str], None]) -> None:
+    """``_run`` of a tool that says what it does on stderr (``--verbose``): each line to ``on_line`` as it
+    comes; stdout is not kept."""
+    lines: list[str] = []
+    with subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_preexec()
+    ) as child:
+        assert child.stderr is not None
+        for line in child.stderr:
+            on_line(line)
+            if not line.startswith(f"{Path(cmd[0]).name}: ") or ": error:" in line or ": warning:" in line:
+                lines.append(line)  # what went wrong, without the lines that only say what was done
+    _refuse_failure(what, child.returncode, "".join(lines))
+
+
+# pg_restore --verbose: an item of the table of contents restored, whether by the one process or by a
+# parallel worker (--jobs: these lines come besides "launching item N" and "finished item N").
+RESTORED_ITEM = re.compile(r"^pg_restore: (?:creating|executing|processing data) ")
 
 
 # pg_restore's error when the restoring role may not give an object to its owner (15: "must be member of
@@ -295,8 +323,15 @@ def check_backup(info: BackupInfo) -> None:
         )
 
 
-def restore_backup(pg_restore: Path, info: BackupInfo, jobs: int, database: str | None = None) -> None:
-    """pg_restore of every part, in order, into this database (or ``database`` on the same server).
+def restore_backup(
+    pg_restore: Path,
+    info: BackupInfo,
+    jobs: int,
+    database: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """pg_restore of every part, in order, into this database (or ``database`` on the same server);
+    ``progress(items done, items)`` as the items of the backup's table of contents are restored.
 
     Every object gets back the owner it had (no ``--no-owner``): a schema, table, view or function the
     application's or a reporting role owned would otherwise belong to whoever restores, and that role
@@ -307,10 +342,20 @@ def restore_backup(pg_restore: Path, info: BackupInfo, jobs: int, database: str 
     if database is not None:
         args[args.index("-d") + 1] = database
     parts = backup_parts(Path(info.path))
+    total = sum(1 for _ in list_backup(pg_restore, Path(info.path))) if progress else 0
+    done = 0
+
+    def follow(line: str) -> None:
+        nonlocal done
+        if progress and RESTORED_ITEM.match(line):
+            done += 1
+            progress(min(done, total), total)
+
     for number, part in enumerate(parts):
         what = "pg_restore" if len(parts) == 1 else f"pg_restore of part {number + 1} of {len(parts)}"
+        command = [str(pg_restore), f"--jobs={max(1, jobs)}", "--exit-on-error", "--verbose", *args, str(part)]
         try:
-            _run([str(pg_restore), f"--jobs={max(1, jobs)}", "--exit-on-error", *args, str(part)], env, what)
+            _run_following(command, env, what, follow)
         except MigrationError as exc:
             if OWNER_REFUSED.search(str(exc)):
                 raise MigrationError(
@@ -318,6 +363,8 @@ def restore_backup(pg_restore: Path, info: BackupInfo, jobs: int, database: str 
                     "of that role)"
                 ) from None
             raise
+    if progress:  # a few entries (the encoding, comments) are not reported item by item
+        progress(total, total)
 
 
 def latest_backup(backup_step: StepRef, backup_dir: Path | None = None) -> BackupInfo | None:

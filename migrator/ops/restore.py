@@ -30,6 +30,7 @@ name.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -347,9 +348,15 @@ def schemas_in_backup(pg_restore: Path, info: BackupInfo) -> list[str]:
 
 
 def restore_database(
-    info: BackupInfo, jobs: int, history_dir: Path, bin_dirs: tuple[str, ...] = (), lock: RunLock | None = None
+    info: BackupInfo,
+    jobs: int,
+    history_dir: Path,
+    bin_dirs: tuple[str, ...] = (),
+    lock: RunLock | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> RestoreDetails:
-    """Replace this database with the backup (see the module's docstring); tracking history kept.
+    """Replace this database with the backup (see the module's docstring); tracking history kept;
+    ``progress(items done, items)`` while ``pg_restore`` restores the backup's table of contents.
 
     Until the swap nothing of this database changes: any failure before it drops the new database
     and leaves this one as it was.
@@ -364,7 +371,7 @@ def restore_database(
         try:
             create_scratch(admin, names)
             try:
-                backup.restore_backup(pg_restore, info, jobs, database=names.scratch)
+                backup.restore_backup(pg_restore, info, jobs, database=names.scratch, progress=progress)
             except MigrationError as exc:
                 raise MigrationError(
                     f"{exc}; database {names.database} was left as it was (the backup went into a new database, "

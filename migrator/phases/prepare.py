@@ -230,7 +230,7 @@ class PreparePhase(Phase):
             ctx.jobs,
             major,
             max_part_tables=ctx.config.backup_part_tables,
-            progress=reporter.progress,
+            progress=lambda done, parts: reporter.progress(done, parts, "parts of the backup"),
             backup_step=self.BACKUP,
         )
         parts = f", {info.parts} parts" if info.parts > 1 else ""

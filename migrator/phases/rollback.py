@@ -212,7 +212,14 @@ class RollbackPhase(Phase):
 
     def _restore_backup(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         info = recorded_backup(ctx)
-        details = restore.restore_database(info, ctx.jobs, ctx.config.backup_dir, ctx.config.bin_dirs, ctx.lock)
+        details = restore.restore_database(
+            info,
+            ctx.jobs,
+            ctx.config.backup_dir,
+            ctx.config.bin_dirs,
+            ctx.lock,
+            progress=lambda done, items: reporter.progress(done, items, "items of the backup restored"),
+        )
         return StepResult(
             message=f"restored {info.path}; {details['history_rows']} tracking rows and "
             f"{details['admin_account_rows']} rows of the admin site's accounts kept",

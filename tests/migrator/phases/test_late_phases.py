@@ -7,6 +7,7 @@ the phase-1 backup, or damage it, run phase 1 themselves so their backup is a re
 from __future__ import annotations
 
 import json
+import re
 from io import StringIO
 from pathlib import Path
 
@@ -227,7 +228,11 @@ def test_restore_brings_back_the_backup_and_keeps_the_history(seeded):
     operator.groups.add(reviewers)
     AccessAttempt.objects.create(username="intruder", ip_address="10.0.0.9", failures_since_start=3)
     history_ids = set(MigrationRecord.objects.values_list("id", flat=True))
-    run("migrate_phase", "rollback", interactive=False, restore=True)
+    out = run("migrate_phase", "rollback", interactive=False, restore=True, verbosity=2)
+    # pg_restore's progress, item by item of the backup's table of contents, up to the last one
+    restored = [tuple(map(int, m)) for m in re.findall(r"\.\.\. (\d+)/(\d+) items of the backup restored", out)]
+    assert len(restored) >= 2, out
+    assert restored[-1][0] == restored[-1][1] > 100
     operator = User.objects.get(username="operator")
     assert operator.check_password("a long passphrase")
     assert operator.is_superuser

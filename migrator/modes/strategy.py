@@ -25,7 +25,7 @@ from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.models import DeferredConstraint
 from migrator.modes import online
 from migrator.ops import capture, constraints, twoway
-from migrator.ops.constraints import RunTasks
+from migrator.ops.constraints import RebuildProgress, RunTasks
 from migrator.ops.copies import compare
 from migrator.ops.fingerprint import Comparison
 from migrator.ops.table_copy import TableCopy
@@ -71,7 +71,9 @@ class MigrationMode:
     def mark_copied(self, ctx: MigrationContext, scope: str, tables: list[str]) -> None:
         """The tables' rows are in the target (merged reference tables: nothing is applied here)."""
 
-    def restore_before_apply(self, schema: str, table: str, advice: str, parallel: RunTasks | None) -> int:
+    def restore_before_apply(
+        self, schema: str, table: str, advice: str, parallel: RunTasks | None, progress: RebuildProgress
+    ) -> int:
         """Before :meth:`after_copy`, the new table's constraints it needs (how many were rebuilt)."""
         return 0
 
@@ -176,12 +178,14 @@ class OnlineMode(MigrationMode):
     def mark_copied(self, ctx: MigrationContext, scope: str, tables: list[str]) -> None:
         online.mark_copied(ctx, scope, tables)
 
-    def restore_before_apply(self, schema: str, table: str, advice: str, parallel: RunTasks | None) -> int:
+    def restore_before_apply(
+        self, schema: str, table: str, advice: str, parallel: RunTasks | None, progress: RebuildProgress
+    ) -> int:
         # What was written meanwhile is applied before the foreign keys are rebuilt (after the indexes:
         # the apply upserts by key), so a contact and its activity written in one transaction are both
         # there, or both gone.
         return constraints.restore_constraints(
-            schema, table, advice=advice, kind=DeferredConstraint.Kind.INDEX, parallel=parallel
+            schema, table, advice=advice, kind=DeferredConstraint.Kind.INDEX, parallel=parallel, progress=progress
         )
 
     def catch_up(

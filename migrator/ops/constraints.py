@@ -15,6 +15,7 @@ would make that rebuild fail loudly.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 from django.db import DatabaseError, transaction
@@ -119,6 +120,23 @@ REBUILD_ADVICE = (
 Task = Callable[[], None]
 # Runs (size, task) pairs, on several connections at once where the caller has them.
 RunTasks = Callable[[list[tuple[int, Task]]], None]
+# (rebuilt so far, to rebuild): after each index or foreign key, from whichever connection built it
+RebuildProgress = Callable[[int, int], None]
+
+
+def _counter(total: int, progress: RebuildProgress | None) -> Task:
+    """A callable that counts one more rebuilt item and reports it (thread-safe: parallel builds call it)."""
+    lock = threading.Lock()
+    done = 0
+
+    def one_more() -> None:
+        nonlocal done
+        with lock:
+            done += 1
+            if progress is not None:
+                progress(done, total)
+
+    return one_more
 
 
 def restore_constraints(
@@ -128,6 +146,7 @@ def restore_constraints(
     advice: str = REBUILD_ADVICE,
     kind: DeferredConstraint.Kind | None = None,
     parallel: RunTasks | None = None,
+    progress: RebuildProgress | None = None,
 ) -> int:
     """Rebuild what :func:`defer_constraints` dropped: indexes, then foreign keys NOT VALID + VALIDATE
     (``kind``: only those).
@@ -141,16 +160,20 @@ def restore_constraints(
     kill leaves every index either built or still recorded. The primary key is built first, on its own
     (``ADD PRIMARY KEY`` locks the table exclusively), and the foreign keys last, one transaction as
     before (``VALIDATE`` conflicts with itself).
+
+    ``progress(rebuilt, of)`` after each index and foreign key: on a large table the rebuild takes minutes
+    after the last row was copied.
     """
     found = DeferredConstraint.objects.filter(schema_name=schema, table_name=table)
     deferred = list(found if kind is None else found.filter(kind=kind))
     if not deferred:  # a small table copied with its constraints in place: nothing to rebuild
         return 0
+    one_more = _counter(len(deferred), progress)
     try:
         if parallel is None:
-            _rebuild(schema, table, deferred, maintenance_work_mem)
+            _rebuild(schema, table, deferred, maintenance_work_mem, one_more)
         else:
-            _rebuild_in_parallel(schema, table, deferred, maintenance_work_mem, parallel)
+            _rebuild_in_parallel(schema, table, deferred, maintenance_work_mem, parallel, one_more)
     except DatabaseError as exc:
         diag = getattr(exc.__cause__, "diag", None)
         reason = getattr(diag, "message_primary", None) or str(exc).strip().splitlines()[0]
@@ -165,7 +188,9 @@ def restore_constraints(
     return len(deferred)
 
 
-def _rebuild(schema: str, table: str, deferred: list[DeferredConstraint], maintenance_work_mem: str) -> None:
+def _rebuild(
+    schema: str, table: str, deferred: list[DeferredConstraint], maintenance_work_mem: str, one_more: Task
+) -> None:
     with transaction.atomic():
         with db.local_settings(maintenance_work_mem=maintenance_work_mem, **QUALIFY_ALL):
             for item in deferred:
@@ -173,6 +198,7 @@ def _rebuild(schema: str, table: str, deferred: list[DeferredConstraint], mainte
                     # PostgreSQL's own pg_get_indexdef output (a deferred primary key: its
                     # pg_get_constraintdef output in an ALTER TABLE statement), not outside input.
                     db.execute(sql.SQL(item.definition))
+                    one_more()
             for item in deferred:
                 if item.kind == DeferredConstraint.Kind.FOREIGN_KEY:
                     db.execute(
@@ -185,33 +211,40 @@ def _rebuild(schema: str, table: str, deferred: list[DeferredConstraint], mainte
                             sql.Identifier(schema, table), sql.Identifier(item.name)
                         )
                     )
+                    one_more()
         DeferredConstraint.objects.filter(pk__in=[item.pk for item in deferred]).delete()
 
 
-def _build_index(item: DeferredConstraint, maintenance_work_mem: str) -> None:
+def _build_index(item: DeferredConstraint, maintenance_work_mem: str, one_more: Task) -> None:
     """One deferred index (or primary key) built, and its record gone, in one transaction."""
     with transaction.atomic():
         with db.local_settings(maintenance_work_mem=maintenance_work_mem, **QUALIFY_ALL):
             db.execute(sql.SQL(item.definition))  # PostgreSQL's own definition, as in _rebuild
         DeferredConstraint.objects.filter(pk=item.pk).delete()
+    one_more()
 
 
 def _rebuild_in_parallel(
-    schema: str, table: str, deferred: list[DeferredConstraint], maintenance_work_mem: str, parallel: RunTasks
+    schema: str,
+    table: str,
+    deferred: list[DeferredConstraint],
+    maintenance_work_mem: str,
+    parallel: RunTasks,
+    one_more: Task,
 ) -> None:
     indexes = [item for item in deferred if item.kind == DeferredConstraint.Kind.INDEX]
     primary = [item for item in indexes if item.definition.startswith("ALTER TABLE")]
     for item in primary:
-        _build_index(item, maintenance_work_mem)
+        _build_index(item, maintenance_work_mem, one_more)
     secondary = [item for item in indexes if item not in primary]
 
     def build(item: DeferredConstraint) -> Task:
-        return lambda: _build_index(item, maintenance_work_mem)
+        return lambda: _build_index(item, maintenance_work_mem, one_more)
 
     parallel([(1, build(item)) for item in secondary])
     foreign_keys = [item for item in deferred if item.kind == DeferredConstraint.Kind.FOREIGN_KEY]
     if foreign_keys:
-        _rebuild(schema, table, foreign_keys, maintenance_work_mem)
+        _rebuild(schema, table, foreign_keys, maintenance_work_mem, one_more)
 
 
 def unvalidated_foreign_keys(schema: str, table: str) -> list[str]:

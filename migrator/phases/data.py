@@ -353,10 +353,14 @@ class DataPhase(Phase):
             )
             # a table copied in ranges: its indexes built by every free connection too
             parallel = reporter.parallel if stats.ranges else None
-            rebuilt = copy_mode.restore_before_apply(tenant.schema, spec.target_table, advice, parallel)
+
+            def rebuilding(done: int, total: int) -> None:
+                reporter.progress(done, total, "indexes and foreign keys rebuilt")
+
+            rebuilt = copy_mode.restore_before_apply(tenant.schema, spec.target_table, advice, parallel, rebuilding)
             applied = copy_mode.after_copy(ctx, tenant.schema, [spec.legacy_table], reporter)
             rebuilt += constraints.restore_constraints(
-                tenant.schema, spec.target_table, advice=advice, parallel=parallel
+                tenant.schema, spec.target_table, advice=advice, parallel=parallel, progress=rebuilding
             )
             # After the rebuild: the new table's own indexes are all there to be compared with, and a
             # carried unique index is built once over the copied rows.

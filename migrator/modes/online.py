@@ -460,8 +460,9 @@ def rollback_refusals(ctx: MigrationContext, scopes: list[str]) -> list[str]:
 
 
 def stop_sync(ctx: MigrationContext, scope: str) -> StepResult:
-    """Rollback of a synced scope: sync triggers gone and the legacy sequences back to steps of 1 past every
-    id issued, in one transaction with bounded lock waits (retried); the legacy tables hold every write."""
+    """Rollback of a synced scope: sync triggers gone, the new tables refusing writes until the rollback drops
+    them, and the legacy sequences back to steps of 1 past every id issued, in one transaction with bounded
+    lock waits (retried); the legacy tables hold every write."""
     check_lock_timeout(ctx.options.lock_timeout_ms)
     copies, refs = _scope_tables(ctx, scope)
     facts = OnlineSwitchDetails()
@@ -469,6 +470,7 @@ def stop_sync(ctx: MigrationContext, scope: str) -> StepResult:
     def stop() -> None:
         _lock_scope(scope, copies, refs)
         facts["triggers_dropped"] = twoway.remove_sync(scope)
+        twoway.refuse_writes_to_new_tables(copies.values())
         facts["sequences"] = {
             table: single_sequence((scope, table), (c.target_schema, c.target_table))
             for table, c in copies.items()

@@ -60,6 +60,16 @@ SYNCING = "salesflow.syncing"
 ROW_TRIGGER = "salesflow_sync"
 WRITE_TRIGGER = "salesflow_sync_legacy_write"
 TRUNCATE_TRIGGER = "salesflow_sync_truncate"
+# On a rolled-back scope's new tables from the sync's stop until they are dropped: a write there would be lost.
+ROLLED_BACK_TRIGGER = "salesflow_rolled_back"
+_REFUSE_WRITES_ROLLED_BACK = sql.SQL("""
+CREATE OR REPLACE FUNCTION {schema}.refuse_write_rolled_back() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+  RAISE EXCEPTION USING ERRCODE = 'read_only_sql_transaction', MESSAGE = format(
+    '%I.%I is being rolled back by the salesflow migrator: its rows are in %s now; write there',
+    TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]);
+END $fn$
+""")
 # How long a synced write waits for the other side's row (see apply_row): under deadlock_timeout, above
 # the migrator's --lock-timeout (online.check_lock_timeout keeps it so).
 SYNC_LOCK_TIMEOUT_MS = 500
@@ -190,6 +200,8 @@ def install_row_sync(
     copy: TableCopy, references: Iterable[ReverseReference] = (), children: Iterable[LegacyChild] = ()
 ) -> None:
     """Both directions between ``copy``'s legacy table and its new table (caller's transaction, tables locked)."""
+    # a rollback that stopped the sync and did not drop the new table (it failed after): the sync writes there
+    db.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(ROLLED_BACK_TRIGGER), copy.target))
     key = json.dumps(list(copy.key))
     for table, (copying, deleting) in (
         (copy.source, forward_statements(copy)),
@@ -260,6 +272,25 @@ def record_synced(scope: str, tenant_id: str | None, tables: dict[str, str]) -> 
         ).format(SCOPES),
         [scope, tenant_id, json.dumps(tables)],
     )
+
+
+def refuse_writes_to_new_tables(copies: Iterable[TableCopy]) -> None:
+    """The new tables of a scope whose sync stopped for a rollback refuse every write until the rollback
+    drops them (caller's transaction): the legacy tables hold the rows now, and a write to a new table
+    would be lost with it, its id issued again by the legacy sequence."""
+    db.execute(_REFUSE_WRITES_ROLLED_BACK.format(**_args()))
+    for copy in copies:
+        db.execute(
+            sql.SQL(
+                "CREATE OR REPLACE TRIGGER {trigger} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {table} "
+                "FOR EACH STATEMENT EXECUTE FUNCTION {fn}({legacy})"
+            ).format(
+                trigger=sql.Identifier(ROLLED_BACK_TRIGGER),
+                table=copy.target,
+                fn=sql.Identifier(SYNC_SCHEMA, "refuse_write_rolled_back"),
+                legacy=sql.Literal(f"{copy.source_schema}.{copy.source_table}"),
+            )
+        )
 
 
 def remove_sync(scope: str) -> list[str]:

@@ -6,14 +6,19 @@ from __future__ import annotations
 import threading
 import time
 
+import psycopg
 import pytest
 from django.core.management.base import CommandError
+from psycopg import sql
 
+from migrator.config import get_config
+from migrator.core.context import MigrationContext, RunOptions
+from migrator.modes import online
 from migrator.ops import twoway
 from tenants.models import MigrationState, Tenant
 from tests.helpers import run
 from tests.migrator.helpers import content, plain_columns, psycopg_connect, table_names, value
-from tests.migrator.online.support import ACTIVITIES, CONTACTS, TENANT, cut_over_online, on_tenant
+from tests.migrator.online.support import ACTIVITIES, AUTH, CONTACTS, TENANT, cut_over_online, on_tenant
 
 
 def test_rollback_after_an_online_cutover_keeps_every_write_made_on_either_side(synced):
@@ -47,6 +52,38 @@ def test_rollback_after_an_online_cutover_keeps_every_write_made_on_either_side(
         ]
     assert ids[0] > new_id
     assert ids[1] == ids[0] + 1
+
+
+def test_the_new_tables_refuse_writes_once_a_rollback_stopped_their_sync_until_they_are_dropped(synced):
+    """Between a scope's sync stop and the drop of its new tables (the next steps: other tenants first, the
+    auth tables last), a write to a new table would be lost and its id issued again by the legacy sequence."""
+    cut_over_online()
+    ctx = MigrationContext(config=get_config(), options=RunOptions(lock_timeout_ms=200))
+    online.stop_sync(ctx, TENANT)
+    online.stop_sync(ctx, AUTH)
+    legacy_rows = value(on_tenant("SELECT count(*) FROM {}", "contacts"))
+
+    with psycopg_connect() as conn:
+        for statement in (
+            on_tenant("INSERT INTO {} (first_name, created_at) VALUES ('after the stop', now())", CONTACTS),
+            on_tenant("UPDATE {} SET first_name = 'after the stop' WHERE id = 1", CONTACTS),
+            on_tenant("DELETE FROM {} WHERE id = 3", ACTIVITIES),
+            sql.SQL("INSERT INTO auth.users (email, password_hash, created_at) VALUES ('gap@example.com', 'h', now())"),
+        ):
+            with pytest.raises(psycopg.errors.ReadOnlySqlTransaction, match="is being rolled back") as refused:
+                conn.execute(statement)
+            conn.rollback()
+        assert "write there" in str(refused.value)
+        assert "salesflow_auth.users" in str(refused.value)  # where the rows are now
+        conn.execute(on_tenant("UPDATE {} SET first_name = 'legacy side' WHERE id = 1", "contacts"))  # still written
+        conn.commit()
+
+    run("migrate_phase", "rollback", interactive=False)
+    assert value(on_tenant("SELECT count(*) FROM {}", "contacts")) == legacy_rows
+    assert value(on_tenant("SELECT first_name FROM {} WHERE id = 1", "contacts")) == "legacy side"
+    assert value("SELECT count(*) FROM salesflow_auth.users WHERE email = 'gap@example.com'") == 0
+    assert CONTACTS not in table_names(TENANT)
+    assert value("SELECT count(*) FROM pg_trigger WHERE tgname = 'salesflow_rolled_back'") == 0
 
 
 def test_a_refused_rollback_changes_nothing(synced):

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-from django.db import DataError, transaction
+from django.db import DataError, NotSupportedError, transaction
 from psycopg import sql
 
 from migrator import catalog, db
@@ -107,9 +107,10 @@ SAMPLE_KEYS = 5
 def _inexact_rows(copy: TableCopy, difference: TypeDifference) -> tuple[int, list[str]]:
     """Rows whose ``difference.column`` the target cannot hold exactly, and the first few keys: one query.
 
-    Set-based first; a cast that raises (a value out of the target's range, text jsonb refuses)
-    aborts that query, so it runs in a savepoint and, if it raised, again through a function that
-    catches the error value by value (made for this column in pg_temp and dropped after).
+    Set-based first; a cast that raises (a value out of the target's range, text jsonb refuses, a
+    numeric NaN or infinity into an integer: "cannot convert", SQLSTATE 0A000) aborts that query, so it
+    runs in a savepoint and, if it raised, again through a function that catches the error value by value
+    (made for this column in pg_temp and dropped after).
     """
     column = sql.SQL("s.{}").format(sql.Identifier(difference.column))
     keys = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(k)) for k in copy.key)
@@ -124,10 +125,12 @@ def _inexact_rows(copy: TableCopy, difference: TypeDifference) -> tuple[int, lis
     try:
         with transaction.atomic():
             row = rows_where(_changed_by_conversion(copy, difference, column))
-    except (DataError, psycopg.errors.DataException):
+    except (DataError, NotSupportedError, psycopg.errors.DataException, psycopg.errors.FeatureNotSupported):
         with transaction.atomic():
             function = sql.Identifier("pg_temp", "migrator_inexact_value")
-            body = sql.SQL("BEGIN RETURN {bad}; EXCEPTION WHEN data_exception THEN RETURN true; END").format(
+            body = sql.SQL(
+                "BEGIN RETURN {bad}; EXCEPTION WHEN data_exception OR feature_not_supported THEN RETURN true; END"
+            ).format(
                 bad=_changed_by_conversion(copy, difference, sql.SQL("v"))
             )
             db.execute(

@@ -25,8 +25,9 @@ from migrator.ops.conversions import legacy_timezone
 from migrator.ops.copy import copy_table
 from migrator.ops.table_copy import TableCopy
 from migrator.tables import TENANT_DATA_TABLES
+from tenants.models import MigrationState, Tenant
 from tests.helpers import run
-from tests.migrator.helpers import count, latest, one_line, value
+from tests.migrator.helpers import count, latest, manage_here, one_line, value
 
 TENANT = "acme_0001"
 SCHEMA = f"tenant_{TENANT}"
@@ -68,6 +69,33 @@ def test_a_number_out_of_the_target_range_is_refused_naming_the_column(schemas_r
     assert "bigint out of range" not in message
     assert f"{SCHEMA}.contacts.owner_id (numeric) has 1 rows of values it cannot hold exactly" in message
     assert "(bigint), e.g. id 6;" in message
+
+
+def test_a_numeric_nan_is_refused_naming_the_column_in_phase_1_and_3(seeded):
+    """NaN into bigint raises "cannot convert" (0A000, not a data exception): a traceback of --plan and an
+    error naming no table before."""
+    db.execute(sql.SQL("ALTER TABLE {} ALTER owner_id TYPE numeric").format(LEGACY))
+    db.execute(sql.SQL("UPDATE {} SET owner_id = 'NaN' WHERE id = 6").format(LEGACY))
+    expected = "contacts.owner_id: column type (numeric in the legacy table, bigint in the target; 1 rows it cannot "
+
+    planned = manage_here("migrate_phase", "prepare", "--plan")
+    assert planned.returncode == 0, planned.stderr
+    assert "Traceback" not in planned.stdout + planned.stderr
+    assert expected in planned.stdout
+
+    with pytest.raises(CommandError, match="drift finding") as refused:
+        run("migrate_phase", "prepare", interactive=False)
+    assert one_line(str(refused.value))
+    assert expected in str(refused.value)
+    assert "cannot convert" not in str(refused.value)
+
+    run("migrate_phase", "prepare", "--skip-schema", SCHEMA, interactive=False)  # the other tenants go on
+    states = dict(Tenant.objects.values_list("tenant_id", "migration_state"))
+    assert states == {
+        TENANT: MigrationState.EXCLUDED,
+        "empty_0001": MigrationState.REGISTERED,
+        "globex_0002": MigrationState.REGISTERED,
+    }
 
 
 def test_exact_numbers_of_another_type_are_copied_and_validate(schemas_ready):

@@ -433,6 +433,12 @@ def _constraint_findings(
     return findings
 
 
+BIGINT_MAX = 2**63 - 1
+# The new tables' ids (and, online, both sides' in one id space) continue after the highest id: a row written
+# near the end of bigint by hand would leave them a handful, or none.
+ID_HEADROOM = 1_000_000_000
+
+
 def _sequence_findings(schema: str, table: str, relation: Relation, shape: ExpectedTable) -> list[Finding]:
     if shape.key != ("id",) or "id" not in {c["name"] for c in relation.columns}:
         return []
@@ -440,6 +446,20 @@ def _sequence_findings(schema: str, table: str, relation: Relation, shape: Expec
     if facts is None:
         return []
     findings = []
+    if facts.max_id is not None and BIGINT_MAX - facts.max_id < ID_HEADROOM:
+        findings.append(
+            Finding(
+                schema,
+                table,
+                FindingKind.SEQUENCE,
+                facts.name,
+                f"max(id) {facts.max_id} (issued up to {facts.last_value}) leaves the new table's sequence, which "
+                f"continues after the highest id, {BIGINT_MAX - facts.max_id} ids",
+                Disposition.REFUSED,
+                f"give that row an id below {BIGINT_MAX - ID_HEADROOM} (its sequence never issued it), or "
+                f"--skip-schema {schema}",
+            )
+        )
     if facts.last_value is not None and facts.last_value > (facts.max_id or 0):
         findings.append(
             Finding(

@@ -121,6 +121,17 @@ def assert_refused_before_anything_changed(tenant_id: str, legacy_before: dict[s
             "tenant_acme_0001.contacts.owner_id",
             "1 rows it cannot hold exactly, e.g. id 5",
         ),
+        (
+            # by hand, near the end of bigint: the new table's ids (and online both sides') continue after it
+            (
+                "INSERT INTO tenant_acme_0001.contacts (id, first_name, last_name, email, created_at) "
+                "OVERRIDING SYSTEM VALUE VALUES (9223372036854775806, 'Far', 'Away', 'far@example.com', now())"
+            ),
+            FindingKind.SEQUENCE,
+            "tenant_acme_0001.contacts",
+            "max(id) 9223372036854775806 (issued up to 120) leaves the new table's sequence, which continues "
+            "after the highest id, 1 ids",
+        ),
     ],
     ids=[
         "extra-column",
@@ -130,6 +141,7 @@ def assert_refused_before_anything_changed(tenant_id: str, legacy_before: dict[s
         "duplicate-ids",
         "fractions-into-bigint",
         "out-of-range",
+        "id-near-the-end-of-bigint",
     ],
 )
 def test_drift_that_cannot_be_carried_refuses_the_tenant_in_one_line_and_the_others_go_on(

@@ -130,9 +130,7 @@ def _inexact_rows(copy: TableCopy, difference: TypeDifference) -> tuple[int, lis
             function = sql.Identifier("pg_temp", "migrator_inexact_value")
             body = sql.SQL(
                 "BEGIN RETURN {bad}; EXCEPTION WHEN data_exception OR feature_not_supported THEN RETURN true; END"
-            ).format(
-                bad=_changed_by_conversion(copy, difference, sql.SQL("v"))
-            )
+            ).format(bad=_changed_by_conversion(copy, difference, sql.SQL("v")))
             db.execute(
                 sql.SQL("CREATE FUNCTION {f}(v {t}) RETURNS boolean LANGUAGE plpgsql AS {body}").format(
                     f=function, t=sql.SQL(difference.legacy_type), body=sql.Literal(db.render(body))

@@ -129,8 +129,10 @@ def assert_refused_before_anything_changed(tenant_id: str, legacy_before: dict[s
             ),
             FindingKind.SEQUENCE,
             "tenant_acme_0001.contacts",
-            "max(id) 9223372036854775806 (issued up to 120) leaves the new table's sequence, which continues "
-            "after the highest id, 1 ids",
+            (
+                "max(id) 9223372036854775806 (issued up to 120) leaves the new table's sequence, which continues "
+                "after the highest id, 1 ids"
+            ),
         ),
     ],
     ids=[

@@ -105,13 +105,19 @@ def ensure_sync_schema() -> None:
     """The schema, bookkeeping and functions (idempotent; serialised: tenants start their sync in parallel)."""
     with transaction.atomic():
         db.execute("SELECT pg_advisory_xact_lock(hashtextextended('migrator two-way sync setup', 0))")
-        # the newest function: a schema an earlier release made gets this release's functions too
+        # the schema's comment names the release of its functions: an earlier release's get this one's
         if sync_ready() and db.fetchvalue(
-            "SELECT to_regprocedure('migrator_sync.refuse_crossed_write(xid[], text)') IS NOT NULL"
+            "SELECT obj_description(to_regnamespace(%s), 'pg_namespace') = %s",
+            [SYNC_SCHEMA, twoway_sql.FUNCTIONS_RELEASE],
         ):
             return
         for statement in (*twoway_sql.TABLES, *twoway_sql.FUNCTIONS, *twoway_sql.GUARD):
             db.execute(sql.SQL(statement).format(**_args()))
+        db.execute(
+            sql.SQL("COMMENT ON SCHEMA {} IS {}").format(
+                sql.Identifier(SYNC_SCHEMA), sql.Literal(twoway_sql.FUNCTIONS_RELEASE)
+            )
+        )
         # the application's roles write through the SECURITY DEFINER functions only
         db.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(SYNC_SCHEMA)))
         if not ddl_guarded() and db.fetchvalue("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):

@@ -12,6 +12,9 @@ END_OF_SYNCING_TRIGGER = """  PERFORM set_config({syncing}, '', true);
 END $fn$
 """
 
+# Changed with any function below: a sync schema made by an earlier release gets them all again.
+FUNCTIONS_RELEASE = "salesflow migrator two-way sync, functions of 2026-12-07"
+
 FUNCTIONS = (
     # The generic row trigger: TG_ARGV[0] the key columns (a jsonb array), TG_ARGV[1] the number of
     # copying statements, then those and the deleting ones, each run with the jsonb array of the
@@ -126,10 +129,21 @@ BEGIN
     WHERE m.tenant_id = tenant AND m.reference_table = ref AND m.new_id = shared_id;
   IF found IS NOT NULL THEN RETURN found; END IF;
   cols := (SELECT string_agg(format('%I', c), ', ') FROM unnest(value_columns) c);
-  EXECUTE format('INSERT INTO %I.%I (%s) SELECT %s FROM %I.%I WHERE id = $1 RETURNING id',
-    legacy_schema, legacy_table, cols, cols, shared_schema, shared_table) INTO found USING shared_id;
-  INSERT INTO public.migrator_reference_map (tenant_id, reference_table, old_id, new_id)
-    VALUES (tenant, ref, found, shared_id);
+  BEGIN
+    EXECUTE format('INSERT INTO %I.%I (%s) SELECT %s FROM %I.%I WHERE id = $1 RETURNING id',
+      legacy_schema, legacy_table, cols, cols, shared_schema, shared_table) INTO found USING shared_id;
+    INSERT INTO public.migrator_reference_map (tenant_id, reference_table, old_id, new_id)
+      VALUES (tenant, ref, found, shared_id);
+  EXCEPTION WHEN unique_violation THEN
+    -- Under REPEATABLE READ or SERIALIZABLE the transaction's snapshot predates the one that mapped this
+    -- row (it committed while the lock above was awaited): a serialization failure, which the
+    -- application retries, not a duplicate key it could not make sense of.
+    IF current_setting('transaction_isolation') IN ('repeatable read', 'serializable') THEN
+      RAISE EXCEPTION USING ERRCODE = 'serialization_failure', MESSAGE = format(
+        'could not serialize access: %s of tenant %s was mapped by a concurrent transaction', ref, tenant);
+    END IF;
+    RAISE;
+  END;
   RETURN found;
 END $fn$
 """,

@@ -3,6 +3,7 @@ legacy tables end exactly right, or cutover refuses the tenant with one line nam
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 from django.core.management.base import CommandError
 
@@ -115,6 +116,31 @@ def test_a_shared_row_the_tenant_never_had_is_added_to_its_legacy_table(synced):
     )
     assert legacy_code == "from_new_app"
     assert value(on(OTHER_TENANT, "SELECT count(*) FROM {} WHERE code = 'from_new_app'", "contact_types")) == 0
+    assert_in_sync()
+
+
+def test_a_repeatable_read_writer_that_meets_a_shared_row_mapped_meanwhile_gets_a_serialization_failure(synced):
+    """Its snapshot predates the mapping another transaction committed: 40001, which an application at that
+    isolation level retries (and then succeeds), not a duplicate key of the legacy reference table."""
+    with psycopg_connect() as conn:
+        shared = conn.execute(
+            "INSERT INTO contact.contact_types (code, name) VALUES ('zz1', 'ZZ1') RETURNING id"
+        ).fetchone()[0]
+    with psycopg_connect() as first, psycopg_connect() as second:  # autocommit: each statement on its own
+        second.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+
+        def second_sets_contact_21_after_first_set_contact_20() -> None:
+            with second.transaction():
+                second.execute(on_tenant("SELECT count(*) FROM {}", CONTACTS))  # its snapshot, before the first's write
+                first.execute(on_tenant("UPDATE {} SET contact_type_id = %s WHERE id = 20", CONTACTS), [shared])
+                second.execute(on_tenant("UPDATE {} SET contact_type_id = %s WHERE id = 21", CONTACTS), [shared])
+
+        with pytest.raises(psycopg.errors.SerializationFailure, match="mapped by a concurrent transaction"):
+            second_sets_contact_21_after_first_set_contact_20()
+        with second.transaction():  # retried, as the application does
+            second.execute(on_tenant("UPDATE {} SET contact_type_id = %s WHERE id = 21", CONTACTS), [shared])
+    assert shared_code_of_contact(21) == "zz1"
+    assert value(on_tenant("SELECT count(*) FROM {} WHERE code = 'zz1'", "contact_types")) == 1
     assert_in_sync()
 
 

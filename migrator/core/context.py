@@ -127,7 +127,9 @@ class RunOptions:
         metadata=option(
             "--reference-conflicts",
             choices=REFERENCE_CONFLICT_POLICIES,
-            help="data: what to do when tenants disagree on a reference row (default refuse).",
+            help="data: what to do when tenants disagree on a reference row (default refuse); cutover and "
+            "finalize of an online migration: first-wins lets a tenant go on whose legacy reference rows, "
+            "edited in the online window, differ from the shared ones (the shared values win).",
             example=("first-wins",),
         ),
     )

@@ -19,7 +19,7 @@ A *scope* is the legacy auth schema or a tenant schema. Its life (docs/online.md
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from migrator import catalog, db
 from migrator.core.context import MigrationContext, TenantRef
@@ -391,9 +391,14 @@ def declare_new_primary(ctx: MigrationContext, scope: str, reporter: StepReporte
 # --- finalize: sync stopped, legacy tables archived --------------------------------------------------
 
 
-def finish_sync(ctx: MigrationContext, scope: str, owner: str) -> StepResult:
+def finish_sync(ctx: MigrationContext, scope: str, owner: str, accepted: Collection[str] = ()) -> StepResult:
     """Stop the scope's two-way sync and archive its legacy tables, carrying their dependents to the new
-    tables (as an offline cutover does), in one transaction with bounded lock waits (retried)."""
+    tables (as an offline cutover does), in one transaction with bounded lock waits (retried).
+
+    A tenant's legacy reference rows that differ from their shared rows (edited by the old application
+    since cutover: the shared rows do not follow a legacy row other tenants share) refuse it, as at cutover,
+    unless its cutover accepted that difference (``accepted``) or --reference-conflicts first-wins is given:
+    archived, such an edit would be lost without a word."""
     check_lock_timeout(ctx.options.lock_timeout_ms)
     copies, refs = _scope_tables(ctx, scope)
     legacy = [*copies, *refs]
@@ -405,6 +410,15 @@ def finish_sync(ctx: MigrationContext, scope: str, owner: str) -> StepResult:
     def finish() -> None:
         locked_at = time.monotonic()
         _lock_scope(scope, copies, refs)
+        if not is_auth and ctx.options.reference_conflicts != "first-wins":
+            edited = [d for d in reference_differences(ctx, scope) if d not in accepted]
+            if edited:
+                raise MigrationError(
+                    f"{scope}: reference rows edited since cutover differ from the shared rows: "
+                    f"{'; '.join(edited[:5])}{'; ...' if len(edited) > 5 else ''}; nothing was archived: edit the "
+                    "legacy row back to the shared values (or the shared row to the legacy ones), or rerun finalize "
+                    "with --reference-conflicts first-wins (the shared row's values win for this tenant)"
+                )
         twoway.remove_sync(scope)
         sequences = {
             table: single_sequence((c.target_schema, c.target_table), (scope, table))

@@ -15,12 +15,12 @@ from django.db import transaction
 
 from migrator import db
 from migrator.core.context import MigrationContext
-from migrator.core.details import ObservedDetails
+from migrator.core.details import ObservedDetails, OnlineSwitchDetails, read_details
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.engine import tracking
-from migrator.models import Status
+from migrator.models import MigrationRecord, Status
 from migrator.modes import online
 from migrator.ops import twoway
 from migrator.step_ref import StepRef
@@ -107,14 +107,16 @@ class FinalizePhase(Phase):
         )
 
     def _finish_sync(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
-        self._require_cut_over(ctx, step)
-        result = online.finish_sync(ctx, step.target.name, step.tenant_id or step.target.name)
+        cut_over = self._require_cut_over(ctx, step)
+        # the reference variants its cutover let the shared rows win over (--reference-conflicts first-wins)
+        accepted = read_details(OnlineSwitchDetails, cut_over.details).get("discarded_reference_variants", [])
+        result = online.finish_sync(ctx, step.target.name, step.tenant_id or step.target.name, accepted)
         with transaction.atomic():
             online.finish_shared_sync()
         return result
 
     @staticmethod
-    def _require_cut_over(ctx: MigrationContext, step: Step) -> None:
+    def _require_cut_over(ctx: MigrationContext, step: Step) -> MigrationRecord:
         scope = step.target.name
         cut_over = TENANT_CUT_OVER if step.tenant_id else AUTH_CUT_OVER
         records = [
@@ -127,6 +129,7 @@ class FinalizePhase(Phase):
                 f"{scope} has not been cut over: run `migrate_phase cutover` first (finalize ends the online "
                 "window after it)"
             )
+        return records[0]
 
     def _check_finished(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
         return [f"{step.target.name} is still in two-way sync"] if twoway.is_synced(step.target.name) else []

@@ -7,6 +7,7 @@ import psycopg
 import pytest
 from django.core.management.base import CommandError
 
+from migrator.ops import twoway
 from tenants.models import MigrationState, Tenant
 from tests.helpers import run
 from tests.migrator.helpers import psycopg_connect, value
@@ -51,6 +52,36 @@ def test_a_rename_of_a_shared_row_refuses_the_tenant_at_cutover_until_it_is_undo
         conn.execute(on_tenant("UPDATE {} SET name = %s WHERE code = 'lead'", "contact_types"), [name])
     run("migrate_phase", "cutover", interactive=False)
     assert Tenant.objects.get(tenant_id="acme_0001").migration_state == MigrationState.LIVE
+
+
+def test_a_rename_of_a_shared_row_after_cutover_refuses_the_tenant_at_finalize_until_undone_or_first_wins(synced):
+    """Archived, the old application's edit would be lost without a word: the shared row, which other tenants
+    use, does not follow it."""
+    cut_over_online()
+    with psycopg_connect() as conn:
+        conn.execute(on_tenant("UPDATE {} SET name = 'Partner (acme wording)' WHERE code = 'partner'", "contact_types"))
+
+    with pytest.raises(CommandError) as refused:
+        run("migrate_phase", "finalize", observe_seconds=0.1, force=True, interactive=False)
+
+    message = str(refused.value)
+    assert "tenant_acme_0001: reference rows edited since cutover differ from the shared rows" in message
+    assert "'partner'" in message
+    assert "nothing was archived" in message
+    assert twoway.is_synced(TENANT)
+    assert not twoway.is_synced(OTHER_TENANT)  # the other tenant finalized
+    assert value(on_tenant("SELECT name FROM {} WHERE code = 'partner'", "contact_types")) == "Partner (acme wording)"
+
+    run(
+        "migrate_phase",
+        "finalize",
+        observe_seconds=0.1,
+        force=True,
+        reference_conflicts="first-wins",
+        interactive=False,
+    )
+    assert not twoway.is_synced(TENANT)
+    assert value("SELECT name FROM contact.contact_types WHERE code = 'partner'") != "Partner (acme wording)"
 
 
 def test_a_code_deleted_and_created_again_maps_to_one_shared_row(synced):

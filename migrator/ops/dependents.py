@@ -498,7 +498,7 @@ def _trigger_statement(dependent: Dependent, target: sql.Identifier) -> sql.Comp
 _FOREIGN_KEY_TAIL = re.compile(
     r"\)((?: (?:MATCH \w+"
     r"|ON (?:UPDATE|DELETE) (?:NO ACTION|RESTRICT|CASCADE|SET NULL|SET DEFAULT)(?: \([^)]*\))?"
-    r"|NOT DEFERRABLE|DEFERRABLE|INITIALLY (?:DEFERRED|IMMEDIATE)))*)$"
+    r"|NOT DEFERRABLE|DEFERRABLE|INITIALLY (?:DEFERRED|IMMEDIATE)))*)( NOT VALID)?$"
 )
 
 
@@ -509,9 +509,12 @@ def _foreign_key_statements(dependent: Dependent, target: sql.Identifier) -> lis
     tail = _FOREIGN_KEY_TAIL.search(dependent.detail)
     if tail is None:
         raise MigrationError(
-            f"foreign key {dependent.name} ({dependent.detail}) cannot be carried: its definition has an unknown form"
+            f"foreign key {dependent.name} ({dependent.detail}) cannot be carried: its definition has an unknown "
+            f"form; drop it, or pass --leave-dependent {dependent.name}"
         )
     table_ident, name = sql.Identifier(schema, table), sql.Identifier(constraint)
+    validate = sql.SQL("ALTER TABLE {t} VALIDATE CONSTRAINT {c}").format(t=table_ident, c=name)
+    # one the legacy side never validated (rows that break it were kept on purpose) stays so
     return [
         sql.SQL(
             "ALTER TABLE {t} ADD CONSTRAINT {c} FOREIGN KEY ({cols}) REFERENCES {ref} ({refcols}){tail} NOT VALID"
@@ -523,5 +526,5 @@ def _foreign_key_statements(dependent: Dependent, target: sql.Identifier) -> lis
             refcols=db.ident_list(referenced),
             tail=sql.SQL(tail.group(1)),
         ),
-        sql.SQL("ALTER TABLE {t} VALIDATE CONSTRAINT {c}").format(t=table_ident, c=name),
+        *([] if tail.group(2) else [validate]),
     ]

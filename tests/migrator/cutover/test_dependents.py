@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 from django.core.management import CommandError
+from django.db import IntegrityError, transaction
 from psycopg import sql
 
 from migrator import catalog, db
@@ -126,6 +127,27 @@ def test_cutover_carries_foreign_keys_grants_and_comments_to_the_new_table(migra
     assert not value("SELECT has_column_privilege(%s, %s, 'phone', 'UPDATE')", [analyst, contacts])
     assert value("SELECT obj_description(%s::regclass, 'pg_class')", [contacts]) == "customer contacts (PII)"
     assert value("SELECT col_description(%s::regclass, 4)", [contacts]) == "PII: e-mail address"
+
+
+def test_a_foreign_key_from_another_schema_the_legacy_side_never_validated_is_carried_not_validated(migrated):
+    """NOT VALID: rows that break it were kept on purpose. It was reported as carried, then cutover refused
+    it as "an unknown form", naming no way out."""
+    db.execute(
+        "CREATE TABLE public.deals (id int PRIMARY KEY, contact_id bigint); "
+        "INSERT INTO public.deals VALUES (1, 1), (2, 999999); "  # 999999: no such contact
+        "ALTER TABLE public.deals ADD CONSTRAINT deals_contact_fk FOREIGN KEY (contact_id) "
+        "REFERENCES tenant_acme_0001.contacts (id) NOT VALID"
+    )
+
+    cut_over()
+
+    carried = db.fetchone(
+        "SELECT confrelid::regclass::text, convalidated FROM pg_constraint WHERE conname = %s", ["deals_contact_fk"]
+    )
+    assert carried == (f"{ACME}.contact_data_contacts", False)
+    with pytest.raises(IntegrityError), transaction.atomic():  # still enforced for new rows
+        db.execute("INSERT INTO public.deals VALUES (3, 888888)")
+    assert value("SELECT count(*) FROM public.deals") == 2
 
 
 def test_cutover_refuses_a_tenant_with_an_undecided_materialized_view_and_changes_nothing_of_it(migrated):

@@ -47,14 +47,15 @@ BEGIN
     PERFORM set_config('lock_timeout', {sync_lock_timeout}, true);
   END IF;
   -- TG_ARGV[1]: how many of the statements after it copy rows over; the rest delete rows gone. An
-  -- insert or an update copies; a delete, or an update that changed the key, also deletes.
-  IF TG_OP <> 'DELETE' THEN
-    FOR i IN 2 .. 1 + TG_ARGV[1]::int LOOP
+  -- insert or an update copies; a delete, or an update that changed the key, also deletes: the old key's
+  -- row first, so that a unique column it shares with the row under its new key is free for that one.
+  IF TG_OP = 'DELETE' OR jsonb_array_length(written) > 1 THEN
+    FOR i IN 2 + TG_ARGV[1]::int .. TG_NARGS - 1 LOOP
       EXECUTE TG_ARGV[i] USING written;
     END LOOP;
   END IF;
-  IF TG_OP = 'DELETE' OR jsonb_array_length(written) > 1 THEN
-    FOR i IN 2 + TG_ARGV[1]::int .. TG_NARGS - 1 LOOP
+  IF TG_OP <> 'DELETE' THEN
+    FOR i IN 2 .. 1 + TG_ARGV[1]::int LOOP
       EXECUTE TG_ARGV[i] USING written;
     END LOOP;
   END IF;

@@ -11,7 +11,7 @@ from psycopg import errors, sql
 from migrator.config import get_config
 from migrator.ops import twoway
 from tests.helpers import run
-from tests.migrator.helpers import psycopg_connect, table_names, value
+from tests.migrator.helpers import psycopg_connect, rows, table_names, value
 from tests.migrator.online.support import (
     ACTIVITIES,
     AUTH,
@@ -192,6 +192,23 @@ def test_a_delete_the_legacy_foreign_key_refuses_is_still_refused(synced):
         conn.execute("DELETE FROM salesflow_auth.users WHERE id = (SELECT min(user_id) FROM salesflow_auth.user_roles)")
     for table in (ACTIVITIES, "activities"):
         assert value(on_tenant("SELECT count(*) FROM {} WHERE contact_id = %s", table), [parent]) == children
+    assert_in_sync()
+
+
+@pytest.mark.parametrize("side", ["salesflow_auth", "auth"])
+def test_a_new_id_given_to_a_row_with_another_unique_column_reaches_the_other_side(synced, side):
+    """The old key's row goes first on the other side: written under its new key first, its email (unique)
+    was taken by itself."""
+    users, roles = sql.Identifier(side, "users"), sql.Identifier(side, "user_roles")
+    ((user, email),) = rows(sql.SQL("SELECT id, email FROM {} ORDER BY id DESC LIMIT 1").format(users))
+    with psycopg_connect() as conn:
+        conn.execute(sql.SQL("DELETE FROM {} WHERE user_id = %s").format(roles), [user])
+        conn.execute(sql.SQL("UPDATE {} SET id = 9002 WHERE id = %s").format(users), [user])
+    for schema in ("salesflow_auth", "auth"):
+        found = value(
+            sql.SQL("SELECT array_agg(id) FROM {} WHERE email = %s").format(sql.Identifier(schema, "users")), [email]
+        )
+        assert found == [9002], schema
     assert_in_sync()
 
 

@@ -142,6 +142,21 @@ def _inexact_rows(copy: TableCopy, difference: TypeDifference) -> tuple[int, lis
     return int(count), list(keys_found or [])
 
 
+def inexact_condition(copy: TableCopy, alias: str = "s") -> tuple[sql.Composable, list[TypeDifference]] | None:
+    """The condition that a legacy row (as ``alias``) holds a value its target column cannot hold exactly,
+    and the columns it looks at; None when every converted column is provably exact. A value whose cast
+    raises makes the condition raise that error."""
+    checked = [d for d in type_differences(copy) if not _provably_exact(d)]
+    if not checked:
+        return None
+    conditions = []
+    for difference in checked:
+        column = sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(difference.column))
+        bad = _changed_by_conversion(copy, difference, column)
+        conditions.append(sql.SQL("({c} IS NOT NULL AND {bad})").format(c=column, bad=bad))
+    return sql.SQL(" OR ").join(conditions), checked
+
+
 def inexact_values(copy: TableCopy, difference: TypeDifference) -> tuple[int, list[str]]:
     """Rows whose ``difference.column`` the target type cannot hold exactly, and some keys (none when the
     catalog proves the conversion exact). Reads the source only: phase 1 asks before any target exists."""

@@ -13,7 +13,7 @@ END $fn$
 """
 
 # Changed with any function below: a sync schema made by an earlier release gets them all again.
-FUNCTIONS_RELEASE = "salesflow migrator two-way sync, functions of 2026-12-07"
+FUNCTIONS_RELEASE = "salesflow migrator two-way sync, functions of 2026-12-07 (refuse_inexact)"
 
 FUNCTIONS = (
     # The generic row trigger: TG_ARGV[0] the key columns (a jsonb array), TG_ARGV[1] the number of
@@ -109,6 +109,17 @@ BEGIN
   IF missing > 0 THEN
     RAISE EXCEPTION USING ERRCODE = 'foreign_key_violation', MESSAGE = format(
       '%s: %s written rows point at reference rows with no shared id (salesflow migrator two-way sync)', what, missing);
+  END IF;
+END $fn$
+""",
+    """
+CREATE OR REPLACE FUNCTION {schema}.refuse_inexact(inexact bigint, what text) RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+  IF inexact > 0 THEN
+    RAISE EXCEPTION USING ERRCODE = 'data_exception', MESSAGE = format(
+      '%s: %s written rows hold values the new table cannot hold exactly (they would be rounded, cut or '
+      'rewritten); write values it holds while the salesflow migrator keeps the two in sync', what, inexact);
   END IF;
 END $fn$
 """,

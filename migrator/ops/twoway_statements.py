@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from psycopg import sql
 
 from migrator import catalog, db
-from migrator.ops import recopy
+from migrator.ops import conversions, recopy
 from migrator.ops.table_copy import TableCopy, zoned_columns
 from migrator.ops.twoway_sql import SYNC_SCHEMA
 from migrator.tables import LegacyTable
@@ -47,6 +47,20 @@ def forward_statements(copy: TableCopy) -> tuple[list[sql.Composed], list[sql.Co
                 fn=sql.Identifier(SYNC_SCHEMA, "refuse_unmapped"),
                 unmapped=unmapped,
                 what=sql.Literal(f"{copy.source_schema}.{copy.source_table}"),
+                src=copy.from_clause(),
+                match=recopy.keys_in("s", copy.key, types, KEYS),
+            )
+        )
+    if found := conversions.inexact_condition(copy):
+        # What phase 1 refuses in the rows there were, the sync refuses in a row written since: the new
+        # table would hold it rounded, cut or rewritten, and the sides would differ until cutover refuses.
+        inexact, columns = found
+        what = ", ".join(f"{d.column} {d.legacy_type} -> {d.target_type}" for d in columns)
+        statements.append(
+            sql.SQL("SELECT {fn}(count(*) FILTER (WHERE {inexact}), {what}) FROM {src} WHERE {match}").format(
+                fn=sql.Identifier(SYNC_SCHEMA, "refuse_inexact"),
+                inexact=inexact,
+                what=sql.Literal(f"{copy.source_schema}.{copy.source_table} ({what})"),
                 src=copy.from_clause(),
                 match=recopy.keys_in("s", copy.key, types, KEYS),
             )

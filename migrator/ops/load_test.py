@@ -33,6 +33,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.types.string import TextLoader
 
 from migrator import db
 from migrator.config import MigratorConfig
@@ -227,10 +228,12 @@ def sample_keys(schemas: Sequence[str], layout: str) -> list[TenantKeys]:
                     [KEYS_PER_TENANT],
                 ).fetchall()
                 table = activities
+                # dates a client can hold as values: not infinity, nor a year past 9999 or before 1
                 due = conn.execute(
-                    sql.SQL("SELECT due_at FROM {} WHERE due_at IS NOT NULL ORDER BY random() LIMIT %s").format(
-                        sql.Identifier(schema, activities)
-                    ),
+                    sql.SQL(
+                        "SELECT due_at FROM {} WHERE due_at BETWEEN '0001-01-02' AND '9999-12-30' "
+                        "ORDER BY random() LIMIT %s"
+                    ).format(sql.Identifier(schema, activities)),
                     [KEYS_PER_TENANT],
                 ).fetchall()
             except psycopg.Error as exc:
@@ -310,6 +313,10 @@ class Load:
         failed: dict[tuple[str, str], str] = {}
         try:
             with connect() as conn:
+                # Rows are read, not used: dates stay text, so an 'infinity' or a year past 9999 that the
+                # application stores does not fail a query the server answered.
+                for name in ("date", "timestamp", "timestamptz"):
+                    conn.adapters.register_loader(name, TextLoader)
                 first = True
                 while time.monotonic() < deadline:
                     live = [

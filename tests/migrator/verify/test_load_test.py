@@ -64,6 +64,36 @@ def test_a_sites_load_test_defaults_replace_the_options_own_and_a_given_option_w
     assert (figures["seconds"], figures["queries_wanted"]) == (0.4, 6)
 
 
+def test_dates_a_client_cannot_hold_are_read_by_the_load_test_without_failing_it(migrated):
+    """'infinity' and a year past 9999 are valid timestamps an application may store: the load test samples
+    its keys among the others and reads the rows it asked for whatever they hold."""
+    run("migrate_phase", "security", interactive=False)
+    for table in ("activities", "activity_data_activities"):
+        db.execute(sql.SQL("UPDATE {} SET due_at = 'infinity'").format(sql.Identifier("tenant_acme_0001", table)))
+        db.execute(
+            sql.SQL("UPDATE {} SET due_at = '20000-01-01' WHERE id IN (SELECT min(id) FROM {})").format(
+                sql.Identifier("tenant_globex_0002", table), sql.Identifier("tenant_globex_0002", table)
+            )
+        )
+
+    run(
+        "migrate_phase",
+        "verify",
+        interactive=False,
+        load_clients=1,
+        load_seconds=2.0,
+        load_queries=40,
+        load_max_regression=10_000.0,
+    )
+
+    record = load_record()
+    assert record.status == Status.COMPLETED, record.error_message
+    for layout in (LEGACY, NEW):
+        for name, stats in record.details["load_test"]["layouts"][layout]["queries"].items():
+            assert stats["error"] is None, (layout, name, stats["error"])
+            assert stats["queries"] >= 1
+
+
 def test_load_test_fails_when_a_key_index_of_the_new_tables_is_missing(migrated):
     run("migrate_phase", "security", interactive=False)
     # One tenant of a real size is enough for a sequential scan to stand out from the noise: the same

@@ -122,6 +122,18 @@ def refused_schemas(schemas: list[str]) -> dict[str, str]:
     return refused
 
 
+def refused_missing(schemas: list[str], alias: str) -> dict[str, str]:
+    """The schemas of ``schemas`` that do not exist, with the one-line reason each is refused (Django's own
+    error, "no schema has been selected to create in", names none)."""
+    return {
+        schema: (
+            f"refused: the tenant registry (public.tenants) names schema {schema!r}, which does not exist (dropped "
+            "since the tenant was registered); not migrated: restore the schema, or delete that registry row"
+        )
+        for schema in sorted(missing_schemas(schemas, alias))
+    }
+
+
 def _lacking_a_migration(
     connection: Any, cursor: Any, schemas: list[str], apps: list[str], names: list[str]
 ) -> list[str]:
@@ -215,7 +227,7 @@ class BehindOnlyExecutor(MigrationExecutor):
                     f"{cause or ' '.join(str(exc).split())}; tenant schemas were not migrated"
                 ) from None
             schemas.remove(self.PUBLIC_SCHEMA_NAME)
-        refused = refused_schemas(schemas)
+        refused = refused_schemas(schemas) | refused_missing(schemas, self.TENANT_DB_ALIAS)
         for schema, reason in refused.items():
             sys.stderr.write(f"[{self.codename}:{schema}] {reason}\n")
         schemas = [schema for schema in schemas if schema not in refused]
@@ -252,8 +264,9 @@ class BehindOnlyExecutor(MigrationExecutor):
             )
         if refused:
             raise CommandError(
-                f"{len(refused)} registry rows refused ({', '.join(refused)}): not tenant schemas, not migrated; "
-                "the tenant schemas are migrated: correct or delete those rows in public.tenants"
+                f"{len(refused)} registry rows refused ({', '.join(refused)}): not tenant schemas, or schemas that "
+                "no longer exist (each said why above), not migrated; the tenant schemas are migrated: restore "
+                "those schemas, or correct or delete those rows in public.tenants"
             )
 
     def run_multi_type_migrations(self, tenants: Iterable[tuple[str, str]]) -> None:

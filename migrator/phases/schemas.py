@@ -9,6 +9,7 @@ from django.db import transaction
 from migrator import catalog, db
 from migrator.core.context import MigrationContext, TenantRef
 from migrator.core.details import MigrationsAppliedDetails
+from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.django_migrations import (
@@ -122,7 +123,14 @@ class SchemasPhase(Phase):
         done = self._create_tenant_tables_batch(ctx, [step])
         if step.key in done:
             return done[step.key]
-        return self._applied(migrate_schema(TenantRef(step.tenant_id or "").schema))
+        tenant = TenantRef(step.tenant_id or "")
+        if not catalog.schema_exists(tenant.schema):  # Django's own error names no schema
+            raise MigrationError(
+                f"tenant {tenant.tenant_id} is registered but its schema {tenant.schema} no longer exists (dropped "
+                f"since phase 1): restore it (its legacy tables are in phase 1's backup), or leave the tenant out "
+                f"with --skip-schema {tenant.schema}"
+            )
+        return self._applied(migrate_schema(tenant.schema))
 
     def _check_service_schemas(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:
         found = catalog.tables_by_schema(list(service_tables()))

@@ -141,6 +141,11 @@ def test_a_registered_tenant_whose_schema_is_gone_fails_both_checks_and_shows_in
     document = status_json()
     assert document["missing_schemas"] == [schema]
     assert document["complete"] is False
+    # a deploy migrates the others and names it, not Django's "no schema has been selected to create in"
+    deploy = manage_here("migrate_schemas")
+    assert deploy.returncode == 1
+    assert f"names schema '{schema}', which does not exist" in deploy.stderr
+    assert "no schema has been selected" not in deploy.stdout + deploy.stderr
 
 
 def test_a_failed_migrate_schemas_in_one_tenant_fails_both_checks_until_a_rerun_migrates_it(

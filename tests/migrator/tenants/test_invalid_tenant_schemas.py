@@ -157,3 +157,24 @@ def test_cutover_with_no_valid_tenant_keeps_the_legacy_auth_tables_until_auth_is
         run("migrate_phase", "cutover", interactive=False)
     assert latest(f"cutover/*/archive_auth/{legacy_auth}").status == Status.FAILED
     assert table_names(legacy_auth) >= set(LEGACY_AUTH_TABLES)
+
+
+def test_a_registered_tenant_whose_schema_was_dropped_fails_phase_2_naming_it_and_can_be_left_out(prepared):
+    """Django's own error ("no schema has been selected to create in") named no schema."""
+    db.execute("DROP SCHEMA tenant_globex_0002 CASCADE")
+
+    with pytest.raises(CommandError) as refused:
+        run("migrate_phase", "schemas", interactive=False)
+
+    assert one_line(str(refused.value))
+    failed = latest("schemas/globex_0002/tenant_tables/tenant_globex_0002")
+    assert failed.status == Status.FAILED
+    assert failed.error_message == (
+        "tenant globex_0002 is registered but its schema tenant_globex_0002 no longer exists (dropped since phase "
+        "1): restore it (its legacy tables are in phase 1's backup), or leave the tenant out with --skip-schema "
+        "tenant_globex_0002"
+    )
+    assert "contact_data_contacts" in table_names("tenant_acme_0001")  # the others go on
+
+    run("migrate_phase", "schemas", "--skip-schema", "tenant_globex_0002", interactive=False)
+    assert Tenant.objects.get(tenant_id="globex_0002").migration_state == "EXCLUDED"

@@ -240,6 +240,15 @@ def start_two_way_sync(ctx: MigrationContext, scope: str, reporter: StepReporter
     schema_catalog = catalog.read_for(scope, reporter.tenant)
     copies, refs = _scope_tables(ctx, scope, schema_catalog)
     tenant_id = _scope_tenant(ctx, scope)
+    captured = capture.captured_tables(scope)
+    if uncaptured := [table for table in copies if table not in captured]:
+        # copied by an offline run: the writes made since that copy are in no capture to apply
+        again = f"rollback --tenant {tenant_id}" if tenant_id else "rollback"
+        raise MigrationError(
+            f"{scope}: {', '.join(uncaptured)} copied offline, without change capture: the writes made since are "
+            f"not in the new tables, and two-way sync cannot start from it; run `migrate_phase {again}`, then "
+            "phases schemas and data --online again"
+        )
     backlog = sync_scope(ctx, scope, reporter)  # no lock: what is left for the lock is small
     twoway.ensure_sync_schema()
     for ref_name in refs:  # once per shared table, in a transaction of its own (it is every tenant's)

@@ -18,7 +18,7 @@ from migrator.core.details import (
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
-from migrator.modes import MigrationMode, mode_for
+from migrator.modes import MigrationMode, mode_for, online
 from migrator.ops import carried, constraints, fingerprint, ranges, reference, twoway
 from migrator.ops.conversions import legacy_timezone
 from migrator.ops.copies import (
@@ -109,9 +109,18 @@ class DataPhase(Phase):
     changes_schemas = False
 
     def refuse_options(self, ctx: MigrationContext) -> None:
+        if not catalog.tracking_table_exists():
+            return
+        if not ctx.options.online and not ctx.options.validate_only and (scopes := sorted(online.online_scopes())):
+            # An offline copy of the tenants an interrupted online run had not reached yet would miss every
+            # write made after it, and their two-way sync would start from it.
+            raise MigrationError(
+                f"this migration runs online: {len(scopes)} schemas are captured or in two-way sync (e.g. "
+                f"{scopes[0]}); rerun `migrate_phase data --online` to go on"
+            )
         # After cutover a tenant's legacy tables are archived: validating it again would fail on them and
         # leave a finished migration unfinished for good. (A plain rerun plans nothing for a live tenant.)
-        if not ctx.options.validate_only or not catalog.tracking_table_exists():
+        if not ctx.options.validate_only:
             return
         live = Tenant.objects.filter(migration_state=MigrationState.LIVE).order_by("tenant_id")
         if ctx.tenant_filter:

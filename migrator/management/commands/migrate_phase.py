@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import sys
 import threading
@@ -14,7 +15,14 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from migrator import phases as phase_registry
 from migrator.config import get_config
-from migrator.core.command_options import MAX_BATCH_SIZE, batch_size, options_from_arguments, positive
+from migrator.core.command_options import (
+    MAX_BATCH_SIZE,
+    arguments_of,
+    batch_size,
+    option_fields,
+    options_from_arguments,
+    positive,
+)
 from migrator.core.context import MigrationContext, RunOptions, validate_tenant_ids
 from migrator.core.details import RehearseDetails, read_details
 from migrator.core.errors import MigrationError
@@ -55,6 +63,16 @@ def stop_on_signals(stop: threading.Event, on_stop: Callable[[], None] = lambda:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def rerun_command(phase: str, ctx: MigrationContext) -> str:
+    """The command that resumes this run: the phase with the options the run was given (``--online``
+    above all: an offline rerun of an online run is another migration) and its tenants."""
+    shown = tuple(field.name for field in option_fields(RunOptions) if not field.option.hidden)
+    words = ["migrate_phase", phase, *arguments_of(ctx.options, shown)]
+    for tenant_id in ctx.tenant_filter or ():
+        words += ["--tenant", tenant_id]
+    return " ".join(shlex.quote(word) for word in words)
 
 
 COMMAND_HELP = (
@@ -161,7 +179,7 @@ class Command(BaseCommand):
                 )
         except KeyboardInterrupt:
             raise CommandError(
-                f"interrupted: the running steps stopped where they were; rerun `migrate_phase {name}` to resume",
+                f"interrupted: the running steps stopped where they were; rerun `{rerun_command(name, ctx)}` to resume",
                 returncode=130,
             ) from None
         if name == RehearsePhase.name and outcomes and outcomes[0].ok:
@@ -191,13 +209,13 @@ class Command(BaseCommand):
             parts = [f"{left} steps of phase {outcomes[-1].phase}"] if left else []
             parts += [f"phase {', '.join(unstarted)}"] if unstarted else []
             raise MigrationError(
-                f"stopped on request: {' and '.join(parts)} not started; rerun `migrate_phase {name}` to resume"
+                f"stopped on request: {' and '.join(parts)} not started; rerun `{rerun_command(name, ctx)}` to resume"
             )
         if failed:
             phase, step, error = failed[0]
             raise MigrationError(
                 f"phase {phase} failed: {len(failed)} step(s) failed, first {step.label}: {error} "
-                f"-- fix the cause and rerun `migrate_phase {phase}` to resume"
+                f"-- fix the cause and rerun `{rerun_command(phase, ctx)}` to resume"
             )
 
     def _stopping(self) -> None:

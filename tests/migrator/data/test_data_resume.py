@@ -110,7 +110,7 @@ def test_sigint_during_a_copy_stops_after_the_running_steps_in_one_line_and_a_re
     assert "stopping: the running steps finish" in stderr
     last = stderr.strip().splitlines()[-1]
     assert "stopped on request:" in last, stderr
-    assert "rerun `migrate_phase data` to resume" in last
+    assert "rerun `migrate_phase data --noinput` to resume" in last  # as it was run
     left = MigrationRecord.objects.filter(phase="data").latest_attempts().exclude(status=Status.COMPLETED)
     assert left.exists()  # it did stop early
     assert not left.filter(status__in=[Status.RUNNING, Status.FAILED]).exists()  # and cleanly

@@ -6,13 +6,17 @@ from __future__ import annotations
 import json
 import signal
 
+import pytest
+from django.core.management import CommandError
 from psycopg import sql
 
+from migrator import db
 from migrator.ops import capture, twoway
 from migrator.tables import LEGACY_AUTH_TABLES, LEGACY_TENANT_TABLES
 from tests.helpers import legacy_fingerprints, run
 from tests.migrator.helpers import (
     content,
+    one_line,
     plain_columns,
     psycopg_connect,
     start_manage,
@@ -286,3 +290,28 @@ def test_rollback_after_online_cutover_keeps_every_write_made_on_either_side_sin
     assert value(on_tenant("SELECT email FROM {} WHERE id = %s", "contacts"), [new_id]) == "new-side@example.com"
     assert value("SELECT count(*) FROM salesflow_auth.users WHERE email = 'new-side@example.com'") == 1
     assert value(on_tenant("SELECT count(*) FROM {} WHERE code = 'online_new'", "contact_types")) == 1
+
+
+def test_an_online_run_that_failed_says_to_rerun_it_online_and_an_offline_rerun_is_refused(schemas_ready):
+    """An offline copy of the tenants an online run had not reached would miss the writes made after it."""
+    db.execute("ALTER TABLE tenant_acme_0001.contacts ADD COLUMN loyalty int")  # blocks acme's copy
+    with pytest.raises(CommandError) as failed:
+        run("migrate_phase", "data", "--online", interactive=False)
+    assert "rerun `migrate_phase data --noinput --online` to resume" in str(failed.value)
+
+    with pytest.raises(CommandError) as refused:
+        run("migrate_phase", "data", interactive=False)
+    assert one_line(str(refused.value))
+    assert "this migration runs online" in str(refused.value)
+    assert "rerun `migrate_phase data --online`" in str(refused.value)
+
+
+def test_two_way_sync_does_not_start_for_a_tenant_copied_offline(schemas_ready):
+    run("migrate_phase", "data", "--tenant", "acme_0001", interactive=False)  # offline, no capture
+
+    with pytest.raises(CommandError) as refused:
+        run("migrate_phase", "data", "--online", interactive=False)
+
+    assert "tenant_acme_0001: contacts, activities copied offline, without change capture" in str(refused.value)
+    assert not twoway.is_synced("tenant_acme_0001")
+    assert twoway.is_synced("tenant_globex_0002")  # the others go on

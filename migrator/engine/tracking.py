@@ -20,7 +20,7 @@ from django.utils import timezone
 from psycopg import sql
 
 from migrator.core.details import DeployDetails, RangeBounds, RowDetails, read_details
-from migrator.core.steps import EXCLUDE, KeyRange, Step, StepResult
+from migrator.core.steps import EXCLUDE, RANGE_KINDS, KeyRange, Step, StepResult
 from migrator.db import fetchall as db_fetchall
 from migrator.db import render as db_render
 from migrator.models import DEPLOY, DEPLOY_KEY, MigrationRecord, Status, of_steps
@@ -60,8 +60,9 @@ def latest_states(phase: str, keys: Iterable[str] | None = None) -> dict[str, St
     }
 
 
-# Kinds of steps a run of their phase plans only under some options (see latest_statuses).
-PLANNED_BY_OPTION: tuple[str, ...] = ("start_two_way_sync", EXCLUDE, "service_role")
+# Kinds of steps a run of their phase plans only under some options (see latest_statuses), and the key
+# ranges of a large table, which its next copy after a rollback plans again (fewer of them, maybe).
+PLANNED_BY_OPTION: tuple[str, ...] = ("start_two_way_sync", EXCLUDE, "service_role", *RANGE_KINDS)
 
 
 def latest_statuses(phases: list[str]) -> dict[tuple[str, str | None], set[str]]:
@@ -74,7 +75,8 @@ def latest_statuses(phases: list[str]) -> dict[tuple[str, str | None], set[str]]
     phases it undoes ROLLED_BACK; a later run makes new attempts of the steps it plans, but a step only
     some options plan (:data:`PLANNED_BY_OPTION`: an online run's sync, an exclusion by ``--skip-schema``,
     a role of another prefix) would stay ROLLED_BACK for good after a run without them and keep the phase
-    unfinished. Such a step is superseded once a step of its phase and tenant (or phase-wide) that is not
+    unfinished; so would the key ranges of an earlier plan of a large table beyond the new plan's last.
+    Such a step is superseded once a step of its phase and tenant (or phase-wide) that is not
     rolled back was recorded after it (a higher id). Every other kind of step is planned by every run of
     its phase that covers its tenant: rolled back, it is work still to do. Attempt numbers never come
     from here.

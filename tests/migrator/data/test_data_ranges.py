@@ -11,6 +11,7 @@ from psycopg import sql
 
 from migrator import db
 from migrator.core.context import TenantRef
+from migrator.engine import tracking
 from migrator.models import DeferredConstraint, MigrationRecord, Status
 from migrator.ops import fingerprint
 from migrator.ops.ranges import plan_key_ranges
@@ -136,6 +137,23 @@ def test_a_large_table_is_copied_and_validated_in_ranges_on_every_connection(lar
             # the ranges' fingerprints add up to the whole table's, as cutover computes it
             source, target = fingerprint.both_fingerprints(tenant_copy(TenantRef(tenant), spec))
             assert validate.source_fingerprint == validate.target_fingerprint == str(source) == str(target)
+
+
+def test_a_tenant_copied_again_in_fewer_ranges_after_a_rollback_is_migrated(larger_schemas_ready, settings):
+    """The next copy plans its ranges again: the earlier plan's ranges beyond its last, rolled back, are not
+    work left (they kept the tenant's phase 3 pending for good, and phase 4 refused it)."""
+    settings.SALESFLOW = {**settings.SALESFLOW, "RANGE_ROWS": 1_000}
+    run("migrate_phase", "data", interactive=False, batch_size=300)
+    run("migrate_phase", "rollback", "--tenant", "acme_0001", interactive=False)
+    run("migrate_phase", "schemas", interactive=False)
+    settings.SALESFLOW = {**settings.SALESFLOW, "RANGE_ROWS": 2_000}
+    run("migrate_phase", "data", interactive=False, batch_size=300)
+
+    assert_copied_exactly(TENANTS)
+    acme = [r for r in range_rows("copy_range") if r.tenant_id == "acme_0001" and r.target in SOURCE_ROWS]
+    assert {r.status for r in acme} == {Status.COMPLETED, Status.ROLLED_BACK}  # the earlier plan's tail stays
+    assert tracking.latest_statuses(["data"])[("data", "acme_0001")] == {Status.COMPLETED}
+    run("migrate_phase", "security", interactive=False)  # not refused: phase 3 is done for every tenant
 
 
 def test_a_range_that_differs_fails_the_table_validation_with_its_keys(larger_schemas_ready, settings):

@@ -117,6 +117,8 @@ REBUILD_ADVICE = (
 )
 
 
+# SQLSTATE class 23: the rows themselves break the index or foreign key (unique, foreign key, check, ...).
+INTEGRITY_VIOLATION = "23"
 Task = Callable[[], None]
 # Runs (size, task) pairs, on several connections at once where the caller has them.
 RunTasks = Callable[[list[tuple[int, Task]]], None]
@@ -179,6 +181,13 @@ def restore_constraints(
         reason = getattr(diag, "message_primary", None) or str(exc).strip().splitlines()[0]
         detail = getattr(diag, "message_detail", None)
         failing = getattr(diag, "constraint_name", None)
+        if not str(getattr(diag, "sqlstate", None) or "").startswith(INTEGRITY_VIOLATION):
+            # a connection ended, a statement cancelled, the disk full: nothing said about the rows
+            raise MigrationError(
+                f"{schema}.{table}: rebuilding its indexes and foreign keys failed: {reason}; nothing is wrong "
+                "with the copied rows as far as this says: rerun `migrate_phase data` (the rebuild goes on "
+                "with what is left)"
+            ) from None
         raise MigrationError(
             " ".join(
                 f"{schema}.{table}: the copied rows break {failing or 'a rebuilt index or foreign key'}: {reason}"

@@ -119,3 +119,43 @@ def test_sigint_during_a_copy_stops_after_the_running_steps_in_one_line_and_a_re
     for spec in TENANT_DATA_TABLES:
         for tenant in ("acme_0001", "globex_0002"):
             assert count(f"tenant_{tenant}", spec.target_table) == count(f"tenant_{tenant}", spec.legacy_table)
+
+
+def test_a_rebuild_cut_short_by_the_server_says_so_and_a_rerun_finishes_it(larger_schemas_ready):
+    """A cancelled or terminated CREATE INDEX is no fault of the rows: the advice was to fix them, roll the
+    tenant back and copy it all again."""
+    # small batches: the copy lasts long enough (160 batches) for the lock to be taken before its rebuild
+    child = start_manage("migrate_phase", "data", "--noinput", "--tenant", "acme_0001", "--batch-size", "25")
+    with psycopg_connect() as holder, psycopg_connect() as watcher:
+        wait_for(
+            lambda: MigrationRecord.objects.filter(
+                phase="data",
+                step="copy_table",
+                target="contact_data_contacts",
+                status=Status.RUNNING,
+                rows_copied__gt=0,
+            ).exists(),
+            timeout=120,
+            what="the contacts copy to be under way",
+        )
+        holder.autocommit = False  # its rows are written meanwhile; its index rebuild waits for this lock
+        holder.execute("LOCK TABLE tenant_acme_0001.contact_data_contacts IN ROW EXCLUSIVE MODE")
+        rebuilding = wait_for(
+            lambda: watcher.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' "
+                "AND query LIKE 'CREATE%%INDEX%%'"
+            ).fetchone(),
+            timeout=120,
+            what="the index rebuild to wait for the lock",
+        )
+        watcher.execute("SELECT pg_cancel_backend(%s)", [rebuilding[0]])
+        assert child.wait(timeout=60) == 1
+        holder.rollback()
+    error = (child.stderr.read() if child.stderr else "").strip().splitlines()[-1]
+    assert "rebuilding its indexes and foreign keys failed: canceling statement" in error
+    assert "break" not in error
+    assert "rerun `migrate_phase data`" in error
+
+    run("migrate_phase", "data", "--tenant", "acme_0001", interactive=False)
+    assert count("tenant_acme_0001", "contact_data_contacts") == count("tenant_acme_0001", "contacts")
+    assert not DeferredConstraint.objects.exists()

@@ -80,12 +80,21 @@ def _inheritance_children(schema: str, tables: list[str]) -> list[str]:
     ]
 
 
-def _refuse_changes(problems: list[str], scope: str) -> None:
-    if problems:
-        raise MigrationError(
-            f"{scope} no longer matches what phase 3 validated: {'; '.join(problems)}; nothing was archived "
-            "(roll back with `migrate_phase rollback` and run phases 2-5 again to carry the changes over)"
+def _refuse_changes(problems: list[str], scope: str, tenant_id: str | None = None) -> None:
+    if not problems:
+        return
+    if tenant_id is None:  # the auth tables: every tenant's
+        again = "roll back with `migrate_phase rollback` and run phases 2-5 again"
+    else:  # the other tenants may be live already: this one alone goes back and is migrated again
+        only = f"--tenant {tenant_id}"
+        again = (
+            f"roll it back with `migrate_phase rollback {only}`, run phases schemas, data, security and verify "
+            f"with {only} again, then `migrate_phase cutover`"
         )
+    raise MigrationError(
+        f"{scope} no longer matches what phase 3 validated: {'; '.join(problems)}; nothing was archived "
+        f"({again} to carry the changes over)"
+    )
 
 
 def _continue_sequences(validated: dict[str, TableCopy]) -> dict[str, SequenceDetails]:
@@ -268,7 +277,7 @@ class CutoverPhase(Phase):
             problems += [
                 f"{tenant.schema}.{table}: {rows} rows changed since phase 3" for table, rows in changed.items() if rows
             ]
-            _refuse_changes(problems, f"tenant {tenant.tenant_id}")
+            _refuse_changes(problems, f"tenant {tenant.tenant_id}", tenant.tenant_id)
             found = dependents.of_tables(tenant.schema, LEGACY_TENANT_TABLES)
             dependents.refuse_uncarried(f"tenant {tenant.tenant_id}", found, ctx.options.leave_dependents, drop=drop)
             sequences = _continue_sequences(checked)

@@ -337,10 +337,15 @@ def test_a_tenant_cutover_refused_is_rolled_back_alone_while_others_are_live_and
             sql.Identifier(f"tenant_{FIRST}", "contacts")
         )
     )
-    cutover_failures()  # FIRST refused (a write since phase 3), LAST live
+    (refused,) = cutover_failures()  # FIRST refused (a write since phase 3), LAST live
     assert state(LAST) == MigrationState.LIVE
+    # the remedy the refusal names (a plain rollback is refused while another tenant is live)
+    assert (
+        f"roll it back with `migrate_phase rollback --tenant {FIRST}`, run phases schemas, data, security and "
+        f"verify with --tenant {FIRST} again, then `migrate_phase cutover`" in refused
+    )
 
-    # the remedy the refusal names: roll the tenant back alone, run phases 2-5 for it again
+    # ... followed: the tenant rolled back alone, phases 2-5 for it again, then cutover
     run("migrate_phase", "rollback", "--tenant", FIRST, interactive=False)
     assert legacy_tables_in_place(FIRST)
     for phase in ("schemas", "data", "security", "verify"):

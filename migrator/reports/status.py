@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from django.db.models import Q
 from psycopg import sql
 
 from migrator import db
@@ -268,10 +269,16 @@ def status_report() -> StatusReport:
     statuses = {(phase, tenant_id or GLOBAL): found for (phase, tenant_id), found in latest_statuses(phases).items()}
     report.excluded = excluded_schemas()
     left_out = {tenant_id_from_schema(str(entry["schema"])) for entry in report.excluded}
-    # Failed attempts are few: only they are read as records (the latest of their step).
+    # Failed attempts are few: only they are read as records (the latest of their step). A rollback is no
+    # numbered phase, but one that failed or was killed half way (its service roles dropped, its restore not
+    # done) leaves the database neither migrated nor rolled back: its step counts as a failure too.
+    undoing = [p.name for p in phase_registry.PHASES if p.alters_tables and p.name not in phases]
+    unfinished = Q(phase__in=phases, status=Status.FAILED) | Q(
+        phase__in=undoing, status__in=[Status.FAILED, Status.RUNNING]
+    )
     report.failures = [
         record
-        for record in MigrationRecord.objects.filter(phase__in=phases, status=Status.FAILED).latest_attempts()
+        for record in MigrationRecord.objects.filter(unfinished).latest_attempts()
         if record.tenant_id is None or record.tenant_id not in left_out
     ]
     for phase in phases:

@@ -23,7 +23,7 @@ from migrator.ops import admin_accounts, backup, binaries, databases, restore
 from migrator.phases import ORDERED
 from migrator.phases.prepare import PreparePhase, server_major
 from tests.helpers import legacy_fingerprints, run
-from tests.migrator.helpers import kill_when, manage, manage_env, one_line, psycopg_connect
+from tests.migrator.helpers import kill_when, manage, manage_env, manage_here, one_line, psycopg_connect
 
 TENANTS = ["acme_0001", "globex_0002", "empty_0001"]
 PHASES = tuple(p.name for p in ORDERED)
@@ -316,6 +316,29 @@ def test_a_failing_pg_restore_shows_its_error_and_leaves_the_database_as_it_was(
     assert f'role "{role}" does not exist' in failure.error_message
     assert databases_like(connection.settings_dict["NAME"]) == []  # the copy was dropped
     assert restore.interrupted_restore(get_config().backup_dir) is None
+
+
+def test_a_restore_that_failed_after_dropping_the_service_roles_leaves_the_migration_incomplete(migrated):
+    """The live database lost its service roles, the backup is not back: `status --check` said complete."""
+    role = f"{get_config().role_prefix}_gone_reader"
+    db.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
+    db.execute(sql.SQL("GRANT SELECT ON tenant_acme_0001.contacts TO {}").format(sql.Identifier(role)))
+    MigrationRecord.objects.filter(phase="prepare", step="backup").update(status=Status.ROLLED_BACK)
+    run("migrate_phase", "prepare", interactive=False)  # a new backup, with the GRANT: its restore will fail
+    db.execute(sql.SQL("REVOKE ALL ON tenant_acme_0001.contacts FROM {}").format(sql.Identifier(role)))
+    db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    for phase in ("security", "verify", "cutover"):
+        run("migrate_phase", phase, interactive=False)
+    assert manage_here("migrate_phase", "status", "--check").returncode == 0
+
+    with pytest.raises(CommandError, match="pg_restore failed"):
+        run("migrate_phase", "rollback", interactive=False, restore=True)
+
+    assert not any(catalog.role_exists(r) for r in get_config().service_roles.values())  # dropped before
+    checked = manage_here("migrate_phase", "status", "--check")
+    assert checked.returncode == 1
+    assert "restore_backup" in checked.stdout
+    assert "Migration incomplete" in checked.stdout
 
 
 # --- killed at each point ----------------------------------------------------------------------------------

@@ -78,6 +78,9 @@ class RollbackPhase(Phase):
             )
         grants.refuse_another_role_prefix(ctx.config, SERVICE_ROLE)
 
+    # the steps only --restore plans
+    RESTORE_KINDS = ("check_backup", "restore_backup")
+
     def plan(self, ctx: MigrationContext) -> list[Step]:
         if ctx.options.restore:
             info = backup.latest_backup(BACKUP, ctx.config.backup_dir)

@@ -109,10 +109,19 @@ def ddl_in_progress(holders: list[LockHolder], tracked: bool = True) -> str | No
             f"phase {running.phase} is changing schemas (step {running.migration_id} RUNNING{since}): "
             "deploy when it has finished"
         )
+    rerun = running.phase
+    if running.phase == RollbackPhase.name and _restore_unfinished():
+        rerun += " --restore"  # a plain rollback is another one (refused once a tenant is live)
     return (
         f"phase {running.phase} was interrupted in step {running.migration_id} (RUNNING{since}, no migrate_phase "
-        f"running): rerun `migrate_phase {running.phase}` to finish it, then deploy"
+        f"running): rerun `migrate_phase {rerun}` to finish it, then deploy"
     )
+
+
+def _restore_unfinished() -> bool:
+    """A ``rollback --restore`` left its restore undone (its steps are planned only with ``--restore``)."""
+    restore_steps = MigrationRecord.objects.filter(phase=RollbackPhase.name, step__in=RollbackPhase.RESTORE_KINDS)
+    return restore_steps.latest_attempts().exclude(status=Status.COMPLETED).exists()
 
 
 def half_switched() -> str | None:

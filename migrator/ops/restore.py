@@ -428,7 +428,8 @@ def recover_interrupted_restore(directory: Path) -> str | None:
                 drop_database(admin, names.replaced)
             what = f"it had replaced the database with the backup; the replaced database {names.replaced} is dropped"
         else:
-            if database_comment(admin, names.scratch) == restore_marker(names.database):
+            # "": killed between its CREATE DATABASE and its COMMENT; the journal, written before, names it
+            if database_comment(admin, names.scratch) in (restore_marker(names.database), ""):
                 drop_database(admin, names.scratch)
             what = f"the database was left as it was; the unfinished copy {names.scratch} is dropped"
     path.unlink(missing_ok=True)

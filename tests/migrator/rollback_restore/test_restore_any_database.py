@@ -431,6 +431,25 @@ def test_a_journal_of_a_restore_that_had_swapped_is_finished_by_dropping_the_rep
     assert_restored(backup_schema(), backup_data(), history_ids)
 
 
+def test_a_restore_killed_between_creating_its_new_database_and_marking_it_is_finished_by_one_rerun(migrated):
+    """The state such a kill leaves: the journal, then the new database without the comment that marks it a
+    restore's. The rerun refused it as "not a restore of" this database, and only the next one went on."""
+    name = connection.settings_dict["NAME"]
+    info = backup.latest_backup(PreparePhase.BACKUP)
+    assert info is not None
+    history_ids = set(MigrationRecord.objects.values_list("id", flat=True))
+    with restore.maintenance_connection() as admin:
+        names = restore.restore_names(admin, name)
+        restore.write_journal(get_config().backup_dir, info, restore.save_history(get_config().backup_dir)[1], names)
+        admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(names.scratch)))
+
+    out = run("migrate_phase", "rollback", interactive=False, restore=True)
+
+    assert f"the unfinished copy {names.scratch} is dropped" in out
+    assert_restored(backup_schema(), backup_data(), history_ids)
+    assert databases_like(name) == []
+
+
 @pytest.fixture
 def restorer(migrated) -> Iterator[str]:
     """A login that owns the test's database and may create databases (in its tablespace too), reads and

@@ -7,7 +7,9 @@ wide ones elsewhere). Nothing is counted or scanned to plan: a table with no sta
 analyzed) gets an ANALYZE of its key column, which reads a sample of at most 30,000 rows.
 
 The first range starts below every key and the last ends above every key, so keys outside the
-sampled bounds (rows added since ANALYZE) still belong to a range.
+sampled bounds (rows added since ANALYZE) still belong to a range. Statistics that no longer describe the
+table (a row count off by more than 2x, or keys far outside the histogram: rows added since with the row
+estimate kept right by a VACUUM) are taken again first, else one range would hold most of the rows.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import math
 
 from psycopg import sql
 
-from migrator import db
+from migrator import catalog, db
 from migrator.core.steps import KeyRange
 
 INTEGER_TYPES = (20, 21, 23)  # bigint, smallint, integer
@@ -43,6 +45,35 @@ def _statistics(schema: str, table: str, key: str) -> tuple[float, list[int] | N
     return float(estimate), values, is_integer
 
 
+# Keys outside the histogram over more than this share of the span it covers: the statistics describe
+# another table than the one there is now (rows added since ANALYZE with the row estimate kept right).
+OUTSIDE_SHARE = 0.1
+
+
+def _keys_outside(schema: str, table: str, key: str, bounds: list[int]) -> bool:
+    """The table's lowest or highest key lies far outside ``bounds`` (two probes of the key's index; no
+    index on the key, nothing is read and the statistics are taken as they are)."""
+    first = sql.SQL("(SELECT {k} FROM ONLY {t} ORDER BY {k} {order} LIMIT 1)")
+    row = db.fetchone(
+        sql.SQL(
+            "SELECT {lowest}, {highest} WHERE EXISTS (SELECT FROM pg_index i JOIN pg_attribute a "
+            "ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] WHERE i.indrelid = {oid} AND a.attname = %s "
+            "AND i.indpred IS NULL)"
+        ).format(
+            lowest=first.format(k=sql.Identifier(key), t=sql.Identifier(schema, table), order=sql.SQL("ASC")),
+            highest=first.format(k=sql.Identifier(key), t=sql.Identifier(schema, table), order=sql.SQL("DESC")),
+            oid=catalog.RELATION_OID,
+        ),
+        [schema, table, key],
+    )
+    if row is None or row[0] is None:
+        return False
+    lowest, highest = int(row[0]), int(row[1])
+    covered = max(bounds[-1] - bounds[0], 1)
+    outside = max(0, bounds[0] - lowest) + max(0, highest - bounds[-1])
+    return outside > OUTSIDE_SHARE * covered
+
+
 def analyze_key(schema: str, table: str, key: str) -> None:
     """Statistics of the key column (and the table's row estimate) from a sample."""
     db.execute(sql.SQL("ANALYZE {} ({})").format(sql.Identifier(schema, table), sql.Identifier(key)))
@@ -61,6 +92,8 @@ def plan_key_ranges(
     if not is_integer:
         return []
     stale = rows is not None and (estimate <= 0 or not 0.5 <= rows / max(estimate, 1.0) <= 2.0)
+    if not stale and bounds and len(bounds) >= 2:
+        stale = _keys_outside(schema, table, key, bounds)
     if bounds is None or estimate < 0 or stale:
         analyze_key(schema, table, key)
         estimate, bounds, _ = _statistics(schema, table, key)

@@ -78,6 +78,31 @@ def test_a_skewed_key_distribution_splits_into_balanced_ranges(skewed_table):
     assert plan_key_ranges("skew_test", "keys", "id", range_rows=60_000) == []
 
 
+def test_statistics_of_a_table_that_grew_since_with_its_row_estimate_kept_right_are_taken_again(clean_db):
+    """1,000 rows analyzed, then 20,000 more and a VACUUM (the row estimate right, the histogram still over
+    ids 1..1,000): planned from it, one range held nearly every row."""
+    db.execute(sql.SQL("CREATE SCHEMA skew_test"))
+    db.execute(sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, payload text)").format(SKEW))
+    db.execute(sql.SQL("INSERT INTO {} SELECT g, 'x' FROM generate_series(1, 1000) g").format(SKEW))
+    db.execute(sql.SQL("ANALYZE {}").format(SKEW))
+    db.execute(sql.SQL("INSERT INTO {} SELECT g, 'y' FROM generate_series(1001, 21000) g").format(SKEW))
+    db.execute(sql.SQL("VACUUM {}").format(SKEW))
+    assert value("SELECT reltuples FROM pg_class WHERE oid = 'skew_test.keys'::regclass") == 21_000
+
+    ranges = plan_key_ranges("skew_test", "keys", "id", range_rows=3_000, rows=21_000)
+
+    in_each = [
+        value(
+            sql.SQL("SELECT count(*) FROM {} WHERE id > %s AND id <= %s").format(SKEW),
+            [-(2**63) if r.after is None else r.after, 2**63 - 1 if r.through is None else r.through],
+        )
+        for r in ranges
+    ]
+    assert len(ranges) == 7
+    assert sum(in_each) == 21_000
+    assert max(in_each) <= 1.25 * 3_000, in_each
+
+
 def range_rows(kind: str, tenant: str | None = None) -> list[MigrationRecord]:
     rows = MigrationRecord.objects.filter(phase="data", step=kind).latest_attempts()
     if tenant:

@@ -20,7 +20,7 @@ def recorded_drift(schemas: list[str] | None = None) -> list[FindingGroup]:
 def report_lines(groups: list[FindingGroup]) -> list[str]:
     """The report for a terminal: a heading, then a line per group (blocking ones first)."""
     if not groups:
-        return ["Drift report: every inspected tenant has the expected shape."]
+        return ["Drift report: no finding recorded: every tenant inspected so far has the expected shape."]
     tenants = {schema for group in groups for schema in group.schemas}
     lines = [f"Drift report: {len(groups)} kinds of finding (e.g. in {', '.join(sorted(tenants)[:3])}):"]
     lines += [f"  {group.line()}" for group in groups]

@@ -40,31 +40,28 @@ def forward_statements(copy: TableCopy) -> tuple[list[sql.Composed], list[sql.Co
         copy, copy.target, recopy.key_types(copy.target_schema, copy.target_table, copy.key, copy.schema_catalog)
     )
     statements = [check]
+
+    def refusal(function: str, count: sql.Composable, what: str) -> sql.Composed:
+        """``function(count over the written rows, what)``: it raises when the count is not 0."""
+        return sql.SQL("SELECT {fn}({count}, {what}) FROM {src} WHERE {match}").format(
+            fn=sql.Identifier(SYNC_SCHEMA, function),
+            count=count,
+            what=sql.Literal(what),
+            src=copy.from_clause(),
+            match=recopy.keys_in("s", copy.key, types, KEYS),
+        )
+
+    source = f"{copy.source_schema}.{copy.source_table}"
     if copy.remaps:
         unmapped = sql.SQL(" + ").join(copy.unmapped_counts())
-        statements.append(
-            sql.SQL("SELECT {fn}(({unmapped})::bigint, {what}) FROM {src} WHERE {match}").format(
-                fn=sql.Identifier(SYNC_SCHEMA, "refuse_unmapped"),
-                unmapped=unmapped,
-                what=sql.Literal(f"{copy.source_schema}.{copy.source_table}"),
-                src=copy.from_clause(),
-                match=recopy.keys_in("s", copy.key, types, KEYS),
-            )
-        )
+        statements.append(refusal("refuse_unmapped", sql.SQL("({})::bigint").format(unmapped), source))
     if found := conversions.inexact_condition(copy):
         # What phase 1 refuses in the rows there were, the sync refuses in a row written since: the new
         # table would hold it rounded, cut or rewritten, and the sides would differ until cutover refuses.
         inexact, columns = found
-        what = ", ".join(f"{d.column} {d.legacy_type} -> {d.target_type}" for d in columns)
-        statements.append(
-            sql.SQL("SELECT {fn}(count(*) FILTER (WHERE {inexact}), {what}) FROM {src} WHERE {match}").format(
-                fn=sql.Identifier(SYNC_SCHEMA, "refuse_inexact"),
-                inexact=inexact,
-                what=sql.Literal(f"{copy.source_schema}.{copy.source_table} ({what})"),
-                src=copy.from_clause(),
-                match=recopy.keys_in("s", copy.key, types, KEYS),
-            )
-        )
+        converted = ", ".join(f"{d.column} {d.legacy_type} -> {d.target_type}" for d in columns)
+        count = sql.SQL("count(*) FILTER (WHERE {})").format(inexact)
+        statements.append(refusal("refuse_inexact", count, f"{source} ({converted})"))
     upsert, delete = recopy.copy_statements(copy, KEYS)
     # a delete runs only the deleting statements: it is checked for a crossing writer too
     return [*statements, upsert], [check, delete]

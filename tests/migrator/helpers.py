@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from django.core.management import ManagementUtility
 from psycopg import sql
 
 from migrator import db
 from migrator.config import get_config
-from migrator.models import MigrationRecord
+from migrator.models import MigrationRecord, Status
 from migrator.tables import TENANT_DATA_TABLES, TableKind, legacy_table, model_columns, reference_table
 from tests import warm_children
 
@@ -63,6 +64,20 @@ def table_names(schema: str) -> set[str]:
             [schema],
         )
     }
+
+
+def refused_run(*args: str, step: str, **options: Any) -> tuple[str, MigrationRecord]:
+    """``migrate_phase <args>`` that fails in one line; that line and ``step``'s latest attempt, FAILED."""
+    from django.core.management import CommandError
+
+    from tests.helpers import run
+
+    with pytest.raises(CommandError) as refused:
+        run("migrate_phase", *args, interactive=False, **options)
+    assert one_line(str(refused.value)), refused.value
+    record = latest(step)
+    assert record.status == Status.FAILED
+    return str(refused.value), record
 
 
 def records(**filters: Any) -> list[MigrationRecord]:

@@ -446,43 +446,32 @@ def _sequence_findings(schema: str, table: str, relation: Relation, shape: Expec
     if facts is None:
         return []
     findings = []
+
+    def add(kind: FindingKind, detail: str, disposition: Disposition, action: str) -> None:
+        findings.append(Finding(schema, table, kind, facts.name, detail, disposition, action))
+
     if facts.max_id is not None and BIGINT_MAX - facts.max_id < ID_HEADROOM:
-        findings.append(
-            Finding(
-                schema,
-                table,
-                FindingKind.SEQUENCE,
-                facts.name,
-                f"max(id) {facts.max_id} (issued up to {facts.last_value}) leaves the new table's sequence, which "
-                f"continues after the highest id, {BIGINT_MAX - facts.max_id} ids",
-                Disposition.REFUSED,
-                f"give that row an id below {BIGINT_MAX - ID_HEADROOM} (its sequence never issued it), or "
-                f"--skip-schema {schema}",
-            )
+        add(
+            FindingKind.SEQUENCE,
+            f"max(id) {facts.max_id} (issued up to {facts.last_value}) leaves the new table's sequence, which "
+            f"continues after the highest id, {BIGINT_MAX - facts.max_id} ids",
+            Disposition.REFUSED,
+            f"give that row an id below {BIGINT_MAX - ID_HEADROOM} (its sequence never issued it), or "
+            f"--skip-schema {schema}",
         )
     if facts.last_value is not None and facts.last_value > (facts.max_id or 0):
-        findings.append(
-            Finding(
-                schema,
-                table,
-                FindingKind.SEQUENCE,
-                facts.name,
-                f"issued up to {facts.last_value}, max(id) {facts.max_id}",
-                Disposition.CARRIED,
-                f"the new table's ids continue after {facts.last_value}",
-            )
+        add(
+            FindingKind.SEQUENCE,
+            f"issued up to {facts.last_value}, max(id) {facts.max_id}",
+            Disposition.CARRIED,
+            f"the new table's ids continue after {facts.last_value}",
         )
     if facts.shared_with:
-        findings.append(
-            Finding(
-                schema,
-                table,
-                FindingKind.SHARED_SEQUENCE,
-                facts.name,
-                f"also the default of {', '.join(facts.shared_with)}",
-                Disposition.CARRIED,
-                "the new table gets its own sequence, continuing after the shared one's last value",
-            )
+        add(
+            FindingKind.SHARED_SEQUENCE,
+            f"also the default of {', '.join(facts.shared_with)}",
+            Disposition.CARRIED,
+            "the new table gets its own sequence, continuing after the shared one's last value",
         )
     return findings
 

@@ -40,6 +40,17 @@ SOURCE_ROWS = {"contact_data_contacts": CONTACTS, "activity_data_activities": AC
 SKEW = sql.Identifier("skew_test", "keys")
 
 
+def rows_in_each(ranges: list[Any]) -> list[int]:
+    """The rows of the skew test's table that each range holds, counted."""
+    return [
+        value(
+            sql.SQL("SELECT count(*) FROM {} WHERE id > %s AND id <= %s").format(SKEW),
+            [-(2**63) if r.after is None else r.after, 2**63 - 1 if r.through is None else r.through],
+        )
+        for r in ranges
+    ]
+
+
 @pytest.fixture
 def skewed_table(clean_db: None) -> Any:
     """60,000 rows: 90 % of the ids in 1..54,000, the other 10 % spread over 1..10^9 above them."""
@@ -61,13 +72,7 @@ def test_a_skewed_key_distribution_splits_into_balanced_ranges(skewed_table):
     assert len(ranges) == 10
     assert (ranges[0].after, ranges[-1].through) == (None, None)  # every key, also beyond the sampled ones
     assert all(a.through == b.after for a, b in itertools.pairwise(ranges))
-    in_each = [
-        value(
-            sql.SQL("SELECT count(*) FROM {} WHERE id > %s AND id <= %s").format(SKEW),
-            [-(2**63) if r.after is None else r.after, 2**63 - 1 if r.through is None else r.through],
-        )
-        for r in ranges
-    ]
+    in_each = rows_in_each(ranges)
     assert sum(in_each) == 60_000
     # Equal-width ranges over 1..10^9 would put 54,000 rows in the first; these hold 6,000 each, give or
     # take the sampling error of ANALYZE's 30,000-row sample.
@@ -91,13 +96,7 @@ def test_statistics_of_a_table_that_grew_since_with_its_row_estimate_kept_right_
 
     ranges = plan_key_ranges("skew_test", "keys", "id", range_rows=3_000, rows=21_000)
 
-    in_each = [
-        value(
-            sql.SQL("SELECT count(*) FROM {} WHERE id > %s AND id <= %s").format(SKEW),
-            [-(2**63) if r.after is None else r.after, 2**63 - 1 if r.through is None else r.through],
-        )
-        for r in ranges
-    ]
+    in_each = rows_in_each(ranges)
     assert len(ranges) == 7
     assert sum(in_each) == 21_000
     assert max(in_each) <= 1.25 * 3_000, in_each

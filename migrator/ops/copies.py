@@ -174,9 +174,10 @@ def compare_in_ranges(
     def plan() -> list[KeyRange]:
         return ranges.plan_key_ranges(copy.source_schema, copy.source_table, "id", range_rows)
 
-    def work(key_range: KeyRange, _reporter: StepReporter) -> StepResult:
+    def work(key_range: KeyRange, range_reporter: StepReporter) -> StepResult:
         source, target = fingerprint.both_fingerprints_in_range(copy, key_range.after, key_range.through)
         parts[key_range.index] = (source, target)
+        range_reporter.progress(source.rows, key_range.rows_planned)  # the step's rows compared so far
         return StepResult(
             message=f"{target.rows} rows, fingerprint {'matches' if source == target else 'DIFFERS'}",
             rows_expected=source.rows,

@@ -4,6 +4,7 @@ every --jobs connection, resumed exactly after SIGKILL with another --jobs."""
 from __future__ import annotations
 
 import itertools
+import re
 from typing import Any
 
 import pytest
@@ -129,9 +130,11 @@ def assert_copied_exactly(tenants: list[str]) -> None:
 
 def test_a_large_table_is_copied_and_validated_in_ranges_on_every_connection(larger_schemas_ready, settings):
     settings.SALESFLOW = {**settings.SALESFLOW, "RANGE_ROWS": 1_000}
-    run("migrate_phase", "data", interactive=False, jobs=3, batch_size=300)
+    out = run("migrate_phase", "data", interactive=False, jobs=3, batch_size=300, verbosity=2)
 
     assert_copied_exactly(TENANTS)
+    # a ranged validation says how far it got, range by range, as a copy does batch by batch
+    assert re.search(r"validate activity_data_activities \.\.\. [\d,]+/8,000 rows", out), out
     # the stage's large tables (another legacy table may be ranged too: its own rows, not counted here)
     copies = [r for r in range_rows("copy_range") if r.target in SOURCE_ROWS]
     # 4,000 contacts in 4 ranges and 8,000 activities in 8, per tenant; all done, rows as planned

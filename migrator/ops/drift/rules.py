@@ -301,6 +301,9 @@ def _type_finding(
     detail = f"{column['type']} in the legacy table, {expected.data_type} in the target"
     if zoned:
         detail += f"; read as wall-clock times of {zone} ({source})"
+    if str(column["type"]).startswith("character(") and not expected.data_type.startswith("character("):
+        # char(n) compares without its padding, so the value is exact; what an application reads is not
+        detail += "; the blanks char(n) pads its values with are not carried (they compare equal without them)"
     rows, keys = inexact_values(copy, difference)
     if rows:
         return Finding(

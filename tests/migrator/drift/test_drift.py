@@ -304,7 +304,8 @@ def test_carried_drift_is_reported_and_registers(seeded):
         "SELECT setval(pg_get_serial_sequence('tenant_acme_0001.contacts', 'id'), 100000); "
         "ALTER TABLE tenant_globex_0002.contacts ALTER COLUMN owner_id TYPE integer; "
         'ALTER TABLE tenant_globex_0002.contacts ALTER COLUMN company TYPE text COLLATE "C"; '
-        "ALTER TABLE tenant_globex_0002.activities ALTER COLUMN created_at SET DEFAULT now()"
+        "ALTER TABLE tenant_globex_0002.activities ALTER COLUMN created_at SET DEFAULT now(); "
+        "ALTER TABLE tenant_globex_0002.contacts ALTER COLUMN phone TYPE char(20)"
     )
 
     output = prepare()
@@ -319,6 +320,7 @@ def test_carried_drift_is_reported_and_registers(seeded):
         (ACME, FindingKind.UNLOGGED, ""),
         (ACME, FindingKind.SEQUENCE, "tenant_acme_0001.contacts_id_seq"),
         (GLOBEX, FindingKind.TYPE, "owner_id"),
+        (GLOBEX, FindingKind.TYPE, "phone"),
         (GLOBEX, FindingKind.COLLATION, "company"),
         (GLOBEX, FindingKind.DEFAULT, "created_at"),
     }
@@ -327,6 +329,7 @@ def test_carried_drift_is_reported_and_registers(seeded):
         output
     )
     assert "integer in the legacy table, bigint in the target" in output
+    assert "the blanks char(n) pads its values with are not carried" in output  # what the application reads
     assert not findings(EMPTY)  # empty tables of the expected shape: nothing to report
 
 

@@ -488,6 +488,7 @@ def stop_sync(ctx: MigrationContext, scope: str) -> StepResult:
     lock waits (retried); the legacy tables hold every write."""
     check_lock_timeout(ctx.options.lock_timeout_ms)
     copies, refs = _scope_tables(ctx, scope)
+    twoway.ensure_sync_schema()  # this release's functions, the refusal of writes to the new tables among them
     facts = OnlineSwitchDetails()
 
     def stop() -> None:

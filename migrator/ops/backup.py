@@ -118,13 +118,14 @@ def _run_following(cmd: list[str], env: dict[str, str], what: str, on_line: Call
     """``_run`` of a tool that says what it does on stderr (``--verbose``): each line to ``on_line`` as it
     comes; stdout is not kept."""
     lines: list[str] = []
+    said = f"{Path(cmd[0]).name}: "  # how the tool starts every line it writes
     with subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_preexec()
     ) as child:
         assert child.stderr is not None
         for line in child.stderr:
             on_line(line)
-            if not line.startswith(f"{Path(cmd[0]).name}: ") or ": error:" in line or ": warning:" in line:
+            if not line.startswith(said) or ": error:" in line or ": warning:" in line:
                 lines.append(line)  # what went wrong, without the lines that only say what was done
     _refuse_failure(what, child.returncode, "".join(lines))
 
@@ -342,7 +343,7 @@ def restore_backup(
     if database is not None:
         args[args.index("-d") + 1] = database
     parts = backup_parts(Path(info.path))
-    total = sum(1 for _ in list_backup(pg_restore, Path(info.path))) if progress else 0
+    total = info.toc_entries  # counted when the backup was taken (its sha256 was checked since)
     done = 0
 
     def follow(line: str) -> None:

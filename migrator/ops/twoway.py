@@ -62,14 +62,6 @@ WRITE_TRIGGER = "salesflow_sync_legacy_write"
 TRUNCATE_TRIGGER = "salesflow_sync_truncate"
 # On a rolled-back scope's new tables from the sync's stop until they are dropped: a write there would be lost.
 ROLLED_BACK_TRIGGER = "salesflow_rolled_back"
-_REFUSE_WRITES_ROLLED_BACK = sql.SQL("""
-CREATE OR REPLACE FUNCTION {schema}.refuse_write_rolled_back() RETURNS trigger LANGUAGE plpgsql AS $fn$
-BEGIN
-  RAISE EXCEPTION USING ERRCODE = 'read_only_sql_transaction', MESSAGE = format(
-    '%I.%I is being rolled back by the salesflow migrator: its rows are in %s now; write there',
-    TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]);
-END $fn$
-""")
 # How long a synced write waits for the other side's row (see apply_row): under deadlock_timeout, above
 # the migrator's --lock-timeout (online.check_lock_timeout keeps it so).
 SYNC_LOCK_TIMEOUT_MS = 500
@@ -283,8 +275,8 @@ def record_synced(scope: str, tenant_id: str | None, tables: dict[str, str]) -> 
 def refuse_writes_to_new_tables(copies: Iterable[TableCopy]) -> None:
     """The new tables of a scope whose sync stopped for a rollback refuse every write until the rollback
     drops them (caller's transaction): the legacy tables hold the rows now, and a write to a new table
-    would be lost with it, its id issued again by the legacy sequence."""
-    db.execute(_REFUSE_WRITES_ROLLED_BACK.format(**_args()))
+    would be lost with it, its id issued again by the legacy sequence. The sync schema's functions must be
+    this release's (:func:`ensure_sync_schema`)."""
     for copy in copies:
         db.execute(
             sql.SQL(

@@ -13,7 +13,9 @@ END $fn$
 """
 
 # Changed with any function below: a sync schema made by an earlier release gets them all again.
-FUNCTIONS_RELEASE = "salesflow migrator two-way sync, functions of 2026-12-07 (refuse_inexact)"
+FUNCTIONS_RELEASE = (
+    "salesflow migrator two-way sync, functions of 2026-12-07 (refuse_inexact, refuse_write_rolled_back)"
+)
 
 FUNCTIONS = (
     # The generic row trigger: TG_ARGV[0] the key columns (a jsonb array), TG_ARGV[1] the number of
@@ -300,6 +302,16 @@ BEGIN
   RAISE EXCEPTION USING ERRCODE = 'object_in_use', MESSAGE = format(
     '%I.%I is kept in two-way sync by the salesflow migrator: TRUNCATE cannot be carried over; delete the rows instead',
     TG_TABLE_SCHEMA, TG_TABLE_NAME);
+END $fn$
+""",
+    # A rolled-back scope's new tables, from the sync's stop until the rollback drops them (TG_ARGV[0]: the
+    # legacy table that holds their rows now).
+    """
+CREATE OR REPLACE FUNCTION {schema}.refuse_write_rolled_back() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+  RAISE EXCEPTION USING ERRCODE = 'read_only_sql_transaction', MESSAGE = format(
+    '%I.%I is being rolled back by the salesflow migrator: its rows are in %s now; write there',
+    TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]);
 END $fn$
 """,
 )

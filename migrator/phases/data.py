@@ -18,7 +18,7 @@ from migrator.core.details import (
 from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
-from migrator.modes import MigrationMode, mode_for, online
+from migrator.modes import MigrationMode, mode_for, online_scopes
 from migrator.ops import carried, constraints, fingerprint, ranges, reference, twoway
 from migrator.ops.conversions import legacy_timezone
 from migrator.ops.copies import (
@@ -111,7 +111,7 @@ class DataPhase(Phase):
     def refuse_options(self, ctx: MigrationContext) -> None:
         if not catalog.tracking_table_exists():
             return
-        if not ctx.options.online and not ctx.options.validate_only and (scopes := sorted(online.online_scopes())):
+        if not ctx.options.online and not ctx.options.validate_only and (scopes := sorted(online_scopes())):
             # An offline copy of the tenants an interrupted online run had not reached yet would miss every
             # write made after it, and their two-way sync would start from it.
             raise MigrationError(

@@ -56,22 +56,25 @@ def advisory_lock_holders(classid: int, objid: int) -> list[str]:
 
 @dataclass(frozen=True)
 class SchemaCatalog:
-    """The ordinary and partitioned tables of one schema and their columns, read in one query
-    (:func:`read_schema`), answering the catalog questions of a tenant's copy, validation or cutover
+    """The ordinary and partitioned tables of some schemas and their columns, read in one query
+    (:func:`read_schemas`), answering the catalog questions of a scope's copy, validation, sync or cutover
     checks without a query each. Its methods take the same arguments as this module's functions and
     give the same answers; a table it does not hold, or another schema's, is looked up as they do.
 
-    Valid only while no table of ``schema`` is created, dropped, renamed or altered (its indexes and
+    Valid only while no table of its schemas is created, dropped, renamed or altered (their indexes and
     constraints may change: a copy drops and rebuilds them): read it once the schema-change lock or
-    the tables' own locks are held, and let no code that changes a table of the schema use it after.
+    the tables' own locks are held, and let no code that changes a table of the schemas use it after.
     """
 
-    schema: str | None  # None: holds nothing, every question goes to the catalog (:data:`NOT_READ`)
-    tables: Mapping[str, tuple[Column, ...]]
-    partitioned: frozenset[str]
+    schemas: frozenset[str]  # empty: holds nothing, every question goes to the catalog (:data:`NOT_READ`)
+    tables: Mapping[tuple[str, str], tuple[Column, ...]]  # (schema, table) -> its columns
+    partitioned: frozenset[tuple[str, str]]
 
     def _held(self, schema: str, table: str) -> tuple[Column, ...] | None:
-        return self.tables.get(table) if schema == self.schema else None
+        return self.tables.get((schema, table)) if schema in self.schemas else None
+
+    def holds(self, schema: str) -> bool:
+        return schema in self.schemas
 
     def table_exists(self, schema: str, table: str) -> bool:
         return self._held(schema, table) is not None or table_exists(schema, table)
@@ -82,7 +85,7 @@ class SchemaCatalog:
 
     def is_partitioned(self, schema: str, table: str) -> bool:
         if self._held(schema, table) is not None:
-            return table in self.partitioned
+            return (schema, table) in self.partitioned
         return is_partitioned(schema, table)
 
     def own_rows(self, schema: str, table: str) -> sql.Composed:
@@ -95,43 +98,46 @@ class SchemaCatalog:
 
     def tables_of(self, schema: str) -> set[str]:
         """``schema``'s ordinary and partitioned tables (:func:`tables_by_schema` of that schema alone)."""
-        if schema == self.schema:
-            return set(self.tables)
+        if schema in self.schemas:
+            return {table for held_schema, table in self.tables if held_schema == schema}
         return tables_by_schema([schema])[schema]
 
 
-# No schema read: each question is one catalog query (a copy or check run outside a tenant's block).
-NOT_READ = SchemaCatalog(None, {}, frozenset())
+# No schema read: each question is one catalog query (a copy or check run outside a scope's block).
+NOT_READ = SchemaCatalog(frozenset(), {}, frozenset())
 
 
 def read_for(schema: str, handed: object) -> SchemaCatalog:
-    """``handed`` when it is ``schema``'s :class:`SchemaCatalog` (what phase 3's ``tenant_context`` hands a
-    tenant's steps as ``StepReporter.tenant``), else :data:`NOT_READ`."""
-    return handed if isinstance(handed, SchemaCatalog) and handed.schema == schema else NOT_READ
+    """``handed`` when it is a :class:`SchemaCatalog` that holds ``schema`` (what phase 3's ``tenant_context``
+    hands a tenant's steps as ``StepReporter.tenant``), else :data:`NOT_READ`."""
+    return handed if isinstance(handed, SchemaCatalog) and handed.holds(schema) else NOT_READ
 
 
-def read_schema(schema: str) -> SchemaCatalog:
-    """``schema``'s ordinary and partitioned tables and their columns, in one catalog query (see
+def read_schemas(*schemas: str) -> SchemaCatalog:
+    """The ordinary and partitioned tables of ``schemas`` and their columns, in one catalog query (see
     :class:`SchemaCatalog` for how long the answer holds)."""
     rows = db.fetchall(
-        "SELECT c.relname, c.relkind = 'p', a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, "
-        "       a.atthasdef OR a.attidentity <> '', a.atttypid::bigint, a.attcollation::bigint "
-        "FROM pg_depend d JOIN pg_class c ON c.oid = d.objid "
+        "SELECT s.nspname, c.relname, c.relkind = 'p', a.attname, format_type(a.atttypid, a.atttypmod), "
+        "       NOT a.attnotnull, a.atthasdef OR a.attidentity <> '', a.atttypid::bigint, a.attcollation::bigint "
+        "FROM unnest(%s::text[]) s(nspname) "
+        "JOIN pg_depend d ON d.refclassid = 'pg_namespace'::regclass "
+        "AND d.refobjid = to_regnamespace(quote_ident(s.nspname)) AND d.refobjsubid = 0 "
+        "AND d.classid = 'pg_class'::regclass "
+        "JOIN pg_class c ON c.oid = d.objid "
         "LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
-        "WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = to_regnamespace(quote_ident(%s)) "
-        "AND d.refobjsubid = 0 AND d.classid = 'pg_class'::regclass AND c.relkind IN ('r', 'p') "
-        "ORDER BY c.relname, a.attnum",
-        [schema],
+        "WHERE c.relkind IN ('r', 'p') "
+        "ORDER BY s.nspname, c.relname, a.attnum",
+        [list(schemas)],
     )
-    tables: dict[str, list[Column]] = {}
-    partitioned: set[str] = set()
-    for table, is_partitioned_table, name, *column in rows:
-        found = tables.setdefault(table, [])
+    tables: dict[tuple[str, str], list[Column]] = {}
+    partitioned: set[tuple[str, str]] = set()
+    for schema, table, is_partitioned_table, name, *column in rows:
+        found = tables.setdefault((schema, table), [])
         if is_partitioned_table:
-            partitioned.add(table)
+            partitioned.add((schema, table))
         if name is not None:  # a table with no columns is one row of NULLs
             found.append(Column(name, *column))
-    return SchemaCatalog(schema, {table: tuple(cols) for table, cols in tables.items()}, frozenset(partitioned))
+    return SchemaCatalog(frozenset(schemas), {key: tuple(cols) for key, cols in tables.items()}, frozenset(partitioned))
 
 
 def table_exists(schema: str, table: str) -> bool:

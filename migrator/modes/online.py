@@ -34,6 +34,7 @@ from migrator.ops.copies import (
     compare_in_ranges,
     continue_sequence_of,
     in_legacy_timezone,
+    read_auth_catalog,
     splits_by_key,
     tenant_copy,
 )
@@ -47,16 +48,30 @@ from salesflow.layout import tenant_id_from_schema
 def scope_copies(
     ctx: MigrationContext, scope: str, schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ
 ) -> dict[str, TableCopy]:
-    """Legacy table -> its copy, for every table of ``scope`` that is copied row by row (a tenant's
-    copies answer their catalog questions from ``schema_catalog``)."""
+    """Legacy table -> its copy, for every table of ``scope`` that is copied row by row (the copies
+    answer their catalog questions from ``schema_catalog``: see :func:`scope_catalog`)."""
     # Captured rows are applied, and fingerprinted, reading legacy timestamps as the copy did.
     if scope == ctx.config.legacy_auth_schema:
-        return {table: in_legacy_timezone(ctx, auth_copy(scope, table)) for table in LEGACY_AUTH_TABLES}
+        return {table: in_legacy_timezone(ctx, auth_copy(scope, table, schema_catalog)) for table in LEGACY_AUTH_TABLES}
     tenant = TenantRef(_tenant_id(scope))
     return {
         spec.legacy_table: in_legacy_timezone(ctx, tenant_copy(tenant, spec, schema_catalog))
         for spec in TENANT_DATA_TABLES
     }
+
+
+def scope_catalog(ctx: MigrationContext, scope: str, handed: object = None) -> catalog.SchemaCatalog:
+    """The scope's tables as read for its steps (``handed``: ``StepReporter.tenant``), else read now: a
+    tenant's schema, or the legacy auth schema with the schema of the new auth tables. For the caller's
+    questions about tables its work does not create, drop, rename or alter (see
+    :class:`catalog.SchemaCatalog`): one catalog read instead of a query per question, for each round of
+    a sync that follows the writes."""
+    held = catalog.read_for(scope, handed)
+    if held is not catalog.NOT_READ:
+        return held
+    if scope == ctx.config.legacy_auth_schema:
+        return read_auth_catalog(scope)
+    return catalog.read_schemas(scope)
 
 
 def _tenant_id(scope: str) -> str:
@@ -144,7 +159,7 @@ def sync_scope(ctx: MigrationContext, scope: str, reporter: StepReporter) -> cap
     """Apply a captured scope's backlog (a synced scope has none: its writes are on both sides at once)."""
     if twoway.is_synced(scope):
         return capture.ApplyStats()
-    schema_catalog = catalog.read_for(scope, reporter.tenant)
+    schema_catalog = scope_catalog(ctx, scope, reporter.tenant)
     copies = scope_copies(ctx, scope, schema_catalog)
     merge = scope_merge(ctx, scope, schema_catalog)
     stats = capture.apply_changes(scope, copies, ctx.batch_size, merge, fence=reporter.fence)
@@ -191,9 +206,12 @@ def check_lock_timeout(lock_timeout_ms: int) -> None:
 
 
 def _scope_tables(
-    ctx: MigrationContext, scope: str, schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ
+    ctx: MigrationContext, scope: str, schema_catalog: catalog.SchemaCatalog | None = None
 ) -> tuple[dict[str, TableCopy], list[str]]:
-    """The scope's copies of legacy tables that exist, and its legacy reference tables that exist."""
+    """The scope's copies of legacy tables that exist, and its legacy reference tables that exist (the copies
+    ask ``schema_catalog``, or a :func:`scope_catalog` read now)."""
+    if schema_catalog is None:
+        schema_catalog = scope_catalog(ctx, scope)
     present = schema_catalog.tables_of(scope)
     copies = {t: c for t, c in scope_copies(ctx, scope, schema_catalog).items() if t in present}
     refs = (
@@ -236,8 +254,8 @@ def start_two_way_sync(ctx: MigrationContext, scope: str, reporter: StepReporter
     if twoway.is_synced(scope):
         return StepResult(message="two-way sync already on", details=OnlineSwitchDetails(online=True, two_way=True))
     check_lock_timeout(ctx.options.lock_timeout_ms)
-    # a tenant's tables as read for its steps: the sync changes triggers, no table
-    schema_catalog = catalog.read_for(scope, reporter.tenant)
+    # the sync changes triggers, no table
+    schema_catalog = scope_catalog(ctx, scope, reporter.tenant)
     copies, refs = _scope_tables(ctx, scope, schema_catalog)
     tenant_id = _scope_tenant(ctx, scope)
     captured = capture.captured_tables(scope)

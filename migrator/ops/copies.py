@@ -19,17 +19,32 @@ from migrator.ops.conversions import LEGACY_TIMEZONE_OPTION, legacy_timezone
 from migrator.ops.sequences import continue_sequence
 from migrator.ops.table_copy import Remap, TableCopy, zoned_columns
 from migrator.ops.target_columns import target_columns
-from migrator.tables import TableKind, TenantDataTable, legacy_table
+from migrator.tables import LEGACY_AUTH_TABLES, TableKind, TenantDataTable, legacy_table
 from salesflow.layout import tenant_id_from_schema
 
 
-def auth_copy(legacy_schema: str, table: str) -> TableCopy:
-    """The copy of a legacy auth table, writing the target's columns as the catalog has them now."""
+def auth_copy(legacy_schema: str, table: str, schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ) -> TableCopy:
+    """The copy of a legacy auth table, writing the target's columns as the catalog has them now
+    (``schema_catalog``: :func:`read_auth_catalog`'s, when the caller read it; the copy asks it too)."""
     entry = legacy_table(table, TableKind.AUTH)
-    columns = target_columns((legacy_schema, table), (str(entry.schema), entry.table), entry.model, catalog.NOT_READ)
+    columns = target_columns((legacy_schema, table), (str(entry.schema), entry.table), entry.model, schema_catalog)
     return TableCopy(
-        legacy_schema, table, str(entry.schema), entry.table, columns.copied, key=entry.key, fills=columns.fills
+        legacy_schema,
+        table,
+        str(entry.schema),
+        entry.table,
+        columns.copied,
+        key=entry.key,
+        fills=columns.fills,
+        schema_catalog=schema_catalog,
     )
+
+
+def read_auth_catalog(legacy_schema: str) -> catalog.SchemaCatalog:
+    """The legacy auth schema's tables and those of the schema its tables are copied into, in one read (see
+    :class:`catalog.SchemaCatalog` for how long it holds)."""
+    targets = {str(legacy_table(table, TableKind.AUTH).schema) for table in LEGACY_AUTH_TABLES}
+    return catalog.read_schemas(legacy_schema, *sorted(targets))
 
 
 def tenant_copy(

@@ -258,7 +258,7 @@ class CutoverPhase(Phase):
             # The schema's tables are locked or the tenant's own: until the move, their catalog
             # questions (the checks', the move's) come from one read of the schema. The move is its
             # last use: it renames or drops the tables it describes.
-            schema_catalog = catalog.read_schema(tenant.schema)
+            schema_catalog = catalog.read_schemas(tenant.schema)
             checked = {key: replace(copy, schema_catalog=schema_catalog) for key, copy in validated.items()}
             problems = _changed_since_validation(checked)
             problems += _inheritance_children(tenant.schema, list(LEGACY_TENANT_TABLES))

@@ -27,6 +27,7 @@ from migrator.ops.copies import (
     continue_sequence_of,
     in_legacy_timezone,
     range_planner,
+    read_auth_catalog,
     refuse_another_timezone,
     splits_by_key,
     tenant_copy,
@@ -143,9 +144,10 @@ class DataPhase(Phase):
         with_sql = ctx.options.render_sql
         steps: list[Step] = []
         if not ctx.tenant_filter:
+            # Read from the catalog only to show the SQL: the target may change before the step runs.
+            auth_catalog = read_auth_catalog(legacy_auth) if with_sql else catalog.NOT_READ
             for table in LEGACY_AUTH_TABLES:
-                # Read from the catalog only to show the SQL: the target may change before the step runs.
-                copy = auth_copy(legacy_auth, table) if with_sql else None
+                copy = auth_copy(legacy_auth, table, auth_catalog) if with_sql else None
                 if not validate_only:
                     steps.append(
                         self.step(
@@ -158,7 +160,7 @@ class DataPhase(Phase):
             if not validate_only:
                 steps += run_mode.scope_steps(self, legacy_auth, None)
             for table in LEGACY_AUTH_TABLES:
-                copy = auth_copy(legacy_auth, table)
+                copy = auth_copy(legacy_auth, table, auth_catalog) if with_sql else None
                 steps.append(
                     self.step(
                         self.VALIDATE.kind,
@@ -229,7 +231,7 @@ class DataPhase(Phase):
         answered from one read of the schema's tables and columns, made once the lock is held (each
         step gets it as ``reporter.tenant``: see :func:`catalog.read_for`)."""
         with schema_lock.shared_lock(self.name):
-            yield catalog.read_schema(TenantRef(tenant_id).schema)
+            yield catalog.read_schemas(TenantRef(tenant_id).schema)
 
     def apply(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         if step.tenant_id is None:  # the auth copies and reference merges: the shared tables' columns
@@ -249,7 +251,9 @@ class DataPhase(Phase):
     def _copy_auth_table(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         table = step.target.name
         legacy = ctx.config.legacy_auth_schema
-        if not catalog.table_exists(legacy, table):
+        # Read once the schema-change lock is held (see apply): the copy changes indexes, no table.
+        schema_catalog = read_auth_catalog(legacy)
+        if not schema_catalog.table_exists(legacy, table):
             raise MigrationError(
                 f"legacy table {legacy}.{table} does not exist; restore it or set SALESFLOW_LEGACY_AUTH_SCHEMA "
                 "to the schema that holds the auth tables"
@@ -260,8 +264,8 @@ class DataPhase(Phase):
             f"legacy auth schema {legacy}",
             "move the child's rows into the parent (and drop the child), then rerun the phase",
         )
-        copy = auth_copy(legacy, table)
-        if not catalog.table_exists(copy.target_schema, copy.target_table):
+        copy = auth_copy(legacy, table, schema_catalog)
+        if not schema_catalog.table_exists(copy.target_schema, copy.target_table):
             raise MigrationError(
                 f"{copy.target_schema}.{copy.target_table} does not exist; run `migrate_phase schemas` first"
             )
@@ -426,7 +430,8 @@ class DataPhase(Phase):
     def _validate_table(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         if step.tenant_id is None:
             table = step.target.name  # a legacy auth table (Target.auth_table)
-            copy = auth_copy(ctx.config.legacy_auth_schema, table)
+            legacy = ctx.config.legacy_auth_schema
+            copy = auth_copy(legacy, table, read_auth_catalog(legacy))
         else:
             tenant = TenantRef(step.tenant_id)
             spec = next(t for t in TENANT_DATA_TABLES if t.target_table == step.target.name)

@@ -1,6 +1,7 @@
 """A tenant's phase-3 steps (copies, validations, the online sync's start) ask about its tables from one
 read of the schema's tables and columns, made once per tenant: none of its data tables is looked up on
-its own (with thousands of tenants, a lookup per table and question was most of a small tenant's time)."""
+its own (with thousands of tenants, a lookup per table and question was most of a small tenant's time).
+The auth tables' steps, and each round of an online sync, read their schemas once too."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from migrator.tables import TENANT_DATA_TABLES
+from migrator.config import get_config
+from migrator.tables import LEGACY_AUTH_TABLES, TENANT_DATA_TABLES, TableKind, legacy_table
 from tests.helpers import run
 
 SCHEMA_READ = "LEFT JOIN pg_attribute a ON a.attrelid = c.oid"
@@ -27,10 +29,10 @@ def test_a_tenants_data_steps_read_its_schema_once(schemas_ready: dict[str, Any]
         run("migrate_phase", "data", *mode, interactive=False)
 
     statements = [query["sql"] for query in captured.captured_queries]
-    reads = [s for s in statements if SCHEMA_READ in s]
+    reads = [s for s in statements if SCHEMA_READ in s and "tenant_" in s]
     assert len(reads) == len(tenants), reads
     for tenant in tenants:
-        assert sum(f"'tenant_{tenant}'" in s for s in reads) == 1, tenant
+        assert sum(f"tenant_{tenant}" in s for s in reads) == 1, tenant
     one_by_one = [
         s
         for s in statements
@@ -39,3 +41,14 @@ def test_a_tenants_data_steps_read_its_schema_once(schemas_ready: dict[str, Any]
         and any(f"'{table}'::text" in s for table in tables)
     ]
     assert one_by_one == []
+    auth_schemas = {get_config().legacy_auth_schema} | {
+        str(legacy_table(table, TableKind.AUTH).schema) for table in LEGACY_AUTH_TABLES
+    }
+    auth_one_by_one = [
+        s
+        for s in statements
+        if any(shape in s for shape in ONE_TABLE)
+        and any(f"'{schema}'::text" in s for schema in auth_schemas)
+        and any(f"'{table}'::text" in s for table in LEGACY_AUTH_TABLES)
+    ]
+    assert auth_one_by_one == []

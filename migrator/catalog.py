@@ -96,6 +96,12 @@ class SchemaCatalog:
         """:func:`row_count`, partitioned or not as this catalog says."""
         return row_count(schema, table, self.is_partitioned(schema, table))
 
+    def partitioned_by_schema(self, schemas: list[str], table: str) -> dict[str, bool]:
+        """:func:`partitioned_by_schema`, the schemas it holds answered as :meth:`tables_of` does."""
+        held = {s: (s, table) in self.partitioned for s in schemas if (s, table) in self.tables}
+        rest = [s for s in schemas if s not in self.schemas]
+        return held | (partitioned_by_schema(rest, table) if rest else {})
+
     def tables_of(self, schema: str) -> set[str]:
         """``schema``'s ordinary and partitioned tables (:func:`tables_by_schema` of that schema alone)."""
         if schema in self.schemas:

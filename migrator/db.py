@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import quote
 
 import psycopg
-from django.db import connection, transaction
+from django.db import ProgrammingError, connection, transaction
 from psycopg import sql
 
 Query = sql.Composable | str
@@ -39,6 +39,23 @@ def fetchall(query: Query, params: Params = None) -> list[tuple[Any, ...]]:
     with connection.cursor() as cur:
         cur.execute(render(query), params)
         return cur.fetchall()
+
+
+def fetchall_unless_undefined(query: Query, params: Params = None) -> list[tuple[Any, ...]] | None:
+    """The rows of a query on tables that may not exist (yet, or any more): None when one does not.
+
+    Outside a transaction the query runs as it is and a missing table is its error, one round trip in
+    all; inside one, where that error would end the caller's transaction, it runs in a savepoint.
+    """
+    try:
+        if connection.get_autocommit() and not connection.in_atomic_block:
+            return fetchall(query, params)
+        with transaction.atomic():
+            return fetchall(query, params)
+    except ProgrammingError as exc:
+        if isinstance(exc.__cause__, psycopg.errors.UndefinedTable):
+            return None
+        raise
 
 
 def fetchone(query: Query, params: Params = None) -> tuple[Any, ...] | None:

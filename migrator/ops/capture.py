@@ -26,8 +26,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-import psycopg
-from django.db import IntegrityError, ProgrammingError, transaction
+from django.db import IntegrityError, transaction
 from psycopg import sql
 
 from migrator import catalog, db
@@ -228,16 +227,8 @@ def is_captured(scope: str, table: str) -> bool:
 def _read_bookkeeping(query: sql.Composable, params: list[object] | None = None) -> list[tuple[object, ...]]:
     """Rows of a query on the capture's bookkeeping; none once the capture schema is gone. Another worker
     that starts its scope's two-way sync drops the schema when it was the last scope captured, which may
-    fall between the check and the query (a worker copying or validating another tenant's whale)."""
-    if not capture_ready():
-        return []
-    try:
-        with transaction.atomic():  # a savepoint inside the caller's transaction: the error ends only it
-            return db.fetchall(query, params)
-    except ProgrammingError as exc:
-        if isinstance(exc.__cause__, psycopg.errors.UndefinedTable):
-            return []
-        raise
+    fall at any moment (a worker copying or validating another tenant's whale)."""
+    return db.fetchall_unless_undefined(query, params) or []
 
 
 def captured_tables(scope: str) -> dict[str, bool]:

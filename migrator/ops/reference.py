@@ -118,13 +118,15 @@ def _unmapped_params(ref: ReferenceTable, tenant_id: str) -> list[str]:
     return [tenant_id, ref.map_name]
 
 
-def _unmerged_tenants(ref: ReferenceTable, tenant_ids: list[str]) -> tuple[list[str], list[str]]:
+def _unmerged_tenants(
+    ref: ReferenceTable, tenant_ids: list[str], schema_catalog: catalog.SchemaCatalog = catalog.NOT_READ
+) -> tuple[list[str], list[str]]:
     """Tenants with legacy ``ref`` rows that have no map entry yet, and tenants that have no such table.
 
     Row by row, not tenant by tenant: a reference row added to a tenant merged before is merged too.
     """
     schemas = [tenant_schema_name(t) for t in tenant_ids]
-    present = catalog.partitioned_by_schema(schemas, ref.legacy_table)
+    present = schema_catalog.partitioned_by_schema(schemas, ref.legacy_table)
     todo: list[str] = []
     without_table: list[str] = []
     for tenant_id, schema in zip(tenant_ids, schemas, strict=True):
@@ -168,7 +170,7 @@ def merge_reference_table(
     # Nothing to merge (the usual case when a tenant's captured changes are applied): no lock, which
     # the caller would otherwise hold until it commits (an online cutover holds it through its whole
     # switch, and the other tenants' switches queued on it).
-    todo, result.tenants_without_table = _unmerged_tenants(ref, tenant_ids)
+    todo, result.tenants_without_table = _unmerged_tenants(ref, tenant_ids, schema_catalog)
     if not todo:
         return result
     # One merge of a reference table at a time (tenant copies merge their new rows in parallel): a
@@ -176,7 +178,7 @@ def merge_reference_table(
     lock_key = [f"migrator reference merge {ref.map_name}"]
     db.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", lock_key)
     try:
-        todo, result.tenants_without_table = _unmerged_tenants(ref, tenant_ids)
+        todo, result.tenants_without_table = _unmerged_tenants(ref, tenant_ids, schema_catalog)
         if todo:
             _merge_staged(ref, todo, policy, result, schema_catalog)
             result.tenants_merged = todo

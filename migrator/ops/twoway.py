@@ -131,25 +131,26 @@ def migrator_ddl() -> None:
 # --- which scopes are synced ---------------------------------------------------------------
 
 
+# The scopes' bookkeeping is read as it is, a missing sync schema being the answer "none" (it is made by the
+# first scope whose sync starts and dropped after the last one's stops, by another worker at any moment).
+
+
 def synced_scopes() -> list[str]:
-    if not sync_ready():
-        return []
-    return [r[0] for r in db.fetchall(sql.SQL("SELECT scope FROM {} ORDER BY scope").format(SCOPES))]
+    rows = db.fetchall_unless_undefined(sql.SQL("SELECT scope FROM {} ORDER BY scope").format(SCOPES))
+    return [r[0] for r in rows or []]
 
 
 def is_synced(scope: str) -> bool:
-    if not sync_ready():
-        return False
-    return bool(db.fetchvalue(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE scope = %s)").format(SCOPES), [scope]))
+    rows = db.fetchall_unless_undefined(sql.SQL("SELECT 1 FROM {} WHERE scope = %s").format(SCOPES), [scope])
+    return bool(rows)
 
 
 def synced_tables(scope: str) -> dict[str, str]:
     """Legacy table -> its new table ("schema.table"), for a synced scope (empty: not synced)."""
-    if not sync_ready():
+    rows = db.fetchall_unless_undefined(sql.SQL("SELECT tables FROM {} WHERE scope = %s").format(SCOPES), [scope])
+    if not rows:
         return {}
-    found = db.fetchvalue(sql.SQL("SELECT tables FROM {} WHERE scope = %s").format(SCOPES), [scope])
-    if found is None:
-        return {}
+    found = rows[0][0]
     return dict(json.loads(found) if isinstance(found, str) else found)
 
 

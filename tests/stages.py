@@ -288,6 +288,7 @@ class StageDatabases:
         self.drops = BackgroundDrops(self.conf)
         self.builder: psycopg.Connection | None = None  # holds the builders' lock, while this worker builds
         self.building = 0
+        self.admin: psycopg.Connection | None = None  # see _admin
         with admin_connection(self.conf) as admin:  # made by the run's first process, before any worker started
             self.tablespace = run_tablespace(admin, test_database)  # where the stages live, if not on disk
 
@@ -316,8 +317,12 @@ class StageDatabases:
             return
         try:
             connections.close_all()
-            # in the working database, the only one they have grants in
-            drop_roles_and_everything_they_own(list(get_config().service_roles.values()))
+            roles = list(get_config().service_roles.values())
+            # Roles are the server's: looked for on the admin connection, and the working database (the only one
+            # they have grants in) connected to again only when the test made some (most tests make none).
+            made = self._admin().execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", [roles]).fetchall()
+            if made:
+                drop_roles_and_everything_they_own([role for (role,) in made])
         finally:
             self._point_at(self.test_database)
             self.drops.drop(self.working)
@@ -338,6 +343,19 @@ class StageDatabases:
             if self.building == 0:
                 self.builder.execute("SELECT pg_advisory_unlock(hashtext(%s))", [self.shared])
 
+    def _admin(self) -> psycopg.Connection:
+        """This worker's admin connection (:func:`admin_connection`), kept from test to test: a connection is
+        several milliseconds of the server's CPU, and the copies and role checks of each test needed two.
+        Made again when a test ended it."""
+        if self.admin is not None and not self.admin.closed:
+            try:
+                self.admin.execute("SELECT 1")
+                return self.admin
+            except psycopg.OperationalError:
+                self.admin.close()
+        self.admin = admin_connection(self.conf)
+        return self.admin
+
     def _template_ready(self, stage: str) -> bool:
         assert self.builder is not None
         found = self.builder.execute(
@@ -357,23 +375,21 @@ class StageDatabases:
         with override_settings(SALESFLOW={**settings.SALESFLOW, "BACKUP_DIR": self.backup_dir}):
             step()
         template = self.template(stage)
-        with admin_connection(self.conf) as admin:
-            self._copy(admin, self.working, template)  # type: ignore[arg-type]
-            # a template nobody connects to, so it can always be copied; marked so once it is complete
-            admin.execute(
-                sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false").format(
-                    sql.Identifier(template)
-                )
-            )
+        admin = self._admin()
+        self._copy(admin, self.working, template)  # type: ignore[arg-type]
+        # a template nobody connects to, so it can always be copied; marked so once it is complete
+        admin.execute(
+            sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false").format(sql.Identifier(template))
+        )
 
     def _point_at_copy_of(self, source: str, tablespace: str | None = None) -> None:
         self.copies += 1
         working = f"{self.base}_stage_{self.copies}"
-        with admin_connection(self.conf) as admin:
-            self._copy(admin, source, working, tablespace)
-            # A test's database need not survive a crash of the server: its commits do not wait for the
-            # WAL flush (the migrator's own durability is not what a test here is about).
-            admin.execute(sql.SQL("ALTER DATABASE {} SET synchronous_commit = off").format(sql.Identifier(working)))
+        admin = self._admin()
+        self._copy(admin, source, working, tablespace)
+        # A test's database need not survive a crash of the server: its commits do not wait for the
+        # WAL flush (the migrator's own durability is not what a test here is about).
+        admin.execute(sql.SQL("ALTER DATABASE {} SET synchronous_commit = off").format(sql.Identifier(working)))
         previous, self.working = self.working, working
         self._point_at(working)
         if previous is not None:
@@ -404,9 +420,10 @@ class StageDatabases:
     def drop_working_copies(self) -> None:
         """Drop this worker's working copies (the templates are the run's: see ``drop_templates``)."""
         self.drops.wait()
-        if self.builder is not None:
-            self.builder.close()
-            self.builder = None
+        for kept in (self.builder, self.admin):
+            if kept is not None:
+                kept.close()
+        self.builder = self.admin = None
         with admin_connection(self.conf) as admin:
             names = [
                 r[0]

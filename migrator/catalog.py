@@ -133,7 +133,7 @@ def read_schemas(*schemas: str) -> SchemaCatalog:
         "LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
         "WHERE c.relkind IN ('r', 'p') "
         "ORDER BY s.nspname, c.relname, a.attnum",
-        [list(schemas)],
+        [list(dict.fromkeys(schemas))],  # each once: a schema named twice would list its columns twice
     )
     tables: dict[tuple[str, str], list[Column]] = {}
     partitioned: set[tuple[str, str]] = set()

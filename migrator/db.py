@@ -45,7 +45,9 @@ def fetchall_unless_undefined(query: Query, params: Params = None) -> list[tuple
     """The rows of a query on tables that may not exist (yet, or any more): None when one does not.
 
     Outside a transaction the query runs as it is and a missing table is its error, one round trip in
-    all; inside one, where that error would end the caller's transaction, it runs in a savepoint.
+    all; inside one, where that error would end the caller's transaction, it runs in a savepoint. A miss
+    is an ERROR in the server's log: for a table that may be there or not at any moment (another session
+    drops it), not as the usual way of asking whether it is.
     """
     try:
         if connection.get_autocommit() and not connection.in_atomic_block:

@@ -155,11 +155,19 @@ def _continue_sequences(copies: dict[str, TableCopy], stats: capture.ApplyStats)
         continue_sequence_of(copies[table])
 
 
-def sync_scope(ctx: MigrationContext, scope: str, reporter: StepReporter) -> capture.ApplyStats:
-    """Apply a captured scope's backlog (a synced scope has none: its writes are on both sides at once)."""
+def sync_scope(
+    ctx: MigrationContext, scope: str, reporter: StepReporter, schema_catalog: catalog.SchemaCatalog | None = None
+) -> capture.ApplyStats:
+    """Apply a captured scope's backlog (a synced scope has none: its writes are on both sides at once).
+
+    ``schema_catalog``: what the copies ask. By default the scope's tables as :func:`scope_catalog` reads
+    them, for phase 3, whose steps hold the schema-change lock; the sync phase lets deploys run meanwhile
+    and passes :data:`catalog.NOT_READ` (each question asked when it arises).
+    """
     if twoway.is_synced(scope):
         return capture.ApplyStats()
-    schema_catalog = scope_catalog(ctx, scope, reporter.tenant)
+    if schema_catalog is None:
+        schema_catalog = scope_catalog(ctx, scope, reporter.tenant)
     copies = scope_copies(ctx, scope, schema_catalog)
     merge = scope_merge(ctx, scope, schema_catalog)
     stats = capture.apply_changes(scope, copies, ctx.batch_size, merge, fence=reporter.fence)

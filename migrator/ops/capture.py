@@ -227,7 +227,11 @@ def is_captured(scope: str, table: str) -> bool:
 def _read_bookkeeping(query: sql.Composable, params: list[object] | None = None) -> list[tuple[object, ...]]:
     """Rows of a query on the capture's bookkeeping; none once the capture schema is gone. Another worker
     that starts its scope's two-way sync drops the schema when it was the last scope captured, which may
-    fall at any moment (a worker copying or validating another tenant's whale)."""
+    fall between the check and the query (a worker copying or validating another tenant's whale)."""
+    # Checked first, not left to the query's error: an offline run asks for every tenant, and each miss
+    # would be an ERROR in the server's log.
+    if not capture_ready():
+        return []
     return db.fetchall_unless_undefined(query, params) or []
 
 

@@ -131,26 +131,25 @@ def migrator_ddl() -> None:
 # --- which scopes are synced ---------------------------------------------------------------
 
 
-# The scopes' bookkeeping is read as it is, a missing sync schema being the answer "none" (it is made by the
-# first scope whose sync starts and dropped after the last one's stops, by another worker at any moment).
-
-
 def synced_scopes() -> list[str]:
-    rows = db.fetchall_unless_undefined(sql.SQL("SELECT scope FROM {} ORDER BY scope").format(SCOPES))
-    return [r[0] for r in rows or []]
+    if not sync_ready():
+        return []
+    return [r[0] for r in db.fetchall(sql.SQL("SELECT scope FROM {} ORDER BY scope").format(SCOPES))]
 
 
 def is_synced(scope: str) -> bool:
-    rows = db.fetchall_unless_undefined(sql.SQL("SELECT 1 FROM {} WHERE scope = %s").format(SCOPES), [scope])
-    return bool(rows)
+    if not sync_ready():
+        return False
+    return bool(db.fetchvalue(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE scope = %s)").format(SCOPES), [scope]))
 
 
 def synced_tables(scope: str) -> dict[str, str]:
     """Legacy table -> its new table ("schema.table"), for a synced scope (empty: not synced)."""
-    rows = db.fetchall_unless_undefined(sql.SQL("SELECT tables FROM {} WHERE scope = %s").format(SCOPES), [scope])
-    if not rows:
+    if not sync_ready():
         return {}
-    found = rows[0][0]
+    found = db.fetchvalue(sql.SQL("SELECT tables FROM {} WHERE scope = %s").format(SCOPES), [scope])
+    if found is None:
+        return {}
     return dict(json.loads(found) if isinstance(found, str) else found)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from migrator import catalog
 from migrator.core.context import MigrationContext
 from migrator.core.details import SyncApplyDetails
 from migrator.core.phase import Phase, StepKind
@@ -35,7 +36,8 @@ class SyncPhase(Phase):
         return {"apply": StepKind(self._apply), "follow": StepKind(self._follow)}
 
     def _apply(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
-        stats = online.sync_scope(ctx, step.target.name, reporter)
+        # deploys may change the tables meanwhile: no catalog read is kept for the rounds (see sync_scope)
+        stats = online.sync_scope(ctx, step.target.name, reporter, catalog.NOT_READ)
         return StepResult(
             message=f"{stats.changes} captured changes applied ({sum(stats.keys.values())} rows re-copied)",
             rows_copied=stats.changes,
@@ -54,7 +56,7 @@ class SyncPhase(Phase):
                 tenant_id = tenant_id_from_schema(scope) if scope != ctx.config.legacy_auth_schema else None
                 if wanted and tenant_id not in wanted:
                     continue
-                consumed += online.sync_scope(ctx, scope, reporter).changes
+                consumed += online.sync_scope(ctx, scope, reporter, catalog.NOT_READ).changes
             applied += consumed
             rounds += 1
             reporter.progress(applied, None)

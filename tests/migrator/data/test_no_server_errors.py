@@ -1,12 +1,14 @@
-"""An offline run asks the server nothing that it answers with an error. Each such answer is an ERROR line in
-the server's log and a rolled-back transaction in its statistics, which a production database's monitoring
-watches; a question asked per tenant (is it migrated online?) would make thousands of them in one run."""
+"""A data run, offline or online, asks the server nothing that it answers with an error. Each such answer
+is an ERROR line in the server's log and a rolled-back transaction in its statistics, which a production
+database's monitoring watches; a question asked per tenant (is it migrated online?) would make thousands
+of them in one run."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
+import pytest
 from django.db import connection, connections
 
 from tests.helpers import run
@@ -36,7 +38,8 @@ def rolled_back_transactions() -> int:
     return seen[-1]
 
 
-def test_an_offline_data_run_makes_no_server_error(schemas_ready: dict[str, Any]) -> None:
+@pytest.mark.parametrize("mode", [(), ("--online",)], ids=["offline", "online"])
+def test_a_data_run_makes_no_server_error(schemas_ready: dict[str, Any], mode: tuple[str, ...]) -> None:
     before = rolled_back_transactions()
-    run("migrate_phase", "data", interactive=False)
+    run("migrate_phase", "data", *mode, interactive=False)
     assert rolled_back_transactions() == before

@@ -35,6 +35,8 @@ class FinalizePhase(Phase):
     name = "finalize"
     number = None
     alters_tables = True
+    # The backup predates it: restored, the tenants are back to their legacy tables and may be rolled back.
+    undone_by_restore = True
     summary = "stop the two-way sync of an online migration and archive the legacy tables once unused"
     # Every finalize looks at the legacy tables as they are now.
     always_rerun = True

@@ -37,10 +37,12 @@ SYNC_FINISHED = StepRef("finalize", "finish_sync")
 
 
 def undone_phases(restore: bool) -> list[str]:
-    """The phases whose steps a rollback (or a restore) undoes, as each phase declares it."""
-    from migrator.phases import ORDERED  # the registry imports this module
+    """The phases whose steps a rollback (or a restore) undoes, as each phase declares it: the numbered
+    phases in their order, then the others (a restore undoes finalize too, which no plain rollback may)."""
+    from migrator.phases import ORDERED, PHASES  # the registry imports this module
 
-    return [p.name for p in ORDERED if (p.undone_by_restore if restore else p.undone_by_rollback)]
+    phases = [*ORDERED, *(p for p in PHASES if p not in ORDERED)]
+    return [p.name for p in phases if (p.undone_by_restore if restore else p.undone_by_rollback)]
 
 
 def recorded_backup(ctx: MigrationContext) -> BackupInfo:

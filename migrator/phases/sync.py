@@ -16,6 +16,9 @@ class SyncPhase(Phase):
     name = "sync"
     number = None
     changes_schemas = False  # rows only: deploys may run meanwhile (tenants/schema_lock.py)
+    # what it applied went into the new tables, which a rollback drops and a restore predates
+    undone_by_rollback = True
+    undone_by_restore = True
     summary = "apply the writes captured since `data --online` (--follow: until SIGINT/SIGTERM)"
     # Every sync is a new event: nothing about an earlier one makes this one unnecessary.
     always_rerun = True

@@ -175,7 +175,8 @@ class StatusReport:
             "ranged_tables": [t.as_dict() for t in self.ranged],
             "lag": [{"scope": x.scope, "pending": x.pending, "oldest_seconds": x.oldest_seconds} for x in self.lag],
             "failed": [
-                {"migration_id": r.migration_id, "attempt": r.attempt, "error": r.error_message} for r in self.failures
+                {"migration_id": r.migration_id, "attempt": r.attempt, "status": r.status, "error": failure_reason(r)}
+                for r in self.failures
             ],
         }
 
@@ -243,6 +244,20 @@ def schemas_behind_release() -> list[str]:
     return schemas_behind(
         [get_public_schema_name(), *tenants.values_list("schema_name", flat=True)], expected_migrations()
     )
+
+
+def failure_label(record: MigrationRecord) -> str:
+    return "FAILED" if record.status == Status.FAILED else "UNFINISHED"
+
+
+def failure_reason(record: MigrationRecord) -> str:
+    """What went wrong with one of the report's failures: its error, or, for a step still marked RUNNING (a
+    rollback's or finalize's, killed half way or running now), that it did not finish."""
+    if record.error_message:
+        return record.error_message
+    if record.status == Status.RUNNING:
+        return "did not finish: its run was interrupted (or is still running); rerun the phase to finish it"
+    return "no error was recorded"
 
 
 def deploy_failures() -> dict[str, str]:

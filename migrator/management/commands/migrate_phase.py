@@ -38,7 +38,7 @@ from migrator.phases.prepare import PreparePhase
 from migrator.phases.rehearse import RehearsePhase
 from migrator.reports import gate
 from migrator.reports.drift import recorded_drift, report_lines
-from migrator.reports.status import GLOBAL, StatusReport, status_report
+from migrator.reports.status import GLOBAL, StatusReport, failure_label, failure_reason, status_report
 
 
 @contextmanager
@@ -351,9 +351,8 @@ class Command(BaseCommand):
             label = "(all)" if scope == GLOBAL else scope
             self.stdout.write(f"{label.ljust(width)}  {cells}")
         for record in report.failures:
-            self.stdout.write(
-                self.style.ERROR(f"FAILED {record.migration_id} (attempt {record.attempt}): {record.error_message}")
-            )
+            line = f"{failure_label(record)} {record.migration_id} (attempt {record.attempt}): {failure_reason(record)}"
+            self.stdout.write(self.style.ERROR(line))
         for entry in report.excluded:
             rows = "its rows" if entry["rows"] is None else f"{entry['rows']} rows"
             self.stdout.write(

@@ -72,10 +72,15 @@ def test_steps_carry_their_phase_number():
 def test_rollback_undoes_what_the_phases_declare():
     rolled_back = undone_phases(restore=False)
     restored = undone_phases(restore=True)
-    assert rolled_back == [p.name for p in ORDERED if p.undone_by_rollback]
+    assert rolled_back[: len([p for p in ORDERED if p.undone_by_rollback])] == [
+        p.name for p in ORDERED if p.undone_by_rollback
+    ]
+    assert set(rolled_back) == {p.name for p in PHASES if p.undone_by_rollback}
     assert set(rolled_back) <= set(restored)
-    # a restore replaces the whole database: every ordered phase is undone
-    assert restored == [p.name for p in ORDERED]
+    # a restore replaces the whole database: every ordered phase is undone, and finalize (after cutover) too
+    assert restored[: len(ORDERED)] == [p.name for p in ORDERED]
+    assert "finalize" in restored
+    assert "finalize" not in rolled_back
     # a rollback never undoes phase 1 (its backup is what --restore needs) or cutover (refused after it)
     assert ORDERED[0].name not in rolled_back
     assert ORDERED[-1].name not in rolled_back

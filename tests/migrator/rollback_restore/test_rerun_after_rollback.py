@@ -46,3 +46,18 @@ def test_a_narrower_rerun_after_a_rollback_leaves_the_steps_it_did_not_plan_to_d
     report = status_report()
     assert report.cells[("data", GLOBAL)] == "done"
     assert all(report.cells[("data", tenant)] == "done" for tenant in tenants)
+
+
+def test_a_migration_run_again_after_a_finalized_one_was_restored_can_be_rolled_back(synced: dict[str, Any]) -> None:
+    tenant = synced["tenants"][0]
+    for phase in ("security", "verify", "cutover"):
+        run("migrate_phase", phase, interactive=False)
+    run("migrate_phase", "finalize", observe_seconds=0, interactive=False)
+    run("migrate_phase", "rollback", restore=True, interactive=False)
+    # the restored database holds the legacy tables again: the finalize that archived them is undone too
+    assert not MigrationRecord.objects.latest_attempts().filter(phase="finalize", status=Status.COMPLETED).exists()
+    for phase in ("prepare", "schemas", "data"):
+        run("migrate_phase", phase, interactive=False)
+
+    run("migrate_phase", "rollback", "--tenant", tenant, interactive=False)  # refused: "cutover has run"
+    assert status_report().cells[("data", tenant)] != "done"

@@ -340,10 +340,16 @@ def test_a_restore_that_failed_after_dropping_the_service_roles_leaves_the_migra
     assert "restore_backup" in checked.stdout
     assert "Migration incomplete" in checked.stdout
     # killed there instead (the row a killed run leaves): the deploy gate says to finish it with --restore
-    MigrationRecord.objects.filter(phase="rollback", step="restore_backup").update(status=Status.RUNNING)
+    MigrationRecord.objects.filter(phase="rollback", step="restore_backup").update(
+        status=Status.RUNNING, error_message=None
+    )
     gate = manage_here("migrate_phase", "status", "--deploy-check")
     assert gate.returncode == 1
     assert "rerun `migrate_phase rollback --restore` to finish it" in gate.stdout
+    listed = manage_here("migrate_phase", "status").stdout
+    assert "UNFINISHED rollback/*/restore_backup" in listed
+    assert "did not finish" in listed
+    assert ": None" not in listed  # the step's missing error, printed as is
 
 
 # --- killed at each point ----------------------------------------------------------------------------------

@@ -145,6 +145,25 @@ def adopt_legacy_registry(archive_schema: str) -> dict[str, Any] | None:
     return {"rows": rows, "kept_as": kept_as, "extra_columns": extra, "migrations_applied": applied}
 
 
+def new_tenants_with_legacy_tables(
+    legacy_tables: list[str], registry_table: str, new_state: str, limit: int = 1000
+) -> list[str]:
+    """Schemas of tenants registered as created in the target layout (``new_state``) that hold a legacy
+    table all the same: registered by the application after phase 1 (a schema the old application made
+    in an online window, say), which the phases leave out as having nothing to migrate. One query."""
+    rows = db.fetchall(
+        sql.SQL(
+            "SELECT t.schema_name FROM {registry} t JOIN pg_namespace n ON n.nspname = t.schema_name "
+            "WHERE t.migration_state = %s "
+            "AND EXISTS (SELECT 1 FROM pg_class c WHERE c.relname = ANY(%s) AND c.relnamespace = n.oid "
+            "            AND c.relkind IN ('r', 'p')) "
+            "ORDER BY 1 LIMIT %s"
+        ).format(registry=sql.Identifier("public", registry_table)),
+        [new_state, legacy_tables, limit],
+    )
+    return [r[0] for r in rows]
+
+
 def unregistered_legacy_schemas(legacy_tables: list[str], registry_table: str, limit: int = 1000) -> list[str]:
     """Tenant schemas holding a legacy table that no registry row names: created since phase 1 (during an
     online window, say), never migrated. One query; the catalog's (relname, relnamespace) index serves it."""

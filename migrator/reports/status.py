@@ -130,6 +130,8 @@ class StatusReport:
     deploy_failures: dict[str, str] = field(default_factory=dict)
     # tenant schemas with legacy tables and no registry row (created since phase 1): never migrated
     unregistered: list[str] = field(default_factory=list)
+    # tenants registered as new (target layout) whose schemas hold legacy tables no phase migrates
+    new_with_legacy: list[str] = field(default_factory=list)
     # online migration: schemas whose legacy and new tables are in two-way sync (until finalize)
     synced: int = 0
     # large tables whose key ranges are not all done yet, with each range's progress
@@ -150,6 +152,7 @@ class StatusReport:
             and not self.missing_schemas
             and not self.deploy_failures
             and not self.unregistered
+            and not self.new_with_legacy
             and not self.behind
         )
 
@@ -171,6 +174,7 @@ class StatusReport:
             "schemas_behind": self.behind,
             "deploy_failures": self.deploy_failures,
             "unregistered_schemas": self.unregistered,
+            "new_tenants_with_legacy_tables": self.new_with_legacy,
             "two_way_synced": self.synced,
             "ranged_tables": [t.as_dict() for t in self.ranged],
             "lag": [{"scope": x.scope, "pending": x.pending, "oldest_seconds": x.oldest_seconds} for x in self.lag],
@@ -315,5 +319,8 @@ def status_report() -> StatusReport:
             for s in registry.unregistered_legacy_schemas(list(LEGACY_TENANT_TABLES), Tenant._meta.db_table)
             if s not in listed
         ]
+    report.new_with_legacy = registry.new_tenants_with_legacy_tables(
+        list(LEGACY_TENANT_TABLES), Tenant._meta.db_table, MigrationState.NEW
+    )
     report.failures.sort(key=lambda r: r.completed_at or r.started_at or r.id, reverse=True)
     return report

@@ -367,6 +367,14 @@ class Command(BaseCommand):
                     f"run `migrate_phase prepare` to register it, then the phases again"
                 )
             )
+        for schema in report.new_with_legacy:
+            self.stdout.write(
+                self.style.ERROR(
+                    f"NOT MIGRATED {schema}: registered as a tenant created in the target layout (NEW), yet it "
+                    "holds legacy tables, whose rows no phase migrates: move them into its new tables, or drop "
+                    "them if nobody needs them"
+                )
+            )
         for schema, reason in report.deploy_failures.items():
             self.stdout.write(self.style.ERROR(f"DEPLOY FAILED {schema}: the last migrate_schemas: {reason}"))
         for schema in report.behind:

@@ -263,3 +263,24 @@ def test_schemas_a_killed_deploy_left_behind_fail_the_check_until_migrate_schema
     after = json.loads(manage("migrate_phase", "status", "--format", "json", env=later_env()).stdout)
     assert after["schemas_behind"] == []
     assert json.loads(manage("migrate_phase", "status", "--format", "json").stdout)["schemas_behind"] == []
+
+
+def test_a_tenant_registered_as_new_over_a_schema_with_legacy_rows_fails_the_check(migrated: dict[str, Any]) -> None:
+    """The old application made a tenant schema after phase 1 and the new one registered it its own way (a
+    NEW tenant): no phase migrates a NEW tenant, so its legacy rows stayed behind under a green check."""
+    from tenants.models import MigrationState, Tenant
+
+    for phase in ("security", "verify", "cutover"):
+        run("migrate_phase", phase, interactive=False)
+    assert manage_here("migrate_phase", "status", "--check").returncode == 0
+    db.execute("CREATE SCHEMA tenant_foo_0009")
+    db.execute("CREATE TABLE tenant_foo_0009.contacts (id bigint PRIMARY KEY, first_name text)")
+    db.execute("INSERT INTO tenant_foo_0009.contacts VALUES (1, 'Left behind')")
+    Tenant(tenant_id="foo_0009", name="Foo", migration_state=MigrationState.NEW).save()
+    run("migrate_schemas", "--schema", "tenant_foo_0009")  # the deploy: its schema gets this release's tables
+
+    checked = manage_here("migrate_phase", "status", "--check")
+    assert checked.returncode == 1
+    assert "NOT MIGRATED tenant_foo_0009" in checked.stdout
+    listed = json.loads(manage_here("migrate_phase", "status", "--format", "json").stdout)
+    assert listed["new_tenants_with_legacy_tables"] == ["tenant_foo_0009"]

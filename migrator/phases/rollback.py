@@ -147,13 +147,14 @@ class RollbackPhase(Phase):
 
     def step_kinds(self) -> dict[str, StepKind]:
         return {
-            "check_backup": StepKind(self._check_backup),
+            # checks: run again they change nothing, and a failed one left the database as it was
+            "check_backup": StepKind(self._check_backup, rerunnable=True),
             "restore_backup": StepKind(self._restore_backup),
             "drop_roles": StepKind(self._drop_roles, self._check_roles_gone),
             "drop_tenant_tables": StepKind(self._drop_tenant_tables),
             "drop_service_schemas": StepKind(self._drop_service_schemas, self._check_service_schemas_gone),
             "mark_rolled_back": StepKind(self._mark_rolled_back),
-            "check_online_rollback": StepKind(self._check_online_rollback),
+            "check_online_rollback": StepKind(self._check_online_rollback, rerunnable=True),
             "stop_two_way_sync": StepKind(self._stop_two_way_sync),
         }
 

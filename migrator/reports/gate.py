@@ -119,8 +119,11 @@ def ddl_in_progress(holders: list[LockHolder], tracked: bool = True) -> str | No
 
 
 def _restore_unfinished() -> bool:
-    """A ``rollback --restore`` left its restore undone (its steps are planned only with ``--restore``)."""
-    restore_steps = MigrationRecord.objects.filter(phase=RollbackPhase.name, step__in=RollbackPhase.RESTORE_KINDS)
+    """A ``rollback --restore`` left its restore undone (its steps are planned only with ``--restore``); its
+    check refusing the backup changed nothing, and leaves nothing to finish."""
+    kinds = RollbackPhase().kinds
+    changing = [kind for kind in RollbackPhase.RESTORE_KINDS if not kinds[kind].rerunnable]
+    restore_steps = MigrationRecord.objects.filter(phase=RollbackPhase.name, step__in=changing)
     return restore_steps.latest_attempts().exclude(status=Status.COMPLETED).exists()
 
 

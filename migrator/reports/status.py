@@ -250,6 +250,14 @@ def schemas_behind_release() -> list[str]:
     )
 
 
+def _left_half_done(record: MigrationRecord) -> bool:
+    """A rollback's or finalize's step that failed or was killed leaves the database half way, unless doing it
+    again changes nothing (a check that refused: the backup's, an online rollback's): such a refusal stays in
+    the history without holding the migration's state at failed for good."""
+    kind = phase_registry.get_phase(record.phase)().kinds.get(record.step)
+    return kind is None or not kind.rerunnable
+
+
 def failure_label(record: MigrationRecord) -> str:
     return "FAILED" if record.status == Status.FAILED else "UNFINISHED"
 
@@ -298,7 +306,8 @@ def status_report() -> StatusReport:
     report.failures = [
         record
         for record in MigrationRecord.objects.filter(unfinished).latest_attempts()
-        if record.tenant_id is None or record.tenant_id not in left_out
+        if (record.tenant_id is None or record.tenant_id not in left_out)
+        and (record.phase in phases or _left_half_done(record))
     ]
     for phase in phases:
         for scope in report.scopes:

@@ -359,3 +359,22 @@ def test_restore_of_one_tenant_is_refused_before_anything_changes(schemas_ready,
     assert "--restore brings the whole database back" in str(refused.value)
     assert catalog.table_exists("tenant_acme_0001", "contact_data_contacts")  # nothing was restored
     assert not MigrationRecord.objects.filter(phase="rollback").exists()
+
+
+def test_a_restore_its_backup_check_refused_leaves_no_failure_behind(migrated: dict[str, Any]) -> None:
+    """The check changed nothing: once the operator has put things right, the refusal is history, not a
+    failure that holds `status --check` and the deploy gate at failed for good."""
+    from migrator.reports.status import status_report
+
+    info = backup.latest_backup(PreparePhase.BACKUP, get_config().backup_dir)
+    assert info is not None
+    moved = Path(f"{info.path}.aside")
+    Path(info.path).rename(moved)
+    try:
+        with pytest.raises(CommandError):
+            run("migrate_phase", "rollback", restore=True, interactive=False)
+    finally:
+        moved.rename(info.path)
+    refused = MigrationRecord.objects.filter(phase="rollback", step="check_backup").latest_attempts().get()
+    assert refused.status == Status.FAILED  # kept in the history
+    assert [r.migration_id for r in status_report().failures] == []

@@ -159,3 +159,34 @@ def test_a_rebuild_cut_short_by_the_server_says_so_and_a_rerun_finishes_it(large
     run("migrate_phase", "data", "--tenant", "acme_0001", interactive=False)
     assert count("tenant_acme_0001", "contact_data_contacts") == count("tenant_acme_0001", "contacts")
     assert not DeferredConstraint.objects.exists()
+
+
+def test_a_second_sigint_stops_at_once_while_a_step_waits_for_a_lock(schemas_ready):
+    """The first Ctrl-C lets the running step finish; a step waiting for an application's lock can take as long
+    as that transaction does, and the second Ctrl-C is the operator's way out (docs/reliability.md)."""
+    with psycopg_connect() as holder, holder.transaction():
+        holder.execute("LOCK TABLE tenant_globex_0002.activities IN ACCESS EXCLUSIVE MODE")
+        child = start_manage("migrate_phase", "data", "--noinput", "--jobs", "1", env=manage_env())
+        wait_for(
+            lambda: value(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = "
+                "'Lock' AND query ILIKE %s",
+                ["%activities%"],
+            ),
+            timeout=60,
+            what="the copy to wait for the lock",
+        )
+        child.send_signal(signal.SIGINT)
+        wait_for(lambda: "stopping" in (child.stderr.readline() if child.stderr else ""), what="the first stop")
+        child.send_signal(signal.SIGINT)
+        code = child.wait(timeout=10)  # with the lock still held
+        stderr = child.stderr.read() if child.stderr else ""
+    assert code == 130, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("CommandError: interrupted"), stderr
+    assert "rerun `migrate_phase data --noinput` to resume" in last
+
+    run("migrate_phase", "data", interactive=False)  # resumed as a killed run is
+    for spec in TENANT_DATA_TABLES:
+        for tenant in schemas_ready["tenants"]:
+            assert count(f"tenant_{tenant}", spec.target_table) == count(f"tenant_{tenant}", spec.legacy_table)

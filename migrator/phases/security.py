@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from django.db import transaction
 
 from migrator import catalog, db
@@ -14,7 +16,17 @@ from migrator.ops import grants
 from migrator.step_ref import StepRef
 from migrator.tables import TENANT_DATA_TABLES
 from salesflow.layout import NAMESPACE_SERVICE
-from tenants.models import MigrationState
+from tenants.models import MigrationState, Tenant
+
+
+def _new_tenant_schemas() -> list[str]:
+    """Schemas of the tenants the application created in the target layout (state NEW)."""
+    return list(
+        Tenant.objects.filter(migration_state=MigrationState.NEW)
+        .order_by("schema_name")
+        .values_list("schema_name", flat=True)
+    )
+
 
 # Tenants whose grants run in one transaction (the engine's batches): a batch locks each schema's
 # few tables and sequences for the GRANTs, about 60 locks for 10 tenants.
@@ -33,6 +45,7 @@ class SecurityPhase(Phase):
     # Read by grants and rollback: the roles phase 4 created, the tenant schemas it granted usage on.
     SERVICE_ROLE = StepRef(name, "service_role")
     TENANT_GRANTS = StepRef(name, "tenant_grants")
+    NEW_TENANT_GRANTS = StepRef(name, "new_tenant_grants")
 
     def refuse_options(self, ctx: MigrationContext) -> None:
         grants.refuse_another_role_prefix(ctx.config, self.SERVICE_ROLE)
@@ -50,6 +63,17 @@ class SecurityPhase(Phase):
             )
             for service, role in ctx.config.service_roles.items()
         ]
+        if not ctx.tenant_filter and (created := _new_tenant_schemas()):
+            # The application's tenants made before this phase: the grant its deploys give a new tenant's
+            # tables waited for the roles. Keyed by their names, so a tenant made since is granted by a rerun.
+            steps.append(
+                self.step(
+                    self.NEW_TENANT_GRANTS.kind,
+                    f"Grant the tables of {len(created)} tenants created in the target layout ({created[0]}, ...) "
+                    "to their services' roles",
+                    target=f"{len(created)} new tenants {hashlib.sha1(' '.join(created).encode()).hexdigest()[:12]}",
+                )
+            )
         for tenant in ctx.registered_tenants:
             steps.append(
                 self.tenant_step(
@@ -64,6 +88,7 @@ class SecurityPhase(Phase):
     def step_kinds(self) -> dict[str, StepKind]:
         return {
             self.SERVICE_ROLE.kind: StepKind(self._create_service_role, self._check_service_role),
+            self.NEW_TENANT_GRANTS.kind: StepKind(self._grant_new_tenants, rerunnable=True),
             self.TENANT_GRANTS.kind: StepKind(
                 self._grant_tenant_tables,
                 self._check_tenant_grants,
@@ -82,6 +107,11 @@ class SecurityPhase(Phase):
         tables = grants.grant_service_schema(role, service)
         how = "adopted" if claimed["adopted"] else "created"
         return StepResult(message=f"{how}; {tables} tables in {service}", details=claimed)
+
+    def _grant_new_tenants(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
+        created = _new_tenant_schemas()
+        granted = sum(len(grants.grant_after_schema_migration(ctx.config, s, self.SERVICE_ROLE)) for s in created)
+        return StepResult(message=f"{granted} grants on the tables of {len(created)} tenants")
 
     def _grant_tenant_tables(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
         return self._grant_tenant_tables_batch(ctx, [step])[step.key]

@@ -104,6 +104,8 @@ class RollbackPhase(Phase):
                 self.step("mark_rolled_back", "Mark the steps the restore undid as ROLLED_BACK"),
             ]
         self._refuse_after_cutover(ctx)
+        if not ctx.tenant_filter:
+            self._refuse_new_tenants()
         steps = self._undo_steps(ctx)
         steps += [
             self.step(
@@ -303,6 +305,24 @@ class RollbackPhase(Phase):
             raise MigrationError(
                 f"cutover has run for tenant {live[0]} ({len(live)} in all): its legacy tables are archived; "
                 "use `migrate_phase rollback --restore` to restore the phase-1 backup"
+            )
+
+    @staticmethod
+    def _refuse_new_tenants() -> None:
+        """Tenants the application created in the target layout have no legacy tables to go back to, and their
+        tables' foreign keys point into the shared schemas a whole rollback drops (``CASCADE`` would take those
+        foreign keys with it, silently)."""
+        created = list(
+            Tenant.objects.filter(migration_state=MigrationState.NEW)
+            .order_by("tenant_id")
+            .values_list("tenant_id", flat=True)[:4]
+        )
+        if created:
+            shown = ", ".join(created[:3]) + (", ..." if len(created) > 3 else "")
+            raise MigrationError(
+                f"tenants created in the target layout ({shown}) use the shared tables this rollback drops and have "
+                "no legacy tables to go back to; nothing was rolled back: roll back single tenants with "
+                "`migrate_phase rollback --tenant ID`, or delete those tenants first"
             )
 
     def _check_service_schemas_gone(self, ctx: MigrationContext, step: Step, result: StepResult) -> list[str]:

@@ -167,3 +167,22 @@ def test_phase_4_grants_the_tables_of_tenants_the_application_created_before_it(
     run("migrate_phase", "security", interactive=False)
     assert grants.privilege_problems(config, ["tenant_early"], service_tables=False) == []
     run("migrate_phase", "verify", interactive=False)  # its check of tenants made in the target layout passes
+
+
+def test_a_whole_rollback_is_refused_while_tenants_created_in_the_target_layout_use_the_shared_tables(migrated):
+    """Dropping the shared schemas with CASCADE took those tenants' foreign keys to the shared reference tables
+    with it, silently; nothing put them back, and every check ended complete."""
+    Tenant(tenant_id="newco", name="NewCo").save()
+    foreign_keys = (
+        "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND connamespace = 'tenant_newco'::regnamespace"
+    )
+    before = db.fetchvalue(foreign_keys)
+    assert before >= 2  # to its contacts and to the shared reference tables
+
+    with pytest.raises(CommandError, match="created in the target layout") as refused:
+        run("migrate_phase", "rollback", interactive=False)
+    assert "\n" not in str(refused.value).strip()
+    assert db.fetchvalue(foreign_keys) == before
+    assert all(catalog.schema_exists(schema) for schema in get_config().service_roles)
+
+    run("migrate_phase", "rollback", "--tenant", "acme_0001", interactive=False)  # one tenant still may

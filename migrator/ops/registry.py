@@ -11,7 +11,7 @@ transaction: a failure or a kill leaves the legacy table where it was.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, LiteralString
 
 from django.db import transaction
 from psycopg import sql
@@ -145,36 +145,41 @@ def adopt_legacy_registry(archive_schema: str) -> dict[str, Any] | None:
     return {"rows": rows, "kept_as": kept_as, "extra_columns": extra, "migrations_applied": applied}
 
 
+# Schemas holding one of the legacy tables (%s: their names): the catalog's (relname, relnamespace) index serves it.
+_HOLDS_LEGACY_TABLE = sql.SQL(
+    "EXISTS (SELECT 1 FROM pg_class c WHERE c.relname = ANY(%s) AND c.relnamespace = n.oid AND c.relkind IN ('r', 'p'))"
+)
+
+
 def new_tenants_with_legacy_tables(
     legacy_tables: list[str], registry_table: str, new_state: str, limit: int = 1000
 ) -> list[str]:
     """Schemas of tenants registered as created in the target layout (``new_state``) that hold a legacy
     table all the same: registered by the application after phase 1 (a schema the old application made
     in an online window, say), which the phases leave out as having nothing to migrate. One query."""
-    rows = db.fetchall(
-        sql.SQL(
-            "SELECT t.schema_name FROM {registry} t JOIN pg_namespace n ON n.nspname = t.schema_name "
-            "WHERE t.migration_state = %s "
-            "AND EXISTS (SELECT 1 FROM pg_class c WHERE c.relname = ANY(%s) AND c.relnamespace = n.oid "
-            "            AND c.relkind IN ('r', 'p')) "
-            "ORDER BY 1 LIMIT %s"
-        ).format(registry=sql.Identifier("public", registry_table)),
+    return _schema_names(
+        "SELECT t.schema_name FROM {registry} t JOIN pg_namespace n ON n.nspname = t.schema_name "
+        "WHERE t.migration_state = %s AND {holds} ORDER BY 1 LIMIT %s",
+        registry_table,
         [new_state, legacy_tables, limit],
     )
-    return [r[0] for r in rows]
 
 
 def unregistered_legacy_schemas(legacy_tables: list[str], registry_table: str, limit: int = 1000) -> list[str]:
     """Tenant schemas holding a legacy table that no registry row names: created since phase 1 (during an
-    online window, say), never migrated. One query; the catalog's (relname, relnamespace) index serves it."""
-    rows = db.fetchall(
-        sql.SQL(
-            "SELECT n.nspname FROM pg_namespace n WHERE n.nspname LIKE %s "
-            "AND EXISTS (SELECT 1 FROM pg_class c WHERE c.relname = ANY(%s) AND c.relnamespace = n.oid "
-            "            AND c.relkind IN ('r', 'p')) "
-            "AND NOT EXISTS (SELECT 1 FROM {registry} t WHERE t.schema_name = n.nspname) "
-            "ORDER BY 1 LIMIT %s"
-        ).format(registry=sql.Identifier("public", registry_table)),
+    online window, say), never migrated. One query."""
+    return _schema_names(
+        "SELECT n.nspname FROM pg_namespace n WHERE n.nspname LIKE %s AND {holds} "
+        "AND NOT EXISTS (SELECT 1 FROM {registry} t WHERE t.schema_name = n.nspname) ORDER BY 1 LIMIT %s",
+        registry_table,
         [TENANT_SCHEMA_LIKE, legacy_tables, limit],
+    )
+
+
+def _schema_names(query: LiteralString, registry_table: str, params: list[object]) -> list[str]:
+    """The schema names ``query`` returns, given the registry table (``{registry}``) and the condition that a
+    schema ``n`` holds a legacy table (``{holds}``)."""
+    rows = db.fetchall(
+        sql.SQL(query).format(registry=sql.Identifier("public", registry_table), holds=_HOLDS_LEGACY_TABLE), params
     )
     return [r[0] for r in rows]

@@ -22,6 +22,16 @@ def created_new() -> set[str]:
     return set(Tenant.objects.filter(migration_state=MigrationState.NEW).values_list("tenant_id", flat=True))
 
 
+def created_new_schemas() -> list[str]:
+    """The schemas of the tenants created in the target layout (state NEW), in order (the registry exists:
+    a phase past phase 1 asks)."""
+    return list(
+        Tenant.objects.filter(migration_state=MigrationState.NEW)
+        .order_by("tenant_id")
+        .values_list("schema_name", flat=True)
+    )
+
+
 def excluded_tenants(tenant_ids: tuple[str, ...] | None = None) -> set[str]:
     """Registered tenants left out with --skip-schema (EXCLUDED), of ``tenant_ids`` if given."""
     if not catalog.table_exists("public", "tenants") or legacy_registry_present():

@@ -22,6 +22,7 @@ from migrator.models import Status
 from migrator.modes import MigrationMode, beside_synced_writers, mode_for, online_scopes, remove_online_leftovers
 from migrator.ops import backup, grants, restore, teardown
 from migrator.ops.backup import BackupInfo
+from migrator.ops.tenant_decisions import created_new_schemas
 from migrator.step_ref import StepRef
 from migrator.tables import service_tables
 from tenants.models import MigrationState, Tenant
@@ -312,11 +313,7 @@ class RollbackPhase(Phase):
         """Tenants the application created in the target layout have no legacy tables to go back to, and their
         tables' foreign keys point into the shared schemas a whole rollback drops (``CASCADE`` would take those
         foreign keys with it, silently)."""
-        created = list(
-            Tenant.objects.filter(migration_state=MigrationState.NEW)
-            .order_by("tenant_id")
-            .values_list("tenant_id", flat=True)[:4]
-        )
+        created = created_new_schemas()
         if created:
             shown = ", ".join(created[:3]) + (", ..." if len(created) > 3 else "")
             raise MigrationError(

@@ -13,20 +13,11 @@ from migrator.core.errors import MigrationError
 from migrator.core.phase import Phase, StepKind
 from migrator.core.steps import Step, StepReporter, StepResult
 from migrator.ops import grants
+from migrator.ops.tenant_decisions import created_new_schemas
 from migrator.step_ref import StepRef
 from migrator.tables import TENANT_DATA_TABLES
 from salesflow.layout import NAMESPACE_SERVICE
-from tenants.models import MigrationState, Tenant
-
-
-def _new_tenant_schemas() -> list[str]:
-    """Schemas of the tenants the application created in the target layout (state NEW)."""
-    return list(
-        Tenant.objects.filter(migration_state=MigrationState.NEW)
-        .order_by("schema_name")
-        .values_list("schema_name", flat=True)
-    )
-
+from tenants.models import MigrationState
 
 # Tenants whose grants run in one transaction (the engine's batches): a batch locks each schema's
 # few tables and sequences for the GRANTs, about 60 locks for 10 tenants.
@@ -63,7 +54,7 @@ class SecurityPhase(Phase):
             )
             for service, role in ctx.config.service_roles.items()
         ]
-        if not ctx.tenant_filter and (created := _new_tenant_schemas()):
+        if not ctx.tenant_filter and (created := created_new_schemas()):
             # The application's tenants made before this phase: the grant its deploys give a new tenant's
             # tables waited for the roles. Keyed by their names, so a tenant made since is granted by a rerun.
             steps.append(
@@ -109,7 +100,7 @@ class SecurityPhase(Phase):
         return StepResult(message=f"{how}; {tables} tables in {service}", details=claimed)
 
     def _grant_new_tenants(self, ctx: MigrationContext, step: Step, reporter: StepReporter) -> StepResult:
-        created = _new_tenant_schemas()
+        created = created_new_schemas()
         granted = sum(len(grants.grant_after_schema_migration(ctx.config, s, self.SERVICE_ROLE)) for s in created)
         return StepResult(message=f"{granted} grants on the tables of {len(created)} tenants")
 

@@ -20,10 +20,11 @@ from migrator.models import MigrationRecord, Status
 from migrator.modes import MigrationMode, mode_for, online_scopes
 from migrator.ops import carried, grants, load_test, verification
 from migrator.ops.load_figures import LoadTestFigures
+from migrator.ops.tenant_decisions import created_new_schemas
 from migrator.step_ref import StepRef
 from migrator.tables import TENANT_DATA_TABLES, service_tables
 from salesflow.layout import NAMESPACE_SERVICE
-from tenants.models import MigrationState, Tenant
+from tenants.models import MigrationState
 
 logger = logging.getLogger("migrator.verify")
 
@@ -137,14 +138,6 @@ def _read_by_tenant(
     return found
 
 
-def new_tenant_schemas() -> list[str]:
-    return list(
-        Tenant.objects.filter(migration_state=MigrationState.NEW)
-        .order_by("tenant_id")
-        .values_list("schema_name", flat=True)
-    )
-
-
 class VerifyPhase(Phase):
     name = "verify"
     number = 5
@@ -186,7 +179,7 @@ class VerifyPhase(Phase):
                     "layout) exist and carry exactly their services' grants",
                     target=schema,
                 )
-                for schema in new_tenant_schemas()
+                for schema in created_new_schemas()
             ]
         for tenant in ctx.registered_tenants:
             for kind, description in TENANT_CHECKS.items():
